@@ -1,0 +1,70 @@
+# Signal Blueprints — build, test, run.
+#
+#   make deps    install the Debian packages the project needs (skips what is present)
+#   make         build/blueprint (CLI), build/libblueprint.a + src/blueprint.h (library),
+#                build/lua/blueprint_core.so (Lua module for the busted specs)
+#   make test    deps + build + every suite (C unit tests, ASan/UBSan build, busted specs,
+#                golden dry-run fixtures); ends with "N passed, N failed"
+#   make run     dry-run the ActiveCampaign blueprint over its example events
+
+CC      ?= cc
+PKGS    := lua5.4 yaml-0.1
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+CORE    := buffer json yaml sandbox luajson helpers consent blueprint config request engine reader
+CORE_SRC := $(CORE:%=src/%.c)
+HDRS    := src/blueprint.h src/internal.h
+
+DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted
+
+.PHONY: all deps test run clean unit-tests asan
+all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build/obj/%.o: src/%.c $(HDRS) | build/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+
+build/obj build/lua build/asan:
+	mkdir -p $@
+
+build/libblueprint.a: $(CORE:%=build/obj/%.o)
+	rm -f $@ && ar rcs $@ $^
+
+build/blueprint: build/obj/cli.o build/libblueprint.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | build/lua
+	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1) -lm
+
+# The sanitizer build: the CLI and the C unit tests with ASan + UBSan.
+build/asan/blueprint: $(CORE_SRC) src/cli.c $(HDRS) | build/asan
+	$(CC) $(filter-out -O2,$(CFLAGS)) $(SANFLAGS) -o $@ $(CORE_SRC) src/cli.c $(LDLIBS)
+
+build/asan/unit_tests: $(CORE_SRC) tests/c/unit_tests.c tests/c/check.h $(HDRS) | build/asan
+	$(CC) $(filter-out -O2,$(CFLAGS)) $(SANFLAGS) -Isrc -o $@ $(CORE_SRC) tests/c/unit_tests.c $(LDLIBS)
+
+asan: build/asan/blueprint build/asan/unit_tests
+
+test: deps
+	@$(MAKE) --no-print-directory all asan
+	@scripts/run-tests.sh
+
+run: all
+	build/blueprint dry-run blueprints/activecampaign \
+	  --config blueprints/activecampaign/examples/config.yaml \
+	  blueprints/activecampaign/examples/events.ndjson
+
+clean:
+	rm -rf build

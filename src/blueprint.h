@@ -1,0 +1,267 @@
+/*
+ * blueprint.h — the public API of the Signal Blueprints runtime core.
+ *
+ * The core turns one canonical Signal event (JSON) into zero or more vendor
+ * HTTP requests by running a Lua 5.4 blueprint in a sandbox.  Everything a
+ * caller needs is declared here:
+ *
+ *   bp_buf        growable byte buffer
+ *   bp_doc        exact JSON (and YAML) document tree
+ *   bp_blueprint  a blueprint folder loaded from disk (blueprint.yaml + Lua)
+ *   bp_config     an integration's validated config
+ *   bp_engine     one sandboxed Lua state running a blueprint, reused per event
+ *   bp_outcome    what the engine decided for one event
+ *
+ * Errors are reported as text in a caller-supplied bp_error; messages name
+ * the file, line and field concerned and never contain secret values.
+ */
+#ifndef BLUEPRINT_H
+#define BLUEPRINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- errors ---------------------------------------------------------- */
+
+typedef struct bp_error {
+    char msg[1024];
+} bp_error;
+
+void bp_error_set(bp_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- buffers (buffer.c) ---------------------------------------------- */
+
+typedef struct bp_buf {
+    char *data; /* always NUL-terminated when len > 0 or after any add */
+    size_t len;
+    size_t cap;
+} bp_buf;
+
+void bp_buf_init(bp_buf *b);
+void bp_buf_free(bp_buf *b);
+void bp_buf_reset(bp_buf *b);
+void bp_buf_reserve(bp_buf *b, size_t extra);
+void bp_buf_add(bp_buf *b, const void *p, size_t n);
+void bp_buf_adds(bp_buf *b, const char *s);
+void bp_buf_addc(bp_buf *b, char c);
+void bp_buf_printf(bp_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- JSON documents (json.c, yaml.c) ---------------------------------- */
+
+enum bp_jtype {
+    BP_JNULL, BP_JFALSE, BP_JTRUE, BP_JNUMBER, BP_JSTRING, BP_JARRAY, BP_JOBJECT
+};
+
+/* A document is a flat array of nodes in document order.  A container's
+ * children follow it; an object's children alternate key, value.  `next`
+ * is the index just past the node's subtree, so siblings are walked with
+ * i = nodes[i].next.  Strings are stored unescaped (valid UTF-8); numbers
+ * keep their exact source text, which is what makes the JSON path exact. */
+typedef struct bp_jnode {
+    uint8_t type;
+    uint32_t off;   /* string/number: offset of the text in doc->text */
+    uint32_t len;   /* string/number: length; containers: child count */
+    uint32_t next;
+    uint32_t line;  /* 1-based source line (used for YAML error messages) */
+} bp_jnode;
+
+typedef struct bp_doc {
+    bp_jnode *nodes;
+    size_t n, cap;
+    bp_buf text;           /* owned copy of the source; strings unescaped in place */
+    uint32_t generation;   /* bumped on every parse: stale Lua views detect reuse */
+    const char *origin;    /* file name for messages, may be NULL */
+} bp_doc;
+
+typedef struct bp_json_limits {
+    size_t max_bytes;  /* default 512 KiB */
+    int max_depth;     /* default 64 */
+} bp_json_limits;
+
+#define BP_DEFAULT_MAX_EVENT_BYTES (512u * 1024u)
+#define BP_DEFAULT_MAX_DEPTH 64
+#define BP_NONE ((uint32_t)-1)
+
+void bp_doc_init(bp_doc *d);
+void bp_doc_free(bp_doc *d);
+/* Parse exactly one JSON value (surrounding whitespace allowed).  Returns 0
+ * or -1 with a message naming the byte offset of the problem. */
+int bp_json_parse(bp_doc *d, const char *src, size_t len,
+                  const bp_json_limits *limits, bp_error *err);
+/* Parse a YAML 1.1 document (libyaml) into the same tree.  Plain scalars
+ * true/false/null/~ become booleans/null, plain numbers become numbers,
+ * everything else strings.  Line numbers are kept for messages. */
+int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err);
+
+const char *bp_jtext(const bp_doc *d, uint32_t i); /* string/number text */
+uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key); /* BP_NONE if absent */
+uint32_t bp_jget_path(const bp_doc *d, uint32_t from, const char *dotted);
+/* The string value of node i when it is a string or number, else NULL. */
+const char *bp_jscalar(const bp_doc *d, uint32_t i);
+
+/* Append node i as compact JSON. */
+void bp_json_write_node(bp_buf *out, const bp_doc *d, uint32_t i);
+/* Append s as a JSON string literal (quotes included).  Input must be valid
+ * UTF-8; non-ASCII is written as-is, control characters escaped. */
+void bp_json_write_string(bp_buf *out, const char *s, size_t len);
+/* Append a double in the shortest form that reads back to the same value;
+ * integral values keep a ".0" so they stay floats. Returns -1 on NaN/inf. */
+int bp_json_write_double(bp_buf *out, double v);
+/* 0 when s[0..len) is valid UTF-8 (no overlongs, surrogates or > U+10FFFF),
+ * else -1 and *bad_at set to the offending byte offset. */
+int bp_utf8_check(const char *s, size_t len, size_t *bad_at);
+
+/* ---- blueprints and config (blueprint.c, config.c) ---------------------- */
+
+enum bp_field_type { BP_FIELD_STRING, BP_FIELD_SECRET, BP_FIELD_URL, BP_FIELD_INTEGER };
+
+typedef struct bp_field {
+    char *key, *label, *help, *default_value;
+    enum bp_field_type type;
+    int required;
+} bp_field;
+
+typedef struct bp_route {
+    char *name;      /* key in the event table: "page", "Order Completed", … */
+    char *type;      /* page | track | identify | group | screen */
+    char *mapping;   /* Lua file name, relative to the blueprint folder */
+    int enabled;
+    int line;        /* line in blueprint.yaml, for messages */
+} bp_route;
+
+typedef struct bp_blueprint {
+    char *dir, *yaml_path;
+    char *vendor, *name, *category, *status, *consent_category;
+    char **variants; size_t nvariants;
+    bp_field *fields; size_t nfields;
+    char ***together; size_t ntogether;   /* groups of keys: all or none */
+    bp_route *routes; size_t nroutes;
+    bp_route custom;                       /* mapping for unlisted track events */
+    int has_custom;
+    double rate_limit_rps;
+    int retry_max_attempts;
+} bp_blueprint;
+
+bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err);
+void bp_blueprint_free(bp_blueprint *bp);
+const bp_field *bp_blueprint_field(const bp_blueprint *bp, const char *key);
+
+enum bp_consent_policy { BP_CONSENT_DENY, BP_CONSENT_ALLOW };
+
+typedef struct bp_config_value { char *key, *value; int secret; } bp_config_value;
+typedef struct bp_event_override { char *name; int enabled; } bp_event_override;
+
+typedef struct bp_config {
+    bp_config_value *values; size_t nvalues;  /* defaults applied */
+    bp_event_override *events; size_t nevents;
+    enum bp_consent_policy consent_default;
+    char *name, *variant, *delivery_mode;     /* from an install body, may be NULL */
+} bp_config;
+
+/* Load and validate a config (YAML or JSON, bare map or install body)
+ * against the blueprint's fields.  `origin` names the source in messages. */
+bp_config *bp_config_load_file(const bp_blueprint *bp, const char *path, bp_error *err);
+bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t len,
+                               const char *origin, bp_error *err);
+void bp_config_free(bp_config *c);
+const char *bp_config_get(const bp_config *c, const char *key);
+
+/* ---- consent (consent.c) ------------------------------------------------ */
+
+enum bp_consent_state { BP_CONSENT_GRANTED, BP_CONSENT_DENIED, BP_CONSENT_ABSENT };
+
+typedef struct bp_consent {
+    enum bp_consent_state state;  /* as found in the event */
+    int allowed;                  /* after applying the default policy */
+    const char *source;           /* "context.consent.canonical.marketing", … or NULL */
+    char raw[64];                 /* the value found, for reasons (never a secret) */
+} bp_consent;
+
+void bp_consent_resolve(const bp_doc *event, const char *category,
+                        enum bp_consent_policy fallback, bp_consent *out);
+
+/* ---- requests and outcomes (request.c) ----------------------------------- */
+
+enum bp_verdict { BP_DELIVER, BP_DROP, BP_ERROR };
+enum bp_body_kind { BP_BODY_NONE, BP_BODY_JSON, BP_BODY_FORM, BP_BODY_RAW };
+
+/* A place in a request where the core substitutes a secret when sending.
+ * Lua never sees secret values, only their names. */
+typedef struct bp_secret_slot {
+    size_t offset;      /* byte offset in the body or header value */
+    char *name;         /* config key of the secret */
+} bp_secret_slot;
+
+typedef struct bp_header {
+    char *name;
+    char *value;        /* literal value, or the secret's config key */
+    int secret;
+} bp_header;
+
+typedef struct bp_request {
+    char *method, *url;
+    bp_header *headers; size_t nheaders;
+    enum bp_body_kind body_kind;
+    bp_buf body;                     /* encoded, secrets left out at slot offsets */
+    bp_secret_slot *slots; size_t nslots;
+} bp_request;
+
+typedef struct bp_outcome {
+    enum bp_verdict verdict;
+    bp_buf reason;
+    char *message_id, *type, *event;  /* may be NULL */
+    char *mapping;                    /* the Lua file that ran, may be NULL */
+    bp_request *requests; size_t nrequests, caprequests;
+} bp_outcome;
+
+void bp_outcome_init(bp_outcome *o);
+void bp_outcome_reset(bp_outcome *o);
+void bp_outcome_free(bp_outcome *o);
+bp_request *bp_outcome_add_request(bp_outcome *o);
+/* Render a request body with every secret shown as [redacted]. */
+void bp_request_render_redacted(const bp_request *r, bp_buf *out);
+/* Render a request body with secrets substituted (escaped for the body kind)
+ * from the config.  Only the delivery path calls this. */
+void bp_request_render_secret(const bp_request *r, const bp_config *c, bp_buf *out);
+/* One dry-run line (DESIGN.md §5), without the trailing newline. */
+void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out);
+
+/* ---- the engine (engine.c, sandbox.c) ------------------------------------ */
+
+typedef struct bp_limits {
+    size_t memory_bytes;        /* per Lua state; default 64 MiB */
+    uint64_t instructions;      /* per event; default 20 million */
+    unsigned timeout_ms;        /* wall time per event; default 1000 */
+    bp_json_limits json;
+} bp_limits;
+
+void bp_limits_default(bp_limits *l);
+
+typedef struct bp_engine bp_engine;
+
+/* Compile every mapping of the blueprint once into one sandboxed state. */
+bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg,
+                         const bp_limits *limits, bp_error *err);
+void bp_engine_free(bp_engine *e);
+/* Judge one event.  Always fills `out` (a bad event gets BP_ERROR); returns
+ * the verdict. */
+enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
+
+/* ---- event streams (reader.c) -------------------------------------------- */
+
+/* Reads events from NDJSON, a JSON array (streamed element by element) or a
+ * single (possibly pretty-printed) JSON object, in constant memory. */
+typedef struct bp_reader bp_reader;
+
+enum bp_read_status { BP_READ_EVENT, BP_READ_BAD, BP_READ_END };
+
+bp_reader *bp_reader_new(int fd, size_t max_event_bytes);
+void bp_reader_free(bp_reader *r);
+/* BP_READ_EVENT: *ev and *len hold one event's text (valid until the next call).
+ * BP_READ_BAD: the input could not be split there; `err` says why, and the
+ * reader has skipped to where it can carry on. */
+enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, bp_error *err);
+
+#endif

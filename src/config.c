@@ -1,0 +1,292 @@
+/*
+ * config.c — an integration's config: load (YAML or JSON; a bare map or the
+ * Management API install body) and validate against the blueprint's fields.
+ *
+ * Validation is strict and specific because a wrong API URL or a pasted key
+ * with a trailing newline otherwise shows up hours later as failed deliveries.
+ * Secret values are never repeated in messages.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef struct vctx {
+    const bp_doc *d;
+    const char *origin;
+    bp_error *err;
+} vctx;
+
+static int fail_at(vctx *v, uint32_t node, const char *fmt, const char *a, const char *b)
+{
+    char what[768];
+    snprintf(what, sizeof what, fmt, a, b);
+    unsigned line = node != BP_NONE && node < v->d->n ? v->d->nodes[node].line : 0;
+    if (line) bp_error_set(v->err, "%s:%u: %s", v->origin, line, what);
+    else bp_error_set(v->err, "%s: %s", v->origin, what);
+    return -1;
+}
+
+static int has_space_or_control(const char *s)
+{
+    for (; *s; s++) if ((unsigned char)*s <= ' ' || *s == 0x7f) return 1;
+    return 0;
+}
+
+static int is_loopback_host(const char *host, size_t len)
+{
+    if (len == 9 && !strncasecmp(host, "localhost", 9)) return 1;
+    if (len == 5 && !strncmp(host, "[::1]", 5)) return 1;
+    return len >= 4 && !strncmp(host, "127.", 4);
+}
+
+/* Absolute https:// URL with a host; http:// only towards loopback (tests). */
+static const char *check_url(const char *s)
+{
+    if (has_space_or_control(s)) return "must not contain spaces or control characters";
+    const char *rest;
+    int plain = 0;
+    if (!strncasecmp(s, "https://", 8)) rest = s + 8;
+    else if (!strncasecmp(s, "http://", 7)) { rest = s + 7; plain = 1; }
+    else return "must be an absolute https:// URL";
+    size_t hostlen = strcspn(rest, "/?#");
+    const char *colon = rest[0] == '[' ? strchr(rest, ']') : NULL;
+    size_t namelen = colon ? (size_t)(colon - rest) + 1 : strcspn(rest, ":/?#");
+    if (namelen > hostlen) namelen = hostlen;
+    if (namelen == 0) return "has no host name";
+    if (memchr(rest, '@', hostlen)) return "must not contain user names or passwords";
+    if (plain && !is_loopback_host(rest, namelen))
+        return "must use https:// (plain http:// is allowed only for 127.0.0.1 and localhost)";
+    return NULL;
+}
+
+static const char *check_value(const bp_field *f, const char *s)
+{
+    switch (f->type) {
+    case BP_FIELD_URL: return check_url(s);
+    case BP_FIELD_SECRET:
+        if (!*s) return "must not be empty";
+        if (has_space_or_control(s)) return "must not contain spaces, line breaks or control characters (check for a stray newline when pasting)";
+        return NULL;
+    case BP_FIELD_INTEGER: {
+        size_t n = strlen(s);
+        if (n == 0 || n > 18 || strspn(s, "0123456789") != n) return "must be a whole number (digits only)";
+        return NULL;
+    }
+    case BP_FIELD_STRING:
+        for (const char *p = s; *p; p++) if ((unsigned char)*p < ' ') return "must not contain control characters";
+        return NULL;
+    }
+    return NULL;
+}
+
+static void add_value(bp_config *c, const char *key, const char *value, int secret)
+{
+    c->values = realloc(c->values, (c->nvalues + 1) * sizeof *c->values);
+    if (!c->values) abort();
+    c->values[c->nvalues].key = strdup(key);
+    c->values[c->nvalues].value = strdup(value);
+    c->values[c->nvalues].secret = secret;
+    c->nvalues++;
+}
+
+const char *bp_config_get(const bp_config *c, const char *key)
+{
+    for (size_t i = 0; i < c->nvalues; i++)
+        if (!strcmp(c->values[i].key, key)) return c->values[i].value;
+    return NULL;
+}
+
+static int load_events(vctx *v, bp_config *c, uint32_t ev)
+{
+    const bp_doc *d = v->d;
+    if (d->nodes[ev].type != BP_JOBJECT)
+        return fail_at(v, ev, "'events' must be a map such as {\"Webinar Registered\": {\"enabled\": true}}%s%s", "", "");
+    c->events = calloc(d->nodes[ev].len + 1, sizeof *c->events);
+    for (uint32_t k = ev + 1, i = 0; i < d->nodes[ev].len; i++) {
+        const char *name = bp_jtext(d, k);
+        uint32_t val = k + 1;
+        uint32_t en = d->nodes[val].type == BP_JOBJECT ? bp_jget(d, val, "enabled") : val;
+        if (en == BP_NONE || (d->nodes[en].type != BP_JTRUE && d->nodes[en].type != BP_JFALSE))
+            return fail_at(v, val, "events.'%s' must be {enabled: true} or {enabled: false}%s", name, "");
+        c->events[c->nevents].name = strdup(name);
+        c->events[c->nevents].enabled = d->nodes[en].type == BP_JTRUE;
+        c->nevents++;
+        k = d->nodes[val].next;
+    }
+    return 0;
+}
+
+static int load_consent(vctx *v, bp_config *c, uint32_t node)
+{
+    const bp_doc *d = v->d;
+    uint32_t pol = d->nodes[node].type == BP_JOBJECT ? bp_jget(d, node, "default_policy") : BP_NONE;
+    if (d->nodes[node].type != BP_JOBJECT || (pol != BP_NONE && !bp_jscalar(d, pol)))
+        return fail_at(v, node, "'consent' must be a map such as {default_policy: deny}%s%s", "", "");
+    if (pol == BP_NONE) return 0;
+    const char *p = bp_jscalar(d, pol);
+    if (!strcmp(p, "allow")) c->consent_default = BP_CONSENT_ALLOW;
+    else if (!strcmp(p, "deny")) c->consent_default = BP_CONSENT_DENY;
+    else return fail_at(v, pol, "consent.default_policy must be 'allow' or 'deny', not '%s'%s", p, "");
+    return 0;
+}
+
+static const char *type_name(enum bp_field_type t)
+{
+    switch (t) {
+    case BP_FIELD_SECRET: return "secret";
+    case BP_FIELD_URL: return "url";
+    case BP_FIELD_INTEGER: return "integer";
+    default: return "string";
+    }
+}
+
+static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root)
+{
+    const bp_doc *d = v->d;
+    uint32_t cfg = root;
+    uint32_t inner = bp_jget(d, root, "config");
+    if (inner != BP_NONE) {
+        /* Management API install body: {"name","variant","config":{…},"delivery_mode"} */
+        if (d->nodes[inner].type != BP_JOBJECT) return fail_at(v, inner, "'config' must be a map of field values%s%s", "", "");
+        cfg = inner;
+        const char *name = bp_jscalar(d, bp_jget(d, root, "name"));
+        const char *variant = bp_jscalar(d, bp_jget(d, root, "variant"));
+        const char *mode = bp_jscalar(d, bp_jget(d, root, "delivery_mode"));
+        c->name = name ? strdup(name) : NULL;
+        c->delivery_mode = mode ? strdup(mode) : NULL;
+        if (variant) {
+            int known = 0;
+            for (size_t i = 0; i < bp->nvariants; i++) if (!strcmp(bp->variants[i], variant)) known = 1;
+            if (!known) return fail_at(v, bp_jget(d, root, "variant"), "unknown variant '%s' (this blueprint has: %s)",
+                                       variant, bp->variants[0]);
+            c->variant = strdup(variant);
+        }
+        if (mode && strcmp(mode, "server_side") != 0)
+            return fail_at(v, bp_jget(d, root, "delivery_mode"), "delivery_mode '%s' is not supported; use \"server_side\"%s", mode, "");
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        uint32_t holder = pass ? root : cfg;
+        if (pass && root == cfg) break;
+        uint32_t ev = bp_jget(d, holder, "events");
+        if (ev != BP_NONE && !c->events && load_events(v, c, ev) < 0) return -1;
+        uint32_t co = bp_jget(d, holder, "consent");
+        if (co != BP_NONE && load_consent(v, c, co) < 0) return -1;
+    }
+    for (uint32_t k = cfg + 1, i = 0; i < d->nodes[cfg].len; i++, k = d->nodes[k + 1].next) {
+        const char *key = bp_jtext(d, k);
+        uint32_t val = k + 1;
+        if (!strcmp(key, "events") || !strcmp(key, "consent")) continue;
+        if (cfg == root && (!strcmp(key, "name") || !strcmp(key, "variant") || !strcmp(key, "delivery_mode"))) continue;
+        const bp_field *f = bp_blueprint_field(bp, key);
+        if (!f) {
+            bp_buf known;
+            bp_buf_init(&known);
+            for (size_t j = 0; j < bp->nfields; j++) bp_buf_printf(&known, "%s%s", j ? ", " : "", bp->fields[j].key);
+            int rc = fail_at(v, val, "unknown config field '%s' (known fields: %s)", key, known.data);
+            bp_buf_free(&known);
+            return rc;
+        }
+        if (d->nodes[val].type == BP_JNULL) continue;
+        const char *s = bp_jscalar(d, val);
+        if (!s) return fail_at(v, val, "config field '%s' must be a single %s value", key, type_name(f->type));
+        if (!*s) continue;  /* "" means unset, as in most settings forms */
+        if (bp_config_get(c, key)) return fail_at(v, val, "config field '%s' is set twice%s", key, "");
+        const char *problem = check_value(f, s);
+        if (problem) {
+            char what[512];
+            if (f->type == BP_FIELD_SECRET) snprintf(what, sizeof what, "%s (value not shown)", problem);
+            else snprintf(what, sizeof what, "%s; got '%.200s'", problem, s);
+            return fail_at(v, val, "config field '%s': %s", key, what);
+        }
+        add_value(c, key, s, f->type == BP_FIELD_SECRET);
+    }
+    for (size_t i = 0; i < bp->nfields; i++) {
+        const bp_field *f = &bp->fields[i];
+        if (bp_config_get(c, f->key)) continue;
+        if (f->default_value) { add_value(c, f->key, f->default_value, f->type == BP_FIELD_SECRET); continue; }
+        if (f->required)
+            return fail_at(v, cfg, "config field '%s' is required: %s", f->key, f->help && *f->help ? f->help : f->label);
+    }
+    for (size_t g = 0; g < bp->ntogether; g++) {
+        size_t set = 0, total = 0;
+        const char *missing = NULL;
+        for (char **k = bp->together[g]; *k; k++, total++) {
+            if (bp_config_get(c, *k)) set++; else if (!missing) missing = *k;
+        }
+        if (set && set < total) {
+            bp_buf names;
+            bp_buf_init(&names);
+            for (char **k = bp->together[g]; *k; k++) bp_buf_printf(&names, "%s'%s'", k == bp->together[g] ? "" : " and ", *k);
+            char what[640];
+            snprintf(what, sizeof what, "config fields %s go together: set all of them or none; '%s' is missing",
+                     names.data, missing);
+            bp_buf_free(&names);
+            return fail_at(v, cfg, "%s%s", what, "");
+        }
+    }
+    return 0;
+}
+
+bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t len, const char *origin,
+                               bp_error *err)
+{
+    bp_doc d;
+    bp_doc_init(&d);
+    d.origin = origin;
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) i++;
+    int rc;
+    if (i < len && text[i] == '{') {
+        bp_json_limits lim = { 4u * 1024u * 1024u, 64 };
+        rc = bp_json_parse(&d, text, len, &lim, err);
+        if (rc < 0) {
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            bp_error_set(err, "%s: %s", origin, msg);
+        }
+    } else {
+        rc = bp_yaml_parse(&d, text, len, err);
+    }
+    bp_config *c = NULL;
+    if (rc == 0) {
+        c = calloc(1, sizeof *c);
+        if (!c) abort();
+        c->consent_default = BP_CONSENT_DENY;
+        vctx v = { &d, origin, err };
+        if (d.nodes[0].type != BP_JOBJECT) {
+            bp_error_set(err, "%s: the config must be a map of field names to values", origin);
+            rc = -1;
+        } else {
+            rc = validate(&v, bp, c, 0);
+        }
+        if (rc < 0) { bp_config_free(c); c = NULL; }
+    }
+    bp_doc_free(&d);
+    return c;
+}
+
+bp_config *bp_config_load_file(const bp_blueprint *bp, const char *path, bp_error *err)
+{
+    bp_buf text;
+    bp_buf_init(&text);
+    if (bp_read_file(path, &text, err) < 0) { bp_buf_free(&text); return NULL; }
+    bp_config *c = bp_config_load_text(bp, text.data, text.len, path, err);
+    bp_buf_free(&text);
+    return c;
+}
+
+void bp_config_free(bp_config *c)
+{
+    if (!c) return;
+    for (size_t i = 0; i < c->nvalues; i++) { free(c->values[i].key); free(c->values[i].value); }
+    free(c->values);
+    for (size_t i = 0; i < c->nevents; i++) free(c->events[i].name);
+    free(c->events);
+    free(c->name);
+    free(c->variant);
+    free(c->delivery_mode);
+    free(c);
+}

@@ -1,0 +1,453 @@
+/*
+ * engine.c — judge one event: parse, route through the event table, check
+ * consent, run the mapping in the sandbox, and turn what it returns into
+ * vendor requests.
+ *
+ * Every path ends in exactly one outcome (deliver, drop with a reason, or
+ * error with a message naming file and line), so nothing is lost silently.
+ */
+#include "internal.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct bp_engine {
+    const bp_blueprint *bp;
+    const bp_config *cfg;
+    bp_sandbox *sb;
+    lua_State *L;
+    int *route_refs;        /* registry refs of the compiled mappings */
+    int custom_ref;
+    int ctx_ref;            /* the real ctx table (the core writes per-event fields) */
+    int ctx_proxy_ref;      /* what mappings receive: read-only */
+    bp_doc doc;
+    bp_json_limits json_limits;
+};
+
+static void chunk_name(const bp_blueprint *bp, const char *file, char *out, size_t n)
+{
+    snprintf(out, n, "@%s/%s", bp->dir, file);
+}
+
+/* Compile a mapping file (or reuse it when another route names the same
+ * file) and keep its function in the registry. */
+static int compile_mapping(bp_engine *e, const char *file, bp_error *err)
+{
+    lua_State *L = e->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, "bp.mappings");       /* mappings */
+    if (lua_getfield(L, -1, file) == LUA_TFUNCTION) {         /* mappings, fn */
+        int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pop(L, 1);
+        return ref;
+    }
+    lua_pop(L, 1);
+    char path[4096], chunk[4200];
+    snprintf(path, sizeof path, "%s/%s", e->bp->dir, file);
+    chunk_name(e->bp, file, chunk, sizeof chunk);
+    if (bp_sandbox_load_file(e->sb, path, chunk, err) < 0) { lua_pop(L, 1); return LUA_NOREF; }
+    if (!lua_isfunction(L, -1)) {                             /* mappings, result */
+        bp_error_set(err, "%s: must end with 'return function(event, ctx) … end' (it returned %s)",
+                     path, luaL_typename(L, -1));
+        lua_pop(L, 2);
+        return LUA_NOREF;
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, file);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return ref;
+}
+
+static int load_helpers(bp_engine *e, bp_error *err)
+{
+    char path[4096], chunk[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/helpers.lua", e->bp->dir);
+    if (stat(path, &st) != 0) return 0;
+    chunk_name(e->bp, "helpers.lua", chunk, sizeof chunk);
+    if (bp_sandbox_load_file(e->sb, path, chunk, err) < 0) return -1;
+    if (!lua_istable(e->L, -1)) {
+        bp_error_set(err, "%s: must return a table of helper functions (it returned %s)", path,
+                     luaL_typename(e->L, -1));
+        lua_pop(e->L, 1);
+        return -1;
+    }
+    bp_push_readonly(e->L);
+    bp_sandbox_set_global(e->sb, "helpers");
+    return 0;
+}
+
+bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_limits *limits, bp_error *err)
+{
+    bp_limits def;
+    if (!limits) { bp_limits_default(&def); limits = &def; }
+    bp_engine *e = calloc(1, sizeof *e);
+    if (!e) abort();
+    e->bp = bp;
+    e->cfg = cfg;
+    e->json_limits = limits->json;
+    e->custom_ref = LUA_NOREF;
+    bp_doc_init(&e->doc);
+    e->route_refs = calloc(bp->nroutes + 1, sizeof *e->route_refs);
+    if (!(e->sb = bp_sandbox_new(limits, err))) { free(e->route_refs); free(e); return NULL; }
+    e->L = bp_sandbox_state(e->sb);
+    lua_State *L = e->L;
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "bp.mappings");
+
+    bp_push_helpers(L, cfg, bp);                        /* ctx */
+    lua_pushvalue(L, -1);
+    e->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    bp_push_readonly(L);
+    e->ctx_proxy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    if (load_helpers(e, err) < 0) goto fail;
+    for (size_t i = 0; i < bp->nroutes; i++)
+        if ((e->route_refs[i] = compile_mapping(e, bp->routes[i].mapping, err)) == LUA_NOREF) goto fail;
+    if (bp->has_custom && (e->custom_ref = compile_mapping(e, bp->custom.mapping, err)) == LUA_NOREF) goto fail;
+    lua_gc(L, LUA_GCCOLLECT);
+    return e;
+fail:
+    bp_engine_free(e);
+    return NULL;
+}
+
+void bp_engine_free(bp_engine *e)
+{
+    if (!e) return;
+    bp_sandbox_free(e->sb);
+    bp_doc_free(&e->doc);
+    free(e->route_refs);
+    free(e);
+}
+
+/* ---- routing ------------------------------------------------------------------- */
+
+static const bp_event_override *override_for(const bp_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->nevents; i++)
+        if (!strcmp(c->events[i].name, name)) return &c->events[i];
+    return NULL;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+/* Pick the route for this event, or set a drop reason and return -1.
+ * *ref receives the mapping's registry ref. */
+static int route_event(bp_engine *e, const char *type, const char *name, bp_outcome *out, int *ref,
+                       const bp_route **route)
+{
+    const bp_blueprint *bp = e->bp;
+    for (size_t i = 0; i < bp->nroutes; i++) {
+        const bp_route *r = &bp->routes[i];
+        if (strcmp(r->type, type) != 0) continue;
+        if (!strcmp(type, "track") && (!name || strcmp(r->name, name) != 0)) continue;
+        const bp_event_override *o = override_for(e->cfg, r->name);
+        int enabled = o ? o->enabled : r->enabled;
+        if (!enabled) {
+            bp_buf_printf(&out->reason, "event '%s' is disabled %s", r->name,
+                          o ? "in the config (events: enabled: false)" : "in blueprint.yaml (enable it in the config's events: table)");
+            return -1;
+        }
+        *ref = e->route_refs[i];
+        *route = r;
+        return 0;
+    }
+    if (!strcmp(type, "track")) {
+        const bp_event_override *o = override_for(e->cfg, name);
+        if (bp->has_custom && o && o->enabled) {
+            *ref = e->custom_ref;
+            *route = &bp->custom;
+            return 0;
+        }
+        if (!bp->has_custom)
+            bp_buf_printf(&out->reason, "custom event '%s' is not mapped by this blueprint", name);
+        else if (o)
+            bp_buf_printf(&out->reason, "custom event '%s' is disabled in the config", name);
+        else
+            bp_buf_printf(&out->reason, "custom event not enabled: '%s' (to send it, add to the config: "
+                          "events: {\"%s\": {enabled: true}})", name, name);
+        return -1;
+    }
+    bp_buf_printf(&out->reason, "'%s' events are not mapped by this blueprint", type);
+    return -1;
+}
+
+/* ---- requests from Lua -------------------------------------------------------------- */
+
+static int cmp_headers(const void *a, const void *b)
+{
+    return strcasecmp(((const bp_header *)a)->name, ((const bp_header *)b)->name);
+}
+
+static int valid_header_name(const char *s)
+{
+    if (!*s) return 0;
+    for (; *s; s++)
+        if ((unsigned char)*s <= ' ' || *s == ':' || (unsigned char)*s >= 0x7f) return 0;
+    return 1;
+}
+
+static void add_header(bp_request *r, const char *name, const char *value, int secret)
+{
+    r->headers = realloc(r->headers, (r->nheaders + 1) * sizeof *r->headers);
+    if (!r->headers) abort();
+    r->headers[r->nheaders].name = strdup(name);
+    r->headers[r->nheaders].value = strdup(value);
+    r->headers[r->nheaders].secret = secret;
+    r->nheaders++;
+}
+
+static int has_header(const bp_request *r, const char *name)
+{
+    for (size_t i = 0; i < r->nheaders; i++) if (!strcasecmp(r->headers[i].name, name)) return 1;
+    return 0;
+}
+
+static int req_fail(bp_error *err, const char *fmt, const char *a)
+{
+    bp_error_set(err, fmt, a);
+    return -1;
+}
+
+static int read_headers(lua_State *L, int idx, bp_request *r, bp_error *err)
+{
+    if (lua_isnil(L, idx)) return 0;
+    if (!lua_istable(L, idx)) return req_fail(err, "headers must be a table of name = value%s", "");
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING || !valid_header_name(lua_tostring(L, -2))) {
+            lua_pop(L, 2);
+            return req_fail(err, "header names must be non-empty strings without spaces or ':'%s", "");
+        }
+        const char *name = lua_tostring(L, -2);
+        const char *secret = bp_secret_name(L, -1);
+        if (secret) {
+            add_header(r, name, secret, 1);
+        } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+            lua_pushvalue(L, -1);
+            const char *v = lua_tostring(L, -1);
+            if (strpbrk(v, "\r\n")) { lua_pop(L, 3); return req_fail(err, "header '%s' contains a line break", name); }
+            add_header(r, name, v, 0);
+            lua_pop(L, 1);
+        } else {
+            lua_pop(L, 2);
+            return req_fail(err, "header '%s' must be a string, number or ctx.secret(...)", name);
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* The request table is on top of the stack. */
+static int read_request(lua_State *L, bp_request *r, bp_error *err)
+{
+    static const char *const allowed[] = { "method", "url", "headers", "json", "form", "body", NULL };
+    int t = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        int ok = 0;
+        for (int i = 0; k && allowed[i]; i++) if (!strcmp(k, allowed[i])) ok = 1;
+        if (!ok) {
+            lua_pop(L, 1);
+            return req_fail(err, "unknown request field '%s' (expected method, url, headers, json, form or body)",
+                            k ? k : "(not a string)");
+        }
+    }
+    lua_getfield(L, t, "method");
+    const char *method = lua_isnil(L, -1) ? "POST" : lua_tostring(L, -1);
+    static const char *const methods[] = { "GET", "POST", "PUT", "PATCH", "DELETE", NULL };
+    int known = 0;
+    for (int i = 0; method && methods[i]; i++) if (!strcmp(method, methods[i])) known = 1;
+    if (!known) return req_fail(err, "method must be GET, POST, PUT, PATCH or DELETE, not '%s'", method ? method : "?");
+    r->method = strdup(method);
+    lua_getfield(L, t, "url");
+    const char *url = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (!url || (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0))
+        return req_fail(err, "url must be an absolute http(s) URL, got '%.200s'", url ? url : "nil");
+    if (strpbrk(url, " \r\n\t")) return req_fail(err, "url must not contain spaces or line breaks: '%.200s'", url);
+    r->url = strdup(url);
+    lua_getfield(L, t, "headers");
+    if (read_headers(L, lua_gettop(L), r, err) < 0) return -1;
+
+    int json = lua_getfield(L, t, "json") != LUA_TNIL;
+    int form = lua_getfield(L, t, "form") != LUA_TNIL;
+    int raw = lua_getfield(L, t, "body") != LUA_TNIL;
+    if (json + form + raw > 1) return req_fail(err, "give only one of json, form or body%s", "");
+    if ((json || form || raw) && !strcmp(r->method, "GET")) return req_fail(err, "a GET request cannot have a body%s", "");
+    bp_slots slots = { NULL, 0, 0 };
+    int rc = 0;
+    const char *ctype = NULL;
+    if (json) {
+        r->body_kind = BP_BODY_JSON;
+        ctype = "application/json";
+        rc = bp_encode_json(L, -3, &r->body, &slots, err);
+    } else if (form) {
+        r->body_kind = BP_BODY_FORM;
+        ctype = "application/x-www-form-urlencoded";
+        rc = bp_encode_form(L, -2, &r->body, &slots, err);
+    } else if (raw) {
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        if (!s) return req_fail(err, "body must be a string (or use json = … / form = …)%s", "");
+        if (!has_header(r, "Content-Type")) return req_fail(err, "a raw body needs a Content-Type header%s", "");
+        r->body_kind = BP_BODY_RAW;
+        bp_buf_add(&r->body, s, len);
+    }
+    r->slots = slots.v;
+    r->nslots = slots.n;
+    if (rc < 0) return -1;
+    if (ctype && !has_header(r, "Content-Type")) add_header(r, "Content-Type", ctype, 0);
+    qsort(r->headers, r->nheaders, sizeof *r->headers, cmp_headers);
+    lua_settop(L, t);
+    return 0;
+}
+
+/* Result of the mapping on top of the stack. */
+static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
+{
+    lua_State *L = e->L;
+    int top = lua_gettop(L);
+    const char *why = bp_drop_reason(L, top);
+    if (why) {
+        out->verdict = BP_DROP;
+        bp_buf_adds(&out->reason, why);
+        return;
+    }
+    if (!lua_istable(L, top)) {
+        out->verdict = BP_ERROR;
+        bp_buf_printf(&out->reason, "%s/%s: the mapping returned %s; return a request table, a list of "
+                      "requests, or ctx.drop(reason)", e->bp->dir, route->mapping, luaL_typename(L, top));
+        return;
+    }
+    int single = lua_getfield(L, top, "url") != LUA_TNIL;
+    lua_pop(L, 1);
+    lua_Integer n = single ? 1 : (lua_Integer)lua_rawlen(L, top);
+    if (n == 0) {
+        out->verdict = BP_DROP;
+        bp_buf_printf(&out->reason, "%s returned no requests", route->mapping);
+        return;
+    }
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (single) lua_pushvalue(L, top); else lua_rawgeti(L, top, i);
+        bp_error err;
+        bp_request *r = bp_outcome_add_request(out);
+        if (!lua_istable(L, -1) || read_request(L, r, &err) < 0) {
+            if (!lua_istable(L, -1)) bp_error_set(&err, "expected a request table, got %s", luaL_typename(L, -1));
+            out->verdict = BP_ERROR;
+            bp_buf_reset(&out->reason);
+            bp_buf_printf(&out->reason, "%s/%s: request %lld: %s", e->bp->dir, route->mapping, (long long)i, err.msg);
+            bp_outcome_clear_requests(out);
+            lua_settop(L, top);
+            return;
+        }
+        lua_settop(L, top);
+    }
+    out->verdict = BP_DELIVER;
+    bp_buf_printf(&out->reason, "mapped by %s", route->mapping);
+}
+
+/* ---- one event ------------------------------------------------------------------- */
+
+static void set_consent(bp_engine *e, const bp_consent *c)
+{
+    lua_State *L = e->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->ctx_ref);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, e->bp->consent_category);
+    lua_setfield(L, -2, "category");
+    lua_pushstring(L, c->state == BP_CONSENT_GRANTED ? "granted" : "unknown");
+    lua_setfield(L, -2, "state");
+    lua_pushstring(L, c->source ? c->source : "default_policy");
+    lua_setfield(L, -2, "source");
+    lua_setfield(L, -2, "consent");
+    lua_pop(L, 1);
+}
+
+static const char *top_string(const bp_doc *d, const char *const *keys)
+{
+    for (; *keys; keys++) {
+        const char *s = bp_jscalar(d, bp_jget(d, 0, *keys));
+        if (s) return s;
+    }
+    return NULL;
+}
+
+enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out)
+{
+    static const char *const id_keys[] = { "messageId", "message_id", "event_id", NULL };
+    static const char *const type_keys[] = { "type", NULL };
+    bp_error err;
+    bp_doc *d = &e->doc;
+    bp_outcome_reset(out);
+    out->verdict = BP_ERROR;
+    if (bp_json_parse(d, json, len, &e->json_limits, &err) < 0) {
+        bp_buf_printf(&out->reason, "malformed event: %s", err.msg);
+        return out->verdict;
+    }
+    if (d->nodes[0].type != BP_JOBJECT) {
+        bp_buf_adds(&out->reason, "malformed event: an event must be a JSON object");
+        return out->verdict;
+    }
+    out->message_id = dup_or_null(top_string(d, id_keys));
+    const char *type = top_string(d, type_keys);
+    if (!type || d->nodes[bp_jget(d, 0, "type")].type != BP_JSTRING) {
+        bp_buf_adds(&out->reason, "malformed event: no \"type\" (expected page, track or identify)");
+        return out->verdict;
+    }
+    out->type = strdup(type);
+    const char *name = NULL;
+    if (!strcmp(type, "track")) {
+        uint32_t ev = bp_jget(d, 0, "event");
+        name = ev != BP_NONE && d->nodes[ev].type == BP_JSTRING ? bp_jtext(d, ev) : NULL;
+        if (!name || !*name) {
+            bp_buf_adds(&out->reason, "malformed event: a track event needs an \"event\" name");
+            return out->verdict;
+        }
+    } else if (!strcmp(type, "page") || !strcmp(type, "screen")) {
+        name = bp_jscalar(d, bp_jget(d, 0, "name"));
+    } else if (strcmp(type, "identify") != 0 && strcmp(type, "group") != 0) {
+        bp_buf_printf(&out->reason, "malformed event: unknown type '%.64s' (expected page, track, identify, group or screen)", type);
+        return out->verdict;
+    }
+    out->event = dup_or_null(name);
+
+    int ref = LUA_NOREF;
+    const bp_route *route = NULL;
+    if (route_event(e, type, name, out, &ref, &route) < 0) {
+        out->verdict = BP_DROP;
+        return out->verdict;
+    }
+    bp_consent consent;
+    bp_consent_resolve(d, e->bp->consent_category, e->cfg->consent_default, &consent);
+    if (!consent.allowed) {
+        out->verdict = BP_DROP;
+        if (consent.state == BP_CONSENT_DENIED)
+            bp_buf_printf(&out->reason, "consent: %s denied (%s.%s = %s)", e->bp->consent_category,
+                          consent.source, e->bp->consent_category, consent.raw);
+        else
+            bp_buf_printf(&out->reason, "consent: the event carries no %s consent and the config's "
+                          "consent.default_policy is deny", e->bp->consent_category);
+        return out->verdict;
+    }
+    set_consent(e, &consent);
+    out->mapping = strdup(route->mapping);
+
+    lua_State *L = e->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);              /* fn */
+    bp_push_view(L, d, 0);                               /* fn, event */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->ctx_proxy_ref); /* fn, event, ctx */
+    if (bp_sandbox_call(e->sb, 2, 1, &err) < 0) {
+        out->verdict = BP_ERROR;
+        bp_buf_adds(&out->reason, err.msg);
+        return out->verdict;
+    }
+    collect(e, route, out);                              /* result */
+    lua_pop(L, 1);
+    return out->verdict;
+}

@@ -1,0 +1,353 @@
+/*
+ * helpers.c — the `ctx` table every mapping receives.
+ *
+ * These are the operations every vendor mapping needs and that must behave
+ * identically everywhere: dropping with a reason, exact JSON, secrets by
+ * name, path lookup, email normalisation and event-name slugs.  Vendor
+ * specifics belong in the blueprint's own helpers.lua, not here.
+ */
+#include "internal.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DROP_MT "bp.drop"
+
+/* ---- ctx.drop ------------------------------------------------------------------ */
+
+static int ctx_drop(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "reason");
+    luaL_setmetatable(L, DROP_MT);
+    return 1;
+}
+
+const char *bp_drop_reason(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return NULL;
+    luaL_getmetatable(L, DROP_MT);
+    int is_drop = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!is_drop) return NULL;
+    lua_getfield(L, idx, "reason");
+    const char *r = lua_tostring(L, -1);  /* anchored by the drop table */
+    lua_pop(L, 1);
+    return r;
+}
+
+/* ---- ctx.json ------------------------------------------------------------------- */
+
+typedef struct member { char *key; bp_buf enc; int keep; } member;
+
+static int cmp_members(const void *a, const void *b)
+{
+    return strcmp(((const member *)a)->key, ((const member *)b)->key);
+}
+
+static int is_kept(lua_State *L, int keep_idx, const char *key)
+{
+    if (keep_idx == 0) return 0;
+    lua_Integer n = (lua_Integer)lua_rawlen(L, keep_idx);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, keep_idx, i);
+        int same = lua_type(L, -1) == LUA_TSTRING && !strcmp(lua_tostring(L, -1), key);
+        lua_pop(L, 1);
+        if (same) return 1;
+    }
+    return 0;
+}
+
+/* Encode the object at idx within max_bytes: drop the largest members not in
+ * `keep` until it fits, and list what was dropped under "_truncated" so the
+ * loss is visible to whoever reads the event in the vendor's UI. */
+static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp_buf *out, bp_error *err)
+{
+    size_t n = 0, cap = 16;
+    member *m = calloc(cap, sizeof *m);
+    if (!m) abort();
+    int rc = 0;
+    /* Tables are walked with lua_next, event views with their __pairs
+     * iterator (which ignores its arguments).  stack: iterator? */
+    int is_view = luaL_getmetafield(L, idx, "__pairs") != LUA_TNIL;
+    if (is_view) { lua_pushvalue(L, idx); lua_call(L, 1, 1); }
+    int iter = lua_gettop(L);
+    lua_pushnil(L);
+    for (;;) {
+        if (is_view) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, iter);
+            lua_call(L, 0, 2);                   /* iter, key, value */
+            if (lua_isnil(L, -2)) { lua_pop(L, 2); lua_pushnil(L); break; }
+        } else if (!lua_next(L, idx)) {
+            lua_pushnil(L);
+            break;
+        }
+        if (lua_type(L, -2) != LUA_TSTRING) { rc = -1; bp_error_set(err, "keys must be strings"); lua_pop(L, 2); break; }
+        if (n == cap) { cap *= 2; m = realloc(m, cap * sizeof *m); if (!m) abort(); }
+        m[n].key = strdup(lua_tostring(L, -2));
+        bp_buf_init(&m[n].enc);
+        m[n].keep = is_kept(L, keep_idx, m[n].key);
+        bp_json_write_string(&m[n].enc, m[n].key, strlen(m[n].key));
+        bp_buf_addc(&m[n].enc, ':');
+        rc = bp_encode_json(L, -1, &m[n].enc, NULL, err);
+        n++;
+        lua_pop(L, 1);
+        if (rc < 0) break;
+    }
+    lua_settop(L, iter - (is_view ? 1 : 0));
+    if (rc == 0) {
+        qsort(m, n, sizeof *m, cmp_members);
+        size_t total = 2;
+        for (size_t i = 0; i < n; i++) total += m[i].enc.len + (i ? 1 : 0);
+        bp_buf dropped;
+        bp_buf_init(&dropped);
+        while (total + (dropped.len ? dropped.len + 16 : 0) > max_bytes) {
+            size_t worst = n;
+            for (size_t i = 0; i < n; i++)
+                if (!m[i].keep && m[i].enc.len && (worst == n || m[i].enc.len > m[worst].enc.len)) worst = i;
+            if (worst == n) break;  /* only kept members left: send them, over the limit */
+            total -= m[worst].enc.len + 1;
+            m[worst].enc.len = 0;
+            bp_buf_addc(&dropped, dropped.len ? ',' : '[');
+            bp_json_write_string(&dropped, m[worst].key, strlen(m[worst].key));
+        }
+        bp_buf_addc(out, '{');
+        int first = 1;
+        for (size_t i = 0; i < n; i++) {
+            if (!m[i].enc.len) continue;
+            if (!first) bp_buf_addc(out, ',');
+            bp_buf_add(out, m[i].enc.data, m[i].enc.len);
+            first = 0;
+        }
+        if (dropped.len) {
+            bp_buf_printf(out, "%s\"_truncated\":", first ? "" : ",");
+            bp_buf_add(out, dropped.data, dropped.len);
+            bp_buf_addc(out, ']');
+        }
+        bp_buf_addc(out, '}');
+        bp_buf_free(&dropped);
+    }
+    for (size_t i = 0; i < n; i++) { free(m[i].key); bp_buf_free(&m[i].enc); }
+    free(m);
+    return rc;
+}
+
+/* ctx.json(value [, {max_bytes = N, keep = {"key", …}}]) -> compact JSON text */
+static int ctx_json(lua_State *L)
+{
+    bp_buf out;
+    bp_error err;
+    int rc;
+    bp_buf_init(&out);
+    lua_settop(L, 2);
+    lua_Integer max_bytes = 0;
+    int keep_idx = 0;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "max_bytes");
+        max_bytes = lua_tointeger(L, -1);
+        lua_getfield(L, 2, "keep");
+        keep_idx = lua_istable(L, -1) ? lua_gettop(L) : 0;
+    }
+    rc = bp_encode_json(L, 1, &out, NULL, &err);
+    if (rc == 0 && max_bytes > 0 && out.len > (size_t)max_bytes && out.data[0] == '{') {
+        bp_buf_reset(&out);
+        rc = json_within(L, 1, (size_t)max_bytes, keep_idx, &out, &err);
+    }
+    if (rc < 0) {
+        bp_buf_free(&out);
+        return luaL_error(L, "ctx.json: %s", err.msg);
+    }
+    lua_pushlstring(L, out.data ? out.data : "", out.len);
+    bp_buf_free(&out);
+    return 1;
+}
+
+/* ---- ctx.get ---------------------------------------------------------------------- */
+
+/* ctx.get(value, "a.b.c" [, default]): nil-safe path lookup on tables and
+ * event views; numeric parts index arrays ("products.1.id"). */
+static int ctx_get(lua_State *L)
+{
+    size_t plen;
+    const char *path = luaL_checklstring(L, 2, &plen);
+    lua_settop(L, 3);
+    lua_pushvalue(L, 1);                      /* cur */
+    const char *p = path;
+    while (*p) {
+        if (!lua_istable(L, -1) && !luaL_testudata(L, -1, BP_VIEW_MT)) { lua_pushnil(L); lua_replace(L, -2); break; }
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        char *end;
+        long long idx = strtoll(p, &end, 10);
+        if (n > 0 && end == p + n) lua_pushinteger(L, idx);
+        else lua_pushlstring(L, p, n);
+        lua_gettable(L, -2);                  /* cur, next */
+        lua_replace(L, -2);
+        p += n + (dot ? 1 : 0);
+    }
+    if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1)))
+        lua_pushvalue(L, 3);                  /* absent or JSON null: the default */
+    return 1;
+}
+
+/* ---- ctx.email ----------------------------------------------------------------------- */
+
+/* Trim and lower-case; nil unless it looks like local@domain. */
+static int ctx_email(lua_State *L)
+{
+    if (lua_type(L, 1) != LUA_TSTRING) { lua_pushnil(L); return 1; }
+    size_t len;
+    const char *s = lua_tolstring(L, 1, &len);
+    while (len && (unsigned char)*s <= ' ') { s++; len--; }
+    while (len && (unsigned char)s[len - 1] <= ' ') len--;
+    const char *at = memchr(s, '@', len);
+    if (!at || at == s || at == s + len - 1 || memchr(at + 1, '@', len - (size_t)(at - s) - 1)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    luaL_Buffer b;
+    char *w = luaL_buffinitsize(L, &b, len);
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if ((unsigned char)c <= ' ') { lua_pushnil(L); return 1; }
+        w[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    luaL_pushresultsize(&b, len);
+    return 1;
+}
+
+/* ---- ctx.slug ------------------------------------------------------------------------ */
+
+/* ASCII spellings for U+00C0..U+00FF, so "Anmeldung für Café" keeps its
+ * letters.  Other non-ASCII characters separate words. */
+static const char *const latin1[64] = {
+    "a","a","a","a","a","a","ae","c","e","e","e","e","i","i","i","i",
+    "d","n","o","o","o","o","o",NULL,"o","u","u","u","u","y","th","ss",
+    "a","a","a","a","a","a","ae","c","e","e","e","e","i","i","i","i",
+    "d","n","o","o","o","o","o",NULL,"o","u","u","u","u","y","th","y",
+};
+
+/* ctx.slug(name [, max_len = 32]) -> "webinar_registered" or nil when no
+ * letter or digit is left. */
+static int ctx_slug(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    lua_Integer max = luaL_optinteger(L, 2, 32);
+    bp_buf out;
+    bp_buf_init(&out);
+    int pending_sep = 0, prev_lower = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *emit = NULL;
+        char one[2] = { 0, 0 };
+        int upper = 0;
+        if (c >= 'A' && c <= 'Z') { one[0] = (char)(c + 32); emit = one; upper = 1; }
+        else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) { one[0] = (char)c; emit = one; }
+        else if (c == 0xC3 && i + 1 < len && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0xBF) {
+            unsigned cp = 0xC0 + ((unsigned char)s[i + 1] & 0x3F);
+            emit = latin1[cp - 0xC0];
+            upper = cp < 0xE0;
+            i++;
+        } else if (c >= 0x80) {
+            while (i + 1 < len && ((unsigned char)s[i + 1] & 0xC0) == 0x80) i++;
+        }
+        if (!emit) { pending_sep = 1; prev_lower = 0; continue; }
+        if (upper && prev_lower) pending_sep = 1;       /* camelCase -> camel_case */
+        if (pending_sep && out.len) bp_buf_addc(&out, '_');
+        pending_sep = 0;
+        bp_buf_adds(&out, emit);
+        prev_lower = !upper;
+    }
+    size_t n = out.len < (size_t)max ? out.len : (size_t)max;
+    while (n && out.data[n - 1] == '_') n--;
+    if (n) lua_pushlstring(L, out.data, n); else lua_pushnil(L);
+    bp_buf_free(&out);
+    return 1;
+}
+
+/* ---- ctx.array, ctx.secret ----------------------------------------------------------- */
+
+static int ctx_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) lua_newtable(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    luaL_setmetatable(L, BP_ARRAY_MT);
+    return 1;
+}
+
+/* ctx.secret("api_key") -> an opaque reference, or nil when the config leaves
+ * that optional secret unset.  Upvalue 1: set of secret keys -> is-set. */
+static int ctx_secret(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, lua_upvalueindex(1), name);
+    if (lua_isnil(L, -1))
+        return luaL_error(L, "ctx.secret('%s'): blueprint.yaml declares no secret field named '%s'", name, name);
+    if (!lua_toboolean(L, -1)) { lua_pushnil(L); return 1; }
+    bp_push_secret(L, name);
+    return 1;
+}
+
+static int ctx_readonly(lua_State *L)
+{
+    return luaL_error(L, "ctx is read-only (tried to set '%s')", lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
+}
+
+/* Push `t` (on top) replaced by a read-only proxy; the real table stays
+ * reachable for the core through the proxy's metatable __index. */
+static void push_readonly(lua_State *L)
+{
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, ctx_readonly);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_remove(L, -2);
+}
+
+void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
+{
+    static const luaL_Reg fns[] = {
+        { "drop", ctx_drop }, { "json", ctx_json }, { "get", ctx_get }, { "email", ctx_email },
+        { "slug", ctx_slug }, { "array", ctx_array }, { NULL, NULL }
+    };
+    luaL_newmetatable(L, DROP_MT);
+    lua_pop(L, 1);
+
+    lua_newtable(L);                                  /* ctx */
+    luaL_setfuncs(L, fns, 0);
+    bp_push_null(L);
+    lua_setfield(L, -2, "null");
+    lua_pushcfunction(L, bp_sandbox_print);
+    lua_setfield(L, -2, "log");
+
+    /* config: non-secret values only; secrets by name through ctx.secret */
+    lua_newtable(L);                                  /* ctx, config */
+    lua_newtable(L);                                  /* ctx, config, secrets */
+    for (size_t i = 0; i < bp->nfields; i++)
+        if (bp->fields[i].type == BP_FIELD_SECRET) {
+            lua_pushboolean(L, bp_config_get(cfg, bp->fields[i].key) != NULL);
+            lua_setfield(L, -2, bp->fields[i].key);
+        }
+    for (size_t i = 0; i < cfg->nvalues; i++) {
+        if (cfg->values[i].secret) continue;
+        lua_pushstring(L, cfg->values[i].value);
+        lua_setfield(L, -3, cfg->values[i].key);
+    }
+    lua_pushcclosure(L, ctx_secret, 1);               /* ctx, config, secret */
+    lua_setfield(L, -3, "secret");
+    push_readonly(L);
+    lua_setfield(L, -2, "config");                    /* ctx */
+}
+
+void bp_push_readonly(lua_State *L) { push_readonly(L); }

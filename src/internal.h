@@ -1,0 +1,81 @@
+/*
+ * internal.h — interfaces shared between the core's subsystems, not part of
+ * the public API (blueprint.h).
+ */
+#ifndef BLUEPRINT_INTERNAL_H
+#define BLUEPRINT_INTERNAL_H
+
+#include "blueprint.h"
+
+#include <lua.h>
+
+/* Read a whole file into out (NUL-terminated).  blueprint.c */
+int bp_read_file(const char *path, bp_buf *out, bp_error *err);
+
+/* Free the requests of an outcome, keeping the rest.  request.c */
+void bp_outcome_clear_requests(bp_outcome *o);
+
+/* ---- sandbox.c ------------------------------------------------------------ */
+
+typedef struct bp_sandbox bp_sandbox;
+
+/* A Lua state with only safe libraries, read-only shared tables, strict
+ * globals, a memory cap and a per-call instruction/time budget. */
+bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err);
+void bp_sandbox_free(bp_sandbox *sb);
+lua_State *bp_sandbox_state(bp_sandbox *sb);
+/* Make `name` readable as a global in blueprint code (value on top, popped). */
+void bp_sandbox_set_global(bp_sandbox *sb, const char *name);
+/* Compile a Lua file (text only, no bytecode) and run its top level under
+ * the budget.  Leaves the chunk's single return value on the stack. */
+int bp_sandbox_load_file(bp_sandbox *sb, const char *path, const char *chunkname, bp_error *err);
+/* lua_pcall under the budget.  On error, `err` holds "file:line: message"
+ * and nothing is left on the stack; returns -1. */
+int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err);
+/* print() for blueprints: to stderr, prefixed with file:line. */
+int bp_sandbox_print(lua_State *L);
+
+/* ---- luajson.c ------------------------------------------------------------- */
+
+/* Registry names of the metatables the encoder recognises. */
+#define BP_VIEW_MT "bp.view"        /* lazy, read-only view into an event */
+#define BP_SECRET_MT "bp.secret"    /* reference to a secret config field */
+#define BP_ARRAY_MT "bp.array"      /* marks a table as a JSON array */
+#define BP_OBJECT_MT "bp.object"    /* marks a table as a JSON object */
+
+/* Register the metatables above in L. */
+void bp_luajson_open(lua_State *L);
+/* Push a view of node `i` of `d` (scalars are pushed as Lua values). */
+void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i);
+/* Push node `i` converted to plain Lua tables (arrays/objects marked). */
+void bp_push_tables(lua_State *L, const bp_doc *d, uint32_t i);
+/* Push the JSON null sentinel. */
+void bp_push_null(lua_State *L);
+
+/* Where secrets may go while encoding. */
+typedef struct bp_slots {
+    bp_secret_slot *v; size_t n, cap;
+} bp_slots;
+
+/* Encode the value at idx as compact JSON into out.  Secrets are allowed
+ * only when `slots` is non-NULL (then recorded there).  On error returns -1
+ * with a message in err naming the offending key path. */
+int bp_encode_json(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error *err);
+/* Encode a table of fields as application/x-www-form-urlencoded (sorted). */
+int bp_encode_form(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error *err);
+void bp_form_escape(bp_buf *out, const char *s, size_t len);
+/* The config key of the secret at idx, or NULL if it is not a secret. */
+const char *bp_secret_name(lua_State *L, int idx);
+void bp_push_secret(lua_State *L, const char *name);
+
+/* ---- helpers.c ------------------------------------------------------------- */
+
+/* Push the table of ctx helper functions (drop, json, secret, get, email,
+ * slug, array, null, log). */
+void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp);
+/* If the value at idx is a ctx.drop(...) result, return its reason. */
+const char *bp_drop_reason(lua_State *L, int idx);
+/* Replace the table on top with a read-only proxy onto it. */
+void bp_push_readonly(lua_State *L);
+
+#endif

@@ -1,0 +1,430 @@
+/*
+ * json.c — exact JSON: a strict parser into a flat node tree, and writers.
+ *
+ * Why not lua-cjson: as Debian ships it for Lua 5.4 it turns 64-bit integers
+ * into doubles and re-encodes [] as {} (DESIGN.md §3).  Here numbers keep
+ * their source text until someone asks for a value, arrays and objects keep
+ * their kind, and strings are validated UTF-8, so an event passes through
+ * the runtime unchanged.
+ *
+ * The parser copies the source once into the document and unescapes strings
+ * in place (an escape never expands), so a parse costs one memcpy plus one
+ * node per value and no allocation per string.
+ */
+#include "blueprint.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bp_doc_init(bp_doc *d)
+{
+    memset(d, 0, sizeof *d);
+    bp_buf_init(&d->text);
+}
+
+void bp_doc_free(bp_doc *d)
+{
+    free(d->nodes);
+    bp_buf_free(&d->text);
+    memset(d, 0, sizeof *d);
+}
+
+/* ---- UTF-8 ---------------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t avail)
+{
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t n;
+    unsigned min;
+    unsigned cp;
+    if (c >= 0xC2 && c <= 0xDF) { n = 2; min = 0x80; cp = c & 0x1F; }
+    else if ((c & 0xF0) == 0xE0) { n = 3; min = 0x800; cp = c & 0x0F; }
+    else if (c >= 0xF0 && c <= 0xF4) { n = 4; min = 0x10000; cp = c & 0x07; }
+    else return 0;
+    if (avail < n) return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return n;
+}
+
+int bp_utf8_check(const char *s, size_t len, size_t *bad_at)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        if (u[i] < 0x80) { i++; continue; }
+        size_t n = utf8_seq(u + i, len - i);
+        if (!n) { if (bad_at) *bad_at = i; return -1; }
+        i += n;
+    }
+    return 0;
+}
+
+static size_t utf8_put(char *w, unsigned cp)
+{
+    if (cp < 0x80) { w[0] = (char)cp; return 1; }
+    if (cp < 0x800) {
+        w[0] = (char)(0xC0 | (cp >> 6));
+        w[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        w[0] = (char)(0xE0 | (cp >> 12));
+        w[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        w[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    w[0] = (char)(0xF0 | (cp >> 18));
+    w[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    w[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    w[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* ---- parser ----------------------------------------------------------------- */
+
+typedef struct parser {
+    bp_doc *d;
+    char *s;          /* the document's own copy of the source */
+    size_t len, pos;
+    int depth, max_depth;
+    bp_error *err;
+} parser;
+
+static int fail(parser *p, const char *what)
+{
+    if (p->pos >= p->len)
+        bp_error_set(p->err, "invalid JSON: %s at byte %zu (the input ends too early)", what, p->pos);
+    else
+        bp_error_set(p->err, "invalid JSON: %s at byte %zu", what, p->pos);
+    return -1;
+}
+
+static uint32_t add_node(parser *p, uint8_t type, size_t off, size_t len)
+{
+    bp_doc *d = p->d;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 64;
+        bp_jnode *nodes = realloc(d->nodes, cap * sizeof *nodes);
+        if (!nodes) { fputs("blueprint: out of memory\n", stderr); abort(); }
+        d->nodes = nodes;
+        d->cap = cap;
+    }
+    bp_jnode *n = &d->nodes[d->n];
+    n->type = type;
+    n->off = (uint32_t)off;
+    n->len = (uint32_t)len;
+    n->next = (uint32_t)d->n + 1;
+    n->line = 0;
+    return (uint32_t)d->n++;
+}
+
+static void skip_ws(parser *p)
+{
+    while (p->pos < p->len) {
+        char c = p->s[p->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+        p->pos++;
+    }
+}
+
+static int hex4(const char *s, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* p->pos is on the opening quote.  Unescapes in place. */
+static int parse_string(parser *p)
+{
+    size_t start = ++p->pos;
+    char *w = p->s + start;
+    for (;;) {
+        if (p->pos >= p->len) return fail(p, "unterminated string");
+        unsigned char c = (unsigned char)p->s[p->pos];
+        if (c == '"') break;
+        if (c < 0x20) return fail(p, "control character in string (escape it)");
+        if (c == '\\') {
+            if (p->pos + 1 >= p->len) return fail(p, "unterminated string");
+            char e = p->s[p->pos + 1];
+            const char *simple = strchr("\"\\/bfnrt", e);
+            if (e && simple) {
+                static const char out[] = "\"\\/\b\f\n\r\t";
+                *w++ = out[simple - "\"\\/bfnrt"];
+                p->pos += 2;
+                continue;
+            }
+            if (e != 'u') { p->pos++; return fail(p, "invalid escape in string"); }
+            unsigned cp, lo;
+            if (p->pos + 6 > p->len || hex4(p->s + p->pos + 2, &cp) < 0)
+                return fail(p, "invalid \\u escape");
+            p->pos += 6;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) return fail(p, "lone low surrogate in \\u escape");
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (p->pos + 6 > p->len || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u' ||
+                    hex4(p->s + p->pos + 2, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF)
+                    return fail(p, "high surrogate not followed by a low surrogate");
+                p->pos += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            w += utf8_put(w, cp);
+            continue;
+        }
+        if (c < 0x80) { *w++ = (char)c; p->pos++; continue; }
+        size_t n = utf8_seq((unsigned char *)p->s + p->pos, p->len - p->pos);
+        if (!n) return fail(p, "invalid UTF-8 in string");
+        memmove(w, p->s + p->pos, n);
+        w += n;
+        p->pos += n;
+    }
+    size_t len = (size_t)(w - (p->s + start));
+    *w = '\0'; /* w <= the closing quote, which has been read */
+    p->pos++;
+    add_node(p, BP_JSTRING, start, len);
+    return 0;
+}
+
+static int digits(parser *p)
+{
+    size_t start = p->pos;
+    while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9') p->pos++;
+    return p->pos > start ? 0 : -1;
+}
+
+static int parse_number(parser *p)
+{
+    size_t start = p->pos;
+    if (p->s[p->pos] == '-') p->pos++;
+    if (p->pos < p->len && p->s[p->pos] == '0') p->pos++;
+    else if (digits(p) < 0) return fail(p, "invalid number");
+    if (p->pos < p->len && p->s[p->pos] == '.') {
+        p->pos++;
+        if (digits(p) < 0) return fail(p, "invalid number (digits expected after '.')");
+    }
+    if (p->pos < p->len && (p->s[p->pos] == 'e' || p->s[p->pos] == 'E')) {
+        p->pos++;
+        if (p->pos < p->len && (p->s[p->pos] == '+' || p->s[p->pos] == '-')) p->pos++;
+        if (digits(p) < 0) return fail(p, "invalid number (digits expected in exponent)");
+    }
+    add_node(p, BP_JNUMBER, start, p->pos - start);
+    return 0;
+}
+
+static int parse_literal(parser *p, const char *word, uint8_t type)
+{
+    size_t n = strlen(word);
+    if (p->len - p->pos < n || memcmp(p->s + p->pos, word, n) != 0)
+        return fail(p, "unexpected character");
+    p->pos += n;
+    add_node(p, type, p->pos - n, n);
+    return 0;
+}
+
+static int parse_value(parser *p);
+
+static int parse_container(parser *p, int is_object)
+{
+    if (++p->depth > p->max_depth) return fail(p, "nesting too deep");
+    uint32_t self = add_node(p, is_object ? BP_JOBJECT : BP_JARRAY, p->pos, 0);
+    char close = is_object ? '}' : ']';
+    uint32_t count = 0;
+    p->pos++;
+    skip_ws(p);
+    if (p->pos < p->len && p->s[p->pos] == close) {
+        p->pos++;
+    } else {
+        for (;;) {
+            skip_ws(p);
+            if (is_object) {
+                if (p->pos >= p->len || p->s[p->pos] != '"') return fail(p, "expected a string key");
+                if (parse_string(p) < 0) return -1;
+                skip_ws(p);
+                if (p->pos >= p->len || p->s[p->pos] != ':') return fail(p, "expected ':' after key");
+                p->pos++;
+            }
+            if (parse_value(p) < 0) return -1;
+            count++;
+            skip_ws(p);
+            if (p->pos < p->len && p->s[p->pos] == ',') { p->pos++; continue; }
+            if (p->pos < p->len && p->s[p->pos] == close) { p->pos++; break; }
+            return fail(p, is_object ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
+    }
+    p->d->nodes[self].len = count;
+    p->d->nodes[self].next = (uint32_t)p->d->n;
+    p->depth--;
+    return 0;
+}
+
+static int parse_value(parser *p)
+{
+    skip_ws(p);
+    if (p->pos >= p->len) return fail(p, "expected a value");
+    switch (p->s[p->pos]) {
+    case '{': return parse_container(p, 1);
+    case '[': return parse_container(p, 0);
+    case '"': return parse_string(p);
+    case 't': return parse_literal(p, "true", BP_JTRUE);
+    case 'f': return parse_literal(p, "false", BP_JFALSE);
+    case 'n': return parse_literal(p, "null", BP_JNULL);
+    default:
+        if (p->s[p->pos] == '-' || (p->s[p->pos] >= '0' && p->s[p->pos] <= '9'))
+            return parse_number(p);
+        return fail(p, "unexpected character");
+    }
+}
+
+int bp_json_parse(bp_doc *d, const char *src, size_t len, const bp_json_limits *limits,
+                  bp_error *err)
+{
+    size_t max_bytes = limits && limits->max_bytes ? limits->max_bytes : BP_DEFAULT_MAX_EVENT_BYTES;
+    int max_depth = limits && limits->max_depth ? limits->max_depth : BP_DEFAULT_MAX_DEPTH;
+    d->n = 0;
+    d->generation++;
+    bp_buf_reset(&d->text);
+    if (len > max_bytes) {
+        bp_error_set(err, "event too large: %zu bytes (the limit is %zu)", len, max_bytes);
+        return -1;
+    }
+    bp_buf_add(&d->text, src, len);
+    parser p = { d, d->text.data, len, 0, 0, max_depth, err };
+    if (parse_value(&p) < 0) { d->n = 0; return -1; }
+    skip_ws(&p);
+    if (p.pos != p.len) { d->n = 0; return fail(&p, "unexpected data after the JSON value"); }
+    /* Numbers end at a delimiter that has been consumed: terminate them so
+     * bp_jtext can hand them to strtod and lua_stringtonumber. */
+    for (size_t i = 0; i < d->n; i++)
+        if (d->nodes[i].type == BP_JNUMBER) d->text.data[d->nodes[i].off + d->nodes[i].len] = '\0';
+    return 0;
+}
+
+/* ---- access ----------------------------------------------------------------- */
+
+const char *bp_jtext(const bp_doc *d, uint32_t i) { return d->text.data + d->nodes[i].off; }
+
+const char *bp_jscalar(const bp_doc *d, uint32_t i)
+{
+    if (i == BP_NONE || i >= d->n) return NULL;
+    if (d->nodes[i].type != BP_JSTRING && d->nodes[i].type != BP_JNUMBER) return NULL;
+    return bp_jtext(d, i);
+}
+
+uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key)
+{
+    if (obj == BP_NONE || obj >= d->n || d->nodes[obj].type != BP_JOBJECT) return BP_NONE;
+    size_t klen = strlen(key);
+    uint32_t i = obj + 1;
+    for (uint32_t k = 0; k < d->nodes[obj].len; k++) {
+        const bp_jnode *kn = &d->nodes[i];
+        if (kn->len == klen && memcmp(d->text.data + kn->off, key, klen) == 0) return i + 1;
+        i = d->nodes[i + 1].next;
+    }
+    return BP_NONE;
+}
+
+uint32_t bp_jget_path(const bp_doc *d, uint32_t from, const char *dotted)
+{
+    char part[256];
+    const char *s = dotted;
+    uint32_t cur = from;
+    while (cur != BP_NONE && *s) {
+        const char *dot = strchr(s, '.');
+        size_t n = dot ? (size_t)(dot - s) : strlen(s);
+        if (n >= sizeof part) return BP_NONE;
+        memcpy(part, s, n);
+        part[n] = '\0';
+        cur = bp_jget(d, cur, part);
+        s += n + (dot ? 1 : 0);
+    }
+    return cur;
+}
+
+/* ---- writers ---------------------------------------------------------------- */
+
+void bp_json_write_string(bp_buf *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    bp_buf_reserve(out, len + 2);
+    bp_buf_addc(out, '"');
+    size_t run = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        bp_buf_add(out, s + run, i - run);
+        run = i + 1;
+        switch (c) {
+        case '"': bp_buf_add(out, "\\\"", 2); break;
+        case '\\': bp_buf_add(out, "\\\\", 2); break;
+        case '\n': bp_buf_add(out, "\\n", 2); break;
+        case '\r': bp_buf_add(out, "\\r", 2); break;
+        case '\t': bp_buf_add(out, "\\t", 2); break;
+        case '\b': bp_buf_add(out, "\\b", 2); break;
+        case '\f': bp_buf_add(out, "\\f", 2); break;
+        default: {
+            char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            bp_buf_add(out, u, 6);
+        }
+        }
+    }
+    bp_buf_add(out, s + run, len - run);
+    bp_buf_addc(out, '"');
+}
+
+int bp_json_write_double(bp_buf *out, double v)
+{
+    if (isnan(v) || isinf(v)) return -1;
+    char tmp[40];
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+        if (strtod(tmp, NULL) == v) break;
+    }
+    bp_buf_adds(out, tmp);
+    if (!strpbrk(tmp, ".eE")) bp_buf_add(out, ".0", 2);
+    return 0;
+}
+
+void bp_json_write_node(bp_buf *out, const bp_doc *d, uint32_t i)
+{
+    const bp_jnode *n = &d->nodes[i];
+    switch (n->type) {
+    case BP_JNULL: bp_buf_add(out, "null", 4); break;
+    case BP_JTRUE: bp_buf_add(out, "true", 4); break;
+    case BP_JFALSE: bp_buf_add(out, "false", 5); break;
+    case BP_JNUMBER: bp_buf_add(out, d->text.data + n->off, n->len); break;
+    case BP_JSTRING: bp_json_write_string(out, d->text.data + n->off, n->len); break;
+    case BP_JARRAY:
+    case BP_JOBJECT: {
+        int obj = n->type == BP_JOBJECT;
+        bp_buf_addc(out, obj ? '{' : '[');
+        uint32_t c = i + 1;
+        for (uint32_t k = 0; k < n->len; k++) {
+            if (k) bp_buf_addc(out, ',');
+            if (obj) {
+                bp_json_write_node(out, d, c);
+                bp_buf_addc(out, ':');
+                c++;
+            }
+            bp_json_write_node(out, d, c);
+            c = d->nodes[c].next;
+        }
+        bp_buf_addc(out, obj ? '}' : ']');
+        break;
+    }
+    }
+}

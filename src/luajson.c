@@ -1,0 +1,513 @@
+/*
+ * luajson.c — JSON between the core and Lua, exactly.
+ *
+ * Events reach a mapping as *views*: small userdata pointing at a node of the
+ * parsed document.  Indexing a view returns scalars as Lua values and
+ * containers as further views, so a mapping that reads ten fields of a
+ * 1 KB event converts ten fields, not the whole event.  A view written back
+ * into a request is copied node by node, so numbers keep their exact source
+ * text (a 20-digit id survives even though Lua could not hold it).
+ *
+ * The top level of an event also answers to both spellings Signal uses
+ * (userId/user_id, anonymousId/anonymous_id, messageId/message_id/event_id).
+ *
+ * Tables built by mappings are encoded with sorted keys (deterministic
+ * output for golden tests); a table is an array when it is a non-empty
+ * sequence or was made with ctx.array(), otherwise an object.
+ */
+#include "internal.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct view {
+    const bp_doc *doc;
+    uint32_t node;
+    uint32_t generation;
+} view;
+
+#define MAX_ENCODE_DEPTH 64
+
+/* ---- views ------------------------------------------------------------------- */
+
+static view *check_view(lua_State *L, int idx)
+{
+    view *v = luaL_checkudata(L, idx, BP_VIEW_MT);
+    if (v->doc->generation != v->generation)
+        luaL_error(L, "event data used after its event finished (do not keep event values between calls)");
+    return v;
+}
+
+void bp_push_null(lua_State *L) { lua_pushlightuserdata(L, NULL); }
+
+static void push_scalar(lua_State *L, const bp_doc *d, uint32_t i)
+{
+    const bp_jnode *n = &d->nodes[i];
+    switch (n->type) {
+    case BP_JTRUE: lua_pushboolean(L, 1); break;
+    case BP_JFALSE: lua_pushboolean(L, 0); break;
+    case BP_JSTRING: lua_pushlstring(L, bp_jtext(d, i), n->len); break;
+    case BP_JNUMBER:
+        /* integers that fit 64 bits become Lua integers, others floats */
+        if (lua_stringtonumber(L, bp_jtext(d, i)) == 0) lua_pushnil(L);
+        break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i)
+{
+    uint8_t t = d->nodes[i].type;
+    if (t != BP_JOBJECT && t != BP_JARRAY) { push_scalar(L, d, i); return; }
+    view *v = lua_newuserdatauv(L, sizeof *v, 0);
+    v->doc = d;
+    v->node = i;
+    v->generation = d->generation;
+    luaL_setmetatable(L, BP_VIEW_MT);
+}
+
+/* Alternative spellings of top-level envelope keys (DESIGN.md §3). */
+static const char *const aliases[][4] = {
+    { "userId", "user_id", NULL, NULL },
+    { "anonymousId", "anonymous_id", NULL, NULL },
+    { "messageId", "message_id", "event_id", NULL },
+};
+
+static uint32_t lookup_key(const bp_doc *d, uint32_t obj, const char *key)
+{
+    uint32_t hit = bp_jget(d, obj, key);
+    if (hit != BP_NONE || obj != 0) return hit;
+    for (size_t a = 0; a < sizeof aliases / sizeof aliases[0]; a++) {
+        int match = 0;
+        for (int k = 0; aliases[a][k]; k++) if (!strcmp(aliases[a][k], key)) match = 1;
+        if (!match) continue;
+        for (int k = 0; aliases[a][k]; k++) {
+            hit = bp_jget(d, obj, aliases[a][k]);
+            if (hit != BP_NONE) return hit;
+        }
+    }
+    return BP_NONE;
+}
+
+static uint32_t array_item(const bp_doc *d, uint32_t arr, lua_Integer k)
+{
+    if (k < 1 || (lua_Unsigned)k > d->nodes[arr].len) return BP_NONE;
+    uint32_t c = arr + 1;
+    for (lua_Integer j = 1; j < k; j++) c = d->nodes[c].next;
+    return c;
+}
+
+static int view_index(lua_State *L)
+{
+    view *v = check_view(L, 1);
+    const bp_doc *d = v->doc;
+    uint32_t hit = BP_NONE;
+    if (d->nodes[v->node].type == BP_JOBJECT) {
+        const char *key = lua_tostring(L, 2);
+        if (key && lua_type(L, 2) == LUA_TSTRING) hit = lookup_key(d, v->node, key);
+    } else if (lua_isinteger(L, 2)) {
+        hit = array_item(d, v->node, lua_tointeger(L, 2));
+    }
+    if (hit == BP_NONE) { lua_pushnil(L); return 1; }
+    bp_push_view(L, d, hit);
+    return 1;
+}
+
+static int view_len(lua_State *L)
+{
+    view *v = check_view(L, 1);
+    lua_pushinteger(L, v->doc->nodes[v->node].type == BP_JARRAY ? v->doc->nodes[v->node].len : 0);
+    return 1;
+}
+
+/* pairs() iterator: upvalues are the view and the cursor (child node, ordinal). */
+static int view_next(lua_State *L)
+{
+    view *v = check_view(L, lua_upvalueindex(1));
+    const bp_doc *d = v->doc;
+    lua_Integer cursor = lua_tointeger(L, lua_upvalueindex(2));
+    lua_Integer ordinal = lua_tointeger(L, lua_upvalueindex(3));
+    const bp_jnode *self = &d->nodes[v->node];
+    if (ordinal >= (lua_Integer)self->len) return 0;
+    uint32_t c = (uint32_t)cursor;
+    if (self->type == BP_JOBJECT) {
+        lua_pushlstring(L, bp_jtext(d, c), d->nodes[c].len);
+        c++;
+    } else {
+        lua_pushinteger(L, ordinal + 1);
+    }
+    if (d->nodes[c].type == BP_JNULL) bp_push_null(L); else bp_push_view(L, d, c);
+    lua_pushinteger(L, d->nodes[c].next);
+    lua_replace(L, lua_upvalueindex(2));
+    lua_pushinteger(L, ordinal + 1);
+    lua_replace(L, lua_upvalueindex(3));
+    return 2;
+}
+
+static int view_pairs(lua_State *L)
+{
+    view *v = check_view(L, 1);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, v->node + 1);
+    lua_pushinteger(L, 0);
+    lua_pushcclosure(L, view_next, 3);
+    return 1;
+}
+
+static int view_tostring(lua_State *L)
+{
+    view *v = check_view(L, 1);
+    bp_buf b;
+    bp_buf_init(&b);
+    bp_json_write_node(&b, v->doc, v->node);
+    lua_pushlstring(L, b.data, b.len);
+    bp_buf_free(&b);
+    return 1;
+}
+
+static int view_newindex(lua_State *L)
+{
+    return luaL_error(L, "event data is read-only (copy what you need into a new table)");
+}
+
+void bp_push_tables(lua_State *L, const bp_doc *d, uint32_t i)
+{
+    const bp_jnode *n = &d->nodes[i];
+    if (n->type == BP_JNULL) { bp_push_null(L); return; }
+    if (n->type != BP_JOBJECT && n->type != BP_JARRAY) { push_scalar(L, d, i); return; }
+    luaL_checkstack(L, 4, "JSON nested too deep");
+    lua_createtable(L, n->type == BP_JARRAY ? (int)n->len : 0, n->type == BP_JOBJECT ? (int)n->len : 0);
+    uint32_t c = i + 1;
+    for (uint32_t k = 0; k < n->len; k++) {
+        if (n->type == BP_JOBJECT) {
+            lua_pushlstring(L, bp_jtext(d, c), d->nodes[c].len);
+            c++;
+            bp_push_tables(L, d, c);
+            lua_rawset(L, -3);
+        } else {
+            bp_push_tables(L, d, c);
+            lua_rawseti(L, -2, (lua_Integer)k + 1);
+        }
+        c = d->nodes[c].next;
+    }
+    luaL_setmetatable(L, n->type == BP_JARRAY ? BP_ARRAY_MT : BP_OBJECT_MT);
+}
+
+/* ---- secrets ------------------------------------------------------------------- */
+
+const char *bp_secret_name(lua_State *L, int idx)
+{
+    const char **p = luaL_testudata(L, idx, BP_SECRET_MT);
+    return p ? *p : NULL;
+}
+
+static int secret_tostring(lua_State *L)
+{
+    lua_pushliteral(L, "[redacted]");
+    return 1;
+}
+
+static int secret_concat(lua_State *L)
+{
+    return luaL_error(L, "a secret cannot be joined to other text; use ctx.secret(...) as a whole "
+                         "header value, form field or JSON value");
+}
+
+void bp_push_secret(lua_State *L, const char *name)
+{
+    /* The name is interned in the registry so the pointer stays valid. */
+    lua_getfield(L, LUA_REGISTRYINDEX, "bp.secret.names");
+    lua_getfield(L, -1, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushstring(L, name);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, name);
+    }
+    const char *interned = lua_tostring(L, -1);
+    lua_pop(L, 2);
+    const char **p = lua_newuserdatauv(L, sizeof *p, 0);
+    *p = interned;
+    luaL_setmetatable(L, BP_SECRET_MT);
+}
+
+void bp_luajson_open(lua_State *L)
+{
+    static const luaL_Reg view_methods[] = {
+        { "__index", view_index }, { "__len", view_len }, { "__pairs", view_pairs },
+        { "__tostring", view_tostring }, { "__newindex", view_newindex }, { NULL, NULL }
+    };
+    luaL_newmetatable(L, BP_VIEW_MT);
+    luaL_setfuncs(L, view_methods, 0);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, BP_SECRET_MT);
+    lua_pushcfunction(L, secret_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, secret_concat);
+    lua_setfield(L, -2, "__concat");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, BP_ARRAY_MT);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, BP_OBJECT_MT);
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "bp.secret.names");
+}
+
+/* ---- encoding ---------------------------------------------------------------- */
+
+typedef struct encoder {
+    lua_State *L;
+    bp_buf *out;
+    bp_slots *slots;
+    bp_error *err;
+    char path[256];   /* key path of the value being encoded, for messages */
+} encoder;
+
+static int enc_fail(encoder *e, const char *what)
+{
+    bp_error_set(e->err, "cannot encode %s: %s", e->path[0] ? e->path : "value", what);
+    return -1;
+}
+
+static void add_slot(bp_slots *s, size_t offset, const char *name)
+{
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 4;
+        s->v = realloc(s->v, s->cap * sizeof *s->v);
+        if (!s->v) abort();
+    }
+    s->v[s->n].offset = offset;
+    s->v[s->n].name = strdup(name);
+    s->n++;
+}
+
+static int enc_value(encoder *e, int idx, int depth);
+
+static int cmp_keys(const void *a, const void *b)
+{
+    const char *const *x = a, *const *y = b;
+    return strcmp(*x, *y);
+}
+
+/* Is the table at idx a sequence 1..n with nothing else?  Returns n, 0 for
+ * "not a sequence / empty", -1 for a mix the encoder refuses. */
+static lua_Integer sequence_length(lua_State *L, int idx, lua_Integer *nkeys)
+{
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0, strings = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        count++;
+        if (lua_type(L, -2) == LUA_TSTRING) strings++;
+        lua_pop(L, 1);
+    }
+    *nkeys = count;
+    if (n > 0 && count == n) return n;
+    if (strings == count) return 0;
+    return -1;
+}
+
+static void path_push(encoder *e, const char *key, lua_Integer index, size_t *saved)
+{
+    *saved = strlen(e->path);
+    size_t room = sizeof e->path - *saved;
+    if (key) snprintf(e->path + *saved, room, "%s%s", *saved ? "." : "", key);
+    else snprintf(e->path + *saved, room, "[%lld]", (long long)index);
+}
+
+static int enc_table(encoder *e, int idx, int depth)
+{
+    lua_State *L = e->L;
+    lua_Integer nkeys;
+    int marked_array = 0, marked_object = 0;
+    if (lua_getmetatable(L, idx)) {
+        luaL_getmetatable(L, BP_ARRAY_MT);
+        marked_array = lua_rawequal(L, -1, -2);
+        lua_pop(L, 1);
+        luaL_getmetatable(L, BP_OBJECT_MT);
+        marked_object = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+    }
+    lua_Integer n = sequence_length(L, idx, &nkeys);
+    if (n < 0) return enc_fail(e, "a table mixes array items and named keys");
+    if (marked_array && nkeys != n) return enc_fail(e, "a ctx.array() table has named keys");
+    size_t saved;
+    if ((n > 0 || marked_array) && !marked_object) {
+        bp_buf_addc(e->out, '[');
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (i > 1) bp_buf_addc(e->out, ',');
+            lua_rawgeti(L, idx, i);
+            path_push(e, NULL, i, &saved);
+            int rc = enc_value(e, lua_gettop(L), depth + 1);
+            e->path[saved] = '\0';
+            lua_pop(L, 1);
+            if (rc < 0) return -1;
+        }
+        bp_buf_addc(e->out, ']');
+        return 0;
+    }
+    const char **keys = malloc(((size_t)nkeys + 1) * sizeof *keys);
+    if (!keys) abort();
+    size_t k = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING) { lua_pop(L, 2); free(keys); return enc_fail(e, "table keys must be strings"); }
+        keys[k++] = lua_tostring(L, -2);  /* anchored by the table */
+        lua_pop(L, 1);
+    }
+    qsort(keys, k, sizeof *keys, cmp_keys);
+    bp_buf_addc(e->out, '{');
+    int rc = 0;
+    for (size_t i = 0; i < k && rc == 0; i++) {
+        if (i) bp_buf_addc(e->out, ',');
+        size_t bad;
+        size_t klen = strlen(keys[i]);
+        if (bp_utf8_check(keys[i], klen, &bad) < 0) { rc = enc_fail(e, "a key is not valid UTF-8"); break; }
+        bp_json_write_string(e->out, keys[i], klen);
+        bp_buf_addc(e->out, ':');
+        lua_getfield(L, idx, keys[i]);
+        path_push(e, keys[i], 0, &saved);
+        rc = enc_value(e, lua_gettop(L), depth + 1);
+        e->path[saved] = '\0';
+        lua_pop(L, 1);
+    }
+    free(keys);
+    if (rc == 0) bp_buf_addc(e->out, '}');
+    return rc;
+}
+
+static int enc_value(encoder *e, int idx, int depth)
+{
+    lua_State *L = e->L;
+    if (depth > MAX_ENCODE_DEPTH) return enc_fail(e, "nested too deep (a table that contains itself?)");
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: bp_buf_add(e->out, "null", 4); return 0;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx)) bp_buf_add(e->out, "true", 4); else bp_buf_add(e->out, "false", 5);
+        return 0;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            bp_buf_printf(e->out, "%lld", (long long)lua_tointeger(L, idx));
+            return 0;
+        }
+        if (bp_json_write_double(e->out, lua_tonumber(L, idx)) < 0) return enc_fail(e, "NaN and infinity are not JSON");
+        return 0;
+    case LUA_TSTRING: {
+        size_t len, bad;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (bp_utf8_check(s, len, &bad) < 0) {
+            char what[96];
+            snprintf(what, sizeof what, "the string is not valid UTF-8 (byte %zu)", bad);
+            return enc_fail(e, what);
+        }
+        bp_json_write_string(e->out, s, len);
+        return 0;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL) { bp_buf_add(e->out, "null", 4); return 0; }
+        break;
+    case LUA_TUSERDATA: {
+        const char *secret = bp_secret_name(L, idx);
+        if (secret) {
+            if (!e->slots) return enc_fail(e, "secrets may only be placed directly in a request");
+            add_slot(e->slots, e->out->len, secret);
+            return 0;
+        }
+        view *v = luaL_testudata(L, idx, BP_VIEW_MT);
+        if (v) {
+            check_view(L, idx);
+            bp_json_write_node(e->out, v->doc, v->node);
+            return 0;
+        }
+        break;
+    }
+    case LUA_TTABLE: return enc_table(e, idx, depth);
+    default: break;
+    }
+    char what[64];
+    snprintf(what, sizeof what, "a %s value has no JSON form", luaL_typename(L, idx));
+    return enc_fail(e, what);
+}
+
+int bp_encode_json(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error *err)
+{
+    encoder e = { L, out, slots, err, "" };
+    luaL_checkstack(L, MAX_ENCODE_DEPTH * 3 + 10, "encoder");
+    return enc_value(&e, lua_absindex(L, idx), 0);
+}
+
+void bp_form_escape(bp_buf *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    bp_buf_reserve(out, len * 3);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '*') {
+            out->data[out->len++] = (char)c;
+        } else if (c == ' ') {
+            out->data[out->len++] = '+';
+        } else {
+            out->data[out->len++] = '%';
+            out->data[out->len++] = hex[c >> 4];
+            out->data[out->len++] = hex[c & 15];
+        }
+    }
+    out->data[out->len] = '\0';
+}
+
+int bp_encode_form(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error *err)
+{
+    idx = lua_absindex(L, idx);
+    if (!lua_istable(L, idx)) { bp_error_set(err, "form body must be a table of fields"); return -1; }
+    size_t n = 0, cap = 8;
+    const char **keys = malloc(cap * sizeof *keys);
+    if (!keys) abort();
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 2);
+            free(keys);
+            bp_error_set(err, "form field names must be strings");
+            return -1;
+        }
+        if (n == cap) { cap *= 2; keys = realloc(keys, cap * sizeof *keys); if (!keys) abort(); }
+        keys[n++] = lua_tostring(L, -2);
+        lua_pop(L, 1);
+    }
+    qsort(keys, n, sizeof *keys, cmp_keys);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        lua_getfield(L, idx, keys[i]);
+        if (i) bp_buf_addc(out, '&');
+        bp_form_escape(out, keys[i], strlen(keys[i]));
+        bp_buf_addc(out, '=');
+        const char *secret = bp_secret_name(L, -1);
+        if (secret && slots) {
+            add_slot(slots, out->len, secret);
+        } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+            size_t len, bad;
+            const char *s = lua_tolstring(L, -1, &len);
+            if (bp_utf8_check(s, len, &bad) < 0) {
+                bp_error_set(err, "form field '%s' is not valid UTF-8 (byte %zu)", keys[i], bad);
+                rc = -1;
+            } else {
+                bp_form_escape(out, s, len);
+            }
+        } else {
+            bp_error_set(err, "form field '%s' must be a string or number, not %s (encode tables "
+                              "with ctx.json)", keys[i], luaL_typename(L, -1));
+            rc = -1;
+        }
+        lua_pop(L, 1);
+    }
+    free(keys);
+    return rc;
+}

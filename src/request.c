@@ -1,0 +1,151 @@
+/*
+ * request.c — outcomes and the vendor requests they carry: lifetime,
+ * rendering (with secrets redacted, or substituted for sending) and the
+ * dry-run line of DESIGN.md §5.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void bp_outcome_init(bp_outcome *o)
+{
+    memset(o, 0, sizeof *o);
+    bp_buf_init(&o->reason);
+}
+
+static void free_request(bp_request *r)
+{
+    free(r->method);
+    free(r->url);
+    for (size_t i = 0; i < r->nheaders; i++) { free(r->headers[i].name); free(r->headers[i].value); }
+    free(r->headers);
+    bp_buf_free(&r->body);
+    for (size_t i = 0; i < r->nslots; i++) free(r->slots[i].name);
+    free(r->slots);
+}
+
+void bp_outcome_clear_requests(bp_outcome *o)
+{
+    for (size_t i = 0; i < o->nrequests; i++) free_request(&o->requests[i]);
+    o->nrequests = 0;
+}
+
+void bp_outcome_reset(bp_outcome *o)
+{
+    bp_outcome_clear_requests(o);
+    free(o->message_id);
+    free(o->type);
+    free(o->event);
+    free(o->mapping);
+    o->message_id = o->type = o->event = o->mapping = NULL;
+    o->verdict = BP_ERROR;
+    bp_buf_reset(&o->reason);
+}
+
+void bp_outcome_free(bp_outcome *o)
+{
+    bp_outcome_reset(o);
+    free(o->requests);
+    bp_buf_free(&o->reason);
+    memset(o, 0, sizeof *o);
+}
+
+bp_request *bp_outcome_add_request(bp_outcome *o)
+{
+    if (o->nrequests == o->caprequests) {
+        o->caprequests = o->caprequests ? o->caprequests * 2 : 4;
+        o->requests = realloc(o->requests, o->caprequests * sizeof *o->requests);
+        if (!o->requests) abort();
+    }
+    bp_request *r = &o->requests[o->nrequests++];
+    memset(r, 0, sizeof *r);
+    bp_buf_init(&r->body);
+    return r;
+}
+
+/* Body with each secret slot filled by `fill`. */
+static void render(const bp_request *r, bp_buf *out, const bp_config *c)
+{
+    size_t at = 0;
+    for (size_t i = 0; i < r->nslots; i++) {
+        const bp_secret_slot *s = &r->slots[i];
+        bp_buf_add(out, r->body.data + at, s->offset - at);
+        at = s->offset;
+        const char *value = c ? bp_config_get(c, s->name) : NULL;
+        if (!value) value = "[redacted]";
+        if (r->body_kind == BP_BODY_JSON) bp_json_write_string(out, value, strlen(value));
+        else if (r->body_kind == BP_BODY_FORM && c) bp_form_escape(out, value, strlen(value));
+        else bp_buf_adds(out, value);
+    }
+    bp_buf_add(out, r->body.data + at, r->body.len - at);
+}
+
+void bp_request_render_redacted(const bp_request *r, bp_buf *out) { render(r, out, NULL); }
+
+void bp_request_render_secret(const bp_request *r, const bp_config *c, bp_buf *out) { render(r, out, c); }
+
+/* Reasons can quote event data cut to length: never let that produce
+ * invalid UTF-8 in the output line. */
+static void write_text(bp_buf *out, const char *s, size_t len)
+{
+    size_t bad;
+    if (bp_utf8_check(s, len, &bad) == 0) { bp_json_write_string(out, s, len); return; }
+    bp_buf clean;
+    bp_buf_init(&clean);
+    while (len) {
+        if (bp_utf8_check(s, len, &bad) == 0) { bp_buf_add(&clean, s, len); break; }
+        bp_buf_add(&clean, s, bad);
+        bp_buf_add(&clean, "\xEF\xBF\xBD", 3);
+        s += bad + 1;
+        len -= bad + 1;
+    }
+    bp_json_write_string(out, clean.data ? clean.data : "", clean.len);
+    bp_buf_free(&clean);
+}
+
+static void write_opt(bp_buf *out, const char *key, const char *v)
+{
+    bp_buf_printf(out, ",\"%s\":", key);
+    if (v) write_text(out, v, strlen(v)); else bp_buf_add(out, "null", 4);
+}
+
+void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out)
+{
+    static const char *const verdicts[] = { "deliver", "drop", "error" };
+    bp_buf_printf(out, "{\"index\":%ld", index);
+    write_opt(out, "message_id", o->message_id);
+    write_opt(out, "type", o->type);
+    write_opt(out, "event", o->event);
+    bp_buf_printf(out, ",\"outcome\":\"%s\"", verdicts[o->verdict]);
+    write_opt(out, "reason", o->reason.data ? o->reason.data : "");
+    bp_buf_add(out, ",\"requests\":[", 13);
+    for (size_t i = 0; i < o->nrequests; i++) {
+        const bp_request *r = &o->requests[i];
+        if (i) bp_buf_addc(out, ',');
+        bp_buf_add(out, "{\"method\":", 10);
+        write_text(out, r->method, strlen(r->method));
+        bp_buf_add(out, ",\"url\":", 7);
+        write_text(out, r->url, strlen(r->url));
+        bp_buf_add(out, ",\"headers\":{", 12);
+        for (size_t h = 0; h < r->nheaders; h++) {
+            if (h) bp_buf_addc(out, ',');
+            write_text(out, r->headers[h].name, strlen(r->headers[h].name));
+            bp_buf_addc(out, ':');
+            const char *v = r->headers[h].secret ? "[redacted]" : r->headers[h].value;
+            write_text(out, v, strlen(v));
+        }
+        bp_buf_add(out, "},\"body\":", 9);
+        if (r->body_kind == BP_BODY_NONE) {
+            bp_buf_add(out, "null", 4);
+        } else {
+            bp_buf body;
+            bp_buf_init(&body);
+            bp_request_render_redacted(r, &body);
+            write_text(out, body.data ? body.data : "", body.len);
+            bp_buf_free(&body);
+        }
+        bp_buf_addc(out, '}');
+    }
+    bp_buf_add(out, "]}", 2);
+}

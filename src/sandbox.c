@@ -1,0 +1,360 @@
+/*
+ * sandbox.c — the Lua state blueprints run in.
+ *
+ * One state per engine, created once and reused for every event: creating a
+ * state and compiling mappings costs far more than mapping an event.  What
+ * keeps a hostile or buggy mapping from hurting anything but its own event:
+ *
+ *   - only pure libraries are reachable (string without dump, table, math,
+ *     utf8, os.time/clock/date); no io, load*, require, debug, collectgarbage;
+ *   - globals are strict: reading an undefined one or assigning any one is an
+ *     error, and library tables are read-only proxies, so one mapping cannot
+ *     change what the next one sees;
+ *   - the allocator enforces a byte cap per state (string and table bombs);
+ *   - a count hook enforces an instruction and wall-time budget per call
+ *     (infinite loops), and keeps firing once tripped so a mapping that
+ *     catches the error with pcall is stopped again at once.
+ */
+#include "internal.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define HOOK_EVERY 1000              /* instructions between budget checks */
+#define OOM_HEADROOM (1024 * 1024)   /* lets error handling run after a cap hit */
+
+struct bp_sandbox {
+    lua_State *L;
+    size_t used, limit;
+    int over_memory;        /* the cap was hit during the current call */
+    uint64_t budget, spent;
+    unsigned timeout_ms;
+    double deadline_ms;
+    int tripped;            /* 1 = instructions, 2 = time */
+    int env_ref;            /* the proxy table used as _ENV for blueprint chunks */
+    int safe_ref;           /* the table behind it */
+};
+
+void bp_limits_default(bp_limits *l)
+{
+    l->memory_bytes = 64u * 1024u * 1024u;
+    l->instructions = 20000000u;
+    l->timeout_ms = 1000;
+    l->json.max_bytes = BP_DEFAULT_MAX_EVENT_BYTES;
+    l->json.max_depth = BP_DEFAULT_MAX_DEPTH;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    bp_sandbox *sb = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        sb->used -= old;
+        return NULL;
+    }
+    if (nsize > old) {
+        size_t cap = sb->over_memory ? sb->limit + OOM_HEADROOM : sb->limit;
+        if (sb->used - old + nsize > cap) {
+            sb->over_memory = 1;
+            return NULL;
+        }
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) sb->used = sb->used - old + nsize;
+    return p;
+}
+
+/* Position of the innermost blueprint code on the stack, as "file:line: ". */
+static void push_where(lua_State *L)
+{
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 && ar.source[0] == '@') {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    lua_pushliteral(L, "");
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    bp_sandbox *sb;
+    lua_getallocf(L, (void **)&sb);
+    sb->spent += HOOK_EVERY;
+    if (!sb->tripped) {
+        if (sb->spent > sb->budget) sb->tripped = 1;
+        else if (now_ms() > sb->deadline_ms) sb->tripped = 2;
+        else return;
+    }
+    push_where(L);
+    if (sb->tripped == 1)
+        lua_pushfstring(L, "instruction budget exceeded (%I instructions; an endless loop?)",
+                        (lua_Integer)sb->budget);
+    else
+        lua_pushfstring(L, "time budget exceeded (%d ms; an endless loop?)", (int)sb->timeout_ms);
+    lua_concat(L, 2);
+    lua_error(L);
+}
+
+/* Message handler: make sure every error names file and line, and say what a
+ * memory error means here. */
+static int message_handler(lua_State *L)
+{
+    bp_sandbox *sb;
+    lua_getallocf(L, (void **)&sb);
+    const char *msg = lua_tostring(L, 1);
+    if (sb->over_memory) {
+        push_where(L);
+        lua_pushfstring(L, "memory limit exceeded (%d MiB per blueprint state; a runaway string or table?)",
+                        (int)(sb->limit / (1024 * 1024)));
+        lua_concat(L, 2);
+        return 1;
+    }
+    if (!msg) {
+        push_where(L);
+        lua_pushfstring(L, "error raised with a %s value (use error(\"message\"))", luaL_typename(L, 1));
+        lua_concat(L, 2);
+        return 1;
+    }
+    if (msg[0] != '@' && !strstr(msg, ".lua:")) {
+        push_where(L);
+        lua_pushvalue(L, 1);
+        lua_concat(L, 2);
+        return 1;
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int undefined_global(lua_State *L)
+{
+    /* stack: proxy, key */
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+    return luaL_error(L, "undefined global '%s' (blueprints may only use locals, ctx and the safe "
+                         "libraries; io, os.execute, require and load are not available)",
+                      lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
+}
+
+static int global_assignment(lua_State *L)
+{
+    return luaL_error(L, "assignment to global '%s' is not allowed (declare it with 'local')",
+                      lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
+}
+
+static int readonly_assignment(lua_State *L)
+{
+    return luaL_error(L, "library tables are read-only (tried to set '%s')",
+                      lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
+}
+
+/* Replace the table on top with an empty read-only proxy onto it. */
+static void make_readonly_proxy(lua_State *L)
+{
+    lua_newtable(L);                 /* lib proxy */
+    lua_newtable(L);                 /* lib proxy mt */
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, readonly_assignment);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);         /* lib proxy */
+    lua_remove(L, -2);               /* proxy */
+}
+
+int bp_sandbox_print(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    push_where(L);
+    luaL_addvalue(&b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    fprintf(stderr, "blueprint log: %s\n", lua_tostring(L, -1));
+    return 0;
+}
+
+/* Copy the named fields of the library table on top into a new table, then
+ * replace the library with that table's read-only proxy. */
+static void copy_fields(lua_State *L, const char *const *names)
+{
+    lua_newtable(L);
+    for (; *names; names++) {
+        lua_getfield(L, -2, *names);
+        lua_setfield(L, -2, *names);
+    }
+    lua_remove(L, -2);
+}
+
+static void build_env(bp_sandbox *sb)
+{
+    lua_State *L = sb->L;
+    static const char *const base[] = {
+        "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber",
+        "tostring", "type", "rawequal", "rawlen", "setmetatable", "getmetatable", "_VERSION", NULL
+    };
+    static const char *const os_safe[] = { "time", "clock", "date", "difftime", NULL };
+    static const char *const libs[] = { "string", "table", "math", "utf8", NULL };
+
+    /* string.dump would hand out bytecode; remove it from the real table too,
+     * since strings reach it through their metatable ("s:dump()"). */
+    lua_getglobal(L, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    /* Hide the string metatable so its __index (the real string table)
+     * cannot be reached and modified. */
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+
+    lua_newtable(L);                                 /* safe */
+    lua_pushglobaltable(L);                          /* safe, _G */
+    for (const char *const *n = base; *n; n++) {
+        lua_getfield(L, -1, *n);
+        lua_setfield(L, -3, *n);
+    }
+    for (const char *const *n = libs; *n; n++) {
+        lua_getfield(L, -1, *n);
+        make_readonly_proxy(L);
+        lua_setfield(L, -3, *n);
+    }
+    lua_getfield(L, -1, "os");
+    copy_fields(L, os_safe);
+    make_readonly_proxy(L);
+    lua_setfield(L, -3, "os");
+    lua_pop(L, 1);                                   /* safe */
+    lua_pushcfunction(L, bp_sandbox_print);
+    lua_setfield(L, -2, "print");
+
+    lua_pushvalue(L, -1);
+    sb->safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);   /* safe */
+
+    lua_newtable(L);                                 /* safe, env */
+    lua_newtable(L);                                 /* safe, env, mt */
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, undefined_global, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, global_assignment);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);                         /* safe, env */
+    sb->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);    /* safe */
+    lua_pop(L, 1);
+}
+
+bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
+{
+    bp_limits def;
+    if (!limits) { bp_limits_default(&def); limits = &def; }
+    bp_sandbox *sb = calloc(1, sizeof *sb);
+    if (!sb) { bp_error_set(err, "out of memory"); return NULL; }
+    sb->limit = limits->memory_bytes;
+    sb->budget = limits->instructions;
+    sb->timeout_ms = limits->timeout_ms;
+    sb->L = lua_newstate(capped_alloc, sb);
+    if (!sb->L) {
+        bp_error_set(err, "could not create a Lua state (memory limit %zu bytes too small?)", sb->limit);
+        free(sb);
+        return NULL;
+    }
+    luaL_openlibs(sb->L);
+    build_env(sb);
+    bp_luajson_open(sb->L);
+    return sb;
+}
+
+void bp_sandbox_free(bp_sandbox *sb)
+{
+    if (!sb) return;
+    lua_close(sb->L);
+    free(sb);
+}
+
+lua_State *bp_sandbox_state(bp_sandbox *sb) { return sb->L; }
+
+void bp_sandbox_set_global(bp_sandbox *sb, const char *name)
+{
+    lua_State *L = sb->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, sb->safe_ref);  /* value, safe */
+    lua_insert(L, -2);                                /* safe, value */
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
+{
+    lua_State *L = sb->L;
+    int base = lua_gettop(L) - nargs;                 /* the function's index */
+    lua_pushcfunction(L, message_handler);
+    lua_insert(L, base);
+    sb->spent = 0;
+    sb->tripped = 0;
+    sb->over_memory = 0;
+    sb->deadline_ms = now_ms() + sb->timeout_ms;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    int rc = lua_pcall(L, nargs, nresults, base);
+    lua_sethook(L, NULL, 0, 0);
+    if (rc != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        if (rc == LUA_ERRERR || !msg)
+            bp_error_set(err, "error while handling an error (stack overflow or memory limit?)");
+        else
+            bp_error_set(err, "%s", msg);
+        lua_settop(L, base - 1);
+        if (sb->over_memory) {
+            sb->over_memory = 0;
+            lua_gc(L, LUA_GCCOLLECT);
+        }
+        return -1;
+    }
+    lua_remove(L, base);
+    return 0;
+}
+
+int bp_sandbox_load_file(bp_sandbox *sb, const char *path, const char *chunkname, bp_error *err)
+{
+    lua_State *L = sb->L;
+    FILE *f = fopen(path, "rb");
+    if (!f) { bp_error_set(err, "%s: cannot open file", path); return -1; }
+    bp_buf src;
+    bp_buf_init(&src);
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) bp_buf_add(&src, chunk, n);
+    fclose(f);
+    /* "t": text only — precompiled bytecode can crash the VM. */
+    int rc = luaL_loadbufferx(L, src.data ? src.data : "", src.len, chunkname, "t");
+    bp_buf_free(&src);
+    if (rc != LUA_OK) {
+        bp_error_set(err, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, sb->env_ref);
+    lua_setupvalue(L, -2, 1);                          /* chunk's _ENV = env proxy */
+    return bp_sandbox_call(sb, 0, 1, err);
+}
