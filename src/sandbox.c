@@ -35,6 +35,7 @@ struct bp_sandbox {
     unsigned timeout_ms;
     double deadline_ms;
     int tripped;            /* 1 = instructions, 2 = time */
+    char oom_where[200];    /* where the memory cap was hit: "file:line: " */
     int env_ref;            /* the proxy table used as _ENV for blueprint chunks */
     int safe_ref;           /* the table behind it */
 };
@@ -55,6 +56,22 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* Memory errors do not run the message handler, so the position is taken
+ * here, when the cap is hit.  lua_getstack/lua_getinfo("Sl") read the call
+ * chain without allocating, which makes them safe inside the allocator. */
+static void note_oom_position(bp_sandbox *sb)
+{
+    lua_Debug ar;
+    sb->oom_where[0] = '\0';
+    if (!sb->L) return;
+    for (int level = 0; lua_getstack(sb->L, level, &ar); level++) {
+        if (lua_getinfo(sb->L, "Sl", &ar) && ar.currentline > 0 && ar.source[0] == '@') {
+            snprintf(sb->oom_where, sizeof sb->oom_where, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+}
+
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     bp_sandbox *sb = ud;
@@ -67,6 +84,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize > old) {
         size_t cap = sb->over_memory ? sb->limit + OOM_HEADROOM : sb->limit;
         if (sb->used - old + nsize > cap) {
+            if (!sb->over_memory) note_oom_position(sb);
             sb->over_memory = 1;
             return NULL;
         }
@@ -99,6 +117,9 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         if (sb->spent > sb->budget) sb->tripped = 1;
         else if (now_ms() > sb->deadline_ms) sb->tripped = 2;
         else return;
+        /* From now on fire at every instruction: a mapping that catches
+         * this error with pcall is stopped again as soon as it resumes. */
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     }
     push_where(L);
     if (sb->tripped == 1)
@@ -118,7 +139,7 @@ static int message_handler(lua_State *L)
     lua_getallocf(L, (void **)&sb);
     const char *msg = lua_tostring(L, 1);
     if (sb->over_memory) {
-        push_where(L);
+        lua_pushstring(L, sb->oom_where);
         lua_pushfstring(L, "memory limit exceeded (%d MiB per blueprint state; a runaway string or table?)",
                         (int)(sb->limit / (1024 * 1024)));
         lua_concat(L, 2);
@@ -156,18 +177,29 @@ static int global_assignment(lua_State *L)
                       lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
+/* __index of a library proxy: upvalue 1 is the real table, 2 its name. */
+static int library_field(lua_State *L)
+{
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+    return luaL_error(L, "'%s.%s' is not available in the blueprint sandbox",
+                      lua_tostring(L, lua_upvalueindex(2)), lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
+}
+
 static int readonly_assignment(lua_State *L)
 {
     return luaL_error(L, "library tables are read-only (tried to set '%s')",
                       lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
-/* Replace the table on top with an empty read-only proxy onto it. */
-static void make_readonly_proxy(lua_State *L)
+/* Replace the library table on top with an empty read-only proxy onto it. */
+static void make_readonly_proxy(lua_State *L, const char *name)
 {
     lua_newtable(L);                 /* lib proxy */
     lua_newtable(L);                 /* lib proxy mt */
     lua_pushvalue(L, -3);
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, library_field, 2);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, readonly_assignment);
     lua_setfield(L, -2, "__newindex");
@@ -238,12 +270,12 @@ static void build_env(bp_sandbox *sb)
     }
     for (const char *const *n = libs; *n; n++) {
         lua_getfield(L, -1, *n);
-        make_readonly_proxy(L);
+        make_readonly_proxy(L, *n);
         lua_setfield(L, -3, *n);
     }
     lua_getfield(L, -1, "os");
     copy_fields(L, os_safe);
-    make_readonly_proxy(L);
+    make_readonly_proxy(L, "os");
     lua_setfield(L, -3, "os");
     lua_pop(L, 1);                                   /* safe */
     lua_pushcfunction(L, bp_sandbox_print);
@@ -320,7 +352,10 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
     lua_sethook(L, NULL, 0, 0);
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
-        if (rc == LUA_ERRERR || !msg)
+        if (rc == LUA_ERRMEM || sb->over_memory)
+            bp_error_set(err, "%smemory limit exceeded (%zu MiB per blueprint state; a runaway string or table?)",
+                         sb->oom_where, sb->limit / (1024 * 1024));
+        else if (rc == LUA_ERRERR || !msg)
             bp_error_set(err, "error while handling an error (stack overflow or memory limit?)");
         else
             bp_error_set(err, "%s", msg);

@@ -1,0 +1,4 @@
+return function(event, ctx)
+  local mt = getmetatable("")
+  mt.__index.upper = nil
+end

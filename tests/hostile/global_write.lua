@@ -1,0 +1,3 @@
+return function(event, ctx)
+  leaked = "value for the next event"
+end

@@ -1,0 +1,4 @@
+return function(event, ctx)
+  local f = io.open("/etc/passwd")
+  return f:read("a")
+end

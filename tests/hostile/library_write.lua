@@ -1,0 +1,3 @@
+return function(event, ctx)
+  string.upper = function() return "pwned" end
+end

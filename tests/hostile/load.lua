@@ -1,0 +1,4 @@
+return function(event, ctx)
+  local f = load("return 1")
+  return f()
+end

@@ -1,0 +1,3 @@
+return function(event, ctx)
+  os.execute("touch /tmp/blueprint-sandbox-escaped")
+end

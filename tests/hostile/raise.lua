@@ -1,0 +1,3 @@
+return function(event, ctx)
+  error("mapping gave up on purpose")
+end

@@ -1,0 +1,3 @@
+return function(event, ctx)
+  return { url = string.rep("x", 1 << 40) }
+end

@@ -1,0 +1,3 @@
+return function(event, ctx)
+  local socket = require("socket")
+end

@@ -1,0 +1,3 @@
+return function(event, ctx)
+  return ("x").dump(function() end)
+end
