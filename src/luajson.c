@@ -41,6 +41,15 @@ static view *check_view(lua_State *L, int idx)
 
 void bp_push_null(lua_State *L) { lua_pushlightuserdata(L, NULL); }
 
+static void new_view(lua_State *L, const bp_doc *d, uint32_t i)
+{
+    view *v = lua_newuserdatauv(L, sizeof *v, 0);
+    v->doc = d;
+    v->node = i;
+    v->generation = d->generation;
+    luaL_setmetatable(L, BP_VIEW_MT);
+}
+
 static void push_scalar(lua_State *L, const bp_doc *d, uint32_t i)
 {
     const bp_jnode *n = &d->nodes[i];
@@ -48,10 +57,22 @@ static void push_scalar(lua_State *L, const bp_doc *d, uint32_t i)
     case BP_JTRUE: lua_pushboolean(L, 1); break;
     case BP_JFALSE: lua_pushboolean(L, 0); break;
     case BP_JSTRING: lua_pushlstring(L, bp_jtext(d, i), n->len); break;
-    case BP_JNUMBER:
-        /* integers that fit 64 bits become Lua integers, others floats */
-        if (lua_stringtonumber(L, bp_jtext(d, i)) == 0) lua_pushnil(L);
+    case BP_JNUMBER: {
+        /* Integers that fit 64 bits become Lua integers, other numbers
+         * floats.  An integer too big for 64 bits, or a number out of double
+         * range, stays a view so that writing it back keeps its exact text
+         * (tostring() gives the text; arithmetic on it is an error). */
+        const char *text = bp_jtext(d, i);
+        lua_stringtonumber(L, text);
+        if (!lua_isinteger(L, -1)) {
+            double x = lua_tonumber(L, -1);
+            if (!strpbrk(text, ".eE") || x - x != 0) {
+                lua_pop(L, 1);
+                new_view(L, d, i);
+            }
+        }
         break;
+    }
     default: lua_pushnil(L); break;
     }
 }
@@ -60,11 +81,7 @@ void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i)
 {
     uint8_t t = d->nodes[i].type;
     if (t != BP_JOBJECT && t != BP_JARRAY) { push_scalar(L, d, i); return; }
-    view *v = lua_newuserdatauv(L, sizeof *v, 0);
-    v->doc = d;
-    v->node = i;
-    v->generation = d->generation;
-    luaL_setmetatable(L, BP_VIEW_MT);
+    new_view(L, d, i);
 }
 
 /* Alternative spellings of top-level envelope keys (DESIGN.md §3). */
@@ -103,7 +120,9 @@ static int view_index(lua_State *L)
     view *v = check_view(L, 1);
     const bp_doc *d = v->doc;
     uint32_t hit = BP_NONE;
-    if (d->nodes[v->node].type == BP_JOBJECT) {
+    if (d->nodes[v->node].type == BP_JNUMBER) {
+        return luaL_error(L, "cannot index a number");
+    } else if (d->nodes[v->node].type == BP_JOBJECT) {
         const char *key = lua_tostring(L, 2);
         if (key && lua_type(L, 2) == LUA_TSTRING) hit = lookup_key(d, v->node, key);
     } else if (lua_isinteger(L, 2)) {
@@ -148,6 +167,8 @@ static int view_next(lua_State *L)
 static int view_pairs(lua_State *L)
 {
     view *v = check_view(L, 1);
+    uint8_t t = v->doc->nodes[v->node].type;
+    if (t != BP_JOBJECT && t != BP_JARRAY) return luaL_error(L, "cannot iterate over a number");
     lua_pushvalue(L, 1);
     lua_pushinteger(L, v->node + 1);
     lua_pushinteger(L, 0);
@@ -158,6 +179,10 @@ static int view_pairs(lua_State *L)
 static int view_tostring(lua_State *L)
 {
     view *v = check_view(L, 1);
+    if (v->doc->nodes[v->node].type == BP_JNUMBER) {
+        lua_pushstring(L, bp_jtext(v->doc, v->node));
+        return 1;
+    }
     bp_buf b;
     bp_buf_init(&b);
     bp_json_write_node(&b, v->doc, v->node);

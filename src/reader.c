@@ -215,6 +215,7 @@ enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, b
         bp_buf_reset(&r->ev);
         scan_value(r, 1);
         if (r->ev.len > r->max) return too_large(r, err);
+        while (r->ev.len && strchr(" \t\r\n", r->ev.data[r->ev.len - 1])) r->ev.len--;
         if (r->ev.len == 0) {   /* e.g. "[,": consume one byte so we always progress */
             next(r);
             bp_error_set(err, "malformed input: empty array element at byte %zu", r->offset);

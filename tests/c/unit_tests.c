@@ -1,0 +1,338 @@
+/*
+ * unit_tests.c — C unit tests of the core, built and run with ASan + UBSan.
+ * One test per behaviour: JSON vectors (valid and malformed), UTF-8, YAML,
+ * consent shapes, stream splitting, form encoding and request rendering.
+ */
+#include "blueprint.h"
+#include "internal.h"
+#include "check.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+/* Parse then write back compactly. */
+static const char *roundtrip(const char *in)
+{
+    static bp_buf out;
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    bp_buf_free(&out);
+    bp_buf_init(&out);
+    if (bp_json_parse(&d, in, strlen(in), NULL, &err) < 0) {
+        bp_buf_printf(&out, "ERROR %s", err.msg);
+    } else {
+        bp_json_write_node(&out, &d, 0);
+    }
+    bp_doc_free(&d);
+    return out.data;
+}
+
+static const char *parse_error(const char *in, size_t len, int max_depth, size_t max_bytes)
+{
+    static bp_error err;
+    bp_json_limits lim = { max_bytes, max_depth };
+    bp_doc d;
+    bp_doc_init(&d);
+    int rc = bp_json_parse(&d, in, len, &lim, &err);
+    bp_doc_free(&d);
+    return rc < 0 ? err.msg : NULL;
+}
+
+TEST(json_integers_stay_exact)
+{
+    CHECK_STR(roundtrip("{\"id\":1234567890123456789}"), "{\"id\":1234567890123456789}");
+    CHECK_STR(roundtrip("[-9223372036854775808,9223372036854775807]"), "[-9223372036854775808,9223372036854775807]");
+    CHECK_STR(roundtrip("123456789012345678901234567890"), "123456789012345678901234567890");
+}
+
+TEST(json_doubles_stay_exact)
+{
+    CHECK_STR(roundtrip("[19.99,0.1,1e-7,2.5E+300,-0.0,1.0]"), "[19.99,0.1,1e-7,2.5E+300,-0.0,1.0]");
+}
+
+TEST(json_empty_containers_keep_their_kind)
+{
+    CHECK_STR(roundtrip(" { \"a\" : [ ] , \"b\" : { } } "), "{\"a\":[],\"b\":{}}");
+    CHECK_STR(roundtrip("[]"), "[]");
+    CHECK_STR(roundtrip("{}"), "{}");
+}
+
+TEST(json_escapes_decode_to_utf8)
+{
+    CHECK_STR(roundtrip("\"caf\\u00e9 \\ud83d\\ude00 \\\"q\\\" \\\\ \\/ \\n\\t\""), "\"café 😀 \\\"q\\\" \\\\ / \\n\\t\"");
+    CHECK_STR(roundtrip("\"\\u0001\\u001f\""), "\"\\u0001\\u001f\"");
+    CHECK_STR(roundtrip("\"Zoë 山田 🎉\""), "\"Zoë 山田 🎉\"");
+}
+
+TEST(json_literals)
+{
+    CHECK_STR(roundtrip("[true,false,null]"), "[true,false,null]");
+}
+
+TEST(json_rejects_malformed_input)
+{
+    static const char *const bad[] = {
+        "", "{", "[1,]", "{\"a\":1,}", "{'a':1}", "01", "1.", ".5", "-", "1e", "+1", "NaN", "Infinity",
+        "tru", "nul", "\"abc", "\"\\x\"", "\"\\u12\"", "\"\\ud83d\"", "\"\\ude00\"", "\"a\nb\"", "[1 2]",
+        "{\"a\" 1}", "{1:2}", "1 2", "[1]]", "\"\\ud83dx\"",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *e = parse_error(bad[i], strlen(bad[i]), 64, 1 << 20);
+        if (!e) CHECK_FAIL("accepted malformed JSON: %s", bad[i]);
+        else CHECK_CONTAINS(e, "invalid JSON");
+    }
+}
+
+TEST(json_rejects_invalid_utf8)
+{
+    static const char *const bad[] = {
+        "\"\xff\"", "\"\xc3\"", "\"\xc0\xaf\"", "\"\xe0\x80\xaf\"", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *e = parse_error(bad[i], strlen(bad[i]), 64, 1 << 20);
+        CHECK(e != NULL);
+        if (e) CHECK_CONTAINS(e, "UTF-8");
+    }
+}
+
+TEST(json_nul_byte_is_rejected)
+{
+    const char in[] = "\"a\0b\"";
+    CHECK(parse_error(in, sizeof in - 1, 64, 1 << 20) != NULL);
+}
+
+TEST(json_depth_and_size_are_bounded)
+{
+    char deep[200];
+    memset(deep, '[', 100);
+    memset(deep + 100, ']', 100);
+    CHECK_CONTAINS(parse_error(deep, 200, 64, 1 << 20), "nesting too deep");
+    CHECK(parse_error(deep + 40, 120, 64, 1 << 20) == NULL);   /* 60 levels: fine */
+    CHECK_CONTAINS(parse_error("[1,2,3]", 7, 64, 6), "too large");
+}
+
+TEST(json_lookup)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *in = "{\"a\":{\"b\":[1,{\"c\":\"x\"}]},\"e\\u0301\":2}";
+    CHECK_INT(bp_json_parse(&d, in, strlen(in), NULL, &err), 0);
+    CHECK_STR(bp_jscalar(&d, bp_jget(&d, 0, "e\xcc\x81")), "2");
+    uint32_t b = bp_jget_path(&d, 0, "a.b");
+    CHECK_INT(d.nodes[b].type, BP_JARRAY);
+    CHECK_INT(d.nodes[b].len, 2);
+    CHECK(bp_jget_path(&d, 0, "a.missing") == BP_NONE);
+    CHECK(bp_jget(&d, b, "c") == BP_NONE);   /* arrays have no keys */
+    bp_doc_free(&d);
+}
+
+TEST(json_double_writer_is_shortest_and_keeps_floatness)
+{
+    bp_buf b;
+    bp_buf_init(&b);
+    bp_json_write_double(&b, 0.1);
+    bp_buf_addc(&b, ' ');
+    bp_json_write_double(&b, 19.99);
+    bp_buf_addc(&b, ' ');
+    bp_json_write_double(&b, 40.0);
+    bp_buf_addc(&b, ' ');
+    bp_json_write_double(&b, 0.1 + 0.2);
+    CHECK_STR(b.data, "0.1 19.99 40.0 0.30000000000000004");
+    CHECK_INT(bp_json_write_double(&b, 0.0 / 0.0), -1);
+    bp_buf_free(&b);
+}
+
+TEST(utf8_checker)
+{
+    size_t at = 99;
+    CHECK_INT(bp_utf8_check("abc \xc3\xa9 \xf0\x9f\x98\x80", 11, &at), 0);
+    CHECK_INT(bp_utf8_check("ab\xc3", 3, &at), -1);
+    CHECK_INT(at, 2);
+}
+
+TEST(yaml_parses_into_the_same_tree)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *y = "a: 1\nb: \"2\"\nc: [x, true, ~]\nd:\n  e: 19.99\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), 0);
+    CHECK_INT(d.nodes[bp_jget(&d, 0, "a")].type, BP_JNUMBER);
+    CHECK_INT(d.nodes[bp_jget(&d, 0, "b")].type, BP_JSTRING);
+    bp_buf out;
+    bp_buf_init(&out);
+    bp_json_write_node(&out, &d, 0);
+    CHECK_STR(out.data, "{\"a\":1,\"b\":\"2\",\"c\":[\"x\",true,null],\"d\":{\"e\":19.99}}");
+    CHECK_INT(d.nodes[bp_jget(&d, 0, "d") - 1].line, 4);   /* the key's line */
+    bp_buf_free(&out);
+    bp_doc_free(&d);
+}
+
+TEST(yaml_errors_name_line_and_column)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    d.origin = "x.yaml";
+    const char *y = "a: 1\nb: [1, 2\nc: 3\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), -1);
+    CHECK_CONTAINS(err.msg, "x.yaml:");
+    CHECK_CONTAINS(err.msg, "invalid YAML");
+    bp_doc_free(&d);
+}
+
+static enum bp_consent_state consent_of(const char *ev, int *allowed, enum bp_consent_policy pol)
+{
+    bp_doc d;
+    bp_error err;
+    bp_consent c;
+    bp_doc_init(&d);
+    if (bp_json_parse(&d, ev, strlen(ev), NULL, &err) < 0) abort();
+    bp_consent_resolve(&d, "marketing", pol, &c);
+    bp_doc_free(&d);
+    *allowed = c.allowed;
+    return c.state;
+}
+
+TEST(consent_three_shapes_newest_first)
+{
+    int ok;
+    CHECK_INT(consent_of("{\"context\":{\"consent\":{\"canonical\":{\"marketing\":true},\"marketing\":false}}}", &ok, BP_CONSENT_DENY), BP_CONSENT_GRANTED);
+    CHECK_INT(ok, 1);
+    CHECK_INT(consent_of("{\"context\":{\"consent\":{\"categories\":{\"marketing\":\"denied\"}}}}", &ok, BP_CONSENT_ALLOW), BP_CONSENT_DENIED);
+    CHECK_INT(ok, 0);
+    CHECK_INT(consent_of("{\"context\":{\"consent\":{\"marketing\":\"granted\"}}}", &ok, BP_CONSENT_DENY), BP_CONSENT_GRANTED);
+    CHECK_INT(consent_of("{\"context\":{\"consent\":{\"marketing\":\"maybe\"}}}", &ok, BP_CONSENT_ALLOW), BP_CONSENT_DENIED);
+    CHECK_INT(ok, 0);
+}
+
+TEST(consent_absent_uses_the_policy)
+{
+    int ok;
+    CHECK_INT(consent_of("{\"context\":{}}", &ok, BP_CONSENT_DENY), BP_CONSENT_ABSENT);
+    CHECK_INT(ok, 0);
+    CHECK_INT(consent_of("{\"context\":{\"consent\":{\"analytics\":true}}}", &ok, BP_CONSENT_ALLOW), BP_CONSENT_ABSENT);
+    CHECK_INT(ok, 1);
+}
+
+/* Feed text through a pipe into the reader and collect what it returns. */
+static const char *split(const char *input, size_t max)
+{
+    static bp_buf out;
+    int fds[2];
+    if (pipe(fds) < 0) abort();
+    if (write(fds[1], input, strlen(input)) != (ssize_t)strlen(input)) abort();
+    close(fds[1]);
+    bp_buf_free(&out);
+    bp_buf_init(&out);
+    bp_reader *r = bp_reader_new(fds[0], max);
+    const char *ev;
+    size_t len;
+    bp_error err;
+    enum bp_read_status st;
+    while ((st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
+        if (st == BP_READ_EVENT) { bp_buf_addc(&out, '<'); bp_buf_add(&out, ev, len); bp_buf_addc(&out, '>'); }
+        else bp_buf_adds(&out, "<BAD>");
+    }
+    bp_reader_free(r);
+    close(fds[0]);
+    return out.data ? out.data : "";
+}
+
+TEST(reader_ndjson_lines)
+{
+    CHECK_STR(split("{\"a\":1}\n\n{\"b\":2}\r\n{bad\n", 1024), "<{\"a\":1}><{\"b\":2}><{bad>");
+}
+
+TEST(reader_array_elements)
+{
+    CHECK_STR(split(" [ {\"a\":\"]\"} ,\n {\"b\":[1,2]}, 3 ]", 1024), "<{\"a\":\"]\"}><{\"b\":[1,2]}><3>");
+    CHECK_STR(split("[]", 1024), "");
+    CHECK_STR(split("[{\"a\":1}", 1024), "<{\"a\":1}><BAD>");
+}
+
+TEST(reader_pretty_object)
+{
+    CHECK_STR(split("{\n  \"a\": {\n    \"b\": 1\n  }\n}\n", 1024), "<{\n  \"a\": {\n    \"b\": 1\n  }\n}>");
+}
+
+TEST(reader_truncated_first_line_is_still_ndjson)
+{
+    CHECK_STR(split("{\"a\":\n{\"b\":2}\n", 1024), "<{\"a\":><{\"b\":2}>");
+}
+
+TEST(reader_oversized_event_is_skipped)
+{
+    CHECK_STR(split("{\"a\":\"xxxxxxxxxxxxxxxxxxxx\"}\n{\"b\":1}\n", 10), "<BAD><{\"b\":1}>");
+}
+
+TEST(form_escape)
+{
+    bp_buf b;
+    bp_buf_init(&b);
+    bp_form_escape(&b, "a b&c=d/é{\"}", strlen("a b&c=d/é{\"}"));
+    CHECK_STR(b.data, "a+b%26c%3Dd%2F%C3%A9%7B%22%7D");
+    bp_buf_free(&b);
+}
+
+TEST(render_substitutes_or_redacts_secrets)
+{
+    bp_outcome o;
+    bp_outcome_init(&o);
+    bp_request *r = bp_outcome_add_request(&o);
+    r->method = strdup("POST");
+    r->url = strdup("https://x");
+    r->body_kind = BP_BODY_FORM;
+    bp_buf_adds(&r->body, "a=1&key=&z=2");
+    r->slots = calloc(1, sizeof *r->slots);
+    r->slots[0].offset = 8;
+    r->slots[0].name = strdup("k");
+    r->nslots = 1;
+    bp_config cfg = { 0 };
+    bp_config_value v = { "k", "s3cr et", 1 };
+    cfg.values = &v;
+    cfg.nvalues = 1;
+    bp_buf out;
+    bp_buf_init(&out);
+    bp_request_render_redacted(r, &out);
+    CHECK_STR(out.data, "a=1&key=[redacted]&z=2");
+    bp_buf_reset(&out);
+    bp_request_render_secret(r, &cfg, &out);
+    CHECK_STR(out.data, "a=1&key=s3cr+et&z=2");
+    bp_buf_reset(&out);
+    bp_outcome_write_json(&o, 7, &out);
+    CHECK(strstr(out.data, "s3cr") == NULL);
+    CHECK_CONTAINS(out.data, "\"index\":7");
+    bp_buf_free(&out);
+    bp_outcome_free(&o);
+}
+
+int main(void)
+{
+    RUN(json_integers_stay_exact);
+    RUN(json_doubles_stay_exact);
+    RUN(json_empty_containers_keep_their_kind);
+    RUN(json_escapes_decode_to_utf8);
+    RUN(json_literals);
+    RUN(json_rejects_malformed_input);
+    RUN(json_rejects_invalid_utf8);
+    RUN(json_nul_byte_is_rejected);
+    RUN(json_depth_and_size_are_bounded);
+    RUN(json_lookup);
+    RUN(json_double_writer_is_shortest_and_keeps_floatness);
+    RUN(utf8_checker);
+    RUN(yaml_parses_into_the_same_tree);
+    RUN(yaml_errors_name_line_and_column);
+    RUN(consent_three_shapes_newest_first);
+    RUN(consent_absent_uses_the_policy);
+    RUN(reader_ndjson_lines);
+    RUN(reader_array_elements);
+    RUN(reader_pretty_object);
+    RUN(reader_truncated_first_line_is_still_ndjson);
+    RUN(reader_oversized_event_is_skipped);
+    RUN(form_escape);
+    RUN(render_substitutes_or_redacts_secrets);
+    return CHECK_SUMMARY();
+}
