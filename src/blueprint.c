@@ -158,7 +158,7 @@ static int load_route(loader *ld, bp_blueprint *bp, uint32_t node, const char *n
     if (!file_exists(bp->dir, mapping)) {
         char what[512];
         snprintf(what, sizeof what, "event '%s' maps to '%s', which does not exist in %s", r->name, mapping, bp->dir);
-        return bad(ld, node, what);
+        return bad(ld, bp_jget(d, node, "mapping"), what);
     }
     return 0;
 }

@@ -1,0 +1,86 @@
+-- Loading blueprints: every way a blueprint can be broken is reported with
+-- the file, the line and what is wrong.
+local S = require("support")
+
+local YAML = "vendor: t\nname: T\ncategory: c\nstatus: alpha\nconsent_category: marketing\n"
+  .. "config:\n  - {key: api_url, type: url, required: true}\n"
+  .. "events:\n  page:\n    type: page\n    mapping: page.lua\n"
+local GOOD_LUA = "return function(event, ctx)\n  return { url = ctx.config.api_url }\nend\n"
+
+local function blueprint(yaml, files)
+  local dir = S.tmpdir()
+  if yaml then S.write(dir .. "/blueprint.yaml", yaml) end
+  for name, text in pairs(files or {}) do S.write(dir .. "/" .. name, text) end
+  return dir
+end
+
+local function open(dir) return S.core.open_text(dir, "api_url: https://x.example\n") end
+
+describe("blueprint loading", function()
+  it("accepts a minimal blueprint", function()
+    assert.is_truthy(open(blueprint(YAML, { ["page.lua"] = GOOD_LUA })))
+  end)
+
+  it("reports a missing folder", function()
+    local e, err = open("/nonexistent/blueprint")
+    assert.is_nil(e)
+    assert.matches("not a blueprint folder", err)
+  end)
+
+  it("reports a missing blueprint.yaml", function()
+    local _, err = open(blueprint(nil, {}))
+    assert.matches("blueprint.yaml: cannot open", err, 1, true)
+  end)
+
+  it("reports broken YAML with file, line and column", function()
+    local dir = blueprint("vendor: t\nname: [unclosed\nstatus: alpha\n", {})
+    local _, err = open(dir)
+    assert.matches(dir .. "/blueprint.yaml:%d+:%d+: invalid YAML", err)
+  end)
+
+  it("reports a missing key", function()
+    local _, err = open(blueprint(YAML:gsub("consent_category: marketing\n", ""), { ["page.lua"] = GOOD_LUA }))
+    assert.matches("missing required key 'consent_category'", err, 1, true)
+  end)
+
+  it("reports a missing Lua file with the line of its event", function()
+    local dir = blueprint(YAML, {})
+    local _, err = open(dir)
+    assert.matches(dir .. "/blueprint.yaml:11: event 'page' maps to 'page.lua', which does not exist", err, 1, true)
+  end)
+
+  it("reports a Lua syntax error with file and line", function()
+    local dir = blueprint(YAML, { ["page.lua"] = "return function(event, ctx)\n  local x = = 1\nend\n" })
+    local _, err = open(dir)
+    assert.matches(dir .. "/page.lua:2:", err, 1, true)
+  end)
+
+  it("reports a mapping that does not return a function", function()
+    local _, err = open(blueprint(YAML, { ["page.lua"] = "return 42\n" }))
+    assert.matches("page.lua: must end with 'return function(event, ctx)", err, 1, true)
+  end)
+
+  it("reports an error raised while loading a mapping", function()
+    local dir = blueprint(YAML, { ["page.lua"] = "local x = nil\nx.y = 1\nreturn function() end\n" })
+    local _, err = open(dir)
+    assert.matches(dir .. "/page.lua:2:", err, 1, true)
+  end)
+
+  it("reports a broken helpers.lua", function()
+    local _, err = open(blueprint(YAML, { ["page.lua"] = GOOD_LUA, ["helpers.lua"] = "return 1\n" }))
+    assert.matches("helpers.lua: must return a table", err, 1, true)
+  end)
+
+  it("refuses precompiled bytecode", function()
+    local f = assert(io.popen("printf 'return function() end' | luac5.4 -o - -", "r"))
+    local bytecode = f:read("a")
+    f:close()
+    local _, err = open(blueprint(YAML, { ["page.lua"] = bytecode }))
+    assert.matches("binary", err, 1, true)
+  end)
+
+  it("reports an unknown field type with its line", function()
+    local _, err = open(blueprint(YAML:gsub("type: url", "type: colour"), { ["page.lua"] = GOOD_LUA }))
+    assert.matches("blueprint.yaml:7: field type must be", err, 1, true)
+  end)
+end)
