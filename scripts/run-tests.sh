@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run every suite and print one closing line "N passed, N failed" totalling
+# all of them; exit non-zero on any failure.  Called by `make test` after the
+# build (normal and ASan/UBSan).
+#
+#   1. C unit tests, built with ASan + UBSan (leak checking on)
+#   2. busted specs against the core (Lua module) and build/blueprint
+#   3. the #cli specs and golden fixtures again, against build/asan/blueprint
+set -u
+cd "$(dirname "$0")/.."
+
+passed=0 failed=0 skipped=0
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+# Count TAP lines ("ok N", "not ok N", "# SKIP") from a suite's output file.
+count_tap() {
+  local file=$1 p f s
+  p=$(grep -cE '^ok [0-9]+' "$file" || true)
+  s=$(grep -cE '^ok [0-9]+.*# (SKIP|skip)' "$file" || true)
+  f=$(grep -cE '^not ok [0-9]+' "$file" || true)
+  passed=$((passed + p - s)); failed=$((failed + f)); skipped=$((skipped + s))
+}
+
+suite() {   # suite NAME COMMAND… : run, show failures, count
+  local name=$1; shift
+  local log; log=$(mktemp)
+  echo "== $name"
+  "$@" > "$log" 2>&1
+  local rc=$?
+  grep -vE '^ok ' "$log" | sed 's/^/   /'
+  if grep -qE '^(not )?ok [0-9]+' "$log"; then
+    count_tap "$log"
+    # a crash or sanitizer abort after the last TAP line still fails the suite
+    if [ $rc -ne 0 ] && ! grep -qE '^not ok' "$log"; then failed=$((failed + 1)); echo "   $name exited $rc"; fi
+  else
+    local p f
+    p=$(sed -n 's/^unit: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$log")
+    f=$(sed -n 's/^unit: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p' "$log")
+    passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+    if [ $rc -ne 0 ] && [ "${f:-0}" = 0 ]; then failed=$((failed + 1)); echo "   $name exited $rc"; fi
+  fi
+  rm -f "$log"
+}
+
+BUSTED=(lua5.4 /usr/bin/busted --cpath='build/lua/?.so' --lpath='tests/spec/?.lua' -o TAP)
+
+suite "C unit tests (ASan+UBSan)" build/asan/unit_tests
+suite "busted specs" env BLUEPRINT_BIN=build/blueprint "${BUSTED[@]}" tests/spec
+suite "CLI specs and golden fixtures (ASan+UBSan build)" \
+  env BLUEPRINT_BIN=build/asan/blueprint "${BUSTED[@]}" --tags=cli tests/spec
+
+echo
+if [ "$skipped" -gt 0 ]; then
+  echo "$passed passed, $failed failed, $skipped skipped"
+else
+  echo "$passed passed, $failed failed"
+fi
+[ "$failed" -eq 0 ]
