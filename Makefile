@@ -61,7 +61,8 @@ test: deps
 	@$(MAKE) --no-print-directory all asan
 	@scripts/run-tests.sh
 
-run: all
+run: deps
+	@$(MAKE) --no-print-directory all
 	build/blueprint dry-run blueprints/activecampaign \
 	  --config blueprints/activecampaign/examples/config.yaml \
 	  blueprints/activecampaign/examples/events.ndjson
