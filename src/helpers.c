@@ -299,22 +299,6 @@ static int ctx_readonly(lua_State *L)
     return luaL_error(L, "ctx is read-only (tried to set '%s')", lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
-/* Push `t` (on top) replaced by a read-only proxy; the real table stays
- * reachable for the core through the proxy's metatable __index. */
-static void push_readonly(lua_State *L)
-{
-    lua_newtable(L);
-    lua_newtable(L);
-    lua_pushvalue(L, -3);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, ctx_readonly);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);
-    lua_remove(L, -2);
-}
-
 void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
 {
     static const luaL_Reg fns[] = {
@@ -346,8 +330,8 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
     }
     lua_pushcclosure(L, ctx_secret, 1);               /* ctx, config, secret */
     lua_setfield(L, -3, "secret");
-    push_readonly(L);
+    bp_push_readonly(L);
     lua_setfield(L, -2, "config");                    /* ctx */
 }
 
-void bp_push_readonly(lua_State *L) { push_readonly(L); }
+void bp_push_readonly(lua_State *L) { bp_wrap_proxy(L, ctx_readonly); }

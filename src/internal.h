@@ -9,6 +9,9 @@
 
 #include <lua.h>
 
+/* Append a node to a document under construction (json.c, used by yaml.c). */
+uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
+
 /* Read a whole file into out (NUL-terminated).  blueprint.c */
 int bp_read_file(const char *path, bp_buf *out, bp_error *err);
 
@@ -32,6 +35,10 @@ int bp_sandbox_load_file(bp_sandbox *sb, const char *path, const char *chunkname
 /* lua_pcall under the budget.  On error, `err` holds "file:line: message"
  * and nothing is left on the stack; returns -1. */
 int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err);
+/* Replace the value on top (a table or an __index function) with an empty
+ * proxy that reads through it, calls on_write for any assignment and hides
+ * its metatable.  How shared tables are made read-only. */
+void bp_wrap_proxy(lua_State *L, lua_CFunction on_write);
 /* print() for blueprints: to stderr, prefixed with file:line. */
 int bp_sandbox_print(lua_State *L);
 
@@ -75,7 +82,7 @@ void bp_push_secret(lua_State *L, const char *name);
 void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp);
 /* If the value at idx is a ctx.drop(...) result, return its reason. */
 const char *bp_drop_reason(lua_State *L, int idx);
-/* Replace the table on top with a read-only proxy onto it. */
+/* Replace the table on top with a read-only proxy onto it ("ctx is read-only"). */
 void bp_push_readonly(lua_State *L);
 
 #endif

@@ -11,7 +11,7 @@
  * in place (an escape never expands), so a parse costs one memcpy plus one
  * node per value and no allocation per string.
  */
-#include "blueprint.h"
+#include "internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -107,9 +107,8 @@ static int fail(parser *p, const char *what)
     return -1;
 }
 
-static uint32_t add_node(parser *p, uint8_t type, size_t off, size_t len)
+uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line)
 {
-    bp_doc *d = p->d;
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 64;
         bp_jnode *nodes = realloc(d->nodes, cap * sizeof *nodes);
@@ -122,8 +121,13 @@ static uint32_t add_node(parser *p, uint8_t type, size_t off, size_t len)
     n->off = (uint32_t)off;
     n->len = (uint32_t)len;
     n->next = (uint32_t)d->n + 1;
-    n->line = 0;
+    n->line = (uint32_t)line;
     return (uint32_t)d->n++;
+}
+
+static uint32_t add_node(parser *p, uint8_t type, size_t off, size_t len)
+{
+    return bp_doc_add_node(p->d, type, off, len, 0);
 }
 
 static void skip_ws(parser *p)

@@ -192,21 +192,25 @@ static int readonly_assignment(lua_State *L)
                       lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
-/* Replace the library table on top with an empty read-only proxy onto it. */
-static void make_readonly_proxy(lua_State *L, const char *name)
+void bp_wrap_proxy(lua_State *L, lua_CFunction on_write)
 {
-    lua_newtable(L);                 /* lib proxy */
-    lua_newtable(L);                 /* lib proxy mt */
-    lua_pushvalue(L, -3);
-    lua_pushstring(L, name);
-    lua_pushcclosure(L, library_field, 2);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, readonly_assignment);
+    lua_newtable(L);                  /* index, proxy */
+    lua_createtable(L, 0, 3);         /* index, proxy, mt */
+    lua_rotate(L, -3, -1);            /* proxy, mt, index */
+    lua_setfield(L, -2, "__index");   /* proxy, mt */
+    lua_pushcfunction(L, on_write);
     lua_setfield(L, -2, "__newindex");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);         /* lib proxy */
-    lua_remove(L, -2);               /* proxy */
+    lua_setmetatable(L, -2);          /* proxy */
+}
+
+/* Replace the library table on top with an empty read-only proxy onto it. */
+static void make_readonly_proxy(lua_State *L, const char *name)
+{
+    lua_pushstring(L, name);                   /* lib, name */
+    lua_pushcclosure(L, library_field, 2);     /* index */
+    bp_wrap_proxy(L, readonly_assignment);     /* proxy */
 }
 
 int bp_sandbox_print(lua_State *L)
@@ -284,16 +288,9 @@ static void build_env(bp_sandbox *sb)
     lua_pushvalue(L, -1);
     sb->safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);   /* safe */
 
-    lua_newtable(L);                                 /* safe, env */
-    lua_newtable(L);                                 /* safe, env, mt */
-    lua_pushvalue(L, -3);
-    lua_pushcclosure(L, undefined_global, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, global_assignment);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);                         /* safe, env */
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, undefined_global, 1);        /* safe, index */
+    bp_wrap_proxy(L, global_assignment);             /* safe, env */
     sb->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);    /* safe */
     lua_pop(L, 1);
 }

@@ -5,7 +5,7 @@
  * libyaml's event API is used rather than its document API: events arrive in
  * document order, which is exactly the order of our flat node array.
  */
-#include "blueprint.h"
+#include "internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,24 +14,13 @@
 
 #define YAML_MAX_DEPTH 64
 
+/* Scalars are copied into doc->text, NUL-terminated, so bp_jtext works. */
 static uint32_t push_node(bp_doc *d, uint8_t type, const char *s, size_t len, size_t line)
 {
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : 64;
-        bp_jnode *nodes = realloc(d->nodes, cap * sizeof *nodes);
-        if (!nodes) { fputs("blueprint: out of memory\n", stderr); abort(); }
-        d->nodes = nodes;
-        d->cap = cap;
-    }
-    bp_jnode *n = &d->nodes[d->n];
-    n->type = type;
-    n->off = (uint32_t)d->text.len;
-    n->len = (uint32_t)len;
-    n->next = (uint32_t)d->n + 1;
-    n->line = (uint32_t)line;
+    uint32_t i = bp_doc_add_node(d, type, d->text.len, len, line);
     bp_buf_add(&d->text, s, len);
     bp_buf_addc(&d->text, '\0');
-    return (uint32_t)d->n++;
+    return i;
 }
 
 /* YAML 1.1 plain scalars that mean something other than a string.  Quoted
