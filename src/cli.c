@@ -111,8 +111,10 @@ static int dry_run(int argc, char **argv)
         return EXIT_INVALID;
     }
 
+    /* Full buffering for files and pipes (throughput); a terminal keeps
+     * line buffering so an author sees each outcome as it is judged. */
     static char outbuf[1 << 16];
-    setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
+    if (!isatty(STDOUT_FILENO)) setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
     bp_reader *r = bp_reader_new(fd, limits.json.max_bytes);
     bp_outcome out;
     bp_outcome_init(&out);

@@ -517,6 +517,17 @@ int bp_encode_form(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error
         const char *secret = bp_secret_name(L, -1);
         if (secret && slots) {
             add_slot(slots, out->len, secret);
+        } else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+            /* floats as in JSON (shortest exact form), not Lua's %.14g */
+            bp_buf num;
+            bp_buf_init(&num);
+            if (bp_json_write_double(&num, lua_tonumber(L, -1)) < 0) {
+                bp_error_set(err, "form field '%s' is NaN or infinite", keys[i]);
+                rc = -1;
+            } else {
+                bp_form_escape(out, num.data, num.len);
+            }
+            bp_buf_free(&num);
         } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
             size_t len, bad;
             const char *s = lua_tolstring(L, -1, &len);

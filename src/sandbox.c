@@ -171,6 +171,25 @@ static int undefined_global(lua_State *L)
                       lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
+/* setmetatable without __gc: a finalizer runs whenever the collector
+ * decides, outside any event's budget, so it is refused. */
+static int safe_setmetatable(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int t = lua_type(L, 2);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (t == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL) return luaL_error(L, "__gc metamethods are not allowed in blueprints");
+        lua_pop(L, 1);
+    }
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
 static int global_assignment(lua_State *L)
 {
     return luaL_error(L, "assignment to global '%s' is not allowed (declare it with 'local')",
@@ -247,7 +266,7 @@ static void build_env(bp_sandbox *sb)
     lua_State *L = sb->L;
     static const char *const base[] = {
         "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber",
-        "tostring", "type", "rawequal", "rawlen", "setmetatable", "getmetatable", "_VERSION", NULL
+        "tostring", "type", "rawequal", "rawlen", "getmetatable", "_VERSION", NULL
     };
     static const char *const os_safe[] = { "time", "clock", "date", "difftime", NULL };
     static const char *const libs[] = { "string", "table", "math", "utf8", NULL };
@@ -284,6 +303,8 @@ static void build_env(bp_sandbox *sb)
     lua_pop(L, 1);                                   /* safe */
     lua_pushcfunction(L, bp_sandbox_print);
     lua_setfield(L, -2, "print");
+    lua_pushcfunction(L, safe_setmetatable);
+    lua_setfield(L, -2, "setmetatable");
 
     lua_pushvalue(L, -1);
     sb->safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);   /* safe */

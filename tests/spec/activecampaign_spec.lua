@@ -178,6 +178,17 @@ describe("custom events", function()
   end)
 end)
 
+describe("form encoding", function()
+  it("writes computed floats in their shortest exact form", function()
+    local dir = S.tmpdir()
+    S.write(dir .. "/blueprint.yaml", "vendor: t\nname: T\ncategory: c\nstatus: alpha\nconsent_category: marketing\n"
+      .. "config:\n  - {key: api_url, type: url, required: true}\nevents:\n  page: {type: page, mapping: m.lua}\n")
+    S.write(dir .. "/m.lua", "return function(event, ctx)\n  return { url = ctx.config.api_url, form = { a = 0.1 + 0.2, b = 19.99, c = 3, d = 2.0 } }\nend\n")
+    local e = assert(core.open_text(dir, "api_url: https://x.example\nconsent: {default_policy: allow}\n"))
+    assert.are.equal("a=0.30000000000000004&b=19.99&c=3&d=2.0", S.run(e, '{"type":"page"}').requests[1].body)
+  end)
+end)
+
 describe("Event Tracking not configured", function()
   local e = assert(core.open_text(S.AC, "api_url: https://acme.api-us1.com\napi_key: k\n"))
   for _, ev in ipairs({ track("Order Completed", { order_id = 1 }), track("Product Viewed", {}),

@@ -111,7 +111,7 @@ end)
 describe("blueprint dry-run with hostile mappings #cli", function()
   it("judges every event of a hostile blueprint and exits 0", function()
     local names = { "loop", "memory", "string_bomb", "rep_bomb", "recursion", "raise", "os_execute", "io_open",
-                    "require", "load", "global_write", "pcall_loop", "string_dump", "library_write", "ok" }
+                    "require", "load", "global_write", "pcall_loop", "string_dump", "library_write", "gc_loop", "ok" }
     local input = {}
     for _, n in ipairs(names) do
       input[#input + 1] = '{"type":"track","event":"' .. n .. '","context":{"consent":{"marketing":true}}}'

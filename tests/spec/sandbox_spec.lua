@@ -25,6 +25,7 @@ local cases = {
   { "string_dump", "string_dump.lua:2:" },
   { "library_write", "library_write.lua:2: library tables are read-only" },
   { "getmetatable_string", "getmetatable_string.lua:3:" },
+  { "gc_loop", "gc_loop.lua:2: __gc metamethods are not allowed" },
 }
 
 describe("the sandbox", function()
