@@ -18,10 +18,11 @@ CORE    := buffer json yaml sandbox luajson helpers consent blueprint config req
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 
-DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted
+DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
+            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev
 
 .PHONY: all deps test run clean unit-tests asan
-all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so
+all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
@@ -47,6 +48,10 @@ build/blueprint: build/obj/cli.o build/libblueprint.a
 
 build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | build/lua
 	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1) -lm
+
+# The local ActiveCampaign emulator used by the integration tests.
+build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)
+	$(CC) $(CFLAGS) -Isrc -o $@ $< build/libblueprint.a $(shell pkg-config --libs libmicrohttpd) -lpthread -lm
 
 # The sanitizer build: the CLI and the C unit tests with ASan + UBSan.
 build/asan/blueprint: $(CORE_SRC) src/cli.c $(HDRS) | build/asan

@@ -1,0 +1,616 @@
+/*
+ * emulator.c — a local ActiveCampaign for tests, on 127.0.0.1 only.
+ *
+ * Faithful to what the runtime relies on (DESIGN.md §6): contact sync and
+ * create (duplicate / email_invalid errors), Event Tracking (form only,
+ * success:0 for a JSON body or a wrong key), tracking logs, Api-Token on
+ * every /api/3 call (403 when wrong), and a per-account rate limit with
+ * 429 + Retry-After + RateLimit-* headers.  Tests steer it through
+ * /_emulator/ endpoints: inject faults, inspect every request received.
+ *
+ *   ac-emulator [--port N] [--api-token T] [--actid N] [--event-key K] [--rate-limit RPS]
+ *
+ * Prints "listening on http://127.0.0.1:PORT" once ready (port 0 = any).
+ */
+#include "blueprint.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_BODY (1024 * 1024)
+#define MAX_LOG 200000
+
+typedef struct contact {
+    long id;
+    char *email, *first, *last, *phone;
+    bp_buf tracking;      /* JSON objects, comma separated */
+    long ntracking;
+} contact;
+
+typedef struct logged {
+    char *method, *path, *token, *ctype, *body;
+    int status;
+    double at_ms;
+} logged;
+
+static struct {
+    pthread_mutex_t mu;
+    const char *api_token, *actid, *event_key;
+    contact *contacts; size_t ncontacts, capcontacts;
+    logged *log; size_t nlog, caplog;
+    int tracking_enabled;
+    bp_buf event_names;  /* JSON strings, comma separated */
+    long nevent_names;
+    /* rate limit: timestamps of the last `rate_limit` requests */
+    int rate_limit;
+    double *window; size_t wpos;
+    int retry_after, burst_503;
+    /* faults */
+    int fail_next, fail_status, fail_html, fail_retry_after;
+    int login_html_next, reset_next, latency_ms;
+    long total, limited;
+} E;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static char *xdup(const char *s) { return strdup(s ? s : ""); }
+
+typedef struct reqctx { bp_buf body; } reqctx;
+
+typedef struct reply {
+    int status;
+    bp_buf body;
+    const char *ctype;
+    char retry_after[16];
+    int ratelimit_remaining;  /* -1: no RateLimit headers */
+} reply;
+
+static void json_reply(reply *r, int status, const char *json)
+{
+    r->status = status;
+    bp_buf_reset(&r->body);
+    bp_buf_adds(&r->body, json);
+    r->ctype = "application/json";
+}
+
+static const char LOGIN_PAGE[] =
+    "<!DOCTYPE html><html><head><title>Login - ActiveCampaign</title></head>"
+    "<body><form action=\"/admin/index.php\" method=\"post\"><input name=\"user\"><input name=\"pass\" "
+    "type=\"password\"></form></body></html>";
+
+static const char *CDN_PAGE =
+    "<html><head><title>%d</title></head><body><center><h1>%d</h1></center><hr><center>cloudflare</center></body></html>";
+
+/* ---- contacts ------------------------------------------------------------------ */
+
+static contact *find_contact(const char *email)
+{
+    for (size_t i = 0; i < E.ncontacts; i++)
+        if (!strcasecmp(E.contacts[i].email, email)) return &E.contacts[i];
+    return NULL;
+}
+
+static contact *find_contact_id(long id)
+{
+    for (size_t i = 0; i < E.ncontacts; i++) if (E.contacts[i].id == id) return &E.contacts[i];
+    return NULL;
+}
+
+static void write_contact(bp_buf *b, const contact *c)
+{
+    bp_buf_adds(b, "{\"id\":");
+    bp_buf_printf(b, "\"%ld\",\"email\":", c->id);
+    bp_json_write_string(b, c->email, strlen(c->email));
+    bp_buf_adds(b, ",\"firstName\":");
+    bp_json_write_string(b, c->first, strlen(c->first));
+    bp_buf_adds(b, ",\"lastName\":");
+    bp_json_write_string(b, c->last, strlen(c->last));
+    bp_buf_adds(b, ",\"phone\":");
+    bp_json_write_string(b, c->phone, strlen(c->phone));
+    bp_buf_adds(b, "}");
+}
+
+static int valid_email(const char *e)
+{
+    const char *at = strchr(e, '@');
+    return at && at != e && strchr(at, '.') && !strchr(at + 1, '@') && !strpbrk(e, " \t");
+}
+
+static void lower(char *s) { for (; *s; s++) if (*s >= 'A' && *s <= 'Z') *s += 32; }
+
+/* POST /api/3/contact/sync and /api/3/contacts */
+static void contact_write(reply *r, const char *body, size_t len, int sync)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    if (bp_json_parse(&d, body, len, NULL, &err) < 0) {
+        json_reply(r, 400, "{\"message\":\"Invalid JSON\"}");
+        bp_doc_free(&d);
+        return;
+    }
+    uint32_t c = bp_jget(&d, 0, "contact");
+    const char *email = bp_jscalar(&d, bp_jget(&d, c, "email"));
+    if (!email || !valid_email(email)) {
+        json_reply(r, 422, "{\"errors\":[{\"title\":\"Contact Email is not a valid email address.\",\"detail\":\"\","
+                           "\"code\":\"email_invalid\",\"source\":{\"pointer\":\"/data/attributes/email\"}}]}");
+        bp_doc_free(&d);
+        return;
+    }
+    contact *k = find_contact(email);
+    if (k && !sync) {
+        json_reply(r, 422, "{\"errors\":[{\"title\":\"Email address already exists in the system.\",\"detail\":\"\","
+                           "\"code\":\"duplicate\",\"source\":{\"pointer\":\"/data/attributes/email\"}}]}");
+        bp_doc_free(&d);
+        return;
+    }
+    int created = !k;
+    if (!k) {
+        if (E.ncontacts == E.capcontacts) {
+            E.capcontacts = E.capcontacts ? E.capcontacts * 2 : 64;
+            E.contacts = realloc(E.contacts, E.capcontacts * sizeof *E.contacts);
+        }
+        k = &E.contacts[E.ncontacts++];
+        memset(k, 0, sizeof *k);
+        k->id = (long)E.ncontacts;
+        k->email = xdup(email);
+        lower(k->email);
+        k->first = xdup("");
+        k->last = xdup("");
+        k->phone = xdup("");
+        bp_buf_init(&k->tracking);
+    }
+    const char *f;
+    if ((f = bp_jscalar(&d, bp_jget(&d, c, "firstName")))) { free(k->first); k->first = xdup(f); }
+    if ((f = bp_jscalar(&d, bp_jget(&d, c, "lastName")))) { free(k->last); k->last = xdup(f); }
+    if ((f = bp_jscalar(&d, bp_jget(&d, c, "phone")))) { free(k->phone); k->phone = xdup(f); }
+    bp_doc_free(&d);
+    r->status = created ? 201 : 200;
+    bp_buf_reset(&r->body);
+    bp_buf_adds(&r->body, "{\"fieldValues\":[],\"contact\":");
+    write_contact(&r->body, k);
+    bp_buf_adds(&r->body, "}");
+    r->ctype = "application/json";
+}
+
+/* ---- Event Tracking ------------------------------------------------------------ */
+
+static int from_hex(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Value of `key` in a form body, decoded, or NULL. Caller frees. */
+static char *form_get(const char *body, const char *key)
+{
+    size_t klen = strlen(key);
+    const char *p = body;
+    while (p && *p) {
+        const char *amp = strchr(p, '&');
+        size_t n = amp ? (size_t)(amp - p) : strlen(p);
+        if (n > klen && !strncmp(p, key, klen) && p[klen] == '=') {
+            char *out = malloc(n), *w = out;
+            for (const char *s = p + klen + 1; s < p + n; s++) {
+                if (*s == '+') *w++ = ' ';
+                else if (*s == '%' && s + 2 < p + n + 1 && from_hex(s[1]) >= 0 && from_hex(s[2]) >= 0) {
+                    *w++ = (char)(from_hex(s[1]) * 16 + from_hex(s[2]));
+                    s += 2;
+                } else *w++ = *s;
+            }
+            *w = '\0';
+            return out;
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+    return NULL;
+}
+
+static void track_event(reply *r, const char *ctype, const char *body)
+{
+    if (!ctype || strncasecmp(ctype, "application/x-www-form-urlencoded", 33) != 0) {
+        json_reply(r, 200, "{\"success\":0,\"message\":\"An account ID must be provided.\"}");
+        return;
+    }
+    char *actid = form_get(body, "actid"), *key = form_get(body, "key"), *event = form_get(body, "event");
+    char *data = form_get(body, "eventdata"), *visit = form_get(body, "visit");
+    if (!actid || !*actid) json_reply(r, 200, "{\"success\":0,\"message\":\"An account ID must be provided.\"}");
+    else if (!key || strcmp(key, E.event_key) != 0 || strcmp(actid, E.actid) != 0)
+        json_reply(r, 200, "{\"success\":0,\"message\":\"Invalid key provided.\"}");
+    else if (!event || !*event || strlen(event) > 32)
+        json_reply(r, 200, "{\"success\":0,\"message\":\"A valid event name must be provided.\"}");
+    else {
+        bp_doc d;
+        bp_error err;
+        bp_doc_init(&d);
+        const char *email = NULL;
+        if (visit && bp_json_parse(&d, visit, strlen(visit), NULL, &err) == 0)
+            email = bp_jscalar(&d, bp_jget(&d, 0, "email"));
+        contact *k = email ? find_contact(email) : NULL;
+        if (k) {
+            if (k->ntracking++) bp_buf_addc(&k->tracking, ',');
+            bp_buf_adds(&k->tracking, "{\"type\":");
+            bp_json_write_string(&k->tracking, event, strlen(event));
+            bp_buf_adds(&k->tracking, ",\"value\":");
+            bp_json_write_string(&k->tracking, data ? data : "", data ? strlen(data) : 0);
+            bp_buf_adds(&k->tracking, "}");
+        }
+        bp_doc_free(&d);
+        json_reply(r, 200, "{\"success\":1,\"message\":\"Event spawned\"}");
+    }
+    free(actid); free(key); free(event); free(data); free(visit);
+}
+
+/* ---- /api/3 router -------------------------------------------------------------------- */
+
+static void api3(reply *r, const char *method, const char *path, const char *query_email,
+                 const char *body, size_t len)
+{
+    long id = 0;
+    char tail[64] = "";
+    if (!strcmp(path, "/api/3/contact/sync") && !strcmp(method, "POST")) { contact_write(r, body, len, 1); return; }
+    if (!strcmp(path, "/api/3/contacts")) {
+        if (!strcmp(method, "POST")) { contact_write(r, body, len, 0); return; }
+        r->status = 200;
+        r->ctype = "application/json";
+        bp_buf_adds(&r->body, "{\"contacts\":[");
+        int first = 1;
+        for (size_t i = 0; i < E.ncontacts; i++) {
+            if (query_email && strcasecmp(query_email, E.contacts[i].email) != 0) continue;
+            if (!first) bp_buf_addc(&r->body, ',');
+            write_contact(&r->body, &E.contacts[i]);
+            first = 0;
+        }
+        bp_buf_adds(&r->body, "]}");
+        return;
+    }
+    if (sscanf(path, "/api/3/contacts/%ld%63s", &id, tail) >= 1) {
+        contact *k = find_contact_id(id);
+        if (!k) { json_reply(r, 404, "{\"message\":\"No Result found for Subscriber with id 0\"}"); return; }
+        r->status = 200;
+        r->ctype = "application/json";
+        if (!strcmp(tail, "/trackingLogs")) {
+            bp_buf_adds(&r->body, "{\"trackingLogs\":[");
+            if (k->tracking.len) bp_buf_add(&r->body, k->tracking.data, k->tracking.len);
+            bp_buf_adds(&r->body, "]}");
+        } else {
+            bp_buf_adds(&r->body, "{\"contact\":");
+            write_contact(&r->body, k);
+            bp_buf_adds(&r->body, "}");
+        }
+        return;
+    }
+    if (!strcmp(path, "/api/3/eventTracking")) {
+        if (!strcmp(method, "PUT")) E.tracking_enabled = len && strstr(body, "true") != NULL;
+        r->status = 200;
+        r->ctype = "application/json";
+        bp_buf_printf(&r->body, "{\"eventTracking\":{\"enabled\":%s}}", E.tracking_enabled ? "true" : "false");
+        return;
+    }
+    if (!strcmp(path, "/api/3/eventTrackingEvents")) {
+        r->status = 200;
+        r->ctype = "application/json";
+        if (!strcmp(method, "POST")) {
+            bp_doc d;
+            bp_error err;
+            bp_doc_init(&d);
+            const char *name = NULL;
+            if (bp_json_parse(&d, body, len, NULL, &err) == 0)
+                name = bp_jscalar(&d, bp_jget_path(&d, 0, "eventTrackingEvent.name"));
+            if (!name) { json_reply(r, 422, "{\"errors\":[{\"title\":\"name is required\",\"code\":\"field_missing\"}]}"); bp_doc_free(&d); return; }
+            if (E.nevent_names++) bp_buf_addc(&E.event_names, ',');
+            bp_json_write_string(&E.event_names, name, strlen(name));
+            r->status = 201;
+            bp_buf_adds(&r->body, "{\"eventTrackingEvent\":{\"name\":");
+            bp_json_write_string(&r->body, name, strlen(name));
+            bp_buf_adds(&r->body, "}}");
+            bp_doc_free(&d);
+            return;
+        }
+        bp_buf_adds(&r->body, "{\"eventTrackingEvents\":[");
+        if (E.event_names.len) bp_buf_add(&r->body, E.event_names.data, E.event_names.len);
+        bp_buf_adds(&r->body, "]}");
+        return;
+    }
+    json_reply(r, 404, "{\"message\":\"No Result found\"}");
+}
+
+/* ---- control endpoints ------------------------------------------------------------------ */
+
+static int jint(const bp_doc *d, const char *key, int dflt)
+{
+    const char *s = bp_jscalar(d, bp_jget(d, 0, key));
+    uint32_t n = bp_jget(d, 0, key);
+    if (n != BP_NONE && d->nodes[n].type == BP_JTRUE) return 1;
+    if (n != BP_NONE && d->nodes[n].type == BP_JFALSE) return 0;
+    return s ? atoi(s) : dflt;
+}
+
+static void set_rate_limit(int rps)
+{
+    free(E.window);
+    E.rate_limit = rps;
+    E.window = rps > 0 ? calloc((size_t)rps, sizeof *E.window) : NULL;
+    E.wpos = 0;
+}
+
+static void control(reply *r, const char *method, const char *path, const char *body, size_t len)
+{
+    r->status = 200;
+    r->ctype = "application/json";
+    if (!strcmp(path, "/_emulator/requests") && !strcmp(method, "GET")) {
+        bp_buf_adds(&r->body, "[");
+        for (size_t i = 0; i < E.nlog; i++) {
+            logged *l = &E.log[i];
+            if (i) bp_buf_addc(&r->body, ',');
+            bp_buf_adds(&r->body, "{\"method\":");
+            bp_json_write_string(&r->body, l->method, strlen(l->method));
+            bp_buf_adds(&r->body, ",\"path\":");
+            bp_json_write_string(&r->body, l->path, strlen(l->path));
+            bp_buf_adds(&r->body, ",\"api_token\":");
+            bp_json_write_string(&r->body, l->token, strlen(l->token));
+            bp_buf_adds(&r->body, ",\"content_type\":");
+            bp_json_write_string(&r->body, l->ctype, strlen(l->ctype));
+            bp_buf_adds(&r->body, ",\"body\":");
+            size_t bad;
+            if (bp_utf8_check(l->body, strlen(l->body), &bad) == 0) bp_json_write_string(&r->body, l->body, strlen(l->body));
+            else bp_buf_adds(&r->body, "\"(invalid UTF-8)\"");
+            bp_buf_printf(&r->body, ",\"status\":%d,\"at_ms\":%.1f}", l->status, l->at_ms);
+        }
+        bp_buf_adds(&r->body, "]");
+        return;
+    }
+    if (!strcmp(path, "/_emulator/contacts")) {
+        bp_buf_adds(&r->body, "[");
+        for (size_t i = 0; i < E.ncontacts; i++) {
+            if (i) bp_buf_addc(&r->body, ',');
+            write_contact(&r->body, &E.contacts[i]);
+            r->body.len--;  /* reopen the object to add the tracking log */
+            bp_buf_adds(&r->body, ",\"trackingLogs\":[");
+            if (E.contacts[i].tracking.len) bp_buf_add(&r->body, E.contacts[i].tracking.data, E.contacts[i].tracking.len);
+            bp_buf_adds(&r->body, "]}");
+        }
+        bp_buf_adds(&r->body, "]");
+        return;
+    }
+    if (!strcmp(path, "/_emulator/stats")) {
+        bp_buf_printf(&r->body, "{\"requests\":%ld,\"rate_limited\":%ld,\"contacts\":%zu}", E.total, E.limited, E.ncontacts);
+        return;
+    }
+    if (!strcmp(path, "/_emulator/reset") && !strcmp(method, "POST")) {
+        for (size_t i = 0; i < E.ncontacts; i++) {
+            contact *k = &E.contacts[i];
+            free(k->email); free(k->first); free(k->last); free(k->phone);
+            bp_buf_free(&k->tracking);
+        }
+        E.ncontacts = 0;
+        for (size_t i = 0; i < E.nlog; i++) {
+            free(E.log[i].method); free(E.log[i].path); free(E.log[i].token); free(E.log[i].ctype); free(E.log[i].body);
+        }
+        E.nlog = 0;
+        E.fail_next = E.login_html_next = E.reset_next = E.latency_ms = E.burst_503 = 0;
+        E.total = E.limited = 0;
+        if (E.window) memset(E.window, 0, (size_t)E.rate_limit * sizeof *E.window);
+        bp_buf_adds(&r->body, "{\"reset\":true}");
+        return;
+    }
+    if (!strcmp(path, "/_emulator/faults") && !strcmp(method, "POST")) {
+        bp_doc d;
+        bp_error err;
+        bp_doc_init(&d);
+        if (bp_json_parse(&d, body, len, NULL, &err) < 0) { json_reply(r, 400, "{\"error\":\"invalid JSON\"}"); bp_doc_free(&d); return; }
+        E.fail_next = jint(&d, "fail_next", E.fail_next);
+        E.fail_status = jint(&d, "status", E.fail_status ? E.fail_status : 503);
+        E.fail_html = jint(&d, "html", E.fail_html);
+        E.fail_retry_after = jint(&d, "retry_after", 0);
+        E.login_html_next = jint(&d, "login_html_next", E.login_html_next);
+        E.reset_next = jint(&d, "reset_next", E.reset_next);
+        E.latency_ms = jint(&d, "latency_ms", E.latency_ms);
+        E.burst_503 = jint(&d, "burst_503", E.burst_503);
+        E.retry_after = jint(&d, "rate_limit_retry_after", E.retry_after);
+        int rl = jint(&d, "rate_limit", -1);
+        if (rl >= 0) set_rate_limit(rl);
+        const char *tok = bp_jscalar(&d, bp_jget(&d, 0, "api_token"));
+        if (tok) E.api_token = strdup(tok);
+        bp_doc_free(&d);
+        bp_buf_adds(&r->body, "{\"ok\":true}");
+        return;
+    }
+    json_reply(r, 404, "{\"error\":\"unknown emulator endpoint\"}");
+}
+
+/* ---- one request ------------------------------------------------------------------------ */
+
+/* 1 = over the per-account limit; fills the RateLimit-Remaining. */
+static int rate_limited(reply *r)
+{
+    if (E.rate_limit <= 0) return 0;
+    double t = now_ms();
+    size_t oldest = E.wpos;   /* ring of the last rate_limit admitted requests */
+    if (E.window[oldest] && t - E.window[oldest] < 1000.0) {
+        r->ratelimit_remaining = 0;
+        return 1;
+    }
+    E.window[E.wpos] = t;
+    E.wpos = (E.wpos + 1) % (size_t)E.rate_limit;
+    int used = 0;
+    for (int i = 0; i < E.rate_limit; i++) if (E.window[i] && t - E.window[i] < 1000.0) used++;
+    r->ratelimit_remaining = E.rate_limit - used;
+    return 0;
+}
+
+static int handle(reply *r, struct MHD_Connection *conn, const char *method, const char *url,
+                  const char *body, size_t len)
+{
+    const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    const char *token = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Api-Token");
+    int vendor = strncmp(url, "/_emulator/", 11) != 0;
+    int latency = 0;
+    pthread_mutex_lock(&E.mu);
+    if (!vendor) {
+        control(r, method, url, body, len);
+        pthread_mutex_unlock(&E.mu);
+        return 1;
+    }
+    E.total++;
+    latency = E.latency_ms;
+    int reset = 0;
+    if (E.reset_next > 0) { E.reset_next--; reset = 1; }
+    else if (rate_limited(r)) {
+        E.limited++;
+        if (E.burst_503) {
+            r->status = 503;
+            r->ctype = "text/html";
+            bp_buf_printf(&r->body, CDN_PAGE, 503, 503);
+        } else {
+            json_reply(r, 429, "{\"message\":\"Too Many Requests\"}");
+            snprintf(r->retry_after, sizeof r->retry_after, "%d", E.retry_after > 0 ? E.retry_after : 1);
+        }
+    } else if (E.fail_next > 0) {
+        E.fail_next--;
+        r->status = E.fail_status;
+        if (E.fail_html) { r->ctype = "text/html"; bp_buf_printf(&r->body, CDN_PAGE, r->status, r->status); }
+        else json_reply(r, r->status, "{\"message\":\"injected failure\"}");
+        if (E.fail_retry_after) snprintf(r->retry_after, sizeof r->retry_after, "%d", E.fail_retry_after);
+    } else if (!strncmp(url, "/api/3/", 7)) {
+        if (E.login_html_next > 0) {
+            E.login_html_next--;
+            r->status = 200;
+            r->ctype = "text/html; charset=utf-8";
+            bp_buf_adds(&r->body, LOGIN_PAGE);
+        } else if (!token || strcmp(token, E.api_token) != 0) {
+            json_reply(r, 403, "{\"message\":\"No Result found for Subscriber with id 0\"}");
+        } else {
+            const char *email = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "email");
+            api3(r, method, url, email, body, len);
+        }
+    } else if (!strcmp(url, "/event") && !strcmp(method, "POST")) {
+        track_event(r, ctype, body);
+    } else {
+        json_reply(r, 404, "{\"message\":\"Not Found\"}");
+    }
+    if (E.nlog < MAX_LOG) {
+        if (E.nlog == E.caplog) {
+            E.caplog = E.caplog ? E.caplog * 2 : 1024;
+            E.log = realloc(E.log, E.caplog * sizeof *E.log);
+        }
+        logged *l = &E.log[E.nlog++];
+        l->method = xdup(method);
+        l->path = xdup(url);
+        l->token = xdup(token);
+        l->ctype = xdup(ctype);
+        l->body = xdup(body);
+        l->status = reset ? 0 : r->status;
+        l->at_ms = now_ms();
+    }
+    pthread_mutex_unlock(&E.mu);
+    if (latency > 0) usleep((useconds_t)latency * 1000);
+    return reset ? 0 : 1;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)cls; (void)version;
+    reqctx *rc = *con_cls;
+    if (!rc) {
+        rc = calloc(1, sizeof *rc);
+        bp_buf_init(&rc->body);
+        *con_cls = rc;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (rc->body.len + *upload_size <= MAX_BODY) bp_buf_add(&rc->body, upload, *upload_size);
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    reply r = { 200, { 0 }, "application/json", "", -1 };
+    bp_buf_init(&r.body);
+    bp_buf_add(&rc->body, "", 0);
+    if (!handle(&r, conn, method, url, rc->body.data, rc->body.len)) {
+        bp_buf_free(&r.body);
+        return MHD_NO;   /* drop the connection: the client sees a reset */
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer(r.body.len, r.body.data, MHD_RESPMEM_MUST_COPY);
+    MHD_add_response_header(resp, "Content-Type", r.ctype);
+    if (r.retry_after[0]) MHD_add_response_header(resp, "Retry-After", r.retry_after);
+    if (r.ratelimit_remaining >= 0) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", E.rate_limit);
+        MHD_add_response_header(resp, "RateLimit-Limit", v);
+        snprintf(v, sizeof v, "%d", r.ratelimit_remaining);
+        MHD_add_response_header(resp, "RateLimit-Remaining", v);
+    }
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r.status, resp);
+    MHD_destroy_response(resp);
+    bp_buf_free(&r.body);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    (void)cls; (void)conn; (void)toe;
+    reqctx *rc = *con_cls;
+    if (rc) { bp_buf_free(&rc->body); free(rc); }
+    *con_cls = NULL;
+}
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
+
+int main(int argc, char **argv)
+{
+    int port = 0, rps = 5;
+    E.api_token = "emulator-api-token";
+    E.actid = "1000001";
+    E.event_key = "emulator-event-key";
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) { fprintf(stderr, "ac-emulator: %s needs a value\n", argv[i]); return 1; }
+        if (!strcmp(argv[i], "--port")) port = atoi(v);
+        else if (!strcmp(argv[i], "--api-token")) E.api_token = v;
+        else if (!strcmp(argv[i], "--actid")) E.actid = v;
+        else if (!strcmp(argv[i], "--event-key")) E.event_key = v;
+        else if (!strcmp(argv[i], "--rate-limit")) rps = atoi(v);
+        else { fprintf(stderr, "ac-emulator: unknown option %s\n", argv[i]); return 1; }
+        i++;
+    }
+    pthread_mutex_init(&E.mu, NULL);
+    bp_buf_init(&E.event_names);
+    set_rate_limit(rps);
+    E.retry_after = 1;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);   /* loopback only, always */
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO, 0, NULL, NULL, on_request, NULL,
+        MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_LIMIT, 4096u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
+    if (!d) { fprintf(stderr, "ac-emulator: cannot listen on 127.0.0.1:%d\n", port); return 1; }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    printf("listening on http://127.0.0.1:%u\n", info ? info->port : (unsigned)port);
+    fflush(stdout);
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+    while (!stop) pause();
+    MHD_stop_daemon(d);
+    return 0;
+}
