@@ -8,13 +8,14 @@
 #   make run     dry-run the ActiveCampaign blueprint over its example events
 
 CC      ?= cc
-PKGS    := lua5.4 yaml-0.1
+PKGS    := lua5.4 yaml-0.1 libcurl sqlite3
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CORE    := buffer json yaml sandbox luajson helpers consent blueprint config request engine reader
+CORE    := buffer json yaml sandbox luajson helpers consent blueprint config request engine reader \
+           transport classify ratelimit store deliver
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 
@@ -47,7 +48,7 @@ build/blueprint: build/obj/cli.o build/libblueprint.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | build/lua
-	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1) -lm
+	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3) -lm
 
 # The local ActiveCampaign emulator used by the integration tests.
 build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)

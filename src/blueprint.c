@@ -204,6 +204,7 @@ static int load(loader *ld, bp_blueprint *bp)
     TEXT(category, "category", 1)
     TEXT(status, "status", 1)
     TEXT(consent_category, "consent_category", 1)
+    TEXT(auth_help, "auth_failure_help", 0)
 #undef TEXT
     if (load_strings(ld, bp_jget(d, 0, "variants"), &bp->variants, &bp->nvariants) < 0) return -1;
     if (load_fields(ld, bp, bp_jget(d, 0, "config")) < 0) return -1;
@@ -289,6 +290,7 @@ void bp_blueprint_free(bp_blueprint *bp)
     free(bp->category);
     free(bp->status);
     free(bp->consent_category);
+    free(bp->auth_help);
     for (size_t i = 0; i < bp->nvariants; i++) free(bp->variants[i]);
     free(bp->variants);
     for (size_t i = 0; i < bp->nfields; i++) {

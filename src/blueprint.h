@@ -142,6 +142,7 @@ typedef struct bp_blueprint {
     int has_custom;
     double rate_limit_rps;
     int retry_max_attempts;
+    char *auth_help;                       /* what to tell the operator when credentials fail */
 } bp_blueprint;
 
 bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err);
@@ -202,6 +203,8 @@ typedef struct bp_header {
 
 typedef struct bp_request {
     char *method, *url;
+    char *once;      /* skip when this key succeeded recently (e.g. "contact:a@b.co"); record on success */
+    char *marks;     /* record this key on success without skipping (e.g. identify's own sync) */
     bp_header *headers; size_t nheaders;
     enum bp_body_kind body_kind;
     bp_buf body;                     /* encoded, secrets left out at slot offsets */
@@ -225,8 +228,12 @@ void bp_request_render_redacted(const bp_request *r, bp_buf *out);
 /* Render a request body with secrets substituted (escaped for the body kind)
  * from the config.  Only the delivery path calls this. */
 void bp_request_render_secret(const bp_request *r, const bp_config *c, bp_buf *out);
-/* One dry-run line (DESIGN.md §5), without the trailing newline. */
+/* One dry-run line (DESIGN.md §5), without the trailing newline.  index < 0
+ * is written as null. */
 void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out);
+/* The same fields without the closing brace and with `label` as the
+ * outcome, for callers that append their own (delivery). */
+void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label, bp_buf *out);
 
 /* ---- the engine (engine.c, sandbox.c) ------------------------------------ */
 
@@ -248,6 +255,36 @@ void bp_engine_free(bp_engine *e);
 /* Judge one event.  Always fills `out` (a bad event gets BP_ERROR); returns
  * the verdict. */
 enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
+
+/* ---- delivery (deliver.c) -------------------------------------------------- */
+
+typedef struct bp_deliver_opts {
+    const char *state_dir;        /* default "./var" */
+    int input_fd;                 /* events to add first; -1 = none */
+    int concurrency;              /* requests in flight at once; default 8 */
+    int max_attempts;             /* 0 = the blueprint's retry.max_attempts */
+    long retry_base_ms;           /* backoff base, default 1000 */
+    long retry_cap_ms;            /* backoff ceiling, default 60000 */
+    long connect_timeout_ms;      /* default 5000 */
+    long http_timeout_ms;         /* default 30000 */
+    double rate_limit_rps;        /* 0 = the blueprint's rate_limit */
+    long once_ttl_s;              /* how long a once-key (contact sync) counts; default 600 */
+    bp_limits limits;
+    void (*emit)(void *ctx, const char *line, size_t len);   /* one outcome line per event */
+    void *emit_ctx;
+} bp_deliver_opts;
+
+typedef struct bp_deliver_stats {
+    long added, delivered, dropped, errors, dead, held, requests, retries, rate_limited;
+} bp_deliver_stats;
+
+void bp_deliver_opts_default(bp_deliver_opts *o);
+/* Add the input events to the store, then deliver every pending event until
+ * each is final (delivered, dropped, error, dead letter) or held because the
+ * credentials failed.  Returns 0 when all are final, 3 when some are held,
+ * -1 with err set when the store or input cannot be used. */
+int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_opts *opts,
+               bp_deliver_stats *stats, bp_error *err);
 
 /* ---- event streams (reader.c) -------------------------------------------- */
 

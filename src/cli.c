@@ -6,7 +6,7 @@
  * Exit status (DESIGN.md §5): 0 when every event was judged, 2 when the
  * blueprint or config is invalid, 1 for usage errors.
  */
-#include "blueprint.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +20,9 @@
 
 static const char usage_text[] =
     "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS]\n"
+    "       blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
+    "       blueprint dlq list [--state DIR]\n"
+    "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
     "\n"
     "  Maps each event through the blueprint and prints, one JSON line per event,\n"
     "  the requests that would be sent (secrets shown as [redacted]).\n"
@@ -33,7 +36,15 @@ static const char usage_text[] =
     "  --instructions N      Lua instruction budget per event (default 20000000)\n"
     "  --timeout-ms N        wall-time budget per event (default 1000)\n"
     "\n"
-    "exit status: 0 every event judged, 1 usage error, 2 invalid blueprint or config\n";
+    "\n"
+    "deliver: adds the events to the store under --state (default ./var), then sends\n"
+    "  every pending event, printing one outcome line per event when it is final.\n"
+    "  --state DIR  --concurrency N (8)  --max-attempts N (blueprint's retry)\n"
+    "  --retry-base-ms N (1000)  --rate-limit RPS (blueprint's)  --connect-timeout-ms N (5000)\n"
+    "  --http-timeout-ms N (30000)\n"
+    "\n"
+    "exit status: 0 every event judged (deliver: every event final), 1 usage error,\n"
+    "  2 invalid blueprint or config, 3 (deliver) events held: the credentials failed\n";
 
 static int usage(const char *problem)
 {
@@ -55,54 +66,119 @@ static int parse_count(const char *opt, const char *val, unsigned long long *out
     return 0;
 }
 
-static int dry_run(int argc, char **argv)
-{
-    const char *dir = NULL, *config = NULL, *events = "-";
-    int have_events = 0;
+typedef struct cli {
+    const char *dir, *config, *events;
+    int have_events;
     bp_limits limits;
-    bp_limits_default(&limits);
+    bp_deliver_opts d;
+} cli;
+
+/* Options shared by dry-run and deliver; deliver-only ones when `deliver`. */
+static int parse_args(int argc, char **argv, cli *c, int deliver)
+{
+    bp_deliver_opts_default(&c->d);
+    bp_limits_default(&c->limits);
+    c->events = "-";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long long v;
         if (!strcmp(a, "--config")) {
-            if (++i >= argc) return usage("--config needs a file");
-            config = argv[i];
-        } else if (!strcmp(a, "--max-event-bytes")) {
-            if (parse_count(a, i + 1 < argc ? argv[++i] : NULL, &v) < 0) return EXIT_USAGE;
-            limits.json.max_bytes = (size_t)v;
-        } else if (!strcmp(a, "--memory-mb")) {
-            if (parse_count(a, i + 1 < argc ? argv[++i] : NULL, &v) < 0) return EXIT_USAGE;
-            limits.memory_bytes = (size_t)v * 1024 * 1024;
-        } else if (!strcmp(a, "--instructions")) {
-            if (parse_count(a, i + 1 < argc ? argv[++i] : NULL, &v) < 0) return EXIT_USAGE;
-            limits.instructions = v;
-        } else if (!strcmp(a, "--timeout-ms")) {
-            if (parse_count(a, i + 1 < argc ? argv[++i] : NULL, &v) < 0) return EXIT_USAGE;
-            limits.timeout_ms = (unsigned)v;
-        } else if (a[0] == '-' && a[1] == '-') {
+            if (!next) return usage("--config needs a file");
+            c->config = argv[++i];
+            continue;
+        }
+        if (deliver && !strcmp(a, "--state")) {
+            if (!next) return usage("--state needs a directory");
+            c->d.state_dir = argv[++i];
+            continue;
+        }
+        if (!strcmp(a, "--rate-limit") && deliver) {
+            char *end;
+            double rps = next ? strtod(next, &end) : 0;
+            if (!next || *end || rps <= 0) { fprintf(stderr, "blueprint: --rate-limit needs a positive number\n"); return EXIT_USAGE; }
+            c->d.rate_limit_rps = rps;
+            i++;
+            continue;
+        }
+        struct { const char *name; int deliver_only; } numeric[] = {
+            { "--max-event-bytes", 0 }, { "--memory-mb", 0 }, { "--instructions", 0 }, { "--timeout-ms", 0 },
+            { "--concurrency", 1 }, { "--max-attempts", 1 }, { "--retry-base-ms", 1 },
+            { "--connect-timeout-ms", 1 }, { "--http-timeout-ms", 1 },
+        };
+        int matched = -1;
+        for (size_t k = 0; k < sizeof numeric / sizeof numeric[0]; k++)
+            if (!strcmp(a, numeric[k].name) && (deliver || !numeric[k].deliver_only)) matched = (int)k;
+        if (matched >= 0) {
+            if (parse_count(a, next, &v) < 0) return EXIT_USAGE;
+            i++;
+            switch (matched) {
+            case 0: c->limits.json.max_bytes = (size_t)v; break;
+            case 1: c->limits.memory_bytes = (size_t)v * 1024 * 1024; break;
+            case 2: c->limits.instructions = v; break;
+            case 3: c->limits.timeout_ms = (unsigned)v; break;
+            case 4: c->d.concurrency = (int)v; break;
+            case 5: c->d.max_attempts = (int)v; break;
+            case 6: c->d.retry_base_ms = (long)v; break;
+            case 7: c->d.connect_timeout_ms = (long)v; break;
+            case 8: c->d.http_timeout_ms = (long)v; break;
+            }
+            continue;
+        }
+        if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "blueprint: unknown option %s\n\n", a);
             return usage(NULL);
-        } else if (!dir) {
-            dir = a;
-        } else if (!have_events) {
-            events = a;
-            have_events = 1;
-        } else {
-            return usage("too many arguments");
         }
+        if (!c->dir) c->dir = a;
+        else if (!c->have_events) { c->events = a; c->have_events = 1; }
+        else return usage("too many arguments");
     }
-    if (!dir) return usage("dry-run needs a blueprint folder");
-    if (!config) return usage("dry-run needs --config CONFIG");
+    if (!c->dir) return usage("a blueprint folder is needed");
+    if (!c->config) return usage("--config CONFIG is needed");
+    c->d.limits = c->limits;
+    return 0;
+}
 
+static int open_events(const char *events)
+{
     int fd = 0;
-    if (strcmp(events, "-") != 0 && (fd = open(events, O_RDONLY)) < 0) {
+    if (strcmp(events, "-") != 0 && (fd = open(events, O_RDONLY)) < 0)
         fprintf(stderr, "blueprint: cannot open events file %s: %s\n", events, strerror(errno));
-        return EXIT_USAGE;
-    }
+    return fd;
+}
+
+static int load(const cli *c, bp_blueprint **bp, bp_config **cfg)
+{
     bp_error err;
-    bp_blueprint *bp = bp_blueprint_load(dir, &err);
-    bp_config *cfg = bp ? bp_config_load_file(bp, config, &err) : NULL;
-    bp_engine *e = cfg ? bp_engine_new(bp, cfg, &limits, &err) : NULL;
+    *bp = bp_blueprint_load(c->dir, &err);
+    *cfg = *bp ? bp_config_load_file(*bp, c->config, &err) : NULL;
+    if (*cfg) return 0;
+    fprintf(stderr, "blueprint: %s\n", err.msg);
+    bp_blueprint_free(*bp);
+    *bp = NULL;
+    return EXIT_INVALID;
+}
+
+static void use_block_buffering(void)
+{
+    /* Full buffering for files and pipes (throughput); a terminal keeps
+     * line buffering so an author sees each outcome as it is judged. */
+    static char outbuf[1 << 16];
+    if (!isatty(STDOUT_FILENO)) setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
+}
+
+static int dry_run(int argc, char **argv)
+{
+    cli c = { 0 };
+    int rc = parse_args(argc, argv, &c, 0);
+    if (rc) return rc;
+    int fd = open_events(c.events);
+    if (fd < 0) return EXIT_USAGE;
+    bp_blueprint *bp;
+    bp_config *cfg;
+    bp_error err;
+    if ((rc = load(&c, &bp, &cfg))) { if (fd > 0) close(fd); return rc; }
+    bp_engine *e = bp_engine_new(bp, cfg, &c.limits, &err);
     if (!e) {
         fprintf(stderr, "blueprint: %s\n", err.msg);
         bp_config_free(cfg);
@@ -110,12 +186,8 @@ static int dry_run(int argc, char **argv)
         if (fd > 0) close(fd);
         return EXIT_INVALID;
     }
-
-    /* Full buffering for files and pipes (throughput); a terminal keeps
-     * line buffering so an author sees each outcome as it is judged. */
-    static char outbuf[1 << 16];
-    if (!isatty(STDOUT_FILENO)) setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
-    bp_reader *r = bp_reader_new(fd, limits.json.max_bytes);
+    use_block_buffering();
+    bp_reader *r = bp_reader_new(fd, c.limits.json.max_bytes);
     bp_outcome out;
     bp_outcome_init(&out);
     bp_buf line;
@@ -137,7 +209,7 @@ static int dry_run(int argc, char **argv)
         bp_buf_addc(&line, '\n');
         fwrite(line.data, 1, line.len, stdout);
     }
-    int rc = fflush(stdout) == 0 ? 0 : EXIT_USAGE;
+    rc = fflush(stdout) == 0 ? 0 : EXIT_USAGE;
     if (rc) fprintf(stderr, "blueprint: could not write the output: %s\n", strerror(errno));
     bp_buf_free(&line);
     bp_outcome_free(&out);
@@ -149,6 +221,92 @@ static int dry_run(int argc, char **argv)
     return rc;
 }
 
+static void print_line(void *ctx, const char *line, size_t len)
+{
+    (void)ctx;
+    fwrite(line, 1, len, stdout);
+    fputc('\n', stdout);
+}
+
+static int deliver(int argc, char **argv)
+{
+    cli c = { 0 };
+    int rc = parse_args(argc, argv, &c, 1);
+    if (rc) return rc;
+    int fd = open_events(c.events);
+    if (fd < 0) return EXIT_USAGE;
+    bp_blueprint *bp;
+    bp_config *cfg;
+    if ((rc = load(&c, &bp, &cfg))) { if (fd > 0) close(fd); return rc; }
+    use_block_buffering();
+    c.d.input_fd = fd;
+    c.d.emit = print_line;
+    bp_deliver_stats st;
+    bp_error err;
+    rc = bp_deliver(bp, cfg, &c.d, &st, &err);
+    fflush(stdout);
+    if (rc < 0) {
+        fprintf(stderr, "blueprint: %s\n", err.msg);
+        rc = strstr(err.msg, "state") ? EXIT_USAGE : EXIT_INVALID;
+    } else {
+        fprintf(stderr, "blueprint: %ld added, %ld delivered, %ld dropped, %ld errors, %ld dead-lettered, %ld held; "
+                "%ld requests, %ld retries, %ld rate-limited\n", st.added, st.delivered, st.dropped, st.errors,
+                st.dead, st.held, st.requests, st.retries, st.rate_limited);
+    }
+    bp_config_free(cfg);
+    bp_blueprint_free(bp);
+    if (fd > 0) close(fd);
+    return rc;
+}
+
+static void print_dead_letter(void *ctx, const bp_store_row *row)
+{
+    (void)ctx;
+    /* The stored outcome line is already redacted. */
+    if (row->outcome) puts(row->outcome);
+    else printf("{\"id\":%lld,\"outcome\":\"dead_letter\"}\n", (long long)row->id);
+}
+
+static int dlq(int argc, char **argv)
+{
+    if (argc < 1 || (strcmp(argv[0], "list") && strcmp(argv[0], "replay"))) return usage("dlq needs list or replay");
+    int replay = !strcmp(argv[0], "replay"), all = 0;
+    const char *state = "./var";
+    long long ids[256];
+    int nids = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--state") && i + 1 < argc) state = argv[++i];
+        else if (replay && !strcmp(argv[i], "--all")) all = 1;
+        else if (replay && !strcmp(argv[i], "--id") && i + 1 < argc && nids < 256) {
+            unsigned long long v;
+            if (parse_count("--id", argv[++i], &v) < 0) return EXIT_USAGE;
+            ids[nids++] = (long long)v;
+        } else {
+            fprintf(stderr, "blueprint: unexpected argument %s\n\n", argv[i]);
+            return usage(NULL);
+        }
+    }
+    if (replay && !all && !nids) return usage("dlq replay needs --id N or --all");
+    bp_error err;
+    bp_store *s = bp_store_open(state, &err);
+    if (!s) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_USAGE; }
+    if (!replay) {
+        bp_store_each(s, "dead", print_dead_letter, NULL);
+    } else {
+        long n = 0;
+        if (all) n = bp_store_move(s, "dead", "pending", 0);
+        for (int i = 0; i < nids; i++) {
+            long m = bp_store_move(s, "dead", "pending", ids[i]);
+            if (m == 0) fprintf(stderr, "blueprint: no dead letter with id %lld\n", ids[i]);
+            n += m > 0 ? m : 0;
+        }
+        fprintf(stderr, "blueprint: %ld dead letters re-queued; run `blueprint deliver … --state %s` to send them\n",
+                n, state);
+    }
+    bp_store_close(s);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
@@ -156,6 +314,8 @@ int main(int argc, char **argv)
         return argc < 2 ? EXIT_USAGE : 0;
     }
     if (!strcmp(argv[1], "dry-run")) return dry_run(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "deliver")) return deliver(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "dlq")) return dlq(argc - 2, argv + 2);
     fprintf(stderr, "blueprint: unknown command '%s'\n\n", argv[1]);
     return usage(NULL);
 }

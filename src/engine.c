@@ -245,7 +245,7 @@ static int read_headers(lua_State *L, int idx, bp_request *r, bp_error *err)
 /* The request table is on top of the stack. */
 static int read_request(lua_State *L, bp_request *r, bp_error *err)
 {
-    static const char *const allowed[] = { "method", "url", "headers", "json", "form", "body", NULL };
+    static const char *const allowed[] = { "method", "url", "headers", "json", "form", "body", "once", "marks", NULL };
     int t = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, t)) {
@@ -255,7 +255,7 @@ static int read_request(lua_State *L, bp_request *r, bp_error *err)
         for (int i = 0; k && allowed[i]; i++) if (!strcmp(k, allowed[i])) ok = 1;
         if (!ok) {
             lua_pop(L, 1);
-            return req_fail(err, "unknown request field '%s' (expected method, url, headers, json, form or body)",
+            return req_fail(err, "unknown request field '%s' (expected method, url, headers, json, form, body, once or marks)",
                             k ? k : "(not a string)");
         }
     }
@@ -274,6 +274,13 @@ static int read_request(lua_State *L, bp_request *r, bp_error *err)
     r->url = strdup(url);
     lua_getfield(L, t, "headers");
     if (read_headers(L, lua_gettop(L), r, err) < 0) return -1;
+    static const char *const keys[] = { "once", "marks" };
+    for (int k = 0; k < 2; k++) {
+        int ty = lua_getfield(L, t, keys[k]);
+        if (ty == LUA_TNIL) continue;
+        if (ty != LUA_TSTRING) return req_fail(err, "%s must be a string key", keys[k]);
+        *(k ? &r->marks : &r->once) = strdup(lua_tostring(L, -1));
+    }
 
     int json = lua_getfield(L, t, "json") != LUA_TNIL;
     int form = lua_getfield(L, t, "form") != LUA_TNIL;

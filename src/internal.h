@@ -85,4 +85,87 @@ const char *bp_drop_reason(lua_State *L, int idx);
 /* Replace the table on top with a read-only proxy onto it ("ctx is read-only"). */
 void bp_push_readonly(lua_State *L);
 
+/* ---- transport.c ------------------------------------------------------------- */
+
+typedef struct bp_response {
+    int status;               /* HTTP status, 0 when no answer */
+    int curl_code;            /* 0 = transfer completed */
+    char error[128];          /* transfer error text */
+    double retry_after_s;     /* Retry-After, 0 if absent */
+    int ratelimit_remaining;  /* RateLimit-Remaining, -1 if absent */
+    char content_type[96];
+    bp_buf body;              /* first 64 KiB of the answer */
+    double duration_ms;
+} bp_response;
+
+typedef struct bp_transport bp_transport;
+typedef void (*bp_transport_done)(void *ctx, void *user, const bp_response *resp);
+
+bp_transport *bp_transport_new(long connect_timeout_ms, long timeout_ms);
+void bp_transport_free(bp_transport *t);
+/* Start a request; secrets are substituted from cfg here and nowhere else. */
+int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg, void *user);
+/* Drive transfers, waiting up to wait_ms for activity; calls cb for each
+ * finished request.  Returns how many finished. */
+int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *ctx);
+int bp_transport_active(const bp_transport *t);
+
+/* ---- classify.c ----------------------------------------------------------------- */
+
+enum bp_class { BP_OK, BP_RETRY, BP_PERMANENT, BP_AUTH };
+
+/* What a vendor answer means for delivery (DESIGN.md §7); `why` gets a
+ * short human explanation. */
+enum bp_class bp_classify(const bp_request *req, const bp_response *resp, char *why, size_t whylen);
+
+/* ---- ratelimit.c ---------------------------------------------------------------- */
+
+typedef struct bp_bucket {
+    double rate, burst, tokens, last_ms;
+    double blocked_until_ms;   /* from Retry-After / RateLimit-Remaining: 0 */
+} bp_bucket;
+
+void bp_bucket_init(bp_bucket *b, double rate_per_s, double burst, double now_ms);
+/* Take one token if available at now_ms: returns 0, else the ms to wait. */
+double bp_bucket_take(bp_bucket *b, double now_ms);
+/* The vendor said: wait this long before the next request. */
+void bp_bucket_block(bp_bucket *b, double until_ms);
+
+/* ---- store.c ---------------------------------------------------------------------- */
+
+typedef struct bp_store bp_store;
+
+typedef struct bp_stored {
+    int64_t id;
+    char *body; size_t body_len;
+    int attempts, failures, done_requests;
+    int64_t next_at;            /* wall-clock ms */
+    long idx;                   /* input position in the run that added it */
+} bp_stored;
+
+typedef struct bp_store_row {
+    int64_t id;
+    const char *message_id;
+    int attempts, last_status;
+    const char *reason, *response, *outcome;
+    int64_t updated_at;
+    const char *body;
+} bp_store_row;
+typedef void (*bp_store_row_fn)(void *ctx, const bp_store_row *row);
+
+bp_store *bp_store_open(const char *dir, bp_error *err);
+void bp_store_close(bp_store *s);
+int bp_store_exec(bp_store *s, const char *sql);            /* BEGIN, COMMIT */
+int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, int64_t now);
+int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
+                    const char *response, const char *outcome, int64_t now);
+int bp_store_pending(bp_store *s, int64_t after_id, int limit, bp_stored **out, size_t *n);
+int bp_store_once_seen(bp_store *s, const char *key, int64_t since);
+int bp_store_once_mark(bp_store *s, const char *key, int64_t now);
+char *bp_store_meta_get(bp_store *s, const char *key);
+int bp_store_meta_set(bp_store *s, const char *key, const char *value);
+long bp_store_move(bp_store *s, const char *from, const char *to, int64_t id);
+int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx);
+long bp_store_count(bp_store *s, const char *state);
+
 #endif

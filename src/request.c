@@ -18,6 +18,8 @@ static void free_request(bp_request *r)
 {
     free(r->method);
     free(r->url);
+    free(r->once);
+    free(r->marks);
     for (size_t i = 0; i < r->nheaders; i++) { free(r->headers[i].name); free(r->headers[i].value); }
     free(r->headers);
     bp_buf_free(&r->body);
@@ -113,11 +115,18 @@ static void write_opt(bp_buf *out, const char *key, const char *v)
 void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out)
 {
     static const char *const verdicts[] = { "deliver", "drop", "error" };
-    bp_buf_printf(out, "{\"index\":%ld", index);
+    bp_outcome_write_fields(o, index, verdicts[o->verdict], out);
+    bp_buf_addc(out, '}');
+}
+
+void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label, bp_buf *out)
+{
+    if (index >= 0) bp_buf_printf(out, "{\"index\":%ld", index);
+    else bp_buf_adds(out, "{\"index\":null");
     write_opt(out, "message_id", o->message_id);
     write_opt(out, "type", o->type);
     write_opt(out, "event", o->event);
-    bp_buf_printf(out, ",\"outcome\":\"%s\"", verdicts[o->verdict]);
+    bp_buf_printf(out, ",\"outcome\":\"%s\"", label);
     write_opt(out, "reason", o->reason.data ? o->reason.data : "");
     bp_buf_add(out, ",\"requests\":[", 13);
     for (size_t i = 0; i < o->nrequests; i++) {
@@ -127,6 +136,8 @@ void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out)
         write_text(out, r->method, strlen(r->method));
         bp_buf_add(out, ",\"url\":", 7);
         write_text(out, r->url, strlen(r->url));
+        if (r->once) write_opt(out, "once", r->once);
+        if (r->marks) write_opt(out, "marks", r->marks);
         bp_buf_add(out, ",\"headers\":{", 12);
         for (size_t h = 0; h < r->nheaders; h++) {
             if (h) bp_buf_addc(out, ',');
@@ -147,5 +158,5 @@ void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out)
         }
         bp_buf_addc(out, '}');
     }
-    bp_buf_add(out, "]}", 2);
+    bp_buf_addc(out, ']');
 }

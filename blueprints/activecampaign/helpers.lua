@@ -52,12 +52,32 @@ function helpers.track(ctx, event_name, email, data, keep)
   }
 end
 
--- Map one track/page event: find the email, build the request, or drop.
+-- contact/sync for an email.  ActiveCampaign attaches tracked events to the
+-- contact with that email, so the contact must exist first.
+function helpers.contact_sync(ctx, contact)
+  return {
+    method = "POST",
+    url = helpers.api(ctx, "/api/3/contact/sync"),
+    headers = { ["Api-Token"] = ctx.secret("api_key") },
+    json = { contact = contact },
+  }
+end
+
+-- The key under which the runtime remembers that a contact was synced: a
+-- request with `once = key` is skipped while the key is fresh (delivery
+-- only; dry-run shows everything that would be sent when nothing is known).
+function helpers.synced_key(email) return "contact:" .. email end
+
+-- Map one track/page event: find the email, then send the contact sync
+-- (skipped when recently done) followed by the event; or drop.
 function helpers.track_event(event, ctx, event_name, data, keep)
   local email = helpers.email(event, ctx)
   if not email then return helpers.no_email(ctx) end
   local request, dropped = helpers.track(ctx, event_name, email, data, keep)
-  return request or dropped
+  if not request then return dropped end
+  local sync = helpers.contact_sync(ctx, { email = email })
+  sync.once = helpers.synced_key(email)
+  return { sync, request }
 end
 
 return helpers

@@ -21,10 +21,7 @@ return function(event, ctx)
     contact.fieldValues = { { field = consent_field, value = ctx.consent.state } }
   end
 
-  return {
-    method = "POST",
-    url = helpers.api(ctx, "/api/3/contact/sync"),
-    headers = { ["Api-Token"] = ctx.secret("api_key") },
-    json = { contact = contact },
-  }
+  local sync = helpers.contact_sync(ctx, contact)
+  sync.marks = helpers.synced_key(email)   -- later events need not sync again
+  return sync
 end

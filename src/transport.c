@@ -1,0 +1,194 @@
+/*
+ * transport.c — HTTP for the delivery core, on the libcurl multi interface.
+ *
+ * One multi handle per delivery run: connections are reused across requests
+ * and HTTP/2 is negotiated where the vendor offers it.  Requests are started
+ * with bp_transport_send and finish through bp_transport_poll; the caller
+ * decides pacing and concurrency.  This is the only place secrets are put
+ * into requests (bp_request_render_secret); nothing here logs them.
+ */
+#include "internal.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define MAX_CAPTURE (64 * 1024)
+
+struct bp_transport {
+    CURLM *multi;
+    long connect_timeout_ms, timeout_ms;
+    int running;
+};
+
+typedef struct pending {
+    CURL *easy;
+    struct curl_slist *headers;
+    bp_buf body;            /* the rendered body (with secrets): freed as soon as done */
+    bp_response resp;
+    void *user;
+    double started_ms;
+} pending;
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+bp_transport *bp_transport_new(long connect_timeout_ms, long timeout_ms)
+{
+    static int global_init;
+    if (!global_init) { curl_global_init(CURL_GLOBAL_DEFAULT); global_init = 1; }
+    bp_transport *t = calloc(1, sizeof *t);
+    if (!t) abort();
+    t->multi = curl_multi_init();
+    t->connect_timeout_ms = connect_timeout_ms;
+    t->timeout_ms = timeout_ms;
+    curl_multi_setopt(t->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 32L);
+    return t;
+}
+
+void bp_transport_free(bp_transport *t)
+{
+    if (!t) return;
+    curl_multi_cleanup(t->multi);
+    free(t);
+}
+
+int bp_transport_active(const bp_transport *t) { return t->running; }
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    pending *pd = ud;
+    size_t len = size * n;
+    if (pd->resp.body.len < MAX_CAPTURE) {
+        size_t room = MAX_CAPTURE - pd->resp.body.len;
+        bp_buf_add(&pd->resp.body, p, len < room ? len : room);
+    }
+    return len;
+}
+
+static void header_value(const char *line, size_t len, char *out, size_t outlen)
+{
+    const char *colon = memchr(line, ':', len);
+    if (!colon) return;
+    const char *v = colon + 1, *end = line + len;
+    while (v < end && (*v == ' ' || *v == '\t')) v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
+    size_t n = (size_t)(end - v) < outlen - 1 ? (size_t)(end - v) : outlen - 1;
+    memcpy(out, v, n);
+    out[n] = '\0';
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    pending *pd = ud;
+    size_t len = size * n;
+    char v[128] = "";
+    if (len > 12 && !strncasecmp(p, "Retry-After:", 12)) {
+        header_value(p, len, v, sizeof v);
+        pd->resp.retry_after_s = atof(v);   /* seconds; an HTTP date is treated as 0 */
+    } else if (len > 20 && !strncasecmp(p, "RateLimit-Remaining:", 20)) {
+        header_value(p, len, v, sizeof v);
+        pd->resp.ratelimit_remaining = atoi(v);
+    } else if (len > 13 && !strncasecmp(p, "Content-Type:", 13)) {
+        header_value(p, len, pd->resp.content_type, sizeof pd->resp.content_type);
+    }
+    return len;
+}
+
+int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg, void *user)
+{
+    pending *pd = calloc(1, sizeof *pd);
+    if (!pd) abort();
+    bp_buf_init(&pd->body);
+    bp_buf_init(&pd->resp.body);
+    pd->resp.ratelimit_remaining = -1;
+    pd->user = user;
+    pd->easy = curl_easy_init();
+    if (!pd->easy) { free(pd); return -1; }
+    CURL *e = pd->easy;
+    bp_buf line;
+    bp_buf_init(&line);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const char *v = r->headers[i].secret ? bp_config_get(cfg, r->headers[i].value) : r->headers[i].value;
+        bp_buf_reset(&line);
+        bp_buf_printf(&line, "%s: %s", r->headers[i].name, v ? v : "");
+        pd->headers = curl_slist_append(pd->headers, line.data);
+    }
+    bp_buf_free(&line);
+    pd->headers = curl_slist_append(pd->headers, "Expect:");  /* no 100-continue round trip */
+    if (r->body_kind != BP_BODY_NONE) {
+        bp_request_render_secret(r, cfg, &pd->body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, pd->body.data ? pd->body.data : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)pd->body.len);
+    }
+    curl_easy_setopt(e, CURLOPT_URL, r->url);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
+    if (!strcmp(r->method, "GET")) curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, pd->headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, pd);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, pd);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, pd);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "signal-blueprints/0.1");
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    pd->started_ms = mono_ms();
+    if (curl_multi_add_handle(t->multi, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        curl_slist_free_all(pd->headers);
+        bp_buf_free(&pd->body);
+        bp_buf_free(&pd->resp.body);
+        free(pd);
+        return -1;
+    }
+    t->running++;
+    return 0;
+}
+
+int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *ctx)
+{
+    int still = 0, done = 0;
+    curl_multi_perform(t->multi, &still);
+    if (wait_ms > 0) {
+        curl_multi_poll(t->multi, NULL, 0, wait_ms, NULL);
+        curl_multi_perform(t->multi, &still);
+    }
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(t->multi, &left))) {
+        if (m->msg != CURLMSG_DONE) continue;
+        pending *pd;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&pd);
+        long status = 0;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+        pd->resp.status = (int)status;
+        pd->resp.curl_code = (int)m->data.result;
+        if (m->data.result != CURLE_OK)
+            snprintf(pd->resp.error, sizeof pd->resp.error, "%s", curl_easy_strerror(m->data.result));
+        pd->resp.duration_ms = mono_ms() - pd->started_ms;
+        bp_buf_add(&pd->resp.body, "", 0);
+        curl_multi_remove_handle(t->multi, m->easy_handle);
+        curl_easy_cleanup(m->easy_handle);
+        curl_slist_free_all(pd->headers);
+        /* The rendered body holds secrets: wipe it before freeing. */
+        if (pd->body.data) memset(pd->body.data, 0, pd->body.len);
+        bp_buf_free(&pd->body);
+        t->running--;
+        cb(ctx, pd->user, &pd->resp);
+        bp_buf_free(&pd->resp.body);
+        free(pd);
+        done++;
+    }
+    return done;
+}
