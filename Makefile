@@ -20,7 +20,7 @@ CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
-            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev
+            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev curl
 
 .PHONY: all deps test run clean unit-tests asan
 all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator

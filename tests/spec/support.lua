@@ -32,6 +32,14 @@ function S.run(engine, event)
   return out
 end
 
+-- The Event Tracking request of a dry-run outcome (after its contact sync).
+function S.tracked(out)
+  for _, r in ipairs(out.requests) do
+    if r.url:match("/event$") then return r end
+  end
+  error("no Event Tracking request in: " .. (out._line or "?"))
+end
+
 local function unescape(s)
   return (s:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
@@ -53,7 +61,98 @@ function S.consent(shape, value)
   return { consent = { marketing = value } }
 end
 
-function S.granted() return S.consent("canonical", true) end
+function S.granted() -- ---- the ActiveCampaign emulator (tests/emulator, build/ac-emulator) ----
+
+local function sleep(s) os.execute("sleep " .. s) end
+S.sleep = sleep
+
+-- Start an emulator on a free loopback port; returns a handle with url, port,
+-- get/post helpers and stop().  The caller must stop it (use finally()).
+function S.start_emulator(args)
+  local out, pidf = os.tmpname(), os.tmpname()
+  os.execute("build/ac-emulator --port 0 " .. (args or "") .. " > " .. out .. " 2>&1 & echo $! > " .. pidf)
+  local pid = io.open(pidf):read("l")
+  os.remove(pidf)
+  local port
+  for _ = 1, 200 do
+    local f = io.open(out)
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+    port = text:match("listening on http://127%.0%.0%.1:(%d+)")
+    if port then break end
+    sleep(0.02)
+  end
+  if not port then os.execute("kill " .. pid .. " 2>/dev/null") end
+  assert(port, "the emulator did not start")
+  os.remove(out)
+  local emu = { pid = pid, port = port, url = "http://127.0.0.1:" .. port }
+  function emu.get(path)
+    local p = io.popen("curl -s " .. emu.url .. path)
+    local body = p:read("a")
+    p:close()
+    return assert(S.core.json_decode(body), "emulator answered: " .. body)
+  end
+  function emu.post(path, json)
+    local f = os.tmpname()
+    S.write(f, json)
+    local p = io.popen("curl -s -X POST --data-binary @" .. f .. " " .. emu.url .. path)
+    local body = p:read("a")
+    p:close()
+    os.remove(f)
+    return S.core.json_decode(body)
+  end
+  function emu.faults(t) return emu.post("/_emulator/faults", assert(S.core.json_encode(t))) end
+  function emu.requests() return emu.get("/_emulator/requests") end
+  function emu.contacts() return emu.get("/_emulator/contacts") end
+  function emu.stop() os.execute("kill " .. pid .. " 2>/dev/null") end
+  return emu
+end
+
+S.EMU_TOKEN = "emulator-api-token"
+S.EMU_EVENT_KEY = "emulator-event-key"
+
+-- A config file pointing the ActiveCampaign blueprint at the emulator.
+function S.emulator_config(emu, overrides)
+  local o = overrides or {}
+  local text = table.concat({
+    "api_url: " .. emu.url,
+    "api_key: " .. (o.api_key or S.EMU_TOKEN),
+    "event_tracking_account_id: \"1000001\"",
+    "event_tracking_key: " .. (o.event_key or S.EMU_EVENT_KEY),
+    "event_tracking_url: " .. emu.url .. "/event",
+    "events:",
+    "  Webinar Registered: {enabled: true}",
+  }, "\n") .. "\n"
+  local path = os.tmpname()
+  S.write(path, text)
+  return path
+end
+
+-- Run `blueprint deliver`; returns decoded outcome lines, stderr, exit code.
+function S.deliver(args, stdin)
+  local out, err, code = S.sh(S.bin .. " deliver " .. S.AC .. " " .. args, stdin)
+  local lines = {}
+  for _, l in ipairs(S.lines(out)) do lines[#lines + 1] = assert(S.core.json_decode(l), l) end
+  return lines, err, code, out
+end
+
+function S.by_index(lines)
+  local t = {}
+  for _, l in ipairs(lines) do if l.index ~= S.core.null then t[l.index] = l end end
+  return t
+end
+
+function S.identify(email, id)
+  return ('{"type":"identify","messageId":"%s","traits":{"email":"%s"},"context":{"consent":{"marketing":true}}}')
+    :format(id or email, email)
+end
+
+function S.track_json(name, email, props, id)
+  return ('{"type":"track","event":"%s","messageId":"%s","properties":%s,"context":{"traits":{"email":"%s"},'
+    .. '"consent":{"marketing":true}}}'):format(name, id or name, props or "{}", email)
+end
+
+return S.consent("canonical", true) end
 
 -- Run a shell command; returns stdout, stderr, exit code.
 function S.sh(cmd, stdin)
@@ -86,6 +185,97 @@ function S.lines(text)
   local t = {}
   for l in text:gmatch("[^\n]+") do t[#t + 1] = l end
   return t
+end
+
+-- ---- the ActiveCampaign emulator (tests/emulator, build/ac-emulator) ----
+
+local function sleep(s) os.execute("sleep " .. s) end
+S.sleep = sleep
+
+-- Start an emulator on a free loopback port; returns a handle with url, port,
+-- get/post helpers and stop().  The caller must stop it (use finally()).
+function S.start_emulator(args)
+  local out, pidf = os.tmpname(), os.tmpname()
+  os.execute("build/ac-emulator --port 0 " .. (args or "") .. " > " .. out .. " 2>&1 & echo $! > " .. pidf)
+  local pid = io.open(pidf):read("l")
+  os.remove(pidf)
+  local port
+  for _ = 1, 200 do
+    local f = io.open(out)
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+    port = text:match("listening on http://127%.0%.0%.1:(%d+)")
+    if port then break end
+    sleep(0.02)
+  end
+  if not port then os.execute("kill " .. pid .. " 2>/dev/null") end
+  assert(port, "the emulator did not start")
+  os.remove(out)
+  local emu = { pid = pid, port = port, url = "http://127.0.0.1:" .. port }
+  function emu.get(path)
+    local p = io.popen("curl -s " .. emu.url .. path)
+    local body = p:read("a")
+    p:close()
+    return assert(S.core.json_decode(body), "emulator answered: " .. body)
+  end
+  function emu.post(path, json)
+    local f = os.tmpname()
+    S.write(f, json)
+    local p = io.popen("curl -s -X POST --data-binary @" .. f .. " " .. emu.url .. path)
+    local body = p:read("a")
+    p:close()
+    os.remove(f)
+    return S.core.json_decode(body)
+  end
+  function emu.faults(t) return emu.post("/_emulator/faults", assert(S.core.json_encode(t))) end
+  function emu.requests() return emu.get("/_emulator/requests") end
+  function emu.contacts() return emu.get("/_emulator/contacts") end
+  function emu.stop() os.execute("kill " .. pid .. " 2>/dev/null") end
+  return emu
+end
+
+S.EMU_TOKEN = "emulator-api-token"
+S.EMU_EVENT_KEY = "emulator-event-key"
+
+-- A config file pointing the ActiveCampaign blueprint at the emulator.
+function S.emulator_config(emu, overrides)
+  local o = overrides or {}
+  local text = table.concat({
+    "api_url: " .. emu.url,
+    "api_key: " .. (o.api_key or S.EMU_TOKEN),
+    "event_tracking_account_id: \"1000001\"",
+    "event_tracking_key: " .. (o.event_key or S.EMU_EVENT_KEY),
+    "event_tracking_url: " .. emu.url .. "/event",
+    "events:",
+    "  Webinar Registered: {enabled: true}",
+  }, "\n") .. "\n"
+  local path = os.tmpname()
+  S.write(path, text)
+  return path
+end
+
+-- Run `blueprint deliver`; returns decoded outcome lines, stderr, exit code.
+function S.deliver(args, stdin)
+  local out, err, code = S.sh(S.bin .. " deliver " .. S.AC .. " " .. args, stdin)
+  local lines = {}
+  for _, l in ipairs(S.lines(out)) do lines[#lines + 1] = assert(S.core.json_decode(l), l) end
+  return lines, err, code, out
+end
+
+function S.by_index(lines)
+  local t = {}
+  for _, l in ipairs(lines) do if l.index ~= S.core.null then t[l.index] = l end end
+  return t
+end
+
+function S.identify(email, id)
+  return ('{"type":"identify","messageId":"%s","traits":{"email":"%s"},"context":{"consent":{"marketing":true}}}')
+    :format(id or email, email)
+end
+
+function S.track_json(name, email, props, id)
+  return ('{"type":"track","event":"%s","messageId":"%s","properties":%s,"context":{"traits":{"email":"%s"},'
+    .. '"consent":{"marketing":true}}}'):format(name, id or name, props or "{}", email)
 end
 
 return S
