@@ -5,7 +5,8 @@
 #                build/lua/blueprint_core.so (Lua module for the busted specs)
 #   make test    deps + build + every suite (C unit tests, ASan/UBSan build, busted specs,
 #                golden dry-run fixtures); ends with "N passed, N failed"
-#   make run     dry-run the ActiveCampaign blueprint over its example events
+#   make run     dry-run the ActiveCampaign blueprint over its example events, then
+#                deliver them (to the local emulator unless BLUEPRINT_CONFIG names an account)
 
 CC      ?= cc
 PKGS    := lua5.4 yaml-0.1 libcurl sqlite3
@@ -69,9 +70,7 @@ test: deps
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	build/blueprint dry-run blueprints/activecampaign \
-	  --config blueprints/activecampaign/examples/config.yaml \
-	  blueprints/activecampaign/examples/events.ndjson
+	@scripts/demo.sh
 
 clean:
 	rm -rf build

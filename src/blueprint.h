@@ -275,7 +275,7 @@ typedef struct bp_deliver_opts {
 } bp_deliver_opts;
 
 typedef struct bp_deliver_stats {
-    long added, delivered, dropped, errors, dead, held, requests, retries, rate_limited;
+    long added, duplicates, delivered, dropped, errors, dead, held, requests, retries, rate_limited;
 } bp_deliver_stats;
 
 void bp_deliver_opts_default(bp_deliver_opts *o);

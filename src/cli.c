@@ -249,8 +249,9 @@ static int deliver(int argc, char **argv)
         fprintf(stderr, "blueprint: %s\n", err.msg);
         rc = strstr(err.msg, "state") ? EXIT_USAGE : EXIT_INVALID;
     } else {
-        fprintf(stderr, "blueprint: %ld added, %ld delivered, %ld dropped, %ld errors, %ld dead-lettered, %ld held; "
-                "%ld requests, %ld retries, %ld rate-limited\n", st.added, st.delivered, st.dropped, st.errors,
+        fprintf(stderr, "blueprint: %ld added (%ld duplicates skipped), %ld delivered, %ld dropped, %ld errors, "
+                "%ld dead-lettered, %ld held; %ld requests, %ld retries, %ld rate-limited\n", st.added, st.duplicates,
+                st.delivered, st.dropped, st.errors,
                 st.dead, st.held, st.requests, st.retries, st.rate_limited);
     }
     bp_config_free(cfg);

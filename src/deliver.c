@@ -305,6 +305,31 @@ static int any_active(run *r)
 
 /* ---- phase 1: input into the store ---------------------------------------------------- */
 
+static const char *message_id_of(const bp_doc *d)
+{
+    static const char *const keys[] = { "messageId", "message_id", "event_id" };
+    for (int i = 0; i < 3; i++) {
+        const char *s = bp_jscalar(d, bp_jget(d, 0, keys[i]));
+        if (s) return s;
+    }
+    return NULL;
+}
+
+/* A line for input that never becomes a stored event. */
+static void emit_input_error(run *r, long index, const char *why, const char *message_id)
+{
+    bp_outcome o;
+    bp_outcome_init(&o);
+    bp_buf_adds(&o.reason, why);
+    o.message_id = message_id ? strdup(message_id) : NULL;
+    bp_buf_reset(&r->line);
+    bp_outcome_write_fields(&o, index, message_id ? "duplicate" : "error", &r->line);
+    bp_buf_addc(&r->line, '}');
+    if (r->o->emit) r->o->emit(r->o->emit_ctx, r->line.data, r->line.len);
+    bp_outcome_free(&o);
+    if (message_id) r->st->duplicates++; else r->st->errors++;
+}
+
 static int ingest(run *r, bp_error *err)
 {
     bp_reader *rd = bp_reader_new(r->o->input_fd, r->o->limits.json.max_bytes);
@@ -314,29 +339,36 @@ static int ingest(run *r, bp_error *err)
     enum bp_read_status s;
     int in_batch = 0;
     long index = 0;
+    bp_doc doc;
+    bp_doc_init(&doc);
     while ((s = bp_reader_next(rd, &ev, &len, &rerr)) != BP_READ_END) {
+        const char *message_id = NULL;
+        if (s == BP_READ_EVENT && bp_json_parse(&doc, ev, len, &r->o->limits.json, &rerr) == 0)
+            message_id = message_id_of(&doc);
         if (s == BP_READ_BAD) {
             /* Not an event we can store: say so on its own line, in order. */
-            job j;
-            memset(&j, 0, sizeof j);
-            bp_outcome_init(&j.out);
-            bp_buf_adds(&j.out.reason, rerr.msg);
-            j.index = index++;
-            bp_buf_reset(&r->line);
-            bp_outcome_write_fields(&j.out, j.index, "error", &r->line);
-            bp_buf_addc(&r->line, '}');
-            if (r->o->emit) r->o->emit(r->o->emit_ctx, r->line.data, r->line.len);
-            bp_outcome_free(&j.out);
-            r->st->errors++;
+            emit_input_error(r, index++, rerr.msg, NULL);
             continue;
         }
         if (!in_batch) { bp_store_exec(r->store, "BEGIN"); in_batch = 1; }
-        int64_t id = bp_store_add(r->store, ev, len, index++, (int64_t)wall_ms());
-        if (id < 0) { bp_error_set(err, "state store: could not save an event"); bp_reader_free(rd); return -1; }
+        int64_t id = bp_store_add(r->store, ev, len, index, message_id, (int64_t)wall_ms());
+        if (id < 0) {
+            bp_error_set(err, "state store: could not save an event");
+            bp_doc_free(&doc);
+            bp_reader_free(rd);
+            return -1;
+        }
+        if (id == 0) {
+            emit_input_error(r, index++, "duplicate: an event with this message id was already accepted "
+                             "(not delivered twice)", message_id);
+            continue;
+        }
+        index++;
         if (!r->first_new_id) r->first_new_id = id;
         r->st->added++;
         if (++in_batch > INSERT_BATCH) { bp_store_exec(r->store, "COMMIT"); in_batch = 0; }
     }
+    bp_doc_free(&doc);
     if (in_batch) bp_store_exec(r->store, "COMMIT");
     bp_reader_free(rd);
     return 0;

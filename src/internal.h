@@ -156,7 +156,9 @@ typedef void (*bp_store_row_fn)(void *ctx, const bp_store_row *row);
 bp_store *bp_store_open(const char *dir, bp_error *err);
 void bp_store_close(bp_store *s);
 int bp_store_exec(bp_store *s, const char *sql);            /* BEGIN, COMMIT */
-int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, int64_t now);
+/* Returns the new id, 0 when an event with that message id is already
+ * stored (duplicates are not stored twice), -1 on error. */
+int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, const char *message_id, int64_t now);
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
                     const char *response, const char *outcome, int64_t now);
 int bp_store_pending(bp_store *s, int64_t after_id, int limit, bp_stored **out, size_t *n);

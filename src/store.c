@@ -39,6 +39,8 @@ static const char SCHEMA[] =
     "  last_status INTEGER, reason TEXT, response TEXT, outcome TEXT,"
     "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS events_by_state ON events(state, id);"
+    /* Signal retries deliveries too: one stored event per message id. */
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_by_message_id ON events(message_id) WHERE message_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS once_keys(key TEXT PRIMARY KEY, at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);";
 
@@ -65,8 +67,8 @@ bp_store *bp_store_open(const char *dir, bp_error *err)
     if (!s) abort();
     if (sqlite3_open(path, &s->db) != SQLITE_OK ||
         sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK ||
-        prepare(s, &s->insert, "INSERT INTO events(state, body, idx, created_at, updated_at) "
-                               "VALUES('pending', ?1, ?2, ?3, ?3)", err) < 0 ||
+        prepare(s, &s->insert, "INSERT INTO events(state, body, idx, created_at, updated_at, message_id) "
+                               "VALUES('pending', ?1, ?2, ?3, ?3, ?4) ON CONFLICT DO NOTHING", err) < 0 ||
         prepare(s, &s->update, "UPDATE events SET state=?2, attempts=?3, failures=?4, done_requests=?5, "
                                "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11 "
                                "WHERE id=?1", err) < 0 ||
@@ -98,13 +100,16 @@ int bp_store_exec(bp_store *s, const char *sql)
     return sqlite3_exec(s->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
-int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, int64_t now)
+int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, const char *message_id, int64_t now)
 {
     sqlite3_reset(s->insert);
     sqlite3_bind_text(s->insert, 1, json, (int)len, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s->insert, 2, idx);
     sqlite3_bind_int64(s->insert, 3, now);
+    if (message_id) sqlite3_bind_text(s->insert, 4, message_id, -1, SQLITE_TRANSIENT);
+    else sqlite3_bind_null(s->insert, 4);
     if (sqlite3_step(s->insert) != SQLITE_DONE) return -1;
+    if (sqlite3_changes(s->db) == 0) return 0;   /* a message id already stored */
     return sqlite3_last_insert_rowid(s->db);
 }
 

@@ -64,6 +64,19 @@ describe("deliver #cli", function()
     assert.is_true(tokens_ok)
   end)
 
+  it("accepts each message id once: re-running the same input sends nothing twice", function()
+    local st = state_dir()
+    local input = S.identify("once@example.com", "same-id") .. "\n"
+    local lines, err, code = S.deliver("--config " .. cfg .. " --state " .. st .. FAST, input)
+    assert.are.equal(0, code, err)
+    assert.are.equal("delivered", lines[1].outcome)
+    lines, err, code = S.deliver("--config " .. cfg .. " --state " .. st .. FAST, input)
+    assert.are.equal(0, code, err)
+    assert.are.equal("duplicate", lines[1].outcome)
+    assert.are.equal("same-id", lines[1].message_id)
+    assert.are.equal(1, #emu.requests())
+  end)
+
   it("syncs the contact before the first event for an unknown email", function()
     local lines, err, code = S.deliver("--config " .. cfg .. " --state " .. state_dir() .. FAST,
       S.track_json("Order Completed", "new@example.com", '{"order_id":7}', "o1") .. "\n")
