@@ -394,7 +394,9 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     r->rng = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
     r->max_attempts = opts->max_attempts > 0 ? opts->max_attempts : bp->retry_max_attempts;
     bp_buf_init(&r->line);
-    bp_bucket_init(&r->bucket, opts->rate_limit_rps > 0 ? opts->rate_limit_rps : bp->rate_limit_rps, 1, wall_ms());
+    /* Burst: 10 ms worth of requests, at least 1 (ActiveCampaign's 5/s -> 1). */
+    double rps = opts->rate_limit_rps > 0 ? opts->rate_limit_rps : bp->rate_limit_rps;
+    bp_bucket_init(&r->bucket, rps, rps / 100.0, wall_ms());
     int rc = -1;
     if (!(r->store = bp_store_open(opts->state_dir ? opts->state_dir : "./var", err))) goto out;
     if (!(r->engine = bp_engine_new(bp, cfg, &opts->limits, err))) goto out;
@@ -419,15 +421,21 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
 
     if (opts->input_fd >= 0 && ingest(r, err) < 0) goto out;
 
+    /* Store writes are grouped per turn of the loop: everything judged in a
+     * turn is committed before the next requests go out. */
+    bp_store_exec(r->store, "BEGIN");
     for (;;) {
         load_jobs(r);
         if (!any_active(r) && r->inflight == 0) break;
+        bp_store_exec(r->store, "COMMIT");
+        bp_store_exec(r->store, "BEGIN");
         double wait = dispatch(r);
         int wait_ms = wait > 0 ? (int)(wait + 0.999) : 0;
         if (wait_ms > 1000) wait_ms = 1000;
         if (r->inflight > 0) bp_transport_poll(r->tr, wait_ms, on_answer, r);
         else if (wait_ms > 0) usleep((useconds_t)wait_ms * 1000);
     }
+    bp_store_exec(r->store, "COMMIT");
     rc = bp_store_count(r->store, "held") > 0 ? 3 : 0;
 out:
     for (int i = 0; i < WINDOW; i++)

@@ -5,7 +5,9 @@
  * and every worker, so pacing is done before sending: 429s should be the
  * exception.  The burst is kept at 1 by default: a full bucket would let a
  * second's worth of requests out at once and the vendor's sliding window
- * would answer the next ones with 429.  The vendor's own signals override
+ * would answer the next ones with 429.  (The caller allows 10 ms worth of
+ * burst, which is 1 at vendor rates and keeps high-rate runs from being
+ * limited by the loop instead of the bucket.)  The vendor's own signals override
  * the bucket: Retry-After, and RateLimit-Remaining: 0, block it until then.
  */
 #include "internal.h"
