@@ -258,6 +258,20 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     }
 }
 
+/* Is a request that will record `key` on success in flight right now?  Then
+ * a request with `once = key` waits for its answer instead of repeating it
+ * (two events for the same new contact sync it once). */
+static int key_in_flight(run *r, const char *key)
+{
+    for (int i = 0; i < WINDOW; i++) {
+        job *j = &r->jobs[i];
+        if (!j->active || !j->inflight) continue;
+        const bp_request *q = &j->out.requests[j->ev.done_requests];
+        if ((q->once && !strcmp(q->once, key)) || (q->marks && !strcmp(q->marks, key))) return 1;
+    }
+    return 0;
+}
+
 /* Start what can start now; returns ms until something else could. */
 static double dispatch(run *r)
 {
@@ -278,6 +292,8 @@ static double dispatch(run *r)
             save(r, j, "delivered", "delivered");
             continue;
         }
+        const char *once = j->out.requests[j->ev.done_requests].once;
+        if (once && key_in_flight(r, once)) continue;
         if (r->inflight >= r->o->concurrency) return 0;
         double w = bp_bucket_take(&r->bucket, now);
         if (w > 0) return w < wait ? w : wait;
