@@ -15,7 +15,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC $(shell pkg-config
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CORE    := buffer json yaml sandbox luajson helpers consent blueprint config request engine reader \
+CORE    := buffer clock json yaml sandbox luajson helpers consent blueprint config request engine reader \
            transport classify ratelimit store deliver
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h

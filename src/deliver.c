@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define WINDOW 256
@@ -54,13 +53,6 @@ typedef struct run {
     uint64_t rng;
     bp_buf line;
 } run;
-
-static double wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 void bp_deliver_opts_default(bp_deliver_opts *o)
 {
@@ -120,7 +112,7 @@ static void emit(run *r, job *j, const char *label)
     bp_buf_printf(b, ",\"id\":%lld,\"status\":", (long long)j->ev.id);
     if (j->last_status) bp_buf_printf(b, "%d", j->last_status); else bp_buf_adds(b, "null");
     bp_buf_printf(b, ",\"attempts\":%d,\"duration_ms\":%.0f,\"response\":", j->ev.attempts,
-                  j->first_ms > 0 ? wall_ms() - j->first_ms : 0.0);
+                  j->first_ms > 0 ? bp_wall_ms() - j->first_ms : 0.0);
     if (j->response.len) {
         size_t bad, n = j->response.len;
         if (bp_utf8_check(j->response.data, n, &bad) < 0) n = bad;
@@ -138,7 +130,7 @@ static void save(run *r, job *j, const char *state, const char *label)
     int final = strcmp(state, "pending") != 0;
     if (final) emit(r, j, label);
     bp_store_update(r->store, &j->ev, state, j->last_status, j->out.reason.data ? j->out.reason.data : "",
-                    j->response.len ? j->response.data : NULL, final ? r->line.data : NULL, (int64_t)wall_ms());
+                    j->response.len ? j->response.data : NULL, final ? r->line.data : NULL, (int64_t)bp_wall_ms());
     if (!final) return;
     if (!strcmp(state, "delivered")) r->st->delivered++;
     else if (!strcmp(state, "dropped")) r->st->dropped++;
@@ -210,7 +202,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
 {
     run *r = ctx;
     job *j = user;
-    double now = wall_ms();
+    double now = bp_wall_ms();
     j->inflight = 0;
     r->inflight--;
     bp_request *req = &j->out.requests[j->ev.done_requests];
@@ -275,7 +267,7 @@ static int key_in_flight(run *r, const char *key)
 /* Start what can start now; returns ms until something else could. */
 static double dispatch(run *r)
 {
-    double now = wall_ms(), wait = 1000;
+    double now = bp_wall_ms(), wait = 1000;
     for (int i = 0; i < WINDOW; i++) {
         job *j = &r->jobs[i];
         if (!j->active || j->inflight) continue;
@@ -367,7 +359,7 @@ static int ingest(run *r, bp_error *err)
             continue;
         }
         if (!in_batch) { bp_store_exec(r->store, "BEGIN"); in_batch = 1; }
-        int64_t id = bp_store_add(r->store, ev, len, index, message_id, (int64_t)wall_ms());
+        int64_t id = bp_store_add(r->store, ev, len, index, message_id, (int64_t)bp_wall_ms());
         if (id < 0) {
             bp_error_set(err, "state store: could not save an event");
             bp_doc_free(&doc);
@@ -407,12 +399,12 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     r->o = opts;
     r->st = stats;
     r->more_in_store = 1;
-    r->rng = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
+    r->rng = (uint64_t)bp_wall_ms() ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
     r->max_attempts = opts->max_attempts > 0 ? opts->max_attempts : bp->retry_max_attempts;
     bp_buf_init(&r->line);
     /* Burst: 10 ms worth of requests, at least 1 (ActiveCampaign's 5/s -> 1). */
     double rps = opts->rate_limit_rps > 0 ? opts->rate_limit_rps : bp->rate_limit_rps;
-    bp_bucket_init(&r->bucket, rps, rps / 100.0, wall_ms());
+    bp_bucket_init(&r->bucket, rps, rps / 100.0, bp_wall_ms());
     int rc = -1;
     if (!(r->store = bp_store_open(opts->state_dir ? opts->state_dir : "./var", err))) goto out;
     if (!(r->engine = bp_engine_new(bp, cfg, &opts->limits, err))) goto out;

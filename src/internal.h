@@ -9,6 +9,10 @@
 
 #include <lua.h>
 
+/* Milliseconds: monotonic (budgets, durations) and wall clock (stored times).  clock.c */
+double bp_monotonic_ms(void);
+double bp_wall_ms(void);
+
 /* Append a node to a document under construction (json.c, used by yaml.c). */
 uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
 

@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define HOOK_EVERY 1000              /* instructions between budget checks */
 #define OOM_HEADROOM (1024 * 1024)   /* lets error handling run after a cap hit */
@@ -47,13 +46,6 @@ void bp_limits_default(bp_limits *l)
     l->timeout_ms = 1000;
     l->json.max_bytes = BP_DEFAULT_MAX_EVENT_BYTES;
     l->json.max_depth = BP_DEFAULT_MAX_DEPTH;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 /* Memory errors do not run the message handler, so the position is taken
@@ -115,7 +107,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     sb->spent += HOOK_EVERY;
     if (!sb->tripped) {
         if (sb->spent > sb->budget) sb->tripped = 1;
-        else if (now_ms() > sb->deadline_ms) sb->tripped = 2;
+        else if (bp_monotonic_ms() > sb->deadline_ms) sb->tripped = 2;
         else return;
         /* From now on fire at every instruction: a mapping that catches
          * this error with pcall is stopped again as soon as it resumes. */
@@ -364,7 +356,7 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
     sb->spent = 0;
     sb->tripped = 0;
     sb->over_memory = 0;
-    sb->deadline_ms = now_ms() + sb->timeout_ms;
+    sb->deadline_ms = bp_monotonic_ms() + sb->timeout_ms;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
     int rc = lua_pcall(L, nargs, nresults, base);
     lua_sethook(L, NULL, 0, 0);

@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #define MAX_CAPTURE (64 * 1024)
 
@@ -31,13 +30,6 @@ typedef struct pending {
     void *user;
     double started_ms;
 } pending;
-
-static double mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 bp_transport *bp_transport_new(long connect_timeout_ms, long timeout_ms)
 {
@@ -143,7 +135,7 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "signal-blueprints/0.1");
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-    pd->started_ms = mono_ms();
+    pd->started_ms = bp_monotonic_ms();
     if (curl_multi_add_handle(t->multi, e) != CURLM_OK) {
         curl_easy_cleanup(e);
         curl_slist_free_all(pd->headers);
@@ -176,7 +168,7 @@ int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *
         pd->resp.curl_code = (int)m->data.result;
         if (m->data.result != CURLE_OK)
             snprintf(pd->resp.error, sizeof pd->resp.error, "%s", curl_easy_strerror(m->data.result));
-        pd->resp.duration_ms = mono_ms() - pd->started_ms;
+        pd->resp.duration_ms = bp_monotonic_ms() - pd->started_ms;
         bp_buf_add(&pd->resp.body, "", 0);
         curl_multi_remove_handle(t->multi, m->easy_handle);
         curl_easy_cleanup(m->easy_handle);
