@@ -16,7 +16,7 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 CORE    := buffer clock json yaml sandbox luajson helpers consent blueprint config request engine reader \
-           transport classify ratelimit store deliver
+           transport classify ratelimit store deliver auth
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 

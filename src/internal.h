@@ -174,4 +174,14 @@ long bp_store_move(bp_store *s, const char *from, const char *to, int64_t id);
 int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx);
 long bp_store_count(bp_store *s, const char *state);
 
+/* ---- auth.c ------------------------------------------------------------------------ */
+
+void bp_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen, unsigned char out[32]);
+/* An HS256 JWT with sub, role, iat, exp. */
+void bp_jwt_sign(const char *secret, const char *role, const char *subject, int64_t iat, int64_t exp, bp_buf *out);
+/* 0 and the role when the token is well formed, correctly signed (checked in
+ * constant time) and not expired; else -1 and why. */
+int bp_jwt_verify(const char *secret, const char *token, int64_t now, char *role, size_t rolelen, bp_error *err);
+int bp_jwt_secret(const char *state_dir, char *out, size_t outlen, bp_error *err);
+
 #endif

@@ -309,6 +309,51 @@ TEST(render_substitutes_or_redacts_secrets)
     bp_outcome_free(&o);
 }
 
+static const char *hex(const unsigned char *p, size_t n)
+{
+    static char out[129];
+    for (size_t i = 0; i < n && i < 64; i++) snprintf(out + 2 * i, 3, "%02x", p[i]);
+    return out;
+}
+
+TEST(hmac_sha256_rfc4231_vectors)
+{
+    unsigned char mac[32], key[20], key131[131], data50[50];
+    memset(key, 0x0b, sizeof key);
+    bp_hmac_sha256(key, 20, "Hi There", 8, mac);
+    CHECK_STR(hex(mac, 32), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+    bp_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, mac);
+    CHECK_STR(hex(mac, 32), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    memset(key, 0xaa, sizeof key);
+    memset(data50, 0xdd, sizeof data50);
+    bp_hmac_sha256(key, 20, data50, 50, mac);
+    CHECK_STR(hex(mac, 32), "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
+    memset(key131, 0xaa, sizeof key131);
+    const char *m = "Test Using Larger Than Block-Size Key - Hash Key First";
+    bp_hmac_sha256(key131, 131, m, strlen(m), mac);
+    CHECK_STR(hex(mac, 32), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+}
+
+TEST(jwt_sign_and_verify)
+{
+    bp_buf t;
+    bp_buf_init(&t);
+    bp_error err;
+    char role[32];
+    bp_jwt_sign("s3cret", "admin", "local", 1000, 2000, &t);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, role, sizeof role, &err), 0);
+    CHECK_STR(role, "admin");
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 2000, role, sizeof role, &err), -1);
+    CHECK_CONTAINS(err.msg, "expired");
+    CHECK_INT(bp_jwt_verify("other", t.data, 1500, role, sizeof role, &err), -1);
+    CHECK_CONTAINS(err.msg, "signature");
+    t.data[t.len - 2] = t.data[t.len - 2] == 'A' ? 'B' : 'A';   /* tamper with the signature */
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, role, sizeof role, &err), -1);
+    CHECK_INT(bp_jwt_verify("s3cret", "abc.def", 1500, role, sizeof role, &err), -1);
+    CHECK_CONTAINS(err.msg, "malformed");
+    bp_buf_free(&t);
+}
+
 int main(void)
 {
     RUN(json_integers_stay_exact);
@@ -334,5 +379,7 @@ int main(void)
     RUN(reader_oversized_event_is_skipped);
     RUN(form_escape);
     RUN(render_substitutes_or_redacts_secrets);
+    RUN(hmac_sha256_rfc4231_vectors);
+    RUN(jwt_sign_and_verify);
     return CHECK_SUMMARY();
 }
