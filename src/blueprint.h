@@ -272,6 +272,12 @@ typedef struct bp_deliver_opts {
     bp_limits limits;
     void (*emit)(void *ctx, const char *line, size_t len);   /* one outcome line per event */
     void *emit_ctx;
+    /* Called for every vendor answer (metrics). */
+    void (*on_answer)(void *ctx, int status, double duration_ms);
+    /* Service mode: keep running and pick up events added to the store by
+     * others until *stop becomes non-zero; then finish what is in flight. */
+    int follow;
+    volatile int *stop;
 } bp_deliver_opts;
 
 typedef struct bp_deliver_stats {
@@ -295,6 +301,7 @@ typedef struct bp_reader bp_reader;
 enum bp_read_status { BP_READ_EVENT, BP_READ_BAD, BP_READ_END };
 
 bp_reader *bp_reader_new(int fd, size_t max_event_bytes);
+bp_reader *bp_reader_new_mem(const char *data, size_t len, size_t max_event_bytes);
 void bp_reader_free(bp_reader *r);
 /* BP_READ_EVENT: *ev and *len hold one event's text (valid until the next call).
  * BP_READ_BAD: the input could not be split there; `err` says why, and the

@@ -213,6 +213,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     if (resp->retry_after_s > 0) bp_bucket_block(&r->bucket, now + resp->retry_after_s * 1000.0);
     else if (resp->ratelimit_remaining == 0) bp_bucket_block(&r->bucket, now + 1000.0);
     if (resp->status == 429) r->st->rate_limited++;
+    if (r->o->on_answer) r->o->on_answer(r->o->emit_ctx, resp->status, resp->duration_ms);
 
     switch (bp_classify(req, resp, j->why, sizeof j->why)) {
     case BP_OK:
@@ -432,12 +433,26 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     /* Store writes are grouped per turn of the loop: everything judged in a
      * turn is committed before the next requests go out. */
     bp_store_exec(r->store, "BEGIN");
+    double last_rearm = 0;
     for (;;) {
-        load_jobs(r);
-        if (!any_active(r) && r->inflight == 0) break;
+        int stopping = opts->stop && *opts->stop;
+        if (opts->follow && bp_wall_ms() - last_rearm > 100) {
+            r->more_in_store = 1;   /* others add events to the store: look again */
+            last_rearm = bp_wall_ms();
+        }
+        if (!stopping) load_jobs(r);
+        if (r->inflight == 0 && (stopping || !any_active(r))) {
+            if (!opts->follow || stopping) break;
+            /* service mode: idle until new events arrive in the store */
+            bp_store_exec(r->store, "COMMIT");
+            usleep(50 * 1000);
+            r->more_in_store = 1;
+            bp_store_exec(r->store, "BEGIN");
+            continue;
+        }
         bp_store_exec(r->store, "COMMIT");
         bp_store_exec(r->store, "BEGIN");
-        double wait = dispatch(r);
+        double wait = stopping ? 50 : dispatch(r);
         int wait_ms = wait > 0 ? (int)(wait + 0.999) : 0;
         if (wait_ms > 1000) wait_ms = 1000;
         if (r->inflight > 0) bp_transport_poll(r->tr, wait_ms, on_answer, r);

@@ -19,7 +19,9 @@
 enum mode { MODE_UNKNOWN, MODE_LINES, MODE_ARRAY, MODE_VALUES, MODE_DONE };
 
 struct bp_reader {
-    int fd;
+    int fd;                 /* -1: reading from mem */
+    const char *mem;
+    size_t memlen, mempos;
     size_t max;
     char in[65536];
     size_t start, end;
@@ -47,10 +49,27 @@ void bp_reader_free(bp_reader *r)
     free(r);
 }
 
+bp_reader *bp_reader_new_mem(const char *data, size_t len, size_t max_event_bytes)
+{
+    bp_reader *r = bp_reader_new(-1, max_event_bytes);
+    r->mem = data;
+    r->memlen = len;
+    return r;
+}
+
 static int fill(bp_reader *r)
 {
     if (r->start < r->end) return 1;
     if (r->eof) return 0;
+    if (r->fd < 0) {
+        size_t n = r->memlen - r->mempos < sizeof r->in ? r->memlen - r->mempos : sizeof r->in;
+        if (!n) { r->eof = 1; return 0; }
+        memcpy(r->in, r->mem + r->mempos, n);
+        r->mempos += n;
+        r->start = 0;
+        r->end = n;
+        return 1;
+    }
     ssize_t n;
     do n = read(r->fd, r->in, sizeof r->in); while (n < 0 && errno == EINTR);
     if (n <= 0) { r->eof = 1; return 0; }
