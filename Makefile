@@ -9,14 +9,14 @@
 #                deliver them (to the local emulator unless BLUEPRINT_CONFIG names an account)
 
 CC      ?= cc
-PKGS    := lua5.4 yaml-0.1 libcurl sqlite3
+PKGS    := lua5.4 yaml-0.1 libcurl sqlite3 libmicrohttpd
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 CORE    := buffer clock json yaml sandbox luajson helpers consent blueprint config request engine reader \
-           transport classify ratelimit store deliver auth
+           transport classify ratelimit store deliver auth metrics registry server
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 
@@ -49,7 +49,7 @@ build/blueprint: build/obj/cli.o build/libblueprint.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | build/lua
-	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3) -lm
+	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd) -lpthread -lm
 
 # The local ActiveCampaign emulator used by the integration tests.
 build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)

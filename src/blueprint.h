@@ -292,6 +292,21 @@ void bp_deliver_opts_default(bp_deliver_opts *o);
 int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_opts *opts,
                bp_deliver_stats *stats, bp_error *err);
 
+/* ---- the service (server.c, registry.c) ---------------------------------------- */
+
+typedef struct bp_serve_opts {
+    const char *host;            /* default 127.0.0.1 */
+    int port;                    /* default 8084; 0 = any free port */
+    const char *state_dir;       /* default ./var */
+    const char *blueprints_dir;  /* default ./blueprints */
+    double rate_limit_rps;       /* override every blueprint's pacing (tests); 0 = no */
+    long retry_base_ms;          /* 0 = default */
+} bp_serve_opts;
+
+/* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;
+ * prints "listening on http://HOST:PORT" once ready. */
+int bp_serve(const bp_serve_opts *o, bp_error *err);
+
 /* ---- event streams (reader.c) -------------------------------------------- */
 
 /* Reads events from NDJSON, a JSON array (streamed element by element) or a

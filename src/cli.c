@@ -23,6 +23,8 @@ static const char usage_text[] =
     "       blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
     "       blueprint dlq list [--state DIR]\n"
     "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
+    "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
+    "       blueprint token --role ROLE [--ttl 15m] [--state DIR]\n"
     "\n"
     "  Maps each event through the blueprint and prints, one JSON line per event,\n"
     "  the requests that would be sent (secrets shown as [redacted]).\n"
@@ -308,6 +310,75 @@ static int dlq(int argc, char **argv)
     return 0;
 }
 
+static int serve(int argc, char **argv)
+{
+    bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0 };
+    static char host[64];
+    for (int i = 0; i < argc; i++) {
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!next) { fprintf(stderr, "blueprint: %s needs a value\n", argv[i]); return EXIT_USAGE; }
+        if (!strcmp(argv[i], "--listen")) {
+            const char *colon = strrchr(next, ':');
+            if (!colon || colon == next || (size_t)(colon - next) >= sizeof host) return usage("--listen needs HOST:PORT");
+            snprintf(host, sizeof host, "%.*s", (int)(colon - next), next);
+            o.host = host;
+            o.port = atoi(colon + 1);
+        } else if (!strcmp(argv[i], "--port")) o.port = atoi(next);
+        else if (!strcmp(argv[i], "--state")) o.state_dir = next;
+        else if (!strcmp(argv[i], "--blueprints")) o.blueprints_dir = next;
+        else if (!strcmp(argv[i], "--rate-limit")) o.rate_limit_rps = atof(next);
+        else if (!strcmp(argv[i], "--retry-base-ms")) o.retry_base_ms = atol(next);
+        else { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
+        i++;
+    }
+    bp_error err;
+    if (bp_serve(&o, &err) < 0) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_USAGE; }
+    return 0;
+}
+
+/* "15m", "2h", "30s", "1d" or plain seconds */
+static long parse_ttl(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (v <= 0) return -1;
+    switch (*end) {
+    case '\0': case 's': return end[*end ? 1 : 0] ? -1 : v;
+    case 'm': return end[1] ? -1 : v * 60;
+    case 'h': return end[1] ? -1 : v * 3600;
+    case 'd': return end[1] ? -1 : v * 86400;
+    default: return -1;
+    }
+}
+
+static int token(int argc, char **argv)
+{
+    const char *role = NULL, *state = "./var", *subject = "local";
+    long ttl = 15 * 60;
+    for (int i = 0; i < argc; i++) {
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!next) { fprintf(stderr, "blueprint: %s needs a value\n", argv[i]); return EXIT_USAGE; }
+        if (!strcmp(argv[i], "--role")) role = next;
+        else if (!strcmp(argv[i], "--ttl")) { if ((ttl = parse_ttl(next)) < 0) return usage("--ttl takes e.g. 15m, 2h, 30s"); }
+        else if (!strcmp(argv[i], "--state")) state = next;
+        else if (!strcmp(argv[i], "--subject")) subject = next;
+        else { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
+        i++;
+    }
+    if (!role || (strcmp(role, "owner") && strcmp(role, "admin") && strcmp(role, "editor") && strcmp(role, "viewer")))
+        return usage("token needs --role owner|admin|editor|viewer");
+    char secret[200];
+    bp_error err;
+    if (bp_jwt_secret(state, secret, sizeof secret, &err) < 0) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_USAGE; }
+    bp_buf t;
+    bp_buf_init(&t);
+    int64_t now = (int64_t)(bp_wall_ms() / 1000);
+    bp_jwt_sign(secret, role, subject, now, now + ttl, &t);
+    puts(t.data);
+    bp_buf_free(&t);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
@@ -317,6 +388,8 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "dry-run")) return dry_run(argc - 2, argv + 2);
     if (!strcmp(argv[1], "deliver")) return deliver(argc - 2, argv + 2);
     if (!strcmp(argv[1], "dlq")) return dlq(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "serve")) return serve(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "token")) return token(argc - 2, argv + 2);
     fprintf(stderr, "blueprint: unknown command '%s'\n\n", argv[1]);
     return usage(NULL);
 }

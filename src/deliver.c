@@ -171,7 +171,9 @@ static void load_jobs(run *r)
         job *j = &r->jobs[slot];
         j->ev = evs[k];
         j->active = 1;
-        j->index = r->first_new_id > 0 && j->ev.id >= r->first_new_id ? j->ev.idx : -1;
+        /* index: position in the input that added it — this run's input, or in
+         * service mode the intake request it came in */
+        j->index = (r->first_new_id > 0 && j->ev.id >= r->first_new_id) || r->o->follow ? j->ev.idx : -1;
         bp_outcome_init(&j->out);
         bp_buf_init(&j->response);
         r->last_loaded_id = j->ev.id;

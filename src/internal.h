@@ -173,6 +173,7 @@ int bp_store_meta_set(bp_store *s, const char *key, const char *value);
 long bp_store_move(bp_store *s, const char *from, const char *to, int64_t id);
 int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx);
 long bp_store_count(bp_store *s, const char *state);
+int bp_store_recent(bp_store *s, const char *state, int limit, bp_store_row_fn fn, void *ctx);
 
 /* ---- auth.c ------------------------------------------------------------------------ */
 
@@ -183,5 +184,80 @@ void bp_jwt_sign(const char *secret, const char *role, const char *subject, int6
  * constant time) and not expired; else -1 and why. */
 int bp_jwt_verify(const char *secret, const char *token, int64_t now, char *role, size_t rolelen, bp_error *err);
 int bp_jwt_secret(const char *state_dir, char *out, size_t outlen, bp_error *err);
+
+/* ---- metrics.c ------------------------------------------------------------------------ */
+
+#define BP_LATENCY_BUCKETS 12
+
+typedef struct bp_metrics {
+    long events_in, delivered, dead, errors, held, answers, rate_limited, reloads, reload_failures;
+    struct { char reason[64]; long n; } drops[64];
+    size_t ndrops;
+    long latency[BP_LATENCY_BUCKETS + 1];   /* cumulative per bucket, last = +Inf */
+    double latency_sum;
+} bp_metrics;
+
+/* Count one outcome line (by its "outcome" and, for drops, its reason). */
+void bp_metrics_outcome(bp_metrics *m, const char *line, size_t len);
+void bp_metrics_answer(bp_metrics *m, int status, double duration_ms);
+void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, bp_buf *out);
+
+/* ---- registry.c ------------------------------------------------------------------------- */
+
+#include <pthread.h>
+
+#define BP_LIVE_RING 256
+
+typedef struct bp_vendor {
+    char *key, *dir;
+    bp_blueprint *bp;          /* the running version; NULL if it never loaded */
+    char *load_error;          /* the last failed (re)load, shown on the catalog */
+    uint64_t signature;
+} bp_vendor;
+
+typedef struct bp_registry bp_registry;
+
+typedef struct bp_integration {
+    bp_registry *registry;
+    char id[40];
+    char *name, *variant, *delivery_mode, *config_json;
+    bp_vendor *vendor;
+    int revision, deleted;
+    int64_t created_at;
+    bp_config *cfg;
+    char state_dir[4200];
+    pthread_t thread;
+    int running;
+    volatile int stop;
+    bp_deliver_stats stats;
+    char *live[BP_LIVE_RING];  /* the latest outcome lines, for streaming */
+    uint64_t live_seq;
+} bp_integration;
+
+struct bp_registry {
+    pthread_mutex_t mu;
+    pthread_cond_t live_cond;
+    char *blueprints_dir, *state_dir;
+    bp_vendor *vendors; size_t nvendors;
+    bp_integration **items; size_t n;
+    struct sqlite3 *db;
+    bp_metrics metrics;
+    double rate_limit_rps;     /* override for every worker (tests), 0 = blueprint's */
+    long retry_base_ms;
+    int stopping;
+};
+
+void bp_log(const char *level, const char *msg, const char *fields_json);
+bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err);
+void bp_registry_start(bp_registry *r);
+void bp_registry_close(bp_registry *r);
+bp_vendor *bp_registry_vendor(bp_registry *r, const char *key);
+bp_integration *bp_registry_find(bp_registry *r, const char *id);
+int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err);
+int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err);
+int bp_registry_delete(bp_registry *r, bp_integration *it);
+int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out);
+void bp_registry_check_reload(bp_registry *r);
+void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc_json);
 
 #endif

@@ -1,0 +1,97 @@
+/*
+ * metrics.c — counters behind GET /metrics (Prometheus text format).
+ * The registry mutex guards them; workers report through callbacks.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const double bounds_ms[BP_LATENCY_BUCKETS] = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000 };
+
+/* Reasons become label values: keep the stable head ("consent", "no email",
+ * "custom event not enabled") and drop the event-specific tail. */
+static void reason_class(const char *reason, char *out, size_t n)
+{
+    size_t len = strcspn(reason, ":(");
+    if (len >= n) len = n - 1;
+    while (len && reason[len - 1] == ' ') len--;
+    size_t w = 0;
+    for (size_t i = 0; i < len && w + 1 < n; i++) {
+        char c = reason[i];
+        out[w++] = (c == '"' || c == '\\' || (unsigned char)c < ' ') ? '_' : c;
+    }
+    out[w] = '\0';
+}
+
+void bp_metrics_outcome(bp_metrics *m, const char *line, size_t len)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    if (bp_json_parse(&d, line, len, NULL, &err) == 0) {
+        const char *o = bp_jscalar(&d, bp_jget(&d, 0, "outcome"));
+        const char *why = bp_jscalar(&d, bp_jget(&d, 0, "reason"));
+        if (!o) o = "";
+        if (!strcmp(o, "delivered")) m->delivered++;
+        else if (!strcmp(o, "dead_letter")) m->dead++;
+        else if (!strcmp(o, "error")) m->errors++;
+        else if (!strcmp(o, "held")) m->held++;
+        else if (!strcmp(o, "drop")) {
+            char cls[64];
+            reason_class(why ? why : "", cls, sizeof cls);
+            size_t i;
+            for (i = 0; i < m->ndrops; i++) if (!strcmp(m->drops[i].reason, cls)) break;
+            if (i == m->ndrops && m->ndrops < sizeof m->drops / sizeof m->drops[0]) {
+                snprintf(m->drops[i].reason, sizeof m->drops[i].reason, "%s", cls);
+                m->ndrops++;
+            }
+            if (i < m->ndrops) m->drops[i].n++;
+        }
+    }
+    bp_doc_free(&d);
+}
+
+void bp_metrics_answer(bp_metrics *m, int status, double ms)
+{
+    m->answers++;
+    if (status == 429) m->rate_limited++;
+    m->latency_sum += ms;
+    for (int i = 0; i < BP_LATENCY_BUCKETS; i++) if (ms <= bounds_ms[i]) m->latency[i]++;
+    m->latency[BP_LATENCY_BUCKETS]++;
+}
+
+void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, bp_buf *out)
+{
+    bp_buf_adds(out, "# HELP blueprint_events_in_total Events accepted through intake.\n"
+                     "# TYPE blueprint_events_in_total counter\n");
+    bp_buf_printf(out, "blueprint_events_in_total %ld\n", m->events_in);
+    bp_buf_adds(out, "# TYPE blueprint_events_delivered_total counter\n");
+    bp_buf_printf(out, "blueprint_events_delivered_total %ld\n", m->delivered);
+    bp_buf_adds(out, "# TYPE blueprint_events_dropped_total counter\n");
+    for (size_t i = 0; i < m->ndrops; i++)
+        bp_buf_printf(out, "blueprint_events_dropped_total{reason=\"%s\"} %ld\n", m->drops[i].reason, m->drops[i].n);
+    bp_buf_adds(out, "# TYPE blueprint_events_dead_lettered_total counter\n");
+    bp_buf_printf(out, "blueprint_events_dead_lettered_total %ld\n", m->dead);
+    bp_buf_adds(out, "# TYPE blueprint_events_error_total counter\n");
+    bp_buf_printf(out, "blueprint_events_error_total %ld\n", m->errors);
+    bp_buf_adds(out, "# TYPE blueprint_events_held_total counter\n");
+    bp_buf_printf(out, "blueprint_events_held_total %ld\n", m->held);
+    bp_buf_adds(out, "# TYPE blueprint_retries_total counter\n");
+    bp_buf_printf(out, "blueprint_retries_total %ld\n", retries);
+    bp_buf_adds(out, "# TYPE blueprint_vendor_429_total counter\n");
+    bp_buf_printf(out, "blueprint_vendor_429_total %ld\n", m->rate_limited);
+    bp_buf_adds(out, "# TYPE blueprint_queue_depth gauge\n");
+    bp_buf_printf(out, "blueprint_queue_depth %ld\n", queue_depth);
+    bp_buf_adds(out, "# TYPE blueprint_blueprint_reloads_total counter\n");
+    bp_buf_printf(out, "blueprint_blueprint_reloads_total %ld\n", m->reloads);
+    bp_buf_adds(out, "# TYPE blueprint_blueprint_reload_failures_total counter\n");
+    bp_buf_printf(out, "blueprint_blueprint_reload_failures_total %ld\n", m->reload_failures);
+    bp_buf_adds(out, "# HELP blueprint_vendor_latency_seconds Time from sending a request to the vendor's answer.\n"
+                     "# TYPE blueprint_vendor_latency_seconds histogram\n");
+    for (int i = 0; i < BP_LATENCY_BUCKETS; i++)
+        bp_buf_printf(out, "blueprint_vendor_latency_seconds_bucket{le=\"%g\"} %ld\n", bounds_ms[i] / 1000.0, m->latency[i]);
+    bp_buf_printf(out, "blueprint_vendor_latency_seconds_bucket{le=\"+Inf\"} %ld\n", m->latency[BP_LATENCY_BUCKETS]);
+    bp_buf_printf(out, "blueprint_vendor_latency_seconds_sum %g\n", m->latency_sum / 1000.0);
+    bp_buf_printf(out, "blueprint_vendor_latency_seconds_count %ld\n", m->answers);
+}
