@@ -222,7 +222,7 @@ end)
 describe("pacing #cli", function()
   it("keeps a stream above the limit under 5 requests/second with few or no 429s", function()
     local emu = S.start_emulator("--rate-limit 5")
-    finally(function() emu.stop() end)
+    finally(function() emu.stop() end)   -- busted keeps one finally per test
     local cfg = S.emulator_config(emu)
     local input = {}
     for i = 1, 15 do input[#input + 1] = S.identify(("pace%02d@example.com"):format(i)) end
