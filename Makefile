@@ -5,8 +5,9 @@
 #                build/lua/blueprint_core.so (Lua module for the busted specs)
 #   make test    deps + build + every suite (C unit tests, ASan/UBSan build, busted specs,
 #                golden dry-run fixtures); ends with "N passed, N failed"
-#   make run     dry-run the ActiveCampaign blueprint over its example events, then
-#                deliver them (to the local emulator unless BLUEPRINT_CONFIG names an account)
+#   make run     start `blueprint serve` on 127.0.0.1:8084 (with the local emulator as the
+#                ActiveCampaign account) and print a token and the curl commands to try it
+#   make demo    one-shot: dry-run the example events, then deliver them to the emulator
 
 CC      ?= cc
 PKGS    := lua5.4 yaml-0.1 libcurl sqlite3 libmicrohttpd
@@ -23,7 +24,7 @@ HDRS    := src/blueprint.h src/internal.h
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev curl
 
-.PHONY: all deps test run clean unit-tests asan
+.PHONY: all deps test run demo clean unit-tests asan
 all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
 
 deps:
@@ -69,6 +70,12 @@ test: deps
 	@scripts/run-tests.sh
 
 run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run.sh
+
+# One-shot tour without a server: dry-run the examples, then deliver them to
+# the emulator (or to BLUEPRINT_CONFIG's account) with `blueprint deliver`.
+demo: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo.sh
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# `make run`: start `blueprint serve` on 127.0.0.1:8084 with its state in ./var
+# and, unless BLUEPRINT_ACCOUNT=real, the local ActiveCampaign emulator as the
+# account to deliver to (on 127.0.0.1:8085, or EMU_PORT, fixed so that an
+# installed integration still reaches it after a restart).  Prints an admin
+# token and the curl commands of the seed's "API Setup" and "Verify it's
+# working" steps.  Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT=${PORT:-8084}
+STATE=${STATE:-var}
+mkdir -p "$STATE"
+
+emu_pid=""
+cleanup() {
+  [ -n "${srv_pid:-}" ] && kill -TERM "$srv_pid" 2>/dev/null && wait "$srv_pid" 2>/dev/null
+  [ -n "$emu_pid" ] && kill "$emu_pid" 2>/dev/null
+  true
+}
+trap cleanup EXIT INT TERM
+
+if [ "${BLUEPRINT_ACCOUNT:-}" = real ]; then
+  API_URL='https://YOUR-ACCOUNT.api-us1.com'; API_KEY='YOUR-API-KEY'
+  ACTID='YOUR-ACTID'; EVENT_KEY='YOUR-EVENT-KEY'; TRACK_URL='https://trackcmp.net/event'
+  echo "== using a real ActiveCampaign account: fill in the placeholders below"
+else
+  log="$STATE/emulator.log"
+  build/ac-emulator --port "${EMU_PORT:-8085}" > "$log" 2>&1 &
+  emu_pid=$!
+  for _ in $(seq 100); do grep -q listening "$log" && break; sleep 0.05; done
+  EMU=$(sed -n 's/^listening on //p' "$log")
+  API_URL=$EMU; API_KEY=emulator-api-token; ACTID=1000001; EVENT_KEY=emulator-event-key; TRACK_URL=$EMU/event
+  echo "== no ActiveCampaign account configured: the local emulator at $EMU plays the account"
+  echo "   (BLUEPRINT_ACCOUNT=real make run prints the commands for a real account instead)"
+fi
+
+build/blueprint serve --listen "127.0.0.1:$PORT" --state "$STATE" --blueprints blueprints \
+  > "$STATE/serve.out" 2> "$STATE/serve.log" &
+srv_pid=$!
+for _ in $(seq 100); do grep -q listening "$STATE/serve.out" 2>/dev/null && break; sleep 0.05; done
+if ! grep -q listening "$STATE/serve.out" 2>/dev/null; then
+  echo "blueprint serve did not start:"; cat "$STATE/serve.log"; exit 1
+fi
+TOKEN=$(build/blueprint token --role admin --ttl 12h --state "$STATE")
+BASE=http://127.0.0.1:$PORT
+
+cat <<MSG
+== blueprint serve is listening on $BASE (state in $STATE/, JSON logs in $STATE/serve.log)
+
+An admin token (12 h):
+  export TOKEN=$TOKEN
+
+1. Install ActiveCampaign (the seed's API Setup call):
+  curl -s -X POST $BASE/v1/admin/integration-catalog/activecampaign/install \\
+    -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+    -d '{"name":"ActiveCampaign","variant":"default","config":{"api_url":"$API_URL","api_key":"$API_KEY","event_tracking_account_id":"$ACTID","event_tracking_key":"$EVENT_KEY","event_tracking_url":"$TRACK_URL"},"delivery_mode":"server_side"}'
+  export ID=<the "id" from the answer>
+
+2. Send a test event (or the examples: --data-binary @blueprints/activecampaign/examples/events.ndjson):
+  curl -s -X POST $BASE/v1/integrations/\$ID/events -H "Authorization: Bearer \$TOKEN" \\
+    -d '{"type":"identify","messageId":"test-1","traits":{"email":"test@example.com","first_name":"Test"},"context":{"consent":{"marketing":true}}}'
+
+3. Verify it's working — Live Events (status 200/201 = delivered):
+  curl -s "$BASE/v1/admin/integrations/\$ID/live-events?limit=10" -H "Authorization: Bearer \$TOKEN"
+  curl -N "$BASE/v1/admin/integrations/\$ID/live-events/stream" -H "Authorization: Bearer \$TOKEN"
+
+Also: GET $BASE/healthz, GET $BASE/metrics. Ctrl-C stops the server (pending events stay in $STATE/).
+MSG
+wait "$srv_pid"
