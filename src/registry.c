@@ -436,20 +436,22 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_int
     if (!name || !*name) { bp_error_set(err, "field 'name' is required"); return -1; }
     if (bp_jget(body, 0, "config") == BP_NONE) { bp_error_set(err, "field 'config' is required"); return -1; }
     int known = 0;
-    for (size_t i = 0; i < v->bp->nvariants; i++) if (!strcmp(v->bp->variants[i], variant)) known = 1;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; v->bp && i < v->bp->nvariants; i++) if (!strcmp(v->bp->variants[i], variant)) known = 1;
+    pthread_mutex_unlock(&r->mu);
     if (!known) { *http = 404; bp_error_set(err, "vendor '%s' has no variant '%s'", v->key, variant); return -1; }
     bp_buf doc;
     bp_buf_init(&doc);
     write_merged(&doc, body, 0, NULL, 0);
+    pthread_mutex_lock(&r->mu);   /* v->bp may be swapped by a reload */
     bp_config *cfg = validate(v, doc.data, variant, err);
-    if (!cfg) { bp_buf_free(&doc); return -1; }
-    if (strcmp(mode, "server_side") != 0) {
-        bp_error_set(err, "delivery_mode '%s' is not supported; use \"server_side\"", mode);
+    if (!cfg || strcmp(mode, "server_side") != 0) {
+        pthread_mutex_unlock(&r->mu);
+        if (cfg) bp_error_set(err, "delivery_mode '%s' is not supported; use \"server_side\"", mode);
         bp_config_free(cfg);
         bp_buf_free(&doc);
         return -1;
     }
-    pthread_mutex_lock(&r->mu);
     for (size_t i = 0; i < r->n; i++)
         if (!strcmp(r->items[i]->name, name)) {
             pthread_mutex_unlock(&r->mu);
@@ -612,8 +614,15 @@ void bp_registry_check_reload(bp_registry *r)
             bp_buf_free(&f);
             continue;
         }
-        /* swap: stop this vendor's workers, replace, restart */
-        for (size_t k = 0; k < r->n; k++) if (r->items[k]->vendor == v) stop_worker(r->items[k]);
+        /* swap: stop this vendor's workers (outside the lock: they report
+         * outcomes through it while finishing), replace, restart */
+        pthread_mutex_lock(&r->mu);
+        size_t nstop = 0;
+        bp_integration **stopping = calloc(r->n + 1, sizeof *stopping);
+        for (size_t k = 0; k < r->n; k++) if (r->items[k]->vendor == v) stopping[nstop++] = r->items[k];
+        pthread_mutex_unlock(&r->mu);
+        for (size_t k = 0; k < nstop; k++) stop_worker(stopping[k]);
+        free(stopping);
         pthread_mutex_lock(&r->mu);
         bp_blueprint *old = v->bp;
         v->bp = nb;
