@@ -200,6 +200,11 @@ void bp_push_tables(lua_State *L, const bp_doc *d, uint32_t i)
 {
     const bp_jnode *n = &d->nodes[i];
     if (n->type == BP_JNULL) { bp_push_null(L); return; }
+    if (n->type == BP_JNUMBER) {
+        /* plain tables outlive the document: no views, a float at worst */
+        if (lua_stringtonumber(L, bp_jtext(d, i)) == 0) lua_pushnil(L);
+        return;
+    }
     if (n->type != BP_JOBJECT && n->type != BP_JARRAY) { push_scalar(L, d, i); return; }
     luaL_checkstack(L, 4, "JSON nested too deep");
     lua_createtable(L, n->type == BP_JARRAY ? (int)n->len : 0, n->type == BP_JOBJECT ? (int)n->len : 0);
