@@ -8,6 +8,7 @@
 #   make run     start `blueprint serve` on 127.0.0.1:8084 (with the local emulator as the
 #                ActiveCampaign account) and print a token and the curl commands to try it
 #   make demo    one-shot: dry-run the example events, then deliver them to the emulator
+#   make bench   benchmarks against plain Lua+cjson, Node and a C floor; writes BENCHMARKS.md
 
 CC      ?= cc
 PKGS    := lua5.4 yaml-0.1 libcurl sqlite3 libmicrohttpd
@@ -24,7 +25,7 @@ HDRS    := src/blueprint.h src/internal.h
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev curl
 
-.PHONY: all deps test run demo clean unit-tests asan
+.PHONY: all deps bench-deps test run demo bench clean unit-tests asan
 all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
 
 deps:
@@ -56,6 +57,10 @@ build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | bui
 build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)
 	$(CC) $(CFLAGS) -Isrc -o $@ $< build/libblueprint.a $(shell pkg-config --libs libmicrohttpd) -lpthread -lm
 
+# In-process mapping benchmark (make bench).
+build/bench-map: scripts/bench/bench_map.c build/libblueprint.a $(HDRS)
+	$(CC) $(CFLAGS) -Isrc -o $@ $< build/libblueprint.a $(LDLIBS)
+
 # The sanitizer build: the CLI and the C unit tests with ASan + UBSan.
 build/asan/blueprint: $(CORE_SRC) src/cli.c $(HDRS) | build/asan
 	$(CC) $(filter-out -O2,$(CFLAGS)) $(SANFLAGS) -o $@ $(CORE_SRC) src/cli.c $(LDLIBS)
@@ -78,6 +83,23 @@ run: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo.sh
+
+# Benchmarks (not part of `make test`): the alternatives they compare against
+# and the load tools come from Debian too.
+BENCH_PKGS := lua-cjson nodejs wrk time
+bench-deps: deps
+	@missing=""; for p in $(BENCH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+bench: bench-deps
+	@$(MAKE) --no-print-directory all build/bench-map
+	@scripts/bench.sh
 
 clean:
 	rm -rf build

@@ -282,7 +282,11 @@ typedef struct bp_deliver_opts {
 
 typedef struct bp_deliver_stats {
     long added, duplicates, delivered, dropped, errors, dead, held, requests, retries, rate_limited;
+    long latency_us[1001];   /* vendor answer times: [i] counts answers in [i·100 µs, (i+1)·100 µs), [1000] slower */
 } bp_deliver_stats;
+
+/* The q-quantile (0..1) of the answer times in stats, in milliseconds. */
+double bp_deliver_latency_ms(const bp_deliver_stats *s, double q);
 
 void bp_deliver_opts_default(bp_deliver_opts *o);
 /* Add the input events to the store, then deliver every pending event until

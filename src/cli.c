@@ -252,9 +252,10 @@ static int deliver(int argc, char **argv)
         rc = strstr(err.msg, "state") ? EXIT_USAGE : EXIT_INVALID;
     } else {
         fprintf(stderr, "blueprint: %ld added (%ld duplicates skipped), %ld delivered, %ld dropped, %ld errors, "
-                "%ld dead-lettered, %ld held; %ld requests, %ld retries, %ld rate-limited\n", st.added, st.duplicates,
-                st.delivered, st.dropped, st.errors,
-                st.dead, st.held, st.requests, st.retries, st.rate_limited);
+                "%ld dead-lettered, %ld held; %ld requests (p50 %.1f ms, p99 %.1f ms), %ld retries, %ld rate-limited\n",
+                st.added, st.duplicates, st.delivered, st.dropped, st.errors,
+                st.dead, st.held, st.requests, bp_deliver_latency_ms(&st, 0.5), bp_deliver_latency_ms(&st, 0.99),
+                st.retries, st.rate_limited);
     }
     bp_config_free(cfg);
     bp_blueprint_free(bp);

@@ -54,6 +54,18 @@ typedef struct run {
     bp_buf line;
 } run;
 
+double bp_deliver_latency_ms(const bp_deliver_stats *s, double q)
+{
+    long total = 0, seen = 0;
+    for (int i = 0; i <= 1000; i++) total += s->latency_us[i];
+    if (!total) return 0;
+    for (int i = 0; i <= 1000; i++) {
+        seen += s->latency_us[i];
+        if ((double)seen >= q * (double)total) return (i + 0.5) / 10.0;
+    }
+    return 100.0;
+}
+
 void bp_deliver_opts_default(bp_deliver_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -215,6 +227,8 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     if (resp->retry_after_s > 0) bp_bucket_block(&r->bucket, now + resp->retry_after_s * 1000.0);
     else if (resp->ratelimit_remaining == 0) bp_bucket_block(&r->bucket, now + 1000.0);
     if (resp->status == 429) r->st->rate_limited++;
+    long slot = (long)(resp->duration_ms * 10.0);
+    r->st->latency_us[slot < 0 ? 0 : slot > 1000 ? 1000 : slot]++;
     if (r->o->on_answer) r->o->on_answer(r->o->emit_ctx, resp->status, resp->duration_ms);
 
     switch (bp_classify(req, resp, j->why, sizeof j->why)) {

@@ -44,6 +44,7 @@ typedef struct logged {
 
 static struct {
     pthread_mutex_t mu;
+    size_t *index; size_t index_cap;   /* open addressing: email -> contacts[i] + 1 */
     const char *api_token, *actid, *event_key;
     contact *contacts; size_t ncontacts, capcontacts;
     logged *log; size_t nlog, caplog;
@@ -97,10 +98,40 @@ static const char *CDN_PAGE =
 
 /* ---- contacts ------------------------------------------------------------------ */
 
+/* Contacts are found by email through a hash index (case-insensitive), so
+ * load tests with many contacts measure the client, not a linear scan. */
+static uint64_t email_hash(const char *e)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *e; e++) { h ^= (unsigned char)(*e >= 'A' && *e <= 'Z' ? *e + 32 : *e); h *= 1099511628211ULL; }
+    return h;
+}
+
+static void index_put(size_t i)
+{
+    if ((E.ncontacts + 1) * 2 > E.index_cap) {
+        size_t cap = E.index_cap ? E.index_cap * 2 : 1024;
+        free(E.index);
+        E.index = calloc(cap, sizeof *E.index);
+        E.index_cap = cap;
+        for (size_t k = 0; k < E.ncontacts; k++) {
+            if (k == i) continue;
+            size_t h = (size_t)(email_hash(E.contacts[k].email) & (cap - 1));
+            while (E.index[h]) h = (h + 1) & (cap - 1);
+            E.index[h] = k + 1;
+        }
+    }
+    size_t h = (size_t)(email_hash(E.contacts[i].email) & (E.index_cap - 1));
+    while (E.index[h]) h = (h + 1) & (E.index_cap - 1);
+    E.index[h] = i + 1;
+}
+
 static contact *find_contact(const char *email)
 {
-    for (size_t i = 0; i < E.ncontacts; i++)
-        if (!strcasecmp(E.contacts[i].email, email)) return &E.contacts[i];
+    if (!E.index_cap) return NULL;
+    size_t h = (size_t)(email_hash(email) & (E.index_cap - 1));
+    for (; E.index[h]; h = (h + 1) & (E.index_cap - 1))
+        if (!strcasecmp(E.contacts[E.index[h] - 1].email, email)) return &E.contacts[E.index[h] - 1];
     return NULL;
 }
 
@@ -173,6 +204,7 @@ static void contact_write(reply *r, const char *body, size_t len, int sync)
         k->last = xdup("");
         k->phone = xdup("");
         bp_buf_init(&k->tracking);
+        index_put(E.ncontacts - 1);
     }
     const char *f;
     if ((f = bp_jscalar(&d, bp_jget(&d, c, "firstName")))) { free(k->first); k->first = xdup(f); }
@@ -400,6 +432,7 @@ static void control(reply *r, const char *method, const char *path, const char *
             bp_buf_free(&k->tracking);
         }
         E.ncontacts = 0;
+        if (E.index) memset(E.index, 0, E.index_cap * sizeof *E.index);
         for (size_t i = 0; i < E.nlog; i++) {
             free(E.log[i].method); free(E.log[i].path); free(E.log[i].token); free(E.log[i].ctype); free(E.log[i].body);
         }
