@@ -224,8 +224,14 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     bp_buf_reset(&j->response);
     bp_buf_add(&j->response, resp->body.data ? resp->body.data : "",
                resp->body.len < MAX_SAVED_RESPONSE ? resp->body.len : MAX_SAVED_RESPONSE);
+    /* Retry-After is an order.  RateLimit-Remaining: 0 is also what a client
+     * pacing at exactly the limit sees once its window is full, so it only
+     * takes away any saved-up burst; a RateLimit-Limit below our rate lowers
+     * the rate (the vendor knows the account's limit better than the
+     * blueprint's default). */
     if (resp->retry_after_s > 0) bp_bucket_block(&r->bucket, now + resp->retry_after_s * 1000.0);
-    else if (resp->ratelimit_remaining == 0) bp_bucket_block(&r->bucket, now + 1000.0);
+    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(&r->bucket);
+    if (resp->ratelimit_limit > 0 && resp->ratelimit_limit < r->bucket.rate) r->bucket.rate = resp->ratelimit_limit;
     if (resp->status == 429) r->st->rate_limited++;
     long slot = (long)(resp->duration_ms * 10.0);
     r->st->latency_us[slot < 0 ? 0 : slot > 1000 ? 1000 : slot]++;

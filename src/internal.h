@@ -97,6 +97,7 @@ typedef struct bp_response {
     char error[128];          /* transfer error text */
     double retry_after_s;     /* Retry-After, 0 if absent */
     int ratelimit_remaining;  /* RateLimit-Remaining, -1 if absent */
+    int ratelimit_limit;      /* RateLimit-Limit, 0 if absent */
     char content_type[96];
     bp_buf body;              /* first 64 KiB of the answer */
     double duration_ms;
@@ -134,10 +135,13 @@ void bp_bucket_init(bp_bucket *b, double rate_per_s, double burst, double now_ms
 double bp_bucket_take(bp_bucket *b, double now_ms);
 /* The vendor said: wait this long before the next request. */
 void bp_bucket_block(bp_bucket *b, double until_ms);
+/* The vendor says its window is full: drop any saved-up burst. */
+void bp_bucket_drain(bp_bucket *b);
 
 /* ---- store.c ---------------------------------------------------------------------- */
 
 typedef struct bp_store bp_store;
+struct sqlite3;
 
 typedef struct bp_stored {
     int64_t id;
@@ -158,6 +162,8 @@ typedef struct bp_store_row {
 typedef void (*bp_store_row_fn)(void *ctx, const bp_store_row *row);
 
 bp_store *bp_store_open(const char *dir, bp_error *err);
+/* Install the store's busy handler on another SQLite connection (server.db). */
+int bp_store_busy_handler(struct sqlite3 *db);
 void bp_store_close(bp_store *s);
 int bp_store_exec(bp_store *s, const char *sql);            /* BEGIN, COMMIT */
 /* Returns the new id, 0 when an event with that message id is already

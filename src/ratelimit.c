@@ -36,3 +36,8 @@ void bp_bucket_block(bp_bucket *b, double until_ms)
 {
     if (until_ms > b->blocked_until_ms) b->blocked_until_ms = until_ms;
 }
+
+void bp_bucket_drain(bp_bucket *b)
+{
+    if (b->tokens > 0) b->tokens = 0;
+}

@@ -24,7 +24,6 @@
 static const char SCHEMA[] =
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=NORMAL;"
-    "PRAGMA busy_timeout=5000;"
     "CREATE TABLE IF NOT EXISTS integrations("
     "  id TEXT PRIMARY KEY, name TEXT NOT NULL, vendor TEXT NOT NULL, variant TEXT NOT NULL,"
     "  delivery_mode TEXT NOT NULL, revision INTEGER NOT NULL, created_at INTEGER NOT NULL,"
@@ -315,7 +314,8 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     snprintf(path, sizeof path, "%s/integrations", state_dir);
     mkdir(path, 0700);
     snprintf(path, sizeof path, "%s/server.db", state_dir);
-    if (sqlite3_open(path, &r->db) != SQLITE_OK || sqlite3_exec(r->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
+    if (sqlite3_open(path, &r->db) != SQLITE_OK || bp_store_busy_handler(r->db) != SQLITE_OK ||
+        sqlite3_exec(r->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
         bp_error_set(err, "state store %s: %s", path, sqlite3_errmsg(r->db));
         sqlite3_close(r->db);
         free(r->blueprints_dir);

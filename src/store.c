@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct bp_store {
     sqlite3 *db;
@@ -25,7 +26,6 @@ struct bp_store {
 static const char SCHEMA[] =
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=NORMAL;"
-    "PRAGMA busy_timeout=5000;"
     "CREATE TABLE IF NOT EXISTS events("
     "  id INTEGER PRIMARY KEY,"
     "  state TEXT NOT NULL,"               /* pending delivered dropped error dead held */
@@ -43,6 +43,20 @@ static const char SCHEMA[] =
     "CREATE UNIQUE INDEX IF NOT EXISTS events_by_message_id ON events(message_id) WHERE message_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS once_keys(key TEXT PRIMARY KEY, at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);";
+
+/* SQLite's default busy handler backs off up to 100 ms per try; a paced
+ * worker and the intake share each store, and such a back-off shows up as
+ * a hole in the request stream.  Locks here are held for microseconds, so
+ * poll every millisecond instead (for at most 5 s). */
+static int busy_wait(void *ud, int tries)
+{
+    (void)ud;
+    if (tries >= 5000) return 0;
+    usleep(1000);
+    return 1;
+}
+
+int bp_store_busy_handler(struct sqlite3 *db) { return sqlite3_busy_handler(db, busy_wait, NULL); }
 
 static int fail(bp_store *s, bp_error *err, const char *what)
 {
@@ -65,7 +79,7 @@ bp_store *bp_store_open(const char *dir, bp_error *err)
     snprintf(path, sizeof path, "%s/blueprint.db", dir);
     bp_store *s = calloc(1, sizeof *s);
     if (!s) abort();
-    if (sqlite3_open(path, &s->db) != SQLITE_OK ||
+    if (sqlite3_open(path, &s->db) != SQLITE_OK || bp_store_busy_handler(s->db) != SQLITE_OK ||
         sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK ||
         prepare(s, &s->insert, "INSERT INTO events(state, body, idx, created_at, updated_at, message_id) "
                                "VALUES('pending', ?1, ?2, ?3, ?3, ?4) ON CONFLICT DO NOTHING", err) < 0 ||

@@ -87,6 +87,9 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     } else if (len > 20 && !strncasecmp(p, "RateLimit-Remaining:", 20)) {
         header_value(p, len, v, sizeof v);
         pd->resp.ratelimit_remaining = atoi(v);
+    } else if (len > 16 && !strncasecmp(p, "RateLimit-Limit:", 16)) {
+        header_value(p, len, v, sizeof v);
+        pd->resp.ratelimit_limit = atoi(v);
     } else if (len > 13 && !strncasecmp(p, "Content-Type:", 13)) {
         header_value(p, len, pd->resp.content_type, sizeof pd->resp.content_type);
     }
