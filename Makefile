@@ -23,7 +23,7 @@ CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
-            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev curl
+            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev curl lua-cjson nodejs
 
 .PHONY: all deps bench-deps test run demo bench clean unit-tests asan
 all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
@@ -86,7 +86,7 @@ demo: deps
 
 # Benchmarks (not part of `make test`): the alternatives they compare against
 # and the load tools come from Debian too.
-BENCH_PKGS := lua-cjson nodejs wrk time
+BENCH_PKGS := wrk time
 bench-deps: deps
 	@missing=""; for p in $(BENCH_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
