@@ -106,6 +106,8 @@ void bp_json_write_node(bp_buf *out, const bp_doc *d, uint32_t i);
 /* Append s as a JSON string literal (quotes included).  Input must be valid
  * UTF-8; non-ASCII is written as-is, control characters escaped. */
 void bp_json_write_string(bp_buf *out, const char *s, size_t len);
+/* Append an integer in decimal. */
+void bp_json_write_int(bp_buf *out, long long v);
 /* Append a double in the shortest form that reads back to the same value;
  * integral values keep a ".0" so they stay floats. Returns -1 on NaN/inf. */
 int bp_json_write_double(bp_buf *out, double v);

@@ -59,6 +59,14 @@ int bp_utf8_check(const char *s, size_t len, size_t *bad_at)
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     while (i < len) {
+        /* ASCII fast path: eight bytes at a time */
+        while (i + 8 <= len) {
+            uint64_t w;
+            memcpy(&w, u + i, 8);
+            if (w & 0x8080808080808080ULL) break;
+            i += 8;
+        }
+        if (i >= len) break;
         if (u[i] < 0x80) { i++; continue; }
         size_t n = utf8_seq(u + i, len - i);
         if (!n) { if (bad_at) *bad_at = i; return -1; }
@@ -158,7 +166,27 @@ static int hex4(const char *s, unsigned *out)
 static int parse_string(parser *p)
 {
     size_t start = ++p->pos;
-    char *w = p->s + start;
+    /* Fast path: most strings have no escapes, so nothing moves until the
+     * first backslash; only the bytes are checked. */
+    const unsigned char *u = (const unsigned char *)p->s;
+    for (;;) {
+        while (p->pos < p->len && u[p->pos] >= 0x20 && u[p->pos] < 0x80 && u[p->pos] != '"' && u[p->pos] != '\\')
+            p->pos++;
+        if (p->pos < p->len && u[p->pos] >= 0x80) {
+            size_t n = utf8_seq(u + p->pos, p->len - p->pos);
+            if (!n) return fail(p, "invalid UTF-8 in string");
+            p->pos += n;
+            continue;
+        }
+        break;
+    }
+    if (p->pos < p->len && u[p->pos] == '"') {
+        size_t len = p->pos - start;
+        p->s[p->pos++] = '\0';   /* the closing quote, already read */
+        add_node(p, BP_JSTRING, start, len);
+        return 0;
+    }
+    char *w = p->s + p->pos;
     for (;;) {
         if (p->pos >= p->len) return fail(p, "unterminated string");
         unsigned char c = (unsigned char)p->s[p->pos];
@@ -365,7 +393,7 @@ void bp_json_write_string(bp_buf *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     bp_buf_reserve(out, len + 2);
-    bp_buf_addc(out, '"');
+    out->data[out->len++] = '"';
     size_t run = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -388,6 +416,18 @@ void bp_json_write_string(bp_buf *out, const char *s, size_t len)
     }
     bp_buf_add(out, s + run, len - run);
     bp_buf_addc(out, '"');
+}
+
+void bp_json_write_int(bp_buf *out, long long v)
+{
+    char tmp[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u);
+    if (v < 0) tmp[n++] = '-';
+    bp_buf_reserve(out, (size_t)n);
+    while (n) out->data[out->len++] = tmp[--n];
+    out->data[out->len] = '\0';
 }
 
 int bp_json_write_double(bp_buf *out, double v)

@@ -424,7 +424,7 @@ static int enc_value(encoder *e, int idx, int depth)
         return 0;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
-            bp_buf_printf(e->out, "%lld", (long long)lua_tointeger(L, idx));
+            bp_json_write_int(e->out, (long long)lua_tointeger(L, idx));
             return 0;
         }
         if (bp_json_write_double(e->out, lua_tonumber(L, idx)) < 0) return enc_fail(e, "NaN and infinity are not JSON");

@@ -108,7 +108,9 @@ static void write_text(bp_buf *out, const char *s, size_t len)
 
 static void write_opt(bp_buf *out, const char *key, const char *v)
 {
-    bp_buf_printf(out, ",\"%s\":", key);
+    bp_buf_add(out, ",\"", 2);
+    bp_buf_adds(out, key);
+    bp_buf_add(out, "\":", 2);
     if (v) write_text(out, v, strlen(v)); else bp_buf_add(out, "null", 4);
 }
 
@@ -121,12 +123,14 @@ void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out)
 
 void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label, bp_buf *out)
 {
-    if (index >= 0) bp_buf_printf(out, "{\"index\":%ld", index);
-    else bp_buf_adds(out, "{\"index\":null");
+    bp_buf_add(out, "{\"index\":", 9);
+    if (index >= 0) bp_json_write_int(out, index); else bp_buf_add(out, "null", 4);
     write_opt(out, "message_id", o->message_id);
     write_opt(out, "type", o->type);
     write_opt(out, "event", o->event);
-    bp_buf_printf(out, ",\"outcome\":\"%s\"", label);
+    bp_buf_add(out, ",\"outcome\":\"", 12);
+    bp_buf_adds(out, label);
+    bp_buf_addc(out, '"');
     write_opt(out, "reason", o->reason.data ? o->reason.data : "");
     bp_buf_add(out, ",\"requests\":[", 13);
     for (size_t i = 0; i < o->nrequests; i++) {

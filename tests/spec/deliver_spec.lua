@@ -206,7 +206,8 @@ describe("deliver #cli", function()
     os.execute(S.bin .. " deliver " .. S.AC .. " --config " .. cfg .. " --state " .. st
       .. " --rate-limit 40 " .. inf .. " > /dev/null 2>&1 & echo $! > " .. pidf)
     local pid = io.open(pidf):read("l")
-    S.sleep(0.6)
+    -- kill it mid-run: once some, but not all, contacts have arrived
+    S.eventually(function() return #emu.contacts() >= 5 end, 10)
     os.execute("kill -9 " .. pid)
     S.sleep(0.1)
     local before = #emu.contacts()

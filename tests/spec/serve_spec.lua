@@ -229,7 +229,7 @@ describe("blueprint serve lifecycle #cli", function()
     for i = 1, 30 do input[#input + 1] = S.identify(("t%02d@example.com"):format(i), "t" .. i) end
     local st = srv.call("POST", "/v1/integrations/" .. it.id .. "/events", table.concat(input, "\n"))
     assert.are.equal(202, st)
-    S.sleep(0.8)
+    S.eventually(function() return #emu.contacts() >= 3 end, 10)   -- stop it mid-delivery
     srv.stop()
     assert.matches('"msg":"shutting down', srv.logs(), 1, true)
     local before = #emu.contacts()
