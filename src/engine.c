@@ -252,19 +252,19 @@ static int read_request(lua_State *L, bp_request *r, bp_error *err)
         lua_pop(L, 1);
         const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
         int ok = 0;
-        for (int i = 0; k && allowed[i]; i++) if (!strcmp(k, allowed[i])) ok = 1;
+        for (int i = 0; k && !ok && allowed[i]; i++) ok = k[0] == allowed[i][0] && !strcmp(k, allowed[i]);
         if (!ok) {
             lua_pop(L, 1);
-            return req_fail(err, "unknown request field '%s' (expected method, url, headers, json, form, body, once or marks)",
-                            k ? k : "(not a string)");
+            return req_fail(err, "unknown request field '%s' (expected method, url, headers, json, form, body, "
+                            "once or marks)", k ? k : "(not a string)");
         }
     }
     lua_getfield(L, t, "method");
     const char *method = lua_isnil(L, -1) ? "POST" : lua_tostring(L, -1);
     static const char *const methods[] = { "GET", "POST", "PUT", "PATCH", "DELETE", NULL };
-    int known = 0;
-    for (int i = 0; method && methods[i]; i++) if (!strcmp(method, methods[i])) known = 1;
-    if (!known) return req_fail(err, "method must be GET, POST, PUT, PATCH or DELETE, not '%s'", method ? method : "?");
+    int is_method = 0;
+    for (int i = 0; method && methods[i]; i++) if (!strcmp(method, methods[i])) is_method = 1;
+    if (!is_method) return req_fail(err, "method must be GET, POST, PUT, PATCH or DELETE, not '%s'", method ? method : "?");
     r->method = strdup(method);
     lua_getfield(L, t, "url");
     const char *url = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;

@@ -136,13 +136,15 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
     return rc;
 }
 
-/* ctx.json(value [, {max_bytes = N, keep = {"key", …}}]) -> compact JSON text */
+/* ctx.json(value [, {max_bytes = N, keep = {"key", …}}]) -> compact JSON text.
+ * The output buffer is kept per thread between calls (each Lua state runs
+ * on one thread at a time), so encoding does not allocate. */
 static int ctx_json(lua_State *L)
 {
-    bp_buf out;
+    static _Thread_local bp_buf out;
     bp_error err;
     int rc;
-    bp_buf_init(&out);
+    bp_buf_reset(&out);
     lua_settop(L, 2);
     lua_Integer max_bytes = 0;
     int keep_idx = 0;
@@ -158,11 +160,11 @@ static int ctx_json(lua_State *L)
         rc = json_within(L, 1, (size_t)max_bytes, keep_idx, &out, &err);
     }
     if (rc < 0) {
-        bp_buf_free(&out);
+        bp_buf_reset(&out);
         return luaL_error(L, "ctx.json: %s", err.msg);
     }
     lua_pushlstring(L, out.data ? out.data : "", out.len);
-    bp_buf_free(&out);
+    if (out.cap > 1 << 20) bp_buf_free(&out);   /* do not keep a huge one */
     return 1;
 }
 
@@ -175,6 +177,10 @@ static int ctx_get(lua_State *L)
     size_t plen;
     const char *path = luaL_checklstring(L, 2, &plen);
     lua_settop(L, 3);
+    if (bp_view_get_path(L, 1, path, plen) == 0) {   /* the common case: a path into the event */
+        if (lua_isnil(L, -1)) lua_pushvalue(L, 3);
+        return 1;
+    }
     lua_pushvalue(L, 1);                      /* cur */
     const char *p = path;
     while (*p) {

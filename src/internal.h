@@ -58,6 +58,10 @@ int bp_sandbox_print(lua_State *L);
 void bp_luajson_open(lua_State *L);
 /* Push a view of node `i` of `d` (scalars are pushed as Lua values). */
 void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i);
+/* If the value at idx is an event view, push what `path` ("a.b.1.c")
+ * names in it (nil when absent) and return 0; else return -1, pushing
+ * nothing.  Walks the document directly: no intermediate Lua values. */
+int bp_view_get_path(lua_State *L, int idx, const char *path, size_t len);
 /* Push node `i` converted to plain Lua tables (arrays/objects marked). */
 void bp_push_tables(lua_State *L, const bp_doc *d, uint32_t i);
 /* Push the JSON null sentinel. */

@@ -162,6 +162,14 @@ static int hex4(const char *s, unsigned *out)
     return 0;
 }
 
+/* Bytes that can be skipped inside a string without a second look:
+ * printable ASCII other than '"' and '\\'. */
+static const unsigned char plain_char[256] = {
+    ['\x20'] = 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
 /* p->pos is on the opening quote.  Unescapes in place. */
 static int parse_string(parser *p)
 {
@@ -170,8 +178,7 @@ static int parse_string(parser *p)
      * first backslash; only the bytes are checked. */
     const unsigned char *u = (const unsigned char *)p->s;
     for (;;) {
-        while (p->pos < p->len && u[p->pos] >= 0x20 && u[p->pos] < 0x80 && u[p->pos] != '"' && u[p->pos] != '\\')
-            p->pos++;
+        while (p->pos < p->len && plain_char[u[p->pos]]) p->pos++;
         if (p->pos < p->len && u[p->pos] >= 0x80) {
             size_t n = utf8_seq(u + p->pos, p->len - p->pos);
             if (!n) return fail(p, "invalid UTF-8 in string");
@@ -395,9 +402,10 @@ void bp_json_write_string(bp_buf *out, const char *s, size_t len)
     bp_buf_reserve(out, len + 2);
     out->data[out->len++] = '"';
     size_t run = 0;
+    const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        unsigned char c = u[i];
+        if (plain_char[c] || c >= 0x80) continue;
         bp_buf_add(out, s + run, i - run);
         run = i + 1;
         switch (c) {

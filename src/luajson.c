@@ -115,6 +115,39 @@ static uint32_t array_item(const bp_doc *d, uint32_t arr, lua_Integer k)
     return c;
 }
 
+int bp_view_get_path(lua_State *L, int idx, const char *path, size_t len)
+{
+    view *v = luaL_testudata(L, idx, BP_VIEW_MT);
+    if (!v) return -1;
+    if (v->doc->generation != v->generation)
+        return luaL_error(L, "event data used after its event finished (do not keep event values between calls)");
+    const bp_doc *d = v->doc;
+    uint32_t cur = v->node;
+    char key[256];
+    const char *p = path, *end = path + len;
+    while (p < end && cur != BP_NONE) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p);
+        if (n >= sizeof key) { cur = BP_NONE; break; }
+        memcpy(key, p, n);
+        key[n] = '\0';
+        uint8_t t = d->nodes[cur].type;
+        if (t == BP_JOBJECT) {
+            cur = lookup_key(d, cur, key);
+        } else if (t == BP_JARRAY) {
+            char *e;
+            long long k = strtoll(key, &e, 10);
+            cur = (n && *e == '\0') ? array_item(d, cur, k) : BP_NONE;
+        } else {
+            cur = BP_NONE;
+        }
+        p += n + (dot ? 1 : 0);
+    }
+    if (cur == BP_NONE || d->nodes[cur].type == BP_JNULL) lua_pushnil(L);
+    else bp_push_view(L, d, cur);
+    return 0;
+}
+
 static int view_index(lua_State *L)
 {
     view *v = check_view(L, 1);
@@ -298,12 +331,21 @@ typedef struct encoder {
     bp_buf *out;
     bp_slots *slots;
     bp_error *err;
-    char path[256];   /* key path of the value being encoded, for messages */
+    /* the key path of the value being encoded, formatted only for messages */
+    const char *keys[MAX_ENCODE_DEPTH + 2];
+    lua_Integer index[MAX_ENCODE_DEPTH + 2];
+    int depth;
 } encoder;
 
 static int enc_fail(encoder *e, const char *what)
 {
-    bp_error_set(e->err, "cannot encode %s: %s", e->path[0] ? e->path : "value", what);
+    char path[256] = "";
+    size_t n = 0;
+    for (int i = 0; i < e->depth && n < sizeof path - 1; i++) {
+        if (e->keys[i]) n += (size_t)snprintf(path + n, sizeof path - n, "%s%s", n ? "." : "", e->keys[i]);
+        else n += (size_t)snprintf(path + n, sizeof path - n, "[%lld]", (long long)e->index[i]);
+    }
+    bp_error_set(e->err, "cannot encode %s: %s", path[0] ? path : "value", what);
     return -1;
 }
 
@@ -346,11 +388,15 @@ static lua_Integer sequence_length(lua_State *L, int idx, lua_Integer *nkeys)
 
 static void path_push(encoder *e, const char *key, lua_Integer index, size_t *saved)
 {
-    *saved = strlen(e->path);
-    size_t room = sizeof e->path - *saved;
-    if (key) snprintf(e->path + *saved, room, "%s%s", *saved ? "." : "", key);
-    else snprintf(e->path + *saved, room, "[%lld]", (long long)index);
+    *saved = (size_t)e->depth;
+    if (e->depth < MAX_ENCODE_DEPTH + 2) {
+        e->keys[e->depth] = key;
+        e->index[e->depth] = index;
+        e->depth++;
+    }
 }
+
+static void path_pop(encoder *e, size_t saved) { e->depth = (int)saved; }
 
 static int enc_table(encoder *e, int idx, int depth)
 {
@@ -376,19 +422,24 @@ static int enc_table(encoder *e, int idx, int depth)
             lua_rawgeti(L, idx, i);
             path_push(e, NULL, i, &saved);
             int rc = enc_value(e, lua_gettop(L), depth + 1);
-            e->path[saved] = '\0';
+            path_pop(e, saved);
             lua_pop(L, 1);
             if (rc < 0) return -1;
         }
         bp_buf_addc(e->out, ']');
         return 0;
     }
-    const char **keys = malloc(((size_t)nkeys + 1) * sizeof *keys);
+    const char *small[32];   /* most objects are small: no allocation */
+    const char **keys = nkeys < 32 ? small : malloc(((size_t)nkeys + 1) * sizeof *keys);
     if (!keys) abort();
     size_t k = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        if (lua_type(L, -2) != LUA_TSTRING) { lua_pop(L, 2); free(keys); return enc_fail(e, "table keys must be strings"); }
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 2);
+            if (keys != small) free(keys);
+            return enc_fail(e, "table keys must be strings");
+        }
         keys[k++] = lua_tostring(L, -2);  /* anchored by the table */
         lua_pop(L, 1);
     }
@@ -405,10 +456,10 @@ static int enc_table(encoder *e, int idx, int depth)
         lua_getfield(L, idx, keys[i]);
         path_push(e, keys[i], 0, &saved);
         rc = enc_value(e, lua_gettop(L), depth + 1);
-        e->path[saved] = '\0';
+        path_pop(e, saved);
         lua_pop(L, 1);
     }
-    free(keys);
+    if (keys != small) free(keys);
     if (rc == 0) bp_buf_addc(e->out, '}');
     return rc;
 }
@@ -468,7 +519,12 @@ static int enc_value(encoder *e, int idx, int depth)
 
 int bp_encode_json(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error *err)
 {
-    encoder e = { L, out, slots, err, "" };
+    encoder e;
+    e.L = L;
+    e.out = out;
+    e.slots = slots;
+    e.err = err;
+    e.depth = 0;
     luaL_checkstack(L, MAX_ENCODE_DEPTH * 3 + 10, "encoder");
     return enc_value(&e, lua_absindex(L, idx), 0);
 }
