@@ -23,7 +23,7 @@ export LUA_CPATH="build/lua/?.so;;"
 CORPUS=$W/corpus-$N.ndjson
 [ -s "$CORPUS" ] || lua5.4 scripts/bench/corpus.lua "$N" > "$CORPUS"
 pids=()
-cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done; true; }
+cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null || true; }; done; }
 trap cleanup EXIT
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
