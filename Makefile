@@ -17,8 +17,14 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC $(shell pkg-config
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CORE    := buffer clock json yaml sandbox luajson helpers consent blueprint config request engine reader \
-           transport classify ratelimit store deliver auth metrics registry server
+# The core maps events; NET adds delivery and the service (libcurl, SQLite,
+# libmicrohttpd).  build/blueprint links only the core, so an author's
+# dry-run does not pay for loading TLS and HTTP libraries (~8 ms); its
+# deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
+# built with everything.  build/libblueprint.a has both.
+CORE_ONLY := buffer clock json yaml sandbox luajson helpers consent blueprint config request engine reader
+NET     := transport classify ratelimit store deliver auth metrics registry server
+CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 
@@ -26,7 +32,7 @@ DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-bust
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev curl lua-cjson nodejs
 
 .PHONY: all deps bench-deps test run demo bench clean unit-tests asan
-all: build/blueprint build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
+all: build/blueprint build/blueprint-net build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
@@ -47,7 +53,13 @@ build/obj build/lua build/asan:
 build/libblueprint.a: $(CORE:%=build/obj/%.o)
 	rm -f $@ && ar rcs $@ $^
 
-build/blueprint: build/obj/cli.o build/libblueprint.a
+build/obj/cli-light.o: src/cli.c $(HDRS) | build/obj
+	$(CC) $(CFLAGS) -DBP_LIGHT -c $< -o $@
+
+build/blueprint: build/obj/cli-light.o $(CORE_ONLY:%=build/obj/%.o)
+	$(CC) $(CFLAGS) -o $@ $^ $(shell pkg-config --libs lua5.4 yaml-0.1) -lm
+
+build/blueprint-net: build/obj/cli.o build/libblueprint.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | build/lua

@@ -78,7 +78,9 @@ typedef struct cli {
 /* Options shared by dry-run and deliver; deliver-only ones when `deliver`. */
 static int parse_args(int argc, char **argv, cli *c, int deliver)
 {
-    bp_deliver_opts_default(&c->d);
+#ifndef BP_LIGHT
+    bp_deliver_opts_default(&c->d);   /* deliver options are parsed only by the full CLI */
+#endif
     bp_limits_default(&c->limits);
     c->events = "-";
     for (int i = 0; i < argc; i++) {
@@ -223,6 +225,7 @@ static int dry_run(int argc, char **argv)
     return rc;
 }
 
+#ifndef BP_LIGHT
 static void print_line(void *ctx, const char *line, size_t len)
 {
     (void)ctx;
@@ -380,6 +383,24 @@ static int token(int argc, char **argv)
     return 0;
 }
 
+#else
+/* The light CLI: run the sibling build/blueprint-net for the commands that
+ * need libcurl, SQLite or libmicrohttpd (see the Makefile). */
+static int run_net(char **argv)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 32);
+    if (n <= 0) { fprintf(stderr, "blueprint: cannot find my own path\n"); return EXIT_USAGE; }
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    strcpy(slash ? slash + 1 : self, "blueprint-net");
+    argv[0] = self;
+    execv(self, argv);
+    fprintf(stderr, "blueprint: cannot run %s: %s (run `make`)\n", self, strerror(errno));
+    return EXIT_USAGE;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
@@ -387,10 +408,15 @@ int main(int argc, char **argv)
         return argc < 2 ? EXIT_USAGE : 0;
     }
     if (!strcmp(argv[1], "dry-run")) return dry_run(argc - 2, argv + 2);
+#ifdef BP_LIGHT
+    static const char *const net[] = { "deliver", "dlq", "serve", "token", NULL };
+    for (int i = 0; net[i]; i++) if (!strcmp(argv[1], net[i])) return run_net(argv);
+#else
     if (!strcmp(argv[1], "deliver")) return deliver(argc - 2, argv + 2);
     if (!strcmp(argv[1], "dlq")) return dlq(argc - 2, argv + 2);
     if (!strcmp(argv[1], "serve")) return serve(argc - 2, argv + 2);
     if (!strcmp(argv[1], "token")) return token(argc - 2, argv + 2);
+#endif
     fprintf(stderr, "blueprint: unknown command '%s'\n\n", argv[1]);
     return usage(NULL);
 }
