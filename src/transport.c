@@ -16,10 +16,14 @@
 
 #define MAX_CAPTURE (64 * 1024)
 
+#define POOL 64
+
 struct bp_transport {
     CURLM *multi;
     long connect_timeout_ms, timeout_ms;
     int running;
+    CURL *pool[POOL];   /* finished easy handles, reset and kept for reuse */
+    int npool;
 };
 
 typedef struct pending {
@@ -47,6 +51,7 @@ bp_transport *bp_transport_new(long connect_timeout_ms, long timeout_ms)
 void bp_transport_free(bp_transport *t)
 {
     if (!t) return;
+    for (int i = 0; i < t->npool; i++) curl_easy_cleanup(t->pool[i]);
     curl_multi_cleanup(t->multi);
     free(t);
 }
@@ -104,7 +109,7 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
     bp_buf_init(&pd->resp.body);
     pd->resp.ratelimit_remaining = -1;
     pd->user = user;
-    pd->easy = curl_easy_init();
+    pd->easy = t->npool ? t->pool[--t->npool] : curl_easy_init();
     if (!pd->easy) { free(pd); return -1; }
     CURL *e = pd->easy;
     bp_buf line;
@@ -174,7 +179,8 @@ int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *
         pd->resp.duration_ms = bp_monotonic_ms() - pd->started_ms;
         bp_buf_add(&pd->resp.body, "", 0);
         curl_multi_remove_handle(t->multi, m->easy_handle);
-        curl_easy_cleanup(m->easy_handle);
+        if (t->npool < POOL) { curl_easy_reset(m->easy_handle); t->pool[t->npool++] = m->easy_handle; }
+        else curl_easy_cleanup(m->easy_handle);
         curl_slist_free_all(pd->headers);
         /* The rendered body holds secrets: wipe it before freeing. */
         if (pd->body.data) memset(pd->body.data, 0, pd->body.len);
