@@ -214,7 +214,11 @@ $TABLE
   Ceiling: \`wrk -t2 -c8 -d5s --latency\` POSTing contact/sync to the same emulator.
 - Pacing: \`blueprint serve\` with the emulator's 5 requests/second limit on; 15 identify events
   posted every second for ${PACING_S}s; achieved = vendor answers 200/201 after the first second
-  ÷ elapsed; nothing lost = events in − delivered − still queued.
+  ÷ elapsed; nothing lost = events in − delivered − still queued, read from \`/metrics\` while
+  running (−1 can appear: an outcome is counted up to 10 ms before its group commit leaves the
+  queue; a loss would show as a positive number).
+- Noise: this is a shared 2-core machine; the same binary's CPU times vary by ±10–15% between
+  runs, so a ratio near its target can flip between runs.
 - Memory: peak RSS (\`/usr/bin/time -f %M\`) of dry-run reading $MEM_EVENTS generated events from a
   pipe; VmHWM of \`deliver\` while it holds a $BACKLOG-event backlog (emulator limited to 5/s).
 MD
