@@ -34,8 +34,9 @@ DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-bust
 .PHONY: all deps bench-deps test run demo bench clean unit-tests asan
 all: build/blueprint build/blueprint-net build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
 
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# Install the Debian packages in $(1) that are missing (sudo when not root).
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -43,6 +44,10 @@ deps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEB_PKGS))
 
 build/obj/%.o: src/%.c $(HDRS) | build/obj
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -100,14 +105,7 @@ demo: deps
 # and the load tools come from Debian too.
 BENCH_PKGS := wrk time
 bench-deps: deps
-	@missing=""; for p in $(BENCH_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	$(call install_missing,$(BENCH_PKGS))
 
 bench: bench-deps
 	@$(MAKE) --no-print-directory all build/bench-map

@@ -226,14 +226,11 @@ long bp_store_move(bp_store *s, const char *from, const char *to, int64_t id)
     return n;
 }
 
-/* Call fn for each event in `state` (id order) with its stored columns. */
-int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx)
+#define ROW_COLUMNS "id, message_id, attempts, last_status, reason, response, outcome, updated_at, body"
+
+/* Step through q, handing each row (ROW_COLUMNS, in that order) to fn. */
+static void each_row(sqlite3_stmt *q, bp_store_row_fn fn, void *ctx)
 {
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(s->db, "SELECT id, message_id, attempts, last_status, reason, response, outcome, "
-                                  "updated_at, body FROM events WHERE state=?1 ORDER BY id", -1, &q, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_text(q, 1, state, -1, SQLITE_STATIC);
     while (sqlite3_step(q) == SQLITE_ROW) {
         bp_store_row r = {
             sqlite3_column_int64(q, 0), (const char *)sqlite3_column_text(q, 1), sqlite3_column_int(q, 2),
@@ -243,6 +240,16 @@ int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx)
         fn(ctx, &r);
     }
     sqlite3_finalize(q);
+}
+
+/* Call fn for each event in `state` (id order) with its stored columns. */
+int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(s->db, "SELECT " ROW_COLUMNS " FROM events WHERE state=?1 ORDER BY id", -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(q, 1, state, -1, SQLITE_STATIC);
+    each_row(q, fn, ctx);
     return 0;
 }
 
@@ -263,21 +270,12 @@ int bp_store_recent(bp_store *s, const char *state, int limit, bp_store_row_fn f
 {
     sqlite3_stmt *q;
     const char *sql = state
-        ? "SELECT id, message_id, attempts, last_status, reason, response, outcome, updated_at, body FROM events "
-          "WHERE outcome IS NOT NULL AND state=?2 ORDER BY updated_at DESC, id DESC LIMIT ?1"
-        : "SELECT id, message_id, attempts, last_status, reason, response, outcome, updated_at, body FROM events "
-          "WHERE outcome IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT ?1";
+        ? "SELECT " ROW_COLUMNS " FROM events WHERE outcome IS NOT NULL AND state=?2 "
+          "ORDER BY updated_at DESC, id DESC LIMIT ?1"
+        : "SELECT " ROW_COLUMNS " FROM events WHERE outcome IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT ?1";
     if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) != SQLITE_OK) return -1;
     sqlite3_bind_int(q, 1, limit);
     if (state) sqlite3_bind_text(q, 2, state, -1, SQLITE_STATIC);
-    while (sqlite3_step(q) == SQLITE_ROW) {
-        bp_store_row r = {
-            sqlite3_column_int64(q, 0), (const char *)sqlite3_column_text(q, 1), sqlite3_column_int(q, 2),
-            sqlite3_column_int(q, 3), (const char *)sqlite3_column_text(q, 4), (const char *)sqlite3_column_text(q, 5),
-            (const char *)sqlite3_column_text(q, 6), sqlite3_column_int64(q, 7), (const char *)sqlite3_column_text(q, 8),
-        };
-        fn(ctx, &r);
-    }
-    sqlite3_finalize(q);
+    each_row(q, fn, ctx);
     return 0;
 }

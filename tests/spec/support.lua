@@ -103,13 +103,15 @@ S.sleep = sleep
 
 -- Start an emulator on a free loopback port; returns a handle with url, port,
 -- get/post helpers and stop().  The caller must stop it (use finally()).
-function S.start_emulator(args)
+-- Start a server command in the background and wait for its
+-- "listening on http://127.0.0.1:PORT" line; returns pid and port.
+local function start_listening(cmd, what, errf)
   local out, pidf = os.tmpname(), os.tmpname()
-  os.execute("build/ac-emulator --port 0 " .. (args or "") .. " > " .. out .. " 2>&1 & echo $! > " .. pidf)
+  os.execute(cmd .. " > " .. out .. " 2> " .. (errf or "/dev/null") .. " & echo $! > " .. pidf)
   local pid = io.open(pidf):read("l")
   os.remove(pidf)
   local port
-  for _ = 1, 200 do
+  for _ = 1, 250 do
     local f = io.open(out)
     local text = f and f:read("a") or ""
     if f then f:close() end
@@ -118,8 +120,13 @@ function S.start_emulator(args)
     sleep(0.02)
   end
   if not port then os.execute("kill " .. pid .. " 2>/dev/null") end
-  assert(port, "the emulator did not start")
+  assert(port, what .. " did not start")
   os.remove(out)
+  return pid, port
+end
+
+function S.start_emulator(args)
+  local pid, port = start_listening("build/ac-emulator --port 0 " .. (args or ""), "the emulator")
   local emu = { pid = pid, port = port, url = "http://127.0.0.1:" .. port }
   function emu.get(path)
     local p = io.popen("curl -s " .. emu.url .. path)
@@ -185,24 +192,9 @@ function S.start_server(opts)
   opts = opts or {}
   local state = opts.state or S.tmpdir()
   local blueprints = opts.blueprints or "blueprints"
-  local out, errf, pidf = os.tmpname(), opts.log or os.tmpname(), os.tmpname()
-  os.execute(S.bin .. " serve --port 0 --state " .. state .. " --blueprints " .. blueprints
-    .. " --rate-limit " .. (opts.rate or 100) .. " --retry-base-ms 20 > " .. out .. " 2> " .. errf
-    .. " & echo $! > " .. pidf)
-  local pid = io.open(pidf):read("l")
-  os.remove(pidf)
-  local port
-  for _ = 1, 250 do
-    local f = io.open(out)
-    local text = f and f:read("a") or ""
-    if f then f:close() end
-    port = text:match("listening on http://127%.0%.0%.1:(%d+)")
-    if port then break end
-    sleep(0.02)
-  end
-  if not port then os.execute("kill " .. pid .. " 2>/dev/null") end
-  assert(port, "the server did not start")
-  os.remove(out)
+  local errf = opts.log or os.tmpname()
+  local pid, port = start_listening(S.bin .. " serve --port 0 --state " .. state .. " --blueprints " .. blueprints
+    .. " --rate-limit " .. (opts.rate or 100) .. " --retry-base-ms 20", "the server", errf)
   local srv = { pid = pid, port = port, url = "http://127.0.0.1:" .. port, state = state, log = errf, bodies = {} }
   function srv.token(role, ttl)
     local p = io.popen(S.bin .. " token --role " .. role .. " --state " .. state .. (ttl and (" --ttl " .. ttl) or ""))
