@@ -223,6 +223,7 @@ typedef struct bp_vendor {
     bp_blueprint *bp;          /* the running version; NULL if it never loaded */
     char *load_error;          /* the last failed (re)load, shown on the catalog */
     uint64_t signature;
+    int reloading;             /* a swap is under way: installs wait for it to finish */
 } bp_vendor;
 
 typedef struct bp_registry bp_registry;
@@ -235,6 +236,7 @@ typedef struct bp_integration {
     int revision, deleted;
     int64_t created_at;
     bp_config *cfg;
+    bp_config *next_cfg;       /* a reload's validated config, swapped in with the blueprint */
     char state_dir[4200];
     pthread_t thread;
     int running;

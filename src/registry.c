@@ -444,6 +444,13 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_int
     bp_buf_init(&doc);
     write_merged(&doc, body, 0, NULL, 0);
     pthread_mutex_lock(&r->mu);   /* v->bp may be swapped by a reload */
+    if (v->reloading) {
+        pthread_mutex_unlock(&r->mu);
+        *http = 503;
+        bp_error_set(err, "the '%s' blueprint is being reloaded; try again in a moment", v->key);
+        bp_buf_free(&doc);
+        return -1;
+    }
     bp_config *cfg = validate(v, doc.data, variant, err);
     if (!cfg || strcmp(mode, "server_side") != 0) {
         pthread_mutex_unlock(&r->mu);
@@ -485,6 +492,12 @@ int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, 
 {
     *http = 422;
     pthread_mutex_lock(&r->mu);
+    if (it->vendor->reloading) {
+        pthread_mutex_unlock(&r->mu);
+        *http = 503;
+        bp_error_set(err, "the '%s' blueprint is being reloaded; try again in a moment", it->vendor->key);
+        return -1;
+    }
     bp_doc cur;
     bp_doc_init(&cur);
     bp_json_parse(&cur, it->config_json, strlen(it->config_json), NULL, err);
@@ -588,13 +601,14 @@ void bp_registry_check_reload(bp_registry *r)
         int ok = nb && scratch_compile(nb, &err) == 0;
         /* every integration's config must still validate against the new fields */
         pthread_mutex_lock(&r->mu);
-        bp_config **cfgs = calloc(r->n + 1, sizeof *cfgs);
         for (size_t k = 0; ok && k < r->n; k++) {
             bp_integration *it = r->items[k];
             if (it->vendor != v) continue;
-            cfgs[k] = bp_config_load_text(nb, it->config_json, strlen(it->config_json), "stored config", &err);
-            if (!cfgs[k]) ok = 0;
+            it->next_cfg = bp_config_load_text(nb, it->config_json, strlen(it->config_json), "stored config", &err);
+            if (!it->next_cfg) ok = 0;
         }
+        if (!ok)
+            for (size_t k = 0; k < r->n; k++) { bp_config_free(r->items[k]->next_cfg); r->items[k]->next_cfg = NULL; }
         pthread_mutex_unlock(&r->mu);
         bp_buf f;
         bp_buf_init(&f);
@@ -609,14 +623,13 @@ void bp_registry_check_reload(bp_registry *r)
             bp_log("error", v->bp ? "blueprint change rejected; the previous version keeps running"
                                   : "blueprint failed to load", f.data);
             bp_blueprint_free(nb);
-            for (size_t k = 0; k < r->n; k++) bp_config_free(cfgs[k]);
-            free(cfgs);
             bp_buf_free(&f);
             continue;
         }
         /* swap: stop this vendor's workers (outside the lock: they report
          * outcomes through it while finishing), replace, restart */
         pthread_mutex_lock(&r->mu);
+        v->reloading = 1;   /* no installs for v until its workers run the new version */
         size_t nstop = 0;
         bp_integration **stopping = calloc(r->n + 1, sizeof *stopping);
         for (size_t k = 0; k < r->n; k++) if (r->items[k]->vendor == v) stopping[nstop++] = r->items[k];
@@ -630,15 +643,19 @@ void bp_registry_check_reload(bp_registry *r)
         v->load_error = NULL;
         if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = strdup(nb->vendor); }
         for (size_t k = 0; k < r->n; k++) {
-            if (r->items[k]->vendor != v) continue;
-            bp_config_free(r->items[k]->cfg);
-            r->items[k]->cfg = cfgs[k];
-            start_worker(r->items[k]);
+            bp_integration *it = r->items[k];
+            if (it->vendor != v) continue;
+            if (it->next_cfg) {
+                bp_config_free(it->cfg);
+                it->cfg = it->next_cfg;
+                it->next_cfg = NULL;
+            }
+            start_worker(it);
         }
         r->metrics.reloads++;
+        v->reloading = 0;
         pthread_mutex_unlock(&r->mu);
         bp_blueprint_free(old);
-        free(cfgs);
         bp_log("info", "blueprint reloaded", f.data);
         bp_buf_free(&f);
     }
