@@ -223,7 +223,6 @@ typedef struct bp_vendor {
     bp_blueprint *bp;          /* the running version; NULL if it never loaded */
     char *load_error;          /* the last failed (re)load, shown on the catalog */
     uint64_t signature;
-    int reloading;             /* a swap is under way: installs wait for it to finish */
 } bp_vendor;
 
 typedef struct bp_registry bp_registry;
@@ -248,6 +247,10 @@ typedef struct bp_integration {
 
 struct bp_registry {
     pthread_mutex_t mu;
+    /* Serialises changes that stop and restart workers (install, update,
+     * delete, blueprint reload): they cannot hold `mu` while a worker
+     * finishes, and must not interleave with each other. */
+    pthread_mutex_t admin_mu;
     pthread_cond_t live_cond;
     char *blueprints_dir, *state_dir;
     bp_vendor *vendors; size_t nvendors;

@@ -306,6 +306,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     bp_registry *r = calloc(1, sizeof *r);
     if (!r) abort();
     pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->admin_mu, NULL);
     pthread_cond_init(&r->live_cond, NULL);
     r->blueprints_dir = strdup(blueprints_dir);
     r->state_dir = strdup(state_dir);
@@ -425,7 +426,17 @@ static void random_id(char *out, size_t n)
     snprintf(out, n, "int_%02x%02x%02x%02x%02x%02x%02x%02x", raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]);
 }
 
+static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err);
+
 int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    int rc = install_locked(r, v, body, out, http, err);
+    pthread_mutex_unlock(&r->admin_mu);
+    return rc;
+}
+
+static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err)
 {
     const char *name = bp_jscalar(body, bp_jget(body, 0, "name"));
     const char *variant = bp_jscalar(body, bp_jget(body, 0, "variant"));
@@ -443,14 +454,7 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_int
     bp_buf doc;
     bp_buf_init(&doc);
     write_merged(&doc, body, 0, NULL, 0);
-    pthread_mutex_lock(&r->mu);   /* v->bp may be swapped by a reload */
-    if (v->reloading) {
-        pthread_mutex_unlock(&r->mu);
-        *http = 503;
-        bp_error_set(err, "the '%s' blueprint is being reloaded; try again in a moment", v->key);
-        bp_buf_free(&doc);
-        return -1;
-    }
+    pthread_mutex_lock(&r->mu);
     bp_config *cfg = validate(v, doc.data, variant, err);
     if (!cfg || strcmp(mode, "server_side") != 0) {
         pthread_mutex_unlock(&r->mu);
@@ -488,16 +492,20 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_int
     return 0;
 }
 
+static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err);
+
 int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    int rc = update_locked(r, it, patch, http, err);
+    pthread_mutex_unlock(&r->admin_mu);
+    return rc;
+}
+
+static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err)
 {
     *http = 422;
     pthread_mutex_lock(&r->mu);
-    if (it->vendor->reloading) {
-        pthread_mutex_unlock(&r->mu);
-        *http = 503;
-        bp_error_set(err, "the '%s' blueprint is being reloaded; try again in a moment", it->vendor->key);
-        return -1;
-    }
     bp_doc cur;
     bp_doc_init(&cur);
     bp_json_parse(&cur, it->config_json, strlen(it->config_json), NULL, err);
@@ -525,6 +533,7 @@ int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, 
 
 int bp_registry_delete(bp_registry *r, bp_integration *it)
 {
+    pthread_mutex_lock(&r->admin_mu);
     stop_worker(it);
     pthread_mutex_lock(&r->mu);
     sqlite3_stmt *q;
@@ -538,6 +547,7 @@ int bp_registry_delete(bp_registry *r, bp_integration *it)
     it->deleted = 1;
     pthread_cond_broadcast(&r->live_cond);
     pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->admin_mu);
     /* Live-event streams may still hold a pointer: keep the memory (rare). */
     return 0;
 }
@@ -599,7 +609,9 @@ void bp_registry_check_reload(bp_registry *r)
         bp_error err;
         bp_blueprint *nb = bp_blueprint_load(v->dir, &err);
         int ok = nb && scratch_compile(nb, &err) == 0;
-        /* every integration's config must still validate against the new fields */
+        /* every integration's config must still validate against the new fields;
+         * no installs, updates or deletes until the swap is done */
+        pthread_mutex_lock(&r->admin_mu);
         pthread_mutex_lock(&r->mu);
         for (size_t k = 0; ok && k < r->n; k++) {
             bp_integration *it = r->items[k];
@@ -624,12 +636,12 @@ void bp_registry_check_reload(bp_registry *r)
                                   : "blueprint failed to load", f.data);
             bp_blueprint_free(nb);
             bp_buf_free(&f);
+            pthread_mutex_unlock(&r->admin_mu);
             continue;
         }
         /* swap: stop this vendor's workers (outside the lock: they report
          * outcomes through it while finishing), replace, restart */
         pthread_mutex_lock(&r->mu);
-        v->reloading = 1;   /* no installs for v until its workers run the new version */
         size_t nstop = 0;
         bp_integration **stopping = calloc(r->n + 1, sizeof *stopping);
         for (size_t k = 0; k < r->n; k++) if (r->items[k]->vendor == v) stopping[nstop++] = r->items[k];
@@ -653,8 +665,8 @@ void bp_registry_check_reload(bp_registry *r)
             start_worker(it);
         }
         r->metrics.reloads++;
-        v->reloading = 0;
         pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->admin_mu);
         bp_blueprint_free(old);
         bp_log("info", "blueprint reloaded", f.data);
         bp_buf_free(&f);

@@ -237,8 +237,8 @@ static void install(server *s, const char *vendor, const conn *c, reply *r)
     int http;
     bp_error err;
     if (bp_registry_install(s->reg, v, &d, &it, &http, &err) < 0) {
-        set_error(r, http, http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG"
-                  : http == 503 ? "BLUEPRINT_RELOADING" : "INTERNAL", "%s", err.msg);
+        set_error(r, http, http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG" : "INTERNAL",
+                  "%s", err.msg);
     } else {
         r->status = 201;
         pthread_mutex_lock(&s->reg->mu);
@@ -571,8 +571,7 @@ static enum MHD_Result route(server *s, struct MHD_Connection *c, const char *me
                     int http;
                     bp_error err;
                     if (bp_registry_update(s->reg, it, &d, &http, &err) < 0)
-                        set_error(&r, http, http == 422 ? "INVALID_CONFIG" : http == 503 ? "BLUEPRINT_RELOADING" : "INTERNAL",
-                                  "%s", err.msg);
+                        set_error(&r, http, http == 422 ? "INVALID_CONFIG" : "INTERNAL", "%s", err.msg);
                     else { pthread_mutex_lock(&s->reg->mu); write_integration(&r.body, it); pthread_mutex_unlock(&s->reg->mu); }
                 }
                 bp_doc_free(&d);
