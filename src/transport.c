@@ -156,14 +156,25 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
     return 0;
 }
 
+/* Hand every finished transfer to cb; returns how many. */
+static int drain(bp_transport *t, bp_transport_done cb, void *ctx);
+
 int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *ctx)
 {
-    int still = 0, done = 0;
+    int still = 0;
     curl_multi_perform(t->multi, &still);
-    if (wait_ms > 0) {
-        curl_multi_poll(t->multi, NULL, 0, wait_ms, NULL);
-        curl_multi_perform(t->multi, &still);
-    }
+    /* On loopback an answer can arrive within that perform: report it now,
+     * rather than after waiting wait_ms for activity that already happened. */
+    int done = drain(t, cb, ctx);
+    if (done || wait_ms <= 0) return done;
+    curl_multi_poll(t->multi, NULL, 0, wait_ms, NULL);
+    curl_multi_perform(t->multi, &still);
+    return drain(t, cb, ctx);
+}
+
+static int drain(bp_transport *t, bp_transport_done cb, void *ctx)
+{
+    int done = 0;
     CURLMsg *m;
     int left;
     while ((m = curl_multi_info_read(t->multi, &left))) {
