@@ -81,7 +81,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return NULL;
         }
     }
-    void *p = realloc(ptr, nsize);
+    void *p = ptr ? realloc(ptr, nsize) : malloc(nsize);
     if (p) sb->used = sb->used - old + nsize;
     return p;
 }
@@ -323,6 +323,9 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
         free(sb);
         return NULL;
     }
+    /* Mappings make short-lived tables and strings per event; generational
+     * collection reclaims them young instead of tracing the whole state. */
+    lua_gc(sb->L, LUA_GCGEN, 0, 0);
     luaL_openlibs(sb->L);
     build_env(sb);
     bp_luajson_open(sb->L);
