@@ -13,6 +13,29 @@
 double bp_monotonic_ms(void);
 double bp_wall_ms(void);
 
+/* Appends for the encoders' inner loops: the common case (room left) is a
+ * store, not a call; growth goes through bp_buf_add. */
+static inline void bp_buf_put(bp_buf *b, const char *p, size_t n)
+{
+    if (b->len + n < b->cap) {
+        for (size_t i = 0; i < n; i++) b->data[b->len + i] = p[i];
+        b->len += n;
+        b->data[b->len] = '\0';
+    } else {
+        bp_buf_add(b, p, n);
+    }
+}
+
+static inline void bp_buf_putc(bp_buf *b, char c)
+{
+    if (b->len + 1 < b->cap) {
+        b->data[b->len++] = c;
+        b->data[b->len] = '\0';
+    } else {
+        bp_buf_add(b, &c, 1);
+    }
+}
+
 /* Append a node to a document under construction (json.c, used by yaml.c). */
 uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
 

@@ -133,10 +133,6 @@ uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t
     return (uint32_t)d->n++;
 }
 
-static uint32_t add_node(parser *p, uint8_t type, size_t off, size_t len)
-{
-    return bp_doc_add_node(p->d, type, off, len, 0);
-}
 
 static void skip_ws(parser *p)
 {
@@ -170,6 +166,56 @@ static const unsigned char plain_char[256] = {
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 
+#define ONES  0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Nonzero when some byte of w is zero.  A borrow can flag bytes after a real
+ * zero, never a word without one, which is all the callers ask. */
+static inline uint64_t has_zero_byte(uint64_t w) { return (w - ONES) & ~w & HIGHS; }
+
+/* Length of the leading run of s that a JSON string can carry as is:
+ * bytes other than '"', '\\' and controls (< 0x20); with stop_high, bytes
+ * >= 0x80 end the run too (the parser validates them as UTF-8).  Eight
+ * bytes per step: a word with none of those bytes is skipped whole. */
+static inline size_t plain_run(const char *s, size_t len, int stop_high)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, u + i, 8);
+        uint64_t special = ((w - ONES * 0x20) & ~w & HIGHS)          /* a byte < 0x20 */
+                         | has_zero_byte(w ^ (ONES * '"'))
+                         | has_zero_byte(w ^ (ONES * '\\'));
+        if (stop_high) special |= w & HIGHS;
+        if (special) {
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* the lowest flag is the first special byte (false flags only
+             * follow a real one) */
+            return i + (size_t)__builtin_ctzll(special) / 8;
+#else
+            break;
+#endif
+        }
+    }
+    while (i < len && (plain_char[u[i]] || (!stop_high && u[i] >= 0x80))) i++;
+    return i;
+}
+
+/* The parser's node append: a store while there is room. */
+static inline void add_node_fast(parser *p, uint8_t type, size_t off, size_t len)
+{
+    bp_doc *d = p->d;
+    if (d->n == d->cap) { bp_doc_add_node(d, type, off, len, 0); return; }
+    bp_jnode *n = &d->nodes[d->n];
+    n->type = type;
+    n->off = (uint32_t)off;
+    n->len = (uint32_t)len;
+    n->next = (uint32_t)d->n + 1;
+    n->line = 0;
+    d->n++;
+}
+
 /* p->pos is on the opening quote.  Unescapes in place. */
 static int parse_string(parser *p)
 {
@@ -178,7 +224,7 @@ static int parse_string(parser *p)
      * first backslash; only the bytes are checked. */
     const unsigned char *u = (const unsigned char *)p->s;
     for (;;) {
-        while (p->pos < p->len && plain_char[u[p->pos]]) p->pos++;
+        p->pos += plain_run(p->s + p->pos, p->len - p->pos, 1);
         if (p->pos < p->len && u[p->pos] >= 0x80) {
             size_t n = utf8_seq(u + p->pos, p->len - p->pos);
             if (!n) return fail(p, "invalid UTF-8 in string");
@@ -190,7 +236,7 @@ static int parse_string(parser *p)
     if (p->pos < p->len && u[p->pos] == '"') {
         size_t len = p->pos - start;
         p->s[p->pos++] = '\0';   /* the closing quote, already read */
-        add_node(p, BP_JSTRING, start, len);
+        add_node_fast(p, BP_JSTRING, start, len);
         return 0;
     }
     char *w = p->s + p->pos;
@@ -235,7 +281,7 @@ static int parse_string(parser *p)
     size_t len = (size_t)(w - (p->s + start));
     *w = '\0'; /* w <= the closing quote, which has been read */
     p->pos++;
-    add_node(p, BP_JSTRING, start, len);
+    add_node_fast(p, BP_JSTRING, start, len);
     return 0;
 }
 
@@ -261,7 +307,7 @@ static int parse_number(parser *p)
         if (p->pos < p->len && (p->s[p->pos] == '+' || p->s[p->pos] == '-')) p->pos++;
         if (digits(p) < 0) return fail(p, "invalid number (digits expected in exponent)");
     }
-    add_node(p, BP_JNUMBER, start, p->pos - start);
+    add_node_fast(p, BP_JNUMBER, start, p->pos - start);
     return 0;
 }
 
@@ -271,7 +317,7 @@ static int parse_literal(parser *p, const char *word, uint8_t type)
     if (p->len - p->pos < n || memcmp(p->s + p->pos, word, n) != 0)
         return fail(p, "unexpected character");
     p->pos += n;
-    add_node(p, type, p->pos - n, n);
+    add_node_fast(p, type, p->pos - n, n);
     return 0;
 }
 
@@ -280,7 +326,8 @@ static int parse_value(parser *p);
 static int parse_container(parser *p, int is_object)
 {
     if (++p->depth > p->max_depth) return fail(p, "nesting too deep");
-    uint32_t self = add_node(p, is_object ? BP_JOBJECT : BP_JARRAY, p->pos, 0);
+    uint32_t self = (uint32_t)p->d->n;
+    add_node_fast(p, is_object ? BP_JOBJECT : BP_JARRAY, p->pos, 0);
     char close = is_object ? '}' : ']';
     uint32_t count = 0;
     p->pos++;
@@ -401,29 +448,28 @@ void bp_json_write_string(bp_buf *out, const char *s, size_t len)
     static const char hex[] = "0123456789abcdef";
     bp_buf_reserve(out, len + 2);
     out->data[out->len++] = '"';
-    size_t run = 0;
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = u[i];
-        if (plain_char[c] || c >= 0x80) continue;
-        bp_buf_add(out, s + run, i - run);
-        run = i + 1;
+    size_t i = 0;
+    for (;;) {
+        size_t run = plain_run(s + i, len - i, 0);
+        bp_buf_add(out, s + i, run);
+        i += run;
+        if (i >= len) break;
+        unsigned char c = (unsigned char)s[i++];
         switch (c) {
-        case '"': bp_buf_add(out, "\\\"", 2); break;
-        case '\\': bp_buf_add(out, "\\\\", 2); break;
-        case '\n': bp_buf_add(out, "\\n", 2); break;
-        case '\r': bp_buf_add(out, "\\r", 2); break;
-        case '\t': bp_buf_add(out, "\\t", 2); break;
-        case '\b': bp_buf_add(out, "\\b", 2); break;
-        case '\f': bp_buf_add(out, "\\f", 2); break;
+        case '"': bp_buf_put(out, "\\\"", 2); break;
+        case '\\': bp_buf_put(out, "\\\\", 2); break;
+        case '\n': bp_buf_put(out, "\\n", 2); break;
+        case '\r': bp_buf_put(out, "\\r", 2); break;
+        case '\t': bp_buf_put(out, "\\t", 2); break;
+        case '\b': bp_buf_put(out, "\\b", 2); break;
+        case '\f': bp_buf_put(out, "\\f", 2); break;
         default: {
             char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
-            bp_buf_add(out, u, 6);
+            bp_buf_put(out, u, 6);
         }
         }
     }
-    bp_buf_add(out, s + run, len - run);
-    bp_buf_addc(out, '"');
+    bp_buf_putc(out, '"');
 }
 
 void bp_json_write_int(bp_buf *out, long long v)

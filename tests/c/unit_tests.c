@@ -65,6 +65,33 @@ TEST(json_escapes_decode_to_utf8)
     CHECK_STR(roundtrip("\"Zoë 山田 🎉\""), "\"Zoë 山田 🎉\"");
 }
 
+/* The string scanners step eight bytes at a time: put each kind of special
+ * byte at every offset of the first two words and at the very end. */
+TEST(json_string_specials_at_every_offset)
+{
+    const char *specials[][2] = {   /* in the source, as written back */
+        { "\\\"", "\\\"" }, { "\\\\", "\\\\" }, { "\\n", "\\n" }, { "\\u0001", "\\u0001" },
+        { "\xc3\xa9", "\xc3\xa9" }, { "\xf0\x9f\x8e\x89", "\xf0\x9f\x8e\x89" },
+    };
+    for (size_t k = 0; k < sizeof specials / sizeof specials[0]; k++)
+        for (int at = 0; at <= 17; at++) {
+            char in[64], want[64];
+            snprintf(in, sizeof in, "\"%.*s%s%.*s\"", at, "abcdefghijklmnopqrstuvwxyz", specials[k][0],
+                     17 - at, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+            snprintf(want, sizeof want, "\"%.*s%s%.*s\"", at, "abcdefghijklmnopqrstuvwxyz", specials[k][1],
+                     17 - at, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+            CHECK_STR(roundtrip(in), want);
+        }
+    /* a raw control byte or a bad UTF-8 byte is refused wherever it sits */
+    for (int at = 0; at <= 17; at++) {
+        char in[64];
+        snprintf(in, sizeof in, "\"%.*s\x01%.*s\"", at, "abcdefghijklmnopqrstuvwxyz", 17 - at, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        CHECK_CONTAINS(roundtrip(in), "control character");
+        snprintf(in, sizeof in, "\"%.*s\xff%.*s\"", at, "abcdefghijklmnopqrstuvwxyz", 17 - at, "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        CHECK_CONTAINS(roundtrip(in), "invalid UTF-8");
+    }
+}
+
 TEST(json_literals)
 {
     CHECK_STR(roundtrip("[true,false,null]"), "[true,false,null]");
@@ -360,6 +387,7 @@ int main(void)
     RUN(json_doubles_stay_exact);
     RUN(json_empty_containers_keep_their_kind);
     RUN(json_escapes_decode_to_utf8);
+    RUN(json_string_specials_at_every_offset);
     RUN(json_literals);
     RUN(json_rejects_malformed_input);
     RUN(json_rejects_invalid_utf8);
