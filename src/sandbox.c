@@ -11,6 +11,9 @@
  *     error, and library tables are read-only proxies, so one mapping cannot
  *     change what the next one sees;
  *   - the allocator enforces a byte cap per state (string and table bombs);
+ *     it keeps freed small blocks on per-size free lists, because a mapping
+ *     makes and drops a few dozen small tables and strings per event and the
+ *     state is only ever used by one thread at a time;
  *   - a count hook enforces an instruction and wall-time budget per call
  *     (infinite loops), and keeps firing once tripped so a mapping that
  *     catches the error with pcall is stopped again at once.
@@ -25,6 +28,12 @@
 
 #define HOOK_EVERY 1000              /* instructions between budget checks */
 #define OOM_HEADROOM (1024 * 1024)   /* lets error handling run after a cap hit */
+#define SMALL_STEP 16                /* small blocks come in sizes 16, 32, ..., SMALL_MAX */
+#define SMALL_MAX 256
+#define SMALL_CLASSES (SMALL_MAX / SMALL_STEP)
+#define CACHE_MAX (4u * 1024 * 1024) /* free small blocks kept, beyond that given back */
+
+typedef struct free_block { struct free_block *next; } free_block;
 
 struct bp_sandbox {
     lua_State *L;
@@ -37,6 +46,8 @@ struct bp_sandbox {
     char oom_where[200];    /* where the memory cap was hit: "file:line: " */
     int env_ref;            /* the proxy table used as _ENV for blueprint chunks */
     int safe_ref;           /* the table behind it */
+    free_block *free_small[SMALL_CLASSES];
+    size_t cached;          /* bytes held on the free lists */
 };
 
 void bp_limits_default(bp_limits *l)
@@ -64,12 +75,42 @@ static void note_oom_position(bp_sandbox *sb)
     }
 }
 
+/* Size class of a small block (0-based), or -1 for sizes malloc handles. */
+static int small_class(size_t size)
+{
+    return size && size <= SMALL_MAX ? (int)((size - 1) / SMALL_STEP) : -1;
+}
+
+static void *block_alloc(bp_sandbox *sb, size_t size)
+{
+    int c = small_class(size);
+    if (c < 0) return malloc(size);
+    free_block *b = sb->free_small[c];
+    if (!b) return malloc((size_t)(c + 1) * SMALL_STEP);
+    sb->free_small[c] = b->next;
+    sb->cached -= (size_t)(c + 1) * SMALL_STEP;
+    return b;
+}
+
+static void block_free(bp_sandbox *sb, void *p, size_t size)
+{
+    int c = small_class(size);
+    size_t bytes = (size_t)(c + 1) * SMALL_STEP;
+    if (c < 0 || sb->cached + bytes > CACHE_MAX) { free(p); return; }
+    free_block *b = p;
+    b->next = sb->free_small[c];
+    sb->free_small[c] = b;
+    sb->cached += bytes;
+}
+
+/* Lua passes a block's requested size back as osize, so the class of a
+ * block is known from its size alone. */
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     bp_sandbox *sb = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        free(ptr);
+        if (ptr) block_free(sb, ptr, osize);
         sb->used -= old;
         return NULL;
     }
@@ -81,7 +122,20 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return NULL;
         }
     }
-    void *p = ptr ? realloc(ptr, nsize) : malloc(nsize);
+    void *p;
+    if (!ptr) {
+        p = block_alloc(sb, nsize);
+    } else if (small_class(old) == small_class(nsize) && small_class(nsize) >= 0) {
+        p = ptr;                                   /* fits the block it has */
+    } else if (small_class(old) < 0 && small_class(nsize) < 0) {
+        p = realloc(ptr, nsize);
+    } else {
+        p = block_alloc(sb, nsize);
+        if (p) {
+            memcpy(p, ptr, old < nsize ? old : nsize);
+            block_free(sb, ptr, old);
+        }
+    }
     if (p) sb->used = sb->used - old + nsize;
     return p;
 }
@@ -336,6 +390,11 @@ void bp_sandbox_free(bp_sandbox *sb)
 {
     if (!sb) return;
     lua_close(sb->L);
+    for (int c = 0; c < SMALL_CLASSES; c++)
+        for (free_block *b = sb->free_small[c], *next; b; b = next) {
+            next = b->next;
+            free(b);
+        }
     free(sb);
 }
 
