@@ -28,7 +28,7 @@ SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-san
 # dry-run does not pay for loading TLS and HTTP libraries (~8 ms); its
 # deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
 # built with everything.  build/libblueprint.a has both.
-CORE_ONLY := buffer clock json yaml sandbox luajson helpers consent blueprint config request engine reader
+CORE_ONLY := buffer clock json yaml watchdog sandbox luajson helpers consent blueprint config request engine reader
 NET     := transport classify ratelimit store deliver auth metrics registry server
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
@@ -68,13 +68,13 @@ build/obj/cli-light.o: src/cli.c $(HDRS) | build/obj
 	$(CC) $(CFLAGS) -DBP_LIGHT -c $< -o $@
 
 build/blueprint: build/obj/cli-light.o $(CORE_ONLY:%=build/obj/%.o)
-	$(CC) $(CFLAGS) -o $@ $^ $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1) -lm
+	$(CC) $(CFLAGS) -o $@ $^ $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1) -lpthread -lm
 
 build/blueprint-net: build/obj/cli.o build/libblueprint.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | build/lua
-	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd) -lpthread -lm
+	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd) -lpthread -ldl -lm
 
 # The local ActiveCampaign emulator used by the integration tests.
 build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)

@@ -288,15 +288,15 @@ static int ctx_array(lua_State *L)
 }
 
 /* ctx.secret("api_key") -> an opaque reference, or nil when the config leaves
- * that optional secret unset.  Upvalue 1: set of secret keys -> is-set. */
+ * that optional secret unset.  Upvalue 1: secret key -> its reference (made
+ * once: references are immutable), or false when unset. */
 static int ctx_secret(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
-    lua_getfield(L, lua_upvalueindex(1), name);
-    if (lua_isnil(L, -1))
+    int t = lua_getfield(L, lua_upvalueindex(1), name);
+    if (t == LUA_TNIL)
         return luaL_error(L, "ctx.secret('%s'): blueprint.yaml declares no secret field named '%s'", name, name);
-    if (!lua_toboolean(L, -1)) { lua_pushnil(L); return 1; }
-    bp_push_secret(L, name);
+    if (t == LUA_TBOOLEAN) lua_pushnil(L);
     return 1;
 }
 
@@ -326,7 +326,8 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
     lua_newtable(L);                                  /* ctx, config, secrets */
     for (size_t i = 0; i < bp->nfields; i++)
         if (bp->fields[i].type == BP_FIELD_SECRET) {
-            lua_pushboolean(L, bp_config_get(cfg, bp->fields[i].key) != NULL);
+            if (bp_config_get(cfg, bp->fields[i].key)) bp_push_secret(L, bp->fields[i].key);
+            else lua_pushboolean(L, 0);
             lua_setfield(L, -2, bp->fields[i].key);
         }
     for (size_t i = 0; i < cfg->nvalues; i++) {

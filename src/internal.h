@@ -13,6 +13,16 @@
 double bp_monotonic_ms(void);
 double bp_wall_ms(void);
 
+/* Runaway-call watchdog (watchdog.c).  bp_watch_add takes a slot for a
+ * sandbox (-1: none free; keep the hook on for every call).  Between
+ * bp_watch_begin and bp_watch_end a call is watched; one that runs for more
+ * than a tick gets `arm(L)` called on its own thread, from a signal handler. */
+typedef void (*bp_watch_arm_fn)(lua_State *L);
+int bp_watch_add(bp_watch_arm_fn arm);
+void bp_watch_remove(int slot);
+void bp_watch_begin(int slot, lua_State *L);
+void bp_watch_end(int slot);
+
 /* Appends for the encoders' inner loops: the common case (room left) is a
  * store, not a call; growth goes through bp_buf_add. */
 static inline void bp_buf_put(bp_buf *b, const char *p, size_t n)

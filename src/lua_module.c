@@ -12,6 +12,7 @@
  */
 #include "internal.h"
 
+#include <dlfcn.h>
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,8 +142,19 @@ static int l_engine_gc(lua_State *L)
     return 0;
 }
 
+/* Lua unloads C modules when its state closes, but the sandbox watchdog
+ * thread (watchdog.c) runs this module's code for the life of the process:
+ * pin the module so it is never unmapped under that thread. */
+static void pin_module(void)
+{
+    Dl_info info;
+    if (dladdr((void *)pin_module, &info) && info.dli_fname)
+        dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 int luaopen_blueprint_core(lua_State *L)
 {
+    pin_module();
     static const luaL_Reg engine_methods[] = { { "run", l_engine_run }, { "close", l_engine_gc }, { NULL, NULL } };
     static const luaL_Reg fns[] = {
         { "json_decode", l_json_decode }, { "json_encode", l_json_encode }, { "array", l_array },

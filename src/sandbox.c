@@ -16,7 +16,10 @@
  *     state is only ever used by one thread at a time;
  *   - a count hook enforces an instruction and wall-time budget per call
  *     (infinite loops), and keeps firing once tripped so a mapping that
- *     catches the error with pcall is stopped again at once.
+ *     catches the error with pcall is stopped again at once.  The hook is
+ *     armed by the watchdog (watchdog.c) once a call has run for 10-20 ms,
+ *     so the instruction budget counts from then on, and normal calls run
+ *     at full speed.
  */
 #include "internal.h"
 
@@ -46,6 +49,7 @@ struct bp_sandbox {
     char oom_where[200];    /* where the memory cap was hit: "file:line: " */
     int env_ref;            /* the proxy table used as _ENV for blueprint chunks */
     int safe_ref;           /* the table behind it */
+    int watch_slot;         /* watchdog.c slot, or -1: hook on for every call */
     free_block *free_small[SMALL_CLASSES];
     size_t cached;          /* bytes held on the free lists */
 };
@@ -175,6 +179,13 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         lua_pushfstring(L, "time budget exceeded (%d ms; an endless loop?)", (int)sb->timeout_ms);
     lua_concat(L, 2);
     lua_error(L);
+}
+
+/* Called by the watchdog, in a signal handler on the thread running a call
+ * that has run for a while: from now on the budgets are checked. */
+static void arm_budget_hook(lua_State *L)
+{
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
 /* Message handler: make sure every error names file and line, and say what a
@@ -382,6 +393,7 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
     lua_gc(sb->L, LUA_GCGEN, 0, 0);
     luaL_openlibs(sb->L);
     build_env(sb);
+    sb->watch_slot = bp_watch_add(arm_budget_hook);
     bp_luajson_open(sb->L);
     return sb;
 }
@@ -389,6 +401,7 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
 void bp_sandbox_free(bp_sandbox *sb)
 {
     if (!sb) return;
+    bp_watch_remove(sb->watch_slot);
     lua_close(sb->L);
     for (int c = 0; c < SMALL_CLASSES; c++)
         for (free_block *b = sb->free_small[c], *next; b; b = next) {
@@ -419,8 +432,10 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
     sb->tripped = 0;
     sb->over_memory = 0;
     sb->deadline_ms = bp_monotonic_ms() + sb->timeout_ms;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    if (sb->watch_slot >= 0) bp_watch_begin(sb->watch_slot, L);
+    else lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
     int rc = lua_pcall(L, nargs, nresults, base);
+    if (sb->watch_slot >= 0) bp_watch_end(sb->watch_slot);
     lua_sethook(L, NULL, 0, 0);
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);

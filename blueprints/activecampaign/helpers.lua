@@ -22,9 +22,12 @@ function helpers.no_email(ctx)
     .. "(set traits.email, context.traits.email or properties.email)")
 end
 
--- The /api/3 base for the account, without a trailing slash.
+-- A URL on the account's API: api_url without its trailing slashes, then path.
+local api_bases = {}   -- api_url -> base, worked out once per account
 function helpers.api(ctx, path)
-  return (ctx.config.api_url:gsub("/+$", "")) .. path
+  local url = ctx.config.api_url
+  api_bases[url] = api_bases[url] or url:gsub("/+$", "")
+  return api_bases[url] .. path
 end
 
 -- An Event Tracking request (form-encoded; a JSON body is refused by the
