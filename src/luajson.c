@@ -28,12 +28,35 @@ typedef struct view {
 } view;
 
 #define MAX_ENCODE_DEPTH 64
+#define SMALL_OBJECT 32     /* objects up to this many keys are encoded from the stack */
+
+/* The metatables are also kept under these addresses (lua_rawgetp): the hot
+ * paths check them by address, where luaL_testudata would intern and compare
+ * the metatable's name on every call. */
+static const char view_mt_key, secret_mt_key, array_mt_key, object_mt_key;
+
+/* luaL_testudata by metatable address. */
+static void *test_udata(lua_State *L, int idx, const void *mt_key)
+{
+    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, mt_key);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same ? lua_touserdata(L, idx) : NULL;
+}
+
+static void set_metatable(lua_State *L, const void *mt_key)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, mt_key);
+    lua_setmetatable(L, -2);
+}
 
 /* ---- views ------------------------------------------------------------------- */
 
 static view *check_view(lua_State *L, int idx)
 {
-    view *v = luaL_checkudata(L, idx, BP_VIEW_MT);
+    view *v = test_udata(L, idx, &view_mt_key);
+    if (!v) luaL_typeerror(L, idx, "event value");
     if (v->doc->generation != v->generation)
         luaL_error(L, "event data used after its event finished (do not keep event values between calls)");
     return v;
@@ -47,7 +70,7 @@ static void new_view(lua_State *L, const bp_doc *d, uint32_t i)
     v->doc = d;
     v->node = i;
     v->generation = d->generation;
-    luaL_setmetatable(L, BP_VIEW_MT);
+    set_metatable(L, &view_mt_key);
 }
 
 static void push_scalar(lua_State *L, const bp_doc *d, uint32_t i)
@@ -117,7 +140,7 @@ static uint32_t array_item(const bp_doc *d, uint32_t arr, lua_Integer k)
 
 int bp_view_get_path(lua_State *L, int idx, const char *path, size_t len)
 {
-    view *v = luaL_testudata(L, idx, BP_VIEW_MT);
+    view *v = test_udata(L, idx, &view_mt_key);
     if (!v) return -1;
     if (v->doc->generation != v->generation)
         return luaL_error(L, "event data used after its event finished (do not keep event values between calls)");
@@ -254,14 +277,14 @@ void bp_push_tables(lua_State *L, const bp_doc *d, uint32_t i)
         }
         c = d->nodes[c].next;
     }
-    luaL_setmetatable(L, n->type == BP_JARRAY ? BP_ARRAY_MT : BP_OBJECT_MT);
+    set_metatable(L, n->type == BP_JARRAY ? &array_mt_key : &object_mt_key);
 }
 
 /* ---- secrets ------------------------------------------------------------------- */
 
 const char *bp_secret_name(lua_State *L, int idx)
 {
-    const char **p = luaL_testudata(L, idx, BP_SECRET_MT);
+    const char **p = test_udata(L, idx, &secret_mt_key);
     return p ? *p : NULL;
 }
 
@@ -292,7 +315,7 @@ void bp_push_secret(lua_State *L, const char *name)
     lua_pop(L, 2);
     const char **p = lua_newuserdatauv(L, sizeof *p, 0);
     *p = interned;
-    luaL_setmetatable(L, BP_SECRET_MT);
+    set_metatable(L, &secret_mt_key);
 }
 
 void bp_luajson_open(lua_State *L)
@@ -305,7 +328,7 @@ void bp_luajson_open(lua_State *L)
     luaL_setfuncs(L, view_methods, 0);
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &view_mt_key);
 
     luaL_newmetatable(L, BP_SECRET_MT);
     lua_pushcfunction(L, secret_tostring);
@@ -314,12 +337,12 @@ void bp_luajson_open(lua_State *L)
     lua_setfield(L, -2, "__concat");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &secret_mt_key);
 
     luaL_newmetatable(L, BP_ARRAY_MT);
-    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &array_mt_key);
     luaL_newmetatable(L, BP_OBJECT_MT);
-    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &object_mt_key);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "bp.secret.names");
 }
@@ -335,6 +358,7 @@ typedef struct encoder {
     const char *keys[MAX_ENCODE_DEPTH + 2];
     lua_Integer index[MAX_ENCODE_DEPTH + 2];
     int depth;
+    const void *array_mt, *object_mt;   /* ctx.array() / JSON-object marks */
 } encoder;
 
 static int enc_fail(encoder *e, const char *what)
@@ -398,27 +422,85 @@ static void path_push(encoder *e, const char *key, lua_Integer index, size_t *sa
 
 static void path_pop(encoder *e, size_t saved) { e->depth = (int)saved; }
 
+/* Write the key at stack index kidx and the value at vidx as one member. */
+static int enc_member(encoder *e, int kidx, int vidx, int first, int depth)
+{
+    size_t klen, bad;
+    const char *key = lua_tolstring(e->L, kidx, &klen);
+    if (!first) bp_buf_putc(e->out, ',');
+    if (bp_utf8_check(key, klen, &bad) < 0) return enc_fail(e, "a key is not valid UTF-8");
+    bp_json_write_string(e->out, key, klen);
+    bp_buf_putc(e->out, ':');
+    size_t saved;
+    path_push(e, key, 0, &saved);
+    int rc = enc_value(e, vidx, depth + 1);
+    path_pop(e, saved);
+    return rc;
+}
+
+/* Objects of up to SMALL_OBJECT keys, the usual case: one pass of lua_next
+ * leaves every key and value on the stack, an insertion sort orders them,
+ * and the values are encoded from where they are (no lookup per key). */
+static int enc_small_object(encoder *e, int idx, int depth, int *done)
+{
+    lua_State *L = e->L;
+    int base = lua_gettop(L);
+    int order[SMALL_OBJECT];           /* stack index of each key, sorted */
+    const char *names[SMALL_OBJECT];
+    int n = 0;
+    *done = 0;
+    luaL_checkstack(L, 2 * SMALL_OBJECT + 4, "encoder");
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {          /* ..., key, value */
+        if (n == SMALL_OBJECT || lua_type(L, -2) != LUA_TSTRING) {
+            lua_settop(L, base);        /* big or not all strings: the general path decides */
+            return 0;
+        }
+        lua_pushvalue(L, -2);           /* ..., key, value, key (for lua_next) */
+        int k = lua_gettop(L) - 2;
+        const char *name = lua_tostring(L, k);
+        int i = n++;
+        while (i > 0 && strcmp(names[i - 1], name) > 0) {
+            names[i] = names[i - 1];
+            order[i] = order[i - 1];
+            i--;
+        }
+        names[i] = name;
+        order[i] = k;
+    }
+    *done = 1;
+    bp_buf_putc(e->out, '{');
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) rc = enc_member(e, order[i], order[i] + 1, i == 0, depth);
+    lua_settop(L, base);
+    if (rc == 0) bp_buf_putc(e->out, '}');
+    return rc;
+}
+
 static int enc_table(encoder *e, int idx, int depth)
 {
     lua_State *L = e->L;
     lua_Integer nkeys;
     int marked_array = 0, marked_object = 0;
     if (lua_getmetatable(L, idx)) {
-        luaL_getmetatable(L, BP_ARRAY_MT);
-        marked_array = lua_rawequal(L, -1, -2);
+        const void *mt = lua_topointer(L, -1);
+        marked_array = mt == e->array_mt;
+        marked_object = mt == e->object_mt;
         lua_pop(L, 1);
-        luaL_getmetatable(L, BP_OBJECT_MT);
-        marked_object = lua_rawequal(L, -1, -2);
-        lua_pop(L, 2);
+    }
+    if (!marked_array && lua_rawlen(L, idx) == 0) {
+        int done;
+        int rc = enc_small_object(e, idx, depth, &done);
+        if (done || rc < 0) return rc;
     }
     lua_Integer n = sequence_length(L, idx, &nkeys);
     if (n < 0) return enc_fail(e, "a table mixes array items and named keys");
     if (marked_array && nkeys != n) return enc_fail(e, "a ctx.array() table has named keys");
     size_t saved;
     if ((n > 0 || marked_array) && !marked_object) {
-        bp_buf_addc(e->out, '[');
+        bp_buf_putc(e->out, '[');
         for (lua_Integer i = 1; i <= n; i++) {
-            if (i > 1) bp_buf_addc(e->out, ',');
+            if (i > 1) bp_buf_putc(e->out, ',');
             lua_rawgeti(L, idx, i);
             path_push(e, NULL, i, &saved);
             int rc = enc_value(e, lua_gettop(L), depth + 1);
@@ -426,41 +508,34 @@ static int enc_table(encoder *e, int idx, int depth)
             lua_pop(L, 1);
             if (rc < 0) return -1;
         }
-        bp_buf_addc(e->out, ']');
+        bp_buf_putc(e->out, ']');
         return 0;
     }
-    const char *small[32];   /* most objects are small: no allocation */
-    const char **keys = nkeys < 32 ? small : malloc(((size_t)nkeys + 1) * sizeof *keys);
+    const char **keys = malloc(((size_t)nkeys + 1) * sizeof *keys);
     if (!keys) abort();
     size_t k = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         if (lua_type(L, -2) != LUA_TSTRING) {
             lua_pop(L, 2);
-            if (keys != small) free(keys);
+            free(keys);
             return enc_fail(e, "table keys must be strings");
         }
         keys[k++] = lua_tostring(L, -2);  /* anchored by the table */
         lua_pop(L, 1);
     }
     qsort(keys, k, sizeof *keys, cmp_keys);
-    bp_buf_addc(e->out, '{');
+    bp_buf_putc(e->out, '{');
     int rc = 0;
     for (size_t i = 0; i < k && rc == 0; i++) {
-        if (i) bp_buf_addc(e->out, ',');
-        size_t bad;
-        size_t klen = strlen(keys[i]);
-        if (bp_utf8_check(keys[i], klen, &bad) < 0) { rc = enc_fail(e, "a key is not valid UTF-8"); break; }
-        bp_json_write_string(e->out, keys[i], klen);
-        bp_buf_addc(e->out, ':');
-        lua_getfield(L, idx, keys[i]);
-        path_push(e, keys[i], 0, &saved);
-        rc = enc_value(e, lua_gettop(L), depth + 1);
-        path_pop(e, saved);
-        lua_pop(L, 1);
+        lua_pushstring(L, keys[i]);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, idx);                 /* ..., key, value */
+        rc = enc_member(e, lua_gettop(L) - 1, lua_gettop(L), i == 0, depth);
+        lua_pop(L, 2);
     }
-    if (keys != small) free(keys);
-    if (rc == 0) bp_buf_addc(e->out, '}');
+    free(keys);
+    if (rc == 0) bp_buf_putc(e->out, '}');
     return rc;
 }
 
@@ -501,7 +576,7 @@ static int enc_value(encoder *e, int idx, int depth)
             add_slot(e->slots, e->out->len, secret);
             return 0;
         }
-        view *v = luaL_testudata(L, idx, BP_VIEW_MT);
+        view *v = test_udata(L, idx, &view_mt_key);
         if (v) {
             check_view(L, idx);
             bp_json_write_node(e->out, v->doc, v->node);
@@ -525,6 +600,11 @@ int bp_encode_json(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error
     e.slots = slots;
     e.err = err;
     e.depth = 0;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &array_mt_key);
+    e.array_mt = lua_topointer(L, -1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &object_mt_key);
+    e.object_mt = lua_topointer(L, -1);
+    lua_pop(L, 2);
     luaL_checkstack(L, MAX_ENCODE_DEPTH * 3 + 10, "encoder");
     return enc_value(&e, lua_absindex(L, idx), 0);
 }
