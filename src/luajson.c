@@ -387,12 +387,6 @@ static void add_slot(bp_slots *s, size_t offset, const char *name)
 
 static int enc_value(encoder *e, int idx, int depth);
 
-static int cmp_keys(const void *a, const void *b)
-{
-    const char *const *x = a, *const *y = b;
-    return strcmp(*x, *y);
-}
-
 /* Is the table at idx a sequence 1..n with nothing else?  Returns n, 0 for
  * "not a sequence / empty", -1 for a mix the encoder refuses. */
 static lua_Integer sequence_length(lua_State *L, int idx, lua_Integer *nkeys)
@@ -422,65 +416,59 @@ static void path_push(encoder *e, const char *key, lua_Integer index, size_t *sa
 
 static void path_pop(encoder *e, size_t saved) { e->depth = (int)saved; }
 
-/* Write the key at stack index kidx and the value at vidx as one member. */
-static int enc_member(encoder *e, int kidx, int vidx, int first, int depth)
+/* A table's members, left on the stack as key/value pairs by
+ * push_members_sorted and listed in key byte order (deterministic output). */
+typedef struct member { const char *name; size_t len; int at; } member;
+typedef struct members { member *v, small[SMALL_OBJECT]; int n; } members;
+
+static int cmp_members(const void *a, const void *b)
 {
-    size_t klen, bad;
-    const char *key = lua_tolstring(e->L, kidx, &klen);
-    if (!first) bp_buf_putc(e->out, ',');
-    if (bp_utf8_check(key, klen, &bad) < 0) return enc_fail(e, "a key is not valid UTF-8");
-    bp_json_write_string(e->out, key, klen);
-    bp_buf_putc(e->out, ':');
-    size_t saved;
-    path_push(e, key, 0, &saved);
-    int rc = enc_value(e, vidx, depth + 1);
-    path_pop(e, saved);
-    return rc;
+    return strcmp(((const member *)a)->name, ((const member *)b)->name);
 }
 
-/* Objects of up to SMALL_OBJECT keys, the usual case: one pass of lua_next
- * leaves every key and value on the stack, an insertion sort orders them,
- * and the values are encoded from where they are (no lookup per key). */
-static int enc_small_object(encoder *e, int idx, int depth, int *done)
+static void members_free(members *m) { if (m->v != m->small) free(m->v); }
+
+/* One pass of lua_next pushes every key and value (no lookup per key later);
+ * small tables are sorted by insertion as they come.  Returns 0; when a key
+ * is not a string, -1 for a number key and -2 for any other, with the stack
+ * as it was. */
+static int push_members_sorted(lua_State *L, int idx, members *m)
 {
-    lua_State *L = e->L;
-    int base = lua_gettop(L);
-    int order[SMALL_OBJECT];           /* stack index of each key, sorted */
-    const char *names[SMALL_OBJECT];
-    int n = 0;
-    *done = 0;
-    luaL_checkstack(L, 2 * SMALL_OBJECT + 4, "encoder");
+    int base = lua_gettop(L), cap = SMALL_OBJECT;
+    m->v = m->small;
+    m->n = 0;
     lua_pushnil(L);
-    while (lua_next(L, idx)) {          /* ..., key, value */
-        if (n == SMALL_OBJECT || lua_type(L, -2) != LUA_TSTRING) {
-            lua_settop(L, base);        /* big or not all strings: the general path decides */
-            return 0;
+    while (lua_next(L, idx)) {                  /* ..., key, value */
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            int rc = lua_type(L, -2) == LUA_TNUMBER ? -1 : -2;
+            lua_settop(L, base);
+            members_free(m);
+            return rc;
         }
-        lua_pushvalue(L, -2);           /* ..., key, value, key (for lua_next) */
-        int k = lua_gettop(L) - 2;
-        const char *name = lua_tostring(L, k);
-        int i = n++;
-        while (i > 0 && strcmp(names[i - 1], name) > 0) {
-            names[i] = names[i - 1];
-            order[i] = order[i - 1];
-            i--;
+        luaL_checkstack(L, 4, "encoder");
+        lua_pushvalue(L, -2);                   /* ..., key, value, key (for lua_next) */
+        if (m->n == cap) {
+            cap *= 2;
+            member *grown = malloc((size_t)cap * sizeof *grown);
+            if (!grown) abort();
+            memcpy(grown, m->v, (size_t)m->n * sizeof *grown);
+            members_free(m);
+            m->v = grown;
         }
-        names[i] = name;
-        order[i] = k;
+        member one = { NULL, 0, lua_gettop(L) - 2 };
+        one.name = lua_tolstring(L, one.at, &one.len);
+        int i = m->n++;
+        if (m->n <= SMALL_OBJECT)
+            for (; i > 0 && strcmp(m->v[i - 1].name, one.name) > 0; i--) m->v[i] = m->v[i - 1];
+        m->v[i] = one;
     }
-    *done = 1;
-    bp_buf_putc(e->out, '{');
-    int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) rc = enc_member(e, order[i], order[i] + 1, i == 0, depth);
-    lua_settop(L, base);
-    if (rc == 0) bp_buf_putc(e->out, '}');
-    return rc;
+    if (m->n > SMALL_OBJECT) qsort(m->v, (size_t)m->n, sizeof *m->v, cmp_members);
+    return 0;
 }
 
 static int enc_table(encoder *e, int idx, int depth)
 {
     lua_State *L = e->L;
-    lua_Integer nkeys;
     int marked_array = 0, marked_object = 0;
     if (lua_getmetatable(L, idx)) {
         const void *mt = lua_topointer(L, -1);
@@ -488,53 +476,45 @@ static int enc_table(encoder *e, int idx, int depth)
         marked_object = mt == e->object_mt;
         lua_pop(L, 1);
     }
-    if (!marked_array && lua_rawlen(L, idx) == 0) {
-        int done;
-        int rc = enc_small_object(e, idx, depth, &done);
-        if (done || rc < 0) return rc;
-    }
-    lua_Integer n = sequence_length(L, idx, &nkeys);
-    if (n < 0) return enc_fail(e, "a table mixes array items and named keys");
-    if (marked_array && nkeys != n) return enc_fail(e, "a ctx.array() table has named keys");
     size_t saved;
-    if ((n > 0 || marked_array) && !marked_object) {
-        bp_buf_putc(e->out, '[');
-        for (lua_Integer i = 1; i <= n; i++) {
-            if (i > 1) bp_buf_putc(e->out, ',');
-            lua_rawgeti(L, idx, i);
-            path_push(e, NULL, i, &saved);
-            int rc = enc_value(e, lua_gettop(L), depth + 1);
-            path_pop(e, saved);
-            lua_pop(L, 1);
-            if (rc < 0) return -1;
+    if (lua_rawlen(L, idx) > 0 || marked_array) {
+        lua_Integer nkeys, n = sequence_length(L, idx, &nkeys);
+        if (n < 0) return enc_fail(e, "a table mixes array items and named keys");
+        if (marked_array && nkeys != n) return enc_fail(e, "a ctx.array() table has named keys");
+        if (!marked_object) {
+            bp_buf_putc(e->out, '[');
+            for (lua_Integer i = 1; i <= n; i++) {
+                if (i > 1) bp_buf_putc(e->out, ',');
+                lua_rawgeti(L, idx, i);
+                path_push(e, NULL, i, &saved);
+                int rc = enc_value(e, lua_gettop(L), depth + 1);
+                path_pop(e, saved);
+                lua_pop(L, 1);
+                if (rc < 0) return -1;
+            }
+            bp_buf_putc(e->out, ']');
+            return 0;
         }
-        bp_buf_putc(e->out, ']');
-        return 0;
     }
-    const char **keys = malloc(((size_t)nkeys + 1) * sizeof *keys);
-    if (!keys) abort();
-    size_t k = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (lua_type(L, -2) != LUA_TSTRING) {
-            lua_pop(L, 2);
-            free(keys);
-            return enc_fail(e, "table keys must be strings");
-        }
-        keys[k++] = lua_tostring(L, -2);  /* anchored by the table */
-        lua_pop(L, 1);
-    }
-    qsort(keys, k, sizeof *keys, cmp_keys);
+    int base = lua_gettop(L);
+    members m;
+    int got = push_members_sorted(L, idx, &m);
+    if (got == -1) return enc_fail(e, "a table mixes array items and named keys");
+    if (got < 0) return enc_fail(e, "table keys must be strings");
     bp_buf_putc(e->out, '{');
     int rc = 0;
-    for (size_t i = 0; i < k && rc == 0; i++) {
-        lua_pushstring(L, keys[i]);
-        lua_pushvalue(L, -1);
-        lua_rawget(L, idx);                 /* ..., key, value */
-        rc = enc_member(e, lua_gettop(L) - 1, lua_gettop(L), i == 0, depth);
-        lua_pop(L, 2);
+    for (int i = 0; i < m.n && rc == 0; i++) {
+        size_t bad;
+        if (i) bp_buf_putc(e->out, ',');
+        if (bp_utf8_check(m.v[i].name, m.v[i].len, &bad) < 0) { rc = enc_fail(e, "a key is not valid UTF-8"); break; }
+        bp_json_write_string(e->out, m.v[i].name, m.v[i].len);
+        bp_buf_putc(e->out, ':');
+        path_push(e, m.v[i].name, 0, &saved);
+        rc = enc_value(e, m.v[i].at + 1, depth + 1);
+        path_pop(e, saved);
     }
-    free(keys);
+    members_free(&m);
+    lua_settop(L, base);
     if (rc == 0) bp_buf_putc(e->out, '}');
     return rc;
 }
@@ -609,23 +589,33 @@ int bp_encode_json(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error
     return enc_value(&e, lua_absindex(L, idx), 0);
 }
 
+/* Bytes application/x-www-form-urlencoded keeps as they are. */
+static const unsigned char form_plain[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['*'] = 1,
+    ['0'] = 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    ['A'] = 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    ['a'] = 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
 void bp_form_escape(bp_buf *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
     bp_buf_reserve(out, len * 3);
+    char *w = out->data + out->len;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '*') {
-            out->data[out->len++] = (char)c;
+        if (form_plain[c]) {
+            *w++ = (char)c;
         } else if (c == ' ') {
-            out->data[out->len++] = '+';
+            *w++ = '+';
         } else {
-            out->data[out->len++] = '%';
-            out->data[out->len++] = hex[c >> 4];
-            out->data[out->len++] = hex[c & 15];
+            w[0] = '%';
+            w[1] = hex[c >> 4];
+            w[2] = hex[c & 15];
+            w += 3;
         }
     }
+    out->len = (size_t)(w - out->data);
     out->data[out->len] = '\0';
 }
 
@@ -633,58 +623,49 @@ int bp_encode_form(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error
 {
     idx = lua_absindex(L, idx);
     if (!lua_istable(L, idx)) { bp_error_set(err, "form body must be a table of fields"); return -1; }
-    size_t n = 0, cap = 8;
-    const char **keys = malloc(cap * sizeof *keys);
-    if (!keys) abort();
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (lua_type(L, -2) != LUA_TSTRING) {
-            lua_pop(L, 2);
-            free(keys);
-            bp_error_set(err, "form field names must be strings");
-            return -1;
-        }
-        if (n == cap) { cap *= 2; keys = realloc(keys, cap * sizeof *keys); if (!keys) abort(); }
-        keys[n++] = lua_tostring(L, -2);
-        lua_pop(L, 1);
+    int base = lua_gettop(L);
+    members m;
+    if (push_members_sorted(L, idx, &m) < 0) {
+        bp_error_set(err, "form field names must be strings");
+        return -1;
     }
-    qsort(keys, n, sizeof *keys, cmp_keys);
     int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        lua_getfield(L, idx, keys[i]);
-        if (i) bp_buf_addc(out, '&');
-        bp_form_escape(out, keys[i], strlen(keys[i]));
-        bp_buf_addc(out, '=');
-        const char *secret = bp_secret_name(L, -1);
+    for (int i = 0; i < m.n && rc == 0; i++) {
+        const char *key = m.v[i].name;
+        int at = m.v[i].at + 1;                 /* the value */
+        if (i) bp_buf_putc(out, '&');
+        bp_form_escape(out, key, m.v[i].len);
+        bp_buf_putc(out, '=');
+        const char *secret = bp_secret_name(L, at);
         if (secret && slots) {
             add_slot(slots, out->len, secret);
-        } else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+        } else if (lua_type(L, at) == LUA_TNUMBER && !lua_isinteger(L, at)) {
             /* floats as in JSON (shortest exact form), not Lua's %.14g */
             bp_buf num;
             bp_buf_init(&num);
-            if (bp_json_write_double(&num, lua_tonumber(L, -1)) < 0) {
-                bp_error_set(err, "form field '%s' is NaN or infinite", keys[i]);
+            if (bp_json_write_double(&num, lua_tonumber(L, at)) < 0) {
+                bp_error_set(err, "form field '%s' is NaN or infinite", key);
                 rc = -1;
             } else {
                 bp_form_escape(out, num.data, num.len);
             }
             bp_buf_free(&num);
-        } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+        } else if (lua_type(L, at) == LUA_TSTRING || lua_type(L, at) == LUA_TNUMBER) {
             size_t len, bad;
-            const char *s = lua_tolstring(L, -1, &len);
-            if (bp_utf8_check(s, len, &bad) < 0) {
-                bp_error_set(err, "form field '%s' is not valid UTF-8 (byte %zu)", keys[i], bad);
+            const char *v = lua_tolstring(L, at, &len);   /* converts our stack copy only */
+            if (bp_utf8_check(v, len, &bad) < 0) {
+                bp_error_set(err, "form field '%s' is not valid UTF-8 (byte %zu)", key, bad);
                 rc = -1;
             } else {
-                bp_form_escape(out, s, len);
+                bp_form_escape(out, v, len);
             }
         } else {
             bp_error_set(err, "form field '%s' must be a string or number, not %s (encode tables "
-                              "with ctx.json)", keys[i], luaL_typename(L, -1));
+                              "with ctx.json)", key, luaL_typename(L, at));
             rc = -1;
         }
-        lua_pop(L, 1);
     }
-    free(keys);
+    members_free(&m);
+    lua_settop(L, base);
     return rc;
 }

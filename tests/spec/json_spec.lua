@@ -59,5 +59,30 @@ describe("exact JSON", function()
 
   it("sorts object keys so output is deterministic", function()
     assert.are.equal('{"a":1,"b":2,"c":3}', core.json_encode({ c = 3, a = 1, b = 2 }))
+    -- past the small-object path (32 keys) the order is the same
+    local big, want = {}, {}
+    for i = 1, 40 do big[string.format("k%02d", 41 - i)] = i end
+    for i = 1, 40 do want[#want + 1] = string.format('"k%02d":%d', i, 41 - i) end
+    assert.are.equal("{" .. table.concat(want, ",") .. "}", core.json_encode(big))
+    assert.are.equal('{"":1,"a":2,"a\\u0000b":3,"ab":4}', core.json_encode({ ab = 4, [""] = 1, a = 2, ["a\0b"] = 3 }))
+  end)
+
+  it("names what it cannot encode", function()
+    local cases = {
+      { { 1, 2, x = 3 }, "mixes array items and named keys" },
+      { { [5] = 1 }, "mixes array items and named keys" },
+      { { a = { [true] = 1 } }, "a: table keys must be strings" },
+      { { ["\xff"] = 1 }, "a key is not valid UTF-8" },
+      { { a = { b = { c = 0 / 0 } } }, "a.b.c: NaN and infinity" },
+      { setmetatable({ x = 1 }, getmetatable(core.array())), "a ctx.array() table has named keys" },
+    }
+    for _, case in ipairs(cases) do
+      local out, err = core.json_encode(case[1])
+      assert.is_nil(out)
+      assert.matches(case[2], err, 1, true)
+    end
+    assert.are.equal("[]", core.json_encode(core.array()))
+    assert.are.equal("{}", core.json_encode({}))
+    assert.are.equal('[{"a":[1,{"b":true}]}]', core.json_encode({ { a = { 1, { b = true } } } }))
   end)
 end)
