@@ -356,7 +356,8 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
         lua_settop(L, top);
     }
     out->verdict = BP_DELIVER;
-    bp_buf_printf(&out->reason, "mapped by %s", route->mapping);
+    bp_buf_adds(&out->reason, "mapped by ");   /* every event: no printf */
+    bp_buf_adds(&out->reason, route->mapping);
 }
 
 /* ---- one event ------------------------------------------------------------------- */
