@@ -40,6 +40,8 @@ rate() { awk -v n="$1" -v s="$2" 'BEGIN {printf "%.0f", (s > 0 ? n / s : 0)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
 verdict() { awk -v v="$1" -v t="$2" -v dir="$3" 'BEGIN {ok = (dir == "ge") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED"}'; }
 
+# CPU ticks the emulator has used so far (all its threads)
+emu_cpu() { cat /proc/"$EMU_PID"/task/*/stat 2>/dev/null | awk '{t += $14 + $15} END {print t + 0}'; }
 start_emulator() {  # start_emulator RATE -> sets EMU_URL
   build/ac-emulator --port 0 --rate-limit "$1" > $W/emu.out 2>&1 &
   EMU_PID=$!; pids+=("$EMU_PID")
@@ -85,9 +87,13 @@ emu_config $W/emu.yaml
 DN=$([ "${BENCH_QUICK:-}" = 1 ] && echo 5000 || echo 20000)
 awk -v n="$DN" 'BEGIN {for (i = 1; i <= n; i++) printf "{\"type\":\"identify\",\"messageId\":\"d%d\",\"traits\":{\"email\":\"d%d@example.com\"},\"context\":{\"consent\":{\"marketing\":true}}}\n", i, i}' > $W/deliver.ndjson
 rm -rf $W/deliver-state
+e0=$(emu_cpu)
 s=$(date +%s%N)
-build/blueprint deliver $BP --config $W/emu.yaml --state $W/deliver-state --rate-limit 1000000 $W/deliver.ndjson > /dev/null 2> $W/deliver.err
+/usr/bin/time -f "%U %S" -o $W/deliver.time \
+  build/blueprint deliver $BP --config $W/emu.yaml --state $W/deliver-state --rate-limit 1000000 $W/deliver.ndjson > /dev/null 2> $W/deliver.err
 e=$(date +%s%N)
+d_cpu_us=$(awk -v n="$DN" '{printf "%.1f", ($1 + $2) / n * 1e6}' $W/deliver.time)
+d_emu_us=$(awk -v a="$e0" -v b="$(emu_cpu)" -v n="$DN" 'BEGIN {printf "%.1f", (b - a) / ticks / n * 1e6}' ticks="$(getconf CLK_TCK)")
 d_s=$(awk -v a="$s" -v b="$e" 'BEGIN {print (b - a) / 1e9}')
 d_rps=$(rate "$DN" "$d_s")
 d_p50=$(sed -n 's/.*(p50 \([0-9.]*\) ms.*/\1/p' $W/deliver.err)
@@ -98,8 +104,15 @@ wrk.body = '{"contact":{"email":"wrk@example.com"}}'
 wrk.headers["Api-Token"] = "emulator-api-token"
 wrk.headers["Content-Type"] = "application/json"
 LUA
-wrk -t2 -c8 -d5s --latency -s $W/wrk.lua "$EMU_URL/api/3/contact/sync" > $W/wrk.out 2>&1 || true
+e0=$(emu_cpu)
+/usr/bin/time -f "%U %S" -o $W/wrk.time wrk -t2 -c8 -d5s --latency -s $W/wrk.lua "$EMU_URL/api/3/contact/sync" > $W/wrk.out 2>&1 || true
 w_rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' $W/wrk.out | cut -d. -f1)
+w_n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' $W/wrk.out)
+w_cpu_us=$(awk -v n="${w_n:-0}" '{printf "%.1f", (n > 0 ? ($1 + $2) / n * 1e6 : 0)}' $W/wrk.time)
+w_emu_us=$(awk -v a="$e0" -v b="$(emu_cpu)" -v n="${w_n:-0}" 'BEGIN {printf "%.1f", (n > 0 ? (b - a) / ticks / n * 1e6 : 0)}' ticks="$(getconf CLK_TCK)")
+# the same with one client thread, as deliver has (context, not the verdict)
+wrk -t1 -c8 -d5s -s $W/wrk.lua "$EMU_URL/api/3/contact/sync" > $W/wrk1.out 2>&1 || true
+w1_rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' $W/wrk1.out | cut -d. -f1)
 w_p50=$(awk '$1=="50%" {print $2}' $W/wrk.out)
 w_p99=$(awk '$1=="99%" {print $2}' $W/wrk.out)
 kill "$EMU_PID" 2>/dev/null || true
@@ -176,6 +189,8 @@ TABLE=$(cat <<TAB
 | delivery, \`deliver\` (concurrency 8) | $d_rps req/s, p50 $d_p50 ms, p99 $d_p99 ms | | |
 | delivery ceiling, wrk -c8 same endpoint | $w_rps req/s, p50 $w_p50, p99 $w_p99 | | |
 | delivery vs ceiling | ${r_del} | ≥ 0.5 | $(verdict "$r_del" 0.5 ge) |
+| …CPU per request, client / emulator | deliver ${d_cpu_us} µs / ${d_emu_us} µs; wrk ${w_cpu_us} µs / ${w_emu_us} µs | | |
+| …ceiling with one client thread (wrk -t1 -c8) | $w1_rps req/s | | |
 | pacing: achieved req/s ÷ 5 over ${PACING_S}s | $p_rps req/s → $r_pace | ≥ 0.95 | $(verdict "$r_pace" 0.95 ge) |
 | pacing: 429s after the first second | $p_429 | 0 | $(verdict "$p_429" 0 le) |
 | pacing: events lost (in − delivered − queued) | $p_lost (in $p_in, delivered $p_done, queued $p_queue) | 0 | $(verdict "$p_lost" 0 le) |
@@ -212,6 +227,10 @@ $TABLE
 - Delivery: \`build/blueprint deliver\` of $DN identify events to the emulator (rate limit off,
   \`--rate-limit 1000000\`), end to end including the store; p50/p99 are vendor answer times.
   Ceiling: \`wrk -t2 -c8 -d5s --latency\` POSTing contact/sync to the same emulator.
+  CPU per request: user + sys of the client process, and of all the emulator's threads
+  (\`/proc/PID/task/*/stat\`) over the same run, divided by the requests answered.  Both share
+  this machine's $(nproc) cores, so the client's CPU per request bounds its rate: a client at
+  C µs per request next to an emulator at E µs cannot pass $(nproc)e6 / (C + E) requests/s.
 - Pacing: \`blueprint serve\` with the emulator's 5 requests/second limit on; 15 identify events
   posted every second for ${PACING_S}s; achieved = vendor answers 200/201 after the first second
   ÷ elapsed; nothing lost = events in − delivered − still queued, read from \`/metrics\` while

@@ -421,10 +421,14 @@ static void path_pop(encoder *e, size_t saved) { e->depth = (int)saved; }
 typedef struct member { const char *name; size_t len; int at; } member;
 typedef struct members { member *v, small[SMALL_OBJECT]; int n; } members;
 
-static int cmp_members(const void *a, const void *b)
+/* Byte order, whole keys: a key may hold "\0", which strcmp would stop at. */
+static int member_cmp(const member *x, const member *y)
 {
-    return strcmp(((const member *)a)->name, ((const member *)b)->name);
+    int c = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
 }
+
+static int cmp_members(const void *a, const void *b) { return member_cmp(a, b); }
 
 static void members_free(members *m) { if (m->v != m->small) free(m->v); }
 
@@ -459,7 +463,7 @@ static int push_members_sorted(lua_State *L, int idx, members *m)
         one.name = lua_tolstring(L, one.at, &one.len);
         int i = m->n++;
         if (m->n <= SMALL_OBJECT)
-            for (; i > 0 && strcmp(m->v[i - 1].name, one.name) > 0; i--) m->v[i] = m->v[i - 1];
+            for (; i > 0 && member_cmp(&m->v[i - 1], &one) > 0; i--) m->v[i] = m->v[i - 1];
         m->v[i] = one;
     }
     if (m->n > SMALL_OBJECT) qsort(m->v, (size_t)m->n, sizeof *m->v, cmp_members);
