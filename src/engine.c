@@ -247,44 +247,42 @@ static int read_request(lua_State *L, bp_request *r, bp_error *err)
 {
     static const char *const allowed[] = { "method", "url", "headers", "json", "form", "body", "once", "marks", NULL };
     int t = lua_gettop(L);
+    /* One walk of the table checks the field names and copies each value to
+     * its slot above the table: t+1 method ... t+8 marks (nil when absent). */
+    enum { F_METHOD = 1, F_URL, F_HEADERS, F_JSON, F_FORM, F_BODY, F_ONCE, F_MARKS };
+    lua_settop(L, t + F_MARKS);
     lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-        int ok = 0;
-        for (int i = 0; k && !ok && allowed[i]; i++) ok = k[0] == allowed[i][0] && !strcmp(k, allowed[i]);
-        if (!ok) {
-            lua_pop(L, 1);
+    while (lua_next(L, t)) {                        /* ..., key, value */
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        int slot = 0;
+        for (int i = 0; k && !slot && allowed[i]; i++) if (k[0] == allowed[i][0] && !strcmp(k, allowed[i])) slot = i + 1;
+        if (!slot) {
+            lua_pop(L, 2);
             return req_fail(err, "unknown request field '%s' (expected method, url, headers, json, form, body, "
                             "once or marks)", k ? k : "(not a string)");
         }
+        lua_replace(L, t + slot);                   /* ..., key */
     }
-    lua_getfield(L, t, "method");
-    const char *method = lua_isnil(L, -1) ? "POST" : lua_tostring(L, -1);
+    const char *method = lua_isnil(L, t + F_METHOD) ? "POST" : lua_tostring(L, t + F_METHOD);
     static const char *const methods[] = { "GET", "POST", "PUT", "PATCH", "DELETE", NULL };
     int is_method = 0;
     for (int i = 0; method && methods[i]; i++) if (!strcmp(method, methods[i])) is_method = 1;
     if (!is_method) return req_fail(err, "method must be GET, POST, PUT, PATCH or DELETE, not '%s'", method ? method : "?");
     r->method = strdup(method);
-    lua_getfield(L, t, "url");
-    const char *url = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    const char *url = lua_type(L, t + F_URL) == LUA_TSTRING ? lua_tostring(L, t + F_URL) : NULL;
     if (!url || (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0))
         return req_fail(err, "url must be an absolute http(s) URL, got '%.200s'", url ? url : "nil");
     if (strpbrk(url, " \r\n\t")) return req_fail(err, "url must not contain spaces or line breaks: '%.200s'", url);
     r->url = strdup(url);
-    lua_getfield(L, t, "headers");
-    if (read_headers(L, lua_gettop(L), r, err) < 0) return -1;
-    static const char *const keys[] = { "once", "marks" };
-    for (int k = 0; k < 2; k++) {
-        int ty = lua_getfield(L, t, keys[k]);
+    if (read_headers(L, t + F_HEADERS, r, err) < 0) return -1;
+    for (int k = F_ONCE; k <= F_MARKS; k++) {
+        int ty = lua_type(L, t + k);
         if (ty == LUA_TNIL) continue;
-        if (ty != LUA_TSTRING) return req_fail(err, "%s must be a string key", keys[k]);
-        *(k ? &r->marks : &r->once) = strdup(lua_tostring(L, -1));
+        if (ty != LUA_TSTRING) return req_fail(err, "%s must be a string key", allowed[k - 1]);
+        *(k == F_MARKS ? &r->marks : &r->once) = strdup(lua_tostring(L, t + k));
     }
 
-    int json = lua_getfield(L, t, "json") != LUA_TNIL;
-    int form = lua_getfield(L, t, "form") != LUA_TNIL;
-    int raw = lua_getfield(L, t, "body") != LUA_TNIL;
+    int json = !lua_isnil(L, t + F_JSON), form = !lua_isnil(L, t + F_FORM), raw = !lua_isnil(L, t + F_BODY);
     if (json + form + raw > 1) return req_fail(err, "give only one of json, form or body%s", "");
     if ((json || form || raw) && !strcmp(r->method, "GET")) return req_fail(err, "a GET request cannot have a body%s", "");
     bp_slots slots = { NULL, 0, 0 };
@@ -293,14 +291,14 @@ static int read_request(lua_State *L, bp_request *r, bp_error *err)
     if (json) {
         r->body_kind = BP_BODY_JSON;
         ctype = "application/json";
-        rc = bp_encode_json(L, -3, &r->body, &slots, err);
+        rc = bp_encode_json(L, t + F_JSON, &r->body, &slots, err);
     } else if (form) {
         r->body_kind = BP_BODY_FORM;
         ctype = "application/x-www-form-urlencoded";
-        rc = bp_encode_form(L, -2, &r->body, &slots, err);
+        rc = bp_encode_form(L, t + F_FORM, &r->body, &slots, err);
     } else if (raw) {
         size_t len;
-        const char *s = lua_tolstring(L, -1, &len);
+        const char *s = lua_tolstring(L, t + F_BODY, &len);
         if (!s) return req_fail(err, "body must be a string (or use json = … / form = …)%s", "");
         if (!has_header(r, "Content-Type")) return req_fail(err, "a raw body needs a Content-Type header%s", "");
         r->body_kind = BP_BODY_RAW;
@@ -344,8 +342,9 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
         if (single) lua_pushvalue(L, top); else lua_rawgeti(L, top, i);
         bp_error err;
         bp_request *r = bp_outcome_add_request(out);
-        if (!lua_istable(L, -1) || read_request(L, r, &err) < 0) {
-            if (!lua_istable(L, -1)) bp_error_set(&err, "expected a request table, got %s", luaL_typename(L, -1));
+        int is_table = lua_istable(L, -1);
+        if (!is_table || read_request(L, r, &err) < 0) {
+            if (!is_table) bp_error_set(&err, "expected a request table, got %s", luaL_typename(L, -1));
             out->verdict = BP_ERROR;
             bp_buf_reset(&out->reason);
             bp_buf_printf(&out->reason, "%s/%s: request %lld: %s", e->bp->dir, route->mapping, (long long)i, err.msg);

@@ -83,4 +83,42 @@ describe("blueprint loading", function()
     local _, err = open(blueprint(YAML:gsub("type: url", "type: colour"), { ["page.lua"] = GOOD_LUA }))
     assert.matches("blueprint.yaml:7: field type must be", err, 1, true)
   end)
+
+  it("names what is wrong with a request a mapping returns", function()
+    local cases = {
+      { "{ url = U, colour = 1 }", "unknown request field 'colour'" },
+      { "{ url = U, [1] = 2 }", "unknown request field '(not a string)'" },
+      { "{ url = U, method = 'FETCH' }", "method must be GET, POST, PUT, PATCH or DELETE, not 'FETCH'" },
+      { "{ url = 'ftp://x' }", "url must be an absolute http(s) URL, got 'ftp://x'" },
+      { "{ url = U .. ' x' }", "url must not contain spaces" },
+      { "{ url = U, once = 5 }", "once must be a string key" },
+      { "{ url = U, marks = {} }", "marks must be a string key" },
+      { "{ url = U, json = {}, form = {} }", "give only one of json, form or body" },
+      { "{ url = U, method = 'GET', json = {} }", "a GET request cannot have a body" },
+      { "{ url = U, body = 'x' }", "a raw body needs a Content-Type header" },
+      { "{ url = U, body = {} }", "body must be a string" },
+      { "{ url = U, headers = { ['a b'] = 'x' } }", "header names must be non-empty strings" },
+      { "{ url = U, headers = { A = 'x\\ny' } }", "header 'A' contains a line break" },
+      { "{ url = U, form = { a = {} } }", "form field 'a' must be a string or number, not table" },
+      { "{ url = U, form = { [1] = 'x' } }", "form field names must be strings" },
+      { "{ url = U, json = { 1, a = 2 } }", "mixes array items and named keys" },
+    }
+    for _, case in ipairs(cases) do
+      local lua = "return function(event, ctx)\n  local U = ctx.config.api_url\n  return " .. case[1] .. "\nend\n"
+      local e = assert(open(blueprint(YAML, { ["page.lua"] = lua })))
+      local out = S.core.json_decode(e:run('{"type":"page","messageId":"m1","context":{"consent":{"marketing":true}}}'))
+      assert.are.equal("error", out.outcome, case[1])
+      assert.matches(case[2], out.reason, 1, true)
+    end
+    -- and a good one with every field
+    local lua = "return function(event, ctx)\n  return { method = 'PUT', url = ctx.config.api_url, once = 'k',"
+      .. " marks = 'k', headers = { ['X-A'] = 1, ['Content-Type'] = 'text/plain' }, body = 'raw' }\nend\n"
+    local e = assert(open(blueprint(YAML, { ["page.lua"] = lua })))
+    local out = S.core.json_decode(e:run('{"type":"page","messageId":"m1","context":{"consent":{"marketing":true}}}'))
+    assert.are.equal("deliver", out.outcome, out.reason)
+    assert.are.equal("PUT", out.requests[1].method)
+    assert.are.equal("k", out.requests[1].once)
+    assert.are.equal("raw", out.requests[1].body)
+    assert.are.equal("1", out.requests[1].headers["X-A"])
+  end)
 end)
