@@ -106,6 +106,11 @@ void bp_json_write_node(bp_buf *out, const bp_doc *d, uint32_t i);
 /* Append s as a JSON string literal (quotes included).  Input must be valid
  * UTF-8; non-ASCII is written as-is, control characters escaped. */
 void bp_json_write_string(bp_buf *out, const char *s, size_t len);
+/* The same for text that may not be valid UTF-8, checked as it is written:
+ * _utf8 appends nothing and returns -1 (offset of the first bad byte in
+ * *bad_at) when it is not; _text writes each bad byte as U+FFFD. */
+int bp_json_write_utf8(bp_buf *out, const char *s, size_t len, size_t *bad_at);
+void bp_json_write_text(bp_buf *out, const char *s, size_t len);
 /* Append an integer in decimal. */
 void bp_json_write_int(bp_buf *out, long long v);
 /* Append a double in the shortest form that reads back to the same value;

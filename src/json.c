@@ -443,18 +443,42 @@ uint32_t bp_jget_path(const bp_doc *d, uint32_t from, const char *dotted)
 
 /* ---- writers ---------------------------------------------------------------- */
 
-void bp_json_write_string(bp_buf *out, const char *s, size_t len)
+/* The string writer behind the three below.  Runs that need no escaping
+ * are copied whole; with `check`, bytes >= 0x80 are validated as UTF-8 on
+ * the way (one pass instead of a check then a write), and a bad byte either
+ * fails the write (the buffer is left as it was) or, with `replace`, is
+ * written as U+FFFD. */
+static int write_string(bp_buf *out, const char *s, size_t len, int check, int replace, size_t *bad_at)
 {
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t start = out->len;
     bp_buf_reserve(out, len + 2);
     out->data[out->len++] = '"';
     size_t i = 0;
     for (;;) {
-        size_t run = plain_run(s + i, len - i, 0);
+        size_t run = plain_run(s + i, len - i, check);
         bp_buf_add(out, s + i, run);
         i += run;
         if (i >= len) break;
-        unsigned char c = (unsigned char)s[i++];
+        unsigned char c = u[i];
+        if (c >= 0x80) {                     /* only stops here when checking */
+            size_t n = utf8_seq(u + i, len - i);
+            if (n) {
+                bp_buf_put(out, s + i, n);
+            } else if (replace) {
+                bp_buf_put(out, "\xEF\xBF\xBD", 3);
+                n = 1;
+            } else {
+                out->len = start;
+                out->data[start] = '\0';
+                if (bad_at) *bad_at = i;
+                return -1;
+            }
+            i += n;
+            continue;
+        }
+        i++;
         switch (c) {
         case '"': bp_buf_put(out, "\\\"", 2); break;
         case '\\': bp_buf_put(out, "\\\\", 2); break;
@@ -464,13 +488,23 @@ void bp_json_write_string(bp_buf *out, const char *s, size_t len)
         case '\b': bp_buf_put(out, "\\b", 2); break;
         case '\f': bp_buf_put(out, "\\f", 2); break;
         default: {
-            char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
-            bp_buf_put(out, u, 6);
+            char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            bp_buf_put(out, esc, 6);
         }
         }
     }
     bp_buf_putc(out, '"');
+    return 0;
 }
+
+void bp_json_write_string(bp_buf *out, const char *s, size_t len) { write_string(out, s, len, 0, 0, NULL); }
+
+int bp_json_write_utf8(bp_buf *out, const char *s, size_t len, size_t *bad_at)
+{
+    return write_string(out, s, len, 1, 0, bad_at);
+}
+
+void bp_json_write_text(bp_buf *out, const char *s, size_t len) { write_string(out, s, len, 1, 1, NULL); }
 
 void bp_json_write_int(bp_buf *out, long long v)
 {

@@ -510,8 +510,7 @@ static int enc_table(encoder *e, int idx, int depth)
     for (int i = 0; i < m.n && rc == 0; i++) {
         size_t bad;
         if (i) bp_buf_putc(e->out, ',');
-        if (bp_utf8_check(m.v[i].name, m.v[i].len, &bad) < 0) { rc = enc_fail(e, "a key is not valid UTF-8"); break; }
-        bp_json_write_string(e->out, m.v[i].name, m.v[i].len);
+        if (bp_json_write_utf8(e->out, m.v[i].name, m.v[i].len, &bad) < 0) { rc = enc_fail(e, "a key is not valid UTF-8"); break; }
         bp_buf_putc(e->out, ':');
         path_push(e, m.v[i].name, 0, &saved);
         rc = enc_value(e, m.v[i].at + 1, depth + 1);
@@ -542,12 +541,11 @@ static int enc_value(encoder *e, int idx, int depth)
     case LUA_TSTRING: {
         size_t len, bad;
         const char *s = lua_tolstring(L, idx, &len);
-        if (bp_utf8_check(s, len, &bad) < 0) {
+        if (bp_json_write_utf8(e->out, s, len, &bad) < 0) {
             char what[96];
             snprintf(what, sizeof what, "the string is not valid UTF-8 (byte %zu)", bad);
             return enc_fail(e, what);
         }
-        bp_json_write_string(e->out, s, len);
         return 0;
     }
     case LUA_TLIGHTUSERDATA:

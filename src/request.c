@@ -89,22 +89,9 @@ void bp_request_render_secret(const bp_request *r, const bp_config *c, bp_buf *o
 
 /* Reasons can quote event data cut to length: never let that produce
  * invalid UTF-8 in the output line. */
-static void write_text(bp_buf *out, const char *s, size_t len)
-{
-    size_t bad;
-    if (bp_utf8_check(s, len, &bad) == 0) { bp_json_write_string(out, s, len); return; }
-    bp_buf clean;
-    bp_buf_init(&clean);
-    while (len) {
-        if (bp_utf8_check(s, len, &bad) == 0) { bp_buf_add(&clean, s, len); break; }
-        bp_buf_add(&clean, s, bad);
-        bp_buf_add(&clean, "\xEF\xBF\xBD", 3);
-        s += bad + 1;
-        len -= bad + 1;
-    }
-    bp_json_write_string(out, clean.data ? clean.data : "", clean.len);
-    bp_buf_free(&clean);
-}
+/* Outcome lines are JSON: text that is not valid UTF-8 (a vendor's answer,
+ * say) is written with U+FFFD in place of the bad bytes. */
+static void write_text(bp_buf *out, const char *s, size_t len) { bp_json_write_text(out, s, len); }
 
 static void write_opt(bp_buf *out, const char *key, const char *v)
 {

@@ -92,6 +92,25 @@ TEST(json_string_specials_at_every_offset)
     }
 }
 
+TEST(json_text_writers_check_utf8)
+{
+    bp_buf b;
+    bp_buf_init(&b);
+    bp_buf_adds(&b, "x");
+    size_t bad = 0;
+    CHECK_INT(bp_json_write_utf8(&b, "ok \xc3\xa9\n", 6, &bad), 0);
+    CHECK_STR(b.data, "x\"ok \xc3\xa9\\n\"");
+    bp_buf_reset(&b);
+    bp_buf_adds(&b, "x");
+    CHECK_INT(bp_json_write_utf8(&b, "abcdefghij\xffk", 12, &bad), -1);
+    CHECK_INT(bad, 10);
+    CHECK_STR(b.data, "x");                     /* nothing appended */
+    bp_buf_reset(&b);
+    bp_json_write_text(&b, "a\xff" "b\xc3\"\xed\xa0\x80z", 9);  /* bad byte, cut sequence, surrogate */
+    CHECK_STR(b.data, "\"a\xef\xbf\xbd" "b\xef\xbf\xbd\\\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdz\"");
+    bp_buf_free(&b);
+}
+
 TEST(json_literals)
 {
     CHECK_STR(roundtrip("[true,false,null]"), "[true,false,null]");
@@ -388,6 +407,7 @@ int main(void)
     RUN(json_empty_containers_keep_their_kind);
     RUN(json_escapes_decode_to_utf8);
     RUN(json_string_specials_at_every_offset);
+    RUN(json_text_writers_check_utf8);
     RUN(json_literals);
     RUN(json_rejects_malformed_input);
     RUN(json_rejects_invalid_utf8);
