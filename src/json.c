@@ -134,8 +134,10 @@ uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t
 }
 
 
-static void skip_ws(parser *p)
+static inline void skip_ws(parser *p)
 {
+    /* compact JSON has none: one look decides */
+    if (p->pos < p->len && (unsigned char)p->s[p->pos] > ' ') return;
     while (p->pos < p->len) {
         char c = p->s[p->pos];
         if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
