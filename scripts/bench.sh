@@ -3,13 +3,13 @@
 # alternatives, on this machine, in one run.  Prints a table and writes
 # BENCHMARKS.md.  Absolute numbers are context; the verdicts are the ratios.
 #
-#   BENCH_EVENTS=200000  corpus size        BENCH_RUNS=3   runs per measurement (median)
+#   BENCH_EVENTS=200000  corpus size        BENCH_RUNS=5   runs per measurement (median)
 #   BENCH_PACING_S=60    pacing run length  BENCH_QUICK=1  small sizes, for a smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${BENCH_EVENTS:-200000}
-RUNS=${BENCH_RUNS:-3}
+RUNS=${BENCH_RUNS:-5}
 PACING_S=${BENCH_PACING_S:-60}
 MEM_EVENTS=1000000
 BACKLOG=100000
@@ -27,15 +27,13 @@ cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && { kill "$p" 2>/dev/null |
 trap cleanup EXIT
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-# cpu seconds (user+sys) of a command, median of RUNS
-cpu_of() {
-  for _ in $(seq "$RUNS"); do
-    /usr/bin/time -f "%U %S" -o $W/time.txt "$@" > /dev/null
-    awk '{print $1+$2}' $W/time.txt
-  done | median
+# cpu seconds (user+sys) of one run of a command
+cpu_once() {
+  /usr/bin/time -f "%U %S" -o $W/time.txt "$@" > /dev/null
+  awk '{print $1+$2}' $W/time.txt
 }
 # the in-process runs report their own loop's CPU time
-cpu_inproc() { for _ in $(seq "$RUNS"); do "$@" | sed -n 's/.*cpu_s=\([0-9.]*\).*/\1/p'; done | median; }
+cpu_inproc_once() { "$@" | sed -n 's/.*cpu_s=\([0-9.]*\).*/\1/p'; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN {printf "%.0f", (s > 0 ? n / s : 0)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
 verdict() { awk -v v="$1" -v t="$2" -v dir="$3" 'BEGIN {ok = (dir == "ge") ? (v >= t) : (v <= t); print ok ? "met" : "MISSED"}'; }
@@ -59,11 +57,18 @@ CFG
 }
 
 echo "== mapping throughput: $N events, median of $RUNS runs (CPU seconds, one core)"
-c_dry=$(cpu_of build/blueprint dry-run $BP --config $CFG "$CORPUS")
-c_lib=$(cpu_inproc build/bench-map engine $BP $CFG "$CORPUS")
-c_lua=$(cpu_of sh -c "lua5.4 scripts/bench/ac_cjson.lua $CFG < $CORPUS")
-c_node=$(cpu_of sh -c "node scripts/bench/ac_node.js $CFG < $CORPUS")
-c_floor=$(cpu_inproc build/bench-map floor "$CORPUS")
+# The runs are interleaved (one of each, RUNS times) so that a slow spell of
+# this shared machine hits every contender alike instead of one of them.
+: > $W/map.times
+for _ in $(seq "$RUNS"); do
+  echo "dry $(cpu_once build/blueprint dry-run $BP --config $CFG "$CORPUS")" >> $W/map.times
+  echo "lib $(cpu_inproc_once build/bench-map engine $BP $CFG "$CORPUS")" >> $W/map.times
+  echo "lua $(cpu_once sh -c "lua5.4 scripts/bench/ac_cjson.lua $CFG < $CORPUS")" >> $W/map.times
+  echo "node $(cpu_once sh -c "node scripts/bench/ac_node.js $CFG < $CORPUS")" >> $W/map.times
+  echo "floor $(cpu_inproc_once build/bench-map floor "$CORPUS")" >> $W/map.times
+done
+med_of() { awk -v k="$1" '$1 == k {print $2}' $W/map.times | median; }
+c_dry=$(med_of dry); c_lib=$(med_of lib); c_lua=$(med_of lua); c_node=$(med_of node); c_floor=$(med_of floor)
 
 echo "== equivalence on a 5000-event sample"
 head -5000 "$CORPUS" > $W/sample.ndjson
@@ -236,8 +241,10 @@ $TABLE
   ÷ elapsed; nothing lost = events in − delivered − still queued, read from \`/metrics\` while
   running (−1 can appear: an outcome is counted up to 10 ms before its group commit leaves the
   queue; a loss would show as a positive number).
-- Noise: this is a shared 2-core machine; the same binary's CPU times vary by ±10–15% between
-  runs, so a ratio near its target can flip between runs.
+- Noise: this is a shared 2-core machine; the same binary's CPU time varies by ±10–15% between
+  runs, and a single run can be 40% slow.  The mapping runs are interleaved (dry-run, library,
+  Lua, Node, floor, then again) and each number is the median of its $RUNS runs, so a slow spell
+  hits all contenders; the raw times are in \`build/bench/map.times\`.
 - Memory: peak RSS (\`/usr/bin/time -f %M\`) of dry-run reading $MEM_EVENTS generated events from a
   pipe; VmHWM of \`deliver\` while it holds a $BACKLOG-event backlog (emulator limited to 5/s).
 MD
