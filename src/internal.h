@@ -13,6 +13,16 @@
 double bp_monotonic_ms(void);
 double bp_wall_ms(void);
 
+/* Lua's string.find/match/gmatch/gsub with every matching step counted
+ * (pattern.c).  budget->check runs every 65536 steps with that count and
+ * may raise a Lua error to stop the match.  bp_patterns_open pushes a table
+ * of the four functions; `budget` must outlive them. */
+typedef struct bp_pattern_budget {
+    void (*check)(lua_State *L, void *ud, unsigned long steps);
+    void *ud;
+} bp_pattern_budget;
+void bp_patterns_open(lua_State *L, const bp_pattern_budget *budget);
+
 /* Runaway-call watchdog (watchdog.c).  bp_watch_add takes a slot for a
  * sandbox (-1: none free; keep the hook on for every call).  Between
  * bp_watch_begin and bp_watch_end a call is watched; one that runs for more

@@ -142,6 +142,36 @@ static int l_engine_gc(lua_State *L)
     return 0;
 }
 
+/* core.patterns([max_steps]) -> { find, match, gmatch, gsub }: the sandbox's
+ * counted pattern functions (pattern.c), for the specs to compare with the
+ * string library.  They stop with an error once, together, they have taken
+ * more than max_steps matching steps. */
+typedef struct test_budget {
+    bp_pattern_budget budget;
+    unsigned long used, max;
+} test_budget;
+
+static void test_budget_check(lua_State *L, void *ud, unsigned long steps)
+{
+    test_budget *t = ud;
+    t->used += steps;
+    if (t->used > t->max) luaL_error(L, "pattern budget exceeded (%d steps)", (int)t->max);
+}
+
+static int l_patterns(lua_State *L)
+{
+    lua_Integer max = luaL_optinteger(L, 1, 1000000000);
+    test_budget *t = lua_newuserdatauv(L, sizeof *t, 0);
+    t->budget.check = test_budget_check;
+    t->budget.ud = t;
+    t->used = 0;
+    t->max = (unsigned long)max;
+    bp_patterns_open(L, &t->budget);   /* budget, patterns */
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "_budget");    /* keeps the budget alive with the functions */
+    return 1;
+}
+
 /* Lua unloads C modules when its state closes, but the sandbox watchdog
  * thread (watchdog.c) runs this module's code for the life of the process:
  * pin the module so it is never unmapped under that thread. */
@@ -158,7 +188,7 @@ int luaopen_blueprint_core(lua_State *L)
     static const luaL_Reg engine_methods[] = { { "run", l_engine_run }, { "close", l_engine_gc }, { NULL, NULL } };
     static const luaL_Reg fns[] = {
         { "json_decode", l_json_decode }, { "json_encode", l_json_encode }, { "array", l_array },
-        { "open", l_open }, { "open_text", l_open_text }, { NULL, NULL }
+        { "open", l_open }, { "open_text", l_open_text }, { "patterns", l_patterns }, { NULL, NULL }
     };
     bp_luajson_open(L);
     luaL_newmetatable(L, ENGINE_MT);

@@ -14,6 +14,9 @@
  *     it keeps freed small blocks on per-size free lists, because a mapping
  *     makes and drops a few dozen small tables and strings per event and the
  *     state is only ever used by one thread at a time;
+ *   - string.find/match/gmatch/gsub count their matching steps against
+ *     the same budget (pattern.c), since the library's matcher runs in C
+ *     where the hook cannot reach;
  *   - a count hook enforces an instruction and wall-time budget per call
  *     (infinite loops), and keeps firing once tripped so a mapping that
  *     catches the error with pcall is stopped again at once.  The hook is
@@ -157,12 +160,13 @@ static void push_where(lua_State *L)
     lua_pushliteral(L, "");
 }
 
-static void budget_hook(lua_State *L, lua_Debug *ar)
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Count `work` against the call's budgets; once either is spent, stop the
+ * call with an error naming the blueprint line. */
+static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
 {
-    (void)ar;
-    bp_sandbox *sb;
-    lua_getallocf(L, (void **)&sb);
-    sb->spent += HOOK_EVERY;
+    sb->spent += work;
     if (!sb->tripped) {
         if (sb->spent > sb->budget) sb->tripped = 1;
         else if (bp_monotonic_ms() > sb->deadline_ms) sb->tripped = 2;
@@ -180,6 +184,25 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     lua_concat(L, 2);
     lua_error(L);
 }
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    bp_sandbox *sb;
+    lua_getallocf(L, (void **)&sb);
+    charge(L, sb, HOOK_EVERY);
+}
+
+/* Pattern matching steps count as instructions (pattern.c). */
+static void pattern_budget(lua_State *L, void *ud, unsigned long steps)
+{
+    (void)ud;
+    bp_sandbox *sb;
+    lua_getallocf(L, (void **)&sb);
+    charge(L, sb, steps);
+}
+
+static const bp_pattern_budget sandbox_pattern_budget = { pattern_budget, NULL };
 
 /* Called by the watchdog, in a signal handler on the thread running a call
  * that has run for a while: from now on the budgets are checked. */
@@ -333,7 +356,15 @@ static void build_env(bp_sandbox *sb)
     lua_getglobal(L, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
-    lua_pop(L, 1);
+    /* The library's pattern matcher cannot be interrupted; these count
+     * their steps against the budget (pattern.c). */
+    bp_patterns_open(L, &sandbox_pattern_budget);   /* string, patterns */
+    static const char *const matchers[] = { "find", "match", "gmatch", "gsub", NULL };
+    for (const char *const *n = matchers; *n; n++) {
+        lua_getfield(L, -1, *n);
+        lua_setfield(L, -3, *n);
+    }
+    lua_pop(L, 2);
     /* Hide the string metatable so its __index (the real string table)
      * cannot be reached and modified. */
     lua_pushliteral(L, "");

@@ -7,6 +7,8 @@
 #include "internal.h"
 #include "check.h"
 
+#include <lauxlib.h>
+#include <lualib.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -400,8 +402,54 @@ TEST(jwt_sign_and_verify)
     bp_buf_free(&t);
 }
 
+/* pattern.c under the sanitizers: random patterns (malformed ones too)
+ * through the counted functions and the string library, which must agree.
+ * tests/spec/pattern_spec.lua runs many more, without the sanitizers. */
+static void count_steps(lua_State *L, void *ud, unsigned long steps)
+{
+    unsigned long *used = ud;
+    if ((*used += steps) > 50000000UL) luaL_error(L, "pattern budget exceeded");
+}
+
+TEST(patterns_agree_with_the_string_library)
+{
+    static const char chunk[] =
+        "local P = ...\n"
+        "local pieces = { 'a', 'b', '.', '%a', '%d', '%s', '%w', '%W', '%%', '%]', '[ab]', '[^a]', '[a-c]',\n"
+        "  '[]]', '[%d_]', '%b()', '%f[%w]', '%1', '()', '(', ')', '$', '^', '[', '%', '%f', '%b', '[^' }\n"
+        "local quant = { '', '', '*', '+', '-', '?' }\n"
+        "local chars = { 'a', 'b', '(', ')', '1', ' ', '%', ']', '_' }\n"
+        "local function show(ok, ...) local t = { tostring(ok) }\n"
+        "  for i = 1, select('#', ...) do t[#t + 1] = tostring((select(i, ...))) end return table.concat(t, '|') end\n"
+        "math.randomseed(7)\n"
+        "for case = 1, 1500 do\n"
+        "  local p, s = {}, {}\n"
+        "  for _ = 1, math.random(0, 4) do p[#p + 1] = pieces[math.random(#pieces)] .. quant[math.random(#quant)] end\n"
+        "  for _ = 1, math.random(0, 9) do s[#s + 1] = chars[math.random(#chars)] end\n"
+        "  p, s = table.concat(p), table.concat(s)\n"
+        "  local init = math.random(-10, 10)\n"
+        "  for _, f in ipairs({ 'find', 'match' }) do\n"
+        "    local a, b = show(pcall(string[f], s, p, init)), show(pcall(P[f], s, p, init))\n"
+        "    if a ~= b then return string.format('%s(%q, %q, %d): %s vs %s', f, s, p, init, a, b) end\n"
+        "  end\n"
+        "  local a, b = show(pcall(string.gsub, s, p, '<%0>')), show(pcall(P.gsub, s, p, '<%0>'))\n"
+        "  if a ~= b then return string.format('gsub(%q, %q): %s vs %s', s, p, a, b) end\n"
+        "end\n"
+        "return 'agree'\n";
+    unsigned long used = 0;
+    bp_pattern_budget budget = { count_steps, &used };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    if (luaL_loadstring(L, chunk) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
+    bp_patterns_open(L, &budget);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
+    else CHECK_STR(lua_tostring(L, -1), "agree");
+    lua_close(L);
+}
+
 int main(void)
 {
+    RUN(patterns_agree_with_the_string_library);
     RUN(json_integers_stay_exact);
     RUN(json_doubles_stay_exact);
     RUN(json_empty_containers_keep_their_kind);

@@ -13,6 +13,8 @@ local cases = {
   { "loop", "loop.lua:3: instruction budget exceeded" },
   { "pcall_loop", "pcall_loop.lua:2: instruction budget exceeded" },
   { "memory", "memory.lua:3: memory limit exceeded" },
+  { "pattern_bomb", "pattern_bomb.lua:3: instruction budget exceeded" },
+  { "pattern_pcall", "pattern_pcall.lua:2: instruction budget exceeded" },
   { "string_bomb", "string_bomb.lua:3: memory limit exceeded" },
   { "rep_bomb", "rep_bomb.lua:2:" },
   { "recursion", "recursion.lua:1: " },  -- stack overflow or memory cap, whichever comes first
