@@ -32,6 +32,8 @@ static int looks_like_json(const bp_response *resp)
 static int success_zero(const bp_response *resp, char *why, size_t whylen)
 {
     if (!resp->body.len || resp->body.data[0] != '{') return 0;
+    /* most answers (contact/sync's) cannot say it: skip the parse */
+    if (!memmem(resp->body.data, resp->body.len, "\"success\"", 9)) return 0;
     bp_doc d;
     bp_error err;
     bp_doc_init(&d);

@@ -18,6 +18,7 @@
  */
 #include "internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,10 +123,16 @@ static void emit(run *r, job *j, const char *label)
     bp_buf *b = &r->line;
     bp_buf_reset(b);
     bp_outcome_write_fields(&j->out, j->index, label, b);
-    bp_buf_printf(b, ",\"id\":%lld,\"status\":", (long long)j->ev.id);
-    if (j->last_status) bp_buf_printf(b, "%d", j->last_status); else bp_buf_adds(b, "null");
-    bp_buf_printf(b, ",\"attempts\":%d,\"duration_ms\":%.0f,\"response\":", j->ev.attempts,
-                  j->first_ms > 0 ? bp_wall_ms() - j->first_ms : 0.0);
+    /* one line per event: plain appends, no printf */
+    bp_buf_adds(b, ",\"id\":");
+    bp_json_write_int(b, (long long)j->ev.id);
+    bp_buf_adds(b, ",\"status\":");
+    if (j->last_status) bp_json_write_int(b, j->last_status); else bp_buf_adds(b, "null");
+    bp_buf_adds(b, ",\"attempts\":");
+    bp_json_write_int(b, j->ev.attempts);
+    bp_buf_adds(b, ",\"duration_ms\":");
+    bp_json_write_int(b, j->first_ms > 0 ? llround(bp_wall_ms() - j->first_ms) : 0);
+    bp_buf_adds(b, ",\"response\":");
     if (j->response.len) {
         size_t bad, n = j->response.len;
         if (bp_utf8_check(j->response.data, n, &bad) < 0) n = bad;

@@ -117,16 +117,18 @@ int bp_store_exec(bp_store *s, const char *sql)
 int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, const char *message_id, int64_t now)
 {
     sqlite3_reset(s->insert);
-    sqlite3_bind_text(s->insert, 1, json, (int)len, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s->insert, 1, json, (int)len, SQLITE_STATIC);
     sqlite3_bind_int64(s->insert, 2, idx);
     sqlite3_bind_int64(s->insert, 3, now);
-    if (message_id) sqlite3_bind_text(s->insert, 4, message_id, -1, SQLITE_TRANSIENT);
+    if (message_id) sqlite3_bind_text(s->insert, 4, message_id, -1, SQLITE_STATIC);
     else sqlite3_bind_null(s->insert, 4);
     if (sqlite3_step(s->insert) != SQLITE_DONE) return -1;
     if (sqlite3_changes(s->db) == 0) return 0;   /* a message id already stored */
     return sqlite3_last_insert_rowid(s->db);
 }
 
+/* Text is bound SQLITE_STATIC (no copy): every statement here binds all
+ * its parameters afresh before each step, and the strings outlive the step. */
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
                     const char *response, const char *outcome, int64_t now)
 {
@@ -139,9 +141,9 @@ int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last
     sqlite3_bind_int(u, 5, e->done_requests);
     sqlite3_bind_int64(u, 6, e->next_at);
     if (last_status) sqlite3_bind_int(u, 7, last_status); else sqlite3_bind_null(u, 7);
-    if (reason) sqlite3_bind_text(u, 8, reason, -1, SQLITE_TRANSIENT); else sqlite3_bind_null(u, 8);
-    if (response) sqlite3_bind_text(u, 9, response, -1, SQLITE_TRANSIENT); else sqlite3_bind_null(u, 9);
-    if (outcome) sqlite3_bind_text(u, 10, outcome, -1, SQLITE_TRANSIENT); else sqlite3_bind_null(u, 10);
+    if (reason) sqlite3_bind_text(u, 8, reason, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 8);
+    if (response) sqlite3_bind_text(u, 9, response, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 9);
+    if (outcome) sqlite3_bind_text(u, 10, outcome, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 10);
     sqlite3_bind_int64(u, 11, now);
     return sqlite3_step(u) == SQLITE_DONE ? 0 : -1;
 }
@@ -173,7 +175,7 @@ int bp_store_pending(bp_store *s, int64_t after_id, int limit, bp_stored **out, 
 int bp_store_once_seen(bp_store *s, const char *key, int64_t since)
 {
     sqlite3_reset(s->once_get);
-    sqlite3_bind_text(s->once_get, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s->once_get, 1, key, -1, SQLITE_STATIC);
     int seen = sqlite3_step(s->once_get) == SQLITE_ROW && sqlite3_column_int64(s->once_get, 0) >= since;
     sqlite3_reset(s->once_get);
     return seen;
@@ -182,7 +184,7 @@ int bp_store_once_seen(bp_store *s, const char *key, int64_t since)
 int bp_store_once_mark(bp_store *s, const char *key, int64_t now)
 {
     sqlite3_reset(s->once_put);
-    sqlite3_bind_text(s->once_put, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s->once_put, 1, key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s->once_put, 2, now);
     return sqlite3_step(s->once_put) == SQLITE_DONE ? 0 : -1;
 }

@@ -22,7 +22,7 @@ struct bp_transport {
     CURLM *multi;
     long connect_timeout_ms, timeout_ms;
     int running;
-    CURL *pool[POOL];   /* finished easy handles, reset and kept for reuse */
+    CURL *pool[POOL];   /* finished easy handles, kept configured for reuse */
     int npool;
 };
 
@@ -101,6 +101,24 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     return len;
 }
 
+/* A handle with the options every request shares; kept (not reset) in the
+ * pool between requests. */
+static CURL *new_handle(const bp_transport *t)
+{
+    CURL *e = curl_easy_init();
+    if (!e) return NULL;
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "signal-blueprints/0.1");
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    return e;
+}
+
 int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg, void *user)
 {
     pending *pd = calloc(1, sizeof *pd);
@@ -109,7 +127,7 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
     bp_buf_init(&pd->resp.body);
     pd->resp.ratelimit_remaining = -1;
     pd->user = user;
-    pd->easy = t->npool ? t->pool[--t->npool] : curl_easy_init();
+    pd->easy = t->npool ? t->pool[--t->npool] : new_handle(t);
     if (!pd->easy) { free(pd); return -1; }
     CURL *e = pd->easy;
     bp_buf line;
@@ -117,32 +135,30 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
     for (size_t i = 0; i < r->nheaders; i++) {
         const char *v = r->headers[i].secret ? bp_config_get(cfg, r->headers[i].value) : r->headers[i].value;
         bp_buf_reset(&line);
-        bp_buf_printf(&line, "%s: %s", r->headers[i].name, v ? v : "");
+        bp_buf_adds(&line, r->headers[i].name);
+        bp_buf_add(&line, ": ", 2);
+        bp_buf_adds(&line, v ? v : "");
         pd->headers = curl_slist_append(pd->headers, line.data);
     }
+    if (line.data) memset(line.data, 0, line.cap);   /* it held a secret header */
     bp_buf_free(&line);
     pd->headers = curl_slist_append(pd->headers, "Expect:");  /* no 100-continue round trip */
-    if (r->body_kind != BP_BODY_NONE) {
+    /* What differs per request; new_handle set the rest once per handle.
+     * Every request sets its method and body (or none), so nothing of the
+     * previous request on this handle carries over. */
+    if (r->body_kind == BP_BODY_NONE) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);          /* no body */
+    } else {
         bp_request_render_secret(r, cfg, &pd->body);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, pd->body.data ? pd->body.data : "");
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)pd->body.len);
     }
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, strcmp(r->method, "GET") ? r->method : NULL);
     curl_easy_setopt(e, CURLOPT_URL, r->url);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
-    if (!strcmp(r->method, "GET")) curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, pd->headers);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, pd);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, pd);
     curl_easy_setopt(e, CURLOPT_PRIVATE, pd);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "signal-blueprints/0.1");
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     pd->started_ms = bp_monotonic_ms();
     if (curl_multi_add_handle(t->multi, e) != CURLM_OK) {
         curl_easy_cleanup(e);
@@ -190,7 +206,7 @@ static int drain(bp_transport *t, bp_transport_done cb, void *ctx)
         pd->resp.duration_ms = bp_monotonic_ms() - pd->started_ms;
         bp_buf_add(&pd->resp.body, "", 0);
         curl_multi_remove_handle(t->multi, m->easy_handle);
-        if (t->npool < POOL) { curl_easy_reset(m->easy_handle); t->pool[t->npool++] = m->easy_handle; }
+        if (t->npool < POOL) t->pool[t->npool++] = m->easy_handle;   /* configured: reused as is */
         else curl_easy_cleanup(m->easy_handle);
         curl_slist_free_all(pd->headers);
         /* The rendered body holds secrets: wipe it before freeing. */

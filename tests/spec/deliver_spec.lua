@@ -186,6 +186,55 @@ describe("deliver #cli", function()
     assert.matches("HTML page", lines[1].reason, 1, true)
   end)
 
+  it("sends each method and body kind as written, one pooled connection handle after another", function()
+    -- One handle (concurrency 1) carries every request in turn, so nothing of
+    -- one request (a body, a method, a content type) may leak into the next.
+    local dir = S.tmpdir()
+    S.write(dir .. "/blueprint.yaml", table.concat({
+      "vendor: methods", "name: Methods", "category: test", "status: alpha", "consent_category: marketing",
+      "config:", "  - {key: api_url, type: url, required: true}", "  - {key: api_key, type: secret}",
+      "  - {key: event_tracking_account_id, type: integer}", "  - {key: event_tracking_key, type: secret}",
+      "  - {key: event_tracking_url, type: url}",
+      "events:",
+    }, "\n") .. "\n")
+    local kinds = {
+      post = "{ url = U .. '/api/3/contact/sync', headers = H, json = { a = 1 } }",
+      get = "{ method = 'GET', url = U .. '/api/3/contacts/1', headers = H }",
+      del = "{ method = 'DELETE', url = U .. '/api/3/contacts/1', headers = H }",
+      put = "{ method = 'PUT', url = U .. '/api/3/contacts/1', headers = H, form = { a = 1, b = 'x y' } }",
+      raw = "{ url = U .. '/api/3/contact/sync', body = 'hello', headers = { ['Content-Type'] = 'text/plain', "
+        .. "['Api-Token'] = ctx.secret('api_key') } }",
+    }
+    local order = { "post", "get", "del", "put", "raw", "get" }
+    local yaml = io.open(dir .. "/blueprint.yaml", "a")
+    for name, request in pairs(kinds) do
+      yaml:write("  " .. name .. ": {type: track, mapping: " .. name .. ".lua}\n")
+      S.write(dir .. "/" .. name .. ".lua", "return function(event, ctx)\n  local U, H = ctx.config.api_url, { ['Api-Token'] = ctx.secret('api_key') }\n  return "
+        .. request .. "\nend\n")
+    end
+    yaml:close()
+    local events = {}
+    for i, name in ipairs(order) do
+      events[#events + 1] = string.format('{"type":"track","event":"%s","messageId":"m%d","context":{"consent":{"marketing":true}}}', name, i)
+    end
+    local _, err = S.sh(S.bin .. " deliver " .. dir .. " --config " .. cfg .. " --state " .. state_dir()
+      .. " --concurrency 1" .. FAST, table.concat(events, "\n") .. "\n")
+    local log = S.sh("curl -s " .. emu.url .. "/_emulator/requests")
+    local seen = assert(S.core.json_decode(log))
+    local want = {
+      { "POST", "application/json", '{"a":1}' },
+      { "GET", "", "" },
+      { "DELETE", "", "" },
+      { "PUT", "application/x-www-form-urlencoded", "a=1&b=x+y" },
+      { "POST", "text/plain", "hello" },
+      { "GET", "", "" },
+    }
+    assert.are.equal(#want, #seen, err)
+    for i, w in ipairs(want) do
+      assert.are.same(w, { seen[i].method, seen[i].content_type, seen[i].body }, "request " .. i)
+    end
+  end)
+
   it("keeps the API key out of output, logs and the store", function()
     local st = state_dir()
     local lines, err, code, out = S.deliver("--config " .. cfg .. " --state " .. st .. FAST,
