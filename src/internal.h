@@ -56,6 +56,9 @@ static inline void bp_buf_putc(bp_buf *b, char c)
     }
 }
 
+/* bp_jget for a key given by pointer and length (not NUL-terminated). json.c */
+uint32_t bp_jget_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen);
+
 /* Append a node to a document under construction (json.c, used by yaml.c). */
 uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
 

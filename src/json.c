@@ -413,10 +413,9 @@ const char *bp_jscalar(const bp_doc *d, uint32_t i)
     return bp_jtext(d, i);
 }
 
-uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key)
+uint32_t bp_jget_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen)
 {
     if (obj == BP_NONE || obj >= d->n || d->nodes[obj].type != BP_JOBJECT) return BP_NONE;
-    size_t klen = strlen(key);
     uint32_t i = obj + 1;
     for (uint32_t k = 0; k < d->nodes[obj].len; k++) {
         const bp_jnode *kn = &d->nodes[i];
@@ -425,6 +424,8 @@ uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key)
     }
     return BP_NONE;
 }
+
+uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key) { return bp_jget_n(d, obj, key, strlen(key)); }
 
 uint32_t bp_jget_path(const bp_doc *d, uint32_t from, const char *dotted)
 {

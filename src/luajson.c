@@ -114,13 +114,14 @@ static const char *const aliases[][4] = {
     { "messageId", "message_id", "event_id", NULL },
 };
 
-static uint32_t lookup_key(const bp_doc *d, uint32_t obj, const char *key)
+static uint32_t lookup_key_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen)
 {
-    uint32_t hit = bp_jget(d, obj, key);
+    uint32_t hit = bp_jget_n(d, obj, key, klen);
     if (hit != BP_NONE || obj != 0) return hit;
     for (size_t a = 0; a < sizeof aliases / sizeof aliases[0]; a++) {
         int match = 0;
-        for (int k = 0; aliases[a][k]; k++) if (!strcmp(aliases[a][k], key)) match = 1;
+        for (int k = 0; aliases[a][k]; k++)
+            if (strlen(aliases[a][k]) == klen && !memcmp(aliases[a][k], key, klen)) match = 1;
         if (!match) continue;
         for (int k = 0; aliases[a][k]; k++) {
             hit = bp_jget(d, obj, aliases[a][k]);
@@ -128,6 +129,11 @@ static uint32_t lookup_key(const bp_doc *d, uint32_t obj, const char *key)
         }
     }
     return BP_NONE;
+}
+
+static uint32_t lookup_key(const bp_doc *d, uint32_t obj, const char *key)
+{
+    return lookup_key_n(d, obj, key, strlen(key));
 }
 
 static uint32_t array_item(const bp_doc *d, uint32_t arr, lua_Integer k)
@@ -146,21 +152,18 @@ int bp_view_get_path(lua_State *L, int idx, const char *path, size_t len)
         return luaL_error(L, "event data used after its event finished (do not keep event values between calls)");
     const bp_doc *d = v->doc;
     uint32_t cur = v->node;
-    char key[256];
     const char *p = path, *end = path + len;
     while (p < end && cur != BP_NONE) {
         const char *dot = memchr(p, '.', (size_t)(end - p));
         size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p);
-        if (n >= sizeof key) { cur = BP_NONE; break; }
-        memcpy(key, p, n);
-        key[n] = '\0';
         uint8_t t = d->nodes[cur].type;
         if (t == BP_JOBJECT) {
-            cur = lookup_key(d, cur, key);
+            cur = lookup_key_n(d, cur, p, n);
         } else if (t == BP_JARRAY) {
-            char *e;
-            long long k = strtoll(key, &e, 10);
-            cur = (n && *e == '\0') ? array_item(d, cur, k) : BP_NONE;
+            lua_Integer k = 0;                      /* "products.1.id": 1-based */
+            size_t i = 0;
+            while (i < n && i < 18 && p[i] >= '0' && p[i] <= '9') k = k * 10 + (p[i++] - '0');
+            cur = (n && i == n) ? array_item(d, cur, k) : BP_NONE;
         } else {
             cur = BP_NONE;
         }

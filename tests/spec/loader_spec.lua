@@ -121,4 +121,31 @@ describe("blueprint loading", function()
     assert.are.equal("raw", out.requests[1].body)
     assert.are.equal("1", out.requests[1].headers["X-A"])
   end)
+
+  it("ctx.get walks events and tables by dotted path", function()
+    local lua = [[
+return function(event, ctx)
+  local t = { a = { b = { "x", "y" } } }
+  return { url = ctx.config.api_url, json = {
+    second = ctx.get(event, "properties.products.2.id"),
+    zeroth = ctx.get(event, "properties.products.0.id", "none"),
+    named = ctx.get(event, "properties.products.x", "none"),
+    alias = ctx.get(event, "user_id"),
+    deep = ctx.get(event, "context.missing.deep", "dflt"),
+    null = ctx.get(event, "properties.nothing", "was null"),
+    order = ctx.get(event, "properties.order_id"),
+    through_scalar = ctx.get(event, "properties.order_id.x", "none"),
+    table = ctx.get(t, "a.b.2"),
+    sub = ctx.get(event.properties, "products.1.id"),
+  } }
+end
+]]
+    local e = assert(open(blueprint(YAML, { ["page.lua"] = lua })))
+    local out = S.core.json_decode(e:run('{"type":"page","messageId":"m1","userId":"u-7","context":{"consent":'
+      .. '{"marketing":true}},"properties":{"nothing":null,"order_id":1000000003908460003,'
+      .. '"products":[{"id":"p1"},{"id":"p2"}]}}'))
+    assert.are.equal("deliver", out.outcome, out.reason)
+    assert.are.equal('{"alias":"u-7","deep":"dflt","named":"none","null":"was null","order":1000000003908460003,'
+      .. '"second":"p2","sub":"p1","table":"y","through_scalar":"none","zeroth":"none"}', out.requests[1].body)
+  end)
 end)
