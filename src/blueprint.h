@@ -218,18 +218,25 @@ typedef struct bp_request {
     bp_secret_slot *slots; size_t nslots;
 } bp_request;
 
+/* The strings of an outcome and of its requests (method, url, once, marks,
+ * header names and values, message_id, type, event, mapping) belong to the
+ * outcome: make them with bp_outcome_strdup; reset and free release them
+ * together. */
 typedef struct bp_outcome {
     enum bp_verdict verdict;
     bp_buf reason;
     char *message_id, *type, *event;  /* may be NULL */
     char *mapping;                    /* the Lua file that ran, may be NULL */
     bp_request *requests; size_t nrequests, caprequests;
+    struct bp_chunk *strings;         /* where those strings live */
 } bp_outcome;
 
 void bp_outcome_init(bp_outcome *o);
 void bp_outcome_reset(bp_outcome *o);
 void bp_outcome_free(bp_outcome *o);
 bp_request *bp_outcome_add_request(bp_outcome *o);
+/* A copy of s owned by the outcome (NULL for NULL). */
+char *bp_outcome_strdup(bp_outcome *o, const char *s);
 /* Render a request body with every secret shown as [redacted]. */
 void bp_request_render_redacted(const bp_request *r, bp_buf *out);
 /* Render a request body with secrets substituted (escaped for the body kind)

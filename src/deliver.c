@@ -360,7 +360,7 @@ static void emit_input_error(run *r, long index, const char *why, const char *me
     bp_outcome o;
     bp_outcome_init(&o);
     bp_buf_adds(&o.reason, why);
-    o.message_id = message_id ? strdup(message_id) : NULL;
+    o.message_id = bp_outcome_strdup(&o, message_id);
     bp_buf_reset(&r->line);
     bp_outcome_write_fields(&o, index, message_id ? "duplicate" : "error", &r->line);
     bp_buf_addc(&r->line, '}');

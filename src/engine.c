@@ -133,7 +133,6 @@ static const bp_event_override *override_for(const bp_config *c, const char *nam
     return NULL;
 }
 
-static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 /* Pick the route for this event, or set a drop reason and return -1.
  * *ref receives the mapping's registry ref. */
@@ -191,12 +190,12 @@ static int valid_header_name(const char *s)
     return 1;
 }
 
-static void add_header(bp_request *r, const char *name, const char *value, int secret)
+static void add_header(bp_outcome *o, bp_request *r, const char *name, const char *value, int secret)
 {
     r->headers = realloc(r->headers, (r->nheaders + 1) * sizeof *r->headers);
     if (!r->headers) abort();
-    r->headers[r->nheaders].name = strdup(name);
-    r->headers[r->nheaders].value = strdup(value);
+    r->headers[r->nheaders].name = bp_outcome_strdup(o, name);
+    r->headers[r->nheaders].value = bp_outcome_strdup(o, value);
     r->headers[r->nheaders].secret = secret;
     r->nheaders++;
 }
@@ -213,7 +212,7 @@ static int req_fail(bp_error *err, const char *fmt, const char *a)
     return -1;
 }
 
-static int read_headers(lua_State *L, int idx, bp_request *r, bp_error *err)
+static int read_headers(lua_State *L, int idx, bp_outcome *o, bp_request *r, bp_error *err)
 {
     if (lua_isnil(L, idx)) return 0;
     if (!lua_istable(L, idx)) return req_fail(err, "headers must be a table of name = value%s", "");
@@ -226,12 +225,12 @@ static int read_headers(lua_State *L, int idx, bp_request *r, bp_error *err)
         const char *name = lua_tostring(L, -2);
         const char *secret = bp_secret_name(L, -1);
         if (secret) {
-            add_header(r, name, secret, 1);
+            add_header(o, r, name, secret, 1);
         } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
             lua_pushvalue(L, -1);
             const char *v = lua_tostring(L, -1);
             if (strpbrk(v, "\r\n")) { lua_pop(L, 3); return req_fail(err, "header '%s' contains a line break", name); }
-            add_header(r, name, v, 0);
+            add_header(o, r, name, v, 0);
             lua_pop(L, 1);
         } else {
             lua_pop(L, 2);
@@ -243,7 +242,7 @@ static int read_headers(lua_State *L, int idx, bp_request *r, bp_error *err)
 }
 
 /* The request table is on top of the stack. */
-static int read_request(lua_State *L, bp_request *r, bp_error *err)
+static int read_request(lua_State *L, bp_outcome *o, bp_request *r, bp_error *err)
 {
     static const char *const allowed[] = { "method", "url", "headers", "json", "form", "body", "once", "marks", NULL };
     int t = lua_gettop(L);
@@ -268,18 +267,18 @@ static int read_request(lua_State *L, bp_request *r, bp_error *err)
     int is_method = 0;
     for (int i = 0; method && methods[i]; i++) if (!strcmp(method, methods[i])) is_method = 1;
     if (!is_method) return req_fail(err, "method must be GET, POST, PUT, PATCH or DELETE, not '%s'", method ? method : "?");
-    r->method = strdup(method);
+    r->method = bp_outcome_strdup(o, method);
     const char *url = lua_type(L, t + F_URL) == LUA_TSTRING ? lua_tostring(L, t + F_URL) : NULL;
     if (!url || (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0))
         return req_fail(err, "url must be an absolute http(s) URL, got '%.200s'", url ? url : "nil");
     if (strpbrk(url, " \r\n\t")) return req_fail(err, "url must not contain spaces or line breaks: '%.200s'", url);
-    r->url = strdup(url);
-    if (read_headers(L, t + F_HEADERS, r, err) < 0) return -1;
+    r->url = bp_outcome_strdup(o, url);
+    if (read_headers(L, t + F_HEADERS, o, r, err) < 0) return -1;
     for (int k = F_ONCE; k <= F_MARKS; k++) {
         int ty = lua_type(L, t + k);
         if (ty == LUA_TNIL) continue;
         if (ty != LUA_TSTRING) return req_fail(err, "%s must be a string key", allowed[k - 1]);
-        *(k == F_MARKS ? &r->marks : &r->once) = strdup(lua_tostring(L, t + k));
+        *(k == F_MARKS ? &r->marks : &r->once) = bp_outcome_strdup(o, lua_tostring(L, t + k));
     }
 
     int json = !lua_isnil(L, t + F_JSON), form = !lua_isnil(L, t + F_FORM), raw = !lua_isnil(L, t + F_BODY);
@@ -307,7 +306,7 @@ static int read_request(lua_State *L, bp_request *r, bp_error *err)
     r->slots = slots.v;
     r->nslots = slots.n;
     if (rc < 0) return -1;
-    if (ctype && !has_header(r, "Content-Type")) add_header(r, "Content-Type", ctype, 0);
+    if (ctype && !has_header(r, "Content-Type")) add_header(o, r, "Content-Type", ctype, 0);
     qsort(r->headers, r->nheaders, sizeof *r->headers, cmp_headers);
     lua_settop(L, t);
     return 0;
@@ -343,7 +342,7 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
         bp_error err;
         bp_request *r = bp_outcome_add_request(out);
         int is_table = lua_istable(L, -1);
-        if (!is_table || read_request(L, r, &err) < 0) {
+        if (!is_table || read_request(L, out, r, &err) < 0) {
             if (!is_table) bp_error_set(&err, "expected a request table, got %s", luaL_typename(L, -1));
             out->verdict = BP_ERROR;
             bp_buf_reset(&out->reason);
@@ -401,13 +400,13 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         bp_buf_adds(&out->reason, "malformed event: an event must be a JSON object");
         return out->verdict;
     }
-    out->message_id = dup_or_null(top_string(d, id_keys));
+    out->message_id = bp_outcome_strdup(out, top_string(d, id_keys));
     const char *type = top_string(d, type_keys);
     if (!type || d->nodes[bp_jget(d, 0, "type")].type != BP_JSTRING) {
         bp_buf_adds(&out->reason, "malformed event: no \"type\" (expected page, track or identify)");
         return out->verdict;
     }
-    out->type = strdup(type);
+    out->type = bp_outcome_strdup(out, type);
     const char *name = NULL;
     if (!strcmp(type, "track")) {
         uint32_t ev = bp_jget(d, 0, "event");
@@ -422,7 +421,7 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         bp_buf_printf(&out->reason, "malformed event: unknown type '%.64s' (expected page, track, identify, group or screen)", type);
         return out->verdict;
     }
-    out->event = dup_or_null(name);
+    out->event = bp_outcome_strdup(out, name);
 
     int ref = LUA_NOREF;
     const bp_route *route = NULL;
@@ -443,7 +442,7 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         return out->verdict;
     }
     set_consent(e, &consent);
-    out->mapping = strdup(route->mapping);
+    out->mapping = bp_outcome_strdup(out, route->mapping);
 
     lua_State *L = e->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);              /* fn */

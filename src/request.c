@@ -14,13 +14,58 @@ void bp_outcome_init(bp_outcome *o)
     bp_buf_init(&o->reason);
 }
 
+/* An outcome's strings are carved from chunks that reset and free release
+ * together: an event's twenty-odd small strings cost pointer bumps instead
+ * of as many malloc/free pairs.  The first chunk is kept across resets. */
+#define CHUNK_SIZE 2048
+
+typedef struct bp_chunk {
+    struct bp_chunk *next;
+    size_t used, cap;
+    char data[];
+} bp_chunk;
+
+char *bp_outcome_strdup(bp_outcome *o, const char *s)
+{
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    bp_chunk *c = o->strings;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > CHUNK_SIZE ? n : CHUNK_SIZE;
+        bp_chunk *fresh = malloc(sizeof *fresh + cap);
+        if (!fresh) abort();
+        fresh->used = 0;
+        fresh->cap = cap;
+        if (c && c->used == 0) { fresh->next = c->next; free(c); }   /* an unused first chunk too small */
+        else fresh->next = c;
+        o->strings = c = fresh;
+    }
+    char *p = c->data + c->used;
+    memcpy(p, s, n);
+    c->used += n;
+    return p;
+}
+
+static void release_strings(bp_outcome *o, int keep_one)
+{
+    bp_chunk *c = o->strings;
+    if (keep_one && c) {
+        /* keep the oldest (first made) chunk: walk to the end of the list */
+        bp_chunk *last = c, *prev = NULL;
+        while (last->next) { prev = last; last = last->next; }
+        if (prev) prev->next = NULL;
+        while (c && c != last) { bp_chunk *next = c->next; free(c); c = next; }
+        last->used = 0;
+        last->next = NULL;
+        o->strings = last;
+        return;
+    }
+    while (c) { bp_chunk *next = c->next; free(c); c = next; }
+    o->strings = NULL;
+}
+
 static void free_request(bp_request *r)
 {
-    free(r->method);
-    free(r->url);
-    free(r->once);
-    free(r->marks);
-    for (size_t i = 0; i < r->nheaders; i++) { free(r->headers[i].name); free(r->headers[i].value); }
     free(r->headers);
     bp_buf_free(&r->body);
     for (size_t i = 0; i < r->nslots; i++) free(r->slots[i].name);
@@ -36,10 +81,7 @@ void bp_outcome_clear_requests(bp_outcome *o)
 void bp_outcome_reset(bp_outcome *o)
 {
     bp_outcome_clear_requests(o);
-    free(o->message_id);
-    free(o->type);
-    free(o->event);
-    free(o->mapping);
+    release_strings(o, 1);
     o->message_id = o->type = o->event = o->mapping = NULL;
     o->verdict = BP_ERROR;
     bp_buf_reset(&o->reason);
@@ -47,7 +89,8 @@ void bp_outcome_reset(bp_outcome *o)
 
 void bp_outcome_free(bp_outcome *o)
 {
-    bp_outcome_reset(o);
+    bp_outcome_clear_requests(o);
+    release_strings(o, 0);
     free(o->requests);
     bp_buf_free(&o->reason);
     memset(o, 0, sizeof *o);

@@ -325,13 +325,43 @@ TEST(form_escape)
     bp_buf_free(&b);
 }
 
+/* An outcome's strings outlive nothing but the outcome: many small ones, a
+ * big one, resets in between (ASan reports any leak or overlap). */
+TEST(outcome_strings_live_in_the_outcome)
+{
+    bp_outcome o;
+    bp_outcome_init(&o);
+    char big[5000];
+    memset(big, 'b', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    for (int round = 0; round < 3; round++) {
+        char *kept[400];
+        char tmp[32];
+        for (int i = 0; i < 400; i++) {
+            snprintf(tmp, sizeof tmp, "string-%d-%d", round, i);
+            kept[i] = bp_outcome_strdup(&o, tmp);
+        }
+        char *b = bp_outcome_strdup(&o, big);
+        CHECK_INT(strlen(b), sizeof big - 1);
+        for (int i = 0; i < 400; i++) {
+            snprintf(tmp, sizeof tmp, "string-%d-%d", round, i);
+            CHECK_STR(kept[i], tmp);
+        }
+        CHECK(bp_outcome_strdup(&o, NULL) == NULL);
+        bp_outcome_reset(&o);
+        CHECK(o.strings != NULL);                 /* a chunk kept for the next event */
+    }
+    bp_outcome_free(&o);
+    CHECK(o.strings == NULL);
+}
+
 TEST(render_substitutes_or_redacts_secrets)
 {
     bp_outcome o;
     bp_outcome_init(&o);
     bp_request *r = bp_outcome_add_request(&o);
-    r->method = strdup("POST");
-    r->url = strdup("https://x");
+    r->method = bp_outcome_strdup(&o, "POST");
+    r->url = bp_outcome_strdup(&o, "https://x");
     r->body_kind = BP_BODY_FORM;
     bp_buf_adds(&r->body, "a=1&key=&z=2");
     r->slots = calloc(1, sizeof *r->slots);
@@ -474,6 +504,7 @@ int main(void)
     RUN(reader_truncated_first_line_is_still_ndjson);
     RUN(reader_oversized_event_is_skipped);
     RUN(form_escape);
+    RUN(outcome_strings_live_in_the_outcome);
     RUN(render_substitutes_or_redacts_secrets);
     RUN(hmac_sha256_rfc4231_vectors);
     RUN(jwt_sign_and_verify);
