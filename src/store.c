@@ -26,6 +26,11 @@ struct bp_store {
 static const char SCHEMA[] =
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=NORMAL;"
+    /* a delivery run rewrites each event's row and its once-key soon after
+     * inserting them: a 16 MiB page cache and checkpoints every ~16 MiB of
+     * WAL keep those pages from being read back and copied out repeatedly */
+    "PRAGMA cache_size=-16384;"
+    "PRAGMA wal_autocheckpoint=4000;"
     "CREATE TABLE IF NOT EXISTS events("
     "  id INTEGER PRIMARY KEY,"
     "  state TEXT NOT NULL,"               /* pending delivered dropped error dead held */
