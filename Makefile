@@ -84,6 +84,10 @@ build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)
 build/bench-map: scripts/bench/bench_map.c build/libblueprint.a $(HDRS)
 	$(CC) $(CFLAGS) -Isrc -o $@ $< build/libblueprint.a $(LDLIBS)
 
+# The transport alone (make bench): libcurl as deliver uses it, no mapping or store.
+build/bench-transport: scripts/bench/bench_transport.c build/libblueprint.a $(HDRS)
+	$(CC) $(CFLAGS) -Isrc -o $@ $< build/libblueprint.a $(LDLIBS)
+
 # The sanitizer build: the CLI and the C unit tests with ASan + UBSan.
 build/asan/blueprint: $(CORE_SRC) src/cli.c $(HDRS) | build/asan
 	$(CC) $(filter-out -O2,$(CFLAGS)) $(SANFLAGS) -o $@ $(CORE_SRC) src/cli.c $(LDLIBS)
@@ -114,7 +118,7 @@ bench-deps: deps
 	$(call install_missing,$(BENCH_PKGS))
 
 bench: bench-deps
-	@$(MAKE) --no-print-directory all build/bench-map
+	@$(MAKE) --no-print-directory all build/bench-map build/bench-transport
 	@scripts/bench.sh
 
 clean:

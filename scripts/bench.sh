@@ -115,6 +115,10 @@ w_rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' $W/wrk.out | cut -d. -f1)
 w_n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' $W/wrk.out)
 w_cpu_us=$(awk -v n="${w_n:-0}" '{printf "%.1f", (n > 0 ? ($1 + $2) / n * 1e6 : 0)}' $W/wrk.time)
 w_emu_us=$(awk -v a="$e0" -v b="$(emu_cpu)" -v n="${w_n:-0}" -v ticks="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (n > 0 ? (b - a) / ticks / n * 1e6 : 0)}')
+# deliver's transport alone (libcurl as deliver drives it, no mapping, no store)
+build/bench-transport "$EMU_URL" "$DN" > $W/transport.out 2>&1 || true
+t_rps=$(sed -n 's/.*req_per_s=\([0-9]*\).*/\1/p' $W/transport.out)
+t_us=$(sed -n 's/.*cpu_us_per_req=\([0-9.]*\).*/\1/p' $W/transport.out)
 # the same with one client thread, as deliver has (context, not the verdict)
 wrk -t1 -c8 -d5s -s $W/wrk.lua "$EMU_URL/api/3/contact/sync" > $W/wrk1.out 2>&1 || true
 w1_rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' $W/wrk1.out | cut -d. -f1)
@@ -202,6 +206,7 @@ TABLE=$(cat <<TAB
 | delivery vs ceiling | ${r_del} | ≥ 0.5 | $(verdict "$r_del" 0.5 ge) |
 | …CPU per request, client / emulator | deliver ${d_cpu_us} µs / ${d_emu_us} µs; wrk ${w_cpu_us} µs / ${w_emu_us} µs | | |
 | …ceiling with one client thread (wrk -t1 -c8) | $w1_rps req/s | | |
+| …deliver's transport alone (libcurl, no mapping or store) | $t_rps req/s, ${t_us} µs CPU per request | | |
 | pacing: achieved req/s ÷ 5 over ${PACING_S}s | $p_rps req/s → $r_pace | ≥ 0.95 | $(verdict "$r_pace" 0.95 ge) |
 | pacing: 429s after the first second | $p_429 | 0 | $(verdict "$p_429" 0 le) |
 | pacing: events lost (in − delivered − queued) | $p_lost (in $p_in, delivered $p_done, queued $p_queue) | 0 | $(verdict "$p_lost" 0 le) |
@@ -238,6 +243,9 @@ $TABLE
 - Delivery: \`build/blueprint deliver\` of $DN identify events to the emulator (rate limit off,
   \`--rate-limit 1000000\`), end to end including the store; p50/p99 are vendor answer times.
   Ceiling: \`wrk -t2 -c8 -d5s --latency\` POSTing contact/sync to the same emulator.
+  Transport alone: \`build/bench-transport URL $DN\` sends the same contact/sync requests through
+  deliver's libcurl transport (8 in flight) with nothing else running: what one delivery thread
+  could reach if mapping and the store cost nothing.
   CPU per request: user + sys of the client process, and of all the emulator's threads
   (\`/proc/PID/task/*/stat\`) over the same run, divided by the requests answered.  Both share
   this machine's $(nproc) cores, so the client's CPU per request bounds its rate: a client at
