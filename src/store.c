@@ -46,7 +46,9 @@ static const char SCHEMA[] =
     "CREATE INDEX IF NOT EXISTS events_by_state ON events(state, id);"
     /* Signal retries deliveries too: one stored event per message id. */
     "CREATE UNIQUE INDEX IF NOT EXISTS events_by_message_id ON events(message_id) WHERE message_id IS NOT NULL;"
-    "CREATE TABLE IF NOT EXISTS once_keys(key TEXT PRIMARY KEY, at INTEGER NOT NULL);"
+    /* one b-tree keyed by the text (no rowid table plus key index): a mark
+     * is one insert, and a delivery run makes one per contact */
+    "CREATE TABLE IF NOT EXISTS once_keys(key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);";
 
 /* SQLite's default busy handler backs off up to 100 ms per try; a paced
