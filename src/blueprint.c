@@ -214,6 +214,13 @@ static int load(loader *ld, bp_blueprint *bp)
     if (rl != BP_NONE && !rps) return -1;
     bp->rate_limit_rps = rps ? strtod(rps, NULL) : 0;
     if (rps && bp->rate_limit_rps <= 0) return bad(ld, rl, "rate_limit.requests_per_second must be a positive number");
+    /* scope: the config field naming the vendor account the limit belongs
+     * to (ActiveCampaign: api_url); integrations that share its value share
+     * one pace.  Without it each integration is paced on its own. */
+    const char *scope = rl != BP_NONE ? get_text(ld, rl, "scope", 0) : NULL;
+    if (scope && !bp_blueprint_field(bp, scope))
+        return bad(ld, bp_jget(d, rl, "scope"), "rate_limit.scope must name a config field");
+    bp->rate_limit_scope = scope ? xstrdup(scope) : NULL;
     uint32_t retry = bp_jget(d, 0, "retry");
     const char *attempts = retry != BP_NONE ? get_text(ld, retry, "max_attempts", 0) : NULL;
     bp->retry_max_attempts = attempts ? atoi(attempts) : 5;
@@ -291,6 +298,7 @@ void bp_blueprint_free(bp_blueprint *bp)
     free(bp->status);
     free(bp->consent_category);
     free(bp->auth_help);
+    free(bp->rate_limit_scope);
     for (size_t i = 0; i < bp->nvariants; i++) free(bp->variants[i]);
     free(bp->variants);
     for (size_t i = 0; i < bp->nfields; i++) {

@@ -148,6 +148,7 @@ typedef struct bp_blueprint {
     bp_route custom;                       /* mapping for unlisted track events */
     int has_custom;
     double rate_limit_rps;
+    char *rate_limit_scope;                /* config field naming the account the limit is per, or NULL */
     int retry_max_attempts;
     char *auth_help;                       /* what to tell the operator when credentials fail */
 } bp_blueprint;
@@ -319,6 +320,9 @@ typedef struct bp_serve_opts {
     const char *blueprints_dir;  /* default ./blueprints */
     double rate_limit_rps;       /* override every blueprint's pacing (tests); 0 = no */
     long retry_base_ms;          /* 0 = default */
+    int workers;                 /* delivery threads; 0 = one per core */
+    int http_threads;            /* API threads; 0 = 4 */
+    int max_connections_per_ip;  /* 0 = 1024 */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

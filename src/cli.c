@@ -295,15 +295,15 @@ static int dlq(int argc, char **argv)
     }
     if (replay && !all && !nids) return usage("dlq replay needs --id N or --all");
     bp_error err;
-    bp_store *s = bp_store_open(state, &err);
+    bp_store *s = bp_store_open(state, "blueprint.db", &err);
     if (!s) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_USAGE; }
     if (!replay) {
-        bp_store_each(s, "dead", print_dead_letter, NULL);
+        bp_store_each(s, "", "dead", print_dead_letter, NULL);
     } else {
         long n = 0;
-        if (all) n = bp_store_move(s, "dead", "pending", 0);
+        if (all) n = bp_store_move(s, "", "dead", "pending", 0);
         for (int i = 0; i < nids; i++) {
-            long m = bp_store_move(s, "dead", "pending", ids[i]);
+            long m = bp_store_move(s, "", "dead", "pending", ids[i]);
             if (m == 0) fprintf(stderr, "blueprint: no dead letter with id %lld\n", ids[i]);
             n += m > 0 ? m : 0;
         }
@@ -316,7 +316,7 @@ static int dlq(int argc, char **argv)
 
 static int serve(int argc, char **argv)
 {
-    bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0 };
+    bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0 };
     static char host[64];
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -332,6 +332,9 @@ static int serve(int argc, char **argv)
         else if (!strcmp(argv[i], "--blueprints")) o.blueprints_dir = next;
         else if (!strcmp(argv[i], "--rate-limit")) o.rate_limit_rps = atof(next);
         else if (!strcmp(argv[i], "--retry-base-ms")) o.retry_base_ms = atol(next);
+        else if (!strcmp(argv[i], "--workers")) o.workers = atoi(next);
+        else if (!strcmp(argv[i], "--http-threads")) o.http_threads = atoi(next);
+        else if (!strcmp(argv[i], "--max-connections-per-ip")) o.max_connections_per_ip = atoi(next);
         else { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
         i++;
     }

@@ -1,20 +1,35 @@
 /*
- * deliver.c — deliver events to the vendor: durable, paced, retried.
+ * deliver.c — deliver events to vendors: durable, paced per account, retried.
  *
- * A run has two phases.  First the input events are appended to the store
- * (in batches, each committed before anything is sent).  Then every pending
- * event in the store — this run's and any a killed run left behind — goes
- * through a bounded window:
+ * A delivery loop is one thread with one libcurl multi handle serving many
+ * integrations ("tenants").  `serve` runs a fixed pool of loops (one per
+ * core by default) whatever the number of integrations; `blueprint deliver`
+ * runs one loop on the calling thread for its single integration.  A turn
+ * of a loop:
  *
- *   map (the engine) -> for each request: skip if its once-key is fresh,
- *   else wait for a token of the account's bucket, send, classify the answer
- *   -> next request, retry later, dead-letter, or pause on bad credentials.
+ *   commands (put, remove, wake) -> load events from the store for accounts
+ *   with room -> map them (one engine per blueprint, a ctx per config) ->
+ *   dispatch: for each account in turn, send what its token bucket allows
+ *   -> wait for answers, a timer or a wakeup -> classify each answer: next
+ *   request, retry later, dead-letter, or pause on bad credentials.
  *
- * The event's progress (requests done, attempts, next attempt time) is saved
- * after every answer and committed within 10 ms (group commit), so a restart
- * resumes where it stopped; an answer not yet committed at a kill means that
- * request is sent again (at-least-once: at most the requests in flight plus
- * those answered in the last 10 ms).
+ * Accounts: integrations whose config has the same value for the
+ * blueprint's rate_limit.scope field (ActiveCampaign: api_url) share one
+ * token bucket (a `pace`, shared by every loop serving one of them), and
+ * Retry-After / RateLimit-* answers apply to all of them.  An integration's
+ * loop is picked by its id, so every command about it arrives in order.
+ * In a loop, each account has its own window of events in memory and its
+ * own requests in flight, and dispatch visits accounts in turn: a backlog
+ * on one never delays another.
+ *
+ * Progress (requests done, attempts, next attempt time, the outcome line)
+ * is written in a group commit at most 10 ms after an answer, so a restart
+ * resumes where it stopped; an answer not yet committed at a kill means
+ * that request is sent again (at-least-once: at most the requests in flight
+ * plus those answered in the last 10 ms).  A commit that fails is retried
+ * with everything it held (events stay in memory until written), nothing
+ * new is loaded meanwhile, and the failure is logged and shown by the store
+ * (bp_store_health).
  */
 #include "internal.h"
 
@@ -24,37 +39,138 @@
 #include <string.h>
 #include <unistd.h>
 
-#define WINDOW 256
+#define WINDOW_PACED 16         /* events in memory per account paced below 100/s */
+#define WINDOW_FAST 256         /* per account otherwise */
 #define INSERT_BATCH 500
 #define MAX_SAVED_RESPONSE 512
+#define COMMIT_EVERY_MS 10
+#define TENANT_BUCKETS 4096
 
-typedef struct job {
+typedef struct job job;
+typedef struct tenant tenant;
+typedef struct account account;
+typedef struct engine_slot engine_slot;
+typedef struct loop loop;
+
+struct job {
+    job *next;                  /* in its account's list while not final */
+    job *dirty_next;            /* in the loop's list of unsaved jobs */
+    int dirty, final;
+    tenant *t;
     bp_stored ev;
     bp_outcome out;
-    long index;             /* position in this run's input, -1 for recovered events */
-    int active, inflight;
-    double first_ms;        /* first attempt, for duration_ms */
+    long index;                 /* position in the input that added it, -1 for recovered events */
+    int inflight;
+    double first_ms;            /* first attempt, for duration_ms */
     int last_status;
+    const char *state;          /* to store: pending delivered dropped error dead held */
     char why[300];
     bp_buf response;
-} job;
+    bp_buf line;                /* the outcome line to store with it (final or retrying) */
+};
 
-typedef struct run {
-    const bp_blueprint *bp;
-    const bp_config *cfg;
-    const bp_deliver_opts *o;
-    bp_deliver_stats *st;
-    bp_store *store;
+struct engine_slot {
+    engine_slot *next;
+    bp_shared_bp *bp;
     bp_engine *engine;
-    bp_transport *tr;
-    bp_bucket bucket;
-    job jobs[WINDOW];
-    int64_t first_new_id, last_loaded_id;
-    int max_attempts, inflight, paused, more_in_store;
+    int refs;                   /* tenants bound to it */
+};
+
+struct tenant {
+    tenant *next, *hash_next;   /* the loop's list; its id bucket */
+    char *id;
+    bp_shared_bp *bp;
+    bp_config *cfg;
+    engine_slot *eng;
+    bp_binding bind;
+    account *acct;
+    const bp_sink *sink;
+    void *ctx;
+    bp_deliver_stats *st;
+    int64_t last_loaded_id, index_from_id;
+    int more, rescan, paused, max_attempts;
     char pause_reason[512];
+    int njobs;                  /* jobs referring to it, saved or not */
+    int unsaved_final;          /* final jobs waiting for their commit */
+    int inflight;
+    int removing, purge;
+    int borrowed_cfg;           /* deliver's: the caller frees it */
+    bp_tenant_spec forward;     /* a put to apply once drained (a new account), id NULL: none */
+};
+
+/* The pace of one vendor account, shared by the loops that serve its
+ * integrations (an integration's loop is picked by its id). */
+typedef struct pace {
+    struct pace *next;
+    char *key;
+    pthread_mutex_t mu;         /* guards bucket */
+    bp_bucket bucket;
+    int refs;                   /* loop accounts using it; guarded by the pool's mu */
+} pace;
+
+struct account {
+    char *key;
+    pace *pace;
+    job *jobs;                  /* not final, in load order */
+    int njobs, inflight, window;
+    tenant **members; size_t nmembers, capmembers, rr;
+};
+
+enum cmd_kind { CMD_PUT, CMD_REMOVE, CMD_WAKE, CMD_RESCAN, CMD_STOP };
+
+typedef struct cmd {
+    struct cmd *next;
+    enum cmd_kind kind;
+    bp_tenant_spec spec;        /* CMD_PUT */
+    char *id;
+    int purge;
+} cmd;
+
+typedef struct mark { tenant *t; char *key; int64_t at; } mark;
+
+struct loop {
+    bp_pool *pool;
+    int index;
+    pthread_t thread;
+    int started;
+    bp_transport *tr;
+    bp_store *store;
+    const bp_deliver_opts *o;
+    tenant *tenants;
+    tenant *by_id[TENANT_BUCKETS];
+    account **accounts; size_t naccounts, capaccounts, rr;
+    engine_slot *engines;
+    job *dirty, **dirty_tail;
+    double dirty_since, commit_retry_at, commit_backoff_ms;
+    int store_failing;
+    double failing_since;
+    mark *marks; size_t nmarks, capmarks;
+    pthread_mutex_t inbox_mu;   /* guards inbox */
+    cmd *inbox, **inbox_tail;
+    int stopping;               /* loop thread only */
     uint64_t rng;
     bp_buf line;
-} run;
+};
+
+struct bp_pool {
+    bp_store *store;
+    bp_deliver_opts o;
+    loop *loops;
+    int nloops;
+    pthread_mutex_t mu;         /* guards paces */
+    pace *paces;
+};
+
+/* ---- small things ---------------------------------------------------------------- */
+
+static void count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
+
+static uint64_t hash_text(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) { h ^= (unsigned char)*s; h *= 1099511628211ULL; }
+    return h;
+}
 
 double bp_deliver_latency_ms(const bp_deliver_stats *s, double q)
 {
@@ -82,22 +198,51 @@ void bp_deliver_opts_default(bp_deliver_opts *o)
     bp_limits_default(&o->limits);
 }
 
-/* xorshift64*: jitter only, no need for more */
-static double uniform(run *r)
+bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp)
 {
-    r->rng ^= r->rng >> 12;
-    r->rng ^= r->rng << 25;
-    r->rng ^= r->rng >> 27;
-    return (double)((r->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+    bp_shared_bp *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->bp = bp;
+    s->refs = 1;
+    return s;
+}
+
+void bp_shared_bp_hold(bp_shared_bp *s) { __atomic_fetch_add(&s->refs, 1, __ATOMIC_RELAXED); }
+
+void bp_shared_bp_drop(bp_shared_bp *s)
+{
+    if (!s || __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    bp_blueprint_free(s->bp);
+    free(s);
+}
+
+void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n)
+{
+    const char *v = bp->rate_limit_scope ? bp_config_get(cfg, bp->rate_limit_scope) : NULL;
+    if (!v || !*v) { snprintf(out, n, "integration %s", id); return; }
+    /* https://Acme.api-us1.com/ and https://acme.api-us1.com are one account */
+    size_t len = strlen(v);
+    while (len > 0 && v[len - 1] == '/') len--;
+    int w = snprintf(out, n, "%s %.*s", bp->vendor, (int)len, v);
+    for (char *p = out + strlen(bp->vendor) + 1; w > 0 && *p; p++) if (*p >= 'A' && *p <= 'Z') *p += 32;
+}
+
+/* xorshift64*: jitter only, no need for more */
+static double uniform(loop *l)
+{
+    l->rng ^= l->rng >> 12;
+    l->rng ^= l->rng << 25;
+    l->rng ^= l->rng >> 27;
+    return (double)((l->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
 }
 
 /* Exponential backoff with full jitter, never sooner than Retry-After. */
-static double backoff_ms(run *r, int failures, double retry_after_s)
+static double backoff_ms(loop *l, int failures, double retry_after_s)
 {
-    double ceiling = (double)r->o->retry_base_ms;
-    for (int i = 1; i < failures && ceiling < (double)r->o->retry_cap_ms; i++) ceiling *= 2;
-    if (ceiling > (double)r->o->retry_cap_ms) ceiling = (double)r->o->retry_cap_ms;
-    double d = uniform(r) * ceiling;
+    double ceiling = (double)l->o->retry_base_ms;
+    for (int i = 1; i < failures && ceiling < (double)l->o->retry_cap_ms; i++) ceiling *= 2;
+    if (ceiling > (double)l->o->retry_cap_ms) ceiling = (double)l->o->retry_cap_ms;
+    double d = uniform(l) * ceiling;
     return d > retry_after_s * 1000.0 ? d : retry_after_s * 1000.0;
 }
 
@@ -116,11 +261,22 @@ static void credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
-/* ---- outcome lines ---------------------------------------------------------------- */
-
-static void emit(run *r, job *j, const char *label)
+static void log_tenant(const char *level, const char *msg, const tenant *t, const char *detail)
 {
-    bp_buf *b = &r->line;
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_buf_adds(&f, "\"integration\":");
+    bp_json_write_string(&f, t->id, strlen(t->id));
+    if (detail) { bp_buf_adds(&f, ",\"detail\":"); bp_json_write_text(&f, detail, strlen(detail)); }
+    bp_log(level, msg, f.data);
+    bp_buf_free(&f);
+}
+
+/* ---- outcome lines and saving ----------------------------------------------------------- */
+
+static void write_line(loop *l, job *j, const char *label)
+{
+    bp_buf *b = &j->line;
     bp_buf_reset(b);
     bp_outcome_write_fields(&j->out, j->index, label, b);
     /* one line per event: plain appends, no printf */
@@ -132,35 +288,63 @@ static void emit(run *r, job *j, const char *label)
     bp_json_write_int(b, j->ev.attempts);
     bp_buf_adds(b, ",\"duration_ms\":");
     bp_json_write_int(b, j->first_ms > 0 ? llround(bp_wall_ms() - j->first_ms) : 0);
-    bp_buf_adds(b, ",\"response\":");
-    if (j->response.len) {
-        size_t bad, n = j->response.len;
-        if (bp_utf8_check(j->response.data, n, &bad) < 0) n = bad;
-        bp_json_write_string(b, j->response.data, n);
-    } else {
-        bp_buf_adds(b, "null");
+    if (!strcmp(label, "retrying")) {
+        bp_buf_adds(b, ",\"next_attempt_at\":");
+        bp_json_write_int(b, (long long)j->ev.next_at);
     }
+    bp_buf_adds(b, ",\"response\":");
+    if (j->response.len) bp_json_write_text(b, j->response.data, j->response.len);
+    else bp_buf_adds(b, "null");
     bp_buf_addc(b, '}');
-    if (r->o->emit) r->o->emit(r->o->emit_ctx, b->data, b->len);
+    (void)l;
 }
 
-/* Save the job's state; when final, also its outcome line and free the slot. */
-static void save(run *r, job *j, const char *state, const char *label)
+static void mark_dirty(loop *l, job *j)
 {
-    int final = strcmp(state, "pending") != 0;
-    if (final) emit(r, j, label);
-    bp_store_update(r->store, &j->ev, state, j->last_status, j->out.reason.data ? j->out.reason.data : "",
-                    j->response.len ? j->response.data : NULL, final ? r->line.data : NULL, (int64_t)bp_wall_ms());
-    if (!final) return;
-    if (!strcmp(state, "delivered")) r->st->delivered++;
-    else if (!strcmp(state, "dropped")) r->st->dropped++;
-    else if (!strcmp(state, "error")) r->st->errors++;
-    else if (!strcmp(state, "dead")) r->st->dead++;
-    else if (!strcmp(state, "held")) r->st->held++;
+    if (j->dirty) return;
+    j->dirty = 1;
+    j->dirty_next = NULL;
+    if (!l->dirty) l->dirty_since = bp_wall_ms();
+    *l->dirty_tail = j;
+    l->dirty_tail = &j->dirty_next;
+}
+
+static void unlink_job(account *a, job *j)
+{
+    for (job **p = &a->jobs; *p; p = &(*p)->next)
+        if (*p == j) { *p = j->next; a->njobs--; return; }
+}
+
+static void free_job(job *j)
+{
+    j->t->njobs--;
     free(j->ev.body);
     bp_outcome_free(&j->out);
     bp_buf_free(&j->response);
-    memset(j, 0, sizeof *j);
+    bp_buf_free(&j->line);
+    free(j);
+}
+
+/* A progress step that is not final: saved with the next commit. */
+static void save_progress(loop *l, job *j) { j->state = "pending"; mark_dirty(l, j); }
+
+/* The event's outcome is final: report it, take it out of the window and
+ * save it; it is freed once the commit holding it succeeds. */
+static void finish(loop *l, job *j, const char *state, const char *label)
+{
+    tenant *t = j->t;
+    write_line(l, j, label);
+    t->sink->outcome(t->ctx, j->line.data, j->line.len, 1);
+    if (!strcmp(state, "delivered")) count(&t->st->delivered);
+    else if (!strcmp(state, "dropped")) count(&t->st->dropped);
+    else if (!strcmp(state, "error")) count(&t->st->errors);
+    else if (!strcmp(state, "dead")) count(&t->st->dead);
+    else if (!strcmp(state, "held")) count(&t->st->held);
+    j->state = state;
+    j->final = 1;
+    t->unsaved_final++;
+    unlink_job(t->acct, j);
+    mark_dirty(l, j);
 }
 
 static void set_reason(job *j, const char *fmt, const char *a, const char *b)
@@ -169,180 +353,837 @@ static void set_reason(job *j, const char *fmt, const char *a, const char *b)
     bp_buf_printf(&j->out.reason, fmt, a, b);
 }
 
-static void hold(run *r, job *j)
+static void hold(loop *l, job *j)
 {
-    set_reason(j, "held: %s%s", r->pause_reason, "");
-    save(r, j, "held", "held");
+    set_reason(j, "held: %s%s", j->t->pause_reason, "");
+    finish(l, j, "held", "held");
 }
 
-/* ---- the window ---------------------------------------------------------------------- */
-
-static void load_jobs(run *r)
+static int mark_pending(loop *l, const tenant *t, const char *key)
 {
-    int free_slots = 0;
-    for (int i = 0; i < WINDOW; i++) if (!r->jobs[i].active) free_slots++;
-    if (!free_slots || !r->more_in_store) return;
+    for (size_t i = 0; i < l->nmarks; i++) if (l->marks[i].t == t && !strcmp(l->marks[i].key, key)) return 1;
+    return 0;
+}
+
+static void add_mark(loop *l, tenant *t, const char *key, int64_t at)
+{
+    if (l->nmarks == l->capmarks) {
+        l->capmarks = l->capmarks ? l->capmarks * 2 : 64;
+        l->marks = realloc(l->marks, l->capmarks * sizeof *l->marks);
+        if (!l->marks) abort();
+    }
+    l->marks[l->nmarks++] = (mark){ t, strdup(key), at };
+}
+
+/* Write every unsaved job and once-key in one transaction.  On success the
+ * final jobs are freed; on failure all of it stays for the next try. */
+static void commit(loop *l)
+{
+    if (!l->dirty && !l->nmarks) return;
+    double now = bp_wall_ms();
+    if (l->store_failing && now < l->commit_retry_at) return;
+    int ok = bp_store_begin(l->store) == 0;
+    if (ok) {
+        for (job *j = l->dirty; ok && j; j = j->dirty_next) {
+            const char *outcome = j->line.len ? j->line.data : NULL;
+            ok = bp_store_update(l->store, &j->ev, j->state, j->last_status, j->out.reason.data ? j->out.reason.data : "",
+                                 j->response.len ? j->response.data : NULL, outcome, (int64_t)now) == 0;
+        }
+        for (size_t i = 0; ok && i < l->nmarks; i++)
+            ok = bp_store_once_mark(l->store, l->marks[i].t->id, l->marks[i].key, l->marks[i].at) == 0;
+        ok = bp_store_commit(l->store, ok) == 0;
+    }
+    if (!ok) {
+        l->commit_backoff_ms = l->commit_backoff_ms ? l->commit_backoff_ms * 2 : 50;
+        if (l->commit_backoff_ms > 2000) l->commit_backoff_ms = 2000;
+        l->commit_retry_at = now + l->commit_backoff_ms;
+        if (!l->store_failing) {
+            bp_store_status h;
+            bp_store_health(l->store, &h);
+            bp_buf f;
+            bp_buf_init(&f);
+            bp_buf_adds(&f, "\"error\":");
+            bp_json_write_text(&f, h.last_error, strlen(h.last_error));
+            bp_log("error", "state store: could not save delivery progress; retrying, events stay in memory", f.data);
+            bp_buf_free(&f);
+        }
+        if (!l->store_failing) l->failing_since = now;
+        l->store_failing = 1;
+        return;
+    }
+    if (l->store_failing) bp_log("info", "state store: saving delivery progress again", NULL);
+    l->store_failing = 0;
+    l->commit_backoff_ms = 0;
+    job *j = l->dirty;
+    while (j) {
+        job *next = j->dirty_next;
+        j->dirty = 0;
+        if (j->final) { j->t->unsaved_final--; free_job(j); }
+        j = next;
+    }
+    l->dirty = NULL;
+    l->dirty_tail = &l->dirty;
+    for (size_t i = 0; i < l->nmarks; i++) free(l->marks[i].key);
+    l->nmarks = 0;
+}
+
+/* ---- loading and mapping ------------------------------------------------------------------ */
+
+static int held_in_memory(const tenant *t, int64_t id)
+{
+    for (const job *j = t->acct->jobs; j; j = j->next) if (j->t == t && j->ev.id == id) return 1;
+    return 0;
+}
+
+/* Map a freshly loaded (or re-mapped) job; drops and errors are final at once.
+ * The mapping is deterministic, so re-running it after a restart yields the
+ * same requests, and done_requests says where to resume. */
+static void map_job(loop *l, job *j)
+{
+    tenant *t = j->t;
+    if (t->paused) { hold(l, j); return; }
+    enum bp_verdict v = bp_engine_run_as(t->eng->engine, &t->bind, j->ev.body, j->ev.body_len, &j->out);
+    if (v == BP_DROP) finish(l, j, "dropped", "drop");
+    else if (v == BP_ERROR) finish(l, j, "error", "error");
+}
+
+static void load_tenant(loop *l, tenant *t, int room)
+{
+    if (t->rescan && t->unsaved_final == 0) { t->last_loaded_id = 0; t->rescan = 0; t->more = 1; }
+    if (!t->more || room <= 0) return;
     bp_stored *evs;
     size_t n;
-    if (bp_store_pending(r->store, r->last_loaded_id, free_slots, &evs, &n) < 0) { free(evs); return; }
-    if ((int)n < free_slots) r->more_in_store = 0;
-    for (size_t k = 0, slot = 0; k < n; k++) {
-        while (r->jobs[slot].active) slot++;
-        job *j = &r->jobs[slot];
+    if (bp_store_pending(l->store, t->id, t->last_loaded_id, room, &evs, &n) < 0) { free(evs); return; }
+    if ((int)n < room) t->more = 0;
+    account *a = t->acct;
+    job **tail = &a->jobs;
+    while (*tail) tail = &(*tail)->next;
+    for (size_t k = 0; k < n; k++) {
+        t->last_loaded_id = evs[k].id;
+        if (held_in_memory(t, evs[k].id)) { free(evs[k].body); continue; }
+        job *j = calloc(1, sizeof *j);
+        if (!j) abort();
+        j->t = t;
         j->ev = evs[k];
-        j->active = 1;
-        /* index: position in the input that added it — this run's input, or in
-         * service mode the intake request it came in */
-        j->index = (r->first_new_id > 0 && j->ev.id >= r->first_new_id) || r->o->follow ? j->ev.idx : -1;
+        j->index = j->ev.id >= t->index_from_id ? j->ev.idx : -1;
         bp_outcome_init(&j->out);
         bp_buf_init(&j->response);
-        r->last_loaded_id = j->ev.id;
-        if (r->paused) { hold(r, j); continue; }
-        /* The mapping is deterministic, so re-running it after a restart
-         * yields the same requests; done_requests says where to resume. */
-        enum bp_verdict v = bp_engine_run(r->engine, j->ev.body, j->ev.body_len, &j->out);
-        if (v == BP_DROP) save(r, j, "dropped", "drop");
-        else if (v == BP_ERROR) save(r, j, "error", "error");
+        bp_buf_init(&j->line);
+        t->njobs++;
+        *tail = j;
+        tail = &j->next;
+        a->njobs++;
+        map_job(l, j);
+        while (*tail) tail = &(*tail)->next;
     }
     free(evs);
 }
 
-static void pause_integration(run *r, const char *why)
+/* Fill each account's window, taking its integrations in turn. */
+static void load(loop *l)
 {
-    r->paused = 1;
-    snprintf(r->pause_reason, sizeof r->pause_reason, "integration paused: %s; %s; delivery resumes when the "
-             "credentials in the config change", why,
-             r->bp->auth_help ? r->bp->auth_help : "check the API key and API URL");
+    if (l->stopping || l->store_failing) return;
+    for (size_t i = 0; i < l->naccounts; i++) {
+        account *a = l->accounts[i];
+        for (size_t tries = 0; tries < a->nmembers && a->njobs < a->window; tries++) {
+            tenant *t = a->members[a->rr++ % a->nmembers];
+            if (!t->removing) load_tenant(l, t, a->window - a->njobs);
+        }
+    }
+}
+
+/* ---- answers ------------------------------------------------------------------------------- */
+
+static void pause_tenant(loop *l, tenant *t, const char *why)
+{
+    const bp_blueprint *bp = t->bp->bp;
+    t->paused = 1;
+    snprintf(t->pause_reason, sizeof t->pause_reason, "integration paused: %s; %s; delivery resumes when the "
+             "credentials in the config change", why, bp->auth_help ? bp->auth_help : "check the API key and API URL");
     char fp[17];
-    credentials_fingerprint(r->cfg, r->bp, fp);
-    bp_store_meta_set(r->store, "paused_credentials", fp);
-    bp_store_meta_set(r->store, "pause_reason", r->pause_reason);
-    fprintf(stderr, "blueprint: %s\n", r->pause_reason);
+    credentials_fingerprint(t->cfg, bp, fp);
+    bp_store_meta_set(l->store, t->id, "paused_credentials", fp);
+    bp_store_meta_set(l->store, t->id, "pause_reason", t->pause_reason);
+    log_tenant("error", t->pause_reason, t, NULL);
 }
 
 static void on_answer(void *ctx, void *user, const bp_response *resp)
 {
-    run *r = ctx;
+    loop *l = ctx;
     job *j = user;
+    tenant *t = j->t;
+    account *a = t->acct;
     double now = bp_wall_ms();
     j->inflight = 0;
-    r->inflight--;
+    t->inflight--;
+    a->inflight--;
     bp_request *req = &j->out.requests[j->ev.done_requests];
     j->last_status = resp->status;
     bp_buf_reset(&j->response);
     bp_buf_add(&j->response, resp->body.data ? resp->body.data : "",
                resp->body.len < MAX_SAVED_RESPONSE ? resp->body.len : MAX_SAVED_RESPONSE);
-    /* Retry-After is an order.  RateLimit-Remaining: 0 is also what a client
-     * pacing at exactly the limit sees once its window is full, so it only
-     * takes away any saved-up burst; a RateLimit-Limit below our rate lowers
-     * the rate (the vendor knows the account's limit better than the
-     * blueprint's default). */
-    if (resp->retry_after_s > 0) bp_bucket_block(&r->bucket, now + resp->retry_after_s * 1000.0);
-    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(&r->bucket);
-    if (resp->ratelimit_limit > 0 && resp->ratelimit_limit < r->bucket.rate) r->bucket.rate = resp->ratelimit_limit;
-    if (resp->status == 429) r->st->rate_limited++;
+    /* Retry-After is an order, for the whole account.  RateLimit-Remaining: 0
+     * is also what a client pacing at exactly the limit sees once its window
+     * is full, so it only takes away any saved-up burst; a RateLimit-Limit
+     * below our rate lowers the rate (the vendor knows the account's limit
+     * better than the blueprint's default). */
+    pthread_mutex_lock(&a->pace->mu);
+    bp_bucket *bucket = &a->pace->bucket;
+    if (resp->retry_after_s > 0) bp_bucket_block(bucket, now + resp->retry_after_s * 1000.0);
+    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
+    if (resp->ratelimit_limit > 0 && resp->ratelimit_limit < bucket->rate) bucket->rate = resp->ratelimit_limit;
+    pthread_mutex_unlock(&a->pace->mu);
+    if (resp->status == 429) count(&t->st->rate_limited);
     long slot = (long)(resp->duration_ms * 10.0);
-    r->st->latency_us[slot < 0 ? 0 : slot > 1000 ? 1000 : slot]++;
-    if (r->o->on_answer) r->o->on_answer(r->o->emit_ctx, resp->status, resp->duration_ms);
+    count(&t->st->latency_us[slot < 0 ? 0 : slot > 1000 ? 1000 : slot]);
+    if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
 
     switch (bp_classify(req, resp, j->why, sizeof j->why)) {
     case BP_OK:
-        if (req->once) bp_store_once_mark(r->store, req->once, (int64_t)now);
-        if (req->marks) bp_store_once_mark(r->store, req->marks, (int64_t)now);
+        if (req->once) add_mark(l, t, req->once, (int64_t)now);
+        if (req->marks) add_mark(l, t, req->marks, (int64_t)now);
         j->ev.done_requests++;
         j->ev.failures = 0;
         if ((size_t)j->ev.done_requests >= j->out.nrequests) {
             set_reason(j, "delivered (%s)%s", j->why, "");
-            save(r, j, "delivered", "delivered");
+            finish(l, j, "delivered", "delivered");
         } else {
-            save(r, j, "pending", NULL);
+            save_progress(l, j);
         }
         break;
     case BP_RETRY:
-        r->st->retries++;
-        if (++j->ev.failures >= r->max_attempts) {
+        count(&t->st->retries);
+        if (++j->ev.failures >= t->max_attempts) {
             char n[16];
             snprintf(n, sizeof n, "%d", j->ev.failures);
             set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
-            save(r, j, "dead", "dead_letter");
+            finish(l, j, "dead", "dead_letter");
         } else {
-            j->ev.next_at = (int64_t)(now + backoff_ms(r, j->ev.failures, resp->retry_after_s));
-            save(r, j, "pending", NULL);
+            j->ev.next_at = (int64_t)(now + backoff_ms(l, j->ev.failures, resp->retry_after_s));
+            /* Live Events shows it waiting, with the answer that made it wait */
+            set_reason(j, "retrying: %s%s", j->why, "");
+            write_line(l, j, "retrying");
+            t->sink->outcome(t->ctx, j->line.data, j->line.len, 0);
+            save_progress(l, j);
         }
         break;
     case BP_PERMANENT:
         set_reason(j, "dead letter: %s%s", j->why, "");
-        save(r, j, "dead", "dead_letter");
+        finish(l, j, "dead", "dead_letter");
         break;
     case BP_AUTH:
-        if (!r->paused) pause_integration(r, j->why);
-        hold(r, j);
+        if (!t->paused) pause_tenant(l, t, j->why);
+        hold(l, j);
         break;
     }
 }
 
-/* Is a request that will record `key` on success in flight right now?  Then
- * a request with `once = key` waits for its answer instead of repeating it
- * (two events for the same new contact sync it once). */
-static int key_in_flight(run *r, const char *key)
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+/* Is a request of the same integration that will record `key` on success
+ * in flight right now?  Then a request with `once = key` waits for its
+ * answer instead of repeating it (two events for the same new contact sync
+ * it once). */
+static int key_in_flight(const tenant *t, const char *key)
 {
-    for (int i = 0; i < WINDOW; i++) {
-        job *j = &r->jobs[i];
-        if (!j->active || !j->inflight) continue;
+    for (const job *j = t->acct->jobs; j; j = j->next) {
+        if (j->t != t || !j->inflight) continue;
         const bp_request *q = &j->out.requests[j->ev.done_requests];
         if ((q->once && !strcmp(q->once, key)) || (q->marks && !strcmp(q->marks, key))) return 1;
     }
     return 0;
 }
 
-/* Start what can start now; returns ms until something else could. */
-static double dispatch(run *r)
+/* Start what this account can start now; returns ms until it could start more. */
+static double dispatch_account(loop *l, account *a, double now)
 {
-    double now = bp_wall_ms(), wait = 1000;
-    for (int i = 0; i < WINDOW; i++) {
-        job *j = &r->jobs[i];
-        if (!j->active || j->inflight) continue;
-        if (r->paused) { hold(r, j); continue; }
-        if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; continue; }
+    double wait = 1000;
+    job *j = a->jobs;
+    while (j) {
+        job *next = j->next;   /* finish() unlinks j */
+        tenant *t = j->t;
+        if (j->inflight || t->removing) { j = next; continue; }
+        if (t->paused) { hold(l, j); j = next; continue; }
+        if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
         /* skip requests whose once-key succeeded recently (contact already synced) */
+        int64_t since = (int64_t)(now - (double)l->o->once_ttl_s * 1000.0);
         while ((size_t)j->ev.done_requests < j->out.nrequests) {
             const char *once = j->out.requests[j->ev.done_requests].once;
-            if (!once || !bp_store_once_seen(r->store, once, (int64_t)(now - (double)r->o->once_ttl_s * 1000.0))) break;
+            if (!once || !(mark_pending(l, t, once) || bp_store_once_seen(l->store, t->id, once, since))) break;
             j->ev.done_requests++;
         }
         if ((size_t)j->ev.done_requests >= j->out.nrequests) {
             set_reason(j, "delivered%s%s", "", "");
-            save(r, j, "delivered", "delivered");
+            finish(l, j, "delivered", "delivered");
+            j = next;
             continue;
         }
         const char *once = j->out.requests[j->ev.done_requests].once;
-        if (once && key_in_flight(r, once)) continue;
-        if (r->inflight >= r->o->concurrency) return 0;
-        double w = bp_bucket_take(&r->bucket, now);
+        if (once && key_in_flight(t, once)) { j = next; continue; }
+        if (a->inflight >= l->o->concurrency) return 0;
+        pthread_mutex_lock(&a->pace->mu);
+        double w = bp_bucket_take(&a->pace->bucket, now);
+        pthread_mutex_unlock(&a->pace->mu);
         if (w > 0) return w < wait ? w : wait;
-        if (bp_transport_send(r->tr, &j->out.requests[j->ev.done_requests], r->cfg, j) < 0) {
+        if (bp_transport_send(l->tr, &j->out.requests[j->ev.done_requests], t->cfg, j) < 0) {
             j->last_status = 0;
             snprintf(j->why, sizeof j->why, "could not start the request");
             set_reason(j, "error: %s%s", j->why, "");
-            save(r, j, "error", "error");
+            finish(l, j, "error", "error");
+            j = next;
             continue;
         }
         if (j->first_ms <= 0) j->first_ms = now;
         j->inflight = 1;
         j->ev.attempts++;
-        r->inflight++;
-        r->st->requests++;
+        t->inflight++;
+        a->inflight++;
+        count(&t->st->requests);
+        j = next;
     }
     return wait;
 }
 
-static int any_active(run *r)
+/* Visit every account with work, starting one further each turn. */
+static double dispatch(loop *l)
 {
-    for (int i = 0; i < WINDOW; i++) if (r->jobs[i].active) return 1;
+    double now = bp_wall_ms(), wait = 1000;
+    if (l->stopping || !l->naccounts) return wait;
+    size_t n = l->naccounts, start = l->rr++ % n;
+    for (size_t k = 0; k < n; k++) {
+        account *a = l->accounts[(start + k) % n];
+        if (!a->jobs) continue;
+        double w = dispatch_account(l, a, now);
+        if (w < wait) wait = w;
+    }
+    return wait;
+}
+
+/* ---- tenants, accounts, engines --------------------------------------------------------------- */
+
+static tenant *find_tenant(loop *l, const char *id)
+{
+    for (tenant *t = l->by_id[hash_text(id) % TENANT_BUCKETS]; t; t = t->hash_next)
+        if (!strcmp(t->id, id)) return t;
+    return NULL;
+}
+
+/* The account's pace, shared with the other loops serving it. */
+static pace *pace_acquire(loop *l, const char *key, double rps)
+{
+    pace *p = NULL;
+    if (l->pool) {
+        pthread_mutex_lock(&l->pool->mu);
+        for (p = l->pool->paces; p && strcmp(p->key, key); p = p->next) {}
+    }
+    if (!p) {
+        p = calloc(1, sizeof *p);
+        if (!p) abort();
+        p->key = strdup(key);
+        pthread_mutex_init(&p->mu, NULL);
+        /* burst: 10 ms worth of requests, at least 1 (ActiveCampaign's 5/s -> 1) */
+        bp_bucket_init(&p->bucket, rps, rps / 100.0, bp_wall_ms());
+        if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
+    }
+    p->refs++;
+    if (l->pool) pthread_mutex_unlock(&l->pool->mu);
+    return p;
+}
+
+static void pace_release(loop *l, pace *p)
+{
+    if (l->pool) pthread_mutex_lock(&l->pool->mu);
+    int last = --p->refs == 0;
+    if (last && l->pool)
+        for (pace **q = &l->pool->paces; *q; q = &(*q)->next) if (*q == p) { *q = p->next; break; }
+    if (l->pool) pthread_mutex_unlock(&l->pool->mu);
+    if (!last) return;
+    pthread_mutex_destroy(&p->mu);
+    free(p->key);
+    free(p);
+}
+
+static account *join_account(loop *l, tenant *t)
+{
+    const bp_blueprint *bp = t->bp->bp;
+    char key[600];
+    bp_account_key(bp, t->cfg, t->id, key, sizeof key);
+    account *a = NULL;
+    for (size_t i = 0; i < l->naccounts && !a; i++) if (!strcmp(l->accounts[i]->key, key)) a = l->accounts[i];
+    if (!a) {
+        a = calloc(1, sizeof *a);
+        if (!a) abort();
+        a->key = strdup(key);
+        double rps = l->o->rate_limit_rps > 0 ? l->o->rate_limit_rps : bp->rate_limit_rps;
+        a->pace = pace_acquire(l, key, rps);
+        a->window = rps > 0 && rps < 100 ? WINDOW_PACED : WINDOW_FAST;
+        if (l->naccounts == l->capaccounts) {
+            l->capaccounts = l->capaccounts ? l->capaccounts * 2 : 16;
+            l->accounts = realloc(l->accounts, l->capaccounts * sizeof *l->accounts);
+            if (!l->accounts) abort();
+        }
+        l->accounts[l->naccounts++] = a;
+        bp_transport_keep_connections(l->tr, (long)l->naccounts * 2 + 16);
+    }
+    if (a->nmembers == a->capmembers) {
+        a->capmembers = a->capmembers ? a->capmembers * 2 : 4;
+        a->members = realloc(a->members, a->capmembers * sizeof *a->members);
+        if (!a->members) abort();
+    }
+    a->members[a->nmembers++] = t;
+    return a;
+}
+
+static void leave_account(loop *l, tenant *t)
+{
+    account *a = t->acct;
+    for (size_t i = 0; i < a->nmembers; i++)
+        if (a->members[i] == t) { a->members[i] = a->members[--a->nmembers]; break; }
+    t->acct = NULL;
+    if (a->nmembers) return;
+    for (size_t i = 0; i < l->naccounts; i++)
+        if (l->accounts[i] == a) { l->accounts[i] = l->accounts[--l->naccounts]; break; }
+    pace_release(l, a->pace);
+    free(a->key);
+    free(a->members);
+    free(a);
+}
+
+/* Bind t to its blueprint's engine in this loop (made on first use). */
+static int bind_engine(loop *l, tenant *t, bp_error *err)
+{
+    engine_slot *s = l->engines;
+    while (s && s->bp != t->bp) s = s->next;
+    if (!s) {
+        bp_engine *e = bp_engine_new(t->bp->bp, t->cfg, &l->o->limits, err);
+        if (!e) return -1;
+        s = calloc(1, sizeof *s);
+        if (!s) abort();
+        s->bp = t->bp;
+        bp_shared_bp_hold(s->bp);
+        s->engine = e;
+        s->next = l->engines;
+        l->engines = s;
+    }
+    if (bp_engine_bind(s->engine, t->cfg, &t->bind, err) < 0) return -1;
+    s->refs++;
+    t->eng = s;
     return 0;
 }
 
-/* ---- phase 1: input into the store ---------------------------------------------------- */
+static void unbind_engine(loop *l, tenant *t)
+{
+    engine_slot *s = t->eng;
+    if (!s) return;
+    bp_engine_unbind(s->engine, &t->bind);
+    t->eng = NULL;
+    if (--s->refs > 0) return;
+    for (engine_slot **p = &l->engines; *p; p = &(*p)->next)
+        if (*p == s) { *p = s->next; break; }
+    bp_engine_free(s->engine);
+    bp_shared_bp_drop(s->bp);
+    free(s);
+}
+
+/* Paused by an earlier run with these same credentials?  Held events are
+ * released when the credentials have changed since. */
+static void restore_pause(loop *l, tenant *t)
+{
+    char fp[17];
+    credentials_fingerprint(t->cfg, t->bp->bp, fp);
+    char *paused_fp = bp_store_meta_get(l->store, t->id, "paused_credentials");
+    if (paused_fp && !strcmp(paused_fp, fp)) {
+        char *why = bp_store_meta_get(l->store, t->id, "pause_reason");
+        t->paused = 1;
+        snprintf(t->pause_reason, sizeof t->pause_reason, "%s", why ? why : "integration paused");
+        log_tenant("error", t->pause_reason, t, NULL);
+        free(why);
+    } else if (paused_fp || t->paused) {
+        long n = bp_store_move(l->store, t->id, "held", "pending", 0);
+        bp_store_meta_set(l->store, t->id, "paused_credentials", NULL);
+        t->paused = 0;
+        t->rescan = 1;
+        char detail[64];
+        snprintf(detail, sizeof detail, "%ld held events released", n);
+        log_tenant("info", "credentials changed: resuming delivery", t, detail);
+    }
+    free(paused_fp);
+}
+
+static void report_broken(loop *l, tenant *t, const char *why)
+{
+    (void)l;
+    log_tenant("error", "integration cannot be delivered (its blueprint does not start); events stay stored", t, why);
+}
+
+static void drop_spec(bp_tenant_spec *s)
+{
+    if (!s->id) return;
+    free((char *)s->id);
+    bp_config_free(s->cfg);
+    bp_shared_bp_drop(s->bp);
+    s->id = NULL;
+}
+
+static void tenant_free(tenant *t)
+{
+    drop_spec(&t->forward);
+    if (t->sink && t->sink->release) t->sink->release(t->ctx);
+    if (!t->borrowed_cfg) bp_config_free(t->cfg);
+    bp_shared_bp_drop(t->bp);
+    free(t->id);
+    free(t);
+}
+
+static void add_tenant(loop *l, const bp_tenant_spec *s)
+{
+    /* `deliver` lends its config (the only tenant with the id "") */
+    tenant *t = calloc(1, sizeof *t);
+    if (!t) abort();
+    t->id = strdup(s->id);
+    t->bp = s->bp;
+    t->cfg = s->cfg;
+    t->sink = s->sink;
+    t->ctx = s->ctx;
+    t->st = s->stats;
+    t->borrowed_cfg = !l->pool;
+    t->more = 1;
+    t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
+    bp_error err;
+    if (bind_engine(l, t, &err) < 0) { report_broken(l, t, err.msg); tenant_free(t); return; }
+    t->acct = join_account(l, t);
+    t->next = l->tenants;
+    l->tenants = t;
+    size_t b = hash_text(t->id) % TENANT_BUCKETS;
+    t->hash_next = l->by_id[b];
+    l->by_id[b] = t;
+    restore_pause(l, t);
+}
+
+/* A new blueprint or config for a tenant this loop already serves, on the
+ * same account.  Events not yet sent are mapped again under it; requests
+ * in flight were rendered already and finish as they are. */
+static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
+{
+    tenant old = *t;
+    t->bp = s->bp;
+    t->cfg = s->cfg;
+    t->eng = NULL;
+    bp_error err;
+    if (bind_engine(l, t, &err) < 0) {
+        report_broken(l, t, err.msg);   /* keep delivering with what it had */
+        t->bp = old.bp; t->cfg = old.cfg; t->eng = old.eng; t->bind = old.bind;
+        bp_config_free(s->cfg);
+        bp_shared_bp_drop(s->bp);
+        return;
+    }
+    unbind_engine(l, &old);
+    t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
+    for (job *j = t->acct->jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->t == t && !j->inflight && j->ev.done_requests == 0) map_job(l, j);
+    }
+    bp_config_free(old.cfg);
+    bp_shared_bp_drop(old.bp);
+    restore_pause(l, t);
+}
+
+static int same_account(const tenant *t, const bp_tenant_spec *s)
+{
+    char key[600];
+    bp_account_key(s->bp->bp, s->cfg, t->id, key, sizeof key);
+    return !strcmp(key, t->acct->key);
+}
+
+
+static void detach_tenant(loop *l, tenant *t)
+{
+    for (tenant **p = &l->tenants; *p; p = &(*p)->next) if (*p == t) { *p = t->next; break; }
+    for (tenant **p = &l->by_id[hash_text(t->id) % TENANT_BUCKETS]; *p; p = &(*p)->hash_next)
+        if (*p == t) { *p = t->hash_next; break; }
+}
+
+/* A removed tenant whose requests have all answered (and, unless purged,
+ * whose progress is saved) leaves the loop. */
+static void reap(loop *l)
+{
+    for (tenant *t = l->tenants, *next; t; t = next) {
+        next = t->next;
+        if (!t->removing || t->inflight > 0 || (!t->purge && (t->unsaved_final > 0 || l->dirty))) continue;
+        if (t->purge) {
+            /* its unsaved progress is moot: take it off the dirty list */
+            job **p = &l->dirty;
+            l->dirty_tail = &l->dirty;
+            while (*p) {
+                job *j = *p;
+                if (j->t == t) { *p = j->dirty_next; if (j->final) { t->unsaved_final--; free_job(j); } else j->dirty = 0; }
+                else { p = &j->dirty_next; l->dirty_tail = p; }
+            }
+        }
+        for (job *j = t->acct->jobs, *jn; j; j = jn) {
+            jn = j->next;
+            if (j->t == t) { unlink_job(t->acct, j); free_job(j); }
+        }
+        detach_tenant(l, t);
+        leave_account(l, t);
+        unbind_engine(l, t);
+        if (t->purge && bp_store_purge(l->store, t->id) < 0)
+            log_tenant("error", "could not delete a deleted integration's events; they stay in the store", t, NULL);
+        bp_tenant_spec forward = t->forward;
+        t->forward.id = NULL;
+        tenant_free(t);
+        if (forward.id) { add_tenant(l, &forward); free((char *)forward.id); }
+    }
+}
+
+/* ---- commands ---------------------------------------------------------------------------------- */
+
+static void post(loop *l, cmd *c)
+{
+    c->next = NULL;
+    pthread_mutex_lock(&l->inbox_mu);
+    *l->inbox_tail = c;
+    l->inbox_tail = &c->next;
+    pthread_mutex_unlock(&l->inbox_mu);
+    bp_transport_wakeup(l->tr);
+}
+
+static void free_cmd(cmd *c)
+{
+    drop_spec(&c->spec);
+    free(c->id);
+    free(c);
+}
+
+static void handle_commands(loop *l)
+{
+    pthread_mutex_lock(&l->inbox_mu);
+    cmd *c = l->inbox;
+    l->inbox = NULL;
+    l->inbox_tail = &l->inbox;
+    pthread_mutex_unlock(&l->inbox_mu);
+    while (c) {
+        cmd *next = c->next;
+        tenant *t = find_tenant(l, c->id ? c->id : c->spec.id);
+        switch (c->kind) {
+        case CMD_PUT:
+            if (!t) {
+                add_tenant(l, &c->spec);
+                free((char *)c->spec.id);
+                c->spec.id = NULL;   /* the tenant took bp and cfg */
+            } else if (t->removing || !same_account(t, &c->spec)) {
+                /* a new account (or a put while draining for one): drain
+                 * this one, then start again from the newest put */
+                t->removing = 1;
+                drop_spec(&t->forward);
+                t->forward = c->spec;
+                c->spec.id = NULL;
+            } else {
+                replace_tenant(l, t, &c->spec);
+                free((char *)c->spec.id);
+                c->spec.id = NULL;
+            }
+            break;
+        case CMD_REMOVE:
+            if (t) { t->removing = 1; t->purge = c->purge; drop_spec(&t->forward); }
+            break;
+        case CMD_WAKE:
+            if (t && !t->removing) t->more = 1;
+            break;
+        case CMD_RESCAN:
+            if (t && !t->removing) { t->rescan = 1; restore_pause(l, t); }
+            break;
+        case CMD_STOP:
+            l->stopping = 1;
+            break;
+        }
+        free_cmd(c);
+        c = next;
+    }
+}
+
+/* ---- the loop ---------------------------------------------------------------------------------- */
+
+static int any_work(loop *l)
+{
+    if (l->dirty || l->nmarks || bp_transport_active(l->tr)) return 1;
+    for (size_t i = 0; i < l->naccounts; i++) if (l->accounts[i]->jobs) return 1;
+    for (tenant *t = l->tenants; t; t = t->next) if (t->more || t->rescan || t->removing) return 1;
+    return 0;
+}
+
+/* One turn; returns 0 when the loop may end (until_idle and nothing left,
+ * or stopping with nothing in flight and everything saved). */
+static int turn(loop *l, int until_idle)
+{
+    handle_commands(l);
+    load(l);
+    double wait = dispatch(l);
+    if (l->dirty || l->nmarks) {
+        double due = l->dirty_since + COMMIT_EVERY_MS - bp_wall_ms();
+        if (l->store_failing) due = l->commit_retry_at - bp_wall_ms();
+        if (due <= 0 || l->stopping) commit(l);
+        else if (due < wait) wait = due;
+    }
+    reap(l);
+    if (l->stopping) {
+        if (!bp_transport_active(l->tr) && !l->dirty && !l->nmarks) return 0;
+        if (!bp_transport_active(l->tr) && l->store_failing) {
+            /* stopping while the store refuses writes: keep trying for a while */
+            if (bp_wall_ms() - l->commit_retry_at > 10000) {
+                bp_log("error", "state store: stopping with unsaved progress; those requests will be sent again",
+                       NULL);
+                return 0;
+            }
+        }
+        if (wait > 50) wait = 50;
+    } else if (until_idle && !any_work(l)) {
+        return 0;
+    } else if (until_idle && l->store_failing && !bp_transport_active(l->tr) &&
+               bp_wall_ms() - l->failing_since > 10000) {
+        return 0;   /* bp_deliver reports it */
+    }
+    int wait_ms = wait > 0 ? (int)(wait + 0.999) : 0;
+    if (wait_ms > 1000) wait_ms = 1000;
+    bp_transport_poll(l->tr, wait_ms, on_answer, l);
+    return 1;
+}
+
+static void loop_init(loop *l, bp_pool *p, int index, bp_store *store, const bp_deliver_opts *o)
+{
+    memset(l, 0, sizeof *l);
+    l->pool = p;
+    l->index = index;
+    l->store = store;
+    l->o = o;
+    l->tr = bp_transport_new(o->connect_timeout_ms, o->http_timeout_ms);
+    l->dirty_tail = &l->dirty;
+    l->inbox_tail = &l->inbox;
+    pthread_mutex_init(&l->inbox_mu, NULL);
+    l->rng = (uint64_t)bp_wall_ms() ^ ((uint64_t)getpid() << 32) ^ ((uint64_t)index << 16) ^ 0x9E3779B97F4A7C15ULL;
+    bp_buf_init(&l->line);
+}
+
+static void loop_free(loop *l)
+{
+    handle_commands(l);   /* frees what was posted after the stop */
+    for (job *j = l->dirty, *jn; j; j = jn) { jn = j->dirty_next; if (j->final) free_job(j); }
+    l->dirty = NULL;
+    while (l->tenants) {
+        tenant *t = l->tenants;
+        for (job *j = t->acct->jobs, *jn; j; j = jn) {
+            jn = j->next;
+            if (j->t == t) { unlink_job(t->acct, j); free_job(j); }
+        }
+        detach_tenant(l, t);
+        leave_account(l, t);
+        unbind_engine(l, t);
+        tenant_free(t);
+    }
+    for (size_t i = 0; i < l->nmarks; i++) free(l->marks[i].key);
+    free(l->marks);
+    free(l->accounts);
+    bp_transport_free(l->tr);
+    pthread_mutex_destroy(&l->inbox_mu);
+    bp_buf_free(&l->line);
+}
+
+static void *loop_main(void *arg)
+{
+    loop *l = arg;
+    while (turn(l, 0)) {}
+    return NULL;
+}
+
+/* ---- the pool ------------------------------------------------------------------------------------ */
+
+bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, bp_error *err)
+{
+    bp_pool *p = calloc(1, sizeof *p);
+    if (!p) abort();
+    p->store = store;
+    p->o = *o;
+    p->nloops = threads > 0 ? threads : 1;
+    p->loops = calloc((size_t)p->nloops, sizeof *p->loops);
+    if (!p->loops) abort();
+    pthread_mutex_init(&p->mu, NULL);
+    for (int i = 0; i < p->nloops; i++) loop_init(&p->loops[i], p, i, store, &p->o);
+    for (int i = 0; i < p->nloops; i++) {
+        if (pthread_create(&p->loops[i].thread, NULL, loop_main, &p->loops[i]) != 0) {
+            bp_error_set(err, "could not start delivery thread %d", i);
+            bp_pool_free(p);
+            return NULL;
+        }
+        p->loops[i].started = 1;
+    }
+    return p;
+}
+
+/* Every command about one integration goes to the same loop, in order. */
+static loop *owner(bp_pool *p, const char *id) { return &p->loops[hash_text(id) % (uint64_t)p->nloops]; }
+
+static void post_to_owner(bp_pool *p, enum cmd_kind kind, const char *id, int purge)
+{
+    cmd *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->kind = kind;
+    c->id = strdup(id);
+    c->purge = purge;
+    post(owner(p, id), c);
+}
+
+void bp_pool_put(bp_pool *p, const bp_tenant_spec *t)
+{
+    cmd *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->kind = CMD_PUT;
+    c->spec = *t;
+    c->spec.id = strdup(t->id);
+    post(owner(p, t->id), c);
+}
+
+void bp_pool_remove(bp_pool *p, const char *id, int purge) { post_to_owner(p, CMD_REMOVE, id, purge); }
+void bp_pool_wake(bp_pool *p, const char *id) { post_to_owner(p, CMD_WAKE, id, 0); }
+void bp_pool_rescan(bp_pool *p, const char *id) { post_to_owner(p, CMD_RESCAN, id, 0); }
+
+void bp_pool_free(bp_pool *p)
+{
+    if (!p) return;
+    for (int i = 0; i < p->nloops; i++) {
+        if (!p->loops[i].started) continue;
+        cmd *c = calloc(1, sizeof *c);
+        if (!c) abort();
+        c->kind = CMD_STOP;
+        post(&p->loops[i], c);
+    }
+    for (int i = 0; i < p->nloops; i++) if (p->loops[i].started) pthread_join(p->loops[i].thread, NULL);
+    for (int i = 0; i < p->nloops; i++) loop_free(&p->loops[i]);
+    free(p->loops);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+/* ---- blueprint deliver: one integration, one loop, this thread ------------------------------------ */
+
+typedef struct cli_run {
+    const bp_deliver_opts *o;
+    bp_deliver_stats *st;
+    bp_buf line;
+} cli_run;
+
+static void cli_outcome(void *ctx, const char *line, size_t len, int final)
+{
+    cli_run *r = ctx;
+    if (final && r->o->emit) r->o->emit(r->o->emit_ctx, line, len);
+}
+
+static void cli_answer(void *ctx, int status, double duration_ms)
+{
+    cli_run *r = ctx;
+    if (r->o->on_answer) r->o->on_answer(r->o->emit_ctx, status, duration_ms);
+}
+
+static const bp_sink cli_sink = { cli_outcome, cli_answer, NULL };
 
 static const char *message_id_of(const bp_doc *d)
 {
@@ -355,7 +1196,7 @@ static const char *message_id_of(const bp_doc *d)
 }
 
 /* A line for input that never becomes a stored event. */
-static void emit_input_error(run *r, long index, const char *why, const char *message_id)
+static void emit_input_error(cli_run *r, long index, const char *why, const char *message_id)
 {
     bp_outcome o;
     bp_outcome_init(&o);
@@ -369,18 +1210,21 @@ static void emit_input_error(run *r, long index, const char *why, const char *me
     if (message_id) r->st->duplicates++; else r->st->errors++;
 }
 
-static int ingest(run *r, bp_error *err)
+/* Phase 1: the input into the store, committed in batches before anything
+ * is sent.  Returns the first new event's id (0: none), -1 on error. */
+static int64_t ingest(cli_run *r, bp_store *store, bp_error *err)
 {
     bp_reader *rd = bp_reader_new(r->o->input_fd, r->o->limits.json.max_bytes);
     const char *ev;
     size_t len;
     bp_error rerr;
     enum bp_read_status s;
-    int in_batch = 0;
+    int in_batch = 0, ok = 1;
     long index = 0;
+    int64_t first = 0;
     bp_doc doc;
     bp_doc_init(&doc);
-    while ((s = bp_reader_next(rd, &ev, &len, &rerr)) != BP_READ_END) {
+    while (ok && (s = bp_reader_next(rd, &ev, &len, &rerr)) != BP_READ_END) {
         const char *message_id = NULL;
         if (s == BP_READ_EVENT && bp_json_parse(&doc, ev, len, &r->o->limits.json, &rerr) == 0)
             message_id = message_id_of(&doc);
@@ -389,31 +1233,30 @@ static int ingest(run *r, bp_error *err)
             emit_input_error(r, index++, rerr.msg, NULL);
             continue;
         }
-        if (!in_batch) { bp_store_exec(r->store, "BEGIN"); in_batch = 1; }
-        int64_t id = bp_store_add(r->store, ev, len, index, message_id, (int64_t)bp_wall_ms());
-        if (id < 0) {
-            bp_error_set(err, "state store: could not save an event");
-            bp_doc_free(&doc);
-            bp_reader_free(rd);
-            return -1;
-        }
+        if (!in_batch) { if (bp_store_begin(store) < 0) { ok = 0; break; } in_batch = 1; }
+        int64_t id = bp_store_add(store, "", ev, len, index, message_id, (int64_t)bp_wall_ms());
+        if (id < 0) { ok = 0; break; }
         if (id == 0) {
             emit_input_error(r, index++, "duplicate: an event with this message id was already accepted "
                              "(not delivered twice)", message_id);
             continue;
         }
         index++;
-        if (!r->first_new_id) r->first_new_id = id;
+        if (!first) first = id;
         r->st->added++;
-        if (++in_batch > INSERT_BATCH) { bp_store_exec(r->store, "COMMIT"); in_batch = 0; }
+        if (++in_batch > INSERT_BATCH) { ok = bp_store_commit(store, 1) == 0; in_batch = 0; }
     }
+    if (in_batch) ok = bp_store_commit(store, ok) == 0 && ok;
     bp_doc_free(&doc);
-    if (in_batch) bp_store_exec(r->store, "COMMIT");
     bp_reader_free(rd);
-    return 0;
+    if (!ok) {
+        bp_store_status h;
+        bp_store_health(store, &h);
+        bp_error_set(err, "state store: could not save the input events: %s", h.last_error);
+        return -1;
+    }
+    return first;
 }
-
-/* ---- the run ----------------------------------------------------------------------------- */
 
 int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_opts *opts,
                bp_deliver_stats *stats, bp_error *err)
@@ -423,87 +1266,41 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     bp_deliver_stats st_local;
     if (!stats) stats = &st_local;
     memset(stats, 0, sizeof *stats);
-    run *r = calloc(1, sizeof *r);
-    if (!r) abort();
-    r->bp = bp;
-    r->cfg = cfg;
-    r->o = opts;
-    r->st = stats;
-    r->more_in_store = 1;
-    r->rng = (uint64_t)bp_wall_ms() ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ULL;
-    r->max_attempts = opts->max_attempts > 0 ? opts->max_attempts : bp->retry_max_attempts;
-    bp_buf_init(&r->line);
-    /* Burst: 10 ms worth of requests, at least 1 (ActiveCampaign's 5/s -> 1). */
-    double rps = opts->rate_limit_rps > 0 ? opts->rate_limit_rps : bp->rate_limit_rps;
-    bp_bucket_init(&r->bucket, rps, rps / 100.0, bp_wall_ms());
+    cli_run run = { opts, stats, { 0 } };
+    bp_buf_init(&run.line);
     int rc = -1;
-    if (!(r->store = bp_store_open(opts->state_dir ? opts->state_dir : "./var", err))) goto out;
-    if (!(r->engine = bp_engine_new(bp, cfg, &opts->limits, err))) goto out;
-    r->tr = bp_transport_new(opts->connect_timeout_ms, opts->http_timeout_ms);
+    bp_store *store = bp_store_open(opts->state_dir ? opts->state_dir : "./var", "blueprint.db", err);
+    if (!store) goto out;
+    /* the mapping is checked before anything is stored: a broken blueprint is exit 2, not held events */
+    bp_engine *probe = bp_engine_new(bp, cfg, &opts->limits, err);
+    if (!probe) goto out;
+    bp_engine_free(probe);
+    int64_t first = 0;
+    if (opts->input_fd >= 0 && (first = ingest(&run, store, err)) < 0) goto out;
 
-    /* A pause outlives the run until the credentials change. */
-    char fp[17];
-    credentials_fingerprint(cfg, bp, fp);
-    char *paused_fp = bp_store_meta_get(r->store, "paused_credentials");
-    if (paused_fp && !strcmp(paused_fp, fp)) {
-        char *why = bp_store_meta_get(r->store, "pause_reason");
-        r->paused = 1;
-        snprintf(r->pause_reason, sizeof r->pause_reason, "%s", why ? why : "integration paused");
-        fprintf(stderr, "blueprint: %s\n", r->pause_reason);
-        free(why);
-    } else if (paused_fp) {
-        long n = bp_store_move(r->store, "held", "pending", 0);
-        bp_store_meta_set(r->store, "paused_credentials", NULL);
-        fprintf(stderr, "blueprint: credentials changed: resuming delivery of %ld held events\n", n);
+    /* The loop borrows bp and cfg: a shared wrapper that is never freed here
+     * (refs stay above zero), and a config the tenant must not free. */
+    loop l;
+    loop_init(&l, NULL, 0, store, opts);
+    bp_shared_bp shared = { (bp_blueprint *)bp, 2 };
+    bp_tenant_spec spec = { "", &shared, (bp_config *)cfg, &cli_sink, &run, stats };
+    add_tenant(&l, &spec);
+    tenant *t = l.tenants;
+    if (!t) { bp_error_set(err, "the blueprint could not start"); loop_free(&l); goto out; }
+    t->index_from_id = first > 0 ? first : INT64_MAX;
+    while (turn(&l, 1)) {}
+    int lost = l.store_failing;
+    loop_free(&l);
+    if (lost) {
+        bp_store_status h;
+        bp_store_health(store, &h);
+        bp_error_set(err, "state store: could not save delivery progress for 10 s (%s); the events stay stored "
+                     "and unsent requests are sent by the next run", h.last_error);
+        goto out;
     }
-    free(paused_fp);
-
-    if (opts->input_fd >= 0 && ingest(r, err) < 0) goto out;
-
-    /* Store writes are grouped per turn of the loop: everything judged in a
-     * turn is committed before the next requests go out. */
-    bp_store_exec(r->store, "BEGIN");
-    double last_rearm = 0, last_commit = 0;
-    for (;;) {
-        int stopping = opts->stop && *opts->stop;
-        if (opts->follow && bp_wall_ms() - last_rearm > 100) {
-            r->more_in_store = 1;   /* others add events to the store: look again */
-            last_rearm = bp_wall_ms();
-        }
-        if (!stopping) load_jobs(r);
-        if (r->inflight == 0 && (stopping || !any_active(r))) {
-            bp_store_exec(r->store, "COMMIT");
-            bp_store_exec(r->store, "BEGIN");
-            if (!opts->follow || stopping) break;
-            /* service mode: idle until new events arrive in the store */
-            bp_store_exec(r->store, "COMMIT");
-            usleep(50 * 1000);
-            r->more_in_store = 1;
-            bp_store_exec(r->store, "BEGIN");
-            continue;
-        }
-        /* Group commit: at most every 10 ms.  A kill loses at most that much
-         * progress, i.e. a few answered requests are sent again (at-least-once). */
-        if (bp_wall_ms() - last_commit >= 10) {
-            bp_store_exec(r->store, "COMMIT");
-            bp_store_exec(r->store, "BEGIN");
-            last_commit = bp_wall_ms();
-        }
-        double wait = stopping ? 50 : dispatch(r);
-        int wait_ms = wait > 0 ? (int)(wait + 0.999) : 0;
-        if (wait_ms > 1000) wait_ms = 1000;
-        if (r->inflight > 0) bp_transport_poll(r->tr, wait_ms, on_answer, r);
-        else if (wait_ms > 0) usleep((useconds_t)wait_ms * 1000);
-    }
-    bp_store_exec(r->store, "COMMIT");
-    rc = bp_store_count(r->store, "held") > 0 ? 3 : 0;
+    rc = bp_store_count(store, "", "held") > 0 ? 3 : 0;
 out:
-    for (int i = 0; i < WINDOW; i++)
-        if (r->jobs[i].active) { free(r->jobs[i].ev.body); bp_outcome_free(&r->jobs[i].out); bp_buf_free(&r->jobs[i].response); }
-    bp_transport_free(r->tr);
-    bp_engine_free(r->engine);
-    bp_store_close(r->store);
-    bp_buf_free(&r->line);
-    free(r);
+    bp_store_close(store);
+    bp_buf_free(&run.line);
     return rc;
 }

@@ -124,6 +124,62 @@ void bp_engine_free(bp_engine *e)
     free(e);
 }
 
+/* ---- one engine, many configs ------------------------------------------------------ */
+
+/* A delivery loop serves many integrations of one blueprint with one
+ * engine: each config gets its own ctx (config values, secret references)
+ * in the same Lua state, made once, instead of a state per integration
+ * (~1 KB per config instead of ~200 KB).  Mappings must therefore keep
+ * per-account state keyed by the account, as helpers.lua does. */
+static int push_binding(lua_State *L)
+{
+    const bp_config *cfg = lua_touserdata(L, 1);
+    const bp_blueprint *bp = lua_touserdata(L, 2);
+    bp_push_helpers(L, cfg, bp);                        /* cfg, bp, ctx */
+    lua_pushvalue(L, -1);                               /* cfg, bp, ctx, ctx */
+    bp_push_readonly(L);                                /* cfg, bp, ctx, proxy */
+    return 2;
+}
+
+int bp_engine_bind(bp_engine *e, const bp_config *cfg, bp_binding *b, bp_error *err)
+{
+    lua_State *L = e->L;
+    lua_pushcfunction(L, push_binding);
+    lua_pushlightuserdata(L, (void *)cfg);
+    lua_pushlightuserdata(L, (void *)e->bp);
+    /* protected: the state's memory cap can be reached here too */
+    if (lua_pcall(L, 2, 2, 0) != LUA_OK) {
+        bp_error_set(err, "could not prepare the mapping context: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    b->cfg = cfg;
+    b->proxy_ref = luaL_ref(L, LUA_REGISTRYINDEX);      /* ctx */
+    b->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+void bp_engine_unbind(bp_engine *e, bp_binding *b)
+{
+    luaL_unref(e->L, LUA_REGISTRYINDEX, b->ctx_ref);
+    luaL_unref(e->L, LUA_REGISTRYINDEX, b->proxy_ref);
+    b->ctx_ref = b->proxy_ref = LUA_NOREF;
+}
+
+enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *json, size_t len, bp_outcome *out)
+{
+    const bp_config *cfg = e->cfg;
+    int ctx = e->ctx_ref, proxy = e->ctx_proxy_ref;
+    e->cfg = b->cfg;
+    e->ctx_ref = b->ctx_ref;
+    e->ctx_proxy_ref = b->proxy_ref;
+    enum bp_verdict v = bp_engine_run(e, json, len, out);
+    e->cfg = cfg;
+    e->ctx_ref = ctx;
+    e->ctx_proxy_ref = proxy;
+    return v;
+}
+
 /* ---- routing ------------------------------------------------------------------- */
 
 static const bp_event_override *override_for(const bp_config *c, const char *name)

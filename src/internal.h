@@ -164,6 +164,8 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
  * finished request.  Returns how many finished. */
 int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *ctx);
 int bp_transport_active(const bp_transport *t);
+void bp_transport_wakeup(bp_transport *t);
+void bp_transport_keep_connections(bp_transport *t, long n);
 
 /* ---- classify.c ----------------------------------------------------------------- */
 
@@ -190,6 +192,8 @@ void bp_bucket_drain(bp_bucket *b);
 
 /* ---- store.c ---------------------------------------------------------------------- */
 
+#include <pthread.h>
+
 typedef struct bp_store bp_store;
 struct sqlite3;
 
@@ -198,7 +202,7 @@ typedef struct bp_stored {
     char *body; size_t body_len;
     int attempts, failures, done_requests;
     int64_t next_at;            /* wall-clock ms */
-    long idx;                   /* input position in the run that added it */
+    long idx;                   /* input position in the run (or intake request) that added it */
 } bp_stored;
 
 typedef struct bp_store_row {
@@ -207,29 +211,107 @@ typedef struct bp_store_row {
     int attempts, last_status;
     const char *reason, *response, *outcome;
     int64_t updated_at;
-    const char *body;
+    const char *body, *state;
 } bp_store_row;
 typedef void (*bp_store_row_fn)(void *ctx, const bp_store_row *row);
 
-bp_store *bp_store_open(const char *dir, bp_error *err);
+typedef struct bp_store_status {
+    int failing;                /* the last transaction failed */
+    long failures;              /* failed transactions since start */
+    char last_error[256];
+} bp_store_status;
+
+/* One SQLite database (DIR/FILE) for the events of every integration;
+ * `integration` is "" for a single-integration store (deliver).  Safe to
+ * share between threads (see store.c for the locking). */
+bp_store *bp_store_open(const char *dir, const char *file, bp_error *err);
 /* Install the store's busy handler on another SQLite connection (server.db). */
 int bp_store_busy_handler(struct sqlite3 *db);
 void bp_store_close(bp_store *s);
-int bp_store_exec(bp_store *s, const char *sql);            /* BEGIN, COMMIT */
+/* A write transaction: begin holds the write connection until commit, which
+ * rolls back instead when ok is 0 or the commit fails.  -1: nothing written
+ * (the reason is in bp_store_health). */
+int bp_store_begin(bp_store *s);
+int bp_store_commit(bp_store *s, int ok);
+void bp_store_health(bp_store *s, bp_store_status *out);
 /* Returns the new id, 0 when an event with that message id is already
- * stored (duplicates are not stored twice), -1 on error. */
-int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, const char *message_id, int64_t now);
+ * stored for the integration (not stored twice), -1 on error. */
+int64_t bp_store_add(bp_store *s, const char *integration, const char *json, size_t len, long idx,
+                     const char *message_id, int64_t now);
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
                     const char *response, const char *outcome, int64_t now);
-int bp_store_pending(bp_store *s, int64_t after_id, int limit, bp_stored **out, size_t *n);
-int bp_store_once_seen(bp_store *s, const char *key, int64_t since);
-int bp_store_once_mark(bp_store *s, const char *key, int64_t now);
-char *bp_store_meta_get(bp_store *s, const char *key);
-int bp_store_meta_set(bp_store *s, const char *key, const char *value);
-long bp_store_move(bp_store *s, const char *from, const char *to, int64_t id);
-int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx);
-long bp_store_count(bp_store *s, const char *state);
-int bp_store_recent(bp_store *s, const char *state, int limit, bp_store_row_fn fn, void *ctx);
+int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int limit, bp_stored **out, size_t *n);
+int bp_store_once_seen(bp_store *s, const char *integration, const char *key, int64_t since);
+int bp_store_once_mark(bp_store *s, const char *integration, const char *key, int64_t now);
+char *bp_store_meta_get(bp_store *s, const char *integration, const char *key);
+int bp_store_meta_set(bp_store *s, const char *integration, const char *key, const char *value);
+long bp_store_move(bp_store *s, const char *integration, const char *from, const char *to, int64_t id);
+int bp_store_purge(bp_store *s, const char *integration);
+int bp_store_import(bp_store *s, const char *integration, const char *path);
+int bp_store_each(bp_store *s, const char *integration, const char *state, bp_store_row_fn fn, void *ctx);
+long bp_store_count(bp_store *s, const char *integration, const char *state);
+int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx);
+
+/* ---- engine.c: one engine for many configs ----------------------------------------------- */
+
+typedef struct bp_binding {
+    const bp_config *cfg;
+    int ctx_ref, proxy_ref;     /* the config's ctx in the engine's Lua state */
+} bp_binding;
+int bp_engine_bind(bp_engine *e, const bp_config *cfg, bp_binding *b, bp_error *err);
+void bp_engine_unbind(bp_engine *e, bp_binding *b);
+/* bp_engine_run with the config of a binding. */
+enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *json, size_t len, bp_outcome *out);
+
+/* ---- deliver.c: the delivery loops ---------------------------------------------------------- */
+
+/* A blueprint shared by the registry and the delivery loops; freed with the
+ * last reference (a reload replaces it while loops still use the old one). */
+typedef struct bp_shared_bp {
+    bp_blueprint *bp;
+    int refs;                   /* atomic */
+} bp_shared_bp;
+bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp);
+void bp_shared_bp_hold(bp_shared_bp *s);
+void bp_shared_bp_drop(bp_shared_bp *s);
+
+/* Where a loop reports an integration's outcomes.  Called on the loop's
+ * thread; `final` is 0 for an event waiting for a retry. */
+typedef struct bp_sink {
+    void (*outcome)(void *ctx, const char *line, size_t len, int final);
+    void (*answer)(void *ctx, int status, double duration_ms);
+    void (*release)(void *ctx);   /* the pool no longer refers to ctx */
+} bp_sink;
+
+/* One integration handed to the pool.  The pool holds `bp` and owns `cfg`
+ * from the call on; `stats` (owned by ctx) is updated with atomic adds. */
+typedef struct bp_tenant_spec {
+    const char *id;
+    bp_shared_bp *bp;
+    bp_config *cfg;
+    const bp_sink *sink;
+    void *ctx;
+    bp_deliver_stats *stats;
+} bp_tenant_spec;
+
+typedef struct bp_pool bp_pool;
+/* `threads` delivery loops sharing `store`; options as for bp_deliver
+ * (state_dir, input_fd, emit and follow are not used). */
+bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, bp_error *err);
+/* Start delivering an integration, or switch a delivering one to a new
+ * blueprint or config.  Never blocks on the vendor. */
+void bp_pool_put(bp_pool *p, const bp_tenant_spec *t);
+/* Stop delivering an integration; with purge, delete its stored events,
+ * once-keys and pause state once its requests in flight have finished. */
+void bp_pool_remove(bp_pool *p, const char *id, int purge);
+/* New events for an integration are in the store. */
+void bp_pool_wake(bp_pool *p, const char *id);
+/* Events of an integration moved back to pending (replay, credentials changed). */
+void bp_pool_rescan(bp_pool *p, const char *id);
+/* Finish the requests in flight, save progress, stop the threads. */
+void bp_pool_free(bp_pool *p);
+/* The account key integrations are paced by (rate_limit.scope). */
+void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n);
 
 /* ---- auth.c ------------------------------------------------------------------------ */
 
@@ -246,7 +328,7 @@ int bp_jwt_secret(const char *state_dir, char *out, size_t outlen, bp_error *err
 #define BP_LATENCY_BUCKETS 12
 
 typedef struct bp_metrics {
-    long events_in, delivered, dead, errors, held, answers, rate_limited, reloads, reload_failures;
+    long events_in, delivered, dead, errors, held, answers, rate_limited, reloads, reload_failures, integrations;
     struct { char reason[64]; long n; } drops[64];
     size_t ndrops;
     long latency[BP_LATENCY_BUCKETS + 1];   /* cumulative per bucket, last = +Inf */
@@ -256,19 +338,20 @@ typedef struct bp_metrics {
 /* Count one outcome line (by its "outcome" and, for drops, its reason). */
 void bp_metrics_outcome(bp_metrics *m, const char *line, size_t len);
 void bp_metrics_answer(bp_metrics *m, int status, double duration_ms);
-void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, bp_buf *out);
+void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const bp_store_status *store, bp_buf *out);
 
 /* ---- registry.c ------------------------------------------------------------------------- */
 
-#include <pthread.h>
-
 #define BP_LIVE_RING 256
 
+/* Locks: `mu` guards the fields marked [mu]; `admin_mu` serialises
+ * install, update, delete and reloads (validation, server.db, the pool
+ * calls) so they never interleave; it is taken before `mu`, never after. */
 typedef struct bp_vendor {
-    char *key, *dir;
-    bp_blueprint *bp;          /* the running version; NULL if it never loaded */
-    char *load_error;          /* the last failed (re)load, shown on the catalog */
-    uint64_t signature;
+    char *key, *dir;            /* [mu] key (a reload may rename it) */
+    bp_shared_bp *bp;           /* [mu] the running version; NULL if it never loaded */
+    char *load_error;           /* [mu] the last failed (re)load, shown on the catalog */
+    uint64_t signature;         /* the reload thread only */
 } bp_vendor;
 
 typedef struct bp_registry bp_registry;
@@ -276,44 +359,45 @@ typedef struct bp_registry bp_registry;
 typedef struct bp_integration {
     bp_registry *registry;
     char id[40];
-    char *name, *variant, *delivery_mode, *config_json;
-    bp_vendor *vendor;
-    int revision, deleted;
+    char *name, *variant, *delivery_mode;   /* fixed at creation */
+    bp_vendor *vendor;                      /* fixed at creation */
     int64_t created_at;
-    bp_config *cfg;
-    bp_config *next_cfg;       /* a reload's validated config, swapped in with the blueprint */
-    char state_dir[4200];
-    pthread_t thread;
-    int running;
-    volatile int stop;
-    bp_deliver_stats stats;
-    char *live[BP_LIVE_RING];  /* the latest outcome lines, for streaming */
-    uint64_t live_seq;
+    char *config_json;          /* [mu] the current revision's document */
+    bp_config *cfg;             /* [mu] validated, for the API's event table */
+    int revision, deleted;      /* [mu] */
+    bp_config *next_cfg;        /* [admin_mu] a reload's validated config */
+    bp_deliver_stats stats;     /* written by its loop with atomic adds */
+    char *live[BP_LIVE_RING];   /* [mu] the latest outcome lines, for streaming */
+    uint64_t live_seq;          /* [mu] */
+    int refs;                   /* atomic: the list, its loop tenant, requests, streams */
 } bp_integration;
 
 struct bp_registry {
-    pthread_mutex_t mu;
-    /* Serialises changes that stop and restart workers (install, update,
-     * delete, blueprint reload): they cannot hold `mu` while a worker
-     * finishes, and must not interleave with each other. */
-    pthread_mutex_t admin_mu;
-    pthread_cond_t live_cond;
-    char *blueprints_dir, *state_dir;
-    bp_vendor *vendors; size_t nvendors;
-    bp_integration **items; size_t n;
-    struct sqlite3 *db;
-    bp_metrics metrics;
-    double rate_limit_rps;     /* override for every worker (tests), 0 = blueprint's */
-    long retry_base_ms;
-    int stopping;
+    pthread_mutex_t mu, admin_mu;
+    char *blueprints_dir, *state_dir;   /* fixed */
+    bp_vendor *vendors; size_t nvendors;  /* the array is fixed after open; fields [mu] */
+    bp_integration **items; size_t n;     /* [mu] */
+    struct sqlite3 *db;                   /* [admin_mu] (install/update/delete/revisions) */
+    bp_store *store;                      /* thread-safe */
+    bp_pool *pool;                        /* thread-safe */
+    bp_metrics metrics;                   /* [mu] */
+    double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
+    long retry_base_ms;                   /* fixed */
+    int workers;                          /* fixed: delivery threads */
+    void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
+    void *on_live_ctx;
 };
 
 void bp_log(const char *level, const char *msg, const char *fields_json);
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err);
-void bp_registry_start(bp_registry *r);
+/* Start the delivery pool (`workers` threads) with every integration. */
+int bp_registry_start(bp_registry *r, int workers, bp_error *err);
 void bp_registry_close(bp_registry *r);
+/* With `mu` held. */
 bp_vendor *bp_registry_vendor(bp_registry *r, const char *key);
+/* The integration with a reference the caller releases, or NULL. */
 bp_integration *bp_registry_find(bp_registry *r, const char *id);
+void bp_integration_release(bp_integration *it);
 int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err);
 int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err);
 int bp_registry_delete(bp_registry *r, bp_integration *it);

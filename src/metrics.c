@@ -61,7 +61,7 @@ void bp_metrics_answer(bp_metrics *m, int status, double ms)
     m->latency[BP_LATENCY_BUCKETS]++;
 }
 
-void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, bp_buf *out)
+void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const bp_store_status *store, bp_buf *out)
 {
     bp_buf_adds(out, "# HELP blueprint_events_in_total Events accepted through intake.\n"
                      "# TYPE blueprint_events_in_total counter\n");
@@ -83,6 +83,13 @@ void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, bp_bu
     bp_buf_printf(out, "blueprint_vendor_429_total %ld\n", m->rate_limited);
     bp_buf_adds(out, "# TYPE blueprint_queue_depth gauge\n");
     bp_buf_printf(out, "blueprint_queue_depth %ld\n", queue_depth);
+    bp_buf_adds(out, "# HELP blueprint_store_errors_total State store transactions that failed (and were retried).\n"
+                     "# TYPE blueprint_store_errors_total counter\n");
+    bp_buf_printf(out, "blueprint_store_errors_total %ld\n", store->failures);
+    bp_buf_adds(out, "# TYPE blueprint_store_failing gauge\n");
+    bp_buf_printf(out, "blueprint_store_failing %d\n", store->failing);
+    bp_buf_adds(out, "# TYPE blueprint_integrations gauge\n");
+    bp_buf_printf(out, "blueprint_integrations %ld\n", m->integrations);
     bp_buf_adds(out, "# TYPE blueprint_blueprint_reloads_total counter\n");
     bp_buf_printf(out, "blueprint_blueprint_reloads_total %ld\n", m->reloads);
     bp_buf_adds(out, "# TYPE blueprint_blueprint_reload_failures_total counter\n");

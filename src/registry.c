@@ -1,12 +1,13 @@
 /*
  * registry.c — what `blueprint serve` manages: the blueprint catalog found
  * on disk (hot-reloaded), the installed integrations with their immutable
- * config revisions (server.db), and one delivery worker thread per
- * integration running bp_deliver in service mode on its own store.
+ * config revisions (server.db), and their delivery by a fixed pool of
+ * delivery loops (deliver.c) over one event store (STATE/events.db).
  *
- * Locking: one registry mutex guards the lists and each integration's
- * fields; workers never take it while delivering (they own their engine),
- * so HTTP handlers stay responsive while vendors are slow.
+ * Nothing here waits for a vendor: install, update, reload and delete hand
+ * the pool a new config (or a removal) and return; the loop serving the
+ * integration applies it between requests.  The locks and what each guards
+ * are listed in internal.h (bp_registry).
  */
 #include "internal.h"
 
@@ -102,8 +103,9 @@ static void load_vendors(bp_registry *r)
         v->dir = strdup(dir);
         v->signature = folder_signature(dir);
         bp_error err;
-        v->bp = bp_blueprint_load(dir, &err);
-        if (v->bp && scratch_compile(v->bp, &err) < 0) { bp_blueprint_free(v->bp); v->bp = NULL; }
+        bp_blueprint *bp = bp_blueprint_load(dir, &err);
+        if (bp && scratch_compile(bp, &err) < 0) { bp_blueprint_free(bp); bp = NULL; }
+        v->bp = bp ? bp_shared_bp_new(bp) : NULL;
         if (!v->bp) {
             v->load_error = strdup(err.msg);
             v->key = strdup(e->d_name);
@@ -116,7 +118,7 @@ static void load_vendors(bp_registry *r)
             bp_log("error", "blueprint failed to load", f.data);
             bp_buf_free(&f);
         } else {
-            v->key = strdup(v->bp->vendor);
+            v->key = strdup(v->bp->bp->vendor);
         }
     }
     closedir(d);
@@ -131,7 +133,28 @@ bp_vendor *bp_registry_vendor(bp_registry *r, const char *key)
 
 /* ---- integrations ------------------------------------------------------------------------ */
 
-static void on_outcome(void *ctx, const char *line, size_t len)
+/* ---- integrations and their delivery ---------------------------------------------------------- */
+
+static void free_integration(bp_integration *it)
+{
+    for (int i = 0; i < BP_LIVE_RING; i++) free(it->live[i]);
+    free(it->name);
+    free(it->variant);
+    free(it->delivery_mode);
+    free(it->config_json);
+    bp_config_free(it->cfg);
+    bp_config_free(it->next_cfg);
+    free(it);
+}
+
+static void hold(bp_integration *it) { __atomic_fetch_add(&it->refs, 1, __ATOMIC_RELAXED); }
+
+void bp_integration_release(bp_integration *it)
+{
+    if (it && __atomic_sub_fetch(&it->refs, 1, __ATOMIC_ACQ_REL) == 0) free_integration(it);
+}
+
+static void on_outcome(void *ctx, const char *line, size_t len, int final)
 {
     bp_integration *it = ctx;
     bp_registry *r = it->registry;
@@ -140,8 +163,8 @@ static void on_outcome(void *ctx, const char *line, size_t len)
     free(it->live[slot]);
     it->live[slot] = strndup(line, len);
     it->live_seq++;
-    bp_metrics_outcome(&r->metrics, line, len);
-    pthread_cond_broadcast(&r->live_cond);
+    if (final) bp_metrics_outcome(&r->metrics, line, len);
+    if (r->on_live) r->on_live(r->on_live_ctx, it);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -154,56 +177,30 @@ static void on_answer(void *ctx, int status, double duration_ms)
     pthread_mutex_unlock(&r->mu);
 }
 
-static void *worker_main(void *arg)
+static void on_release(void *ctx) { bp_integration_release(ctx); }
+
+static const bp_sink registry_sink = { on_outcome, on_answer, on_release };
+
+/* Hand the pool the integration with its own copy of `cfg` (the pool owns
+ * it) on blueprint `sbp`.  admin_mu held. */
+static void deliver_with(bp_registry *r, bp_integration *it, bp_shared_bp *sbp, const char *config_json)
 {
-    bp_integration *it = arg;
-    bp_deliver_opts o;
-    bp_deliver_opts_default(&o);
-    o.state_dir = it->state_dir;
-    o.follow = 1;
-    o.stop = &it->stop;
-    o.emit = on_outcome;
-    o.on_answer = on_answer;
-    o.emit_ctx = it;
-    if (it->registry->rate_limit_rps > 0) o.rate_limit_rps = it->registry->rate_limit_rps;
-    if (it->registry->retry_base_ms > 0) o.retry_base_ms = it->registry->retry_base_ms;
+    if (!r->pool || !sbp) return;
     bp_error err;
-    if (bp_deliver(it->vendor->bp, it->cfg, &o, &it->stats, &err) < 0) {
+    bp_config *cfg = bp_config_load_text(sbp->bp, config_json, strlen(config_json), "stored config", &err);
+    if (!cfg) {
         bp_buf f;
         bp_buf_init(&f);
         bp_buf_printf(&f, "\"integration\":\"%s\",\"error\":", it->id);
         bp_json_write_string(&f, err.msg, strlen(err.msg));
-        bp_log("error", "delivery worker stopped", f.data);
+        bp_log("error", "integration not delivered: its stored config does not validate", f.data);
         bp_buf_free(&f);
+        return;
     }
-    return NULL;
-}
-
-static void start_worker(bp_integration *it)
-{
-    if (it->running || !it->vendor->bp || !it->cfg) return;
-    it->stop = 0;
-    if (pthread_create(&it->thread, NULL, worker_main, it) == 0) it->running = 1;
-}
-
-/* Called without the registry lock held (joining waits for in-flight requests). */
-static void stop_worker(bp_integration *it)
-{
-    if (!it->running) return;
-    it->stop = 1;
-    pthread_join(it->thread, NULL);
-    it->running = 0;
-}
-
-static void free_integration(bp_integration *it)
-{
-    for (int i = 0; i < BP_LIVE_RING; i++) free(it->live[i]);
-    free(it->name);
-    free(it->variant);
-    free(it->delivery_mode);
-    free(it->config_json);
-    bp_config_free(it->cfg);
-    free(it);
+    bp_shared_bp_hold(sbp);
+    hold(it);   /* the tenant's reference, released through the sink */
+    bp_tenant_spec spec = { it->id, sbp, cfg, &registry_sink, it, &it->stats };
+    bp_pool_put(r->pool, &spec);
 }
 
 static bp_integration *new_integration(bp_registry *r, const char *id, const char *name, bp_vendor *v,
@@ -221,14 +218,18 @@ static bp_integration *new_integration(bp_registry *r, const char *id, const cha
     it->revision = revision;
     it->created_at = created;
     it->config_json = strdup(config_json);
-    snprintf(it->state_dir, sizeof it->state_dir, "%s/integrations/%s", r->state_dir, id);
+    it->refs = 1;   /* the registry's list */
     return it;
 }
 
 bp_integration *bp_registry_find(bp_registry *r, const char *id)
 {
-    for (size_t i = 0; i < r->n; i++) if (!strcmp(r->items[i]->id, id)) return r->items[i];
-    return NULL;
+    bp_integration *found = NULL;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->n && !found; i++) if (!strcmp(r->items[i]->id, id)) found = r->items[i];
+    if (found) hold(found);
+    pthread_mutex_unlock(&r->mu);
+    return found;
 }
 
 static int db_exec(bp_registry *r, const char *sql) { return sqlite3_exec(r->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1; }
@@ -287,18 +288,62 @@ static void load_integrations(bp_registry *r)
     while (sqlite3_step(q) == SQLITE_ROW) {
         const char *vendor = (const char *)sqlite3_column_text(q, 2);
         bp_vendor *v = bp_registry_vendor(r, vendor);
-        if (!v) continue;
+        if (!v) {
+            bp_buf f;
+            bp_buf_init(&f);
+            bp_buf_adds(&f, "\"integration\":");
+            bp_json_write_text(&f, (const char *)sqlite3_column_text(q, 0), (size_t)sqlite3_column_bytes(q, 0));
+            bp_buf_adds(&f, ",\"vendor\":");
+            bp_json_write_text(&f, vendor, strlen(vendor));
+            bp_log("error", "integration not loaded: no blueprint for its vendor; its events stay stored", f.data);
+            bp_buf_free(&f);
+            continue;
+        }
         bp_integration *it = new_integration(r, (const char *)sqlite3_column_text(q, 0),
                                              (const char *)sqlite3_column_text(q, 1), v,
                                              (const char *)sqlite3_column_text(q, 3),
                                              (const char *)sqlite3_column_text(q, 4), sqlite3_column_int(q, 5),
                                              sqlite3_column_int64(q, 6), (const char *)sqlite3_column_text(q, 7));
         bp_error err;
-        if (v->bp) it->cfg = bp_config_load_text(v->bp, it->config_json, strlen(it->config_json), "stored config", &err);
+        if (v->bp) it->cfg = bp_config_load_text(v->bp->bp, it->config_json, strlen(it->config_json), "stored config", &err);
         r->items = realloc(r->items, (r->n + 1) * sizeof *r->items);
         r->items[r->n++] = it;
     }
     sqlite3_finalize(q);
+}
+
+/* serve kept one store per integration (STATE/integrations/ID/blueprint.db)
+ * before one store held them all: bring their events over once. */
+static void import_old_stores(bp_registry *r)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/integrations", r->state_dir);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[4700], sub[4400];
+        snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
+        snprintf(path, sizeof path, "%s/blueprint.db", sub);
+        if (access(path, F_OK) != 0) continue;
+        bp_buf f;
+        bp_buf_init(&f);
+        bp_buf_adds(&f, "\"integration\":");
+        bp_json_write_text(&f, e->d_name, strlen(e->d_name));
+        if (bp_store_import(r->store, e->d_name, path) == 0) {
+            static const char *const files[] = { "blueprint.db", "blueprint.db-wal", "blueprint.db-shm" };
+            for (int i = 0; i < 3; i++) { snprintf(path, sizeof path, "%s/%s", sub, files[i]); unlink(path); }
+            rmdir(sub);
+            bp_log("info", "moved an integration's events into the shared store", f.data);
+        } else {
+            bp_log("error", "could not move an integration's events into the shared store; will retry at the "
+                   "next start", f.data);
+        }
+        bp_buf_free(&f);
+    }
+    closedir(d);
+    rmdir(dir);
 }
 
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err)
@@ -307,54 +352,80 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     if (!r) abort();
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->admin_mu, NULL);
-    pthread_cond_init(&r->live_cond, NULL);
     r->blueprints_dir = strdup(blueprints_dir);
     r->state_dir = strdup(state_dir);
     char path[4096];
+    /* the state directory holds secrets: owner only, and so is everything
+     * created in it (SQLite's WAL and SHM files included) */
+    mode_t old_mask = umask(077);
     mkdir(state_dir, 0700);
-    snprintf(path, sizeof path, "%s/integrations", state_dir);
-    mkdir(path, 0700);
+    chmod(state_dir, 0700);
     snprintf(path, sizeof path, "%s/server.db", state_dir);
-    if (sqlite3_open(path, &r->db) != SQLITE_OK || bp_store_busy_handler(r->db) != SQLITE_OK ||
-        sqlite3_exec(r->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
+    int ok = sqlite3_open(path, &r->db) == SQLITE_OK && bp_store_busy_handler(r->db) == SQLITE_OK &&
+             sqlite3_exec(r->db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK;
+    umask(old_mask);
+    if (!ok) {
         bp_error_set(err, "state store %s: %s", path, sqlite3_errmsg(r->db));
-        sqlite3_close(r->db);
-        free(r->blueprints_dir);
-        free(r->state_dir);
-        free(r);
+        bp_registry_close(r);
         return NULL;
     }
-    chmod(path, 0600);   /* it holds the integrations' secrets */
+    chmod(path, 0600);
+    static const char *const sidecars[] = { "server.db-wal", "server.db-shm", "jwt.secret" };
+    for (int i = 0; i < 3; i++) { snprintf(path, sizeof path, "%s/%s", state_dir, sidecars[i]); chmod(path, 0600); }
+    if (!(r->store = bp_store_open(state_dir, "events.db", err))) { bp_registry_close(r); return NULL; }
     load_vendors(r);
     load_integrations(r);
+    import_old_stores(r);
+    r->metrics.integrations = (long)r->n;
     return r;
 }
 
-void bp_registry_start(bp_registry *r)
+int bp_registry_start(bp_registry *r, int workers, bp_error *err)
 {
+    bp_deliver_opts o;
+    bp_deliver_opts_default(&o);
+    if (r->rate_limit_rps > 0) o.rate_limit_rps = r->rate_limit_rps;
+    if (r->retry_base_ms > 0) o.retry_base_ms = r->retry_base_ms;
+    r->workers = workers;
+    if (!(r->pool = bp_pool_new(r->store, &o, workers, err))) return -1;
+    pthread_mutex_lock(&r->admin_mu);
     pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < r->n; i++) start_worker(r->items[i]);
+    size_t n = r->n;
+    bp_integration **items = calloc(n + 1, sizeof *items);
+    for (size_t i = 0; i < n; i++) { items[i] = r->items[i]; hold(items[i]); }
     pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+        bp_integration *it = items[i];
+        pthread_mutex_lock(&r->mu);
+        bp_shared_bp *sbp = it->vendor->bp;
+        char *doc = strdup(it->config_json);
+        pthread_mutex_unlock(&r->mu);
+        deliver_with(r, it, sbp, doc);
+        free(doc);
+        bp_integration_release(it);
+    }
+    free(items);
+    pthread_mutex_unlock(&r->admin_mu);
+    return 0;
 }
 
 void bp_registry_close(bp_registry *r)
 {
     if (!r) return;
-    pthread_mutex_lock(&r->mu);
-    r->stopping = 1;
-    pthread_cond_broadcast(&r->live_cond);
-    pthread_mutex_unlock(&r->mu);
-    for (size_t i = 0; i < r->n; i++) stop_worker(r->items[i]);
-    for (size_t i = 0; i < r->n; i++) free_integration(r->items[i]);
+    bp_pool_free(r->pool);   /* finishes requests in flight and saves progress */
+    for (size_t i = 0; i < r->n; i++) bp_integration_release(r->items[i]);
     free(r->items);
     for (size_t i = 0; i < r->nvendors; i++) {
-        bp_blueprint_free(r->vendors[i].bp);
+        bp_shared_bp_drop(r->vendors[i].bp);
         free(r->vendors[i].key);
         free(r->vendors[i].dir);
         free(r->vendors[i].load_error);
     }
     free(r->vendors);
+    bp_store_close(r->store);
     sqlite3_close(r->db);
+    pthread_mutex_destroy(&r->mu);
+    pthread_mutex_destroy(&r->admin_mu);
     free(r->blueprints_dir);
     free(r->state_dir);
     free(r);
@@ -401,8 +472,8 @@ static void write_merged(bp_buf *out, const bp_doc *d, uint32_t root, const bp_d
     bp_buf_addc(out, '}');
 }
 
-/* Validate a stored-form document against a vendor's blueprint. */
-static bp_config *validate(bp_vendor *v, const char *doc, const char *variant, bp_error *err)
+/* Validate a stored-form document against a blueprint. */
+static bp_config *validate(const bp_blueprint *bp, const char *doc, const char *variant, bp_error *err)
 {
     bp_buf body;
     bp_buf_init(&body);
@@ -411,7 +482,7 @@ static bp_config *validate(bp_vendor *v, const char *doc, const char *variant, b
     bp_buf_adds(&body, ",\"variant\":");
     bp_json_write_string(&body, variant, strlen(variant));
     bp_buf_addc(&body, '}');
-    bp_config *c = bp_config_load_text(v->bp, body.data, body.len, "config", err);
+    bp_config *c = bp_config_load_text(bp, body.data, body.len, "config", err);
     bp_buf_free(&body);
     return c;
 }
@@ -426,14 +497,14 @@ static void random_id(char *out, size_t n)
     snprintf(out, n, "int_%02x%02x%02x%02x%02x%02x%02x%02x", raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]);
 }
 
-static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err);
-
-int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err)
+static void log_integration(const char *msg, const bp_integration *it)
 {
-    pthread_mutex_lock(&r->admin_mu);
-    int rc = install_locked(r, v, body, out, http, err);
-    pthread_mutex_unlock(&r->admin_mu);
-    return rc;
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_buf_printf(&f, "\"integration\":\"%s\",\"vendor\":", it->id);
+    bp_json_write_text(&f, it->vendor->key, strlen(it->vendor->key));
+    bp_log("info", msg, f.data);
+    bp_buf_free(&f);
 }
 
 static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err)
@@ -446,53 +517,128 @@ static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_i
     *http = 422;
     if (!name || !*name) { bp_error_set(err, "field 'name' is required"); return -1; }
     if (bp_jget(body, 0, "config") == BP_NONE) { bp_error_set(err, "field 'config' is required"); return -1; }
-    int known = 0;
     pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; v->bp && i < v->bp->nvariants; i++) if (!strcmp(v->bp->variants[i], variant)) known = 1;
+    bp_shared_bp *sbp = v->bp;
+    if (sbp) bp_shared_bp_hold(sbp);
     pthread_mutex_unlock(&r->mu);
-    if (!known) { *http = 404; bp_error_set(err, "vendor '%s' has no variant '%s'", v->key, variant); return -1; }
+    if (!sbp) { *http = 503; bp_error_set(err, "the '%s' blueprint failed to load", v->dir); return -1; }
+    int known = 0;
+    for (size_t i = 0; i < sbp->bp->nvariants; i++) if (!strcmp(sbp->bp->variants[i], variant)) known = 1;
+    if (!known) {
+        *http = 404;
+        bp_error_set(err, "vendor '%s' has no variant '%s'", sbp->bp->vendor, variant);
+        bp_shared_bp_drop(sbp);
+        return -1;
+    }
     bp_buf doc;
     bp_buf_init(&doc);
     write_merged(&doc, body, 0, NULL, 0);
+    bp_config *cfg = validate(sbp->bp, doc.data, variant, err);
+    if (cfg && strcmp(mode, "server_side") != 0) {
+        bp_error_set(err, "delivery_mode '%s' is not supported; use \"server_side\"", mode);
+        bp_config_free(cfg);
+        cfg = NULL;
+    }
+    int taken = 0;
     pthread_mutex_lock(&r->mu);
-    bp_config *cfg = validate(v, doc.data, variant, err);
-    if (!cfg || strcmp(mode, "server_side") != 0) {
-        pthread_mutex_unlock(&r->mu);
-        if (cfg) bp_error_set(err, "delivery_mode '%s' is not supported; use \"server_side\"", mode);
+    for (size_t i = 0; cfg && i < r->n; i++) if (!strcmp(r->items[i]->name, name)) taken = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (!cfg || taken) {
+        if (taken) { *http = 409; bp_error_set(err, "an integration named '%s' already exists", name); }
         bp_config_free(cfg);
         bp_buf_free(&doc);
+        bp_shared_bp_drop(sbp);
         return -1;
     }
-    for (size_t i = 0; i < r->n; i++)
-        if (!strcmp(r->items[i]->name, name)) {
-            pthread_mutex_unlock(&r->mu);
-            *http = 409;
-            bp_error_set(err, "an integration named '%s' already exists", name);
-            bp_config_free(cfg);
-            bp_buf_free(&doc);
-            return -1;
-        }
     char id[40];
     random_id(id, sizeof id);
     bp_integration *it = new_integration(r, id, name, v, variant, mode, 1, (int64_t)bp_wall_ms(), doc.data);
     it->cfg = cfg;
-    bp_buf_free(&doc);
     if (save_revision(r, it, 1) < 0) {
-        pthread_mutex_unlock(&r->mu);
         *http = 500;
-        bp_error_set(err, "could not store the integration");
+        bp_error_set(err, "could not store the integration: %s", sqlite3_errmsg(r->db));
         free_integration(it);
+        bp_buf_free(&doc);
+        bp_shared_bp_drop(sbp);
         return -1;
     }
+    pthread_mutex_lock(&r->mu);
     r->items = realloc(r->items, (r->n + 1) * sizeof *r->items);
     r->items[r->n++] = it;
-    start_worker(it);
+    r->metrics.integrations = (long)r->n;
+    hold(it);   /* the caller's */
     pthread_mutex_unlock(&r->mu);
+    deliver_with(r, it, sbp, doc.data);
+    bp_buf_free(&doc);
+    bp_shared_bp_drop(sbp);
     *out = it;
+    log_integration("integration installed", it);
     return 0;
 }
 
-static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err);
+int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    int rc = install_locked(r, v, body, out, http, err);
+    pthread_mutex_unlock(&r->admin_mu);
+    return rc;
+}
+
+static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err)
+{
+    *http = 422;
+    pthread_mutex_lock(&r->mu);
+    int deleted = it->deleted;
+    char *current = strdup(it->config_json);
+    bp_shared_bp *sbp = it->vendor->bp;
+    if (sbp) bp_shared_bp_hold(sbp);
+    pthread_mutex_unlock(&r->mu);
+    if (deleted || !sbp) {
+        *http = deleted ? 404 : 503;
+        if (deleted) bp_error_set(err, "no integration with id '%s'", it->id);
+        else bp_error_set(err, "the '%s' blueprint failed to load", it->vendor->dir);
+        free(current);
+        bp_shared_bp_drop(sbp);
+        return -1;
+    }
+    bp_doc cur;
+    bp_doc_init(&cur);
+    bp_json_parse(&cur, current, strlen(current), NULL, err);
+    free(current);
+    bp_buf doc;
+    bp_buf_init(&doc);
+    write_merged(&doc, &cur, 0, patch, 0);
+    bp_doc_free(&cur);
+    bp_config *cfg = validate(sbp->bp, doc.data, it->variant, err);
+    if (!cfg) { bp_buf_free(&doc); bp_shared_bp_drop(sbp); return -1; }
+    pthread_mutex_lock(&r->mu);
+    char *old_json = it->config_json;
+    bp_config *old_cfg = it->cfg;
+    it->config_json = strdup(doc.data);
+    it->cfg = cfg;
+    it->revision++;
+    pthread_mutex_unlock(&r->mu);
+    if (save_revision(r, it, 0) < 0) {
+        pthread_mutex_lock(&r->mu);   /* put it back: nothing changed */
+        free(it->config_json);
+        it->config_json = old_json;
+        it->cfg = old_cfg;
+        it->revision--;
+        pthread_mutex_unlock(&r->mu);
+        bp_config_free(cfg);
+        *http = 500;
+        bp_error_set(err, "could not store the revision: %s", sqlite3_errmsg(r->db));
+        bp_buf_free(&doc);
+        bp_shared_bp_drop(sbp);
+        return -1;
+    }
+    free(old_json);
+    bp_config_free(old_cfg);
+    deliver_with(r, it, sbp, doc.data);
+    bp_buf_free(&doc);
+    bp_shared_bp_drop(sbp);
+    return 0;
+}
 
 int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err)
 {
@@ -502,79 +648,91 @@ int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, 
     return rc;
 }
 
-static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err)
-{
-    *http = 422;
-    pthread_mutex_lock(&r->mu);
-    bp_doc cur;
-    bp_doc_init(&cur);
-    bp_json_parse(&cur, it->config_json, strlen(it->config_json), NULL, err);
-    bp_buf doc;
-    bp_buf_init(&doc);
-    write_merged(&doc, &cur, 0, patch, 0);
-    bp_doc_free(&cur);
-    bp_config *cfg = validate(it->vendor, doc.data, it->variant, err);
-    pthread_mutex_unlock(&r->mu);
-    if (!cfg) { bp_buf_free(&doc); return -1; }
-    stop_worker(it);   /* outside the lock: it finishes in-flight requests */
-    pthread_mutex_lock(&r->mu);
-    bp_config_free(it->cfg);
-    it->cfg = cfg;
-    free(it->config_json);
-    it->config_json = strdup(doc.data);
-    it->revision++;
-    int rc = save_revision(r, it, 0);
-    start_worker(it);
-    pthread_mutex_unlock(&r->mu);
-    bp_buf_free(&doc);
-    if (rc < 0) { *http = 500; bp_error_set(err, "could not store the revision"); }
-    return rc;
-}
-
+/* Deleting keeps the integrations row (id, name, vendor, deleted) and its
+ * revisions with every secret replaced by a mask; the events, once-keys and
+ * pause state go once its loop has let go of them. */
 int bp_registry_delete(bp_registry *r, bp_integration *it)
 {
     pthread_mutex_lock(&r->admin_mu);
-    stop_worker(it);
     pthread_mutex_lock(&r->mu);
+    int was = it->deleted;
+    it->deleted = 1;
+    for (size_t i = 0; i < r->n; i++)
+        if (r->items[i] == it) { memmove(&r->items[i], &r->items[i + 1], (r->n - i - 1) * sizeof *r->items); r->n--; break; }
+    r->metrics.integrations = (long)r->n;
+    bp_shared_bp *sbp = it->vendor->bp;
+    if (sbp) bp_shared_bp_hold(sbp);
+    if (r->on_live) r->on_live(r->on_live_ctx, it);   /* streams end */
+    pthread_mutex_unlock(&r->mu);
+    if (was) { pthread_mutex_unlock(&r->admin_mu); bp_shared_bp_drop(sbp); return 0; }
+    if (r->pool) bp_pool_remove(r->pool, it->id, 1);
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(r->db, "UPDATE integrations SET deleted=1 WHERE id=?1", -1, &q, NULL) == SQLITE_OK) {
         sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
         sqlite3_step(q);
         sqlite3_finalize(q);
     }
-    for (size_t i = 0; i < r->n; i++)
-        if (r->items[i] == it) { memmove(&r->items[i], &r->items[i + 1], (r->n - i - 1) * sizeof *r->items); r->n--; break; }
-    it->deleted = 1;
-    pthread_cond_broadcast(&r->live_cond);
-    pthread_mutex_unlock(&r->mu);
+    /* the revisions keep their history, not their secrets */
+    if (sqlite3_prepare_v2(r->db, "SELECT revision, config FROM revisions WHERE integration_id=?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
+        sqlite3_stmt *u = NULL;
+        sqlite3_prepare_v2(r->db, "UPDATE revisions SET config=?3 WHERE integration_id=?1 AND revision=?2", -1, &u, NULL);
+        while (u && sqlite3_step(q) == SQLITE_ROW) {
+            bp_buf masked;
+            bp_buf_init(&masked);
+            bp_buf_adds(&masked, "{\"config\":");
+            bp_write_masked_config(&masked, sbp ? sbp->bp : NULL, (const char *)sqlite3_column_text(q, 1));
+            bp_buf_adds(&masked, "}");
+            sqlite3_reset(u);
+            sqlite3_bind_text(u, 1, it->id, -1, SQLITE_STATIC);
+            sqlite3_bind_int(u, 2, sqlite3_column_int(q, 0));
+            sqlite3_bind_text(u, 3, masked.data, (int)masked.len, SQLITE_STATIC);
+            sqlite3_step(u);
+            bp_buf_free(&masked);
+        }
+        sqlite3_finalize(u);
+        sqlite3_finalize(q);
+    }
     pthread_mutex_unlock(&r->admin_mu);
-    /* Live-event streams may still hold a pointer: keep the memory (rare). */
+    bp_shared_bp_drop(sbp);
+    log_integration("integration deleted", it);
+    bp_integration_release(it);   /* the list's reference */
     return 0;
 }
 
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out)
 {
     sqlite3_stmt *q;
+    pthread_mutex_lock(&r->admin_mu);
+    pthread_mutex_lock(&r->mu);
+    bp_shared_bp *sbp = it->vendor->bp;
+    if (sbp) bp_shared_bp_hold(sbp);
+    pthread_mutex_unlock(&r->mu);
+    int rc = -1;
     if (sqlite3_prepare_v2(r->db, "SELECT revision, created_at, config FROM revisions WHERE integration_id=?1 "
-                                  "ORDER BY revision", -1, &q, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
-    bp_buf_adds(out, "[");
-    int first = 1;
-    while (sqlite3_step(q) == SQLITE_ROW) {
-        if (!first) bp_buf_addc(out, ',');
-        first = 0;
-        bp_buf_printf(out, "{\"revision\":%d,\"created_at\":%lld,\"config\":", sqlite3_column_int(q, 0),
-                      (long long)sqlite3_column_int64(q, 1));
-        bp_write_masked_config(out, it->vendor->bp, (const char *)sqlite3_column_text(q, 2));
-        bp_buf_addc(out, '}');
+                                  "ORDER BY revision", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
+        bp_buf_adds(out, "[");
+        int first = 1;
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            if (!first) bp_buf_addc(out, ',');
+            first = 0;
+            bp_buf_printf(out, "{\"revision\":%d,\"created_at\":%lld,\"config\":", sqlite3_column_int(q, 0),
+                          (long long)sqlite3_column_int64(q, 1));
+            bp_write_masked_config(out, sbp ? sbp->bp : NULL, (const char *)sqlite3_column_text(q, 2));
+            bp_buf_addc(out, '}');
+        }
+        bp_buf_adds(out, "]");
+        sqlite3_finalize(q);
+        rc = 0;
     }
-    bp_buf_adds(out, "]");
-    sqlite3_finalize(q);
-    return 0;
+    pthread_mutex_unlock(&r->admin_mu);
+    bp_shared_bp_drop(sbp);
+    return rc;
 }
 
-/* The config part of a stored document with every secret masked. */
+/* The config part of a stored document with every secret masked (and,
+ * without a blueprint to tell, every value). */
 void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc_json)
 {
     bp_doc d;
@@ -599,6 +757,71 @@ void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc
 
 /* ---- hot reload ------------------------------------------------------------------------------ */
 
+static void reload_vendor(bp_registry *r, bp_vendor *v)
+{
+    bp_error err;
+    bp_blueprint *nb = bp_blueprint_load(v->dir, &err);
+    int ok = nb && scratch_compile(nb, &err) == 0;
+    /* every integration's config must still validate against the new fields;
+     * no installs, updates or deletes until the switch is done */
+    pthread_mutex_lock(&r->admin_mu);
+    pthread_mutex_lock(&r->mu);
+    size_t n = r->n;
+    bp_integration **items = calloc(n + 1, sizeof *items);
+    char **docs = calloc(n + 1, sizeof *docs);
+    size_t m = 0;
+    for (size_t k = 0; k < n; k++)
+        if (r->items[k]->vendor == v) { items[m] = r->items[k]; docs[m] = strdup(items[m]->config_json); hold(items[m]); m++; }
+    int had = v->bp != NULL;
+    pthread_mutex_unlock(&r->mu);
+    for (size_t k = 0; ok && k < m; k++) {
+        items[k]->next_cfg = bp_config_load_text(nb, docs[k], strlen(docs[k]), "stored config", &err);
+        if (!items[k]->next_cfg) ok = 0;
+    }
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_buf_adds(&f, "\"blueprint\":");
+    bp_json_write_string(&f, v->dir, strlen(v->dir));
+    if (!ok) {
+        pthread_mutex_lock(&r->mu);
+        free(v->load_error);
+        v->load_error = strdup(err.msg);
+        r->metrics.reload_failures++;
+        pthread_mutex_unlock(&r->mu);
+        bp_buf_adds(&f, ",\"error\":");
+        bp_json_write_string(&f, err.msg, strlen(err.msg));
+        bp_log("error", had ? "blueprint change rejected; the previous version keeps running" : "blueprint failed to load",
+               f.data);
+        bp_blueprint_free(nb);
+    } else {
+        bp_shared_bp *sbp = bp_shared_bp_new(nb);
+        pthread_mutex_lock(&r->mu);
+        bp_shared_bp *old = v->bp;
+        v->bp = sbp;
+        free(v->load_error);
+        v->load_error = NULL;
+        if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = strdup(nb->vendor); }
+        for (size_t k = 0; k < m; k++) { bp_config_free(items[k]->cfg); items[k]->cfg = items[k]->next_cfg; items[k]->next_cfg = NULL; }
+        r->metrics.reloads++;
+        pthread_mutex_unlock(&r->mu);
+        /* each loop switches its integrations between requests; the old
+         * blueprint goes with the last reference to it */
+        for (size_t k = 0; k < m; k++) deliver_with(r, items[k], sbp, docs[k]);
+        bp_shared_bp_drop(old);
+        bp_log("info", "blueprint reloaded", f.data);
+    }
+    for (size_t k = 0; k < m; k++) {
+        bp_config_free(items[k]->next_cfg);
+        items[k]->next_cfg = NULL;
+        free(docs[k]);
+        bp_integration_release(items[k]);
+    }
+    pthread_mutex_unlock(&r->admin_mu);
+    free(items);
+    free(docs);
+    bp_buf_free(&f);
+}
+
 void bp_registry_check_reload(bp_registry *r)
 {
     for (size_t i = 0; i < r->nvendors; i++) {
@@ -606,69 +829,6 @@ void bp_registry_check_reload(bp_registry *r)
         uint64_t sig = folder_signature(v->dir);
         if (sig == v->signature) continue;
         v->signature = sig;
-        bp_error err;
-        bp_blueprint *nb = bp_blueprint_load(v->dir, &err);
-        int ok = nb && scratch_compile(nb, &err) == 0;
-        /* every integration's config must still validate against the new fields;
-         * no installs, updates or deletes until the swap is done */
-        pthread_mutex_lock(&r->admin_mu);
-        pthread_mutex_lock(&r->mu);
-        for (size_t k = 0; ok && k < r->n; k++) {
-            bp_integration *it = r->items[k];
-            if (it->vendor != v) continue;
-            it->next_cfg = bp_config_load_text(nb, it->config_json, strlen(it->config_json), "stored config", &err);
-            if (!it->next_cfg) ok = 0;
-        }
-        if (!ok)
-            for (size_t k = 0; k < r->n; k++) { bp_config_free(r->items[k]->next_cfg); r->items[k]->next_cfg = NULL; }
-        pthread_mutex_unlock(&r->mu);
-        bp_buf f;
-        bp_buf_init(&f);
-        bp_buf_adds(&f, "\"blueprint\":");
-        bp_json_write_string(&f, v->dir, strlen(v->dir));
-        if (!ok) {
-            free(v->load_error);
-            v->load_error = strdup(err.msg);
-            r->metrics.reload_failures++;
-            bp_buf_adds(&f, ",\"error\":");
-            bp_json_write_string(&f, err.msg, strlen(err.msg));
-            bp_log("error", v->bp ? "blueprint change rejected; the previous version keeps running"
-                                  : "blueprint failed to load", f.data);
-            bp_blueprint_free(nb);
-            bp_buf_free(&f);
-            pthread_mutex_unlock(&r->admin_mu);
-            continue;
-        }
-        /* swap: stop this vendor's workers (outside the lock: they report
-         * outcomes through it while finishing), replace, restart */
-        pthread_mutex_lock(&r->mu);
-        size_t nstop = 0;
-        bp_integration **stopping = calloc(r->n + 1, sizeof *stopping);
-        for (size_t k = 0; k < r->n; k++) if (r->items[k]->vendor == v) stopping[nstop++] = r->items[k];
-        pthread_mutex_unlock(&r->mu);
-        for (size_t k = 0; k < nstop; k++) stop_worker(stopping[k]);
-        free(stopping);
-        pthread_mutex_lock(&r->mu);
-        bp_blueprint *old = v->bp;
-        v->bp = nb;
-        free(v->load_error);
-        v->load_error = NULL;
-        if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = strdup(nb->vendor); }
-        for (size_t k = 0; k < r->n; k++) {
-            bp_integration *it = r->items[k];
-            if (it->vendor != v) continue;
-            if (it->next_cfg) {
-                bp_config_free(it->cfg);
-                it->cfg = it->next_cfg;
-                it->next_cfg = NULL;
-            }
-            start_worker(it);
-        }
-        r->metrics.reloads++;
-        pthread_mutex_unlock(&r->mu);
-        pthread_mutex_unlock(&r->admin_mu);
-        bp_blueprint_free(old);
-        bp_log("info", "blueprint reloaded", f.data);
-        bp_buf_free(&f);
+        reload_vendor(r, v);
     }
 }

@@ -2,10 +2,15 @@
  * server.c — `blueprint serve`: the Management API, event intake, Live
  * Events and operations endpoints over libmicrohttpd (DESIGN.md §8).
  *
- * Thread per connection: handlers are short except the Live Events stream,
- * which blocks on the registry's condition variable between outcomes.
- * Every response body is JSON ({"error":{"code","message"}} on errors) and
- * never contains a secret; every request is logged as one JSON line.
+ * A small pool of HTTP threads, each running epoll over its share of the
+ * connections: an idle or slow client costs a descriptor, never a thread,
+ * and cannot starve the others (connection timeout, per-IP cap).  Handlers
+ * never wait for a vendor: changes go to the delivery pool as messages.
+ * The Live Events stream parks its connection (suspend) between outcomes
+ * and is resumed when one arrives.  Every body is checked against its
+ * route's size limit before anything is applied (413).  Every response
+ * body is JSON ({"error":{"code","message"}} on errors) and never contains
+ * a secret; every request is logged as one JSON line.
  */
 #include "internal.h"
 
@@ -18,19 +23,28 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_BODY (512u * 1024u)
+#define MAX_INTAKE_BODY (512u * 1024u)
+#define MAX_ADMIN_BODY (64u * 1024u)
 #define MAX_INTAKE_EVENTS 500
+#define STREAM_KEEPALIVE_MS 15000
+
+typedef struct stream stream;
 
 typedef struct server {
     bp_registry *reg;
     char secret[200];
+    pthread_mutex_t streams_mu;   /* guards streams and each stream's parked flag */
+    stream *streams;
+    int stopping;                 /* [streams_mu] */
 } server;
 
 typedef struct conn {
     bp_buf body;
+    size_t limit;                 /* the route's body limit */
     int too_large;
     double started;
 } conn;
@@ -39,6 +53,7 @@ typedef struct reply {
     int status;
     bp_buf body;
     const char *ctype;
+    const char *allow;            /* for 405 */
 } reply;
 
 static void set_error(reply *r, int status, const char *code, const char *fmt, ...)
@@ -101,7 +116,7 @@ static const char *type_name(enum bp_field_type t)
 
 static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
 {
-    const bp_blueprint *bp = v->bp;
+    const bp_blueprint *bp = v->bp ? v->bp->bp : NULL;
     bp_buf_addc(b, '{');
     write_str(b, "vendor", v->key, 0);
     if (bp) {
@@ -146,7 +161,7 @@ static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
     bp_buf_addc(b, '}');
 }
 
-/* The integration as the API shows it: secrets masked. Registry lock held. */
+/* The integration as the API shows it: secrets masked.  Registry mu held. */
 static void write_integration(bp_buf *b, const bp_integration *it)
 {
     bp_buf_addc(b, '{');
@@ -156,10 +171,10 @@ static void write_integration(bp_buf *b, const bp_integration *it)
     write_str(b, "variant", it->variant, 1);
     write_str(b, "delivery_mode", it->delivery_mode, 1);
     bp_buf_printf(b, ",\"revision\":%d,\"created_at\":%lld,\"config\":", it->revision, (long long)it->created_at);
-    bp_write_masked_config(b, it->vendor->bp, it->config_json);
+    const bp_blueprint *bp = it->vendor->bp ? it->vendor->bp->bp : NULL;
+    bp_write_masked_config(b, bp, it->config_json);
     /* the effective event table: blueprint defaults with this config's overrides */
     bp_buf_adds(b, ",\"events\":{");
-    const bp_blueprint *bp = it->vendor->bp;
     int first = 1;
     for (size_t i = 0; bp && i < bp->nroutes; i++) {
         int enabled = bp->routes[i].enabled;
@@ -184,17 +199,32 @@ static void write_integration(bp_buf *b, const bp_integration *it)
         bp_buf_addc(b, '}');
     }
     bp_buf_addc(b, '}');
-    bp_buf_printf(b, ",\"delivery\":{\"running\":%s,\"delivered\":%ld,\"dead_lettered\":%ld,\"held\":%ld}",
-                  it->running ? "true" : "false", it->stats.delivered, it->stats.dead, it->stats.held);
+    bp_buf_printf(b, ",\"delivery\":{\"running\":%s,\"delivered\":%ld,\"dropped\":%ld,\"errors\":%ld,"
+                  "\"dead_lettered\":%ld,\"held\":%ld,\"retries\":%ld}",
+                  bp && it->cfg && it->registry->pool ? "true" : "false",
+                  __atomic_load_n(&it->stats.delivered, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.dropped, __ATOMIC_RELAXED),
+                  __atomic_load_n(&it->stats.errors, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.dead, __ATOMIC_RELAXED),
+                  __atomic_load_n(&it->stats.held, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.retries, __ATOMIC_RELAXED));
     bp_buf_addc(b, '}');
 }
 
 /* ---- handlers --------------------------------------------------------------------------- */
 
+/* Handlers get the route's parts; an integration route gets the integration
+ * (with a reference held until the reply is sent). */
+typedef struct call {
+    server *s;
+    struct MHD_Connection *c;
+    conn *cn;
+    bp_integration *it;
+    const char *vendor;
+    reply *r;
+} call;
+
 static int parse_body(const conn *c, bp_doc *d, reply *r)
 {
     bp_error err;
-    bp_json_limits lim = { MAX_BODY, 64 };
+    bp_json_limits lim = { MAX_ADMIN_BODY, 64 };
     if (bp_json_parse(d, c->body.data ? c->body.data : "", c->body.len, &lim, &err) < 0) {
         set_error(r, 400, "BAD_REQUEST", "malformed JSON body: %s", err.msg);
         return -1;
@@ -203,98 +233,143 @@ static int parse_body(const conn *c, bp_doc *d, reply *r)
     return 0;
 }
 
-static void catalog(server *s, const char *vendor, reply *r)
+static void healthz(call *k)
 {
-    bp_registry *reg = s->reg;
-    pthread_mutex_lock(&reg->mu);
-    if (vendor) {
-        bp_vendor *v = bp_registry_vendor(reg, vendor);
-        if (!v) set_error(r, 404, "NOT_FOUND", "no blueprint for vendor '%s' in %s", vendor, reg->blueprints_dir);
-        else write_vendor(&r->body, v, 1);
+    bp_store_status h;
+    bp_store_health(k->s->reg->store, &h);
+    bp_buf *b = &k->r->body;
+    if (h.failing) {
+        k->r->status = 503;
+        bp_buf_adds(b, "{\"status\":\"unhealthy\",\"store\":{\"ok\":false,\"error\":");
+        bp_json_write_text(b, h.last_error, strlen(h.last_error));
+        bp_buf_printf(b, ",\"failures\":%ld,\"help\":\"the state store refuses writes (disk full? permissions?): "
+                      "intake answers 503 and delivery progress is kept in memory and retried\"}}", h.failures);
     } else {
-        bp_buf_adds(&r->body, "{\"integrations\":[");
-        for (size_t i = 0; i < reg->nvendors; i++) {
-            if (i) bp_buf_addc(&r->body, ',');
-            write_vendor(&r->body, &reg->vendors[i], 0);
-        }
-        bp_buf_adds(&r->body, "]}");
+        bp_buf_printf(b, "{\"status\":\"ok\",\"store\":{\"ok\":true,\"failures\":%ld}}", h.failures);
     }
+}
+
+static void catalog(call *k)
+{
+    bp_registry *reg = k->s->reg;
+    pthread_mutex_lock(&reg->mu);
+    bp_buf_adds(&k->r->body, "{\"integrations\":[");
+    for (size_t i = 0; i < reg->nvendors; i++) {
+        if (i) bp_buf_addc(&k->r->body, ',');
+        write_vendor(&k->r->body, &reg->vendors[i], 0);
+    }
+    bp_buf_adds(&k->r->body, "]}");
     pthread_mutex_unlock(&reg->mu);
 }
 
-static void install(server *s, const char *vendor, const conn *c, reply *r)
+static void catalog_vendor(call *k)
 {
+    bp_registry *reg = k->s->reg;
+    pthread_mutex_lock(&reg->mu);
+    bp_vendor *v = bp_registry_vendor(reg, k->vendor);
+    if (!v) set_error(k->r, 404, "NOT_FOUND", "no blueprint for vendor '%s' in %s", k->vendor, reg->blueprints_dir);
+    else write_vendor(&k->r->body, v, 1);
+    pthread_mutex_unlock(&reg->mu);
+}
+
+static void install(call *k)
+{
+    bp_registry *reg = k->s->reg;
     bp_doc d;
     bp_doc_init(&d);
-    if (parse_body(c, &d, r) < 0) { bp_doc_free(&d); return; }
-    pthread_mutex_lock(&s->reg->mu);
-    bp_vendor *v = bp_registry_vendor(s->reg, vendor);
+    if (parse_body(k->cn, &d, k->r) < 0) { bp_doc_free(&d); return; }
+    pthread_mutex_lock(&reg->mu);
+    bp_vendor *v = bp_registry_vendor(reg, k->vendor);
     int usable = v && v->bp;
-    pthread_mutex_unlock(&s->reg->mu);
-    if (!v) { set_error(r, 404, "NOT_FOUND", "no blueprint for vendor '%s'", vendor); bp_doc_free(&d); return; }
-    if (!usable) { set_error(r, 503, "BLUEPRINT_UNAVAILABLE", "the '%s' blueprint failed to load: %s", vendor, v->load_error); bp_doc_free(&d); return; }
+    char why[1024] = "";
+    if (v && !usable) snprintf(why, sizeof why, "%s", v->load_error ? v->load_error : "");
+    pthread_mutex_unlock(&reg->mu);
+    if (!v) { set_error(k->r, 404, "NOT_FOUND", "no blueprint for vendor '%s'", k->vendor); bp_doc_free(&d); return; }
+    if (!usable) { set_error(k->r, 503, "BLUEPRINT_UNAVAILABLE", "the '%s' blueprint failed to load: %s", k->vendor, why); bp_doc_free(&d); return; }
     bp_integration *it;
     int http;
     bp_error err;
-    if (bp_registry_install(s->reg, v, &d, &it, &http, &err) < 0) {
-        set_error(r, http, http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG" : "INTERNAL",
-                  "%s", err.msg);
+    if (bp_registry_install(reg, v, &d, &it, &http, &err) < 0) {
+        set_error(k->r, http, http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG"
+                  : http == 503 ? "BLUEPRINT_UNAVAILABLE" : "INTERNAL", "%s", err.msg);
     } else {
-        r->status = 201;
-        pthread_mutex_lock(&s->reg->mu);
-        write_integration(&r->body, it);
-        pthread_mutex_unlock(&s->reg->mu);
-        bp_buf f;
-        bp_buf_init(&f);
-        bp_buf_printf(&f, "\"integration\":\"%s\",\"vendor\":\"%s\"", it->id, v->key);
-        bp_log("info", "integration installed", f.data);
-        bp_buf_free(&f);
+        k->r->status = 201;
+        pthread_mutex_lock(&reg->mu);
+        write_integration(&k->r->body, it);
+        pthread_mutex_unlock(&reg->mu);
+        bp_integration_release(it);
     }
     bp_doc_free(&d);
 }
 
-static bp_integration *find(server *s, const char *id, reply *r)
+static void list_integrations(call *k)
 {
-    pthread_mutex_lock(&s->reg->mu);
-    bp_integration *it = bp_registry_find(s->reg, id);
-    pthread_mutex_unlock(&s->reg->mu);
-    if (!it) set_error(r, 404, "NOT_FOUND", "no integration with id '%s'", id);
-    return it;
+    bp_registry *reg = k->s->reg;
+    pthread_mutex_lock(&reg->mu);
+    bp_buf_adds(&k->r->body, "{\"integrations\":[");
+    for (size_t i = 0; i < reg->n; i++) {
+        if (i) bp_buf_addc(&k->r->body, ',');
+        write_integration(&k->r->body, reg->items[i]);
+    }
+    bp_buf_adds(&k->r->body, "]}");
+    pthread_mutex_unlock(&reg->mu);
 }
 
-static void list_integrations(server *s, reply *r)
+static void show_integration(call *k)
 {
-    pthread_mutex_lock(&s->reg->mu);
-    bp_buf_adds(&r->body, "{\"integrations\":[");
-    for (size_t i = 0; i < s->reg->n; i++) {
-        if (i) bp_buf_addc(&r->body, ',');
-        write_integration(&r->body, s->reg->items[i]);
+    pthread_mutex_lock(&k->s->reg->mu);
+    write_integration(&k->r->body, k->it);
+    pthread_mutex_unlock(&k->s->reg->mu);
+}
+
+static void update_integration(call *k)
+{
+    bp_doc d;
+    bp_doc_init(&d);
+    if (parse_body(k->cn, &d, k->r) == 0) {
+        int http;
+        bp_error err;
+        if (bp_registry_update(k->s->reg, k->it, &d, &http, &err) < 0)
+            set_error(k->r, http, http == 422 ? "INVALID_CONFIG" : http == 404 ? "NOT_FOUND"
+                      : http == 503 ? "BLUEPRINT_UNAVAILABLE" : "INTERNAL", "%s", err.msg);
+        else show_integration(k);
     }
-    bp_buf_adds(&r->body, "]}");
-    pthread_mutex_unlock(&s->reg->mu);
+    bp_doc_free(&d);
+}
+
+static void delete_integration(call *k)
+{
+    bp_registry_delete(k->s->reg, k->it);
+    k->r->status = 204;
+}
+
+static void revisions(call *k)
+{
+    bp_buf_printf(&k->r->body, "{\"integration_id\":\"%s\",\"revisions\":", k->it->id);
+    bp_registry_revisions(k->s->reg, k->it, &k->r->body);
+    bp_buf_addc(&k->r->body, '}');
 }
 
 /* ---- events: intake, live events, dead letters ------------------------------------------- */
 
 static const char *const valid_types[] = { "page", "track", "identify", "group", "screen", NULL };
 
-static void intake(server *s, bp_integration *it, const conn *c, reply *r)
+static void intake(call *k)
 {
-    if (c->too_large) { set_error(r, 413, "PAYLOAD_TOO_LARGE", "the body is over %u bytes", MAX_BODY); return; }
-    bp_error err;
-    bp_store *st = bp_store_open(it->state_dir, &err);
-    if (!st) { set_error(r, 500, "INTERNAL", "%s", err.msg); return; }
-    bp_reader *rd = bp_reader_new_mem(c->body.data ? c->body.data : "", c->body.len, BP_DEFAULT_MAX_EVENT_BYTES);
+    reply *r = k->r;
+    bp_registry *reg = k->s->reg;
+    bp_reader *rd = bp_reader_new_mem(k->cn->body.data ? k->cn->body.data : "", k->cn->body.len, BP_DEFAULT_MAX_EVENT_BYTES);
     bp_doc d;
     bp_doc_init(&d);
     bp_buf errors;
     bp_buf_init(&errors);
     const char *ev;
     size_t len;
+    bp_error err;
     long index = 0, accepted = 0, duplicates = 0, bad = 0;
     enum bp_read_status rs;
-    bp_store_exec(st, "BEGIN");
-    while ((rs = bp_reader_next(rd, &ev, &len, &err)) != BP_READ_END) {
+    int ok = bp_store_begin(reg->store) == 0, began = ok;
+    while (ok && (rs = bp_reader_next(rd, &ev, &len, &err)) != BP_READ_END) {
         const char *why = NULL;
         char msg[sizeof err.msg];
         if (index >= MAX_INTAKE_EVENTS) { why = "more than 500 events in one request"; }
@@ -303,9 +378,9 @@ static void intake(server *s, bp_integration *it, const conn *c, reply *r)
         else if (d.nodes[0].type != BP_JOBJECT) why = "an event must be a JSON object";
         else {
             const char *type = bp_jscalar(&d, bp_jget(&d, 0, "type"));
-            int ok = 0;
-            for (int k = 0; type && valid_types[k]; k++) if (!strcmp(type, valid_types[k])) ok = 1;
-            if (!ok) why = "\"type\" must be page, track, identify, group or screen";
+            int known = 0;
+            for (int i = 0; type && valid_types[i]; i++) if (!strcmp(type, valid_types[i])) known = 1;
+            if (!known) why = "\"type\" must be page, track, identify, group or screen";
         }
         if (why) {
             bp_buf_printf(&errors, "%s{\"index\":%ld,\"message\":", bad ? "," : "", index);
@@ -316,20 +391,27 @@ static void intake(server *s, bp_integration *it, const conn *c, reply *r)
             const char *mid = bp_jscalar(&d, bp_jget(&d, 0, "messageId"));
             if (!mid) mid = bp_jscalar(&d, bp_jget(&d, 0, "message_id"));
             if (!mid) mid = bp_jscalar(&d, bp_jget(&d, 0, "event_id"));
-            int64_t id = bp_store_add(st, ev, len, index, mid, (int64_t)bp_wall_ms());
-            if (id > 0) accepted++; else if (id == 0) duplicates++; else bad++;
+            int64_t id = bp_store_add(reg->store, k->it->id, ev, len, index, mid, (int64_t)bp_wall_ms());
+            if (id > 0) accepted++; else if (id == 0) duplicates++; else ok = 0;
         }
         index++;
     }
-    /* 202 only once the events are durable */
-    int committed = bp_store_exec(st, "COMMIT") == 0;
+    /* 202 only once the events are durable; a failed write accepts nothing */
+    int committed = began && bp_store_commit(reg->store, ok) == 0;
     bp_reader_free(rd);
     bp_doc_free(&d);
-    bp_store_close(st);
-    if (!committed) { set_error(r, 500, "INTERNAL", "could not store the events"); bp_buf_free(&errors); return; }
-    pthread_mutex_lock(&s->reg->mu);
-    s->reg->metrics.events_in += accepted;
-    pthread_mutex_unlock(&s->reg->mu);
+    if (!committed) {
+        bp_store_status h;
+        bp_store_health(reg->store, &h);
+        set_error(r, 503, "STORE_UNAVAILABLE", "could not store the events (%s); nothing was accepted: retry later "
+                  "(GET /healthz shows the store's state)", h.last_error);
+        bp_buf_free(&errors);
+        return;
+    }
+    if (accepted) bp_pool_wake(reg->pool, k->it->id);
+    pthread_mutex_lock(&reg->mu);
+    reg->metrics.events_in += accepted;
+    pthread_mutex_unlock(&reg->mu);
     if (index == 0) { set_error(r, 400, "BAD_REQUEST", "no events in the body (one JSON object, an array or NDJSON)"); bp_buf_free(&errors); return; }
     r->status = bad ? 400 : 202;
     if (bad) bp_buf_printf(&r->body, "{\"error\":{\"code\":\"INVALID_EVENTS\",\"message\":\"%ld of %ld events were "
@@ -343,7 +425,7 @@ static void intake(server *s, bp_integration *it, const conn *c, reply *r)
 
 typedef struct rows { bp_buf *out; int n; } rows;
 
-/* {"event": <as received>, "outcome": <the line>} */
+/* {"event": <as received>, "outcome": <the line>, "state": …} */
 static void write_row(void *ctx, const bp_store_row *row)
 {
     rows *w = ctx;
@@ -354,11 +436,15 @@ static void write_row(void *ctx, const bp_store_row *row)
     bp_error err;
     bp_doc_init(&d);
     if (row->body && bp_json_parse(&d, row->body, strlen(row->body), NULL, &err) == 0) bp_json_write_node(b, &d, 0);
-    else if (row->body) bp_json_write_string(b, row->body, strlen(row->body));
+    else if (row->body) bp_json_write_text(b, row->body, strlen(row->body));
     else bp_buf_adds(b, "null");
     bp_doc_free(&d);
     bp_buf_adds(b, ",\"outcome\":");
     bp_buf_adds(b, row->outcome ? row->outcome : "null");
+    /* pending with an outcome line = waiting for its next attempt */
+    bp_buf_adds(b, ",\"state\":");
+    const char *state = row->state && !strcmp(row->state, "pending") ? "retrying" : row->state;
+    if (state) bp_json_write_string(b, state, strlen(state)); else bp_buf_adds(b, "null");
     bp_buf_printf(b, ",\"updated_at\":%lld}", (long long)row->updated_at);
 }
 
@@ -366,155 +452,277 @@ static const char *state_of(const char *outcome)
 {
     static const char *const map[][2] = {
         { "delivered", "delivered" }, { "drop", "dropped" }, { "dropped", "dropped" }, { "error", "error" },
-        { "dead_letter", "dead" }, { "held", "held" },
+        { "dead_letter", "dead" }, { "held", "held" }, { "retrying", "pending" },
     };
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) if (!strcmp(outcome, map[i][0])) return map[i][1];
     return NULL;
 }
 
-static void live_events(server *s, bp_integration *it, struct MHD_Connection *c, reply *r)
+static void live_events(call *k)
 {
-    (void)s;
-    const char *lim = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
-    const char *outcome = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "outcome");
+    const char *lim = MHD_lookup_connection_value(k->c, MHD_GET_ARGUMENT_KIND, "limit");
+    const char *outcome = MHD_lookup_connection_value(k->c, MHD_GET_ARGUMENT_KIND, "outcome");
     int limit = lim ? atoi(lim) : 50;
-    if (limit < 1 || limit > 1000) { set_error(r, 400, "BAD_REQUEST", "limit must be between 1 and 1000"); return; }
+    if (limit < 1 || limit > 1000) { set_error(k->r, 400, "BAD_REQUEST", "limit must be between 1 and 1000"); return; }
     const char *state = outcome ? state_of(outcome) : NULL;
     if (outcome && !state) {
-        set_error(r, 400, "BAD_REQUEST", "outcome must be delivered, drop, error, dead_letter or held");
+        set_error(k->r, 400, "BAD_REQUEST", "outcome must be delivered, drop, error, dead_letter, held or retrying");
         return;
     }
-    bp_error err;
-    bp_store *st = bp_store_open(it->state_dir, &err);
-    if (!st) { set_error(r, 500, "INTERNAL", "%s", err.msg); return; }
-    bp_buf_printf(&r->body, "{\"integration_id\":\"%s\",\"events\":[", it->id);
-    rows w = { &r->body, 0 };
-    bp_store_recent(st, state, limit, write_row, &w);
-    bp_buf_adds(&r->body, "]}");
-    bp_store_close(st);
+    bp_buf_printf(&k->r->body, "{\"integration_id\":\"%s\",\"events\":[", k->it->id);
+    rows w = { &k->r->body, 0 };
+    if (bp_store_recent(k->s->reg->store, k->it->id, state, limit, write_row, &w) < 0) {
+        set_error(k->r, 500, "INTERNAL", "could not read the state store");
+        return;
+    }
+    bp_buf_adds(&k->r->body, "]}");
 }
 
-static void dead_letters(bp_integration *it, reply *r)
+static void dead_letters(call *k)
 {
-    bp_error err;
-    bp_store *st = bp_store_open(it->state_dir, &err);
-    if (!st) { set_error(r, 500, "INTERNAL", "%s", err.msg); return; }
-    bp_buf_printf(&r->body, "{\"integration_id\":\"%s\",\"dead_letters\":[", it->id);
-    rows w = { &r->body, 0 };
-    bp_store_each(st, "dead", write_row, &w);
-    bp_buf_adds(&r->body, "]}");
-    bp_store_close(st);
+    bp_buf_printf(&k->r->body, "{\"integration_id\":\"%s\",\"dead_letters\":[", k->it->id);
+    rows w = { &k->r->body, 0 };
+    if (bp_store_each(k->s->reg->store, k->it->id, "dead", write_row, &w) < 0) {
+        set_error(k->r, 500, "INTERNAL", "could not read the state store");
+        return;
+    }
+    bp_buf_adds(&k->r->body, "]}");
 }
 
-static void replay(bp_integration *it, const conn *c, reply *r)
+static void replay(call *k)
 {
     bp_doc d;
     bp_doc_init(&d);
-    if (parse_body(c, &d, r) < 0) { bp_doc_free(&d); return; }
-    bp_error err;
-    bp_store *st = bp_store_open(it->state_dir, &err);
-    if (!st) { set_error(r, 500, "INTERNAL", "%s", err.msg); bp_doc_free(&d); return; }
+    if (parse_body(k->cn, &d, k->r) < 0) { bp_doc_free(&d); return; }
+    bp_store *st = k->s->reg->store;
     long n = 0;
     uint32_t all = bp_jget(&d, 0, "all"), ids = bp_jget(&d, 0, "ids");
     if (all != BP_NONE && d.nodes[all].type == BP_JTRUE) {
-        n = bp_store_move(st, "dead", "pending", 0);
+        n = bp_store_move(st, k->it->id, "dead", "pending", 0);
     } else if (ids != BP_NONE && d.nodes[ids].type == BP_JARRAY) {
-        for (uint32_t k = ids + 1, i = 0; i < d.nodes[ids].len; i++, k = d.nodes[k].next) {
-            const char *v = bp_jscalar(&d, k);
-            long m = v ? bp_store_move(st, "dead", "pending", atoll(v)) : 0;
+        for (uint32_t e = ids + 1, i = 0; i < d.nodes[ids].len; i++, e = d.nodes[e].next) {
+            const char *v = bp_jscalar(&d, e);
+            long m = v ? bp_store_move(st, k->it->id, "dead", "pending", atoll(v)) : 0;
             n += m > 0 ? m : 0;
         }
     } else {
-        set_error(r, 400, "BAD_REQUEST", "give {\"ids\":[…]} or {\"all\":true}");
+        set_error(k->r, 400, "BAD_REQUEST", "give {\"ids\":[…]} or {\"all\":true}");
     }
-    if (r->status != 400) bp_buf_printf(&r->body, "{\"replayed\":%ld}", n);
-    bp_store_close(st);
+    if (n < 0) set_error(k->r, 503, "STORE_UNAVAILABLE", "could not update the state store; nothing was replayed");
+    if (k->r->status == 200) {
+        bp_buf_printf(&k->r->body, "{\"replayed\":%ld}", n);
+        if (n > 0) bp_pool_rescan(k->s->reg->pool, k->it->id);
+    }
     bp_doc_free(&d);
 }
 
-static void metrics(server *s, reply *r)
+static void metrics(call *k)
 {
-    bp_registry *reg = s->reg;
-    long retries = 0, depth = 0;
+    bp_registry *reg = k->s->reg;
+    long retries = 0;
     pthread_mutex_lock(&reg->mu);
-    for (size_t i = 0; i < reg->n; i++) retries += reg->items[i]->stats.retries;
-    char **dirs = calloc(reg->n + 1, sizeof *dirs);
-    size_t n = reg->n;
-    for (size_t i = 0; i < n; i++) dirs[i] = strdup(reg->items[i]->state_dir);
+    for (size_t i = 0; i < reg->n; i++) retries += __atomic_load_n(&reg->items[i]->stats.retries, __ATOMIC_RELAXED);
     bp_metrics m = reg->metrics;
     pthread_mutex_unlock(&reg->mu);
-    for (size_t i = 0; i < n; i++) {
-        bp_error err;
-        bp_store *st = bp_store_open(dirs[i], &err);
-        if (st) { long p = bp_store_count(st, "pending"); depth += p > 0 ? p : 0; bp_store_close(st); }
-        free(dirs[i]);
-    }
-    free(dirs);
-    r->ctype = "text/plain; version=0.0.4";
-    bp_metrics_write(&m, retries, depth, &r->body);
+    long depth = bp_store_count(reg->store, NULL, "pending");
+    bp_store_status h;
+    bp_store_health(reg->store, &h);
+    k->r->ctype = "text/plain; version=0.0.4";
+    bp_metrics_write(&m, retries, depth > 0 ? depth : 0, &h, &k->r->body);
 }
 
 /* ---- Live Events stream (Server-Sent Events) -------------------------------------------------- */
 
-typedef struct stream {
+/* A stream parks its connection (MHD_suspend_connection) when it has
+ * nothing to send, and the registry's on_live hook resumes it; a parked
+ * stream is also resumed every few seconds for a keep-alive comment. */
+struct stream {
+    stream *next;                 /* [streams_mu] */
     server *s;
-    bp_integration *it;
-    uint64_t next;
+    struct MHD_Connection *c;
+    bp_integration *it;           /* a reference held until freed */
+    uint64_t next_seq;
     bp_buf pending;
     size_t sent;
-} stream;
+    int parked;                   /* [streams_mu] */
+    double last_write_ms;
+};
+
+static void resume_locked(stream *st)
+{
+    if (!st->parked) return;
+    st->parked = 0;
+    MHD_resume_connection(st->c);
+}
+
+/* registry on_live hook (registry mu held) */
+static void on_live(void *ctx, bp_integration *it)
+{
+    server *s = ctx;
+    pthread_mutex_lock(&s->streams_mu);
+    for (stream *st = s->streams; st; st = st->next) if (st->it == it) resume_locked(st);
+    pthread_mutex_unlock(&s->streams_mu);
+}
+
+/* Resume streams due a keep-alive (or all of them, when stopping). */
+static void wake_streams(server *s, int all)
+{
+    double now = bp_monotonic_ms();
+    pthread_mutex_lock(&s->streams_mu);
+    if (all) s->stopping = 1;
+    for (stream *st = s->streams; st; st = st->next)
+        if (all || now - st->last_write_ms >= STREAM_KEEPALIVE_MS) resume_locked(st);
+    pthread_mutex_unlock(&s->streams_mu);
+}
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
     stream *st = cls;
+    server *s = st->s;
+    bp_registry *reg = s->reg;
     if (st->sent == st->pending.len) {
         bp_buf_reset(&st->pending);
         st->sent = 0;
-        bp_registry *reg = st->s->reg;
         pthread_mutex_lock(&reg->mu);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 15;
-        while (!reg->stopping && !st->it->deleted && st->next == st->it->live_seq)
-            if (pthread_cond_timedwait(&reg->live_cond, &reg->mu, &until) != 0) break;
-        if (reg->stopping || st->it->deleted) { pthread_mutex_unlock(&reg->mu); return MHD_CONTENT_READER_END_OF_STREAM; }
-        if (st->it->live_seq > st->next + BP_LIVE_RING) st->next = st->it->live_seq - BP_LIVE_RING;
-        for (; st->next < st->it->live_seq; st->next++) {
-            const char *line = st->it->live[st->next % BP_LIVE_RING];
+        int ended = st->it->deleted;
+        if (st->it->live_seq > st->next_seq + BP_LIVE_RING) st->next_seq = st->it->live_seq - BP_LIVE_RING;
+        for (; st->next_seq < st->it->live_seq; st->next_seq++) {
+            const char *line = st->it->live[st->next_seq % BP_LIVE_RING];
             bp_buf_printf(&st->pending, "event: outcome\ndata: %s\n\n", line ? line : "{}");
         }
         pthread_mutex_unlock(&reg->mu);
-        if (!st->pending.len) bp_buf_adds(&st->pending, ": keep-alive\n\n");
+        pthread_mutex_lock(&s->streams_mu);
+        if (s->stopping) ended = 1;
+        if (!st->pending.len && !ended) {
+            if (bp_monotonic_ms() - st->last_write_ms >= STREAM_KEEPALIVE_MS) {
+                bp_buf_adds(&st->pending, ": keep-alive\n\n");
+            } else {
+                /* nothing to say: park until on_live or the keep-alive tick */
+                st->parked = 1;
+                MHD_suspend_connection(st->c);
+                pthread_mutex_unlock(&s->streams_mu);
+                return 0;
+            }
+        }
+        pthread_mutex_unlock(&s->streams_mu);
+        if (ended && !st->pending.len) return MHD_CONTENT_READER_END_OF_STREAM;
     }
     size_t n = st->pending.len - st->sent < max ? st->pending.len - st->sent : max;
     memcpy(buf, st->pending.data + st->sent, n);
     st->sent += n;
+    st->last_write_ms = bp_monotonic_ms();
     return (ssize_t)n;
 }
 
 static void stream_free(void *cls)
 {
     stream *st = cls;
+    server *s = st->s;
+    pthread_mutex_lock(&s->streams_mu);
+    for (stream **p = &s->streams; *p; p = &(*p)->next) if (*p == st) { *p = st->next; break; }
+    pthread_mutex_unlock(&s->streams_mu);
+    bp_integration_release(st->it);
     bp_buf_free(&st->pending);
     free(st);
 }
 
+static enum MHD_Result open_stream(call *k)
+{
+    stream *st = calloc(1, sizeof *st);
+    if (!st) abort();
+    st->s = k->s;
+    st->c = k->c;
+    st->it = k->it;
+    k->it = NULL;   /* the stream keeps the reference */
+    pthread_mutex_lock(&k->s->reg->mu);
+    st->next_seq = st->it->live_seq;
+    pthread_mutex_unlock(&k->s->reg->mu);
+    st->last_write_ms = bp_monotonic_ms();
+    bp_buf_init(&st->pending);
+    bp_buf_adds(&st->pending, ": live events; one 'outcome' event per judged event ('retrying' while it waits)\n\n");
+    pthread_mutex_lock(&k->s->streams_mu);
+    st->next = k->s->streams;
+    k->s->streams = st;
+    pthread_mutex_unlock(&k->s->streams_mu);
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, st, stream_free);
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(k->c, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 /* ---- routing ------------------------------------------------------------------------------------ */
 
-/* Split "/a/b/c" into up to 8 parts. */
-static int split(const char *url, char parts[8][128])
+enum access { OPEN, READER, WRITER };
+
+/* One row per endpoint.  In a pattern, ":id" takes an integration id and
+ * ":vendor" a catalog key.  `stream` marks the handler that queues its own
+ * response. */
+typedef struct route_def {
+    const char *method, *pattern;
+    enum access access;
+    size_t body_limit;
+    void (*handler)(call *k);
+    int stream;
+} route_def;
+
+static const route_def routes[] = {
+    { "GET", "/healthz", OPEN, 0, healthz, 0 },
+    { "GET", "/metrics", OPEN, 0, metrics, 0 },
+    { "GET", "/v1/admin/integration-catalog", READER, 0, catalog, 0 },
+    { "GET", "/v1/admin/integration-catalog/:vendor", READER, 0, catalog_vendor, 0 },
+    { "POST", "/v1/admin/integration-catalog/:vendor/install", WRITER, MAX_ADMIN_BODY, install, 0 },
+    { "GET", "/v1/admin/integrations", READER, 0, list_integrations, 0 },
+    { "GET", "/v1/admin/integrations/:id", READER, 0, show_integration, 0 },
+    { "PATCH", "/v1/admin/integrations/:id", WRITER, MAX_ADMIN_BODY, update_integration, 0 },
+    { "DELETE", "/v1/admin/integrations/:id", WRITER, 0, delete_integration, 0 },
+    { "GET", "/v1/admin/integrations/:id/revisions", READER, 0, revisions, 0 },
+    { "GET", "/v1/admin/integrations/:id/live-events", READER, 0, live_events, 0 },
+    { "GET", "/v1/admin/integrations/:id/live-events/stream", READER, 0, NULL, 1 },
+    { "GET", "/v1/admin/integrations/:id/dead-letters", READER, 0, dead_letters, 0 },
+    { "POST", "/v1/admin/integrations/:id/dead-letters/replay", WRITER, MAX_ADMIN_BODY, replay, 0 },
+    { "POST", "/v1/integrations/:id/events", WRITER, MAX_INTAKE_BODY, intake, 0 },
+};
+#define NROUTES (sizeof routes / sizeof routes[0])
+
+/* Does url match pattern?  Captures the :id / :vendor segment. */
+static int match(const char *pattern, const char *url, char *capture, size_t caplen)
 {
-    int n = 0;
-    const char *p = url;
-    while (*p && n < 8) {
-        while (*p == '/') p++;
-        if (!*p) break;
-        size_t len = strcspn(p, "/");
-        snprintf(parts[n++], 128, "%.*s", (int)(len < 127 ? len : 127), p);
-        p += len;
+    const char *p = pattern, *u = url;
+    while (*p && *u) {
+        if (*p++ != '/' || *u++ != '/') return 0;
+        size_t plen = strcspn(p, "/"), ulen = strcspn(u, "/");
+        if (*p == ':') {
+            if (ulen == 0 || ulen >= caplen) return 0;
+            memcpy(capture, u, ulen);
+            capture[ulen] = '\0';
+        } else if (plen != ulen || strncmp(p, u, plen) != 0) {
+            return 0;
+        }
+        p += plen;
+        u += ulen;
     }
-    return n;
+    if (!strcmp(u, "/")) u++;   /* a trailing slash is the same resource */
+    return !*p && !*u;
+}
+
+/* The route for method + url; NULL with *allow set to the methods the url
+ * has (405) or left NULL (404).  HEAD is served as GET. */
+static const route_def *find_route(const char *method, const char *url, char *capture, size_t caplen, char *allow,
+                                   size_t allowlen)
+{
+    const char *m = !strcmp(method, "HEAD") ? "GET" : method;
+    allow[0] = '\0';
+    for (size_t i = 0; i < NROUTES; i++) {
+        if (!match(routes[i].pattern, url, capture, caplen)) continue;
+        if (!strcmp(routes[i].method, m)) return &routes[i];
+        size_t used = strlen(allow);
+        snprintf(allow + used, allowlen - used, "%s%s%s", used ? ", " : "", routes[i].method,
+                 !strcmp(routes[i].method, "GET") ? ", HEAD" : "");
+    }
+    return NULL;
 }
 
 static enum MHD_Result send_reply(struct MHD_Connection *c, reply *r)
@@ -523,6 +731,7 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, reply *r)
                                                                 MHD_RESPMEM_MUST_COPY);
     MHD_add_response_header(resp, "Content-Type", r->ctype);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (r->allow) MHD_add_response_header(resp, "Allow", r->allow);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -533,87 +742,47 @@ static void log_request(const char *method, const char *url, int status, double 
     bp_buf f;
     bp_buf_init(&f);
     bp_buf_adds(&f, "\"method\":");
-    bp_json_write_string(&f, method, strlen(method));
+    bp_json_write_text(&f, method, strlen(method));
     bp_buf_adds(&f, ",\"path\":");
-    bp_json_write_string(&f, url, strlen(url));   /* paths carry ids only, never secrets */
+    bp_json_write_text(&f, url, strlen(url));   /* paths carry ids only, never secrets */
     bp_buf_printf(&f, ",\"status\":%d,\"duration_ms\":%.1f", status, bp_monotonic_ms() - started);
     bp_log("info", "request", f.data);
     bp_buf_free(&f);
 }
 
-static enum MHD_Result route(server *s, struct MHD_Connection *c, const char *method, const char *url, conn *cn)
+static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *method, const char *url, conn *cn)
 {
-    reply r = { 200, { 0 }, "application/json" };
+    reply r = { 200, { 0 }, "application/json", NULL };
     bp_buf_init(&r.body);
-    char p[8][128];
-    int n = split(url, p);
-    int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
-    int patch = !strcmp(method, "PATCH"), del = !strcmp(method, "DELETE");
-    if (n == 1 && !strcmp(p[0], "healthz") && get) {
-        bp_buf_adds(&r.body, "{\"status\":\"ok\"}");
-    } else if (n == 1 && !strcmp(p[0], "metrics") && get) {
-        metrics(s, &r);
-    } else if (n >= 2 && !strcmp(p[0], "v1") && !strcmp(p[1], "admin")) {
-        int write = !get;
-        if (authorize(s, c, write ? WRITE : READ, &r) < 0) goto done;
-        if (n == 3 && !strcmp(p[2], "integration-catalog") && get) catalog(s, NULL, &r);
-        else if (n == 4 && !strcmp(p[2], "integration-catalog") && get) catalog(s, p[3], &r);
-        else if (n == 5 && !strcmp(p[2], "integration-catalog") && !strcmp(p[4], "install") && post) install(s, p[3], cn, &r);
-        else if (n == 3 && !strcmp(p[2], "integrations") && get) list_integrations(s, &r);
-        else if (n >= 4 && !strcmp(p[2], "integrations")) {
-            bp_integration *it = find(s, p[3], &r);
-            if (!it) goto done;
-            if (n == 4 && get) { pthread_mutex_lock(&s->reg->mu); write_integration(&r.body, it); pthread_mutex_unlock(&s->reg->mu); }
-            else if (n == 4 && patch) {
-                bp_doc d;
-                bp_doc_init(&d);
-                if (parse_body(cn, &d, &r) == 0) {
-                    int http;
-                    bp_error err;
-                    if (bp_registry_update(s->reg, it, &d, &http, &err) < 0)
-                        set_error(&r, http, http == 422 ? "INVALID_CONFIG" : "INTERNAL", "%s", err.msg);
-                    else { pthread_mutex_lock(&s->reg->mu); write_integration(&r.body, it); pthread_mutex_unlock(&s->reg->mu); }
-                }
-                bp_doc_free(&d);
-            } else if (n == 4 && del) {
-                bp_registry_delete(s->reg, it);
-                r.status = 204;
-            } else if (n == 5 && !strcmp(p[4], "revisions") && get) {
-                bp_buf_printf(&r.body, "{\"integration_id\":\"%s\",\"revisions\":", it->id);
-                bp_registry_revisions(s->reg, it, &r.body);
-                bp_buf_addc(&r.body, '}');
-            } else if (n == 5 && !strcmp(p[4], "live-events") && get) live_events(s, it, c, &r);
-            else if (n == 6 && !strcmp(p[4], "live-events") && !strcmp(p[5], "stream") && get) {
-                stream *st = calloc(1, sizeof *st);
-                st->s = s;
-                st->it = it;
-                pthread_mutex_lock(&s->reg->mu);
-                st->next = it->live_seq;
-                pthread_mutex_unlock(&s->reg->mu);
-                bp_buf_init(&st->pending);
-                bp_buf_adds(&st->pending, ": live events; one 'outcome' event per judged event\n\n");
-                struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, st, stream_free);
-                MHD_add_response_header(resp, "Content-Type", "text/event-stream");
-                MHD_add_response_header(resp, "Cache-Control", "no-store");
-                enum MHD_Result ret = MHD_queue_response(c, 200, resp);
-                MHD_destroy_response(resp);
-                log_request(method, url, 200, cn->started);
-                bp_buf_free(&r.body);
-                return ret;
-            } else if (n == 5 && !strcmp(p[4], "dead-letters") && get) dead_letters(it, &r);
-            else if (n == 6 && !strcmp(p[4], "dead-letters") && !strcmp(p[5], "replay") && post) replay(it, cn, &r);
-            else set_error(&r, 404, "NOT_FOUND", "no such endpoint: %s %s", method, url);
-        } else set_error(&r, 404, "NOT_FOUND", "no such endpoint: %s %s", method, url);
-    } else if (n == 4 && !strcmp(p[0], "v1") && !strcmp(p[1], "integrations") && !strcmp(p[3], "events") && post) {
-        if (authorize(s, c, WRITE, &r) < 0) goto done;
-        bp_integration *it = find(s, p[2], &r);
-        if (it) intake(s, it, cn, &r);
-    } else {
+    char capture[128], allow[128];
+    const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
+    call k = { s, c, cn, NULL, NULL, &r };
+    enum MHD_Result ret;
+    if (!rt && allow[0]) {
+        r.allow = allow;
+        set_error(&r, 405, "METHOD_NOT_ALLOWED", "%s is not allowed on %s (allowed: %s)", method, url, allow);
+    } else if (!rt) {
         set_error(&r, 404, "NOT_FOUND", "no such endpoint: %s %s", method, url);
+    } else if (cn->too_large) {
+        set_error(&r, 413, "PAYLOAD_TOO_LARGE", "the body is over %zu bytes; nothing was applied", rt->body_limit);
+    } else if (rt->access != OPEN && authorize(s, c, rt->access == READER ? READ : WRITE, &r) < 0) {
+        /* r holds the 401/403 */
+    } else if (strstr(rt->pattern, ":id") && !(k.it = bp_registry_find(s->reg, capture))) {
+        set_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", capture);
+    } else {
+        if (strstr(rt->pattern, ":vendor")) k.vendor = capture;
+        if (rt->stream) {
+            ret = open_stream(&k);
+            log_request(method, url, 200, cn->started);
+            bp_integration_release(k.it);
+            bp_buf_free(&r.body);
+            return ret;
+        }
+        rt->handler(&k);
     }
-done:
+    bp_integration_release(k.it);
     log_request(method, url, r.status, cn->started);
-    enum MHD_Result ret = send_reply(c, &r);
+    ret = send_reply(c, &r);
     bp_buf_free(&r.body);
     return ret;
 }
@@ -625,18 +794,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     conn *cn = *con_cls;
     if (!cn) {
         cn = calloc(1, sizeof *cn);
+        if (!cn) return MHD_NO;
         bp_buf_init(&cn->body);
         cn->started = bp_monotonic_ms();
+        char capture[128], allow[128];
+        const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
+        cn->limit = rt ? rt->body_limit : 0;
+        /* refuse a body announced too large before reading any of it */
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > cn->limit) cn->too_large = 1;
         *con_cls = cn;
+        if (cn->too_large) return respond(cls, c, method, url, cn);
         return MHD_YES;
     }
     if (*upload_size) {
-        if (cn->body.len + *upload_size > MAX_BODY) cn->too_large = 1;
+        /* bodies without a length (chunked) are counted as they come */
+        if (cn->too_large || cn->body.len + *upload_size > cn->limit) cn->too_large = 1;
         else bp_buf_add(&cn->body, upload, *upload_size);
         *upload_size = 0;
         return MHD_YES;
     }
-    return route(cls, c, method, url, cn);
+    return respond(cls, c, method, url, cn);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
@@ -647,14 +825,29 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     *con_cls = NULL;
 }
 
+/* Connections, SQLite files and vendor sockets all take descriptors: use
+ * every one the hard limit allows (the soft default is often 1024). */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int bp_serve(const bp_serve_opts *o, bp_error *err)
 {
     server s;
     memset(&s, 0, sizeof s);
+    pthread_mutex_init(&s.streams_mu, NULL);
+    raise_fd_limit();
     if (bp_jwt_secret(o->state_dir, s.secret, sizeof s.secret, err) < 0) return -1;
     if (!(s.reg = bp_registry_open(o->blueprints_dir, o->state_dir, err))) return -1;
     s.reg->rate_limit_rps = o->rate_limit_rps;
     s.reg->retry_base_ms = o->retry_base_ms;
+    s.reg->on_live = on_live;
+    s.reg->on_live_ctx = &s;
 
     /* SIGTERM/SIGINT are taken with sigwait below, so block them in every thread. */
     sigset_t sigs;
@@ -673,10 +866,16 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         bp_registry_close(s.reg);
         return -1;
     }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int workers = o->workers > 0 ? o->workers : cores > 0 ? (int)cores : 1;
+    int http_threads = o->http_threads > 0 ? o->http_threads : 4;
+    unsigned per_ip = o->max_connections_per_ip > 0 ? (unsigned)o->max_connections_per_ip : 1024u;
+    if (bp_registry_start(s.reg, workers, err) < 0) { bp_registry_close(s.reg); return -1; }
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, on_request, &s,
-        MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_CONNECTION_LIMIT, 512u, MHD_OPTION_CONNECTION_TIMEOUT, 0u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, &s,
+        MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http_threads,
+        MHD_OPTION_CONNECTION_LIMIT, 8192u, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
     if (!d) {
         bp_error_set(err, "cannot listen on %s:%d (in use?)", o->host, o->port);
         bp_registry_close(s.reg);
@@ -684,33 +883,44 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     int port = info ? info->port : o->port;
-    bp_registry_start(s.reg);
     printf("listening on http://%s:%d\n", o->host, port);
     fflush(stdout);
     bp_buf f;
     bp_buf_init(&f);
     bp_buf_printf(&f, "\"address\":\"%s:%d\",\"blueprints\":", o->host, port);
-    bp_json_write_string(&f, o->blueprints_dir, strlen(o->blueprints_dir));
+    bp_json_write_text(&f, o->blueprints_dir, strlen(o->blueprints_dir));
     bp_buf_adds(&f, ",\"state\":");
-    bp_json_write_string(&f, o->state_dir, strlen(o->state_dir));
-    bp_buf_printf(&f, ",\"integrations\":%zu", s.reg->n);
+    bp_json_write_text(&f, o->state_dir, strlen(o->state_dir));
+    pthread_mutex_lock(&s.reg->mu);
+    bp_buf_printf(&f, ",\"integrations\":%zu,\"delivery_threads\":%d,\"http_threads\":%d", s.reg->n, workers, http_threads);
+    pthread_mutex_unlock(&s.reg->mu);
     bp_log("info", "serving", f.data);
     bp_buf_free(&f);
 
-    /* main thread: watch blueprints for changes until a signal arrives */
+    /* main thread: watch blueprints for changes and keep streams alive
+     * until a signal arrives */
     struct timespec tick = { 0, 300 * 1000 * 1000 };
     for (;;) {
         int sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGTERM || sig == SIGINT) break;
         bp_registry_check_reload(s.reg);
+        wake_streams(&s, 0);
     }
     bp_log("info", "shutting down: finishing requests in flight; pending events stay stored", NULL);
-    pthread_mutex_lock(&s.reg->mu);
-    s.reg->stopping = 1;
-    pthread_cond_broadcast(&s.reg->live_cond);
-    pthread_mutex_unlock(&s.reg->mu);
+    wake_streams(&s, 1);
+    MHD_quiesce_daemon(d);
+    /* streams end at their next read; give them a moment, then stop */
+    for (int i = 0; i < 50; i++) {
+        pthread_mutex_lock(&s.streams_mu);
+        int open = s.streams != NULL;
+        for (stream *st = s.streams; st; st = st->next) resume_locked(st);
+        pthread_mutex_unlock(&s.streams_mu);
+        if (!open) break;
+        usleep(10 * 1000);
+    }
     MHD_stop_daemon(d);
     bp_registry_close(s.reg);
+    pthread_mutex_destroy(&s.streams_mu);
     bp_log("info", "stopped", NULL);
     return 0;
 }

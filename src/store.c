@@ -1,12 +1,28 @@
 /*
- * store.c — the durable event store (SQLite, WAL mode) under --state.
+ * store.c — the durable event store (SQLite, WAL mode).
  *
- * An event is written before any attempt, and its state after each attempt,
- * so a run killed at any moment (SIGKILL included) loses nothing: the next
- * run picks up every event still pending.  WAL with synchronous=NORMAL
- * survives a process crash; only a power loss can lose the last commits.
- * The store holds the events as received (they never contain secrets) and
- * redacted outcome lines, nothing else: it is safe to inspect with sqlite3.
+ * One database holds the events of every integration (`serve` keeps
+ * STATE/events.db; `deliver` keeps DIR/blueprint.db with integration ""),
+ * so the number of open files does not grow with the number of
+ * integrations.  An event is written before any attempt, and its state
+ * after each attempt, so a run killed at any moment (SIGKILL included)
+ * loses nothing: the next run picks up every event still pending.  WAL with
+ * synchronous=NORMAL survives a process crash; only a power loss can lose
+ * the last commits.  The store holds the events as received (they never
+ * contain secrets) and redacted outcome lines, nothing else.
+ *
+ * Threads: one write connection guarded by a recursive mutex (`mu`).  A
+ * transaction holds it from bp_store_begin to bp_store_commit, so writers
+ * (intake, every delivery loop) never interleave inside one another's
+ * transactions and never meet SQLITE_BUSY among themselves.  Reads made
+ * for people (Live Events, dead letters, counts) go through a second,
+ * read-only connection with its own mutex (`rmu`): in WAL mode they see
+ * the last commit and never wait for a writer.
+ *
+ * Failures: a commit that fails (disk full, I/O error, or the fault file
+ * of BLUEPRINT_FAULT_FILE present) is rolled back and reported to the
+ * caller, who keeps what it wanted to write and tries again; the store
+ * counts failures and remembers the last one for /healthz and /metrics.
  */
 #include "internal.h"
 
@@ -19,8 +35,15 @@
 #include <unistd.h>
 
 struct bp_store {
-    sqlite3 *db;
+    pthread_mutex_t mu;         /* the write connection and its statements */
+    pthread_mutex_t rmu;        /* the read connection */
+    pthread_mutex_t health_mu;  /* failing, last_error, failures */
+    sqlite3 *db, *rdb;
     sqlite3_stmt *insert, *update, *pending, *once_get, *once_put;
+    char *fault_file;           /* fault injection for tests (BLUEPRINT_FAULT_FILE) */
+    int failing;
+    long failures;
+    char last_error[256];
 };
 
 static const char SCHEMA[] =
@@ -36,25 +59,33 @@ static const char SCHEMA[] =
     "  state TEXT NOT NULL,"               /* pending delivered dropped error dead held */
     "  body TEXT NOT NULL,"                /* the event as received */
     "  message_id TEXT,"
-    "  idx INTEGER,"                       /* position in the input of the run that added it */
+    "  idx INTEGER,"                       /* position in the input that added it */
     "  attempts INTEGER NOT NULL DEFAULT 0,"
     "  failures INTEGER NOT NULL DEFAULT 0," /* consecutive failures of the current request */
     "  done_requests INTEGER NOT NULL DEFAULT 0,"
     "  next_at INTEGER NOT NULL DEFAULT 0,"
     "  last_status INTEGER, reason TEXT, response TEXT, outcome TEXT,"
     "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS events_by_state ON events(state, id);"
-    /* Signal retries deliveries too: one stored event per message id. */
-    "CREATE UNIQUE INDEX IF NOT EXISTS events_by_message_id ON events(message_id) WHERE message_id IS NOT NULL;"
     /* one b-tree keyed by the text (no rowid table plus key index): a mark
      * is one insert, and a delivery run makes one per contact */
     "CREATE TABLE IF NOT EXISTS once_keys(key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);";
 
-/* SQLite's default busy handler backs off up to 100 ms per try; a paced
- * worker and the intake share each store, and such a back-off shows up as
- * a hole in the request stream.  Locks here are held for microseconds, so
- * poll every millisecond instead (for at most 5 s). */
+/* Indexes that name the integration column, created after it exists (a
+ * store written before it is migrated first). */
+static const char INDEXES[] =
+    "DROP INDEX IF EXISTS events_by_state;"
+    "DROP INDEX IF EXISTS events_by_message_id;"
+    "CREATE INDEX IF NOT EXISTS events_by_integration ON events(integration, state, id);"
+    "CREATE INDEX IF NOT EXISTS events_recent ON events(integration, updated_at);"
+    /* Signal retries deliveries too: one stored event per message id and integration. */
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_by_message ON events(integration, message_id) "
+    "  WHERE message_id IS NOT NULL;";
+
+/* SQLite's default busy handler backs off up to 100 ms per try.  Within
+ * this process writers take `mu` and never meet; another process on the
+ * same file (`blueprint dlq` next to a running `deliver`) holds locks for
+ * microseconds, so poll every millisecond instead (for at most 5 s). */
 static int busy_wait(void *ud, int tries)
 {
     (void)ud;
@@ -65,42 +96,78 @@ static int busy_wait(void *ud, int tries)
 
 int bp_store_busy_handler(struct sqlite3 *db) { return sqlite3_busy_handler(db, busy_wait, NULL); }
 
-static int fail(bp_store *s, bp_error *err, const char *what)
+/* once-keys and meta keys are per integration: "ID\x1fKEY" ("" keeps a
+ * single-integration store's keys as they were). */
+static const char *scoped(const char *integration, const char *key, char *buf, size_t n)
 {
-    bp_error_set(err, "state store: %s: %s", what, s && s->db ? sqlite3_errmsg(s->db) : "cannot open");
-    return -1;
+    if (!integration || !*integration) return key;
+    snprintf(buf, n, "%s\x1f%s", integration, key);
+    return buf;
 }
 
-static int prepare(bp_store *s, sqlite3_stmt **st, const char *sql, bp_error *err)
+static int has_integration_column(sqlite3 *db)
 {
-    return sqlite3_prepare_v2(s->db, sql, -1, st, NULL) == SQLITE_OK ? 0 : fail(s, err, "prepare");
+    sqlite3_stmt *q;
+    int found = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA table_info(events)", -1, &q, NULL) != SQLITE_OK) return 0;
+    while (sqlite3_step(q) == SQLITE_ROW)
+        if (!strcmp((const char *)sqlite3_column_text(q, 1), "integration")) found = 1;
+    sqlite3_finalize(q);
+    return found;
 }
 
-bp_store *bp_store_open(const char *dir, bp_error *err)
+static int prepare(sqlite3 *db, sqlite3_stmt **st, const char *sql)
+{
+    return sqlite3_prepare_v2(db, sql, -1, st, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
 {
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         bp_error_set(err, "state directory %s: %s", dir, strerror(errno));
         return NULL;
     }
     char path[4096];
-    snprintf(path, sizeof path, "%s/blueprint.db", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, file);
     bp_store *s = calloc(1, sizeof *s);
     if (!s) abort();
-    if (sqlite3_open(path, &s->db) != SQLITE_OK || bp_store_busy_handler(s->db) != SQLITE_OK ||
-        sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK ||
-        prepare(s, &s->insert, "INSERT INTO events(state, body, idx, created_at, updated_at, message_id) "
-                               "VALUES('pending', ?1, ?2, ?3, ?3, ?4) ON CONFLICT DO NOTHING", err) < 0 ||
-        prepare(s, &s->update, "UPDATE events SET state=?2, attempts=?3, failures=?4, done_requests=?5, "
-                               "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11 "
-                               "WHERE id=?1", err) < 0 ||
-        prepare(s, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx FROM events "
-                                "WHERE state='pending' AND id > ?1 ORDER BY id LIMIT ?2", err) < 0 ||
-        prepare(s, &s->once_get, "SELECT at FROM once_keys WHERE key=?1", err) < 0 ||
-        prepare(s, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)", err) < 0) {
-        if (!err->msg[0] || !strstr(err->msg, "state store")) fail(s, err, path);
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&s->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    pthread_mutex_init(&s->rmu, NULL);
+    pthread_mutex_init(&s->health_mu, NULL);
+    const char *fault = getenv("BLUEPRINT_FAULT_FILE");
+    if (fault && *fault) s->fault_file = strdup(fault);
+    /* The database, its WAL and SHM are created owner-only whatever the
+     * caller's umask: the WAL can hold recent pages of any table. */
+    mode_t old_mask = umask(077);
+    int ok = sqlite3_open(path, &s->db) == SQLITE_OK && bp_store_busy_handler(s->db) == SQLITE_OK &&
+             sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK;
+    if (ok && !has_integration_column(s->db))
+        ok = sqlite3_exec(s->db, "ALTER TABLE events ADD COLUMN integration TEXT NOT NULL DEFAULT ''",
+                          NULL, NULL, NULL) == SQLITE_OK;
+    ok = ok && sqlite3_exec(s->db, INDEXES, NULL, NULL, NULL) == SQLITE_OK &&
+         prepare(s->db, &s->insert, "INSERT INTO events(integration, state, body, idx, created_at, updated_at, "
+                                    "message_id) VALUES(?5, 'pending', ?1, ?2, ?3, ?3, ?4) ON CONFLICT DO NOTHING") == 0 &&
+         prepare(s->db, &s->update, "UPDATE events SET state=?2, attempts=?3, failures=?4, done_requests=?5, "
+                                    "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11 "
+                                    "WHERE id=?1") == 0 &&
+         prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx FROM events "
+                                     "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
+         prepare(s->db, &s->once_get, "SELECT at FROM once_keys WHERE key=?1") == 0 &&
+         prepare(s->db, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)") == 0 &&
+         sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+         bp_store_busy_handler(s->rdb) == SQLITE_OK;
+    umask(old_mask);
+    if (!ok) {
+        sqlite3 *bad = s->rdb && sqlite3_errcode(s->rdb) != SQLITE_OK ? s->rdb : s->db;
+        bp_error_set(err, "state store %s: %s", path, bad ? sqlite3_errmsg(bad) : "cannot open");
         bp_store_close(s);
         return NULL;
     }
+    chmod(path, 0600);   /* a store made by an older version under a looser umask */
     return s;
 }
 
@@ -112,26 +179,94 @@ void bp_store_close(bp_store *s)
     sqlite3_finalize(s->pending);
     sqlite3_finalize(s->once_get);
     sqlite3_finalize(s->once_put);
+    sqlite3_close(s->rdb);
     sqlite3_close(s->db);
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->rmu);
+    pthread_mutex_destroy(&s->health_mu);
+    free(s->fault_file);
     free(s);
 }
 
-int bp_store_exec(bp_store *s, const char *sql)
+/* ---- transactions and health --------------------------------------------------- */
+
+static void record_failure(bp_store *s, const char *what)
 {
-    return sqlite3_exec(s->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    pthread_mutex_lock(&s->health_mu);
+    s->failing = 1;
+    s->failures++;
+    snprintf(s->last_error, sizeof s->last_error, "%s", what);
+    pthread_mutex_unlock(&s->health_mu);
 }
 
-int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, const char *message_id, int64_t now)
+static void record_success(bp_store *s)
 {
-    sqlite3_reset(s->insert);
-    sqlite3_bind_text(s->insert, 1, json, (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(s->insert, 2, idx);
-    sqlite3_bind_int64(s->insert, 3, now);
-    if (message_id) sqlite3_bind_text(s->insert, 4, message_id, -1, SQLITE_STATIC);
-    else sqlite3_bind_null(s->insert, 4);
-    if (sqlite3_step(s->insert) != SQLITE_DONE) return -1;
-    if (sqlite3_changes(s->db) == 0) return 0;   /* a message id already stored */
-    return sqlite3_last_insert_rowid(s->db);
+    pthread_mutex_lock(&s->health_mu);
+    s->failing = 0;
+    pthread_mutex_unlock(&s->health_mu);
+}
+
+int bp_store_begin(bp_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        char why[200];
+        snprintf(why, sizeof why, "begin: %s", sqlite3_errmsg(s->db));
+        record_failure(s, why);
+        pthread_mutex_unlock(&s->mu);
+        return -1;
+    }
+    return 0;
+}
+
+/* Commit (or, when `ok` is 0 because a write inside failed, roll back) and
+ * release the write connection.  Returns 0 when the transaction is durable. */
+int bp_store_commit(bp_store *s, int ok)
+{
+    char why[256] = "";
+    if (!ok) snprintf(why, sizeof why, "write: %s", sqlite3_errmsg(s->db));
+    else if (s->fault_file && access(s->fault_file, F_OK) == 0)
+        snprintf(why, sizeof why, "commit: injected fault (%s exists)", s->fault_file);
+    else if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        snprintf(why, sizeof why, "commit: %s", sqlite3_errmsg(s->db));
+    if (why[0]) {
+        if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        record_failure(s, why);
+    } else {
+        record_success(s);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return why[0] ? -1 : 0;
+}
+
+void bp_store_health(bp_store *s, bp_store_status *out)
+{
+    pthread_mutex_lock(&s->health_mu);
+    out->failing = s->failing;
+    out->failures = s->failures;
+    snprintf(out->last_error, sizeof out->last_error, "%s", s->last_error);
+    pthread_mutex_unlock(&s->health_mu);
+}
+
+/* ---- writes (inside bp_store_begin … bp_store_commit) ------------------------------- */
+
+int64_t bp_store_add(bp_store *s, const char *integration, const char *json, size_t len, long idx,
+                     const char *message_id, int64_t now)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *q = s->insert;
+    sqlite3_reset(q);
+    sqlite3_bind_text(q, 1, json, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, idx);
+    sqlite3_bind_int64(q, 3, now);
+    if (message_id) sqlite3_bind_text(q, 4, message_id, -1, SQLITE_STATIC);
+    else sqlite3_bind_null(q, 4);
+    sqlite3_bind_text(q, 5, integration, -1, SQLITE_STATIC);
+    int64_t id = -1;
+    if (sqlite3_step(q) == SQLITE_DONE)
+        id = sqlite3_changes(s->db) == 0 ? 0 : sqlite3_last_insert_rowid(s->db);   /* 0: a message id already stored */
+    pthread_mutex_unlock(&s->mu);
+    return id;
 }
 
 /* Text is bound SQLITE_STATIC (no copy): every statement here binds all
@@ -139,6 +274,7 @@ int64_t bp_store_add(bp_store *s, const char *json, size_t len, long idx, const 
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
                     const char *response, const char *outcome, int64_t now)
 {
+    pthread_mutex_lock(&s->mu);
     sqlite3_stmt *u = s->update;
     sqlite3_reset(u);
     sqlite3_bind_int64(u, 1, e->id);
@@ -152,18 +288,36 @@ int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last
     if (response) sqlite3_bind_text(u, 9, response, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 9);
     if (outcome) sqlite3_bind_text(u, 10, outcome, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 10);
     sqlite3_bind_int64(u, 11, now);
-    return sqlite3_step(u) == SQLITE_DONE ? 0 : -1;
+    int rc = sqlite3_step(u) == SQLITE_DONE ? 0 : -1;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
 }
 
-int bp_store_pending(bp_store *s, int64_t after_id, int limit, bp_stored **out, size_t *n)
+int bp_store_once_mark(bp_store *s, const char *integration, const char *key, int64_t now)
 {
+    char buf[1024];
+    pthread_mutex_lock(&s->mu);
+    sqlite3_reset(s->once_put);
+    sqlite3_bind_text(s->once_put, 1, scoped(integration, key, buf, sizeof buf), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s->once_put, 2, now);
+    int rc = sqlite3_step(s->once_put) == SQLITE_DONE ? 0 : -1;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ---- reads made by delivery (write connection: they see its own commits) ----------------- */
+
+int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int limit, bp_stored **out, size_t *n)
+{
+    *n = 0;
+    *out = calloc((size_t)limit + 1, sizeof **out);
+    if (!*out) abort();
+    pthread_mutex_lock(&s->mu);
     sqlite3_stmt *q = s->pending;
     sqlite3_reset(q);
     sqlite3_bind_int64(q, 1, after_id);
     sqlite3_bind_int(q, 2, limit);
-    *n = 0;
-    *out = calloc((size_t)limit + 1, sizeof **out);
-    if (!*out) abort();
+    sqlite3_bind_text(q, 3, integration, -1, SQLITE_STATIC);
     int rc;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         bp_stored *e = &(*out)[(*n)++];
@@ -176,66 +330,114 @@ int bp_store_pending(bp_store *s, int64_t after_id, int limit, bp_stored **out, 
         e->next_at = sqlite3_column_int64(q, 5);
         e->idx = (long)sqlite3_column_int64(q, 6);
     }
+    sqlite3_reset(q);
+    pthread_mutex_unlock(&s->mu);
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int bp_store_once_seen(bp_store *s, const char *key, int64_t since)
+int bp_store_once_seen(bp_store *s, const char *integration, const char *key, int64_t since)
 {
+    char buf[1024];
+    pthread_mutex_lock(&s->mu);
     sqlite3_reset(s->once_get);
-    sqlite3_bind_text(s->once_get, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->once_get, 1, scoped(integration, key, buf, sizeof buf), -1, SQLITE_STATIC);
     int seen = sqlite3_step(s->once_get) == SQLITE_ROW && sqlite3_column_int64(s->once_get, 0) >= since;
     sqlite3_reset(s->once_get);
+    pthread_mutex_unlock(&s->mu);
     return seen;
 }
 
-int bp_store_once_mark(bp_store *s, const char *key, int64_t now)
-{
-    sqlite3_reset(s->once_put);
-    sqlite3_bind_text(s->once_put, 1, key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s->once_put, 2, now);
-    return sqlite3_step(s->once_put) == SQLITE_DONE ? 0 : -1;
-}
+/* ---- small statements made once in a while ------------------------------------------------ */
 
-char *bp_store_meta_get(bp_store *s, const char *key)
+/* Run one statement with text parameters (NULL binds SQL NULL) on the write
+ * connection; returns the number of rows changed, -1 on error. */
+static long write_stmt(bp_store *s, const char *sql, int n, const char *const *args)
 {
     sqlite3_stmt *q;
+    long changed = -1;
+    pthread_mutex_lock(&s->mu);
+    if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) == SQLITE_OK) {
+        for (int i = 0; i < n; i++)
+            if (args[i]) sqlite3_bind_text(q, i + 1, args[i], -1, SQLITE_STATIC);
+            else sqlite3_bind_null(q, i + 1);
+        if (sqlite3_step(q) == SQLITE_DONE) changed = (long)sqlite3_changes(s->db);
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return changed;
+}
+
+char *bp_store_meta_get(bp_store *s, const char *integration, const char *key)
+{
+    char buf[1024];
+    sqlite3_stmt *q;
     char *v = NULL;
-    if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key=?1", -1, &q, NULL) != SQLITE_OK) return NULL;
-    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
-    if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0)) v = strdup((const char *)sqlite3_column_text(q, 0));
-    sqlite3_finalize(q);
+    pthread_mutex_lock(&s->mu);
+    if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key=?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, scoped(integration, key, buf, sizeof buf), -1, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0)) v = strdup((const char *)sqlite3_column_text(q, 0));
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&s->mu);
     return v;
 }
 
-int bp_store_meta_set(bp_store *s, const char *key, const char *value)
+int bp_store_meta_set(bp_store *s, const char *integration, const char *key, const char *value)
 {
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)", -1, &q, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
-    if (value) sqlite3_bind_text(q, 2, value, -1, SQLITE_STATIC); else sqlite3_bind_null(q, 2);
-    int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
-    sqlite3_finalize(q);
+    char buf[1024];
+    const char *args[] = { scoped(integration, key, buf, sizeof buf), value };
+    return write_stmt(s, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)", 2, args) < 0 ? -1 : 0;
+}
+
+/* Move events of an integration between states; returns how many moved,
+ * -1 on error.  id 0 = all events in `from`. */
+long bp_store_move(bp_store *s, const char *integration, const char *from, const char *to, int64_t id)
+{
+    char idtext[32];
+    snprintf(idtext, sizeof idtext, "%lld", (long long)id);
+    const char *args[] = { integration, from, to, idtext };
+    return write_stmt(s, id ? "UPDATE events SET state=?3, failures=0, next_at=0 WHERE integration=?1 AND state=?2 AND id=?4"
+                            : "UPDATE events SET state=?3, failures=0, next_at=0 WHERE integration=?1 AND state=?2",
+                      id ? 4 : 3, args);
+}
+
+/* Forget an integration: its events, once-keys and meta.  Returns -1 on error. */
+int bp_store_purge(bp_store *s, const char *integration)
+{
+    char prefix[200];
+    snprintf(prefix, sizeof prefix, "%s\x1f", integration);
+    const char *args[] = { integration, prefix };
+    if (bp_store_begin(s) < 0) return -1;
+    int ok = write_stmt(s, "DELETE FROM events WHERE integration=?1", 1, args) >= 0 &&
+             write_stmt(s, "DELETE FROM once_keys WHERE substr(key, 1, length(?2)) = ?2", 2, args) >= 0 &&
+             write_stmt(s, "DELETE FROM meta WHERE substr(key, 1, length(?2)) = ?2", 2, args) >= 0;
+    return bp_store_commit(s, ok);
+}
+
+/* Copy the events, once-keys and meta of a single-integration store (the
+ * layout `serve` used before one store held them all) under `integration`. */
+int bp_store_import(bp_store *s, const char *integration, const char *path)
+{
+    char prefix[200];
+    snprintf(prefix, sizeof prefix, "%s\x1f", integration);
+    const char *args[] = { path, integration, prefix };
+    if (write_stmt(s, "ATTACH DATABASE ?1 AS old", 1, args) < 0) return -1;
+    if (bp_store_begin(s) < 0) { write_stmt(s, "DETACH DATABASE old", 0, NULL); return -1; }
+    int ok = write_stmt(s, "INSERT OR IGNORE INTO events(integration, state, body, message_id, idx, attempts, failures, "
+                           "done_requests, next_at, last_status, reason, response, outcome, created_at, updated_at) "
+                           "SELECT ?2, state, body, message_id, idx, attempts, failures, done_requests, next_at, "
+                           "last_status, reason, response, outcome, created_at, updated_at FROM old.events ORDER BY id",
+                        2, args) >= 0 &&
+             write_stmt(s, "INSERT OR REPLACE INTO once_keys SELECT ?3 || key, at FROM old.once_keys", 3, args) >= 0 &&
+             write_stmt(s, "INSERT OR REPLACE INTO meta SELECT ?3 || key, value FROM old.meta", 3, args) >= 0;
+    int rc = bp_store_commit(s, ok);
+    write_stmt(s, "DETACH DATABASE old", 0, NULL);
     return rc;
 }
 
-/* Move events between states; returns how many moved, -1 on error.
- * id 0 = all events in `from`. */
-long bp_store_move(bp_store *s, const char *from, const char *to, int64_t id)
-{
-    sqlite3_stmt *q;
-    const char *sql = id ? "UPDATE events SET state=?2, failures=0, next_at=0 WHERE state=?1 AND id=?3"
-                         : "UPDATE events SET state=?2, failures=0, next_at=0 WHERE state=?1";
-    if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) != SQLITE_OK) return -1;
-    sqlite3_bind_text(q, 1, from, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 2, to, -1, SQLITE_STATIC);
-    if (id) sqlite3_bind_int64(q, 3, id);
-    long n = sqlite3_step(q) == SQLITE_DONE ? (long)sqlite3_changes(s->db) : -1;
-    sqlite3_finalize(q);
-    return n;
-}
+/* ---- reads for people (the read connection) ------------------------------------------------- */
 
-#define ROW_COLUMNS "id, message_id, attempts, last_status, reason, response, outcome, updated_at, body"
+#define ROW_COLUMNS "id, message_id, attempts, last_status, reason, response, outcome, updated_at, body, state"
 
 /* Step through q, handing each row (ROW_COLUMNS, in that order) to fn. */
 static void each_row(sqlite3_stmt *q, bp_store_row_fn fn, void *ctx)
@@ -245,46 +447,66 @@ static void each_row(sqlite3_stmt *q, bp_store_row_fn fn, void *ctx)
             sqlite3_column_int64(q, 0), (const char *)sqlite3_column_text(q, 1), sqlite3_column_int(q, 2),
             sqlite3_column_int(q, 3), (const char *)sqlite3_column_text(q, 4), (const char *)sqlite3_column_text(q, 5),
             (const char *)sqlite3_column_text(q, 6), sqlite3_column_int64(q, 7), (const char *)sqlite3_column_text(q, 8),
+            (const char *)sqlite3_column_text(q, 9),
         };
         fn(ctx, &r);
     }
     sqlite3_finalize(q);
 }
 
-/* Call fn for each event in `state` (id order) with its stored columns. */
-int bp_store_each(bp_store *s, const char *state, bp_store_row_fn fn, void *ctx)
+/* Call fn for each event of an integration in `state` (id order). */
+int bp_store_each(bp_store *s, const char *integration, const char *state, bp_store_row_fn fn, void *ctx)
 {
     sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(s->db, "SELECT " ROW_COLUMNS " FROM events WHERE state=?1 ORDER BY id", -1, &q, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_text(q, 1, state, -1, SQLITE_STATIC);
-    each_row(q, fn, ctx);
-    return 0;
+    pthread_mutex_lock(&s->rmu);
+    int rc = sqlite3_prepare_v2(s->rdb, "SELECT " ROW_COLUMNS " FROM events WHERE integration=?1 AND state=?2 "
+                                "ORDER BY id", -1, &q, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc == 0) {
+        sqlite3_bind_text(q, 1, integration, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, state, -1, SQLITE_STATIC);
+        each_row(q, fn, ctx);
+    }
+    pthread_mutex_unlock(&s->rmu);
+    return rc;
 }
 
-long bp_store_count(bp_store *s, const char *state)
+/* Events in `state`, of one integration or (NULL) of all. */
+long bp_store_count(bp_store *s, const char *integration, const char *state)
 {
     sqlite3_stmt *q;
     long n = -1;
-    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM events WHERE state=?1", -1, &q, NULL) != SQLITE_OK) return -1;
-    sqlite3_bind_text(q, 1, state, -1, SQLITE_STATIC);
-    if (sqlite3_step(q) == SQLITE_ROW) n = (long)sqlite3_column_int64(q, 0);
-    sqlite3_finalize(q);
+    pthread_mutex_lock(&s->rmu);
+    const char *sql = integration ? "SELECT count(*) FROM events WHERE integration=?2 AND state=?1"
+                                  : "SELECT count(*) FROM events WHERE state=?1";
+    if (sqlite3_prepare_v2(s->rdb, sql, -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, state, -1, SQLITE_STATIC);
+        if (integration) sqlite3_bind_text(q, 2, integration, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW) n = (long)sqlite3_column_int64(q, 0);
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&s->rmu);
     return n;
 }
 
-/* The most recently judged events (those with an outcome line), newest
- * first, optionally only in one state. */
-int bp_store_recent(bp_store *s, const char *state, int limit, bp_store_row_fn fn, void *ctx)
+/* The most recently judged events of an integration (those with an
+ * outcome line: final, or waiting for a retry), newest first, optionally
+ * only in one state. */
+int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx)
 {
     sqlite3_stmt *q;
     const char *sql = state
-        ? "SELECT " ROW_COLUMNS " FROM events WHERE outcome IS NOT NULL AND state=?2 "
+        ? "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND outcome IS NOT NULL AND state=?2 "
           "ORDER BY updated_at DESC, id DESC LIMIT ?1"
-        : "SELECT " ROW_COLUMNS " FROM events WHERE outcome IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT ?1";
-    if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) != SQLITE_OK) return -1;
-    sqlite3_bind_int(q, 1, limit);
-    if (state) sqlite3_bind_text(q, 2, state, -1, SQLITE_STATIC);
-    each_row(q, fn, ctx);
-    return 0;
+        : "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND outcome IS NOT NULL "
+          "ORDER BY updated_at DESC, id DESC LIMIT ?1";
+    pthread_mutex_lock(&s->rmu);
+    int rc = sqlite3_prepare_v2(s->rdb, sql, -1, &q, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc == 0) {
+        sqlite3_bind_int(q, 1, limit);
+        if (state) sqlite3_bind_text(q, 2, state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, integration, -1, SQLITE_STATIC);
+        each_row(q, fn, ctx);
+    }
+    pthread_mutex_unlock(&s->rmu);
+    return rc;
 }

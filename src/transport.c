@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include <curl/curl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -35,10 +36,13 @@ typedef struct pending {
     double started_ms;
 } pending;
 
+/* curl_global_init is not thread-safe: delivery loops start at once. */
+static void global_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
 bp_transport *bp_transport_new(long connect_timeout_ms, long timeout_ms)
 {
-    static int global_init;
-    if (!global_init) { curl_global_init(CURL_GLOBAL_DEFAULT); global_init = 1; }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, global_init);
     bp_transport *t = calloc(1, sizeof *t);
     if (!t) abort();
     t->multi = curl_multi_init();
@@ -57,6 +61,17 @@ void bp_transport_free(bp_transport *t)
 }
 
 int bp_transport_active(const bp_transport *t) { return t->running; }
+
+/* Any thread: make a bp_transport_poll waiting on this transport return. */
+void bp_transport_wakeup(bp_transport *t) { curl_multi_wakeup(t->multi); }
+
+/* Idle connections kept open: one per vendor account at least, so paced
+ * requests to many accounts reuse their connections instead of leaving a
+ * socket in TIME_WAIT per request. */
+void bp_transport_keep_connections(bp_transport *t, long n)
+{
+    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, n);
+}
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
@@ -185,6 +200,8 @@ int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *
      * rather than after waiting wait_ms for activity that already happened. */
     int done = drain(t, cb, ctx);
     if (done || wait_ms <= 0) return done;
+    /* also when nothing is in flight: then it is the loop's idle wait, cut
+     * short by bp_transport_wakeup */
     curl_multi_poll(t->multi, NULL, 0, wait_ms, NULL);
     curl_multi_perform(t->multi, &still);
     return drain(t, cb, ctx);
