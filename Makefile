@@ -37,7 +37,7 @@ HDRS    := src/blueprint.h src/internal.h
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev curl lua-cjson nodejs
 
-.PHONY: all deps bench-deps test run demo bench clean unit-tests asan
+.PHONY: all deps bench-deps test run demo bench clean unit-tests asan tsan
 all: build/blueprint build/blueprint-net build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
 
 # Install the Debian packages in $(1) that are missing (sudo when not root).
@@ -97,8 +97,19 @@ build/asan/unit_tests: $(CORE_SRC) tests/c/unit_tests.c tests/c/check.h $(HDRS) 
 
 asan: build/asan/blueprint build/asan/unit_tests
 
+# The ThreadSanitizer build: the full CLI, for the serve specs (delivery
+# loops, HTTP threads, the registry and the store share data across threads).
+TSANFLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+build/tsan:
+	mkdir -p $@
+
+build/tsan/blueprint: $(CORE_SRC) src/cli.c $(HDRS) | build/tsan
+	$(CC) $(filter-out -O2,$(CFLAGS)) $(TSANFLAGS) -o $@ $(CORE_SRC) src/cli.c $(LDLIBS)
+
+tsan: build/tsan/blueprint
+
 test: deps
-	@$(MAKE) --no-print-directory all asan
+	@$(MAKE) --no-print-directory all asan tsan
 	@scripts/run-tests.sh
 
 run: deps

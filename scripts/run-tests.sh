@@ -6,6 +6,8 @@
 #   1. C unit tests, built with ASan + UBSan (leak checking on)
 #   2. busted specs against the core (Lua module) and build/blueprint
 #   3. the #cli specs and golden fixtures again, against build/asan/blueprint
+#   4. the #serve specs again, against build/tsan/blueprint (ThreadSanitizer);
+#      a data race reported by any server process fails the suite
 set -u
 cd "$(dirname "$0")/.."
 
@@ -49,6 +51,20 @@ suite "C unit tests (ASan+UBSan)" build/asan/unit_tests
 suite "busted specs" env BLUEPRINT_BIN=build/blueprint "${BUSTED[@]}" tests/spec
 suite "CLI specs and golden fixtures (ASan+UBSan build)" \
   env BLUEPRINT_BIN=build/asan/blueprint "${BUSTED[@]}" --tags=cli tests/spec
+
+# ThreadSanitizer reports go to files (the servers' stderr is their log);
+# each report is one failure.
+tsan_reports=$(mktemp -d)
+suite "serve specs (ThreadSanitizer build)" \
+  env BLUEPRINT_BIN=build/tsan/blueprint TSAN_OPTIONS="log_path=$tsan_reports/report second_deadlock_stack=1" \
+  "${BUSTED[@]}" --tags=serve tests/spec
+for report in "$tsan_reports"/report*; do
+  [ -e "$report" ] || continue
+  failed=$((failed + 1))
+  echo "   ThreadSanitizer: $(grep -m1 'WARNING' "$report")"
+  sed 's/^/     /' "$report" | head -60
+done
+rm -rf "$tsan_reports"
 
 echo
 if [ "$skipped" -gt 0 ]; then

@@ -55,7 +55,13 @@ enum bp_class bp_classify(const bp_request *req, const bp_response *resp, char *
 {
     int s = resp->status;
     if (resp->curl_code != 0 || s == 0) {
-        snprintf(why, whylen, "network error: %s", resp->error[0] ? resp->error : "no answer");
+        /* name the host: the usual cause is a wrong URL in the config */
+        const char *h = strstr(req->url, "://");
+        h = h ? h + 3 : req->url;
+        int hostlen = (int)strcspn(h, "/?#");
+        snprintf(why, whylen, "network error: %s (host %.*s); check the integration's api_url (and other URLs in its "
+                 "config) and that the host is reachable", resp->error[0] ? resp->error : "no answer",
+                 hostlen > 80 ? 80 : hostlen, h);
         return BP_RETRY;
     }
     if (s >= 200 && s < 300) {

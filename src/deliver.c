@@ -45,6 +45,10 @@
 #define MAX_SAVED_RESPONSE 512
 #define COMMIT_EVERY_MS 10
 #define TENANT_BUCKETS 4096
+/* Pace 3% under the vendor's limit: at 5/s requests leave 206 ms apart
+ * instead of 200, so up to 30 ms of jitter between us and the vendor's
+ * clock never puts a sixth request inside its one-second window. */
+#define PACE_MARGIN 0.97
 
 typedef struct job job;
 typedef struct tenant tenant;
@@ -531,7 +535,8 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     bp_bucket *bucket = &a->pace->bucket;
     if (resp->retry_after_s > 0) bp_bucket_block(bucket, now + resp->retry_after_s * 1000.0);
     else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
-    if (resp->ratelimit_limit > 0 && resp->ratelimit_limit < bucket->rate) bucket->rate = resp->ratelimit_limit;
+    if (resp->ratelimit_limit > 0 && resp->ratelimit_limit * PACE_MARGIN < bucket->rate)
+        bucket->rate = resp->ratelimit_limit * PACE_MARGIN;
     pthread_mutex_unlock(&a->pace->mu);
     if (resp->status == 429) count(&t->st->rate_limited);
     long slot = (long)(resp->duration_ms * 10.0);
@@ -682,7 +687,7 @@ static pace *pace_acquire(loop *l, const char *key, double rps)
         p->key = strdup(key);
         pthread_mutex_init(&p->mu, NULL);
         /* burst: 10 ms worth of requests, at least 1 (ActiveCampaign's 5/s -> 1) */
-        bp_bucket_init(&p->bucket, rps, rps / 100.0, bp_wall_ms());
+        bp_bucket_init(&p->bucket, rps * PACE_MARGIN, rps / 100.0, bp_wall_ms());
         if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
     }
     p->refs++;
@@ -964,7 +969,8 @@ static void handle_commands(loop *l)
     pthread_mutex_unlock(&l->inbox_mu);
     while (c) {
         cmd *next = c->next;
-        tenant *t = find_tenant(l, c->id ? c->id : c->spec.id);
+        const char *id = c->id ? c->id : c->spec.id;
+        tenant *t = id ? find_tenant(l, id) : NULL;
         switch (c->kind) {
         case CMD_PUT:
             if (!t) {

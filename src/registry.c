@@ -25,6 +25,8 @@
 static const char SCHEMA[] =
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=NORMAL;"
+    /* freed pages are zeroed: a deleted integration's secrets do not linger in the file */
+    "PRAGMA secure_delete=ON;"
     "CREATE TABLE IF NOT EXISTS integrations("
     "  id TEXT PRIMARY KEY, name TEXT NOT NULL, vendor TEXT NOT NULL, variant TEXT NOT NULL,"
     "  delivery_mode TEXT NOT NULL, revision INTEGER NOT NULL, created_at INTEGER NOT NULL,"
@@ -693,9 +695,11 @@ int bp_registry_delete(bp_registry *r, bp_integration *it)
         sqlite3_finalize(u);
         sqlite3_finalize(q);
     }
+    /* the WAL still holds the pages as they were: copy back and truncate it */
+    sqlite3_wal_checkpoint_v2(r->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    log_integration("integration deleted", it);   /* vendor->key changes only under admin_mu */
     pthread_mutex_unlock(&r->admin_mu);
     bp_shared_bp_drop(sbp);
-    log_integration("integration deleted", it);
     bp_integration_release(it);   /* the list's reference */
     return 0;
 }

@@ -4,11 +4,19 @@
  * Faithful to what the runtime relies on (DESIGN.md §6): contact sync and
  * create (duplicate / email_invalid errors), Event Tracking (form only,
  * success:0 for a JSON body or a wrong key), tracking logs, Api-Token on
- * every /api/3 call (403 when wrong), and a per-account rate limit with
+ * every /api/3 call (403 when wrong), and a rate limit per account with
  * 429 + Retry-After + RateLimit-* headers.  Tests steer it through
  * /_emulator/ endpoints: inject faults, inspect every request received.
  *
- *   ac-emulator [--port N] [--api-token T] [--actid N] [--event-key K] [--rate-limit RPS]
+ * Accounts: ActiveCampaign limits each account (all its keys together) to
+ * 5 requests/s.  With --accounts N the emulator has N accounts, each with
+ * its own limit: account 0 has the --api-token, --actid and --event-key;
+ * account k has "TOKEN-k", actid ACTID+k and "KEY-k".  /api/3 calls are
+ * counted against the account of their Api-Token, Event Tracking against
+ * the account of its actid.  Each account's base URL can be any
+ * http://NAME.localhost:PORT (curl resolves *.localhost to loopback).
+ *
+ *   ac-emulator [--port N] [--api-token T] [--actid N] [--event-key K] [--rate-limit RPS] [--accounts N]
  *
  * Prints "listening on http://127.0.0.1:PORT" once ready (port 0 = any).
  */
@@ -38,22 +46,26 @@ typedef struct contact {
 
 typedef struct logged {
     char *method, *path, *token, *ctype, *body;
-    int status;
+    int status, account;   /* -1: no known account */
     double at_ms;
 } logged;
+
+typedef struct account {
+    char *api_token, *actid, *event_key;
+    double *window; size_t wpos;   /* timestamps of the last `rate_limit` admitted requests */
+    long total, limited;
+} account;
 
 static struct {
     pthread_mutex_t mu;
     size_t *index; size_t index_cap;   /* open addressing: email -> contacts[i] + 1 */
-    const char *api_token, *actid, *event_key;
+    account *accounts; int naccounts;
     contact *contacts; size_t ncontacts, capcontacts;
     logged *log; size_t nlog, caplog;
     int tracking_enabled;
     bp_buf event_names;  /* JSON strings, comma separated */
     long nevent_names;
-    /* rate limit: timestamps of the last `rate_limit` requests */
-    int rate_limit;
-    double *window; size_t wpos;
+    int rate_limit;    /* per account, requests per second; 0 = none */
     int retry_after, burst_503;
     /* faults */
     int fail_next, fail_status, fail_html, fail_retry_after;
@@ -254,6 +266,18 @@ static char *form_get(const char *body, const char *key)
     return NULL;
 }
 
+static account *account_by_actid(const char *actid)
+{
+    for (int i = 0; actid && i < E.naccounts; i++) if (!strcmp(E.accounts[i].actid, actid)) return &E.accounts[i];
+    return NULL;
+}
+
+static account *account_by_token(const char *token)
+{
+    for (int i = 0; token && i < E.naccounts; i++) if (!strcmp(E.accounts[i].api_token, token)) return &E.accounts[i];
+    return NULL;
+}
+
 static void track_event(reply *r, const char *ctype, const char *body)
 {
     if (!ctype || strncasecmp(ctype, "application/x-www-form-urlencoded", 33) != 0) {
@@ -263,7 +287,7 @@ static void track_event(reply *r, const char *ctype, const char *body)
     char *actid = form_get(body, "actid"), *key = form_get(body, "key"), *event = form_get(body, "event");
     char *data = form_get(body, "eventdata"), *visit = form_get(body, "visit");
     if (!actid || !*actid) json_reply(r, 200, "{\"success\":0,\"message\":\"An account ID must be provided.\"}");
-    else if (!key || strcmp(key, E.event_key) != 0 || strcmp(actid, E.actid) != 0)
+    else if (!key || !account_by_actid(actid) || strcmp(key, account_by_actid(actid)->event_key) != 0)
         json_reply(r, 200, "{\"success\":0,\"message\":\"Invalid key provided.\"}");
     else if (!event || !*event || strlen(event) > 32)
         json_reply(r, 200, "{\"success\":0,\"message\":\"A valid event name must be provided.\"}");
@@ -376,10 +400,12 @@ static int jint(const bp_doc *d, const char *key, int dflt)
 
 static void set_rate_limit(int rps)
 {
-    free(E.window);
     E.rate_limit = rps;
-    E.window = rps > 0 ? calloc((size_t)rps, sizeof *E.window) : NULL;
-    E.wpos = 0;
+    for (int i = 0; i < E.naccounts; i++) {
+        free(E.accounts[i].window);
+        E.accounts[i].window = rps > 0 ? calloc((size_t)rps, sizeof *E.accounts[i].window) : NULL;
+        E.accounts[i].wpos = 0;
+    }
 }
 
 static void control(reply *r, const char *method, const char *path, const char *body, size_t len)
@@ -397,7 +423,7 @@ static void control(reply *r, const char *method, const char *path, const char *
             bp_json_write_string(&r->body, l->path, strlen(l->path));
             bp_buf_adds(&r->body, ",\"api_token\":");
             bp_json_write_string(&r->body, l->token, strlen(l->token));
-            bp_buf_adds(&r->body, ",\"content_type\":");
+            bp_buf_printf(&r->body, ",\"account\":%d,\"content_type\":", l->account);
             bp_json_write_string(&r->body, l->ctype, strlen(l->ctype));
             bp_buf_adds(&r->body, ",\"body\":");
             size_t bad;
@@ -422,7 +448,12 @@ static void control(reply *r, const char *method, const char *path, const char *
         return;
     }
     if (!strcmp(path, "/_emulator/stats")) {
-        bp_buf_printf(&r->body, "{\"requests\":%ld,\"rate_limited\":%ld,\"contacts\":%zu}", E.total, E.limited, E.ncontacts);
+        bp_buf_printf(&r->body, "{\"requests\":%ld,\"rate_limited\":%ld,\"contacts\":%zu,\"accounts\":[",
+                      E.total, E.limited, E.ncontacts);
+        for (int i = 0; i < E.naccounts; i++)
+            bp_buf_printf(&r->body, "%s{\"requests\":%ld,\"rate_limited\":%ld}", i ? "," : "", E.accounts[i].total,
+                          E.accounts[i].limited);
+        bp_buf_adds(&r->body, "]}");
         return;
     }
     if (!strcmp(path, "/_emulator/reset") && !strcmp(method, "POST")) {
@@ -439,7 +470,11 @@ static void control(reply *r, const char *method, const char *path, const char *
         E.nlog = 0;
         E.fail_next = E.login_html_next = E.reset_next = E.latency_ms = E.burst_503 = 0;
         E.total = E.limited = 0;
-        if (E.window) memset(E.window, 0, (size_t)E.rate_limit * sizeof *E.window);
+        for (int i = 0; i < E.naccounts; i++) {
+            account *a = &E.accounts[i];
+            a->total = a->limited = 0;
+            if (a->window) memset(a->window, 0, (size_t)E.rate_limit * sizeof *a->window);
+        }
         bp_buf_adds(&r->body, "{\"reset\":true}");
         return;
     }
@@ -460,7 +495,7 @@ static void control(reply *r, const char *method, const char *path, const char *
         int rl = jint(&d, "rate_limit", -1);
         if (rl >= 0) set_rate_limit(rl);
         const char *tok = bp_jscalar(&d, bp_jget(&d, 0, "api_token"));
-        if (tok) E.api_token = strdup(tok);
+        if (tok) E.accounts[0].api_token = strdup(tok);
         bp_doc_free(&d);
         bp_buf_adds(&r->body, "{\"ok\":true}");
         return;
@@ -470,20 +505,21 @@ static void control(reply *r, const char *method, const char *path, const char *
 
 /* ---- one request ------------------------------------------------------------------------ */
 
-/* 1 = over the per-account limit; fills the RateLimit-Remaining. */
-static int rate_limited(reply *r)
+/* 1 = over the account's limit; fills the RateLimit-Remaining.  Requests
+ * of no known account are not limited (they are refused anyway). */
+static int rate_limited(reply *r, account *a)
 {
-    if (E.rate_limit <= 0) return 0;
+    if (E.rate_limit <= 0 || !a) return 0;
     double t = now_ms();
-    size_t oldest = E.wpos;   /* ring of the last rate_limit admitted requests */
-    if (E.window[oldest] && t - E.window[oldest] < 1000.0) {
+    size_t oldest = a->wpos;   /* ring of the last rate_limit admitted requests */
+    if (a->window[oldest] && t - a->window[oldest] < 1000.0) {
         r->ratelimit_remaining = 0;
         return 1;
     }
-    E.window[E.wpos] = t;
-    E.wpos = (E.wpos + 1) % (size_t)E.rate_limit;
+    a->window[a->wpos] = t;
+    a->wpos = (a->wpos + 1) % (size_t)E.rate_limit;
     int used = 0;
-    for (int i = 0; i < E.rate_limit; i++) if (E.window[i] && t - E.window[i] < 1000.0) used++;
+    for (int i = 0; i < E.rate_limit; i++) if (a->window[i] && t - a->window[i] < 1000.0) used++;
     r->ratelimit_remaining = E.rate_limit - used;
     return 0;
 }
@@ -503,10 +539,19 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
     }
     E.total++;
     latency = E.latency_ms;
+    account *acct = NULL;
+    if (!strncmp(url, "/api/3/", 7)) acct = account_by_token(token);
+    else if (!strcmp(url, "/event") && body) {
+        char *actid = form_get(body, "actid");
+        acct = account_by_actid(actid);
+        free(actid);
+    }
+    if (acct) acct->total++;
     int reset = 0;
     if (E.reset_next > 0) { E.reset_next--; reset = 1; }
-    else if (rate_limited(r)) {
+    else if (rate_limited(r, acct)) {
         E.limited++;
+        acct->limited++;
         if (E.burst_503) {
             r->status = 503;
             r->ctype = "text/html";
@@ -527,7 +572,7 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
             r->status = 200;
             r->ctype = "text/html; charset=utf-8";
             bp_buf_adds(&r->body, LOGIN_PAGE);
-        } else if (!token || strcmp(token, E.api_token) != 0) {
+        } else if (!acct) {
             json_reply(r, 403, "{\"message\":\"No Result found for Subscriber with id 0\"}");
         } else {
             const char *email = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "email");
@@ -550,6 +595,7 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
         l->ctype = xdup(ctype);
         l->body = xdup(body);
         l->status = reset ? 0 : r->status;
+        l->account = acct ? (int)(acct - E.accounts) : -1;
         l->at_ms = now_ms();
     }
     pthread_mutex_unlock(&E.mu);
@@ -609,23 +655,35 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 
 int main(int argc, char **argv)
 {
-    int port = 0, rps = 5;
-    E.api_token = "emulator-api-token";
-    E.actid = "1000001";
-    E.event_key = "emulator-event-key";
+    int port = 0, rps = 5, naccounts = 1;
+    const char *api_token = "emulator-api-token", *actid = "1000001", *event_key = "emulator-event-key";
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) { fprintf(stderr, "ac-emulator: %s needs a value\n", argv[i]); return 1; }
         if (!strcmp(argv[i], "--port")) port = atoi(v);
-        else if (!strcmp(argv[i], "--api-token")) E.api_token = v;
-        else if (!strcmp(argv[i], "--actid")) E.actid = v;
-        else if (!strcmp(argv[i], "--event-key")) E.event_key = v;
+        else if (!strcmp(argv[i], "--api-token")) api_token = v;
+        else if (!strcmp(argv[i], "--actid")) actid = v;
+        else if (!strcmp(argv[i], "--event-key")) event_key = v;
         else if (!strcmp(argv[i], "--rate-limit")) rps = atoi(v);
+        else if (!strcmp(argv[i], "--accounts")) naccounts = atoi(v) > 0 ? atoi(v) : 1;
         else { fprintf(stderr, "ac-emulator: unknown option %s\n", argv[i]); return 1; }
         i++;
     }
     pthread_mutex_init(&E.mu, NULL);
     bp_buf_init(&E.event_names);
+    E.naccounts = naccounts;
+    E.accounts = calloc((size_t)naccounts, sizeof *E.accounts);
+    for (int k = 0; k < naccounts; k++) {
+        account *a = &E.accounts[k];
+        char buf[256];
+        if (k == 0) { a->api_token = xdup(api_token); a->actid = xdup(actid); a->event_key = xdup(event_key); continue; }
+        snprintf(buf, sizeof buf, "%s-%d", api_token, k);
+        a->api_token = xdup(buf);
+        snprintf(buf, sizeof buf, "%ld", atol(actid) + k);
+        a->actid = xdup(buf);
+        snprintf(buf, sizeof buf, "%s-%d", event_key, k);
+        a->event_key = xdup(buf);
+    }
     set_rate_limit(rps);
     E.retry_after = 1;
     struct sockaddr_in addr;

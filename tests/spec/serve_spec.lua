@@ -28,7 +28,7 @@ end
 
 local INSTALL = "/v1/admin/integration-catalog/activecampaign/install"
 
-describe("blueprint serve #cli", function()
+describe("blueprint serve #cli #serve", function()
   local emu, srv
   before_each(function()
     emu = S.start_emulator("--rate-limit 0")
@@ -218,7 +218,7 @@ describe("blueprint serve #cli", function()
   end)
 end)
 
-describe("blueprint serve lifecycle #cli", function()
+describe("blueprint serve lifecycle #cli #serve", function()
   it("loses nothing when stopped with SIGTERM during delivery", function()
     local emu = S.start_emulator("--rate-limit 0")
     local state = S.tmpdir()

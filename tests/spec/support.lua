@@ -153,6 +153,19 @@ end
 S.EMU_TOKEN = "emulator-api-token"
 S.EMU_EVENT_KEY = "emulator-event-key"
 
+-- The credentials of emulator account k (ac-emulator --accounts N): account 0
+-- is the default one; each has its own base URL (curl resolves *.localhost
+-- to loopback) and its own rate limit.
+function S.emulator_account(emu, k)
+  return {
+    api_url = k == 0 and emu.url or ("http://acct" .. k .. ".localhost:" .. emu.port),
+    api_key = k == 0 and S.EMU_TOKEN or (S.EMU_TOKEN .. "-" .. k),
+    event_tracking_account_id = tostring(1000001 + k),
+    event_tracking_key = k == 0 and S.EMU_EVENT_KEY or (S.EMU_EVENT_KEY .. "-" .. k),
+    event_tracking_url = emu.url .. "/event",
+  }
+end
+
 -- A config file pointing the ActiveCampaign blueprint at the emulator.
 function S.emulator_config(emu, overrides)
   local o = overrides or {}
@@ -193,8 +206,12 @@ function S.start_server(opts)
   local state = opts.state or S.tmpdir()
   local blueprints = opts.blueprints or "blueprints"
   local errf = opts.log or os.tmpname()
-  local pid, port = start_listening(S.bin .. " serve --port 0 --state " .. state .. " --blueprints " .. blueprints
-    .. " --rate-limit " .. (opts.rate or 100) .. " --retry-base-ms 20", "the server", errf)
+  -- opts.rate: a pace for every account (default 100/s); false = the blueprint's own (5/s)
+  local rate = opts.rate == false and "" or (" --rate-limit " .. (opts.rate or 100))
+  local env = opts.env and (opts.env .. " ") or ""
+  local pid, port = start_listening(env .. S.bin .. " serve --port 0 --state " .. state .. " --blueprints " .. blueprints
+    .. rate .. " --retry-base-ms " .. (opts.retry_base_ms or 20) .. (opts.args and (" " .. opts.args) or ""),
+    "the server", errf)
   local srv = { pid = pid, port = port, url = "http://127.0.0.1:" .. port, state = state, log = errf, bodies = {} }
   function srv.token(role, ttl)
     local p = io.popen(S.bin .. " token --role " .. role .. " --state " .. state .. (ttl and (" --ttl " .. ttl) or ""))
@@ -227,6 +244,14 @@ function S.start_server(opts)
       sleep(0.02)
     end
   end
+  -- the server's thread count, from /proc
+  function srv.threads()
+    local f = io.open("/proc/" .. pid .. "/status")
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+    return tonumber(text:match("Threads:%s+(%d+)"))
+  end
+  function srv.kill() os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
   function srv.logs()
     local fh = io.open(errf)
     local t = fh and fh:read("a") or ""

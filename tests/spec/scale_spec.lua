@@ -1,0 +1,333 @@
+-- `blueprint serve` at scale and under abuse: many integrations over many
+-- vendor accounts in one process, pacing per account, concurrent intake, a
+-- failing state store, idle connections, oversized bodies, file modes.
+-- Loopback only, bounded in count and time.  Tagged #serve: the
+-- ThreadSanitizer build runs these too.
+local S = require("support")
+local core = S.core
+
+local INSTALL = "/v1/admin/integration-catalog/activecampaign/install"
+
+-- Many HTTP calls from one curl process (-Z): `calls` is a list of
+-- {method, path, body}.  Returns the list of {status, body} in call order.
+local function many(srv, calls, parallel)
+  local dir = S.tmpdir()
+  local cfg = {}
+  local token = srv.token("admin")
+  for i, c in ipairs(calls) do
+    local bodyf = dir .. "/in" .. i
+    if c[3] then S.write(bodyf, c[3]) end
+    cfg[#cfg + 1] = table.concat({
+      'url = "' .. srv.url .. c[2] .. '"',
+      'request = "' .. c[1] .. '"',
+      'header = "Authorization: Bearer ' .. token .. '"',
+      'header = "Content-Type: application/json"',
+      c[3] and ('data-binary = "@' .. bodyf .. '"') or "",
+      'output = "' .. dir .. "/out" .. i .. '"',
+      'write-out = "%{http_code} ' .. i .. '\\n"',
+    }, "\n")
+  end
+  S.write(dir .. "/curl.cfg", table.concat(cfg, "\nnext\n") .. "\n")
+  local p = io.popen("curl -s -Z --parallel-max " .. (parallel or 8) .. " -K " .. dir .. "/curl.cfg 2>/dev/null")
+  local text = p:read("a")
+  p:close()
+  local out = {}
+  for status, i in text:gmatch("(%d+) (%d+)") do
+    local f = io.open(dir .. "/out" .. i)
+    local body = f and f:read("a") or ""
+    if f then f:close() end
+    out[tonumber(i)] = { tonumber(status), core.json_decode(body) or body }
+  end
+  os.execute("rm -rf " .. dir)
+  return out
+end
+
+local function install_body(name, account)
+  return core.json_encode({ name = name, variant = "default", delivery_mode = "server_side", config = account })
+end
+
+-- For every account: the most requests the emulator received in any one
+-- second, and when the 429s were (ms after the first request of the run).
+local function pacing_report(requests)
+  local by_account, first = {}, math.huge
+  for _, r in ipairs(requests) do
+    if r.account >= 0 then
+      by_account[r.account] = by_account[r.account] or {}
+      table.insert(by_account[r.account], r)
+      if r.at_ms < first then first = r.at_ms end
+    end
+  end
+  local worst, worst_account, late_429, window = 0, nil, {}, ""
+  for account, list in pairs(by_account) do
+    table.sort(list, function(a, b) return a.at_ms < b.at_ms end)
+    local j = 1
+    for i = 1, #list do
+      while list[i].at_ms - list[j].at_ms >= 1000 do j = j + 1 end
+      if i - j + 1 > worst then
+        worst, worst_account = i - j + 1, account
+        local t = {}
+        for k = j, i do t[#t + 1] = ("%.1f ms: %s %d"):format(list[k].at_ms - first, list[k].path, list[k].status) end
+        window = table.concat(t, "; ")
+      end
+      if list[i].status == 429 and list[i].at_ms - first > 1000 then late_429[#late_429 + 1] = list[i] end
+    end
+  end
+  return worst, worst_account, late_429, window
+end
+
+describe("serve at scale #serve", function()
+  it("delivers to 500 integrations over 50 accounts with one pace per account and a steady API", function()
+    local emu = S.start_emulator("--accounts 50 --rate-limit 5")
+    local srv = S.start_server({ rate = false })
+    finally(function() srv.stop(); emu.stop() end)
+    local calls = {}
+    for i = 1, 10 do calls[#calls + 1] = { "POST", INSTALL, install_body("first-" .. i, S.emulator_account(emu, i % 50)) } end
+    local first = many(srv, calls)
+    local ids = {}
+    for i = 1, 10 do assert.are.equal(201, first[i][1], "install " .. i); ids[i] = first[i][2].id end
+    local threads_at_10 = srv.threads()
+    calls = {}
+    for i = 11, 500 do calls[#calls + 1] = { "POST", INSTALL, install_body("int-" .. i, S.emulator_account(emu, i % 50)) } end
+    local rest = many(srv, calls)
+    for k, r in ipairs(rest) do assert.are.equal(201, r[1], "install " .. (k + 10)); ids[k + 10] = r[2].id end
+    assert.are.equal(threads_at_10, srv.threads(), "threads grew with integrations")
+
+    -- two identifies per integration: 20 contact syncs per account, 4 s at 5/s
+    calls = {}
+    for i, id in ipairs(ids) do
+      calls[#calls + 1] = { "POST", "/v1/integrations/" .. id .. "/events",
+        S.identify(("u%d-a@example.com"):format(i), "a" .. i) .. "\n" .. S.identify(("u%d-b@example.com"):format(i), "b" .. i) }
+    end
+    local posted = many(srv, calls)
+    for k, r in ipairs(posted) do assert.are.equal(202, r[1], "intake " .. k) end
+
+    -- the API answers within 1 s throughout (curl gives up after 1 s: status 0)
+    local slow = {}
+    local done = S.eventually(function()
+      for _, path in ipairs({ "/healthz", "/v1/admin/integrations/" .. ids[1] }) do
+        local p = io.popen("curl -s -o /dev/null -w '%{http_code}' --max-time 1 -H 'Authorization: Bearer "
+          .. srv.token("viewer") .. "' " .. srv.url .. path)
+        local st = tonumber(p:read("a"))
+        p:close()
+        if st ~= 200 then slow[#slow + 1] = path .. " -> " .. tostring(st) end
+      end
+      return #emu.contacts() == 1000
+    end, 40)
+    assert.are.same({}, slow)
+    assert.is_truthy(done, "delivered " .. #emu.contacts() .. " of 1000 contacts")
+    local worst, account, late, window = pacing_report(emu.requests())
+    assert.is_true(worst <= 5, ("account %s received %d requests within one second: %s"):format(tostring(account),
+      worst, window))
+    assert.are.equal(0, #late, "429s after the first second")
+    assert.are.equal(threads_at_10, srv.threads(), "threads grew with traffic")
+  end)
+
+  it("paces two integrations on one account together to 5 requests/s", function()
+    local emu = S.start_emulator("--accounts 2 --rate-limit 5")
+    local srv = S.start_server({ rate = false })
+    finally(function() srv.stop(); emu.stop() end)
+    local acct = S.emulator_account(emu, 1)
+    local _, a = srv.call("POST", INSTALL, install_body("A", acct))
+    -- the same account written differently (trailing slash, capitals) is the same account
+    local other = S.emulator_account(emu, 1)
+    other.api_url = other.api_url:gsub("acct1", "ACCT1") .. "/"
+    local _, b = srv.call("POST", INSTALL, install_body("B", other))
+    local ev_a, ev_b = {}, {}
+    for i = 1, 10 do
+      ev_a[i] = S.identify(("pa%d@example.com"):format(i), "pa" .. i)
+      ev_b[i] = S.identify(("pb%d@example.com"):format(i), "pb" .. i)
+    end
+    assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. a.id .. "/events", table.concat(ev_a, "\n"))))
+    assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. b.id .. "/events", table.concat(ev_b, "\n"))))
+    assert.is_truthy(S.eventually(function() return #emu.contacts() == 20 end, 15), "not all delivered")
+    local worst, _, late, window = pacing_report(emu.requests())
+    assert.is_true(worst <= 5, worst .. " requests within one second on one account: " .. window)
+    assert.are.equal(0, #late)
+  end)
+
+  it("delivers all of 20 x 50 concurrent intake posts to one integration", function()
+    local emu = S.start_emulator("--rate-limit 0")
+    local srv = S.start_server({ rate = 1000 })
+    finally(function() srv.stop(); emu.stop() end)
+    local _, it = srv.call("POST", INSTALL, install_body("busy", S.emulator_account(emu, 0)))
+    local calls = {}
+    for i = 1, 1000 do
+      calls[i] = { "POST", "/v1/integrations/" .. it.id .. "/events", S.identify(("c%04d@example.com"):format(i), "c" .. i) }
+    end
+    for k, r in ipairs(many(srv, calls, 20)) do assert.are.equal(202, r[1], "post " .. k) end
+    assert.is_truthy(S.eventually(function() return #emu.contacts() == 1000 end, 30),
+      "delivered " .. #emu.contacts() .. " of 1000")
+    local _, shown = srv.call("GET", "/v1/admin/integrations/" .. it.id)
+    assert.are.equal(1000, shown.delivery.delivered)
+  end)
+
+  it("reports a failing store, refuses intake with 503, and loses nothing once it recovers", function()
+    local emu = S.start_emulator("--rate-limit 0")
+    local state = S.tmpdir()
+    local fault = state .. "/inject-store-fault"
+    local srv = S.start_server({ state = state, env = "BLUEPRINT_FAULT_FILE=" .. fault })
+    finally(function() srv.stop(); emu.stop() end)
+    local _, it = srv.call("POST", INSTALL, install_body("flaky", S.emulator_account(emu, 0)))
+    local intake = "/v1/integrations/" .. it.id .. "/events"
+    S.write(fault, "")
+    local st, body = srv.call("POST", intake, S.identify("refused@example.com", "refused"))
+    assert.are.equal(503, st)
+    assert.are.equal("STORE_UNAVAILABLE", body.error.code)
+    local hs, health = srv.call("GET", "/healthz", nil, false)
+    assert.are.equal(503, hs)
+    assert.are.equal("unhealthy", health.status)
+    assert.matches("injected fault", health.store.error, 1, true)
+    os.remove(fault)
+    -- accepted now; then the store fails while they are being delivered
+    local evs = {}
+    for i = 1, 40 do evs[i] = S.identify(("f%02d@example.com"):format(i), "f" .. i) end
+    assert.are.equal(202, (srv.call("POST", intake, table.concat(evs, "\n"))))
+    S.write(fault, "")
+    assert.is_truthy(S.eventually(function()
+      local _, _, m = srv.call("GET", "/metrics", nil, false)
+      return m:match("blueprint_store_failing 1")
+    end, 10), "the failure was not reported in /metrics")
+    assert.matches("could not save delivery progress", srv.logs(), 1, true)
+    os.remove(fault)
+    assert.is_truthy(S.eventually(function()
+      local _, shown = srv.call("GET", "/v1/admin/integrations/" .. it.id)
+      return shown.delivery.delivered == 40
+    end, 20), "not every accepted event was delivered after the store recovered")
+    local emails = {}
+    for _, c in ipairs(emu.contacts()) do emails[c.email] = true end
+    for i = 1, 40 do assert.is_true(emails[("f%02d@example.com"):format(i)], "f" .. i .. " missing") end
+    assert.is_nil(emails["refused@example.com"])
+    assert.are.equal(200, (srv.call("GET", "/healthz", nil, false)))
+    local _, live = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events?outcome=delivered&limit=100")
+    assert.are.equal(40, #live.events)
+  end)
+
+  it("shows events waiting for a retry in Live Events, then delivers them", function()
+    local emu = S.start_emulator("--rate-limit 0")
+    local srv = S.start_server({})
+    finally(function() srv.stop(); emu.stop() end)
+    local _, it = srv.call("POST", INSTALL, install_body("retry", S.emulator_account(emu, 0)))
+    emu.faults({ fail_next = 1, status = 503, retry_after = 2 })
+    srv.call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("later@example.com", "later"))
+    local waiting = S.eventually(function()
+      local _, b = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events?outcome=retrying")
+      return #b.events == 1 and b.events[1]
+    end, 5)
+    assert.is_truthy(waiting, "no retrying event shown")
+    assert.are.equal("retrying", waiting.state)
+    assert.are.equal("retrying", waiting.outcome.outcome)
+    assert.are.equal(1, waiting.outcome.attempts)
+    assert.are.equal(503, waiting.outcome.status)
+    assert.is_true(waiting.outcome.next_attempt_at > waiting.updated_at)
+    assert.is_truthy(S.eventually(function() return #emu.contacts() == 1 end, 10))
+    local _, done = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events")
+    assert.are.equal("delivered", done.events[1].outcome.outcome)
+  end)
+
+  it("names the host and api_url in a dead letter for a network error", function()
+    local srv = S.start_server({})
+    finally(function() srv.stop() end)
+    local _, it = srv.call("POST", INSTALL, install_body("nowhere", {
+      api_url = "http://127.0.0.1:9", api_key = "k" }))
+    srv.call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("x@example.com", "x"))
+    local dl = S.eventually(function()
+      local _, b = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/dead-letters")
+      return #b.dead_letters == 1 and b.dead_letters[1]
+    end, 15)
+    assert.is_truthy(dl, "no dead letter")
+    assert.matches("host 127.0.0.1:9", dl.outcome.reason, 1, true)
+    assert.matches("api_url", dl.outcome.reason, 1, true)
+  end)
+end)
+
+describe("serve under abuse #serve", function()
+  local srv, emu
+  before_each(function()
+    emu = S.start_emulator("--rate-limit 0")
+    srv = S.start_server({})
+  end)
+  after_each(function() srv.stop(); emu.stop() end)
+
+  it("answers /healthz within 1 s with 600 idle connections open", function()
+    local ready = os.tmpname()
+    os.execute("bash -c 'ulimit -n 4096; fds=(); for i in $(seq 600); do exec {fd}<>/dev/tcp/127.0.0.1/" .. srv.port
+      .. " || exit 1; fds+=($fd); done; echo ok > " .. ready .. "; sleep 8' >/dev/null 2>&1 &")
+    assert.is_truthy(S.eventually(function()
+      local f = io.open(ready); local t = f and f:read("a"); if f then f:close() end
+      return t and t:match("ok")
+    end, 10), "could not open 600 connections")
+    local p = io.popen("curl -s -o /dev/null -w '%{http_code}' --max-time 1 " .. srv.url .. "/healthz")
+    local st = tonumber(p:read("a"))
+    p:close()
+    assert.are.equal(200, st)
+    os.remove(ready)
+  end)
+
+  it("refuses oversized admin bodies with 413 before applying anything, split bodies too", function()
+    local _, it = srv.call("POST", INSTALL, install_body("big", S.emulator_account(emu, 0)))
+    local ten_mb = '{"config":{"api_url":"' .. string.rep("a", 10 * 1024 * 1024) .. '"}}'
+    local st, body = srv.call("PATCH", "/v1/admin/integrations/" .. it.id, ten_mb)
+    assert.are.equal(413, st)
+    assert.are.equal("PAYLOAD_TOO_LARGE", body.error.code)
+    assert.are.equal(413, (srv.call("POST", INSTALL, ten_mb)))
+    assert.are.equal(413, (srv.call("POST", "/v1/admin/integrations/" .. it.id .. "/dead-letters/replay", ten_mb)))
+    -- chunked, no length announced, the last piece arriving later
+    local out = os.tmpname()
+    local head = "PATCH /v1/admin/integrations/" .. it.id .. " HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer "
+      .. srv.token("admin") .. "\\r\\nContent-Type: application/json\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
+    local piece = string.rep("b", 70000)
+    local script = os.tmpname()
+    S.write(script, "exec 3<>/dev/tcp/127.0.0.1/" .. srv.port .. "\n"
+      .. "printf '" .. head .. "' >&3\n"
+      .. "printf '%x\\r\\n{\"config\":{\"api_url\":\"" .. piece .. "\\r\\n' " .. (#piece + 22) .. " >&3\n"
+      .. "sleep 0.3\n"
+      .. "printf '3\\r\\n\"}}\\r\\n0\\r\\n\\r\\n' >&3\n"
+      .. "timeout 5 head -1 <&3 > " .. out .. "\n")
+    os.execute("bash " .. script)
+    local status_line = io.open(out):read("a")
+    os.remove(out); os.remove(script)
+    assert.matches("HTTP/1.1 413", status_line, 1, true)
+    local _, revs = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/revisions")
+    assert.are.equal(1, #revs.revisions)
+  end)
+
+  it("answers 405 with Allow for a wrong method and serves HEAD where GET works", function()
+    local p = io.popen("curl -s -D - -o /dev/null -X PUT " .. srv.url .. "/healthz")
+    local headers = p:read("a")
+    p:close()
+    assert.matches("HTTP/1.1 405", headers, 1, true)
+    assert.matches("Allow: GET, HEAD", headers, 1, true)
+    p = io.popen("curl -s -I " .. srv.url .. "/healthz")
+    headers = p:read("a")
+    p:close()
+    assert.matches("HTTP/1.1 200", headers, 1, true)
+  end)
+
+  it("keeps every file of the state directory owner-only, and forgets a deleted integration's secrets", function()
+    local secret = "ak-delete-me-" .. os.time()
+    local acct = S.emulator_account(emu, 0)
+    acct.api_key = secret
+    local _, it = srv.call("POST", INSTALL, install_body("modes", acct))
+    srv.call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("m@example.com", "m1"))
+    S.eventually(function()
+      local _, b = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events")
+      return #b.events == 1
+    end)
+    local p = io.popen("find " .. srv.state .. " -printf '%m %y %p\\n'")
+    local listing = p:read("a")
+    p:close()
+    local files = 0
+    for mode, kind, path in listing:gmatch("(%d+) (%a) ([^\n]+)") do
+      if kind == "d" then assert.are.equal("700", mode, path) else assert.are.equal("600", mode, path); files = files + 1 end
+    end
+    assert.is_true(files >= 4, listing)
+    if S.sh("id -u") == "0\n" and select(3, S.sh("id nobody")) == 0 and select(3, S.sh("command -v runuser")) == 0 then
+      local _, _, code = S.sh("runuser -u nobody -- cat " .. srv.state .. "/server.db-wal")
+      assert.are_not.equal(0, code, "another user could read the WAL")
+    end
+    assert.are.equal(204, (srv.call("DELETE", "/v1/admin/integrations/" .. it.id)))
+    srv.stop()
+    local _, _, code = S.sh("grep -rl -- " .. secret .. " " .. srv.state)
+    assert.are_not.equal(0, code, "the deleted integration's API key is still in the state directory")
+  end)
+end)
