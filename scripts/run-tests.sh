@@ -56,7 +56,8 @@ suite "CLI specs and golden fixtures (ASan+UBSan build)" \
 # each report is one failure.
 tsan_reports=$(mktemp -d)
 suite "serve specs (ThreadSanitizer build)" \
-  env BLUEPRINT_BIN=build/tsan/blueprint TSAN_OPTIONS="log_path=$tsan_reports/report second_deadlock_stack=1" \
+  env BLUEPRINT_BIN=build/tsan/blueprint BLUEPRINT_TEST_SANITIZER=thread \
+      TSAN_OPTIONS="log_path=$tsan_reports/report second_deadlock_stack=1" \
   "${BUSTED[@]}" --tags=serve tests/spec
 for report in "$tsan_reports"/report*; do
   [ -e "$report" ] || continue

@@ -45,10 +45,11 @@
 #define MAX_SAVED_RESPONSE 512
 #define COMMIT_EVERY_MS 10
 #define TENANT_BUCKETS 4096
-/* Pace 3% under the vendor's limit: at 5/s requests leave 206 ms apart
- * instead of 200, so up to 30 ms of jitter between us and the vendor's
+/* Pace 3% under the vendor's limit: at 5/s no more than 5 requests leave
+ * in any 1031 ms, so up to 30 ms of jitter between us and the vendor's
  * clock never puts a sixth request inside its one-second window. */
 #define PACE_MARGIN 0.97
+#define NEVER 1e300
 
 typedef struct job job;
 typedef struct tenant tenant;
@@ -90,7 +91,7 @@ struct tenant {
     account *acct;
     const bp_sink *sink;
     void *ctx;
-    bp_deliver_stats *st;
+    bp_counts *st;
     int64_t last_loaded_id, index_from_id;
     int more, rescan, paused, max_attempts;
     char pause_reason[512];
@@ -117,6 +118,11 @@ struct account {
     pace *pace;
     job *jobs;                  /* not final, in load order */
     int njobs, inflight, window;
+    /* So that a turn costs what changed, not the number of accounts:
+     * dispatch skips the account until next_ms (0: look now; NEVER: until
+     * an answer arrives), and load looks only at accounts flagged. */
+    double next_ms;
+    int check_load;
     tenant **members; size_t nmembers, capmembers, rr;
 };
 
@@ -152,6 +158,7 @@ struct loop {
     pthread_mutex_t inbox_mu;   /* guards inbox */
     cmd *inbox, **inbox_tail;
     int stopping;               /* loop thread only */
+    int nremoving;              /* tenants draining before they leave */
     uint64_t rng;
     bp_buf line;
 };
@@ -316,7 +323,7 @@ static void mark_dirty(loop *l, job *j)
 static void unlink_job(account *a, job *j)
 {
     for (job **p = &a->jobs; *p; p = &(*p)->next)
-        if (*p == j) { *p = j->next; a->njobs--; return; }
+        if (*p == j) { *p = j->next; a->njobs--; a->check_load = 1; return; }
 }
 
 static void free_job(job *j)
@@ -422,7 +429,7 @@ static void commit(loop *l)
     while (j) {
         job *next = j->dirty_next;
         j->dirty = 0;
-        if (j->final) { j->t->unsaved_final--; free_job(j); }
+        if (j->final) { j->t->unsaved_final--; j->t->acct->check_load = 1; free_job(j); }
         j = next;
     }
     l->dirty = NULL;
@@ -457,9 +464,10 @@ static void load_tenant(loop *l, tenant *t, int room)
     if (!t->more || room <= 0) return;
     bp_stored *evs;
     size_t n;
-    if (bp_store_pending(l->store, t->id, t->last_loaded_id, room, &evs, &n) < 0) { free(evs); return; }
-    if ((int)n < room) t->more = 0;
     account *a = t->acct;
+    if (bp_store_pending(l->store, t->id, t->last_loaded_id, room, &evs, &n) < 0) { free(evs); a->check_load = 1; return; }
+    if ((int)n < room) t->more = 0;
+    if (n) a->next_ms = 0;
     job **tail = &a->jobs;
     while (*tail) tail = &(*tail)->next;
     for (size_t k = 0; k < n; k++) {
@@ -483,12 +491,17 @@ static void load_tenant(loop *l, tenant *t, int room)
     free(evs);
 }
 
-/* Fill each account's window, taking its integrations in turn. */
+/* Fill the windows of the accounts flagged, taking their integrations in turn. */
 static void load(loop *l)
 {
     if (l->stopping || l->store_failing) return;
     for (size_t i = 0; i < l->naccounts; i++) {
         account *a = l->accounts[i];
+        if (!a->check_load) continue;
+        /* refill a paced account's window in batches, when it is half
+         * empty: one store query per few events instead of one per event */
+        if (a->njobs > a->window / 2 && a->window <= WINDOW_PACED) continue;
+        a->check_load = 0;
         for (size_t tries = 0; tries < a->nmembers && a->njobs < a->window; tries++) {
             tenant *t = a->members[a->rr++ % a->nmembers];
             if (!t->removing) load_tenant(l, t, a->window - a->njobs);
@@ -521,6 +534,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     j->inflight = 0;
     t->inflight--;
     a->inflight--;
+    a->next_ms = 0;
     bp_request *req = &j->out.requests[j->ev.done_requests];
     j->last_status = resp->status;
     bp_buf_reset(&j->response);
@@ -535,12 +549,10 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     bp_bucket *bucket = &a->pace->bucket;
     if (resp->retry_after_s > 0) bp_bucket_block(bucket, now + resp->retry_after_s * 1000.0);
     else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
-    if (resp->ratelimit_limit > 0 && resp->ratelimit_limit * PACE_MARGIN < bucket->rate)
-        bucket->rate = resp->ratelimit_limit * PACE_MARGIN;
+    if (resp->ratelimit_limit > 0 && (resp->ratelimit_limit < bucket->rate || bucket->rate <= 0))
+        bp_bucket_set_rate(bucket, resp->ratelimit_limit);
     pthread_mutex_unlock(&a->pace->mu);
     if (resp->status == 429) count(&t->st->rate_limited);
-    long slot = (long)(resp->duration_ms * 10.0);
-    count(&t->st->latency_us[slot < 0 ? 0 : slot > 1000 ? 1000 : slot]);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
 
     switch (bp_classify(req, resp, j->why, sizeof j->why)) {
@@ -599,7 +611,8 @@ static int key_in_flight(const tenant *t, const char *key)
     return 0;
 }
 
-/* Start what this account can start now; returns ms until it could start more. */
+/* Start what this account can start now; returns ms until it could start
+ * more (NEVER: not before one of its answers arrives). */
 static double dispatch_account(loop *l, account *a, double now)
 {
     double wait = 1000;
@@ -625,7 +638,7 @@ static double dispatch_account(loop *l, account *a, double now)
         }
         const char *once = j->out.requests[j->ev.done_requests].once;
         if (once && key_in_flight(t, once)) { j = next; continue; }
-        if (a->inflight >= l->o->concurrency) return 0;
+        if (a->inflight >= l->o->concurrency) return NEVER;   /* until an answer */
         pthread_mutex_lock(&a->pace->mu);
         double w = bp_bucket_take(&a->pace->bucket, now);
         pthread_mutex_unlock(&a->pace->mu);
@@ -649,7 +662,8 @@ static double dispatch_account(loop *l, account *a, double now)
     return wait;
 }
 
-/* Visit every account with work, starting one further each turn. */
+/* Visit every account that may start something now, starting one further
+ * each turn; returns ms until one could. */
 static double dispatch(loop *l)
 {
     double now = bp_wall_ms(), wait = 1000;
@@ -658,8 +672,11 @@ static double dispatch(loop *l)
     for (size_t k = 0; k < n; k++) {
         account *a = l->accounts[(start + k) % n];
         if (!a->jobs) continue;
-        double w = dispatch_account(l, a, now);
-        if (w < wait) wait = w;
+        if (a->next_ms <= now) {
+            double w = dispatch_account(l, a, now);
+            a->next_ms = w >= NEVER ? NEVER : now + w;
+        }
+        if (a->next_ms - now < wait) wait = a->next_ms - now;
     }
     return wait;
 }
@@ -686,8 +703,7 @@ static pace *pace_acquire(loop *l, const char *key, double rps)
         if (!p) abort();
         p->key = strdup(key);
         pthread_mutex_init(&p->mu, NULL);
-        /* burst: 10 ms worth of requests, at least 1 (ActiveCampaign's 5/s -> 1) */
-        bp_bucket_init(&p->bucket, rps * PACE_MARGIN, rps / 100.0, bp_wall_ms());
+        bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_wall_ms());
         if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
     }
     p->refs++;
@@ -736,6 +752,8 @@ static account *join_account(loop *l, tenant *t)
         if (!a->members) abort();
     }
     a->members[a->nmembers++] = t;
+    a->check_load = 1;
+    a->next_ms = 0;
     return a;
 }
 
@@ -850,7 +868,7 @@ static void add_tenant(loop *l, const bp_tenant_spec *s)
     t->cfg = s->cfg;
     t->sink = s->sink;
     t->ctx = s->ctx;
-    t->st = s->stats;
+    t->st = s->counts;
     t->borrowed_cfg = !l->pool;
     t->more = 1;
     t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
@@ -888,6 +906,8 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
         next = j->next;
         if (j->t == t && !j->inflight && j->ev.done_requests == 0) map_job(l, j);
     }
+    t->acct->next_ms = 0;
+    t->acct->check_load = 1;
     bp_config_free(old.cfg);
     bp_shared_bp_drop(old.bp);
     restore_pause(l, t);
@@ -912,6 +932,7 @@ static void detach_tenant(loop *l, tenant *t)
  * whose progress is saved) leaves the loop. */
 static void reap(loop *l)
 {
+    if (!l->nremoving) return;
     for (tenant *t = l->tenants, *next; t; t = next) {
         next = t->next;
         if (!t->removing || t->inflight > 0 || (!t->purge && (t->unsaved_final > 0 || l->dirty))) continue;
@@ -929,6 +950,7 @@ static void reap(loop *l)
             jn = j->next;
             if (j->t == t) { unlink_job(t->acct, j); free_job(j); }
         }
+        l->nremoving--;
         detach_tenant(l, t);
         leave_account(l, t);
         unbind_engine(l, t);
@@ -960,6 +982,14 @@ static void free_cmd(cmd *c)
     free(c);
 }
 
+static void start_removing(loop *l, tenant *t)
+{
+    if (t->removing) return;
+    t->removing = 1;
+    l->nremoving++;
+    t->acct->next_ms = 0;
+}
+
 static void handle_commands(loop *l)
 {
     pthread_mutex_lock(&l->inbox_mu);
@@ -980,7 +1010,7 @@ static void handle_commands(loop *l)
             } else if (t->removing || !same_account(t, &c->spec)) {
                 /* a new account (or a put while draining for one): drain
                  * this one, then start again from the newest put */
-                t->removing = 1;
+                start_removing(l, t);
                 drop_spec(&t->forward);
                 t->forward = c->spec;
                 c->spec.id = NULL;
@@ -991,13 +1021,13 @@ static void handle_commands(loop *l)
             }
             break;
         case CMD_REMOVE:
-            if (t) { t->removing = 1; t->purge = c->purge; drop_spec(&t->forward); }
+            if (t) { start_removing(l, t); t->purge = c->purge; drop_spec(&t->forward); }
             break;
         case CMD_WAKE:
-            if (t && !t->removing) t->more = 1;
+            if (t && !t->removing) { t->more = 1; t->acct->check_load = 1; }
             break;
         case CMD_RESCAN:
-            if (t && !t->removing) { t->rescan = 1; restore_pause(l, t); }
+            if (t && !t->removing) { t->rescan = 1; t->acct->check_load = 1; restore_pause(l, t); }
             break;
         case CMD_STOP:
             l->stopping = 1;
@@ -1024,12 +1054,18 @@ static int turn(loop *l, int until_idle)
 {
     handle_commands(l);
     load(l);
-    double wait = dispatch(l);
+    /* commit before dispatching, not between dispatch and the send: a slow
+     * commit (a checkpoint) must not delay requests whose pace slot is
+     * taken, or the vendor would see them bunched */
+    double due;
     if (l->dirty || l->nmarks) {
-        double due = l->dirty_since + COMMIT_EVERY_MS - bp_wall_ms();
-        if (l->store_failing) due = l->commit_retry_at - bp_wall_ms();
+        due = (l->store_failing ? l->commit_retry_at : l->dirty_since + COMMIT_EVERY_MS) - bp_wall_ms();
         if (due <= 0 || l->stopping) commit(l);
-        else if (due < wait) wait = due;
+    }
+    double wait = dispatch(l);
+    if (l->dirty || l->nmarks) {   /* dispatch may have finished events too */
+        due = (l->store_failing ? l->commit_retry_at : l->dirty_since + COMMIT_EVERY_MS) - bp_wall_ms();
+        if (due < wait) wait = due > 0 ? due : 0;
     }
     reap(l);
     if (l->stopping) {
@@ -1186,6 +1222,8 @@ static void cli_outcome(void *ctx, const char *line, size_t len, int final)
 static void cli_answer(void *ctx, int status, double duration_ms)
 {
     cli_run *r = ctx;
+    long slot = (long)(duration_ms * 10.0);
+    r->st->latency_us[slot < 0 ? 0 : slot > 1000 ? 1000 : slot]++;
     if (r->o->on_answer) r->o->on_answer(r->o->emit_ctx, status, duration_ms);
 }
 
@@ -1289,7 +1327,8 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     loop l;
     loop_init(&l, NULL, 0, store, opts);
     bp_shared_bp shared = { (bp_blueprint *)bp, 2 };
-    bp_tenant_spec spec = { "", &shared, (bp_config *)cfg, &cli_sink, &run, stats };
+    bp_counts counts = { 0 };
+    bp_tenant_spec spec = { "", &shared, (bp_config *)cfg, &cli_sink, &run, &counts };
     add_tenant(&l, &spec);
     tenant *t = l.tenants;
     if (!t) { bp_error_set(err, "the blueprint could not start"); loop_free(&l); goto out; }
@@ -1297,6 +1336,14 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     while (turn(&l, 1)) {}
     int lost = l.store_failing;
     loop_free(&l);
+    stats->delivered = counts.delivered;
+    stats->dropped = counts.dropped;
+    stats->errors += counts.errors;   /* plus the input lines that were not events */
+    stats->dead = counts.dead;
+    stats->held = counts.held;
+    stats->requests = counts.requests;
+    stats->retries = counts.retries;
+    stats->rate_limited = counts.rate_limited;
     if (lost) {
         bp_store_status h;
         bp_store_health(store, &h);

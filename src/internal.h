@@ -177,17 +177,27 @@ enum bp_class bp_classify(const bp_request *req, const bp_response *resp, char *
 
 /* ---- ratelimit.c ---------------------------------------------------------------- */
 
+#define BP_PACE_LOG 64
+
+/* A vendor account's pace: a sliding window of the last sends (ratelimit.c). */
 typedef struct bp_bucket {
-    double rate, burst, tokens, last_ms;
-    double blocked_until_ms;   /* from Retry-After / RateLimit-Remaining: 0 */
+    double rate;                /* the vendor's limit, requests per second; 0 = unlimited */
+    double margin;              /* the share of it we use (window stretched by 1/margin) */
+    int n, pos;                 /* requests allowed per window; next slot of sent[] */
+    double window_ms, interval_ms;
+    double sent[BP_PACE_LOG];   /* send times of the last n requests (0: none) */
+    double last_ms;
+    int full_gap;               /* the vendor said its window is full: next waits a whole interval */
+    double blocked_until_ms;    /* from Retry-After */
 } bp_bucket;
 
-void bp_bucket_init(bp_bucket *b, double rate_per_s, double burst, double now_ms);
-/* Take one token if available at now_ms: returns 0, else the ms to wait. */
+void bp_bucket_init(bp_bucket *b, double limit_per_s, double margin, double now_ms);
+void bp_bucket_set_rate(bp_bucket *b, double limit_per_s);
+/* Take a send slot at now_ms if there is one: returns 0, else the ms to wait. */
 double bp_bucket_take(bp_bucket *b, double now_ms);
 /* The vendor said: wait this long before the next request. */
 void bp_bucket_block(bp_bucket *b, double until_ms);
-/* The vendor says its window is full: drop any saved-up burst. */
+/* The vendor says its window is full: no catching up on the next request. */
 void bp_bucket_drain(bp_bucket *b);
 
 /* ---- store.c ---------------------------------------------------------------------- */
@@ -283,15 +293,21 @@ typedef struct bp_sink {
     void (*release)(void *ctx);   /* the pool no longer refers to ctx */
 } bp_sink;
 
+/* What a loop counts per integration: written with atomic adds, read with
+ * __atomic_load_n. */
+typedef struct bp_counts {
+    long delivered, dropped, errors, dead, held, requests, retries, rate_limited;
+} bp_counts;
+
 /* One integration handed to the pool.  The pool holds `bp` and owns `cfg`
- * from the call on; `stats` (owned by ctx) is updated with atomic adds. */
+ * from the call on; `counts` belongs to ctx. */
 typedef struct bp_tenant_spec {
     const char *id;
     bp_shared_bp *bp;
     bp_config *cfg;
     const bp_sink *sink;
     void *ctx;
-    bp_deliver_stats *stats;
+    bp_counts *counts;
 } bp_tenant_spec;
 
 typedef struct bp_pool bp_pool;
@@ -366,9 +382,11 @@ typedef struct bp_integration {
     bp_config *cfg;             /* [mu] validated, for the API's event table */
     int revision, deleted;      /* [mu] */
     bp_config *next_cfg;        /* [admin_mu] a reload's validated config */
-    bp_deliver_stats stats;     /* written by its loop with atomic adds */
-    char *live[BP_LIVE_RING];   /* [mu] the latest outcome lines, for streaming */
+    bp_counts stats;            /* written by its loop with atomic adds */
+    char **live;                /* [mu] the latest BP_LIVE_RING outcome lines, kept only
+                                   while a Live Events stream watches (NULL before) */
     uint64_t live_seq;          /* [mu] */
+    int watchers;               /* [mu] open streams */
     int refs;                   /* atomic: the list, its loop tenant, requests, streams */
 } bp_integration;
 

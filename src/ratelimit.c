@@ -1,35 +1,71 @@
 /*
- * ratelimit.c — a token bucket per vendor account.
+ * ratelimit.c — the pace of one vendor account.
  *
- * ActiveCampaign allows 5 requests/second per account, shared by every key
- * and every worker, so pacing is done before sending: 429s should be the
- * exception.  The burst is kept at 1 by default: a full bucket would let a
- * second's worth of requests out at once and the vendor's sliding window
- * would answer the next ones with 429.  (The caller allows 10 ms worth of
- * burst, which is 1 at vendor rates and keeps high-rate runs from being
- * limited by the loop instead of the bucket.)  The vendor's own signals override
- * the bucket: Retry-After, and RateLimit-Remaining: 0, block it until then.
+ * ActiveCampaign allows 5 requests per second per account, shared by every
+ * key and every worker, and counts them in a sliding window: a sixth
+ * request within any second is answered 429.  So the pacer keeps the same
+ * kind of window — the send times of the last N requests, N = the rate
+ * (at most 64) — and sends only when the oldest of them left the window.
+ * Unlike a token bucket with a burst of one, a request sent late (the loop
+ * was busy) does not push every later one back: the next may catch up as
+ * long as the window allows, so a backlog drains at the full rate.  To stay
+ * gentle on the vendor (bursts can also earn 503s) consecutive requests are
+ * at least half an interval apart.  The window is stretched by a margin
+ * (5 requests per 1031 ms at 5/s with 0.97) to absorb clock and network
+ * jitter between us and the vendor.
+ *
+ * The vendor's own signals override the pace: Retry-After blocks it until
+ * then; RateLimit-Remaining: 0 (its window is full) makes the next request
+ * wait a whole interval; a lower RateLimit-Limit lowers the rate.
  */
 #include "internal.h"
 
-void bp_bucket_init(bp_bucket *b, double rate_per_s, double burst, double now_ms)
+#include <string.h>
+
+static void configure(bp_bucket *b, double limit_per_s)
 {
-    b->rate = rate_per_s > 0 ? rate_per_s : 0;
-    b->burst = burst >= 1 ? burst : 1;
-    b->tokens = b->burst;
-    b->last_ms = now_ms;
-    b->blocked_until_ms = 0;
+    b->rate = limit_per_s > 0 ? limit_per_s : 0;
+    if (b->rate <= 0) return;
+    int n = (int)b->rate;
+    if (n < 1) n = 1;
+    if (n > BP_PACE_LOG) n = BP_PACE_LOG;
+    b->n = n;
+    b->window_ms = 1000.0 * n / b->rate / b->margin;
+    b->interval_ms = b->window_ms / n;
+    b->pos = 0;
+    memset(b->sent, 0, sizeof b->sent);
+}
+
+void bp_bucket_init(bp_bucket *b, double limit_per_s, double margin, double now_ms)
+{
+    memset(b, 0, sizeof *b);
+    b->margin = margin > 0 && margin <= 1 ? margin : 1;
+    configure(b, limit_per_s);
+    (void)now_ms;
+}
+
+void bp_bucket_set_rate(bp_bucket *b, double limit_per_s)
+{
+    double last = b->last_ms;
+    configure(b, limit_per_s);
+    /* the new window starts with the last send, so the change cannot free a burst */
+    b->last_ms = last;
+    if (b->n) b->sent[(b->pos + b->n - 1) % b->n] = last;
 }
 
 double bp_bucket_take(bp_bucket *b, double now_ms)
 {
     if (now_ms < b->blocked_until_ms) return b->blocked_until_ms - now_ms;
     if (b->rate <= 0) return 0;   /* unlimited */
-    b->tokens += (now_ms - b->last_ms) * b->rate / 1000.0;
-    if (b->tokens > b->burst) b->tokens = b->burst;
+    double gap = b->full_gap ? b->interval_ms : b->interval_ms / 2;
+    if (b->last_ms > 0 && now_ms - b->last_ms < gap) return gap - (now_ms - b->last_ms);
+    double oldest = b->sent[b->pos];
+    if (oldest > 0 && now_ms - oldest < b->window_ms) return b->window_ms - (now_ms - oldest);
+    b->sent[b->pos] = now_ms;
+    b->pos = (b->pos + 1) % b->n;
     b->last_ms = now_ms;
-    if (b->tokens >= 1) { b->tokens -= 1; return 0; }
-    return (1 - b->tokens) * 1000.0 / b->rate;
+    b->full_gap = 0;
+    return 0;
 }
 
 void bp_bucket_block(bp_bucket *b, double until_ms)
@@ -37,7 +73,4 @@ void bp_bucket_block(bp_bucket *b, double until_ms)
     if (until_ms > b->blocked_until_ms) b->blocked_until_ms = until_ms;
 }
 
-void bp_bucket_drain(bp_bucket *b)
-{
-    if (b->tokens > 0) b->tokens = 0;
-}
+void bp_bucket_drain(bp_bucket *b) { b->full_gap = 1; }

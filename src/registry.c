@@ -139,7 +139,8 @@ bp_vendor *bp_registry_vendor(bp_registry *r, const char *key)
 
 static void free_integration(bp_integration *it)
 {
-    for (int i = 0; i < BP_LIVE_RING; i++) free(it->live[i]);
+    for (int i = 0; it->live && i < BP_LIVE_RING; i++) free(it->live[i]);
+    free(it->live);
     free(it->name);
     free(it->variant);
     free(it->delivery_mode);
@@ -161,12 +162,17 @@ static void on_outcome(void *ctx, const char *line, size_t len, int final)
     bp_integration *it = ctx;
     bp_registry *r = it->registry;
     pthread_mutex_lock(&r->mu);
-    size_t slot = (size_t)(it->live_seq % BP_LIVE_RING);
-    free(it->live[slot]);
-    it->live[slot] = strndup(line, len);
-    it->live_seq++;
     if (final) bp_metrics_outcome(&r->metrics, line, len);
-    if (r->on_live) r->on_live(r->on_live_ctx, it);
+    /* lines are kept only while someone streams them: Live Events' list
+     * reads the store, and 10,000 idle rings would cost ~300 MB */
+    if (it->watchers > 0) {
+        if (!it->live && !(it->live = calloc(BP_LIVE_RING, sizeof *it->live))) abort();
+        size_t slot = (size_t)(it->live_seq % BP_LIVE_RING);
+        free(it->live[slot]);
+        it->live[slot] = strndup(line, len);
+        it->live_seq++;
+        if (r->on_live) r->on_live(r->on_live_ctx, it);
+    }
     pthread_mutex_unlock(&r->mu);
 }
 

@@ -588,7 +588,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         int ended = st->it->deleted;
         if (st->it->live_seq > st->next_seq + BP_LIVE_RING) st->next_seq = st->it->live_seq - BP_LIVE_RING;
         for (; st->next_seq < st->it->live_seq; st->next_seq++) {
-            const char *line = st->it->live[st->next_seq % BP_LIVE_RING];
+            const char *line = st->it->live ? st->it->live[st->next_seq % BP_LIVE_RING] : NULL;
             bp_buf_printf(&st->pending, "event: outcome\ndata: %s\n\n", line ? line : "{}");
         }
         pthread_mutex_unlock(&reg->mu);
@@ -622,6 +622,9 @@ static void stream_free(void *cls)
     pthread_mutex_lock(&s->streams_mu);
     for (stream **p = &s->streams; *p; p = &(*p)->next) if (*p == st) { *p = st->next; break; }
     pthread_mutex_unlock(&s->streams_mu);
+    pthread_mutex_lock(&s->reg->mu);
+    st->it->watchers--;
+    pthread_mutex_unlock(&s->reg->mu);
     bp_integration_release(st->it);
     bp_buf_free(&st->pending);
     free(st);
@@ -637,6 +640,7 @@ static enum MHD_Result open_stream(call *k)
     k->it = NULL;   /* the stream keeps the reference */
     pthread_mutex_lock(&k->s->reg->mu);
     st->next_seq = st->it->live_seq;
+    st->it->watchers++;
     pthread_mutex_unlock(&k->s->reg->mu);
     st->last_write_ms = bp_monotonic_ms();
     bp_buf_init(&st->pending);

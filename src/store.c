@@ -19,6 +19,11 @@
  * read-only connection with its own mutex (`rmu`): in WAL mode they see
  * the last commit and never wait for a writer.
  *
+ * Checkpoints (copying the WAL back into the database, with an fsync) run
+ * on a thread of the store's own, not in the committing thread: a delivery
+ * loop that stalled for a checkpoint would send its paced requests late,
+ * and bunched.
+ *
  * Failures: a commit that fails (disk full, I/O error, or the fault file
  * of BLUEPRINT_FAULT_FILE present) is rolled back and reported to the
  * caller, who keeps what it wanted to write and tries again; the store
@@ -41,6 +46,13 @@ struct bp_store {
     sqlite3 *db, *rdb;
     sqlite3_stmt *insert, *update, *pending, *once_get, *once_put;
     char *fault_file;           /* fault injection for tests (BLUEPRINT_FAULT_FILE) */
+    pthread_t checkpointer;
+    int has_checkpointer;
+    pthread_mutex_t ckpt_mu;    /* guards wal_frames, closing */
+    pthread_cond_t ckpt_cond;
+    int wal_frames, closing;
+    int frames_seen;            /* the WAL's size at the last request (write connection: under mu) */
+    char *path;
     int failing;
     long failures;
     char last_error[256];
@@ -53,7 +65,6 @@ static const char SCHEMA[] =
      * inserting them: a 16 MiB page cache and checkpoints every ~16 MiB of
      * WAL keep those pages from being read back and copied out repeatedly */
     "PRAGMA cache_size=-16384;"
-    "PRAGMA wal_autocheckpoint=4000;"
     "CREATE TABLE IF NOT EXISTS events("
     "  id INTEGER PRIMARY KEY,"
     "  state TEXT NOT NULL,"               /* pending delivered dropped error dead held */
@@ -76,8 +87,12 @@ static const char SCHEMA[] =
 static const char INDEXES[] =
     "DROP INDEX IF EXISTS events_by_state;"
     "DROP INDEX IF EXISTS events_by_message_id;"
+    "DROP INDEX IF EXISTS events_recent;"
     "CREATE INDEX IF NOT EXISTS events_by_integration ON events(integration, state, id);"
-    "CREATE INDEX IF NOT EXISTS events_recent ON events(integration, updated_at);"
+    /* Live Events lists an integration's events newest first by id: an
+     * index that no update touches (one on updated_at would be rewritten by
+     * every answer) */
+    "CREATE INDEX IF NOT EXISTS events_by_id ON events(integration, id);"
     /* Signal retries deliveries too: one stored event per message id and integration. */
     "CREATE UNIQUE INDEX IF NOT EXISTS events_by_message ON events(integration, message_id) "
     "  WHERE message_id IS NOT NULL;";
@@ -116,6 +131,46 @@ static int has_integration_column(sqlite3 *db)
     return found;
 }
 
+#define CHECKPOINT_FRAMES 4000   /* ~16 MiB of WAL */
+
+/* After each commit on the write connection (SQLite calls it with the WAL's size). */
+static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
+{
+    (void)db; (void)name;
+    bp_store *s = ud;
+    /* once per CHECKPOINT_FRAMES new frames (the WAL starts over from its
+     * beginning once a checkpoint has copied all of it) */
+    if (frames < s->frames_seen) s->frames_seen = 0;
+    if (frames - s->frames_seen < CHECKPOINT_FRAMES) return SQLITE_OK;
+    s->frames_seen = frames;
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->wal_frames = frames;
+    pthread_cond_signal(&s->ckpt_cond);
+    pthread_mutex_unlock(&s->ckpt_mu);
+    return SQLITE_OK;
+}
+
+static void *checkpoint_main(void *arg)
+{
+    bp_store *s = arg;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) { sqlite3_close(db); db = NULL; }
+    if (db) bp_store_busy_handler(db);
+    pthread_mutex_lock(&s->ckpt_mu);
+    while (!s->closing) {
+        if (!s->wal_frames) { pthread_cond_wait(&s->ckpt_cond, &s->ckpt_mu); continue; }
+        s->wal_frames = 0;
+        pthread_mutex_unlock(&s->ckpt_mu);
+        /* PASSIVE: copies what it can without blocking the writers; a later
+         * commit restarts the WAL from its beginning once all is copied */
+        if (db) sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&s->ckpt_mu);
+    }
+    pthread_mutex_unlock(&s->ckpt_mu);
+    sqlite3_close(db);
+    return NULL;
+}
+
 static int prepare(sqlite3 *db, sqlite3_stmt **st, const char *sql)
 {
     return sqlite3_prepare_v2(db, sql, -1, st, NULL) == SQLITE_OK ? 0 : -1;
@@ -138,6 +193,9 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
     pthread_mutexattr_destroy(&ma);
     pthread_mutex_init(&s->rmu, NULL);
     pthread_mutex_init(&s->health_mu, NULL);
+    pthread_mutex_init(&s->ckpt_mu, NULL);
+    pthread_cond_init(&s->ckpt_cond, NULL);
+    s->path = strdup(path);
     const char *fault = getenv("BLUEPRINT_FAULT_FILE");
     if (fault && *fault) s->fault_file = strdup(fault);
     /* The database, its WAL and SHM are created owner-only whatever the
@@ -168,12 +226,22 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
         return NULL;
     }
     chmod(path, 0600);   /* a store made by an older version under a looser umask */
+    sqlite3_wal_hook(s->db, on_wal, s);   /* replaces SQLite's own auto-checkpoint */
+    if (pthread_create(&s->checkpointer, NULL, checkpoint_main, s) == 0) s->has_checkpointer = 1;
+    else sqlite3_wal_autocheckpoint(s->db, CHECKPOINT_FRAMES);
     return s;
 }
 
 void bp_store_close(bp_store *s)
 {
     if (!s) return;
+    if (s->has_checkpointer) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->closing = 1;
+        pthread_cond_signal(&s->ckpt_cond);
+        pthread_mutex_unlock(&s->ckpt_mu);
+        pthread_join(s->checkpointer, NULL);
+    }
     sqlite3_finalize(s->insert);
     sqlite3_finalize(s->update);
     sqlite3_finalize(s->pending);
@@ -184,6 +252,9 @@ void bp_store_close(bp_store *s)
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->rmu);
     pthread_mutex_destroy(&s->health_mu);
+    pthread_mutex_destroy(&s->ckpt_mu);
+    pthread_cond_destroy(&s->ckpt_cond);
+    free(s->path);
     free(s->fault_file);
     free(s);
 }
@@ -488,17 +559,16 @@ long bp_store_count(bp_store *s, const char *integration, const char *state)
     return n;
 }
 
-/* The most recently judged events of an integration (those with an
- * outcome line: final, or waiting for a retry), newest first, optionally
- * only in one state. */
+/* The latest events of an integration that have an outcome line (final,
+ * or waiting for a retry), newest first, optionally only in one state. */
 int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx)
 {
     sqlite3_stmt *q;
     const char *sql = state
-        ? "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND outcome IS NOT NULL AND state=?2 "
-          "ORDER BY updated_at DESC, id DESC LIMIT ?1"
+        ? "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND state=?2 AND outcome IS NOT NULL "
+          "ORDER BY id DESC LIMIT ?1"
         : "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND outcome IS NOT NULL "
-          "ORDER BY updated_at DESC, id DESC LIMIT ?1";
+          "ORDER BY id DESC LIMIT ?1";
     pthread_mutex_lock(&s->rmu);
     int rc = sqlite3_prepare_v2(s->rdb, sql, -1, &q, NULL) == SQLITE_OK ? 0 : -1;
     if (rc == 0) {

@@ -114,10 +114,10 @@ local urls = {}
 for k = 1, 100 do
   urls[#urls + 1] = k % 2 == 0 and (base .. "/healthz") or (base .. "/v1/admin/integrations/" .. ids[(k * 97) % #ids + 1])
 end
-local url_list = table.concat(urls, " ")
+local url_list = "-o /dev/null " .. table.concat(urls, " -o /dev/null ")
 while now_ms() - w0 < WINDOW * 1000 do
-  local out = sh("curl -s -o /dev/null -w '%{time_total}\\n' -H 'Authorization: Bearer " .. token .. "' " .. url_list)
-  for t in out:gmatch("[%d.]+") do lat[#lat + 1] = tonumber(t) * 1000 end
+  local out = sh("curl -s -w '%{time_total}\\n' -H 'Authorization: Bearer " .. token .. "' " .. url_list)
+  for t in out:gmatch("[^\n]+") do lat[#lat + 1] = (tonumber(t) or 1e9) * 1000 end
   sleep(0.2)
 end
 local s1, c1, w1 = emu_stats(), cpu_s(srv_pid), now_ms()
@@ -133,4 +133,33 @@ print(("cpu_us_per_request=%.1f api_p50_ms=%.1f api_p99_ms=%.1f api_samples=%d")
 print(("backlog_left=%d"):format(N * E - s1.requests + s1.rate_limited))
 print(("peak_rss_mb=%.1f threads_after=%d fds_after=%d"):format(proc(srv_pid, "VmHWM") / 1024,
   proc(srv_pid, "Threads"), fds(srv_pid)))
+-- 429s: when, relative to the first request of their account
+os.execute("curl -s http://127.0.0.1:" .. emu_port .. "/_emulator/requests > " .. W .. "/t-requests.json")
+local f = io.open(W .. "/t-requests.json")
+local reqs = {}   -- too big for the JSON module's limits: pick the fields out
+for a, st, at in f:read("a"):gmatch('"account":(%-?%d+),"content_type":.-,"status":(%d+),"at_ms":([%d.]+)}') do
+  reqs[#reqs + 1] = { account = tonumber(a), status = tonumber(st), at_ms = tonumber(at) }
+end
+f:close()
+local first, late, worst = {}, 0, 0
+for _, r in ipairs(reqs) do
+  if r.account >= 0 then
+    first[r.account] = first[r.account] or r.at_ms
+    if r.status == 429 and r.at_ms - first[r.account] > 1000 then late = late + 1 end
+  end
+end
+local by = {}
+for _, r in ipairs(reqs) do
+  if r.account >= 0 then by[r.account] = by[r.account] or {}; table.insert(by[r.account], r.at_ms) end
+end
+for _, list in pairs(by) do
+  table.sort(list)
+  local j = 1
+  for i = 1, #list do
+    while list[i] - list[j] >= 1000 do j = j + 1 end
+    if i - j + 1 > worst then worst = i - j + 1 end
+  end
+end
+print(("late_429s=%d max_per_account_second=%d"):format(late, worst))
+print(("emulator_cpu_s=%.1f serve_cpu_s=%.1f"):format(cpu_s(emu_pid), cpu_s(srv_pid)))
 os.execute("kill -TERM " .. srv_pid .. " " .. emu_pid)

@@ -477,6 +477,72 @@ TEST(patterns_agree_with_the_string_library)
     lua_close(L);
 }
 
+/* ---- pacing (ratelimit.c) ---- */
+
+/* Send whenever allowed from t=0 for `ms`, stepping 1 ms; record send times. */
+static int pace_run(bp_bucket *b, double from, double ms, double *sent, int max)
+{
+    int n = 0;
+    for (double t = from; t < from + ms && n < max; t += 1.0)
+        if (bp_bucket_take(b, t) == 0) sent[n++] = t;
+    return n;
+}
+
+/* The most sends inside any window of `w` ms. */
+static int most_within(const double *sent, int n, double w)
+{
+    int worst = 0;
+    for (int i = 0, j = 0; i < n; i++) {
+        while (sent[i] - sent[j] >= w) j++;
+        if (i - j + 1 > worst) worst = i - j + 1;
+    }
+    return worst;
+}
+
+TEST(pace_never_exceeds_the_limit_in_any_second)
+{
+    bp_bucket b;
+    bp_bucket_init(&b, 5, 0.97, 0);
+    double sent[200];
+    int n = pace_run(&b, 1, 20000, sent, 200);
+    CHECK_INT(most_within(sent, n, 1000), 5);
+    CHECK_INT(most_within(sent, n, 1030), 5);   /* the margin: 5 per 1031 ms */
+    CHECK(n >= 96 && n <= 100);                /* 20 s at 0.97 x 5/s, plus the last window begun */
+    for (int i = 1; i < n; i++) CHECK(sent[i] - sent[i - 1] >= 103);   /* half an interval apart */
+}
+
+TEST(pace_catches_up_after_a_late_send)
+{
+    bp_bucket b;
+    bp_bucket_init(&b, 5, 0.97, 0);
+    double sent[20];
+    int n = 0;
+    /* the loop was 80 ms late for the second send; the ones after catch up */
+    for (double t = 1; t < 3000 && n < 20; t += 1.0) {
+        if (n == 1 && t < sent[0] + 206 + 80) continue;
+        if (bp_bucket_take(&b, t) == 0) sent[n++] = t;
+    }
+    CHECK(sent[5] - sent[0] >= 1030);
+    CHECK(sent[5] - sent[0] < 1040);   /* the sixth is not pushed back by the late one */
+    CHECK_INT(most_within(sent, n, 1000), 5);
+}
+
+TEST(pace_obeys_retry_after_and_a_lower_limit)
+{
+    bp_bucket b;
+    bp_bucket_init(&b, 10, 1, 0);
+    CHECK(bp_bucket_take(&b, 1) == 0);
+    bp_bucket_block(&b, 2001);
+    CHECK(bp_bucket_take(&b, 1000) > 1000 - 0.5);
+    CHECK(bp_bucket_take(&b, 2001) == 0);
+    bp_bucket_set_rate(&b, 2);   /* RateLimit-Limit: 2 */
+    double sent[50];
+    int n = pace_run(&b, 2002, 10000, sent, 50);
+    CHECK_INT(most_within(sent, n, 1000), 2);
+    bp_bucket_init(&b, 0, 1, 0);   /* unlimited */
+    CHECK(bp_bucket_take(&b, 5) == 0 && bp_bucket_take(&b, 5) == 0);
+}
+
 int main(void)
 {
     RUN(patterns_agree_with_the_string_library);
@@ -508,5 +574,8 @@ int main(void)
     RUN(render_substitutes_or_redacts_secrets);
     RUN(hmac_sha256_rfc4231_vectors);
     RUN(jwt_sign_and_verify);
+    RUN(pace_never_exceeds_the_limit_in_any_second);
+    RUN(pace_catches_up_after_a_late_send);
+    RUN(pace_obeys_retry_after_and_a_lower_limit);
     return CHECK_SUMMARY();
 }

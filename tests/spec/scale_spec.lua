@@ -8,6 +8,12 @@ local core = S.core
 
 local INSTALL = "/v1/admin/integration-catalog/activecampaign/install"
 
+-- Under ThreadSanitizer the server runs ~10x slower on a shared 2-core
+-- machine, and the emulator's clock sees requests bunched by more than the
+-- pacing margin (30 ms): that run checks for races and for every event
+-- delivered, not the vendor-side timing.
+local TIMING = os.getenv("BLUEPRINT_TEST_SANITIZER") ~= "thread"
+
 -- Many HTTP calls from one curl process (-Z): `calls` is a list of
 -- {method, path, body}.  Returns the list of {status, body} in call order.
 local function many(srv, calls, parallel)
@@ -116,9 +122,11 @@ describe("serve at scale #serve", function()
     assert.are.same({}, slow)
     assert.is_truthy(done, "delivered " .. #emu.contacts() .. " of 1000 contacts")
     local worst, account, late, window = pacing_report(emu.requests())
-    assert.is_true(worst <= 5, ("account %s received %d requests within one second: %s"):format(tostring(account),
-      worst, window))
-    assert.are.equal(0, #late, "429s after the first second")
+    if TIMING then
+      assert.is_true(worst <= 5, ("account %s received %d requests within one second: %s"):format(tostring(account),
+        worst, window))
+      assert.are.equal(0, #late, "429s after the first second")
+    end
     assert.are.equal(threads_at_10, srv.threads(), "threads grew with traffic")
   end)
 
@@ -141,8 +149,10 @@ describe("serve at scale #serve", function()
     assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. b.id .. "/events", table.concat(ev_b, "\n"))))
     assert.is_truthy(S.eventually(function() return #emu.contacts() == 20 end, 15), "not all delivered")
     local worst, _, late, window = pacing_report(emu.requests())
-    assert.is_true(worst <= 5, worst .. " requests within one second on one account: " .. window)
-    assert.are.equal(0, #late)
+    if TIMING then
+      assert.is_true(worst <= 5, worst .. " requests within one second on one account: " .. window)
+      assert.are.equal(0, #late)
+    end
   end)
 
   it("delivers all of 20 x 50 concurrent intake posts to one integration", function()
