@@ -13,7 +13,8 @@ RUNS=${BENCH_RUNS:-5}
 PACING_S=${BENCH_PACING_S:-60}
 MEM_EVENTS=1000000
 BACKLOG=100000
-if [ "${BENCH_QUICK:-}" = 1 ]; then N=20000; RUNS=1; PACING_S=10; MEM_EVENTS=100000; BACKLOG=10000; fi
+TENANTS=10000; ACCOUNTS=1000
+if [ "${BENCH_QUICK:-}" = 1 ]; then N=20000; RUNS=1; PACING_S=10; MEM_EVENTS=100000; BACKLOG=10000; TENANTS=1000; ACCOUNTS=100; fi
 
 W=build/bench
 mkdir -p $W
@@ -180,6 +181,11 @@ m_del=$(awk '/VmHWM/ {print $2}' /proc/$DPID/status 2>/dev/null || echo 0)
 kill "$DPID" 2>/dev/null || true
 kill "$EMU_PID" 2>/dev/null || true
 
+echo "== many integrations: $TENANTS over $ACCOUNTS emulator accounts (5 requests/s each) in one serve"
+lua5.4 scripts/bench/tenants.lua $W "$TENANTS" "$ACCOUNTS" 20 10 > $W/tenants.out 2> $W/tenants.err || true
+tv() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" $W/tenants.out | head -1; }
+r_cpu=$(awk -v a="$(tv cpu_us_per_request)" -v b="$w_cpu_us" 'BEGIN {printf "%.1f", (b > 0 ? a / b : 0)}')
+
 # ---- the table --------------------------------------------------------------------------------
 r_lua=$(ratio "$c_lua" "$c_lib"); r_node=$(ratio "$c_node" "$c_lib"); r_floor=$(ratio "$c_lib" "$c_floor")
 r_dry_lua=$(ratio "$c_lua" "$c_dry"); r_dry_node=$(ratio "$c_node" "$c_dry")
@@ -212,6 +218,13 @@ TABLE=$(cat <<TAB
 | pacing: events lost (in − delivered − queued) | $p_lost (in $p_in, delivered $p_done, queued $p_queue) | 0 | $(verdict "$p_lost" 0 le) |
 | peak RSS, dry-run over $MEM_EVENTS events | $(mb "$m_dry") MB | < 50 MB | $(verdict "$(mb "$m_dry")" 50 le) |
 | peak RSS, deliver holding $BACKLOG events | $(mb "$m_del") MB | < 100 MB | $(verdict "$(mb "$m_del")" 100 le) |
+| serve, $TENANTS integrations over $ACCOUNTS accounts: install time | $(tv install_s) s ($(tv install_failures) failed) | | |
+| …RSS idle after install / peak while delivering | $(tv idle_rss_mb) / $(tv peak_rss_mb) MB | < 512 MB | $(verdict "$(tv peak_rss_mb)" 512 le) |
+| …threads, descriptors (after install / while delivering) | $(tv threads) / $(tv threads_after) threads, $(tv fds) / $(tv fds_after) descriptors | | |
+| …delivered req/s vs the accounts' quotas | $(tv delivered_rps) of $(tv quota_rps) req/s → $(tv ratio) | ≥ 0.95 | $(verdict "$(tv ratio)" 0.95 ge) |
+| …API p99 under that load (GET integration, /healthz) | $(tv api_p99_ms) ms (p50 $(tv api_p50_ms) ms) | < 50 ms | $(verdict "$(tv api_p99_ms)" 50 le) |
+| …CPU per delivered request, serve vs wrk | $(tv cpu_us_per_request) µs vs ${w_cpu_us} µs → ${r_cpu}× | ≤ 2.5× | $(verdict "$r_cpu" 2.5 le) |
+| …429s after an account's first second (whole run) | $(tv late_429s) | 0 | $(verdict "$(tv late_429s)" 0 le) |
 TAB
 )
 echo
@@ -261,6 +274,17 @@ $TABLE
   hits all contenders; the raw times are in \`build/bench/map.times\`.
 - Memory: peak RSS (\`/usr/bin/time -f %M\`) of dry-run reading $MEM_EVENTS generated events from a
   pipe; VmHWM of \`deliver\` while it holds a $BACKLOG-event backlog (emulator limited to 5/s).
+- Many integrations: \`lua5.4 scripts/bench/tenants.lua DIR $TENANTS $ACCOUNTS 20 10\` starts the
+  emulator with $ACCOUNTS accounts (5 requests/s each, every account its own
+  \`http://acctK.localhost:PORT\` URL and API token) and \`blueprint serve\` on the blueprint's own
+  pacing; installs $TENANTS integrations spread evenly over the accounts (one curl process, 8 in
+  parallel), posts 20 identify events to each (each a new contact: one request), waits 2 s, then
+  for 10 s counts the emulator's answered requests (delivered req/s ÷ the quotas' sum), serve's
+  user + sys CPU (\`/proc/PID/stat\`) ÷ those requests, and the latency of sequential GETs of an
+  integration and of \`/healthz\` on one keep-alive connection.  RSS is VmRSS after the installs
+  and VmHWM at the end; descriptors are \`/proc/PID/fd\`.  429s are counted over the whole run
+  from the emulator's request log, after each account's first second.  The wrk figure is the CPU
+  per request of \`wrk -t2 -c8\` in the delivery section above (same emulator, one account).
 MD
   echo; echo "wrote BENCHMARKS.md"
 fi
