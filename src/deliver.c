@@ -92,7 +92,7 @@ struct tenant {
     const bp_sink *sink;
     void *ctx;
     bp_counts *st;
-    int64_t last_loaded_id, index_from_id;
+    int64_t last_loaded_id, index_from_id, rescan_below;
     int more, rescan, paused, max_attempts;
     char pause_reason[512];
     int njobs;                  /* jobs referring to it, saved or not */
@@ -460,7 +460,12 @@ static void map_job(loop *l, job *j)
 
 static void load_tenant(loop *l, tenant *t, int room)
 {
-    if (t->rescan && t->unsaved_final == 0) { t->last_loaded_id = 0; t->rescan = 0; t->more = 1; }
+    if (t->rescan && t->unsaved_final == 0) {
+        t->rescan_below = t->last_loaded_id + 1;   /* ids under it may be in memory already */
+        t->last_loaded_id = 0;
+        t->rescan = 0;
+        t->more = 1;
+    }
     if (!t->more || room <= 0) return;
     bp_stored *evs;
     size_t n;
@@ -472,7 +477,7 @@ static void load_tenant(loop *l, tenant *t, int room)
     while (*tail) tail = &(*tail)->next;
     for (size_t k = 0; k < n; k++) {
         t->last_loaded_id = evs[k].id;
-        if (held_in_memory(t, evs[k].id)) { free(evs[k].body); continue; }
+        if (evs[k].id < t->rescan_below && held_in_memory(t, evs[k].id)) { free(evs[k].body); continue; }
         job *j = calloc(1, sizeof *j);
         if (!j) abort();
         j->t = t;
@@ -483,10 +488,11 @@ static void load_tenant(loop *l, tenant *t, int room)
         bp_buf_init(&j->line);
         t->njobs++;
         *tail = j;
-        tail = &j->next;
         a->njobs++;
         map_job(l, j);
-        while (*tail) tail = &(*tail)->next;
+        /* a drop or an error left the list at once: append after the last
+         * job still in it, not after this one */
+        if (!j->final) tail = &j->next;
     }
     free(evs);
 }
@@ -498,9 +504,9 @@ static void load(loop *l)
     for (size_t i = 0; i < l->naccounts; i++) {
         account *a = l->accounts[i];
         if (!a->check_load) continue;
-        /* refill a paced account's window in batches, when it is half
-         * empty: one store query per few events instead of one per event */
-        if (a->njobs > a->window / 2 && a->window <= WINDOW_PACED) continue;
+        /* refill the window in batches, when it is half empty: one store
+         * query per several events instead of one per event */
+        if (a->njobs > a->window / 2) continue;
         a->check_load = 0;
         for (size_t tries = 0; tries < a->nmembers && a->njobs < a->window; tries++) {
             tenant *t = a->members[a->rr++ % a->nmembers];

@@ -27,6 +27,21 @@ describe("deliver #cli", function()
 
   local FAST = " --rate-limit 200 --retry-base-ms 20"
 
+  it("judges every event when drops and deliveries alternate", function()
+    local evs = {}
+    for i = 1, 30 do
+      evs[i] = ('{"type":"identify","messageId":"alt%d","traits":{"email":"alt%d@example.com"},'
+        .. '"context":{"consent":{"marketing":%s}}}'):format(i, i, i % 3 == 0 and "false" or "true")
+    end
+    local lines, err, code = S.deliver("--config " .. cfg .. " --state " .. state_dir() .. FAST, table.concat(evs, "\n"))
+    assert.are.equal(0, code, err)
+    assert.are.equal(30, #lines)
+    local n = { delivered = 0, drop = 0 }
+    for _, l in ipairs(lines) do n[l.outcome] = (n[l.outcome] or 0) + 1 end
+    assert.are.same({ delivered = 20, drop = 10 }, n)
+    assert.are.equal(20, #emu.contacts())
+  end)
+
   it("delivers every mapping; the emulator shows the contact and its activity", function()
     local st = state_dir()
     local events = table.concat({

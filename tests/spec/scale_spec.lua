@@ -171,6 +171,27 @@ describe("serve at scale #serve", function()
     assert.are.equal(1000, shown.delivery.delivered)
   end)
 
+  it("judges every event when drops and deliveries alternate in one intake", function()
+    local emu = S.start_emulator("--rate-limit 0")
+    local srv = S.start_server({})
+    finally(function() srv.stop(); emu.stop() end)
+    local _, it = srv.call("POST", INSTALL, install_body("mixed", S.emulator_account(emu, 0)))
+    local evs = {}
+    for i = 1, 40 do
+      evs[i] = ('{"type":"identify","messageId":"mx%d","traits":{"email":"mx%d@example.com"},'
+        .. '"context":{"consent":{"marketing":%s}}}'):format(i, i, i % 2 == 0 and "true" or "false")
+    end
+    assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. it.id .. "/events", table.concat(evs, "\n"))))
+    local shown = S.eventually(function()
+      local _, b = srv.call("GET", "/v1/admin/integrations/" .. it.id)
+      return b.delivery.delivered + b.delivery.dropped == 40 and b
+    end, 10)
+    assert.is_truthy(shown, "not every event was judged")
+    assert.are.equal(20, shown.delivery.delivered)
+    assert.are.equal(20, shown.delivery.dropped)
+    assert.are.equal(20, #emu.contacts())
+  end)
+
   it("reports a failing store, refuses intake with 503, and loses nothing once it recovers", function()
     local emu = S.start_emulator("--rate-limit 0")
     local state = S.tmpdir()
