@@ -345,7 +345,7 @@ static void finish(loop *l, job *j, const char *state, const char *label)
 {
     tenant *t = j->t;
     write_line(l, j, label);
-    t->sink->outcome(t->ctx, j->line.data, j->line.len, 1);
+    t->sink->outcome(t->ctx, j->line.data, j->line.len, label, j->out.reason.data ? j->out.reason.data : "");
     if (!strcmp(state, "delivered")) count(&t->st->delivered);
     else if (!strcmp(state, "dropped")) count(&t->st->dropped);
     else if (!strcmp(state, "error")) count(&t->st->errors);
@@ -586,7 +586,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             /* Live Events shows it waiting, with the answer that made it wait */
             set_reason(j, "retrying: %s%s", j->why, "");
             write_line(l, j, "retrying");
-            t->sink->outcome(t->ctx, j->line.data, j->line.len, 0);
+            t->sink->outcome(t->ctx, j->line.data, j->line.len, "retrying", j->out.reason.data);
             save_progress(l, j);
         }
         break;
@@ -679,6 +679,9 @@ static double dispatch(loop *l)
         account *a = l->accounts[(start + k) % n];
         if (!a->jobs) continue;
         if (a->next_ms <= now) {
+            /* a fresh clock per account: its pace slot is taken for when
+             * the request really leaves, not when this pass began */
+            now = bp_wall_ms();
             double w = dispatch_account(l, a, now);
             a->next_ms = w >= NEVER ? NEVER : now + w;
         }
@@ -1219,10 +1222,11 @@ typedef struct cli_run {
     bp_buf line;
 } cli_run;
 
-static void cli_outcome(void *ctx, const char *line, size_t len, int final)
+static void cli_outcome(void *ctx, const char *line, size_t len, const char *label, const char *reason)
 {
     cli_run *r = ctx;
-    if (final && r->o->emit) r->o->emit(r->o->emit_ctx, line, len);
+    (void)reason;
+    if (strcmp(label, "retrying") != 0 && r->o->emit) r->o->emit(r->o->emit_ctx, line, len);
 }
 
 static void cli_answer(void *ctx, int status, double duration_ms)

@@ -286,9 +286,10 @@ void bp_shared_bp_hold(bp_shared_bp *s);
 void bp_shared_bp_drop(bp_shared_bp *s);
 
 /* Where a loop reports an integration's outcomes.  Called on the loop's
- * thread; `final` is 0 for an event waiting for a retry. */
+ * thread with the outcome line and, apart, its label ("delivered", "drop",
+ * …, "retrying" for an event waiting for a retry) and reason. */
 typedef struct bp_sink {
-    void (*outcome)(void *ctx, const char *line, size_t len, int final);
+    void (*outcome)(void *ctx, const char *line, size_t len, const char *label, const char *reason);
     void (*answer)(void *ctx, int status, double duration_ms);
     void (*release)(void *ctx);   /* the pool no longer refers to ctx */
 } bp_sink;
@@ -351,8 +352,8 @@ typedef struct bp_metrics {
     double latency_sum;
 } bp_metrics;
 
-/* Count one outcome line (by its "outcome" and, for drops, its reason). */
-void bp_metrics_outcome(bp_metrics *m, const char *line, size_t len);
+/* Count one final outcome (by its label and, for drops, its reason). */
+void bp_metrics_outcome(bp_metrics *m, const char *label, const char *reason);
 void bp_metrics_answer(bp_metrics *m, int status, double duration_ms);
 void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const bp_store_status *store, bp_buf *out);
 

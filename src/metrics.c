@@ -24,32 +24,23 @@ static void reason_class(const char *reason, char *out, size_t n)
     out[w] = '\0';
 }
 
-void bp_metrics_outcome(bp_metrics *m, const char *line, size_t len)
+void bp_metrics_outcome(bp_metrics *m, const char *o, const char *why)
 {
-    bp_doc d;
-    bp_error err;
-    bp_doc_init(&d);
-    if (bp_json_parse(&d, line, len, NULL, &err) == 0) {
-        const char *o = bp_jscalar(&d, bp_jget(&d, 0, "outcome"));
-        const char *why = bp_jscalar(&d, bp_jget(&d, 0, "reason"));
-        if (!o) o = "";
-        if (!strcmp(o, "delivered")) m->delivered++;
-        else if (!strcmp(o, "dead_letter")) m->dead++;
-        else if (!strcmp(o, "error")) m->errors++;
-        else if (!strcmp(o, "held")) m->held++;
-        else if (!strcmp(o, "drop")) {
-            char cls[64];
-            reason_class(why ? why : "", cls, sizeof cls);
-            size_t i;
-            for (i = 0; i < m->ndrops; i++) if (!strcmp(m->drops[i].reason, cls)) break;
-            if (i == m->ndrops && m->ndrops < sizeof m->drops / sizeof m->drops[0]) {
-                snprintf(m->drops[i].reason, sizeof m->drops[i].reason, "%s", cls);
-                m->ndrops++;
-            }
-            if (i < m->ndrops) m->drops[i].n++;
+    if (!strcmp(o, "delivered")) m->delivered++;
+    else if (!strcmp(o, "dead_letter")) m->dead++;
+    else if (!strcmp(o, "error")) m->errors++;
+    else if (!strcmp(o, "held")) m->held++;
+    else if (!strcmp(o, "drop")) {
+        char cls[64];
+        reason_class(why ? why : "", cls, sizeof cls);
+        size_t i;
+        for (i = 0; i < m->ndrops; i++) if (!strcmp(m->drops[i].reason, cls)) break;
+        if (i == m->ndrops && m->ndrops < sizeof m->drops / sizeof m->drops[0]) {
+            snprintf(m->drops[i].reason, sizeof m->drops[i].reason, "%s", cls);
+            m->ndrops++;
         }
+        if (i < m->ndrops) m->drops[i].n++;
     }
-    bp_doc_free(&d);
 }
 
 void bp_metrics_answer(bp_metrics *m, int status, double ms)

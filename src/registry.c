@@ -157,12 +157,12 @@ void bp_integration_release(bp_integration *it)
     if (it && __atomic_sub_fetch(&it->refs, 1, __ATOMIC_ACQ_REL) == 0) free_integration(it);
 }
 
-static void on_outcome(void *ctx, const char *line, size_t len, int final)
+static void on_outcome(void *ctx, const char *line, size_t len, const char *label, const char *reason)
 {
     bp_integration *it = ctx;
     bp_registry *r = it->registry;
     pthread_mutex_lock(&r->mu);
-    if (final) bp_metrics_outcome(&r->metrics, line, len);
+    if (strcmp(label, "retrying") != 0) bp_metrics_outcome(&r->metrics, label, reason);
     /* lines are kept only while someone streams them: Live Events' list
      * reads the store, and 10,000 idle rings would cost ~300 MB */
     if (it->watchers > 0) {

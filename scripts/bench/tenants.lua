@@ -34,7 +34,7 @@ end
 
 local emu_pid, emu_port = start("build/ac-emulator --port 0 --rate-limit 5 --accounts " .. A, W .. "/t-emu.out")
 os.execute("rm -rf " .. W .. "/t-state")
-local srv_pid, srv_port = start("build/blueprint serve --port 0 --state " .. W .. "/t-state", W .. "/t-serve.out")
+local srv_pid, srv_port = start("build/blueprint serve --port 0 --state " .. W .. "/t-state " .. (os.getenv("BENCH_SERVE_ARGS") or ""), W .. "/t-serve.out")
 local base = "http://127.0.0.1:" .. srv_port
 local token = sh("build/blueprint token --role admin --state " .. W .. "/t-state"):match("%S+")
 

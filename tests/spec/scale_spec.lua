@@ -52,6 +52,16 @@ local function install_body(name, account)
   return core.json_encode({ name = name, variant = "default", delivery_mode = "server_side", config = account })
 end
 
+-- An emulator, a server and one integration on the emulator's default
+-- account, stopped when the test ends.
+local function one_integration(name, server_opts)
+  local emu = S.start_emulator("--rate-limit 0")
+  local srv = S.start_server(server_opts or {})
+  finally(function() srv.stop(); emu.stop() end)
+  local _, it = srv.call("POST", INSTALL, install_body(name, S.emulator_account(emu, 0)))
+  return emu, srv, it
+end
+
 -- For every account: the most requests the emulator received in any one
 -- second, and when the 429s were (ms after the first request of the run).
 local function pacing_report(requests)
@@ -156,10 +166,7 @@ describe("serve at scale #serve", function()
   end)
 
   it("delivers all of 20 x 50 concurrent intake posts to one integration", function()
-    local emu = S.start_emulator("--rate-limit 0")
-    local srv = S.start_server({ rate = 1000 })
-    finally(function() srv.stop(); emu.stop() end)
-    local _, it = srv.call("POST", INSTALL, install_body("busy", S.emulator_account(emu, 0)))
+    local emu, srv, it = one_integration("busy", { rate = 1000 })
     local calls = {}
     for i = 1, 1000 do
       calls[i] = { "POST", "/v1/integrations/" .. it.id .. "/events", S.identify(("c%04d@example.com"):format(i), "c" .. i) }
@@ -172,10 +179,7 @@ describe("serve at scale #serve", function()
   end)
 
   it("judges every event when drops and deliveries alternate in one intake", function()
-    local emu = S.start_emulator("--rate-limit 0")
-    local srv = S.start_server({})
-    finally(function() srv.stop(); emu.stop() end)
-    local _, it = srv.call("POST", INSTALL, install_body("mixed", S.emulator_account(emu, 0)))
+    local emu, srv, it = one_integration("mixed")
     local evs = {}
     for i = 1, 40 do
       evs[i] = ('{"type":"identify","messageId":"mx%d","traits":{"email":"mx%d@example.com"},'
@@ -234,10 +238,7 @@ describe("serve at scale #serve", function()
   end)
 
   it("shows events waiting for a retry in Live Events, then delivers them", function()
-    local emu = S.start_emulator("--rate-limit 0")
-    local srv = S.start_server({})
-    finally(function() srv.stop(); emu.stop() end)
-    local _, it = srv.call("POST", INSTALL, install_body("retry", S.emulator_account(emu, 0)))
+    local emu, srv, it = one_integration("retry")
     emu.faults({ fail_next = 1, status = 503, retry_after = 2 })
     srv.call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("later@example.com", "later"))
     local waiting = S.eventually(function()
