@@ -50,7 +50,7 @@ BUSTED=(lua5.4 /usr/bin/busted --cpath='build/lua/?.so' --lpath='tests/spec/?.lu
 suite "C unit tests (ASan+UBSan)" build/asan/unit_tests
 suite "busted specs" env BLUEPRINT_BIN=build/blueprint "${BUSTED[@]}" tests/spec
 suite "CLI specs and golden fixtures (ASan+UBSan build)" \
-  env BLUEPRINT_BIN=build/asan/blueprint "${BUSTED[@]}" --tags=cli tests/spec
+  env BLUEPRINT_BIN=build/asan/blueprint BLUEPRINT_TEST_SANITIZER=address "${BUSTED[@]}" --tags=cli tests/spec
 
 # ThreadSanitizer reports go to files (the servers' stderr is their log);
 # each report is one failure.

@@ -66,6 +66,7 @@ struct job {
     bp_outcome out;
     long index;                 /* position in the input that added it, -1 for recovered events */
     int inflight;
+    unsigned generation;        /* of the tenant's config when the request left */
     double first_ms;            /* first attempt, for duration_ms */
     int last_status;
     const char *state;          /* to store: pending delivered dropped error dead held */
@@ -92,8 +93,12 @@ struct tenant {
     const bp_sink *sink;
     void *ctx;
     bp_counts *st;
-    int64_t last_loaded_id, index_from_id, rescan_below;
+    int64_t last_loaded_id, index_from_id;
+    int64_t max_loaded_id;      /* the highest id ever loaded */
+    int64_t rescan_below;       /* ids under it may be in memory already (a rescan) */
     int more, rescan, paused, max_attempts;
+    int release_held;           /* credentials changed: move held events back once holds are saved */
+    unsigned generation;        /* bumped by every new config: answers to older requests */
     char pause_reason[512];
     int njobs;                  /* jobs referring to it, saved or not */
     int unsaved_final;          /* final jobs waiting for their commit */
@@ -138,11 +143,15 @@ typedef struct cmd {
 
 typedef struct mark { tenant *t; char *key; int64_t at; } mark;
 
+/* Threads: everything in a loop, and in its tenants, accounts, jobs and
+ * engines, belongs to the loop's own thread, except the inbox (inbox_mu)
+ * and the paces its accounts share with other loops (pace.mu).  Other
+ * threads reach a loop only by post() and bp_transport_wakeup(). */
 struct loop {
-    bp_pool *pool;
-    int index;
+    bp_pool *pool;              /* fixed */
+    int index;                  /* fixed */
     pthread_t thread;
-    int started;
+    int started;                /* set before the thread runs, read at free */
     bp_transport *tr;
     bp_store *store;
     const bp_deliver_opts *o;
@@ -160,7 +169,6 @@ struct loop {
     int stopping;               /* loop thread only */
     int nremoving;              /* tenants draining before they leave */
     uint64_t rng;
-    bp_buf line;
 };
 
 struct bp_pool {
@@ -376,6 +384,20 @@ static int mark_pending(loop *l, const tenant *t, const char *key)
     return 0;
 }
 
+/* Unsaved once-keys of t: counted, or (purge) forgotten. */
+static int marks_of(loop *l, const tenant *t, int forget)
+{
+    int n = 0;
+    for (size_t i = 0; i < l->nmarks;) {
+        if (l->marks[i].t != t) { i++; continue; }
+        n++;
+        if (!forget) { i++; continue; }
+        free(l->marks[i].key);
+        l->marks[i] = l->marks[--l->nmarks];
+    }
+    return n;
+}
+
 static void add_mark(loop *l, tenant *t, const char *key, int64_t at)
 {
     if (l->nmarks == l->capmarks) {
@@ -458,25 +480,47 @@ static void map_job(loop *l, job *j)
     else if (v == BP_ERROR) finish(l, j, "error", "error");
 }
 
+static void release_held(loop *l, tenant *t)
+{
+    long n = bp_store_move(l->store, t->id, "held", "pending", 0);
+    if (n < 0) return;   /* the store refuses writes: try again at the next load */
+    t->release_held = 0;
+    t->rescan = 1;
+    char detail[64];
+    snprintf(detail, sizeof detail, "%ld held events released", n);
+    log_tenant("info", "credentials changed: resuming delivery", t, detail);
+}
+
 static void load_tenant(loop *l, tenant *t, int room)
 {
+    if (t->release_held && t->unsaved_final == 0) release_held(l, t);
     if (t->rescan && t->unsaved_final == 0) {
-        t->rescan_below = t->last_loaded_id + 1;   /* ids under it may be in memory already */
+        t->rescan_below = t->max_loaded_id + 1;
         t->last_loaded_id = 0;
         t->rescan = 0;
         t->more = 1;
     }
     if (!t->more || room <= 0) return;
+    /* Under rescan_below an event may have ended in memory without its
+     * state saved yet (still "pending" in the store): load such pages only
+     * when every final event of t is saved.  The commit flags the account. */
+    if (t->last_loaded_id + 1 < t->rescan_below && t->unsaved_final > 0) return;
     bp_stored *evs;
     size_t n;
     account *a = t->acct;
-    if (bp_store_pending(l->store, t->id, t->last_loaded_id, room, &evs, &n) < 0) { free(evs); a->check_load = 1; return; }
+    if (bp_store_pending(l->store, t->id, t->last_loaded_id, room, &evs, &n) < 0) {
+        for (size_t k = 0; k < n; k++) free(evs[k].body);
+        free(evs);
+        a->check_load = 1;
+        return;
+    }
     if ((int)n < room) t->more = 0;
     if (n) a->next_ms = 0;
     job **tail = &a->jobs;
     while (*tail) tail = &(*tail)->next;
     for (size_t k = 0; k < n; k++) {
         t->last_loaded_id = evs[k].id;
+        if (evs[k].id > t->max_loaded_id) t->max_loaded_id = evs[k].id;
         if (evs[k].id < t->rescan_below && held_in_memory(t, evs[k].id)) { free(evs[k].body); continue; }
         job *j = calloc(1, sizeof *j);
         if (!j) abort();
@@ -553,7 +597,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
      * better than the blueprint's default). */
     pthread_mutex_lock(&a->pace->mu);
     bp_bucket *bucket = &a->pace->bucket;
-    if (resp->retry_after_s > 0) bp_bucket_block(bucket, now + resp->retry_after_s * 1000.0);
+    if (resp->retry_after_s > 0) bp_bucket_block(bucket, bp_monotonic_ms() + resp->retry_after_s * 1000.0);
     else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
     if (resp->ratelimit_limit > 0 && (resp->ratelimit_limit < bucket->rate || bucket->rate <= 0))
         bp_bucket_set_rate(bucket, resp->ratelimit_limit);
@@ -595,6 +639,13 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
         finish(l, j, "dead", "dead_letter");
         break;
     case BP_AUTH:
+        if (j->generation != t->generation) {
+            /* sent with credentials that have been replaced since: no
+             * verdict on the new ones, send again with them */
+            j->ev.next_at = (int64_t)now;
+            save_progress(l, j);
+            break;
+        }
         if (!t->paused) pause_tenant(l, t, j->why);
         hold(l, j);
         break;
@@ -619,9 +670,10 @@ static int key_in_flight(const tenant *t, const char *key)
 
 /* Start what this account can start now; returns ms until it could start
  * more (NEVER: not before one of its answers arrives). */
-static double dispatch_account(loop *l, account *a, double now)
+static double dispatch_account(loop *l, account *a, double now, double mono)
 {
     double wait = 1000;
+    int sent = 0;
     job *j = a->jobs;
     while (j) {
         job *next = j->next;   /* finish() unlinks j */
@@ -644,11 +696,11 @@ static double dispatch_account(loop *l, account *a, double now)
         }
         const char *once = j->out.requests[j->ev.done_requests].once;
         if (once && key_in_flight(t, once)) { j = next; continue; }
-        if (a->inflight >= l->o->concurrency) return NEVER;   /* until an answer */
+        if (a->inflight >= l->o->concurrency) { wait = NEVER; break; }   /* until an answer */
         pthread_mutex_lock(&a->pace->mu);
-        double w = bp_bucket_take(&a->pace->bucket, now);
+        double w = bp_bucket_take(&a->pace->bucket, mono);
         pthread_mutex_unlock(&a->pace->mu);
-        if (w > 0) return w < wait ? w : wait;
+        if (w > 0) { if (w < wait) wait = w; break; }
         if (bp_transport_send(l->tr, &j->out.requests[j->ev.done_requests], t->cfg, j) < 0) {
             j->last_status = 0;
             snprintf(j->why, sizeof j->why, "could not start the request");
@@ -659,12 +711,17 @@ static double dispatch_account(loop *l, account *a, double now)
         }
         if (j->first_ms <= 0) j->first_ms = now;
         j->inflight = 1;
+        j->generation = t->generation;
         j->ev.attempts++;
         t->inflight++;
         a->inflight++;
         count(&t->st->requests);
+        sent = 1;
         j = next;
     }
+    /* the pace slots are taken: let the requests leave now, before other
+     * accounts' work (a store lookup may wait for a commit) delays them */
+    if (sent) bp_transport_flush(l->tr);
     return wait;
 }
 
@@ -682,7 +739,7 @@ static double dispatch(loop *l)
             /* a fresh clock per account: its pace slot is taken for when
              * the request really leaves, not when this pass began */
             now = bp_wall_ms();
-            double w = dispatch_account(l, a, now);
+            double w = dispatch_account(l, a, now, bp_monotonic_ms());
             a->next_ms = w >= NEVER ? NEVER : now + w;
         }
         if (a->next_ms - now < wait) wait = a->next_ms - now;
@@ -712,7 +769,7 @@ static pace *pace_acquire(loop *l, const char *key, double rps)
         if (!p) abort();
         p->key = strdup(key);
         pthread_mutex_init(&p->mu, NULL);
-        bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_wall_ms());
+        bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_monotonic_ms());
         if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
     }
     p->refs++;
@@ -797,7 +854,15 @@ static int bind_engine(loop *l, tenant *t, bp_error *err)
         s->next = l->engines;
         l->engines = s;
     }
-    if (bp_engine_bind(s->engine, t->cfg, &t->bind, err) < 0) return -1;
+    if (bp_engine_bind(s->engine, t->cfg, &t->bind, err) < 0) {
+        if (s->refs == 0) {   /* made for this tenant: not kept */
+            for (engine_slot **p = &l->engines; *p; p = &(*p)->next) if (*p == s) { *p = s->next; break; }
+            bp_engine_free(s->engine);
+            bp_shared_bp_drop(s->bp);
+            free(s);
+        }
+        return -1;
+    }
     s->refs++;
     t->eng = s;
     return 0;
@@ -831,13 +896,13 @@ static void restore_pause(loop *l, tenant *t)
         log_tenant("error", t->pause_reason, t, NULL);
         free(why);
     } else if (paused_fp || t->paused) {
-        long n = bp_store_move(l->store, t->id, "held", "pending", 0);
+        /* new events go out at once; the held ones are moved back once the
+         * holds still waiting for their commit are saved (else they would
+         * be written "held" after the move, and stay so) */
         bp_store_meta_set(l->store, t->id, "paused_credentials", NULL);
         t->paused = 0;
-        t->rescan = 1;
-        char detail[64];
-        snprintf(detail, sizeof detail, "%ld held events released", n);
-        log_tenant("info", "credentials changed: resuming delivery", t, detail);
+        t->release_held = 1;
+        t->acct->check_load = 1;
     }
     free(paused_fp);
 }
@@ -851,6 +916,7 @@ static void report_broken(loop *l, tenant *t, const char *why)
 static void drop_spec(bp_tenant_spec *s)
 {
     if (!s->id) return;
+    if (s->sink && s->sink->release) s->sink->release(s->ctx);
     free((char *)s->id);
     bp_config_free(s->cfg);
     bp_shared_bp_drop(s->bp);
@@ -902,6 +968,8 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
     t->cfg = s->cfg;
     t->eng = NULL;
     bp_error err;
+    /* the tenant keeps the reference it holds on ctx; the spec's goes */
+    if (s->sink && s->sink->release) s->sink->release(s->ctx);
     if (bind_engine(l, t, &err) < 0) {
         report_broken(l, t, err.msg);   /* keep delivering with what it had */
         t->bp = old.bp; t->cfg = old.cfg; t->eng = old.eng; t->bind = old.bind;
@@ -910,6 +978,13 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
         return;
     }
     unbind_engine(l, &old);
+    t->generation++;
+    /* a reload may change the blueprint's limit (an override stays) */
+    if (l->o->rate_limit_rps <= 0 && t->bp->bp->rate_limit_rps != old.bp->bp->rate_limit_rps) {
+        pthread_mutex_lock(&t->acct->pace->mu);
+        bp_bucket_set_rate(&t->acct->pace->bucket, t->bp->bp->rate_limit_rps);
+        pthread_mutex_unlock(&t->acct->pace->mu);
+    }
     t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
     for (job *j = t->acct->jobs, *next; j; j = next) {
         next = j->next;
@@ -944,8 +1019,10 @@ static void reap(loop *l)
     if (!l->nremoving) return;
     for (tenant *t = l->tenants, *next; t; t = next) {
         next = t->next;
-        if (!t->removing || t->inflight > 0 || (!t->purge && (t->unsaved_final > 0 || l->dirty))) continue;
+        if (!t->removing || t->inflight > 0 || (!t->purge && (t->unsaved_final > 0 || l->dirty || marks_of(l, t, 0))))
+            continue;
         if (t->purge) {
+            marks_of(l, t, 1);
             /* its unsaved progress is moot: take it off the dirty list */
             job **p = &l->dirty;
             l->dirty_tail = &l->dirty;
@@ -1112,7 +1189,6 @@ static void loop_init(loop *l, bp_pool *p, int index, bp_store *store, const bp_
     l->inbox_tail = &l->inbox;
     pthread_mutex_init(&l->inbox_mu, NULL);
     l->rng = (uint64_t)bp_wall_ms() ^ ((uint64_t)getpid() << 32) ^ ((uint64_t)index << 16) ^ 0x9E3779B97F4A7C15ULL;
-    bp_buf_init(&l->line);
 }
 
 static void loop_free(loop *l)
@@ -1134,9 +1210,15 @@ static void loop_free(loop *l)
     for (size_t i = 0; i < l->nmarks; i++) free(l->marks[i].key);
     free(l->marks);
     free(l->accounts);
+    while (l->engines) {   /* none should be left: every tenant unbound above */
+        engine_slot *e = l->engines;
+        l->engines = e->next;
+        bp_engine_free(e->engine);
+        bp_shared_bp_drop(e->bp);
+        free(e);
+    }
     bp_transport_free(l->tr);
     pthread_mutex_destroy(&l->inbox_mu);
-    bp_buf_free(&l->line);
 }
 
 static void *loop_main(void *arg)

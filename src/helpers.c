@@ -8,6 +8,8 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
+
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,15 +138,39 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
     return rc;
 }
 
-/* ctx.json(value [, {max_bytes = N, keep = {"key", …}}]) -> compact JSON text.
- * The output buffer is kept per thread between calls (each Lua state runs
- * on one thread at a time), so encoding does not allocate. */
+/* The output buffer of ctx.json, kept per thread between calls (each Lua
+ * state runs on one thread at a time), so encoding does not allocate; it
+ * is freed when its thread ends. */
+static pthread_key_t json_buf_key;
+static pthread_once_t json_buf_once = PTHREAD_ONCE_INIT;
+
+static void free_json_buf(void *p)
+{
+    bp_buf_free(p);
+    free(p);
+}
+
+static void make_json_buf_key(void) { pthread_key_create(&json_buf_key, free_json_buf); }
+
+static bp_buf *thread_json_buf(void)
+{
+    pthread_once(&json_buf_once, make_json_buf_key);
+    bp_buf *b = pthread_getspecific(json_buf_key);
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b))) abort();
+        bp_buf_init(b);
+        pthread_setspecific(json_buf_key, b);
+    }
+    return b;
+}
+
+/* ctx.json(value [, {max_bytes = N, keep = {"key", …}}]) -> compact JSON text. */
 static int ctx_json(lua_State *L)
 {
-    static _Thread_local bp_buf out;
+    bp_buf *out = thread_json_buf();
     bp_error err;
     int rc;
-    bp_buf_reset(&out);
+    bp_buf_reset(out);
     lua_settop(L, 2);
     lua_Integer max_bytes = 0;
     int keep_idx = 0;
@@ -154,17 +180,17 @@ static int ctx_json(lua_State *L)
         lua_getfield(L, 2, "keep");
         keep_idx = lua_istable(L, -1) ? lua_gettop(L) : 0;
     }
-    rc = bp_encode_json(L, 1, &out, NULL, &err);
-    if (rc == 0 && max_bytes > 0 && out.len > (size_t)max_bytes && out.data[0] == '{') {
-        bp_buf_reset(&out);
-        rc = json_within(L, 1, (size_t)max_bytes, keep_idx, &out, &err);
+    rc = bp_encode_json(L, 1, out, NULL, &err);
+    if (rc == 0 && max_bytes > 0 && out->len > (size_t)max_bytes && out->data[0] == '{') {
+        bp_buf_reset(out);
+        rc = json_within(L, 1, (size_t)max_bytes, keep_idx, out, &err);
     }
     if (rc < 0) {
-        bp_buf_reset(&out);
+        bp_buf_reset(out);
         return luaL_error(L, "ctx.json: %s", err.msg);
     }
-    lua_pushlstring(L, out.data ? out.data : "", out.len);
-    if (out.cap > 1 << 20) bp_buf_free(&out);   /* do not keep a huge one */
+    lua_pushlstring(L, out->data ? out->data : "", out->len);
+    if (out->cap > 1 << 20) bp_buf_free(out);   /* do not keep a huge one */
     return 1;
 }
 

@@ -165,6 +165,7 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
 int bp_transport_poll(bp_transport *t, int wait_ms, bp_transport_done cb, void *ctx);
 int bp_transport_active(const bp_transport *t);
 void bp_transport_wakeup(bp_transport *t);
+void bp_transport_flush(bp_transport *t);
 void bp_transport_keep_connections(bp_transport *t, long n);
 
 /* ---- classify.c ----------------------------------------------------------------- */
@@ -243,6 +244,7 @@ void bp_store_close(bp_store *s);
  * (the reason is in bp_store_health). */
 int bp_store_begin(bp_store *s);
 int bp_store_commit(bp_store *s, int ok);
+void bp_store_rollback(bp_store *s);
 void bp_store_health(bp_store *s, bp_store_status *out);
 /* Returns the new id, 0 when an event with that message id is already
  * stored for the integration (not stored twice), -1 on error. */

@@ -22,13 +22,16 @@
 
 #include <string.h>
 
+/* A whole limit of at most BP_PACE_LOG per second gets the sliding
+ * window (n sends per stretched second); any other limit (2.5/s, 500/s) is
+ * paced by spacing alone, one send per stretched interval, which keeps
+ * every window of any length under the limit. */
 static void configure(bp_bucket *b, double limit_per_s)
 {
     b->rate = limit_per_s > 0 ? limit_per_s : 0;
     if (b->rate <= 0) return;
-    int n = (int)b->rate;
-    if (n < 1) n = 1;
-    if (n > BP_PACE_LOG) n = BP_PACE_LOG;
+    int whole = b->rate == (double)(int)b->rate && b->rate <= BP_PACE_LOG;
+    int n = whole ? (int)b->rate : 1;
     b->n = n;
     b->window_ms = 1000.0 * n / b->rate / b->margin;
     b->interval_ms = b->window_ms / n;

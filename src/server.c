@@ -369,6 +369,19 @@ static void intake(call *k)
     long index = 0, accepted = 0, duplicates = 0, bad = 0;
     enum bp_read_status rs;
     int ok = bp_store_begin(reg->store) == 0, began = ok;
+    /* deleted while this request waited: its events would never be delivered
+     * (the delete's purge may have run already) */
+    pthread_mutex_lock(&reg->mu);
+    int deleted = k->it->deleted;
+    pthread_mutex_unlock(&reg->mu);
+    if (began && deleted) {
+        bp_store_rollback(reg->store);
+        bp_reader_free(rd);
+        bp_doc_free(&d);
+        bp_buf_free(&errors);
+        set_error(r, 404, "NOT_FOUND", "no integration with id '%s' (it was deleted)", k->it->id);
+        return;
+    }
     while (ok && (rs = bp_reader_next(rd, &ev, &len, &err)) != BP_READ_END) {
         const char *why = NULL;
         char msg[sizeof err.msg];
@@ -545,11 +558,13 @@ struct stream {
     bp_buf pending;
     size_t sent;
     int parked;                   /* [streams_mu] */
-    double last_write_ms;
+    int news;                     /* [streams_mu] an outcome arrived since the last read */
+    double last_write_ms;         /* [streams_mu] */
 };
 
 static void resume_locked(stream *st)
 {
+    st->news = 1;   /* also when not parked: the reader may be about to park */
     if (!st->parked) return;
     st->parked = 0;
     MHD_resume_connection(st->c);
@@ -571,8 +586,24 @@ static void wake_streams(server *s, int all)
     pthread_mutex_lock(&s->streams_mu);
     if (all) s->stopping = 1;
     for (stream *st = s->streams; st; st = st->next)
-        if (all || now - st->last_write_ms >= STREAM_KEEPALIVE_MS) resume_locked(st);
+        if (all || now - st->last_write_ms >= STREAM_KEEPALIVE_MS) { resume_locked(st); st->news = 0; }
     pthread_mutex_unlock(&s->streams_mu);
+}
+
+/* Fill st->pending with what the ring holds past next_seq.  Returns 1
+ * when the stream has ended (deleted, or the server stops). */
+static int take_lines(stream *st)
+{
+    bp_registry *reg = st->s->reg;
+    pthread_mutex_lock(&reg->mu);
+    int ended = st->it->deleted;
+    if (st->it->live_seq > st->next_seq + BP_LIVE_RING) st->next_seq = st->it->live_seq - BP_LIVE_RING;
+    for (; st->next_seq < st->it->live_seq; st->next_seq++) {
+        const char *line = st->it->live ? st->it->live[st->next_seq % BP_LIVE_RING] : NULL;
+        bp_buf_printf(&st->pending, "event: outcome\ndata: %s\n\n", line ? line : "{}");
+    }
+    pthread_mutex_unlock(&reg->mu);
+    return ended;
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
@@ -580,38 +611,39 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     stream *st = cls;
     server *s = st->s;
-    bp_registry *reg = s->reg;
-    if (st->sent == st->pending.len) {
+    while (st->sent == st->pending.len) {
         bp_buf_reset(&st->pending);
         st->sent = 0;
-        pthread_mutex_lock(&reg->mu);
-        int ended = st->it->deleted;
-        if (st->it->live_seq > st->next_seq + BP_LIVE_RING) st->next_seq = st->it->live_seq - BP_LIVE_RING;
-        for (; st->next_seq < st->it->live_seq; st->next_seq++) {
-            const char *line = st->it->live ? st->it->live[st->next_seq % BP_LIVE_RING] : NULL;
-            bp_buf_printf(&st->pending, "event: outcome\ndata: %s\n\n", line ? line : "{}");
-        }
-        pthread_mutex_unlock(&reg->mu);
+        pthread_mutex_lock(&s->streams_mu);
+        st->news = 0;   /* what arrives from here on is read below, or sets it again */
+        pthread_mutex_unlock(&s->streams_mu);
+        int ended = take_lines(st);
         pthread_mutex_lock(&s->streams_mu);
         if (s->stopping) ended = 1;
-        if (!st->pending.len && !ended) {
-            if (bp_monotonic_ms() - st->last_write_ms >= STREAM_KEEPALIVE_MS) {
-                bp_buf_adds(&st->pending, ": keep-alive\n\n");
-            } else {
-                /* nothing to say: park until on_live or the keep-alive tick */
-                st->parked = 1;
-                MHD_suspend_connection(st->c);
-                pthread_mutex_unlock(&s->streams_mu);
-                return 0;
-            }
+        if (ended) {
+            pthread_mutex_unlock(&s->streams_mu);
+            if (!st->pending.len) return MHD_CONTENT_READER_END_OF_STREAM;
+            break;
         }
+        if (st->pending.len) { pthread_mutex_unlock(&s->streams_mu); break; }
+        if (st->news) { pthread_mutex_unlock(&s->streams_mu); continue; }   /* it came meanwhile */
+        if (bp_monotonic_ms() - st->last_write_ms >= STREAM_KEEPALIVE_MS) {
+            pthread_mutex_unlock(&s->streams_mu);
+            bp_buf_adds(&st->pending, ": keep-alive\n\n");
+            break;
+        }
+        /* nothing to say: park until on_live or the keep-alive tick */
+        st->parked = 1;
+        MHD_suspend_connection(st->c);
         pthread_mutex_unlock(&s->streams_mu);
-        if (ended && !st->pending.len) return MHD_CONTENT_READER_END_OF_STREAM;
+        return 0;
     }
     size_t n = st->pending.len - st->sent < max ? st->pending.len - st->sent : max;
     memcpy(buf, st->pending.data + st->sent, n);
     st->sent += n;
+    pthread_mutex_lock(&s->streams_mu);
     st->last_write_ms = bp_monotonic_ms();
+    pthread_mutex_unlock(&s->streams_mu);
     return (ssize_t)n;
 }
 
@@ -623,7 +655,11 @@ static void stream_free(void *cls)
     for (stream **p = &s->streams; *p; p = &(*p)->next) if (*p == st) { *p = st->next; break; }
     pthread_mutex_unlock(&s->streams_mu);
     pthread_mutex_lock(&s->reg->mu);
-    st->it->watchers--;
+    if (--st->it->watchers == 0 && st->it->live) {   /* the ring is for watchers only */
+        for (int i = 0; i < BP_LIVE_RING; i++) free(st->it->live[i]);
+        free(st->it->live);
+        st->it->live = NULL;
+    }
     pthread_mutex_unlock(&s->reg->mu);
     bp_integration_release(st->it);
     bp_buf_free(&st->pending);

@@ -310,6 +310,13 @@ int bp_store_commit(bp_store *s, int ok)
     return why[0] ? -1 : 0;
 }
 
+/* Give up a transaction on purpose (not a failure). */
+void bp_store_rollback(bp_store *s)
+{
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    pthread_mutex_unlock(&s->mu);
+}
+
 void bp_store_health(bp_store *s, bp_store_status *out)
 {
     pthread_mutex_lock(&s->health_mu);

@@ -62,6 +62,13 @@ void bp_transport_free(bp_transport *t)
 
 int bp_transport_active(const bp_transport *t) { return t->running; }
 
+/* Start what was just added (the requests leave now, not at the next poll). */
+void bp_transport_flush(bp_transport *t)
+{
+    int still = 0;
+    curl_multi_perform(t->multi, &still);
+}
+
 /* Any thread: make a bp_transport_poll waiting on this transport return. */
 void bp_transport_wakeup(bp_transport *t) { curl_multi_wakeup(t->multi); }
 

@@ -539,6 +539,18 @@ TEST(pace_obeys_retry_after_and_a_lower_limit)
     double sent[50];
     int n = pace_run(&b, 2002, 10000, sent, 50);
     CHECK_INT(most_within(sent, n, 1000), 2);
+    /* limits the window cannot hold whole: spacing, never more than the limit */
+    bp_bucket_init(&b, 100, 0.97, 0);
+    double many[2000];
+    n = 0;
+    for (double t = 1; t < 10000 && n < 2000; t += 0.25)
+        if (bp_bucket_take(&b, t) == 0) many[n++] = t;
+    CHECK(most_within(many, n, 1000) <= 100);
+    CHECK(n >= 940);   /* 0.97 x 100/s for 10 s, less the 0.25 ms steps */
+    bp_bucket_init(&b, 2.5, 0.97, 0);
+    n = pace_run(&b, 1, 20000, sent, 50);
+    CHECK(most_within(sent, n, 2000) <= 5);
+    CHECK(most_within(sent, n, 4000) <= 10);
     bp_bucket_init(&b, 0, 1, 0);   /* unlimited */
     CHECK(bp_bucket_take(&b, 5) == 0 && bp_bucket_take(&b, 5) == 0);
 }

@@ -237,12 +237,19 @@ function S.start_server(opts)
     srv.bodies[#srv.bodies + 1] = text
     return status, S.core.json_decode(text) or text, text
   end
+  -- Stop with SIGTERM and wait.  A sanitizer build reports what it found
+  -- (use after free, leaks at exit) on stderr, which is the log: fail then.
   function srv.stop()
+    if srv.stopped then return end
+    srv.stopped = true
     os.execute("kill -TERM " .. pid .. " 2>/dev/null")
-    for _ = 1, 250 do
+    for _ = 1, 500 do
       if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then break end
       sleep(0.02)
     end
+    local log = srv.logs()
+    local at = log:find("ERROR: %a+Sanitizer") or log:find("WARNING: ThreadSanitizer")
+    if at then error("the server's sanitizer reported:\n" .. log:sub(at, at + 3000), 2) end
   end
   -- the server's thread count, from /proc
   function srv.threads()
