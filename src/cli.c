@@ -25,6 +25,7 @@ static const char usage_text[] =
     "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
     "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
     "       blueprint token --role ROLE [--ttl 15m] [--state DIR]\n"
+    "       blueprint rotate-key [--state DIR]\n"
     "\n"
     "  Maps each event through the blueprint and prints, one JSON line per event,\n"
     "  the requests that would be sent (secrets shown as [redacted]).\n"
@@ -386,6 +387,23 @@ static int token(int argc, char **argv)
     return 0;
 }
 
+/* A new master key; every secret in STATE/server.db re-wrapped under it. */
+static int rotate_key(int argc, char **argv)
+{
+    const char *state = "./var";
+    for (int i = 0; i < argc; i++) {
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--state") && next) { state = next; i++; }
+        else { fprintf(stderr, "blueprint: rotate-key takes only --state DIR\n\n"); return usage(NULL); }
+    }
+    long n;
+    bp_error err;
+    if (bp_rotate_master_key(state, &n, &err) < 0) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_INVALID; }
+    fprintf(stderr, "blueprint: %ld stored revisions re-encrypted under a new master key; the old key is gone from "
+            "the key ring (a running serve goes on delivering)\n", n);
+    return 0;
+}
+
 #else
 /* The light CLI: run the sibling build/blueprint-net for the commands that
  * need libcurl, SQLite or libmicrohttpd (see the Makefile). */
@@ -412,13 +430,14 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "dry-run")) return dry_run(argc - 2, argv + 2);
 #ifdef BP_LIGHT
-    static const char *const net[] = { "deliver", "dlq", "serve", "token", NULL };
+    static const char *const net[] = { "deliver", "dlq", "serve", "token", "rotate-key", NULL };
     for (int i = 0; net[i]; i++) if (!strcmp(argv[1], net[i])) return run_net(argv);
 #else
     if (!strcmp(argv[1], "deliver")) return deliver(argc - 2, argv + 2);
     if (!strcmp(argv[1], "dlq")) return dlq(argc - 2, argv + 2);
     if (!strcmp(argv[1], "serve")) return serve(argc - 2, argv + 2);
     if (!strcmp(argv[1], "token")) return token(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "rotate-key")) return rotate_key(argc - 2, argv + 2);
 #endif
     fprintf(stderr, "blueprint: unknown command '%s'\n\n", argv[1]);
     return usage(NULL);

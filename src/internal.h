@@ -332,9 +332,28 @@ void bp_pool_free(bp_pool *p);
 /* The account key integrations are paced by (rate_limit.scope). */
 void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n);
 
-/* ---- auth.c ------------------------------------------------------------------------ */
+/* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 
 void bp_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen, unsigned char out[32]);
+int bp_equal_consttime(const void *a, const void *b, size_t n);   /* 1 when equal */
+int bp_random_bytes(unsigned char *out, size_t n);
+
+/* The master key ring for secrets at rest (see crypto.c).  Thread-safe. */
+typedef struct bp_keyring bp_keyring;
+bp_keyring *bp_keyring_open(const char *state_dir, bp_error *err);
+void bp_keyring_close(bp_keyring *r);
+const char *bp_keyring_path(const bp_keyring *r);
+int bp_keyring_keys(bp_keyring *r, char kids[][17], unsigned char keys[][32], int cap, bp_error *err);
+int bp_keyring_write(const char *path, int n, char kids[][17], unsigned char keys[][32], bp_error *err);
+void bp_key_new(char kid[17], unsigned char key[32]);
+int bp_is_encrypted(const char *value);
+int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *plain, bp_buf *out,
+                      bp_error *err);
+int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *value, bp_buf *out,
+                      bp_error *err);
+
+/* ---- auth.c ---------------------------------------------------------------------------- */
+
 /* An HS256 JWT with sub, role, iat, exp. */
 void bp_jwt_sign(const char *secret, const char *role, const char *subject, int64_t iat, int64_t exp, bp_buf *out);
 /* 0 and the role when the token is well formed, correctly signed (checked in
@@ -399,6 +418,7 @@ struct bp_registry {
     bp_vendor *vendors; size_t nvendors;  /* the array is fixed after open; fields [mu] */
     bp_integration **items; size_t n;     /* [mu] */
     struct sqlite3 *db;                   /* [admin_mu] (install/update/delete/revisions) */
+    bp_keyring *keys;                     /* thread-safe: seals secrets in server.db */
     bp_store *store;                      /* thread-safe */
     bp_pool *pool;                        /* thread-safe */
     bp_metrics metrics;                   /* [mu] */
@@ -425,5 +445,7 @@ int bp_registry_delete(bp_registry *r, bp_integration *it);
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out);
 void bp_registry_check_reload(bp_registry *r);
 void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc_json);
+/* `blueprint rotate-key`: see registry.c. */
+int bp_rotate_master_key(const char *state_dir, long *rewrapped, bp_error *err);
 
 #endif

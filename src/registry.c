@@ -242,11 +242,97 @@ bp_integration *bp_registry_find(bp_registry *r, const char *id)
 
 static int db_exec(bp_registry *r, const char *sql) { return sqlite3_exec(r->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1; }
 
+/* ---- secrets at rest ------------------------------------------------------------------------ */
+
+enum seal_mode {
+    SEAL,     /* encrypt every plain value of a secret field (bp) */
+    UNSEAL,   /* decrypt every encrypted value */
+    RESEAL,   /* decrypt and encrypt again under the ring's primary key */
+};
+
+/* The stored-form document `doc` of an integration with its config's
+ * secrets sealed, unsealed or resealed into out.  *changed says whether
+ * anything was.  -1 with err when a value does not decrypt. */
+static int transform_doc(bp_keyring *ring, const char *integration, const bp_blueprint *bp, const char *doc,
+                         enum seal_mode mode, bp_buf *out, int *changed, bp_error *err)
+{
+    bp_doc d;
+    bp_doc_init(&d);
+    if (changed) *changed = 0;
+    if (bp_json_parse(&d, doc, strlen(doc), NULL, err) < 0 || d.nodes[0].type != BP_JOBJECT) {
+        bp_doc_free(&d);
+        bp_buf_adds(out, doc);   /* not ours to judge here: kept as it is */
+        return 0;
+    }
+    int rc = 0;
+    bp_buf plain;
+    bp_buf_init(&plain);
+    bp_buf_addc(out, '{');
+    for (uint32_t k = 1, i = 0; i < d.nodes[0].len; i++, k = d.nodes[k + 1].next) {
+        if (i) bp_buf_addc(out, ',');
+        bp_json_write_node(out, &d, k);
+        bp_buf_addc(out, ':');
+        uint32_t c = k + 1;
+        if (strcmp(bp_jtext(&d, k), "config") != 0 || d.nodes[c].type != BP_JOBJECT) { bp_json_write_node(out, &d, c); continue; }
+        bp_buf_addc(out, '{');
+        for (uint32_t f = c + 1, j = 0; j < d.nodes[c].len; j++, f = d.nodes[f + 1].next) {
+            if (j) bp_buf_addc(out, ',');
+            bp_json_write_node(out, &d, f);
+            bp_buf_addc(out, ':');
+            const char *field = bp_jtext(&d, f), *value = d.nodes[f + 1].type == BP_JSTRING ? bp_jtext(&d, f + 1) : NULL;
+            const bp_field *def = bp ? bp_blueprint_field(bp, field) : NULL;
+            int sealed = value && bp_is_encrypted(value);
+            bp_buf_reset(&plain);
+            if (mode == SEAL && value && !sealed && *value && def && def->type == BP_FIELD_SECRET &&
+                strcmp(value, "********") != 0) {
+                bp_buf_addc(out, '"');   /* the ciphertext is base64: nothing to escape */
+                rc = bp_encrypt_secret(ring, integration, field, value, out, err) < 0 ? -1 : rc;
+                bp_buf_addc(out, '"');
+                if (changed) *changed = 1;
+            } else if (mode != SEAL && sealed) {
+                if (bp_decrypt_secret(ring, integration, field, value, &plain, err) < 0) { rc = -1; break; }
+                if (mode == UNSEAL) {
+                    bp_json_write_text(out, plain.data ? plain.data : "", plain.len);
+                } else {
+                    bp_buf_addc(out, '"');
+                    rc = bp_encrypt_secret(ring, integration, field, plain.data ? plain.data : "", out, err) < 0 ? -1 : rc;
+                    bp_buf_addc(out, '"');
+                }
+                if (changed) *changed = 1;
+            } else {
+                bp_json_write_node(out, &d, f + 1);
+            }
+            if (rc < 0) break;
+        }
+        bp_buf_addc(out, '}');
+        if (rc < 0) break;
+    }
+    bp_buf_addc(out, '}');
+    if (plain.data) memset(plain.data, 0, plain.cap);
+    bp_buf_free(&plain);
+    bp_doc_free(&d);
+    return rc;
+}
+
 static int save_revision(bp_registry *r, const bp_integration *it, int insert_integration)
 {
     sqlite3_stmt *q;
-    int ok = 1;
-    db_exec(r, "BEGIN");
+    /* IMMEDIATE: sealed under the ring's primary key as it is while this
+     * transaction holds the write lock (a rotation takes the same lock) */
+    if (db_exec(r, "BEGIN IMMEDIATE") < 0) return -1;
+    bp_buf sealed;
+    bp_buf_init(&sealed);
+    bp_error err;
+    int ok = transform_doc(r->keys, it->id, it->vendor->bp ? it->vendor->bp->bp : NULL, it->config_json, SEAL,
+                           &sealed, NULL, &err) == 0;
+    if (!ok) {
+        bp_buf f;
+        bp_buf_init(&f);
+        bp_buf_adds(&f, "\"error\":");
+        bp_json_write_text(&f, err.msg, strlen(err.msg));
+        bp_log("error", "could not encrypt an integration's secrets; nothing was stored", f.data);
+        bp_buf_free(&f);
+    }
     if (insert_integration) {
         ok = sqlite3_prepare_v2(r->db, "INSERT INTO integrations(id, name, vendor, variant, delivery_mode, revision, "
                                        "created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &q, NULL) == SQLITE_OK;
@@ -274,7 +360,7 @@ static int save_revision(bp_registry *r, const bp_integration *it, int insert_in
                                        "VALUES(?1, ?2, ?3, ?4)", -1, &q, NULL) == SQLITE_OK) {
         sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
         sqlite3_bind_int(q, 2, it->revision);
-        sqlite3_bind_text(q, 3, it->config_json, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, sealed.data, (int)sealed.len, SQLITE_STATIC);
         sqlite3_bind_int64(q, 4, (int64_t)bp_wall_ms());
         ok = sqlite3_step(q) == SQLITE_DONE;
         sqlite3_finalize(q);
@@ -282,18 +368,64 @@ static int save_revision(bp_registry *r, const bp_integration *it, int insert_in
         ok = 0;
     }
     db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    bp_buf_free(&sealed);
     return ok ? 0 : -1;
 }
 
-static void load_integrations(bp_registry *r)
+/* Revisions written before secrets were encrypted: seal them in place (the
+ * database zeroes the space the plain values leave, secure_delete). */
+static int seal_plain_revisions(bp_registry *r, bp_error *err)
+{
+    sqlite3_stmt *q, *u = NULL;
+    if (sqlite3_prepare_v2(r->db, "SELECT v.integration_id, v.revision, v.config, i.vendor FROM revisions v "
+                                  "JOIN integrations i ON i.id = v.integration_id", -1, &q, NULL) != SQLITE_OK)
+        return 0;
+    db_exec(r, "BEGIN IMMEDIATE");
+    sqlite3_prepare_v2(r->db, "UPDATE revisions SET config=?3 WHERE integration_id=?1 AND revision=?2", -1, &u, NULL);
+    long sealed_rows = 0;
+    int rc = 0;
+    while (rc == 0 && u && sqlite3_step(q) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(q, 0);
+        bp_vendor *v = bp_registry_vendor(r, (const char *)sqlite3_column_text(q, 3));
+        if (!v || !v->bp) continue;
+        bp_buf out;
+        bp_buf_init(&out);
+        int changed;
+        rc = transform_doc(r->keys, id, v->bp->bp, (const char *)sqlite3_column_text(q, 2), SEAL, &out, &changed, err);
+        if (rc == 0 && changed) {
+            sqlite3_reset(u);
+            sqlite3_bind_text(u, 1, id, -1, SQLITE_STATIC);
+            sqlite3_bind_int(u, 2, sqlite3_column_int(q, 1));
+            sqlite3_bind_text(u, 3, out.data, (int)out.len, SQLITE_STATIC);
+            if (sqlite3_step(u) != SQLITE_DONE) { bp_error_set(err, "server.db: %s", sqlite3_errmsg(r->db)); rc = -1; }
+            sealed_rows++;
+        }
+        bp_buf_free(&out);
+    }
+    sqlite3_finalize(u);
+    sqlite3_finalize(q);
+    db_exec(r, rc == 0 ? "COMMIT" : "ROLLBACK");
+    if (rc == 0 && sealed_rows) {
+        sqlite3_wal_checkpoint_v2(r->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        char detail[96];
+        snprintf(detail, sizeof detail, "\"revisions\":%ld", sealed_rows);
+        bp_log("info", "encrypted the secrets stored in plain text by an earlier version", detail);
+    }
+    return rc;
+}
+
+/* The integrations and their current configs, secrets decrypted.  -1 with
+ * err when one does not decrypt (a wrong or missing master key). */
+static int load_integrations(bp_registry *r, bp_error *err)
 {
     sqlite3_stmt *q;
+    int rc = 0;
     if (sqlite3_prepare_v2(r->db, "SELECT i.id, i.name, i.vendor, i.variant, i.delivery_mode, i.revision, "
                                   "i.created_at, v.config FROM integrations i JOIN revisions v ON "
                                   "v.integration_id = i.id AND v.revision = i.revision WHERE i.deleted = 0 "
                                   "ORDER BY i.created_at", -1, &q, NULL) != SQLITE_OK)
-        return;
-    while (sqlite3_step(q) == SQLITE_ROW) {
+        return 0;
+    while (rc == 0 && sqlite3_step(q) == SQLITE_ROW) {
         const char *vendor = (const char *)sqlite3_column_text(q, 2);
         bp_vendor *v = bp_registry_vendor(r, vendor);
         if (!v) {
@@ -307,17 +439,105 @@ static void load_integrations(bp_registry *r)
             bp_buf_free(&f);
             continue;
         }
-        bp_integration *it = new_integration(r, (const char *)sqlite3_column_text(q, 0),
-                                             (const char *)sqlite3_column_text(q, 1), v,
+        const char *id = (const char *)sqlite3_column_text(q, 0);
+        bp_buf plain;
+        bp_buf_init(&plain);
+        if (transform_doc(r->keys, id, NULL, (const char *)sqlite3_column_text(q, 7), UNSEAL, &plain, NULL, err) < 0) {
+            bp_buf_free(&plain);
+            rc = -1;
+            break;
+        }
+        bp_integration *it = new_integration(r, id, (const char *)sqlite3_column_text(q, 1), v,
                                              (const char *)sqlite3_column_text(q, 3),
                                              (const char *)sqlite3_column_text(q, 4), sqlite3_column_int(q, 5),
-                                             sqlite3_column_int64(q, 6), (const char *)sqlite3_column_text(q, 7));
-        bp_error err;
-        if (v->bp) it->cfg = bp_config_load_text(v->bp->bp, it->config_json, strlen(it->config_json), "stored config", &err);
+                                             sqlite3_column_int64(q, 6), plain.data);
+        memset(plain.data, 0, plain.cap);
+        bp_buf_free(&plain);
+        bp_error cerr;
+        if (v->bp) it->cfg = bp_config_load_text(v->bp->bp, it->config_json, strlen(it->config_json), "stored config", &cerr);
         r->items = realloc(r->items, (r->n + 1) * sizeof *r->items);
         r->items[r->n++] = it;
     }
     sqlite3_finalize(q);
+    return rc;
+}
+
+/* `blueprint rotate-key`: a new primary key, every stored secret re-wrapped
+ * under it, the old keys dropped.  Safe while `serve` runs: the ring is
+ * rewritten and the secrets re-wrapped inside one write transaction on
+ * server.db, which every revision write also takes (save_revision), so no
+ * secret can be written under a key that is then dropped.  Delivery never
+ * stops: a running server holds its configs decrypted. */
+int bp_rotate_master_key(const char *state_dir, long *rewrapped, bp_error *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/server.db", state_dir);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        bp_error_set(err, "%s: %s (is --state the server's state directory?)", path, db ? sqlite3_errmsg(db) : "cannot open");
+        sqlite3_close(db);
+        return -1;
+    }
+    bp_store_busy_handler(db);
+    sqlite3_exec(db, "PRAGMA secure_delete=ON", NULL, NULL, NULL);
+    bp_keyring *ring = bp_keyring_open(state_dir, err);
+    if (!ring) { sqlite3_close(db); return -1; }
+    char kids[9][17];
+    unsigned char keys[9][32];
+    int rc = -1;
+    *rewrapped = 0;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        bp_error_set(err, "server.db is busy: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    int n = bp_keyring_keys(ring, kids + 1, keys + 1, 8, err);
+    if (n < 0) goto rollback;
+    if (n == 8) n = 7;   /* the oldest is dropped to make room (nothing uses it after this) */
+    bp_key_new(kids[0], keys[0]);
+    if (bp_keyring_write(bp_keyring_path(ring), n + 1, kids, keys, err) < 0) goto rollback;
+    sqlite3_stmt *q = NULL, *u = NULL;
+    int ok = sqlite3_prepare_v2(db, "SELECT integration_id, revision, config FROM revisions", -1, &q, NULL) == SQLITE_OK &&
+             sqlite3_prepare_v2(db, "UPDATE revisions SET config=?3 WHERE integration_id=?1 AND revision=?2", -1, &u,
+                                NULL) == SQLITE_OK;
+    while (ok && sqlite3_step(q) == SQLITE_ROW) {
+        bp_buf out;
+        bp_buf_init(&out);
+        int changed;
+        const char *id = (const char *)sqlite3_column_text(q, 0);
+        ok = transform_doc(ring, id, NULL, (const char *)sqlite3_column_text(q, 2), RESEAL, &out, &changed, err) == 0;
+        if (ok && changed) {
+            sqlite3_reset(u);
+            sqlite3_bind_text(u, 1, id, -1, SQLITE_STATIC);
+            sqlite3_bind_int(u, 2, sqlite3_column_int(q, 1));
+            sqlite3_bind_text(u, 3, out.data, (int)out.len, SQLITE_STATIC);
+            ok = sqlite3_step(u) == SQLITE_DONE;
+            if (!ok) bp_error_set(err, "server.db: %s", sqlite3_errmsg(db));
+            (*rewrapped)++;
+        }
+        bp_buf_free(&out);
+    }
+    sqlite3_finalize(q);
+    sqlite3_finalize(u);
+    /* everything is under the new key now: the ring keeps only it */
+    if (ok && bp_keyring_write(bp_keyring_path(ring), 1, kids, keys, err) < 0) ok = 0;
+    if (!ok) goto rollback;   /* the ring still holds the old keys: nothing is lost */
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        bp_error_set(err, "server.db: %s", sqlite3_errmsg(db));
+        goto rollback;
+    }
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    rc = 0;
+    goto out;
+rollback:
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    /* if the ring was cut to the new key only and the commit then failed,
+     * the old ciphertexts need the old keys back */
+    if (n > 0) { bp_error e2; bp_keyring_write(bp_keyring_path(ring), n + 1, kids, keys, &e2); }
+out:
+    memset(keys, 0, sizeof keys);
+    bp_keyring_close(ring);
+    sqlite3_close(db);
+    return rc;
 }
 
 /* serve kept one store per integration (STATE/integrations/ID/blueprint.db)
@@ -381,8 +601,9 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     static const char *const sidecars[] = { "server.db-wal", "server.db-shm", "jwt.secret" };
     for (int i = 0; i < 3; i++) { snprintf(path, sizeof path, "%s/%s", state_dir, sidecars[i]); chmod(path, 0600); }
     if (!(r->store = bp_store_open(state_dir, "events.db", err))) { bp_registry_close(r); return NULL; }
+    if (!(r->keys = bp_keyring_open(state_dir, err))) { bp_registry_close(r); return NULL; }
     load_vendors(r);
-    load_integrations(r);
+    if (seal_plain_revisions(r, err) < 0 || load_integrations(r, err) < 0) { bp_registry_close(r); return NULL; }
     import_old_stores(r);
     r->metrics.integrations = (long)r->n;
     return r;
@@ -431,6 +652,7 @@ void bp_registry_close(bp_registry *r)
     }
     free(r->vendors);
     bp_store_close(r->store);
+    bp_keyring_close(r->keys);
     sqlite3_close(r->db);
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->admin_mu);

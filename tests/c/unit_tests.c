@@ -7,6 +7,8 @@
 #include "internal.h"
 #include "check.h"
 
+#include <sys/stat.h>
+
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdlib.h>
@@ -555,6 +557,53 @@ TEST(pace_obeys_retry_after_and_a_lower_limit)
     CHECK(bp_bucket_take(&b, 5) == 0 && bp_bucket_take(&b, 5) == 0);
 }
 
+/* ---- secrets at rest (crypto.c) ---- */
+
+TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
+{
+    char dir[] = "/tmp/bp-unit-keysXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    unsetenv("BLUEPRINT_MASTER_KEY_FILE");
+    bp_error err;
+    bp_keyring *ring = bp_keyring_open(dir, &err);
+    CHECK(ring != NULL);
+    if (!ring) return;
+    bp_buf sealed, plain;
+    bp_buf_init(&sealed);
+    bp_buf_init(&plain);
+    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", "s3cr\xc3\xa9t", &sealed, &err), 0);
+    CHECK(bp_is_encrypted(sealed.data));
+    CHECK(strstr(sealed.data, "s3cr") == NULL);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", sealed.data, &plain, &err), 0);
+    CHECK_STR(plain.data, "s3cr\xc3\xa9t");
+    /* the same value twice: two nonces, two ciphertexts */
+    bp_buf again;
+    bp_buf_init(&again);
+    bp_encrypt_secret(ring, "int_1", "api_key", "s3cr\xc3\xa9t", &again, &err);
+    CHECK(strcmp(again.data, sealed.data) != 0);
+    /* moved to another field or integration: refused */
+    bp_buf_reset(&plain);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "event_tracking_key", sealed.data, &plain, &err), -1);
+    CHECK_CONTAINS(err.msg, "does not decrypt");
+    CHECK_INT(bp_decrypt_secret(ring, "int_2", "api_key", sealed.data, &plain, &err), -1);
+    /* one character changed: refused */
+    char *tampered = strdup(sealed.data);
+    size_t last = strlen(tampered) - 3;
+    tampered[last] = tampered[last] == 'A' ? 'B' : 'A';
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", tampered, &plain, &err), -1);
+    free(tampered);
+    bp_buf_free(&sealed);
+    bp_buf_free(&plain);
+    bp_buf_free(&again);
+    bp_keyring_close(ring);
+    char path[300];
+    snprintf(path, sizeof path, "%s/master.key", dir);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     RUN(patterns_agree_with_the_string_library);
@@ -589,5 +638,6 @@ int main(void)
     RUN(pace_never_exceeds_the_limit_in_any_second);
     RUN(pace_catches_up_after_a_late_send);
     RUN(pace_obeys_retry_after_and_a_lower_limit);
+    RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
     return CHECK_SUMMARY();
 }
