@@ -478,6 +478,18 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         return out->verdict;
     }
     out->event = bp_outcome_strdup(out, name);
+    /* The envelope's parts are objects: decided here once, so that no
+     * mapping trips over a string where it iterates properties. */
+    static const char *const parts[] = { "properties", "traits", "context" };
+    for (int i = 0; i < 3; i++) {
+        uint32_t p = bp_jget(d, 0, parts[i]);
+        uint8_t t = p == BP_NONE ? BP_JOBJECT : d->nodes[p].type;
+        if (t != BP_JOBJECT && t != BP_JNULL) {
+            static const char *const names[] = { "null", "false", "true", "a number", "a string", "an array", "an object" };
+            bp_buf_printf(&out->reason, "malformed event: \"%s\" must be an object (got %s)", parts[i], names[t]);
+            return out->verdict;
+        }
+    }
 
     int ref = LUA_NOREF;
     const bp_route *route = NULL;

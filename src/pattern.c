@@ -58,6 +58,7 @@ static int class_matches(int c, int cls)
     case 'u': hit = isupper(c); break;
     case 'w': hit = isalnum(c); break;
     case 'x': hit = isxdigit(c); break;
+    case 'z': hit = c == 0; break;   /* the NUL byte: deprecated, but Lua 5.4 still has it */
     default: return cls == c;    /* %. %% %] ...: the character itself */
     }
     if (isupper(cls)) hit = !hit;

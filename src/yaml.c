@@ -31,20 +31,25 @@ static uint8_t plain_scalar_type(const char *s, size_t len)
         return BP_JNULL;
     if (!strcmp(s, "true") || !strcmp(s, "True") || !strcmp(s, "TRUE")) return BP_JTRUE;
     if (!strcmp(s, "false") || !strcmp(s, "False") || !strcmp(s, "FALSE")) return BP_JFALSE;
-    /* a JSON-shaped number: keep its text exactly, like the JSON parser */
-    size_t i = 0;
+    /* a number exactly as JSON writes one (-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?):
+     * its text is kept and written as is, so anything else (06, .5, 5.)
+     * stays a string rather than becoming invalid JSON */
+    size_t i = 0, n;
     if (s[i] == '-') i++;
-    size_t digits = 0;
-    while (i < len && s[i] >= '0' && s[i] <= '9') { i++; digits++; }
-    if (i < len && s[i] == '.') { i++; while (i < len && s[i] >= '0' && s[i] <= '9') { i++; digits++; } }
-    if (digits && i < len && (s[i] == 'e' || s[i] == 'E')) {
+    if (i < len && s[i] == '0') i++;
+    else if (i < len && s[i] >= '1' && s[i] <= '9') while (i < len && s[i] >= '0' && s[i] <= '9') i++;
+    else return BP_JSTRING;
+    if (i < len && s[i] == '.') {
+        for (n = 0, i++; i < len && s[i] >= '0' && s[i] <= '9'; i++) n++;
+        if (!n) return BP_JSTRING;
+    }
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
         i++;
         if (i < len && (s[i] == '+' || s[i] == '-')) i++;
-        size_t e = 0;
-        while (i < len && s[i] >= '0' && s[i] <= '9') { i++; e++; }
-        if (!e) return BP_JSTRING;
+        for (n = 0; i < len && s[i] >= '0' && s[i] <= '9'; i++) n++;
+        if (!n) return BP_JSTRING;
     }
-    return (digits && i == len) ? BP_JNUMBER : BP_JSTRING;
+    return i == len ? BP_JNUMBER : BP_JSTRING;
 }
 
 int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err)

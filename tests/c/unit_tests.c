@@ -220,6 +220,26 @@ TEST(yaml_parses_into_the_same_tree)
     bp_doc_free(&d);
 }
 
+TEST(yaml_numbers_are_json_numbers_or_strings)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *y = "a: 06\nb: .5\nc: 5.\nd: -.5\ne: 0\nf: -1.5e3\ng: 00\nh: 1e5\ni: -0\nj: 1.e3\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), 0);
+    bp_buf out;
+    bp_buf_init(&out);
+    bp_json_write_node(&out, &d, 0);
+    CHECK_STR(out.data, "{\"a\":\"06\",\"b\":\".5\",\"c\":\"5.\",\"d\":\"-.5\",\"e\":0,\"f\":-1.5e3,\"g\":\"00\","
+                        "\"h\":1e5,\"i\":-0,\"j\":\"1.e3\"}");
+    bp_doc check;
+    bp_doc_init(&check);
+    CHECK_INT(bp_json_parse(&check, out.data, out.len, NULL, &err), 0);   /* what it writes reads back */
+    bp_doc_free(&check);
+    bp_buf_free(&out);
+    bp_doc_free(&d);
+}
+
 TEST(yaml_errors_name_line_and_column)
 {
     bp_doc d;
@@ -622,6 +642,7 @@ int main(void)
     RUN(json_double_writer_is_shortest_and_keeps_floatness);
     RUN(utf8_checker);
     RUN(yaml_parses_into_the_same_tree);
+    RUN(yaml_numbers_are_json_numbers_or_strings);
     RUN(yaml_errors_name_line_and_column);
     RUN(consent_three_shapes_newest_first);
     RUN(consent_absent_uses_the_policy);

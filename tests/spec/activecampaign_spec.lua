@@ -164,6 +164,20 @@ describe("custom events", function()
     assert.are.equal('{"consent":"granted","meta":{},"seats":[],"webinar":"W1"}', f.eventdata)
   end)
 
+  it("refuse an envelope whose properties, traits or context is not an object, in the core", function()
+    local e = S.engine('events:\n  "Webinar Registered": {enabled: true}\n')
+    local ev = track("Webinar Registered")
+    ev.properties = "oops"
+    local out = S.run(e, ev)
+    assert.are.equal("error", out.outcome)
+    assert.are.equal('malformed event: "properties" must be an object (got a string)', out.reason)
+    ev.properties, ev.context = nil, core.array()
+    out = S.run(e, ev)
+    assert.are.equal('malformed event: "context" must be an object (got an array)', out.reason)
+    ev.context, ev.traits = nil, 7
+    assert.matches('"traits" must be an object %(got a number%)', S.run(e, ev).reason)
+  end)
+
   it("cut names to 32 characters and transliterate accents", function()
     local e = S.engine('events:\n  "A Very Long Custom Event Name That Goes On": {enabled: true}\n  "Anmeldung für Café": {enabled: true}\n  "注文完了": {enabled: true}\n')
     local f = S.form(S.tracked(S.run(e, track("A Very Long Custom Event Name That Goes On"))).body)

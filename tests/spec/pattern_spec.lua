@@ -8,10 +8,10 @@ local P = S.core.patterns()
 local PIECES = {
   "a", "b", "c", " ", "-", ".", "%a", "%d", "%s", "%w", "%A", "%p", "%%", "%]", "%.", "%x", "%u", "%l",
   "[ab]", "[^a]", "[a-c]", "[%d_]", "[]]", "[^]a]", "[%a-]", "%b()", "%bab", "%f[%w]", "%f[%W]", "%1", "%0",
-  "()", "(", ")", "$", "^", "[", "%", "%f", "%b",
+  "()", "(", ")", "$", "^", "[", "%", "%f", "%b", "%z", "%Z", "[%z]", "[^%z]", "%f[%z]", "%f[%Z]",
 }
 local QUANT = { "", "", "", "*", "+", "-", "?" }
-local SUBJECT = { "a", "b", "c", " ", "(", ")", "1", "2", "_", "-", ".", "%", "]", "^", "$", "ab" }
+local SUBJECT = { "a", "b", "c", " ", "(", ")", "1", "2", "_", "-", ".", "%", "]", "^", "$", "ab", "\0" }
 
 local function pick(t) return t[math.random(#t)] end
 
@@ -83,6 +83,11 @@ describe("counted pattern functions", function()
       { "Crème brûlée", "[^%w]", "" },
       { "a.b.c", "%.", "/" },
       { "key=value; other=thing", "(%w+)=(%w+)", "%2=%1" },
+      -- %z / %Z: the NUL byte (deprecated, still in Lua 5.4)
+      { " ", "%Z", "<%0>" },
+      { "ab", "%f[%Z]", "<%0>" },
+      { "a\0b\0", "%z", "0" },
+      { "z", "%z", "x" },
     }
     for _, c in ipairs(cases) do
       assert.are.same({ string.gsub(c[1], c[2], c[3]) }, { P.gsub(c[1], c[2], c[3]) })
