@@ -44,7 +44,8 @@ static int b64url_decode(const char *s, size_t n, bp_buf *out)
 
 static const char HEADER[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
 
-void bp_jwt_sign(const char *secret, const char *role, const char *subject, int64_t iat, int64_t exp, bp_buf *out)
+void bp_jwt_sign(const char *secret, const char *role, const char *subject, const char *issuer, const char *audience,
+                 int64_t iat, int64_t exp, bp_buf *out)
 {
     bp_buf payload;
     bp_buf_init(&payload);
@@ -52,6 +53,8 @@ void bp_jwt_sign(const char *secret, const char *role, const char *subject, int6
     bp_json_write_string(&payload, subject, strlen(subject));
     bp_buf_adds(&payload, ",\"role\":");
     bp_json_write_string(&payload, role, strlen(role));
+    if (issuer) { bp_buf_adds(&payload, ",\"iss\":"); bp_json_write_string(&payload, issuer, strlen(issuer)); }
+    if (audience) { bp_buf_adds(&payload, ",\"aud\":"); bp_json_write_string(&payload, audience, strlen(audience)); }
     bp_buf_printf(&payload, ",\"iat\":%lld,\"exp\":%lld}", (long long)iat, (long long)exp);
     b64url(out, (const unsigned char *)HEADER, strlen(HEADER));
     bp_buf_addc(out, '.');
@@ -63,7 +66,20 @@ void bp_jwt_sign(const char *secret, const char *role, const char *subject, int6
     bp_buf_free(&payload);
 }
 
-int bp_jwt_verify(const char *secret, const char *token, int64_t now, char *role, size_t rolelen, bp_error *err)
+/* aud is a string or an array of strings (RFC 7519 §4.1.3). */
+static int audience_has(const bp_doc *d, const char *want)
+{
+    uint32_t a = bp_jget(d, 0, "aud");
+    if (a == BP_NONE) return 0;
+    if (d->nodes[a].type == BP_JSTRING) return !strcmp(bp_jtext(d, a), want);
+    if (d->nodes[a].type != BP_JARRAY) return 0;
+    for (uint32_t k = a + 1, i = 0; i < d->nodes[a].len; i++, k = d->nodes[k].next)
+        if (d->nodes[k].type == BP_JSTRING && !strcmp(bp_jtext(d, k), want)) return 1;
+    return 0;
+}
+
+int bp_jwt_verify(const char *secret, const char *token, int64_t now, const bp_jwt_expect *expect, bp_claims *out,
+                  bp_error *err)
 {
     const char *dot1 = strchr(token, '.');
     const char *dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
@@ -91,16 +107,26 @@ int bp_jwt_verify(const char *secret, const char *token, int64_t now, char *role
         bp_doc_free(&d);
         goto out;
     }
-    if (bp_json_parse(&d, payload.data ? payload.data : "", payload.len, NULL, &perr) < 0) {
+    if (bp_json_parse(&d, payload.data ? payload.data : "", payload.len, NULL, &perr) < 0 || d.nodes[0].type != BP_JOBJECT) {
         bp_error_set(err, "malformed token payload");
         bp_doc_free(&d);
         goto out;
     }
     const char *exp = bp_jscalar(&d, bp_jget(&d, 0, "exp"));
     const char *r = bp_jscalar(&d, bp_jget(&d, 0, "role"));
+    const char *sub = bp_jscalar(&d, bp_jget(&d, 0, "sub"));
+    const char *iss = bp_jscalar(&d, bp_jget(&d, 0, "iss"));
     if (!exp || atoll(exp) <= now) bp_error_set(err, "token expired");
     else if (!r) bp_error_set(err, "token has no role");
-    else { snprintf(role, rolelen, "%s", r); rc = 0; }
+    else if (expect && expect->issuer && (!iss || strcmp(iss, expect->issuer) != 0))
+        bp_error_set(err, "token issuer is not '%s'", expect->issuer);
+    else if (expect && expect->audience && !audience_has(&d, expect->audience))
+        bp_error_set(err, "token audience does not include '%s'", expect->audience);
+    else {
+        snprintf(out->role, sizeof out->role, "%s", r);
+        snprintf(out->sub, sizeof out->sub, "%s", sub ? sub : "");
+        rc = 0;
+    }
     bp_doc_free(&d);
 out:
     bp_buf_free(&hdr);

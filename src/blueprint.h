@@ -323,6 +323,9 @@ typedef struct bp_serve_opts {
     int workers;                 /* delivery threads; 0 = one per core */
     int http_threads;            /* API threads; 0 = 4 */
     int max_connections_per_ip;  /* 0 = 1024 */
+    const char *jwt_issuer;      /* when set, tokens must carry this iss */
+    const char *jwt_audience;    /* when set, tokens' aud must include it */
+    int audit_retention_days;    /* 0 = 90 */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

@@ -24,7 +24,7 @@ static const char usage_text[] =
     "       blueprint dlq list [--state DIR]\n"
     "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
     "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
-    "       blueprint token --role ROLE [--ttl 15m] [--state DIR]\n"
+    "       blueprint token --role ROLE [--ttl 15m] [--subject NAME] [--issuer ISS] [--audience AUD] [--state DIR]\n"
     "       blueprint rotate-key [--state DIR]\n"
     "\n"
     "  Maps each event through the blueprint and prints, one JSON line per event,\n"
@@ -317,7 +317,8 @@ static int dlq(int argc, char **argv)
 
 static int serve(int argc, char **argv)
 {
-    bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0 };
+    bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0,
+                        getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0 };
     static char host[64];
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -336,6 +337,9 @@ static int serve(int argc, char **argv)
         else if (!strcmp(argv[i], "--workers")) o.workers = atoi(next);
         else if (!strcmp(argv[i], "--http-threads")) o.http_threads = atoi(next);
         else if (!strcmp(argv[i], "--max-connections-per-ip")) o.max_connections_per_ip = atoi(next);
+        else if (!strcmp(argv[i], "--jwt-issuer")) o.jwt_issuer = next;
+        else if (!strcmp(argv[i], "--jwt-audience")) o.jwt_audience = next;
+        else if (!strcmp(argv[i], "--audit-retention-days")) o.audit_retention_days = atoi(next);
         else { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
         i++;
     }
@@ -361,7 +365,7 @@ static long parse_ttl(const char *s)
 
 static int token(int argc, char **argv)
 {
-    const char *role = NULL, *state = "./var", *subject = "local";
+    const char *role = NULL, *state = "./var", *subject = "local", *issuer = NULL, *audience = NULL;
     long ttl = 15 * 60;
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -370,6 +374,8 @@ static int token(int argc, char **argv)
         else if (!strcmp(argv[i], "--ttl")) { if ((ttl = parse_ttl(next)) < 0) return usage("--ttl takes e.g. 15m, 2h, 30s"); }
         else if (!strcmp(argv[i], "--state")) state = next;
         else if (!strcmp(argv[i], "--subject")) subject = next;
+        else if (!strcmp(argv[i], "--issuer")) issuer = next;
+        else if (!strcmp(argv[i], "--audience")) audience = next;
         else { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
         i++;
     }
@@ -381,7 +387,7 @@ static int token(int argc, char **argv)
     bp_buf t;
     bp_buf_init(&t);
     int64_t now = (int64_t)(bp_wall_ms() / 1000);
-    bp_jwt_sign(secret, role, subject, now, now + ttl, &t);
+    bp_jwt_sign(secret, role, subject, issuer, audience, now, now + ttl, &t);
     puts(t.data);
     bp_buf_free(&t);
     return 0;

@@ -354,11 +354,24 @@ int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field,
 
 /* ---- auth.c ---------------------------------------------------------------------------- */
 
-/* An HS256 JWT with sub, role, iat, exp. */
-void bp_jwt_sign(const char *secret, const char *role, const char *subject, int64_t iat, int64_t exp, bp_buf *out);
+/* Who a verified token speaks for: the actor of every change it makes. */
+typedef struct bp_claims {
+    char role[32];
+    char sub[128];
+} bp_claims;
+
+/* What a token must also say when the server is configured so (NULL: not checked). */
+typedef struct bp_jwt_expect {
+    const char *issuer, *audience;
+} bp_jwt_expect;
+
+/* An HS256 JWT with sub, role, iat, exp, and iss/aud when given (may be NULL). */
+void bp_jwt_sign(const char *secret, const char *role, const char *subject, const char *issuer, const char *audience,
+                 int64_t iat, int64_t exp, bp_buf *out);
 /* 0 and the role when the token is well formed, correctly signed (checked in
  * constant time) and not expired; else -1 and why. */
-int bp_jwt_verify(const char *secret, const char *token, int64_t now, char *role, size_t rolelen, bp_error *err);
+int bp_jwt_verify(const char *secret, const char *token, int64_t now, const bp_jwt_expect *expect, bp_claims *out,
+                  bp_error *err);
 int bp_jwt_secret(const char *state_dir, char *out, size_t outlen, bp_error *err);
 
 /* ---- metrics.c ------------------------------------------------------------------------ */
@@ -439,9 +452,18 @@ bp_vendor *bp_registry_vendor(bp_registry *r, const char *key);
 /* The integration with a reference the caller releases, or NULL. */
 bp_integration *bp_registry_find(bp_registry *r, const char *id);
 void bp_integration_release(bp_integration *it);
-int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err);
-int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err);
-int bp_registry_delete(bp_registry *r, bp_integration *it);
+/* Changes, made by `who` (the token's subject and role): each one recorded
+ * in the audit log. */
+int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, const bp_claims *who, bp_integration **out,
+                        int *http, bp_error *err);
+int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, const bp_claims *who, int *http,
+                       bp_error *err);
+int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who);
+void bp_registry_audit(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
+                       const char *detail);
+int bp_registry_audit_list(bp_registry *r, const char *integration, const char *action, const char *actor,
+                           int64_t since, int64_t until, int64_t cursor, int limit, bp_buf *out);
+void bp_registry_audit_purge(bp_registry *r, int days);
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out);
 void bp_registry_check_reload(bp_registry *r);
 void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc_json);

@@ -34,7 +34,12 @@ static const char SCHEMA[] =
     "CREATE UNIQUE INDEX IF NOT EXISTS integrations_by_name ON integrations(name) WHERE deleted = 0;"
     "CREATE TABLE IF NOT EXISTS revisions("
     "  integration_id TEXT NOT NULL, revision INTEGER NOT NULL, config TEXT NOT NULL,"
-    "  created_at INTEGER NOT NULL, PRIMARY KEY(integration_id, revision));";
+    "  created_at INTEGER NOT NULL, PRIMARY KEY(integration_id, revision));"
+    /* who changed what: never a secret's value, only that it changed */
+    "CREATE TABLE IF NOT EXISTS audit("
+    "  id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL, action TEXT NOT NULL,"
+    "  integration_id TEXT, revision_before INTEGER, revision_after INTEGER, detail TEXT);"
+    "CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);";
 
 /* ---- logging ---------------------------------------------------------------------- */
 
@@ -737,7 +742,149 @@ static void log_integration(const char *msg, const bp_integration *it)
     bp_buf_free(&f);
 }
 
-static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err)
+/* ---- the audit log ------------------------------------------------------------------------------ */
+
+static const bp_claims SYSTEM = { "system", "system" };
+
+/* One entry (admin_mu held).  revision 0 = none. */
+static void audit_locked(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
+                         int before, int after, const char *detail)
+{
+    sqlite3_stmt *q;
+    if (!who) who = &SYSTEM;
+    if (sqlite3_prepare_v2(r->db, "INSERT INTO audit(at, actor, role, action, integration_id, revision_before, "
+                                  "revision_after, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", -1, &q, NULL) != SQLITE_OK)
+        return;
+    sqlite3_bind_int64(q, 1, (int64_t)bp_wall_ms());
+    sqlite3_bind_text(q, 2, who->sub[0] ? who->sub : "(no subject)", -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, who->role, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, action, -1, SQLITE_STATIC);
+    if (integration) sqlite3_bind_text(q, 5, integration, -1, SQLITE_STATIC); else sqlite3_bind_null(q, 5);
+    if (before) sqlite3_bind_int(q, 6, before); else sqlite3_bind_null(q, 6);
+    if (after) sqlite3_bind_int(q, 7, after); else sqlite3_bind_null(q, 7);
+    if (detail) sqlite3_bind_text(q, 8, detail, -1, SQLITE_STATIC); else sqlite3_bind_null(q, 8);
+    if (sqlite3_step(q) != SQLITE_DONE) bp_log("error", "could not write the audit log", NULL);
+    sqlite3_finalize(q);
+}
+
+void bp_registry_audit(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
+                       const char *detail)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    audit_locked(r, who, action, integration, 0, 0, detail);
+    pthread_mutex_unlock(&r->admin_mu);
+}
+
+/* "api_key changed, api_url changed, events.Webinar Registered added": the
+ * keys of config, events and consent that differ between two documents,
+ * never their values. */
+static void describe_changes(const char *before, const char *after, bp_buf *out)
+{
+    static const char *const parts[] = { "config", "events", "consent" };
+    bp_doc a, b;
+    bp_error err;
+    bp_doc_init(&a);
+    bp_doc_init(&b);
+    if (bp_json_parse(&a, before, strlen(before), NULL, &err) == 0 && bp_json_parse(&b, after, strlen(after), NULL, &err) == 0) {
+        for (int p = 0; p < 3; p++) {
+            uint32_t pa = bp_jget(&a, 0, parts[p]), pb = bp_jget(&b, 0, parts[p]);
+            for (int side = 0; side < 2; side++) {
+                const bp_doc *d = side ? &b : &a, *o = side ? &a : &b;
+                uint32_t obj = side ? pb : pa, other = side ? pa : pb;
+                if (obj == BP_NONE || d->nodes[obj].type != BP_JOBJECT) continue;
+                for (uint32_t k = obj + 1, i = 0; i < d->nodes[obj].len; i++, k = d->nodes[k + 1].next) {
+                    const char *key = bp_jtext(d, k);
+                    uint32_t ov = other != BP_NONE ? bp_jget(o, other, key) : BP_NONE;
+                    const char *what = NULL;
+                    if (ov == BP_NONE) what = side ? "added" : "removed";
+                    else if (!side) {
+                        bp_buf x, y;
+                        bp_buf_init(&x);
+                        bp_buf_init(&y);
+                        bp_json_write_node(&x, d, k + 1);
+                        bp_json_write_node(&y, o, ov);
+                        if (x.len != y.len || memcmp(x.data, y.data, x.len)) what = "changed";
+                        bp_buf_free(&x);
+                        bp_buf_free(&y);
+                    }
+                    if (!what) continue;
+                    if (out->len) bp_buf_adds(out, ", ");
+                    if (p) bp_buf_printf(out, "%s.", parts[p]);
+                    bp_buf_printf(out, "%s %s", key, what);
+                }
+            }
+        }
+    }
+    bp_doc_free(&a);
+    bp_doc_free(&b);
+    if (!out->len) bp_buf_adds(out, "no change");
+}
+
+/* Entries newest first, filtered; `cursor` = the id to continue below (0: from the newest). */
+int bp_registry_audit_list(bp_registry *r, const char *integration, const char *action, const char *actor,
+                           int64_t since, int64_t until, int64_t cursor, int limit, bp_buf *out)
+{
+    sqlite3_stmt *q;
+    pthread_mutex_lock(&r->admin_mu);
+    int rc = sqlite3_prepare_v2(r->db, "SELECT id, at, actor, role, action, integration_id, revision_before, "
+                                       "revision_after, detail FROM audit WHERE (?1 IS NULL OR integration_id = ?1) "
+                                       "AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR actor = ?3) AND at >= ?4 "
+                                       "AND at <= ?5 AND id < ?6 ORDER BY id DESC LIMIT ?7", -1, &q, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc == 0) {
+        const char *texts[3] = { integration, action, actor };
+        for (int i = 0; i < 3; i++)
+            if (texts[i]) sqlite3_bind_text(q, i + 1, texts[i], -1, SQLITE_STATIC); else sqlite3_bind_null(q, i + 1);
+        sqlite3_bind_int64(q, 4, since);
+        sqlite3_bind_int64(q, 5, until > 0 ? until : INT64_MAX);
+        sqlite3_bind_int64(q, 6, cursor > 0 ? cursor : INT64_MAX);
+        sqlite3_bind_int(q, 7, limit + 1);   /* one more: is there a next page? */
+        bp_buf_adds(out, "{\"entries\":[");
+        int n = 0;
+        int64_t last = 0, more = 0;
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            if (n == limit) { more = 1; break; }
+            if (n++) bp_buf_addc(out, ',');
+            last = sqlite3_column_int64(q, 0);
+            bp_buf_printf(out, "{\"id\":%lld,\"at\":%lld", (long long)last, (long long)sqlite3_column_int64(q, 1));
+            static const char *const names[] = { "actor", "role", "action", "integration_id" };
+            for (int c = 0; c < 4; c++) {
+                const char *v = (const char *)sqlite3_column_text(q, 2 + c);
+                bp_buf_printf(out, ",\"%s\":", names[c]);
+                if (v) bp_json_write_text(out, v, strlen(v)); else bp_buf_adds(out, "null");
+            }
+            for (int c = 0; c < 2; c++) {
+                bp_buf_printf(out, ",\"%s\":", c ? "revision_after" : "revision_before");
+                if (sqlite3_column_type(q, 6 + c) == SQLITE_NULL) bp_buf_adds(out, "null");
+                else bp_buf_printf(out, "%d", sqlite3_column_int(q, 6 + c));
+            }
+            const char *detail = (const char *)sqlite3_column_text(q, 8);
+            bp_buf_adds(out, ",\"detail\":");
+            if (detail) bp_json_write_text(out, detail, strlen(detail)); else bp_buf_adds(out, "null");
+            bp_buf_addc(out, '}');
+        }
+        bp_buf_adds(out, "],\"next_cursor\":");
+        if (more) bp_buf_printf(out, "%lld}", (long long)last); else bp_buf_adds(out, "null}");
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&r->admin_mu);
+    return rc;
+}
+
+/* Entries older than `days` go (kept 90 days by default). */
+void bp_registry_audit_purge(bp_registry *r, int days)
+{
+    sqlite3_stmt *q;
+    pthread_mutex_lock(&r->admin_mu);
+    if (sqlite3_prepare_v2(r->db, "DELETE FROM audit WHERE at < ?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, (int64_t)bp_wall_ms() - (int64_t)days * 86400000);
+        sqlite3_step(q);
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&r->admin_mu);
+}
+
+static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, const bp_claims *who, bp_integration **out,
+                          int *http, bp_error *err)
 {
     const char *name = bp_jscalar(body, bp_jget(body, 0, "name"));
     const char *variant = bp_jscalar(body, bp_jget(body, 0, "variant"));
@@ -800,21 +947,29 @@ static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_i
     pthread_mutex_unlock(&r->mu);
     deliver_with(r, it, sbp, doc.data);
     bp_buf_free(&doc);
-    bp_shared_bp_drop(sbp);
     *out = it;
     log_integration("integration installed", it);
+    bp_buf what;
+    bp_buf_init(&what);
+    bp_buf_printf(&what, "%s, named ", sbp->bp->vendor);
+    bp_json_write_text(&what, name, strlen(name));
+    audit_locked(r, who, "integration.install", it->id, 0, 1, what.data);
+    bp_buf_free(&what);
+    bp_shared_bp_drop(sbp);
     return 0;
 }
 
-int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, bp_integration **out, int *http, bp_error *err)
+int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, const bp_claims *who, bp_integration **out,
+                        int *http, bp_error *err)
 {
     pthread_mutex_lock(&r->admin_mu);
-    int rc = install_locked(r, v, body, out, http, err);
+    int rc = install_locked(r, v, body, who, out, http, err);
     pthread_mutex_unlock(&r->admin_mu);
     return rc;
 }
 
-static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err)
+static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, const bp_claims *who, int *http,
+                         bp_error *err)
 {
     *http = 422;
     pthread_mutex_lock(&r->mu);
@@ -834,13 +989,12 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
     bp_doc cur;
     bp_doc_init(&cur);
     bp_json_parse(&cur, current, strlen(current), NULL, err);
-    free(current);
     bp_buf doc;
     bp_buf_init(&doc);
     write_merged(&doc, &cur, 0, patch, 0);
     bp_doc_free(&cur);
     bp_config *cfg = validate(sbp->bp, doc.data, it->variant, err);
-    if (!cfg) { bp_buf_free(&doc); bp_shared_bp_drop(sbp); return -1; }
+    if (!cfg) { bp_buf_free(&doc); bp_shared_bp_drop(sbp); free(current); return -1; }
     pthread_mutex_lock(&r->mu);
     char *old_json = it->config_json;
     bp_config *old_cfg = it->cfg;
@@ -860,20 +1014,28 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
         bp_error_set(err, "could not store the revision: %s", sqlite3_errmsg(r->db));
         bp_buf_free(&doc);
         bp_shared_bp_drop(sbp);
+        free(current);
         return -1;
     }
     free(old_json);
     bp_config_free(old_cfg);
     deliver_with(r, it, sbp, doc.data);
+    bp_buf what;
+    bp_buf_init(&what);
+    describe_changes(current, doc.data, &what);
+    audit_locked(r, who, "integration.update", it->id, it->revision - 1, it->revision, what.data);
+    bp_buf_free(&what);
+    free(current);
     bp_buf_free(&doc);
     bp_shared_bp_drop(sbp);
     return 0;
 }
 
-int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, int *http, bp_error *err)
+int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, const bp_claims *who, int *http,
+                       bp_error *err)
 {
     pthread_mutex_lock(&r->admin_mu);
-    int rc = update_locked(r, it, patch, http, err);
+    int rc = update_locked(r, it, patch, who, http, err);
     pthread_mutex_unlock(&r->admin_mu);
     return rc;
 }
@@ -881,7 +1043,7 @@ int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, 
 /* Deleting keeps the integrations row (id, name, vendor, deleted) and its
  * revisions with every secret replaced by a mask; the events, once-keys and
  * pause state go once its loop has let go of them. */
-int bp_registry_delete(bp_registry *r, bp_integration *it)
+int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who)
 {
     pthread_mutex_lock(&r->admin_mu);
     pthread_mutex_lock(&r->mu);
@@ -926,6 +1088,8 @@ int bp_registry_delete(bp_registry *r, bp_integration *it)
     /* the WAL still holds the pages as they were: copy back and truncate it */
     sqlite3_wal_checkpoint_v2(r->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
     log_integration("integration deleted", it);   /* vendor->key changes only under admin_mu */
+    audit_locked(r, who, "integration.delete", it->id, it->revision, 0, "its events, once-keys and pause state are "
+                 "deleted; its revisions are kept with secrets masked");
     pthread_mutex_unlock(&r->admin_mu);
     bp_shared_bp_drop(sbp);
     bp_integration_release(it);   /* the list's reference */
@@ -1024,6 +1188,12 @@ static void reload_vendor(bp_registry *r, bp_vendor *v)
         bp_json_write_string(&f, err.msg, strlen(err.msg));
         bp_log("error", had ? "blueprint change rejected; the previous version keeps running" : "blueprint failed to load",
                f.data);
+        bp_buf what;
+        bp_buf_init(&what);
+        bp_buf_printf(&what, "%s: rejected, the previous version keeps running: ", v->dir);
+        bp_buf_adds(&what, err.msg);
+        audit_locked(r, NULL, "blueprint.reload", NULL, 0, 0, what.data);
+        bp_buf_free(&what);
         bp_blueprint_free(nb);
     } else {
         bp_shared_bp *sbp = bp_shared_bp_new(nb);
@@ -1041,6 +1211,11 @@ static void reload_vendor(bp_registry *r, bp_vendor *v)
         for (size_t k = 0; k < m; k++) deliver_with(r, items[k], sbp, docs[k]);
         bp_shared_bp_drop(old);
         bp_log("info", "blueprint reloaded", f.data);
+        bp_buf what;
+        bp_buf_init(&what);
+        bp_buf_printf(&what, "%s: reloaded for %zu integrations", v->dir, m);
+        audit_locked(r, NULL, "blueprint.reload", NULL, 0, 0, what.data);
+        bp_buf_free(&what);
     }
     for (size_t k = 0; k < m; k++) {
         bp_config_free(items[k]->next_cfg);

@@ -37,6 +37,7 @@ typedef struct stream stream;
 typedef struct server {
     bp_registry *reg;
     char secret[200];
+    bp_jwt_expect expect;         /* iss / aud a token must carry, when configured */
     pthread_mutex_t streams_mu;   /* guards streams and each stream's parked flag */
     stream *streams;
     int stopping;                 /* [streams_mu] */
@@ -77,8 +78,9 @@ static void set_error(reply *r, int status, const char *code, const char *fmt, .
 
 enum need { READ, WRITE };
 
-/* 0 when the request may go on; otherwise r holds the 401/403. */
-static int authorize(server *s, struct MHD_Connection *c, enum need need, reply *r)
+/* 0 when the request may go on (who: the token's subject and role);
+ * otherwise r holds the 401/403. */
+static int authorize(server *s, struct MHD_Connection *c, enum need need, bp_claims *who, reply *r)
 {
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
@@ -86,12 +88,12 @@ static int authorize(server *s, struct MHD_Connection *c, enum need need, reply 
                   "`blueprint token --role admin`)");
         return -1;
     }
-    char role[32];
     bp_error err;
-    if (bp_jwt_verify(s->secret, h + 7, (int64_t)(bp_wall_ms() / 1000), role, sizeof role, &err) < 0) {
+    if (bp_jwt_verify(s->secret, h + 7, (int64_t)(bp_wall_ms() / 1000), &s->expect, who, &err) < 0) {
         set_error(r, 401, "INVALID_TOKEN", "%s", err.msg);
         return -1;
     }
+    const char *role = who->role;
     int writer = !strcmp(role, "owner") || !strcmp(role, "admin") || !strcmp(role, "editor");
     int reader = writer || !strcmp(role, "viewer");
     if (!reader || (need == WRITE && !writer)) {
@@ -219,6 +221,7 @@ typedef struct call {
     bp_integration *it;
     const char *vendor;
     reply *r;
+    bp_claims who;                /* the token's, on authorized routes */
 } call;
 
 static int parse_body(const conn *c, bp_doc *d, reply *r)
@@ -289,7 +292,7 @@ static void install(call *k)
     bp_integration *it;
     int http;
     bp_error err;
-    if (bp_registry_install(reg, v, &d, &it, &http, &err) < 0) {
+    if (bp_registry_install(reg, v, &d, &k->who, &it, &http, &err) < 0) {
         set_error(k->r, http, http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG"
                   : http == 503 ? "BLUEPRINT_UNAVAILABLE" : "INTERNAL", "%s", err.msg);
     } else {
@@ -329,7 +332,7 @@ static void update_integration(call *k)
     if (parse_body(k->cn, &d, k->r) == 0) {
         int http;
         bp_error err;
-        if (bp_registry_update(k->s->reg, k->it, &d, &http, &err) < 0)
+        if (bp_registry_update(k->s->reg, k->it, &d, &k->who, &http, &err) < 0)
             set_error(k->r, http, http == 422 ? "INVALID_CONFIG" : http == 404 ? "NOT_FOUND"
                       : http == 503 ? "BLUEPRINT_UNAVAILABLE" : "INTERNAL", "%s", err.msg);
         else show_integration(k);
@@ -339,7 +342,7 @@ static void update_integration(call *k)
 
 static void delete_integration(call *k)
 {
-    bp_registry_delete(k->s->reg, k->it);
+    bp_registry_delete(k->s->reg, k->it, &k->who);
     k->r->status = 204;
 }
 
@@ -525,8 +528,24 @@ static void replay(call *k)
     if (k->r->status == 200) {
         bp_buf_printf(&k->r->body, "{\"replayed\":%ld}", n);
         if (n > 0) bp_pool_rescan(k->s->reg->pool, k->it->id);
+        char what[96];
+        snprintf(what, sizeof what, "%ld dead letters replayed (%s)", n, all != BP_NONE ? "all" : "by id");
+        bp_registry_audit(k->s->reg, &k->who, "dead_letters.replay", k->it->id, what);
     }
     bp_doc_free(&d);
+}
+
+/* GET /v1/admin/audit-log?integration=&action=&actor=&since=&until=&limit=&cursor= */
+static void audit_log(call *k)
+{
+    const char *q[7];
+    static const char *const names[] = { "integration", "action", "actor", "since", "until", "limit", "cursor" };
+    for (int i = 0; i < 7; i++) q[i] = MHD_lookup_connection_value(k->c, MHD_GET_ARGUMENT_KIND, names[i]);
+    int limit = q[5] ? atoi(q[5]) : 100;
+    if (limit < 1 || limit > 500) { set_error(k->r, 400, "BAD_REQUEST", "limit must be between 1 and 500"); return; }
+    if (bp_registry_audit_list(k->s->reg, q[0], q[1], q[2], q[3] ? atoll(q[3]) : 0, q[4] ? atoll(q[4]) : 0,
+                               q[6] ? atoll(q[6]) : 0, limit, &k->r->body) < 0)
+        set_error(k->r, 500, "INTERNAL", "could not read the audit log");
 }
 
 static void metrics(call *k)
@@ -724,6 +743,7 @@ static const route_def routes[] = {
     { "GET", "/v1/admin/integrations/:id/dead-letters", READER, 0, dead_letters, 0 },
     { "POST", "/v1/admin/integrations/:id/dead-letters/replay", WRITER, MAX_ADMIN_BODY, replay, 0 },
     { "POST", "/v1/integrations/:id/events", WRITER, MAX_INTAKE_BODY, intake, 0 },
+    { "GET", "/v1/admin/audit-log", READER, 0, audit_log, 0 },
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 
@@ -796,7 +816,7 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
     bp_buf_init(&r.body);
     char capture[128], allow[128];
     const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
-    call k = { s, c, cn, NULL, NULL, &r };
+    call k = { s, c, cn, NULL, NULL, &r, { "", "" } };
     enum MHD_Result ret;
     if (!rt && allow[0]) {
         r.allow = allow;
@@ -805,7 +825,7 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
         set_error(&r, 404, "NOT_FOUND", "no such endpoint: %s %s", method, url);
     } else if (cn->too_large) {
         set_error(&r, 413, "PAYLOAD_TOO_LARGE", "the body is over %zu bytes; nothing was applied", rt->body_limit);
-    } else if (rt->access != OPEN && authorize(s, c, rt->access == READER ? READ : WRITE, &r) < 0) {
+    } else if (rt->access != OPEN && authorize(s, c, rt->access == READER ? READ : WRITE, &k.who, &r) < 0) {
         /* r holds the 401/403 */
     } else if (strstr(rt->pattern, ":id") && !(k.it = bp_registry_find(s->reg, capture))) {
         set_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", capture);
@@ -883,6 +903,9 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     pthread_mutex_init(&s.streams_mu, NULL);
     raise_fd_limit();
     if (bp_jwt_secret(o->state_dir, s.secret, sizeof s.secret, err) < 0) return -1;
+    s.expect.issuer = o->jwt_issuer && *o->jwt_issuer ? o->jwt_issuer : NULL;
+    s.expect.audience = o->jwt_audience && *o->jwt_audience ? o->jwt_audience : NULL;
+    int retention_days = o->audit_retention_days > 0 ? o->audit_retention_days : 90;
     if (!(s.reg = bp_registry_open(o->blueprints_dir, o->state_dir, err))) return -1;
     s.reg->rate_limit_rps = o->rate_limit_rps;
     s.reg->retry_base_ms = o->retry_base_ms;
@@ -940,11 +963,16 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     /* main thread: watch blueprints for changes and keep streams alive
      * until a signal arrives */
     struct timespec tick = { 0, 300 * 1000 * 1000 };
+    double last_purge = 0;
     for (;;) {
         int sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGTERM || sig == SIGINT) break;
         bp_registry_check_reload(s.reg);
         wake_streams(&s, 0);
+        if (bp_monotonic_ms() - last_purge > 3600 * 1000.0 || last_purge == 0) {   /* hourly */
+            bp_registry_audit_purge(s.reg, retention_days);
+            last_purge = bp_monotonic_ms();
+        }
     }
     bp_log("info", "shutting down: finishing requests in flight; pending events stay stored", NULL);
     wake_streams(&s, 1);

@@ -439,17 +439,28 @@ TEST(jwt_sign_and_verify)
     bp_buf t;
     bp_buf_init(&t);
     bp_error err;
-    char role[32];
-    bp_jwt_sign("s3cret", "admin", "local", 1000, 2000, &t);
-    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, role, sizeof role, &err), 0);
-    CHECK_STR(role, "admin");
-    CHECK_INT(bp_jwt_verify("s3cret", t.data, 2000, role, sizeof role, &err), -1);
+    bp_claims who;
+    bp_jwt_sign("s3cret", "admin", "ada", NULL, NULL, 1000, 2000, &t);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, NULL, &who, &err), 0);
+    CHECK_STR(who.role, "admin");
+    CHECK_STR(who.sub, "ada");
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 2000, NULL, &who, &err), -1);
     CHECK_CONTAINS(err.msg, "expired");
-    CHECK_INT(bp_jwt_verify("other", t.data, 1500, role, sizeof role, &err), -1);
+    CHECK_INT(bp_jwt_verify("other", t.data, 1500, NULL, &who, &err), -1);
     CHECK_CONTAINS(err.msg, "signature");
+    /* issuer and audience, when the server expects them */
+    bp_jwt_expect expect = { "signal", "blueprints" };
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, &expect, &who, &err), -1);
+    CHECK_CONTAINS(err.msg, "issuer");
+    bp_buf_reset(&t);
+    bp_jwt_sign("s3cret", "viewer", "bob", "signal", "blueprints", 1000, 2000, &t);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, &expect, &who, &err), 0);
+    bp_jwt_expect other_aud = { "signal", "billing" };
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, &other_aud, &who, &err), -1);
+    CHECK_CONTAINS(err.msg, "audience");
     t.data[t.len - 2] = t.data[t.len - 2] == 'A' ? 'B' : 'A';   /* tamper with the signature */
-    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, role, sizeof role, &err), -1);
-    CHECK_INT(bp_jwt_verify("s3cret", "abc.def", 1500, role, sizeof role, &err), -1);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, NULL, &who, &err), -1);
+    CHECK_INT(bp_jwt_verify("s3cret", "abc.def", 1500, NULL, &who, &err), -1);
     CHECK_CONTAINS(err.msg, "malformed");
     bp_buf_free(&t);
 }

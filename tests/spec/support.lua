@@ -213,8 +213,10 @@ function S.start_server(opts)
     .. rate .. " --retry-base-ms " .. (opts.retry_base_ms or 20) .. (opts.args and (" " .. opts.args) or ""),
     "the server", errf)
   local srv = { pid = pid, port = port, url = "http://127.0.0.1:" .. port, state = state, log = errf, bodies = {} }
-  function srv.token(role, ttl)
-    local p = io.popen(S.bin .. " token --role " .. role .. " --state " .. state .. (ttl and (" --ttl " .. ttl) or ""))
+  -- extra: more `blueprint token` options, e.g. "--subject ada --issuer signal"
+  function srv.token(role, ttl, extra)
+    local p = io.popen(S.bin .. " token --role " .. role .. " --state " .. state .. (ttl and (" --ttl " .. ttl) or "")
+      .. (extra and (" " .. extra) or ""))
     local t = p:read("l")
     p:close()
     return t
