@@ -37,7 +37,7 @@ HDRS    := src/blueprint.h src/internal.h
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev curl lua-cjson nodejs
 
-.PHONY: all deps bench-deps test run demo bench clean unit-tests asan tsan
+.PHONY: all deps bench-deps fuzz-deps test run demo bench clean unit-tests asan tsan fuzz fuzzers
 all: build/blueprint build/blueprint-net build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
 
 # Install the Debian packages in $(1) that are missing (sudo when not root).
@@ -97,6 +97,29 @@ build/asan/unit_tests: $(CORE_SRC) tests/c/unit_tests.c tests/c/check.h $(HDRS) 
 
 asan: build/asan/blueprint build/asan/unit_tests
 
+# Fuzzing with libFuzzer (clang): one harness per parser or boundary that
+# takes untrusted input (tests/fuzz/).  `make fuzz` runs each for
+# FUZZ_SECONDS; `make test` replays the committed corpora and runs each a
+# few seconds, all under ASan/UBSan.
+FUZZERS := json config reader engine jwt pattern
+FUZZ_SECONDS ?= 60
+FUZZFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DBP_REPO='"$(CURDIR)"'
+build/fuzz:
+	mkdir -p $@
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(HDRS) | build/fuzz
+	clang -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(shell pkg-config --cflags $(PKGS)) $(FUZZFLAGS) -Isrc \
+	  -o $@ $< $(CORE_SRC) $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto) -lpthread -lm
+
+fuzzers: $(FUZZERS:%=build/fuzz/fuzz_%)
+
+fuzz: deps fuzz-deps
+	@$(MAKE) --no-print-directory fuzzers
+	@for f in $(FUZZERS); do mkdir -p build/fuzz/corpus-$$f; \
+	  echo "== fuzz_$$f for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -artifact_prefix=build/fuzz/$$f- \
+	    build/fuzz/corpus-$$f tests/fuzz/corpus/$$f || exit 1; done
+
 # The ThreadSanitizer build: the full CLI, for the serve specs (delivery
 # loops, HTTP threads, the registry and the store share data across threads).
 TSANFLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
@@ -108,8 +131,8 @@ build/tsan/blueprint: $(CORE_SRC) src/cli.c $(HDRS) | build/tsan
 
 tsan: build/tsan/blueprint
 
-test: deps
-	@$(MAKE) --no-print-directory all asan tsan
+test: deps fuzz-deps
+	@$(MAKE) --no-print-directory all asan tsan fuzzers
 	@scripts/run-tests.sh
 
 run: deps
@@ -124,6 +147,10 @@ demo: deps
 
 # Benchmarks (not part of `make test`): the alternatives they compare against
 # and the load tools come from Debian too.
+FUZZ_PKGS := clang libfuzzer-14-dev
+fuzz-deps:
+	$(call install_missing,$(FUZZ_PKGS))
+
 BENCH_PKGS := wrk time
 bench-deps: deps
 	$(call install_missing,$(BENCH_PKGS))

@@ -6,7 +6,9 @@
 #   1. C unit tests, built with ASan + UBSan (leak checking on)
 #   2. busted specs against the core (Lua module) and build/blueprint
 #   3. the #cli specs and golden fixtures again, against build/asan/blueprint
-#   4. the #serve specs again, against build/tsan/blueprint (ThreadSanitizer);
+#   4. the fuzz harnesses (build/fuzz/): committed corpora replayed, then a
+#      short run of each
+#   5. the #serve specs again, against build/tsan/blueprint (ThreadSanitizer);
 #      a data race reported by any server process fails the suite
 set -u
 cd "$(dirname "$0")/.."
@@ -51,6 +53,8 @@ suite "C unit tests (ASan+UBSan)" build/asan/unit_tests
 suite "busted specs" env BLUEPRINT_BIN=build/blueprint "${BUSTED[@]}" tests/spec
 suite "CLI specs and golden fixtures (ASan+UBSan build)" \
   env BLUEPRINT_BIN=build/asan/blueprint BLUEPRINT_TEST_SANITIZER=address "${BUSTED[@]}" --tags=cli tests/spec
+
+suite "fuzzers (libFuzzer, ASan+UBSan): corpora replayed, then a short run each" scripts/fuzz-replay.sh
 
 # ThreadSanitizer reports go to files (the servers' stderr is their log);
 # each report is one failure.

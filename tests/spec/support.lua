@@ -209,7 +209,7 @@ function S.start_server(opts)
   -- opts.rate: a pace for every account (default 100/s); false = the blueprint's own (5/s)
   local rate = opts.rate == false and "" or (" --rate-limit " .. (opts.rate or 100))
   local env = opts.env and (opts.env .. " ") or ""
-  local pid, port = start_listening(env .. S.bin .. " serve --port 0 --state " .. state .. " --blueprints " .. blueprints
+  local pid, port = start_listening(env .. S.bin .. " serve --port " .. (opts.port or 0) .. " --state " .. state .. " --blueprints " .. blueprints
     .. rate .. " --retry-base-ms " .. (opts.retry_base_ms or 20) .. (opts.args and (" " .. opts.args) or ""),
     "the server", errf)
   local srv = { pid = pid, port = port, url = "http://127.0.0.1:" .. port, state = state, log = errf, bodies = {} }
