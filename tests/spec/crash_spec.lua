@@ -75,6 +75,7 @@ done
     local dups = 0
     for _, n in pairs(seen) do if n > 1 then dups = dups + n - 1 end end
     -- bound per kill: 8 in flight (concurrency) plus those answered in the last 10 ms (≤ 3 at 300/s)
+    print(("# %d batches acknowledged (%d events), %d duplicate deliveries"):format(batches, #acked, dups))
     assert.is_true(dups <= 20 * (8 + 3), dups .. " duplicate deliveries")
     os.remove(acks)
   end)
