@@ -101,7 +101,7 @@ asan: build/asan/blueprint build/asan/unit_tests
 # takes untrusted input (tests/fuzz/).  `make fuzz` runs each for
 # FUZZ_SECONDS; `make test` replays the committed corpora and runs each a
 # few seconds, all under ASan/UBSan.
-FUZZERS := json config reader engine jwt pattern
+FUZZERS := json config reader engine jwt pattern bodies
 FUZZ_SECONDS ?= 60
 FUZZFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DBP_REPO='"$(CURDIR)"'
 build/fuzz:

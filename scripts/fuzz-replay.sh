@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 secs=${FUZZ_TEST_SECONDS:-10}
 n=0
-for f in json config reader engine jwt pattern; do
+for f in json config reader engine jwt pattern bodies; do
   bin=build/fuzz/fuzz_$f corpus=tests/fuzz/corpus/$f
   log=$(mktemp)
   n=$((n + 1))

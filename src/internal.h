@@ -443,6 +443,12 @@ struct bp_registry {
 };
 
 void bp_log(const char *level, const char *msg, const char *fields_json);
+
+/* server.c: the parts of request handling that judge untrusted bodies. */
+typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, const char *message_id,
+                            const char *why);
+long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
+int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err);
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err);
 /* Start the delivery pool (`workers` threads) with every integration. */
 int bp_registry_start(bp_registry *r, int workers, bp_error *err);

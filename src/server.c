@@ -224,15 +224,24 @@ typedef struct call {
     bp_claims who;                /* the token's, on authorized routes */
 } call;
 
+/* An admin call's body: one JSON object within the admin limits. */
+int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err)
+{
+    bp_json_limits lim = { MAX_ADMIN_BODY, 64 };
+    if (bp_json_parse(d, body ? body : "", len, &lim, err) < 0) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        bp_error_set(err, "malformed JSON body: %s", why);
+        return -1;
+    }
+    if (d->nodes[0].type != BP_JOBJECT) { bp_error_set(err, "the body must be a JSON object"); return -1; }
+    return 0;
+}
+
 static int parse_body(const conn *c, bp_doc *d, reply *r)
 {
     bp_error err;
-    bp_json_limits lim = { MAX_ADMIN_BODY, 64 };
-    if (bp_json_parse(d, c->body.data ? c->body.data : "", c->body.len, &lim, &err) < 0) {
-        set_error(r, 400, "BAD_REQUEST", "malformed JSON body: %s", err.msg);
-        return -1;
-    }
-    if (d->nodes[0].type != BP_JOBJECT) { set_error(r, 400, "BAD_REQUEST", "the body must be a JSON object"); return -1; }
+    if (bp_admin_body(c->body.data, c->body.len, d, &err) < 0) { set_error(r, 400, "BAD_REQUEST", "%s", err.msg); return -1; }
     return 0;
 }
 
@@ -357,21 +366,71 @@ static void revisions(call *k)
 
 static const char *const valid_types[] = { "page", "track", "identify", "group", "screen", NULL };
 
+/* Each event of an intake body, judged: `why` is NULL for an event that
+ * can be stored (a JSON object with a known type), else why it is
+ * rejected.  fn may stop the walk by returning -1.  Returns the count. */
+long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx)
+{
+    bp_reader *rd = bp_reader_new_mem(body ? body : "", len, BP_DEFAULT_MAX_EVENT_BYTES);
+    bp_doc d;
+    bp_doc_init(&d);
+    const char *ev;
+    size_t evlen;
+    bp_error err;
+    long index = 0;
+    enum bp_read_status rs;
+    while ((rs = bp_reader_next(rd, &ev, &evlen, &err)) != BP_READ_END) {
+        const char *why = NULL, *mid = NULL;
+        char msg[sizeof err.msg];
+        if (index >= MAX_INTAKE_EVENTS) { why = "more than 500 events in one request"; }
+        else if (rs == BP_READ_BAD) { snprintf(msg, sizeof msg, "%s", err.msg); why = msg; }
+        else if (bp_json_parse(&d, ev, evlen, NULL, &err) < 0) { snprintf(msg, sizeof msg, "%s", err.msg); why = msg; }
+        else if (d.nodes[0].type != BP_JOBJECT) why = "an event must be a JSON object";
+        else {
+            const char *type = bp_jscalar(&d, bp_jget(&d, 0, "type"));
+            int known = 0;
+            for (int i = 0; type && valid_types[i]; i++) if (!strcmp(type, valid_types[i])) known = 1;
+            if (!known) why = "\"type\" must be page, track, identify, group or screen";
+            static const char *const id_keys[] = { "messageId", "message_id", "event_id" };
+            for (int i = 0; i < 3 && !mid; i++) mid = bp_jscalar(&d, bp_jget(&d, 0, id_keys[i]));
+        }
+        if (fn(ctx, index, ev, evlen, why ? NULL : mid, why) < 0) break;
+        index++;
+    }
+    bp_reader_free(rd);
+    bp_doc_free(&d);
+    return index;
+}
+
+typedef struct intake_run {
+    call *k;
+    bp_buf errors;
+    long accepted, duplicates, bad;
+    int ok;
+} intake_run;
+
+static int intake_one(void *ctx, long index, const char *ev, size_t len, const char *message_id, const char *why)
+{
+    intake_run *w = ctx;
+    if (why) {
+        bp_buf_printf(&w->errors, "%s{\"index\":%ld,\"message\":", w->bad ? "," : "", index);
+        bp_json_write_string(&w->errors, why, strlen(why));
+        bp_buf_addc(&w->errors, '}');
+        w->bad++;
+        return 0;
+    }
+    int64_t id = bp_store_add(w->k->s->reg->store, w->k->it->id, ev, len, index, message_id, (int64_t)bp_wall_ms());
+    if (id > 0) w->accepted++; else if (id == 0) w->duplicates++; else { w->ok = 0; return -1; }
+    return 0;
+}
+
 static void intake(call *k)
 {
     reply *r = k->r;
     bp_registry *reg = k->s->reg;
-    bp_reader *rd = bp_reader_new_mem(k->cn->body.data ? k->cn->body.data : "", k->cn->body.len, BP_DEFAULT_MAX_EVENT_BYTES);
-    bp_doc d;
-    bp_doc_init(&d);
-    bp_buf errors;
-    bp_buf_init(&errors);
-    const char *ev;
-    size_t len;
-    bp_error err;
-    long index = 0, accepted = 0, duplicates = 0, bad = 0;
-    enum bp_read_status rs;
-    int ok = bp_store_begin(reg->store) == 0, began = ok;
+    intake_run w = { k, { 0 }, 0, 0, 0, 1 };
+    bp_buf_init(&w.errors);
+    int began = bp_store_begin(reg->store) == 0;
     /* deleted while this request waited: its events would never be delivered
      * (the delete's purge may have run already) */
     pthread_mutex_lock(&reg->mu);
@@ -379,64 +438,34 @@ static void intake(call *k)
     pthread_mutex_unlock(&reg->mu);
     if (began && deleted) {
         bp_store_rollback(reg->store);
-        bp_reader_free(rd);
-        bp_doc_free(&d);
-        bp_buf_free(&errors);
+        bp_buf_free(&w.errors);
         set_error(r, 404, "NOT_FOUND", "no integration with id '%s' (it was deleted)", k->it->id);
         return;
     }
-    while (ok && (rs = bp_reader_next(rd, &ev, &len, &err)) != BP_READ_END) {
-        const char *why = NULL;
-        char msg[sizeof err.msg];
-        if (index >= MAX_INTAKE_EVENTS) { why = "more than 500 events in one request"; }
-        else if (rs == BP_READ_BAD) { snprintf(msg, sizeof msg, "%s", err.msg); why = msg; }
-        else if (bp_json_parse(&d, ev, len, NULL, &err) < 0) { snprintf(msg, sizeof msg, "%s", err.msg); why = msg; }
-        else if (d.nodes[0].type != BP_JOBJECT) why = "an event must be a JSON object";
-        else {
-            const char *type = bp_jscalar(&d, bp_jget(&d, 0, "type"));
-            int known = 0;
-            for (int i = 0; type && valid_types[i]; i++) if (!strcmp(type, valid_types[i])) known = 1;
-            if (!known) why = "\"type\" must be page, track, identify, group or screen";
-        }
-        if (why) {
-            bp_buf_printf(&errors, "%s{\"index\":%ld,\"message\":", bad ? "," : "", index);
-            bp_json_write_string(&errors, why, strlen(why));
-            bp_buf_addc(&errors, '}');
-            bad++;
-        } else {
-            const char *mid = bp_jscalar(&d, bp_jget(&d, 0, "messageId"));
-            if (!mid) mid = bp_jscalar(&d, bp_jget(&d, 0, "message_id"));
-            if (!mid) mid = bp_jscalar(&d, bp_jget(&d, 0, "event_id"));
-            int64_t id = bp_store_add(reg->store, k->it->id, ev, len, index, mid, (int64_t)bp_wall_ms());
-            if (id > 0) accepted++; else if (id == 0) duplicates++; else ok = 0;
-        }
-        index++;
-    }
+    long index = began ? bp_intake_each(k->cn->body.data, k->cn->body.len, intake_one, &w) : 0;
     /* 202 only once the events are durable; a failed write accepts nothing */
-    int committed = began && bp_store_commit(reg->store, ok) == 0;
-    bp_reader_free(rd);
-    bp_doc_free(&d);
+    int committed = began && bp_store_commit(reg->store, w.ok) == 0;
     if (!committed) {
         bp_store_status h;
         bp_store_health(reg->store, &h);
         set_error(r, 503, "STORE_UNAVAILABLE", "could not store the events (%s); nothing was accepted: retry later "
                   "(GET /healthz shows the store's state)", h.last_error);
-        bp_buf_free(&errors);
+        bp_buf_free(&w.errors);
         return;
     }
-    if (accepted) bp_pool_wake(reg->pool, k->it->id);
+    if (w.accepted) bp_pool_wake(reg->pool, k->it->id);
     pthread_mutex_lock(&reg->mu);
-    reg->metrics.events_in += accepted;
+    reg->metrics.events_in += w.accepted;
     pthread_mutex_unlock(&reg->mu);
-    if (index == 0) { set_error(r, 400, "BAD_REQUEST", "no events in the body (one JSON object, an array or NDJSON)"); bp_buf_free(&errors); return; }
-    r->status = bad ? 400 : 202;
-    if (bad) bp_buf_printf(&r->body, "{\"error\":{\"code\":\"INVALID_EVENTS\",\"message\":\"%ld of %ld events were "
-                           "rejected; the others were accepted\"},", bad, index);
+    if (index == 0) { set_error(r, 400, "BAD_REQUEST", "no events in the body (one JSON object, an array or NDJSON)"); bp_buf_free(&w.errors); return; }
+    r->status = w.bad ? 400 : 202;
+    if (w.bad) bp_buf_printf(&r->body, "{\"error\":{\"code\":\"INVALID_EVENTS\",\"message\":\"%ld of %ld events were "
+                             "rejected; the others were accepted\"},", w.bad, index);
     else bp_buf_addc(&r->body, '{');
-    bp_buf_printf(&r->body, "\"accepted\":%ld,\"duplicates\":%ld,\"errors\":[", accepted, duplicates);
-    if (errors.len) bp_buf_add(&r->body, errors.data, errors.len);
+    bp_buf_printf(&r->body, "\"accepted\":%ld,\"duplicates\":%ld,\"errors\":[", w.accepted, w.duplicates);
+    if (w.errors.len) bp_buf_add(&r->body, w.errors.data, w.errors.len);
     bp_buf_adds(&r->body, "]}");
-    bp_buf_free(&errors);
+    bp_buf_free(&w.errors);
 }
 
 typedef struct rows { bp_buf *out; int n; } rows;
