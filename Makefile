@@ -11,7 +11,7 @@
 #   make bench   benchmarks against plain Lua+cjson, Node and a C floor; writes BENCHMARKS.md
 
 CC      ?= cc
-PKGS    := lua5.4 yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto
+PKGS    := lua5.4 yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto rdkafka
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -fno-semantic-interposition \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -20,7 +20,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -fno-semantic-inte
 # module for busted must not (it runs inside lua5.4's own VM), so it links
 # no Lua at all.
 LUA_LIBS := $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)/liblua5.4.a -ldl
-LDLIBS  := $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto 2>/dev/null) -lpthread -lm
+LDLIBS  := $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto rdkafka 2>/dev/null) -lpthread -lm
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # The core maps events; NET adds delivery and the service (libcurl, SQLite,
@@ -29,16 +29,17 @@ SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-san
 # deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
 # built with everything.  build/libblueprint.a has both.
 CORE_ONLY := buffer clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request engine reader
-NET     := transport classify ratelimit store deliver crypto auth metrics registry server
+NET     := transport classify ratelimit store deliver crypto auth metrics registry cluster server
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := src/blueprint.h src/internal.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
-            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev curl lua-cjson nodejs
+            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs
 
 .PHONY: all deps bench-deps fuzz-deps test run demo bench clean unit-tests asan tsan fuzz fuzzers
-all: build/blueprint build/blueprint-net build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator
+all: build/blueprint build/blueprint-net build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator \
+     build/kafka-mock-cluster
 
 # Install the Debian packages in $(1) that are missing (sudo when not root).
 define install_missing
@@ -74,11 +75,15 @@ build/blueprint-net: build/obj/cli.o build/libblueprint.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | build/lua
-	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto) -lpthread -ldl -lm
+	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto rdkafka) -lpthread -ldl -lm
 
 # The local ActiveCampaign emulator used by the integration tests.
 build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)
 	$(CC) $(CFLAGS) -Isrc -o $@ $< build/libblueprint.a $(shell pkg-config --libs libmicrohttpd libcrypto) -lpthread -lm
+
+# A 3-broker Kafka cluster in one process (librdkafka's mock) for the cluster specs.
+build/kafka-mock-cluster: tests/kafka/mock-cluster.c | build/obj
+	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs rdkafka)
 
 # In-process mapping benchmark (make bench).
 build/bench-map: scripts/bench/bench_map.c build/libblueprint.a $(HDRS)
@@ -109,7 +114,7 @@ build/fuzz:
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(HDRS) | build/fuzz
 	clang -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(shell pkg-config --cflags $(PKGS)) $(FUZZFLAGS) -Isrc \
-	  -o $@ $< $(CORE_SRC) $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto) -lpthread -lm
+	  -o $@ $< $(CORE_SRC) $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto rdkafka) -lpthread -lm
 
 fuzzers: $(FUZZERS:%=build/fuzz/fuzz_%)
 

@@ -326,6 +326,12 @@ typedef struct bp_serve_opts {
     const char *jwt_issuer;      /* when set, tokens must carry this iss */
     const char *jwt_audience;    /* when set, tokens' aud must include it */
     int audit_retention_days;    /* 0 = 90 */
+    /* cluster mode (NULL brokers: one node, SQLite only) */
+    const char *kafka_brokers;   /* bootstrap servers, e.g. "k1:9092,k2:9092" */
+    const char *cluster_name;    /* consumer group and topic prefix; default "blueprint" */
+    const char *topic_mode;      /* "per_integration" (default) or "per_vendor" */
+    const char *node_name;       /* default HOST:PORT */
+    int kafka_session_timeout_ms;/* 0 = 10000 */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

@@ -24,6 +24,8 @@ static const char usage_text[] =
     "       blueprint dlq list [--state DIR]\n"
     "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
     "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
+    "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
+    "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]]\n"
     "       blueprint token --role ROLE [--ttl 15m] [--subject NAME] [--issuer ISS] [--audience AUD] [--state DIR]\n"
     "       blueprint rotate-key [--state DIR]\n"
     "\n"
@@ -318,7 +320,8 @@ static int dlq(int argc, char **argv)
 static int serve(int argc, char **argv)
 {
     bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0,
-                        getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0 };
+                        getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
+                        getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0 };
     static char host[64];
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -340,6 +343,16 @@ static int serve(int argc, char **argv)
         else if (!strcmp(argv[i], "--jwt-issuer")) o.jwt_issuer = next;
         else if (!strcmp(argv[i], "--jwt-audience")) o.jwt_audience = next;
         else if (!strcmp(argv[i], "--audit-retention-days")) o.audit_retention_days = atoi(next);
+        else if (!strcmp(argv[i], "--kafka")) o.kafka_brokers = next;
+        else if (!strcmp(argv[i], "--cluster")) o.cluster_name = next;
+        else if (!strcmp(argv[i], "--node")) o.node_name = next;
+        else if (!strcmp(argv[i], "--kafka-session-timeout-ms")) o.kafka_session_timeout_ms = atoi(next);
+        else if (!strcmp(argv[i], "--master-key-file")) setenv("BLUEPRINT_MASTER_KEY_FILE", next, 1);
+        else if (!strcmp(argv[i], "--topic-mode")) {
+            if (strcmp(next, "per_integration") != 0 && strcmp(next, "per_vendor") != 0)
+                return usage("--topic-mode is per_integration (delivery-{integration_id}) or per_vendor (delivery-{vendor})");
+            o.topic_mode = next;
+        }
         else { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
         i++;
     }

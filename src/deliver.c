@@ -155,6 +155,7 @@ struct loop {
     bp_transport *tr;
     bp_store *store;
     const bp_deliver_opts *o;
+    const bp_lease *lease;      /* cluster mode: which partitions this node still owns (NULL: no Kafka) */
     tenant *tenants;
     tenant *by_id[TENANT_BUCKETS];
     account **accounts; size_t naccounts, capaccounts, rr;
@@ -174,6 +175,7 @@ struct loop {
 struct bp_pool {
     bp_store *store;
     bp_deliver_opts o;
+    bp_lease lease;             /* holds NULL outside cluster mode */
     loop *loops;
     int nloops;
     pthread_mutex_t mu;         /* guards paces */
@@ -347,13 +349,30 @@ static void free_job(job *j)
 /* A progress step that is not final: saved with the next commit. */
 static void save_progress(loop *l, job *j) { j->state = "pending"; mark_dirty(l, j); }
 
+/* The partition this job was read from went to another node (cluster
+ * mode): forget it without an outcome, that node reads it again.  Unsaved
+ * progress is still written (the row stays unfinished), then it is freed. */
+static void abandon(loop *l, job *j)
+{
+    (void)l;
+    unlink_job(j->t->acct, j);
+    if (!j->dirty) { free_job(j); return; }
+    j->final = 1;
+    j->t->unsaved_final++;
+}
+
+static int lease_lost(const loop *l, const job *j)
+{
+    return j->ev.ksrc && l->lease && !l->lease->holds(l->lease->ctx, j->ev.ksrc);
+}
+
 /* The event's outcome is final: report it, take it out of the window and
  * save it; it is freed once the commit holding it succeeds. */
 static void finish(loop *l, job *j, const char *state, const char *label)
 {
     tenant *t = j->t;
     write_line(l, j, label);
-    t->sink->outcome(t->ctx, j->line.data, j->line.len, label, j->out.reason.data ? j->out.reason.data : "");
+    t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, label, j->out.reason.data ? j->out.reason.data : "");
     if (!strcmp(state, "delivered")) count(&t->st->delivered);
     else if (!strcmp(state, "dropped")) count(&t->st->dropped);
     else if (!strcmp(state, "error")) count(&t->st->errors);
@@ -581,6 +600,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     tenant *t = j->t;
     account *a = t->acct;
     double now = bp_wall_ms();
+    int64_t slot = l->lease ? j->ev.ksrc : 0;
     j->inflight = 0;
     t->inflight--;
     a->inflight--;
@@ -630,7 +650,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             /* Live Events shows it waiting, with the answer that made it wait */
             set_reason(j, "retrying: %s%s", j->why, "");
             write_line(l, j, "retrying");
-            t->sink->outcome(t->ctx, j->line.data, j->line.len, "retrying", j->out.reason.data);
+            t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, "retrying", j->out.reason.data);
             save_progress(l, j);
         }
         break;
@@ -650,6 +670,9 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
         hold(l, j);
         break;
     }
+    /* after the outcome went to the sink: a node giving the partition up
+     * waits for this before it commits and lets go */
+    if (slot) l->lease->sending(l->lease->ctx, slot, -1);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
@@ -679,6 +702,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         job *next = j->next;   /* finish() unlinks j */
         tenant *t = j->t;
         if (j->inflight || t->removing) { j = next; continue; }
+        if (lease_lost(l, j)) { abandon(l, j); j = next; continue; }
         if (t->paused) { hold(l, j); j = next; continue; }
         if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
         /* skip requests whose once-key succeeded recently (contact already synced) */
@@ -710,6 +734,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
             continue;
         }
         if (j->first_ms <= 0) j->first_ms = now;
+        if (j->ev.ksrc && l->lease) l->lease->sending(l->lease->ctx, j->ev.ksrc, 1);
         j->inflight = 1;
         j->generation = t->generation;
         j->ev.attempts++;
@@ -1230,17 +1255,21 @@ static void *loop_main(void *arg)
 
 /* ---- the pool ------------------------------------------------------------------------------------ */
 
-bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, bp_error *err)
+bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, const bp_lease *lease, bp_error *err)
 {
     bp_pool *p = calloc(1, sizeof *p);
     if (!p) abort();
     p->store = store;
     p->o = *o;
+    if (lease) p->lease = *lease;
     p->nloops = threads > 0 ? threads : 1;
     p->loops = calloc((size_t)p->nloops, sizeof *p->loops);
     if (!p->loops) abort();
     pthread_mutex_init(&p->mu, NULL);
-    for (int i = 0; i < p->nloops; i++) loop_init(&p->loops[i], p, i, store, &p->o);
+    for (int i = 0; i < p->nloops; i++) {
+        loop_init(&p->loops[i], p, i, store, &p->o);
+        p->loops[i].lease = p->lease.holds ? &p->lease : NULL;
+    }
     for (int i = 0; i < p->nloops; i++) {
         if (pthread_create(&p->loops[i].thread, NULL, loop_main, &p->loops[i]) != 0) {
             bp_error_set(err, "could not start delivery thread %d", i);
@@ -1304,10 +1333,11 @@ typedef struct cli_run {
     bp_buf line;
 } cli_run;
 
-static void cli_outcome(void *ctx, const char *line, size_t len, const char *label, const char *reason)
+static void cli_outcome(void *ctx, const bp_stored *ev, const char *line, size_t len, const char *label,
+                        const char *reason)
 {
     cli_run *r = ctx;
-    (void)reason;
+    (void)reason; (void)ev;
     if (strcmp(label, "retrying") != 0 && r->o->emit) r->o->emit(r->o->emit_ctx, line, len);
 }
 

@@ -214,7 +214,18 @@ typedef struct bp_stored {
     int attempts, failures, done_requests;
     int64_t next_at;            /* wall-clock ms */
     long idx;                   /* input position in the run (or intake request) that added it */
+    int64_t ksrc;               /* cluster mode: the partition slot it was read from (0: none) */
+    int64_t koff;               /* and its offset there (idx: its index in the message) */
 } bp_stored;
+
+/* Where an event read from Kafka came from (cluster mode). */
+typedef struct bp_source {
+    const char *topic;
+    int partition;
+    int64_t offset;
+    int index;                  /* its position in the message */
+    int64_t slot;               /* this node's lease on the partition (cluster.c) */
+} bp_source;
 
 typedef struct bp_store_row {
     int64_t id;
@@ -223,6 +234,10 @@ typedef struct bp_store_row {
     const char *reason, *response, *outcome;
     int64_t updated_at;
     const char *body, *state;
+    const char *ktopic;         /* cluster mode: where it was read from (NULL: not from Kafka) */
+    int kpart;
+    int64_t koff;
+    int kidx;
 } bp_store_row;
 typedef void (*bp_store_row_fn)(void *ctx, const bp_store_row *row);
 
@@ -250,6 +265,13 @@ void bp_store_health(bp_store *s, bp_store_status *out);
  * stored for the integration (not stored twice), -1 on error. */
 int64_t bp_store_add(bp_store *s, const char *integration, const char *json, size_t len, long idx,
                      const char *message_id, int64_t now);
+int64_t bp_store_add_from(bp_store *s, const char *integration, const char *json, size_t len, const char *message_id,
+                          const bp_source *src, int64_t now);
+int bp_store_record(bp_store *s, const char *integration, const bp_source *src, const bp_store_row *r);
+long bp_store_release_slot(bp_store *s, int64_t slot);
+int bp_store_slot_progress(bp_store *s, void (*fn)(void *ctx, int64_t slot, int64_t min_offset, long n), void *ctx);
+int bp_store_waiting_integrations(bp_store *s, int64_t before, void (*fn)(void *ctx, const char *integration), void *ctx);
+long bp_store_end_sourced(bp_store *s, const char *integration, const char *state, const char *reason);
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
                     const char *response, const char *outcome, int64_t now);
 int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int limit, bp_stored **out, size_t *n);
@@ -291,7 +313,7 @@ void bp_shared_bp_drop(bp_shared_bp *s);
  * thread with the outcome line and, apart, its label ("delivered", "drop",
  * …, "retrying" for an event waiting for a retry) and reason. */
 typedef struct bp_sink {
-    void (*outcome)(void *ctx, const char *line, size_t len, const char *label, const char *reason);
+    void (*outcome)(void *ctx, const bp_stored *ev, const char *line, size_t len, const char *label, const char *reason);
     void (*answer)(void *ctx, int status, double duration_ms);
     void (*release)(void *ctx);   /* the pool no longer refers to ctx */
 } bp_sink;
@@ -313,10 +335,23 @@ typedef struct bp_tenant_spec {
     bp_counts *counts;
 } bp_tenant_spec;
 
+/* Cluster mode: events read from a Kafka partition carry the slot of this
+ * node's lease on it (bp_stored.ksrc).  A loop asks `holds` before each
+ * request of such an event (no: the event is forgotten, the partition's
+ * new owner reads it again) and reports each request leaving (+1) and its
+ * answer handled, outcome reported (-1), so that a node giving a partition
+ * up can wait for its requests in flight.  Both called on loop threads. */
+typedef struct bp_lease {
+    int (*holds)(void *ctx, int64_t slot);
+    void (*sending)(void *ctx, int64_t slot, int delta);
+    void *ctx;
+} bp_lease;
+
 typedef struct bp_pool bp_pool;
 /* `threads` delivery loops sharing `store`; options as for bp_deliver
- * (state_dir, input_fd, emit and follow are not used). */
-bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, bp_error *err);
+ * (state_dir, input_fd, emit and follow are not used); lease NULL outside
+ * cluster mode. */
+bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, const bp_lease *lease, bp_error *err);
 /* Start delivering an integration, or switch a delivering one to a new
  * blueprint or config.  Never blocks on the vendor. */
 void bp_pool_put(bp_pool *p, const bp_tenant_spec *t);
@@ -417,7 +452,9 @@ typedef struct bp_integration {
     bp_config *cfg;             /* [mu] validated, for the API's event table */
     int revision, deleted;      /* [mu] */
     bp_config *next_cfg;        /* [admin_mu] a reload's validated config */
-    bp_counts stats;            /* written by its loop with atomic adds */
+    bp_counts stats;            /* written by its loop with atomic adds (cluster mode: by the
+                                   viewer, from every node's outcomes) */
+    bp_counts node_stats;       /* cluster mode: this node's loop */
     char **live;                /* [mu] the latest BP_LIVE_RING outcome lines, kept only
                                    while a Live Events stream watches (NULL before) */
     uint64_t live_seq;          /* [mu] */
@@ -434,6 +471,7 @@ struct bp_registry {
     bp_keyring *keys;                     /* thread-safe: seals secrets in server.db */
     bp_store *store;                      /* thread-safe */
     bp_pool *pool;                        /* thread-safe */
+    struct bp_cluster *cluster;           /* set before start; NULL outside cluster mode */
     bp_metrics metrics;                   /* [mu] */
     double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
     long retry_base_ms;                   /* fixed */
@@ -443,6 +481,38 @@ struct bp_registry {
 };
 
 void bp_log(const char *level, const char *msg, const char *fields_json);
+
+/* ---- cluster.c: serve --kafka ------------------------------------------------------------- */
+
+typedef struct bp_cluster bp_cluster;
+typedef struct bp_cluster_opts {
+    const char *brokers;        /* bootstrap servers */
+    const char *name;           /* --cluster: consumer group and topic prefix ("blueprint") */
+    const char *topic_mode;     /* "per_integration" (default) or "per_vendor" */
+    const char *node;           /* this node's name in outcomes and logs */
+    int session_timeout_ms;     /* consumer group session (10000) */
+} bp_cluster_opts;
+
+bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
+/* Rebuild the configuration from the topic, then start reading. */
+int bp_cluster_start(bp_cluster *c, bp_error *err);
+/* Leave the consumer group (in-flight requests finish, offsets committed)
+ * and stop reading; then the pool may stop, then bp_cluster_free. */
+void bp_cluster_stop(bp_cluster *c);
+void bp_cluster_free(bp_cluster *c);
+void bp_cluster_lease(bp_cluster *c, bp_lease *out);
+/* Intake: one message with the accepted events (a JSON array); 0 once the
+ * broker has acknowledged it. */
+int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *vendor, const char *account,
+                           const char *events, size_t len, int replay, bp_error *err);
+/* An integration's configuration record (registry.c), acknowledged. */
+int bp_cluster_publish_config(bp_cluster *c, const char *integration, const char *record, size_t len, bp_error *err);
+void bp_cluster_outcome(bp_cluster *c, const char *integration, const bp_stored *ev, const char *line, size_t len,
+                        const char *label, const char *reason);
+void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
+/* /healthz's "kafka" object; returns 1 when a broker answers. */
+int bp_cluster_health(bp_cluster *c, bp_buf *out);
+void bp_cluster_metrics(bp_cluster *c, bp_buf *out);
 
 /* server.c: the parts of request handling that judge untrusted bodies. */
 typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, const char *message_id,
@@ -464,7 +534,7 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, const 
                         int *http, bp_error *err);
 int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, const bp_claims *who, int *http,
                        bp_error *err);
-int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who);
+int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who, bp_error *err);
 void bp_registry_audit(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
                        const char *detail);
 int bp_registry_audit_list(bp_registry *r, const char *integration, const char *action, const char *actor,
@@ -473,6 +543,11 @@ void bp_registry_audit_purge(bp_registry *r, int days);
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out);
 void bp_registry_check_reload(bp_registry *r);
 void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc_json);
+/* Cluster mode: apply an integration's record from NAME.integrations; an
+ * outcome of any node (from NAME.outcomes) for counters and Live Events. */
+void bp_registry_apply_config(bp_registry *r, const char *record, size_t len);
+void bp_registry_remote_outcome(bp_registry *r, const char *integration, const char *line, size_t len, const char *label,
+                                const char *reason);
 /* `blueprint rotate-key`: see registry.c. */
 int bp_rotate_master_key(const char *state_dir, long *rewrapped, bp_error *err);
 

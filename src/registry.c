@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,11 +163,10 @@ void bp_integration_release(bp_integration *it)
     if (it && __atomic_sub_fetch(&it->refs, 1, __ATOMIC_ACQ_REL) == 0) free_integration(it);
 }
 
-static void on_outcome(void *ctx, const char *line, size_t len, const char *label, const char *reason)
+/* Counts a final outcome and shows any outcome to Live Events streams (mu held). */
+static void note_outcome_locked(bp_registry *r, bp_integration *it, const char *line, size_t len, const char *label,
+                                const char *reason)
 {
-    bp_integration *it = ctx;
-    bp_registry *r = it->registry;
-    pthread_mutex_lock(&r->mu);
     if (strcmp(label, "retrying") != 0) bp_metrics_outcome(&r->metrics, label, reason);
     /* lines are kept only while someone streams them: Live Events' list
      * reads the store, and 10,000 idle rings would cost ~300 MB */
@@ -178,7 +178,41 @@ static void on_outcome(void *ctx, const char *line, size_t len, const char *labe
         it->live_seq++;
         if (r->on_live) r->on_live(r->on_live_ctx, it);
     }
+}
+
+static void on_outcome(void *ctx, const bp_stored *ev, const char *line, size_t len, const char *label, const char *reason)
+{
+    bp_integration *it = ctx;
+    bp_registry *r = it->registry;
+    /* cluster mode: every node, this one too, counts and shows it from the
+     * outcomes topic (bp_registry_remote_outcome) */
+    if (r->cluster) { bp_cluster_outcome(r->cluster, it->id, ev, line, len, label, reason); return; }
+    pthread_mutex_lock(&r->mu);
+    note_outcome_locked(r, it, line, len, label, reason);
     pthread_mutex_unlock(&r->mu);
+}
+
+static void count_outcome(bp_counts *st, const char *label)
+{
+    static const struct { const char *label; size_t off; } map[] = {
+        { "delivered", offsetof(bp_counts, delivered) }, { "drop", offsetof(bp_counts, dropped) },
+        { "error", offsetof(bp_counts, errors) }, { "dead_letter", offsetof(bp_counts, dead) },
+        { "held", offsetof(bp_counts, held) }, { "retrying", offsetof(bp_counts, retries) },
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(label, map[i].label)) __atomic_fetch_add((long *)((char *)st + map[i].off), 1, __ATOMIC_RELAXED);
+}
+
+void bp_registry_remote_outcome(bp_registry *r, const char *integration, const char *line, size_t len, const char *label,
+                                const char *reason)
+{
+    bp_integration *it = bp_registry_find(r, integration);
+    if (!it) return;   /* deleted since, or not applied here yet: its row is stored all the same */
+    count_outcome(&it->stats, label);
+    pthread_mutex_lock(&r->mu);
+    note_outcome_locked(r, it, line, len, label, reason);
+    pthread_mutex_unlock(&r->mu);
+    bp_integration_release(it);
 }
 
 static void on_answer(void *ctx, int status, double duration_ms)
@@ -212,7 +246,7 @@ static void deliver_with(bp_registry *r, bp_integration *it, bp_shared_bp *sbp, 
     }
     bp_shared_bp_hold(sbp);
     hold(it);   /* the tenant's reference, released through the sink */
-    bp_tenant_spec spec = { it->id, sbp, cfg, &registry_sink, it, &it->stats };
+    bp_tenant_spec spec = { it->id, sbp, cfg, &registry_sink, it, r->cluster ? &it->node_stats : &it->stats };
     bp_pool_put(r->pool, &spec);
 }
 
@@ -319,7 +353,70 @@ static int transform_doc(bp_keyring *ring, const char *integration, const bp_blu
     return rc;
 }
 
-static int save_revision(bp_registry *r, const bp_integration *it, int insert_integration)
+/* ---- cluster mode: the configuration topic ------------------------------------------------- */
+
+/* An integration's record for NAME.integrations, from server.db (inside the
+ * transaction that changes it): its head and every revision as stored
+ * (secrets sealed, or masked once deleted).  admin_mu held. */
+static int config_record(bp_registry *r, const char *id, bp_buf *out)
+{
+    sqlite3_stmt *q;
+    int found = 0;
+    if (sqlite3_prepare_v2(r->db, "SELECT name, vendor, variant, delivery_mode, revision, created_at, deleted FROM "
+                                  "integrations WHERE id=?1", -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        found = 1;
+        bp_buf_adds(out, "{\"id\":");
+        bp_json_write_text(out, id, strlen(id));
+        static const char *const names[] = { "name", "vendor", "variant", "delivery_mode" };
+        for (int i = 0; i < 4; i++) {
+            bp_buf_printf(out, ",\"%s\":", names[i]);
+            bp_json_write_text(out, (const char *)sqlite3_column_text(q, i), (size_t)sqlite3_column_bytes(q, i));
+        }
+        bp_buf_printf(out, ",\"revision\":%d,\"created_at\":%lld,\"deleted\":%s,\"revisions\":[", sqlite3_column_int(q, 4),
+                      (long long)sqlite3_column_int64(q, 5), sqlite3_column_int(q, 6) ? "true" : "false");
+    }
+    sqlite3_finalize(q);
+    if (!found) return -1;
+    if (sqlite3_prepare_v2(r->db, "SELECT revision, config, created_at FROM revisions WHERE integration_id=?1 "
+                                  "ORDER BY revision", -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    for (int n = 0; sqlite3_step(q) == SQLITE_ROW; n++) {
+        bp_buf_printf(out, "%s{\"revision\":%d,\"created_at\":%lld,\"config\":", n ? "," : "", sqlite3_column_int(q, 0),
+                      (long long)sqlite3_column_int64(q, 2));
+        bp_buf_add(out, (const char *)sqlite3_column_text(q, 1), (size_t)sqlite3_column_bytes(q, 1));
+        bp_buf_addc(out, '}');
+    }
+    sqlite3_finalize(q);
+    bp_buf_adds(out, "]}");
+    return 0;
+}
+
+/* Cluster mode: write the integration's record to the topic and wait for
+ * the broker, before the change commits here (admin_mu held, inside the
+ * server.db transaction): a change the cluster does not have never shows. */
+static int publish_locked(bp_registry *r, const char *id, bp_error *err)
+{
+    if (!r->cluster) return 0;
+    bp_buf rec;
+    bp_buf_init(&rec);
+    int rc = config_record(r, id, &rec);
+    if (rc < 0) bp_error_set(err, "the cluster's configuration could not be written: %s", sqlite3_errmsg(r->db));
+    else if ((rc = bp_cluster_publish_config(r->cluster, id, rec.data, rec.len, err)) < 0) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        bp_error_set(err, "the cluster's configuration could not be written, nothing changed: %s; retry later "
+                     "(GET /healthz shows the brokers' state)", why);
+    }
+    if (rec.data) memset(rec.data, 0, rec.cap);
+    bp_buf_free(&rec);
+    return rc;
+}
+
+static int save_revision(bp_registry *r, const bp_integration *it, int insert_integration, bp_error *perr)
 {
     sqlite3_stmt *q;
     /* IMMEDIATE: sealed under the ring's primary key as it is while this
@@ -372,9 +469,12 @@ static int save_revision(bp_registry *r, const bp_integration *it, int insert_in
     } else {
         ok = 0;
     }
+    int published = 1;
+    if (!ok) bp_error_set(perr, "could not store the revision: %s", sqlite3_errmsg(r->db));
+    else if (publish_locked(r, it->id, perr) < 0) ok = published = 0;
     db_exec(r, ok ? "COMMIT" : "ROLLBACK");
     bp_buf_free(&sealed);
-    return ok ? 0 : -1;
+    return ok ? 0 : published ? -1 : -2;
 }
 
 /* Revisions written before secrets were encrypted: seal them in place (the
@@ -621,7 +721,9 @@ int bp_registry_start(bp_registry *r, int workers, bp_error *err)
     if (r->rate_limit_rps > 0) o.rate_limit_rps = r->rate_limit_rps;
     if (r->retry_base_ms > 0) o.retry_base_ms = r->retry_base_ms;
     r->workers = workers;
-    if (!(r->pool = bp_pool_new(r->store, &o, workers, err))) return -1;
+    bp_lease lease;
+    if (r->cluster) bp_cluster_lease(r->cluster, &lease);
+    if (!(r->pool = bp_pool_new(r->store, &o, workers, r->cluster ? &lease : NULL, err))) return -1;
     pthread_mutex_lock(&r->admin_mu);
     pthread_mutex_lock(&r->mu);
     size_t n = r->n;
@@ -646,7 +748,13 @@ int bp_registry_start(bp_registry *r, int workers, bp_error *err)
 void bp_registry_close(bp_registry *r)
 {
     if (!r) return;
+    /* cluster mode: leave the group first (its partitions' requests in
+     * flight finish), then the pool, then the outcomes it reported go out */
+    bp_cluster_stop(r->cluster);
     bp_pool_free(r->pool);   /* finishes requests in flight and saves progress */
+    r->pool = NULL;
+    bp_cluster_free(r->cluster);
+    r->cluster = NULL;
     for (size_t i = 0; i < r->n; i++) bp_integration_release(r->items[i]);
     free(r->items);
     for (size_t i = 0; i < r->nvendors; i++) {
@@ -931,9 +1039,9 @@ static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, cons
     random_id(id, sizeof id);
     bp_integration *it = new_integration(r, id, name, v, variant, mode, 1, (int64_t)bp_wall_ms(), doc.data);
     it->cfg = cfg;
-    if (save_revision(r, it, 1) < 0) {
-        *http = 500;
-        bp_error_set(err, "could not store the integration: %s", sqlite3_errmsg(r->db));
+    int saved = save_revision(r, it, 1, err);
+    if (saved < 0) {
+        *http = saved == -2 ? 503 : 500;
         free_integration(it);
         bp_buf_free(&doc);
         bp_shared_bp_drop(sbp);
@@ -1002,7 +1110,8 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
     it->cfg = cfg;
     it->revision++;
     pthread_mutex_unlock(&r->mu);
-    if (save_revision(r, it, 0) < 0) {
+    int saved = save_revision(r, it, 0, err);
+    if (saved < 0) {
         pthread_mutex_lock(&r->mu);   /* put it back: nothing changed */
         free(it->config_json);
         it->config_json = old_json;
@@ -1010,8 +1119,7 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
         it->revision--;
         pthread_mutex_unlock(&r->mu);
         bp_config_free(cfg);
-        *http = 500;
-        bp_error_set(err, "could not store the revision: %s", sqlite3_errmsg(r->db));
+        *http = saved == -2 ? 503 : 500;
         bp_buf_free(&doc);
         bp_shared_bp_drop(sbp);
         free(current);
@@ -1040,60 +1148,244 @@ int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, 
     return rc;
 }
 
-/* Deleting keeps the integrations row (id, name, vendor, deleted) and its
- * revisions with every secret replaced by a mask; the events, once-keys and
- * pause state go once its loop has let go of them. */
-int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who)
+/* server.db: the integration marked deleted, its revisions' secrets masked
+ * (inside a transaction, admin_mu held). */
+static int mask_deleted(bp_registry *r, const char *id, const bp_blueprint *bp)
 {
-    pthread_mutex_lock(&r->admin_mu);
-    pthread_mutex_lock(&r->mu);
-    int was = it->deleted;
-    it->deleted = 1;
-    for (size_t i = 0; i < r->n; i++)
-        if (r->items[i] == it) { memmove(&r->items[i], &r->items[i + 1], (r->n - i - 1) * sizeof *r->items); r->n--; break; }
-    r->metrics.integrations = (long)r->n;
-    bp_shared_bp *sbp = it->vendor->bp;
-    if (sbp) bp_shared_bp_hold(sbp);
-    if (r->on_live) r->on_live(r->on_live_ctx, it);   /* streams end */
-    pthread_mutex_unlock(&r->mu);
-    if (was) { pthread_mutex_unlock(&r->admin_mu); bp_shared_bp_drop(sbp); return 0; }
-    if (r->pool) bp_pool_remove(r->pool, it->id, 1);
     sqlite3_stmt *q;
+    int ok = 0;
     if (sqlite3_prepare_v2(r->db, "UPDATE integrations SET deleted=1 WHERE id=?1", -1, &q, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
-        sqlite3_step(q);
+        sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+        ok = sqlite3_step(q) == SQLITE_DONE;
         sqlite3_finalize(q);
     }
     /* the revisions keep their history, not their secrets */
-    if (sqlite3_prepare_v2(r->db, "SELECT revision, config FROM revisions WHERE integration_id=?1", -1, &q, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
+    if (ok && sqlite3_prepare_v2(r->db, "SELECT revision, config FROM revisions WHERE integration_id=?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
         sqlite3_stmt *u = NULL;
-        sqlite3_prepare_v2(r->db, "UPDATE revisions SET config=?3 WHERE integration_id=?1 AND revision=?2", -1, &u, NULL);
-        while (u && sqlite3_step(q) == SQLITE_ROW) {
+        ok = sqlite3_prepare_v2(r->db, "UPDATE revisions SET config=?3 WHERE integration_id=?1 AND revision=?2", -1, &u,
+                                NULL) == SQLITE_OK;
+        while (ok && sqlite3_step(q) == SQLITE_ROW) {
             bp_buf masked;
             bp_buf_init(&masked);
             bp_buf_adds(&masked, "{\"config\":");
-            bp_write_masked_config(&masked, sbp ? sbp->bp : NULL, (const char *)sqlite3_column_text(q, 1));
+            bp_write_masked_config(&masked, bp, (const char *)sqlite3_column_text(q, 1));
             bp_buf_adds(&masked, "}");
             sqlite3_reset(u);
-            sqlite3_bind_text(u, 1, it->id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(u, 1, id, -1, SQLITE_STATIC);
             sqlite3_bind_int(u, 2, sqlite3_column_int(q, 0));
             sqlite3_bind_text(u, 3, masked.data, (int)masked.len, SQLITE_STATIC);
-            sqlite3_step(u);
+            ok = sqlite3_step(u) == SQLITE_DONE;
             bp_buf_free(&masked);
         }
         sqlite3_finalize(u);
         sqlite3_finalize(q);
     }
+    return ok ? 0 : -1;
+}
+
+/* Take a deleted integration out of the list and out of delivery (its
+ * events, once-keys and pause state go once its loop has let go of them);
+ * admin_mu held.  Releases the list's reference. */
+static void forget(bp_registry *r, bp_integration *it)
+{
+    pthread_mutex_lock(&r->mu);
+    it->deleted = 1;
+    int listed = 0;
+    for (size_t i = 0; i < r->n; i++)
+        if (r->items[i] == it) { memmove(&r->items[i], &r->items[i + 1], (r->n - i - 1) * sizeof *r->items); r->n--; listed = 1; break; }
+    r->metrics.integrations = (long)r->n;
+    if (r->on_live) r->on_live(r->on_live_ctx, it);   /* streams end */
+    pthread_mutex_unlock(&r->mu);
+    if (r->pool) bp_pool_remove(r->pool, it->id, 1);
     /* the WAL still holds the pages as they were: copy back and truncate it */
     sqlite3_wal_checkpoint_v2(r->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    if (listed) bp_integration_release(it);
+}
+
+/* Deleting keeps the integrations row (id, name, vendor, deleted) and its
+ * revisions with every secret replaced by a mask; the events, once-keys and
+ * pause state go once its loop has let go of them.  -1 (cluster mode: the
+ * topic did not take it) changes nothing. */
+int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who, bp_error *err)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    pthread_mutex_lock(&r->mu);
+    int was = it->deleted;
+    bp_shared_bp *sbp = it->vendor->bp;
+    if (sbp) bp_shared_bp_hold(sbp);
+    pthread_mutex_unlock(&r->mu);
+    if (was) { pthread_mutex_unlock(&r->admin_mu); bp_shared_bp_drop(sbp); return 0; }
+    int ok = db_exec(r, "BEGIN IMMEDIATE") == 0;
+    if (ok && mask_deleted(r, it->id, sbp ? sbp->bp : NULL) < 0) {
+        bp_error_set(err, "could not delete the integration: %s", sqlite3_errmsg(r->db));
+        ok = 0;
+    }
+    if (ok && publish_locked(r, it->id, err) < 0) ok = 0;
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    if (!ok) { pthread_mutex_unlock(&r->admin_mu); bp_shared_bp_drop(sbp); return -1; }
     log_integration("integration deleted", it);   /* vendor->key changes only under admin_mu */
     audit_locked(r, who, "integration.delete", it->id, it->revision, 0, "its events, once-keys and pause state are "
                  "deleted; its revisions are kept with secrets masked");
+    forget(r, it);
     pthread_mutex_unlock(&r->admin_mu);
     bp_shared_bp_drop(sbp);
-    bp_integration_release(it);   /* the list's reference */
     return 0;
+}
+
+/* Cluster mode: a record from NAME.integrations (this node's own writes
+ * come back too, and change nothing).  The topic's order decides: a record
+ * replaces what this node has unless it is an older revision, or the same
+ * one unchanged; a deletion is never undone. */
+void bp_registry_apply_config(bp_registry *r, const char *record, size_t len)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    if (bp_json_parse(&d, record, len, NULL, &err) < 0 || d.nodes[0].type != BP_JOBJECT) {
+        bp_log("error", "kafka: a configuration record is not JSON; skipped", NULL);
+        bp_doc_free(&d);
+        return;
+    }
+    const char *id = bp_jscalar(&d, bp_jget(&d, 0, "id")), *name = bp_jscalar(&d, bp_jget(&d, 0, "name"));
+    const char *vendor = bp_jscalar(&d, bp_jget(&d, 0, "vendor")), *variant = bp_jscalar(&d, bp_jget(&d, 0, "variant"));
+    const char *mode = bp_jscalar(&d, bp_jget(&d, 0, "delivery_mode")), *rev = bp_jscalar(&d, bp_jget(&d, 0, "revision"));
+    const char *created = bp_jscalar(&d, bp_jget(&d, 0, "created_at"));
+    uint32_t revs = bp_jget(&d, 0, "revisions");
+    int deleted = bp_jget(&d, 0, "deleted") != BP_NONE && d.nodes[bp_jget(&d, 0, "deleted")].type == BP_JTRUE;
+    if (!id || !name || !vendor || !variant || !mode || !rev || !created || revs == BP_NONE ||
+        d.nodes[revs].type != BP_JARRAY || strlen(id) >= sizeof ((bp_integration *)0)->id) {
+        bp_log("error", "kafka: a configuration record lacks fields; skipped", NULL);
+        bp_doc_free(&d);
+        return;
+    }
+    int revision = atoi(rev);
+    bp_buf current;   /* the current revision's stored document */
+    bp_buf_init(&current);
+    for (uint32_t e = revs + 1, i = 0; i < d.nodes[revs].len; i++, e = d.nodes[e].next) {
+        const char *n = bp_jscalar(&d, bp_jget(&d, e, "revision"));
+        if (n && atoi(n) == revision) bp_json_write_node(&current, &d, bp_jget(&d, e, "config"));
+    }
+    pthread_mutex_lock(&r->admin_mu);
+    sqlite3_stmt *q;
+    int have = 0, have_rev = 0, have_deleted = 0, same = 0;
+    if (sqlite3_prepare_v2(r->db, "SELECT i.revision, i.deleted, v.config FROM integrations i LEFT JOIN revisions v ON "
+                                  "v.integration_id = i.id AND v.revision = i.revision WHERE i.id=?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW) {
+            have = 1;
+            have_rev = sqlite3_column_int(q, 0);
+            have_deleted = sqlite3_column_int(q, 1);
+            const char *text = (const char *)sqlite3_column_text(q, 2);
+            same = text && current.len == (size_t)sqlite3_column_bytes(q, 2) && !memcmp(text, current.data, current.len);
+        }
+        sqlite3_finalize(q);
+    }
+    if (have && (revision < have_rev || have_deleted || (revision == have_rev && deleted == have_deleted && same))) {
+        pthread_mutex_unlock(&r->admin_mu);
+        bp_buf_free(&current);
+        bp_doc_free(&d);
+        return;
+    }
+    int ok = db_exec(r, "BEGIN IMMEDIATE") == 0;
+    if (ok && sqlite3_prepare_v2(r->db, "INSERT INTO integrations(id, name, vendor, variant, delivery_mode, revision, "
+                                        "created_at, deleted) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO "
+                                        "UPDATE SET revision=excluded.revision, deleted=excluded.deleted", -1, &q, NULL) == SQLITE_OK) {
+        const char *texts[] = { id, name, vendor, variant, mode };
+        for (int i = 0; i < 5; i++) sqlite3_bind_text(q, i + 1, texts[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 6, revision);
+        sqlite3_bind_int64(q, 7, atoll(created));
+        sqlite3_bind_int(q, 8, deleted);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        sqlite3_finalize(q);
+    } else {
+        ok = 0;
+    }
+    if (ok) {
+        sqlite3_stmt *del = NULL, *ins = NULL;
+        ok = sqlite3_prepare_v2(r->db, "DELETE FROM revisions WHERE integration_id=?1", -1, &del, NULL) == SQLITE_OK &&
+             sqlite3_prepare_v2(r->db, "INSERT INTO revisions(integration_id, revision, config, created_at) "
+                                       "VALUES(?1, ?2, ?3, ?4)", -1, &ins, NULL) == SQLITE_OK;
+        if (ok) { sqlite3_bind_text(del, 1, id, -1, SQLITE_STATIC); ok = sqlite3_step(del) == SQLITE_DONE; }
+        for (uint32_t e = revs + 1, i = 0; ok && i < d.nodes[revs].len; i++, e = d.nodes[e].next) {
+            const char *n = bp_jscalar(&d, bp_jget(&d, e, "revision")), *at = bp_jscalar(&d, bp_jget(&d, e, "created_at"));
+            uint32_t cfg = bp_jget(&d, e, "config");
+            if (!n || cfg == BP_NONE) continue;
+            bp_buf text;
+            bp_buf_init(&text);
+            bp_json_write_node(&text, &d, cfg);
+            sqlite3_reset(ins);
+            sqlite3_bind_text(ins, 1, id, -1, SQLITE_STATIC);
+            sqlite3_bind_int(ins, 2, atoi(n));
+            sqlite3_bind_text(ins, 3, text.data, (int)text.len, SQLITE_STATIC);
+            sqlite3_bind_int64(ins, 4, at ? atoll(at) : 0);
+            ok = sqlite3_step(ins) == SQLITE_DONE;
+            bp_buf_free(&text);
+        }
+        sqlite3_finalize(del);
+        sqlite3_finalize(ins);
+    }
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_buf_adds(&f, "\"integration\":");
+    bp_json_write_text(&f, id, strlen(id));
+    if (!ok) {
+        bp_buf_adds(&f, ",\"error\":");
+        bp_json_write_text(&f, sqlite3_errmsg(r->db), strlen(sqlite3_errmsg(r->db)));
+        bp_log("error", "kafka: could not apply an integration's configuration from the cluster (another integration "
+               "has its name here?)", f.data);
+    }
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    bp_integration *it = ok ? bp_registry_find(r, id) : NULL;
+    if (ok && deleted) {
+        if (it) { forget(r, it); bp_log("info", "integration deleted (through another node)", f.data); }
+    } else if (ok) {
+        pthread_mutex_lock(&r->mu);
+        bp_vendor *v = bp_registry_vendor(r, vendor);
+        bp_shared_bp *sbp = v ? v->bp : NULL;
+        if (sbp) bp_shared_bp_hold(sbp);
+        pthread_mutex_unlock(&r->mu);
+        bp_buf plain;
+        bp_buf_init(&plain);
+        if (!v) {
+            bp_log("error", "integration from the cluster not loaded: no blueprint for its vendor on this node", f.data);
+        } else if (transform_doc(r->keys, id, NULL, current.data ? current.data : "{}", UNSEAL, &plain, NULL, &err) < 0) {
+            bp_buf_adds(&f, ",\"error\":");
+            bp_json_write_text(&f, err.msg, strlen(err.msg));
+            bp_log("error", "integration from the cluster not loaded: its secrets do not decrypt here (do the nodes "
+                   "share the master key?)", f.data);
+        } else {
+            bp_config *cfg = sbp ? validate(sbp->bp, plain.data, variant, &err) : NULL;
+            if (!it) {
+                it = new_integration(r, id, name, v, variant, mode, revision, atoll(created), plain.data);
+                it->cfg = cfg;
+                pthread_mutex_lock(&r->mu);
+                r->items = realloc(r->items, (r->n + 1) * sizeof *r->items);
+                r->items[r->n++] = it;
+                r->metrics.integrations = (long)r->n;
+                hold(it);   /* this function's, like bp_registry_find's */
+                pthread_mutex_unlock(&r->mu);
+                bp_log("info", "integration installed (through another node)", f.data);
+            } else {
+                pthread_mutex_lock(&r->mu);
+                free(it->config_json);
+                it->config_json = strdup(plain.data);
+                bp_config_free(it->cfg);
+                it->cfg = cfg;
+                it->revision = revision;
+                pthread_mutex_unlock(&r->mu);
+            }
+            deliver_with(r, it, sbp, plain.data);
+        }
+        if (plain.data) memset(plain.data, 0, plain.cap);
+        bp_buf_free(&plain);
+        bp_shared_bp_drop(sbp);
+    }
+    bp_integration_release(it);
+    pthread_mutex_unlock(&r->admin_mu);
+    bp_buf_free(&f);
+    bp_buf_free(&current);
+    bp_doc_free(&d);
 }
 
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out)

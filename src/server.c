@@ -247,18 +247,34 @@ static int parse_body(const conn *c, bp_doc *d, reply *r)
 
 static void healthz(call *k)
 {
+    bp_registry *reg = k->s->reg;
     bp_store_status h;
-    bp_store_health(k->s->reg->store, &h);
+    bp_store_health(reg->store, &h);
+    bp_buf kafka;
+    bp_buf_init(&kafka);
+    int kafka_up = reg->cluster ? bp_cluster_health(reg->cluster, &kafka) : 1;
     bp_buf *b = &k->r->body;
+    int ok = !h.failing && kafka_up;
+    if (!ok) k->r->status = 503;
+    bp_buf_printf(b, "{\"status\":\"%s\",\"store\":", ok ? "ok" : "unhealthy");
     if (h.failing) {
-        k->r->status = 503;
-        bp_buf_adds(b, "{\"status\":\"unhealthy\",\"store\":{\"ok\":false,\"error\":");
+        bp_buf_adds(b, "{\"ok\":false,\"error\":");
         bp_json_write_text(b, h.last_error, strlen(h.last_error));
         bp_buf_printf(b, ",\"failures\":%ld,\"help\":\"the state store refuses writes (disk full? permissions?): "
-                      "intake answers 503 and delivery progress is kept in memory and retried\"}}", h.failures);
+                      "intake answers 503 and delivery progress is kept in memory and retried\"}", h.failures);
     } else {
-        bp_buf_printf(b, "{\"status\":\"ok\",\"store\":{\"ok\":true,\"failures\":%ld}}", h.failures);
+        bp_buf_printf(b, "{\"ok\":true,\"failures\":%ld}", h.failures);
     }
+    if (reg->cluster) { bp_buf_adds(b, ",\"kafka\":"); bp_buf_add(b, kafka.data, kafka.len); }
+    bp_buf_addc(b, '}');
+    bp_buf_free(&kafka);
+}
+
+/* The error code for a registry failure's status. */
+static const char *change_error_code(int http, const bp_error *err)
+{
+    if (http == 503) return strncmp(err->msg, "the cluster", 11) == 0 ? "CLUSTER_UNAVAILABLE" : "BLUEPRINT_UNAVAILABLE";
+    return http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG" : "INTERNAL";
 }
 
 static void catalog(call *k)
@@ -302,8 +318,7 @@ static void install(call *k)
     int http;
     bp_error err;
     if (bp_registry_install(reg, v, &d, &k->who, &it, &http, &err) < 0) {
-        set_error(k->r, http, http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG"
-                  : http == 503 ? "BLUEPRINT_UNAVAILABLE" : "INTERNAL", "%s", err.msg);
+        set_error(k->r, http, change_error_code(http, &err), "%s", err.msg);
     } else {
         k->r->status = 201;
         pthread_mutex_lock(&reg->mu);
@@ -342,8 +357,7 @@ static void update_integration(call *k)
         int http;
         bp_error err;
         if (bp_registry_update(k->s->reg, k->it, &d, &k->who, &http, &err) < 0)
-            set_error(k->r, http, http == 422 ? "INVALID_CONFIG" : http == 404 ? "NOT_FOUND"
-                      : http == 503 ? "BLUEPRINT_UNAVAILABLE" : "INTERNAL", "%s", err.msg);
+            set_error(k->r, http, change_error_code(http, &err), "%s", err.msg);
         else show_integration(k);
     }
     bp_doc_free(&d);
@@ -351,8 +365,11 @@ static void update_integration(call *k)
 
 static void delete_integration(call *k)
 {
-    bp_registry_delete(k->s->reg, k->it, &k->who);
-    k->r->status = 204;
+    bp_error err;
+    if (bp_registry_delete(k->s->reg, k->it, &k->who, &err) < 0)
+        set_error(k->r, 503, change_error_code(503, &err), "%s", err.msg);
+    else
+        k->r->status = 204;
 }
 
 static void revisions(call *k)
@@ -407,6 +424,7 @@ typedef struct intake_run {
     bp_buf errors;
     long accepted, duplicates, bad;
     int ok;
+    bp_buf *events;               /* cluster mode: the accepted events, a JSON array */
 } intake_run;
 
 static int intake_one(void *ctx, long index, const char *ev, size_t len, const char *message_id, const char *why)
@@ -419,16 +437,78 @@ static int intake_one(void *ctx, long index, const char *ev, size_t len, const c
         w->bad++;
         return 0;
     }
+    if (w->events) {
+        bp_buf_addc(w->events, w->accepted++ ? ',' : '[');
+        bp_buf_add(w->events, ev, len);
+        return 0;
+    }
     int64_t id = bp_store_add(w->k->s->reg->store, w->k->it->id, ev, len, index, message_id, (int64_t)bp_wall_ms());
     if (id > 0) w->accepted++; else if (id == 0) w->duplicates++; else { w->ok = 0; return -1; }
     return 0;
+}
+
+/* The answer to an intake request once its events are durable. */
+static void intake_reply(reply *r, intake_run *w, long index)
+{
+    if (index == 0) { set_error(r, 400, "BAD_REQUEST", "no events in the body (one JSON object, an array or NDJSON)"); return; }
+    r->status = w->bad ? 400 : 202;
+    if (w->bad) bp_buf_printf(&r->body, "{\"error\":{\"code\":\"INVALID_EVENTS\",\"message\":\"%ld of %ld events were "
+                              "rejected; the others were accepted\"},", w->bad, index);
+    else bp_buf_addc(&r->body, '{');
+    bp_buf_printf(&r->body, "\"accepted\":%ld,\"duplicates\":%ld,\"errors\":[", w->accepted, w->duplicates);
+    if (w->errors.len) bp_buf_add(&r->body, w->errors.data, w->errors.len);
+    bp_buf_adds(&r->body, "]}");
+}
+
+/* The account key and vendor an integration's events are keyed and routed by. */
+static void routing_of(bp_registry *reg, bp_integration *it, char *account, size_t n, char *vendor, size_t vn)
+{
+    pthread_mutex_lock(&reg->mu);
+    const bp_shared_bp *sbp = it->vendor->bp;
+    if (sbp && it->cfg) bp_account_key(sbp->bp, it->cfg, it->id, account, n);
+    else snprintf(account, n, "integration %s", it->id);
+    snprintf(vendor, vn, "%s", it->vendor->key);
+    pthread_mutex_unlock(&reg->mu);
+}
+
+/* Cluster mode: the accepted events go to the delivery topic as one
+ * message, 202 once the broker has it (duplicates are recognised at
+ * delivery, by the node that owns the partition). */
+static void intake_cluster(call *k)
+{
+    bp_registry *reg = k->s->reg;
+    bp_buf events;
+    bp_buf_init(&events);
+    intake_run w = { k, { 0 }, 0, 0, 0, 1, &events };
+    bp_buf_init(&w.errors);
+    long index = bp_intake_each(k->cn->body.data, k->cn->body.len, intake_one, &w);
+    if (w.accepted) {
+        bp_buf_addc(&events, ']');
+        char account[600], vendor[128];
+        routing_of(reg, k->it, account, sizeof account, vendor, sizeof vendor);
+        bp_error err;
+        if (bp_cluster_send_events(reg->cluster, k->it->id, vendor, account, events.data, events.len, 0, &err) < 0) {
+            set_error(k->r, 503, "CLUSTER_UNAVAILABLE", "%s; nothing was accepted: retry later (GET /healthz shows the "
+                      "brokers' state)", err.msg);
+            bp_buf_free(&w.errors);
+            bp_buf_free(&events);
+            return;
+        }
+        pthread_mutex_lock(&reg->mu);
+        reg->metrics.events_in += w.accepted;
+        pthread_mutex_unlock(&reg->mu);
+    }
+    intake_reply(k->r, &w, index);
+    bp_buf_free(&w.errors);
+    bp_buf_free(&events);
 }
 
 static void intake(call *k)
 {
     reply *r = k->r;
     bp_registry *reg = k->s->reg;
-    intake_run w = { k, { 0 }, 0, 0, 0, 1 };
+    if (reg->cluster) { intake_cluster(k); return; }
+    intake_run w = { k, { 0 }, 0, 0, 0, 1, NULL };
     bp_buf_init(&w.errors);
     int began = bp_store_begin(reg->store) == 0;
     /* deleted while this request waited: its events would never be delivered
@@ -457,14 +537,7 @@ static void intake(call *k)
     pthread_mutex_lock(&reg->mu);
     reg->metrics.events_in += w.accepted;
     pthread_mutex_unlock(&reg->mu);
-    if (index == 0) { set_error(r, 400, "BAD_REQUEST", "no events in the body (one JSON object, an array or NDJSON)"); bp_buf_free(&w.errors); return; }
-    r->status = w.bad ? 400 : 202;
-    if (w.bad) bp_buf_printf(&r->body, "{\"error\":{\"code\":\"INVALID_EVENTS\",\"message\":\"%ld of %ld events were "
-                             "rejected; the others were accepted\"},", w.bad, index);
-    else bp_buf_addc(&r->body, '{');
-    bp_buf_printf(&r->body, "\"accepted\":%ld,\"duplicates\":%ld,\"errors\":[", w.accepted, w.duplicates);
-    if (w.errors.len) bp_buf_add(&r->body, w.errors.data, w.errors.len);
-    bp_buf_adds(&r->body, "]}");
+    intake_reply(r, &w, index);
     bp_buf_free(&w.errors);
 }
 
@@ -534,6 +607,77 @@ static void dead_letters(call *k)
     bp_buf_adds(&k->r->body, "]}");
 }
 
+/* Cluster mode: the dead letters chosen, as this node's store has them
+ * (every node stores every node's final outcomes). */
+typedef struct dead_pick {
+    const bp_doc *d;
+    uint32_t ids;                 /* BP_NONE: all */
+    bp_buf events;                /* their bodies, a JSON array */
+    bp_store_row *rows;           /* copies: id, source, body, outcome */
+    size_t n, cap;
+} dead_pick;
+
+static void pick_dead(void *ctx, const bp_store_row *row)
+{
+    dead_pick *p = ctx;
+    if (p->ids != BP_NONE) {
+        int wanted = 0;
+        for (uint32_t e = p->ids + 1, i = 0; i < p->d->nodes[p->ids].len && !wanted; i++, e = p->d->nodes[e].next) {
+            const char *v = bp_jscalar(p->d, e);
+            wanted = v && atoll(v) == row->id;
+        }
+        if (!wanted) return;
+    }
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 16;
+        if (!(p->rows = realloc(p->rows, p->cap * sizeof *p->rows))) abort();
+    }
+    bp_store_row *c = &p->rows[p->n++];
+    *c = *row;
+    c->body = strdup(row->body ? row->body : "null");
+    c->outcome = row->outcome ? strdup(row->outcome) : NULL;
+    c->ktopic = row->ktopic ? strdup(row->ktopic) : NULL;
+    c->message_id = c->reason = c->response = c->state = NULL;
+    bp_buf_addc(&p->events, p->n > 1 ? ',' : '[');
+    bp_buf_adds(&p->events, c->body);
+}
+
+/* The events go to the delivery topic again (as new messages, delivered
+ * even though their message ids were seen), their dead letters become
+ * "replayed" on every node. */
+static long replay_cluster(call *k, const bp_doc *d, uint32_t ids)
+{
+    bp_registry *reg = k->s->reg;
+    dead_pick p = { d, ids, { 0 }, NULL, 0, 0 };
+    bp_buf_init(&p.events);
+    long n = 0;
+    if (bp_store_each(reg->store, k->it->id, "dead", pick_dead, &p) < 0) n = -1;
+    if (n == 0 && p.n > 0) {
+        bp_buf_addc(&p.events, ']');
+        char account[600], vendor[128];
+        routing_of(reg, k->it, account, sizeof account, vendor, sizeof vendor);
+        bp_error err;
+        if (bp_cluster_send_events(reg->cluster, k->it->id, vendor, account, p.events.data, p.events.len, 1, &err) < 0) {
+            set_error(k->r, 503, "CLUSTER_UNAVAILABLE", "%s; nothing was replayed: retry later", err.msg);
+        } else {
+            for (size_t i = 0; i < p.n; i++) {
+                bp_store_move(reg->store, k->it->id, "dead", "replayed", p.rows[i].id);
+                p.rows[i].state = "replayed";
+                bp_cluster_replayed(reg->cluster, k->it->id, &p.rows[i]);
+            }
+            n = (long)p.n;
+        }
+    }
+    for (size_t i = 0; i < p.n; i++) {
+        free((char *)p.rows[i].body);
+        free((char *)p.rows[i].outcome);
+        free((char *)p.rows[i].ktopic);
+    }
+    free(p.rows);
+    bp_buf_free(&p.events);
+    return n;
+}
+
 static void replay(call *k)
 {
     bp_doc d;
@@ -542,7 +686,10 @@ static void replay(call *k)
     bp_store *st = k->s->reg->store;
     long n = 0;
     uint32_t all = bp_jget(&d, 0, "all"), ids = bp_jget(&d, 0, "ids");
-    if (all != BP_NONE && d.nodes[all].type == BP_JTRUE) {
+    int by_ids = ids != BP_NONE && d.nodes[ids].type == BP_JARRAY;
+    if (k->s->reg->cluster && ((all != BP_NONE && d.nodes[all].type == BP_JTRUE) || by_ids)) {
+        n = replay_cluster(k, &d, by_ids && !(all != BP_NONE && d.nodes[all].type == BP_JTRUE) ? ids : BP_NONE);
+    } else if (all != BP_NONE && d.nodes[all].type == BP_JTRUE) {
         n = bp_store_move(st, k->it->id, "dead", "pending", 0);
     } else if (ids != BP_NONE && d.nodes[ids].type == BP_JARRAY) {
         for (uint32_t e = ids + 1, i = 0; i < d.nodes[ids].len; i++, e = d.nodes[e].next) {
@@ -556,7 +703,7 @@ static void replay(call *k)
     if (n < 0) set_error(k->r, 503, "STORE_UNAVAILABLE", "could not update the state store; nothing was replayed");
     if (k->r->status == 200) {
         bp_buf_printf(&k->r->body, "{\"replayed\":%ld}", n);
-        if (n > 0) bp_pool_rescan(k->s->reg->pool, k->it->id);
+        if (n > 0 && !k->s->reg->cluster) bp_pool_rescan(k->s->reg->pool, k->it->id);
         char what[96];
         snprintf(what, sizeof what, "%ld dead letters replayed (%s)", n, all != BP_NONE ? "all" : "by id");
         bp_registry_audit(k->s->reg, &k->who, "dead_letters.replay", k->it->id, what);
@@ -590,6 +737,7 @@ static void metrics(call *k)
     bp_store_health(reg->store, &h);
     k->r->ctype = "text/plain; version=0.0.4";
     bp_metrics_write(&m, retries, depth > 0 ? depth : 0, &h, &k->r->body);
+    if (reg->cluster) bp_cluster_metrics(reg->cluster, &k->r->body);
 }
 
 /* ---- Live Events stream (Server-Sent Events) -------------------------------------------------- */
@@ -940,6 +1088,15 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     s.reg->retry_base_ms = o->retry_base_ms;
     s.reg->on_live = on_live;
     s.reg->on_live_ctx = &s;
+    if (o->kafka_brokers && *o->kafka_brokers) {
+        char node[300], host[256] = "localhost";
+        gethostname(host, sizeof host - 1);
+        if (o->node_name && *o->node_name) snprintf(node, sizeof node, "%s", o->node_name);
+        else if (o->port) snprintf(node, sizeof node, "%s:%d", host, o->port);
+        else snprintf(node, sizeof node, "%s-%d", host, (int)getpid());
+        bp_cluster_opts co = { o->kafka_brokers, o->cluster_name, o->topic_mode, node, o->kafka_session_timeout_ms };
+        if (!(s.reg->cluster = bp_cluster_new(s.reg, &co, err))) { bp_registry_close(s.reg); return -1; }
+    }
 
     /* SIGTERM/SIGINT are taken with sigwait below, so block them in every thread. */
     sigset_t sigs;
@@ -962,7 +1119,10 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     int workers = o->workers > 0 ? o->workers : cores > 0 ? (int)cores : 1;
     int http_threads = o->http_threads > 0 ? o->http_threads : 4;
     unsigned per_ip = o->max_connections_per_ip > 0 ? (unsigned)o->max_connections_per_ip : 1024u;
-    if (bp_registry_start(s.reg, workers, err) < 0) { bp_registry_close(s.reg); return -1; }
+    if (bp_registry_start(s.reg, workers, err) < 0 || (s.reg->cluster && bp_cluster_start(s.reg->cluster, err) < 0)) {
+        bp_registry_close(s.reg);
+        return -1;
+    }
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, &s,
         MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http_threads,

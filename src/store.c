@@ -44,7 +44,7 @@ struct bp_store {
     pthread_mutex_t rmu;        /* the read connection */
     pthread_mutex_t health_mu;  /* failing, last_error, failures */
     sqlite3 *db, *rdb;
-    sqlite3_stmt *insert, *update, *pending, *once_get, *once_put;
+    sqlite3_stmt *insert, *insert_src, *update, *pending, *once_get, *once_put;
     char *fault_file;           /* fault injection for tests (BLUEPRINT_FAULT_FILE) */
     pthread_t checkpointer;
     int has_checkpointer;
@@ -95,7 +95,24 @@ static const char INDEXES[] =
     "CREATE INDEX IF NOT EXISTS events_by_id ON events(integration, id);"
     /* Signal retries deliveries too: one stored event per message id and integration. */
     "CREATE UNIQUE INDEX IF NOT EXISTS events_by_message ON events(integration, message_id) "
-    "  WHERE message_id IS NOT NULL;";
+    "  WHERE message_id IS NOT NULL;"
+    /* cluster mode (cluster.c): an event read from Kafka is stored once per
+     * (topic, partition, offset, index in the message), whichever node
+     * delivered it; and the node that owns the partition finds its own
+     * unfinished events by slot.  Both empty (and free) outside cluster mode. */
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_by_source ON events(ktopic, kpart, koff, kidx) "
+    "  WHERE ktopic IS NOT NULL;"
+    "CREATE INDEX IF NOT EXISTS events_by_slot ON events(ksrc, state, koff) WHERE ksrc IS NOT NULL;";
+
+/* Columns added after the first release, created on a store that lacks them. */
+static const char *const ADDED_COLUMNS[][2] = {
+    { "integration", "ALTER TABLE events ADD COLUMN integration TEXT NOT NULL DEFAULT ''" },
+    { "ktopic", "ALTER TABLE events ADD COLUMN ktopic TEXT" },
+    { "kpart", "ALTER TABLE events ADD COLUMN kpart INTEGER" },
+    { "koff", "ALTER TABLE events ADD COLUMN koff INTEGER" },
+    { "kidx", "ALTER TABLE events ADD COLUMN kidx INTEGER" },
+    { "ksrc", "ALTER TABLE events ADD COLUMN ksrc INTEGER" },
+};
 
 /* SQLite's default busy handler backs off up to 100 ms per try.  Within
  * this process writers take `mu` and never meet; another process on the
@@ -120,15 +137,23 @@ static const char *scoped(const char *integration, const char *key, char *buf, s
     return buf;
 }
 
-static int has_integration_column(sqlite3 *db)
+static int has_column(sqlite3 *db, const char *name)
 {
     sqlite3_stmt *q;
     int found = 0;
     if (sqlite3_prepare_v2(db, "PRAGMA table_info(events)", -1, &q, NULL) != SQLITE_OK) return 0;
     while (sqlite3_step(q) == SQLITE_ROW)
-        if (!strcmp((const char *)sqlite3_column_text(q, 1), "integration")) found = 1;
+        if (!strcmp((const char *)sqlite3_column_text(q, 1), name)) found = 1;
     sqlite3_finalize(q);
     return found;
+}
+
+static int add_columns(sqlite3 *db)
+{
+    for (size_t i = 0; i < sizeof ADDED_COLUMNS / sizeof ADDED_COLUMNS[0]; i++)
+        if (!has_column(db, ADDED_COLUMNS[i][0]) && sqlite3_exec(db, ADDED_COLUMNS[i][1], NULL, NULL, NULL) != SQLITE_OK)
+            return 0;
+    return 1;
 }
 
 #define CHECKPOINT_FRAMES 4000   /* ~16 MiB of WAL */
@@ -203,16 +228,16 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
     mode_t old_mask = umask(077);
     int ok = sqlite3_open(path, &s->db) == SQLITE_OK && bp_store_busy_handler(s->db) == SQLITE_OK &&
              sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK;
-    if (ok && !has_integration_column(s->db))
-        ok = sqlite3_exec(s->db, "ALTER TABLE events ADD COLUMN integration TEXT NOT NULL DEFAULT ''",
-                          NULL, NULL, NULL) == SQLITE_OK;
-    ok = ok && sqlite3_exec(s->db, INDEXES, NULL, NULL, NULL) == SQLITE_OK &&
+    ok = ok && add_columns(s->db) && sqlite3_exec(s->db, INDEXES, NULL, NULL, NULL) == SQLITE_OK &&
          prepare(s->db, &s->insert, "INSERT INTO events(integration, state, body, idx, created_at, updated_at, "
                                     "message_id) VALUES(?5, 'pending', ?1, ?2, ?3, ?3, ?4) ON CONFLICT DO NOTHING") == 0 &&
+         prepare(s->db, &s->insert_src, "INSERT INTO events(integration, state, body, idx, created_at, updated_at, "
+                                        "message_id, ktopic, kpart, koff, kidx, ksrc) VALUES(?5, 'pending', ?1, ?2, ?3, "
+                                        "?3, ?4, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING") == 0 &&
          prepare(s->db, &s->update, "UPDATE events SET state=?2, attempts=?3, failures=?4, done_requests=?5, "
                                     "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11 "
                                     "WHERE id=?1") == 0 &&
-         prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx FROM events "
+         prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx, ksrc, koff FROM events "
                                      "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
          prepare(s->db, &s->once_get, "SELECT at FROM once_keys WHERE key=?1") == 0 &&
          prepare(s->db, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)") == 0 &&
@@ -243,6 +268,7 @@ void bp_store_close(bp_store *s)
         pthread_join(s->checkpointer, NULL);
     }
     sqlite3_finalize(s->insert);
+    sqlite3_finalize(s->insert_src);
     sqlite3_finalize(s->update);
     sqlite3_finalize(s->pending);
     sqlite3_finalize(s->once_get);
@@ -347,6 +373,71 @@ int64_t bp_store_add(bp_store *s, const char *integration, const char *json, siz
     return id;
 }
 
+/* An event read from a Kafka partition (cluster mode): 0 when it is stored
+ * already (by this node, or as another node's outcome) or its message id is. */
+int64_t bp_store_add_from(bp_store *s, const char *integration, const char *json, size_t len, const char *message_id,
+                          const bp_source *src, int64_t now)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *q = s->insert_src;
+    sqlite3_reset(q);
+    sqlite3_bind_text(q, 1, json, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, src->index);
+    sqlite3_bind_int64(q, 3, now);
+    if (message_id) sqlite3_bind_text(q, 4, message_id, -1, SQLITE_STATIC);
+    else sqlite3_bind_null(q, 4);
+    sqlite3_bind_text(q, 5, integration, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 6, src->topic, -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 7, src->partition);
+    sqlite3_bind_int64(q, 8, src->offset);
+    sqlite3_bind_int(q, 9, src->index);
+    sqlite3_bind_int64(q, 10, src->slot);
+    int64_t id = -1;
+    if (sqlite3_step(q) == SQLITE_DONE) id = sqlite3_changes(s->db) == 0 ? 0 : sqlite3_last_insert_rowid(s->db);
+    pthread_mutex_unlock(&s->mu);
+    return id;
+}
+
+/* Another node's final outcome for an event (cluster mode): stored, or
+ * written over this node's row of the same event, so that Live Events and
+ * dead letters show the whole cluster and a node that takes the partition
+ * over later does not deliver it again. */
+int bp_store_record(bp_store *s, const char *integration, const bp_source *src, const bp_store_row *r)
+{
+    sqlite3_stmt *q;
+    int ok = 0;
+    pthread_mutex_lock(&s->mu);
+    if (sqlite3_prepare_v2(s->db, "INSERT INTO events(integration, state, body, message_id, idx, attempts, last_status, "
+                                  "reason, response, outcome, created_at, updated_at, ktopic, kpart, koff, kidx) "
+                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?5) "
+                                  "ON CONFLICT(ktopic, kpart, koff, kidx) WHERE ktopic IS NOT NULL DO UPDATE SET "
+                                  "state=excluded.state, attempts=excluded.attempts, last_status=excluded.last_status, "
+                                  "reason=excluded.reason, response=excluded.response, outcome=excluded.outcome, "
+                                  "updated_at=excluded.updated_at", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, integration, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, r->state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, r->body ? r->body : "null", -1, SQLITE_STATIC);
+        if (r->message_id) sqlite3_bind_text(q, 4, r->message_id, -1, SQLITE_STATIC); else sqlite3_bind_null(q, 4);
+        sqlite3_bind_int(q, 5, src->index);
+        sqlite3_bind_int(q, 6, r->attempts);
+        if (r->last_status) sqlite3_bind_int(q, 7, r->last_status); else sqlite3_bind_null(q, 7);
+        const char *texts[] = { r->reason, r->response, r->outcome };
+        for (int i = 0; i < 3; i++)
+            if (texts[i]) sqlite3_bind_text(q, 8 + i, texts[i], -1, SQLITE_STATIC); else sqlite3_bind_null(q, 8 + i);
+        sqlite3_bind_int64(q, 11, r->updated_at);
+        sqlite3_bind_text(q, 12, src->topic, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 13, src->partition);
+        sqlite3_bind_int64(q, 14, src->offset);
+        int rc = sqlite3_step(q);
+        /* the message id is known here under another source (a resent
+         * event): that row tells the story already */
+        ok = rc == SQLITE_DONE || rc == SQLITE_CONSTRAINT;
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ok ? 0 : -1;
+}
+
 /* Text is bound SQLITE_STATIC (no copy): every statement here binds all
  * its parameters afresh before each step, and the strings outlive the step. */
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
@@ -407,6 +498,8 @@ int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int
         e->done_requests = sqlite3_column_int(q, 4);
         e->next_at = sqlite3_column_int64(q, 5);
         e->idx = (long)sqlite3_column_int64(q, 6);
+        e->ksrc = sqlite3_column_int64(q, 7);
+        e->koff = sqlite3_column_int64(q, 8);
     }
     sqlite3_reset(q);
     pthread_mutex_unlock(&s->mu);
@@ -492,6 +585,60 @@ int bp_store_purge(bp_store *s, const char *integration)
     return bp_store_commit(s, ok);
 }
 
+/* Forget the unfinished events read from partition slot `slot` (0: from
+ * any partition): the partition went to another node, which reads them
+ * again from the last committed offset. */
+long bp_store_release_slot(bp_store *s, int64_t slot)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%lld", (long long)slot);
+    const char *args[] = { text };
+    return slot ? write_stmt(s, "DELETE FROM events WHERE ksrc=?1 AND state IN ('pending', 'held')", 1, args)
+                : write_stmt(s, "DELETE FROM events WHERE ksrc IS NOT NULL AND state IN ('pending', 'held')", 0, args);
+}
+
+/* For each partition slot with unfinished events: the lowest offset among
+ * them and how many there are (the read connection: committed state). */
+int bp_store_slot_progress(bp_store *s, void (*fn)(void *ctx, int64_t slot, int64_t min_offset, long n), void *ctx)
+{
+    sqlite3_stmt *q;
+    pthread_mutex_lock(&s->rmu);
+    int rc = sqlite3_prepare_v2(s->rdb, "SELECT ksrc, min(koff), count(*) FROM events WHERE ksrc IS NOT NULL AND "
+                                        "state IN ('pending', 'held') GROUP BY ksrc", -1, &q, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc == 0) {
+        while (sqlite3_step(q) == SQLITE_ROW)
+            fn(ctx, sqlite3_column_int64(q, 0), sqlite3_column_int64(q, 1), (long)sqlite3_column_int64(q, 2));
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&s->rmu);
+    return rc;
+}
+
+/* Integrations with events read from Kafka still pending after `before`
+ * (ms): candidates for "no such integration" (cluster.c). */
+int bp_store_waiting_integrations(bp_store *s, int64_t before, void (*fn)(void *ctx, const char *integration), void *ctx)
+{
+    sqlite3_stmt *q;
+    pthread_mutex_lock(&s->rmu);
+    int rc = sqlite3_prepare_v2(s->rdb, "SELECT DISTINCT integration FROM events WHERE ksrc IS NOT NULL AND "
+                                        "state='pending' AND created_at < ?1", -1, &q, NULL) == SQLITE_OK ? 0 : -1;
+    if (rc == 0) {
+        sqlite3_bind_int64(q, 1, before);
+        while (sqlite3_step(q) == SQLITE_ROW) fn(ctx, (const char *)sqlite3_column_text(q, 0));
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&s->rmu);
+    return rc;
+}
+
+/* End an integration's events read from Kafka with `state` and `reason`. */
+long bp_store_end_sourced(bp_store *s, const char *integration, const char *state, const char *reason)
+{
+    const char *args[] = { integration, state, reason };
+    return write_stmt(s, "UPDATE events SET state=?2, reason=?3, outcome=json_object('outcome', ?2, 'reason', ?3) "
+                         "WHERE integration=?1 AND ksrc IS NOT NULL AND state='pending'", 3, args);
+}
+
 /* Copy the events, once-keys and meta of a single-integration store (the
  * layout `serve` used before one store held them all) under `integration`. */
 int bp_store_import(bp_store *s, const char *integration, const char *path)
@@ -515,7 +662,8 @@ int bp_store_import(bp_store *s, const char *integration, const char *path)
 
 /* ---- reads for people (the read connection) ------------------------------------------------- */
 
-#define ROW_COLUMNS "id, message_id, attempts, last_status, reason, response, outcome, updated_at, body, state"
+#define ROW_COLUMNS "id, message_id, attempts, last_status, reason, response, outcome, updated_at, body, state, " \
+                    "ktopic, kpart, koff, kidx"
 
 /* Step through q, handing each row (ROW_COLUMNS, in that order) to fn. */
 static void each_row(sqlite3_stmt *q, bp_store_row_fn fn, void *ctx)
@@ -525,7 +673,8 @@ static void each_row(sqlite3_stmt *q, bp_store_row_fn fn, void *ctx)
             sqlite3_column_int64(q, 0), (const char *)sqlite3_column_text(q, 1), sqlite3_column_int(q, 2),
             sqlite3_column_int(q, 3), (const char *)sqlite3_column_text(q, 4), (const char *)sqlite3_column_text(q, 5),
             (const char *)sqlite3_column_text(q, 6), sqlite3_column_int64(q, 7), (const char *)sqlite3_column_text(q, 8),
-            (const char *)sqlite3_column_text(q, 9),
+            (const char *)sqlite3_column_text(q, 9), (const char *)sqlite3_column_text(q, 10),
+            sqlite3_column_int(q, 11), sqlite3_column_int64(q, 12), sqlite3_column_int(q, 13),
         };
         fn(ctx, &r);
     }
