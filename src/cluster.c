@@ -719,6 +719,23 @@ static int outcomes_settled(bp_cluster *c, unsigned current)
     return 1;
 }
 
+/* A failed commit (a rebalance in progress, the broker away): commit those
+ * partitions again at the next round. */
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk;
+    bp_cluster *c = opaque;
+    if (!offsets) return;
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < offsets->cnt; i++) {
+        if (!err && !offsets->elems[i].err) continue;
+        int64_t id = slot_find_locked(c, offsets->elems[i].topic, offsets->elems[i].partition);
+        slot *s = id ? slot_at(c, id) : NULL;
+        if (s && s->committed == offsets->elems[i].offset) s->committed = -1;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
 /* Commit each partition's lowest unfinished offset (or its next one) for the
  * slots given (all owned when only == NULL).  Blocking (a revocation) waits
  * for the outcomes recorded so far to be acknowledged; otherwise a round
@@ -834,23 +851,6 @@ static void give_up(bp_cluster *c, rd_kafka_t *rk, rd_kafka_topic_partition_list
     if (cooperative) e = rd_kafka_incremental_unassign(rk, parts);
     else rd_kafka_assign(rk, NULL);
     if (e) { log_kafka("error", "kafka: unassign failed", NULL, -1, rd_kafka_error_string(e)); rd_kafka_error_destroy(e); }
-}
-
-/* A failed commit (a rebalance in progress, the broker away): commit those
- * partitions again at the next round. */
-static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *offsets, void *opaque)
-{
-    (void)rk;
-    bp_cluster *c = opaque;
-    if (!offsets) return;
-    pthread_mutex_lock(&c->mu);
-    for (int i = 0; i < offsets->cnt; i++) {
-        if (!err && !offsets->elems[i].err) continue;
-        int64_t id = slot_find_locked(c, offsets->elems[i].topic, offsets->elems[i].partition);
-        slot *s = id ? slot_at(c, id) : NULL;
-        if (s && s->committed == offsets->elems[i].offset) s->committed = -1;
-    }
-    pthread_mutex_unlock(&c->mu);
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts, void *opaque)
