@@ -16,81 +16,14 @@ local INSTALL = "/v1/admin/integration-catalog/activecampaign/install"
 -- every event delivered, not the vendor-side timing.
 local TIMING = not os.getenv("BLUEPRINT_TEST_SANITIZER")
 
--- Many HTTP calls from one curl process (-Z): `calls` is a list of
--- {method, path, body}.  Returns the list of {status, body} in call order.
-local function many(srv, calls, parallel)
-  local dir = S.tmpdir()
-  local cfg = {}
-  local token = srv.token("admin")
-  for i, c in ipairs(calls) do
-    local bodyf = dir .. "/in" .. i
-    if c[3] then S.write(bodyf, c[3]) end
-    cfg[#cfg + 1] = table.concat({
-      'url = "' .. srv.url .. c[2] .. '"',
-      'request = "' .. c[1] .. '"',
-      'header = "Authorization: Bearer ' .. token .. '"',
-      'header = "Content-Type: application/json"',
-      c[3] and ('data-binary = "@' .. bodyf .. '"') or "",
-      'output = "' .. dir .. "/out" .. i .. '"',
-      'write-out = "%{http_code} ' .. i .. '\\n"',
-    }, "\n")
-  end
-  S.write(dir .. "/curl.cfg", table.concat(cfg, "\nnext\n") .. "\n")
-  local p = io.popen("curl -s -Z --parallel-max " .. (parallel or 8) .. " -K " .. dir .. "/curl.cfg 2>/dev/null")
-  local text = p:read("a")
-  p:close()
-  local out = {}
-  for status, i in text:gmatch("(%d+) (%d+)") do
-    local f = io.open(dir .. "/out" .. i)
-    local body = f and f:read("a") or ""
-    if f then f:close() end
-    out[tonumber(i)] = { tonumber(status), core.json_decode(body) or body }
-  end
-  os.execute("rm -rf " .. dir)
-  return out
-end
-
-local function install_body(name, account)
-  return core.json_encode({ name = name, variant = "default", delivery_mode = "server_side", config = account })
-end
-
 -- An emulator, a server and one integration on the emulator's default
 -- account, stopped when the test ends.
 local function one_integration(name, server_opts)
   local emu = S.start_emulator("--rate-limit 0")
   local srv = S.start_server(server_opts or {})
   finally(function() srv.stop(); emu.stop() end)
-  local _, it = srv.call("POST", INSTALL, install_body(name, S.emulator_account(emu, 0)))
+  local _, it = srv.call("POST", INSTALL, S.install_body(name, S.emulator_account(emu, 0)))
   return emu, srv, it
-end
-
--- For every account: the most requests the emulator received in any one
--- second, and when the 429s were (ms after the first request of the run).
-local function pacing_report(requests)
-  local by_account, first = {}, math.huge
-  for _, r in ipairs(requests) do
-    if r.account >= 0 then
-      by_account[r.account] = by_account[r.account] or {}
-      table.insert(by_account[r.account], r)
-      if r.at_ms < first then first = r.at_ms end
-    end
-  end
-  local worst, worst_account, late_429, window = 0, nil, {}, ""
-  for account, list in pairs(by_account) do
-    table.sort(list, function(a, b) return a.at_ms < b.at_ms end)
-    local j = 1
-    for i = 1, #list do
-      while list[i].at_ms - list[j].at_ms >= 1000 do j = j + 1 end
-      if i - j + 1 > worst then
-        worst, worst_account = i - j + 1, account
-        local t = {}
-        for k = j, i do t[#t + 1] = ("%.1f ms: %s %d"):format(list[k].at_ms - first, list[k].path, list[k].status) end
-        window = table.concat(t, "; ")
-      end
-      if list[i].status == 429 and list[i].at_ms - first > 1000 then late_429[#late_429 + 1] = list[i] end
-    end
-  end
-  return worst, worst_account, late_429, window
 end
 
 describe("serve at scale #cli #serve", function()
@@ -99,14 +32,14 @@ describe("serve at scale #cli #serve", function()
     local srv = S.start_server({ rate = false })
     finally(function() srv.stop(); emu.stop() end)
     local calls = {}
-    for i = 1, 10 do calls[#calls + 1] = { "POST", INSTALL, install_body("first-" .. i, S.emulator_account(emu, i % 50)) } end
-    local first = many(srv, calls)
+    for i = 1, 10 do calls[#calls + 1] = { "POST", INSTALL, S.install_body("first-" .. i, S.emulator_account(emu, i % 50)) } end
+    local first = S.many(srv, calls)
     local ids = {}
     for i = 1, 10 do assert.are.equal(201, first[i][1], "install " .. i); ids[i] = first[i][2].id end
     local threads_at_10 = srv.threads()
     calls = {}
-    for i = 11, 500 do calls[#calls + 1] = { "POST", INSTALL, install_body("int-" .. i, S.emulator_account(emu, i % 50)) } end
-    local rest = many(srv, calls)
+    for i = 11, 500 do calls[#calls + 1] = { "POST", INSTALL, S.install_body("int-" .. i, S.emulator_account(emu, i % 50)) } end
+    local rest = S.many(srv, calls)
     for k, r in ipairs(rest) do assert.are.equal(201, r[1], "install " .. (k + 10)); ids[k + 10] = r[2].id end
     assert.are.equal(threads_at_10, srv.threads(), "threads grew with integrations")
 
@@ -116,7 +49,7 @@ describe("serve at scale #cli #serve", function()
       calls[#calls + 1] = { "POST", "/v1/integrations/" .. id .. "/events",
         S.identify(("u%d-a@example.com"):format(i), "a" .. i) .. "\n" .. S.identify(("u%d-b@example.com"):format(i), "b" .. i) }
     end
-    local posted = many(srv, calls)
+    local posted = S.many(srv, calls)
     for k, r in ipairs(posted) do assert.are.equal(202, r[1], "intake " .. k) end
 
     -- the API answers within 1 s throughout (curl gives up after 1 s: status 0)
@@ -133,7 +66,7 @@ describe("serve at scale #cli #serve", function()
     end, 40)
     assert.are.same({}, slow)
     assert.is_truthy(done, "delivered " .. #emu.contacts() .. " of 1000 contacts")
-    local worst, account, late, window = pacing_report(emu.requests())
+    local worst, account, late, window = S.pacing_report(emu.requests())
     if TIMING then
       assert.is_true(worst <= 5, ("account %s received %d requests within one second: %s"):format(tostring(account),
         worst, window))
@@ -147,11 +80,11 @@ describe("serve at scale #cli #serve", function()
     local srv = S.start_server({ rate = false })
     finally(function() srv.stop(); emu.stop() end)
     local acct = S.emulator_account(emu, 1)
-    local _, a = srv.call("POST", INSTALL, install_body("A", acct))
+    local _, a = srv.call("POST", INSTALL, S.install_body("A", acct))
     -- the same account written differently (trailing slash, capitals) is the same account
     local other = S.emulator_account(emu, 1)
     other.api_url = other.api_url:gsub("acct1", "ACCT1") .. "/"
-    local _, b = srv.call("POST", INSTALL, install_body("B", other))
+    local _, b = srv.call("POST", INSTALL, S.install_body("B", other))
     local ev_a, ev_b = {}, {}
     for i = 1, 10 do
       ev_a[i] = S.identify(("pa%d@example.com"):format(i), "pa" .. i)
@@ -160,7 +93,7 @@ describe("serve at scale #cli #serve", function()
     assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. a.id .. "/events", table.concat(ev_a, "\n"))))
     assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. b.id .. "/events", table.concat(ev_b, "\n"))))
     assert.is_truthy(S.eventually(function() return #emu.contacts() == 20 end, 15), "not all delivered")
-    local worst, _, late, window = pacing_report(emu.requests())
+    local worst, _, late, window = S.pacing_report(emu.requests())
     if TIMING then
       assert.is_true(worst <= 5, worst .. " requests within one second on one account: " .. window)
       assert.are.equal(0, #late)
@@ -173,7 +106,7 @@ describe("serve at scale #cli #serve", function()
     for i = 1, 1000 do
       calls[i] = { "POST", "/v1/integrations/" .. it.id .. "/events", S.identify(("c%04d@example.com"):format(i), "c" .. i) }
     end
-    for k, r in ipairs(many(srv, calls, 20)) do assert.are.equal(202, r[1], "post " .. k) end
+    for k, r in ipairs(S.many(srv, calls, 20)) do assert.are.equal(202, r[1], "post " .. k) end
     assert.is_truthy(S.eventually(function() return #emu.contacts() == 1000 end, 30),
       "delivered " .. #emu.contacts() .. " of 1000")
     local _, shown = srv.call("GET", "/v1/admin/integrations/" .. it.id)
@@ -204,7 +137,7 @@ describe("serve at scale #cli #serve", function()
     local fault = state .. "/inject-store-fault"
     local srv = S.start_server({ state = state, env = "BLUEPRINT_FAULT_FILE=" .. fault })
     finally(function() srv.stop(); emu.stop() end)
-    local _, it = srv.call("POST", INSTALL, install_body("flaky", S.emulator_account(emu, 0)))
+    local _, it = srv.call("POST", INSTALL, S.install_body("flaky", S.emulator_account(emu, 0)))
     local intake = "/v1/integrations/" .. it.id .. "/events"
     S.write(fault, "")
     local st, body = srv.call("POST", intake, S.identify("refused@example.com", "refused"))
@@ -266,7 +199,7 @@ describe("serve at scale #cli #serve", function()
   it("names the host and api_url in a dead letter for a network error", function()
     local srv = S.start_server({})
     finally(function() srv.stop() end)
-    local _, it = srv.call("POST", INSTALL, install_body("nowhere", {
+    local _, it = srv.call("POST", INSTALL, S.install_body("nowhere", {
       api_url = "http://127.0.0.1:9", api_key = "k" }))
     srv.call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("x@example.com", "x"))
     local dl = S.eventually(function()
@@ -303,7 +236,7 @@ describe("serve under abuse #cli #serve", function()
   end)
 
   it("refuses oversized admin bodies with 413 before applying anything, split bodies too", function()
-    local _, it = srv.call("POST", INSTALL, install_body("big", S.emulator_account(emu, 0)))
+    local _, it = srv.call("POST", INSTALL, S.install_body("big", S.emulator_account(emu, 0)))
     local ten_mb = '{"config":{"api_url":"' .. string.rep("a", 10 * 1024 * 1024) .. '"}}'
     local st, body = srv.call("PATCH", "/v1/admin/integrations/" .. it.id, ten_mb)
     assert.are.equal(413, st)
@@ -346,7 +279,7 @@ describe("serve under abuse #cli #serve", function()
     local secret = "ak-delete-me-" .. os.time()
     local acct = S.emulator_account(emu, 0)
     acct.api_key = secret
-    local _, it = srv.call("POST", INSTALL, install_body("modes", acct))
+    local _, it = srv.call("POST", INSTALL, S.install_body("modes", acct))
     srv.call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("m@example.com", "m1"))
     S.eventually(function()
       local _, b = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events")
@@ -378,7 +311,7 @@ describe("serve: changes while events are being delivered #cli #serve", function
     finally(function() srv.stop(); emu.stop() end)
     local ids = {}
     for i = 1, 18 do
-      local _, it = srv.call("POST", INSTALL, install_body("del-" .. i, S.emulator_account(emu, 0)))
+      local _, it = srv.call("POST", INSTALL, S.install_body("del-" .. i, S.emulator_account(emu, 0)))
       ids[i] = it.id
     end
     for round = 1, 3 do
@@ -399,7 +332,7 @@ describe("serve: changes while events are being delivered #cli #serve", function
         end
       end
     end
-    local _, keep = srv.call("POST", INSTALL, install_body("after", S.emulator_account(emu, 0)))
+    local _, keep = srv.call("POST", INSTALL, S.install_body("after", S.emulator_account(emu, 0)))
     srv.call("POST", "/v1/integrations/" .. keep.id .. "/events", S.identify("after@example.com", "after"))
     assert.is_truthy(S.eventually(function()
       local _, b = srv.call("GET", "/v1/admin/integrations/" .. keep.id)
@@ -414,7 +347,7 @@ describe("serve: changes while events are being delivered #cli #serve", function
     local emu = S.start_emulator("--rate-limit 0")
     local srv = S.start_server({ rate = 40 })
     finally(function() srv.stop(); emu.stop() end)
-    local _, it = srv.call("POST", INSTALL, install_body("replays", S.emulator_account(emu, 0)))
+    local _, it = srv.call("POST", INSTALL, S.install_body("replays", S.emulator_account(emu, 0)))
     emu.faults({ fail_next = 8, status = 404 })   -- the first 8 become dead letters
     local evs = {}
     for i = 1, 120 do evs[i] = S.identify(("rp%03d@example.com"):format(i), "rp" .. i) end
@@ -446,7 +379,7 @@ describe("serve: changes while events are being delivered #cli #serve", function
     finally(function() srv.stop(); emu.stop() end)
     local acct = S.emulator_account(emu, 0)
     acct.api_key = "wrong-key"
-    local _, it = srv.call("POST", INSTALL, install_body("creds", acct))
+    local _, it = srv.call("POST", INSTALL, S.install_body("creds", acct))
     local intake = "/v1/integrations/" .. it.id .. "/events"
     local n = 0
     local function post(count)

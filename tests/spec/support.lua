@@ -105,13 +105,13 @@ S.sleep = sleep
 -- get/post helpers and stop().  The caller must stop it (use finally()).
 -- Start a server command in the background and wait for its
 -- "listening on http://127.0.0.1:PORT" line; returns pid and port.
-local function start_listening(cmd, what, errf)
+local function start_listening(cmd, what, errf, seconds)
   local out, pidf = os.tmpname(), os.tmpname()
   os.execute(cmd .. " > " .. out .. " 2> " .. (errf or "/dev/null") .. " & echo $! > " .. pidf)
   local pid = io.open(pidf):read("l")
   os.remove(pidf)
   local port
-  for _ = 1, 250 do
+  for _ = 1, math.floor((seconds or 5) / 0.02) do
     local f = io.open(out)
     local text = f and f:read("a") or ""
     if f then f:close() end
@@ -211,11 +211,11 @@ function S.start_server(opts)
   local env = opts.env and (opts.env .. " ") or ""
   local pid, port = start_listening(env .. S.bin .. " serve --port " .. (opts.port or 0) .. " --state " .. state .. " --blueprints " .. blueprints
     .. rate .. " --retry-base-ms " .. (opts.retry_base_ms or 20) .. (opts.args and (" " .. opts.args) or ""),
-    "the server", errf)
+    "the server", errf, opts.start_seconds)
   local srv = { pid = pid, port = port, url = "http://127.0.0.1:" .. port, state = state, log = errf, bodies = {} }
   -- extra: more `blueprint token` options, e.g. "--subject ada --issuer signal"
   function srv.token(role, ttl, extra)
-    local p = io.popen(S.bin .. " token --role " .. role .. " --state " .. state .. (ttl and (" --ttl " .. ttl) or "")
+    local p = io.popen(env .. S.bin .. " token --role " .. role .. " --state " .. state .. (ttl and (" --ttl " .. ttl) or "")
       .. (extra and (" " .. extra) or ""))
     local t = p:read("l")
     p:close()
@@ -268,6 +268,99 @@ function S.start_server(opts)
     return t
   end
   return srv
+end
+
+-- Many HTTP calls from one curl process (-Z): `calls` is a list of
+-- {method, path, body}.  Returns the list of {status, body} in call order.
+function S.many(srv, calls, parallel)
+  local dir = S.tmpdir()
+  local cfg = {}
+  local token = srv.token("admin")
+  for i, c in ipairs(calls) do
+    local bodyf = dir .. "/in" .. i
+    if c[3] then S.write(bodyf, c[3]) end
+    cfg[#cfg + 1] = table.concat({
+      'url = "' .. srv.url .. c[2] .. '"',
+      'request = "' .. c[1] .. '"',
+      'header = "Authorization: Bearer ' .. token .. '"',
+      'header = "Content-Type: application/json"',
+      c[3] and ('data-binary = "@' .. bodyf .. '"') or "",
+      'output = "' .. dir .. "/out" .. i .. '"',
+      'write-out = "%{http_code} ' .. i .. '\\n"',
+    }, "\n")
+  end
+  S.write(dir .. "/curl.cfg", table.concat(cfg, "\nnext\n") .. "\n")
+  local p = io.popen("curl -s -Z --parallel-max " .. (parallel or 8) .. " -K " .. dir .. "/curl.cfg 2>/dev/null")
+  local text = p:read("a")
+  p:close()
+  local out = {}
+  for status, i in text:gmatch("(%d+) (%d+)") do
+    local f = io.open(dir .. "/out" .. i)
+    local body = f and f:read("a") or ""
+    if f then f:close() end
+    out[tonumber(i)] = { tonumber(status), S.core.json_decode(body) or body }
+  end
+  os.execute("rm -rf " .. dir)
+  return out
+end
+
+function S.install_body(name, account)
+  return S.core.json_encode({ name = name, variant = "default", delivery_mode = "server_side", config = account })
+end
+
+-- For every account: the most requests the emulator received in any one
+-- second, and when the 429s were (ms after the first request of the run).
+function S.pacing_report(requests)
+  local by_account, first = {}, math.huge
+  for _, r in ipairs(requests) do
+    if r.account >= 0 then
+      by_account[r.account] = by_account[r.account] or {}
+      table.insert(by_account[r.account], r)
+      if r.at_ms < first then first = r.at_ms end
+    end
+  end
+  local worst, worst_account, late_429, window = 0, nil, {}, ""
+  for account, list in pairs(by_account) do
+    table.sort(list, function(a, b) return a.at_ms < b.at_ms end)
+    local j = 1
+    for i = 1, #list do
+      while list[i].at_ms - list[j].at_ms >= 1000 do j = j + 1 end
+      if i - j + 1 > worst then
+        worst, worst_account = i - j + 1, account
+        local t = {}
+        for k = j, i do t[#t + 1] = ("%.1f ms: %s %d"):format(list[k].at_ms - first, list[k].path, list[k].status) end
+        window = table.concat(t, "; ")
+      end
+      if list[i].status == 429 and list[i].at_ms - first > 1000 then late_429[#late_429 + 1] = list[i] end
+    end
+  end
+  return worst, worst_account, late_429, window
+end
+
+-- ---- Kafka (tests/kafka/mock-cluster.c: librdkafka's mock cluster) ----
+
+-- A 3-broker mock Kafka cluster on loopback; down()/up() take every broker
+-- away and back (SIGUSR1/SIGUSR2).
+function S.start_kafka()
+  local ready = os.tmpname()
+  os.remove(ready)
+  local pidf = os.tmpname()
+  os.execute("build/kafka-mock-cluster --ready " .. ready .. " > /dev/null 2>&1 & echo $! > " .. pidf)
+  local pid = io.open(pidf):read("l")
+  os.remove(pidf)
+  local brokers = S.eventually(function()
+    local f = io.open(ready)
+    local b = f and f:read("l")
+    if f then f:close() end
+    return b
+  end, 10)
+  assert(brokers, "the mock Kafka cluster did not start")
+  os.remove(ready)
+  local k = { pid = pid, brokers = brokers }
+  function k.down() os.execute("kill -USR1 " .. pid) end
+  function k.up() os.execute("kill -USR2 " .. pid) end
+  function k.stop() os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+  return k
 end
 
 -- Poll fn() until it returns a truthy value or `seconds` pass.

@@ -1,0 +1,239 @@
+-- Cluster mode: three `serve --kafka` nodes against librdkafka's mock
+-- cluster (3 brokers on loopback, build/kafka-mock-cluster) and the
+-- emulator.  One cluster for the whole file, in order: what one test leaves
+-- (integrations, delivered events) the next one builds on.  Group timing
+-- is the mock's: the first join takes ~3 s, and a dead member's partitions
+-- move after the session timeout these nodes use (6 s).  Tagged #kafka: run
+-- by its own suite (ASan/UBSan build), not with the other specs.
+local S = require("support")
+local core = S.core
+
+local INSTALL = "/v1/admin/integration-catalog/activecampaign/install"
+local TIMING = not os.getenv("BLUEPRINT_TEST_SANITIZER")
+local ACCOUNTS = 20
+
+local kafka, emu, keyfile, env
+local nodes = {}
+
+local function start_node(i, state)
+  nodes[i] = S.start_server({
+    state = state or S.tmpdir(), rate = false, retry_base_ms = 200, env = env, start_seconds = 60,
+    args = "--kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node" .. i,
+  })
+  return nodes[i]
+end
+
+local function get(node, path)
+  local st, body = node.call("GET", path)
+  return st == 200 and body or nil, st
+end
+
+-- Successful /api/3/contact/sync requests at the emulator, per email.
+local function syncs_by_email()
+  local seen = {}
+  for _, r in ipairs(emu.requests()) do
+    local email = r.path == "/api/3/contact/sync" and r.status < 300 and r.body:match('"email":"([^"]+)"')
+    if email then seen[email] = (seen[email] or 0) + 1 end
+  end
+  return seen
+end
+
+local function delivered(emails)
+  local seen = syncs_by_email()
+  local n = 0
+  for _, e in ipairs(emails) do if seen[e] then n = n + 1 end end
+  return n == #emails and n, n
+end
+
+local function assigned(node)
+  local st, h = node.call("GET", "/healthz")
+  if st ~= 200 and st ~= 503 then return 0 end
+  return #h.kafka.assigned_partitions
+end
+
+describe("cluster mode on Kafka #kafka", function()
+  local ids = {}   -- integration id per emulator account (0 .. ACCOUNTS)
+
+  setup(function()
+    kafka = S.start_kafka()
+    emu = S.start_emulator("--accounts " .. (ACCOUNTS + 1) .. " --rate-limit 5")
+    keyfile = os.tmpname()
+    local f = io.popen("openssl rand -hex 32")
+    S.write(keyfile, "kspec " .. f:read("l") .. "\n")
+    f:close()
+    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
+    for i = 1, 3 do start_node(i) end
+  end)
+
+  teardown(function()
+    for i = 1, 3 do if nodes[i] then pcall(nodes[i].stop) end end
+    if emu then emu.stop() end
+    if kafka then kafka.stop() end
+    if keyfile then os.remove(keyfile) end
+  end)
+
+  it("installs through node 1, takes events through node 2 and shows the delivery in node 3's Live Events", function()
+    local st, it = nodes[1].call("POST", INSTALL, S.install_body("shop", S.emulator_account(emu, 0)))
+    assert.are.equal(201, st, nodes[1].bodies[#nodes[1].bodies])
+    ids[0] = it.id
+    -- node 1 has it when it answers; the others within a second (polled: the mock's pace)
+    assert.are.equal(1, get(nodes[1], "/v1/admin/integrations/" .. it.id).revision)
+    for i = 2, 3 do
+      assert.is_truthy(S.eventually(function() return get(nodes[i], "/v1/admin/integrations/" .. it.id) end, 5),
+        "node " .. i .. " does not have the integration")
+    end
+    -- secrets travel sealed: the topic record on disk of node 3 holds no API key
+    local _, shown = nodes[3].call("GET", "/v1/admin/integrations/" .. it.id)
+    assert.are.equal("********", shown.config.api_key)
+
+    st = nodes[2].call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("first@example.com", "first-1"))
+    assert.are.equal(202, st, nodes[2].bodies[#nodes[2].bodies])
+    local row = S.eventually(function()
+      local live = get(nodes[3], "/v1/admin/integrations/" .. it.id .. "/live-events")
+      for _, e in ipairs(live and live.events or {}) do
+        if e.event.messageId == "first-1" and e.outcome.outcome == "delivered" then return e end
+      end
+    end, 30)
+    assert.is_truthy(row, "node 3's Live Events never showed the delivery")
+    assert.are.equal("delivered", row.state)
+    assert.are.equal(1, syncs_by_email()["first@example.com"])
+    -- and node 3's counters count it, wherever it was delivered
+    assert.is_truthy(S.eventually(function()
+      local b = get(nodes[3], "/v1/admin/integrations/" .. it.id)
+      return b and b.delivery.delivered == 1
+    end, 5))
+    -- an update through node 3 is a new revision everywhere
+    st = nodes[3].call("PATCH", "/v1/admin/integrations/" .. it.id, '{"events":{"Webinar Registered":{"enabled":true}}}')
+    assert.are.equal(200, st)
+    assert.is_truthy(S.eventually(function()
+      local b = get(nodes[1], "/v1/admin/integrations/" .. it.id)
+      return b and b.revision == 2
+    end, 5), "node 1 did not see revision 2")
+  end)
+
+  it("paces 20 accounts over 3 nodes: no account above 5 requests in any second, every event delivered", function()
+    local calls = {}
+    for k = 1, ACCOUNTS do
+      calls[k] = { "POST", INSTALL, S.install_body("acct-" .. k, S.emulator_account(emu, k)) }
+    end
+    -- installs through every node
+    for k, call in ipairs(calls) do
+      local st, it = nodes[(k % 3) + 1].call(call[1], call[2], call[3])
+      assert.are.equal(201, st, "install " .. k)
+      ids[k] = it.id
+    end
+    -- 10 identifies per account (2 s of its quota), posted through every node at once
+    local emails = {}
+    for round = 1, 10 do
+      for k = 1, ACCOUNTS do
+        local email = ("p%d-%d@example.com"):format(k, round)
+        emails[#emails + 1] = email
+        local node = nodes[((k + round) % 3) + 1]
+        assert.is_truthy(S.eventually(function() return get(node, "/v1/admin/integrations/" .. ids[k]) end, 5))
+        local st = node.call("POST", "/v1/integrations/" .. ids[k] .. "/events", S.identify(email, "p" .. k .. "-" .. round))
+        assert.are.equal(202, st, node.bodies[#node.bodies])
+      end
+    end
+    local ok, n = S.eventually(function() return delivered(emails) end, 90)
+    assert.is_truthy(ok, ("delivered %s of %d"):format(tostring(n or select(2, delivered(emails))), #emails))
+    local worst, account, late, window = S.pacing_report(emu.requests())
+    if TIMING then
+      assert.is_true(worst <= 5, ("account %s received %d requests within one second: %s"):format(tostring(account),
+        worst, window))
+      assert.are.equal(0, #late, "429s after the first second")
+    end
+    -- the work is spread: every node reads some partitions
+    for i = 1, 3 do assert.is_true(assigned(nodes[i]) > 0, "node " .. i .. " reads no partition") end
+    for _, e in ipairs(emails) do assert.are.equal(1, syncs_by_email()[e], e .. " synced more than once") end
+  end)
+
+  it("moves a killed node's partitions: every accepted event delivered, duplicates within the in-flight bound", function()
+    local victim
+    for i = 1, 3 do if assigned(nodes[i]) > 0 then victim = i; break end end
+    assert.is_truthy(victim)
+    local emails = {}
+    for round = 1, 15 do
+      for k = 1, ACCOUNTS do
+        local email = ("k%d-%d@example.com"):format(k, round)
+        emails[#emails + 1] = email
+        local node = nodes[victim % 3 + 1]
+        local st = node.call("POST", "/v1/integrations/" .. ids[k] .. "/events", S.identify(email, "k" .. k .. "-" .. round))
+        assert.are.equal(202, st)
+      end
+    end
+    -- mid-delivery (3 s of work per account at 5/s): kill it
+    assert.is_truthy(S.eventually(function() return select(2, delivered(emails)) >= 60 end, 30))
+    nodes[victim].kill()
+    nodes[victim].stopped = true
+    local ok = S.eventually(function() return delivered(emails) end, 120)
+    local _, n = delivered(emails)
+    assert.is_truthy(ok, ("delivered %d of %d after the kill"):format(n, #emails))
+    local extra = 0
+    for _, e in ipairs(emails) do extra = extra + (syncs_by_email()[e] - 1) end
+    -- in flight at the kill: at most a request or two per account it served
+    -- (5/s each), plus outcomes not yet acknowledged by the broker
+    assert.is_true(extra <= 2 * ACCOUNTS, extra .. " duplicate deliveries")
+
+    -- the node comes back with an empty state directory: its configuration
+    -- is rebuilt from the topic before it serves
+    local node = start_node(victim)
+    local list = get(node, "/v1/admin/integrations")
+    assert.are.equal(ACCOUNTS + 1, #list.integrations)
+    local _, shown = node.call("GET", "/v1/admin/integrations/" .. ids[0])
+    assert.are.equal(2, shown.revision)
+  end)
+
+  it("answers 503 while no broker is reachable, loses nothing it accepted and resumes", function()
+    local before = {}
+    for k = 1, 5 do
+      before[k] = ("b%d@example.com"):format(k)
+      assert.are.equal(202, (nodes[2].call("POST", "/v1/integrations/" .. ids[k] .. "/events", S.identify(before[k], "b" .. k))))
+    end
+    kafka.down()
+    local st, body = nodes[2].call("POST", "/v1/integrations/" .. ids[1] .. "/events", S.identify("never@example.com", "never"))
+    assert.are.equal(503, st)
+    assert.are.equal("CLUSTER_UNAVAILABLE", body.error.code)
+    assert.matches("nothing was accepted", body.error.message)
+    assert.is_truthy(S.eventually(function()
+      local hst, h = nodes[2].call("GET", "/healthz")
+      return hst == 503 and h.kafka.ok == false
+    end, 15), "healthz did not report the brokers away")
+    kafka.up()
+    local after = ("a1@example.com")
+    assert.is_truthy(S.eventually(function()
+      return nodes[1].call("POST", "/v1/integrations/" .. ids[1] .. "/events", S.identify(after, "a1")) == 202
+    end, 60), "intake did not come back")
+    before[#before + 1] = after
+    assert.is_truthy(S.eventually(function() return delivered(before) end, 90),
+      ("delivered %d of %d"):format(select(2, delivered(before)), #before))
+    assert.is_nil(syncs_by_email()["never@example.com"])
+    for i = 1, 3 do
+      assert.is_truthy(S.eventually(function() return nodes[i].call("GET", "/healthz") == 200 end, 30), "node " .. i)
+    end
+  end)
+
+  it("replays a dead letter through any node, and /metrics shows the whole cluster's outcomes", function()
+    -- a permanent 4xx dead-letters at once: an event the emulator rejects
+    emu.faults({ fail_next = 1, status = 422 })
+    assert.are.equal(202, (nodes[1].call("POST", "/v1/integrations/" .. ids[0] .. "/events", S.identify("dl@example.com", "dl-1"))))
+    local dead = S.eventually(function()
+      local b = get(nodes[2], "/v1/admin/integrations/" .. ids[0] .. "/dead-letters")
+      return b and #b.dead_letters > 0 and b
+    end, 30)
+    assert.is_truthy(dead, "node 2 never listed the dead letter")
+    local st, r = nodes[2].call("POST", "/v1/admin/integrations/" .. ids[0] .. "/dead-letters/replay", '{"all":true}')
+    assert.are.equal(200, st)
+    assert.are.equal(1, r.replayed)
+    assert.is_truthy(S.eventually(function() return syncs_by_email()["dl@example.com"] end, 30), "replay not delivered")
+    -- gone from every node's dead letters
+    assert.is_truthy(S.eventually(function()
+      local b = get(nodes[3], "/v1/admin/integrations/" .. ids[0] .. "/dead-letters")
+      return b and #b.dead_letters == 0
+    end, 10))
+    local _, _, raw = nodes[3].call("GET", "/metrics")
+    assert.matches("blueprint_kafka_up 1", raw)
+    assert.matches("blueprint_kafka_consumer_lag{topic=", raw)
+    local total = tonumber(raw:match("blueprint_events_delivered_total (%d+)"))
+    assert.is_true(total and total >= 1 + 10 * ACCOUNTS, "delivered_total " .. tostring(total))
+  end)
+end)
