@@ -332,6 +332,7 @@ typedef struct bp_serve_opts {
     const char *topic_mode;      /* "per_integration" (default) or "per_vendor" */
     const char *node_name;       /* default HOST:PORT */
     int kafka_session_timeout_ms;/* 0 = 10000 */
+    int kafka_partitions;        /* partitions of the topics serve creates; 0 = 12 */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

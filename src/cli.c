@@ -25,7 +25,8 @@ static const char usage_text[] =
     "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
     "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
     "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
-    "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]]\n"
+    "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
+    "                        [--kafka-partitions N]]\n"
     "       blueprint token --role ROLE [--ttl 15m] [--subject NAME] [--issuer ISS] [--audience AUD] [--state DIR]\n"
     "       blueprint rotate-key [--state DIR]\n"
     "\n"
@@ -321,7 +322,7 @@ static int serve(int argc, char **argv)
 {
     bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0,
                         getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
-                        getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0 };
+                        getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0 };
     static char host[64];
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -347,6 +348,7 @@ static int serve(int argc, char **argv)
         else if (!strcmp(argv[i], "--cluster")) o.cluster_name = next;
         else if (!strcmp(argv[i], "--node")) o.node_name = next;
         else if (!strcmp(argv[i], "--kafka-session-timeout-ms")) o.kafka_session_timeout_ms = atoi(next);
+        else if (!strcmp(argv[i], "--kafka-partitions")) o.kafka_partitions = atoi(next);
         else if (!strcmp(argv[i], "--master-key-file")) setenv("BLUEPRINT_MASTER_KEY_FILE", next, 1);
         else if (!strcmp(argv[i], "--topic-mode")) {
             if (strcmp(next, "per_integration") != 0 && strcmp(next, "per_vendor") != 0)

@@ -103,6 +103,11 @@ struct bp_cluster {
     int config_parts;
     int64_t config_end[MAX_VIEW_PARTS]; /* config topic end at start (catch-up before serving) */
     int64_t config_pos[MAX_VIEW_PARTS]; /* [mu] */
+    int topics_changed;          /* atomic: integrations came or went: subscribe again */
+    char **topics; size_t ntopics;   /* consumer thread: the delivery topics subscribed */
+    int can_create;              /* the brokers take CreateTopics (the mock cluster does not) */
+    int partitions;              /* for the topics this service creates */
+    rd_kafka_queue_t *admin_q;   /* CreateTopics results, read by the poller */
     unsigned epoch;              /* atomic: outcomes produced now count here */
     long outstanding[EPOCHS];    /* atomic */
     long bad_messages, duplicates, produce_failures, rebalances, commits;   /* atomic */
@@ -114,10 +119,12 @@ static void log_kafka(const char *level, const char *msg, const char *topic, int
 {
     bp_buf f;
     bp_buf_init(&f);
-    bp_buf_adds(&f, "\"topic\":");
-    bp_json_write_text(&f, topic ? topic : "", topic ? strlen(topic) : 0);
-    if (partition >= 0) bp_buf_printf(&f, ",\"partition\":%d", partition);
-    if (detail) { bp_buf_adds(&f, ",\"detail\":"); bp_json_write_text(&f, detail, strlen(detail)); }
+    if (topic) { bp_buf_adds(&f, "\"topic\":"); bp_json_write_text(&f, topic, strlen(topic)); }
+    if (topic && partition >= 0) bp_buf_printf(&f, ",\"partition\":%d", partition);
+    if (detail) {
+        bp_buf_adds(&f, topic ? ",\"detail\":" : "\"detail\":");
+        bp_json_write_text(&f, detail, strlen(detail));
+    }
     bp_log(level, msg, f.data);
     bp_buf_free(&f);
 }
@@ -430,6 +437,122 @@ void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_
     bp_buf_free(&v);
 }
 
+/* ---- topics ------------------------------------------------------------------------------------- */
+
+/* Ask the brokers to create topics (an existing one is fine).  `wait_ms` 0:
+ * the answer is logged by the poller; else waited for, and 0 returned when
+ * every topic exists.  NAME.integrations is compacted: it is the
+ * configuration, and a broker's auto-created topic would expire it. */
+static int create_topics(bp_cluster *c, const char *const *names, int n, int wait_ms)
+{
+    char e[512];
+    rd_kafka_NewTopic_t **nt = calloc((size_t)n + 1, sizeof *nt);
+    if (!nt) abort();
+    for (int i = 0; i < n; i++) {
+        int parts = !strcmp(names[i], c->t_config) ? 1 : c->partitions;
+        nt[i] = rd_kafka_NewTopic_new(names[i], parts, -1, e, sizeof e);
+        if (nt[i] && !strcmp(names[i], c->t_config)) rd_kafka_NewTopic_set_config(nt[i], "cleanup.policy", "compact");
+    }
+    rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(c->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(o, wait_ms > 0 ? wait_ms : 10000, e, sizeof e);
+    rd_kafka_queue_t *q = wait_ms > 0 ? rd_kafka_queue_new(c->producer) : c->admin_q;
+    rd_kafka_CreateTopics(c->producer, nt, (size_t)n, o, q);
+    rd_kafka_AdminOptions_destroy(o);
+    rd_kafka_NewTopic_destroy_array(nt, (size_t)n);
+    free(nt);
+    if (!wait_ms) return 0;
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, wait_ms + 2000);
+    int rc = -1;
+    const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
+    if (ev && rd_kafka_event_error(ev)) {
+        log_kafka("warn", "kafka: cannot create topics (the brokers will auto-create them if they allow it; create "
+                  "NAME.integrations yourself with cleanup.policy=compact, see the README)", NULL, -1,
+                  rd_kafka_event_error_string(ev));
+    } else if (res) {
+        size_t cnt;
+        const rd_kafka_topic_result_t **t = rd_kafka_CreateTopics_result_topics(res, &cnt);
+        rc = 0;
+        for (size_t i = 0; i < cnt; i++) {
+            rd_kafka_resp_err_t te = rd_kafka_topic_result_error(t[i]);
+            if (!te || te == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) continue;
+            log_kafka("warn", "kafka: cannot create a topic", rd_kafka_topic_result_name(t[i]), -1, rd_kafka_err2str(te));
+            rc = -1;
+        }
+    }
+    if (ev) rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    return rc;
+}
+
+/* Answers to the topics created without waiting (poller thread). */
+static void read_admin_answers(bp_cluster *c)
+{
+    rd_kafka_event_t *ev;
+    while ((ev = rd_kafka_queue_poll(c->admin_q, 0))) {
+        const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+        size_t cnt = 0;
+        const rd_kafka_topic_result_t **t = res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
+        for (size_t i = 0; t && i < cnt; i++) {
+            rd_kafka_resp_err_t te = rd_kafka_topic_result_error(t[i]);
+            if (te && te != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+                log_kafka("warn", "kafka: cannot create a topic", rd_kafka_topic_result_name(t[i]), -1, rd_kafka_err2str(te));
+        }
+        rd_kafka_event_destroy(ev);
+    }
+}
+
+void bp_cluster_topics_changed(bp_cluster *c) { if (c) __atomic_store_n(&c->topics_changed, 1, __ATOMIC_RELEASE); }
+
+static int cmp_text(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Subscribe to the delivery topics of the integrations this cluster has
+ * (never to every "delivery-" topic: Signal's own pipeline may share the
+ * brokers), creating the new ones (consumer thread). */
+static void resubscribe(bp_cluster *c)
+{
+    bp_registry *r = c->reg;
+    pthread_mutex_lock(&r->mu);
+    char **names = calloc(r->n + 1, sizeof *names);
+    if (!names) abort();
+    size_t n = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        char t[256];
+        topic_name(t, sizeof t, "delivery-", c->per_vendor ? r->items[i]->vendor->key : r->items[i]->id);
+        names[n++] = strdup(t);
+    }
+    pthread_mutex_unlock(&r->mu);
+    qsort(names, n, sizeof *names, cmp_text);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) { if (m && !strcmp(names[m - 1], names[i])) free(names[i]); else names[m++] = names[i]; }
+    n = m;
+    int same = n == c->ntopics;
+    for (size_t i = 0; same && i < n; i++) same = !strcmp(names[i], c->topics[i]);
+    if (same) { for (size_t i = 0; i < n; i++) free(names[i]); free(names); return; }
+    /* new ones get created (their first intake would otherwise auto-create
+     * them, if the brokers allow it, with the brokers' defaults) */
+    const char **fresh = calloc(n + 1, sizeof *fresh);
+    if (!fresh) abort();
+    int nfresh = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!c->ntopics || !bsearch(&names[i], c->topics, c->ntopics, sizeof *c->topics, cmp_text)) fresh[nfresh++] = names[i];
+    if (nfresh && c->can_create) create_topics(c, fresh, nfresh, 0);
+    free(fresh);
+    rd_kafka_resp_err_t e;
+    if (n) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+        for (size_t i = 0; i < n; i++) rd_kafka_topic_partition_list_add(l, names[i], RD_KAFKA_PARTITION_UA);
+        e = rd_kafka_subscribe(c->consumer, l);
+        rd_kafka_topic_partition_list_destroy(l);
+    } else {
+        e = rd_kafka_unsubscribe(c->consumer);
+    }
+    if (e) log_kafka("error", "kafka: cannot subscribe to the delivery topics", NULL, -1, rd_kafka_err2str(e));
+    for (size_t i = 0; i < c->ntopics; i++) free(c->topics[i]);
+    free(c->topics);
+    c->topics = names;
+    c->ntopics = n;
+}
+
 /* ---- the poller: delivery reports and a broker probe ------------------------------------------- */
 
 static void *poller_main(void *arg)
@@ -438,6 +561,7 @@ static void *poller_main(void *arg)
     double last_probe = 0;
     while (!stopping(c)) {
         rd_kafka_poll(c->producer, 100);
+        read_admin_answers(c);
         if (bp_monotonic_ms() - last_probe < 2000) continue;
         last_probe = bp_monotonic_ms();
         const struct rd_kafka_metadata *md = NULL;
@@ -1024,6 +1148,7 @@ static void *consumer_main(void *arg)
     rd_kafka_message_t *msgs[BATCH];
     double last_commit = bp_monotonic_ms(), last_sweep = last_commit, last_save = last_commit;
     while (!stopping(c)) {
+        if (__atomic_exchange_n(&c->topics_changed, 0, __ATOMIC_ACQ_REL)) resubscribe(c);
         int n = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c->consumer, 100);
         double until = bp_monotonic_ms() + 10;
@@ -1061,9 +1186,8 @@ static int start_consumer(bp_cluster *c, bp_error *err)
         set_conf(conf, "auto.offset.reset", "earliest", err) < 0 ||
         set_conf(conf, "session.timeout.ms", timeout, err) < 0 ||
         set_conf(conf, "heartbeat.interval.ms", c->session_timeout_ms < 9000 ? "1000" : "3000", err) < 0 ||
-        /* new delivery topics (a new integration) are found by the regex
-         * subscription at the next metadata refresh */
-        set_conf(conf, "topic.metadata.refresh.interval.ms", "3000", err) < 0 ||
+        /* a delivery topic just created shows in the metadata soon */
+        set_conf(conf, "topic.metadata.refresh.interval.ms", "5000", err) < 0 ||
         set_conf(conf, "fetch.wait.max.ms", "50", err) < 0 ||
         set_conf(conf, "enable.partition.eof", "false", err) < 0) {
         rd_kafka_conf_destroy(conf);
@@ -1074,11 +1198,7 @@ static int start_consumer(bp_cluster *c, bp_error *err)
     char e[512];
     if (!(c->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e))) { bp_error_set(err, "kafka: %s", e); return -1; }
     rd_kafka_poll_set_consumer(c->consumer);
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, "^delivery-.*", RD_KAFKA_PARTITION_UA);
-    rd_kafka_resp_err_t r = rd_kafka_subscribe(c->consumer, l);
-    rd_kafka_topic_partition_list_destroy(l);
-    if (r) { bp_error_set(err, "kafka: cannot subscribe to the delivery topics: %s", rd_kafka_err2str(r)); return -1; }
+    bp_cluster_topics_changed(c);   /* the first subscription, by the consumer thread */
     return 0;
 }
 
@@ -1094,6 +1214,7 @@ bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error 
     c->node = strdup(o->node && *o->node ? o->node : "node");
     c->per_vendor = o->topic_mode && !strcmp(o->topic_mode, "per_vendor");
     c->session_timeout_ms = o->session_timeout_ms > 0 ? o->session_timeout_ms : 10000;
+    c->partitions = o->partitions > 0 ? o->partitions : 12;
     /* slot ids of this process never meet those of an earlier one in the store */
     c->epoch_base = ((int64_t)(bp_wall_ms() / 1000.0)) << 24;
     pthread_mutex_init(&c->mu, NULL);
@@ -1118,6 +1239,7 @@ bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error 
         bp_cluster_free(c);
         return NULL;
     }
+    c->admin_q = rd_kafka_queue_new(c->producer);
     return c;
 }
 
@@ -1128,6 +1250,8 @@ int bp_cluster_start(bp_cluster *c, bp_error *err)
     if (pthread_create(&c->poller_thread, NULL, poller_main, c) != 0) { bp_error_set(err, "cannot start a thread"); return -1; }
     c->threads_started = 1;
     bp_store_release_slot(c->reg->store, 0);   /* unfinished events of an earlier run: their partitions' owners read them */
+    const char *mine[] = { c->t_config, c->t_outcomes, c->t_dead };
+    c->can_create = create_topics(c, mine, 3, 3000) == 0;
     if (start_viewer(c, err) < 0) return -1;
     if (pthread_create(&c->viewer_thread, NULL, viewer_main, c) != 0) { bp_error_set(err, "cannot start a thread"); return -1; }
     c->threads_started = 2;
@@ -1185,7 +1309,10 @@ void bp_cluster_free(bp_cluster *c)
     if (c->threads_started >= 1) pthread_join(c->poller_thread, NULL);
     if (c->viewer) { rd_kafka_consumer_close(c->viewer); rd_kafka_destroy(c->viewer); }
     if (c->consumer) rd_kafka_destroy(c->consumer);
+    if (c->admin_q) rd_kafka_queue_destroy(c->admin_q);
     if (c->producer) rd_kafka_destroy(c->producer);
+    for (size_t i = 0; i < c->ntopics; i++) free(c->topics[i]);
+    free(c->topics);
     for (int i = 0; i < SLOT_CHUNKS && c->chunks[i]; i++) {
         for (int k = 0; k < SLOT_CHUNK; k++) free(c->chunks[i][k].topic);
         free(c->chunks[i]);

@@ -491,6 +491,7 @@ typedef struct bp_cluster_opts {
     const char *topic_mode;     /* "per_integration" (default) or "per_vendor" */
     const char *node;           /* this node's name in outcomes and logs */
     int session_timeout_ms;     /* consumer group session (10000) */
+    int partitions;             /* for the topics it creates (12) */
 } bp_cluster_opts;
 
 bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
@@ -501,6 +502,8 @@ int bp_cluster_start(bp_cluster *c, bp_error *err);
 void bp_cluster_stop(bp_cluster *c);
 void bp_cluster_free(bp_cluster *c);
 void bp_cluster_lease(bp_cluster *c, bp_lease *out);
+/* Integrations came or went (registry.c): the delivery topics change. */
+void bp_cluster_topics_changed(bp_cluster *c);
 /* Intake: one message with the accepted events (a JSON array); 0 once the
  * broker has acknowledged it. */
 int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *vendor, const char *account,

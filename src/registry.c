@@ -1053,6 +1053,7 @@ static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, cons
     r->metrics.integrations = (long)r->n;
     hold(it);   /* the caller's */
     pthread_mutex_unlock(&r->mu);
+    bp_cluster_topics_changed(r->cluster);
     deliver_with(r, it, sbp, doc.data);
     bp_buf_free(&doc);
     *out = it;
@@ -1198,6 +1199,7 @@ static void forget(bp_registry *r, bp_integration *it)
     if (r->on_live) r->on_live(r->on_live_ctx, it);   /* streams end */
     pthread_mutex_unlock(&r->mu);
     if (r->pool) bp_pool_remove(r->pool, it->id, 1);
+    bp_cluster_topics_changed(r->cluster);
     /* the WAL still holds the pages as they were: copy back and truncate it */
     sqlite3_wal_checkpoint_v2(r->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
     if (listed) bp_integration_release(it);
@@ -1365,6 +1367,7 @@ void bp_registry_apply_config(bp_registry *r, const char *record, size_t len)
                 r->metrics.integrations = (long)r->n;
                 hold(it);   /* this function's, like bp_registry_find's */
                 pthread_mutex_unlock(&r->mu);
+                bp_cluster_topics_changed(r->cluster);
                 bp_log("info", "integration installed (through another node)", f.data);
             } else {
                 pthread_mutex_lock(&r->mu);

@@ -1094,7 +1094,8 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         if (o->node_name && *o->node_name) snprintf(node, sizeof node, "%s", o->node_name);
         else if (o->port) snprintf(node, sizeof node, "%s:%d", host, o->port);
         else snprintf(node, sizeof node, "%s-%d", host, (int)getpid());
-        bp_cluster_opts co = { o->kafka_brokers, o->cluster_name, o->topic_mode, node, o->kafka_session_timeout_ms };
+        bp_cluster_opts co = { o->kafka_brokers, o->cluster_name, o->topic_mode, node, o->kafka_session_timeout_ms,
+                               o->kafka_partitions };
         if (!(s.reg->cluster = bp_cluster_new(s.reg, &co, err))) { bp_registry_close(s.reg); return -1; }
     }
 
