@@ -244,3 +244,38 @@ describe("cluster mode on Kafka #kafka", function()
     assert.is_true(total and total >= 1 + 10 * ACCOUNTS, "delivered_total " .. tostring(total))
   end)
 end)
+
+describe("cluster mode, one delivery topic per vendor #kafka", function()
+  it("routes a vendor's integrations through delivery-activecampaign, keyed by account (seen with kcat)", function()
+    local k = S.start_kafka()
+    local e = S.start_emulator("--accounts 2 --rate-limit 0")
+    local key = os.tmpname()
+    local f = io.popen("openssl rand -hex 32")
+    S.write(key, "kpv " .. f:read("l") .. "\n")
+    f:close()
+    local node = S.start_server({ env = "BLUEPRINT_JWT_SECRET=pv BLUEPRINT_MASTER_KEY_FILE=" .. key, start_seconds = 60,
+      args = "--kafka " .. k.brokers .. " --cluster pv --topic-mode per_vendor --kafka-session-timeout-ms 6000" })
+    finally(function() node.stop(); e.stop(); k.stop(); os.remove(key) end)
+    local ids = {}
+    for acct = 0, 1 do
+      local st, it = node.call("POST", INSTALL, S.install_body("pv-" .. acct, S.emulator_account(e, acct)))
+      assert.are.equal(201, st)
+      ids[acct] = it.id
+      assert.are.equal(202, (node.call("POST", "/v1/integrations/" .. it.id .. "/events",
+        S.identify(("pv%d@example.com"):format(acct), "pv" .. acct))))
+    end
+    assert.is_truthy(S.eventually(function() return #e.contacts() == 2 end, 30), "not delivered")
+    local out = S.sh("kcat -b " .. k.brokers .. " -C -t delivery-activecampaign -e -q -f '%k|%h\\n'")
+    local keys = {}
+    for line in out:gmatch("[^\n]+") do keys[#keys + 1] = line end
+    table.sort(keys)
+    assert.are.equal(2, #keys, out)
+    assert.matches("^activecampaign http://127%.0%.0%.1:" .. e.port .. "|integration_id=" .. ids[0], keys[1])
+    assert.matches("^activecampaign http://acct1%.localhost:" .. e.port .. "|integration_id=" .. ids[1], keys[2])
+    -- the configuration record carries sealed secrets only
+    local config = S.sh("kcat -b " .. k.brokers .. " -C -t pv.integrations -e -q")
+    assert.matches("bp:enc:v1:", config, nil, true)
+    assert.is_nil(config:find(S.EMU_TOKEN .. "-1", 1, true))
+    assert.is_nil(config:find(S.EMU_EVENT_KEY, 1, true))
+  end)
+end)
