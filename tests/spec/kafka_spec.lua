@@ -279,3 +279,12 @@ describe("cluster mode, one delivery topic per vendor #kafka", function()
     assert.is_nil(config:find(S.EMU_EVENT_KEY, 1, true))
   end)
 end)
+
+describe("cluster mode options #kafka", function()
+  it("refuses an unknown topic mode with the two it knows", function()
+    local _, err, code = S.sh(S.bin .. " serve --port 0 --state " .. S.tmpdir() .. " --kafka 127.0.0.1:9 --topic-mode per_account")
+    assert.are.equal(1, code)
+    assert.matches("--topic-mode is per_integration (delivery-{integration_id}) or per_vendor (delivery-{vendor})", err,
+      nil, true)
+  end)
+end)
