@@ -320,10 +320,11 @@ static int produce_sync(bp_cluster *c, const char *topic, const char *key, size_
     w.err = 0;
     char at[32];
     snprintf(at, sizeof at, "%lld", (long long)bp_wall_ms());
+    const char *replayed = replay ? "1" : "0";   /* the header macro casts its argument unparenthesised */
     rd_kafka_resp_err_t e = rd_kafka_producev(
         c->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)value, len),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADER("integration_id", integration, -1),
-        RD_KAFKA_V_HEADER("received_at", at, -1), RD_KAFKA_V_HEADER("replay", replay ? "1" : "0", 1),
+        RD_KAFKA_V_HEADER("received_at", at, -1), RD_KAFKA_V_HEADER("replay", replayed, 1),
         RD_KAFKA_V_OPAQUE(&w), RD_KAFKA_V_END);
     if (!e) {
         pthread_mutex_lock(&w.mu);
