@@ -54,7 +54,7 @@ end
 describe("cluster mode on Kafka #kafka", function()
   local ids = {}   -- integration id per emulator account (0 .. ACCOUNTS)
 
-  setup(function()
+  lazy_setup(function()
     kafka = S.start_kafka()
     emu = S.start_emulator("--accounts " .. (ACCOUNTS + 1) .. " --rate-limit 5")
     keyfile = os.tmpname()
@@ -66,7 +66,7 @@ describe("cluster mode on Kafka #kafka", function()
   end)
 
   -- every node is stopped; then a sanitizer report in any log fails the file
-  teardown(function()
+  lazy_teardown(function()
     local reports = {}
     for i = 1, 3 do
       local ok, why = pcall(function() if nodes[i] then nodes[i].stop() end end)
