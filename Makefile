@@ -28,7 +28,8 @@ SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-san
 # dry-run does not pay for loading TLS and HTTP libraries (~8 ms); its
 # deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
 # built with everything.  build/libblueprint.a has both.
-CORE_ONLY := buffer clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request engine reader
+CORE_ONLY := buffer clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request engine reader \
+             decode
 NET     := transport classify ratelimit store deliver crypto auth metrics registry cluster server
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)

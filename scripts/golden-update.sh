@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Regenerate tests/golden/CASE/expected.ndjson from the current dry-run output.
-# Review the diff (git diff tests/golden) before committing: the expected file
-# is the contract the specs hold the blueprint to.
+# Rewrite the expected output of a blueprint's fixtures from today's dry-run
+# output, showing the differences first:
+#   scripts/golden-update.sh [BLUEPRINT_DIR] [CASE…]   (default blueprints/activecampaign, every case)
+# The same as `build/blueprint test BLUEPRINT_DIR --update [--case CASE…]`.
+# Review with `git diff` before committing: expected.ndjson is the contract.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { echo "usage: scripts/golden-update.sh CASE [CASE…]" >&2; exit 1; }
 make -s build/blueprint
-for c in "$@"; do
-  d="tests/golden/$c"
-  bp=blueprints/activecampaign
-  [ -f "$d/blueprint" ] && bp=$(cat "$d/blueprint")
-  build/blueprint dry-run "$bp" --config "$d/config.yaml" "$d/events.ndjson" > "$d/expected.ndjson"
-  echo "wrote $d/expected.ndjson ($(wc -l < "$d/expected.ndjson") lines)"
-done
+dir=blueprints/activecampaign
+if [ $# -ge 1 ] && [ -d "$1" ]; then dir=$1; shift; fi
+cases=()
+for c in "$@"; do cases+=(--case "$c"); done
+exec build/blueprint test "$dir" --update "${cases[@]}"

@@ -8,18 +8,21 @@
  */
 #include "internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define EXIT_INVALID 2
 #define EXIT_USAGE 1
 
 static const char usage_text[] =
-    "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS]\n"
+    "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode]\n"
+    "       blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
     "       blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
     "       blueprint dlq list [--state DIR]\n"
     "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
@@ -49,8 +52,93 @@ static const char usage_text[] =
     "  --retry-base-ms N (1000)  --rate-limit RPS (blueprint's)  --connect-timeout-ms N (5000)\n"
     "  --http-timeout-ms N (30000)\n"
     "\n"
+    "  `blueprint COMMAND --help` explains one command.\n"
+    "\n"
     "exit status: 0 every event judged (deliver: every event final), 1 usage error,\n"
-    "  2 invalid blueprint or config, 3 (deliver) events held: the credentials failed\n";
+    "  2 invalid blueprint or config, 3 (deliver) events held: the credentials failed,\n"
+    "  4 (test) a case did not match its expected output\n";
+
+/* `blueprint COMMAND --help` */
+static const struct { const char *command, *text; } command_help[] = {
+    { "dry-run",
+      "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode]\n"
+      "\n"
+      "Maps each event (a file, or - / nothing for stdin: NDJSON, a JSON array or one object) and\n"
+      "prints one JSON line per event: outcome (deliver, drop, error), reason, and the exact requests\n"
+      "that would be sent, secrets shown as [redacted].  Nothing is sent; no account is needed.\n"
+      "\n"
+      "  --config CONFIG   YAML or JSON: the config map, or a Management API install body\n"
+      "  --decode          add \"decoded\" next to each request's body: the JSON body parsed, or the\n"
+      "                    form's fields with JSON values (eventdata, visit) parsed\n"
+      "  --max-event-bytes N (524288)  --memory-mb N (64)  --instructions N (20000000)\n"
+      "  --timeout-ms N (1000)         the sandbox's budgets per event\n"
+      "\n"
+      "exit status: 0 every event judged (drops and errors included), 1 usage, 2 invalid blueprint or config\n" },
+    { "test",
+      "usage: blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
+      "\n"
+      "Runs the blueprint's own fixtures: every folder BLUEPRINT_DIR/tests/CASE/ holding config.yaml\n"
+      "(or config.json), events.ndjson and expected.ndjson (what dry-run prints for those events).\n"
+      "Prints one line per case; on a mismatch, which event and which field differs, with request\n"
+      "bodies decoded (a header, a form field, a key of eventdata).  BLUEPRINT_DIR defaults to \".\".\n"
+      "\n"
+      "  --update      show the differences, then rewrite expected.ndjson from today's output\n"
+      "                (review them with git diff before committing)\n"
+      "  --case NAME   only this case (repeatable)\n"
+      "\n"
+      "exit status: 0 every case matched, 1 usage (no tests folder), 2 invalid blueprint,\n"
+      "  4 a case did not match\n" },
+    { "deliver",
+      "usage: blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR] [options]\n"
+      "\n"
+      "Adds the events to the durable store under --state (default ./var), then sends every pending\n"
+      "event, paced to the blueprint's rate limit, retried, dead-lettered; prints one outcome line per\n"
+      "event when it is final and a summary on stderr.  A run killed at any point loses nothing.\n"
+      "\n"
+      "  --concurrency N (8)  --max-attempts N (the blueprint's)  --retry-base-ms N (1000)\n"
+      "  --rate-limit RPS (the blueprint's)  --connect-timeout-ms N (5000)  --http-timeout-ms N (30000)\n"
+      "  and dry-run's budget options\n"
+      "\n"
+      "exit status: 0 every event final, 1 usage or state store, 2 invalid blueprint or config,\n"
+      "  3 events held: the credentials failed (fix them and run again)\n" },
+    { "dlq",
+      "usage: blueprint dlq list [--state DIR]\n"
+      "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
+      "\n"
+      "Lists the dead letters of a `deliver` state directory, or moves them back to pending; the next\n"
+      "`blueprint deliver … --state DIR` sends them.\n" },
+    { "serve",
+      "usage: blueprint serve [--listen HOST:PORT] [--port N] [--state DIR] [--blueprints DIR]\n"
+      "                       [--workers N] [--http-threads N] [--max-connections-per-ip N]\n"
+      "                       [--jwt-issuer ISS] [--jwt-audience AUD] [--audit-retention-days N]\n"
+      "                       [--rate-limit RPS] [--retry-base-ms N]\n"
+      "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
+      "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
+      "                        [--kafka-partitions N]]\n"
+      "\n"
+      "Runs the Management API, event intake, Live Events and delivery (default 127.0.0.1:8084, state\n"
+      "in ./var) until SIGTERM.  With --kafka it is one node of a cluster (README: Cluster mode).\n" },
+    { "token",
+      "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--subject NAME]\n"
+      "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
+      "\n"
+      "Prints a signed token for the Management API (the secret: BLUEPRINT_JWT_SECRET or STATE/jwt.secret).\n" },
+    { "rotate-key",
+      "usage: blueprint rotate-key [--state DIR]\n"
+      "\n"
+      "Makes a new master key and re-encrypts every stored secret under it (safe while serve runs).\n" },
+};
+
+/* Prints COMMAND's help when argv asks for it; returns 1 then. */
+static int command_wants_help(int argc, char **argv)
+{
+    int asked = 0;
+    for (int i = 2; i < argc; i++) if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) asked = 1;
+    if (!asked) return 0;
+    for (size_t i = 0; i < sizeof command_help / sizeof command_help[0]; i++)
+        if (!strcmp(argv[1], command_help[i].command)) { fputs(command_help[i].text, stdout); return 1; }
+    return 0;
+}
 
 static int usage(const char *problem)
 {
@@ -74,7 +162,7 @@ static int parse_count(const char *opt, const char *val, unsigned long long *out
 
 typedef struct cli {
     const char *dir, *config, *events;
-    int have_events;
+    int have_events, decode;
     bp_limits limits;
     bp_deliver_opts d;
 } cli;
@@ -96,6 +184,7 @@ static int parse_args(int argc, char **argv, cli *c, int deliver)
             c->config = argv[++i];
             continue;
         }
+        if (!deliver && !strcmp(a, "--decode")) { c->decode = 1; continue; }
         if (deliver && !strcmp(a, "--state")) {
             if (!next) return usage("--state needs a directory");
             c->d.state_dir = argv[++i];
@@ -175,6 +264,43 @@ static void use_block_buffering(void)
     if (!isatty(STDOUT_FILENO)) setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
 }
 
+/* Map every event read from fd, one outcome line each (decoded when asked)
+ * appended to out, or written to stdout when out is NULL.  Returns the count. */
+static long map_stream(bp_engine *e, int fd, const bp_limits *limits, int decode, bp_buf *out)
+{
+    bp_reader *r = bp_reader_new(fd, limits->json.max_bytes);
+    bp_outcome o;
+    bp_outcome_init(&o);
+    bp_buf line, readable;
+    bp_buf_init(&line);
+    bp_buf_init(&readable);
+    long index = 0;
+    const char *ev;
+    size_t len;
+    bp_error err;
+    enum bp_read_status st;
+    while ((st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
+        if (st == BP_READ_EVENT) {
+            bp_engine_run(e, ev, len, &o);
+        } else {
+            bp_outcome_reset(&o);
+            o.verdict = BP_ERROR;
+            bp_buf_adds(&o.reason, err.msg);
+        }
+        bp_buf_reset(&line);
+        bp_outcome_write_json(&o, index++, &line);
+        const bp_buf *shown = &line;
+        if (decode) { bp_buf_reset(&readable); bp_decode_line(line.data, line.len, &readable); shown = &readable; }
+        if (out) { bp_buf_add(out, shown->data, shown->len); bp_buf_addc(out, '\n'); }
+        else { fwrite(shown->data, 1, shown->len, stdout); fputc('\n', stdout); }
+    }
+    bp_buf_free(&line);
+    bp_buf_free(&readable);
+    bp_outcome_free(&o);
+    bp_reader_free(r);
+    return index;
+}
+
 static int dry_run(int argc, char **argv)
 {
     cli c = { 0 };
@@ -195,38 +321,152 @@ static int dry_run(int argc, char **argv)
         return EXIT_INVALID;
     }
     use_block_buffering();
-    bp_reader *r = bp_reader_new(fd, c.limits.json.max_bytes);
-    bp_outcome out;
-    bp_outcome_init(&out);
-    bp_buf line;
-    bp_buf_init(&line);
-    long index = 0;
-    const char *ev;
-    size_t len;
-    enum bp_read_status st;
-    while ((st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
-        if (st == BP_READ_EVENT) {
-            bp_engine_run(e, ev, len, &out);
-        } else {
-            bp_outcome_reset(&out);
-            out.verdict = BP_ERROR;
-            bp_buf_adds(&out.reason, err.msg);
-        }
-        bp_buf_reset(&line);
-        bp_outcome_write_json(&out, index++, &line);
-        bp_buf_addc(&line, '\n');
-        fwrite(line.data, 1, line.len, stdout);
-    }
+    map_stream(e, fd, &c.limits, c.decode, NULL);
     rc = fflush(stdout) == 0 ? 0 : EXIT_USAGE;
     if (rc) fprintf(stderr, "blueprint: could not write the output: %s\n", strerror(errno));
-    bp_buf_free(&line);
-    bp_outcome_free(&out);
-    bp_reader_free(r);
     bp_engine_free(e);
     bp_config_free(cfg);
     bp_blueprint_free(bp);
     if (fd > 0) close(fd);
     return rc;
+}
+
+/* ---- blueprint test: a blueprint's own fixtures ------------------------------------------------ */
+
+#define EXIT_TEST_FAILED 4
+
+static int by_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
+
+/* The i-th line of text (0-based) and its length; NULL past the end. */
+static const char *nth_line(const char *text, size_t len, long i, size_t *n)
+{
+    const char *p = text, *end = text + len;
+    for (; p && p < end && i > 0; i--) { p = memchr(p, '\n', (size_t)(end - p)); if (p) p++; }
+    if (!p || p >= end) return NULL;
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    *n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+    return p;
+}
+
+static long count_lines(const char *text, size_t len)
+{
+    long n = 0;
+    size_t l;
+    while (nth_line(text, len, n, &l)) n++;
+    return n;
+}
+
+/* Run one case; prints its result and diff; 1 when it matched. */
+static int test_case(const bp_blueprint *bp, const char *dir, const char *name, const bp_limits *limits, int update)
+{
+    char path[4600], cfgpath[4600], expected_path[4600];
+    snprintf(cfgpath, sizeof cfgpath, "%s/%s/config.yaml", dir, name);
+    if (access(cfgpath, F_OK) != 0) snprintf(cfgpath, sizeof cfgpath, "%s/%s/config.json", dir, name);
+    snprintf(path, sizeof path, "%s/%s/events.ndjson", dir, name);
+    snprintf(expected_path, sizeof expected_path, "%s/%s/expected.ndjson", dir, name);
+    bp_error err;
+    bp_config *cfg = bp_config_load_file(bp, cfgpath, &err);
+    if (!cfg) { printf("FAIL %s: %s\n", name, err.msg); return 0; }
+    bp_engine *e = bp_engine_new(bp, cfg, limits, &err);
+    int fd = e ? open(path, O_RDONLY) : -1;
+    if (!e || fd < 0) {
+        printf("FAIL %s: %s\n", name, !e ? err.msg : "cannot open events.ndjson (one event per line)");
+        bp_engine_free(e);
+        bp_config_free(cfg);
+        return 0;
+    }
+    bp_buf got, want, report;
+    bp_buf_init(&got);
+    bp_buf_init(&want);
+    bp_buf_init(&report);
+    long n = map_stream(e, fd, limits, 0, &got);
+    close(fd);
+    int have_expected = bp_read_file(expected_path, &want, &err) == 0;
+    long nwant = have_expected ? count_lines(want.data ? want.data : "", want.len) : 0, bad = 0;
+    for (long i = 0; have_expected && i < (n > nwant ? n : nwant); i++) {
+        size_t gl = 0, wl = 0;
+        const char *g = nth_line(got.data ? got.data : "", got.len, i, &gl);
+        const char *w = nth_line(want.data ? want.data : "", want.len, i, &wl);
+        if (g && w && gl == wl && !memcmp(g, w, gl)) continue;
+        bad++;
+        if (!g || !w) {
+            bp_buf_printf(&report, "  event %ld: %s\n", i, g ? "not in expected.ndjson (new)" : "expected, but the events "
+                          "file has no such event any more");
+            continue;
+        }
+        bp_buf_printf(&report, "  event %ld:\n", i);
+        if (bp_diff_lines(w, wl, g, gl, &report) == 0) bp_buf_adds(&report, "    the same fields, written differently\n");
+    }
+    int ok = have_expected && bad == 0;
+    if (ok) printf("ok   %s (%ld events)\n", name, n);
+    else if (!have_expected) printf("%s %s: no expected.ndjson yet%s\n", update ? "new " : "FAIL", name,
+                                    update ? "" : " (run `blueprint test DIR --update` to write it from today's output)");
+    else printf("%s %s: %ld of %ld events differ\n%s", update ? "diff" : "FAIL", name, bad, n > nwant ? n : nwant,
+                report.data ? report.data : "");
+    if (!ok && update) {
+        char tmp[4700];
+        snprintf(tmp, sizeof tmp, "%s.new", expected_path);
+        FILE *f = fopen(tmp, "wb");
+        int written = f && fwrite(got.data ? got.data : "", 1, got.len, f) == got.len;
+        if (f && fclose(f) != 0) written = 0;
+        if (written && rename(tmp, expected_path) == 0) { printf("     updated %s\n", expected_path); ok = 1; }
+        else printf("FAIL %s: cannot write %s: %s\n", name, expected_path, strerror(errno));
+    }
+    bp_buf_free(&got);
+    bp_buf_free(&want);
+    bp_buf_free(&report);
+    bp_engine_free(e);
+    bp_config_free(cfg);
+    return ok;
+}
+
+static int test_blueprint(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int update = 0;
+    const char *only[64];
+    int nonly = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--update")) update = 1;
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc && nonly < 64) only[nonly++] = argv[++i];
+        else if (argv[i][0] == '-') { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
+        else if (!dir) dir = argv[i];
+        else return usage("test takes one blueprint folder");
+    }
+    if (!dir) dir = ".";
+    bp_error err;
+    bp_blueprint *bp = bp_blueprint_load(dir, &err);
+    if (!bp) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_INVALID; }
+    char cases_dir[4200];
+    snprintf(cases_dir, sizeof cases_dir, "%s/tests", dir);
+    struct dirent **names = NULL;
+    int n = scandir(cases_dir, &names, NULL, by_name);
+    if (n < 0) {
+        fprintf(stderr, "blueprint: %s: %s; a blueprint's fixtures are %s/tests/CASE/ with config.yaml, events.ndjson "
+                "and expected.ndjson\n", cases_dir, strerror(errno), dir);
+        bp_blueprint_free(bp);
+        return EXIT_USAGE;
+    }
+    bp_limits limits;
+    bp_limits_default(&limits);
+    int passed = 0, failed = 0;
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i]->d_name;
+        char sub[4500];
+        struct stat st;
+        snprintf(sub, sizeof sub, "%s/%s", cases_dir, name);
+        int wanted = nonly == 0;
+        for (int k = 0; k < nonly; k++) if (!strcmp(only[k], name)) wanted = 1;
+        if (name[0] != '.' && wanted && stat(sub, &st) == 0 && S_ISDIR(st.st_mode)) {
+            if (test_case(bp, cases_dir, name, &limits, update)) passed++; else failed++;
+        }
+        free(names[i]);
+    }
+    free(names);
+    bp_blueprint_free(bp);
+    printf("%d passed, %d failed\n", passed, failed);
+    if (passed + failed == 0) fprintf(stderr, "blueprint: no cases in %s\n", cases_dir);
+    return failed ? EXIT_TEST_FAILED : passed ? 0 : EXIT_USAGE;
 }
 
 #ifndef BP_LIGHT
@@ -449,7 +689,9 @@ int main(int argc, char **argv)
         fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
+    if (command_wants_help(argc, argv)) return 0;
     if (!strcmp(argv[1], "dry-run")) return dry_run(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "test")) return test_blueprint(argc - 2, argv + 2);
 #ifdef BP_LIGHT
     static const char *const net[] = { "deliver", "dlq", "serve", "token", "rotate-key", NULL };
     for (int i = 0; net[i]; i++) if (!strcmp(argv[1], net[i])) return run_net(argv);

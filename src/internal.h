@@ -201,6 +201,16 @@ void bp_bucket_block(bp_bucket *b, double until_ms);
 /* The vendor says its window is full: no catching up on the next request. */
 void bp_bucket_drain(bp_bucket *b);
 
+/* ---- decode.c: readable outcome lines ---------------------------------------------------- */
+
+/* The outcome line with a "decoded" object next to each request's body (the
+ * JSON body parsed, or the form's fields with JSON values parsed); -1 (and
+ * the line as it is) when it is not a JSON object. */
+int bp_decode_line(const char *line, size_t len, bp_buf *out);
+/* Field-level differences between two outcome lines, one "    PATH:
+ * expected X, got Y" line each (at most 20); returns how many. */
+int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t glen, bp_buf *out);
+
 /* ---- store.c ---------------------------------------------------------------------- */
 
 #include <pthread.h>
@@ -299,11 +309,19 @@ enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *
 
 /* ---- deliver.c: the delivery loops ---------------------------------------------------------- */
 
+/* A blueprint revision: a short, stable fingerprint of the contents of the
+ * folder's files (the ones hot reload watches: its top-level files), 12 hex
+ * digits.  Equal contents give the same revision, across restarts too.
+ * registry.c; out is "" when the folder cannot be read. */
+#define BP_REVISION_LEN 13
+void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN]);
+
 /* A blueprint shared by the registry and the delivery loops; freed with the
  * last reference (a reload replaces it while loops still use the old one). */
 typedef struct bp_shared_bp {
     bp_blueprint *bp;
     int refs;                   /* atomic */
+    char revision[BP_REVISION_LEN];   /* what its files held when loaded; "" unknown */
 } bp_shared_bp;
 bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp);
 void bp_shared_bp_hold(bp_shared_bp *s);
@@ -437,6 +455,7 @@ typedef struct bp_vendor {
     char *key, *dir;            /* [mu] key (a reload may rename it) */
     bp_shared_bp *bp;           /* [mu] the running version; NULL if it never loaded */
     char *load_error;           /* [mu] the last failed (re)load, shown on the catalog */
+    char disk_revision[BP_REVISION_LEN];  /* [mu] the files' revision at the last (re)load attempt */
     uint64_t signature;         /* the reload thread only */
 } bp_vendor;
 

@@ -1,10 +1,20 @@
--- Golden fixtures: tests/golden/<case>/ holds config.yaml, events.ndjson and
--- expected.ndjson (the exact dry-run output).  Add a case by adding a folder;
--- scripts/golden-update.sh CASE writes expected.ndjson for you to review.
+-- Golden fixtures: each blueprint keeps its own under BLUEPRINT/tests/<case>/
+-- (config.yaml, events.ndjson, expected.ndjson: the exact dry-run output),
+-- and `blueprint test BLUEPRINT` runs them.  Add a case by adding a folder;
+-- `blueprint test BLUEPRINT --update` writes expected.ndjson for you to review.
 local S = require("support")
+local core = S.core
 
-local function cases()
-  local p = io.popen("ls tests/golden")
+local function blueprints_with_tests()
+  local p = io.popen("ls -d blueprints/*/tests 2>/dev/null")
+  local t = {}
+  for path in p:lines() do t[#t + 1] = path:match("^(.*)/tests$") end
+  p:close()
+  return t
+end
+
+local function cases(dir)
+  local p = io.popen("ls " .. dir .. "/tests")
   local t = {}
   for name in p:lines() do t[#t + 1] = name end
   p:close()
@@ -12,19 +22,42 @@ local function cases()
 end
 
 describe("golden dry-run fixtures #cli", function()
-  for _, name in ipairs(cases()) do
-    local dir = "tests/golden/" .. name
-    it(name, function()
-      local bpf = io.open(dir .. "/blueprint")
-      local blueprint = bpf and bpf:read("l") or S.AC
-      if bpf then bpf:close() end
-      local out, err, code = S.sh(S.bin .. " dry-run " .. blueprint .. " --config " .. dir .. "/config.yaml " .. dir .. "/events.ndjson")
-      assert.are.equal(0, code, err)
-      local got = S.lines(out)
-      local want = S.lines(io.open(dir .. "/expected.ndjson"):read("a"))
-      for i = 1, math.max(#got, #want) do
-        assert.are.equal(want[i], got[i], ("%s line %d differs"):format(name, i))
-      end
+  for _, bp in ipairs(blueprints_with_tests()) do
+    it(bp .. ": blueprint test", function()
+      local out, err, code = S.sh(S.bin .. " test " .. bp)
+      assert.are.equal(0, code, out .. err)
+      assert.matches("%d+ passed, 0 failed", out)
     end)
+
+    -- --decode adds, next to each exact body, what is inside it
+    for _, name in ipairs(cases(bp)) do
+      it(bp .. ": --decode on " .. name, function()
+        local dir = bp .. "/tests/" .. name
+        local out, err, code = S.sh(S.bin .. " dry-run " .. bp .. " --decode --config " .. dir .. "/config.yaml "
+          .. dir .. "/events.ndjson")
+        assert.are.equal(0, code, err)
+        local plain = S.lines(io.open(dir .. "/expected.ndjson"):read("a"))
+        for i, line in ipairs(S.lines(out)) do
+          local o = assert(core.json_decode(line))
+          local want = assert(core.json_decode(plain[i]))
+          assert.are.equal(#want.requests, #o.requests)
+          for k, r in ipairs(o.requests) do
+            assert.are.equal(want.requests[k].body, r.body, "the exact body stays the contract")
+            if r.body ~= core.null then
+              if r.headers["Content-Type"]:match("form") then
+                local form = S.form(r.body)
+                for key, v in pairs(form) do
+                  local inner = v:match("^[%[{]") and core.json_decode(v)
+                  if inner then assert.are.same(inner, r.decoded[key], key)
+                  else assert.are.equal(v, r.decoded[key], key) end
+                end
+              else
+                assert.are.same(core.json_decode(r.body), r.decoded)
+              end
+            end
+          end
+        end
+      end)
+    end
   end
 end)

@@ -1,0 +1,242 @@
+/*
+ * decode.c — outcome lines made readable, and compared field by field.
+ *
+ * The exact wire body of each request is the contract (dry-run prints it,
+ * the golden fixtures hold it).  An author also needs to see what is inside
+ * it: ActiveCampaign's Event Tracking body is form text, and its
+ * `eventdata` is JSON inside one of the form's values.  `dry-run --decode`
+ * adds, next to each request's `body`, a `decoded` object: the JSON body
+ * parsed, or the form's fields with every value that is itself JSON parsed
+ * in place.  `blueprint test` compares decoded lines, so a mismatch names
+ * the header, the form field or the key of eventdata that differs.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* application/x-www-form-urlencoded text, unescaped into out. */
+static void form_unescape(const char *s, size_t n, bp_buf *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '+') { bp_buf_addc(out, ' '); continue; }
+        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            bp_buf_addc(out, (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
+            i += 2;
+            continue;
+        }
+        bp_buf_addc(out, s[i]);
+    }
+}
+
+/* A value written as JSON when it is a JSON object or array, else as a string. */
+static void write_value(bp_buf *out, const char *v, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (v[i] == ' ' || v[i] == '\n' || v[i] == '\t')) i++;
+    if (i < n && (v[i] == '{' || v[i] == '[')) {
+        bp_doc d;
+        bp_error err;
+        bp_doc_init(&d);
+        if (bp_json_parse(&d, v, n, NULL, &err) == 0) { bp_json_write_node(out, &d, 0); bp_doc_free(&d); return; }
+        bp_doc_free(&d);
+    }
+    bp_json_write_text(out, v, n);
+}
+
+static void decode_form(bp_buf *out, const char *body, size_t n)
+{
+    bp_buf key, value;
+    bp_buf_init(&key);
+    bp_buf_init(&value);
+    bp_buf_addc(out, '{');
+    int first = 1;
+    for (size_t at = 0; at <= n;) {
+        size_t end = at;
+        while (end < n && body[end] != '&') end++;
+        if (end > at) {
+            const char *eq = memchr(body + at, '=', end - at);
+            size_t klen = eq ? (size_t)(eq - (body + at)) : end - at;
+            bp_buf_reset(&key);
+            bp_buf_reset(&value);
+            form_unescape(body + at, klen, &key);
+            if (eq) form_unescape(eq + 1, end - at - klen - 1, &value);
+            if (!first) bp_buf_addc(out, ',');
+            first = 0;
+            bp_json_write_text(out, key.data ? key.data : "", key.len);
+            bp_buf_addc(out, ':');
+            write_value(out, value.data ? value.data : "", value.len);
+        }
+        at = end + 1;
+    }
+    bp_buf_addc(out, '}');
+    bp_buf_free(&key);
+    bp_buf_free(&value);
+}
+
+/* Request r (an object of d) with "decoded" after its body. */
+static void write_request(bp_buf *out, const bp_doc *d, uint32_t r)
+{
+    const char *ctype = NULL;
+    uint32_t headers = bp_jget(d, r, "headers");
+    if (headers != BP_NONE && d->nodes[headers].type == BP_JOBJECT)
+        for (uint32_t k = headers + 1, i = 0; i < d->nodes[headers].len; i++, k = d->nodes[k + 1].next)
+            if (!strcasecmp(bp_jtext(d, k), "Content-Type")) ctype = bp_jscalar(d, k + 1);
+    bp_buf_addc(out, '{');
+    for (uint32_t k = r + 1, i = 0; i < d->nodes[r].len; i++, k = d->nodes[k + 1].next) {
+        if (i) bp_buf_addc(out, ',');
+        bp_json_write_node(out, d, k);
+        bp_buf_addc(out, ':');
+        bp_json_write_node(out, d, k + 1);
+        if (strcmp(bp_jtext(d, k), "body") != 0 || d->nodes[k + 1].type != BP_JSTRING) continue;
+        const char *body = bp_jtext(d, k + 1);
+        size_t n = d->nodes[k + 1].len;
+        bp_buf_adds(out, ",\"decoded\":");
+        if (ctype && strstr(ctype, "x-www-form-urlencoded")) decode_form(out, body, n);
+        else write_value(out, body, n);
+    }
+    bp_buf_addc(out, '}');
+}
+
+/* The node at i with every request of a "requests" array decoded. */
+static void write_decoded(bp_buf *out, const bp_doc *d, uint32_t i)
+{
+    bp_buf_addc(out, '{');
+    for (uint32_t k = i + 1, n = 0; n < d->nodes[i].len; n++, k = d->nodes[k + 1].next) {
+        if (n) bp_buf_addc(out, ',');
+        bp_json_write_node(out, d, k);
+        bp_buf_addc(out, ':');
+        uint32_t v = k + 1;
+        if (strcmp(bp_jtext(d, k), "requests") != 0 || d->nodes[v].type != BP_JARRAY) { bp_json_write_node(out, d, v); continue; }
+        bp_buf_addc(out, '[');
+        for (uint32_t e = v + 1, m = 0; m < d->nodes[v].len; m++, e = d->nodes[e].next) {
+            if (m) bp_buf_addc(out, ',');
+            if (d->nodes[e].type == BP_JOBJECT) write_request(out, d, e); else bp_json_write_node(out, d, e);
+        }
+        bp_buf_addc(out, ']');
+    }
+    bp_buf_addc(out, '}');
+}
+
+int bp_decode_line(const char *line, size_t len, bp_buf *out)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    int rc = bp_json_parse(&d, line, len, NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT ? 0 : -1;
+    if (rc == 0) write_decoded(out, &d, 0);
+    else bp_buf_add(out, line, len);
+    bp_doc_free(&d);
+    return rc;
+}
+
+/* ---- field-level differences ------------------------------------------------------------- */
+
+static void write_short(bp_buf *out, const bp_doc *d, uint32_t i)
+{
+    if (i == BP_NONE) { bp_buf_adds(out, "(absent)"); return; }
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_json_write_node(&v, d, i);
+    if (v.len > 120) { bp_buf_add(out, v.data, 110); bp_buf_printf(out, "… (%zu bytes)", v.len); }
+    else bp_buf_add(out, v.data, v.len);
+    bp_buf_free(&v);
+}
+
+static int same(const bp_doc *a, uint32_t ai, const bp_doc *b, uint32_t bi)
+{
+    bp_buf x, y;
+    bp_buf_init(&x);
+    bp_buf_init(&y);
+    bp_json_write_node(&x, a, ai);
+    bp_json_write_node(&y, b, bi);
+    int eq = x.len == y.len && (!x.len || !memcmp(x.data, y.data, x.len));
+    bp_buf_free(&x);
+    bp_buf_free(&y);
+    return eq;
+}
+
+static void report(bp_buf *out, const char *path, const bp_doc *a, uint32_t ai, const bp_doc *b, uint32_t bi)
+{
+    bp_buf_printf(out, "    %s: expected ", path[0] ? path : "(the whole line)");
+    write_short(out, a, ai);
+    bp_buf_adds(out, ", got ");
+    write_short(out, b, bi);
+    bp_buf_addc(out, '\n');
+}
+
+static void diff(const bp_doc *a, uint32_t ai, const bp_doc *b, uint32_t bi, const char *path, bp_buf *out, int *n)
+{
+    if (*n >= 20) return;
+    if (ai == BP_NONE || bi == BP_NONE || a->nodes[ai].type != b->nodes[bi].type ||
+        (a->nodes[ai].type != BP_JOBJECT && a->nodes[ai].type != BP_JARRAY)) {
+        if (ai != BP_NONE && bi != BP_NONE && same(a, ai, b, bi)) return;
+        report(out, path, a, ai, b, bi);
+        (*n)++;
+        return;
+    }
+    char sub[1024];
+    if (a->nodes[ai].type == BP_JARRAY) {
+        uint32_t x = ai + 1, y = bi + 1;
+        uint32_t na = a->nodes[ai].len, nb = b->nodes[bi].len;
+        for (uint32_t i = 0; i < (na > nb ? na : nb); i++) {
+            snprintf(sub, sizeof sub, "%s[%u]", path, i);
+            diff(a, i < na ? x : BP_NONE, b, i < nb ? y : BP_NONE, sub, out, n);
+            if (i < na) x = a->nodes[x].next;
+            if (i < nb) y = b->nodes[y].next;
+        }
+        return;
+    }
+    /* a request's body is compared through its decoded form when both have one */
+    int decoded = bp_jget(a, ai, "decoded") != BP_NONE && bp_jget(b, bi, "decoded") != BP_NONE &&
+                  !same(a, bp_jget(a, ai, "decoded"), b, bp_jget(b, bi, "decoded"));
+    for (uint32_t k = ai + 1, i = 0; i < a->nodes[ai].len; i++, k = a->nodes[k + 1].next) {
+        const char *key = bp_jtext(a, k);
+        if (decoded && !strcmp(key, "body")) continue;
+        snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", key);
+        diff(a, k + 1, b, bp_jget(b, bi, key), sub, out, n);
+    }
+    for (uint32_t k = bi + 1, i = 0; i < b->nodes[bi].len; i++, k = b->nodes[k + 1].next) {
+        const char *key = bp_jtext(b, k);
+        if (bp_jget(a, ai, key) != BP_NONE) continue;
+        snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", key);
+        diff(a, BP_NONE, b, k + 1, sub, out, n);
+    }
+}
+
+int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t glen, bp_buf *out)
+{
+    bp_buf x, y;
+    bp_buf_init(&x);
+    bp_buf_init(&y);
+    bp_decode_line(expected, elen, &x);
+    bp_decode_line(got, glen, &y);
+    bp_doc a, b;
+    bp_error err;
+    bp_doc_init(&a);
+    bp_doc_init(&b);
+    int n = 0;
+    if (bp_json_parse(&a, x.data ? x.data : "", x.len, NULL, &err) < 0 ||
+        bp_json_parse(&b, y.data ? y.data : "", y.len, NULL, &err) < 0) {
+        if (x.len != y.len || (x.len && memcmp(x.data, y.data, x.len))) {
+            bp_buf_printf(out, "    expected: %.*s\n    got:      %.*s\n", (int)(elen > 200 ? 200 : elen), expected,
+                          (int)(glen > 200 ? 200 : glen), got);
+            n = 1;
+        }
+    } else {
+        diff(&a, 0, &b, 0, "", out, &n);
+        if (n >= 20) bp_buf_adds(out, "    (more differences not shown)\n");
+    }
+    bp_doc_free(&a);
+    bp_doc_free(&b);
+    bp_buf_free(&x);
+    bp_buf_free(&y);
+    return n;
+}
