@@ -230,6 +230,10 @@ typedef struct bp_outcome {
     char *mapping;                    /* the Lua file that ran, may be NULL */
     bp_request *requests; size_t nrequests, caprequests;
     struct bp_chunk *strings;         /* where those strings live */
+    /* the mapping's print/ctx.log lines (at: "file.lua:12"), bounded per
+     * event; written as "logs" in the outcome line when there are any */
+    struct bp_logline { const char *at, *msg; } *logs;
+    size_t nlogs, caplogs, logs_bytes, logs_dropped;
 } bp_outcome;
 
 void bp_outcome_init(bp_outcome *o);

@@ -25,7 +25,84 @@ struct bp_engine {
     int ctx_proxy_ref;      /* what mappings receive: read-only */
     bp_doc doc;
     bp_json_limits json_limits;
+    long seq;               /* events run by bp_engine_run: the dry-run index */
+    int in_run_as;          /* bp_engine_run_as: a delivery loop, no index to tell */
+    bp_outcome *out;        /* the event running, for its log lines */
 };
+
+void (*bp_engine_json_log)(const char *level, const char *msg, const char *fields_json);
+
+/* ---- log lines (print, ctx.log) ------------------------------------------------ */
+
+#define LOG_LINES_MAX 50            /* per event, in the outcome */
+#define LOG_BYTES_MAX (16 * 1024)   /* per event, in the outcome */
+#define LOG_LINE_MAX 4096           /* one line, in the outcome and on stderr */
+
+/* Length of s cut to at most max bytes, not inside a UTF-8 sequence. */
+static size_t utf8_cut(const char *s, size_t len, size_t max)
+{
+    if (len <= max) return len;
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return max;
+}
+
+/* A mapping's log line: kept with the event's outcome (bounded), and
+ * written now: a JSON log line in serve, a human one on the CLI. */
+static void on_log(void *ud, const char *at, const char *msg, size_t len)
+{
+    bp_engine *e = ud;
+    bp_outcome *o = e->out;
+    size_t n = utf8_cut(msg, len, LOG_LINE_MAX);
+    bp_buf text;
+    bp_buf_init(&text);
+    bp_buf_add(&text, msg, n);
+    if (n < len) bp_buf_printf(&text, "… (%zu more bytes)", len - n);
+    if (!text.data) bp_buf_adds(&text, "");
+    if (o->nlogs >= LOG_LINES_MAX || o->logs_bytes + text.len > LOG_BYTES_MAX) {
+        /* the same bound for stderr and serve's log: one note, then quiet */
+        if (o->logs_dropped++) { bp_buf_free(&text); return; }
+        bp_buf_reset(&text);
+        bp_buf_printf(&text, "(more than %d lines or %d KiB logged for this event: further lines are dropped)",
+                      LOG_LINES_MAX, LOG_BYTES_MAX / 1024);
+    } else {
+        if (o->nlogs == o->caplogs) {
+            o->caplogs = o->caplogs ? o->caplogs * 2 : 8;
+            o->logs = realloc(o->logs, o->caplogs * sizeof *o->logs);
+            if (!o->logs) abort();
+        }
+        o->logs[o->nlogs].at = bp_outcome_strdup(o, at);
+        o->logs[o->nlogs].msg = bp_outcome_strdup(o, text.data);
+        o->nlogs++;
+        o->logs_bytes += text.len;
+    }
+    if (bp_engine_json_log) {
+        bp_buf f;
+        bp_buf_init(&f);
+        bp_buf_adds(&f, "\"log\":");
+        bp_json_write_text(&f, text.data, text.len);
+        bp_buf_adds(&f, ",\"at\":");
+        bp_json_write_text(&f, at, strlen(at));
+        bp_buf_adds(&f, ",\"vendor\":");
+        bp_json_write_text(&f, e->bp->vendor, strlen(e->bp->vendor));
+        if (e->cfg->name) { bp_buf_adds(&f, ",\"integration\":"); bp_json_write_text(&f, e->cfg->name, strlen(e->cfg->name)); }
+        bp_buf_adds(&f, ",\"message_id\":");
+        if (o->message_id) bp_json_write_text(&f, o->message_id, strlen(o->message_id)); else bp_buf_adds(&f, "null");
+        if (o->event) { bp_buf_adds(&f, ",\"event\":"); bp_json_write_text(&f, o->event, strlen(o->event)); }
+        bp_engine_json_log("info", "mapping log", f.data);
+        bp_buf_free(&f);
+    } else {
+        /* [event 3 msg-1]: the dry-run index (events this engine ran) and the messageId */
+        char tag[160];
+        if (e->in_run_as)
+            snprintf(tag, sizeof tag, "[%.120s]", o->message_id ? o->message_id : "no messageId");
+        else if (o->message_id)
+            snprintf(tag, sizeof tag, "[event %ld %.120s]", e->seq, o->message_id);
+        else
+            snprintf(tag, sizeof tag, "[event %ld]", e->seq);
+        fprintf(stderr, "blueprint log %s %s: %s\n", tag, at, text.data);
+    }
+    bp_buf_free(&text);
+}
 
 static void chunk_name(const bp_blueprint *bp, const char *file, char *out, size_t n)
 {
@@ -92,7 +169,11 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     e->custom_ref = LUA_NOREF;
     bp_doc_init(&e->doc);
     e->route_refs = calloc(bp->nroutes + 1, sizeof *e->route_refs);
+    e->seq = -1;
     if (!(e->sb = bp_sandbox_new(limits, err))) { free(e->route_refs); free(e); return NULL; }
+    char prefix[4200];
+    snprintf(prefix, sizeof prefix, "@%s/", bp->dir);
+    bp_sandbox_set_prefix(e->sb, prefix);
     e->L = bp_sandbox_state(e->sb);
     lua_State *L = e->L;
     lua_newtable(L);
@@ -173,7 +254,9 @@ enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *
     e->cfg = b->cfg;
     e->ctx_ref = b->ctx_ref;
     e->ctx_proxy_ref = b->proxy_ref;
+    e->in_run_as = 1;
     enum bp_verdict v = bp_engine_run(e, json, len, out);
+    e->in_run_as = 0;
     e->cfg = cfg;
     e->ctx_ref = ctx;
     e->ctx_proxy_ref = proxy;
@@ -446,6 +529,7 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
     static const char *const type_keys[] = { "type", NULL };
     bp_error err;
     bp_doc *d = &e->doc;
+    e->seq++;
     bp_outcome_reset(out);
     out->verdict = BP_ERROR;
     if (bp_json_parse(d, json, len, &e->json_limits, &err) < 0) {
@@ -516,7 +600,11 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);              /* fn */
     bp_push_view(L, d, 0);                               /* fn, event */
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->ctx_proxy_ref); /* fn, event, ctx */
-    if (bp_sandbox_call(e->sb, 2, 1, &err) < 0) {
+    e->out = out;
+    bp_sandbox_set_log(e->sb, on_log, e);
+    int rc = bp_sandbox_call(e->sb, 2, 1, &err);
+    bp_sandbox_set_log(e->sb, NULL, NULL);
+    if (rc < 0) {
         out->verdict = BP_ERROR;
         bp_buf_adds(&out->reason, err.msg);
         return out->verdict;

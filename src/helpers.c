@@ -326,6 +326,17 @@ static int ctx_secret(lua_State *L)
     return 1;
 }
 
+/* ctx.totable(v): an event view copied into plain Lua tables (what
+ * table.sort, table.insert, rawget, setmetatable and `type(v) == "table"`
+ * need); any other value is returned as it is. */
+static int ctx_totable(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    if (bp_view_totable(L, 1) == 0) return 1;
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int ctx_readonly(lua_State *L)
 {
     return luaL_error(L, "ctx is read-only (tried to set '%s')", lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
@@ -335,7 +346,7 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
 {
     static const luaL_Reg fns[] = {
         { "drop", ctx_drop }, { "json", ctx_json }, { "get", ctx_get }, { "email", ctx_email },
-        { "slug", ctx_slug }, { "array", ctx_array }, { NULL, NULL }
+        { "slug", ctx_slug }, { "array", ctx_array }, { "totable", ctx_totable }, { NULL, NULL }
     };
     luaL_newmetatable(L, DROP_MT);
     lua_pop(L, 1);

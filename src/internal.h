@@ -89,8 +89,20 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err);
  * proxy that reads through it, calls on_write for any assignment and hides
  * its metatable.  How shared tables are made read-only. */
 void bp_wrap_proxy(lua_State *L, lua_CFunction on_write);
-/* print() for blueprints: to stderr, prefixed with file:line. */
+/* print() and ctx.log for blueprints: the arguments joined by tabs (tables
+ * and event values as JSON), with the blueprint's file:line, to the log
+ * sink set below, or to stderr when none is set. */
 int bp_sandbox_print(lua_State *L);
+/* Where print/ctx.log lines go while a mapping runs (NULL: stderr).  `at`
+ * is "file.lua:12" (relative to the blueprint folder). */
+typedef void (*bp_sandbox_log_fn)(void *ud, const char *at, const char *msg, size_t len);
+void bp_sandbox_set_log(bp_sandbox *sb, bp_sandbox_log_fn fn, void *ud);
+/* The chunk-name prefix of the blueprint's files ("@DIR/"): positions in
+ * log lines and call chains are written relative to it. */
+void bp_sandbox_set_prefix(bp_sandbox *sb, const char *chunk_prefix);
+/* Set by `serve` (to bp_log): mapping log lines are also written as JSON log
+ * lines there; NULL (the CLI): as a human line on stderr.  engine.c */
+extern void (*bp_engine_json_log)(const char *level, const char *msg, const char *fields_json);
 
 /* ---- luajson.c ------------------------------------------------------------- */
 
@@ -110,6 +122,10 @@ void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i);
 int bp_view_get_path(lua_State *L, int idx, const char *path, size_t len);
 /* Push node `i` converted to plain Lua tables (arrays/objects marked). */
 void bp_push_tables(lua_State *L, const bp_doc *d, uint32_t i);
+/* next(view, key) for the sandbox's next: pushes key and value, or nil. */
+int bp_view_next(lua_State *L);
+/* If the value at idx is a view, push it as plain tables and return 0; else -1. */
+int bp_view_totable(lua_State *L, int idx);
 /* Push the JSON null sentinel. */
 void bp_push_null(lua_State *L);
 

@@ -235,6 +235,54 @@ static int view_pairs(lua_State *L)
     return 1;
 }
 
+/* next(view, key) (the sandbox's next, sandbox.c): the key after `key`, and
+ * its value, as pairs() gives them; nothing when `key` was the last.  An
+ * object with a repeated key yields it once, with the first value (what
+ * view[key] reads), so a loop over next always ends. */
+int bp_view_next(lua_State *L)
+{
+    view *v = check_view(L, 1);
+    const bp_doc *d = v->doc;
+    const bp_jnode *self = &d->nodes[v->node];
+    if (self->type == BP_JARRAY) {
+        lua_Integer k = lua_isnoneornil(L, 2) ? 0 : lua_isinteger(L, 2) ? lua_tointeger(L, 2) : -1;
+        if (k < 0 || (lua_Unsigned)k > self->len) return luaL_error(L, "invalid key to 'next'");
+        if ((lua_Unsigned)k == self->len) { lua_pushnil(L); return 1; }
+        uint32_t c = array_item(d, v->node, k + 1);
+        lua_pushinteger(L, k + 1);
+        if (d->nodes[c].type == BP_JNULL) bp_push_null(L); else bp_push_view(L, d, c);
+        return 2;
+    }
+    if (self->type != BP_JOBJECT) return luaL_error(L, "cannot iterate over a number");
+    uint32_t key = v->node + 1, left = self->len;   /* key node of the candidate, members left */
+    if (!lua_isnoneornil(L, 2)) {
+        size_t klen;
+        const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &klen) : NULL;
+        uint32_t at = k ? bp_jget_n(d, v->node, k, klen) : BP_NONE;   /* its value node */
+        if (at == BP_NONE) return luaL_error(L, "invalid key to 'next'");
+        while (key + 1 != at) { key = d->nodes[key + 1].next; left--; }
+        key = d->nodes[key + 1].next;
+        left--;
+    }
+    for (; left > 0; key = d->nodes[key + 1].next, left--) {
+        if (bp_jget_n(d, v->node, bp_jtext(d, key), d->nodes[key].len) != key + 1) continue;   /* a repeat */
+        lua_pushlstring(L, bp_jtext(d, key), d->nodes[key].len);
+        if (d->nodes[key + 1].type == BP_JNULL) bp_push_null(L); else bp_push_view(L, d, key + 1);
+        return 2;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+/* ctx.totable: the view at idx as plain tables; -1 when it is not a view. */
+int bp_view_totable(lua_State *L, int idx)
+{
+    if (!test_udata(L, idx, &view_mt_key)) return -1;
+    view *v = check_view(L, idx);
+    bp_push_tables(L, v->doc, v->node);
+    return 0;
+}
+
 static int view_tostring(lua_State *L)
 {
     view *v = check_view(L, 1);

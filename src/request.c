@@ -85,6 +85,7 @@ void bp_outcome_reset(bp_outcome *o)
     o->message_id = o->type = o->event = o->mapping = NULL;
     o->verdict = BP_ERROR;
     bp_buf_reset(&o->reason);
+    o->nlogs = o->logs_bytes = o->logs_dropped = 0;   /* their strings went with the chunks */
 }
 
 void bp_outcome_free(bp_outcome *o)
@@ -92,6 +93,7 @@ void bp_outcome_free(bp_outcome *o)
     bp_outcome_clear_requests(o);
     release_strings(o, 0);
     free(o->requests);
+    free(o->logs);
     bp_buf_free(&o->reason);
     memset(o, 0, sizeof *o);
 }
@@ -192,5 +194,19 @@ void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label,
         }
         bp_buf_addc(out, '}');
     }
+    bp_buf_addc(out, ']');
+    /* only when the mapping logged: lines without logs stay as they were */
+    if (!o->nlogs && !o->logs_dropped) return;
+    bp_buf_adds(out, ",\"logs\":[");
+    for (size_t i = 0; i < o->nlogs; i++) {
+        if (i) bp_buf_addc(out, ',');
+        bp_buf_adds(out, "{\"at\":");
+        write_text(out, o->logs[i].at, strlen(o->logs[i].at));
+        bp_buf_adds(out, ",\"msg\":");
+        write_text(out, o->logs[i].msg, strlen(o->logs[i].msg));
+        bp_buf_addc(out, '}');
+    }
+    if (o->logs_dropped)
+        bp_buf_printf(out, "%s{\"at\":null,\"msg\":\"(%zu more lines dropped)\"}", o->nlogs ? "," : "", o->logs_dropped);
     bp_buf_addc(out, ']');
 }

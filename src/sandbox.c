@@ -55,6 +55,10 @@ struct bp_sandbox {
     int watch_slot;         /* watchdog.c slot, or -1: hook on for every call */
     free_block *free_small[SMALL_CLASSES];
     size_t cached;          /* bytes held on the free lists */
+    bp_sandbox_log_fn log_fn;   /* where print/ctx.log lines go, or NULL: stderr */
+    void *log_ud;
+    char *prefix;           /* "@DIR/": positions are written relative to it */
+    bp_buf logbuf, atbuf;   /* kept here: an error while formatting cannot leak them */
 };
 
 void bp_limits_default(bp_limits *l)
@@ -211,8 +215,94 @@ static void arm_budget_hook(lua_State *L)
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
+/* ---- positions: "file.lua:12", and the chain of blueprint calls ----------------- */
+
+static int is_blueprint_frame(lua_State *L, lua_Debug *ar)
+{
+    return lua_getinfo(L, "Sl", ar) && ar->currentline > 0 && ar->source[0] == '@';
+}
+
+/* "file.lua:12": relative to the blueprint folder when the file is in it. */
+static void frame_name(const bp_sandbox *sb, const lua_Debug *ar, bp_buf *out)
+{
+    size_t n = sb->prefix ? strlen(sb->prefix) : 0;
+    if (n && !strncmp(ar->source, sb->prefix, n)) bp_buf_adds(out, ar->source + n);
+    else bp_buf_adds(out, ar->short_src);
+    bp_buf_printf(out, ":%d", ar->currentline);
+}
+
+/* Number of levels on the stack.  lua_getstack(level) walks `level` frames,
+ * so a deep stack (runaway recursion) is measured by bisection. */
+static int stack_depth(lua_State *L)
+{
+    lua_Debug ar;
+    int lo = 0, hi = 1;
+    if (!lua_getstack(L, 0, &ar)) return 0;
+    while (lua_getstack(L, hi, &ar)) { lo = hi; hi *= 2; }
+    while (hi - lo > 1) {
+        int mid = lo + (hi - lo) / 2;
+        if (lua_getstack(L, mid, &ar)) lo = mid; else hi = mid;
+    }
+    return hi;
+}
+
+#define CHAIN_INNER 6   /* blueprint frames named from the top of the stack */
+#define CHAIN_SCAN 32   /* levels looked at from either end */
+
+/* The blueprint frames on the stack: up to CHAIN_INNER from the top (the
+ * innermost first) and the outermost (the mapping itself). */
+typedef struct chain {
+    lua_Debug inner[CHAIN_INNER];
+    int ninner, inner_level[CHAIN_INNER];
+    lua_Debug outer;
+    int outer_level;         /* -1: none */
+} chain;
+
+static void blueprint_chain(lua_State *L, chain *c)
+{
+    c->ninner = 0;
+    c->outer_level = -1;
+    int depth = stack_depth(L);
+    for (int level = 0; level < depth && level < CHAIN_SCAN && c->ninner < CHAIN_INNER; level++)
+        if (lua_getstack(L, level, &c->inner[c->ninner]) && is_blueprint_frame(L, &c->inner[c->ninner]))
+            c->inner_level[c->ninner++] = level;
+    for (int level = depth - 1; level >= 0 && level >= depth - CHAIN_SCAN; level--)
+        if (lua_getstack(L, level, &c->outer) && is_blueprint_frame(L, &c->outer)) { c->outer_level = level; break; }
+}
+
+/* Whether the chain leaves the innermost frame's file (a helper called from
+ * a mapping): only then are callers worth naming. */
+static int chain_crosses_files(const chain *c)
+{
+    return c->ninner > 0 && c->outer_level > c->inner_level[0] && strcmp(c->inner[0].source, c->outer.source) != 0;
+}
+
 /* Message handler: make sure every error names file and line, and say what a
- * memory error means here. */
+ * memory error means here; an error raised in a helper (helpers.lua) also
+ * names the mapping lines that called it. */
+static void add_callers(lua_State *L, bp_sandbox *sb)
+{
+    chain c;
+    blueprint_chain(L, &c);
+    if (!chain_crosses_files(&c)) return;
+    bp_buf *b = &sb->atbuf;
+    bp_buf_reset(b);
+    bp_buf_adds(b, " (called from ");
+    int last = -1;
+    for (int i = 1; i < c.ninner; i++) {
+        if (i > 1) bp_buf_adds(b, ", from ");
+        frame_name(sb, &c.inner[i], b);
+        last = c.inner_level[i];
+    }
+    if (last != c.outer_level) {
+        if (c.ninner > 1) bp_buf_adds(b, last >= 0 && c.outer_level > last + 1 && c.ninner == CHAIN_INNER ? ", …, from " : ", from ");
+        frame_name(sb, &c.outer, b);
+    }
+    bp_buf_addc(b, ')');
+    lua_pushlstring(L, b->data, b->len);
+    lua_concat(L, 2);
+}
+
 static int message_handler(lua_State *L)
 {
     bp_sandbox *sb;
@@ -229,15 +319,17 @@ static int message_handler(lua_State *L)
         push_where(L);
         lua_pushfstring(L, "error raised with a %s value (use error(\"message\"))", luaL_typename(L, 1));
         lua_concat(L, 2);
+        add_callers(L, sb);
         return 1;
     }
     if (msg[0] != '@' && !strstr(msg, ".lua:")) {
         push_where(L);
         lua_pushvalue(L, 1);
         lua_concat(L, 2);
-        return 1;
+    } else {
+        lua_settop(L, 1);
     }
-    lua_settop(L, 1);
+    add_callers(L, sb);
     return 1;
 }
 
@@ -312,21 +404,133 @@ static void make_readonly_proxy(lua_State *L, const char *name)
     bp_wrap_proxy(L, readonly_assignment);     /* proxy */
 }
 
+/* ---- print and ctx.log ------------------------------------------------------------ */
+
+#define LOG_VALUE_MAX 8192   /* bytes of one value in the lenient form below */
+#define LOG_DUMP_DEPTH 8
+
+static void buf_cut(bp_buf *b, size_t len)
+{
+    b->len = len;
+    if (b->data) b->data[len] = '\0';
+}
+
+/* A value bp_encode_json refuses (a cycle, a function, a secret, mixed
+ * keys), written as JSON anyway: other values as their tostring() text,
+ * nesting and size bounded. */
+static void dump_value(lua_State *L, int idx, bp_buf *out, int depth, size_t limit, const void **path)
+{
+    idx = lua_absindex(L, idx);
+    if (out->len > limit) return;
+    if (lua_type(L, idx) == LUA_TTABLE) {
+        const void *self = lua_topointer(L, idx);
+        for (int i = 0; i < depth; i++)
+            if (path[i] == self) { bp_buf_adds(out, "\"<cycle>\""); return; }
+        if (depth >= LOG_DUMP_DEPTH) { bp_buf_adds(out, "\"<nested too deep>\""); return; }
+        path[depth] = self;
+        luaL_checkstack(L, 4, "log");
+        bp_buf_addc(out, '{');
+        int first = 1;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (out->len > limit) { bp_buf_adds(out, first ? "\"…\":\"…\"" : ",\"…\":\"…\""); lua_pop(L, 2); break; }
+            if (!first) bp_buf_addc(out, ',');
+            first = 0;
+            size_t kl;
+            lua_pushvalue(L, -2);
+            const char *k = luaL_tolstring(L, -1, &kl);
+            bp_json_write_text(out, k, kl);
+            lua_pop(L, 2);
+            bp_buf_addc(out, ':');
+            dump_value(L, -1, out, depth + 1, limit, path);
+            lua_pop(L, 1);
+        }
+        bp_buf_addc(out, '}');
+        return;
+    }
+    size_t at = out->len, len;
+    bp_error err;
+    if (bp_encode_json(L, idx, out, NULL, &err) == 0) return;
+    buf_cut(out, at);
+    const char *s = luaL_tolstring(L, idx, &len);
+    bp_json_write_text(out, s, len);
+    lua_pop(L, 1);
+}
+
+/* One argument of print: strings as they are, tables and event values as
+ * JSON (sorted keys, as a request would carry them). */
+static void log_value(lua_State *L, int i, bp_buf *out)
+{
+    int t = lua_type(L, i);
+    if (t == LUA_TTABLE || t == LUA_TUSERDATA || t == LUA_TLIGHTUSERDATA) {
+        size_t at = out->len;
+        bp_error err;
+        if (bp_encode_json(L, i, out, NULL, &err) == 0) return;
+        buf_cut(out, at);
+        const void *path[LOG_DUMP_DEPTH];
+        dump_value(L, i, out, 0, at + LOG_VALUE_MAX, path);
+        return;
+    }
+    size_t len;
+    const char *s = luaL_tolstring(L, i, &len);
+    bp_buf_add(out, s, len);
+    lua_pop(L, 1);
+}
+
 int bp_sandbox_print(lua_State *L)
 {
+    bp_sandbox *sb;
+    lua_getallocf(L, (void **)&sb);
     int n = lua_gettop(L);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    push_where(L);
-    luaL_addvalue(&b);
+    bp_buf *msg = &sb->logbuf, *at = &sb->atbuf;
+    bp_buf_reset(msg);
     for (int i = 1; i <= n; i++) {
-        if (i > 1) luaL_addchar(&b, '\t');
-        luaL_tolstring(L, i, NULL);
-        luaL_addvalue(&b);
+        if (i > 1) bp_buf_addc(msg, '\t');
+        log_value(L, i, msg);
     }
-    luaL_pushresult(&b);
-    fprintf(stderr, "blueprint log: %s\n", lua_tostring(L, -1));
+    bp_buf_addc(msg, '\0');   /* make data non-NULL */
+    msg->len--;
+    /* where: the innermost blueprint line, and the mapping's when a helper logs */
+    chain c;
+    blueprint_chain(L, &c);
+    bp_buf_reset(at);
+    if (c.ninner) {
+        frame_name(sb, &c.inner[0], at);
+        if (chain_crosses_files(&c)) {
+            bp_buf_adds(at, " (from ");
+            frame_name(sb, &c.outer, at);
+            bp_buf_addc(at, ')');
+        }
+    } else {
+        bp_buf_adds(at, "?");
+    }
+    if (sb->log_fn) sb->log_fn(sb->log_ud, at->data, msg->data, msg->len);
+    else fprintf(stderr, "blueprint log: %s: %s\n", at->data, msg->data);
+    if (msg->cap > 1 << 20) bp_buf_free(msg);   /* do not keep a huge one */
     return 0;
+}
+
+void bp_sandbox_set_log(bp_sandbox *sb, bp_sandbox_log_fn fn, void *ud)
+{
+    sb->log_fn = fn;
+    sb->log_ud = ud;
+}
+
+void bp_sandbox_set_prefix(bp_sandbox *sb, const char *chunk_prefix)
+{
+    free(sb->prefix);
+    sb->prefix = chunk_prefix ? strdup(chunk_prefix) : NULL;
+}
+
+/* next() that also walks event views (pairs() does through __pairs). */
+static int safe_next(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TUSERDATA && luaL_testudata(L, 1, BP_VIEW_MT)) return bp_view_next(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L);
+    return 1;
 }
 
 /* Copy the named fields of the library table on top into a new table, then
@@ -391,6 +595,8 @@ static void build_env(bp_sandbox *sb)
     lua_pop(L, 1);                                   /* safe */
     lua_pushcfunction(L, bp_sandbox_print);
     lua_setfield(L, -2, "print");
+    lua_pushcfunction(L, safe_next);
+    lua_setfield(L, -2, "next");
     lua_pushcfunction(L, safe_setmetatable);
     lua_setfield(L, -2, "setmetatable");
 
@@ -413,6 +619,8 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
     sb->limit = limits->memory_bytes;
     sb->budget = limits->instructions;
     sb->timeout_ms = limits->timeout_ms;
+    bp_buf_init(&sb->logbuf);
+    bp_buf_init(&sb->atbuf);
     sb->L = lua_newstate(capped_alloc, sb);
     if (!sb->L) {
         bp_error_set(err, "could not create a Lua state (memory limit %zu bytes too small?)", sb->limit);
@@ -434,6 +642,9 @@ void bp_sandbox_free(bp_sandbox *sb)
     if (!sb) return;
     bp_watch_remove(sb->watch_slot);
     lua_close(sb->L);
+    free(sb->prefix);
+    bp_buf_free(&sb->logbuf);
+    bp_buf_free(&sb->atbuf);
     for (int c = 0; c < SMALL_CLASSES; c++)
         for (free_block *b = sb->free_small[c], *next; b; b = next) {
             next = b->next;

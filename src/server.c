@@ -1078,6 +1078,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     server s;
     memset(&s, 0, sizeof s);
     pthread_mutex_init(&s.streams_mu, NULL);
+    bp_engine_json_log = bp_log;   /* mappings' print/ctx.log: JSON log lines (engine.c) */
     raise_fd_limit();
     if (bp_jwt_secret(o->state_dir, s.secret, sizeof s.secret, err) < 0) return -1;
     s.expect.issuer = o->jwt_issuer && *o->jwt_issuer ? o->jwt_issuer : NULL;
