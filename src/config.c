@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,103 @@ static int fail_at(vctx *v, uint32_t node, const char *fmt, const char *a, const
     if (line) bp_error_set(v->err, "%s:%u: %s", v->origin, line, what);
     else bp_error_set(v->err, "%s: %s", v->origin, what);
     return -1;
+}
+
+/* ---- unknown keys ---------------------------------------------------------------------------
+ * Every map of a config accepts a fixed set of keys; anything else is a typo
+ * that would otherwise be ignored (consent: {default_polcy: allow} leaves the
+ * default `deny` in force), so it is an error naming the keys that are known
+ * at that place, and the closest one when it is a likely misspelling. */
+
+static const char *const SECTION_KEYS[] = { "events", "consent", NULL };
+static const char *const BODY_META_KEYS[] = { "name", "variant", "config", "delivery_mode", NULL };
+static const char *const BODY_KEYS[] = { "name", "variant", "config", "events", "consent", "delivery_mode", NULL };
+static const char *const EVENT_KEYS[] = { "enabled", NULL };
+static const char *const CONSENT_KEYS[] = { "default_policy", NULL };
+
+/* One group of known keys in a message: the blueprint's fields, or a list. */
+typedef struct keygroup {
+    const char *label;
+    const bp_blueprint *fields;
+    const char *const *names;
+} keygroup;
+
+static int in_list(const char *const *names, const char *key)
+{
+    for (; *names; names++) if (!strcmp(*names, key)) return 1;
+    return 0;
+}
+
+/* Levenshtein distance ignoring case; large for long keys. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return (size_t)-1;
+    size_t row[64];
+    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
+            size_t best = diag + cost;
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+static void note_key(bp_buf *msg, int *first, const char *known, const char *key, const char **best, size_t *best_d)
+{
+    bp_buf_printf(msg, "%s%s", *first ? "" : ", ", known);
+    *first = 0;
+    size_t dist = edit_distance(key, known);
+    size_t longer = strlen(key) > strlen(known) ? strlen(key) : strlen(known);
+    if (dist * 3 <= longer && dist < *best_d) { *best = known; *best_d = dist; }
+}
+
+/* "WHAT (LABEL: a, b; LABEL: c); did you mean 'b'?" at the key's line. */
+static int unknown_key(vctx *v, uint32_t keynode, const char *what, const char *key, const keygroup *groups,
+                       size_t ngroups)
+{
+    bp_buf msg;
+    bp_buf_init(&msg);
+    bp_buf_printf(&msg, "%s (", what);
+    const char *best = NULL;
+    size_t best_d = (size_t)-1;
+    for (size_t g = 0; g < ngroups; g++) {
+        int first = 1;
+        bp_buf_printf(&msg, "%s%s: ", g ? "; " : "", groups[g].label);
+        if (groups[g].fields)
+            for (size_t i = 0; i < groups[g].fields->nfields; i++)
+                note_key(&msg, &first, groups[g].fields->fields[i].key, key, &best, &best_d);
+        if (groups[g].names)
+            for (const char *const *n = groups[g].names; *n; n++) note_key(&msg, &first, *n, key, &best, &best_d);
+    }
+    bp_buf_addc(&msg, ')');
+    if (best) bp_buf_printf(&msg, "; did you mean '%s'?", best);
+    int rc = fail_at(v, keynode, "%s%s", msg.data, "");
+    bp_buf_free(&msg);
+    return rc;
+}
+
+/* Every key of the map at obj must be in names; `where` names the map. */
+static int check_keys(vctx *v, uint32_t obj, const char *where, const char *const *names)
+{
+    const bp_doc *d = v->d;
+    for (uint32_t k = obj + 1, i = 0; i < d->nodes[obj].len; i++, k = d->nodes[k + 1].next) {
+        const char *key = bp_jtext(d, k);
+        if (in_list(names, key)) continue;
+        char what[640];
+        snprintf(what, sizeof what, "unknown key '%.200s' in %s", key, where);
+        keygroup g = { "known keys", NULL, names };
+        return unknown_key(v, k, what, key, &g, 1);
+    }
+    return 0;
 }
 
 static int has_space_or_control(const char *s)
@@ -111,6 +209,11 @@ static int load_events(vctx *v, bp_config *c, uint32_t ev)
     for (uint32_t k = ev + 1, i = 0; i < d->nodes[ev].len; i++) {
         const char *name = bp_jtext(d, k);
         uint32_t val = k + 1;
+        if (d->nodes[val].type == BP_JOBJECT) {
+            char where[320];
+            snprintf(where, sizeof where, "events.'%.200s'", name);
+            if (check_keys(v, val, where, EVENT_KEYS) < 0) return -1;
+        }
         uint32_t en = d->nodes[val].type == BP_JOBJECT ? bp_jget(d, val, "enabled") : val;
         if (en == BP_NONE || (d->nodes[en].type != BP_JTRUE && d->nodes[en].type != BP_JFALSE))
             return fail_at(v, val, "events.'%s' must be {enabled: true} or {enabled: false}%s", name, "");
@@ -128,6 +231,7 @@ static int load_consent(vctx *v, bp_config *c, uint32_t node)
     uint32_t pol = d->nodes[node].type == BP_JOBJECT ? bp_jget(d, node, "default_policy") : BP_NONE;
     if (d->nodes[node].type != BP_JOBJECT || (pol != BP_NONE && !bp_jscalar(d, pol)))
         return fail_at(v, node, "'consent' must be a map such as {default_policy: deny}%s%s", "", "");
+    if (check_keys(v, node, "'consent'", CONSENT_KEYS) < 0) return -1;
     if (pol == BP_NONE) return 0;
     const char *p = bp_jscalar(d, pol);
     if (!strcmp(p, "allow")) c->consent_default = BP_CONSENT_ALLOW;
@@ -151,25 +255,36 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
     const bp_doc *d = v->d;
     uint32_t cfg = root;
     uint32_t inner = bp_jget(d, root, "config");
-    if (inner != BP_NONE) {
-        /* Management API install body: {"name","variant","config":{…},"delivery_mode"} */
+    int body = inner != BP_NONE;
+    if (body) {
+        /* Management API install body: {"name","variant","config":{…},"events","consent","delivery_mode"};
+         * the server's stored documents have this shape too */
         if (d->nodes[inner].type != BP_JOBJECT) return fail_at(v, inner, "'config' must be a map of field values%s%s", "", "");
         cfg = inner;
-        const char *name = bp_jscalar(d, bp_jget(d, root, "name"));
-        const char *variant = bp_jscalar(d, bp_jget(d, root, "variant"));
-        const char *mode = bp_jscalar(d, bp_jget(d, root, "delivery_mode"));
-        c->name = name ? strdup(name) : NULL;
-        c->delivery_mode = mode ? strdup(mode) : NULL;
-        if (variant) {
-            int known = 0;
-            for (size_t i = 0; i < bp->nvariants; i++) if (!strcmp(bp->variants[i], variant)) known = 1;
-            if (!known) return fail_at(v, bp_jget(d, root, "variant"), "unknown variant '%s' (this blueprint has: %s)",
-                                       variant, bp->variants[0]);
-            c->variant = strdup(variant);
-        }
-        if (mode && strcmp(mode, "server_side") != 0)
-            return fail_at(v, bp_jget(d, root, "delivery_mode"), "delivery_mode '%s' is not supported; use \"server_side\"%s", mode, "");
+        if (check_keys(v, root, "the install body", BODY_KEYS) < 0) return -1;
     }
+    /* name, variant and delivery_mode: an install body's, also taken at the
+     * top of a bare map unless the blueprint has a field of that name */
+    static const char *const meta_keys[] = { "name", "variant", "delivery_mode" };
+    uint32_t meta[3];
+    for (int m = 0; m < 3; m++) {
+        meta[m] = body || !bp_blueprint_field(bp, meta_keys[m]) ? bp_jget(d, root, meta_keys[m]) : BP_NONE;
+        if (meta[m] != BP_NONE && d->nodes[meta[m]].type != BP_JNULL && !bp_jscalar(d, meta[m]))
+            return fail_at(v, meta[m], "'%s' must be a single text value%s", meta_keys[m], "");
+    }
+    const char *name = bp_jscalar(d, meta[0]);
+    const char *variant = bp_jscalar(d, meta[1]);
+    const char *mode = bp_jscalar(d, meta[2]);
+    c->name = name ? strdup(name) : NULL;
+    c->delivery_mode = mode ? strdup(mode) : NULL;
+    if (variant) {
+        int known = 0;
+        for (size_t i = 0; i < bp->nvariants; i++) if (!strcmp(bp->variants[i], variant)) known = 1;
+        if (!known) return fail_at(v, meta[1], "unknown variant '%s' (this blueprint has: %s)", variant, bp->variants[0]);
+        c->variant = strdup(variant);
+    }
+    if (mode && strcmp(mode, "server_side") != 0)
+        return fail_at(v, meta[2], "delivery_mode '%s' is not supported; use \"server_side\"%s", mode, "");
     for (int pass = 0; pass < 2; pass++) {
         uint32_t holder = pass ? root : cfg;
         if (pass && root == cfg) break;
@@ -182,15 +297,19 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
         const char *key = bp_jtext(d, k);
         uint32_t val = k + 1;
         if (!strcmp(key, "events") || !strcmp(key, "consent")) continue;
-        if (cfg == root && (!strcmp(key, "name") || !strcmp(key, "variant") || !strcmp(key, "delivery_mode"))) continue;
         const bp_field *f = bp_blueprint_field(bp, key);
+        if (!f && !body && in_list(BODY_META_KEYS, key)) continue;   /* taken above */
         if (!f) {
-            bp_buf known;
-            bp_buf_init(&known);
-            for (size_t j = 0; j < bp->nfields; j++) bp_buf_printf(&known, "%s%s", j ? ", " : "", bp->fields[j].key);
-            int rc = fail_at(v, val, "unknown config field '%s' (known fields: %s)", key, known.data);
-            bp_buf_free(&known);
-            return rc;
+            /* every key accepted here is listed: the fields, the sections,
+             * and at the top of a bare map the install body's keys */
+            char what[320];
+            snprintf(what, sizeof what, "unknown config field '%.200s'%s", key, body ? " in 'config'" : "");
+            keygroup groups[3] = {
+                { "known fields", bp, NULL },
+                { "sections", NULL, SECTION_KEYS },
+                { "install-body keys", NULL, BODY_META_KEYS },
+            };
+            return unknown_key(v, k, what, key, groups, body ? 2 : 3);
         }
         if (d->nodes[val].type == BP_JNULL) continue;
         const char *s = bp_jscalar(d, val);
@@ -249,6 +368,17 @@ bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t 
             char msg[sizeof err->msg];
             snprintf(msg, sizeof msg, "%s", err->msg);
             bp_error_set(err, "%s: %s", origin, msg);
+        } else {
+            /* the JSON parser keeps no lines (events need none); a config's
+             * messages do: count them from the source (nodes are in
+             * document order, offsets as in `text`) */
+            size_t at = 0, line = 1;
+            for (size_t n = 0; n < d.n; n++) {
+                size_t off = d.nodes[n].off;
+                if (off < at) { at = 0; line = 1; }
+                for (; at < off && at < len; at++) if (text[at] == '\n') line++;
+                d.nodes[n].line = (uint32_t)line;
+            }
         }
     } else {
         rc = bp_yaml_parse(&d, text, len, err);

@@ -47,6 +47,91 @@ describe("config validation", function()
     end)
   end
 
+  describe("unknown keys at any depth", function()
+    -- each typo is an error with the config's name, the line and the keys known there
+    local function rejects(text, line, wanted)
+      local e, err = check(text)
+      assert.is_nil(e)
+      assert.matches("^config:" .. line .. ": ", err)
+      for _, w in ipairs(wanted) do assert.matches(w, err, 1, true) end
+      return err
+    end
+
+    it("a top-level typo, with every accepted key listed", function()
+      local err = rejects(GOOD .. "\nevent_tracking_ky: k\n", 4, { "unknown config field 'event_tracking_ky'",
+        "did you mean 'event_tracking_key'?" })
+      -- every field of the blueprint, every section and the install body's keys
+      for _, k in ipairs({ "api_url", "api_key", "event_tracking_account_id", "event_tracking_key",
+                           "event_tracking_url", "consent_field_id", "events", "consent", "name", "variant",
+                           "config", "delivery_mode" }) do
+        assert.matches("[ :,]" .. k .. "[,;)]", err)
+      end
+    end)
+
+    it("consent.default_polcy (it would leave the default deny in force)", function()
+      rejects(GOOD .. "consent:\n  default_polcy: allow\n", 4,
+        { "unknown key 'default_polcy' in 'consent' (known keys: default_policy)", "did you mean 'default_policy'?" })
+      rejects(GOOD .. "consent: {default_polcy: allow}\n", 3, { "'default_polcy'" })
+    end)
+
+    it("events.NAME.enabld", function()
+      rejects(GOOD .. 'events:\n  "Webinar Registered": {enabld: true}\n', 4,
+        { "unknown key 'enabld' in events.'Webinar Registered' (known keys: enabled)", "did you mean 'enabled'?" })
+    end)
+
+    it("a typo inside an install body's config, in pretty-printed JSON", function()
+      local err = rejects('{\n  "name": "AC",\n  "variant": "default",\n  "config": {\n    "api_url": "https://a.api-us1.com",\n'
+        .. '    "api_kye": "k"\n  },\n  "delivery_mode": "server_side"\n}\n', 6,
+        { "unknown config field 'api_kye' in 'config'", "did you mean 'api_key'?", "sections: events, consent" })
+      for _, k in ipairs({ "api_url", "api_key", "event_tracking_account_id", "event_tracking_key",
+                           "event_tracking_url", "consent_field_id" }) do
+        assert.matches("[ :,]" .. k .. "[,;)]", err)
+      end
+    end)
+
+    it("a typo at the top of an install body, and in its consent and events", function()
+      rejects('{"name":"AC","config":{"api_url":"https://a.api-us1.com","api_key":"k"},"consnet":{}}', 1,
+        { "unknown key 'consnet' in the install body (known keys: name, variant, config, events, consent, delivery_mode)",
+          "did you mean 'consent'?" })
+      rejects('{"name":"AC",\n"config":{"api_url":"https://a.api-us1.com","api_key":"k"},\n"consent":{"default_polcy":"allow"}}', 3,
+        { "unknown key 'default_polcy' in 'consent'" })
+      rejects('{"name":"AC",\n"config":{"api_url":"https://a.api-us1.com","api_key":"k"},\n"events":{"X":{"enabled":true,"on":1}}}', 3,
+        { "unknown key 'on' in events.'X'" })
+    end)
+
+    it("names the config file and line", function()
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w"))
+      f:write(GOOD, "consent:\n  default_polcy: allow\n")
+      f:close()
+      local e, err = S.core.open(S.AC, path)
+      os.remove(path)
+      assert.is_nil(e)
+      assert.are.equal(path .. ":4: ", err:sub(1, #path + 4))
+    end)
+
+    it("no suggestion when nothing is close", function()
+      local err = rejects(GOOD .. "colour: blue\n", 3, { "unknown config field 'colour'" })
+      assert.is_nil(err:find("did you mean", 1, true))
+    end)
+
+    it("still accepts every section in both shapes, and the server's stored documents", function()
+      assert.is_truthy(check(GOOD .. "consent: {default_policy: allow}\nevents:\n  X: {enabled: true}\n  Y: {enabled: false}\n"))
+      assert.is_truthy(check(GOOD .. "name: AC\nvariant: default\ndelivery_mode: server_side\n"))
+      assert.is_truthy(check('{"name":"AC","variant":"default","config":{"api_url":"https://a.api-us1.com","api_key":"k"},'
+        .. '"events":{"X":{"enabled":true}},"consent":{"default_policy":"allow"},"delivery_mode":"server_side"}'))
+      -- what the server stores (registry.c), with the variant it adds before validating
+      assert.is_truthy(check('{"config":{"api_url":"https://a.api-us1.com","api_key":"k"},"events":{},"consent":{}}'))
+      assert.is_truthy(check('{"config":{"api_url":"https://a.api-us1.com","api_key":"k"},"events":{"X":{"enabled":true}},'
+        .. '"consent":{"default_policy":"deny"},"variant":"default"}'))
+    end)
+
+    it("checks name, variant and delivery_mode at the top of a bare map too", function()
+      rejects(GOOD .. "delivery_mode: client_side\n", 3, { "delivery_mode 'client_side' is not supported" })
+      rejects(GOOD .. "variant: gold\n", 3, { "unknown variant 'gold'" })
+    end)
+  end)
+
   it("allows http:// for loopback (tests)", function()
     assert.is_truthy(check("api_url: http://127.0.0.1:8080\napi_key: k\nevent_tracking_url: http://localhost:9/event\n"))
   end)
