@@ -24,8 +24,8 @@ static const char usage_text[] =
     "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode]\n"
     "       blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
     "       blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
-    "       blueprint dlq list [--state DIR]\n"
-    "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
+    "       blueprint dlq list [--state DIR] [--only dead|error]\n"
+    "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all) [--only dead|error]\n"
     "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
     "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
     "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
@@ -102,11 +102,12 @@ static const struct { const char *command, *text; } command_help[] = {
       "exit status: 0 every event final, 1 usage or state store, 2 invalid blueprint or config,\n"
       "  3 events held: the credentials failed (fix them and run again)\n" },
     { "dlq",
-      "usage: blueprint dlq list [--state DIR]\n"
-      "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all)\n"
+      "usage: blueprint dlq list [--state DIR] [--only dead|error]\n"
+      "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all) [--only dead|error]\n"
       "\n"
-      "Lists the dead letters of a `deliver` state directory, or moves them back to pending; the next\n"
-      "`blueprint deliver … --state DIR` sends them.\n" },
+      "Lists the dead letters and the events that ended in `error` (e.g. a mapping that failed) of a\n"
+      "`deliver` state directory, or moves them back to pending; the next `blueprint deliver … --state DIR`\n"
+      "sends them, mapped by the blueprint as it is then.  --only: dead letters or errors alone.\n" },
     { "serve",
       "usage: blueprint serve [--listen HOST:PORT] [--port N] [--state DIR] [--blueprints DIR]\n"
       "                       [--workers N] [--http-threads N] [--max-connections-per-ip N]\n"
@@ -247,6 +248,13 @@ static int open_events(const char *events)
 static int load(const cli *c, bp_blueprint **bp, bp_config **cfg)
 {
     bp_error err;
+    *bp = NULL;
+    *cfg = NULL;
+    /* a file that is not there is a usage error (1); one that is wrong is invalid (2) */
+    if (access(c->config, R_OK) != 0) {
+        fprintf(stderr, "blueprint: cannot read config file %s: %s\n", c->config, strerror(errno));
+        return EXIT_USAGE;
+    }
     *bp = bp_blueprint_load(c->dir, &err);
     *cfg = *bp ? bp_config_load_file(*bp, c->config, &err) : NULL;
     if (*cfg) return 0;
@@ -512,21 +520,30 @@ static int deliver(int argc, char **argv)
 
 static void print_dead_letter(void *ctx, const bp_store_row *row)
 {
-    (void)ctx;
     /* The stored outcome line is already redacted. */
     if (row->outcome) puts(row->outcome);
-    else printf("{\"id\":%lld,\"outcome\":\"dead_letter\"}\n", (long long)row->id);
+    else printf("{\"id\":%lld,\"outcome\":\"%s\"}\n", (long long)row->id, (const char *)ctx);
 }
 
+/* Dead letters and events that ended in "error" (a mapping that failed:
+ * after a fix they are mapped again); --only narrows to one of them. */
 static int dlq(int argc, char **argv)
 {
     if (argc < 1 || (strcmp(argv[0], "list") && strcmp(argv[0], "replay"))) return usage("dlq needs list or replay");
     int replay = !strcmp(argv[0], "replay"), all = 0;
     const char *state = "./var";
+    int want[2] = { 1, 1 };                      /* dead, error */
+    static const char *const states[] = { "dead", "error" }, *const labels[] = { "dead_letter", "error" };
     long long ids[256];
     int nids = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--state") && i + 1 < argc) state = argv[++i];
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+            const char *o = argv[++i];
+            if (strcmp(o, "dead") && strcmp(o, "error")) return usage("--only takes dead or error");
+            want[0] = !strcmp(o, "dead");
+            want[1] = !want[0];
+        }
         else if (replay && !strcmp(argv[i], "--all")) all = 1;
         else if (replay && !strcmp(argv[i], "--id") && i + 1 < argc && nids < 256) {
             unsigned long long v;
@@ -542,17 +559,24 @@ static int dlq(int argc, char **argv)
     bp_store *s = bp_store_open(state, "blueprint.db", &err);
     if (!s) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_USAGE; }
     if (!replay) {
-        bp_store_each(s, "", "dead", print_dead_letter, NULL);
+        for (int k = 0; k < 2; k++) if (want[k]) bp_store_each(s, "", states[k], print_dead_letter, (void *)labels[k]);
     } else {
-        long n = 0;
-        if (all) n = bp_store_move(s, "", "dead", "pending", 0);
-        for (int i = 0; i < nids; i++) {
-            long m = bp_store_move(s, "", "dead", "pending", ids[i]);
-            if (m == 0) fprintf(stderr, "blueprint: no dead letter with id %lld\n", ids[i]);
-            n += m > 0 ? m : 0;
+        long n[2] = { 0, 0 };
+        for (int k = 0; k < 2; k++) {
+            if (!want[k]) continue;
+            long m = all ? bp_store_move(s, "", states[k], "pending", 0) : 0;
+            n[k] += m > 0 ? m : 0;
         }
-        fprintf(stderr, "blueprint: %ld dead letters re-queued; run `blueprint deliver … --state %s` to send them\n",
-                n, state);
+        for (int i = 0; i < nids; i++) {
+            long m = 0;
+            for (int k = 0; k < 2 && m <= 0; k++) {
+                if (want[k]) m = bp_store_move(s, "", states[k], "pending", ids[i]);
+                if (m > 0) n[k] += m;
+            }
+            if (m <= 0) fprintf(stderr, "blueprint: no dead letter or error with id %lld\n", ids[i]);
+        }
+        fprintf(stderr, "blueprint: %ld dead letters and %ld errors re-queued; run `blueprint deliver … --state %s` "
+                "to send them\n", n[0], n[1], state);
     }
     bp_store_close(s);
     return 0;
