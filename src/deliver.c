@@ -73,6 +73,7 @@ struct job {
     char why[300];
     bp_buf response;
     bp_buf line;                /* the outcome line to store with it (final or retrying) */
+    char revision[BP_REVISION_LEN];   /* of the blueprint that mapped it */
 };
 
 struct engine_slot {
@@ -316,6 +317,9 @@ static void write_line(loop *l, job *j, const char *label)
     bp_buf_adds(b, ",\"response\":");
     if (j->response.len) bp_json_write_text(b, j->response.data, j->response.len);
     else bp_buf_adds(b, "null");
+    /* which version of the blueprint judged it (replays after a fix show the new one) */
+    bp_buf_adds(b, ",\"blueprint_revision\":");
+    if (j->revision[0]) bp_json_write_string(b, j->revision, strlen(j->revision)); else bp_buf_adds(b, "null");
     bp_buf_addc(b, '}');
     (void)l;
 }
@@ -494,6 +498,7 @@ static void map_job(loop *l, job *j)
 {
     tenant *t = j->t;
     if (t->paused) { hold(l, j); return; }
+    memcpy(j->revision, t->bp->revision, sizeof j->revision);
     enum bp_verdict v = bp_engine_run_as(t->eng->engine, &t->bind, j->ev.body, j->ev.body_len, &j->out);
     if (v == BP_DROP) finish(l, j, "dropped", "drop");
     else if (v == BP_ERROR) finish(l, j, "error", "error");
@@ -1448,7 +1453,8 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
      * (refs stay above zero), and a config the tenant must not free. */
     loop l;
     loop_init(&l, NULL, 0, store, opts);
-    bp_shared_bp shared = { (bp_blueprint *)bp, 2 };
+    bp_shared_bp shared = { (bp_blueprint *)bp, 2, "" };
+    if (bp->dir) bp_blueprint_revision(bp->dir, shared.revision);
     bp_counts counts = { 0 };
     bp_tenant_spec spec = { "", &shared, (bp_config *)cfg, &cli_sink, &run, &counts };
     add_tenant(&l, &spec);

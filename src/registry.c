@@ -81,6 +81,38 @@ static uint64_t folder_signature(const char *dir)
     return h;
 }
 
+/* The revision: the files hot reload watches (folder_signature's), by name
+ * and contents, FNV-1a each, mixed and summed so that readdir's order does
+ * not matter. */
+void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN])
+{
+    out[0] = 0;
+    DIR *d = opendir(dir);
+    if (!d) return;
+    uint64_t sum = 0x9e3779b97f4a7c15ULL;
+    struct dirent *e;
+    char chunk[8192];
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        FILE *f = fopen(path, "rb");
+        if (!f) continue;
+        uint64_t h = 1469598103934665603ULL;
+        for (const char *p = e->d_name; ; p++) { h ^= (unsigned char)*p; h *= 1099511628211ULL; if (!*p) break; }
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+            for (size_t i = 0; i < n; i++) { h ^= (unsigned char)chunk[i]; h *= 1099511628211ULL; }
+        fclose(f);
+        h ^= h >> 33; h *= 0xff51afd7ed558ccdULL; h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL; h ^= h >> 33;
+        sum += h;
+    }
+    closedir(d);
+    snprintf(out, BP_REVISION_LEN, "%012llx", (unsigned long long)(sum >> 16));
+}
+
 /* Compile every mapping of bp in a scratch engine: the check a reload must
  * pass before it replaces the running version. */
 static int scratch_compile(const bp_blueprint *bp, bp_error *err)
@@ -110,10 +142,12 @@ static void load_vendors(bp_registry *r)
         memset(v, 0, sizeof *v);
         v->dir = strdup(dir);
         v->signature = folder_signature(dir);
+        bp_blueprint_revision(dir, v->disk_revision);
         bp_error err;
         bp_blueprint *bp = bp_blueprint_load(dir, &err);
         if (bp && scratch_compile(bp, &err) < 0) { bp_blueprint_free(bp); bp = NULL; }
         v->bp = bp ? bp_shared_bp_new(bp) : NULL;
+        if (v->bp) memcpy(v->bp->revision, v->disk_revision, sizeof v->bp->revision);
         if (!v->bp) {
             v->load_error = strdup(err.msg);
             v->key = strdup(e->d_name);
@@ -1451,6 +1485,8 @@ void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc
 static void reload_vendor(bp_registry *r, bp_vendor *v)
 {
     bp_error err;
+    char rev[BP_REVISION_LEN];
+    bp_blueprint_revision(v->dir, rev);   /* before loading: a later edit is another reload */
     bp_blueprint *nb = bp_blueprint_load(v->dir, &err);
     int ok = nb && scratch_compile(nb, &err) == 0;
     /* every integration's config must still validate against the new fields;
@@ -1473,10 +1509,12 @@ static void reload_vendor(bp_registry *r, bp_vendor *v)
     bp_buf_init(&f);
     bp_buf_adds(&f, "\"blueprint\":");
     bp_json_write_string(&f, v->dir, strlen(v->dir));
+    bp_buf_printf(&f, ",\"revision\":\"%s\"", rev);
     if (!ok) {
         pthread_mutex_lock(&r->mu);
         free(v->load_error);
         v->load_error = strdup(err.msg);
+        memcpy(v->disk_revision, rev, sizeof rev);
         r->metrics.reload_failures++;
         pthread_mutex_unlock(&r->mu);
         bp_buf_adds(&f, ",\"error\":");
@@ -1485,18 +1523,20 @@ static void reload_vendor(bp_registry *r, bp_vendor *v)
                f.data);
         bp_buf what;
         bp_buf_init(&what);
-        bp_buf_printf(&what, "%s: rejected, the previous version keeps running: ", v->dir);
+        bp_buf_printf(&what, "%s: revision %s rejected, the previous version keeps running: ", v->dir, rev);
         bp_buf_adds(&what, err.msg);
         audit_locked(r, NULL, "blueprint.reload", NULL, 0, 0, what.data);
         bp_buf_free(&what);
         bp_blueprint_free(nb);
     } else {
         bp_shared_bp *sbp = bp_shared_bp_new(nb);
+        memcpy(sbp->revision, rev, sizeof rev);
         pthread_mutex_lock(&r->mu);
         bp_shared_bp *old = v->bp;
         v->bp = sbp;
         free(v->load_error);
         v->load_error = NULL;
+        memcpy(v->disk_revision, rev, sizeof rev);
         if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = strdup(nb->vendor); }
         for (size_t k = 0; k < m; k++) { bp_config_free(items[k]->cfg); items[k]->cfg = items[k]->next_cfg; items[k]->next_cfg = NULL; }
         r->metrics.reloads++;
@@ -1508,7 +1548,7 @@ static void reload_vendor(bp_registry *r, bp_vendor *v)
         bp_log("info", "blueprint reloaded", f.data);
         bp_buf what;
         bp_buf_init(&what);
-        bp_buf_printf(&what, "%s: reloaded for %zu integrations", v->dir, m);
+        bp_buf_printf(&what, "%s: revision %s reloaded for %zu integrations", v->dir, rev, m);
         audit_locked(r, NULL, "blueprint.reload", NULL, 0, 0, what.data);
         bp_buf_free(&what);
     }
