@@ -163,6 +163,27 @@ static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
     bp_buf_addc(b, '}');
 }
 
+/* ,"blueprint":{…}: the revision running and the one on disk; when the
+ * files on disk were rejected, why, and that the previous one still runs.
+ * Registry mu held. */
+static void write_blueprint_state(bp_buf *b, const bp_vendor *v)
+{
+    const char *running = v->bp && v->bp->revision[0] ? v->bp->revision : NULL;
+    bp_buf_adds(b, ",\"blueprint\":{\"running\":");
+    if (running) bp_json_write_string(b, running, strlen(running)); else bp_buf_adds(b, "null");
+    bp_buf_adds(b, ",\"on_disk\":");
+    if (v->disk_revision[0]) bp_json_write_string(b, v->disk_revision, strlen(v->disk_revision));
+    else bp_buf_adds(b, "null");
+    if (!v->load_error) { bp_buf_adds(b, ",\"status\":\"current\"}"); return; }
+    bp_buf_adds(b, ",\"status\":\"rejected\",\"error\":");
+    bp_json_write_string(b, v->load_error, strlen(v->load_error));
+    if (running)
+        bp_buf_printf(b, ",\"note\":\"the files on disk (revision %s) were rejected; the previous version (revision %s) "
+                      "keeps running until they are fixed\"}", v->disk_revision, running);
+    else
+        bp_buf_adds(b, ",\"note\":\"the blueprint failed to load; nothing runs until it is fixed\"}");
+}
+
 /* The integration as the API shows it: secrets masked.  Registry mu held. */
 static void write_integration(bp_buf *b, const bp_integration *it)
 {
@@ -207,6 +228,7 @@ static void write_integration(bp_buf *b, const bp_integration *it)
                   __atomic_load_n(&it->stats.delivered, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.dropped, __ATOMIC_RELAXED),
                   __atomic_load_n(&it->stats.errors, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.dead, __ATOMIC_RELAXED),
                   __atomic_load_n(&it->stats.held, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.retries, __ATOMIC_RELAXED));
+    write_blueprint_state(b, it->vendor);
     bp_buf_addc(b, '}');
 }
 
@@ -587,7 +609,13 @@ static void live_events(call *k)
         set_error(k->r, 400, "BAD_REQUEST", "outcome must be delivered, drop, error, dead_letter, held or retrying");
         return;
     }
-    bp_buf_printf(&k->r->body, "{\"integration_id\":\"%s\",\"events\":[", k->it->id);
+    bp_buf_printf(&k->r->body, "{\"integration_id\":\"%s\"", k->it->id);
+    /* which blueprint judges its events now, and whether the files on disk
+     * were rejected (the outcomes below name the revision that judged them) */
+    pthread_mutex_lock(&k->s->reg->mu);
+    write_blueprint_state(&k->r->body, k->it->vendor);
+    pthread_mutex_unlock(&k->s->reg->mu);
+    bp_buf_adds(&k->r->body, ",\"events\":[");
     rows w = { &k->r->body, 0 };
     if (bp_store_recent(k->s->reg->store, k->it->id, state, limit, write_row, &w) < 0) {
         set_error(k->r, 500, "INTERNAL", "could not read the state store");
@@ -607,13 +635,18 @@ static void dead_letters(call *k)
     bp_buf_adds(&k->r->body, "]}");
 }
 
-/* Cluster mode: the dead letters chosen, as this node's store has them
- * (every node stores every node's final outcomes). */
+/* What a replay may re-queue: dead letters, and events whose outcome was
+ * "error" (a mapping that failed, fixed since: they are mapped again). */
+static const char *const replay_states[] = { "dead", "error" };
+
+/* Cluster mode: the dead letters and errors chosen, as this node's store
+ * has them (every node stores every node's final outcomes). */
 typedef struct dead_pick {
     const bp_doc *d;
     uint32_t ids;                 /* BP_NONE: all */
+    const char *from;             /* the state being read */
     bp_buf events;                /* their bodies, a JSON array */
-    bp_store_row *rows;           /* copies: id, source, body, outcome */
+    bp_store_row *rows;           /* copies: id, source, body, outcome; state = where it was */
     size_t n, cap;
 } dead_pick;
 
@@ -637,21 +670,26 @@ static void pick_dead(void *ctx, const bp_store_row *row)
     c->body = strdup(row->body ? row->body : "null");
     c->outcome = row->outcome ? strdup(row->outcome) : NULL;
     c->ktopic = row->ktopic ? strdup(row->ktopic) : NULL;
-    c->message_id = c->reason = c->response = c->state = NULL;
+    c->message_id = c->reason = c->response = NULL;
+    c->state = p->from;
     bp_buf_addc(&p->events, p->n > 1 ? ',' : '[');
     bp_buf_adds(&p->events, c->body);
 }
 
 /* The events go to the delivery topic again (as new messages, delivered
- * even though their message ids were seen), their dead letters become
- * "replayed" on every node. */
-static long replay_cluster(call *k, const bp_doc *d, uint32_t ids)
+ * even though their message ids were seen), their dead letters and errors
+ * become "replayed" on every node.  counts[i]: how many of replay_states[i]. */
+static long replay_cluster(call *k, const bp_doc *d, uint32_t ids, const int *want, long *counts)
 {
     bp_registry *reg = k->s->reg;
-    dead_pick p = { d, ids, { 0 }, NULL, 0, 0 };
+    dead_pick p = { d, ids, NULL, { 0 }, NULL, 0, 0 };
     bp_buf_init(&p.events);
     long n = 0;
-    if (bp_store_each(reg->store, k->it->id, "dead", pick_dead, &p) < 0) n = -1;
+    for (int s = 0; s < 2 && n == 0; s++) {
+        if (!want[s]) continue;
+        p.from = replay_states[s];
+        if (bp_store_each(reg->store, k->it->id, p.from, pick_dead, &p) < 0) n = -1;
+    }
     if (n == 0 && p.n > 0) {
         bp_buf_addc(&p.events, ']');
         char account[600], vendor[128];
@@ -661,7 +699,8 @@ static long replay_cluster(call *k, const bp_doc *d, uint32_t ids)
             set_error(k->r, 503, "CLUSTER_UNAVAILABLE", "%s; nothing was replayed: retry later", err.msg);
         } else {
             for (size_t i = 0; i < p.n; i++) {
-                bp_store_move(reg->store, k->it->id, "dead", "replayed", p.rows[i].id);
+                bp_store_move(reg->store, k->it->id, p.rows[i].state, "replayed", p.rows[i].id);
+                counts[p.rows[i].state == replay_states[0] ? 0 : 1]++;
                 p.rows[i].state = "replayed";
                 bp_cluster_replayed(reg->cluster, k->it->id, &p.rows[i]);
             }
@@ -678,34 +717,55 @@ static long replay_cluster(call *k, const bp_doc *d, uint32_t ids)
     return n;
 }
 
+/* POST …/dead-letters/replay: {"all":true} re-queues every dead letter and
+ * every event that ended in "error"; {"ids":[…]} those events (either
+ * state); "state":"dead" or "error" narrows either to one state. */
 static void replay(call *k)
 {
     bp_doc d;
     bp_doc_init(&d);
     if (parse_body(k->cn, &d, k->r) < 0) { bp_doc_free(&d); return; }
     bp_store *st = k->s->reg->store;
-    long n = 0;
-    uint32_t all = bp_jget(&d, 0, "all"), ids = bp_jget(&d, 0, "ids");
+    long n = 0, counts[2] = { 0, 0 };
+    uint32_t all = bp_jget(&d, 0, "all"), ids = bp_jget(&d, 0, "ids"), state = bp_jget(&d, 0, "state");
+    int is_all = all != BP_NONE && d.nodes[all].type == BP_JTRUE;
     int by_ids = ids != BP_NONE && d.nodes[ids].type == BP_JARRAY;
-    if (k->s->reg->cluster && ((all != BP_NONE && d.nodes[all].type == BP_JTRUE) || by_ids)) {
-        n = replay_cluster(k, &d, by_ids && !(all != BP_NONE && d.nodes[all].type == BP_JTRUE) ? ids : BP_NONE);
-    } else if (all != BP_NONE && d.nodes[all].type == BP_JTRUE) {
-        n = bp_store_move(st, k->it->id, "dead", "pending", 0);
-    } else if (ids != BP_NONE && d.nodes[ids].type == BP_JARRAY) {
-        for (uint32_t e = ids + 1, i = 0; i < d.nodes[ids].len; i++, e = d.nodes[e].next) {
-            const char *v = bp_jscalar(&d, e);
-            long m = v ? bp_store_move(st, k->it->id, "dead", "pending", atoll(v)) : 0;
-            n += m > 0 ? m : 0;
-        }
+    int want[2] = { 1, 1 };
+    const char *only = state != BP_NONE ? bp_jscalar(&d, state) : NULL;
+    if (state != BP_NONE && (!only || (strcmp(only, "dead") && strcmp(only, "error")))) {
+        set_error(k->r, 400, "BAD_REQUEST", "\"state\" must be \"dead\" (dead letters) or \"error\" (events whose "
+                  "mapping or request failed); leave it out for both");
+    } else if (!is_all && !by_ids) {
+        set_error(k->r, 400, "BAD_REQUEST", "give {\"ids\":[…]} or {\"all\":true} (dead letters and errors; "
+                  "\"state\":\"dead\" or \"error\" for one of them)");
     } else {
-        set_error(k->r, 400, "BAD_REQUEST", "give {\"ids\":[…]} or {\"all\":true}");
+        if (only) { want[0] = !strcmp(only, "dead"); want[1] = !want[0]; }
+        if (k->s->reg->cluster) {
+            n = replay_cluster(k, &d, by_ids && !is_all ? ids : BP_NONE, want, counts);
+        } else {
+            for (int s = 0; s < 2 && n >= 0; s++) {
+                if (!want[s]) continue;
+                if (is_all) {
+                    long m = bp_store_move(st, k->it->id, replay_states[s], "pending", 0);
+                    if (m < 0) n = -1; else counts[s] += m;
+                    continue;
+                }
+                for (uint32_t e = ids + 1, i = 0; i < d.nodes[ids].len; i++, e = d.nodes[e].next) {
+                    const char *v = bp_jscalar(&d, e);
+                    long m = v ? bp_store_move(st, k->it->id, replay_states[s], "pending", atoll(v)) : 0;
+                    counts[s] += m > 0 ? m : 0;
+                }
+            }
+            if (n >= 0) n = counts[0] + counts[1];
+        }
     }
     if (n < 0) set_error(k->r, 503, "STORE_UNAVAILABLE", "could not update the state store; nothing was replayed");
     if (k->r->status == 200) {
-        bp_buf_printf(&k->r->body, "{\"replayed\":%ld}", n);
+        bp_buf_printf(&k->r->body, "{\"replayed\":%ld,\"dead_letters\":%ld,\"errors\":%ld}", n, counts[0], counts[1]);
         if (n > 0 && !k->s->reg->cluster) bp_pool_rescan(k->s->reg->pool, k->it->id);
-        char what[96];
-        snprintf(what, sizeof what, "%ld dead letters replayed (%s)", n, all != BP_NONE ? "all" : "by id");
+        char what[128];
+        snprintf(what, sizeof what, "%ld dead letters and %ld errors replayed (%s)", counts[0], counts[1],
+                 is_all ? "all" : "by id");
         bp_registry_audit(k->s->reg, &k->who, "dead_letters.replay", k->it->id, what);
     }
     bp_doc_free(&d);
