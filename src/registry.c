@@ -1025,15 +1025,36 @@ void bp_registry_audit_purge(bp_registry *r, int days)
     pthread_mutex_unlock(&r->admin_mu);
 }
 
+/* -1 with err naming the first key of the body's top level that is not in
+ * `known` (a typo would otherwise be dropped by write_merged). */
+static int check_body_keys(const bp_doc *body, const char *const *known, const char *what, bp_error *err)
+{
+    for (uint32_t k = 1, i = 0; i < body->nodes[0].len; i++, k = body->nodes[k + 1].next) {
+        const char *key = bp_jtext(body, k);
+        int found = 0;
+        for (int j = 0; known[j] && !found; j++) found = !strcmp(known[j], key);
+        if (found) continue;
+        bp_buf list;
+        bp_buf_init(&list);
+        for (int j = 0; known[j]; j++) bp_buf_printf(&list, "%s%s", j ? ", " : "", known[j]);
+        bp_error_set(err, "unknown key '%s' in the %s body (known keys: %s)", key, what, list.data);
+        bp_buf_free(&list);
+        return -1;
+    }
+    return 0;
+}
+
 static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, const bp_claims *who, bp_integration **out,
                           int *http, bp_error *err)
 {
+    static const char *const body_keys[] = { "name", "variant", "config", "events", "consent", "delivery_mode", NULL };
     const char *name = bp_jscalar(body, bp_jget(body, 0, "name"));
     const char *variant = bp_jscalar(body, bp_jget(body, 0, "variant"));
     const char *mode = bp_jscalar(body, bp_jget(body, 0, "delivery_mode"));
     if (!variant) variant = "default";
     if (!mode) mode = "server_side";
     *http = 422;
+    if (check_body_keys(body, body_keys, "install", err) < 0) return -1;
     if (!name || !*name) { bp_error_set(err, "field 'name' is required"); return -1; }
     if (bp_jget(body, 0, "config") == BP_NONE) { bp_error_set(err, "field 'config' is required"); return -1; }
     pthread_mutex_lock(&r->mu);
@@ -1114,7 +1135,9 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, const 
 static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, const bp_claims *who, int *http,
                          bp_error *err)
 {
+    static const char *const known[] = { "config", "events", "consent", NULL };
     *http = 422;
+    if (check_body_keys(patch, known, "update (PATCH)", err) < 0) return -1;
     pthread_mutex_lock(&r->mu);
     int deleted = it->deleted;
     char *current = strdup(it->config_json);

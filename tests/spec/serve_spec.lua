@@ -275,3 +275,26 @@ describe("blueprint serve lifecycle #cli #serve", function()
     assert.are.equal("page_view_v2", logs[2].type)   -- the last good version still runs
   end)
 end)
+
+describe("serve: unknown keys in change bodies #serve", function()
+  it("rejects a misspelled top-level key of an install or PATCH body with the known keys", function()
+    local emu = S.start_emulator()
+    local srv = S.start_server()
+    finally(function() srv.stop(); emu.stop() end)
+    local body = S.core.json_decode(S.install_body("typo", S.emulator_account(emu, 0)))
+    body.consnet = { default_policy = "allow" }
+    local st, r = srv.call("POST", "/v1/admin/integration-catalog/activecampaign/install", S.core.json_encode(body))
+    assert.are.equal(422, st)
+    assert.are.equal("INVALID_CONFIG", r.error.code)
+    assert.matches("unknown key 'consnet' in the install body (known keys: name, variant, config, events, consent, "
+      .. "delivery_mode)", r.error.message, nil, true)
+    body.consnet = nil
+    local _, it = srv.call("POST", "/v1/admin/integration-catalog/activecampaign/install", S.core.json_encode(body))
+    st, r = srv.call("PATCH", "/v1/admin/integrations/" .. it.id, '{"evnts":{"Webinar Registered":{"enabled":true}}}')
+    assert.are.equal(422, st)
+    assert.matches("unknown key 'evnts' in the update (PATCH) body (known keys: config, events, consent)",
+      r.error.message, nil, true)
+    local _, shown = srv.call("GET", "/v1/admin/integrations/" .. it.id)
+    assert.are.equal(1, shown.revision)
+  end)
+end)
