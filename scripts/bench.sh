@@ -22,6 +22,14 @@ CEVENTS=${BENCH_CLUSTER_EVENTS:-$CEVENTS}
 W=build/bench
 mkdir -p $W
 BP=blueprints/activecampaign
+# The mapping comparisons (throughput against Lua+cjson, Node and the floor, and
+# the equivalence check) run on the frozen copy that ac_cjson.lua and ac_node.js
+# implement, so edits to the live blueprint never make them unequal
+# (scripts/bench/README.md); the other rows run the live blueprint.
+MAP_BP=scripts/bench/blueprint
+# the mapping files (blueprint.yaml, *.lua) in which the live blueprint differs from the copy
+MAP_DRIFT=$(for f in $(ls $BP $MAP_BP | grep -E '^(blueprint\.yaml|.*\.lua)$' | sort -u); do
+  cmp -s "$BP/$f" "$MAP_BP/$f" || echo "$f"; done | tr '\n' ' ' | sed 's/ $//')
 CFG=scripts/bench/config.json
 export LUA_CPATH="build/lua/?.so;;"
 CORPUS=$W/corpus-$N.ndjson
@@ -74,8 +82,8 @@ echo "== mapping throughput: $N events, median of $RUNS runs (CPU seconds, one c
 # this shared machine hits every contender alike instead of one of them.
 : > $W/map.times
 for _ in $(seq "$RUNS"); do
-  echo "dry $(cpu_once build/blueprint dry-run $BP --config $CFG "$CORPUS")" >> $W/map.times
-  echo "lib $(cpu_inproc_once build/bench-map engine $BP $CFG "$CORPUS")" >> $W/map.times
+  echo "dry $(cpu_once build/blueprint dry-run $MAP_BP --config $CFG "$CORPUS")" >> $W/map.times
+  echo "lib $(cpu_inproc_once build/bench-map engine $MAP_BP $CFG "$CORPUS")" >> $W/map.times
   echo "lua $(cpu_once sh -c "lua5.4 scripts/bench/ac_cjson.lua $CFG < $CORPUS")" >> $W/map.times
   echo "node $(cpu_once sh -c "node scripts/bench/ac_node.js $CFG < $CORPUS")" >> $W/map.times
   echo "floor $(cpu_inproc_once build/bench-map floor "$CORPUS")" >> $W/map.times
@@ -83,13 +91,18 @@ done
 med_of() { awk -v k="$1" '$1 == k {print $2}' $W/map.times | median; }
 c_dry=$(med_of dry); c_lib=$(med_of lib); c_lua=$(med_of lua); c_node=$(med_of node); c_floor=$(med_of floor)
 
-echo "== equivalence on a 5000-event sample"
+echo "== equivalence on a 5000-event sample (frozen mapping $MAP_BP)"
+if [ -n "$MAP_DRIFT" ]; then
+  echo "   $BP has moved on from the frozen copy ($MAP_DRIFT): the mapping rows measure the copy"
+fi
 head -5000 "$CORPUS" > $W/sample.ndjson
-build/blueprint dry-run $BP --config $CFG $W/sample.ndjson > $W/sample.ours
+build/blueprint dry-run $MAP_BP --config $CFG $W/sample.ndjson > $W/sample.ours
 lua5.4 scripts/bench/ac_cjson.lua $CFG < $W/sample.ndjson > $W/sample.lua
 node scripts/bench/ac_node.js $CFG < $W/sample.ndjson > $W/sample.node
-eq_lua=$(lua5.4 scripts/bench/compare.lua $W/sample.ours $W/sample.lua 2>/dev/null || true)
-eq_node=$(lua5.4 scripts/bench/compare.lua $W/sample.ours $W/sample.node 2>/dev/null || true)
+# compare.lua writes one short line per differing event (at most five) to stderr
+eq_lua=$(lua5.4 scripts/bench/compare.lua $W/sample.ours $W/sample.lua 2> $W/eq-lua.err || true)
+eq_node=$(lua5.4 scripts/bench/compare.lua $W/sample.ours $W/sample.node 2> $W/eq-node.err || true)
+sed 's/^/   Lua+cjson: /' $W/eq-lua.err; sed 's/^/   Node: /' $W/eq-node.err
 field() { echo "$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
 
 echo "== author latency: one event, process start to exit, median of 50"
@@ -297,13 +310,16 @@ shared cores).  At 1000 accounts × 5 requests/s that would be ~${c_pct}% of a c
   emails), 10% custom events, ~3% with marketing consent denied; all three consent shapes.
 - Mapping, CPU seconds (user + sys) on one core, config \`scripts/bench/config.json\`:
   library API = \`build/bench-map engine\` (corpus in memory, only the loop timed);
-  dry-run = \`build/blueprint dry-run $BP --config $CFG CORPUS > /dev/null\`;
+  dry-run = \`build/blueprint dry-run $MAP_BP --config $CFG CORPUS > /dev/null\`;
   Lua = \`lua5.4 scripts/bench/ac_cjson.lua\` (lua-cjson 2.1.0); Node = \`node scripts/bench/ac_node.js\`
   (JSON.parse, URLSearchParams); floor = \`build/bench-map floor\` (our parser + writer, no mapping).
+- The mapping rows and the equivalence check run \`$MAP_BP\`, the frozen copy of \`$BP\` that
+  the Lua and Node scripts implement ($( [ -n "$MAP_DRIFT" ] && echo "the live blueprint has since changed: $MAP_DRIFT" || echo "identical to the live blueprint at this run"));
+  see \`scripts/bench/README.md\`.
 - Equivalence: \`scripts/bench/compare.lua\` compares decisions and requests by meaning on the
   first 5000 events; "equivalent" allows what lossy JSON libraries do (numbers to 14 significant
   digits, \`[]\` = \`{}\`); "exactly equal" counts the events they did not alter. \`make test\`
-  runs the same check on a small corpus.
+  runs the same check on a small corpus (\`tests/spec/bench_equivalence_spec.lua\`).
 - Author latency: wall time of \`build/blueprint dry-run\` on one event, median of 50.
 - Delivery: \`build/blueprint deliver\` of $DN identify events to the emulator (rate limit off,
   \`--rate-limit 1000000\`), end to end including the store; p50/p99 are vendor answer times.

@@ -1,6 +1,8 @@
 -- The ActiveCampaign default mapping as a Lua user would write it without
 -- our core: plain lua5.4 + lua-cjson, one event per line in, one outcome
 -- line per event out.  Used by `make bench` as a point of comparison.
+-- Implements the frozen copy scripts/bench/blueprint/, not the live
+-- blueprints/activecampaign/; change the three together (scripts/bench/README.md).
 --   lua5.4 scripts/bench/ac_cjson.lua CONFIG.json < events.ndjson > outcomes.ndjson
 local cjson = require("cjson")
 cjson.encode_number_precision(14)   -- the most this lua-cjson allows (ids of 19 digits lose their tail)

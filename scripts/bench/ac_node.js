@@ -1,6 +1,8 @@
 // The ActiveCampaign default mapping as JavaScript-based peers run it:
 // Node.js with JSON.parse and URLSearchParams, one event per line in, one
 // outcome line per event out.  Used by `make bench` as a point of comparison.
+// Implements the frozen copy scripts/bench/blueprint/, not the live
+// blueprints/activecampaign/; change the three together (scripts/bench/README.md).
 //   node scripts/bench/ac_node.js CONFIG.json < events.ndjson > outcomes.ndjson
 'use strict';
 const fs = require('fs');
