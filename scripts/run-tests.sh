@@ -37,7 +37,9 @@ suite() {   # suite NAME COMMAND… : run, show failures, count
   local rc=$?
   grep -vE '^ok ' "$log" | sed 's/^/   /'
   if grep -qE '^(not )?ok [0-9]+' "$log"; then
+    local before_p=$passed before_f=$failed
     count_tap "$log"
+    echo "   $((passed - before_p)) passed, $((failed - before_f)) failed"
     # a crash or sanitizer abort after the last TAP line still fails the suite
     if [ $rc -ne 0 ] && ! grep -qE '^not ok' "$log"; then failed=$((failed + 1)); echo "   $name exited $rc"; fi
   else
