@@ -45,6 +45,15 @@ local function delivered(emails)
   return n == #emails and n, n
 end
 
+-- A node's log lines about Kafka (for failure messages).
+local function kafka_log(node)
+  local t = {}
+  for line in node.logs():gmatch("[^\n]+") do
+    if line:find('"msg":"kafka', 1, true) or line:find("librdkafka", 1, true) then t[#t + 1] = line end
+  end
+  return table.concat(t, "\n", math.max(1, #t - 40))
+end
+
 local function assigned(node)
   local st, h = node.call("GET", "/healthz")
   if st ~= 200 and st ~= 503 then return 0 end
@@ -148,8 +157,11 @@ describe("cluster mode on Kafka #kafka", function()
         worst, window))
       assert.are.equal(0, #late, "429s after the first second")
     end
-    -- the work is spread: every node reads some partitions
-    for i = 1, 3 do assert.is_true(assigned(nodes[i]) > 0, "node " .. i .. " reads no partition") end
+    -- the work is spread: every node reads some partitions (once the group has settled)
+    for i = 1, 3 do
+      assert.is_truthy(S.eventually(function() return assigned(nodes[i]) > 0 end, 30),
+        "node " .. i .. " reads no partition; its kafka log:\n" .. kafka_log(nodes[i]))
+    end
     for _, e in ipairs(emails) do assert.are.equal(1, syncs_by_email()[e], e .. " synced more than once") end
   end)
 
@@ -237,9 +249,10 @@ describe("cluster mode on Kafka #kafka", function()
       local b = get(nodes[3], "/v1/admin/integrations/" .. ids[0] .. "/dead-letters")
       return b and #b.dead_letters == 0
     end, 10))
+    assert.is_truthy(S.eventually(function() return assigned(nodes[3]) > 0 end, 30), kafka_log(nodes[3]))
     local _, _, raw = nodes[3].call("GET", "/metrics")
     assert.matches("blueprint_kafka_up 1", raw)
-    assert.matches("blueprint_kafka_consumer_lag{topic=", raw)
+    assert.matches("blueprint_kafka_consumer_lag{topic=", raw, nil, true)
     local total = tonumber(raw:match("blueprint_events_delivered_total (%d+)"))
     assert.is_true(total and total >= 1 + 10 * ACCOUNTS, "delivered_total " .. tostring(total))
   end)
