@@ -149,10 +149,7 @@ static int load_route(loader *ld, bp_blueprint *bp, uint32_t node, const char *n
     r->mapping = xstrdup(mapping);
     r->line = (int)d->nodes[node].line;
     if ((r->enabled = get_bool(ld, node, "enabled", name != NULL)) < 0) return -1;
-    static const char *const types[] = { "page", "track", "identify", "group", "screen", NULL };
-    int known = 0;
-    for (int i = 0; types[i]; i++) if (!strcmp(r->type, types[i])) known = 1;
-    if (!known) return bad(ld, node, "event type must be page, track, identify, group or screen");
+    if (!bp_event_type_known(r->type)) return bad(ld, node, "event type must be page, track, identify, group or screen");
     if (strchr(mapping, '/') || strncmp(mapping + strlen(mapping) - (strlen(mapping) > 4 ? 4 : 0), ".lua", 4) != 0)
         return bad(ld, bp_jget(d, node, "mapping"), "mapping must be a .lua file name in the blueprint folder");
     if (!file_exists(bp->dir, mapping)) {

@@ -636,11 +636,10 @@ static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *s
             const char *status = bp_jscalar(&d, bp_jget(&d, line, "status"));
             const char *attempts = bp_jscalar(&d, bp_jget(&d, 0, "attempts"));
             const char *at = bp_jscalar(&d, bp_jget(&d, 0, "at"));
-            uint32_t mid = bp_jget(&d, ev, "messageId");
             bp_source s = { topic, atoi(part), atoll(off), atoi(idx), 0 };
             bp_store_row row;
             memset(&row, 0, sizeof row);
-            row.message_id = ev != BP_NONE && mid != BP_NONE ? bp_jscalar(&d, mid) : NULL;
+            row.message_id = bp_jscalar(&d, bp_jget(&d, line, "message_id"));   /* any of bp_message_id_keys */
             row.attempts = attempts ? atoi(attempts) : 0;
             row.last_status = status ? atoi(status) : 0;
             row.reason = reason;

@@ -1356,16 +1356,6 @@ static void cli_answer(void *ctx, int status, double duration_ms)
 
 static const bp_sink cli_sink = { cli_outcome, cli_answer, NULL };
 
-static const char *message_id_of(const bp_doc *d)
-{
-    static const char *const keys[] = { "messageId", "message_id", "event_id" };
-    for (int i = 0; i < 3; i++) {
-        const char *s = bp_jscalar(d, bp_jget(d, 0, keys[i]));
-        if (s) return s;
-    }
-    return NULL;
-}
-
 /* A line for input that never becomes a stored event. */
 static void emit_input_error(cli_run *r, long index, const char *why, const char *message_id)
 {
@@ -1398,7 +1388,7 @@ static int64_t ingest(cli_run *r, bp_store *store, bp_error *err)
     while (ok && (s = bp_reader_next(rd, &ev, &len, &rerr)) != BP_READ_END) {
         const char *message_id = NULL;
         if (s == BP_READ_EVENT && bp_json_parse(&doc, ev, len, &r->o->limits.json, &rerr) == 0)
-            message_id = message_id_of(&doc);
+            message_id = bp_event_message_id(&doc);
         if (s == BP_READ_BAD) {
             /* Not an event we can store: say so on its own line, in order. */
             emit_input_error(r, index++, rerr.msg, NULL);

@@ -363,8 +363,11 @@ static int read_headers(lua_State *L, int idx, bp_outcome *o, bp_request *r, bp_
         }
         const char *name = lua_tostring(L, -2);
         const char *secret = bp_secret_name(L, -1);
+        const char *hmac = secret ? NULL : bp_hmac_secret_name(L, -1);
         if (secret) {
             add_header(o, r, name, secret, 1);
+        } else if (hmac) {
+            add_header(o, r, name, hmac, BP_HEADER_HMAC);
         } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
             lua_pushvalue(L, -1);
             const char *v = lua_tostring(L, -1);
@@ -373,7 +376,7 @@ static int read_headers(lua_State *L, int idx, bp_outcome *o, bp_request *r, bp_
             lua_pop(L, 1);
         } else {
             lua_pop(L, 2);
-            return req_fail(err, "header '%s' must be a string, number or ctx.secret(...)", name);
+            return req_fail(err, "header '%s' must be a string, number, ctx.secret(...) or ctx.hmac_sha256(...)", name);
         }
         lua_pop(L, 1);
     }
@@ -514,6 +517,11 @@ static void set_consent(bp_engine *e, const bp_consent *c)
     lua_pop(L, 1);
 }
 
+/* ---- the event envelope: the one list of what Signal calls ids and types ---- */
+
+const char *const bp_message_id_keys[] = { "messageId", "message_id", "event_id", NULL };
+const char *const bp_event_types[] = { "page", "track", "identify", "group", "screen", NULL };
+
 static const char *top_string(const bp_doc *d, const char *const *keys)
 {
     for (; *keys; keys++) {
@@ -523,9 +531,16 @@ static const char *top_string(const bp_doc *d, const char *const *keys)
     return NULL;
 }
 
+const char *bp_event_message_id(const bp_doc *d) { return top_string(d, bp_message_id_keys); }
+
+int bp_event_type_known(const char *type)
+{
+    for (int i = 0; type && bp_event_types[i]; i++) if (!strcmp(type, bp_event_types[i])) return 1;
+    return 0;
+}
+
 enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out)
 {
-    static const char *const id_keys[] = { "messageId", "message_id", "event_id", NULL };
     static const char *const type_keys[] = { "type", NULL };
     bp_error err;
     bp_doc *d = &e->doc;
@@ -540,7 +555,7 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         bp_buf_adds(&out->reason, "malformed event: an event must be a JSON object");
         return out->verdict;
     }
-    out->message_id = bp_outcome_strdup(out, top_string(d, id_keys));
+    out->message_id = bp_outcome_strdup(out, bp_event_message_id(d));
     const char *type = top_string(d, type_keys);
     if (!type || d->nodes[bp_jget(d, 0, "type")].type != BP_JSTRING) {
         bp_buf_adds(&out->reason, "malformed event: no \"type\" (expected page, track or identify)");

@@ -100,9 +100,15 @@ void bp_sandbox_set_log(bp_sandbox *sb, bp_sandbox_log_fn fn, void *ud);
 /* The chunk-name prefix of the blueprint's files ("@DIR/"): positions in
  * log lines and call chains are written relative to it. */
 void bp_sandbox_set_prefix(bp_sandbox *sb, const char *chunk_prefix);
-/* Set by `serve` (to bp_log): mapping log lines are also written as JSON log
- * lines there; NULL (the CLI): as a human line on stderr.  engine.c */
-extern void (*bp_engine_json_log)(const char *level, const char *msg, const char *fields_json);
+/* ---- log.c: the library's messages (bp_set_log in blueprint.h) ---- */
+
+/* 1 when an embedder (or serve) has set a log callback: messages are then
+ * JSON records passed to it; 0: the CLI's stderr lines. */
+int bp_log_has_sink(void);
+/* BP_LOG_* for "debug", "info", "warn", "error". */
+int bp_log_level_of(const char *level);
+/* Say "out of memory" without allocating (the caller aborts next). */
+void bp_log_oom(void);
 
 /* ---- luajson.c ------------------------------------------------------------- */
 
@@ -152,6 +158,9 @@ void bp_push_secret(lua_State *L, const char *name);
 void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp);
 /* If the value at idx is a ctx.drop(...) result, return its reason. */
 const char *bp_drop_reason(lua_State *L, int idx);
+/* If the value at idx is a ctx.hmac_sha256(...) reference, the config key of
+ * its secret (a header value the transport computes: BP_HEADER_HMAC). */
+const char *bp_hmac_secret_name(lua_State *L, int idx);
 /* Replace the table on top with a read-only proxy onto it ("ctx is read-only"). */
 void bp_push_readonly(lua_State *L);
 
@@ -216,6 +225,16 @@ double bp_bucket_take(bp_bucket *b, double now_ms);
 void bp_bucket_block(bp_bucket *b, double until_ms);
 /* The vendor says its window is full: no catching up on the next request. */
 void bp_bucket_drain(bp_bucket *b);
+
+/* ---- engine.c: the event envelope -------------------------------------------------------- */
+
+/* The keys Signal uses for an event's id, in order of preference, and the
+ * event types it sends (NULL-terminated): the one list every part uses. */
+extern const char *const bp_message_id_keys[];
+extern const char *const bp_event_types[];
+/* The event's id (the first of bp_message_id_keys that is a string or number), or NULL. */
+const char *bp_event_message_id(const bp_doc *d);
+int bp_event_type_known(const char *type);
 
 /* ---- decode.c: readable outcome lines ---------------------------------------------------- */
 
@@ -515,6 +534,9 @@ struct bp_registry {
     void *on_live_ctx;
 };
 
+/* One JSON log record {"ts":…,"level":…,"msg":…,FIELDS} to the log callback,
+ * or as a line on stderr when none is set.  fields_json: members without
+ * braces, or NULL.  log.c */
 void bp_log(const char *level, const char *msg, const char *fields_json);
 
 /* ---- cluster.c: serve --kafka ------------------------------------------------------------- */

@@ -403,8 +403,6 @@ static void revisions(call *k)
 
 /* ---- events: intake, live events, dead letters ------------------------------------------- */
 
-static const char *const valid_types[] = { "page", "track", "identify", "group", "screen", NULL };
-
 /* Each event of an intake body, judged: `why` is NULL for an event that
  * can be stored (a JSON object with a known type), else why it is
  * rejected.  fn may stop the walk by returning -1.  Returns the count. */
@@ -427,11 +425,8 @@ long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx)
         else if (d.nodes[0].type != BP_JOBJECT) why = "an event must be a JSON object";
         else {
             const char *type = bp_jscalar(&d, bp_jget(&d, 0, "type"));
-            int known = 0;
-            for (int i = 0; type && valid_types[i]; i++) if (!strcmp(type, valid_types[i])) known = 1;
-            if (!known) why = "\"type\" must be page, track, identify, group or screen";
-            static const char *const id_keys[] = { "messageId", "message_id", "event_id" };
-            for (int i = 0; i < 3 && !mid; i++) mid = bp_jscalar(&d, bp_jget(&d, 0, id_keys[i]));
+            if (!bp_event_type_known(type)) why = "\"type\" must be page, track, identify, group or screen";
+            mid = bp_event_message_id(&d);
         }
         if (fn(ctx, index, ev, evlen, why ? NULL : mid, why) < 0) break;
         index++;
