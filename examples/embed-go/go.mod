@@ -1,0 +1,3 @@
+module blueprint.example/embed
+
+go 1.19
