@@ -206,7 +206,7 @@ typedef struct bp_secret_slot {
 typedef struct bp_header {
     char *name;
     char *value;        /* literal value, or the secret's config key */
-    int secret;
+    int secret;         /* 0, 1 or BP_HEADER_HMAC (above) */
 } bp_header;
 
 typedef struct bp_request {
@@ -274,6 +274,11 @@ void bp_engine_free(bp_engine *e);
 /* Judge one event.  Always fills `out` (a bad event gets BP_ERROR); returns
  * the verdict. */
 enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
+
+/* bp_header.secret: 0 a literal value; 1 the secret itself; BP_HEADER_HMAC
+ * the hex HMAC-SHA256 of the body as sent, keyed with the secret
+ * (ctx.hmac_sha256), computed by the transport.  Never shown in dry-run. */
+#define BP_HEADER_HMAC 2
 
 /* ---- delivery (deliver.c) -------------------------------------------------- */
 

@@ -326,6 +326,45 @@ static int ctx_secret(lua_State *L)
     return 1;
 }
 
+/* ctx.hmac_sha256("signing_secret") -> a header value: the lower-case hex
+ * HMAC-SHA256 of the request's body exactly as sent (secrets substituted),
+ * keyed with that secret; nil when the config leaves the secret unset (the
+ * header is then left out).  Lua sees neither key nor signature: the
+ * transport computes it when sending, dry-run shows a placeholder.  Only a
+ * whole header value; upvalue 1 as for ctx.secret. */
+#define HMAC_MT "bp.hmac"
+
+static int ctx_hmac_sha256(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int t = lua_getfield(L, lua_upvalueindex(1), name);
+    if (t == LUA_TNIL)
+        return luaL_error(L, "ctx.hmac_sha256('%s'): blueprint.yaml declares no secret field named '%s'", name, name);
+    if (t == LUA_TBOOLEAN) { lua_pushnil(L); return 1; }
+    const char *interned = bp_secret_name(L, -1);   /* lives as long as the state */
+    const char **p = lua_newuserdatauv(L, sizeof *p, 0);
+    *p = interned;
+    luaL_setmetatable(L, HMAC_MT);
+    return 1;
+}
+
+const char *bp_hmac_secret_name(lua_State *L, int idx)
+{
+    const char **p = luaL_testudata(L, idx, HMAC_MT);
+    return p ? *p : NULL;
+}
+
+static int hmac_tostring(lua_State *L)
+{
+    lua_pushliteral(L, "[hmac-sha256]");
+    return 1;
+}
+
+static int hmac_concat(lua_State *L)
+{
+    return luaL_error(L, "ctx.hmac_sha256(...) cannot be joined to other text; use it as a whole header value");
+}
+
 /* ctx.totable(v): an event view copied into plain Lua tables (what
  * table.sort, table.insert, rawget, setmetatable and `type(v) == "table"`
  * need); any other value is returned as it is. */
@@ -350,6 +389,15 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
     };
     luaL_newmetatable(L, DROP_MT);
     lua_pop(L, 1);
+    if (luaL_newmetatable(L, HMAC_MT)) {
+        lua_pushcfunction(L, hmac_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushcfunction(L, hmac_concat);
+        lua_setfield(L, -2, "__concat");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
 
     lua_newtable(L);                                  /* ctx */
     luaL_setfuncs(L, fns, 0);
@@ -372,6 +420,9 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
         lua_pushstring(L, cfg->values[i].value);
         lua_setfield(L, -3, cfg->values[i].key);
     }
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, ctx_hmac_sha256, 1);          /* ctx, config, secrets, hmac_sha256 */
+    lua_setfield(L, -4, "hmac_sha256");
     lua_pushcclosure(L, ctx_secret, 1);               /* ctx, config, secret */
     lua_setfield(L, -3, "secret");
     bp_push_readonly(L);

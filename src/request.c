@@ -179,6 +179,15 @@ void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label,
             if (h) bp_buf_addc(out, ',');
             write_text(out, r->headers[h].name, strlen(r->headers[h].name));
             bp_buf_addc(out, ':');
+            if (r->headers[h].secret == BP_HEADER_HMAC) {
+                /* computed when sending (transport.c): say from what */
+                bp_buf v;
+                bp_buf_init(&v);
+                bp_buf_printf(&v, "[hmac-sha256 of the body with secret '%s']", r->headers[h].value);
+                write_text(out, v.data, v.len);
+                bp_buf_free(&v);
+                continue;
+            }
             const char *v = r->headers[h].secret ? "[redacted]" : r->headers[h].value;
             write_text(out, v, strlen(v));
         }

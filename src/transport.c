@@ -154,10 +154,19 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
     pd->easy = t->npool ? t->pool[--t->npool] : new_handle(t);
     if (!pd->easy) { free(pd); return -1; }
     CURL *e = pd->easy;
+    /* The body first: a ctx.hmac_sha256 header signs it as sent. */
+    if (r->body_kind != BP_BODY_NONE) bp_request_render_secret(r, cfg, &pd->body);
     bp_buf line;
     bp_buf_init(&line);
     for (size_t i = 0; i < r->nheaders; i++) {
         const char *v = r->headers[i].secret ? bp_config_get(cfg, r->headers[i].value) : r->headers[i].value;
+        char hex[65] = "";
+        if (r->headers[i].secret == BP_HEADER_HMAC) {
+            unsigned char mac[32];
+            bp_hmac_sha256(v ? v : "", v ? strlen(v) : 0, pd->body.data ? pd->body.data : "", pd->body.len, mac);
+            for (int k = 0; k < 32; k++) snprintf(hex + 2 * k, 3, "%02x", mac[k]);
+            v = hex;
+        }
         bp_buf_reset(&line);
         bp_buf_adds(&line, r->headers[i].name);
         bp_buf_add(&line, ": ", 2);
@@ -173,7 +182,6 @@ int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg
     if (r->body_kind == BP_BODY_NONE) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);          /* no body */
     } else {
-        bp_request_render_secret(r, cfg, &pd->body);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, pd->body.data ? pd->body.data : "");
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)pd->body.len);
     }

@@ -16,6 +16,14 @@
  * the account of its actid.  Each account's base URL can be any
  * http://NAME.localhost:PORT (curl resolves *.localhost to loopback).
  *
+ * A generic webhook receiver for other blueprints (blueprints/webhook):
+ * POST /webhook… answers 200 {"ok":true} and is logged like every request,
+ * with the signature header (--webhook-header, default X-Signature-256).
+ * With --webhook-secret S it checks that header against the lower-case hex
+ * HMAC-SHA256 of the exact body bytes keyed with S: 401 when it differs or
+ * is missing.
+ *
+ *   ac-emulator [--webhook-secret S] [--webhook-header H]
  *   ac-emulator [--port N] [--api-token T] [--actid N] [--event-key K] [--rate-limit RPS] [--accounts N]
  *
  * Prints "listening on http://127.0.0.1:PORT" once ready (port 0 = any).
@@ -24,6 +32,8 @@
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -46,6 +56,7 @@ typedef struct contact {
 
 typedef struct logged {
     char *method, *path, *token, *ctype, *body;
+    char *signature;       /* the webhook signature header, "" when absent */
     int status, account;   /* -1: no known account */
     double at_ms;
 } logged;
@@ -71,6 +82,7 @@ static struct {
     int fail_next, fail_status, fail_html, fail_retry_after;
     int login_html_next, reset_next, latency_ms;
     long total, limited;
+    const char *webhook_secret, *webhook_header;   /* secret NULL: signatures not checked */
 } E;
 
 static double now_ms(void)
@@ -313,6 +325,25 @@ static void track_event(reply *r, const char *ctype, const char *body)
     free(actid); free(key); free(event); free(data); free(visit);
 }
 
+/* ---- /webhook: a generic receiver ------------------------------------------------------ */
+
+static void webhook(reply *r, const char *signature, const char *body, size_t len)
+{
+    if (E.webhook_secret) {
+        unsigned char mac[EVP_MAX_MD_SIZE];
+        unsigned maclen = 0;
+        HMAC(EVP_sha256(), E.webhook_secret, (int)strlen(E.webhook_secret), (const unsigned char *)(body ? body : ""),
+             len, mac, &maclen);
+        char hex[2 * EVP_MAX_MD_SIZE + 1] = "";
+        for (unsigned k = 0; k < maclen; k++) snprintf(hex + 2 * k, 3, "%02x", mac[k]);
+        if (!signature || strcmp(signature, hex) != 0) {
+            json_reply(r, 401, "{\"error\":\"bad signature\"}");
+            return;
+        }
+    }
+    json_reply(r, 200, "{\"ok\":true}");
+}
+
 /* ---- /api/3 router -------------------------------------------------------------------- */
 
 static void api3(reply *r, const char *method, const char *path, const char *query_email,
@@ -429,6 +460,8 @@ static void control(reply *r, const char *method, const char *path, const char *
             size_t bad;
             if (bp_utf8_check(l->body, strlen(l->body), &bad) == 0) bp_json_write_string(&r->body, l->body, strlen(l->body));
             else bp_buf_adds(&r->body, "\"(invalid UTF-8)\"");
+            bp_buf_adds(&r->body, ",\"signature\":");
+            bp_json_write_string(&r->body, l->signature, strlen(l->signature));
             bp_buf_printf(&r->body, ",\"status\":%d,\"at_ms\":%.1f}", l->status, l->at_ms);
         }
         bp_buf_adds(&r->body, "]");
@@ -466,6 +499,7 @@ static void control(reply *r, const char *method, const char *path, const char *
         if (E.index) memset(E.index, 0, E.index_cap * sizeof *E.index);
         for (size_t i = 0; i < E.nlog; i++) {
             free(E.log[i].method); free(E.log[i].path); free(E.log[i].token); free(E.log[i].ctype); free(E.log[i].body);
+            free(E.log[i].signature);
         }
         E.nlog = 0;
         E.fail_next = E.login_html_next = E.reset_next = E.latency_ms = E.burst_503 = 0;
@@ -529,6 +563,7 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
 {
     const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
     const char *token = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Api-Token");
+    const char *signature = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, E.webhook_header);
     int vendor = strncmp(url, "/_emulator/", 11) != 0;
     int latency = 0;
     pthread_mutex_lock(&E.mu);
@@ -580,6 +615,8 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
         }
     } else if (!strcmp(url, "/event") && !strcmp(method, "POST")) {
         track_event(r, ctype, body);
+    } else if (!strncmp(url, "/webhook", 8) && !strcmp(method, "POST")) {
+        webhook(r, signature, body, len);
     } else {
         json_reply(r, 404, "{\"message\":\"Not Found\"}");
     }
@@ -594,6 +631,7 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
         l->token = xdup(token);
         l->ctype = xdup(ctype);
         l->body = xdup(body);
+        l->signature = xdup(signature);
         l->status = reset ? 0 : r->status;
         l->account = acct ? (int)(acct - E.accounts) : -1;
         l->at_ms = now_ms();
@@ -665,10 +703,13 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--actid")) actid = v;
         else if (!strcmp(argv[i], "--event-key")) event_key = v;
         else if (!strcmp(argv[i], "--rate-limit")) rps = atoi(v);
+        else if (!strcmp(argv[i], "--webhook-secret")) E.webhook_secret = v;
+        else if (!strcmp(argv[i], "--webhook-header")) E.webhook_header = v;
         else if (!strcmp(argv[i], "--accounts")) naccounts = atoi(v) > 0 ? atoi(v) : 1;
         else { fprintf(stderr, "ac-emulator: unknown option %s\n", argv[i]); return 1; }
         i++;
     }
+    if (!E.webhook_header) E.webhook_header = "X-Signature-256";
     pthread_mutex_init(&E.mu, NULL);
     bp_buf_init(&E.event_names);
     E.naccounts = naccounts;
