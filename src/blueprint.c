@@ -45,6 +45,46 @@ static int bad(loader *ld, uint32_t node, const char *what)
     return -1;
 }
 
+/* Strict: every key of the map `obj` must be one of `known`, else an error
+ * naming the key, its line and the keys that are allowed there.  A typo
+ * ("requests_per_secnd") is an error, not a setting silently ignored. */
+static int check_keys(loader *ld, uint32_t obj, const char *section, const char *const *known)
+{
+    const bp_doc *d = ld->d;
+    if (obj == BP_NONE || d->nodes[obj].type != BP_JOBJECT) return 0;
+    for (uint32_t c = obj + 1, k = 0; k < d->nodes[obj].len; k++, c = d->nodes[c + 1].next) {
+        const char *key = bp_jscalar(d, c);
+        int ok = 0;
+        for (size_t i = 0; key && known[i]; i++) if (!strcmp(key, known[i])) ok = 1;
+        if (ok) continue;
+        bp_buf m;
+        bp_buf_init(&m);
+        bp_buf_printf(&m, "unknown key '%.100s' %s%s%s (known keys: ", key ? key : "(not a string)",
+                      section ? "in '" : "at the top level", section ? section : "", section ? "'" : "");
+        for (size_t i = 0; known[i]; i++) bp_buf_printf(&m, "%s%s", i ? ", " : "", known[i]);
+        bp_buf_adds(&m, ")");
+        bad(ld, c, m.data);
+        bp_buf_free(&m);
+        return -1;
+    }
+    return 0;
+}
+
+/* The map under obj.key, BP_NONE when absent; -2 (with an error) when it is not a map. */
+static uint32_t get_map(loader *ld, uint32_t obj, const char *key, const char *const *known)
+{
+    uint32_t v = bp_jget(ld->d, obj, key);
+    if (v == BP_NONE || ld->d->nodes[v].type == BP_JNULL) return BP_NONE;
+    if (ld->d->nodes[v].type != BP_JOBJECT) {
+        char what[160];
+        snprintf(what, sizeof what, "'%s' must be a map", key);
+        bad(ld, v, what);
+        return (uint32_t)-2;
+    }
+    return check_keys(ld, v, key, known) < 0 ? (uint32_t)-2 : v;
+}
+#define NOT_A_MAP ((uint32_t)-2)
+
 /* A scalar's text, or NULL with an error when required and absent. */
 static const char *get_text(loader *ld, uint32_t obj, const char *key, int required)
 {
@@ -86,6 +126,8 @@ static int load_fields(loader *ld, bp_blueprint *bp, uint32_t list)
     bp->fields = calloc(d->nodes[list].len + 1, sizeof *bp->fields);
     for (uint32_t c = list + 1, k = 0; k < d->nodes[list].len; k++, c = d->nodes[c].next) {
         if (d->nodes[c].type != BP_JOBJECT) return bad(ld, c, "each config field must be a map with key and type");
+        static const char *const field_keys[] = { "key", "label", "type", "required", "default", "help", NULL };
+        if (check_keys(ld, c, "config", field_keys) < 0) return -1;
         const char *key = get_text(ld, c, "key", 1);
         const char *type = get_text(ld, c, "type", 1);
         if (!key || !type) return -1;
@@ -140,15 +182,22 @@ static int load_route(loader *ld, bp_blueprint *bp, uint32_t node, const char *n
 {
     const bp_doc *d = ld->d;
     if (d->nodes[node].type != BP_JOBJECT) return bad(ld, node, "each event must be a map with type and mapping");
+    /* custom: only a mapping; its events are track events, each off until
+     * the config enables it by name */
+    static const char *const route_keys[] = { "type", "mapping", "enabled", NULL };
+    static const char *const custom_keys[] = { "mapping", NULL };
+    char section[160] = "custom";
+    if (name) snprintf(section, sizeof section, "events.%.140s", name);
+    if (check_keys(ld, node, section, name ? route_keys : custom_keys) < 0) return -1;
     const char *mapping = get_text(ld, node, "mapping", 1);
     if (!mapping) return -1;
-    const char *type = get_text(ld, node, "type", name != NULL);
-    if (name && !type) return -1;
+    const char *type = name ? get_text(ld, node, "type", 1) : "track";
+    if (!type) return -1;
     r->name = xstrdup(name ? name : "custom");
-    r->type = xstrdup(type ? type : "track");
+    r->type = xstrdup(type);
     r->mapping = xstrdup(mapping);
     r->line = (int)d->nodes[node].line;
-    if ((r->enabled = get_bool(ld, node, "enabled", name != NULL)) < 0) return -1;
+    if ((r->enabled = name ? get_bool(ld, node, "enabled", 1) : 0) < 0) return -1;
     if (!bp_event_type_known(r->type)) return bad(ld, node, "event type must be page, track, identify, group or screen");
     if (strchr(mapping, '/') || strncmp(mapping + strlen(mapping) - (strlen(mapping) > 4 ? 4 : 0), ".lua", 4) != 0)
         return bad(ld, bp_jget(d, node, "mapping"), "mapping must be a .lua file name in the blueprint folder");
@@ -188,10 +237,183 @@ static int load_strings(loader *ld, uint32_t list, char ***out, size_t *n)
     return 0;
 }
 
+/* ---- responses: the vendor's answer rules (evaluated by classify.c) ---------------------- */
+
+/* status: 200 | 2xx | [200, 201, 4xx] */
+static int load_status(loader *ld, uint32_t v, bp_response_rule *r)
+{
+    const bp_doc *d = ld->d;
+    uint32_t one = v, n = 1;
+    if (d->nodes[v].type == BP_JARRAY) { one = v + 1; n = d->nodes[v].len; }
+    if (!n) return bad(ld, v, "responses: 'status' must not be an empty list");
+    for (uint32_t k = 0; k < n; k++, one = d->nodes[one].next) {
+        const char *s = bp_jscalar(d, one);
+        int lo = -1, hi = -1;
+        if (s && strlen(s) == 3 && s[0] >= '1' && s[0] <= '5' && (s[1] == 'x' || s[1] == 'X') && (s[2] == 'x' || s[2] == 'X')) {
+            lo = (s[0] - '0') * 100;
+            hi = lo + 99;
+        } else if (s && d->nodes[one].type == BP_JNUMBER && strspn(s, "0123456789") == strlen(s) && strlen(s) == 3) {
+            lo = hi = atoi(s);
+        }
+        if (lo < 100 || hi > 599)
+            return bad(ld, one, "responses: 'status' must be an HTTP status (200), a class (2xx) or a list of them");
+        for (int x = lo; x <= hi; x++) r->status[x / 64] |= 1ull << (x % 64);
+    }
+    return 0;
+}
+
+/* json: {PATH: value | [values]} */
+static int load_json_tests(loader *ld, uint32_t v, bp_response_rule *r)
+{
+    const bp_doc *d = ld->d;
+    if (d->nodes[v].type != BP_JOBJECT || !d->nodes[v].len)
+        return bad(ld, v, "responses: 'json' must be a map of field path to value (or list of values)");
+    r->json = calloc(d->nodes[v].len, sizeof *r->json);
+    for (uint32_t c = v + 1, k = 0; k < d->nodes[v].len; k++, c = d->nodes[c + 1].next) {
+        bp_json_test *t = &r->json[r->njson++];
+        const char *path = bp_jscalar(d, c);
+        if (!path || !*path || path[0] == '.' || path[strlen(path) - 1] == '.' || strstr(path, ".."))
+            return bad(ld, c, "responses: a 'json' path is dot-separated keys, array indexes or '*' (errors.*.code)");
+        t->path = xstrdup(path);
+        /* a key the body must contain (quoted) for the path to match: lets
+         * classify.c skip parsing answers that cannot match */
+        for (const char *p = path; *p && !t->key;) {
+            size_t n = strcspn(p, ".");
+            int index = n == 1 && *p == '*';
+            if (!index) { index = 1; for (size_t i = 0; i < n; i++) if (p[i] < '0' || p[i] > '9') index = 0; }
+            if (!index && !memchr(p, '"', n) && !memchr(p, '\\', n)) t->key = strndup(p, n);
+            p += n + (p[n] == '.');
+        }
+        uint32_t val = c + 1, nv = 1;
+        if (d->nodes[val].type == BP_JARRAY) { nv = d->nodes[val].len; val = val + 1; }
+        if (!nv) return bad(ld, c + 1, "responses: a 'json' value list must not be empty");
+        t->values = calloc(nv, sizeof *t->values);
+        for (uint32_t j = 0; j < nv; j++, val = d->nodes[val].next) {
+            uint8_t ty = d->nodes[val].type;
+            if (ty == BP_JARRAY || ty == BP_JOBJECT)
+                return bad(ld, val, "responses: 'json' values must be strings, numbers, true, false or null");
+            t->values[j].type = ty;
+            t->values[j].text = (ty == BP_JSTRING || ty == BP_JNUMBER) ? xstrdup(bp_jtext(d, val)) : NULL;
+            t->nvalues++;
+        }
+    }
+    return 0;
+}
+
+/* A reason template's placeholders (rendered by classify.c): NULL when
+ * good, else what is wrong. */
+static const char *reason_template_check(const char *t)
+{
+    for (const char *open; (open = strchr(t, '{')); t = strchr(open, '}') + 1) {
+        const char *close = strchr(open, '}');
+        if (!close) return "an unclosed '{' (placeholders are {status}, {json.PATH} and {json.PATH|fallback})";
+        const char *name = open + 1;
+        size_t n = (size_t)(close - name);
+        if (n == 6 && !memcmp(name, "status", 6)) continue;
+        if (n > 5 && !memcmp(name, "json.", 5)) {
+            const char *bar = memchr(name, '|', n);
+            size_t plen = (size_t)((bar ? bar : close) - (name + 5));
+            const char *p = name + 5;
+            if (!plen || p[0] == '.' || p[plen - 1] == '.' || memmem(p, plen, "..", 2) || memchr(p, '*', plen))
+                return "a bad {json.PATH} (dot-separated keys and array indexes, no '*')";
+            continue;
+        }
+        return "an unknown placeholder (placeholders are {status}, {json.PATH} and {json.PATH|fallback})";
+    }
+    return NULL;
+}
+
+static int load_responses(loader *ld, bp_blueprint *bp, uint32_t list)
+{
+    const bp_doc *d = ld->d;
+    if (list == BP_NONE || d->nodes[list].type == BP_JNULL) return 0;
+    if (d->nodes[list].type != BP_JARRAY)
+        return bad(ld, list, "'responses' must be a list of rules (when, outcome, reason)");
+    bp->responses = calloc(d->nodes[list].len + 1, sizeof *bp->responses);
+    static const char *const rule_keys[] = { "when", "outcome", "reason", NULL };
+    static const char *const when_keys[] = { "status", "url_contains", "content_type", "body", "json", NULL };
+    uint32_t c = list + 1;
+    for (uint32_t k = 0; k < d->nodes[list].len; k++, c = d->nodes[c].next) {
+        bp_response_rule *r = &bp->responses[bp->nresponses++];
+        r->line = (int)d->nodes[c].line;
+        char section[64];
+        snprintf(section, sizeof section, "responses[%u]", k + 1);
+        if (d->nodes[c].type != BP_JOBJECT) return bad(ld, c, "each responses rule must be a map with when, outcome and reason");
+        if (check_keys(ld, c, section, rule_keys) < 0) return -1;
+        const char *outcome = get_text(ld, c, "outcome", 1);
+        const char *reason = get_text(ld, c, "reason", 1);
+        if (!outcome || !reason) return -1;
+        if (!strcmp(outcome, "delivered")) r->outcome = BP_OK;
+        else if (!strcmp(outcome, "retry")) r->outcome = BP_RETRY;
+        else if (!strcmp(outcome, "permanent")) r->outcome = BP_PERMANENT;
+        else if (!strcmp(outcome, "auth_failure")) r->outcome = BP_AUTH;
+        else return bad(ld, bp_jget(d, c, "outcome"), "responses: 'outcome' must be delivered, retry, permanent or auth_failure");
+        const char *problem = reason_template_check(reason);
+        if (problem) {
+            char what[256];
+            snprintf(what, sizeof what, "responses: 'reason' has %s", problem);
+            return bad(ld, bp_jget(d, c, "reason"), what);
+        }
+        r->reason = xstrdup(reason);
+        uint32_t when = bp_jget(d, c, "when");
+        if (when == BP_NONE) return bad(ld, c, "missing required key 'when' (the conditions of the rule)");
+        if (d->nodes[when].type != BP_JOBJECT || !d->nodes[when].len)
+            return bad(ld, when, "responses: 'when' must be a map of conditions (status, url_contains, content_type, body, json)");
+        snprintf(section, sizeof section, "responses[%u].when", k + 1);
+        if (check_keys(ld, when, section, when_keys) < 0) return -1;
+        uint32_t v;
+        if ((v = bp_jget(d, when, "status")) != BP_NONE && load_status(ld, v, r) < 0) return -1;
+        static const char *const texts[] = { "url_contains", "content_type", "body" };
+        const char *text[3] = { NULL, NULL, NULL };
+        for (int i = 0; i < 3; i++) {
+            if ((v = bp_jget(d, when, texts[i])) == BP_NONE) continue;
+            if (!(text[i] = bp_jscalar(d, v)) || !*text[i]) {
+                char what[128];
+                snprintf(what, sizeof what, "responses: '%s' must be a non-empty string", texts[i]);
+                return bad(ld, v, what);
+            }
+        }
+        r->url_contains = text[0] ? xstrdup(text[0]) : NULL;
+        r->content_type = text[1] ? xstrdup(text[1]) : NULL;
+        if (text[2]) {
+            if (!strcmp(text[2], "json")) r->body = 1;
+            else if (!strcmp(text[2], "not_json")) r->body = 2;
+            else return bad(ld, bp_jget(d, when, "body"), "responses: 'body' must be json or not_json");
+        }
+        if ((v = bp_jget(d, when, "json")) != BP_NONE && load_json_tests(ld, v, r) < 0) return -1;
+    }
+    return 0;
+}
+
+static void free_responses(bp_blueprint *bp)
+{
+    for (size_t i = 0; i < bp->nresponses; i++) {
+        bp_response_rule *r = &bp->responses[i];
+        free(r->url_contains);
+        free(r->content_type);
+        free(r->reason);
+        for (size_t j = 0; j < r->njson; j++) {
+            for (size_t k = 0; k < r->json[j].nvalues; k++) free(r->json[j].values[k].text);
+            free(r->json[j].values);
+            free(r->json[j].path);
+            free(r->json[j].key);
+        }
+        free(r->json);
+    }
+    free(bp->responses);
+}
+
 static int load(loader *ld, bp_blueprint *bp)
 {
     bp_doc *d = ld->d;
     if (d->nodes[0].type != BP_JOBJECT) return bad(ld, 0, "the top level must be a map");
+    static const char *const top_keys[] = {
+        "vendor", "name", "category", "status", "consent_category", "variants", "auth_failure_help",
+        "config", "config_rules", "rate_limit", "retry", "events", "custom", "responses", NULL };
+    static const char *const rules_keys[] = { "together", NULL };
+    static const char *const rate_keys[] = { "requests_per_second", "scope", NULL };
+    static const char *const retry_keys[] = { "max_attempts", NULL };
+    if (check_keys(ld, 0, NULL, top_keys) < 0) return -1;
     const char *s;
 #define TEXT(field, key, req) \
     if (!(s = get_text(ld, 0, key, req)) && (req)) return -1; \
@@ -205,8 +427,11 @@ static int load(loader *ld, bp_blueprint *bp)
 #undef TEXT
     if (load_strings(ld, bp_jget(d, 0, "variants"), &bp->variants, &bp->nvariants) < 0) return -1;
     if (load_fields(ld, bp, bp_jget(d, 0, "config")) < 0) return -1;
-    if (load_together(ld, bp, bp_jget(d, 0, "config_rules")) < 0) return -1;
-    uint32_t rl = bp_jget(d, 0, "rate_limit");
+    uint32_t rules = get_map(ld, 0, "config_rules", rules_keys);
+    if (rules == NOT_A_MAP) return -1;
+    if (rules != BP_NONE && load_together(ld, bp, rules) < 0) return -1;
+    uint32_t rl = get_map(ld, 0, "rate_limit", rate_keys);
+    if (rl == NOT_A_MAP) return -1;
     const char *rps = rl != BP_NONE ? get_text(ld, rl, "requests_per_second", 1) : NULL;
     if (rl != BP_NONE && !rps) return -1;
     bp->rate_limit_rps = rps ? strtod(rps, NULL) : 0;
@@ -218,7 +443,10 @@ static int load(loader *ld, bp_blueprint *bp)
     if (scope && !bp_blueprint_field(bp, scope))
         return bad(ld, bp_jget(d, rl, "scope"), "rate_limit.scope must name a config field");
     bp->rate_limit_scope = scope ? xstrdup(scope) : NULL;
-    uint32_t retry = bp_jget(d, 0, "retry");
+    /* retry: only the number of attempts; the backoff is always exponential
+     * with full jitter (base and cap are options of deliver and serve) */
+    uint32_t retry = get_map(ld, 0, "retry", retry_keys);
+    if (retry == NOT_A_MAP) return -1;
     const char *attempts = retry != BP_NONE ? get_text(ld, retry, "max_attempts", 0) : NULL;
     bp->retry_max_attempts = attempts ? atoi(attempts) : 5;
     if (bp->retry_max_attempts < 1) return bad(ld, retry, "retry.max_attempts must be at least 1");
@@ -228,7 +456,7 @@ static int load(loader *ld, bp_blueprint *bp)
         if (load_route(ld, bp, custom, NULL, &bp->custom) < 0) return -1;
         bp->has_custom = 1;
     }
-    return 0;
+    return load_responses(ld, bp, bp_jget(d, 0, "responses"));
 }
 
 bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err)
@@ -296,6 +524,7 @@ void bp_blueprint_free(bp_blueprint *bp)
     free(bp->consent_category);
     free(bp->auth_help);
     free(bp->rate_limit_scope);
+    free_responses(bp);
     for (size_t i = 0; i < bp->nvariants; i++) free(bp->variants[i]);
     free(bp->variants);
     for (size_t i = 0; i < bp->nfields; i++) {

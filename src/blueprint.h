@@ -151,6 +151,9 @@ typedef struct bp_blueprint {
     char *rate_limit_scope;                /* config field naming the account the limit is per, or NULL */
     int retry_max_attempts;
     char *auth_help;                       /* what to tell the operator when credentials fail */
+    /* blueprint.yaml's responses: table, the vendor's own answer rules tried
+     * before plain HTTP semantics (opaque: read by the delivery loop only) */
+    struct bp_response_rule *responses; size_t nresponses;
 } bp_blueprint;
 
 bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err);
@@ -272,13 +275,13 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg,
                          const bp_limits *limits, bp_error *err);
 void bp_engine_free(bp_engine *e);
 /* Judge one event.  Always fills `out` (a bad event gets BP_ERROR); returns
- * the verdict. */
-enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
-
 /* bp_header.secret: 0 a literal value; 1 the secret itself; BP_HEADER_HMAC
  * the hex HMAC-SHA256 of the body as sent, keyed with the secret
  * (ctx.hmac_sha256), computed by the transport.  Never shown in dry-run. */
 #define BP_HEADER_HMAC 2
+
+ * the verdict. */
+enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
 
 /* ---- delivery (deliver.c) -------------------------------------------------- */
 

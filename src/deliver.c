@@ -630,7 +630,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     if (resp->status == 429) count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
 
-    switch (bp_classify(req, resp, j->why, sizeof j->why)) {
+    switch (bp_classify(t->bp->bp, req, resp, j->why, sizeof j->why)) {
     case BP_OK:
         if (req->once) add_mark(l, t, req->once, (int64_t)now);
         if (req->marks) add_mark(l, t, req->marks, (int64_t)now);

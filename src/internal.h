@@ -197,9 +197,32 @@ void bp_transport_keep_connections(bp_transport *t, long n);
 
 enum bp_class { BP_OK, BP_RETRY, BP_PERMANENT, BP_AUTH };
 
-/* What a vendor answer means for delivery (DESIGN.md §7); `why` gets a
- * short human explanation. */
-enum bp_class bp_classify(const bp_request *req, const bp_response *resp, char *why, size_t whylen);
+/* One rule of blueprint.yaml's responses: table (parsed by blueprint.c).
+ * Every condition given must hold; the first rule that matches decides. */
+typedef struct bp_json_test {
+    char *path;                 /* "success", "errors.1.code" (1-based, as ctx.get), "errors.*.code" */
+    char *key;                  /* a key of the path that must appear quoted in the body, or NULL */
+    struct bp_json_value { uint8_t type; char *text; } *values;   /* any of them */
+    size_t nvalues;
+} bp_json_test;
+
+typedef struct bp_response_rule {
+    uint64_t status[10];        /* bit per status 0..639; all zero: any status */
+    char *url_contains;         /* the request URL contains it */
+    char *content_type;         /* the answer's Content-Type contains it (any case) */
+    int body;                   /* 0 any, 1 JSON, 2 not JSON (an HTML page, text, …) */
+    bp_json_test *json; size_t njson;
+    enum bp_class outcome;
+    char *reason;               /* template: {status}, {json.PATH}, {json.PATH|fallback} */
+    int line;                   /* in blueprint.yaml */
+} bp_response_rule;
+
+/* What a vendor answer means for delivery (DESIGN.md §7): the blueprint's
+ * responses: rules first (bp may be NULL), then plain HTTP semantics.  `why`
+ * gets a short human explanation.  Cheap and non-blocking: it runs in the
+ * delivery loop for every answer. */
+enum bp_class bp_classify(const bp_blueprint *bp, const bp_request *req, const bp_response *resp,
+                          char *why, size_t whylen);
 
 /* ---- ratelimit.c ---------------------------------------------------------------- */
 

@@ -149,3 +149,92 @@ end
       .. '"second":"p2","sub":"p1","table":"y","through_scalar":"none","zeroth":"none"}', out.requests[1].body)
   end)
 end)
+
+-- blueprint.yaml is read strictly: a key the loader does not know is a typo
+-- or a setting that would be silently ignored, so it is an error naming the
+-- file, the line, the section and the keys allowed there.
+describe("strict blueprint.yaml", function()
+  local FILES = { ["page.lua"] = GOOD_LUA, ["custom.lua"] = GOOD_LUA }
+
+  local function load_error(yaml)
+    local dir = blueprint(yaml, FILES)
+    local e, err = open(dir)
+    assert.is_nil(e, "loaded although it should not")
+    return err, dir
+  end
+
+  it("names an unknown key at every depth with file, line, section and the known keys", function()
+    local cases = {
+      { YAML .. "colour: blue\n", "blueprint.yaml:12: unknown key 'colour' at the top level (known keys: vendor, name," },
+      { YAML .. "rate_limit:\n  requests_per_second: 5\n  burst: 10\n",
+        "blueprint.yaml:14: unknown key 'burst' in 'rate_limit' (known keys: requests_per_second, scope)" },
+      { YAML .. "retry:\n  max_attempts: 3\n  backoff: exponential_full_jitter\n",
+        "blueprint.yaml:14: unknown key 'backoff' in 'retry' (known keys: max_attempts)" },
+      { YAML:gsub("required: true}", "required: true, secret: yes}"),
+        "blueprint.yaml:7: unknown key 'secret' in 'config' (known keys: key, label, type, required, default, help)" },
+      { YAML:gsub("    mapping: page.lua\n", "    mapping: page.lua\n    mappings: other.lua\n"),
+        "blueprint.yaml:12: unknown key 'mappings' in 'events.page' (known keys: type, mapping, enabled)" },
+      { YAML .. "custom:\n  mapping: custom.lua\n  enabled: true\n",
+        "blueprint.yaml:14: unknown key 'enabled' in 'custom' (known keys: mapping)" },
+      { YAML .. "config_rules:\n  togther: [[api_url]]\n", "blueprint.yaml:13: unknown key 'togther' in 'config_rules'" },
+      { YAML .. "responses:\n  - when: {status: 200, statuss: 201}\n    outcome: delivered\n    reason: x\n",
+        "blueprint.yaml:13: unknown key 'statuss' in 'responses[1].when' (known keys: status, url_contains, "
+          .. "content_type, body, json)" },
+      { YAML .. "responses:\n  - when: {status: 200}\n    outcome: delivered\n    reason: x\n    why: y\n",
+        "blueprint.yaml:16: unknown key 'why' in 'responses[1]' (known keys: when, outcome, reason)" },
+    }
+    for _, case in ipairs(cases) do
+      local err, dir = load_error(case[1])
+      assert.matches(dir .. "/" .. case[2], err, 1, true)
+    end
+  end)
+
+  it("reports a section that is not a map", function()
+    assert.matches("blueprint.yaml:12: 'rate_limit' must be a map", load_error(YAML .. "rate_limit: 5\n"), 1, true)
+    assert.matches("blueprint.yaml:12: 'retry' must be a map", load_error(YAML .. "retry: [1]\n"), 1, true)
+  end)
+
+  it("makes dry-run exit 2 naming the file and line", function()
+    local dir = blueprint(YAML .. "rate_limit:\n  requests_per_second: 5\n  scpe: api_url\n", FILES)
+    local cfg = dir .. "/config.yaml"
+    S.write(cfg, "api_url: https://x.example\n")
+    local out, err, code = S.sh(S.bin .. " dry-run " .. dir .. " --config " .. cfg, "")
+    assert.are.equal(2, code, err)
+    assert.are.equal("", out)
+    assert.matches(dir .. "/blueprint.yaml:14: unknown key 'scpe' in 'rate_limit'", err, 1, true)
+  end)
+
+  it("still reads every key the default blueprint uses", function()
+    assert.is_truthy(S.core.open_text(S.AC, S.base_config))
+  end)
+
+  it("checks the responses rules", function()
+    local function rule(r) return YAML .. "responses:\n  - " .. r .. "\n" end
+    local cases = {
+      { rule("{when: {status: 200}, outcome: fine, reason: x}"),
+        ":13: responses: 'outcome' must be delivered, retry, permanent or auth_failure" },
+      { rule("{when: {status: 2xy}, outcome: retry, reason: x}"),
+        ":13: responses: 'status' must be an HTTP status (200), a class (2xx) or a list of them" },
+      { rule("{when: {status: [200, 99]}, outcome: retry, reason: x}"), "'status' must be an HTTP status" },
+      { rule("{when: {status: 200}, outcome: retry}"), ":13: missing required key 'reason'" },
+      { rule("{outcome: retry, reason: x}"), ":13: missing required key 'when'" },
+      { rule("{when: {}, outcome: retry, reason: x}"), "'when' must be a map of conditions" },
+      { rule("{when: {body: html}, outcome: retry, reason: x}"), "'body' must be json or not_json" },
+      { rule("{when: {url_contains: [a]}, outcome: retry, reason: x}"), "'url_contains' must be a non-empty string" },
+      { rule("{when: {json: {a..b: 1}}, outcome: retry, reason: x}"), "a 'json' path is dot-separated keys" },
+      { rule("{when: {json: {a: {b: 1}}}, outcome: retry, reason: x}"), "'json' values must be strings, numbers" },
+      { rule("{when: {json: {a: []}}, outcome: retry, reason: x}"), "a 'json' value list must not be empty" },
+      { rule("{when: {status: 200}, outcome: retry, reason: 'HTTP {code}'}"), "'reason' has an unknown placeholder" },
+      { rule("{when: {status: 200}, outcome: retry, reason: 'HTTP {status'}"), "'reason' has an unclosed '{'" },
+      { rule("{when: {status: 200}, outcome: retry, reason: '{json.errors.*.code}'}"), "'reason' has a bad {json.PATH}" },
+      { YAML .. "responses: {when: 1}\n", ":12: 'responses' must be a list of rules" },
+    }
+    for _, case in ipairs(cases) do
+      assert.matches(case[2], load_error(case[1]), 1, true)
+    end
+    -- and a good one with every condition
+    assert.is_truthy(open(blueprint(rule("{when: {status: [200, 4xx], url_contains: /api/, content_type: json, body: json, "
+      .. "json: {errors.*.code: [duplicate, 7, true, null]}}, outcome: permanent, reason: '{status} {json.errors.1.code|x}'}"),
+      FILES)))
+  end)
+end)
