@@ -275,13 +275,13 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg,
                          const bp_limits *limits, bp_error *err);
 void bp_engine_free(bp_engine *e);
 /* Judge one event.  Always fills `out` (a bad event gets BP_ERROR); returns
+ * the verdict. */
+enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
+
 /* bp_header.secret: 0 a literal value; 1 the secret itself; BP_HEADER_HMAC
  * the hex HMAC-SHA256 of the body as sent, keyed with the secret
  * (ctx.hmac_sha256), computed by the transport.  Never shown in dry-run. */
 #define BP_HEADER_HMAC 2
-
- * the verdict. */
-enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
 
 /* ---- delivery (deliver.c) -------------------------------------------------- */
 
