@@ -1,8 +1,11 @@
 # Signal Blueprints — build, test, run.
 #
 #   make deps    install the Debian packages the project needs (skips what is present)
-#   make         build/blueprint (CLI), build/libblueprint.a + src/blueprint.h (library),
-#                build/lua/blueprint_core.so (Lua module for the busted specs)
+#   make         build/blueprint (CLI), build/libblueprint.so and .a + src/blueprint.h and
+#                src/blueprint_service.h (library), build/lua/blueprint_core.so (Lua module
+#                for the busted specs)
+#   make install PREFIX=/usr/local DESTDIR=…   the CLI, the libraries, the headers,
+#                blueprint.pc and the default blueprints (make uninstall removes them)
 #   make test    deps + build + every suite (C unit tests, ASan/UBSan build, busted specs,
 #                golden dry-run fixtures); ends with "N passed, N failed"
 #   make run     start `blueprint serve` on 127.0.0.1:8084 (with the local emulator as the
@@ -23,24 +26,43 @@ LUA_LIBS := $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)/liblua5.4.a
 LDLIBS  := $(LUA_LIBS) $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto rdkafka 2>/dev/null) -lpthread -lm
 SANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
+# The shared library for embedders, build/libblueprint.so (soname
+# libblueprint.so.MAJOR; the version is BP_VERSION_* in src/blueprint.h).
+# Its objects are the archive's: compiled with -fvisibility=hidden, so only
+# what the public headers mark BP_API is exported.  Debian's liblua5.4.a is
+# not PIC (it cannot go into a shared object), so the .so links the shared
+# liblua5.4.so.0; the programs keep the static Lua.
+BP_VERSION   := $(shell sed -n 's/^\#define BP_VERSION_[A-Z]* //p' src/blueprint.h | paste -sd.)
+BP_SOVERSION := $(firstword $(subst ., ,$(BP_VERSION)))
+SO_LIBS      := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -ldl -lm
+LIB_CFLAGS   := -fvisibility=hidden
+PUBLIC_HDRS  := src/blueprint.h src/blueprint_service.h
+
+# make install PREFIX=/usr/local DESTDIR=…
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+DATADIR    ?= $(PREFIX)/share
+
 # The core maps events; NET adds delivery and the service (libcurl, SQLite,
 # libmicrohttpd).  build/blueprint links only the core, so an author's
 # dry-run does not pay for loading TLS and HTTP libraries (~8 ms); its
 # deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
 # built with everything.  build/libblueprint.a has both.
 CORE_ONLY := buffer clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request engine reader \
-             decode
+             decode version
 NET     := transport classify ratelimit store deliver crypto auth metrics registry cluster server
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
-HDRS    := src/blueprint.h src/internal.h
+HDRS    := $(PUBLIC_HDRS) src/internal.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go
 
-.PHONY: all deps bench-deps fuzz-deps test run demo bench clean unit-tests asan tsan fuzz fuzzers
-all: build/blueprint build/blueprint-net build/libblueprint.a build/lua/blueprint_core.so build/ac-emulator \
-     build/kafka-mock-cluster
+.PHONY: all deps bench-deps fuzz-deps test run demo bench clean unit-tests asan tsan fuzz fuzzers install uninstall
+all: build/blueprint build/blueprint-net build/libblueprint.a build/libblueprint.so build/lua/blueprint_core.so \
+     build/ac-emulator build/kafka-mock-cluster
 
 # Install the Debian packages in $(1) that are missing (sudo when not root).
 define install_missing
@@ -58,13 +80,43 @@ deps:
 	$(call install_missing,$(DEB_PKGS))
 
 build/obj/%.o: src/%.c $(HDRS) Makefile | build/obj
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
 
 build/obj build/lua build/asan:
 	mkdir -p $@
 
 build/libblueprint.a: $(CORE:%=build/obj/%.o)
 	rm -f $@ && ar rcs $@ $^
+
+build/libblueprint.so.$(BP_VERSION): $(CORE:%=build/obj/%.o)
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libblueprint.so.$(BP_SOVERSION) -Wl,-z,defs -Wl,--as-needed \
+	  -o $@ $^ $(SO_LIBS)
+
+build/libblueprint.so: build/libblueprint.so.$(BP_VERSION)
+	ln -sf libblueprint.so.$(BP_VERSION) build/libblueprint.so.$(BP_SOVERSION)
+	ln -sf libblueprint.so.$(BP_SOVERSION) $@
+
+# The CLI (the light blueprint and its sibling blueprint-net, side by side),
+# the libraries, the public headers, blueprint.pc and the default blueprints.
+install: build/blueprint build/blueprint-net build/libblueprint.a build/libblueprint.so
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) \
+	  $(DESTDIR)$(DATADIR)/blueprint/blueprints
+	install -m 755 build/blueprint build/blueprint-net $(DESTDIR)$(BINDIR)/
+	install -m 644 build/libblueprint.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 build/libblueprint.so.$(BP_VERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf libblueprint.so.$(BP_VERSION) $(DESTDIR)$(LIBDIR)/libblueprint.so.$(BP_SOVERSION)
+	ln -sf libblueprint.so.$(BP_SOVERSION) $(DESTDIR)$(LIBDIR)/libblueprint.so
+	install -m 644 $(PUBLIC_HDRS) $(DESTDIR)$(INCLUDEDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@DATADIR@|$(DATADIR)|' \
+	    -e 's|@VERSION@|$(BP_VERSION)|; s|@LIBS_PRIVATE@|$(strip $(SO_LIBS))|' src/blueprint.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/blueprint.pc
+	cp -R blueprints/. $(DESTDIR)$(DATADIR)/blueprint/blueprints/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/blueprint $(DESTDIR)$(BINDIR)/blueprint-net $(DESTDIR)$(LIBDIR)/libblueprint.a \
+	  $(DESTDIR)$(LIBDIR)/libblueprint.so $(DESTDIR)$(LIBDIR)/libblueprint.so.$(BP_SOVERSION) \
+	  $(DESTDIR)$(LIBDIR)/libblueprint.so.$(BP_VERSION) $(DESTDIR)$(LIBDIR)/pkgconfig/blueprint.pc \
+	  $(PUBLIC_HDRS:src/%=$(DESTDIR)$(INCLUDEDIR)/%)
+	rm -rf $(DESTDIR)$(DATADIR)/blueprint
 
 build/obj/cli-light.o: src/cli.c $(HDRS) | build/obj
 	$(CC) $(CFLAGS) -DBP_LIGHT -c $< -o $@

@@ -8,9 +8,12 @@
 #   3. the #cli specs and golden fixtures again, against build/asan/blueprint
 #   4. the fuzz harnesses (build/fuzz/): committed corpora replayed, then a
 #      short run of each
-#   5. the #serve specs again, against build/tsan/blueprint (ThreadSanitizer);
+#   5. the embedders (scripts/test-embed.sh): `make install` into a temporary
+#      prefix, the exported symbols, examples/embed-c and examples/embed-go
+#      built with pkg-config only and compared with dry-run on the goldens
+#   6. the #serve specs again, against build/tsan/blueprint (ThreadSanitizer);
 #      a data race reported by any server process fails the suite
-#   6. the #kafka specs (cluster mode: three nodes on librdkafka's mock
+#   7. the #kafka specs (cluster mode: three nodes on librdkafka's mock
 #      cluster), against build/asan/blueprint only: librdkafka is not built
 #      for ThreadSanitizer, which would report its own atomics as races
 set -u
@@ -60,6 +63,9 @@ suite "CLI specs and golden fixtures (ASan+UBSan build)" \
   env BLUEPRINT_BIN=build/asan/blueprint BLUEPRINT_TEST_SANITIZER=address "${BUSTED[@]}" --tags=cli tests/spec
 
 suite "fuzzers (libFuzzer, ASan+UBSan): corpora replayed, then a short run each" scripts/fuzz-replay.sh
+
+suite "embedders: make install into a temporary prefix, nm -D, the C and Go examples built with pkg-config = dry-run" \
+  scripts/test-embed.sh
 
 # ThreadSanitizer reports go to files (the servers' stderr is their log);
 # each report is one failure.

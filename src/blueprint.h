@@ -14,6 +14,31 @@
  *
  * Errors are reported as text in a caller-supplied bp_error; messages name
  * the file, line and field concerned and never contain secret values.
+ *
+ * Delivery and the service (bp_deliver, bp_serve: HTTP, SQLite, Kafka) are
+ * not part of this mapping API: they are declared in blueprint_service.h.
+ *
+ * Rules that hold for every declaration below unless its comment says
+ * otherwise:
+ *
+ *   Ownership  What a *_new or *_load function returns belongs to the caller,
+ *              who releases it with the matching *_free (which accepts NULL).
+ *              Structs the caller allocates (bp_buf, bp_doc, bp_outcome) are
+ *              set up with *_init and released with *_free.  Pointers
+ *              passed in are borrowed and not kept after the call returns,
+ *              except where a comment says so (an engine keeps its blueprint
+ *              and config, a memory reader its data: they must outlive it).
+ *              Strings returned as const char * belong to the object they
+ *              came from and live as long as it.
+ *   Errors     A function that can fail returns NULL or -1 and writes why in
+ *              the caller's bp_error.
+ *   Threads    An engine, and every buffer, document, outcome and reader, is
+ *              used by one thread at a time: make one engine per thread.
+ *              A loaded bp_blueprint and bp_config are never modified after
+ *              loading and may be shared read-only by engines on any number
+ *              of threads.  Functions without an object (bp_json_write_*,
+ *              bp_utf8_check, bp_consent_resolve, bp_version, …) are
+ *              thread-safe.  Engines may be created and freed concurrently.
  */
 #ifndef BLUEPRINT_H
 #define BLUEPRINT_H
@@ -21,31 +46,56 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* What the shared library exports: the library is built with
+ * -fvisibility=hidden, so only declarations marked BP_API are visible. */
+#if defined(BP_API)
+#elif defined(__GNUC__)
+#define BP_API __attribute__((visibility("default")))
+#else
+#define BP_API
+#endif
+
+/* The version of this header; bp_version() gives the library's, as
+ * "MAJOR.MINOR.PATCH" (a static string).  The soname follows MAJOR. */
+#define BP_VERSION_MAJOR 0
+#define BP_VERSION_MINOR 1
+#define BP_VERSION_PATCH 0
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+BP_API const char *bp_version(void);
+
 /* ---- errors ---------------------------------------------------------- */
 
+/* A message buffer on the caller's stack; nothing to free. */
 typedef struct bp_error {
     char msg[1024];
 } bp_error;
 
-void bp_error_set(bp_error *err, const char *fmt, ...)
+BP_API void bp_error_set(bp_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* ---- buffers (buffer.c) ---------------------------------------------- */
 
+/* The caller's struct; `data` is owned by the buffer (bp_buf_free releases
+ * it, reset keeps it for reuse).  One thread at a time.  Out of memory
+ * aborts. */
 typedef struct bp_buf {
     char *data; /* always NUL-terminated when len > 0 or after any add */
     size_t len;
     size_t cap;
 } bp_buf;
 
-void bp_buf_init(bp_buf *b);
-void bp_buf_free(bp_buf *b);
-void bp_buf_reset(bp_buf *b);
-void bp_buf_reserve(bp_buf *b, size_t extra);
-void bp_buf_add(bp_buf *b, const void *p, size_t n);
-void bp_buf_adds(bp_buf *b, const char *s);
-void bp_buf_addc(bp_buf *b, char c);
-void bp_buf_printf(bp_buf *b, const char *fmt, ...)
+BP_API void bp_buf_init(bp_buf *b);
+BP_API void bp_buf_free(bp_buf *b);
+BP_API void bp_buf_reset(bp_buf *b);
+BP_API void bp_buf_reserve(bp_buf *b, size_t extra);
+BP_API void bp_buf_add(bp_buf *b, const void *p, size_t n);
+BP_API void bp_buf_adds(bp_buf *b, const char *s);
+BP_API void bp_buf_addc(bp_buf *b, char c);
+BP_API void bp_buf_printf(bp_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* ---- JSON documents (json.c, yaml.c) ---------------------------------- */
@@ -67,6 +117,10 @@ typedef struct bp_jnode {
     uint32_t line;  /* 1-based source line (used for YAML error messages) */
 } bp_jnode;
 
+/* The caller's struct: bp_doc_init, then any number of parses (each
+ * replaces the tree), then bp_doc_free.  The nodes and text are owned by the
+ * doc; `origin` is borrowed.  One thread at a time; reading a parsed doc
+ * from several threads is safe. */
 typedef struct bp_doc {
     bp_jnode *nodes;
     size_t n, cap;
@@ -84,41 +138,45 @@ typedef struct bp_json_limits {
 #define BP_DEFAULT_MAX_DEPTH 64
 #define BP_NONE ((uint32_t)-1)
 
-void bp_doc_init(bp_doc *d);
-void bp_doc_free(bp_doc *d);
-/* Parse exactly one JSON value (surrounding whitespace allowed).  Returns 0
- * or -1 with a message naming the byte offset of the problem. */
-int bp_json_parse(bp_doc *d, const char *src, size_t len,
-                  const bp_json_limits *limits, bp_error *err);
+BP_API void bp_doc_init(bp_doc *d);
+BP_API void bp_doc_free(bp_doc *d);
+/* Parse exactly one JSON value (surrounding whitespace allowed) into d,
+ * copying src.  `limits` may be NULL (defaults).  Returns 0 or -1 with a
+ * message naming the byte offset of the problem. */
+BP_API int bp_json_parse(bp_doc *d, const char *src, size_t len,
+                         const bp_json_limits *limits, bp_error *err);
 /* Parse a YAML 1.1 document (libyaml) into the same tree.  Plain scalars
  * true/false/null/~ become booleans/null, plain numbers become numbers,
  * everything else strings.  Line numbers are kept for messages. */
-int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err);
+BP_API int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err);
 
-const char *bp_jtext(const bp_doc *d, uint32_t i); /* string/number text */
-uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key); /* BP_NONE if absent */
-uint32_t bp_jget_path(const bp_doc *d, uint32_t from, const char *dotted);
+/* Lookups return node indexes or text inside d (valid until d is parsed
+ * again or freed). */
+BP_API const char *bp_jtext(const bp_doc *d, uint32_t i); /* string/number text */
+BP_API uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key); /* BP_NONE if absent */
+BP_API uint32_t bp_jget_path(const bp_doc *d, uint32_t from, const char *dotted);
 /* The string value of node i when it is a string or number, else NULL. */
-const char *bp_jscalar(const bp_doc *d, uint32_t i);
+BP_API const char *bp_jscalar(const bp_doc *d, uint32_t i);
 
+/* Writers append to the caller's buffer; they keep no state. */
 /* Append node i as compact JSON. */
-void bp_json_write_node(bp_buf *out, const bp_doc *d, uint32_t i);
+BP_API void bp_json_write_node(bp_buf *out, const bp_doc *d, uint32_t i);
 /* Append s as a JSON string literal (quotes included).  Input must be valid
  * UTF-8; non-ASCII is written as-is, control characters escaped. */
-void bp_json_write_string(bp_buf *out, const char *s, size_t len);
+BP_API void bp_json_write_string(bp_buf *out, const char *s, size_t len);
 /* The same for text that may not be valid UTF-8, checked as it is written:
  * _utf8 appends nothing and returns -1 (offset of the first bad byte in
  * *bad_at) when it is not; _text writes each bad byte as U+FFFD. */
-int bp_json_write_utf8(bp_buf *out, const char *s, size_t len, size_t *bad_at);
-void bp_json_write_text(bp_buf *out, const char *s, size_t len);
+BP_API int bp_json_write_utf8(bp_buf *out, const char *s, size_t len, size_t *bad_at);
+BP_API void bp_json_write_text(bp_buf *out, const char *s, size_t len);
 /* Append an integer in decimal. */
-void bp_json_write_int(bp_buf *out, long long v);
+BP_API void bp_json_write_int(bp_buf *out, long long v);
 /* Append a double in the shortest form that reads back to the same value;
  * integral values keep a ".0" so they stay floats. Returns -1 on NaN/inf. */
-int bp_json_write_double(bp_buf *out, double v);
+BP_API int bp_json_write_double(bp_buf *out, double v);
 /* 0 when s[0..len) is valid UTF-8 (no overlongs, surrogates or > U+10FFFF),
  * else -1 and *bad_at set to the offending byte offset. */
-int bp_utf8_check(const char *s, size_t len, size_t *bad_at);
+BP_API int bp_utf8_check(const char *s, size_t len, size_t *bad_at);
 
 /* ---- blueprints and config (blueprint.c, config.c) ---------------------- */
 
@@ -156,9 +214,14 @@ typedef struct bp_blueprint {
     struct bp_response_rule *responses; size_t nresponses;
 } bp_blueprint;
 
-bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err);
-void bp_blueprint_free(bp_blueprint *bp);
-const bp_field *bp_blueprint_field(const bp_blueprint *bp, const char *key);
+/* Load and check a blueprint folder (blueprint.yaml and the Lua files it
+ * names).  The caller owns the result (bp_blueprint_free) and must not
+ * modify it; once loaded it is read-only and may be shared by engines on
+ * several threads.  NULL with err set when the folder is not valid. */
+BP_API bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err);
+BP_API void bp_blueprint_free(bp_blueprint *bp);
+/* The field named key, owned by bp, or NULL. */
+BP_API const bp_field *bp_blueprint_field(const bp_blueprint *bp, const char *key);
 
 enum bp_consent_policy { BP_CONSENT_DENY, BP_CONSENT_ALLOW };
 
@@ -173,12 +236,16 @@ typedef struct bp_config {
 } bp_config;
 
 /* Load and validate a config (YAML or JSON, bare map or install body)
- * against the blueprint's fields.  `origin` names the source in messages. */
-bp_config *bp_config_load_file(const bp_blueprint *bp, const char *path, bp_error *err);
-bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t len,
-                               const char *origin, bp_error *err);
-void bp_config_free(bp_config *c);
-const char *bp_config_get(const bp_config *c, const char *key);
+ * against the blueprint's fields.  `origin` names the source in messages.
+ * The config copies what it needs (bp may be freed first); the caller owns
+ * it (bp_config_free) and must not modify it: read-only, it may be shared
+ * by engines on several threads.  It holds secret values in memory. */
+BP_API bp_config *bp_config_load_file(const bp_blueprint *bp, const char *path, bp_error *err);
+BP_API bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t len,
+                                      const char *origin, bp_error *err);
+BP_API void bp_config_free(bp_config *c);
+/* The value of key (defaults applied), owned by c, or NULL. */
+BP_API const char *bp_config_get(const bp_config *c, const char *key);
 
 /* ---- consent (consent.c) ------------------------------------------------ */
 
@@ -191,8 +258,10 @@ typedef struct bp_consent {
     char raw[64];                 /* the value found, for reasons (never a secret) */
 } bp_consent;
 
-void bp_consent_resolve(const bp_doc *event, const char *category,
-                        enum bp_consent_policy fallback, bp_consent *out);
+/* Fill the caller's *out from the event's consent fields for `category`.
+ * out->source is a static string.  Thread-safe. */
+BP_API void bp_consent_resolve(const bp_doc *event, const char *category,
+                               enum bp_consent_policy fallback, bp_consent *out);
 
 /* ---- requests and outcomes (request.c) ----------------------------------- */
 
@@ -205,6 +274,11 @@ typedef struct bp_secret_slot {
     size_t offset;      /* byte offset in the body or header value */
     char *name;         /* config key of the secret */
 } bp_secret_slot;
+
+/* bp_header.secret: 0 a literal value; 1 the secret itself; BP_HEADER_HMAC
+ * the hex HMAC-SHA256 of the body as sent, keyed with the secret
+ * (ctx.hmac_sha256), computed by the transport.  Never shown in dry-run. */
+#define BP_HEADER_HMAC 2
 
 typedef struct bp_header {
     char *name;
@@ -239,23 +313,29 @@ typedef struct bp_outcome {
     size_t nlogs, caplogs, logs_bytes, logs_dropped;
 } bp_outcome;
 
-void bp_outcome_init(bp_outcome *o);
-void bp_outcome_reset(bp_outcome *o);
-void bp_outcome_free(bp_outcome *o);
-bp_request *bp_outcome_add_request(bp_outcome *o);
+/* The caller's struct: bp_outcome_init once, pass it to bp_engine_run for
+ * every event (each run resets it, keeping its memory), bp_outcome_free at
+ * the end.  Everything it points to is owned by it and valid until the next
+ * run, reset or free.  One thread at a time. */
+BP_API void bp_outcome_init(bp_outcome *o);
+BP_API void bp_outcome_reset(bp_outcome *o);
+BP_API void bp_outcome_free(bp_outcome *o);
+/* A new empty request owned by the outcome (valid until the next add). */
+BP_API bp_request *bp_outcome_add_request(bp_outcome *o);
 /* A copy of s owned by the outcome (NULL for NULL). */
-char *bp_outcome_strdup(bp_outcome *o, const char *s);
+BP_API char *bp_outcome_strdup(bp_outcome *o, const char *s);
 /* Render a request body with every secret shown as [redacted]. */
-void bp_request_render_redacted(const bp_request *r, bp_buf *out);
+BP_API void bp_request_render_redacted(const bp_request *r, bp_buf *out);
 /* Render a request body with secrets substituted (escaped for the body kind)
- * from the config.  Only the delivery path calls this. */
-void bp_request_render_secret(const bp_request *r, const bp_config *c, bp_buf *out);
-/* One dry-run line (DESIGN.md §5), without the trailing newline.  index < 0
- * is written as null. */
-void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out);
+ * from the config.  Only the delivery path calls this: the result holds
+ * secret values. */
+BP_API void bp_request_render_secret(const bp_request *r, const bp_config *c, bp_buf *out);
+/* One dry-run line (DESIGN.md §5), without the trailing newline, appended to
+ * the caller's out.  index < 0 is written as null. */
+BP_API void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out);
 /* The same fields without the closing brace and with `label` as the
  * outcome, for callers that append their own (delivery). */
-void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label, bp_buf *out);
+BP_API void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label, bp_buf *out);
 
 /* ---- the engine (engine.c, sandbox.c) ------------------------------------ */
 
@@ -266,105 +346,52 @@ typedef struct bp_limits {
     bp_json_limits json;
 } bp_limits;
 
-void bp_limits_default(bp_limits *l);
+/* Fill the caller's *l with the defaults above. */
+BP_API void bp_limits_default(bp_limits *l);
 
+/* One sandboxed Lua state with the blueprint's mappings compiled, reused
+ * for every event.  Opaque; owned by the caller (bp_engine_free).  An engine
+ * is used by one thread at a time (make one per thread; it may move between
+ * threads between calls).  It keeps bp and cfg, read-only: they must
+ * outlive it and may be shared with other engines. */
 typedef struct bp_engine bp_engine;
 
-/* Compile every mapping of the blueprint once into one sandboxed state. */
-bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg,
-                         const bp_limits *limits, bp_error *err);
-void bp_engine_free(bp_engine *e);
-/* Judge one event.  Always fills `out` (a bad event gets BP_ERROR); returns
- * the verdict. */
-enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
+/* Compile every mapping of the blueprint once into one sandboxed state.
+ * `limits` may be NULL (defaults); it is copied.  NULL with err set when a
+ * mapping does not compile. */
+BP_API bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg,
+                                const bp_limits *limits, bp_error *err);
+BP_API void bp_engine_free(bp_engine *e);
+/* Judge one event (json[0..len), borrowed).  Always fills the caller's
+ * `out` (reset first; a bad event gets BP_ERROR with a reason); returns the
+ * verdict. */
+BP_API enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
 
-/* bp_header.secret: 0 a literal value; 1 the secret itself; BP_HEADER_HMAC
- * the hex HMAC-SHA256 of the body as sent, keyed with the secret
- * (ctx.hmac_sha256), computed by the transport.  Never shown in dry-run. */
-#define BP_HEADER_HMAC 2
-
-/* ---- delivery (deliver.c) -------------------------------------------------- */
-
-typedef struct bp_deliver_opts {
-    const char *state_dir;        /* default "./var" */
-    int input_fd;                 /* events to add first; -1 = none */
-    int concurrency;              /* requests in flight at once; default 8 */
-    int max_attempts;             /* 0 = the blueprint's retry.max_attempts */
-    long retry_base_ms;           /* backoff base, default 1000 */
-    long retry_cap_ms;            /* backoff ceiling, default 60000 */
-    long connect_timeout_ms;      /* default 5000 */
-    long http_timeout_ms;         /* default 30000 */
-    double rate_limit_rps;        /* 0 = the blueprint's rate_limit */
-    long once_ttl_s;              /* how long a once-key (contact sync) counts; default 600 */
-    bp_limits limits;
-    void (*emit)(void *ctx, const char *line, size_t len);   /* one outcome line per event */
-    void *emit_ctx;
-    /* Called for every vendor answer (metrics). */
-    void (*on_answer)(void *ctx, int status, double duration_ms);
-    /* Service mode: keep running and pick up events added to the store by
-     * others until *stop becomes non-zero; then finish what is in flight. */
-    int follow;
-    volatile int *stop;
-} bp_deliver_opts;
-
-typedef struct bp_deliver_stats {
-    long added, duplicates, delivered, dropped, errors, dead, held, requests, retries, rate_limited;
-    long latency_us[1001];   /* vendor answer times: [i] counts answers in [i·100 µs, (i+1)·100 µs), [1000] slower */
-} bp_deliver_stats;
-
-/* The q-quantile (0..1) of the answer times in stats, in milliseconds. */
-double bp_deliver_latency_ms(const bp_deliver_stats *s, double q);
-
-void bp_deliver_opts_default(bp_deliver_opts *o);
-/* Add the input events to the store, then deliver every pending event until
- * each is final (delivered, dropped, error, dead letter) or held because the
- * credentials failed.  Returns 0 when all are final, 3 when some are held,
- * -1 with err set when the store or input cannot be used. */
-int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_opts *opts,
-               bp_deliver_stats *stats, bp_error *err);
-
-/* ---- the service (server.c, registry.c) ---------------------------------------- */
-
-typedef struct bp_serve_opts {
-    const char *host;            /* default 127.0.0.1 */
-    int port;                    /* default 8084; 0 = any free port */
-    const char *state_dir;       /* default ./var */
-    const char *blueprints_dir;  /* default ./blueprints */
-    double rate_limit_rps;       /* override every blueprint's pacing (tests); 0 = no */
-    long retry_base_ms;          /* 0 = default */
-    int workers;                 /* delivery threads; 0 = one per core */
-    int http_threads;            /* API threads; 0 = 4 */
-    int max_connections_per_ip;  /* 0 = 1024 */
-    const char *jwt_issuer;      /* when set, tokens must carry this iss */
-    const char *jwt_audience;    /* when set, tokens' aud must include it */
-    int audit_retention_days;    /* 0 = 90 */
-    /* cluster mode (NULL brokers: one node, SQLite only) */
-    const char *kafka_brokers;   /* bootstrap servers, e.g. "k1:9092,k2:9092" */
-    const char *cluster_name;    /* consumer group and topic prefix; default "blueprint" */
-    const char *topic_mode;      /* "per_integration" (default) or "per_vendor" */
-    const char *node_name;       /* default HOST:PORT */
-    int kafka_session_timeout_ms;/* 0 = 10000 */
-    int kafka_partitions;        /* partitions of the topics serve creates; 0 = 12 */
-} bp_serve_opts;
-
-/* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;
- * prints "listening on http://HOST:PORT" once ready. */
-int bp_serve(const bp_serve_opts *o, bp_error *err);
+/* (Delivery and the service, bp_deliver and bp_serve: blueprint_service.h.) */
 
 /* ---- event streams (reader.c) -------------------------------------------- */
 
 /* Reads events from NDJSON, a JSON array (streamed element by element) or a
- * single (possibly pretty-printed) JSON object, in constant memory. */
+ * single (possibly pretty-printed) JSON object, in constant memory.  Owned
+ * by the caller (bp_reader_free); one thread at a time.  It reads from the
+ * caller's fd (not closed by the reader) or borrows data, which must outlive
+ * it. */
 typedef struct bp_reader bp_reader;
 
 enum bp_read_status { BP_READ_EVENT, BP_READ_BAD, BP_READ_END };
 
-bp_reader *bp_reader_new(int fd, size_t max_event_bytes);
-bp_reader *bp_reader_new_mem(const char *data, size_t len, size_t max_event_bytes);
-void bp_reader_free(bp_reader *r);
-/* BP_READ_EVENT: *ev and *len hold one event's text (valid until the next call).
- * BP_READ_BAD: the input could not be split there; `err` says why, and the
- * reader has skipped to where it can carry on. */
-enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, bp_error *err);
+/* max_event_bytes 0 = BP_DEFAULT_MAX_EVENT_BYTES. */
+BP_API bp_reader *bp_reader_new(int fd, size_t max_event_bytes);
+BP_API bp_reader *bp_reader_new_mem(const char *data, size_t len, size_t max_event_bytes);
+BP_API void bp_reader_free(bp_reader *r);
+/* BP_READ_EVENT: *ev and *len hold one event's text (owned by the reader,
+ * valid until the next call).  BP_READ_BAD: the input could not be split
+ * there; `err` says why, and the reader has skipped to where it can carry
+ * on.  BP_READ_END at the end of the input (or a read error). */
+BP_API enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, bp_error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

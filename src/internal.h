@@ -6,6 +6,7 @@
 #define BLUEPRINT_INTERNAL_H
 
 #include "blueprint.h"
+#include "blueprint_service.h"
 
 #include <lua.h>
 

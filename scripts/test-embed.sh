@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# scripts/test-embed.sh — the library as an embedder gets it (a suite of `make test`).
+#
+#   1. `make install` into a temporary prefix: the CLI (which runs its sibling
+#      blueprint-net), libblueprint.so with its soname links, libblueprint.a,
+#      the headers, blueprint.pc and the default blueprints
+#   2. nm -D: the shared library exports exactly the functions the installed
+#      headers mark BP_API, nothing internal
+#   3. examples/embed-c built with `pkg-config --cflags --libs blueprint` only
+#      (PKG_CONFIG_PATH=PREFIX/lib/pkgconfig; no -I or -L into the repository),
+#      shared and static, and the headers from C++
+#   4. embed-c on every golden case (blueprints/*/tests/*/): its output equals
+#      `build/blueprint dry-run` and expected.ndjson byte for byte
+#   5. examples/embed-go/test.sh PREFIX when it exists (the Go embedder), its
+#      TAP lines renumbered after these
+#
+# Prints TAP lines and the plan (1..N) last; exits 1 when any is "not ok".
+set -u
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/test-embed.XXXXXX") || exit 1
+trap 'rm -rf "$TMP"' EXIT INT TERM
+PREFIX="$TMP/prefix"
+
+n=0 failed=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() {   # not_ok DESCRIPTION [FILE whose start explains it]
+  n=$((n + 1)); failed=1; echo "not ok $n - $1"
+  if [ $# -gt 1 ] && [ -s "$2" ]; then head -c 3000 "$2" | sed 's/^/# /'; fi
+  return 0
+}
+check() {    # check DESCRIPTION COMMAND… : ok when the command succeeds (its output explains a failure)
+  local what=$1; shift
+  if "$@" > "$TMP/check.log" 2>&1; then ok "$what"; else not_ok "$what" "$TMP/check.log"; fi
+}
+
+# Nothing may reach the repository's build tree through the environment.
+unset CPATH C_INCLUDE_PATH CPLUS_INCLUDE_PATH LIBRARY_PATH LD_LIBRARY_PATH PKG_CONFIG_LIBDIR 2>/dev/null
+DRY="$REPO/build/blueprint"
+[ -x "$DRY" ] || { not_ok "build/blueprint is missing (run make)"; echo "1..$n"; exit 1; }
+
+# ---- 1. install -------------------------------------------------------------------------------------
+
+if ! make -s --no-print-directory install PREFIX="$PREFIX" > "$TMP/install.log" 2>&1; then
+  not_ok "make install PREFIX=… (temporary prefix)" "$TMP/install.log"
+  echo "1..$n"; exit 1
+fi
+ok "make install PREFIX=… (temporary prefix)"
+
+VERSION=$(sed -n 's/^#define BP_VERSION_[A-Z]* //p' src/blueprint.h | paste -sd.)
+MAJOR=${VERSION%%.*}
+missing=""
+for f in bin/blueprint bin/blueprint-net lib/libblueprint.a "lib/libblueprint.so.$VERSION" include/blueprint.h \
+         include/blueprint_service.h lib/pkgconfig/blueprint.pc share/blueprint/blueprints/activecampaign/blueprint.yaml; do
+  [ -f "$PREFIX/$f" ] || missing="$missing $f"
+done
+[ "$(readlink "$PREFIX/lib/libblueprint.so")" = "libblueprint.so.$MAJOR" ] || missing="$missing lib/libblueprint.so→.so.$MAJOR"
+[ "$(readlink "$PREFIX/lib/libblueprint.so.$MAJOR")" = "libblueprint.so.$VERSION" ] ||
+  missing="$missing lib/libblueprint.so.$MAJOR→.so.$VERSION"
+if [ -z "$missing" ]; then ok "installed: CLI, libblueprint.so.$VERSION (+ links), .a, headers, blueprint.pc, blueprints"
+else not_ok "installed files missing:$missing"; fi
+
+soname=$(readelf -d "$PREFIX/lib/libblueprint.so.$VERSION" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+if [ "$soname" = "libblueprint.so.$MAJOR" ]; then ok "soname is libblueprint.so.$MAJOR"
+else not_ok "soname is '$soname', not libblueprint.so.$MAJOR"; fi
+
+# The light CLI runs blueprint-net from its own directory, PREFIX/bin (token is a net command).
+if "$PREFIX/bin/blueprint" token --role viewer --state "$TMP/state" > "$TMP/net.log" 2>&1 &&
+   grep -qE '^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$' "$TMP/net.log"; then
+  ok "installed blueprint runs its sibling blueprint-net (blueprint token)"
+else not_ok "installed blueprint runs its sibling blueprint-net (blueprint token)" "$TMP/net.log"; fi
+
+for bp in "$PREFIX"/share/blueprint/blueprints/*/; do
+  [ -d "$bp/tests" ] || continue
+  check "installed blueprint test share/blueprint/blueprints/$(basename "$bp")" "$PREFIX/bin/blueprint" test "$bp"
+done
+
+# ---- 2. exported symbols ------------------------------------------------------------------------------
+
+nm -D --defined-only "$PREFIX/lib/libblueprint.so" | awk '{print $NF}' | sort -u > "$TMP/exported"
+sed -n 's/^BP_API[^(]*[ *]\([A-Za-z_][A-Za-z_0-9]*\)(.*/\1/p' "$PREFIX"/include/*.h | sort -u > "$TMP/declared"
+if cmp -s "$TMP/exported" "$TMP/declared"; then
+  ok "nm -D: the .so exports exactly the $(wc -l < "$TMP/declared") BP_API functions of the headers"
+else
+  diff "$TMP/declared" "$TMP/exported" | sed -n 's/^> /exported, not in a header: /p; s/^< /in a header, not exported: /p' \
+    > "$TMP/nm.log"
+  not_ok "nm -D: the .so exports exactly the BP_API functions of the headers" "$TMP/nm.log"
+fi
+if grep -v '^bp_' "$TMP/exported" > "$TMP/nonbp.log"; then not_ok "nm -D: only bp_ symbols" "$TMP/nonbp.log"
+else ok "nm -D: only bp_ symbols (no Lua, no internals such as bp_store_*, bp_log, bp_hmac_sha256)"; fi
+
+# ---- 3. build embedders with pkg-config only -----------------------------------------------------------
+
+export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig"
+pcver=$(pkg-config --modversion blueprint 2>&1)
+if [ "$pcver" = "$VERSION" ]; then ok "pkg-config --modversion blueprint = $VERSION"
+else not_ok "pkg-config --modversion blueprint: '$pcver', not $VERSION"; fi
+flags=$(pkg-config --cflags --libs blueprint 2>&1)
+case "$flags" in
+  *"$REPO"*) not_ok "pkg-config --cflags --libs blueprint points into the repository: $flags" ;;
+  *"-I$PREFIX/include"*"-L$PREFIX/lib"*) ok "pkg-config --cflags --libs blueprint: $flags" ;;
+  *) not_ok "pkg-config --cflags --libs blueprint: $flags" ;;
+esac
+
+EMBED="$TMP/embed-c"
+check "examples/embed-c builds with pkg-config only (make -C examples/embed-c)" \
+  make -s --no-print-directory -C examples/embed-c OUT="$EMBED"
+if LD_LIBRARY_PATH="$PREFIX/lib" ldd "$EMBED" 2>&1 | grep -q "libblueprint.so.$MAJOR => $PREFIX/lib/"; then
+  ok "embed-c loads libblueprint.so.$MAJOR from the prefix"
+else LD_LIBRARY_PATH="$PREFIX/lib" ldd "$EMBED" > "$TMP/ldd.log" 2>&1; not_ok "embed-c loads libblueprint.so.$MAJOR from the prefix" "$TMP/ldd.log"; fi
+
+# Static: libblueprint.a plus what `pkg-config --static` adds (Requires.private, Libs.private).
+STATIC="$TMP/embed-c-static"
+# shellcheck disable=SC2046
+check "examples/embed-c links libblueprint.a with pkg-config --static --libs" \
+  cc -std=c11 -O2 -Wall -Wextra -Werror $(pkg-config --cflags blueprint) -o "$STATIC" examples/embed-c/main.c \
+    "$PREFIX/lib/libblueprint.a" $(pkg-config --static --libs blueprint | sed 's/-lblueprint\b//')
+
+# The headers from C++ (extern "C") and bp_version() against BP_VERSION_*.
+cat > "$TMP/version.cpp" <<'EOF'
+#include <blueprint.h>
+#include <blueprint_service.h>
+#include <cstdio>
+#include <cstring>
+#define S2(x) #x
+#define S(x) S2(x)
+int main() {
+    const char *want = S(BP_VERSION_MAJOR) "." S(BP_VERSION_MINOR) "." S(BP_VERSION_PATCH);
+    std::printf("%s\n", bp_version());
+    return std::strcmp(bp_version(), want) != 0;
+}
+EOF
+# shellcheck disable=SC2046
+if c++ -Wall -Wextra -Werror $(pkg-config --cflags blueprint) -o "$TMP/version" "$TMP/version.cpp" \
+     $(pkg-config --libs blueprint) > "$TMP/cxx.log" 2>&1 &&
+   LD_LIBRARY_PATH="$PREFIX/lib" "$TMP/version" >> "$TMP/cxx.log" 2>&1; then
+  ok "the headers compile as C++ (extern \"C\") and bp_version() = $VERSION"
+else not_ok "the headers compile as C++ (extern \"C\") and bp_version() = $VERSION" "$TMP/cxx.log"; fi
+
+# ---- 4. the golden cases -----------------------------------------------------------------------------
+
+cases=0
+for dir in blueprints/*/tests/*/; do
+  dir=${dir%/}
+  [ -f "$dir/events.ndjson" ] || continue
+  cfg="$dir/config.yaml"; [ -f "$cfg" ] || cfg="$dir/config.json"
+  [ -f "$cfg" ] || continue
+  bp=${dir%/tests/*}
+  name="${bp#blueprints/}/${dir##*/}"
+  cases=$((cases + 1))
+  "$DRY" dry-run "$bp" --config "$cfg" "$dir/events.ndjson" > "$TMP/dry.out" 2> "$TMP/dry.err"
+  dry_rc=$?
+  LD_LIBRARY_PATH="$PREFIX/lib" "$EMBED" "$bp" "$cfg" < "$dir/events.ndjson" > "$TMP/embed.out" 2> "$TMP/embed.err"
+  embed_rc=$?
+  "$STATIC" "$bp" "$cfg" < "$dir/events.ndjson" > "$TMP/static.out" 2> "$TMP/static.err"
+  events=$(wc -l < "$TMP/dry.out")
+  if [ $dry_rc -ne 0 ] || [ $embed_rc -ne 0 ]; then
+    cat "$TMP/dry.err" "$TMP/embed.err" > "$TMP/rc.log"
+    not_ok "embed-c = dry-run on $name (dry-run exit $dry_rc, embed-c exit $embed_rc)" "$TMP/rc.log"
+  elif cmp -s "$TMP/dry.out" "$TMP/embed.out"; then
+    ok "embed-c = dry-run on $name ($events outcome lines, byte for byte)"
+  else
+    diff "$TMP/dry.out" "$TMP/embed.out" > "$TMP/diff.log"
+    not_ok "embed-c = dry-run on $name" "$TMP/diff.log"
+  fi
+  if [ ! -f "$dir/expected.ndjson" ]; then ok "embed-c = expected.ndjson on $name # SKIP no expected.ndjson"
+  elif cmp -s "$dir/expected.ndjson" "$TMP/embed.out"; then ok "embed-c = expected.ndjson on $name"
+  else diff "$dir/expected.ndjson" "$TMP/embed.out" > "$TMP/diff.log"; not_ok "embed-c = expected.ndjson on $name" "$TMP/diff.log"; fi
+  if cmp -s "$TMP/dry.out" "$TMP/static.out"; then ok "embed-c (static) = dry-run on $name"
+  else diff "$TMP/dry.out" "$TMP/static.out" > "$TMP/diff.log"; cat "$TMP/static.err" >> "$TMP/diff.log"
+       not_ok "embed-c (static) = dry-run on $name" "$TMP/diff.log"; fi
+done
+[ $cases -gt 0 ] || not_ok "no golden cases found in blueprints/*/tests/*/"
+
+# ---- 5. the Go embedder ---------------------------------------------------------------------------------
+# HOOK: examples/embed-go/test.sh PREFIX (written with the Go example) prints its own TAP lines
+# numbered from 1 and no plan; they are renumbered after the ones above, and the plan covers all.
+if [ -x examples/embed-go/test.sh ]; then
+  examples/embed-go/test.sh "$PREFIX" > "$TMP/go.log" 2>&1
+  go_rc=$?
+  while IFS= read -r line; do
+    case "$line" in
+      "ok "[0-9]*) n=$((n + 1)); echo "ok $n $(sed -E 's/^ok [0-9]+ ?//' <<< "$line")" ;;
+      "not ok "[0-9]*) n=$((n + 1)); failed=1; echo "not ok $n $(sed -E 's/^not ok [0-9]+ ?//' <<< "$line")" ;;
+      1..*) ;;
+      *) echo "$line" ;;
+    esac
+  done < "$TMP/go.log"
+  if [ $go_rc -ne 0 ] && [ $failed -eq 0 ]; then not_ok "examples/embed-go/test.sh exited $go_rc" "$TMP/go.log"; fi
+else
+  echo "# examples/embed-go/test.sh not there: the Go embedder is not tested"
+fi
+
+echo "1..$n"
+[ $failed -eq 0 ]
