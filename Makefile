@@ -50,7 +50,7 @@ DATADIR    ?= $(PREFIX)/share
 # dry-run does not pay for loading TLS and HTTP libraries (~8 ms); its
 # deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
 # built with everything.  build/libblueprint.a has both.
-CORE_ONLY := buffer clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request engine reader \
+CORE_ONLY := buffer log clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request engine reader \
              decode version
 NET     := transport classify ratelimit store deliver crypto auth metrics registry cluster server
 CORE    := $(CORE_ONLY) $(NET)

@@ -461,6 +461,8 @@ static int load(loader *ld, bp_blueprint *bp)
 
 bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err)
 {
+    bp_error_clear(err);
+    if (!dir || !*dir) { bp_error_set(err, "no blueprint folder given"); return NULL; }
     bp_blueprint *bp = calloc(1, sizeof *bp);
     if (!bp) abort();
     size_t dlen = strlen(dir);
@@ -493,6 +495,7 @@ bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err)
     bp_buf_free(&text);
     if (rc == 0) return bp;
 fail:
+    bp_error_ensure(err, "the blueprint could not be loaded");
     bp_buf_free(&text);
     bp_blueprint_free(bp);
     return NULL;

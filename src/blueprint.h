@@ -390,6 +390,57 @@ BP_API void bp_reader_free(bp_reader *r);
  * on.  BP_READ_END at the end of the input (or a read error). */
 BP_API enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, bp_error *err);
 
+/* ---- runtime: logging, the watchdog (log.c, watchdog.c) ------------------ */
+
+/* Where the library's messages go.  Every message (delivery progress, the
+ * service's log, a mapping's print/ctx.log lines) is one JSON object,
+ *   {"ts":1718000000.123,"level":"info","msg":"mapping log","log":"hi","at":"track.lua:3",…}
+ * passed to the callback as `json` (NUL-terminated, no newline; valid only
+ * during the call), with its level and its "msg" text as `msg`.
+ *
+ * Unset (the default), messages go to stderr as the CLI writes them: a JSON
+ * line each, and a mapping's lines as "blueprint log [event N id] file:line:
+ * text".  With a callback set nothing is written to stderr by the library
+ * (bp_serve, the service, installs bp_log_stderr when no callback is set).
+ *
+ * Threads: process-wide; may be called at any time from any thread.  The
+ * callback is called on the thread that has the message (often several at
+ * once) and must be thread-safe; it must not call bp_set_log.  Once
+ * bp_set_log returns, no thread is still inside the previous callback, so
+ * its ctx may be freed.  bp_set_log(NULL, NULL) restores the default. */
+enum { BP_LOG_DEBUG = 0, BP_LOG_INFO = 1, BP_LOG_WARN = 2, BP_LOG_ERROR = 3 };
+typedef void (*bp_log_fn)(void *ctx, int level, const char *msg, const char *json);
+BP_API void bp_set_log(bp_log_fn fn, void *ctx);
+/* The callback and ctx set now (NULL, NULL when unset). */
+BP_API void bp_get_log(bp_log_fn *fn, void **ctx);
+/* A ready-made callback: `json` and a newline to stderr, in one write. */
+BP_API void bp_log_stderr(void *ctx, int level, const char *msg, const char *json);
+
+/* The watchdog.  A mapping runs without Lua's count hook (the hook costs
+ * ~10% of mapping time); a watchdog thread looks at running calls every
+ * 10 ms and sends a call that has run for 10-20 ms a real-time signal on
+ * its own thread, whose handler arms the hook, and from then on the
+ * instruction and time budgets of bp_limits apply.  The handler is
+ * installed with SA_SIGINFO | SA_RESTART | SA_ONSTACK (as Go's cgo requires
+ * of every handler) when the first engine is made, and only when the
+ * signal's disposition is still the default: a handler someone else
+ * installed is never replaced (engines then run as with signo 0).  The
+ * library never changes the signal mask of a caller's thread; its own
+ * watchdog thread blocks every signal.
+ *
+ * bp_watchdog_config chooses the signal, before the first engine is made:
+ *   signo  a real-time signal (SIGRTMIN..SIGRTMAX) or any catchable signal
+ *          the embedder does not use; default SIGRTMIN+2;
+ *   0      no watchdog thread and no signal handler at all: every call
+ *          runs with the count hook armed (a budget check every 1000 VM
+ *          instructions), which makes mapping ~8% slower
+ *          (README: Runtime behaviour).
+ * Returns 0, or -1 with err set (an invalid signal, or the watchdog already
+ * started with another one).  Thread-safe. */
+BP_API int bp_watchdog_config(int signo, bp_error *err);
+/* The signal in use or to be used (0: none). */
+BP_API int bp_watchdog_signal(void);
+
 #ifdef __cplusplus
 }
 #endif

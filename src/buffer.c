@@ -5,7 +5,7 @@
  * without memory, and pretending otherwise would spread NULL checks through
  * every encoder.  Lua's own memory cap is enforced separately (sandbox.c).
  */
-#include "blueprint.h"
+#include "internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,7 +37,7 @@ void bp_buf_reserve(bp_buf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra + 1) cap *= 2;
     char *p = realloc(b->data, cap);
-    if (!p) { fputs("blueprint: out of memory\n", stderr); abort(); }
+    if (!p) { bp_log_oom(); abort(); }
     b->data = p;
     b->cap = cap;
 }

@@ -355,6 +355,9 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
 bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t len, const char *origin,
                                bp_error *err)
 {
+    bp_error_clear(err);
+    if (!bp || !text) { bp_error_set(err, "no blueprint or no config text given"); return NULL; }
+    if (!origin) origin = "config";
     bp_doc d;
     bp_doc_init(&d);
     d.origin = origin;
@@ -398,14 +401,21 @@ bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t 
         if (rc < 0) { bp_config_free(c); c = NULL; }
     }
     bp_doc_free(&d);
+    if (!c) bp_error_ensure(err, "the config is not valid");
     return c;
 }
 
 bp_config *bp_config_load_file(const bp_blueprint *bp, const char *path, bp_error *err)
 {
+    bp_error_clear(err);
+    if (!path) { bp_error_set(err, "no config file given"); return NULL; }
     bp_buf text;
     bp_buf_init(&text);
-    if (bp_read_file(path, &text, err) < 0) { bp_buf_free(&text); return NULL; }
+    if (bp_read_file(path, &text, err) < 0) {
+        bp_error_ensure(err, "cannot read the config file");
+        bp_buf_free(&text);
+        return NULL;
+    }
     bp_config *c = bp_config_load_text(bp, text.data, text.len, path, err);
     bp_buf_free(&text);
     return c;

@@ -1423,6 +1423,8 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
                bp_deliver_stats *stats, bp_error *err)
 {
     bp_deliver_opts def;
+    bp_error_clear(err);
+    if (!bp || !cfg) { bp_error_set(err, "delivery needs a blueprint and a config"); return -1; }
     if (!opts) { bp_deliver_opts_default(&def); opts = &def; }
     bp_deliver_stats st_local;
     if (!stats) stats = &st_local;
@@ -1471,6 +1473,7 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     }
     rc = bp_store_count(store, "", "held") > 0 ? 3 : 0;
 out:
+    if (rc < 0) bp_error_ensure(err, "delivery failed");
     bp_store_close(store);
     bp_buf_free(&run.line);
     return rc;

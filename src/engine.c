@@ -30,8 +30,6 @@ struct bp_engine {
     bp_outcome *out;        /* the event running, for its log lines */
 };
 
-void (*bp_engine_json_log)(const char *level, const char *msg, const char *fields_json);
-
 /* ---- log lines (print, ctx.log) ------------------------------------------------ */
 
 #define LOG_LINES_MAX 50            /* per event, in the outcome */
@@ -47,7 +45,8 @@ static size_t utf8_cut(const char *s, size_t len, size_t max)
 }
 
 /* A mapping's log line: kept with the event's outcome (bounded), and
- * written now: a JSON log line in serve, a human one on the CLI. */
+ * written now: a JSON record to the log callback (bp_set_log; serve's is
+ * stderr), else a human line on stderr (the CLI). */
 static void on_log(void *ud, const char *at, const char *msg, size_t len)
 {
     bp_engine *e = ud;
@@ -75,7 +74,7 @@ static void on_log(void *ud, const char *at, const char *msg, size_t len)
         o->nlogs++;
         o->logs_bytes += text.len;
     }
-    if (bp_engine_json_log) {
+    if (bp_log_has_sink()) {
         bp_buf f;
         bp_buf_init(&f);
         bp_buf_adds(&f, "\"log\":");
@@ -88,7 +87,8 @@ static void on_log(void *ud, const char *at, const char *msg, size_t len)
         bp_buf_adds(&f, ",\"message_id\":");
         if (o->message_id) bp_json_write_text(&f, o->message_id, strlen(o->message_id)); else bp_buf_adds(&f, "null");
         if (o->event) { bp_buf_adds(&f, ",\"event\":"); bp_json_write_text(&f, o->event, strlen(o->event)); }
-        bp_engine_json_log("info", "mapping log", f.data);
+        if (!e->in_run_as) bp_buf_printf(&f, ",\"index\":%ld", e->seq);
+        bp_log("info", "mapping log", f.data);
         bp_buf_free(&f);
     } else {
         /* [event 3 msg-1]: the dry-run index (events this engine ran) and the messageId */
@@ -160,6 +160,8 @@ static int load_helpers(bp_engine *e, bp_error *err)
 bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_limits *limits, bp_error *err)
 {
     bp_limits def;
+    bp_error_clear(err);
+    if (!bp || !cfg) { bp_error_set(err, "an engine needs a blueprint and a config"); return NULL; }
     if (!limits) { bp_limits_default(&def); limits = &def; }
     bp_engine *e = calloc(1, sizeof *e);
     if (!e) abort();
@@ -170,7 +172,12 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     bp_doc_init(&e->doc);
     e->route_refs = calloc(bp->nroutes + 1, sizeof *e->route_refs);
     e->seq = -1;
-    if (!(e->sb = bp_sandbox_new(limits, err))) { free(e->route_refs); free(e); return NULL; }
+    if (!(e->sb = bp_sandbox_new(limits, err))) {
+        bp_error_ensure(err, "could not create the sandbox");
+        free(e->route_refs);
+        free(e);
+        return NULL;
+    }
     char prefix[4200];
     snprintf(prefix, sizeof prefix, "@%s/", bp->dir);
     bp_sandbox_set_prefix(e->sb, prefix);
@@ -192,6 +199,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     lua_gc(L, LUA_GCCOLLECT);
     return e;
 fail:
+    bp_error_ensure(err, "the blueprint's mappings could not be compiled");
     bp_engine_free(e);
     return NULL;
 }

@@ -111,6 +111,15 @@ int bp_log_level_of(const char *level);
 /* Say "out of memory" without allocating (the caller aborts next). */
 void bp_log_oom(void);
 
+/* Public calls taking a bp_error start with an empty message, and one that
+ * fails sets it: bp_error_clear at entry, bp_error_ensure on the way out
+ * of a failure (a message already set is kept). */
+static inline void bp_error_clear(bp_error *err) { if (err) err->msg[0] = '\0'; }
+static inline void bp_error_ensure(bp_error *err, const char *what)
+{
+    if (err && !err->msg[0]) bp_error_set(err, "%s", what);
+}
+
 /* ---- luajson.c ------------------------------------------------------------- */
 
 /* Registry names of the metatables the encoder recognises. */

@@ -120,7 +120,7 @@ uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 64;
         bp_jnode *nodes = realloc(d->nodes, cap * sizeof *nodes);
-        if (!nodes) { fputs("blueprint: out of memory\n", stderr); abort(); }
+        if (!nodes) { bp_log_oom(); abort(); }
         d->nodes = nodes;
         d->cap = cap;
     }
@@ -383,6 +383,7 @@ int bp_json_parse(bp_doc *d, const char *src, size_t len, const bp_json_limits *
 {
     size_t max_bytes = limits && limits->max_bytes ? limits->max_bytes : BP_DEFAULT_MAX_EVENT_BYTES;
     int max_depth = limits && limits->max_depth ? limits->max_depth : BP_DEFAULT_MAX_DEPTH;
+    bp_error_clear(err);
     d->n = 0;
     d->generation++;
     bp_buf_reset(&d->text);
@@ -392,7 +393,7 @@ int bp_json_parse(bp_doc *d, const char *src, size_t len, const bp_json_limits *
     }
     bp_buf_add(&d->text, src, len);
     parser p = { d, d->text.data, len, 0, 0, max_depth, err };
-    if (parse_value(&p) < 0) { d->n = 0; return -1; }
+    if (parse_value(&p) < 0) { d->n = 0; bp_error_ensure(err, "invalid JSON"); return -1; }
     skip_ws(&p);
     if (p.pos != p.len) { d->n = 0; return fail(&p, "unexpected data after the JSON value"); }
     /* Numbers end at a delimiter that has been consumed: terminate them so

@@ -185,6 +185,7 @@ static enum mode detect(bp_reader *r)
 
 enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, bp_error *err)
 {
+    if (err) err->msg[0] = '\0';
     if (r->mode == MODE_UNKNOWN) r->mode = detect(r);
     switch (r->mode) {
     case MODE_DONE:

@@ -42,21 +42,6 @@ static const char SCHEMA[] =
     "  integration_id TEXT, revision_before INTEGER, revision_after INTEGER, detail TEXT);"
     "CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);";
 
-/* ---- logging ---------------------------------------------------------------------- */
-
-void bp_log(const char *level, const char *msg, const char *fields_json)
-{
-    bp_buf b;
-    bp_buf_init(&b);
-    bp_buf_printf(&b, "{\"ts\":%.3f,\"level\":\"%s\",\"msg\":", bp_wall_ms() / 1000.0, level);
-    bp_json_write_string(&b, msg, strlen(msg));
-    if (fields_json && *fields_json) { bp_buf_addc(&b, ','); bp_buf_adds(&b, fields_json); }
-    bp_buf_adds(&b, "}\n");
-    fwrite(b.data, 1, b.len, stderr);
-    fflush(stderr);
-    bp_buf_free(&b);
-}
-
 /* ---- vendors (the catalog) ------------------------------------------------------------- */
 
 /* A cheap fingerprint of a blueprint folder: names, sizes and mtimes. */

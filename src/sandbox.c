@@ -505,7 +505,16 @@ int bp_sandbox_print(lua_State *L)
         bp_buf_adds(at, "?");
     }
     if (sb->log_fn) sb->log_fn(sb->log_ud, at->data, msg->data, msg->len);
-    else fprintf(stderr, "blueprint log: %s: %s\n", at->data, msg->data);
+    else if (bp_log_has_sink()) {
+        bp_buf f;
+        bp_buf_init(&f);
+        bp_buf_adds(&f, "\"log\":");
+        bp_json_write_text(&f, msg->data, msg->len);
+        bp_buf_adds(&f, ",\"at\":");
+        bp_json_write_text(&f, at->data, at->len);
+        bp_log("info", "mapping log", f.data);
+        bp_buf_free(&f);
+    } else fprintf(stderr, "blueprint log: %s: %s\n", at->data, msg->data);
     if (msg->cap > 1 << 20) bp_buf_free(msg);   /* do not keep a huge one */
     return 0;
 }

@@ -1128,18 +1128,30 @@ static void raise_fd_limit(void)
     }
 }
 
+/* Every failure of bp_serve says why. */
+static int serve_failed(bp_error *err)
+{
+    bp_error_ensure(err, "the service could not start");
+    return -1;
+}
+
 int bp_serve(const bp_serve_opts *o, bp_error *err)
 {
     server s;
+    bp_error_clear(err);
     memset(&s, 0, sizeof s);
     pthread_mutex_init(&s.streams_mu, NULL);
-    bp_engine_json_log = bp_log;   /* mappings' print/ctx.log: JSON log lines (engine.c) */
+    /* the service logs JSON lines, mappings' print/ctx.log included (engine.c):
+     * on stderr unless the embedder has its own log callback */
+    bp_log_fn prev_log;
+    bp_get_log(&prev_log, NULL);
+    if (!prev_log) bp_set_log(bp_log_stderr, NULL);
     raise_fd_limit();
-    if (bp_jwt_secret(o->state_dir, s.secret, sizeof s.secret, err) < 0) return -1;
+    if (bp_jwt_secret(o->state_dir, s.secret, sizeof s.secret, err) < 0) return serve_failed(err);
     s.expect.issuer = o->jwt_issuer && *o->jwt_issuer ? o->jwt_issuer : NULL;
     s.expect.audience = o->jwt_audience && *o->jwt_audience ? o->jwt_audience : NULL;
     int retention_days = o->audit_retention_days > 0 ? o->audit_retention_days : 90;
-    if (!(s.reg = bp_registry_open(o->blueprints_dir, o->state_dir, err))) return -1;
+    if (!(s.reg = bp_registry_open(o->blueprints_dir, o->state_dir, err))) return serve_failed(err);
     s.reg->rate_limit_rps = o->rate_limit_rps;
     s.reg->retry_base_ms = o->retry_base_ms;
     s.reg->on_live = on_live;
@@ -1152,7 +1164,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         else snprintf(node, sizeof node, "%s-%d", host, (int)getpid());
         bp_cluster_opts co = { o->kafka_brokers, o->cluster_name, o->topic_mode, node, o->kafka_session_timeout_ms,
                                o->kafka_partitions };
-        if (!(s.reg->cluster = bp_cluster_new(s.reg, &co, err))) { bp_registry_close(s.reg); return -1; }
+        if (!(s.reg->cluster = bp_cluster_new(s.reg, &co, err))) { bp_registry_close(s.reg); return serve_failed(err); }
     }
 
     /* SIGTERM/SIGINT are taken with sigwait below, so block them in every thread. */
@@ -1170,7 +1182,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     if (inet_pton(AF_INET, o->host, &addr.sin_addr) != 1) {
         bp_error_set(err, "--listen: '%s' is not an IPv4 address", o->host);
         bp_registry_close(s.reg);
-        return -1;
+        return serve_failed(err);
     }
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int workers = o->workers > 0 ? o->workers : cores > 0 ? (int)cores : 1;
@@ -1178,7 +1190,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     unsigned per_ip = o->max_connections_per_ip > 0 ? (unsigned)o->max_connections_per_ip : 1024u;
     if (bp_registry_start(s.reg, workers, err) < 0 || (s.reg->cluster && bp_cluster_start(s.reg->cluster, err) < 0)) {
         bp_registry_close(s.reg);
-        return -1;
+        return serve_failed(err);
     }
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, &s,
@@ -1188,7 +1200,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     if (!d) {
         bp_error_set(err, "cannot listen on %s:%d (in use?)", o->host, o->port);
         bp_registry_close(s.reg);
-        return -1;
+        return serve_failed(err);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     int port = info ? info->port : o->port;

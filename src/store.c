@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -224,8 +225,12 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
     const char *fault = getenv("BLUEPRINT_FAULT_FILE");
     if (fault && *fault) s->fault_file = strdup(fault);
     /* The database, its WAL and SHM are created owner-only whatever the
-     * caller's umask: the WAL can hold recent pages of any table. */
-    mode_t old_mask = umask(077);
+     * caller's umask: the WAL can hold recent pages of any table.  The file
+     * is made 0600 before SQLite opens it, and SQLite gives the WAL and SHM
+     * the database's own mode; the process's umask (shared by every thread
+     * of an embedder) is never changed. */
+    int pre = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (pre >= 0) { fchmod(pre, 0600); close(pre); }
     int ok = sqlite3_open(path, &s->db) == SQLITE_OK && bp_store_busy_handler(s->db) == SQLITE_OK &&
              sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK;
     ok = ok && add_columns(s->db) && sqlite3_exec(s->db, INDEXES, NULL, NULL, NULL) == SQLITE_OK &&
@@ -243,7 +248,6 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
          prepare(s->db, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)") == 0 &&
          sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
          bp_store_busy_handler(s->rdb) == SQLITE_OK;
-    umask(old_mask);
     if (!ok) {
         sqlite3 *bad = s->rdb && sqlite3_errcode(s->rdb) != SQLITE_OK ? s->rdb : s->db;
         bp_error_set(err, "state store %s: %s", path, bad ? sqlite3_errmsg(bad) : "cannot open");

@@ -13,8 +13,15 @@
  * on the very thread that runs the call, so nothing is shared with the VM
  * across threads.
  *
- * A sandbox that cannot get a slot (all WATCH_SLOTS in use, or no real-time
- * signals) is told so and keeps its hook on for every call.
+ * A sandbox that cannot get a slot (all WATCH_SLOTS in use, no real-time
+ * signals, the signal already taken by someone else's handler, or the
+ * watchdog turned off with bp_watchdog_config(0)) is told so and keeps its
+ * hook on for every call.
+ *
+ * What the process sees: one handler (SA_ONSTACK, as cgo requires of every
+ * handler), installed only over the default disposition, and one detached
+ * thread that blocks every signal in its own mask so that no signal meant
+ * for the embedder's threads lands on it.  No caller's mask is touched.
  */
 #include "internal.h"
 
@@ -22,6 +29,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #define WATCH_SLOTS 256
@@ -42,8 +51,40 @@ static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t watch_cond = PTHREAD_COND_INITIALIZER;
 static int slots_used;
 static int watch_started, watch_broken;
+static int watch_signo = -1;           /* -1: the default, SIGRTMIN+2; 0: no watchdog */
 
-static int watch_signal(void) { return SIGRTMIN + 2; }
+/* Called with watch_mu held. */
+static int watch_signal(void) { return watch_signo < 0 ? SIGRTMIN + 2 : watch_signo; }
+
+int bp_watchdog_config(int signo, bp_error *err)
+{
+    if (err) err->msg[0] = '\0';
+    if (signo < 0 || signo >= NSIG || signo == SIGKILL || signo == SIGSTOP) {
+        bp_error_set(err, "watchdog: %d is not a signal a handler can take (0 for none, default SIGRTMIN+2 = %d)",
+                     signo, SIGRTMIN + 2);
+        return -1;
+    }
+    int rc = 0;
+    pthread_mutex_lock(&watch_mu);
+    if (watch_started && signo != watch_signal()) {
+        bp_error_set(err, "watchdog: already running with signal %d; choose the signal before the first engine",
+                     watch_signal());
+        rc = -1;
+    } else if (!watch_started) {
+        watch_signo = signo;
+        watch_broken = 0;
+    }
+    pthread_mutex_unlock(&watch_mu);
+    return rc;
+}
+
+int bp_watchdog_signal(void)
+{
+    pthread_mutex_lock(&watch_mu);
+    int signo = watch_signal();
+    pthread_mutex_unlock(&watch_mu);
+    return signo;
+}
 
 /* Runs on the thread the signal was sent to, the one running the call. */
 static void on_watch_signal(int sig, siginfo_t *si, void *uctx)
@@ -64,13 +105,15 @@ static void on_watch_signal(int sig, siginfo_t *si, void *uctx)
 static void *watch_thread(void *unused)
 {
     (void)unused;
-    /* this thread never runs Lua: keep the signal away from it */
+    /* This thread is the library's own and never runs Lua: it takes no
+     * signal at all, so that signals the process (or the embedder) means
+     * for its threads are never delivered here. */
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, watch_signal());
+    sigfillset(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     struct timespec tick = { 0, WATCH_TICK_MS * 1000000L };
     pthread_mutex_lock(&watch_mu);
+    int signo = watch_signal();   /* fixed once started */
     for (;;) {
         while (slots_used == 0) pthread_cond_wait(&watch_cond, &watch_mu);
         pthread_mutex_unlock(&watch_mu);
@@ -83,7 +126,7 @@ static void *watch_thread(void *unused)
             unsigned seq = atomic_load(&s->seq);
             if (running && s->seen_running && seq == s->seen_seq && seq != s->signalled_seq) {
                 union sigval v = { .sival_int = i };
-                pthread_sigqueue(atomic_load(&s->thread), watch_signal(), v);
+                pthread_sigqueue(atomic_load(&s->thread), signo, v);
                 s->signalled_seq = seq;
             }
             s->seen_running = running;
@@ -97,13 +140,34 @@ static void *watch_thread(void *unused)
 static int watch_start(void)
 {
     if (watch_started) return 0;
-    if (watch_broken) return -1;
+    if (watch_broken || watch_signo == 0) return -1;
+    int signo = watch_signal();
+    /* Never replace a handler the embedder (or a runtime such as Go's) has
+     * installed: without the signal the budget hook is simply on for every
+     * call. */
+    struct sigaction old;
+    if (sigaction(signo, NULL, &old) != 0 ||
+        (!(old.sa_flags & SA_SIGINFO) && old.sa_handler != SIG_DFL) ||
+        ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction != on_watch_signal)) {
+        watch_broken = 1;
+        char f[160];
+        snprintf(f, sizeof f, "\"signal\":%d", signo);
+        bp_log("warn", "watchdog: the signal has a handler already; budgets are checked on every call instead "
+                       "(choose another with bp_watchdog_config)", f);
+        return -1;
+    }
     struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_watch_signal;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
     pthread_t t;
-    if (sigaction(watch_signal(), &sa, NULL) != 0 || pthread_create(&t, NULL, watch_thread, NULL) != 0) {
+    if (sigaction(signo, &sa, NULL) != 0) {
+        watch_broken = 1;
+        return -1;
+    }
+    if (pthread_create(&t, NULL, watch_thread, NULL) != 0) {
+        sigaction(signo, &old, NULL);
         watch_broken = 1;
         return -1;
     }

@@ -61,6 +61,7 @@ int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err)
     uint32_t counts[YAML_MAX_DEPTH];
     int depth = 0, done = 0, rc = -1, have_root = 0;
 
+    bp_error_clear(err);
     d->n = 0;
     d->generation++;
     bp_buf_reset(&d->text);
@@ -136,6 +137,6 @@ int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err)
     rc = 0;
 out:
     yaml_parser_delete(&parser);
-    if (rc < 0) d->n = 0;
+    if (rc < 0) { d->n = 0; bp_error_ensure(err, "invalid YAML"); }
     return rc;
 }

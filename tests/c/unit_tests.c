@@ -635,6 +635,290 @@ TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
     rmdir(dir);
 }
 
+/* ---- runtime: logging, errors, the watchdog, one-time init ------------------------ */
+
+#include <pthread.h>
+#include <signal.h>
+
+/* A blueprint folder made for these tests: "hello" prints, "loop" never ends. */
+static char rt_dir[64];
+
+static void rt_write(const char *name, const char *text)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", rt_dir, name);
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+static const char *rt_blueprint(void)
+{
+    if (rt_dir[0]) return rt_dir;
+    snprintf(rt_dir, sizeof rt_dir, "/tmp/bp-runtime-XXXXXX");
+    if (!mkdtemp(rt_dir)) return NULL;
+    rt_write("blueprint.yaml", "vendor: rt\nname: Runtime\ncategory: test\nstatus: alpha\nconsent_category: marketing\n"
+                               "config:\n  - key: api_url\n    type: url\n    required: true\n"
+                               "events:\n  hello:\n    type: track\n    mapping: hello.lua\n"
+                               "  loop:\n    type: track\n    mapping: loop.lua\n");
+    rt_write("hello.lua", "return function(event, ctx)\n  print('hello from', event.event)\n"
+                          "  return { url = 'http://127.0.0.1:9/x', json = { ok = true } }\nend\n");
+    rt_write("loop.lua", "return function(event, ctx)\n  local n = 0\n  while true do n = n + 1 end\nend\n");
+    return rt_dir;
+}
+
+static void rt_cleanup(void)
+{
+    if (!rt_dir[0]) return;
+    const char *files[] = { "blueprint.yaml", "hello.lua", "loop.lua" };
+    for (int i = 0; i < 3; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/%s", rt_dir, files[i]);
+        unlink(path);
+    }
+    rmdir(rt_dir);
+}
+
+static const char RT_HELLO[] = "{\"type\":\"track\",\"event\":\"hello\",\"messageId\":\"m-1\","
+                               "\"context\":{\"consent\":{\"marketing\":true}}}";
+static const char RT_LOOP[] = "{\"type\":\"track\",\"event\":\"loop\",\"context\":{\"consent\":{\"marketing\":true}}}";
+
+typedef struct rt_parts { bp_blueprint *bp; bp_config *cfg; bp_engine *e; } rt_parts;
+
+static int rt_open(rt_parts *p, const bp_limits *lim, bp_error *err)
+{
+    memset(p, 0, sizeof *p);
+    const char *cfg = "api_url: http://127.0.0.1:9\n";
+    if (!(p->bp = bp_blueprint_load(rt_blueprint(), err))) return -1;
+    if (!(p->cfg = bp_config_load_text(p->bp, cfg, strlen(cfg), "config", err))) return -1;
+    if (!(p->e = bp_engine_new(p->bp, p->cfg, lim, err))) return -1;
+    return 0;
+}
+
+static void rt_close(rt_parts *p)
+{
+    bp_engine_free(p->e);
+    bp_config_free(p->cfg);
+    bp_blueprint_free(p->bp);
+}
+
+TEST(runtime_errors_are_initialised_and_set_on_failure)
+{
+    bp_error err;
+    bp_doc d;
+    bp_doc_init(&d);
+    memset(err.msg, 'x', sizeof err.msg - 1);
+    err.msg[sizeof err.msg - 1] = '\0';
+    CHECK_INT(bp_json_parse(&d, "{}", 2, NULL, &err), 0);
+    CHECK_STR(err.msg, "");
+    memset(err.msg, 'x', 10);
+    CHECK_INT(bp_yaml_parse(&d, "a: 1\n", 5, &err), 0);
+    CHECK_STR(err.msg, "");
+    bp_doc_free(&d);
+
+    err.msg[0] = '\0';
+    CHECK(bp_blueprint_load("/nonexistent/blueprint", &err) == NULL);
+    CHECK_CONTAINS(err.msg, "not a blueprint folder");
+    err.msg[0] = '\0';
+    CHECK(bp_blueprint_load(NULL, &err) == NULL);
+    CHECK(err.msg[0] != '\0');
+    err.msg[0] = '\0';
+    CHECK(bp_config_load_text(NULL, "a: 1", 4, "x", &err) == NULL);
+    CHECK(err.msg[0] != '\0');
+    err.msg[0] = '\0';
+    CHECK(bp_engine_new(NULL, NULL, NULL, &err) == NULL);
+    CHECK(err.msg[0] != '\0');
+    err.msg[0] = '\0';
+    CHECK_INT(bp_watchdog_config(-5, &err), -1);
+    CHECK(err.msg[0] != '\0');
+    /* a NULL bp_error is allowed */
+    CHECK(bp_blueprint_load("/nonexistent/blueprint", NULL) == NULL);
+
+    rt_parts p;
+    memset(err.msg, 'x', 10);
+    CHECK_INT(rt_open(&p, NULL, &err), 0);
+    CHECK_STR(err.msg, "");
+    rt_close(&p);
+}
+
+static int rt_sigaction_is_default(int signo)
+{
+    struct sigaction sa;
+    return sigaction(signo, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_DFL;
+}
+
+static void rt_drop(void *ctx, int level, const char *msg, const char *json)
+{
+    (void)ctx; (void)level; (void)msg; (void)json;
+}
+
+/* Runs before any engine has started the watchdog (see main). */
+TEST(runtime_without_the_watchdog_budgets_still_hold)
+{
+    bp_error err;
+    CHECK_INT(bp_watchdog_config(0, &err), 0);
+    CHECK_INT(bp_watchdog_signal(), 0);
+    bp_limits lim;
+    bp_limits_default(&lim);
+    lim.instructions = 2000000;
+    rt_parts p;
+    CHECK_INT(rt_open(&p, &lim, &err), 0);
+    if (!p.e) { CHECK_FAIL("engine: %s", err.msg); rt_close(&p); return; }
+    bp_outcome o;
+    bp_outcome_init(&o);
+    CHECK_INT(bp_engine_run(p.e, RT_LOOP, strlen(RT_LOOP), &o), BP_ERROR);
+    CHECK_CONTAINS(o.reason.data, "loop.lua:3: instruction budget exceeded");
+    /* and the time budget, with a budget of instructions too large to matter */
+    rt_close(&p);
+    lim.instructions = UINT64_MAX / 2;
+    lim.timeout_ms = 50;
+    CHECK_INT(rt_open(&p, &lim, &err), 0);
+    bp_outcome_reset(&o);
+    double t0 = bp_monotonic_ms();
+    CHECK_INT(bp_engine_run(p.e, RT_LOOP, strlen(RT_LOOP), &o), BP_ERROR);
+    CHECK_CONTAINS(o.reason.data, "time budget exceeded");
+    CHECK(bp_monotonic_ms() - t0 < 2000);
+    bp_outcome_reset(&o);
+    bp_set_log(rt_drop, NULL);
+    CHECK_INT(bp_engine_run(p.e, RT_HELLO, strlen(RT_HELLO), &o), BP_DELIVER);
+    bp_set_log(NULL, NULL);
+    bp_outcome_free(&o);
+    rt_close(&p);
+    /* no handler was installed for the default signal */
+    CHECK(rt_sigaction_is_default(SIGRTMIN + 2));
+    /* back to the default for the tests that follow: nothing has started yet */
+    CHECK_INT(bp_watchdog_config(SIGRTMIN + 2, &err), 0);
+}
+
+/* Several threads make their first engine (the watchdog starts) and their
+ * first transport (curl_global_init) at the same moment. */
+static pthread_barrier_t rt_barrier;
+
+static void *rt_first_use(void *arg)
+{
+    int *ok = arg;
+    pthread_barrier_wait(&rt_barrier);
+    bp_transport *t = bp_transport_new(1000, 1000);
+    rt_parts p;
+    bp_error err;
+    bp_outcome o;
+    bp_outcome_init(&o);
+    *ok = t != NULL && rt_open(&p, NULL, &err) == 0 && bp_engine_run(p.e, RT_HELLO, strlen(RT_HELLO), &o) == BP_DELIVER;
+    bp_outcome_free(&o);
+    rt_close(&p);
+    bp_transport_free(t);
+    return NULL;
+}
+
+static int rt_quiet_calls;
+static void rt_quiet(void *ctx, int level, const char *msg, const char *json)
+{
+    (void)ctx; (void)level; (void)msg; (void)json;
+    __atomic_fetch_add(&rt_quiet_calls, 1, __ATOMIC_RELAXED);
+}
+
+TEST(runtime_first_use_from_many_threads_at_once)
+{
+    enum { N = 8 };
+    pthread_t th[N];
+    int ok[N];
+    bp_set_log(rt_quiet, NULL);   /* the mappings print */
+    rt_blueprint();
+    pthread_barrier_init(&rt_barrier, NULL, N);
+    for (int i = 0; i < N; i++) { ok[i] = 0; pthread_create(&th[i], NULL, rt_first_use, &ok[i]); }
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&rt_barrier);
+    bp_set_log(NULL, NULL);
+    for (int i = 0; i < N; i++) CHECK_INT(ok[i], 1);
+    CHECK_INT(__atomic_load_n(&rt_quiet_calls, __ATOMIC_RELAXED), N);
+}
+
+TEST(runtime_watchdog_handler_is_on_the_alternate_stack)
+{
+    bp_error err;
+    bp_limits lim;
+    bp_limits_default(&lim);
+    lim.instructions = 2000000;
+    rt_parts p;
+    CHECK_INT(rt_open(&p, &lim, &err), 0);
+    CHECK_INT(bp_watchdog_signal(), SIGRTMIN + 2);
+    struct sigaction sa;
+    CHECK_INT(sigaction(SIGRTMIN + 2, NULL, &sa), 0);
+    CHECK(sa.sa_flags & SA_ONSTACK);
+    CHECK(sa.sa_flags & SA_SIGINFO);
+    CHECK(sa.sa_flags & SA_RESTART);
+    /* the signal cannot change once the watchdog runs */
+    err.msg[0] = '\0';
+    CHECK_INT(bp_watchdog_config(SIGRTMIN + 3, &err), -1);
+    CHECK_CONTAINS(err.msg, "already running");
+    CHECK_INT(bp_watchdog_config(SIGRTMIN + 2, &err), 0);
+    /* the caller's signal mask is untouched */
+    sigset_t mask;
+    pthread_sigmask(SIG_SETMASK, NULL, &mask);
+    CHECK(!sigismember(&mask, SIGRTMIN + 2));
+    /* and the watchdog stops an endless loop */
+    bp_outcome o;
+    bp_outcome_init(&o);
+    CHECK_INT(bp_engine_run(p.e, RT_LOOP, strlen(RT_LOOP), &o), BP_ERROR);
+    CHECK_CONTAINS(o.reason.data, "loop.lua:3: instruction budget exceeded");
+    bp_outcome_free(&o);
+    rt_close(&p);
+}
+
+typedef struct rt_capture { pthread_mutex_t mu; int n, levels[16]; char msgs[16][64]; char json[16][512]; } rt_capture;
+
+static void rt_capture_log(void *ctx, int level, const char *msg, const char *json)
+{
+    rt_capture *c = ctx;
+    pthread_mutex_lock(&c->mu);
+    if (c->n < 16) {
+        c->levels[c->n] = level;
+        snprintf(c->msgs[c->n], sizeof c->msgs[0], "%s", msg);
+        snprintf(c->json[c->n], sizeof c->json[0], "%s", json);
+        c->n++;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+TEST(runtime_log_callback_receives_library_messages)
+{
+    rt_capture cap;
+    memset(&cap, 0, sizeof cap);
+    pthread_mutex_init(&cap.mu, NULL);
+    bp_set_log(rt_capture_log, &cap);
+    bp_log_fn fn;
+    void *ctx;
+    bp_get_log(&fn, &ctx);
+    CHECK(fn == rt_capture_log && ctx == &cap);
+
+    rt_parts p;
+    bp_error err;
+    CHECK_INT(rt_open(&p, NULL, &err), 0);
+    bp_outcome o;
+    bp_outcome_init(&o);
+    CHECK_INT(bp_engine_run(p.e, RT_HELLO, strlen(RT_HELLO), &o), BP_DELIVER);
+    CHECK_INT(o.nlogs, 1);   /* still kept with the outcome */
+    bp_outcome_free(&o);
+    rt_close(&p);
+    bp_log("warn", "something to say", "\"n\":1");
+    bp_set_log(NULL, NULL);
+    bp_log("info", "not captured", NULL);
+
+    CHECK_INT(cap.n, 2);
+    CHECK_INT(cap.levels[0], BP_LOG_INFO);
+    CHECK_STR(cap.msgs[0], "mapping log");
+    CHECK_CONTAINS(cap.json[0], "\"msg\":\"mapping log\"");
+    CHECK_CONTAINS(cap.json[0], "\"log\":\"hello from\\thello\"");
+    CHECK_CONTAINS(cap.json[0], "\"at\":\"hello.lua:2\"");
+    CHECK_CONTAINS(cap.json[0], "\"message_id\":\"m-1\"");
+    CHECK(cap.json[0][0] == '{' && cap.json[0][strlen(cap.json[0]) - 1] == '}');
+    CHECK_INT(cap.levels[1], BP_LOG_WARN);
+    CHECK_STR(cap.msgs[1], "something to say");
+    CHECK_CONTAINS(cap.json[1], "\"level\":\"warn\",\"msg\":\"something to say\",\"n\":1}");
+    bp_get_log(&fn, &ctx);
+    CHECK(fn == NULL && ctx == NULL);
+    pthread_mutex_destroy(&cap.mu);
+}
+
 int main(void)
 {
     RUN(patterns_agree_with_the_string_library);
@@ -671,5 +955,12 @@ int main(void)
     RUN(pace_catches_up_after_a_late_send);
     RUN(pace_obeys_retry_after_and_a_lower_limit);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
+    /* in this order: the first starts no watchdog, the second starts it */
+    RUN(runtime_without_the_watchdog_budgets_still_hold);
+    RUN(runtime_first_use_from_many_threads_at_once);
+    RUN(runtime_watchdog_handler_is_on_the_alternate_stack);
+    RUN(runtime_errors_are_initialised_and_set_on_failure);
+    RUN(runtime_log_callback_receives_library_messages);
+    rt_cleanup();
     return CHECK_SUMMARY();
 }
