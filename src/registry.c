@@ -95,11 +95,6 @@ void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN])
         sum += h;
     }
     closedir(d);
-static int by_vendor_key(const void *a, const void *b)
-{
-    return strcmp(((const bp_vendor *)a)->key, ((const bp_vendor *)b)->key);
-}
-
     snprintf(out, BP_REVISION_LEN, "%012llx", (unsigned long long)(sum >> 16));
 }
 
@@ -113,6 +108,11 @@ static int scratch_compile(const bp_blueprint *bp, bp_error *err)
     if (!e) return -1;
     bp_engine_free(e);
     return 0;
+}
+
+static int by_vendor_key(const void *a, const void *b)
+{
+    return strcmp(((const bp_vendor *)a)->key, ((const bp_vendor *)b)->key);
 }
 
 static void load_vendors(bp_registry *r)
@@ -139,8 +139,6 @@ static void load_vendors(bp_registry *r)
         v->bp = bp ? bp_shared_bp_new(bp) : NULL;
         if (v->bp) memcpy(v->bp->revision, v->disk_revision, sizeof v->bp->revision);
         if (!v->bp) {
-    /* the catalog in vendor order, not readdir's (which varies by filesystem) */
-    qsort(r->vendors, r->nvendors, sizeof *r->vendors, by_vendor_key);
             v->load_error = strdup(err.msg);
             v->key = strdup(e->d_name);
             bp_buf f;
@@ -156,6 +154,8 @@ static void load_vendors(bp_registry *r)
         }
     }
     closedir(d);
+    /* the catalog in vendor order, not readdir's (which varies by filesystem) */
+    qsort(r->vendors, r->nvendors, sizeof *r->vendors, by_vendor_key);
 }
 
 bp_vendor *bp_registry_vendor(bp_registry *r, const char *key)
