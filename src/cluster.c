@@ -372,17 +372,6 @@ static void produce_async(bp_cluster *c, const char *topic, const char *key, con
     }
 }
 
-static int final_state(const char *label, const char **state)
-{
-    static const char *const map[][2] = {
-        { "delivered", "delivered" }, { "drop", "dropped" }, { "error", "error" }, { "dead_letter", "dead" },
-    };
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (!strcmp(label, map[i][0])) { *state = map[i][1]; return 1; }
-    *state = !strcmp(label, "held") ? "held" : "pending";
-    return 0;
-}
-
 /* An outcome record: what every node applies from NAME.outcomes. */
 static void write_record(bp_cluster *c, bp_buf *v, const char *integration, const char *label, const char *state,
                          int final, int attempts, const char *topic, int partition, int64_t offset, long index,
@@ -411,17 +400,17 @@ static void write_record(bp_cluster *c, bp_buf *v, const char *integration, cons
 /* A local delivery loop's outcome: to NAME.outcomes (and NAME.dead-letters);
  * every node, this one included, applies it from there. */
 void bp_cluster_outcome(bp_cluster *c, const char *integration, const bp_stored *ev, const char *line, size_t len,
-                        const char *label, const char *reason)
+                        enum bp_end end, const char *reason)
 {
-    const char *state;
-    int final = final_state(label, &state);
+    const char *label = bp_ends[end].label, *state = bp_ends[end].state;
+    int final = bp_ends[end].final;
     slot *s = ev->ksrc ? slot_at(c, ev->ksrc) : NULL;
     bp_buf v;
     bp_buf_init(&v);
     write_record(c, &v, integration, label, state, final, ev->attempts, s ? s->topic : NULL, s ? s->partition : 0,
                  ev->koff, ev->idx, reason, line, len, ev->body, ev->body_len);
     produce_async(c, c->t_outcomes, integration, &v);
-    if (!strcmp(state, "dead")) produce_async(c, c->t_dead, integration, &v);
+    if (end == BP_END_DEAD) produce_async(c, c->t_dead, integration, &v);
     bp_buf_free(&v);
 }
 

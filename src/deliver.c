@@ -185,6 +185,22 @@ struct bp_pool {
 
 /* ---- small things ---------------------------------------------------------------- */
 
+const bp_end_name bp_ends[BP_END_COUNT] = {
+    [BP_END_DELIVERED] = { "delivered", "delivered", 1 },
+    [BP_END_DROPPED] = { "drop", "dropped", 1 },
+    [BP_END_ERROR] = { "error", "error", 1 },
+    [BP_END_DEAD] = { "dead_letter", "dead", 1 },
+    [BP_END_HELD] = { "held", "held", 0 },
+    [BP_END_RETRYING] = { "retrying", "pending", 0 },
+};
+
+int bp_end_of_label(const char *label)
+{
+    for (int i = 0; label && i < BP_END_COUNT; i++)
+        if (!strcmp(label, bp_ends[i].label) || !strcmp(label, bp_ends[i].state)) return i;
+    return -1;
+}
+
 static void count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
 
 static uint64_t hash_text(const char *s)
@@ -296,11 +312,11 @@ static void log_tenant(const char *level, const char *msg, const tenant *t, cons
 
 /* ---- outcome lines and saving ----------------------------------------------------------- */
 
-static void write_line(loop *l, job *j, const char *label)
+static void write_line(loop *l, job *j, enum bp_end end)
 {
     bp_buf *b = &j->line;
     bp_buf_reset(b);
-    bp_outcome_write_fields(&j->out, j->index, label, b);
+    bp_outcome_write_fields(&j->out, j->index, bp_ends[end].label, b);
     /* one line per event: plain appends, no printf */
     bp_buf_adds(b, ",\"id\":");
     bp_json_write_int(b, (long long)j->ev.id);
@@ -310,7 +326,7 @@ static void write_line(loop *l, job *j, const char *label)
     bp_json_write_int(b, j->ev.attempts);
     bp_buf_adds(b, ",\"duration_ms\":");
     bp_json_write_int(b, j->first_ms > 0 ? llround(bp_wall_ms() - j->first_ms) : 0);
-    if (!strcmp(label, "retrying")) {
+    if (end == BP_END_RETRYING) {
         bp_buf_adds(b, ",\"next_attempt_at\":");
         bp_json_write_int(b, (long long)j->ev.next_at);
     }
@@ -372,17 +388,14 @@ static int lease_lost(const loop *l, const job *j)
 
 /* The event's outcome is final: report it, take it out of the window and
  * save it; it is freed once the commit holding it succeeds. */
-static void finish(loop *l, job *j, const char *state, const char *label)
+static void finish(loop *l, job *j, enum bp_end end)
 {
     tenant *t = j->t;
-    write_line(l, j, label);
-    t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, label, j->out.reason.data ? j->out.reason.data : "");
-    if (!strcmp(state, "delivered")) count(&t->st->delivered);
-    else if (!strcmp(state, "dropped")) count(&t->st->dropped);
-    else if (!strcmp(state, "error")) count(&t->st->errors);
-    else if (!strcmp(state, "dead")) count(&t->st->dead);
-    else if (!strcmp(state, "held")) count(&t->st->held);
-    j->state = state;
+    write_line(l, j, end);
+    t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, end, j->out.reason.data ? j->out.reason.data : "");
+    long *counter[BP_END_COUNT] = { &t->st->delivered, &t->st->dropped, &t->st->errors, &t->st->dead, &t->st->held, NULL };
+    if (counter[end]) count(counter[end]);
+    j->state = bp_ends[end].state;
     j->final = 1;
     t->unsaved_final++;
     unlink_job(t->acct, j);
@@ -398,7 +411,7 @@ static void set_reason(job *j, const char *fmt, const char *a, const char *b)
 static void hold(loop *l, job *j)
 {
     set_reason(j, "held: %s%s", j->t->pause_reason, "");
-    finish(l, j, "held", "held");
+    finish(l, j, BP_END_HELD);
 }
 
 static int mark_pending(loop *l, const tenant *t, const char *key)
@@ -500,8 +513,8 @@ static void map_job(loop *l, job *j)
     if (t->paused) { hold(l, j); return; }
     memcpy(j->revision, t->bp->revision, sizeof j->revision);
     enum bp_verdict v = bp_engine_run_as(t->eng->engine, &t->bind, j->ev.body, j->ev.body_len, &j->out);
-    if (v == BP_DROP) finish(l, j, "dropped", "drop");
-    else if (v == BP_ERROR) finish(l, j, "error", "error");
+    if (v == BP_DROP) finish(l, j, BP_END_DROPPED);
+    else if (v == BP_ERROR) finish(l, j, BP_END_ERROR);
 }
 
 static void release_held(loop *l, tenant *t)
@@ -638,7 +651,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
         j->ev.failures = 0;
         if ((size_t)j->ev.done_requests >= j->out.nrequests) {
             set_reason(j, "delivered (%s)%s", j->why, "");
-            finish(l, j, "delivered", "delivered");
+            finish(l, j, BP_END_DELIVERED);
         } else {
             save_progress(l, j);
         }
@@ -649,19 +662,19 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             char n[16];
             snprintf(n, sizeof n, "%d", j->ev.failures);
             set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
-            finish(l, j, "dead", "dead_letter");
+            finish(l, j, BP_END_DEAD);
         } else {
             j->ev.next_at = (int64_t)(now + backoff_ms(l, j->ev.failures, resp->retry_after_s));
             /* Live Events shows it waiting, with the answer that made it wait */
             set_reason(j, "retrying: %s%s", j->why, "");
-            write_line(l, j, "retrying");
-            t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, "retrying", j->out.reason.data);
+            write_line(l, j, BP_END_RETRYING);
+            t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, BP_END_RETRYING, j->out.reason.data);
             save_progress(l, j);
         }
         break;
     case BP_PERMANENT:
         set_reason(j, "dead letter: %s%s", j->why, "");
-        finish(l, j, "dead", "dead_letter");
+        finish(l, j, BP_END_DEAD);
         break;
     case BP_AUTH:
         if (j->generation != t->generation) {
@@ -719,7 +732,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         }
         if ((size_t)j->ev.done_requests >= j->out.nrequests) {
             set_reason(j, "delivered%s%s", "", "");
-            finish(l, j, "delivered", "delivered");
+            finish(l, j, BP_END_DELIVERED);
             j = next;
             continue;
         }
@@ -734,7 +747,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
             j->last_status = 0;
             snprintf(j->why, sizeof j->why, "could not start the request");
             set_reason(j, "error: %s%s", j->why, "");
-            finish(l, j, "error", "error");
+            finish(l, j, BP_END_ERROR);
             j = next;
             continue;
         }
@@ -1338,12 +1351,12 @@ typedef struct cli_run {
     bp_buf line;
 } cli_run;
 
-static void cli_outcome(void *ctx, const bp_stored *ev, const char *line, size_t len, const char *label,
+static void cli_outcome(void *ctx, const bp_stored *ev, const char *line, size_t len, enum bp_end end,
                         const char *reason)
 {
     cli_run *r = ctx;
     (void)reason; (void)ev;
-    if (strcmp(label, "retrying") != 0 && r->o->emit) r->o->emit(r->o->emit_ctx, line, len);
+    if (end != BP_END_RETRYING && r->o->emit) r->o->emit(r->o->emit_ctx, line, len);
 }
 
 static void cli_answer(void *ctx, int status, double duration_ms)

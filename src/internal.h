@@ -395,11 +395,24 @@ bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp);
 void bp_shared_bp_hold(bp_shared_bp *s);
 void bp_shared_bp_drop(bp_shared_bp *s);
 
+/* How an event's delivery ends, or waits: the one table of the names each
+ * is known by (deliver.c), instead of strings compared where they are used. */
+enum bp_end { BP_END_DELIVERED, BP_END_DROPPED, BP_END_ERROR, BP_END_DEAD, BP_END_HELD, BP_END_RETRYING };
+#define BP_END_COUNT 6
+typedef struct bp_end_name {
+    const char *label;          /* outcome lines, metrics, Live Events' ?outcome= */
+    const char *state;          /* the store's state column */
+    int final;                  /* no further attempt will be made (held waits for credentials) */
+} bp_end_name;
+extern const bp_end_name bp_ends[BP_END_COUNT];
+/* The end a label names ("dropped" is drop's state, accepted too), or -1. */
+int bp_end_of_label(const char *label);
+
 /* Where a loop reports an integration's outcomes.  Called on the loop's
  * thread with the outcome line and, apart, its label ("delivered", "drop",
  * …, "retrying" for an event waiting for a retry) and reason. */
 typedef struct bp_sink {
-    void (*outcome)(void *ctx, const bp_stored *ev, const char *line, size_t len, const char *label, const char *reason);
+    void (*outcome)(void *ctx, const bp_stored *ev, const char *line, size_t len, enum bp_end end, const char *reason);
     void (*answer)(void *ctx, int status, double duration_ms);
     void (*release)(void *ctx);   /* the pool no longer refers to ctx */
 } bp_sink;
@@ -507,8 +520,8 @@ typedef struct bp_metrics {
     double latency_sum;
 } bp_metrics;
 
-/* Count one final outcome (by its label and, for drops, its reason). */
-void bp_metrics_outcome(bp_metrics *m, const char *label, const char *reason);
+/* Count one final outcome (and, for drops, its reason). */
+void bp_metrics_outcome(bp_metrics *m, enum bp_end end, const char *reason);
 void bp_metrics_answer(bp_metrics *m, int status, double duration_ms);
 void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const bp_store_status *store, bp_buf *out);
 
@@ -601,7 +614,7 @@ int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *v
 /* An integration's configuration record (registry.c), acknowledged. */
 int bp_cluster_publish_config(bp_cluster *c, const char *integration, const char *record, size_t len, bp_error *err);
 void bp_cluster_outcome(bp_cluster *c, const char *integration, const bp_stored *ev, const char *line, size_t len,
-                        const char *label, const char *reason);
+                        enum bp_end end, const char *reason);
 void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
 /* /healthz's "kafka" object; returns 1 when a broker answers. */
 int bp_cluster_health(bp_cluster *c, bp_buf *out);

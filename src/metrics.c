@@ -24,13 +24,13 @@ static void reason_class(const char *reason, char *out, size_t n)
     out[w] = '\0';
 }
 
-void bp_metrics_outcome(bp_metrics *m, const char *o, const char *why)
+void bp_metrics_outcome(bp_metrics *m, enum bp_end end, const char *why)
 {
-    if (!strcmp(o, "delivered")) m->delivered++;
-    else if (!strcmp(o, "dead_letter")) m->dead++;
-    else if (!strcmp(o, "error")) m->errors++;
-    else if (!strcmp(o, "held")) m->held++;
-    else if (!strcmp(o, "drop")) {
+    if (end == BP_END_DELIVERED) m->delivered++;
+    else if (end == BP_END_DEAD) m->dead++;
+    else if (end == BP_END_ERROR) m->errors++;
+    else if (end == BP_END_HELD) m->held++;
+    else if (end == BP_END_DROPPED) {
         char cls[64];
         reason_class(why ? why : "", cls, sizeof cls);
         size_t i;

@@ -190,10 +190,10 @@ void bp_integration_release(bp_integration *it)
 }
 
 /* Counts a final outcome and shows any outcome to Live Events streams (mu held). */
-static void note_outcome_locked(bp_registry *r, bp_integration *it, const char *line, size_t len, const char *label,
+static void note_outcome_locked(bp_registry *r, bp_integration *it, const char *line, size_t len, int end,
                                 const char *reason)
 {
-    if (strcmp(label, "retrying") != 0) bp_metrics_outcome(&r->metrics, label, reason);
+    if (end >= 0 && end != BP_END_RETRYING) bp_metrics_outcome(&r->metrics, (enum bp_end)end, reason);
     /* lines are kept only while someone streams them: Live Events' list
      * reads the store, and 10,000 idle rings would cost ~300 MB */
     if (it->watchers > 0) {
@@ -206,27 +206,22 @@ static void note_outcome_locked(bp_registry *r, bp_integration *it, const char *
     }
 }
 
-static void on_outcome(void *ctx, const bp_stored *ev, const char *line, size_t len, const char *label, const char *reason)
+static void on_outcome(void *ctx, const bp_stored *ev, const char *line, size_t len, enum bp_end end, const char *reason)
 {
     bp_integration *it = ctx;
     bp_registry *r = it->registry;
     /* cluster mode: every node, this one too, counts and shows it from the
      * outcomes topic (bp_registry_remote_outcome) */
-    if (r->cluster) { bp_cluster_outcome(r->cluster, it->id, ev, line, len, label, reason); return; }
+    if (r->cluster) { bp_cluster_outcome(r->cluster, it->id, ev, line, len, end, reason); return; }
     pthread_mutex_lock(&r->mu);
-    note_outcome_locked(r, it, line, len, label, reason);
+    note_outcome_locked(r, it, line, len, end, reason);
     pthread_mutex_unlock(&r->mu);
 }
 
-static void count_outcome(bp_counts *st, const char *label)
+static void count_outcome(bp_counts *st, int end)
 {
-    static const struct { const char *label; size_t off; } map[] = {
-        { "delivered", offsetof(bp_counts, delivered) }, { "drop", offsetof(bp_counts, dropped) },
-        { "error", offsetof(bp_counts, errors) }, { "dead_letter", offsetof(bp_counts, dead) },
-        { "held", offsetof(bp_counts, held) }, { "retrying", offsetof(bp_counts, retries) },
-    };
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (!strcmp(label, map[i].label)) __atomic_fetch_add((long *)((char *)st + map[i].off), 1, __ATOMIC_RELAXED);
+    long *counter[BP_END_COUNT] = { &st->delivered, &st->dropped, &st->errors, &st->dead, &st->held, &st->retries };
+    if (end >= 0) __atomic_fetch_add(counter[end], 1, __ATOMIC_RELAXED);
 }
 
 void bp_registry_remote_outcome(bp_registry *r, const char *integration, const char *line, size_t len, const char *label,
@@ -234,9 +229,10 @@ void bp_registry_remote_outcome(bp_registry *r, const char *integration, const c
 {
     bp_integration *it = bp_registry_find(r, integration);
     if (!it) return;   /* deleted since, or not applied here yet: its row is stored all the same */
-    count_outcome(&it->stats, label);
+    int end = bp_end_of_label(label);   /* -1: not an end ("replayed"), shown only */
+    count_outcome(&it->stats, end);
     pthread_mutex_lock(&r->mu);
-    note_outcome_locked(r, it, line, len, label, reason);
+    note_outcome_locked(r, it, line, len, end, reason);
     pthread_mutex_unlock(&r->mu);
     bp_integration_release(it);
 }

@@ -585,12 +585,8 @@ static void write_row(void *ctx, const bp_store_row *row)
 
 static const char *state_of(const char *outcome)
 {
-    static const char *const map[][2] = {
-        { "delivered", "delivered" }, { "drop", "dropped" }, { "dropped", "dropped" }, { "error", "error" },
-        { "dead_letter", "dead" }, { "held", "held" }, { "retrying", "pending" },
-    };
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) if (!strcmp(outcome, map[i][0])) return map[i][1];
-    return NULL;
+    int end = bp_end_of_label(outcome);
+    return end < 0 ? NULL : bp_ends[end].state;
 }
 
 static void live_events(call *k)
