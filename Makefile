@@ -50,7 +50,7 @@ DATADIR    ?= $(PREFIX)/share
 # dry-run does not pay for loading TLS and HTTP libraries (~8 ms); its
 # deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
 # built with everything.  build/libblueprint.a has both.
-CORE_ONLY := buffer log clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request engine reader \
+CORE_ONLY := buffer log clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request cache answers engine reader \
              decode version
 NET     := transport classify ratelimit store deliver crypto auth metrics registry cluster server
 CORE    := $(CORE_ONLY) $(NET)
@@ -131,8 +131,8 @@ build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | bui
 	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1 libcurl sqlite3 libmicrohttpd libcrypto rdkafka) -lpthread -ldl -lm
 
 # The local ActiveCampaign emulator used by the integration tests.
-build/ac-emulator: tests/emulator/emulator.c build/libblueprint.a $(HDRS)
-	$(CC) $(CFLAGS) -Isrc -o $@ $< build/libblueprint.a $(shell pkg-config --libs libmicrohttpd libcrypto) -lpthread -lm
+build/ac-emulator: tests/emulator/emulator.c tests/emulator/crm.c tests/emulator/ecom.c tests/emulator/emulator.h build/libblueprint.a $(HDRS)
+	$(CC) $(CFLAGS) -Isrc -o $@ $(filter %.c,$^) build/libblueprint.a $(shell pkg-config --libs libmicrohttpd libcrypto) -lpthread -lm
 
 # A 3-broker Kafka cluster in one process (librdkafka's mock) for the cluster specs.
 build/kafka-mock-cluster: tests/kafka/mock-cluster.c | build/obj

@@ -144,7 +144,12 @@ static int load_fields(loader *ld, bp_blueprint *bp, uint32_t list)
         else if (!strcmp(type, "secret")) f->type = BP_FIELD_SECRET;
         else if (!strcmp(type, "url")) f->type = BP_FIELD_URL;
         else if (!strcmp(type, "integer")) f->type = BP_FIELD_INTEGER;
-        else return bad(ld, bp_jget(d, c, "type"), "field type must be string, secret, url or integer");
+        else if (!strcmp(type, "boolean")) f->type = BP_FIELD_BOOLEAN;
+        else if (!strcmp(type, "list")) f->type = BP_FIELD_LIST;
+        else if (!strcmp(type, "map")) f->type = BP_FIELD_MAP;
+        else return bad(ld, bp_jget(d, c, "type"), "field type must be string, secret, url, integer, boolean, list or map");
+        if (f->default_value && f->type >= BP_FIELD_LIST)
+            return bad(ld, bp_jget(d, c, "default"), "a list or map field has no default (unset means empty)");
     }
     return 0;
 }
@@ -178,7 +183,9 @@ static int file_exists(const char *dir, const char *name)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static int load_route(loader *ld, bp_blueprint *bp, uint32_t node, const char *name, bp_route *r)
+/* An event table row (name), or one of the two mappings that are not
+ * rows (special: "custom" or "consent_denied"). */
+static int load_route(loader *ld, bp_blueprint *bp, uint32_t node, const char *name, const char *special, bp_route *r)
 {
     const bp_doc *d = ld->d;
     if (d->nodes[node].type != BP_JOBJECT) return bad(ld, node, "each event must be a map with type and mapping");
@@ -186,14 +193,14 @@ static int load_route(loader *ld, bp_blueprint *bp, uint32_t node, const char *n
      * the config enables it by name */
     static const char *const route_keys[] = { "type", "mapping", "enabled", NULL };
     static const char *const custom_keys[] = { "mapping", NULL };
-    char section[160] = "custom";
-    if (name) snprintf(section, sizeof section, "events.%.140s", name);
+    char section[160];
+    snprintf(section, sizeof section, name ? "events.%.140s" : "%s", name ? name : special);
     if (check_keys(ld, node, section, name ? route_keys : custom_keys) < 0) return -1;
     const char *mapping = get_text(ld, node, "mapping", 1);
     if (!mapping) return -1;
     const char *type = name ? get_text(ld, node, "type", 1) : "track";
     if (!type) return -1;
-    r->name = xstrdup(name ? name : "custom");
+    r->name = xstrdup(name ? name : special);
     r->type = xstrdup(type);
     r->mapping = xstrdup(mapping);
     r->line = (int)d->nodes[node].line;
@@ -217,7 +224,7 @@ static int load_routes(loader *ld, bp_blueprint *bp, uint32_t events)
     bp->routes = calloc(d->nodes[events].len + 1, sizeof *bp->routes);
     for (uint32_t c = events + 1, k = 0; k < d->nodes[events].len; k++) {
         const char *name = bp_jtext(d, c);
-        if (load_route(ld, bp, c + 1, name, &bp->routes[bp->nroutes++]) < 0) return -1;
+        if (load_route(ld, bp, c + 1, name, NULL, &bp->routes[bp->nroutes++]) < 0) return -1;
         c = d->nodes[c + 1].next;
     }
     return 0;
@@ -409,7 +416,7 @@ static int load(loader *ld, bp_blueprint *bp)
     if (d->nodes[0].type != BP_JOBJECT) return bad(ld, 0, "the top level must be a map");
     static const char *const top_keys[] = {
         "vendor", "name", "category", "status", "consent_category", "variants", "auth_failure_help",
-        "config", "config_rules", "rate_limit", "retry", "events", "custom", "responses", NULL };
+        "config", "config_rules", "rate_limit", "retry", "events", "custom", "consent_denied", "responses", NULL };
     static const char *const rules_keys[] = { "together", NULL };
     static const char *const rate_keys[] = { "requests_per_second", "scope", NULL };
     static const char *const retry_keys[] = { "max_attempts", NULL };
@@ -453,8 +460,13 @@ static int load(loader *ld, bp_blueprint *bp)
     if (load_routes(ld, bp, bp_jget(d, 0, "events")) < 0) return -1;
     uint32_t custom = bp_jget(d, 0, "custom");
     if (custom != BP_NONE) {
-        if (load_route(ld, bp, custom, NULL, &bp->custom) < 0) return -1;
+        if (load_route(ld, bp, custom, NULL, "custom", &bp->custom) < 0) return -1;
         bp->has_custom = 1;
+    }
+    uint32_t denied = bp_jget(d, 0, "consent_denied");
+    if (denied != BP_NONE) {
+        if (load_route(ld, bp, denied, NULL, "consent_denied", &bp->consent_denied) < 0) return -1;
+        bp->has_consent_denied = 1;
     }
     return load_responses(ld, bp, bp_jget(d, 0, "responses"));
 }
@@ -545,5 +557,6 @@ void bp_blueprint_free(bp_blueprint *bp)
     for (size_t i = 0; i < bp->nroutes; i++) free_route(&bp->routes[i]);
     free(bp->routes);
     if (bp->has_custom) free_route(&bp->custom);
+    if (bp->has_consent_denied) free_route(&bp->consent_denied);
     free(bp);
 }

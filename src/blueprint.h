@@ -180,7 +180,12 @@ BP_API int bp_utf8_check(const char *s, size_t len, size_t *bad_at);
 
 /* ---- blueprints and config (blueprint.c, config.c) ---------------------- */
 
-enum bp_field_type { BP_FIELD_STRING, BP_FIELD_SECRET, BP_FIELD_URL, BP_FIELD_INTEGER };
+/* boolean: "true"/"false"; list: a list of strings (or one comma-separated
+ * string), kept as a JSON array; map: names to strings, kept as a JSON
+ * object.  ctx.config shows a boolean as a Lua boolean, a list or map as a
+ * read-only table. */
+enum bp_field_type { BP_FIELD_STRING, BP_FIELD_SECRET, BP_FIELD_URL, BP_FIELD_INTEGER,
+                     BP_FIELD_BOOLEAN, BP_FIELD_LIST, BP_FIELD_MAP };
 
 typedef struct bp_field {
     char *key, *label, *help, *default_value;
@@ -212,6 +217,12 @@ typedef struct bp_blueprint {
     /* blueprint.yaml's responses: table, the vendor's own answer rules tried
      * before plain HTTP semantics (opaque: read by the delivery loop only) */
     struct bp_response_rule *responses; size_t nresponses;
+    /* consent_denied: the mapping run when an event's consent is denied,
+     * on the event cut to who the visitor is and their consent, so that
+     * the vendor hears of the withdrawal (list unsubscribes) and nothing
+     * about what the visitor did */
+    bp_route consent_denied;
+    int has_consent_denied;
 } bp_blueprint;
 
 /* Load and check a blueprint folder (blueprint.yaml and the Lua files it
@@ -294,7 +305,23 @@ typedef struct bp_request {
     enum bp_body_kind body_kind;
     bp_buf body;                     /* encoded, secrets left out at slot offsets */
     bp_secret_slot *slots; size_t nslots;
+    /* A step: sent by ctx.send(req, opts) inside the mapping, whose answer
+     * the mapping reads before it goes on (docs/blueprints.md, "Steps"). */
+    int step;
+    uint64_t fingerprint;            /* of method, url and body: matches a step to its recorded answer */
+    char *cache_key;                 /* opts.cache: the answer is kept per account under it */
+    double cache_ttl_s;
+    int accept[8]; int naccept;      /* opts.accept: non-2xx statuses handed to the mapping */
+    /* the step's answer, once known (answer_status 0: not yet) */
+    int answer_status;
+    char *answer_body;               /* as received, cut to BP_ANSWER_SHOWN bytes in outcome lines */
+    char *answer_from;               /* "sent", "cached", or what dry-run assumed and from where */
 } bp_request;
+
+/* Bytes of a step's answer written in an outcome line (the whole answer,
+ * up to BP_ANSWER_MAX, is what the mapping reads). */
+#define BP_ANSWER_SHOWN 2048
+#define BP_ANSWER_MAX (256 * 1024)
 
 /* The strings of an outcome and of its requests (method, url, once, marks,
  * header names and values, message_id, type, event, mapping) belong to the
@@ -311,6 +338,15 @@ typedef struct bp_outcome {
      * event; written as "logs" in the outcome line when there are any */
     struct bp_logline { const char *at, *msg; } *logs;
     size_t nlogs, caplogs, logs_bytes, logs_dropped;
+    /* Steps (ctx.send): the first nanswered requests are steps with their
+     * answers.  pending: the mapping stopped at the step after them (the
+     * last request), to run again from the top once its answer is known.
+     * wait_ms > 0: another event is fetching the answer a step shares
+     * (opts.cache); run again after that long.  journal: every answered
+     * step as JSON (what the next run reads back), empty without steps. */
+    size_t nanswered;
+    int pending, wait_ms;
+    bp_buf journal;
 } bp_outcome;
 
 /* The caller's struct: bp_outcome_init once, pass it to bp_engine_run for
@@ -366,6 +402,15 @@ BP_API void bp_engine_free(bp_engine *e);
  * `out` (reset first; a bad event gets BP_ERROR with a reason); returns the
  * verdict. */
 BP_API enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
+
+/* Answers to steps (ctx.send) when nothing is sent: dry-run, tests, an
+ * embedder's own transport.  Called with the step's request; fills the
+ * status and the body (JSON text) and says where the answer comes from
+ * ("answers.yaml: GET /api/3/tags", …); returns 0, or -1 for "no answer"
+ * (the event stops at that step: outcome pending).  Without an answerer a
+ * step stops the run (out->pending) and the caller sends it. */
+typedef int (*bp_answer_fn)(void *ud, const bp_request *step, int *status, bp_buf *body, bp_buf *from);
+BP_API void bp_engine_set_answerer(bp_engine *e, bp_answer_fn fn, void *ud);
 
 /* (Delivery and the service, bp_deliver and bp_serve: blueprint_service.h.) */
 

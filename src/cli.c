@@ -8,7 +8,6 @@
  */
 #include "internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -21,7 +20,7 @@
 #define EXIT_USAGE 1
 
 static const char usage_text[] =
-    "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode]\n"
+    "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
     "       blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
     "       blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
     "       blueprint dlq list [--state DIR] [--only dead|error]\n"
@@ -30,7 +29,8 @@ static const char usage_text[] =
     "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
     "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
     "                        [--kafka-partitions N]]\n"
-    "       blueprint token --role ROLE [--ttl 15m] [--subject NAME] [--issuer ISS] [--audience AUD] [--state DIR]\n"
+    "       blueprint token --role ROLE [--ttl 15m] [--sign-in] [--subject NAME] [--issuer ISS] [--audience AUD]\n"
+    "                       [--state DIR]\n"
     "       blueprint rotate-key [--state DIR]\n"
     "\n"
     "  Maps each event through the blueprint and prints, one JSON line per event,\n"
@@ -61,7 +61,7 @@ static const char usage_text[] =
 /* `blueprint COMMAND --help` */
 static const struct { const char *command, *text; } command_help[] = {
     { "dry-run",
-      "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode]\n"
+      "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
       "\n"
       "Maps each event (a file, or - / nothing for stdin: NDJSON, a JSON array or one object) and\n"
       "prints one JSON line per event: outcome (deliver, drop, error), reason, and the exact requests\n"
@@ -70,6 +70,9 @@ static const struct { const char *command, *text; } command_help[] = {
       "  --config CONFIG   YAML or JSON: the config map, or a Management API install body\n"
       "  --decode          add \"decoded\" next to each request's body: the JSON body parsed, or the\n"
       "                    form's fields with JSON values (eventdata, visit) parsed\n"
+      "  --answers FILE    answers to the mapping's steps (ctx.send), tried before the blueprint's\n"
+      "                    answers.yaml (documented examples); each step's \"answer\" says where\n"
+      "                    it came from, or that it was assumed\n"
       "  --max-event-bytes N (524288)  --memory-mb N (64)  --instructions N (20000000)\n"
       "  --timeout-ms N (1000)         the sandbox's budgets per event\n"
       "\n"
@@ -109,7 +112,7 @@ static const struct { const char *command, *text; } command_help[] = {
       "`deliver` state directory, or moves them back to pending; the next `blueprint deliver … --state DIR`\n"
       "sends them, mapped by the blueprint as it is then.  --only: dead letters or errors alone.\n" },
     { "serve",
-      "usage: blueprint serve [--listen HOST:PORT] [--port N] [--state DIR] [--blueprints DIR]\n"
+      "usage: blueprint serve [--listen HOST:PORT] [--port N] [--state DIR] [--blueprints DIR] [--console DIR]\n"
       "                       [--workers N] [--http-threads N] [--max-connections-per-ip N]\n"
       "                       [--jwt-issuer ISS] [--jwt-audience AUD] [--audit-retention-days N]\n"
       "                       [--rate-limit RPS] [--retry-base-ms N]\n"
@@ -118,12 +121,17 @@ static const struct { const char *command, *text; } command_help[] = {
       "                        [--kafka-partitions N]]\n"
       "\n"
       "Runs the Management API, event intake, Live Events and delivery (default 127.0.0.1:8084, state\n"
-      "in ./var) until SIGTERM.  With --kafka it is one node of a cluster (README: Cluster mode).\n" },
+      "in ./var) until SIGTERM, and the web console at / (--console: its folder; default console/ beside\n"
+      "the blueprints folder, else the installed one).  With --kafka it is one node of a cluster (README:\n"
+      "Cluster mode).\n" },
     { "token",
-      "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--subject NAME]\n"
+      "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--subject NAME]\n"
       "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
       "\n"
-      "Prints a signed token for the Management API (the secret: BLUEPRINT_JWT_SECRET or STATE/jwt.secret).\n" },
+      "Prints a signed token for the Management API (the secret: BLUEPRINT_JWT_SECRET or STATE/jwt.secret).\n"
+      "--sign-in: a token for the web console's sign-in link (http://HOST:PORT/#signin=TOKEN), good once and\n"
+      "for at most 15 minutes; the console exchanges it for an 8-hour session token.  The API refuses it as\n"
+      "a bearer token.\n" },
     { "rotate-key",
       "usage: blueprint rotate-key [--state DIR]\n"
       "\n"
@@ -162,7 +170,7 @@ static int parse_count(const char *opt, const char *val, unsigned long long *out
 }
 
 typedef struct cli {
-    const char *dir, *config, *events;
+    const char *dir, *config, *events, *answers;
     int have_events, decode;
     bp_limits limits;
     bp_deliver_opts d;
@@ -186,6 +194,11 @@ static int parse_args(int argc, char **argv, cli *c, int deliver)
             continue;
         }
         if (!deliver && !strcmp(a, "--decode")) { c->decode = 1; continue; }
+        if (!deliver && !strcmp(a, "--answers")) {
+            if (!next) return usage("--answers needs a file");
+            c->answers = argv[++i];
+            continue;
+        }
         if (deliver && !strcmp(a, "--state")) {
             if (!next) return usage("--state needs a directory");
             c->d.state_dir = argv[++i];
@@ -272,41 +285,11 @@ static void use_block_buffering(void)
     if (!isatty(STDOUT_FILENO)) setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
 }
 
-/* Map every event read from fd, one outcome line each (decoded when asked)
- * appended to out, or written to stdout when out is NULL.  Returns the count. */
-static long map_stream(bp_engine *e, int fd, const bp_limits *limits, int decode, bp_buf *out)
+static void to_stdout(void *ctx, const char *line, size_t len)
 {
-    bp_reader *r = bp_reader_new(fd, limits->json.max_bytes);
-    bp_outcome o;
-    bp_outcome_init(&o);
-    bp_buf line, readable;
-    bp_buf_init(&line);
-    bp_buf_init(&readable);
-    long index = 0;
-    const char *ev;
-    size_t len;
-    bp_error err;
-    enum bp_read_status st;
-    while ((st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
-        if (st == BP_READ_EVENT) {
-            bp_engine_run(e, ev, len, &o);
-        } else {
-            bp_outcome_reset(&o);
-            o.verdict = BP_ERROR;
-            bp_buf_adds(&o.reason, err.msg);
-        }
-        bp_buf_reset(&line);
-        bp_outcome_write_json(&o, index++, &line);
-        const bp_buf *shown = &line;
-        if (decode) { bp_buf_reset(&readable); bp_decode_line(line.data, line.len, &readable); shown = &readable; }
-        if (out) { bp_buf_add(out, shown->data, shown->len); bp_buf_addc(out, '\n'); }
-        else { fwrite(shown->data, 1, shown->len, stdout); fputc('\n', stdout); }
-    }
-    bp_buf_free(&line);
-    bp_buf_free(&readable);
-    bp_outcome_free(&o);
-    bp_reader_free(r);
-    return index;
+    (void)ctx;
+    fwrite(line, 1, len, stdout);
+    fputc('\n', stdout);
 }
 
 static int dry_run(int argc, char **argv)
@@ -321,18 +304,24 @@ static int dry_run(int argc, char **argv)
     bp_error err;
     if ((rc = load(&c, &bp, &cfg))) { if (fd > 0) close(fd); return rc; }
     bp_engine *e = bp_engine_new(bp, cfg, &c.limits, &err);
-    if (!e) {
+    bp_answers *answers = e ? bp_answers_load(c.dir, c.answers, &err) : NULL;
+    if (!answers) {
         fprintf(stderr, "blueprint: %s\n", err.msg);
+        bp_engine_free(e);
         bp_config_free(cfg);
         bp_blueprint_free(bp);
         if (fd > 0) close(fd);
         return EXIT_INVALID;
     }
+    bp_engine_set_answerer(e, bp_answers_fn, answers);
     use_block_buffering();
-    map_stream(e, fd, &c.limits, c.decode, NULL);
+    bp_reader *r = bp_reader_new(fd, c.limits.json.max_bytes);
+    bp_map_events(e, r, c.decode, to_stdout, NULL);
+    bp_reader_free(r);
     rc = fflush(stdout) == 0 ? 0 : EXIT_USAGE;
     if (rc) fprintf(stderr, "blueprint: could not write the output: %s\n", strerror(errno));
     bp_engine_free(e);
+    bp_answers_free(answers);
     bp_config_free(cfg);
     bp_blueprint_free(bp);
     if (fd > 0) close(fd);
@@ -343,89 +332,65 @@ static int dry_run(int argc, char **argv)
 
 #define EXIT_TEST_FAILED 4
 
-static int by_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
-
-/* The i-th line of text (0-based) and its length; NULL past the end. */
-static const char *nth_line(const char *text, size_t len, long i, size_t *n)
-{
-    const char *p = text, *end = text + len;
-    for (; p && p < end && i > 0; i--) { p = memchr(p, '\n', (size_t)(end - p)); if (p) p++; }
-    if (!p || p >= end) return NULL;
-    const char *nl = memchr(p, '\n', (size_t)(end - p));
-    *n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-    return p;
-}
-
-static long count_lines(const char *text, size_t len)
-{
-    long n = 0;
-    size_t l;
-    while (nth_line(text, len, n, &l)) n++;
-    return n;
-}
-
 /* Run one case; prints its result and diff; 1 when it matched. */
 static int test_case(const bp_blueprint *bp, const char *dir, const char *name, const bp_limits *limits, int update)
 {
-    char path[4600], cfgpath[4600], expected_path[4600];
-    snprintf(cfgpath, sizeof cfgpath, "%s/%s/config.yaml", dir, name);
-    if (access(cfgpath, F_OK) != 0) snprintf(cfgpath, sizeof cfgpath, "%s/%s/config.json", dir, name);
-    snprintf(path, sizeof path, "%s/%s/events.ndjson", dir, name);
-    snprintf(expected_path, sizeof expected_path, "%s/%s/expected.ndjson", dir, name);
+    char answers_path[4600];
+    snprintf(answers_path, sizeof answers_path, "%s/%s/answers.yaml", dir, name);
     bp_error err;
-    bp_config *cfg = bp_config_load_file(bp, cfgpath, &err);
+    bp_config *cfg = bp_case_config(bp, dir, name, &err);
     if (!cfg) { printf("FAIL %s: %s\n", name, err.msg); return 0; }
     bp_engine *e = bp_engine_new(bp, cfg, limits, &err);
-    int fd = e ? open(path, O_RDONLY) : -1;
-    if (!e || fd < 0) {
-        printf("FAIL %s: %s\n", name, !e ? err.msg : "cannot open events.ndjson (one event per line)");
+    bp_answers *answers = e ? bp_answers_load(bp->dir, access(answers_path, F_OK) == 0 ? answers_path : NULL, &err) : NULL;
+    if (answers) bp_engine_set_answerer(e, bp_answers_fn, answers);
+    bp_case c;
+    bp_case_init(&c);
+    if (!answers || bp_case_check(e, dir, name, limits, &c, &err) < 0) {
+        printf("FAIL %s: %s\n", name, err.msg);
+        bp_case_free(&c);
         bp_engine_free(e);
+        bp_answers_free(answers);
         bp_config_free(cfg);
         return 0;
     }
-    bp_buf got, want, report;
-    bp_buf_init(&got);
-    bp_buf_init(&want);
-    bp_buf_init(&report);
-    long n = map_stream(e, fd, limits, 0, &got);
-    close(fd);
-    int have_expected = bp_read_file(expected_path, &want, &err) == 0;
-    long nwant = have_expected ? count_lines(want.data ? want.data : "", want.len) : 0, bad = 0;
-    for (long i = 0; have_expected && i < (n > nwant ? n : nwant); i++) {
-        size_t gl = 0, wl = 0;
-        const char *g = nth_line(got.data ? got.data : "", got.len, i, &gl);
-        const char *w = nth_line(want.data ? want.data : "", want.len, i, &wl);
-        if (g && w && gl == wl && !memcmp(g, w, gl)) continue;
-        bad++;
-        if (!g || !w) {
-            bp_buf_printf(&report, "  event %ld: %s\n", i, g ? "not in expected.ndjson (new)" : "expected, but the events "
-                          "file has no such event any more");
-            continue;
-        }
-        bp_buf_printf(&report, "  event %ld:\n", i);
-        if (bp_diff_lines(w, wl, g, gl, &report) == 0) bp_buf_adds(&report, "    the same fields, written differently\n");
-    }
-    int ok = have_expected && bad == 0;
-    if (ok) printf("ok   %s (%ld events)\n", name, n);
-    else if (!have_expected) printf("%s %s: no expected.ndjson yet%s\n", update ? "new " : "FAIL", name,
-                                    update ? "" : " (run `blueprint test DIR --update` to write it from today's output)");
-    else printf("%s %s: %ld of %ld events differ\n%s", update ? "diff" : "FAIL", name, bad, n > nwant ? n : nwant,
-                report.data ? report.data : "");
+    int ok = c.have_expected && c.differing == 0;
+    if (ok) printf("ok   %s (%ld events)\n", name, c.events);
+    else if (!c.have_expected) printf("%s %s: no expected.ndjson yet%s\n", update ? "new " : "FAIL", name,
+                                      update ? "" : " (run `blueprint test DIR --update` to write it from today's output)");
+    else printf("%s %s: %ld of %ld events differ\n%s", update ? "diff" : "FAIL", name, c.differing,
+                c.events > c.expected ? c.events : c.expected, c.report.data ? c.report.data : "");
     if (!ok && update) {
         char tmp[4700];
-        snprintf(tmp, sizeof tmp, "%s.new", expected_path);
+        snprintf(tmp, sizeof tmp, "%s.new", c.expected_path);
         FILE *f = fopen(tmp, "wb");
-        int written = f && fwrite(got.data ? got.data : "", 1, got.len, f) == got.len;
+        int written = f && fwrite(c.got.data ? c.got.data : "", 1, c.got.len, f) == c.got.len;
         if (f && fclose(f) != 0) written = 0;
-        if (written && rename(tmp, expected_path) == 0) { printf("     updated %s\n", expected_path); ok = 1; }
-        else printf("FAIL %s: cannot write %s: %s\n", name, expected_path, strerror(errno));
+        if (written && rename(tmp, c.expected_path) == 0) { printf("     updated %s\n", c.expected_path); ok = 1; }
+        else printf("FAIL %s: cannot write %s: %s\n", name, c.expected_path, strerror(errno));
     }
-    bp_buf_free(&got);
-    bp_buf_free(&want);
-    bp_buf_free(&report);
+    bp_case_free(&c);
     bp_engine_free(e);
+    bp_answers_free(answers);
     bp_config_free(cfg);
     return ok;
+}
+
+/* `blueprint test`'s walk over the cases (bp_case_each). */
+typedef struct test_run {
+    const bp_blueprint *bp;
+    const char *cases_dir;
+    const char **only;
+    int nonly, update, passed, failed;
+    bp_limits limits;
+} test_run;
+
+static void test_one(void *ctx, const char *name)
+{
+    test_run *t = ctx;
+    int wanted = t->nonly == 0;
+    for (int k = 0; k < t->nonly; k++) if (!strcmp(t->only[k], name)) wanted = 1;
+    if (!wanted) return;
+    if (test_case(t->bp, t->cases_dir, name, &t->limits, t->update)) t->passed++; else t->failed++;
 }
 
 static int test_blueprint(int argc, char **argv)
@@ -447,34 +412,18 @@ static int test_blueprint(int argc, char **argv)
     if (!bp) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_INVALID; }
     char cases_dir[4200];
     snprintf(cases_dir, sizeof cases_dir, "%s/tests", dir);
-    struct dirent **names = NULL;
-    int n = scandir(cases_dir, &names, NULL, by_name);
-    if (n < 0) {
+    test_run t = { bp, cases_dir, only, nonly, update, 0, 0, { 0 } };
+    bp_limits_default(&t.limits);
+    if (bp_case_each(cases_dir, test_one, &t) < 0) {
         fprintf(stderr, "blueprint: %s: %s; a blueprint's fixtures are %s/tests/CASE/ with config.yaml, events.ndjson "
                 "and expected.ndjson\n", cases_dir, strerror(errno), dir);
         bp_blueprint_free(bp);
         return EXIT_USAGE;
     }
-    bp_limits limits;
-    bp_limits_default(&limits);
-    int passed = 0, failed = 0;
-    for (int i = 0; i < n; i++) {
-        const char *name = names[i]->d_name;
-        char sub[4500];
-        struct stat st;
-        snprintf(sub, sizeof sub, "%s/%s", cases_dir, name);
-        int wanted = nonly == 0;
-        for (int k = 0; k < nonly; k++) if (!strcmp(only[k], name)) wanted = 1;
-        if (name[0] != '.' && wanted && stat(sub, &st) == 0 && S_ISDIR(st.st_mode)) {
-            if (test_case(bp, cases_dir, name, &limits, update)) passed++; else failed++;
-        }
-        free(names[i]);
-    }
-    free(names);
     bp_blueprint_free(bp);
-    printf("%d passed, %d failed\n", passed, failed);
-    if (passed + failed == 0) fprintf(stderr, "blueprint: no cases in %s\n", cases_dir);
-    return failed ? EXIT_TEST_FAILED : passed ? 0 : EXIT_USAGE;
+    printf("%d passed, %d failed\n", t.passed, t.failed);
+    if (t.passed + t.failed == 0) fprintf(stderr, "blueprint: no cases in %s\n", cases_dir);
+    return t.failed ? EXIT_TEST_FAILED : t.passed ? 0 : EXIT_USAGE;
 }
 
 #ifndef BP_LIGHT
@@ -586,7 +535,7 @@ static int serve(int argc, char **argv)
 {
     bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0,
                         getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
-                        getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0 };
+                        getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0, NULL };
     static char host[64];
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -600,6 +549,7 @@ static int serve(int argc, char **argv)
         } else if (!strcmp(argv[i], "--port")) o.port = atoi(next);
         else if (!strcmp(argv[i], "--state")) o.state_dir = next;
         else if (!strcmp(argv[i], "--blueprints")) o.blueprints_dir = next;
+        else if (!strcmp(argv[i], "--console")) o.console_dir = next;
         else if (!strcmp(argv[i], "--rate-limit")) o.rate_limit_rps = atof(next);
         else if (!strcmp(argv[i], "--retry-base-ms")) o.retry_base_ms = atol(next);
         else if (!strcmp(argv[i], "--workers")) o.workers = atoi(next);
@@ -646,8 +596,10 @@ static int token(int argc, char **argv)
 {
     const char *role = NULL, *state = "./var", *subject = "local", *issuer = NULL, *audience = NULL;
     long ttl = 15 * 60;
+    int sign_in = 0;
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--sign-in")) { sign_in = 1; continue; }
         if (!next) { fprintf(stderr, "blueprint: %s needs a value\n", argv[i]); return EXIT_USAGE; }
         if (!strcmp(argv[i], "--role")) role = next;
         else if (!strcmp(argv[i], "--ttl")) { if ((ttl = parse_ttl(next)) < 0) return usage("--ttl takes e.g. 15m, 2h, 30s"); }
@@ -660,13 +612,16 @@ static int token(int argc, char **argv)
     }
     if (!role || (strcmp(role, "owner") && strcmp(role, "admin") && strcmp(role, "editor") && strcmp(role, "viewer")))
         return usage("token needs --role owner|admin|editor|viewer");
+    /* a sign-in link may sit in a terminal's scrollback: it must not stay good for long */
+    if (sign_in && ttl > BP_SIGNIN_MAX_TTL) return usage("a --sign-in token lives at most 15m (--ttl 15m or less)");
     char secret[200];
     bp_error err;
     if (bp_jwt_secret(state, secret, sizeof secret, &err) < 0) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_USAGE; }
     bp_buf t;
     bp_buf_init(&t);
     int64_t now = (int64_t)(bp_wall_ms() / 1000);
-    bp_jwt_sign(secret, role, subject, issuer, audience, now, now + ttl, &t);
+    if (sign_in) bp_jwt_sign_signin(secret, role, subject, issuer, audience, now, now + ttl, &t);
+    else bp_jwt_sign(secret, role, subject, issuer, audience, now, now + ttl, &t);
     puts(t.data);
     bp_buf_free(&t);
     return 0;

@@ -176,10 +176,57 @@ static const char *check_value(const bp_field *f, const char *s)
         if (n == 0 || n > 18 || strspn(s, "0123456789") != n) return "must be a whole number (digits only)";
         return NULL;
     }
+    case BP_FIELD_BOOLEAN:
+        return strcmp(s, "true") && strcmp(s, "false") ? "must be true or false" : NULL;
     case BP_FIELD_STRING:
+    case BP_FIELD_LIST:
+    case BP_FIELD_MAP:
         for (const char *p = s; *p; p++) if ((unsigned char)*p < ' ') return "must not contain control characters";
         return NULL;
     }
+    return NULL;
+}
+
+/* A list field's value: a YAML/JSON list of strings or numbers, or one
+ * string of comma-separated items ("1, 2" — what a settings form sends),
+ * kept as a JSON array of strings.  A map field's: names to strings or
+ * numbers, kept as a JSON object.  NULL, or the problem. */
+static const char *collection_value(const bp_doc *d, uint32_t val, const bp_field *f, bp_buf *out)
+{
+    uint8_t t = d->nodes[val].type;
+    if (f->type == BP_FIELD_LIST && t == BP_JSTRING) {
+        const char *s = bp_jtext(d, val);
+        bp_buf_addc(out, '[');
+        int n = 0;
+        while (*s) {
+            size_t len = strcspn(s, ",");
+            const char *a = s, *b = s + len;
+            while (a < b && (*a == ' ' || *a == '\t')) a++;
+            while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+            if (b > a) { if (n++) bp_buf_addc(out, ','); bp_json_write_string(out, a, (size_t)(b - a)); }
+            s += len + (s[len] == ',');
+        }
+        bp_buf_addc(out, ']');
+        return NULL;
+    }
+    if (f->type == BP_FIELD_LIST ? t != BP_JARRAY : t != BP_JOBJECT)
+        return f->type == BP_FIELD_LIST ? "must be a list (or a comma-separated string)" : "must be a map of names to values";
+    int list = f->type == BP_FIELD_LIST;
+    bp_buf_addc(out, list ? '[' : '{');
+    uint32_t c = val + 1;
+    for (uint32_t i = 0; i < d->nodes[val].len; i++) {
+        uint32_t item = list ? c : c + 1;
+        const char *v = bp_jscalar(d, item);
+        if (!v) { bp_buf_reset(out); return list ? "each item must be a single value" : "each value must be a single value"; }
+        if (i) bp_buf_addc(out, ',');
+        if (!list) {
+            bp_json_write_string(out, bp_jtext(d, c), d->nodes[c].len);
+            bp_buf_addc(out, ':');
+        }
+        bp_json_write_string(out, v, strlen(v));
+        c = d->nodes[item].next;
+    }
+    bp_buf_addc(out, list ? ']' : '}');
     return NULL;
 }
 
@@ -246,6 +293,9 @@ static const char *type_name(enum bp_field_type t)
     case BP_FIELD_SECRET: return "secret";
     case BP_FIELD_URL: return "url";
     case BP_FIELD_INTEGER: return "integer";
+    case BP_FIELD_BOOLEAN: return "boolean";
+    case BP_FIELD_LIST: return "list";
+    case BP_FIELD_MAP: return "map";
     default: return "string";
     }
 }
@@ -312,6 +362,20 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
             return unknown_key(v, k, what, key, groups, body ? 2 : 3);
         }
         if (d->nodes[val].type == BP_JNULL) continue;
+        if (f->type == BP_FIELD_LIST || f->type == BP_FIELD_MAP) {
+            if (bp_config_get(c, key)) return fail_at(v, val, "config field '%s' is set twice%s", key, "");
+            bp_buf json;
+            bp_buf_init(&json);
+            const char *problem = collection_value(d, val, f, &json);
+            if (!problem) add_value(c, key, json.data, 0);
+            bp_buf_free(&json);
+            if (problem) return fail_at(v, val, "config field '%s' %s", key, problem);
+            continue;
+        }
+        if (f->type == BP_FIELD_BOOLEAN && (d->nodes[val].type == BP_JTRUE || d->nodes[val].type == BP_JFALSE)) {
+            add_value(c, key, d->nodes[val].type == BP_JTRUE ? "true" : "false", 0);
+            continue;
+        }
         const char *s = bp_jscalar(d, val);
         if (!s) return fail_at(v, val, "config field '%s' must be a single %s value", key, type_name(f->type));
         if (!*s) continue;  /* "" means unset, as in most settings forms */

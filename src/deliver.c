@@ -66,6 +66,7 @@ struct job {
     bp_outcome out;
     long index;                 /* position in the input that added it, -1 for recovered events */
     int inflight;
+    int remap;                  /* run the mapping again before sending (a step's shared answer is being fetched) */
     unsigned generation;        /* of the tenant's config when the request left */
     double first_ms;            /* first attempt, for duration_ms */
     int last_status;
@@ -166,6 +167,7 @@ struct loop {
     int store_failing;
     double failing_since;
     mark *marks; size_t nmarks, capmarks;
+    bp_cache *cache;            /* the pool's (shared by its loops), or the loop's own (deliver) */
     pthread_mutex_t inbox_mu;   /* guards inbox */
     cmd *inbox, **inbox_tail;
     int stopping;               /* loop thread only */
@@ -181,6 +183,7 @@ struct bp_pool {
     int nloops;
     pthread_mutex_t mu;         /* guards paces */
     pace *paces;
+    bp_cache *cache;            /* ctx.cache and shared step answers, per account, for every loop */
 };
 
 /* ---- small things ---------------------------------------------------------------- */
@@ -252,17 +255,6 @@ void bp_shared_bp_drop(bp_shared_bp *s)
     if (!s || __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
     bp_blueprint_free(s->bp);
     free(s);
-}
-
-void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n)
-{
-    const char *v = bp->rate_limit_scope ? bp_config_get(cfg, bp->rate_limit_scope) : NULL;
-    if (!v || !*v) { snprintf(out, n, "integration %s", id); return; }
-    /* https://Acme.api-us1.com/ and https://acme.api-us1.com are one account */
-    size_t len = strlen(v);
-    while (len > 0 && v[len - 1] == '/') len--;
-    int w = snprintf(out, n, "%s %.*s", bp->vendor, (int)len, v);
-    for (char *p = out + strlen(bp->vendor) + 1; w > 0 && *p; p++) if (*p >= 'A' && *p <= 'Z') *p += 32;
 }
 
 /* xorshift64*: jitter only, no need for more */
@@ -360,6 +352,7 @@ static void free_job(job *j)
 {
     j->t->njobs--;
     free(j->ev.body);
+    free(j->ev.steps);
     bp_outcome_free(&j->out);
     bp_buf_free(&j->response);
     bp_buf_free(&j->line);
@@ -504,6 +497,24 @@ static int held_in_memory(const tenant *t, int64_t id)
     return 0;
 }
 
+/* The run's journal of step answers becomes the event's (saved with its
+ * progress).  The requests before the first unanswered step are done; a
+ * journal the run cut short (the mapping took another way) moves the
+ * progress back to where they part. */
+static void keep_journal(job *j)
+{
+    const bp_buf *nj = &j->out.journal;
+    size_t old = j->ev.steps_len;
+    int same_prefix = !old || (nj->len >= old && !memcmp(nj->data, j->ev.steps, old - 1));
+    if (nj->len != old || !same_prefix) {
+        free(j->ev.steps);
+        j->ev.steps = nj->len ? strdup(nj->data) : NULL;
+        j->ev.steps_len = nj->len;
+    }
+    if (j->out.pending || !same_prefix || (size_t)j->ev.done_requests < j->out.nanswered)
+        j->ev.done_requests = (int)j->out.nanswered;
+}
+
 /* Map a freshly loaded (or re-mapped) job; drops and errors are final at once.
  * The mapping is deterministic, so re-running it after a restart yields the
  * same requests, and done_requests says where to resume. */
@@ -512,9 +523,17 @@ static void map_job(loop *l, job *j)
     tenant *t = j->t;
     if (t->paused) { hold(l, j); return; }
     memcpy(j->revision, t->bp->revision, sizeof j->revision);
+    t->bind.account = t->acct->key;
+    bp_engine_set_journal(t->eng->engine, j->ev.steps, j->ev.steps_len, (uint64_t)j->ev.id);
     enum bp_verdict v = bp_engine_run_as(t->eng->engine, &t->bind, j->ev.body, j->ev.body_len, &j->out);
+    j->remap = 0;
+    if (j->out.journal.len || j->ev.steps_len) keep_journal(j);
     if (v == BP_DROP) finish(l, j, BP_END_DROPPED);
     else if (v == BP_ERROR) finish(l, j, BP_END_ERROR);
+    else if (j->out.wait_ms) {
+        j->remap = 1;
+        j->ev.next_at = (int64_t)(bp_wall_ms() + j->out.wait_ms);
+    }
 }
 
 static void release_held(loop *l, tenant *t)
@@ -546,7 +565,7 @@ static void load_tenant(loop *l, tenant *t, int room)
     size_t n;
     account *a = t->acct;
     if (bp_store_pending(l->store, t->id, t->last_loaded_id, room, &evs, &n) < 0) {
-        for (size_t k = 0; k < n; k++) free(evs[k].body);
+        for (size_t k = 0; k < n; k++) { free(evs[k].body); free(evs[k].steps); }
         free(evs);
         a->check_load = 1;
         return;
@@ -558,7 +577,7 @@ static void load_tenant(loop *l, tenant *t, int room)
     for (size_t k = 0; k < n; k++) {
         t->last_loaded_id = evs[k].id;
         if (evs[k].id > t->max_loaded_id) t->max_loaded_id = evs[k].id;
-        if (evs[k].id < t->rescan_below && held_in_memory(t, evs[k].id)) { free(evs[k].body); continue; }
+        if (evs[k].id < t->rescan_below && held_in_memory(t, evs[k].id)) { free(evs[k].body); free(evs[k].steps); continue; }
         job *j = calloc(1, sizeof *j);
         if (!j) abort();
         j->t = t;
@@ -611,6 +630,44 @@ static void pause_tenant(loop *l, tenant *t, const char *why)
     log_tenant("error", t->pause_reason, t, NULL);
 }
 
+static int step_accepts(const bp_request *r, int status)
+{
+    for (int i = 0; i < r->naccept; i++) if (r->accept[i] == status) return 1;
+    return 0;
+}
+
+/* A step's answer is in: record it, share it (opts.cache), and run the
+ * mapping again, which now reads it and goes on to its next step or its
+ * final requests. */
+static void step_answered(loop *l, job *j, const bp_request *req, const bp_response *resp)
+{
+    bp_buf b;
+    bp_buf_init(&b);
+    if (j->ev.steps_len) bp_buf_add(&b, j->ev.steps, j->ev.steps_len);
+    bp_journal_add(&b, req->fingerprint, resp->status, resp->body.data ? resp->body.data : "", resp->body.len, "sent");
+    free(j->ev.steps);
+    j->ev.steps = b.data;
+    j->ev.steps_len = b.len;
+    if (req->cache_key) {
+        account *a = j->t->acct;
+        if (resp->status < 300) {
+            bp_buf v;
+            bp_buf_init(&v);
+            bp_buf_printf(&v, "{\"s\":%d,\"b\":", resp->status);
+            bp_json_write_text(&v, resp->body.data ? resp->body.data : "", resp->body.len);
+            bp_buf_addc(&v, '}');
+            bp_cache_set(l->cache, a->key, req->cache_key, v.data, v.len, req->cache_ttl_s);
+            bp_buf_free(&v);
+        } else {
+            bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
+        }
+    }
+    j->ev.done_requests++;
+    j->ev.failures = 0;
+    map_job(l, j);                  /* req belongs to the old outcome: not used after this */
+    if (!j->final) save_progress(l, j);
+}
+
 static void on_answer(void *ctx, void *user, const bp_response *resp)
 {
     loop *l = ctx;
@@ -643,7 +700,23 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     if (resp->status == 429) count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
 
-    switch (bp_classify(t->bp->bp, req, resp, j->why, sizeof j->why)) {
+    enum bp_class cls = bp_classify(t->bp->bp, req, resp, j->why, sizeof j->why);
+    if (req->step && cls == BP_PERMANENT && step_accepts(req, resp->status)) cls = BP_OK;
+    if (req->step && cls != BP_OK && cls != BP_RETRY && req->cache_key)
+        bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
+    if (req->step && cls == BP_OK) {
+        step_answered(l, j, req, resp);
+        if (slot) l->lease->sending(l->lease->ctx, slot, -1);
+        return;
+    }
+    if (req->step && cls != BP_OK) {
+        /* say which step: "step 3 (POST …/ecomOrders): …" */
+        char what[sizeof j->why + 160];
+        snprintf(what, sizeof what, "step %d (%.8s %.120s): %s", j->ev.done_requests + 1, req->method, req->url, j->why);
+        memcpy(j->why, what, sizeof j->why - 1);
+        j->why[sizeof j->why - 1] = '\0';
+    }
+    switch (cls) {
     case BP_OK:
         if (req->once) add_mark(l, t, req->once, (int64_t)now);
         if (req->marks) add_mark(l, t, req->marks, (int64_t)now);
@@ -723,6 +796,12 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         if (lease_lost(l, j)) { abandon(l, j); j = next; continue; }
         if (t->paused) { hold(l, j); j = next; continue; }
         if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
+        if (j->remap) {
+            /* a step waited for another event's answer: run the mapping again */
+            map_job(l, j);
+            if (j->final) { j = next; continue; }
+            if (j->remap) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
+        }
         /* skip requests whose once-key succeeded recently (contact already synced) */
         int64_t since = (int64_t)(now - (double)l->o->once_ttl_s * 1000.0);
         while ((size_t)j->ev.done_requests < j->out.nrequests) {
@@ -894,6 +973,7 @@ static int bind_engine(loop *l, tenant *t, bp_error *err)
         s->bp = t->bp;
         bp_shared_bp_hold(s->bp);
         s->engine = e;
+        bp_engine_set_cache(e, l->cache);
         s->next = l->engines;
         l->engines = s;
     }
@@ -1224,6 +1304,7 @@ static void loop_init(loop *l, bp_pool *p, int index, bp_store *store, const bp_
 {
     memset(l, 0, sizeof *l);
     l->pool = p;
+    l->cache = p ? p->cache : bp_cache_new(0);
     l->index = index;
     l->store = store;
     l->o = o;
@@ -1261,6 +1342,7 @@ static void loop_free(loop *l)
         free(e);
     }
     bp_transport_free(l->tr);
+    if (!l->pool) bp_cache_free(l->cache);
     pthread_mutex_destroy(&l->inbox_mu);
 }
 
@@ -1284,6 +1366,7 @@ bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, con
     p->loops = calloc((size_t)p->nloops, sizeof *p->loops);
     if (!p->loops) abort();
     pthread_mutex_init(&p->mu, NULL);
+    p->cache = bp_cache_new(0);
     for (int i = 0; i < p->nloops; i++) {
         loop_init(&p->loops[i], p, i, store, &p->o);
         p->loops[i].lease = p->lease.holds ? &p->lease : NULL;
@@ -1339,6 +1422,7 @@ void bp_pool_free(bp_pool *p)
     for (int i = 0; i < p->nloops; i++) if (p->loops[i].started) pthread_join(p->loops[i].thread, NULL);
     for (int i = 0; i < p->nloops; i++) loop_free(&p->loops[i]);
     free(p->loops);
+    bp_cache_free(p->cache);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }

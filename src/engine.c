@@ -21,6 +21,8 @@ struct bp_engine {
     lua_State *L;
     int *route_refs;        /* registry refs of the compiled mappings */
     int custom_ref;
+    int denied_ref;         /* consent_denied's mapping, or LUA_NOREF */
+    bp_doc denied_doc;      /* the event cut down for it */
     int ctx_ref;            /* the real ctx table (the core writes per-event fields) */
     int ctx_proxy_ref;      /* what mappings receive: read-only */
     bp_doc doc;
@@ -28,7 +30,24 @@ struct bp_engine {
     long seq;               /* events run by bp_engine_run: the dry-run index */
     int in_run_as;          /* bp_engine_run_as: a delivery loop, no index to tell */
     bp_outcome *out;        /* the event running, for its log lines */
+    /* steps (ctx.send) and ctx.cache */
+    bp_cache *cache, *own_cache;    /* the delivery pool's, or the engine's own (made on first use) */
+    char own_account[300];          /* the account of e->cfg (bp_engine_run) */
+    const char *account;            /* the account of the config running */
+    bp_doc jdoc;                    /* the journal given for the next run, parsed */
+    const char *jtext; size_t jlen;
+    uint64_t owner;                 /* who claims shared answers (a delivery job) */
+    bp_doc adoc;                    /* a step's answer, parsed for r.json */
+    bp_answer_fn answerer; void *answerer_ud;
+    size_t nsteps;                  /* steps reached in this run */
+    int stopped;                    /* the run stopped at a step (pending or waiting) */
+    struct cache_write { char *key, *json; double ttl; } *writes;   /* ctx.cache.set, applied when the run completes */
+    size_t nwrites, capwrites;
 };
+
+#define MAX_STEPS 50                /* per event: a mapping that loops on ctx.send stops here */
+#define STEP_WAIT_MS 25             /* another event fetches the answer a step shares: look again after */
+#define DEFAULT_TTL_S 3600.0
 
 /* ---- log lines (print, ctx.log) ------------------------------------------------ */
 
@@ -104,6 +123,8 @@ static void on_log(void *ud, const char *at, const char *msg, size_t len)
     bp_buf_free(&text);
 }
 
+static void add_step_functions(lua_State *L, bp_engine *e);
+
 static void chunk_name(const bp_blueprint *bp, const char *file, char *out, size_t n)
 {
     snprintf(out, n, "@%s/%s", bp->dir, file);
@@ -169,7 +190,13 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     e->cfg = cfg;
     e->json_limits = limits->json;
     e->custom_ref = LUA_NOREF;
+    e->denied_ref = LUA_NOREF;
+    bp_doc_init(&e->denied_doc);
     bp_doc_init(&e->doc);
+    bp_doc_init(&e->jdoc);
+    bp_doc_init(&e->adoc);
+    bp_account_key(bp, cfg, "dry-run", e->own_account, sizeof e->own_account);
+    e->account = e->own_account;
     e->route_refs = calloc(bp->nroutes + 1, sizeof *e->route_refs);
     e->seq = -1;
     if (!(e->sb = bp_sandbox_new(limits, err))) {
@@ -187,6 +214,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     lua_setfield(L, LUA_REGISTRYINDEX, "bp.mappings");
 
     bp_push_helpers(L, cfg, bp);                        /* ctx */
+    add_step_functions(L, e);
     lua_pushvalue(L, -1);
     e->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     bp_push_readonly(L);
@@ -196,6 +224,8 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     for (size_t i = 0; i < bp->nroutes; i++)
         if ((e->route_refs[i] = compile_mapping(e, bp->routes[i].mapping, err)) == LUA_NOREF) goto fail;
     if (bp->has_custom && (e->custom_ref = compile_mapping(e, bp->custom.mapping, err)) == LUA_NOREF) goto fail;
+    if (bp->has_consent_denied && (e->denied_ref = compile_mapping(e, bp->consent_denied.mapping, err)) == LUA_NOREF)
+        goto fail;
     lua_gc(L, LUA_GCCOLLECT);
     return e;
 fail:
@@ -209,9 +239,27 @@ void bp_engine_free(bp_engine *e)
     if (!e) return;
     bp_sandbox_free(e->sb);
     bp_doc_free(&e->doc);
+    bp_doc_free(&e->jdoc);
+    bp_doc_free(&e->denied_doc);
+    bp_doc_free(&e->adoc);
+    bp_cache_free(e->own_cache);
+    for (size_t i = 0; i < e->nwrites; i++) { free(e->writes[i].key); free(e->writes[i].json); }
+    free(e->writes);
     free(e->route_refs);
     free(e);
 }
+
+void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n)
+{
+    const char *v = bp->rate_limit_scope ? bp_config_get(cfg, bp->rate_limit_scope) : NULL;
+    if (!v || !*v) { snprintf(out, n, "integration %s", id); return; }
+    /* https://Acme.api-us1.com/ and https://acme.api-us1.com are one account */
+    size_t len = strlen(v);
+    while (len > 0 && v[len - 1] == '/') len--;
+    int w = snprintf(out, n, "%s %.*s", bp->vendor, (int)len, v);
+    for (char *p = out + strlen(bp->vendor) + 1; w > 0 && *p; p++) if (*p >= 'A' && *p <= 'Z') *p += 32;
+}
+
 
 /* ---- one engine, many configs ------------------------------------------------------ */
 
@@ -224,7 +272,9 @@ static int push_binding(lua_State *L)
 {
     const bp_config *cfg = lua_touserdata(L, 1);
     const bp_blueprint *bp = lua_touserdata(L, 2);
-    bp_push_helpers(L, cfg, bp);                        /* cfg, bp, ctx */
+    bp_engine *e = lua_touserdata(L, 3);
+    bp_push_helpers(L, cfg, bp);                        /* cfg, bp, e, ctx */
+    add_step_functions(L, e);
     lua_pushvalue(L, -1);                               /* cfg, bp, ctx, ctx */
     bp_push_readonly(L);                                /* cfg, bp, ctx, proxy */
     return 2;
@@ -236,13 +286,15 @@ int bp_engine_bind(bp_engine *e, const bp_config *cfg, bp_binding *b, bp_error *
     lua_pushcfunction(L, push_binding);
     lua_pushlightuserdata(L, (void *)cfg);
     lua_pushlightuserdata(L, (void *)e->bp);
+    lua_pushlightuserdata(L, e);
     /* protected: the state's memory cap can be reached here too */
-    if (lua_pcall(L, 2, 2, 0) != LUA_OK) {
+    if (lua_pcall(L, 3, 2, 0) != LUA_OK) {
         bp_error_set(err, "could not prepare the mapping context: %s", lua_tostring(L, -1));
         lua_pop(L, 1);
         return -1;
     }
     b->cfg = cfg;
+    b->account = NULL;
     b->proxy_ref = luaL_ref(L, LUA_REGISTRYINDEX);      /* ctx */
     b->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
@@ -263,7 +315,9 @@ enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *
     e->ctx_ref = b->ctx_ref;
     e->ctx_proxy_ref = b->proxy_ref;
     e->in_run_as = 1;
+    if (b->account) e->account = b->account;
     enum bp_verdict v = bp_engine_run(e, json, len, out);
+    e->account = e->own_account;
     e->in_run_as = 0;
     e->cfg = cfg;
     e->ctx_ref = ctx;
@@ -462,15 +516,28 @@ static int read_request(lua_State *L, bp_outcome *o, bp_request *r, bp_error *er
     return 0;
 }
 
-/* Result of the mapping on top of the stack. */
+/* Result of the mapping on top of the stack.  Its requests follow the
+ * steps the run answered (e->nsteps of them, first in out->requests). */
 static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
 {
     lua_State *L = e->L;
     int top = lua_gettop(L);
+    size_t nsteps = e->nsteps;
     const char *why = bp_drop_reason(L, top);
     if (why) {
         out->verdict = BP_DROP;
         bp_buf_adds(&out->reason, why);
+        return;
+    }
+    /* after steps, returning nothing means the steps were the delivery */
+    int nothing = lua_isnil(L, top);
+    if (lua_istable(L, top)) {
+        lua_pushnil(L);
+        if (lua_next(L, top)) lua_pop(L, 2); else nothing = 1;
+    }
+    if (nsteps && nothing) {
+        out->verdict = BP_DELIVER;
+        bp_buf_printf(&out->reason, "mapped by %s (%zu step%s)", route->mapping, nsteps, nsteps == 1 ? "" : "s");
         return;
     }
     if (!lua_istable(L, top)) {
@@ -497,7 +564,7 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
             out->verdict = BP_ERROR;
             bp_buf_reset(&out->reason);
             bp_buf_printf(&out->reason, "%s/%s: request %lld: %s", e->bp->dir, route->mapping, (long long)i, err.msg);
-            bp_outcome_clear_requests(out);
+            bp_outcome_truncate_requests(out, nsteps);
             lua_settop(L, top);
             return;
         }
@@ -506,6 +573,360 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
     out->verdict = BP_DELIVER;
     bp_buf_adds(&out->reason, "mapped by ");   /* every event: no printf */
     bp_buf_adds(&out->reason, route->mapping);
+    if (nsteps) bp_buf_printf(&out->reason, " (%zu step%s)", nsteps, nsteps == 1 ? "" : "s");
+}
+
+/* ---- steps: ctx.send and ctx.cache ----------------------------------------------------------
+ *
+ * A step is a request whose answer the mapping reads before it goes on.
+ * The delivery loop must never wait for a vendor, so a run cannot block in
+ * ctx.send: the run stops at the first step whose answer is not known
+ * (out->pending, the step is the last request), the loop sends it like any
+ * request (paced, retried, classified), records the answer in the event's
+ * journal, and runs the mapping again from the top.  This time ctx.send
+ * returns the recorded answer at once and the run goes one step further.
+ * The journal is stored with the event, so after a crash or a hot reload
+ * the event resumes at its first unfinished step: re-running is the only
+ * way a mapping continues, so resuming needs nothing more.  Mappings are
+ * deterministic (the same event, config and answers give the same steps);
+ * a step whose request no longer matches its recorded one (a new revision
+ * of the blueprint, a cache that changed meanwhile) ends the journal
+ * there and is sent again.
+ *
+ * ctx.cache writes take effect only when a run completes: a run stopped at
+ * a step is run again, and must not meet its own writes the second time. */
+
+static char step_stop;   /* the error value a run stops with at a step (only its address is used) */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    for (const unsigned char *c = p; n--; c++) h = (h ^ *c) * 1099511628211ULL;
+    return h;
+}
+
+static uint64_t step_fingerprint(const bp_request *r)
+{
+    uint64_t h = 1469598103934665603ULL;
+    h = fnv(h, r->method, strlen(r->method) + 1);
+    h = fnv(h, r->url, strlen(r->url) + 1);
+    return fnv(h, r->body.data ? r->body.data : "", r->body.len);
+}
+
+void bp_journal_add(bp_buf *journal, uint64_t fingerprint, int status, const char *body, size_t len, const char *from)
+{
+    if (journal->len) journal->data[--journal->len] = '\0';   /* reopen the array */
+    bp_buf_addc(journal, journal->len ? ',' : '[');
+    bp_buf_printf(journal, "{\"f\":\"%016llx\",\"s\":%d,\"b\":", (unsigned long long)fingerprint, status);
+    bp_json_write_text(journal, body ? body : "", len > BP_ANSWER_MAX ? BP_ANSWER_MAX : len);
+    bp_buf_adds(journal, ",\"from\":");
+    bp_json_write_text(journal, from, strlen(from));
+    bp_buf_adds(journal, "}]");
+}
+
+void bp_engine_set_journal(bp_engine *e, const char *journal, size_t len, uint64_t owner)
+{
+    e->jtext = len ? journal : NULL;
+    e->jlen = len;
+    e->owner = owner;
+}
+
+void bp_engine_set_cache(bp_engine *e, bp_cache *c) { e->cache = c; }
+
+void bp_engine_set_answerer(bp_engine *e, bp_answer_fn fn, void *ud)
+{
+    e->answerer = fn;
+    e->answerer_ud = ud;
+}
+
+static bp_cache *cache_of(bp_engine *e)
+{
+    if (e->cache) return e->cache;
+    if (!e->own_cache) e->own_cache = bp_cache_new(10000);
+    return e->own_cache;
+}
+
+/* Stop the run: nothing after this point of the mapping counts. */
+static int stop_run(lua_State *L, bp_engine *e)
+{
+    e->stopped = 1;
+    lua_pushlightuserdata(L, &step_stop);
+    return lua_error(L);
+}
+
+/* The answer { status, json, body, cached } for the mapping, recorded on
+ * the step and in the run's journal. */
+static int give_answer(lua_State *L, bp_engine *e, bp_request *r, int status, const char *body, size_t len,
+                       const char *from)
+{
+    bp_outcome *o = e->out;
+    r->answer_status = status;
+    r->answer_from = bp_outcome_strdup(o, from);
+    size_t shown = utf8_cut(body, len, BP_ANSWER_SHOWN);
+    r->answer_body = bp_outcome_strdup(o, "");
+    if (shown) {
+        bp_buf cut;
+        bp_buf_init(&cut);
+        bp_buf_add(&cut, body, shown);
+        if (shown < len) bp_buf_printf(&cut, "… (%zu more bytes)", len - shown);
+        r->answer_body = bp_outcome_strdup(o, cut.data);
+        bp_buf_free(&cut);
+    }
+    bp_journal_add(&o->journal, r->fingerprint, status, body, len, from);
+    o->nanswered++;
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, body, len);
+    lua_setfield(L, -2, "body");
+    lua_pushboolean(L, !strcmp(from, "cached"));
+    lua_setfield(L, -2, "cached");
+    bp_error err;
+    if (len && bp_json_parse(&e->adoc, body, len, &e->json_limits, &err) == 0) {
+        bp_push_tables(L, &e->adoc, 0);
+        lua_setfield(L, -2, "json");
+    }
+    return 1;
+}
+
+/* The recorded answer of step k, when the journal has one for this request. */
+static int journal_answer(bp_engine *e, size_t k, const bp_request *r, int *status, const char **body, size_t *len,
+                          const char **from)
+{
+    if (!e->jtext) return 0;
+    const bp_doc *d = &e->jdoc;
+    if (d->nodes[0].type != BP_JARRAY) return 0;
+    if (k >= d->nodes[0].len) return 0;
+    uint32_t it = 1;                                    /* the first item; siblings by .next */
+    for (size_t i = 0; i < k; i++) it = d->nodes[it].next;
+    char fp[17];
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)r->fingerprint);
+    const char *f = bp_jscalar(d, bp_jget(d, it, "f"));
+    const char *s = bp_jscalar(d, bp_jget(d, it, "s"));
+    uint32_t b = bp_jget(d, it, "b");
+    if (!f || strcmp(f, fp) != 0 || !s || b == BP_NONE || d->nodes[b].type != BP_JSTRING) {
+        e->jtext = NULL;   /* the mapping went another way: the journal ends here */
+        return 0;
+    }
+    *status = atoi(s);
+    *body = bp_jtext(d, b);
+    *len = d->nodes[b].len;
+    *from = bp_jscalar(d, bp_jget(d, it, "from"));
+    if (!*from) *from = "sent";
+    return 1;
+}
+
+static void read_step_options(lua_State *L, int idx, bp_request *r)
+{
+    r->cache_ttl_s = DEFAULT_TTL_S;
+    if (lua_isnoneornil(L, idx)) return;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {                          /* ..., key, value */
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (!strcmp(k, "cache")) {
+            if (lua_type(L, -1) != LUA_TSTRING || !lua_rawlen(L, -1)) luaL_error(L, "ctx.send: opts.cache must be a non-empty string key");
+            r->cache_key = (char *)lua_tostring(L, -1);   /* copied by the caller while opts holds it */
+        } else if (!strcmp(k, "ttl")) {
+            if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) <= 0) luaL_error(L, "ctx.send: opts.ttl must be a number of seconds > 0");
+            r->cache_ttl_s = lua_tonumber(L, -1);
+        } else if (!strcmp(k, "accept")) {
+            if (!lua_istable(L, -1)) luaL_error(L, "ctx.send: opts.accept must be a list of HTTP statuses, e.g. {404, 422}");
+            lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+            if (n > 8) luaL_error(L, "ctx.send: opts.accept takes at most 8 statuses");
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, -1, i);
+                lua_Integer st = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+                if (st < 300 || st > 599) luaL_error(L, "ctx.send: opts.accept: %s is not an HTTP error status (300-599)", luaL_tolstring(L, -1, NULL));
+                r->accept[r->naccept++] = (int)st;
+                lua_pop(L, 1);
+            }
+        } else {
+            luaL_error(L, "ctx.send: unknown option '%s' (expected accept, cache or ttl)", k);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* ctx.send(request [, opts]) → { status, json, body, cached } */
+static int l_send(lua_State *L)
+{
+    bp_engine *e = lua_touserdata(L, lua_upvalueindex(1));
+    bp_outcome *o = e->out;
+    if (!o || e->stopped) return stop_run(L, e);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (e->nsteps >= MAX_STEPS) luaL_error(L, "ctx.send: more than %d steps for one event", MAX_STEPS);
+    lua_settop(L, 2);
+    lua_pushvalue(L, 1);                                /* req, opts, req */
+    size_t at = o->nrequests;
+    bp_request *r = bp_outcome_add_request(o);
+    bp_error err;
+    if (read_request(L, o, r, &err) < 0) {
+        bp_outcome_truncate_requests(o, at);
+        return luaL_error(L, "ctx.send: %s", err.msg);
+    }
+    r->step = 1;
+    r->fingerprint = step_fingerprint(r);
+    read_step_options(L, 2, r);
+    if (r->cache_key) r->cache_key = bp_outcome_strdup(o, r->cache_key);
+    if (r->once || r->marks) {
+        bp_outcome_truncate_requests(o, at);
+        return luaL_error(L, "ctx.send: a step cannot have once or marks (its answer is needed); opts.cache shares an answer");
+    }
+    size_t k = e->nsteps++;
+
+    int status;
+    const char *body, *from;
+    size_t len;
+    if (journal_answer(e, k, r, &status, &body, &len, &from))
+        return give_answer(L, e, r, status, body, len, from);
+
+    bp_cache *c = cache_of(e);
+    if (r->cache_key) {
+        bp_buf hit;
+        bp_buf_init(&hit);
+        int found = bp_cache_get(c, e->account, r->cache_key, &hit);
+        if (found && bp_json_parse(&e->adoc, hit.data, hit.len, &e->json_limits, &err) == 0) {
+            const bp_doc *d = &e->adoc;
+            const char *s = bp_jscalar(d, bp_jget(d, 0, "s"));
+            uint32_t b = bp_jget(d, 0, "b");
+            if (s && b != BP_NONE) {
+                bp_buf copy;   /* give_answer parses the body into the same doc */
+                bp_buf_init(&copy);
+                bp_buf_add(&copy, bp_jtext(d, b), d->nodes[b].len);
+                give_answer(L, e, r, atoi(s), copy.data ? copy.data : "", copy.len, "cached");
+                bp_buf_free(&copy);
+                bp_buf_free(&hit);
+                return 1;
+            }
+        }
+        bp_buf_free(&hit);
+    }
+    if (e->answerer) {
+        bp_buf ab, af;
+        bp_buf_init(&ab);
+        bp_buf_init(&af);
+        if (e->answerer(e->answerer_ud, r, &status, &ab, &af) == 0) {
+            give_answer(L, e, r, status, ab.data ? ab.data : "", ab.len, af.data ? af.data : "assumed");
+            if (r->cache_key && status < 300) {
+                bp_buf v;
+                bp_buf_init(&v);
+                bp_buf_printf(&v, "{\"s\":%d,\"b\":", status);
+                bp_json_write_text(&v, ab.data ? ab.data : "", ab.len);
+                bp_buf_addc(&v, '}');
+                bp_cache_set(c, e->account, r->cache_key, v.data, v.len, r->cache_ttl_s);
+                bp_buf_free(&v);
+            }
+            bp_buf_free(&ab);
+            bp_buf_free(&af);
+            return 1;
+        }
+        bp_buf_free(&ab);
+        bp_buf_free(&af);
+    }
+    /* Not known yet: stop here.  A shared answer another event is fetching
+     * is waited for (the step is not sent twice); else this step is sent. */
+    if (r->cache_key && !bp_cache_claim(c, e->account, r->cache_key, e->owner)) {
+        bp_outcome_truncate_requests(o, at);
+        o->wait_ms = STEP_WAIT_MS;
+    } else {
+        o->pending = 1;
+    }
+    return stop_run(L, e);
+}
+
+/* The value ctx.cache.set gave in this run, else the cache's. */
+static int l_cache_get(lua_State *L)
+{
+    bp_engine *e = lua_touserdata(L, lua_upvalueindex(1));
+    const char *key = luaL_checkstring(L, 1);
+    for (size_t i = e->nwrites; i-- > 0;)
+        if (!strcmp(e->writes[i].key, key)) {
+            bp_error err;
+            if (bp_json_parse(&e->adoc, e->writes[i].json, strlen(e->writes[i].json), &e->json_limits, &err) < 0) return 0;
+            bp_push_tables(L, &e->adoc, 0);
+            return 1;
+        }
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_buf k;
+    bp_buf_init(&k);
+    bp_buf_adds(&k, "value:");
+    bp_buf_adds(&k, key);
+    int hit = bp_cache_get(cache_of(e), e->account, k.data, &v);
+    bp_buf_free(&k);
+    bp_error err;
+    if (hit && bp_json_parse(&e->adoc, v.data, v.len, &e->json_limits, &err) == 0) bp_push_tables(L, &e->adoc, 0);
+    else lua_pushnil(L);
+    bp_buf_free(&v);
+    return 1;
+}
+
+/* ctx.cache.set(key, value [, ttl seconds]) */
+static int l_cache_set(lua_State *L)
+{
+    bp_engine *e = lua_touserdata(L, lua_upvalueindex(1));
+    const char *key = luaL_checkstring(L, 1);
+    luaL_checkany(L, 2);
+    double ttl = luaL_optnumber(L, 3, DEFAULT_TTL_S);
+    if (ttl <= 0) luaL_error(L, "ctx.cache.set: the ttl must be a number of seconds > 0");
+    bp_buf json;
+    bp_buf_init(&json);
+    bp_slots slots = { NULL, 0, 0 };
+    bp_error err;
+    int rc = bp_encode_json(L, 2, &json, &slots, &err);
+    for (size_t i = 0; i < slots.n; i++) free(slots.v[i].name);
+    free(slots.v);
+    if (rc < 0 || slots.n) {
+        bp_buf_free(&json);
+        return luaL_error(L, "ctx.cache.set: %s", rc < 0 ? err.msg : "a secret cannot be cached");
+    }
+    if (e->nwrites == e->capwrites) {
+        e->capwrites = e->capwrites ? e->capwrites * 2 : 8;
+        e->writes = realloc(e->writes, e->capwrites * sizeof *e->writes);
+        if (!e->writes) abort();
+    }
+    size_t kl = strlen(key);
+    char *k = malloc(kl + 1);
+    if (!k) abort();
+    memcpy(k, key, kl + 1);
+    e->writes[e->nwrites++] = (struct cache_write){ k, json.data ? json.data : strdup("null"), ttl };
+    return 0;
+}
+
+/* A completed run's ctx.cache.set values go to the cache; a stopped or
+ * failed run's are forgotten. */
+static void end_writes(bp_engine *e, int apply)
+{
+    for (size_t i = 0; i < e->nwrites; i++) {
+        if (apply) {
+            bp_buf k;
+            bp_buf_init(&k);
+            bp_buf_adds(&k, "value:");
+            bp_buf_adds(&k, e->writes[i].key);
+            bp_cache_set(cache_of(e), e->account, k.data, e->writes[i].json, strlen(e->writes[i].json), e->writes[i].ttl);
+            bp_buf_free(&k);
+        }
+        free(e->writes[i].key);
+        free(e->writes[i].json);
+    }
+    e->nwrites = 0;
+}
+
+/* ctx.send and ctx.cache on the ctx table at the top of the stack. */
+static void add_step_functions(lua_State *L, bp_engine *e)
+{
+    lua_pushlightuserdata(L, e);
+    lua_pushcclosure(L, l_send, 1);
+    lua_setfield(L, -2, "send");
+    lua_createtable(L, 0, 2);                           /* ctx, cache */
+    lua_pushlightuserdata(L, e);
+    lua_pushcclosure(L, l_cache_get, 1);
+    lua_setfield(L, -2, "get");
+    lua_pushlightuserdata(L, e);
+    lua_pushcclosure(L, l_cache_set, 1);
+    lua_setfield(L, -2, "set");
+    bp_push_readonly(L);                                /* ctx, proxy of cache */
+    lua_setfield(L, -2, "cache");                       /* ctx */
 }
 
 /* ---- one event ------------------------------------------------------------------- */
@@ -517,7 +938,7 @@ static void set_consent(bp_engine *e, const bp_consent *c)
     lua_createtable(L, 0, 3);
     lua_pushstring(L, e->bp->consent_category);
     lua_setfield(L, -2, "category");
-    lua_pushstring(L, c->state == BP_CONSENT_GRANTED ? "granted" : "unknown");
+    lua_pushstring(L, c->state == BP_CONSENT_GRANTED ? "granted" : c->state == BP_CONSENT_DENIED ? "denied" : "unknown");
     lua_setfield(L, -2, "state");
     lua_pushstring(L, c->source ? c->source : "default_policy");
     lua_setfield(L, -2, "source");
@@ -544,6 +965,117 @@ const char *bp_event_message_id(const bp_doc *d) { return top_string(d, bp_messa
 int bp_event_type_known(const char *type)
 {
     for (int i = 0; type && bp_event_types[i]; i++) if (!strcmp(type, bp_event_types[i])) return 1;
+    return 0;
+}
+
+/* Run a mapping on the event in d: its steps, its result, its outcome. */
+static enum bp_verdict run_mapping(bp_engine *e, int ref, const bp_route *route, const bp_doc *d, bp_outcome *out)
+{
+    bp_error err;
+    out->mapping = bp_outcome_strdup(out, route->mapping);
+    lua_State *L = e->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);              /* fn */
+    bp_push_view(L, d, 0);                               /* fn, event */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e->ctx_proxy_ref); /* fn, event, ctx */
+    e->out = out;
+    e->nsteps = 0;
+    e->stopped = 0;
+    if (e->jtext && bp_json_parse(&e->jdoc, e->jtext, e->jlen, NULL, &err) < 0) e->jtext = NULL;
+    bp_sandbox_set_log(e->sb, on_log, e);
+    int rc = bp_sandbox_call(e->sb, 2, 1, &err);
+    bp_sandbox_set_log(e->sb, NULL, NULL);
+    e->jtext = NULL;                                     /* one run's */
+    end_writes(e, rc == 0 && !e->stopped);
+    if (e->stopped) {
+        /* stopped at a step: deliver what is known so far, then run again */
+        out->verdict = BP_DELIVER;
+        if (out->pending) {
+            const bp_request *r = &out->requests[out->nrequests - 1];
+            bp_buf_printf(&out->reason, "step %zu: waiting for the answer to %s %s", out->nrequests, r->method, r->url);
+        } else {
+            bp_buf_printf(&out->reason, "step %zu: waiting for another event's answer to the same step", out->nrequests + 1);
+        }
+        return out->verdict;
+    }
+    if (rc < 0) {
+        out->verdict = BP_ERROR;
+        bp_buf_adds(&out->reason, err.msg);
+        return out->verdict;
+    }
+    collect(e, route, out);                              /* result */
+    lua_pop(L, 1);
+    return out->verdict;
+}
+
+/* "key":node, after a comma unless first in its object. */
+static void put_member(bp_buf *j, const char *key, const bp_doc *d, uint32_t n)
+{
+    if (n == BP_NONE) return;
+    if (j->data[j->len - 1] != '{') bp_buf_addc(j, ',');
+    bp_json_write_string(j, key, strlen(key));
+    bp_buf_addc(j, ':');
+    bp_json_write_node(j, d, n);
+}
+
+/* "key":{"sub":node} when node exists. */
+static void put_nested(bp_buf *j, const char *key, const char *sub, const bp_doc *d, uint32_t n)
+{
+    if (n == BP_NONE) return;
+    if (j->data[j->len - 1] != '{') bp_buf_addc(j, ',');
+    bp_buf_printf(j, "\"%s\":{", key);
+    put_member(j, sub, d, n);
+    bp_buf_addc(j, '}');
+}
+
+/* The event as the consent_denied mapping sees it: who the visitor is and
+ * their consent, nothing of what they did. */
+static void cut_to_identity(const bp_doc *d, bp_doc *out)
+{
+    static const char *const top[] = { "type", "event", "messageId", "message_id", "event_id", "userId",
+                                       "anonymousId", "timestamp", NULL };
+    bp_buf j;
+    bp_buf_init(&j);
+    bp_buf_addc(&j, '{');
+    for (int i = 0; top[i]; i++) put_member(&j, top[i], d, bp_jget(d, 0, top[i]));
+    put_nested(&j, "traits", "email", d, bp_jget_path(d, 0, "traits.email"));
+    put_nested(&j, "properties", "email", d, bp_jget_path(d, 0, "properties.email"));
+    uint32_t consent = bp_jget_path(d, 0, "context.consent"), email = bp_jget_path(d, 0, "context.traits.email");
+    if (consent != BP_NONE || email != BP_NONE) {
+        bp_buf_adds(&j, ",\"context\":{");
+        put_member(&j, "consent", d, consent);
+        put_nested(&j, "traits", "email", d, email);
+        bp_buf_addc(&j, '}');
+    }
+    bp_buf_addc(&j, '}');
+    bp_error err;
+    if (bp_json_parse(out, j.data, j.len, NULL, &err) < 0) bp_json_parse(out, "{}", 2, NULL, &err);
+    bp_buf_free(&j);
+}
+
+/* Consent denied and the blueprint has a consent_denied mapping: run it on
+ * the cut-down event.  1 when it sends something (the outcome is set),
+ * 0 when it drops (the event is then judged as before: a consent drop). */
+static int run_withdrawal(bp_engine *e, const bp_doc *d, const bp_consent *consent, bp_outcome *out)
+{
+    cut_to_identity(d, &e->denied_doc);
+    set_consent(e, consent);
+    enum bp_verdict v = run_mapping(e, e->denied_ref, &e->bp->consent_denied, &e->denied_doc, out);
+    if (v == BP_DELIVER || v == BP_ERROR) {
+        bp_buf why;
+        bp_buf_init(&why);
+        bp_buf_printf(&why, "consent: %s denied (%s.%s = %s): only the withdrawal is sent (%s); %s",
+                      e->bp->consent_category, consent->source, e->bp->consent_category, consent->raw,
+                      e->bp->consent_denied.mapping, out->reason.data ? out->reason.data : "");
+        bp_buf_reset(&out->reason);
+        bp_buf_add(&out->reason, why.data, why.len);
+        bp_buf_free(&why);
+        return 1;
+    }
+    bp_outcome_clear_requests(out);
+    out->nanswered = 0;
+    bp_buf_reset(&out->journal);
+    bp_buf_reset(&out->reason);
+    out->mapping = NULL;
     return 0;
 }
 
@@ -598,13 +1130,19 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         }
     }
 
+    bp_consent consent;
+    if (e->denied_ref != LUA_NOREF) {
+        /* withdrawing consent is the one thing the vendor must hear about,
+         * whichever event carries it */
+        bp_consent_resolve(d, e->bp->consent_category, e->cfg->consent_default, &consent);
+        if (consent.state == BP_CONSENT_DENIED && run_withdrawal(e, d, &consent, out)) return out->verdict;
+    }
     int ref = LUA_NOREF;
     const bp_route *route = NULL;
     if (route_event(e, type, name, out, &ref, &route) < 0) {
         out->verdict = BP_DROP;
         return out->verdict;
     }
-    bp_consent consent;
     bp_consent_resolve(d, e->bp->consent_category, e->cfg->consent_default, &consent);
     if (!consent.allowed) {
         out->verdict = BP_DROP;
@@ -617,22 +1155,5 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         return out->verdict;
     }
     set_consent(e, &consent);
-    out->mapping = bp_outcome_strdup(out, route->mapping);
-
-    lua_State *L = e->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);              /* fn */
-    bp_push_view(L, d, 0);                               /* fn, event */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, e->ctx_proxy_ref); /* fn, event, ctx */
-    e->out = out;
-    bp_sandbox_set_log(e->sb, on_log, e);
-    int rc = bp_sandbox_call(e->sb, 2, 1, &err);
-    bp_sandbox_set_log(e->sb, NULL, NULL);
-    if (rc < 0) {
-        out->verdict = BP_ERROR;
-        bp_buf_adds(&out->reason, err.msg);
-        return out->verdict;
-    }
-    collect(e, route, out);                              /* result */
-    lua_pop(L, 1);
-    return out->verdict;
+    return run_mapping(e, ref, route, d, out);
 }

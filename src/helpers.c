@@ -265,6 +265,28 @@ static const char *const latin1[64] = {
 
 /* ctx.slug(name [, max_len = 32]) -> "webinar_registered" or nil when no
  * letter or digit is left. */
+/* ctx.urlencode(s): s percent-encoded for a URL's path or query (RFC 3986:
+ * everything but letters, digits and -._~), e.g. a tag name in ?search=. */
+static int ctx_urlencode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c && strchr("-._~", c))) {
+            luaL_addchar(&b, (char)c);
+        } else {
+            char hex[4];
+            snprintf(hex, sizeof hex, "%%%02X", c);
+            luaL_addstring(&b, hex);
+        }
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int ctx_slug(lua_State *L)
 {
     size_t len;
@@ -381,11 +403,31 @@ static int ctx_readonly(lua_State *L)
     return luaL_error(L, "ctx is read-only (tried to set '%s')", lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
+/* A config value as the mapping sees it: booleans as booleans, lists and
+ * maps (kept as JSON) as read-only tables, the rest as strings. */
+static void push_config_value(lua_State *L, const bp_field *f, const char *value)
+{
+    enum bp_field_type t = f ? f->type : BP_FIELD_STRING;
+    if (t == BP_FIELD_BOOLEAN) { lua_pushboolean(L, !strcmp(value, "true")); return; }
+    if (t != BP_FIELD_LIST && t != BP_FIELD_MAP) { lua_pushstring(L, value); return; }
+    bp_doc d;
+    bp_doc_init(&d);
+    bp_error err;
+    if (bp_json_parse(&d, value, strlen(value), NULL, &err) == 0) {
+        bp_push_tables(L, &d, 0);
+        bp_push_readonly(L);
+    } else {
+        lua_newtable(L);
+    }
+    bp_doc_free(&d);
+}
+
 void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
 {
     static const luaL_Reg fns[] = {
         { "drop", ctx_drop }, { "json", ctx_json }, { "get", ctx_get }, { "email", ctx_email },
-        { "slug", ctx_slug }, { "array", ctx_array }, { "totable", ctx_totable }, { NULL, NULL }
+        { "slug", ctx_slug }, { "array", ctx_array }, { "totable", ctx_totable }, { "urlencode", ctx_urlencode },
+        { NULL, NULL }
     };
     luaL_newmetatable(L, DROP_MT);
     lua_pop(L, 1);
@@ -417,7 +459,7 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
         }
     for (size_t i = 0; i < cfg->nvalues; i++) {
         if (cfg->values[i].secret) continue;
-        lua_pushstring(L, cfg->values[i].value);
+        push_config_value(L, bp_blueprint_field(bp, cfg->values[i].key), cfg->values[i].value);
         lua_setfield(L, -3, cfg->values[i].key);
     }
     lua_pushvalue(L, -1);

@@ -68,6 +68,8 @@ int bp_read_file(const char *path, bp_buf *out, bp_error *err);
 
 /* Free the requests of an outcome, keeping the rest.  request.c */
 void bp_outcome_clear_requests(bp_outcome *o);
+/* Drop the requests from index n on. */
+void bp_outcome_truncate_requests(bp_outcome *o, size_t n);
 
 /* ---- sandbox.c ------------------------------------------------------------ */
 
@@ -279,6 +281,33 @@ int bp_decode_line(const char *line, size_t len, bp_buf *out);
  * expected X, got Y" line each (at most 20); returns how many. */
 int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t glen, bp_buf *out);
 
+/* dry-run's loop: every event of r mapped by e, one outcome line each
+ * (decoded when asked) passed to emit.  Returns how many. */
+typedef void (*bp_line_fn)(void *ctx, const char *line, size_t len);
+long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx);
+
+/* `blueprint test`'s cases: folders CASES_DIR/NAME/ with config.yaml (or
+ * .json), events.ndjson and expected.ndjson.  bp_case_each calls fn with
+ * each name in order (-1, errno set, when the folder cannot be read). */
+int bp_case_each(const char *cases_dir, void (*fn)(void *ctx, const char *name), void *ctx);
+typedef struct bp_case {
+    long events;                /* mapped */
+    long expected;              /* lines of expected.ndjson */
+    long differing;             /* events whose line differs from the expected one */
+    int have_expected;          /* 0: no expected.ndjson yet */
+    bp_buf got;                 /* today's output (NDJSON) */
+    bp_buf report;              /* "  event N:\n    PATH: expected X, got Y\n" for each that differs */
+    char expected_path[4600];
+} bp_case;
+void bp_case_init(bp_case *c);
+void bp_case_free(bp_case *c);
+/* A case's config (config.yaml, else config.json) validated against bp. */
+bp_config *bp_case_config(const bp_blueprint *bp, const char *cases_dir, const char *name, bp_error *err);
+/* Map the case's events with e (made with its config) and compare them with
+ * expected.ndjson; -1 with err when the events cannot be read. */
+int bp_case_check(bp_engine *e, const char *cases_dir, const char *name, const bp_limits *limits, bp_case *c,
+                  bp_error *err);
+
 /* ---- store.c ---------------------------------------------------------------------- */
 
 #include <pthread.h>
@@ -294,6 +323,7 @@ typedef struct bp_stored {
     long idx;                   /* input position in the run (or intake request) that added it */
     int64_t ksrc;               /* cluster mode: the partition slot it was read from (0: none) */
     int64_t koff;               /* and its offset there (idx: its index in the message) */
+    char *steps; size_t steps_len;   /* the journal of its steps' answers (engine.c), NULL: none */
 } bp_stored;
 
 /* Where an event read from Kafka came from (cluster mode). */
@@ -364,16 +394,51 @@ int bp_store_each(bp_store *s, const char *integration, const char *state, bp_st
 long bp_store_count(bp_store *s, const char *integration, const char *state);
 int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx);
 
+typedef struct bp_cache bp_cache;
+
 /* ---- engine.c: one engine for many configs ----------------------------------------------- */
 
 typedef struct bp_binding {
     const bp_config *cfg;
     int ctx_ref, proxy_ref;     /* the config's ctx in the engine's Lua state */
+    const char *account;        /* its account (bp_account_key) for ctx.cache; NULL: the engine's */
 } bp_binding;
 int bp_engine_bind(bp_engine *e, const bp_config *cfg, bp_binding *b, bp_error *err);
 void bp_engine_unbind(bp_engine *e, bp_binding *b);
 /* bp_engine_run with the config of a binding. */
 enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *json, size_t len, bp_outcome *out);
+/* The account key integrations are paced by (rate_limit.scope), and
+ * ctx.cache is kept per. */
+void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n);
+/* The cache ctx.cache and shared step answers use (NULL: the engine's own). */
+void bp_engine_set_cache(bp_engine *e, bp_cache *c);
+/* The next run reads its steps' answers back from this journal (an
+ * outcome's `journal`; NULL: none) and claims shared answers as owner. */
+void bp_engine_set_journal(bp_engine *e, const char *journal, size_t len, uint64_t owner);
+/* Add a step's answer to a journal (from: "sent", "cached", …). */
+void bp_journal_add(bp_buf *journal, uint64_t fingerprint, int status, const char *body, size_t len, const char *from);
+
+/* ---- answers.c: answers to steps when nothing is sent (dry-run, test) ----------------- */
+
+typedef struct bp_answers bp_answers;
+/* The blueprint folder's answers.yaml, after extra's entries (NULL: none). */
+bp_answers *bp_answers_load(const char *blueprint_dir, const char *extra, bp_error *err);
+void bp_answers_free(bp_answers *a);
+/* A bp_answer_fn over a bp_answers. */
+int bp_answers_fn(void *ud, const bp_request *step, int *status, bp_buf *body, bp_buf *from);
+
+/* ---- cache.c: ctx.cache, per account, with a time to live ------------------------------- */
+
+bp_cache *bp_cache_new(size_t max_entries);
+void bp_cache_free(bp_cache *c);
+/* 1 and the JSON text appended to out when account/key holds a live value. */
+int bp_cache_get(bp_cache *c, const char *account, const char *key, bp_buf *out);
+void bp_cache_set(bp_cache *c, const char *account, const char *key, const char *json, size_t len, double ttl_s);
+/* Claim a key whose answer owner is about to fetch: 1 when nobody else
+ * holds it (claims last 30 s), 0 when another owner's fetch is in flight. */
+int bp_cache_claim(bp_cache *c, const char *account, const char *key, uint64_t owner);
+void bp_cache_release(bp_cache *c, const char *account, const char *key, uint64_t owner);
+size_t bp_cache_count(bp_cache *c);
 
 /* ---- deliver.c: the delivery loops ---------------------------------------------------------- */
 
@@ -463,8 +528,6 @@ void bp_pool_wake(bp_pool *p, const char *id);
 void bp_pool_rescan(bp_pool *p, const char *id);
 /* Finish the requests in flight, save progress, stop the threads. */
 void bp_pool_free(bp_pool *p);
-/* The account key integrations are paced by (rate_limit.scope). */
-void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n);
 
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 
@@ -492,7 +555,12 @@ int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field,
 typedef struct bp_claims {
     char role[32];
     char sub[128];
+    char use[16];               /* "" an API token; BP_JWT_USE_SIGNIN a console sign-in token */
+    char jti[64];               /* a sign-in token's id ("" on API tokens) */
+    int64_t iat, exp;
 } bp_claims;
+#define BP_JWT_USE_SIGNIN "signin"
+#define BP_SIGNIN_MAX_TTL (15 * 60)   /* seconds a sign-in token may live */
 
 /* What a token must also say when the server is configured so (NULL: not checked). */
 typedef struct bp_jwt_expect {
@@ -506,6 +574,9 @@ void bp_jwt_sign(const char *secret, const char *role, const char *subject, cons
  * constant time) and not expired; else -1 and why. */
 int bp_jwt_verify(const char *secret, const char *token, int64_t now, const bp_jwt_expect *expect, bp_claims *out,
                   bp_error *err);
+/* A console sign-in token: bp_jwt_sign's claims with "use":"signin" and a random jti. */
+void bp_jwt_sign_signin(const char *secret, const char *role, const char *subject, const char *issuer,
+                        const char *audience, int64_t iat, int64_t exp, bp_buf *out);
 int bp_jwt_secret(const char *state_dir, char *out, size_t outlen, bp_error *err);
 
 /* ---- metrics.c ------------------------------------------------------------------------ */
@@ -576,6 +647,7 @@ struct bp_registry {
     double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
     long retry_base_ms;                   /* fixed */
     int workers;                          /* fixed: delivery threads */
+    bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
     void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
     void *on_live_ctx;
 };
@@ -625,6 +697,9 @@ typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, c
                             const char *why);
 long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
 int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err);
+/* -1 with err naming the first top-level key of body not in known (NULL-
+ * terminated): a misspelled key would otherwise be ignored.  registry.c */
+int bp_check_body_keys(const bp_doc *body, const char *const *known, const char *what, bp_error *err);
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err);
 /* Start the delivery pool (`workers` threads) with every integration. */
 int bp_registry_start(bp_registry *r, int workers, bp_error *err);
@@ -656,5 +731,80 @@ void bp_registry_remote_outcome(bp_registry *r, const char *integration, const c
                                 const char *reason);
 /* `blueprint rotate-key`: see registry.c. */
 int bp_rotate_master_key(const char *state_dir, long *rewrapped, bp_error *err);
+
+/* The web console.  A sign-in token's jti taken: 0 the first time, 1 when
+ * it was taken before (kept until expires_at, unix s), -1 on error. */
+int bp_registry_signin_once(bp_registry *r, const char *jti, int64_t expires_at);
+/* An installed integration's config validated against bp (the editor's
+ * edit), or NULL with err; *status 404: no such integration, 400: not one
+ * of vendor's, 0: found (NULL then: it does not validate). */
+bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
+                                 int *status, bp_error *err);
+/* The editor's saves (editor.c).  Between edit_begin and edit_end admin_mu
+ * is held: no install, update, delete or reload interleaves, and the calls
+ * below may be made (only then). */
+void bp_registry_edit_begin(bp_registry *r);
+void bp_registry_edit_end(bp_registry *r);
+/* The checks of hot reload on the version in dir: loads, compiles, every
+ * installed config of v validates against it.  -1 with err. */
+int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, bp_error *err);
+/* Reload v from its folder now, through the hot-reload path (the watcher
+ * then finds nothing new); running: the revision that runs afterwards. */
+int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
+                            bp_error *err);
+/* A blueprint revision (the blueprint_revisions table of server.db). */
+typedef struct bp_edit_rev {
+    int number;                         /* set by record: 1, 2, … per vendor */
+    int64_t created_at;                 /* set by record: ms since the epoch */
+    char actor[128];                    /* set by record */
+    char revision[BP_REVISION_LEN];     /* the folder's fingerprint */
+    const char *message, *diff;         /* diff: unified, against the revision before */
+    const char *changed_json;           /* JSON array of the file names changed */
+    const char *files_json;             /* JSON object: every file's content */
+} bp_edit_rev;
+/* The newest revision's number (0: none) and fingerprint. */
+int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, char revision[BP_REVISION_LEN]);
+/* Record rev (who NULL: "system"); with action, an audit entry too.
+ * Returns its number, or -1. */
+int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev, const bp_claims *who,
+                            const char *action);
+/* Revision number's files (a JSON object) appended: 0, 1 no such revision, -1 error. */
+int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_buf *files_json);
+/* Every revision, newest first, as a JSON array (files: the names changed). */
+int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out);
+
+/* ---- console.c, editor.c: the web console (server.c routes to them) ------------------------- */
+
+/* The console's folder: `option` (serve --console), else console/ beside
+ * the blueprints folder, else the installed share/blueprint/console. */
+void bp_console_dir(const char *option, const char *blueprints_dir, char *out, size_t n);
+/* The file at rel below root and its Content-Type: 200, or 404 (why in err)
+ * for a path that is not plain names, a dotfile, a type the console is not
+ * made of, or anything outside root. */
+int bp_console_file(const char *root, const char *rel, bp_buf *out, const char **ctype, bp_error *err);
+
+/* What an API call answers: the JSON in body, or an error (status >= 400,
+ * code, message) with the file and line of a blueprint edit that does not
+ * load. */
+typedef struct bp_api_result {
+    int status;
+    const char *code;
+    bp_error err;
+    char file[128];             /* "" unknown */
+    int line;                   /* 0 unknown */
+    bp_buf *body;
+} bp_api_result;
+
+#define BP_EDITOR_MAX_BODY (1024u * 1024u)
+/* The blueprint editor's endpoints (vendor: the catalog key; body: the
+ * request's JSON). */
+void bp_editor_files(bp_registry *r, const char *vendor, bp_api_result *res);
+void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, size_t len, bp_api_result *res);
+void bp_editor_test(bp_registry *r, const char *vendor, const char *body, size_t len, bp_api_result *res);
+void bp_editor_save(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
+                    bp_api_result *res);
+void bp_editor_revisions(bp_registry *r, const char *vendor, bp_api_result *res);
+void bp_editor_rollback(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
+                        bp_api_result *res);
 
 #endif

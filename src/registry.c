@@ -40,7 +40,15 @@ static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS audit("
     "  id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL, action TEXT NOT NULL,"
     "  integration_id TEXT, revision_before INTEGER, revision_after INTEGER, detail TEXT);"
-    "CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);";
+    "CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);"
+    /* console sign-in tokens taken, kept until they expire: each is good once */
+    "CREATE TABLE IF NOT EXISTS signins(jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);"
+    /* the console editor's saves of a blueprint folder: who, when, why, the
+     * unified diff, and every file as it then was (for rollback) */
+    "CREATE TABLE IF NOT EXISTS blueprint_revisions("
+    "  vendor TEXT NOT NULL, number INTEGER NOT NULL, revision TEXT NOT NULL, actor TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, message TEXT NOT NULL, diff TEXT NOT NULL, changed TEXT NOT NULL,"
+    "  files TEXT NOT NULL, PRIMARY KEY(vendor, number));";
 
 /* ---- vendors (the catalog) ------------------------------------------------------------- */
 
@@ -709,6 +717,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     pthread_mutex_init(&r->admin_mu, NULL);
     r->blueprints_dir = strdup(blueprints_dir);
     r->state_dir = strdup(state_dir);
+    bp_limits_default(&r->limits);
     char path[4096];
     /* the state directory holds secrets: owner only, and so is everything
      * created in it (SQLite's WAL and SHM files included) */
@@ -743,6 +752,7 @@ int bp_registry_start(bp_registry *r, int workers, bp_error *err)
     if (r->rate_limit_rps > 0) o.rate_limit_rps = r->rate_limit_rps;
     if (r->retry_base_ms > 0) o.retry_base_ms = r->retry_base_ms;
     r->workers = workers;
+    r->limits = o.limits;
     bp_lease lease;
     if (r->cluster) bp_cluster_lease(r->cluster, &lease);
     if (!(r->pool = bp_pool_new(r->store, &o, workers, r->cluster ? &lease : NULL, err))) return -1;
@@ -874,7 +884,7 @@ static void log_integration(const char *msg, const bp_integration *it)
 
 /* ---- the audit log ------------------------------------------------------------------------------ */
 
-static const bp_claims SYSTEM = { "system", "system" };
+static const bp_claims SYSTEM = { "system", "system", "", "", 0, 0 };
 
 /* One entry (admin_mu held).  revision 0 = none. */
 static void audit_locked(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
@@ -1015,7 +1025,7 @@ void bp_registry_audit_purge(bp_registry *r, int days)
 
 /* -1 with err naming the first key of the body's top level that is not in
  * `known` (a typo would otherwise be dropped by write_merged). */
-static int check_body_keys(const bp_doc *body, const char *const *known, const char *what, bp_error *err)
+int bp_check_body_keys(const bp_doc *body, const char *const *known, const char *what, bp_error *err)
 {
     for (uint32_t k = 1, i = 0; i < body->nodes[0].len; i++, k = body->nodes[k + 1].next) {
         const char *key = bp_jtext(body, k);
@@ -1042,7 +1052,7 @@ static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, cons
     if (!variant) variant = "default";
     if (!mode) mode = "server_side";
     *http = 422;
-    if (check_body_keys(body, body_keys, "install", err) < 0) return -1;
+    if (bp_check_body_keys(body, body_keys, "install", err) < 0) return -1;
     if (!name || !*name) { bp_error_set(err, "field 'name' is required"); return -1; }
     if (bp_jget(body, 0, "config") == BP_NONE) { bp_error_set(err, "field 'config' is required"); return -1; }
     pthread_mutex_lock(&r->mu);
@@ -1125,7 +1135,7 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
 {
     static const char *const known[] = { "config", "events", "consent", NULL };
     *http = 422;
-    if (check_body_keys(patch, known, "update (PATCH)", err) < 0) return -1;
+    if (bp_check_body_keys(patch, known, "update (PATCH)", err) < 0) return -1;
     pthread_mutex_lock(&r->mu);
     int deleted = it->deleted;
     char *current = strdup(it->config_json);
@@ -1493,52 +1503,102 @@ void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc
 
 /* ---- hot reload ------------------------------------------------------------------------------ */
 
-static void reload_vendor(bp_registry *r, bp_vendor *v)
+/* The integrations of one vendor, with their documents (references held). */
+typedef struct vendor_items {
+    bp_integration **items;
+    char **docs;
+    size_t n;
+} vendor_items;
+
+static void items_of(bp_registry *r, bp_vendor *v, vendor_items *vi)
 {
-    bp_error err;
+    pthread_mutex_lock(&r->mu);
+    vi->items = calloc(r->n + 1, sizeof *vi->items);
+    vi->docs = calloc(r->n + 1, sizeof *vi->docs);
+    if (!vi->items || !vi->docs) abort();
+    vi->n = 0;
+    for (size_t k = 0; k < r->n; k++) {
+        if (r->items[k]->vendor != v) continue;
+        vi->items[vi->n] = r->items[k];
+        vi->docs[vi->n] = strdup(r->items[k]->config_json);
+        hold(vi->items[vi->n++]);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* admin_mu held (next_cfg). */
+static void items_free(vendor_items *vi)
+{
+    for (size_t k = 0; k < vi->n; k++) {
+        bp_config_free(vi->items[k]->next_cfg);
+        vi->items[k]->next_cfg = NULL;
+        free(vi->docs[k]);
+        bp_integration_release(vi->items[k]);
+    }
+    free(vi->items);
+    free(vi->docs);
+}
+
+/* The blueprint in dir, loaded, compiled in a scratch engine, and every
+ * config of vi validated against its fields (each item's next_cfg): what a
+ * new version must pass before it replaces the running one.  admin_mu held,
+ * so no install, update or delete slips in between.  NULL with err. */
+static bp_blueprint *load_checked(const char *dir, vendor_items *vi, bp_error *err)
+{
+    bp_blueprint *nb = bp_blueprint_load(dir, err);
+    int ok = nb && scratch_compile(nb, err) == 0;
+    for (size_t k = 0; ok && k < vi->n; k++) {
+        vi->items[k]->next_cfg = bp_config_load_text(nb, vi->docs[k], strlen(vi->docs[k]), "stored config", err);
+        if (vi->items[k]->next_cfg) continue;
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        bp_error_set(err, "the installed integration '%s' (%s) would not validate: %s", vi->items[k]->name,
+                     vi->items[k]->id, why);
+        ok = 0;
+    }
+    if (!ok) { bp_blueprint_free(nb); return NULL; }
+    return nb;
+}
+
+/* Load v's files and switch its integrations to them, or keep the running
+ * version when they are rejected (saying why everywhere it shows).  admin_mu
+ * held.  who: the actor (NULL: the file watcher). */
+static int reload_locked(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_error *err)
+{
     char rev[BP_REVISION_LEN];
     bp_blueprint_revision(v->dir, rev);   /* before loading: a later edit is another reload */
-    bp_blueprint *nb = bp_blueprint_load(v->dir, &err);
-    int ok = nb && scratch_compile(nb, &err) == 0;
-    /* every integration's config must still validate against the new fields;
-     * no installs, updates or deletes until the switch is done */
-    pthread_mutex_lock(&r->admin_mu);
     pthread_mutex_lock(&r->mu);
-    size_t n = r->n;
-    bp_integration **items = calloc(n + 1, sizeof *items);
-    char **docs = calloc(n + 1, sizeof *docs);
-    size_t m = 0;
-    for (size_t k = 0; k < n; k++)
-        if (r->items[k]->vendor == v) { items[m] = r->items[k]; docs[m] = strdup(items[m]->config_json); hold(items[m]); m++; }
+    int same = v->bp && !v->load_error && !strcmp(v->bp->revision, rev);
     int had = v->bp != NULL;
     pthread_mutex_unlock(&r->mu);
-    for (size_t k = 0; ok && k < m; k++) {
-        items[k]->next_cfg = bp_config_load_text(nb, docs[k], strlen(docs[k]), "stored config", &err);
-        if (!items[k]->next_cfg) ok = 0;
-    }
+    /* the files' contents are what runs (the console's editor reloaded them
+     * already, or only a modification time changed) */
+    if (same) return 0;
+    vendor_items vi;
+    items_of(r, v, &vi);
+    bp_blueprint *nb = load_checked(v->dir, &vi, err);
     bp_buf f;
     bp_buf_init(&f);
     bp_buf_adds(&f, "\"blueprint\":");
     bp_json_write_string(&f, v->dir, strlen(v->dir));
     bp_buf_printf(&f, ",\"revision\":\"%s\"", rev);
-    if (!ok) {
+    if (!nb) {
         pthread_mutex_lock(&r->mu);
         free(v->load_error);
-        v->load_error = strdup(err.msg);
+        v->load_error = strdup(err->msg);
         memcpy(v->disk_revision, rev, sizeof rev);
         r->metrics.reload_failures++;
         pthread_mutex_unlock(&r->mu);
         bp_buf_adds(&f, ",\"error\":");
-        bp_json_write_string(&f, err.msg, strlen(err.msg));
+        bp_json_write_string(&f, err->msg, strlen(err->msg));
         bp_log("error", had ? "blueprint change rejected; the previous version keeps running" : "blueprint failed to load",
                f.data);
         bp_buf what;
         bp_buf_init(&what);
         bp_buf_printf(&what, "%s: revision %s rejected, the previous version keeps running: ", v->dir, rev);
-        bp_buf_adds(&what, err.msg);
-        audit_locked(r, NULL, "blueprint.reload", NULL, 0, 0, what.data);
+        bp_buf_adds(&what, err->msg);
+        audit_locked(r, who, "blueprint.reload", NULL, 0, 0, what.data);
         bp_buf_free(&what);
-        bp_blueprint_free(nb);
     } else {
         bp_shared_bp *sbp = bp_shared_bp_new(nb);
         memcpy(sbp->revision, rev, sizeof rev);
@@ -1549,30 +1609,35 @@ static void reload_vendor(bp_registry *r, bp_vendor *v)
         v->load_error = NULL;
         memcpy(v->disk_revision, rev, sizeof rev);
         if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = strdup(nb->vendor); }
-        for (size_t k = 0; k < m; k++) { bp_config_free(items[k]->cfg); items[k]->cfg = items[k]->next_cfg; items[k]->next_cfg = NULL; }
+        for (size_t k = 0; k < vi.n; k++) {
+            bp_config_free(vi.items[k]->cfg);
+            vi.items[k]->cfg = vi.items[k]->next_cfg;
+            vi.items[k]->next_cfg = NULL;
+        }
         r->metrics.reloads++;
         pthread_mutex_unlock(&r->mu);
         /* each loop switches its integrations between requests; the old
          * blueprint goes with the last reference to it */
-        for (size_t k = 0; k < m; k++) deliver_with(r, items[k], sbp, docs[k]);
+        for (size_t k = 0; k < vi.n; k++) deliver_with(r, vi.items[k], sbp, vi.docs[k]);
         bp_shared_bp_drop(old);
         bp_log("info", "blueprint reloaded", f.data);
         bp_buf what;
         bp_buf_init(&what);
-        bp_buf_printf(&what, "%s: revision %s reloaded for %zu integrations", v->dir, rev, m);
-        audit_locked(r, NULL, "blueprint.reload", NULL, 0, 0, what.data);
+        bp_buf_printf(&what, "%s: revision %s reloaded for %zu integrations", v->dir, rev, vi.n);
+        audit_locked(r, who, "blueprint.reload", NULL, 0, 0, what.data);
         bp_buf_free(&what);
     }
-    for (size_t k = 0; k < m; k++) {
-        bp_config_free(items[k]->next_cfg);
-        items[k]->next_cfg = NULL;
-        free(docs[k]);
-        bp_integration_release(items[k]);
-    }
-    pthread_mutex_unlock(&r->admin_mu);
-    free(items);
-    free(docs);
+    items_free(&vi);
     bp_buf_free(&f);
+    return nb ? 0 : -1;
+}
+
+static void reload_vendor(bp_registry *r, bp_vendor *v)
+{
+    bp_error err;
+    pthread_mutex_lock(&r->admin_mu);
+    reload_locked(r, v, NULL, &err);
+    pthread_mutex_unlock(&r->admin_mu);
 }
 
 void bp_registry_check_reload(bp_registry *r)
@@ -1584,4 +1649,165 @@ void bp_registry_check_reload(bp_registry *r)
         v->signature = sig;
         reload_vendor(r, v);
     }
+}
+
+/* ---- the web console: sign-in tokens, the editor's saves ------------------------------------- */
+
+int bp_registry_signin_once(bp_registry *r, const char *jti, int64_t expires_at)
+{
+    sqlite3_stmt *q;
+    int rc = -1;
+    pthread_mutex_lock(&r->admin_mu);
+    if (sqlite3_prepare_v2(r->db, "DELETE FROM signins WHERE expires_at < ?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, (int64_t)(bp_wall_ms() / 1000));
+        sqlite3_step(q);
+        sqlite3_finalize(q);
+    }
+    if (sqlite3_prepare_v2(r->db, "INSERT INTO signins(jti, expires_at) VALUES(?1, ?2)", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, jti, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 2, expires_at);
+        int st = sqlite3_step(q);
+        rc = st == SQLITE_DONE ? 0 : (st & 0xff) == SQLITE_CONSTRAINT ? 1 : -1;
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&r->admin_mu);
+    return rc;
+}
+
+void bp_registry_edit_begin(bp_registry *r) { pthread_mutex_lock(&r->admin_mu); }
+void bp_registry_edit_end(bp_registry *r) { pthread_mutex_unlock(&r->admin_mu); }
+
+int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, bp_error *err)
+{
+    vendor_items vi;
+    items_of(r, v, &vi);
+    bp_blueprint *nb = load_checked(dir, &vi, err);
+    items_free(&vi);
+    bp_blueprint_free(nb);
+    return nb ? 0 : -1;
+}
+
+int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
+                            bp_error *err)
+{
+    int rc = reload_locked(r, v, who, err);
+    pthread_mutex_lock(&r->mu);
+    snprintf(running, BP_REVISION_LEN, "%s", v->bp ? v->bp->revision : "");
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, char revision[BP_REVISION_LEN])
+{
+    sqlite3_stmt *q;
+    *number = 0;
+    revision[0] = '\0';
+    if (sqlite3_prepare_v2(r->db, "SELECT number, revision FROM blueprint_revisions WHERE vendor=?1 "
+                                  "ORDER BY number DESC LIMIT 1", -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        *number = sqlite3_column_int(q, 0);
+        snprintf(revision, BP_REVISION_LEN, "%s", (const char *)sqlite3_column_text(q, 1));
+    }
+    sqlite3_finalize(q);
+    return 0;
+}
+
+int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev, const bp_claims *who,
+                            const char *action)
+{
+    int last;
+    char prev[BP_REVISION_LEN];
+    if (bp_registry_edit_latest(r, vendor, &last, prev) < 0) return -1;
+    if (!who) who = &SYSTEM;
+    rev->number = last + 1;
+    rev->created_at = (int64_t)bp_wall_ms();
+    snprintf(rev->actor, sizeof rev->actor, "%s", who->sub[0] ? who->sub : "(no subject)");
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(r->db, "INSERT INTO blueprint_revisions(vendor, number, revision, actor, created_at, message, "
+                                  "diff, changed, files) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    const char *texts[] = { vendor, NULL, rev->revision, rev->actor, NULL, rev->message, rev->diff, rev->changed_json,
+                            rev->files_json };
+    for (int i = 0; i < 9; i++) if (texts[i]) sqlite3_bind_text(q, i + 1, texts[i], -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 2, rev->number);
+    sqlite3_bind_int64(q, 5, rev->created_at);
+    int ok = sqlite3_step(q) == SQLITE_DONE;
+    sqlite3_finalize(q);
+    if (!ok) return -1;
+    if (action) {
+        bp_buf what;
+        bp_buf_init(&what);
+        bp_buf_printf(&what, "%s: blueprint revision %d (%s)", vendor, rev->number, rev->revision);
+        if (rev->message[0]) { bp_buf_adds(&what, ": "); bp_buf_adds(&what, rev->message); }
+        audit_locked(r, who, action, NULL, last, rev->number, what.data);
+        bp_buf_free(&what);
+    }
+    return rev->number;
+}
+
+int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_buf *files_json)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(r->db, "SELECT files FROM blueprint_revisions WHERE vendor=?1 AND number=?2", -1, &q,
+                           NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 2, number);
+    int found = sqlite3_step(q) == SQLITE_ROW;
+    if (found) bp_buf_add(files_json, sqlite3_column_text(q, 0), (size_t)sqlite3_column_bytes(q, 0));
+    sqlite3_finalize(q);
+    return found ? 0 : 1;
+}
+
+/* A text column as a JSON string. */
+static void write_column(bp_buf *out, sqlite3_stmt *q, int col)
+{
+    bp_json_write_text(out, (const char *)sqlite3_column_text(q, col), (size_t)sqlite3_column_bytes(q, col));
+}
+
+int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(r->db, "SELECT number, revision, actor, created_at, message, diff, changed FROM "
+                                  "blueprint_revisions WHERE vendor=?1 ORDER BY number DESC", -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
+    bp_buf_addc(out, '[');
+    for (int n = 0; sqlite3_step(q) == SQLITE_ROW; n++) {
+        bp_buf_printf(out, "%s{\"number\":%d,\"revision\":", n ? "," : "", sqlite3_column_int(q, 0));
+        write_column(out, q, 1);
+        bp_buf_adds(out, ",\"actor\":");
+        write_column(out, q, 2);
+        bp_buf_printf(out, ",\"created_at\":%lld,\"message\":", (long long)sqlite3_column_int64(q, 3));
+        write_column(out, q, 4);
+        bp_buf_adds(out, ",\"diff\":");
+        write_column(out, q, 5);
+        bp_buf_adds(out, ",\"files\":");
+        bp_buf_add(out, sqlite3_column_text(q, 6), (size_t)sqlite3_column_bytes(q, 6));   /* a JSON array, as recorded */
+        bp_buf_addc(out, '}');
+    }
+    bp_buf_addc(out, ']');
+    sqlite3_finalize(q);
+    return 0;
+}
+
+bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
+                                 int *status, bp_error *err)
+{
+    bp_integration *it = bp_registry_find(r, id);
+    *status = it ? 0 : 404;
+    if (!it) { bp_error_set(err, "no integration with id '%s'", id); return NULL; }
+    pthread_mutex_lock(&r->mu);
+    char *doc = strdup(it->config_json);
+    int mine = !strcmp(it->vendor->key, vendor);
+    pthread_mutex_unlock(&r->mu);
+    bp_config *c = NULL;
+    if (!mine) { *status = 400; bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor); }
+    else c = validate(bp, doc, it->variant, err);
+    memset(doc, 0, strlen(doc));   /* it holds the secrets */
+    free(doc);
+    bp_integration_release(it);
+    return c;
 }

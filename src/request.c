@@ -12,6 +12,7 @@ void bp_outcome_init(bp_outcome *o)
 {
     memset(o, 0, sizeof *o);
     bp_buf_init(&o->reason);
+    bp_buf_init(&o->journal);
 }
 
 /* An outcome's strings are carved from chunks that reset and free release
@@ -72,11 +73,13 @@ static void free_request(bp_request *r)
     free(r->slots);
 }
 
-void bp_outcome_clear_requests(bp_outcome *o)
+void bp_outcome_truncate_requests(bp_outcome *o, size_t n)
 {
-    for (size_t i = 0; i < o->nrequests; i++) free_request(&o->requests[i]);
-    o->nrequests = 0;
+    for (size_t i = n; i < o->nrequests; i++) free_request(&o->requests[i]);
+    if (n < o->nrequests) o->nrequests = n;
 }
+
+void bp_outcome_clear_requests(bp_outcome *o) { bp_outcome_truncate_requests(o, 0); }
 
 void bp_outcome_reset(bp_outcome *o)
 {
@@ -86,6 +89,9 @@ void bp_outcome_reset(bp_outcome *o)
     o->verdict = BP_ERROR;
     bp_buf_reset(&o->reason);
     o->nlogs = o->logs_bytes = o->logs_dropped = 0;   /* their strings went with the chunks */
+    o->nanswered = 0;
+    o->pending = o->wait_ms = 0;
+    bp_buf_reset(&o->journal);
 }
 
 void bp_outcome_free(bp_outcome *o)
@@ -95,6 +101,7 @@ void bp_outcome_free(bp_outcome *o)
     free(o->requests);
     free(o->logs);
     bp_buf_free(&o->reason);
+    bp_buf_free(&o->journal);
     memset(o, 0, sizeof *o);
 }
 
@@ -144,6 +151,19 @@ static void write_opt(bp_buf *out, const char *key, const char *v)
     bp_buf_adds(out, key);
     bp_buf_add(out, "\":", 2);
     if (v) write_text(out, v, strlen(v)); else bp_buf_add(out, "null", 4);
+}
+
+/* A step's answer: its status, where it came from, the body cut to
+ * BP_ANSWER_SHOWN (not inside a UTF-8 sequence); null while awaited. */
+static void write_answer(bp_buf *out, const bp_request *r)
+{
+    bp_buf_adds(out, ",\"step\":true,\"answer\":");
+    if (!r->answer_status) { bp_buf_adds(out, "null"); return; }
+    bp_buf_adds(out, "{\"status\":");
+    bp_json_write_int(out, r->answer_status);
+    write_opt(out, "from", r->answer_from);
+    write_opt(out, "body", r->answer_body);
+    bp_buf_addc(out, '}');
 }
 
 void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out)
@@ -201,6 +221,7 @@ void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label,
             write_text(out, body.data ? body.data : "", body.len);
             bp_buf_free(&body);
         }
+        if (r->step) write_answer(out, r);
         bp_buf_addc(out, '}');
     }
     bp_buf_addc(out, ']');

@@ -383,10 +383,43 @@ static int readonly_assignment(lua_State *L)
                       lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
+static int raw_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+/* pairs(proxy) and #proxy walk and count the table behind it (upvalue 1). */
+static int proxy_pairs(lua_State *L)
+{
+    lua_pushcfunction(L, raw_next);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushnil(L);
+    return 3;
+}
+
+static int proxy_len(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, lua_upvalueindex(1)));
+    return 1;
+}
+
 void bp_wrap_proxy(lua_State *L, lua_CFunction on_write)
 {
+    int over_table = lua_istable(L, -1);
     lua_newtable(L);                  /* index, proxy */
-    lua_createtable(L, 0, 3);         /* index, proxy, mt */
+    lua_createtable(L, 0, 5);         /* index, proxy, mt */
+    if (over_table) {
+        lua_pushvalue(L, -3);
+        lua_pushcclosure(L, proxy_pairs, 1);
+        lua_setfield(L, -2, "__pairs");
+        lua_pushvalue(L, -3);
+        lua_pushcclosure(L, proxy_len, 1);
+        lua_setfield(L, -2, "__len");
+    }
     lua_rotate(L, -3, -1);            /* proxy, mt, index */
     lua_setfield(L, -2, "__index");   /* proxy, mt */
     lua_pushcfunction(L, on_write);
@@ -535,11 +568,7 @@ void bp_sandbox_set_prefix(bp_sandbox *sb, const char *chunk_prefix)
 static int safe_next(lua_State *L)
 {
     if (lua_type(L, 1) == LUA_TUSERDATA && luaL_testudata(L, 1, BP_VIEW_MT)) return bp_view_next(L);
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 2);
-    if (lua_next(L, 1)) return 2;
-    lua_pushnil(L);
-    return 1;
+    return raw_next(L);
 }
 
 /* Copy the named fields of the library table on top into a new table, then

@@ -1044,7 +1044,7 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
     bp_buf_init(&r.body);
     char capture[128], allow[128];
     const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
-    call k = { s, c, cn, NULL, NULL, &r, { "", "" } };
+    call k = { s, c, cn, NULL, NULL, &r, { "", "", "", "", 0, 0 } };
     enum MHD_Result ret;
     if (!rt && allow[0]) {
         r.allow = allow;

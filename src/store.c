@@ -113,6 +113,8 @@ static const char *const ADDED_COLUMNS[][2] = {
     { "koff", "ALTER TABLE events ADD COLUMN koff INTEGER" },
     { "kidx", "ALTER TABLE events ADD COLUMN kidx INTEGER" },
     { "ksrc", "ALTER TABLE events ADD COLUMN ksrc INTEGER" },
+    /* the answers of an event's steps so far (ctx.send; engine.c's journal) */
+    { "steps", "ALTER TABLE events ADD COLUMN steps TEXT" },
 };
 
 /* SQLite's default busy handler backs off up to 100 ms per try.  Within
@@ -240,9 +242,9 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
                                         "message_id, ktopic, kpart, koff, kidx, ksrc) VALUES(?5, 'pending', ?1, ?2, ?3, "
                                         "?3, ?4, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING") == 0 &&
          prepare(s->db, &s->update, "UPDATE events SET state=?2, attempts=?3, failures=?4, done_requests=?5, "
-                                    "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11 "
+                                    "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11, steps=?12 "
                                     "WHERE id=?1") == 0 &&
-         prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx, ksrc, koff FROM events "
+         prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx, ksrc, koff, steps FROM events "
                                      "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
          prepare(s->db, &s->once_get, "SELECT at FROM once_keys WHERE key=?1") == 0 &&
          prepare(s->db, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)") == 0 &&
@@ -461,6 +463,7 @@ int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last
     if (response) sqlite3_bind_text(u, 9, response, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 9);
     if (outcome) sqlite3_bind_text(u, 10, outcome, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 10);
     sqlite3_bind_int64(u, 11, now);
+    if (e->steps_len) sqlite3_bind_text(u, 12, e->steps, (int)e->steps_len, SQLITE_STATIC); else sqlite3_bind_null(u, 12);
     int rc = sqlite3_step(u) == SQLITE_DONE ? 0 : -1;
     pthread_mutex_unlock(&s->mu);
     return rc;
@@ -504,6 +507,10 @@ int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int
         e->idx = (long)sqlite3_column_int64(q, 6);
         e->ksrc = sqlite3_column_int64(q, 7);
         e->koff = sqlite3_column_int64(q, 8);
+        if (sqlite3_column_type(q, 9) == SQLITE_TEXT) {
+            e->steps = strdup((const char *)sqlite3_column_text(q, 9));
+            e->steps_len = (size_t)sqlite3_column_bytes(q, 9);
+        }
     }
     sqlite3_reset(q);
     pthread_mutex_unlock(&s->mu);

@@ -72,15 +72,283 @@ end
 function helpers.synced_key(email) return "contact:" .. email end
 
 -- Map one track/page event: find the email, then send the contact sync
--- (skipped when recently done) followed by the event; or drop.
+-- (skipped when recently done) followed by the event; or drop.  When the
+-- event earns a tag (tag_on_events), or the contact's consent is newly
+-- granted and lists follow consent, the sync is a step: the tag and the
+-- list status need the contact's id.
 function helpers.track_event(event, ctx, event_name, data, keep)
   local email = helpers.email(event, ctx)
   if not email then return helpers.no_email(ctx) end
   local request, dropped = helpers.track(ctx, event_name, email, data, keep)
-  if not request then return dropped end
-  local sync = helpers.contact_sync(ctx, { email = email })
-  sync.once = helpers.synced_key(email)
-  return { sync, request }
+  local tag = helpers.event_tag(ctx, event.event)
+  local relist = ctx.config.lists and ctx.consent.state == "granted" and helpers.consent_changed(ctx, email)
+  if not tag and not relist then
+    if not request then return dropped end
+    local sync = helpers.contact_sync(ctx, { email = email })
+    sync.once = helpers.synced_key(email)
+    return { sync, request }
+  end
+  local id = helpers.synced_contact_id(ctx, { email = email })
+  if tag then helpers.add_tags(ctx, id, { tag }) end
+  local out = relist and helpers.list_requests(ctx, id, "granted") or {}
+  if relist then helpers.remember_consent(ctx, email) end
+  out[#out + 1] = request
+  return out
+end
+
+-- ---- Contact depth: lists, tags, custom fields, Deep Data -------------------
+-- Each is off until configured.  They need ids that exist only in
+-- ActiveCampaign's answers (a contact's, a tag's, a field's), so they use
+-- steps: ctx.send(request) returns the answer { status, json, body }.
+-- Lookups are cached per account (ctx.cache), so once warm an identify
+-- sends no lookup requests.
+
+local DAY = 86400
+
+local function api_request(ctx, method, path, body)
+  return { method = method, url = helpers.api(ctx, path),
+           headers = { ["Api-Token"] = ctx.secret("api_key") }, json = body }
+end
+helpers.api_request = api_request
+
+-- The contact's id, from the contact/sync answer (the sync is a step).
+function helpers.synced_contact_id(ctx, contact)
+  local r = ctx.send(helpers.contact_sync(ctx, contact))
+  return r.json.contact.id
+end
+
+-- The list subscription that consent asks for: 1 subscribed, 2 unsubscribed,
+-- nil to leave it as it is (unknown consent).
+local LIST_STATUS = { granted = 1, denied = 2 }
+
+-- contactLists requests for every configured list.
+function helpers.list_requests(ctx, contact_id, state)
+  local status = LIST_STATUS[state]
+  if not status or not ctx.config.lists then return {} end
+  local out = {}
+  for _, list in ipairs(ctx.config.lists) do
+    out[#out + 1] = api_request(ctx, "POST", "/api/3/contactLists",
+      { contactList = { list = list, contact = contact_id, status = status } })
+  end
+  return out
+end
+
+-- Has this contact's consent changed since the last event we saw for it?
+-- (Remembered per account for 30 days; written when the run completes.)
+function helpers.consent_changed(ctx, email)
+  return ctx.cache.get("consent:" .. email) ~= ctx.consent.state
+end
+
+function helpers.remember_consent(ctx, email)
+  ctx.cache.set("consent:" .. email, ctx.consent.state, 30 * DAY)
+end
+
+-- A tag's id: cached, else looked up, else created.  Tag names are unique
+-- (case-insensitively): a 422 on create means another delivery created it
+-- meanwhile, so it is looked up again.  Concurrent events share one lookup
+-- and one create (opts.cache), so a new tag is created once per account.
+local function find_tag(ctx, name, share)
+  local r = ctx.send(api_request(ctx, "GET", "/api/3/tags?search=" .. ctx.urlencode(name) .. "&limit=100"),
+                     share and { cache = "tag lookup " .. name:lower(), ttl = 60 } or nil)
+  for _, t in ipairs(r.json.tags or {}) do
+    if t.tag:lower() == name:lower() then return t.id end
+  end
+end
+
+function helpers.tag_id(ctx, name)
+  local key = "tag:" .. name:lower()
+  local id = ctx.cache.get(key) or find_tag(ctx, name, true)
+  if not id then
+    local r = ctx.send(api_request(ctx, "POST", "/api/3/tags",
+                         { tag = { tag = name, tagType = "contact", description = "" } }),
+                       { cache = "tag create " .. name:lower(), accept = { 422 } })
+    id = r.status == 422 and find_tag(ctx, name, false) or (r.json.tag and r.json.tag.id)
+    if not id then error("tag '" .. name .. "' could not be created: " .. r.body) end
+  end
+  ctx.cache.set(key, id, DAY)
+  return id
+end
+
+-- traits.tags as a list: an array, or a comma-separated string.
+function helpers.tag_names(value)
+  local names = {}
+  if type(value) == "string" then
+    for name in value:gmatch("[^,]+") do
+      name = name:match("^%s*(.-)%s*$")
+      if name ~= "" then names[#names + 1] = name end
+    end
+  elseif value then
+    for _, name in ipairs(value) do
+      if type(name) == "string" and name ~= "" then names[#names + 1] = name end
+    end
+  end
+  return names
+end
+
+-- Add tags to a contact.  A tag it already has is refused with 422: fine.
+function helpers.add_tags(ctx, contact_id, names)
+  for _, name in ipairs(names) do
+    ctx.send(api_request(ctx, "POST", "/api/3/contactTags",
+               { contactTag = { contact = contact_id, tag = helpers.tag_id(ctx, name) } }),
+             { accept = { 422 } })
+  end
+end
+
+-- The tag an event name earns (tag_on_events), or nil.
+function helpers.event_tag(ctx, event_name)
+  local map = ctx.config.tag_on_events
+  return map and event_name and map[event_name]
+end
+
+-- Custom fields by title and by perstag (lower case) -> { id, type }, read
+-- page by page from /api/3/fields once per account.
+function helpers.custom_fields(ctx)
+  local fields = ctx.cache.get("fields")
+  if fields then return fields end
+  fields = {}
+  local offset, total = 0, 1
+  while offset < total do
+    local r = ctx.send(api_request(ctx, "GET", "/api/3/fields?limit=100&offset=" .. offset),
+                       { cache = "fields " .. offset, ttl = 3600 })
+    for _, f in ipairs(r.json.fields or {}) do
+      local entry = { id = f.id, type = f.type }
+      fields[f.title:lower()] = entry
+      if f.perstag and f.perstag ~= "" then fields[f.perstag:lower()] = entry end
+    end
+    total = tonumber(r.json.meta and r.json.meta.total) or 0
+    offset = offset + 100
+  end
+  ctx.cache.set("fields", fields, 3600)
+  return fields
+end
+
+-- A trait value written the way the field's type wants it.
+local function day(v) return type(v) == "number" and os.date("!%Y-%m-%d", v) or tostring(v):sub(1, 10) end
+local FIELD_VALUE = {
+  date = day,
+  datetime = function(v) return type(v) == "number" and os.date("!%Y-%m-%dT%H:%M:%SZ", v) or tostring(v) end,
+  checkbox = function(v) return "||" .. table.concat(helpers.tag_names(v), "||") .. "||" end,
+}
+FIELD_VALUE.listbox = FIELD_VALUE.checkbox
+
+function helpers.field_value(field_type, value)
+  if type(value) == "boolean" then return value and "true" or "false" end
+  local write = FIELD_VALUE[field_type]
+  return write and write(value) or tostring(value)
+end
+
+-- fieldValues requests for the configured traits the event carries.
+function helpers.field_requests(ctx, contact_id, traits)
+  local map = ctx.config.custom_fields
+  if not map then return {} end
+  local fields, out = helpers.custom_fields(ctx), {}
+  for trait, name in pairs(map) do
+    local value = ctx.get(traits, trait)
+    local field = fields[name:lower()]
+    if value ~= nil and value ~= "" and not field then
+      error("custom_fields: no custom field titled or tagged '" .. name .. "' in this account (for trait " .. trait .. ")")
+    end
+    if value ~= nil and value ~= "" then
+      out[#out + 1] = api_request(ctx, "POST", "/api/3/fieldValues",
+        { fieldValue = { contact = contact_id, field = field.id, value = helpers.field_value(field.type, value) } })
+    end
+  end
+  table.sort(out, function(a, b) return a.json.fieldValue.field < b.json.fieldValue.field end)
+  return out
+end
+
+-- An amount in cents, exactly: "19.99" -> 1999 (Deep Data's unit).
+function helpers.cents(value)
+  if value == nil then return nil end
+  local whole, frac = tostring(value):match("^%s*(-?%d*)%.?(%d*)%s*$")
+  if not whole then error("not an amount: " .. tostring(value)) end
+  frac = (frac .. "00"):sub(1, 2)
+  local sign = whole:sub(1, 1) == "-" and -1 or 1
+  return sign * (math.abs(tonumber(whole) or 0) * 100 + tonumber(frac))
+end
+
+-- The id of a Deep Data resource: looked up with GET path?filters, else
+-- created with POST (a 422 duplicate means it exists: looked up again).
+local function ensure(ctx, path, filters, kind, body, share)
+  local query = {}
+  for _, k in ipairs(filters) do query[#query + 1] = "filters[" .. k[1] .. "]=" .. ctx.urlencode(k[2]) end
+  local lookup = api_request(ctx, "GET", path .. "?" .. table.concat(query, "&"))
+  local list = kind .. "s"
+  local r = ctx.send(lookup, share and { cache = share .. " lookup", ttl = 60 } or nil)
+  local found = r.json[list] and r.json[list][1]
+  if found then return found.id end
+  r = ctx.send(api_request(ctx, "POST", path, { [kind] = body }),
+               { cache = share and share .. " create" or nil, accept = { 422 } })
+  if r.status ~= 422 then return r.json[kind].id end
+  r = ctx.send(lookup)
+  found = r.json[list] and r.json[list][1]
+  if not found then error(kind .. " refused and not found: " .. r.body) end
+  return found.id
+end
+
+function helpers.deep_data_connection(ctx)
+  local id = ctx.cache.get("connection")
+  if id then return id end
+  id = ensure(ctx, "/api/3/connections", { { "service", "signal" }, { "externalid", "signal" } }, "connection",
+              { service = "signal", externalid = "signal", name = ctx.config.deep_data_store,
+                logoUrl = "", linkUrl = "" }, "connection")
+  ctx.cache.set("connection", id, DAY)
+  return id
+end
+
+-- Deep Data's "duplicate": the order (or customer, connection) exists.
+local function duplicate(r)
+  for _, e in ipairs(r.json and r.json.errors or {}) do
+    if e.code == "duplicate" then return true end
+  end
+  return false
+end
+
+function helpers.deep_data_customer(ctx, connection, email)
+  local key = "customer:" .. email
+  local id = ctx.cache.get(key)
+  if id then return id end
+  id = ensure(ctx, "/api/3/ecomCustomers", { { "email", email }, { "connectionid", connection } }, "ecomCustomer",
+              { connectionid = connection, externalid = email, email = email,
+                acceptsMarketing = ctx.consent.state == "granted" and "1" or "0" })
+  ctx.cache.set(key, id, DAY)
+  return id
+end
+
+-- Order Completed as a Deep Data order: connection, customer, then the order
+-- with its products, amounts in cents, source 1 (so automations fire).  The
+-- order id is its externalid: sent twice (a redelivery), ActiveCampaign
+-- answers 422 duplicate and the order is not created again.
+function helpers.deep_data_order(event, ctx, email)
+  local p = event.properties
+  local order_id = ctx.get(p, "order_id")
+  if not order_id then error("Deep Data needs properties.order_id (the order's id in the store)") end
+  local date = ctx.get(event, "timestamp") or ctx.get(event, "originalTimestamp")
+  if not date then error("Deep Data needs the event's timestamp (the order date)") end
+  local connection = helpers.deep_data_connection(ctx)
+  local customer = helpers.deep_data_customer(ctx, connection, email)
+  local products = {}
+  for _, item in ipairs(ctx.get(p, "products") or {}) do
+    products[#products + 1] = {
+      externalid = tostring(ctx.get(item, "product_id") or ctx.get(item, "sku") or ctx.get(item, "id") or #products + 1),
+      name = ctx.get(item, "name") or "",
+      price = helpers.cents(ctx.get(item, "price") or 0),
+      quantity = tonumber(ctx.get(item, "quantity")) or 1,
+      category = ctx.get(item, "category"),
+      sku = ctx.get(item, "sku"),
+    }
+  end
+  local r = ctx.send(api_request(ctx, "POST", "/api/3/ecomOrders", { ecomOrder = {
+    externalid = tostring(order_id), orderNumber = tostring(order_id), source = 1, email = email,
+    orderProducts = products,
+    totalPrice = helpers.cents(ctx.get(p, "total") or ctx.get(p, "revenue") or 0),
+    shippingAmount = helpers.cents(ctx.get(p, "shipping")),
+    taxAmount = helpers.cents(ctx.get(p, "tax")),
+    discountAmount = helpers.cents(ctx.get(p, "discount")),
+    currency = tostring(ctx.get(p, "currency") or "USD"):upper(),
+    connectionid = connection, customerid = customer, externalCreatedDate = date,
+  } }), { accept = { 422 } })
+  if r.status == 422 and not duplicate(r) then error("Deep Data refused the order: " .. r.body) end
 end
 
 return helpers

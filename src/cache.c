@@ -1,0 +1,198 @@
+/*
+ * cache.c — ctx.cache: values and step answers a mapping keeps per vendor
+ * account, with a time to live.
+ *
+ * Why a cache in the core: a tag's id, a custom field's id or an ecommerce
+ * connection exist only in an earlier answer of the vendor.  Looking them up
+ * for every event would multiply the requests an account's rate limit
+ * allows; kept here they are looked up once per account.
+ *
+ * One cache serves every delivery loop (integrations of one account may be
+ * served by several loops), so it is a mutex-guarded hash table.  Entries
+ * are keyed by account and key; a value is JSON text.  A key can also be
+ * *claimed*: the step that will fetch it is in flight, and another event
+ * that needs the same answer waits for it instead of asking the vendor
+ * again (two events creating the same new tag create it once).  Claims
+ * expire, so an event that dies in flight does not block the key forever.
+ *
+ * Bounded: at most max entries; when full, expired entries go first, then
+ * the entry closest to expiry.  The cache is memory only: after a restart
+ * every value is looked up once again.
+ */
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BUCKETS 4096
+#define CLAIM_MS 30000.0   /* a claim older than this is forgotten (its event died in flight) */
+
+typedef struct entry {
+    struct entry *next;
+    char *key;                  /* "account\nkey" */
+    char *value; size_t len;    /* JSON text, NULL while only claimed */
+    double expires_ms;          /* monotonic */
+    uint64_t claim_owner;       /* 0: not claimed */
+    double claim_until_ms;
+} entry;
+
+struct bp_cache {
+    pthread_mutex_t mu;
+    entry *buckets[BUCKETS];
+    size_t n, max;
+};
+
+bp_cache *bp_cache_new(size_t max_entries)
+{
+    bp_cache *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    pthread_mutex_init(&c->mu, NULL);
+    c->max = max_entries ? max_entries : 100000;
+    return c;
+}
+
+static void free_entry(entry *e)
+{
+    free(e->key);
+    free(e->value);
+    free(e);
+}
+
+void bp_cache_free(bp_cache *c)
+{
+    if (!c) return;
+    for (size_t b = 0; b < BUCKETS; b++)
+        for (entry *e = c->buckets[b], *next; e; e = next) { next = e->next; free_entry(e); }
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static uint64_t hash2(const char *a, const char *b)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *a; a++) h = (h ^ (unsigned char)*a) * 1099511628211ULL;
+    h = (h ^ '\n') * 1099511628211ULL;
+    for (; *b; b++) h = (h ^ (unsigned char)*b) * 1099511628211ULL;
+    return h;
+}
+
+static int same_key(const entry *e, const char *account, const char *key)
+{
+    size_t n = strlen(account);
+    return !strncmp(e->key, account, n) && e->key[n] == '\n' && !strcmp(e->key + n + 1, key);
+}
+
+/* The entry for account/key, or NULL; *slot receives its link (or the
+ * bucket's head when absent).  Caller holds mu. */
+static entry **find(bp_cache *c, const char *account, const char *key)
+{
+    entry **p = &c->buckets[hash2(account, key) % BUCKETS];
+    while (*p && !same_key(*p, account, key)) p = &(*p)->next;
+    return p;
+}
+
+static int live_value(const entry *e, double now) { return e->value && e->expires_ms > now; }
+static int live_claim(const entry *e, double now) { return e->claim_owner && e->claim_until_ms > now; }
+
+/* Make room for one more entry: drop the dead ones, or else the one that
+ * expires first.  Caller holds mu. */
+static void evict(bp_cache *c, double now)
+{
+    entry **victim = NULL;
+    for (size_t b = 0; b < BUCKETS; b++)
+        for (entry **p = &c->buckets[b]; *p;) {
+            entry *e = *p;
+            if (!live_value(e, now) && !live_claim(e, now)) {
+                *p = e->next;
+                free_entry(e);
+                c->n--;
+                continue;
+            }
+            if (!live_claim(e, now) && (!victim || e->expires_ms < (*victim)->expires_ms)) victim = p;
+            p = &e->next;
+        }
+    if (c->n >= c->max && victim) {
+        entry *e = *victim;
+        *victim = e->next;
+        free_entry(e);
+        c->n--;
+    }
+}
+
+static entry *get_or_add(bp_cache *c, const char *account, const char *key, double now)
+{
+    entry **p = find(c, account, key);
+    if (*p) return *p;
+    if (c->n >= c->max) { evict(c, now); p = find(c, account, key); }
+    entry *e = calloc(1, sizeof *e);
+    if (!e) abort();
+    size_t na = strlen(account), nk = strlen(key);
+    e->key = malloc(na + nk + 2);
+    if (!e->key) abort();
+    memcpy(e->key, account, na);
+    e->key[na] = '\n';
+    memcpy(e->key + na + 1, key, nk + 1);
+    e->next = *p;
+    *p = e;
+    c->n++;
+    return e;
+}
+
+int bp_cache_get(bp_cache *c, const char *account, const char *key, bp_buf *out)
+{
+    double now = bp_monotonic_ms();
+    pthread_mutex_lock(&c->mu);
+    entry *e = *find(c, account, key);
+    int hit = e && live_value(e, now);
+    if (hit) bp_buf_add(out, e->value, e->len);
+    pthread_mutex_unlock(&c->mu);
+    return hit;
+}
+
+void bp_cache_set(bp_cache *c, const char *account, const char *key, const char *json, size_t len, double ttl_s)
+{
+    double now = bp_monotonic_ms();
+    pthread_mutex_lock(&c->mu);
+    entry *e = get_or_add(c, account, key, now);
+    char *v = malloc(len + 1);
+    if (!v) abort();
+    memcpy(v, json, len);
+    v[len] = '\0';
+    free(e->value);
+    e->value = v;
+    e->len = len;
+    e->expires_ms = now + (ttl_s > 0 ? ttl_s : 0) * 1000.0;
+    e->claim_owner = 0;
+    pthread_mutex_unlock(&c->mu);
+}
+
+int bp_cache_claim(bp_cache *c, const char *account, const char *key, uint64_t owner)
+{
+    double now = bp_monotonic_ms();
+    pthread_mutex_lock(&c->mu);
+    entry *e = get_or_add(c, account, key, now);
+    int mine = !live_claim(e, now) || e->claim_owner == owner;
+    if (mine) {
+        e->claim_owner = owner;
+        e->claim_until_ms = now + CLAIM_MS;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return mine;
+}
+
+void bp_cache_release(bp_cache *c, const char *account, const char *key, uint64_t owner)
+{
+    pthread_mutex_lock(&c->mu);
+    entry *e = *find(c, account, key);
+    if (e && e->claim_owner == owner) e->claim_owner = 0;
+    pthread_mutex_unlock(&c->mu);
+}
+
+size_t bp_cache_count(bp_cache *c)
+{
+    pthread_mutex_lock(&c->mu);
+    size_t n = c->n;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
