@@ -43,7 +43,7 @@ static int fail_at(bp_error *err, const char *file, uint32_t line, const char *w
 }
 
 /* Append the entries of one YAML file. */
-static int load_file(bp_answers *a, const char *path, bp_error *err)
+static int load_file(bp_answers *a, const char *path, int given, bp_error *err)
 {
     bp_buf text;
     bp_buf_init(&text);
@@ -94,8 +94,10 @@ static int load_file(bp_answers *a, const char *path, bp_error *err)
         bp_buf_reset(&b);
         const char *base = strrchr(path, '/');
         const char *doc = bp_jscalar(&d, bp_jget(&d, it, "doc"));
+        /* the blueprint's documented examples name their page; given answers say so */
         bp_buf_printf(&b, "%s:%u", base ? base + 1 : path, d.nodes[it].line);
-        if (doc) bp_buf_printf(&b, " (%s)", doc);
+        if (given) bp_buf_adds(&b, " (given)");
+        else if (doc) bp_buf_printf(&b, " (%s)", doc);
         e->from = strdup(b.data);
         bp_buf_free(&b);
     }
@@ -109,8 +111,8 @@ bp_answers *bp_answers_load(const char *blueprint_dir, const char *extra, bp_err
     if (!a) abort();
     char path[4200];
     struct stat st;
-    if ((extra && load_file(a, extra, err) < 0) ||
-        (snprintf(path, sizeof path, "%s/answers.yaml", blueprint_dir), stat(path, &st) == 0 && load_file(a, path, err) < 0)) {
+    if ((extra && load_file(a, extra, 1, err) < 0) ||
+        (snprintf(path, sizeof path, "%s/answers.yaml", blueprint_dir), stat(path, &st) == 0 && load_file(a, path, 0, err) < 0)) {
         bp_answers_free(a);
         return NULL;
     }

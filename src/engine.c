@@ -63,41 +63,15 @@ static size_t utf8_cut(const char *s, size_t len, size_t max)
     return max;
 }
 
-/* A mapping's log line: kept with the event's outcome (bounded), and
- * written now: a JSON record to the log callback (bp_set_log; serve's is
- * stderr), else a human line on stderr (the CLI). */
-static void on_log(void *ud, const char *at, const char *msg, size_t len)
+/* Write one log line: a JSON record to the log callback (bp_set_log;
+ * serve's is stderr), else a human line on stderr (the CLI). */
+static void emit_log(bp_engine *e, const bp_outcome *o, const char *at, const char *text, size_t len)
 {
-    bp_engine *e = ud;
-    bp_outcome *o = e->out;
-    size_t n = utf8_cut(msg, len, LOG_LINE_MAX);
-    bp_buf text;
-    bp_buf_init(&text);
-    bp_buf_add(&text, msg, n);
-    if (n < len) bp_buf_printf(&text, "… (%zu more bytes)", len - n);
-    if (!text.data) bp_buf_adds(&text, "");
-    if (o->nlogs >= LOG_LINES_MAX || o->logs_bytes + text.len > LOG_BYTES_MAX) {
-        /* the same bound for stderr and serve's log: one note, then quiet */
-        if (o->logs_dropped++) { bp_buf_free(&text); return; }
-        bp_buf_reset(&text);
-        bp_buf_printf(&text, "(more than %d lines or %d KiB logged for this event: further lines are dropped)",
-                      LOG_LINES_MAX, LOG_BYTES_MAX / 1024);
-    } else {
-        if (o->nlogs == o->caplogs) {
-            o->caplogs = o->caplogs ? o->caplogs * 2 : 8;
-            o->logs = realloc(o->logs, o->caplogs * sizeof *o->logs);
-            if (!o->logs) abort();
-        }
-        o->logs[o->nlogs].at = bp_outcome_strdup(o, at);
-        o->logs[o->nlogs].msg = bp_outcome_strdup(o, text.data);
-        o->nlogs++;
-        o->logs_bytes += text.len;
-    }
     if (bp_log_has_sink()) {
         bp_buf f;
         bp_buf_init(&f);
         bp_buf_adds(&f, "\"log\":");
-        bp_json_write_text(&f, text.data, text.len);
+        bp_json_write_text(&f, text, len);
         bp_buf_adds(&f, ",\"at\":");
         bp_json_write_text(&f, at, strlen(at));
         bp_buf_adds(&f, ",\"vendor\":");
@@ -118,9 +92,46 @@ static void on_log(void *ud, const char *at, const char *msg, size_t len)
             snprintf(tag, sizeof tag, "[event %ld %.120s]", e->seq, o->message_id);
         else
             snprintf(tag, sizeof tag, "[event %ld]", e->seq);
-        fprintf(stderr, "blueprint log %s %s: %s\n", tag, at, text.data);
+        fprintf(stderr, "blueprint log %s %s: %.*s\n", tag, at, (int)len, text);
     }
+}
+
+/* A mapping's log line: kept with the event's outcome (bounded).  It is
+ * written (emit_log) when the run completes: a run that stops at a step
+ * runs again and logs the same lines again. */
+static void on_log(void *ud, const char *at, const char *msg, size_t len)
+{
+    bp_engine *e = ud;
+    bp_outcome *o = e->out;
+    size_t n = utf8_cut(msg, len, LOG_LINE_MAX);
+    if (o->nlogs >= LOG_LINES_MAX || o->logs_bytes + n > LOG_BYTES_MAX) { o->logs_dropped++; return; }
+    bp_buf text;
+    bp_buf_init(&text);
+    bp_buf_add(&text, msg, n);
+    if (n < len) bp_buf_printf(&text, "… (%zu more bytes)", len - n);
+    if (!text.data) bp_buf_adds(&text, "");
+    if (o->nlogs == o->caplogs) {
+        o->caplogs = o->caplogs ? o->caplogs * 2 : 8;
+        o->logs = realloc(o->logs, o->caplogs * sizeof *o->logs);
+        if (!o->logs) abort();
+    }
+    o->logs[o->nlogs].at = bp_outcome_strdup(o, at);
+    o->logs[o->nlogs].msg = bp_outcome_strdup(o, text.data);
+    o->nlogs++;
+    o->logs_bytes += text.len;
     bp_buf_free(&text);
+}
+
+/* The completed run's lines, then one note when some were over the bound. */
+static void emit_logs(bp_engine *e, const bp_outcome *o)
+{
+    for (size_t i = 0; i < o->nlogs; i++) emit_log(e, o, o->logs[i].at, o->logs[i].msg, strlen(o->logs[i].msg));
+    if (o->logs_dropped) {
+        char note[160];
+        snprintf(note, sizeof note, "(more than %d lines or %d KiB logged for this event: further lines are dropped)",
+                 LOG_LINES_MAX, LOG_BYTES_MAX / 1024);
+        emit_log(e, o, "", note, strlen(note));
+    }
 }
 
 static void add_step_functions(lua_State *L, bp_engine *e);
@@ -986,6 +997,7 @@ static enum bp_verdict run_mapping(bp_engine *e, int ref, const bp_route *route,
     bp_sandbox_set_log(e->sb, NULL, NULL);
     e->jtext = NULL;                                     /* one run's */
     end_writes(e, rc == 0 && !e->stopped);
+    if (!e->stopped) emit_logs(e, out);
     if (e->stopped) {
         /* stopped at a step: deliver what is known so far, then run again */
         out->verdict = BP_DELIVER;

@@ -322,9 +322,11 @@ end
 function helpers.deep_data_order(event, ctx, email)
   local p = event.properties
   local order_id = ctx.get(p, "order_id")
-  if not order_id then error("Deep Data needs properties.order_id (the order's id in the store)") end
   local date = ctx.get(event, "timestamp") or ctx.get(event, "originalTimestamp")
-  if not date then error("Deep Data needs the event's timestamp (the order date)") end
+  if not order_id or not date then
+    -- the purchase still goes to Event Tracking; the log line says why Deep Data did not
+    return ctx.log("Deep Data skipped: the order needs properties.order_id and the event's timestamp")
+  end
   local connection = helpers.deep_data_connection(ctx)
   local customer = helpers.deep_data_customer(ctx, connection, email)
   local products = {}

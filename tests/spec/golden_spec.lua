@@ -33,8 +33,10 @@ describe("golden dry-run fixtures #cli", function()
     for _, name in ipairs(cases(bp)) do
       it(bp .. ": --decode on " .. name, function()
         local dir = bp .. "/tests/" .. name
+        -- a case's own answers to steps, as `blueprint test` uses them
+        local answers = io.open(dir .. "/answers.yaml") and (" --answers " .. dir .. "/answers.yaml") or ""
         local out, err, code = S.sh(S.bin .. " dry-run " .. bp .. " --decode --config " .. dir .. "/config.yaml "
-          .. dir .. "/events.ndjson")
+          .. dir .. "/events.ndjson" .. answers)
         assert.are.equal(0, code, err)
         local plain = S.lines(io.open(dir .. "/expected.ndjson"):read("a"))
         for i, line in ipairs(S.lines(out)) do
