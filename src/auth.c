@@ -44,8 +44,9 @@ static int b64url_decode(const char *s, size_t n, bp_buf *out)
 
 static const char HEADER[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
 
-void bp_jwt_sign(const char *secret, const char *role, const char *subject, const char *issuer, const char *audience,
-                 int64_t iat, int64_t exp, bp_buf *out)
+/* The token with these claims; `use` and `jti` only on sign-in tokens. */
+static void sign(const char *secret, const char *role, const char *subject, const char *issuer, const char *audience,
+                 const char *use, const char *jti, int64_t iat, int64_t exp, bp_buf *out)
 {
     bp_buf payload;
     bp_buf_init(&payload);
@@ -55,6 +56,7 @@ void bp_jwt_sign(const char *secret, const char *role, const char *subject, cons
     bp_json_write_string(&payload, role, strlen(role));
     if (issuer) { bp_buf_adds(&payload, ",\"iss\":"); bp_json_write_string(&payload, issuer, strlen(issuer)); }
     if (audience) { bp_buf_adds(&payload, ",\"aud\":"); bp_json_write_string(&payload, audience, strlen(audience)); }
+    if (use) bp_buf_printf(&payload, ",\"use\":\"%s\",\"jti\":\"%s\"", use, jti);
     bp_buf_printf(&payload, ",\"iat\":%lld,\"exp\":%lld}", (long long)iat, (long long)exp);
     b64url(out, (const unsigned char *)HEADER, strlen(HEADER));
     bp_buf_addc(out, '.');
@@ -64,6 +66,24 @@ void bp_jwt_sign(const char *secret, const char *role, const char *subject, cons
     bp_buf_addc(out, '.');
     b64url(out, mac, 32);
     bp_buf_free(&payload);
+}
+
+void bp_jwt_sign(const char *secret, const char *role, const char *subject, const char *issuer, const char *audience,
+                 int64_t iat, int64_t exp, bp_buf *out)
+{
+    sign(secret, role, subject, issuer, audience, NULL, NULL, iat, exp, out);
+}
+
+/* A sign-in token carries "use":"signin", which the API refuses as a bearer
+ * token, and a random jti, so that the server can take it only once. */
+void bp_jwt_sign_signin(const char *secret, const char *role, const char *subject, const char *issuer,
+                        const char *audience, int64_t iat, int64_t exp, bp_buf *out)
+{
+    unsigned char raw[16];
+    char jti[33];
+    if (bp_random_bytes(raw, sizeof raw) < 0) abort();   /* a guessable jti would not be single-use */
+    for (int i = 0; i < 16; i++) snprintf(jti + 2 * i, 3, "%02x", raw[i]);
+    sign(secret, role, subject, issuer, audience, BP_JWT_USE_SIGNIN, jti, iat, exp, out);
 }
 
 /* aud is a string or an array of strings (RFC 7519 §4.1.3). */
@@ -116,6 +136,8 @@ int bp_jwt_verify(const char *secret, const char *token, int64_t now, const bp_j
     const char *r = bp_jscalar(&d, bp_jget(&d, 0, "role"));
     const char *sub = bp_jscalar(&d, bp_jget(&d, 0, "sub"));
     const char *iss = bp_jscalar(&d, bp_jget(&d, 0, "iss"));
+    const char *use = bp_jscalar(&d, bp_jget(&d, 0, "use")), *jti = bp_jscalar(&d, bp_jget(&d, 0, "jti"));
+    const char *iat = bp_jscalar(&d, bp_jget(&d, 0, "iat"));
     if (!exp || atoll(exp) <= now) bp_error_set(err, "token expired");
     else if (!r) bp_error_set(err, "token has no role");
     else if (expect && expect->issuer && (!iss || strcmp(iss, expect->issuer) != 0))
@@ -125,6 +147,10 @@ int bp_jwt_verify(const char *secret, const char *token, int64_t now, const bp_j
     else {
         snprintf(out->role, sizeof out->role, "%s", r);
         snprintf(out->sub, sizeof out->sub, "%s", sub ? sub : "");
+        snprintf(out->use, sizeof out->use, "%s", use ? use : "");
+        snprintf(out->jti, sizeof out->jti, "%s", jti ? jti : "");
+        out->iat = iat ? atoll(iat) : 0;
+        out->exp = atoll(exp);
         rc = 0;
     }
     bp_doc_free(&d);

@@ -86,6 +86,8 @@ typedef struct bp_serve_opts {
     const char *node_name;       /* default HOST:PORT */
     int kafka_session_timeout_ms;/* 0 = 10000 */
     int kafka_partitions;        /* partitions of the topics serve creates; 0 = 12 */
+    const char *console_dir;     /* the web console's files; NULL: console/ beside the blueprints
+                                    folder, else the installed share/blueprint/console */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

@@ -12,10 +12,14 @@
  */
 #include "internal.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int hexval(char c)
 {
@@ -239,4 +243,147 @@ int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t gle
     bp_buf_free(&x);
     bp_buf_free(&y);
     return n;
+}
+
+/* ---- mapping a stream, and a blueprint's fixtures ---------------------------------------------
+ * What `dry-run` and `blueprint test` do, shared with the console's editor
+ * (editor.c), which runs an unsaved edit the same way. */
+
+long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx)
+{
+    bp_outcome o;
+    bp_outcome_init(&o);
+    bp_buf line, readable;
+    bp_buf_init(&line);
+    bp_buf_init(&readable);
+    long index = 0;
+    const char *ev;
+    size_t len;
+    bp_error err;
+    enum bp_read_status st;
+    while ((st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
+        if (st == BP_READ_EVENT) {
+            bp_engine_run(e, ev, len, &o);
+        } else {
+            bp_outcome_reset(&o);
+            o.verdict = BP_ERROR;
+            bp_buf_adds(&o.reason, err.msg);
+        }
+        bp_buf_reset(&line);
+        bp_outcome_write_json(&o, index++, &line);
+        const bp_buf *shown = &line;
+        if (decode) { bp_buf_reset(&readable); bp_decode_line(line.data, line.len, &readable); shown = &readable; }
+        emit(ctx, shown->data, shown->len);
+    }
+    bp_buf_free(&line);
+    bp_buf_free(&readable);
+    bp_outcome_free(&o);
+    return index;
+}
+
+static int by_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
+
+int bp_case_each(const char *cases_dir, void (*fn)(void *ctx, const char *name), void *ctx)
+{
+    struct dirent **names = NULL;
+    int n = scandir(cases_dir, &names, NULL, by_name);
+    if (n < 0) return -1;
+    for (int i = 0; i < n; i++) {
+        char sub[4500];
+        struct stat st;
+        snprintf(sub, sizeof sub, "%s/%s", cases_dir, names[i]->d_name);
+        if (names[i]->d_name[0] != '.' && stat(sub, &st) == 0 && S_ISDIR(st.st_mode)) fn(ctx, names[i]->d_name);
+        free(names[i]);
+    }
+    free(names);
+    return 0;
+}
+
+/* The i-th line of text (0-based) and its length; NULL past the end. */
+static const char *nth_line(const char *text, size_t len, long i, size_t *n)
+{
+    const char *p = text, *end = text + len;
+    for (; p && p < end && i > 0; i--) { p = memchr(p, '\n', (size_t)(end - p)); if (p) p++; }
+    if (!p || p >= end) return NULL;
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    *n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+    return p;
+}
+
+static long count_lines(const char *text, size_t len)
+{
+    long n = 0;
+    size_t l;
+    while (nth_line(text, len, n, &l)) n++;
+    return n;
+}
+
+static void add_line(void *ctx, const char *line, size_t len)
+{
+    bp_buf_add(ctx, line, len);
+    bp_buf_addc(ctx, '\n');
+}
+
+void bp_case_init(bp_case *c)
+{
+    memset(c, 0, sizeof *c);
+    bp_buf_init(&c->got);
+    bp_buf_init(&c->report);
+}
+
+void bp_case_free(bp_case *c)
+{
+    bp_buf_free(&c->got);
+    bp_buf_free(&c->report);
+}
+
+/* Today's output against expected.ndjson, event by event: c->report names
+ * each event that differs and, through bp_diff_lines, each field. */
+static void compare_case(bp_case *c, const bp_buf *want)
+{
+    const char *gt = c->got.data ? c->got.data : "", *wt = want->data ? want->data : "";
+    c->expected = count_lines(wt, want->len);
+    for (long i = 0; i < (c->events > c->expected ? c->events : c->expected); i++) {
+        size_t gl = 0, wl = 0;
+        const char *g = nth_line(gt, c->got.len, i, &gl);
+        const char *w = nth_line(wt, want->len, i, &wl);
+        if (g && w && gl == wl && !memcmp(g, w, gl)) continue;
+        c->differing++;
+        if (!g || !w) {
+            bp_buf_printf(&c->report, "  event %ld: %s\n", i, g ? "not in expected.ndjson (new)" : "expected, but the events "
+                          "file has no such event any more");
+            continue;
+        }
+        bp_buf_printf(&c->report, "  event %ld:\n", i);
+        if (bp_diff_lines(w, wl, g, gl, &c->report) == 0) bp_buf_adds(&c->report, "    the same fields, written differently\n");
+    }
+}
+
+bp_config *bp_case_config(const bp_blueprint *bp, const char *cases_dir, const char *name, bp_error *err)
+{
+    char path[4600];
+    snprintf(path, sizeof path, "%s/%s/config.yaml", cases_dir, name);
+    if (access(path, F_OK) != 0) snprintf(path, sizeof path, "%s/%s/config.json", cases_dir, name);
+    return bp_config_load_file(bp, path, err);
+}
+
+int bp_case_check(bp_engine *e, const char *cases_dir, const char *name, const bp_limits *limits, bp_case *c,
+                  bp_error *err)
+{
+    char path[4600];
+    snprintf(path, sizeof path, "%s/%s/events.ndjson", cases_dir, name);
+    snprintf(c->expected_path, sizeof c->expected_path, "%s/%s/expected.ndjson", cases_dir, name);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { bp_error_set(err, "cannot open events.ndjson (one event per line)"); return -1; }
+    bp_reader *r = bp_reader_new(fd, limits->json.max_bytes);
+    c->events = bp_map_events(e, r, 0, add_line, &c->got);
+    bp_reader_free(r);
+    close(fd);
+    bp_buf want;
+    bp_buf_init(&want);
+    bp_error missing;
+    c->have_expected = bp_read_file(c->expected_path, &want, &missing) == 0;
+    if (c->have_expected) compare_case(c, &want);
+    bp_buf_free(&want);
+    return 0;
 }
