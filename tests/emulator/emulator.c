@@ -27,8 +27,13 @@
  *   ac-emulator [--port N] [--api-token T] [--actid N] [--event-key K] [--rate-limit RPS] [--accounts N]
  *
  * Prints "listening on http://127.0.0.1:PORT" once ready (port 0 = any).
+ *
+ * The contact resources a blueprint builds on (lists, tags, contactTags,
+ * custom fields and values: crm.c) and Deep Data (connections, ecomCustomers,
+ * ecomOrders: ecom.c) answer what ActiveCampaign documents, per account;
+ * GET /_emulator/state?account=N shows them.
  */
-#include "blueprint.h"
+#include "emulator.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -46,13 +51,6 @@
 
 #define MAX_BODY (1024 * 1024)
 #define MAX_LOG 200000
-
-typedef struct contact {
-    long id;
-    char *email, *first, *last, *phone;
-    bp_buf tracking;      /* JSON objects, comma separated */
-    long ntracking;
-} contact;
 
 typedef struct logged {
     char *method, *path, *token, *ctype, *body;
@@ -92,24 +90,21 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static char *xdup(const char *s) { return strdup(s ? s : ""); }
+char *xdup(const char *s) { return strdup(s ? s : ""); }
 
 typedef struct reqctx { bp_buf body; } reqctx;
 
-typedef struct reply {
-    int status;
-    bp_buf body;
-    const char *ctype;
-    char retry_after[16];
-    int ratelimit_remaining;  /* -1: no RateLimit headers */
-} reply;
-
-static void json_reply(reply *r, int status, const char *json)
+void json_begin(reply *r, int status)
 {
     r->status = status;
     bp_buf_reset(&r->body);
-    bp_buf_adds(&r->body, json);
     r->ctype = "application/json";
+}
+
+void json_reply(reply *r, int status, const char *json)
+{
+    json_begin(r, status);
+    bp_buf_adds(&r->body, json);
 }
 
 static const char LOGIN_PAGE[] =
@@ -150,7 +145,7 @@ static void index_put(size_t i)
     E.index[h] = i + 1;
 }
 
-static contact *find_contact(const char *email)
+contact *find_contact(const char *email)
 {
     if (!E.index_cap) return NULL;
     size_t h = (size_t)(email_hash(email) & (E.index_cap - 1));
@@ -159,13 +154,18 @@ static contact *find_contact(const char *email)
     return NULL;
 }
 
-static contact *find_contact_id(long id)
+/* A contact's id is its position + 1: contacts are only ever added (reset
+ * empties them all), so the resources that refer to contacts by id find
+ * them without a scan. */
+contact *find_contact_id(long id)
 {
-    for (size_t i = 0; i < E.ncontacts; i++) if (E.contacts[i].id == id) return &E.contacts[i];
-    return NULL;
+    return id >= 1 && (size_t)id <= E.ncontacts ? &E.contacts[id - 1] : NULL;
 }
 
-static void write_contact(bp_buf *b, const contact *c)
+size_t ncontacts(void) { return E.ncontacts; }
+contact *contact_at(size_t i) { return &E.contacts[i]; }
+
+void write_contact(bp_buf *b, const contact *c)
 {
     bp_buf_adds(b, "{\"id\":");
     bp_buf_printf(b, "\"%ld\",\"email\":", c->id);
@@ -179,17 +179,141 @@ static void write_contact(bp_buf *b, const contact *c)
     bp_buf_adds(b, "}");
 }
 
-static int valid_email(const char *e)
+int valid_email(const char *e)
 {
     const char *at = strchr(e, '@');
     return at && at != e && strchr(at, '.') && !strchr(at + 1, '@') && !strpbrk(e, " \t");
 }
 
-static void lower(char *s) { for (; *s; s++) if (*s >= 'A' && *s <= 'Z') *s += 32; }
+void lower(char *s) { for (; *s; s++) if (*s >= 'A' && *s <= 'Z') *s += 32; }
 
-/* POST /api/3/contact/sync and /api/3/contacts */
-static void contact_write(reply *r, const char *body, size_t len, int sync)
+/* ---- helpers for the resource files (crm.c, ecom.c) ------------------------------ */
+
+const char *query(const req *q, const char *key)
 {
+    return MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+/* The object `wrapper` of the JSON body ({"tag":{...}}: ActiveCampaign
+ * wraps every single object), or BP_NONE once 400 (not JSON) or 422 (no
+ * such object) is answered. */
+uint32_t body_object(reply *r, bp_doc *d, const req *q, const char *wrapper)
+{
+    bp_error err;
+    if (bp_json_parse(d, q->body ? q->body : "", q->len, NULL, &err) < 0) {
+        json_reply(r, 400, "{\"message\":\"Invalid JSON\"}");
+        return BP_NONE;
+    }
+    uint32_t o = d->nodes[0].type == BP_JOBJECT ? bp_jget(d, 0, wrapper) : BP_NONE;
+    if (o == BP_NONE || d->nodes[o].type != BP_JOBJECT) { missing_reply(r, wrapper); return BP_NONE; }
+    return o;
+}
+
+/* limit (default 20, at most 100) and offset, as every ActiveCampaign
+ * collection pages; a value that is not a number is the default. */
+void paging(const req *q, size_t *offset, size_t *limit)
+{
+    const char *l = query(q, "limit"), *o = query(q, "offset");
+    long lv = l ? strtol(l, NULL, 10) : 0, ov = o ? strtol(o, NULL, 10) : 0;
+    *limit = lv <= 0 ? 20 : lv > 100 ? 100 : (size_t)lv;
+    *offset = ov < 0 ? 0 : (size_t)ov;
+}
+
+/* Room for element n of an array of `size`-byte elements. */
+void *grow(void *p, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap) return p;
+    *cap = *cap ? *cap * 2 : 16;
+    return realloc(p, *cap * size);
+}
+
+/* "2024-05-01T12:00:00-00:00": ActiveCampaign's date format (UTC here). */
+void now_iso(char out[32])
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%S-00:00", &tm);
+}
+
+/* An id sent as a number (2) or a string ("2"), as the documented examples
+ * do both; 0 when absent or not a positive integer. */
+long jid(const bp_doc *d, uint32_t n)
+{
+    const char *s = bp_jscalar(d, n);
+    if (!s || !*s || strlen(s) > 18) return 0;
+    for (const char *p = s; *p; p++) if (*p < '0' || *p > '9') return 0;
+    long v = atol(s);
+    return v > 0 ? v : 0;
+}
+
+/* 1 and *out when node n is an integer (a JSON number without fraction or
+ * exponent, or a string of digits), 0 when absent or null, -1 otherwise:
+ * amounts are in cents, so 49.99 is a mistake the emulator must refuse. */
+int jinteger(const bp_doc *d, uint32_t n, long long *out)
+{
+    if (n == BP_NONE || d->nodes[n].type == BP_JNULL) return 0;
+    const char *s = bp_jscalar(d, n);
+    if (!s) return -1;
+    const char *p = s + (*s == '-');
+    if (!*p || strlen(p) > 17) return -1;
+    for (; *p; p++) if (*p < '0' || *p > '9') return -1;
+    *out = atoll(s);
+    return 1;
+}
+
+/* A member of object obj as text (strings and numbers), else NULL. */
+const char *jstr(const bp_doc *d, uint32_t obj, const char *key)
+{
+    return obj == BP_NONE ? NULL : bp_jscalar(d, bp_jget(d, obj, key));
+}
+
+void put_str(bp_buf *b, const char *prefix, const char *s)
+{
+    bp_buf_adds(b, prefix);
+    bp_json_write_string(b, s ? s : "", s ? strlen(s) : 0);
+}
+
+/* ActiveCampaign writes every id as a string. */
+void put_id(bp_buf *b, const char *prefix, long id) { bp_buf_printf(b, "%s\"%ld\"", prefix, id); }
+
+/* {"errors":[{"title","detail","code","source":{"pointer"}}]}: the shape of
+ * every documented 422 (contact duplicate, email_invalid, ...). */
+void error_reply(reply *r, int status, const char *title, const char *detail, const char *code,
+                 const char *pointer)
+{
+    json_begin(r, status);
+    put_str(&r->body, "{\"errors\":[{\"title\":", title);
+    put_str(&r->body, ",\"detail\":", detail);
+    put_str(&r->body, ",\"code\":", code);
+    put_str(&r->body, ",\"source\":{\"pointer\":", pointer);
+    bp_buf_adds(&r->body, "}}]}");
+}
+
+/* A required attribute absent from the body. */
+void missing_reply(reply *r, const char *attribute)
+{
+    char pointer[96];
+    snprintf(pointer, sizeof pointer, "/data/attributes/%s", attribute);
+    error_reply(r, 422, "Missing attribute", attribute, "field_missing", pointer);
+}
+
+/* ActiveCampaign's 404 for an id it does not know ("Tag", "List", ...). */
+void no_result(reply *r, const char *what, long id)
+{
+    json_begin(r, 404);
+    bp_buf_printf(&r->body, "{\"message\":\"No Result found for %s with id %ld\"}", what, id);
+}
+
+/* Collections end with "meta":{"total":"N"}: the total is a string. */
+void meta_total(bp_buf *b, size_t total) { bp_buf_printf(b, "\"meta\":{\"total\":\"%zu\"}", total); }
+
+/* POST /api/3/contact/sync and /api/3/contacts; contact.fieldValues are the
+ * account's custom field values (crm.c). */
+static void contact_write(reply *r, const req *q, int sync)
+{
+    const char *body = q->body;
+    size_t len = q->len;
     bp_doc d;
     bp_error err;
     bp_doc_init(&d);
@@ -213,6 +337,8 @@ static void contact_write(reply *r, const char *body, size_t len, int sync)
         bp_doc_free(&d);
         return;
     }
+    uint32_t values = bp_jget(&d, c, "fieldValues");
+    if (crm_check_values(r, &d, values) < 0) { bp_doc_free(&d); return; }
     int created = !k;
     if (!k) {
         if (E.ncontacts == E.capcontacts) {
@@ -234,10 +360,12 @@ static void contact_write(reply *r, const char *body, size_t len, int sync)
     if ((f = bp_jscalar(&d, bp_jget(&d, c, "firstName")))) { free(k->first); k->first = xdup(f); }
     if ((f = bp_jscalar(&d, bp_jget(&d, c, "lastName")))) { free(k->last); k->last = xdup(f); }
     if ((f = bp_jscalar(&d, bp_jget(&d, c, "phone")))) { free(k->phone); k->phone = xdup(f); }
-    bp_doc_free(&d);
     r->status = created ? 201 : 200;
     bp_buf_reset(&r->body);
-    bp_buf_adds(&r->body, "{\"fieldValues\":[],\"contact\":");
+    bp_buf_adds(&r->body, "{\"fieldValues\":[");
+    crm_set_values(&r->body, q->account, k->id, &d, values);
+    bp_doc_free(&d);
+    bp_buf_adds(&r->body, "],\"contact\":");
     write_contact(&r->body, k);
     bp_buf_adds(&r->body, "}");
     r->ctype = "application/json";
@@ -346,14 +474,16 @@ static void webhook(reply *r, const char *signature, const char *body, size_t le
 
 /* ---- /api/3 router -------------------------------------------------------------------- */
 
-static void api3(reply *r, const char *method, const char *path, const char *query_email,
-                 const char *body, size_t len)
+static void api3(reply *r, const req *q)
 {
+    const char *method = q->method, *path = q->path, *body = q->body;
+    const char *query_email = query(q, "email");
+    size_t len = q->len;
     long id = 0;
     char tail[64] = "";
-    if (!strcmp(path, "/api/3/contact/sync") && !strcmp(method, "POST")) { contact_write(r, body, len, 1); return; }
+    if (!strcmp(path, "/api/3/contact/sync") && !strcmp(method, "POST")) { contact_write(r, q, 1); return; }
     if (!strcmp(path, "/api/3/contacts")) {
-        if (!strcmp(method, "POST")) { contact_write(r, body, len, 0); return; }
+        if (!strcmp(method, "POST")) { contact_write(r, q, 0); return; }
         r->status = 200;
         r->ctype = "application/json";
         bp_buf_adds(&r->body, "{\"contacts\":[");
@@ -415,6 +545,7 @@ static void api3(reply *r, const char *method, const char *path, const char *que
         bp_buf_adds(&r->body, "]}");
         return;
     }
+    if (crm_api(r, q) || ecom_api(r, q)) return;
     json_reply(r, 404, "{\"message\":\"No Result found\"}");
 }
 
@@ -439,10 +570,30 @@ static void set_rate_limit(int rps)
     }
 }
 
-static void control(reply *r, const char *method, const char *path, const char *body, size_t len)
+/* GET /_emulator/state?account=N: one account's lists, tags, fields and
+ * Deep Data as a test asserts on them (contacts by email, amounts as
+ * numbers). */
+static void state(reply *r, const req *q)
 {
+    const char *a = query(q, "account");
+    int k = a ? atoi(a) : 0;
+    if (k < 0 || k >= E.naccounts) { json_reply(r, 404, "{\"error\":\"no such account\"}"); return; }
+    json_begin(r, 200);
+    bp_buf_printf(&r->body, "{\"account\":%d,", k);
+    crm_dump(&r->body, k);
+    bp_buf_addc(&r->body, ',');
+    ecom_dump(&r->body, k);
+    bp_buf_addc(&r->body, '}');
+}
+
+static void control(reply *r, const req *q)
+{
+    const char *method = q->method, *path = q->path, *body = q->body;
+    size_t len = q->len;
     r->status = 200;
     r->ctype = "application/json";
+    if (!strcmp(path, "/_emulator/state") && !strcmp(method, "GET")) { state(r, q); return; }
+    if (crm_control(r, q)) return;
     if (!strcmp(path, "/_emulator/requests") && !strcmp(method, "GET")) {
         bp_buf_adds(&r->body, "[");
         for (size_t i = 0; i < E.nlog; i++) {
@@ -502,6 +653,8 @@ static void control(reply *r, const char *method, const char *path, const char *
             free(E.log[i].signature);
         }
         E.nlog = 0;
+        crm_reset();
+        ecom_reset();
         E.fail_next = E.login_html_next = E.reset_next = E.latency_ms = E.burst_503 = 0;
         E.total = E.limited = 0;
         for (int i = 0; i < E.naccounts; i++) {
@@ -568,7 +721,8 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
     int latency = 0;
     pthread_mutex_lock(&E.mu);
     if (!vendor) {
-        control(r, method, url, body, len);
+        req q = { method, url, body, len, conn, 0 };
+        control(r, &q);
         pthread_mutex_unlock(&E.mu);
         return 1;
     }
@@ -610,8 +764,8 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
         } else if (!acct) {
             json_reply(r, 403, "{\"message\":\"No Result found for Subscriber with id 0\"}");
         } else {
-            const char *email = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "email");
-            api3(r, method, url, email, body, len);
+            req q = { method, url, body, len, conn, (int)(acct - E.accounts) };
+            api3(r, &q);
         }
     } else if (!strcmp(url, "/event") && !strcmp(method, "POST")) {
         track_event(r, ctype, body);
@@ -727,6 +881,8 @@ int main(int argc, char **argv)
     }
     set_rate_limit(rps);
     E.retry_after = 1;
+    crm_init(naccounts);
+    ecom_init(naccounts);
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
