@@ -919,8 +919,60 @@ TEST(runtime_log_callback_receives_library_messages)
     pthread_mutex_destroy(&cap.mu);
 }
 
+
+/* ---- cache.c: ctx.cache and shared step answers --------------------------------------------- */
+
+TEST(cache_values_are_per_account)
+{
+    bp_cache *c = bp_cache_new(0);
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_cache_set(c, "ac https://a.api-us1.com", "tag:vip", "\"12\"", 4, 60);
+    CHECK_INT(bp_cache_get(c, "ac https://a.api-us1.com", "tag:vip", &v), 1);
+    CHECK_STR(v.data, "\"12\"");
+    bp_buf_reset(&v);
+    CHECK_INT(bp_cache_get(c, "ac https://b.api-us1.com", "tag:vip", &v), 0);
+    bp_cache_set(c, "ac https://a.api-us1.com", "gone", "1", 1, 0.000001);   /* expires at once */
+    CHECK_INT(bp_cache_get(c, "ac https://a.api-us1.com", "gone", &v), 0);
+    bp_buf_free(&v);
+    bp_cache_free(c);
+}
+
+TEST(cache_claim_is_single_flight)
+{
+    bp_cache *c = bp_cache_new(0);
+    CHECK_INT(bp_cache_claim(c, "acct", "tag create vip", 1), 1);
+    CHECK_INT(bp_cache_claim(c, "acct", "tag create vip", 1), 1);   /* the owner again (its run repeats) */
+    CHECK_INT(bp_cache_claim(c, "acct", "tag create vip", 2), 0);   /* another event waits */
+    CHECK_INT(bp_cache_claim(c, "other", "tag create vip", 2), 1);  /* another account does not */
+    bp_cache_release(c, "acct", "tag create vip", 2);               /* not its claim: no effect */
+    CHECK_INT(bp_cache_claim(c, "acct", "tag create vip", 2), 0);
+    bp_cache_set(c, "acct", "tag create vip", "{}", 2, 60);         /* the answer arrives: claim over */
+    CHECK_INT(bp_cache_claim(c, "acct", "tag create vip", 2), 1);
+    bp_cache_free(c);
+}
+
+TEST(cache_stays_bounded)
+{
+    bp_cache *c = bp_cache_new(100);
+    char key[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        bp_cache_set(c, "acct", key, "1", 1, 60 + i);
+    }
+    CHECK(bp_cache_count(c) <= 100);
+    bp_buf v;
+    bp_buf_init(&v);
+    CHECK_INT(bp_cache_get(c, "acct", "k999", &v), 1);   /* the latest to expire is kept */
+    bp_buf_free(&v);
+    bp_cache_free(c);
+}
+
 int main(void)
 {
+    RUN(cache_values_are_per_account);
+    RUN(cache_claim_is_single_flight);
+    RUN(cache_stays_bounded);
     RUN(patterns_agree_with_the_string_library);
     RUN(json_integers_stay_exact);
     RUN(json_doubles_stay_exact);
