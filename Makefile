@@ -5,7 +5,7 @@
 #                src/blueprint_service.h (library), build/lua/blueprint_core.so (Lua module
 #                for the busted specs)
 #   make install PREFIX=/usr/local DESTDIR=…   the CLI, the libraries, the headers,
-#                blueprint.pc and the default blueprints (make uninstall removes them)
+#                blueprint.pc, the default blueprints and the web console (make uninstall removes them)
 #   make test    deps + build + every suite (C unit tests, ASan/UBSan build, busted specs,
 #                golden dry-run fixtures); ends with "N passed, N failed"
 #   make run     start `blueprint serve` on 127.0.0.1:8084 (with the local emulator as the
@@ -44,6 +44,8 @@ BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 DATADIR    ?= $(PREFIX)/share
+# serve finds the installed web console there (console.c)
+CFLAGS     += -DBP_DATADIR='"$(DATADIR)"'
 
 # The core maps events; NET adds delivery and the service (libcurl, SQLite,
 # libmicrohttpd).  build/blueprint links only the core, so an author's
@@ -52,13 +54,14 @@ DATADIR    ?= $(PREFIX)/share
 # built with everything.  build/libblueprint.a has both.
 CORE_ONLY := buffer log clock json yaml watchdog pattern sandbox luajson helpers consent blueprint config request cache answers engine reader \
              decode version
-NET     := transport classify ratelimit store deliver crypto auth metrics registry cluster server
+NET     := transport classify ratelimit store deliver crypto auth metrics registry cluster server console editor
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := $(PUBLIC_HDRS) src/internal.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
-            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go
+            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \
+            libjs-codemirror
 
 .PHONY: all deps bench-deps fuzz-deps test run demo bench clean unit-tests asan tsan fuzz fuzzers install uninstall
 all: build/blueprint build/blueprint-net build/libblueprint.a build/libblueprint.so build/lua/blueprint_core.so \
@@ -110,6 +113,8 @@ install: build/blueprint build/blueprint-net build/libblueprint.a build/libbluep
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@DATADIR@|$(DATADIR)|' \
 	    -e 's|@VERSION@|$(BP_VERSION)|; s|@LIBS_PRIVATE@|$(strip $(SO_LIBS))|' src/blueprint.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/blueprint.pc
 	cp -R blueprints/. $(DESTDIR)$(DATADIR)/blueprint/blueprints/
+	install -d $(DESTDIR)$(DATADIR)/blueprint/console
+	cp -R console/. $(DESTDIR)$(DATADIR)/blueprint/console/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/blueprint $(DESTDIR)$(BINDIR)/blueprint-net $(DESTDIR)$(LIBDIR)/libblueprint.a \

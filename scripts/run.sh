@@ -2,9 +2,9 @@
 # `make run`: start `blueprint serve` on 127.0.0.1:8084 with its state in ./var
 # and, unless BLUEPRINT_ACCOUNT=real, the local ActiveCampaign emulator as the
 # account to deliver to (on 127.0.0.1:8085, or EMU_PORT, fixed so that an
-# installed integration still reaches it after a restart).  Prints an admin
-# token and the curl commands of the seed's "API Setup" and "Verify it's
-# working" steps.  Ctrl-C stops both.
+# installed integration still reaches it after a restart).  Prints the web
+# console's sign-in link, an admin token and the curl commands of the seed's
+# "API Setup" and "Verify it's working" steps.  Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-8084}
@@ -42,10 +42,17 @@ if ! grep -q listening "$STATE/serve.out" 2>/dev/null; then
   echo "blueprint serve did not start:"; cat "$STATE/serve.log"; exit 1
 fi
 TOKEN=$(build/blueprint token --role admin --ttl 12h --state "$STATE")
+# the console's link carries a sign-in token in the fragment (never sent to a
+# server, never logged), good once within 15 minutes
+SIGNIN=$(build/blueprint token --role admin --ttl 15m --sign-in --state "$STATE")
 BASE=http://127.0.0.1:$PORT
 
 cat <<MSG
 == blueprint serve is listening on $BASE (state in $STATE/, JSON logs in $STATE/serve.log)
+
+The web console (open within 15 minutes; the link works once):
+  $BASE/#signin=$SIGNIN
+  (another: build/blueprint token --role admin --sign-in --state $STATE)
 
 An admin token (12 h):
   export TOKEN=$TOKEN

@@ -335,13 +335,11 @@ static int dry_run(int argc, char **argv)
 /* Run one case; prints its result and diff; 1 when it matched. */
 static int test_case(const bp_blueprint *bp, const char *dir, const char *name, const bp_limits *limits, int update)
 {
-    char answers_path[4600];
-    snprintf(answers_path, sizeof answers_path, "%s/%s/answers.yaml", dir, name);
     bp_error err;
     bp_config *cfg = bp_case_config(bp, dir, name, &err);
     if (!cfg) { printf("FAIL %s: %s\n", name, err.msg); return 0; }
     bp_engine *e = bp_engine_new(bp, cfg, limits, &err);
-    bp_answers *answers = e ? bp_answers_load(bp->dir, access(answers_path, F_OK) == 0 ? answers_path : NULL, &err) : NULL;
+    bp_answers *answers = e ? bp_case_answers(bp, dir, name, &err) : NULL;
     if (answers) bp_engine_set_answerer(e, bp_answers_fn, answers);
     bp_case c;
     bp_case_init(&c);

@@ -367,6 +367,13 @@ bp_config *bp_case_config(const bp_blueprint *bp, const char *cases_dir, const c
     return bp_config_load_file(bp, path, err);
 }
 
+bp_answers *bp_case_answers(const bp_blueprint *bp, const char *cases_dir, const char *name, bp_error *err)
+{
+    char path[4600];
+    snprintf(path, sizeof path, "%s/%s/answers.yaml", cases_dir, name);
+    return bp_answers_load(bp->dir, access(path, F_OK) == 0 ? path : NULL, err);
+}
+
 int bp_case_check(bp_engine *e, const char *cases_dir, const char *name, const bp_limits *limits, bp_case *c,
                   bp_error *err)
 {

@@ -303,6 +303,9 @@ void bp_case_init(bp_case *c);
 void bp_case_free(bp_case *c);
 /* A case's config (config.yaml, else config.json) validated against bp. */
 bp_config *bp_case_config(const bp_blueprint *bp, const char *cases_dir, const char *name, bp_error *err);
+/* A case's answers to the mapping's steps: its answers.yaml, then the
+ * blueprint folder's (bp_answers_load). */
+struct bp_answers *bp_case_answers(const bp_blueprint *bp, const char *cases_dir, const char *name, bp_error *err);
 /* Map the case's events with e (made with its config) and compare them with
  * expected.ndjson; -1 with err when the events cannot be read. */
 int bp_case_check(bp_engine *e, const char *cases_dir, const char *name, const bp_limits *limits, bp_case *c,
@@ -697,6 +700,8 @@ typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, c
                             const char *why);
 long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
 int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err);
+/* The same within other limits (the editor's 1 MiB bodies). */
+int bp_json_body(const char *body, size_t len, const bp_json_limits *lim, bp_doc *d, bp_error *err);
 /* -1 with err naming the first top-level key of body not in known (NULL-
  * terminated): a misspelled key would otherwise be ignored.  registry.c */
 int bp_check_body_keys(const bp_doc *body, const char *const *known, const char *what, bp_error *err);

@@ -31,6 +31,12 @@
 #define MAX_ADMIN_BODY (64u * 1024u)
 #define MAX_INTAKE_EVENTS 500
 #define STREAM_KEEPALIVE_MS 15000
+#define SESSION_TTL (8 * 3600)     /* the console's session token, seconds */
+#define CODEMIRROR_DIR "/usr/share/javascript/codemirror"   /* Debian's libjs-codemirror */
+/* The console's pages: scripts, styles and requests from this origin only,
+ * nothing inline (event data is attacker-controlled), no framing. */
+#define CONSOLE_CSP "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " \
+                    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 
 typedef struct stream stream;
 
@@ -38,6 +44,7 @@ typedef struct server {
     bp_registry *reg;
     char secret[200];
     bp_jwt_expect expect;         /* iss / aud a token must carry, when configured */
+    char console_dir[4096];       /* the web console's files */
     pthread_mutex_t streams_mu;   /* guards streams and each stream's parked flag */
     stream *streams;
     int stopping;                 /* [streams_mu] */
@@ -55,10 +62,22 @@ typedef struct reply {
     bp_buf body;
     const char *ctype;
     const char *allow;            /* for 405 */
+    int console;                  /* a console file: its security headers */
 } reply;
 
 static void set_error(reply *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* {"error":{"code","message"…}}; extra: more members (",\"file\":…"), or NULL. */
+static void write_error(reply *r, int status, const char *code, const char *msg, const char *extra)
+{
+    r->status = status;
+    bp_buf_reset(&r->body);
+    bp_buf_printf(&r->body, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+    bp_json_write_text(&r->body, msg, strlen(msg));
+    if (extra) bp_buf_adds(&r->body, extra);
+    bp_buf_adds(&r->body, "}}");
+}
 
 static void set_error(reply *r, int status, const char *code, const char *fmt, ...)
 {
@@ -67,16 +86,15 @@ static void set_error(reply *r, int status, const char *code, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    r->status = status;
-    bp_buf_reset(&r->body);
-    bp_buf_printf(&r->body, "{\"error\":{\"code\":\"%s\",\"message\":", code);
-    bp_json_write_string(&r->body, msg, strlen(msg));
-    bp_buf_adds(&r->body, "}}");
+    write_error(r, status, code, msg, NULL);
 }
 
 /* ---- auth ------------------------------------------------------------------------ */
 
 enum need { READ, WRITE };
+
+static int is_writer(const char *role) { return !strcmp(role, "owner") || !strcmp(role, "admin") || !strcmp(role, "editor"); }
+static int is_reader(const char *role) { return is_writer(role) || !strcmp(role, "viewer"); }
 
 /* 0 when the request may go on (who: the token's subject and role);
  * otherwise r holds the 401/403. */
@@ -93,10 +111,15 @@ static int authorize(server *s, struct MHD_Connection *c, enum need need, bp_cla
         set_error(r, 401, "INVALID_TOKEN", "%s", err.msg);
         return -1;
     }
+    /* a sign-in link's token is for POST /v1/console/session only: one seen
+     * in a terminal or a browser's history must not be an API token */
+    if (who->use[0]) {
+        set_error(r, 401, "INVALID_TOKEN", "a sign-in token is not an API token: the console exchanges it once at "
+                  "POST /v1/console/session for a session token");
+        return -1;
+    }
     const char *role = who->role;
-    int writer = !strcmp(role, "owner") || !strcmp(role, "admin") || !strcmp(role, "editor");
-    int reader = writer || !strcmp(role, "viewer");
-    if (!reader || (need == WRITE && !writer)) {
+    if (!is_reader(role) || (need == WRITE && !is_writer(role))) {
         set_error(r, 403, "FORBIDDEN", "role '%s' may not %s", role, need == WRITE ? "change things" : "read this");
         return -1;
     }
@@ -242,6 +265,7 @@ typedef struct call {
     conn *cn;
     bp_integration *it;
     const char *vendor;
+    const char *rest;             /* what a pattern's "*" matched */
     reply *r;
     bp_claims who;                /* the token's, on authorized routes */
 } call;
@@ -250,7 +274,12 @@ typedef struct call {
 int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err)
 {
     bp_json_limits lim = { MAX_ADMIN_BODY, 64 };
-    if (bp_json_parse(d, body ? body : "", len, &lim, err) < 0) {
+    return bp_json_body(body, len, &lim, d, err);
+}
+
+int bp_json_body(const char *body, size_t len, const bp_json_limits *lim, bp_doc *d, bp_error *err)
+{
+    if (bp_json_parse(d, body ? body : "", len, lim, err) < 0) {
         char why[sizeof err->msg];
         snprintf(why, sizeof why, "%s", err->msg);
         bp_error_set(err, "malformed JSON body: %s", why);
@@ -299,6 +328,26 @@ static const char *change_error_code(int http, const bp_error *err)
     return http == 404 ? "NOT_FOUND" : http == 409 ? "CONFLICT" : http == 422 ? "INVALID_CONFIG" : "INTERNAL";
 }
 
+/* A failed install or update; a 422 names the config field the message is
+ * about ("config field 'api_url' …" → "field":"config.api_url"), for a
+ * form to show it next to that field. */
+static void change_failed(reply *r, int http, const bp_error *err)
+{
+    const char *at = http == 422 ? strstr(err->msg, "config field '") : NULL;
+    size_t n = at ? strcspn(at + 14, "'") : 0;
+    bp_buf extra, field;
+    bp_buf_init(&extra);
+    bp_buf_init(&field);
+    if (at && n && at[14 + n] == '\'') {
+        bp_buf_printf(&field, "config.%.*s", (int)n, at + 14);
+        bp_buf_adds(&extra, ",\"field\":");
+        bp_json_write_text(&extra, field.data, field.len);
+    }
+    write_error(r, http, change_error_code(http, err), err->msg, extra.data);
+    bp_buf_free(&extra);
+    bp_buf_free(&field);
+}
+
 static void catalog(call *k)
 {
     bp_registry *reg = k->s->reg;
@@ -340,7 +389,7 @@ static void install(call *k)
     int http;
     bp_error err;
     if (bp_registry_install(reg, v, &d, &k->who, &it, &http, &err) < 0) {
-        set_error(k->r, http, change_error_code(http, &err), "%s", err.msg);
+        change_failed(k->r, http, &err);
     } else {
         k->r->status = 201;
         pthread_mutex_lock(&reg->mu);
@@ -379,7 +428,7 @@ static void update_integration(call *k)
         int http;
         bp_error err;
         if (bp_registry_update(k->s->reg, k->it, &d, &k->who, &http, &err) < 0)
-            set_error(k->r, http, change_error_code(http, &err), "%s", err.msg);
+            change_failed(k->r, http, &err);
         else show_integration(k);
     }
     bp_doc_free(&d);
@@ -940,13 +989,155 @@ static enum MHD_Result open_stream(call *k)
     return ret;
 }
 
+/* ---- the web console (console.c: its files; editor.c: the blueprint editor) --------------------- */
+
+static void console_send(call *k, const char *root, const char *rel)
+{
+    const char *ctype;
+    bp_error err;
+    k->r->console = 1;
+    if (bp_console_file(root, rel, &k->r->body, &ctype, &err) != 200) {
+        set_error(k->r, 404, "NOT_FOUND", "%s: %s", err.msg, rel);
+        return;
+    }
+    k->r->ctype = ctype;
+}
+
+static void console_index(call *k) { console_send(k, k->s->console_dir, "index.html"); }
+static void console_asset(call *k) { console_send(k, k->s->console_dir, k->rest); }
+static void console_codemirror(call *k) { console_send(k, CODEMIRROR_DIR, k->rest); }
+
+/* The sign-in token's claims when it may open a session: signed here, of
+ * use "signin", at most 15 minutes long, and never taken before.  Else
+ * why not (and 401). */
+static const char *sign_in_refused(server *s, const char *token, bp_claims *who, bp_error *err, int *status)
+{
+    *status = 401;
+    if (bp_jwt_verify(s->secret, token, (int64_t)(bp_wall_ms() / 1000), &s->expect, who, err) < 0) return err->msg;
+    if (strcmp(who->use, BP_JWT_USE_SIGNIN) != 0)
+        return "not a sign-in token (an API token is used as it is, in the Authorization header)";
+    if (!who->jti[0] || !who->iat || who->exp - who->iat > BP_SIGNIN_MAX_TTL)
+        return "a sign-in token has a jti and lives at most 15 minutes (blueprint token --sign-in)";
+    if (!is_reader(who->role)) return "the token's role is not owner, admin, editor or viewer";
+    int taken = bp_registry_signin_once(s->reg, who->jti, who->exp);
+    if (taken < 0) { *status = 503; return "could not record the sign-in in the state store; try again"; }
+    return taken ? "this sign-in link was used already: mint a new one (blueprint token --sign-in)" : NULL;
+}
+
+/* POST /v1/console/session {"token":SIGN-IN TOKEN}: an ordinary API token of
+ * the same role and subject, good for 8 hours. */
+static void console_session(call *k)
+{
+    bp_doc d;
+    bp_doc_init(&d);
+    if (parse_body(k->cn, &d, k->r) < 0) { bp_doc_free(&d); return; }
+    uint32_t t = bp_jget(&d, 0, "token");
+    if (t == BP_NONE || d.nodes[t].type != BP_JSTRING) {
+        set_error(k->r, 400, "BAD_REQUEST", "give {\"token\":\"<the sign-in token of the link's #signin=…>\"}");
+        bp_doc_free(&d);
+        return;
+    }
+    bp_claims who;
+    bp_error err;
+    int status;
+    const char *why = sign_in_refused(k->s, bp_jtext(&d, t), &who, &err, &status);
+    bp_doc_free(&d);
+    if (why) {
+        set_error(k->r, status, status == 401 ? "INVALID_TOKEN" : "STORE_UNAVAILABLE", "%s", why);
+        return;
+    }
+    int64_t now = (int64_t)(bp_wall_ms() / 1000);
+    bp_buf token;
+    bp_buf_init(&token);
+    bp_jwt_sign(k->s->secret, who.role, who.sub, k->s->expect.issuer, k->s->expect.audience, now, now + SESSION_TTL, &token);
+    bp_buf *b = &k->r->body;
+    bp_buf_addc(b, '{');
+    write_str(b, "token", token.data, 0);
+    write_str(b, "role", who.role, 1);
+    write_str(b, "subject", who.sub, 1);
+    bp_buf_printf(b, ",\"expires_at\":%lld}", (long long)(now + SESSION_TTL));
+    bp_registry_audit(k->s->reg, &who, "console.sign_in", NULL, "a sign-in link was exchanged for an 8-hour session");
+    bp_buf_free(&token);
+}
+
+/* GET /v1/console/me: who the token speaks for and what the console may offer. */
+static void console_me(call *k)
+{
+    bp_buf *b = &k->r->body;
+    bp_buf_addc(b, '{');
+    write_str(b, "role", k->who.role, 0);
+    write_str(b, "subject", k->who.sub, 1);
+    const char *w = is_writer(k->who.role) ? "true" : "false";
+    bp_buf_printf(b, ",\"can\":{\"install\":%s,\"edit\":%s,\"replay\":%s}}", w, w, w);
+}
+
+/* An editor call's result into the reply: its JSON, or its error with the
+ * file and line of an edit that does not load. */
+static void editor_reply(call *k, bp_api_result *res)
+{
+    if (res->status < 400) { k->r->status = res->status; return; }
+    bp_buf extra;
+    bp_buf_init(&extra);
+    if (res->file[0]) {
+        bp_buf_adds(&extra, ",\"file\":");
+        bp_json_write_text(&extra, res->file, strlen(res->file));
+        if (res->line) bp_buf_printf(&extra, ",\"line\":%d", res->line); else bp_buf_adds(&extra, ",\"line\":null");
+    }
+    write_error(k->r, res->status, res->code ? res->code : "INTERNAL", res->err.msg, extra.data);
+    bp_buf_free(&extra);
+}
+
+#define EDITOR_RESULT(k) { 200, NULL, { "" }, "", 0, &(k)->r->body }
+
+static void blueprint_files(call *k)
+{
+    bp_api_result res = EDITOR_RESULT(k);
+    bp_editor_files(k->s->reg, k->vendor, &res);
+    editor_reply(k, &res);
+}
+
+static void blueprint_dry_run(call *k)
+{
+    bp_api_result res = EDITOR_RESULT(k);
+    bp_editor_dry_run(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &res);
+    editor_reply(k, &res);
+}
+
+static void blueprint_test(call *k)
+{
+    bp_api_result res = EDITOR_RESULT(k);
+    bp_editor_test(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &res);
+    editor_reply(k, &res);
+}
+
+static void blueprint_save(call *k)
+{
+    bp_api_result res = EDITOR_RESULT(k);
+    bp_editor_save(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &k->who, &res);
+    editor_reply(k, &res);
+}
+
+static void blueprint_revisions(call *k)
+{
+    bp_api_result res = EDITOR_RESULT(k);
+    bp_editor_revisions(k->s->reg, k->vendor, &res);
+    editor_reply(k, &res);
+}
+
+static void blueprint_rollback(call *k)
+{
+    bp_api_result res = EDITOR_RESULT(k);
+    bp_editor_rollback(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &k->who, &res);
+    editor_reply(k, &res);
+}
+
 /* ---- routing ------------------------------------------------------------------------------------ */
 
 enum access { OPEN, READER, WRITER };
 
-/* One row per endpoint.  In a pattern, ":id" takes an integration id and
- * ":vendor" a catalog key.  `stream` marks the handler that queues its own
- * response. */
+/* One row per endpoint.  In a pattern, ":id" takes an integration id,
+ * ":vendor" a catalog key, and a final "*" the rest of the path.  `stream`
+ * marks the handler that queues its own response. */
 typedef struct route_def {
     const char *method, *pattern;
     enum access access;
@@ -972,16 +1163,33 @@ static const route_def routes[] = {
     { "POST", "/v1/admin/integrations/:id/dead-letters/replay", WRITER, MAX_ADMIN_BODY, replay, 0 },
     { "POST", "/v1/integrations/:id/events", WRITER, MAX_INTAKE_BODY, intake, 0 },
     { "GET", "/v1/admin/audit-log", READER, 0, audit_log, 0 },
+    { "GET", "/", OPEN, 0, console_index, 0 },
+    { "GET", "/console/vendor/codemirror/*", OPEN, 0, console_codemirror, 0 },
+    { "GET", "/console/*", OPEN, 0, console_asset, 0 },
+    { "POST", "/v1/console/session", OPEN, MAX_ADMIN_BODY, console_session, 0 },
+    { "GET", "/v1/console/me", READER, 0, console_me, 0 },
+    { "GET", "/v1/admin/blueprints/:vendor/files", READER, 0, blueprint_files, 0 },
+    { "PUT", "/v1/admin/blueprints/:vendor/files", WRITER, BP_EDITOR_MAX_BODY, blueprint_save, 0 },
+    { "POST", "/v1/admin/blueprints/:vendor/dry-run", WRITER, BP_EDITOR_MAX_BODY, blueprint_dry_run, 0 },
+    { "POST", "/v1/admin/blueprints/:vendor/test", WRITER, BP_EDITOR_MAX_BODY, blueprint_test, 0 },
+    { "GET", "/v1/admin/blueprints/:vendor/revisions", READER, 0, blueprint_revisions, 0 },
+    { "POST", "/v1/admin/blueprints/:vendor/rollback", WRITER, MAX_ADMIN_BODY, blueprint_rollback, 0 },
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 
-/* Does url match pattern?  Captures the :id / :vendor segment. */
+/* Does url match pattern?  Captures the :id / :vendor segment, or what "*" matches. */
 static int match(const char *pattern, const char *url, char *capture, size_t caplen)
 {
     const char *p = pattern, *u = url;
     while (*p && *u) {
         if (*p++ != '/' || *u++ != '/') return 0;
         size_t plen = strcspn(p, "/"), ulen = strcspn(u, "/");
+        if (*p == '*') {
+            size_t rest = strlen(u);
+            if (rest == 0 || rest >= caplen) return 0;
+            memcpy(capture, u, rest + 1);
+            return 1;
+        }
         if (*p == ':') {
             if (ulen == 0 || ulen >= caplen) return 0;
             memcpy(capture, u, ulen);
@@ -1006,6 +1214,7 @@ static const route_def *find_route(const char *method, const char *url, char *ca
     for (size_t i = 0; i < NROUTES; i++) {
         if (!match(routes[i].pattern, url, capture, caplen)) continue;
         if (!strcmp(routes[i].method, m)) return &routes[i];
+        if (strstr(allow, routes[i].method)) continue;   /* several patterns match (a "*" one) */
         size_t used = strlen(allow);
         snprintf(allow + used, allowlen - used, "%s%s%s", used ? ", " : "", routes[i].method,
                  !strcmp(routes[i].method, "GET") ? ", HEAD" : "");
@@ -1018,7 +1227,15 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, reply *r)
     struct MHD_Response *resp = MHD_create_response_from_buffer(r->body.len, r->body.data ? r->body.data : (void *)"",
                                                                 MHD_RESPMEM_MUST_COPY);
     MHD_add_response_header(resp, "Content-Type", r->ctype);
-    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (r->console) {
+        /* the console's files may be cached if revalidated; API answers never */
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "Content-Security-Policy", CONSOLE_CSP);
+        MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    } else {
+        MHD_add_response_header(resp, "Cache-Control", "no-store");
+    }
     if (r->allow) MHD_add_response_header(resp, "Allow", r->allow);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
@@ -1040,11 +1257,11 @@ static void log_request(const char *method, const char *url, int status, double 
 
 static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *method, const char *url, conn *cn)
 {
-    reply r = { 200, { 0 }, "application/json", NULL };
+    reply r = { 200, { 0 }, "application/json", NULL, 0 };
     bp_buf_init(&r.body);
-    char capture[128], allow[128];
+    char capture[1100], allow[128];
     const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
-    call k = { s, c, cn, NULL, NULL, &r, { "", "", "", "", 0, 0 } };
+    call k = { s, c, cn, NULL, NULL, NULL, &r, { "", "", "", "", 0, 0 } };
     enum MHD_Result ret;
     if (!rt && allow[0]) {
         r.allow = allow;
@@ -1059,6 +1276,7 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
         set_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", capture);
     } else {
         if (strstr(rt->pattern, ":vendor")) k.vendor = capture;
+        if (strchr(rt->pattern, '*')) k.rest = capture;
         if (rt->stream) {
             ret = open_stream(&k);
             log_request(method, url, 200, cn->started);
@@ -1085,7 +1303,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!cn) return MHD_NO;
         bp_buf_init(&cn->body);
         cn->started = bp_monotonic_ms();
-        char capture[128], allow[128];
+        char capture[1100], allow[128];
         const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
         cn->limit = rt ? rt->body_limit : 0;
         /* refuse a body announced too large before reading any of it */
@@ -1146,6 +1364,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     if (bp_jwt_secret(o->state_dir, s.secret, sizeof s.secret, err) < 0) return serve_failed(err);
     s.expect.issuer = o->jwt_issuer && *o->jwt_issuer ? o->jwt_issuer : NULL;
     s.expect.audience = o->jwt_audience && *o->jwt_audience ? o->jwt_audience : NULL;
+    bp_console_dir(o->console_dir, o->blueprints_dir, s.console_dir, sizeof s.console_dir);
     int retention_days = o->audit_retention_days > 0 ? o->audit_retention_days : 90;
     if (!(s.reg = bp_registry_open(o->blueprints_dir, o->state_dir, err))) return serve_failed(err);
     s.reg->rate_limit_rps = o->rate_limit_rps;
@@ -1208,6 +1427,8 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     bp_json_write_text(&f, o->blueprints_dir, strlen(o->blueprints_dir));
     bp_buf_adds(&f, ",\"state\":");
     bp_json_write_text(&f, o->state_dir, strlen(o->state_dir));
+    bp_buf_adds(&f, ",\"console\":");
+    bp_json_write_text(&f, s.console_dir, strlen(s.console_dir));
     pthread_mutex_lock(&s.reg->mu);
     bp_buf_printf(&f, ",\"integrations\":%zu,\"delivery_threads\":%d,\"http_threads\":%d", s.reg->n, workers, http_threads);
     pthread_mutex_unlock(&s.reg->mu);
