@@ -78,6 +78,7 @@ static struct {
     int retry_after, burst_503;
     /* faults */
     int fail_next, fail_status, fail_html, fail_retry_after;
+    char fail_path[256];   /* fail_next counts only requests whose path starts with it; "" = any */
     int login_html_next, reset_next, latency_ms;
     long total, limited;
     const char *webhook_secret, *webhook_header;   /* secret NULL: signatures not checked */
@@ -656,6 +657,7 @@ static void control(reply *r, const req *q)
         crm_reset();
         ecom_reset();
         E.fail_next = E.login_html_next = E.reset_next = E.latency_ms = E.burst_503 = 0;
+        E.fail_path[0] = '\0';
         E.total = E.limited = 0;
         for (int i = 0; i < E.naccounts; i++) {
             account *a = &E.accounts[i];
@@ -671,6 +673,12 @@ static void control(reply *r, const req *q)
         bp_doc_init(&d);
         if (bp_json_parse(&d, body, len, NULL, &err) < 0) { json_reply(r, 400, "{\"error\":\"invalid JSON\"}"); bp_doc_free(&d); return; }
         E.fail_next = jint(&d, "fail_next", E.fail_next);
+        /* "path": fail only requests whose path starts with it; a fail_next
+         * without one fails any request, as before */
+        if (bp_jget(&d, 0, "fail_next") != BP_NONE || bp_jget(&d, 0, "path") != BP_NONE) {
+            const char *fp = bp_jscalar(&d, bp_jget(&d, 0, "path"));
+            snprintf(E.fail_path, sizeof E.fail_path, "%s", fp ? fp : "");
+        }
         E.fail_status = jint(&d, "status", E.fail_status ? E.fail_status : 503);
         E.fail_html = jint(&d, "html", E.fail_html);
         E.fail_retry_after = jint(&d, "retry_after", 0);
@@ -749,7 +757,7 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
             json_reply(r, 429, "{\"message\":\"Too Many Requests\"}");
             snprintf(r->retry_after, sizeof r->retry_after, "%d", E.retry_after > 0 ? E.retry_after : 1);
         }
-    } else if (E.fail_next > 0) {
+    } else if (E.fail_next > 0 && !strncmp(url, E.fail_path, strlen(E.fail_path))) {
         E.fail_next--;
         r->status = E.fail_status;
         if (E.fail_html) { r->ctype = "text/html"; bp_buf_printf(&r->body, CDN_PAGE, r->status, r->status); }
