@@ -595,8 +595,10 @@ static void add_name(void *ctx, const char *name)
     write_str(l->out, name);
 }
 
-void bp_editor_files(bp_registry *r, const char *vendor, bp_api_result *res)
+void bp_editor_files(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
+                     bp_api_result *res)
 {
+    (void)body, (void)len, (void)who;
     bp_vendor *v = find_vendor(r, vendor, res);
     if (!v) return;
     pthread_mutex_lock(&r->mu);
@@ -702,8 +704,10 @@ static void add_result(void *ctx, const char *line, size_t len)
     w->out->len = at + strlen(w->out->data + at);
 }
 
-void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, size_t len, bp_api_result *res)
+void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
+                       bp_api_result *res)
 {
+    (void)who;
     static const char *const known[] = { "files", "events", "integration_id", "config", NULL };
     bp_doc d;
     bp_doc_init(&d);
@@ -823,8 +827,10 @@ static void test_case(void *ctx, const char *name)
     bp_case_free(&c);
 }
 
-void bp_editor_test(bp_registry *r, const char *vendor, const char *body, size_t len, bp_api_result *res)
+void bp_editor_test(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
+                    bp_api_result *res)
 {
+    (void)who;
     static const char *const known[] = { "files", NULL };
     bp_doc d;
     bp_doc_init(&d);
@@ -989,8 +995,10 @@ out:
     bp_doc_free(&d);
 }
 
-void bp_editor_revisions(bp_registry *r, const char *vendor, bp_api_result *res)
+void bp_editor_revisions(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
+                         bp_api_result *res)
 {
+    (void)body, (void)len, (void)who;
     if (!find_vendor(r, vendor, res)) return;
     bp_buf_adds(res->body, "{\"vendor\":");
     write_str(res->body, vendor);

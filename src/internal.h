@@ -801,15 +801,11 @@ typedef struct bp_api_result {
 } bp_api_result;
 
 #define BP_EDITOR_MAX_BODY (1024u * 1024u)
-/* The blueprint editor's endpoints (vendor: the catalog key; body: the
- * request's JSON). */
-void bp_editor_files(bp_registry *r, const char *vendor, bp_api_result *res);
-void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, size_t len, bp_api_result *res);
-void bp_editor_test(bp_registry *r, const char *vendor, const char *body, size_t len, bp_api_result *res);
-void bp_editor_save(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
-                    bp_api_result *res);
-void bp_editor_revisions(bp_registry *r, const char *vendor, bp_api_result *res);
-void bp_editor_rollback(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
-                        bp_api_result *res);
+/* The blueprint editor's endpoints: vendor is the catalog key, body the
+ * request's JSON (files and revisions read none), who the token's claims. */
+typedef void bp_editor_fn(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,
+                          bp_api_result *res);
+bp_editor_fn bp_editor_files, bp_editor_dry_run, bp_editor_test, bp_editor_save, bp_editor_revisions,
+    bp_editor_rollback;
 
 #endif

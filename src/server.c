@@ -1087,49 +1087,19 @@ static void editor_reply(call *k, bp_api_result *res)
     bp_buf_free(&extra);
 }
 
-#define EDITOR_RESULT(k) { 200, NULL, { "" }, "", 0, &(k)->r->body }
-
-static void blueprint_files(call *k)
+static void editor_call(call *k, bp_editor_fn *fn)
 {
-    bp_api_result res = EDITOR_RESULT(k);
-    bp_editor_files(k->s->reg, k->vendor, &res);
+    bp_api_result res = { 200, NULL, { "" }, "", 0, &k->r->body };
+    fn(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &k->who, &res);
     editor_reply(k, &res);
 }
 
-static void blueprint_dry_run(call *k)
-{
-    bp_api_result res = EDITOR_RESULT(k);
-    bp_editor_dry_run(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &res);
-    editor_reply(k, &res);
-}
-
-static void blueprint_test(call *k)
-{
-    bp_api_result res = EDITOR_RESULT(k);
-    bp_editor_test(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &res);
-    editor_reply(k, &res);
-}
-
-static void blueprint_save(call *k)
-{
-    bp_api_result res = EDITOR_RESULT(k);
-    bp_editor_save(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &k->who, &res);
-    editor_reply(k, &res);
-}
-
-static void blueprint_revisions(call *k)
-{
-    bp_api_result res = EDITOR_RESULT(k);
-    bp_editor_revisions(k->s->reg, k->vendor, &res);
-    editor_reply(k, &res);
-}
-
-static void blueprint_rollback(call *k)
-{
-    bp_api_result res = EDITOR_RESULT(k);
-    bp_editor_rollback(k->s->reg, k->vendor, k->cn->body.data, k->cn->body.len, &k->who, &res);
-    editor_reply(k, &res);
-}
+static void blueprint_files(call *k) { editor_call(k, bp_editor_files); }
+static void blueprint_dry_run(call *k) { editor_call(k, bp_editor_dry_run); }
+static void blueprint_test(call *k) { editor_call(k, bp_editor_test); }
+static void blueprint_save(call *k) { editor_call(k, bp_editor_save); }
+static void blueprint_revisions(call *k) { editor_call(k, bp_editor_revisions); }
+static void blueprint_rollback(call *k) { editor_call(k, bp_editor_rollback); }
 
 /* ---- routing ------------------------------------------------------------------------------------ */
 
