@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #ifndef BP_DATADIR
 #define BP_DATADIR "/usr/local/share"   /* make passes $(DATADIR) */
@@ -35,6 +36,16 @@ void bp_console_dir(const char *option, const char *blueprints_dir, char *out, s
     /* the repository's (or an install's) layout: console/ beside blueprints/ */
     snprintf(out, n, "%s/../console", blueprints_dir);
     if (is_dir(out)) return;
+    /* an install's, found from the program (PREFIX/bin/…): right whatever
+     * PREFIX the objects were compiled with */
+    char self[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    char *slash = len > 0 ? (self[len] = '\0', strrchr(self, '/')) : NULL;
+    if (slash) {
+        *slash = '\0';
+        snprintf(out, n, "%s/../share/blueprint/console", self);
+        if (is_dir(out)) return;
+    }
     snprintf(out, n, "%s/blueprint/console", BP_DATADIR);
 }
 

@@ -160,6 +160,14 @@ describe("web console: files and sign-in #serve", function()
     end
     assert.are.equal(401, (srv.call("GET", "/v1/console/me", nil, false)))
   end)
+
+  it("names the config field of an install's 422, for the form to show it there", function()
+    local st, body = srv.call("POST", INSTALL, core.json_encode({ name = "Bad", config = {
+      api_url = "ftp://example.com", api_key = "k" } }))
+    assert.are.equal(422, st)
+    assert.are.equal("INVALID_CONFIG", body.error.code)
+    assert.are.equal("config.api_url", body.error.field)
+  end)
 end)
 
 describe("web console: the blueprint editor #serve", function()
