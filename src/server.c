@@ -1078,9 +1078,9 @@ static void editor_reply(call *k, bp_api_result *res)
     if (res->status < 400) { k->r->status = res->status; return; }
     bp_buf extra;
     bp_buf_init(&extra);
-    if (res->file[0]) {
+    if (res->file[0] || (res->code && !strcmp(res->code, "INVALID_BLUEPRINT"))) {   /* null when not known */
         bp_buf_adds(&extra, ",\"file\":");
-        bp_json_write_text(&extra, res->file, strlen(res->file));
+        if (res->file[0]) bp_json_write_text(&extra, res->file, strlen(res->file)); else bp_buf_adds(&extra, "null");
         if (res->line) bp_buf_printf(&extra, ",\"line\":%d", res->line); else bp_buf_adds(&extra, ",\"line\":null");
     }
     write_error(k->r, res->status, res->code ? res->code : "INTERNAL", res->err.msg, extra.data);

@@ -275,6 +275,16 @@ describe("web console: the blueprint editor #serve", function()
     assert.are.equal("page.lua", body.error.file)
     assert.are.equal(2, body.error.line)
     assert.are.equal(original, io.open(page):read("a"))
+    -- an edit an installed integration's config would not validate against
+    local yaml = dir .. "/activecampaign/blueprint.yaml"
+    local yaml_text = io.open(yaml):read("a")
+    st, body = srv.call("PUT", EDITOR .. "/files", '{"files":' .. core.json_encode({ ["blueprint.yaml"] =
+      (yaml_text:gsub("key: event_tracking_url\n", "key: event_tracking_endpoint\n", 1)) }) .. '}', ada)
+    assert.are.equal(422, st)
+    assert.are.equal("INVALID_BLUEPRINT", body.error.code)
+    assert.matches("the installed integration 'Edited'", body.error.message, 1, true)
+    assert.matches("event_tracking_url", body.error.message, 1, true)
+    assert.are.equal(yaml_text, io.open(yaml):read("a"))
     -- a name that is not a blueprint file
     st, body = srv.call("PUT", EDITOR .. "/files", '{"files":{"../evil.lua":"return 1"}}', ada)
     assert.are.equal(400, st)
