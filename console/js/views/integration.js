@@ -1,0 +1,455 @@
+// One integration: delivery counters, masked config with edit, the event
+// table with a switch per event (custom events by name), Live Events, dead
+// letters with replay, revisions with a diff, and delete.
+import { h, replace, clear, button, badge, toggle, empty, errorBox, toast, kv, codeBlock, confirmDialog,
+  fmtTime, fmtAgo, spinner, copyButton, statusCode } from '../dom.js';
+import { get, post, patch, del, enc, ApiError } from '../api.js';
+import { getVendor, getIntegration, categoryName, monogram, tileClass, outcomeOf, eventName } from '../data.js';
+import { fieldOfError } from './integrations.js';
+import { mountLive, renderDetail } from './live.js';
+import { lineDiff, hunks, renderDiff, flatten } from '../diff.js';
+
+const TABS = [
+  ['overview', 'Overview'], ['events', 'Events'], ['live', 'Live Events'], ['dead-letters', 'Dead Letters'],
+  ['revisions', 'Revisions'], ['settings', 'Settings'],
+];
+
+const COUNTERS = [
+  ['delivered', 'Delivered', 'ok'], ['dropped', 'Dropped', 'muted'], ['errors', 'Errors', 'err'],
+  ['dead_lettered', 'Dead letters', 'err'], ['held', 'Held', 'warn'], ['retries', 'Retries', 'warn'],
+];
+
+export async function render(main, params, ctx) {
+  replace(main, h('div', { class: 'page' }, h('p', { class: 'loading' }, spinner(), 'Loading…')));
+  let it = await getIntegration(params.id);
+  const cat = await getVendor(it.vendor).catch(() => ({ vendor: it.vendor, name: it.vendor, config_fields: [], events: [] }));
+  if (!ctx.isCurrent()) return;
+  const tab = TABS.some(([t]) => t === params.tab) ? params.tab : 'overview';
+  const base = '#/integration/' + enc(it.id);
+
+  const counters = h('div', { class: 'counters', id: 'counters' });
+  const bpNote = h('div', {});
+  const revEl = h('span', { class: 'pill', id: 'integration-revision' });
+  function paintHeader() {
+    const d = it.delivery || {};
+    replace(counters, COUNTERS.map(([k, label, kind]) => h('div', { class: 'counter counter-' + kind + ((d[k] || 0) ? ' counter-nonzero' : ''), dataset: { counter: k } },
+      h('span', { class: 'counter-value', text: String(d[k] || 0) }), h('span', { class: 'counter-label', text: label }))));
+    revEl.textContent = 'config rev ' + it.revision;
+    clear(bpNote);
+    const bp = it.blueprint || {};
+    if (bp.status === 'rejected') {
+      bpNote.appendChild(h('div', { class: 'alert alert-warn' }, h('strong', { text: 'Blueprint edit rejected. ' }),
+        h('span', { text: String(bp.error || '') }), ' ', h('span', { class: 'muted', text: bp.note || 'The previous revision keeps running.' })));
+    }
+  }
+  const head = h('div', { class: 'page-head' },
+    h('div', { class: 'page-head-title' }, h('span', { class: tileClass(cat.name), 'aria-hidden': 'true', text: monogram(cat.name) }),
+      h('div', {}, h('h1', { id: 'integration-name', text: it.name }),
+        h('p', { class: 'page-sub' }, h('span', { text: `${cat.name} · ${categoryName(cat.category)} · ` }),
+          h('code', { class: 'id', id: 'integration-id', text: it.id }), ' ', copyButton(it.id, 'Copy id'), ' ', revEl))),
+    h('div', { class: 'page-actions' },
+      (it.delivery || {}).running === false ? badge('stopped', 'muted') : badge('delivering', 'ok')));
+  const tabBar = h('div', { class: 'tabs', role: 'tablist' }, TABS.map(([t, label]) =>
+    h('a', { href: base + '/' + t, class: 'tab', role: 'tab', id: 'itab-' + t, 'aria-selected': String(t === tab) }, label)));
+  const body = h('div', { class: 'tab-body', id: 'integration-body' });
+  replace(main, h('div', { class: ['page', tab === 'live' ? 'page-wide' : ''] },
+    h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/integrations', text: 'Integrations' }), ' / ', h('span', { text: it.name })),
+    head, bpNote, counters, tabBar, body));
+  paintHeader();
+
+  async function reload() {
+    it = await getIntegration(it.id);
+    paintHeader();
+    return it;
+  }
+  const poll = setInterval(() => { reload().catch(() => {}); }, 5000);
+  const env = { it: () => it, cat, ctx, reload, base, setIt: (x) => { it = x; paintHeader(); } };
+  let inner = null;
+  if (tab === 'overview') overview(body, env);
+  else if (tab === 'events') await events(body, env);
+  else if (tab === 'live') inner = mountLive(body, it, ctx);
+  else if (tab === 'dead-letters') inner = await deadLetters(body, env);
+  else if (tab === 'revisions') await revisions(body, env);
+  else if (tab === 'settings') settings(body, env);
+  return () => { clearInterval(poll); if (inner) inner(); };
+}
+
+// ---- Overview: test event + configuration ------------------------------------------------------
+
+function overview(body, env) {
+  const { ctx } = env;
+  const grid = h('div', { class: 'grid-2' });
+  const cfgCard = h('section', { class: 'card', id: 'config-card' });
+  grid.appendChild(cfgCard);
+  const side = h('div', { class: 'stack' });
+  grid.appendChild(side);
+  if (ctx.session.can.install) side.appendChild(testEventCard(env));
+  side.appendChild(blueprintCard(env));
+  replace(body, grid);
+  showConfig(cfgCard, env);
+}
+
+function configValue(f, v) {
+  if (v == null || v === '') {
+    return f && f.default != null ? h('span', { class: 'muted' }, 'default ', h('code', { text: String(f.default) })) : h('span', { class: 'muted', text: 'not set' });
+  }
+  if ((f && f.type === 'secret') || v === '********') return h('span', { class: 'secret-mask', title: 'stored encrypted; never shown' }, '••••••••', h('span', { class: 'muted small', text: ' set' }));
+  return h('code', { class: 'break', text: typeof v === 'object' ? JSON.stringify(v) : String(v) });
+}
+
+function showConfig(card, env) {
+  const it = env.it();
+  const fields = env.cat.config_fields || [];
+  const known = new Set(fields.map((f) => f.key));
+  const cfg = it.config || {};
+  const rows = fields.map((f) => [f.label || f.key, configValue(f, cfg[f.key])]);
+  for (const k of Object.keys(cfg)) if (!known.has(k)) rows.push([k, configValue(null, cfg[k])]);
+  replace(card,
+    h('div', { class: 'card-head' }, h('h2', { class: 'card-title', text: 'Configuration' }),
+      env.ctx.session.can.install ? button('Edit', () => editConfig(card, env), { small: true, id: 'config-edit' }) : null),
+    kv(rows),
+    h('p', { class: 'small muted', text: 'Secrets are encrypted at rest and never shown. Each change makes a new revision.' }));
+}
+
+function editConfig(card, env) {
+  const it = env.it();
+  const fields = env.cat.config_fields || [];
+  const keys = fields.map((f) => f.key);
+  const cfg = it.config || {};
+  const ctl = {};
+  const rows = fields.map((f) => {
+    const secret = f.type === 'secret';
+    const cur = cfg[f.key];
+    const input = h('input', {
+      type: secret ? 'password' : 'text', class: 'input', id: 'edit-' + f.key, autocomplete: secret ? 'new-password' : 'off',
+      spellcheck: false, value: secret || cur == null ? '' : String(cur),
+      placeholder: secret ? (cur ? 'unchanged: type a new value to replace it' : 'not set') : f.default != null ? String(f.default) : '',
+    });
+    const error = h('p', { class: 'field-error', role: 'alert' });
+    const wrap = h('div', { class: 'field', dataset: { field: f.key } },
+      h('label', { class: 'field-label', for: 'edit-' + f.key }, f.label || f.key,
+        f.required ? h('abbr', { class: 'req-mark', title: 'required', text: '*' }) : null,
+        secret ? h('span', { class: 'field-tag', text: 'secret' }) : null),
+      input, f.help ? h('p', { class: 'field-help', text: f.help }) : null, error);
+    ctl[f.key] = { input, wrap, error, f, cur };
+    input.addEventListener('input', () => { wrap.classList.remove('invalid'); error.textContent = ''; });
+    return wrap;
+  });
+  const summary = h('div', { class: 'form-summary' });
+  const save = button('Save changes', null, { kind: 'primary', type: 'submit', id: 'config-save' });
+  const form = h('form', { class: 'form', novalidate: true, id: 'config-form' }, rows, summary,
+    h('div', { class: 'form-actions' }, save, button('Cancel', () => showConfig(card, env), { kind: 'ghost' })));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    clear(summary);
+    const change = {};
+    for (const [k, c] of Object.entries(ctl)) {
+      const v = c.input.value.trim();
+      if (c.f.type === 'secret') { if (v) change[k] = v; continue; }
+      const was = c.cur == null ? '' : String(c.cur);
+      if (v !== was) change[k] = v === '' ? null : v;
+    }
+    if (!Object.keys(change).length) { showConfig(card, env); return; }
+    save.disabled = true;
+    try {
+      const r = await patch('/v1/admin/integrations/' + enc(it.id), { config: change });
+      env.setIt(r);
+      toast(`Saved: revision ${r.revision}`);
+      showConfig(card, env);
+    } catch (err) {
+      save.disabled = false;
+      if (!(err instanceof ApiError)) throw err;
+      const k = fieldOfError(err, keys);
+      if (k && ctl[k]) {
+        ctl[k].wrap.classList.add('invalid');
+        ctl[k].error.textContent = err.message.replace(/^config:\d+: /, '');
+        ctl[k].input.focus();
+      } else summary.appendChild(errorBox(err, 'Not saved'));
+    }
+  });
+  replace(card, h('div', { class: 'card-head' }, h('h2', { class: 'card-title', text: 'Edit configuration' })), form);
+  const first = form.querySelector('input');
+  if (first) first.focus();
+}
+
+function testEventCard(env) {
+  const it = env.it();
+  const email = h('input', { type: 'email', class: 'input', id: 'test-email', value: 'test@example.com', autocomplete: 'off', spellcheck: false });
+  const kind = h('select', { class: 'input', id: 'test-kind', 'aria-label': 'Event' },
+    h('option', { value: 'identify', text: 'identify: create or update the contact' }),
+    h('option', { value: 'page', text: 'page: a page view' }));
+  const out = h('div', { class: 'test-result', id: 'test-result', role: 'status' });
+  const send = button('Send test event', async () => {
+    clear(out);
+    send.disabled = true;
+    const mid = 'console-test-' + Date.now().toString(36);
+    const consent = { canonical: { marketing: true } };
+    const ev = kind.value === 'page'
+      ? { type: 'page', messageId: mid, name: 'Console test', context: { page: { url: location.origin + '/console-test', title: 'Console test' }, traits: { email: email.value.trim() }, consent } }
+      : { type: 'identify', messageId: mid, traits: { email: email.value.trim(), first_name: 'Test' }, context: { consent } };
+    try {
+      const r = await post('/v1/integrations/' + enc(it.id) + '/events', ev);
+      out.appendChild(h('p', { class: 'alert alert-ok' }, h('span', { text: `Accepted (${r.accepted}). ` }),
+        h('a', { href: env.base + '/live', text: 'Watch it in Live Events' }), h('span', { class: 'muted', text: ' — a 200 or 201 from the vendor means it arrived.' })));
+    } catch (err) {
+      out.appendChild(errorBox(err, 'Not accepted'));
+    } finally { send.disabled = false; }
+  }, { kind: 'primary', id: 'test-send' });
+  return h('section', { class: 'card' }, h('h2', { class: 'card-title', text: 'Send a test event' }),
+    h('div', { class: 'field' }, h('label', { class: 'field-label', for: 'test-kind', text: 'Event' }), kind),
+    h('div', { class: 'field' }, h('label', { class: 'field-label', for: 'test-email', text: 'Contact email' }), email),
+    h('div', { class: 'form-actions' }, send), out);
+}
+
+function blueprintCard(env) {
+  const it = env.it();
+  const bp = it.blueprint || {};
+  return h('section', { class: 'card' }, h('div', { class: 'card-head' }, h('h2', { class: 'card-title', text: 'Blueprint' }),
+    h('a', { class: 'btn btn-sm', href: '#/editor/' + enc(it.vendor), text: 'Open in editor' })),
+  kv([
+    ['Vendor', h('code', { text: it.vendor })],
+    ['Variant', it.variant],
+    ['Running', bp.running ? h('code', { text: bp.running }) : null],
+    ['On disk', bp.on_disk ? h('code', { text: bp.on_disk }) : null],
+    ['Status', bp.status ? badge(bp.status, bp.status === 'current' ? 'ok' : 'warn') : null],
+  ]));
+}
+
+// ---- Events: a switch per event ----------------------------------------------------------------
+
+async function events(body, env) {
+  const { ctx, cat } = env;
+  const can = ctx.session.can.install;
+  const typeOf = Object.fromEntries((cat.events || []).map((e) => [e.name, e.type]));
+  const table = h('tbody', { id: 'events-rows' });
+  const seenBox = h('div', { id: 'seen-custom' });
+
+  async function setEnabled(name, on, input) {
+    input.disabled = true;
+    try {
+      const r = await patch('/v1/admin/integrations/' + enc(env.it().id), { events: { [name]: { enabled: on } } });
+      env.setIt(r);
+      toast(`${name}: ${on ? 'enabled' : 'disabled'} (revision ${r.revision})`);
+      paint();
+    } catch (err) {
+      input.checked = !on;
+      input.disabled = false;
+      toast(`Could not change ${name}: ${err.message}`, 'err');
+    }
+  }
+
+  function paint() {
+    const evs = env.it().events || {};
+    const names = Object.keys(evs);
+    replace(table, names.map((name) => {
+      const e = evs[name];
+      const custom = !(name in typeOf);
+      return h('tr', { dataset: { event: name } },
+        h('td', {}, h('span', { class: 'ev-name', text: name }), custom ? h('span', { class: 'tag', text: 'custom' }) : null),
+        h('td', { class: 'hide-narrow' }, h('code', { text: typeOf[name] || 'track' })),
+        h('td', { class: 'hide-narrow' }, h('code', { text: e.mapping || '' })),
+        h('td', { class: 'cell-switch' }, toggle(!!e.enabled, (e.enabled ? 'Disable ' : 'Enable ') + name,
+          can ? (on, input) => setEnabled(name, on, input) : null, { disabled: !can, dataset: { event: name },
+            title: can ? '' : 'Changing events needs the editor role or above' })));
+    }));
+  }
+
+  const nameInput = h('input', { type: 'text', class: 'input', id: 'custom-event-name', placeholder: 'e.g. Webinar Registered',
+    autocomplete: 'off', spellcheck: false, 'aria-label': 'Custom event name' });
+  const addBtn = button('Enable', null, { kind: 'primary', type: 'submit', id: 'custom-event-enable' });
+  const addForm = h('form', { class: 'inline-form', novalidate: true }, nameInput, addBtn);
+  addForm.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const name = nameInput.value.trim();
+    if (!name) { nameInput.focus(); return; }
+    addBtn.disabled = true;
+    try {
+      const r = await patch('/v1/admin/integrations/' + enc(env.it().id), { events: { [name]: { enabled: true } } });
+      env.setIt(r);
+      nameInput.value = '';
+      toast(`${name}: enabled (revision ${r.revision})`);
+      paint();
+      paintSeen();
+    } catch (err) { toast(`Could not enable ${name}: ${err.message}`, 'err'); } finally { addBtn.disabled = false; }
+  });
+
+  let seen = [];
+  function paintSeen() {
+    const evs = env.it().events || {};
+    const list = seen.filter(([n]) => !(evs[n] && evs[n].enabled));
+    clear(seenBox);
+    if (!list.length) return;
+    seenBox.appendChild(h('div', { class: 'card card-muted' }, h('h3', { class: 'card-title', text: 'Seen recently, not enabled' }),
+      h('p', { class: 'small muted', text: 'Track events that arrived and were dropped because they are not enabled.' }),
+      h('ul', { class: 'seen-list' }, list.map(([n, count]) => h('li', {},
+        h('span', { class: 'ev-name', text: n }), h('span', { class: 'muted small', text: ` ${count}×` }),
+        can ? button('Enable', async (e) => {
+          e.currentTarget.disabled = true;
+          try {
+            const r = await patch('/v1/admin/integrations/' + enc(env.it().id), { events: { [n]: { enabled: true } } });
+            env.setIt(r); toast(`${n}: enabled (revision ${r.revision})`); paint(); paintSeen();
+          } catch (err) { toast(err.message, 'err'); }
+        }, { small: true }) : null)))));
+  }
+
+  replace(body, h('div', { class: 'stack' },
+    h('section', { class: 'card card-flush' },
+      h('div', { class: 'card-head card-pad' }, h('h2', { class: 'card-title', text: 'Events' }),
+        h('span', { class: 'small muted', text: 'Which events this integration sends. Each change makes a new revision.' })),
+      h('table', { class: 'table', id: 'events-table' }, h('thead', {}, h('tr', {}, h('th', { text: 'Event' }),
+        h('th', { class: 'hide-narrow', text: 'Type' }), h('th', { class: 'hide-narrow', text: 'Mapping' }), h('th', { class: 'cell-switch', text: 'Enabled' }))), table)),
+    h('section', { class: 'card' }, h('h2', { class: 'card-title', text: 'Custom events' }),
+      h('p', { class: 'small' }, cat.custom_events
+        ? `Track events not listed above are ${cat.custom_events}: enable one by its exact name and it is sent through `
+        : 'Enable a track event by its exact name; it is sent through ',
+      h('code', { text: 'custom.lua' }), '.'),
+      can ? addForm : h('p', { class: 'muted small', text: 'Enabling events needs the editor role or above.' })),
+    seenBox));
+  paint();
+  try {
+    const r = await get('/v1/admin/integrations/' + enc(env.it().id) + '/live-events?limit=200&outcome=drop');
+    const counts = new Map();
+    for (const row of r.events || []) {
+      const m = /custom event not enabled: '(.+)'/.exec((row.outcome || {}).reason || '');
+      if (m) counts.set(m[1], (counts.get(m[1]) || 0) + 1);
+    }
+    seen = [...counts.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12);
+    paintSeen();
+  } catch (e) { /* only a hint */ }
+}
+
+// ---- Dead letters ------------------------------------------------------------------------------
+
+async function deadLetters(body, env) {
+  const { ctx } = env;
+  const can = ctx.session.can.replay;
+  const id = env.it().id;
+  const list = h('div', { id: 'dead-letters' });
+  const detail = h('section', { class: 'live-detail card', hidden: true, id: 'dl-detail' });
+  const replayAll = can ? button('Replay all', async () => {
+    const ok = await confirmDialog({ title: 'Replay every dead letter?',
+      body: 'Dead letters and events that ended in error are queued again and mapped by the running blueprint revision.', confirmLabel: 'Replay all' });
+    if (!ok) return;
+    try {
+      const r = await post('/v1/admin/integrations/' + enc(id) + '/dead-letters/replay', { all: true });
+      toast(`Replayed ${r.replayed} (${r.dead_letters} dead letters, ${r.errors} errors)`);
+      load();
+      env.reload().catch(() => {});
+    } catch (err) { toast('Replay failed: ' + err.message, 'err'); }
+  }, { kind: 'primary', small: true, id: 'replay-all' }) : null;
+  const wrap = h('div', { class: 'live has-list' },
+    h('div', { class: 'toolbar' }, h('p', { class: 'small muted', text: 'Events the vendor refused for good, and events whose mapping failed. Fix the cause, then replay: they are mapped again by the running revision.' }),
+      h('span', { class: 'toolbar-spacer' }), replayAll),
+    h('div', { class: 'live-body' }, list, detail));
+  replace(body, wrap);
+
+  async function load() {
+    replace(list, h('p', { class: 'loading' }, spinner(), 'Loading…'));
+    const r = await get('/v1/admin/integrations/' + enc(id) + '/dead-letters');
+    const rows = r.dead_letters || [];
+    if (replayAll) replayAll.disabled = !rows.length;
+    if (!rows.length) { replace(list, empty('No dead letters', 'Nothing is waiting for a replay.')); return; }
+    replace(list, h('div', { class: 'card card-flush' }, h('table', { class: 'table table-live', id: 'dl-table' },
+      h('thead', {}, h('tr', {}, h('th', { text: 'Time' }), h('th', { text: 'Event' }), h('th', { text: 'State' }),
+        h('th', { class: 'num', text: 'Status' }), h('th', { class: 'hide-narrow', text: 'Reason' }), can ? h('th', { text: '' }) : null)),
+      h('tbody', {}, rows.map((row) => {
+        const o = row.outcome || {};
+        const tr = h('tr', { class: 'row-click', tabindex: '0', dataset: { id: String(o.id) } },
+          h('td', { class: 'mono nowrap', title: fmtTime(row.updated_at), text: fmtAgo(row.updated_at) }),
+          h('td', {}, h('span', { class: 'ev-name', text: eventName(o, row.event) }), h('div', { class: 'mono small muted', text: o.message_id || '' })),
+          h('td', {}, badge(outcomeOf(row))),
+          h('td', { class: 'num' }, statusCode(o.status)),
+          h('td', { class: 'hide-narrow cell-reason', text: o.reason || '' }),
+          can ? h('td', { class: 'cell-actions' }, button('Replay', async (e) => {
+            e.stopPropagation();
+            e.currentTarget.disabled = true;
+            try {
+              const x = await post('/v1/admin/integrations/' + enc(id) + '/dead-letters/replay', { ids: [o.id] });
+              toast(`Replayed ${x.replayed}`);
+              load();
+              env.reload().catch(() => {});
+            } catch (err) { toast('Replay failed: ' + err.message, 'err'); }
+          }, { small: true, dataset: { replay: String(o.id) } })) : null);
+        tr.addEventListener('click', () => {
+          detail.hidden = false;
+          wrap.classList.add('has-detail');
+          replace(detail, renderDetail(row, ctx, { integration: env.it(), onClose: () => { detail.hidden = true; wrap.classList.remove('has-detail'); }, onReplayed: load }));
+        });
+        return tr;
+      })))));
+  }
+  await load();
+  return null;
+}
+
+// ---- Revisions ---------------------------------------------------------------------------------
+
+async function revisions(body, env) {
+  const id = env.it().id;
+  const [r, audit] = await Promise.all([
+    get('/v1/admin/integrations/' + enc(id) + '/revisions'),
+    get('/v1/admin/audit-log?integration=' + enc(id) + '&limit=200').catch(() => ({ entries: [] })),
+  ]);
+  const revs = (r.revisions || []).slice().sort((a, b) => b.revision - a.revision);
+  const byRev = new Map();
+  for (const e of audit.entries || []) if (e.revision_after != null) byRev.set(Number(e.revision_after), e);
+  const view = h('div', { class: 'rev-view card', id: 'revision-diff' });
+  const list = h('ol', { class: 'rev-list', id: 'revision-list' });
+  const snapshot = (x) => {
+    const s = {};
+    for (const k of Object.keys(x)) if (!['revision', 'created_at', 'actor', 'id'].includes(k)) s[k] = x[k];
+    return s;
+  };
+  function show(i) {
+    [...list.children].forEach((li, j) => li.classList.toggle('selected', j === i));
+    const cur = revs[i];
+    const prev = revs[i + 1];
+    const a = prev ? flatten(snapshot(prev)) : [];
+    const b = flatten(snapshot(cur));
+    const d = lineDiff(a, b);
+    const changed = d.some((x) => x.op !== ' ');
+    const au = byRev.get(Number(cur.revision));
+    replace(view,
+      h('div', { class: 'card-head' }, h('h2', { class: 'card-title', text: `Revision ${cur.revision}` + (prev ? ` (compared with ${prev.revision})` : ' (first)') })),
+      au ? h('p', { class: 'small' }, h('strong', { text: au.actor || '' }), ' ', h('span', { class: 'muted', text: `(${au.role || ''}) ${fmtTime(au.at)}: ` }), h('span', { text: au.detail || au.action })) : null,
+      changed ? renderDiff(prev ? hunks(d, 2) : d) : h('p', { class: 'muted small', text: 'No configuration value changed in this revision' + (au && au.detail ? ': ' + au.detail + '.' : '.') }));
+  }
+  revs.forEach((x, i) => {
+    const au = byRev.get(Number(x.revision));
+    const li = h('li', { class: 'rev-item', tabindex: '0', dataset: { revision: String(x.revision) } },
+      h('div', { class: 'rev-top' }, h('strong', { text: 'Revision ' + x.revision }), i === 0 ? badge('current', 'ok') : null),
+      h('div', { class: 'small muted', text: fmtTime(x.created_at) + (au && au.actor ? ' · ' + au.actor : '') }),
+      au && au.detail ? h('div', { class: 'small rev-detail', text: au.detail }) : null);
+    li.addEventListener('click', () => show(i));
+    li.addEventListener('keydown', (e) => { if (e.key === 'Enter') show(i); });
+    list.appendChild(li);
+  });
+  replace(body, revs.length ? h('div', { class: 'rev-layout' }, h('div', { class: 'card card-flush' }, list), view) : empty('No revisions', ''));
+  if (revs.length) show(0);
+}
+
+// ---- Settings: details and delete --------------------------------------------------------------
+
+function settings(body, env) {
+  const it = env.it();
+  const can = env.ctx.session.can.install;
+  replace(body, h('div', { class: 'stack' },
+    h('section', { class: 'card' }, h('h2', { class: 'card-title', text: 'Details' }), kv([
+      ['Id', h('code', { text: it.id })], ['Vendor', it.vendor], ['Variant', it.variant], ['Delivery mode', it.delivery_mode],
+      ['Installed', fmtTime(it.created_at)], ['Config revision', String(it.revision)],
+      ['Intake URL', h('code', { class: 'break', text: location.origin + '/v1/integrations/' + it.id + '/events' })],
+    ])),
+    can ? h('section', { class: 'card card-danger' }, h('h2', { class: 'card-title', text: 'Delete this integration' }),
+      h('p', { class: 'small', text: 'Delivery stops (requests in flight finish), then its queued events, dead letters and pause state are deleted. Its revisions stay in the audit trail, secrets masked. This cannot be undone.' }),
+      button('Delete integration…', async () => {
+        const ok = await confirmDialog({ title: `Delete ${it.name}?`, danger: true, confirmLabel: 'Delete',
+          body: 'Events not yet delivered are lost.', typeToConfirm: it.name });
+        if (!ok) return;
+        try {
+          await del('/v1/admin/integrations/' + enc(it.id));
+          toast(`Deleted ${it.name}`);
+          env.ctx.navigate('#/integrations');
+        } catch (err) { toast('Delete failed: ' + err.message, 'err'); }
+      }, { kind: 'danger', id: 'delete-integration' }))
+      : h('p', { class: 'muted small', text: 'Deleting an integration needs the editor role or above.' })));
+}

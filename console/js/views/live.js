@@ -1,0 +1,421 @@
+// Live Events: the latest outcomes of an integration, kept current by the
+// SSE stream (read with fetch, since EventSource cannot send the bearer
+// token), filtered by outcome and event, each row opening the whole story:
+// input event, decision and reason, redacted requests, the vendor's answer,
+// attempts, timing and retries.
+import { h, replace, clear, button, badge, statusCode, empty, errorBox, toast, kv, codeBlock, pretty,
+  parseJSON, fmtTime, fmtClock, fmtAgo, fmtDuration, copyButton, spinner } from '../dom.js';
+import { get, post, enc, stream } from '../api.js';
+import { listIntegrations, outcomeOf, eventName } from '../data.js';
+
+const OUTCOMES = ['delivered', 'retrying', 'held', 'drop', 'error', 'dead_letter'];
+const LAST = 'bp.live.last';
+const MAX_ROWS = 500;
+
+export async function renderPage(main, params, ctx) {
+  const ints = await listIntegrations();
+  if (!ctx.isCurrent()) return;
+  const page = h('div', { class: 'page page-wide' });
+  replace(main, page);
+  const head = h('div', { class: 'page-head' }, h('div', {}, h('h1', { text: 'Live Events' }),
+    h('p', { class: 'page-sub', text: 'Every event as it is judged and delivered: the decision, the exact requests, the vendor\'s answer.' })));
+  page.appendChild(head);
+  if (!ints.length) {
+    page.appendChild(empty('No integrations yet', 'Live Events shows the events of an installed integration.',
+      h('a', { class: 'btn btn-primary', href: '#/integrations/library', text: 'Install one' })));
+    return;
+  }
+  let id = params.id;
+  if (!id || !ints.some((i) => i.id === id)) {
+    const last = localStorage.getItem(LAST);
+    id = ints.some((i) => i.id === last) ? last : ints[0].id;
+    history.replaceState(null, '', '#/live/' + enc(id));
+  }
+  localStorage.setItem(LAST, id);
+  const it = ints.find((i) => i.id === id);
+  const picker = h('select', { class: 'input input-inline', id: 'live-integration', 'aria-label': 'Integration' },
+    ints.map((i) => h('option', { value: i.id, selected: i.id === id, text: `${i.name} (${i.vendor})` })));
+  picker.addEventListener('change', () => ctx.navigate('#/live/' + enc(picker.value)));
+  head.appendChild(h('div', { class: 'page-actions' }, h('label', { class: 'inline-label', for: 'live-integration', text: 'Integration' }), picker,
+    h('a', { class: 'btn btn-ghost', href: '#/integration/' + enc(id), text: 'Open integration' })));
+  const box = h('div', {});
+  page.appendChild(box);
+  return mountLive(box, it, ctx);
+}
+
+// ---- the component ---------------------------------------------------------------------------
+
+export function mountLive(container, integration, ctx) {
+  const id = integration.id;
+  const items = new Map();   // key -> {event, outcome, state, updated_at, fresh}
+  let selected = null;
+  let paused = false;
+  let stopStream = null;
+  let backfillTimer = null;
+  let renderQueued = false;
+  let outcomeFilter = '';
+  let eventFilter = '';
+  let textFilter = '';
+  const eventNames = new Set();
+
+  const outcomeSel = h('select', { class: 'input input-inline', id: 'live-outcome', 'aria-label': 'Outcome' },
+    h('option', { value: '', text: 'All outcomes' }), OUTCOMES.map((o) => h('option', { value: o, text: o.replace('_', ' ') })));
+  const eventSel = h('select', { class: 'input input-inline', id: 'live-event', 'aria-label': 'Event type' },
+    h('option', { value: '', text: 'All events' }));
+  const search = h('input', { type: 'search', class: 'input input-inline', id: 'live-search', placeholder: 'Message id or text…',
+    'aria-label': 'Search', autocomplete: 'off', spellcheck: false });
+  const state = h('span', { class: 'stream-state stream-connecting', id: 'live-state', role: 'status' }, h('span', { class: 'dot' }), h('span', { text: 'Connecting…' }));
+  const pauseBtn = button('Pause', () => {
+    paused = !paused;
+    pauseBtn.textContent = paused ? 'Resume' : 'Pause';
+    pauseBtn.setAttribute('aria-pressed', String(paused));
+    if (!paused) queueRender();
+  }, { small: true, id: 'live-pause' });
+  const countEl = h('span', { class: 'muted small', id: 'live-count' });
+  const tbody = h('tbody', { id: 'live-rows' });
+  const table = h('table', { class: 'table table-live', id: 'live-table' },
+    h('thead', {}, h('tr', {},
+      h('th', { text: 'Time' }), h('th', { text: 'Event' }), h('th', { class: 'hide-narrow', text: 'Message id' }),
+      h('th', { text: 'Outcome' }), h('th', { class: 'num', text: 'Status' }), h('th', { class: 'num hide-narrow', text: 'Tries' }),
+      h('th', { class: 'num hide-narrow', text: 'Time taken' }), h('th', { class: 'hide-narrow', text: 'Reason' }))),
+    tbody);
+  const listWrap = h('div', { class: 'live-list card card-flush' }, table);
+  const detail = h('section', { class: 'live-detail card', id: 'live-detail', 'aria-label': 'Event detail', hidden: true });
+  const root = h('div', { class: 'live', id: 'live' },
+    h('div', { class: 'toolbar' }, outcomeSel, eventSel, search, h('span', { class: 'toolbar-spacer' }), countEl, state, pauseBtn),
+    h('div', { class: 'live-body' }, listWrap, detail));
+  replace(container, root);
+
+  outcomeSel.addEventListener('change', () => { outcomeFilter = outcomeSel.value; load(); queueRender(); });
+  eventSel.addEventListener('change', () => { eventFilter = eventSel.value; queueRender(); });
+  search.addEventListener('input', () => { textFilter = search.value.trim().toLowerCase(); queueRender(); });
+
+  function keyOf(o, fallback) {
+    return o && o.id != null ? 'id:' + o.id : fallback;
+  }
+
+  // what a row shows: a row is rebuilt only when this changes
+  function signature(item) {
+    return JSON.stringify([item.outcome, item.state, !!item.event, item.updated_at]);
+  }
+
+  function upsert(row, fresh) {
+    const o = row.outcome || {};
+    const k = keyOf(o, 'm:' + (o.message_id || (row.event && (row.event.messageId || row.event.message_id))) + ':' + (o.index ?? ''));
+    const prev = items.get(k);
+    const item = Object.assign(prev || {}, row);
+    if (!item.event && prev && prev.event) item.event = prev.event;
+    item.key = k;
+    item.sort = o.id != null ? Number(o.id) : (prev && prev.sort) || Date.now();
+    if (fresh && !prev) item.fresh = true;
+    item.sig = signature(item);
+    items.set(k, item);
+    const name = eventName(o, item.event);
+    if (name && !eventNames.has(name)) {
+      eventNames.add(name);
+      const opts = [...eventNames].sort();
+      const cur = eventSel.value;
+      replace(eventSel, h('option', { value: '', text: 'All events' }), opts.map((n) => h('option', { value: n, text: n, selected: n === cur })));
+    }
+    if (items.size > MAX_ROWS) {
+      const oldest = [...items.values()].sort((a, b) => a.sort - b.sort).slice(0, items.size - MAX_ROWS);
+      oldest.forEach((x) => { if (x.key !== selected) items.delete(x.key); });
+    }
+    return item;
+  }
+
+  async function load() {
+    try {
+      const q = '?limit=100' + (outcomeFilter ? '&outcome=' + enc(outcomeFilter === 'drop' ? 'drop' : outcomeFilter) : '');
+      const r = await get('/v1/admin/integrations/' + enc(id) + '/live-events' + q);
+      for (const row of r.events || []) upsert(row, false);
+      blueprintNote(r.blueprint);
+      queueRender();
+    } catch (e) {
+      if (e.name !== 'AbortError') replace(listWrap, errorBox(e, 'Could not load Live Events'));
+    }
+  }
+
+  // Stream outcomes carry no input event: fetch the latest page to fill them in.
+  function backfill() {
+    clearTimeout(backfillTimer);
+    backfillTimer = setTimeout(async () => {
+      try {
+        const r = await get('/v1/admin/integrations/' + enc(id) + '/live-events?limit=50');
+        for (const row of r.events || []) {
+          const k = keyOf(row.outcome, null);
+          if (k && items.has(k)) {
+            const it = items.get(k);
+            it.event = row.event;
+            if (row.state) it.state = row.state;
+            if (row.updated_at) it.updated_at = row.updated_at;
+            it.sig = signature(it);
+          } else upsert(row, true);
+        }
+        queueRender();
+        refreshDetail();
+      } catch (e) { /* the next outcome tries again */ }
+    }, 400);
+  }
+
+  const blueprintBox = h('div', { class: 'live-blueprint' });
+  root.insertBefore(blueprintBox, root.children[1]);
+  function blueprintNote(bp) {
+    clear(blueprintBox);
+    if (bp && bp.status === 'rejected') {
+      blueprintBox.appendChild(h('div', { class: 'alert alert-warn' },
+        h('strong', { text: 'The last blueprint edit was rejected; the previous revision keeps running. ' }),
+        h('span', { text: String(bp.error || '') }), bp.note ? h('span', { class: 'muted', text: ' ' + bp.note }) : null));
+    }
+  }
+
+  function setState(s, detail) {
+    state.className = 'stream-state stream-' + s;
+    const label = { open: 'Live', closed: 'Reconnecting…', error: 'Reconnecting…', connecting: 'Connecting…' }[s] || s;
+    replace(state, h('span', { class: 'dot' }), h('span', { text: label }));
+    state.title = detail && detail.message ? detail.message : '';
+  }
+
+  function visible(item) {
+    const o = item.outcome || {};
+    const out = outcomeOf(item);
+    if (outcomeFilter && out !== outcomeFilter && !(outcomeFilter === 'drop' && out === 'dropped')) return false;
+    if (eventFilter && eventName(o, item.event) !== eventFilter) return false;
+    if (textFilter) {
+      const hay = [o.message_id, o.reason, eventName(o, item.event), o.status].join(' ').toLowerCase();
+      if (!hay.includes(textFilter)) return false;
+    }
+    return true;
+  }
+
+  function queueRender() {
+    if (renderQueued || paused) return;
+    renderQueued = true;
+    requestAnimationFrame(() => { renderQueued = false; renderRows(); });
+  }
+
+  const rowCache = new Map();   // key -> {sig, tr}
+  let emptyRow = null;
+
+  function buildRow(item) {
+    const o = item.outcome || {};
+    const out = outcomeOf(item);
+    const tr = h('tr', {
+      class: ['row-click', item.key === selected ? 'selected' : '', item.fresh ? 'row-new' : ''],
+      tabindex: '0', dataset: { key: item.key, outcome: out, messageId: o.message_id || '' },
+      'aria-selected': String(item.key === selected),
+    },
+    h('td', { class: 'mono nowrap', title: fmtTime(item.updated_at), text: fmtClock(item.updated_at) || '—' }),
+    h('td', { class: 'cell-event', title: eventName(o, item.event) }, h('span', { class: 'ev-name', text: eventName(o, item.event) }),
+      o.type && o.event ? h('span', { class: 'ev-type', text: o.type }) : null),
+    h('td', { class: 'mono hide-narrow cell-trunc', text: o.message_id || '' }),
+    h('td', {}, badge(out)),
+    h('td', { class: 'num' }, statusCode(o.status)),
+    h('td', { class: 'num hide-narrow', text: o.attempts != null ? String(o.attempts) : '' }),
+    h('td', { class: 'num hide-narrow', text: o.duration_ms != null && o.attempts ? fmtDuration(o.duration_ms) : '' }),
+    h('td', { class: 'hide-narrow cell-reason', title: o.reason || '', text: o.reason || '' }));
+    item.fresh = false;
+    const open = () => select(item.key, true);
+    tr.addEventListener('click', open);
+    tr.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); open(); } });
+    return tr;
+  }
+
+  function select(key, focus) {
+    const before = selected;
+    selected = key;
+    for (const k of [before, key]) {
+      const c = k && rowCache.get(k);
+      if (c) { c.tr.classList.toggle('selected', k === selected); c.tr.setAttribute('aria-selected', String(k === selected)); }
+    }
+    if (key) showDetail(items.get(key), focus);
+  }
+
+  // Rows are kept by key and rebuilt only when what they show changes, so
+  // a row under the pointer (or a test's hand) is not replaced needlessly.
+  function renderRows() {
+    const all = [...items.values()].sort((a, b) => b.sort - a.sort);
+    const rows = all.filter(visible);
+    countEl.textContent = rows.length === all.length ? `${all.length} events` : `${rows.length} of ${all.length} events`;
+    if (!rows.length) {
+      rowCache.clear();
+      emptyRow = h('tr', { class: 'row-empty' }, h('td', { colspan: '8' },
+        all.length ? 'No event matches these filters.' : 'No events yet. Events sent to this integration appear here as they are delivered.'));
+      replace(tbody, emptyRow);
+      return;
+    }
+    if (emptyRow) { emptyRow.remove(); emptyRow = null; }
+    const keep = new Set(rows.map((r) => r.key));
+    for (const [k, c] of rowCache) if (!keep.has(k)) { c.tr.remove(); rowCache.delete(k); }
+    let at = tbody.firstChild;
+    for (const item of rows) {
+      let c = rowCache.get(item.key);
+      if (!c || c.sig !== item.sig) {
+        const tr = buildRow(item);
+        if (c) { if (at === c.tr) at = tr; c.tr.replaceWith(tr); }
+        c = { sig: item.sig, tr };
+        rowCache.set(item.key, c);
+      }
+      if (c.tr === at) at = at.nextSibling;
+      else tbody.insertBefore(c.tr, at);
+    }
+  }
+
+  let detailSig = null;
+  function showDetail(item, focus) {
+    if (!item) return;
+    detail.hidden = false;
+    root.classList.add('has-detail');
+    detailSig = item.key + item.sig;
+    replace(detail, renderDetail(item, ctx, {
+      integration,
+      onClose: () => { select(null); detail.hidden = true; root.classList.remove('has-detail'); },
+      onReplayed: () => load(),
+    }));
+    if (focus) { detail.setAttribute('tabindex', '-1'); detail.focus({ preventScroll: true }); }
+  }
+
+  function refreshDetail() {
+    const item = selected && items.get(selected);
+    if (item && detailSig !== item.key + item.sig) showDetail(item, false);
+  }
+
+  load().then(() => {
+    stopStream = stream('/v1/admin/integrations/' + enc(id) + '/live-events/stream', {
+      onState: setState,
+      onEvent: (name, data) => {
+        if (name === 'outcome' && data && typeof data === 'object') {
+          const item = upsert({ outcome: data, state: data.outcome === 'retrying' ? 'retrying' : undefined, updated_at: Date.now() }, true);
+          if (!item.event) backfill();
+          queueRender();
+          refreshDetail();
+        }
+      },
+    });
+  });
+  return () => {
+    if (stopStream) stopStream();
+    clearTimeout(backfillTimer);
+  };
+}
+
+// ---- one event, in full ----------------------------------------------------------------------
+
+function formFields(body) {
+  const out = [];
+  for (const part of String(body).split('&')) {
+    if (!part) continue;
+    const i = part.indexOf('=');
+    const dec = (s) => { try { return decodeURIComponent(s.replace(/\+/g, ' ')); } catch (e) { return s; } };
+    out.push([dec(i < 0 ? part : part.slice(0, i)), dec(i < 0 ? '' : part.slice(i + 1))]);
+  }
+  return out;
+}
+
+function bodyView(req) {
+  const body = req.body;
+  if (body == null || body === '') return h('p', { class: 'muted small', text: 'no body' });
+  const ct = Object.entries(req.headers || {}).find(([k]) => k.toLowerCase() === 'content-type');
+  const type = ct ? String(ct[1]) : '';
+  let decoded = null;
+  if (req.decoded !== undefined) decoded = codeBlock(pretty(req.decoded));
+  else if (/json/.test(type)) { try { decoded = codeBlock(pretty(parseJSON(body))); } catch (e) { decoded = null; } }
+  else if (/x-www-form-urlencoded/.test(type)) {
+    decoded = h('table', { class: 'table table-compact table-form' }, h('tbody', {}, formFields(body).map(([k, v]) => {
+      let val = v;
+      try { if (/^[[{]/.test(v)) val = pretty(parseJSON(v)); } catch (e) { /* as text */ }
+      return h('tr', {}, h('th', { class: 'mono', text: k }), h('td', {}, h('pre', { class: 'code-inline', text: val })));
+    })));
+  }
+  if (!decoded) return codeBlock(body);
+  const raw = codeBlock(body, 'raw-body');
+  raw.hidden = true;
+  const t = button('Exact bytes', () => { raw.hidden = !raw.hidden; t.textContent = raw.hidden ? 'Exact bytes' : 'Hide exact bytes'; }, { small: true, kind: 'ghost' });
+  return h('div', {}, decoded, h('div', { class: 'body-raw-toggle' }, t), raw);
+}
+
+export function renderRequest(req, i) {
+  return h('div', { class: 'req' },
+    h('div', { class: 'req-line' }, h('span', { class: 'req-num', text: '#' + (i + 1) }),
+      h('span', { class: 'method', text: req.method || 'POST' }), h('span', { class: 'url mono', text: req.url || '' })),
+    req.once || req.marks ? h('p', { class: 'small muted' }, req.once ? 'once: ' : 'marks: ', h('code', { text: req.once || req.marks })) : null,
+    Object.keys(req.headers || {}).length
+      ? h('table', { class: 'table table-compact table-headers' }, h('tbody', {}, Object.entries(req.headers).map(([k, v]) =>
+        h('tr', {}, h('th', { class: 'mono', text: k }), h('td', { class: 'mono', text: String(v) })))))
+      : null,
+    bodyView(req));
+}
+
+function vendorAnswer(o) {
+  if (o.response == null || o.response === '') return h('p', { class: 'muted small', text: o.status == null ? 'Not sent to the vendor.' : 'Empty answer.' });
+  const t = String(o.response);
+  try { return codeBlock(pretty(parseJSON(t))); } catch (e) { return codeBlock(t); }
+}
+
+export function renderDetail(item, ctx, opts = {}) {
+  const o = item.outcome || {};
+  const out = outcomeOf(item);
+  const can = ctx.session.can;
+  const integration = opts.integration || {};
+  const replayable = (out === 'dead_letter' || out === 'error' || item.state === 'dead' || item.state === 'error') && o.id != null;
+  const actions = h('div', { class: 'detail-actions' },
+    item.event ? copyButton(JSON.stringify(item.event), 'Copy event') : null,
+    item.event && integration.vendor ? button('Try in blueprint editor', () => {
+      pickSample(integration.vendor, item.event);
+      ctx.navigate('#/editor/' + enc(integration.vendor));
+    }, { small: true, kind: 'ghost', id: 'detail-to-editor' }) : null,
+    replayable && can.replay ? button('Replay', async (e) => {
+      e.currentTarget.disabled = true;
+      try {
+        const r = await post('/v1/admin/integrations/' + enc(integration.id) + '/dead-letters/replay', { ids: [o.id] });
+        toast(`Replayed ${r.replayed} event${r.replayed === 1 ? '' : 's'}`);
+        opts.onReplayed && opts.onReplayed();
+      } catch (err) { toast('Replay failed: ' + err.message, 'err'); e.currentTarget.disabled = false; }
+    }, { small: true, kind: 'primary', id: 'detail-replay' }) : null);
+  const retry = out === 'retrying'
+    ? h('div', { class: 'alert alert-warn' }, h('strong', { text: 'Retrying. ' }),
+      `Attempt ${o.attempts || 0} failed; `,
+      o.next_attempt_at || item.next_attempt_at
+        ? `next attempt ${fmtAgo(o.next_attempt_at || item.next_attempt_at)} (${fmtClock(o.next_attempt_at || item.next_attempt_at)}).`
+        : 'the next attempt is scheduled.')
+    : null;
+  return h('div', { class: 'detail', dataset: { key: item.key || '' } },
+    h('div', { class: 'detail-head' },
+      h('div', {}, h('h2', { class: 'detail-title', text: eventName(o, item.event) }),
+        h('p', { class: 'muted small mono', text: o.message_id || '' })),
+      opts.onClose ? button('Close', opts.onClose, { small: true, kind: 'ghost', id: 'detail-close', ariaLabel: 'Close the event detail' }) : null),
+    actions,
+    retry,
+    h('section', { class: 'detail-sec' }, h('h3', { text: 'Decision' }),
+      h('p', { class: 'decision' }, badge(out), ' ', h('span', { class: 'decision-reason', id: 'detail-reason', text: o.reason || '' })),
+      kv([
+        ['Vendor status', statusCode(o.status)],
+        ['Attempts', o.attempts != null ? String(o.attempts) : null],
+        ['Time taken', o.duration_ms != null ? fmtDuration(o.duration_ms) : null],
+        ['Updated', item.updated_at ? fmtTime(item.updated_at) : null],
+        ['Blueprint revision', o.blueprint_revision ? h('code', { text: o.blueprint_revision }) : null],
+        ['Store id', o.id != null ? String(o.id) : null],
+      ])),
+    o.logs && o.logs.length ? h('section', { class: 'detail-sec' }, h('h3', { text: 'Mapping log' }),
+      codeBlock(o.logs.map((l) => `${l.at || ''}  ${l.msg || ''}`).join('\n'))) : null,
+    h('section', { class: 'detail-sec' }, h('h3', { text: 'Vendor answer' }), vendorAnswer(o)),
+    h('section', { class: 'detail-sec' }, h('h3', { text: `Requests (${(o.requests || []).length})` }),
+      (o.requests || []).length ? h('p', { class: 'small muted', text: 'Secrets are shown as [redacted].' }) : h('p', { class: 'muted small', text: 'No request: the event was not sent.' }),
+      (o.requests || []).map(renderRequest)),
+    h('section', { class: 'detail-sec' }, h('h3', { text: 'Input event' }),
+      item.event ? codeBlock(pretty(item.event), 'input-event') : h('p', { class: 'muted small' }, spinner(), 'Loading the input event…')));
+}
+
+// Events picked in Live Events for the blueprint editor's samples panel.
+export function pickSample(vendor, event) {
+  const k = 'bp.editor.picked.' + vendor;
+  let list = [];
+  try { list = JSON.parse(sessionStorage.getItem(k) || '[]'); } catch (e) { list = []; }
+  const text = JSON.stringify(event);
+  list = [text].concat(list.filter((x) => x !== text)).slice(0, 20);
+  sessionStorage.setItem(k, JSON.stringify(list));
+}
+
+export function pickedSamples(vendor) {
+  try { return JSON.parse(sessionStorage.getItem('bp.editor.picked.' + vendor) || '[]'); } catch (e) { return []; }
+}

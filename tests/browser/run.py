@@ -1,0 +1,606 @@
+#!/usr/bin/python3
+"""The web console in a real browser (headless Chromium from Debian, driven by
+python3-selenium) against `blueprint serve` and the ActiveCampaign emulator.
+
+    /usr/bin/python3 tests/browser/run.py [-v] [NAME…]
+
+Prints TAP ("ok N - name" / "not ok N - name"); scripts/run-tests.sh counts
+it.  The scenarios share one serve, one emulator and one browser and run in
+order (the integration installed by Quick Setup is used by the rest).
+Screenshots of each main screen, at 1366×768 and 420 px wide, go to
+build/screenshots/ (a failing scenario also leaves NAME-failure.png there).
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import WAIT, LAPTOP, NARROW, poll  # noqa: E402
+
+try:
+    from selenium.common.exceptions import (NoAlertPresentException, NoSuchElementException,
+                                            StaleElementReferenceException, TimeoutException)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    HAVE_SELENIUM = True
+except ImportError:
+    HAVE_SELENIUM = False
+
+VERBOSE = '-v' in sys.argv
+XSS_IMG = '<img src=x onerror=window.__xss=1;alert(1)>'
+XSS_SCRIPT = '</script><script>window.__xss=2;alert(2)</script>'
+EMAIL = 'quick.setup@example.com'
+
+
+def log(*a):
+    if VERBOSE:
+        print('#', *a, flush=True)
+
+
+class Console:
+    """The browser, with explicit waits that say what they waited for."""
+
+    def __init__(self, env, driver):
+        self.env = env
+        self.d = driver
+        self.shots = []
+        os.makedirs(harness.SHOTS, exist_ok=True)
+
+    # ---- waiting ----
+    def wait(self, cond, message, timeout=WAIT):
+        w = WebDriverWait(self.d, timeout, poll_frequency=0.1,
+                          ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+        return w.until(lambda d: cond(), message)
+
+    def el(self, css, message=None, visible=True):
+        def find():
+            for e in self.d.find_elements(By.CSS_SELECTOR, css):
+                if not visible or e.is_displayed():
+                    return e
+            return None
+        return self.wait(find, message or 'no visible element matches %s' % css)
+
+    def gone(self, css, message=None):
+        return self.wait(lambda: not self.d.find_elements(By.CSS_SELECTOR, css), message or '%s is still there' % css)
+
+    def absent(self, css):
+        found = [e for e in self.d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
+        assert not found, 'the page offers %s, it should not' % css
+
+    def text(self, css, text, message=None):
+        def check():
+            for e in self.d.find_elements(By.CSS_SELECTOR, css):
+                if text in e.text:
+                    return e
+            return None
+        return self.wait(check, message or '%r never appeared in %s' % (text, css))
+
+    def click(self, css, message=None):
+        """Click the first visible, enabled match (looked up again if the page
+        rebuilt it meanwhile)."""
+        def go():
+            e = self.el(css, message)
+            if not e.is_enabled():
+                return None
+            self.d.execute_script('arguments[0].scrollIntoView({block:"center"})', e)
+            e.click()
+            return e
+        return self.wait(go, message or 'could not click %s (missing or disabled)' % css)
+
+    def type(self, css, value, clear=True):
+        e = self.el(css)
+        if clear:
+            e.send_keys(Keys.CONTROL, 'a')
+            e.send_keys(Keys.DELETE)
+        e.send_keys(value)
+        return e
+
+    def js(self, script, *args):
+        return self.d.execute_script(script, *args)
+
+    def go(self, fragment):
+        """Navigate inside the page (the session and any sentinel survive)."""
+        self.js('location.hash = arguments[0]', fragment)
+        self.wait(lambda: self.js('return location.hash') == fragment or fragment in self.js('return location.hash'),
+                  'the address never became %s' % fragment)
+
+    def toast(self, text):
+        return self.text('#toasts .toast', text, 'no toast saying %r' % text)
+
+    def settle(self):
+        """No spinner and no pending frame: what a screenshot should see."""
+        self.wait(lambda: not [e for e in self.d.find_elements(By.CSS_SELECTOR, '#main .loading') if e.is_displayed()],
+                  'the page is still loading')
+        self.d.execute_async_script('const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done()))')
+
+    def size(self, wh):
+        self.d.set_window_size(*wh)
+        self.wait(lambda: abs(self.js('return window.innerWidth') - wh[0]) < 40, 'the window never became %dpx wide' % wh[0])
+        self.settle()
+
+    def shoot(self, name, narrow=True):
+        """Screenshots of the screen as it is: laptop, then narrow."""
+        self.settle()
+        path = os.path.join(harness.SHOTS, name + '-laptop.png')
+        self.d.save_screenshot(path)
+        self.shots.append(path)
+        if narrow:
+            self.size(NARROW)
+            path = os.path.join(harness.SHOTS, name + '-narrow.png')
+            self.d.save_screenshot(path)
+            self.shots.append(path)
+            self.size(LAPTOP)
+
+    # ---- the console's pieces ----
+    def sign_in_link(self, role, subject=None):
+        tok = self.env.token(role, sign_in=True, subject=subject)
+        self.d.get('about:blank')
+        self.d.get(self.env.base + '/#signin=' + tok)
+        self.signed_in_as(role)
+        return tok
+
+    def signed_in_as(self, role):
+        self.wait(lambda: self.js("const e = document.getElementById('user-role'); return e && e.textContent") == role,
+                  'the console is not signed in as %s' % role)
+
+    def cm_value(self):
+        return self.js("return document.querySelector('.CodeMirror').CodeMirror.getValue()")
+
+    def cm_set(self, text):
+        self.js("document.querySelector('.CodeMirror').CodeMirror.setValue(arguments[0])", text)
+
+    def results_text(self):
+        return self.el('#dryrun-results').text
+
+    def open_row(self, message_id, outcome=None):
+        """Click a Live Events row; a row rebuilt under the click (its outcome
+        changed) is looked up again."""
+        def go():
+            self.row(message_id, outcome).click()
+            return True
+        return self.wait(go, 'could not open the row of %s' % message_id)
+
+    def row(self, message_id, outcome=None):
+        css = '#live-rows tr[data-message-id="%s"]' % message_id
+        if outcome:
+            css += '[data-outcome="%s"]' % outcome
+        return self.el(css, 'Live Events shows no row for %s%s' % (message_id, ' with outcome ' + outcome if outcome else ''))
+
+
+def send(env, token, iid, events):
+    st, body = env.api('POST', '/v1/integrations/%s/events' % iid, events, token=token)
+    assert st == 202 and body.get('accepted') == len(events if isinstance(events, list) else [events]), (st, body)
+
+
+def page_event(mid, path):
+    return {'type': 'page', 'messageId': mid, 'name': 'Docs',
+            'context': {'page': {'url': 'https://shop.example.com/' + path, 'title': 'Docs'},
+                        'traits': {'email': EMAIL}, 'consent': {'canonical': {'marketing': True}}}}
+
+
+def tracking_log(env, email, kind, needle):
+    c = env.contact(email)
+    return c and any(l.get('type') == kind and needle in l.get('value', '') for l in c.get('trackingLogs', []))
+
+
+# ---- the scenarios ----------------------------------------------------------------------------
+
+def t_quick_setup(c, s):
+    """Integrations → Integration Library → ActiveCampaign under Marketing
+    Automation → Install → fill in the fields → Install Integration → send a
+    test event → Live Events shows it with 200/201; the contact exists."""
+    env = c.env
+    c.d.get(env.base + '/')
+    c.el('#signin-token', 'no sign-in screen without a session')
+    c.shoot('signin')
+
+    tok = c.sign_in_link('admin', subject='ops@example.com')
+    assert '#signin' not in c.d.current_url, 'the sign-in token is still in the address: ' + c.d.current_url
+    st, _ = env.api('POST', '/v1/console/session', {'token': tok})
+    assert st == 401, 'a sign-in link worked twice (%s)' % st
+    c.text('#user-subject', 'ops@example.com')
+    s['admin'] = env.token('admin')
+
+    c.click('#nav-integrations')
+    c.el('#integrations-table, .empty', 'the Integrations page did not render')
+    c.shoot('integrations-empty', narrow=False)
+    c.click('#tab-library')
+    group = c.el('.lib-group[data-category="Marketing Automation"]', 'no Marketing Automation group in the library')
+    card = group.find_element(By.CSS_SELECTOR, '#lib-activecampaign')
+    assert 'ActiveCampaign' in card.text, card.text
+    banner = card.find_element(By.CSS_SELECTOR, '.lib-banner-alpha')
+    assert 'ALPHA' in banner.text, banner.text
+    desc = card.find_element(By.CSS_SELECTOR, '.lib-desc').text.strip()
+    st, cat = env.api('GET', '/v1/admin/integration-catalog/activecampaign', token=s['admin'])
+    if cat.get('description'):
+        assert desc == cat['description'].strip(), 'the card shows %r, the catalog says %r' % (desc, cat['description'])
+    else:
+        print('# note: the catalog has no "description" for activecampaign: the card cannot show one')
+    c.shoot('library')
+
+    c.click('#install-activecampaign')
+    form = c.el('#install-form', 'the Install form did not open')
+    for f in cat['config_fields']:
+        wrap = form.find_element(By.CSS_SELECTOR, '[data-field="%s"]' % f['key'])
+        assert f['label'] in wrap.text, (f['label'], wrap.text)
+        inp = wrap.find_element(By.CSS_SELECTOR, '#cfg-' + f['key'])
+        assert bool(wrap.find_elements(By.CSS_SELECTOR, '.req-mark')) == bool(f['required']), 'required mark of ' + f['key']
+        if f['type'] == 'secret':
+            assert inp.get_attribute('type') == 'password', f['key'] + ' is not a password input'
+        if f.get('help'):
+            assert f['help'][:30] in wrap.text, 'no help for ' + f['key']
+    rules = cat.get('config_rules') or cat.get('rules')
+    if rules:
+        rule = c.el('.group-rule', 'the all-or-none rule of Event Tracking is not explained')
+        assert 'All or none' in rule.text and 'Event Tracking' in rule.text, rule.text
+    else:
+        print('# note: the catalog has no "config_rules": the form cannot explain the all-or-none rule')
+    c.shoot('install')
+
+    # the server's 422 is shown on the field it names
+    c.type('#cfg-api_url', 'not a url')
+    c.type('#cfg-api_key', 'emulator-api-token')
+    c.click('#install-submit')
+    err = c.el('[data-field="api_url"].invalid .field-error', 'the 422 was not shown on the API URL field')
+    assert 'api_url' in err.text or 'URL' in err.text, err.text
+    c.shoot('install-error', narrow=False)
+
+    c.type('#cfg-api_url', env.emu)
+    c.type('#cfg-event_tracking_account_id', '1000001')
+    c.type('#cfg-event_tracking_key', 'emulator-event-key')
+    c.type('#cfg-event_tracking_url', env.emu + '/event')
+    btn = c.el('#install-submit')
+    assert btn.text == 'Install Integration', btn.text
+    btn.click()
+    c.wait(lambda: '#/integration/int_' in c.d.current_url, 'Install Integration did not open the new integration')
+    iid = c.d.current_url.split('#/integration/')[1].split('/')[0]
+    s['iid'] = iid
+    c.text('#integration-name', 'ActiveCampaign')
+    st, it = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])
+    assert st == 200 and it['config']['api_key'] == '********', it
+
+    # send a test event (the integration page's button posts it to intake)
+    c.type('#test-email', EMAIL)
+    c.click('#test-send')
+    c.text('#test-result', 'Accepted')
+    c.shoot('integration')
+    c.click('#test-result a')
+    row = c.el('#live-rows tr[data-outcome="delivered"]', 'the test event never showed as delivered in Live Events')
+    status = row.find_elements(By.TAG_NAME, 'td')[4].text
+    assert status in ('200', '201'), 'vendor status %r' % status
+    c.click('#live-rows tr[data-outcome="delivered"]')
+    c.text('#live-detail', EMAIL, 'the event detail does not show the input event')
+    detail = c.el('#live-detail').text
+    assert '[redacted]' in detail and 'delivered' in detail, detail[:400]
+    poll(lambda: env.contact(EMAIL), 'the contact is not in the emulator')
+    c.shoot('live-events')
+
+
+def t_webinar(c, s):
+    """Enable "Webinar Registered" from the integration page, send it, see it delivered."""
+    env, iid = c.env, s['iid']
+    c.go('#/integration/%s/events' % iid)
+    c.el('#events-table')
+    c.type('#custom-event-name', 'Webinar Registered')
+    c.click('#custom-event-enable')
+    row = c.el('#events-rows tr[data-event="Webinar Registered"]', 'Webinar Registered is not in the event table')
+    c.wait(lambda: row.find_element(By.CSS_SELECTOR, 'input').is_selected(), 'its switch is not on')
+    c.text('#integration-revision', 'config rev 2')
+    # the switch: off (a revision), on again (another)
+    row.find_element(By.CSS_SELECTOR, '.switch').click()
+    c.text('#integration-revision', 'config rev 3')
+    st, it = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])
+    assert it['events']['Webinar Registered']['enabled'] is False, it['events']
+    c.el('#events-rows tr[data-event="Webinar Registered"] .switch').click()
+    c.text('#integration-revision', 'config rev 4')
+    st, it = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])
+    assert it['events']['Webinar Registered']['enabled'] is True, it['events']
+    c.shoot('events')
+
+    send(env, s['admin'], iid, {'type': 'track', 'event': 'Webinar Registered', 'messageId': 'webinar-1',
+                                'properties': {'webinar': 'Engines 101'},
+                                'context': {'traits': {'email': EMAIL}, 'consent': {'canonical': {'marketing': True}}}})
+    c.click('#itab-live')
+    row = c.row('webinar-1', 'delivered')
+    assert 'Webinar Registered' in row.text, row.text
+    poll(lambda: tracking_log(env, EMAIL, 'webinar_registered', 'Engines 101'), 'the emulator has no webinar_registered event')
+    c.click('#itab-revisions')
+    c.el('#revision-list li[data-revision="4"]', 'the revisions list has no revision 4')
+    c.shoot('revisions', narrow=False)
+
+
+def t_editor(c, s):
+    """Edit page.lua: the dry-run pane follows; a syntax error is marked at its
+    line and the running blueprint is untouched; Save makes a revision the
+    next event uses; roll back."""
+    env, iid = c.env, s['iid']
+    disk = os.path.join(env.blueprints, 'activecampaign', 'page.lua')
+    original = open(disk).read()
+    c.click('#nav-blueprints')
+    c.click('#bp-activecampaign')
+    c.click('.file-tab[data-file="page.lua"]')
+    c.wait(lambda: c.cm_value() == original, 'page.lua did not open in the editor')
+    c.el('#dryrun-status[data-state="ok"]', 'the first dry-run never finished')
+    assert '"page_view"' in c.results_text()
+
+    # typed: the dry-run of the unsaved edit follows
+    c.js("""const cm = document.querySelector('.CodeMirror').CodeMirror;
+            const i = cm.getValue().indexOf('"page_view", {') + '"page_view'.length;
+            cm.focus(); cm.setCursor(cm.posFromIndex(i));""")
+    c.d.find_element(By.CSS_SELECTOR, '.CodeMirror textarea').send_keys('_typed')
+    c.text('#dryrun-results', 'page_view_typed', 'the dry-run pane did not follow the typed edit')
+    c.wait(lambda: c.el('#dryrun-changed').text != '0 changed', 'no result is marked changed')
+    c.shoot('editor')
+
+    # a syntax error on line 3: marked there; nothing on disk or in the workers changes
+    broken = original.replace('"page_view", {', '"page_view" {')
+    assert broken.split('\n')[2].endswith('"page_view" {'), broken.split('\n')[2]
+    c.cm_set(broken)
+    c.el('#dryrun-status[data-state="error"]', 'a Lua syntax error did not fail the dry-run')
+    c.el('.CodeMirror .bp-gutter-error', 'no gutter marker for the error')
+    c.el('.CodeMirror .bp-underline-error', 'the error line is not underlined')
+    line = c.js("""const w = document.querySelector('.CodeMirror .bp-line-error');
+                   return w && w.querySelector('.CodeMirror-linenumber').textContent""")
+    assert line == '3', 'the error is marked on line %r, not 3' % line
+    c.el('.file-tab[data-file="page.lua"].has-error', 'the page.lua tab is not marked')
+    c.text('#load-errors', 'page.lua:3')
+    c.shoot('editor-error')
+    assert open(disk).read() == original, 'the broken edit reached the disk'
+    st, files = env.api('GET', '/v1/admin/blueprints/activecampaign/files', token=s['admin'])
+    assert [f['content'] for f in files['files'] if f['name'] == 'page.lua'] == [original]
+    send(env, s['admin'], iid, page_event('page-1', 'syntax'))
+    poll(lambda: tracking_log(env, EMAIL, 'page_view', 'shop.example.com/syntax'),
+         'an event sent during the broken edit was not mapped by the running version')
+
+    # save a good edit: a new revision, and the next event uses it
+    c.cm_set(original.replace('"page_view"', '"page_view_v2"'))
+    c.el('#dryrun-status[data-state="ok"]')
+    c.text('#dryrun-results', 'page_view_v2')
+    c.type('#save-message', 'Rename the page event')
+    c.click('#editor-save')
+    c.toast('Saved revision')
+    c.wait(lambda: not c.el('#editor-save').is_enabled(), 'Save still offered after saving')
+    assert 'page_view_v2' in open(disk).read()
+    st, revs = env.api('GET', '/v1/admin/blueprints/activecampaign/revisions', token=s['admin'])
+    newest = revs['revisions'][0]
+    assert newest['message'] == 'Rename the page event' and newest['number'] == 2, newest
+    assert any(r['number'] == 1 for r in revs['revisions']), revs
+    c.click('#side-history')
+    item = c.el('#history-list li[data-number="2"]')
+    assert 'Rename the page event' in item.text, item.text
+    item.find_element(By.CSS_SELECTOR, '[data-diff="2"]').click()
+    c.text('#history-list li[data-number="2"] .diff-add', 'page_view_v2', 'the revision diff does not show the change')
+    c.shoot('editor-history')
+    send(env, s['admin'], iid, page_event('page-2', 'v2'))
+    poll(lambda: tracking_log(env, EMAIL, 'page_view_v2', 'shop.example.com/v2'), 'the next event did not use the saved edit')
+    def judged():
+        live = env.api('GET', '/v1/admin/integrations/%s/live-events?limit=50' % iid, token=s['admin'])[1]
+        return [e['outcome'] for e in live['events'] if e['outcome'].get('message_id') == 'page-2' and e['outcome'].get('outcome') == 'delivered']
+    o = poll(judged, 'Live Events does not show page-2 delivered')[0]
+    assert o['blueprint_revision'] == newest['revision'], (o['blueprint_revision'], newest['revision'])
+
+    # roll back to the state found on disk
+    c.click('[data-rollback="1"]')
+    c.click('#confirm-ok')
+    c.toast('Rolled back')
+    c.wait(lambda: c.cm_value() == original, 'the editor does not show the rolled-back page.lua')
+    assert open(disk).read() == original
+    st, revs = env.api('GET', '/v1/admin/blueprints/activecampaign/revisions', token=s['admin'])
+    assert revs['revisions'][0]['number'] == 3 and 'rollback' in revs['revisions'][0]['message'], revs['revisions'][0]
+    send(env, s['admin'], iid, page_event('page-3', 'rolled-back'))
+    poll(lambda: tracking_log(env, EMAIL, 'page_view', 'shop.example.com/rolled-back'), 'the rollback did not reach the workers')
+
+
+def t_hostile_event(c, s):
+    """Event properties holding <img onerror> and </script> show as text and run nothing."""
+    env, iid = c.env, s['iid']
+    c.js("""window.__xss = 0; window.__csp = [];
+            document.addEventListener('securitypolicyviolation', e => window.__csp.push(e.violatedDirective + ' ' + (e.sample || '')));""")
+    consent = {'canonical': {'marketing': True}}
+    send(env, s['admin'], iid, [
+        {'type': 'track', 'event': 'Webinar Registered', 'messageId': 'xss-1',
+         'properties': {'webinar': XSS_IMG, 'note': XSS_SCRIPT}, 'context': {'traits': {'email': 'xss@example.com'}, 'consent': consent}},
+        {'type': 'identify', 'messageId': 'xss-2',
+         'traits': {'email': 'xss@example.com', 'first_name': XSS_IMG, 'last_name': XSS_SCRIPT}, 'context': {'consent': consent}},
+        {'type': 'track', 'event': XSS_IMG + XSS_SCRIPT, 'messageId': 'xss-3', 'properties': {}, 'context': {'consent': consent}},
+    ])
+    c.go('#/live/' + iid)
+    c.open_row('xss-1', 'delivered')
+    detail = c.text('#live-detail .input-event', XSS_IMG, 'the input event does not show the <img> text').text
+    assert XSS_SCRIPT in detail, detail
+    c.text('#live-detail', 'eventdata')
+    c.open_row('xss-2', 'delivered')
+    c.text('#live-detail .input-event', XSS_SCRIPT)
+    c.row('xss-3')
+    names = c.el('#live-rows').text
+    assert XSS_IMG in names, 'the hostile event name is not shown as text'
+    c.shoot('live-detail')
+    c.go('#/integration/%s/events' % iid)
+    c.text('#seen-custom', XSS_IMG, 'the hostile event name is not listed as text among events seen')
+    # picked from Live Events into the editor's samples: still text
+    c.go('#/live/' + iid)
+    c.open_row('xss-1')
+    c.click('#detail-to-editor')
+    c.el('#sample-list .sample[data-source="live"]', 'the picked event is not among the samples')
+    c.el('#dryrun-status[data-state="ok"]')
+    c.text('#dryrun-results', 'xss-1')
+    assert XSS_IMG in c.results_text()
+    assert c.js('return window.__xss') == 0, 'injected code ran'
+    assert c.js("return [...document.querySelectorAll('img')].filter(i => i.getAttribute('src') === 'x').length") == 0, \
+        'an <img> from event data became an element'
+    assert c.js("return [...document.querySelectorAll('script')].filter(s => !s.src).length") == 0, 'an inline <script> appeared'
+    assert c.js('return window.__csp') == [], 'the page tried something the CSP blocked: %r' % c.js('return window.__csp')
+    try:
+        c.d.switch_to.alert
+        raise AssertionError('an alert opened')
+    except NoAlertPresentException:
+        pass
+
+
+def t_roles(c, s):
+    """Replay (one, all) for an admin; a viewer is offered no install, edit or
+    replay, and the API refuses them."""
+    env, iid = c.env, s['iid']
+    consent = {'canonical': {'marketing': True}}
+
+    def dead(mids):
+        env.emulator('/_emulator/faults', {'fail_next': len(mids), 'status': 400})
+        send(env, s['admin'], iid, [{'type': 'identify', 'messageId': m, 'traits': {'email': m + '@example.com'},
+                                     'context': {'consent': consent}} for m in mids])
+        poll(lambda: {d['outcome']['message_id'] for d in
+                      env.api('GET', '/v1/admin/integrations/%s/dead-letters' % iid, token=s['admin'])[1]['dead_letters']} >= set(mids),
+             'no dead letters for %s' % mids)
+
+    dead(['dl-1'])
+    c.go('#/integration/%s/dead-letters' % iid)
+    row = c.el('#dl-table tbody tr', 'the dead letter is not listed')
+    c.el('#replay-all')
+    c.shoot('dead-letters')
+    row.find_element(By.CSS_SELECTOR, '[data-replay]').click()
+    c.toast('Replayed 1')
+    c.el('#dead-letters .empty', 'the replayed dead letter is still listed')
+    poll(lambda: env.contact('dl-1@example.com'), 'the replayed event was not delivered')
+
+    dead(['dl-2', 'dl-3'])
+    c.go('#/integration/%s/overview' % iid)
+    c.go('#/integration/%s/dead-letters' % iid)
+    c.wait(lambda: len(c.d.find_elements(By.CSS_SELECTOR, '#dl-table tbody tr')) == 2, 'two dead letters are not listed')
+    c.click('#replay-all')
+    c.click('#confirm-ok')
+    c.toast('Replayed 2')
+    c.el('#dead-letters .empty')
+    poll(lambda: env.contact('dl-3@example.com'), 'replay all did not deliver')
+    dead(['dl-4'])
+
+    # a viewer, with a pasted API token
+    c.click('#sign-out')
+    viewer = env.token('viewer', subject='auditor@example.com')
+    c.type('#signin-token', viewer)
+    c.click('#signin-submit')
+    c.signed_in_as('viewer')
+    c.go('#/integrations/library')
+    card = c.el('#lib-activecampaign')
+    c.absent('#install-activecampaign')
+    assert 'needs the editor role' in card.text, card.text
+    c.go('#/install/activecampaign')
+    c.el('.page-install .alert-info', 'a viewer is not told why there is no form')
+    c.absent('#install-form')
+    c.go('#/integration/%s/overview' % iid)
+    c.el('#config-card')
+    c.absent('#config-edit')
+    c.absent('#test-send')
+    c.go('#/integration/%s/events' % iid)
+    c.el('#events-rows tr')
+    assert all(not i.is_enabled() for i in c.d.find_elements(By.CSS_SELECTOR, '#events-rows input')), 'a viewer can flip an event switch'
+    c.absent('#custom-event-name')
+    c.go('#/integration/%s/dead-letters' % iid)
+    c.el('#dl-table tbody tr').click()
+    c.el('#dl-detail .detail')
+    c.absent('[data-replay]')
+    c.absent('#replay-all')
+    c.absent('#detail-replay')
+    c.shoot('viewer-dead-letters', narrow=False)
+    c.go('#/editor/activecampaign')
+    c.el('.CodeMirror')
+    c.el('#history-list, #history .empty', 'a viewer sees no history')
+    assert c.js("return document.querySelector('.CodeMirror').CodeMirror.getOption('readOnly')") is True
+    c.absent('#editor-save')
+    c.absent('#side-dryrun')
+    c.absent('[data-rollback]')
+    c.shoot('viewer-editor', narrow=False)
+
+    # the API refuses them all the same
+    for method, path, body in [
+        ('POST', '/v1/admin/integration-catalog/activecampaign/install',
+         {'name': 'x', 'variant': 'default', 'config': {'api_url': env.emu, 'api_key': 'k'}, 'delivery_mode': 'server_side'}),
+        ('PATCH', '/v1/admin/integrations/' + iid, {'events': {'Coupon Applied': {'enabled': True}}}),
+        ('POST', '/v1/admin/integrations/%s/dead-letters/replay' % iid, {'all': True}),
+        ('PUT', '/v1/admin/blueprints/activecampaign/files', {'files': {'page.lua': '-- x'}, 'message': 'x'}),
+        ('POST', '/v1/admin/blueprints/activecampaign/dry-run', {'files': {}, 'events': []}),
+        ('POST', '/v1/admin/blueprints/activecampaign/rollback', {'number': 1}),
+    ]:
+        st, body = env.api(method, path, body, token=viewer)
+        assert st == 403, '%s %s as a viewer: %s %s' % (method, path, st, body)
+    st, _ = env.api('GET', '/v1/admin/integrations/%s/dead-letters' % iid, token=viewer)
+    assert st == 200
+
+
+SCENARIOS = [
+    ('quick setup: Integration Library to a 200 in Live Events', t_quick_setup),
+    ('a custom event enabled from the integration page is delivered', t_webinar),
+    ('blueprint editor: live dry-run, error marked, save, roll back', t_editor),
+    ('hostile event data shows as text and runs nothing', t_hostile_event),
+    ('roles: replay for an admin; a viewer cannot install, edit or replay', t_roles),
+]
+
+
+def main():
+    wanted = [a for a in sys.argv[1:] if not a.startswith('-')]
+    plan = [(i + 1, n, f) for i, (n, f) in enumerate(SCENARIOS) if not wanted or any(w in f.__name__ for w in wanted)]
+    print('1..%d' % len(plan), flush=True)
+    missing = [p for p in (harness.CHROMIUM, harness.CHROMEDRIVER, harness.BIN, harness.EMULATOR) if not os.path.exists(p)]
+    if missing or not HAVE_SELENIUM:
+        why = 'python3-selenium is not installed' if not HAVE_SELENIUM else 'missing ' + ', '.join(missing)
+        for n, name, _ in plan:
+            print('ok %d - %s # SKIP %s' % (n, name, why))
+        return 0
+    if os.path.isdir(harness.SHOTS):
+        for f in os.listdir(harness.SHOTS):
+            if f.endswith('-failure.png'):
+                os.remove(os.path.join(harness.SHOTS, f))
+    env = harness.Env()
+    driver = None
+    failed = 0
+    try:
+        driver = harness.browser()
+        driver.set_script_timeout(WAIT)
+        c = Console(env, driver)
+        state = {}
+        for n, name, fn in plan:
+            t0 = time.monotonic()
+            try:
+                fn(c, state)
+                print('ok %d - %s' % (n, name), flush=True)
+            except Exception as e:
+                failed += 1
+                print('not ok %d - %s' % (n, name), flush=True)
+                where = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
+                for f in where[-3:]:
+                    print('#   %s:%d in %s: %s' % (os.path.basename(f.filename), f.lineno, f.name, f.line))
+                msg = getattr(e, 'msg', None) or str(e)
+                print('#   %s: %s' % (type(e).__name__, msg.strip().split('\n')[0][:600]))
+                try:
+                    shot = os.path.join(harness.SHOTS, fn.__name__ + '-failure.png')
+                    driver.save_screenshot(shot)
+                    print('#   screenshot: ' + os.path.relpath(shot, harness.REPO))
+                    print('#   at: ' + driver.current_url)
+                    for entry in driver.get_log('browser')[-8:]:
+                        print('#   browser: %s %s' % (entry['level'], entry['message'][:300]))
+                except Exception:
+                    pass
+                if isinstance(e, (AssertionError, TimeoutException)):
+                    for line in env.serve_log().strip().split('\n')[-5:]:
+                        print('#   serve: ' + line[:300])
+                if fn is t_quick_setup:
+                    # the rest needs the integration it installs
+                    for n2, name2, _ in plan[plan.index((n, name, fn)) + 1:]:
+                        print('not ok %d - %s # not run: quick setup failed' % (n2, name2))
+                        failed += 1
+                    break
+            log('%s: %.1f s' % (fn.__name__, time.monotonic() - t0))
+        if c.shots:
+            print('# %d screenshots in %s' % (len(c.shots), os.path.relpath(harness.SHOTS, harness.REPO)))
+    finally:
+        if driver:
+            driver.quit()
+        env.close()
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
