@@ -61,7 +61,7 @@ HDRS    := $(PUBLIC_HDRS) src/internal.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \
-            libjs-codemirror
+            libjs-codemirror chromium chromium-driver python3-selenium
 
 .PHONY: all deps bench-deps fuzz-deps test run demo bench clean unit-tests asan tsan fuzz fuzzers install uninstall
 all: build/blueprint build/blueprint-net build/libblueprint.a build/libblueprint.so build/lua/blueprint_core.so \

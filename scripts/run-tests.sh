@@ -16,6 +16,8 @@
 #   7. the #kafka specs (cluster mode: three nodes on librdkafka's mock
 #      cluster), against build/asan/blueprint only: librdkafka is not built
 #      for ThreadSanitizer, which would report its own atomics as races
+#   8. the web console in headless Chromium (tests/browser/run.py): serve,
+#      the emulator and a browser through the issue's scenarios
 set -u
 cd "$(dirname "$0")/.."
 
@@ -84,6 +86,9 @@ rm -rf "$tsan_reports"
 
 suite "cluster specs: serve --kafka on a mock Kafka cluster (ASan+UBSan build)" \
   env BLUEPRINT_BIN=build/asan/blueprint BLUEPRINT_TEST_SANITIZER=address "${BUSTED[@]}" --tags=kafka tests/spec
+
+suite "web console in a real browser (headless Chromium, selenium; screenshots in build/screenshots)" \
+  /usr/bin/python3 tests/browser/run.py
 
 echo
 if [ "$skipped" -gt 0 ]; then
