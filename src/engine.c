@@ -36,6 +36,7 @@ struct bp_engine {
     const char *account;            /* the account of the config running */
     bp_doc jdoc;                    /* the journal given for the next run, parsed */
     const char *jtext; size_t jlen;
+    size_t jnext;                   /* journal entries this run has gone past */
     uint64_t owner;                 /* who claims shared answers (a delivery job) */
     bp_doc adoc;                    /* a step's answer, parsed for r.json */
     bp_answer_fn answerer; void *answerer_ud;
@@ -600,9 +601,10 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
  * the event resumes at its first unfinished step: re-running is the only
  * way a mapping continues, so resuming needs nothing more.  Mappings are
  * deterministic (the same event, config and answers give the same steps);
- * a step whose request no longer matches its recorded one (a new revision
- * of the blueprint, a cache that changed meanwhile) ends the journal
- * there and is sent again.
+ * steps the run no longer reaches (another event's ctx.cache write made
+ * them unnecessary) are passed over, and a step with no recorded answer
+ * for its request (a new revision of the blueprint, a cache that changed
+ * meanwhile) ends the journal there and is sent again.
  *
  * ctx.cache writes take effect only when a run completes: a run stopped at
  * a step is run again, and must not meet its own writes the second time. */
@@ -699,31 +701,37 @@ static int give_answer(lua_State *L, bp_engine *e, bp_request *r, int status, co
     return 1;
 }
 
-/* The recorded answer of step k, when the journal has one for this request. */
-static int journal_answer(bp_engine *e, size_t k, const bp_request *r, int *status, const char **body, size_t *len,
+/* The recorded answer of this step, when the journal has one for its
+ * request: the next entry, or a later one when the run no longer needs the
+ * entries between (another event's ctx.cache write made them unnecessary,
+ * e.g. a tag's id now known: its lookup and create are skipped, and the
+ * contactTags answered before is not sent again).  No entry for it: the
+ * mapping went another way, the journal ends here and the step is sent. */
+static int journal_answer(bp_engine *e, const bp_request *r, int *status, const char **body, size_t *len,
                           const char **from)
 {
     if (!e->jtext) return 0;
     const bp_doc *d = &e->jdoc;
     if (d->nodes[0].type != BP_JARRAY) return 0;
-    if (k >= d->nodes[0].len) return 0;
-    uint32_t it = 1;                                    /* the first item; siblings by .next */
-    for (size_t i = 0; i < k; i++) it = d->nodes[it].next;
     char fp[17];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)r->fingerprint);
-    const char *f = bp_jscalar(d, bp_jget(d, it, "f"));
-    const char *s = bp_jscalar(d, bp_jget(d, it, "s"));
-    uint32_t b = bp_jget(d, it, "b");
-    if (!f || strcmp(f, fp) != 0 || !s || b == BP_NONE || d->nodes[b].type != BP_JSTRING) {
-        e->jtext = NULL;   /* the mapping went another way: the journal ends here */
-        return 0;
+    uint32_t it = 1;                                    /* the first item; siblings by .next */
+    for (size_t i = 0; i < d->nodes[0].len; i++, it = d->nodes[it].next) {
+        if (i < e->jnext) continue;
+        const char *f = bp_jscalar(d, bp_jget(d, it, "f"));
+        const char *s = bp_jscalar(d, bp_jget(d, it, "s"));
+        uint32_t b = bp_jget(d, it, "b");
+        if (!f || strcmp(f, fp) != 0 || !s || b == BP_NONE || d->nodes[b].type != BP_JSTRING) continue;
+        e->jnext = i + 1;
+        *status = atoi(s);
+        *body = bp_jtext(d, b);
+        *len = d->nodes[b].len;
+        *from = bp_jscalar(d, bp_jget(d, it, "from"));
+        if (!*from) *from = "sent";
+        return 1;
     }
-    *status = atoi(s);
-    *body = bp_jtext(d, b);
-    *len = d->nodes[b].len;
-    *from = bp_jscalar(d, bp_jget(d, it, "from"));
-    if (!*from) *from = "sent";
-    return 1;
+    e->jtext = NULL;   /* the mapping went another way: the journal ends here */
+    return 0;
 }
 
 static void read_step_options(lua_State *L, int idx, bp_request *r)
@@ -783,12 +791,12 @@ static int l_send(lua_State *L)
         bp_outcome_truncate_requests(o, at);
         return luaL_error(L, "ctx.send: a step cannot have once or marks (its answer is needed); opts.cache shares an answer");
     }
-    size_t k = e->nsteps++;
+    e->nsteps++;
 
     int status;
     const char *body, *from;
     size_t len;
-    if (journal_answer(e, k, r, &status, &body, &len, &from))
+    if (journal_answer(e, r, &status, &body, &len, &from))
         return give_answer(L, e, r, status, body, len, from);
 
     bp_cache *c = cache_of(e);
@@ -990,6 +998,7 @@ static enum bp_verdict run_mapping(bp_engine *e, int ref, const bp_route *route,
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->ctx_proxy_ref); /* fn, event, ctx */
     e->out = out;
     e->nsteps = 0;
+    e->jnext = 0;
     e->stopped = 0;
     if (e->jtext && bp_json_parse(&e->jdoc, e->jtext, e->jlen, NULL, &err) < 0) e->jtext = NULL;
     bp_sandbox_set_log(e->sb, on_log, e);
