@@ -1,0 +1,343 @@
+-- ActiveCampaign in depth against the emulator (127.0.0.1 only): lists that
+-- follow consent, tags created once per account under concurrency, typed
+-- custom fields, Deep Data orders (cents, no duplicate after a redelivery or
+-- a kill mid-sequence), and a failing step retried from that step.  Each
+-- asserts on what the emulator holds (/_emulator/state) and on every
+-- request it received (/_emulator/requests).
+local S = require("support")
+local core = S.core
+
+local FAST = " --rate-limit 500 --retry-base-ms 20"
+
+-- A config file for the emulator with `extra` YAML lines (the options).
+local function config(emu, extra)
+  local path = S.emulator_config(emu)
+  local f = assert(io.open(path, "ab"))
+  f:write(extra, "\n")
+  f:close()
+  return path
+end
+
+local function deliver(cfg, st, input, extra)
+  local lines, err, code = S.deliver("--config " .. cfg .. " --state " .. st .. FAST .. (extra or ""), input)
+  assert.are.equal(0, code, err)
+  local by = {}
+  for _, l in ipairs(lines) do by[l.message_id] = l end
+  return by, lines
+end
+
+local function state(emu) return emu.get("/_emulator/state?account=0") end
+
+-- Requests received after the first `n`, optionally only METHOD PATH.
+local function requests(emu, n, method, path)
+  local out = {}
+  for i, r in ipairs(emu.requests()) do
+    if i > (n or 0) and (not method or (r.method == method and r.path == path)) then out[#out + 1] = r end
+  end
+  return out
+end
+
+local function count(emu, method, path) return #requests(emu, 0, method, path) end
+
+local function sorted(t)
+  local c = {}
+  for i, v in ipairs(t) do c[i] = v end
+  table.sort(c)
+  return c
+end
+
+local function identify(email, id, traits, granted)
+  traits.email = email
+  return core.json_encode({ type = "identify", messageId = id, traits = traits,
+                            context = { consent = { marketing = granted ~= false } } })
+end
+
+local function ndjson(t) return table.concat(t, "\n") .. "\n" end
+
+-- Order Completed with three products, prices as a string, a number and a
+-- whole string.
+local function order(id, order_id)
+  return core.json_encode({
+    type = "track", event = "Order Completed", messageId = id, timestamp = "2024-05-01T12:00:00Z",
+    properties = {
+      order_id = order_id or "A-100", total = "49.97", currency = "eur",
+      products = {
+        { product_id = "p1", name = "Shoe", price = "19.99", quantity = 2 },
+        { product_id = "p2", name = "Hat", price = 9.99, quantity = 1 },
+        { product_id = "p3", name = "Bag", price = "10", quantity = 1 },
+      },
+    },
+    context = { traits = { email = "buyer@example.com" }, consent = { marketing = true } },
+  }) .. "\n"
+end
+
+-- The five steps of a first order in an account, in order.
+local ORDER_STEPS = {
+  { "GET", "/api/3/connections" }, { "POST", "/api/3/connections" },
+  { "GET", "/api/3/ecomCustomers" }, { "POST", "/api/3/ecomCustomers" },
+  { "POST", "/api/3/ecomOrders" },
+}
+
+describe("ActiveCampaign in depth #cli", function()
+  local emu, cfg, st
+  before_each(function()
+    emu = S.start_emulator("--rate-limit 0")
+    st = S.tmpdir()
+    cfg = nil
+  end)
+  after_each(function()
+    emu.stop()
+    if cfg then os.remove(cfg) end
+    os.execute("rm -rf " .. st)
+  end)
+
+  it("lists follow consent: granted subscribes, denied unsubscribes with the lookup and list statuses only", function()
+    cfg = config(emu, "lists: [1, 2]")
+    local by = deliver(cfg, st, identify("ada@example.com", "c1", { first_name = "Ada" }) .. "\n")
+    assert.are.equal("delivered", by.c1.outcome, by.c1.reason)
+    assert.are.same({ ["1"] = 1, ["2"] = 1 }, state(emu).memberships["ada@example.com"])
+    local before = #emu.requests()
+
+    -- consent withdrawn, on an event full of profile and behaviour data
+    local denied = core.json_encode({
+      type = "track", event = "Order Completed", messageId = "c2",
+      properties = { order_id = "SECRET-ORDER", revenue = 4242, currency = "EUR" },
+      context = { traits = { email = "ada@example.com", first_name = "Adelaide", phone = "+15550100" },
+                  consent = { marketing = false } },
+    })
+    by = deliver(cfg, st, denied .. "\n")
+    assert.are.equal("delivered", by.c2.outcome, by.c2.reason)
+    assert.are.same({ ["1"] = 2, ["2"] = 2 }, state(emu).memberships["ada@example.com"])
+    local sent = requests(emu, before)
+    local seen = {}
+    for _, r in ipairs(sent) do seen[#seen + 1] = r.method .. " " .. r.path end
+    assert.are.same({ "GET /api/3/contacts", "POST /api/3/contactLists", "POST /api/3/contactLists" }, seen)
+    local lists = {}
+    for _, r in ipairs(sent) do
+      for _, secret in ipairs({ "SECRET", "4242", "Adelaide", "5550100", "revenue", "order" }) do
+        assert.is_nil(r.body:find(secret, 1, true), secret .. " sent on a denied event: " .. r.body)
+      end
+      if r.method == "POST" then
+        local body = core.json_decode(r.body)
+        assert.are.equal(2, body.contactList.status)
+        lists[#lists + 1] = tostring(body.contactList.list)
+      end
+    end
+    assert.are.same({ "1", "2" }, sorted(lists))
+    -- the contact was looked up, not synced: the profile is as granted left it
+    assert.are.equal("Ada", emu.contacts()[1].firstName)
+    assert.are.equal(0, #emu.contacts()[1].trackingLogs)
+  end)
+
+  it("creates each new tag once per account when 20 events race for it", function()
+    cfg = config(emu, "tags: true")
+    local evs = {}
+    for i = 1, 20 do
+      -- both shapes of traits.tags: a list and a comma-separated string
+      local tags = i % 2 == 0 and { "Gold", "Early Bird" } or "Gold, Early Bird"
+      evs[i] = identify(("racer%d@example.com"):format(i), "r" .. i, { tags = tags })
+    end
+    -- answers take 20 ms, so the events' requests overlap as with a real vendor
+    emu.faults({ latency_ms = 20 })
+    local _, lines = deliver(cfg, st, ndjson(evs), " --concurrency 16")
+    assert.are.equal(20, #lines)
+    for _, l in ipairs(lines) do assert.are.equal("delivered", l.outcome, l.reason) end
+    local s = state(emu)
+    assert.are.same({ gold = 1, ["early bird"] = 1 }, s.tag_counts)
+    for i = 1, 20 do
+      local email = ("racer%d@example.com"):format(i)
+      assert.are.same({ "Early Bird", "Gold" }, sorted(s.contact_tags[email] or {}), email)
+    end
+    -- created once, looked up once, not refused: the events shared the answers;
+    -- and each contact tagged once (a re-run that found the tag's id in
+    -- ctx.cache does not send its contactTags again)
+    assert.are.equal(2, count(emu, "POST", "/api/3/tags"))
+    assert.are.equal(2, count(emu, "GET", "/api/3/tags"))
+    assert.are.equal(40, count(emu, "POST", "/api/3/contactTags"))
+    assert.are.equal(20, count(emu, "POST", "/api/3/contact/sync"))
+    -- they did race: several contacts were synced before the first tag existed
+    local synced = 0
+    for _, r in ipairs(emu.requests()) do
+      if r.path == "/api/3/tags" then break end
+      if r.path == "/api/3/contact/sync" then synced = synced + 1 end
+    end
+    assert.is_true(synced >= 2, "only " .. synced .. " events in flight before the first tag lookup")
+  end)
+
+  it("sends no tag lookup or create once the cache is warm #serve", function()
+    local srv = S.start_server({ rate = 500 })
+    finally(function() srv.stop() end)
+    local account = S.emulator_account(emu, 0)
+    account.tags = true
+    local status, it = srv.call("POST", "/v1/admin/integration-catalog/activecampaign/install",
+      S.install_body("depth", account))
+    assert.are.equal(201, status, core.json_encode(it))
+    local function batch(from, to, tags)
+      local evs = {}
+      for i = from, to do evs[#evs + 1] = identify(("warm%d@example.com"):format(i), "w" .. i, { tags = tags }) end
+      local st2, res = srv.call("POST", "/v1/integrations/" .. it.id .. "/events", ndjson(evs))
+      assert.are.equal(202, st2, core.json_encode(res))
+    end
+    local function tagged(n)
+      return S.eventually(function()
+        local k = 0
+        for _, tags in pairs(state(emu).contact_tags) do if #tags == 2 then k = k + 1 end end
+        return k >= n
+      end, 15)
+    end
+    batch(1, 10, { "Gold", "Early Bird" })
+    assert.is_truthy(tagged(10), "the first batch was not tagged")
+    local before = #emu.requests()
+    batch(11, 20, { "gold", "EARLY BIRD" })   -- the same tags in another case
+    assert.is_truthy(tagged(20), "the second batch was not tagged")
+    local n = { sync = 0, ctags = 0, other = {} }
+    for _, r in ipairs(requests(emu, before)) do
+      if r.path == "/api/3/contact/sync" then n.sync = n.sync + 1
+      elseif r.path == "/api/3/contactTags" then n.ctags = n.ctags + 1
+      else n.other[#n.other + 1] = r.method .. " " .. r.path end
+    end
+    assert.are.same({}, n.other)   -- no GET or POST /api/3/tags
+    assert.are.equal(10, n.sync)
+    assert.are.equal(20, n.ctags)
+    assert.are.same({ gold = 1, ["early bird"] = 1 }, state(emu).tag_counts)
+  end)
+
+  it("writes custom field values in the field's type; a value that does not fit is a dead letter", function()
+    cfg = config(emu, "custom_fields: {birthday: BIRTHDAY, plan: Plan, interests: Interests, signed_up: Signup Date}")
+    local by = deliver(cfg, st, ndjson({
+      identify("typed@example.com", "f1", { birthday = "1990-05-17T08:30:00Z", plan = "Pro",
+                                            interests = { "Shoes", "Bags" } }),
+      identify("comma@example.com", "f2", { birthday = 642956400, interests = "Hats, Shoes",
+                                            signed_up = 1714564800 }),
+      identify("wrong@example.com", "f3", { birthday = "1991-01-02", plan = "Enterprise" }),
+    }))
+    assert.are.equal("delivered", by.f1.outcome, by.f1.reason)
+    assert.are.equal("delivered", by.f2.outcome, by.f2.reason)
+    local values = state(emu).field_values
+    assert.are.same({ Birthday = "1990-05-17", Plan = "Pro", Interests = "||Shoes||Bags||" },
+                    values["typed@example.com"])
+    assert.are.same({ Birthday = "1990-05-17", Interests = "||Hats||Shoes||", ["Signup Date"] = "2024-05-01T12:00:00Z" },
+                    values["comma@example.com"])
+    -- "Enterprise" is not one of Plan's options
+    assert.are.equal("dead_letter", by.f3.outcome)
+    assert.are.equal(422, by.f3.status)
+    assert.matches("HTTP 422", by.f3.reason, 1, true)
+    assert.matches("Plan is a dropdown field", by.f3.response, 1, true)
+    assert.is_nil((values["wrong@example.com"] or {}).Plan)
+    -- the fields were read once for the three events
+    assert.are.equal(1, count(emu, "GET", "/api/3/fields"))
+  end)
+
+  it("creates a Deep Data order in cents, once, even when the same order comes again", function()
+    cfg = config(emu, "deep_data: true")
+    local by = deliver(cfg, st, order("o1"))
+    assert.are.equal("delivered", by.o1.outcome, by.o1.reason)
+    local s = state(emu)
+    assert.are.equal(1, #s.connections)
+    assert.are.equal(1, #s.customers)
+    assert.are.equal(1, #s.orders)
+    local o = s.orders[1]
+    assert.are.equal("A-100", o.externalid)
+    assert.are.equal(1, o.source)
+    assert.are.equal(4997, o.totalPrice)
+    assert.are.equal("EUR", o.currency)
+    assert.are.equal("buyer@example.com", o.email)
+    local cents = {}
+    for _, p in ipairs(o.products) do cents[p.externalid] = { p.price, p.quantity } end
+    assert.are.same({ p1 = { 1999, 2 }, p2 = { 999, 1 }, p3 = { 1000, 1 } }, cents)
+    -- the purchase is tracked too
+    assert.are.equal(1, count(emu, "POST", "/event"))
+
+    -- the same order again under a new message id: accepted as the duplicate it is
+    by = deliver(cfg, st, order("o1-again"))
+    assert.are.equal("delivered", by["o1-again"].outcome, by["o1-again"].reason)
+    local answered
+    for _, r in ipairs(by["o1-again"].requests) do
+      if r.url:match("/api/3/ecomOrders$") then answered = r.answer end
+    end
+    assert.are.equal(422, answered.status)
+    assert.matches('"duplicate"', answered.body, 1, true)
+    s = state(emu)
+    assert.are.equal(1, #s.orders)
+    assert.are.equal(1, #s.customers)
+    assert.are.equal(1, #s.connections)
+  end)
+
+  it("creates the order once when delivery is killed between its customer step and the order's answer", function()
+    cfg = config(emu, "deep_data: true")
+    -- every answer takes 600 ms: the kill lands while the order is held
+    emu.faults({ latency_ms = 600 })
+    local inf, outf, pidf = os.tmpname(), os.tmpname(), os.tmpname()
+    S.write(inf, order("k1"))
+    os.execute(S.bin .. " deliver " .. S.AC .. " --config " .. cfg .. " --state " .. st .. FAST .. " < " .. inf
+      .. " > " .. outf .. " 2>/dev/null & echo $! > " .. pidf)
+    local pid = io.open(pidf):read("l")
+    finally(function() os.execute("kill -KILL " .. pid .. " 2>/dev/null"); os.remove(inf); os.remove(outf); os.remove(pidf) end)
+    local held = S.eventually(function() return count(emu, "POST", "/api/3/ecomOrders") > 0 end, 15)
+    assert.is_truthy(held, "the order request never reached the emulator")
+    os.execute("kill -KILL " .. pid)
+    local f = io.open(outf)
+    assert.are.equal("", f:read("a"), "the run finished before the kill")
+    f:close()
+    assert.are.equal(1, #state(emu).orders)    -- created; its answer never arrived
+    emu.faults({ latency_ms = 0 })
+    local before = #emu.requests()
+
+    local by = deliver(cfg, st, "")
+    assert.are.equal("delivered", by.k1.outcome, by.k1.reason)
+    -- resumed at the order (or, when the kill landed within the 10 ms group
+    -- commit after the customer's answer, at the customer create: 422, it
+    -- exists); the connection steps, answered long before, are not sent again
+    local again = requests(emu, before)
+    local first = again[1].method .. " " .. again[1].path
+    assert.is_truthy(first == "POST /api/3/ecomOrders" or first == "POST /api/3/ecomCustomers", first)
+    for _, r in ipairs(again) do
+      assert.is_nil(r.path:match("^/api/3/connections"), "a connection step was sent again")
+      if r.method == "POST" and r.path ~= "/api/3/contact/sync" and r.path ~= "/event" then
+        assert.are.equal(422, r.status, r.path)   -- created before the kill: a duplicate
+      end
+    end
+    assert.are.equal(1, #requests(emu, before, "POST", "/api/3/ecomOrders"))
+    assert.are.equal(1, count(emu, "GET", ORDER_STEPS[1][2]))
+    assert.are.equal(1, count(emu, "POST", ORDER_STEPS[2][2]))
+    local s = state(emu)
+    assert.are.equal(1, #s.orders)
+    assert.are.equal(1, #s.customers)
+    assert.are.equal(1, #s.connections)
+    assert.are.equal(1, count(emu, "POST", "/event"))
+  end)
+
+  it("retries a failing step 3 of 5 from step 3", function()
+    cfg = config(emu, "deep_data: true")
+    emu.faults({ fail_next = 2, status = 503, path = "/api/3/ecomCustomers" })
+    local by = deliver(cfg, st, order("s1"))
+    assert.are.equal("delivered", by.s1.outcome, by.s1.reason)
+    -- steps 1-2 once, step 3 three times (503, 503, 200), steps 4-5 once
+    local sent = {}
+    for _, r in ipairs(emu.requests()) do
+      if r.path:match("^/api/3/ec") or r.path:match("^/api/3/conn") then
+        sent[#sent + 1] = ("%s %s %d"):format(r.method, r.path, r.status)
+      end
+    end
+    assert.are.same({
+      "GET /api/3/connections 200", "POST /api/3/connections 201",
+      "GET /api/3/ecomCustomers 503", "GET /api/3/ecomCustomers 503", "GET /api/3/ecomCustomers 200",
+      "POST /api/3/ecomCustomers 201", "POST /api/3/ecomOrders 201",
+    }, sent)
+    assert.are.equal(1, count(emu, "POST", "/api/3/contact/sync"))
+    assert.are.equal(1, count(emu, "POST", "/event"))
+    -- the outcome line lists every step with its answer
+    local steps = {}
+    for _, r in ipairs(by.s1.requests) do
+      if r.step then
+        assert.is_table(r.answer, r.url)
+        steps[#steps + 1] = ("%s %s %d"):format(r.method, r.url:match("^https?://[^/]+([^?]*)"), r.answer.status)
+      end
+    end
+    assert.are.same({
+      "GET /api/3/connections 200", "POST /api/3/connections 201", "GET /api/3/ecomCustomers 200",
+      "POST /api/3/ecomCustomers 201", "POST /api/3/ecomOrders 201",
+    }, steps)
+    assert.are.equal(1, #state(emu).orders)
+  end)
+end)
