@@ -6,6 +6,7 @@
 #   BENCH_EVENTS=200000  corpus size        BENCH_RUNS=5   runs per measurement (median)
 #   BENCH_PACING_S=60    pacing run length  BENCH_QUICK=1  small sizes, for a smoke run
 #   BENCH_CLUSTER_EVENTS=40000  burst size of the cluster-mode rows (mock Kafka)
+#   BENCH_ONLY=depth     only the contact-depth rows (lists, tags, custom fields), printed, no BENCHMARKS.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ MAP_DRIFT=$(for f in $(ls $BP $MAP_BP | grep -E '^(blueprint\.yaml|.*\.lua)$' | 
 CFG=scripts/bench/config.json
 export LUA_CPATH="build/lua/?.so;;"
 CORPUS=$W/corpus-$N.ndjson
-[ -s "$CORPUS" ] || lua5.4 scripts/bench/corpus.lua "$N" > "$CORPUS"
+[ -s "$CORPUS" ] || [ "${BENCH_ONLY:-}" = depth ] || lua5.4 scripts/bench/corpus.lua "$N" > "$CORPUS"
 pids=()
 # scripts/bench/cluster.lua lists what it starts in $W/cluster.pids and stops it itself;
 # if it dies first, they are stopped here
@@ -76,6 +77,46 @@ event_tracking_key: emulator-event-key
 event_tracking_url: $EMU_URL/event
 CFG
 }
+
+# ---- contact depth: identify with lists, tags and custom fields, next to the plain identify ----
+# Mapping: the live blueprint (the frozen copy has no depth options) on DEPTH_N identify events,
+# each a new contact with two tags and three field traits; steps answered from
+# scripts/bench/depth/answers.yaml, then the blueprint's documented examples.  DEPTH_N stays
+# under the 10,000 entries of the engine's own ctx.cache (one per contact: its consent); the
+# "cache full" row runs 2.5× that.  Requests: scripts/bench/depth.lua through serve.
+DEPTH=scripts/bench/depth
+DEPTH_N=8000; DEPTH_FULL=20000; DEPTH_EVENTS=1000
+if [ "${BENCH_QUICK:-}" = 1 ]; then DEPTH_N=2000; DEPTH_EVENTS=200; fi
+depth_corpus() {
+  awk -v n="$1" 'BEGIN {for (i = 1; i <= n; i++) printf "{\"type\":\"identify\",\"messageId\":\"m%d\",\"userId\":\"u%d\",\"traits\":{\"email\":\"Person%d@Example.com\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\",\"tags\":[\"vip\",\"newsletter\"],\"birthday\":\"1990-05-17\",\"plan\":\"Pro\",\"interests\":[\"Shoes\",\"Hats\"]},\"context\":{\"consent\":{\"marketing\":true}}}\n", i, i, i}'
+}
+echo "== contact depth: $DEPTH_N identify events, plain vs lists + tags + custom fields, median of $RUNS runs"
+depth_corpus "$DEPTH_N" > $W/depth.ndjson
+depth_corpus "$DEPTH_FULL" > $W/depth-full.ndjson
+: > $W/depth.times
+for _ in $(seq "$RUNS"); do
+  echo "plain $(cpu_inproc_once build/bench-map engine $BP $DEPTH/plain.yaml $W/depth.ndjson)" >> $W/depth.times
+  echo "answers $(cpu_inproc_once build/bench-map answers $BP $DEPTH/depth.yaml $W/depth.ndjson - $DEPTH/answers.yaml)" >> $W/depth.times
+  echo "steps $(cpu_inproc_once build/bench-map steps $BP $DEPTH/depth.yaml $W/depth.ndjson - $DEPTH/answers.yaml)" >> $W/depth.times
+done
+dmed() { awk -v k="$1" '$1 == k {print $2}' $W/depth.times | median; }
+dc_plain=$(dmed plain); dc_ans=$(dmed answers); dc_steps=$(dmed steps)
+d_runs=$(build/bench-map steps $BP $DEPTH/depth.yaml $W/depth.ndjson - $DEPTH/answers.yaml | sed -n 's/.*runs=\([0-9]*\).*/\1/p')
+d_runs_pe=$(awk -v r="$d_runs" -v n="$DEPTH_N" 'BEGIN {printf "%.2f", r / n}')
+dc_full=$(cpu_inproc_once build/bench-map answers $BP $DEPTH/depth.yaml $W/depth-full.ndjson - $DEPTH/answers.yaml)
+lua5.4 scripts/bench/depth.lua $W "$DEPTH_EVENTS" > $W/depth.out 2> $W/depth.err || echo "   depth.lua failed: $(tail -1 $W/depth.err)"
+dv() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" $W/depth.out | head -1; }
+us_per() { awk -v s="$1" -v n="$2" 'BEGIN {printf "%.1f", (n > 0 ? s / n * 1e6 : 0)}'; }
+DEPTH_TABLE=$(cat <<TAB
+| identify, plain (library API) | $(rate "$DEPTH_N" "$dc_plain") events/s ($(us_per "$dc_plain" "$DEPTH_N") µs each) | | |
+| identify with lists, tags, custom fields: steps answered at once (dry-run's way) | $(rate "$DEPTH_N" "$dc_ans") events/s ($(us_per "$dc_ans" "$DEPTH_N") µs each, $(ratio "$dc_ans" "$dc_plain")× plain) | | |
+| …run again per step, as delivery does ($d_runs_pe runs per event) | $(rate "$DEPTH_N" "$dc_steps") events/s ($(us_per "$dc_steps" "$DEPTH_N") µs each, $(ratio "$dc_steps" "$dc_plain")× plain) | | |
+| …with more contacts than ctx.cache holds ($DEPTH_FULL, one run) | $(rate "$DEPTH_FULL" "$dc_full") events/s ($(us_per "$dc_full" "$DEPTH_FULL") µs each) | | |
+| requests per identify through serve, plain / depth cold / depth warm ($(dv events) events each) | $(dv plain_rpe) / $(dv cold_rpe) / $(dv warm_rpe) | | |
+| lookup requests (tags, fields) once warm | $(dv warm_lookups) in $(dv events) events (cold: $(dv cold_lookups)) | 0 | $(verdict "$(dv warm_lookups)" 0 le) |
+TAB
+)
+if [ "${BENCH_ONLY:-}" = depth ]; then echo; echo "$DEPTH_TABLE"; exit 0; fi
 
 echo "== mapping throughput: $N events, median of $RUNS runs (CPU seconds, one core)"
 # The runs are interleaved (one of each, RUNS times) so that a slow spell of
@@ -245,6 +286,7 @@ TABLE=$(cat <<TAB
 | equivalent outcomes, Lua+cjson / Node (5000 sample) | $(field "$eq_lua" equivalent) / $(field "$eq_node" equivalent) of 5000 | all | $( [ "$(field "$eq_lua" equivalent)" = 5000 ] && [ "$(field "$eq_node" equivalent)" = 5000 ] && echo met || echo MISSED) |
 | …of which exactly equal (ids, [] vs {}) | $(field "$eq_lua" exact) / $(field "$eq_node" exact) of 5000 | (ours: all) | |
 | author latency, one event | $lat_ms ms | < 10 ms | $(verdict "$lat_ms" 10 le) |
+$DEPTH_TABLE
 | delivery, \`deliver\` (concurrency 8) | $d_rps req/s, p50 $d_p50 ms, p99 $d_p99 ms | | |
 | delivery ceiling, wrk -c8 same endpoint | $w_rps req/s, p50 $w_p50, p99 $w_p99 | | |
 | delivery vs ceiling | ${r_del} | ≥ 0.5 | $(verdict "$r_del" 0.5 ge) |
@@ -321,6 +363,24 @@ shared cores).  At 1000 accounts × 5 requests/s that would be ~${c_pct}% of a c
   digits, \`[]\` = \`{}\`); "exactly equal" counts the events they did not alter. \`make test\`
   runs the same check on a small corpus (\`tests/spec/bench_equivalence_spec.lua\`).
 - Author latency: wall time of \`build/blueprint dry-run\` on one event, median of 50.
+- Contact depth (ActiveCampaign's lists, tags, custom fields; \`BENCH_ONLY=depth scripts/bench.sh\`
+  runs these rows alone): the live blueprint \`$BP\` on $DEPTH_N identify events, each a new
+  contact carrying two tags and three field traits, with \`$DEPTH/plain.yaml\` (one request per
+  event) and \`$DEPTH/depth.yaml\` (lists [1, 2], tags, three custom fields: 3 steps and 5
+  requests per event once the tags' and fields' ids are in ctx.cache, which is after the first
+  event). Steps are answered from \`$DEPTH/answers.yaml\`, then the blueprint's \`answers.yaml\`:
+  \`build/bench-map answers\` gives each answer at once (one run per event, as dry-run);
+  \`build/bench-map steps\` stops at each step, adds its answer to the event's journal and runs the
+  mapping again from the top, as delivery does. The "cache full" row runs $DEPTH_FULL contacts
+  through the engine's own ctx.cache (10,000 entries; a delivery pool's holds 100,000): each
+  contact's consent is one entry, and once it is full every write scans it and evicts the entry
+  closest to expiry — the account's tag and field ids first — so lookups come back. Requests:
+  \`lua5.4 scripts/bench/depth.lua DIR $DEPTH_EVENTS\` runs the emulator (2 accounts, limit off)
+  and one \`serve\` (\`--rate-limit 1000000\`), installs a plain integration on one account and a
+  depth one on the other, posts $DEPTH_EVENTS new contacts to the plain one, then twice to the
+  depth one (cold, then warm), and counts each account's requests at the emulator
+  (\`/_emulator/stats\`) per event once the batch is delivered (\`/metrics\`); lookups are
+  GET/POST \`/api/3/tags\` and GET \`/api/3/fields\` in \`/_emulator/requests\`.
 - Delivery: \`build/blueprint deliver\` of $DN identify events to the emulator (rate limit off,
   \`--rate-limit 1000000\`), end to end including the store; p50/p99 are vendor answer times.
   Ceiling: \`wrk -t2 -c8 -d5s --latency\` POSTing contact/sync to the same emulator.
