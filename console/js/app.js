@@ -60,6 +60,10 @@ function layout() {
   const menu = h('button', { type: 'button', class: 'menu-btn', 'aria-label': 'Menu', 'aria-expanded': 'false', id: 'menu-toggle' },
     h('span', { class: 'menu-bars', 'aria-hidden': 'true' }));
   menu.addEventListener('click', () => {
+    // the drawer slides only when asked to, not when the window is resized
+    app.classList.add('nav-anim');
+    clearTimeout(menu.animTimer);
+    menu.animTimer = setTimeout(() => app.classList.remove('nav-anim'), 300);
     const open = app.classList.toggle('nav-open');
     menu.setAttribute('aria-expanded', String(open));
   });

@@ -58,17 +58,30 @@ export function renderDiff(lines, opts = {}) {
     h('span', { class: 'diff-text', text: d.text }))));
 }
 
-// A unified diff as the server writes it ("--- a/page.lua", "@@ …", "+x")
+// A unified diff as the server writes it ("--- a/page.lua", "@@ -1,6 +1,6 @@",
+// " x", "-x", "+x").  Inside a hunk its counts decide what a line is, so a
+// removed Lua comment ("--- …") is not taken for a file header.
 export function renderUnified(text) {
-  const lines = String(text || '').replace(/\n$/, '').split('\n').map((l) => {
-    if (l.startsWith('+++') || l.startsWith('---') || l.startsWith('diff ') || l.startsWith('index ')) return { op: 'h', text: l };
-    if (l.startsWith('@@')) return { op: '@', text: l };
-    if (l.startsWith('+')) return { op: '+', text: l.slice(1) };
-    if (l.startsWith('-')) return { op: '-', text: l.slice(1) };
-    if (l.startsWith('\\')) return { op: '…', text: l };
-    return { op: ' ', text: l.slice(1) };
-  });
-  return renderDiff(lines, { class: 'diff-unified' });
+  const out = [];
+  let oldLeft = 0, newLeft = 0;
+  for (const l of String(text || '').replace(/\n$/, '').split('\n')) {
+    if (oldLeft > 0 || newLeft > 0) {
+      if (l.startsWith('\\')) { out.push({ op: '…', text: l }); continue; }
+      const op = l[0] === '+' || l[0] === '-' ? l[0] : ' ';
+      if (op !== '+') oldLeft--;
+      if (op !== '-') newLeft--;
+      out.push({ op, text: l.slice(1) });
+      continue;
+    }
+    const m = /^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@/.exec(l);
+    if (m) {
+      oldLeft = m[1] === undefined ? 1 : Number(m[1]);
+      newLeft = m[2] === undefined ? 1 : Number(m[2]);
+      out.push({ op: '@', text: l });
+    } else if (l.startsWith('\\')) out.push({ op: '…', text: l });
+    else out.push({ op: 'h', text: l });
+  }
+  return renderDiff(out, { class: 'diff-unified' });
 }
 
 // {"config":{"api_url":"x"}} -> ["config.api_url = \"x\""], sorted: a readable

@@ -194,6 +194,7 @@ export function toast(message, kind = 'ok') {
   if (!box) return;
   const t = h('div', { class: 'toast toast-' + kind, dataset: { seq: String(++toastSeq) } }, h('span', { text: message }));
   box.appendChild(t);
+  while (box.children.length > 3) box.firstChild.remove();
   setTimeout(() => t.classList.add('toast-out'), kind === 'err' ? 7000 : 3500);
   setTimeout(() => t.remove(), kind === 'err' ? 7600 : 4100);
 }

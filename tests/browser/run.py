@@ -116,6 +116,8 @@ class Console:
         """No spinner and no pending frame: what a screenshot should see."""
         self.wait(lambda: not [e for e in self.d.find_elements(By.CSS_SELECTOR, '#main .loading') if e.is_displayed()],
                   'the page is still loading')
+        self.wait(lambda: self.js("return document.getAnimations().filter(a => a instanceof CSSTransition"
+                                  " && a.playState === 'running').length") == 0, 'a transition never ended')
         self.d.execute_async_script('const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done()))')
 
     def size(self, wh):
@@ -124,7 +126,9 @@ class Console:
         self.settle()
 
     def shoot(self, name, narrow=True):
-        """Screenshots of the screen as it is: laptop, then narrow."""
+        """Screenshots of the screen as it is: laptop, then narrow (without
+        the toasts of earlier steps)."""
+        self.js("const t = document.getElementById('toasts'); if (t) t.replaceChildren()")
         self.settle()
         path = os.path.join(harness.SHOTS, name + '-laptop.png')
         self.d.save_screenshot(path)

@@ -75,9 +75,9 @@ export function mountLive(container, integration, ctx) {
   const tbody = h('tbody', { id: 'live-rows' });
   const table = h('table', { class: 'table table-live', id: 'live-table' },
     h('thead', {}, h('tr', {},
-      h('th', { text: 'Time' }), h('th', { text: 'Event' }), h('th', { class: 'hide-narrow', text: 'Message id' }),
-      h('th', { text: 'Outcome' }), h('th', { class: 'num', text: 'Status' }), h('th', { class: 'num hide-narrow', text: 'Tries' }),
-      h('th', { class: 'num hide-narrow', text: 'Time taken' }), h('th', { class: 'hide-narrow', text: 'Reason' }))),
+      h('th', { text: 'Time' }), h('th', { text: 'Event' }), h('th', { class: 'hide-narrow col-extra', text: 'Message id' }),
+      h('th', { text: 'Outcome' }), h('th', { class: 'num', text: 'Status' }), h('th', { class: 'num hide-narrow col-extra', text: 'Tries' }),
+      h('th', { class: 'num hide-narrow col-extra', text: 'Time taken' }), h('th', { class: 'hide-narrow col-extra', text: 'Reason' }))),
     tbody);
   const listWrap = h('div', { class: 'live-list card card-flush' }, table);
   const detail = h('section', { class: 'live-detail card', id: 'live-detail', 'aria-label': 'Event detail', hidden: true });
@@ -208,12 +208,12 @@ export function mountLive(container, integration, ctx) {
     h('td', { class: 'mono nowrap', title: fmtTime(item.updated_at), text: fmtClock(item.updated_at) || '—' }),
     h('td', { class: 'cell-event', title: eventName(o, item.event) }, h('span', { class: 'ev-name', text: eventName(o, item.event) }),
       o.type && o.event ? h('span', { class: 'ev-type', text: o.type }) : null),
-    h('td', { class: 'mono hide-narrow cell-trunc', text: o.message_id || '' }),
+    h('td', { class: 'mono hide-narrow cell-trunc col-extra', text: o.message_id || '' }),
     h('td', {}, badge(out)),
     h('td', { class: 'num' }, statusCode(o.status)),
-    h('td', { class: 'num hide-narrow', text: o.attempts != null ? String(o.attempts) : '' }),
-    h('td', { class: 'num hide-narrow', text: o.duration_ms != null && o.attempts ? fmtDuration(o.duration_ms) : '' }),
-    h('td', { class: 'hide-narrow cell-reason', title: o.reason || '', text: o.reason || '' }));
+    h('td', { class: 'num hide-narrow col-extra', text: o.attempts != null ? String(o.attempts) : '' }),
+    h('td', { class: 'num hide-narrow col-extra', text: o.duration_ms != null && o.attempts ? fmtDuration(o.duration_ms) : '' }),
+    h('td', { class: 'hide-narrow cell-reason col-extra', title: o.reason || '', text: o.reason || '' }));
     item.fresh = false;
     const open = () => select(item.key, true);
     tr.addEventListener('click', open);
@@ -236,7 +236,8 @@ export function mountLive(container, integration, ctx) {
   function renderRows() {
     const all = [...items.values()].sort((a, b) => b.sort - a.sort);
     const rows = all.filter(visible);
-    countEl.textContent = rows.length === all.length ? `${all.length} events` : `${rows.length} of ${all.length} events`;
+    const n = (k) => `${k} event${k === 1 ? '' : 's'}`;
+    countEl.textContent = rows.length === all.length ? n(all.length) : `${rows.length} of ${n(all.length)}`;
     if (!rows.length) {
       rowCache.clear();
       emptyRow = h('tr', { class: 'row-empty' }, h('td', { colspan: '8' },
