@@ -15,9 +15,12 @@
  * again (two events creating the same new tag create it once).  Claims
  * expire, so an event that dies in flight does not block the key forever.
  *
- * Bounded: at most max entries; when full, expired entries go first, then
- * the entry closest to expiry.  The cache is memory only: after a restart
- * every value is looked up once again.
+ * Bounded: at most max entries.  When full, the expired entries go, and
+ * the least recently used tenth with them: one scan per max/10 inserts,
+ * not one per insert, and what every event of an account reads (a tag's
+ * id, the custom fields) stays while per-contact entries come and go.  The
+ * cache is memory only: after a restart every value is looked up once
+ * again.
  */
 #include "internal.h"
 
@@ -33,6 +36,7 @@ typedef struct entry {
     char *key;                  /* "account\nkey" */
     char *value; size_t len;    /* JSON text, NULL while only claimed */
     double expires_ms;          /* monotonic */
+    double used_ms;             /* last read or written */
     uint64_t claim_owner;       /* 0: not claimed */
     double claim_until_ms;
 } entry;
@@ -95,11 +99,19 @@ static entry **find(bp_cache *c, const char *account, const char *key)
 static int live_value(const entry *e, double now) { return e->value && e->expires_ms > now; }
 static int live_claim(const entry *e, double now) { return e->claim_owner && e->claim_until_ms > now; }
 
-/* Make room for one more entry: drop the dead ones, or else the one that
- * expires first.  Caller holds mu. */
+static int by_time(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Make room: drop the dead entries, then the least recently used tenth
+ * (claims in flight stay).  Caller holds mu. */
 static void evict(bp_cache *c, double now)
 {
-    entry **victim = NULL;
+    double *used = malloc((c->n + 1) * sizeof *used);
+    if (!used) abort();
+    size_t n = 0;
     for (size_t b = 0; b < BUCKETS; b++)
         for (entry **p = &c->buckets[b]; *p;) {
             entry *e = *p;
@@ -109,15 +121,26 @@ static void evict(bp_cache *c, double now)
                 c->n--;
                 continue;
             }
-            if (!live_claim(e, now) && (!victim || e->expires_ms < (*victim)->expires_ms)) victim = p;
+            if (!live_claim(e, now)) used[n++] = e->used_ms;
             p = &e->next;
         }
-    if (c->n >= c->max && victim) {
-        entry *e = *victim;
-        *victim = e->next;
-        free_entry(e);
-        c->n--;
+    if (c->n + c->max / 10 + 1 > c->max && n) {
+        qsort(used, n, sizeof *used, by_time);
+        size_t k = c->max / 10 + 1;
+        double cutoff = used[(k < n ? k : n) - 1];
+        for (size_t b = 0; b < BUCKETS; b++)
+            for (entry **p = &c->buckets[b]; *p;) {
+                entry *e = *p;
+                if (!live_claim(e, now) && e->used_ms <= cutoff) {
+                    *p = e->next;
+                    free_entry(e);
+                    c->n--;
+                    continue;
+                }
+                p = &e->next;
+            }
     }
+    free(used);
 }
 
 static entry *get_or_add(bp_cache *c, const char *account, const char *key, double now)
@@ -127,6 +150,7 @@ static entry *get_or_add(bp_cache *c, const char *account, const char *key, doub
     if (c->n >= c->max) { evict(c, now); p = find(c, account, key); }
     entry *e = calloc(1, sizeof *e);
     if (!e) abort();
+    e->used_ms = now;
     size_t na = strlen(account), nk = strlen(key);
     e->key = malloc(na + nk + 2);
     if (!e->key) abort();
@@ -145,7 +169,10 @@ int bp_cache_get(bp_cache *c, const char *account, const char *key, bp_buf *out)
     pthread_mutex_lock(&c->mu);
     entry *e = *find(c, account, key);
     int hit = e && live_value(e, now);
-    if (hit) bp_buf_add(out, e->value, e->len);
+    if (hit) {
+        bp_buf_add(out, e->value, e->len);
+        e->used_ms = now;
+    }
     pthread_mutex_unlock(&c->mu);
     return hit;
 }
@@ -163,6 +190,7 @@ void bp_cache_set(bp_cache *c, const char *account, const char *key, const char 
     e->value = v;
     e->len = len;
     e->expires_ms = now + (ttl_s > 0 ? ttl_s : 0) * 1000.0;
+    e->used_ms = now;
     e->claim_owner = 0;
     pthread_mutex_unlock(&c->mu);
 }

@@ -1092,6 +1092,18 @@ static int run_withdrawal(bp_engine *e, const bp_doc *d, const bp_consent *conse
         bp_buf_free(&why);
         return 1;
     }
+    if (v == BP_DROP && out->nanswered) {
+        /* steps were sent (a lookup): the outcome lists them, with why it stopped there */
+        bp_buf why;
+        bp_buf_init(&why);
+        bp_buf_printf(&why, "consent: %s denied (%s.%s = %s); %s: %s", e->bp->consent_category, consent->source,
+                      e->bp->consent_category, consent->raw, e->bp->consent_denied.mapping,
+                      out->reason.data ? out->reason.data : "");
+        bp_buf_reset(&out->reason);
+        bp_buf_add(&out->reason, why.data, why.len);
+        bp_buf_free(&why);
+        return 1;
+    }
     bp_outcome_clear_requests(out);
     out->nanswered = 0;
     bp_buf_reset(&out->journal);
