@@ -313,6 +313,18 @@ def t_webinar(c, s):
     row = c.row('webinar-1', 'delivered')
     assert 'Webinar Registered' in row.text, row.text
     poll(lambda: tracking_log(env, EMAIL, 'webinar_registered', 'Engines 101'), 'the emulator has no webinar_registered event')
+
+    # a retry in progress shows as such, then delivered (Retry-After keeps it waiting 3 s)
+    env.emulator('/_emulator/faults', {'fail_next': 1, 'status': 503, 'retry_after': 3})
+    send(env, s['admin'], iid, {'type': 'track', 'event': 'Webinar Registered', 'messageId': 'webinar-2',
+                                'properties': {'webinar': 'Engines 102'},
+                                'context': {'traits': {'email': EMAIL}, 'consent': {'canonical': {'marketing': True}}}})
+    c.open_row('webinar-2', 'retrying')
+    c.text('#live-detail', 'Retrying', 'the detail does not say the event is retrying')
+    c.text('#live-detail', '503')
+    c.shoot('live-retrying', narrow=False)
+    c.row('webinar-2', 'delivered')
+    c.text('#live-detail .decision', 'delivered', 'the open detail did not follow the retry to its end')
     c.click('#itab-revisions')
     c.el('#revision-list li[data-revision="4"]', 'the revisions list has no revision 4')
     c.shoot('revisions', narrow=False)
@@ -332,6 +344,13 @@ def t_editor(c, s):
     c.el('#dryrun-status[data-state="ok"]', 'the first dry-run never finished')
     assert '"page_view"' in c.results_text()
 
+    # a pasted sample joins the examples
+    c.click('#sample-paste')
+    c.type('#paste-json', json.dumps(page_event('pasted-1', 'pasted')))
+    c.click('#paste-add')
+    c.el('#sample-list .sample[data-source="pasted"]', 'the pasted event is not among the samples')
+    c.text('#dryrun-results', 'pasted-1', 'the dry-run does not include the pasted event')
+
     # typed: the dry-run of the unsaved edit follows
     c.js("""const cm = document.querySelector('.CodeMirror').CodeMirror;
             const i = cm.getValue().indexOf('"page_view", {') + '"page_view'.length;
@@ -340,6 +359,15 @@ def t_editor(c, s):
     c.text('#dryrun-results', 'page_view_typed', 'the dry-run pane did not follow the typed edit')
     c.wait(lambda: c.el('#dryrun-changed').text != '0 changed', 'no result is marked changed')
     c.shoot('editor')
+
+    # the golden fixtures against the edit: all-rows has a page event, so it differs
+    c.click('#side-tests')
+    c.click('#tests-run')
+    c.text('#tests-summary', 'failed', 'the fixtures did not fail against the edit')
+    case = c.text('#tests-results .case-fail', 'page_view_typed', 'no failing case shows the difference')
+    assert 'expected' not in case.text or '"page_view"' in case.text, case.text
+    c.shoot('editor-tests', narrow=False)
+    c.click('#side-dryrun')
 
     # a syntax error on line 3: marked there; nothing on disk or in the workers changes
     broken = original.replace('"page_view", {', '"page_view" {')
@@ -460,6 +488,22 @@ def t_roles(c, s):
                       env.api('GET', '/v1/admin/integrations/%s/dead-letters' % iid, token=s['admin'])[1]['dead_letters']} >= set(mids),
              'no dead letters for %s' % mids)
 
+    # the masked config, edited: a 422 on its field, then a new revision
+    before = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])[1]['revision']
+    c.go('#/integration/%s/overview' % iid)
+    c.click('#config-edit')
+    c.type('#edit-event_tracking_url', 'not a url')
+    c.click('#config-save')
+    c.el('#config-form [data-field="event_tracking_url"].invalid .field-error', 'the 422 is not shown on its field')
+    c.type('#edit-event_tracking_url', env.emu + '/event')
+    c.type('#edit-api_key', 'emulator-api-token')
+    c.click('#config-save')
+    c.toast('Saved: revision %d' % (before + 1))
+    c.el('#config-card #config-edit', 'the configuration card did not come back')
+    assert 'emulator-api-token' not in c.el('#config-card').text, 'a secret is shown'
+    after = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])[1]
+    assert after['revision'] == before + 1 and after['config']['api_key'] == '********', after
+
     dead(['dl-1'])
     c.go('#/integration/%s/dead-letters' % iid)
     row = c.el('#dl-table tbody tr', 'the dead letter is not listed')
@@ -532,6 +576,21 @@ def t_roles(c, s):
         assert st == 403, '%s %s as a viewer: %s %s' % (method, path, st, body)
     st, _ = env.api('GET', '/v1/admin/integrations/%s/dead-letters' % iid, token=viewer)
     assert st == 200
+
+    # delete, with confirmation, as an admin
+    c.sign_in_link('admin')
+    c.go('#/integration/%s/settings' % iid)
+    c.click('#delete-integration')
+    ok = c.el('#confirm-ok')
+    assert not ok.is_enabled(), 'delete is confirmed without typing the name'
+    c.shoot('delete-confirm', narrow=False)
+    c.type('#confirm-input', 'ActiveCampaign')
+    c.click('#confirm-ok')
+    c.toast('Deleted')
+    c.wait(lambda: c.js('return location.hash') == '#/integrations', 'delete did not return to Integrations')
+    c.el('#main .empty', 'the deleted integration is still listed')
+    listed = env.api('GET', '/v1/admin/integrations', token=s['admin'])[1]['integrations']
+    assert all(i['id'] != iid or i.get('deleted') for i in listed), listed
 
 
 SCENARIOS = [

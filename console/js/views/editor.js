@@ -531,11 +531,20 @@ export async function render(main, params, ctx) {
         errs.length ? h('div', { class: 'alert alert-err' }, h('strong', { text: 'Does not load: ' }),
           errs.map((x) => h('div', { text: `${x.file || ''}${x.line ? ':' + x.line : ''} ${x.message}` }))) : null,
         h('ul', { class: 'case-list' }, cases.map((c) => h('li', { class: ['case', c.ok ? 'case-ok' : 'case-fail'], dataset: { case: c.name } },
-          h('div', { class: 'case-head' }, c.ok ? badge('ok', 'ok') : badge('differs', 'err'), h('span', { class: 'mono', text: c.name })),
-          !c.ok && (c.diff || []).length ? renderDiff((c.diff || []).map((l) => ({ op: l.startsWith('+') ? '+' : l.startsWith('-') ? '-' : ' ', text: l })), { class: 'case-diff' }) : null))));
+          h('div', { class: 'case-head' }, c.ok ? badge('ok', 'ok') : badge('differs', 'err'), h('span', { class: 'mono', text: c.name }),
+            c.events != null ? h('span', { class: 'muted small', text: `${c.events} events` }) : null),
+          !c.ok && (c.diff || []).length ? h('ul', { class: 'case-diff' }, (c.diff || []).map(caseDiffLine)) : null))));
     } catch (e) {
       replace(testsBox, errorBox(e, 'The tests could not run'));
     }
+  }
+
+  // 'event 3: requests[1].decoded.event: expected "page_view", got "page_viewX"'
+  function caseDiffLine(line) {
+    const m = /^(.*?): expected ([\s\S]*?), got ([\s\S]*)$/.exec(String(line));
+    if (!m) return h('li', { class: 'mono', text: String(line) });
+    return h('li', { class: 'mono' }, h('span', { text: m[1] + ': ' }),
+      h('span', { class: 'expected', text: m[2] }), h('span', { class: 'muted', text: ' → ' }), h('span', { class: 'got', text: m[3] }));
   }
 
   // ---- save, discard, history ----

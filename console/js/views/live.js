@@ -56,7 +56,8 @@ export function mountLive(container, integration, ctx) {
   let outcomeFilter = '';
   let eventFilter = '';
   let textFilter = '';
-  const eventNames = new Set();
+  const eventNames = new Set();   // names: Order Completed, Pricing, …
+  const eventTypes = new Set();   // types: track, page, identify
 
   const outcomeSel = h('select', { class: 'input input-inline', id: 'live-outcome', 'aria-label': 'Outcome' },
     h('option', { value: '', text: 'All outcomes' }), OUTCOMES.map((o) => h('option', { value: o, text: o.replace('_', ' ') })));
@@ -111,17 +112,27 @@ export function mountLive(container, integration, ctx) {
     item.sig = signature(item);
     items.set(k, item);
     const name = eventName(o, item.event);
-    if (name && !eventNames.has(name)) {
-      eventNames.add(name);
-      const opts = [...eventNames].sort();
-      const cur = eventSel.value;
-      replace(eventSel, h('option', { value: '', text: 'All events' }), opts.map((n) => h('option', { value: n, text: n, selected: n === cur })));
+    const type = o.type || (item.event && item.event.type);
+    if ((name && !eventNames.has(name)) || (type && !eventTypes.has(type))) {
+      if (name) eventNames.add(name);
+      if (type) eventTypes.add(type);
+      paintEventFilter();
     }
     if (items.size > MAX_ROWS) {
       const oldest = [...items.values()].sort((a, b) => a.sort - b.sort).slice(0, items.size - MAX_ROWS);
       oldest.forEach((x) => { if (x.key !== selected) items.delete(x.key); });
     }
     return item;
+  }
+
+  // the event filter: by type (identify, page, track) or by one event's name
+  function paintEventFilter() {
+    const cur = eventSel.value;
+    replace(eventSel, h('option', { value: '', text: 'All events' }),
+      h('optgroup', { label: 'Type' }, [...eventTypes].sort().map((t) =>
+        h('option', { value: 'type:' + t, text: 'All ' + t, selected: 'type:' + t === cur }))),
+      h('optgroup', { label: 'Event' }, [...eventNames].sort().map((n) =>
+        h('option', { value: 'name:' + n, text: n, selected: 'name:' + n === cur }))));
   }
 
   async function load() {
@@ -180,7 +191,8 @@ export function mountLive(container, integration, ctx) {
     const o = item.outcome || {};
     const out = outcomeOf(item);
     if (outcomeFilter && out !== outcomeFilter && !(outcomeFilter === 'drop' && out === 'dropped')) return false;
-    if (eventFilter && eventName(o, item.event) !== eventFilter) return false;
+    if (eventFilter.startsWith('name:') && eventName(o, item.event) !== eventFilter.slice(5)) return false;
+    if (eventFilter.startsWith('type:') && (o.type || (item.event && item.event.type)) !== eventFilter.slice(5)) return false;
     if (textFilter) {
       const hay = [o.message_id, o.reason, eventName(o, item.event), o.status].join(' ').toLowerCase();
       if (!hay.includes(textFilter)) return false;
