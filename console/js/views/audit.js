@@ -15,7 +15,7 @@ export async function render(main, params, ctx) {
     h('div', { class: 'page-head' }, h('div', {}, h('h1', { text: 'Audit Log' }),
       h('p', { class: 'page-sub', text: 'Every change and who made it: installs, config and event changes, replays, blueprint saves and reloads.' }))),
     h('div', { class: 'toolbar' }, action, actor),
-    h('div', { class: 'card card-flush' }, h('table', { class: 'table', id: 'audit-table' },
+    h('div', { class: 'card card-flush' }, h('table', { class: 'table table-stack', id: 'audit-table' },
       h('thead', {}, h('tr', {}, h('th', { text: 'When' }), h('th', { text: 'Actor' }), h('th', { text: 'Action' }),
         h('th', { class: 'hide-narrow', text: 'Integration' }), h('th', { class: 'hide-narrow', text: 'Revision' }), h('th', { text: 'Detail' }))),
       tbody)),
