@@ -485,7 +485,6 @@ export async function render(main, params, ctx) {
     const v = viewOf(r);
     const bv = b ? viewOf(b) : null;
     const changed = hasEdits && JSON.stringify(v) !== JSON.stringify(bv);
-    const ev = samples.filter((s) => s.checked)[r.index != null ? r.index : 0];
     const reqs = v.requests.map((q, i) => {
       const bq = bv && bv.requests[i];
       const lines = pretty(q.body).split('\n');
@@ -503,7 +502,7 @@ export async function render(main, params, ctx) {
     return h('li', { class: ['result', changed ? 'result-changed' : '', 'result-' + r.outcome], dataset: { index: String(r.index), outcome: r.outcome } },
       h('div', { class: 'result-head-line' },
         h('span', { class: 'result-idx', text: String((r.index ?? 0) + 1) }),
-        h('span', { class: 'ev-name', text: r.event || r.type || (ev && ev.label) || '?' }),
+        h('span', { class: 'ev-name', text: r.event || r.type || '?' }),
         r.message_id ? h('span', { class: 'mono small muted', text: r.message_id }) : null,
         h('span', { class: 'toolbar-spacer' }),
         changed ? h('span', { class: 'badge badge-info', text: 'changed' }) : null,
