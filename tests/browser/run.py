@@ -428,6 +428,24 @@ def t_editor(c, s):
     assert revs['revisions'][0]['number'] == 3 and 'rollback' in revs['revisions'][0]['message'], revs['revisions'][0]
     send(env, s['admin'], iid, page_event('page-3', 'rolled-back'))
     poll(lambda: tracking_log(env, EMAIL, 'page_view', 'shop.example.com/rolled-back'), 'the rollback did not reach the workers')
+    # a YAML error is marked the same way; Discard brings the saved file back
+    c.click('#side-dryrun')
+    c.click('.file-tab[data-file="blueprint.yaml"]')
+    yaml = c.cm_value()
+    assert '\nstatus: alpha\n' in yaml
+    c.cm_set(yaml.replace('\nstatus: alpha\n', '\nstatus alpha: x\n', 1))
+    yaml_line = yaml.split('\n').index('status: alpha') + 1
+    c.el('#dryrun-status[data-state="error"]', 'a YAML error did not fail the dry-run')
+    c.el('.CodeMirror .bp-gutter-error')
+    line = c.js("""const w = document.querySelector('.CodeMirror .bp-line-error');
+                   return w && w.querySelector('.CodeMirror-linenumber').textContent""")
+    assert line == str(yaml_line), 'the YAML error is marked on line %r, not %d' % (line, yaml_line)
+    c.click('#editor-discard')
+    c.click('#confirm-ok')
+    c.el('#dryrun-status[data-state="ok"]', 'the dry-run did not recover after Discard')
+    assert c.cm_value() == yaml
+    c.gone('.CodeMirror .bp-gutter-error', 'the error marker outlived the discarded edit')
+
     c.click('#nav-audit')
     c.text('#audit-table', 'blueprint.rollback', 'the audit log does not show the rollback')
     c.shoot('audit')
