@@ -68,6 +68,7 @@ export async function render(main, params, ctx) {
   let seq = 0;
   let inflight = null;
   let revision = data.revision;
+  const expanded = new Set();   // unchanged results the author opened
   const samples = [];           // {id, source, label, text, event, checked}
   let sampleSeq = 0;
 
@@ -499,18 +500,33 @@ export async function render(main, params, ctx) {
     const removed = changed && bv ? bv.requests.slice(v.requests.length).map((q) => h('div', { class: 'req req-removed' },
       h('div', { class: 'req-line' }, h('span', { class: 'req-num', text: 'removed' }), h('span', { class: 'method', text: q.method }), h('span', { class: 'url mono', text: q.url })))) : [];
     const outLabel = r.outcome === 'deliver' ? 'deliver' : r.outcome;
-    return h('li', { class: ['result', changed ? 'result-changed' : '', 'result-' + r.outcome], dataset: { index: String(r.index), outcome: r.outcome } },
-      h('div', { class: 'result-head-line' },
+    // with an edit, what did not change folds to its header line (click to open)
+    const folded = hasEdits && !changed && !expanded.has(r.index);
+    const head = h('div', { class: 'result-head-line', role: hasEdits && !changed ? 'button' : null, tabindex: hasEdits && !changed ? '0' : null,
+      title: hasEdits && !changed ? 'Unchanged by your edit: click to show or hide its requests' : null },
         h('span', { class: 'result-idx', text: String((r.index ?? 0) + 1) }),
         h('span', { class: 'ev-name', text: r.event || r.type || '?' }),
         r.message_id ? h('span', { class: 'mono small muted', text: r.message_id }) : null,
         h('span', { class: 'toolbar-spacer' }),
-        changed ? h('span', { class: 'badge badge-info', text: 'changed' }) : null,
-        badge(outLabel, r.outcome === 'deliver' ? 'ok' : r.outcome === 'error' ? 'err' : 'muted')),
+        changed ? h('span', { class: 'badge badge-info', text: 'changed' }) : hasEdits ? h('span', { class: 'muted small', text: 'unchanged' }) : null,
+        badge(outLabel, r.outcome === 'deliver' ? 'ok' : r.outcome === 'error' ? 'err' : 'muted'));
+    const body = h('div', { class: 'result-body', hidden: folded },
       h('p', { class: 'result-reason', text: r.reason || '' }),
       changed && bv && bv.reason !== v.reason ? h('p', { class: 'small muted' }, 'was: ', h('span', { text: bv.reason || '' })) : null,
       v.logs.length ? codeBlock(v.logs.map((l) => `${l.at || ''}  ${l.msg || ''}`).join('\n'), 'result-logs') : null,
       reqs, removed);
+    const li = h('li', { class: ['result', changed ? 'result-changed' : '', folded ? 'result-folded' : '', 'result-' + r.outcome],
+      dataset: { index: String(r.index), outcome: r.outcome } }, head, body);
+    if (hasEdits && !changed) {
+      const flip = () => {
+        body.hidden = !body.hidden;
+        li.classList.toggle('result-folded', body.hidden);
+        if (body.hidden) expanded.delete(r.index); else expanded.add(r.index);
+      };
+      head.addEventListener('click', flip);
+      head.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); flip(); } });
+    }
+    return li;
   }
 
   // ---- tests ----
