@@ -408,6 +408,7 @@ static void free_responses(bp_blueprint *bp)
         free(r->json);
     }
     free(bp->responses);
+    free(bp->description);
 }
 
 static int load(loader *ld, bp_blueprint *bp)
@@ -415,7 +416,7 @@ static int load(loader *ld, bp_blueprint *bp)
     bp_doc *d = ld->d;
     if (d->nodes[0].type != BP_JOBJECT) return bad(ld, 0, "the top level must be a map");
     static const char *const top_keys[] = {
-        "vendor", "name", "category", "status", "consent_category", "variants", "auth_failure_help",
+        "vendor", "name", "description", "category", "status", "consent_category", "variants", "auth_failure_help",
         "config", "config_rules", "rate_limit", "retry", "events", "custom", "consent_denied", "responses", NULL };
     static const char *const rules_keys[] = { "together", NULL };
     static const char *const rate_keys[] = { "requests_per_second", "scope", NULL };
@@ -431,6 +432,7 @@ static int load(loader *ld, bp_blueprint *bp)
     TEXT(status, "status", 1)
     TEXT(consent_category, "consent_category", 1)
     TEXT(auth_help, "auth_failure_help", 0)
+    TEXT(description, "description", 0)
 #undef TEXT
     if (load_strings(ld, bp_jget(d, 0, "variants"), &bp->variants, &bp->nvariants) < 0) return -1;
     if (load_fields(ld, bp, bp_jget(d, 0, "config")) < 0) return -1;

@@ -223,6 +223,7 @@ typedef struct bp_blueprint {
      * about what the visitor did */
     bp_route consent_denied;
     int has_consent_denied;
+    char *description;                     /* one paragraph for the catalog, or NULL */
 } bp_blueprint;
 
 /* Load and check a blueprint folder (blueprint.yaml and the Lua files it

@@ -287,7 +287,7 @@ static int load_consent(vctx *v, bp_config *c, uint32_t node)
     return 0;
 }
 
-static const char *type_name(enum bp_field_type t)
+const char *bp_field_type_name(enum bp_field_type t)
 {
     switch (t) {
     case BP_FIELD_SECRET: return "secret";
@@ -377,7 +377,7 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
             continue;
         }
         const char *s = bp_jscalar(d, val);
-        if (!s) return fail_at(v, val, "config field '%s' must be a single %s value", key, type_name(f->type));
+        if (!s) return fail_at(v, val, "config field '%s' must be a single %s value", key, bp_field_type_name(f->type));
         if (!*s) continue;  /* "" means unset, as in most settings forms */
         if (bp_config_get(c, key)) return fail_at(v, val, "config field '%s' is set twice%s", key, "");
         const char *problem = check_value(f, s);

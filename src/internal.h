@@ -68,6 +68,8 @@ int bp_read_file(const char *path, bp_buf *out, bp_error *err);
 
 /* Free the requests of an outcome, keeping the rest.  request.c */
 void bp_outcome_clear_requests(bp_outcome *o);
+/* "string", "secret", "url", "integer", "boolean", "list" or "map". config.c */
+const char *bp_field_type_name(enum bp_field_type t);
 /* Drop the requests from index n on. */
 void bp_outcome_truncate_requests(bp_outcome *o, size_t n);
 

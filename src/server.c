@@ -134,11 +134,6 @@ static void write_str(bp_buf *b, const char *key, const char *v, int comma)
     if (v) bp_json_write_string(b, v, strlen(v)); else bp_buf_adds(b, "null");
 }
 
-static const char *type_name(enum bp_field_type t)
-{
-    return t == BP_FIELD_SECRET ? "secret" : t == BP_FIELD_URL ? "url" : t == BP_FIELD_INTEGER ? "integer" : "string";
-}
-
 static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
 {
     const bp_blueprint *bp = v->bp ? v->bp->bp : NULL;
@@ -146,6 +141,7 @@ static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
     write_str(b, "vendor", v->key, 0);
     if (bp) {
         write_str(b, "name", bp->name, 1);
+        write_str(b, "description", bp->description, 1);
         write_str(b, "category", bp->category, 1);
         write_str(b, "status", bp->status, 1);
         write_str(b, "consent_category", bp->consent_category, 1);
@@ -161,13 +157,23 @@ static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
             bp_buf_addc(b, '{');
             write_str(b, "key", f->key, 0);
             write_str(b, "label", f->label, 1);
-            write_str(b, "type", type_name(f->type), 1);
+            write_str(b, "type", bp_field_type_name(f->type), 1);
             bp_buf_printf(b, ",\"required\":%s", f->required ? "true" : "false");
             write_str(b, "default", f->default_value, 1);
             write_str(b, "help", f->help, 1);
             bp_buf_addc(b, '}');
         }
-        bp_buf_addc(b, ']');
+        /* config_rules: {"together": [[keys…]]}: fields set all together or not at all */
+        bp_buf_adds(b, "],\"config_rules\":{\"together\":[");
+        for (size_t g = 0; g < bp->ntogether; g++) {
+            bp_buf_adds(b, g ? ",[" : "[");
+            for (char **k = bp->together[g]; *k; k++) {
+                if (k != bp->together[g]) bp_buf_addc(b, ',');
+                bp_json_write_string(b, *k, strlen(*k));
+            }
+            bp_buf_addc(b, ']');
+        }
+        bp_buf_adds(b, "]}");
         if (full) {
             bp_buf_adds(b, ",\"events\":[");
             for (size_t i = 0; i < bp->nroutes; i++) {
