@@ -125,16 +125,21 @@ class Console:
         self.wait(lambda: abs(self.js('return window.innerWidth') - wh[0]) < 40, 'the window never became %dpx wide' % wh[0])
         self.settle()
 
-    def shoot(self, name, narrow=True):
+    def shoot(self, name, narrow=True, scroll=None):
         """Screenshots of the screen as it is: laptop, then narrow (without
-        the toasts of earlier steps)."""
+        the toasts of earlier steps); with scroll, that element is brought to
+        the top of the view first at each width."""
         self.js("const t = document.getElementById('toasts'); if (t) t.replaceChildren()")
         self.settle()
+        if scroll:
+            self.js('document.querySelector(arguments[0]).scrollIntoView({block: "start"})', scroll)
         path = os.path.join(harness.SHOTS, name + '-laptop.png')
         self.d.save_screenshot(path)
         self.shots.append(path)
         if narrow:
             self.size(NARROW)
+            if scroll:
+                self.js('document.querySelector(arguments[0]).scrollIntoView({block: "start"})', scroll)
             path = os.path.join(harness.SHOTS, name + '-narrow.png')
             self.d.save_screenshot(path)
             self.shots.append(path)
@@ -221,30 +226,55 @@ def t_quick_setup(c, s):
     assert 'ALPHA' in banner.text, banner.text
     desc = card.find_element(By.CSS_SELECTOR, '.lib-desc').text.strip()
     st, cat = env.api('GET', '/v1/admin/integration-catalog/activecampaign', token=s['admin'])
-    if cat.get('description'):
-        assert desc == cat['description'].strip(), 'the card shows %r, the catalog says %r' % (desc, cat['description'])
-    else:
-        print('# note: the catalog has no "description" for activecampaign: the card cannot show one')
+    assert cat.get('description'), 'the catalog has no "description" for activecampaign'
+    assert desc == cat['description'].strip(), 'the card shows %r, the catalog says %r' % (desc, cat['description'])
+    # the list the library is drawn from carries it too
+    listed = env.api('GET', '/v1/admin/integration-catalog', token=s['admin'])[1]['integrations']
+    assert [x.get('description') for x in listed if x['vendor'] == 'activecampaign'] == [cat['description']], listed
     c.shoot('library')
 
     c.click('#install-activecampaign')
     form = c.el('#install-form', 'the Install form did not open')
+    assert c.el('#install-description').text.strip() == cat['description'].strip()
+    # Quick Setup stays short: the contact-depth options wait, closed, under Advanced
+    adv = c.el('#install-advanced', 'no Advanced section in the Install form')
+    assert adv.get_attribute('open') is None, 'the Advanced section starts open'
+    assert 'Advanced: contact depth' in adv.text, adv.text
+    depth = {'lists', 'tags', 'tag_on_events', 'custom_fields', 'deep_data', 'deep_data_store'}
+    inside = {e.get_attribute('data-field') for e in adv.find_elements(By.CSS_SELECTOR, '[data-field]')}
+    assert inside == depth, 'under Advanced: %s' % sorted(inside)
     for f in cat['config_fields']:
         wrap = form.find_element(By.CSS_SELECTOR, '[data-field="%s"]' % f['key'])
-        assert f['label'] in wrap.text, (f['label'], wrap.text)
+        text = wrap.get_attribute('textContent')    # the closed section's fields too
+        assert f['label'] in text, (f['label'], text)
         inp = wrap.find_element(By.CSS_SELECTOR, '#cfg-' + f['key'])
         assert bool(wrap.find_elements(By.CSS_SELECTOR, '.req-mark')) == bool(f['required']), 'required mark of ' + f['key']
-        if f['type'] == 'secret':
-            assert inp.get_attribute('type') == 'password', f['key'] + ' is not a password input'
+        kind = {'secret': 'password', 'boolean': 'checkbox'}.get(f['type'], 'text')
+        if f['type'] == 'map':
+            assert 'kv-editor' in inp.get_attribute('class') and wrap.find_elements(By.CSS_SELECTOR, '.kv-row .kv-key'), \
+                f['key'] + ' is not a name/value editor'
+        else:
+            assert inp.get_attribute('type') == kind, '%s (%s) is a %s input' % (f['key'], f['type'], inp.get_attribute('type'))
         if f.get('help'):
-            assert f['help'][:30] in wrap.text, 'no help for ' + f['key']
-    rules = cat.get('config_rules') or cat.get('rules')
-    if rules:
-        rule = c.el('.group-rule', 'the all-or-none rule of Event Tracking is not explained')
-        assert 'All or none' in rule.text and 'Event Tracking' in rule.text, rule.text
-    else:
-        print('# note: the catalog has no "config_rules": the form cannot explain the all-or-none rule')
+            assert f['help'].replace('optional: ', '')[:30].lower() in text.lower(), 'no help for ' + f['key']
+    assert cat.get('config_rules') == {'together': [['event_tracking_account_id', 'event_tracking_key']]}, cat.get('config_rules')
+    group = c.el('#group-event_tracking_account_id', 'the Event Tracking fields are not grouped')
+    assert {e.get_attribute('data-field') for e in group.find_elements(By.CSS_SELECTOR, '[data-field]')} == \
+        {'event_tracking_account_id', 'event_tracking_key'}
+    rule = group.find_element(By.CSS_SELECTOR, '.group-rule')
+    assert 'Event Tracking account ID and Event Tracking key go together: fill in both or neither' in rule.text, rule.text
     c.shoot('install')
+
+    # the rule is checked before anything is sent: the empty one of the pair is named
+    c.type('#cfg-api_url', env.emu)
+    c.type('#cfg-api_key', 'emulator-api-token')
+    c.type('#cfg-event_tracking_account_id', '1000001')
+    c.click('#install-submit')
+    err = c.el('[data-field="event_tracking_key"].invalid .field-error', 'half of the Event Tracking pair was not refused')
+    assert 'go together' in err.text and 'Event Tracking account ID' in err.text, err.text
+    assert c.js('return document.activeElement.id') == 'cfg-event_tracking_key'
+    assert env.api('GET', '/v1/admin/integrations', token=s['admin'])[1]['integrations'] == [], 'it was installed anyway'
+    c.type('#cfg-event_tracking_account_id', '')
 
     # the server's 422 is shown on the field it names
     c.type('#cfg-api_url', 'not a url')
@@ -283,6 +313,133 @@ def t_quick_setup(c, s):
     assert '[redacted]' in detail and 'delivered' in detail, detail[:400]
     poll(lambda: env.contact(EMAIL), 'the contact is not in the emulator')
     c.shoot('live-events')
+
+
+DEPTH_EMAIL = 'depth@example.com'
+
+
+def t_depth(c, s):
+    """Contact depth from the Install form's Advanced section: lists "1, 2",
+    tags on, a tag_on_events row and a custom_fields row are stored as an
+    array, a boolean and objects; an identify with consent granted and
+    traits.tags reaches the emulator with them; the integration page shows
+    them readably and edits them (unchanged values are not sent)."""
+    env = c.env
+    c.go('#/integrations/library')
+    c.click('#install-activecampaign')
+    c.el('#install-form', 'the Install form did not open')
+    c.type('#install-name', 'ActiveCampaign depth')
+    c.type('#cfg-api_url', env.emu)
+    c.type('#cfg-api_key', 'emulator-api-token')
+    c.click('#install-advanced > summary')
+    c.wait(lambda: c.el('#install-advanced').get_attribute('open') is not None, 'the Advanced section did not open')
+    c.text('#install-advanced .adv-count', '6 optional settings')
+    c.type('#cfg-lists', '1, 2')
+    c.text('#cfg-lists-values', '2 values', 'the list does not show the values it will send')
+    assert [e.text for e in c.d.find_elements(By.CSS_SELECTOR, '#cfg-lists-values .chip')] == ['1', '2']
+    c.click('[data-field="tags"] .switch')
+    c.wait(lambda: c.el('#cfg-tags', visible=False).is_selected(), 'the tags switch did not turn on')
+    c.text('[data-field="tags"] .switch-state', 'On')
+    c.type('#cfg-tag_on_events .kv-key', 'Order Completed')
+    c.type('#cfg-tag_on_events .kv-value', 'purchased')
+    c.type('#cfg-custom_fields .kv-key', 'birthday')
+    c.type('#cfg-custom_fields .kv-value', 'BIRTHDAY')
+    # a second row with a name and no value is refused here, then removed
+    c.click('#cfg-custom_fields .kv-add')
+    c.wait(lambda: len(c.d.find_elements(By.CSS_SELECTOR, '#cfg-custom_fields .kv-row')) == 2, 'Add row added no row')
+    rows = c.d.find_elements(By.CSS_SELECTOR, '#cfg-custom_fields .kv-row')
+    assert c.js('return document.activeElement') == rows[1].find_element(By.CSS_SELECTOR, '.kv-key'), 'the new row is not focused'
+    rows[1].find_element(By.CSS_SELECTOR, '.kv-key').send_keys('plan')
+    c.text('#install-advanced .adv-count', '4 of 6 set')
+    c.shoot('install-advanced', scroll='#install-advanced')
+    c.click('#install-submit')
+    err = c.el('[data-field="custom_fields"].invalid .field-error', 'a row without a value was not refused')
+    assert 'Row 2' in err.text and 'plan' in err.text, err.text
+    assert c.js('return document.activeElement') == rows[1].find_element(By.CSS_SELECTOR, '.kv-value')
+    rows[1].find_element(By.CSS_SELECTOR, '.kv-remove').click()
+    c.wait(lambda: len(c.d.find_elements(By.CSS_SELECTOR, '#cfg-custom_fields .kv-row')) == 1, 'the row was not removed')
+    c.click('#install-submit')
+    c.wait(lambda: '#/integration/int_' in c.d.current_url, 'Install Integration did not open the new integration')
+    iid = c.d.current_url.split('#/integration/')[1].split('/')[0]
+    assert iid != s['iid']
+
+    # stored as an array, a boolean and objects; the untouched boolean left out
+    st, it = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])
+    cfg = it['config']
+    assert cfg['lists'] == ['1', '2'], cfg
+    assert cfg['tags'] is True, cfg
+    assert cfg['tag_on_events'] == {'Order Completed': 'purchased'}, cfg
+    assert cfg['custom_fields'] == {'birthday': 'BIRTHDAY'}, cfg
+    assert 'deep_data' not in cfg, cfg
+    assert cfg['api_key'] == '********', cfg
+
+    # shown readably: chips, on/off, name → value
+    c.text('#integration-name', 'ActiveCampaign depth')
+    card = c.el('#config-values', 'the configuration is not shown')
+    assert [e.text for e in card.find_elements(By.CSS_SELECTOR, 'dd[data-field="lists"] .chip')] == ['1', '2']
+    assert card.find_element(By.CSS_SELECTOR, 'dd[data-field="tags"] .badge-ok').text == 'on'
+    assert card.find_element(By.CSS_SELECTOR, 'dd[data-field="deep_data"] .badge').text == 'off'
+    line = card.find_element(By.CSS_SELECTOR, 'dd[data-field="tag_on_events"] .map-view li').text
+    assert line.split() == ['Order', 'Completed', '→', 'purchased'], line
+    assert card.find_element(By.CSS_SELECTOR, 'dd[data-field="custom_fields"]').text.split() == ['birthday', '→', 'BIRTHDAY']
+    c.shoot('integration-depth')
+
+    # an identify with consent granted and traits.tags, then the event of tag_on_events
+    consent = {'canonical': {'marketing': True}}
+    send(env, s['admin'], iid, [
+        {'type': 'identify', 'messageId': 'depth-1', 'context': {'consent': consent},
+         'traits': {'email': DEPTH_EMAIL, 'first_name': 'Deep', 'tags': ['VIP', 'Early Bird'], 'birthday': '1990-04-01'}},
+        {'type': 'track', 'event': 'Order Completed', 'messageId': 'depth-2', 'properties': {'order_id': 'D-1', 'total': 10},
+         'context': {'traits': {'email': DEPTH_EMAIL}, 'consent': consent}},
+    ])
+
+    def emulated():
+        st = env.emulator('/_emulator/state?account=0')
+        tags = st['contact_tags'].get(DEPTH_EMAIL, [])
+        if st['memberships'].get(DEPTH_EMAIL) == {'1': 1, '2': 1} and {'VIP', 'Early Bird', 'purchased'} <= set(tags) \
+                and st['field_values'].get(DEPTH_EMAIL, {}).get('Birthday') == '1990-04-01':
+            return st
+        return None
+    poll(emulated, 'the emulator does not hold lists 1 and 2, the tags and the birthday of %s' % DEPTH_EMAIL)
+    c.click('#itab-live')
+    c.open_row('depth-1', 'delivered')
+    c.text('#live-detail', '/api/3/contactLists', 'the detail does not show the list subscriptions')
+    c.text('#live-detail', '/api/3/contactTags')
+
+    # edit: nothing changed sends nothing
+    c.click('#itab-overview')
+    c.click('#config-edit')
+    c.wait(lambda: c.el('#edit-advanced').get_attribute('open') is not None, 'the Advanced section of the edit is closed though set')
+    assert c.el('#edit-lists').get_attribute('value') == '1, 2'
+    assert c.el('#edit-tags', visible=False).is_selected()
+    assert [e.get_attribute('value') for e in c.d.find_elements(By.CSS_SELECTOR, '#edit-tag_on_events input')] == ['Order Completed', 'purchased']
+    c.click('#config-save')
+    c.el('#config-card #config-edit', 'Save without a change did not return to the configuration')
+    assert env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])[1]['revision'] == 1, 'an unchanged edit made a revision'
+
+    # edit: a list value less, the map row removed, a custom field added, tags off
+    c.click('#config-edit')
+    c.type('#edit-lists', '2')
+    c.click('#edit-tag_on_events .kv-remove')
+    c.click('#edit-custom_fields .kv-add')
+    rows = c.d.find_elements(By.CSS_SELECTOR, '#edit-custom_fields .kv-row')
+    rows[1].find_element(By.CSS_SELECTOR, '.kv-key').send_keys('plan')
+    rows[1].find_element(By.CSS_SELECTOR, '.kv-value').send_keys('Plan')
+    c.click('[data-field="tags"] .switch')
+    c.shoot('config-edit-depth', scroll='#edit-advanced')
+    c.click('#config-save')
+    c.toast('Saved: revision 2')
+    c.el('#config-card #config-edit')
+    cfg = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])[1]['config']
+    assert cfg['lists'] == ['2'] and cfg['tags'] is False, cfg
+    assert 'tag_on_events' not in cfg, cfg
+    assert cfg['custom_fields'] == {'birthday': 'BIRTHDAY', 'plan': 'Plan'}, cfg
+    c.text('#config-values dd[data-field="custom_fields"]', 'plan')
+    c.text('#config-values dd[data-field="tag_on_events"]', 'not set')
+
+    # the rest of the suite expects the Quick Setup integration alone
+    st, _ = env.api('DELETE', '/v1/admin/integrations/' + iid, token=s['admin'])
+    assert st in (200, 204), st
 
 
 def t_webinar(c, s):
@@ -618,6 +775,7 @@ def t_roles(c, s):
 
 SCENARIOS = [
     ('quick setup: Integration Library to a 200 in Live Events', t_quick_setup),
+    ('contact depth: lists, tags and maps from the Install form reach the emulator; shown and edited', t_depth),
     ('a custom event enabled from the integration page is delivered', t_webinar),
     ('blueprint editor: live dry-run, error marked, save, roll back', t_editor),
     ('hostile event data shows as text and runs nothing', t_hostile_event),

@@ -5,7 +5,8 @@ import { h, replace, clear, button, badge, toggle, empty, errorBox, toast, kv, c
   fmtTime, fmtAgo, spinner, copyButton, statusCode } from '../dom.js';
 import { get, post, patch, del, enc, ApiError } from '../api.js';
 import { getVendor, getIntegration, categoryName, monogram, tileClass, outcomeOf, eventName } from '../data.js';
-import { fieldOfError } from './integrations.js';
+import { fieldOfError, togetherGroups } from './integrations.js';
+import { control, fieldRow, advancedKeys, advancedSection, valueView, FieldError } from '../configfields.js';
 import { mountLive, renderDetail } from './live.js';
 import { lineDiff, hunks, renderDiff, flatten } from '../diff.js';
 
@@ -89,25 +90,20 @@ function overview(body, env) {
   showConfig(cfgCard, env);
 }
 
-function configValue(f, v) {
-  if (v == null || v === '') {
-    return f && f.default != null ? h('span', { class: 'muted' }, 'default ', h('code', { text: String(f.default) })) : h('span', { class: 'muted', text: 'not set' });
-  }
-  if ((f && f.type === 'secret') || v === '********') return h('span', { class: 'secret-mask', title: 'stored encrypted; never shown' }, '••••••••', h('span', { class: 'muted small', text: ' set' }));
-  return h('code', { class: 'break', text: typeof v === 'object' ? JSON.stringify(v) : String(v) });
-}
-
 function showConfig(card, env) {
   const it = env.it();
   const fields = env.cat.config_fields || [];
   const known = new Set(fields.map((f) => f.key));
   const cfg = it.config || {};
-  const rows = fields.map((f) => [f.label || f.key, configValue(f, cfg[f.key])]);
-  for (const k of Object.keys(cfg)) if (!known.has(k)) rows.push([k, configValue(null, cfg[k])]);
+  const rows = fields.map((f) => [f.label || f.key, valueView(f, cfg[f.key])]);
+  for (const k of Object.keys(cfg)) if (!known.has(k)) rows.push([k, valueView(null, cfg[k])]);
+  const list = kv(rows);
+  list.id = 'config-values';
+  fields.forEach((f, i) => { list.children[i * 2 + 1].dataset.field = f.key; });
   replace(card,
     h('div', { class: 'card-head' }, h('h2', { class: 'card-title', text: 'Configuration' }),
       env.ctx.session.can.install ? button('Edit', () => editConfig(card, env), { small: true, id: 'config-edit' }) : null),
-    kv(rows),
+    list,
     h('p', { class: 'small muted', text: 'Secrets are encrypted at rest and never shown. Each change makes a new revision.' }));
 }
 
@@ -116,38 +112,50 @@ function editConfig(card, env) {
   const fields = env.cat.config_fields || [];
   const keys = fields.map((f) => f.key);
   const cfg = it.config || {};
+  const advanced = advancedKeys(fields, new Set(togetherGroups(env.cat).flat()));
   const ctl = {};
-  const rows = fields.map((f) => {
-    const secret = f.type === 'secret';
-    const cur = cfg[f.key];
-    const input = h('input', {
-      type: secret ? 'password' : 'text', class: 'input', id: 'edit-' + f.key, autocomplete: secret ? 'new-password' : 'off',
-      spellcheck: false, value: secret || cur == null ? '' : String(cur),
-      placeholder: secret ? (cur ? 'unchanged: type a new value to replace it' : 'not set') : f.default != null ? String(f.default) : '',
-    });
-    const error = h('p', { class: 'field-error', role: 'alert' });
-    const wrap = h('div', { class: 'field', dataset: { field: f.key } },
-      h('label', { class: 'field-label', for: 'edit-' + f.key }, f.label || f.key,
-        f.required ? h('abbr', { class: 'req-mark', title: 'required', text: '*' }) : null,
-        secret ? h('span', { class: 'field-tag', text: 'secret' }) : null),
-      input, f.help ? h('p', { class: 'field-help', text: f.help }) : null, error);
-    ctl[f.key] = { input, wrap, error, f, cur };
-    input.addEventListener('input', () => { wrap.classList.remove('invalid'); error.textContent = ''; });
-    return wrap;
-  });
+  const main = [];
+  const adv = [];
+  for (const f of fields) {
+    const id = 'edit-' + f.key;
+    const c = control(f, { id, mode: 'edit', value: cfg[f.key] });
+    const { wrap, error } = fieldRow(f, c, id, { optionalMark: false });
+    ctl[f.key] = { c, wrap, error, f };
+    const clearErr = () => { wrap.classList.remove('invalid'); error.textContent = ''; };
+    wrap.addEventListener('input', clearErr);
+    wrap.addEventListener('change', clearErr);
+    (advanced.has(f.key) ? adv : main).push(wrap);
+  }
+  const advCtls = [...advanced].map((k) => ctl[k].c);
+  const advSection = adv.length
+    ? advancedSection(env.cat, adv, advCtls, { id: 'edit-advanced', open: advCtls.some((c) => c.isSet()) })
+    : null;
+  const focusOn = (k, el) => {
+    const d = ctl[k].wrap.closest('details');
+    if (d) d.open = true;
+    (el || ctl[k].c.focusEl).focus();
+  };
+  const showErr = (k, msg, el) => {
+    ctl[k].wrap.classList.add('invalid');
+    ctl[k].error.textContent = msg;
+    focusOn(k, el);
+  };
   const summary = h('div', { class: 'form-summary' });
   const save = button('Save changes', null, { kind: 'primary', type: 'submit', id: 'config-save' });
-  const form = h('form', { class: 'form', novalidate: true, id: 'config-form' }, rows, summary,
+  const form = h('form', { class: 'form', novalidate: true, id: 'config-form' }, main, advSection, summary,
     h('div', { class: 'form-actions' }, save, button('Cancel', () => showConfig(card, env), { kind: 'ghost' })));
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     clear(summary);
     const change = {};
-    for (const [k, c] of Object.entries(ctl)) {
-      const v = c.input.value.trim();
-      if (c.f.type === 'secret') { if (v) change[k] = v; continue; }
-      const was = c.cur == null ? '' : String(c.cur);
-      if (v !== was) change[k] = v === '' ? null : v;
+    for (const [k, x] of Object.entries(ctl)) {
+      let v;
+      try { v = x.c.change(); } catch (err) {
+        if (!(err instanceof FieldError)) throw err;
+        showErr(k, err.message, err.focus);
+        return;
+      }
+      if (v !== undefined) change[k] = v;
     }
     if (!Object.keys(change).length) { showConfig(card, env); return; }
     save.disabled = true;
@@ -160,11 +168,8 @@ function editConfig(card, env) {
       save.disabled = false;
       if (!(err instanceof ApiError)) throw err;
       const k = fieldOfError(err, keys);
-      if (k && ctl[k]) {
-        ctl[k].wrap.classList.add('invalid');
-        ctl[k].error.textContent = err.message.replace(/^config:\d+: /, '');
-        ctl[k].input.focus();
-      } else summary.appendChild(errorBox(err, 'Not saved'));
+      if (k && ctl[k]) showErr(k, err.message.replace(/^config:\d+: /, ''));
+      else summary.appendChild(errorBox(err, 'Not saved'));
     }
   });
   replace(card, h('div', { class: 'card-head' }, h('h2', { class: 'card-title', text: 'Edit configuration' })), form);

@@ -4,6 +4,7 @@
 import { h, replace, button, badge, empty, errorBox, toast, fmtAgo, fmtTime, spinner, kv } from '../dom.js';
 import { post, enc, ApiError } from '../api.js';
 import { getCatalog, getVendor, listIntegrations, categoryName, monogram, tileClass } from '../data.js';
+import { control, fieldRow, advancedKeys, advancedSection, FieldError } from '../configfields.js';
 
 function tabs(active, counts) {
   const t = (id, label, href, count) => h('a', {
@@ -102,7 +103,7 @@ function library(cat, ints, ctx) {
 // ---- Install -------------------------------------------------------------------------------
 
 // config_rules in either shape: {"together":[[a,b]]} or [{"rule":"together","fields":[…]}]
-function togetherGroups(c) {
+export function togetherGroups(c) {
   const r = c.config_rules || c.rules || {};
   const out = [];
   if (Array.isArray(r)) {
@@ -121,6 +122,20 @@ function commonPrefix(labels) {
   return first.slice(0, n).join(' ');
 }
 
+// "Event Tracking account ID (actid)" -> "Event Tracking account ID": the
+// name a sentence uses
+const shortLabel = (f) => String(f.label || f.key).replace(/\s*\([^)]*\)\s*$/, '');
+
+function andList(xs) {
+  return xs.length <= 1 ? xs.join('') : xs.slice(0, -1).join(', ') + ' and ' + xs[xs.length - 1];
+}
+
+// The all-or-none rule of a together group, as a sentence.
+export function togetherSentence(gf) {
+  const both = gf.length === 2;
+  return `${andList(gf.map(shortLabel))} go together: fill in ${both ? 'both or neither' : 'all of them or none'}.`;
+}
+
 // Which field a 422 names: "field":"config.api_url", else the message's
 // "config field 'api_url'" / "'event_tracking_account_id' is missing".
 export function fieldOfError(err, keys) {
@@ -136,37 +151,6 @@ export function fieldOfError(err, keys) {
   for (const x of m.matchAll(/'([^']+)'/g)) if (keys.includes(x[1])) return x[1];
   if (/\bname\b/.test(m) && err.code === 'CONFLICT') return 'name';
   return null;
-}
-
-function fieldInput(f) {
-  const id = 'cfg-' + f.key;
-  const common = { id, name: f.key, class: 'input', autocomplete: 'off', spellcheck: false,
-    'aria-describedby': id + '-help ' + id + '-error', required: !!f.required };
-  const def = f.default == null ? '' : String(f.default);
-  if (f.type === 'secret') {
-    const input = h('input', Object.assign({ type: 'password', autocomplete: 'new-password' }, common));
-    const show = h('button', { type: 'button', class: 'btn btn-ghost btn-sm input-addon', 'aria-label': 'Show ' + (f.label || f.key), text: 'Show' });
-    show.addEventListener('click', () => {
-      const vis = input.type === 'password';
-      input.type = vis ? 'text' : 'password';
-      show.textContent = vis ? 'Hide' : 'Show';
-    });
-    return { input, el: h('div', { class: 'input-group' }, input, show) };
-  }
-  if (f.type === 'boolean') {
-    const input = h('input', Object.assign({}, common, { type: 'checkbox', class: 'checkbox', checked: f.default === true }));
-    return { input, el: input };
-  }
-  const opts = f.enum || f.options || f.values;
-  if (Array.isArray(opts)) {
-    const input = h('select', common, f.required ? null : h('option', { value: '', text: '—' }),
-      opts.map((o) => h('option', { value: String(o), text: String(o), selected: String(o) === def })));
-    return { input, el: input };
-  }
-  const extra = f.type === 'url' ? { inputmode: 'url', placeholder: 'https://…' }
-    : f.type === 'integer' || f.type === 'number' ? { inputmode: 'numeric', placeholder: f.type === 'integer' ? '123' : '' } : {};
-  const input = h('input', Object.assign({ type: 'text', value: def }, common, extra));
-  return { input, el: input };
 }
 
 export async function renderInstall(main, params, ctx) {
@@ -189,7 +173,7 @@ export async function renderInstall(main, params, ctx) {
       h('strong', { text: String(c.status).toUpperCase() }), ' ',
       h('span', { text: 'This integration is in early access: behaviour and settings may still change.' })));
   }
-  if (c.description) page.appendChild(h('p', { class: 'lead', text: c.description }));
+  if (c.description) page.appendChild(h('p', { class: 'lead', id: 'install-description', text: c.description }));
   if (!ctx.session.can.install) {
     page.appendChild(h('div', { class: 'alert alert-info' }, 'Installing an integration needs the editor role or above; you are signed in as ',
       h('strong', { text: ctx.session.role }), '.'));
@@ -198,35 +182,29 @@ export async function renderInstall(main, params, ctx) {
 
   const fields = c.config_fields || [];
   const keys = fields.map((f) => f.key);
-  const groups = togetherGroups(c);
+  const groups = togetherGroups(c).map((g) => g.map((k) => fields.find((x) => x.key === k)).filter(Boolean)).filter((g) => g.length > 1);
   const inGroup = new Map();
-  groups.forEach((g, i) => g.forEach((k) => inGroup.set(k, i)));
-  const controls = {};   // key -> {input, wrap, error}
+  groups.forEach((g, i) => g.forEach((f) => inGroup.set(f.key, i)));
+  const advanced = advancedKeys(fields, new Set(inGroup.keys()));
+  const controls = {};   // key -> {ctl, wrap, error, field}
 
-  function fieldRow(f) {
-    const { input, el } = fieldInput(f);
-    const error = h('p', { class: 'field-error', id: 'cfg-' + f.key + '-error', role: 'alert' });
-    const wrap = h('div', { class: ['field', f.type === 'boolean' ? 'field-check' : ''], dataset: { field: f.key } },
-      h('label', { class: 'field-label', for: 'cfg-' + f.key }, f.label || f.key,
-        f.required ? h('abbr', { class: 'req-mark', title: 'required', text: '*' }) : h('span', { class: 'optional', text: 'optional' }),
-        f.type === 'secret' ? h('span', { class: 'field-tag', text: 'secret' }) : null),
-      el,
-      h('p', { class: 'field-help', id: 'cfg-' + f.key + '-help' }, f.help || '',
-        f.default != null && f.type !== 'secret' ? h('span', { class: 'muted' }, ' Default: ', h('code', { text: String(f.default) })) : null),
-      error);
-    controls[f.key] = { input, wrap, error, field: f };
-    input.addEventListener('input', () => setError(f.key, null));
+  function row(f) {
+    const id = 'cfg-' + f.key;
+    const ctl = control(f, { id, mode: 'install' });
+    const { wrap, error } = fieldRow(f, ctl, id);
+    controls[f.key] = { ctl, wrap, error, field: f, get input() { return ctl.focusEl; } };
+    wrap.addEventListener('input', () => setError(f.key, null));
+    wrap.addEventListener('change', () => setError(f.key, null));
     return wrap;
   }
 
   const nameInput = h('input', { type: 'text', class: 'input', id: 'install-name', name: 'name', value: c.name,
     autocomplete: 'off', required: true, 'aria-describedby': 'install-name-error' });
   const nameError = h('p', { class: 'field-error', id: 'install-name-error', role: 'alert' });
-  controls.name = { input: nameInput, wrap: null, error: nameError };
   const nameRow = h('div', { class: 'field' },
     h('label', { class: 'field-label', for: 'install-name' }, 'Integration name', h('abbr', { class: 'req-mark', title: 'required', text: '*' })),
     nameInput, h('p', { class: 'field-help', text: 'How this installation is listed; unique per workspace.' }), nameError);
-  controls.name.wrap = nameRow;
+  controls.name = { input: nameInput, wrap: nameRow, error: nameError };
   nameInput.addEventListener('input', () => setError('name', null));
 
   const variants = c.variants || ['default'];
@@ -234,26 +212,28 @@ export async function renderInstall(main, params, ctx) {
 
   const rendered = new Set();
   const cfgNodes = [];
+  const advRows = [];
   for (const f of fields) {
     if (rendered.has(f.key)) continue;
     if (inGroup.has(f.key)) {
-      const g = groups[inGroup.get(f.key)];
-      const gf = g.map((k) => fields.find((x) => x.key === k)).filter(Boolean);
+      const gf = groups[inGroup.get(f.key)];
       gf.forEach((x) => rendered.add(x.key));
       const title = commonPrefix(gf.map((x) => x.label || x.key)) || 'These settings';
-      const names = gf.map((x) => x.label || x.key);
-      cfgNodes.push(h('fieldset', { class: 'field-group', id: 'group-' + gf[0].key },
+      cfgNodes.push(h('fieldset', { class: 'field-group', id: 'group-' + gf[0].key, dataset: { together: gf.map((x) => x.key).join(' ') } },
         h('legend', { text: title }),
         h('p', { class: 'group-rule', dataset: { rule: 'together' } },
-          h('strong', { text: 'All or none: ' }),
-          `set ${names.length === 2 ? 'both' : 'all'} of ${names.join(' and ')}, or leave ${names.length === 2 ? 'both' : 'all of them'} empty. ` +
-          (gf.some((x) => /page and track/.test(x.help || '')) ? 'Without them, page and track events are not sent (identify still is).' : '')),
-        gf.map(fieldRow)));
+          h('strong', { text: 'All or none. ' }), togetherSentence(gf),
+          gf.some((x) => /page and track/.test(x.help || '')) ? ' Without them, page and track events are not sent (identify still is).' : ''),
+        gf.map(row)));
     } else {
       rendered.add(f.key);
-      cfgNodes.push(fieldRow(f));
+      if (advanced.has(f.key)) advRows.push(row(f));
+      else cfgNodes.push(row(f));
     }
   }
+  const advSection = advRows.length
+    ? advancedSection(c, advRows, [...advanced].map((k) => controls[k].ctl), { id: 'install-advanced' })
+    : null;
 
   const summary = h('div', { class: 'form-summary', id: 'install-summary', role: 'alert' });
   const submit = button('Install Integration', null, { kind: 'primary', type: 'submit', id: 'install-submit' });
@@ -262,6 +242,7 @@ export async function renderInstall(main, params, ctx) {
     nameRow,
     variants.length > 1 ? h('div', { class: 'field' }, h('label', { class: 'field-label', for: 'install-variant', text: 'Variant' }), variantSel) : null,
     cfgNodes,
+    advSection,
     summary,
     h('div', { class: 'form-actions' }, submit,
       h('a', { class: 'btn btn-ghost', href: '#/integrations/library', text: 'Cancel' }),
@@ -274,6 +255,13 @@ export async function renderInstall(main, params, ctx) {
     c2.wrap.classList.toggle('invalid', !!msg);
     c2.input.setAttribute('aria-invalid', msg ? 'true' : 'false');
   }
+  function focusField(key, el) {
+    const c2 = controls[key];
+    const target = el || c2.input;
+    const d = c2.wrap.closest('details');
+    if (d) d.open = true;
+    target.focus();
+  }
 
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -281,18 +269,33 @@ export async function renderInstall(main, params, ctx) {
     for (const k of Object.keys(controls)) setError(k, null);
     const config = {};
     let firstBad = null;
-    if (!nameInput.value.trim()) { setError('name', 'A name is required.'); firstBad = firstBad || 'name'; }
+    const bad = (key, msg, el) => { setError(key, msg); if (!firstBad) firstBad = [key, el]; };
+    if (!nameInput.value.trim()) bad('name', 'A name is required.');
     for (const f of fields) {
-      const inp = controls[f.key].input;
-      if (f.type === 'boolean') { config[f.key] = inp.checked; continue; }
-      const v = inp.value.trim();
-      if (v === '') {
-        if (f.required) { setError(f.key, (f.label || f.key) + ' is required.'); firstBad = firstBad || f.key; }
+      let v;
+      try { v = controls[f.key].ctl.install(); } catch (err) {
+        if (!(err instanceof FieldError)) throw err;
+        bad(f.key, err.message, err.focus);
+        continue;
+      }
+      if (v === undefined) {
+        if (f.required) bad(f.key, (f.label || f.key) + ' is required.');
         continue;
       }
       config[f.key] = v;
     }
-    if (firstBad) { controls[firstBad].input.focus(); return; }
+    // all or none: name the empty ones of a group partly filled in
+    for (const gf of groups) {
+      const filled = gf.filter((x) => config[x.key] !== undefined);
+      if (filled.length && filled.length < gf.length) {
+        for (const x of gf) {
+          if (config[x.key] === undefined) {
+            bad(x.key, `Fill in ${shortLabel(x)} too, or clear ${andList(filled.map(shortLabel))}: ${gf.length === 2 ? 'the two' : 'these'} go together.`);
+          }
+        }
+      }
+    }
+    if (firstBad) { focusField(firstBad[0], firstBad[1]); return; }
     submit.disabled = true;
     submit.textContent = 'Installing…';
     try {
@@ -307,10 +310,10 @@ export async function renderInstall(main, params, ctx) {
       const key = fieldOfError(err, keys);
       if (key) {
         setError(key, err.message.replace(/^config:\d+: /, ''));
-        controls[key].input.focus();
+        focusField(key);
         summary.appendChild(h('div', { class: 'alert alert-err' }, h('span', { text: 'The server refused this setting: ' }),
           h('a', { href: '#', class: 'link', text: (controls[key].field && controls[key].field.label) || key,
-            onclick: (ev) => { ev.preventDefault(); controls[key].input.focus(); } }),
+            onclick: (ev) => { ev.preventDefault(); focusField(key); } }),
           err.code ? h('code', { class: 'alert-code', text: err.code }) : null));
       } else {
         summary.appendChild(errorBox(err, 'Install failed'));
