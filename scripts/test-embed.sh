@@ -148,6 +148,15 @@ for dir in blueprints/*/tests/*/; do
   bp=${dir%/tests/*}
   name="${bp#blueprints/}/${dir##*/}"
   cases=$((cases + 1))
+  # A case with its own answers.yaml has steps (ctx.send): answering them is
+  # the embedder's part (bp_engine_set_answerer, or sending them), which the
+  # example embedder does not do.
+  if [ -f "$dir/answers.yaml" ]; then
+    for what in "embed-c = dry-run" "embed-c = expected.ndjson" "embed-c (static) = dry-run"; do
+      ok "$what on $name # SKIP its steps need answers; the example embedder does not answer steps"
+    done
+    continue
+  fi
   "$DRY" dry-run "$bp" --config "$cfg" "$dir/events.ndjson" > "$TMP/dry.out" 2> "$TMP/dry.err"
   dry_rc=$?
   LD_LIBRARY_PATH="$PREFIX/lib" "$EMBED" "$bp" "$cfg" < "$dir/events.ndjson" > "$TMP/embed.out" 2> "$TMP/embed.err"
