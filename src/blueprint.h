@@ -56,9 +56,12 @@
 #endif
 
 /* The version of this header; bp_version() gives the library's, as
- * "MAJOR.MINOR.PATCH" (a static string).  The soname follows MAJOR. */
+ * "MAJOR.MINOR.PATCH" (a static string).  The soname follows MAJOR.  Before
+ * 1.0 a MINOR release may change the structs a caller allocates or reads
+ * (0.2: bp_outcome and bp_request gained steps, bp_blueprint consent_denied
+ * and description): rebuild against the new header. */
 #define BP_VERSION_MAJOR 0
-#define BP_VERSION_MINOR 1
+#define BP_VERSION_MINOR 2
 #define BP_VERSION_PATCH 0
 
 #ifdef __cplusplus
