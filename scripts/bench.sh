@@ -7,6 +7,7 @@
 #   BENCH_PACING_S=60    pacing run length  BENCH_QUICK=1  small sizes, for a smoke run
 #   BENCH_CLUSTER_EVENTS=40000  burst size of the cluster-mode rows (mock Kafka)
 #   BENCH_ONLY=depth     only the contact-depth rows (lists, tags, custom fields), printed, no BENCHMARKS.md
+#                        (builds what it runs first: a stale build/bench-map would reject today's blueprint)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,7 @@ MAP_DRIFT=$(for f in $(ls $BP $MAP_BP | grep -E '^(blueprint\.yaml|.*\.lua)$' | 
 CFG=scripts/bench/config.json
 export LUA_CPATH="build/lua/?.so;;"
 CORPUS=$W/corpus-$N.ndjson
+[ "${BENCH_ONLY:-}" = depth ] && make -s --no-print-directory all build/bench-map
 [ -s "$CORPUS" ] || [ "${BENCH_ONLY:-}" = depth ] || lua5.4 scripts/bench/corpus.lua "$N" > "$CORPUS"
 pids=()
 # scripts/bench/cluster.lua lists what it starts in $W/cluster.pids and stops it itself;
