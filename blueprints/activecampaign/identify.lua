@@ -31,8 +31,8 @@ return function(event, ctx)
   local relist = ctx.config.lists and helpers.consent_changed(ctx, email)
   local subscribe = relist and ctx.consent.state == "granted"
   local tags = ctx.config.tags and helpers.new_tags(ctx, email, helpers.tag_names(ctx.get(traits, "tags"))) or {}
-  if relist then helpers.remember_consent(ctx, email, event) end
   if not subscribe and not tags[1] then
+    if relist then helpers.remember_consent(ctx, email, event) end
     local sync = helpers.contact_sync(ctx, contact)
     sync.marks = helpers.synced_key(email)   -- later events need not sync again
     return sync
@@ -40,5 +40,7 @@ return function(event, ctx)
 
   local id = helpers.synced_contact_id(ctx, contact)
   helpers.add_tags(ctx, id, email, tags)
-  return subscribe and helpers.subscribe_requests(ctx, email, id) or {}
+  local requests = subscribe and helpers.subscribe_requests(ctx, email, id) or {}
+  if relist then helpers.remember_consent(ctx, email, event) end   -- after: the lists read what came before
+  return requests
 end

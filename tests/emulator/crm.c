@@ -206,7 +206,8 @@ static void write_membership(bp_buf *b, const membership *m)
     bp_buf_adds(b, ",\"form\":null,\"seriesid\":\"0\"");
     if (m->sdate[0]) put_str(b, ",\"sdate\":", m->sdate); else bp_buf_adds(b, ",\"sdate\":null");
     if (m->udate[0]) put_str(b, ",\"udate\":", m->udate); else bp_buf_adds(b, ",\"udate\":null");
-    bp_buf_printf(b, ",\"status\":\"%lld\",\"sourceid\":\"%lld\"", m->status, m->sourceid);
+    bp_buf_printf(b, ",\"status\":\"%lld\",\"responder\":\"1\",\"sync\":\"0\",\"unsubreason\":null", m->status);
+    bp_buf_printf(b, ",\"sourceid\":\"%lld\"", m->sourceid);
     put_str(b, ",\"created_timestamp\":", m->created);
     put_str(b, ",\"updated_timestamp\":", m->updated);
     bp_buf_printf(b, ",\"links\":{\"list\":\"/api/3/contactLists/%ld/list\",\"contact\":\"/api/3/contactLists/%ld/contact\"}",
