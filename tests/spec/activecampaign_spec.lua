@@ -33,6 +33,15 @@ describe("identify", function()
     assert.are.equal('{"contact":{"email":"ada@example.com","firstName":"Ada","lastName":"Lovelace","phone":"+1 555"}}', r.body)
   end)
 
+  it("sends to the API URL as pasted with /api/3 or a trailing slash, never /api/3/api/3", function()
+    for _, pasted in ipairs({ "https://acme.api-us1.com/api/3", "https://acme.api-us1.com/api/3/",
+                              "https://acme.api-us1.com/", "https://acme.api-us1.com/API/3" }) do
+      local pe = assert(core.open_text(S.AC, (S.base_config:gsub("api_url: [^\n]*", "api_url: " .. pasted))))
+      local out = S.run(pe, identify({ email = "ada@example.com" }))
+      assert.are.equal("https://acme.api-us1.com/api/3/contact/sync", out.requests[1].url, pasted)
+    end
+  end)
+
   it("trims and lower-cases the email", function()
     local out = S.run(e, identify({ email = "  MiXeD.Case@Example.ORG \t" }))
     assert.are.equal('{"contact":{"email":"mixed.case@example.org"}}', out.requests[1].body)
