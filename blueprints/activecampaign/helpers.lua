@@ -191,11 +191,10 @@ end
 
 -- May a list the contact unsubscribed from (membership m) be subscribed
 -- again?  Only when consent was granted after that unsubscribe: the
--- contact was last seen without consent (seen.at) after it (m.udate), or
--- the unsubscribe was ours, on a denial.  Unknown either way: no.
+-- contact was last seen without consent (seen.at) after it (m.udate).
+-- Unknown either way: no.
 local function reconsented(seen, m)
   if not seen or seen.state == "granted" then return false end
-  if seen.ours then return true end
   local unsubscribed = helpers.epoch(m.udate)
   return seen.at ~= nil and unsubscribed ~= nil and unsubscribed <= seen.at
 end
@@ -204,8 +203,16 @@ end
 -- step reads its list statuses (GET /contacts/{id}/contactLists); a list it
 -- is not on is subscribed, one it unsubscribed from only on re-consent
 -- (sourceid 4); subscribed, unconfirmed (0) and bounced (3) stay as they are.
+-- When we unsubscribed it ourselves on a denial, that denial came before
+-- this grant and so did any unsubscribe since: every list is subscribed
+-- again (sourceid 4) without reading them, a request saved.
 function helpers.subscribe_requests(ctx, email, contact_id)
   local seen = ctx.cache.get(lists_key(email))
+  if seen and seen.ours and seen.state ~= "granted" then
+    local out = {}
+    for _, list in ipairs(ctx.config.lists or {}) do out[#out + 1] = list_request(ctx, list, contact_id, 1, 4) end
+    return out
+  end
   local r = ctx.send(api_request(ctx, "GET", "/api/3/contacts/" .. contact_id .. "/contactLists"))
   local have = {}
   for _, m in ipairs(r.json and r.json.contactLists or {}) do have[list_id(m.list)] = m end
