@@ -458,3 +458,39 @@ describe("ActiveCampaign in depth #cli", function()
     assert.are.equal(1, #state(emu).orders)
   end)
 end)
+
+-- ctx.cache.set's options table: { ttl = s, durable = true }; anything else
+-- is refused with the option's name (the event is an error, not a crash).
+describe("ctx.cache.set options #cli", function()
+  it("takes { ttl, durable } and names an unknown or mistyped option", function()
+    local dir = S.tmpdir()
+    finally(function() os.execute("rm -rf " .. dir) end)
+    S.write(dir .. "/blueprint.yaml", table.concat({
+      "vendor: cachetest", "name: Cache test", "category: test", "status: alpha",
+      "consent_category: marketing", "config:", "  - key: api_url", "    type: url", "    required: true",
+      "events:", "  set:", "    type: track", "    mapping: set.lua" }, "\n") .. "\n")
+    S.write(dir .. "/set.lua", [[
+return function(event, ctx)
+  local how = event.properties.how
+  if how == "table" then ctx.cache.set("k", { a = 1 }, { ttl = 60, durable = true })
+  elseif how == "number" then ctx.cache.set("k", 1, 60)
+  elseif how == "unknown" then ctx.cache.set("k", 1, { forever = true })
+  else ctx.cache.set("k", 1, { durable = "yes" }) end
+  return { method = "POST", url = ctx.config.api_url .. "/x", json = { ok = true } }
+end
+]])
+    local e = assert(core.open_text(dir, "api_url: http://127.0.0.1:9\n"))
+    local function run(how)
+      return core.json_decode(e:run(core.json_encode({ type = "track", event = "set", messageId = how,
+        properties = { how = how }, context = { consent = { marketing = true } } })))
+    end
+    assert.are.equal("deliver", run("table").outcome)
+    assert.are.equal("deliver", run("number").outcome)
+    local bad = run("unknown")
+    assert.are.equal("error", bad.outcome)
+    assert.matches("unknown option 'forever' (expected ttl or durable)", bad.reason, 1, true)
+    bad = run("mistyped")
+    assert.are.equal("error", bad.outcome)
+    assert.matches("opts.durable must be true or false", bad.reason, 1, true)
+  end)
+end)
