@@ -203,9 +203,10 @@ end
 -- step reads its list statuses (GET /contacts/{id}/contactLists); a list it
 -- is not on is subscribed, one it unsubscribed from only on re-consent
 -- (sourceid 4); subscribed, unconfirmed (0) and bounced (3) stay as they are.
--- When we unsubscribed it ourselves on a denial, that denial came before
--- this grant and so did any unsubscribe since: every list is subscribed
--- again (sourceid 4) without reading them, a request saved.
+-- When we unsubscribed it ourselves on a denial, the contact withdrew and
+-- has granted again since, after any unsubscribe of its own that came
+-- before the withdrawal: every list is subscribed again (sourceid 4)
+-- without reading them, a request saved.
 function helpers.subscribe_requests(ctx, email, contact_id)
   local seen = ctx.cache.get(lists_key(email))
   if seen and seen.ours and seen.state ~= "granted" then

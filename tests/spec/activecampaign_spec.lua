@@ -360,3 +360,37 @@ describe("malformed events", function()
     assert.matches("too large", out.reason)
   end)
 end)
+
+-- Lists follow consent, but a contact who unsubscribed is subscribed again
+-- only when consent was granted after that unsubscribe (dry-run: one engine,
+-- its ctx.cache remembers the contact between the two events).
+describe("lists and a contact's unsubscribes", function()
+  it("re-subscribes (sourceid 4) a list left before the contact was last seen without consent, not one left after", function()
+    local dir = S.tmpdir()
+    finally(function() os.execute("rm -rf " .. dir) end)
+    S.write(dir .. "/config.yaml", "name: ActiveCampaign\nconfig:\n  api_url: https://acme.api-us1.com\n"
+      .. "  api_key: test-api-key\n  lists: [1, 2]\nconsent:\n  default_policy: allow\n")
+    S.write(dir .. "/answers.yaml", table.concat({
+      "- method: GET", "  path: /api/3/contacts/*/contactLists", "  status: 200",
+      '  json: {"contactLists": [{"contact": "113", "list": "1", "status": "2", "udate": "2026-12-05T10:00:00-06:00"},',
+      '                          {"contact": "113", "list": "2", "status": "2", "udate": "2026-12-06T13:00:00Z"}]}', "" }, "\n"))
+    local events = table.concat({
+      -- seen without consent on Dec 6 at noon
+      core.json_encode({ type = "identify", messageId = "a1", timestamp = "2026-12-06T12:00:00Z",
+                         traits = { email = "u@example.com" } }),
+      -- grants it the next day
+      core.json_encode({ type = "identify", messageId = "a2", timestamp = "2026-12-07T09:00:00Z",
+                         traits = { email = "u@example.com" }, context = { consent = { marketing = true } } }),
+    }, "\n") .. "\n"
+    local out = S.sh(S.bin .. " dry-run " .. S.AC .. " --config " .. dir .. "/config.yaml --answers " .. dir
+      .. "/answers.yaml 2>/dev/null", events)
+    local lines = S.lines(out)
+    assert.are.equal(1, #core.json_decode(lines[1]).requests)   -- unknown consent: the sync alone
+    local lists = {}
+    for _, r in ipairs(core.json_decode(lines[2]).requests) do
+      if r.url:match("/api/3/contactLists$") then lists[#lists + 1] = r.body end
+    end
+    -- list 1 was left on Dec 5, before Dec 6 noon: consent came after; list 2 was left after it
+    assert.are.same({ '{"contactList":{"contact":"113","list":"1","sourceid":4,"status":1}}' }, lists)
+  end)
+end)
