@@ -116,6 +116,9 @@ DEPTH_TABLE=$(cat <<TAB
 | …with more contacts than ctx.cache holds ($DEPTH_FULL, one run) | $(rate "$DEPTH_FULL" "$dc_full") events/s ($(us_per "$dc_full" "$DEPTH_FULL") µs each) | | |
 | requests per identify through serve, plain / depth cold / depth warm ($(dv events) events each) | $(dv plain_rpe) / $(dv cold_rpe) / $(dv warm_rpe) | | |
 | lookup requests (tags, fields) once warm | $(dv warm_lookups) in $(dv events) events (cold: $(dv cold_lookups)) | 0 | $(verdict "$(dv warm_lookups)" 0 le) |
+| requests per identify, known contact with lists [1, 2] + 2 tags + 3 fields: nothing changed | $(dv same_rpe) | ≤ 2 | $(verdict "$(dv same_rpe)" 2 le) |
+| …consent withdrawn (the withdrawal: contact lookup, 2 list statuses) | $(dv denied_rpe) | | |
+| …consent granted again and a third tag | $(dv changed_rpe) | ≤ 4 | $(verdict "$(dv changed_rpe)" 4 le) |
 TAB
 )
 if [ "${BENCH_ONLY:-}" = depth ]; then echo; echo "$DEPTH_TABLE"; exit 0; fi
@@ -380,7 +383,8 @@ shared cores).  At 1000 accounts × 5 requests/s that would be ~${c_pct}% of a c
   \`lua5.4 scripts/bench/depth.lua DIR $DEPTH_EVENTS\` runs the emulator (2 accounts, limit off)
   and one \`serve\` (\`--rate-limit 1000000\`), installs a plain integration on one account and a
   depth one on the other, posts $DEPTH_EVENTS new contacts to the plain one, then twice to the
-  depth one (cold, then warm), and counts each account's requests at the emulator
+  depth one (cold, then warm), then the warm batch's contacts three times more (unchanged;
+  consent withdrawn; consent granted again with a third tag), and counts each account's requests at the emulator
   (\`/_emulator/stats\`) per event once the batch is delivered (\`/metrics\`); lookups are
   GET/POST \`/api/3/tags\` and GET \`/api/3/fields\` in \`/_emulator/requests\`.
 - Delivery: \`build/blueprint deliver\` of $DN identify events to the emulator (rate limit off,

@@ -19,8 +19,11 @@
  * the least recently used tenth with them: one scan per max/10 inserts,
  * not one per insert, and what every event of an account reads (a tag's
  * id, the custom fields) stays while per-contact entries come and go.  The
- * cache is memory only: after a restart every value is looked up once
- * again.
+ * cache is memory: after a restart every value is looked up once again,
+ * except the values set as durable.  Those go to a backing the delivery
+ * layer registers (its state store), and a key memory lacks is asked of
+ * it: what a blueprint must not do twice (a contact's list status sent on
+ * a consent change) is remembered across restarts and evictions.
  */
 #include "internal.h"
 
@@ -45,6 +48,7 @@ struct bp_cache {
     pthread_mutex_t mu;
     entry *buckets[BUCKETS];
     size_t n, max;
+    bp_cache_backing backing;   /* save NULL: none (set before the cache is shared) */
 };
 
 bp_cache *bp_cache_new(size_t max_entries)
@@ -223,4 +227,38 @@ size_t bp_cache_count(bp_cache *c)
     size_t n = c->n;
     pthread_mutex_unlock(&c->mu);
     return n;
+}
+
+void bp_cache_set_backing(bp_cache *c, const bp_cache_backing *b)
+{
+    pthread_mutex_lock(&c->mu);
+    if (b) c->backing = *b;
+    else memset(&c->backing, 0, sizeof c->backing);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void bp_cache_set_durable(bp_cache *c, uint64_t owner, const char *account, const char *key, const char *json,
+                          size_t len, double ttl_s)
+{
+    bp_cache_set(c, account, key, json, len, ttl_s);
+    /* outside mu: the backing writes to disk, and other events need not wait */
+    if (c->backing.save)
+        c->backing.save(c->backing.ud, owner, account, key, json, len, (int64_t)(bp_wall_ms() + ttl_s * 1000.0));
+}
+
+int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_buf *out)
+{
+    if (bp_cache_get(c, account, key, out)) return 1;
+    if (!c->backing.load) return 0;
+    bp_buf v;
+    bp_buf_init(&v);
+    int64_t expires = 0;
+    int hit = c->backing.load(c->backing.ud, account, key, &v, &expires) == 1;
+    double left_s = hit ? ((double)expires - bp_wall_ms()) / 1000.0 : 0;
+    if (hit && left_s > 0) {
+        bp_cache_set(c, account, key, v.data ? v.data : "null", v.data ? v.len : 4, left_s);
+        bp_buf_add(out, v.data ? v.data : "null", v.data ? v.len : 4);
+    }
+    bp_buf_free(&v);
+    return hit && left_s > 0;
 }

@@ -1300,11 +1300,34 @@ static int turn(loop *l, int until_idle)
     return 1;
 }
 
+/* ctx.cache's durable values live in the state store (cache.c's backing):
+ * written when a run sets one, with the event whose run it was, and read
+ * back when memory lacks the key (after a restart, or an eviction). */
+static void cache_save(void *ud, uint64_t owner, const char *account, const char *key, const char *json, size_t len,
+                       int64_t expires_wall_ms)
+{
+    if (bp_store_cache_put(ud, account, key, json, len, expires_wall_ms, (int64_t)owner) < 0)
+        bp_log("warn", "state store: a durable ctx.cache value was not saved; it is kept in memory only", NULL);
+}
+
+static int cache_load(void *ud, const char *account, const char *key, bp_buf *out, int64_t *expires_wall_ms)
+{
+    return bp_store_cache_get(ud, account, key, (int64_t)bp_wall_ms(), out, expires_wall_ms);
+}
+
+static bp_cache *durable_cache(bp_store *store)
+{
+    bp_cache *c = bp_cache_new(0);
+    bp_cache_backing b = { cache_save, cache_load, store };
+    if (store) bp_cache_set_backing(c, &b);
+    return c;
+}
+
 static void loop_init(loop *l, bp_pool *p, int index, bp_store *store, const bp_deliver_opts *o)
 {
     memset(l, 0, sizeof *l);
     l->pool = p;
-    l->cache = p ? p->cache : bp_cache_new(0);
+    l->cache = p ? p->cache : durable_cache(store);
     l->index = index;
     l->store = store;
     l->o = o;
@@ -1366,7 +1389,7 @@ bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, con
     p->loops = calloc((size_t)p->nloops, sizeof *p->loops);
     if (!p->loops) abort();
     pthread_mutex_init(&p->mu, NULL);
-    p->cache = bp_cache_new(0);
+    p->cache = durable_cache(store);
     for (int i = 0; i < p->nloops; i++) {
         loop_init(&p->loops[i], p, i, store, &p->o);
         p->loops[i].lease = p->lease.holds ? &p->lease : NULL;

@@ -42,7 +42,7 @@ struct bp_engine {
     bp_answer_fn answerer; void *answerer_ud;
     size_t nsteps;                  /* steps reached in this run */
     int stopped;                    /* the run stopped at a step (pending or waiting) */
-    struct cache_write { char *key, *json; double ttl; } *writes;   /* ctx.cache.set, applied when the run completes */
+    struct cache_write { char *key, *json; double ttl; int durable; } *writes;   /* ctx.cache.set, applied when the run completes */
     size_t nwrites, capwrites;
 };
 
@@ -871,7 +871,7 @@ static int l_cache_get(lua_State *L)
     bp_buf_init(&k);
     bp_buf_adds(&k, "value:");
     bp_buf_adds(&k, key);
-    int hit = bp_cache_get(cache_of(e), e->account, k.data, &v);
+    int hit = bp_cache_get_stored(cache_of(e), e->account, k.data, &v);
     bp_buf_free(&k);
     bp_error err;
     if (hit && bp_json_parse(&e->adoc, v.data, v.len, &e->json_limits, &err) == 0) bp_push_tables(L, &e->adoc, 0);
@@ -880,14 +880,41 @@ static int l_cache_get(lua_State *L)
     return 1;
 }
 
-/* ctx.cache.set(key, value [, ttl seconds]) */
+/* ctx.cache.set's third argument: a ttl in seconds, or { ttl = s, durable = true }. */
+static void read_set_options(lua_State *L, double *ttl, int *durable)
+{
+    *ttl = DEFAULT_TTL_S;
+    *durable = 0;
+    if (lua_istable(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {                        /* ..., key, value */
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            if (!strcmp(k, "ttl")) {
+                if (!lua_isnumber(L, -1)) luaL_error(L, "ctx.cache.set: opts.ttl must be a number of seconds > 0");
+                *ttl = lua_tonumber(L, -1);
+            } else if (!strcmp(k, "durable")) {
+                if (!lua_isboolean(L, -1)) luaL_error(L, "ctx.cache.set: opts.durable must be true or false");
+                *durable = lua_toboolean(L, -1);
+            } else {
+                luaL_error(L, "ctx.cache.set: unknown option '%s' (expected ttl or durable)", k);
+            }
+            lua_pop(L, 1);
+        }
+    } else {
+        *ttl = luaL_optnumber(L, 3, DEFAULT_TTL_S);
+    }
+    if (*ttl <= 0) luaL_error(L, "ctx.cache.set: the ttl must be a number of seconds > 0");
+}
+
+/* ctx.cache.set(key, value [, ttl seconds | { ttl = s, durable = true }]) */
 static int l_cache_set(lua_State *L)
 {
     bp_engine *e = lua_touserdata(L, lua_upvalueindex(1));
     const char *key = luaL_checkstring(L, 1);
     luaL_checkany(L, 2);
-    double ttl = luaL_optnumber(L, 3, DEFAULT_TTL_S);
-    if (ttl <= 0) luaL_error(L, "ctx.cache.set: the ttl must be a number of seconds > 0");
+    double ttl;
+    int durable;
+    read_set_options(L, &ttl, &durable);
     bp_buf json;
     bp_buf_init(&json);
     bp_slots slots = { NULL, 0, 0 };
@@ -908,7 +935,7 @@ static int l_cache_set(lua_State *L)
     char *k = malloc(kl + 1);
     if (!k) abort();
     memcpy(k, key, kl + 1);
-    e->writes[e->nwrites++] = (struct cache_write){ k, json.data ? json.data : strdup("null"), ttl };
+    e->writes[e->nwrites++] = (struct cache_write){ k, json.data ? json.data : strdup("null"), ttl, durable };
     return 0;
 }
 
@@ -922,7 +949,9 @@ static void end_writes(bp_engine *e, int apply)
             bp_buf_init(&k);
             bp_buf_adds(&k, "value:");
             bp_buf_adds(&k, e->writes[i].key);
-            bp_cache_set(cache_of(e), e->account, k.data, e->writes[i].json, strlen(e->writes[i].json), e->writes[i].ttl);
+            const struct cache_write *w = &e->writes[i];
+            if (w->durable) bp_cache_set_durable(cache_of(e), e->owner, e->account, k.data, w->json, strlen(w->json), w->ttl);
+            else bp_cache_set(cache_of(e), e->account, k.data, w->json, strlen(w->json), w->ttl);
             bp_buf_free(&k);
         }
         free(e->writes[i].key);

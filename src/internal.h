@@ -389,6 +389,13 @@ int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last
                     const char *response, const char *outcome, int64_t now);
 int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int limit, bp_stored **out, size_t *n);
 int bp_store_once_seen(bp_store *s, const char *integration, const char *key, int64_t since);
+/* Durable ctx.cache values (cache.c's backing): put one, set by `event`'s
+ * run (0: none); get answers 1 and appends it while it has not expired and
+ * its event is over (delivered, dropped or gone), else 0. */
+int bp_store_cache_put(bp_store *s, const char *account, const char *key, const char *json, size_t len,
+                       int64_t expires_ms, int64_t event);
+int bp_store_cache_get(bp_store *s, const char *account, const char *key, int64_t now_ms, bp_buf *out,
+                       int64_t *expires_ms);
 int bp_store_once_mark(bp_store *s, const char *integration, const char *key, int64_t now);
 char *bp_store_meta_get(bp_store *s, const char *integration, const char *key);
 int bp_store_meta_set(bp_store *s, const char *integration, const char *key, const char *value);
@@ -444,6 +451,24 @@ void bp_cache_set(bp_cache *c, const char *account, const char *key, const char 
 int bp_cache_claim(bp_cache *c, const char *account, const char *key, uint64_t owner);
 void bp_cache_release(bp_cache *c, const char *account, const char *key, uint64_t owner);
 size_t bp_cache_count(bp_cache *c);
+/* Durable values (ctx.cache.set(key, v, {durable = true})): memory stays
+ * what is read, and a backing the delivery layer registers keeps them
+ * across restarts (cache.c never calls the store itself).  save is told of
+ * each durable write with the event whose run made it (owner) and its
+ * wall-clock expiry; load is asked for a key memory lacks (1: found, json
+ * appended to out).  Both may be called from any delivery thread. */
+typedef struct bp_cache_backing {
+    void (*save)(void *ud, uint64_t owner, const char *account, const char *key, const char *json, size_t len,
+                 int64_t expires_wall_ms);
+    int (*load)(void *ud, const char *account, const char *key, bp_buf *out, int64_t *expires_wall_ms);
+    void *ud;
+} bp_cache_backing;
+void bp_cache_set_backing(bp_cache *c, const bp_cache_backing *b);
+/* bp_cache_set, and the backing's save (no backing: memory only). */
+void bp_cache_set_durable(bp_cache *c, uint64_t owner, const char *account, const char *key, const char *json,
+                          size_t len, double ttl_s);
+/* bp_cache_get, else the backing's value (kept in memory for its remaining time). */
+int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_buf *out);
 
 /* ---- deliver.c: the delivery loops ---------------------------------------------------------- */
 

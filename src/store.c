@@ -45,7 +45,7 @@ struct bp_store {
     pthread_mutex_t rmu;        /* the read connection */
     pthread_mutex_t health_mu;  /* failing, last_error, failures */
     sqlite3 *db, *rdb;
-    sqlite3_stmt *insert, *insert_src, *update, *pending, *once_get, *once_put;
+    sqlite3_stmt *insert, *insert_src, *update, *pending, *once_get, *once_put, *cache_get, *cache_put;
     char *fault_file;           /* fault injection for tests (BLUEPRINT_FAULT_FILE) */
     pthread_t checkpointer;
     int has_checkpointer;
@@ -81,7 +81,11 @@ static const char SCHEMA[] =
     /* one b-tree keyed by the text (no rowid table plus key index): a mark
      * is one insert, and a delivery run makes one per contact */
     "CREATE TABLE IF NOT EXISTS once_keys(key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);";
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);"
+    /* ctx.cache values a blueprint set as durable, per account ("ACCOUNT\nKEY"),
+     * with the event whose run set them (cache.c's backing, deliver.c) */
+    "CREATE TABLE IF NOT EXISTS cache_values(key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+    "  expires INTEGER NOT NULL, event INTEGER) WITHOUT ROWID;";
 
 /* Indexes that name the integration column, created after it exists (a
  * store written before it is migrated first). */
@@ -248,6 +252,16 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
                                      "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
          prepare(s->db, &s->once_get, "SELECT at FROM once_keys WHERE key=?1") == 0 &&
          prepare(s->db, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)") == 0 &&
+         /* a value counts once the run that set it is over: its event delivered (or
+          * dropped, or purged); while the event is unfinished a restart must map
+          * it again to the same requests, and a failed one must be tried again */
+         prepare(s->db, &s->cache_get, "SELECT value, expires FROM cache_values c WHERE key=?1 AND expires > ?2 AND "
+                                       "NOT EXISTS(SELECT 1 FROM events WHERE id=c.event AND "
+                                       "state IN ('pending','held','error','dead'))") == 0 &&
+         prepare(s->db, &s->cache_put, "INSERT OR REPLACE INTO cache_values(key, value, expires, event) "
+                                       "VALUES(?1, ?2, ?3, ?4)") == 0 &&
+         sqlite3_exec(s->db, "DELETE FROM cache_values WHERE expires < strftime('%s','now') * 1000",
+                      NULL, NULL, NULL) == SQLITE_OK &&
          sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
          bp_store_busy_handler(s->rdb) == SQLITE_OK;
     if (!ok) {
@@ -279,6 +293,8 @@ void bp_store_close(bp_store *s)
     sqlite3_finalize(s->pending);
     sqlite3_finalize(s->once_get);
     sqlite3_finalize(s->once_put);
+    sqlite3_finalize(s->cache_get);
+    sqlite3_finalize(s->cache_put);
     sqlite3_close(s->rdb);
     sqlite3_close(s->db);
     pthread_mutex_destroy(&s->mu);
@@ -479,6 +495,56 @@ int bp_store_once_mark(bp_store *s, const char *integration, const char *key, in
     int rc = sqlite3_step(s->once_put) == SQLITE_DONE ? 0 : -1;
     pthread_mutex_unlock(&s->mu);
     return rc;
+}
+
+/* "ACCOUNT\nKEY": cache values are an account's, whichever integration set them. */
+static void cache_key(bp_buf *b, const char *account, const char *key)
+{
+    bp_buf_adds(b, account);
+    bp_buf_addc(b, '\n');
+    bp_buf_adds(b, key);
+}
+
+int bp_store_cache_put(bp_store *s, const char *account, const char *key, const char *json, size_t len,
+                       int64_t expires_ms, int64_t event)
+{
+    bp_buf k;
+    bp_buf_init(&k);
+    cache_key(&k, account, key);
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *q = s->cache_put;
+    sqlite3_reset(q);
+    sqlite3_bind_text(q, 1, k.data, (int)k.len, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, json, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 3, expires_ms);
+    if (event) sqlite3_bind_int64(q, 4, event); else sqlite3_bind_null(q, 4);
+    int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
+    sqlite3_reset(q);
+    pthread_mutex_unlock(&s->mu);
+    bp_buf_free(&k);
+    return rc;
+}
+
+int bp_store_cache_get(bp_store *s, const char *account, const char *key, int64_t now_ms, bp_buf *out,
+                       int64_t *expires_ms)
+{
+    bp_buf k;
+    bp_buf_init(&k);
+    cache_key(&k, account, key);
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *q = s->cache_get;
+    sqlite3_reset(q);
+    sqlite3_bind_text(q, 1, k.data, (int)k.len, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, now_ms);
+    int hit = sqlite3_step(q) == SQLITE_ROW;
+    if (hit) {
+        bp_buf_add(out, (const char *)sqlite3_column_text(q, 0), (size_t)sqlite3_column_bytes(q, 0));
+        *expires_ms = sqlite3_column_int64(q, 1);
+    }
+    sqlite3_reset(q);
+    pthread_mutex_unlock(&s->mu);
+    bp_buf_free(&k);
+    return hit;
 }
 
 /* ---- reads made by delivery (write connection: they see its own commits) ----------------- */

@@ -11,7 +11,7 @@ return function(event, ctx)
   -- visitor who said no
   local r = ctx.send(helpers.api_request(ctx, "GET", "/api/3/contacts?email=" .. ctx.urlencode(email)))
   local contact = r.json.contacts and r.json.contacts[1]
-  helpers.remember_consent(ctx, email)
+  helpers.remember_consent(ctx, email, event, contact ~= nil)
   if not contact then return ctx.drop("no contact with that email: nothing to withdraw") end
-  return helpers.list_requests(ctx, contact.id, "denied")
+  return helpers.unsubscribe_requests(ctx, contact.id)
 end

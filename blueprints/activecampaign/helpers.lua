@@ -22,11 +22,17 @@ function helpers.no_email(ctx)
     .. "(set traits.email, context.traits.email or properties.email)")
 end
 
--- A URL on the account's API: api_url without its trailing slashes, then path.
+-- A URL on the account's API: api_url without its trailing slashes and
+-- without an "/api/3" pasted with it (Settings > Developer shows the URL
+-- bare, but copies of it often carry the version), then path.
 local api_bases = {}   -- api_url -> base, worked out once per account
 function helpers.api(ctx, path)
   local url = ctx.config.api_url
-  api_bases[url] = api_bases[url] or url:gsub("/+$", "")
+  if not api_bases[url] then
+    local base = url:gsub("/+$", "")
+    base = base:gsub("/[Aa][Pp][Ii]/3$", "")
+    api_bases[url] = base
+  end
   return api_bases[url] .. path
 end
 
@@ -81,6 +87,7 @@ function helpers.track_event(event, ctx, event_name, data, keep)
   if not email then return helpers.no_email(ctx) end
   local request, dropped = helpers.track(ctx, event_name, email, data, keep)
   local tag = helpers.event_tag(ctx, event.event)
+  if tag and not helpers.new_tags(ctx, email, { tag })[1] then tag = nil end   -- it has it already
   local relist = ctx.config.lists and ctx.consent.state == "granted" and helpers.consent_changed(ctx, email)
   if not tag and not relist then
     if not request then return dropped end
@@ -89,9 +96,9 @@ function helpers.track_event(event, ctx, event_name, data, keep)
     return { sync, request }
   end
   local id = helpers.synced_contact_id(ctx, { email = email })
-  if tag then helpers.add_tags(ctx, id, { tag }) end
-  local out = relist and helpers.list_requests(ctx, id, "granted") or {}
-  if relist then helpers.remember_consent(ctx, email) end
+  if tag then helpers.add_tags(ctx, id, email, { tag }) end
+  local out = relist and helpers.subscribe_requests(ctx, email, id) or {}
+  if relist then helpers.remember_consent(ctx, email, event) end
   out[#out + 1] = request
   return out
 end
@@ -117,41 +124,135 @@ function helpers.synced_contact_id(ctx, contact)
   return r.json.contact.id
 end
 
--- The list subscription that consent asks for: 1 subscribed, 2 unsubscribed,
--- nil to leave it as it is (unknown consent).
-local LIST_STATUS = { granted = 1, denied = 2 }
+-- ---- lists that follow consent ----
+-- Status 1 re-subscribes a contact who unsubscribed (from an email's link,
+-- say): the reference warns of it.  So a list's status is sent only when a
+-- contact's consent changes, and an unsubscribed contact (2) is subscribed
+-- again only when they granted consent after unsubscribing, with sourceid 4
+-- (the reference's "re-subscribing" source).  The consent a contact's lists
+-- last followed is remembered per contact, durably (a restart must not send
+-- every list status again): { state, at = when it was seen (the event's
+-- timestamp, seconds), ours = we unsubscribed them on a denial }.
+local LISTS_TTL = 365 * DAY
+local function lists_key(email) return "lists:" .. email end
 
--- contactLists requests for every configured list.
-function helpers.list_requests(ctx, contact_id, state)
-  local status = LIST_STATUS[state]
-  if not status or not ctx.config.lists then return {} end
+-- A list id as ActiveCampaign writes it ("1"), whether configured 1 or "1".
+local function list_id(v) return tostring(math.tointeger(tonumber(v)) or v) end
+
+local function list_request(ctx, list, contact_id, status, sourceid)
+  return api_request(ctx, "POST", "/api/3/contactLists",
+    { contactList = { list = list, contact = contact_id, status = status, sourceid = sourceid } })
+end
+
+-- Status 2 for every configured list (consent denied: unsubscribing never harms).
+function helpers.unsubscribe_requests(ctx, contact_id)
   local out = {}
-  for _, list in ipairs(ctx.config.lists) do
-    out[#out + 1] = api_request(ctx, "POST", "/api/3/contactLists",
-      { contactList = { list = list, contact = contact_id, status = status } })
-  end
+  for _, list in ipairs(ctx.config.lists or {}) do out[#out + 1] = list_request(ctx, list, contact_id, 2) end
   return out
 end
 
--- Has this contact's consent changed since the last event we saw for it?
--- (Remembered per account for 30 days; written when the run completes.)
-function helpers.consent_changed(ctx, email)
-  return ctx.cache.get("consent:" .. email) ~= ctx.consent.state
+-- Seconds since 1970 of an ISO 8601 time with its zone ("2024-05-01T12:00:00Z",
+-- "2021-05-12T11:10:06-05:00"); nil for anything else (a time without a zone
+-- is not known well enough to compare with an unsubscribe).
+function helpers.epoch(text)
+  if type(text) ~= "string" then return nil end
+  local y, mo, d, h, mi, sec, zone = text:match("^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)%.?%d*(.*)$")
+  if not y then return nil end
+  local offset
+  if zone == "Z" or zone == "z" then offset = 0
+  else
+    local sign, zh, zm = zone:match("^([+-])(%d%d):?(%d%d)$")
+    if not sign then return nil end
+    offset = (tonumber(zh) * 3600 + tonumber(zm) * 60) * (sign == "-" and -1 or 1)
+  end
+  y, mo = tonumber(y), tonumber(mo)
+  if mo <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (mo + (mo > 2 and -3 or 9)) + 2) // 5 + tonumber(d) - 1
+  local days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - offset
 end
 
-function helpers.remember_consent(ctx, email)
-  ctx.cache.set("consent:" .. email, ctx.consent.state, 30 * DAY)
+-- Has this contact's consent changed since its lists last followed it?
+function helpers.consent_changed(ctx, email)
+  local seen = ctx.cache.get(lists_key(email))
+  return not seen or seen.state ~= ctx.consent.state
+end
+
+-- Remember the consent the lists now follow (written when the run
+-- completes; kept across restarts once the event is delivered).
+function helpers.remember_consent(ctx, email, event, ours)
+  local seen = ctx.cache.get(lists_key(email)) or {}
+  if ours == nil and ctx.consent.state ~= "granted" then ours = seen.ours end
+  ctx.cache.set(lists_key(email), { state = ctx.consent.state, at = helpers.epoch(event.timestamp), ours = ours or nil },
+                { ttl = LISTS_TTL, durable = true })
+end
+
+-- May a list the contact unsubscribed from (membership m) be subscribed
+-- again?  Only when consent was granted after that unsubscribe: the
+-- contact was last seen without consent (seen.at) after it (m.udate).
+-- Unknown either way: no.
+local function reconsented(seen, m)
+  if not seen or seen.state == "granted" then return false end
+  local unsubscribed = helpers.epoch(m.udate)
+  return seen.at ~= nil and unsubscribed ~= nil and unsubscribed <= seen.at
+end
+
+-- The contactLists requests for a contact whose consent is now granted: a
+-- step reads its list statuses (GET /contacts/{id}/contactLists); a list it
+-- is not on is subscribed, one it unsubscribed from only on re-consent
+-- (sourceid 4); subscribed, unconfirmed (0) and bounced (3) stay as they are.
+-- When we unsubscribed it ourselves on a denial, the contact withdrew and
+-- has granted again since, after any unsubscribe of its own that came
+-- before the withdrawal: every list is subscribed again (sourceid 4)
+-- without reading them, a request saved.
+function helpers.subscribe_requests(ctx, email, contact_id)
+  local seen = ctx.cache.get(lists_key(email))
+  if seen and seen.ours and seen.state ~= "granted" then
+    local out = {}
+    for _, list in ipairs(ctx.config.lists or {}) do out[#out + 1] = list_request(ctx, list, contact_id, 1, 4) end
+    return out
+  end
+  local r = ctx.send(api_request(ctx, "GET", "/api/3/contacts/" .. contact_id .. "/contactLists"))
+  local have = {}
+  for _, m in ipairs(r.json and r.json.contactLists or {}) do have[list_id(m.list)] = m end
+  local out = {}
+  for _, list in ipairs(ctx.config.lists or {}) do
+    local m = have[list_id(list)]
+    if not m then
+      out[#out + 1] = list_request(ctx, list, contact_id, 1)
+    elseif tonumber(m.status) == 2 then
+      if reconsented(seen, m) then
+        out[#out + 1] = list_request(ctx, list, contact_id, 1, 4)
+      else
+        ctx.log("list " .. list_id(list) .. " left unsubscribed: the contact unsubscribed ("
+          .. tostring(m.udate) .. ") and did not grant consent after that")
+      end
+    end
+  end
+  return out
 end
 
 -- A tag's id: cached, else looked up, else created.  Tag names are unique
 -- (case-insensitively): a 422 on create means another delivery created it
 -- meanwhile, so it is looked up again.  Concurrent events share one lookup
 -- and one create (opts.cache), so a new tag is created once per account.
+-- The lookup asks for the name exactly (filters[search][eq], documented
+-- on retrieve-all-tags; ?search= matches every name that contains it) and
+-- pages through the answer (limit 100, offset) until the name is found, so
+-- many similar names never hide it, whether or not the filter is applied.
 local function find_tag(ctx, name, share)
-  local r = ctx.send(api_request(ctx, "GET", "/api/3/tags?search=" .. ctx.urlencode(name) .. "&limit=100"),
-                     share and { cache = "tag lookup " .. name:lower(), ttl = 60 } or nil)
-  for _, t in ipairs(r.json.tags or {}) do
-    if t.tag:lower() == name:lower() then return t.id end
+  local offset, total = 0, 1
+  while offset < total do
+    local r = ctx.send(api_request(ctx, "GET", "/api/3/tags?filters[search][eq]=" .. ctx.urlencode(name)
+                         .. "&limit=100&offset=" .. offset),
+                       share and offset == 0 and { cache = "tag lookup " .. name:lower(), ttl = 60 } or nil)
+    for _, t in ipairs(r.json.tags or {}) do
+      if t.tag:lower() == name:lower() then return t.id end
+    end
+    total = tonumber(r.json.meta and r.json.meta.total) or 0
+    offset = offset + 100
   end
 end
 
@@ -185,13 +286,31 @@ function helpers.tag_names(value)
   return names
 end
 
--- Add tags to a contact.  A tag it already has is refused with 422: fine.
-function helpers.add_tags(ctx, contact_id, names)
+-- The tags a contact is known to have (lower-cased names), per contact for
+-- a day like other lookups: a warm identify with the same tags sends none.
+local function tags_key(email) return "tags:" .. email end
+
+-- The names among `names` the contact is not known to have.
+function helpers.new_tags(ctx, email, names)
+  local known, out = ctx.cache.get(tags_key(email)) or {}, {}
+  for _, name in ipairs(names) do
+    if not known[name:lower()] then out[#out + 1] = name end
+  end
+  return out
+end
+
+-- Add tags to a contact and remember them.  A tag it already has is
+-- answered 201 (or, the reference is silent, refused with 422): fine.
+function helpers.add_tags(ctx, contact_id, email, names)
+  if not names[1] then return end
+  local known = ctx.cache.get(tags_key(email)) or {}
   for _, name in ipairs(names) do
     ctx.send(api_request(ctx, "POST", "/api/3/contactTags",
                { contactTag = { contact = contact_id, tag = helpers.tag_id(ctx, name) } }),
              { accept = { 422 } })
+    known[name:lower()] = true
   end
+  ctx.cache.set(tags_key(email), known, DAY)
 end
 
 -- The tag an event name earns (tag_on_events), or nil.
@@ -237,8 +356,10 @@ function helpers.field_value(field_type, value)
   return write and write(value) or tostring(value)
 end
 
--- fieldValues requests for the configured traits the event carries.
-function helpers.field_requests(ctx, contact_id, traits)
+-- The contact's custom field values for the configured traits the event
+-- carries, as contact/sync takes them inline ({ field, value }, sorted by
+-- field id): one request for the contact and all its fields.
+function helpers.field_values(ctx, traits)
   local map = ctx.config.custom_fields
   if not map then return {} end
   local fields, out = helpers.custom_fields(ctx), {}
@@ -249,11 +370,10 @@ function helpers.field_requests(ctx, contact_id, traits)
       error("custom_fields: no custom field titled or tagged '" .. name .. "' in this account (for trait " .. trait .. ")")
     end
     if value ~= nil and value ~= "" then
-      out[#out + 1] = api_request(ctx, "POST", "/api/3/fieldValues",
-        { fieldValue = { contact = contact_id, field = field.id, value = helpers.field_value(field.type, value) } })
+      out[#out + 1] = { field = field.id, value = helpers.field_value(field.type, value) }
     end
   end
-  table.sort(out, function(a, b) return a.json.fieldValue.field < b.json.fieldValue.field end)
+  table.sort(out, function(a, b) return tonumber(a.field) < tonumber(b.field) end)
   return out
 end
 

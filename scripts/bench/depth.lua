@@ -9,7 +9,9 @@
 -- EVENTS identify events (each a new contact, the same two tags and three
 -- field traits) three times: to the plain one, to the depth one (cold: its
 -- account's tags and fields are looked up), and again to the depth one (warm:
--- ctx.cache knows them).  After each batch is delivered it counts the
+-- ctx.cache knows them), then three times more to the warm batch's contacts:
+-- unchanged (same), consent withdrawn (denied), consent granted again with a
+-- third tag (changed).  After each batch is delivered it counts the
 -- account's requests at the emulator.  Prints key=value lines: requests per
 -- event, and lookup requests (GET/POST /api/3/tags, GET /api/3/fields) per
 -- batch.
@@ -67,15 +69,18 @@ local ok, err = pcall(function()
   local function emu(path) return sh("curl -s http://127.0.0.1:" .. emu_port .. path) end
   local function account_requests(k) return core.json_decode(emu("/_emulator/stats")).accounts[k + 1].requests end
   local posted, seen = 0, 0
-  -- one batch: N new contacts; returns requests per event and lookups at the account
-  local function batch(id, k, tag)
+  -- one batch: N contacts (new ones, or those of batch `o.who` again, with
+  -- o.tags and consent o.granted); returns requests per event and lookups
+  -- at the account
+  local function batch(id, k, tag, o)
+    o = o or {}
     local before = account_requests(k)
     local evs = {}
     for i = 1, N do
       evs[i] = core.json_encode({ type = "identify", messageId = tag .. i, traits = {
-        email = tag .. i .. "@example.com", first_name = "Ada", tags = { "vip", "newsletter" },
+        email = (o.who or tag) .. i .. "@example.com", first_name = "Ada", tags = o.tags or { "vip", "newsletter" },
         birthday = "1990-05-17", plan = "Pro", interests = { "Shoes", "Hats" } },
-        context = { consent = { marketing = true } } })
+        context = { consent = { marketing = o.granted ~= false } } })
     end
     for from = 1, N, 200 do
       call("POST", "/v1/integrations/" .. id .. "/events", table.concat(evs, "\n", from, math.min(N, from + 199)))
@@ -102,8 +107,14 @@ local ok, err = pcall(function()
   local plain_rpe = batch(plain, 0, "p")
   local cold_rpe, cold_lookups = batch(depth, 1, "c")
   local warm_rpe, warm_lookups = batch(depth, 1, "w")
-  print(("events=%d plain_rpe=%.2f cold_rpe=%.2f warm_rpe=%.2f cold_lookups=%d warm_lookups=%d"):format(
-    N, plain_rpe, cold_rpe, warm_rpe, cold_lookups, warm_lookups))
+  -- the same contacts again: nothing changed; then consent withdrawn; then
+  -- granted again with a third tag (consent and tags changed)
+  local same_rpe = batch(depth, 1, "s", { who = "w" })
+  local denied_rpe = batch(depth, 1, "d", { who = "w", granted = false })
+  local changed_rpe = batch(depth, 1, "g", { who = "w", tags = { "vip", "newsletter", "gold" } })
+  print(("events=%d plain_rpe=%.2f cold_rpe=%.2f warm_rpe=%.2f cold_lookups=%d warm_lookups=%d "
+    .. "same_rpe=%.2f denied_rpe=%.2f changed_rpe=%.2f"):format(
+    N, plain_rpe, cold_rpe, warm_rpe, cold_lookups, warm_lookups, same_rpe, denied_rpe, changed_rpe))
 end)
 os.execute("kill -TERM " .. srv_pid .. " " .. emu_pid)
 if not ok then io.stderr:write(tostring(err), "\n"); os.exit(1) end

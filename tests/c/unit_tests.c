@@ -938,6 +938,64 @@ TEST(cache_values_are_per_account)
     bp_cache_free(c);
 }
 
+/* A backing over the state store, as deliver.c registers it. */
+static void unit_save(void *ud, uint64_t owner, const char *account, const char *key, const char *json, size_t len,
+                      int64_t expires)
+{
+    bp_store_cache_put(ud, account, key, json, len, expires, (int64_t)owner);
+}
+
+static int unit_load(void *ud, const char *account, const char *key, bp_buf *out, int64_t *expires)
+{
+    return bp_store_cache_get(ud, account, key, (int64_t)bp_wall_ms(), out, expires);
+}
+
+TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
+{
+    char dir[] = "/tmp/bp-unit-cacheXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    bp_cache_backing b = { unit_save, unit_load, s };
+    int64_t ev = bp_store_add(s, "", "{}", 2, 0, "m-1", 1);
+    CHECK(ev > 0);
+    bp_cache *c = bp_cache_new(0);
+    bp_cache_set_backing(c, &b);
+    bp_cache_set_durable(c, (uint64_t)ev, "acct", "lists:a@b.co", "\"granted\"", 9, 3600);
+    bp_cache_set(c, "acct", "tags:a@b.co", "{}", 2, 3600);           /* not durable */
+    bp_cache_free(c);
+
+    c = bp_cache_new(0);                                              /* a restart */
+    bp_cache_set_backing(c, &b);
+    bp_buf v;
+    bp_buf_init(&v);
+    /* its event is still pending: the run that set it will run again */
+    CHECK_INT(bp_cache_get_stored(c, "acct", "lists:a@b.co", &v), 0);
+    CHECK(bp_store_move(s, "", "pending", "delivered", ev) == 1);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "lists:a@b.co", &v), 1);
+    CHECK_STR(v.data, "\"granted\"");
+    bp_buf_reset(&v);
+    CHECK_INT(bp_cache_get(c, "acct", "lists:a@b.co", &v), 1);      /* now in memory too */
+    bp_buf_reset(&v);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "tags:a@b.co", &v), 0);
+    CHECK_INT(bp_cache_get_stored(c, "other", "lists:a@b.co", &v), 0);
+    bp_cache_set_durable(c, 0, "acct", "short", "1", 1, 0.000001);    /* expired by the next read */
+    bp_cache_free(c);
+    c = bp_cache_new(0);
+    bp_cache_set_backing(c, &b);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "short", &v), 0);
+    bp_buf_free(&v);
+    bp_cache_free(c);
+    bp_store_close(s);
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 TEST(cache_claim_is_single_flight)
 {
     bp_cache *c = bp_cache_new(0);
@@ -979,6 +1037,7 @@ TEST(cache_stays_bounded)
 int main(void)
 {
     RUN(cache_values_are_per_account);
+    RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
     RUN(patterns_agree_with_the_string_library);

@@ -34,7 +34,12 @@
 #include <strings.h>
 
 typedef struct aclist { long id; char *name, *stringid; char cdate[32]; } aclist;
-typedef struct membership { long id, contact, list; long long status; char sdate[32]; } membership;
+/* sdate: subscribed; udate: unsubscribed ("" while never); sourceid as sent
+ * (4: a deliberate re-subscription), or 0 */
+typedef struct membership {
+    long id, contact, list; long long status, sourceid;
+    char sdate[32], udate[32], created[32], updated[32];
+} membership;
 typedef struct tag { long id; char *name, *type, *description; char cdate[32]; } tag;
 typedef struct ctag { long id, contact, tag; char cdate[32]; } ctag;
 typedef struct fvalue { long id, contact, field; char *value; char cdate[32], udate[32]; } fvalue;
@@ -156,15 +161,89 @@ static void get_lists(reply *r, const req *q, crm *c)
     bp_buf_addc(&r->body, '}');
 }
 
-/* POST /api/3/contactLists {"contactList":{"list","contact","status"}}:
+static membership *find_membership(crm *c, long cid, long lid)
+{
+    for (size_t i = 0; i < c->nmembers; i++)
+        if (c->members[i].contact == cid && c->members[i].list == lid) return &c->members[i];
+    return NULL;
+}
+
+/* updated_timestamp's shape, "2021-05-12 11:10:06": the date without its
+ * zone (the reference does not say which zone it is in). */
+static void plain_time(char out[32], const char *iso)
+{
+    snprintf(out, 32, "%.10s %.8s", iso, strlen(iso) > 11 ? iso + 11 : "00:00:00");
+}
+
+/* Contact cid's status on list lid becomes `status` at `when` (ISO 8601),
+ * as through the API or as the contact does it from an email's link. */
+static membership *set_status(crm *c, long cid, long lid, long long status, long long sourceid, const char *when)
+{
+    membership *m = find_membership(c, cid, lid);
+    if (!m) {
+        c->members = grow(c->members, c->nmembers, &c->capmembers, sizeof *c->members);
+        m = &c->members[c->nmembers++];
+        memset(m, 0, sizeof *m);
+        m->id = (long)c->nmembers;
+        m->contact = cid;
+        m->list = lid;
+        plain_time(m->created, when);
+    }
+    if (status == 1 && m->status != 1) snprintf(m->sdate, sizeof m->sdate, "%s", when);
+    if (status == 2 && m->status != 2) snprintf(m->udate, sizeof m->udate, "%s", when);
+    m->status = status;
+    m->sourceid = sourceid;
+    plain_time(m->updated, when);
+    return m;
+}
+
+/* A contactList as GET /contacts/{id}/contactLists shows it (reference
+ * "retrieve-contact-list-memberships"): strings, null for no date. */
+static void write_membership(bp_buf *b, const membership *m)
+{
+    put_id(b, "{\"contact\":", m->contact);
+    put_id(b, ",\"list\":", m->list);
+    bp_buf_adds(b, ",\"form\":null,\"seriesid\":\"0\"");
+    if (m->sdate[0]) put_str(b, ",\"sdate\":", m->sdate); else bp_buf_adds(b, ",\"sdate\":null");
+    if (m->udate[0]) put_str(b, ",\"udate\":", m->udate); else bp_buf_adds(b, ",\"udate\":null");
+    bp_buf_printf(b, ",\"status\":\"%lld\",\"responder\":\"1\",\"sync\":\"0\",\"unsubreason\":null", m->status);
+    bp_buf_printf(b, ",\"sourceid\":\"%lld\"", m->sourceid);
+    put_str(b, ",\"created_timestamp\":", m->created);
+    put_str(b, ",\"updated_timestamp\":", m->updated);
+    bp_buf_printf(b, ",\"links\":{\"list\":\"/api/3/contactLists/%ld/list\",\"contact\":\"/api/3/contactLists/%ld/contact\"}",
+                  m->id, m->id);
+    put_id(b, ",\"id\":", m->id);
+    bp_buf_addc(b, '}');
+}
+
+/* GET /api/3/contacts/{id}/contactLists: every list status of the contact. */
+void crm_contact_lists(reply *r, int account, long cid)
+{
+    crm *c = &C[account];
+    json_begin(r, 200);
+    bp_buf_adds(&r->body, "{\"contactLists\":[");
+    int first = 1;
+    for (size_t i = 0; i < c->nmembers; i++) {
+        if (c->members[i].contact != cid) continue;
+        if (!first) bp_buf_addc(&r->body, ',');
+        write_membership(&r->body, &c->members[i]);
+        first = 0;
+    }
+    bp_buf_adds(&r->body, "]}");
+}
+
+/* POST /api/3/contactLists {"contactList":{"list","contact","status"[,"sourceid"]}}:
  * reference "update-list-status-for-contact".  1 subscribes, 2
  * unsubscribes; the same contact and list again changes the status of the
- * one membership.  200 either way, with the contact and the contactList. */
+ * one membership.  As documented, status 1 re-subscribes a contact who
+ * unsubscribed (sourceid 4 says it is deliberate; it is recorded, not
+ * required).  200 either way, with the contact and the contactList. */
 static void post_contact_list(reply *r, crm *c, const bp_doc *d, uint32_t o)
 {
     long cid = jid(d, bp_jget(d, o, "contact")), lid = jid(d, bp_jget(d, o, "list"));
-    long long status = 0;
+    long long status = 0, sourceid = 0;
     int st = jinteger(d, bp_jget(d, o, "status"), &status);
+    uint32_t src = bp_jget(d, o, "sourceid");
     if (!cid) { missing_reply(r, "contact"); return; }
     if (!lid) { missing_reply(r, "list"); return; }
     if (st == 0) { missing_reply(r, "status"); return; }
@@ -172,21 +251,16 @@ static void post_contact_list(reply *r, crm *c, const bp_doc *d, uint32_t o)
         error_reply(r, 422, "Status must be 1 (active) or 2 (unsubscribed).", "", "invalid", "/data/attributes/status");
         return;
     }
+    if (src != BP_NONE && jinteger(d, src, &sourceid) < 0) {
+        error_reply(r, 422, "sourceid must be an integer.", "", "invalid", "/data/attributes/sourceid");
+        return;
+    }
     contact *k = find_contact_id(cid);
     if (!k) { no_result(r, "Subscriber", cid); return; }
     if (!find_list(c, lid)) { no_result(r, "List", lid); return; }
-    membership *m = NULL;
-    for (size_t i = 0; i < c->nmembers && !m; i++)
-        if (c->members[i].contact == cid && c->members[i].list == lid) m = &c->members[i];
-    if (!m) {
-        c->members = grow(c->members, c->nmembers, &c->capmembers, sizeof *c->members);
-        m = &c->members[c->nmembers++];
-        m->id = (long)c->nmembers;
-        m->contact = cid;
-        m->list = lid;
-    }
-    m->status = status;
-    now_iso(m->sdate);
+    char now[32];
+    now_iso(now);
+    membership *m = set_status(c, cid, lid, status, sourceid, now);
     json_begin(r, 200);
     bp_buf_adds(&r->body, "{\"contacts\":[");
     write_contact(&r->body, k);
@@ -613,10 +687,46 @@ int crm_api(reply *r, const req *q)
     return 1;
 }
 
+/* POST /_emulator/contactLists {"account":N,"email":E,"list":L,"status":2,
+ * "date":"2026-12-06T10:00:00-00:00"}: the contact's status on a list
+ * changes at that date, as when they click an email's unsubscribe link
+ * (status 2) or subscribe through a form (1); date defaults to now. */
+static void control_status(reply *r, const req *q)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *acct = NULL, *email = NULL, *date = NULL, *list = NULL, *status = NULL;
+    if (bp_json_parse(&d, q->body ? q->body : "", q->len, NULL, &err) == 0) {
+        acct = jstr(&d, 0, "account");
+        email = jstr(&d, 0, "email");
+        date = jstr(&d, 0, "date");
+        list = jstr(&d, 0, "list");
+        status = jstr(&d, 0, "status");
+    }
+    int k = acct ? atoi(acct) : 0;
+    contact *who = email ? find_contact(email) : NULL;
+    long lid = list ? atol(list) : 0;
+    long long st = status ? atoll(status) : 0;
+    char now[32];
+    now_iso(now);
+    if (k < 0 || k >= NC || !who || !find_list(&C[k], lid) || (st != 1 && st != 2))
+        json_reply(r, 400, "{\"error\":\"need a known account, contact email and list, and status 1 or 2\"}");
+    else {
+        membership *m = set_status(&C[k], who->id, lid, st, 0, date && *date ? date : now);
+        json_begin(r, 200);
+        bp_buf_adds(&r->body, "{\"contactList\":");
+        write_membership(&r->body, m);
+        bp_buf_addc(&r->body, '}');
+    }
+    bp_doc_free(&d);
+}
+
 /* POST /_emulator/lists {"account":N,"name":"VIP"}: another list for the
  * account, as someone would create it in ActiveCampaign's UI. */
 int crm_control(reply *r, const req *q)
 {
+    if (!strcmp(q->path, "/_emulator/contactLists") && !strcmp(q->method, "POST")) { control_status(r, q); return 1; }
     if (strcmp(q->path, "/_emulator/lists") != 0 || strcmp(q->method, "POST") != 0) return 0;
     bp_doc d;
     bp_error err;

@@ -503,6 +503,7 @@ static void api3(reply *r, const req *q)
         if (!k) { json_reply(r, 404, "{\"message\":\"No Result found for Subscriber with id 0\"}"); return; }
         r->status = 200;
         r->ctype = "application/json";
+        if (!strcmp(tail, "/contactLists")) { crm_contact_lists(r, q->account, k->id); return; }
         if (!strcmp(tail, "/trackingLogs")) {
             bp_buf_adds(&r->body, "{\"trackingLogs\":[");
             if (k->tracking.len) bp_buf_add(&r->body, k->tracking.data, k->tracking.len);

@@ -71,6 +71,7 @@ void meta_total(bp_buf *b, size_t total);
 void crm_init(int naccounts);
 void crm_reset(void);
 int crm_api(reply *r, const req *q);          /* 1 when the path is one of its resources */
+void crm_contact_lists(reply *r, int account, long contact);   /* GET /api/3/contacts/{id}/contactLists */
 int crm_control(reply *r, const req *q);      /* 1 when handled */
 void crm_dump(bp_buf *b, int account);        /* members of the /_emulator/state object */
 int crm_check_values(reply *r, const bp_doc *d, uint32_t list);   /* contact.fieldValues; -1: answered */

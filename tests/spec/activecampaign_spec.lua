@@ -33,6 +33,15 @@ describe("identify", function()
     assert.are.equal('{"contact":{"email":"ada@example.com","firstName":"Ada","lastName":"Lovelace","phone":"+1 555"}}', r.body)
   end)
 
+  it("sends to the API URL as pasted with /api/3 or a trailing slash, never /api/3/api/3", function()
+    for _, pasted in ipairs({ "https://acme.api-us1.com/api/3", "https://acme.api-us1.com/api/3/",
+                              "https://acme.api-us1.com/", "https://acme.api-us1.com/API/3" }) do
+      local pe = assert(core.open_text(S.AC, (S.base_config:gsub("api_url: [^\n]*", "api_url: " .. pasted))))
+      local out = S.run(pe, identify({ email = "ada@example.com" }))
+      assert.are.equal("https://acme.api-us1.com/api/3/contact/sync", out.requests[1].url, pasted)
+    end
+  end)
+
   it("trims and lower-cases the email", function()
     local out = S.run(e, identify({ email = "  MiXeD.Case@Example.ORG \t" }))
     assert.are.equal('{"contact":{"email":"mixed.case@example.org"}}', out.requests[1].body)
@@ -349,5 +358,39 @@ describe("malformed events", function()
     local out = S.run(small, track("Order Completed", { pad = string.rep("p", 200) }))
     assert.are.equal("error", out.outcome)
     assert.matches("too large", out.reason)
+  end)
+end)
+
+-- Lists follow consent, but a contact who unsubscribed is subscribed again
+-- only when consent was granted after that unsubscribe (dry-run: one engine,
+-- its ctx.cache remembers the contact between the two events).
+describe("lists and a contact's unsubscribes", function()
+  it("re-subscribes (sourceid 4) a list left before the contact was last seen without consent, not one left after", function()
+    local dir = S.tmpdir()
+    finally(function() os.execute("rm -rf " .. dir) end)
+    S.write(dir .. "/config.yaml", "name: ActiveCampaign\nconfig:\n  api_url: https://acme.api-us1.com\n"
+      .. "  api_key: test-api-key\n  lists: [1, 2]\nconsent:\n  default_policy: allow\n")
+    S.write(dir .. "/answers.yaml", table.concat({
+      "- method: GET", "  path: /api/3/contacts/*/contactLists", "  status: 200",
+      '  json: {"contactLists": [{"contact": "113", "list": "1", "status": "2", "udate": "2026-12-05T10:00:00-06:00"},',
+      '                          {"contact": "113", "list": "2", "status": "2", "udate": "2026-12-06T13:00:00Z"}]}', "" }, "\n"))
+    local events = table.concat({
+      -- seen without consent on Dec 6 at noon
+      core.json_encode({ type = "identify", messageId = "a1", timestamp = "2026-12-06T12:00:00Z",
+                         traits = { email = "u@example.com" } }),
+      -- grants it the next day
+      core.json_encode({ type = "identify", messageId = "a2", timestamp = "2026-12-07T09:00:00Z",
+                         traits = { email = "u@example.com" }, context = { consent = { marketing = true } } }),
+    }, "\n") .. "\n"
+    local out = S.sh(S.bin .. " dry-run " .. S.AC .. " --config " .. dir .. "/config.yaml --answers " .. dir
+      .. "/answers.yaml 2>/dev/null", events)
+    local lines = S.lines(out)
+    assert.are.equal(1, #core.json_decode(lines[1]).requests)   -- unknown consent: the sync alone
+    local lists = {}
+    for _, r in ipairs(core.json_decode(lines[2]).requests) do
+      if r.url:match("/api/3/contactLists$") then lists[#lists + 1] = r.body end
+    end
+    -- list 1 was left on Dec 5, before Dec 6 noon: consent came after; list 2 was left after it
+    assert.are.same({ '{"contactList":{"contact":"113","list":"1","sourceid":4,"status":1}}' }, lists)
   end)
 end)

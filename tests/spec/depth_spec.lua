@@ -129,6 +129,87 @@ describe("ActiveCampaign in depth #cli", function()
     assert.are.equal(0, #emu.contacts()[1].trackingLogs)
   end)
 
+  -- The issue's compliance case: status 1 re-subscribes a contact who
+  -- unsubscribed; it is sent only when consent came after the unsubscribe.
+  it("leaves a contact who unsubscribed yesterday unsubscribed, and re-subscribes with sourceid 4 one who re-consented", function()
+    cfg = config(emu, "lists: [1, 2]")
+    local now = os.date("!%Y-%m-%dT%H:%M:%SZ")
+    local function event(id, granted)
+      return core.json_encode({ type = "identify", messageId = id, timestamp = now,
+        traits = { email = "ada@example.com", first_name = "Ada" },
+        context = { consent = { marketing = granted } } }) .. "\n"
+    end
+    assert.are.equal("delivered", deliver(cfg, st, event("u1", true)).u1.outcome)
+    assert.are.same({ ["1"] = 1, ["2"] = 1 }, state(emu).memberships["ada@example.com"])
+    -- yesterday she clicked "unsubscribe" in a newsletter of list 1
+    local yesterday = os.date("!%Y-%m-%dT%H:%M:%S-00:00", os.time() - 86400)
+    emu.post("/_emulator/contactLists", core.json_encode({ account = 0, email = "ada@example.com", list = 1,
+                                                           status = 2, date = yesterday }))
+    -- today she comes back, consent granted as before: on a fresh state (nothing
+    -- remembered, as a new install) her list statuses are read, and left alone
+    local fresh = S.tmpdir()
+    finally(function() os.execute("rm -rf " .. fresh) end)
+    local before = #emu.requests()
+    local by = deliver(cfg, fresh, event("u2", true))
+    assert.are.equal("delivered", by.u2.outcome, by.u2.reason)
+    assert.are.same({ ["1"] = 2, ["2"] = 1 }, state(emu).memberships["ada@example.com"])
+    local seen = {}
+    for _, r in ipairs(requests(emu, before)) do seen[#seen + 1] = r.method .. " " .. r.path end
+    assert.are.same({ "POST /api/3/contact/sync", "GET /api/3/contacts/1/contactLists" }, seen)
+    -- where her consent is remembered, nothing about lists is sent at all
+    before = #emu.requests()
+    assert.are.equal("delivered", deliver(cfg, st, event("u3", true)).u3.outcome)
+    assert.are.equal(0, #requests(emu, before, "POST", "/api/3/contactLists"))
+    assert.are.same({ ["1"] = 2, ["2"] = 1 }, state(emu).memberships["ada@example.com"])
+
+    -- she withdraws consent, then grants it again: that grant came after every
+    -- unsubscribe, so both lists are subscribed again, deliberately (sourceid 4)
+    assert.are.equal("delivered", deliver(cfg, st, event("u4", false)).u4.outcome)
+    assert.are.same({ ["1"] = 2, ["2"] = 2 }, state(emu).memberships["ada@example.com"])
+    before = #emu.requests()
+    by = deliver(cfg, st, event("u5", true))
+    assert.are.equal("delivered", by.u5.outcome, by.u5.reason)
+    assert.are.same({ ["1"] = 1, ["2"] = 1 }, state(emu).memberships["ada@example.com"])
+    local posted = requests(emu, before, "POST", "/api/3/contactLists")
+    assert.are.equal(2, #posted)
+    for _, r in ipairs(posted) do
+      local body = core.json_decode(r.body).contactList
+      assert.are.same({ 1, 4 }, { body.status, body.sourceid })
+    end
+  end)
+
+  it("does not send list statuses again after a restart when consent has not changed", function()
+    cfg = config(emu, "lists: [1, 2]")
+    assert.are.equal("delivered", deliver(cfg, st, identify("rest@example.com", "r1", {}) .. "\n").r1.outcome)
+    assert.are.equal(2, count(emu, "POST", "/api/3/contactLists"))
+    local before = #emu.requests()
+    -- another process on the same state directory: a restart
+    local by = deliver(cfg, st, identify("rest@example.com", "r2", { first_name = "Rest" }) .. "\n")
+    assert.are.equal("delivered", by.r2.outcome, by.r2.reason)
+    local seen = {}
+    for _, r in ipairs(requests(emu, before)) do seen[#seen + 1] = r.method .. " " .. r.path end
+    assert.are.same({ "POST /api/3/contact/sync" }, seen)
+  end)
+
+  it("finds a tag by its exact name among more than 100 that contain it", function()
+    cfg = config(emu, "tags: true")
+    local function create(name)
+      local f = os.tmpname()
+      S.write(f, core.json_encode({ tag = { tag = name, tagType = "contact", description = "" } }))
+      S.sh("curl -s -o /dev/null -X POST -H 'Api-Token: " .. S.EMU_TOKEN .. "' -H 'Content-Type: application/json' "
+        .. "--data-binary @" .. f .. " " .. emu.url .. "/api/3/tags")
+      os.remove(f)
+    end
+    for i = 1, 120 do create("vip member " .. i) end
+    create("VIP")
+    local before = #emu.requests()
+    local by = deliver(cfg, st, identify("many@example.com", "t1", { tags = { "vip" } }) .. "\n")
+    assert.are.equal("delivered", by.t1.outcome, by.t1.reason)
+    assert.are.same({ "VIP" }, state(emu).contact_tags["many@example.com"])
+    assert.are.equal(1, state(emu).tag_counts.vip)
+    assert.are.equal(0, #requests(emu, before, "POST", "/api/3/tags"))
+  end)
+
   it("creates each new tag once per account when 20 events race for it", function()
     cfg = config(emu, "tags: true")
     local evs = {}
@@ -200,6 +281,42 @@ describe("ActiveCampaign in depth #cli", function()
     assert.are.equal(10, n.sync)
     assert.are.equal(20, n.ctags)
     assert.are.same({ gold = 1, ["early bird"] = 1 }, state(emu).tag_counts)
+  end)
+
+  it("a warm identify with lists, tags and custom fields unchanged is one request, fields inline #serve", function()
+    local srv = S.start_server({ rate = 500 })
+    finally(function() srv.stop() end)
+    local account = S.emulator_account(emu, 0)
+    account.lists = { 1, 2 }
+    account.tags = true
+    account.custom_fields = { birthday = "BIRTHDAY", plan = "Plan", interests = "Interests" }
+    local status, it = srv.call("POST", "/v1/admin/integration-catalog/activecampaign/install",
+      S.install_body("depth", account))
+    assert.are.equal(201, status, core.json_encode(it))
+    local traits = { first_name = "Wes", tags = { "vip", "newsletter" }, birthday = "1990-05-17", plan = "Pro",
+                     interests = { "Shoes", "Hats" } }
+    local function post(id)
+      local st2, res = srv.call("POST", "/v1/integrations/" .. it.id .. "/events", identify("wes@example.com", id, traits))
+      assert.are.equal(202, st2, core.json_encode(res))
+    end
+    local function delivered(n)
+      return S.eventually(function()
+        local _, m = srv.call("GET", "/metrics")
+        return tonumber(tostring(m):match("\nblueprint_events_delivered_total (%d+)") or 0) >= n
+      end, 15)
+    end
+    post("w1")
+    assert.is_truthy(delivered(1), "the first identify was not delivered")
+    local before = #emu.requests()
+    post("w2")
+    assert.is_truthy(delivered(2), "the second identify was not delivered")
+    local sent = requests(emu, before)
+    assert.are.equal(1, #sent, core.json_encode(sent))
+    assert.are.equal("/api/3/contact/sync", sent[1].path)
+    assert.are.equal(3, #core.json_decode(sent[1].body).contact.fieldValues)
+    assert.are.equal(0, count(emu, "POST", "/api/3/fieldValues"))
+    assert.are.same({ Birthday = "1990-05-17", Plan = "Pro", Interests = "||Shoes||Hats||" },
+                    state(emu).field_values["wes@example.com"])
   end)
 
   it("writes custom field values in the field's type; a value that does not fit is a dead letter", function()
@@ -339,5 +456,41 @@ describe("ActiveCampaign in depth #cli", function()
       "POST /api/3/ecomCustomers 201", "POST /api/3/ecomOrders 201",
     }, steps)
     assert.are.equal(1, #state(emu).orders)
+  end)
+end)
+
+-- ctx.cache.set's options table: { ttl = s, durable = true }; anything else
+-- is refused with the option's name (the event is an error, not a crash).
+describe("ctx.cache.set options #cli", function()
+  it("takes { ttl, durable } and names an unknown or mistyped option", function()
+    local dir = S.tmpdir()
+    finally(function() os.execute("rm -rf " .. dir) end)
+    S.write(dir .. "/blueprint.yaml", table.concat({
+      "vendor: cachetest", "name: Cache test", "category: test", "status: alpha",
+      "consent_category: marketing", "config:", "  - key: api_url", "    type: url", "    required: true",
+      "events:", "  set:", "    type: track", "    mapping: set.lua" }, "\n") .. "\n")
+    S.write(dir .. "/set.lua", [[
+return function(event, ctx)
+  local how = event.properties.how
+  if how == "table" then ctx.cache.set("k", { a = 1 }, { ttl = 60, durable = true })
+  elseif how == "number" then ctx.cache.set("k", 1, 60)
+  elseif how == "unknown" then ctx.cache.set("k", 1, { forever = true })
+  else ctx.cache.set("k", 1, { durable = "yes" }) end
+  return { method = "POST", url = ctx.config.api_url .. "/x", json = { ok = true } }
+end
+]])
+    local e = assert(core.open_text(dir, "api_url: http://127.0.0.1:9\n"))
+    local function run(how)
+      return core.json_decode(e:run(core.json_encode({ type = "track", event = "set", messageId = how,
+        properties = { how = how }, context = { consent = { marketing = true } } })))
+    end
+    assert.are.equal("deliver", run("table").outcome)
+    assert.are.equal("deliver", run("number").outcome)
+    local bad = run("unknown")
+    assert.are.equal("error", bad.outcome)
+    assert.matches("unknown option 'forever' (expected ttl or durable)", bad.reason, 1, true)
+    bad = run("mistyped")
+    assert.are.equal("error", bad.outcome)
+    assert.matches("opts.durable must be true or false", bad.reason, 1, true)
   end)
 end)

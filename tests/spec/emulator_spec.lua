@@ -173,6 +173,33 @@ describe("the emulator's lists and list status #cli", function()
     assert.are.same({ ["sub@example.com"] = { ["1"] = 1, ["2"] = 2 } }, state(emu).memberships)
   end)
 
+  it("shows a contact's list statuses with when it subscribed and unsubscribed, as the contact changes them too", function()
+    local id = new_contact(emu, "dates@example.com")
+    local s, j = api(emu, "GET", "/api/3/contacts/" .. id .. "/contactLists")
+    assert.are.equal(200, s)
+    assert.are.same({}, j.contactLists)
+    api(emu, "POST", "/api/3/contactLists", { contactList = { list = 1, contact = id, status = 1 } })
+    -- the contact unsubscribes from an email's link, yesterday
+    s, j = call(emu, "POST", "/_emulator/contactLists",
+      '{"account":0,"email":"dates@example.com","list":1,"status":2,"date":"2026-12-06T10:00:00-06:00"}')
+    assert.are.equal(200, s, j)
+    _, j = api(emu, "GET", "/api/3/contacts/" .. id .. "/contactLists")
+    local m = j.contactLists[1]
+    -- strings, as the reference writes them; udate is when it unsubscribed
+    assert.are.same({ id, "1", "2", "2026-12-06T10:00:00-06:00", "0" }, { m.contact, m.list, m.status, m.udate, m.sourceid })
+    assert.are.equal("2026-12-06 10:00:00", m.updated_timestamp)
+    assert.is_string(m.sdate)
+    -- a deliberate re-subscription keeps its sourceid; the unsubscribe date stays
+    s = api(emu, "POST", "/api/3/contactLists", { contactList = { list = 1, contact = id, status = 1, sourceid = 4 } })
+    assert.are.equal(200, s)
+    _, j = api(emu, "GET", "/api/3/contacts/" .. id .. "/contactLists")
+    m = j.contactLists[1]
+    assert.are.same({ "1", "4", "2026-12-06T10:00:00-06:00" }, { m.status, m.sourceid, m.udate })
+    assert.are.same({ ["dates@example.com"] = { ["1"] = 1 } }, state(emu).memberships)
+    assert.are.equal(400, (call(emu, "POST", "/_emulator/contactLists", '{"account":0,"email":"nobody@example.com","list":1,"status":2}')))
+    assert.are.equal(404, (api(emu, "GET", "/api/3/contacts/999/contactLists")))
+  end)
+
   it("refuses an unknown list or contact with 404, a missing or wrong status with 422, not JSON with 400", function()
     local id = new_contact(emu, "v@example.com")
     local s, j = api(emu, "POST", "/api/3/contactLists", { contactList = { list = 99, contact = id, status = 1 } })
@@ -555,6 +582,7 @@ describe("the emulator and answers.yaml #cli", function()
       { "POST", "/api/3/contact/sync", { contact = { email = "johndoe@example.com", firstName = "John" } } },
       { "GET", "/api/3/lists" },
       { "POST", "/api/3/contactLists", { contactList = { list = 2, contact = 1, status = 1 } } },
+      { "GET", "/api/3/contacts/1/contactLists", nil, "/api/3/contacts/*/contactLists" },
       { "POST", "/api/3/tags", { tag = { tag = "My Tag", tagType = "contact", description = "Description" } } },
       { "GET", "/api/3/tags?search=tag" },
       { "POST", "/api/3/contactTags", { contactTag = { contact = "1", tag = "1" } } },
@@ -575,7 +603,7 @@ describe("the emulator and answers.yaml #cli", function()
     local answered = {}
     for _, r in ipairs(requests) do
       local status, got, raw = api(emu, r[1], r[2], r[3])
-      local path = r[2]:gsub("%?.*", "")
+      local path = r[4] or r[2]:gsub("%?.*", "")
       answered[r[1] .. " " .. path] = { status = status, json = got, raw = raw }
     end
     local entries = read_answers()
