@@ -241,7 +241,9 @@ static void aad_for(bp_buf *aad, int v1, const char *integration, const char *fi
     if (!v1) { bp_buf_add(aad, "", 1); bp_buf_adds(aad, dest); }
 }
 
-/* Encrypt with the primary key for dest; out gets the bp:enc:v2 string. */
+/* Encrypt with the primary key for dest; out gets the bp:enc:v2 string
+ * (dest NULL: v1, only for a rotation to re-wrap a value that serve has
+ * not migrated yet as it was). */
 int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *dest, const char *plain,
                       bp_buf *out, bp_error *err)
 {
@@ -250,7 +252,7 @@ int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field,
     if (!blob) abort();
     bp_buf aad;
     bp_buf_init(&aad);
-    aad_for(&aad, 0, integration, field, dest);
+    aad_for(&aad, !dest, integration, field, dest);
     pthread_mutex_lock(&r->mu);
     int rc = refresh(r, err);
     char kid[17];
@@ -271,9 +273,8 @@ int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field,
         rc = -1;
     }
     if (rc == 0) {
-        bp_buf_printf(out, ENC_PREFIX "%s:", kid);
-        b64_encode(out, (const unsigned char *)dest, strlen(dest));
-        bp_buf_addc(out, ':');
+        bp_buf_printf(out, "%s%s:", dest ? ENC_PREFIX : ENC_PREFIX_V1, kid);
+        if (dest) { b64_encode(out, (const unsigned char *)dest, strlen(dest)); bp_buf_addc(out, ':'); }
         b64_encode(out, blob, NONCE_LEN + (size_t)(n + fin) + TAG_LEN);
     }
     EVP_CIPHER_CTX_free(c);

@@ -263,6 +263,8 @@ static const bp_sink registry_sink = { on_outcome, on_answer, on_release };
 static void deliver_with(bp_registry *r, bp_integration *it, bp_shared_bp *sbp, const char *config_json)
 {
     if (!r->pool || !sbp) return;
+    /* a secret left sealed (transform_value said why) is not sent as it is */
+    if (strstr(config_json, "\"bp:enc:")) return;
     bp_error err;
     bp_config *cfg = bp_config_load_text(sbp->bp, config_json, strlen(config_json), "stored config", &err);
     if (!cfg) {
@@ -314,10 +316,114 @@ static int db_exec(bp_registry *r, const char *sql) { return sqlite3_exec(r->db,
 /* ---- secrets at rest ------------------------------------------------------------------------ */
 
 enum seal_mode {
-    SEAL,     /* encrypt every plain value of a secret field (bp) */
-    UNSEAL,   /* decrypt every encrypted value */
-    RESEAL,   /* decrypt and encrypt again under the ring's primary key */
+    SEAL,     /* encrypt every plain value of a secret field of bp (v1 values: again, bound, v2) */
+    UNSEAL,   /* decrypt every value of a secret field of bp for where bp sends it */
+    RESEAL,   /* decrypt and encrypt again under the ring's primary key, for the same destination */
 };
+
+/* A config value of a stored-form document (a string), or NULL. */
+static const char *doc_value(const bp_doc *d, const char *key)
+{
+    uint32_t c = bp_jget(d, 0, "config");
+    uint32_t v = c != BP_NONE ? bp_jget(d, c, key) : BP_NONE;
+    return v != BP_NONE && d->nodes[v].type == BP_JSTRING ? bp_jtext(d, v) : NULL;
+}
+
+/* Where secret field f of a stored document goes: "FIELD=URL" per line for
+ * each URL field of its sent_to, as set (or defaulted).  What its sealed
+ * value is bound to (crypto.c). */
+static void secret_destination(const bp_field *f, const bp_blueprint *bp, const bp_doc *d, bp_buf *out)
+{
+    bp_buf_reset(out);
+    bp_buf_add(out, "", 0);
+    for (size_t i = 0; i < f->nsent_to; i++) {
+        const char *v = doc_value(d, f->sent_to[i]);
+        const bp_field *u = v ? NULL : bp_blueprint_field(bp, f->sent_to[i]);
+        if (!v) v = u && u->default_value ? u->default_value : "";
+        bp_buf_printf(out, "%s%s=%s", i ? "\n" : "", f->sent_to[i], v);
+    }
+}
+
+/* The first of f's sent_to URL fields whose value differs between two
+ * documents (defaults applied), or NULL. */
+static const char *changed_destination(const bp_field *f, const bp_blueprint *bp, const bp_doc *a, const bp_doc *b)
+{
+    for (size_t i = 0; i < f->nsent_to; i++) {
+        const bp_field *u = bp_blueprint_field(bp, f->sent_to[i]);
+        const char *dflt = u && u->default_value ? u->default_value : "";
+        const char *x = doc_value(a, f->sent_to[i]), *y = doc_value(b, f->sent_to[i]);
+        if (strcmp(x ? x : dflt, y ? y : dflt) != 0) return f->sent_to[i];
+    }
+    return NULL;
+}
+
+static void log_sealed_kept(const char *integration, const char *field, const char *why)
+{
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_buf_adds(&f, "\"integration\":");
+    bp_json_write_text(&f, integration, strlen(integration));
+    bp_buf_adds(&f, ",\"field\":");
+    bp_json_write_text(&f, field, strlen(field));
+    bp_buf_adds(&f, ",\"why\":");
+    bp_json_write_text(&f, why, strlen(why));
+    bp_log("error", "a stored secret was not opened: the integration is not delivered until it is entered again "
+           "(PATCH it together with its URL)", f.data);
+    bp_buf_free(&f);
+}
+
+/* One value of field `field` (def: its definition in bp, or NULL) in its
+ * new form into out.  1 when it changed, 0 when kept, -1 with err. */
+static int transform_value(bp_keyring *ring, const char *integration, const bp_blueprint *bp, const bp_doc *d,
+                           const char *field, const bp_field *def, const char *value, enum seal_mode mode, bp_buf *out,
+                           bp_error *err)
+{
+    int secret = def && def->type == BP_FIELD_SECRET, sealed = bp_is_encrypted(value);
+    if (mode == SEAL ? !secret || !*value || !strcmp(value, "********") || (sealed && !bp_is_encrypted_v1(value))
+                     : !sealed)
+        return 0;
+    bp_buf dest, plain;
+    bp_buf_init(&dest);
+    bp_buf_init(&plain);
+    int rc = 1;
+    if (mode != RESEAL && secret && bp) secret_destination(def, bp, d, &dest);
+    else bp_buf_add(&dest, "", 0);
+    if (mode == UNSEAL && (!secret || !bp)) {
+        /* defence in depth: a secret is never opened into a field that is
+         * not one (a blueprint changed on disk while the server was down) */
+        log_sealed_kept(integration, field, bp ? "the blueprint's field is not type: secret"
+                                               : "its blueprint did not load (restart once it is fixed)");
+        rc = 0;
+    } else if (mode == UNSEAL && !bp_is_encrypted_v1(value)) {
+        bp_buf was;
+        bp_buf_init(&was);
+        bp_buf_add(&was, "", 0);
+        if (bp_sealed_destination(value, &was) < 0 || strcmp(was.data, dest.data) != 0) {
+            log_sealed_kept(integration, field, "it was stored for another destination than its URL fields now give");
+            rc = 0;
+        }
+        bp_buf_free(&was);
+    }
+    if (rc == 1 && sealed &&
+        bp_decrypt_secret(ring, integration, field, mode == RESEAL ? NULL : dest.data, value, &plain, err) < 0)
+        rc = -1;
+    if (rc == 1 && mode == UNSEAL) {
+        bp_json_write_text(out, plain.data ? plain.data : "", plain.len);
+    } else if (rc == 1) {
+        const char *text = sealed ? (plain.data ? plain.data : "") : value;
+        /* SEAL: bound to where bp sends it; RESEAL: for where it was bound
+         * to (a v1 value stays v1 until serve migrates it with its blueprint) */
+        const char *to = dest.data;
+        if (mode == RESEAL) to = bp_is_encrypted_v1(value) || bp_sealed_destination(value, &dest) < 0 ? NULL : dest.data;
+        bp_buf_addc(out, '"');   /* the ciphertext is base64: nothing to escape */
+        if (bp_encrypt_secret(ring, integration, field, to, text, out, err) < 0) rc = -1;
+        bp_buf_addc(out, '"');
+    }
+    if (plain.data) memset(plain.data, 0, plain.cap);
+    bp_buf_free(&plain);
+    bp_buf_free(&dest);
+    return rc;
+}
 
 /* The stored-form document `doc` of an integration with its config's
  * secrets sealed, unsealed or resealed into out.  *changed says whether
@@ -334,8 +440,6 @@ static int transform_doc(bp_keyring *ring, const char *integration, const bp_blu
         return 0;
     }
     int rc = 0;
-    bp_buf plain;
-    bp_buf_init(&plain);
     bp_buf_addc(out, '{');
     for (uint32_t k = 1, i = 0; i < d.nodes[0].len; i++, k = d.nodes[k + 1].next) {
         if (i) bp_buf_addc(out, ',');
@@ -349,36 +453,16 @@ static int transform_doc(bp_keyring *ring, const char *integration, const bp_blu
             bp_json_write_node(out, &d, f);
             bp_buf_addc(out, ':');
             const char *field = bp_jtext(&d, f), *value = d.nodes[f + 1].type == BP_JSTRING ? bp_jtext(&d, f + 1) : NULL;
-            const bp_field *def = bp ? bp_blueprint_field(bp, field) : NULL;
-            int sealed = value && bp_is_encrypted(value);
-            bp_buf_reset(&plain);
-            if (mode == SEAL && value && !sealed && *value && def && def->type == BP_FIELD_SECRET &&
-                strcmp(value, "********") != 0) {
-                bp_buf_addc(out, '"');   /* the ciphertext is base64: nothing to escape */
-                rc = bp_encrypt_secret(ring, integration, field, value, out, err) < 0 ? -1 : rc;
-                bp_buf_addc(out, '"');
-                if (changed) *changed = 1;
-            } else if (mode != SEAL && sealed) {
-                if (bp_decrypt_secret(ring, integration, field, value, &plain, err) < 0) { rc = -1; break; }
-                if (mode == UNSEAL) {
-                    bp_json_write_text(out, plain.data ? plain.data : "", plain.len);
-                } else {
-                    bp_buf_addc(out, '"');
-                    rc = bp_encrypt_secret(ring, integration, field, plain.data ? plain.data : "", out, err) < 0 ? -1 : rc;
-                    bp_buf_addc(out, '"');
-                }
-                if (changed) *changed = 1;
-            } else {
-                bp_json_write_node(out, &d, f + 1);
-            }
-            if (rc < 0) break;
+            int done = value ? transform_value(ring, integration, bp, &d, field, bp ? bp_blueprint_field(bp, field) : NULL,
+                                               value, mode, out, err) : 0;
+            if (done < 0) { rc = -1; break; }
+            if (done && changed) *changed = 1;
+            if (!done) bp_json_write_node(out, &d, f + 1);
         }
         bp_buf_addc(out, '}');
         if (rc < 0) break;
     }
     bp_buf_addc(out, '}');
-    if (plain.data) memset(plain.data, 0, plain.cap);
-    bp_buf_free(&plain);
     bp_doc_free(&d);
     return rc;
 }
@@ -577,7 +661,8 @@ static int load_integrations(bp_registry *r, bp_error *err)
         const char *id = (const char *)sqlite3_column_text(q, 0);
         bp_buf plain;
         bp_buf_init(&plain);
-        if (transform_doc(r->keys, id, NULL, (const char *)sqlite3_column_text(q, 7), UNSEAL, &plain, NULL, err) < 0) {
+        if (transform_doc(r->keys, id, v->bp ? v->bp->bp : NULL, (const char *)sqlite3_column_text(q, 7), UNSEAL, &plain,
+                          NULL, err) < 0) {
             bp_buf_free(&plain);
             rc = -1;
             break;
@@ -1130,6 +1215,36 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, const 
     return rc;
 }
 
+/* A stored secret does not follow a changed URL: a change of a URL field
+ * that secret is sent to (sent_to) needs the secret in the same change,
+ * else -1 with err naming both. */
+static int check_secret_follows(const bp_blueprint *bp, const char *before, const char *after, const bp_doc *patch,
+                                bp_error *err)
+{
+    bp_doc a, b;
+    bp_error perr;
+    bp_doc_init(&a);
+    bp_doc_init(&b);
+    int rc = 0;
+    uint32_t pc = bp_jget(patch, 0, "config");
+    if (bp_json_parse(&a, before, strlen(before), NULL, &perr) == 0 && bp_json_parse(&b, after, strlen(after), NULL, &perr) == 0) {
+        for (size_t i = 0; rc == 0 && i < bp->nfields; i++) {
+            const bp_field *f = &bp->fields[i];
+            const char *held = f->type == BP_FIELD_SECRET ? doc_value(&a, f->key) : NULL;
+            uint32_t given = pc != BP_NONE ? bp_jget(patch, pc, f->key) : BP_NONE;
+            const char *url = held && *held ? changed_destination(f, bp, &a, &b) : NULL;
+            if (!url || (given != BP_NONE && patch->nodes[given].type != BP_JNULL)) continue;
+            bp_error_set(err, "changing '%s' needs '%s' in the same change: the stored secret is sent to %s's host and "
+                         "does not follow it to a new one; give {\"config\":{\"%s\":…,\"%s\":…}}", url, f->key, url,
+                         url, f->key);
+            rc = -1;
+        }
+    }
+    bp_doc_free(&a);
+    bp_doc_free(&b);
+    return rc;
+}
+
 static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, const bp_claims *who, int *http,
                          bp_error *err)
 {
@@ -1157,7 +1272,8 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
     bp_buf_init(&doc);
     write_merged(&doc, &cur, 0, patch, 0);
     bp_doc_free(&cur);
-    bp_config *cfg = validate(sbp->bp, doc.data, it->variant, err);
+    bp_config *cfg = check_secret_follows(sbp->bp, current, doc.data, patch, err) < 0 ? NULL
+                     : validate(sbp->bp, doc.data, it->variant, err);
     if (!cfg) { bp_buf_free(&doc); bp_shared_bp_drop(sbp); free(current); return -1; }
     pthread_mutex_lock(&r->mu);
     char *old_json = it->config_json;
@@ -1406,7 +1522,8 @@ void bp_registry_apply_config(bp_registry *r, const char *record, size_t len)
         bp_buf_init(&plain);
         if (!v) {
             bp_log("error", "integration from the cluster not loaded: no blueprint for its vendor on this node", f.data);
-        } else if (transform_doc(r->keys, id, NULL, current.data ? current.data : "{}", UNSEAL, &plain, NULL, &err) < 0) {
+        } else if (transform_doc(r->keys, id, sbp ? sbp->bp : NULL, current.data ? current.data : "{}", UNSEAL, &plain,
+                                 NULL, &err) < 0) {
             bp_buf_adds(&f, ",\"error\":");
             bp_json_write_text(&f, err.msg, strlen(err.msg));
             bp_log("error", "integration from the cluster not loaded: its secrets do not decrypt here (do the nodes "
@@ -1493,7 +1610,8 @@ void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc
             bp_json_write_node(out, &d, k);
             bp_buf_addc(out, ':');
             const bp_field *f = bp ? bp_blueprint_field(bp, bp_jtext(&d, k)) : NULL;
-            if (!f || f->type == BP_FIELD_SECRET) bp_buf_adds(out, "\"********\"");
+            int sealed = d.nodes[k + 1].type == BP_JSTRING && bp_is_encrypted(bp_jtext(&d, k + 1));
+            if (!f || f->type == BP_FIELD_SECRET || sealed) bp_buf_adds(out, "\"********\"");
             else bp_json_write_node(out, &d, k + 1);
         }
     }
@@ -1526,6 +1644,16 @@ static void items_of(bp_registry *r, bp_vendor *v, vendor_items *vi)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* The version of v that runs (a reference held), or NULL. */
+static bp_shared_bp *running_of(bp_registry *r, bp_vendor *v)
+{
+    pthread_mutex_lock(&r->mu);
+    bp_shared_bp *sbp = v->bp;
+    if (sbp) bp_shared_bp_hold(sbp);
+    pthread_mutex_unlock(&r->mu);
+    return sbp;
+}
+
 /* admin_mu held (next_cfg). */
 static void items_free(vendor_items *vi)
 {
@@ -1543,10 +1671,58 @@ static void items_free(vendor_items *vi)
  * config of vi validated against its fields (each item's next_cfg): what a
  * new version must pass before it replaces the running one.  admin_mu held,
  * so no install, update or delete slips in between.  NULL with err. */
-static bp_blueprint *load_checked(const char *dir, vendor_items *vi, bp_error *err)
+/* A stored secret keeps its type and its destination: -1 with err naming
+ * the field and the integrations that hold a value for it when new
+ * blueprint nb would make a secret field of ob another type (a viewer
+ * would read it, and it would be stored in plain text), drop it, or send it
+ * to another URL field or default URL (the key would follow). */
+static int check_secrets_kept(const bp_blueprint *ob, const bp_blueprint *nb, vendor_items *vi, bp_error *err)
+{
+    bp_buf was, now, who;
+    bp_buf_init(&was);
+    bp_buf_init(&now);
+    bp_buf_init(&who);
+    int rc = 0;
+    for (size_t i = 0; ob && rc == 0 && i < ob->nfields; i++) {
+        const bp_field *of = &ob->fields[i], *nf = bp_blueprint_field(nb, of->key);
+        if (of->type != BP_FIELD_SECRET) continue;
+        const char *why = NULL;
+        bp_buf_reset(&who);
+        for (size_t k = 0; k < vi->n; k++) {
+            bp_doc d;
+            bp_error perr;
+            bp_doc_init(&d);
+            const char *v = bp_json_parse(&d, vi->docs[k], strlen(vi->docs[k]), NULL, &perr) == 0 ? doc_value(&d, of->key) : NULL;
+            if (v && *v) {
+                const char *w = !nf ? "remove the field" : nf->type != BP_FIELD_SECRET ? "make it another type than secret" : NULL;
+                if (!w) {
+                    secret_destination(of, ob, &d, &was);
+                    secret_destination(nf, nb, &d, &now);
+                    if (strcmp(was.data, now.data) != 0) w = "send it elsewhere (its sent_to, or the URL it is sent to, changed)";
+                }
+                if (w) {
+                    why = w;
+                    bp_buf_printf(&who, "%s'%s' (%s)", who.len ? ", " : "", vi->items[k]->name, vi->items[k]->id);
+                }
+            }
+            bp_doc_free(&d);
+        }
+        if (!why) continue;
+        bp_error_set(err, "config field '%s' is type: secret and integrations hold a stored value for it (%s): this "
+                     "change would %s; a stored secret keeps its type and destination (keep the field as it is, or "
+                     "delete those integrations first)", of->key, who.data, why);
+        rc = -1;
+    }
+    bp_buf_free(&was);
+    bp_buf_free(&now);
+    bp_buf_free(&who);
+    return rc;
+}
+
+static bp_blueprint *load_checked(const bp_blueprint *ob, const char *dir, vendor_items *vi, bp_error *err)
 {
     bp_blueprint *nb = bp_blueprint_load(dir, err);
-    int ok = nb && scratch_compile(nb, err) == 0;
+    int ok = nb && scratch_compile(nb, err) == 0 && check_secrets_kept(ob, nb, vi, err) == 0;
     for (size_t k = 0; ok && k < vi->n; k++) {
         vi->items[k]->next_cfg = bp_config_load_text(nb, vi->docs[k], strlen(vi->docs[k]), "stored config", err);
         if (vi->items[k]->next_cfg) continue;
@@ -1576,7 +1752,9 @@ static int reload_locked(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_
     if (same) return 0;
     vendor_items vi;
     items_of(r, v, &vi);
-    bp_blueprint *nb = load_checked(v->dir, &vi, err);
+    bp_shared_bp *running = running_of(r, v);
+    bp_blueprint *nb = load_checked(running ? running->bp : NULL, v->dir, &vi, err);
+    bp_shared_bp_drop(running);
     bp_buf f;
     bp_buf_init(&f);
     bp_buf_adds(&f, "\"blueprint\":");
@@ -1681,7 +1859,9 @@ int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, bp_err
 {
     vendor_items vi;
     items_of(r, v, &vi);
-    bp_blueprint *nb = load_checked(dir, &vi, err);
+    bp_shared_bp *running = running_of(r, v);
+    bp_blueprint *nb = load_checked(running ? running->bp : NULL, dir, &vi, err);
+    bp_shared_bp_drop(running);
     items_free(&vi);
     bp_blueprint_free(nb);
     return nb ? 0 : -1;
