@@ -102,3 +102,75 @@ describe("secrets at rest #cli #serve", function()
     assert.matches("altered", err, 1, true)
   end)
 end)
+
+-- A hostile editor (issue 20, findings 3 and 4): a stored key is never
+-- downgraded by a blueprint edit, and never follows a changed URL.
+describe("secrets keep their type and destination #serve", function()
+  local EDITOR = "/v1/admin/blueprints/activecampaign"
+  local emu, srv, dir, integ
+  before_each(function()
+    emu = S.start_emulator("--rate-limit 0")
+    dir = S.tmpdir()
+    os.execute("cp -r blueprints/activecampaign " .. dir .. "/")
+    srv = S.start_server({ blueprints = dir })
+    local st
+    st, integ = install(srv, emu, S.EMU_TOKEN, S.EMU_EVENT_KEY)
+    assert.are.equal(201, st)
+  end)
+  after_each(function()
+    srv.stop()
+    emu.stop()
+  end)
+
+  it("refuses a save that makes a stored secret a string: the viewer still reads ********, nothing plain on disk", function()
+    local yaml = dir .. "/activecampaign/blueprint.yaml"
+    local text = io.open(yaml):read("a")
+    local downgraded, n = text:gsub("\n    sent_to: %[api_url%]", "", 1)
+      :gsub("(key: api_key\n    label: API Key\n    type: )secret", "%1string", 1)
+    assert.are.equal(1, n)
+    local st, body = srv.call("PUT", EDITOR .. "/files", '{"files":' .. core.json_encode({ ["blueprint.yaml"] = downgraded })
+      .. '}', srv.token("editor"))
+    assert.are.equal(422, st)
+    assert.are.equal("INVALID_BLUEPRINT", body.error.code)
+    assert.matches("config field 'api_key' is type: secret", body.error.message, 1, true)
+    assert.matches("'secret' (" .. integ.id .. ")", body.error.message, 1, true)
+    assert.are.equal(text, io.open(yaml):read("a"))
+    local viewer = srv.token("viewer")
+    local _, got = srv.call("GET", "/v1/admin/integrations/" .. integ.id, nil, viewer)
+    assert.are.equal("********", got.config.api_key)
+    -- a change that is allowed goes on: the secret stays sealed on disk
+    assert.are.equal(200, (srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"events":{"X":{"enabled":true}}}')))
+    assert.are.same({}, files_with(srv.state, S.EMU_TOKEN))   -- server.db and server.db-wal
+    for _, raw in ipairs(srv.bodies) do assert.is_nil(raw:find(S.EMU_TOKEN, 1, true)) end
+  end)
+
+  it("keeps the running version when the type changes on disk (hot reload)", function()
+    local yaml = dir .. "/activecampaign/blueprint.yaml"
+    local text = io.open(yaml):read("a")
+    S.write(yaml, (text:gsub("\n    sent_to: %[event_tracking_url%]", "", 1)
+      :gsub("(key: event_tracking_key\n    label: Event Tracking key\n    type: )secret", "%1string", 1)))
+    assert.is_truthy(S.eventually(function()
+      return srv.logs():find("config field 'event_tracking_key' is type: secret", 1, true) ~= nil
+    end), "the reload was not refused: " .. srv.logs())
+    local _, got = srv.call("GET", "/v1/admin/integrations/" .. integ.id, nil, srv.token("viewer"))
+    assert.are.equal("********", got.config.event_tracking_key)
+    assert.are.same({}, files_with(srv.state, S.EMU_EVENT_KEY))
+  end)
+
+  it("refuses a PATCH that changes api_url without api_key, naming both", function()
+    local st, body = srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"api_url":"https://evil.example.com"}}')
+    assert.are.equal(422, st)
+    assert.matches("changing 'api_url' needs 'api_key' in the same change", body.error.message, 1, true)
+    -- the tracking URL carries the Event Tracking key the same way
+    st, body = srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"event_tracking_url":"https://evil.example.com/e"}}')
+    assert.are.equal(422, st)
+    assert.matches("changing 'event_tracking_url' needs 'event_tracking_key'", body.error.message, 1, true)
+    -- with the key: accepted, and the new key goes to the new URL
+    st = srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"api_url":"' .. emu.url .. '/","api_key":"'
+      .. S.EMU_TOKEN .. '"}}')
+    assert.are.equal(200, st)
+    -- a change that leaves the URLs as they are needs no key
+    assert.are.equal(200, (srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"consent_field_id":"7"}}')))
+  end)
+end)
+
