@@ -592,6 +592,7 @@ TEST(pace_obeys_retry_after_and_a_lower_limit)
 
 TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
 {
+#define DEST "api_url=https://acct.api-us1.com"
     char dir[] = "/tmp/bp-unit-keysXXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     unsetenv("BLUEPRINT_MASTER_KEY_FILE");
@@ -602,27 +603,51 @@ TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
     bp_buf sealed, plain;
     bp_buf_init(&sealed);
     bp_buf_init(&plain);
-    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", "s3cr\xc3\xa9t", &sealed, &err), 0);
+    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", DEST, "s3cr\xc3\xa9t", &sealed, &err), 0);
     CHECK(bp_is_encrypted(sealed.data));
     CHECK(strstr(sealed.data, "s3cr") == NULL);
-    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", sealed.data, &plain, &err), 0);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", DEST, sealed.data, &plain, &err), 0);
     CHECK_STR(plain.data, "s3cr\xc3\xa9t");
     /* the same value twice: two nonces, two ciphertexts */
     bp_buf again;
     bp_buf_init(&again);
-    bp_encrypt_secret(ring, "int_1", "api_key", "s3cr\xc3\xa9t", &again, &err);
+    bp_encrypt_secret(ring, "int_1", "api_key", DEST, "s3cr\xc3\xa9t", &again, &err);
     CHECK(strcmp(again.data, sealed.data) != 0);
     /* moved to another field or integration: refused */
     bp_buf_reset(&plain);
-    CHECK_INT(bp_decrypt_secret(ring, "int_1", "event_tracking_key", sealed.data, &plain, &err), -1);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "event_tracking_key", DEST, sealed.data, &plain, &err), -1);
     CHECK_CONTAINS(err.msg, "does not decrypt");
-    CHECK_INT(bp_decrypt_secret(ring, "int_2", "api_key", sealed.data, &plain, &err), -1);
+    CHECK_INT(bp_decrypt_secret(ring, "int_2", "api_key", DEST, sealed.data, &plain, &err), -1);
     /* one character changed: refused */
     char *tampered = strdup(sealed.data);
     size_t last = strlen(tampered) - 3;
     tampered[last] = tampered[last] == 'A' ? 'B' : 'A';
-    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", tampered, &plain, &err), -1);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", DEST, tampered, &plain, &err), -1);
     free(tampered);
+    /* for another destination (its URL changed, by an API client or by
+     * whoever writes the cluster's configuration topic): refused, and so is
+     * a value whose recorded destination was rewritten to match */
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", "api_url=https://evil.example.com", sealed.data, &plain, &err), -1);
+    CHECK_CONTAINS(err.msg, "would now be sent to [api_url=https://evil.example.com]");
+    CHECK(strstr(err.msg, "s3cr") == NULL);
+    bp_buf evil, forged;
+    bp_buf_init(&evil);
+    bp_buf_init(&forged);
+    bp_encrypt_secret(ring, "int_1", "api_key", "api_url=https://evil.example.com", "x", &evil, &err);
+    const char *blob = strrchr(sealed.data, ':'), *evil_blob = strrchr(evil.data, ':');
+    bp_buf_add(&forged, evil.data, (size_t)(evil_blob - evil.data));   /* the evil destination, the real ciphertext */
+    bp_buf_adds(&forged, blob);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", "api_url=https://evil.example.com", forged.data, &plain, &err), -1);
+    CHECK_CONTAINS(err.msg, "does not decrypt");
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", NULL, forged.data, &plain, &err), -1);
+    /* the destination it was sealed for, readable for a key rotation */
+    bp_buf dest;
+    bp_buf_init(&dest);
+    CHECK_INT(bp_sealed_destination(sealed.data, &dest), 0);
+    CHECK_STR(dest.data, DEST);
+    bp_buf_free(&dest);
+    bp_buf_free(&evil);
+    bp_buf_free(&forged);
     bp_buf_free(&sealed);
     bp_buf_free(&plain);
     bp_buf_free(&again);

@@ -174,3 +174,76 @@ describe("secrets keep their type and destination #serve", function()
   end)
 end)
 
+
+-- Where a blueprint may send (issue 20, finding 4): blueprint.yaml's
+-- destinations; any other host is an error outcome naming it, in dry-run too.
+describe("destinations #cli", function()
+  local function webhook_with(mapping, yaml_edit)
+    local dir = S.tmpdir()
+    os.execute("cp -r blueprints/webhook/. " .. dir .. "/")
+    if mapping then S.write(dir .. "/event.lua", mapping) end
+    if yaml_edit then
+      local y = dir .. "/blueprint.yaml"
+      S.write(y, yaml_edit(io.open(y):read("a")))
+    end
+    S.write(dir .. "/c.yaml", "url: https://hooks.example.com/signal\nconsent: {default_policy: allow}\n")
+    return dir
+  end
+  local EVENT = '{"type":"identify","userId":"u1","messageId":"d1"}'
+  local function dry_run(dir)
+    local out, err, code = S.sh(S.bin .. " dry-run " .. dir .. " --config " .. dir .. "/c.yaml", EVENT)
+    assert.are.equal(0, code, err)
+    return core.json_decode(S.lines(out)[1])
+  end
+
+  it("makes a request or a step to another host an error naming the host", function()
+    local line = dry_run(webhook_with('return function(event, ctx)\n  return { url = "https://169.254.169.254/latest", json = {} }\nend\n'))
+    assert.are.equal("error", line.outcome)
+    assert.matches("the host '169.254.169.254' (port 443) is not a destination of this blueprint", line.reason, 1, true)
+    assert.matches("url (hooks.example.com:443)", line.reason, 1, true)
+    -- loopback only where the configured URL is: not through a step either
+    line = dry_run(webhook_with('return function(event, ctx)\n  ctx.send({ method = "GET", url = "http://127.0.0.1:9/x" })\n'
+      .. '  return { url = ctx.config.url, json = {} }\nend\n'))
+    assert.are.equal("error", line.outcome)
+    assert.matches("ctx.send: the host '127.0.0.1' (port 9)", line.reason, 1, true)
+    -- a user name in the URL does not smuggle another host past the check
+    line = dry_run(webhook_with('return function(event, ctx)\n  return { url = "https://hooks.example.com@evil.example/", json = {} }\nend\n'))
+    assert.are.equal("error", line.outcome)
+    assert.matches("a user name", line.reason, 1, true)
+    -- the configured host (another path on it) is fine
+    line = dry_run(webhook_with('return function(event, ctx)\n  return { url = "https://HOOKS.example.com/other", json = {} }\nend\n'))
+    assert.are.equal("deliver", line.outcome)
+  end)
+
+  it("allows a declared fixed host over https only", function()
+    local function with_host(y) return (y:gsub("  config: %[url%]\n", "  config: [url]\n  hosts: [api.example.org]\n", 1)) end
+    local line = dry_run(webhook_with('return function(event, ctx)\n  return { url = "https://api.example.org/v1", json = {} }\nend\n', with_host))
+    assert.are.equal("deliver", line.outcome)
+    line = dry_run(webhook_with('return function(event, ctx)\n  return { url = "http://api.example.org/v1", json = {} }\nend\n', with_host))
+    assert.are.equal("error", line.outcome)
+  end)
+
+  it("checks the destinations and sent_to keys strictly, naming file and line", function()
+    local cases = {
+      { function(y) return (y:gsub("  config: %[url%]\n", "  config: [url]\n  hostz: [a.example]\n", 1)) end,
+        "unknown key 'hostz' in 'destinations' (known keys: config, hosts)" },
+      { function(y) return (y:gsub("  config: %[url%]\n", "  config: [signature_header]\n", 1)) end,
+        "destinations.config names 'signature_header', which is not a config field of type url" },
+      { function(y) return (y:gsub("  config: %[url%]\n", "  config: [url]\n  hosts: [127.0.0.1]\n", 1)) end,
+        "destinations.hosts: each must be a host name" },
+      { function(y) return (y:gsub("  config: %[url%]\n", "  config: [url]\n  hosts: [localhost]\n", 1)) end,
+        "destinations.hosts: each must be a host name" },
+      { function(y) return (y:gsub("sent_to: %[url%]", "sent_to: [nope]", 1)) end,
+        "sent_to names 'nope', which is not a config field of type url" },
+      { function(y) return (y:gsub("    type: string\n", "    type: string\n    sent_to: [url]\n", 1)) end,
+        "'sent_to' is for secret fields" },
+    }
+    for _, c in ipairs(cases) do
+      local dir = webhook_with(nil, c[1])
+      local _, err, code = S.sh(S.bin .. " dry-run " .. dir .. " --config " .. dir .. "/c.yaml", EVENT)
+      assert.are.equal(2, code)
+      assert.matches(dir .. "/blueprint.yaml:%d+: ", err)
+      assert.matches(c[2], err, 1, true)
+    end
+  end)
+end)
