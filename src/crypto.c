@@ -1,6 +1,6 @@
 /*
  * crypto.c — what the runtime needs from cryptography, all from OpenSSL's
- * libcrypto: HMAC-SHA256 (tokens), a constant-time compare, random bytes,
+ * libcrypto: HMAC-SHA256 (tokens), SHA-256 (content addresses), a constant-time compare, random bytes,
  * and AES-256-GCM for secrets at rest under a master key ring.
  *
  * Secrets at rest: a secret config value is stored as
@@ -50,6 +50,14 @@ void bp_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msgl
 {
     unsigned int n = 32;
     if (!HMAC(EVP_sha256(), key, (int)keylen, msg, msglen, out, &n)) memset(out, 0, 32);
+}
+
+void bp_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 32;
+    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1) memset(md, 0, sizeof md);
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 int bp_equal_consttime(const void *a, const void *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }

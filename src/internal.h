@@ -537,6 +537,7 @@ void bp_pool_free(bp_pool *p);
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 
 void bp_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen, unsigned char out[32]);
+void bp_sha256_hex(const void *data, size_t len, char out[65]);   /* lower-case hex */
 int bp_equal_consttime(const void *a, const void *b, size_t n);   /* 1 when equal */
 int bp_random_bytes(unsigned char *out, size_t n);
 
@@ -664,6 +665,9 @@ struct bp_registry {
     double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
     long retry_base_ms;                   /* fixed */
     int workers;                          /* fixed: delivery threads */
+    /* the editor's revisions kept per blueprint: the newest N, none older
+     * than D days (the newest always); BLUEPRINT_REVISIONS_KEEP / _DAYS */
+    int revisions_keep, revisions_days;   /* fixed */
     bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
     void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
     void *on_live_ctx;

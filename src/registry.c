@@ -44,11 +44,20 @@ static const char SCHEMA[] =
     /* console sign-in tokens taken, kept until they expire: each is good once */
     "CREATE TABLE IF NOT EXISTS signins(jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);"
     /* the console editor's saves of a blueprint folder: who, when, why, the
-     * unified diff, and every file as it then was (for rollback) */
+     * unified diff, and every file as it then was (for rollback): files is
+     * {"NAME":"SHA256",…}, each content stored once in blueprint_files
+     * however many revisions have it (the schema's user_version 1; 0 kept
+     * the contents in every row) */
     "CREATE TABLE IF NOT EXISTS blueprint_revisions("
     "  vendor TEXT NOT NULL, number INTEGER NOT NULL, revision TEXT NOT NULL, actor TEXT NOT NULL,"
     "  created_at INTEGER NOT NULL, message TEXT NOT NULL, diff TEXT NOT NULL, changed TEXT NOT NULL,"
-    "  files TEXT NOT NULL, PRIMARY KEY(vendor, number));";
+    "  files TEXT NOT NULL, PRIMARY KEY(vendor, number));"
+    "CREATE TABLE IF NOT EXISTS blueprint_files(sha256 TEXT PRIMARY KEY, content TEXT NOT NULL);";
+
+static int migrate_revision_files(bp_registry *r, bp_error *err);
+
+#define REVISIONS_KEEP 50     /* the editor's revisions kept per blueprint by default */
+#define REVISIONS_DAYS 365    /* … and for how long */
 
 /* ---- vendors (the catalog) ------------------------------------------------------------- */
 
@@ -803,6 +812,9 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     r->blueprints_dir = strdup(blueprints_dir);
     r->state_dir = strdup(state_dir);
     bp_limits_default(&r->limits);
+    const char *keep = getenv("BLUEPRINT_REVISIONS_KEEP"), *days = getenv("BLUEPRINT_REVISIONS_DAYS");
+    r->revisions_keep = keep && atoi(keep) > 0 ? atoi(keep) : REVISIONS_KEEP;
+    r->revisions_days = days && atoi(days) > 0 ? atoi(days) : REVISIONS_DAYS;
     char path[4096];
     /* the state directory holds secrets: owner only, and so is everything
      * created in it (SQLite's WAL and SHM files included) */
@@ -824,7 +836,10 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     if (!(r->store = bp_store_open(state_dir, "events.db", err))) { bp_registry_close(r); return NULL; }
     if (!(r->keys = bp_keyring_open(state_dir, err))) { bp_registry_close(r); return NULL; }
     load_vendors(r);
-    if (seal_plain_revisions(r, err) < 0 || load_integrations(r, err) < 0) { bp_registry_close(r); return NULL; }
+    if (seal_plain_revisions(r, err) < 0 || load_integrations(r, err) < 0 || migrate_revision_files(r, err) < 0) {
+        bp_registry_close(r);
+        return NULL;
+    }
     import_old_stores(r);
     r->metrics.integrations = (long)r->n;
     return r;
@@ -1877,6 +1892,159 @@ int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, 
     return rc;
 }
 
+/* ---- the editor's revisions: content-addressed files, retention ---------------------------------- */
+
+/* Each file of files_json ({"NAME":"content",…}) into blueprint_files once,
+ * keyed by its SHA-256; manifest gets {"NAME":"SHA256",…}.  In a
+ * transaction, admin_mu held. */
+static int store_files(bp_registry *r, const char *files_json, bp_buf *manifest)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    sqlite3_stmt *q = NULL;
+    size_t len = strlen(files_json);
+    bp_json_limits whole = { len + 1, 0 };   /* ours, as large as the folder: not an event's limit */
+    int ok = bp_json_parse(&d, files_json, len, &whole, &err) == 0 && d.nodes[0].type == BP_JOBJECT &&
+             sqlite3_prepare_v2(r->db, "INSERT OR IGNORE INTO blueprint_files(sha256, content) VALUES(?1, ?2)", -1, &q,
+                                NULL) == SQLITE_OK;
+    bp_buf_addc(manifest, '{');
+    for (uint32_t k = 1, i = 0; ok && i < d.nodes[0].len; i++, k = d.nodes[k + 1].next) {
+        if (d.nodes[k + 1].type != BP_JSTRING) { ok = 0; break; }
+        const char *text = bp_jtext(&d, k + 1);
+        size_t n = d.nodes[k + 1].len;
+        char hash[65];
+        bp_sha256_hex(text, n, hash);
+        sqlite3_reset(q);
+        sqlite3_bind_text(q, 1, hash, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, text, (int)n, SQLITE_STATIC);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        if (i) bp_buf_addc(manifest, ',');
+        bp_json_write_node(manifest, &d, k);
+        bp_buf_printf(manifest, ":\"%s\"", hash);
+    }
+    bp_buf_addc(manifest, '}');
+    sqlite3_finalize(q);
+    bp_doc_free(&d);
+    return ok ? 0 : -1;
+}
+
+/* The files of a manifest as {"NAME":"content",…} into out.  -1 when one is
+ * missing (server.db damaged). */
+static int load_files(bp_registry *r, const char *manifest, bp_buf *out)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    sqlite3_stmt *q = NULL;
+    int ok = bp_json_parse(&d, manifest, strlen(manifest), NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT &&
+             sqlite3_prepare_v2(r->db, "SELECT content FROM blueprint_files WHERE sha256=?1", -1, &q, NULL) == SQLITE_OK;
+    bp_buf_addc(out, '{');
+    for (uint32_t k = 1, i = 0; ok && i < d.nodes[0].len; i++, k = d.nodes[k + 1].next) {
+        sqlite3_reset(q);
+        sqlite3_bind_text(q, 1, bp_jtext(&d, k + 1), -1, SQLITE_STATIC);
+        ok = sqlite3_step(q) == SQLITE_ROW;
+        if (!ok) break;
+        if (i) bp_buf_addc(out, ',');
+        bp_json_write_node(out, &d, k);
+        bp_buf_addc(out, ':');
+        bp_json_write_text(out, (const char *)sqlite3_column_text(q, 0), (size_t)sqlite3_column_bytes(q, 0));
+    }
+    bp_buf_addc(out, '}');
+    sqlite3_finalize(q);
+    bp_doc_free(&d);
+    return ok ? 0 : -1;
+}
+
+/* Drop vendor's revisions beyond the newest revisions_keep or older than
+ * revisions_days (never the newest, `newest`), then the file contents no
+ * revision has any more; the audit log says what went.  admin_mu held. */
+static void prune_revisions(bp_registry *r, const char *vendor, int newest)
+{
+    sqlite3_stmt *q;
+    int64_t before = (int64_t)bp_wall_ms() - (int64_t)r->revisions_days * 86400000;
+    int first = 0, last = 0, n = 0, files = 0;
+    if (db_exec(r, "BEGIN IMMEDIATE") < 0) return;
+    if (sqlite3_prepare_v2(r->db, "SELECT min(number), max(number), count(*) FROM blueprint_revisions WHERE vendor=?1 "
+                                  "AND number < ?2 AND (number <= ?2 - ?3 OR created_at < ?4)", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, newest);
+        sqlite3_bind_int(q, 3, r->revisions_keep);
+        sqlite3_bind_int64(q, 4, before);
+        if (sqlite3_step(q) == SQLITE_ROW) { first = sqlite3_column_int(q, 0); last = sqlite3_column_int(q, 1); n = sqlite3_column_int(q, 2); }
+        sqlite3_finalize(q);
+    }
+    int ok = n > 0 && sqlite3_prepare_v2(r->db, "DELETE FROM blueprint_revisions WHERE vendor=?1 AND number < ?2 AND "
+                                                "(number <= ?2 - ?3 OR created_at < ?4)", -1, &q, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, newest);
+        sqlite3_bind_int(q, 3, r->revisions_keep);
+        sqlite3_bind_int64(q, 4, before);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        sqlite3_finalize(q);
+    }
+    if (ok) {
+        ok = db_exec(r, "DELETE FROM blueprint_files WHERE sha256 NOT IN (SELECT f.value FROM blueprint_revisions, "
+                        "json_each(blueprint_revisions.files) f)") == 0;
+        files = sqlite3_changes(r->db);
+    }
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    if (!ok) return;
+    bp_buf what;
+    bp_buf_init(&what);
+    bp_buf_printf(&what, "%s: %d blueprint revision%s pruned (numbers %d to %d; kept: the newest %d, none older than %d "
+                  "days), %d file version%s no revision has any more removed", vendor, n, n == 1 ? "" : "s", first, last,
+                  r->revisions_keep, r->revisions_days, files, files == 1 ? "" : "s");
+    audit_locked(r, NULL, "blueprint.prune", NULL, 0, 0, what.data);
+    bp_buf_free(&what);
+}
+
+/* server.db before user_version 1 kept every file's content in every
+ * revision: move them into blueprint_files once (shrinking the file). */
+static int migrate_revision_files(bp_registry *r, bp_error *err)
+{
+    sqlite3_stmt *q, *u = NULL;
+    int version = 0;
+    if (sqlite3_prepare_v2(r->db, "PRAGMA user_version", -1, &q, NULL) == SQLITE_OK) {
+        if (sqlite3_step(q) == SQLITE_ROW) version = sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+    }
+    if (version >= 1) return 0;
+    if (db_exec(r, "BEGIN IMMEDIATE") < 0) { bp_error_set(err, "server.db: %s", sqlite3_errmsg(r->db)); return -1; }
+    int ok = sqlite3_prepare_v2(r->db, "SELECT vendor, number, files FROM blueprint_revisions", -1, &q, NULL) == SQLITE_OK &&
+             sqlite3_prepare_v2(r->db, "UPDATE blueprint_revisions SET files=?3 WHERE vendor=?1 AND number=?2", -1, &u,
+                                NULL) == SQLITE_OK;
+    long moved = 0;
+    while (ok && sqlite3_step(q) == SQLITE_ROW) {
+        bp_buf manifest;
+        bp_buf_init(&manifest);
+        ok = store_files(r, (const char *)sqlite3_column_text(q, 2), &manifest) == 0;
+        if (ok) {
+            sqlite3_reset(u);
+            sqlite3_bind_value(u, 1, sqlite3_column_value(q, 0));
+            sqlite3_bind_int(u, 2, sqlite3_column_int(q, 1));
+            sqlite3_bind_text(u, 3, manifest.data, (int)manifest.len, SQLITE_STATIC);
+            ok = sqlite3_step(u) == SQLITE_DONE;
+            moved++;
+        }
+        bp_buf_free(&manifest);
+    }
+    sqlite3_finalize(q);
+    sqlite3_finalize(u);
+    if (ok) ok = db_exec(r, "PRAGMA user_version=1") == 0;
+    if (!ok) bp_error_set(err, "server.db: could not move the blueprint revisions' files into blueprint_files: %s",
+                          sqlite3_errmsg(r->db));
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    if (ok && moved) {
+        db_exec(r, "VACUUM");
+        char detail[64];
+        snprintf(detail, sizeof detail, "\"revisions\":%ld", moved);
+        bp_log("info", "blueprint revisions now keep each file once (server.db migrated)", detail);
+    }
+    return ok ? 0 : -1;
+}
+
 int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, char revision[BP_REVISION_LEN])
 {
     sqlite3_stmt *q;
@@ -1905,16 +2073,24 @@ int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev
     rev->created_at = (int64_t)bp_wall_ms();
     snprintf(rev->actor, sizeof rev->actor, "%s", who->sub[0] ? who->sub : "(no subject)");
     sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(r->db, "INSERT INTO blueprint_revisions(vendor, number, revision, actor, created_at, message, "
-                                  "diff, changed, files) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", -1, &q, NULL) != SQLITE_OK)
-        return -1;
-    const char *texts[] = { vendor, NULL, rev->revision, rev->actor, NULL, rev->message, rev->diff, rev->changed_json,
-                            rev->files_json };
-    for (int i = 0; i < 9; i++) if (texts[i]) sqlite3_bind_text(q, i + 1, texts[i], -1, SQLITE_STATIC);
-    sqlite3_bind_int(q, 2, rev->number);
-    sqlite3_bind_int64(q, 5, rev->created_at);
-    int ok = sqlite3_step(q) == SQLITE_DONE;
-    sqlite3_finalize(q);
+    bp_buf manifest;
+    bp_buf_init(&manifest);
+    int ok = db_exec(r, "BEGIN IMMEDIATE") == 0;
+    if (ok) ok = store_files(r, rev->files_json, &manifest) == 0 &&
+                 sqlite3_prepare_v2(r->db, "INSERT INTO blueprint_revisions(vendor, number, revision, actor, created_at, "
+                                           "message, diff, changed, files) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", -1,
+                                    &q, NULL) == SQLITE_OK;
+    if (ok) {
+        const char *texts[] = { vendor, NULL, rev->revision, rev->actor, NULL, rev->message, rev->diff, rev->changed_json,
+                                manifest.data };
+        for (int i = 0; i < 9; i++) if (texts[i]) sqlite3_bind_text(q, i + 1, texts[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, rev->number);
+        sqlite3_bind_int64(q, 5, rev->created_at);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        sqlite3_finalize(q);
+    }
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    bp_buf_free(&manifest);
     if (!ok) return -1;
     if (action) {
         bp_buf what;
@@ -1924,6 +2100,7 @@ int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev
         audit_locked(r, who, action, NULL, last, rev->number, what.data);
         bp_buf_free(&what);
     }
+    prune_revisions(r, vendor, rev->number);
     return rev->number;
 }
 
@@ -1936,9 +2113,9 @@ int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_bu
     sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
     sqlite3_bind_int(q, 2, number);
     int found = sqlite3_step(q) == SQLITE_ROW;
-    if (found) bp_buf_add(files_json, sqlite3_column_text(q, 0), (size_t)sqlite3_column_bytes(q, 0));
+    int rc = found ? load_files(r, (const char *)sqlite3_column_text(q, 0), files_json) : 1;
     sqlite3_finalize(q);
-    return found ? 0 : 1;
+    return rc;
 }
 
 /* A text column as a JSON string. */
