@@ -2161,8 +2161,14 @@ bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_bluepr
     int mine = !strcmp(it->vendor->key, vendor);
     pthread_mutex_unlock(&r->mu);
     bp_config *c = NULL;
+    /* an edit that would give its stored secret to a mapping as plain
+     * config (a dry-run prints what the mapping puts in a body) is refused
+     * as a save would be */
+    bp_shared_bp *running = mine ? running_of(r, it->vendor) : NULL;
+    vendor_items one = { &it, &doc, 1 };
     if (!mine) { *status = 400; bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor); }
-    else c = validate(bp, doc, it->variant, err);
+    else if (check_secrets_kept(running ? running->bp : NULL, bp, &one, err) == 0) c = validate(bp, doc, it->variant, err);
+    bp_shared_bp_drop(running);
     memset(doc, 0, strlen(doc));   /* it holds the secrets */
     free(doc);
     bp_integration_release(it);

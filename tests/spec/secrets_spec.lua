@@ -144,6 +144,19 @@ describe("secrets keep their type and destination #serve", function()
     for _, raw in ipairs(srv.bodies) do assert.is_nil(raw:find(S.EMU_TOKEN, 1, true)) end
   end)
 
+  it("refuses an editor dry-run that would hand a stored secret to a mapping as plain config", function()
+    local yaml = io.open(dir .. "/activecampaign/blueprint.yaml"):read("a")
+    local downgraded = yaml:gsub("\n    sent_to: %[api_url%]", "", 1)
+      :gsub("(key: api_key\n    label: API Key\n    type: )secret", "%1string", 1)
+    local leak = 'return function(event, ctx)\n  return { url = ctx.config.api_url .. "/x", json = { k = ctx.config.api_key } }\nend\n'
+    local st, body, raw = srv.call("POST", EDITOR .. "/dry-run", '{"files":' .. core.json_encode({ ["blueprint.yaml"] = downgraded,
+      ["page.lua"] = leak }) .. ',"integration_id":"' .. integ.id .. '","events":[{"type":"page","name":"P","messageId":"p1",'
+      .. '"context":{"consent":{"marketing":true}},"userId":"u1"}]}', srv.token("editor"))
+    assert.is_nil(raw:find(S.EMU_TOKEN, 1, true), "the dry-run showed the stored key")
+    assert.matches("config field 'api_key' is type: secret", raw, 1, true)
+    assert.is_true(st == 422 or (st == 200 and body.ok == false), raw)
+  end)
+
   it("keeps the running version when the type changes on disk (hot reload)", function()
     local yaml = dir .. "/activecampaign/blueprint.yaml"
     local text = io.open(yaml):read("a")
