@@ -1737,7 +1737,7 @@ static int check_secrets_kept(const bp_blueprint *ob, const bp_blueprint *nb, ve
 static bp_blueprint *load_checked(const bp_blueprint *ob, const char *dir, vendor_items *vi, bp_error *err)
 {
     bp_blueprint *nb = bp_blueprint_load(dir, err);
-    int ok = nb && scratch_compile(nb, err) == 0 && check_secrets_kept(ob, nb, vi, err) == 0;
+    int ok = nb && scratch_compile(nb, err) == 0;
     for (size_t k = 0; ok && k < vi->n; k++) {
         vi->items[k]->next_cfg = bp_config_load_text(nb, vi->docs[k], strlen(vi->docs[k]), "stored config", err);
         if (vi->items[k]->next_cfg) continue;
@@ -1747,6 +1747,7 @@ static bp_blueprint *load_checked(const bp_blueprint *ob, const char *dir, vendo
                      vi->items[k]->id, why);
         ok = 0;
     }
+    if (ok) ok = check_secrets_kept(ob, nb, vi, err) == 0;   /* configs that validate: their secrets kept */
     if (!ok) { bp_blueprint_free(nb); return NULL; }
     return nb;
 }
