@@ -588,6 +588,39 @@ TEST(pace_obeys_retry_after_and_a_lower_limit)
     CHECK(bp_bucket_take(&b, 5) == 0 && bp_bucket_take(&b, 5) == 0);
 }
 
+/* ---- where a request may go (request.c) ---- */
+
+TEST(destinations_match_scheme_host_and_port_exactly)
+{
+    char *fields[] = { "url" }, *hosts[] = { "trackcmp.net" };
+    bp_blueprint bp;
+    memset(&bp, 0, sizeof bp);
+    bp.dest_fields = fields;
+    bp.ndest_fields = 1;
+    bp.dest_hosts = hosts;
+    bp.ndest_hosts = 1;
+    bp_config_value v = { "url", "http://127.0.0.1:8080/hook", 0 };
+    bp_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.values = &v;
+    cfg.nvalues = 1;
+    bp_error err;
+    static const char *const good[] = { "http://127.0.0.1:8080/other?x=1", "HTTP://127.0.0.1:8080", "https://trackcmp.net/event",
+                                         "https://TRACKCMP.NET:443/e", "https://trackcmp.net./e" };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) CHECK_INT(bp_request_check_destination(&bp, &cfg, good[i], &err), 0);
+    static const char *const bad[] = { "http://127.0.0.1:8081/hook", "https://127.0.0.1:8080/hook", "http://localhost:8080/",
+                                       "http://trackcmp.net/event", "https://trackcmp.net:8443/", "https://trackcmp.net.evil.example/",
+                                       "https://trackcmp.net@evil.example/", "https://evil.example\\@trackcmp.net/",
+                                       "https://trackcmp%2enet/", "http://[::1]:8080/", "https://trackcmp.net:/", "https://x:99999/" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECK_INT(bp_request_check_destination(&bp, &cfg, bad[i], &err), -1);
+        CHECK(err.msg[0] != '\0');
+    }
+    CHECK_INT(bp_request_check_destination(&bp, &cfg, "https://evil.example/x", &err), -1);
+    CHECK_CONTAINS(err.msg, "the host 'evil.example' (port 443) is not a destination");
+    CHECK_CONTAINS(err.msg, "url (127.0.0.1:8080), trackcmp.net");
+}
+
 /* ---- secrets at rest (crypto.c) ---- */
 
 TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
@@ -1039,6 +1072,7 @@ int main(void)
     RUN(pace_never_exceeds_the_limit_in_any_second);
     RUN(pace_catches_up_after_a_late_send);
     RUN(pace_obeys_retry_after_and_a_lower_limit);
+    RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);
