@@ -1249,9 +1249,10 @@ static int check_secret_follows(const bp_blueprint *bp, const char *before, cons
             uint32_t given = pc != BP_NONE ? bp_jget(patch, pc, f->key) : BP_NONE;
             const char *url = held && *held ? changed_destination(f, bp, &a, &b) : NULL;
             if (!url || (given != BP_NONE && patch->nodes[given].type != BP_JNULL)) continue;
-            bp_error_set(err, "changing '%s' needs '%s' in the same change: the stored secret is sent to %s's host and "
-                         "does not follow it to a new one; give {\"config\":{\"%s\":…,\"%s\":…}}", url, f->key, url,
-                         url, f->key);
+            /* "config field 'KEY'": the API's 422 names it, and the console shows it there */
+            bp_error_set(err, "changing '%s' needs config field '%s' in the same change: the stored secret is sent to "
+                         "%s's host and does not follow it to a new one; give {\"config\":{\"%s\":…,\"%s\":…}}", url,
+                         f->key, url, url, f->key);
             rc = -1;
         }
     }

@@ -173,11 +173,12 @@ describe("secrets keep their type and destination #serve", function()
   it("refuses a PATCH that changes api_url without api_key, naming both", function()
     local st, body = srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"api_url":"https://evil.example.com"}}')
     assert.are.equal(422, st)
-    assert.matches("changing 'api_url' needs 'api_key' in the same change", body.error.message, 1, true)
+    assert.matches("changing 'api_url' needs config field 'api_key' in the same change", body.error.message, 1, true)
+    assert.are.equal("config.api_key", body.error.field)
     -- the tracking URL carries the Event Tracking key the same way
     st, body = srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"event_tracking_url":"https://evil.example.com/e"}}')
     assert.are.equal(422, st)
-    assert.matches("changing 'event_tracking_url' needs 'event_tracking_key'", body.error.message, 1, true)
+    assert.matches("changing 'event_tracking_url' needs config field 'event_tracking_key'", body.error.message, 1, true)
     -- with the key: accepted, and the new key goes to the new URL
     st = srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"api_url":"' .. emu.url .. '/","api_key":"'
       .. S.EMU_TOKEN .. '"}}')
