@@ -170,6 +170,34 @@ describe("secrets keep their type and destination #serve", function()
     assert.are.same({}, files_with(srv.state, S.EMU_EVENT_KEY))
   end)
 
+  it("does not open a stored key whose URL was changed behind the API (server.db, or the cluster's topic)", function()
+    srv.stop()
+    local db = srv.state .. "/server.db"
+    local f = io.open(db, "rb")
+    local bytes = f:read("a")
+    f:close()
+    local from = '"api_url":"' .. emu.url .. '"'
+    local to = from:gsub("127%.0%.0%.1", "127.0.0.2")   -- the same length: the page stays valid
+    local at = bytes:find(from, 1, true)
+    assert.is_truthy(at, "no api_url in server.db")
+    f = io.open(db, "wb")
+    f:write(bytes:sub(1, at - 1), to, bytes:sub(at + #from))
+    f:close()
+    srv = S.start_server({ blueprints = dir, state = srv.state })
+    assert.is_truthy(S.eventually(function()
+      return srv.logs():find("it was stored for another destination than its URL fields now give", 1, true) ~= nil
+    end), "the key was opened for the new URL: " .. srv.logs())
+    assert.matches('"field":"api_key"', srv.logs(), 1, true)
+    local _, got = srv.call("GET", "/v1/admin/integrations/" .. integ.id, nil, srv.token("viewer"))
+    assert.are.equal("********", got.config.api_key)
+    assert.are.equal("http://127.0.0.2:" .. emu.port, got.config.api_url)
+    -- entering the key again with the URL makes it deliverable again
+    assert.are.equal(200, (srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"api_url":"' .. emu.url
+      .. '","api_key":"' .. S.EMU_TOKEN .. '"}}')))
+    srv.call("POST", "/v1/integrations/" .. integ.id .. "/events", S.identify("again@example.com", "ag1"))
+    assert.is_truthy(S.eventually(function() return #emu.contacts() == 1 end), "not delivered after the key was entered again")
+  end)
+
   it("refuses a PATCH that changes api_url without api_key, naming both", function()
     local st, body = srv.call("PATCH", "/v1/admin/integrations/" .. integ.id, '{"config":{"api_url":"https://evil.example.com"}}')
     assert.are.equal(422, st)
