@@ -126,7 +126,7 @@ static int load_fields(loader *ld, bp_blueprint *bp, uint32_t list)
     bp->fields = calloc(d->nodes[list].len + 1, sizeof *bp->fields);
     for (uint32_t c = list + 1, k = 0; k < d->nodes[list].len; k++, c = d->nodes[c].next) {
         if (d->nodes[c].type != BP_JOBJECT) return bad(ld, c, "each config field must be a map with key and type");
-        static const char *const field_keys[] = { "key", "label", "type", "required", "default", "help", NULL };
+        static const char *const field_keys[] = { "key", "label", "type", "required", "default", "help", "sent_to", NULL };
         if (check_keys(ld, c, "config", field_keys) < 0) return -1;
         const char *key = get_text(ld, c, "key", 1);
         const char *type = get_text(ld, c, "type", 1);
@@ -150,6 +150,111 @@ static int load_fields(loader *ld, bp_blueprint *bp, uint32_t list)
         else return bad(ld, bp_jget(d, c, "type"), "field type must be string, secret, url, integer, boolean, list or map");
         if (f->default_value && f->type >= BP_FIELD_LIST)
             return bad(ld, bp_jget(d, c, "default"), "a list or map field has no default (unset means empty)");
+        if (bp_jget(d, c, "sent_to") != BP_NONE && f->type != BP_FIELD_SECRET)
+            return bad(ld, bp_jget(d, c, "sent_to"), "'sent_to' is for secret fields: the URL fields the secret is sent to");
+    }
+    return 0;
+}
+
+/* A list of names at obj.key into *out (NULL-terminated); absent: *n = 0
+ * and *out NULL.  `what` says what each entry must be, for the error. */
+static int load_names(loader *ld, uint32_t obj, const char *key, const char *what, char ***out, size_t *n)
+{
+    const bp_doc *d = ld->d;
+    uint32_t list = bp_jget(d, obj, key);
+    *out = NULL;
+    *n = 0;
+    if (list == BP_NONE) return 0;
+    char msg[200];
+    snprintf(msg, sizeof msg, "'%s' must be a list of %s", key, what);
+    if (d->nodes[list].type != BP_JARRAY) return bad(ld, list, msg);
+    *out = calloc(d->nodes[list].len + 1, sizeof **out);
+    if (!*out) abort();
+    for (uint32_t c = list + 1, k = 0; k < d->nodes[list].len; k++, c = d->nodes[c].next) {
+        const char *s = bp_jscalar(d, c);
+        if (!s || !*s) return bad(ld, c, msg);
+        (*out)[(*n)++] = xstrdup(s);
+    }
+    return 0;
+}
+
+/* Each name of `names` must be a config field of type url (and, with
+ * `among`, one of those): the line of the offending entry otherwise. */
+static int check_url_fields(loader *ld, const bp_blueprint *bp, uint32_t list, char **names, size_t n, char **among,
+                            size_t namong, const char *what)
+{
+    for (size_t i = 0; i < n; i++) {
+        const bp_field *f = bp_blueprint_field(bp, names[i]);
+        int listed = !among;
+        for (size_t j = 0; !listed && j < namong; j++) listed = !strcmp(among[j], names[i]);
+        if (f && f->type == BP_FIELD_URL && listed) continue;
+        uint32_t c = list + 1;
+        for (size_t k = 0; k < i; k++) c = ld->d->nodes[c].next;
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s names '%.100s', which is not %s", what, names[i],
+                 !f || f->type != BP_FIELD_URL ? "a config field of type url" : "one of destinations.config");
+        return bad(ld, c, msg);
+    }
+    return 0;
+}
+
+/* A fixed host: a DNS name (letters, digits, '-' and '.'), whose last label
+ * is not all digits (no IP literals) and that is not localhost: loopback
+ * and internal addresses are reached only through a configured URL. */
+static int fixed_host_ok(const char *h)
+{
+    size_t n = strlen(h);
+    if (!n || n > 253 || h[0] == '.' || h[n - 1] == '.' || strstr(h, "..")) return 0;
+    for (const char *p = h; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.')) return 0;
+    const char *last = strrchr(h, '.');
+    last = last ? last + 1 : h;
+    if (strspn(last, "0123456789") == strlen(last)) return 0;
+    return strcmp(h, "localhost") != 0 && (n < 10 || strcmp(h + n - 10, ".localhost") != 0);
+}
+
+/* destinations: {config: [URL fields], hosts: [fixed hosts]}, and each
+ * secret's sent_to (default: every destination field). */
+static int load_destinations(loader *ld, bp_blueprint *bp, uint32_t fields)
+{
+    static const char *const dest_keys[] = { "config", "hosts", NULL };
+    const bp_doc *d = ld->d;
+    uint32_t dest = get_map(ld, 0, "destinations", dest_keys);
+    if (dest == NOT_A_MAP) return -1;
+    if (dest != BP_NONE && bp_jget(d, dest, "config") != BP_NONE) {
+        if (load_names(ld, dest, "config", "config field keys of type url", &bp->dest_fields, &bp->ndest_fields) < 0 ||
+            check_url_fields(ld, bp, bp_jget(d, dest, "config"), bp->dest_fields, bp->ndest_fields, NULL, 0,
+                             "destinations.config") < 0)
+            return -1;
+    } else {
+        bp->dest_fields = calloc(bp->nfields + 1, sizeof *bp->dest_fields);
+        if (!bp->dest_fields) abort();
+        for (size_t i = 0; i < bp->nfields; i++)
+            if (bp->fields[i].type == BP_FIELD_URL) bp->dest_fields[bp->ndest_fields++] = xstrdup(bp->fields[i].key);
+    }
+    if (dest != BP_NONE) {
+        if (load_names(ld, dest, "hosts", "host names", &bp->dest_hosts, &bp->ndest_hosts) < 0) return -1;
+        uint32_t c = bp_jget(d, dest, "hosts") + 1;
+        for (size_t i = 0; i < bp->ndest_hosts; i++, c = d->nodes[c].next) {
+            for (char *p = bp->dest_hosts[i]; *p; p++) if (*p >= 'A' && *p <= 'Z') *p += 32;
+            if (!fixed_host_ok(bp->dest_hosts[i]))
+                return bad(ld, c, "destinations.hosts: each must be a host name such as trackcmp.net (no "
+                           "scheme, port, IP address or localhost: those are reached through a config URL field)");
+        }
+    }
+    for (uint32_t c = fields + 1, k = 0; k < bp->nfields; k++, c = d->nodes[c].next) {
+        bp_field *f = &bp->fields[k];
+        if (f->type != BP_FIELD_SECRET) continue;
+        if (bp_jget(d, c, "sent_to") != BP_NONE) {
+            if (load_names(ld, c, "sent_to", "config field keys of type url", &f->sent_to, &f->nsent_to) < 0 ||
+                check_url_fields(ld, bp, bp_jget(d, c, "sent_to"), f->sent_to, f->nsent_to, bp->dest_fields,
+                                 bp->ndest_fields, "sent_to") < 0)
+                return -1;
+            continue;
+        }
+        f->sent_to = calloc(bp->ndest_fields + 1, sizeof *f->sent_to);
+        if (!f->sent_to) abort();
+        for (size_t i = 0; i < bp->ndest_fields; i++) f->sent_to[f->nsent_to++] = xstrdup(bp->dest_fields[i]);
     }
     return 0;
 }
@@ -417,7 +522,8 @@ static int load(loader *ld, bp_blueprint *bp)
     if (d->nodes[0].type != BP_JOBJECT) return bad(ld, 0, "the top level must be a map");
     static const char *const top_keys[] = {
         "vendor", "name", "description", "category", "status", "consent_category", "variants", "auth_failure_help",
-        "config", "config_rules", "rate_limit", "retry", "events", "custom", "consent_denied", "responses", NULL };
+        "config", "config_rules", "rate_limit", "retry", "events", "custom", "consent_denied", "responses",
+        "destinations", NULL };
     static const char *const rules_keys[] = { "together", NULL };
     static const char *const rate_keys[] = { "requests_per_second", "scope", NULL };
     static const char *const retry_keys[] = { "max_attempts", NULL };
@@ -436,6 +542,7 @@ static int load(loader *ld, bp_blueprint *bp)
 #undef TEXT
     if (load_strings(ld, bp_jget(d, 0, "variants"), &bp->variants, &bp->nvariants) < 0) return -1;
     if (load_fields(ld, bp, bp_jget(d, 0, "config")) < 0) return -1;
+    if (load_destinations(ld, bp, bp_jget(d, 0, "config")) < 0) return -1;
     uint32_t rules = get_map(ld, 0, "config_rules", rules_keys);
     if (rules == NOT_A_MAP) return -1;
     if (rules != BP_NONE && load_together(ld, bp, rules) < 0) return -1;
@@ -529,6 +636,12 @@ static void free_route(bp_route *r)
     free(r->mapping);
 }
 
+static void free_names(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
 void bp_blueprint_free(bp_blueprint *bp)
 {
     if (!bp) return;
@@ -549,8 +662,11 @@ void bp_blueprint_free(bp_blueprint *bp)
         free(bp->fields[i].label);
         free(bp->fields[i].help);
         free(bp->fields[i].default_value);
+        free_names(bp->fields[i].sent_to, bp->fields[i].nsent_to);
     }
     free(bp->fields);
+    free_names(bp->dest_fields, bp->ndest_fields);
+    free_names(bp->dest_hosts, bp->ndest_hosts);
     for (size_t i = 0; i < bp->ntogether; i++) {
         for (char **k = bp->together[i]; *k; k++) free(*k);
         free(bp->together[i]);

@@ -194,6 +194,9 @@ typedef struct bp_field {
     char *key, *label, *help, *default_value;
     enum bp_field_type type;
     int required;
+    /* a secret: the URL fields whose hosts it is sent to (blueprint.yaml's
+     * sent_to; without it, every URL field under destinations) */
+    char **sent_to; size_t nsent_to;
 } bp_field;
 
 typedef struct bp_route {
@@ -227,6 +230,11 @@ typedef struct bp_blueprint {
     bp_route consent_denied;
     int has_consent_denied;
     char *description;                     /* one paragraph for the catalog, or NULL */
+    /* destinations: where its requests may go, the hosts of these URL
+     * fields as configured (without the key: every URL field) and these
+     * fixed hosts (https); any other is an error outcome */
+    char **dest_fields; size_t ndest_fields;
+    char **dest_hosts; size_t ndest_hosts;
 } bp_blueprint;
 
 /* Load and check a blueprint folder (blueprint.yaml and the Lua files it

@@ -1,15 +1,24 @@
 /*
  * crypto.c — what the runtime needs from cryptography, all from OpenSSL's
- * libcrypto: HMAC-SHA256 (tokens), a constant-time compare, random bytes,
+ * libcrypto: HMAC-SHA256 (tokens), SHA-256 (content addresses), a constant-time compare, random bytes,
  * and AES-256-GCM for secrets at rest under a master key ring.
  *
  * Secrets at rest: a secret config value is stored as
  *
- *     bp:enc:v1:KID:BASE64(nonce[12] ciphertext tag[16])
+ *     bp:enc:v2:KID:BASE64(destination):BASE64(nonce[12] ciphertext tag[16])
  *
  * encrypted with the key KID of the ring, a fresh random nonce per value,
- * and the integration id and field name as associated data (a ciphertext
- * moved to another field or integration does not decrypt).
+ * and as associated data the integration id, the field name and the
+ * destination: the URL fields the secret is sent to with their values
+ * ("api_url=https://acct.api-us1.com", one per line; registry.c computes it
+ * from the blueprint's sent_to).  A ciphertext moved to another field or
+ * integration, or kept while its URL is changed (by whoever can write the
+ * cluster's configuration topic, say), does not open for that use.  The
+ * destination is kept readable in the value so that a key rotation, which
+ * has no blueprint, wraps it again for the same destination.
+ *
+ * bp:enc:v1:KID:BASE64(…) values (before destinations were bound: the id
+ * and field only) still decrypt; serve migrates them to v2 at start.
  *
  * The key ring is a file (BLUEPRINT_MASTER_KEY_FILE, else STATE/master.key,
  * created 0600 on first use): one key per line, "KID HEX64"; the first is
@@ -31,7 +40,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define ENC_PREFIX "bp:enc:v1:"
+#define ENC_PREFIX "bp:enc:v2:"
+#define ENC_PREFIX_V1 "bp:enc:v1:"
+#define ENC_PREFIX_LEN 10   /* both prefixes */
 #define NONCE_LEN 12
 #define TAG_LEN 16
 
@@ -39,6 +50,14 @@ void bp_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msgl
 {
     unsigned int n = 32;
     if (!HMAC(EVP_sha256(), key, (int)keylen, msg, msglen, out, &n)) memset(out, 0, 32);
+}
+
+void bp_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 32;
+    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1) memset(md, 0, sizeof md);
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 int bp_equal_consttime(const void *a, const void *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
@@ -212,25 +231,36 @@ int bp_keyring_keys(bp_keyring *r, char kids[][17], unsigned char keys[][32], in
 
 /* ---- AES-256-GCM ------------------------------------------------------------------------ */
 
-int bp_is_encrypted(const char *value) { return value && !strncmp(value, ENC_PREFIX, strlen(ENC_PREFIX)); }
-
-static void aad_for(bp_buf *aad, const char *integration, const char *field)
+int bp_is_encrypted(const char *value)
 {
-    bp_buf_adds(aad, integration);
-    bp_buf_add(aad, "", 1);   /* a NUL between: "ab"+"c" is not "a"+"bc" */
-    bp_buf_adds(aad, field);
+    return value && (!strncmp(value, ENC_PREFIX, ENC_PREFIX_LEN) || !strncmp(value, ENC_PREFIX_V1, ENC_PREFIX_LEN));
 }
 
-/* Encrypt with the primary key; out gets the bp:enc:v1 string. */
-int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *plain, bp_buf *out,
-                      bp_error *err)
+int bp_is_encrypted_v1(const char *value) { return value && !strncmp(value, ENC_PREFIX_V1, ENC_PREFIX_LEN); }
+
+/* Parts of a NUL between: "ab"+"c" is not "a"+"bc".  v1 has no version
+ * tag and no destination. */
+static void aad_for(bp_buf *aad, int v1, const char *integration, const char *field, const char *dest)
+{
+    if (!v1) bp_buf_add(aad, "v2", 3);
+    bp_buf_adds(aad, integration);
+    bp_buf_add(aad, "", 1);
+    bp_buf_adds(aad, field);
+    if (!v1) { bp_buf_add(aad, "", 1); bp_buf_adds(aad, dest); }
+}
+
+/* Encrypt with the primary key for dest; out gets the bp:enc:v2 string
+ * (dest NULL: v1, only for a rotation to re-wrap a value that serve has
+ * not migrated yet as it was). */
+int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *dest, const char *plain,
+                      bp_buf *out, bp_error *err)
 {
     size_t len = strlen(plain);
     unsigned char *blob = malloc(NONCE_LEN + len + TAG_LEN + 1);
     if (!blob) abort();
     bp_buf aad;
     bp_buf_init(&aad);
-    aad_for(&aad, integration, field);
+    aad_for(&aad, !dest, integration, field, dest);
     pthread_mutex_lock(&r->mu);
     int rc = refresh(r, err);
     char kid[17];
@@ -251,7 +281,8 @@ int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field,
         rc = -1;
     }
     if (rc == 0) {
-        bp_buf_printf(out, ENC_PREFIX "%s:", kid);
+        bp_buf_printf(out, "%s%s:", dest ? ENC_PREFIX : ENC_PREFIX_V1, kid);
+        if (dest) { b64_encode(out, (const unsigned char *)dest, strlen(dest)); bp_buf_addc(out, ':'); }
         b64_encode(out, blob, NONCE_LEN + (size_t)(n + fin) + TAG_LEN);
     }
     EVP_CIPHER_CTX_free(c);
@@ -262,23 +293,65 @@ int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field,
     return rc;
 }
 
-/* Decrypt a bp:enc:v1 string into out (plain text).  The error says which
- * key it needs and why it failed, never what it holds. */
-int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *value, bp_buf *out,
-                      bp_error *err)
+/* The parts of a sealed value: kid, the destination it was sealed for
+ * (v2; "" for v1), and the base64 blob.  -1 when it is not in the form. */
+static int split_sealed(const char *value, char kid[17], bp_buf *dest, const char **blob64)
 {
-    const char *p = value + strlen(ENC_PREFIX);
-    const char *colon = strchr(p, ':');
-    if (!bp_is_encrypted(value) || !colon || colon - p > 16) {
-        bp_error_set(err, "the stored secret '%s' of integration %s is not in the bp:enc:v1 form", field, integration);
+    if (!bp_is_encrypted(value)) return -1;
+    const char *p = value + ENC_PREFIX_LEN, *colon = strchr(p, ':');
+    if (!colon || colon - p > 16 || colon == p) return -1;
+    snprintf(kid, 17, "%.*s", (int)(colon - p), p);
+    *blob64 = colon + 1;
+    if (bp_is_encrypted_v1(value)) return 0;
+    const char *d = colon + 1, *end = strchr(d, ':');
+    if (!end) return -1;
+    size_t n = (size_t)(end - d);
+    bp_buf_reserve(dest, n + 1);
+    int len = b64_decode(d, n, (unsigned char *)dest->data + dest->len, n + 1);
+    if (len < 0 || memchr(dest->data + dest->len, '\0', (size_t)len)) return -1;
+    dest->len += (size_t)len;
+    dest->data[dest->len] = '\0';
+    *blob64 = end + 1;
+    return 0;
+}
+
+int bp_sealed_destination(const char *value, bp_buf *dest)
+{
+    char kid[17];
+    const char *blob64;
+    return split_sealed(value, kid, dest, &blob64);
+}
+
+/* Decrypt a sealed value into out (plain text).  dest: the destination the
+ * caller is about to send it to (it must be the one it was sealed for), or
+ * NULL for the one it was sealed for (a rotation re-wraps it as it is).
+ * v1 values have none and open for any.  The error says which key it needs
+ * and why it failed, never what it holds. */
+int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *dest, const char *value,
+                      bp_buf *out, bp_error *err)
+{
+    char kid[17];
+    const char *blob64;
+    bp_buf sealed_for;
+    bp_buf_init(&sealed_for);
+    bp_buf_add(&sealed_for, "", 0);
+    if (split_sealed(value, kid, &sealed_for, &blob64) < 0) {
+        bp_error_set(err, "the stored secret '%s' of integration %s is not in the bp:enc:v2 form", field, integration);
+        bp_buf_free(&sealed_for);
         return -1;
     }
-    char kid[17];
-    snprintf(kid, sizeof kid, "%.*s", (int)(colon - p), p);
-    size_t b64len = strlen(colon + 1);
+    int v1 = bp_is_encrypted_v1(value);
+    if (!v1 && dest && strcmp(dest, sealed_for.data) != 0) {
+        bp_error_set(err, "the secret '%s' of integration %s was stored for [%s] but would now be sent to [%s]: it "
+                     "is not sent to another destination; enter it again together with the new URL", field,
+                     integration, sealed_for.data, dest);
+        bp_buf_free(&sealed_for);
+        return -1;
+    }
+    size_t b64len = strlen(blob64);
     unsigned char *blob = malloc(b64len + 1);
     if (!blob) abort();
-    int blen = b64_decode(colon + 1, b64len, blob, b64len);
+    int blen = b64_decode(blob64, b64len, blob, b64len);
     unsigned char key[32];
     int found = 0;
     pthread_mutex_lock(&r->mu);
@@ -299,7 +372,7 @@ int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field,
         size_t clen = (size_t)blen - NONCE_LEN - TAG_LEN;
         bp_buf aad;
         bp_buf_init(&aad);
-        aad_for(&aad, integration, field);
+        aad_for(&aad, v1, integration, field, sealed_for.data);
         bp_buf_reserve(out, clen + 1);
         EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
         int n = 0, fin = 0;
@@ -323,5 +396,6 @@ int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field,
     }
     OPENSSL_cleanse(key, sizeof key);
     free(blob);
+    bp_buf_free(&sealed_for);
     return rc;
 }

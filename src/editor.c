@@ -176,7 +176,8 @@ static void snapshot_parse(const char *json, size_t len, snapshot *s)
     bp_error err;
     bp_doc_init(&d);
     memset(s, 0, sizeof *s);
-    if (bp_json_parse(&d, json, len, NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT)
+    bp_json_limits whole = { len + 1, 0 };   /* a folder's files, from server.db: not an event's 512 KiB */
+    if (bp_json_parse(&d, json, len, &whole, &err) == 0 && d.nodes[0].type == BP_JOBJECT)
         for (uint32_t k = 1, i = 0; i < d.nodes[0].len; i++, k = d.nodes[k + 1].next)
             if (d.nodes[k + 1].type == BP_JSTRING) snapshot_add(s, bp_jtext(&d, k), bp_jtext(&d, k + 1), d.nodes[k + 1].len);
     bp_doc_free(&d);
@@ -1031,7 +1032,8 @@ void bp_editor_rollback(bp_registry *r, const char *vendor, const char *body, si
     int rc = bp_registry_edit_files(r, vendor, number, &text);
     bp_registry_edit_end(r);
     bp_error err;
-    if (rc != 0 || bp_json_parse(&files, text.data ? text.data : "", text.len, NULL, &err) < 0 ||
+    bp_json_limits whole = { text.len + 1, 0 };   /* as in snapshot_parse */
+    if (rc != 0 || bp_json_parse(&files, text.data ? text.data : "", text.len, &whole, &err) < 0 ||
         files.nodes[0].type != BP_JOBJECT) {
         fail(res, rc == 1 ? 404 : 500, rc == 1 ? "NOT_FOUND" : "INTERNAL", "%s", rc == 1 ? "no such revision of this "
              "blueprint (GET …/revisions lists them)" : "could not read the revision from server.db");

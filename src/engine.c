@@ -571,7 +571,8 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
         bp_error err;
         bp_request *r = bp_outcome_add_request(out);
         int is_table = lua_istable(L, -1);
-        if (!is_table || read_request(L, out, r, &err) < 0) {
+        if (!is_table || read_request(L, out, r, &err) < 0 ||
+            bp_request_check_destination(e->bp, e->cfg, r->url, &err) < 0) {
             if (!is_table) bp_error_set(&err, "expected a request table, got %s", luaL_typename(L, -1));
             out->verdict = BP_ERROR;
             bp_buf_reset(&out->reason);
@@ -779,7 +780,7 @@ static int l_send(lua_State *L)
     size_t at = o->nrequests;
     bp_request *r = bp_outcome_add_request(o);
     bp_error err;
-    if (read_request(L, o, r, &err) < 0) {
+    if (read_request(L, o, r, &err) < 0 || bp_request_check_destination(e->bp, e->cfg, r->url, &err) < 0) {
         bp_outcome_truncate_requests(o, at);
         return luaL_error(L, "ctx.send: %s", err.msg);
     }

@@ -562,6 +562,7 @@ void bp_pool_free(bp_pool *p);
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 
 void bp_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen, unsigned char out[32]);
+void bp_sha256_hex(const void *data, size_t len, char out[65]);   /* lower-case hex */
 int bp_equal_consttime(const void *a, const void *b, size_t n);   /* 1 when equal */
 int bp_random_bytes(unsigned char *out, size_t n);
 
@@ -573,11 +574,23 @@ const char *bp_keyring_path(const bp_keyring *r);
 int bp_keyring_keys(bp_keyring *r, char kids[][17], unsigned char keys[][32], int cap, bp_error *err);
 int bp_keyring_write(const char *path, int n, char kids[][17], unsigned char keys[][32], bp_error *err);
 void bp_key_new(char kid[17], unsigned char key[32]);
-int bp_is_encrypted(const char *value);
-int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *plain, bp_buf *out,
-                      bp_error *err);
-int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *value, bp_buf *out,
-                      bp_error *err);
+int bp_is_encrypted(const char *value);      /* bp:enc:v1 or v2 */
+int bp_is_encrypted_v1(const char *value);   /* sealed before destinations were bound */
+/* dest: the destination bound into the value (see crypto.c); decrypting
+ * with dest NULL opens it for the destination it was sealed for. */
+int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *dest, const char *plain,
+                      bp_buf *out, bp_error *err);
+int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field, const char *dest, const char *value,
+                      bp_buf *out, bp_error *err);
+int bp_sealed_destination(const char *value, bp_buf *dest);   /* v2: the destination it was sealed for */
+
+/* ---- request.c: where a request may go -------------------------------------------------- */
+
+/* 0 when url's scheme, host and port are those of one of bp's destination
+ * URL fields as cfg sets them, or https to one of its fixed hosts; else -1
+ * with err naming the host and what is allowed.  engine.c checks every
+ * request and step with it, so dry-run, deliver, serve and embedders all do. */
+int bp_request_check_destination(const bp_blueprint *bp, const bp_config *cfg, const char *url, bp_error *err);
 
 /* ---- auth.c ---------------------------------------------------------------------------- */
 
@@ -677,6 +690,9 @@ struct bp_registry {
     double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
     long retry_base_ms;                   /* fixed */
     int workers;                          /* fixed: delivery threads */
+    /* the editor's revisions kept per blueprint: the newest N, none older
+     * than D days (the newest always); BLUEPRINT_REVISIONS_KEEP / _DAYS */
+    int revisions_keep, revisions_days;   /* fixed */
     bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
     void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
     void *on_live_ctx;

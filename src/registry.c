@@ -44,11 +44,20 @@ static const char SCHEMA[] =
     /* console sign-in tokens taken, kept until they expire: each is good once */
     "CREATE TABLE IF NOT EXISTS signins(jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);"
     /* the console editor's saves of a blueprint folder: who, when, why, the
-     * unified diff, and every file as it then was (for rollback) */
+     * unified diff, and every file as it then was (for rollback): files is
+     * {"NAME":"SHA256",…}, each content stored once in blueprint_files
+     * however many revisions have it (the schema's user_version 1; 0 kept
+     * the contents in every row) */
     "CREATE TABLE IF NOT EXISTS blueprint_revisions("
     "  vendor TEXT NOT NULL, number INTEGER NOT NULL, revision TEXT NOT NULL, actor TEXT NOT NULL,"
     "  created_at INTEGER NOT NULL, message TEXT NOT NULL, diff TEXT NOT NULL, changed TEXT NOT NULL,"
-    "  files TEXT NOT NULL, PRIMARY KEY(vendor, number));";
+    "  files TEXT NOT NULL, PRIMARY KEY(vendor, number));"
+    "CREATE TABLE IF NOT EXISTS blueprint_files(sha256 TEXT PRIMARY KEY, content TEXT NOT NULL);";
+
+static int migrate_revision_files(bp_registry *r, bp_error *err);
+
+#define REVISIONS_KEEP 50     /* the editor's revisions kept per blueprint by default */
+#define REVISIONS_DAYS 365    /* … and for how long */
 
 /* ---- vendors (the catalog) ------------------------------------------------------------- */
 
@@ -263,6 +272,8 @@ static const bp_sink registry_sink = { on_outcome, on_answer, on_release };
 static void deliver_with(bp_registry *r, bp_integration *it, bp_shared_bp *sbp, const char *config_json)
 {
     if (!r->pool || !sbp) return;
+    /* a secret left sealed (transform_value said why) is not sent as it is */
+    if (strstr(config_json, "\"bp:enc:")) return;
     bp_error err;
     bp_config *cfg = bp_config_load_text(sbp->bp, config_json, strlen(config_json), "stored config", &err);
     if (!cfg) {
@@ -314,10 +325,114 @@ static int db_exec(bp_registry *r, const char *sql) { return sqlite3_exec(r->db,
 /* ---- secrets at rest ------------------------------------------------------------------------ */
 
 enum seal_mode {
-    SEAL,     /* encrypt every plain value of a secret field (bp) */
-    UNSEAL,   /* decrypt every encrypted value */
-    RESEAL,   /* decrypt and encrypt again under the ring's primary key */
+    SEAL,     /* encrypt every plain value of a secret field of bp (v1 values: again, bound, v2) */
+    UNSEAL,   /* decrypt every value of a secret field of bp for where bp sends it */
+    RESEAL,   /* decrypt and encrypt again under the ring's primary key, for the same destination */
 };
+
+/* A config value of a stored-form document (a string), or NULL. */
+static const char *doc_value(const bp_doc *d, const char *key)
+{
+    uint32_t c = bp_jget(d, 0, "config");
+    uint32_t v = c != BP_NONE ? bp_jget(d, c, key) : BP_NONE;
+    return v != BP_NONE && d->nodes[v].type == BP_JSTRING ? bp_jtext(d, v) : NULL;
+}
+
+/* Where secret field f of a stored document goes: "FIELD=URL" per line for
+ * each URL field of its sent_to, as set (or defaulted).  What its sealed
+ * value is bound to (crypto.c). */
+static void secret_destination(const bp_field *f, const bp_blueprint *bp, const bp_doc *d, bp_buf *out)
+{
+    bp_buf_reset(out);
+    bp_buf_add(out, "", 0);
+    for (size_t i = 0; i < f->nsent_to; i++) {
+        const char *v = doc_value(d, f->sent_to[i]);
+        const bp_field *u = v ? NULL : bp_blueprint_field(bp, f->sent_to[i]);
+        if (!v) v = u && u->default_value ? u->default_value : "";
+        bp_buf_printf(out, "%s%s=%s", i ? "\n" : "", f->sent_to[i], v);
+    }
+}
+
+/* The first of f's sent_to URL fields whose value differs between two
+ * documents (defaults applied), or NULL. */
+static const char *changed_destination(const bp_field *f, const bp_blueprint *bp, const bp_doc *a, const bp_doc *b)
+{
+    for (size_t i = 0; i < f->nsent_to; i++) {
+        const bp_field *u = bp_blueprint_field(bp, f->sent_to[i]);
+        const char *dflt = u && u->default_value ? u->default_value : "";
+        const char *x = doc_value(a, f->sent_to[i]), *y = doc_value(b, f->sent_to[i]);
+        if (strcmp(x ? x : dflt, y ? y : dflt) != 0) return f->sent_to[i];
+    }
+    return NULL;
+}
+
+static void log_sealed_kept(const char *integration, const char *field, const char *why)
+{
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_buf_adds(&f, "\"integration\":");
+    bp_json_write_text(&f, integration, strlen(integration));
+    bp_buf_adds(&f, ",\"field\":");
+    bp_json_write_text(&f, field, strlen(field));
+    bp_buf_adds(&f, ",\"why\":");
+    bp_json_write_text(&f, why, strlen(why));
+    bp_log("error", "a stored secret was not opened: the integration is not delivered until it is entered again "
+           "(PATCH it together with its URL)", f.data);
+    bp_buf_free(&f);
+}
+
+/* One value of field `field` (def: its definition in bp, or NULL) in its
+ * new form into out.  1 when it changed, 0 when kept, -1 with err. */
+static int transform_value(bp_keyring *ring, const char *integration, const bp_blueprint *bp, const bp_doc *d,
+                           const char *field, const bp_field *def, const char *value, enum seal_mode mode, bp_buf *out,
+                           bp_error *err)
+{
+    int secret = def && def->type == BP_FIELD_SECRET, sealed = bp_is_encrypted(value);
+    if (mode == SEAL ? !secret || !*value || !strcmp(value, "********") || (sealed && !bp_is_encrypted_v1(value))
+                     : !sealed)
+        return 0;
+    bp_buf dest, plain;
+    bp_buf_init(&dest);
+    bp_buf_init(&plain);
+    int rc = 1;
+    if (mode != RESEAL && secret && bp) secret_destination(def, bp, d, &dest);
+    else bp_buf_add(&dest, "", 0);
+    if (mode == UNSEAL && (!secret || !bp)) {
+        /* defence in depth: a secret is never opened into a field that is
+         * not one (a blueprint changed on disk while the server was down) */
+        log_sealed_kept(integration, field, bp ? "the blueprint's field is not type: secret"
+                                               : "its blueprint did not load (restart once it is fixed)");
+        rc = 0;
+    } else if (mode == UNSEAL && !bp_is_encrypted_v1(value)) {
+        bp_buf was;
+        bp_buf_init(&was);
+        bp_buf_add(&was, "", 0);
+        if (bp_sealed_destination(value, &was) < 0 || strcmp(was.data, dest.data) != 0) {
+            log_sealed_kept(integration, field, "it was stored for another destination than its URL fields now give");
+            rc = 0;
+        }
+        bp_buf_free(&was);
+    }
+    if (rc == 1 && sealed &&
+        bp_decrypt_secret(ring, integration, field, mode == RESEAL ? NULL : dest.data, value, &plain, err) < 0)
+        rc = -1;
+    if (rc == 1 && mode == UNSEAL) {
+        bp_json_write_text(out, plain.data ? plain.data : "", plain.len);
+    } else if (rc == 1) {
+        const char *text = sealed ? (plain.data ? plain.data : "") : value;
+        /* SEAL: bound to where bp sends it; RESEAL: for where it was bound
+         * to (a v1 value stays v1 until serve migrates it with its blueprint) */
+        const char *to = dest.data;
+        if (mode == RESEAL) to = bp_is_encrypted_v1(value) || bp_sealed_destination(value, &dest) < 0 ? NULL : dest.data;
+        bp_buf_addc(out, '"');   /* the ciphertext is base64: nothing to escape */
+        if (bp_encrypt_secret(ring, integration, field, to, text, out, err) < 0) rc = -1;
+        bp_buf_addc(out, '"');
+    }
+    if (plain.data) memset(plain.data, 0, plain.cap);
+    bp_buf_free(&plain);
+    bp_buf_free(&dest);
+    return rc;
+}
 
 /* The stored-form document `doc` of an integration with its config's
  * secrets sealed, unsealed or resealed into out.  *changed says whether
@@ -334,8 +449,6 @@ static int transform_doc(bp_keyring *ring, const char *integration, const bp_blu
         return 0;
     }
     int rc = 0;
-    bp_buf plain;
-    bp_buf_init(&plain);
     bp_buf_addc(out, '{');
     for (uint32_t k = 1, i = 0; i < d.nodes[0].len; i++, k = d.nodes[k + 1].next) {
         if (i) bp_buf_addc(out, ',');
@@ -349,36 +462,16 @@ static int transform_doc(bp_keyring *ring, const char *integration, const bp_blu
             bp_json_write_node(out, &d, f);
             bp_buf_addc(out, ':');
             const char *field = bp_jtext(&d, f), *value = d.nodes[f + 1].type == BP_JSTRING ? bp_jtext(&d, f + 1) : NULL;
-            const bp_field *def = bp ? bp_blueprint_field(bp, field) : NULL;
-            int sealed = value && bp_is_encrypted(value);
-            bp_buf_reset(&plain);
-            if (mode == SEAL && value && !sealed && *value && def && def->type == BP_FIELD_SECRET &&
-                strcmp(value, "********") != 0) {
-                bp_buf_addc(out, '"');   /* the ciphertext is base64: nothing to escape */
-                rc = bp_encrypt_secret(ring, integration, field, value, out, err) < 0 ? -1 : rc;
-                bp_buf_addc(out, '"');
-                if (changed) *changed = 1;
-            } else if (mode != SEAL && sealed) {
-                if (bp_decrypt_secret(ring, integration, field, value, &plain, err) < 0) { rc = -1; break; }
-                if (mode == UNSEAL) {
-                    bp_json_write_text(out, plain.data ? plain.data : "", plain.len);
-                } else {
-                    bp_buf_addc(out, '"');
-                    rc = bp_encrypt_secret(ring, integration, field, plain.data ? plain.data : "", out, err) < 0 ? -1 : rc;
-                    bp_buf_addc(out, '"');
-                }
-                if (changed) *changed = 1;
-            } else {
-                bp_json_write_node(out, &d, f + 1);
-            }
-            if (rc < 0) break;
+            int done = value ? transform_value(ring, integration, bp, &d, field, bp ? bp_blueprint_field(bp, field) : NULL,
+                                               value, mode, out, err) : 0;
+            if (done < 0) { rc = -1; break; }
+            if (done && changed) *changed = 1;
+            if (!done) bp_json_write_node(out, &d, f + 1);
         }
         bp_buf_addc(out, '}');
         if (rc < 0) break;
     }
     bp_buf_addc(out, '}');
-    if (plain.data) memset(plain.data, 0, plain.cap);
-    bp_buf_free(&plain);
     bp_doc_free(&d);
     return rc;
 }
@@ -577,7 +670,8 @@ static int load_integrations(bp_registry *r, bp_error *err)
         const char *id = (const char *)sqlite3_column_text(q, 0);
         bp_buf plain;
         bp_buf_init(&plain);
-        if (transform_doc(r->keys, id, NULL, (const char *)sqlite3_column_text(q, 7), UNSEAL, &plain, NULL, err) < 0) {
+        if (transform_doc(r->keys, id, v->bp ? v->bp->bp : NULL, (const char *)sqlite3_column_text(q, 7), UNSEAL, &plain,
+                          NULL, err) < 0) {
             bp_buf_free(&plain);
             rc = -1;
             break;
@@ -718,6 +812,9 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     r->blueprints_dir = strdup(blueprints_dir);
     r->state_dir = strdup(state_dir);
     bp_limits_default(&r->limits);
+    const char *keep = getenv("BLUEPRINT_REVISIONS_KEEP"), *days = getenv("BLUEPRINT_REVISIONS_DAYS");
+    r->revisions_keep = keep && atoi(keep) > 0 ? atoi(keep) : REVISIONS_KEEP;
+    r->revisions_days = days && atoi(days) > 0 ? atoi(days) : REVISIONS_DAYS;
     char path[4096];
     /* the state directory holds secrets: owner only, and so is everything
      * created in it (SQLite's WAL and SHM files included) */
@@ -739,7 +836,10 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     if (!(r->store = bp_store_open(state_dir, "events.db", err))) { bp_registry_close(r); return NULL; }
     if (!(r->keys = bp_keyring_open(state_dir, err))) { bp_registry_close(r); return NULL; }
     load_vendors(r);
-    if (seal_plain_revisions(r, err) < 0 || load_integrations(r, err) < 0) { bp_registry_close(r); return NULL; }
+    if (seal_plain_revisions(r, err) < 0 || load_integrations(r, err) < 0 || migrate_revision_files(r, err) < 0) {
+        bp_registry_close(r);
+        return NULL;
+    }
     import_old_stores(r);
     r->metrics.integrations = (long)r->n;
     return r;
@@ -1130,6 +1230,37 @@ int bp_registry_install(bp_registry *r, bp_vendor *v, const bp_doc *body, const 
     return rc;
 }
 
+/* A stored secret does not follow a changed URL: a change of a URL field
+ * that secret is sent to (sent_to) needs the secret in the same change,
+ * else -1 with err naming both. */
+static int check_secret_follows(const bp_blueprint *bp, const char *before, const char *after, const bp_doc *patch,
+                                bp_error *err)
+{
+    bp_doc a, b;
+    bp_error perr;
+    bp_doc_init(&a);
+    bp_doc_init(&b);
+    int rc = 0;
+    uint32_t pc = bp_jget(patch, 0, "config");
+    if (bp_json_parse(&a, before, strlen(before), NULL, &perr) == 0 && bp_json_parse(&b, after, strlen(after), NULL, &perr) == 0) {
+        for (size_t i = 0; rc == 0 && i < bp->nfields; i++) {
+            const bp_field *f = &bp->fields[i];
+            const char *held = f->type == BP_FIELD_SECRET ? doc_value(&a, f->key) : NULL;
+            uint32_t given = pc != BP_NONE ? bp_jget(patch, pc, f->key) : BP_NONE;
+            const char *url = held && *held ? changed_destination(f, bp, &a, &b) : NULL;
+            if (!url || (given != BP_NONE && patch->nodes[given].type != BP_JNULL)) continue;
+            /* "config field 'KEY'": the API's 422 names it, and the console shows it there */
+            bp_error_set(err, "changing '%s' needs config field '%s' in the same change: the stored secret is sent to "
+                         "%s's host and does not follow it to a new one; give {\"config\":{\"%s\":…,\"%s\":…}}", url,
+                         f->key, url, url, f->key);
+            rc = -1;
+        }
+    }
+    bp_doc_free(&a);
+    bp_doc_free(&b);
+    return rc;
+}
+
 static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch, const bp_claims *who, int *http,
                          bp_error *err)
 {
@@ -1157,7 +1288,8 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
     bp_buf_init(&doc);
     write_merged(&doc, &cur, 0, patch, 0);
     bp_doc_free(&cur);
-    bp_config *cfg = validate(sbp->bp, doc.data, it->variant, err);
+    bp_config *cfg = check_secret_follows(sbp->bp, current, doc.data, patch, err) < 0 ? NULL
+                     : validate(sbp->bp, doc.data, it->variant, err);
     if (!cfg) { bp_buf_free(&doc); bp_shared_bp_drop(sbp); free(current); return -1; }
     pthread_mutex_lock(&r->mu);
     char *old_json = it->config_json;
@@ -1406,7 +1538,8 @@ void bp_registry_apply_config(bp_registry *r, const char *record, size_t len)
         bp_buf_init(&plain);
         if (!v) {
             bp_log("error", "integration from the cluster not loaded: no blueprint for its vendor on this node", f.data);
-        } else if (transform_doc(r->keys, id, NULL, current.data ? current.data : "{}", UNSEAL, &plain, NULL, &err) < 0) {
+        } else if (transform_doc(r->keys, id, sbp ? sbp->bp : NULL, current.data ? current.data : "{}", UNSEAL, &plain,
+                                 NULL, &err) < 0) {
             bp_buf_adds(&f, ",\"error\":");
             bp_json_write_text(&f, err.msg, strlen(err.msg));
             bp_log("error", "integration from the cluster not loaded: its secrets do not decrypt here (do the nodes "
@@ -1493,7 +1626,8 @@ void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc
             bp_json_write_node(out, &d, k);
             bp_buf_addc(out, ':');
             const bp_field *f = bp ? bp_blueprint_field(bp, bp_jtext(&d, k)) : NULL;
-            if (!f || f->type == BP_FIELD_SECRET) bp_buf_adds(out, "\"********\"");
+            int sealed = d.nodes[k + 1].type == BP_JSTRING && bp_is_encrypted(bp_jtext(&d, k + 1));
+            if (!f || f->type == BP_FIELD_SECRET || sealed) bp_buf_adds(out, "\"********\"");
             else bp_json_write_node(out, &d, k + 1);
         }
     }
@@ -1526,6 +1660,16 @@ static void items_of(bp_registry *r, bp_vendor *v, vendor_items *vi)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* The version of v that runs (a reference held), or NULL. */
+static bp_shared_bp *running_of(bp_registry *r, bp_vendor *v)
+{
+    pthread_mutex_lock(&r->mu);
+    bp_shared_bp *sbp = v->bp;
+    if (sbp) bp_shared_bp_hold(sbp);
+    pthread_mutex_unlock(&r->mu);
+    return sbp;
+}
+
 /* admin_mu held (next_cfg). */
 static void items_free(vendor_items *vi)
 {
@@ -1543,7 +1687,55 @@ static void items_free(vendor_items *vi)
  * config of vi validated against its fields (each item's next_cfg): what a
  * new version must pass before it replaces the running one.  admin_mu held,
  * so no install, update or delete slips in between.  NULL with err. */
-static bp_blueprint *load_checked(const char *dir, vendor_items *vi, bp_error *err)
+/* A stored secret keeps its type and its destination: -1 with err naming
+ * the field and the integrations that hold a value for it when new
+ * blueprint nb would make a secret field of ob another type (a viewer
+ * would read it, and it would be stored in plain text), drop it, or send it
+ * to another URL field or default URL (the key would follow). */
+static int check_secrets_kept(const bp_blueprint *ob, const bp_blueprint *nb, vendor_items *vi, bp_error *err)
+{
+    bp_buf was, now, who;
+    bp_buf_init(&was);
+    bp_buf_init(&now);
+    bp_buf_init(&who);
+    int rc = 0;
+    for (size_t i = 0; ob && rc == 0 && i < ob->nfields; i++) {
+        const bp_field *of = &ob->fields[i], *nf = bp_blueprint_field(nb, of->key);
+        if (of->type != BP_FIELD_SECRET) continue;
+        const char *why = NULL;
+        bp_buf_reset(&who);
+        for (size_t k = 0; k < vi->n; k++) {
+            bp_doc d;
+            bp_error perr;
+            bp_doc_init(&d);
+            const char *v = bp_json_parse(&d, vi->docs[k], strlen(vi->docs[k]), NULL, &perr) == 0 ? doc_value(&d, of->key) : NULL;
+            if (v && *v) {
+                const char *w = !nf ? "remove the field" : nf->type != BP_FIELD_SECRET ? "make it another type than secret" : NULL;
+                if (!w) {
+                    secret_destination(of, ob, &d, &was);
+                    secret_destination(nf, nb, &d, &now);
+                    if (strcmp(was.data, now.data) != 0) w = "send it elsewhere (its sent_to, or the URL it is sent to, changed)";
+                }
+                if (w) {
+                    why = w;
+                    bp_buf_printf(&who, "%s'%s' (%s)", who.len ? ", " : "", vi->items[k]->name, vi->items[k]->id);
+                }
+            }
+            bp_doc_free(&d);
+        }
+        if (!why) continue;
+        bp_error_set(err, "config field '%s' is type: secret and integrations hold a stored value for it (%s): this "
+                     "change would %s; a stored secret keeps its type and destination (keep the field as it is, or "
+                     "delete those integrations first)", of->key, who.data, why);
+        rc = -1;
+    }
+    bp_buf_free(&was);
+    bp_buf_free(&now);
+    bp_buf_free(&who);
+    return rc;
+}
+
+static bp_blueprint *load_checked(const bp_blueprint *ob, const char *dir, vendor_items *vi, bp_error *err)
 {
     bp_blueprint *nb = bp_blueprint_load(dir, err);
     int ok = nb && scratch_compile(nb, err) == 0;
@@ -1556,6 +1748,7 @@ static bp_blueprint *load_checked(const char *dir, vendor_items *vi, bp_error *e
                      vi->items[k]->id, why);
         ok = 0;
     }
+    if (ok) ok = check_secrets_kept(ob, nb, vi, err) == 0;   /* configs that validate: their secrets kept */
     if (!ok) { bp_blueprint_free(nb); return NULL; }
     return nb;
 }
@@ -1576,7 +1769,9 @@ static int reload_locked(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_
     if (same) return 0;
     vendor_items vi;
     items_of(r, v, &vi);
-    bp_blueprint *nb = load_checked(v->dir, &vi, err);
+    bp_shared_bp *running = running_of(r, v);
+    bp_blueprint *nb = load_checked(running ? running->bp : NULL, v->dir, &vi, err);
+    bp_shared_bp_drop(running);
     bp_buf f;
     bp_buf_init(&f);
     bp_buf_adds(&f, "\"blueprint\":");
@@ -1681,7 +1876,9 @@ int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, bp_err
 {
     vendor_items vi;
     items_of(r, v, &vi);
-    bp_blueprint *nb = load_checked(dir, &vi, err);
+    bp_shared_bp *running = running_of(r, v);
+    bp_blueprint *nb = load_checked(running ? running->bp : NULL, dir, &vi, err);
+    bp_shared_bp_drop(running);
     items_free(&vi);
     bp_blueprint_free(nb);
     return nb ? 0 : -1;
@@ -1695,6 +1892,159 @@ int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, 
     snprintf(running, BP_REVISION_LEN, "%s", v->bp ? v->bp->revision : "");
     pthread_mutex_unlock(&r->mu);
     return rc;
+}
+
+/* ---- the editor's revisions: content-addressed files, retention ---------------------------------- */
+
+/* Each file of files_json ({"NAME":"content",…}) into blueprint_files once,
+ * keyed by its SHA-256; manifest gets {"NAME":"SHA256",…}.  In a
+ * transaction, admin_mu held. */
+static int store_files(bp_registry *r, const char *files_json, bp_buf *manifest)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    sqlite3_stmt *q = NULL;
+    size_t len = strlen(files_json);
+    bp_json_limits whole = { len + 1, 0 };   /* ours, as large as the folder: not an event's limit */
+    int ok = bp_json_parse(&d, files_json, len, &whole, &err) == 0 && d.nodes[0].type == BP_JOBJECT &&
+             sqlite3_prepare_v2(r->db, "INSERT OR IGNORE INTO blueprint_files(sha256, content) VALUES(?1, ?2)", -1, &q,
+                                NULL) == SQLITE_OK;
+    bp_buf_addc(manifest, '{');
+    for (uint32_t k = 1, i = 0; ok && i < d.nodes[0].len; i++, k = d.nodes[k + 1].next) {
+        if (d.nodes[k + 1].type != BP_JSTRING) { ok = 0; break; }
+        const char *text = bp_jtext(&d, k + 1);
+        size_t n = d.nodes[k + 1].len;
+        char hash[65];
+        bp_sha256_hex(text, n, hash);
+        sqlite3_reset(q);
+        sqlite3_bind_text(q, 1, hash, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, text, (int)n, SQLITE_STATIC);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        if (i) bp_buf_addc(manifest, ',');
+        bp_json_write_node(manifest, &d, k);
+        bp_buf_printf(manifest, ":\"%s\"", hash);
+    }
+    bp_buf_addc(manifest, '}');
+    sqlite3_finalize(q);
+    bp_doc_free(&d);
+    return ok ? 0 : -1;
+}
+
+/* The files of a manifest as {"NAME":"content",…} into out.  -1 when one is
+ * missing (server.db damaged). */
+static int load_files(bp_registry *r, const char *manifest, bp_buf *out)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    sqlite3_stmt *q = NULL;
+    int ok = bp_json_parse(&d, manifest, strlen(manifest), NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT &&
+             sqlite3_prepare_v2(r->db, "SELECT content FROM blueprint_files WHERE sha256=?1", -1, &q, NULL) == SQLITE_OK;
+    bp_buf_addc(out, '{');
+    for (uint32_t k = 1, i = 0; ok && i < d.nodes[0].len; i++, k = d.nodes[k + 1].next) {
+        sqlite3_reset(q);
+        sqlite3_bind_text(q, 1, bp_jtext(&d, k + 1), -1, SQLITE_STATIC);
+        ok = sqlite3_step(q) == SQLITE_ROW;
+        if (!ok) break;
+        if (i) bp_buf_addc(out, ',');
+        bp_json_write_node(out, &d, k);
+        bp_buf_addc(out, ':');
+        bp_json_write_text(out, (const char *)sqlite3_column_text(q, 0), (size_t)sqlite3_column_bytes(q, 0));
+    }
+    bp_buf_addc(out, '}');
+    sqlite3_finalize(q);
+    bp_doc_free(&d);
+    return ok ? 0 : -1;
+}
+
+/* Drop vendor's revisions beyond the newest revisions_keep or older than
+ * revisions_days (never the newest, `newest`), then the file contents no
+ * revision has any more; the audit log says what went.  admin_mu held. */
+static void prune_revisions(bp_registry *r, const char *vendor, int newest)
+{
+    sqlite3_stmt *q;
+    int64_t before = (int64_t)bp_wall_ms() - (int64_t)r->revisions_days * 86400000;
+    int first = 0, last = 0, n = 0, files = 0;
+    if (db_exec(r, "BEGIN IMMEDIATE") < 0) return;
+    if (sqlite3_prepare_v2(r->db, "SELECT min(number), max(number), count(*) FROM blueprint_revisions WHERE vendor=?1 "
+                                  "AND number < ?2 AND (number <= ?2 - ?3 OR created_at < ?4)", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, newest);
+        sqlite3_bind_int(q, 3, r->revisions_keep);
+        sqlite3_bind_int64(q, 4, before);
+        if (sqlite3_step(q) == SQLITE_ROW) { first = sqlite3_column_int(q, 0); last = sqlite3_column_int(q, 1); n = sqlite3_column_int(q, 2); }
+        sqlite3_finalize(q);
+    }
+    int ok = n > 0 && sqlite3_prepare_v2(r->db, "DELETE FROM blueprint_revisions WHERE vendor=?1 AND number < ?2 AND "
+                                                "(number <= ?2 - ?3 OR created_at < ?4)", -1, &q, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, newest);
+        sqlite3_bind_int(q, 3, r->revisions_keep);
+        sqlite3_bind_int64(q, 4, before);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        sqlite3_finalize(q);
+    }
+    if (ok) {
+        ok = db_exec(r, "DELETE FROM blueprint_files WHERE sha256 NOT IN (SELECT f.value FROM blueprint_revisions, "
+                        "json_each(blueprint_revisions.files) f)") == 0;
+        files = sqlite3_changes(r->db);
+    }
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    if (!ok) return;
+    bp_buf what;
+    bp_buf_init(&what);
+    bp_buf_printf(&what, "%s: %d blueprint revision%s pruned (numbers %d to %d; kept: the newest %d, none older than %d "
+                  "days), %d file version%s no revision has any more removed", vendor, n, n == 1 ? "" : "s", first, last,
+                  r->revisions_keep, r->revisions_days, files, files == 1 ? "" : "s");
+    audit_locked(r, NULL, "blueprint.prune", NULL, 0, 0, what.data);
+    bp_buf_free(&what);
+}
+
+/* server.db before user_version 1 kept every file's content in every
+ * revision: move them into blueprint_files once (shrinking the file). */
+static int migrate_revision_files(bp_registry *r, bp_error *err)
+{
+    sqlite3_stmt *q, *u = NULL;
+    int version = 0;
+    if (sqlite3_prepare_v2(r->db, "PRAGMA user_version", -1, &q, NULL) == SQLITE_OK) {
+        if (sqlite3_step(q) == SQLITE_ROW) version = sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+    }
+    if (version >= 1) return 0;
+    if (db_exec(r, "BEGIN IMMEDIATE") < 0) { bp_error_set(err, "server.db: %s", sqlite3_errmsg(r->db)); return -1; }
+    int ok = sqlite3_prepare_v2(r->db, "SELECT vendor, number, files FROM blueprint_revisions", -1, &q, NULL) == SQLITE_OK &&
+             sqlite3_prepare_v2(r->db, "UPDATE blueprint_revisions SET files=?3 WHERE vendor=?1 AND number=?2", -1, &u,
+                                NULL) == SQLITE_OK;
+    long moved = 0;
+    while (ok && sqlite3_step(q) == SQLITE_ROW) {
+        bp_buf manifest;
+        bp_buf_init(&manifest);
+        ok = store_files(r, (const char *)sqlite3_column_text(q, 2), &manifest) == 0;
+        if (ok) {
+            sqlite3_reset(u);
+            sqlite3_bind_value(u, 1, sqlite3_column_value(q, 0));
+            sqlite3_bind_int(u, 2, sqlite3_column_int(q, 1));
+            sqlite3_bind_text(u, 3, manifest.data, (int)manifest.len, SQLITE_STATIC);
+            ok = sqlite3_step(u) == SQLITE_DONE;
+            moved++;
+        }
+        bp_buf_free(&manifest);
+    }
+    sqlite3_finalize(q);
+    sqlite3_finalize(u);
+    if (ok) ok = db_exec(r, "PRAGMA user_version=1") == 0;
+    if (!ok) bp_error_set(err, "server.db: could not move the blueprint revisions' files into blueprint_files: %s",
+                          sqlite3_errmsg(r->db));
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    if (ok && moved) {
+        db_exec(r, "VACUUM");
+        char detail[64];
+        snprintf(detail, sizeof detail, "\"revisions\":%ld", moved);
+        bp_log("info", "blueprint revisions now keep each file once (server.db migrated)", detail);
+    }
+    return ok ? 0 : -1;
 }
 
 int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, char revision[BP_REVISION_LEN])
@@ -1725,16 +2075,24 @@ int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev
     rev->created_at = (int64_t)bp_wall_ms();
     snprintf(rev->actor, sizeof rev->actor, "%s", who->sub[0] ? who->sub : "(no subject)");
     sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(r->db, "INSERT INTO blueprint_revisions(vendor, number, revision, actor, created_at, message, "
-                                  "diff, changed, files) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", -1, &q, NULL) != SQLITE_OK)
-        return -1;
-    const char *texts[] = { vendor, NULL, rev->revision, rev->actor, NULL, rev->message, rev->diff, rev->changed_json,
-                            rev->files_json };
-    for (int i = 0; i < 9; i++) if (texts[i]) sqlite3_bind_text(q, i + 1, texts[i], -1, SQLITE_STATIC);
-    sqlite3_bind_int(q, 2, rev->number);
-    sqlite3_bind_int64(q, 5, rev->created_at);
-    int ok = sqlite3_step(q) == SQLITE_DONE;
-    sqlite3_finalize(q);
+    bp_buf manifest;
+    bp_buf_init(&manifest);
+    int ok = db_exec(r, "BEGIN IMMEDIATE") == 0;
+    if (ok) ok = store_files(r, rev->files_json, &manifest) == 0 &&
+                 sqlite3_prepare_v2(r->db, "INSERT INTO blueprint_revisions(vendor, number, revision, actor, created_at, "
+                                           "message, diff, changed, files) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", -1,
+                                    &q, NULL) == SQLITE_OK;
+    if (ok) {
+        const char *texts[] = { vendor, NULL, rev->revision, rev->actor, NULL, rev->message, rev->diff, rev->changed_json,
+                                manifest.data };
+        for (int i = 0; i < 9; i++) if (texts[i]) sqlite3_bind_text(q, i + 1, texts[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, rev->number);
+        sqlite3_bind_int64(q, 5, rev->created_at);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        sqlite3_finalize(q);
+    }
+    db_exec(r, ok ? "COMMIT" : "ROLLBACK");
+    bp_buf_free(&manifest);
     if (!ok) return -1;
     if (action) {
         bp_buf what;
@@ -1744,6 +2102,7 @@ int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev
         audit_locked(r, who, action, NULL, last, rev->number, what.data);
         bp_buf_free(&what);
     }
+    prune_revisions(r, vendor, rev->number);
     return rev->number;
 }
 
@@ -1756,9 +2115,9 @@ int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_bu
     sqlite3_bind_text(q, 1, vendor, -1, SQLITE_STATIC);
     sqlite3_bind_int(q, 2, number);
     int found = sqlite3_step(q) == SQLITE_ROW;
-    if (found) bp_buf_add(files_json, sqlite3_column_text(q, 0), (size_t)sqlite3_column_bytes(q, 0));
+    int rc = found ? load_files(r, (const char *)sqlite3_column_text(q, 0), files_json) : 1;
     sqlite3_finalize(q);
-    return found ? 0 : 1;
+    return rc;
 }
 
 /* A text column as a JSON string. */
@@ -1804,8 +2163,14 @@ bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_bluepr
     int mine = !strcmp(it->vendor->key, vendor);
     pthread_mutex_unlock(&r->mu);
     bp_config *c = NULL;
+    /* an edit that would give its stored secret to a mapping as plain
+     * config (a dry-run prints what the mapping puts in a body) is refused
+     * as a save would be */
+    bp_shared_bp *running = mine ? running_of(r, it->vendor) : NULL;
+    vendor_items one = { &it, &doc, 1 };
     if (!mine) { *status = 400; bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor); }
-    else c = validate(bp, doc, it->variant, err);
+    else if (check_secrets_kept(running ? running->bp : NULL, bp, &one, err) == 0) c = validate(bp, doc, it->variant, err);
+    bp_shared_bp_drop(running);
     memset(doc, 0, strlen(doc));   /* it holds the secrets */
     free(doc);
     bp_integration_release(it);

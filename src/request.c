@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 void bp_outcome_init(bp_outcome *o)
 {
@@ -239,4 +240,80 @@ void bp_outcome_write_fields(const bp_outcome *o, long index, const char *label,
     if (o->logs_dropped)
         bp_buf_printf(out, "%s{\"at\":null,\"msg\":\"(%zu more lines dropped)\"}", o->nlogs ? "," : "", o->logs_dropped);
     bp_buf_addc(out, ']');
+}
+
+/* ---- where a request may go ------------------------------------------------------------ */
+
+typedef struct origin {
+    int https;
+    char host[256];
+    unsigned port;
+} origin;
+
+/* scheme, host (lower case) and port of an absolute http(s) URL.  NULL when
+ * good, else what is wrong.  A user name ("https://api.host@evil/") or a
+ * backslash in the authority is refused rather than interpreted: HTTP
+ * clients disagree about them, and the host checked must be the host
+ * connected to. */
+static const char *parse_origin(const char *url, origin *o)
+{
+    const char *rest;
+    if (!strncasecmp(url, "https://", 8)) { o->https = 1; rest = url + 8; }
+    else if (!strncasecmp(url, "http://", 7)) { o->https = 0; rest = url + 7; }
+    else return "not an absolute http(s) URL";
+    size_t alen = strcspn(rest, "/?#");
+    if (memchr(rest, '@', alen) || memchr(rest, '\\', alen) || memchr(rest, '%', alen))
+        return "a user name, '\\' or '%' in the host part";
+    const char *port = NULL;
+    size_t hlen;
+    if (rest[0] == '[') {   /* IPv6 literal */
+        const char *close = memchr(rest, ']', alen);
+        if (!close) return "an unclosed '[' in the host";
+        hlen = (size_t)(close - rest) + 1;
+        if (hlen < alen) { if (rest[hlen] != ':') return "a bad port"; port = rest + hlen + 1; }
+    } else {
+        const char *colon = memchr(rest, ':', alen);
+        hlen = colon ? (size_t)(colon - rest) : alen;
+        if (colon) port = colon + 1;
+    }
+    if (!hlen || hlen >= sizeof o->host) return "no host (or one too long)";
+    for (size_t i = 0; i < hlen; i++) o->host[i] = (char)(rest[i] >= 'A' && rest[i] <= 'Z' ? rest[i] + 32 : rest[i]);
+    o->host[hlen] = '\0';
+    while (hlen > 1 && o->host[hlen - 1] == '.') o->host[--hlen] = '\0';   /* "host." is host */
+    o->port = o->https ? 443 : 80;
+    if (port) {
+        size_t plen = (size_t)(rest + alen - port);
+        if (!plen || plen > 5 || strspn(port, "0123456789") < plen) return "a bad port";
+        o->port = (unsigned)strtoul(port, NULL, 10);
+        if (!o->port || o->port > 65535) return "a bad port";
+    }
+    return NULL;
+}
+
+static int same_origin(const origin *a, const origin *b)
+{
+    return a->https == b->https && a->port == b->port && !strcmp(a->host, b->host);
+}
+
+int bp_request_check_destination(const bp_blueprint *bp, const bp_config *cfg, const char *url, bp_error *err)
+{
+    origin to, allowed;
+    const char *bad = parse_origin(url, &to);
+    if (bad) { bp_error_set(err, "url '%.200s': %s", url, bad); return -1; }
+    bp_buf list;
+    bp_buf_init(&list);
+    for (size_t i = 0; i < bp->ndest_fields; i++) {
+        const char *v = cfg ? bp_config_get(cfg, bp->dest_fields[i]) : NULL;
+        if (!v || !*v || parse_origin(v, &allowed)) continue;
+        if (same_origin(&to, &allowed)) { bp_buf_free(&list); return 0; }
+        bp_buf_printf(&list, "%s%s (%s:%u)", list.len ? ", " : "", bp->dest_fields[i], allowed.host, allowed.port);
+    }
+    for (size_t i = 0; i < bp->ndest_hosts; i++) {
+        if (to.https && to.port == 443 && !strcmp(to.host, bp->dest_hosts[i])) { bp_buf_free(&list); return 0; }
+        bp_buf_printf(&list, "%s%s", list.len ? ", " : "", bp->dest_hosts[i]);
+    }
+    bp_error_set(err, "the host '%s' (port %u) is not a destination of this blueprint: it may send to %s "
+                 "(blueprint.yaml's destinations)", to.host, to.port, list.len ? list.data : "nowhere");
+    bp_buf_free(&list);
+    return -1;
 }

@@ -588,10 +588,44 @@ TEST(pace_obeys_retry_after_and_a_lower_limit)
     CHECK(bp_bucket_take(&b, 5) == 0 && bp_bucket_take(&b, 5) == 0);
 }
 
+/* ---- where a request may go (request.c) ---- */
+
+TEST(destinations_match_scheme_host_and_port_exactly)
+{
+    char *fields[] = { "url" }, *hosts[] = { "trackcmp.net" };
+    bp_blueprint bp;
+    memset(&bp, 0, sizeof bp);
+    bp.dest_fields = fields;
+    bp.ndest_fields = 1;
+    bp.dest_hosts = hosts;
+    bp.ndest_hosts = 1;
+    bp_config_value v = { "url", "http://127.0.0.1:8080/hook", 0 };
+    bp_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.values = &v;
+    cfg.nvalues = 1;
+    bp_error err;
+    static const char *const good[] = { "http://127.0.0.1:8080/other?x=1", "HTTP://127.0.0.1:8080", "https://trackcmp.net/event",
+                                         "https://TRACKCMP.NET:443/e", "https://trackcmp.net./e" };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) CHECK_INT(bp_request_check_destination(&bp, &cfg, good[i], &err), 0);
+    static const char *const bad[] = { "http://127.0.0.1:8081/hook", "https://127.0.0.1:8080/hook", "http://localhost:8080/",
+                                       "http://trackcmp.net/event", "https://trackcmp.net:8443/", "https://trackcmp.net.evil.example/",
+                                       "https://trackcmp.net@evil.example/", "https://evil.example\\@trackcmp.net/",
+                                       "https://trackcmp%2enet/", "http://[::1]:8080/", "https://trackcmp.net:/", "https://x:99999/" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECK_INT(bp_request_check_destination(&bp, &cfg, bad[i], &err), -1);
+        CHECK(err.msg[0] != '\0');
+    }
+    CHECK_INT(bp_request_check_destination(&bp, &cfg, "https://evil.example/x", &err), -1);
+    CHECK_CONTAINS(err.msg, "the host 'evil.example' (port 443) is not a destination");
+    CHECK_CONTAINS(err.msg, "url (127.0.0.1:8080), trackcmp.net");
+}
+
 /* ---- secrets at rest (crypto.c) ---- */
 
 TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
 {
+#define DEST "api_url=https://acct.api-us1.com"
     char dir[] = "/tmp/bp-unit-keysXXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     unsetenv("BLUEPRINT_MASTER_KEY_FILE");
@@ -602,27 +636,51 @@ TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
     bp_buf sealed, plain;
     bp_buf_init(&sealed);
     bp_buf_init(&plain);
-    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", "s3cr\xc3\xa9t", &sealed, &err), 0);
+    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", DEST, "s3cr\xc3\xa9t", &sealed, &err), 0);
     CHECK(bp_is_encrypted(sealed.data));
     CHECK(strstr(sealed.data, "s3cr") == NULL);
-    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", sealed.data, &plain, &err), 0);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", DEST, sealed.data, &plain, &err), 0);
     CHECK_STR(plain.data, "s3cr\xc3\xa9t");
     /* the same value twice: two nonces, two ciphertexts */
     bp_buf again;
     bp_buf_init(&again);
-    bp_encrypt_secret(ring, "int_1", "api_key", "s3cr\xc3\xa9t", &again, &err);
+    bp_encrypt_secret(ring, "int_1", "api_key", DEST, "s3cr\xc3\xa9t", &again, &err);
     CHECK(strcmp(again.data, sealed.data) != 0);
     /* moved to another field or integration: refused */
     bp_buf_reset(&plain);
-    CHECK_INT(bp_decrypt_secret(ring, "int_1", "event_tracking_key", sealed.data, &plain, &err), -1);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "event_tracking_key", DEST, sealed.data, &plain, &err), -1);
     CHECK_CONTAINS(err.msg, "does not decrypt");
-    CHECK_INT(bp_decrypt_secret(ring, "int_2", "api_key", sealed.data, &plain, &err), -1);
+    CHECK_INT(bp_decrypt_secret(ring, "int_2", "api_key", DEST, sealed.data, &plain, &err), -1);
     /* one character changed: refused */
     char *tampered = strdup(sealed.data);
     size_t last = strlen(tampered) - 3;
     tampered[last] = tampered[last] == 'A' ? 'B' : 'A';
-    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", tampered, &plain, &err), -1);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", DEST, tampered, &plain, &err), -1);
     free(tampered);
+    /* for another destination (its URL changed, by an API client or by
+     * whoever writes the cluster's configuration topic): refused, and so is
+     * a value whose recorded destination was rewritten to match */
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", "api_url=https://evil.example.com", sealed.data, &plain, &err), -1);
+    CHECK_CONTAINS(err.msg, "would now be sent to [api_url=https://evil.example.com]");
+    CHECK(strstr(err.msg, "s3cr") == NULL);
+    bp_buf evil, forged;
+    bp_buf_init(&evil);
+    bp_buf_init(&forged);
+    bp_encrypt_secret(ring, "int_1", "api_key", "api_url=https://evil.example.com", "x", &evil, &err);
+    const char *blob = strrchr(sealed.data, ':'), *evil_blob = strrchr(evil.data, ':');
+    bp_buf_add(&forged, evil.data, (size_t)(evil_blob - evil.data));   /* the evil destination, the real ciphertext */
+    bp_buf_adds(&forged, blob);
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", "api_url=https://evil.example.com", forged.data, &plain, &err), -1);
+    CHECK_CONTAINS(err.msg, "does not decrypt");
+    CHECK_INT(bp_decrypt_secret(ring, "int_1", "api_key", NULL, forged.data, &plain, &err), -1);
+    /* the destination it was sealed for, readable for a key rotation */
+    bp_buf dest;
+    bp_buf_init(&dest);
+    CHECK_INT(bp_sealed_destination(sealed.data, &dest), 0);
+    CHECK_STR(dest.data, DEST);
+    bp_buf_free(&dest);
+    bp_buf_free(&evil);
+    bp_buf_free(&forged);
     bp_buf_free(&sealed);
     bp_buf_free(&plain);
     bp_buf_free(&again);
@@ -1073,6 +1131,7 @@ int main(void)
     RUN(pace_never_exceeds_the_limit_in_any_second);
     RUN(pace_catches_up_after_a_late_send);
     RUN(pace_obeys_retry_after_and_a_lower_limit);
+    RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);

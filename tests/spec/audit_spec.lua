@@ -94,3 +94,62 @@ describe("token issuer and audience #cli #serve", function()
     assert.are.equal(200, st)
   end)
 end)
+
+-- The editor's revision history (issue 20, finding 6): a file is stored once
+-- however many revisions have it, and old revisions go (count and age),
+-- with the audit log saying which.
+describe("blueprint revision history #serve", function()
+  local EDITOR = "/v1/admin/blueprints/activecampaign"
+  local function db_bytes(state)
+    local out = S.sh("du -cb " .. state .. "/server.db* | tail -1 | cut -f1")
+    return tonumber(out:match("%d+"))
+  end
+
+  it("stores a 600 KB file once over five saves, keeps the newest N and says what it pruned", function()
+    local dir = S.tmpdir()
+    os.execute("cp -r blueprints/activecampaign " .. dir .. "/")
+    local srv = S.start_server({ blueprints = dir, env = "BLUEPRINT_REVISIONS_KEEP=3" })
+    finally(function() srv.stop() end)
+    local ada = srv.token("editor", nil, "--subject ada")
+    local helpers = io.open(dir .. "/activecampaign/helpers.lua"):read("a")
+    local page = io.open(dir .. "/activecampaign/page.lua"):read("a")
+    local pad = {}
+    for i = 1, 11000 do pad[i] = string.format("-- padding %06d: a long comment to make the file large\n", i) end
+    local big = helpers .. table.concat(pad)
+    assert.is_true(#big > 600000)
+    srv.stop()
+    local before = db_bytes(srv.state)
+    srv = S.start_server({ blueprints = dir, state = srv.state, env = "BLUEPRINT_REVISIONS_KEEP=3" })
+    -- one save adds the large file, four more change another file
+    local st, body = srv.call("PUT", EDITOR .. "/files", '{"files":' .. core.json_encode({ ["helpers.lua"] = big }) .. '}', ada)
+    assert.are.equal(200, st, body)
+    for n = 1, 4 do
+      st = srv.call("PUT", EDITOR .. "/files", '{"files":' .. core.json_encode({ ["page.lua"] = page .. "-- save " .. n .. "\n" })
+        .. ',"message":"save ' .. n .. '"}', ada)
+      assert.are.equal(200, st)
+    end
+    -- revisions 1 (as found on disk) to 6: the newest three are kept
+    local _, revs = srv.call("GET", EDITOR .. "/revisions", nil, ada)
+    local numbers = {}
+    for i, r in ipairs(revs.revisions) do numbers[i] = r.number end
+    assert.are.same({ 6, 5, 4 }, numbers)
+    st = srv.call("POST", EDITOR .. "/rollback", '{"number":1}', ada)
+    assert.are.equal(404, st)
+    -- the oldest kept still rolls back, large file and all
+    st, body = srv.call("POST", EDITOR .. "/rollback", '{"number":4}', ada)
+    assert.are.equal(200, st, body)
+    assert.are.equal(big, io.open(dir .. "/activecampaign/helpers.lua"):read("a"))
+    local _, log = srv.call("GET", "/v1/admin/audit-log?action=blueprint.prune", nil, srv.token("viewer"))
+    assert.is_true(#log.entries >= 1)
+    local pruned = {}
+    for _, e in ipairs(log.entries) do pruned[#pruned + 1] = e.detail end
+    pruned = table.concat(pruned, "\n")
+    assert.matches("activecampaign: 1 blueprint revision pruned (numbers 1 to 1; kept: the newest 3", pruned, 1, true)
+    assert.matches("numbers 3 to 3", pruned, 1, true)
+    srv.stop()
+    -- five saves of a 600 KB file stored it (and its one diff) once, not five times
+    local grown = db_bytes(srv.state) - before
+    assert.is_true(grown < 2.5 * #big, "server.db grew by " .. grown .. " bytes")
+  end)
+end)
+

@@ -287,7 +287,7 @@ describe("cluster mode, one delivery topic per vendor #kafka", function()
     assert.matches("^activecampaign http://acct1%.localhost:" .. e.port .. "|integration_id=" .. ids[1], keys[2])
     -- the configuration record carries sealed secrets only
     local config = S.sh("kcat -b " .. k.brokers .. " -C -t pv.integrations -e -q")
-    assert.matches("bp:enc:v1:", config, nil, true)
+    assert.matches("bp:enc:v2:", config, nil, true)
     assert.is_nil(config:find(S.EMU_TOKEN .. "-1", 1, true))
     assert.is_nil(config:find(S.EMU_EVENT_KEY, 1, true))
   end)

@@ -171,7 +171,7 @@ describe("strict blueprint.yaml", function()
       { YAML .. "retry:\n  max_attempts: 3\n  backoff: exponential_full_jitter\n",
         "blueprint.yaml:14: unknown key 'backoff' in 'retry' (known keys: max_attempts)" },
       { YAML:gsub("required: true}", "required: true, secret: yes}"),
-        "blueprint.yaml:7: unknown key 'secret' in 'config' (known keys: key, label, type, required, default, help)" },
+        "blueprint.yaml:7: unknown key 'secret' in 'config' (known keys: key, label, type, required, default, help, sent_to)" },
       { YAML:gsub("    mapping: page.lua\n", "    mapping: page.lua\n    mappings: other.lua\n"),
         "blueprint.yaml:12: unknown key 'mappings' in 'events.page' (known keys: type, mapping, enabled)" },
       { YAML .. "custom:\n  mapping: custom.lua\n  enabled: true\n",
