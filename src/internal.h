@@ -60,6 +60,11 @@ static inline void bp_buf_putc(bp_buf *b, char c)
 /* bp_jget for a key given by pointer and length (not NUL-terminated). json.c */
 uint32_t bp_jget_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen);
 
+/* -1 with "ORIGIN:LINE: key `k` is already set at line N" when an object of d
+ * has a key twice (YAML requires unique keys; a config's JSON too): the
+ * parsers keep both, and bp_jget would silently read one.  json.c */
+int bp_doc_unique_keys(const bp_doc *d, const char *origin, bp_error *err);
+
 /* Append a node to a document under construction (json.c, used by yaml.c). */
 uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
 

@@ -253,6 +253,26 @@ TEST(yaml_errors_name_line_and_column)
     bp_doc_free(&d);
 }
 
+TEST(yaml_duplicate_keys_name_both_lines)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    d.origin = "config.yaml";
+    const char *y = "consent:\n  default_policy: allow\napi_key: k\nlist: [{a: 1, b: 2}]\n"
+                    "x: {a: 1}\nconsent:\n  default_policy: deny\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), -1);
+    CHECK_STR(err.msg, "config.yaml:6: key `consent` is already set at line 1 (keys are unique: keep one)");
+    CHECK_INT((int)d.n, 0);
+    /* in a nested map, in a list; the same key in two maps is fine */
+    y = "a: {k: 1}\nb: {k: 2}\nc:\n  - {k: 1, j: 2, k: 3}\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), -1);
+    CHECK_STR(err.msg, "config.yaml:4: key `k` is set twice in the same map (keys are unique: keep one)");
+    y = "a: {k: 1}\nb: {k: 2}\nk: 3\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), 0);
+    bp_doc_free(&d);
+}
+
 static enum bp_consent_state consent_of(const char *ev, int *allowed, enum bp_consent_policy pol)
 {
     bp_doc d;
@@ -999,6 +1019,7 @@ int main(void)
     RUN(yaml_parses_into_the_same_tree);
     RUN(yaml_numbers_are_json_numbers_or_strings);
     RUN(yaml_errors_name_line_and_column);
+    RUN(yaml_duplicate_keys_name_both_lines);
     RUN(consent_three_shapes_newest_first);
     RUN(consent_absent_uses_the_policy);
     RUN(reader_ndjson_lines);
