@@ -357,6 +357,11 @@ int bp_cluster_publish_config(bp_cluster *c, const char *integration, const char
     return produce_sync(c, c->t_config, integration, strlen(integration), record, len, integration, 0, err);
 }
 
+int bp_cluster_spend_jti(bp_cluster *c, const char *jti, int64_t expires_at)
+{
+    return bp_registry_spend_jti_here(c->reg, jti, expires_at);   /* TODO */
+}
+
 static void produce_async(bp_cluster *c, const char *topic, const char *key, const bp_buf *value)
 {
     unsigned e = __atomic_load_n(&c->epoch, __ATOMIC_ACQUIRE) % EPOCHS;

@@ -70,7 +70,7 @@ describe("cluster mode on Kafka #kafka", function()
     local f = io.popen("openssl rand -hex 32")
     S.write(keyfile, "kspec " .. f:read("l") .. "\n")
     f:close()
-    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
+    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
     for i = 1, 3 do start_node(i) end
   end)
 
@@ -266,7 +266,7 @@ describe("cluster mode, one delivery topic per vendor #kafka", function()
     local f = io.popen("openssl rand -hex 32")
     S.write(key, "kpv " .. f:read("l") .. "\n")
     f:close()
-    local node = S.start_server({ env = "BLUEPRINT_JWT_SECRET=pv BLUEPRINT_MASTER_KEY_FILE=" .. key, start_seconds = 60,
+    local node = S.start_server({ env = "BLUEPRINT_JWT_SECRET=per-vendor-spec-secret-of-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. key, start_seconds = 60,
       args = "--kafka " .. k.brokers .. " --cluster pv --topic-mode per_vendor --kafka-session-timeout-ms 6000" })
     finally(function() node.stop(); e.stop(); k.stop(); os.remove(key) end)
     local ids = {}
