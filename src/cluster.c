@@ -83,9 +83,17 @@ typedef struct waiter {
     rd_kafka_resp_err_t err;
 } waiter;
 
+/* A line of --kafka-config: librdkafka's own property, for every client. */
+typedef struct kafka_setting {
+    char *key, *value;
+    int line;
+} kafka_setting;
+
 struct bp_cluster {
     bp_registry *reg;
     char *brokers, *name, *node;
+    char *settings_file;         /* --kafka-config, or NULL */
+    kafka_setting *settings; size_t nsettings;
     int per_vendor, session_timeout_ms;
     char t_config[256], t_outcomes[256], t_dead[256];
     rd_kafka_t *producer, *consumer, *viewer;
@@ -188,6 +196,93 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
     bp_buf_free(&f);
 }
 
+/* ---- --kafka-config: TLS, SASL and the rest of librdkafka's settings ------------------------------ */
+
+/* What the node's guarantees rest on (or a flag of its own sets): a file
+ * may not change them. */
+static const char *managed_by(const char *key)
+{
+    static const struct { const char *key, *by; } managed[] = {
+        { "bootstrap.servers", "--kafka" }, { "metadata.broker.list", "--kafka" }, { "group.id", "--cluster" },
+        { "session.timeout.ms", "--kafka-session-timeout-ms" }, { "enable.idempotence", "the node (202 after acks=all, never twice)" },
+        { "acks", "the node (202 after acks=all, never twice)" }, { "request.required.acks", "the node (202 after acks=all, never twice)" },
+        { "enable.auto.commit", "the node (offsets committed at the oldest unfinished event)" },
+        { "enable.auto.offset.store", "the node (offsets committed at the oldest unfinished event)" },
+        { "partition.assignment.strategy", "the node (cooperative-sticky)" },
+    };
+    for (size_t i = 0; i < sizeof managed / sizeof managed[0]; i++)
+        if (!strcmp(key, managed[i].key)) return managed[i].by;
+    return NULL;
+}
+
+/* Values never shown: a librdkafka message may quote the value it refused. */
+static int secret_setting(const char *key)
+{
+    return strstr(key, "password") || strstr(key, "secret") || strstr(key, ".pem") || strstr(key, "jaas") ||
+           strstr(key, "oauthbearer.config");
+}
+
+static int apply_settings(const bp_cluster *c, rd_kafka_conf_t *conf, bp_error *err)
+{
+    for (size_t i = 0; i < c->nsettings; i++) {
+        const kafka_setting *s = &c->settings[i];
+        char e[512];
+        if (rd_kafka_conf_set(conf, s->key, s->value, e, sizeof e) == RD_KAFKA_CONF_OK) continue;
+        if (secret_setting(s->key) && *s->value && strstr(e, s->value)) snprintf(e, sizeof e, "invalid value (not shown)");
+        bp_error_set(err, "%s:%d: kafka setting %s: %s", c->settings_file, s->line, s->key, e);
+        return -1;
+    }
+    return 0;
+}
+
+/* `key=value` lines (blank lines and # comments skipped), each checked by
+ * librdkafka now, so that a mistake is named with its line before the node
+ * connects anywhere. */
+static int read_settings(bp_cluster *c, const char *path, bp_error *err)
+{
+    bp_buf text;
+    bp_buf_init(&text);
+    if (bp_read_file(path, &text, err) < 0) { bp_buf_free(&text); return -1; }
+    c->settings_file = strdup(path);
+    int rc = 0, line = 0;
+    for (char *p = text.data ? text.data : "", *next; rc == 0 && *p; p = next) {
+        line++;
+        next = p + strcspn(p, "\n");
+        if (*next) *next++ = '\0';
+        char *end = p + strlen(p);
+        while (end > p && (end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
+        p += strspn(p, " \t");
+        if (!*p || *p == '#') continue;
+        char *eq = strchr(p, '=');
+        if (!eq || eq == p) {
+            bp_error_set(err, "%s:%d: expected key=value (librdkafka's settings, e.g. security.protocol=SASL_SSL)", path, line);
+            rc = -1;
+            break;
+        }
+        char *k_end = eq;
+        while (k_end > p && (k_end[-1] == ' ' || k_end[-1] == '\t')) k_end--;
+        *k_end = '\0';
+        const char *value = eq + 1 + strspn(eq + 1, " \t");
+        const char *by = managed_by(p);
+        if (by) {
+            bp_error_set(err, "%s:%d: %s is set by %s, not by --kafka-config", path, line, p, by);
+            rc = -1;
+            break;
+        }
+        c->settings = realloc(c->settings, (c->nsettings + 1) * sizeof *c->settings);
+        if (!c->settings) abort();
+        c->settings[c->nsettings++] = (kafka_setting){ strdup(p), strdup(value), line };
+    }
+    memset(text.data, 0, text.len);   /* it may hold a password */
+    bp_buf_free(&text);
+    if (rc == 0) {
+        rd_kafka_conf_t *scratch = rd_kafka_conf_new();
+        rc = apply_settings(c, scratch, err);
+        rd_kafka_conf_destroy(scratch);
+    }
+    return rc;
+}
+
 static rd_kafka_conf_t *base_conf(bp_cluster *c, bp_error *err)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -195,7 +290,7 @@ static rd_kafka_conf_t *base_conf(bp_cluster *c, bp_error *err)
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
     if (set_conf(conf, "bootstrap.servers", c->brokers, err) < 0 || set_conf(conf, "client.id", c->node, err) < 0 ||
-        set_conf(conf, "reconnect.backoff.max.ms", "1000", err) < 0) {
+        set_conf(conf, "reconnect.backoff.max.ms", "1000", err) < 0 || apply_settings(c, conf, err) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -1216,6 +1311,10 @@ bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error 
     topic_name(c->t_config, sizeof c->t_config, c->name, ".integrations");
     topic_name(c->t_outcomes, sizeof c->t_outcomes, c->name, ".outcomes");
     topic_name(c->t_dead, sizeof c->t_dead, c->name, ".dead-letters");
+    if (o->config_file && *o->config_file && read_settings(c, o->config_file, err) < 0) {
+        bp_cluster_free(c);
+        return NULL;
+    }
     rd_kafka_conf_t *conf = base_conf(c, err);
     if (!conf) { bp_cluster_free(c); return NULL; }
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
@@ -1229,7 +1328,8 @@ bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error 
     }
     char e[512];
     if (!(c->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e))) {
-        bp_error_set(err, "kafka: %s", e);
+        bp_error_set(err, "kafka%s%s: %s", c->settings_file ? ", with the settings of " : "",
+                     c->settings_file ? c->settings_file : "", e);
         bp_cluster_free(c);
         return NULL;
     }
@@ -1316,6 +1416,13 @@ void bp_cluster_free(bp_cluster *c)
     free(c->brokers);
     free(c->name);
     free(c->node);
+    for (size_t i = 0; i < c->nsettings; i++) {
+        free(c->settings[i].key);
+        memset(c->settings[i].value, 0, strlen(c->settings[i].value));
+        free(c->settings[i].value);
+    }
+    free(c->settings);
+    free(c->settings_file);
     free(c);
 }
 

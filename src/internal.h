@@ -693,6 +693,7 @@ typedef struct bp_cluster_opts {
     const char *node;           /* this node's name in outcomes and logs */
     int session_timeout_ms;     /* consumer group session (10000) */
     int partitions;             /* for the topics it creates (12) */
+    const char *config_file;    /* --kafka-config: key=value lines for librdkafka, or NULL */
 } bp_cluster_opts;
 
 bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);

@@ -1379,7 +1379,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         else if (o->port) snprintf(node, sizeof node, "%s:%d", host, o->port);
         else snprintf(node, sizeof node, "%s-%d", host, (int)getpid());
         bp_cluster_opts co = { o->kafka_brokers, o->cluster_name, o->topic_mode, node, o->kafka_session_timeout_ms,
-                               o->kafka_partitions };
+                               o->kafka_partitions, o->kafka_config };
         if (!(s.reg->cluster = bp_cluster_new(s.reg, &co, err))) { bp_registry_close(s.reg); return serve_failed(err); }
     }
 

@@ -294,6 +294,64 @@ describe("cluster mode, one delivery topic per vendor #kafka", function()
 end)
 
 describe("cluster mode options #kafka", function()
+  local SECRET_ENV = "BLUEPRINT_JWT_SECRET=options-spec-secret-of-32-bytes-or-more "
+
+  -- before, a managed Kafka (TLS, SASL) could not be reached: nothing but
+  -- the broker list reached librdkafka
+  it("takes librdkafka's settings from --kafka-config: a bad line named with file:line, secrets never shown", function()
+    local dir = S.tmpdir()
+    local function serve(lines)
+      S.write(dir .. "/kafka.properties", lines)
+      return S.sh(SECRET_ENV .. S.bin .. " serve --port 0 --state " .. dir .. "/state --kafka 127.0.0.1:9 --kafka-config "
+        .. dir .. "/kafka.properties")
+    end
+    local _, err, code = serve("# a managed Kafka\nsecurity.protocol = SASL_SSL\n\nsasl.pasword=hunter2-secret\n")
+    assert.are.equal(1, code)
+    assert.matches(dir .. '/kafka.properties:4: kafka setting sasl.pasword: No such configuration property: '
+      .. '"sasl.pasword"', err, 1, true)
+    assert.is_nil(err:find("hunter2", 1, true))
+    _, err, code = serve("security.protocol=SASL_SSLX\n")
+    assert.are.equal(1, code)
+    assert.matches(dir .. '/kafka.properties:1: kafka setting security.protocol: Invalid value "SASL_SSLX"', err, 1, true)
+    _, err, code = serve("client.id=x\njust-a-word\n")
+    assert.are.equal(1, code)
+    assert.matches(dir .. "/kafka.properties:2: expected key=value", err, 1, true)
+    _, err, code = serve("acks=1\n")
+    assert.are.equal(1, code)
+    assert.matches("kafka.properties:1: acks is set by the node (202 after acks=all, never twice)", err, 1, true)
+    -- valid settings reach the client librdkafka creates: TLS with a CA file
+    -- that is not there fails there, and the password stays unsaid
+    _, err, code = serve("security.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\nsasl.username=blueprint\n"
+      .. "sasl.password=hunter2-secret\nssl.ca.location=" .. dir .. "/no-such-ca.pem\n")
+    assert.are.equal(1, code)
+    assert.matches("kafka, with the settings of " .. dir .. "/kafka.properties: ssl.ca.location failed", err, 1, true)
+    assert.is_nil(err:find("hunter2", 1, true))
+    -- it belongs to cluster mode
+    _, err, code = S.sh(SECRET_ENV .. S.bin .. " serve --port 0 --state " .. dir .. "/state --kafka-config " .. dir
+      .. "/kafka.properties")
+    assert.are.equal(1, code)
+    assert.matches("--kafka-config (librdkafka's settings) needs --kafka BROKERS", err, 1, true)
+  end)
+
+  it("runs a node with --kafka-config settings against the cluster", function()
+    local k = S.start_kafka()
+    local dir = S.tmpdir()
+    local key = dir .. "/master.key"
+    local f = io.popen("openssl rand -hex 32")
+    S.write(key, "kcfg " .. f:read("l") .. "\n")
+    f:close()
+    S.write(dir .. "/kafka.properties", "client.id=kcfg-node\nsocket.keepalive.enable=true\nsasl.password=hunter2-secret\n"
+      .. "security.protocol=plaintext\n")
+    local node = S.start_server({ env = SECRET_ENV .. "BLUEPRINT_MASTER_KEY_FILE=" .. key, start_seconds = 60,
+      args = "--kafka " .. k.brokers .. " --cluster kcfg --kafka-session-timeout-ms 6000 --kafka-config " .. dir
+        .. "/kafka.properties" })
+    finally(function() node.stop(); k.stop() end)
+    local st, h = node.call("GET", "/healthz")
+    assert.are.equal(200, st, node.logs())
+    assert.is_true(h.kafka.ok)
+    assert.is_nil(node.logs():find("hunter2", 1, true))
+  end)
+
   it("refuses an unknown topic mode with the two it knows", function()
     local _, err, code = S.sh(S.bin .. " serve --port 0 --state " .. S.tmpdir() .. " --kafka 127.0.0.1:9 --topic-mode per_account")
     assert.are.equal(1, code)
