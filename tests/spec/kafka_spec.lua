@@ -126,6 +126,48 @@ describe("cluster mode on Kafka #kafka", function()
     end, 5), "node 1 did not see revision 2")
   end)
 
+  -- before, each node kept its own record of the links taken: one link
+  -- opened a session on every node, and a sign-out (had there been one)
+  -- would have held on one node only
+  it("takes a sign-in link once in the whole cluster, even at the same moment; a sign-out holds on every node", function()
+    local dir = S.tmpdir()
+    -- the same link at three nodes at once: one session
+    local link = nodes[1].token("viewer", "10m", "--sign-in --subject racer")
+    S.write(dir .. "/body", core.json_encode({ token = link }))
+    local cmd = {}
+    for i = 1, 3 do
+      cmd[#cmd + 1] = ("curl -s -o %s/out%d -w '%%{http_code}' -X POST --data-binary @%s/body %s/v1/console/session > %s/st%d &")
+        :format(dir, i, dir, nodes[i].url, dir, i)
+    end
+    os.execute(table.concat(cmd, " ") .. " wait")
+    local won, session = {}, nil
+    for i = 1, 3 do
+      local st = tonumber(io.open(dir .. "/st" .. i):read("a"))
+      local body = core.json_decode(io.open(dir .. "/out" .. i):read("a"))
+      if st == 200 then won[#won + 1] = i; session = body.token
+      else
+        assert.are.equal(401, st, "node " .. i)
+        assert.matches("used already", body.error.message, 1, true)
+      end
+    end
+    assert.are.equal(1, #won, "sessions opened by one link: " .. #won)
+    -- one after the other, on two nodes
+    link = nodes[2].token("viewer", "10m", "--sign-in --subject walker")
+    assert.are.equal(200, (nodes[2].call("POST", "/v1/console/session", core.json_encode({ token = link }), false)))
+    local st, body = nodes[3].call("POST", "/v1/console/session", core.json_encode({ token = link }), false)
+    assert.are.equal(401, st)
+    assert.matches("used already", body.error.message, 1, true)
+    -- signed out through another node than the one that opened it
+    local other = won[1] % 3 + 1
+    for i = 1, 3 do assert.are.equal(200, (nodes[i].call("GET", "/v1/console/me", nil, session)), "node " .. i) end
+    assert.are.equal(204, (nodes[other].call("DELETE", "/v1/console/session", nil, session)))
+    assert.are.equal(401, (nodes[other].call("GET", "/v1/console/me", nil, session)))
+    for i = 1, 3 do
+      assert.is_truthy(S.eventually(function() return nodes[i].call("GET", "/v1/console/me", nil, session) == 401 end, 5),
+        "node " .. i .. " still takes the signed-out session")
+    end
+  end)
+
   it("paces 20 accounts over 3 nodes: no account above 5 requests in any second, every event delivered", function()
     local calls = {}
     for k = 1, ACCOUNTS do
