@@ -184,6 +184,40 @@ describe("web console: files and sign-in #serve", function()
     assert.are.equal(200, (srv.call("GET", "/v1/console/me", nil, b)))
   end)
 
+  -- before, nbf and iat were not read: a token made for later worked now
+  it("refuses a token not valid yet, or issued in the future beyond a minute, saying which", function()
+    local secret = io.open(srv.state .. "/jwt.secret"):read("l")
+    local function b64url(s)
+      local f = os.tmpname()
+      S.write(f, s)
+      local out = S.sh("basenc --base64url -w0 < " .. f .. " | tr -d '='")
+      os.remove(f)
+      return out
+    end
+    local function signed(claims)
+      local si = b64url('{"alg":"HS256","typ":"JWT"}') .. "." .. b64url(core.json_encode(claims))
+      local f = os.tmpname()
+      S.write(f, si)
+      local sig = S.sh("openssl dgst -sha256 -hmac '" .. secret .. "' -binary < " .. f .. " | basenc --base64url -w0 | tr -d '='")
+      os.remove(f)
+      return si .. "." .. sig
+    end
+    local now = os.time()
+    local cases = {
+      { { sub = "ada", role = "admin", iat = now, nbf = now + 600, exp = now + 3600 }, 401,
+        "token not valid yet (nbf is in the future)" },
+      { { sub = "ada", role = "admin", iat = now + 600, exp = now + 3600 }, 401,
+        "token issued in the future (iat; are the clocks apart?)" },
+      { { sub = "ada", role = "admin", iat = now + 20, nbf = now + 20, exp = now + 3600 }, 200 },   -- within the skew
+      { { sub = "ada", role = "admin", iat = now - 60, nbf = now - 60, exp = now + 3600 }, 200 },
+    }
+    for _, c in ipairs(cases) do
+      local st, body = srv.call("GET", "/v1/console/me", nil, signed(c[1]))
+      assert.are.equal(c[2], st, core.json_encode(c[1]))
+      if c[3] then assert.are.equal(c[3], body.error.message) end
+    end
+  end)
+
   it("says who the token is and what the console may offer, per role", function()
     for role, can in pairs({ owner = true, admin = true, editor = true, viewer = false }) do
       local st, me = srv.call("GET", "/v1/console/me", nil, srv.token(role, nil, "--subject " .. role .. "-1"))
