@@ -88,6 +88,8 @@ typedef struct bp_serve_opts {
     int kafka_partitions;        /* partitions of the topics serve creates; 0 = 12 */
     const char *console_dir;     /* the web console's files; NULL: console/ beside the blueprints
                                     folder, else the installed share/blueprint/console */
+    const char *kafka_config;    /* key=value lines of librdkafka settings (TLS, SASL) for every
+                                    Kafka client; NULL: none */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

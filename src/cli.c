@@ -28,7 +28,7 @@ static const char usage_text[] =
     "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
     "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
     "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
-    "                        [--kafka-partitions N]]\n"
+    "                        [--kafka-partitions N] [--kafka-config FILE]]\n"
     "       blueprint token --role ROLE [--ttl 15m] [--sign-in] [--subject NAME] [--issuer ISS] [--audience AUD]\n"
     "                       [--state DIR]\n"
     "       blueprint rotate-key [--state DIR]\n"
@@ -118,17 +118,20 @@ static const struct { const char *command, *text; } command_help[] = {
       "                       [--rate-limit RPS] [--retry-base-ms N]\n"
       "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
       "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
-      "                        [--kafka-partitions N]]\n"
+      "                        [--kafka-partitions N] [--kafka-config FILE]]\n"
       "\n"
       "Runs the Management API, event intake, Live Events and delivery (default 127.0.0.1:8084, state\n"
       "in ./var) until SIGTERM, and the web console at / (--console: its folder; default console/ beside\n"
       "the blueprints folder, else the installed one).  With --kafka it is one node of a cluster (README:\n"
-      "Cluster mode).\n" },
+      "Cluster mode); --kafka-config FILE: librdkafka settings for every Kafka client, key=value lines\n"
+      "(TLS and SASL for a managed Kafka, e.g. security.protocol=SASL_SSL).  BLUEPRINT_JWT_SECRET, when set,\n"
+      "is at least 32 bytes (openssl rand -hex 32).\n" },
     { "token",
       "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--subject NAME]\n"
       "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
       "\n"
-      "Prints a signed token for the Management API (the secret: BLUEPRINT_JWT_SECRET or STATE/jwt.secret).\n"
+      "Prints a signed token for the Management API (the secret: BLUEPRINT_JWT_SECRET, at least 32 bytes, or\n"
+      "STATE/jwt.secret).\n"
       "--sign-in: a token for the web console's sign-in link (http://HOST:PORT/#signin=TOKEN), good once and\n"
       "for at most 15 minutes; the console exchanges it for an 8-hour session token.  The API refuses it as\n"
       "a bearer token.\n" },
@@ -533,7 +536,8 @@ static int serve(int argc, char **argv)
 {
     bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0,
                         getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
-                        getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0, NULL };
+                        getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0, NULL,
+                        getenv("BLUEPRINT_KAFKA_CONFIG") };
     static char host[64];
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -561,6 +565,7 @@ static int serve(int argc, char **argv)
         else if (!strcmp(argv[i], "--node")) o.node_name = next;
         else if (!strcmp(argv[i], "--kafka-session-timeout-ms")) o.kafka_session_timeout_ms = atoi(next);
         else if (!strcmp(argv[i], "--kafka-partitions")) o.kafka_partitions = atoi(next);
+        else if (!strcmp(argv[i], "--kafka-config")) o.kafka_config = next;
         else if (!strcmp(argv[i], "--master-key-file")) setenv("BLUEPRINT_MASTER_KEY_FILE", next, 1);
         else if (!strcmp(argv[i], "--topic-mode")) {
             if (strcmp(next, "per_integration") != 0 && strcmp(next, "per_vendor") != 0)
@@ -570,6 +575,8 @@ static int serve(int argc, char **argv)
         else { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
         i++;
     }
+    if (o.kafka_config && *o.kafka_config && !(o.kafka_brokers && *o.kafka_brokers))
+        return usage("--kafka-config (librdkafka's settings) needs --kafka BROKERS");
     bp_error err;
     if (bp_serve(&o, &err) < 0) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_USAGE; }
     return 0;

@@ -24,6 +24,11 @@
  *                               every node: Live Events, /metrics and the
  *                               record of what was delivered.
  *   NAME.dead-letters           each dead letter, for tools (kcat).
+ *   NAME.sessions               console token ids spent (a sign-in link
+ *                               taken, a session signed out), key the
+ *                               jti: the first record of a jti wins, so a
+ *                               link works once in the whole cluster.
+ *                               Kept SESSIONS_RETENTION_MS.
  *
  * Delivery.  One consumer group (group.id NAME, cooperative-sticky).  The
  * node that owns a partition stores what it reads in its local events.db,
@@ -65,6 +70,7 @@
 #define MAX_VIEW_PARTS 1024
 #define CATCHUP_WAIT_MS 15000
 #define SYNC_TIMEOUT_MS 5000     /* intake and config writes: 503 after this */
+#define SESSIONS_RETENTION_MS "32400000"   /* 9 h: longer than any token a record spends (8 h sessions) */
 
 typedef struct slot {
     char *topic;
@@ -81,13 +87,23 @@ typedef struct waiter {
     pthread_cond_t cv;
     int done;
     rd_kafka_resp_err_t err;
+    int32_t partition;           /* where the broker put the message */
+    int64_t offset;
 } waiter;
+
+/* A line of --kafka-config: librdkafka's own property, for every client. */
+typedef struct kafka_setting {
+    char *key, *value;
+    int line;
+} kafka_setting;
 
 struct bp_cluster {
     bp_registry *reg;
     char *brokers, *name, *node;
+    char *settings_file;         /* --kafka-config, or NULL */
+    kafka_setting *settings; size_t nsettings;
     int per_vendor, session_timeout_ms;
-    char t_config[256], t_outcomes[256], t_dead[256];
+    char t_config[256], t_outcomes[256], t_dead[256], t_sessions[256];
     rd_kafka_t *producer, *consumer, *viewer;
     pthread_t poller_thread, consumer_thread, viewer_thread;
     int threads_started;
@@ -103,6 +119,11 @@ struct bp_cluster {
     int config_parts;
     int64_t config_end[MAX_VIEW_PARTS]; /* config topic end at start (catch-up before serving) */
     int64_t config_pos[MAX_VIEW_PARTS]; /* [mu] */
+    int sessions_parts;
+    int64_t sessions_end[MAX_VIEW_PARTS];   /* NAME.sessions' end at start (catch-up before serving) */
+    int64_t sessions_pos[MAX_VIEW_PARTS];   /* [mu] next NAME.sessions offset applied */
+    pthread_cond_t applied;      /* [mu] broadcast when sessions_pos moves */
+    bp_jti_set *won;             /* the claim ids (nonces) that were the first record of their jti */
     int topics_changed;          /* atomic: integrations came or went: subscribe again */
     char **topics; size_t ntopics;   /* consumer thread: the delivery topics subscribed */
     int can_create;              /* the brokers take CreateTopics (the mock cluster does not) */
@@ -188,6 +209,93 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
     bp_buf_free(&f);
 }
 
+/* ---- --kafka-config: TLS, SASL and the rest of librdkafka's settings ------------------------------ */
+
+/* What the node's guarantees rest on (or a flag of its own sets): a file
+ * may not change them. */
+static const char *managed_by(const char *key)
+{
+    static const struct { const char *key, *by; } managed[] = {
+        { "bootstrap.servers", "--kafka" }, { "metadata.broker.list", "--kafka" }, { "group.id", "--cluster" },
+        { "session.timeout.ms", "--kafka-session-timeout-ms" }, { "enable.idempotence", "the node (202 after acks=all, never twice)" },
+        { "acks", "the node (202 after acks=all, never twice)" }, { "request.required.acks", "the node (202 after acks=all, never twice)" },
+        { "enable.auto.commit", "the node (offsets committed at the oldest unfinished event)" },
+        { "enable.auto.offset.store", "the node (offsets committed at the oldest unfinished event)" },
+        { "partition.assignment.strategy", "the node (cooperative-sticky)" },
+    };
+    for (size_t i = 0; i < sizeof managed / sizeof managed[0]; i++)
+        if (!strcmp(key, managed[i].key)) return managed[i].by;
+    return NULL;
+}
+
+/* Values never shown: a librdkafka message may quote the value it refused. */
+static int secret_setting(const char *key)
+{
+    return strstr(key, "password") || strstr(key, "secret") || strstr(key, ".pem") || strstr(key, "jaas") ||
+           strstr(key, "oauthbearer.config");
+}
+
+static int apply_settings(const bp_cluster *c, rd_kafka_conf_t *conf, bp_error *err)
+{
+    for (size_t i = 0; i < c->nsettings; i++) {
+        const kafka_setting *s = &c->settings[i];
+        char e[512];
+        if (rd_kafka_conf_set(conf, s->key, s->value, e, sizeof e) == RD_KAFKA_CONF_OK) continue;
+        if (secret_setting(s->key) && *s->value && strstr(e, s->value)) snprintf(e, sizeof e, "invalid value (not shown)");
+        bp_error_set(err, "%s:%d: kafka setting %s: %s", c->settings_file, s->line, s->key, e);
+        return -1;
+    }
+    return 0;
+}
+
+/* `key=value` lines (blank lines and # comments skipped), each checked by
+ * librdkafka now, so that a mistake is named with its line before the node
+ * connects anywhere. */
+static int read_settings(bp_cluster *c, const char *path, bp_error *err)
+{
+    bp_buf text;
+    bp_buf_init(&text);
+    if (bp_read_file(path, &text, err) < 0) { bp_buf_free(&text); return -1; }
+    c->settings_file = strdup(path);
+    int rc = 0, line = 0;
+    for (char *p = text.data ? text.data : "", *next; rc == 0 && *p; p = next) {
+        line++;
+        next = p + strcspn(p, "\n");
+        if (*next) *next++ = '\0';
+        char *end = p + strlen(p);
+        while (end > p && (end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
+        p += strspn(p, " \t");
+        if (!*p || *p == '#') continue;
+        char *eq = strchr(p, '=');
+        if (!eq || eq == p) {
+            bp_error_set(err, "%s:%d: expected key=value (librdkafka's settings, e.g. security.protocol=SASL_SSL)", path, line);
+            rc = -1;
+            break;
+        }
+        char *k_end = eq;
+        while (k_end > p && (k_end[-1] == ' ' || k_end[-1] == '\t')) k_end--;
+        *k_end = '\0';
+        const char *value = eq + 1 + strspn(eq + 1, " \t");
+        const char *by = managed_by(p);
+        if (by) {
+            bp_error_set(err, "%s:%d: %s is set by %s, not by --kafka-config", path, line, p, by);
+            rc = -1;
+            break;
+        }
+        c->settings = realloc(c->settings, (c->nsettings + 1) * sizeof *c->settings);
+        if (!c->settings) abort();
+        c->settings[c->nsettings++] = (kafka_setting){ strdup(p), strdup(value), line };
+    }
+    memset(text.data, 0, text.len);   /* it may hold a password */
+    bp_buf_free(&text);
+    if (rc == 0) {
+        rd_kafka_conf_t *scratch = rd_kafka_conf_new();
+        rc = apply_settings(c, scratch, err);
+        rd_kafka_conf_destroy(scratch);
+    }
+    return rc;
+}
+
 static rd_kafka_conf_t *base_conf(bp_cluster *c, bp_error *err)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -195,7 +303,7 @@ static rd_kafka_conf_t *base_conf(bp_cluster *c, bp_error *err)
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
     if (set_conf(conf, "bootstrap.servers", c->brokers, err) < 0 || set_conf(conf, "client.id", c->node, err) < 0 ||
-        set_conf(conf, "reconnect.backoff.max.ms", "1000", err) < 0) {
+        set_conf(conf, "reconnect.backoff.max.ms", "1000", err) < 0 || apply_settings(c, conf, err) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -302,6 +410,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     if (!w) return;
     pthread_mutex_lock(&w->mu);
     w->err = m->err;
+    w->partition = m->partition;
+    w->offset = m->offset;
     w->done = 1;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
@@ -311,7 +421,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
  * idempotent).  librdkafka reports every message within its timeout, so the
  * wait is bounded. */
 static int produce_sync(bp_cluster *c, const char *topic, const char *key, size_t keylen, const char *value, size_t len,
-                        const char *integration, int replay, bp_error *err)
+                        const char *integration, int replay, waiter *placed, bp_error *err)
 {
     waiter w;
     pthread_mutex_init(&w.mu, NULL);
@@ -334,6 +444,7 @@ static int produce_sync(bp_cluster *c, const char *topic, const char *key, size_
     }
     pthread_mutex_destroy(&w.mu);
     pthread_cond_destroy(&w.cv);
+    if (placed) { placed->partition = w.partition; placed->offset = w.offset; }
     if (!e) return 0;
     pthread_mutex_lock(&c->mu);
     int up = c->brokers_up;
@@ -349,12 +460,59 @@ int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *v
 {
     char topic[256];
     topic_name(topic, sizeof topic, "delivery-", c->per_vendor ? vendor : integration);
-    return produce_sync(c, topic, account, strlen(account), events, len, integration, replay, err);
+    return produce_sync(c, topic, account, strlen(account), events, len, integration, replay, NULL, err);
 }
 
 int bp_cluster_publish_config(bp_cluster *c, const char *integration, const char *record, size_t len, bp_error *err)
 {
-    return produce_sync(c, c->t_config, integration, strlen(integration), record, len, integration, 0, err);
+    return produce_sync(c, c->t_config, integration, strlen(integration), record, len, integration, 0, NULL, err);
+}
+
+/* Wait until the viewer has applied NAME.sessions past `offset` of `part`. */
+static int sessions_applied(bp_cluster *c, int32_t part, int64_t offset)
+{
+    if (part < 0 || part >= MAX_VIEW_PARTS) return -1;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += SYNC_TIMEOUT_MS / 1000;
+    pthread_mutex_lock(&c->mu);
+    int rc = 0;
+    while (c->sessions_pos[part] <= offset && rc == 0 && !stopping(c))
+        rc = pthread_cond_timedwait(&c->applied, &c->mu, &until);
+    int done = c->sessions_pos[part] > offset;
+    pthread_mutex_unlock(&c->mu);
+    return done ? 0 : -1;
+}
+
+/* A claim on the jti, keyed by it (so every claim on one jti lands in one
+ * partition, in one order), with a random id of its own; the viewer marks
+ * the first claim of each jti as won.  Reading our own claim back means
+ * every earlier one was read, so the answer is the same on every node. */
+int bp_cluster_spend_jti(bp_cluster *c, const char *jti, int64_t expires_at)
+{
+    if (bp_registry_jti_spent(c->reg, jti)) return 1;
+    unsigned char raw[16];
+    char claim[33];
+    if (bp_random_bytes(raw, sizeof raw) < 0) return -1;
+    for (int i = 0; i < 16; i++) snprintf(claim + 2 * i, 3, "%02x", raw[i]);
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_buf_adds(&v, "{\"jti\":");
+    bp_json_write_string(&v, jti, strlen(jti));
+    bp_buf_printf(&v, ",\"claim\":\"%s\",\"node\":", claim);
+    bp_json_write_string(&v, c->node, strlen(c->node));
+    bp_buf_printf(&v, ",\"expires_at\":%lld}", (long long)expires_at);
+    waiter at;
+    bp_error err;
+    int rc = produce_sync(c, c->t_sessions, jti, strlen(jti), v.data, v.len, "", 0, &at, &err);
+    bp_buf_free(&v);
+    if (rc < 0) { log_kafka("error", "kafka: a console token id was not recorded", c->t_sessions, -1, err.msg); return -1; }
+    if (sessions_applied(c, at.partition, at.offset) < 0) {
+        log_kafka("error", "kafka: this node did not read its own claim on a console token id back in time",
+                  c->t_sessions, at.partition, NULL);
+        return -1;
+    }
+    return bp_jti_set_has(c->won, claim) ? 0 : 1;
 }
 
 static void produce_async(bp_cluster *c, const char *topic, const char *key, const bp_buf *value)
@@ -439,9 +597,10 @@ static int create_topics(bp_cluster *c, const char *const *names, int n, int wai
     rd_kafka_NewTopic_t **nt = calloc((size_t)n + 1, sizeof *nt);
     if (!nt) abort();
     for (int i = 0; i < n; i++) {
-        int parts = !strcmp(names[i], c->t_config) ? 1 : c->partitions;
+        int parts = !strcmp(names[i], c->t_config) || !strcmp(names[i], c->t_sessions) ? 1 : c->partitions;
         nt[i] = rd_kafka_NewTopic_new(names[i], parts, -1, e, sizeof e);
         if (nt[i] && !strcmp(names[i], c->t_config)) rd_kafka_NewTopic_set_config(nt[i], "cleanup.policy", "compact");
+        if (nt[i] && !strcmp(names[i], c->t_sessions)) rd_kafka_NewTopic_set_config(nt[i], "retention.ms", SESSIONS_RETENTION_MS);
     }
     rd_kafka_AdminOptions_t *o = rd_kafka_AdminOptions_new(c->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(o, wait_ms > 0 ? wait_ms : 10000, e, sizeof e);
@@ -647,6 +806,31 @@ static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *s
     bp_doc_free(&d);
 }
 
+/* A claim on a console token id (bp_cluster_spend_jti), of any node: the jti
+ * is spent here too, and the claim marked won when it is the jti's first. */
+static void view_session(bp_cluster *c, const rd_kafka_message_t *m)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *jti = NULL, *claim = NULL, *exp = NULL;
+    if (bp_json_parse(&d, m->payload, m->len, NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT) {
+        jti = bp_jscalar(&d, bp_jget(&d, 0, "jti"));
+        claim = bp_jscalar(&d, bp_jget(&d, 0, "claim"));
+        exp = bp_jscalar(&d, bp_jget(&d, 0, "expires_at"));
+    }
+    if (!jti || !claim || !exp) {
+        log_kafka("error", "kafka: a console token id record is not {jti, claim, expires_at}; skipped", c->t_sessions,
+                  m->partition, NULL);
+    } else {
+        int first = bp_registry_spend_jti_here(c->reg, jti, atoll(exp));
+        if (first == 0) bp_jti_set_add(c->won, claim, atoll(exp), (int64_t)(bp_wall_ms() / 1000));
+        else if (first < 0) log_kafka("error", "kafka: could not store a spent console token id", c->t_sessions,
+                                      m->partition, NULL);
+    }
+    bp_doc_free(&d);
+}
+
 typedef struct view_batch {
     rd_kafka_message_t *msgs[BATCH];
     int n;
@@ -664,6 +848,8 @@ static void view_apply(bp_cluster *c, view_batch *b)
         const char *topic = rd_kafka_topic_name(m->rkt);
         if (!strcmp(topic, c->t_config)) {
             if (m->payload) bp_registry_apply_config(c->reg, m->payload, m->len);
+        } else if (!strcmp(topic, c->t_sessions)) {
+            if (m->payload) view_session(c, m);
         } else if (began && m->payload) {
             view_outcome(c, m, store);
         }
@@ -677,8 +863,10 @@ static void view_apply(bp_cluster *c, view_batch *b)
         const char *topic = rd_kafka_topic_name(m->rkt);
         if (m->partition < 0 || m->partition >= MAX_VIEW_PARTS) continue;
         if (!strcmp(topic, c->t_config)) c->config_pos[m->partition] = m->offset + 1;
+        else if (!strcmp(topic, c->t_sessions)) c->sessions_pos[m->partition] = m->offset + 1;
         else if (ok) c->view_pos[m->partition] = m->offset + 1;
     }
+    pthread_cond_broadcast(&c->applied);
     pthread_mutex_unlock(&c->mu);
     if (!ok) {
         /* read them again: seek each outcomes partition back to what was applied */
@@ -720,9 +908,9 @@ static void *viewer_main(void *arg)
     return NULL;
 }
 
-/* The viewer reads NAME.integrations from its beginning and NAME.outcomes
- * from where this node's store has applied it (from the beginning on an
- * empty store), every partition, no consumer group. */
+/* The viewer reads NAME.integrations and NAME.sessions from their beginning
+ * and NAME.outcomes from where this node's store has applied it (from the
+ * beginning on an empty store), every partition, no consumer group. */
 static int start_viewer(bp_cluster *c, bp_error *err)
 {
     rd_kafka_conf_t *conf = base_conf(c, err);
@@ -739,15 +927,22 @@ static int start_viewer(bp_cluster *c, bp_error *err)
     if (!(c->viewer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e))) { bp_error_set(err, "kafka: %s", e); return -1; }
     int nout;
     if (partitions_of(c, c->viewer, c->t_config, &c->config_parts, err) < 0 ||
-        partitions_of(c, c->viewer, c->t_outcomes, &nout, err) < 0)
+        partitions_of(c, c->viewer, c->t_outcomes, &nout, err) < 0 ||
+        partitions_of(c, c->viewer, c->t_sessions, &c->sessions_parts, err) < 0)
         return -1;
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(c->config_parts + nout);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(c->config_parts + nout + c->sessions_parts);
     for (int p = 0; p < c->config_parts; p++) {
         rd_kafka_topic_partition_list_add(l, c->t_config, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
         int64_t lo = 0, hi = 0;
         rd_kafka_query_watermark_offsets(c->viewer, c->t_config, p, &lo, &hi, 5000);
         c->config_end[p] = hi;
         c->config_pos[p] = 0;
+    }
+    for (int p = 0; p < c->sessions_parts; p++) {
+        rd_kafka_topic_partition_list_add(l, c->t_sessions, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+        int64_t lo = 0, hi = 0;
+        rd_kafka_query_watermark_offsets(c->viewer, c->t_sessions, p, &lo, &hi, 5000);
+        c->sessions_end[p] = hi;
     }
     pthread_mutex_lock(&c->mu);
     c->nview = nout;
@@ -1211,6 +1406,13 @@ bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error 
     topic_name(c->t_config, sizeof c->t_config, c->name, ".integrations");
     topic_name(c->t_outcomes, sizeof c->t_outcomes, c->name, ".outcomes");
     topic_name(c->t_dead, sizeof c->t_dead, c->name, ".dead-letters");
+    topic_name(c->t_sessions, sizeof c->t_sessions, c->name, ".sessions");
+    pthread_cond_init(&c->applied, NULL);
+    c->won = bp_jti_set_new();
+    if (o->config_file && *o->config_file && read_settings(c, o->config_file, err) < 0) {
+        bp_cluster_free(c);
+        return NULL;
+    }
     rd_kafka_conf_t *conf = base_conf(c, err);
     if (!conf) { bp_cluster_free(c); return NULL; }
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
@@ -1224,7 +1426,8 @@ bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error 
     }
     char e[512];
     if (!(c->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e))) {
-        bp_error_set(err, "kafka: %s", e);
+        bp_error_set(err, "kafka%s%s: %s", c->settings_file ? ", with the settings of " : "",
+                     c->settings_file ? c->settings_file : "", e);
         bp_cluster_free(c);
         return NULL;
     }
@@ -1239,8 +1442,8 @@ int bp_cluster_start(bp_cluster *c, bp_error *err)
     if (pthread_create(&c->poller_thread, NULL, poller_main, c) != 0) { bp_error_set(err, "cannot start a thread"); return -1; }
     c->threads_started = 1;
     bp_store_release_slot(c->reg->store, 0);   /* unfinished events of an earlier run: their partitions' owners read them */
-    const char *mine[] = { c->t_config, c->t_outcomes, c->t_dead };
-    c->can_create = create_topics(c, mine, 3, 3000) == 0;
+    const char *mine[] = { c->t_config, c->t_outcomes, c->t_dead, c->t_sessions };
+    c->can_create = create_topics(c, mine, 4, 3000) == 0;
     if (start_viewer(c, err) < 0) return -1;
     if (pthread_create(&c->viewer_thread, NULL, viewer_main, c) != 0) { bp_error_set(err, "cannot start a thread"); return -1; }
     c->threads_started = 2;
@@ -1249,10 +1452,12 @@ int bp_cluster_start(bp_cluster *c, bp_error *err)
         int behind = 0;
         pthread_mutex_lock(&c->mu);
         for (int p = 0; p < c->config_parts; p++) if (c->config_pos[p] < c->config_end[p]) behind = 1;
+        /* and the spent token ids: a signed-out session is refused from the start */
+        for (int p = 0; p < c->sessions_parts; p++) if (c->sessions_pos[p] < c->sessions_end[p]) behind = 2;
         pthread_mutex_unlock(&c->mu);
         if (!behind) break;
         if (bp_monotonic_ms() > until) {
-            bp_error_set(err, "kafka: could not read %s to its end within 30 s", c->t_config);
+            bp_error_set(err, "kafka: could not read %s to its end within 30 s", behind == 2 ? c->t_sessions : c->t_config);
             return -1;
         }
         usleep(20 * 1000);
@@ -1307,10 +1512,19 @@ void bp_cluster_free(bp_cluster *c)
         free(c->chunks[i]);
     }
     free(c->assigned);
+    pthread_cond_destroy(&c->applied);
+    bp_jti_set_free(c->won);
     pthread_mutex_destroy(&c->mu);
     free(c->brokers);
     free(c->name);
     free(c->node);
+    for (size_t i = 0; i < c->nsettings; i++) {
+        free(c->settings[i].key);
+        memset(c->settings[i].value, 0, strlen(c->settings[i].value));
+        free(c->settings[i].value);
+    }
+    free(c->settings);
+    free(c->settings_file);
     free(c);
 }
 

@@ -446,6 +446,7 @@ bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t 
                 for (; at < off && at < len; at++) if (text[at] == '\n') line++;
                 d.nodes[n].line = (uint32_t)line;
             }
+            rc = bp_doc_unique_keys(&d, origin, err);
         }
     } else {
         rc = bp_yaml_parse(&d, text, len, err);

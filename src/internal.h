@@ -60,6 +60,11 @@ static inline void bp_buf_putc(bp_buf *b, char c)
 /* bp_jget for a key given by pointer and length (not NUL-terminated). json.c */
 uint32_t bp_jget_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen);
 
+/* -1 with "ORIGIN:LINE: key `k` is already set at line N" when an object of d
+ * has a key twice (YAML requires unique keys; a config's JSON too): the
+ * parsers keep both, and bp_jget would silently read one.  json.c */
+int bp_doc_unique_keys(const bp_doc *d, const char *origin, bp_error *err);
+
 /* Append a node to a document under construction (json.c, used by yaml.c). */
 uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
 
@@ -594,15 +599,25 @@ int bp_request_check_destination(const bp_blueprint *bp, const bp_config *cfg, c
 
 /* ---- auth.c ---------------------------------------------------------------------------- */
 
+/* A thread-safe set of token ids with their expiry. */
+typedef struct bp_jti_set bp_jti_set;
+bp_jti_set *bp_jti_set_new(void);
+void bp_jti_set_free(bp_jti_set *s);
+/* 1 when jti was in the set, else 0 and added; ids expired before now are dropped. */
+int bp_jti_set_add(bp_jti_set *s, const char *jti, int64_t exp, int64_t now);
+int bp_jti_set_has(bp_jti_set *s, const char *jti);
+
 /* Who a verified token speaks for: the actor of every change it makes. */
 typedef struct bp_claims {
     char role[32];
     char sub[128];
     char use[16];               /* "" an API token; BP_JWT_USE_SIGNIN a console sign-in token */
-    char jti[64];               /* a sign-in token's id ("" on API tokens) */
+    char jti[64];               /* a sign-in or session token's id ("" on other API tokens) */
     int64_t iat, exp;
 } bp_claims;
 #define BP_JWT_USE_SIGNIN "signin"
+#define BP_JWT_SKEW 60                /* seconds a token's nbf/iat may lie ahead of our clock */
+#define BP_JWT_MIN_SECRET 32          /* bytes: the HMAC-SHA256 output's length */
 #define BP_SIGNIN_MAX_TTL (15 * 60)   /* seconds a sign-in token may live */
 
 /* What a token must also say when the server is configured so (NULL: not checked). */
@@ -620,6 +635,11 @@ int bp_jwt_verify(const char *secret, const char *token, int64_t now, const bp_j
 /* A console sign-in token: bp_jwt_sign's claims with "use":"signin" and a random jti. */
 void bp_jwt_sign_signin(const char *secret, const char *role, const char *subject, const char *issuer,
                         const char *audience, int64_t iat, int64_t exp, bp_buf *out);
+/* A console session token: bp_jwt_sign's claims and a random jti (revocable). */
+void bp_jwt_sign_session(const char *secret, const char *role, const char *subject, const char *issuer,
+                         const char *audience, int64_t iat, int64_t exp, bp_buf *out);
+/* The signing secret ($BLUEPRINT_JWT_SECRET, else STATE/jwt.secret, made on
+ * first use); -1 when it is shorter than BP_JWT_MIN_SECRET bytes. */
 int bp_jwt_secret(const char *state_dir, char *out, size_t outlen, bp_error *err);
 
 /* ---- metrics.c ------------------------------------------------------------------------ */
@@ -694,6 +714,7 @@ struct bp_registry {
      * than D days (the newest always); BLUEPRINT_REVISIONS_KEEP / _DAYS */
     int revisions_keep, revisions_days;   /* fixed */
     bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
+    struct bp_jti_set *spent;             /* thread-safe: token ids spent (the signins table), not expired */
     void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
     void *on_live_ctx;
 };
@@ -713,6 +734,7 @@ typedef struct bp_cluster_opts {
     const char *node;           /* this node's name in outcomes and logs */
     int session_timeout_ms;     /* consumer group session (10000) */
     int partitions;             /* for the topics it creates (12) */
+    const char *config_file;    /* --kafka-config: key=value lines for librdkafka, or NULL */
 } bp_cluster_opts;
 
 bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
@@ -731,6 +753,9 @@ int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *v
                            const char *events, size_t len, int replay, bp_error *err);
 /* An integration's configuration record (registry.c), acknowledged. */
 int bp_cluster_publish_config(bp_cluster *c, const char *integration, const char *record, size_t len, bp_error *err);
+/* bp_registry_spend_jti across the cluster: the first claim written to
+ * NAME.sessions wins, whichever node reads it.  0, 1 or -1 as there. */
+int bp_cluster_spend_jti(bp_cluster *c, const char *jti, int64_t expires_at);
 void bp_cluster_outcome(bp_cluster *c, const char *integration, const bp_stored *ev, const char *line, size_t len,
                         enum bp_end end, const char *reason);
 void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
@@ -780,9 +805,15 @@ void bp_registry_remote_outcome(bp_registry *r, const char *integration, const c
 /* `blueprint rotate-key`: see registry.c. */
 int bp_rotate_master_key(const char *state_dir, long *rewrapped, bp_error *err);
 
-/* The web console.  A sign-in token's jti taken: 0 the first time, 1 when
- * it was taken before (kept until expires_at, unix s), -1 on error. */
-int bp_registry_signin_once(bp_registry *r, const char *jti, int64_t expires_at);
+/* The web console.  A token id spent (a sign-in link's token taken, a
+ * session signed out): 0 the first time, 1 when it was spent before (on any
+ * node of a cluster), -1 on error (the store, or Kafka).  Kept until
+ * expires_at (unix s), durably. */
+int bp_registry_spend_jti(bp_registry *r, const char *jti, int64_t expires_at);
+/* The same, recorded on this node only: what another node spent (cluster.c). */
+int bp_registry_spend_jti_here(bp_registry *r, const char *jti, int64_t expires_at);
+/* Was this token id spent?  Cheap (memory, no store lock): every request asks. */
+int bp_registry_jti_spent(bp_registry *r, const char *jti);
 /* An installed integration's config validated against bp (the editor's
  * edit), or NULL with err; *status 404: no such integration, 400: not one
  * of vendor's, 0: found (NULL then: it does not validate). */

@@ -428,6 +428,63 @@ uint32_t bp_jget_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen)
 
 uint32_t bp_jget(const bp_doc *d, uint32_t obj, const char *key) { return bp_jget_n(d, obj, key, strlen(key)); }
 
+/* ---- duplicate keys ------------------------------------------------------------ */
+
+typedef struct keyref { const char *s; uint32_t len, node; } keyref;
+
+static int cmp_keyref(const void *a, const void *b)
+{
+    const keyref *x = a, *y = b;
+    int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
+    if (c) return c;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return x->node < y->node ? -1 : x->node > y->node;
+}
+
+/* Every object's keys sorted (n log n, whatever a hostile file holds): equal
+ * neighbours are a key written twice.  The one reported is the earliest
+ * second occurrence in the document, so the message does not depend on the
+ * sort. */
+int bp_doc_unique_keys(const bp_doc *d, const char *origin, bp_error *err)
+{
+    keyref *keys = NULL;
+    size_t cap = 0;
+    uint32_t first = BP_NONE, again = BP_NONE;
+    for (uint32_t o = 0; o < d->n; o++) {
+        if (d->nodes[o].type != BP_JOBJECT || d->nodes[o].len < 2) continue;
+        size_t n = d->nodes[o].len;
+        if (n > cap) {
+            keyref *k = realloc(keys, n * sizeof *k);
+            if (!k) { bp_log_oom(); abort(); }
+            keys = k;
+            cap = n;
+        }
+        uint32_t i = o + 1;
+        for (size_t k = 0; k < n; k++, i = d->nodes[i + 1].next)
+            keys[k] = (keyref){ d->text.data + d->nodes[i].off, d->nodes[i].len, i };
+        qsort(keys, n, sizeof *keys, cmp_keyref);
+        for (size_t k = 1; k < n; k++)
+            if (keys[k].len == keys[k - 1].len && !memcmp(keys[k].s, keys[k - 1].s, keys[k].len) &&
+                (again == BP_NONE || keys[k].node < again)) {
+                first = keys[k - 1].node;
+                again = keys[k].node;
+            }
+    }
+    free(keys);
+    if (again == BP_NONE) return 0;
+    const bp_jnode *a = &d->nodes[first], *b = &d->nodes[again];
+    int shown = b->len > 80 ? 80 : (int)b->len;
+    char at[32] = "";
+    if (b->line) snprintf(at, sizeof at, ":%u", b->line);
+    if (a->line && a->line != b->line)
+        bp_error_set(err, "%s%s: key `%.*s` is already set at line %u (keys are unique: keep one)", origin, at, shown,
+                     d->text.data + b->off, a->line);
+    else   /* one-line JSON: lines say nothing */
+        bp_error_set(err, "%s%s: key `%.*s` is set twice in the same map (keys are unique: keep one)", origin, at,
+                     shown, d->text.data + b->off);
+    return -1;
+}
+
 uint32_t bp_jget_path(const bp_doc *d, uint32_t from, const char *dotted)
 {
     char part[256];

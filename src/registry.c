@@ -803,6 +803,19 @@ static void import_old_stores(bp_registry *r)
     rmdir(dir);
 }
 
+/* The token ids spent and not yet expired, for bp_registry_jti_spent. */
+static void load_spent(bp_registry *r)
+{
+    sqlite3_stmt *q;
+    int64_t now = (int64_t)(bp_wall_ms() / 1000);
+    if (sqlite3_prepare_v2(r->db, "SELECT jti, expires_at FROM signins WHERE expires_at >= ?1", -1, &q, NULL) != SQLITE_OK)
+        return;
+    sqlite3_bind_int64(q, 1, now);
+    while (sqlite3_step(q) == SQLITE_ROW)
+        bp_jti_set_add(r->spent, (const char *)sqlite3_column_text(q, 0), sqlite3_column_int64(q, 1), now);
+    sqlite3_finalize(q);
+}
+
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err)
 {
     bp_registry *r = calloc(1, sizeof *r);
@@ -811,6 +824,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     pthread_mutex_init(&r->admin_mu, NULL);
     r->blueprints_dir = strdup(blueprints_dir);
     r->state_dir = strdup(state_dir);
+    r->spent = bp_jti_set_new();
     bp_limits_default(&r->limits);
     const char *keep = getenv("BLUEPRINT_REVISIONS_KEEP"), *days = getenv("BLUEPRINT_REVISIONS_DAYS");
     r->revisions_keep = keep && atoi(keep) > 0 ? atoi(keep) : REVISIONS_KEEP;
@@ -836,6 +850,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     if (!(r->store = bp_store_open(state_dir, "events.db", err))) { bp_registry_close(r); return NULL; }
     if (!(r->keys = bp_keyring_open(state_dir, err))) { bp_registry_close(r); return NULL; }
     load_vendors(r);
+    load_spent(r);
     if (seal_plain_revisions(r, err) < 0 || load_integrations(r, err) < 0 || migrate_revision_files(r, err) < 0) {
         bp_registry_close(r);
         return NULL;
@@ -898,6 +913,7 @@ void bp_registry_close(bp_registry *r)
     free(r->vendors);
     bp_store_close(r->store);
     bp_keyring_close(r->keys);
+    bp_jti_set_free(r->spent);
     sqlite3_close(r->db);
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->admin_mu);
@@ -1848,7 +1864,9 @@ void bp_registry_check_reload(bp_registry *r)
 
 /* ---- the web console: sign-in tokens, the editor's saves ------------------------------------- */
 
-int bp_registry_signin_once(bp_registry *r, const char *jti, int64_t expires_at)
+/* The signins table holds every spent token id (sign-in links and signed-out
+ * sessions: both random 128-bit ids), its primary key deciding the first. */
+int bp_registry_spend_jti_here(bp_registry *r, const char *jti, int64_t expires_at)
 {
     sqlite3_stmt *q;
     int rc = -1;
@@ -1865,9 +1883,20 @@ int bp_registry_signin_once(bp_registry *r, const char *jti, int64_t expires_at)
         rc = st == SQLITE_DONE ? 0 : (st & 0xff) == SQLITE_CONSTRAINT ? 1 : -1;
         sqlite3_finalize(q);
     }
+    if (rc >= 0) bp_jti_set_add(r->spent, jti, expires_at, (int64_t)(bp_wall_ms() / 1000));
     pthread_mutex_unlock(&r->admin_mu);
     return rc;
 }
+
+/* In a cluster the first claim on the shared topic decides, so that a link
+ * works once in the whole cluster (cluster.c). */
+int bp_registry_spend_jti(bp_registry *r, const char *jti, int64_t expires_at)
+{
+    if (r->cluster) return bp_cluster_spend_jti(r->cluster, jti, expires_at);
+    return bp_registry_spend_jti_here(r, jti, expires_at);
+}
+
+int bp_registry_jti_spent(bp_registry *r, const char *jti) { return bp_jti_set_has(r->spent, jti); }
 
 void bp_registry_edit_begin(bp_registry *r) { pthread_mutex_lock(&r->admin_mu); }
 void bp_registry_edit_end(bp_registry *r) { pthread_mutex_unlock(&r->admin_mu); }

@@ -118,6 +118,10 @@ static int authorize(server *s, struct MHD_Connection *c, enum need need, bp_cla
                   "POST /v1/console/session for a session token");
         return -1;
     }
+    if (who->jti[0] && bp_registry_jti_spent(s->reg, who->jti)) {
+        set_error(r, 401, "INVALID_TOKEN", "this session was signed out: sign in again");
+        return -1;
+    }
     const char *role = who->role;
     if (!is_reader(role) || (need == WRITE && !is_writer(role))) {
         set_error(r, 403, "FORBIDDEN", "role '%s' may not %s", role, need == WRITE ? "change things" : "read this");
@@ -1025,8 +1029,8 @@ static const char *sign_in_refused(server *s, const char *token, bp_claims *who,
     if (!who->jti[0] || !who->iat || who->exp - who->iat > BP_SIGNIN_MAX_TTL)
         return "a sign-in token has a jti and lives at most 15 minutes (blueprint token --sign-in)";
     if (!is_reader(who->role)) return "the token's role is not owner, admin, editor or viewer";
-    int taken = bp_registry_signin_once(s->reg, who->jti, who->exp);
-    if (taken < 0) { *status = 503; return "could not record the sign-in in the state store; try again"; }
+    int taken = bp_registry_spend_jti(s->reg, who->jti, who->exp);
+    if (taken < 0) { *status = 503; return "could not record the sign-in in the state store (or the cluster); try again"; }
     return taken ? "this sign-in link was used already: mint a new one (blueprint token --sign-in)" : NULL;
 }
 
@@ -1055,7 +1059,8 @@ static void console_session(call *k)
     int64_t now = (int64_t)(bp_wall_ms() / 1000);
     bp_buf token;
     bp_buf_init(&token);
-    bp_jwt_sign(k->s->secret, who.role, who.sub, k->s->expect.issuer, k->s->expect.audience, now, now + SESSION_TTL, &token);
+    bp_jwt_sign_session(k->s->secret, who.role, who.sub, k->s->expect.issuer, k->s->expect.audience, now,
+                        now + SESSION_TTL, &token);
     bp_buf *b = &k->r->body;
     bp_buf_addc(b, '{');
     write_str(b, "token", token.data, 0);
@@ -1064,6 +1069,25 @@ static void console_session(call *k)
     bp_buf_printf(b, ",\"expires_at\":%lld}", (long long)(now + SESSION_TTL));
     bp_registry_audit(k->s->reg, &who, "console.sign_in", NULL, "a sign-in link was exchanged for an 8-hour session");
     bp_buf_free(&token);
+}
+
+/* DELETE /v1/console/session: sign-out.  The session token's jti is spent
+ * until the token expires, so a copy of it (another tab, a stolen one) is
+ * refused from now on, on every node. */
+static void console_sign_out(call *k)
+{
+    if (!k->who.jti[0]) {
+        set_error(k->r, 400, "BAD_REQUEST", "not a console session token: an API token from `blueprint token` has no "
+                  "session to sign out of; it ends at its exp (mint short-lived ones)");
+        return;
+    }
+    if (bp_registry_spend_jti(k->s->reg, k->who.jti, k->who.exp) < 0) {
+        set_error(k->r, 503, "STORE_UNAVAILABLE", "could not record the sign-out in the state store (or the cluster); "
+                  "try again");
+        return;
+    }
+    bp_registry_audit(k->s->reg, &k->who, "console.sign_out", NULL, "the session was signed out (its token revoked)");
+    k->r->status = 204;
 }
 
 /* GET /v1/console/me: who the token speaks for and what the console may offer. */
@@ -1143,6 +1167,7 @@ static const route_def routes[] = {
     { "GET", "/console/vendor/codemirror/*", OPEN, 0, console_codemirror, 0 },
     { "GET", "/console/*", OPEN, 0, console_asset, 0 },
     { "POST", "/v1/console/session", OPEN, MAX_ADMIN_BODY, console_session, 0 },
+    { "DELETE", "/v1/console/session", READER, 0, console_sign_out, 0 },
     { "GET", "/v1/console/me", READER, 0, console_me, 0 },
     { "GET", "/v1/admin/blueprints/:vendor/files", READER, 0, blueprint_files, 0 },
     { "PUT", "/v1/admin/blueprints/:vendor/files", WRITER, BP_EDITOR_MAX_BODY, blueprint_save, 0 },
@@ -1354,7 +1379,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         else if (o->port) snprintf(node, sizeof node, "%s:%d", host, o->port);
         else snprintf(node, sizeof node, "%s-%d", host, (int)getpid());
         bp_cluster_opts co = { o->kafka_brokers, o->cluster_name, o->topic_mode, node, o->kafka_session_timeout_ms,
-                               o->kafka_partitions };
+                               o->kafka_partitions, o->kafka_config };
         if (!(s.reg->cluster = bp_cluster_new(s.reg, &co, err))) { bp_registry_close(s.reg); return serve_failed(err); }
     }
 

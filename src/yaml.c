@@ -134,6 +134,7 @@ int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err)
         bp_error_set(err, "%s: the YAML document is empty", origin);
         goto out;
     }
+    if (bp_doc_unique_keys(d, origin, err) < 0) goto out;
     rc = 0;
 out:
     yaml_parser_delete(&parser);

@@ -164,8 +164,8 @@ function start(s) {
   route();
 }
 
-function signOut() {
-  session.clear();
+async function signOut() {
+  await session.signOut();
   history.replaceState(null, '', location.pathname + location.search);
   signInScreen();
 }

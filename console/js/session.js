@@ -46,6 +46,21 @@ export function clear() {
   setToken(null);
 }
 
+// Sign-out ends a console session on the server too (DELETE
+// /v1/console/session revokes its token, so a copy of it stops working); a
+// pasted API token has no session there.  Forgotten here whatever the server
+// answers: an unreachable server must not keep anyone signed in.
+export async function signOut() {
+  const s = load();
+  const claims = s ? decodeClaims(s.token) : null;
+  if (claims && claims.jti) {
+    try {
+      await api('DELETE', '/v1/console/session', undefined, { token: s.token, noAuthRedirect: true });
+    } catch (e) { /* already expired or revoked, or the server is away */ }
+  }
+  clear();
+}
+
 // The sign-in link's token, taken out of the URL before anything else runs.
 export function takeSigninFragment() {
   const m = /^#signin=([^&]+)/.exec(location.hash);

@@ -32,7 +32,7 @@ local W, NODES, EVENTS, BATCH = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonu
 local core = require("blueprint_core")
 local INTEGRATIONS = 8
 local PARTITIONS = 4           -- the mock's default for a topic it auto-creates
-local SECRET = "bench-cluster-secret"
+local SECRET = "bench-cluster-secret-of-32-bytes-or-more"   -- the minimum is 32
 
 -- a child killed by SIGINT/SIGTERM (Ctrl-C reaches the whole process group,
 -- and os.execute ignores SIGINT while it waits) stops the run

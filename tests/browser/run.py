@@ -705,8 +705,13 @@ def t_roles(c, s):
     poll(lambda: env.contact('dl-3@example.com'), 'replay all did not deliver')
     dead(['dl-4'])
 
-    # a viewer, with a pasted API token
+    # sign-out ends the session on the server: a copy of its token is refused
+    kept = json.loads(c.d.execute_script("return sessionStorage.getItem('bp.console.session')"))['token']
+    assert env.api('GET', '/v1/console/me', token=kept)[0] == 200
     c.click('#sign-out')
+    poll(lambda: env.api('GET', '/v1/console/me', token=kept)[0] == 401, 'the signed-out session token still works')
+
+    # a viewer, with a pasted API token
     viewer = env.token('viewer', subject='auditor@example.com')
     c.type('#signin-token', viewer)
     c.click('#signin-submit')

@@ -11,6 +11,7 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -253,6 +254,26 @@ TEST(yaml_errors_name_line_and_column)
     bp_doc_free(&d);
 }
 
+TEST(yaml_duplicate_keys_name_both_lines)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    d.origin = "config.yaml";
+    const char *y = "consent:\n  default_policy: allow\napi_key: k\nlist: [{a: 1, b: 2}]\n"
+                    "x: {a: 1}\nconsent:\n  default_policy: deny\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), -1);
+    CHECK_STR(err.msg, "config.yaml:6: key `consent` is already set at line 1 (keys are unique: keep one)");
+    CHECK_INT((int)d.n, 0);
+    /* in a nested map, in a list; the same key in two maps is fine */
+    y = "a: {k: 1}\nb: {k: 2}\nc:\n  - {k: 1, j: 2, k: 3}\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), -1);
+    CHECK_STR(err.msg, "config.yaml:4: key `k` is set twice in the same map (keys are unique: keep one)");
+    y = "a: {k: 1}\nb: {k: 2}\nk: 3\n";
+    CHECK_INT(bp_yaml_parse(&d, y, strlen(y), &err), 0);
+    bp_doc_free(&d);
+}
+
 static enum bp_consent_state consent_of(const char *ev, int *allowed, enum bp_consent_policy pol)
 {
     bp_doc d;
@@ -463,6 +484,97 @@ TEST(jwt_sign_and_verify)
     CHECK_INT(bp_jwt_verify("s3cret", "abc.def", 1500, NULL, &who, &err), -1);
     CHECK_CONTAINS(err.msg, "malformed");
     bp_buf_free(&t);
+}
+
+/* An HS256 token with exactly this payload (claims sign() does not write). */
+static void token_with_payload(const char *secret, const char *payload, bp_buf *out)
+{
+    const char *parts[2] = { "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload };
+    bp_buf_reset(out);
+    for (int p = 0; p < 2; p++) {
+        unsigned char enc[512];
+        int n = EVP_EncodeBlock(enc, (const unsigned char *)parts[p], (int)strlen(parts[p]));
+        for (int i = 0; i < n && enc[i] != '='; i++) bp_buf_addc(out, enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : (char)enc[i]);
+        bp_buf_addc(out, '.');
+    }
+    unsigned char mac[32], enc[64];
+    bp_hmac_sha256(secret, strlen(secret), out->data, out->len - 1, mac);
+    int n = EVP_EncodeBlock(enc, mac, 32);
+    for (int i = 0; i < n && enc[i] != '='; i++) bp_buf_addc(out, enc[i] == '+' ? '-' : enc[i] == '/' ? '_' : (char)enc[i]);
+}
+
+TEST(jwt_nbf_and_iat_are_honoured_with_a_skew)
+{
+    bp_buf t;
+    bp_claims who;
+    bp_error err;
+    bp_buf_init(&t);
+    /* iat ahead of our clock: within the skew (clocks apart) fine, beyond it not */
+    bp_jwt_sign("s3cret", "admin", "ada", NULL, NULL, 1000 + BP_JWT_SKEW, 5000, &t);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1000, NULL, &who, &err), 0);
+    bp_buf_reset(&t);
+    bp_jwt_sign("s3cret", "admin", "ada", NULL, NULL, 1000 + BP_JWT_SKEW + 1, 5000, &t);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1000, NULL, &who, &err), -1);
+    CHECK_STR(err.msg, "token issued in the future (iat; are the clocks apart?)");
+    /* nbf: not before it, less the skew */
+    token_with_payload("s3cret", "{\"sub\":\"ada\",\"role\":\"admin\",\"iat\":900,\"nbf\":1200,\"exp\":5000}", &t);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1000, NULL, &who, &err), -1);
+    CHECK_STR(err.msg, "token not valid yet (nbf is in the future)");
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1200 - BP_JWT_SKEW, NULL, &who, &err), 0);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1300, NULL, &who, &err), 0);
+    bp_buf_free(&t);
+}
+
+TEST(jwt_only_canonical_base64url)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    bp_buf t;
+    bp_claims who;
+    bp_error err;
+    bp_buf_init(&t);
+    bp_jwt_sign("s3cret", "admin", "ada", NULL, NULL, 1000, 2000, &t);
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, NULL, &who, &err), 0);
+    /* 32 bytes are 43 characters: the last one carries 2 unused bits, which
+     * a decoder that ignores them reads as the same signature */
+    char *last = &t.data[t.len - 1];
+    long v = strchr(b64, *last) - b64;
+    CHECK_INT((int)(v & 3), 0);
+    *last = b64[v | 1];
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, NULL, &who, &err), -1);
+    CHECK_STR(err.msg, "malformed token");
+    *last = b64[v];
+    bp_buf_adds(&t, "=");   /* padding */
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, NULL, &who, &err), -1);
+    t.data[--t.len] = '\0';
+    bp_buf_adds(&t, "AA");   /* 45 characters: a dangling sixth of a byte */
+    CHECK_INT(bp_jwt_verify("s3cret", t.data, 1500, NULL, &who, &err), -1);
+    CHECK_STR(err.msg, "malformed token");
+    bp_buf_free(&t);
+}
+
+TEST(jwt_secret_is_at_least_32_bytes)
+{
+    char dir[] = "/tmp/bp-unit-XXXXXX", secret[200];
+    bp_error err;
+    CHECK(mkdtemp(dir) != NULL);
+    setenv("BLUEPRINT_JWT_SECRET", "0123456789abcdef0123456789abcde", 1);   /* 31 */
+    CHECK_INT(bp_jwt_secret(dir, secret, sizeof secret, &err), -1);
+    CHECK_STR(err.msg, "BLUEPRINT_JWT_SECRET is 31 bytes; a JWT secret is 32 to 198 bytes (make one with: openssl rand -hex 32)");
+    setenv("BLUEPRINT_JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
+    CHECK_INT(bp_jwt_secret(dir, secret, sizeof secret, &err), 0);
+    unsetenv("BLUEPRINT_JWT_SECRET");
+    /* one made here is 64 hex digits; a short one written by hand is refused */
+    CHECK_INT(bp_jwt_secret(dir, secret, sizeof secret, &err), 0);
+    CHECK_INT((int)strlen(secret), 64);
+    char path[300];
+    snprintf(path, sizeof path, "%s/jwt.secret", dir);
+    FILE *f = fopen(path, "w");
+    fputs("short\n", f);
+    fclose(f);
+    CHECK_INT(bp_jwt_secret(dir, secret, sizeof secret, &err), -1);
+    CHECK_CONTAINS(err.msg, "jwt.secret is 5 bytes");
+    remove(path);
+    rmdir(dir);
 }
 
 /* pattern.c under the sanitizers: random patterns (malformed ones too)
@@ -1116,6 +1228,7 @@ int main(void)
     RUN(yaml_parses_into_the_same_tree);
     RUN(yaml_numbers_are_json_numbers_or_strings);
     RUN(yaml_errors_name_line_and_column);
+    RUN(yaml_duplicate_keys_name_both_lines);
     RUN(consent_three_shapes_newest_first);
     RUN(consent_absent_uses_the_policy);
     RUN(reader_ndjson_lines);
@@ -1128,6 +1241,9 @@ int main(void)
     RUN(render_substitutes_or_redacts_secrets);
     RUN(hmac_sha256_rfc4231_vectors);
     RUN(jwt_sign_and_verify);
+    RUN(jwt_nbf_and_iat_are_honoured_with_a_skew);
+    RUN(jwt_only_canonical_base64url);
+    RUN(jwt_secret_is_at_least_32_bytes);
     RUN(pace_never_exceeds_the_limit_in_any_second);
     RUN(pace_catches_up_after_a_late_send);
     RUN(pace_obeys_retry_after_and_a_lower_limit);

@@ -130,3 +130,23 @@ describe("blueprint dry-run with hostile mappings #cli", function()
     assert.matches('"outcome":"deliver"', lines[#names], 1, true)
   end)
 end)
+
+describe("the JWT secret #cli", function()
+  -- an HMAC key shorter than its 32-byte output is guessable; before, any
+  -- non-empty BLUEPRINT_JWT_SECRET was taken
+  it("is refused below 32 bytes by token and serve, saying how to make one", function()
+    local state = S.tmpdir()
+    for _, cmd in ipairs({ " token --role admin --state " .. state, " serve --port 0 --state " .. state }) do
+      local out, err, code = S.sh("BLUEPRINT_JWT_SECRET=too-short-a-secret " .. S.bin .. cmd)
+      assert.are_not.equal(0, code, cmd)
+      assert.are.equal("", out)
+      assert.matches("BLUEPRINT_JWT_SECRET is 18 bytes; a JWT secret is 32 to 198 bytes (make one with: openssl rand "
+        .. "-hex 32)", err, 1, true)
+      assert.is_nil(err:find("too-short-a-secret", 1, true))   -- the value itself is never shown
+    end
+    local out, err, code = S.sh("BLUEPRINT_JWT_SECRET=" .. ("k"):rep(32) .. " " .. S.bin .. " token --role admin --state "
+      .. state)
+    assert.are.equal(0, code, err)
+    assert.matches("^ey", out)
+  end)
+end)

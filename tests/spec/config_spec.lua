@@ -150,4 +150,34 @@ describe("config validation", function()
   it("treats an empty optional value as unset", function()
     assert.is_truthy(check(GOOD .. "event_tracking_account_id: \"\"\nevent_tracking_key: \"\"\n"))
   end)
+
+  describe("a key written twice", function()
+    -- YAML requires unique keys: before, the second `consent:` silently won
+    -- and a typo in the first was never reported
+    local TWICE = GOOD .. "consent:\n  default_policy: allow\nevents:\n  Order Completed: {enabled: true}\n"
+      .. "consent:\n  default_polcy: deny\n"
+
+    it("is refused with both lines, at any depth, in YAML", function()
+      local _, err = check(TWICE)
+      assert.are.equal("config:7: key `consent` is already set at line 3 (keys are unique: keep one)", err)
+      _, err = check(GOOD .. "consent:\n  default_policy: allow\n  default_policy: deny\n")
+      assert.matches("^config:5: key `default_policy` is already set at line 4", err)
+    end)
+
+    it("is refused in a JSON config too", function()
+      local _, err = check('{"config":{"api_url":"https://a.api-us1.com",\n"api_key":"k",\n"api_key":"k2"}}')
+      assert.matches("^config:3: key `api_key` is already set at line 2", err)
+      _, err = check('{"config":{"api_url":"https://a.api-us1.com","api_key":"k","api_key":"k2"}}')
+      assert.matches("^config:1: key `api_key` is set twice in the same map", err)
+    end)
+
+    it("makes dry-run exit 2 with that message", function()
+      local cfg = S.tmpdir() .. "/config.yaml"
+      S.write(cfg, TWICE)
+      local out, err, code = S.sh(S.bin .. " dry-run " .. S.AC .. " --config " .. cfg, "")
+      assert.are.equal(2, code, err)
+      assert.are.equal("", out)
+      assert.matches(cfg .. ":7: key `consent` is already set at line 3", err, 1, true)
+    end)
+  end)
 end)

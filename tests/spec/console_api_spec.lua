@@ -150,6 +150,74 @@ describe("web console: files and sign-in #serve", function()
     assert.are.equal("ada", audit.entries[1].actor)
   end)
 
+  -- before, an 8-hour session could not be ended: sign-out only forgot the
+  -- token in the browser, and a copy of it went on working
+  it("signs a session out on the server: its token refused from then on, after a restart too", function()
+    local function session(subject)
+      local st, body = srv.call("POST", "/v1/console/session",
+        core.json_encode({ token = srv.token("viewer", "10m", "--sign-in --subject " .. subject) }), false)
+      assert.are.equal(200, st)
+      return body.token
+    end
+    local a, b = session("ada"), session("bob")
+    assert.are.equal(200, (srv.call("GET", "/v1/console/me", nil, a)))
+    local st, body = srv.call("DELETE", "/v1/console/session", nil, a)
+    assert.are.equal(204, st, body)
+    st, body = srv.call("GET", "/v1/console/me", nil, a)
+    assert.are.equal(401, st)
+    assert.are.equal("INVALID_TOKEN", body.error.code)
+    assert.are.equal("this session was signed out: sign in again", body.error.message)
+    assert.are.equal(401, (srv.call("DELETE", "/v1/console/session", nil, a)))
+    -- another session is untouched; an API token has no session to end
+    assert.are.equal(200, (srv.call("GET", "/v1/console/me", nil, b)))
+    st, body = srv.call("DELETE", "/v1/console/session", nil, srv.token("admin"))
+    assert.are.equal(400, st)
+    assert.matches("not a console session token", body.error.message, 1, true)
+    assert.are.equal(401, (srv.call("DELETE", "/v1/console/session", nil, false)))
+    local _, audit = srv.call("GET", "/v1/admin/audit-log?action=console.sign_out")
+    assert.are.equal(1, #audit.entries)
+    assert.are.equal("ada", audit.entries[1].actor)
+    -- the revocation is durable: kept in the state store until the token expires
+    srv.stop()
+    srv = S.start_server({ args = "--console " .. dir, state = srv.state })
+    assert.are.equal(401, (srv.call("GET", "/v1/console/me", nil, a)))
+    assert.are.equal(200, (srv.call("GET", "/v1/console/me", nil, b)))
+  end)
+
+  -- before, nbf and iat were not read: a token made for later worked now
+  it("refuses a token not valid yet, or issued in the future beyond a minute, saying which", function()
+    local secret = io.open(srv.state .. "/jwt.secret"):read("l")
+    local function b64url(s)
+      local f = os.tmpname()
+      S.write(f, s)
+      local out = S.sh("basenc --base64url -w0 < " .. f .. " | tr -d '='")
+      os.remove(f)
+      return out
+    end
+    local function signed(claims)
+      local si = b64url('{"alg":"HS256","typ":"JWT"}') .. "." .. b64url(core.json_encode(claims))
+      local f = os.tmpname()
+      S.write(f, si)
+      local sig = S.sh("openssl dgst -sha256 -hmac '" .. secret .. "' -binary < " .. f .. " | basenc --base64url -w0 | tr -d '='")
+      os.remove(f)
+      return si .. "." .. sig
+    end
+    local now = os.time()
+    local cases = {
+      { { sub = "ada", role = "admin", iat = now, nbf = now + 600, exp = now + 3600 }, 401,
+        "token not valid yet (nbf is in the future)" },
+      { { sub = "ada", role = "admin", iat = now + 600, exp = now + 3600 }, 401,
+        "token issued in the future (iat; are the clocks apart?)" },
+      { { sub = "ada", role = "admin", iat = now + 20, nbf = now + 20, exp = now + 3600 }, 200 },   -- within the skew
+      { { sub = "ada", role = "admin", iat = now - 60, nbf = now - 60, exp = now + 3600 }, 200 },
+    }
+    for _, c in ipairs(cases) do
+      local st, body = srv.call("GET", "/v1/console/me", nil, signed(c[1]))
+      assert.are.equal(c[2], st, core.json_encode(c[1]))
+      if c[3] then assert.are.equal(c[3], body.error.message) end
+    end
+  end)
+
   it("says who the token is and what the console may offer, per role", function()
     for role, can in pairs({ owner = true, admin = true, editor = true, viewer = false }) do
       local st, me = srv.call("GET", "/v1/console/me", nil, srv.token(role, nil, "--subject " .. role .. "-1"))

@@ -70,7 +70,7 @@ describe("cluster mode on Kafka #kafka", function()
     local f = io.popen("openssl rand -hex 32")
     S.write(keyfile, "kspec " .. f:read("l") .. "\n")
     f:close()
-    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
+    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
     for i = 1, 3 do start_node(i) end
   end)
 
@@ -124,6 +124,48 @@ describe("cluster mode on Kafka #kafka", function()
       local b = get(nodes[1], "/v1/admin/integrations/" .. it.id)
       return b and b.revision == 2
     end, 5), "node 1 did not see revision 2")
+  end)
+
+  -- before, each node kept its own record of the links taken: one link
+  -- opened a session on every node, and a sign-out (had there been one)
+  -- would have held on one node only
+  it("takes a sign-in link once in the whole cluster, even at the same moment; a sign-out holds on every node", function()
+    local dir = S.tmpdir()
+    -- the same link at three nodes at once: one session
+    local link = nodes[1].token("viewer", "10m", "--sign-in --subject racer")
+    S.write(dir .. "/body", core.json_encode({ token = link }))
+    local cmd = {}
+    for i = 1, 3 do
+      cmd[#cmd + 1] = ("curl -s -o %s/out%d -w '%%{http_code}' -X POST --data-binary @%s/body %s/v1/console/session > %s/st%d &")
+        :format(dir, i, dir, nodes[i].url, dir, i)
+    end
+    os.execute(table.concat(cmd, " ") .. " wait")
+    local won, session = {}, nil
+    for i = 1, 3 do
+      local st = tonumber(io.open(dir .. "/st" .. i):read("a"))
+      local body = core.json_decode(io.open(dir .. "/out" .. i):read("a"))
+      if st == 200 then won[#won + 1] = i; session = body.token
+      else
+        assert.are.equal(401, st, "node " .. i)
+        assert.matches("used already", body.error.message, 1, true)
+      end
+    end
+    assert.are.equal(1, #won, "sessions opened by one link: " .. #won)
+    -- one after the other, on two nodes
+    link = nodes[2].token("viewer", "10m", "--sign-in --subject walker")
+    assert.are.equal(200, (nodes[2].call("POST", "/v1/console/session", core.json_encode({ token = link }), false)))
+    local st, body = nodes[3].call("POST", "/v1/console/session", core.json_encode({ token = link }), false)
+    assert.are.equal(401, st)
+    assert.matches("used already", body.error.message, 1, true)
+    -- signed out through another node than the one that opened it
+    local other = won[1] % 3 + 1
+    for i = 1, 3 do assert.are.equal(200, (nodes[i].call("GET", "/v1/console/me", nil, session)), "node " .. i) end
+    assert.are.equal(204, (nodes[other].call("DELETE", "/v1/console/session", nil, session)))
+    assert.are.equal(401, (nodes[other].call("GET", "/v1/console/me", nil, session)))
+    for i = 1, 3 do
+      assert.is_truthy(S.eventually(function() return nodes[i].call("GET", "/v1/console/me", nil, session) == 401 end, 5),
+        "node " .. i .. " still takes the signed-out session")
+    end
   end)
 
   it("paces 20 accounts over 3 nodes: no account above 5 requests in any second, every event delivered", function()
@@ -266,7 +308,7 @@ describe("cluster mode, one delivery topic per vendor #kafka", function()
     local f = io.popen("openssl rand -hex 32")
     S.write(key, "kpv " .. f:read("l") .. "\n")
     f:close()
-    local node = S.start_server({ env = "BLUEPRINT_JWT_SECRET=pv BLUEPRINT_MASTER_KEY_FILE=" .. key, start_seconds = 60,
+    local node = S.start_server({ env = "BLUEPRINT_JWT_SECRET=per-vendor-spec-secret-of-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. key, start_seconds = 60,
       args = "--kafka " .. k.brokers .. " --cluster pv --topic-mode per_vendor --kafka-session-timeout-ms 6000" })
     finally(function() node.stop(); e.stop(); k.stop(); os.remove(key) end)
     local ids = {}
@@ -294,6 +336,64 @@ describe("cluster mode, one delivery topic per vendor #kafka", function()
 end)
 
 describe("cluster mode options #kafka", function()
+  local SECRET_ENV = "BLUEPRINT_JWT_SECRET=options-spec-secret-of-32-bytes-or-more "
+
+  -- before, a managed Kafka (TLS, SASL) could not be reached: nothing but
+  -- the broker list reached librdkafka
+  it("takes librdkafka's settings from --kafka-config: a bad line named with file:line, secrets never shown", function()
+    local dir = S.tmpdir()
+    local function serve(lines)
+      S.write(dir .. "/kafka.properties", lines)
+      return S.sh(SECRET_ENV .. S.bin .. " serve --port 0 --state " .. dir .. "/state --kafka 127.0.0.1:9 --kafka-config "
+        .. dir .. "/kafka.properties")
+    end
+    local _, err, code = serve("# a managed Kafka\nsecurity.protocol = SASL_SSL\n\nsasl.pasword=hunter2-secret\n")
+    assert.are.equal(1, code)
+    assert.matches(dir .. '/kafka.properties:4: kafka setting sasl.pasword: No such configuration property: '
+      .. '"sasl.pasword"', err, 1, true)
+    assert.is_nil(err:find("hunter2", 1, true))
+    _, err, code = serve("security.protocol=SASL_SSLX\n")
+    assert.are.equal(1, code)
+    assert.matches(dir .. '/kafka.properties:1: kafka setting security.protocol: Invalid value "SASL_SSLX"', err, 1, true)
+    _, err, code = serve("client.id=x\njust-a-word\n")
+    assert.are.equal(1, code)
+    assert.matches(dir .. "/kafka.properties:2: expected key=value", err, 1, true)
+    _, err, code = serve("acks=1\n")
+    assert.are.equal(1, code)
+    assert.matches("kafka.properties:1: acks is set by the node (202 after acks=all, never twice)", err, 1, true)
+    -- valid settings reach the client librdkafka creates: TLS with a CA file
+    -- that is not there fails there, and the password stays unsaid
+    _, err, code = serve("security.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\nsasl.username=blueprint\n"
+      .. "sasl.password=hunter2-secret\nssl.ca.location=" .. dir .. "/no-such-ca.pem\n")
+    assert.are.equal(1, code)
+    assert.matches("kafka, with the settings of " .. dir .. "/kafka.properties: ssl.ca.location failed", err, 1, true)
+    assert.is_nil(err:find("hunter2", 1, true))
+    -- it belongs to cluster mode
+    _, err, code = S.sh(SECRET_ENV .. S.bin .. " serve --port 0 --state " .. dir .. "/state --kafka-config " .. dir
+      .. "/kafka.properties")
+    assert.are.equal(1, code)
+    assert.matches("--kafka-config (librdkafka's settings) needs --kafka BROKERS", err, 1, true)
+  end)
+
+  it("runs a node with --kafka-config settings against the cluster", function()
+    local k = S.start_kafka()
+    local dir = S.tmpdir()
+    local key = dir .. "/master.key"
+    local f = io.popen("openssl rand -hex 32")
+    S.write(key, "kcfg " .. f:read("l") .. "\n")
+    f:close()
+    S.write(dir .. "/kafka.properties", "client.id=kcfg-node\nsocket.keepalive.enable=true\nsasl.password=hunter2-secret\n"
+      .. "security.protocol=plaintext\n")
+    local node = S.start_server({ env = SECRET_ENV .. "BLUEPRINT_MASTER_KEY_FILE=" .. key, start_seconds = 60,
+      args = "--kafka " .. k.brokers .. " --cluster kcfg --kafka-session-timeout-ms 6000 --kafka-config " .. dir
+        .. "/kafka.properties" })
+    finally(function() node.stop(); k.stop() end)
+    local st, h = node.call("GET", "/healthz")
+    assert.are.equal(200, st, node.logs())
+    assert.is_true(h.kafka.ok)
+    assert.is_nil(node.logs():find("hunter2", 1, true))
+  end)
+
   it("refuses an unknown topic mode with the two it knows", function()
     local _, err, code = S.sh(S.bin .. " serve --port 0 --state " .. S.tmpdir() .. " --kafka 127.0.0.1:9 --topic-mode per_account")
     assert.are.equal(1, code)

@@ -204,6 +204,13 @@ describe("strict blueprint.yaml", function()
     assert.matches(dir .. "/blueprint.yaml:14: unknown key 'scpe' in 'rate_limit'", err, 1, true)
   end)
 
+  it("refuses a key written twice, naming both lines", function()
+    local err, dir = load_error(YAML .. "rate_limit:\n  requests_per_second: 5\n  requests_per_second: 50\n")
+    assert.matches(dir .. "/blueprint.yaml:14: key `requests_per_second` is already set at line 13", err, 1, true)
+    err, dir = load_error(YAML .. "name: Other\n")
+    assert.matches(dir .. "/blueprint.yaml:12: key `name` is already set at line 2", err, 1, true)
+  end)
+
   it("still reads every key the default blueprint uses", function()
     assert.is_truthy(S.core.open_text(S.AC, S.base_config))
   end)
