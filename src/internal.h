@@ -662,6 +662,16 @@ struct bp_registry {
  * braces, or NULL.  log.c */
 void bp_log(const char *level, const char *msg, const char *fields_json);
 
+/* ---- verify.c: what install and update check without sending data ---------------- */
+
+/* Run bp's verify: mapping with cfg, send each of its requests (at most
+ * timeout_ms each) and write the checks, a JSON array of {check, ok,
+ * status, outcome, message}, to out.  -1 when bp has no verify: mapping. */
+int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_buf *out);
+/* The same for an integration's current config (and a warn log line when a
+ * check fails). */
+int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out);
+
 /* ---- cluster.c: serve --kafka ------------------------------------------------------------- */
 
 typedef struct bp_cluster bp_cluster;
