@@ -533,6 +533,9 @@ void bp_pool_wake(bp_pool *p, const char *id);
 void bp_pool_rescan(bp_pool *p, const char *id);
 /* Finish the requests in flight, save progress, stop the threads. */
 void bp_pool_free(bp_pool *p);
+/* A send slot on the account's pace for a request made outside the loops
+ * (install checks): 0 when taken, else the ms to wait. */
+double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_rps);
 
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 

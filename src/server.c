@@ -453,15 +453,17 @@ static int start_checks(conn *cn)
     pthread_mutex_lock(&j->s->streams_mu);
     int stopping = j->s->stopping;
     j->s->verifying++;            /* until finish_checks or free_checks */
+    j->started = 1;
     pthread_mutex_unlock(&j->s->streams_mu);
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    j->started = 1;
     MHD_suspend_connection(j->c);
     if (stopping || pthread_create(&t, &attr, verify_thread, j) != 0) {
+        pthread_mutex_lock(&j->s->streams_mu);
         j->started = 2;           /* answered without checks */
+        pthread_mutex_unlock(&j->s->streams_mu);
         MHD_resume_connection(j->c);
     }
     pthread_attr_destroy(&attr);
@@ -472,11 +474,9 @@ static void free_checks(conn *cn)
 {
     verify_job *j = cn->job;
     cn->job = NULL;
-    if (j->started) {
-        pthread_mutex_lock(&j->s->streams_mu);
-        j->s->verifying--;
-        pthread_mutex_unlock(&j->s->streams_mu);
-    }
+    pthread_mutex_lock(&j->s->streams_mu);
+    if (j->started) j->s->verifying--;
+    pthread_mutex_unlock(&j->s->streams_mu);
     bp_buf_free(&j->r.body);
     free(j);
 }
@@ -1418,8 +1418,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
-    if (cn->job && cn->job->started == 2) return finish_checks(c, method, url, cn);
-    if (cn->job) return MHD_YES;  /* parked: its thread resumes it */
+    if (cn->job) {
+        server *s = cls;
+        pthread_mutex_lock(&s->streams_mu);   /* the checks' thread wrote the answer before this */
+        int done = cn->job->started == 2;
+        pthread_mutex_unlock(&s->streams_mu);
+        return done ? finish_checks(c, method, url, cn) : MHD_YES;   /* else parked: its thread resumes it */
+    }
     return respond(cls, c, method, url, cn);
 }
 

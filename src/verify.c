@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct sent {
     int done;
@@ -29,6 +30,8 @@ typedef struct verifier {
     const bp_config *cfg;
     bp_transport *t;
     long timeout_ms;
+    bp_pool *pool;                /* whose pace the requests take a slot on, or NULL */
+    char account[600];
 } verifier;
 
 static void on_done(void *ctx, void *user, const bp_response *resp)
@@ -43,11 +46,33 @@ static void on_done(void *ctx, void *user, const bp_response *resp)
     bp_buf_add(&s->body, resp->body.data ? resp->body.data : "", resp->body.len);
 }
 
+/* Wait for a slot on the account's pace: the vendor's limit is shared with
+ * the deliveries (ActiveCampaign: 5 requests/s per account).  -1 when none
+ * came within the timeout. */
+static int take_slot(verifier *v)
+{
+    double give_up = bp_monotonic_ms() + (double)v->timeout_ms;
+    for (;;) {
+        double wait = v->pool ? bp_pool_take_slot(v->pool, v->account, v->bp->rate_limit_rps) : 0;
+        if (wait <= 0) return 0;
+        if (bp_monotonic_ms() + wait > give_up) return -1;
+        struct timespec ts = { (time_t)(wait / 1000), (long)((wait - (double)(long)(wait / 1000) * 1000) * 1e6) };
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Send r and wait for its answer (the transport's own timeout ends it). */
 static void send_one(verifier *v, const bp_request *r, sent *s)
 {
     memset(s, 0, sizeof *s);
     bp_buf_init(&s->body);
+    if (take_slot(v) < 0) {
+        s->done = 1;
+        s->curl_code = -1;
+        snprintf(s->error, sizeof s->error, "not sent: the account's request pace stayed taken by deliveries "
+                 "for %ld ms", v->timeout_ms);
+        return;
+    }
     if (bp_transport_send(v->t, r, v->cfg, s) < 0) {
         s->done = 1;
         s->curl_code = -1;
@@ -123,7 +148,10 @@ static void judge(verifier *v, const bp_request *r, bp_buf *out)
     bp_buf_free(&s.body);
 }
 
-int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_buf *out)
+/* bp_verify, pacing the requests on pool's pace for account (pool NULL:
+ * unpaced). */
+static int verify_paced(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_pool *pool,
+                        const char *account, bp_buf *out)
 {
     if (!bp->has_verify) return -1;
     bp_error err;
@@ -134,7 +162,8 @@ int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_
         bp_buf_addc(out, ']');
         return 0;
     }
-    verifier v = { bp, cfg, bp_transport_new(timeout_ms < 2000 ? timeout_ms : 2000, timeout_ms), timeout_ms };
+    verifier v = { bp, cfg, bp_transport_new(timeout_ms < 2000 ? timeout_ms : 2000, timeout_ms), timeout_ms, pool, "" };
+    snprintf(v.account, sizeof v.account, "%s", account ? account : "");
     bp_engine_set_answerer(e, answer_step, &v);
     bp_outcome o;
     bp_outcome_init(&o);
@@ -152,6 +181,11 @@ int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_
     return 0;
 }
 
+int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_buf *out)
+{
+    return verify_paced(bp, cfg, timeout_ms, NULL, NULL, out);
+}
+
 int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out)
 {
     bp_registry *reg = it->registry;
@@ -163,7 +197,11 @@ int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out)
     int rc = -1;
     bp_error err;
     bp_config *cfg = sbp && json ? bp_config_load_text(sbp->bp, json, strlen(json), "stored config", &err) : NULL;
-    if (cfg) rc = bp_verify(sbp->bp, cfg, timeout_ms, out);
+    if (cfg) {
+        char account[600];
+        bp_account_key(sbp->bp, cfg, it->id, account, sizeof account);
+        rc = verify_paced(sbp->bp, cfg, timeout_ms, reg->pool, account, out);
+    }
     bp_config_free(cfg);
     if (json) { memset(json, 0, strlen(json)); free(json); }   /* it held the secrets */
     if (sbp) bp_shared_bp_drop(sbp);
