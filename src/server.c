@@ -551,7 +551,7 @@ static void update_integration(call *k)
             change_failed(k->r, http, &err);
         } else {
             show_integration(k);
-            defer_for_checks(k, k->it);
+            if (bp_jget(&d, 0, "config") != BP_NONE) defer_for_checks(k, k->it);   /* events alone change nothing to check */
         }
     }
     bp_doc_free(&d);
