@@ -395,6 +395,18 @@ describe("ActiveCampaign Deep Data and Event Tracking as documented #cli", funct
     assert.are.equal(2, count(emu, "POST", "/event"))
   end)
 
+  it("still sends the purchase when ActiveCampaign refuses the order, and says why in the outcome", function()
+    -- a currency that is not a 3-letter code: create-order answers 422
+    local by = deliver(cfg, st, order_text("bad1", '"order_id":"B-1","total":"5","currency":"euro"'))
+    assert.are.equal("delivered", by.bad1.outcome, by.bad1.reason)
+    assert.are.equal(0, #state(emu).orders)
+    assert.are.equal(1, count(emu, "POST", "/event"))
+    local said = {}
+    for _, l in ipairs(by.bad1.logs or {}) do said[#said + 1] = l.msg end
+    assert.matches("Deep Data refused the order (HTTP 422)", table.concat(said, "\n"), 1, true)
+    assert.matches("currency", table.concat(said, "\n"), 1, true)
+  end)
+
   for _, mode in ipairs({ "refuse", "accept" }) do
     it("counts an order once when the vendor would " .. mode .. " a repeated externalid", function()
       emu.faults({ ecom_duplicates = mode })
