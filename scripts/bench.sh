@@ -119,6 +119,7 @@ DEPTH_TABLE=$(cat <<TAB
 | requests per identify, known contact with lists [1, 2] + 2 tags + 3 fields: nothing changed | $(dv same_rpe) | ≤ 2 | $(verdict "$(dv same_rpe)" 2 le) |
 | …consent withdrawn (the withdrawal: contact lookup, 2 list statuses) | $(dv denied_rpe) | | |
 | …consent granted again and a third tag | $(dv changed_rpe) | ≤ 4 | $(verdict "$(dv changed_rpe)" 4 le) |
+| requests per Order Completed with Deep Data through serve, new buyers (cold) / known buyers (warm) ($(dv orders) orders each) | $(dv order_cold_rpe) / $(dv order_warm_rpe) | | |
 TAB
 )
 if [ "${BENCH_ONLY:-}" = depth ]; then echo; echo "$DEPTH_TABLE"; exit 0; fi
@@ -380,13 +381,17 @@ shared cores).  At 1000 accounts × 5 requests/s that would be ~${c_pct}% of a c
   through the engine's own ctx.cache (10,000 entries; a delivery pool's holds 100,000): each
   contact's consent is one entry, and once it is full every write scans it and evicts the entry
   closest to expiry — the account's tag and field ids first — so lookups come back. Requests:
-  \`lua5.4 scripts/bench/depth.lua DIR $DEPTH_EVENTS\` runs the emulator (2 accounts, limit off)
+  \`lua5.4 scripts/bench/depth.lua DIR $DEPTH_EVENTS\` runs the emulator (3 accounts, limit off)
   and one \`serve\` (\`--rate-limit 1000000\`), installs a plain integration on one account and a
   depth one on the other, posts $DEPTH_EVENTS new contacts to the plain one, then twice to the
   depth one (cold, then warm), then the warm batch's contacts three times more (unchanged;
   consent withdrawn; consent granted again with a third tag), and counts each account's requests at the emulator
   (\`/_emulator/stats\`) per event once the batch is delivered (\`/metrics\`); lookups are
-  GET/POST \`/api/3/tags\` and GET \`/api/3/fields\` in \`/_emulator/requests\`.
+  GET/POST \`/api/3/tags\` and GET \`/api/3/fields\` in \`/_emulator/requests\`. Orders: a third
+  account with \`deep_data\` and Event Tracking gets $DEPTH_EVENTS Order Completed from new buyers
+  (cold: customer lookup and create each; the first also the connection and Event Tracking's
+  switch), then $DEPTH_EVENTS new orders from the same buyers (warm); each new order costs its
+  documented lookup (\`GET /api/3/ecomOrders?filters[externalid]\`) and its create, plus \`/event\`.
 - Delivery: \`build/blueprint deliver\` of $DN identify events to the emulator (rate limit off,
   \`--rate-limit 1000000\`), end to end including the store; p50/p99 are vendor answer times.
   Ceiling: \`wrk -t2 -c8 -d5s --latency\` POSTing contact/sync to the same emulator.

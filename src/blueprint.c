@@ -288,8 +288,8 @@ static int file_exists(const char *dir, const char *name)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* An event table row (name), or one of the two mappings that are not
- * rows (special: "custom" or "consent_denied"). */
+/* An event table row (name), or one of the mappings that are not rows
+ * (special: "custom", "consent_denied" or "verify"). */
 static int load_route(loader *ld, bp_blueprint *bp, uint32_t node, const char *name, const char *special, bp_route *r)
 {
     const bp_doc *d = ld->d;
@@ -523,7 +523,7 @@ static int load(loader *ld, bp_blueprint *bp)
     static const char *const top_keys[] = {
         "vendor", "name", "description", "category", "status", "consent_category", "variants", "auth_failure_help",
         "config", "config_rules", "rate_limit", "retry", "events", "custom", "consent_denied", "responses",
-        "destinations", NULL };
+        "destinations", "verify", NULL };
     static const char *const rules_keys[] = { "together", NULL };
     static const char *const rate_keys[] = { "requests_per_second", "scope", NULL };
     static const char *const retry_keys[] = { "max_attempts", NULL };
@@ -576,6 +576,11 @@ static int load(loader *ld, bp_blueprint *bp)
     if (denied != BP_NONE) {
         if (load_route(ld, bp, denied, NULL, "consent_denied", &bp->consent_denied) < 0) return -1;
         bp->has_consent_denied = 1;
+    }
+    uint32_t verify = bp_jget(d, 0, "verify");
+    if (verify != BP_NONE) {
+        if (load_route(ld, bp, verify, NULL, "verify", &bp->verify) < 0) return -1;
+        bp->has_verify = 1;
     }
     return load_responses(ld, bp, bp_jget(d, 0, "responses"));
 }
@@ -676,5 +681,6 @@ void bp_blueprint_free(bp_blueprint *bp)
     free(bp->routes);
     if (bp->has_custom) free_route(&bp->custom);
     if (bp->has_consent_denied) free_route(&bp->consent_denied);
+    if (bp->has_verify) free_route(&bp->verify);
     free(bp);
 }

@@ -235,6 +235,11 @@ typedef struct bp_blueprint {
      * fixed hosts (https); any other is an error outcome */
     char **dest_fields; size_t ndest_fields;
     char **dest_hosts; size_t ndest_hosts;
+    /* verify: the mapping whose requests install and update send to check
+     * a config without sending data (credentials, the vendor's switches);
+     * each answer is judged by the responses: rules (bp_engine_verify) */
+    bp_route verify;
+    int has_verify;
 } bp_blueprint;
 
 /* Load and check a blueprint folder (blueprint.yaml and the Lua files it
@@ -414,6 +419,10 @@ BP_API void bp_engine_free(bp_engine *e);
  * `out` (reset first; a bad event gets BP_ERROR with a reason); returns the
  * verdict. */
 BP_API enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out);
+/* Run the blueprint's verify: mapping (on the event {"type":"verify"},
+ * consent unknown): its requests check the config without sending data.
+ * BP_DROP with a reason when the blueprint has none. */
+BP_API enum bp_verdict bp_engine_verify(bp_engine *e, bp_outcome *out);
 
 /* Answers to steps (ctx.send) when nothing is sent: dry-run, tests, an
  * embedder's own transport.  Called with the step's request; fills the

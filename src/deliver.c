@@ -878,6 +878,16 @@ static tenant *find_tenant(loop *l, const char *id)
     return NULL;
 }
 
+static pace *pace_new(const char *key, double rps)
+{
+    pace *p = calloc(1, sizeof *p);
+    if (!p) abort();
+    p->key = strdup(key);
+    pthread_mutex_init(&p->mu, NULL);
+    bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_monotonic_ms());
+    return p;
+}
+
 /* The account's pace, shared with the other loops serving it. */
 static pace *pace_acquire(loop *l, const char *key, double rps)
 {
@@ -887,11 +897,7 @@ static pace *pace_acquire(loop *l, const char *key, double rps)
         for (p = l->pool->paces; p && strcmp(p->key, key); p = p->next) {}
     }
     if (!p) {
-        p = calloc(1, sizeof *p);
-        if (!p) abort();
-        p->key = strdup(key);
-        pthread_mutex_init(&p->mu, NULL);
-        bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_monotonic_ms());
+        p = pace_new(key, rps);
         if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
     }
     p->refs++;
@@ -910,6 +916,28 @@ static void pace_release(loop *l, pace *p)
     pthread_mutex_destroy(&p->mu);
     free(p->key);
     free(p);
+}
+
+/* A send slot on an account's pace for a request sent outside the loops
+ * (an install's checks, verify.c), so that it counts against the vendor's
+ * limit with the deliveries.  The pace is made when the account has none
+ * yet (refs 0: a loop joining it adopts it; bp_pool_free frees it
+ * otherwise).  0 when the slot is taken, else the ms to wait. */
+double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_rps)
+{
+    pthread_mutex_lock(&p->mu);
+    pace *pc = p->paces;
+    while (pc && strcmp(pc->key, account_key)) pc = pc->next;
+    if (!pc) {
+        pc = pace_new(account_key, p->o.rate_limit_rps > 0 ? p->o.rate_limit_rps : blueprint_rps);
+        pc->next = p->paces;
+        p->paces = pc;
+    }
+    pthread_mutex_lock(&pc->mu);
+    double wait = bp_bucket_take(&pc->bucket, bp_monotonic_ms());
+    pthread_mutex_unlock(&pc->mu);
+    pthread_mutex_unlock(&p->mu);
+    return wait;
 }
 
 static account *join_account(loop *l, tenant *t)
@@ -1445,6 +1473,13 @@ void bp_pool_free(bp_pool *p)
     for (int i = 0; i < p->nloops; i++) if (p->loops[i].started) pthread_join(p->loops[i].thread, NULL);
     for (int i = 0; i < p->nloops; i++) loop_free(&p->loops[i]);
     free(p->loops);
+    while (p->paces) {            /* made by bp_pool_take_slot and never joined */
+        pace *pc = p->paces;
+        p->paces = pc->next;
+        pthread_mutex_destroy(&pc->mu);
+        free(pc->key);
+        free(pc);
+    }
     bp_cache_free(p->cache);
     pthread_mutex_destroy(&p->mu);
     free(p);

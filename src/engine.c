@@ -22,6 +22,7 @@ struct bp_engine {
     int *route_refs;        /* registry refs of the compiled mappings */
     int custom_ref;
     int denied_ref;         /* consent_denied's mapping, or LUA_NOREF */
+    int verify_ref;         /* verify's mapping, or LUA_NOREF */
     bp_doc denied_doc;      /* the event cut down for it */
     int ctx_ref;            /* the real ctx table (the core writes per-event fields) */
     int ctx_proxy_ref;      /* what mappings receive: read-only */
@@ -203,6 +204,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     e->json_limits = limits->json;
     e->custom_ref = LUA_NOREF;
     e->denied_ref = LUA_NOREF;
+    e->verify_ref = LUA_NOREF;
     bp_doc_init(&e->denied_doc);
     bp_doc_init(&e->doc);
     bp_doc_init(&e->jdoc);
@@ -238,6 +240,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     if (bp->has_custom && (e->custom_ref = compile_mapping(e, bp->custom.mapping, err)) == LUA_NOREF) goto fail;
     if (bp->has_consent_denied && (e->denied_ref = compile_mapping(e, bp->consent_denied.mapping, err)) == LUA_NOREF)
         goto fail;
+    if (bp->has_verify && (e->verify_ref = compile_mapping(e, bp->verify.mapping, err)) == LUA_NOREF) goto fail;
     lua_gc(L, LUA_GCCOLLECT);
     return e;
 fail:
@@ -1219,4 +1222,24 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
     }
     set_consent(e, &consent);
     return run_mapping(e, ref, route, d, out);
+}
+
+enum bp_verdict bp_engine_verify(bp_engine *e, bp_outcome *out)
+{
+    static const char event[] = "{\"type\":\"verify\"}";
+    bp_error err;
+    e->seq++;
+    bp_outcome_reset(out);
+    out->type = bp_outcome_strdup(out, "verify");
+    if (e->verify_ref == LUA_NOREF) {
+        out->verdict = BP_DROP;
+        bp_buf_adds(&out->reason, "the blueprint has no verify: mapping");
+        return out->verdict;
+    }
+    bp_json_parse(&e->doc, event, sizeof event - 1, NULL, &err);
+    bp_consent unknown = { 0 };
+    unknown.state = BP_CONSENT_ABSENT;
+    unknown.source = "verify";
+    set_consent(e, &unknown);
+    return run_mapping(e, e->verify_ref, &e->bp->verify, &e->doc, out);
 }

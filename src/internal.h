@@ -563,6 +563,9 @@ void bp_pool_wake(bp_pool *p, const char *id);
 void bp_pool_rescan(bp_pool *p, const char *id);
 /* Finish the requests in flight, save progress, stop the threads. */
 void bp_pool_free(bp_pool *p);
+/* A send slot on the account's pace for a request made outside the loops
+ * (install checks): 0 when taken, else the ms to wait. */
+double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_rps);
 
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 
@@ -723,6 +726,16 @@ struct bp_registry {
  * or as a line on stderr when none is set.  fields_json: members without
  * braces, or NULL.  log.c */
 void bp_log(const char *level, const char *msg, const char *fields_json);
+
+/* ---- verify.c: what install and update check without sending data ---------------- */
+
+/* Run bp's verify: mapping with cfg, send each of its requests (at most
+ * timeout_ms each) and write the checks, a JSON array of {check, ok,
+ * status, outcome, message}, to out.  -1 when bp has no verify: mapping. */
+int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_buf *out);
+/* The same for an integration's current config (and a warn log line when a
+ * check fails). */
+int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out);
 
 /* ---- cluster.c: serve --kafka ------------------------------------------------------------- */
 

@@ -39,6 +39,7 @@
                     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 
 typedef struct stream stream;
+typedef struct verify_job verify_job;
 
 typedef struct server {
     bp_registry *reg;
@@ -48,6 +49,7 @@ typedef struct server {
     pthread_mutex_t streams_mu;   /* guards streams and each stream's parked flag */
     stream *streams;
     int stopping;                 /* [streams_mu] */
+    int verifying;                /* [streams_mu] install/update checks in flight (verify_job) */
 } server;
 
 typedef struct conn {
@@ -55,6 +57,7 @@ typedef struct conn {
     size_t limit;                 /* the route's body limit */
     int too_large;
     double started;
+    verify_job *job;              /* an install/update answer waiting for its checks, or NULL */
 } conn;
 
 typedef struct reply {
@@ -381,6 +384,116 @@ static void catalog_vendor(call *k)
     pthread_mutex_unlock(&reg->mu);
 }
 
+/* ---- install and update: the blueprint's checks ----------------------------------------- */
+
+/* After an install or an update, what the blueprint's verify: mapping asks
+ * is sent to the vendor (verify.c: a wrong key, a switched-off feature, an
+ * unreachable vendor) and the answer carries the result as "checks".
+ * Handlers never wait for a vendor: the connection is parked
+ * (MHD_suspend_connection) while a short-lived thread sends the checks,
+ * then resumed with the answer.  The change is made either way. */
+#define VERIFY_TIMEOUT_MS 4000
+
+static enum MHD_Result send_reply(struct MHD_Connection *c, reply *r);
+static void log_request(const char *method, const char *url, int status, double started);
+
+struct verify_job {
+    server *s;
+    struct MHD_Connection *c;
+    char id[40];                  /* the integration */
+    reply r;                      /* the answer, "checks" added when they are known */
+    int started;
+    double began;
+};
+
+/* Called by a handler whose change succeeded: the answer in k->r waits for
+ * the checks when the blueprint has a verify: mapping. */
+static void defer_for_checks(call *k, bp_integration *it)
+{
+    bp_registry *reg = k->s->reg;
+    pthread_mutex_lock(&reg->mu);
+    int has = it->vendor->bp && it->vendor->bp->bp->has_verify;
+    pthread_mutex_unlock(&reg->mu);
+    if (!has || k->cn->job) return;
+    verify_job *j = calloc(1, sizeof *j);
+    if (!j) return;   /* answered without checks */
+    j->s = k->s;
+    j->c = k->c;
+    snprintf(j->id, sizeof j->id, "%s", it->id);
+    j->r = *k->r;                 /* takes the body over */
+    bp_buf_init(&k->r->body);
+    j->began = k->cn->started;
+    k->cn->job = j;
+}
+
+static void *verify_thread(void *arg)
+{
+    verify_job *j = arg;
+    bp_buf checks;
+    bp_buf_init(&checks);
+    bp_integration *it = bp_registry_find(j->s->reg, j->id);
+    if (it && bp_integration_verify(it, VERIFY_TIMEOUT_MS, &checks) == 0 && j->r.body.len &&
+        j->r.body.data[j->r.body.len - 1] == '}') {
+        j->r.body.len--;          /* the integration object, reopened */
+        bp_buf_adds(&j->r.body, ",\"checks\":");
+        bp_buf_add(&j->r.body, checks.data, checks.len);
+        bp_buf_addc(&j->r.body, '}');
+    }
+    bp_integration_release(it);
+    bp_buf_free(&checks);
+    pthread_mutex_lock(&j->s->streams_mu);
+    j->started = 2;               /* done: on_request sends it */
+    MHD_resume_connection(j->c);
+    pthread_mutex_unlock(&j->s->streams_mu);
+    return NULL;
+}
+
+/* In respond(), after the handler: park the connection and start the
+ * checks.  0 when there is nothing to wait for (then answer now). */
+static int start_checks(conn *cn)
+{
+    verify_job *j = cn->job;
+    if (!j || j->started) return 0;
+    pthread_mutex_lock(&j->s->streams_mu);
+    int stopping = j->s->stopping;
+    j->s->verifying++;            /* until finish_checks or free_checks */
+    j->started = 1;
+    pthread_mutex_unlock(&j->s->streams_mu);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    MHD_suspend_connection(j->c);
+    if (stopping || pthread_create(&t, &attr, verify_thread, j) != 0) {
+        pthread_mutex_lock(&j->s->streams_mu);
+        j->started = 2;           /* answered without checks */
+        pthread_mutex_unlock(&j->s->streams_mu);
+        MHD_resume_connection(j->c);
+    }
+    pthread_attr_destroy(&attr);
+    return 1;
+}
+
+static void free_checks(conn *cn)
+{
+    verify_job *j = cn->job;
+    cn->job = NULL;
+    pthread_mutex_lock(&j->s->streams_mu);
+    if (j->started) j->s->verifying--;
+    pthread_mutex_unlock(&j->s->streams_mu);
+    bp_buf_free(&j->r.body);
+    free(j);
+}
+
+/* on_request after the resume: the answer, with its checks. */
+static enum MHD_Result finish_checks(struct MHD_Connection *c, const char *method, const char *url, conn *cn)
+{
+    log_request(method, url, cn->job->r.status, cn->job->began);
+    enum MHD_Result ret = send_reply(c, &cn->job->r);
+    free_checks(cn);
+    return ret;
+}
+
 static void install(call *k)
 {
     bp_registry *reg = k->s->reg;
@@ -405,6 +518,7 @@ static void install(call *k)
         pthread_mutex_lock(&reg->mu);
         write_integration(&k->r->body, it);
         pthread_mutex_unlock(&reg->mu);
+        defer_for_checks(k, it);
         bp_integration_release(it);
     }
     bp_doc_free(&d);
@@ -437,9 +551,12 @@ static void update_integration(call *k)
     if (parse_body(k->cn, &d, k->r) == 0) {
         int http;
         bp_error err;
-        if (bp_registry_update(k->s->reg, k->it, &d, &k->who, &http, &err) < 0)
+        if (bp_registry_update(k->s->reg, k->it, &d, &k->who, &http, &err) < 0) {
             change_failed(k->r, http, &err);
-        else show_integration(k);
+        } else {
+            show_integration(k);
+            if (bp_jget(&d, 0, "config") != BP_NONE) defer_for_checks(k, k->it);   /* events alone change nothing to check */
+        }
     }
     bp_doc_free(&d);
 }
@@ -1286,6 +1403,11 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
             return ret;
         }
         rt->handler(&k);
+        if (start_checks(cn)) {   /* the answer waits for them: finish_checks */
+            bp_integration_release(k.it);
+            bp_buf_free(&r.body);
+            return MHD_YES;
+        }
     }
     bp_integration_release(k.it);
     log_request(method, url, r.status, cn->started);
@@ -1321,6 +1443,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    if (cn->job) {
+        server *s = cls;
+        pthread_mutex_lock(&s->streams_mu);   /* the checks' thread wrote the answer before this */
+        int done = cn->job->started == 2;
+        pthread_mutex_unlock(&s->streams_mu);
+        return done ? finish_checks(c, method, url, cn) : MHD_YES;   /* else parked: its thread resumes it */
+    }
     return respond(cls, c, method, url, cn);
 }
 
@@ -1328,6 +1457,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 {
     (void)cls; (void)c; (void)toe;
     conn *cn = *con_cls;
+    if (cn && cn->job) free_checks(cn);   /* the client left before its answer */
     if (cn) { bp_buf_free(&cn->body); free(cn); }
     *con_cls = NULL;
 }
@@ -1460,6 +1590,14 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         for (stream *st = s.streams; st; st = st->next) resume_locked(st);
         pthread_mutex_unlock(&s.streams_mu);
         if (!open) break;
+        usleep(10 * 1000);
+    }
+    /* install/update checks end within their timeout: their answers go out first */
+    for (int i = 0; i < (VERIFY_TIMEOUT_MS + 2000) / 10; i++) {
+        pthread_mutex_lock(&s.streams_mu);
+        int busy = s.verifying;
+        pthread_mutex_unlock(&s.streams_mu);
+        if (!busy) break;
         usleep(10 * 1000);
     }
     MHD_stop_daemon(d);

@@ -61,6 +61,18 @@ function helpers.track(ctx, event_name, email, data, keep)
   }
 end
 
+-- Event Tracking must be switched on in the account for /event to work
+-- (track-event), and the reference does not say what /event answers while
+-- it is off: it may accept the event and drop it.  So tracked events are
+-- preceded by a look at the switch (retrieve-event-tracking-status), once
+-- per integration every 10 minutes (`once`; skipped while fresh); while it
+-- is off, blueprint.yaml's responses: rule makes the event a dead letter
+-- that says so, and the requests after the check are not sent.
+function helpers.tracking_check(ctx)
+  return { method = "GET", url = helpers.api(ctx, "/api/3/eventTracking"),
+           headers = { ["Api-Token"] = ctx.secret("api_key") }, once = "event-tracking-on" }
+end
+
 -- contact/sync for an email.  ActiveCampaign attaches tracked events to the
 -- contact with that email, so the contact must exist first.
 function helpers.contact_sync(ctx, contact)
@@ -93,13 +105,16 @@ function helpers.track_event(event, ctx, event_name, data, keep)
     if not request then return dropped end
     local sync = helpers.contact_sync(ctx, { email = email })
     sync.once = helpers.synced_key(email)
-    return { sync, request }
+    return { helpers.tracking_check(ctx), sync, request }
   end
   local id = helpers.synced_contact_id(ctx, { email = email })
   if tag then helpers.add_tags(ctx, id, email, { tag }) end
   local out = relist and helpers.subscribe_requests(ctx, email, id) or {}
   if relist then helpers.remember_consent(ctx, email, event) end
-  out[#out + 1] = request
+  if request then
+    table.insert(out, 1, helpers.tracking_check(ctx))
+    out[#out + 1] = request
+  end
   return out
 end
 
@@ -387,18 +402,71 @@ function helpers.cents(value)
   return sign * (math.abs(tonumber(whole) or 0) * 100 + tonumber(frac))
 end
 
--- The id of a Deep Data resource: looked up with GET path?filters, else
--- created with POST (a 422 duplicate means it exists: looked up again).
+-- ---- Dates ----------------------------------------------------------------
+
+-- Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+-- days_from_civil): UTC arithmetic, whatever the process's time zone.
+local function days_from_civil(y, m, d)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m > 2 and m - 3 or m + 9) + 2) // 5 + d - 1
+  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+end
+
+-- Unix seconds of an ISO 8601 time ("2024-05-01T16:00:00.123+02:00", "…Z",
+-- a bare date) or of a number (seconds, or milliseconds when that large);
+-- nil when it is neither.
+function helpers.unix_time(v)
+  if type(v) == "number" then return math.floor(v >= 1e11 and v / 1000 or v) end
+  if v == nil then return nil end
+  local s = tostring(v)
+  local y, mo, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
+  if not y then return nil end
+  local h, mi, sec, zone = 0, 0, 0, ""
+  if rest ~= "" then
+    h, mi, sec, zone = rest:match("^[Tt ](%d%d):(%d%d):?(%d*)%.?%d*(.*)$")
+    if not h then return nil end
+  end
+  local offset = 0
+  if zone ~= "" and zone ~= "Z" and zone ~= "z" then
+    local sign, oh, om = zone:match("^([+-])(%d%d):?(%d%d)$")
+    if not sign then sign, oh = zone:match("^([+-])(%d%d)$"); om = "0" end
+    if not sign then return nil end
+    offset = (sign == "-" and -1 or 1) * (tonumber(oh) * 3600 + tonumber(om) * 60)
+  end
+  return days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400
+      + tonumber(h) * 3600 + tonumber(mi) * 60 + (tonumber(sec) or 0) - offset
+end
+
+-- ISO 8601 in UTC with an explicit offset, as the reference's examples write
+-- dates ("2016-09-13T17:41:39-04:00").
+function helpers.iso8601(t) return os.date("!%Y-%m-%dT%H:%M:%S", t) .. "+00:00" end
+
+-- ---- Deep Data --------------------------------------------------------------
+
+-- An order is historical (source 0: no "makes a purchase" automation, not on
+-- the dashboard) when Signal received it more than this after it happened:
+-- a backfill or an import, not a purchase made just now.
+helpers.HISTORICAL_AFTER_S = 24 * 3600
+
+-- The id of a Deep Data resource: looked up with GET path?filters (the
+-- reference's documented way to find one), else created with POST.  `share`
+-- names the resource per account: concurrent events share one lookup and one
+-- create (opts.cache), so a repeat is never created by a race.  The
+-- reference documents no answer for a repeated externalid: a 422 `duplicate`
+-- (what some accounts answer) means another delivery made it, looked up
+-- again; a vendor that accepted the repeat is never asked twice, because
+-- the lookup comes first.  Creates answer 201, a connection 200: any 2xx.
 local function ensure(ctx, path, filters, kind, body, share)
   local query = {}
   for _, k in ipairs(filters) do query[#query + 1] = "filters[" .. k[1] .. "]=" .. ctx.urlencode(k[2]) end
   local lookup = api_request(ctx, "GET", path .. "?" .. table.concat(query, "&"))
   local list = kind .. "s"
-  local r = ctx.send(lookup, share and { cache = share .. " lookup", ttl = 60 } or nil)
+  local r = ctx.send(lookup, { cache = share .. " lookup", ttl = 60 })
   local found = r.json[list] and r.json[list][1]
   if found then return found.id end
-  r = ctx.send(api_request(ctx, "POST", path, { [kind] = body }),
-               { cache = share and share .. " create" or nil, accept = { 422 } })
+  r = ctx.send(api_request(ctx, "POST", path, { [kind] = body }), { cache = share .. " create", accept = { 422 } })
   if r.status ~= 422 then return r.json[kind].id end
   r = ctx.send(lookup)
   found = r.json[list] and r.json[list][1]
@@ -416,61 +484,111 @@ function helpers.deep_data_connection(ctx)
   return id
 end
 
--- Deep Data's "duplicate": the order (or customer, connection) exists.
-local function duplicate(r)
-  for _, e in ipairs(r.json and r.json.errors or {}) do
-    if e.code == "duplicate" then return true end
-  end
-  return false
-end
-
 function helpers.deep_data_customer(ctx, connection, email)
   local key = "customer:" .. email
   local id = ctx.cache.get(key)
   if id then return id end
   id = ensure(ctx, "/api/3/ecomCustomers", { { "email", email }, { "connectionid", connection } }, "ecomCustomer",
               { connectionid = connection, externalid = email, email = email,
-                acceptsMarketing = ctx.consent.state == "granted" and "1" or "0" })
+                acceptsMarketing = ctx.consent.state == "granted" and "1" or "0" }, key)
   ctx.cache.set(key, id, DAY)
   return id
 end
 
+-- When the order was placed: the event's timestamp, else originalTimestamp,
+-- else receivedAt (Signal's envelope); unix seconds, or nil.
+local function order_time(ctx, event)
+  for _, key in ipairs({ "timestamp", "originalTimestamp", "receivedAt" }) do
+    local t = helpers.unix_time(ctx.get(event, key))
+    if t then return t end
+  end
+end
+
+-- totalPrice "including tax and shipping" (create-order): the e-commerce
+-- spec's `total`; else `revenue` (which excludes both) plus `tax` and
+-- `shipping`; nil when the order has neither total nor revenue.
+local function order_total(ctx, p)
+  local total = ctx.get(p, "total")
+  if total ~= nil then return helpers.cents(total) end
+  local revenue = ctx.get(p, "revenue")
+  if revenue == nil then return nil end
+  return helpers.cents(revenue) + (helpers.cents(ctx.get(p, "tax")) or 0) + (helpers.cents(ctx.get(p, "shipping")) or 0)
+end
+
+-- The order's products (name, price, quantity and externalid are required
+-- for each).  A product without a name is named by its sku, else its id;
+-- one with none of the three is left out, with a log line.
+local function order_products(ctx, p)
+  local out = ctx.array({})
+  for i, item in ipairs(ctx.get(p, "products") or {}) do
+    local id = ctx.get(item, "product_id") or ctx.get(item, "sku") or ctx.get(item, "id")
+    local name = ctx.get(item, "name")
+    if name == "" then name = nil end
+    name = name or ctx.get(item, "sku") or id
+    if name == nil or name == "" then
+      ctx.log("Deep Data: product " .. i .. " has no name, sku or product_id: left out of the order")
+    else
+      out[#out + 1] = {
+        externalid = tostring(id or i), name = tostring(name),
+        price = helpers.cents(ctx.get(item, "price") or 0),
+        quantity = tonumber(ctx.get(item, "quantity")) or 1,
+        category = ctx.get(item, "category"), sku = ctx.get(item, "sku"),
+      }
+    end
+  end
+  return out
+end
+
 -- Order Completed as a Deep Data order: connection, customer, then the order
--- with its products, amounts in cents, source 1 (so automations fire).  The
--- order id is its externalid: sent twice (a redelivery), ActiveCampaign
--- answers 422 duplicate and the order is not created again.
+-- (amounts in cents).  Once per order id: the documented lookup
+-- (filters[externalid] and filters[connectionid]) comes before the create,
+-- and concurrent deliveries of one order share that lookup and create.
+-- What cannot be sent is logged and skipped: the purchase still goes to
+-- Event Tracking (order_completed.lua), and so it does when ActiveCampaign
+-- refuses the order (the log line gives its answer).
 function helpers.deep_data_order(event, ctx, email)
   local p = event.properties
   local order_id = ctx.get(p, "order_id")
-  local date = ctx.get(event, "timestamp") or ctx.get(event, "originalTimestamp")
-  if not order_id or not date then
-    -- the purchase still goes to Event Tracking; the log line says why Deep Data did not
-    return ctx.log("Deep Data skipped: the order needs properties.order_id and the event's timestamp")
+  if order_id == nil or order_id == "" then
+    return ctx.log("Deep Data skipped: the order needs properties.order_id")
+  end
+  order_id = tostring(order_id)
+  local placed = order_time(ctx, event)
+  if not placed then
+    return ctx.log("Deep Data skipped: the order needs a date (timestamp, originalTimestamp or receivedAt, ISO 8601)")
+  end
+  local total = order_total(ctx, p)
+  if not total then
+    return ctx.log("Deep Data skipped: the order needs properties.total (or revenue, tax and shipping)")
   end
   local connection = helpers.deep_data_connection(ctx)
+  local key = "order:" .. connection .. ":" .. order_id
+  if ctx.cache.get(key) then return end
   local customer = helpers.deep_data_customer(ctx, connection, email)
-  local products = {}
-  for _, item in ipairs(ctx.get(p, "products") or {}) do
-    products[#products + 1] = {
-      externalid = tostring(ctx.get(item, "product_id") or ctx.get(item, "sku") or ctx.get(item, "id") or #products + 1),
-      name = ctx.get(item, "name") or "",
-      price = helpers.cents(ctx.get(item, "price") or 0),
-      quantity = tonumber(ctx.get(item, "quantity")) or 1,
-      category = ctx.get(item, "category"),
-      sku = ctx.get(item, "sku"),
-    }
-  end
-  local r = ctx.send(api_request(ctx, "POST", "/api/3/ecomOrders", { ecomOrder = {
-    externalid = tostring(order_id), orderNumber = tostring(order_id), source = 1, email = email,
-    orderProducts = products,
-    totalPrice = helpers.cents(ctx.get(p, "total") or ctx.get(p, "revenue") or 0),
+  local received = helpers.unix_time(ctx.get(event, "receivedAt"))
+  local order = {
+    externalid = order_id, orderNumber = order_id, email = email,
+    source = (received and received - placed > helpers.HISTORICAL_AFTER_S) and 0 or 1,
+    totalPrice = total,
     shippingAmount = helpers.cents(ctx.get(p, "shipping")),
     taxAmount = helpers.cents(ctx.get(p, "tax")),
     discountAmount = helpers.cents(ctx.get(p, "discount")),
     currency = tostring(ctx.get(p, "currency") or "USD"):upper(),
-    connectionid = connection, customerid = customer, externalCreatedDate = date,
-  } }), { accept = { 422 } })
-  if r.status == 422 and not duplicate(r) then error("Deep Data refused the order: " .. r.body) end
+    connectionid = connection, customerid = customer, externalCreatedDate = helpers.iso8601(placed),
+  }
+  local products = order_products(ctx, p)
+  if #products > 0 then order.orderProducts = products end   -- optional in the reference
+  local lookup = api_request(ctx, "GET", "/api/3/ecomOrders?filters[externalid]=" .. ctx.urlencode(order_id)
+    .. "&filters[connectionid]=" .. ctx.urlencode(connection))
+  local r = ctx.send(lookup, { cache = key .. " lookup", ttl = 60 })
+  if not (r.json.ecomOrders and r.json.ecomOrders[1]) then
+    r = ctx.send(api_request(ctx, "POST", "/api/3/ecomOrders", { ecomOrder = order }),
+                 { cache = key .. " create", accept = { 422 } })
+    if r.status == 422 and not (ctx.send(lookup).json.ecomOrders or {})[1] then
+      return ctx.log("Deep Data refused the order (HTTP 422): " .. r.body)
+    end
+  end
+  ctx.cache.set(key, true, DAY)
 end
 
 return helpers

@@ -1,6 +1,7 @@
 -- track "Order Completed" -> Event Tracking "purchase" with order id,
 -- revenue (or total) and currency.  Ids and amounts pass through exactly.
--- With deep_data on, the order is first created in Deep Data (steps).
+-- With deep_data on, the order is first created in Deep Data (steps); an
+-- order Deep Data cannot take is logged and skipped, never the purchase.
 return function(event, ctx)
   local p = event.properties
   local email = helpers.email(event, ctx)

@@ -15,6 +15,13 @@
 -- account's requests at the emulator.  Prints key=value lines: requests per
 -- event, and lookup requests (GET/POST /api/3/tags, GET /api/3/fields) per
 -- batch.
+--
+-- Orders (Deep Data, issue 21): an integration with deep_data and Event
+-- Tracking on account 2 gets EVENTS Order Completed from new buyers (cold:
+-- each buyer's customer is looked up and created; the first order also
+-- finds the connection and Event Tracking's switch), then EVENTS new orders
+-- from the same buyers (warm: customers cached, contacts synced recently).
+-- Every order is new, so each costs its documented lookup and its create.
 local W, N = arg[1], tonumber(arg[2])
 local core = require("blueprint_core")
 
@@ -37,7 +44,7 @@ local function start(cmd, out)
   error("did not start: " .. cmd)
 end
 
-local emu_pid, emu_port = start("build/ac-emulator --port 0 --rate-limit 0 --accounts 2", W .. "/d-emu.out")
+local emu_pid, emu_port = start("build/ac-emulator --port 0 --rate-limit 0 --accounts 3", W .. "/d-emu.out")
 os.execute("rm -rf " .. W .. "/d-state")
 local srv_pid, srv_port = start("build/blueprint serve --port 0 --state " .. W .. "/d-state --rate-limit 1000000",
   W .. "/d-serve.out")
@@ -115,6 +122,38 @@ local ok, err = pcall(function()
   print(("events=%d plain_rpe=%.2f cold_rpe=%.2f warm_rpe=%.2f cold_lookups=%d warm_lookups=%d "
     .. "same_rpe=%.2f denied_rpe=%.2f changed_rpe=%.2f"):format(
     N, plain_rpe, cold_rpe, warm_rpe, cold_lookups, warm_lookups, same_rpe, denied_rpe, changed_rpe))
+
+  -- ---- Order Completed with Deep Data (account 2) ----
+  local function order_rows()
+    local emu_url = "http://acct2.localhost:" .. emu_port
+    local orders = install("orders", 2, { deep_data = true, event_tracking_account_id = "1000003",
+      event_tracking_key = "emulator-event-key-2", event_tracking_url = emu_url .. "/event" })
+    local function order_batch(tag, buyer)
+      local before = account_requests(2)
+      local evs = {}
+      for i = 1, N do
+        evs[i] = core.json_encode({ type = "track", event = "Order Completed", messageId = tag .. i,
+          timestamp = "2026-11-27T10:00:00Z", properties = { order_id = tag .. "-" .. i, total = "59.97",
+            tax = "4", shipping = "5", currency = "usd",
+            products = { { product_id = "p1", name = "Shoe", price = "25.49", quantity = 2 } } },
+          context = { traits = { email = buyer .. i .. "@example.com" }, consent = { marketing = true } } })
+      end
+      for from = 1, N, 200 do
+        call("POST", "/v1/integrations/" .. orders .. "/events", table.concat(evs, "\n", from, math.min(N, from + 199)))
+      end
+      posted = posted + N
+      for _ = 1, 2400 do
+        if delivered() >= posted then break end
+        sleep(0.05)
+      end
+      assert(delivered() >= posted, "order batch " .. tag .. " was not delivered")
+      return (account_requests(2) - before) / N
+    end
+    local cold = order_batch("oc", "buyer")
+    local warm = order_batch("ow", "buyer")
+    print(("orders=%d order_cold_rpe=%.2f order_warm_rpe=%.2f"):format(N, cold, warm))
+  end
+  order_rows()
 end)
 os.execute("kill -TERM " .. srv_pid .. " " .. emu_pid)
 if not ok then io.stderr:write(tostring(err), "\n"); os.exit(1) end

@@ -7,17 +7,23 @@
  * shapes.
  *
  * What a blueprint must cope with:
- *   - Every create answers 201 with the object wrapped ({"ecomOrder":{...}}).
- *   - A second connection with the same service + externalid, a second
- *     customer or order with the same externalid in a connection: 422 with
- *     code "duplicate".  So an order is created once, whatever the retries:
- *     a 422 duplicate after a lost answer means it is there.
+ *   - Creates answer with the object wrapped ({"ecomOrder":{...}}): 201 for
+ *     customers and orders, 200 for a connection (as create-connection
+ *     documents it).
+ *   - The reference documents no answer for a repeated externalid.  By
+ *     default a second connection with the same service + externalid, a
+ *     second customer or order with the same externalid in a connection is
+ *     refused with 422 code "duplicate"; {"ecom_duplicates":"accept"} on
+ *     /_emulator/faults creates it again instead, so a test can show that a
+ *     blueprint counts an order once either way (by looking it up first).
  *   - Money is in cents, integers: a price of 49.99 is refused (422).
  *   - An order needs externalid, source (1 = real time: it shows in the
  *     dashboard and fires automations; 0 = historical), email, totalPrice,
- *     currency, connectionid, customerid (a customer of that connection),
- *     externalCreatedDate (the order's date; answers call it orderDate too)
- *     and orderProducts, each with externalid, name, price and quantity.
+ *     currency, connectionid, customerid (a customer of that connection) and
+ *     externalCreatedDate (the order's date; answers call it orderDate too).
+ *     orderProducts is optional (not in the reference's required list);
+ *     given, it is an array of products, each with externalid, name, price
+ *     and quantity.
  *   - Lists page and count like the other collections (limit/offset,
  *     meta.total as a string) and filter with filters[field]=value.
  */
@@ -49,6 +55,9 @@ typedef struct ecom {
 
 static ecom *D;
 static int ND;
+static int accept_duplicates;   /* see the top: what a repeated externalid gets */
+
+void ecom_accept_duplicates(int accept) { accept_duplicates = accept; }
 
 static conn *find_conn(ecom *e, long id) { return id >= 1 && (size_t)id <= e->nconns ? &e->conns[id - 1] : NULL; }
 static customer *find_customer(ecom *e, long id)
@@ -108,7 +117,7 @@ static void post_connection(reply *r, ecom *e, const bp_doc *d, uint32_t o)
     for (size_t i = 0; i < sizeof required / sizeof *required; i++)
         if (!jstr(d, o, required[i])) { missing_reply(r, required[i]); return; }
     const char *service = jstr(d, o, "service"), *externalid = jstr(d, o, "externalid");
-    for (size_t i = 0; i < e->nconns; i++)
+    for (size_t i = 0; i < e->nconns && !accept_duplicates; i++)
         if (!strcmp(e->conns[i].service, service) && !strcmp(e->conns[i].externalid, externalid)) {
             duplicate_reply(r, "A connection for this service and externalid already exists.", "externalid");
             return;
@@ -122,7 +131,7 @@ static void post_connection(reply *r, ecom *e, const bp_doc *d, uint32_t o)
     c->logo = xdup(jstr(d, o, "logoUrl"));
     c->link = xdup(jstr(d, o, "linkUrl"));
     now_iso(c->cdate);
-    json_begin(r, 201);
+    json_begin(r, 200);   /* create-connection documents 200, unlike the other creates */
     bp_buf_adds(&r->body, "{\"connection\":");
     write_conn(&r->body, c, 1);
     bp_buf_addc(&r->body, '}');
@@ -195,7 +204,7 @@ static void post_customer(reply *r, ecom *e, const bp_doc *d, uint32_t o)
         return;
     }
     if (!find_conn(e, cid)) { invalid_reply(r, "The connection does not exist.", "/data/attributes/connectionid"); return; }
-    for (size_t i = 0; i < e->ncustomers; i++)
+    for (size_t i = 0; i < e->ncustomers && !accept_duplicates; i++)
         if (e->customers[i].connection == cid && !strcmp(e->customers[i].externalid, externalid)) {
             duplicate_reply(r, "A customer with this externalid already exists for the connection.", "externalid");
             return;
@@ -316,11 +325,13 @@ static const char *product_problem(const bp_doc *d, uint32_t p, const char **att
 }
 
 /* The order's products, checked before anything is kept: -1 once 422 is
- * answered. */
+ * answered.  Optional; given, an array (an object, e.g. an empty Lua table
+ * encoded as {}, is refused). */
 static int check_products(reply *r, const bp_doc *d, uint32_t list)
 {
-    if (list == BP_NONE || d->nodes[list].type != BP_JARRAY || d->nodes[list].len == 0) {
-        missing_reply(r, "orderProducts");
+    if (list == BP_NONE) return 0;
+    if (d->nodes[list].type != BP_JARRAY) {
+        invalid_reply(r, "orderProducts is an array of products.", "/data/attributes/orderProducts");
         return -1;
     }
     uint32_t p = list + 1;
@@ -337,7 +348,7 @@ static int check_products(reply *r, const bp_doc *d, uint32_t list)
 
 static void keep_products(ecom *e, order *o, const bp_doc *d, uint32_t list)
 {
-    o->nproducts = d->nodes[list].len;
+    o->nproducts = list == BP_NONE ? 0 : d->nodes[list].len;
     o->products = calloc(o->nproducts, sizeof *o->products);
     uint32_t p = list + 1;
     for (size_t i = 0; i < o->nproducts; i++, p = d->nodes[p].next) {
@@ -399,7 +410,7 @@ static void post_order(reply *r, ecom *e, const bp_doc *d, uint32_t o)
     memset(&tmp, 0, sizeof tmp);
     if (check_order(r, e, d, o, &tmp) < 0) return;
     const char *externalid = jstr(d, o, "externalid");
-    for (size_t i = 0; i < e->norders; i++)
+    for (size_t i = 0; i < e->norders && !accept_duplicates; i++)
         if (e->orders[i].connection == tmp.connection && !strcmp(e->orders[i].externalid, externalid)) {
             duplicate_reply(r, "An order with this externalid already exists for the connection.", "externalid");
             return;
@@ -546,6 +557,7 @@ static void clear(ecom *e)
     }
     e->nconns = e->ncustomers = e->norders = 0;
     e->nproducts = 0;
+    accept_duplicates = 0;
 }
 
 void ecom_init(int naccounts)

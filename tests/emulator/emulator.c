@@ -61,6 +61,7 @@ typedef struct logged {
 
 typedef struct account {
     char *api_token, *actid, *event_key;
+    int tracking_off;              /* Event Tracking switched off (PUT /api/3/eventTracking) */
     double *window; size_t wpos;   /* timestamps of the last `rate_limit` admitted requests */
     long total, limited;
 } account;
@@ -71,7 +72,7 @@ static struct {
     account *accounts; int naccounts;
     contact *contacts; size_t ncontacts, capcontacts;
     logged *log; size_t nlog, caplog;
-    int tracking_enabled;
+    int tracking_off_refuses;   /* what /event answers while tracking is off: see track_event */
     bp_buf event_names;  /* JSON strings, comma separated */
     long nevent_names;
     int rate_limit;    /* per account, requests per second; 0 = none */
@@ -432,7 +433,15 @@ static void track_event(reply *r, const char *ctype, const char *body)
         json_reply(r, 200, "{\"success\":0,\"message\":\"Invalid key provided.\"}");
     else if (!event || !*event || strlen(event) > 32)
         json_reply(r, 200, "{\"success\":0,\"message\":\"A valid event name must be provided.\"}");
-    else {
+    else if (account_by_actid(actid)->tracking_off) {
+        /* The reference says only that Event Tracking "must be toggled on
+         * for this call to work", not what /event answers while it is off.
+         * By default the emulator takes the worst case, an event accepted
+         * and never recorded (a silent loss the blueprint must prevent);
+         * {"tracking_off":"refuse"} answers success 0 instead. */
+        json_reply(r, 200, E.tracking_off_refuses ? "{\"success\":0,\"message\":\"Event tracking is disabled.\"}"
+                                                   : "{\"success\":1,\"message\":\"Event spawned\"}");
+    } else {
         bp_doc d;
         bp_error err;
         bp_doc_init(&d);
@@ -515,11 +524,12 @@ static void api3(reply *r, const req *q)
         }
         return;
     }
-    if (!strcmp(path, "/api/3/eventTracking")) {
-        if (!strcmp(method, "PUT")) E.tracking_enabled = len && strstr(body, "true") != NULL;
+    if (!strcmp(path, "/api/3/eventTracking")) {   /* the account's switch; on until turned off */
+        account *a = &E.accounts[q->account];
+        if (!strcmp(method, "PUT")) a->tracking_off = !(len && strstr(body, "true") != NULL);
         r->status = 200;
         r->ctype = "application/json";
-        bp_buf_printf(&r->body, "{\"eventTracking\":{\"enabled\":%s}}", E.tracking_enabled ? "true" : "false");
+        bp_buf_printf(&r->body, "{\"eventTracking\":{\"enabled\":%s}}", a->tracking_off ? "false" : "true");
         return;
     }
     if (!strcmp(path, "/api/3/eventTrackingEvents")) {
@@ -657,6 +667,8 @@ static void control(reply *r, const req *q)
         E.nlog = 0;
         crm_reset();
         ecom_reset();
+        for (int i = 0; i < E.naccounts; i++) E.accounts[i].tracking_off = 0;
+        E.tracking_off_refuses = 0;
         E.fail_next = E.login_html_next = E.reset_next = E.latency_ms = E.burst_503 = 0;
         E.fail_path[0] = '\0';
         E.total = E.limited = 0;
@@ -690,6 +702,10 @@ static void control(reply *r, const req *q)
         E.retry_after = jint(&d, "rate_limit_retry_after", E.retry_after);
         int rl = jint(&d, "rate_limit", -1);
         if (rl >= 0) set_rate_limit(rl);
+        const char *off = bp_jscalar(&d, bp_jget(&d, 0, "tracking_off"));
+        if (off) E.tracking_off_refuses = !strcmp(off, "refuse");
+        const char *dup = bp_jscalar(&d, bp_jget(&d, 0, "ecom_duplicates"));
+        if (dup) ecom_accept_duplicates(!strcmp(dup, "accept"));
         const char *tok = bp_jscalar(&d, bp_jget(&d, 0, "api_token"));
         if (tok) E.accounts[0].api_token = strdup(tok);
         bp_doc_free(&d);

@@ -80,6 +80,7 @@ void crm_set_values(bp_buf *b, int account, long contact, const bp_doc *d, uint3
 /* ---- ecom.c: connections, ecomCustomers, ecomOrders ---- */
 void ecom_init(int naccounts);
 void ecom_reset(void);
+void ecom_accept_duplicates(int accept);   /* 1: a repeated externalid is created again, not 422 */
 int ecom_api(reply *r, const req *q);
 void ecom_dump(bp_buf *b, int account);
 

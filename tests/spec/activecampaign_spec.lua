@@ -96,12 +96,15 @@ describe("page", function()
                   traits = { email = "V@Example.com" } } })
     local out = S.run(e, ev)
     assert.are.equal("deliver", out.outcome)
-    -- first the contact sync (skipped by delivery once the contact is known)
-    assert.are.equal(2, #out.requests)
-    assert.are.equal("https://acme.api-us1.com/api/3/contact/sync", out.requests[1].url)
-    assert.are.equal("contact:v@example.com", out.requests[1].once)
-    assert.are.equal('{"contact":{"email":"v@example.com"}}', out.requests[1].body)
-    local r = out.requests[2]
+    -- first a look at Event Tracking's switch, then the contact sync (each
+    -- skipped by delivery while its `once` key is fresh)
+    assert.are.equal(3, #out.requests)
+    assert.are.same({ "GET", "https://acme.api-us1.com/api/3/eventTracking", "event-tracking-on" },
+      { out.requests[1].method, out.requests[1].url, out.requests[1].once })
+    assert.are.equal("https://acme.api-us1.com/api/3/contact/sync", out.requests[2].url)
+    assert.are.equal("contact:v@example.com", out.requests[2].once)
+    assert.are.equal('{"contact":{"email":"v@example.com"}}', out.requests[2].body)
+    local r = out.requests[3]
     assert.are.equal("https://trackcmp.net/event", r.url)
     assert.are.equal("application/x-www-form-urlencoded", r.headers["Content-Type"])
     assert.is_nil(r.headers["Api-Token"])

@@ -71,11 +71,11 @@ local function order(id, order_id)
   }) .. "\n"
 end
 
--- The five steps of a first order in an account, in order.
+-- The six steps of a first order in an account, in order.
 local ORDER_STEPS = {
   { "GET", "/api/3/connections" }, { "POST", "/api/3/connections" },
   { "GET", "/api/3/ecomCustomers" }, { "POST", "/api/3/ecomCustomers" },
-  { "POST", "/api/3/ecomOrders" },
+  { "GET", "/api/3/ecomOrders" }, { "POST", "/api/3/ecomOrders" },
 }
 
 describe("ActiveCampaign in depth #cli", function()
@@ -365,15 +365,17 @@ describe("ActiveCampaign in depth #cli", function()
     -- the purchase is tracked too
     assert.are.equal(1, count(emu, "POST", "/event"))
 
-    -- the same order again under a new message id: accepted as the duplicate it is
+    -- the same order again under a new message id: found by the documented
+    -- lookup (filters[externalid], filters[connectionid]), not sent again
     by = deliver(cfg, st, order("o1-again"))
     assert.are.equal("delivered", by["o1-again"].outcome, by["o1-again"].reason)
     local answered
     for _, r in ipairs(by["o1-again"].requests) do
-      if r.url:match("/api/3/ecomOrders$") then answered = r.answer end
+      if r.url:match("/api/3/ecomOrders%?") then answered = r.answer end
     end
-    assert.are.equal(422, answered.status)
-    assert.matches('"duplicate"', answered.body, 1, true)
+    assert.are.equal(200, answered.status)
+    assert.matches('"externalid":"A-100"', answered.body, 1, true)
+    assert.are.equal(1, count(emu, "POST", "/api/3/ecomOrders"))
     s = state(emu)
     assert.are.equal(1, #s.orders)
     assert.are.equal(1, #s.customers)
@@ -403,18 +405,20 @@ describe("ActiveCampaign in depth #cli", function()
     local by = deliver(cfg, st, "")
     assert.are.equal("delivered", by.k1.outcome, by.k1.reason)
     -- resumed at the order (or, when the kill landed within the 10 ms group
-    -- commit after the customer's answer, at the customer create: 422, it
-    -- exists); the connection steps, answered long before, are not sent again
+    -- commit after the previous answer, at the order's lookup, which finds
+    -- it, or at the customer create: 422, it exists); the connection steps,
+    -- answered long before, are not sent again
     local again = requests(emu, before)
     local first = again[1].method .. " " .. again[1].path
-    assert.is_truthy(first == "POST /api/3/ecomOrders" or first == "POST /api/3/ecomCustomers", first)
+    assert.is_truthy(first == "POST /api/3/ecomOrders" or first == "GET /api/3/ecomOrders"
+      or first == "POST /api/3/ecomCustomers", first)
     for _, r in ipairs(again) do
       assert.is_nil(r.path:match("^/api/3/connections"), "a connection step was sent again")
       if r.method == "POST" and r.path ~= "/api/3/contact/sync" and r.path ~= "/event" then
         assert.are.equal(422, r.status, r.path)   -- created before the kill: a duplicate
       end
     end
-    assert.are.equal(1, #requests(emu, before, "POST", "/api/3/ecomOrders"))
+    assert.is_true(#requests(emu, before, "POST", "/api/3/ecomOrders") <= 1)
     assert.are.equal(1, count(emu, "GET", ORDER_STEPS[1][2]))
     assert.are.equal(1, count(emu, "POST", ORDER_STEPS[2][2]))
     local s = state(emu)
@@ -424,12 +428,12 @@ describe("ActiveCampaign in depth #cli", function()
     assert.are.equal(1, count(emu, "POST", "/event"))
   end)
 
-  it("retries a failing step 3 of 5 from step 3", function()
+  it("retries a failing step 3 of 6 from step 3", function()
     cfg = config(emu, "deep_data: true")
     emu.faults({ fail_next = 2, status = 503, path = "/api/3/ecomCustomers" })
     local by = deliver(cfg, st, order("s1"))
     assert.are.equal("delivered", by.s1.outcome, by.s1.reason)
-    -- steps 1-2 once, step 3 three times (503, 503, 200), steps 4-5 once
+    -- steps 1-2 once, step 3 three times (503, 503, 200), steps 4-6 once
     local sent = {}
     for _, r in ipairs(emu.requests()) do
       if r.path:match("^/api/3/ec") or r.path:match("^/api/3/conn") then
@@ -437,9 +441,9 @@ describe("ActiveCampaign in depth #cli", function()
       end
     end
     assert.are.same({
-      "GET /api/3/connections 200", "POST /api/3/connections 201",
+      "GET /api/3/connections 200", "POST /api/3/connections 200",
       "GET /api/3/ecomCustomers 503", "GET /api/3/ecomCustomers 503", "GET /api/3/ecomCustomers 200",
-      "POST /api/3/ecomCustomers 201", "POST /api/3/ecomOrders 201",
+      "POST /api/3/ecomCustomers 201", "GET /api/3/ecomOrders 200", "POST /api/3/ecomOrders 201",
     }, sent)
     assert.are.equal(1, count(emu, "POST", "/api/3/contact/sync"))
     assert.are.equal(1, count(emu, "POST", "/event"))
@@ -452,8 +456,8 @@ describe("ActiveCampaign in depth #cli", function()
       end
     end
     assert.are.same({
-      "GET /api/3/connections 200", "POST /api/3/connections 201", "GET /api/3/ecomCustomers 200",
-      "POST /api/3/ecomCustomers 201", "POST /api/3/ecomOrders 201",
+      "GET /api/3/connections 200", "POST /api/3/connections 200", "GET /api/3/ecomCustomers 200",
+      "POST /api/3/ecomCustomers 201", "GET /api/3/ecomOrders 200", "POST /api/3/ecomOrders 201",
     }, steps)
     assert.are.equal(1, #state(emu).orders)
   end)
@@ -493,4 +497,141 @@ end
     assert.are.equal("error", bad.outcome)
     assert.matches("opts.durable must be true or false", bad.reason, 1, true)
   end)
+end)
+
+-- Deep Data orders and Event Tracking as ActiveCampaign's reference documents
+-- them (issue 21: findings 2, 3, 4, 6).  The emulator follows the reference;
+-- where the reference is silent (a repeated externalid, /event while Event
+-- Tracking is off) it is switched to each answer the vendor might give.
+describe("ActiveCampaign Deep Data and Event Tracking as documented #cli", function()
+  local emu, cfg, st
+  before_each(function()
+    emu = S.start_emulator("--rate-limit 0")
+    st = S.tmpdir()
+    cfg = config(emu, "deep_data: true")
+  end)
+  after_each(function()
+    emu.stop()
+    os.remove(cfg)
+    os.execute("rm -rf " .. st)
+  end)
+
+  -- An Order Completed written as JSON text (so `[]` stays an array):
+  -- `props` is the properties object's inside, `top` more envelope members.
+  local function order_text(id, props, top)
+    return '{"type":"track","event":"Order Completed","messageId":"' .. id .. '",'
+      .. (top or '"timestamp":"2024-05-01T12:00:00Z"') .. ',"properties":{' .. props .. '},'
+      .. '"context":{"traits":{"email":"buyer@example.com"},"consent":{"marketing":true}}}\n'
+  end
+
+  local function put_tracking(enabled)
+    local p = io.popen("curl -s -X PUT -H 'Api-Token: " .. S.EMU_TOKEN .. "' --data-binary '{\"eventTracking\":{\"enabled\":"
+      .. tostring(enabled) .. "}}' " .. emu.url .. "/api/3/eventTracking")
+    p:read("a")
+    p:close()
+  end
+
+  it("creates an order without products (absent or []) and still sends its purchase", function()
+    local by = deliver(cfg, st, order_text("np1", '"order_id":"N-1","total":"12.50","currency":"usd"')
+      .. order_text("np2", '"order_id":"N-2","total":"7","currency":"usd","products":[]'))
+    for _, id in ipairs({ "np1", "np2" }) do
+      assert.are.equal("delivered", by[id].outcome, by[id].reason)
+    end
+    local s = state(emu)
+    assert.are.equal(2, #s.orders)
+    assert.are.same({}, s.orders[1].products)
+    assert.are.equal(1250, s.orders[1].totalPrice)
+    -- never an object where the reference wants an array
+    for _, r in ipairs(requests(emu, 0, "POST", "/api/3/ecomOrders")) do
+      assert.is_nil(r.body:find('"orderProducts":{}', 1, true), r.body)
+    end
+    assert.are.equal(2, count(emu, "POST", "/event"))
+  end)
+
+  it("still sends the purchase when ActiveCampaign refuses the order, and says why in the outcome", function()
+    -- a currency that is not a 3-letter code: create-order answers 422
+    local by = deliver(cfg, st, order_text("bad1", '"order_id":"B-1","total":"5","currency":"euro"'))
+    assert.are.equal("delivered", by.bad1.outcome, by.bad1.reason)
+    assert.are.equal(0, #state(emu).orders)
+    assert.are.equal(1, count(emu, "POST", "/event"))
+    local said = {}
+    for _, l in ipairs(by.bad1.logs or {}) do said[#said + 1] = l.msg end
+    assert.matches("Deep Data refused the order (HTTP 422)", table.concat(said, "\n"), 1, true)
+    assert.matches("currency", table.concat(said, "\n"), 1, true)
+  end)
+
+  for _, mode in ipairs({ "refuse", "accept" }) do
+    it("counts an order once when the vendor would " .. mode .. " a repeated externalid", function()
+      emu.faults({ ecom_duplicates = mode })
+      local by = deliver(cfg, st, order("d1"))
+      assert.are.equal("delivered", by.d1.outcome, by.d1.reason)
+      -- again under a new message id, in a new process (nothing cached)
+      by = deliver(cfg, st, order("d1-again"))
+      assert.are.equal("delivered", by["d1-again"].outcome, by["d1-again"].reason)
+      local s = state(emu)
+      assert.are.equal(1, #s.orders)
+      assert.are.equal(1, #s.customers)
+      assert.are.equal(1, #s.connections)
+      -- found by the documented lookup, not created again
+      assert.are.equal(1, count(emu, "POST", "/api/3/ecomOrders"))
+      local looked = requests(emu, 0, "GET", "/api/3/ecomOrders")
+      assert.are.equal(2, #looked)
+      assert.are.equal(2, count(emu, "POST", "/event"))
+    end)
+  end
+
+  it("creates the order once when 10 deliveries of it race, even if the vendor accepts repeats", function()
+    emu.faults({ ecom_duplicates = "accept" })
+    local input = {}
+    for i = 1, 10 do input[i] = order("r" .. i) end
+    local by = deliver(cfg, st, table.concat(input))
+    for i = 1, 10 do assert.are.equal("delivered", by["r" .. i].outcome, by["r" .. i].reason) end
+    local s = state(emu)
+    assert.are.equal(1, #s.orders)
+    assert.are.equal(1, #s.customers)
+    assert.are.equal(1, #s.connections)
+  end)
+
+  it("totals with tax and shipping, dates in ISO 8601, names every product, marks a late order historical", function()
+    local by = deliver(cfg, st,
+      -- revenue excludes tax and shipping: totalPrice adds them
+      order_text("v1", '"order_id":"V-1","revenue":"20","tax":"1.60","shipping":"4.99","currency":"usd",'
+        .. '"products":[{"sku":"SKU-9","price":"20","quantity":1}]',
+        '"timestamp":"2024-05-01T16:00:00+02:00","receivedAt":"2024-05-01T14:00:05Z"')
+      -- no timestamp: originalTimestamp; received three days later: historical
+      .. order_text("v2", '"order_id":"V-2","total":"5","currency":"usd"',
+        '"originalTimestamp":"2024-04-28T09:30:00Z","receivedAt":"2024-05-01T09:30:00Z"'))
+    assert.are.equal("delivered", by.v1.outcome, by.v1.reason)
+    assert.are.equal("delivered", by.v2.outcome, by.v2.reason)
+    local s = state(emu)
+    local o = {}
+    for _, x in ipairs(s.orders) do o[x.externalid] = x end
+    assert.are.equal(2659, o["V-1"].totalPrice)
+    assert.are.equal(160, o["V-1"].taxAmount)
+    assert.are.equal(499, o["V-1"].shippingAmount)
+    assert.are.equal(1, o["V-1"].source)
+    assert.are.equal("2024-05-01T14:00:00+00:00", o["V-1"].externalCreatedDate)
+    assert.are.equal("SKU-9", o["V-1"].products[1].name)
+    assert.are.equal(0, o["V-2"].source)
+    assert.are.equal("2024-04-28T09:30:00+00:00", o["V-2"].externalCreatedDate)
+    assert.are.equal(2, count(emu, "POST", "/event"))
+  end)
+
+  for _, answer in ipairs({ "accept", "refuse" }) do
+    it("dead-letters tracked events while Event Tracking is switched off (/event would " .. answer .. ")", function()
+      emu.faults({ tracking_off = answer })
+      put_tracking(false)
+      local by = deliver(cfg, st, '{"type":"page","messageId":"t1","properties":{"email":"a@example.com",'
+        .. '"url":"https://shop.example.com/"},"context":{"consent":{"marketing":true}}}\n')
+      assert.are.equal("dead_letter", by.t1.outcome, by.t1.reason)
+      assert.matches("Event Tracking is switched off", by.t1.reason, 1, true)
+      assert.are.equal(0, count(emu, "POST", "/event"))
+      -- switched on, the next event goes through
+      put_tracking(true)
+      by = deliver(cfg, st, '{"type":"page","messageId":"t2","properties":{"email":"a@example.com",'
+        .. '"url":"https://shop.example.com/"},"context":{"consent":{"marketing":true}}}\n')
+      assert.are.equal("delivered", by.t2.outcome, by.t2.reason)
+      assert.are.equal(1, count(emu, "POST", "/event"))
+    end)
+  end
 end)

@@ -100,6 +100,30 @@ describe("the ActiveCampaign emulator #cli", function()
     assert.are.equal(200, (call(emu, "GET", "/api/3/contacts", nil, TOKEN)))
   end)
 
+  it("honours the account's Event Tracking switch: while off, /event records nothing", function()
+    local _, body = call(emu, "GET", "/api/3/eventTracking", nil, TOKEN)
+    assert.is_true(S.core.json_decode(body).eventTracking.enabled)   -- on until switched off
+    call(emu, "POST", "/api/3/contact/sync", '{"contact":{"email":"t@b.co"}}', TOKEN)
+    call(emu, "PUT", "/api/3/eventTracking", '{"eventTracking":{"enabled":false}}', TOKEN)
+    _, body = call(emu, "GET", "/api/3/eventTracking", nil, TOKEN)
+    assert.is_false(S.core.json_decode(body).eventTracking.enabled)
+    local event = "actid=1000001&key=" .. S.EMU_EVENT_KEY .. "&event=purchase&visit=%7B%22email%22%3A%22t%40b.co%22%7D"
+    -- the reference does not say what /event answers while off: by default
+    -- the worst case (accepted, never recorded), or on request a refusal
+    _, body = call(emu, "POST", "/event", event, FORM)
+    assert.are.equal('{"success":1,"message":"Event spawned"}', body)
+    emu.faults({ tracking_off = "refuse" })
+    _, body = call(emu, "POST", "/event", event, FORM)
+    assert.are.equal('{"success":0,"message":"Event tracking is disabled."}', body)
+    _, body = call(emu, "GET", "/api/3/contacts/1/trackingLogs", nil, TOKEN)
+    assert.are.same({}, S.core.json_decode(body).trackingLogs)
+    call(emu, "PUT", "/api/3/eventTracking", '{"eventTracking":{"enabled":true}}', TOKEN)
+    _, body = call(emu, "POST", "/event", event, FORM)
+    assert.are.equal('{"success":1,"message":"Event spawned"}', body)
+    _, body = call(emu, "GET", "/api/3/contacts/1/trackingLogs", nil, TOKEN)
+    assert.are.equal(1, #S.core.json_decode(body).trackingLogs)
+  end)
+
   it("keeps the event tracking settings and event names", function()
     call(emu, "PUT", "/api/3/eventTracking", '{"eventTracking":{"enabled":true}}', TOKEN)
     local _, body = call(emu, "GET", "/api/3/eventTracking", nil, TOKEN)
@@ -431,14 +455,14 @@ describe("the emulator's Deep Data: connections, customers, orders #cli", functi
       { ecomCustomer = { connectionid = "1", externalid = "buyer@example.com", email = "buyer@example.com", acceptsMarketing = "1" } })
   end
 
-  it("creates a connection with 201, refuses the same service and externalid with 422 duplicate, finds it by filters", function()
+  it("creates a connection with 200, refuses the same service and externalid with 422 duplicate, finds it by filters", function()
     local s, j = api(emu, "POST", "/api/3/connections", CONNECTION)
-    assert.are.equal(201, s)
+    assert.are.equal(200, s)   -- create-connection documents 200, unlike the other creates
     assert.are.same({ "1", "signal", "shop-1", 0 }, { j.connection.id, j.connection.service, j.connection.externalid, j.connection.isInternal })
     s, j = api(emu, "POST", "/api/3/connections", CONNECTION)
     assert.are.same({ 422, "duplicate", "/data/attributes/externalid" }, { s, error_code(j), j.errors[1].source.pointer })
     local other = { connection = { service = "signal", externalid = "shop-2", name = "B", logoUrl = "x", linkUrl = "y" } }
-    assert.are.equal(201, (api(emu, "POST", "/api/3/connections", other)))
+    assert.are.equal(200, (api(emu, "POST", "/api/3/connections", other)))
     s, j = api(emu, "GET", "/api/3/connections?filters[service]=signal&filters[externalid]=shop-2")
     assert.are.same({ 200, "1", "2" }, { s, j.meta.total, j.connections[1].id })
     s, j = api(emu, "POST", "/api/3/connections", { connection = { service = "signal", externalid = "s3", name = "C", logoUrl = "x" } })
@@ -492,6 +516,36 @@ describe("the emulator's Deep Data: connections, customers, orders #cli", functi
     assert.are.same({ "12697", "1", "4" }, { j.ecomCustomers[1].totalRevenue, j.ecomCustomers[1].totalOrders, j.ecomCustomers[1].totalProducts })
   end)
 
+  it("takes an order without orderProducts or with [], refuses them as an object", function()
+    store_and_customer()
+    local o = order({ externalid = "N-1" })
+    o.ecomOrder.orderProducts = nil
+    local s, j = api(emu, "POST", "/api/3/ecomOrders", o)
+    assert.are.same({ 201, "0" }, { s, tostring(j.ecomOrder.totalProducts) })
+    local text = assert(S.core.json_encode(order({ externalid = "N-2" }))):gsub('"orderProducts":%b[]', '"orderProducts":[]')
+    assert.are.equal(201, (api(emu, "POST", "/api/3/ecomOrders", text)))
+    text = text:gsub('"N%-2"', '"N-3"'):gsub('"orderProducts":%[%]', '"orderProducts":{}')
+    s, j = api(emu, "POST", "/api/3/ecomOrders", text)
+    assert.are.same({ 422, "invalid", "/data/attributes/orderProducts" }, { s, error_code(j), j.errors[1].source.pointer })
+    assert.are.equal(2, #state(emu).orders)
+  end)
+
+  it("creates a repeated externalid again when switched to (the reference documents no duplicate answer)", function()
+    emu.faults({ ecom_duplicates = "accept" })
+    assert.are.equal(200, (api(emu, "POST", "/api/3/connections", CONNECTION)))
+    assert.are.equal(200, (api(emu, "POST", "/api/3/connections", CONNECTION)))
+    local customer = { ecomCustomer = { connectionid = "1", externalid = "c", email = "buyer@example.com" } }
+    assert.are.equal(201, (api(emu, "POST", "/api/3/ecomCustomers", customer)))
+    assert.are.equal(201, (api(emu, "POST", "/api/3/ecomCustomers", customer)))
+    assert.are.equal(201, (api(emu, "POST", "/api/3/ecomOrders", order())))
+    assert.are.equal(201, (api(emu, "POST", "/api/3/ecomOrders", order())))
+    local st = state(emu)
+    assert.are.same({ 2, 2, 2 }, { #st.connections, #st.customers, #st.orders })
+    emu.post("/_emulator/reset", "{}")   -- and reset refuses repeats again
+    api(emu, "POST", "/api/3/connections", CONNECTION)
+    assert.are.equal(422, (api(emu, "POST", "/api/3/connections", CONNECTION)))
+  end)
+
   it("takes the same order externalid in another connection", function()
     store_and_customer()
     api(emu, "POST", "/api/3/ecomOrders", order())
@@ -519,7 +573,7 @@ describe("the emulator's Deep Data: connections, customers, orders #cli", functi
     s, j = api(emu, "POST", "/api/3/ecomOrders", o)
     assert.are.same({ 422, "/data/attributes/orderProducts/2/quantity" }, { s, j.errors[1].source.pointer })
     for _, attr in ipairs({ "externalid", "source", "email", "totalPrice", "currency", "connectionid", "customerid",
-                            "externalCreatedDate", "orderProducts" }) do
+                            "externalCreatedDate" }) do
       o = order()
       o.ecomOrder[attr] = nil
       s, j = api(emu, "POST", "/api/3/ecomOrders", o)
@@ -599,6 +653,7 @@ describe("the emulator and answers.yaml #cli", function()
         externalCreatedDate = "2016-09-13T17:41:39-04:00", totalPrice = 9111, shippingAmount = 200, taxAmount = 500,
         discountAmount = 100, currency = "USD", orderNumber = "myorder-123", connectionid = "1", customerid = "1" } } },
       { "GET", "/api/3/ecomOrders?filters[externalid]=none" },
+      { "GET", "/api/3/eventTracking" },
     }
     local answered = {}
     for _, r in ipairs(requests) do

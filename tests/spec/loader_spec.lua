@@ -245,3 +245,29 @@ describe("strict blueprint.yaml", function()
       FILES)))
   end)
 end)
+
+-- verify: the mapping install and update send to check a config (issue 21).
+describe("blueprint.yaml verify:", function()
+  local VERIFY_LUA = "return function(event, ctx)\n  return { method = 'GET', url = ctx.config.api_url .. '/me' }\nend\n"
+
+  it("takes a mapping, which must exist and compile like the others", function()
+    assert.is_truthy(open(blueprint(YAML .. "verify:\n  mapping: verify.lua\n",
+      { ["page.lua"] = GOOD_LUA, ["verify.lua"] = VERIFY_LUA })))
+    local dir = blueprint(YAML .. "verify:\n  mapping: verify.lua\n", { ["page.lua"] = GOOD_LUA })
+    local _, err = open(dir)
+    assert.matches(dir .. "/blueprint.yaml:13: event 'verify' maps to 'verify.lua', which does not exist", err, 1, true)
+    _, err = open(blueprint(YAML .. "verify:\n  mapping: verify.lua\n",
+      { ["page.lua"] = GOOD_LUA, ["verify.lua"] = "return function(event, ctx)\n  local = 1\nend\n" }))
+    assert.matches("verify.lua:2:", err, 1, true)
+    _, err = open(blueprint(YAML .. "verify:\n  mapping: verify.lua\n  timeout: 3\n",
+      { ["page.lua"] = GOOD_LUA, ["verify.lua"] = VERIFY_LUA }))
+    assert.matches("unknown key 'timeout' in 'verify' (known keys: mapping)", err, 1, true)
+  end)
+
+  it("cannot be reached by an event: verify is not an event type", function()
+    local dir = "blueprints/activecampaign"
+    local out = S.sh(S.bin .. " dry-run " .. dir .. " --config blueprints/activecampaign/tests/all-rows/config.yaml",
+      '{"type":"verify","messageId":"v"}\n')
+    assert.matches('"outcome":"error"', out, 1, true)   -- not an event type anyone can send
+  end)
+end)

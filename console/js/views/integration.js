@@ -5,7 +5,7 @@ import { h, replace, clear, button, badge, toggle, empty, errorBox, toast, kv, c
   fmtTime, fmtAgo, spinner, copyButton, statusCode } from '../dom.js';
 import { get, post, patch, del, enc, ApiError } from '../api.js';
 import { getVendor, getIntegration, categoryName, monogram, tileClass, outcomeOf, eventName } from '../data.js';
-import { fieldOfError, togetherGroups } from './integrations.js';
+import { fieldOfError, togetherGroups, checksAlert } from './integrations.js';
 import { control, fieldRow, advancedKeys, advancedSection, valueView, FieldError } from '../configfields.js';
 import { mountLive, renderDetail } from './live.js';
 import { lineDiff, hunks, renderDiff, flatten } from '../diff.js';
@@ -88,6 +88,12 @@ function overview(body, env) {
   side.appendChild(blueprintCard(env));
   replace(body, grid);
   showConfig(cfgCard, env);
+  // the install's checks, once (they are in its answer only)
+  if (ctx.checks && ctx.checks.id === env.it().id) {
+    const alert = checksAlert(ctx.checks.list);
+    if (alert) cfgCard.insertBefore(alert, cfgCard.firstChild.nextSibling);
+    ctx.checks = null;
+  }
 }
 
 function showConfig(card, env) {
@@ -162,8 +168,10 @@ function editConfig(card, env) {
     try {
       const r = await patch('/v1/admin/integrations/' + enc(it.id), { config: change });
       env.setIt(r);
-      toast(`Saved: revision ${r.revision}`);
+      const alert = checksAlert(r.checks);
+      toast(`Saved: revision ${r.revision}` + (alert ? '; a check failed' : ''), alert ? 'err' : 'ok');
       showConfig(card, env);
+      if (alert) card.insertBefore(alert, card.firstChild.nextSibling);
     } catch (err) {
       save.disabled = false;
       if (!(err instanceof ApiError)) throw err;

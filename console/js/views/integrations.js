@@ -301,7 +301,9 @@ export async function renderInstall(main, params, ctx) {
     try {
       const r = await post('/v1/admin/integration-catalog/' + enc(c.vendor) + '/install',
         { name: nameInput.value.trim(), variant: variantSel.value || variants[0], config, delivery_mode: 'server_side' });
-      toast(`Installed ${r.name}`);
+      const failed = (r.checks || []).filter((x) => !x.ok);
+      toast(failed.length ? `Installed ${r.name}; a check failed` : `Installed ${r.name}`, failed.length ? 'err' : 'ok');
+      ctx.checks = { id: r.id, list: r.checks || [] };   // the integration page shows them once
       ctx.navigate('#/integration/' + enc(r.id));
     } catch (err) {
       submit.disabled = false;
@@ -344,4 +346,15 @@ export async function renderInstall(main, params, ctx) {
         h('li', { text: 'Enable custom track events by name in the Events tab.' }))));
   page.appendChild(h('div', { class: 'install-layout' }, form, aside));
   nameInput.focus();
+}
+
+// What install and PATCH checked without sending data (the blueprint's
+// verify: requests): an alert listing the failed checks, or null when every
+// check passed.  The change was made either way.
+export function checksAlert(checks) {
+  const failed = (checks || []).filter((x) => !x.ok);
+  if (!failed.length) return null;
+  return h('div', { class: 'alert alert-warn', id: 'checks', role: 'alert' },
+    h('strong', { text: 'Saved, but the vendor check found a problem:' }),
+    h('ul', {}, failed.map((x) => h('li', {}, h('span', { text: x.message }), h('code', { class: 'alert-code', text: x.check })))));
 }
