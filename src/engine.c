@@ -268,7 +268,16 @@ void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id
 {
     const char *v = bp->rate_limit_scope ? bp_config_get(cfg, bp->rate_limit_scope) : NULL;
     if (!v || !*v) { snprintf(out, n, "integration %s", id); return; }
-    /* https://Acme.api-us1.com/ and https://acme.api-us1.com are one account */
+    /* A URL names its account by its origin: https://Acme.api-us1.com/,
+     * https://acme.api-us1.com and https://acme.api-us1.com/api/3 (as
+     * pasted from the vendor's settings page) are one account, one pace
+     * and one ctx.cache. */
+    const bp_field *f = bp_blueprint_field(bp, bp->rate_limit_scope);
+    char origin[300];
+    if (f && f->type == BP_FIELD_URL && !bp_url_origin(v, origin, sizeof origin)) {
+        snprintf(out, n, "%s %s", bp->vendor, origin);
+        return;
+    }
     size_t len = strlen(v);
     while (len > 0 && v[len - 1] == '/') len--;
     int w = snprintf(out, n, "%s %.*s", bp->vendor, (int)len, v);

@@ -598,6 +598,8 @@ int bp_sealed_destination(const char *value, bp_buf *dest);   /* v2: the destina
  * URL fields as cfg sets them, or https to one of its fixed hosts; else -1
  * with err naming the host and what is allowed.  engine.c checks every
  * request and step with it, so dry-run, deliver, serve and embedders all do. */
+/* "https://host:port" (lower case) of an absolute http(s) URL into out: 0, or -1 when it is not one */
+int bp_url_origin(const char *url, char *out, size_t n);
 int bp_request_check_destination(const bp_blueprint *bp, const bp_config *cfg, const char *url, bp_error *err);
 
 /* ---- auth.c ---------------------------------------------------------------------------- */

@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -288,6 +289,14 @@ static const char *parse_origin(const char *url, origin *o)
         if (!o->port || o->port > 65535) return "a bad port";
     }
     return NULL;
+}
+
+int bp_url_origin(const char *url, char *out, size_t n)
+{
+    origin o;
+    if (parse_origin(url, &o)) return -1;
+    int w = snprintf(out, n, "%s://%s:%u", o.https ? "https" : "http", o.host, o.port);
+    return w < 0 || (size_t)w >= n ? -1 : 0;
 }
 
 static int same_origin(const origin *a, const origin *b)

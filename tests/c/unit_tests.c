@@ -735,6 +735,40 @@ TEST(destinations_match_scheme_host_and_port_exactly)
 
 /* ---- secrets at rest (crypto.c) ---- */
 
+/* The account (pace, ctx.cache) of a URL scope is its origin: an api_url
+ * pasted with a trailing slash, in capitals or with /api/3 is one account. */
+TEST(account_key_of_a_url_is_its_origin)
+{
+    bp_error err;
+    bp_blueprint *bp = bp_blueprint_load("blueprints/activecampaign", &err);
+    CHECK(bp != NULL);
+    if (!bp) return;
+    const char *urls[] = { "api_url: https://acme.api-us1.com\n", "api_url: https://Acme.api-us1.com/\n",
+                           "api_url: https://acme.api-us1.com/api/3\n", "api_url: https://acme.api-us1.com:443/api/3/\n" };
+    char first[512] = "", key[512];
+    for (size_t i = 0; i < sizeof urls / sizeof *urls; i++) {
+        char text[256];
+        snprintf(text, sizeof text, "%sapi_key: k\n", urls[i]);
+        bp_config *cfg = bp_config_load_text(bp, text, strlen(text), "config", &err);
+        CHECK(cfg != NULL);
+        if (!cfg) continue;
+        bp_account_key(bp, cfg, "int_1", key, sizeof key);
+        if (!i) snprintf(first, sizeof first, "%s", key);
+        CHECK_STR(key, first);
+        bp_config_free(cfg);
+    }
+    CHECK_STR(first, "activecampaign https://acme.api-us1.com:443");
+    const char *other = "api_url: https://other.api-us1.com/api/3\napi_key: k\n";
+    bp_config *cfg = bp_config_load_text(bp, other, strlen(other), "config", &err);
+    CHECK(cfg != NULL);
+    if (cfg) {
+        bp_account_key(bp, cfg, "int_1", key, sizeof key);
+        CHECK(strcmp(key, first) != 0);
+        bp_config_free(cfg);
+    }
+    bp_blueprint_free(bp);
+}
+
 TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
 {
 #define DEST "api_url=https://acct.api-us1.com"
@@ -1249,6 +1283,7 @@ int main(void)
     RUN(pace_obeys_retry_after_and_a_lower_limit);
     RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
+    RUN(account_key_of_a_url_is_its_origin);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);
     RUN(runtime_first_use_from_many_threads_at_once);
