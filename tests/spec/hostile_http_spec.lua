@@ -149,7 +149,7 @@ describe("hostile editor: the editor pool #serve", function()
     srv = S.start_server({ args = "--editor-workers 2 --editor-queue 8" })
     local editor = srv.token("editor")
     -- C time that the instruction count does not see, then a loop the budget ends: 422
-    local hostile = '{"files":{"page.lua":"local s = string.rep(\\"\\", 1 << 28)\\nwhile true do end\\n'
+    local hostile = '{"files":{"page.lua":"local s = string.rep(\\"\\", 1 << 29)\\nwhile true do end\\n'
       .. 'return function(event, ctx) end\\n"},"message":"stall"}'
     local saves = {}
     for i = 1, 2 do saves[i] = background(srv, "PUT", EDITOR .. "/files", hostile, editor) end
