@@ -1534,6 +1534,7 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
             return ret;
         }
         if (rt->mode == POOLED && pool_submit(s, c, cn, &r) == 0) {
+            bp_integration_release(k.it);   /* pooled routes take no :id; the worker has none */
             bp_buf_free(&r.body);
             return MHD_YES;   /* answered when a worker resumes the connection */
         }
