@@ -90,6 +90,9 @@ typedef struct bp_serve_opts {
                                     folder, else the installed share/blueprint/console */
     const char *kafka_config;    /* key=value lines of librdkafka settings (TLS, SASL) for every
                                     Kafka client; NULL: none */
+    int editor_workers;          /* threads running editors' dry-runs, fixture runs and save checks; 0 = 2 */
+    int editor_queue;            /* editor jobs that may wait for them (more: 503 EDITOR_BUSY); 0 = 8 */
+    int request_time_limit_s;    /* the total time a request's headers and body may take; 0 = 30 */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

@@ -114,6 +114,7 @@ static const struct { const char *command, *text; } command_help[] = {
     { "serve",
       "usage: blueprint serve [--listen HOST:PORT] [--port N] [--state DIR] [--blueprints DIR] [--console DIR]\n"
       "                       [--workers N] [--http-threads N] [--max-connections-per-ip N]\n"
+      "                       [--editor-workers N] [--editor-queue N] [--request-time-limit SECONDS]\n"
       "                       [--jwt-issuer ISS] [--jwt-audience AUD] [--audit-retention-days N]\n"
       "                       [--rate-limit RPS] [--retry-base-ms N]\n"
       "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
@@ -125,7 +126,12 @@ static const struct { const char *command, *text; } command_help[] = {
       "the blueprints folder, else the installed one).  With --kafka it is one node of a cluster (README:\n"
       "Cluster mode); --kafka-config FILE: librdkafka settings for every Kafka client, key=value lines\n"
       "(TLS and SASL for a managed Kafka, e.g. security.protocol=SASL_SSL).  BLUEPRINT_JWT_SECRET, when set,\n"
-      "is at least 32 bytes (openssl rand -hex 32).\n" },
+      "is at least 32 bytes (openssl rand -hex 32).\n"
+      "\n"
+      "--editor-workers (2; BLUEPRINT_EDITOR_WORKERS): threads that run the editor's dry-runs, fixture runs and\n"
+      "save checks, off the HTTP threads; --editor-queue (8; BLUEPRINT_EDITOR_QUEUE): how many more may wait\n"
+      "(beyond: 503 EDITOR_BUSY); --request-time-limit (30; BLUEPRINT_REQUEST_TIME_LIMIT): seconds a request's\n"
+      "headers and body may take to arrive, however steadily they trickle in.\n" },
     { "token",
       "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--subject NAME]\n"
       "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
@@ -537,8 +543,13 @@ static int serve(int argc, char **argv)
     bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0,
                         getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
                         getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0, NULL,
-                        getenv("BLUEPRINT_KAFKA_CONFIG") };
+                        getenv("BLUEPRINT_KAFKA_CONFIG"),
+                        0, 0, 0 };
     static char host[64];
+    const char *env;
+    if ((env = getenv("BLUEPRINT_EDITOR_WORKERS"))) o.editor_workers = atoi(env);
+    if ((env = getenv("BLUEPRINT_EDITOR_QUEUE"))) o.editor_queue = atoi(env);
+    if ((env = getenv("BLUEPRINT_REQUEST_TIME_LIMIT"))) o.request_time_limit_s = atoi(env);
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!next) { fprintf(stderr, "blueprint: %s needs a value\n", argv[i]); return EXIT_USAGE; }
@@ -557,6 +568,9 @@ static int serve(int argc, char **argv)
         else if (!strcmp(argv[i], "--workers")) o.workers = atoi(next);
         else if (!strcmp(argv[i], "--http-threads")) o.http_threads = atoi(next);
         else if (!strcmp(argv[i], "--max-connections-per-ip")) o.max_connections_per_ip = atoi(next);
+        else if (!strcmp(argv[i], "--editor-workers")) o.editor_workers = atoi(next);
+        else if (!strcmp(argv[i], "--editor-queue")) o.editor_queue = atoi(next);
+        else if (!strcmp(argv[i], "--request-time-limit")) o.request_time_limit_s = atoi(next);
         else if (!strcmp(argv[i], "--jwt-issuer")) o.jwt_issuer = next;
         else if (!strcmp(argv[i], "--jwt-audience")) o.jwt_audience = next;
         else if (!strcmp(argv[i], "--audit-retention-days")) o.audit_retention_days = atoi(next);

@@ -11,9 +11,12 @@
  * checks a change (it loads, compiles, and every installed config of the
  * vendor validates: bp_registry_edit_check), then written file by file with
  * atomic renames, recorded as a blueprint revision (actor, time, message,
- * unified diff, and every file, for rollback) and reloaded at once through
- * the hot-reload path, all under the registry's admin lock so that no
- * install, update or other save interleaves.
+ * unified diff, and every file, for rollback) under the registry's admin
+ * lock so that no install, update or other save interleaves, and reloaded
+ * at once through the hot-reload path.  Blueprint code (the check's and the
+ * reload's compile) never runs with that lock held (see apply).  server.c
+ * runs the dry-run, test, save and rollback calls in its editor pool, off
+ * the HTTP threads.
  */
 #include "internal.h"
 
@@ -897,79 +900,106 @@ static int keep_disk_state(bp_registry *r, const char *vendor, const char *dir, 
     return rc < 0 ? -1 : 0;
 }
 
-/* Write the checked edit into the folder, reload it, record the revision
- * and answer with it.  admin_mu held. */
-static void write_and_record(bp_registry *r, bp_vendor *v, const char *vendor, const changes *c, const char *message,
-                             const char *action, const bp_claims *who, bp_api_result *res)
+/* Write the checked edit into the folder and record the revision.  admin_mu
+ * held.  0, or -1 with res failed. */
+static int write_and_record(bp_registry *r, bp_vendor *v, const char *vendor, const changes *c, const char *message,
+                            const char *action, const bp_claims *who, bp_edit_rev *rev, bp_buf *changed,
+                            bp_api_result *res)
 {
     snapshot before, after;
     snapshot_take(v->dir, &before);
     if (keep_disk_state(r, vendor, v->dir, &before) < 0) {
         fail(res, 500, "INTERNAL", "could not record the blueprint's revision in server.db; nothing was written");
         snapshot_free(&before);
-        return;
+        return -1;
     }
     bp_error err;
     for (size_t i = 0; i < c->n && res->status < 400; i++)
         if (write_change(v->dir, &c->v[i], &err) < 0)
             fail(res, 500, "INTERNAL", "%s (%zu of %zu files were written; hot reload takes what is there)", err.msg,
                  i, c->n);
-    char running[BP_REVISION_LEN];
-    if (res->status < 400 && bp_registry_edit_reload(r, v, who, running, &err) < 0)
-        fail(res, 500, "INTERNAL", "the files were written but the reload rejected them: %s", err.msg);
     snapshot_take(v->dir, &after);
-    bp_buf files, diff, changed;
+    bp_buf files, diff;
     bp_buf_init(&files);
     bp_buf_init(&diff);
-    bp_buf_init(&changed);
-    snapshot_diff(&before, &after, &diff, &changed);
+    snapshot_diff(&before, &after, &diff, changed);
     snapshot_json(&after, &files);
-    bp_edit_rev rev = { 0 };
-    bp_blueprint_revision(v->dir, rev.revision);
-    rev.message = message;
-    rev.diff = diff.data ? diff.data : "";
-    rev.changed_json = changed.data;
-    rev.files_json = files.data;
+    bp_blueprint_revision(v->dir, rev->revision);
+    rev->message = message;
+    rev->diff = diff.data ? diff.data : "";
+    rev->changed_json = changed->data;
+    rev->files_json = files.data;
     /* recorded even when a write failed: the folder holds what it holds */
-    if (bp_registry_edit_record(r, vendor, &rev, who, action) < 0 && res->status < 400)
-        fail(res, 500, "INTERNAL", "the blueprint was saved and reloaded, but its revision could not be recorded");
-    if (res->status < 400) {
-        bp_buf_adds(res->body, "{\"revision\":");
-        write_str(res->body, rev.revision);
-        bp_buf_printf(res->body, ",\"number\":%d,\"created_at\":%lld,\"actor\":", rev.number, (long long)rev.created_at);
-        write_str(res->body, rev.actor);
-        bp_buf_adds(res->body, ",\"files\":");
-        bp_buf_add(res->body, changed.data, changed.len);
-        bp_buf_addc(res->body, '}');
-    }
+    if (bp_registry_edit_record(r, vendor, rev, who, action) < 0 && res->status < 400)
+        fail(res, 500, "INTERNAL", "the blueprint was saved, but its revision could not be recorded");
+    rev->diff = rev->files_json = NULL;
     bp_buf_free(&files);
     bp_buf_free(&diff);
-    bp_buf_free(&changed);
     snapshot_free(&before);
     snapshot_free(&after);
+    return res->status < 400 ? 0 : -1;
 }
+
+static void write_saved(bp_buf *b, const bp_edit_rev *rev, const bp_buf *changed)
+{
+    bp_buf_adds(b, "{\"revision\":");
+    write_str(b, rev->revision);
+    bp_buf_printf(b, ",\"number\":%d,\"created_at\":%lld,\"actor\":", rev->number, (long long)rev->created_at);
+    write_str(b, rev->actor);
+    bp_buf_adds(b, ",\"files\":");
+    bp_buf_add(b, changed->data, changed->len);
+    bp_buf_addc(b, '}');
+}
+
+#define APPLY_TRIES 3
 
 /* A save or a rollback: checked in a scratch copy as hot reload checks a
  * change (422 naming file and line, nothing written), then written,
- * recorded and reloaded. */
+ * recorded and reloaded.  The check runs the edit's code, so it runs
+ * without the admin lock (an edit that stalls until its budget ends must
+ * not stall installs, sign-ins or other saves); the lock is taken only to
+ * write and record, once it is sure that neither the folder nor the
+ * vendor's integrations changed since the check (else the check runs
+ * again).  The reload compiles again, also without the lock. */
 static void apply(bp_registry *r, bp_vendor *v, const char *vendor, const changes *c, const char *message,
                   const char *action, const bp_claims *who, bp_api_result *res)
 {
-    char scratch[4400];
-    if (make_scratch(r->state_dir, v->dir, c, scratch, sizeof scratch, res) < 0) return;
-    bp_registry_edit_begin(r);
-    bp_error err;
-    if (bp_registry_edit_check(r, v, scratch, &err) < 0) {
-        where w;
-        locate(err.msg, scratch, v->dir, &w);
-        fail(res, 422, "INVALID_BLUEPRINT", "%s; nothing was written", err.msg);
-        memcpy(res->file, w.file, sizeof res->file);
-        res->line = w.line;
-    } else {
-        write_and_record(r, v, vendor, c, message, action, who, res);
+    for (int attempt = 0; attempt < APPLY_TRIES; attempt++) {
+        char scratch[4400], base[BP_REVISION_LEN], now[BP_REVISION_LEN];
+        bp_blueprint_revision(v->dir, base);
+        if (make_scratch(r->state_dir, v->dir, c, scratch, sizeof scratch, res) < 0) return;
+        bp_error err;
+        uint64_t stamp;
+        if (bp_registry_edit_check(r, v, scratch, &stamp, &err) < 0) {
+            where w;
+            locate(err.msg, scratch, v->dir, &w);
+            fail(res, 422, "INVALID_BLUEPRINT", "%s; nothing was written", err.msg);
+            memcpy(res->file, w.file, sizeof res->file);
+            res->line = w.line;
+            remove_scratch(scratch);
+            return;
+        }
+        remove_scratch(scratch);
+        bp_registry_edit_begin(r);
+        bp_blueprint_revision(v->dir, now);
+        if (strcmp(now, base) != 0 || bp_registry_edit_stamp(r, v) != stamp) {
+            bp_registry_edit_end(r);   /* changed while it was checked: check again */
+            continue;
+        }
+        bp_edit_rev rev = { 0 };
+        bp_buf changed;
+        bp_buf_init(&changed);
+        int written = write_and_record(r, v, vendor, c, message, action, who, &rev, &changed, res) == 0;
+        bp_registry_edit_end(r);
+        char running[BP_REVISION_LEN];
+        if (written && bp_registry_edit_reload(r, v, who, running, &err) < 0)
+            fail(res, 500, "INTERNAL", "the files were written but the reload rejected them: %s", err.msg);
+        if (res->status < 400) write_saved(res->body, &rev, &changed);
+        bp_buf_free(&changed);
+        return;
     }
-    bp_registry_edit_end(r);
-    remove_scratch(scratch);
+    fail(res, 409, "CONFLICT", "the blueprint's files or its integrations changed while the edit was being checked, "
+         "%d times; nothing was written: try again", APPLY_TRIES);
 }
 
 void bp_editor_save(bp_registry *r, const char *vendor, const char *body, size_t len, const bp_claims *who,

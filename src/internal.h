@@ -690,7 +690,6 @@ typedef struct bp_integration {
     char *config_json;          /* [mu] the current revision's document */
     bp_config *cfg;             /* [mu] validated, for the API's event table */
     int revision, deleted;      /* [mu] */
-    bp_config *next_cfg;        /* [admin_mu] a reload's validated config */
     bp_counts stats;            /* written by its loop with atomic adds (cluster mode: by the
                                    viewer, from every node's outcomes) */
     bp_counts node_stats;       /* cluster mode: this node's loop */
@@ -836,12 +835,15 @@ bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_bluepr
                                  int *status, bp_error *err);
 /* The editor's saves (editor.c).  Between edit_begin and edit_end admin_mu
  * is held: no install, update, delete or reload interleaves, and the calls
- * below may be made (only then). */
+ * below may be made (only then), except edit_check and edit_reload, which
+ * run blueprint code and so are called without it. */
 void bp_registry_edit_begin(bp_registry *r);
 void bp_registry_edit_end(bp_registry *r);
 /* The checks of hot reload on the version in dir: loads, compiles, every
- * installed config of v validates against it.  -1 with err. */
-int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, bp_error *err);
+ * installed config of v validates against it.  -1 with err.  stamp: which
+ * integrations it checked (compare with edit_stamp under admin_mu). */
+int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err);
+uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v);
 /* Reload v from its folder now, through the hot-reload path (the watcher
  * then finds nothing new); running: the revision that runs afterwards. */
 int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],

@@ -195,7 +195,6 @@ static void free_integration(bp_integration *it)
     free(it->delivery_mode);
     free(it->config_json);
     bp_config_free(it->cfg);
-    bp_config_free(it->next_cfg);
     free(it);
 }
 
@@ -1653,19 +1652,37 @@ void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc
 
 /* ---- hot reload ------------------------------------------------------------------------------ */
 
-/* The integrations of one vendor, with their documents (references held). */
+/* The integrations of one vendor, with their documents (references held)
+ * and, once validated against a new version, their configs. */
 typedef struct vendor_items {
     bp_integration **items;
     char **docs;
+    bp_config **cfgs;
     size_t n;
+    uint64_t stamp;               /* which integrations, at which revisions (vendor_stamp) */
 } vendor_items;
+
+/* A fingerprint of v's integrations and their revisions: a check made
+ * against them holds while it is unchanged.  mu held. */
+static uint64_t vendor_stamp(bp_registry *r, bp_vendor *v)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t k = 0; k < r->n; k++) {
+        if (r->items[k]->vendor != v) continue;
+        for (const char *p = r->items[k]->id; *p; p++) { h ^= (unsigned char)*p; h *= 1099511628211ULL; }
+        h ^= (uint64_t)(unsigned)r->items[k]->revision + 0x100;   /* also ends the id */
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
 
 static void items_of(bp_registry *r, bp_vendor *v, vendor_items *vi)
 {
     pthread_mutex_lock(&r->mu);
     vi->items = calloc(r->n + 1, sizeof *vi->items);
     vi->docs = calloc(r->n + 1, sizeof *vi->docs);
-    if (!vi->items || !vi->docs) abort();
+    vi->cfgs = calloc(r->n + 1, sizeof *vi->cfgs);
+    if (!vi->items || !vi->docs || !vi->cfgs) abort();
     vi->n = 0;
     for (size_t k = 0; k < r->n; k++) {
         if (r->items[k]->vendor != v) continue;
@@ -1673,6 +1690,7 @@ static void items_of(bp_registry *r, bp_vendor *v, vendor_items *vi)
         vi->docs[vi->n] = strdup(r->items[k]->config_json);
         hold(vi->items[vi->n++]);
     }
+    vi->stamp = vendor_stamp(r, v);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -1686,23 +1704,18 @@ static bp_shared_bp *running_of(bp_registry *r, bp_vendor *v)
     return sbp;
 }
 
-/* admin_mu held (next_cfg). */
 static void items_free(vendor_items *vi)
 {
     for (size_t k = 0; k < vi->n; k++) {
-        bp_config_free(vi->items[k]->next_cfg);
-        vi->items[k]->next_cfg = NULL;
+        bp_config_free(vi->cfgs[k]);
         free(vi->docs[k]);
         bp_integration_release(vi->items[k]);
     }
     free(vi->items);
     free(vi->docs);
+    free(vi->cfgs);
 }
 
-/* The blueprint in dir, loaded, compiled in a scratch engine, and every
- * config of vi validated against its fields (each item's next_cfg): what a
- * new version must pass before it replaces the running one.  admin_mu held,
- * so no install, update or delete slips in between.  NULL with err. */
 /* A stored secret keeps its type and its destination: -1 with err naming
  * the field and the integrations that hold a value for it when new
  * blueprint nb would make a secret field of ob another type (a viewer
@@ -1751,42 +1764,60 @@ static int check_secrets_kept(const bp_blueprint *ob, const bp_blueprint *nb, ve
     return rc;
 }
 
-static bp_blueprint *load_checked(const bp_blueprint *ob, const char *dir, vendor_items *vi, bp_error *err)
+/* The blueprint in dir, loaded and compiled in a scratch engine.  Its code
+ * runs (each file's top-level chunk): never call it with admin_mu held, or
+ * a file that stalls until its budget ends would stall every install,
+ * update, sign-in and save.  NULL with err. */
+static bp_blueprint *load_compiled(const char *dir, bp_error *err)
 {
     bp_blueprint *nb = bp_blueprint_load(dir, err);
-    int ok = nb && scratch_compile(nb, err) == 0;
-    for (size_t k = 0; ok && k < vi->n; k++) {
-        vi->items[k]->next_cfg = bp_config_load_text(nb, vi->docs[k], strlen(vi->docs[k]), "stored config", err);
-        if (vi->items[k]->next_cfg) continue;
+    if (nb && scratch_compile(nb, err) < 0) { bp_blueprint_free(nb); return NULL; }
+    return nb;
+}
+
+/* Every config of vi validated against nb's fields (into vi->cfgs), and
+ * the secrets they hold kept as the running version ob has them
+ * (check_secrets_kept): no blueprint code runs.  -1 with err naming the
+ * integration. */
+static int validate_items(const bp_blueprint *ob, const bp_blueprint *nb, vendor_items *vi, bp_error *err)
+{
+    for (size_t k = 0; k < vi->n; k++) {
+        vi->cfgs[k] = bp_config_load_text(nb, vi->docs[k], strlen(vi->docs[k]), "stored config", err);
+        if (vi->cfgs[k]) continue;
         char why[sizeof err->msg];
         snprintf(why, sizeof why, "%s", err->msg);
         bp_error_set(err, "the installed integration '%s' (%s) would not validate: %s", vi->items[k]->name,
                      vi->items[k]->id, why);
-        ok = 0;
+        return -1;
     }
-    if (ok) ok = check_secrets_kept(ob, nb, vi, err) == 0;   /* configs that validate: their secrets kept */
-    if (!ok) { bp_blueprint_free(nb); return NULL; }
-    return nb;
+    return check_secrets_kept(ob, nb, vi, err);   /* configs that validate: their secrets kept */
 }
 
-/* Load v's files and switch its integrations to them, or keep the running
- * version when they are rejected (saying why everywhere it shows).  admin_mu
- * held.  who: the actor (NULL: the file watcher). */
-static int reload_locked(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_error *err)
+/* Is rev what runs for v (and nothing was rejected since)? */
+static int running_is(bp_registry *r, bp_vendor *v, const char *rev)
 {
-    char rev[BP_REVISION_LEN];
-    bp_blueprint_revision(v->dir, rev);   /* before loading: a later edit is another reload */
     pthread_mutex_lock(&r->mu);
     int same = v->bp && !v->load_error && !strcmp(v->bp->revision, rev);
+    pthread_mutex_unlock(&r->mu);
+    return same;
+}
+
+/* Switch v's integrations to nb (compiled from the files of revision rev),
+ * once every installed config validates against it; or, nb NULL or a
+ * config refused, keep the running version (saying why everywhere it
+ * shows).  Takes nb.  admin_mu held, so no install, update or delete slips
+ * in between; who: the actor (NULL: the file watcher). */
+static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, const bp_claims *who,
+                         bp_error *err)
+{
+    if (running_is(r, v, rev)) { bp_blueprint_free(nb); return 0; }   /* another reload switched already */
+    pthread_mutex_lock(&r->mu);
     int had = v->bp != NULL;
     pthread_mutex_unlock(&r->mu);
-    /* the files' contents are what runs (the console's editor reloaded them
-     * already, or only a modification time changed) */
-    if (same) return 0;
     vendor_items vi;
     items_of(r, v, &vi);
     bp_shared_bp *running = running_of(r, v);
-    bp_blueprint *nb = load_checked(running ? running->bp : NULL, v->dir, &vi, err);
+    if (nb && validate_items(running ? running->bp : NULL, nb, &vi, err) < 0) { bp_blueprint_free(nb); nb = NULL; }
     bp_shared_bp_drop(running);
     bp_buf f;
     bp_buf_init(&f);
@@ -1797,7 +1828,7 @@ static int reload_locked(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_
         pthread_mutex_lock(&r->mu);
         free(v->load_error);
         v->load_error = strdup(err->msg);
-        memcpy(v->disk_revision, rev, sizeof rev);
+        memcpy(v->disk_revision, rev, BP_REVISION_LEN);
         r->metrics.reload_failures++;
         pthread_mutex_unlock(&r->mu);
         bp_buf_adds(&f, ",\"error\":");
@@ -1812,18 +1843,18 @@ static int reload_locked(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_
         bp_buf_free(&what);
     } else {
         bp_shared_bp *sbp = bp_shared_bp_new(nb);
-        memcpy(sbp->revision, rev, sizeof rev);
+        memcpy(sbp->revision, rev, BP_REVISION_LEN);
         pthread_mutex_lock(&r->mu);
         bp_shared_bp *old = v->bp;
         v->bp = sbp;
         free(v->load_error);
         v->load_error = NULL;
-        memcpy(v->disk_revision, rev, sizeof rev);
+        memcpy(v->disk_revision, rev, BP_REVISION_LEN);
         if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = strdup(nb->vendor); }
         for (size_t k = 0; k < vi.n; k++) {
             bp_config_free(vi.items[k]->cfg);
-            vi.items[k]->cfg = vi.items[k]->next_cfg;
-            vi.items[k]->next_cfg = NULL;
+            vi.items[k]->cfg = vi.cfgs[k];
+            vi.cfgs[k] = NULL;
         }
         r->metrics.reloads++;
         pthread_mutex_unlock(&r->mu);
@@ -1843,12 +1874,38 @@ static int reload_locked(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_
     return nb ? 0 : -1;
 }
 
+/* Load v's files and switch to them, or keep the running version.  Called
+ * without admin_mu: the files are compiled first, unlocked, then admin_mu
+ * is taken only to check that the folder is still what was compiled (else
+ * it is compiled again: an edit came meanwhile) and to switch. */
+static int reload(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_error *err)
+{
+    for (int attempt = 0;; attempt++) {
+        char rev[BP_REVISION_LEN], now[BP_REVISION_LEN];
+        bp_blueprint_revision(v->dir, rev);   /* before loading: a later edit is another reload */
+        /* the files' contents are what runs (the console's editor reloaded them
+         * already, or only a modification time changed) */
+        if (running_is(r, v, rev)) return 0;
+        bp_blueprint *nb = load_compiled(v->dir, err);
+        pthread_mutex_lock(&r->admin_mu);
+        bp_blueprint_revision(v->dir, now);
+        /* still changing after a few tries: judge what was compiled; the
+         * watcher sees the later change and reloads again */
+        if (strcmp(now, rev) != 0 && attempt < 3) {
+            pthread_mutex_unlock(&r->admin_mu);
+            bp_blueprint_free(nb);
+            continue;
+        }
+        int rc = switch_locked(r, v, nb, rev, who, err);
+        pthread_mutex_unlock(&r->admin_mu);
+        return rc;
+    }
+}
+
 static void reload_vendor(bp_registry *r, bp_vendor *v)
 {
     bp_error err;
-    pthread_mutex_lock(&r->admin_mu);
-    reload_locked(r, v, NULL, &err);
-    pthread_mutex_unlock(&r->admin_mu);
+    reload(r, v, NULL, &err);
 }
 
 void bp_registry_check_reload(bp_registry *r)
@@ -1901,22 +1958,32 @@ int bp_registry_jti_spent(bp_registry *r, const char *jti) { return bp_jti_set_h
 void bp_registry_edit_begin(bp_registry *r) { pthread_mutex_lock(&r->admin_mu); }
 void bp_registry_edit_end(bp_registry *r) { pthread_mutex_unlock(&r->admin_mu); }
 
-int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, bp_error *err)
+int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err)
 {
     vendor_items vi;
     items_of(r, v, &vi);
+    *stamp = vi.stamp;
+    bp_blueprint *nb = load_compiled(dir, err);
     bp_shared_bp *running = running_of(r, v);
-    bp_blueprint *nb = load_checked(running ? running->bp : NULL, dir, &vi, err);
+    int rc = nb && validate_items(running ? running->bp : NULL, nb, &vi, err) == 0 ? 0 : -1;
     bp_shared_bp_drop(running);
     items_free(&vi);
     bp_blueprint_free(nb);
-    return nb ? 0 : -1;
+    return rc;
+}
+
+uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v)
+{
+    pthread_mutex_lock(&r->mu);
+    uint64_t stamp = vendor_stamp(r, v);
+    pthread_mutex_unlock(&r->mu);
+    return stamp;
 }
 
 int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
                             bp_error *err)
 {
-    int rc = reload_locked(r, v, who, err);
+    int rc = reload(r, v, who, err);
     pthread_mutex_lock(&r->mu);
     snprintf(running, BP_REVISION_LEN, "%s", v->bp ? v->bp->revision : "");
     pthread_mutex_unlock(&r->mu);
@@ -2196,7 +2263,7 @@ bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_bluepr
      * config (a dry-run prints what the mapping puts in a body) is refused
      * as a save would be */
     bp_shared_bp *running = mine ? running_of(r, it->vendor) : NULL;
-    vendor_items one = { &it, &doc, 1 };
+    vendor_items one = { .items = &it, .docs = &doc, .n = 1 };
     if (!mine) { *status = 400; bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor); }
     else if (check_secrets_kept(running ? running->bp : NULL, bp, &one, err) == 0) c = validate(bp, doc, it->variant, err);
     bp_shared_bp_drop(running);

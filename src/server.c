@@ -7,8 +7,12 @@
  * and cannot starve the others (connection timeout, per-IP cap).  Handlers
  * never wait for a vendor: changes go to the delivery pool as messages.
  * The Live Events stream parks its connection (suspend) between outcomes
- * and is resumed when one arrives.  Every body is checked against its
- * route's size limit before anything is applied (413).  Every response
+ * and is resumed when one arrives.  Blueprint code sent by an editor
+ * (dry-runs, fixture runs, save checks) runs in a small pool of its own,
+ * never on an HTTP thread.  The route, token and role are checked from the
+ * headers, before any body byte is read; every body is checked against its
+ * route's size limit before anything is applied (413); and a request must
+ * arrive within a total time (request_limit).  Every response
  * body is JSON ({"error":{"code","message"}} on errors) and never contains
  * a secret; every request is logged as one JSON line.
  */
@@ -24,11 +28,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_INTAKE_BODY (512u * 1024u)
 #define MAX_ADMIN_BODY (64u * 1024u)
+#define MAX_SIGNIN_BODY (16u * 1024u)   /* the one body taken without a token: {"token":…} */
 #define MAX_INTAKE_EVENTS 500
 #define STREAM_KEEPALIVE_MS 15000
 #define SESSION_TTL (8 * 3600)     /* the console's session token, seconds */
@@ -40,6 +46,21 @@
 
 typedef struct stream stream;
 typedef struct verify_job verify_job;
+typedef struct conn conn;
+typedef struct tracked tracked;
+
+/* The editor's pool: blueprint code sent by an editor runs here, off the
+ * HTTP threads, one job per worker; at most max_waiting more wait their
+ * turn, and beyond that the request is answered 503 EDITOR_BUSY. */
+typedef struct editor_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    conn *head, *tail;            /* [mu] jobs waiting for a worker */
+    int waiting, max_waiting;     /* [mu] */
+    int stopping;                 /* [mu] */
+    pthread_t *threads;
+    int nthreads;
+} editor_pool;
 
 typedef struct server {
     bp_registry *reg;
@@ -50,15 +71,11 @@ typedef struct server {
     stream *streams;
     int stopping;                 /* [streams_mu] */
     int verifying;                /* [streams_mu] install/update checks in flight (verify_job) */
+    editor_pool pool;
+    pthread_mutex_t conns_mu;     /* guards conns and every tracked entry */
+    tracked *conns;               /* [conns_mu] every open connection */
+    double request_limit_ms;      /* fixed: the total time a request may take to arrive */
 } server;
-
-typedef struct conn {
-    bp_buf body;
-    size_t limit;                 /* the route's body limit */
-    int too_large;
-    double started;
-    verify_job *job;              /* an install/update answer waiting for its checks, or NULL */
-} conn;
 
 typedef struct reply {
     int status;
@@ -66,7 +83,28 @@ typedef struct reply {
     const char *ctype;
     const char *allow;            /* for 405 */
     int console;                  /* a console file: its security headers */
+    int retry_after;              /* seconds, for a 503 the client should retry; 0 none */
 } reply;
+
+typedef struct route_def route_def;
+
+/* One request.  A request for the editor's pool is its job too: the worker
+ * answers into `answer`, then resumes the connection. */
+struct conn {
+    bp_buf body;
+    size_t limit;                 /* the route's body limit */
+    int too_large;
+    double started;
+    const route_def *rt;          /* set on the first call, from the headers */
+    char capture[1100];           /* what the route's :id, :vendor or "*" matched */
+    bp_claims who;                /* the token's, on authorized routes */
+    struct MHD_Connection *c;
+    conn *next_job;               /* [pool.mu] */
+    int queued;                   /* handed to the editor's pool (the connection is suspended) */
+    int finished;                 /* [pool.mu] the pool has answered */
+    reply answer;                 /* the pool's answer, read once finished */
+    verify_job *job;              /* an install/update answer waiting for its checks, or NULL */
+};
 
 static void set_error(reply *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -1252,16 +1290,20 @@ static void blueprint_rollback(call *k) { editor_call(k, bp_editor_rollback); }
 
 enum access { OPEN, READER, WRITER };
 
+/* How a handler runs: on the HTTP thread and answered at once; as the Live
+ * Events stream (it queues its own response); or in the editor's pool (it
+ * runs blueprint code: it must not call MHD, k->c is NULL there). */
+enum mode { NOW, STREAM, POOLED };
+
 /* One row per endpoint.  In a pattern, ":id" takes an integration id,
- * ":vendor" a catalog key, and a final "*" the rest of the path.  `stream`
- * marks the handler that queues its own response. */
-typedef struct route_def {
+ * ":vendor" a catalog key, and a final "*" the rest of the path. */
+struct route_def {
     const char *method, *pattern;
     enum access access;
     size_t body_limit;
     void (*handler)(call *k);
-    int stream;
-} route_def;
+    enum mode mode;
+};
 
 static const route_def routes[] = {
     { "GET", "/healthz", OPEN, 0, healthz, 0 },
@@ -1275,7 +1317,7 @@ static const route_def routes[] = {
     { "DELETE", "/v1/admin/integrations/:id", WRITER, 0, delete_integration, 0 },
     { "GET", "/v1/admin/integrations/:id/revisions", READER, 0, revisions, 0 },
     { "GET", "/v1/admin/integrations/:id/live-events", READER, 0, live_events, 0 },
-    { "GET", "/v1/admin/integrations/:id/live-events/stream", READER, 0, NULL, 1 },
+    { "GET", "/v1/admin/integrations/:id/live-events/stream", READER, 0, NULL, STREAM },
     { "GET", "/v1/admin/integrations/:id/dead-letters", READER, 0, dead_letters, 0 },
     { "POST", "/v1/admin/integrations/:id/dead-letters/replay", WRITER, MAX_ADMIN_BODY, replay, 0 },
     { "POST", "/v1/integrations/:id/events", WRITER, MAX_INTAKE_BODY, intake, 0 },
@@ -1283,15 +1325,15 @@ static const route_def routes[] = {
     { "GET", "/", OPEN, 0, console_index, 0 },
     { "GET", "/console/vendor/codemirror/*", OPEN, 0, console_codemirror, 0 },
     { "GET", "/console/*", OPEN, 0, console_asset, 0 },
-    { "POST", "/v1/console/session", OPEN, MAX_ADMIN_BODY, console_session, 0 },
+    { "POST", "/v1/console/session", OPEN, MAX_SIGNIN_BODY, console_session, 0 },
     { "DELETE", "/v1/console/session", READER, 0, console_sign_out, 0 },
     { "GET", "/v1/console/me", READER, 0, console_me, 0 },
     { "GET", "/v1/admin/blueprints/:vendor/files", READER, 0, blueprint_files, 0 },
-    { "PUT", "/v1/admin/blueprints/:vendor/files", WRITER, BP_EDITOR_MAX_BODY, blueprint_save, 0 },
-    { "POST", "/v1/admin/blueprints/:vendor/dry-run", WRITER, BP_EDITOR_MAX_BODY, blueprint_dry_run, 0 },
-    { "POST", "/v1/admin/blueprints/:vendor/test", WRITER, BP_EDITOR_MAX_BODY, blueprint_test, 0 },
+    { "PUT", "/v1/admin/blueprints/:vendor/files", WRITER, BP_EDITOR_MAX_BODY, blueprint_save, POOLED },
+    { "POST", "/v1/admin/blueprints/:vendor/dry-run", WRITER, BP_EDITOR_MAX_BODY, blueprint_dry_run, POOLED },
+    { "POST", "/v1/admin/blueprints/:vendor/test", WRITER, BP_EDITOR_MAX_BODY, blueprint_test, POOLED },
     { "GET", "/v1/admin/blueprints/:vendor/revisions", READER, 0, blueprint_revisions, 0 },
-    { "POST", "/v1/admin/blueprints/:vendor/rollback", WRITER, MAX_ADMIN_BODY, blueprint_rollback, 0 },
+    { "POST", "/v1/admin/blueprints/:vendor/rollback", WRITER, MAX_ADMIN_BODY, blueprint_rollback, POOLED },
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 
@@ -1355,6 +1397,11 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, reply *r)
         MHD_add_response_header(resp, "Cache-Control", "no-store");
     }
     if (r->allow) MHD_add_response_header(resp, "Allow", r->allow);
+    if (r->retry_after) {
+        char secs[16];
+        snprintf(secs, sizeof secs, "%d", r->retry_after);
+        MHD_add_response_header(resp, "Retry-After", secs);
+    }
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -1373,68 +1420,313 @@ static void log_request(const char *method, const char *url, int status, double 
     bp_buf_free(&f);
 }
 
+static void reply_init(reply *r)
+{
+    memset(r, 0, sizeof *r);
+    r->status = 200;
+    r->ctype = "application/json";
+    bp_buf_init(&r->body);
+}
+
+/* Log and send r, then free it. */
+static enum MHD_Result answer(struct MHD_Connection *c, const char *method, const char *url, conn *cn, reply *r)
+{
+    log_request(method, url, r->status, cn->started);
+    enum MHD_Result ret = send_reply(c, r);
+    bp_buf_free(&r->body);
+    return ret;
+}
+
+/* ---- a total time per request ---------------------------------------------------------------- */
+
+/* libmicrohttpd's timeout counts idle time only, and it calls no handler
+ * while headers arrive: a client sending one header line every few seconds
+ * would hold its connection for ever.  So every connection is tracked from
+ * MHD_OPTION_NOTIFY_CONNECTION (its socket, and since when its current
+ * request has been arriving), and the main loop's reaper (reap_slow) shuts
+ * down the socket of a request still arriving after request_limit_ms; MHD
+ * then sees the connection end and closes it as usual.  shutdown(2), never
+ * close(2): the descriptor stays MHD's.  The entry is removed in the CLOSED
+ * notification, which MHD sends before it closes the descriptor, under the
+ * same lock the reaper holds while it calls shutdown: so the reaper never
+ * touches a descriptor that was closed and perhaps reused for another
+ * connection.  The clock stops once the request has arrived (handlers,
+ * the editor's pool and Live Events streams take what they take) and
+ * starts again when its response is done: the next request on a kept-alive
+ * connection has the same limit (idle time before it counts too). */
+struct tracked {
+    tracked *prev, *next;         /* [conns_mu] */
+    int fd;
+    double since;                 /* [conns_mu] when the current request began to arrive */
+    int arriving;                 /* [conns_mu] its headers or body are still coming */
+    int cut;                      /* [conns_mu] shut down by the reaper */
+};
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        tracked *t = calloc(1, sizeof *t);
+        if (!t || !info) { free(t); return; }   /* untracked: only the idle timeout applies */
+        t->fd = info->connect_fd;
+        t->since = bp_monotonic_ms();
+        t->arriving = 1;
+        pthread_mutex_lock(&s->conns_mu);
+        t->next = s->conns;
+        if (s->conns) s->conns->prev = t;
+        s->conns = t;
+        pthread_mutex_unlock(&s->conns_mu);
+        *socket_context = t;
+        return;
+    }
+    tracked *t = *socket_context;   /* MHD_CONNECTION_NOTIFY_CLOSED: before MHD closes the descriptor */
+    if (!t) return;
+    pthread_mutex_lock(&s->conns_mu);
+    if (t->prev) t->prev->next = t->next; else s->conns = t->next;
+    if (t->next) t->next->prev = t->prev;
+    pthread_mutex_unlock(&s->conns_mu);
+    free(t);
+    *socket_context = NULL;
+}
+
+/* The connection's request has arrived (arrived = 1) or its response is
+ * done and the next may begin (0). */
+static void request_clock(server *s, struct MHD_Connection *c, int arrived)
+{
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    tracked *t = info ? info->socket_context : NULL;
+    if (!t) return;
+    pthread_mutex_lock(&s->conns_mu);
+    t->arriving = !arrived;
+    if (!arrived) t->since = bp_monotonic_ms();
+    pthread_mutex_unlock(&s->conns_mu);
+}
+
+/* Shut down the connections whose request is still arriving after the limit. */
+static void reap_slow(server *s)
+{
+    double now = bp_monotonic_ms();
+    int n = 0;
+    pthread_mutex_lock(&s->conns_mu);
+    for (tracked *t = s->conns; t; t = t->next) {
+        if (!t->arriving || t->cut || now - t->since <= s->request_limit_ms) continue;
+        shutdown(t->fd, SHUT_RDWR);
+        t->cut = 1;
+        n++;
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+    if (!n) return;
+    char f[160];
+    snprintf(f, sizeof f, "\"connections\":%d,\"limit_ms\":%.0f", n, s->request_limit_ms);
+    bp_log("warn", "request time limit: connections closed whose request had not arrived in time", f);
+}
+
+/* ---- the editor's pool ------------------------------------------------------------------------ */
+
+/* Hand cn to the pool: 0 once queued (the connection is suspended until a
+ * worker has answered), -1 with r holding the 503 when the queue is full.
+ * The connection is suspended before a worker can see the job (under the
+ * pool's lock), so that a worker only ever resumes a suspended connection;
+ * a pool that is stopping takes nothing, so no connection stays suspended
+ * after its workers are gone. */
+static int pool_submit(server *s, struct MHD_Connection *c, conn *cn, reply *r)
+{
+    editor_pool *p = &s->pool;
+    pthread_mutex_lock(&p->mu);
+    if (p->stopping || p->waiting >= p->max_waiting) {
+        int stopping = p->stopping;
+        pthread_mutex_unlock(&p->mu);
+        r->retry_after = 2;
+        if (stopping) set_error(r, 503, "EDITOR_BUSY", "the server is stopping; retry in a moment");
+        else set_error(r, 503, "EDITOR_BUSY", "the blueprint editor is busy (dry-runs, fixture runs and saves of "
+                       "other edits are running or waiting); nothing was run or saved: retry in a few seconds");
+        return -1;
+    }
+    cn->c = c;
+    cn->queued = 1;
+    MHD_suspend_connection(c);
+    if (p->tail) p->tail->next_job = cn; else p->head = cn;
+    p->tail = cn;
+    p->waiting++;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* One job: the route's handler, as on an HTTP thread but without MHD. */
+static void pool_run(server *s, conn *cn, int stopping)
+{
+    reply *r = &cn->answer;
+    reply_init(r);
+    if (stopping) {
+        r->retry_after = 2;
+        set_error(r, 503, "EDITOR_BUSY", "the server is stopping; nothing was run or saved: retry in a moment");
+        return;
+    }
+    call k = { s, NULL, cn, NULL, cn->capture, NULL, r, cn->who };
+    cn->rt->handler(&k);
+}
+
+static void *pool_worker(void *arg)
+{
+    server *s = arg;
+    editor_pool *p = &s->pool;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->head && !p->stopping) pthread_cond_wait(&p->cv, &p->mu);
+        conn *cn = p->head;
+        if (!cn) break;   /* stopping, and every job answered */
+        if (!(p->head = cn->next_job)) p->tail = NULL;
+        p->waiting--;
+        int stopping = p->stopping;
+        pthread_mutex_unlock(&p->mu);
+        pool_run(s, cn, stopping);
+        pthread_mutex_lock(&p->mu);
+        cn->finished = 1;
+        pthread_mutex_unlock(&p->mu);
+        MHD_resume_connection(cn->c);   /* MHD calls on_request again: it sends the answer */
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static int pool_start(server *s, int workers, int queue, bp_error *err)
+{
+    editor_pool *p = &s->pool;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->max_waiting = queue;
+    if (!(p->threads = calloc((size_t)workers, sizeof *p->threads))) abort();
+    for (; p->nthreads < workers; p->nthreads++)
+        if (pthread_create(&p->threads[p->nthreads], NULL, pool_worker, s) != 0) {
+            bp_error_set(err, "cannot start the editor's worker threads");
+            return -1;
+        }
+    return 0;
+}
+
+/* Answer every job still waiting (503) and stop the workers: after this no
+ * connection is suspended by the pool (MHD_stop_daemon requires it). */
+static void pool_stop(server *s)
+{
+    editor_pool *p = &s->pool;
+    if (!p->threads) return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
+    free(p->threads);
+    p->threads = NULL;
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+}
+
+/* ---- requests ---------------------------------------------------------------------------------- */
+
+/* The first call, with the headers only: the route, the announced size and
+ * the token are judged before any body byte is read, so that a request
+ * refused here costs its headers and nothing more (MHD sends the answer
+ * and closes the connection without reading the body).  0: go on; -1: r
+ * holds the refusal. */
+static int admit(server *s, struct MHD_Connection *c, const char *method, const char *url, conn *cn, reply *r,
+                 char *allow, size_t allowlen)
+{
+    cn->rt = find_route(method, url, cn->capture, sizeof cn->capture, allow, allowlen);
+    if (!cn->rt && allow[0]) {
+        r->allow = allow;
+        set_error(r, 405, "METHOD_NOT_ALLOWED", "%s is not allowed on %s (allowed: %s)", method, url, allow);
+        return -1;
+    }
+    if (!cn->rt) { set_error(r, 404, "NOT_FOUND", "no such endpoint: %s %s", method, url); return -1; }
+    cn->limit = cn->rt->body_limit;
+    /* refuse a body announced too large before reading any of it */
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > cn->limit) {
+        set_error(r, 413, "PAYLOAD_TOO_LARGE", "the body is over %zu bytes; nothing was applied", cn->limit);
+        return -1;
+    }
+    if (cn->rt->access != OPEN && authorize(s, c, cn->rt->access == READER ? READ : WRITE, &cn->who, r) < 0) return -1;
+    return 0;
+}
+
+/* The last call: the whole body is in cn. */
 static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *method, const char *url, conn *cn)
 {
-    reply r = { 200, { 0 }, "application/json", NULL, 0 };
-    bp_buf_init(&r.body);
-    char capture[1100], allow[128];
-    const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
-    call k = { s, c, cn, NULL, NULL, NULL, &r, { "", "", "", "", 0, 0 } };
-    enum MHD_Result ret;
-    if (!rt && allow[0]) {
-        r.allow = allow;
-        set_error(&r, 405, "METHOD_NOT_ALLOWED", "%s is not allowed on %s (allowed: %s)", method, url, allow);
-    } else if (!rt) {
-        set_error(&r, 404, "NOT_FOUND", "no such endpoint: %s %s", method, url);
-    } else if (cn->too_large) {
+    reply r;
+    reply_init(&r);
+    const route_def *rt = cn->rt;
+    call k = { s, c, cn, NULL, NULL, NULL, &r, cn->who };
+    request_clock(s, c, 1);
+    if (cn->too_large) {   /* a body without a length (chunked), counted as it came */
         set_error(&r, 413, "PAYLOAD_TOO_LARGE", "the body is over %zu bytes; nothing was applied", rt->body_limit);
-    } else if (rt->access != OPEN && authorize(s, c, rt->access == READER ? READ : WRITE, &k.who, &r) < 0) {
-        /* r holds the 401/403 */
-    } else if (strstr(rt->pattern, ":id") && !(k.it = bp_registry_find(s->reg, capture))) {
-        set_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", capture);
+    } else if (strstr(rt->pattern, ":id") && !(k.it = bp_registry_find(s->reg, cn->capture))) {
+        set_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", cn->capture);
     } else {
-        if (strstr(rt->pattern, ":vendor")) k.vendor = capture;
-        if (strchr(rt->pattern, '*')) k.rest = capture;
-        if (rt->stream) {
-            ret = open_stream(&k);
+        if (strstr(rt->pattern, ":vendor")) k.vendor = cn->capture;
+        if (strchr(rt->pattern, '*')) k.rest = cn->capture;
+        if (rt->mode == STREAM) {
+            enum MHD_Result ret = open_stream(&k);
             log_request(method, url, 200, cn->started);
             bp_integration_release(k.it);
             bp_buf_free(&r.body);
             return ret;
         }
-        rt->handler(&k);
-        if (start_checks(cn)) {   /* the answer waits for them: finish_checks */
-            bp_integration_release(k.it);
+        if (rt->mode == POOLED && pool_submit(s, c, cn, &r) == 0) {
+            bp_integration_release(k.it);   /* pooled routes take no :id; the worker has none */
             bp_buf_free(&r.body);
-            return MHD_YES;
+            return MHD_YES;   /* answered when a worker resumes the connection */
+        }
+        if (rt->mode != POOLED) {
+            rt->handler(&k);
+            if (start_checks(cn)) {   /* the answer waits for them: finish_checks */
+                bp_integration_release(k.it);
+                bp_buf_free(&r.body);
+                return MHD_YES;
+            }
         }
     }
     bp_integration_release(k.it);
-    log_request(method, url, r.status, cn->started);
-    ret = send_reply(c, &r);
-    bp_buf_free(&r.body);
-    return ret;
+    return answer(c, method, url, cn, &r);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
     (void)version;
+    server *s = cls;
     conn *cn = *con_cls;
     if (!cn) {
         cn = calloc(1, sizeof *cn);
         if (!cn) return MHD_NO;
         bp_buf_init(&cn->body);
         cn->started = bp_monotonic_ms();
-        char capture[1100], allow[128];
-        const route_def *rt = find_route(method, url, capture, sizeof capture, allow, sizeof allow);
-        cn->limit = rt ? rt->body_limit : 0;
-        /* refuse a body announced too large before reading any of it */
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > cn->limit) cn->too_large = 1;
         *con_cls = cn;
-        if (cn->too_large) return respond(cls, c, method, url, cn);
-        return MHD_YES;
+        reply r;
+        char allow[128];
+        reply_init(&r);
+        if (admit(s, c, method, url, cn, &r, allow, sizeof allow) == 0) { bp_buf_free(&r.body); return MHD_YES; }
+        request_clock(s, c, 1);
+        return answer(c, method, url, cn, &r);
+    }
+    if (cn->queued) {
+        /* resumed by the pool's worker, which has answered */
+        pthread_mutex_lock(&s->pool.mu);
+        int finished = cn->finished;
+        pthread_mutex_unlock(&s->pool.mu);
+        if (!finished) return MHD_YES;   /* not resumed by the pool: cannot happen, but never send a half answer */
+        enum MHD_Result ret = answer(c, method, url, cn, &cn->answer);
+        cn->queued = 0;
+        return ret;
+    }
+    if (cn->job) {
+        pthread_mutex_lock(&s->streams_mu);   /* the checks' thread wrote the answer before this */
+        int done = cn->job->started == 2;
+        pthread_mutex_unlock(&s->streams_mu);
+        return done ? finish_checks(c, method, url, cn) : MHD_YES;   /* else parked: its thread resumes it */
     }
     if (*upload_size) {
         /* bodies without a length (chunked) are counted as they come */
@@ -1443,23 +1735,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
-    if (cn->job) {
-        server *s = cls;
-        pthread_mutex_lock(&s->streams_mu);   /* the checks' thread wrote the answer before this */
-        int done = cn->job->started == 2;
-        pthread_mutex_unlock(&s->streams_mu);
-        return done ? finish_checks(c, method, url, cn) : MHD_YES;   /* else parked: its thread resumes it */
-    }
-    return respond(cls, c, method, url, cn);
+    return respond(s, c, method, url, cn);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    (void)cls; (void)c; (void)toe;
+    (void)toe;
     conn *cn = *con_cls;
     if (cn && cn->job) free_checks(cn);   /* the client left before its answer */
+    if (cn && cn->queued) bp_buf_free(&cn->answer.body);   /* answered, but the client had gone */
     if (cn) { bp_buf_free(&cn->body); free(cn); }
     *con_cls = NULL;
+    request_clock(cls, c, 0);   /* the next request on this connection has its own time */
 }
 
 /* Connections, SQLite files and vendor sockets all take descriptors: use
@@ -1486,6 +1773,8 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     bp_error_clear(err);
     memset(&s, 0, sizeof s);
     pthread_mutex_init(&s.streams_mu, NULL);
+    pthread_mutex_init(&s.conns_mu, NULL);
+    s.request_limit_ms = 1000.0 * (o->request_time_limit_s > 0 ? o->request_time_limit_s : 30);
     /* the service logs JSON lines, mappings' print/ctx.log included (engine.c):
      * on stderr unless the embedder has its own log callback */
     bp_log_fn prev_log;
@@ -1534,7 +1823,11 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     int workers = o->workers > 0 ? o->workers : cores > 0 ? (int)cores : 1;
     int http_threads = o->http_threads > 0 ? o->http_threads : 4;
     unsigned per_ip = o->max_connections_per_ip > 0 ? (unsigned)o->max_connections_per_ip : 1024u;
-    if (bp_registry_start(s.reg, workers, err) < 0 || (s.reg->cluster && bp_cluster_start(s.reg->cluster, err) < 0)) {
+    int editor_workers = o->editor_workers > 0 ? o->editor_workers : 2;
+    int editor_queue = o->editor_queue > 0 ? o->editor_queue : 8;
+    if (bp_registry_start(s.reg, workers, err) < 0 || (s.reg->cluster && bp_cluster_start(s.reg->cluster, err) < 0) ||
+        pool_start(&s, editor_workers, editor_queue, err) < 0) {
+        pool_stop(&s);
         bp_registry_close(s.reg);
         return serve_failed(err);
     }
@@ -1542,9 +1835,11 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, &s,
         MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http_threads,
         MHD_OPTION_CONNECTION_LIMIT, 8192u, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
-        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, &s,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, &s, MHD_OPTION_END);
     if (!d) {
         bp_error_set(err, "cannot listen on %s:%d (in use?)", o->host, o->port);
+        pool_stop(&s);
         bp_registry_close(s.reg);
         return serve_failed(err);
     }
@@ -1561,7 +1856,9 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     bp_buf_adds(&f, ",\"console\":");
     bp_json_write_text(&f, s.console_dir, strlen(s.console_dir));
     pthread_mutex_lock(&s.reg->mu);
-    bp_buf_printf(&f, ",\"integrations\":%zu,\"delivery_threads\":%d,\"http_threads\":%d", s.reg->n, workers, http_threads);
+    bp_buf_printf(&f, ",\"integrations\":%zu,\"delivery_threads\":%d,\"http_threads\":%d,\"editor_workers\":%d,"
+                  "\"editor_queue\":%d,\"request_time_limit_s\":%.0f", s.reg->n, workers, http_threads, editor_workers,
+                  editor_queue, s.request_limit_ms / 1000);
     pthread_mutex_unlock(&s.reg->mu);
     bp_log("info", "serving", f.data);
     bp_buf_free(&f);
@@ -1575,6 +1872,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         if (sig == SIGTERM || sig == SIGINT) break;
         bp_registry_check_reload(s.reg);
         wake_streams(&s, 0);
+        reap_slow(&s);
         if (bp_monotonic_ms() - last_purge > 3600 * 1000.0 || last_purge == 0) {   /* hourly */
             bp_registry_audit_purge(s.reg, retention_days);
             last_purge = bp_monotonic_ms();
@@ -1592,6 +1890,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         if (!open) break;
         usleep(10 * 1000);
     }
+    pool_stop(&s);   /* every job answered and its connection resumed: MHD may stop */
     /* install/update checks end within their timeout: their answers go out first */
     for (int i = 0; i < (VERIFY_TIMEOUT_MS + 2000) / 10; i++) {
         pthread_mutex_lock(&s.streams_mu);
@@ -1603,6 +1902,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     MHD_stop_daemon(d);
     bp_registry_close(s.reg);
     pthread_mutex_destroy(&s.streams_mu);
+    pthread_mutex_destroy(&s.conns_mu);
     bp_log("info", "stopped", NULL);
     return 0;
 }
