@@ -18,6 +18,7 @@
 
 #define EXIT_INVALID 2
 #define EXIT_USAGE 1
+#define EXIT_MALFORMED 5   /* dry-run: some input was not an event (every other one was judged) */
 
 static const char usage_text[] =
     "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
@@ -325,10 +326,16 @@ static int dry_run(int argc, char **argv)
     bp_engine_set_answerer(e, bp_answers_fn, answers);
     use_block_buffering();
     bp_reader *r = bp_reader_new(fd, c.limits.json.max_bytes);
-    bp_map_events(e, r, c.decode, to_stdout, NULL);
+    long malformed = 0, n = bp_map_events(e, r, c.decode, to_stdout, NULL, &malformed);
     bp_reader_free(r);
     rc = fflush(stdout) == 0 ? 0 : EXIT_USAGE;
     if (rc) fprintf(stderr, "blueprint: could not write the output: %s\n", strerror(errno));
+    else if (malformed) {
+        /* a script piping dry-run must not take a half-read file for a good one */
+        fprintf(stderr, "blueprint: %ld of %ld events in %s malformed (their error lines name the input line); "
+                "the others were judged\n", malformed, n, strcmp(c.events, "-") ? c.events : "stdin");
+        rc = EXIT_MALFORMED;
+    }
     bp_engine_free(e);
     bp_answers_free(answers);
     bp_config_free(cfg);

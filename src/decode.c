@@ -249,7 +249,25 @@ int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t gle
  * What `dry-run` and `blueprint test` do, shared with the console's editor
  * (editor.c), which runs an unsaved edit the same way. */
 
-long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx)
+/* An event the engine refused before any mapping ran: its reason says so
+ * (engine.c), and gets the input line in front, as the reader's own errors
+ * have it. */
+static int refused_input(bp_outcome *o, long line)
+{
+    static const char prefix[] = "malformed event";
+    if (o->verdict != BP_ERROR || o->reason.len < sizeof prefix - 1 || memcmp(o->reason.data, prefix, sizeof prefix - 1))
+        return 0;
+    bp_buf lined;
+    bp_buf_init(&lined);
+    bp_buf_printf(&lined, "line %ld: ", line);
+    bp_buf_add(&lined, o->reason.data, o->reason.len);
+    bp_buf swap = o->reason;
+    o->reason = lined;
+    bp_buf_free(&swap);
+    return 1;
+}
+
+long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed)
 {
     bp_outcome o;
     bp_outcome_init(&o);
@@ -262,13 +280,16 @@ long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void
     bp_error err;
     enum bp_read_status st;
     while ((st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
+        int refused = 1;
         if (st == BP_READ_EVENT) {
             bp_engine_run(e, ev, len, &o);
+            refused = refused_input(&o, bp_reader_line(r));
         } else {
             bp_outcome_reset(&o);
             o.verdict = BP_ERROR;
             bp_buf_adds(&o.reason, err.msg);
         }
+        if (refused && malformed) (*malformed)++;
         bp_buf_reset(&line);
         bp_outcome_write_json(&o, index++, &line);
         const bp_buf *shown = &line;
@@ -383,7 +404,7 @@ int bp_case_check(bp_engine *e, const char *cases_dir, const char *name, const b
     int fd = open(path, O_RDONLY);
     if (fd < 0) { bp_error_set(err, "cannot open events.ndjson (one event per line)"); return -1; }
     bp_reader *r = bp_reader_new(fd, limits->json.max_bytes);
-    c->events = bp_map_events(e, r, 0, add_line, &c->got);
+    c->events = bp_map_events(e, r, 0, add_line, &c->got, NULL);
     bp_reader_free(r);
     close(fd);
     bp_buf want;

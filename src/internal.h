@@ -289,9 +289,14 @@ int bp_decode_line(const char *line, size_t len, bp_buf *out);
 int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t glen, bp_buf *out);
 
 /* dry-run's loop: every event of r mapped by e, one outcome line each
- * (decoded when asked) passed to emit.  Returns how many. */
+ * (decoded when asked) passed to emit.  Returns how many; *malformed (when
+ * not NULL) counts the events refused as input (their reason begins with
+ * the input line they start on: "line 9: malformed event: …"). */
 typedef void (*bp_line_fn)(void *ctx, const char *line, size_t len);
-long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx);
+long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed);
+/* The input line (1-based) where the event or bad stretch that
+ * bp_reader_next returned last began. */
+long bp_reader_line(const bp_reader *r);
 
 /* `blueprint test`'s cases: folders CASES_DIR/NAME/ with config.yaml (or
  * .json), events.ndjson and expected.ndjson.  bp_case_each calls fn with
