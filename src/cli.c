@@ -348,8 +348,18 @@ static int dry_run(int argc, char **argv)
 
 #define EXIT_TEST_FAILED 4
 
+/* The mapping's log lines of a case, on stderr after its result: only for
+ * a case that failed, or with --verbose (a passing run stays quiet). */
+static void case_logs(bp_buf *logs, int show)
+{
+    fflush(stdout);
+    if (show && logs->len) fwrite(logs->data, 1, logs->len, stderr);
+    bp_buf_free(logs);
+}
+
 /* Run one case; prints its result and diff; 1 when it matched. */
-static int test_case(const bp_blueprint *bp, const char *dir, const char *name, const bp_limits *limits, int update)
+static int test_case(const bp_blueprint *bp, const char *dir, const char *name, const bp_limits *limits, int update,
+                     int verbose)
 {
     bp_error err;
     bp_config *cfg = bp_case_config(bp, dir, name, &err);
@@ -357,10 +367,14 @@ static int test_case(const bp_blueprint *bp, const char *dir, const char *name, 
     bp_engine *e = bp_engine_new(bp, cfg, limits, &err);
     bp_answers *answers = e ? bp_case_answers(bp, dir, name, &err) : NULL;
     if (answers) bp_engine_set_answerer(e, bp_answers_fn, answers);
+    bp_buf logs;
+    bp_buf_init(&logs);
+    if (e) bp_engine_log_to(e, &logs);
     bp_case c;
     bp_case_init(&c);
     if (!answers || bp_case_check(e, dir, name, limits, &c, &err) < 0) {
         printf("FAIL %s: %s\n", name, err.msg);
+        case_logs(&logs, 1);
         bp_case_free(&c);
         bp_engine_free(e);
         bp_answers_free(answers);
@@ -382,6 +396,7 @@ static int test_case(const bp_blueprint *bp, const char *dir, const char *name, 
         if (written && rename(tmp, c.expected_path) == 0) { printf("     updated %s\n", c.expected_path); ok = 1; }
         else printf("FAIL %s: cannot write %s: %s\n", name, c.expected_path, strerror(errno));
     }
+    case_logs(&logs, !ok || c.differing || verbose);
     bp_case_free(&c);
     bp_engine_free(e);
     bp_answers_free(answers);
@@ -394,7 +409,7 @@ typedef struct test_run {
     const bp_blueprint *bp;
     const char *cases_dir;
     const char **only;
-    int nonly, update, passed, failed;
+    int nonly, update, verbose, passed, failed;
     bp_limits limits;
 } test_run;
 
@@ -404,17 +419,18 @@ static void test_one(void *ctx, const char *name)
     int wanted = t->nonly == 0;
     for (int k = 0; k < t->nonly; k++) if (!strcmp(t->only[k], name)) wanted = 1;
     if (!wanted) return;
-    if (test_case(t->bp, t->cases_dir, name, &t->limits, t->update)) t->passed++; else t->failed++;
+    if (test_case(t->bp, t->cases_dir, name, &t->limits, t->update, t->verbose)) t->passed++; else t->failed++;
 }
 
 static int test_blueprint(int argc, char **argv)
 {
     const char *dir = NULL;
-    int update = 0;
+    int update = 0, verbose = 0;
     const char *only[64];
     int nonly = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--update")) update = 1;
+        else if (!strcmp(argv[i], "--verbose") || !strcmp(argv[i], "-v")) verbose = 1;
         else if (!strcmp(argv[i], "--case") && i + 1 < argc && nonly < 64) only[nonly++] = argv[++i];
         else if (argv[i][0] == '-') { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
         else if (!dir) dir = argv[i];
@@ -426,7 +442,7 @@ static int test_blueprint(int argc, char **argv)
     if (!bp) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_INVALID; }
     char cases_dir[4200];
     snprintf(cases_dir, sizeof cases_dir, "%s/tests", dir);
-    test_run t = { bp, cases_dir, only, nonly, update, 0, 0, { 0 } };
+    test_run t = { bp, cases_dir, only, nonly, update, verbose, 0, 0, { 0 } };
     bp_limits_default(&t.limits);
     if (bp_case_each(cases_dir, test_one, &t) < 0) {
         fprintf(stderr, "blueprint: %s: %s; a blueprint's fixtures are %s/tests/CASE/ with config.yaml, events.ndjson "

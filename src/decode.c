@@ -358,6 +358,21 @@ void bp_case_free(bp_case *c)
     bp_buf_free(&c->report);
 }
 
+/* "  event 3 (ex-4)": an author finds the event in events.ndjson by its
+ * messageId, not by counting lines.  Kept short: the editor reads these
+ * headers back (write_diff). */
+static void name_event(bp_buf *out, long i, const char *line, size_t len)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *id = line && bp_json_parse(&d, line, len, NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT
+                         ? bp_jscalar(&d, bp_jget(&d, 0, "message_id")) : NULL;
+    bp_buf_printf(out, "  event %ld", i);
+    if (id) bp_buf_printf(out, " (%.40s)", id);
+    bp_doc_free(&d);
+}
+
 /* Today's output against expected.ndjson, event by event: c->report names
  * each event that differs and, through bp_diff_lines, each field. */
 static void compare_case(bp_case *c, const bp_buf *want)
@@ -370,12 +385,13 @@ static void compare_case(bp_case *c, const bp_buf *want)
         const char *w = nth_line(wt, want->len, i, &wl);
         if (g && w && gl == wl && !memcmp(g, w, gl)) continue;
         c->differing++;
+        name_event(&c->report, i, g ? g : w, g ? gl : wl);
         if (!g || !w) {
-            bp_buf_printf(&c->report, "  event %ld: %s\n", i, g ? "not in expected.ndjson (new)" : "expected, but the events "
+            bp_buf_printf(&c->report, ": %s\n", g ? "not in expected.ndjson (new)" : "expected, but the events "
                           "file has no such event any more");
             continue;
         }
-        bp_buf_printf(&c->report, "  event %ld:\n", i);
+        bp_buf_adds(&c->report, ":\n");
         if (bp_diff_lines(w, wl, g, gl, &c->report) == 0) bp_buf_adds(&c->report, "    the same fields, written differently\n");
     }
 }

@@ -68,6 +68,10 @@ int bp_doc_unique_keys(const bp_doc *d, const char *origin, bp_error *err);
 /* Append a node to a document under construction (json.c, used by yaml.c). */
 uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
 
+/* "did you mean": whether known is a likelier fix for the misspelt key than
+ * the best so far (*best_d, start at (size_t)-1; updated): at most a third
+ * of its letters differ, ignoring case.  blueprint.c */
+int bp_key_nearer(const char *key, const char *known, size_t *best_d);
 /* Read a whole file into out (NUL-terminated).  blueprint.c */
 int bp_read_file(const char *path, bp_buf *out, bp_error *err);
 
@@ -432,6 +436,10 @@ enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *
 /* The account key integrations are paced by (rate_limit.scope), and
  * ctx.cache is kept per. */
 void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n);
+/* Without a log callback, a mapping's log lines are appended to lines
+ * (NULL: written to stderr): `blueprint test` shows them only for a case
+ * that fails. */
+void bp_engine_log_to(bp_engine *e, bp_buf *lines);
 /* The cache ctx.cache and shared step answers use (NULL: the engine's own). */
 void bp_engine_set_cache(bp_engine *e, bp_cache *c);
 /* The next run reads its steps' answers back from this journal (an
