@@ -3,8 +3,8 @@
  *
  *   blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS]
  *
- * Exit status (DESIGN.md §5): 0 when every event was judged, 2 when the
- * blueprint or config is invalid, 1 for usage errors.
+ * Exit status (docs/contracts.md): 0 when every event was judged, 1 usage,
+ * 2 the blueprint or config is invalid, 5 some input was not an event.
  */
 #include "internal.h"
 
@@ -21,43 +21,35 @@
 #define EXIT_MALFORMED 5   /* dry-run: some input was not an event (every other one was judged) */
 
 static const char usage_text[] =
-    "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
-    "       blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
-    "       blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
-    "       blueprint dlq list [--state DIR] [--only dead|error]\n"
-    "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all) [--only dead|error]\n"
-    "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
-    "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
-    "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
-    "                        [--kafka-partitions N] [--kafka-config FILE]]\n"
-    "       blueprint token --role ROLE [--ttl 15m] [--sign-in] [--subject NAME] [--issuer ISS] [--audience AUD]\n"
-    "                       [--state DIR]\n"
-    "       blueprint rotate-key [--state DIR]\n"
+    "usage: blueprint COMMAND [ARGS]\n"
     "\n"
-    "  Maps each event through the blueprint and prints, one JSON line per event,\n"
-    "  the requests that would be sent (secrets shown as [redacted]).\n"
+    "Authoring a blueprint (no account, no server):\n"
+    "  dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
+    "                 print, per event, the exact requests that would be sent (secrets [redacted])\n"
+    "  test [BLUEPRINT_DIR] [--update] [--case NAME]… [--verbose]\n"
+    "                 run the blueprint's fixtures (tests/CASE/) and show field-level differences\n"
+    "\n"
+    "Delivering:\n"
+    "  deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
+    "                 store the events, then send them: paced, retried, dead-lettered\n"
+    "  dlq list|replay [--state DIR] …\n"
+    "                 show or re-queue deliver's dead letters and errors\n"
+    "\n"
+    "Running the service:\n"
+    "  serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR] [--kafka BROKERS …]\n"
+    "                 the Management API, event intake, Live Events, delivery and the web console\n"
+    "  token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--state DIR]\n"
+    "                 a signed token for the API (--sign-in: the console's one-time link)\n"
+    "  rotate-key [--state DIR]\n"
+    "                 a new master key; every stored secret re-encrypted under it\n"
     "\n"
     "  CONFIG   YAML or JSON: the config map, or a Management API install body\n"
-    "  EVENTS   a file or - for stdin (default): NDJSON, a JSON array or one object\n"
+    "  EVENTS   a file, or - / nothing for stdin: NDJSON, a JSON array or one object\n"
     "\n"
-    "options:\n"
-    "  --max-event-bytes N   largest accepted event (default 524288)\n"
-    "  --memory-mb N         memory cap of the blueprint's Lua state (default 64)\n"
-    "  --instructions N      Lua instruction budget per event (default 20000000)\n"
-    "  --timeout-ms N        wall-time budget per event (default 1000)\n"
+    "`blueprint COMMAND --help` explains one command and its options.\n"
     "\n"
-    "\n"
-    "deliver: adds the events to the store under --state (default ./var), then sends\n"
-    "  every pending event, printing one outcome line per event when it is final.\n"
-    "  --state DIR  --concurrency N (8)  --max-attempts N (blueprint's retry)\n"
-    "  --retry-base-ms N (1000)  --rate-limit RPS (blueprint's)  --connect-timeout-ms N (5000)\n"
-    "  --http-timeout-ms N (30000)\n"
-    "\n"
-    "  `blueprint COMMAND --help` explains one command.\n"
-    "\n"
-    "exit status: 0 every event judged (deliver: every event final), 1 usage error,\n"
-    "  2 invalid blueprint or config, 3 (deliver) events held: the credentials failed,\n"
-    "  4 (test) a case did not match its expected output\n";
+    "exit status: 0 done, 1 usage error, 2 invalid blueprint or config, 3 (deliver) events held:\n"
+    "  the credentials failed, 4 (test) a case did not match, 5 (dry-run) some input was not an event\n";
 
 /* `blueprint COMMAND --help` */
 static const struct { const char *command, *text; } command_help[] = {
@@ -77,9 +69,14 @@ static const struct { const char *command, *text; } command_help[] = {
       "  --max-event-bytes N (524288)  --memory-mb N (64)  --instructions N (20000000)\n"
       "  --timeout-ms N (1000)         the sandbox's budgets per event\n"
       "\n"
-      "exit status: 0 every event judged (drops and errors included), 1 usage, 2 invalid blueprint or config\n" },
+      "With no EVENTS and a terminal as stdin, it says so on stderr and reads what is pasted until Ctrl-D.\n"
+      "A line that is not an event (invalid JSON, no type, …) gets an error line whose reason starts with\n"
+      "its input line, \"line 9: malformed event: …\", and the rest still run.\n"
+      "\n"
+      "exit status: 0 every event judged (drops and mapping errors included), 1 usage, 2 invalid blueprint\n"
+      "  or config, 5 some input was not an event (every other event was judged)\n" },
     { "test",
-      "usage: blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
+      "usage: blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]… [--verbose]\n"
       "\n"
       "Runs the blueprint's own fixtures: every folder BLUEPRINT_DIR/tests/CASE/ holding config.yaml\n"
       "(or config.json), events.ndjson and expected.ndjson (what dry-run prints for those events).\n"
@@ -89,6 +86,8 @@ static const struct { const char *command, *text; } command_help[] = {
       "  --update      show the differences, then rewrite expected.ndjson from today's output\n"
       "                (review them with git diff before committing)\n"
       "  --case NAME   only this case (repeatable)\n"
+      "  --verbose     the mappings' log lines (print, ctx.log) of every case; without it only those\n"
+      "                of a case that fails are shown (on stderr)\n"
       "\n"
       "exit status: 0 every case matched, 1 usage (no tests folder), 2 invalid blueprint,\n"
       "  4 a case did not match\n" },
@@ -265,6 +264,10 @@ static int open_events(const char *events)
     int fd = 0;
     if (strcmp(events, "-") != 0 && (fd = open(events, O_RDONLY)) < 0)
         fprintf(stderr, "blueprint: cannot open events file %s: %s\n", events, strerror(errno));
+    else if (fd == 0 && isatty(STDIN_FILENO))
+        /* a command that waits silently at a terminal looks hung; pasting events is still allowed */
+        fprintf(stderr, "blueprint: reading events from the terminal (paste NDJSON, a JSON array or one object, "
+                "then Ctrl-D; or name an events file after the config)\n");
     return fd;
 }
 
