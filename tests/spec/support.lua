@@ -101,8 +101,45 @@ end
 local function sleep(s) os.execute("sleep " .. s) end
 S.sleep = sleep
 
+-- Every process a spec starts (emulator, serve, the Kafka mock) is recorded
+-- here, and whatever happens to the test it is stopped: one started inside
+-- a test when that test ends (passed, failed or errored before its stop()),
+-- one started by setup()/before_each when its file ends.  A leaked process
+-- would outlive `make test` (scripts/run-tests.sh fails the run then).
+local running = {}      -- handle -> "test" | "file"
+local in_test = false
+local function track(h) running[h] = in_test and "test" or "file" end
+local function stop_started(scope)
+  for h, s in pairs(running) do
+    if not scope or s == scope then
+      running[h] = nil
+      local ok, err = pcall(h.stop)
+      if not ok then io.stderr:write("support: stopping a leftover process: ", tostring(err), "\n") end
+    end
+  end
+end
+do
+  local ok, busted = pcall(require, "busted")
+  if ok and type(busted) == "table" and busted.subscribe then
+    busted.subscribe({ "test", "start" }, function() in_test = true; return nil, true end)
+    busted.subscribe({ "test", "end" }, function() in_test = false; stop_started("test"); return nil, true end)
+    busted.subscribe({ "file", "end" }, function() stop_started(); return nil, true end)
+  end
+end
+
+-- Send SIGTERM to pid and wait (at most 10 s) until it is gone.
+local function terminate(pid)
+  os.execute("kill -TERM " .. pid .. " 2>/dev/null")
+  for _ = 1, 500 do
+    if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then return end
+    sleep(0.02)
+  end
+  os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+end
+
 -- Start an emulator on a free loopback port; returns a handle with url, port,
--- get/post helpers and stop().  The caller must stop it (use finally()).
+-- get/post helpers and stop().  Stop it when done (use finally()); one left
+-- running is stopped when its test or file ends (above).
 -- Start a server command in the background and wait for its
 -- "listening on http://127.0.0.1:PORT" line; returns pid and port.
 local function start_listening(cmd, what, errf, seconds)
@@ -146,7 +183,13 @@ function S.start_emulator(args)
   function emu.faults(t) return emu.post("/_emulator/faults", assert(S.core.json_encode(t))) end
   function emu.requests() return emu.get("/_emulator/requests") end
   function emu.contacts() return emu.get("/_emulator/contacts") end
-  function emu.stop() os.execute("kill " .. pid .. " 2>/dev/null") end
+  function emu.stop()
+    if emu.stopped then return end
+    emu.stopped = true
+    running[emu] = nil
+    terminate(pid)
+  end
+  track(emu)
   return emu
 end
 
@@ -244,11 +287,8 @@ function S.start_server(opts)
   function srv.stop()
     if srv.stopped then return end
     srv.stopped = true
-    os.execute("kill -TERM " .. pid .. " 2>/dev/null")
-    for _ = 1, 500 do
-      if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then break end
-      sleep(0.02)
-    end
+    running[srv] = nil
+    terminate(pid)
     local log = srv.logs()
     local at = log:find("ERROR: %a+Sanitizer") or log:find("WARNING: ThreadSanitizer")
     if at then error("the server's sanitizer reported:\n" .. log:sub(at, at + 3000), 2) end
@@ -267,6 +307,7 @@ function S.start_server(opts)
     if fh then fh:close() end
     return t
   end
+  track(srv)
   return srv
 end
 
@@ -359,7 +400,13 @@ function S.start_kafka()
   local k = { pid = pid, brokers = brokers }
   function k.down() os.execute("kill -USR1 " .. pid) end
   function k.up() os.execute("kill -USR2 " .. pid) end
-  function k.stop() os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+  function k.stop()
+    if k.stopped then return end
+    k.stopped = true
+    running[k] = nil
+    terminate(pid)
+  end
+  track(k)
   return k
 end
 
