@@ -244,7 +244,7 @@ end)
 -- Issue 25, finding 8: a test that errors before its stop() leaks nothing.
 describe("issue 25: the test harness stops what a spec started #cli", function()
   local sh = S.sh
-  it("stops an emulator whose test failed before stop(), and the file's at its end", function()
+  it("stops, by the end of its file, an emulator whose test failed before stop(), and the file's own", function()
     local dir = S.tmpdir()
     local probe = dir .. "/probe_spec.lua"
     S.write(probe, table.concat({
