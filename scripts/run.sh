@@ -52,7 +52,7 @@ TOKEN=$(build/blueprint token --role admin --ttl 12h --state "$STATE")
 # the console's link carries a sign-in token in the fragment (never sent to a
 # server, never logged), good once within 15 minutes
 SIGNIN=$(build/blueprint token --role admin --ttl 15m --sign-in --state "$STATE")
-BASE=http://127.0.0.1:$PORT
+BASE=$(sed -n 's/^listening on //p' "$STATE/serve.out")   # PORT=0: a free port, as printed by serve
 
 cat <<MSG
 == blueprint serve is listening on $BASE (state in $STATE/, JSON logs in $STATE/serve.log)

@@ -265,3 +265,46 @@ describe("issue 25: the test harness stops what a spec started #cli", function()
     assert.is_nil(ps:find("--accounts 73", 1, true), "the failed test's emulator outlived it")
   end)
 end)
+
+-- Issue 25, finding 6: `make run`'s printed commands work pasted into bash as
+-- printed (before: `export ID=<the "id" from the answer>` was a syntax error,
+-- and the example events answered 400).  Not #serve: run.sh runs build/blueprint
+-- whichever build the suite tests, so once is enough.
+describe("issue 25: make run's quickstart #quickstart", function()
+  it("prints commands that install, capture the id, send the examples and say duplicates when resent", function()
+    local state = S.tmpdir()
+    local out, pidf = state .. "/run.out", os.tmpname()
+    os.execute("PORT=0 EMU_PORT=0 STATE=" .. state .. " scripts/run.sh > " .. out .. " 2>&1 & echo $! > " .. pidf)
+    local pid = io.open(pidf):read("l")
+    os.remove(pidf)
+    finally(function()
+      os.execute("kill -TERM " .. pid .. " 2>/dev/null")   -- run.sh's trap stops serve and the emulator
+      S.eventually(function() return not os.execute("kill -0 " .. pid .. " 2>/dev/null") end, 10)
+    end)
+    local text = S.eventually(function()
+      local t = io.open(out):read("a")
+      return t:find("\nPorts: ", 1, true) and t
+    end, 20)
+    assert.is_truthy(text, "run.sh printed no quickstart: " .. io.open(out):read("a"))
+    -- the install form's values, one per line
+    assert.matches("\n  API Key%s+emulator%-api%-token\n", text)
+    assert.matches("\n  Event Tracking endpoint%s+http://127%.0%.0%.1:%d+/event\n", text)
+    -- the commands exactly as printed: each indented block under "export TOKEN", "1." and "2."
+    local script, keep = {}, false
+    for line in text:gmatch("[^\n]*") do
+      if line:match("^  export TOKEN=") then script[#script + 1] = line end
+      if line:match("^1%. Install") or line:match("^2%. Send") then keep = true
+      elseif line:match("^%d%. ") or line == "" then keep = false
+      elseif keep and line:match("^  ") and not line:match("^   or ") then script[#script + 1] = line end
+    end
+    local cmds = state .. "/pasted.sh"
+    S.write(cmds, table.concat(script, "\n") .. "\n"
+      .. script[#script - 1] .. "\n" .. script[#script] .. "\n")   -- the examples, sent again
+    local res, err, code = S.sh("bash -e " .. cmds)
+    assert.are.equal(0, code, res .. err)
+    assert.matches("ID=int_%x+", res)
+    assert.matches('{"accepted":1,"duplicates":0,"errors":[]}', res, 1, true)     -- the test event
+    assert.matches('{"accepted":8,"duplicates":0,"errors":[]}', res, 1, true)     -- every example
+    assert.matches('{"accepted":0,"duplicates":8,"errors":[]}', res, 1, true)     -- sent again
+  end)
+end)
