@@ -281,11 +281,14 @@ describe("issue 25: make run's quickstart #quickstart", function()
       os.execute("kill -TERM " .. pid .. " 2>/dev/null")   -- run.sh's trap stops serve and the emulator
       S.eventually(function() return not os.execute("kill -0 " .. pid .. " 2>/dev/null") end, 10)
     end)
-    local text = S.eventually(function()
-      local t = io.open(out):read("a")
-      return t:find("\nPorts: ", 1, true) and t
-    end, 20)
-    assert.is_truthy(text, "run.sh printed no quickstart: " .. io.open(out):read("a"))
+    local function printed()
+      local f = io.open(out)          -- not there until the shell has opened it
+      local t = f and f:read("a") or ""
+      if f then f:close() end
+      return t
+    end
+    local text = S.eventually(function() local t = printed(); return t:find("\nPorts: ", 1, true) and t end, 20)
+    assert.is_truthy(text, "run.sh printed no quickstart: " .. printed())
     -- the install form's values, one per line
     assert.matches("\n  API Key%s+emulator%-api%-token\n", text)
     assert.matches("\n  Event Tracking endpoint%s+http://127%.0%.0%.1:%d+/event\n", text)
