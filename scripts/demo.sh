@@ -11,6 +11,11 @@ EVENTS=$BP/examples/events.ndjson
 echo "== dry-run: the requests the example events map to (secrets shown as [redacted])"
 build/blueprint dry-run $BP --config $BP/examples/config.yaml $EVENTS
 echo
+echo "== dry-run of examples/malformed-line.ndjson: a line that is not JSON gets an error line naming"
+echo "   its input line, the others still run, and dry-run exits 5"
+build/blueprint dry-run $BP --config $BP/examples/config.yaml $BP/examples/malformed-line.ndjson \
+  || echo "   (exit status $?)"
+echo
 
 state=var/demo
 mkdir -p var

@@ -18,8 +18,23 @@
 #      for ThreadSanitizer, which would report its own atomics as races
 #   8. the web console in headless Chromium (tests/browser/run.py): serve,
 #      the emulator and a browser through the issue's scenarios
+#   9. nothing the suites started is still running: a server or emulator of
+#      this checkout's build/ left behind is a failure (and is stopped)
 set -u
 cd "$(dirname "$0")/.."
+ROOT=$(pwd -P)
+
+# PIDs of the processes running a program of this checkout's build/ (the
+# emulator, serve in each build, the Kafka mock): matched by /proc/PID/exe,
+# so other checkouts' test runs on the same machine are never counted.
+ours() {
+  local exe target pid
+  for exe in /proc/[0-9]*/exe; do
+    target=$(readlink "$exe" 2>/dev/null) || continue
+    case $target in "$ROOT"/build/*) pid=${exe#/proc/}; echo "${pid%/exe}" ;; esac
+  done | sort
+}
+already_running=$(ours)   # e.g. a `make run` of this checkout: not ours to judge
 
 passed=0 failed=0 skipped=0
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
@@ -89,6 +104,26 @@ suite "cluster specs: serve --kafka on a mock Kafka cluster (ASan+UBSan build)" 
 
 suite "web console in a real browser (headless Chromium, selenium; screenshots in build/screenshots)" \
   /usr/bin/python3 tests/browser/run.py
+
+# Every suite stops what it starts; poll a little for processes just sent
+# SIGTERM, then count each one left as a failure and stop it.
+echo "== nothing the suites started is still running"
+leftover=""
+for _ in $(seq 50); do
+  leftover=$(comm -13 <(echo "$already_running") <(ours))
+  [ -z "$leftover" ] && break
+  sleep 0.1
+done
+if [ -n "$leftover" ]; then
+  for pid in $leftover; do
+    failed=$((failed + 1))
+    echo "   not ok: still running after the suites: $(ps -o pid=,args= -p "$pid" 2>/dev/null)"
+    kill -TERM "$pid" 2>/dev/null
+  done
+else
+  passed=$((passed + 1))
+  echo "   1 passed, 0 failed"
+fi
 
 echo
 if [ "$skipped" -gt 0 ]; then

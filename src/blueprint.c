@@ -6,6 +6,7 @@
  */
 #include "internal.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,38 @@ static int bad(loader *ld, uint32_t node, const char *what)
     return -1;
 }
 
+/* Levenshtein distance ignoring case; large for long keys. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return (size_t)-1;
+    size_t row[64];
+    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
+            size_t best = diag + cost;
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+int bp_key_nearer(const char *key, const char *known, size_t *best_d)
+{
+    size_t dist = edit_distance(key, known);
+    size_t longer = strlen(key) > strlen(known) ? strlen(key) : strlen(known);
+    if (dist * 3 > longer || dist >= *best_d) return 0;
+    *best_d = dist;
+    return 1;
+}
+
 /* Strict: every key of the map `obj` must be one of `known`, else an error
  * naming the key, its line and the keys that are allowed there.  A typo
  * ("requests_per_secnd") is an error, not a setting silently ignored. */
@@ -61,8 +94,14 @@ static int check_keys(loader *ld, uint32_t obj, const char *section, const char 
         bp_buf_init(&m);
         bp_buf_printf(&m, "unknown key '%.100s' %s%s%s (known keys: ", key ? key : "(not a string)",
                       section ? "in '" : "at the top level", section ? section : "", section ? "'" : "");
-        for (size_t i = 0; known[i]; i++) bp_buf_printf(&m, "%s%s", i ? ", " : "", known[i]);
+        const char *best = NULL;
+        size_t best_d = (size_t)-1;
+        for (size_t i = 0; known[i]; i++) {
+            bp_buf_printf(&m, "%s%s", i ? ", " : "", known[i]);
+            if (key && bp_key_nearer(key, known[i], &best_d)) best = known[i];
+        }
         bp_buf_adds(&m, ")");
+        if (best) bp_buf_printf(&m, "; did you mean '%s'?", best);
         bad(ld, c, m.data);
         bp_buf_free(&m);
         return -1;

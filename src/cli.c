@@ -3,8 +3,8 @@
  *
  *   blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS]
  *
- * Exit status (DESIGN.md §5): 0 when every event was judged, 2 when the
- * blueprint or config is invalid, 1 for usage errors.
+ * Exit status (docs/contracts.md): 0 when every event was judged, 1 usage,
+ * 2 the blueprint or config is invalid, 5 some input was not an event.
  */
 #include "internal.h"
 
@@ -18,45 +18,38 @@
 
 #define EXIT_INVALID 2
 #define EXIT_USAGE 1
+#define EXIT_MALFORMED 5   /* dry-run: some input was not an event (every other one was judged) */
 
 static const char usage_text[] =
-    "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
-    "       blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
-    "       blueprint deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
-    "       blueprint dlq list [--state DIR] [--only dead|error]\n"
-    "       blueprint dlq replay [--state DIR] (--id N [--id N …] | --all) [--only dead|error]\n"
-    "       blueprint serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR]\n"
-    "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
-    "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
-    "                        [--kafka-partitions N] [--kafka-config FILE]]\n"
-    "       blueprint token --role ROLE [--ttl 15m] [--sign-in] [--subject NAME] [--issuer ISS] [--audience AUD]\n"
-    "                       [--state DIR]\n"
-    "       blueprint rotate-key [--state DIR]\n"
+    "usage: blueprint COMMAND [ARGS]\n"
     "\n"
-    "  Maps each event through the blueprint and prints, one JSON line per event,\n"
-    "  the requests that would be sent (secrets shown as [redacted]).\n"
+    "Authoring a blueprint (no account, no server):\n"
+    "  dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
+    "                 print, per event, the exact requests that would be sent (secrets [redacted])\n"
+    "  test [BLUEPRINT_DIR] [--update] [--case NAME]… [--verbose]\n"
+    "                 run the blueprint's fixtures (tests/CASE/) and show field-level differences\n"
+    "\n"
+    "Delivering:\n"
+    "  deliver BLUEPRINT_DIR --config CONFIG [EVENTS] [--state DIR]\n"
+    "                 store the events, then send them: paced, retried, dead-lettered\n"
+    "  dlq list|replay [--state DIR] …\n"
+    "                 show or re-queue deliver's dead letters and errors\n"
+    "\n"
+    "Running the service:\n"
+    "  serve [--listen HOST:PORT] [--state DIR] [--blueprints DIR] [--kafka BROKERS …]\n"
+    "                 the Management API, event intake, Live Events, delivery and the web console\n"
+    "  token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--state DIR]\n"
+    "                 a signed token for the API (--sign-in: the console's one-time link)\n"
+    "  rotate-key [--state DIR]\n"
+    "                 a new master key; every stored secret re-encrypted under it\n"
     "\n"
     "  CONFIG   YAML or JSON: the config map, or a Management API install body\n"
-    "  EVENTS   a file or - for stdin (default): NDJSON, a JSON array or one object\n"
+    "  EVENTS   a file, or - / nothing for stdin: NDJSON, a JSON array or one object\n"
     "\n"
-    "options:\n"
-    "  --max-event-bytes N   largest accepted event (default 524288)\n"
-    "  --memory-mb N         memory cap of the blueprint's Lua state (default 64)\n"
-    "  --instructions N      Lua instruction budget per event (default 20000000)\n"
-    "  --timeout-ms N        wall-time budget per event (default 1000)\n"
+    "`blueprint COMMAND --help` explains one command and its options.\n"
     "\n"
-    "\n"
-    "deliver: adds the events to the store under --state (default ./var), then sends\n"
-    "  every pending event, printing one outcome line per event when it is final.\n"
-    "  --state DIR  --concurrency N (8)  --max-attempts N (blueprint's retry)\n"
-    "  --retry-base-ms N (1000)  --rate-limit RPS (blueprint's)  --connect-timeout-ms N (5000)\n"
-    "  --http-timeout-ms N (30000)\n"
-    "\n"
-    "  `blueprint COMMAND --help` explains one command.\n"
-    "\n"
-    "exit status: 0 every event judged (deliver: every event final), 1 usage error,\n"
-    "  2 invalid blueprint or config, 3 (deliver) events held: the credentials failed,\n"
-    "  4 (test) a case did not match its expected output\n";
+    "exit status: 0 done, 1 usage error, 2 invalid blueprint or config, 3 (deliver) events held:\n"
+    "  the credentials failed, 4 (test) a case did not match, 5 (dry-run) some input was not an event\n";
 
 /* `blueprint COMMAND --help` */
 static const struct { const char *command, *text; } command_help[] = {
@@ -76,9 +69,14 @@ static const struct { const char *command, *text; } command_help[] = {
       "  --max-event-bytes N (524288)  --memory-mb N (64)  --instructions N (20000000)\n"
       "  --timeout-ms N (1000)         the sandbox's budgets per event\n"
       "\n"
-      "exit status: 0 every event judged (drops and errors included), 1 usage, 2 invalid blueprint or config\n" },
+      "With no EVENTS and a terminal as stdin, it says so on stderr and reads what is pasted until Ctrl-D.\n"
+      "A line that is not an event (invalid JSON, no type, …) gets an error line whose reason starts with\n"
+      "its input line, \"line 9: malformed event: …\", and the rest still run.\n"
+      "\n"
+      "exit status: 0 every event judged (drops and mapping errors included), 1 usage, 2 invalid blueprint\n"
+      "  or config, 5 some input was not an event (every other event was judged)\n" },
     { "test",
-      "usage: blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]…\n"
+      "usage: blueprint test [BLUEPRINT_DIR] [--update] [--case NAME]… [--verbose]\n"
       "\n"
       "Runs the blueprint's own fixtures: every folder BLUEPRINT_DIR/tests/CASE/ holding config.yaml\n"
       "(or config.json), events.ndjson and expected.ndjson (what dry-run prints for those events).\n"
@@ -88,6 +86,8 @@ static const struct { const char *command, *text; } command_help[] = {
       "  --update      show the differences, then rewrite expected.ndjson from today's output\n"
       "                (review them with git diff before committing)\n"
       "  --case NAME   only this case (repeatable)\n"
+      "  --verbose     the mappings' log lines (print, ctx.log) of every case; without it only those\n"
+      "                of a case that fails are shown (on stderr)\n"
       "\n"
       "exit status: 0 every case matched, 1 usage (no tests folder), 2 invalid blueprint,\n"
       "  4 a case did not match\n" },
@@ -264,6 +264,10 @@ static int open_events(const char *events)
     int fd = 0;
     if (strcmp(events, "-") != 0 && (fd = open(events, O_RDONLY)) < 0)
         fprintf(stderr, "blueprint: cannot open events file %s: %s\n", events, strerror(errno));
+    else if (fd == 0 && isatty(STDIN_FILENO))
+        /* a command that waits silently at a terminal looks hung; pasting events is still allowed */
+        fprintf(stderr, "blueprint: reading events from the terminal (paste NDJSON, a JSON array or one object, "
+                "then Ctrl-D; or name an events file after the config)\n");
     return fd;
 }
 
@@ -325,10 +329,16 @@ static int dry_run(int argc, char **argv)
     bp_engine_set_answerer(e, bp_answers_fn, answers);
     use_block_buffering();
     bp_reader *r = bp_reader_new(fd, c.limits.json.max_bytes);
-    bp_map_events(e, r, c.decode, to_stdout, NULL);
+    long malformed = 0, n = bp_map_events(e, r, c.decode, to_stdout, NULL, &malformed);
     bp_reader_free(r);
     rc = fflush(stdout) == 0 ? 0 : EXIT_USAGE;
     if (rc) fprintf(stderr, "blueprint: could not write the output: %s\n", strerror(errno));
+    else if (malformed) {
+        /* a script piping dry-run must not take a half-read file for a good one */
+        fprintf(stderr, "blueprint: %ld of %ld events in %s malformed (their error lines name the input line); "
+                "the others were judged\n", malformed, n, strcmp(c.events, "-") ? c.events : "stdin");
+        rc = EXIT_MALFORMED;
+    }
     bp_engine_free(e);
     bp_answers_free(answers);
     bp_config_free(cfg);
@@ -341,8 +351,18 @@ static int dry_run(int argc, char **argv)
 
 #define EXIT_TEST_FAILED 4
 
+/* The mapping's log lines of a case, on stderr after its result: only for
+ * a case that failed, or with --verbose (a passing run stays quiet). */
+static void case_logs(bp_buf *logs, int show)
+{
+    fflush(stdout);
+    if (show && logs->len) fwrite(logs->data, 1, logs->len, stderr);
+    bp_buf_free(logs);
+}
+
 /* Run one case; prints its result and diff; 1 when it matched. */
-static int test_case(const bp_blueprint *bp, const char *dir, const char *name, const bp_limits *limits, int update)
+static int test_case(const bp_blueprint *bp, const char *dir, const char *name, const bp_limits *limits, int update,
+                     int verbose)
 {
     bp_error err;
     bp_config *cfg = bp_case_config(bp, dir, name, &err);
@@ -350,10 +370,14 @@ static int test_case(const bp_blueprint *bp, const char *dir, const char *name, 
     bp_engine *e = bp_engine_new(bp, cfg, limits, &err);
     bp_answers *answers = e ? bp_case_answers(bp, dir, name, &err) : NULL;
     if (answers) bp_engine_set_answerer(e, bp_answers_fn, answers);
+    bp_buf logs;
+    bp_buf_init(&logs);
+    if (e) bp_engine_log_to(e, &logs);
     bp_case c;
     bp_case_init(&c);
     if (!answers || bp_case_check(e, dir, name, limits, &c, &err) < 0) {
         printf("FAIL %s: %s\n", name, err.msg);
+        case_logs(&logs, 1);
         bp_case_free(&c);
         bp_engine_free(e);
         bp_answers_free(answers);
@@ -375,6 +399,7 @@ static int test_case(const bp_blueprint *bp, const char *dir, const char *name, 
         if (written && rename(tmp, c.expected_path) == 0) { printf("     updated %s\n", c.expected_path); ok = 1; }
         else printf("FAIL %s: cannot write %s: %s\n", name, c.expected_path, strerror(errno));
     }
+    case_logs(&logs, !ok || c.differing || verbose);
     bp_case_free(&c);
     bp_engine_free(e);
     bp_answers_free(answers);
@@ -387,7 +412,7 @@ typedef struct test_run {
     const bp_blueprint *bp;
     const char *cases_dir;
     const char **only;
-    int nonly, update, passed, failed;
+    int nonly, update, verbose, passed, failed;
     bp_limits limits;
 } test_run;
 
@@ -397,17 +422,18 @@ static void test_one(void *ctx, const char *name)
     int wanted = t->nonly == 0;
     for (int k = 0; k < t->nonly; k++) if (!strcmp(t->only[k], name)) wanted = 1;
     if (!wanted) return;
-    if (test_case(t->bp, t->cases_dir, name, &t->limits, t->update)) t->passed++; else t->failed++;
+    if (test_case(t->bp, t->cases_dir, name, &t->limits, t->update, t->verbose)) t->passed++; else t->failed++;
 }
 
 static int test_blueprint(int argc, char **argv)
 {
     const char *dir = NULL;
-    int update = 0;
+    int update = 0, verbose = 0;
     const char *only[64];
     int nonly = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--update")) update = 1;
+        else if (!strcmp(argv[i], "--verbose") || !strcmp(argv[i], "-v")) verbose = 1;
         else if (!strcmp(argv[i], "--case") && i + 1 < argc && nonly < 64) only[nonly++] = argv[++i];
         else if (argv[i][0] == '-') { fprintf(stderr, "blueprint: unknown option %s\n\n", argv[i]); return usage(NULL); }
         else if (!dir) dir = argv[i];
@@ -419,7 +445,7 @@ static int test_blueprint(int argc, char **argv)
     if (!bp) { fprintf(stderr, "blueprint: %s\n", err.msg); return EXIT_INVALID; }
     char cases_dir[4200];
     snprintf(cases_dir, sizeof cases_dir, "%s/tests", dir);
-    test_run t = { bp, cases_dir, only, nonly, update, 0, 0, { 0 } };
+    test_run t = { bp, cases_dir, only, nonly, update, verbose, 0, 0, { 0 } };
     bp_limits_default(&t.limits);
     if (bp_case_each(cases_dir, test_one, &t) < 0) {
         fprintf(stderr, "blueprint: %s: %s; a blueprint's fixtures are %s/tests/CASE/ with config.yaml, events.ndjson "

@@ -8,7 +8,6 @@
  */
 #include "internal.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,36 +54,11 @@ static int in_list(const char *const *names, const char *key)
     return 0;
 }
 
-/* Levenshtein distance ignoring case; large for long keys. */
-static size_t edit_distance(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    if (la > 63 || lb > 63) return (size_t)-1;
-    size_t row[64];
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
-            size_t best = diag + cost;
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[lb];
-}
-
 static void note_key(bp_buf *msg, int *first, const char *known, const char *key, const char **best, size_t *best_d)
 {
     bp_buf_printf(msg, "%s%s", *first ? "" : ", ", known);
     *first = 0;
-    size_t dist = edit_distance(key, known);
-    size_t longer = strlen(key) > strlen(known) ? strlen(key) : strlen(known);
-    if (dist * 3 <= longer && dist < *best_d) { *best = known; *best_d = dist; }
+    if (bp_key_nearer(key, known, best_d)) *best = known;
 }
 
 /* "WHAT (LABEL: a, b; LABEL: c); did you mean 'b'?" at the key's line. */

@@ -249,7 +249,25 @@ int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t gle
  * What `dry-run` and `blueprint test` do, shared with the console's editor
  * (editor.c), which runs an unsaved edit the same way. */
 
-long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx)
+/* An event the engine refused before any mapping ran: its reason says so
+ * (engine.c), and gets the input line in front, as the reader's own errors
+ * have it. */
+static int refused_input(bp_outcome *o, long line)
+{
+    static const char prefix[] = "malformed event";
+    if (o->verdict != BP_ERROR || o->reason.len < sizeof prefix - 1 || memcmp(o->reason.data, prefix, sizeof prefix - 1))
+        return 0;
+    bp_buf lined;
+    bp_buf_init(&lined);
+    bp_buf_printf(&lined, "line %ld: ", line);
+    bp_buf_add(&lined, o->reason.data, o->reason.len);
+    bp_buf swap = o->reason;
+    o->reason = lined;
+    bp_buf_free(&swap);
+    return 1;
+}
+
+long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed)
 {
     bp_outcome o;
     bp_outcome_init(&o);
@@ -262,13 +280,16 @@ long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void
     bp_error err;
     enum bp_read_status st;
     while ((st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
+        int refused = 1;
         if (st == BP_READ_EVENT) {
             bp_engine_run(e, ev, len, &o);
+            refused = refused_input(&o, bp_reader_line(r));
         } else {
             bp_outcome_reset(&o);
             o.verdict = BP_ERROR;
             bp_buf_adds(&o.reason, err.msg);
         }
+        if (refused && malformed) (*malformed)++;
         bp_buf_reset(&line);
         bp_outcome_write_json(&o, index++, &line);
         const bp_buf *shown = &line;
@@ -337,6 +358,21 @@ void bp_case_free(bp_case *c)
     bp_buf_free(&c->report);
 }
 
+/* "  event 3 (ex-4)": an author finds the event in events.ndjson by its
+ * messageId, not by counting lines.  Kept short: the editor reads these
+ * headers back (write_diff). */
+static void name_event(bp_buf *out, long i, const char *line, size_t len)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *id = line && bp_json_parse(&d, line, len, NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT
+                         ? bp_jscalar(&d, bp_jget(&d, 0, "message_id")) : NULL;
+    bp_buf_printf(out, "  event %ld", i);
+    if (id) bp_buf_printf(out, " (%.40s)", id);
+    bp_doc_free(&d);
+}
+
 /* Today's output against expected.ndjson, event by event: c->report names
  * each event that differs and, through bp_diff_lines, each field. */
 static void compare_case(bp_case *c, const bp_buf *want)
@@ -349,12 +385,13 @@ static void compare_case(bp_case *c, const bp_buf *want)
         const char *w = nth_line(wt, want->len, i, &wl);
         if (g && w && gl == wl && !memcmp(g, w, gl)) continue;
         c->differing++;
+        name_event(&c->report, i, g ? g : w, g ? gl : wl);
         if (!g || !w) {
-            bp_buf_printf(&c->report, "  event %ld: %s\n", i, g ? "not in expected.ndjson (new)" : "expected, but the events "
+            bp_buf_printf(&c->report, ": %s\n", g ? "not in expected.ndjson (new)" : "expected, but the events "
                           "file has no such event any more");
             continue;
         }
-        bp_buf_printf(&c->report, "  event %ld:\n", i);
+        bp_buf_adds(&c->report, ":\n");
         if (bp_diff_lines(w, wl, g, gl, &c->report) == 0) bp_buf_adds(&c->report, "    the same fields, written differently\n");
     }
 }
@@ -383,7 +420,7 @@ int bp_case_check(bp_engine *e, const char *cases_dir, const char *name, const b
     int fd = open(path, O_RDONLY);
     if (fd < 0) { bp_error_set(err, "cannot open events.ndjson (one event per line)"); return -1; }
     bp_reader *r = bp_reader_new(fd, limits->json.max_bytes);
-    c->events = bp_map_events(e, r, 0, add_line, &c->got);
+    c->events = bp_map_events(e, r, 0, add_line, &c->got, NULL);
     bp_reader_free(r);
     close(fd);
     bp_buf want;

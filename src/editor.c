@@ -744,7 +744,7 @@ void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, siz
         bp_reader *rd = bp_reader_new_mem(text.data, text.len, r->limits.json.max_bytes);
         results w = { res->body, 0, scratch };
         bp_buf_adds(res->body, "{\"ok\":true,\"results\":[");
-        bp_map_events(e, rd, 1, add_result, &w);
+        bp_map_events(e, rd, 1, add_result, &w, NULL);
         bp_buf_adds(res->body, "]}");
         bp_reader_free(rd);
         bp_buf_free(&text);

@@ -31,6 +31,7 @@ struct bp_engine {
     long seq;               /* events run by bp_engine_run: the dry-run index */
     int in_run_as;          /* bp_engine_run_as: a delivery loop, no index to tell */
     bp_outcome *out;        /* the event running, for its log lines */
+    bp_buf *log_to;         /* the CLI's lines go here instead of stderr (bp_engine_log_to) */
     /* steps (ctx.send) and ctx.cache */
     bp_cache *cache, *own_cache;    /* the delivery pool's, or the engine's own (made on first use) */
     char own_account[300];          /* the account of e->cfg (bp_engine_run) */
@@ -94,7 +95,8 @@ static void emit_log(bp_engine *e, const bp_outcome *o, const char *at, const ch
             snprintf(tag, sizeof tag, "[event %ld %.120s]", e->seq, o->message_id);
         else
             snprintf(tag, sizeof tag, "[event %ld]", e->seq);
-        fprintf(stderr, "blueprint log %s %s: %.*s\n", tag, at, (int)len, text);
+        if (e->log_to) bp_buf_printf(e->log_to, "blueprint log %s %s: %.*s\n", tag, at, (int)len, text);
+        else fprintf(stderr, "blueprint log %s %s: %.*s\n", tag, at, (int)len, text);
     }
 }
 
@@ -655,6 +657,8 @@ void bp_engine_set_journal(bp_engine *e, const char *journal, size_t len, uint64
     e->jlen = len;
     e->owner = owner;
 }
+
+void bp_engine_log_to(bp_engine *e, bp_buf *lines) { e->log_to = lines; }
 
 void bp_engine_set_cache(bp_engine *e, bp_cache *c) { e->cache = c; }
 

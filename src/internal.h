@@ -68,6 +68,10 @@ int bp_doc_unique_keys(const bp_doc *d, const char *origin, bp_error *err);
 /* Append a node to a document under construction (json.c, used by yaml.c). */
 uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t line);
 
+/* "did you mean": whether known is a likelier fix for the misspelt key than
+ * the best so far (*best_d, start at (size_t)-1; updated): at most a third
+ * of its letters differ, ignoring case.  blueprint.c */
+int bp_key_nearer(const char *key, const char *known, size_t *best_d);
 /* Read a whole file into out (NUL-terminated).  blueprint.c */
 int bp_read_file(const char *path, bp_buf *out, bp_error *err);
 
@@ -289,9 +293,14 @@ int bp_decode_line(const char *line, size_t len, bp_buf *out);
 int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t glen, bp_buf *out);
 
 /* dry-run's loop: every event of r mapped by e, one outcome line each
- * (decoded when asked) passed to emit.  Returns how many. */
+ * (decoded when asked) passed to emit.  Returns how many; *malformed (when
+ * not NULL) counts the events refused as input (their reason begins with
+ * the input line they start on: "line 9: malformed event: …"). */
 typedef void (*bp_line_fn)(void *ctx, const char *line, size_t len);
-long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx);
+long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed);
+/* The input line (1-based) where the event or bad stretch that
+ * bp_reader_next returned last began. */
+long bp_reader_line(const bp_reader *r);
 
 /* `blueprint test`'s cases: folders CASES_DIR/NAME/ with config.yaml (or
  * .json), events.ndjson and expected.ndjson.  bp_case_each calls fn with
@@ -427,6 +436,10 @@ enum bp_verdict bp_engine_run_as(bp_engine *e, const bp_binding *b, const char *
 /* The account key integrations are paced by (rate_limit.scope), and
  * ctx.cache is kept per. */
 void bp_account_key(const bp_blueprint *bp, const bp_config *cfg, const char *id, char *out, size_t n);
+/* Without a log callback, a mapping's log lines are appended to lines
+ * (NULL: written to stderr): `blueprint test` shows them only for a case
+ * that fails. */
+void bp_engine_log_to(bp_engine *e, bp_buf *lines);
 /* The cache ctx.cache and shared step answers use (NULL: the engine's own). */
 void bp_engine_set_cache(bp_engine *e, bp_cache *c);
 /* The next run reads its steps' answers back from this journal (an

@@ -12,6 +12,7 @@
 #include "blueprint.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -28,7 +29,8 @@ struct bp_reader {
     int eof;
     enum mode mode;
     long elements;          /* array elements returned so far */
-    size_t offset;          /* bytes consumed, for messages */
+    long lines;             /* line breaks consumed: messages name lines, not bytes */
+    long ev_line;           /* the line (1-based) where the last event or bad stretch began */
     bp_buf ev;
 };
 
@@ -83,7 +85,7 @@ static int peek(bp_reader *r) { return fill(r) ? (unsigned char)r->in[r->start] 
 static int next(bp_reader *r)
 {
     if (!fill(r)) return -1;
-    r->offset++;
+    if (r->in[r->start] == '\n') r->lines++;
     return (unsigned char)r->in[r->start++];
 }
 
@@ -126,16 +128,28 @@ static void scan_value(bp_reader *r, int in_array)
     }
 }
 
+long bp_reader_line(const bp_reader *r) { return r->ev_line; }
+
+/* The reader's own refusals name the line they begin on, as bp_map_events
+ * does for an event the parser refused. */
+static enum bp_read_status bad(bp_reader *r, bp_error *err, const char *what)
+{
+    bp_error_set(err, "line %ld: malformed %s", r->ev_line, what);
+    return BP_READ_BAD;
+}
+
 static enum bp_read_status too_large(bp_reader *r, bp_error *err)
 {
-    bp_error_set(err, "malformed event: larger than the %zu-byte limit (skipped)", r->max);
-    return BP_READ_BAD;
+    char what[96];
+    snprintf(what, sizeof what, "event: larger than the %zu-byte limit (skipped)", r->max);
+    return bad(r, err, what);
 }
 
 static enum bp_read_status read_line(bp_reader *r, const char **ev, size_t *len, bp_error *err)
 {
     for (;;) {
         bp_buf_reset(&r->ev);
+        r->ev_line = r->lines + 1;
         int any = 0;
         while (fill(r)) {
             any = 1;
@@ -143,8 +157,7 @@ static enum bp_read_status read_line(bp_reader *r, const char **ev, size_t *len,
             size_t n = nl ? (size_t)(nl - (r->in + r->start)) : r->end - r->start;
             if (r->ev.len <= r->max) bp_buf_add(&r->ev, r->in + r->start, n > r->max + 1 ? r->max + 1 : n);
             r->start += n + (nl ? 1 : 0);
-            r->offset += n + (nl ? 1 : 0);
-            if (nl) break;
+            if (nl) { r->lines++; break; }
         }
         if (!any) return BP_READ_END;
         if (r->ev.len > r->max) return too_large(r, err);
@@ -197,6 +210,7 @@ enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, b
         skip_ws(r);
         if (peek(r) < 0) return BP_READ_END;
         bp_buf_reset(&r->ev);
+        r->ev_line = r->lines + 1;
         scan_value(r, 0);
         if (r->ev.len > r->max) return too_large(r, err);
         *ev = r->ev.data;
@@ -210,26 +224,25 @@ enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, b
             else if (c == ']') { r->mode = MODE_DONE; return BP_READ_END; }
             else if (c < 0) {
                 r->mode = MODE_DONE;
-                bp_error_set(err, "malformed input: the JSON array is not closed (missing ']' at byte %zu)", r->offset);
-                return BP_READ_BAD;
+                r->ev_line = r->lines + 1;
+                return bad(r, err, "input: the JSON array is not closed (missing ']' at the end)");
             } else {
                 /* carry on with the next element; the missing comma is reported once */
                 r->elements++;
                 bp_buf_reset(&r->ev);
+                r->ev_line = r->lines + 1;
                 scan_value(r, 1);
-                bp_error_set(err, "malformed input: expected ',' between array elements before byte %zu "
-                             "(this element skipped)", r->offset - r->ev.len);
-                return BP_READ_BAD;
+                return bad(r, err, "input: expected ',' between array elements before this one (this element skipped)");
             }
         } else if (c == ']') {
             next(r);
             r->mode = MODE_DONE;
             return BP_READ_END;
         }
+        r->ev_line = r->lines + 1;
         if (c < 0) {
             r->mode = MODE_DONE;
-            bp_error_set(err, "malformed input: the JSON array is not closed (missing ']' at byte %zu)", r->offset);
-            return BP_READ_BAD;
+            return bad(r, err, "input: the JSON array is not closed (missing ']' at the end)");
         }
         r->elements++;
         bp_buf_reset(&r->ev);
@@ -238,8 +251,7 @@ enum bp_read_status bp_reader_next(bp_reader *r, const char **ev, size_t *len, b
         while (r->ev.len && strchr(" \t\r\n", r->ev.data[r->ev.len - 1])) r->ev.len--;
         if (r->ev.len == 0) {   /* e.g. "[,": consume one byte so we always progress */
             next(r);
-            bp_error_set(err, "malformed input: empty array element at byte %zu", r->offset);
-            return BP_READ_BAD;
+            return bad(r, err, "input: empty array element");
         }
         *ev = r->ev.data;
         *len = r->ev.len;

@@ -683,8 +683,10 @@ static void intake_reply(reply *r, intake_run *w, long index)
 {
     if (index == 0) { set_error(r, 400, "BAD_REQUEST", "no events in the body (one JSON object, an array or NDJSON)"); return; }
     r->status = w->bad ? 400 : 202;
+    /* says what happened to the others too: a resent file is all duplicates, not "accepted" */
     if (w->bad) bp_buf_printf(&r->body, "{\"error\":{\"code\":\"INVALID_EVENTS\",\"message\":\"%ld of %ld events were "
-                              "rejected; the others were accepted\"},", w->bad, index);
+                              "rejected; %ld accepted, %ld duplicates (already received, not stored again)\"},",
+                              w->bad, index, w->accepted, w->duplicates);
     else bp_buf_addc(&r->body, '{');
     bp_buf_printf(&r->body, "\"accepted\":%ld,\"duplicates\":%ld,\"errors\":[", w->accepted, w->duplicates);
     if (w->errors.len) bp_buf_add(&r->body, w->errors.data, w->errors.len);

@@ -52,6 +52,25 @@ static uint8_t plain_scalar_type(const char *s, size_t len)
     return i == len ? BP_JNUMBER : BP_JSTRING;
 }
 
+/* libyaml's scanner notices some mistakes only at the next token: a key
+ * without ':' (often a line indented wrong) is reported where the line
+ * after it starts.  Its context_mark is where the offending token began, so
+ * a scanner error names that line, and where it was noticed when that is
+ * later.  A parser error's context_mark is where the enclosing block
+ * started (line 1 for the top level): there the problem_mark is the
+ * offending line. */
+static void syntax_error(const yaml_parser_t *p, const char *origin, bp_error *err)
+{
+    yaml_mark_t at = p->problem_mark;
+    int earlier = p->error == YAML_SCANNER_ERROR && p->context && p->context_mark.index < p->problem_mark.index;
+    if (earlier) at = p->context_mark;
+    char noticed[64] = "";
+    if (earlier && p->context_mark.line != p->problem_mark.line)
+        snprintf(noticed, sizeof noticed, " (noticed on line %zu)", p->problem_mark.line + 1);
+    bp_error_set(err, "%s:%zu:%zu: invalid YAML: %s%s%s%s", origin, at.line + 1, at.column + 1,
+                 p->problem ? p->problem : "syntax error", p->context ? " " : "", p->context ? p->context : "", noticed);
+}
+
 int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err)
 {
     const char *origin = d->origin ? d->origin : "YAML";
@@ -72,10 +91,7 @@ int bp_yaml_parse(bp_doc *d, const char *src, size_t len, bp_error *err)
     yaml_parser_set_input_string(&parser, (const unsigned char *)src, len);
     while (!done) {
         if (!yaml_parser_parse(&parser, &ev)) {
-            bp_error_set(err, "%s:%zu:%zu: invalid YAML: %s%s%s", origin,
-                         parser.problem_mark.line + 1, parser.problem_mark.column + 1,
-                         parser.problem ? parser.problem : "syntax error",
-                         parser.context ? " " : "", parser.context ? parser.context : "");
+            syntax_error(&parser, origin, err);
             goto out;
         }
         size_t line = ev.start_mark.line + 1;

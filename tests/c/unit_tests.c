@@ -344,6 +344,29 @@ TEST(reader_array_elements)
     CHECK_STR(split("[{\"a\":1}", 1024), "<{\"a\":1}><BAD>");
 }
 
+/* Issue 25: the reader's errors name the input line an event begins on
+ * (blank lines and pretty-printed events counted), never a byte offset. */
+TEST(reader_errors_name_lines)
+{
+    const char *in = "[{\"a\":1},\n\n {\"b\":2} {\"c\":3},\n{\n \"d\":4}\n";
+    bp_reader *r = bp_reader_new_mem(in, strlen(in), 1024);
+    const char *ev;
+    size_t len;
+    bp_error err;
+    long lines[8];
+    int n = 0;
+    char bad[1024] = "";
+    enum bp_read_status st;
+    while (n < 8 && (st = bp_reader_next(r, &ev, &len, &err)) != BP_READ_END) {
+        lines[n++] = bp_reader_line(r);
+        if (st == BP_READ_BAD && !bad[0]) snprintf(bad, sizeof bad, "%s", err.msg);
+    }
+    bp_reader_free(r);
+    CHECK(n == 5);
+    CHECK(lines[0] == 1 && lines[1] == 3 && lines[2] == 3 && lines[3] == 4 && lines[4] == 6);
+    CHECK_STR(bad, "line 3: malformed input: expected ',' between array elements before this one (this element skipped)");
+}
+
 TEST(reader_pretty_object)
 {
     CHECK_STR(split("{\n  \"a\": {\n    \"b\": 1\n  }\n}\n", 1024), "<{\n  \"a\": {\n    \"b\": 1\n  }\n}>");
@@ -1267,6 +1290,7 @@ int main(void)
     RUN(consent_absent_uses_the_policy);
     RUN(reader_ndjson_lines);
     RUN(reader_array_elements);
+    RUN(reader_errors_name_lines);
     RUN(reader_pretty_object);
     RUN(reader_truncated_first_line_is_still_ndjson);
     RUN(reader_oversized_event_is_skipped);

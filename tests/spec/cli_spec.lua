@@ -54,10 +54,10 @@ describe("blueprint dry-run #cli", function()
   it("turns a malformed line into an error outcome and carries on", function()
     local input = ID:format("g1") .. "\n{not json\n" .. ID:format("g2") .. "\n"
     local out, _, code = dry(AC .. " --config " .. CONFIG, input)
-    assert.are.equal(0, code)
+    assert.are.equal(5, code)               -- some input was not an event
     local lines = S.lines(out)
     assert.are.equal(3, #lines)
-    assert.matches('"outcome":"error"', lines[2], 1, true)
+    assert.matches('"outcome":"error","reason":"line 2: malformed event: invalid JSON', lines[2], 1, true)
     assert.matches('"message_id":"g2"', lines[3], 1, true)
   end)
 
@@ -148,5 +148,166 @@ describe("the JWT secret #cli", function()
       .. state)
     assert.are.equal(0, code, err)
     assert.matches("^ey", out)
+  end)
+end)
+
+-- Issue 25, finding 7: the CLI as a blueprint author meets it.
+describe("issue 25: the CLI names lines and stays quiet #cli", function()
+  local function sh(cmd, stdin) return S.sh(cmd, stdin) end
+  local function copy_blueprint(name)
+    local dir = S.tmpdir()
+    os.execute("cp -r blueprints/" .. name .. " " .. dir .. "/")
+    return dir .. "/" .. name
+  end
+
+  it("names the input line of each malformed event, not an index and a byte, and exits 5", function()
+    local input = "[" .. ID:format("a1") .. ",\n\n " .. ID:format("a2") .. " " .. ID:format("a3") .. ",\n{bad}\n"
+    local out, err, code = dry(AC .. " --config " .. CONFIG, input)
+    assert.are.equal(5, code, err)
+    local lines = S.lines(out)
+    assert.are.equal(5, #lines)
+    assert.matches('"reason":"line 3: malformed input: expected \',\' between array elements', lines[3], 1, true)
+    assert.matches('"reason":"line 4: malformed event: invalid JSON', lines[4], 1, true)
+    assert.matches('"reason":"line 5: malformed input: the JSON array is not closed', lines[5], 1, true)
+    assert.matches("blueprint: 3 of 5 events in stdin malformed", err, 1, true)
+    -- the examples are all events: exit 0
+    local _, err2, code2 = dry(AC .. " --config " .. CONFIG .. " " .. EVENTS)
+    assert.are.equal(0, code2, err2)
+    local _, err3, code3 = dry(AC .. " --config " .. CONFIG .. " " .. S.AC .. "/examples/malformed-line.ndjson")
+    assert.are.equal(5, code3)
+    assert.matches("1 of 2 events", err3, 1, true)
+  end)
+
+  it("blueprint test: a diff names the event's messageId; log lines only for a failing case or --verbose", function()
+    local bp = copy_blueprint("webhook")
+    local lua = io.open(bp .. "/event.lua"):read("a")
+    S.write(bp .. "/event.lua", (lua:gsub("return function%(event, ctx%)", "%0 print(\"mapping says hi\")", 1)))
+    local _, _, code = sh(S.bin .. " test " .. bp .. " --update")
+    assert.are.equal(0, code)
+    local out, err
+    out, err, code = sh(S.bin .. " test " .. bp)
+    assert.are.equal(0, code, out .. err)
+    assert.are.equal("", err)                                   -- every case passed: quiet
+    out, err = sh(S.bin .. " test " .. bp .. " --verbose")
+    assert.matches("blueprint log [event 0 w-01] event.lua:2: mapping says hi", err, 1, true)
+    local exp = bp .. "/tests/all-types/expected.ndjson"
+    S.write(exp, (io.open(exp):read("a"):gsub('Ada Lovelace', 'Ada L', 1)))
+    out, err, code = sh(S.bin .. " test " .. bp)
+    assert.are.equal(4, code)
+    assert.matches("  event 0 (w-01):\n", out, 1, true)
+    assert.matches("mapping says hi", err, 1, true)              -- the failing case's logs
+  end)
+
+  it("suggests the key an unknown blueprint.yaml key is a typo of", function()
+    local bp = copy_blueprint("webhook")
+    local y = io.open(bp .. "/blueprint.yaml"):read("a")
+    S.write(bp .. "/blueprint.yaml", (y:gsub("\nevents:", "\nevnets:", 1)))
+    local _, err, code = sh(S.bin .. " test " .. bp)
+    assert.are.equal(2, code)
+    assert.matches("unknown key 'evnets' at the top level %(known keys: .*%); did you mean 'events'%?", err)
+  end)
+
+  it("reports a YAML line without ':' (an indentation slip) on that line, not the next", function()
+    local cfg = os.tmpname()
+    finally(function() os.remove(cfg) end)
+    S.write(cfg, "api_url: https://acme.api-us1.com\nconsent\n  default_policy: deny\n")
+    local _, err, code = dry(AC .. " --config " .. cfg, "")
+    assert.are.equal(2, code)
+    assert.matches(cfg .. ":2:1: invalid YAML: could not find expected ':'", err, 1, true)
+  end)
+
+  it("says it reads the terminal when dry-run has no events file and stdin is a TTY", function()
+    local out = sh("script -qec '" .. S.bin .. " dry-run " .. AC .. " --config " .. CONFIG .. "' /dev/null < /dev/null")
+    assert.matches("reading events from the terminal", out, 1, true)
+    local _, err = dry(AC .. " --config " .. CONFIG, "")                -- a pipe: no hint
+    assert.is_nil(err:find("reading events", 1, true))
+  end)
+
+  it("--help gives an overview of every command, not dry-run's text", function()
+    local out, _, code = sh(S.bin .. " --help")
+    assert.are.equal(0, code)
+    assert.matches("^usage: blueprint COMMAND", out)
+    for _, cmd in ipairs({ "dry%-run", "test", "deliver", "dlq", "serve", "token", "rotate%-key" }) do
+      assert.matches("\n  " .. cmd .. " ", out)
+    end
+    assert.is_nil(out:find("Maps each event", 1, true))
+  end)
+
+  it("the webhook blueprint has examples/ that dry-run cleanly", function()
+    local out, err, code = dry("blueprints/webhook --config blueprints/webhook/examples/config.yaml "
+      .. "blueprints/webhook/examples/events.ndjson")
+    assert.are.equal(0, code, err)
+    assert.matches('"outcome":"deliver"', out, 1, true)
+  end)
+end)
+
+-- Issue 25, finding 8: a test that errors before its stop() leaks nothing.
+describe("issue 25: the test harness stops what a spec started #cli", function()
+  local sh = S.sh
+  it("stops, by the end of its file, an emulator whose test failed before stop(), and the file's own", function()
+    local dir = S.tmpdir()
+    local probe = dir .. "/probe_spec.lua"
+    S.write(probe, table.concat({
+      'local S = require("support")',
+      'describe("probe", function()',
+      '  setup(function() S.start_emulator("--rate-limit 0 --accounts 71") end)',
+      '  it("fails before stop", function()',
+      '    local emu = S.start_emulator("--rate-limit 0 --accounts 73")',
+      '    error("boom")',
+      '    emu.stop()',
+      '  end)',
+      'end)',
+    }, "\n"))
+    local out = sh("lua5.4 /usr/bin/busted --cpath='build/lua/?.so' --lpath='tests/spec/?.lua' " .. probe)
+    assert.matches("boom", out, 1, true)                          -- the probe ran and failed
+    local ps = sh("ps -eo args")
+    assert.is_nil(ps:find("--accounts 71", 1, true), "the file's emulator outlived its file")
+    assert.is_nil(ps:find("--accounts 73", 1, true), "the failed test's emulator outlived it")
+  end)
+end)
+
+-- Issue 25, finding 6: `make run`'s printed commands work pasted into bash as
+-- printed (before: `export ID=<the "id" from the answer>` was a syntax error,
+-- and the example events answered 400).  Not #serve: run.sh runs build/blueprint
+-- whichever build the suite tests, so once is enough.
+describe("issue 25: make run's quickstart #quickstart", function()
+  it("prints commands that install, capture the id, send the examples and say duplicates when resent", function()
+    local state = S.tmpdir()
+    local out, pidf = state .. "/run.out", os.tmpname()
+    os.execute("PORT=0 EMU_PORT=0 STATE=" .. state .. " scripts/run.sh > " .. out .. " 2>&1 & echo $! > " .. pidf)
+    local pid = io.open(pidf):read("l")
+    os.remove(pidf)
+    finally(function()
+      os.execute("kill -TERM " .. pid .. " 2>/dev/null")   -- run.sh's trap stops serve and the emulator
+      S.eventually(function() return not os.execute("kill -0 " .. pid .. " 2>/dev/null") end, 10)
+    end)
+    local function printed()
+      local f = io.open(out)          -- not there until the shell has opened it
+      local t = f and f:read("a") or ""
+      if f then f:close() end
+      return t
+    end
+    local text = S.eventually(function() local t = printed(); return t:find("\nPorts: ", 1, true) and t end, 20)
+    assert.is_truthy(text, "run.sh printed no quickstart: " .. printed())
+    -- the install form's values, one per line
+    assert.matches("\n  API Key%s+emulator%-api%-token\n", text)
+    assert.matches("\n  Event Tracking endpoint%s+http://127%.0%.0%.1:%d+/event\n", text)
+    -- the commands exactly as printed: each indented block under "export TOKEN", "1." and "2."
+    local script, keep = {}, false
+    for line in text:gmatch("[^\n]*") do
+      if line:match("^  export TOKEN=") then script[#script + 1] = line end
+      if line:match("^1%. Install") or line:match("^2%. Send") then keep = true
+      elseif line:match("^%d%. ") or line == "" then keep = false
+      elseif keep and line:match("^  ") and not line:match("^   or ") then script[#script + 1] = line end
+    end
+    local cmds = state .. "/pasted.sh"
+    S.write(cmds, table.concat(script, "\n") .. "\n"
+      .. script[#script - 1] .. "\n" .. script[#script] .. "\n")   -- the examples, sent again
+    local res, err, code = S.sh("bash -e " .. cmds)
+    assert.are.equal(0, code, res .. err)
+    assert.matches("ID=int_%x+", res)
+    assert.matches('{"accepted":1,"duplicates":0,"errors":[]}', res, 1, true)     -- the test event
+    assert.matches('{"accepted":8,"duplicates":0,"errors":[]}', res, 1, true)     -- every example
+    assert.matches('{"accepted":0,"duplicates":8,"errors":[]}', res, 1, true)     -- sent again
   end)
 end)

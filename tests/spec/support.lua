@@ -101,8 +101,44 @@ end
 local function sleep(s) os.execute("sleep " .. s) end
 S.sleep = sleep
 
+-- Every process a spec starts (emulator, serve, the Kafka mock) is recorded
+-- here, and whatever happens to its test it is stopped when its spec file
+-- ends: a test that fails or errors before its stop() (or finally()) no
+-- longer leaves it running after `make test` (scripts/run-tests.sh fails the
+-- run if anything is).  At the file's end rather than the test's: a server
+-- restarted inside a test may serve the file's later tests.  A stop that
+-- finds a sanitizer report still fails (the file's end reports the error).
+local running = {}
+local function track(h) running[h] = true end
+local function stop_started()
+  local errors = {}
+  for h in pairs(running) do
+    running[h] = nil
+    local ok, err = pcall(h.stop)
+    if not ok then errors[#errors + 1] = tostring(err) end
+  end
+  if #errors > 0 then error(table.concat(errors, "\n"), 0) end
+end
+do
+  local ok, busted = pcall(require, "busted")
+  if ok and type(busted) == "table" and busted.subscribe then
+    busted.subscribe({ "file", "end" }, function() stop_started(); return nil, true end)
+  end
+end
+
+-- Send SIGTERM to pid and wait (at most 10 s) until it is gone.
+local function terminate(pid)
+  os.execute("kill -TERM " .. pid .. " 2>/dev/null")
+  for _ = 1, 500 do
+    if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then return end
+    sleep(0.02)
+  end
+  os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+end
+
 -- Start an emulator on a free loopback port; returns a handle with url, port,
--- get/post helpers and stop().  The caller must stop it (use finally()).
+-- get/post helpers and stop().  Stop it when done (use finally()); one left
+-- running is stopped when its test or file ends (above).
 -- Start a server command in the background and wait for its
 -- "listening on http://127.0.0.1:PORT" line; returns pid and port.
 local function start_listening(cmd, what, errf, seconds)
@@ -146,7 +182,13 @@ function S.start_emulator(args)
   function emu.faults(t) return emu.post("/_emulator/faults", assert(S.core.json_encode(t))) end
   function emu.requests() return emu.get("/_emulator/requests") end
   function emu.contacts() return emu.get("/_emulator/contacts") end
-  function emu.stop() os.execute("kill " .. pid .. " 2>/dev/null") end
+  function emu.stop()
+    if emu.stopped then return end
+    emu.stopped = true
+    running[emu] = nil
+    terminate(pid)
+  end
+  track(emu)
   return emu
 end
 
@@ -244,11 +286,8 @@ function S.start_server(opts)
   function srv.stop()
     if srv.stopped then return end
     srv.stopped = true
-    os.execute("kill -TERM " .. pid .. " 2>/dev/null")
-    for _ = 1, 500 do
-      if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then break end
-      sleep(0.02)
-    end
+    running[srv] = nil
+    terminate(pid)
     local log = srv.logs()
     local at = log:find("ERROR: %a+Sanitizer") or log:find("WARNING: ThreadSanitizer")
     if at then error("the server's sanitizer reported:\n" .. log:sub(at, at + 3000), 2) end
@@ -267,6 +306,7 @@ function S.start_server(opts)
     if fh then fh:close() end
     return t
   end
+  track(srv)
   return srv
 end
 
@@ -359,7 +399,13 @@ function S.start_kafka()
   local k = { pid = pid, brokers = brokers }
   function k.down() os.execute("kill -USR1 " .. pid) end
   function k.up() os.execute("kill -USR2 " .. pid) end
-  function k.stop() os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+  function k.stop()
+    if k.stopped then return end
+    k.stopped = true
+    running[k] = nil
+    terminate(pid)
+  end
+  track(k)
   return k
 end
 
