@@ -272,17 +272,17 @@ static bp_health health_of(const bp_integration *it)
     return h;
 }
 
-/* ,"health":{"state","reason","since","until"}: times in Unix seconds like
- * created_at (since: null when it has been so since the server started;
+/* ,"health":{"state","reason","since","until"}: times in ms since the
+ * epoch like created_at (since: null when it has been so since the server started;
  * until: backing_off's next attempt, else null).  Registry mu held. */
 static void write_health(bp_buf *b, const bp_integration *it)
 {
     bp_health h = health_of(it);
     bp_buf_printf(b, ",\"health\":{\"state\":\"%s\",\"reason\":", bp_health_names[h.state]);
     bp_json_write_string(b, h.reason, strlen(h.reason));
-    if (h.since_ms) bp_buf_printf(b, ",\"since\":%lld", (long long)(h.since_ms / 1000));
+    if (h.since_ms) bp_buf_printf(b, ",\"since\":%lld", (long long)h.since_ms);
     else bp_buf_adds(b, ",\"since\":null");
-    if (h.until_ms) bp_buf_printf(b, ",\"until\":%lld}", (long long)((h.until_ms + 999) / 1000));
+    if (h.until_ms) bp_buf_printf(b, ",\"until\":%lld}", (long long)h.until_ms);
     else bp_buf_adds(b, ",\"until\":null}");
 }
 
@@ -297,7 +297,7 @@ static void write_delivery(bp_buf *b, const bp_integration *it, int running)
                   __atomic_load_n(&st->delivered, __ATOMIC_RELAXED), __atomic_load_n(&st->dropped, __ATOMIC_RELAXED),
                   __atomic_load_n(&st->errors, __ATOMIC_RELAXED), __atomic_load_n(&st->dead, __ATOMIC_RELAXED),
                   __atomic_load_n(&st->held, __ATOMIC_RELAXED), __atomic_load_n(&st->retries, __ATOMIC_RELAXED),
-                  (long long)(it->registry->started_ms / 1000));
+                  (long long)it->registry->started_ms);
     long hour[BP_RECENT_ENDS];
     bp_recent_sum(it->recent, (int64_t)bp_wall_ms(), hour);
     bp_buf_printf(b, ",\"last_hour\":{\"delivered\":%ld,\"dropped\":%ld,\"errors\":%ld,\"dead_lettered\":%ld,"
