@@ -423,8 +423,8 @@ static const char *change_error_code(int http, const bp_error *err)
 }
 
 /* A failed install or update; a 422 names the config field the message is
- * about ("config field 'api_url' …" → "field":"config.api_url"), for a
- * form to show it next to that field. */
+ * about ("config field 'api_url' …" → "field":"config.api_url"), and a 409
+ * on a name taken names "name", for a form to show it next to that field. */
 static void change_failed(reply *r, int http, const bp_error *err)
 {
     const char *at = http == 422 ? strstr(err->msg, "config field '") : NULL;
@@ -432,7 +432,9 @@ static void change_failed(reply *r, int http, const bp_error *err)
     bp_buf extra, field;
     bp_buf_init(&extra);
     bp_buf_init(&field);
-    if (at && n && at[14 + n] == '\'') {
+    if (http == 409 && !strncmp(err->msg, "an integration named '", 22)) {
+        bp_buf_adds(&extra, ",\"field\":\"name\"");
+    } else if (at && n && at[14 + n] == '\'') {
         bp_buf_printf(&field, "config.%.*s", (int)n, at + 14);
         bp_buf_adds(&extra, ",\"field\":");
         bp_json_write_text(&extra, field.data, field.len);
