@@ -4,7 +4,7 @@
 // errors are marked at their file and line; the golden fixtures run against
 // the edit; Save records a revision and History rolls back.
 import { h, replace, clear, button, badge, empty, errorBox, toast, codeBlock, pretty, parseJSON, confirmDialog,
-  fmtTime, fmtAgo, fmtClock, spinner, debounce } from '../dom.js';
+  fmtTime, fmtClock, spinner, debounce, ago } from '../dom.js';
 import { get, post, put, enc, ApiError } from '../api.js';
 import { getCatalog, listIntegrations, categoryName, monogram, tileClass, eventName } from '../data.js';
 import { pickedSamples } from './live.js';
@@ -301,9 +301,19 @@ export async function render(main, params, ctx) {
     samples.push({ id: ++sampleSeq, source, text, event, label, checked });
     return true;
   }
+  // pasted samples outlive a reload: kept per vendor in localStorage
+  const pastedKey = 'bp.editor.pasted.' + vendor;
+  function savePasted() {
+    try { localStorage.setItem(pastedKey, JSON.stringify(samples.filter((s) => s.source === 'pasted').map((s) => s.text))); } catch (e) { /* full: kept for this page only */ }
+  }
   for (const ex of data.examples || []) addSample('example', ex, true);
   for (const t of pickedSamples(vendor)) {
     try { addSample('live', parseJSON(t), true); } catch (e) { /* skip */ }
+  }
+  let pastedBefore = [];
+  try { pastedBefore = JSON.parse(localStorage.getItem(pastedKey) || '[]'); } catch (e) { pastedBefore = []; }
+  for (const t of Array.isArray(pastedBefore) ? pastedBefore : []) {
+    try { addSample('pasted', parseJSON(t), true); } catch (e) { /* skip */ }
   }
 
   function paintSamples() {
@@ -321,7 +331,7 @@ export async function render(main, params, ctx) {
           mid ? h('span', { class: 'mono muted small', text: String(mid) }) : null),
         h('span', { class: 'tag tag-' + s.source, text: s.source === 'example' ? 'example' : s.source === 'live' ? 'live' : 'pasted' }),
         s.source !== 'example' ? h('button', { type: 'button', class: 'icon-btn', title: 'Remove this sample', 'aria-label': 'Remove ' + s.label,
-          text: '×', onclick: () => { samples.splice(samples.indexOf(s), 1); paintSamples(); scheduleRun(true); } }) : null);
+          text: '×', onclick: () => { samples.splice(samples.indexOf(s), 1); savePasted(); paintSamples(); scheduleRun(true); } }) : null);
     }));
   }
 
@@ -346,6 +356,7 @@ export async function render(main, params, ctx) {
       } catch (e) { err.textContent = 'Not valid JSON: ' + e.message; return; }
       let n = 0;
       for (const ev of evs) if (addSample('pasted', ev, true)) n++;
+      savePasted();
       clear(addArea);
       paintSamples();
       scheduleRun(true);
@@ -632,7 +643,7 @@ export async function render(main, params, ctx) {
           h('div', { class: 'history-top' },
             h('strong', { text: '#' + x.number }), i === 0 ? badge('current', 'ok') : null,
             h('span', { class: 'history-msg', text: x.message || '' })),
-          h('div', { class: 'small muted' }, h('span', { text: `${x.actor || 'unknown'} · ${fmtTime(x.created_at)} (${fmtAgo(x.created_at)})` }),
+          h('div', { class: 'small muted' }, h('span', { text: `${x.actor || 'unknown'} · ${fmtTime(x.created_at)} (` }), ago(x.created_at), ')',
             (x.files || []).length ? h('span', { text: ' · ' + x.files.join(', ') }) : null),
           h('div', { class: 'history-actions' }, toggleDiff,
             can && i > 0 ? button(`Roll back to #${x.number}`, () => rollback(x.number), { small: true, dataset: { rollback: String(x.number) } }) : null),

@@ -2,7 +2,7 @@
 // table with a switch per event (custom events by name), Live Events, dead
 // letters with replay, revisions with a diff, and delete.
 import { h, replace, clear, button, badge, toggle, empty, errorBox, toast, kv, codeBlock, confirmDialog,
-  fmtTime, fmtAgo, spinner, copyButton, statusCode } from '../dom.js';
+  fmtTime, fmtAgo, ago, spinner, copyButton, statusCode } from '../dom.js';
 import { get, post, patch, del, enc, ApiError } from '../api.js';
 import { getVendor, getIntegration, categoryName, monogram, tileClass, outcomeOf, eventName, healthOf, healthBadge } from '../data.js';
 import { fieldOfError, togetherGroups, checksAlert } from './integrations.js';
@@ -24,7 +24,7 @@ const COUNTERS = [
 // doing instead, since when, and what to do.
 function healthAlert(it, base) {
   const x = healthOf(it);
-  const since = x.since ? h('span', { class: 'muted', text: ` Since ${fmtTime(x.since)} (${fmtAgo(x.since)}).` }) : null;
+  const since = x.since ? h('span', { class: 'muted' }, ` Since ${fmtTime(x.since)} (`, ago(x.since, { id: 'health-since' }), ').') : null;
   const box = (kind, title, ...rest) => h('div', { class: 'alert alert-' + kind, id: 'health-alert', role: 'status', dataset: { health: x.state } },
     h('strong', { text: title + ' ' }), h('span', { class: 'health-reason', text: x.reason }), since, ...rest);
   if (x.state === 'paused') {
@@ -34,7 +34,7 @@ function healthAlert(it, base) {
   }
   if (x.state === 'backing_off') {
     return box('warn', 'Backing off: the vendor asked to slow down or failed.',
-      x.until ? h('span', { text: ` Next attempt ${fmtAgo(x.until)}.` }) : null);
+      x.until ? h('span', {}, ' Next attempt ', ago(x.until), '.') : null);
   }
   if (x.state === 'blueprint_error') {
     return box('err', 'Not delivering: the blueprint does not load.', ' ',
