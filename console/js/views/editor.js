@@ -45,6 +45,27 @@ function cleanError(x) {
 
 function draftKey(vendor) { return 'bp.editor.draft.' + vendor; }
 
+// Enter in Lua: the line's indent, one step more when the line opens more
+// blocks or brackets than it closes.  CodeMirror's Lua mode counts every
+// opener, so `helpers.track(ctx, "a", {` (a "(" and a "{") indented two
+// steps.
+const OPENERS = /\b(?:function|then|do|repeat)\b|[({[]/g;
+const CLOSERS = /\b(?:end|until)\b|[)}\]]/g;
+function luaEnter(cm) {
+  const unit = ' '.repeat(cm.getOption('indentUnit'));
+  cm.operation(() => {
+    for (const sel of cm.listSelections().reverse()) {
+      const from = sel.from();
+      const before = cm.getLine(from.line).slice(0, from.ch);
+      // strings and comments open nothing
+      const code = before.replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'/g, '""').replace(/--.*$/, '');
+      const opens = (code.match(OPENERS) || []).length - (code.match(CLOSERS) || []).length;
+      const more = opens > 0 || /^\s*else\s*$/.test(code);
+      cm.replaceRange('\n' + /^\s*/.exec(before)[0] + (more ? unit : ''), from, sel.to(), '+input');
+    }
+  });
+}
+
 export async function render(main, params, ctx) {
   replace(main, h('div', { class: 'page' }, h('p', { class: 'loading' }, spinner(), 'Loading the blueprint…')));
   const vendor = params.vendor;
@@ -100,6 +121,7 @@ export async function render(main, params, ctx) {
     value: '', mode: 'lua', lineNumbers: true, indentUnit: 2, tabSize: 2, indentWithTabs: false,
     gutters: ['CodeMirror-linenumbers', 'bp-gutter'], readOnly: can ? false : true, viewportMargin: 30,
     extraKeys: {
+      Enter: (c) => (c.getOption('mode') === 'lua' && !c.getOption('readOnly') ? luaEnter(c) : window.CodeMirror.Pass),
       Tab: (c) => c.execCommand(c.somethingSelected() ? 'indentMore' : 'insertSoftTab'),
       'Ctrl-S': () => { if (can) save(); }, 'Cmd-S': () => { if (can) save(); },
     },
