@@ -767,6 +767,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             snprintf(n, sizeof n, "%d", j->ev.failures);
             set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
             finish(l, j, BP_END_DEAD);
+            if (!t->paused) report_health(t, BP_HEALTH_BACKING_OFF, j->why, 0);   /* no next attempt for it */
         } else {
             j->ev.next_at = (int64_t)(now + backoff_ms(l, j->ev.failures, resp->retry_after_s));
             if (!t->paused) report_health(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at);

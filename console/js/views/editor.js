@@ -350,7 +350,7 @@ export async function render(main, params, ctx) {
         h('label', { for: 'sample-' + s.id, class: 'sample-label' },
           h('span', { class: 'ev-type', text: (s.event && s.event.type) || '?' }),
           h('span', { class: 'ev-name', text: s.label }),
-          mid ? h('span', { class: 'mono muted small', text: String(mid) }) : null),
+          mid ? h('span', { class: 'mono muted small', dataset: { mid: String(mid) }, text: String(mid) }) : null),
         h('span', { class: 'tag tag-' + s.source, text: s.source === 'example' ? 'example' : s.source === 'live' ? 'live' : 'pasted' }),
         s.source !== 'example' ? h('button', { type: 'button', class: 'icon-btn', title: 'Remove this sample', 'aria-label': 'Remove ' + s.label,
           text: '×', onclick: () => { samples.splice(samples.indexOf(s), 1); savePasted(); paintSamples(); scheduleRun(true); } }) : null);
