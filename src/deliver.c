@@ -623,26 +623,37 @@ static void load(loop *l)
 
 /* ---- answers ------------------------------------------------------------------------------- */
 
-/* Tell the sink when the integration's health changes (a new state, reason
- * or next attempt); `since` keeps the time the state was entered, unless
- * the caller knows it (a pause restored from the store). */
-static void report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms)
+/* Tell the sink when the integration's health changes (a new state,
+ * reason, next attempt or vendor's answer); `since` keeps the time the
+ * state was entered, unless the caller knows it (a pause restored from the
+ * store); resp: the answer that made it so, shown in the vendor's words
+ * (NULL: none). */
+static void report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
+                             const bp_response *resp)
 {
     bp_health *h = &t->health;
-    if (h->state == state && h->until_ms == until_ms && !strcmp(h->reason, reason) && h->since_ms) return;
+    int status = resp ? resp->status : 0;
+    const char *body = resp && resp->body.data ? resp->body.data : "";
+    size_t n = resp ? resp->body.len : 0;
+    if (n >= sizeof h->answer) n = sizeof h->answer - 1;
+    if (h->state == state && h->until_ms == until_ms && h->status == status && !strcmp(h->reason, reason)
+        && !strncmp(h->answer, body, n) && h->answer[n] == '\0' && h->since_ms) return;
     if (h->state != state || !h->since_ms) h->since_ms = since_ms ? since_ms : (int64_t)bp_wall_ms();
     h->state = state;
     h->until_ms = until_ms;
+    h->status = status;
     snprintf(h->reason, sizeof h->reason, "%s", reason);
+    memcpy(h->answer, body, n);
+    h->answer[n] = '\0';
     if (t->sink->health) t->sink->health(t->ctx, h);
 }
 
 static void report_health(tenant *t, int state, const char *reason, int64_t until_ms)
 {
-    report_health_at(t, state, reason, until_ms, 0);
+    report_health_at(t, state, reason, until_ms, 0, NULL);
 }
 
-static void pause_tenant(loop *l, tenant *t, const char *why)
+static void pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp)
 {
     const bp_blueprint *bp = t->bp->bp;
     t->paused = 1;
@@ -655,7 +666,7 @@ static void pause_tenant(loop *l, tenant *t, const char *why)
     bp_store_meta_set(l->store, t->id, "pause_reason", t->pause_reason);
     bp_store_meta_set(l->store, t->id, "paused_since", since);
     log_tenant("error", t->pause_reason, t, NULL);
-    report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since));
+    report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since), resp);
 }
 
 static int step_accepts(const bp_request *r, int status)
@@ -767,10 +778,10 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             snprintf(n, sizeof n, "%d", j->ev.failures);
             set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
             finish(l, j, BP_END_DEAD);
-            if (!t->paused) report_health(t, BP_HEALTH_BACKING_OFF, j->why, 0);   /* no next attempt for it */
+            if (!t->paused) report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, 0, 0, resp);   /* no next attempt for it */
         } else {
             j->ev.next_at = (int64_t)(now + backoff_ms(l, j->ev.failures, resp->retry_after_s));
-            if (!t->paused) report_health(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at);
+            if (!t->paused) report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at, 0, resp);
             /* Live Events shows it waiting, with the answer that made it wait */
             set_reason(j, "retrying: %s%s", j->why, "");
             write_line(l, j, BP_END_RETRYING);
@@ -790,7 +801,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             save_progress(l, j);
             break;
         }
-        if (!t->paused) pause_tenant(l, t, j->why);
+        if (!t->paused) pause_tenant(l, t, j->why, resp);
         hold(l, j);
         break;
     }
@@ -1079,7 +1090,7 @@ static void restore_pause(loop *l, tenant *t)
         t->paused = 1;
         snprintf(t->pause_reason, sizeof t->pause_reason, "%s", why ? why : "integration paused");
         log_tenant("error", t->pause_reason, t, NULL);
-        report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, since ? atoll(since) : 0);
+        report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, since ? atoll(since) : 0, NULL);
         free(why);
         free(since);
     } else if (paused_fp || t->paused) {

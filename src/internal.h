@@ -521,6 +521,8 @@ typedef struct bp_health {
     int64_t since_ms;           /* wall clock: when it entered the state (0: not known) */
     int64_t until_ms;           /* backing_off: the next attempt, else 0 */
     char reason[512];           /* why, in the vendor's words where there are some ("" when delivering) */
+    int status;                 /* paused, backing_off: the vendor's HTTP status (0: none, or no answer) */
+    char answer[256];           /* and the head of its answer, as it came ("" when none) */
 } bp_health;
 
 /* Where a loop reports an integration's outcomes.  Called on the loop's

@@ -266,20 +266,30 @@ static bp_health health_of(const bp_integration *it)
     if (!it->vendor->bp) {
         h.state = BP_HEALTH_BLUEPRINT_ERROR;
         h.until_ms = 0;
+        h.status = 0;
         snprintf(h.reason, sizeof h.reason, "the blueprint failed to load: %s",
                  it->vendor->load_error ? it->vendor->load_error : "no version of it loaded");
     }
     return h;
 }
 
-/* ,"health":{"state","reason","since","until"}: times in ms since the
- * epoch like created_at (since: null when it has been so since the server started;
- * until: backing_off's next attempt, else null).  Registry mu held. */
+/* ,"health":{"state","reason","since","until","vendor_status","vendor_answer"}:
+ * times in ms since the epoch like created_at (since: null when it has been
+ * so since the server started; until: backing_off's next attempt, else
+ * null); the vendor's status and the head of its answer when one made it so
+ * (else null).  The texts come from the vendor: written as text (any bad
+ * UTF-8 replaced).  Registry mu held. */
 static void write_health(bp_buf *b, const bp_integration *it)
 {
     bp_health h = health_of(it);
     bp_buf_printf(b, ",\"health\":{\"state\":\"%s\",\"reason\":", bp_health_names[h.state]);
-    bp_json_write_string(b, h.reason, strlen(h.reason));
+    bp_json_write_text(b, h.reason, strlen(h.reason));
+    if (h.status) {
+        bp_buf_printf(b, ",\"vendor_status\":%d,\"vendor_answer\":", h.status);
+        bp_json_write_text(b, h.answer, strlen(h.answer));
+    } else {
+        bp_buf_adds(b, ",\"vendor_status\":null,\"vendor_answer\":null");
+    }
     if (h.since_ms) bp_buf_printf(b, ",\"since\":%lld", (long long)h.since_ms);
     else bp_buf_adds(b, ",\"since\":null");
     if (h.until_ms) bp_buf_printf(b, ",\"until\":%lld}", (long long)h.until_ms);

@@ -74,7 +74,8 @@ export function healthOf(it) {
   let state = hl.state || 'delivering';
   if ((it.delivery || {}).running === false && state !== 'blueprint_error') state = 'stopped';
   const [label, kind] = HEALTH[state] || [state, 'muted'];
-  return { state, label, kind, reason: hl.reason || '', since: hl.since, until: hl.until };
+  return { state, label, kind, reason: hl.reason || '', since: hl.since, until: hl.until,
+    vendorStatus: hl.vendor_status, vendorAnswer: hl.vendor_answer || '' };
 }
 
 // The health badge of an integration (its reason as the tooltip).

@@ -820,6 +820,8 @@ def t_health(c, s):
     alert = c.el('#health-alert[data-health="paused"]', 'the page does not say why delivery stopped')
     assert 'HTTP 403' in alert.text and 'held' in alert.text, alert.text
     c.el('#health-since', 'the alert does not say since when')
+    said = c.el('#health-vendor', 'the alert does not give the vendor\'s answer').text
+    assert '403' in said and 'No Result found' in said, said
     assert 'a-wrong-key' not in c.d.page_source, 'the key is on the page'
     assert c.js("return !!(document.getElementById('health-alert').compareDocumentPosition("
                 "document.getElementById('counters')) & Node.DOCUMENT_POSITION_FOLLOWING)"), 'the health is not above the tiles'

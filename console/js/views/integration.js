@@ -25,8 +25,11 @@ const COUNTERS = [
 function healthAlert(it, base) {
   const x = healthOf(it);
   const since = x.since ? h('span', { class: 'muted' }, ` Since ${fmtTime(x.since)} (`, ago(x.since, { id: 'health-since' }), ').') : null;
+  // the vendor's own words, as it answered
+  const said = x.vendorStatus ? h('p', { class: 'small', id: 'health-vendor' }, 'The vendor answered ', statusCode(x.vendorStatus),
+    x.vendorAnswer ? [': ', h('code', { class: 'break', text: x.vendorAnswer })] : null) : null;
   const box = (kind, title, ...rest) => h('div', { class: 'alert alert-' + kind, id: 'health-alert', role: 'status', dataset: { health: x.state } },
-    h('strong', { text: title + ' ' }), h('span', { class: 'health-reason', text: x.reason.replace(/\.?$/, '.') }), since, ...rest);
+    h('strong', { text: title + ' ' }), h('span', { class: 'health-reason', text: x.reason.replace(/\.?$/, '.') }), since, said, ...rest);
   if (x.state === 'paused') {
     return box('err', 'Delivery is paused: the vendor refused the credentials.',
       h('p', { class: 'small' }, 'New events are held, not lost. Fix the API key or URL under ',
