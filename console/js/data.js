@@ -88,12 +88,23 @@ export function healthBadge(it, id) {
   return b;
 }
 
-// A drop reason as the console shows it: the engine's reason ends with the
-// advice for a config file ("add to the config: events: {…}"); here the
-// fix is the Events tab, so that advice is replaced (the CLI keeps it).
+// A drop reason as the console shows it: the engine's reasons about a
+// disabled or not enabled event end with the advice for a config file
+// ("add to the config: events: {…}"); here the fix is the Events tab, so
+// that advice is left out and `enable` names the event to switch on there
+// (the CLI keeps the file's wording).  customEvent: a track event that no
+// config mentions yet (offered by name in the Events tab).
+const DROPS = [
+  [/^custom event not enabled: '(.+)' \(to send it, add to the config: .*\)$/, (n) => `custom event not enabled: '${n}'`, true],
+  [/^custom event '(.+)' is disabled in the config$/, (n) => `custom event '${n}' is disabled`, false],
+  [/^event '(.+)' is disabled in (?:the config \(events: enabled: false\)|blueprint\.yaml \(enable it in the config's events: table\))$/,
+    (n) => `event '${n}' is disabled`, false],
+];
 export function consoleReason(reason) {
   const r = String(reason || '');
-  const m = /^custom event not enabled: '(.+)' \(to send it, add to the config: .*\)$/.exec(r);
-  if (!m) return { text: r, customEvent: null };
-  return { text: `custom event not enabled: '${m[1]}'`, customEvent: m[1] };
+  for (const [re, text, custom] of DROPS) {
+    const m = re.exec(r);
+    if (m) return { text: text(m[1]), enable: m[1], customEvent: custom ? m[1] : null };
+  }
+  return { text: r, enable: null, customEvent: null };
 }

@@ -437,11 +437,11 @@ export function renderDetail(item, ctx, opts = {}) {
       item.event ? codeBlock(pretty(item.event), 'input-event') : h('p', { class: 'muted small' }, spinner(), 'Loading the input event…')));
 }
 
-// What to do about a reason, in the console's terms: a custom event not
-// enabled is enabled in the integration's Events tab (the API's reason
-// carries the advice for a config file, which the CLI shows).
+// What to do about a reason, in the console's terms: an event not enabled
+// (or disabled) is switched on in the integration's Events tab (the API's
+// reason carries the advice for a config file, which the CLI shows).
 function reasonAdvice(reason, integration) {
-  const name = consoleReason(reason).customEvent;
+  const name = consoleReason(reason).enable;
   if (!name || !integration.id) return null;
   return h('p', { class: 'small advice', id: 'detail-advice' }, 'To send it, enable ', h('strong', { text: name }), ' in the ',
     h('a', { href: '#/integration/' + enc(integration.id) + '/events', text: 'Events tab' }), '.');
