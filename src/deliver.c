@@ -1162,6 +1162,9 @@ static void add_tenant(loop *l, const bp_tenant_spec *s)
     size_t b = hash_text(t->id) % TENANT_BUCKETS;
     t->hash_next = l->by_id[b];
     l->by_id[b] = t;
+    /* a new start: whatever the last tenant of this id said (a blueprint
+     * that did not start, say) is over until an answer says more */
+    report_health(t, BP_HEALTH_IDLE, "", 0);
     restore_pause(l, t);
 }
 
