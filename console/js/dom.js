@@ -114,7 +114,10 @@ export function ago(ms, props = {}) {
 let agoTimer = null;
 function tickAgo() {
   const els = document.querySelectorAll('[data-ago]');
-  for (const el of els) el.textContent = fmtAgo(Number(el.dataset.ago));
+  for (const el of els) {
+    const t = fmtAgo(Number(el.dataset.ago));
+    if (el.textContent !== t) el.textContent = t;
+  }
 }
 if (typeof window !== 'undefined' && !agoTimer) agoTimer = setInterval(tickAgo, 1000);
 
