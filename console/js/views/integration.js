@@ -50,7 +50,7 @@ function healthAlert(it, base) {
 // last hour is next to it, so a fixed problem visibly settles.
 function countersWindow(d) {
   return h('p', { class: 'small muted counters-window', id: 'counters-window' },
-    'Counts since the server started', d.counted_since ? ` (${fmtAgo(d.counted_since)})` : '', '; the small figure is the last hour.');
+    'Counts since the server started', d.counted_since ? [' (', ago(d.counted_since), ')'] : '', '; the small figure is the last hour.');
 }
 
 export async function render(main, params, ctx) {
