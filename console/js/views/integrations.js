@@ -205,7 +205,7 @@ export async function renderInstall(main, params, ctx) {
   const nameRow = h('div', { class: 'field' },
     h('label', { class: 'field-label', for: 'install-name' }, 'Integration name', h('abbr', { class: 'req-mark', title: 'required', text: '*' })),
     nameInput, h('p', { class: 'field-help', text: 'How this installation is listed; unique per workspace.' }), nameError);
-  controls.name = { input: nameInput, wrap: nameRow, error: nameError };
+  controls.name = { input: nameInput, wrap: nameRow, error: nameError, field: { label: 'Integration name' } };
   nameInput.addEventListener('input', () => setError('name', null));
 
   const variants = c.variants || ['default'];
