@@ -260,10 +260,16 @@ static void write_blueprint_state(bp_buf *b, const bp_vendor *v)
 
 /* The state the API shows: a blueprint that never loaded outranks what the
  * loop last said (the loop never got the integration).  Registry mu held. */
+static int health_state(const bp_integration *it)
+{
+    return it->vendor->bp ? it->health.state : BP_HEALTH_BLUEPRINT_ERROR;
+}
+
+/* The health with its reason: the load error when nothing loaded.  Registry mu held. */
 static bp_health health_of(const bp_integration *it)
 {
     bp_health h = it->health;
-    if (!it->vendor->bp) {
+    if (health_state(it) != h.state) {
         h.state = BP_HEALTH_BLUEPRINT_ERROR;
         h.until_ms = 0;
         h.status = 0;
@@ -1051,7 +1057,7 @@ static void metrics(call *k)
     pthread_mutex_lock(&reg->mu);
     for (size_t i = 0; i < reg->n; i++) {
         retries += __atomic_load_n(&reg->items[i]->stats.retries, __ATOMIC_RELAXED);
-        per_state[health_of(reg->items[i]).state]++;
+        if (!reg->items[i]->deleted) per_state[health_state(reg->items[i])]++;
     }
     bp_metrics m = reg->metrics;
     pthread_mutex_unlock(&reg->mu);
