@@ -2,7 +2,8 @@
 -- credentials with the vendor's words, delivering again after the key is
 -- fixed (the held events delivered), backing off on the vendor's 429, and
 -- blueprint_error when its blueprint does not load.  Counts say their
--- window: since the server started, and the last hour.
+-- window: since the server started, and the last hour.  Tagged #cli so it
+-- also runs against the ASan/UBSan build, #serve for TSan.
 local S = require("support")
 local core = S.core
 
@@ -34,7 +35,7 @@ local function health_becomes(srv, it, state, seconds, check)
   return got
 end
 
-describe("integration health #serve", function()
+describe("integration health #cli #serve", function()
   local emu, srv
   after_each(function()
     if srv then srv.stop() end
