@@ -692,7 +692,7 @@ void bp_metrics_write_health(const long per_state[BP_HEALTH_COUNT], bp_buf *out)
 #define BP_RECENT_MINUTES 60
 #define BP_RECENT_ENDS 5        /* delivered, dropped, error, dead, held: BP_END_DELIVERED..BP_END_HELD */
 typedef struct bp_recent {
-    int64_t minute[BP_RECENT_MINUTES];              /* which minute (wall ms / 60000) a slot counts */
+    int32_t minute[BP_RECENT_MINUTES];              /* which minute (wall ms / 60000: fits until year 6000) a slot counts */
     uint32_t n[BP_RECENT_MINUTES][BP_RECENT_ENDS];
 } bp_recent;
 /* Count one final outcome at now_ms (*r allocated when NULL). */

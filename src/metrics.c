@@ -107,11 +107,14 @@ void bp_metrics_write_health(const long per_state[BP_HEALTH_COUNT], bp_buf *out)
 
 /* ---- the last hour, per minute ---------------------------------------------------------------- */
 
+/* the bound docs/contracts.md promises per integration */
+_Static_assert(sizeof(bp_recent) <= 1440, "the last-hour ring grew past 1.4 KB");
+
 void bp_recent_add(bp_recent **r, enum bp_end end, int64_t now_ms)
 {
     if ((int)end < 0 || (int)end >= BP_RECENT_ENDS) return;
     if (!*r && !(*r = calloc(1, sizeof **r))) abort();
-    int64_t minute = now_ms / 60000;
+    int32_t minute = (int32_t)(now_ms / 60000);
     size_t slot = (size_t)(minute % BP_RECENT_MINUTES);
     /* a slot last used an hour (or more) ago starts again from zero */
     if ((*r)->minute[slot] != minute) {
@@ -124,7 +127,7 @@ void bp_recent_add(bp_recent **r, enum bp_end end, int64_t now_ms)
 void bp_recent_sum(const bp_recent *r, int64_t now_ms, long out[BP_RECENT_ENDS])
 {
     memset(out, 0, sizeof(long) * BP_RECENT_ENDS);
-    int64_t minute = now_ms / 60000;
+    int32_t minute = (int32_t)(now_ms / 60000);
     for (size_t i = 0; r && i < BP_RECENT_MINUTES; i++) {
         if (r->minute[i] <= minute - BP_RECENT_MINUTES || r->minute[i] > minute) continue;
         for (int e = 0; e < BP_RECENT_ENDS; e++) out[e] += r->n[i][e];
