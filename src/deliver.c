@@ -102,6 +102,7 @@ struct tenant {
     int release_held;           /* credentials changed: move held events back once holds are saved */
     unsigned generation;        /* bumped by every new config: answers to older requests */
     char pause_reason[512];
+    bp_health health;           /* as last reported to the sink */
     int njobs;                  /* jobs referring to it, saved or not */
     int unsaved_final;          /* final jobs waiting for their commit */
     int inflight;
@@ -195,6 +196,11 @@ const bp_end_name bp_ends[BP_END_COUNT] = {
     [BP_END_DEAD] = { "dead_letter", "dead", 1 },
     [BP_END_HELD] = { "held", "held", 0 },
     [BP_END_RETRYING] = { "retrying", "pending", 0 },
+};
+
+const char *const bp_health_names[BP_HEALTH_COUNT] = {
+    [BP_HEALTH_IDLE] = "idle", [BP_HEALTH_DELIVERING] = "delivering", [BP_HEALTH_BACKING_OFF] = "backing_off",
+    [BP_HEALTH_PAUSED] = "paused", [BP_HEALTH_BLUEPRINT_ERROR] = "blueprint_error",
 };
 
 int bp_end_of_label(const char *label)
@@ -617,17 +623,50 @@ static void load(loop *l)
 
 /* ---- answers ------------------------------------------------------------------------------- */
 
-static void pause_tenant(loop *l, tenant *t, const char *why)
+/* Tell the sink when the integration's health changes (a new state,
+ * reason, next attempt or vendor's answer); `since` keeps the time the
+ * state was entered, unless the caller knows it (a pause restored from the
+ * store); resp: the answer that made it so, shown in the vendor's words
+ * (NULL: none). */
+static void report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
+                             const bp_response *resp)
+{
+    bp_health *h = &t->health;
+    int status = resp ? resp->status : 0;
+    const char *body = resp && resp->body.data ? resp->body.data : "";
+    size_t n = resp ? resp->body.len : 0;
+    if (n >= sizeof h->answer) n = sizeof h->answer - 1;
+    if (h->state == state && h->until_ms == until_ms && h->status == status && !strcmp(h->reason, reason)
+        && !strncmp(h->answer, body, n) && h->answer[n] == '\0' && h->since_ms) return;
+    if (h->state != state || !h->since_ms) h->since_ms = since_ms ? since_ms : (int64_t)bp_wall_ms();
+    h->state = state;
+    h->until_ms = until_ms;
+    h->status = status;
+    snprintf(h->reason, sizeof h->reason, "%s", reason);
+    memcpy(h->answer, body, n);
+    h->answer[n] = '\0';
+    if (t->sink->health) t->sink->health(t->ctx, h);
+}
+
+static void report_health(tenant *t, int state, const char *reason, int64_t until_ms)
+{
+    report_health_at(t, state, reason, until_ms, 0, NULL);
+}
+
+static void pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp)
 {
     const bp_blueprint *bp = t->bp->bp;
     t->paused = 1;
     snprintf(t->pause_reason, sizeof t->pause_reason, "integration paused: %s; %s; delivery resumes when the "
              "credentials in the config change", why, bp->auth_help ? bp->auth_help : "check the API key and API URL");
-    char fp[17];
+    char fp[17], since[24];
     credentials_fingerprint(t->cfg, bp, fp);
+    snprintf(since, sizeof since, "%lld", (long long)bp_wall_ms());
     bp_store_meta_set(l->store, t->id, "paused_credentials", fp);
     bp_store_meta_set(l->store, t->id, "pause_reason", t->pause_reason);
+    bp_store_meta_set(l->store, t->id, "paused_since", since);
     log_tenant("error", t->pause_reason, t, NULL);
+    report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since), resp);
 }
 
 static int step_accepts(const bp_request *r, int status)
@@ -704,6 +743,9 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
     if (req->step && cls == BP_PERMANENT && step_accepts(req, resp->status)) cls = BP_OK;
     if (req->step && cls != BP_OK && cls != BP_RETRY && req->cache_key)
         bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
+    /* the vendor took the request (or refused this one event): the
+     * integration delivers; a paused one waits for new credentials */
+    if ((cls == BP_OK || cls == BP_PERMANENT) && !t->paused) report_health(t, BP_HEALTH_DELIVERING, "", 0);
     if (req->step && cls == BP_OK) {
         step_answered(l, j, req, resp);
         if (slot) l->lease->sending(l->lease->ctx, slot, -1);
@@ -736,8 +778,10 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             snprintf(n, sizeof n, "%d", j->ev.failures);
             set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
             finish(l, j, BP_END_DEAD);
+            if (!t->paused) report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, 0, 0, resp);   /* no next attempt for it */
         } else {
             j->ev.next_at = (int64_t)(now + backoff_ms(l, j->ev.failures, resp->retry_after_s));
+            if (!t->paused) report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at, 0, resp);
             /* Live Events shows it waiting, with the answer that made it wait */
             set_reason(j, "retrying: %s%s", j->why, "");
             write_line(l, j, BP_END_RETRYING);
@@ -757,7 +801,7 @@ static void on_answer(void *ctx, void *user, const bp_response *resp)
             save_progress(l, j);
             break;
         }
-        if (!t->paused) pause_tenant(l, t, j->why);
+        if (!t->paused) pause_tenant(l, t, j->why, resp);
         hold(l, j);
         break;
     }
@@ -1042,18 +1086,23 @@ static void restore_pause(loop *l, tenant *t)
     char *paused_fp = bp_store_meta_get(l->store, t->id, "paused_credentials");
     if (paused_fp && !strcmp(paused_fp, fp)) {
         char *why = bp_store_meta_get(l->store, t->id, "pause_reason");
+        char *since = bp_store_meta_get(l->store, t->id, "paused_since");
         t->paused = 1;
         snprintf(t->pause_reason, sizeof t->pause_reason, "%s", why ? why : "integration paused");
         log_tenant("error", t->pause_reason, t, NULL);
+        report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, since ? atoll(since) : 0, NULL);
         free(why);
+        free(since);
     } else if (paused_fp || t->paused) {
         /* new events go out at once; the held ones are moved back once the
          * holds still waiting for their commit are saved (else they would
          * be written "held" after the move, and stay so) */
         bp_store_meta_set(l->store, t->id, "paused_credentials", NULL);
+        bp_store_meta_set(l->store, t->id, "paused_since", NULL);
         t->paused = 0;
         t->release_held = 1;
         t->acct->check_load = 1;
+        report_health(t, BP_HEALTH_DELIVERING, "", 0);
     }
     free(paused_fp);
 }
@@ -1099,13 +1148,23 @@ static void add_tenant(loop *l, const bp_tenant_spec *s)
     t->more = 1;
     t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
     bp_error err;
-    if (bind_engine(l, t, &err) < 0) { report_broken(l, t, err.msg); tenant_free(t); return; }
+    if (bind_engine(l, t, &err) < 0) {
+        char reason[sizeof t->health.reason];
+        snprintf(reason, sizeof reason, "the blueprint does not start: %.470s", err.msg);
+        report_broken(l, t, err.msg);
+        report_health(t, BP_HEALTH_BLUEPRINT_ERROR, reason, 0);
+        tenant_free(t);
+        return;
+    }
     t->acct = join_account(l, t);
     t->next = l->tenants;
     l->tenants = t;
     size_t b = hash_text(t->id) % TENANT_BUCKETS;
     t->hash_next = l->by_id[b];
     l->by_id[b] = t;
+    /* a new start: whatever the last tenant of this id said (a blueprint
+     * that did not start, say) is over until an answer says more */
+    report_health(t, BP_HEALTH_IDLE, "", 0);
     restore_pause(l, t);
 }
 
@@ -1509,7 +1568,7 @@ static void cli_answer(void *ctx, int status, double duration_ms)
     if (r->o->on_answer) r->o->on_answer(r->o->emit_ctx, status, duration_ms);
 }
 
-static const bp_sink cli_sink = { cli_outcome, cli_answer, NULL };
+static const bp_sink cli_sink = { cli_outcome, cli_answer, NULL, NULL };
 
 /* A line for input that never becomes a stored event. */
 static void emit_input_error(cli_run *r, long index, const char *why, const char *message_id)

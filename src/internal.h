@@ -521,6 +521,23 @@ extern const bp_end_name bp_ends[BP_END_COUNT];
 /* The end a label names ("dropped" is drop's state, accepted too), or -1. */
 int bp_end_of_label(const char *label);
 
+/* An integration's delivery health.  Its loop reports idle, delivering,
+ * backing_off and paused (and blueprint_error when its blueprint does not
+ * start); the registry also says blueprint_error when no version of the
+ * blueprint loaded at all. */
+enum bp_health_state { BP_HEALTH_IDLE, BP_HEALTH_DELIVERING, BP_HEALTH_BACKING_OFF, BP_HEALTH_PAUSED,
+                       BP_HEALTH_BLUEPRINT_ERROR };
+#define BP_HEALTH_COUNT 5
+extern const char *const bp_health_names[BP_HEALTH_COUNT];   /* "idle", "delivering", … */
+typedef struct bp_health {
+    int state;                  /* enum bp_health_state */
+    int64_t since_ms;           /* wall clock: when it entered the state (0: not known) */
+    int64_t until_ms;           /* backing_off: the next attempt, else 0 */
+    char reason[512];           /* why, in the vendor's words where there are some ("" when delivering) */
+    int status;                 /* paused, backing_off: the vendor's HTTP status (0: none, or no answer) */
+    char answer[256];           /* and the head of its answer, as it came ("" when none) */
+} bp_health;
+
 /* Where a loop reports an integration's outcomes.  Called on the loop's
  * thread with the outcome line and, apart, its label ("delivered", "drop",
  * …, "retrying" for an event waiting for a retry) and reason. */
@@ -528,6 +545,9 @@ typedef struct bp_sink {
     void (*outcome)(void *ctx, const bp_stored *ev, const char *line, size_t len, enum bp_end end, const char *reason);
     void (*answer)(void *ctx, int status, double duration_ms);
     void (*release)(void *ctx);   /* the pool no longer refers to ctx */
+    /* the health changed (may be NULL): the receiver copies it, the loop
+     * never waits for a reader */
+    void (*health)(void *ctx, const bp_health *h);
 } bp_sink;
 
 /* What a loop counts per integration: written with atomic adds, read with
@@ -676,6 +696,22 @@ typedef struct bp_metrics {
 void bp_metrics_outcome(bp_metrics *m, enum bp_end end, const char *reason);
 void bp_metrics_answer(bp_metrics *m, int status, double duration_ms);
 void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const bp_store_status *store, bp_buf *out);
+/* blueprint_integrations_health{state=…}: how many integrations are in each state. */
+void bp_metrics_write_health(const long per_state[BP_HEALTH_COUNT], bp_buf *out);
+
+/* An integration's final outcomes of the last hour, per minute: a ring of
+ * 60 slots (1.4 KB, allocated at its first outcome), so a tile can show a
+ * recent window next to the count since the server started. */
+#define BP_RECENT_MINUTES 60
+#define BP_RECENT_ENDS 5        /* delivered, dropped, error, dead, held: BP_END_DELIVERED..BP_END_HELD */
+typedef struct bp_recent {
+    int32_t minute[BP_RECENT_MINUTES];              /* which minute (wall ms / 60000: fits until year 6000) a slot counts */
+    uint32_t n[BP_RECENT_MINUTES][BP_RECENT_ENDS];
+} bp_recent;
+/* Count one final outcome at now_ms (*r allocated when NULL). */
+void bp_recent_add(bp_recent **r, enum bp_end end, int64_t now_ms);
+/* The sums over the last BP_RECENT_MINUTES minutes (r may be NULL: zeros). */
+void bp_recent_sum(const bp_recent *r, int64_t now_ms, long out[BP_RECENT_ENDS]);
 
 /* ---- registry.c ------------------------------------------------------------------------- */
 
@@ -706,6 +742,8 @@ typedef struct bp_integration {
     bp_counts stats;            /* written by its loop with atomic adds (cluster mode: by the
                                    viewer, from every node's outcomes) */
     bp_counts node_stats;       /* cluster mode: this node's loop */
+    bp_recent *recent;          /* [mu] final outcomes of the last hour (NULL before the first) */
+    bp_health health;           /* [mu] as its loop last reported it (cluster mode: this node's) */
     char **live;                /* [mu] the latest BP_LIVE_RING outcome lines, kept only
                                    while a Live Events stream watches (NULL before) */
     uint64_t live_seq;          /* [mu] */
@@ -724,6 +762,7 @@ struct bp_registry {
     bp_pool *pool;                        /* thread-safe */
     struct bp_cluster *cluster;           /* set before start; NULL outside cluster mode */
     bp_metrics metrics;                   /* [mu] */
+    int64_t started_ms;                   /* fixed: wall clock at open, where the counts since start begin */
     double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
     long retry_base_ms;                   /* fixed */
     int workers;                          /* fixed: delivery threads */

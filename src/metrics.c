@@ -1,10 +1,12 @@
 /*
  * metrics.c — counters behind GET /metrics (Prometheus text format).
  * The registry mutex guards them; workers report through callbacks.
+ * Also the per-integration window of the last hour (bp_recent).
  */
 #include "internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const double bounds_ms[BP_LATENCY_BUCKETS] = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000 };
@@ -92,4 +94,42 @@ void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const
     bp_buf_printf(out, "blueprint_vendor_latency_seconds_bucket{le=\"+Inf\"} %ld\n", m->latency[BP_LATENCY_BUCKETS]);
     bp_buf_printf(out, "blueprint_vendor_latency_seconds_sum %g\n", m->latency_sum / 1000.0);
     bp_buf_printf(out, "blueprint_vendor_latency_seconds_count %ld\n", m->answers);
+}
+
+void bp_metrics_write_health(const long per_state[BP_HEALTH_COUNT], bp_buf *out)
+{
+    bp_buf_adds(out, "# HELP blueprint_integrations_health Integrations per delivery health state "
+                     "(paused: held for credentials; backing_off: waiting after the vendor's 429/5xx).\n"
+                     "# TYPE blueprint_integrations_health gauge\n");
+    for (int i = 0; i < BP_HEALTH_COUNT; i++)
+        bp_buf_printf(out, "blueprint_integrations_health{state=\"%s\"} %ld\n", bp_health_names[i], per_state[i]);
+}
+
+/* ---- the last hour, per minute ---------------------------------------------------------------- */
+
+/* the bound docs/contracts.md promises per integration */
+_Static_assert(sizeof(bp_recent) <= 1440, "the last-hour ring grew past 1.4 KB");
+
+void bp_recent_add(bp_recent **r, enum bp_end end, int64_t now_ms)
+{
+    if ((int)end < 0 || (int)end >= BP_RECENT_ENDS) return;
+    if (!*r && !(*r = calloc(1, sizeof **r))) abort();
+    int32_t minute = (int32_t)(now_ms / 60000);
+    size_t slot = (size_t)(minute % BP_RECENT_MINUTES);
+    /* a slot last used an hour (or more) ago starts again from zero */
+    if ((*r)->minute[slot] != minute) {
+        (*r)->minute[slot] = minute;
+        memset((*r)->n[slot], 0, sizeof (*r)->n[slot]);
+    }
+    (*r)->n[slot][end]++;
+}
+
+void bp_recent_sum(const bp_recent *r, int64_t now_ms, long out[BP_RECENT_ENDS])
+{
+    memset(out, 0, sizeof(long) * BP_RECENT_ENDS);
+    int32_t minute = (int32_t)(now_ms / 60000);
+    for (size_t i = 0; r && i < BP_RECENT_MINUTES; i++) {
+        if (r->minute[i] <= minute - BP_RECENT_MINUTES || r->minute[i] > minute) continue;
+        for (int e = 0; e < BP_RECENT_ENDS; e++) out[e] += r->n[i][e];
+    }
 }

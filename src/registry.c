@@ -190,6 +190,7 @@ static void free_integration(bp_integration *it)
 {
     for (int i = 0; it->live && i < BP_LIVE_RING; i++) free(it->live[i]);
     free(it->live);
+    free(it->recent);
     free(it->name);
     free(it->variant);
     free(it->delivery_mode);
@@ -209,7 +210,10 @@ void bp_integration_release(bp_integration *it)
 static void note_outcome_locked(bp_registry *r, bp_integration *it, const char *line, size_t len, int end,
                                 const char *reason)
 {
-    if (end >= 0 && end != BP_END_RETRYING) bp_metrics_outcome(&r->metrics, (enum bp_end)end, reason);
+    if (end >= 0 && end != BP_END_RETRYING) {
+        bp_metrics_outcome(&r->metrics, (enum bp_end)end, reason);
+        bp_recent_add(&it->recent, (enum bp_end)end, (int64_t)bp_wall_ms());
+    }
     /* lines are kept only while someone streams them: Live Events' list
      * reads the store, and 10,000 idle rings would cost ~300 MB */
     if (it->watchers > 0) {
@@ -264,7 +268,15 @@ static void on_answer(void *ctx, int status, double duration_ms)
 
 static void on_release(void *ctx) { bp_integration_release(ctx); }
 
-static const bp_sink registry_sink = { on_outcome, on_answer, on_release };
+static void on_health(void *ctx, const bp_health *h)
+{
+    bp_integration *it = ctx;
+    pthread_mutex_lock(&it->registry->mu);
+    it->health = *h;
+    pthread_mutex_unlock(&it->registry->mu);
+}
+
+static const bp_sink registry_sink = { on_outcome, on_answer, on_release, on_health };
 
 /* Hand the pool the integration with its own copy of `cfg` (the pool owns
  * it) on blueprint `sbp`.  admin_mu held. */
@@ -823,6 +835,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     pthread_mutex_init(&r->admin_mu, NULL);
     r->blueprints_dir = strdup(blueprints_dir);
     r->state_dir = strdup(state_dir);
+    r->started_ms = (int64_t)bp_wall_ms();
     r->spent = bp_jti_set_new();
     bp_limits_default(&r->limits);
     const char *keep = getenv("BLUEPRINT_REVISIONS_KEEP"), *days = getenv("BLUEPRINT_REVISIONS_DAYS");

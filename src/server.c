@@ -258,6 +258,69 @@ static void write_blueprint_state(bp_buf *b, const bp_vendor *v)
         bp_buf_adds(b, ",\"note\":\"the blueprint failed to load; nothing runs until it is fixed\"}");
 }
 
+/* The state the API shows: a blueprint that never loaded outranks what the
+ * loop last said (the loop never got the integration).  Registry mu held. */
+static int health_state(const bp_integration *it)
+{
+    return it->vendor->bp ? it->health.state : BP_HEALTH_BLUEPRINT_ERROR;
+}
+
+/* The health with its reason: the load error when nothing loaded.  Registry mu held. */
+static bp_health health_of(const bp_integration *it)
+{
+    bp_health h = it->health;
+    if (health_state(it) != h.state) {
+        h.state = BP_HEALTH_BLUEPRINT_ERROR;
+        h.until_ms = 0;
+        h.status = 0;
+        snprintf(h.reason, sizeof h.reason, "the blueprint failed to load: %s",
+                 it->vendor->load_error ? it->vendor->load_error : "no version of it loaded");
+    }
+    return h;
+}
+
+/* ,"health":{"state","reason","since","until","vendor_status","vendor_answer"}:
+ * times in ms since the epoch like created_at (since: null when it has been
+ * so since the server started; until: backing_off's next attempt, else
+ * null); the vendor's status and the head of its answer when one made it so
+ * (else null).  The texts come from the vendor: written as text (any bad
+ * UTF-8 replaced).  Registry mu held. */
+static void write_health(bp_buf *b, const bp_integration *it)
+{
+    bp_health h = health_of(it);
+    bp_buf_printf(b, ",\"health\":{\"state\":\"%s\",\"reason\":", bp_health_names[h.state]);
+    bp_json_write_text(b, h.reason, strlen(h.reason));
+    if (h.status) {
+        bp_buf_printf(b, ",\"vendor_status\":%d,\"vendor_answer\":", h.status);
+        bp_json_write_text(b, h.answer, strlen(h.answer));
+    } else {
+        bp_buf_adds(b, ",\"vendor_status\":null,\"vendor_answer\":null");
+    }
+    if (h.since_ms) bp_buf_printf(b, ",\"since\":%lld", (long long)h.since_ms);
+    else bp_buf_adds(b, ",\"since\":null");
+    if (h.until_ms) bp_buf_printf(b, ",\"until\":%lld}", (long long)h.until_ms);
+    else bp_buf_adds(b, ",\"until\":null}");
+}
+
+/* ,"delivery":{…}: the counts since the server started (counted_since) and
+ * those of the last hour (last_hour).  Registry mu held. */
+static void write_delivery(bp_buf *b, const bp_integration *it, int running)
+{
+    const bp_counts *st = &it->stats;
+    bp_buf_printf(b, ",\"delivery\":{\"running\":%s,\"delivered\":%ld,\"dropped\":%ld,\"errors\":%ld,"
+                  "\"dead_lettered\":%ld,\"held\":%ld,\"retries\":%ld,\"counted_since\":%lld",
+                  running ? "true" : "false",
+                  __atomic_load_n(&st->delivered, __ATOMIC_RELAXED), __atomic_load_n(&st->dropped, __ATOMIC_RELAXED),
+                  __atomic_load_n(&st->errors, __ATOMIC_RELAXED), __atomic_load_n(&st->dead, __ATOMIC_RELAXED),
+                  __atomic_load_n(&st->held, __ATOMIC_RELAXED), __atomic_load_n(&st->retries, __ATOMIC_RELAXED),
+                  (long long)it->registry->started_ms);
+    long hour[BP_RECENT_ENDS];
+    bp_recent_sum(it->recent, (int64_t)bp_wall_ms(), hour);
+    bp_buf_printf(b, ",\"last_hour\":{\"delivered\":%ld,\"dropped\":%ld,\"errors\":%ld,\"dead_lettered\":%ld,"
+                  "\"held\":%ld}}", hour[BP_END_DELIVERED], hour[BP_END_DROPPED], hour[BP_END_ERROR], hour[BP_END_DEAD],
+                  hour[BP_END_HELD]);
+}
+
 /* The integration as the API shows it: secrets masked.  Registry mu held. */
 static void write_integration(bp_buf *b, const bp_integration *it)
 {
@@ -296,12 +359,8 @@ static void write_integration(bp_buf *b, const bp_integration *it)
         bp_buf_addc(b, '}');
     }
     bp_buf_addc(b, '}');
-    bp_buf_printf(b, ",\"delivery\":{\"running\":%s,\"delivered\":%ld,\"dropped\":%ld,\"errors\":%ld,"
-                  "\"dead_lettered\":%ld,\"held\":%ld,\"retries\":%ld}",
-                  bp && it->cfg && it->registry->pool ? "true" : "false",
-                  __atomic_load_n(&it->stats.delivered, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.dropped, __ATOMIC_RELAXED),
-                  __atomic_load_n(&it->stats.errors, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.dead, __ATOMIC_RELAXED),
-                  __atomic_load_n(&it->stats.held, __ATOMIC_RELAXED), __atomic_load_n(&it->stats.retries, __ATOMIC_RELAXED));
+    write_health(b, it);
+    write_delivery(b, it, bp && it->cfg && it->registry->pool);
     write_blueprint_state(b, it->vendor);
     bp_buf_addc(b, '}');
 }
@@ -380,8 +439,8 @@ static const char *change_error_code(int http, const bp_error *err)
 }
 
 /* A failed install or update; a 422 names the config field the message is
- * about ("config field 'api_url' …" → "field":"config.api_url"), for a
- * form to show it next to that field. */
+ * about ("config field 'api_url' …" → "field":"config.api_url"), and a 409
+ * on a name taken names "name", for a form to show it next to that field. */
 static void change_failed(reply *r, int http, const bp_error *err)
 {
     const char *at = http == 422 ? strstr(err->msg, "config field '") : NULL;
@@ -389,7 +448,9 @@ static void change_failed(reply *r, int http, const bp_error *err)
     bp_buf extra, field;
     bp_buf_init(&extra);
     bp_buf_init(&field);
-    if (at && n && at[14 + n] == '\'') {
+    if (http == 409 && !strncmp(err->msg, "an integration named '", 22)) {
+        bp_buf_adds(&extra, ",\"field\":\"name\"");
+    } else if (at && n && at[14 + n] == '\'') {
         bp_buf_printf(&field, "config.%.*s", (int)n, at + 14);
         bp_buf_adds(&extra, ",\"field\":");
         bp_json_write_text(&extra, field.data, field.len);
@@ -994,9 +1055,12 @@ static void audit_log(call *k)
 static void metrics(call *k)
 {
     bp_registry *reg = k->s->reg;
-    long retries = 0;
+    long retries = 0, per_state[BP_HEALTH_COUNT] = { 0 };
     pthread_mutex_lock(&reg->mu);
-    for (size_t i = 0; i < reg->n; i++) retries += __atomic_load_n(&reg->items[i]->stats.retries, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < reg->n; i++) {
+        retries += __atomic_load_n(&reg->items[i]->stats.retries, __ATOMIC_RELAXED);
+        if (!reg->items[i]->deleted) per_state[health_state(reg->items[i])]++;
+    }
     bp_metrics m = reg->metrics;
     pthread_mutex_unlock(&reg->mu);
     long depth = bp_store_count(reg->store, NULL, "pending");
@@ -1004,6 +1068,7 @@ static void metrics(call *k)
     bp_store_health(reg->store, &h);
     k->r->ctype = "text/plain; version=0.0.4";
     bp_metrics_write(&m, retries, depth > 0 ? depth : 0, &h, &k->r->body);
+    bp_metrics_write_health(per_state, &k->r->body);
     if (reg->cluster) bp_cluster_metrics(reg->cluster, &k->r->body);
 }
 

@@ -344,7 +344,8 @@ export function valueView(f, v) {
     if (b == null && v != null && v !== '') return h('code', { class: 'break', text: str(v) });
     const on = b != null ? b : d === true;
     return h('span', { class: 'bool-view' }, badge(on ? 'on' : 'off', on ? 'ok' : 'muted'),
-      b == null ? h('span', { class: 'muted small', text: d != null ? ' default' : ' not set' }) : null);
+      // "off (not set)": the state first, then why it is so
+      b == null ? h('span', { class: 'muted small', text: d != null ? ' (default)' : ' (not set)' }) : null);
   }
   if (v == null || v === '') {
     return f && f.default != null ? h('span', { class: 'muted' }, 'default ', h('code', { text: String(f.default) })) : h('span', { class: 'muted', text: 'not set' });

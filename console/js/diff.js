@@ -54,7 +54,8 @@ export function hunks(diff, context = 3) {
 export function renderDiff(lines, opts = {}) {
   const cls = { '+': 'diff-add', '-': 'diff-del', ' ': 'diff-ctx', '…': 'diff-skip', '@': 'diff-hunk', 'h': 'diff-file' };
   return h('pre', { class: ['diff', opts.class] }, lines.map((d) => h('span', { class: 'diff-line ' + (cls[d.op] || 'diff-ctx') },
-    h('span', { class: 'diff-op', 'aria-hidden': 'true', text: d.op === '…' ? '' : d.op === 'h' ? '' : d.op }),
+    // a hunk header ("@@ -4,5 +4,6 @@") and a file header carry their own marks
+    h('span', { class: 'diff-op', 'aria-hidden': 'true', text: d.op === '…' || d.op === 'h' || d.op === '@' ? '' : d.op }),
     h('span', { class: 'diff-text', text: d.text }))));
 }
 

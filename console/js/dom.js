@@ -106,6 +106,21 @@ export function fmtAgo(ms) {
   return Math.floor(s / 86400) + ' d ago';
 }
 
+// "8 s ago" that stays true: every element made by ago() is rewritten by
+// one page-wide timer while it is in the document.
+export function ago(ms, props = {}) {
+  return h('span', Object.assign({ class: 'ago', title: fmtTime(ms), dataset: { ago: String(ms) }, text: fmtAgo(ms) }, props));
+}
+let agoTimer = null;
+function tickAgo() {
+  const els = document.querySelectorAll('[data-ago]');
+  for (const el of els) {
+    const t = fmtAgo(Number(el.dataset.ago));
+    if (el.textContent !== t) el.textContent = t;
+  }
+}
+if (typeof window !== 'undefined' && !agoTimer) agoTimer = setInterval(tickAgo, 1000);
+
 export function fmtDuration(ms) {
   if (ms == null) return '';
   const n = Number(ms);

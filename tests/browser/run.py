@@ -673,9 +673,12 @@ def t_roles(c, s):
     c.go('#/integration/%s/overview' % iid)
     c.click('#config-edit')
     c.type('#edit-event_tracking_url', 'not a url')
+    # a new URL for a secret needs the secret again (else that is the 422)
+    c.type('#edit-event_tracking_key', 'emulator-event-key')
     c.click('#config-save')
     c.el('#config-form [data-field="event_tracking_url"].invalid .field-error', 'the 422 is not shown on its field')
     c.type('#edit-event_tracking_url', env.emu + '/event')
+    c.type('#edit-event_tracking_key', 'emulator-event-key')
     c.type('#edit-api_key', 'emulator-api-token')
     c.click('#config-save')
     c.toast('Saved: revision %d' % (before + 1))
@@ -778,12 +781,236 @@ def t_roles(c, s):
     assert all(i['id'] != iid or i.get('deleted') for i in listed), listed
 
 
+# ---- issue 25: health at a glance, forms, test events, advice, cosmetics ----------------------
+
+CONSENT = {'canonical': {'marketing': True}}
+
+
+def track(name, mid, email=EMAIL):
+    return {'type': 'track', 'event': name, 'messageId': mid, 'properties': {'source': 'browser test'},
+            'context': {'traits': {'email': email}, 'consent': CONSENT}}
+
+
+def in_view(c, css):
+    return c.js("const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+                " return r.top >= 0 && r.bottom <= window.innerHeight", css)
+
+
+def as_admin(c):
+    """Each scenario of issue 25 starts as an admin (roles may end as a viewer)."""
+    if c.js("const e = document.getElementById('user-role'); return e && e.textContent") != 'admin':
+        c.sign_in_link('admin', subject='ops@example.com')
+
+
+def t_health(c, s):
+    """A wrong key pauses the integration: its page says so first (badge, the
+    vendor's words, since when, what to do), the list too; after the key is
+    fixed the held event is delivered and it is delivering again.  The tiles
+    say they count since the server started and show the last hour."""
+    as_admin(c)
+    env, iid = c.env, s['iid']
+    path = '/v1/admin/integrations/' + iid
+    st, _ = env.api('PATCH', path, {'config': {'api_key': 'a-wrong-key'}}, token=s['admin'])
+    assert st == 200, st
+    send(env, s['admin'], iid, {'type': 'identify', 'messageId': 'health-1', 'traits': {'email': 'health@example.com'},
+                                'context': {'consent': CONSENT}})
+    poll(lambda: env.api('GET', path, token=s['admin'])[1]['health']['state'] == 'paused', 'the API never said paused')
+    c.go('#/integration/%s/overview' % iid)
+    c.el('#integration-health[data-health="paused"]', 'the page does not show a paused badge')
+    alert = c.el('#health-alert[data-health="paused"]', 'the page does not say why delivery stopped')
+    assert 'HTTP 403' in alert.text and 'held' in alert.text, alert.text
+    c.el('#health-since', 'the alert does not say since when')
+    said = c.el('#health-vendor', 'the alert does not give the vendor\'s answer').text
+    assert '403' in said and 'No Result found' in said, said
+    assert 'a-wrong-key' not in c.d.page_source, 'the key is on the page'
+    assert c.js("return !!(document.getElementById('health-alert').compareDocumentPosition("
+                "document.getElementById('counters')) & Node.DOCUMENT_POSITION_FOLLOWING)"), 'the health is not above the tiles'
+    held = c.el('#counters [data-counter="held"]')
+    assert 'since start' in held.text and '1 in the last hour' in held.text, held.text
+    c.text('#counters-window', 'since the server started')
+    c.shoot('integration-paused', narrow=False)
+    c.go('#/integrations')
+    c.el('#integrations-table tr[data-id="%s"] [data-health="paused"]' % iid, 'the list does not show it paused')
+
+    st, _ = env.api('PATCH', path, {'config': {'api_key': 'emulator-api-token'}}, token=s['admin'])
+    assert st == 200, st
+    c.go('#/integration/%s/overview' % iid)
+    c.el('#integration-health[data-health="delivering"]', 'the page never showed it delivering again')
+    c.gone('#health-alert', 'the paused alert outlived the fix')
+    poll(lambda: env.contact('health@example.com'), 'the held event was not delivered after the fix')
+
+
+def t_install_conflict(c, s):
+    """Installing under a name taken: the name field is marked, scrolled to
+    and focused (it is far above the button)."""
+    as_admin(c)
+    env = c.env
+    c.go('#/install/activecampaign')
+    c.el('#install-form', 'the Install form did not open')
+    assert c.el('#install-name').get_attribute('value') == 'ActiveCampaign'
+    c.type('#cfg-api_url', env.emu)
+    c.type('#cfg-api_key', 'emulator-api-token')
+    c.click('#install-submit')
+    err = c.text('#install-name-error', 'already exists', 'the 409 is not shown on the name field')
+    assert 'invalid' in c.js("return document.getElementById('install-name').closest('.field').className"), 'the name field is not marked'
+    c.wait(lambda: c.js('return document.activeElement.id') == 'install-name', 'the name field is not focused')
+    assert in_view(c, '#install-name'), 'the name field is out of sight'
+    c.shoot('install-conflict', narrow=False)
+    assert err.text
+
+
+def t_test_events(c, s):
+    """A custom event dropped before it is enabled is offered by name; once
+    enabled it can be sent as a test event (every enabled event can) and it
+    is delivered."""
+    as_admin(c)
+    env, iid = c.env, s['iid']
+    send(env, s['admin'], iid, track('Coupon Applied', 'coupon-0'))
+    poll(lambda: [e for e in env.api('GET', '/v1/admin/integrations/%s/live-events?outcome=drop' % iid, token=s['admin'])[1]['events']
+                  if e['outcome'].get('message_id') == 'coupon-0'], 'the custom event was not dropped')
+    c.go('#/integration/%s/events' % iid)
+    c.el('#custom-event-seen option[value="Coupon Applied"]', 'the name seen in Live Events is not offered', visible=False)
+    c.type('#custom-event-name', 'Coupon Applied')
+    c.click('#custom-event-enable')
+    c.el('#events-rows tr[data-event="Coupon Applied"]', 'Coupon Applied was not enabled')
+    c.click('#itab-overview')
+    c.el('#test-kind option', 'no test event card', visible=False)
+    options = c.js("return [...document.querySelectorAll('#test-kind option')].map(o => o.value)")
+    st, it = env.api('GET', '/v1/admin/integrations/' + iid, token=s['admin'])
+    enabled = [n for n, e in it['events'].items() if e['enabled']]
+    assert set(enabled) <= set(options), 'offered %s, enabled %s' % (options, enabled)
+    assert options[0] == 'identify', options
+    c.js("const k = document.getElementById('test-kind'); k.value = 'Coupon Applied'; k.dispatchEvent(new Event('change'))")
+    c.type('#test-email', EMAIL)
+    c.click('#test-send')
+    c.text('#test-result', 'Accepted')
+
+    def delivered():
+        live = env.api('GET', '/v1/admin/integrations/%s/live-events?outcome=delivered' % iid, token=s['admin'])[1]
+        return [e for e in live['events'] if e['outcome'].get('event') == 'Coupon Applied'
+                and e['outcome'].get('message_id', '').startswith('console-test-')]
+    poll(delivered, 'the Coupon Applied test event was not delivered')
+    # another track event, by name, with the names seen offered
+    c.js("const k = document.getElementById('test-kind'); k.value = k.options[k.options.length - 1].value;"
+         " k.dispatchEvent(new Event('change'))")
+    c.el('#test-event-name', 'no name field for another track event')
+    c.shoot('test-events', narrow=False)
+
+
+def t_advice(c, s):
+    """A custom event's drop reason gives the console's fix (the Events tab),
+    not the config file's; the sidebar's Live Events opens the integration
+    being viewed."""
+    as_admin(c)
+    env, iid = c.env, s['iid']
+    send(env, s['admin'], iid, track('Trial Started', 'advice-1'))
+    c.go('#/integration/%s/live' % iid)
+    c.open_row('advice-1', 'drop')
+    reason = c.el('#detail-reason').text
+    assert "custom event not enabled: 'Trial Started'" in reason and 'add to the config' not in reason, reason
+    link = c.el('#detail-advice a', 'no advice pointing at the Events tab')
+    assert link.get_attribute('href').endswith('#/integration/%s/events' % iid), link.get_attribute('href')
+    assert 'add to the config' not in c.row('advice-1', 'drop').text
+
+    st, other = env.api('POST', '/v1/admin/integration-catalog/activecampaign/install',
+                        {'name': 'Second', 'variant': 'default', 'delivery_mode': 'server_side',
+                         'config': {'api_url': env.emu, 'api_key': 'emulator-api-token'}}, token=s['admin'])
+    assert st == 201, (st, other)
+    try:
+        for want in (other['id'], iid):
+            c.go('#/integration/%s/overview' % want)
+            c.text('#integration-id', want)
+            c.click('#nav-live')
+            c.wait(lambda: c.js("const e = document.getElementById('live-integration'); return e && e.value") == want,
+                   'the sidebar\'s Live Events did not open the integration being viewed (%s)' % want)
+    finally:
+        env.api('DELETE', '/v1/admin/integrations/' + other['id'], token=s['admin'])
+
+
+def t_cosmetics(c, s):
+    """Issue 25 finding 9: no sideways scrollbar on the editor's collapsed
+    sidebar; a hunk header reads "@@ -a,b +c,d @@"; "(8 s ago)" keeps
+    updating; Enter after "then" indents by one step; a boolean not set reads
+    "off (not set)"; pasted samples survive a reload."""
+    as_admin(c)
+    env, iid = c.env, s['iid']
+    c.go('#/integration/%s/overview' % iid)
+    views = c.js("return [...document.querySelectorAll('#config-values .bool-view')].map(e => e.textContent)")
+    assert views and not [v for v in views if 'off not set' in v], views
+
+    disk = os.path.join(env.blueprints, 'activecampaign', 'page.lua')
+    original = open(disk).read()
+    st, _ = env.api('PUT', '/v1/admin/blueprints/activecampaign/files',
+                    {'files': {'page.lua': original + '-- a comment\n'}, 'message': 'cosmetics: a comment'}, token=s['admin'])
+    assert st in (200, 201), st
+    c.go('#/editor/activecampaign')
+    c.el('.CodeMirror')
+    c.settle()
+    side = c.js("""const e = document.getElementById('sidebar'); const right = e.getBoundingClientRect().left + e.clientWidth;
+        const style = getComputedStyle(e);
+        const inner = right - parseFloat(style.paddingRight);
+        const wide = [...e.querySelectorAll('*')].filter(x => x.getBoundingClientRect().right > inner + 0.5)
+          .map(x => x.tagName + '.' + x.className + ' ' + Math.round(x.getBoundingClientRect().right - inner) + 'px');
+        return [e.scrollWidth, e.clientWidth, wide.slice(0, 4)]""")
+    assert side[0] <= side[1], 'the collapsed sidebar scrolls sideways (%s > %s): %s' % tuple(side)
+
+    # Enter indents the next line by one step (2 spaces) however many blocks
+    # the line opens: `helpers.x(ctx, "a", {` is one step, not two
+    c.click('.file-tab[data-file="page.lua"]')
+    c.wait(lambda: 'a comment' in c.cm_value(), 'page.lua did not open')
+    for line, want in (('  if x then', '    '), ('  return helpers.track(ctx, "a", {', '    '), ('  local y = 1', '  ')):
+        c.js("""const cm = document.querySelector('.CodeMirror').CodeMirror;
+            cm.setValue('local function f(x)\\n' + arguments[0]);
+            cm.focus(); cm.setCursor({ line: 1, ch: cm.getLine(1).length });""", line)
+        c.d.find_element(By.CSS_SELECTOR, '.CodeMirror textarea').send_keys(Keys.ENTER)
+        indent = c.js("return document.querySelector('.CodeMirror').CodeMirror.getLine(2)")
+        assert indent == want, 'Enter after %r indented %r, not %r' % (line, indent, want)
+    c.click('#editor-discard')
+    c.click('#confirm-ok')
+    c.wait(lambda: 'a comment' in c.cm_value(), 'Discard did not restore page.lua')
+
+    c.click('#side-history')
+    item = c.el('#history-list li.history-item', 'no history')
+    ago = item.find_element(By.CSS_SELECTOR, '.ago')
+    first = ago.text
+    c.wait(lambda: ago.text != first, '"%s" never updated' % first, timeout=15)
+    item.find_element(By.CSS_SELECTOR, '[data-diff]').click()
+    hunk = c.el('#history-list .diff-hunk', 'the diff has no hunk header')
+    assert hunk.text.startswith('@@ -') and not hunk.text.startswith('@ @@'), hunk.text
+
+    c.click('#side-dryrun')
+    c.click('#sample-paste')
+    c.type('#paste-json', json.dumps(page_event('kept-1', 'kept')))
+    c.click('#paste-add')
+    c.el('#sample-list .sample[data-source="pasted"]', 'the pasted event is not among the samples')
+    c.d.refresh()
+    c.signed_in_as('admin')
+    c.el('#sample-list .sample[data-source="pasted"]', 'the pasted sample was lost on reload')
+    assert 'kept-1' in c.el('#sample-list').text
+    kept = '#sample-list .sample[data-source="pasted"]:has([data-mid="kept-1"])'
+    c.click(kept + ' .icon-btn')
+    c.gone(kept)
+    c.d.refresh()
+    c.signed_in_as('admin')
+    c.el('#sample-list .sample', 'no samples after the reload')
+    assert 'kept-1' not in c.el('#sample-list').text, 'a removed sample came back'
+    st, _ = env.api('PUT', '/v1/admin/blueprints/activecampaign/files',
+                    {'files': {'page.lua': original}, 'message': 'cosmetics: back'}, token=s['admin'])
+    assert st in (200, 201), st
+
+
 SCENARIOS = [
     ('quick setup: Integration Library to a 200 in Live Events', t_quick_setup),
     ('contact depth: lists, tags and maps from the Install form reach the emulator; shown and edited', t_depth),
     ('a custom event enabled from the integration page is delivered', t_webinar),
     ('blueprint editor: live dry-run, error marked, save, roll back', t_editor),
     ('hostile event data shows as text and runs nothing', t_hostile_event),
+    ('health: a wrong key shows paused first, with why and since when; delivering after the fix; tiles say their window', t_health),
+    ('install under a taken name: the name field is marked, scrolled to and focused', t_install_conflict),
+    ('test events: every enabled event, custom ones by name with names seen offered', t_test_events),
+    ('advice for the console: a custom event is enabled in the Events tab; the sidebar opens the integration viewed', t_advice),
+    ('cosmetics: sidebar, hunk header, live "ago", indent, "off (not set)", pasted samples kept', t_cosmetics),
+    # last: it deletes the integration the others use
     ('roles: replay for an admin; a viewer cannot install, edit or replay', t_roles),
 ]
 

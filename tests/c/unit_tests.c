@@ -1261,12 +1261,37 @@ TEST(cache_stays_bounded)
     bp_cache_free(c);
 }
 
+/* The tiles' "last hour": per-minute slots, a slot an hour old starts again. */
+TEST(recent_window_counts_the_last_hour_only)
+{
+    bp_recent *r = NULL;
+    long sum[BP_RECENT_ENDS];
+    bp_recent_sum(r, 0, sum);
+    CHECK_INT(sum[BP_END_DELIVERED], 0);
+    int64_t t0 = 1700000000000;           /* ms */
+    bp_recent_add(&r, BP_END_HELD, t0);
+    bp_recent_add(&r, BP_END_DELIVERED, t0 + 1000);
+    bp_recent_add(&r, BP_END_DELIVERED, t0 + 30 * 60000);
+    bp_recent_add(&r, BP_END_RETRYING, t0);   /* not a final outcome: not counted */
+    bp_recent_sum(r, t0 + 30 * 60000, sum);
+    CHECK_INT(sum[BP_END_HELD], 1);
+    CHECK_INT(sum[BP_END_DELIVERED], 2);
+    bp_recent_sum(r, t0 + 61 * 60000, sum);   /* the first minute is out of the window */
+    CHECK_INT(sum[BP_END_HELD], 0);
+    CHECK_INT(sum[BP_END_DELIVERED], 1);
+    bp_recent_add(&r, BP_END_DELIVERED, t0 + 120 * 60000);   /* takes the first minute's slot again */
+    bp_recent_sum(r, t0 + 120 * 60000, sum);
+    CHECK_INT(sum[BP_END_DELIVERED], 1);
+    free(r);
+}
+
 int main(void)
 {
     RUN(cache_values_are_per_account);
     RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
+    RUN(recent_window_counts_the_last_hour_only);
     RUN(patterns_agree_with_the_string_library);
     RUN(json_integers_stay_exact);
     RUN(json_doubles_stay_exact);

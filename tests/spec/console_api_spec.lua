@@ -236,6 +236,17 @@ describe("web console: files and sign-in #serve", function()
     assert.are.equal("INVALID_CONFIG", body.error.code)
     assert.are.equal("config.api_url", body.error.field)
   end)
+
+  it("names the name field of an install's 409, for the form to mark and focus it", function()
+    local cfg = { api_url = "http://127.0.0.1:9", api_key = "k" }   -- its checks fail: installed all the same
+    local st = srv.call("POST", INSTALL, core.json_encode({ name = "Taken", config = cfg }))
+    assert.are.equal(201, st)
+    local body
+    st, body = srv.call("POST", INSTALL, core.json_encode({ name = "Taken", config = cfg }))
+    assert.are.equal(409, st)
+    assert.are.equal("CONFLICT", body.error.code)
+    assert.are.equal("name", body.error.field)
+  end)
 end)
 
 describe("web console: the blueprint editor #serve", function()

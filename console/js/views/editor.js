@@ -4,7 +4,7 @@
 // errors are marked at their file and line; the golden fixtures run against
 // the edit; Save records a revision and History rolls back.
 import { h, replace, clear, button, badge, empty, errorBox, toast, codeBlock, pretty, parseJSON, confirmDialog,
-  fmtTime, fmtAgo, fmtClock, spinner, debounce } from '../dom.js';
+  fmtTime, fmtClock, spinner, debounce, ago } from '../dom.js';
 import { get, post, put, enc, ApiError } from '../api.js';
 import { getCatalog, listIntegrations, categoryName, monogram, tileClass, eventName } from '../data.js';
 import { pickedSamples } from './live.js';
@@ -44,6 +44,27 @@ function cleanError(x) {
 }
 
 function draftKey(vendor) { return 'bp.editor.draft.' + vendor; }
+
+// Enter in Lua: the line's indent, one step more when the line opens more
+// blocks or brackets than it closes.  CodeMirror's Lua mode counts every
+// opener, so `helpers.track(ctx, "a", {` (a "(" and a "{") indented two
+// steps.
+const OPENERS = /\b(?:function|then|do|repeat)\b|[({[]/g;
+const CLOSERS = /\b(?:end|until)\b|[)}\]]/g;
+function luaEnter(cm) {
+  const unit = ' '.repeat(cm.getOption('indentUnit'));
+  cm.operation(() => {
+    for (const sel of cm.listSelections().reverse()) {
+      const from = sel.from();
+      const before = cm.getLine(from.line).slice(0, from.ch);
+      // strings and comments open nothing
+      const code = before.replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'/g, '""').replace(/--.*$/, '');
+      const opens = (code.match(OPENERS) || []).length - (code.match(CLOSERS) || []).length;
+      const more = opens > 0 || /^\s*else\s*$/.test(code);
+      cm.replaceRange('\n' + /^\s*/.exec(before)[0] + (more ? unit : ''), from, sel.to(), '+input');
+    }
+  });
+}
 
 export async function render(main, params, ctx) {
   replace(main, h('div', { class: 'page' }, h('p', { class: 'loading' }, spinner(), 'Loading the blueprint…')));
@@ -100,6 +121,7 @@ export async function render(main, params, ctx) {
     value: '', mode: 'lua', lineNumbers: true, indentUnit: 2, tabSize: 2, indentWithTabs: false,
     gutters: ['CodeMirror-linenumbers', 'bp-gutter'], readOnly: can ? false : true, viewportMargin: 30,
     extraKeys: {
+      Enter: (c) => (c.getOption('mode') === 'lua' && !c.getOption('readOnly') ? luaEnter(c) : window.CodeMirror.Pass),
       Tab: (c) => c.execCommand(c.somethingSelected() ? 'indentMore' : 'insertSoftTab'),
       'Ctrl-S': () => { if (can) save(); }, 'Cmd-S': () => { if (can) save(); },
     },
@@ -301,9 +323,19 @@ export async function render(main, params, ctx) {
     samples.push({ id: ++sampleSeq, source, text, event, label, checked });
     return true;
   }
+  // pasted samples outlive a reload: kept per vendor in localStorage
+  const pastedKey = 'bp.editor.pasted.' + vendor;
+  function savePasted() {
+    try { localStorage.setItem(pastedKey, JSON.stringify(samples.filter((s) => s.source === 'pasted').map((s) => s.text))); } catch (e) { /* full: kept for this page only */ }
+  }
   for (const ex of data.examples || []) addSample('example', ex, true);
   for (const t of pickedSamples(vendor)) {
     try { addSample('live', parseJSON(t), true); } catch (e) { /* skip */ }
+  }
+  let pastedBefore = [];
+  try { pastedBefore = JSON.parse(localStorage.getItem(pastedKey) || '[]'); } catch (e) { pastedBefore = []; }
+  for (const t of Array.isArray(pastedBefore) ? pastedBefore : []) {
+    try { addSample('pasted', parseJSON(t), true); } catch (e) { /* skip */ }
   }
 
   function paintSamples() {
@@ -318,10 +350,10 @@ export async function render(main, params, ctx) {
         h('label', { for: 'sample-' + s.id, class: 'sample-label' },
           h('span', { class: 'ev-type', text: (s.event && s.event.type) || '?' }),
           h('span', { class: 'ev-name', text: s.label }),
-          mid ? h('span', { class: 'mono muted small', text: String(mid) }) : null),
+          mid ? h('span', { class: 'mono muted small', dataset: { mid: String(mid) }, text: String(mid) }) : null),
         h('span', { class: 'tag tag-' + s.source, text: s.source === 'example' ? 'example' : s.source === 'live' ? 'live' : 'pasted' }),
         s.source !== 'example' ? h('button', { type: 'button', class: 'icon-btn', title: 'Remove this sample', 'aria-label': 'Remove ' + s.label,
-          text: '×', onclick: () => { samples.splice(samples.indexOf(s), 1); paintSamples(); scheduleRun(true); } }) : null);
+          text: '×', onclick: () => { samples.splice(samples.indexOf(s), 1); savePasted(); paintSamples(); scheduleRun(true); } }) : null);
     }));
   }
 
@@ -346,6 +378,7 @@ export async function render(main, params, ctx) {
       } catch (e) { err.textContent = 'Not valid JSON: ' + e.message; return; }
       let n = 0;
       for (const ev of evs) if (addSample('pasted', ev, true)) n++;
+      savePasted();
       clear(addArea);
       paintSamples();
       scheduleRun(true);
@@ -632,7 +665,7 @@ export async function render(main, params, ctx) {
           h('div', { class: 'history-top' },
             h('strong', { text: '#' + x.number }), i === 0 ? badge('current', 'ok') : null,
             h('span', { class: 'history-msg', text: x.message || '' })),
-          h('div', { class: 'small muted' }, h('span', { text: `${x.actor || 'unknown'} · ${fmtTime(x.created_at)} (${fmtAgo(x.created_at)})` }),
+          h('div', { class: 'small muted' }, h('span', { text: `${x.actor || 'unknown'} · ${fmtTime(x.created_at)} (` }), ago(x.created_at), ')',
             (x.files || []).length ? h('span', { text: ' · ' + x.files.join(', ') }) : null),
           h('div', { class: 'history-actions' }, toggleDiff,
             can && i > 0 ? button(`Roll back to #${x.number}`, () => rollback(x.number), { small: true, dataset: { rollback: String(x.number) } }) : null),

@@ -2,12 +2,12 @@
 // table with a switch per event (custom events by name), Live Events, dead
 // letters with replay, revisions with a diff, and delete.
 import { h, replace, clear, button, badge, toggle, empty, errorBox, toast, kv, codeBlock, confirmDialog,
-  fmtTime, fmtAgo, spinner, copyButton, statusCode } from '../dom.js';
+  fmtTime, fmtAgo, ago, spinner, copyButton, statusCode } from '../dom.js';
 import { get, post, patch, del, enc, ApiError } from '../api.js';
-import { getVendor, getIntegration, categoryName, monogram, tileClass, outcomeOf, eventName } from '../data.js';
+import { getVendor, getIntegration, categoryName, monogram, tileClass, outcomeOf, eventName, healthOf, healthBadge } from '../data.js';
 import { fieldOfError, togetherGroups, checksAlert } from './integrations.js';
 import { control, fieldRow, advancedKeys, advancedSection, valueView, FieldError } from '../configfields.js';
-import { mountLive, renderDetail } from './live.js';
+import { mountLive, renderDetail, rememberIntegration, seenCustomEvents } from './live.js';
 import { lineDiff, hunks, renderDiff, flatten } from '../diff.js';
 
 const TABS = [
@@ -20,6 +20,39 @@ const COUNTERS = [
   ['dead_lettered', 'Dead letters', 'err'], ['held', 'Held', 'warn'], ['retries', 'Retries', 'warn'],
 ];
 
+// The health first: a badge, and for anything but delivering, what it is
+// doing instead, since when, and what to do.
+function healthAlert(it, base) {
+  const x = healthOf(it);
+  const since = x.since ? h('span', { class: 'muted' }, ` Since ${fmtTime(x.since)} (`, ago(x.since, { id: 'health-since' }), ').') : null;
+  // the vendor's own words, as it answered
+  const said = x.vendorStatus ? h('p', { class: 'small', id: 'health-vendor' }, 'The vendor answered ', statusCode(x.vendorStatus),
+    x.vendorAnswer ? [': ', h('code', { class: 'break', text: x.vendorAnswer })] : null) : null;
+  const box = (kind, title, ...rest) => h('div', { class: 'alert alert-' + kind, id: 'health-alert', role: 'status', dataset: { health: x.state } },
+    h('strong', { text: title + ' ' }), h('span', { class: 'health-reason', text: x.reason.replace(/\.?$/, '.') }), since, said, ...rest);
+  if (x.state === 'paused') {
+    return box('err', 'Delivery is paused: the vendor refused the credentials.',
+      h('p', { class: 'small' }, 'New events are held, not lost. Fix the API key or URL under ',
+        h('a', { href: base + '/overview', text: 'Configuration' }), ': the held events are sent once the credentials change.'));
+  }
+  if (x.state === 'backing_off') {
+    return box('warn', 'Backing off: the vendor asked to slow down or failed.',
+      x.until ? h('span', {}, ' Next attempt ', ago(x.until), '.') : null);
+  }
+  if (x.state === 'blueprint_error') {
+    return box('err', 'Not delivering: the blueprint does not load.', ' ',
+      h('a', { href: '#/editor/' + enc(it.vendor), text: 'Open it in the editor' }));
+  }
+  return null;
+}
+
+// "since start, 2 h ago": the tiles count since the server started; the
+// last hour is next to it, so a fixed problem visibly settles.
+function countersWindow(d) {
+  return h('p', { class: 'small muted counters-window', id: 'counters-window' },
+    'Counts since the server started', d.counted_since ? [' (', ago(d.counted_since), ')'] : '', '; the small figure is the last hour.');
+}
+
 export async function render(main, params, ctx) {
   replace(main, h('div', { class: 'page' }, h('p', { class: 'loading' }, spinner(), 'Loading…')));
   let it = await getIntegration(params.id);
@@ -28,13 +61,23 @@ export async function render(main, params, ctx) {
   const tab = TABS.some(([t]) => t === params.tab) ? params.tab : 'overview';
   const base = '#/integration/' + enc(it.id);
 
+  rememberIntegration(it.id);
   const counters = h('div', { class: 'counters', id: 'counters' });
+  const counterNote = h('div', {});
   const bpNote = h('div', {});
+  const healthNote = h('div', {});
+  const healthEl = h('span', {});
   const revEl = h('span', { class: 'pill', id: 'integration-revision' });
   function paintHeader() {
     const d = it.delivery || {};
+    const hour = d.last_hour || {};
+    replace(healthEl, healthBadge(it, 'integration-health'));
+    replace(healthNote, healthAlert(it, base));
     replace(counters, COUNTERS.map(([k, label, kind]) => h('div', { class: 'counter counter-' + kind + ((d[k] || 0) ? ' counter-nonzero' : ''), dataset: { counter: k } },
-      h('span', { class: 'counter-value', text: String(d[k] || 0) }), h('span', { class: 'counter-label', text: label }))));
+      h('span', { class: 'counter-value', text: String(d[k] || 0) }),
+      h('span', { class: 'counter-label' }, label, h('span', { class: 'counter-window', text: ' since start' })),
+      k in hour ? h('span', { class: 'counter-recent', dataset: { recent: k }, text: `${hour[k]} in the last hour` }) : null)));
+    replace(counterNote, countersWindow(d));
     revEl.textContent = 'config rev ' + it.revision;
     clear(bpNote);
     const bp = it.blueprint || {};
@@ -48,14 +91,13 @@ export async function render(main, params, ctx) {
       h('div', {}, h('h1', { id: 'integration-name', text: it.name }),
         h('p', { class: 'page-sub' }, h('span', { text: `${cat.name} · ${categoryName(cat.category)} · ` }),
           h('code', { class: 'id', id: 'integration-id', text: it.id }), ' ', copyButton(it.id, 'Copy id'), ' ', revEl))),
-    h('div', { class: 'page-actions' },
-      (it.delivery || {}).running === false ? badge('stopped', 'muted') : badge('delivering', 'ok')));
+    h('div', { class: 'page-actions' }, healthEl));
   const tabBar = h('div', { class: 'tabs', role: 'tablist' }, TABS.map(([t, label]) =>
     h('a', { href: base + '/' + t, class: 'tab', role: 'tab', id: 'itab-' + t, 'aria-selected': String(t === tab) }, label)));
   const body = h('div', { class: 'tab-body', id: 'integration-body' });
   replace(main, h('div', { class: ['page', tab === 'live' ? 'page-wide' : ''] },
     h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/integrations', text: 'Integrations' }), ' / ', h('span', { text: it.name })),
-    head, bpNote, counters, tabBar, body));
+    head, healthNote, bpNote, counters, counterNote, tabBar, body));
   paintHeader();
 
   async function reload() {
@@ -139,7 +181,8 @@ function editConfig(card, env) {
   const focusOn = (k, el) => {
     const d = ctl[k].wrap.closest('details');
     if (d) d.open = true;
-    (el || ctl[k].c.focusEl).focus();
+    ctl[k].wrap.scrollIntoView({ block: 'center' });
+    (el || ctl[k].c.focusEl).focus({ preventScroll: true });
   };
   const showErr = (k, msg, el) => {
     ctl[k].wrap.classList.add('invalid');
@@ -185,21 +228,49 @@ function editConfig(card, env) {
   if (first) first.focus();
 }
 
+const OTHER = '\u0000other';   // the select's "another track event by name" choice
+
+// One test event per enabled event: identify and page as themselves, every
+// other one (listed track events, custom ones) as a track event by name.
+function testEvent(name, type, email) {
+  const mid = 'console-test-' + Date.now().toString(36);
+  const consent = { canonical: { marketing: true } };
+  if (type === 'page') {
+    return { type: 'page', messageId: mid, name: 'Console test',
+      context: { page: { url: location.origin + '/console-test', title: 'Console test' }, traits: { email }, consent } };
+  }
+  if (type === 'identify') return { type: 'identify', messageId: mid, traits: { email, first_name: 'Test' }, context: { consent } };
+  return { type: 'track', messageId: mid, event: name, properties: { source: 'console test' }, context: { traits: { email }, consent } };
+}
+
 function testEventCard(env) {
   const it = env.it();
+  const typeOf = Object.fromEntries((env.cat.events || []).map((e) => [e.name, e.type]));
+  const describe = { identify: 'create or update the contact', page: 'a page view' };
+  const first = { identify: 0, page: 1 };
+  const enabled = Object.entries(it.events || {}).filter(([, e]) => e.enabled).map(([n]) => n)
+    .sort((a, b) => (first[typeOf[a]] ?? 2) - (first[typeOf[b]] ?? 2));
   const email = h('input', { type: 'email', class: 'input', id: 'test-email', value: 'test@example.com', autocomplete: 'off', spellcheck: false });
   const kind = h('select', { class: 'input', id: 'test-kind', 'aria-label': 'Event' },
-    h('option', { value: 'identify', text: 'identify: create or update the contact' }),
-    h('option', { value: 'page', text: 'page: a page view' }));
+    enabled.map((n) => h('option', { value: n, text: describe[typeOf[n]] ? `${n}: ${describe[typeOf[n]]}` : `${n} (${typeOf[n] || 'track, custom'})` })),
+    h('option', { value: OTHER, text: 'Another track event, by name…' }));
+  const seenNames = h('datalist', { id: 'test-event-seen' });
+  const other = h('input', { type: 'text', class: 'input', id: 'test-event-name', placeholder: 'e.g. Webinar Registered', list: 'test-event-seen',
+    autocomplete: 'off', spellcheck: false, 'aria-label': 'Track event name' });
+  const otherRow = h('div', { class: 'field', hidden: true }, h('label', { class: 'field-label', for: 'test-event-name', text: 'Track event name' }), other,
+    h('p', { class: 'field-help', text: 'Names seen in Live Events are offered; one not enabled is dropped, and Live Events says why.' }), seenNames);
+  kind.addEventListener('change', () => {
+    otherRow.hidden = kind.value !== OTHER;
+    if (!otherRow.hidden) other.focus();
+  });
+  seenCustomEvents(it.id).then((seen) => replace(seenNames, seen.map(([n]) => h('option', { value: n })))).catch(() => {});
   const out = h('div', { class: 'test-result', id: 'test-result', role: 'status' });
   const send = button('Send test event', async () => {
     clear(out);
+    const name = kind.value === OTHER ? other.value.trim() : kind.value;
+    if (!name) { other.focus(); return; }
     send.disabled = true;
-    const mid = 'console-test-' + Date.now().toString(36);
-    const consent = { canonical: { marketing: true } };
-    const ev = kind.value === 'page'
-      ? { type: 'page', messageId: mid, name: 'Console test', context: { page: { url: location.origin + '/console-test', title: 'Console test' }, traits: { email: email.value.trim() }, consent } }
-      : { type: 'identify', messageId: mid, traits: { email: email.value.trim(), first_name: 'Test' }, context: { consent } };
+    const ev = testEvent(name, kind.value === OTHER ? 'track' : typeOf[name] || 'track', email.value.trim());
     try {
       const r = await post('/v1/integrations/' + enc(it.id) + '/events', ev);
       out.appendChild(h('p', { class: 'alert alert-ok' }, h('span', { text: `Accepted (${r.accepted}). ` }),
@@ -209,7 +280,9 @@ function testEventCard(env) {
     } finally { send.disabled = false; }
   }, { kind: 'primary', id: 'test-send' });
   return h('section', { class: 'card' }, h('h2', { class: 'card-title', text: 'Send a test event' }),
-    h('div', { class: 'field' }, h('label', { class: 'field-label', for: 'test-kind', text: 'Event' }), kind),
+    h('div', { class: 'field' }, h('label', { class: 'field-label', for: 'test-kind', text: 'Event' }), kind,
+      h('p', { class: 'field-help', text: 'Every enabled event is offered; track events are sent by name.' })),
+    otherRow,
     h('div', { class: 'field' }, h('label', { class: 'field-label', for: 'test-email', text: 'Contact email' }), email),
     h('div', { class: 'form-actions' }, send), out);
 }
@@ -267,10 +340,11 @@ async function events(body, env) {
     }));
   }
 
+  const seenNames = h('datalist', { id: 'custom-event-seen' });
   const nameInput = h('input', { type: 'text', class: 'input', id: 'custom-event-name', placeholder: 'e.g. Webinar Registered',
-    autocomplete: 'off', spellcheck: false, 'aria-label': 'Custom event name' });
+    autocomplete: 'off', spellcheck: false, 'aria-label': 'Custom event name', list: 'custom-event-seen' });
   const addBtn = button('Enable', null, { kind: 'primary', type: 'submit', id: 'custom-event-enable' });
-  const addForm = h('form', { class: 'inline-form', novalidate: true }, nameInput, addBtn);
+  const addForm = h('form', { class: 'inline-form', novalidate: true }, nameInput, seenNames, addBtn);
   addForm.addEventListener('submit', async (e) => {
     e.preventDefault();
     const name = nameInput.value.trim();
@@ -320,13 +394,9 @@ async function events(body, env) {
     seenBox));
   paint();
   try {
-    const r = await get('/v1/admin/integrations/' + enc(env.it().id) + '/live-events?limit=200&outcome=drop');
-    const counts = new Map();
-    for (const row of r.events || []) {
-      const m = /custom event not enabled: '(.+)'/.exec((row.outcome || {}).reason || '');
-      if (m) counts.set(m[1], (counts.get(m[1]) || 0) + 1);
-    }
-    seen = [...counts.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12);
+    seen = await seenCustomEvents(env.it().id);
+    // the names already seen are offered as the name is typed
+    replace(seenNames, seen.map(([n]) => h('option', { value: n })));
     paintSeen();
   } catch (e) { /* only a hint */ }
 }

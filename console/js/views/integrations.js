@@ -3,7 +3,7 @@
 // config fields.
 import { h, replace, button, badge, empty, errorBox, toast, fmtAgo, fmtTime, spinner, kv } from '../dom.js';
 import { post, enc, ApiError } from '../api.js';
-import { getCatalog, getVendor, listIntegrations, categoryName, monogram, tileClass } from '../data.js';
+import { getCatalog, getVendor, listIntegrations, categoryName, monogram, tileClass, healthBadge } from '../data.js';
 import { control, fieldRow, advancedKeys, advancedSection, FieldError } from '../configfields.js';
 
 function tabs(active, counts) {
@@ -47,22 +47,23 @@ function installed(ints, cat, ctx) {
     return h('tr', { dataset: { id: it.id } },
       h('td', {}, h('a', { class: 'row-title', href: '#/integration/' + enc(it.id) },
         vendorTile(names[it.vendor] || it.vendor, true), h('span', { text: it.name }))),
+      h('td', { class: 'cell-health' }, healthBadge(it), bp.status === 'rejected' ? [' ', badge('edit rejected', 'warn')] : null),
       h('td', { class: 'hide-narrow', text: names[it.vendor] || it.vendor }),
       h('td', { class: 'num', text: String(d.delivered || 0) }),
       h('td', { class: 'num hide-narrow', text: String(d.dropped || 0) }),
       h('td', { class: 'num' }, failing ? h('span', { class: 'text-err', text: String(failing) }) : '0'),
       h('td', { class: 'num hide-narrow', text: String(d.held || 0) }),
-      h('td', {}, bp.status === 'rejected' ? badge('edit rejected', 'warn') : d.running === false ? badge('stopped', 'muted') : badge('running', 'ok')),
       h('td', { class: 'hide-narrow muted', text: 'rev ' + it.revision }),
       h('td', { class: 'hide-narrow muted', title: fmtTime(it.created_at), text: fmtAgo(it.created_at) }));
   });
   return h('div', { class: 'card card-flush' }, h('table', { class: 'table', id: 'integrations-table' },
     h('thead', {}, h('tr', {},
-      h('th', { text: 'Name' }), h('th', { class: 'hide-narrow', text: 'Vendor' }), h('th', { class: 'num', text: 'Delivered' }),
-      h('th', { class: 'num hide-narrow', text: 'Dropped' }), h('th', { class: 'num', text: 'Failed' }),
-      h('th', { class: 'num hide-narrow', text: 'Held' }), h('th', { text: 'Delivery' }),
+      h('th', { text: 'Name' }), h('th', { text: 'Health' }), h('th', { class: 'hide-narrow', text: 'Vendor' }),
+      h('th', { class: 'num', text: 'Delivered' }), h('th', { class: 'num hide-narrow', text: 'Dropped' }), h('th', { class: 'num', text: 'Failed' }),
+      h('th', { class: 'num hide-narrow', text: 'Held' }),
       h('th', { class: 'hide-narrow', text: 'Config' }), h('th', { class: 'hide-narrow', text: 'Installed' }))),
-    h('tbody', {}, rows)));
+    h('tbody', {}, rows)),
+  h('p', { class: 'small muted card-pad', id: 'integrations-window', text: 'Counts since the server started; each integration\'s page also shows the last hour.' }));
 }
 
 function library(cat, ints, ctx) {
@@ -204,7 +205,7 @@ export async function renderInstall(main, params, ctx) {
   const nameRow = h('div', { class: 'field' },
     h('label', { class: 'field-label', for: 'install-name' }, 'Integration name', h('abbr', { class: 'req-mark', title: 'required', text: '*' })),
     nameInput, h('p', { class: 'field-help', text: 'How this installation is listed; unique per workspace.' }), nameError);
-  controls.name = { input: nameInput, wrap: nameRow, error: nameError };
+  controls.name = { input: nameInput, wrap: nameRow, error: nameError, field: { label: 'Integration name' } };
   nameInput.addEventListener('input', () => setError('name', null));
 
   const variants = c.variants || ['default'];
@@ -260,7 +261,9 @@ export async function renderInstall(main, params, ctx) {
     const target = el || c2.input;
     const d = c2.wrap.closest('details');
     if (d) d.open = true;
-    target.focus();
+    // the field may be far above the summary the answer is shown in
+    c2.wrap.scrollIntoView({ block: 'center' });
+    target.focus({ preventScroll: true });
   }
 
   form.addEventListener('submit', async (e) => {

@@ -6,11 +6,28 @@
 import { h, replace, clear, button, badge, statusCode, empty, errorBox, toast, kv, codeBlock, pretty,
   parseJSON, fmtTime, fmtClock, fmtAgo, fmtDuration, copyButton, spinner } from '../dom.js';
 import { get, post, enc, stream } from '../api.js';
-import { listIntegrations, outcomeOf, eventName } from '../data.js';
+import { listIntegrations, outcomeOf, eventName, consoleReason } from '../data.js';
 
 const OUTCOMES = ['delivered', 'retrying', 'held', 'drop', 'error', 'dead_letter'];
 const LAST = 'bp.live.last';
 const MAX_ROWS = 500;
+
+// The integration being looked at: the sidebar's Live Events opens it.
+export function rememberIntegration(id) {
+  try { localStorage.setItem(LAST, id); } catch (e) { /* private mode: the first one then */ }
+}
+
+// Custom event names that arrived and were dropped as not enabled, most
+// frequent first: [[name, count], …] (for the Events tab and test events).
+export async function seenCustomEvents(id) {
+  const r = await get('/v1/admin/integrations/' + enc(id) + '/live-events?limit=200&outcome=drop');
+  const counts = new Map();
+  for (const row of r.events || []) {
+    const name = consoleReason((row.outcome || {}).reason).customEvent;
+    if (name) counts.set(name, (counts.get(name) || 0) + 1);
+  }
+  return [...counts.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12);
+}
 
 export async function renderPage(main, params, ctx) {
   const ints = await listIntegrations();
@@ -225,7 +242,7 @@ export function mountLive(container, integration, ctx) {
     h('td', { class: 'num' }, statusCode(o.status)),
     h('td', { class: 'num hide-narrow col-extra', text: o.attempts != null ? String(o.attempts) : '' }),
     h('td', { class: 'num hide-narrow col-extra', text: o.duration_ms != null && o.attempts ? fmtDuration(o.duration_ms) : '' }),
-    h('td', { class: 'hide-narrow cell-reason col-extra', title: o.reason || '', text: o.reason || '' }));
+    h('td', { class: 'hide-narrow cell-reason col-extra', title: consoleReason(o.reason).text, text: consoleReason(o.reason).text }));
     item.fresh = false;
     const open = () => select(item.key, true);
     tr.addEventListener('click', open);
@@ -400,7 +417,8 @@ export function renderDetail(item, ctx, opts = {}) {
     actions,
     retry,
     h('section', { class: 'detail-sec' }, h('h3', { text: 'Decision' }),
-      h('p', { class: 'decision' }, badge(out), ' ', h('span', { class: 'decision-reason', id: 'detail-reason', text: o.reason || '' })),
+      h('p', { class: 'decision' }, badge(out), ' ', h('span', { class: 'decision-reason', id: 'detail-reason', text: consoleReason(o.reason).text })),
+      reasonAdvice(o.reason, integration),
       kv([
         ['Vendor status', statusCode(o.status)],
         ['Attempts', o.attempts != null ? String(o.attempts) : null],
@@ -417,6 +435,16 @@ export function renderDetail(item, ctx, opts = {}) {
       (o.requests || []).map(renderRequest)),
     h('section', { class: 'detail-sec' }, h('h3', { text: 'Input event' }),
       item.event ? codeBlock(pretty(item.event), 'input-event') : h('p', { class: 'muted small' }, spinner(), 'Loading the input event…')));
+}
+
+// What to do about a reason, in the console's terms: an event not enabled
+// (or disabled) is switched on in the integration's Events tab (the API's
+// reason carries the advice for a config file, which the CLI shows).
+function reasonAdvice(reason, integration) {
+  const name = consoleReason(reason).enable;
+  if (!name || !integration.id) return null;
+  return h('p', { class: 'small advice', id: 'detail-advice' }, 'To send it, enable ', h('strong', { text: name }), ' in the ',
+    h('a', { href: '#/integration/' + enc(integration.id) + '/events', text: 'Events tab' }), '.');
 }
 
 // Events picked in Live Events for the blueprint editor's samples panel.
