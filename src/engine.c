@@ -558,7 +558,9 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
                       "requests, or ctx.drop(reason)", e->bp->dir, route->mapping, luaL_typename(L, top));
         return;
     }
-    int single = lua_getfield(L, top, "url") != LUA_TNIL;
+    /* raw: a metamethod would run outside the budget's protected call */
+    lua_pushliteral(L, "url");
+    int single = lua_rawget(L, top) != LUA_TNIL;
     lua_pop(L, 1);
     lua_Integer n = single ? 1 : (lua_Integer)lua_rawlen(L, top);
     if (n == 0) {

@@ -28,7 +28,7 @@
 
 typedef struct matcher {
     lua_State *L;
-    const bp_pattern_budget *budget;
+    const bp_budget *budget;
     const char *src, *src_end, *pat_end;
     unsigned long steps;         /* left until the next budget check */
     int depth;                   /* recursion left */
@@ -480,7 +480,7 @@ static int pattern_gsub(lua_State *L)
     return 2;
 }
 
-void bp_patterns_open(lua_State *L, const bp_pattern_budget *budget)
+void bp_patterns_open(lua_State *L, const bp_budget *budget)
 {
     static const luaL_Reg fns[] = {
         { "find", pattern_find }, { "match", pattern_match }, { "gmatch", pattern_gmatch },

@@ -16,13 +16,16 @@
  *     state is only ever used by one thread at a time;
  *   - string.find/match/gmatch/gsub count their matching steps against
  *     the same budget (pattern.c), since the library's matcher runs in C
- *     where the hook cannot reach;
+ *     where the hook cannot reach; so do the library functions that loop
+ *     in C over elements (metered.c: string.rep, table.*) and the
+ *     encoders and ctx helpers that walk tables and events, so that the
+ *     budget holds inside one C call too;
  *   - a count hook enforces an instruction and wall-time budget per call
  *     (infinite loops), and keeps firing once tripped so a mapping that
  *     catches the error with pcall is stopped again at once.  The hook is
  *     armed by the watchdog (watchdog.c) once a call has run for 10-20 ms,
- *     so the instruction budget counts from then on, and normal calls run
- *     at full speed.
+ *     together with the C meters, so the instruction budget counts from
+ *     then on, and normal calls run at full speed.
  */
 #include "internal.h"
 
@@ -49,6 +52,9 @@ struct bp_sandbox {
     unsigned timeout_ms;
     double deadline_ms;
     int tripped;            /* 1 = instructions, 2 = time */
+    int in_call;            /* inside bp_sandbox_call (the hook may be set) */
+    char why[120];          /* the tripped budget's message */
+    bp_budget meter;        /* what C code charges its loops to (internal.h) */
     char oom_where[200];    /* where the memory cap was hit: "file:line: " */
     int env_ref;            /* the proxy table used as _ENV for blueprint chunks */
     int safe_ref;           /* the table behind it */
@@ -166,25 +172,42 @@ static void push_where(lua_State *L)
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
 
-/* Count `work` against the call's budgets; once either is spent, stop the
- * call with an error naming the blueprint line. */
-static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
+/* Count `work` against the call's budgets: NULL while both last, else the
+ * message saying which one is spent.  Also after the call (the encoders
+ * reading its result), where it only reports. */
+static const char *spend(lua_State *L, bp_sandbox *sb, uint64_t work)
 {
     sb->spent += work;
     if (!sb->tripped) {
-        if (sb->spent > sb->budget) sb->tripped = 1;
-        else if (bp_monotonic_ms() > sb->deadline_ms) sb->tripped = 2;
-        else return;
-        /* From now on fire at every instruction: a mapping that catches
-         * this error with pcall is stopped again as soon as it resumes. */
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        if (sb->spent > sb->budget) {
+            sb->tripped = 1;
+            snprintf(sb->why, sizeof sb->why, "instruction budget exceeded (%llu instructions; an endless loop?)",
+                     (unsigned long long)sb->budget);
+        } else if (bp_monotonic_ms() > sb->deadline_ms) {
+            sb->tripped = 2;
+            snprintf(sb->why, sizeof sb->why, "time budget exceeded (%u ms; an endless loop?)", sb->timeout_ms);
+        } else {
+            return NULL;
+        }
+        /* From now on fire at every instruction and check every metered
+         * element: a mapping that catches this error with pcall is stopped
+         * again as soon as it resumes. */
+        if (sb->in_call) {
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+            sb->meter.armed = 1;
+        }
     }
+    return sb->why;
+}
+
+/* Count `work`; once either budget is spent, stop the call with an error
+ * naming the blueprint line. */
+static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
+{
+    const char *why = spend(L, sb, work);
+    if (!why) return;
     push_where(L);
-    if (sb->tripped == 1)
-        lua_pushfstring(L, "instruction budget exceeded (%I instructions; an endless loop?)",
-                        (lua_Integer)sb->budget);
-    else
-        lua_pushfstring(L, "time budget exceeded (%d ms; an endless loop?)", (int)sb->timeout_ms);
+    lua_pushstring(L, why);
     lua_concat(L, 2);
     lua_error(L);
 }
@@ -197,22 +220,27 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     charge(L, sb, HOOK_EVERY);
 }
 
-/* Pattern matching steps count as instructions (pattern.c). */
-static void pattern_budget(lua_State *L, void *ud, unsigned long steps)
+/* Pattern matching steps and the elements of metered C loops count as
+ * instructions (pattern.c, metered.c, luajson.c, helpers.c). */
+static void meter_check(lua_State *L, void *ud, unsigned long work)
 {
-    (void)ud;
-    bp_sandbox *sb;
-    lua_getallocf(L, (void **)&sb);
-    charge(L, sb, steps);
+    charge(L, ud, work);
 }
 
-static const bp_pattern_budget sandbox_pattern_budget = { pattern_budget, NULL };
+static const char *meter_spend(lua_State *L, void *ud, unsigned long work)
+{
+    return spend(L, ud, work);
+}
 
 /* Called by the watchdog, in a signal handler on the thread running a call
- * that has run for a while: from now on the budgets are checked. */
+ * that has run for a while: from now on the budgets are checked, by the
+ * hook between instructions and by the meters inside C calls. */
 static void arm_budget_hook(lua_State *L)
 {
+    bp_sandbox *sb;
+    lua_getallocf(L, (void **)&sb);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    sb->meter.armed = 1;
 }
 
 /* ---- positions: "file.lua:12", and the chain of blueprint calls ----------------- */
@@ -600,7 +628,7 @@ static void build_env(bp_sandbox *sb)
     lua_setfield(L, -2, "dump");
     /* The library's pattern matcher cannot be interrupted; these count
      * their steps against the budget (pattern.c). */
-    bp_patterns_open(L, &sandbox_pattern_budget);   /* string, patterns */
+    bp_patterns_open(L, &sb->meter);                /* string, patterns */
     static const char *const matchers[] = { "find", "match", "gmatch", "gsub", NULL };
     for (const char *const *n = matchers; *n; n++) {
         lua_getfield(L, -1, *n);
@@ -669,6 +697,8 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
      * collection reclaims them young instead of tracing the whole state. */
     lua_gc(sb->L, LUA_GCGEN, 0, 0);
     luaL_openlibs(sb->L);
+    sb->meter = (bp_budget){ meter_check, sb, meter_spend, 0, sb->limit };
+    bp_metered_open(sb->L, &sb->meter);
     build_env(sb);
     sb->watch_slot = bp_watch_add(arm_budget_hook);
     bp_luajson_open(sb->L);
@@ -712,11 +742,18 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
     sb->tripped = 0;
     sb->over_memory = 0;
     sb->deadline_ms = bp_monotonic_ms() + sb->timeout_ms;
-    if (sb->watch_slot >= 0) bp_watch_begin(sb->watch_slot, L);
-    else lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    sb->in_call = 1;
+    if (sb->watch_slot >= 0) {
+        bp_watch_begin(sb->watch_slot, L);
+    } else {
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+        sb->meter.armed = 1;
+    }
     int rc = lua_pcall(L, nargs, nresults, base);
     if (sb->watch_slot >= 0) bp_watch_end(sb->watch_slot);
     lua_sethook(L, NULL, 0, 0);
+    sb->in_call = 0;
+    sb->meter.armed = 0;
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         if (rc == LUA_ERRMEM || sb->over_memory)

@@ -500,7 +500,7 @@ TEST(patterns_agree_with_the_string_library)
         "end\n"
         "return 'agree'\n";
     unsigned long used = 0;
-    bp_pattern_budget budget = { count_steps, &used };
+    bp_budget budget = { count_steps, &used };
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     if (luaL_loadstring(L, chunk) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
