@@ -48,6 +48,8 @@ struct bp_sandbox {
     lua_State *L;
     size_t used, limit;
     int over_memory;        /* the cap was hit during the current call */
+    void *refused;          /* the block whose growth was refused, and to what size: */
+    size_t refused_size;    /* Lua collects garbage and asks again, which may succeed */
     uint64_t budget, spent;
     unsigned timeout_ms;
     double deadline_ms;
@@ -132,11 +134,22 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return NULL;
     }
     if (nsize > old) {
-        size_t cap = sb->over_memory ? sb->limit + OOM_HEADROOM : sb->limit;
+        /* Lua asks again after an emergency collection: that retry gets no
+         * headroom, which is for handling the error once there is one. */
+        int retry = sb->over_memory && ptr == sb->refused && nsize == sb->refused_size;
+        size_t cap = sb->over_memory && !retry ? sb->limit + OOM_HEADROOM : sb->limit;
         if (sb->used - old + nsize > cap) {
             if (!sb->over_memory) note_oom_position(sb);
             sb->over_memory = 1;
+            sb->refused = ptr;
+            sb->refused_size = nsize;
             return NULL;
+        }
+        /* The emergency collection after a refusal made room: no memory
+         * error after all, so a later error is not reported as one. */
+        if (retry) {
+            sb->over_memory = 0;
+            sb->refused_size = 0;
         }
     }
     void *p;

@@ -28,7 +28,40 @@ local cases = {
   { "library_write", "library_write.lua:2: library tables are read-only" },
   { "getmetatable_string", "getmetatable_string.lua:3:" },
   { "gc_loop", "gc_loop.lua:2: __gc metamethods are not allowed" },
+  -- library functions that loop in C (issue 20): each charges its work to the budget, is capped,
+  -- or is bounded by the memory cap; docs/blueprints.md "The sandbox" lists them all
+  { "rep_empty", "rep_empty.lua:2: ", "budget exceeded" },
+  { "move_empty", "move_empty.lua:2: ", "budget exceeded" },
+  { "move_other", "move_other.lua:2: ", "budget exceeded" },
+  { "insert_len", "insert_len.lua:3: ", "budget exceeded" },
+  { "remove_len", "remove_len.lua:3: ", "budget exceeded" },
+  { "concat_index", "concat_index.lua:4: ", "budget exceeded" },
+  { "unpack_huge", "unpack_huge.lua:2: too many results to unpack" },
+  { "sort_index", "sort_index.lua:4: ", "budget exceeded" },
+  { "sort_comparator", "sort_comparator.lua:2: ", "budget exceeded" },
+  { "json_dag", "json_dag.lua:4: ctx.json: cannot encode the value: ", "budget exceeded" },
+  { "result_dag", "result_dag.lua: request 1: cannot encode the value: ", "budget exceeded" },
+  { "print_dag", "print_dag.lua:5: ", "budget exceeded" },
+  { "json_truncate", "json_truncate.lua:4: ", "budget exceeded" },   -- in ctx.json or between its calls
+  { "json_keep", "json_keep.lua:4: ctx.json: ", "budget exceeded" },
+  { "get_path", "get_path.lua:5: ", "budget exceeded" },
+  { "close_loop", "close_loop.lua:2: ", "budget exceeded" },
+  { "format_width", "format_width.lua:2: invalid conversion" },
+  { "byte_range", "byte_range.lua:3: stack overflow (string slice too long)" },
+  { "codepoint_range", "codepoint_range.lua:3: stack overflow (string slice too long)" },
+  { "pack_pad", "pack_pad.lua:2: memory limit exceeded" },
 }
+
+-- Wall-clock milliseconds (the budget is wall time; os.clock is this process's CPU time).
+local function now_ms()
+  local p = io.popen("date +%s%N")
+  local ns = p:read("*l")
+  p:close()
+  return tonumber(ns) / 1e6
+end
+
+-- "Within budget + 100 ms"; sanitizer builds run several times slower.
+local SLACK_MS = os.getenv("BLUEPRINT_TEST_SANITIZER") and 1000 or 100
 
 describe("the sandbox", function()
   for _, c in ipairs(cases) do
@@ -36,6 +69,7 @@ describe("the sandbox", function()
       local out = run(c[1])
       assert.are.equal("error", out.outcome)
       assert.matches("tests/hostile/" .. c[2], out.reason, 1, true)
+      if c[3] then assert.matches(c[3], out.reason, 1, true) end   -- instructions or time, whichever ends first
       local after = run("ok")
       assert.are.equal("deliver", after.outcome)
       -- string.upper still works and no global leaked from an earlier mapping
@@ -54,10 +88,65 @@ describe("the sandbox", function()
     assert.are.equal("deliver", run("ok").outcome)
   end)
 
+  it("ends every hostile mapping within the time budget + " .. SLACK_MS .. " ms, even inside one C call", function()
+    local slow = assert(S.core.open_text("tests/hostile", "api_url: http://127.0.0.1:9\n",
+      { instructions = 1000000000000, timeout_ms = 300, memory_mb = 32 }))
+    for _, c in ipairs(cases) do
+      local started = now_ms()
+      local out = S.run(slow, { type = "track", event = c[1], context = { consent = { marketing = true } } })
+      local took = now_ms() - started
+      assert.are.equal("error", out.outcome, c[1])
+      assert.is_true(took < 300 + SLACK_MS, c[1] .. " took " .. math.floor(took) .. " ms: " .. out.reason)
+    end
+  end)
+
   it("stops an endless loop by wall time too", function()
     local slow = assert(S.core.open_text("tests/hostile", "api_url: http://127.0.0.1:9\n",
       { instructions = 1000000000000, timeout_ms = 200 }))
     local out = S.run(slow, { type = "track", event = "loop", context = { consent = { marketing = true } } })
     assert.matches("time budget exceeded", out.reason, 1, true)
+  end)
+end)
+
+-- Top-level code of a mapping file runs when the blueprint is loaded: by dry-run, `blueprint test`,
+-- and the loader that serve's hot reload and the editor's save check use (bp_engine_new, which
+-- core.open_text calls too).  A file that stalls there inside one C call fails to load, in time.
+describe("a mapping whose top-level code stalls inside a C call #cli", function()
+  local budget_ms = 300
+  local function timed(fn)
+    local started = now_ms()
+    local a, b, c = fn()
+    return now_ms() - started, a, b, c
+  end
+
+  it("is refused by the loader within the time budget", function()
+    local took, e, err = timed(function()
+      return S.core.open_text("tests/hostile/toplevel", "api_url: http://127.0.0.1:9\n",
+        { instructions = 1000000000000, timeout_ms = budget_ms })
+    end)
+    assert.is_nil(e)
+    assert.matches("tests/hostile/toplevel/page.lua:2: time budget exceeded (" .. budget_ms .. " ms", err, 1, true)
+    assert.is_true(took < budget_ms + SLACK_MS, "loading took " .. math.floor(took) .. " ms")
+  end)
+
+  it("fails dry-run with the file and line, within the time budget", function()
+    local cfg = os.tmpname()
+    S.write(cfg, "api_url: http://127.0.0.1:9\n")
+    local took, _, err, code = timed(function()
+      return S.sh(S.bin .. " dry-run tests/hostile/toplevel --config " .. cfg .. " --timeout-ms " .. budget_ms
+                  .. " --instructions 1000000000000", '{"type":"page"}\n')
+    end)
+    os.remove(cfg)
+    assert.are_not.equal(0, code)
+    assert.matches("tests/hostile/toplevel/page.lua:2: time budget exceeded", err, 1, true)
+    -- a process start and exit on top of the budget
+    assert.is_true(took < budget_ms + SLACK_MS + 200, "dry-run took " .. math.floor(took) .. " ms")
+  end)
+
+  it("fails `blueprint test` with the file and line, within the default budget", function()
+    local took, out, err, code = timed(function() return S.sh(S.bin .. " test tests/hostile/toplevel") end)
+    assert.are_not.equal(0, code)
+    assert.matches("FAIL stall: tests/hostile/toplevel/page.lua:2: time budget exceeded (1000 ms", out .. err, 1, true)
+    assert.is_true(took < 1000 + SLACK_MS + 200, "blueprint test took " .. math.floor(took) .. " ms")
   end)
 end)
