@@ -150,3 +150,43 @@ describe("a mapping whose top-level code stalls inside a C call #cli", function(
     assert.is_true(took < 1000 + SLACK_MS + 200, "blueprint test took " .. math.floor(took) .. " ms")
   end)
 end)
+
+-- The delivery runtime: an event whose mapping stalls inside a C call ends as an error with the
+-- budget's reason (it was reported delivered once the call returned), and does not hold up the rest.
+describe("deliver with a mapping that stalls inside a C call on some events #cli", function()
+  it("records the stalled events as errors with the budget's reason and delivers the others", function()
+    local emu = S.start_emulator("--rate-limit 0")
+    local cfg = os.tmpname()
+    S.write(cfg, "api_url: " .. emu.url .. "\napi_key: " .. S.EMU_TOKEN .. "\n")
+    local events = {}
+    for i = 1, 6 do
+      events[i] = ('{"type":"identify","messageId":"m%d","traits":{"email":"u%d@example.com"%s},'
+        .. '"context":{"consent":{"marketing":true}}}'):format(i, i, i % 3 == 0 and ',"stall":true' or "")
+    end
+    local started = now_ms()
+    local out, err, code = S.sh(S.bin .. " deliver tests/hostile/deliver --config " .. cfg .. " --state " .. S.tmpdir()
+      .. " --timeout-ms 200 --instructions 1000000000000 --max-attempts 1", table.concat(events, "\n") .. "\n")
+    local took = now_ms() - started
+    local contacts = emu.contacts()
+    emu.stop()
+    os.remove(cfg)
+    assert.are.equal(0, code, err)
+    local by = {}
+    for _, l in ipairs(S.lines(out)) do
+      local o = assert(S.core.json_decode(l), l)
+      by[o.message_id] = o
+    end
+    for i = 1, 6 do
+      local o = assert(by["m" .. i], "no outcome for m" .. i .. " in: " .. out)
+      if i % 3 == 0 then
+        assert.are.equal("error", o.outcome, o.reason)
+        assert.matches("tests/hostile/deliver/identify.lua:3: time budget exceeded (200 ms", o.reason, 1, true)
+      else
+        assert.are.equal("delivered", o.outcome, o.reason)
+      end
+    end
+    assert.are.equal(4, #contacts)
+    -- two stalls of 200 ms each, the rest in milliseconds
+    assert.is_true(took < 2 * 200 + 1000 + 2 * SLACK_MS, "deliver took " .. math.floor(took) .. " ms")
+  end)
+end)
