@@ -216,6 +216,7 @@ static int metered_unpack(lua_State *L)
         tick(L);
         lua_geti(L, 1, i);
     }
+    tick(L);
     lua_geti(L, 1, e);
     return (int)n;
 }

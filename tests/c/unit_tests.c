@@ -500,13 +500,207 @@ TEST(patterns_agree_with_the_string_library)
         "end\n"
         "return 'agree'\n";
     unsigned long used = 0;
-    bp_budget budget = { count_steps, &used };
+    bp_budget budget = { .check = count_steps, .ud = &used };
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     if (luaL_loadstring(L, chunk) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
     bp_patterns_open(L, &budget);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
     else CHECK_STR(lua_tostring(L, -1), "agree");
+    lua_close(L);
+}
+
+/* ---- metered library functions (metered.c) ---- */
+
+/* A budget for the tests: counts work, and stops a call past `max`. */
+typedef struct test_meter { unsigned long used, max; } test_meter;
+
+static void meter_count(lua_State *L, void *ud, unsigned long work)
+{
+    test_meter *m = ud;
+    if ((m->used += work) > m->max) luaL_error(L, "test budget exceeded");
+}
+
+static const char *meter_spend(lua_State *L, void *ud, unsigned long work)
+{
+    (void)L;
+    test_meter *m = ud;
+    return (m->used += work) > m->max ? "test budget exceeded" : NULL;
+}
+
+/* The same calls through the library's functions (saved as ORIG before
+ * bp_metered_open replaced them) and the metered ones: same results, same
+ * tables afterwards, same errors (function names aside: a replaced
+ * function is no longer found under its name). */
+TEST(metered_functions_agree_with_the_library)
+{
+    static const char chunk[] =
+        "local function show(t, ok, ...)\n"
+        "  local r = { tostring(ok) }\n"
+        "  for i = 1, select('#', ...) do local v = select(i, ...) r[#r + 1] = type(v) == 'table' and 'table' or tostring(v) end\n"
+        "  if not ok then r[2] = r[2]:gsub(\"to '[^']*'\", \"to '?'\") end\n"
+        "  if t then for k, v in pairs(t) do r[#r + 1] = tostring(k) .. '=' .. tostring(v) end table.sort(r) end\n"
+        "  return table.concat(r, '|')\n"
+        "end\n"
+        "local function fresh() return { 'a', 'b', 'c', 'd', 'e' } end\n"
+        "local len = setmetatable({}, { __len = function() return 3 end })\n"
+        "local cases = {\n"
+        "  { 'string', 'rep', function() return nil, 'ab', 3, ',' end },\n"
+        "  { 'string', 'rep', function() return nil, 'ab', 0 end },\n"
+        "  { 'string', 'rep', function() return nil, 'ab', -2, 'x' end },\n"
+        "  { 'string', 'rep', function() return nil, 'x', 7 end },\n"
+        "  { 'string', 'rep', function() return nil, '', 5, 'xy' end },\n"
+        "  { 'string', 'rep', function() return nil, 'abc', 1, 'zz' end },\n"
+        "  { 'string', 'rep', function() return nil, 'x', 1 << 40 end },\n"
+        "  { 'string', 'rep', function() return nil, {}, 2 end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 1, 3, 2 end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 2, 5, 1 end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 1, 5, 3 end },\n"
+        "  { 'table', 'move', function() local t = {} return t, fresh(), 2, 4, 1, t end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 3, 1, 9 end },\n"
+        "  { 'table', 'move', function() return nil, {}, math.mininteger, 1, 1 end },\n"
+        "  { 'table', 'move', function() return nil, {}, 1, 2, math.maxinteger end },\n"
+        "  { 'table', 'move', function() return nil, 1, 1, 2, 3 end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 2, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 6, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 8, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 1, 2, 3 end },\n"
+        "  { 'table', 'insert', function() return nil, 'nope', 1 end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t, 1 end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t, 6 end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t, 9 end },\n"
+        "  { 'table', 'remove', function() local t = {} return t, t, 0 end },\n"
+        "  { 'table', 'concat', function() return nil, fresh(), ', ' end },\n"
+        "  { 'table', 'concat', function() return nil, fresh(), '-', 2, 4 end },\n"
+        "  { 'table', 'concat', function() return nil, fresh(), '-', 4, 2 end },\n"
+        "  { 'table', 'concat', function() return nil, { 1, 2.5, 'x' } end },\n"
+        "  { 'table', 'concat', function() return nil, { 'a', {}, 'c' } end },\n"
+        "  { 'table', 'concat', function() return nil, len, '' end },\n"
+        "  { 'table', 'unpack', function() return nil, fresh() end },\n"
+        "  { 'table', 'unpack', function() return nil, fresh(), 2, 3 end },\n"
+        "  { 'table', 'unpack', function() return nil, fresh(), 4, 2 end },\n"
+        "  { 'table', 'unpack', function() return nil, {}, 1, 1 << 40 end },\n"
+        "  { 'table', 'unpack', function() return nil, {}, math.mininteger, math.maxinteger end },\n"
+        "  { 'table', 'sort', function() local t = { 5, 2, 9, 1, 7 } return t, t end },\n"
+        "  { 'table', 'sort', function() local t = { 5, 2, 9, 1, 7 } return t, t, function(a, b) return a > b end end },\n"
+        "  { 'table', 'sort', function() local t = { 3, 'x', 1 } return t, t end },\n"
+        "  { 'table', 'sort', function() local t = { 1, 2, 3 } return t, t, 'x' end },\n"
+        "  { 'table', 'sort', function() local t = { 1, 2 } return t, t, function() error('mine') end end },\n"
+        "  { 'table', 'sort', function() return nil, 7 end },\n"
+        "}\n"
+        "for i, c in ipairs(cases) do\n"
+        "  local function run(f) local args = table.pack(c[3]()) return show(args[1], pcall(f, table.unpack(args, 2, args.n))) end\n"
+        "  local a, b = run(ORIG[c[2]]), run(_G[c[1]][c[2]])\n"
+        "  if a ~= b then return string.format('case %d (%s.%s): %s vs %s', i, c[1], c[2], a, b) end\n"
+        "end\n"
+        "return 'agree'\n";
+    test_meter m = { 0, (unsigned long)-1 };
+    bp_budget budget = { meter_count, &m, meter_spend, 1, 0 };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    lua_newtable(L);
+    static const char *const saved[][2] = { { "string", "rep" }, { "table", "move" }, { "table", "insert" },
+                                            { "table", "remove" }, { "table", "concat" }, { "table", "unpack" },
+                                            { "table", "sort" } };
+    for (size_t i = 0; i < sizeof saved / sizeof saved[0]; i++) {
+        lua_getglobal(L, saved[i][0]);
+        lua_getfield(L, -1, saved[i][1]);
+        lua_setfield(L, -3, saved[i][1]);
+        lua_pop(L, 1);
+    }
+    lua_setglobal(L, "ORIG");
+    bp_metered_open(L, &budget);
+    if (luaL_loadstring(L, chunk) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
+    else CHECK_STR(lua_tostring(L, -1), "agree");
+    lua_close(L);
+}
+
+static const char *run_metered(lua_State *L, const char *code)
+{
+    if (luaL_loadstring(L, code) != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        lua_pop(L, 1);
+        return msg;   /* interned message strings outlive the pop while the state lives */
+    }
+    return "ok";
+}
+
+/* Each element a loop touches costs one unit, once armed; before that,
+ * nothing is counted (the watchdog arms the meters with the hook). */
+TEST(metered_loops_charge_each_element_once_armed)
+{
+    test_meter m = { 0, 1000000 };
+    bp_budget budget = { meter_count, &m, meter_spend, 0, 0 };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    bp_metered_open(L, &budget);
+    CHECK(bp_budget_of(L) == &budget);
+    CHECK_STR(run_metered(L, "table.move({}, 1, 1000, 2)"), "ok");
+    CHECK_INT(m.used, 0);
+    budget.armed = 1;
+    CHECK_STR(run_metered(L, "table.move({}, 1, 1000, 2)"), "ok");
+    CHECK_INT(m.used, 1000);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "table.insert(setmetatable({}, { __len = function() return 99 end }), 1, 'x')"), "ok");
+    CHECK_INT(m.used, 99);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "table.remove(setmetatable({}, { __len = function() return 50 end }), 1)"), "ok");
+    CHECK_INT(m.used, 49);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "assert(table.concat({ 'a', 'b', 'c' }, ',') == 'a,b,c')"), "ok");
+    CHECK_INT(m.used, 3);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "assert(select('#', table.unpack({}, 1, 10)) == 10)"), "ok");
+    CHECK_INT(m.used, 10);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "local t = { 3, 1, 2 } table.sort(t) assert(t[1] == 1 and t[3] == 3)"), "ok");
+    CHECK(m.used >= 2 && m.used <= 6);   /* one per comparison */
+    m.used = 0;
+    CHECK_STR(run_metered(L, "assert(string.rep('', 1 << 50) == '' and ('ab'):rep(3, '-') == 'ab-ab-ab')"), "ok");
+    CHECK_INT(m.used, 0);                /* the result's size is its work */
+    /* what never ended: stopped by the budget */
+    CHECK_CONTAINS(run_metered(L, "table.move({}, 1, 1 << 40, 2)"), "test budget exceeded");
+    m.used = 0;
+    CHECK_CONTAINS(run_metered(L, "table.sort(setmetatable({}, { __len = function() return (1 << 31) - 2 end, "
+                                  "__index = rawlen, __newindex = rawequal }))"), "test budget exceeded");
+    lua_close(L);
+}
+
+/* A table holding the same table twice, 40 levels deep: 2^40 values as
+ * JSON.  The encoder stops at the budget's byte bound (unarmed: after the
+ * call, reading a mapping's result) and at its budget (armed). */
+TEST(encoder_stops_at_the_memory_cap_and_the_budget)
+{
+    test_meter m = { 0, (unsigned long)-1 };
+    bp_budget budget = { meter_count, &m, meter_spend, 0, 1u << 20 };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    bp_luajson_open(L);
+    bp_metered_open(L, &budget);
+    CHECK_INT(luaL_dostring(L, "local t = {} for i = 1, 40 do t = { t, t } end return t"), LUA_OK);
+    bp_buf out;
+    bp_buf_init(&out);
+    bp_error err;
+    CHECK_INT(bp_encode_json(L, -1, &out, NULL, &err), -1);
+    CHECK_CONTAINS(err.msg, "larger than the memory limit (1 MiB");
+    CHECK(out.len < (1u << 20) + 4096);
+    CHECK(m.used > 0);   /* charged every 4096 values even unarmed: after a call, its deadline holds */
+    budget.armed = 1;
+    budget.max_bytes = 0;
+    m.used = 0;
+    m.max = 100000;
+    bp_buf_reset(&out);
+    CHECK_INT(bp_encode_json(L, -1, &out, NULL, &err), -1);
+    CHECK_STR(err.msg, "cannot encode the value: test budget exceeded");
+    CHECK(m.used > 100000 && m.used < 100010);
+    /* a state without a budget (the Lua module's) is not metered */
+    lua_State *plain = luaL_newstate();
+    CHECK(bp_budget_of(plain) == NULL);
+    lua_close(plain);
+    bp_buf_free(&out);
     lua_close(L);
 }
 
@@ -982,6 +1176,9 @@ int main(void)
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
     RUN(patterns_agree_with_the_string_library);
+    RUN(metered_functions_agree_with_the_library);
+    RUN(metered_loops_charge_each_element_once_armed);
+    RUN(encoder_stops_at_the_memory_cap_and_the_budget);
     RUN(json_integers_stay_exact);
     RUN(json_doubles_stay_exact);
     RUN(json_empty_containers_keep_their_kind);
