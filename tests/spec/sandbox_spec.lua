@@ -50,6 +50,7 @@ local cases = {
   { "byte_range", "byte_range.lua:3: stack overflow (string slice too long)" },
   { "codepoint_range", "codepoint_range.lua:3: stack overflow (string slice too long)" },
   { "pack_pad", "pack_pad.lua:2: memory limit exceeded" },
+  { "cache_bomb", "cache_bomb.lua:3: ctx.cache.set: this event's values would take more than the memory limit" },
 }
 
 -- Wall-clock milliseconds (the budget is wall time; os.clock is this process's CPU time).
