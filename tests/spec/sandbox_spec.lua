@@ -109,6 +109,28 @@ describe("the sandbox", function()
   end)
 end)
 
+-- The same through the CLI, one process per case (also run with the sanitizer builds).
+describe("blueprint dry-run with mappings that loop inside C calls #cli", function()
+  it("ends each as an error within the time budget + " .. SLACK_MS .. " ms (and a process start)", function()
+    local cfg = os.tmpname()
+    S.write(cfg, "api_url: http://127.0.0.1:9\n")
+    for _, c in ipairs(cases) do
+      if c[3] then
+        local started = now_ms()
+        local out, err, code = S.sh(S.bin .. " dry-run tests/hostile --config " .. cfg .. " --timeout-ms 300"
+          .. " --instructions 1000000000000 --memory-mb 32",
+          '{"type":"track","event":"' .. c[1] .. '","context":{"consent":{"marketing":true}}}\n')
+        local took = now_ms() - started
+        assert.are.equal(0, code, err)
+        assert.matches('"outcome":"error","reason":"tests/hostile/' .. c[2], out, 1, true)
+        assert.matches("time budget exceeded (300 ms", out, 1, true)
+        assert.is_true(took < 300 + SLACK_MS + 200, c[1] .. " took " .. math.floor(took) .. " ms")
+      end
+    end
+    os.remove(cfg)
+  end)
+end)
+
 -- Top-level code of a mapping file runs when the blueprint is loaded: by dry-run, `blueprint test`,
 -- and the loader that serve's hot reload and the editor's save check use (bp_engine_new, which
 -- core.open_text calls too).  A file that stalls there inside one C call fails to load, in time.
