@@ -558,7 +558,10 @@ int bp_sandbox_print(lua_State *L)
     int n = lua_gettop(L);
     bp_buf *msg = &sb->logbuf, *at = &sb->atbuf;
     bp_buf_reset(msg);
-    for (int i = 1; i <= n; i++) {
+    /* The line is built outside the Lua state: up to its memory cap (the
+     * same 30 MB string given a thousand times is not 30 GB here); the
+     * outcome keeps far less of it anyway. */
+    for (int i = 1; i <= n && msg->len <= sb->limit; i++) {
         if (i > 1) bp_buf_addc(msg, '\t');
         log_value(L, i, msg);
     }
