@@ -36,6 +36,8 @@
 #include <string.h>
 
 #define HOOK_EVERY 1000              /* instructions between budget checks */
+#define WATCHED (LUA_MASKCOUNT | LUA_MASKCALL)   /* the hook of a call that runs long */
+#define WATCH_AFTER_MS 10            /* without the watchdog: when a call counts as running long */
 #define OOM_HEADROOM (1024 * 1024)   /* lets error handling run after a cap hit */
 #define SMALL_STEP 16                /* small blocks come in sizes 16, 32, ..., SMALL_MAX */
 #define SMALL_MAX 256
@@ -225,12 +227,20 @@ static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
     lua_error(L);
 }
 
+/* Every HOOK_EVERY instructions, and before every function call once the
+ * call runs long: one instruction can be a C function that takes
+ * milliseconds (s:upper() on a 20 MB string), and a thousand of them passed
+ * between two counts.  Without the watchdog the count hook is on from the
+ * start and turns the call hook on itself. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
-    charge(L, sb, HOOK_EVERY);
+    int count = ar->event == LUA_HOOKCOUNT;
+    charge(L, sb, count ? HOOK_EVERY : 0);
+    if (count && lua_gethookmask(L) != WATCHED && lua_gethookcount(L) == HOOK_EVERY &&
+        bp_monotonic_ms() > sb->deadline_ms - sb->timeout_ms + WATCH_AFTER_MS)
+        lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
 }
 
 /* Pattern matching steps and the elements of metered C loops count as
@@ -252,7 +262,7 @@ static void arm_budget_hook(lua_State *L)
 {
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
     sb->meter.armed = 1;
 }
 
