@@ -24,8 +24,10 @@
  *     (infinite loops), and keeps firing once tripped so a mapping that
  *     catches the error with pcall is stopped again at once.  The hook is
  *     armed by the watchdog (watchdog.c) once a call has run for 10-20 ms,
- *     together with the C meters, so the instruction budget counts from
- *     then on, and normal calls run at full speed.
+ *     together with the C meters and a call hook (the clock is read before
+ *     every function call: one instruction can be a long C call), so the
+ *     instruction budget counts from then on, and normal calls run at full
+ *     speed.
  */
 #include "internal.h"
 
