@@ -233,7 +233,10 @@ static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
  * call runs long: one instruction can be a C function that takes
  * milliseconds (s:upper() on a 20 MB string), and a thousand of them passed
  * between two counts.  Without the watchdog the count hook is on from the
- * start and turns the call hook on itself. */
+ * start and turns the call hook on itself, at its first count after
+ * WATCH_AFTER_MS: later than the watchdog would when those first thousand
+ * instructions are long C calls (a call hook from the start would slow
+ * every call). */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     bp_sandbox *sb;

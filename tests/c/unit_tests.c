@@ -853,10 +853,16 @@ static const char *rt_blueprint(void)
     rt_write("blueprint.yaml", "vendor: rt\nname: Runtime\ncategory: test\nstatus: alpha\nconsent_category: marketing\n"
                                "config:\n  - key: api_url\n    type: url\n    required: true\n"
                                "events:\n  hello:\n    type: track\n    mapping: hello.lua\n"
-                               "  loop:\n    type: track\n    mapping: loop.lua\n");
+                               "  loop:\n    type: track\n    mapping: loop.lua\n"
+                               "  stall:\n    type: track\n    mapping: stall.lua\n"
+                               "  calls:\n    type: track\n    mapping: calls.lua\n");
     rt_write("hello.lua", "return function(event, ctx)\n  print('hello from', event.event)\n"
                           "  return { url = 'http://127.0.0.1:9/x', json = { ok = true } }\nend\n");
     rt_write("loop.lua", "return function(event, ctx)\n  local n = 0\n  while true do n = n + 1 end\nend\n");
+    /* one C call that loops without allocating; C calls of milliseconds each */
+    rt_write("stall.lua", "return function(event, ctx)\n  table.move({}, 1, 1 << 40, 2)\nend\n");
+    rt_write("calls.lua", "return function(event, ctx)\n  local s = ('x'):rep(4 << 20)\n"
+                          "  while true do local u = s:upper() end\nend\n");
     return rt_dir;
 }
 
@@ -875,6 +881,8 @@ static void rt_cleanup(void)
 static const char RT_HELLO[] = "{\"type\":\"track\",\"event\":\"hello\",\"messageId\":\"m-1\","
                                "\"context\":{\"consent\":{\"marketing\":true}}}";
 static const char RT_LOOP[] = "{\"type\":\"track\",\"event\":\"loop\",\"context\":{\"consent\":{\"marketing\":true}}}";
+static const char RT_STALL[] = "{\"type\":\"track\",\"event\":\"stall\",\"context\":{\"consent\":{\"marketing\":true}}}";
+static const char RT_CALLS[] = "{\"type\":\"track\",\"event\":\"calls\",\"context\":{\"consent\":{\"marketing\":true}}}";
 
 typedef struct rt_parts { bp_blueprint *bp; bp_config *cfg; bp_engine *e; } rt_parts;
 
@@ -893,6 +901,31 @@ static void rt_close(rt_parts *p)
     bp_engine_free(p->e);
     bp_config_free(p->cfg);
     bp_blueprint_free(p->bp);
+}
+
+/* With the watchdog: one C call that loops, and C calls of milliseconds
+ * each (a thousand of them passed between two counts of the hook). */
+TEST(runtime_budgets_hold_inside_and_between_long_c_calls)
+{
+    bp_limits lim;
+    bp_limits_default(&lim);
+    lim.instructions = UINT64_MAX / 2;
+    lim.timeout_ms = 50;
+    rt_parts p;
+    bp_error err;
+    if (rt_open(&p, &lim, &err) < 0) { CHECK_FAIL("engine: %s", err.msg); rt_close(&p); return; }
+    bp_outcome o;
+    bp_outcome_init(&o);
+    const char *const stalls[] = { RT_STALL, RT_CALLS };
+    for (int i = 0; i < 2; i++) {
+        bp_outcome_reset(&o);
+        double t0 = bp_monotonic_ms();
+        CHECK_INT(bp_engine_run(p.e, stalls[i], strlen(stalls[i]), &o), BP_ERROR);
+        CHECK_CONTAINS(o.reason.data, "time budget exceeded (50 ms");
+        CHECK(bp_monotonic_ms() - t0 < 50 + 1000);   /* + 100 ms in release builds; ASan is slower */
+    }
+    bp_outcome_free(&o);
+    rt_close(&p);
 }
 
 TEST(runtime_errors_are_initialised_and_set_on_failure)
@@ -971,6 +1004,12 @@ TEST(runtime_without_the_watchdog_budgets_still_hold)
     CHECK_INT(bp_engine_run(p.e, RT_LOOP, strlen(RT_LOOP), &o), BP_ERROR);
     CHECK_CONTAINS(o.reason.data, "time budget exceeded");
     CHECK(bp_monotonic_ms() - t0 < 2000);
+    /* inside one C call: the meters are on from the start */
+    bp_outcome_reset(&o);
+    t0 = bp_monotonic_ms();
+    CHECK_INT(bp_engine_run(p.e, RT_STALL, strlen(RT_STALL), &o), BP_ERROR);
+    CHECK_CONTAINS(o.reason.data, "time budget exceeded (50 ms");
+    CHECK(bp_monotonic_ms() - t0 < 50 + 1000);   /* + 100 ms in release builds; ASan is slower */
     bp_outcome_reset(&o);
     bp_set_log(rt_drop, NULL);
     CHECK_INT(bp_engine_run(p.e, RT_HELLO, strlen(RT_HELLO), &o), BP_DELIVER);
@@ -1214,6 +1253,7 @@ int main(void)
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);
+    RUN(runtime_budgets_hold_inside_and_between_long_c_calls);
     RUN(runtime_first_use_from_many_threads_at_once);
     RUN(runtime_watchdog_handler_is_on_the_alternate_stack);
     RUN(runtime_errors_are_initialised_and_set_on_failure);
