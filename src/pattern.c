@@ -393,6 +393,7 @@ static void add_template(matcher *m, luaL_Buffer *b, const char *s, const char *
     size_t len;
     const char *t = lua_tolstring(L, 3, &len), *end = t + len, *esc;
     while ((esc = memchr(t, ESC, (size_t)(end - t))) != NULL) {
+        step(m);   /* "%0" of an empty match adds nothing: a long template per match is work */
         luaL_addlstring(b, t, (size_t)(esc - t));
         esc++;
         if (esc < end && *esc == ESC) {

@@ -15,6 +15,7 @@ local cases = {
   { "memory", "memory.lua:3: memory limit exceeded" },
   { "pattern_bomb", "pattern_bomb.lua:3: instruction budget exceeded" },
   { "pattern_pcall", "pattern_pcall.lua:2: instruction budget exceeded" },
+  { "gsub_template", "gsub_template.lua:4: ", "budget exceeded" },
   { "string_bomb", "string_bomb.lua:3: memory limit exceeded" },
   { "rep_bomb", "rep_bomb.lua:2:" },
   { "recursion", "recursion.lua:1: " },  -- stack overflow or memory cap, whichever comes first
