@@ -200,6 +200,31 @@ describe("a mapping whose top-level code stalls inside a C call #cli", function(
   end)
 end)
 
+-- serve's hot reload compiles a changed blueprint in a scratch engine before switching: a change
+-- whose top-level code stalls inside a C call is rejected (the last good version keeps running).
+-- Not #serve: under ThreadSanitizer the watchdog's signal waits for a libc call, which such a
+-- loop never makes.
+describe("hot reload of a mapping whose top-level code stalls inside a C call #cli", function()
+  it("is rejected within the budget, naming file and line, and serve keeps answering", function()
+    local dir = S.tmpdir()
+    os.execute("cp -r blueprints/activecampaign " .. dir .. "/")
+    local srv = S.start_server({ blueprints = dir })
+    finally(function() srv.stop() end)
+    local page = dir .. "/activecampaign/page.lua"
+    local original = io.open(page):read("a")
+    S.write(page, "table.move({}, 1, 1 << 40, 2)\n" .. original)
+    local cat = S.eventually(function()
+      local _, c = srv.call("GET", "/v1/admin/integration-catalog/activecampaign")
+      return type(c) == "table" and c.load_error ~= S.core.null and c.load_error and c
+    end, 10)
+    assert.is_truthy(cat, "the change was not rejected")
+    assert.matches("page.lua:1: ", cat.load_error, 1, true)
+    assert.matches("budget exceeded", cat.load_error, 1, true)
+    local status = srv.call("GET", "/healthz", nil, false)
+    assert.are.equal(200, status)
+  end)
+end)
+
 -- The delivery runtime: an event whose mapping stalls inside a C call ends as an error with the
 -- budget's reason (it was reported delivered once the call returned), and does not hold up the rest.
 describe("deliver with a mapping that stalls inside a C call on some events #cli", function()
