@@ -46,6 +46,7 @@ struct bp_engine {
     int stopped;                    /* the run stopped at a step (pending or waiting) */
     struct cache_write { char *key, *json; double ttl; int durable; } *writes;   /* ctx.cache.set, applied when the run completes */
     size_t nwrites, capwrites;
+    size_t write_bytes;         /* held by this run's writes: at most the memory cap */
 };
 
 #define MAX_STEPS 50                /* per event: a mapping that loops on ctx.send stops here */
@@ -572,7 +573,9 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
                       "requests, or ctx.drop(reason)", e->bp->dir, route->mapping, luaL_typename(L, top));
         return;
     }
-    int single = lua_getfield(L, top, "url") != LUA_TNIL;
+    /* raw: a metamethod would run outside the budget's protected call */
+    lua_pushliteral(L, "url");
+    int single = lua_rawget(L, top) != LUA_TNIL;
     lua_pop(L, 1);
     lua_Integer n = single ? 1 : (lua_Integer)lua_rawlen(L, top);
     if (n == 0) {
@@ -943,6 +946,14 @@ static int l_cache_set(lua_State *L)
         bp_buf_free(&json);
         return luaL_error(L, "ctx.cache.set: %s", rc < 0 ? err.msg : "a secret cannot be cached");
     }
+    /* held outside the Lua state until the run ends: bounded like it */
+    const bp_budget *budget = bp_budget_of(L);
+    if (budget && budget->max_bytes && e->write_bytes + json.len > budget->max_bytes) {
+        bp_buf_free(&json);
+        return luaL_error(L, "ctx.cache.set: this event's values would take more than the memory limit (%d MiB)",
+                          (int)(budget->max_bytes / (1024 * 1024)));
+    }
+    e->write_bytes += json.len;
     if (e->nwrites == e->capwrites) {
         e->capwrites = e->capwrites ? e->capwrites * 2 : 8;
         e->writes = realloc(e->writes, e->capwrites * sizeof *e->writes);
@@ -975,6 +986,7 @@ static void end_writes(bp_engine *e, int apply)
         free(e->writes[i].json);
     }
     e->nwrites = 0;
+    e->write_bytes = 0;
 }
 
 /* ctx.send and ctx.cache on the ctx table at the top of the stack. */

@@ -50,10 +50,18 @@ static int cmp_members(const void *a, const void *b)
     return strcmp(((const member *)a)->key, ((const member *)b)->key);
 }
 
-static int is_kept(lua_State *L, int keep_idx, const char *key)
+/* Members by size, the largest first; among equals the first in key order. */
+typedef struct by_size { size_t len, i; } by_size;
+
+static int cmp_by_size(const void *a, const void *b)
 {
-    if (keep_idx == 0) return 0;
-    lua_Integer n = (lua_Integer)lua_rawlen(L, keep_idx);
+    const by_size *x = a, *y = b;
+    if (x->len != y->len) return x->len < y->len ? 1 : -1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+static int is_kept(lua_State *L, int keep_idx, lua_Integer n, const char *key)
+{
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, keep_idx, i);
         int same = lua_type(L, -1) == LUA_TSTRING && !strcmp(lua_tostring(L, -1), key);
@@ -72,6 +80,9 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
     member *m = calloc(cap, sizeof *m);
     if (!m) abort();
     int rc = 0;
+    /* each member is looked up in `keep`: charged, since both may be long */
+    const bp_budget *budget = bp_budget_of(L);
+    lua_Integer nkeep = keep_idx ? (lua_Integer)lua_rawlen(L, keep_idx) : 0;
     /* Tables are walked with lua_next, event views with their __pairs
      * iterator (which ignores its arguments).  stack: iterator? */
     int is_view = luaL_getmetafield(L, idx, "__pairs") != LUA_TNIL;
@@ -89,10 +100,12 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
             break;
         }
         if (lua_type(L, -2) != LUA_TSTRING) { rc = -1; bp_error_set(err, "keys must be strings"); lua_pop(L, 2); break; }
+        const char *why = bp_budget_spent(L, budget, (unsigned long)nkeep + 1);
+        if (why) { rc = -1; bp_error_set(err, "%s", why); lua_pop(L, 2); break; }
         if (n == cap) { cap *= 2; m = realloc(m, cap * sizeof *m); if (!m) abort(); }
         m[n].key = strdup(lua_tostring(L, -2));
         bp_buf_init(&m[n].enc);
-        m[n].keep = is_kept(L, keep_idx, m[n].key);
+        m[n].keep = is_kept(L, keep_idx, nkeep, m[n].key);
         bp_json_write_string(&m[n].enc, m[n].key, strlen(m[n].key));
         bp_buf_addc(&m[n].enc, ':');
         rc = bp_encode_json(L, -1, &m[n].enc, NULL, err);
@@ -105,13 +118,18 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
         qsort(m, n, sizeof *m, cmp_members);
         size_t total = 2;
         for (size_t i = 0; i < n; i++) total += m[i].enc.len + (i ? 1 : 0);
+        /* drop in order of size (sorted once: 100000 members are not
+         * scanned 100000 times); only kept members left: send them, over the limit */
+        by_size *order = malloc((n ? n : 1) * sizeof *order);
+        if (!order) abort();
+        size_t candidates = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!m[i].keep) order[candidates++] = (by_size){ m[i].enc.len, i };
+        qsort(order, candidates, sizeof *order, cmp_by_size);
         bp_buf dropped;
         bp_buf_init(&dropped);
-        while (total + (dropped.len ? dropped.len + 16 : 0) > max_bytes) {
-            size_t worst = n;
-            for (size_t i = 0; i < n; i++)
-                if (!m[i].keep && m[i].enc.len && (worst == n || m[i].enc.len > m[worst].enc.len)) worst = i;
-            if (worst == n) break;  /* only kept members left: send them, over the limit */
+        for (size_t c = 0; c < candidates && total + (dropped.len ? dropped.len + 16 : 0) > max_bytes; c++) {
+            size_t worst = order[c].i;
             total -= m[worst].enc.len + 1;
             m[worst].enc.len = 0;
             bp_buf_addc(&dropped, dropped.len ? ',' : '[');
@@ -132,6 +150,7 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
         }
         bp_buf_addc(out, '}');
         bp_buf_free(&dropped);
+        free(order);
     }
     for (size_t i = 0; i < n; i++) { free(m[i].key); bp_buf_free(&m[i].enc); }
     free(m);
@@ -208,8 +227,10 @@ static int ctx_get(lua_State *L)
         return 1;
     }
     lua_pushvalue(L, 1);                      /* cur */
+    const bp_budget *budget = bp_budget_of(L);  /* a part may be a C metamethod's call */
     const char *p = path;
     while (*p) {
+        bp_budget_tick(L, budget, 1);
         if (!lua_istable(L, -1) && !luaL_testudata(L, -1, BP_VIEW_MT)) { lua_pushnil(L); lua_replace(L, -2); break; }
         const char *dot = strchr(p, '.');
         size_t n = dot ? (size_t)(dot - p) : strlen(p);

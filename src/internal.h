@@ -9,20 +9,57 @@
 #include "blueprint_service.h"
 
 #include <lua.h>
+#include <signal.h>
 
 /* Milliseconds: monotonic (budgets, durations) and wall clock (stored times).  clock.c */
 double bp_monotonic_ms(void);
 double bp_wall_ms(void);
 
-/* Lua's string.find/match/gmatch/gsub with every matching step counted
- * (pattern.c).  budget->check runs every 65536 steps with that count and
- * may raise a Lua error to stop the match.  bp_patterns_open pushes a table
- * of the four functions; `budget` must outlive them. */
-typedef struct bp_pattern_budget {
-    void (*check)(lua_State *L, void *ud, unsigned long steps);
+/* The budget that work done in C on behalf of blueprint code is charged to,
+ * where the count hook cannot reach (inside one C call).  One unit of work is
+ * about one VM instruction.  check(L, ud, work) counts it and raises the
+ * budget's Lua error once the budget is spent; spend does the same without
+ * raising and returns the reason ("time budget exceeded ...") or NULL, for
+ * C code that must free what it holds before it stops.  `armed` is set (from
+ * a signal handler, by the watchdog) once a call has run long enough to be
+ * watched: until then the metered loops skip the check, as the hook does.
+ * max_bytes bounds what the encoders build outside the state's allocator
+ * (0: unbounded). */
+typedef struct bp_budget {
+    void (*check)(lua_State *L, void *ud, unsigned long work);
     void *ud;
-} bp_pattern_budget;
-void bp_patterns_open(lua_State *L, const bp_pattern_budget *budget);
+    const char *(*spend)(lua_State *L, void *ud, unsigned long work);
+    volatile sig_atomic_t armed;
+    size_t max_bytes;
+} bp_budget;
+
+/* Charge `work` once the call is armed; may raise the budget's error. */
+static inline void bp_budget_tick(lua_State *L, const bp_budget *b, unsigned long work)
+{
+    if (b && b->armed) b->check(L, b->ud, work);
+}
+
+/* Charge `work` once the call is armed, without raising: the reason the
+ * budget is spent, or NULL. */
+static inline const char *bp_budget_spent(lua_State *L, const bp_budget *b, unsigned long work)
+{
+    return b && b->armed && b->spend ? b->spend(L, b->ud, work) : NULL;
+}
+
+/* Lua's string.find/match/gmatch/gsub with every matching step counted
+ * (pattern.c).  budget->check runs every 65536 steps with that count, armed
+ * or not, and may raise a Lua error to stop the match.  bp_patterns_open
+ * pushes a table of the four functions; `budget` must outlive them. */
+void bp_patterns_open(lua_State *L, const bp_budget *budget);
+
+/* The library functions whose loops run in C without allocating, replaced in
+ * L's string and table libraries by versions that charge each element to
+ * `budget` (metered.c): string.rep, table.concat, insert, move, remove, sort
+ * and unpack; `budget` also becomes the one bp_budget_of(L) returns, which
+ * the encoders and ctx helpers charge (NULL in a state without one: not
+ * metered).  `budget` must outlive L. */
+void bp_metered_open(lua_State *L, bp_budget *budget);
+const bp_budget *bp_budget_of(lua_State *L);
 
 /* Runaway-call watchdog (watchdog.c).  bp_watch_add takes a slot for a
  * sandbox (-1: none free; keep the hook on for every call).  Between

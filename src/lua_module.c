@@ -147,7 +147,7 @@ static int l_engine_gc(lua_State *L)
  * string library.  They stop with an error once, together, they have taken
  * more than max_steps matching steps. */
 typedef struct test_budget {
-    bp_pattern_budget budget;
+    bp_budget budget;
     unsigned long used, max;
 } test_budget;
 

@@ -255,6 +255,7 @@ int bp_view_next(lua_State *L)
     }
     if (self->type != BP_JOBJECT) return luaL_error(L, "cannot iterate over a number");
     uint32_t key = v->node + 1, left = self->len;   /* key node of the candidate, members left */
+    const bp_budget *budget = bp_budget_of(L);      /* repeats make the scan below quadratic */
     if (!lua_isnoneornil(L, 2)) {
         size_t klen;
         const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &klen) : NULL;
@@ -265,6 +266,7 @@ int bp_view_next(lua_State *L)
         left--;
     }
     for (; left > 0; key = d->nodes[key + 1].next, left--) {
+        bp_budget_tick(L, budget, 1);
         if (bp_jget_n(d, v->node, bp_jtext(d, key), d->nodes[key].len) != key + 1) continue;   /* a repeat */
         lua_pushlstring(L, bp_jtext(d, key), d->nodes[key].len);
         if (d->nodes[key + 1].type == BP_JNULL) bp_push_null(L); else bp_push_view(L, d, key + 1);
@@ -410,6 +412,9 @@ typedef struct encoder {
     lua_Integer index[MAX_ENCODE_DEPTH + 2];
     int depth;
     const void *array_mt, *object_mt;   /* ctx.array() / JSON-object marks */
+    const bp_budget *budget;            /* the state's (metered.c), or NULL */
+    size_t start;                       /* out->len when this encoding began */
+    unsigned long unwatched;            /* values encoded while not armed */
 } encoder;
 
 static int enc_fail(encoder *e, const char *what)
@@ -573,10 +578,39 @@ static int enc_table(encoder *e, int idx, int depth)
     return rc;
 }
 
+/* A table holding the same table twice is written out twice, so a few
+ * dozen small tables can stand for 2^60 values.  Each value encoded is
+ * charged to the budget: every one once the call is watched, every
+ * ENC_CHECK_EVERY-th before, and after the call too (a mapping's result is
+ * encoded once it has returned, where the watchdog no longer looks: its
+ * deadline still holds).  The text may not outgrow the memory cap either.
+ * Neither message names a key path: the whole value is at fault. */
+#define ENC_CHECK_EVERY 4096
+
+static int enc_over_budget(encoder *e)
+{
+    const bp_budget *b = e->budget;
+    if (!b) return 0;
+    if (b->spend && (b->armed || ++e->unwatched % ENC_CHECK_EVERY == 0)) {
+        const char *why = b->spend(e->L, b->ud, b->armed ? 1 : ENC_CHECK_EVERY);
+        if (why) {
+            bp_error_set(e->err, "cannot encode the value: %s", why);
+            return -1;
+        }
+    }
+    if (b->max_bytes && e->out->len - e->start > b->max_bytes) {
+        bp_error_set(e->err, "cannot encode the value: its JSON text is larger than the memory limit (%zu MiB; "
+                     "a table that holds the same table many times?)", b->max_bytes / (1024 * 1024));
+        return -1;
+    }
+    return 0;
+}
+
 static int enc_value(encoder *e, int idx, int depth)
 {
     lua_State *L = e->L;
     if (depth > MAX_ENCODE_DEPTH) return enc_fail(e, "nested too deep (a table that contains itself?)");
+    if (enc_over_budget(e) < 0) return -1;
     switch (lua_type(L, idx)) {
     case LUA_TNIL: bp_buf_add(e->out, "null", 4); return 0;
     case LUA_TBOOLEAN:
@@ -633,6 +667,9 @@ int bp_encode_json(lua_State *L, int idx, bp_buf *out, bp_slots *slots, bp_error
     e.slots = slots;
     e.err = err;
     e.depth = 0;
+    e.budget = bp_budget_of(L);
+    e.start = out->len;
+    e.unwatched = 0;
     lua_rawgetp(L, LUA_REGISTRYINDEX, &array_mt_key);
     e.array_mt = lua_topointer(L, -1);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &object_mt_key);

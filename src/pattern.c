@@ -28,7 +28,7 @@
 
 typedef struct matcher {
     lua_State *L;
-    const bp_pattern_budget *budget;
+    const bp_budget *budget;
     const char *src, *src_end, *pat_end;
     unsigned long steps;         /* left until the next budget check */
     int depth;                   /* recursion left */
@@ -393,6 +393,7 @@ static void add_template(matcher *m, luaL_Buffer *b, const char *s, const char *
     size_t len;
     const char *t = lua_tolstring(L, 3, &len), *end = t + len, *esc;
     while ((esc = memchr(t, ESC, (size_t)(end - t))) != NULL) {
+        step(m);   /* "%0" of an empty match adds nothing: a long template per match is work */
         luaL_addlstring(b, t, (size_t)(esc - t));
         esc++;
         if (esc < end && *esc == ESC) {
@@ -480,7 +481,7 @@ static int pattern_gsub(lua_State *L)
     return 2;
 }
 
-void bp_patterns_open(lua_State *L, const bp_pattern_budget *budget)
+void bp_patterns_open(lua_State *L, const bp_budget *budget)
 {
     static const luaL_Reg fns[] = {
         { "find", pattern_find }, { "match", pattern_match }, { "gmatch", pattern_gmatch },

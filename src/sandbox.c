@@ -16,13 +16,18 @@
  *     state is only ever used by one thread at a time;
  *   - string.find/match/gmatch/gsub count their matching steps against
  *     the same budget (pattern.c), since the library's matcher runs in C
- *     where the hook cannot reach;
+ *     where the hook cannot reach; so do the library functions that loop
+ *     in C over elements (metered.c: string.rep, table.*) and the
+ *     encoders and ctx helpers that walk tables and events, so that the
+ *     budget holds inside one C call too;
  *   - a count hook enforces an instruction and wall-time budget per call
  *     (infinite loops), and keeps firing once tripped so a mapping that
  *     catches the error with pcall is stopped again at once.  The hook is
  *     armed by the watchdog (watchdog.c) once a call has run for 10-20 ms,
- *     so the instruction budget counts from then on, and normal calls run
- *     at full speed.
+ *     together with the C meters and a call hook (the clock is read before
+ *     every function call: one instruction can be a long C call), so the
+ *     instruction budget counts from then on, and normal calls run at full
+ *     speed.
  */
 #include "internal.h"
 
@@ -33,6 +38,8 @@
 #include <string.h>
 
 #define HOOK_EVERY 1000              /* instructions between budget checks */
+#define WATCHED (LUA_MASKCOUNT | LUA_MASKCALL)   /* the hook of a call that runs long */
+#define WATCH_AFTER_MS 10            /* without the watchdog: when a call counts as running long */
 #define OOM_HEADROOM (1024 * 1024)   /* lets error handling run after a cap hit */
 #define SMALL_STEP 16                /* small blocks come in sizes 16, 32, ..., SMALL_MAX */
 #define SMALL_MAX 256
@@ -45,10 +52,15 @@ struct bp_sandbox {
     lua_State *L;
     size_t used, limit;
     int over_memory;        /* the cap was hit during the current call */
+    void *refused;          /* the block whose growth was refused, and to what size: */
+    size_t refused_size;    /* Lua collects garbage and asks again, which may succeed */
     uint64_t budget, spent;
     unsigned timeout_ms;
     double deadline_ms;
     int tripped;            /* 1 = instructions, 2 = time */
+    int in_call;            /* inside bp_sandbox_call (the hook may be set) */
+    char why[120];          /* the tripped budget's message */
+    bp_budget meter;        /* what C code charges its loops to (internal.h) */
     char oom_where[200];    /* where the memory cap was hit: "file:line: " */
     int env_ref;            /* the proxy table used as _ENV for blueprint chunks */
     int safe_ref;           /* the table behind it */
@@ -126,11 +138,22 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return NULL;
     }
     if (nsize > old) {
-        size_t cap = sb->over_memory ? sb->limit + OOM_HEADROOM : sb->limit;
+        /* Lua asks again after an emergency collection: that retry gets no
+         * headroom, which is for handling the error once there is one. */
+        int retry = sb->over_memory && ptr == sb->refused && nsize == sb->refused_size;
+        size_t cap = sb->over_memory && !retry ? sb->limit + OOM_HEADROOM : sb->limit;
         if (sb->used - old + nsize > cap) {
             if (!sb->over_memory) note_oom_position(sb);
             sb->over_memory = 1;
+            sb->refused = ptr;
+            sb->refused_size = nsize;
             return NULL;
+        }
+        /* The emergency collection after a refusal made room: no memory
+         * error after all, so a later error is not reported as one. */
+        if (retry) {
+            sb->over_memory = 0;
+            sb->refused_size = 0;
         }
     }
     void *p;
@@ -166,53 +189,86 @@ static void push_where(lua_State *L)
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
 
-/* Count `work` against the call's budgets; once either is spent, stop the
- * call with an error naming the blueprint line. */
-static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
+/* Count `work` against the call's budgets: NULL while both last, else the
+ * message saying which one is spent.  Also after the call (the encoders
+ * reading its result), where it only reports. */
+static const char *spend(lua_State *L, bp_sandbox *sb, uint64_t work)
 {
     sb->spent += work;
     if (!sb->tripped) {
-        if (sb->spent > sb->budget) sb->tripped = 1;
-        else if (bp_monotonic_ms() > sb->deadline_ms) sb->tripped = 2;
-        else return;
-        /* From now on fire at every instruction: a mapping that catches
-         * this error with pcall is stopped again as soon as it resumes. */
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        if (sb->spent > sb->budget) {
+            sb->tripped = 1;
+            snprintf(sb->why, sizeof sb->why, "instruction budget exceeded (%llu instructions; an endless loop?)",
+                     (unsigned long long)sb->budget);
+        } else if (bp_monotonic_ms() > sb->deadline_ms) {
+            sb->tripped = 2;
+            snprintf(sb->why, sizeof sb->why, "time budget exceeded (%u ms; an endless loop?)", sb->timeout_ms);
+        } else {
+            return NULL;
+        }
+        /* From now on fire at every instruction and check every metered
+         * element: a mapping that catches this error with pcall is stopped
+         * again as soon as it resumes. */
+        if (sb->in_call) {
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+            sb->meter.armed = 1;
+        }
     }
+    return sb->why;
+}
+
+/* Count `work`; once either budget is spent, stop the call with an error
+ * naming the blueprint line. */
+static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
+{
+    const char *why = spend(L, sb, work);
+    if (!why) return;
     push_where(L);
-    if (sb->tripped == 1)
-        lua_pushfstring(L, "instruction budget exceeded (%I instructions; an endless loop?)",
-                        (lua_Integer)sb->budget);
-    else
-        lua_pushfstring(L, "time budget exceeded (%d ms; an endless loop?)", (int)sb->timeout_ms);
+    lua_pushstring(L, why);
     lua_concat(L, 2);
     lua_error(L);
 }
 
+/* Every HOOK_EVERY instructions, and before every function call once the
+ * call runs long: one instruction can be a C function that takes
+ * milliseconds (s:upper() on a 20 MB string), and a thousand of them passed
+ * between two counts.  Without the watchdog the count hook is on from the
+ * start and turns the call hook on itself, at its first count after
+ * WATCH_AFTER_MS: later than the watchdog would when those first thousand
+ * instructions are long C calls (a call hook from the start would slow
+ * every call). */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
-    charge(L, sb, HOOK_EVERY);
+    int count = ar->event == LUA_HOOKCOUNT;
+    charge(L, sb, count ? HOOK_EVERY : 0);
+    if (count && lua_gethookmask(L) != WATCHED && lua_gethookcount(L) == HOOK_EVERY &&
+        bp_monotonic_ms() > sb->deadline_ms - sb->timeout_ms + WATCH_AFTER_MS)
+        lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
 }
 
-/* Pattern matching steps count as instructions (pattern.c). */
-static void pattern_budget(lua_State *L, void *ud, unsigned long steps)
+/* Pattern matching steps and the elements of metered C loops count as
+ * instructions (pattern.c, metered.c, luajson.c, helpers.c). */
+static void meter_check(lua_State *L, void *ud, unsigned long work)
 {
-    (void)ud;
-    bp_sandbox *sb;
-    lua_getallocf(L, (void **)&sb);
-    charge(L, sb, steps);
+    charge(L, ud, work);
 }
 
-static const bp_pattern_budget sandbox_pattern_budget = { pattern_budget, NULL };
+static const char *meter_spend(lua_State *L, void *ud, unsigned long work)
+{
+    return spend(L, ud, work);
+}
 
 /* Called by the watchdog, in a signal handler on the thread running a call
- * that has run for a while: from now on the budgets are checked. */
+ * that has run for a while: from now on the budgets are checked, by the
+ * hook between instructions and by the meters inside C calls. */
 static void arm_budget_hook(lua_State *L)
 {
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    bp_sandbox *sb;
+    lua_getallocf(L, (void **)&sb);
+    lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
+    sb->meter.armed = 1;
 }
 
 /* ---- positions: "file.lua:12", and the chain of blueprint calls ----------------- */
@@ -517,7 +573,10 @@ int bp_sandbox_print(lua_State *L)
     int n = lua_gettop(L);
     bp_buf *msg = &sb->logbuf, *at = &sb->atbuf;
     bp_buf_reset(msg);
-    for (int i = 1; i <= n; i++) {
+    /* The line is built outside the Lua state: up to its memory cap (the
+     * same 30 MB string given a thousand times is not 30 GB here); the
+     * outcome keeps far less of it anyway. */
+    for (int i = 1; i <= n && msg->len <= sb->limit; i++) {
         if (i > 1) bp_buf_addc(msg, '\t');
         log_value(L, i, msg);
     }
@@ -600,7 +659,7 @@ static void build_env(bp_sandbox *sb)
     lua_setfield(L, -2, "dump");
     /* The library's pattern matcher cannot be interrupted; these count
      * their steps against the budget (pattern.c). */
-    bp_patterns_open(L, &sandbox_pattern_budget);   /* string, patterns */
+    bp_patterns_open(L, &sb->meter);                /* string, patterns */
     static const char *const matchers[] = { "find", "match", "gmatch", "gsub", NULL };
     for (const char *const *n = matchers; *n; n++) {
         lua_getfield(L, -1, *n);
@@ -669,6 +728,8 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
      * collection reclaims them young instead of tracing the whole state. */
     lua_gc(sb->L, LUA_GCGEN, 0, 0);
     luaL_openlibs(sb->L);
+    sb->meter = (bp_budget){ meter_check, sb, meter_spend, 0, sb->limit };
+    bp_metered_open(sb->L, &sb->meter);
     build_env(sb);
     sb->watch_slot = bp_watch_add(arm_budget_hook);
     bp_luajson_open(sb->L);
@@ -712,11 +773,18 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
     sb->tripped = 0;
     sb->over_memory = 0;
     sb->deadline_ms = bp_monotonic_ms() + sb->timeout_ms;
-    if (sb->watch_slot >= 0) bp_watch_begin(sb->watch_slot, L);
-    else lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    sb->in_call = 1;
+    if (sb->watch_slot >= 0) {
+        bp_watch_begin(sb->watch_slot, L);
+    } else {
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+        sb->meter.armed = 1;
+    }
     int rc = lua_pcall(L, nargs, nresults, base);
     if (sb->watch_slot >= 0) bp_watch_end(sb->watch_slot);
     lua_sethook(L, NULL, 0, 0);
+    sb->in_call = 0;
+    sb->meter.armed = 0;
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         if (rc == LUA_ERRMEM || sb->over_memory)

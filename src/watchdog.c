@@ -7,8 +7,9 @@
  * a watchdog thread looks at the running calls every WATCH_TICK_MS.  A call
  * seen running at two consecutive looks (so for at least one tick) gets a
  * signal on the thread that runs it; the handler calls the sandbox's `arm`
- * function, which installs the count hook, and from then on the sandbox's
- * instruction and time budgets apply as before.  lua_sethook is made to be
+ * function, which installs the budget hook and turns on the meters of the
+ * C loops (metered.c), and from then on the sandbox's instruction and time
+ * budgets apply, inside C calls too.  lua_sethook is made to be
  * called from a signal handler (lua.c does it for ^C), and the handler runs
  * on the very thread that runs the call, so nothing is shared with the VM
  * across threads.

@@ -635,13 +635,207 @@ TEST(patterns_agree_with_the_string_library)
         "end\n"
         "return 'agree'\n";
     unsigned long used = 0;
-    bp_pattern_budget budget = { count_steps, &used };
+    bp_budget budget = { .check = count_steps, .ud = &used };
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     if (luaL_loadstring(L, chunk) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
     bp_patterns_open(L, &budget);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
     else CHECK_STR(lua_tostring(L, -1), "agree");
+    lua_close(L);
+}
+
+/* ---- metered library functions (metered.c) ---- */
+
+/* A budget for the tests: counts work, and stops a call past `max`. */
+typedef struct test_meter { unsigned long used, max; } test_meter;
+
+static void meter_count(lua_State *L, void *ud, unsigned long work)
+{
+    test_meter *m = ud;
+    if ((m->used += work) > m->max) luaL_error(L, "test budget exceeded");
+}
+
+static const char *meter_spend(lua_State *L, void *ud, unsigned long work)
+{
+    (void)L;
+    test_meter *m = ud;
+    return (m->used += work) > m->max ? "test budget exceeded" : NULL;
+}
+
+/* The same calls through the library's functions (saved as ORIG before
+ * bp_metered_open replaced them) and the metered ones: same results, same
+ * tables afterwards, same errors (function names aside: a replaced
+ * function is no longer found under its name). */
+TEST(metered_functions_agree_with_the_library)
+{
+    static const char chunk[] =
+        "local function show(t, ok, ...)\n"
+        "  local r = { tostring(ok) }\n"
+        "  for i = 1, select('#', ...) do local v = select(i, ...) r[#r + 1] = type(v) == 'table' and 'table' or tostring(v) end\n"
+        "  if not ok then r[2] = r[2]:gsub(\"to '[^']*'\", \"to '?'\") end\n"
+        "  if t then for k, v in pairs(t) do r[#r + 1] = tostring(k) .. '=' .. tostring(v) end table.sort(r) end\n"
+        "  return table.concat(r, '|')\n"
+        "end\n"
+        "local function fresh() return { 'a', 'b', 'c', 'd', 'e' } end\n"
+        "local len = setmetatable({}, { __len = function() return 3 end })\n"
+        "local cases = {\n"
+        "  { 'string', 'rep', function() return nil, 'ab', 3, ',' end },\n"
+        "  { 'string', 'rep', function() return nil, 'ab', 0 end },\n"
+        "  { 'string', 'rep', function() return nil, 'ab', -2, 'x' end },\n"
+        "  { 'string', 'rep', function() return nil, 'x', 7 end },\n"
+        "  { 'string', 'rep', function() return nil, '', 5, 'xy' end },\n"
+        "  { 'string', 'rep', function() return nil, 'abc', 1, 'zz' end },\n"
+        "  { 'string', 'rep', function() return nil, 'x', 1 << 40 end },\n"
+        "  { 'string', 'rep', function() return nil, {}, 2 end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 1, 3, 2 end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 2, 5, 1 end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 1, 5, 3 end },\n"
+        "  { 'table', 'move', function() local t = {} return t, fresh(), 2, 4, 1, t end },\n"
+        "  { 'table', 'move', function() local t = fresh() return t, t, 3, 1, 9 end },\n"
+        "  { 'table', 'move', function() return nil, {}, math.mininteger, 1, 1 end },\n"
+        "  { 'table', 'move', function() return nil, {}, 1, 2, math.maxinteger end },\n"
+        "  { 'table', 'move', function() return nil, 1, 1, 2, 3 end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 2, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 6, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 8, 'x' end },\n"
+        "  { 'table', 'insert', function() local t = fresh() return t, t, 1, 2, 3 end },\n"
+        "  { 'table', 'insert', function() return nil, 'nope', 1 end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t, 1 end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t, 6 end },\n"
+        "  { 'table', 'remove', function() local t = fresh() return t, t, 9 end },\n"
+        "  { 'table', 'remove', function() local t = {} return t, t, 0 end },\n"
+        "  { 'table', 'concat', function() return nil, fresh(), ', ' end },\n"
+        "  { 'table', 'concat', function() return nil, fresh(), '-', 2, 4 end },\n"
+        "  { 'table', 'concat', function() return nil, fresh(), '-', 4, 2 end },\n"
+        "  { 'table', 'concat', function() return nil, { 1, 2.5, 'x' } end },\n"
+        "  { 'table', 'concat', function() return nil, { 'a', {}, 'c' } end },\n"
+        "  { 'table', 'concat', function() return nil, len, '' end },\n"
+        "  { 'table', 'unpack', function() return nil, fresh() end },\n"
+        "  { 'table', 'unpack', function() return nil, fresh(), 2, 3 end },\n"
+        "  { 'table', 'unpack', function() return nil, fresh(), 4, 2 end },\n"
+        "  { 'table', 'unpack', function() return nil, {}, 1, 1 << 40 end },\n"
+        "  { 'table', 'unpack', function() return nil, {}, math.mininteger, math.maxinteger end },\n"
+        "  { 'table', 'sort', function() local t = { 5, 2, 9, 1, 7 } return t, t end },\n"
+        "  { 'table', 'sort', function() local t = { 5, 2, 9, 1, 7 } return t, t, function(a, b) return a > b end end },\n"
+        "  { 'table', 'sort', function() local t = { 3, 'x', 1 } return t, t end },\n"
+        "  { 'table', 'sort', function() local t = { 1, 2, 3 } return t, t, 'x' end },\n"
+        "  { 'table', 'sort', function() local t = { 1, 2 } return t, t, function() error('mine') end end },\n"
+        "  { 'table', 'sort', function() return nil, 7 end },\n"
+        "}\n"
+        "for i, c in ipairs(cases) do\n"
+        "  local function run(f) local args = table.pack(c[3]()) return show(args[1], pcall(f, table.unpack(args, 2, args.n))) end\n"
+        "  local a, b = run(ORIG[c[2]]), run(_G[c[1]][c[2]])\n"
+        "  if a ~= b then return string.format('case %d (%s.%s): %s vs %s', i, c[1], c[2], a, b) end\n"
+        "end\n"
+        "return 'agree'\n";
+    test_meter m = { 0, (unsigned long)-1 };
+    bp_budget budget = { meter_count, &m, meter_spend, 1, 0 };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    lua_newtable(L);
+    static const char *const saved[][2] = { { "string", "rep" }, { "table", "move" }, { "table", "insert" },
+                                            { "table", "remove" }, { "table", "concat" }, { "table", "unpack" },
+                                            { "table", "sort" } };
+    for (size_t i = 0; i < sizeof saved / sizeof saved[0]; i++) {
+        lua_getglobal(L, saved[i][0]);
+        lua_getfield(L, -1, saved[i][1]);
+        lua_setfield(L, -3, saved[i][1]);
+        lua_pop(L, 1);
+    }
+    lua_setglobal(L, "ORIG");
+    bp_metered_open(L, &budget);
+    if (luaL_loadstring(L, chunk) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) CHECK_FAIL("%s", lua_tostring(L, -1));
+    else CHECK_STR(lua_tostring(L, -1), "agree");
+    lua_close(L);
+}
+
+static const char *run_metered(lua_State *L, const char *code)
+{
+    if (luaL_loadstring(L, code) != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        lua_pop(L, 1);
+        return msg;   /* interned message strings outlive the pop while the state lives */
+    }
+    return "ok";
+}
+
+/* Each element a loop touches costs one unit, once armed; before that,
+ * nothing is counted (the watchdog arms the meters with the hook). */
+TEST(metered_loops_charge_each_element_once_armed)
+{
+    test_meter m = { 0, 1000000 };
+    bp_budget budget = { meter_count, &m, meter_spend, 0, 0 };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    bp_metered_open(L, &budget);
+    CHECK(bp_budget_of(L) == &budget);
+    CHECK_STR(run_metered(L, "table.move({}, 1, 1000, 2)"), "ok");
+    CHECK_INT(m.used, 0);
+    budget.armed = 1;
+    CHECK_STR(run_metered(L, "table.move({}, 1, 1000, 2)"), "ok");
+    CHECK_INT(m.used, 1000);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "table.insert(setmetatable({}, { __len = function() return 99 end }), 1, 'x')"), "ok");
+    CHECK_INT(m.used, 99);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "table.remove(setmetatable({}, { __len = function() return 50 end }), 1)"), "ok");
+    CHECK_INT(m.used, 49);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "assert(table.concat({ 'a', 'b', 'c' }, ',') == 'a,b,c')"), "ok");
+    CHECK_INT(m.used, 3);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "assert(select('#', table.unpack({}, 1, 10)) == 10)"), "ok");
+    CHECK_INT(m.used, 10);
+    m.used = 0;
+    CHECK_STR(run_metered(L, "local t = { 3, 1, 2 } table.sort(t) assert(t[1] == 1 and t[3] == 3)"), "ok");
+    CHECK(m.used >= 2 && m.used <= 6);   /* one per comparison */
+    m.used = 0;
+    CHECK_STR(run_metered(L, "assert(string.rep('', 1 << 50) == '' and ('ab'):rep(3, '-') == 'ab-ab-ab')"), "ok");
+    CHECK_INT(m.used, 0);                /* the result's size is its work */
+    /* what never ended: stopped by the budget */
+    CHECK_CONTAINS(run_metered(L, "table.move({}, 1, 1 << 40, 2)"), "test budget exceeded");
+    m.used = 0;
+    CHECK_CONTAINS(run_metered(L, "table.sort(setmetatable({}, { __len = function() return (1 << 31) - 2 end, "
+                                  "__index = rawlen, __newindex = rawequal }))"), "test budget exceeded");
+    lua_close(L);
+}
+
+/* A table holding the same table twice, 40 levels deep: 2^40 values as
+ * JSON.  The encoder stops at the budget's byte bound (unarmed: after the
+ * call, reading a mapping's result) and at its budget (armed). */
+TEST(encoder_stops_at_the_memory_cap_and_the_budget)
+{
+    test_meter m = { 0, (unsigned long)-1 };
+    bp_budget budget = { meter_count, &m, meter_spend, 0, 1u << 20 };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    bp_luajson_open(L);
+    bp_metered_open(L, &budget);
+    CHECK_INT(luaL_dostring(L, "local t = {} for i = 1, 40 do t = { t, t } end return t"), LUA_OK);
+    bp_buf out;
+    bp_buf_init(&out);
+    bp_error err;
+    CHECK_INT(bp_encode_json(L, -1, &out, NULL, &err), -1);
+    CHECK_CONTAINS(err.msg, "larger than the memory limit (1 MiB");
+    CHECK(out.len < (1u << 20) + 4096);
+    CHECK(m.used > 0);   /* charged every 4096 values even unarmed: after a call, its deadline holds */
+    budget.armed = 1;
+    budget.max_bytes = 0;
+    m.used = 0;
+    m.max = 100000;
+    bp_buf_reset(&out);
+    CHECK_INT(bp_encode_json(L, -1, &out, NULL, &err), -1);
+    CHECK_STR(err.msg, "cannot encode the value: test budget exceeded");
+    CHECK(m.used > 100000 && m.used < 100010);
+    /* a state without a budget (the Lua module's) is not metered */
+    lua_State *plain = luaL_newstate();
+    CHECK(bp_budget_of(plain) == NULL);
+    lua_close(plain);
+    bp_buf_free(&out);
     lua_close(L);
 }
 
@@ -886,10 +1080,16 @@ static const char *rt_blueprint(void)
     rt_write("blueprint.yaml", "vendor: rt\nname: Runtime\ncategory: test\nstatus: alpha\nconsent_category: marketing\n"
                                "config:\n  - key: api_url\n    type: url\n    required: true\n"
                                "events:\n  hello:\n    type: track\n    mapping: hello.lua\n"
-                               "  loop:\n    type: track\n    mapping: loop.lua\n");
+                               "  loop:\n    type: track\n    mapping: loop.lua\n"
+                               "  stall:\n    type: track\n    mapping: stall.lua\n"
+                               "  calls:\n    type: track\n    mapping: calls.lua\n");
     rt_write("hello.lua", "return function(event, ctx)\n  print('hello from', event.event)\n"
                           "  return { url = 'http://127.0.0.1:9/x', json = { ok = true } }\nend\n");
     rt_write("loop.lua", "return function(event, ctx)\n  local n = 0\n  while true do n = n + 1 end\nend\n");
+    /* one C call that loops without allocating; C calls of milliseconds each */
+    rt_write("stall.lua", "return function(event, ctx)\n  table.move({}, 1, 1 << 40, 2)\nend\n");
+    rt_write("calls.lua", "return function(event, ctx)\n  local s = ('x'):rep(4 << 20)\n"
+                          "  while true do local u = s:upper() end\nend\n");
     return rt_dir;
 }
 
@@ -908,6 +1108,8 @@ static void rt_cleanup(void)
 static const char RT_HELLO[] = "{\"type\":\"track\",\"event\":\"hello\",\"messageId\":\"m-1\","
                                "\"context\":{\"consent\":{\"marketing\":true}}}";
 static const char RT_LOOP[] = "{\"type\":\"track\",\"event\":\"loop\",\"context\":{\"consent\":{\"marketing\":true}}}";
+static const char RT_STALL[] = "{\"type\":\"track\",\"event\":\"stall\",\"context\":{\"consent\":{\"marketing\":true}}}";
+static const char RT_CALLS[] = "{\"type\":\"track\",\"event\":\"calls\",\"context\":{\"consent\":{\"marketing\":true}}}";
 
 typedef struct rt_parts { bp_blueprint *bp; bp_config *cfg; bp_engine *e; } rt_parts;
 
@@ -926,6 +1128,31 @@ static void rt_close(rt_parts *p)
     bp_engine_free(p->e);
     bp_config_free(p->cfg);
     bp_blueprint_free(p->bp);
+}
+
+/* With the watchdog: one C call that loops, and C calls of milliseconds
+ * each (a thousand of them passed between two counts of the hook). */
+TEST(runtime_budgets_hold_inside_and_between_long_c_calls)
+{
+    bp_limits lim;
+    bp_limits_default(&lim);
+    lim.instructions = UINT64_MAX / 2;
+    lim.timeout_ms = 50;
+    rt_parts p;
+    bp_error err;
+    if (rt_open(&p, &lim, &err) < 0) { CHECK_FAIL("engine: %s", err.msg); rt_close(&p); return; }
+    bp_outcome o;
+    bp_outcome_init(&o);
+    const char *const stalls[] = { RT_STALL, RT_CALLS };
+    for (int i = 0; i < 2; i++) {
+        bp_outcome_reset(&o);
+        double t0 = bp_monotonic_ms();
+        CHECK_INT(bp_engine_run(p.e, stalls[i], strlen(stalls[i]), &o), BP_ERROR);
+        CHECK_CONTAINS(o.reason.data, "time budget exceeded (50 ms");
+        CHECK(bp_monotonic_ms() - t0 < 50 + 1000);   /* + 100 ms in release builds; ASan is slower */
+    }
+    bp_outcome_free(&o);
+    rt_close(&p);
 }
 
 TEST(runtime_errors_are_initialised_and_set_on_failure)
@@ -1004,6 +1231,12 @@ TEST(runtime_without_the_watchdog_budgets_still_hold)
     CHECK_INT(bp_engine_run(p.e, RT_LOOP, strlen(RT_LOOP), &o), BP_ERROR);
     CHECK_CONTAINS(o.reason.data, "time budget exceeded");
     CHECK(bp_monotonic_ms() - t0 < 2000);
+    /* inside one C call: the meters are on from the start */
+    bp_outcome_reset(&o);
+    t0 = bp_monotonic_ms();
+    CHECK_INT(bp_engine_run(p.e, RT_STALL, strlen(RT_STALL), &o), BP_ERROR);
+    CHECK_CONTAINS(o.reason.data, "time budget exceeded (50 ms");
+    CHECK(bp_monotonic_ms() - t0 < 50 + 1000);   /* + 100 ms in release builds; ASan is slower */
     bp_outcome_reset(&o);
     bp_set_log(rt_drop, NULL);
     CHECK_INT(bp_engine_run(p.e, RT_HELLO, strlen(RT_HELLO), &o), BP_DELIVER);
@@ -1293,6 +1526,9 @@ int main(void)
     RUN(cache_stays_bounded);
     RUN(recent_window_counts_the_last_hour_only);
     RUN(patterns_agree_with_the_string_library);
+    RUN(metered_functions_agree_with_the_library);
+    RUN(metered_loops_charge_each_element_once_armed);
+    RUN(encoder_stops_at_the_memory_cap_and_the_budget);
     RUN(json_integers_stay_exact);
     RUN(json_doubles_stay_exact);
     RUN(json_empty_containers_keep_their_kind);
@@ -1335,6 +1571,7 @@ int main(void)
     RUN(account_key_of_a_url_is_its_origin);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);
+    RUN(runtime_budgets_hold_inside_and_between_long_c_calls);
     RUN(runtime_first_use_from_many_threads_at_once);
     RUN(runtime_watchdog_handler_is_on_the_alternate_stack);
     RUN(runtime_errors_are_initialised_and_set_on_failure);

@@ -15,7 +15,7 @@
 static lua_State *L;
 
 static void no_budget(lua_State *L_, void *ud, unsigned long steps) { (void)L_; (void)ud; (void)steps; }
-static const bp_pattern_budget budget = { no_budget, NULL };
+static const bp_budget budget = { .check = no_budget };
 
 static const char COMPARE[] =
     "local P, s, p = ...\n"

@@ -1,0 +1,3 @@
+return function(event, ctx)
+  table.move({}, 1, 1 << 40, 1, {})
+end
