@@ -538,7 +538,7 @@ static int read_request(lua_State *L, bp_outcome *o, bp_request *r, bp_error *er
     r->nslots = slots.n;
     if (rc < 0) return -1;
     if (ctype && !has_header(r, "Content-Type")) add_header(o, r, "Content-Type", ctype, 0);
-    qsort(r->headers, r->nheaders, sizeof *r->headers, cmp_headers);
+    if (r->nheaders > 1) qsort(r->headers, r->nheaders, sizeof *r->headers, cmp_headers);   /* none: NULL */
     lua_settop(L, t);
     return 0;
 }
