@@ -24,6 +24,8 @@ PREFIX="$TMP/prefix"
 
 n=0 failed=0
 ok() { n=$((n + 1)); echo "ok $n - $1"; }
+# dry-run's lines without the input line number it puts before a malformed event's reason
+unlined() { sed -E 's/"reason":"line [0-9]+: malformed event/"reason":"malformed event/'; }
 not_ok() {   # not_ok DESCRIPTION [FILE whose start explains it]
   n=$((n + 1)); failed=1; echo "not ok $n - $1"
   if [ $# -gt 1 ] && [ -s "$2" ]; then head -c 3000 "$2" | sed 's/^/# /'; fi
@@ -157,8 +159,13 @@ for dir in blueprints/*/tests/*/; do
     done
     continue
   fi
-  "$DRY" dry-run "$bp" --config "$cfg" "$dir/events.ndjson" > "$TMP/dry.out" 2> "$TMP/dry.err"
-  dry_rc=$?
+  # dry-run exits 5 when an input line is malformed (reported as its outcome line), and puts
+  # the line's number before a malformed event's reason: the library reports the event as
+  # the engine saw it (the reader's own errors carry their line in both), so that prefix is
+  # left out of the comparison.
+  "$DRY" dry-run "$bp" --config "$cfg" "$dir/events.ndjson" 2> "$TMP/dry.err" | unlined > "$TMP/dry.out"
+  dry_rc=${PIPESTATUS[0]}
+  [ $dry_rc -eq 5 ] && dry_rc=0
   LD_LIBRARY_PATH="$PREFIX/lib" "$EMBED" "$bp" "$cfg" < "$dir/events.ndjson" > "$TMP/embed.out" 2> "$TMP/embed.err"
   embed_rc=$?
   "$STATIC" "$bp" "$cfg" < "$dir/events.ndjson" > "$TMP/static.out" 2> "$TMP/static.err"
@@ -173,8 +180,8 @@ for dir in blueprints/*/tests/*/; do
     not_ok "embed-c = dry-run on $name" "$TMP/diff.log"
   fi
   if [ ! -f "$dir/expected.ndjson" ]; then ok "embed-c = expected.ndjson on $name # SKIP no expected.ndjson"
-  elif cmp -s "$dir/expected.ndjson" "$TMP/embed.out"; then ok "embed-c = expected.ndjson on $name"
-  else diff "$dir/expected.ndjson" "$TMP/embed.out" > "$TMP/diff.log"; not_ok "embed-c = expected.ndjson on $name" "$TMP/diff.log"; fi
+  elif unlined < "$dir/expected.ndjson" | cmp -s - "$TMP/embed.out"; then ok "embed-c = expected.ndjson on $name"
+  else unlined < "$dir/expected.ndjson" | diff - "$TMP/embed.out" > "$TMP/diff.log"; not_ok "embed-c = expected.ndjson on $name" "$TMP/diff.log"; fi
   if cmp -s "$TMP/dry.out" "$TMP/static.out"; then ok "embed-c (static) = dry-run on $name"
   else diff "$TMP/dry.out" "$TMP/static.out" > "$TMP/diff.log"; cat "$TMP/static.err" >> "$TMP/diff.log"
        not_ok "embed-c (static) = dry-run on $name" "$TMP/diff.log"; fi

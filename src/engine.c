@@ -538,9 +538,17 @@ static int read_request(lua_State *L, bp_outcome *o, bp_request *r, bp_error *er
     r->nslots = slots.n;
     if (rc < 0) return -1;
     if (ctype && !has_header(r, "Content-Type")) add_header(o, r, "Content-Type", ctype, 0);
-    qsort(r->headers, r->nheaders, sizeof *r->headers, cmp_headers);
+    if (r->nheaders > 1) qsort(r->headers, r->nheaders, sizeof *r->headers, cmp_headers);   /* none: NULL */
     lua_settop(L, t);
     return 0;
+}
+
+/* What a request holds outside the Lua state once copied into the outcome. */
+static size_t request_bytes(const bp_request *r)
+{
+    size_t n = strlen(r->url) + r->body.len;
+    for (size_t h = 0; h < r->nheaders; h++) n += strlen(r->headers[h].name) + strlen(r->headers[h].value);
+    return n;
 }
 
 /* Result of the mapping on top of the stack.  Its requests follow the
@@ -583,14 +591,23 @@ static void collect(bp_engine *e, const bp_route *route, bp_outcome *out)
         bp_buf_printf(&out->reason, "%s returned no requests", route->mapping);
         return;
     }
+    /* The requests are copied out of the Lua state, so they are bounded like
+     * it: a list holding one large request many times must not take memory
+     * (or time) the cap never allowed. */
+    const bp_budget *budget = bp_budget_of(L);
+    size_t held = 0, cap = budget && budget->max_bytes ? budget->max_bytes : (size_t)-1;
     for (lua_Integer i = 1; i <= n; i++) {
         if (single) lua_pushvalue(L, top); else lua_rawgeti(L, top, i);
         bp_error err;
         bp_request *r = bp_outcome_add_request(out);
-        int is_table = lua_istable(L, -1);
+        int is_table = lua_istable(L, -1), too_big = 0;
         if (!is_table || read_request(L, out, r, &err) < 0 ||
+            (too_big = (held += request_bytes(r)) > cap) ||
             bp_request_check_destination(e->bp, e->cfg, r->url, &err) < 0) {
             if (!is_table) bp_error_set(&err, "expected a request table, got %s", luaL_typename(L, -1));
+            if (too_big)
+                bp_error_set(&err, "the requests returned take more than the memory limit (%d MiB): return fewer "
+                             "or smaller requests", (int)(cap / (1024 * 1024)));
             out->verdict = BP_ERROR;
             bp_buf_reset(&out->reason);
             bp_buf_printf(&out->reason, "%s/%s: request %lld: %s", e->bp->dir, route->mapping, (long long)i, err.msg);

@@ -78,8 +78,14 @@ fi
 run() {
     bin=$1 label=$2 bp=$3 cfg=$4 events=$5 workers=$6 flags=${7:-}
     if [ ! -x "$bin" ]; then not_ok "$label: not built"; return; fi
-    if ! "$DRY" dry-run "$bp" --config "$cfg" "$events" >"$TMP/want" 2>"$TMP/want.err"; then
-        not_ok "$label: dry-run failed" "$TMP/want.err"; return
+    # exit 5: a malformed input line, reported as its outcome line; dry-run puts the line's
+    # number before a malformed event's reason, the library reports the event as the engine
+    # saw it, so that prefix is left out of the comparison
+    "$DRY" dry-run "$bp" --config "$cfg" "$events" >"$TMP/want.lined" 2>"$TMP/want.err"
+    dry_rc=$?
+    sed -E 's/"reason":"line [0-9]+: malformed event/"reason":"malformed event/' "$TMP/want.lined" >"$TMP/want"
+    if [ "$dry_rc" -ne 0 ] && [ "$dry_rc" -ne 5 ]; then
+        not_ok "$label: dry-run failed (exit $dry_rc)" "$TMP/want.err"; return
     fi
     GORACE="halt_on_error=1 exitcode=66" timeout 300 "$bin" -workers "$workers" $flags "$bp" "$cfg" \
         <"$events" >"$TMP/got" 2>"$TMP/got.err"

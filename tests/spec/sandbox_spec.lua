@@ -42,6 +42,7 @@ local cases = {
   { "sort_comparator", "sort_comparator.lua:2: ", "budget exceeded" },
   { "json_dag", "json_dag.lua:4: ctx.json: cannot encode the value: ", "budget exceeded" },
   { "result_dag", "result_dag.lua: request 1: cannot encode the value: ", "budget exceeded" },
+  { "result_repeat", "result_repeat.lua: request 8: the requests returned take more than the memory limit (32 MiB)" },
   { "print_dag", "print_dag.lua:5: ", "budget exceeded" },
   { "json_truncate", "json_truncate.lua:4: ", "budget exceeded" },   -- in ctx.json or between its calls
   { "json_keep", "json_keep.lua:4: ctx.json: ", "budget exceeded" },

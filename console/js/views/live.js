@@ -312,7 +312,9 @@ export function mountLive(container, integration, ctx) {
 
   load().then(() => {
     stopStream = stream('/v1/admin/integrations/' + enc(id) + '/live-events/stream', {
-      onState: setState,
+      // an outcome written between the list's fetch (or a dropped stream) and this
+      // connection is in no stream message: each connection fills that gap from the list
+      onState: (s, detail) => { setState(s, detail); if (s === 'open') backfill(); },
       onEvent: (name, data) => {
         if (name === 'outcome' && data && typeof data === 'object') {
           const item = upsert({ outcome: data, state: data.outcome === 'retrying' ? 'retrying' : undefined, updated_at: Date.now() }, true);
