@@ -1688,8 +1688,14 @@ static void pool_stop(server *s)
     for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
     free(p->threads);
     p->threads = NULL;
-    pthread_cond_destroy(&p->cv);
-    pthread_mutex_destroy(&p->mu);
+}
+
+/* After MHD_stop_daemon: until then a kept-alive connection may still ask
+ * the stopped pool (and be answered 503 under its lock). */
+static void pool_free(server *s)
+{
+    pthread_cond_destroy(&s->pool.cv);
+    pthread_mutex_destroy(&s->pool.mu);
 }
 
 /* ---- requests ---------------------------------------------------------------------------------- */
@@ -1958,8 +1964,9 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         usleep(10 * 1000);
     }
     pool_stop(&s);   /* every job answered and its connection resumed: MHD may stop */
-    /* install/update checks end within their timeout: their answers go out first */
-    for (int i = 0; i < (VERIFY_TIMEOUT_MS + 2000) / 10; i++) {
+    /* install/update checks end by their run's deadline (verify.c: VERIFY_TIMEOUT_MS, +1 s for the
+     * transport to say why): their answers go out first, and no check thread outlives the server */
+    for (int i = 0; i < (VERIFY_TIMEOUT_MS + 3000) / 10; i++) {
         pthread_mutex_lock(&s.streams_mu);
         int busy = s.verifying;
         pthread_mutex_unlock(&s.streams_mu);
@@ -1967,6 +1974,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         usleep(10 * 1000);
     }
     MHD_stop_daemon(d);
+    pool_free(&s);
     bp_registry_close(s.reg);
     pthread_mutex_destroy(&s.streams_mu);
     pthread_mutex_destroy(&s.conns_mu);
