@@ -1088,6 +1088,7 @@ struct stream {
     int parked;                   /* [streams_mu] */
     int news;                     /* [streams_mu] an outcome arrived since the last read */
     double last_write_ms;         /* [streams_mu] */
+    char jti[sizeof ((bp_claims *)0)->jti];   /* the session's: a sign-out ends the stream too */
 };
 
 static void resume_locked(stream *st)
@@ -1145,7 +1146,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         pthread_mutex_lock(&s->streams_mu);
         st->news = 0;   /* what arrives from here on is read below, or sets it again */
         pthread_mutex_unlock(&s->streams_mu);
-        int ended = take_lines(st);
+        int ended = take_lines(st) || (st->jti[0] && bp_registry_jti_spent(s->reg, st->jti));
         pthread_mutex_lock(&s->streams_mu);
         if (s->stopping) ended = 1;
         if (ended) {
@@ -1201,6 +1202,7 @@ static enum MHD_Result open_stream(call *k)
     st->s = k->s;
     st->c = k->c;
     st->it = k->it;
+    memcpy(st->jti, k->who.jti, sizeof st->jti);
     k->it = NULL;   /* the stream keeps the reference */
     pthread_mutex_lock(&k->s->reg->mu);
     st->next_seq = st->it->live_seq;
@@ -1309,6 +1311,11 @@ static void console_sign_out(call *k)
         return;
     }
     bp_registry_audit(k->s->reg, &k->who, "console.sign_out", NULL, "the session was signed out (its token revoked)");
+    /* its open Live Events streams end now: each one, woken, finds its jti spent */
+    pthread_mutex_lock(&k->s->streams_mu);
+    for (stream *st = k->s->streams; st; st = st->next)
+        if (!strcmp(st->jti, k->who.jti)) resume_locked(st);
+    pthread_mutex_unlock(&k->s->streams_mu);
     k->r->status = 204;
 }
 
