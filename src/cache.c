@@ -23,7 +23,12 @@
  * except the values set as durable.  Those go to a backing the delivery
  * layer registers (its state store), and a key memory lacks is asked of
  * it: what a blueprint must not do twice (a contact's list status sent on
- * a consent change) is remembered across restarts and evictions.
+ * a consent change) is remembered across restarts and evictions.  A
+ * durable value written by an event's run stays tentative until that
+ * event is over (bp_cache_settle): "the list statuses were sent" must not
+ * be read by another event while the requests that send them wait for a
+ * retry, or end as a dead letter.  The store applies the same rule to what
+ * it gives back after a restart.
  */
 #include "internal.h"
 
@@ -44,11 +49,20 @@ typedef struct entry {
     double claim_until_ms;
 } entry;
 
+/* A durable value whose event is not over yet. */
+typedef struct tentative {
+    uint64_t owner;
+    char *account, *key, *value; size_t len;
+    double expires_wall_ms;
+} tentative;
+
 struct bp_cache {
     pthread_mutex_t mu;
     entry *buckets[BUCKETS];
     size_t n, max;
     bp_cache_backing backing;   /* save NULL: none (set before the cache is shared) */
+    tentative *pending;         /* [mu] durable writes of events not over; few: only on a change */
+    size_t npending, cappending;
 };
 
 bp_cache *bp_cache_new(size_t max_entries)
@@ -67,11 +81,20 @@ static void free_entry(entry *e)
     free(e);
 }
 
+static void free_tentative(tentative *t)
+{
+    free(t->account);
+    free(t->key);
+    free(t->value);
+}
+
 void bp_cache_free(bp_cache *c)
 {
     if (!c) return;
     for (size_t b = 0; b < BUCKETS; b++)
         for (entry *e = c->buckets[b], *next; e; e = next) { next = e->next; free_entry(e); }
+    for (size_t i = 0; i < c->npending; i++) free_tentative(&c->pending[i]);
+    free(c->pending);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
@@ -237,13 +260,77 @@ void bp_cache_set_backing(bp_cache *c, const bp_cache_backing *b)
     pthread_mutex_unlock(&c->mu);
 }
 
+static char *dup_n(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (!d) abort();
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+/* Keep (owner, account, key)'s value until its event is over; a run that
+ * writes the key again (the event mapped again) replaces it.  mu held. */
+static void hold_tentative(bp_cache *c, uint64_t owner, const char *account, const char *key, const char *json,
+                           size_t len, double expires_wall_ms)
+{
+    tentative *t = NULL;
+    for (size_t i = 0; !t && i < c->npending; i++)
+        if (c->pending[i].owner == owner && !strcmp(c->pending[i].account, account) && !strcmp(c->pending[i].key, key))
+            t = &c->pending[i];
+    if (t) {
+        free(t->value);
+    } else {
+        if (c->npending == c->cappending) {
+            c->cappending = c->cappending ? c->cappending * 2 : 16;
+            c->pending = realloc(c->pending, c->cappending * sizeof *c->pending);
+            if (!c->pending) abort();
+        }
+        t = &c->pending[c->npending++];
+        t->owner = owner;
+        t->account = dup_n(account, strlen(account));
+        t->key = dup_n(key, strlen(key));
+    }
+    t->value = dup_n(json, len);
+    t->len = len;
+    t->expires_wall_ms = expires_wall_ms;
+}
+
 void bp_cache_set_durable(bp_cache *c, uint64_t owner, const char *account, const char *key, const char *json,
                           size_t len, double ttl_s)
 {
-    bp_cache_set(c, account, key, json, len, ttl_s);
+    double expires = bp_wall_ms() + ttl_s * 1000.0;
+    if (owner) {
+        pthread_mutex_lock(&c->mu);
+        hold_tentative(c, owner, account, key, json, len, expires);
+        pthread_mutex_unlock(&c->mu);
+    } else {
+        bp_cache_set(c, account, key, json, len, ttl_s);
+    }
     /* outside mu: the backing writes to disk, and other events need not wait */
-    if (c->backing.save)
-        c->backing.save(c->backing.ud, owner, account, key, json, len, (int64_t)(bp_wall_ms() + ttl_s * 1000.0));
+    if (c->backing.save) c->backing.save(c->backing.ud, owner, account, key, json, len, (int64_t)expires);
+}
+
+void bp_cache_settle(bp_cache *c, uint64_t owner, int sent)
+{
+    if (!owner) return;
+    tentative done[8];
+    for (;;) {   /* a few at a time: bp_cache_set takes mu itself */
+        size_t n = 0;
+        pthread_mutex_lock(&c->mu);
+        for (size_t i = 0; i < c->npending && n < 8;) {
+            if (c->pending[i].owner != owner) { i++; continue; }
+            done[n++] = c->pending[i];
+            c->pending[i] = c->pending[--c->npending];
+        }
+        pthread_mutex_unlock(&c->mu);
+        for (size_t i = 0; i < n; i++) {
+            double left_s = (done[i].expires_wall_ms - bp_wall_ms()) / 1000.0;
+            if (sent && left_s > 0) bp_cache_set(c, done[i].account, done[i].key, done[i].value, done[i].len, left_s);
+            free_tentative(&done[i]);
+        }
+        if (n < 8) return;
+    }
 }
 
 int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_buf *out)

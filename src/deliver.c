@@ -390,6 +390,8 @@ static int lease_lost(const loop *l, const job *j)
 static void finish(loop *l, job *j, enum bp_end end)
 {
     tenant *t = j->t;
+    /* its durable ctx.cache values count from now, or never (held: not over yet) */
+    if (end != BP_END_HELD) bp_cache_settle(l->cache, (uint64_t)j->ev.id, end == BP_END_DELIVERED || end == BP_END_DROPPED);
     write_line(l, j, end);
     t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, end, j->out.reason.data ? j->out.reason.data : "");
     long *counter[BP_END_COUNT] = { &t->st->delivered, &t->st->dropped, &t->st->errors, &t->st->dead, &t->st->held, NULL };

@@ -519,9 +519,15 @@ typedef struct bp_cache_backing {
     void *ud;
 } bp_cache_backing;
 void bp_cache_set_backing(bp_cache *c, const bp_cache_backing *b);
-/* bp_cache_set, and the backing's save (no backing: memory only). */
+/* The backing's save, and memory: at once when owner is 0, else only once
+ * bp_cache_settle says the owner's event is over and its requests went
+ * out (until then other events read the value before it). */
 void bp_cache_set_durable(bp_cache *c, uint64_t owner, const char *account, const char *key, const char *json,
                           size_t len, double ttl_s);
+/* The owner's event is final: its durable writes become what is read
+ * (delivered: sent is 1), or are forgotten (a dead letter or an error: the
+ * requests they stand for did not go out, and a replay maps it again). */
+void bp_cache_settle(bp_cache *c, uint64_t owner, int sent);
 /* bp_cache_get, else the backing's value (kept in memory for its remaining time). */
 int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_buf *out);
 

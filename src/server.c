@@ -1088,6 +1088,7 @@ struct stream {
     int parked;                   /* [streams_mu] */
     int news;                     /* [streams_mu] an outcome arrived since the last read */
     double last_write_ms;         /* [streams_mu] */
+    char jti[sizeof ((bp_claims *)0)->jti];   /* the session's: a sign-out ends the stream too */
 };
 
 static void resume_locked(stream *st)
@@ -1145,7 +1146,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         pthread_mutex_lock(&s->streams_mu);
         st->news = 0;   /* what arrives from here on is read below, or sets it again */
         pthread_mutex_unlock(&s->streams_mu);
-        int ended = take_lines(st);
+        int ended = take_lines(st) || (st->jti[0] && bp_registry_jti_spent(s->reg, st->jti));
         pthread_mutex_lock(&s->streams_mu);
         if (s->stopping) ended = 1;
         if (ended) {
@@ -1201,6 +1202,7 @@ static enum MHD_Result open_stream(call *k)
     st->s = k->s;
     st->c = k->c;
     st->it = k->it;
+    memcpy(st->jti, k->who.jti, sizeof st->jti);
     k->it = NULL;   /* the stream keeps the reference */
     pthread_mutex_lock(&k->s->reg->mu);
     st->next_seq = st->it->live_seq;
@@ -1309,6 +1311,11 @@ static void console_sign_out(call *k)
         return;
     }
     bp_registry_audit(k->s->reg, &k->who, "console.sign_out", NULL, "the session was signed out (its token revoked)");
+    /* its open Live Events streams end now: each one, woken, finds its jti spent */
+    pthread_mutex_lock(&k->s->streams_mu);
+    for (stream *st = k->s->streams; st; st = st->next)
+        if (!strcmp(st->jti, k->who.jti)) resume_locked(st);
+    pthread_mutex_unlock(&k->s->streams_mu);
     k->r->status = 204;
 }
 
@@ -1688,8 +1695,14 @@ static void pool_stop(server *s)
     for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
     free(p->threads);
     p->threads = NULL;
-    pthread_cond_destroy(&p->cv);
-    pthread_mutex_destroy(&p->mu);
+}
+
+/* After MHD_stop_daemon: until then a kept-alive connection may still ask
+ * the stopped pool (and be answered 503 under its lock). */
+static void pool_free(server *s)
+{
+    pthread_cond_destroy(&s->pool.cv);
+    pthread_mutex_destroy(&s->pool.mu);
 }
 
 /* ---- requests ---------------------------------------------------------------------------------- */
@@ -1958,8 +1971,9 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         usleep(10 * 1000);
     }
     pool_stop(&s);   /* every job answered and its connection resumed: MHD may stop */
-    /* install/update checks end within their timeout: their answers go out first */
-    for (int i = 0; i < (VERIFY_TIMEOUT_MS + 2000) / 10; i++) {
+    /* install/update checks end by their run's deadline (verify.c: VERIFY_TIMEOUT_MS, +1 s for the
+     * transport to say why): their answers go out first, and no check thread outlives the server */
+    for (int i = 0; i < (VERIFY_TIMEOUT_MS + 3000) / 10; i++) {
         pthread_mutex_lock(&s.streams_mu);
         int busy = s.verifying;
         pthread_mutex_unlock(&s.streams_mu);
@@ -1967,6 +1981,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         usleep(10 * 1000);
     }
     MHD_stop_daemon(d);
+    pool_free(&s);
     bp_registry_close(s.reg);
     pthread_mutex_destroy(&s.streams_mu);
     pthread_mutex_destroy(&s.conns_mu);

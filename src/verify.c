@@ -32,6 +32,7 @@ typedef struct verifier {
     long timeout_ms;
     bp_pool *pool;                /* whose pace the requests take a slot on, or NULL */
     char account[600];
+    double deadline_ms;           /* monotonic: the whole check run ends by then (the install's answer waits) */
 } verifier;
 
 static void on_done(void *ctx, void *user, const bp_response *resp)
@@ -51,7 +52,7 @@ static void on_done(void *ctx, void *user, const bp_response *resp)
  * came within the timeout. */
 static int take_slot(verifier *v)
 {
-    double give_up = bp_monotonic_ms() + (double)v->timeout_ms;
+    double give_up = v->deadline_ms;
     for (;;) {
         double wait = v->pool ? bp_pool_take_slot(v->pool, v->account, v->bp->rate_limit_rps) : 0;
         if (wait <= 0) return 0;
@@ -79,10 +80,15 @@ static void send_one(verifier *v, const bp_request *r, sent *s)
         snprintf(s->error, sizeof s->error, "the request could not be prepared");
         return;
     }
-    double give_up = bp_monotonic_ms() + (double)v->timeout_ms + 1000.0;
+    /* the run's deadline, not one per request: pace, steps and requests
+     * together end within timeout_ms (+1 s for the transport to say why) */
+    double give_up = v->deadline_ms + 1000.0;
     while (!s->done && bp_monotonic_ms() < give_up) bp_transport_poll(v->t, 100, on_done, NULL);
-    if (!s->done) {   /* never answered: the transport's timeout should have ended it first */
-        bp_transport_flush(v->t);
+    if (!s->done) {
+        /* a new transport: the old one's transfer (which would answer into
+         * s, gone by then) is cancelled with it */
+        bp_transport_free(v->t);
+        v->t = bp_transport_new(v->timeout_ms < 2000 ? v->timeout_ms : 2000, v->timeout_ms);
         s->done = 1;
         s->curl_code = -1;
         snprintf(s->error, sizeof s->error, "no answer within %ld ms", v->timeout_ms);
@@ -162,7 +168,8 @@ static int verify_paced(const bp_blueprint *bp, const bp_config *cfg, long timeo
         bp_buf_addc(out, ']');
         return 0;
     }
-    verifier v = { bp, cfg, bp_transport_new(timeout_ms < 2000 ? timeout_ms : 2000, timeout_ms), timeout_ms, pool, "" };
+    verifier v = { bp, cfg, bp_transport_new(timeout_ms < 2000 ? timeout_ms : 2000, timeout_ms), timeout_ms, pool, "",
+                   bp_monotonic_ms() + (double)timeout_ms };
     snprintf(v.account, sizeof v.account, "%s", account ? account : "");
     bp_engine_set_answerer(e, answer_step, &v);
     bp_outcome o;

@@ -1410,6 +1410,40 @@ static int unit_load(void *ud, const char *account, const char *key, bp_buf *out
     return bp_store_cache_get(ud, account, key, (int64_t)bp_wall_ms(), out, expires);
 }
 
+/* A durable value written by an event's run is read by other events only
+ * once that event is over and its requests went out: "the list statuses
+ * were sent" must not be believed while they wait for a retry, and is
+ * forgotten when they end as a dead letter. */
+TEST(cache_durable_values_are_tentative_until_their_event_is_over)
+{
+    bp_cache *c = bp_cache_new(0);
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_cache_set_durable(c, 0, "acct", "lists:a@b.co", "\"granted\"", 9, 3600);   /* no event: at once */
+    bp_cache_set_durable(c, 7, "acct", "lists:a@b.co", "\"denied\"", 8, 3600);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "lists:a@b.co", &v), 1);
+    CHECK_STR(v.data, "\"granted\"");                                   /* event 7 is not over */
+    bp_cache_settle(c, 8, 1);                                           /* another event: nothing */
+    bp_buf_reset(&v);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "lists:a@b.co", &v), 1);
+    CHECK_STR(v.data, "\"granted\"");
+    bp_cache_settle(c, 7, 0);                                           /* a dead letter: forgotten */
+    bp_buf_reset(&v);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "lists:a@b.co", &v), 1);
+    CHECK_STR(v.data, "\"granted\"");
+    bp_cache_set_durable(c, 9, "acct", "lists:a@b.co", "\"denied\"", 8, 3600);
+    bp_cache_set_durable(c, 9, "acct", "tags:a@b.co", "[\"vip\"]", 7, 3600);
+    bp_cache_settle(c, 9, 1);                                           /* delivered: both count */
+    bp_buf_reset(&v);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "lists:a@b.co", &v), 1);
+    CHECK_STR(v.data, "\"denied\"");
+    bp_buf_reset(&v);
+    CHECK_INT(bp_cache_get_stored(c, "acct", "tags:a@b.co", &v), 1);
+    CHECK_STR(v.data, "[\"vip\"]");
+    bp_buf_free(&v);
+    bp_cache_free(c);
+}
+
 TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
 {
     char dir[] = "/tmp/bp-unit-cacheXXXXXX";
@@ -1522,6 +1556,7 @@ int main(void)
 {
     RUN(cache_values_are_per_account);
     RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
+    RUN(cache_durable_values_are_tentative_until_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
     RUN(recent_window_counts_the_last_hour_only);

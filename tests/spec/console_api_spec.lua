@@ -161,8 +161,19 @@ describe("web console: files and sign-in #serve", function()
     end
     local a, b = session("ada"), session("bob")
     assert.are.equal(200, (srv.call("GET", "/v1/console/me", nil, a)))
+    -- a Live Events stream the session opened ends with it (before: it went on until the client left)
+    local _, it = srv.call("POST", INSTALL, core.json_encode({ name = "Streamed",
+      config = { api_url = "http://127.0.0.1:9", api_key = "k" } }))
+    local out = os.tmpname()
+    os.execute("(curl -sN --max-time 20 -H 'Authorization: Bearer " .. a .. "' '" .. srv.url
+      .. "/v1/admin/integrations/" .. it.id .. "/live-events/stream' > " .. out .. " 2>/dev/null; echo ended >> "
+      .. out .. ") &")
+    assert(S.eventually(function() return io.open(out):read("a"):find("live events", 1, true) end), "the stream did not open")
     local st, body = srv.call("DELETE", "/v1/console/session", nil, a)
     assert.are.equal(204, st, body)
+    assert(S.eventually(function() return io.open(out):read("a"):find("ended", 1, true) end, 5),
+      "the signed-out session's stream is still open: " .. io.open(out):read("a"))
+    os.remove(out)
     st, body = srv.call("GET", "/v1/console/me", nil, a)
     assert.are.equal(401, st)
     assert.are.equal("INVALID_TOKEN", body.error.code)
