@@ -767,6 +767,12 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
 {
     lua_State *L = sb->L;
     int base = lua_gettop(L) - nargs;                 /* the function's index */
+    /* Each call starts with its whole memory budget: garbage an earlier call
+     * left (a hostile one's megabytes, or the collector's pause) is freed
+     * first. Buffers that lauxlib grows itself (string.rep, :upper()) get no
+     * emergency collection when the cap refuses them, so without this a
+     * call could fail for what the one before it left behind. */
+    if (sb->used > sb->limit / 2) lua_gc(L, LUA_GCCOLLECT);
     lua_pushcfunction(L, message_handler);
     lua_insert(L, base);
     sb->spent = 0;
