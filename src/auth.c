@@ -276,8 +276,7 @@ int bp_jti_set_add(bp_jti_set *s, const char *jti, int64_t exp, int64_t now)
     if (!had) {
         if (s->n == s->cap) {
             size_t cap = s->cap ? 2 * s->cap : 16;
-            struct spent *items = realloc(s->items, cap * sizeof *items);
-            if (!items) { bp_log_oom(); abort(); }
+            struct spent *items = bp_realloc(s->items, cap * sizeof *items);
             s->items = items;
             s->cap = cap;
         }

@@ -1,9 +1,8 @@
 /*
  * buffer.c — growable byte buffers and error messages.
  *
- * Allocation failure is treated as fatal: the runtime cannot make progress
- * without memory, and pretending otherwise would spread NULL checks through
- * every encoder.  Lua's own memory cap is enforced separately (sandbox.c).
+ * Growth goes through bp_realloc: allocation failure is fatal (alloc.c says
+ * why).  Lua's own memory cap is enforced separately (sandbox.c).
  */
 #include "internal.h"
 
@@ -36,8 +35,7 @@ void bp_buf_reserve(bp_buf *b, size_t extra)
     if (b->len + extra + 1 <= b->cap) return;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra + 1) cap *= 2;
-    char *p = realloc(b->data, cap);
-    if (!p) { bp_log_oom(); abort(); }
+    char *p = bp_realloc(b->data, cap);
     b->data = p;
     b->cap = cap;
 }

@@ -10,6 +10,42 @@
 
 #include <lua.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* ---- alloc.c: allocation that never returns NULL (the out-of-memory policy) ----
+ * Every C allocation goes through these: on failure they report and abort
+ * (see alloc.c for why).  Free with free(). */
+void *bp_malloc(size_t n);
+void *bp_calloc(size_t count, size_t size);
+void *bp_realloc(void *p, size_t n);
+char *bp_strdup(const char *s);
+char *bp_strndup(const char *s, size_t n);
+void *bp_memdup(const void *src, size_t n);
+/* Report "out of memory" and abort. */
+_Noreturn void bp_oom(void);
+/* Where the report goes: fn says it without allocating and returns 1, or 0
+ * to leave it to stderr.  Set by log.c (bp_set_log). */
+typedef int (*bp_oom_report_fn)(void);
+void bp_set_oom_report(bp_oom_report_fn fn);
+
+/* Shared-memory counters and flags are C11 atomics (<stdatomic.h>): one
+ * style everywhere, so a reader sees at the declaration what is shared. */
+
+/* FNV-1a, 64 bit: the hash for shard and bucket choices and for change
+ * detection (not for anything an attacker must not steer).  Start with
+ * BP_FNV1A_BASIS and feed pieces in order. */
+#define BP_FNV1A_BASIS 14695981039346656037ULL
+static inline uint64_t bp_fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    while (n--) h = (h ^ *p++) * 1099511628211ULL;
+    return h;
+}
+
+/* Room for a path built from a configured directory and a file name inside
+ * it: PATH_MAX (4096) for the directory plus a name and separators. */
+#define BP_PATH_MAX 4400
 
 /* Milliseconds: monotonic (budgets, durations) and wall clock (stored times).  clock.c */
 double bp_monotonic_ms(void);
@@ -158,8 +194,11 @@ void bp_sandbox_set_prefix(bp_sandbox *sb, const char *chunk_prefix);
 int bp_log_has_sink(void);
 /* BP_LOG_* for "debug", "info", "warn", "error". */
 int bp_log_level_of(const char *level);
-/* Say "out of memory" without allocating (the caller aborts next). */
-void bp_log_oom(void);
+/* A JSON log record's fields, built in a bp_buf for bp_log(level, msg,
+ * f.data): each call appends "key":value (a comma first when the buffer is
+ * not empty); text values are escaped (and made valid UTF-8). */
+void bp_log_field(bp_buf *f, const char *key, const char *text);
+void bp_log_field_int(bp_buf *f, const char *key, long long value);
 
 /* Public calls taking a bp_error start with an empty message, and one that
  * fails sets it: bp_error_clear at entry, bp_error_ensure on the way out

@@ -119,8 +119,7 @@ uint32_t bp_doc_add_node(bp_doc *d, uint8_t type, size_t off, size_t len, size_t
 {
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 64;
-        bp_jnode *nodes = realloc(d->nodes, cap * sizeof *nodes);
-        if (!nodes) { bp_log_oom(); abort(); }
+        bp_jnode *nodes = bp_realloc(d->nodes, cap * sizeof *nodes);
         d->nodes = nodes;
         d->cap = cap;
     }
@@ -454,8 +453,7 @@ int bp_doc_unique_keys(const bp_doc *d, const char *origin, bp_error *err)
         if (d->nodes[o].type != BP_JOBJECT || d->nodes[o].len < 2) continue;
         size_t n = d->nodes[o].len;
         if (n > cap) {
-            keyref *k = realloc(keys, n * sizeof *k);
-            if (!k) { bp_log_oom(); abort(); }
+            keyref *k = bp_realloc(keys, n * sizeof *k);
             keys = k;
             cap = n;
         }

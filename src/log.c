@@ -21,12 +21,15 @@ static pthread_rwlock_t log_lock = PTHREAD_RWLOCK_INITIALIZER;
 static bp_log_fn log_fn;
 static void *log_ctx;
 
+static int report_oom(void);
+
 void bp_set_log(bp_log_fn fn, void *ctx)
 {
     pthread_rwlock_wrlock(&log_lock);
     log_fn = fn;
     log_ctx = fn ? ctx : NULL;
     pthread_rwlock_unlock(&log_lock);
+    bp_set_oom_report(fn ? report_oom : NULL);
 }
 
 void bp_get_log(bp_log_fn *fn, void **ctx)
@@ -90,17 +93,33 @@ void bp_log(const char *level, const char *msg, const char *fields_json)
     bp_buf_free(&b);
 }
 
-void bp_log_oom(void)
+/* The out-of-memory report (alloc.c calls it, then aborts): nothing may be
+ * allocated here, so a fixed line; 0 leaves it to alloc.c's stderr line. */
+static int report_oom(void)
 {
-    /* nothing may be allocated here: a fixed line, then the caller aborts */
     static const char line[] = "{\"level\":\"error\",\"msg\":\"blueprint: out of memory\"}";
+    int told = 0;
     if (pthread_rwlock_tryrdlock(&log_lock) == 0) {
         if (log_fn) {
             log_fn(log_ctx, BP_LOG_ERROR, "blueprint: out of memory", line);
-            pthread_rwlock_unlock(&log_lock);
-            return;
+            told = 1;
         }
         pthread_rwlock_unlock(&log_lock);
     }
-    fputs("blueprint: out of memory\n", stderr);
+    return told;
+}
+
+void bp_log_field(bp_buf *f, const char *key, const char *text)
+{
+    if (f->len) bp_buf_addc(f, ',');
+    bp_json_write_string(f, key, strlen(key));
+    bp_buf_addc(f, ':');
+    bp_json_write_text(f, text ? text : "", text ? strlen(text) : 0);
+}
+
+void bp_log_field_int(bp_buf *f, const char *key, long long value)
+{
+    if (f->len) bp_buf_addc(f, ',');
+    bp_json_write_string(f, key, strlen(key));
+    bp_buf_printf(f, ":%lld", value);
 }
