@@ -17,7 +17,7 @@
 #      cluster), against build/asan/blueprint only: librdkafka is not built
 #      for ThreadSanitizer, which would report its own atomics as races
 #   8. the web console in headless Chromium (tests/browser/run.py): serve,
-#      the emulator and a browser through the scenarios
+#      the emulator and a browser through the console's scenarios
 #   9. nothing the suites started is still running: a server or emulator of
 #      this checkout's build/ left behind is a failure (and is stopped)
 set -u

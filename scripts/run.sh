@@ -4,8 +4,8 @@
 # ActiveCampaign emulator as the account to deliver to (on 127.0.0.1:8085, or
 # EMU_PORT, fixed so that an installed integration still reaches it after a
 # restart).  Prints the web console's sign-in link, the values its install
-# form needs, an admin token and the curl commands of the seed's "API Setup"
-# and "Verify it's working" steps, each pasteable as printed (the install
+# form needs, an admin token and the curl commands of the README's setup
+# (install, send, verify in Live Events), each pasteable as printed (the install
 # command sets ID for the next ones).  Ctrl-C stops both.
 #   PORT=9084 EMU_PORT=9085 make run   # when 8084 or 8085 is taken
 set -euo pipefail

@@ -16,7 +16,7 @@
 -- event, and lookup requests (GET/POST /api/3/tags, GET /api/3/fields) per
 -- batch.
 --
--- Orders (Deep Data, issue 21): an integration with deep_data and Event
+-- Orders (Deep Data): an integration with deep_data and Event
 -- Tracking on account 2 gets EVENTS Order Completed from new buyers (cold:
 -- each buyer's customer is looked up and created; the first order also
 -- finds the connection and Event Tracking's switch), then EVENTS new orders

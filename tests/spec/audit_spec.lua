@@ -95,7 +95,7 @@ describe("token issuer and audience #cli #serve", function()
   end)
 end)
 
--- The editor's revision history (issue 20, finding 6): a file is stored once
+-- The editor's revision history (docs/contracts.md, The web console): a file is stored once
 -- however many revisions have it, and old revisions go (count and age),
 -- with the audit log saying which.
 describe("blueprint revision history #serve", function()

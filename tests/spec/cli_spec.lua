@@ -1,4 +1,4 @@
--- The dry-run command as an author uses it (DESIGN.md §5).  Tagged #cli so
+-- The dry-run command as an author uses it (docs/contracts.md, dry-run).  Tagged #cli so
 -- the test run repeats it against the ASan/UBSan build.
 local S = require("support")
 
@@ -151,7 +151,7 @@ describe("the JWT secret #cli", function()
   end)
 end)
 
--- Issue 25, finding 7: the CLI as a blueprint author meets it.
+-- The CLI as a blueprint author meets it.
 describe("issue 25: the CLI names lines and stays quiet #cli", function()
   local function sh(cmd, stdin) return S.sh(cmd, stdin) end
   local function copy_blueprint(name)
@@ -241,7 +241,7 @@ describe("issue 25: the CLI names lines and stays quiet #cli", function()
   end)
 end)
 
--- Issue 25, finding 8: a test that errors before its stop() leaks nothing.
+-- A test that errors before its stop() leaks nothing.
 describe("issue 25: the test harness stops what a spec started #cli", function()
   local sh = S.sh
   it("stops, by the end of its file, an emulator whose test failed before stop(), and the file's own", function()
@@ -266,9 +266,8 @@ describe("issue 25: the test harness stops what a spec started #cli", function()
   end)
 end)
 
--- Issue 25, finding 6: `make run`'s printed commands work pasted into bash as
--- printed (before: `export ID=<the "id" from the answer>` was a syntax error,
--- and the example events answered 400).  Not #serve: run.sh runs build/blueprint
+-- `make run`'s printed commands work pasted into bash as printed (the install
+-- command sets ID; the example events are all accepted).  Not #serve: run.sh runs build/blueprint
 -- whichever build the suite tests, so once is enough.
 describe("issue 25: make run's quickstart #quickstart", function()
   it("prints commands that install, capture the id, send the examples and say duplicates when resent", function()

@@ -1,4 +1,4 @@
--- The web console's server side (issue 11): its files with a strict
+-- The web console's server side (docs/contracts.md, The web console): its files with a strict
 -- Content-Security-Policy, nothing else readable; the sign-in link's token
 -- exchanged once for a session; what a role may do; and the blueprint
 -- editor end to end against the emulator: files, the dry-run and fixtures

@@ -129,7 +129,7 @@ describe("ActiveCampaign in depth #cli", function()
     assert.are.equal(0, #emu.contacts()[1].trackingLogs)
   end)
 
-  -- The issue's compliance case: status 1 re-subscribes a contact who
+  -- The compliance case (docs/activecampaign.md, Contact depth): status 1 re-subscribes a contact who
   -- unsubscribed; it is sent only when consent came after the unsubscribe.
   it("leaves a contact who unsubscribed yesterday unsubscribed, and re-subscribes with sourceid 4 one who re-consented", function()
     cfg = config(emu, "lists: [1, 2]")
@@ -500,7 +500,7 @@ end
 end)
 
 -- Deep Data orders and Event Tracking as ActiveCampaign's reference documents
--- them (issue 21: findings 2, 3, 4, 6).  The emulator follows the reference;
+-- them (docs/activecampaign.md, Deep Data and Event Tracking).  The emulator follows the reference;
 -- where the reference is silent (a repeated externalid, /event while Event
 -- Tracking is off) it is switched to each answer the vendor might give.
 describe("ActiveCampaign Deep Data and Event Tracking as documented #cli", function()

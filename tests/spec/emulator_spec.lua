@@ -1,5 +1,5 @@
 -- The ActiveCampaign emulator itself: the vendor behaviours the delivery
--- tests rely on (DESIGN.md §6).  Talks to it with curl on 127.0.0.1.
+-- tests rely on (docs/activecampaign.md).  Talks to it with curl on 127.0.0.1.
 local S = require("support")
 
 local function call(emu, method, path, body, headers)
@@ -142,7 +142,7 @@ describe("the ActiveCampaign emulator #cli", function()
   end)
 end)
 
--- ---- lists, tags, custom fields and Deep Data (issue 13) -------------------
+-- ---- lists, tags, custom fields and Deep Data ------------------------------
 
 -- A JSON call to /api/3 as account `token` (default account 0): status, the
 -- decoded answer (nil when not JSON) and the raw body.

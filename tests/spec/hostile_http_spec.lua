@@ -1,4 +1,4 @@
--- A hostile editor and a hostile network against `serve` (issue 20):
+-- A hostile editor and a hostile network against `serve` (docs/serve.md, How it runs):
 -- editor dry-runs, fixture runs and save checks run in a bounded pool off
 -- the HTTP threads (a stalling mapping never slows /healthz, a full queue
 -- answers 503 EDITOR_BUSY, a save's blueprint code holds no lock that other

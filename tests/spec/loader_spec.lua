@@ -246,7 +246,8 @@ describe("strict blueprint.yaml", function()
   end)
 end)
 
--- verify: the mapping install and update send to check a config (issue 21).
+-- verify: the mapping install and update send to check a config
+-- (docs/blueprints.md, Verify).
 describe("blueprint.yaml verify:", function()
   local VERIFY_LUA = "return function(event, ctx)\n  return { method = 'GET', url = ctx.config.api_url .. '/me' }\nend\n"
 

@@ -29,7 +29,7 @@ local cases = {
   { "library_write", "library_write.lua:2: library tables are read-only" },
   { "getmetatable_string", "getmetatable_string.lua:3:" },
   { "gc_loop", "gc_loop.lua:2: __gc metamethods are not allowed" },
-  -- library functions that loop in C (issue 20): each charges its work to the budget, is capped,
+  -- library functions that loop in C: each charges its work to the budget, is capped,
   -- or is bounded by the memory cap; docs/blueprints.md "The sandbox" lists them all
   { "rep_empty", "rep_empty.lua:2: ", "budget exceeded" },
   { "move_empty", "move_empty.lua:2: ", "budget exceeded" },

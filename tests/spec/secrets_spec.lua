@@ -103,7 +103,7 @@ describe("secrets at rest #cli #serve", function()
   end)
 end)
 
--- A hostile editor (issue 20, findings 3 and 4): a stored key is never
+-- A hostile editor (docs/blueprints.md, Secrets and destinations): a stored key is never
 -- downgraded by a blueprint edit, and never follows a changed URL.
 describe("secrets keep their type and destination #serve", function()
   local EDITOR = "/v1/admin/blueprints/activecampaign"
@@ -217,7 +217,7 @@ describe("secrets keep their type and destination #serve", function()
 end)
 
 
--- Where a blueprint may send (issue 20, finding 4): blueprint.yaml's
+-- Where a blueprint may send (docs/blueprints.md, Secrets and destinations): blueprint.yaml's
 -- destinations; any other host is an error outcome naming it, in dry-run too.
 describe("destinations #cli", function()
   local function webhook_with(mapping, yaml_edit)

@@ -1,4 +1,4 @@
--- `blueprint serve` end to end against the emulator: the seed's install and
+-- `blueprint serve` end to end against the emulator: the README's install and
 -- verification steps, auth, every error status, per-event enable, hot
 -- reload, SIGTERM with nothing lost, and secrets.  Tagged #cli so it also
 -- runs against the ASan/UBSan build.

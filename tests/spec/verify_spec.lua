@@ -1,4 +1,4 @@
--- Install and PATCH check what they can without sending data (issue 21):
+-- Install and PATCH check what they can without sending data (docs/blueprints.md, Verify):
 -- the blueprint's verify: mapping (activecampaign/verify.lua) is sent to the
 -- emulator and the answer carries "checks"; a failing check never refuses
 -- the change.
