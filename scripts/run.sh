@@ -72,7 +72,7 @@ The console's install form (Integrations > Integration Library > ActiveCampaign 
 Or with curl, pasted into bash as printed.  An admin token (12 h):
   export TOKEN=$TOKEN
 
-1. Install ActiveCampaign (the seed's API Setup call; prints the answer and sets ID from it):
+1. Install ActiveCampaign (prints the answer and sets ID from it):
   ID=\$(curl -s -X POST $BASE/v1/admin/integration-catalog/activecampaign/install \\
     -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
     -d '{"name":"ActiveCampaign","variant":"default","config":{"api_url":"$API_URL","api_key":"$API_KEY","event_tracking_account_id":"$ACTID","event_tracking_key":"$EVENT_KEY","event_tracking_url":"$TRACK_URL"},"delivery_mode":"server_side"}' \\

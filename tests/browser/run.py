@@ -781,7 +781,7 @@ def t_roles(c, s):
     assert all(i['id'] != iid or i.get('deleted') for i in listed), listed
 
 
-# ---- issue 25: health at a glance, forms, test events, advice, cosmetics ----------------------
+# ---- health at a glance, forms, test events, advice, cosmetics ----------------------------------
 
 CONSENT = {'canonical': {'marketing': True}}
 
@@ -797,7 +797,7 @@ def in_view(c, css):
 
 
 def as_admin(c):
-    """Each scenario of issue 25 starts as an admin (roles may end as a viewer)."""
+    """Each of these scenarios starts as an admin (roles may end as a viewer)."""
     if c.js("const e = document.getElementById('user-role'); return e && e.textContent") != 'admin':
         c.sign_in_link('admin', subject='ops@example.com')
 
@@ -928,7 +928,7 @@ def t_advice(c, s):
 
 
 def t_cosmetics(c, s):
-    """Issue 25 finding 9: no sideways scrollbar on the editor's collapsed
+    """No sideways scrollbar on the editor's collapsed
     sidebar; a hunk header reads "@@ -a,b +c,d @@"; "(8 s ago)" keeps
     updating; Enter after "then" indents by one step; a boolean not set reads
     "off (not set)"; pasted samples survive a reload."""

@@ -344,7 +344,7 @@ TEST(reader_array_elements)
     CHECK_STR(split("[{\"a\":1}", 1024), "<{\"a\":1}><BAD>");
 }
 
-/* Issue 25: the reader's errors name the input line an event begins on
+/* The reader's errors name the input line an event begins on
  * (blank lines and pretty-printed events counted), never a byte offset. */
 TEST(reader_errors_name_lines)
 {

@@ -1,7 +1,7 @@
 /*
  * emulator.c — a local ActiveCampaign for tests, on 127.0.0.1 only.
  *
- * Faithful to what the runtime relies on (DESIGN.md §6): contact sync and
+ * Faithful to what the runtime relies on (docs/activecampaign.md): contact sync and
  * create (duplicate / email_invalid errors), Event Tracking (form only,
  * success:0 for a JSON body or a wrong key), tracking logs, Api-Token on
  * every /api/3 call (403 when wrong), and a rate limit per account with

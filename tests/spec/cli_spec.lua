@@ -152,7 +152,7 @@ describe("the JWT secret #cli", function()
 end)
 
 -- The CLI as a blueprint author meets it.
-describe("issue 25: the CLI names lines and stays quiet #cli", function()
+describe("the CLI names lines and stays quiet #cli", function()
   local function sh(cmd, stdin) return S.sh(cmd, stdin) end
   local function copy_blueprint(name)
     local dir = S.tmpdir()
@@ -242,7 +242,7 @@ describe("issue 25: the CLI names lines and stays quiet #cli", function()
 end)
 
 -- A test that errors before its stop() leaks nothing.
-describe("issue 25: the test harness stops what a spec started #cli", function()
+describe("the test harness stops what a spec started #cli", function()
   local sh = S.sh
   it("stops, by the end of its file, an emulator whose test failed before stop(), and the file's own", function()
     local dir = S.tmpdir()
@@ -269,7 +269,7 @@ end)
 -- `make run`'s printed commands work pasted into bash as printed (the install
 -- command sets ID; the example events are all accepted).  Not #serve: run.sh runs build/blueprint
 -- whichever build the suite tests, so once is enough.
-describe("issue 25: make run's quickstart #quickstart", function()
+describe("make run's quickstart #quickstart", function()
   it("prints commands that install, capture the id, send the examples and say duplicates when resent", function()
     local state = S.tmpdir()
     local out, pidf = state .. "/run.out", os.tmpname()

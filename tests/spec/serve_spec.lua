@@ -39,7 +39,7 @@ describe("blueprint serve #cli #serve", function()
     emu.stop()
   end)
 
-  it("installs with the seed's call, accepts events and shows them delivered with 200 in Live Events", function()
+  it("installs with the README's call, accepts events and shows them delivered with 200 in Live Events", function()
     local status, it = srv.call("POST", INSTALL, install_body(emu))
     assert.are.equal(201, status)
     assert.are.equal("activecampaign", it.vendor)

@@ -3,7 +3,7 @@
 
 local helpers = {}
 
--- Event Tracking limits (DESIGN.md §6): names of at most 32 characters;
+-- Event Tracking limits (docs/activecampaign.md): names of at most 32 characters;
 -- eventdata is one string, kept under EVENTDATA_MAX_BYTES by dropping the
 -- largest non-identifying fields first (listed under "_truncated").
 helpers.EVENT_NAME_MAX = 32
