@@ -696,7 +696,8 @@ static int rotate_key(int argc, char **argv)
  * libmicrohttpd and librdkafka (about 3 ms instead of 13).  The other
  * commands are libblueprint-service's bp_service_main, this same file built
  * with everything: loaded on first use from beside this binary (the build
- * tree), from the installed LIBDIR, or from the loader's search path. */
+ * tree), from ../lib beside it (an installed prefix, wherever it moved),
+ * from the LIBDIR it was built for, or from the loader's search path. */
 static int run_service(int argc, char **argv)
 {
     char name[64], here[BP_PATH_MAX], path[BP_PATH_MAX + sizeof name];
@@ -705,11 +706,14 @@ static int run_service(int argc, char **argv)
     here[n > 0 ? n : 0] = '\0';
     char *slash = strrchr(here, '/');
     if (slash) *slash = '\0';
-    const char *const dirs[] = { slash ? here : NULL, BP_LIBDIR, NULL };
+    const char *const dirs[] = { "%s/%s", "%s/../lib/%s", NULL };
     void *lib = NULL;
-    for (int i = 0; i < 2 && !lib; i++) {
-        if (!dirs[i]) continue;
-        snprintf(path, sizeof path, "%s/%s", dirs[i], name);
+    for (int i = 0; slash && dirs[i] && !lib; i++) {
+        snprintf(path, sizeof path, dirs[i], here, name);
+        lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!lib) {
+        snprintf(path, sizeof path, "%s/%s", BP_LIBDIR, name);
         lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     }
     if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
