@@ -49,8 +49,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* What the shared libraries export: they are built with
- * -fvisibility=hidden, so only declarations marked BP_API are visible. */
+/* What the shared libraries export: only declarations marked BP_API (the
+ * service library is built with -fvisibility=hidden, the mapping library
+ * with a version script made from this header). */
 #if defined(BP_API)
 #elif defined(__GNUC__)
 #define BP_API __attribute__((visibility("default")))

@@ -700,16 +700,16 @@ static int rotate_key(int argc, char **argv)
  * from the LIBDIR it was built for, or from the loader's search path. */
 static int run_service(int argc, char **argv)
 {
-    char name[64], here[BP_PATH_MAX], path[BP_PATH_MAX + sizeof name];
+    char name[64], here[BP_PATH_MAX], path[BP_PATH_MAX + 80];
     snprintf(name, sizeof name, "libblueprint-service.so.%d", BP_VERSION_MAJOR);
     ssize_t n = readlink("/proc/self/exe", here, sizeof here - 1);
     here[n > 0 ? n : 0] = '\0';
     char *slash = strrchr(here, '/');
     if (slash) *slash = '\0';
-    const char *const dirs[] = { "%s/%s", "%s/../lib/%s", NULL };
+    const char *const beside[] = { "", "/../lib" };
     void *lib = NULL;
-    for (int i = 0; slash && dirs[i] && !lib; i++) {
-        snprintf(path, sizeof path, dirs[i], here, name);
+    for (int i = 0; slash && i < 2 && !lib; i++) {
+        snprintf(path, sizeof path, "%s%s/%s", here, beside[i], name);
         lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     }
     if (!lib) {
