@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # scripts/test-embed.sh — the library as an embedder gets it (a suite of `make test`).
 #
-#   1. `make install` into a temporary prefix: the CLI (which runs its sibling
-#      blueprint-net), libblueprint.so with its soname links, libblueprint.a,
-#      the headers, blueprint.pc and the default blueprints
-#   2. nm -D: the shared library exports exactly the functions the installed
-#      headers mark BP_API, nothing internal
+#   1. `make install` into a temporary prefix: the CLI (which loads
+#      libblueprint-service for its service commands), libblueprint and
+#      libblueprint-service (.so with their soname links, .a), the headers,
+#      blueprint.pc, blueprint-service.pc and the default blueprints
+#   2. nm -D: each shared library exports exactly the functions its header
+#      marks BP_API (libblueprint.so also, as version BLUEPRINT_PRIVATE,
+#      exactly the internals libblueprint-service.so takes from it); ldd:
+#      the mapping library loads none of libcurl, SQLite, libmicrohttpd,
+#      libcrypto, librdkafka
 #   3. examples/embed-c built with `pkg-config --cflags --libs blueprint` only
 #      (PKG_CONFIG_PATH=PREFIX/lib/pkgconfig; no -I or -L into the repository),
-#      shared and static, and the headers from C++
+#      shared and static, loading no network package; a service embedder
+#      built with `pkg-config … blueprint-service`, shared and static; the
+#      headers from C++
 #   4. embed-c on every golden case (blueprints/*/tests/*/): its output equals
 #      `build/blueprint dry-run` and expected.ndjson byte for byte
 #   5. examples/embed-go/test.sh PREFIX when it exists (the Go embedder), its
@@ -49,28 +55,39 @@ if ! make -s --no-print-directory install PREFIX="$PREFIX" > "$TMP/install.log" 
 fi
 ok "make install PREFIX=… (temporary prefix)"
 
-VERSION=$(sed -n 's/^#define BP_VERSION_[A-Z]* //p' src/blueprint.h | paste -sd.)
+VERSION=$(sed -n 's/^#define BP_VERSION_[A-Z]* //p' include/blueprint.h | paste -sd.)
 MAJOR=${VERSION%%.*}
+LIBS="libblueprint libblueprint-service"
 missing=""
-for f in bin/blueprint bin/blueprint-net lib/libblueprint.a "lib/libblueprint.so.$VERSION" include/blueprint.h \
-         include/blueprint_service.h lib/pkgconfig/blueprint.pc share/blueprint/blueprints/activecampaign/blueprint.yaml; do
+for f in bin/blueprint include/blueprint.h include/blueprint_service.h lib/pkgconfig/blueprint.pc \
+         lib/pkgconfig/blueprint-service.pc share/blueprint/blueprints/activecampaign/blueprint.yaml; do
   [ -f "$PREFIX/$f" ] || missing="$missing $f"
 done
-[ "$(readlink "$PREFIX/lib/libblueprint.so")" = "libblueprint.so.$MAJOR" ] || missing="$missing lib/libblueprint.so→.so.$MAJOR"
-[ "$(readlink "$PREFIX/lib/libblueprint.so.$MAJOR")" = "libblueprint.so.$VERSION" ] ||
-  missing="$missing lib/libblueprint.so.$MAJOR→.so.$VERSION"
-if [ -z "$missing" ]; then ok "installed: CLI, libblueprint.so.$VERSION (+ links), .a, headers, blueprint.pc, blueprints"
+for lib in $LIBS; do
+  for f in "lib/$lib.a" "lib/$lib.so.$VERSION"; do [ -f "$PREFIX/$f" ] || missing="$missing $f"; done
+  [ "$(readlink "$PREFIX/lib/$lib.so")" = "$lib.so.$MAJOR" ] || missing="$missing lib/$lib.so→.so.$MAJOR"
+  [ "$(readlink "$PREFIX/lib/$lib.so.$MAJOR")" = "$lib.so.$VERSION" ] || missing="$missing lib/$lib.so.$MAJOR→.so.$VERSION"
+done
+[ -e "$PREFIX/bin/blueprint-net" ] && missing="$missing (bin/blueprint-net should be gone)"
+if [ -z "$missing" ]; then
+  ok "installed: CLI, libblueprint and libblueprint-service .so.$VERSION (+ links) and .a, headers, .pc files, blueprints"
 else not_ok "installed files missing:$missing"; fi
 
-soname=$(readelf -d "$PREFIX/lib/libblueprint.so.$VERSION" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
-if [ "$soname" = "libblueprint.so.$MAJOR" ]; then ok "soname is libblueprint.so.$MAJOR"
-else not_ok "soname is '$soname', not libblueprint.so.$MAJOR"; fi
+for lib in $LIBS; do
+  soname=$(readelf -d "$PREFIX/lib/$lib.so.$VERSION" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+  if [ "$soname" = "$lib.so.$MAJOR" ]; then ok "soname of $lib is $lib.so.$MAJOR"
+  else not_ok "soname of $lib is '$soname', not $lib.so.$MAJOR"; fi
+done
 
-# The light CLI runs blueprint-net from its own directory, PREFIX/bin (token is a net command).
+# The CLI loads libblueprint-service from PREFIX/lib (token is a service command).
 if "$PREFIX/bin/blueprint" token --role viewer --state "$TMP/state" > "$TMP/net.log" 2>&1 &&
    grep -qE '^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$' "$TMP/net.log"; then
-  ok "installed blueprint runs its sibling blueprint-net (blueprint token)"
-else not_ok "installed blueprint runs its sibling blueprint-net (blueprint token)" "$TMP/net.log"; fi
+  ok "installed blueprint loads libblueprint-service for its service commands (blueprint token)"
+else not_ok "installed blueprint loads libblueprint-service for its service commands (blueprint token)" "$TMP/net.log"; fi
+# ... and none of it for dry-run and test
+if ldd "$PREFIX/bin/blueprint" | grep -qE 'libblueprint|libcurl|libsqlite3|libmicrohttpd|librdkafka|libcrypto'; then
+  ldd "$PREFIX/bin/blueprint" > "$TMP/ldd.log" 2>&1; not_ok "the installed CLI links no network package" "$TMP/ldd.log"
+else ok "the installed CLI links no network package (they come with libblueprint-service, for the service commands)"; fi
 
 for bp in "$PREFIX"/share/blueprint/blueprints/*/; do
   [ -d "$bp/tests" ] || continue
@@ -79,17 +96,52 @@ done
 
 # ---- 2. exported symbols ------------------------------------------------------------------------------
 
-nm -D --defined-only "$PREFIX/lib/libblueprint.so" | awk '{print $NF}' | sort -u > "$TMP/exported"
-sed -n 's/^BP_API[^(]*[ *]\([A-Za-z_][A-Za-z_0-9]*\)(.*/\1/p' "$PREFIX"/include/*.h | sort -u > "$TMP/declared"
-if cmp -s "$TMP/exported" "$TMP/declared"; then
-  ok "nm -D: the .so exports exactly the $(wc -l < "$TMP/declared") BP_API functions of the headers"
-else
-  diff "$TMP/declared" "$TMP/exported" | sed -n 's/^> /exported, not in a header: /p; s/^< /in a header, not exported: /p' \
-    > "$TMP/nm.log"
-  not_ok "nm -D: the .so exports exactly the BP_API functions of the headers" "$TMP/nm.log"
-fi
-if grep -v '^bp_' "$TMP/exported" > "$TMP/nonbp.log"; then not_ok "nm -D: only bp_ symbols" "$TMP/nonbp.log"
-else ok "nm -D: only bp_ symbols (no Lua, no internals such as bp_store_*, bp_log, bp_hmac_sha256)"; fi
+# declared FILE…: the functions the headers mark BP_API
+declared() { sed -n 's/^BP_API[^(]*[ *]\([A-Za-z_][A-Za-z_0-9]*\)(.*/\1/p' "$@" | sort -u; }
+# exported LIB [VERSION]: what LIB exports (at that symbol version; without one, the unversioned ones)
+exported() {
+  nm -D --defined-only "$1" | awk '{print $NF}' | grep -v '^BLUEPRINT' |
+    if [ $# -gt 1 ]; then sed -n "s/@@*$2\$//p"; else grep -v '@'; fi | sort -u
+}
+same_list() {   # same_list DESCRIPTION WANTED GOT
+  if cmp -s "$2" "$3"; then ok "$1 ($(wc -l < "$2") functions)"
+  else diff "$2" "$3" | sed -n 's/^> /exported, not wanted: /p; s/^< /wanted, not exported: /p' > "$TMP/nm.log"
+       not_ok "$1" "$TMP/nm.log"; fi
+}
+CORE_SO="$PREFIX/lib/libblueprint.so" SERVICE_SO="$PREFIX/lib/libblueprint-service.so"
+declared "$PREFIX/include/blueprint.h" > "$TMP/declared"
+exported "$CORE_SO" BLUEPRINT > "$TMP/exported"
+same_list "nm -D: libblueprint.so exports, as version BLUEPRINT, exactly the BP_API functions of blueprint.h" \
+  "$TMP/declared" "$TMP/exported"
+nm -D --undefined-only "$SERVICE_SO" | sed -n 's/.* \([A-Za-z_0-9]*\)@BLUEPRINT_PRIVATE$/\1/p' | sort -u > "$TMP/taken"
+exported "$CORE_SO" BLUEPRINT_PRIVATE > "$TMP/private"
+same_list "nm -D: libblueprint.so's BLUEPRINT_PRIVATE symbols are exactly those libblueprint-service.so takes" \
+  "$TMP/taken" "$TMP/private"
+if grep -qxf "$TMP/private" "$TMP/declared"; then not_ok "a BLUEPRINT_PRIVATE symbol is declared in blueprint.h"
+else ok "no BLUEPRINT_PRIVATE symbol is declared in an installed header"; fi
+exported "$CORE_SO" > "$TMP/unversioned"
+if [ -s "$TMP/unversioned" ]; then not_ok "libblueprint.so exports unversioned symbols" "$TMP/unversioned"
+else ok "libblueprint.so exports nothing else"; fi
+declared "$PREFIX/include/blueprint_service.h" > "$TMP/declared-service"
+nm -D --defined-only "$SERVICE_SO" | awk '{print $NF}' | sed 's/@.*//' | sort -u > "$TMP/exported-service"
+same_list "nm -D: libblueprint-service.so exports exactly the BP_API functions of blueprint_service.h" \
+  "$TMP/declared-service" "$TMP/exported-service"
+cat "$TMP/exported" "$TMP/private" "$TMP/exported-service" > "$TMP/all-exported"
+if grep -v '^bp_' "$TMP/all-exported" > "$TMP/nonbp.log"; then not_ok "nm -D: only bp_ symbols" "$TMP/nonbp.log"
+else ok "nm -D: only bp_ symbols (no Lua, no internals such as bp_store_*, bp_hmac_sha256)"; fi
+
+# ldd: the mapping library (the build's and the installed one) loads no network package, directly or not.
+NETWORK='libcurl|libsqlite3|libmicrohttpd|librdkafka|libcrypto|libssl'
+for so in "$REPO/build/libblueprint.so" "$CORE_SO"; do
+  ldd "$so" > "$TMP/ldd.log" 2>&1
+  name=${so#"$REPO"/}; name=${name#"$TMP"/}
+  if grep -qE "$NETWORK" "$TMP/ldd.log"; then not_ok "ldd $name: a network package" "$TMP/ldd.log"
+  else ok "ldd $name: $(awk '{print $1}' "$TMP/ldd.log" | grep -v linux-vdso | tr '\n' ' ')"; fi
+done
+if LD_LIBRARY_PATH="$PREFIX/lib" ldd "$SERVICE_SO" | grep -q "libblueprint.so.$MAJOR => $PREFIX/lib/"; then
+  ok "libblueprint-service.so links libblueprint.so.$MAJOR"
+else LD_LIBRARY_PATH="$PREFIX/lib" ldd "$SERVICE_SO" > "$TMP/ldd.log" 2>&1
+     not_ok "libblueprint-service.so links libblueprint.so.$MAJOR" "$TMP/ldd.log"; fi
 
 # ---- 3. build embedders with pkg-config only -----------------------------------------------------------
 
@@ -111,12 +163,55 @@ if LD_LIBRARY_PATH="$PREFIX/lib" ldd "$EMBED" 2>&1 | grep -q "libblueprint.so.$M
   ok "embed-c loads libblueprint.so.$MAJOR from the prefix"
 else LD_LIBRARY_PATH="$PREFIX/lib" ldd "$EMBED" > "$TMP/ldd.log" 2>&1; not_ok "embed-c loads libblueprint.so.$MAJOR from the prefix" "$TMP/ldd.log"; fi
 
+if LD_LIBRARY_PATH="$PREFIX/lib" ldd "$EMBED" 2>&1 | grep -qE "libblueprint-service|$NETWORK"; then
+  LD_LIBRARY_PATH="$PREFIX/lib" ldd "$EMBED" > "$TMP/ldd.log" 2>&1; not_ok "embed-c loads no network package" "$TMP/ldd.log"
+else ok "embed-c (blueprint.h only) loads no network package and not libblueprint-service"; fi
+
 # Static: libblueprint.a plus what `pkg-config --static` adds (Requires.private, Libs.private).
 STATIC="$TMP/embed-c-static"
 # shellcheck disable=SC2046
 check "examples/embed-c links libblueprint.a with pkg-config --static --libs" \
   cc -std=c11 -O2 -Wall -Wextra -Werror $(pkg-config --cflags blueprint) -o "$STATIC" examples/embed-c/main.c \
     "$PREFIX/lib/libblueprint.a" $(pkg-config --static --libs blueprint | sed 's/-lblueprint\b//')
+
+# A service embedder: blueprint_service.h with pkg-config blueprint-service (which brings blueprint).
+pcver=$(pkg-config --modversion blueprint-service 2>&1)
+if [ "$pcver" = "$VERSION" ]; then ok "pkg-config --modversion blueprint-service = $VERSION"
+else not_ok "pkg-config --modversion blueprint-service: '$pcver', not $VERSION"; fi
+cat > "$TMP/service.c" <<'EOF'
+#include <blueprint_service.h>
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+    bp_error err;
+    bp_blueprint *bp = argc > 1 ? bp_blueprint_load(argv[1], &err) : NULL;   /* libblueprint */
+    if (!bp) { fprintf(stderr, "%s\n", argc > 1 ? err.msg : "usage: service BLUEPRINT_DIR"); return 2; }
+    bp_deliver_opts o;
+    bp_deliver_opts_default(&o);                                            /* libblueprint-service */
+    bp_deliver_stats st;
+    memset(&st, 0, sizeof st);
+    st.latency_us[10] = 1;
+    printf("%s %d %.1f %s\n", bp->name, o.concurrency, bp_deliver_latency_ms(&st, 0.5), bp_version());
+    bp_blueprint_free(bp);
+    return 0;
+}
+EOF
+# shellcheck disable=SC2046
+if cc -std=c11 -Wall -Wextra -Werror $(pkg-config --cflags blueprint-service) -o "$TMP/service" "$TMP/service.c" \
+     $(pkg-config --libs blueprint-service) > "$TMP/service.log" 2>&1 &&
+   LD_LIBRARY_PATH="$PREFIX/lib" "$TMP/service" blueprints/activecampaign >> "$TMP/service.log" 2>&1 &&
+   grep -q " $VERSION\$" "$TMP/service.log"; then
+  ok "a service embedder builds with pkg-config --cflags --libs blueprint-service and runs"
+else not_ok "a service embedder builds with pkg-config --cflags --libs blueprint-service and runs" "$TMP/service.log"; fi
+# shellcheck disable=SC2046
+if cc -std=c11 -Wall -Wextra -Werror $(pkg-config --cflags blueprint-service) -o "$TMP/service-static" "$TMP/service.c" \
+     "$PREFIX/lib/libblueprint-service.a" "$PREFIX/lib/libblueprint.a" \
+     $(pkg-config --static --libs blueprint-service | sed 's/-lblueprint\(-service\)\?\b//g') > "$TMP/service.log" 2>&1 &&
+   "$TMP/service-static" blueprints/activecampaign >> "$TMP/service.log" 2>&1; then
+  ok "the service embedder links libblueprint-service.a and libblueprint.a with pkg-config --static --libs"
+else not_ok "the service embedder links libblueprint-service.a and libblueprint.a with pkg-config --static --libs" \
+       "$TMP/service.log"; fi
 
 # The headers from C++ (extern "C") and bp_version() against BP_VERSION_*.
 cat > "$TMP/version.cpp" <<'EOF'
@@ -128,13 +223,15 @@ cat > "$TMP/version.cpp" <<'EOF'
 #define S(x) S2(x)
 int main() {
     const char *want = S(BP_VERSION_MAJOR) "." S(BP_VERSION_MINOR) "." S(BP_VERSION_PATCH);
+    bp_deliver_opts o;
+    bp_deliver_opts_default(&o);
     std::printf("%s\n", bp_version());
     return std::strcmp(bp_version(), want) != 0;
 }
 EOF
 # shellcheck disable=SC2046
-if c++ -Wall -Wextra -Werror $(pkg-config --cflags blueprint) -o "$TMP/version" "$TMP/version.cpp" \
-     $(pkg-config --libs blueprint) > "$TMP/cxx.log" 2>&1 &&
+if c++ -Wall -Wextra -Werror $(pkg-config --cflags blueprint-service) -o "$TMP/version" "$TMP/version.cpp" \
+     $(pkg-config --libs blueprint-service) > "$TMP/cxx.log" 2>&1 &&
    LD_LIBRARY_PATH="$PREFIX/lib" "$TMP/version" >> "$TMP/cxx.log" 2>&1; then
   ok "the headers compile as C++ (extern \"C\") and bp_version() = $VERSION"
 else not_ok "the headers compile as C++ (extern \"C\") and bp_version() = $VERSION" "$TMP/cxx.log"; fi

@@ -15,8 +15,11 @@
  * Errors are reported as text in a caller-supplied bp_error; messages name
  * the file, line and field concerned and never contain secret values.
  *
- * Delivery and the service (bp_deliver, bp_serve: HTTP, SQLite, Kafka) are
- * not part of this mapping API: they are declared in blueprint_service.h.
+ * This API is libblueprint (pkg-config blueprint), which needs Lua 5.4,
+ * libyaml and the C library only.  Delivery and the service (bp_deliver,
+ * bp_serve: HTTP, SQLite, Kafka) are not part of it: they are declared in
+ * blueprint_service.h and live in libblueprint-service (pkg-config
+ * blueprint-service), which links this library.
  *
  * Rules that hold for every declaration below unless its comment says
  * otherwise:
@@ -46,8 +49,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* What the shared library exports: the library is built with
- * -fvisibility=hidden, so only declarations marked BP_API are visible. */
+/* What the shared libraries export: only declarations marked BP_API (the
+ * service library is built with -fvisibility=hidden, the mapping library
+ * with a version script made from this header). */
 #if defined(BP_API)
 #elif defined(__GNUC__)
 #define BP_API __attribute__((visibility("default")))

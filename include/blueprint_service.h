@@ -8,6 +8,11 @@
  * and it starts threads of its own.  The CLI's `deliver` and `serve`
  * commands are these two calls.  The rules of blueprint.h (ownership,
  * errors, threads) hold here too.
+ *
+ * This API is libblueprint-service (pkg-config blueprint-service), a
+ * library apart from the mapping library libblueprint, which it links: a
+ * program that only maps events links libblueprint alone and loads none of
+ * libcurl, SQLite, libmicrohttpd, libcrypto or librdkafka.
  */
 #ifndef BLUEPRINT_SERVICE_H
 #define BLUEPRINT_SERVICE_H
@@ -102,6 +107,13 @@ typedef struct bp_serve_opts {
  * ignores SIGPIPE, raises the open-files limit, and logs to stderr unless a
  * log callback is set (bp_set_log).  One per process. */
 BP_API int bp_serve(const bp_serve_opts *o, bp_error *err);
+
+/* ---- the CLI's service commands (cli.c) ------------------------------------------ */
+
+/* `blueprint deliver|dlq|serve|token|rotate-key …` (argv as main's: argv[1]
+ * is the command); returns the exit status.  The `blueprint` program runs
+ * its other commands itself and loads this library for these. */
+BP_API int bp_service_main(int argc, char **argv);
 
 #ifdef __cplusplus
 }
