@@ -1040,28 +1040,6 @@ static void set_consent(bp_engine *e, const bp_consent *c)
     lua_pop(L, 1);
 }
 
-/* ---- the event envelope: the one list of what Signal calls ids and types ---- */
-
-const char *const bp_message_id_keys[] = { "messageId", "message_id", "event_id", NULL };
-const char *const bp_event_types[] = { "page", "track", "identify", "group", "screen", NULL };
-
-static const char *top_string(const bp_doc *d, const char *const *keys)
-{
-    for (; *keys; keys++) {
-        const char *s = bp_jscalar(d, bp_jget(d, 0, *keys));
-        if (s) return s;
-    }
-    return NULL;
-}
-
-const char *bp_event_message_id(const bp_doc *d) { return top_string(d, bp_message_id_keys); }
-
-int bp_event_type_known(const char *type)
-{
-    for (int i = 0; type && bp_event_types[i]; i++) if (!strcmp(type, bp_event_types[i])) return 1;
-    return 0;
-}
-
 /* Run a mapping on the event in d: its steps, its result, its outcome. */
 static enum bp_verdict run_mapping(bp_engine *e, int ref, const bp_route *route, const bp_doc *d, bp_outcome *out)
 {
@@ -1103,57 +1081,12 @@ static enum bp_verdict run_mapping(bp_engine *e, int ref, const bp_route *route,
     return out->verdict;
 }
 
-/* "key":node, after a comma unless first in its object. */
-static void put_member(bp_buf *j, const char *key, const bp_doc *d, uint32_t n)
-{
-    if (n == BP_NONE) return;
-    if (j->data[j->len - 1] != '{') bp_buf_addc(j, ',');
-    bp_json_write_string(j, key, strlen(key));
-    bp_buf_addc(j, ':');
-    bp_json_write_node(j, d, n);
-}
-
-/* "key":{"sub":node} when node exists. */
-static void put_nested(bp_buf *j, const char *key, const char *sub, const bp_doc *d, uint32_t n)
-{
-    if (n == BP_NONE) return;
-    if (j->data[j->len - 1] != '{') bp_buf_addc(j, ',');
-    bp_buf_printf(j, "\"%s\":{", key);
-    put_member(j, sub, d, n);
-    bp_buf_addc(j, '}');
-}
-
-/* The event as the consent_denied mapping sees it: who the visitor is and
- * their consent, nothing of what they did. */
-static void cut_to_identity(const bp_doc *d, bp_doc *out)
-{
-    static const char *const top[] = { "type", "event", "messageId", "message_id", "event_id", "userId",
-                                       "anonymousId", "timestamp", NULL };
-    bp_buf j;
-    bp_buf_init(&j);
-    bp_buf_addc(&j, '{');
-    for (int i = 0; top[i]; i++) put_member(&j, top[i], d, bp_jget(d, 0, top[i]));
-    put_nested(&j, "traits", "email", d, bp_jget_path(d, 0, "traits.email"));
-    put_nested(&j, "properties", "email", d, bp_jget_path(d, 0, "properties.email"));
-    uint32_t consent = bp_jget_path(d, 0, "context.consent"), email = bp_jget_path(d, 0, "context.traits.email");
-    if (consent != BP_NONE || email != BP_NONE) {
-        bp_buf_adds(&j, ",\"context\":{");
-        put_member(&j, "consent", d, consent);
-        put_nested(&j, "traits", "email", d, email);
-        bp_buf_addc(&j, '}');
-    }
-    bp_buf_addc(&j, '}');
-    bp_error err;
-    if (bp_json_parse(out, j.data, j.len, NULL, &err) < 0) bp_json_parse(out, "{}", 2, NULL, &err);
-    bp_buf_free(&j);
-}
-
 /* Consent denied and the blueprint has a consent_denied mapping: run it on
  * the cut-down event.  1 when it sends something (the outcome is set),
  * 0 when it drops (the event is then judged as before: a consent drop). */
 static int run_withdrawal(bp_engine *e, const bp_doc *d, const bp_consent *consent, bp_outcome *out)
 {
-    cut_to_identity(d, &e->denied_doc);
+    bp_event_identity(d, &e->denied_doc);
     set_consent(e, consent);
     enum bp_verdict v = run_mapping(e, e->denied_ref, &e->bp->consent_denied, &e->denied_doc, out);
     if (v == BP_DELIVER || v == BP_ERROR) {
@@ -1189,7 +1122,6 @@ static int run_withdrawal(bp_engine *e, const bp_doc *d, const bp_consent *conse
 
 enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_outcome *out)
 {
-    static const char *const type_keys[] = { "type", NULL };
     bp_error err;
     bp_doc *d = &e->doc;
     e->seq++;
@@ -1204,7 +1136,7 @@ enum bp_verdict bp_engine_run(bp_engine *e, const char *json, size_t len, bp_out
         return out->verdict;
     }
     out->message_id = bp_outcome_strdup(out, bp_event_message_id(d));
-    const char *type = top_string(d, type_keys);
+    const char *type = bp_jscalar(d, bp_jget(d, 0, "type"));
     if (!type || d->nodes[bp_jget(d, 0, "type")].type != BP_JSTRING) {
         bp_buf_adds(&out->reason, "malformed event: no \"type\" (expected page, track or identify)");
         return out->verdict;

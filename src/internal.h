@@ -348,7 +348,7 @@ void bp_bucket_block(bp_bucket *b, double until_ms);
 /* The vendor says its window is full: no catching up on the next request. */
 void bp_bucket_drain(bp_bucket *b);
 
-/* ---- engine.c: the event envelope -------------------------------------------------------- */
+/* ---- envelope.c: the event envelope -------------------------------------------------------- */
 
 /* The keys Signal uses for an event's id, in order of preference, and the
  * event types it sends (NULL-terminated): the one list every part uses. */
@@ -357,6 +357,9 @@ extern const char *const bp_event_types[];
 /* The event's id (the first of bp_message_id_keys that is a string or number), or NULL. */
 const char *bp_event_message_id(const bp_doc *d);
 int bp_event_type_known(const char *type);
+/* The event as the consent_denied mapping sees it: who the visitor is and
+ * their consent, nothing of what they did (parsed into out). */
+void bp_event_identity(const bp_doc *d, bp_doc *out);
 
 /* ---- decode.c: readable outcome lines ---------------------------------------------------- */
 
