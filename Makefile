@@ -52,7 +52,7 @@ CFLAGS     += -DBP_DATADIR='"$(DATADIR)"'
 # dry-run does not pay for loading TLS and HTTP libraries (~8 ms); its
 # deliver/dlq/serve/token commands run build/blueprint-net, the same CLI
 # built with everything.  build/libblueprint.a has both.
-CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers engine reader \
+CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine reader \
              decode version
 NET     := transport classify ratelimit store deliver crypto auth metrics registry verify cluster server console editor
 CORE    := $(CORE_ONLY) $(NET)

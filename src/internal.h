@@ -36,6 +36,11 @@ void bp_set_oom_report(bp_oom_report_fn fn);
  * detection (not for anything an attacker must not steer).  Start with
  * BP_FNV1A_BASIS and feed pieces in order. */
 #define BP_FNV1A_BASIS 14695981039346656037ULL
+/* The start value the core and delivery have always hashed with (a digit
+ * short of the FNV offset basis).  Step fingerprints are stored in events'
+ * journals and credential fingerprints with paused integrations, so these
+ * hashes keep it: a new basis would not match what is stored. */
+#define BP_FNV1A_STORED_BASIS 1469598103934665603ULL
 static inline uint64_t bp_fnv1a(uint64_t h, const void *data, size_t n)
 {
     const unsigned char *p = data;
@@ -524,6 +529,11 @@ void bp_engine_set_cache(bp_engine *e, bp_cache *c);
 /* The next run reads its steps' answers back from this journal (an
  * outcome's `journal`; NULL: none) and claims shared answers as owner. */
 void bp_engine_set_journal(bp_engine *e, const char *journal, size_t len, uint64_t owner);
+/* The request table on top of the stack, checked and copied into r (its
+ * strings in o); -1 with err saying what is wrong.  luarequest.c */
+int bp_read_request(lua_State *L, bp_outcome *o, bp_request *r, bp_error *err);
+/* Length of s cut to at most max bytes, not inside a UTF-8 sequence.  request.c */
+size_t bp_utf8_cut(const char *s, size_t len, size_t max);
 /* Add a step's answer to a journal (from: "sent", "cached", …). */
 void bp_journal_add(bp_buf *journal, uint64_t fingerprint, int status, const char *body, size_t len, const char *from);
 

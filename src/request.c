@@ -28,6 +28,13 @@ typedef struct bp_chunk {
     char data[];
 } bp_chunk;
 
+size_t bp_utf8_cut(const char *s, size_t len, size_t max)
+{
+    if (len <= max) return len;
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return max;
+}
+
 char *bp_outcome_strdup(bp_outcome *o, const char *s)
 {
     if (!s) return NULL;
