@@ -21,7 +21,7 @@
  * store); resp: the answer that made it so, shown in the vendor's words
  * (NULL: none). */
 void dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
-                             const bp_response *resp)
+                         const bp_response *resp)
 {
     bp_health *h = &t->health;
     int status = resp ? resp->status : 0;
@@ -99,6 +99,82 @@ static void step_answered(loop *l, job *j, const bp_request *req, const bp_respo
     if (!j->final) dl_save_progress(l, j);
 }
 
+/* Retry-After is an order, for the whole account.  RateLimit-Remaining: 0
+ * is also what a client pacing at exactly the limit sees once its window
+ * is full, so it only takes away any saved-up burst; a RateLimit-Limit
+ * below our rate lowers the rate (the vendor knows the account's limit
+ * better than the blueprint's default). */
+static void obey_vendor_pace(account *a, const bp_response *resp)
+{
+    pthread_mutex_lock(&a->pace->mu);
+    bp_bucket *bucket = &a->pace->bucket;
+    if (resp->retry_after_s > 0) bp_bucket_block(bucket, bp_monotonic_ms() + resp->retry_after_s * 1000.0);
+    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
+    if (resp->ratelimit_limit > 0 && (resp->ratelimit_limit < bucket->rate || bucket->rate <= 0))
+        bp_bucket_set_rate(bucket, resp->ratelimit_limit);
+    pthread_mutex_unlock(&a->pace->mu);
+}
+
+/* A failed step's reason says which step: "step 3 (POST …/ecomOrders): …" */
+static void name_step(job *j, const bp_request *req)
+{
+    char what[sizeof j->why + 160];
+    snprintf(what, sizeof what, "step %d (%.8s %.120s): %s", j->ev.done_requests + 1, req->method, req->url, j->why);
+    memcpy(j->why, what, sizeof j->why - 1);
+    j->why[sizeof j->why - 1] = '\0';
+}
+
+/* The request went through: the next one, or the event is delivered. */
+static void answer_ok(loop *l, tenant *t, job *j, const bp_request *req, double now)
+{
+    if (req->once) dl_add_mark(l, t, req->once, (int64_t)now);
+    if (req->marks) dl_add_mark(l, t, req->marks, (int64_t)now);
+    j->ev.done_requests++;
+    j->ev.failures = 0;
+    if ((size_t)j->ev.done_requests >= j->out.nrequests) {
+        dl_set_reason(j, "delivered (%s)%s", j->why, "");
+        dl_finish(l, j, BP_END_DELIVERED);
+    } else {
+        dl_save_progress(l, j);
+    }
+}
+
+/* A failure worth another try: later, with backoff, or a dead letter once
+ * the attempts are used up. */
+static void answer_retry(loop *l, tenant *t, job *j, const bp_response *resp, double now)
+{
+    dl_count(&t->st->retries);
+    if (++j->ev.failures >= t->max_attempts) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", j->ev.failures);
+        dl_set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
+        dl_finish(l, j, BP_END_DEAD);
+        if (!t->paused) dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, 0, 0, resp);   /* no next attempt for it */
+        return;
+    }
+    j->ev.next_at = (int64_t)(now + dl_backoff_ms(l, j->ev.failures, resp->retry_after_s));
+    if (!t->paused) dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at, 0, resp);
+    /* Live Events shows it waiting, with the answer that made it wait */
+    dl_set_reason(j, "retrying: %s%s", j->why, "");
+    dl_write_line(l, j, BP_END_RETRYING);
+    t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, BP_END_RETRYING, j->out.reason.data);
+    dl_save_progress(l, j);
+}
+
+/* The credentials were refused: pause the integration and hold the event. */
+static void answer_auth(loop *l, tenant *t, job *j, const bp_response *resp, double now)
+{
+    if (j->generation != t->generation) {
+        /* sent with credentials that have been replaced since: no
+         * verdict on the new ones, send again with them */
+        j->ev.next_at = (int64_t)now;
+        dl_save_progress(l, j);
+        return;
+    }
+    if (!t->paused) pause_tenant(l, t, j->why, resp);
+    dl_hold(l, j);
+}
+
 void dl_on_answer(void *ctx, void *user, const bp_response *resp)
 {
     loop *l = ctx;
@@ -116,18 +192,7 @@ void dl_on_answer(void *ctx, void *user, const bp_response *resp)
     bp_buf_reset(&j->response);
     bp_buf_add(&j->response, resp->body.data ? resp->body.data : "",
                resp->body.len < MAX_SAVED_RESPONSE ? resp->body.len : MAX_SAVED_RESPONSE);
-    /* Retry-After is an order, for the whole account.  RateLimit-Remaining: 0
-     * is also what a client pacing at exactly the limit sees once its window
-     * is full, so it only takes away any saved-up burst; a RateLimit-Limit
-     * below our rate lowers the rate (the vendor knows the account's limit
-     * better than the blueprint's default). */
-    pthread_mutex_lock(&a->pace->mu);
-    bp_bucket *bucket = &a->pace->bucket;
-    if (resp->retry_after_s > 0) bp_bucket_block(bucket, bp_monotonic_ms() + resp->retry_after_s * 1000.0);
-    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
-    if (resp->ratelimit_limit > 0 && (resp->ratelimit_limit < bucket->rate || bucket->rate <= 0))
-        bp_bucket_set_rate(bucket, resp->ratelimit_limit);
-    pthread_mutex_unlock(&a->pace->mu);
+    obey_vendor_pace(a, resp);
     if (resp->status == 429) dl_count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
 
@@ -143,59 +208,15 @@ void dl_on_answer(void *ctx, void *user, const bp_response *resp)
         if (slot) l->lease->sending(l->lease->ctx, slot, -1);
         return;
     }
-    if (req->step && cls != BP_OK) {
-        /* say which step: "step 3 (POST …/ecomOrders): …" */
-        char what[sizeof j->why + 160];
-        snprintf(what, sizeof what, "step %d (%.8s %.120s): %s", j->ev.done_requests + 1, req->method, req->url, j->why);
-        memcpy(j->why, what, sizeof j->why - 1);
-        j->why[sizeof j->why - 1] = '\0';
-    }
+    if (req->step) name_step(j, req);
     switch (cls) {
-    case BP_OK:
-        if (req->once) dl_add_mark(l, t, req->once, (int64_t)now);
-        if (req->marks) dl_add_mark(l, t, req->marks, (int64_t)now);
-        j->ev.done_requests++;
-        j->ev.failures = 0;
-        if ((size_t)j->ev.done_requests >= j->out.nrequests) {
-            dl_set_reason(j, "delivered (%s)%s", j->why, "");
-            dl_finish(l, j, BP_END_DELIVERED);
-        } else {
-            dl_save_progress(l, j);
-        }
-        break;
-    case BP_RETRY:
-        dl_count(&t->st->retries);
-        if (++j->ev.failures >= t->max_attempts) {
-            char n[16];
-            snprintf(n, sizeof n, "%d", j->ev.failures);
-            dl_set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
-            dl_finish(l, j, BP_END_DEAD);
-            if (!t->paused) dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, 0, 0, resp);   /* no next attempt for it */
-        } else {
-            j->ev.next_at = (int64_t)(now + dl_backoff_ms(l, j->ev.failures, resp->retry_after_s));
-            if (!t->paused) dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at, 0, resp);
-            /* Live Events shows it waiting, with the answer that made it wait */
-            dl_set_reason(j, "retrying: %s%s", j->why, "");
-            dl_write_line(l, j, BP_END_RETRYING);
-            t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, BP_END_RETRYING, j->out.reason.data);
-            dl_save_progress(l, j);
-        }
-        break;
+    case BP_OK: answer_ok(l, t, j, req, now); break;
+    case BP_RETRY: answer_retry(l, t, j, resp, now); break;
     case BP_PERMANENT:
         dl_set_reason(j, "dead letter: %s%s", j->why, "");
         dl_finish(l, j, BP_END_DEAD);
         break;
-    case BP_AUTH:
-        if (j->generation != t->generation) {
-            /* sent with credentials that have been replaced since: no
-             * verdict on the new ones, send again with them */
-            j->ev.next_at = (int64_t)now;
-            dl_save_progress(l, j);
-            break;
-        }
-        if (!t->paused) pause_tenant(l, t, j->why, resp);
-        dl_hold(l, j);
-        break;
+    case BP_AUTH: answer_auth(l, t, j, resp, now); break;
     }
     /* after the outcome went to the sink: a node giving the partition up
      * waits for this before it commits and lets go */
