@@ -206,10 +206,9 @@ static const char *collection_value(const bp_doc *d, uint32_t val, const bp_fiel
 
 static void add_value(bp_config *c, const char *key, const char *value, int secret)
 {
-    c->values = realloc(c->values, (c->nvalues + 1) * sizeof *c->values);
-    if (!c->values) abort();
-    c->values[c->nvalues].key = strdup(key);
-    c->values[c->nvalues].value = strdup(value);
+    c->values = bp_realloc(c->values, (c->nvalues + 1) * sizeof *c->values);
+    c->values[c->nvalues].key = bp_strdup(key);
+    c->values[c->nvalues].value = bp_strdup(value);
     c->values[c->nvalues].secret = secret;
     c->nvalues++;
 }
@@ -226,7 +225,7 @@ static int load_events(vctx *v, bp_config *c, uint32_t ev)
     const bp_doc *d = v->d;
     if (d->nodes[ev].type != BP_JOBJECT)
         return fail_at(v, ev, "'events' must be a map such as {\"Webinar Registered\": {\"enabled\": true}}%s%s", "", "");
-    c->events = calloc(d->nodes[ev].len + 1, sizeof *c->events);
+    c->events = bp_calloc(d->nodes[ev].len + 1, sizeof *c->events);
     for (uint32_t k = ev + 1, i = 0; i < d->nodes[ev].len; i++) {
         const char *name = bp_jtext(d, k);
         uint32_t val = k + 1;
@@ -238,7 +237,7 @@ static int load_events(vctx *v, bp_config *c, uint32_t ev)
         uint32_t en = d->nodes[val].type == BP_JOBJECT ? bp_jget(d, val, "enabled") : val;
         if (en == BP_NONE || (d->nodes[en].type != BP_JTRUE && d->nodes[en].type != BP_JFALSE))
             return fail_at(v, val, "events.'%s' must be {enabled: true} or {enabled: false}%s", name, "");
-        c->events[c->nevents].name = strdup(name);
+        c->events[c->nevents].name = bp_strdup(name);
         c->events[c->nevents].enabled = d->nodes[en].type == BP_JTRUE;
         c->nevents++;
         k = d->nodes[val].next;
@@ -454,8 +453,7 @@ bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t 
     }
     bp_config *c = NULL;
     if (rc == 0) {
-        c = calloc(1, sizeof *c);
-        if (!c) abort();
+        c = bp_calloc(1, sizeof *c);
         c->consent_default = BP_CONSENT_DENY;
         vctx v = { &d, origin, err };
         if (d.nodes[0].type != BP_JOBJECT) {

@@ -185,14 +185,12 @@ static void *loop_main(void *arg)
 
 bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, const bp_lease *lease, bp_error *err)
 {
-    bp_pool *p = calloc(1, sizeof *p);
-    if (!p) abort();
+    bp_pool *p = bp_calloc(1, sizeof *p);
     p->store = store;
     p->o = *o;
     if (lease) p->lease = *lease;
     p->nloops = threads > 0 ? threads : 1;
-    p->loops = calloc((size_t)p->nloops, sizeof *p->loops);
-    if (!p->loops) abort();
+    p->loops = bp_calloc((size_t)p->nloops, sizeof *p->loops);
     pthread_mutex_init(&p->mu, NULL);
     p->cache = durable_cache(store);
     for (int i = 0; i < p->nloops; i++) {
@@ -215,21 +213,19 @@ loop *owner(bp_pool *p, const char *id) { return &p->loops[dl_hash_text(id) % (u
 
 static void post_to_owner(bp_pool *p, enum cmd_kind kind, const char *id, int purge)
 {
-    cmd *c = calloc(1, sizeof *c);
-    if (!c) abort();
+    cmd *c = bp_calloc(1, sizeof *c);
     c->kind = kind;
-    c->id = strdup(id);
+    c->id = bp_strdup(id);
     c->purge = purge;
     post(owner(p, id), c);
 }
 
 void bp_pool_put(bp_pool *p, const bp_tenant_spec *t)
 {
-    cmd *c = calloc(1, sizeof *c);
-    if (!c) abort();
+    cmd *c = bp_calloc(1, sizeof *c);
     c->kind = CMD_PUT;
     c->spec = *t;
-    c->spec.id = strdup(t->id);
+    c->spec.id = bp_strdup(t->id);
     post(owner(p, t->id), c);
 }
 
@@ -242,8 +238,7 @@ void bp_pool_free(bp_pool *p)
     if (!p) return;
     for (int i = 0; i < p->nloops; i++) {
         if (!p->loops[i].started) continue;
-        cmd *c = calloc(1, sizeof *c);
-        if (!c) abort();
+        cmd *c = bp_calloc(1, sizeof *c);
         c->kind = CMD_STOP;
         post(&p->loops[i], c);
     }

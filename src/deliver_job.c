@@ -74,8 +74,7 @@ void bp_deliver_opts_default(bp_deliver_opts *o)
 
 bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp)
 {
-    bp_shared_bp *s = calloc(1, sizeof *s);
-    if (!s) abort();
+    bp_shared_bp *s = bp_calloc(1, sizeof *s);
     s->bp = bp;
     s->refs = 1;
     return s;
@@ -266,10 +265,9 @@ void dl_add_mark(loop *l, tenant *t, const char *key, int64_t at)
 {
     if (l->nmarks == l->capmarks) {
         l->capmarks = l->capmarks ? l->capmarks * 2 : 64;
-        l->marks = realloc(l->marks, l->capmarks * sizeof *l->marks);
-        if (!l->marks) abort();
+        l->marks = bp_realloc(l->marks, l->capmarks * sizeof *l->marks);
     }
-    l->marks[l->nmarks++] = (mark){ t, strdup(key), at };
+    l->marks[l->nmarks++] = (mark){ t, bp_strdup(key), at };
 }
 
 /* Write every unsaved job and once-key in one transaction.  On success the
@@ -343,7 +341,7 @@ static void keep_journal(job *j)
     int same_prefix = !old || (nj->len >= old && !memcmp(nj->data, j->ev.steps, old - 1));
     if (nj->len != old || !same_prefix) {
         free(j->ev.steps);
-        j->ev.steps = nj->len ? strdup(nj->data) : NULL;
+        j->ev.steps = nj->len ? bp_strdup(nj->data) : NULL;
         j->ev.steps_len = nj->len;
     }
     if (j->out.pending || !same_prefix || (size_t)j->ev.done_requests < j->out.nanswered)
@@ -413,8 +411,7 @@ static void load_tenant(loop *l, tenant *t, int room)
         t->last_loaded_id = evs[k].id;
         if (evs[k].id > t->max_loaded_id) t->max_loaded_id = evs[k].id;
         if (evs[k].id < t->rescan_below && held_in_memory(t, evs[k].id)) { free(evs[k].body); free(evs[k].steps); continue; }
-        job *j = calloc(1, sizeof *j);
-        if (!j) abort();
+        job *j = bp_calloc(1, sizeof *j);
         j->t = t;
         j->ev = evs[k];
         j->index = j->ev.id >= t->index_from_id ? j->ev.idx : -1;

@@ -23,9 +23,8 @@ static tenant *find_tenant(loop *l, const char *id)
 
 static pace *pace_new(const char *key, double rps)
 {
-    pace *p = calloc(1, sizeof *p);
-    if (!p) abort();
-    p->key = strdup(key);
+    pace *p = bp_calloc(1, sizeof *p);
+    p->key = bp_strdup(key);
     pthread_mutex_init(&p->mu, NULL);
     bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_monotonic_ms());
     return p;
@@ -91,24 +90,21 @@ static account *join_account(loop *l, tenant *t)
     account *a = NULL;
     for (size_t i = 0; i < l->naccounts && !a; i++) if (!strcmp(l->accounts[i]->key, key)) a = l->accounts[i];
     if (!a) {
-        a = calloc(1, sizeof *a);
-        if (!a) abort();
-        a->key = strdup(key);
+        a = bp_calloc(1, sizeof *a);
+        a->key = bp_strdup(key);
         double rps = l->o->rate_limit_rps > 0 ? l->o->rate_limit_rps : bp->rate_limit_rps;
         a->pace = pace_acquire(l, key, rps);
         a->window = rps > 0 && rps < 100 ? WINDOW_PACED : WINDOW_FAST;
         if (l->naccounts == l->capaccounts) {
             l->capaccounts = l->capaccounts ? l->capaccounts * 2 : 16;
-            l->accounts = realloc(l->accounts, l->capaccounts * sizeof *l->accounts);
-            if (!l->accounts) abort();
+            l->accounts = bp_realloc(l->accounts, l->capaccounts * sizeof *l->accounts);
         }
         l->accounts[l->naccounts++] = a;
         bp_transport_keep_connections(l->tr, (long)l->naccounts * 2 + 16);
     }
     if (a->nmembers == a->capmembers) {
         a->capmembers = a->capmembers ? a->capmembers * 2 : 4;
-        a->members = realloc(a->members, a->capmembers * sizeof *a->members);
-        if (!a->members) abort();
+        a->members = bp_realloc(a->members, a->capmembers * sizeof *a->members);
     }
     a->members[a->nmembers++] = t;
     a->check_load = 1;
@@ -139,8 +135,7 @@ static int bind_engine(loop *l, tenant *t, bp_error *err)
     if (!s) {
         bp_engine *e = bp_engine_new(t->bp->bp, t->cfg, &l->o->limits, err);
         if (!e) return -1;
-        s = calloc(1, sizeof *s);
-        if (!s) abort();
+        s = bp_calloc(1, sizeof *s);
         s->bp = t->bp;
         bp_shared_bp_hold(s->bp);
         s->engine = e;
@@ -235,9 +230,8 @@ void dl_tenant_free(tenant *t)
 void dl_add_tenant(loop *l, const bp_tenant_spec *s)
 {
     /* `deliver` lends its config (the only tenant with the id "") */
-    tenant *t = calloc(1, sizeof *t);
-    if (!t) abort();
-    t->id = strdup(s->id);
+    tenant *t = bp_calloc(1, sizeof *t);
+    t->id = bp_strdup(s->id);
     t->bp = s->bp;
     t->cfg = s->cfg;
     t->sink = s->sink;

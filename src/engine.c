@@ -71,8 +71,7 @@ static void on_log(void *ud, const char *at, const char *msg, size_t len)
     if (!text.data) bp_buf_adds(&text, "");
     if (o->nlogs == o->caplogs) {
         o->caplogs = o->caplogs ? o->caplogs * 2 : 8;
-        o->logs = realloc(o->logs, o->caplogs * sizeof *o->logs);
-        if (!o->logs) abort();
+        o->logs = bp_realloc(o->logs, o->caplogs * sizeof *o->logs);
     }
     o->logs[o->nlogs].at = bp_outcome_strdup(o, at);
     o->logs[o->nlogs].msg = bp_outcome_strdup(o, text.data);
@@ -152,8 +151,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     bp_error_clear(err);
     if (!bp || !cfg) { bp_error_set(err, "an engine needs a blueprint and a config"); return NULL; }
     if (!limits) { bp_limits_default(&def); limits = &def; }
-    bp_engine *e = calloc(1, sizeof *e);
-    if (!e) abort();
+    bp_engine *e = bp_calloc(1, sizeof *e);
     e->bp = bp;
     e->cfg = cfg;
     e->json_limits = limits->json;
@@ -166,7 +164,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     bp_doc_init(&e->adoc);
     bp_account_key(bp, cfg, "dry-run", e->own_account, sizeof e->own_account);
     e->account = e->own_account;
-    e->route_refs = calloc(bp->nroutes + 1, sizeof *e->route_refs);
+    e->route_refs = bp_calloc(bp->nroutes + 1, sizeof *e->route_refs);
     e->seq = -1;
     if (!(e->sb = bp_sandbox_new(limits, err))) {
         bp_error_ensure(err, "could not create the sandbox");

@@ -433,11 +433,10 @@ static void add_slot(bp_slots *s, size_t offset, const char *name)
 {
     if (s->n == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 4;
-        s->v = realloc(s->v, s->cap * sizeof *s->v);
-        if (!s->v) abort();
+        s->v = bp_realloc(s->v, s->cap * sizeof *s->v);
     }
     s->v[s->n].offset = offset;
-    s->v[s->n].name = strdup(name);
+    s->v[s->n].name = bp_strdup(name);
     s->n++;
 }
 
@@ -509,8 +508,7 @@ static int push_members_sorted(lua_State *L, int idx, members *m)
         lua_pushvalue(L, -2);                   /* ..., key, value, key (for lua_next) */
         if (m->n == cap) {
             cap *= 2;
-            member *grown = malloc((size_t)cap * sizeof *grown);
-            if (!grown) abort();
+            member *grown = bp_malloc((size_t)cap * sizeof *grown);
             memcpy(grown, m->v, (size_t)m->n * sizeof *grown);
             members_free(m);
             m->v = grown;

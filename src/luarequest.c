@@ -26,8 +26,7 @@ static int valid_header_name(const char *s)
 
 static void add_header(bp_outcome *o, bp_request *r, const char *name, const char *value, int secret)
 {
-    r->headers = realloc(r->headers, (r->nheaders + 1) * sizeof *r->headers);
-    if (!r->headers) abort();
+    r->headers = bp_realloc(r->headers, (r->nheaders + 1) * sizeof *r->headers);
     r->headers[r->nheaders].name = bp_outcome_strdup(o, name);
     r->headers[r->nheaders].value = bp_outcome_strdup(o, value);
     r->headers[r->nheaders].secret = secret;

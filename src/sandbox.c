@@ -620,7 +620,7 @@ void bp_sandbox_set_log(bp_sandbox *sb, bp_sandbox_log_fn fn, void *ud)
 void bp_sandbox_set_prefix(bp_sandbox *sb, const char *chunk_prefix)
 {
     free(sb->prefix);
-    sb->prefix = chunk_prefix ? strdup(chunk_prefix) : NULL;
+    sb->prefix = chunk_prefix ? bp_strdup(chunk_prefix) : NULL;
 }
 
 /* next() that also walks event views (pairs() does through __pairs). */
@@ -711,8 +711,7 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
 {
     bp_limits def;
     if (!limits) { bp_limits_default(&def); limits = &def; }
-    bp_sandbox *sb = calloc(1, sizeof *sb);
-    if (!sb) { bp_error_set(err, "out of memory"); return NULL; }
+    bp_sandbox *sb = bp_calloc(1, sizeof *sb);
     sb->limit = limits->memory_bytes;
     sb->budget = limits->instructions;
     sb->timeout_ms = limits->timeout_ms;

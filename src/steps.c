@@ -354,14 +354,12 @@ static int l_cache_set(lua_State *L)
     e->write_bytes += json.len;
     if (e->nwrites == e->capwrites) {
         e->capwrites = e->capwrites ? e->capwrites * 2 : 8;
-        e->writes = realloc(e->writes, e->capwrites * sizeof *e->writes);
-        if (!e->writes) abort();
+        e->writes = bp_realloc(e->writes, e->capwrites * sizeof *e->writes);
     }
     size_t kl = strlen(key);
-    char *k = malloc(kl + 1);
-    if (!k) abort();
+    char *k = bp_malloc(kl + 1);
     memcpy(k, key, kl + 1);
-    e->writes[e->nwrites++] = (struct cache_write){ k, json.data ? json.data : strdup("null"), ttl, durable };
+    e->writes[e->nwrites++] = (struct cache_write){ k, json.data ? json.data : bp_strdup("null"), ttl, durable };
     return 0;
 }
 
