@@ -9,7 +9,7 @@
  * malformed event gets the parser's exact message.  Nothing longer than the
  * event size limit is ever buffered.
  */
-#include "blueprint.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdio.h>
