@@ -100,11 +100,9 @@ void bp_cache_free(bp_cache *c)
 
 static uint64_t hash2(const char *a, const char *b)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *a; a++) h = (h ^ (unsigned char)*a) * 1099511628211ULL;
-    h = (h ^ '\n') * 1099511628211ULL;
-    for (; *b; b++) h = (h ^ (unsigned char)*b) * 1099511628211ULL;
-    return h;
+    uint64_t h = bp_fnv1a(BP_FNV1A_STORED_BASIS, a, strlen(a));
+    h = bp_fnv1a(h, "\n", 1);
+    return bp_fnv1a(h, b, strlen(b));
 }
 
 static int same_key(const entry *e, const char *account, const char *key)

@@ -41,9 +41,7 @@ void dl_count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
 
 uint64_t dl_hash_text(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) { h ^= (unsigned char)*s; h *= 1099511628211ULL; }
-    return h;
+    return bp_fnv1a(BP_FNV1A_STORED_BASIS, s, strlen(s));
 }
 
 double bp_deliver_latency_ms(const bp_deliver_stats *s, double q)
@@ -76,15 +74,15 @@ bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp)
 {
     bp_shared_bp *s = bp_calloc(1, sizeof *s);
     s->bp = bp;
-    s->refs = 1;
+    atomic_init(&s->refs, 1);
     return s;
 }
 
-void bp_shared_bp_hold(bp_shared_bp *s) { __atomic_fetch_add(&s->refs, 1, __ATOMIC_RELAXED); }
+void bp_shared_bp_hold(bp_shared_bp *s) { atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed); }
 
 void bp_shared_bp_drop(bp_shared_bp *s)
 {
-    if (!s || __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1) return;
     bp_blueprint_free(s->bp);
     free(s);
 }
@@ -112,13 +110,12 @@ double dl_backoff_ms(loop *l, int failures, double retry_after_s)
  * they change.  FNV-1a: the key itself is never stored. */
 void dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, char out[17])
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = BP_FNV1A_STORED_BASIS;
     for (size_t i = 0; i < bp->nfields; i++) {
         if (bp->fields[i].type != BP_FIELD_SECRET && bp->fields[i].type != BP_FIELD_URL) continue;
         const char *v = bp_config_get(cfg, bp->fields[i].key);
-        for (const char *p = v ? v : ""; *p; p++) { h ^= (unsigned char)*p; h *= 1099511628211ULL; }
-        h ^= 0xff;
-        h *= 1099511628211ULL;
+        if (v) h = bp_fnv1a(h, v, strlen(v));
+        h = bp_fnv1a(h, "\xff", 1);
     }
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }

@@ -70,21 +70,21 @@ typedef struct bp_budget {
     void (*check)(lua_State *L, void *ud, unsigned long work);
     void *ud;
     const char *(*spend)(lua_State *L, void *ud, unsigned long work);
-    volatile sig_atomic_t armed;
+    _Atomic int armed;          /* lock-free, so a signal handler may set it; read relaxed */
     size_t max_bytes;
 } bp_budget;
 
 /* Charge `work` once the call is armed; may raise the budget's error. */
 static inline void bp_budget_tick(lua_State *L, const bp_budget *b, unsigned long work)
 {
-    if (b && b->armed) b->check(L, b->ud, work);
+    if (b && atomic_load_explicit(&b->armed, memory_order_relaxed)) b->check(L, b->ud, work);
 }
 
 /* Charge `work` once the call is armed, without raising: the reason the
  * budget is spent, or NULL. */
 static inline const char *bp_budget_spent(lua_State *L, const bp_budget *b, unsigned long work)
 {
-    return b && b->armed && b->spend ? b->spend(L, b->ud, work) : NULL;
+    return b && atomic_load_explicit(&b->armed, memory_order_relaxed) && b->spend ? b->spend(L, b->ud, work) : NULL;
 }
 
 /* Lua's string.find/match/gmatch/gsub with every matching step counted
@@ -596,7 +596,7 @@ void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN]);
  * last reference (a reload replaces it while loops still use the old one). */
 typedef struct bp_shared_bp {
     bp_blueprint *bp;
-    int refs;                   /* atomic */
+    _Atomic int refs;
     char revision[BP_REVISION_LEN];   /* what its files held when loaded; "" unknown */
 } bp_shared_bp;
 bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp);

@@ -589,8 +589,9 @@ static int enc_over_budget(encoder *e)
 {
     const bp_budget *b = e->budget;
     if (!b) return 0;
-    if (b->spend && (b->armed || ++e->unwatched % ENC_CHECK_EVERY == 0)) {
-        const char *why = b->spend(e->L, b->ud, b->armed ? 1 : ENC_CHECK_EVERY);
+    int armed = atomic_load_explicit(&b->armed, memory_order_relaxed);
+    if (b->spend && (armed || ++e->unwatched % ENC_CHECK_EVERY == 0)) {
+        const char *why = b->spend(e->L, b->ud, armed ? 1 : ENC_CHECK_EVERY);
         if (why) {
             bp_error_set(e->err, "cannot encode the value: %s", why);
             return -1;

@@ -211,7 +211,7 @@ static const char *spend(lua_State *L, bp_sandbox *sb, uint64_t work)
          * again as soon as it resumes. */
         if (sb->in_call) {
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-            sb->meter.armed = 1;
+            atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
         }
     }
     return sb->why;
@@ -268,7 +268,7 @@ static void arm_budget_hook(lua_State *L)
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
     lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
-    sb->meter.armed = 1;
+    atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
 }
 
 /* ---- positions: "file.lua:12", and the chain of blueprint calls ----------------- */
@@ -783,13 +783,13 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
         bp_watch_begin(sb->watch_slot, L);
     } else {
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
-        sb->meter.armed = 1;
+        atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
     }
     int rc = lua_pcall(L, nargs, nresults, base);
     if (sb->watch_slot >= 0) bp_watch_end(sb->watch_slot);
     lua_sethook(L, NULL, 0, 0);
     sb->in_call = 0;
-    sb->meter.armed = 0;
+    atomic_store_explicit(&sb->meter.armed, 0, memory_order_relaxed);
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         if (rc == LUA_ERRMEM || sb->over_memory)
