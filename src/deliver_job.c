@@ -124,9 +124,8 @@ void dl_log_tenant(const char *level, const char *msg, const tenant *t, const ch
 {
     bp_buf f;
     bp_buf_init(&f);
-    bp_buf_adds(&f, "\"integration\":");
-    bp_json_write_string(&f, t->id, strlen(t->id));
-    if (detail) { bp_buf_adds(&f, ",\"detail\":"); bp_json_write_text(&f, detail, strlen(detail)); }
+    bp_log_field(&f, "integration", t->id);
+    if (detail) bp_log_field(&f, "detail", detail);
     bp_log(level, msg, f.data);
     bp_buf_free(&f);
 }
@@ -294,8 +293,7 @@ void dl_commit(loop *l)
             bp_store_health(l->store, &h);
             bp_buf f;
             bp_buf_init(&f);
-            bp_buf_adds(&f, "\"error\":");
-            bp_json_write_text(&f, h.last_error, strlen(h.last_error));
+            bp_log_field(&f, "error", h.last_error);
             bp_log("error", "state store: could not save delivery progress; retrying, events stay in memory", f.data);
             bp_buf_free(&f);
         }

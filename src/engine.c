@@ -29,16 +29,14 @@ static void emit_log(bp_engine *e, const bp_outcome *o, const char *at, const ch
         bp_buf f;
         bp_buf_init(&f);
         bp_buf_adds(&f, "\"log\":");
-        bp_json_write_text(&f, text, len);
-        bp_buf_adds(&f, ",\"at\":");
-        bp_json_write_text(&f, at, strlen(at));
-        bp_buf_adds(&f, ",\"vendor\":");
-        bp_json_write_text(&f, e->bp->vendor, strlen(e->bp->vendor));
-        if (e->cfg->name) { bp_buf_adds(&f, ",\"integration\":"); bp_json_write_text(&f, e->cfg->name, strlen(e->cfg->name)); }
-        bp_buf_adds(&f, ",\"message_id\":");
-        if (o->message_id) bp_json_write_text(&f, o->message_id, strlen(o->message_id)); else bp_buf_adds(&f, "null");
-        if (o->event) { bp_buf_adds(&f, ",\"event\":"); bp_json_write_text(&f, o->event, strlen(o->event)); }
-        if (!e->in_run_as) bp_buf_printf(&f, ",\"index\":%ld", e->seq);
+        bp_json_write_text(&f, text, len);          /* by length: a Lua string may hold NUL bytes */
+        bp_log_field(&f, "at", at);
+        bp_log_field(&f, "vendor", e->bp->vendor);
+        if (e->cfg->name) bp_log_field(&f, "integration", e->cfg->name);
+        if (o->message_id) bp_log_field(&f, "message_id", o->message_id);
+        else bp_buf_adds(&f, ",\"message_id\":null");
+        if (o->event) bp_log_field(&f, "event", o->event);
+        if (!e->in_run_as) bp_log_field_int(&f, "index", e->seq);
         bp_log("info", "mapping log", f.data);
         bp_buf_free(&f);
     } else {

@@ -601,9 +601,8 @@ int bp_sandbox_print(lua_State *L)
         bp_buf f;
         bp_buf_init(&f);
         bp_buf_adds(&f, "\"log\":");
-        bp_json_write_text(&f, msg->data, msg->len);
-        bp_buf_adds(&f, ",\"at\":");
-        bp_json_write_text(&f, at->data, at->len);
+        bp_json_write_text(&f, msg->data, msg->len);   /* by length: a Lua string may hold NUL bytes */
+        bp_log_field(&f, "at", at->data);
         bp_log("info", "mapping log", f.data);
         bp_buf_free(&f);
     } else fprintf(stderr, "blueprint log: %s: %s\n", at->data, msg->data);
