@@ -57,7 +57,7 @@ CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox l
 NET     := transport classify ratelimit store deliver_job deliver_send deliver_tenant deliver crypto auth metrics registry verify cluster server console editor
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
-HDRS    := $(PUBLIC_HDRS) src/internal.h
+HDRS    := $(PUBLIC_HDRS) src/internal.h src/engine_state.h src/deliver_loop.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \

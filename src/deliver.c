@@ -30,6 +30,10 @@
  * with everything it held (events stay in memory until written), nothing
  * new is loaded meanwhile, and the failure is logged and shown by the store
  * (bp_store_health).
+ *
+ * This file has a loop's turn, the pool of loops and `blueprint deliver`;
+ * the jobs, the sending and answers, and the tenants are in the files
+ * deliver_loop.h lists, each calling only those below it.
  */
 #include "internal.h"
 #include "deliver_loop.h"

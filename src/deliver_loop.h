@@ -9,6 +9,8 @@
  *   deliver.c         a loop's turn, the pool of loops, `blueprint deliver`
  *
  * Each file calls only those listed above it, so the doors open one way.
+ * The functions below are the loop's own (dl_): each is described where
+ * it is defined.
  */
 #ifndef BP_DELIVER_LOOP_H
 #define BP_DELIVER_LOOP_H
