@@ -426,7 +426,7 @@ typedef struct bp_stored {
     long idx;                   /* input position in the run (or intake request) that added it */
     int64_t ksrc;               /* cluster mode: the partition slot it was read from (0: none) */
     int64_t koff;               /* and its offset there (idx: its index in the message) */
-    char *steps; size_t steps_len;   /* the journal of its steps' answers (engine.c), NULL: none */
+    char *steps; size_t steps_len;   /* the journal of its steps' answers (steps.c), NULL: none */
 } bp_stored;
 
 /* Where an event read from Kafka came from (cluster mode). */
@@ -506,7 +506,7 @@ int bp_store_recent(bp_store *s, const char *integration, const char *state, int
 
 typedef struct bp_cache bp_cache;
 
-/* ---- engine.c: one engine for many configs ----------------------------------------------- */
+/* ---- engine.c, steps.c: one engine for many configs ---------------------------------------------- */
 
 typedef struct bp_binding {
     const bp_config *cfg;
@@ -583,7 +583,7 @@ void bp_cache_settle(bp_cache *c, uint64_t owner, int sent);
 /* bp_cache_get, else the backing's value (kept in memory for its remaining time). */
 int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_buf *out);
 
-/* ---- deliver.c: the delivery loops ---------------------------------------------------------- */
+/* ---- deliver*.c: the delivery loops ---------------------------------------------------------- */
 
 /* A blueprint revision: a short, stable fingerprint of the contents of the
  * folder's files (the ones hot reload watches: its top-level files), 12 hex
@@ -604,7 +604,7 @@ void bp_shared_bp_hold(bp_shared_bp *s);
 void bp_shared_bp_drop(bp_shared_bp *s);
 
 /* How an event's delivery ends, or waits: the one table of the names each
- * is known by (deliver.c), instead of strings compared where they are used. */
+ * is known by (deliver_job.c), instead of strings compared where they are used. */
 enum bp_end { BP_END_DELIVERED, BP_END_DROPPED, BP_END_ERROR, BP_END_DEAD, BP_END_HELD, BP_END_RETRYING };
 #define BP_END_COUNT 6
 typedef struct bp_end_name {

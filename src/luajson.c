@@ -111,7 +111,7 @@ void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i)
 static const char *const aliases[][4] = {
     { "userId", "user_id", NULL, NULL },
     { "anonymousId", "anonymous_id", NULL, NULL },
-    { "messageId", "message_id", "event_id", NULL },   /* bp_message_id_keys (engine.c) */
+    { "messageId", "message_id", "event_id", NULL },   /* bp_message_id_keys (envelope.c) */
 };
 
 static uint32_t lookup_key_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen)

@@ -117,7 +117,7 @@ static const char *const ADDED_COLUMNS[][2] = {
     { "koff", "ALTER TABLE events ADD COLUMN koff INTEGER" },
     { "kidx", "ALTER TABLE events ADD COLUMN kidx INTEGER" },
     { "ksrc", "ALTER TABLE events ADD COLUMN ksrc INTEGER" },
-    /* the answers of an event's steps so far (ctx.send; engine.c's journal) */
+    /* the answers of an event's steps so far (ctx.send; steps.c's journal) */
     { "steps", "ALTER TABLE events ADD COLUMN steps TEXT" },
 };
 
