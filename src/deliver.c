@@ -70,22 +70,22 @@ static int any_work(loop *l)
  * or stopping with nothing in flight and everything saved). */
 static int turn(loop *l, int until_idle)
 {
-    dl_handle_commands(l);
-    dl_load(l);
+    bp_dl_handle_commands(l);
+    bp_dl_load(l);
     /* commit before dispatching, not between dispatch and the send: a slow
      * commit (a checkpoint) must not delay requests whose pace slot is
      * taken, or the vendor would see them bunched */
     double due;
     if (l->dirty || l->nmarks) {
         due = (l->store_failing ? l->commit_retry_at : l->dirty_since + COMMIT_EVERY_MS) - bp_wall_ms();
-        if (due <= 0 || l->stopping) dl_commit(l);
+        if (due <= 0 || l->stopping) bp_dl_commit(l);
     }
-    double wait = dl_dispatch(l);
+    double wait = bp_dl_dispatch(l);
     if (l->dirty || l->nmarks) {   /* dispatch may have finished events too */
         due = (l->store_failing ? l->commit_retry_at : l->dirty_since + COMMIT_EVERY_MS) - bp_wall_ms();
         if (due < wait) wait = due > 0 ? due : 0;
     }
-    dl_reap(l);
+    bp_dl_reap(l);
     if (l->stopping) {
         if (!bp_transport_active(l->tr) && !l->dirty && !l->nmarks) return 0;
         if (!bp_transport_active(l->tr) && l->store_failing) {
@@ -105,7 +105,7 @@ static int turn(loop *l, int until_idle)
     }
     int wait_ms = wait > 0 ? (int)(wait + 0.999) : 0;
     if (wait_ms > 1000) wait_ms = 1000;
-    bp_transport_poll(l->tr, wait_ms, dl_on_answer, l);
+    bp_transport_poll(l->tr, wait_ms, bp_dl_on_answer, l);
     return 1;
 }
 
@@ -149,19 +149,19 @@ static void loop_init(loop *l, bp_pool *p, int index, bp_store *store, const bp_
 
 static void loop_free(loop *l)
 {
-    dl_handle_commands(l);   /* frees what was posted after the stop */
-    for (job *j = l->dirty, *jn; j; j = jn) { jn = j->dirty_next; if (j->final) dl_free_job(j); }
+    bp_dl_handle_commands(l);   /* frees what was posted after the stop */
+    for (job *j = l->dirty, *jn; j; j = jn) { jn = j->dirty_next; if (j->final) bp_dl_free_job(j); }
     l->dirty = NULL;
     while (l->tenants) {
         tenant *t = l->tenants;
         for (job *j = t->acct->jobs, *jn; j; j = jn) {
             jn = j->next;
-            if (j->t == t) { dl_unlink_job(t->acct, j); dl_free_job(j); }
+            if (j->t == t) { bp_dl_unlink_job(t->acct, j); bp_dl_free_job(j); }
         }
-        dl_detach_tenant(l, t);
-        dl_leave_account(l, t);
-        dl_unbind_engine(l, t);
-        dl_tenant_free(t);
+        bp_dl_detach_tenant(l, t);
+        bp_dl_leave_account(l, t);
+        bp_dl_unbind_engine(l, t);
+        bp_dl_tenant_free(t);
     }
     for (size_t i = 0; i < l->nmarks; i++) free(l->marks[i].key);
     free(l->marks);
@@ -213,7 +213,7 @@ bp_pool *bp_pool_new(bp_store *store, const bp_deliver_opts *o, int threads, con
 }
 
 /* Every command about one integration goes to the same loop, in order. */
-loop *owner(bp_pool *p, const char *id) { return &p->loops[dl_hash_text(id) % (uint64_t)p->nloops]; }
+loop *owner(bp_pool *p, const char *id) { return &p->loops[bp_dl_hash_text(id) % (uint64_t)p->nloops]; }
 
 static void post_to_owner(bp_pool *p, enum cmd_kind kind, const char *id, int purge)
 {
@@ -380,7 +380,7 @@ int bp_deliver(const bp_blueprint *bp, const bp_config *cfg, const bp_deliver_op
     if (bp->dir) bp_blueprint_revision(bp->dir, shared.revision);
     bp_counts counts = { 0 };
     bp_tenant_spec spec = { "", &shared, (bp_config *)cfg, &cli_sink, &run, &counts };
-    dl_add_tenant(&l, &spec);
+    bp_dl_add_tenant(&l, &spec);
     tenant *t = l.tenants;
     if (!t) { bp_error_set(err, "the blueprint could not start"); loop_free(&l); goto out; }
     t->index_from_id = first > 0 ? first : INT64_MAX;

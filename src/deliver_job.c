@@ -37,9 +37,9 @@ int bp_end_of_label(const char *label)
     return -1;
 }
 
-void dl_count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
+void bp_dl_count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
 
-uint64_t dl_hash_text(const char *s)
+uint64_t bp_dl_hash_text(const char *s)
 {
     return bp_fnv1a(BP_FNV1A_STORED_BASIS, s, strlen(s));
 }
@@ -97,7 +97,7 @@ static double uniform(loop *l)
 }
 
 /* Exponential backoff with full jitter, never sooner than Retry-After. */
-double dl_backoff_ms(loop *l, int failures, double retry_after_s)
+double bp_dl_backoff_ms(loop *l, int failures, double retry_after_s)
 {
     double ceiling = (double)l->o->retry_base_ms;
     for (int i = 1; i < failures && ceiling < (double)l->o->retry_cap_ms; i++) ceiling *= 2;
@@ -108,7 +108,7 @@ double dl_backoff_ms(loop *l, int failures, double retry_after_s)
 
 /* A fingerprint of the credentials, so a paused integration resumes when
  * they change.  FNV-1a: the key itself is never stored. */
-void dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, char out[17])
+void bp_dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, char out[17])
 {
     uint64_t h = BP_FNV1A_STORED_BASIS;
     for (size_t i = 0; i < bp->nfields; i++) {
@@ -120,7 +120,7 @@ void dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, ch
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
-void dl_log_tenant(const char *level, const char *msg, const tenant *t, const char *detail)
+void bp_dl_log_tenant(const char *level, const char *msg, const tenant *t, const char *detail)
 {
     bp_buf f;
     bp_buf_init(&f);
@@ -132,7 +132,7 @@ void dl_log_tenant(const char *level, const char *msg, const tenant *t, const ch
 
 /* ---- outcome lines and saving ----------------------------------------------------------- */
 
-void dl_write_line(loop *l, job *j, enum bp_end end)
+void bp_dl_write_line(loop *l, job *j, enum bp_end end)
 {
     bp_buf *b = &j->line;
     bp_buf_reset(b);
@@ -170,13 +170,13 @@ static void mark_dirty(loop *l, job *j)
     l->dirty_tail = &j->dirty_next;
 }
 
-void dl_unlink_job(account *a, job *j)
+void bp_dl_unlink_job(account *a, job *j)
 {
     for (job **p = &a->jobs; *p; p = &(*p)->next)
         if (*p == j) { *p = j->next; a->njobs--; a->check_load = 1; return; }
 }
 
-void dl_free_job(job *j)
+void bp_dl_free_job(job *j)
 {
     j->t->njobs--;
     free(j->ev.body);
@@ -188,63 +188,63 @@ void dl_free_job(job *j)
 }
 
 /* A progress step that is not final: saved with the next commit. */
-void dl_save_progress(loop *l, job *j) { j->state = "pending"; mark_dirty(l, j); }
+void bp_dl_save_progress(loop *l, job *j) { j->state = "pending"; mark_dirty(l, j); }
 
 /* The partition this job was read from went to another node (cluster
  * mode): forget it without an outcome, that node reads it again.  Unsaved
  * progress is still written (the row stays unfinished), then it is freed. */
-void dl_abandon(loop *l, job *j)
+void bp_dl_abandon(loop *l, job *j)
 {
     (void)l;
-    dl_unlink_job(j->t->acct, j);
-    if (!j->dirty) { dl_free_job(j); return; }
+    bp_dl_unlink_job(j->t->acct, j);
+    if (!j->dirty) { bp_dl_free_job(j); return; }
     j->final = 1;
     j->t->unsaved_final++;
 }
 
-int dl_lease_lost(const loop *l, const job *j)
+int bp_dl_lease_lost(const loop *l, const job *j)
 {
     return j->ev.ksrc && l->lease && !l->lease->holds(l->lease->ctx, j->ev.ksrc);
 }
 
 /* The event's outcome is final: report it, take it out of the window and
  * save it; it is freed once the commit holding it succeeds. */
-void dl_finish(loop *l, job *j, enum bp_end end)
+void bp_dl_finish(loop *l, job *j, enum bp_end end)
 {
     tenant *t = j->t;
     /* its durable ctx.cache values count from now, or never (held: not over yet) */
     if (end != BP_END_HELD) bp_cache_settle(l->cache, (uint64_t)j->ev.id, end == BP_END_DELIVERED || end == BP_END_DROPPED);
-    dl_write_line(l, j, end);
+    bp_dl_write_line(l, j, end);
     t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, end, j->out.reason.data ? j->out.reason.data : "");
     long *counter[BP_END_COUNT] = { &t->st->delivered, &t->st->dropped, &t->st->errors, &t->st->dead, &t->st->held, NULL };
-    if (counter[end]) dl_count(counter[end]);
+    if (counter[end]) bp_dl_count(counter[end]);
     j->state = bp_ends[end].state;
     j->final = 1;
     t->unsaved_final++;
-    dl_unlink_job(t->acct, j);
+    bp_dl_unlink_job(t->acct, j);
     mark_dirty(l, j);
 }
 
-void dl_set_reason(job *j, const char *fmt, const char *a, const char *b)
+void bp_dl_set_reason(job *j, const char *fmt, const char *a, const char *b)
 {
     bp_buf_reset(&j->out.reason);
     bp_buf_printf(&j->out.reason, fmt, a, b);
 }
 
-void dl_hold(loop *l, job *j)
+void bp_dl_hold(loop *l, job *j)
 {
-    dl_set_reason(j, "held: %s%s", j->t->pause_reason, "");
-    dl_finish(l, j, BP_END_HELD);
+    bp_dl_set_reason(j, "held: %s%s", j->t->pause_reason, "");
+    bp_dl_finish(l, j, BP_END_HELD);
 }
 
-int dl_mark_pending(loop *l, const tenant *t, const char *key)
+int bp_dl_mark_pending(loop *l, const tenant *t, const char *key)
 {
     for (size_t i = 0; i < l->nmarks; i++) if (l->marks[i].t == t && !strcmp(l->marks[i].key, key)) return 1;
     return 0;
 }
 
 /* Unsaved once-keys of t: counted, or (purge) forgotten. */
-int dl_marks_of(loop *l, const tenant *t, int forget)
+int bp_dl_marks_of(loop *l, const tenant *t, int forget)
 {
     int n = 0;
     for (size_t i = 0; i < l->nmarks;) {
@@ -257,7 +257,7 @@ int dl_marks_of(loop *l, const tenant *t, int forget)
     return n;
 }
 
-void dl_add_mark(loop *l, tenant *t, const char *key, int64_t at)
+void bp_dl_add_mark(loop *l, tenant *t, const char *key, int64_t at)
 {
     if (l->nmarks == l->capmarks) {
         l->capmarks = l->capmarks ? l->capmarks * 2 : 64;
@@ -268,7 +268,7 @@ void dl_add_mark(loop *l, tenant *t, const char *key, int64_t at)
 
 /* Write every unsaved job and once-key in one transaction.  On success the
  * final jobs are freed; on failure all of it stays for the next try. */
-void dl_commit(loop *l)
+void bp_dl_commit(loop *l)
 {
     if (!l->dirty && !l->nmarks) return;
     double now = bp_wall_ms();
@@ -308,7 +308,7 @@ void dl_commit(loop *l)
     while (j) {
         job *next = j->dirty_next;
         j->dirty = 0;
-        if (j->final) { j->t->unsaved_final--; j->t->acct->check_load = 1; dl_free_job(j); }
+        if (j->final) { j->t->unsaved_final--; j->t->acct->check_load = 1; bp_dl_free_job(j); }
         j = next;
     }
     l->dirty = NULL;
@@ -346,18 +346,18 @@ static void keep_journal(job *j)
 /* Map a freshly loaded (or re-mapped) job; drops and errors are final at once.
  * The mapping is deterministic, so re-running it after a restart yields the
  * same requests, and done_requests says where to resume. */
-void dl_map_job(loop *l, job *j)
+void bp_dl_map_job(loop *l, job *j)
 {
     tenant *t = j->t;
-    if (t->paused) { dl_hold(l, j); return; }
+    if (t->paused) { bp_dl_hold(l, j); return; }
     memcpy(j->revision, t->bp->revision, sizeof j->revision);
     t->bind.account = t->acct->key;
     bp_engine_set_journal(t->eng->engine, j->ev.steps, j->ev.steps_len, (uint64_t)j->ev.id);
     enum bp_verdict v = bp_engine_run_as(t->eng->engine, &t->bind, j->ev.body, j->ev.body_len, &j->out);
     j->remap = 0;
     if (j->out.journal.len || j->ev.steps_len) keep_journal(j);
-    if (v == BP_DROP) dl_finish(l, j, BP_END_DROPPED);
-    else if (v == BP_ERROR) dl_finish(l, j, BP_END_ERROR);
+    if (v == BP_DROP) bp_dl_finish(l, j, BP_END_DROPPED);
+    else if (v == BP_ERROR) bp_dl_finish(l, j, BP_END_ERROR);
     else if (j->out.wait_ms) {
         j->remap = 1;
         j->ev.next_at = (int64_t)(bp_wall_ms() + j->out.wait_ms);
@@ -372,7 +372,7 @@ static void release_held(loop *l, tenant *t)
     t->rescan = 1;
     char detail[64];
     snprintf(detail, sizeof detail, "%ld held events released", n);
-    dl_log_tenant("info", "credentials changed: resuming delivery", t, detail);
+    bp_dl_log_tenant("info", "credentials changed: resuming delivery", t, detail);
 }
 
 static void load_tenant(loop *l, tenant *t, int room)
@@ -416,7 +416,7 @@ static void load_tenant(loop *l, tenant *t, int room)
         t->njobs++;
         *tail = j;
         a->njobs++;
-        dl_map_job(l, j);
+        bp_dl_map_job(l, j);
         /* a drop or an error left the list at once: append after the last
          * job still in it, not after this one */
         if (!j->final) tail = &j->next;
@@ -425,7 +425,7 @@ static void load_tenant(loop *l, tenant *t, int room)
 }
 
 /* Fill the windows of the accounts flagged, taking their integrations in turn. */
-void dl_load(loop *l)
+void bp_dl_load(loop *l)
 {
     if (l->stopping || l->store_failing) return;
     for (size_t i = 0; i < l->naccounts; i++) {

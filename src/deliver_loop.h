@@ -9,7 +9,7 @@
  *   deliver.c         a loop's turn, the pool of loops, `blueprint deliver`
  *
  * Each file calls only those listed above it, so the doors open one way.
- * The functions below are the loop's own (dl_): each is described where
+ * The functions below are the loops' own (bp_dl_): each is described where
  * it is defined.
  */
 #ifndef BP_DELIVER_LOOP_H
@@ -169,43 +169,43 @@ struct bp_pool {
 
 /* ---- deliver_job.c ---- */
 
-void dl_abandon(loop *l, job *j);
-void dl_add_mark(loop *l, tenant *t, const char *key, int64_t at);
-double dl_backoff_ms(loop *l, int failures, double retry_after_s);
-void dl_commit(loop *l);
-void dl_count(long *c);
-void dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, char out[17]);
-void dl_finish(loop *l, job *j, enum bp_end end);
-void dl_free_job(job *j);
-uint64_t dl_hash_text(const char *s);
-void dl_hold(loop *l, job *j);
-int dl_lease_lost(const loop *l, const job *j);
-void dl_load(loop *l);
-void dl_log_tenant(const char *level, const char *msg, const tenant *t, const char *detail);
-void dl_map_job(loop *l, job *j);
-int dl_mark_pending(loop *l, const tenant *t, const char *key);
-int dl_marks_of(loop *l, const tenant *t, int forget);
-void dl_save_progress(loop *l, job *j);
-void dl_set_reason(job *j, const char *fmt, const char *a, const char *b);
-void dl_unlink_job(account *a, job *j);
-void dl_write_line(loop *l, job *j, enum bp_end end);
+void bp_dl_abandon(loop *l, job *j);
+void bp_dl_add_mark(loop *l, tenant *t, const char *key, int64_t at);
+double bp_dl_backoff_ms(loop *l, int failures, double retry_after_s);
+void bp_dl_commit(loop *l);
+void bp_dl_count(long *c);
+void bp_dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, char out[17]);
+void bp_dl_finish(loop *l, job *j, enum bp_end end);
+void bp_dl_free_job(job *j);
+uint64_t bp_dl_hash_text(const char *s);
+void bp_dl_hold(loop *l, job *j);
+int bp_dl_lease_lost(const loop *l, const job *j);
+void bp_dl_load(loop *l);
+void bp_dl_log_tenant(const char *level, const char *msg, const tenant *t, const char *detail);
+void bp_dl_map_job(loop *l, job *j);
+int bp_dl_mark_pending(loop *l, const tenant *t, const char *key);
+int bp_dl_marks_of(loop *l, const tenant *t, int forget);
+void bp_dl_save_progress(loop *l, job *j);
+void bp_dl_set_reason(job *j, const char *fmt, const char *a, const char *b);
+void bp_dl_unlink_job(account *a, job *j);
+void bp_dl_write_line(loop *l, job *j, enum bp_end end);
 
 /* ---- deliver_send.c ---- */
 
-double dl_dispatch(loop *l);
-void dl_on_answer(void *ctx, void *user, const bp_response *resp);
-void dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms);
-void dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
-                         const bp_response *resp);
+double bp_dl_dispatch(loop *l);
+void bp_dl_on_answer(void *ctx, void *user, const bp_response *resp);
+void bp_dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms);
+void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
+                            const bp_response *resp);
 
 /* ---- deliver_tenant.c ---- */
 
-void dl_add_tenant(loop *l, const bp_tenant_spec *s);
-void dl_detach_tenant(loop *l, tenant *t);
-void dl_handle_commands(loop *l);
-void dl_leave_account(loop *l, tenant *t);
-void dl_reap(loop *l);
-void dl_tenant_free(tenant *t);
-void dl_unbind_engine(loop *l, tenant *t);
+void bp_dl_add_tenant(loop *l, const bp_tenant_spec *s);
+void bp_dl_detach_tenant(loop *l, tenant *t);
+void bp_dl_handle_commands(loop *l);
+void bp_dl_leave_account(loop *l, tenant *t);
+void bp_dl_reap(loop *l);
+void bp_dl_tenant_free(tenant *t);
+void bp_dl_unbind_engine(loop *l, tenant *t);
 
 #endif

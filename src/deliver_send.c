@@ -20,8 +20,8 @@
  * state was entered, unless the caller knows it (a pause restored from the
  * store); resp: the answer that made it so, shown in the vendor's words
  * (NULL: none). */
-void dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
-                         const bp_response *resp)
+void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
+                            const bp_response *resp)
 {
     bp_health *h = &t->health;
     int status = resp ? resp->status : 0;
@@ -40,9 +40,9 @@ void dl_report_health_at(tenant *t, int state, const char *reason, int64_t until
     if (t->sink->health) t->sink->health(t->ctx, h);
 }
 
-void dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms)
+void bp_dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms)
 {
-    dl_report_health_at(t, state, reason, until_ms, 0, NULL);
+    bp_dl_report_health_at(t, state, reason, until_ms, 0, NULL);
 }
 
 static void pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp)
@@ -52,13 +52,13 @@ static void pause_tenant(loop *l, tenant *t, const char *why, const bp_response 
     snprintf(t->pause_reason, sizeof t->pause_reason, "integration paused: %s; %s; delivery resumes when the "
              "credentials in the config change", why, bp->auth_help ? bp->auth_help : "check the API key and API URL");
     char fp[17], since[24];
-    dl_credentials_fingerprint(t->cfg, bp, fp);
+    bp_dl_credentials_fingerprint(t->cfg, bp, fp);
     snprintf(since, sizeof since, "%lld", (long long)bp_wall_ms());
     bp_store_meta_set(l->store, t->id, "paused_credentials", fp);
     bp_store_meta_set(l->store, t->id, "pause_reason", t->pause_reason);
     bp_store_meta_set(l->store, t->id, "paused_since", since);
-    dl_log_tenant("error", t->pause_reason, t, NULL);
-    dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since), resp);
+    bp_dl_log_tenant("error", t->pause_reason, t, NULL);
+    bp_dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since), resp);
 }
 
 static int step_accepts(const bp_request *r, int status)
@@ -95,8 +95,8 @@ static void step_answered(loop *l, job *j, const bp_request *req, const bp_respo
     }
     j->ev.done_requests++;
     j->ev.failures = 0;
-    dl_map_job(l, j);                  /* req belongs to the old outcome: not used after this */
-    if (!j->final) dl_save_progress(l, j);
+    bp_dl_map_job(l, j);                  /* req belongs to the old outcome: not used after this */
+    if (!j->final) bp_dl_save_progress(l, j);
 }
 
 /* Retry-After is an order, for the whole account.  RateLimit-Remaining: 0
@@ -127,15 +127,15 @@ static void name_step(job *j, const bp_request *req)
 /* The request went through: the next one, or the event is delivered. */
 static void answer_ok(loop *l, tenant *t, job *j, const bp_request *req, double now)
 {
-    if (req->once) dl_add_mark(l, t, req->once, (int64_t)now);
-    if (req->marks) dl_add_mark(l, t, req->marks, (int64_t)now);
+    if (req->once) bp_dl_add_mark(l, t, req->once, (int64_t)now);
+    if (req->marks) bp_dl_add_mark(l, t, req->marks, (int64_t)now);
     j->ev.done_requests++;
     j->ev.failures = 0;
     if ((size_t)j->ev.done_requests >= j->out.nrequests) {
-        dl_set_reason(j, "delivered (%s)%s", j->why, "");
-        dl_finish(l, j, BP_END_DELIVERED);
+        bp_dl_set_reason(j, "delivered (%s)%s", j->why, "");
+        bp_dl_finish(l, j, BP_END_DELIVERED);
     } else {
-        dl_save_progress(l, j);
+        bp_dl_save_progress(l, j);
     }
 }
 
@@ -143,22 +143,22 @@ static void answer_ok(loop *l, tenant *t, job *j, const bp_request *req, double 
  * the attempts are used up. */
 static void answer_retry(loop *l, tenant *t, job *j, const bp_response *resp, double now)
 {
-    dl_count(&t->st->retries);
+    bp_dl_count(&t->st->retries);
     if (++j->ev.failures >= t->max_attempts) {
         char n[16];
         snprintf(n, sizeof n, "%d", j->ev.failures);
-        dl_set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
-        dl_finish(l, j, BP_END_DEAD);
-        if (!t->paused) dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, 0, 0, resp);   /* no next attempt for it */
+        bp_dl_set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
+        bp_dl_finish(l, j, BP_END_DEAD);
+        if (!t->paused) bp_dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, 0, 0, resp);   /* no next attempt for it */
         return;
     }
-    j->ev.next_at = (int64_t)(now + dl_backoff_ms(l, j->ev.failures, resp->retry_after_s));
-    if (!t->paused) dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at, 0, resp);
+    j->ev.next_at = (int64_t)(now + bp_dl_backoff_ms(l, j->ev.failures, resp->retry_after_s));
+    if (!t->paused) bp_dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at, 0, resp);
     /* Live Events shows it waiting, with the answer that made it wait */
-    dl_set_reason(j, "retrying: %s%s", j->why, "");
-    dl_write_line(l, j, BP_END_RETRYING);
+    bp_dl_set_reason(j, "retrying: %s%s", j->why, "");
+    bp_dl_write_line(l, j, BP_END_RETRYING);
     t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, BP_END_RETRYING, j->out.reason.data);
-    dl_save_progress(l, j);
+    bp_dl_save_progress(l, j);
 }
 
 /* The credentials were refused: pause the integration and hold the event. */
@@ -168,14 +168,14 @@ static void answer_auth(loop *l, tenant *t, job *j, const bp_response *resp, dou
         /* sent with credentials that have been replaced since: no
          * verdict on the new ones, send again with them */
         j->ev.next_at = (int64_t)now;
-        dl_save_progress(l, j);
+        bp_dl_save_progress(l, j);
         return;
     }
     if (!t->paused) pause_tenant(l, t, j->why, resp);
-    dl_hold(l, j);
+    bp_dl_hold(l, j);
 }
 
-void dl_on_answer(void *ctx, void *user, const bp_response *resp)
+void bp_dl_on_answer(void *ctx, void *user, const bp_response *resp)
 {
     loop *l = ctx;
     job *j = user;
@@ -193,7 +193,7 @@ void dl_on_answer(void *ctx, void *user, const bp_response *resp)
     bp_buf_add(&j->response, resp->body.data ? resp->body.data : "",
                resp->body.len < MAX_SAVED_RESPONSE ? resp->body.len : MAX_SAVED_RESPONSE);
     obey_vendor_pace(a, resp);
-    if (resp->status == 429) dl_count(&t->st->rate_limited);
+    if (resp->status == 429) bp_dl_count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
 
     enum bp_class cls = bp_classify(t->bp->bp, req, resp, j->why, sizeof j->why);
@@ -202,7 +202,7 @@ void dl_on_answer(void *ctx, void *user, const bp_response *resp)
         bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
     /* the vendor took the request (or refused this one event): the
      * integration delivers; a paused one waits for new credentials */
-    if ((cls == BP_OK || cls == BP_PERMANENT) && !t->paused) dl_report_health(t, BP_HEALTH_DELIVERING, "", 0);
+    if ((cls == BP_OK || cls == BP_PERMANENT) && !t->paused) bp_dl_report_health(t, BP_HEALTH_DELIVERING, "", 0);
     if (req->step && cls == BP_OK) {
         step_answered(l, j, req, resp);
         if (slot) l->lease->sending(l->lease->ctx, slot, -1);
@@ -213,8 +213,8 @@ void dl_on_answer(void *ctx, void *user, const bp_response *resp)
     case BP_OK: answer_ok(l, t, j, req, now); break;
     case BP_RETRY: answer_retry(l, t, j, resp, now); break;
     case BP_PERMANENT:
-        dl_set_reason(j, "dead letter: %s%s", j->why, "");
-        dl_finish(l, j, BP_END_DEAD);
+        bp_dl_set_reason(j, "dead letter: %s%s", j->why, "");
+        bp_dl_finish(l, j, BP_END_DEAD);
         break;
     case BP_AUTH: answer_auth(l, t, j, resp, now); break;
     }
@@ -247,15 +247,15 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
     int sent = 0;
     job *j = a->jobs;
     while (j) {
-        job *next = j->next;   /* dl_finish() unlinks j */
+        job *next = j->next;   /* bp_dl_finish() unlinks j */
         tenant *t = j->t;
         if (j->inflight || t->removing) { j = next; continue; }
-        if (dl_lease_lost(l, j)) { dl_abandon(l, j); j = next; continue; }
-        if (t->paused) { dl_hold(l, j); j = next; continue; }
+        if (bp_dl_lease_lost(l, j)) { bp_dl_abandon(l, j); j = next; continue; }
+        if (t->paused) { bp_dl_hold(l, j); j = next; continue; }
         if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
         if (j->remap) {
             /* a step waited for another event's answer: run the mapping again */
-            dl_map_job(l, j);
+            bp_dl_map_job(l, j);
             if (j->final) { j = next; continue; }
             if (j->remap) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
         }
@@ -263,12 +263,12 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         int64_t since = (int64_t)(now - (double)l->o->once_ttl_s * 1000.0);
         while ((size_t)j->ev.done_requests < j->out.nrequests) {
             const char *once = j->out.requests[j->ev.done_requests].once;
-            if (!once || !(dl_mark_pending(l, t, once) || bp_store_once_seen(l->store, t->id, once, since))) break;
+            if (!once || !(bp_dl_mark_pending(l, t, once) || bp_store_once_seen(l->store, t->id, once, since))) break;
             j->ev.done_requests++;
         }
         if ((size_t)j->ev.done_requests >= j->out.nrequests) {
-            dl_set_reason(j, "delivered%s%s", "", "");
-            dl_finish(l, j, BP_END_DELIVERED);
+            bp_dl_set_reason(j, "delivered%s%s", "", "");
+            bp_dl_finish(l, j, BP_END_DELIVERED);
             j = next;
             continue;
         }
@@ -282,8 +282,8 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         if (bp_transport_send(l->tr, &j->out.requests[j->ev.done_requests], t->cfg, j) < 0) {
             j->last_status = 0;
             snprintf(j->why, sizeof j->why, "could not start the request");
-            dl_set_reason(j, "error: %s%s", j->why, "");
-            dl_finish(l, j, BP_END_ERROR);
+            bp_dl_set_reason(j, "error: %s%s", j->why, "");
+            bp_dl_finish(l, j, BP_END_ERROR);
             j = next;
             continue;
         }
@@ -294,7 +294,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         j->ev.attempts++;
         t->inflight++;
         a->inflight++;
-        dl_count(&t->st->requests);
+        bp_dl_count(&t->st->requests);
         sent = 1;
         j = next;
     }
@@ -306,7 +306,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
 
 /* Visit every account that may start something now, starting one further
  * each turn; returns ms until one could. */
-double dl_dispatch(loop *l)
+double bp_dl_dispatch(loop *l)
 {
     double now = bp_wall_ms(), wait = 1000;
     if (l->stopping || !l->naccounts) return wait;

@@ -16,7 +16,7 @@
 
 static tenant *find_tenant(loop *l, const char *id)
 {
-    for (tenant *t = l->by_id[dl_hash_text(id) % TENANT_BUCKETS]; t; t = t->hash_next)
+    for (tenant *t = l->by_id[bp_dl_hash_text(id) % TENANT_BUCKETS]; t; t = t->hash_next)
         if (!strcmp(t->id, id)) return t;
     return NULL;
 }
@@ -112,7 +112,7 @@ static account *join_account(loop *l, tenant *t)
     return a;
 }
 
-void dl_leave_account(loop *l, tenant *t)
+void bp_dl_leave_account(loop *l, tenant *t)
 {
     account *a = t->acct;
     for (size_t i = 0; i < a->nmembers; i++)
@@ -157,7 +157,7 @@ static int bind_engine(loop *l, tenant *t, bp_error *err)
     return 0;
 }
 
-void dl_unbind_engine(loop *l, tenant *t)
+void bp_dl_unbind_engine(loop *l, tenant *t)
 {
     engine_slot *s = t->eng;
     if (!s) return;
@@ -176,15 +176,15 @@ void dl_unbind_engine(loop *l, tenant *t)
 static void restore_pause(loop *l, tenant *t)
 {
     char fp[17];
-    dl_credentials_fingerprint(t->cfg, t->bp->bp, fp);
+    bp_dl_credentials_fingerprint(t->cfg, t->bp->bp, fp);
     char *paused_fp = bp_store_meta_get(l->store, t->id, "paused_credentials");
     if (paused_fp && !strcmp(paused_fp, fp)) {
         char *why = bp_store_meta_get(l->store, t->id, "pause_reason");
         char *since = bp_store_meta_get(l->store, t->id, "paused_since");
         t->paused = 1;
         snprintf(t->pause_reason, sizeof t->pause_reason, "%s", why ? why : "integration paused");
-        dl_log_tenant("error", t->pause_reason, t, NULL);
-        dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, since ? atoll(since) : 0, NULL);
+        bp_dl_log_tenant("error", t->pause_reason, t, NULL);
+        bp_dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, since ? atoll(since) : 0, NULL);
         free(why);
         free(since);
     } else if (paused_fp || t->paused) {
@@ -196,7 +196,7 @@ static void restore_pause(loop *l, tenant *t)
         t->paused = 0;
         t->release_held = 1;
         t->acct->check_load = 1;
-        dl_report_health(t, BP_HEALTH_DELIVERING, "", 0);
+        bp_dl_report_health(t, BP_HEALTH_DELIVERING, "", 0);
     }
     free(paused_fp);
 }
@@ -204,7 +204,7 @@ static void restore_pause(loop *l, tenant *t)
 static void report_broken(loop *l, tenant *t, const char *why)
 {
     (void)l;
-    dl_log_tenant("error", "integration cannot be delivered (its blueprint does not start); events stay stored", t, why);
+    bp_dl_log_tenant("error", "integration cannot be delivered (its blueprint does not start); events stay stored", t, why);
 }
 
 static void drop_spec(bp_tenant_spec *s)
@@ -217,7 +217,7 @@ static void drop_spec(bp_tenant_spec *s)
     s->id = NULL;
 }
 
-void dl_tenant_free(tenant *t)
+void bp_dl_tenant_free(tenant *t)
 {
     drop_spec(&t->forward);
     if (t->sink && t->sink->release) t->sink->release(t->ctx);
@@ -227,7 +227,7 @@ void dl_tenant_free(tenant *t)
     free(t);
 }
 
-void dl_add_tenant(loop *l, const bp_tenant_spec *s)
+void bp_dl_add_tenant(loop *l, const bp_tenant_spec *s)
 {
     /* `deliver` lends its config (the only tenant with the id "") */
     tenant *t = bp_calloc(1, sizeof *t);
@@ -245,19 +245,19 @@ void dl_add_tenant(loop *l, const bp_tenant_spec *s)
         char reason[sizeof t->health.reason];
         snprintf(reason, sizeof reason, "the blueprint does not start: %.470s", err.msg);
         report_broken(l, t, err.msg);
-        dl_report_health(t, BP_HEALTH_BLUEPRINT_ERROR, reason, 0);
-        dl_tenant_free(t);
+        bp_dl_report_health(t, BP_HEALTH_BLUEPRINT_ERROR, reason, 0);
+        bp_dl_tenant_free(t);
         return;
     }
     t->acct = join_account(l, t);
     t->next = l->tenants;
     l->tenants = t;
-    size_t b = dl_hash_text(t->id) % TENANT_BUCKETS;
+    size_t b = bp_dl_hash_text(t->id) % TENANT_BUCKETS;
     t->hash_next = l->by_id[b];
     l->by_id[b] = t;
     /* a new start: whatever the last tenant of this id said (a blueprint
      * that did not start, say) is over until an answer says more */
-    dl_report_health(t, BP_HEALTH_IDLE, "", 0);
+    bp_dl_report_health(t, BP_HEALTH_IDLE, "", 0);
     restore_pause(l, t);
 }
 
@@ -280,7 +280,7 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
         bp_shared_bp_drop(s->bp);
         return;
     }
-    dl_unbind_engine(l, &old);
+    bp_dl_unbind_engine(l, &old);
     t->generation++;
     /* a reload may change the blueprint's limit (an override stays) */
     if (l->o->rate_limit_rps <= 0 && t->bp->bp->rate_limit_rps != old.bp->bp->rate_limit_rps) {
@@ -291,7 +291,7 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
     t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
     for (job *j = t->acct->jobs, *next; j; j = next) {
         next = j->next;
-        if (j->t == t && !j->inflight && j->ev.done_requests == 0) dl_map_job(l, j);
+        if (j->t == t && !j->inflight && j->ev.done_requests == 0) bp_dl_map_job(l, j);
     }
     t->acct->next_ms = 0;
     t->acct->check_load = 1;
@@ -308,47 +308,47 @@ static int same_account(const tenant *t, const bp_tenant_spec *s)
 }
 
 
-void dl_detach_tenant(loop *l, tenant *t)
+void bp_dl_detach_tenant(loop *l, tenant *t)
 {
     for (tenant **p = &l->tenants; *p; p = &(*p)->next) if (*p == t) { *p = t->next; break; }
-    for (tenant **p = &l->by_id[dl_hash_text(t->id) % TENANT_BUCKETS]; *p; p = &(*p)->hash_next)
+    for (tenant **p = &l->by_id[bp_dl_hash_text(t->id) % TENANT_BUCKETS]; *p; p = &(*p)->hash_next)
         if (*p == t) { *p = t->hash_next; break; }
 }
 
 /* A removed tenant whose requests have all answered (and, unless purged,
  * whose progress is saved) leaves the loop. */
-void dl_reap(loop *l)
+void bp_dl_reap(loop *l)
 {
     if (!l->nremoving) return;
     for (tenant *t = l->tenants, *next; t; t = next) {
         next = t->next;
-        if (!t->removing || t->inflight > 0 || (!t->purge && (t->unsaved_final > 0 || l->dirty || dl_marks_of(l, t, 0))))
+        if (!t->removing || t->inflight > 0 || (!t->purge && (t->unsaved_final > 0 || l->dirty || bp_dl_marks_of(l, t, 0))))
             continue;
         if (t->purge) {
-            dl_marks_of(l, t, 1);
+            bp_dl_marks_of(l, t, 1);
             /* its unsaved progress is moot: take it off the dirty list */
             job **p = &l->dirty;
             l->dirty_tail = &l->dirty;
             while (*p) {
                 job *j = *p;
-                if (j->t == t) { *p = j->dirty_next; if (j->final) { t->unsaved_final--; dl_free_job(j); } else j->dirty = 0; }
+                if (j->t == t) { *p = j->dirty_next; if (j->final) { t->unsaved_final--; bp_dl_free_job(j); } else j->dirty = 0; }
                 else { p = &j->dirty_next; l->dirty_tail = p; }
             }
         }
         for (job *j = t->acct->jobs, *jn; j; j = jn) {
             jn = j->next;
-            if (j->t == t) { dl_unlink_job(t->acct, j); dl_free_job(j); }
+            if (j->t == t) { bp_dl_unlink_job(t->acct, j); bp_dl_free_job(j); }
         }
         l->nremoving--;
-        dl_detach_tenant(l, t);
-        dl_leave_account(l, t);
-        dl_unbind_engine(l, t);
+        bp_dl_detach_tenant(l, t);
+        bp_dl_leave_account(l, t);
+        bp_dl_unbind_engine(l, t);
         if (t->purge && bp_store_purge(l->store, t->id) < 0)
-            dl_log_tenant("error", "could not delete a deleted integration's events; they stay in the store", t, NULL);
+            bp_dl_log_tenant("error", "could not delete a deleted integration's events; they stay in the store", t, NULL);
         bp_tenant_spec forward = t->forward;
         t->forward.id = NULL;
-        dl_tenant_free(t);
-        if (forward.id) { dl_add_tenant(l, &forward); free((char *)forward.id); }
+        bp_dl_tenant_free(t);
+        if (forward.id) { bp_dl_add_tenant(l, &forward); free((char *)forward.id); }
     }
 }
 
@@ -369,7 +369,7 @@ static void start_removing(loop *l, tenant *t)
     t->acct->next_ms = 0;
 }
 
-void dl_handle_commands(loop *l)
+void bp_dl_handle_commands(loop *l)
 {
     pthread_mutex_lock(&l->inbox_mu);
     cmd *c = l->inbox;
@@ -383,7 +383,7 @@ void dl_handle_commands(loop *l)
         switch (c->kind) {
         case CMD_PUT:
             if (!t) {
-                dl_add_tenant(l, &c->spec);
+                bp_dl_add_tenant(l, &c->spec);
                 free((char *)c->spec.id);
                 c->spec.id = NULL;   /* the tenant took bp and cfg */
             } else if (t->removing || !same_account(t, &c->spec)) {
