@@ -70,15 +70,15 @@ CFLAGS     += -DBP_LIBDIR='"$(LIBDIR)"'
 # author's dry-run does not pay for loading the network packages (3 ms
 # rather than 13 to start); it loads libblueprint-service for its deliver,
 # dlq, serve, token and rotate-key commands.
-CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent blueprint config request cache answers engine reader \
+CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine reader \
              decode version
-NET     := transport classify ratelimit store deliver crypto auth metrics registry verify intake cluster server \
+NET     := transport classify ratelimit store deliver_job deliver_send deliver_tenant deliver crypto auth metrics registry verify intake cluster server \
            admin_api events_api live_stream console_api health_api console editor
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
 CORE_OBJS := $(CORE_ONLY:%=build/obj/%.o)
 NET_OBJS  := $(NET:%=build/obj/%.o) build/obj/cli-service.o
-HDRS    := $(PUBLIC_HDRS) src/internal.h src/server.h
+HDRS    := $(PUBLIC_HDRS) src/internal.h src/server.h src/engine_state.h src/deliver_loop.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \

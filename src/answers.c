@@ -34,7 +34,7 @@ struct bp_answers {
     answer *v; size_t n;
 };
 
-static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+static char *dup_or_null(const char *s) { return s ? bp_strdup(s) : NULL; }
 
 static int fail_at(bp_error *err, const char *file, uint32_t line, const char *what)
 {
@@ -79,18 +79,17 @@ static int load_file(bp_answers *a, const char *path, int given, bp_error *err)
             rc = fail_at(err, path, d.nodes[it].line, "an answer needs method, path (/…), status (100-599) and json or body");
             break;
         }
-        a->v = realloc(a->v, (a->n + 1) * sizeof *a->v);
-        if (!a->v) abort();
+        a->v = bp_realloc(a->v, (a->n + 1) * sizeof *a->v);
         answer *e = &a->v[a->n++];
         memset(e, 0, sizeof *e);
-        e->method = strdup(method);
-        e->path = strdup(p);
+        e->method = bp_strdup(method);
+        e->path = bp_strdup(p);
         e->query = dup_or_null(bp_jscalar(&d, bp_jget(&d, it, "query")));
         e->status = atoi(status);
         bp_buf b;
         bp_buf_init(&b);
         if (json != BP_NONE) bp_json_write_node(&b, &d, json); else bp_buf_adds(&b, body);
-        e->body = strdup(b.data ? b.data : "");
+        e->body = bp_strdup(b.data ? b.data : "");
         bp_buf_reset(&b);
         const char *base = strrchr(path, '/');
         const char *doc = bp_jscalar(&d, bp_jget(&d, it, "doc"));
@@ -98,7 +97,7 @@ static int load_file(bp_answers *a, const char *path, int given, bp_error *err)
         bp_buf_printf(&b, "%s:%u", base ? base + 1 : path, d.nodes[it].line);
         if (given) bp_buf_adds(&b, " (given)");
         else if (doc) bp_buf_printf(&b, " (%s)", doc);
-        e->from = strdup(b.data);
+        e->from = bp_strdup(b.data);
         bp_buf_free(&b);
     }
     bp_doc_free(&d);
@@ -107,8 +106,7 @@ static int load_file(bp_answers *a, const char *path, int given, bp_error *err)
 
 bp_answers *bp_answers_load(const char *blueprint_dir, const char *extra, bp_error *err)
 {
-    bp_answers *a = calloc(1, sizeof *a);
-    if (!a) abort();
+    bp_answers *a = bp_calloc(1, sizeof *a);
     char path[4200];
     struct stat st;
     if ((extra && load_file(a, extra, 1, err) < 0) ||

@@ -244,8 +244,7 @@ struct bp_jti_set {
 
 bp_jti_set *bp_jti_set_new(void)
 {
-    bp_jti_set *s = calloc(1, sizeof *s);
-    if (!s) abort();
+    bp_jti_set *s = bp_calloc(1, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
     return s;
 }

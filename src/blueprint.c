@@ -13,12 +13,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-static char *xstrdup(const char *s)
-{
-    char *p = strdup(s ? s : "");
-    if (!p) abort();
-    return p;
-}
+static char *xstrdup(const char *s) { return bp_strdup(s ? s : ""); }
 
 int bp_read_file(const char *path, bp_buf *out, bp_error *err)
 {
@@ -162,7 +157,7 @@ static int load_fields(loader *ld, bp_blueprint *bp, uint32_t list)
     const bp_doc *d = ld->d;
     if (list == BP_NONE) return bad(ld, 0, "missing 'config' (the list of config fields)");
     if (d->nodes[list].type != BP_JARRAY) return bad(ld, list, "'config' must be a list of fields");
-    bp->fields = calloc(d->nodes[list].len + 1, sizeof *bp->fields);
+    bp->fields = bp_calloc(d->nodes[list].len + 1, sizeof *bp->fields);
     for (uint32_t c = list + 1, k = 0; k < d->nodes[list].len; k++, c = d->nodes[c].next) {
         if (d->nodes[c].type != BP_JOBJECT) return bad(ld, c, "each config field must be a map with key and type");
         static const char *const field_keys[] = { "key", "label", "type", "required", "default", "help", "sent_to", NULL };
@@ -207,8 +202,7 @@ static int load_names(loader *ld, uint32_t obj, const char *key, const char *wha
     char msg[200];
     snprintf(msg, sizeof msg, "'%s' must be a list of %s", key, what);
     if (d->nodes[list].type != BP_JARRAY) return bad(ld, list, msg);
-    *out = calloc(d->nodes[list].len + 1, sizeof **out);
-    if (!*out) abort();
+    *out = bp_calloc(d->nodes[list].len + 1, sizeof **out);
     for (uint32_t c = list + 1, k = 0; k < d->nodes[list].len; k++, c = d->nodes[c].next) {
         const char *s = bp_jscalar(d, c);
         if (!s || !*s) return bad(ld, c, msg);
@@ -266,8 +260,7 @@ static int load_destinations(loader *ld, bp_blueprint *bp, uint32_t fields)
                              "destinations.config") < 0)
             return -1;
     } else {
-        bp->dest_fields = calloc(bp->nfields + 1, sizeof *bp->dest_fields);
-        if (!bp->dest_fields) abort();
+        bp->dest_fields = bp_calloc(bp->nfields + 1, sizeof *bp->dest_fields);
         for (size_t i = 0; i < bp->nfields; i++)
             if (bp->fields[i].type == BP_FIELD_URL) bp->dest_fields[bp->ndest_fields++] = xstrdup(bp->fields[i].key);
     }
@@ -291,8 +284,7 @@ static int load_destinations(loader *ld, bp_blueprint *bp, uint32_t fields)
                 return -1;
             continue;
         }
-        f->sent_to = calloc(bp->ndest_fields + 1, sizeof *f->sent_to);
-        if (!f->sent_to) abort();
+        f->sent_to = bp_calloc(bp->ndest_fields + 1, sizeof *f->sent_to);
         for (size_t i = 0; i < bp->ndest_fields; i++) f->sent_to[f->nsent_to++] = xstrdup(bp->dest_fields[i]);
     }
     return 0;
@@ -304,10 +296,10 @@ static int load_together(loader *ld, bp_blueprint *bp, uint32_t rules)
     uint32_t groups = bp_jget(d, rules, "together");
     if (groups == BP_NONE) return 0;
     if (d->nodes[groups].type != BP_JARRAY) return bad(ld, groups, "'together' must be a list of lists of field keys");
-    bp->together = calloc(d->nodes[groups].len + 1, sizeof *bp->together);
+    bp->together = bp_calloc(d->nodes[groups].len + 1, sizeof *bp->together);
     for (uint32_t g = groups + 1, k = 0; k < d->nodes[groups].len; k++, g = d->nodes[g].next) {
         if (d->nodes[g].type != BP_JARRAY) return bad(ld, g, "each 'together' group must be a list of field keys");
-        char **keys = calloc(d->nodes[g].len + 1, sizeof *keys);
+        char **keys = bp_calloc(d->nodes[g].len + 1, sizeof *keys);
         bp->together[bp->ntogether++] = keys;
         size_t nk = 0;
         for (uint32_t c = g + 1, j = 0; j < d->nodes[g].len; j++, c = d->nodes[c].next) {
@@ -365,7 +357,7 @@ static int load_routes(loader *ld, bp_blueprint *bp, uint32_t events)
     const bp_doc *d = ld->d;
     if (events == BP_NONE) return bad(ld, 0, "missing 'events' (the event table)");
     if (d->nodes[events].type != BP_JOBJECT) return bad(ld, events, "'events' must be a map of event name to mapping");
-    bp->routes = calloc(d->nodes[events].len + 1, sizeof *bp->routes);
+    bp->routes = bp_calloc(d->nodes[events].len + 1, sizeof *bp->routes);
     for (uint32_t c = events + 1, k = 0; k < d->nodes[events].len; k++) {
         const char *name = bp_jtext(d, c);
         if (load_route(ld, bp, c + 1, name, NULL, &bp->routes[bp->nroutes++]) < 0) return -1;
@@ -377,9 +369,9 @@ static int load_routes(loader *ld, bp_blueprint *bp, uint32_t events)
 static int load_strings(loader *ld, uint32_t list, char ***out, size_t *n)
 {
     const bp_doc *d = ld->d;
-    if (list == BP_NONE) { *out = calloc(2, sizeof **out); (*out)[0] = xstrdup("default"); *n = 1; return 0; }
+    if (list == BP_NONE) { *out = bp_calloc(2, sizeof **out); (*out)[0] = xstrdup("default"); *n = 1; return 0; }
     if (d->nodes[list].type != BP_JARRAY) return bad(ld, list, "'variants' must be a list of names");
-    *out = calloc(d->nodes[list].len + 1, sizeof **out);
+    *out = bp_calloc(d->nodes[list].len + 1, sizeof **out);
     for (uint32_t c = list + 1, k = 0; k < d->nodes[list].len; k++, c = d->nodes[c].next) {
         const char *s = bp_jscalar(d, c);
         if (!s) return bad(ld, c, "variant names must be strings");
@@ -419,7 +411,7 @@ static int load_json_tests(loader *ld, uint32_t v, bp_response_rule *r)
     const bp_doc *d = ld->d;
     if (d->nodes[v].type != BP_JOBJECT || !d->nodes[v].len)
         return bad(ld, v, "responses: 'json' must be a map of field path to value (or list of values)");
-    r->json = calloc(d->nodes[v].len, sizeof *r->json);
+    r->json = bp_calloc(d->nodes[v].len, sizeof *r->json);
     for (uint32_t c = v + 1, k = 0; k < d->nodes[v].len; k++, c = d->nodes[c + 1].next) {
         bp_json_test *t = &r->json[r->njson++];
         const char *path = bp_jscalar(d, c);
@@ -432,13 +424,13 @@ static int load_json_tests(loader *ld, uint32_t v, bp_response_rule *r)
             size_t n = strcspn(p, ".");
             int index = n == 1 && *p == '*';
             if (!index) { index = 1; for (size_t i = 0; i < n; i++) if (p[i] < '0' || p[i] > '9') index = 0; }
-            if (!index && !memchr(p, '"', n) && !memchr(p, '\\', n)) t->key = strndup(p, n);
+            if (!index && !memchr(p, '"', n) && !memchr(p, '\\', n)) t->key = bp_strndup(p, n);
             p += n + (p[n] == '.');
         }
         uint32_t val = c + 1, nv = 1;
         if (d->nodes[val].type == BP_JARRAY) { nv = d->nodes[val].len; val = val + 1; }
         if (!nv) return bad(ld, c + 1, "responses: a 'json' value list must not be empty");
-        t->values = calloc(nv, sizeof *t->values);
+        t->values = bp_calloc(nv, sizeof *t->values);
         for (uint32_t j = 0; j < nv; j++, val = d->nodes[val].next) {
             uint8_t ty = d->nodes[val].type;
             if (ty == BP_JARRAY || ty == BP_JOBJECT)
@@ -480,7 +472,7 @@ static int load_responses(loader *ld, bp_blueprint *bp, uint32_t list)
     if (list == BP_NONE || d->nodes[list].type == BP_JNULL) return 0;
     if (d->nodes[list].type != BP_JARRAY)
         return bad(ld, list, "'responses' must be a list of rules (when, outcome, reason)");
-    bp->responses = calloc(d->nodes[list].len + 1, sizeof *bp->responses);
+    bp->responses = bp_calloc(d->nodes[list].len + 1, sizeof *bp->responses);
     static const char *const rule_keys[] = { "when", "outcome", "reason", NULL };
     static const char *const when_keys[] = { "status", "url_contains", "content_type", "body", "json", NULL };
     uint32_t c = list + 1;
@@ -628,11 +620,10 @@ bp_blueprint *bp_blueprint_load(const char *dir, bp_error *err)
 {
     bp_error_clear(err);
     if (!dir || !*dir) { bp_error_set(err, "no blueprint folder given"); return NULL; }
-    bp_blueprint *bp = calloc(1, sizeof *bp);
-    if (!bp) abort();
+    bp_blueprint *bp = bp_calloc(1, sizeof *bp);
     size_t dlen = strlen(dir);
     while (dlen > 1 && dir[dlen - 1] == '/') dlen--;
-    bp->dir = strndup(dir, dlen);
+    bp->dir = bp_strndup(dir, dlen);
     bp_buf path, text;
     bp_buf_init(&path);
     bp_buf_init(&text);

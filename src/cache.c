@@ -67,8 +67,7 @@ struct bp_cache {
 
 bp_cache *bp_cache_new(size_t max_entries)
 {
-    bp_cache *c = calloc(1, sizeof *c);
-    if (!c) abort();
+    bp_cache *c = bp_calloc(1, sizeof *c);
     pthread_mutex_init(&c->mu, NULL);
     c->max = max_entries ? max_entries : 100000;
     return c;
@@ -101,11 +100,9 @@ void bp_cache_free(bp_cache *c)
 
 static uint64_t hash2(const char *a, const char *b)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *a; a++) h = (h ^ (unsigned char)*a) * 1099511628211ULL;
-    h = (h ^ '\n') * 1099511628211ULL;
-    for (; *b; b++) h = (h ^ (unsigned char)*b) * 1099511628211ULL;
-    return h;
+    uint64_t h = bp_fnv1a(BP_FNV1A_STORED_BASIS, a, strlen(a));
+    h = bp_fnv1a(h, "\n", 1);
+    return bp_fnv1a(h, b, strlen(b));
 }
 
 static int same_key(const entry *e, const char *account, const char *key)
@@ -136,8 +133,7 @@ static int by_time(const void *a, const void *b)
  * (claims in flight stay).  Caller holds mu. */
 static void evict(bp_cache *c, double now)
 {
-    double *used = malloc((c->n + 1) * sizeof *used);
-    if (!used) abort();
+    double *used = bp_malloc((c->n + 1) * sizeof *used);
     size_t n = 0;
     for (size_t b = 0; b < BUCKETS; b++)
         for (entry **p = &c->buckets[b]; *p;) {
@@ -175,12 +171,10 @@ static entry *get_or_add(bp_cache *c, const char *account, const char *key, doub
     entry **p = find(c, account, key);
     if (*p) return *p;
     if (c->n >= c->max) { evict(c, now); p = find(c, account, key); }
-    entry *e = calloc(1, sizeof *e);
-    if (!e) abort();
+    entry *e = bp_calloc(1, sizeof *e);
     e->used_ms = now;
     size_t na = strlen(account), nk = strlen(key);
-    e->key = malloc(na + nk + 2);
-    if (!e->key) abort();
+    e->key = bp_malloc(na + nk + 2);
     memcpy(e->key, account, na);
     e->key[na] = '\n';
     memcpy(e->key + na + 1, key, nk + 1);
@@ -209,8 +203,7 @@ void bp_cache_set(bp_cache *c, const char *account, const char *key, const char 
     double now = bp_monotonic_ms();
     pthread_mutex_lock(&c->mu);
     entry *e = get_or_add(c, account, key, now);
-    char *v = malloc(len + 1);
-    if (!v) abort();
+    char *v = bp_malloc(len + 1);
     memcpy(v, json, len);
     v[len] = '\0';
     free(e->value);
@@ -262,8 +255,7 @@ void bp_cache_set_backing(bp_cache *c, const bp_cache_backing *b)
 
 static char *dup_n(const char *s, size_t n)
 {
-    char *d = malloc(n + 1);
-    if (!d) abort();
+    char *d = bp_malloc(n + 1);
     memcpy(d, s, n);
     d[n] = '\0';
     return d;
@@ -283,8 +275,7 @@ static void hold_tentative(bp_cache *c, uint64_t owner, const char *account, con
     } else {
         if (c->npending == c->cappending) {
             c->cappending = c->cappending ? c->cappending * 2 : 16;
-            c->pending = realloc(c->pending, c->cappending * sizeof *c->pending);
-            if (!c->pending) abort();
+            c->pending = bp_realloc(c->pending, c->cappending * sizeof *c->pending);
         }
         t = &c->pending[c->npending++];
         t->owner = owner;

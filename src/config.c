@@ -206,10 +206,9 @@ static const char *collection_value(const bp_doc *d, uint32_t val, const bp_fiel
 
 static void add_value(bp_config *c, const char *key, const char *value, int secret)
 {
-    c->values = realloc(c->values, (c->nvalues + 1) * sizeof *c->values);
-    if (!c->values) abort();
-    c->values[c->nvalues].key = strdup(key);
-    c->values[c->nvalues].value = strdup(value);
+    c->values = bp_realloc(c->values, (c->nvalues + 1) * sizeof *c->values);
+    c->values[c->nvalues].key = bp_strdup(key);
+    c->values[c->nvalues].value = bp_strdup(value);
     c->values[c->nvalues].secret = secret;
     c->nvalues++;
 }
@@ -226,7 +225,7 @@ static int load_events(vctx *v, bp_config *c, uint32_t ev)
     const bp_doc *d = v->d;
     if (d->nodes[ev].type != BP_JOBJECT)
         return fail_at(v, ev, "'events' must be a map such as {\"Webinar Registered\": {\"enabled\": true}}%s%s", "", "");
-    c->events = calloc(d->nodes[ev].len + 1, sizeof *c->events);
+    c->events = bp_calloc(d->nodes[ev].len + 1, sizeof *c->events);
     for (uint32_t k = ev + 1, i = 0; i < d->nodes[ev].len; i++) {
         const char *name = bp_jtext(d, k);
         uint32_t val = k + 1;
@@ -238,7 +237,7 @@ static int load_events(vctx *v, bp_config *c, uint32_t ev)
         uint32_t en = d->nodes[val].type == BP_JOBJECT ? bp_jget(d, val, "enabled") : val;
         if (en == BP_NONE || (d->nodes[en].type != BP_JTRUE && d->nodes[en].type != BP_JFALSE))
             return fail_at(v, val, "events.'%s' must be {enabled: true} or {enabled: false}%s", name, "");
-        c->events[c->nevents].name = strdup(name);
+        c->events[c->nevents].name = bp_strdup(name);
         c->events[c->nevents].enabled = d->nodes[en].type == BP_JTRUE;
         c->nevents++;
         k = d->nodes[val].next;
@@ -274,21 +273,11 @@ const char *bp_field_type_name(enum bp_field_type t)
     }
 }
 
-static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root)
+/* name, variant and delivery_mode: an install body's, also taken at the
+ * top of a bare map unless the blueprint has a field of that name */
+static int read_meta(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root, int body)
 {
     const bp_doc *d = v->d;
-    uint32_t cfg = root;
-    uint32_t inner = bp_jget(d, root, "config");
-    int body = inner != BP_NONE;
-    if (body) {
-        /* Management API install body: {"name","variant","config":{…},"events","consent","delivery_mode"};
-         * the server's stored documents have this shape too */
-        if (d->nodes[inner].type != BP_JOBJECT) return fail_at(v, inner, "'config' must be a map of field values%s%s", "", "");
-        cfg = inner;
-        if (check_keys(v, root, "the install body", BODY_KEYS) < 0) return -1;
-    }
-    /* name, variant and delivery_mode: an install body's, also taken at the
-     * top of a bare map unless the blueprint has a field of that name */
     static const char *const meta_keys[] = { "name", "variant", "delivery_mode" };
     uint32_t meta[3];
     for (int m = 0; m < 3; m++) {
@@ -299,70 +288,73 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
     const char *name = bp_jscalar(d, meta[0]);
     const char *variant = bp_jscalar(d, meta[1]);
     const char *mode = bp_jscalar(d, meta[2]);
-    c->name = name ? strdup(name) : NULL;
-    c->delivery_mode = mode ? strdup(mode) : NULL;
+    c->name = name ? bp_strdup(name) : NULL;
+    c->delivery_mode = mode ? bp_strdup(mode) : NULL;
     if (variant) {
         int known = 0;
         for (size_t i = 0; i < bp->nvariants; i++) if (!strcmp(bp->variants[i], variant)) known = 1;
         if (!known) return fail_at(v, meta[1], "unknown variant '%s' (this blueprint has: %s)", variant, bp->variants[0]);
-        c->variant = strdup(variant);
+        c->variant = bp_strdup(variant);
     }
     if (mode && strcmp(mode, "server_side") != 0)
         return fail_at(v, meta[2], "delivery_mode '%s' is not supported; use \"server_side\"%s", mode, "");
-    for (int pass = 0; pass < 2; pass++) {
-        uint32_t holder = pass ? root : cfg;
-        if (pass && root == cfg) break;
-        uint32_t ev = bp_jget(d, holder, "events");
-        if (ev != BP_NONE && !c->events && load_events(v, c, ev) < 0) return -1;
-        uint32_t co = bp_jget(d, holder, "consent");
-        if (co != BP_NONE && load_consent(v, c, co) < 0) return -1;
+    return 0;
+}
+
+/* One key of the config map: a blueprint field's value, checked and added. */
+static int read_field(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t k, int body)
+{
+    const bp_doc *d = v->d;
+    const char *key = bp_jtext(d, k);
+    uint32_t val = k + 1;
+    if (!strcmp(key, "events") || !strcmp(key, "consent")) return 0;
+    const bp_field *f = bp_blueprint_field(bp, key);
+    if (!f && !body && in_list(BODY_META_KEYS, key)) return 0;   /* taken by read_meta */
+    if (!f) {
+        /* every key accepted here is listed: the fields, the sections,
+         * and at the top of a bare map the install body's keys */
+        char what[320];
+        snprintf(what, sizeof what, "unknown config field '%.200s'%s", key, body ? " in 'config'" : "");
+        keygroup groups[3] = {
+            { "known fields", bp, NULL },
+            { "sections", NULL, SECTION_KEYS },
+            { "install-body keys", NULL, BODY_META_KEYS },
+        };
+        return unknown_key(v, k, what, key, groups, body ? 2 : 3);
     }
-    for (uint32_t k = cfg + 1, i = 0; i < d->nodes[cfg].len; i++, k = d->nodes[k + 1].next) {
-        const char *key = bp_jtext(d, k);
-        uint32_t val = k + 1;
-        if (!strcmp(key, "events") || !strcmp(key, "consent")) continue;
-        const bp_field *f = bp_blueprint_field(bp, key);
-        if (!f && !body && in_list(BODY_META_KEYS, key)) continue;   /* taken above */
-        if (!f) {
-            /* every key accepted here is listed: the fields, the sections,
-             * and at the top of a bare map the install body's keys */
-            char what[320];
-            snprintf(what, sizeof what, "unknown config field '%.200s'%s", key, body ? " in 'config'" : "");
-            keygroup groups[3] = {
-                { "known fields", bp, NULL },
-                { "sections", NULL, SECTION_KEYS },
-                { "install-body keys", NULL, BODY_META_KEYS },
-            };
-            return unknown_key(v, k, what, key, groups, body ? 2 : 3);
-        }
-        if (d->nodes[val].type == BP_JNULL) continue;
-        if (f->type == BP_FIELD_LIST || f->type == BP_FIELD_MAP) {
-            if (bp_config_get(c, key)) return fail_at(v, val, "config field '%s' is set twice%s", key, "");
-            bp_buf json;
-            bp_buf_init(&json);
-            const char *problem = collection_value(d, val, f, &json);
-            if (!problem) add_value(c, key, json.data, 0);
-            bp_buf_free(&json);
-            if (problem) return fail_at(v, val, "config field '%s' %s", key, problem);
-            continue;
-        }
-        if (f->type == BP_FIELD_BOOLEAN && (d->nodes[val].type == BP_JTRUE || d->nodes[val].type == BP_JFALSE)) {
-            add_value(c, key, d->nodes[val].type == BP_JTRUE ? "true" : "false", 0);
-            continue;
-        }
-        const char *s = bp_jscalar(d, val);
-        if (!s) return fail_at(v, val, "config field '%s' must be a single %s value", key, bp_field_type_name(f->type));
-        if (!*s) continue;  /* "" means unset, as in most settings forms */
+    if (d->nodes[val].type == BP_JNULL) return 0;
+    if (f->type == BP_FIELD_LIST || f->type == BP_FIELD_MAP) {
         if (bp_config_get(c, key)) return fail_at(v, val, "config field '%s' is set twice%s", key, "");
-        const char *problem = check_value(f, s);
-        if (problem) {
-            char what[512];
-            if (f->type == BP_FIELD_SECRET) snprintf(what, sizeof what, "%s (value not shown)", problem);
-            else snprintf(what, sizeof what, "%s; got '%.200s'", problem, s);
-            return fail_at(v, val, "config field '%s': %s", key, what);
-        }
-        add_value(c, key, s, f->type == BP_FIELD_SECRET);
+        bp_buf json;
+        bp_buf_init(&json);
+        const char *problem = collection_value(d, val, f, &json);
+        if (!problem) add_value(c, key, json.data, 0);
+        bp_buf_free(&json);
+        if (problem) return fail_at(v, val, "config field '%s' %s", key, problem);
+        return 0;
     }
+    if (f->type == BP_FIELD_BOOLEAN && (d->nodes[val].type == BP_JTRUE || d->nodes[val].type == BP_JFALSE)) {
+        add_value(c, key, d->nodes[val].type == BP_JTRUE ? "true" : "false", 0);
+        return 0;
+    }
+    const char *s = bp_jscalar(d, val);
+    if (!s) return fail_at(v, val, "config field '%s' must be a single %s value", key, bp_field_type_name(f->type));
+    if (!*s) return 0;  /* "" means unset, as in most settings forms */
+    if (bp_config_get(c, key)) return fail_at(v, val, "config field '%s' is set twice%s", key, "");
+    const char *problem = check_value(f, s);
+    if (problem) {
+        char what[512];
+        if (f->type == BP_FIELD_SECRET) snprintf(what, sizeof what, "%s (value not shown)", problem);
+        else snprintf(what, sizeof what, "%s; got '%.200s'", problem, s);
+        return fail_at(v, val, "config field '%s': %s", key, what);
+    }
+    add_value(c, key, s, f->type == BP_FIELD_SECRET);
+    return 0;
+}
+
+/* Fields not set: their defaults, or the first required one missing. */
+static int fill_defaults(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t cfg)
+{
     for (size_t i = 0; i < bp->nfields; i++) {
         const bp_field *f = &bp->fields[i];
         if (bp_config_get(c, f->key)) continue;
@@ -370,6 +362,12 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
         if (f->required)
             return fail_at(v, cfg, "config field '%s' is required: %s", f->key, f->help && *f->help ? f->help : f->label);
     }
+    return 0;
+}
+
+/* Fields the blueprint says go together: all of them set or none. */
+static int check_together(vctx *v, const bp_blueprint *bp, const bp_config *c, uint32_t cfg)
+{
     for (size_t g = 0; g < bp->ntogether; g++) {
         size_t set = 0, total = 0;
         const char *missing = NULL;
@@ -388,6 +386,34 @@ static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root
         }
     }
     return 0;
+}
+
+static int validate(vctx *v, const bp_blueprint *bp, bp_config *c, uint32_t root)
+{
+    const bp_doc *d = v->d;
+    uint32_t cfg = root;
+    uint32_t inner = bp_jget(d, root, "config");
+    int body = inner != BP_NONE;
+    if (body) {
+        /* Management API install body: {"name","variant","config":{…},"events","consent","delivery_mode"};
+         * the server's stored documents have this shape too */
+        if (d->nodes[inner].type != BP_JOBJECT) return fail_at(v, inner, "'config' must be a map of field values%s%s", "", "");
+        cfg = inner;
+        if (check_keys(v, root, "the install body", BODY_KEYS) < 0) return -1;
+    }
+    if (read_meta(v, bp, c, root, body) < 0) return -1;
+    for (int pass = 0; pass < 2; pass++) {
+        uint32_t holder = pass ? root : cfg;
+        if (pass && root == cfg) break;
+        uint32_t ev = bp_jget(d, holder, "events");
+        if (ev != BP_NONE && !c->events && load_events(v, c, ev) < 0) return -1;
+        uint32_t co = bp_jget(d, holder, "consent");
+        if (co != BP_NONE && load_consent(v, c, co) < 0) return -1;
+    }
+    for (uint32_t k = cfg + 1, i = 0; i < d->nodes[cfg].len; i++, k = d->nodes[k + 1].next)
+        if (read_field(v, bp, c, k, body) < 0) return -1;
+    if (fill_defaults(v, bp, c, cfg) < 0) return -1;
+    return check_together(v, bp, c, cfg);
 }
 
 bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t len, const char *origin,
@@ -427,8 +453,7 @@ bp_config *bp_config_load_text(const bp_blueprint *bp, const char *text, size_t 
     }
     bp_config *c = NULL;
     if (rc == 0) {
-        c = calloc(1, sizeof *c);
-        if (!c) abort();
+        c = bp_calloc(1, sizeof *c);
         c->consent_default = BP_CONSENT_DENY;
         vctx v = { &d, origin, err };
         if (d.nodes[0].type != BP_JOBJECT) {

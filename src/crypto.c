@@ -188,8 +188,7 @@ int bp_keyring_write(const char *path, int n, char kids[][17], unsigned char key
 
 bp_keyring *bp_keyring_open(const char *state_dir, bp_error *err)
 {
-    bp_keyring *r = calloc(1, sizeof *r);
-    if (!r) abort();
+    bp_keyring *r = bp_calloc(1, sizeof *r);
     pthread_mutex_init(&r->mu, NULL);
     const char *env = getenv("BLUEPRINT_MASTER_KEY_FILE");
     if (env && *env) {
@@ -256,8 +255,7 @@ int bp_encrypt_secret(bp_keyring *r, const char *integration, const char *field,
                       bp_buf *out, bp_error *err)
 {
     size_t len = strlen(plain);
-    unsigned char *blob = malloc(NONCE_LEN + len + TAG_LEN + 1);
-    if (!blob) abort();
+    unsigned char *blob = bp_malloc(NONCE_LEN + len + TAG_LEN + 1);
     bp_buf aad;
     bp_buf_init(&aad);
     aad_for(&aad, !dest, integration, field, dest);
@@ -349,8 +347,7 @@ int bp_decrypt_secret(bp_keyring *r, const char *integration, const char *field,
         return -1;
     }
     size_t b64len = strlen(blob64);
-    unsigned char *blob = malloc(b64len + 1);
-    if (!blob) abort();
+    unsigned char *blob = bp_malloc(b64len + 1);
     int blen = b64_decode(blob64, b64len, blob, b64len);
     unsigned char key[32];
     int found = 0;

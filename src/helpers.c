@@ -77,8 +77,7 @@ static int is_kept(lua_State *L, int keep_idx, lua_Integer n, const char *key)
 static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp_buf *out, bp_error *err)
 {
     size_t n = 0, cap = 16;
-    member *m = calloc(cap, sizeof *m);
-    if (!m) abort();
+    member *m = bp_calloc(cap, sizeof *m);
     int rc = 0;
     /* each member is looked up in `keep`: charged, since both may be long */
     const bp_budget *budget = bp_budget_of(L);
@@ -102,8 +101,8 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
         if (lua_type(L, -2) != LUA_TSTRING) { rc = -1; bp_error_set(err, "keys must be strings"); lua_pop(L, 2); break; }
         const char *why = bp_budget_spent(L, budget, (unsigned long)nkeep + 1);
         if (why) { rc = -1; bp_error_set(err, "%s", why); lua_pop(L, 2); break; }
-        if (n == cap) { cap *= 2; m = realloc(m, cap * sizeof *m); if (!m) abort(); }
-        m[n].key = strdup(lua_tostring(L, -2));
+        if (n == cap) { cap *= 2; m = bp_realloc(m, cap * sizeof *m); }
+        m[n].key = bp_strdup(lua_tostring(L, -2));
         bp_buf_init(&m[n].enc);
         m[n].keep = is_kept(L, keep_idx, nkeep, m[n].key);
         bp_json_write_string(&m[n].enc, m[n].key, strlen(m[n].key));
@@ -120,8 +119,7 @@ static int json_within(lua_State *L, int idx, size_t max_bytes, int keep_idx, bp
         for (size_t i = 0; i < n; i++) total += m[i].enc.len + (i ? 1 : 0);
         /* drop in order of size (sorted once: 100000 members are not
          * scanned 100000 times); only kept members left: send them, over the limit */
-        by_size *order = malloc((n ? n : 1) * sizeof *order);
-        if (!order) abort();
+        by_size *order = bp_malloc((n ? n : 1) * sizeof *order);
         size_t candidates = 0;
         for (size_t i = 0; i < n; i++)
             if (!m[i].keep) order[candidates++] = (by_size){ m[i].enc.len, i };
@@ -176,7 +174,7 @@ static bp_buf *thread_json_buf(void)
     pthread_once(&json_buf_once, make_json_buf_key);
     bp_buf *b = pthread_getspecific(json_buf_key);
     if (!b) {
-        if (!(b = calloc(1, sizeof *b))) abort();
+        b = bp_calloc(1, sizeof *b);
         bp_buf_init(b);
         pthread_setspecific(json_buf_key, b);
     }

@@ -36,6 +36,11 @@ void bp_set_oom_report(bp_oom_report_fn fn);
  * detection (not for anything an attacker must not steer).  Start with
  * BP_FNV1A_BASIS and feed pieces in order. */
 #define BP_FNV1A_BASIS 14695981039346656037ULL
+/* The start value the core and delivery have always hashed with (a digit
+ * short of the FNV offset basis).  Step fingerprints are stored in events'
+ * journals and credential fingerprints with paused integrations, so these
+ * hashes keep it: a new basis would not match what is stored. */
+#define BP_FNV1A_STORED_BASIS 1469598103934665603ULL
 static inline uint64_t bp_fnv1a(uint64_t h, const void *data, size_t n)
 {
     const unsigned char *p = data;
@@ -65,21 +70,21 @@ typedef struct bp_budget {
     void (*check)(lua_State *L, void *ud, unsigned long work);
     void *ud;
     const char *(*spend)(lua_State *L, void *ud, unsigned long work);
-    volatile sig_atomic_t armed;
+    _Atomic int armed;          /* lock-free, so a signal handler may set it; read relaxed */
     size_t max_bytes;
 } bp_budget;
 
 /* Charge `work` once the call is armed; may raise the budget's error. */
 static inline void bp_budget_tick(lua_State *L, const bp_budget *b, unsigned long work)
 {
-    if (b && b->armed) b->check(L, b->ud, work);
+    if (b && atomic_load_explicit(&b->armed, memory_order_relaxed)) b->check(L, b->ud, work);
 }
 
 /* Charge `work` once the call is armed, without raising: the reason the
  * budget is spent, or NULL. */
 static inline const char *bp_budget_spent(lua_State *L, const bp_budget *b, unsigned long work)
 {
-    return b && b->armed && b->spend ? b->spend(L, b->ud, work) : NULL;
+    return b && atomic_load_explicit(&b->armed, memory_order_relaxed) && b->spend ? b->spend(L, b->ud, work) : NULL;
 }
 
 /* Lua's string.find/match/gmatch/gsub with every matching step counted
@@ -348,7 +353,7 @@ void bp_bucket_block(bp_bucket *b, double until_ms);
 /* The vendor says its window is full: no catching up on the next request. */
 void bp_bucket_drain(bp_bucket *b);
 
-/* ---- engine.c: the event envelope -------------------------------------------------------- */
+/* ---- envelope.c: the event envelope -------------------------------------------------------- */
 
 /* The keys Signal uses for an event's id, in order of preference, and the
  * event types it sends (NULL-terminated): the one list every part uses. */
@@ -357,6 +362,9 @@ extern const char *const bp_event_types[];
 /* The event's id (the first of bp_message_id_keys that is a string or number), or NULL. */
 const char *bp_event_message_id(const bp_doc *d);
 int bp_event_type_known(const char *type);
+/* The event as the consent_denied mapping sees it: who the visitor is and
+ * their consent, nothing of what they did (parsed into out). */
+void bp_event_identity(const bp_doc *d, bp_doc *out);
 
 /* ---- decode.c: readable outcome lines ---------------------------------------------------- */
 
@@ -418,7 +426,7 @@ typedef struct bp_stored {
     long idx;                   /* input position in the run (or intake request) that added it */
     int64_t ksrc;               /* cluster mode: the partition slot it was read from (0: none) */
     int64_t koff;               /* and its offset there (idx: its index in the message) */
-    char *steps; size_t steps_len;   /* the journal of its steps' answers (engine.c), NULL: none */
+    char *steps; size_t steps_len;   /* the journal of its steps' answers (steps.c), NULL: none */
 } bp_stored;
 
 /* Where an event read from Kafka came from (cluster mode). */
@@ -498,7 +506,7 @@ int bp_store_recent(bp_store *s, const char *integration, const char *state, int
 
 typedef struct bp_cache bp_cache;
 
-/* ---- engine.c: one engine for many configs ----------------------------------------------- */
+/* ---- engine.c, steps.c: one engine for many configs ---------------------------------------------- */
 
 typedef struct bp_binding {
     const bp_config *cfg;
@@ -521,6 +529,11 @@ void bp_engine_set_cache(bp_engine *e, bp_cache *c);
 /* The next run reads its steps' answers back from this journal (an
  * outcome's `journal`; NULL: none) and claims shared answers as owner. */
 void bp_engine_set_journal(bp_engine *e, const char *journal, size_t len, uint64_t owner);
+/* The request table on top of the stack, checked and copied into r (its
+ * strings in o); -1 with err saying what is wrong.  luarequest.c */
+int bp_read_request(lua_State *L, bp_outcome *o, bp_request *r, bp_error *err);
+/* Length of s cut to at most max bytes, not inside a UTF-8 sequence.  request.c */
+size_t bp_utf8_cut(const char *s, size_t len, size_t max);
 /* Add a step's answer to a journal (from: "sent", "cached", …). */
 void bp_journal_add(bp_buf *journal, uint64_t fingerprint, int status, const char *body, size_t len, const char *from);
 
@@ -570,7 +583,7 @@ void bp_cache_settle(bp_cache *c, uint64_t owner, int sent);
 /* bp_cache_get, else the backing's value (kept in memory for its remaining time). */
 int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_buf *out);
 
-/* ---- deliver.c: the delivery loops ---------------------------------------------------------- */
+/* ---- deliver*.c: the delivery loops ---------------------------------------------------------- */
 
 /* A blueprint revision: a short, stable fingerprint of the contents of the
  * folder's files (the ones hot reload watches: its top-level files), 12 hex
@@ -583,7 +596,7 @@ void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN]);
  * last reference (a reload replaces it while loops still use the old one). */
 typedef struct bp_shared_bp {
     bp_blueprint *bp;
-    int refs;                   /* atomic */
+    _Atomic int refs;
     char revision[BP_REVISION_LEN];   /* what its files held when loaded; "" unknown */
 } bp_shared_bp;
 bp_shared_bp *bp_shared_bp_new(bp_blueprint *bp);
@@ -591,7 +604,7 @@ void bp_shared_bp_hold(bp_shared_bp *s);
 void bp_shared_bp_drop(bp_shared_bp *s);
 
 /* How an event's delivery ends, or waits: the one table of the names each
- * is known by (deliver.c), instead of strings compared where they are used. */
+ * is known by (deliver_job.c), instead of strings compared where they are used. */
 enum bp_end { BP_END_DELIVERED, BP_END_DROPPED, BP_END_ERROR, BP_END_DEAD, BP_END_HELD, BP_END_RETRYING };
 #define BP_END_COUNT 6
 typedef struct bp_end_name {

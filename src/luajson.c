@@ -111,7 +111,7 @@ void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i)
 static const char *const aliases[][4] = {
     { "userId", "user_id", NULL, NULL },
     { "anonymousId", "anonymous_id", NULL, NULL },
-    { "messageId", "message_id", "event_id", NULL },   /* bp_message_id_keys (engine.c) */
+    { "messageId", "message_id", "event_id", NULL },   /* bp_message_id_keys (envelope.c) */
 };
 
 static uint32_t lookup_key_n(const bp_doc *d, uint32_t obj, const char *key, size_t klen)
@@ -433,11 +433,10 @@ static void add_slot(bp_slots *s, size_t offset, const char *name)
 {
     if (s->n == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 4;
-        s->v = realloc(s->v, s->cap * sizeof *s->v);
-        if (!s->v) abort();
+        s->v = bp_realloc(s->v, s->cap * sizeof *s->v);
     }
     s->v[s->n].offset = offset;
-    s->v[s->n].name = strdup(name);
+    s->v[s->n].name = bp_strdup(name);
     s->n++;
 }
 
@@ -509,8 +508,7 @@ static int push_members_sorted(lua_State *L, int idx, members *m)
         lua_pushvalue(L, -2);                   /* ..., key, value, key (for lua_next) */
         if (m->n == cap) {
             cap *= 2;
-            member *grown = malloc((size_t)cap * sizeof *grown);
-            if (!grown) abort();
+            member *grown = bp_malloc((size_t)cap * sizeof *grown);
             memcpy(grown, m->v, (size_t)m->n * sizeof *grown);
             members_free(m);
             m->v = grown;
@@ -591,8 +589,9 @@ static int enc_over_budget(encoder *e)
 {
     const bp_budget *b = e->budget;
     if (!b) return 0;
-    if (b->spend && (b->armed || ++e->unwatched % ENC_CHECK_EVERY == 0)) {
-        const char *why = b->spend(e->L, b->ud, b->armed ? 1 : ENC_CHECK_EVERY);
+    int armed = atomic_load_explicit(&b->armed, memory_order_relaxed);
+    if (b->spend && (armed || ++e->unwatched % ENC_CHECK_EVERY == 0)) {
+        const char *why = b->spend(e->L, b->ud, armed ? 1 : ENC_CHECK_EVERY);
         if (why) {
             bp_error_set(e->err, "cannot encode the value: %s", why);
             return -1;

@@ -113,7 +113,7 @@ _Static_assert(sizeof(bp_recent) <= 1440, "the last-hour ring grew past 1.4 KB")
 void bp_recent_add(bp_recent **r, enum bp_end end, int64_t now_ms)
 {
     if ((int)end < 0 || (int)end >= BP_RECENT_ENDS) return;
-    if (!*r && !(*r = calloc(1, sizeof **r))) abort();
+    if (!*r) *r = bp_calloc(1, sizeof **r);
     int32_t minute = (int32_t)(now_ms / 60000);
     size_t slot = (size_t)(minute % BP_RECENT_MINUTES);
     /* a slot last used an hour (or more) ago starts again from zero */

@@ -9,7 +9,7 @@
  * malformed event gets the parser's exact message.  Nothing longer than the
  * event size limit is ever buffered.
  */
-#include "blueprint.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -36,8 +36,7 @@ struct bp_reader {
 
 bp_reader *bp_reader_new(int fd, size_t max_event_bytes)
 {
-    bp_reader *r = calloc(1, sizeof *r);
-    if (!r) abort();
+    bp_reader *r = bp_calloc(1, sizeof *r);
     r->fd = fd;
     r->max = max_event_bytes ? max_event_bytes : BP_DEFAULT_MAX_EVENT_BYTES;
     bp_buf_init(&r->ev);

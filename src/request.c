@@ -28,6 +28,13 @@ typedef struct bp_chunk {
     char data[];
 } bp_chunk;
 
+size_t bp_utf8_cut(const char *s, size_t len, size_t max)
+{
+    if (len <= max) return len;
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return max;
+}
+
 char *bp_outcome_strdup(bp_outcome *o, const char *s)
 {
     if (!s) return NULL;
@@ -35,8 +42,7 @@ char *bp_outcome_strdup(bp_outcome *o, const char *s)
     bp_chunk *c = o->strings;
     if (!c || c->cap - c->used < n) {
         size_t cap = n > CHUNK_SIZE ? n : CHUNK_SIZE;
-        bp_chunk *fresh = malloc(sizeof *fresh + cap);
-        if (!fresh) abort();
+        bp_chunk *fresh = bp_malloc(sizeof *fresh + cap);
         fresh->used = 0;
         fresh->cap = cap;
         if (c && c->used == 0) { fresh->next = c->next; free(c); }   /* an unused first chunk too small */
@@ -111,8 +117,7 @@ bp_request *bp_outcome_add_request(bp_outcome *o)
 {
     if (o->nrequests == o->caprequests) {
         o->caprequests = o->caprequests ? o->caprequests * 2 : 4;
-        o->requests = realloc(o->requests, o->caprequests * sizeof *o->requests);
-        if (!o->requests) abort();
+        o->requests = bp_realloc(o->requests, o->caprequests * sizeof *o->requests);
     }
     bp_request *r = &o->requests[o->nrequests++];
     memset(r, 0, sizeof *r);

@@ -211,7 +211,7 @@ static const char *spend(lua_State *L, bp_sandbox *sb, uint64_t work)
          * again as soon as it resumes. */
         if (sb->in_call) {
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-            sb->meter.armed = 1;
+            atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
         }
     }
     return sb->why;
@@ -268,7 +268,7 @@ static void arm_budget_hook(lua_State *L)
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
     lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
-    sb->meter.armed = 1;
+    atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
 }
 
 /* ---- positions: "file.lua:12", and the chain of blueprint calls ----------------- */
@@ -601,9 +601,8 @@ int bp_sandbox_print(lua_State *L)
         bp_buf f;
         bp_buf_init(&f);
         bp_buf_adds(&f, "\"log\":");
-        bp_json_write_text(&f, msg->data, msg->len);
-        bp_buf_adds(&f, ",\"at\":");
-        bp_json_write_text(&f, at->data, at->len);
+        bp_json_write_text(&f, msg->data, msg->len);   /* by length: a Lua string may hold NUL bytes */
+        bp_log_field(&f, "at", at->data);
         bp_log("info", "mapping log", f.data);
         bp_buf_free(&f);
     } else fprintf(stderr, "blueprint log: %s: %s\n", at->data, msg->data);
@@ -620,7 +619,7 @@ void bp_sandbox_set_log(bp_sandbox *sb, bp_sandbox_log_fn fn, void *ud)
 void bp_sandbox_set_prefix(bp_sandbox *sb, const char *chunk_prefix)
 {
     free(sb->prefix);
-    sb->prefix = chunk_prefix ? strdup(chunk_prefix) : NULL;
+    sb->prefix = chunk_prefix ? bp_strdup(chunk_prefix) : NULL;
 }
 
 /* next() that also walks event views (pairs() does through __pairs). */
@@ -711,8 +710,7 @@ bp_sandbox *bp_sandbox_new(const bp_limits *limits, bp_error *err)
 {
     bp_limits def;
     if (!limits) { bp_limits_default(&def); limits = &def; }
-    bp_sandbox *sb = calloc(1, sizeof *sb);
-    if (!sb) { bp_error_set(err, "out of memory"); return NULL; }
+    bp_sandbox *sb = bp_calloc(1, sizeof *sb);
     sb->limit = limits->memory_bytes;
     sb->budget = limits->instructions;
     sb->timeout_ms = limits->timeout_ms;
@@ -784,13 +782,13 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
         bp_watch_begin(sb->watch_slot, L);
     } else {
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
-        sb->meter.armed = 1;
+        atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
     }
     int rc = lua_pcall(L, nargs, nresults, base);
     if (sb->watch_slot >= 0) bp_watch_end(sb->watch_slot);
     lua_sethook(L, NULL, 0, 0);
     sb->in_call = 0;
-    sb->meter.armed = 0;
+    atomic_store_explicit(&sb->meter.armed, 0, memory_order_relaxed);
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         if (rc == LUA_ERRMEM || sb->over_memory)

@@ -117,7 +117,7 @@ static const char *const ADDED_COLUMNS[][2] = {
     { "koff", "ALTER TABLE events ADD COLUMN koff INTEGER" },
     { "kidx", "ALTER TABLE events ADD COLUMN kidx INTEGER" },
     { "ksrc", "ALTER TABLE events ADD COLUMN ksrc INTEGER" },
-    /* the answers of an event's steps so far (ctx.send; engine.c's journal) */
+    /* the answers of an event's steps so far (ctx.send; steps.c's journal) */
     { "steps", "ALTER TABLE events ADD COLUMN steps TEXT" },
 };
 
@@ -216,8 +216,7 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, file);
-    bp_store *s = calloc(1, sizeof *s);
-    if (!s) abort();
+    bp_store *s = bp_calloc(1, sizeof *s);
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
@@ -227,9 +226,9 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
     pthread_mutex_init(&s->health_mu, NULL);
     pthread_mutex_init(&s->ckpt_mu, NULL);
     pthread_cond_init(&s->ckpt_cond, NULL);
-    s->path = strdup(path);
+    s->path = bp_strdup(path);
     const char *fault = getenv("BLUEPRINT_FAULT_FILE");
-    if (fault && *fault) s->fault_file = strdup(fault);
+    if (fault && *fault) s->fault_file = bp_strdup(fault);
     /* The database, its WAL and SHM are created owner-only whatever the
      * caller's umask: the WAL can hold recent pages of any table.  The file
      * is made 0600 before SQLite opens it, and SQLite gives the WAL and SHM
@@ -552,8 +551,7 @@ int bp_store_cache_get(bp_store *s, const char *account, const char *key, int64_
 int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int limit, bp_stored **out, size_t *n)
 {
     *n = 0;
-    *out = calloc((size_t)limit + 1, sizeof **out);
-    if (!*out) abort();
+    *out = bp_calloc((size_t)limit + 1, sizeof **out);
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *q = s->pending;
     sqlite3_reset(q);
@@ -564,7 +562,7 @@ int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         bp_stored *e = &(*out)[(*n)++];
         e->id = sqlite3_column_int64(q, 0);
-        e->body = strdup((const char *)sqlite3_column_text(q, 1));
+        e->body = bp_strdup((const char *)sqlite3_column_text(q, 1));
         e->body_len = (size_t)sqlite3_column_bytes(q, 1);
         e->attempts = sqlite3_column_int(q, 2);
         e->failures = sqlite3_column_int(q, 3);
@@ -574,7 +572,7 @@ int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int
         e->ksrc = sqlite3_column_int64(q, 7);
         e->koff = sqlite3_column_int64(q, 8);
         if (sqlite3_column_type(q, 9) == SQLITE_TEXT) {
-            e->steps = strdup((const char *)sqlite3_column_text(q, 9));
+            e->steps = bp_strdup((const char *)sqlite3_column_text(q, 9));
             e->steps_len = (size_t)sqlite3_column_bytes(q, 9);
         }
     }
@@ -623,7 +621,7 @@ char *bp_store_meta_get(bp_store *s, const char *integration, const char *key)
     pthread_mutex_lock(&s->mu);
     if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key=?1", -1, &q, NULL) == SQLITE_OK) {
         sqlite3_bind_text(q, 1, scoped(integration, key, buf, sizeof buf), -1, SQLITE_STATIC);
-        if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0)) v = strdup((const char *)sqlite3_column_text(q, 0));
+        if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0)) v = bp_strdup((const char *)sqlite3_column_text(q, 0));
         sqlite3_finalize(q);
     }
     pthread_mutex_unlock(&s->mu);

@@ -43,8 +43,7 @@ bp_transport *bp_transport_new(long connect_timeout_ms, long timeout_ms)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, global_init);
-    bp_transport *t = calloc(1, sizeof *t);
-    if (!t) abort();
+    bp_transport *t = bp_calloc(1, sizeof *t);
     t->multi = curl_multi_init();
     t->connect_timeout_ms = connect_timeout_ms;
     t->timeout_ms = timeout_ms;
@@ -145,8 +144,7 @@ static CURL *new_handle(const bp_transport *t)
 
 int bp_transport_send(bp_transport *t, const bp_request *r, const bp_config *cfg, void *user)
 {
-    pending *pd = calloc(1, sizeof *pd);
-    if (!pd) abort();
+    pending *pd = bp_calloc(1, sizeof *pd);
     bp_buf_init(&pd->body);
     bp_buf_init(&pd->resp.body);
     pd->resp.ratelimit_remaining = -1;

@@ -1,0 +1,327 @@
+/*
+ * deliver_send.c — what goes out and what comes back: dispatch sends each
+ * account's jobs as its token bucket allows, and each answer is classified
+ * (the next step, done, retry later, dead-letter, or pause the integration
+ * on bad credentials) and the integration's health reported.
+ */
+#include "internal.h"
+#include "deliver_loop.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- answers ------------------------------------------------------------------------------- */
+
+/* Tell the sink when the integration's health changes (a new state,
+ * reason, next attempt or vendor's answer); `since` keeps the time the
+ * state was entered, unless the caller knows it (a pause restored from the
+ * store); resp: the answer that made it so, shown in the vendor's words
+ * (NULL: none). */
+void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
+                            const bp_response *resp)
+{
+    bp_health *h = &t->health;
+    int status = resp ? resp->status : 0;
+    const char *body = resp && resp->body.data ? resp->body.data : "";
+    size_t n = resp ? resp->body.len : 0;
+    if (n >= sizeof h->answer) n = sizeof h->answer - 1;
+    if (h->state == state && h->until_ms == until_ms && h->status == status && !strcmp(h->reason, reason)
+        && !strncmp(h->answer, body, n) && h->answer[n] == '\0' && h->since_ms) return;
+    if (h->state != state || !h->since_ms) h->since_ms = since_ms ? since_ms : (int64_t)bp_wall_ms();
+    h->state = state;
+    h->until_ms = until_ms;
+    h->status = status;
+    snprintf(h->reason, sizeof h->reason, "%s", reason);
+    memcpy(h->answer, body, n);
+    h->answer[n] = '\0';
+    if (t->sink->health) t->sink->health(t->ctx, h);
+}
+
+void bp_dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms)
+{
+    bp_dl_report_health_at(t, state, reason, until_ms, 0, NULL);
+}
+
+static void pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp)
+{
+    const bp_blueprint *bp = t->bp->bp;
+    t->paused = 1;
+    snprintf(t->pause_reason, sizeof t->pause_reason, "integration paused: %s; %s; delivery resumes when the "
+             "credentials in the config change", why, bp->auth_help ? bp->auth_help : "check the API key and API URL");
+    char fp[17], since[24];
+    bp_dl_credentials_fingerprint(t->cfg, bp, fp);
+    snprintf(since, sizeof since, "%lld", (long long)bp_wall_ms());
+    bp_store_meta_set(l->store, t->id, "paused_credentials", fp);
+    bp_store_meta_set(l->store, t->id, "pause_reason", t->pause_reason);
+    bp_store_meta_set(l->store, t->id, "paused_since", since);
+    bp_dl_log_tenant("error", t->pause_reason, t, NULL);
+    bp_dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since), resp);
+}
+
+static int step_accepts(const bp_request *r, int status)
+{
+    for (int i = 0; i < r->naccept; i++) if (r->accept[i] == status) return 1;
+    return 0;
+}
+
+/* A step's answer is in: record it, share it (opts.cache), and run the
+ * mapping again, which now reads it and goes on to its next step or its
+ * final requests. */
+static void step_answered(loop *l, job *j, const bp_request *req, const bp_response *resp)
+{
+    bp_buf b;
+    bp_buf_init(&b);
+    if (j->ev.steps_len) bp_buf_add(&b, j->ev.steps, j->ev.steps_len);
+    bp_journal_add(&b, req->fingerprint, resp->status, resp->body.data ? resp->body.data : "", resp->body.len, "sent");
+    free(j->ev.steps);
+    j->ev.steps = b.data;
+    j->ev.steps_len = b.len;
+    if (req->cache_key) {
+        account *a = j->t->acct;
+        if (resp->status < 300) {
+            bp_buf v;
+            bp_buf_init(&v);
+            bp_buf_printf(&v, "{\"s\":%d,\"b\":", resp->status);
+            bp_json_write_text(&v, resp->body.data ? resp->body.data : "", resp->body.len);
+            bp_buf_addc(&v, '}');
+            bp_cache_set(l->cache, a->key, req->cache_key, v.data, v.len, req->cache_ttl_s);
+            bp_buf_free(&v);
+        } else {
+            bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
+        }
+    }
+    j->ev.done_requests++;
+    j->ev.failures = 0;
+    bp_dl_map_job(l, j);                  /* req belongs to the old outcome: not used after this */
+    if (!j->final) bp_dl_save_progress(l, j);
+}
+
+/* Retry-After is an order, for the whole account.  RateLimit-Remaining: 0
+ * is also what a client pacing at exactly the limit sees once its window
+ * is full, so it only takes away any saved-up burst; a RateLimit-Limit
+ * below our rate lowers the rate (the vendor knows the account's limit
+ * better than the blueprint's default). */
+static void obey_vendor_pace(account *a, const bp_response *resp)
+{
+    pthread_mutex_lock(&a->pace->mu);
+    bp_bucket *bucket = &a->pace->bucket;
+    if (resp->retry_after_s > 0) bp_bucket_block(bucket, bp_monotonic_ms() + resp->retry_after_s * 1000.0);
+    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
+    if (resp->ratelimit_limit > 0 && (resp->ratelimit_limit < bucket->rate || bucket->rate <= 0))
+        bp_bucket_set_rate(bucket, resp->ratelimit_limit);
+    pthread_mutex_unlock(&a->pace->mu);
+}
+
+/* A failed step's reason says which step: "step 3 (POST …/ecomOrders): …" */
+static void name_step(job *j, const bp_request *req)
+{
+    char what[sizeof j->why + 160];
+    snprintf(what, sizeof what, "step %d (%.8s %.120s): %s", j->ev.done_requests + 1, req->method, req->url, j->why);
+    memcpy(j->why, what, sizeof j->why - 1);
+    j->why[sizeof j->why - 1] = '\0';
+}
+
+/* The request went through: the next one, or the event is delivered. */
+static void answer_ok(loop *l, tenant *t, job *j, const bp_request *req, double now)
+{
+    if (req->once) bp_dl_add_mark(l, t, req->once, (int64_t)now);
+    if (req->marks) bp_dl_add_mark(l, t, req->marks, (int64_t)now);
+    j->ev.done_requests++;
+    j->ev.failures = 0;
+    if ((size_t)j->ev.done_requests >= j->out.nrequests) {
+        bp_dl_set_reason(j, "delivered (%s)%s", j->why, "");
+        bp_dl_finish(l, j, BP_END_DELIVERED);
+    } else {
+        bp_dl_save_progress(l, j);
+    }
+}
+
+/* A failure worth another try: later, with backoff, or a dead letter once
+ * the attempts are used up. */
+static void answer_retry(loop *l, tenant *t, job *j, const bp_response *resp, double now)
+{
+    bp_dl_count(&t->st->retries);
+    if (++j->ev.failures >= t->max_attempts) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", j->ev.failures);
+        bp_dl_set_reason(j, "dead letter after %s failed attempts: %s", n, j->why);
+        bp_dl_finish(l, j, BP_END_DEAD);
+        if (!t->paused) bp_dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, 0, 0, resp);   /* no next attempt for it */
+        return;
+    }
+    j->ev.next_at = (int64_t)(now + bp_dl_backoff_ms(l, j->ev.failures, resp->retry_after_s));
+    if (!t->paused) bp_dl_report_health_at(t, BP_HEALTH_BACKING_OFF, j->why, j->ev.next_at, 0, resp);
+    /* Live Events shows it waiting, with the answer that made it wait */
+    bp_dl_set_reason(j, "retrying: %s%s", j->why, "");
+    bp_dl_write_line(l, j, BP_END_RETRYING);
+    t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, BP_END_RETRYING, j->out.reason.data);
+    bp_dl_save_progress(l, j);
+}
+
+/* The credentials were refused: pause the integration and hold the event. */
+static void answer_auth(loop *l, tenant *t, job *j, const bp_response *resp, double now)
+{
+    if (j->generation != t->generation) {
+        /* sent with credentials that have been replaced since: no
+         * verdict on the new ones, send again with them */
+        j->ev.next_at = (int64_t)now;
+        bp_dl_save_progress(l, j);
+        return;
+    }
+    if (!t->paused) pause_tenant(l, t, j->why, resp);
+    bp_dl_hold(l, j);
+}
+
+void bp_dl_on_answer(void *ctx, void *user, const bp_response *resp)
+{
+    loop *l = ctx;
+    job *j = user;
+    tenant *t = j->t;
+    account *a = t->acct;
+    double now = bp_wall_ms();
+    int64_t slot = l->lease ? j->ev.ksrc : 0;
+    j->inflight = 0;
+    t->inflight--;
+    a->inflight--;
+    a->next_ms = 0;
+    bp_request *req = &j->out.requests[j->ev.done_requests];
+    j->last_status = resp->status;
+    bp_buf_reset(&j->response);
+    bp_buf_add(&j->response, resp->body.data ? resp->body.data : "",
+               resp->body.len < MAX_SAVED_RESPONSE ? resp->body.len : MAX_SAVED_RESPONSE);
+    obey_vendor_pace(a, resp);
+    if (resp->status == 429) bp_dl_count(&t->st->rate_limited);
+    if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
+
+    enum bp_class cls = bp_classify(t->bp->bp, req, resp, j->why, sizeof j->why);
+    if (req->step && cls == BP_PERMANENT && step_accepts(req, resp->status)) cls = BP_OK;
+    if (req->step && cls != BP_OK && cls != BP_RETRY && req->cache_key)
+        bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
+    /* the vendor took the request (or refused this one event): the
+     * integration delivers; a paused one waits for new credentials */
+    if ((cls == BP_OK || cls == BP_PERMANENT) && !t->paused) bp_dl_report_health(t, BP_HEALTH_DELIVERING, "", 0);
+    if (req->step && cls == BP_OK) {
+        step_answered(l, j, req, resp);
+        if (slot) l->lease->sending(l->lease->ctx, slot, -1);
+        return;
+    }
+    if (req->step) name_step(j, req);
+    switch (cls) {
+    case BP_OK: answer_ok(l, t, j, req, now); break;
+    case BP_RETRY: answer_retry(l, t, j, resp, now); break;
+    case BP_PERMANENT:
+        bp_dl_set_reason(j, "dead letter: %s%s", j->why, "");
+        bp_dl_finish(l, j, BP_END_DEAD);
+        break;
+    case BP_AUTH: answer_auth(l, t, j, resp, now); break;
+    }
+    /* after the outcome went to the sink: a node giving the partition up
+     * waits for this before it commits and lets go */
+    if (slot) l->lease->sending(l->lease->ctx, slot, -1);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+/* Is a request of the same integration that will record `key` on success
+ * in flight right now?  Then a request with `once = key` waits for its
+ * answer instead of repeating it (two events for the same new contact sync
+ * it once). */
+static int key_in_flight(const tenant *t, const char *key)
+{
+    for (const job *j = t->acct->jobs; j; j = j->next) {
+        if (j->t != t || !j->inflight) continue;
+        const bp_request *q = &j->out.requests[j->ev.done_requests];
+        if ((q->once && !strcmp(q->once, key)) || (q->marks && !strcmp(q->marks, key))) return 1;
+    }
+    return 0;
+}
+
+/* Start what this account can start now; returns ms until it could start
+ * more (NEVER: not before one of its answers arrives). */
+static double dispatch_account(loop *l, account *a, double now, double mono)
+{
+    double wait = 1000;
+    int sent = 0;
+    job *j = a->jobs;
+    while (j) {
+        job *next = j->next;   /* bp_dl_finish() unlinks j */
+        tenant *t = j->t;
+        if (j->inflight || t->removing) { j = next; continue; }
+        if (bp_dl_lease_lost(l, j)) { bp_dl_abandon(l, j); j = next; continue; }
+        if (t->paused) { bp_dl_hold(l, j); j = next; continue; }
+        if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
+        if (j->remap) {
+            /* a step waited for another event's answer: run the mapping again */
+            bp_dl_map_job(l, j);
+            if (j->final) { j = next; continue; }
+            if (j->remap) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
+        }
+        /* skip requests whose once-key succeeded recently (contact already synced) */
+        int64_t since = (int64_t)(now - (double)l->o->once_ttl_s * 1000.0);
+        while ((size_t)j->ev.done_requests < j->out.nrequests) {
+            const char *once = j->out.requests[j->ev.done_requests].once;
+            if (!once || !(bp_dl_mark_pending(l, t, once) || bp_store_once_seen(l->store, t->id, once, since))) break;
+            j->ev.done_requests++;
+        }
+        if ((size_t)j->ev.done_requests >= j->out.nrequests) {
+            bp_dl_set_reason(j, "delivered%s%s", "", "");
+            bp_dl_finish(l, j, BP_END_DELIVERED);
+            j = next;
+            continue;
+        }
+        const char *once = j->out.requests[j->ev.done_requests].once;
+        if (once && key_in_flight(t, once)) { j = next; continue; }
+        if (a->inflight >= l->o->concurrency) { wait = NEVER; break; }   /* until an answer */
+        pthread_mutex_lock(&a->pace->mu);
+        double w = bp_bucket_take(&a->pace->bucket, mono);
+        pthread_mutex_unlock(&a->pace->mu);
+        if (w > 0) { if (w < wait) wait = w; break; }
+        if (bp_transport_send(l->tr, &j->out.requests[j->ev.done_requests], t->cfg, j) < 0) {
+            j->last_status = 0;
+            snprintf(j->why, sizeof j->why, "could not start the request");
+            bp_dl_set_reason(j, "error: %s%s", j->why, "");
+            bp_dl_finish(l, j, BP_END_ERROR);
+            j = next;
+            continue;
+        }
+        if (j->first_ms <= 0) j->first_ms = now;
+        if (j->ev.ksrc && l->lease) l->lease->sending(l->lease->ctx, j->ev.ksrc, 1);
+        j->inflight = 1;
+        j->generation = t->generation;
+        j->ev.attempts++;
+        t->inflight++;
+        a->inflight++;
+        bp_dl_count(&t->st->requests);
+        sent = 1;
+        j = next;
+    }
+    /* the pace slots are taken: let the requests leave now, before other
+     * accounts' work (a store lookup may wait for a commit) delays them */
+    if (sent) bp_transport_flush(l->tr);
+    return wait;
+}
+
+/* Visit every account that may start something now, starting one further
+ * each turn; returns ms until one could. */
+double bp_dl_dispatch(loop *l)
+{
+    double now = bp_wall_ms(), wait = 1000;
+    if (l->stopping || !l->naccounts) return wait;
+    size_t n = l->naccounts, start = l->rr++ % n;
+    for (size_t k = 0; k < n; k++) {
+        account *a = l->accounts[(start + k) % n];
+        if (!a->jobs) continue;
+        if (a->next_ms <= now) {
+            /* a fresh clock per account: its pace slot is taken for when
+             * the request really leaves, not when this pass began */
+            now = bp_wall_ms();
+            double w = dispatch_account(l, a, now, bp_monotonic_ms());
+            a->next_ms = w >= NEVER ? NEVER : now + w;
+        }
+        if (a->next_ms - now < wait) wait = a->next_ms - now;
+    }
+    return wait;
+}

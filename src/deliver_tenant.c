@@ -1,0 +1,418 @@
+/*
+ * deliver_tenant.c — who a loop serves: tenants (integrations) and the
+ * accounts they share a pace with, the engines bound to their configs,
+ * and the commands (put, remove, wake, rescan) other threads post.
+ */
+#include "internal.h"
+#include "deliver_loop.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- tenants, accounts, engines --------------------------------------------------------------- */
+
+static tenant *find_tenant(loop *l, const char *id)
+{
+    for (tenant *t = l->by_id[bp_dl_hash_text(id) % TENANT_BUCKETS]; t; t = t->hash_next)
+        if (!strcmp(t->id, id)) return t;
+    return NULL;
+}
+
+static pace *pace_new(const char *key, double rps)
+{
+    pace *p = bp_calloc(1, sizeof *p);
+    p->key = bp_strdup(key);
+    pthread_mutex_init(&p->mu, NULL);
+    bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_monotonic_ms());
+    return p;
+}
+
+/* The account's pace, shared with the other loops serving it. */
+static pace *pace_acquire(loop *l, const char *key, double rps)
+{
+    pace *p = NULL;
+    if (l->pool) {
+        pthread_mutex_lock(&l->pool->mu);
+        for (p = l->pool->paces; p && strcmp(p->key, key); p = p->next) {}
+    }
+    if (!p) {
+        p = pace_new(key, rps);
+        if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
+    }
+    p->refs++;
+    if (l->pool) pthread_mutex_unlock(&l->pool->mu);
+    return p;
+}
+
+static void pace_release(loop *l, pace *p)
+{
+    if (l->pool) pthread_mutex_lock(&l->pool->mu);
+    int last = --p->refs == 0;
+    if (last && l->pool)
+        for (pace **q = &l->pool->paces; *q; q = &(*q)->next) if (*q == p) { *q = p->next; break; }
+    if (l->pool) pthread_mutex_unlock(&l->pool->mu);
+    if (!last) return;
+    pthread_mutex_destroy(&p->mu);
+    free(p->key);
+    free(p);
+}
+
+/* A send slot on an account's pace for a request sent outside the loops
+ * (an install's checks, verify.c), so that it counts against the vendor's
+ * limit with the deliveries.  The pace is made when the account has none
+ * yet (refs 0: a loop joining it adopts it; bp_pool_free frees it
+ * otherwise).  0 when the slot is taken, else the ms to wait. */
+double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_rps)
+{
+    pthread_mutex_lock(&p->mu);
+    pace *pc = p->paces;
+    while (pc && strcmp(pc->key, account_key)) pc = pc->next;
+    if (!pc) {
+        pc = pace_new(account_key, p->o.rate_limit_rps > 0 ? p->o.rate_limit_rps : blueprint_rps);
+        pc->next = p->paces;
+        p->paces = pc;
+    }
+    pthread_mutex_lock(&pc->mu);
+    double wait = bp_bucket_take(&pc->bucket, bp_monotonic_ms());
+    pthread_mutex_unlock(&pc->mu);
+    pthread_mutex_unlock(&p->mu);
+    return wait;
+}
+
+static account *join_account(loop *l, tenant *t)
+{
+    const bp_blueprint *bp = t->bp->bp;
+    char key[600];
+    bp_account_key(bp, t->cfg, t->id, key, sizeof key);
+    account *a = NULL;
+    for (size_t i = 0; i < l->naccounts && !a; i++) if (!strcmp(l->accounts[i]->key, key)) a = l->accounts[i];
+    if (!a) {
+        a = bp_calloc(1, sizeof *a);
+        a->key = bp_strdup(key);
+        double rps = l->o->rate_limit_rps > 0 ? l->o->rate_limit_rps : bp->rate_limit_rps;
+        a->pace = pace_acquire(l, key, rps);
+        a->window = rps > 0 && rps < 100 ? WINDOW_PACED : WINDOW_FAST;
+        if (l->naccounts == l->capaccounts) {
+            l->capaccounts = l->capaccounts ? l->capaccounts * 2 : 16;
+            l->accounts = bp_realloc(l->accounts, l->capaccounts * sizeof *l->accounts);
+        }
+        l->accounts[l->naccounts++] = a;
+        bp_transport_keep_connections(l->tr, (long)l->naccounts * 2 + 16);
+    }
+    if (a->nmembers == a->capmembers) {
+        a->capmembers = a->capmembers ? a->capmembers * 2 : 4;
+        a->members = bp_realloc(a->members, a->capmembers * sizeof *a->members);
+    }
+    a->members[a->nmembers++] = t;
+    a->check_load = 1;
+    a->next_ms = 0;
+    return a;
+}
+
+void bp_dl_leave_account(loop *l, tenant *t)
+{
+    account *a = t->acct;
+    for (size_t i = 0; i < a->nmembers; i++)
+        if (a->members[i] == t) { a->members[i] = a->members[--a->nmembers]; break; }
+    t->acct = NULL;
+    if (a->nmembers) return;
+    for (size_t i = 0; i < l->naccounts; i++)
+        if (l->accounts[i] == a) { l->accounts[i] = l->accounts[--l->naccounts]; break; }
+    pace_release(l, a->pace);
+    free(a->key);
+    free(a->members);
+    free(a);
+}
+
+/* Bind t to its blueprint's engine in this loop (made on first use). */
+static int bind_engine(loop *l, tenant *t, bp_error *err)
+{
+    engine_slot *s = l->engines;
+    while (s && s->bp != t->bp) s = s->next;
+    if (!s) {
+        bp_engine *e = bp_engine_new(t->bp->bp, t->cfg, &l->o->limits, err);
+        if (!e) return -1;
+        s = bp_calloc(1, sizeof *s);
+        s->bp = t->bp;
+        bp_shared_bp_hold(s->bp);
+        s->engine = e;
+        bp_engine_set_cache(e, l->cache);
+        s->next = l->engines;
+        l->engines = s;
+    }
+    if (bp_engine_bind(s->engine, t->cfg, &t->bind, err) < 0) {
+        if (s->refs == 0) {   /* made for this tenant: not kept */
+            for (engine_slot **p = &l->engines; *p; p = &(*p)->next) if (*p == s) { *p = s->next; break; }
+            bp_engine_free(s->engine);
+            bp_shared_bp_drop(s->bp);
+            free(s);
+        }
+        return -1;
+    }
+    s->refs++;
+    t->eng = s;
+    return 0;
+}
+
+void bp_dl_unbind_engine(loop *l, tenant *t)
+{
+    engine_slot *s = t->eng;
+    if (!s) return;
+    bp_engine_unbind(s->engine, &t->bind);
+    t->eng = NULL;
+    if (--s->refs > 0) return;
+    for (engine_slot **p = &l->engines; *p; p = &(*p)->next)
+        if (*p == s) { *p = s->next; break; }
+    bp_engine_free(s->engine);
+    bp_shared_bp_drop(s->bp);
+    free(s);
+}
+
+/* Paused by an earlier run with these same credentials?  Held events are
+ * released when the credentials have changed since. */
+static void restore_pause(loop *l, tenant *t)
+{
+    char fp[17];
+    bp_dl_credentials_fingerprint(t->cfg, t->bp->bp, fp);
+    char *paused_fp = bp_store_meta_get(l->store, t->id, "paused_credentials");
+    if (paused_fp && !strcmp(paused_fp, fp)) {
+        char *why = bp_store_meta_get(l->store, t->id, "pause_reason");
+        char *since = bp_store_meta_get(l->store, t->id, "paused_since");
+        t->paused = 1;
+        snprintf(t->pause_reason, sizeof t->pause_reason, "%s", why ? why : "integration paused");
+        bp_dl_log_tenant("error", t->pause_reason, t, NULL);
+        bp_dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, since ? atoll(since) : 0, NULL);
+        free(why);
+        free(since);
+    } else if (paused_fp || t->paused) {
+        /* new events go out at once; the held ones are moved back once the
+         * holds still waiting for their commit are saved (else they would
+         * be written "held" after the move, and stay so) */
+        bp_store_meta_set(l->store, t->id, "paused_credentials", NULL);
+        bp_store_meta_set(l->store, t->id, "paused_since", NULL);
+        t->paused = 0;
+        t->release_held = 1;
+        t->acct->check_load = 1;
+        bp_dl_report_health(t, BP_HEALTH_DELIVERING, "", 0);
+    }
+    free(paused_fp);
+}
+
+static void report_broken(loop *l, tenant *t, const char *why)
+{
+    (void)l;
+    bp_dl_log_tenant("error", "integration cannot be delivered (its blueprint does not start); events stay stored", t, why);
+}
+
+static void drop_spec(bp_tenant_spec *s)
+{
+    if (!s->id) return;
+    if (s->sink && s->sink->release) s->sink->release(s->ctx);
+    free((char *)s->id);
+    bp_config_free(s->cfg);
+    bp_shared_bp_drop(s->bp);
+    s->id = NULL;
+}
+
+void bp_dl_tenant_free(tenant *t)
+{
+    drop_spec(&t->forward);
+    if (t->sink && t->sink->release) t->sink->release(t->ctx);
+    if (!t->borrowed_cfg) bp_config_free(t->cfg);
+    bp_shared_bp_drop(t->bp);
+    free(t->id);
+    free(t);
+}
+
+void bp_dl_add_tenant(loop *l, const bp_tenant_spec *s)
+{
+    /* `deliver` lends its config (the only tenant with the id "") */
+    tenant *t = bp_calloc(1, sizeof *t);
+    t->id = bp_strdup(s->id);
+    t->bp = s->bp;
+    t->cfg = s->cfg;
+    t->sink = s->sink;
+    t->ctx = s->ctx;
+    t->st = s->counts;
+    t->borrowed_cfg = !l->pool;
+    t->more = 1;
+    t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
+    bp_error err;
+    if (bind_engine(l, t, &err) < 0) {
+        char reason[sizeof t->health.reason];
+        snprintf(reason, sizeof reason, "the blueprint does not start: %.470s", err.msg);
+        report_broken(l, t, err.msg);
+        bp_dl_report_health(t, BP_HEALTH_BLUEPRINT_ERROR, reason, 0);
+        bp_dl_tenant_free(t);
+        return;
+    }
+    t->acct = join_account(l, t);
+    t->next = l->tenants;
+    l->tenants = t;
+    size_t b = bp_dl_hash_text(t->id) % TENANT_BUCKETS;
+    t->hash_next = l->by_id[b];
+    l->by_id[b] = t;
+    /* a new start: whatever the last tenant of this id said (a blueprint
+     * that did not start, say) is over until an answer says more */
+    bp_dl_report_health(t, BP_HEALTH_IDLE, "", 0);
+    restore_pause(l, t);
+}
+
+/* A new blueprint or config for a tenant this loop already serves, on the
+ * same account.  Events not yet sent are mapped again under it; requests
+ * in flight were rendered already and finish as they are. */
+static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
+{
+    tenant old = *t;
+    t->bp = s->bp;
+    t->cfg = s->cfg;
+    t->eng = NULL;
+    bp_error err;
+    /* the tenant keeps the reference it holds on ctx; the spec's goes */
+    if (s->sink && s->sink->release) s->sink->release(s->ctx);
+    if (bind_engine(l, t, &err) < 0) {
+        report_broken(l, t, err.msg);   /* keep delivering with what it had */
+        t->bp = old.bp; t->cfg = old.cfg; t->eng = old.eng; t->bind = old.bind;
+        bp_config_free(s->cfg);
+        bp_shared_bp_drop(s->bp);
+        return;
+    }
+    bp_dl_unbind_engine(l, &old);
+    t->generation++;
+    /* a reload may change the blueprint's limit (an override stays) */
+    if (l->o->rate_limit_rps <= 0 && t->bp->bp->rate_limit_rps != old.bp->bp->rate_limit_rps) {
+        pthread_mutex_lock(&t->acct->pace->mu);
+        bp_bucket_set_rate(&t->acct->pace->bucket, t->bp->bp->rate_limit_rps);
+        pthread_mutex_unlock(&t->acct->pace->mu);
+    }
+    t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
+    for (job *j = t->acct->jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->t == t && !j->inflight && j->ev.done_requests == 0) bp_dl_map_job(l, j);
+    }
+    t->acct->next_ms = 0;
+    t->acct->check_load = 1;
+    bp_config_free(old.cfg);
+    bp_shared_bp_drop(old.bp);
+    restore_pause(l, t);
+}
+
+static int same_account(const tenant *t, const bp_tenant_spec *s)
+{
+    char key[600];
+    bp_account_key(s->bp->bp, s->cfg, t->id, key, sizeof key);
+    return !strcmp(key, t->acct->key);
+}
+
+
+void bp_dl_detach_tenant(loop *l, tenant *t)
+{
+    for (tenant **p = &l->tenants; *p; p = &(*p)->next) if (*p == t) { *p = t->next; break; }
+    for (tenant **p = &l->by_id[bp_dl_hash_text(t->id) % TENANT_BUCKETS]; *p; p = &(*p)->hash_next)
+        if (*p == t) { *p = t->hash_next; break; }
+}
+
+/* A removed tenant whose requests have all answered (and, unless purged,
+ * whose progress is saved) leaves the loop. */
+void bp_dl_reap(loop *l)
+{
+    if (!l->nremoving) return;
+    for (tenant *t = l->tenants, *next; t; t = next) {
+        next = t->next;
+        if (!t->removing || t->inflight > 0 || (!t->purge && (t->unsaved_final > 0 || l->dirty || bp_dl_marks_of(l, t, 0))))
+            continue;
+        if (t->purge) {
+            bp_dl_marks_of(l, t, 1);
+            /* its unsaved progress is moot: take it off the dirty list */
+            job **p = &l->dirty;
+            l->dirty_tail = &l->dirty;
+            while (*p) {
+                job *j = *p;
+                if (j->t == t) { *p = j->dirty_next; if (j->final) { t->unsaved_final--; bp_dl_free_job(j); } else j->dirty = 0; }
+                else { p = &j->dirty_next; l->dirty_tail = p; }
+            }
+        }
+        for (job *j = t->acct->jobs, *jn; j; j = jn) {
+            jn = j->next;
+            if (j->t == t) { bp_dl_unlink_job(t->acct, j); bp_dl_free_job(j); }
+        }
+        l->nremoving--;
+        bp_dl_detach_tenant(l, t);
+        bp_dl_leave_account(l, t);
+        bp_dl_unbind_engine(l, t);
+        if (t->purge && bp_store_purge(l->store, t->id) < 0)
+            bp_dl_log_tenant("error", "could not delete a deleted integration's events; they stay in the store", t, NULL);
+        bp_tenant_spec forward = t->forward;
+        t->forward.id = NULL;
+        bp_dl_tenant_free(t);
+        if (forward.id) { bp_dl_add_tenant(l, &forward); free((char *)forward.id); }
+    }
+}
+
+/* ---- commands ---------------------------------------------------------------------------------- */
+
+static void free_cmd(cmd *c)
+{
+    drop_spec(&c->spec);
+    free(c->id);
+    free(c);
+}
+
+static void start_removing(loop *l, tenant *t)
+{
+    if (t->removing) return;
+    t->removing = 1;
+    l->nremoving++;
+    t->acct->next_ms = 0;
+}
+
+void bp_dl_handle_commands(loop *l)
+{
+    pthread_mutex_lock(&l->inbox_mu);
+    cmd *c = l->inbox;
+    l->inbox = NULL;
+    l->inbox_tail = &l->inbox;
+    pthread_mutex_unlock(&l->inbox_mu);
+    while (c) {
+        cmd *next = c->next;
+        const char *id = c->id ? c->id : c->spec.id;
+        tenant *t = id ? find_tenant(l, id) : NULL;
+        switch (c->kind) {
+        case CMD_PUT:
+            if (!t) {
+                bp_dl_add_tenant(l, &c->spec);
+                free((char *)c->spec.id);
+                c->spec.id = NULL;   /* the tenant took bp and cfg */
+            } else if (t->removing || !same_account(t, &c->spec)) {
+                /* a new account (or a put while draining for one): drain
+                 * this one, then start again from the newest put */
+                start_removing(l, t);
+                drop_spec(&t->forward);
+                t->forward = c->spec;
+                c->spec.id = NULL;
+            } else {
+                replace_tenant(l, t, &c->spec);
+                free((char *)c->spec.id);
+                c->spec.id = NULL;
+            }
+            break;
+        case CMD_REMOVE:
+            if (t) { start_removing(l, t); t->purge = c->purge; drop_spec(&t->forward); }
+            break;
+        case CMD_WAKE:
+            if (t && !t->removing) { t->more = 1; t->acct->check_load = 1; }
+            break;
+        case CMD_RESCAN:
+            if (t && !t->removing) { t->rescan = 1; t->acct->check_load = 1; restore_pause(l, t); }
+            break;
+        case CMD_STOP:
+            l->stopping = 1;
+            break;
+        }
+        free_cmd(c);
+        c = next;
+    }
+}
