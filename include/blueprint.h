@@ -387,7 +387,7 @@ BP_API void bp_request_render_redacted(const bp_request *r, bp_buf *out);
  * from the config.  Only the delivery path calls this: the result holds
  * secret values. */
 BP_API void bp_request_render_secret(const bp_request *r, const bp_config *c, bp_buf *out);
-/* One dry-run line (DESIGN.md §5), without the trailing newline, appended to
+/* One dry-run line (docs/contracts.md, dry-run), without the trailing newline, appended to
  * the caller's out.  index < 0 is written as null. */
 BP_API void bp_outcome_write_json(const bp_outcome *o, long index, bp_buf *out);
 /* The same fields without the closing brace and with `label` as the
@@ -504,7 +504,7 @@ BP_API void bp_log_stderr(void *ctx, int level, const char *msg, const char *jso
  *   0      no watchdog thread and no signal handler at all: every call
  *          runs with the count hook armed (a budget check every 1000 VM
  *          instructions), which makes mapping ~8% slower
- *          (README: Runtime behaviour).
+ *          (docs/embedding.md, Runtime behaviour).
  * Returns 0, or -1 with err set (an invalid signal, or the watchdog already
  * started with another one).  Thread-safe. */
 BP_API int bp_watchdog_config(int signo, bp_error *err);

@@ -1,5 +1,5 @@
 /*
- * classify.c — what a vendor's answer means for an event (DESIGN.md §6–§7).
+ * classify.c — what a vendor's answer means for an event (docs/delivery.md, What an answer means).
  *
  * First the blueprint's own rules (blueprint.yaml `responses:`, tried in
  * order on every answer that has an HTTP status; the first that matches

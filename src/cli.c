@@ -124,8 +124,8 @@ static const struct { const char *command, *text; } command_help[] = {
       "\n"
       "Runs the Management API, event intake, Live Events and delivery (default 127.0.0.1:8084, state\n"
       "in ./var) until SIGTERM, and the web console at / (--console: its folder; default console/ beside\n"
-      "the blueprints folder, else the installed one).  With --kafka it is one node of a cluster (README:\n"
-      "Cluster mode); --kafka-config FILE: librdkafka settings for every Kafka client, key=value lines\n"
+      "the blueprints folder, else the installed one).  With --kafka it is one node of a cluster\n"
+      "(docs/cluster.md); --kafka-config FILE: librdkafka settings for every Kafka client, key=value lines\n"
       "(TLS and SASL for a managed Kafka, e.g. security.protocol=SASL_SSL).  BLUEPRINT_JWT_SECRET, when set,\n"
       "is at least 32 bytes (openssl rand -hex 32).\n"
       "\n"
@@ -461,12 +461,6 @@ static int test_blueprint(int argc, char **argv)
 }
 
 #ifndef BP_LIGHT
-static void print_line(void *ctx, const char *line, size_t len)
-{
-    (void)ctx;
-    fwrite(line, 1, len, stdout);
-    fputc('\n', stdout);
-}
 
 static int deliver(int argc, char **argv)
 {
@@ -480,7 +474,7 @@ static int deliver(int argc, char **argv)
     if ((rc = load(&c, &bp, &cfg))) { if (fd > 0) close(fd); return rc; }
     use_block_buffering();
     c.d.input_fd = fd;
-    c.d.emit = print_line;
+    c.d.emit = to_stdout;
     bp_deliver_stats st;
     bp_error err;
     rc = bp_deliver(bp, cfg, &c.d, &st, &err);

@@ -1,7 +1,7 @@
 /*
  * consent.c — is this integration allowed to receive this event?
  *
- * Signal writes consent in three shapes (DESIGN.md §3), newest first:
+ * Signal writes consent in three shapes (docs/events.md, Consent), newest first:
  *   context.consent.canonical.<purpose>    Signal's canonical purposes
  *   context.consent.categories.<purpose>   the CMP's categories
  *   context.consent.<purpose>              flat, oldest

@@ -321,7 +321,7 @@ typedef struct bp_response_rule {
     int line;                   /* in blueprint.yaml */
 } bp_response_rule;
 
-/* What a vendor answer means for delivery (DESIGN.md §7): the blueprint's
+/* What a vendor answer means for delivery (docs/delivery.md and docs/blueprints.md, What an answer means): the blueprint's
  * responses: rules first (bp may be NULL), then plain HTTP semantics.  `why`
  * gets a short human explanation.  Cheap and non-blocking: it runs in the
  * delivery loop for every answer. */

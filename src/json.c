@@ -2,7 +2,7 @@
  * json.c — exact JSON: a strict parser into a flat node tree, and writers.
  *
  * Why not lua-cjson: as Debian ships it for Lua 5.4 it turns 64-bit integers
- * into doubles and re-encodes [] as {} (DESIGN.md §3).  Here numbers keep
+ * into doubles and re-encodes [] as {} (docs/events.md, Exact numbers and text).  Here numbers keep
  * their source text until someone asks for a value, arrays and objects keep
  * their kind, and strings are validated UTF-8, so an event passes through
  * the runtime unchanged.

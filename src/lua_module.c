@@ -8,7 +8,7 @@
  *   core.open(dir, config_path [, limits])             -> engine | nil, err
  *   core.open_text(dir, config_text [, limits])        -> engine | nil, err
  *       limits = { memory_mb = , instructions = , timeout_ms = , max_event_bytes = }
- *   engine:run(event_json)  -> the dry-run line (DESIGN.md §5), index 0
+ *   engine:run(event_json)  -> the dry-run line (docs/contracts.md, dry-run), index 0
  */
 #include "internal.h"
 

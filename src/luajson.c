@@ -107,7 +107,7 @@ void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i)
     new_view(L, d, i);
 }
 
-/* Alternative spellings of top-level envelope keys (DESIGN.md §3). */
+/* Alternative spellings of top-level envelope keys (docs/events.md). */
 static const char *const aliases[][4] = {
     { "userId", "user_id", NULL, NULL },
     { "anonymousId", "anonymous_id", NULL, NULL },

@@ -1,7 +1,7 @@
 /*
  * reader.c — split an input stream into event texts, in constant memory.
  *
- * Three input shapes are accepted (DESIGN.md §5):
+ * Three input shapes are accepted (docs/contracts.md, dry-run: EVENTS):
  *   - NDJSON: one event per line; a bad line is one bad event;
  *   - a JSON array: elements are cut out one by one, never the whole array;
  *   - a single JSON object, compact or pretty-printed (or several in a row).

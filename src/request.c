@@ -1,7 +1,7 @@
 /*
  * request.c — outcomes and the vendor requests they carry: lifetime,
  * rendering (with secrets redacted, or substituted for sending) and the
- * dry-run line of DESIGN.md §5.
+ * dry-run line (docs/contracts.md, dry-run).
  */
 #include "internal.h"
 
