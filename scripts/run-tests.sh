@@ -53,8 +53,10 @@ suite() {   # suite NAME COMMAND… : run, show failures, count
   local name=$1; shift
   local log; log=$(mktemp)
   echo "== $name"
+  local started=$SECONDS
   "$@" > "$log" 2>&1
   local rc=$?
+  echo "   ($((SECONDS - started)) s)"
   grep -vE '^ok ' "$log" | sed 's/^/   /'
   if grep -qE '^(not )?ok [0-9]+' "$log"; then
     local before_p=$passed before_f=$failed
