@@ -978,27 +978,15 @@ typedef struct bp_cluster_opts {
     const char *config_file;    /* --kafka-config: key=value lines for librdkafka, or NULL */
 } bp_cluster_opts;
 
+/* A cluster plugged into reg (it installs reg's hooks: reg's close stops
+ * and frees it), or NULL with err. */
 bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
 /* Rebuild the configuration from the topic, then start reading. */
 int bp_cluster_start(bp_cluster *c, bp_error *err);
-/* Leave the consumer group (in-flight requests finish, offsets committed)
- * and stop reading; then the pool may stop, then bp_cluster_free. */
-void bp_cluster_stop(bp_cluster *c);
-void bp_cluster_free(bp_cluster *c);
-void bp_cluster_lease(bp_cluster *c, bp_lease *out);
-/* Integrations came or went (registry.c): the delivery topics change. */
-void bp_cluster_topics_changed(bp_cluster *c);
 /* Intake: one message with the accepted events (a JSON array); 0 once the
  * broker has acknowledged it. */
 int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *vendor, const char *account,
                            const char *events, size_t len, int replay, bp_error *err);
-/* An integration's configuration record (registry.c), acknowledged. */
-int bp_cluster_publish_config(bp_cluster *c, const char *integration, const char *record, size_t len, bp_error *err);
-/* bp_registry_spend_jti across the cluster: the first claim written to
- * NAME.sessions wins, whichever node reads it.  0, 1 or -1 as there. */
-int bp_cluster_spend_jti(bp_cluster *c, const char *jti, int64_t expires_at);
-void bp_cluster_outcome(bp_cluster *c, const char *integration, const bp_stored *ev, const char *line, size_t len,
-                        enum bp_end end, const char *reason);
 void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
 /* /healthz's "kafka" object; returns 1 when a broker answers. */
 int bp_cluster_health(bp_cluster *c, bp_buf *out);
