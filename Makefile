@@ -54,7 +54,7 @@ CFLAGS     += -DBP_DATADIR='"$(DATADIR)"'
 # built with everything.  build/libblueprint.a has both.
 CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent blueprint config request cache answers engine reader \
              decode version
-NET     := transport classify ratelimit store fingerprint deliver crypto auth metrics serverdb sealing configdoc audit signins revisions catalog configrecord registry verify kafkaconf clusterslots clusterview clusterconsumer cluster server console editor
+NET     := transport classify ratelimit store fingerprint deliver crypto auth metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord registry reload verify kafkaconf clusterslots clusterview clusterconsumer cluster server console diff editor
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
 HDRS    := $(PUBLIC_HDRS) src/internal.h

@@ -859,6 +859,26 @@ int bp_serverdb_exec(struct sqlite3 *db, const char *sql);
  * their events moved into store, once. */
 void bp_serverdb_import_old_stores(const char *state_dir, bp_store *store);
 
+/* integrationsdb.c: server.db's integrations and revisions tables.
+ * write: it's row (insert: a new one, else its revision moved) and its
+ * current revision, the document sealed; 1, or 0 (sqlite3_errmsg says why).
+ * The caller keeps the transaction. */
+int bp_integrations_write(struct sqlite3 *db, const bp_integration *it, int insert, const char *sealed, size_t len);
+/* An integration not deleted, with its current revision's stored document. */
+typedef struct bp_integration_row {
+    const char *id, *name, *vendor, *variant, *delivery_mode;
+    int revision;
+    int64_t created_at;
+    const char *config;         /* secrets sealed */
+} bp_integration_row;
+typedef int bp_integration_row_fn(void *ctx, const bp_integration_row *row, bp_error *err);
+/* fn for each, oldest first, until it returns -1 (returned). */
+int bp_integrations_load(struct sqlite3 *db, bp_integration_row_fn *fn, void *ctx, bp_error *err);
+/* The integration marked deleted, its revisions' secrets masked: 0 or -1. */
+int bp_integrations_mask_deleted(struct sqlite3 *db, const char *id, const bp_blueprint *bp);
+/* Every revision of id, secrets masked, as a JSON array: 0 or -1. */
+int bp_integrations_revisions(struct sqlite3 *db, const char *id, const bp_blueprint *bp, bp_buf *out);
+
 /* sealing.c: secret config fields at rest.  SEAL: every plain value of a
  * secret field of bp (v1 values again, bound, v2); UNSEAL: every value,
  * for where bp sends it; RESEAL: under the ring's primary key, for the same
@@ -1099,6 +1119,7 @@ int bp_registry_audit_list(bp_registry *r, const char *integration, const char *
                            int64_t since, int64_t until, int64_t cursor, int limit, bp_buf *out);
 void bp_registry_audit_purge(bp_registry *r, int days);
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out);
+/* Reload the vendors whose folders changed (reload.c). */
 void bp_registry_check_reload(bp_registry *r);
 void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc_json);
 /* Cluster mode: apply an integration's configuration record (as
@@ -1124,6 +1145,28 @@ int bp_registry_jti_spent(bp_registry *r, const char *jti);
  * of vendor's, 0: found (NULL then: it does not validate). */
 bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
                                  int *status, bp_error *err);
+/* Hot reload (reload.c) asks, through these, what it needs.  The
+ * integrations of one vendor with their documents (references held) and,
+ * once validated against a new version, their configs: */
+typedef struct bp_vendor_items {
+    bp_integration **items;
+    char **docs;
+    bp_config **cfgs;
+    size_t n;
+    uint64_t stamp;             /* which integrations, at which revisions (edit_stamp) */
+} bp_vendor_items;
+void bp_registry_vendor_items(bp_registry *r, bp_vendor *v, bp_vendor_items *vi);
+void bp_integration_hold(bp_integration *it);
+/* The i-th vendor of the catalog, NULL past the last. */
+bp_vendor *bp_registry_vendor_at(bp_registry *r, size_t i);
+/* Is rev what runs for v (and nothing was rejected since)? */
+int bp_registry_runs(bp_registry *r, bp_vendor *v, const char *rev);
+/* With admin_mu held (edit_begin): v's revision rev rejected (why shown on
+ * the catalog; the running version stays), or nb (taken) made what v's
+ * integrations vi run, their configs vi->cfgs (taken); and an audit entry. */
+void bp_registry_reject_version(bp_registry *r, bp_vendor *v, const char *rev, const char *why);
+void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, bp_vendor_items *vi);
+void bp_registry_audit_held(bp_registry *r, const bp_claims *who, const char *action, const char *detail);
 /* The editor's saves (editor.c).  Between edit_begin and edit_end admin_mu
  * is held: no install, update, delete or reload interleaves, and the calls
  * below may be made (only then), except edit_check and edit_reload, which
@@ -1171,6 +1214,9 @@ typedef struct bp_api_result {
     int line;                   /* 0 unknown */
     bp_buf *body;
 } bp_api_result;
+
+/* diff.c: the unified diff of file `name` from a to b (NULL: absent) into out. */
+void bp_diff_file(bp_buf *out, const char *name, const bp_buf *a, const bp_buf *b);
 
 #define BP_EDITOR_MAX_BODY (1024u * 1024u)
 /* The blueprint editor's endpoints: vendor is the catalog key, body the

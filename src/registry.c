@@ -82,7 +82,8 @@ static void free_integration(bp_integration *it)
     free(it);
 }
 
-static void hold(bp_integration *it) { atomic_fetch_add_explicit(&it->refs, 1, memory_order_relaxed); }
+void bp_integration_hold(bp_integration *it) { atomic_fetch_add_explicit(&it->refs, 1, memory_order_relaxed); }
+static void hold(bp_integration *it) { bp_integration_hold(it); }
 
 void bp_integration_release(bp_integration *it)
 {
@@ -267,9 +268,11 @@ static int publish_locked(bp_registry *r, const char *id, bp_error *err)
     return rc;
 }
 
+/* it's current revision into server.db (its row too: inserted, or its
+ * revision moved), secrets sealed; in cluster mode published before it
+ * commits.  0; -1 (server.db) or -2 (the cluster) with err: nothing changed. */
 static int save_revision(bp_registry *r, const bp_integration *it, int insert_integration, bp_error *perr)
 {
-    sqlite3_stmt *q;
     /* IMMEDIATE: sealed under the ring's primary key as it is while this
      * transaction holds the write lock (a rotation takes the same lock) */
     if (bp_serverdb_exec(r->db, "BEGIN IMMEDIATE") < 0) return -1;
@@ -285,40 +288,7 @@ static int save_revision(bp_registry *r, const bp_integration *it, int insert_in
         bp_log("error", "could not encrypt an integration's secrets; nothing was stored", f.data);
         bp_buf_free(&f);
     }
-    if (insert_integration) {
-        ok = sqlite3_prepare_v2(r->db, "INSERT INTO integrations(id, name, vendor, variant, delivery_mode, revision, "
-                                       "created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &q, NULL) == SQLITE_OK;
-        if (ok) {
-            sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(q, 2, it->name, -1, SQLITE_STATIC);
-            sqlite3_bind_text(q, 3, it->vendor->key, -1, SQLITE_STATIC);
-            sqlite3_bind_text(q, 4, it->variant, -1, SQLITE_STATIC);
-            sqlite3_bind_text(q, 5, it->delivery_mode, -1, SQLITE_STATIC);
-            sqlite3_bind_int(q, 6, it->revision);
-            sqlite3_bind_int64(q, 7, it->created_at);
-            ok = sqlite3_step(q) == SQLITE_DONE;
-            sqlite3_finalize(q);
-        }
-    } else {
-        ok = sqlite3_prepare_v2(r->db, "UPDATE integrations SET revision=?2 WHERE id=?1", -1, &q, NULL) == SQLITE_OK;
-        if (ok) {
-            sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
-            sqlite3_bind_int(q, 2, it->revision);
-            ok = sqlite3_step(q) == SQLITE_DONE;
-            sqlite3_finalize(q);
-        }
-    }
-    if (ok && sqlite3_prepare_v2(r->db, "INSERT INTO revisions(integration_id, revision, config, created_at) "
-                                       "VALUES(?1, ?2, ?3, ?4)", -1, &q, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int(q, 2, it->revision);
-        sqlite3_bind_text(q, 3, sealed.data, (int)sealed.len, SQLITE_STATIC);
-        sqlite3_bind_int64(q, 4, (int64_t)bp_wall_ms());
-        ok = sqlite3_step(q) == SQLITE_DONE;
-        sqlite3_finalize(q);
-    } else {
-        ok = 0;
-    }
+    ok = bp_integrations_write(r->db, it, insert_integration, sealed.data, sealed.len);
     int published = 1;
     if (!ok) bp_error_set(perr, "could not store the revision: %s", sqlite3_errmsg(r->db));
     else if (publish_locked(r, it->id, perr) < 0) ok = published = 0;
@@ -327,51 +297,37 @@ static int save_revision(bp_registry *r, const bp_integration *it, int insert_in
     return ok ? 0 : published ? -1 : -2;
 }
 
-/* The integrations and their current configs, secrets decrypted.  -1 with
- * err when one does not decrypt (a wrong or missing master key). */
-static int load_integrations(bp_registry *r, bp_error *err)
+/* One stored integration, listed with its config opened (the registry
+ * opening: one thread).  -1 with err when its secrets do not decrypt (a
+ * wrong or missing master key). */
+static int load_integration(void *ctx, const bp_integration_row *row, bp_error *err)
 {
-    sqlite3_stmt *q;
-    int rc = 0;
-    if (sqlite3_prepare_v2(r->db, "SELECT i.id, i.name, i.vendor, i.variant, i.delivery_mode, i.revision, "
-                                  "i.created_at, v.config FROM integrations i JOIN revisions v ON "
-                                  "v.integration_id = i.id AND v.revision = i.revision WHERE i.deleted = 0 "
-                                  "ORDER BY i.created_at", -1, &q, NULL) != SQLITE_OK)
+    bp_registry *r = ctx;
+    bp_vendor *v = bp_registry_vendor(r, row->vendor);
+    if (!v) {
+        bp_buf f;
+        bp_buf_init(&f);
+        bp_log_field(&f, "integration", row->id);
+        bp_log_field(&f, "vendor", row->vendor);
+        bp_log("error", "integration not loaded: no blueprint for its vendor; its events stay stored", f.data);
+        bp_buf_free(&f);
         return 0;
-    while (rc == 0 && sqlite3_step(q) == SQLITE_ROW) {
-        const char *vendor = (const char *)sqlite3_column_text(q, 2);
-        bp_vendor *v = bp_registry_vendor(r, vendor);
-        if (!v) {
-            bp_buf f;
-            bp_buf_init(&f);
-            bp_log_field(&f, "integration", (const char *)sqlite3_column_text(q, 0));
-            bp_log_field(&f, "vendor", vendor);
-            bp_log("error", "integration not loaded: no blueprint for its vendor; its events stay stored", f.data);
-            bp_buf_free(&f);
-            continue;
-        }
-        const char *id = (const char *)sqlite3_column_text(q, 0);
-        bp_buf plain;
-        bp_buf_init(&plain);
-        if (bp_seal_doc(r->keys, id, v->bp ? v->bp->bp : NULL, (const char *)sqlite3_column_text(q, 7), BP_UNSEAL, &plain,
-                          NULL, err) < 0) {
-            bp_buf_free(&plain);
-            rc = -1;
-            break;
-        }
-        bp_integration *it = new_integration(r, id, (const char *)sqlite3_column_text(q, 1), v,
-                                             (const char *)sqlite3_column_text(q, 3),
-                                             (const char *)sqlite3_column_text(q, 4), sqlite3_column_int(q, 5),
-                                             sqlite3_column_int64(q, 6), plain.data);
-        memset(plain.data, 0, plain.cap);
-        bp_buf_free(&plain);
-        bp_error cerr;
-        if (v->bp) it->cfg = bp_config_load_text(v->bp->bp, it->config_json, strlen(it->config_json), "stored config", &cerr);
-        r->items = bp_realloc(r->items, (r->n + 1) * sizeof *r->items);
-        r->items[r->n++] = it;
     }
-    sqlite3_finalize(q);
-    return rc;
+    bp_buf plain;
+    bp_buf_init(&plain);
+    if (bp_seal_doc(r->keys, row->id, v->bp ? v->bp->bp : NULL, row->config, BP_UNSEAL, &plain, NULL, err) < 0) {
+        bp_buf_free(&plain);
+        return -1;
+    }
+    bp_integration *it = new_integration(r, row->id, row->name, v, row->variant, row->delivery_mode, row->revision,
+                                         row->created_at, plain.data);
+    memset(plain.data, 0, plain.cap);
+    bp_buf_free(&plain);
+    bp_error cerr;
+    if (v->bp) it->cfg = bp_config_load_text(v->bp->bp, it->config_json, strlen(it->config_json), "stored config", &cerr);
+    r->items = bp_realloc(r->items, (r->n + 1) * sizeof *r->items);
+    r->items[r->n++] = it;
+    return 0;
 }
 
 /* ---- open, start, close --------------------------------------------------------------------- */
@@ -408,7 +364,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     }
     bp_catalog_load(r->blueprints_dir, &r->vendors, &r->nvendors);
     bp_signins_load(r->db, r->spent);
-    if (bp_seal_plain_revisions(r->db, r->keys, blueprint_of, r, err) < 0 || load_integrations(r, err) < 0 ||
+    if (bp_seal_plain_revisions(r->db, r->keys, blueprint_of, r, err) < 0 || bp_integrations_load(r->db, load_integration, r, err) < 0 ||
         bp_revisions_migrate(r->db, err) < 0) {
         bp_registry_close(r);
         return NULL;
@@ -675,42 +631,6 @@ int bp_registry_update(bp_registry *r, bp_integration *it, const bp_doc *patch, 
     return rc;
 }
 
-/* server.db: the integration marked deleted, its revisions' secrets masked
- * (inside a transaction, admin_mu held). */
-static int mask_deleted(bp_registry *r, const char *id, const bp_blueprint *bp)
-{
-    sqlite3_stmt *q;
-    int ok = 0;
-    if (sqlite3_prepare_v2(r->db, "UPDATE integrations SET deleted=1 WHERE id=?1", -1, &q, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
-        ok = sqlite3_step(q) == SQLITE_DONE;
-        sqlite3_finalize(q);
-    }
-    /* the revisions keep their history, not their secrets */
-    if (ok && sqlite3_prepare_v2(r->db, "SELECT revision, config FROM revisions WHERE integration_id=?1", -1, &q, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
-        sqlite3_stmt *u = NULL;
-        ok = sqlite3_prepare_v2(r->db, "UPDATE revisions SET config=?3 WHERE integration_id=?1 AND revision=?2", -1, &u,
-                                NULL) == SQLITE_OK;
-        while (ok && sqlite3_step(q) == SQLITE_ROW) {
-            bp_buf masked;
-            bp_buf_init(&masked);
-            bp_buf_adds(&masked, "{\"config\":");
-            bp_write_masked_config(&masked, bp, (const char *)sqlite3_column_text(q, 1));
-            bp_buf_adds(&masked, "}");
-            sqlite3_reset(u);
-            sqlite3_bind_text(u, 1, id, -1, SQLITE_STATIC);
-            sqlite3_bind_int(u, 2, sqlite3_column_int(q, 0));
-            sqlite3_bind_text(u, 3, masked.data, (int)masked.len, SQLITE_STATIC);
-            ok = sqlite3_step(u) == SQLITE_DONE;
-            bp_buf_free(&masked);
-        }
-        sqlite3_finalize(u);
-        sqlite3_finalize(q);
-    }
-    return ok ? 0 : -1;
-}
-
 /* Take a deleted integration out of the list and out of delivery (its
  * events, once-keys and pause state go once its loop has let go of them);
  * admin_mu held.  Releases the list's reference. */
@@ -745,7 +665,7 @@ int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who,
     pthread_mutex_unlock(&r->mu);
     if (was) { pthread_mutex_unlock(&r->admin_mu); bp_shared_bp_drop(sbp); return 0; }
     int ok = bp_serverdb_exec(r->db, "BEGIN IMMEDIATE") == 0;
-    if (ok && mask_deleted(r, it->id, sbp ? sbp->bp : NULL) < 0) {
+    if (ok && bp_integrations_mask_deleted(r->db, it->id, sbp ? sbp->bp : NULL) < 0) {
         bp_error_set(err, "could not delete the integration: %s", sqlite3_errmsg(r->db));
         ok = 0;
     }
@@ -849,30 +769,12 @@ void bp_registry_apply_config(bp_registry *r, const char *record, size_t len)
 }
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out)
 {
-    sqlite3_stmt *q;
     pthread_mutex_lock(&r->admin_mu);
     pthread_mutex_lock(&r->mu);
     bp_shared_bp *sbp = it->vendor->bp;
     if (sbp) bp_shared_bp_hold(sbp);
     pthread_mutex_unlock(&r->mu);
-    int rc = -1;
-    if (sqlite3_prepare_v2(r->db, "SELECT revision, created_at, config FROM revisions WHERE integration_id=?1 "
-                                  "ORDER BY revision", -1, &q, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, it->id, -1, SQLITE_STATIC);
-        bp_buf_adds(out, "[");
-        int first = 1;
-        while (sqlite3_step(q) == SQLITE_ROW) {
-            if (!first) bp_buf_addc(out, ',');
-            first = 0;
-            bp_buf_printf(out, "{\"revision\":%d,\"created_at\":%lld,\"config\":", sqlite3_column_int(q, 0),
-                          (long long)sqlite3_column_int64(q, 1));
-            bp_write_masked_config(out, sbp ? sbp->bp : NULL, (const char *)sqlite3_column_text(q, 2));
-            bp_buf_addc(out, '}');
-        }
-        bp_buf_adds(out, "]");
-        sqlite3_finalize(q);
-        rc = 0;
-    }
+    int rc = bp_integrations_revisions(r->db, it->id, sbp ? sbp->bp : NULL, out);
     pthread_mutex_unlock(&r->admin_mu);
     bp_shared_bp_drop(sbp);
     return rc;
@@ -898,17 +800,7 @@ void bp_registry_audit_purge(bp_registry *r, int days)
     bp_audit_purge(r->db, days);
     pthread_mutex_unlock(&r->admin_mu);
 }
-/* ---- hot reload ------------------------------------------------------------------------------ */
-
-/* The integrations of one vendor, with their documents (references held)
- * and, once validated against a new version, their configs. */
-typedef struct vendor_items {
-    bp_integration **items;
-    char **docs;
-    bp_config **cfgs;
-    size_t n;
-    uint64_t stamp;               /* which integrations, at which revisions (vendor_stamp) */
-} vendor_items;
+/* ---- hot reload: what reload.c asks of the registry ---------------------------------------------- */
 
 /* A fingerprint of v's integrations and their revisions: a check made
  * against them holds while it is unchanged.  mu held. */
@@ -924,7 +816,15 @@ static uint64_t vendor_stamp(bp_registry *r, bp_vendor *v)
     return h;
 }
 
-static void items_of(bp_registry *r, bp_vendor *v, vendor_items *vi)
+uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v)
+{
+    pthread_mutex_lock(&r->mu);
+    uint64_t stamp = vendor_stamp(r, v);
+    pthread_mutex_unlock(&r->mu);
+    return stamp;
+}
+
+void bp_registry_vendor_items(bp_registry *r, bp_vendor *v, bp_vendor_items *vi)
 {
     pthread_mutex_lock(&r->mu);
     vi->items = bp_calloc(r->n + 1, sizeof *vi->items);
@@ -941,26 +841,9 @@ static void items_of(bp_registry *r, bp_vendor *v, vendor_items *vi)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* vi's configs validated against nb (bp_catalog_validate). */
-static int validate_items(const bp_blueprint *ob, const bp_blueprint *nb, vendor_items *vi, bp_error *err)
-{
-    return bp_catalog_validate(ob, nb, vi->items, vi->docs, vi->cfgs, vi->n, err);
-}
+bp_vendor *bp_registry_vendor_at(bp_registry *r, size_t i) { return i < r->nvendors ? &r->vendors[i] : NULL; }
 
-static void items_free(vendor_items *vi)
-{
-    for (size_t k = 0; k < vi->n; k++) {
-        bp_config_free(vi->cfgs[k]);
-        free(vi->docs[k]);
-        bp_integration_release(vi->items[k]);
-    }
-    free(vi->items);
-    free(vi->docs);
-    free(vi->cfgs);
-}
-
-/* Is rev what runs for v (and nothing was rejected since)? */
-static int running_is(bp_registry *r, bp_vendor *v, const char *rev)
+int bp_registry_runs(bp_registry *r, bp_vendor *v, const char *rev)
 {
     pthread_mutex_lock(&r->mu);
     int same = v->bp && !v->load_error && !strcmp(v->bp->revision, rev);
@@ -968,121 +851,43 @@ static int running_is(bp_registry *r, bp_vendor *v, const char *rev)
     return same;
 }
 
-/* Switch v's integrations to nb (compiled from the files of revision rev),
- * once every installed config validates against it; or, nb NULL or a
- * config refused, keep the running version (saying why everywhere it
- * shows).  Takes nb.  admin_mu held, so no install, update or delete slips
- * in between; who: the actor (NULL: the file watcher). */
-static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, const bp_claims *who,
-                         bp_error *err)
+void bp_registry_reject_version(bp_registry *r, bp_vendor *v, const char *rev, const char *why)
 {
-    if (running_is(r, v, rev)) { bp_blueprint_free(nb); return 0; }   /* another reload switched already */
     pthread_mutex_lock(&r->mu);
-    int had = v->bp != NULL;
+    free(v->load_error);
+    v->load_error = bp_strdup(why);
+    memcpy(v->disk_revision, rev, BP_REVISION_LEN);
+    r->metrics.reload_failures++;
     pthread_mutex_unlock(&r->mu);
-    vendor_items vi;
-    items_of(r, v, &vi);
-    bp_shared_bp *running = running_of(r, v);
-    if (nb && validate_items(running ? running->bp : NULL, nb, &vi, err) < 0) { bp_blueprint_free(nb); nb = NULL; }
-    bp_shared_bp_drop(running);
-    bp_buf f;
-    bp_buf_init(&f);
-    bp_buf_adds(&f, "\"blueprint\":");
-    bp_json_write_string(&f, v->dir, strlen(v->dir));
-    bp_buf_printf(&f, ",\"revision\":\"%s\"", rev);
-    if (!nb) {
-        pthread_mutex_lock(&r->mu);
-        free(v->load_error);
-        v->load_error = bp_strdup(err->msg);
-        memcpy(v->disk_revision, rev, BP_REVISION_LEN);
-        r->metrics.reload_failures++;
-        pthread_mutex_unlock(&r->mu);
-        bp_buf_adds(&f, ",\"error\":");
-        bp_json_write_string(&f, err->msg, strlen(err->msg));
-        bp_log("error", had ? "blueprint change rejected; the previous version keeps running" : "blueprint failed to load",
-               f.data);
-        bp_buf what;
-        bp_buf_init(&what);
-        bp_buf_printf(&what, "%s: revision %s rejected, the previous version keeps running: ", v->dir, rev);
-        bp_buf_adds(&what, err->msg);
-        audit_locked(r, who, "blueprint.reload", NULL, 0, 0, what.data);
-        bp_buf_free(&what);
-    } else {
-        bp_shared_bp *sbp = bp_shared_bp_new(nb);
-        memcpy(sbp->revision, rev, BP_REVISION_LEN);
-        pthread_mutex_lock(&r->mu);
-        bp_shared_bp *old = v->bp;
-        v->bp = sbp;
-        free(v->load_error);
-        v->load_error = NULL;
-        memcpy(v->disk_revision, rev, BP_REVISION_LEN);
-        if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = bp_strdup(nb->vendor); }
-        for (size_t k = 0; k < vi.n; k++) {
-            bp_config_free(vi.items[k]->cfg);
-            vi.items[k]->cfg = vi.cfgs[k];
-            vi.cfgs[k] = NULL;
-        }
-        r->metrics.reloads++;
-        pthread_mutex_unlock(&r->mu);
-        /* each loop switches its integrations between requests; the old
-         * blueprint goes with the last reference to it */
-        for (size_t k = 0; k < vi.n; k++) deliver_with(r, vi.items[k], sbp, vi.docs[k]);
-        bp_shared_bp_drop(old);
-        bp_log("info", "blueprint reloaded", f.data);
-        bp_buf what;
-        bp_buf_init(&what);
-        bp_buf_printf(&what, "%s: revision %s reloaded for %zu integrations", v->dir, rev, vi.n);
-        audit_locked(r, who, "blueprint.reload", NULL, 0, 0, what.data);
-        bp_buf_free(&what);
-    }
-    items_free(&vi);
-    bp_buf_free(&f);
-    return nb ? 0 : -1;
 }
 
-/* Load v's files and switch to them, or keep the running version.  Called
- * without admin_mu: the files are compiled first, unlocked, then admin_mu
- * is taken only to check that the folder is still what was compiled (else
- * it is compiled again: an edit came meanwhile) and to switch. */
-static int reload(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_error *err)
+void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, bp_vendor_items *vi)
 {
-    for (int attempt = 0;; attempt++) {
-        char rev[BP_REVISION_LEN], now[BP_REVISION_LEN];
-        bp_blueprint_revision(v->dir, rev);   /* before loading: a later edit is another reload */
-        /* the files' contents are what runs (the console's editor reloaded them
-         * already, or only a modification time changed) */
-        if (running_is(r, v, rev)) return 0;
-        bp_blueprint *nb = bp_catalog_compile(v->dir, err);
-        pthread_mutex_lock(&r->admin_mu);
-        bp_blueprint_revision(v->dir, now);
-        /* still changing after a few tries: judge what was compiled; the
-         * watcher sees the later change and reloads again */
-        if (strcmp(now, rev) != 0 && attempt < 3) {
-            pthread_mutex_unlock(&r->admin_mu);
-            bp_blueprint_free(nb);
-            continue;
-        }
-        int rc = switch_locked(r, v, nb, rev, who, err);
-        pthread_mutex_unlock(&r->admin_mu);
-        return rc;
+    bp_shared_bp *sbp = bp_shared_bp_new(nb);
+    memcpy(sbp->revision, rev, BP_REVISION_LEN);
+    pthread_mutex_lock(&r->mu);
+    bp_shared_bp *old = v->bp;
+    v->bp = sbp;
+    free(v->load_error);
+    v->load_error = NULL;
+    memcpy(v->disk_revision, rev, BP_REVISION_LEN);
+    if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = bp_strdup(nb->vendor); }
+    for (size_t k = 0; k < vi->n; k++) {
+        bp_config_free(vi->items[k]->cfg);
+        vi->items[k]->cfg = vi->cfgs[k];
+        vi->cfgs[k] = NULL;
     }
+    r->metrics.reloads++;
+    pthread_mutex_unlock(&r->mu);
+    /* each loop switches its integrations between requests; the old
+     * blueprint goes with the last reference to it */
+    for (size_t k = 0; k < vi->n; k++) deliver_with(r, vi->items[k], sbp, vi->docs[k]);
+    bp_shared_bp_drop(old);
 }
 
-static void reload_vendor(bp_registry *r, bp_vendor *v)
+void bp_registry_audit_held(bp_registry *r, const bp_claims *who, const char *action, const char *detail)
 {
-    bp_error err;
-    reload(r, v, NULL, &err);
-}
-
-void bp_registry_check_reload(bp_registry *r)
-{
-    for (size_t i = 0; i < r->nvendors; i++) {
-        bp_vendor *v = &r->vendors[i];
-        uint64_t sig = bp_folder_signature(v->dir);
-        if (sig == v->signature) continue;
-        v->signature = sig;
-        reload_vendor(r, v);
-    }
+    audit_locked(r, who, action, NULL, 0, 0, detail);
 }
 
 /* ---- the web console: sign-in tokens, the editor's saves ------------------------------------- */
@@ -1107,38 +912,6 @@ int bp_registry_jti_spent(bp_registry *r, const char *jti) { return bp_jti_set_h
 
 void bp_registry_edit_begin(bp_registry *r) { pthread_mutex_lock(&r->admin_mu); }
 void bp_registry_edit_end(bp_registry *r) { pthread_mutex_unlock(&r->admin_mu); }
-
-int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err)
-{
-    vendor_items vi;
-    items_of(r, v, &vi);
-    *stamp = vi.stamp;
-    bp_blueprint *nb = bp_catalog_compile(dir, err);
-    bp_shared_bp *running = running_of(r, v);
-    int rc = nb && validate_items(running ? running->bp : NULL, nb, &vi, err) == 0 ? 0 : -1;
-    bp_shared_bp_drop(running);
-    items_free(&vi);
-    bp_blueprint_free(nb);
-    return rc;
-}
-
-uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v)
-{
-    pthread_mutex_lock(&r->mu);
-    uint64_t stamp = vendor_stamp(r, v);
-    pthread_mutex_unlock(&r->mu);
-    return stamp;
-}
-
-int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
-                            bp_error *err)
-{
-    int rc = reload(r, v, who, err);
-    pthread_mutex_lock(&r->mu);
-    snprintf(running, BP_REVISION_LEN, "%s", v->bp ? v->bp->revision : "");
-    pthread_mutex_unlock(&r->mu);
-    return rc;
-}
 
 /* ---- the editor's revisions (revisions.c), under admin_mu -------------------------------------- */
 
@@ -1181,9 +954,8 @@ bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_bluepr
      * config (a dry-run prints what the mapping puts in a body) is refused
      * as a save would be */
     bp_shared_bp *running = mine ? running_of(r, it->vendor) : NULL;
-    vendor_items one = { .items = &it, .docs = &doc, .n = 1 };
     if (!mine) { *status = 400; bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor); }
-    else if (bp_secrets_kept(running ? running->bp : NULL, bp, one.items, one.docs, 1, err) == 0) c = bp_configdoc_validate(bp, doc, it->variant, err);
+    else if (bp_secrets_kept(running ? running->bp : NULL, bp, &it, &doc, 1, err) == 0) c = bp_configdoc_validate(bp, doc, it->variant, err);
     bp_shared_bp_drop(running);
     memset(doc, 0, strlen(doc));   /* it holds the secrets */
     free(doc);
