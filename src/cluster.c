@@ -384,11 +384,9 @@ int bp_cluster_start(bp_cluster *c, bp_error *err)
     c->threads_started = 3;
     bp_buf f;
     bp_buf_init(&f);
-    bp_buf_adds(&f, "\"brokers\":");
-    bp_json_write_text(&f, c->brokers, strlen(c->brokers));
-    bp_buf_adds(&f, ",\"cluster\":");
-    bp_json_write_text(&f, c->name, strlen(c->name));
-    bp_buf_printf(&f, ",\"topic_mode\":\"%s\"", c->per_vendor ? "per_vendor" : "per_integration");
+    bp_log_field(&f, "brokers", c->brokers);
+    bp_log_field(&f, "cluster", c->name);
+    bp_log_field(&f, "topic_mode", c->per_vendor ? "per_vendor" : "per_integration");
     bp_log("info", "kafka: cluster mode", f.data);
     bp_buf_free(&f);
     return 0;

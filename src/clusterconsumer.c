@@ -241,7 +241,7 @@ typedef struct intake_ctx {
     const rd_kafka_message_t *m;
     const char *integration;
     int64_t slot;
-    int replay;                  /* a replayed dead letter: delivered although its message id was seen */
+    int replayed;                /* a replayed dead letter: delivered although its message id was seen */
     int ok;
     long stored;
 } intake_ctx;
@@ -258,7 +258,7 @@ static int store_one(void *ctx, long index, const char *ev, size_t len, const ch
         return 0;
     }
     bp_source src = { topic, k->m->partition, k->m->offset, (int)index, k->slot };
-    int64_t id = bp_store_add_from(k->c->store, k->integration, ev, len, k->replay ? NULL : message_id, &src,
+    int64_t id = bp_store_add_from(k->c->store, k->integration, ev, len, k->replayed ? NULL : message_id, &src,
                                    (int64_t)bp_wall_ms());
     if (id < 0) { k->ok = 0; return -1; }
     if (id == 0) atomic_fetch_add_explicit(&k->c->duplicates, 1, memory_order_relaxed);

@@ -68,7 +68,7 @@ static size_t edit_script(const lines *x, const lines *y, op *ops)
     while (suf < x->n - pre && suf < y->n - pre && same_line(x, x->n - 1 - suf, y, y->n - 1 - suf)) suf++;
     size_t m = x->n - pre - suf, k = y->n - pre - suf, i = 0, j = 0;
     for (size_t p = 0; p < pre; p++) push(ops, &n, ' ', &a, &b);
-    uint32_t *t = m && k && m * k <= MAX_CELLS ? calloc((m + 1) * (k + 1), sizeof *t) : NULL;
+    uint32_t *t = m && k && m * k <= MAX_CELLS ? bp_calloc((m + 1) * (k + 1), sizeof *t) : NULL;
     if (t) {
         /* t[i][j]: the longest common subsequence of x[pre+i..] and y[pre+j..] */
         for (size_t u = m; u-- > 0;)

@@ -19,12 +19,9 @@ void cluster_log_kafka(const char *level, const char *msg, const char *topic, in
 {
     bp_buf f;
     bp_buf_init(&f);
-    if (topic) { bp_buf_adds(&f, "\"topic\":"); bp_json_write_text(&f, topic, strlen(topic)); }
-    if (topic && partition >= 0) bp_buf_printf(&f, ",\"partition\":%d", partition);
-    if (detail) {
-        bp_buf_adds(&f, topic ? ",\"detail\":" : "\"detail\":");
-        bp_json_write_text(&f, detail, strlen(detail));
-    }
+    if (topic) bp_log_field(&f, "topic", topic);
+    if (topic && partition >= 0) bp_log_field_int(&f, "partition", partition);
+    if (detail) bp_log_field(&f, "detail", detail);
     bp_log(level, msg, f.data);
     bp_buf_free(&f);
 }
@@ -80,10 +77,8 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
     if (level > 4) return;
     bp_buf f;
     bp_buf_init(&f);
-    bp_buf_adds(&f, "\"facility\":");
-    bp_json_write_text(&f, fac, strlen(fac));
-    bp_buf_adds(&f, ",\"detail\":");
-    bp_json_write_text(&f, buf, strlen(buf));
+    bp_log_field(&f, "facility", fac);
+    bp_log_field(&f, "detail", buf);
     bp_log(level <= 3 ? "error" : "warn", "librdkafka", f.data);
     bp_buf_free(&f);
 }

@@ -36,7 +36,7 @@
 #define REVISIONS_KEEP 50     /* the editor's revisions kept per blueprint by default */
 #define REVISIONS_DAYS 365    /* … and for how long */
 
-/* ---- vendors ------------------------------------------------------------------------------- */
+/* ---- vendors (catalog.c loads them) ---------------------------------------------------------- */
 
 bp_vendor *bp_registry_vendor(bp_registry *r, const char *key)
 {
@@ -67,7 +67,7 @@ bp_shared_bp *bp_registry_vendor_bp(bp_registry *r, bp_vendor *v, char disk[BP_R
 /* The version of v that runs (a reference held), or NULL. */
 static bp_shared_bp *running_of(bp_registry *r, bp_vendor *v) { return bp_registry_vendor_bp(r, v, NULL, NULL); }
 
-/* ---- integrations and their delivery ---------------------------------------------------------- */
+/* ---- integrations: references, outcomes (counters, Live Events), delivery -------------------- */
 
 static void free_integration(bp_integration *it)
 {
@@ -204,6 +204,8 @@ static bp_integration *new_integration(bp_registry *r, const char *id, const cha
     return it;
 }
 
+/* ---- finding integrations; what other files ask of the registry ------------------------------ */
+
 bp_integration *bp_registry_find(bp_registry *r, const char *id)
 {
     bp_integration *found = NULL;
@@ -245,7 +247,7 @@ static void topics_changed(bp_registry *r)
     if (r->hooks.topics_changed) r->hooks.topics_changed(r->hooks.ctx);
 }
 
-/* ---- cluster mode: publishing a change ------------------------------------------------------- */
+/* ---- server.db: a revision saved (in cluster mode published first), integrations loaded ------ */
 
 /* Cluster mode: write the integration's record to the topic and wait for
  * the broker, before the change commits here (admin_mu held, inside the
@@ -330,7 +332,7 @@ static int load_integration(void *ctx, const bp_integration_row *row, bp_error *
     return 0;
 }
 
-/* ---- open, start, close --------------------------------------------------------------------- */
+/* ---- open, start, close ---------------------------------------------------------------------- */
 
 /* The running blueprint of a vendor, while the registry opens (one thread). */
 static const bp_blueprint *blueprint_of(void *ctx, const char *vendor)
@@ -431,7 +433,42 @@ void bp_registry_close(bp_registry *r)
     free(r);
 }
 
-/* ---- install, update, delete ------------------------------------------------------------------- */
+/* ---- the audit log --------------------------------------------------------------------------- */
+
+/* One audit entry (admin_mu held).  revision 0 = none. */
+static void audit_locked(bp_registry *r, const bp_claims *who, const char *action, const char *integration, int before,
+                         int after, const char *detail)
+{
+    bp_audit_write(r->db, who, action, integration, before, after, detail);
+}
+
+void bp_registry_audit(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
+                       const char *detail)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    audit_locked(r, who, action, integration, 0, 0, detail);
+    pthread_mutex_unlock(&r->admin_mu);
+}
+
+/* Entries newest first, filtered; `cursor` = the id to continue below (0: from the newest). */
+int bp_registry_audit_list(bp_registry *r, const char *integration, const char *action, const char *actor,
+                           int64_t since, int64_t until, int64_t cursor, int limit, bp_buf *out)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    int rc = bp_audit_list(r->db, integration, action, actor, since, until, cursor, limit, out);
+    pthread_mutex_unlock(&r->admin_mu);
+    return rc;
+}
+
+/* Entries older than `days` go (kept 90 days by default). */
+void bp_registry_audit_purge(bp_registry *r, int days)
+{
+    pthread_mutex_lock(&r->admin_mu);
+    bp_audit_purge(r->db, days);
+    pthread_mutex_unlock(&r->admin_mu);
+}
+
+/* ---- install, update, delete ----------------------------------------------------------------- */
 
 static void random_id(char *out, size_t n)
 {
@@ -451,21 +488,6 @@ static void log_integration(const char *msg, const bp_integration *it)
     bp_log_field(&f, "vendor", it->vendor->key);
     bp_log("info", msg, f.data);
     bp_buf_free(&f);
-}
-
-/* One audit entry (admin_mu held).  revision 0 = none. */
-static void audit_locked(bp_registry *r, const bp_claims *who, const char *action, const char *integration, int before,
-                         int after, const char *detail)
-{
-    bp_audit_write(r->db, who, action, integration, before, after, detail);
-}
-
-void bp_registry_audit(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
-                       const char *detail)
-{
-    pthread_mutex_lock(&r->admin_mu);
-    audit_locked(r, who, action, integration, 0, 0, detail);
-    pthread_mutex_unlock(&r->admin_mu);
 }
 
 static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, const bp_claims *who, bp_integration **out,
@@ -681,7 +703,7 @@ int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who,
     return 0;
 }
 
-/* ---- cluster mode: a change made on another node ----------------------------------------------- */
+/* ---- cluster mode: a change made on another node --------------------------------------------- */
 
 /* rec's integration, deleted through another node: forgotten here too. */
 static void apply_deletion(bp_registry *r, bp_integration *it, const char *fields)
@@ -767,6 +789,9 @@ void bp_registry_apply_config(bp_registry *r, const char *record, size_t len)
     pthread_mutex_unlock(&r->admin_mu);
     bp_config_record_free(&rec);
 }
+
+/* ---- an integration's config revisions, for the API ------------------------------------------ */
+
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out)
 {
     pthread_mutex_lock(&r->admin_mu);
@@ -780,27 +805,7 @@ int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out)
     return rc;
 }
 
-
-/* ---- the audit log, read -------------------------------------------------------------------------- */
-
-/* Entries newest first, filtered; `cursor` = the id to continue below (0: from the newest). */
-int bp_registry_audit_list(bp_registry *r, const char *integration, const char *action, const char *actor,
-                           int64_t since, int64_t until, int64_t cursor, int limit, bp_buf *out)
-{
-    pthread_mutex_lock(&r->admin_mu);
-    int rc = bp_audit_list(r->db, integration, action, actor, since, until, cursor, limit, out);
-    pthread_mutex_unlock(&r->admin_mu);
-    return rc;
-}
-
-/* Entries older than `days` go (kept 90 days by default). */
-void bp_registry_audit_purge(bp_registry *r, int days)
-{
-    pthread_mutex_lock(&r->admin_mu);
-    bp_audit_purge(r->db, days);
-    pthread_mutex_unlock(&r->admin_mu);
-}
-/* ---- hot reload: what reload.c asks of the registry ---------------------------------------------- */
+/* ---- hot reload: what reload.c asks of the registry ------------------------------------------ */
 
 /* A fingerprint of v's integrations and their revisions: a check made
  * against them holds while it is unchanged.  mu held. */
@@ -890,7 +895,7 @@ void bp_registry_audit_held(bp_registry *r, const bp_claims *who, const char *ac
     audit_locked(r, who, action, NULL, 0, 0, detail);
 }
 
-/* ---- the web console: sign-in tokens, the editor's saves ------------------------------------- */
+/* ---- the web console: spent sign-in token ids, the editor's lock ----------------------------- */
 
 int bp_registry_spend_jti_here(bp_registry *r, const char *jti, int64_t expires_at)
 {
@@ -913,7 +918,7 @@ int bp_registry_jti_spent(bp_registry *r, const char *jti) { return bp_jti_set_h
 void bp_registry_edit_begin(bp_registry *r) { pthread_mutex_lock(&r->admin_mu); }
 void bp_registry_edit_end(bp_registry *r) { pthread_mutex_unlock(&r->admin_mu); }
 
-/* ---- the editor's revisions (revisions.c), under admin_mu -------------------------------------- */
+/* ---- the editor's revisions (revisions.c), under admin_mu ------------------------------------ */
 
 int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, char revision[BP_REVISION_LEN])
 {
@@ -937,7 +942,7 @@ int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out)
     return bp_revisions_list(r->db, vendor, out);
 }
 
-/* ---- the editor's dry-runs ----------------------------------------------------------------------- */
+/* ---- the editor's dry-runs: an installed config against an edited blueprint ------------------ */
 
 bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
                                  int *status, bp_error *err)
