@@ -19,7 +19,7 @@
  *                               integration_id.
  *   NAME.integrations           compacted: one record per integration, key
  *                               its id, value its head and every revision
- *                               with secrets sealed (registry.c).
+ *                               with secrets sealed (configrecord.c).
  *   NAME.outcomes               every outcome, final or "retrying", of
  *                               every node: Live Events, /metrics and the
  *                               record of what was delivered.
@@ -52,6 +52,13 @@
  * Threads: the poller (producer delivery reports, broker probe), the
  * consumer (group: read, store, commit, rebalance), the viewer (config and
  * outcomes of every node: applied to the registry and the store).
+ *
+ * Files: this one (life cycle, producing, /healthz and /metrics, and the
+ * hooks it installs in the registry: the registry tells the cluster what
+ * changed through bp_registry_hooks and never names it), clusterconsumer.c
+ * (the consumer), clusterview.c (the viewer), clusterslots.c (partition
+ * leases), kafkaconf.c (settings, logs, health, topics); cluster.h is
+ * theirs alone.
  */
 #include "cluster.h"
 
@@ -284,7 +291,7 @@ static void *poller_main(void *arg)
     return NULL;
 }
 
-/* ---- life cycle -------------------------------------------------------------------------------- */
+/* ---- life cycle, and the registry's hooks -------------------------------------------------------- */
 
 static void stop(void *ctx);
 static void release(void *ctx);

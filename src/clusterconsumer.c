@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+/* ---- subscribing: the delivery topics of the integrations there are ------------------------------- */
+
 static int cmp_text(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 typedef struct topic_list { bp_cluster *c; char **names; size_t n, cap; } topic_list;
@@ -71,7 +73,7 @@ static void resubscribe(bp_cluster *c)
     c->ntopics = n;
 }
 
-/* ---- the consumer: delivery topics ------------------------------------------------------------- */
+/* ---- offsets and rebalances ------------------------------------------------------------------- */
 
 typedef struct progress { bp_cluster *c; int64_t *slots; int64_t *min; long *count; size_t n; } progress;
 
@@ -236,6 +238,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     }
 }
 
+/* ---- reading: events into the store ------------------------------------------------------------ */
+
 typedef struct intake_ctx {
     bp_cluster *c;
     const rd_kafka_message_t *m;
@@ -357,6 +361,8 @@ static void consume_batch(bp_cluster *c, rd_kafka_message_t **msgs, int n)
     }
     free(slots);
 }
+
+/* ---- the consumer thread: read, store, commit, sweep ---------------------------------------------- */
 
 typedef struct sweep { bp_cluster *c; char (*ids)[40]; int n; } sweep;
 

@@ -96,7 +96,7 @@ static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *s
     bp_doc_free(&d);
 }
 
-/* A claim on a console token id (bp_cluster_spend_jti), of any node: the jti
+/* A claim on a console token id (cluster.c's spend_jti), of any node: the jti
  * is spent here too, and the claim marked won when it is the jti's first. */
 static void view_session(bp_cluster *c, const rd_kafka_message_t *m)
 {

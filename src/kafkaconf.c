@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-/* ---- small things ---------------------------------------------------------------- */
+/* ---- logs, health, names ------------------------------------------------------------------------- */
 
 void cluster_log_kafka(const char *level, const char *msg, const char *topic, int partition, const char *detail)
 {
@@ -183,7 +183,7 @@ rd_kafka_conf_t *cluster_base_conf(bp_cluster *c, bp_error *err)
     return conf;
 }
 
-/* ---- topics ------------------------------------------------------------------------------------- */
+/* ---- creating topics ---------------------------------------------------------------------------- */
 
 /* Ask the brokers to create topics (an existing one is fine).  `wait_ms` 0:
  * the answer is logged by the poller; else waited for, and 0 returned when

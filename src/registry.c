@@ -366,7 +366,8 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     }
     bp_catalog_load(r->blueprints_dir, &r->vendors, &r->nvendors);
     bp_signins_load(r->db, r->spent);
-    if (bp_seal_plain_revisions(r->db, r->keys, blueprint_of, r, err) < 0 || bp_integrations_load(r->db, load_integration, r, err) < 0 ||
+    if (bp_seal_plain_revisions(r->db, r->keys, blueprint_of, r, err) < 0 ||
+        bp_integrations_load(r->db, load_integration, r, err) < 0 ||
         bp_revisions_migrate(r->db, err) < 0) {
         bp_registry_close(r);
         return NULL;
