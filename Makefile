@@ -54,10 +54,13 @@ CFLAGS     += -DBP_DATADIR='"$(DATADIR)"'
 # built with everything.  build/libblueprint.a has both.
 CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent blueprint config request cache answers engine reader \
              decode version
-NET     := transport classify ratelimit store fingerprint deliver crypto auth metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord registry reload verify kafkaconf clusterslots clusterview clusterconsumer cluster server console diff editor
+NET     := transport classify ratelimit store fingerprint deliver crypto auth metrics serverdb integrationsdb sealing \
+           configdoc audit signins revisions catalog configrecord registry reload verify intake kafkaconf clusterslots \
+           clusterview clusterconsumer cluster server admin_api events_api live_stream console_api health_api console diff \
+           editor
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
-HDRS    := $(PUBLIC_HDRS) src/internal.h
+HDRS    := $(PUBLIC_HDRS) src/internal.h src/server.h src/cluster.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \

@@ -1012,7 +1012,9 @@ void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_
 int bp_cluster_health(bp_cluster *c, bp_buf *out);
 void bp_cluster_metrics(bp_cluster *c, bp_buf *out);
 
-/* server.c: the parts of request handling that judge untrusted bodies. */
+/* intake.c: the parts of request handling that judge untrusted bodies
+ * (the HTTP intake and the cluster's delivery topic judge events alike). */
+#define BP_MAX_ADMIN_BODY (64u * 1024u)
 typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, const char *message_id,
                             const char *why);
 long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
