@@ -1048,34 +1048,6 @@ typedef struct bp_registry_hooks {
 /* Installed once, before bp_registry_start. */
 void bp_registry_set_hooks(bp_registry *r, const bp_registry_hooks *h);
 
-/* Locks: `mu` guards the fields marked [mu]; `admin_mu` serialises
- * install, update, delete and reloads (validation, server.db, the pool
- * calls) so they never interleave; it is taken before `mu`, never after.
- * Only registry.c touches them (server.c still reads the struct). */
-struct bp_registry {
-    pthread_mutex_t mu, admin_mu;
-    char *blueprints_dir, *state_dir;   /* fixed */
-    bp_vendor *vendors; size_t nvendors;  /* the array is fixed after open; fields [mu] */
-    bp_integration **items; size_t n;     /* [mu] */
-    struct sqlite3 *db;                   /* [admin_mu] (install/update/delete/revisions) */
-    bp_keyring *keys;                     /* thread-safe: seals secrets in server.db */
-    bp_store *store;                      /* thread-safe */
-    bp_pool *pool;                        /* thread-safe */
-    struct bp_cluster *cluster;           /* server.c's own use only (set before start; NULL outside cluster mode) */
-    bp_registry_hooks hooks;              /* fixed after set_hooks: the layer above (cluster mode) */
-    bp_metrics metrics;                   /* [mu] */
-    int64_t started_ms;                   /* fixed: wall clock at open, where the counts since start begin */
-    double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
-    long retry_base_ms;                   /* fixed */
-    int workers;                          /* fixed: delivery threads */
-    /* the editor's revisions kept per blueprint: the newest N, none older
-     * than D days (the newest always); BLUEPRINT_REVISIONS_KEEP / _DAYS */
-    int revisions_keep, revisions_days;   /* fixed */
-    bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
-    struct bp_jti_set *spent;             /* thread-safe: token ids spent (the signins table), not expired */
-    void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
-    void *on_live_ctx;
-};
 
 /* -1 with err naming the first top-level key of body not in known (NULL-
  * terminated): a misspelled key would otherwise be ignored.  registry.c */
@@ -1100,10 +1072,34 @@ bp_shared_bp *bp_registry_vendor_bp(bp_registry *r, bp_vendor *v, char disk[BP_R
 /* it's running blueprint (held, or NULL) and a copy of its config document
  * (free it; it holds secrets), as one consistent pair. */
 bp_shared_bp *bp_integration_current(bp_integration *it, char **config_json);
+/* Was it deleted (since it was found)? */
+int bp_integration_deleted(bp_integration *it);
 /* fn for each listed integration, with the lock held (read [mu] fields;
  * call nothing of the registry's). */
 void bp_registry_each(bp_registry *r, void (*fn)(void *ctx, bp_integration *it), void *ctx);
-/* With `mu` held (server.c, until it uses bp_registry_find_vendor). */
+/* Before start: a rate limit for every account (tests; 0: the blueprints'),
+ * the first retry's delay (0: the default), and on_live, called with a new
+ * Live Events line of it (the lock held: it may only signal). */
+void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms,
+                           void (*on_live)(void *ctx, bp_integration *it), void *on_live_ctx);
+/* fn(ctx) with the registry's lock held, to read [mu] fields of integrations
+ * and vendors consistently: it may write only its own data, and call
+ * nothing of the registry's but bp_registry_vendor. */
+void bp_registry_locked(bp_registry *r, void (*fn)(void *ctx), void *ctx);
+/* fn for each vendor of the catalog, in vendor order, the lock held. */
+void bp_registry_each_vendor(bp_registry *r, void (*fn)(void *ctx, bp_vendor *v), void *ctx);
+/* Live Events: a stream watches it (lines are kept while one does) from
+ * the sequence number returned; then fn for each line past *next_seq (NULL:
+ * dropped from the ring), the lock held; 1 when it has been deleted. */
+uint64_t bp_registry_watch(bp_registry *r, bp_integration *it);
+void bp_registry_unwatch(bp_registry *r, bp_integration *it);
+int bp_registry_live_since(bp_registry *r, bp_integration *it, uint64_t *next_seq,
+                           void (*fn)(void *ctx, const char *line), void *ctx);
+size_t bp_registry_count(bp_registry *r);               /* integrations listed */
+int64_t bp_registry_started_ms(bp_registry *r);         /* wall clock at open: where counts begin */
+void bp_registry_count_events_in(bp_registry *r, long n);
+bp_metrics bp_registry_metrics(bp_registry *r);         /* a snapshot */
+/* The vendor of catalog key `key`, inside bp_registry_locked (or each_vendor). */
 bp_vendor *bp_registry_vendor(bp_registry *r, const char *key);
 /* The integration with a reference the caller releases, or NULL. */
 bp_integration *bp_registry_find(bp_registry *r, const char *id);

@@ -33,6 +33,35 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Locks: `mu` guards the fields marked [mu]; `admin_mu` serialises
+ * install, update, delete and reloads (validation, server.db, the pool
+ * calls) so they never interleave; it is taken before `mu`, never after.
+ * The struct and both locks are this file's alone; other files get what
+ * they need through the functions in internal.h. */
+struct bp_registry {
+    pthread_mutex_t mu, admin_mu;
+    char *blueprints_dir, *state_dir;   /* fixed */
+    bp_vendor *vendors; size_t nvendors;  /* the array is fixed after open; fields [mu] */
+    bp_integration **items; size_t n;     /* [mu] */
+    struct sqlite3 *db;                   /* [admin_mu] (install/update/delete/revisions) */
+    bp_keyring *keys;                     /* thread-safe: seals secrets in server.db */
+    bp_store *store;                      /* thread-safe */
+    bp_pool *pool;                        /* thread-safe */
+    bp_registry_hooks hooks;              /* fixed after set_hooks: the layer above (cluster mode) */
+    bp_metrics metrics;                   /* [mu] */
+    int64_t started_ms;                   /* fixed: wall clock at open, where the counts since start begin */
+    double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
+    long retry_base_ms;                   /* fixed */
+    int workers;                          /* fixed: delivery threads */
+    /* the editor's revisions kept per blueprint: the newest N, none older
+     * than D days (the newest always); BLUEPRINT_REVISIONS_KEEP / _DAYS */
+    int revisions_keep, revisions_days;   /* fixed */
+    bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
+    struct bp_jti_set *spent;             /* thread-safe: token ids spent (the signins table), not expired */
+    void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
+    void *on_live_ctx;
+};
+
 #define REVISIONS_KEEP 50     /* the editor's revisions kept per blueprint by default */
 #define REVISIONS_DAYS 365    /* … and for how long */
 
@@ -120,6 +149,37 @@ static void on_outcome(void *ctx, const bp_stored *ev, const char *line, size_t 
     pthread_mutex_lock(&r->mu);
     note_outcome_locked(r, it, line, len, end, reason);
     pthread_mutex_unlock(&r->mu);
+}
+
+uint64_t bp_registry_watch(bp_registry *r, bp_integration *it)
+{
+    pthread_mutex_lock(&r->mu);
+    uint64_t seq = it->live_seq;
+    it->watchers++;
+    pthread_mutex_unlock(&r->mu);
+    return seq;
+}
+
+void bp_registry_unwatch(bp_registry *r, bp_integration *it)
+{
+    pthread_mutex_lock(&r->mu);
+    if (--it->watchers == 0 && it->live) {   /* the ring is for watchers only */
+        for (int i = 0; i < BP_LIVE_RING; i++) free(it->live[i]);
+        free(it->live);
+        it->live = NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+int bp_registry_live_since(bp_registry *r, bp_integration *it, uint64_t *next_seq,
+                           void (*fn)(void *ctx, const char *line), void *ctx)
+{
+    pthread_mutex_lock(&r->mu);
+    int ended = it->deleted;
+    if (it->live_seq > *next_seq + BP_LIVE_RING) *next_seq = it->live_seq - BP_LIVE_RING;
+    for (; *next_seq < it->live_seq; (*next_seq)++) fn(ctx, it->live ? it->live[*next_seq % BP_LIVE_RING] : NULL);
+    pthread_mutex_unlock(&r->mu);
+    return ended;
 }
 
 static void count_outcome(bp_counts *st, int end)
@@ -216,6 +276,14 @@ bp_integration *bp_registry_find(bp_registry *r, const char *id)
     return found;
 }
 
+int bp_integration_deleted(bp_integration *it)
+{
+    pthread_mutex_lock(&it->registry->mu);
+    int deleted = it->deleted;
+    pthread_mutex_unlock(&it->registry->mu);
+    return deleted;
+}
+
 bp_shared_bp *bp_integration_current(bp_integration *it, char **config_json)
 {
     pthread_mutex_lock(&it->registry->mu);
@@ -240,6 +308,54 @@ const char *bp_registry_state_dir(bp_registry *r) { return r->state_dir; }
 const bp_limits *bp_registry_limits(bp_registry *r) { return &r->limits; }
 
 void bp_registry_set_hooks(bp_registry *r, const bp_registry_hooks *h) { r->hooks = *h; }
+
+void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms,
+                           void (*on_live)(void *ctx, bp_integration *it), void *on_live_ctx)
+{
+    r->rate_limit_rps = rate_limit_rps;
+    r->retry_base_ms = retry_base_ms;
+    r->on_live = on_live;
+    r->on_live_ctx = on_live_ctx;
+}
+
+void bp_registry_locked(bp_registry *r, void (*fn)(void *ctx), void *ctx)
+{
+    pthread_mutex_lock(&r->mu);
+    fn(ctx);
+    pthread_mutex_unlock(&r->mu);
+}
+
+void bp_registry_each_vendor(bp_registry *r, void (*fn)(void *ctx, bp_vendor *v), void *ctx)
+{
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->nvendors; i++) fn(ctx, &r->vendors[i]);
+    pthread_mutex_unlock(&r->mu);
+}
+
+size_t bp_registry_count(bp_registry *r)
+{
+    pthread_mutex_lock(&r->mu);
+    size_t n = r->n;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+int64_t bp_registry_started_ms(bp_registry *r) { return r->started_ms; }
+
+void bp_registry_count_events_in(bp_registry *r, long n)
+{
+    pthread_mutex_lock(&r->mu);
+    r->metrics.events_in += n;
+    pthread_mutex_unlock(&r->mu);
+}
+
+bp_metrics bp_registry_metrics(bp_registry *r)
+{
+    pthread_mutex_lock(&r->mu);
+    bp_metrics m = r->metrics;
+    pthread_mutex_unlock(&r->mu);
+    return m;
+}
 
 /* The layer above is told that integrations came or went. */
 static void topics_changed(bp_registry *r)
@@ -419,7 +535,6 @@ void bp_registry_close(bp_registry *r)
     r->pool = NULL;
     if (r->hooks.release) r->hooks.release(r->hooks.ctx);
     memset(&r->hooks, 0, sizeof r->hooks);
-    r->cluster = NULL;
     for (size_t i = 0; i < r->n; i++) bp_integration_release(r->items[i]);
     free(r->items);
     bp_catalog_free(r->vendors, r->nvendors);
