@@ -575,7 +575,7 @@ int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_bu
 /* A blueprint revision: a short, stable fingerprint of the contents of the
  * folder's files (the ones hot reload watches: its top-level files), 12 hex
  * digits.  Equal contents give the same revision, across restarts too.
- * registry.c; out is "" when the folder cannot be read. */
+ * fingerprint.c; out is "" when the folder cannot be read. */
 #define BP_REVISION_LEN 13
 void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN]);
 
@@ -985,42 +985,6 @@ int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_
  * check fails). */
 int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out);
 
-/* ---- cluster.c: serve --kafka ------------------------------------------------------------- */
-
-typedef struct bp_cluster bp_cluster;
-typedef struct bp_cluster_opts {
-    const char *brokers;        /* bootstrap servers */
-    const char *name;           /* --cluster: consumer group and topic prefix ("blueprint") */
-    const char *topic_mode;     /* "per_integration" (default) or "per_vendor" */
-    const char *node;           /* this node's name in outcomes and logs */
-    int session_timeout_ms;     /* consumer group session (10000) */
-    int partitions;             /* for the topics it creates (12) */
-    const char *config_file;    /* --kafka-config: key=value lines for librdkafka, or NULL */
-} bp_cluster_opts;
-
-/* A cluster plugged into reg (it installs reg's hooks: reg's close stops
- * and frees it), or NULL with err. */
-bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
-/* Rebuild the configuration from the topic, then start reading. */
-int bp_cluster_start(bp_cluster *c, bp_error *err);
-/* Intake: one message with the accepted events (a JSON array); 0 once the
- * broker has acknowledged it. */
-int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *vendor, const char *account,
-                           const char *events, size_t len, int replay, bp_error *err);
-void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
-/* /healthz's "kafka" object; returns 1 when a broker answers. */
-int bp_cluster_health(bp_cluster *c, bp_buf *out);
-void bp_cluster_metrics(bp_cluster *c, bp_buf *out);
-
-/* intake.c: the parts of request handling that judge untrusted bodies
- * (the HTTP intake and the cluster's delivery topic judge events alike). */
-#define BP_MAX_ADMIN_BODY (64u * 1024u)
-typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, const char *message_id,
-                            const char *why);
-long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
-int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err);
-/* The same within other limits (the editor's 1 MiB bodies). */
-int bp_json_body(const char *body, size_t len, const bp_json_limits *lim, bp_doc *d, bp_error *err);
 /* ---- registry.c: integrations behind functions ------------------------------------------ */
 
 /* What the registry tells the layer above it (the cluster, when serve runs
@@ -1050,7 +1014,7 @@ void bp_registry_set_hooks(bp_registry *r, const bp_registry_hooks *h);
 
 
 /* -1 with err naming the first top-level key of body not in known (NULL-
- * terminated): a misspelled key would otherwise be ignored.  registry.c */
+ * terminated): a misspelled key would otherwise be ignored.  configdoc.c */
 int bp_check_body_keys(const bp_doc *body, const char *const *known, const char *what, bp_error *err);
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err);
 /* Start the delivery pool (`workers` threads) with every integration. */
@@ -1190,6 +1154,43 @@ int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev
 int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_buf *files_json);
 /* Every revision, newest first, as a JSON array (files: the names changed). */
 int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out);
+
+/* ---- cluster.c: serve --kafka ------------------------------------------------------------- */
+
+typedef struct bp_cluster bp_cluster;
+typedef struct bp_cluster_opts {
+    const char *brokers;        /* bootstrap servers */
+    const char *name;           /* --cluster: consumer group and topic prefix ("blueprint") */
+    const char *topic_mode;     /* "per_integration" (default) or "per_vendor" */
+    const char *node;           /* this node's name in outcomes and logs */
+    int session_timeout_ms;     /* consumer group session (10000) */
+    int partitions;             /* for the topics it creates (12) */
+    const char *config_file;    /* --kafka-config: key=value lines for librdkafka, or NULL */
+} bp_cluster_opts;
+
+/* A cluster plugged into reg (it installs reg's hooks: reg's close stops
+ * and frees it), or NULL with err. */
+bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
+/* Rebuild the configuration from the topic, then start reading. */
+int bp_cluster_start(bp_cluster *c, bp_error *err);
+/* Intake: one message with the accepted events (a JSON array); 0 once the
+ * broker has acknowledged it. */
+int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *vendor, const char *account,
+                           const char *events, size_t len, int replay, bp_error *err);
+void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
+/* /healthz's "kafka" object; returns 1 when a broker answers. */
+int bp_cluster_health(bp_cluster *c, bp_buf *out);
+void bp_cluster_metrics(bp_cluster *c, bp_buf *out);
+
+/* intake.c: the parts of request handling that judge untrusted bodies
+ * (the HTTP intake and the cluster's delivery topic judge events alike). */
+#define BP_MAX_ADMIN_BODY (64u * 1024u)
+typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, const char *message_id,
+                            const char *why);
+long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
+int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err);
+/* The same within other limits (the editor's 1 MiB bodies). */
+int bp_json_body(const char *body, size_t len, const bp_json_limits *lim, bp_doc *d, bp_error *err);
 
 /* ---- console.c, editor.c: the web console (server.c routes to them) ------------------------- */
 
