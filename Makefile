@@ -55,7 +55,7 @@ CFLAGS     += -DBP_DATADIR='"$(DATADIR)"'
 CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent blueprint config request cache answers engine reader \
              decode version
 NET     := transport classify ratelimit store fingerprint deliver crypto auth metrics serverdb integrationsdb sealing \
-           configdoc audit signins revisions catalog configrecord registry reload verify intake kafkaconf clusterslots \
+           configdoc audit signins revisions catalog configrecord live registry reload verify intake kafkaconf clusterslots \
            clusterview clusterconsumer cluster server admin_api events_api live_stream console_api health_api console diff \
            editor
 CORE    := $(CORE_ONLY) $(NET)

@@ -80,3 +80,50 @@ int bp_check_body_keys(const bp_doc *body, const char *const *known, const char 
     }
     return 0;
 }
+
+int bp_configdoc_install_fields(const bp_doc *body, const char **name, const char **variant, const char **mode,
+                                bp_error *err)
+{
+    static const char *const body_keys[] = { "name", "variant", "config", "events", "consent", "delivery_mode", NULL };
+    *name = bp_jscalar(body, bp_jget(body, 0, "name"));
+    *variant = bp_jscalar(body, bp_jget(body, 0, "variant"));
+    *mode = bp_jscalar(body, bp_jget(body, 0, "delivery_mode"));
+    if (!*variant) *variant = "default";
+    if (!*mode) *mode = "server_side";
+    if (bp_check_body_keys(body, body_keys, "install", err) < 0) return -1;
+    if (!*name || !**name) { bp_error_set(err, "field 'name' is required"); return -1; }
+    if (bp_jget(body, 0, "config") == BP_NONE) { bp_error_set(err, "field 'config' is required"); return -1; }
+    return 0;
+}
+
+bp_config *bp_configdoc_install(const bp_blueprint *bp, const bp_doc *body, const char *variant, const char *mode,
+                                bp_buf *doc, int *http, bp_error *err)
+{
+    int known = 0;
+    for (size_t i = 0; i < bp->nvariants; i++) if (!strcmp(bp->variants[i], variant)) known = 1;
+    if (!known) {
+        *http = 404;
+        bp_error_set(err, "vendor '%s' has no variant '%s'", bp->vendor, variant);
+        return NULL;
+    }
+    bp_configdoc_merge(doc, body, 0, NULL, 0);
+    bp_config *cfg = bp_configdoc_validate(bp, doc->data, variant, err);
+    if (cfg && strcmp(mode, "server_side") != 0) {
+        bp_error_set(err, "delivery_mode '%s' is not supported; use \"server_side\"", mode);
+        bp_config_free(cfg);
+        cfg = NULL;
+    }
+    return cfg;
+}
+
+bp_config *bp_configdoc_update(const bp_blueprint *bp, const char *current, const bp_doc *patch, const char *variant,
+                               bp_buf *doc, bp_error *err)
+{
+    bp_doc cur;
+    bp_doc_init(&cur);
+    bp_json_parse(&cur, current, strlen(current), NULL, err);
+    bp_configdoc_merge(doc, &cur, 0, patch, 0);
+    bp_doc_free(&cur);
+    return bp_secret_follows(bp, current, doc->data, patch, err) < 0 ? NULL
+           : bp_configdoc_validate(bp, doc->data, variant, err);
+}

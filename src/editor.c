@@ -524,6 +524,33 @@ void bp_editor_files(bp_registry *r, const char *vendor, const char *body, size_
 
 /* ---- POST …/dry-run ---------------------------------------------------------------------------------- */
 
+/* An installed integration's config validated against bp (the edit), or
+ * NULL with err; *status 404: no such integration, 400: not one of
+ * vendor's, 0: found (NULL then: it does not validate).  An edit that would
+ * give its stored secret to a mapping as plain config (a dry-run prints
+ * what the mapping puts in a body) is refused as a save would be. */
+static bp_config *installed_config(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
+                                   int *status, bp_error *err)
+{
+    bp_integration *it = bp_registry_find(r, id);
+    *status = it ? 0 : 404;
+    if (!it) { bp_error_set(err, "no integration with id '%s'", id); return NULL; }
+    char *doc;
+    bp_shared_bp *running = bp_integration_current(it, &doc);
+    bp_config *c = NULL;
+    if (bp_registry_find_vendor(r, vendor) != it->vendor) {
+        *status = 400;
+        bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor);
+    } else if (bp_secrets_kept(running ? running->bp : NULL, bp, &it, &doc, 1, err) == 0) {
+        c = bp_configdoc_validate(bp, doc, it->variant, err);
+    }
+    bp_shared_bp_drop(running);
+    memset(doc, 0, strlen(doc));   /* it holds the secrets */
+    free(doc);
+    bp_integration_release(it);
+    return c;
+}
+
 /* The config a dry-run maps with: the integration's (its secrets never show:
  * requests are written redacted), the body's, or the blueprint's example. */
 static bp_config *dry_run_config(bp_registry *r, bp_vendor *v, const char *vendor, const bp_doc *d,
@@ -533,7 +560,7 @@ static bp_config *dry_run_config(bp_registry *r, bp_vendor *v, const char *vendo
     if (id != BP_NONE) {
         if (d->nodes[id].type != BP_JSTRING) { fail(res, 400, "BAD_REQUEST", "\"integration_id\" must be a string"); return NULL; }
         int status;
-        bp_config *c = bp_registry_config_of(r, bp_jtext(d, id), bp, vendor, &status, err);
+        bp_config *c = installed_config(r, bp_jtext(d, id), bp, vendor, &status, err);
         if (status) fail(res, status, status == 404 ? "NOT_FOUND" : "BAD_REQUEST", "%s", err->msg);
         return c;
     }

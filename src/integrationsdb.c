@@ -8,8 +8,21 @@
  */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+void bp_integrations_new_id(char *out, size_t n)
+{
+    unsigned char raw[8] = { 0 };
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) { if (read(fd, raw, sizeof raw) < 0) raw[0] = 0; close(fd); }
+    uint64_t t = (uint64_t)bp_wall_ms();
+    for (int i = 0; i < 8; i++) raw[i] ^= (unsigned char)(t >> (8 * i));
+    snprintf(out, n, "int_%02x%02x%02x%02x%02x%02x%02x%02x", raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]);
+}
 
 int bp_integrations_write(struct sqlite3 *db, const bp_integration *it, int insert, const char *sealed, size_t len)
 {

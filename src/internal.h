@@ -851,6 +851,14 @@ bp_blueprint *bp_catalog_compile(const char *dir, bp_error *err);
 int bp_catalog_validate(const bp_blueprint *ob, const bp_blueprint *nb, bp_integration *const *items, char *const *docs,
                         bp_config **cfgs, size_t n, bp_error *err);
 
+/* live.c: Live Events' ring of it, the registry's lock held by the caller.
+ * push: 1 when a stream watches (the line kept), else 0 (dropped). */
+int bp_live_push(bp_integration *it, const char *line, size_t len);
+uint64_t bp_live_watch(bp_integration *it);
+void bp_live_unwatch(bp_integration *it);
+void bp_live_lines(bp_integration *it, uint64_t *next_seq, void (*fn)(void *ctx, const char *line), void *ctx);
+void bp_live_free(bp_integration *it);
+
 /* serverdb.c: STATE/server.db, created owner-only with its schema; NULL with err. */
 struct sqlite3 *bp_serverdb_open(const char *state_dir, bp_error *err);
 /* One statement without results: 0, or -1 (sqlite3_errmsg says why). */
@@ -864,6 +872,8 @@ void bp_serverdb_import_old_stores(const char *state_dir, bp_store *store);
  * current revision, the document sealed; 1, or 0 (sqlite3_errmsg says why).
  * The caller keeps the transaction. */
 int bp_integrations_write(struct sqlite3 *db, const bp_integration *it, int insert, const char *sealed, size_t len);
+/* A new integration's id: "int_" and 16 hex digits, random (and the time). */
+void bp_integrations_new_id(char *out, size_t n);
 /* An integration not deleted, with its current revision's stored document. */
 typedef struct bp_integration_row {
     const char *id, *name, *vendor, *variant, *delivery_mode;
@@ -910,6 +920,20 @@ int bp_seal_plain_revisions(struct sqlite3 *db, bp_keyring *ring, bp_blueprint_o
 void bp_configdoc_merge(bp_buf *out, const bp_doc *d, uint32_t root, const bp_doc *patch, uint32_t proot);
 /* A stored-form document validated against bp for variant; NULL with err. */
 bp_config *bp_configdoc_validate(const bp_blueprint *bp, const char *doc, const char *variant, bp_error *err);
+/* An install body's fields: known keys only, a name and a config; variant
+ * and mode defaulted ("default", "server_side").  -1 with err. */
+int bp_configdoc_install_fields(const bp_doc *body, const char **name, const char **variant, const char **mode,
+                                bp_error *err);
+/* The stored-form document of an install body into doc, validated for
+ * variant of bp: the config, or NULL with err (*http 404: no such variant;
+ * else left as it was). */
+bp_config *bp_configdoc_install(const bp_blueprint *bp, const bp_doc *body, const char *variant, const char *mode,
+                                bp_buf *doc, int *http, bp_error *err);
+/* The stored document current with patch merged into doc, validated for
+ * variant of bp: NULL with err (also when a held secret would not follow a
+ * changed URL: bp_secret_follows). */
+bp_config *bp_configdoc_update(const bp_blueprint *bp, const char *current, const bp_doc *patch, const char *variant,
+                               bp_buf *doc, bp_error *err);
 
 /* audit.c: the audit table.  who NULL: "system"; revision 0: none.
  * Callers serialise (admin_mu). */
@@ -941,6 +965,8 @@ typedef struct bp_edit_rev {
 /* revisions.c: the editor's blueprint revisions, kept per vendor: the
  * newest count, none older than days (never the newest). */
 typedef struct bp_revisions_kept { int count, days; } bp_revisions_kept;
+/* The policy: BLUEPRINT_REVISIONS_KEEP (50) and BLUEPRINT_REVISIONS_DAYS (365). */
+bp_revisions_kept bp_revisions_policy(void);
 /* server.db before user_version 1: file contents moved into blueprint_files. */
 int bp_revisions_migrate(struct sqlite3 *db, bp_error *err);
 int bp_revisions_latest(struct sqlite3 *db, const char *vendor, int *number, char revision[BP_REVISION_LEN]);
@@ -1102,11 +1128,6 @@ int bp_registry_spend_jti(bp_registry *r, const char *jti, int64_t expires_at);
 int bp_registry_spend_jti_here(bp_registry *r, const char *jti, int64_t expires_at);
 /* Was this token id spent?  Cheap (memory, no store lock): every request asks. */
 int bp_registry_jti_spent(bp_registry *r, const char *jti);
-/* An installed integration's config validated against bp (the editor's
- * edit), or NULL with err; *status 404: no such integration, 400: not one
- * of vendor's, 0: found (NULL then: it does not validate). */
-bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
-                                 int *status, bp_error *err);
 /* Hot reload (reload.c) asks, through these, what it needs.  The
  * integrations of one vendor with their documents (references held) and,
  * once validated against a new version, their configs: */

@@ -53,17 +53,13 @@ struct bp_registry {
     double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
     long retry_base_ms;                   /* fixed */
     int workers;                          /* fixed: delivery threads */
-    /* the editor's revisions kept per blueprint: the newest N, none older
-     * than D days (the newest always); BLUEPRINT_REVISIONS_KEEP / _DAYS */
-    int revisions_keep, revisions_days;   /* fixed */
+    bp_revisions_kept keep;               /* fixed: the editor's revisions kept per blueprint */
     bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
     struct bp_jti_set *spent;             /* thread-safe: token ids spent (the signins table), not expired */
     void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
     void *on_live_ctx;
 };
 
-#define REVISIONS_KEEP 50     /* the editor's revisions kept per blueprint by default */
-#define REVISIONS_DAYS 365    /* … and for how long */
 
 /* ---- vendors (catalog.c loads them) ---------------------------------------------------------- */
 
@@ -100,8 +96,7 @@ static bp_shared_bp *running_of(bp_registry *r, bp_vendor *v) { return bp_regist
 
 static void free_integration(bp_integration *it)
 {
-    for (int i = 0; it->live && i < BP_LIVE_RING; i++) free(it->live[i]);
-    free(it->live);
+    bp_live_free(it);
     free(it->recent);
     free(it->name);
     free(it->variant);
@@ -127,16 +122,7 @@ static void note_outcome_locked(bp_registry *r, bp_integration *it, const char *
         bp_metrics_outcome(&r->metrics, (enum bp_end)end, reason);
         bp_recent_add(&it->recent, (enum bp_end)end, (int64_t)bp_wall_ms());
     }
-    /* lines are kept only while someone streams them: Live Events' list
-     * reads the store, and 10,000 idle rings would cost ~300 MB */
-    if (it->watchers > 0) {
-        if (!it->live) it->live = bp_calloc(BP_LIVE_RING, sizeof *it->live);
-        size_t slot = (size_t)(it->live_seq % BP_LIVE_RING);
-        free(it->live[slot]);
-        it->live[slot] = bp_strndup(line, len);
-        it->live_seq++;
-        if (r->on_live) r->on_live(r->on_live_ctx, it);
-    }
+    if (bp_live_push(it, line, len) && r->on_live) r->on_live(r->on_live_ctx, it);   /* someone streams it */
 }
 
 static void on_outcome(void *ctx, const bp_stored *ev, const char *line, size_t len, enum bp_end end, const char *reason)
@@ -154,8 +140,7 @@ static void on_outcome(void *ctx, const bp_stored *ev, const char *line, size_t 
 uint64_t bp_registry_watch(bp_registry *r, bp_integration *it)
 {
     pthread_mutex_lock(&r->mu);
-    uint64_t seq = it->live_seq;
-    it->watchers++;
+    uint64_t seq = bp_live_watch(it);
     pthread_mutex_unlock(&r->mu);
     return seq;
 }
@@ -163,11 +148,7 @@ uint64_t bp_registry_watch(bp_registry *r, bp_integration *it)
 void bp_registry_unwatch(bp_registry *r, bp_integration *it)
 {
     pthread_mutex_lock(&r->mu);
-    if (--it->watchers == 0 && it->live) {   /* the ring is for watchers only */
-        for (int i = 0; i < BP_LIVE_RING; i++) free(it->live[i]);
-        free(it->live);
-        it->live = NULL;
-    }
+    bp_live_unwatch(it);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -176,8 +157,7 @@ int bp_registry_live_since(bp_registry *r, bp_integration *it, uint64_t *next_se
 {
     pthread_mutex_lock(&r->mu);
     int ended = it->deleted;
-    if (it->live_seq > *next_seq + BP_LIVE_RING) *next_seq = it->live_seq - BP_LIVE_RING;
-    for (; *next_seq < it->live_seq; (*next_seq)++) fn(ctx, it->live ? it->live[*next_seq % BP_LIVE_RING] : NULL);
+    bp_live_lines(it, next_seq, fn, ctx);
     pthread_mutex_unlock(&r->mu);
     return ended;
 }
@@ -457,12 +437,6 @@ static const bp_blueprint *blueprint_of(void *ctx, const char *vendor)
     return v && v->bp ? v->bp->bp : NULL;
 }
 
-static int env_positive(const char *name, int otherwise)
-{
-    const char *v = getenv(name);
-    return v && atoi(v) > 0 ? atoi(v) : otherwise;
-}
-
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err)
 {
     bp_registry *r = bp_calloc(1, sizeof *r);
@@ -473,8 +447,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     r->started_ms = (int64_t)bp_wall_ms();
     r->spent = bp_jti_set_new();
     bp_limits_default(&r->limits);
-    r->revisions_keep = env_positive("BLUEPRINT_REVISIONS_KEEP", REVISIONS_KEEP);
-    r->revisions_days = env_positive("BLUEPRINT_REVISIONS_DAYS", REVISIONS_DAYS);
+    r->keep = bp_revisions_policy();
     if (!(r->db = bp_serverdb_open(state_dir, err)) || !(r->store = bp_store_open(state_dir, "events.db", err)) ||
         !(r->keys = bp_keyring_open(state_dir, err))) {
         bp_registry_close(r);
@@ -586,16 +559,6 @@ void bp_registry_audit_purge(bp_registry *r, int days)
 
 /* ---- install, update, delete ----------------------------------------------------------------- */
 
-static void random_id(char *out, size_t n)
-{
-    unsigned char raw[8] = { 0 };
-    int fd = open("/dev/urandom", O_RDONLY);
-    if (fd >= 0) { if (read(fd, raw, sizeof raw) < 0) raw[0] = 0; close(fd); }
-    uint64_t t = (uint64_t)bp_wall_ms();
-    for (int i = 0; i < 8; i++) raw[i] ^= (unsigned char)(t >> (8 * i));
-    snprintf(out, n, "int_%02x%02x%02x%02x%02x%02x%02x%02x", raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]);
-}
-
 static void log_integration(const char *msg, const bp_integration *it)
 {
     bp_buf f;
@@ -609,38 +572,15 @@ static void log_integration(const char *msg, const bp_integration *it)
 static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, const bp_claims *who, bp_integration **out,
                           int *http, bp_error *err)
 {
-    static const char *const body_keys[] = { "name", "variant", "config", "events", "consent", "delivery_mode", NULL };
-    const char *name = bp_jscalar(body, bp_jget(body, 0, "name"));
-    const char *variant = bp_jscalar(body, bp_jget(body, 0, "variant"));
-    const char *mode = bp_jscalar(body, bp_jget(body, 0, "delivery_mode"));
-    if (!variant) variant = "default";
-    if (!mode) mode = "server_side";
+    const char *name, *variant, *mode;
     *http = 422;
-    if (bp_check_body_keys(body, body_keys, "install", err) < 0) return -1;
-    if (!name || !*name) { bp_error_set(err, "field 'name' is required"); return -1; }
-    if (bp_jget(body, 0, "config") == BP_NONE) { bp_error_set(err, "field 'config' is required"); return -1; }
-    pthread_mutex_lock(&r->mu);
-    bp_shared_bp *sbp = v->bp;
-    if (sbp) bp_shared_bp_hold(sbp);
-    pthread_mutex_unlock(&r->mu);
+    if (bp_configdoc_install_fields(body, &name, &variant, &mode, err) < 0) return -1;
+    bp_shared_bp *sbp = running_of(r, v);
     if (!sbp) { *http = 503; bp_error_set(err, "the '%s' blueprint failed to load", v->dir); return -1; }
-    int known = 0;
-    for (size_t i = 0; i < sbp->bp->nvariants; i++) if (!strcmp(sbp->bp->variants[i], variant)) known = 1;
-    if (!known) {
-        *http = 404;
-        bp_error_set(err, "vendor '%s' has no variant '%s'", sbp->bp->vendor, variant);
-        bp_shared_bp_drop(sbp);
-        return -1;
-    }
     bp_buf doc;
     bp_buf_init(&doc);
-    bp_configdoc_merge(&doc, body, 0, NULL, 0);
-    bp_config *cfg = bp_configdoc_validate(sbp->bp, doc.data, variant, err);
-    if (cfg && strcmp(mode, "server_side") != 0) {
-        bp_error_set(err, "delivery_mode '%s' is not supported; use \"server_side\"", mode);
-        bp_config_free(cfg);
-        cfg = NULL;
-    }
+    bp_config *cfg = bp_configdoc_install(sbp->bp, body, variant, mode, &doc, http, err);
+    if (*http == 404) { bp_buf_free(&doc); bp_shared_bp_drop(sbp); return -1; }
     int taken = 0;
     pthread_mutex_lock(&r->mu);
     for (size_t i = 0; cfg && i < r->n; i++) if (!strcmp(r->items[i]->name, name)) taken = 1;
@@ -653,7 +593,7 @@ static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, cons
         return -1;
     }
     char id[40];
-    random_id(id, sizeof id);
+    bp_integrations_new_id(id, sizeof id);
     bp_integration *it = new_integration(r, id, name, v, variant, mode, 1, (int64_t)bp_wall_ms(), doc.data);
     it->cfg = cfg;
     int saved = save_revision(r, it, 1, err);
@@ -714,15 +654,9 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
         bp_shared_bp_drop(sbp);
         return -1;
     }
-    bp_doc cur;
-    bp_doc_init(&cur);
-    bp_json_parse(&cur, current, strlen(current), NULL, err);
     bp_buf doc;
     bp_buf_init(&doc);
-    bp_configdoc_merge(&doc, &cur, 0, patch, 0);
-    bp_doc_free(&cur);
-    bp_config *cfg = bp_secret_follows(sbp->bp, current, doc.data, patch, err) < 0 ? NULL
-                     : bp_configdoc_validate(sbp->bp, doc.data, it->variant, err);
+    bp_config *cfg = bp_configdoc_update(sbp->bp, current, patch, it->variant, &doc, err);
     if (!cfg) { bp_buf_free(&doc); bp_shared_bp_drop(sbp); free(current); return -1; }
     pthread_mutex_lock(&r->mu);
     char *old_json = it->config_json;
@@ -1044,8 +978,7 @@ int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, cha
 int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev, const bp_claims *who,
                             const char *action)
 {
-    bp_revisions_kept keep = { r->revisions_keep, r->revisions_days };
-    return bp_revisions_record(r->db, &keep, vendor, rev, who, action);
+    return bp_revisions_record(r->db, &r->keep, vendor, rev, who, action);
 }
 
 int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_buf *files_json)
@@ -1056,30 +989,4 @@ int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_bu
 int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out)
 {
     return bp_revisions_list(r->db, vendor, out);
-}
-
-/* ---- the editor's dry-runs: an installed config against an edited blueprint ------------------ */
-
-bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
-                                 int *status, bp_error *err)
-{
-    bp_integration *it = bp_registry_find(r, id);
-    *status = it ? 0 : 404;
-    if (!it) { bp_error_set(err, "no integration with id '%s'", id); return NULL; }
-    pthread_mutex_lock(&r->mu);
-    char *doc = bp_strdup(it->config_json);
-    int mine = !strcmp(it->vendor->key, vendor);
-    pthread_mutex_unlock(&r->mu);
-    bp_config *c = NULL;
-    /* an edit that would give its stored secret to a mapping as plain
-     * config (a dry-run prints what the mapping puts in a body) is refused
-     * as a save would be */
-    bp_shared_bp *running = mine ? running_of(r, it->vendor) : NULL;
-    if (!mine) { *status = 400; bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor); }
-    else if (bp_secrets_kept(running ? running->bp : NULL, bp, &it, &doc, 1, err) == 0) c = bp_configdoc_validate(bp, doc, it->variant, err);
-    bp_shared_bp_drop(running);
-    memset(doc, 0, strlen(doc));   /* it holds the secrets */
-    free(doc);
-    bp_integration_release(it);
-    return c;
 }

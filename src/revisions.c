@@ -9,7 +9,24 @@
 
 #include <sqlite3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define REVISIONS_KEEP 50     /* the editor's revisions kept per blueprint by default */
+#define REVISIONS_DAYS 365    /* … and for how long */
+
+static int env_positive(const char *name, int otherwise)
+{
+    const char *v = getenv(name);
+    return v && atoi(v) > 0 ? atoi(v) : otherwise;
+}
+
+bp_revisions_kept bp_revisions_policy(void)
+{
+    bp_revisions_kept k = { env_positive("BLUEPRINT_REVISIONS_KEEP", REVISIONS_KEEP),
+                            env_positive("BLUEPRINT_REVISIONS_DAYS", REVISIONS_DAYS) };
+    return k;
+}
 
 /* Each file of files_json ({"NAME":"content",…}) into blueprint_files once,
  * keyed by its SHA-256; manifest gets {"NAME":"SHA256",…}.  In a
