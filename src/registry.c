@@ -2,19 +2,22 @@
  * registry.c — the integrations `blueprint serve` manages: install, update,
  * delete, find and release, their config revisions in server.db, their
  * delivery by a fixed pool of delivery loops (deliver.c) over one event
- * store (STATE/events.db), Live Events' lines and counters, and hot reload
- * of the vendors' blueprints they run on.  Its struct and its two locks are
- * its own (internal.h lists what each guards): other files use the
- * functions below.
+ * store (STATE/events.db), their outcome counters and Live Events lines,
+ * and the switch of a vendor's blueprint that hot reload decides.  Its
+ * struct and its two locks are its own: other files use the functions
+ * declared in internal.h (lookups that hand out a reference, iteration and
+ * reads through callbacks run with the lock held).
  *
- * The jobs around it have files of their own, each below it: the catalog
- * of blueprint folders (catalog.c, fingerprint.c), sealing of secrets and
- * key rotation (sealing.c), the server.db schema (serverdb.c), the audit
- * log (audit.c), spent sign-in token ids (signins.c), the editor's
- * blueprint revisions (revisions.c), config documents (configdoc.c) and
- * cluster mode's configuration records (configrecord.c).  In cluster mode
- * the cluster plugs in above through bp_registry_hooks: the registry tells
- * it what changed and never calls it by name.
+ * The jobs around it have files of their own, below it: the catalog of
+ * blueprint folders (catalog.c, fingerprint.c), sealing of secrets and key
+ * rotation (sealing.c), the server.db schema (serverdb.c) and its
+ * integrations tables (integrationsdb.c), the audit log (audit.c), spent
+ * sign-in token ids (signins.c), the editor's blueprint revisions
+ * (revisions.c), config documents (configdoc.c), cluster mode's
+ * configuration records (configrecord.c) and Live Events' rings (live.c).
+ * Above it: hot reload (reload.c), the server, the editor, and the cluster,
+ * which plugs in through bp_registry_hooks: the registry tells it what
+ * changed and never calls it by name.
  *
  * Nothing here waits for a vendor: install, update, reload and delete hand
  * the pool a new config (or a removal) and return; the loop serving the
@@ -23,15 +26,10 @@
 #include "internal.h"
 
 #include <pthread.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <sqlite3.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* Locks: `mu` guards the fields marked [mu]; `admin_mu` serialises
  * install, update, delete and reloads (validation, server.db, the pool
