@@ -72,13 +72,15 @@ CFLAGS     += -DBP_LIBDIR='"$(LIBDIR)"'
 # dlq, serve, token and rotate-key commands.
 CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine reader \
              decode version
-NET     := transport classify ratelimit store deliver_job deliver_send deliver_tenant deliver crypto auth metrics registry verify intake cluster server \
-           admin_api events_api live_stream console_api health_api console editor
+NET     := transport classify ratelimit store fingerprint deliver_job deliver_send deliver_tenant deliver crypto auth \
+           metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord live registry \
+           reload verify intake kafkaconf clusterslots clusterview clusterconsumer cluster server admin_api events_api \
+           live_stream console_api health_api console diff editor
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
 CORE_OBJS := $(CORE_ONLY:%=build/obj/%.o)
 NET_OBJS  := $(NET:%=build/obj/%.o) build/obj/cli-service.o
-HDRS    := $(PUBLIC_HDRS) src/internal.h src/server.h src/engine_state.h src/deliver_loop.h
+HDRS    := $(PUBLIC_HDRS) src/internal.h src/server.h src/cluster.h src/engine_state.h src/deliver_loop.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \

@@ -156,7 +156,7 @@ static void write_delivery(bp_buf *b, const bp_integration *it, int running)
                   __atomic_load_n(&st->delivered, __ATOMIC_RELAXED), __atomic_load_n(&st->dropped, __ATOMIC_RELAXED),
                   __atomic_load_n(&st->errors, __ATOMIC_RELAXED), __atomic_load_n(&st->dead, __ATOMIC_RELAXED),
                   __atomic_load_n(&st->held, __ATOMIC_RELAXED), __atomic_load_n(&st->retries, __ATOMIC_RELAXED),
-                  (long long)it->registry->started_ms);
+                  (long long)bp_registry_started_ms(it->registry));
     long hour[BP_RECENT_ENDS];
     bp_recent_sum(it->recent, (int64_t)bp_wall_ms(), hour);
     bp_buf_printf(b, ",\"last_hour\":{\"delivered\":%ld,\"dropped\":%ld,\"errors\":%ld,\"dead_lettered\":%ld,"
@@ -203,9 +203,43 @@ static void write_integration(bp_buf *b, const bp_integration *it)
     }
     bp_buf_addc(b, '}');
     write_health(b, it);
-    write_delivery(b, it, bp && it->cfg && it->registry->pool);
+    write_delivery(b, it, bp && it->cfg && bp_registry_pool(it->registry));
     bp_write_blueprint_state(b, it->vendor);
     bp_buf_addc(b, '}');
+}
+
+/* What the writers above read, read with the registry's lock held. */
+typedef struct locked_write { bp_buf *b; const bp_vendor *v; bp_integration *it; int first; } locked_write;
+
+static void integration_locked(void *ctx) { locked_write *w = ctx; write_integration(w->b, w->it); }
+static void state_locked(void *ctx) { locked_write *w = ctx; bp_write_blueprint_state(w->b, w->v); }
+
+static void show_integration(bp_registry *reg, bp_buf *b, bp_integration *it)
+{
+    locked_write w = { b, NULL, it, 0 };
+    bp_registry_locked(reg, integration_locked, &w);
+}
+
+void bp_write_blueprint_state_of(bp_registry *reg, bp_buf *b, const bp_vendor *v)
+{
+    locked_write w = { b, v, NULL, 0 };
+    bp_registry_locked(reg, state_locked, &w);
+}
+
+static void list_vendor(void *ctx, bp_vendor *v)
+{
+    locked_write *w = ctx;
+    if (!w->first) bp_buf_addc(w->b, ',');
+    w->first = 0;
+    write_vendor(w->b, v, 0);
+}
+
+static void list_integration(void *ctx, bp_integration *it)
+{
+    locked_write *w = ctx;
+    if (!w->first) bp_buf_addc(w->b, ',');
+    w->first = 0;
+    write_integration(w->b, it);
 }
 
 /* ---- handlers --------------------------------------------------------------------------- */
@@ -241,25 +275,28 @@ static void change_failed(reply *r, int http, const bp_error *err)
 
 void bp_api_catalog(call *k)
 {
-    bp_registry *reg = k->s->reg;
-    pthread_mutex_lock(&reg->mu);
+    locked_write w = { &k->r->body, NULL, NULL, 1 };
     bp_buf_adds(&k->r->body, "{\"integrations\":[");
-    for (size_t i = 0; i < reg->nvendors; i++) {
-        if (i) bp_buf_addc(&k->r->body, ',');
-        write_vendor(&k->r->body, &reg->vendors[i], 0);
-    }
+    bp_registry_each_vendor(k->s->reg, list_vendor, &w);
     bp_buf_adds(&k->r->body, "]}");
-    pthread_mutex_unlock(&reg->mu);
+}
+
+/* The vendor of key, written when there is one (the registry's lock held). */
+typedef struct vendor_shown { bp_registry *reg; const char *key; bp_buf *b; bp_vendor *v; } vendor_shown;
+
+static void show_vendor(void *ctx)
+{
+    vendor_shown *w = ctx;
+    if ((w->v = bp_registry_vendor(w->reg, w->key))) write_vendor(w->b, w->v, 1);
 }
 
 void bp_api_catalog_vendor(call *k)
 {
     bp_registry *reg = k->s->reg;
-    pthread_mutex_lock(&reg->mu);
-    bp_vendor *v = bp_registry_vendor(reg, k->vendor);
-    if (!v) bp_reply_error(k->r, 404, "NOT_FOUND", "no blueprint for vendor '%s' in %s", k->vendor, reg->blueprints_dir);
-    else write_vendor(&k->r->body, v, 1);
-    pthread_mutex_unlock(&reg->mu);
+    vendor_shown w = { reg, k->vendor, &k->r->body, NULL };
+    bp_registry_locked(reg, show_vendor, &w);
+    if (!w.v) bp_reply_error(k->r, 404, "NOT_FOUND", "no blueprint for vendor '%s' in %s", k->vendor,
+                             bp_registry_blueprints_dir(reg));
 }
 
 void bp_api_install(call *k)
@@ -268,12 +305,13 @@ void bp_api_install(call *k)
     bp_doc d;
     bp_doc_init(&d);
     if (bp_parse_body(k->cn, &d, k->r) < 0) { bp_doc_free(&d); return; }
-    pthread_mutex_lock(&reg->mu);
-    bp_vendor *v = bp_registry_vendor(reg, k->vendor);
-    int usable = v && v->bp;
-    char why[1024] = "";
-    if (v && !usable) snprintf(why, sizeof why, "%s", v->load_error ? v->load_error : "");
-    pthread_mutex_unlock(&reg->mu);
+    bp_vendor *v = bp_registry_find_vendor(reg, k->vendor);
+    char why[1024] = "", *load_error = NULL;
+    bp_shared_bp *sbp = v ? bp_registry_vendor_bp(reg, v, NULL, &load_error) : NULL;
+    int usable = sbp != NULL;
+    if (v && !usable) snprintf(why, sizeof why, "%s", load_error ? load_error : "");
+    bp_shared_bp_drop(sbp);
+    free(load_error);
     if (!v) { bp_reply_error(k->r, 404, "NOT_FOUND", "no blueprint for vendor '%s'", k->vendor); bp_doc_free(&d); return; }
     if (!usable) { bp_reply_error(k->r, 503, "BLUEPRINT_UNAVAILABLE", "the '%s' blueprint failed to load: %s", k->vendor, why); bp_doc_free(&d); return; }
     bp_integration *it;
@@ -283,9 +321,7 @@ void bp_api_install(call *k)
         change_failed(k->r, http, &err);
     } else {
         k->r->status = 201;
-        pthread_mutex_lock(&reg->mu);
-        write_integration(&k->r->body, it);
-        pthread_mutex_unlock(&reg->mu);
+        show_integration(reg, &k->r->body, it);
         bp_defer_for_checks(k, it);
         bp_integration_release(it);
     }
@@ -294,22 +330,15 @@ void bp_api_install(call *k)
 
 void bp_api_list_integrations(call *k)
 {
-    bp_registry *reg = k->s->reg;
-    pthread_mutex_lock(&reg->mu);
+    locked_write w = { &k->r->body, NULL, NULL, 1 };
     bp_buf_adds(&k->r->body, "{\"integrations\":[");
-    for (size_t i = 0; i < reg->n; i++) {
-        if (i) bp_buf_addc(&k->r->body, ',');
-        write_integration(&k->r->body, reg->items[i]);
-    }
+    bp_registry_each(k->s->reg, list_integration, &w);
     bp_buf_adds(&k->r->body, "]}");
-    pthread_mutex_unlock(&reg->mu);
 }
 
 void bp_api_show_integration(call *k)
 {
-    pthread_mutex_lock(&k->s->reg->mu);
-    write_integration(&k->r->body, k->it);
-    pthread_mutex_unlock(&k->s->reg->mu);
+    show_integration(k->s->reg, &k->r->body, k->it);
 }
 
 void bp_api_update_integration(call *k)

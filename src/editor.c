@@ -34,8 +34,6 @@
 #define MAX_EVENTS 100          /* per dry-run: each event may use the whole time budget */
 #define MAX_NAME 128
 #define MAX_MESSAGE 1000
-#define CONTEXT 3               /* unchanged lines around a change in a unified diff */
-#define MAX_CELLS (1u << 21)    /* the line-matching table's size before a diff gives up matching */
 
 static void fail(bp_api_result *res, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -70,10 +68,8 @@ static int parse(const char *body, size_t len, const char *const *known, const c
 
 static bp_vendor *find_vendor(bp_registry *r, const char *key, bp_api_result *res)
 {
-    pthread_mutex_lock(&r->mu);
-    bp_vendor *v = bp_registry_vendor(r, key);
-    pthread_mutex_unlock(&r->mu);
-    if (!v) fail(res, 404, "NOT_FOUND", "no blueprint for vendor '%s' in %s", key, r->blueprints_dir);
+    bp_vendor *v = bp_registry_find_vendor(r, key);
+    if (!v) fail(res, 404, "NOT_FOUND", "no blueprint for vendor '%s' in %s", key, bp_registry_blueprints_dir(r));
     return v;
 }
 
@@ -100,8 +96,8 @@ static int by_text(const void *a, const void *b) { return strcmp(*(char *const *
 
 static void names_add(names *l, const char *name)
 {
-    if (!(l->v = realloc(l->v, (l->n + 1) * sizeof *l->v))) abort();
-    l->v[l->n++] = strdup(name);
+    l->v = bp_realloc(l->v, (l->n + 1) * sizeof *l->v);
+    l->v[l->n++] = bp_strdup(name);
 }
 
 static void names_free(names *l)
@@ -114,7 +110,7 @@ static void names_free(names *l)
 
 static int is_file(const char *dir, const char *name)
 {
-    char path[4400];
+    char path[BP_PATH_MAX];
     struct stat st;
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
@@ -150,7 +146,7 @@ static void snapshot_free(snapshot *s)
 static void snapshot_add(snapshot *s, const char *name, const char *text, size_t len)
 {
     names_add(&s->names, name);
-    if (!(s->texts = realloc(s->texts, s->names.n * sizeof *s->texts))) abort();
+    s->texts = bp_realloc(s->texts, s->names.n * sizeof *s->texts);
     bp_buf_init(&s->texts[s->names.n - 1]);
     bp_buf_add(&s->texts[s->names.n - 1], text, len);
 }
@@ -161,7 +157,7 @@ static void snapshot_take(const char *dir, snapshot *s)
     list_files(dir, 1, &files);
     memset(s, 0, sizeof *s);
     for (size_t i = 0; i < files.n; i++) {
-        char path[4400];
+        char path[BP_PATH_MAX];
         bp_buf text;
         bp_error err;
         bp_buf_init(&text);
@@ -204,130 +200,7 @@ static const bp_buf *snapshot_get(const snapshot *s, const char *name)
     return NULL;
 }
 
-/* ---- unified diffs -------------------------------------------------------------------------------- */
-
-typedef struct lines {
-    const char **at;
-    size_t *len;
-    size_t n;
-    int open_end;               /* the last line has no newline */
-} lines;
-
-static void split_lines(const bp_buf *t, lines *l)
-{
-    const char *p = t && t->data ? t->data : "", *end = p + (t ? t->len : 0);
-    memset(l, 0, sizeof *l);
-    size_t cap = 1;
-    for (const char *q = p; q < end; q++) cap += *q == '\n';
-    if (!(l->at = calloc(cap, sizeof *l->at)) || !(l->len = calloc(cap, sizeof *l->len))) abort();
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        l->at[l->n] = p;
-        l->len[l->n++] = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        l->open_end = !nl;
-        p = nl ? nl + 1 : end;
-    }
-}
-
-static void lines_free(lines *l) { free(l->at); free(l->len); }
-
-static int same_line(const lines *x, size_t i, const lines *y, size_t j)
-{
-    return x->len[i] == y->len[j] && !memcmp(x->at[i], y->at[j], x->len[i]);
-}
-
-/* One step of the edit script: ' ' a line kept, '-' removed, '+' added; a
- * and b count the lines of each side before it. */
-typedef struct op {
-    char kind;
-    size_t a, b;
-} op;
-
-static void push(op *ops, size_t *n, char kind, size_t *a, size_t *b)
-{
-    ops[(*n)++] = (op){ kind, *a, *b };
-    if (kind != '+') (*a)++;
-    if (kind != '-') (*b)++;
-}
-
-/* The edit script from x to y: the common start and end kept, the middle
- * matched line by line (longest common subsequence); a middle too large to
- * match is all removed, then all added. */
-static size_t edit_script(const lines *x, const lines *y, op *ops)
-{
-    size_t pre = 0, suf = 0, n = 0, a = 0, b = 0;
-    while (pre < x->n && pre < y->n && same_line(x, pre, y, pre)) pre++;
-    while (suf < x->n - pre && suf < y->n - pre && same_line(x, x->n - 1 - suf, y, y->n - 1 - suf)) suf++;
-    size_t m = x->n - pre - suf, k = y->n - pre - suf, i = 0, j = 0;
-    for (size_t p = 0; p < pre; p++) push(ops, &n, ' ', &a, &b);
-    uint32_t *t = m && k && m * k <= MAX_CELLS ? calloc((m + 1) * (k + 1), sizeof *t) : NULL;
-    if (t) {
-        /* t[i][j]: the longest common subsequence of x[pre+i..] and y[pre+j..] */
-        for (size_t u = m; u-- > 0;)
-            for (size_t v = k; v-- > 0;)
-                t[u * (k + 1) + v] = same_line(x, pre + u, y, pre + v) ? t[(u + 1) * (k + 1) + v + 1] + 1
-                                     : t[(u + 1) * (k + 1) + v] >= t[u * (k + 1) + v + 1] ? t[(u + 1) * (k + 1) + v]
-                                     : t[u * (k + 1) + v + 1];
-        while (i < m && j < k) {
-            if (same_line(x, pre + i, y, pre + j)) { push(ops, &n, ' ', &a, &b); i++; j++; }
-            else if (t[(i + 1) * (k + 1) + j] >= t[i * (k + 1) + j + 1]) { push(ops, &n, '-', &a, &b); i++; }
-            else { push(ops, &n, '+', &a, &b); j++; }
-        }
-        free(t);
-    }
-    for (; i < m; i++) push(ops, &n, '-', &a, &b);
-    for (; j < k; j++) push(ops, &n, '+', &a, &b);
-    for (size_t p = 0; p < suf; p++) push(ops, &n, ' ', &a, &b);
-    return n;
-}
-
-static void diff_line(bp_buf *out, char kind, const lines *l, size_t i)
-{
-    bp_buf_addc(out, kind);
-    bp_buf_add(out, l->at[i], l->len[i]);
-    bp_buf_addc(out, '\n');
-    if (i == l->n - 1 && l->open_end) bp_buf_adds(out, "\\ No newline at end of file\n");
-}
-
-/* The hunks of a script: each change with CONTEXT lines around it, changes
- * closer than twice that in one hunk. */
-static void write_hunks(bp_buf *out, const op *ops, size_t n, const lines *x, const lines *y)
-{
-    for (size_t i = 0; i < n;) {
-        while (i < n && ops[i].kind == ' ') i++;
-        if (i == n) break;
-        size_t last = i;
-        for (;;) {
-            size_t next = last + 1;
-            while (next < n && ops[next].kind == ' ') next++;
-            if (next == n || next - last - 1 > 2 * CONTEXT) break;
-            last = next;
-        }
-        size_t start = i > CONTEXT ? i - CONTEXT : 0, end = last + 1 + CONTEXT < n ? last + 1 + CONTEXT : n;
-        size_t la = 0, lb = 0;
-        for (size_t k = start; k < end; k++) { la += ops[k].kind != '+'; lb += ops[k].kind != '-'; }
-        bp_buf_printf(out, "@@ -%zu,%zu +%zu,%zu @@\n", ops[start].a + (la ? 1 : 0), la, ops[start].b + (lb ? 1 : 0), lb);
-        for (size_t k = start; k < end; k++)
-            if (ops[k].kind == '+') diff_line(out, '+', y, ops[k].b); else diff_line(out, ops[k].kind, x, ops[k].a);
-        i = end;
-    }
-}
-
-/* One file's unified diff (a or b NULL: the file is new, or gone). */
-static void diff_file(bp_buf *out, const char *name, const bp_buf *a, const bp_buf *b)
-{
-    lines x, y;
-    split_lines(a, &x);
-    split_lines(b, &y);
-    op *ops = calloc(x.n + y.n + 1, sizeof *ops);
-    if (!ops) abort();
-    size_t n = edit_script(&x, &y, ops);
-    bp_buf_printf(out, "--- %s%s\n+++ %s%s\n", a ? "a/" : "/dev/null", a ? name : "", b ? "b/" : "/dev/null", b ? name : "");
-    write_hunks(out, ops, n, &x, &y);
-    free(ops);
-    lines_free(&x);
-    lines_free(&y);
-}
+/* ---- what an edit changes -------------------------------------------------------------------------- */
 
 static int same_text(const bp_buf *a, const bp_buf *b)
 {
@@ -348,7 +221,7 @@ static void snapshot_diff(const snapshot *a, const snapshot *b, bp_buf *diff, bp
         if (same_text(x, y)) continue;
         if (n++) bp_buf_addc(changed, ',');
         write_str(changed, all.v[i]);
-        diff_file(diff, all.v[i], x, y);
+        bp_diff_file(diff, all.v[i], x, y);
     }
     bp_buf_addc(changed, ']');
     names_free(&all);
@@ -370,7 +243,7 @@ typedef struct changes {
 
 static void changes_add(changes *c, const char *name, const char *text, size_t len, int remove)
 {
-    if (!(c->v = realloc(c->v, (c->n + 1) * sizeof *c->v))) abort();
+    c->v = bp_realloc(c->v, (c->n + 1) * sizeof *c->v);
     c->v[c->n++] = (change){ name, text, len, remove };
 }
 
@@ -417,7 +290,7 @@ static void remove_scratch(const char *dir)
     names files;
     list_files(dir, 0, &files);
     for (size_t i = 0; i < files.n; i++) {
-        char path[4400];
+        char path[BP_PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", dir, files.v[i]);
         unlink(path);
     }
@@ -438,7 +311,7 @@ static int make_scratch(const char *state_dir, const char *dir, const changes *c
     list_files(dir, 0, &files);
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < files.n; i++) {
-        char from[4400], to[4400];
+        char from[BP_PATH_MAX], to[BP_PATH_MAX];
         bp_buf text;
         bp_buf_init(&text);
         snprintf(from, sizeof from, "%s/%s", dir, files.v[i]);
@@ -448,7 +321,7 @@ static int make_scratch(const char *state_dir, const char *dir, const changes *c
     }
     names_free(&files);
     for (size_t i = 0; rc == 0 && i < c->n; i++) {
-        char to[4400];
+        char to[BP_PATH_MAX];
         snprintf(to, sizeof to, "%s/%s", out, c->v[i].name);
         if (c->v[i].remove) unlink(to);
         else if (write_file(to, c->v[i].text, c->v[i].len, 0600) < 0) rc = -1;
@@ -465,7 +338,7 @@ static int make_scratch(const char *state_dir, const char *dir, const changes *c
  * old file or the new one, never part of one. */
 static int write_atomic(const char *dir, const char *name, const char *data, size_t len, bp_error *err)
 {
-    char path[4400], tmp[4400];
+    char path[BP_PATH_MAX], tmp[BP_PATH_MAX];
     struct stat st;
     snprintf(path, sizeof path, "%s/%s", dir, name);
     snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, name);
@@ -488,7 +361,7 @@ static int write_atomic(const char *dir, const char *name, const char *data, siz
 static int write_change(const char *dir, const change *c, bp_error *err)
 {
     if (!c->remove) return write_atomic(dir, c->name, c->text, c->len, err);
-    char path[4400];
+    char path[BP_PATH_MAX];
     snprintf(path, sizeof path, "%s/%s", dir, c->name);
     if (unlink(path) == 0 || errno == ENOENT) return 0;
     bp_error_set(err, "cannot remove %s: %s", path, strerror(errno));
@@ -514,7 +387,7 @@ typedef struct where {
  * editor file and line it starts with: "page.lua:3: …", "blueprint.yaml:89:1: …". */
 static void locate(char *msg, const char *scratch, const char *dir, where *w)
 {
-    char prefix[4400];
+    char prefix[BP_PATH_MAX];
     snprintf(prefix, sizeof prefix, "%s/", scratch);
     strip(msg, prefix);
     snprintf(prefix, sizeof prefix, "%s/", dir);
@@ -559,7 +432,7 @@ static size_t rank(const char *name, const bp_blueprint *bp)
 
 static void write_examples(bp_buf *b, const char *dir)
 {
-    char path[4400];
+    char path[BP_PATH_MAX];
     bp_buf text;
     bp_error err;
     bp_buf_init(&text);
@@ -605,17 +478,12 @@ void bp_editor_files(bp_registry *r, const char *vendor, const char *body, size_
     (void)body, (void)len, (void)who;
     bp_vendor *v = find_vendor(r, vendor, res);
     if (!v) return;
-    pthread_mutex_lock(&r->mu);
-    bp_shared_bp *sbp = v->bp;
-    if (sbp) bp_shared_bp_hold(sbp);
-    char disk[BP_REVISION_LEN], *load_error = v->load_error ? strdup(v->load_error) : NULL;
-    memcpy(disk, v->disk_revision, sizeof disk);
-    pthread_mutex_unlock(&r->mu);
+    char disk[BP_REVISION_LEN], *load_error;
+    bp_shared_bp *sbp = bp_registry_vendor_bp(r, v, disk, &load_error);
     const bp_blueprint *bp = sbp ? sbp->bp : NULL;
     snapshot s;
     snapshot_take(v->dir, &s);
-    size_t *order = calloc(s.names.n + 1, sizeof *order);
-    if (!order) abort();
+    size_t *order = bp_calloc(s.names.n + 1, sizeof *order);
     for (size_t i = 0; i < s.names.n; i++) {   /* a stable insertion by rank; names are in name order */
         size_t j = i;
         for (; j > 0 && rank(s.names.v[order[j - 1]], bp) > rank(s.names.v[i], bp); j--) order[j] = order[j - 1];
@@ -642,7 +510,7 @@ void bp_editor_files(bp_registry *r, const char *vendor, const char *body, size_
     }
     bp_buf_addc(b, ']');
     write_examples(b, v->dir);
-    char cases[4400];
+    char cases[BP_PATH_MAX];
     snprintf(cases, sizeof cases, "%s/tests", v->dir);
     name_list l = { b, 0 };
     bp_buf_adds(b, ",\"tests\":[");
@@ -656,6 +524,33 @@ void bp_editor_files(bp_registry *r, const char *vendor, const char *body, size_
 
 /* ---- POST …/dry-run ---------------------------------------------------------------------------------- */
 
+/* An installed integration's config validated against bp (the edit), or
+ * NULL with err; *status 404: no such integration, 400: not one of
+ * vendor's, 0: found (NULL then: it does not validate).  An edit that would
+ * give its stored secret to a mapping as plain config (a dry-run prints
+ * what the mapping puts in a body) is refused as a save would be. */
+static bp_config *installed_config(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
+                                   int *status, bp_error *err)
+{
+    bp_integration *it = bp_registry_find(r, id);
+    *status = it ? 0 : 404;
+    if (!it) { bp_error_set(err, "no integration with id '%s'", id); return NULL; }
+    char *doc;
+    bp_shared_bp *running = bp_integration_current(it, &doc);
+    bp_config *c = NULL;
+    if (bp_registry_find_vendor(r, vendor) != it->vendor) {
+        *status = 400;
+        bp_error_set(err, "integration '%s' is not a '%s' integration", id, vendor);
+    } else if (bp_secrets_kept(running ? running->bp : NULL, bp, &it, &doc, 1, err) == 0) {
+        c = bp_configdoc_validate(bp, doc, it->variant, err);
+    }
+    bp_shared_bp_drop(running);
+    memset(doc, 0, strlen(doc));   /* it holds the secrets */
+    free(doc);
+    bp_integration_release(it);
+    return c;
+}
+
 /* The config a dry-run maps with: the integration's (its secrets never show:
  * requests are written redacted), the body's, or the blueprint's example. */
 static bp_config *dry_run_config(bp_registry *r, bp_vendor *v, const char *vendor, const bp_doc *d,
@@ -665,7 +560,7 @@ static bp_config *dry_run_config(bp_registry *r, bp_vendor *v, const char *vendo
     if (id != BP_NONE) {
         if (d->nodes[id].type != BP_JSTRING) { fail(res, 400, "BAD_REQUEST", "\"integration_id\" must be a string"); return NULL; }
         int status;
-        bp_config *c = bp_registry_config_of(r, bp_jtext(d, id), bp, vendor, &status, err);
+        bp_config *c = installed_config(r, bp_jtext(d, id), bp, vendor, &status, err);
         if (status) fail(res, status, status == 404 ? "NOT_FOUND" : "BAD_REQUEST", "%s", err->msg);
         return c;
     }
@@ -681,7 +576,7 @@ static bp_config *dry_run_config(bp_registry *r, bp_vendor *v, const char *vendo
         bp_buf_free(&text);
         return c;
     }
-    char path[4400];
+    char path[BP_PATH_MAX];
     snprintf(path, sizeof path, "%s/examples/config.yaml", v->dir);
     if (access(path, R_OK) != 0) {
         fail(res, 400, "BAD_REQUEST", "give \"config\" or \"integration_id\": the blueprint has no examples/config.yaml");
@@ -702,7 +597,7 @@ static void add_result(void *ctx, const char *line, size_t len)
     if (w->n++) bp_buf_addc(w->out, ',');
     size_t at = w->out->len;
     bp_buf_add(w->out, line, len);
-    char prefix[4400];
+    char prefix[BP_PATH_MAX];
     snprintf(prefix, sizeof prefix, "%s/", w->scratch);
     strip(w->out->data + at, prefix);   /* positions name the blueprint's files, not the copy */
     w->out->len = at + strlen(w->out->data + at);
@@ -716,7 +611,7 @@ void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, siz
     bp_doc d;
     bp_doc_init(&d);
     changes c = { 0 };
-    char scratch[4400];
+    char scratch[BP_PATH_MAX];
     bp_vendor *v = find_vendor(r, vendor, res);
     if (!v || parse(body, len, known, "dry-run", &d, res) < 0 || read_changes(&d, &c, res) < 0) goto out;
     uint32_t events = bp_jget(&d, 0, "events");
@@ -724,11 +619,11 @@ void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, siz
         fail(res, 400, "BAD_REQUEST", "\"events\" must be an array of at most %d event objects", MAX_EVENTS);
         goto out;
     }
-    if (make_scratch(r->state_dir, v->dir, &c, scratch, sizeof scratch, res) < 0) goto out;
+    if (make_scratch(bp_registry_state_dir(r), v->dir, &c, scratch, sizeof scratch, res) < 0) goto out;
     bp_error err;
     bp_blueprint *bp = bp_blueprint_load(scratch, &err);
     bp_config *cfg = bp ? dry_run_config(r, v, vendor, &d, bp, res, &err) : NULL;
-    bp_engine *e = cfg ? bp_engine_new(bp, cfg, &r->limits, &err) : NULL;
+    bp_engine *e = cfg ? bp_engine_new(bp, cfg, bp_registry_limits(r), &err) : NULL;
     /* steps (ctx.send) are answered from the blueprint's answers.yaml, as in dry-run */
     bp_answers *answers = e ? bp_answers_load(scratch, NULL, &err) : NULL;
     if (answers) bp_engine_set_answerer(e, bp_answers_fn, answers);
@@ -741,7 +636,7 @@ void bp_editor_dry_run(bp_registry *r, const char *vendor, const char *body, siz
         bp_buf text;
         bp_buf_init(&text);
         bp_json_write_node(&text, &d, events);
-        bp_reader *rd = bp_reader_new_mem(text.data, text.len, r->limits.json.max_bytes);
+        bp_reader *rd = bp_reader_new_mem(text.data, text.len, bp_registry_limits(r)->json.max_bytes);
         results w = { res->body, 0, scratch };
         bp_buf_adds(res->body, "{\"ok\":true,\"results\":[");
         bp_map_events(e, rd, 1, add_result, &w, NULL);
@@ -839,10 +734,10 @@ void bp_editor_test(bp_registry *r, const char *vendor, const char *body, size_t
     bp_doc d;
     bp_doc_init(&d);
     changes c = { 0 };
-    char scratch[4400];
+    char scratch[BP_PATH_MAX];
     bp_vendor *v = find_vendor(r, vendor, res);
     if (!v || parse(body, len, known, "test", &d, res) < 0 || read_changes(&d, &c, res) < 0 ||
-        make_scratch(r->state_dir, v->dir, &c, scratch, sizeof scratch, res) < 0)
+        make_scratch(bp_registry_state_dir(r), v->dir, &c, scratch, sizeof scratch, res) < 0)
         goto out;
     bp_error err;
     bp_blueprint *bp = bp_blueprint_load(scratch, &err);
@@ -851,9 +746,9 @@ void bp_editor_test(bp_registry *r, const char *vendor, const char *body, size_t
         write_problem(res->body, &err, scratch, v->dir);
         bp_buf_adds(res->body, "]}");
     } else {
-        char cases[4400];
+        char cases[BP_PATH_MAX];
         snprintf(cases, sizeof cases, "%s/tests", v->dir);   /* the fixtures as committed, against the edit */
-        test_walk t = { bp, cases, scratch, v->dir, &r->limits, res->body, 0, 1 };
+        test_walk t = { bp, cases, scratch, v->dir, bp_registry_limits(r), res->body, 0, 1 };
         bp_buf_adds(res->body, "{\"cases\":[");
         bp_case_each(cases, test_case, &t);
         bp_buf_printf(res->body, "],\"ok\":%s,\"errors\":[]}", t.ok ? "true" : "false");
@@ -965,9 +860,9 @@ static void apply(bp_registry *r, bp_vendor *v, const char *vendor, const change
                   const char *action, const bp_claims *who, bp_api_result *res)
 {
     for (int attempt = 0; attempt < APPLY_TRIES; attempt++) {
-        char scratch[4400], base[BP_REVISION_LEN], now[BP_REVISION_LEN];
+        char scratch[BP_PATH_MAX], base[BP_REVISION_LEN], now[BP_REVISION_LEN];
         bp_blueprint_revision(v->dir, base);
-        if (make_scratch(r->state_dir, v->dir, c, scratch, sizeof scratch, res) < 0) return;
+        if (make_scratch(bp_registry_state_dir(r), v->dir, c, scratch, sizeof scratch, res) < 0) return;
         bp_error err;
         uint64_t stamp;
         if (bp_registry_edit_check(r, v, scratch, &stamp, &err) < 0) {

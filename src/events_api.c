@@ -37,7 +37,7 @@ static int intake_one(void *ctx, long index, const char *ev, size_t len, const c
         bp_buf_add(w->events, ev, len);
         return 0;
     }
-    int64_t id = bp_store_add(w->k->s->reg->store, w->k->it->id, ev, len, index, message_id, (int64_t)bp_wall_ms());
+    int64_t id = bp_store_add(bp_registry_store(w->k->s->reg), w->k->it->id, ev, len, index, message_id, (int64_t)bp_wall_ms());
     if (id > 0) w->accepted++; else if (id == 0) w->duplicates++; else { w->ok = 0; return -1; }
     return 0;
 }
@@ -58,14 +58,21 @@ static void intake_reply(reply *r, intake_run *w, long index)
 }
 
 /* The account key and vendor an integration's events are keyed and routed by. */
+typedef struct routing { bp_integration *it; char *account, *vendor; size_t n, vn; } routing;
+
+static void routing_locked(void *ctx)
+{
+    routing *w = ctx;
+    const bp_shared_bp *sbp = w->it->vendor->bp;
+    if (sbp && w->it->cfg) bp_account_key(sbp->bp, w->it->cfg, w->it->id, w->account, w->n);
+    else snprintf(w->account, w->n, "integration %s", w->it->id);
+    snprintf(w->vendor, w->vn, "%s", w->it->vendor->key);
+}
+
 static void routing_of(bp_registry *reg, bp_integration *it, char *account, size_t n, char *vendor, size_t vn)
 {
-    pthread_mutex_lock(&reg->mu);
-    const bp_shared_bp *sbp = it->vendor->bp;
-    if (sbp && it->cfg) bp_account_key(sbp->bp, it->cfg, it->id, account, n);
-    else snprintf(account, n, "integration %s", it->id);
-    snprintf(vendor, vn, "%s", it->vendor->key);
-    pthread_mutex_unlock(&reg->mu);
+    routing w = { it, account, vendor, n, vn };
+    bp_registry_locked(reg, routing_locked, &w);
 }
 
 /* Cluster mode: the accepted events go to the delivery topic as one
@@ -84,16 +91,14 @@ static void intake_cluster(call *k)
         char account[600], vendor[128];
         routing_of(reg, k->it, account, sizeof account, vendor, sizeof vendor);
         bp_error err;
-        if (bp_cluster_send_events(reg->cluster, k->it->id, vendor, account, events.data, events.len, 0, &err) < 0) {
+        if (bp_cluster_send_events(k->s->cluster, k->it->id, vendor, account, events.data, events.len, 0, &err) < 0) {
             bp_reply_error(k->r, 503, "CLUSTER_UNAVAILABLE", "%s; nothing was accepted: retry later (GET /healthz shows the "
                            "brokers' state)", err.msg);
             bp_buf_free(&w.errors);
             bp_buf_free(&events);
             return;
         }
-        pthread_mutex_lock(&reg->mu);
-        reg->metrics.events_in += w.accepted;
-        pthread_mutex_unlock(&reg->mu);
+        bp_registry_count_events_in(reg, w.accepted);
     }
     intake_reply(k->r, &w, index);
     bp_buf_free(&w.errors);
@@ -104,36 +109,32 @@ void bp_api_intake(call *k)
 {
     reply *r = k->r;
     bp_registry *reg = k->s->reg;
-    if (reg->cluster) { intake_cluster(k); return; }
+    if (k->s->cluster) { intake_cluster(k); return; }
+    bp_store *store = bp_registry_store(reg);
     intake_run w = { k, { 0 }, 0, 0, 0, 1, NULL };
     bp_buf_init(&w.errors);
-    int began = bp_store_begin(reg->store) == 0;
+    int began = bp_store_begin(store) == 0;
     /* deleted while this request waited: its events would never be delivered
      * (the delete's purge may have run already) */
-    pthread_mutex_lock(&reg->mu);
-    int deleted = k->it->deleted;
-    pthread_mutex_unlock(&reg->mu);
-    if (began && deleted) {
-        bp_store_rollback(reg->store);
+    if (began && bp_integration_deleted(k->it)) {
+        bp_store_rollback(store);
         bp_buf_free(&w.errors);
         bp_reply_error(r, 404, "NOT_FOUND", "no integration with id '%s' (it was deleted)", k->it->id);
         return;
     }
     long index = began ? bp_intake_each(k->cn->body.data, k->cn->body.len, intake_one, &w) : 0;
     /* 202 only once the events are durable; a failed write accepts nothing */
-    int committed = began && bp_store_commit(reg->store, w.ok) == 0;
+    int committed = began && bp_store_commit(store, w.ok) == 0;
     if (!committed) {
         bp_store_status h;
-        bp_store_health(reg->store, &h);
+        bp_store_health(store, &h);
         bp_reply_error(r, 503, "STORE_UNAVAILABLE", "could not store the events (%s); nothing was accepted: retry later "
                        "(GET /healthz shows the store's state)", h.last_error);
         bp_buf_free(&w.errors);
         return;
     }
-    if (w.accepted) bp_pool_wake(reg->pool, k->it->id);
-    pthread_mutex_lock(&reg->mu);
-    reg->metrics.events_in += w.accepted;
-    pthread_mutex_unlock(&reg->mu);
+    if (w.accepted) bp_pool_wake(bp_registry_pool(reg), k->it->id);
+    bp_registry_count_events_in(reg, w.accepted);
     intake_reply(r, &w, index);
     bp_buf_free(&w.errors);
 }
@@ -183,12 +184,10 @@ void bp_api_live_events(call *k)
     bp_buf_printf(&k->r->body, "{\"integration_id\":\"%s\"", k->it->id);
     /* which blueprint judges its events now, and whether the files on disk
      * were rejected (the outcomes below name the revision that judged them) */
-    pthread_mutex_lock(&k->s->reg->mu);
-    bp_write_blueprint_state(&k->r->body, k->it->vendor);
-    pthread_mutex_unlock(&k->s->reg->mu);
+    bp_write_blueprint_state_of(k->s->reg, &k->r->body, k->it->vendor);
     bp_buf_adds(&k->r->body, ",\"events\":[");
     rows w = { &k->r->body, 0 };
-    if (bp_store_recent(k->s->reg->store, k->it->id, state, limit, write_row, &w) < 0) {
+    if (bp_store_recent(bp_registry_store(k->s->reg), k->it->id, state, limit, write_row, &w) < 0) {
         bp_reply_error(k->r, 500, "INTERNAL", "could not read the state store");
         return;
     }
@@ -199,7 +198,7 @@ void bp_api_dead_letters(call *k)
 {
     bp_buf_printf(&k->r->body, "{\"integration_id\":\"%s\",\"dead_letters\":[", k->it->id);
     rows w = { &k->r->body, 0 };
-    if (bp_store_each(k->s->reg->store, k->it->id, "dead", write_row, &w) < 0) {
+    if (bp_store_each(bp_registry_store(k->s->reg), k->it->id, "dead", write_row, &w) < 0) {
         bp_reply_error(k->r, 500, "INTERNAL", "could not read the state store");
         return;
     }
@@ -259,21 +258,21 @@ static long replay_cluster(call *k, const bp_doc *d, uint32_t ids, const int *wa
     for (int s = 0; s < 2 && n == 0; s++) {
         if (!want[s]) continue;
         p.from = replay_states[s];
-        if (bp_store_each(reg->store, k->it->id, p.from, pick_dead, &p) < 0) n = -1;
+        if (bp_store_each(bp_registry_store(reg), k->it->id, p.from, pick_dead, &p) < 0) n = -1;
     }
     if (n == 0 && p.n > 0) {
         bp_buf_addc(&p.events, ']');
         char account[600], vendor[128];
         routing_of(reg, k->it, account, sizeof account, vendor, sizeof vendor);
         bp_error err;
-        if (bp_cluster_send_events(reg->cluster, k->it->id, vendor, account, p.events.data, p.events.len, 1, &err) < 0) {
+        if (bp_cluster_send_events(k->s->cluster, k->it->id, vendor, account, p.events.data, p.events.len, 1, &err) < 0) {
             bp_reply_error(k->r, 503, "CLUSTER_UNAVAILABLE", "%s; nothing was replayed: retry later", err.msg);
         } else {
             for (size_t i = 0; i < p.n; i++) {
-                bp_store_move(reg->store, k->it->id, p.rows[i].state, "replayed", p.rows[i].id);
+                bp_store_move(bp_registry_store(reg), k->it->id, p.rows[i].state, "replayed", p.rows[i].id);
                 counts[p.rows[i].state == replay_states[0] ? 0 : 1]++;
                 p.rows[i].state = "replayed";
-                bp_cluster_replayed(reg->cluster, k->it->id, &p.rows[i]);
+                bp_cluster_replayed(k->s->cluster, k->it->id, &p.rows[i]);
             }
             n = (long)p.n;
         }
@@ -296,7 +295,7 @@ void bp_api_replay(call *k)
     bp_doc d;
     bp_doc_init(&d);
     if (bp_parse_body(k->cn, &d, k->r) < 0) { bp_doc_free(&d); return; }
-    bp_store *st = k->s->reg->store;
+    bp_store *st = bp_registry_store(k->s->reg);
     long n = 0, counts[2] = { 0, 0 };
     uint32_t all = bp_jget(&d, 0, "all"), ids = bp_jget(&d, 0, "ids"), state = bp_jget(&d, 0, "state");
     int is_all = all != BP_NONE && d.nodes[all].type == BP_JTRUE;
@@ -311,7 +310,7 @@ void bp_api_replay(call *k)
                        "\"state\":\"dead\" or \"error\" for one of them)");
     } else {
         if (only) { want[0] = !strcmp(only, "dead"); want[1] = !want[0]; }
-        if (k->s->reg->cluster) {
+        if (k->s->cluster) {
             n = replay_cluster(k, &d, by_ids && !is_all ? ids : BP_NONE, want, counts);
         } else {
             for (int s = 0; s < 2 && n >= 0; s++) {
@@ -333,7 +332,7 @@ void bp_api_replay(call *k)
     if (n < 0) bp_reply_error(k->r, 503, "STORE_UNAVAILABLE", "could not update the state store; nothing was replayed");
     if (k->r->status == 200) {
         bp_buf_printf(&k->r->body, "{\"replayed\":%ld,\"dead_letters\":%ld,\"errors\":%ld}", n, counts[0], counts[1]);
-        if (n > 0 && !k->s->reg->cluster) bp_pool_rescan(k->s->reg->pool, k->it->id);
+        if (n > 0 && !k->s->cluster) bp_pool_rescan(bp_registry_pool(k->s->reg), k->it->id);
         char what[128];
         snprintf(what, sizeof what, "%ld dead letters and %ld errors replayed (%s)", counts[0], counts[1],
                  is_all ? "all" : "by id");

@@ -10,12 +10,12 @@
 
 void bp_api_healthz(call *k)
 {
-    bp_registry *reg = k->s->reg;
+    bp_cluster *cluster = k->s->cluster;
     bp_store_status h;
-    bp_store_health(reg->store, &h);
+    bp_store_health(bp_registry_store(k->s->reg), &h);
     bp_buf kafka;
     bp_buf_init(&kafka);
-    int kafka_up = reg->cluster ? bp_cluster_health(reg->cluster, &kafka) : 1;
+    int kafka_up = cluster ? bp_cluster_health(cluster, &kafka) : 1;
     bp_buf *b = &k->r->body;
     int ok = !h.failing && kafka_up;
     if (!ok) k->r->status = 503;
@@ -28,27 +28,33 @@ void bp_api_healthz(call *k)
     } else {
         bp_buf_printf(b, "{\"ok\":true,\"failures\":%ld}", h.failures);
     }
-    if (reg->cluster) { bp_buf_adds(b, ",\"kafka\":"); bp_buf_add(b, kafka.data, kafka.len); }
+    if (cluster) { bp_buf_adds(b, ",\"kafka\":"); bp_buf_add(b, kafka.data, kafka.len); }
     bp_buf_addc(b, '}');
     bp_buf_free(&kafka);
+}
+
+/* Retries summed and integrations counted by health state (the registry's lock held). */
+typedef struct tally { long retries, per_state[BP_HEALTH_COUNT]; } tally;
+
+static void tally_one(void *ctx, bp_integration *it)
+{
+    tally *t = ctx;
+    t->retries += __atomic_load_n(&it->stats.retries, __ATOMIC_RELAXED);
+    if (!it->deleted) t->per_state[bp_api_health_state(it)]++;
 }
 
 void bp_api_metrics(call *k)
 {
     bp_registry *reg = k->s->reg;
-    long retries = 0, per_state[BP_HEALTH_COUNT] = { 0 };
-    pthread_mutex_lock(&reg->mu);
-    for (size_t i = 0; i < reg->n; i++) {
-        retries += __atomic_load_n(&reg->items[i]->stats.retries, __ATOMIC_RELAXED);
-        if (!reg->items[i]->deleted) per_state[bp_api_health_state(reg->items[i])]++;
-    }
-    bp_metrics m = reg->metrics;
-    pthread_mutex_unlock(&reg->mu);
-    long depth = bp_store_count(reg->store, NULL, "pending");
+    tally t = { 0, { 0 } };
+    bp_registry_each(reg, tally_one, &t);
+    bp_metrics m = bp_registry_metrics(reg);
+    bp_store *store = bp_registry_store(reg);
+    long depth = bp_store_count(store, NULL, "pending");
     bp_store_status h;
-    bp_store_health(reg->store, &h);
+    bp_store_health(store, &h);
     k->r->ctype = "text/plain; version=0.0.4";
-    bp_metrics_write(&m, retries, depth > 0 ? depth : 0, &h, &k->r->body);
-    bp_metrics_write_health(per_state, &k->r->body);
-    if (reg->cluster) bp_cluster_metrics(reg->cluster, &k->r->body);
+    bp_metrics_write(&m, t.retries, depth > 0 ? depth : 0, &h, &k->r->body);
+    bp_metrics_write_health(t.per_state, &k->r->body);
+    if (k->s->cluster) bp_cluster_metrics(k->s->cluster, &k->r->body);
 }

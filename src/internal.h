@@ -588,7 +588,7 @@ int bp_cache_get_stored(bp_cache *c, const char *account, const char *key, bp_bu
 /* A blueprint revision: a short, stable fingerprint of the contents of the
  * folder's files (the ones hot reload watches: its top-level files), 12 hex
  * digits.  Equal contents give the same revision, across restarts too.
- * registry.c; out is "" when the folder cannot be read. */
+ * fingerprint.c; out is "" when the folder cannot be read. */
 #define BP_REVISION_LEN 13
 void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN]);
 
@@ -808,13 +808,12 @@ void bp_recent_add(bp_recent **r, enum bp_end end, int64_t now_ms);
 /* The sums over the last BP_RECENT_MINUTES minutes (r may be NULL: zeros). */
 void bp_recent_sum(const bp_recent *r, int64_t now_ms, long out[BP_RECENT_ENDS]);
 
-/* ---- registry.c ------------------------------------------------------------------------- */
+/* ---- registry.c: the vendors and integrations it hands out --------------------------------- */
 
 #define BP_LIVE_RING 256
 
-/* Locks: `mu` guards the fields marked [mu]; `admin_mu` serialises
- * install, update, delete and reloads (validation, server.db, the pool
- * calls) so they never interleave; it is taken before `mu`, never after. */
+/* Fields marked [mu] are guarded by the registry's lock: read them through
+ * the registry's functions (or in a callback it calls with the lock held). */
 typedef struct bp_vendor {
     char *key, *dir;            /* [mu] key (a reload may rename it) */
     bp_shared_bp *bp;           /* [mu] the running version; NULL if it never loaded */
@@ -843,32 +842,172 @@ typedef struct bp_integration {
                                    while a Live Events stream watches (NULL before) */
     uint64_t live_seq;          /* [mu] */
     int watchers;               /* [mu] open streams */
-    int refs;                   /* atomic: the list, its loop tenant, requests, streams */
+    _Atomic int refs;           /* the list, its loop tenant, requests, streams */
 } bp_integration;
 
-struct bp_registry {
-    pthread_mutex_t mu, admin_mu;
-    char *blueprints_dir, *state_dir;   /* fixed */
-    bp_vendor *vendors; size_t nvendors;  /* the array is fixed after open; fields [mu] */
-    bp_integration **items; size_t n;     /* [mu] */
-    struct sqlite3 *db;                   /* [admin_mu] (install/update/delete/revisions) */
-    bp_keyring *keys;                     /* thread-safe: seals secrets in server.db */
-    bp_store *store;                      /* thread-safe */
-    bp_pool *pool;                        /* thread-safe */
-    struct bp_cluster *cluster;           /* set before start; NULL outside cluster mode */
-    bp_metrics metrics;                   /* [mu] */
-    int64_t started_ms;                   /* fixed: wall clock at open, where the counts since start begin */
-    double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
-    long retry_base_ms;                   /* fixed */
-    int workers;                          /* fixed: delivery threads */
-    /* the editor's revisions kept per blueprint: the newest N, none older
-     * than D days (the newest always); BLUEPRINT_REVISIONS_KEEP / _DAYS */
-    int revisions_keep, revisions_days;   /* fixed */
-    bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
-    struct bp_jti_set *spent;             /* thread-safe: token ids spent (the signins table), not expired */
-    void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
-    void *on_live_ctx;
-};
+/* ---- the registry's rooms: files below registry.c that own one table or job each ---------- */
+
+/* fingerprint.c: a blueprint folder's cheap signature (names, sizes,
+ * mtimes: has it changed?); its revision is bp_blueprint_revision. */
+uint64_t bp_folder_signature(const char *dir);
+
+/* catalog.c: the vendor folders under blueprints_dir, each loaded and
+ * compiled (or its error kept), in vendor order, appended to *vendors. */
+void bp_catalog_load(const char *blueprints_dir, bp_vendor **vendors, size_t *n);
+void bp_catalog_free(bp_vendor *vendors, size_t n);
+/* The blueprint in dir, loaded and compiled in a scratch engine; NULL with
+ * err.  Its code runs: never with admin_mu held. */
+bp_blueprint *bp_catalog_compile(const char *dir, bp_error *err);
+/* The checks a new version nb of ob must pass before it replaces ob: every
+ * config docs[k] (of items[k]) validates (into cfgs[k]), no stored secret
+ * changes type or destination.  -1 with err naming the integration. */
+int bp_catalog_validate(const bp_blueprint *ob, const bp_blueprint *nb, bp_integration *const *items, char *const *docs,
+                        bp_config **cfgs, size_t n, bp_error *err);
+
+/* live.c: Live Events' ring of it, the registry's lock held by the caller.
+ * push: 1 when a stream watches (the line kept), else 0 (dropped). */
+int bp_live_push(bp_integration *it, const char *line, size_t len);
+uint64_t bp_live_watch(bp_integration *it);
+void bp_live_unwatch(bp_integration *it);
+void bp_live_lines(bp_integration *it, uint64_t *next_seq, void (*fn)(void *ctx, const char *line), void *ctx);
+void bp_live_free(bp_integration *it);
+
+/* serverdb.c: STATE/server.db, created owner-only with its schema; NULL with err. */
+struct sqlite3 *bp_serverdb_open(const char *state_dir, bp_error *err);
+/* One statement without results: 0, or -1 (sqlite3_errmsg says why). */
+int bp_serverdb_exec(struct sqlite3 *db, const char *sql);
+/* An earlier version's per-integration stores (STATE/integrations/ID/):
+ * their events moved into store, once. */
+void bp_serverdb_import_old_stores(const char *state_dir, bp_store *store);
+
+/* integrationsdb.c: server.db's integrations and revisions tables.
+ * write: it's row (insert: a new one, else its revision moved) and its
+ * current revision, the document sealed; 1, or 0 (sqlite3_errmsg says why).
+ * The caller keeps the transaction. */
+int bp_integrations_write(struct sqlite3 *db, const bp_integration *it, int insert, const char *sealed, size_t len);
+/* A new integration's id: "int_" and 16 hex digits, random (and the time). */
+void bp_integrations_new_id(char *out, size_t n);
+/* An integration not deleted, with its current revision's stored document. */
+typedef struct bp_integration_row {
+    const char *id, *name, *vendor, *variant, *delivery_mode;
+    int revision;
+    int64_t created_at;
+    const char *config;         /* secrets sealed */
+} bp_integration_row;
+typedef int bp_integration_row_fn(void *ctx, const bp_integration_row *row, bp_error *err);
+/* fn for each, oldest first, until it returns -1 (returned). */
+int bp_integrations_load(struct sqlite3 *db, bp_integration_row_fn *fn, void *ctx, bp_error *err);
+/* The integration marked deleted, its revisions' secrets masked: 0 or -1. */
+int bp_integrations_mask_deleted(struct sqlite3 *db, const char *id, const bp_blueprint *bp);
+/* Every revision of id, secrets masked, as a JSON array: 0 or -1. */
+int bp_integrations_revisions(struct sqlite3 *db, const char *id, const bp_blueprint *bp, bp_buf *out);
+
+/* sealing.c: secret config fields at rest.  SEAL: every plain value of a
+ * secret field of bp (v1 values again, bound, v2); UNSEAL: every value,
+ * for where bp sends it; RESEAL: under the ring's primary key, for the same
+ * destination. */
+typedef enum bp_seal_mode { BP_SEAL, BP_UNSEAL, BP_RESEAL } bp_seal_mode;
+/* The stored-form document of an integration with its config's secrets
+ * sealed, opened or resealed into out (*changed: was anything; may be
+ * NULL).  -1 with err when a value does not decrypt. */
+int bp_seal_doc(bp_keyring *ring, const char *integration, const bp_blueprint *bp, const char *doc, bp_seal_mode mode,
+                bp_buf *out, int *changed, bp_error *err);
+/* A stored secret does not follow a changed URL: -1 with err when patch
+ * changes a URL field a held secret is sent to without giving the secret. */
+int bp_secret_follows(const bp_blueprint *bp, const char *before, const char *after, const bp_doc *patch,
+                      bp_error *err);
+/* A stored secret keeps its type and destination under a new version nb
+ * of ob: -1 with err naming the field and the integrations (items[k], whose
+ * documents are docs[k]) that hold a value for it. */
+int bp_secrets_kept(const bp_blueprint *ob, const bp_blueprint *nb, bp_integration *const *items, char *const *docs,
+                    size_t n, bp_error *err);
+/* The running blueprint of a vendor (catalog key), or NULL. */
+typedef const bp_blueprint *bp_blueprint_of_fn(void *ctx, const char *vendor);
+/* Revisions an earlier version stored in plain text, sealed in place. */
+int bp_seal_plain_revisions(struct sqlite3 *db, bp_keyring *ring, bp_blueprint_of_fn *bp_of, void *ctx, bp_error *err);
+
+/* configdoc.c: an integration's stored-form document
+ * {"config":{…},"events":{…},"consent":{…}} from the object at root of d
+ * (an install body, or a stored document) with patch (may be NULL) merged
+ * in shallowly: a null in the patch removes the key. */
+void bp_configdoc_merge(bp_buf *out, const bp_doc *d, uint32_t root, const bp_doc *patch, uint32_t proot);
+/* A stored-form document validated against bp for variant; NULL with err. */
+bp_config *bp_configdoc_validate(const bp_blueprint *bp, const char *doc, const char *variant, bp_error *err);
+/* An install body's fields: known keys only, a name and a config; variant
+ * and mode defaulted ("default", "server_side").  -1 with err. */
+int bp_configdoc_install_fields(const bp_doc *body, const char **name, const char **variant, const char **mode,
+                                bp_error *err);
+/* The stored-form document of an install body into doc, validated for
+ * variant of bp: the config, or NULL with err (*http 404: no such variant;
+ * else left as it was). */
+bp_config *bp_configdoc_install(const bp_blueprint *bp, const bp_doc *body, const char *variant, const char *mode,
+                                bp_buf *doc, int *http, bp_error *err);
+/* The stored document current with patch merged into doc, validated for
+ * variant of bp: NULL with err (also when a held secret would not follow a
+ * changed URL: bp_secret_follows). */
+bp_config *bp_configdoc_update(const bp_blueprint *bp, const char *current, const bp_doc *patch, const char *variant,
+                               bp_buf *doc, bp_error *err);
+
+/* audit.c: the audit table.  who NULL: "system"; revision 0: none.
+ * Callers serialise (admin_mu). */
+const bp_claims *bp_audit_who(const bp_claims *who);
+void bp_audit_write(struct sqlite3 *db, const bp_claims *who, const char *action, const char *integration, int before,
+                    int after, const char *detail);
+/* The keys of config, events and consent that differ ("api_key changed"),
+ * never their values. */
+void bp_audit_describe_changes(const char *before, const char *after, bp_buf *out);
+int bp_audit_list(struct sqlite3 *db, const char *integration, const char *action, const char *actor, int64_t since,
+                  int64_t until, int64_t cursor, int limit, bp_buf *out);
+void bp_audit_purge(struct sqlite3 *db, int days);
+
+/* signins.c: the signins table and its in-memory set (callers serialise
+ * spends).  spend: 0 the first time, 1 when spent before, -1 on error. */
+void bp_signins_load(struct sqlite3 *db, bp_jti_set *spent);
+int bp_signins_spend(struct sqlite3 *db, bp_jti_set *spent, const char *jti, int64_t expires_at);
+
+/* A blueprint revision (the blueprint_revisions table of server.db). */
+typedef struct bp_edit_rev {
+    int number;                         /* set by record: 1, 2, … per vendor */
+    int64_t created_at;                 /* set by record: ms since the epoch */
+    char actor[128];                    /* set by record */
+    char revision[BP_REVISION_LEN];     /* the folder's fingerprint */
+    const char *message, *diff;         /* diff: unified, against the revision before */
+    const char *changed_json;           /* JSON array of the file names changed */
+    const char *files_json;             /* JSON object: every file's content */
+} bp_edit_rev;
+/* revisions.c: the editor's blueprint revisions, kept per vendor: the
+ * newest count, none older than days (never the newest). */
+typedef struct bp_revisions_kept { int count, days; } bp_revisions_kept;
+/* The policy: BLUEPRINT_REVISIONS_KEEP (50) and BLUEPRINT_REVISIONS_DAYS (365). */
+bp_revisions_kept bp_revisions_policy(void);
+/* server.db before user_version 1: file contents moved into blueprint_files. */
+int bp_revisions_migrate(struct sqlite3 *db, bp_error *err);
+int bp_revisions_latest(struct sqlite3 *db, const char *vendor, int *number, char revision[BP_REVISION_LEN]);
+int bp_revisions_record(struct sqlite3 *db, const bp_revisions_kept *keep, const char *vendor, bp_edit_rev *rev,
+                        const bp_claims *who, const char *action);
+int bp_revisions_files(struct sqlite3 *db, const char *vendor, int number, bp_buf *files_json);
+int bp_revisions_list(struct sqlite3 *db, const char *vendor, bp_buf *out);
+
+/* configrecord.c: cluster mode's configuration record of an integration. */
+/* Written from server.db (its head and every revision as stored): 0, or -1. */
+int bp_config_record_write(struct sqlite3 *db, const char *id, bp_buf *out);
+typedef struct bp_config_record {
+    bp_doc d;
+    const char *id, *name, *vendor, *variant, *mode, *created;   /* into d */
+    int revision, deleted;
+    uint32_t revs;              /* the array of revisions in d */
+    bp_buf current;             /* the current revision's stored document */
+} bp_config_record;
+/* -1 (logged) when it is not a record; free it either way. */
+int bp_config_record_parse(bp_config_record *rec, const char *record, size_t len);
+void bp_config_record_free(bp_config_record *rec);
+/* Would it change what db holds?  The topic's order decides: not when it
+ * is an older revision, or the same one unchanged, or the integration was
+ * deleted here (a deletion is never undone). */
+int bp_config_record_is_news(struct sqlite3 *db, const bp_config_record *rec);
+/* Stored in one transaction: 0, or -1 (logged). */
+int bp_config_record_store(struct sqlite3 *db, const bp_config_record *rec);
+
 
 /* One JSON log record {"ts":…,"level":…,"msg":…,FIELDS} to the log callback,
  * or as a line on stderr when none is set.  fields_json: members without
@@ -885,62 +1024,85 @@ int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_
  * check fails). */
 int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out);
 
-/* ---- cluster.c: serve --kafka ------------------------------------------------------------- */
+/* ---- registry.c: integrations behind functions ------------------------------------------ */
 
-typedef struct bp_cluster bp_cluster;
-typedef struct bp_cluster_opts {
-    const char *brokers;        /* bootstrap servers */
-    const char *name;           /* --cluster: consumer group and topic prefix ("blueprint") */
-    const char *topic_mode;     /* "per_integration" (default) or "per_vendor" */
-    const char *node;           /* this node's name in outcomes and logs */
-    int session_timeout_ms;     /* consumer group session (10000) */
-    int partitions;             /* for the topics it creates (12) */
-    const char *config_file;    /* --kafka-config: key=value lines for librdkafka, or NULL */
-} bp_cluster_opts;
+/* What the registry tells the layer above it (the cluster, when serve runs
+ * with --kafka) and asks of it, without knowing Kafka.  A NULL hook: one
+ * node, nothing to tell, the registry does it itself. */
+typedef struct bp_registry_hooks {
+    void *ctx;
+    /* An integration's configuration record, acknowledged before the change
+     * commits here: 0, or -1 with err (nothing changes). */
+    int (*publish_config)(void *ctx, const char *integration, const char *record, size_t len, bp_error *err);
+    /* Integrations came or went. */
+    void (*topics_changed)(void *ctx);
+    /* The delivery pool's lease (which events this node may deliver). */
+    void (*lease)(void *ctx, bp_lease *out);
+    /* An outcome of this node's delivery: shared, and counted when it comes
+     * back to every node (bp_registry_remote_outcome). */
+    void (*outcome)(void *ctx, const char *integration, const bp_stored *ev, const char *line, size_t len,
+                    enum bp_end end, const char *reason);
+    /* A token id spent everywhere: as bp_registry_spend_jti. */
+    int (*spend_jti)(void *ctx, const char *jti, int64_t expires_at);
+    /* At close: stop before the delivery pool stops, release after. */
+    void (*stop)(void *ctx);
+    void (*release)(void *ctx);
+} bp_registry_hooks;
+/* Installed once, before bp_registry_start. */
+void bp_registry_set_hooks(bp_registry *r, const bp_registry_hooks *h);
 
-bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
-/* Rebuild the configuration from the topic, then start reading. */
-int bp_cluster_start(bp_cluster *c, bp_error *err);
-/* Leave the consumer group (in-flight requests finish, offsets committed)
- * and stop reading; then the pool may stop, then bp_cluster_free. */
-void bp_cluster_stop(bp_cluster *c);
-void bp_cluster_free(bp_cluster *c);
-void bp_cluster_lease(bp_cluster *c, bp_lease *out);
-/* Integrations came or went (registry.c): the delivery topics change. */
-void bp_cluster_topics_changed(bp_cluster *c);
-/* Intake: one message with the accepted events (a JSON array); 0 once the
- * broker has acknowledged it. */
-int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *vendor, const char *account,
-                           const char *events, size_t len, int replay, bp_error *err);
-/* An integration's configuration record (registry.c), acknowledged. */
-int bp_cluster_publish_config(bp_cluster *c, const char *integration, const char *record, size_t len, bp_error *err);
-/* bp_registry_spend_jti across the cluster: the first claim written to
- * NAME.sessions wins, whichever node reads it.  0, 1 or -1 as there. */
-int bp_cluster_spend_jti(bp_cluster *c, const char *jti, int64_t expires_at);
-void bp_cluster_outcome(bp_cluster *c, const char *integration, const bp_stored *ev, const char *line, size_t len,
-                        enum bp_end end, const char *reason);
-void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
-/* /healthz's "kafka" object; returns 1 when a broker answers. */
-int bp_cluster_health(bp_cluster *c, bp_buf *out);
-void bp_cluster_metrics(bp_cluster *c, bp_buf *out);
 
-/* intake.c: the parts of request handling that judge untrusted bodies
- * (the HTTP intake and the cluster's delivery topic judge events alike). */
-#define BP_MAX_ADMIN_BODY (64u * 1024u)
-typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, const char *message_id,
-                            const char *why);
-long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
-int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err);
-/* The same within other limits (the editor's 1 MiB bodies). */
-int bp_json_body(const char *body, size_t len, const bp_json_limits *lim, bp_doc *d, bp_error *err);
 /* -1 with err naming the first top-level key of body not in known (NULL-
- * terminated): a misspelled key would otherwise be ignored.  registry.c */
+ * terminated): a misspelled key would otherwise be ignored.  configdoc.c */
 int bp_check_body_keys(const bp_doc *body, const char *const *known, const char *what, bp_error *err);
 bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir, bp_error *err);
 /* Start the delivery pool (`workers` threads) with every integration. */
 int bp_registry_start(bp_registry *r, int workers, bp_error *err);
 void bp_registry_close(bp_registry *r);
-/* With `mu` held. */
+/* What other rooms need of the registry, without its lock: */
+bp_store *bp_registry_store(bp_registry *r);            /* fixed after open */
+bp_pool *bp_registry_pool(bp_registry *r);              /* NULL before start */
+const char *bp_registry_blueprints_dir(bp_registry *r);
+const char *bp_registry_state_dir(bp_registry *r);
+const bp_limits *bp_registry_limits(bp_registry *r);    /* the sandbox budgets of delivery */
+/* The vendor of catalog key `key`, or NULL (takes the lock; vendors stay
+ * for the registry's life). */
+bp_vendor *bp_registry_find_vendor(bp_registry *r, const char *key);
+/* v's running version (a reference the caller drops), or NULL; disk: the
+ * files' revision at the last (re)load; *load_error: a copy of the last
+ * failed load's message (free it), or NULL.  disk and load_error may be NULL. */
+bp_shared_bp *bp_registry_vendor_bp(bp_registry *r, bp_vendor *v, char disk[BP_REVISION_LEN], char **load_error);
+/* it's running blueprint (held, or NULL) and a copy of its config document
+ * (free it; it holds secrets), as one consistent pair. */
+bp_shared_bp *bp_integration_current(bp_integration *it, char **config_json);
+/* Was it deleted (since it was found)? */
+int bp_integration_deleted(bp_integration *it);
+/* fn for each listed integration, with the lock held (read [mu] fields;
+ * call nothing of the registry's). */
+void bp_registry_each(bp_registry *r, void (*fn)(void *ctx, bp_integration *it), void *ctx);
+/* Before start: a rate limit for every account (tests; 0: the blueprints'),
+ * the first retry's delay (0: the default), and on_live, called with a new
+ * Live Events line of it (the lock held: it may only signal). */
+void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms,
+                           void (*on_live)(void *ctx, bp_integration *it), void *on_live_ctx);
+/* fn(ctx) with the registry's lock held, to read [mu] fields of integrations
+ * and vendors consistently: it may write only its own data, and call
+ * nothing of the registry's but bp_registry_vendor. */
+void bp_registry_locked(bp_registry *r, void (*fn)(void *ctx), void *ctx);
+/* fn for each vendor of the catalog, in vendor order, the lock held. */
+void bp_registry_each_vendor(bp_registry *r, void (*fn)(void *ctx, bp_vendor *v), void *ctx);
+/* Live Events: a stream watches it (lines are kept while one does) from
+ * the sequence number returned; then fn for each line past *next_seq (NULL:
+ * dropped from the ring), the lock held; 1 when it has been deleted. */
+uint64_t bp_registry_watch(bp_registry *r, bp_integration *it);
+void bp_registry_unwatch(bp_registry *r, bp_integration *it);
+int bp_registry_live_since(bp_registry *r, bp_integration *it, uint64_t *next_seq,
+                           void (*fn)(void *ctx, const char *line), void *ctx);
+size_t bp_registry_count(bp_registry *r);               /* integrations listed */
+int64_t bp_registry_started_ms(bp_registry *r);         /* wall clock at open: where counts begin */
+void bp_registry_count_events_in(bp_registry *r, long n);
+bp_metrics bp_registry_metrics(bp_registry *r);         /* a snapshot */
+/* The vendor of catalog key `key`, inside bp_registry_locked (or each_vendor). */
 bp_vendor *bp_registry_vendor(bp_registry *r, const char *key);
 /* The integration with a reference the caller releases, or NULL. */
 bp_integration *bp_registry_find(bp_registry *r, const char *id);
@@ -958,14 +1120,16 @@ int bp_registry_audit_list(bp_registry *r, const char *integration, const char *
                            int64_t since, int64_t until, int64_t cursor, int limit, bp_buf *out);
 void bp_registry_audit_purge(bp_registry *r, int days);
 int bp_registry_revisions(bp_registry *r, const bp_integration *it, bp_buf *out);
+/* Reload the vendors whose folders changed (reload.c). */
 void bp_registry_check_reload(bp_registry *r);
 void bp_write_masked_config(bp_buf *out, const bp_blueprint *bp, const char *doc_json);
-/* Cluster mode: apply an integration's record from NAME.integrations; an
- * outcome of any node (from NAME.outcomes) for counters and Live Events. */
+/* Cluster mode: apply an integration's configuration record (as
+ * publish_config gave it, from any node); an outcome of any node (as the
+ * outcome hook gave it) for counters and Live Events. */
 void bp_registry_apply_config(bp_registry *r, const char *record, size_t len);
 void bp_registry_remote_outcome(bp_registry *r, const char *integration, const char *line, size_t len, const char *label,
                                 const char *reason);
-/* `blueprint rotate-key`: see registry.c. */
+/* `blueprint rotate-key`: see sealing.c. */
 int bp_rotate_master_key(const char *state_dir, long *rewrapped, bp_error *err);
 
 /* The web console.  A token id spent (a sign-in link's token taken, a
@@ -973,15 +1137,32 @@ int bp_rotate_master_key(const char *state_dir, long *rewrapped, bp_error *err);
  * node of a cluster), -1 on error (the store, or Kafka).  Kept until
  * expires_at (unix s), durably. */
 int bp_registry_spend_jti(bp_registry *r, const char *jti, int64_t expires_at);
-/* The same, recorded on this node only: what another node spent (cluster.c). */
+/* The same, recorded on this node only: what another node spent (the cluster). */
 int bp_registry_spend_jti_here(bp_registry *r, const char *jti, int64_t expires_at);
 /* Was this token id spent?  Cheap (memory, no store lock): every request asks. */
 int bp_registry_jti_spent(bp_registry *r, const char *jti);
-/* An installed integration's config validated against bp (the editor's
- * edit), or NULL with err; *status 404: no such integration, 400: not one
- * of vendor's, 0: found (NULL then: it does not validate). */
-bp_config *bp_registry_config_of(bp_registry *r, const char *id, const bp_blueprint *bp, const char *vendor,
-                                 int *status, bp_error *err);
+/* Hot reload (reload.c) asks, through these, what it needs.  The
+ * integrations of one vendor with their documents (references held) and,
+ * once validated against a new version, their configs: */
+typedef struct bp_vendor_items {
+    bp_integration **items;
+    char **docs;
+    bp_config **cfgs;
+    size_t n;
+    uint64_t stamp;             /* which integrations, at which revisions (edit_stamp) */
+} bp_vendor_items;
+void bp_registry_vendor_items(bp_registry *r, bp_vendor *v, bp_vendor_items *vi);
+void bp_integration_hold(bp_integration *it);
+/* The i-th vendor of the catalog, NULL past the last. */
+bp_vendor *bp_registry_vendor_at(bp_registry *r, size_t i);
+/* Is rev what runs for v (and nothing was rejected since)? */
+int bp_registry_runs(bp_registry *r, bp_vendor *v, const char *rev);
+/* With admin_mu held (edit_begin): v's revision rev rejected (why shown on
+ * the catalog; the running version stays), or nb (taken) made what v's
+ * integrations vi run, their configs vi->cfgs (taken); and an audit entry. */
+void bp_registry_reject_version(bp_registry *r, bp_vendor *v, const char *rev, const char *why);
+void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, bp_vendor_items *vi);
+void bp_registry_audit_held(bp_registry *r, const bp_claims *who, const char *action, const char *detail);
 /* The editor's saves (editor.c).  Between edit_begin and edit_end admin_mu
  * is held: no install, update, delete or reload interleaves, and the calls
  * below may be made (only then), except edit_check and edit_reload, which
@@ -997,16 +1178,6 @@ uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v);
  * then finds nothing new); running: the revision that runs afterwards. */
 int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
                             bp_error *err);
-/* A blueprint revision (the blueprint_revisions table of server.db). */
-typedef struct bp_edit_rev {
-    int number;                         /* set by record: 1, 2, … per vendor */
-    int64_t created_at;                 /* set by record: ms since the epoch */
-    char actor[128];                    /* set by record */
-    char revision[BP_REVISION_LEN];     /* the folder's fingerprint */
-    const char *message, *diff;         /* diff: unified, against the revision before */
-    const char *changed_json;           /* JSON array of the file names changed */
-    const char *files_json;             /* JSON object: every file's content */
-} bp_edit_rev;
 /* The newest revision's number (0: none) and fingerprint. */
 int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, char revision[BP_REVISION_LEN]);
 /* Record rev (who NULL: "system"); with action, an audit entry too.
@@ -1017,6 +1188,43 @@ int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev
 int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_buf *files_json);
 /* Every revision, newest first, as a JSON array (files: the names changed). */
 int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out);
+
+/* ---- cluster.c: serve --kafka ------------------------------------------------------------- */
+
+typedef struct bp_cluster bp_cluster;
+typedef struct bp_cluster_opts {
+    const char *brokers;        /* bootstrap servers */
+    const char *name;           /* --cluster: consumer group and topic prefix ("blueprint") */
+    const char *topic_mode;     /* "per_integration" (default) or "per_vendor" */
+    const char *node;           /* this node's name in outcomes and logs */
+    int session_timeout_ms;     /* consumer group session (10000) */
+    int partitions;             /* for the topics it creates (12) */
+    const char *config_file;    /* --kafka-config: key=value lines for librdkafka, or NULL */
+} bp_cluster_opts;
+
+/* A cluster plugged into reg (it installs reg's hooks: reg's close stops
+ * and frees it), or NULL with err. */
+bp_cluster *bp_cluster_new(bp_registry *reg, const bp_cluster_opts *o, bp_error *err);
+/* Rebuild the configuration from the topic, then start reading. */
+int bp_cluster_start(bp_cluster *c, bp_error *err);
+/* Intake: one message with the accepted events (a JSON array); 0 once the
+ * broker has acknowledged it. */
+int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *vendor, const char *account,
+                           const char *events, size_t len, int replay, bp_error *err);
+void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row);
+/* /healthz's "kafka" object; returns 1 when a broker answers. */
+int bp_cluster_health(bp_cluster *c, bp_buf *out);
+void bp_cluster_metrics(bp_cluster *c, bp_buf *out);
+
+/* intake.c: the parts of request handling that judge untrusted bodies
+ * (the HTTP intake and the cluster's delivery topic judge events alike). */
+#define BP_MAX_ADMIN_BODY (64u * 1024u)
+typedef int (*bp_intake_fn)(void *ctx, long index, const char *ev, size_t len, const char *message_id,
+                            const char *why);
+long bp_intake_each(const char *body, size_t len, bp_intake_fn fn, void *ctx);
+int bp_admin_body(const char *body, size_t len, bp_doc *d, bp_error *err);
+/* The same within other limits (the editor's 1 MiB bodies). */
+int bp_json_body(const char *body, size_t len, const bp_json_limits *lim, bp_doc *d, bp_error *err);
 
 /* ---- console.c, editor.c: the web console (server.c routes to them) ------------------------- */
 
@@ -1039,6 +1247,9 @@ typedef struct bp_api_result {
     int line;                   /* 0 unknown */
     bp_buf *body;
 } bp_api_result;
+
+/* diff.c: the unified diff of file `name` from a to b (NULL: absent) into out. */
+void bp_diff_file(bp_buf *out, const char *name, const bp_buf *a, const bp_buf *b);
 
 #define BP_EDITOR_MAX_BODY (1024u * 1024u)
 /* The blueprint editor's endpoints: vendor is the catalog key, body the

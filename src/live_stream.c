@@ -78,18 +78,15 @@ void bp_streams_end_session(server *s, const char *jti)
 
 /* Fill st->pending with what the ring holds past next_seq.  Returns 1
  * when the stream has ended (deleted, or the server stops). */
+static void add_line(void *ctx, const char *line)
+{
+    stream *st = ctx;
+    bp_buf_printf(&st->pending, "event: outcome\ndata: %s\n\n", line ? line : "{}");
+}
+
 static int take_lines(stream *st)
 {
-    bp_registry *reg = st->s->reg;
-    pthread_mutex_lock(&reg->mu);
-    int ended = st->it->deleted;
-    if (st->it->live_seq > st->next_seq + BP_LIVE_RING) st->next_seq = st->it->live_seq - BP_LIVE_RING;
-    for (; st->next_seq < st->it->live_seq; st->next_seq++) {
-        const char *line = st->it->live ? st->it->live[st->next_seq % BP_LIVE_RING] : NULL;
-        bp_buf_printf(&st->pending, "event: outcome\ndata: %s\n\n", line ? line : "{}");
-    }
-    pthread_mutex_unlock(&reg->mu);
-    return ended;
+    return bp_registry_live_since(st->s->reg, st->it, &st->next_seq, add_line, st);
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
@@ -140,13 +137,7 @@ static void stream_free(void *cls)
     pthread_mutex_lock(&s->streams_mu);
     for (stream **p = &s->streams; *p; p = &(*p)->next) if (*p == st) { *p = st->next; break; }
     pthread_mutex_unlock(&s->streams_mu);
-    pthread_mutex_lock(&s->reg->mu);
-    if (--st->it->watchers == 0 && st->it->live) {   /* the ring is for watchers only */
-        for (int i = 0; i < BP_LIVE_RING; i++) free(st->it->live[i]);
-        free(st->it->live);
-        st->it->live = NULL;
-    }
-    pthread_mutex_unlock(&s->reg->mu);
+    bp_registry_unwatch(s->reg, st->it);
     bp_integration_release(st->it);
     bp_buf_free(&st->pending);
     free(st);
@@ -161,10 +152,7 @@ enum MHD_Result bp_api_open_stream(call *k)
     st->it = k->it;
     memcpy(st->jti, k->who.jti, sizeof st->jti);
     k->it = NULL;   /* the stream keeps the reference */
-    pthread_mutex_lock(&k->s->reg->mu);
-    st->next_seq = st->it->live_seq;
-    st->it->watchers++;
-    pthread_mutex_unlock(&k->s->reg->mu);
+    st->next_seq = bp_registry_watch(k->s->reg, st->it);
     st->last_write_ms = bp_monotonic_ms();
     bp_buf_init(&st->pending);
     bp_buf_adds(&st->pending, ": live events; one 'outcome' event per judged event ('retrying' while it waits)\n\n");

@@ -137,10 +137,9 @@ struct verify_job {
  * the checks when the blueprint has a verify: mapping. */
 void bp_defer_for_checks(call *k, bp_integration *it)
 {
-    bp_registry *reg = k->s->reg;
-    pthread_mutex_lock(&reg->mu);
-    int has = it->vendor->bp && it->vendor->bp->bp->has_verify;
-    pthread_mutex_unlock(&reg->mu);
+    bp_shared_bp *sbp = bp_registry_vendor_bp(k->s->reg, it->vendor, NULL, NULL);
+    int has = sbp && sbp->bp->has_verify;
+    bp_shared_bp_drop(sbp);
     if (!has || k->cn->job) return;
     verify_job *j = calloc(1, sizeof *j);
     if (!j) return;   /* answered without checks */
@@ -747,16 +746,13 @@ static int serve_open(server *s, const bp_serve_opts *o, bp_error *err)
     s->expect.audience = o->jwt_audience && *o->jwt_audience ? o->jwt_audience : NULL;
     bp_console_dir(o->console_dir, o->blueprints_dir, s->console_dir, sizeof s->console_dir);
     if (!(s->reg = bp_registry_open(o->blueprints_dir, o->state_dir, err))) return -1;
-    s->reg->rate_limit_rps = o->rate_limit_rps;
-    s->reg->retry_base_ms = o->retry_base_ms;
-    s->reg->on_live = bp_streams_on_live;
-    s->reg->on_live_ctx = s;
+    bp_registry_configure(s->reg, o->rate_limit_rps, o->retry_base_ms, bp_streams_on_live, s);
     if (o->kafka_brokers && *o->kafka_brokers) {
         char node[300];
         node_name(o, node, sizeof node);
         bp_cluster_opts co = { o->kafka_brokers, o->cluster_name, o->topic_mode, node, o->kafka_session_timeout_ms,
                                o->kafka_partitions, o->kafka_config };
-        if (!(s->reg->cluster = bp_cluster_new(s->reg, &co, err))) { bp_registry_close(s->reg); return -1; }
+        if (!(s->cluster = bp_cluster_new(s->reg, &co, err))) { bp_registry_close(s->reg); return -1; }
     }
     return 0;
 }
@@ -857,7 +853,7 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
         return serve_failed(err);
     }
     serve_plan p = plan_of(o);
-    if (bp_registry_start(s.reg, p.workers, err) < 0 || (s.reg->cluster && bp_cluster_start(s.reg->cluster, err) < 0) ||
+    if (bp_registry_start(s.reg, p.workers, err) < 0 || (s.cluster && bp_cluster_start(s.cluster, err) < 0) ||
         pool_start(&s, p.editor_workers, p.editor_queue, err) < 0) {
         pool_stop(&s);
         bp_registry_close(s.reg);
@@ -882,11 +878,9 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     bp_json_write_text(&f, o->state_dir, strlen(o->state_dir));
     bp_buf_adds(&f, ",\"console\":");
     bp_json_write_text(&f, s.console_dir, strlen(s.console_dir));
-    pthread_mutex_lock(&s.reg->mu);
     bp_buf_printf(&f, ",\"integrations\":%zu,\"delivery_threads\":%d,\"http_threads\":%d,\"editor_workers\":%d,"
-                  "\"editor_queue\":%d,\"request_time_limit_s\":%.0f", s.reg->n, p.workers, p.http_threads,
-                  p.editor_workers, p.editor_queue, s.request_limit_ms / 1000);
-    pthread_mutex_unlock(&s.reg->mu);
+                  "\"editor_queue\":%d,\"request_time_limit_s\":%.0f", bp_registry_count(s.reg), p.workers,
+                  p.http_threads, p.editor_workers, p.editor_queue, s.request_limit_ms / 1000);
     bp_log("info", "serving", f.data);
     bp_buf_free(&f);
 

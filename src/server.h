@@ -38,6 +38,7 @@ typedef struct editor_pool {
 
 typedef struct server {
     bp_registry *reg;
+    bp_cluster *cluster;          /* --kafka: the cluster (the registry closes it), else NULL */
     char secret[200];
     bp_jwt_expect expect;         /* iss / aud a token must carry, when configured */
     char console_dir[4096];       /* the web console's files */
@@ -112,6 +113,8 @@ void bp_defer_for_checks(call *k, bp_integration *it);
 /* ---- admin_api.c: the Management API's integrations, catalog and audit log ---- */
 void bp_write_str(bp_buf *b, const char *key, const char *v, int comma);
 void bp_write_blueprint_state(bp_buf *b, const bp_vendor *v);
+/* The same, taking the registry's lock. */
+void bp_write_blueprint_state_of(bp_registry *reg, bp_buf *b, const bp_vendor *v);
 int bp_api_health_state(const bp_integration *it);
 void bp_api_catalog(call *k);
 void bp_api_catalog_vendor(call *k);

@@ -195,19 +195,15 @@ int bp_verify(const bp_blueprint *bp, const bp_config *cfg, long timeout_ms, bp_
 
 int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out)
 {
-    bp_registry *reg = it->registry;
-    pthread_mutex_lock(&reg->mu);
-    bp_shared_bp *sbp = it->vendor->bp;
-    char *json = it->config_json ? strdup(it->config_json) : NULL;
-    if (sbp) bp_shared_bp_hold(sbp);
-    pthread_mutex_unlock(&reg->mu);
+    char *json;
+    bp_shared_bp *sbp = bp_integration_current(it, &json);
     int rc = -1;
     bp_error err;
     bp_config *cfg = sbp && json ? bp_config_load_text(sbp->bp, json, strlen(json), "stored config", &err) : NULL;
     if (cfg) {
         char account[600];
         bp_account_key(sbp->bp, cfg, it->id, account, sizeof account);
-        rc = verify_paced(sbp->bp, cfg, timeout_ms, reg->pool, account, out);
+        rc = verify_paced(sbp->bp, cfg, timeout_ms, bp_registry_pool(it->registry), account, out);
     }
     bp_config_free(cfg);
     if (json) { memset(json, 0, strlen(json)); free(json); }   /* it held the secrets */
@@ -218,7 +214,8 @@ int bp_integration_verify(bp_integration *it, long timeout_ms, bp_buf *out)
         if (fail) {
             bp_buf f;
             bp_buf_init(&f);
-            bp_buf_printf(&f, "\"integration_id\":\"%s\",\"checks\":", it->id);
+            bp_log_field(&f, "integration_id", it->id);
+            bp_buf_adds(&f, ",\"checks\":");   /* a JSON array, as it is */
             bp_buf_add(&f, out->data, out->len);
             bp_log("warn", "integration check failed", f.data);
             bp_buf_free(&f);

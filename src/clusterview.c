@@ -1,0 +1,300 @@
+/*
+ * clusterview.c — the viewer: every node reads the whole cluster's
+ * configuration (NAME.integrations, applied to the registry), spent console
+ * token ids (NAME.sessions) and outcomes (NAME.outcomes: stored, counted,
+ * shown in Live Events), every partition, outside any consumer group.
+ */
+#include "cluster.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the viewer: configuration and outcomes of the whole cluster -------------------------------- */
+
+static int partitions_of(bp_cluster *c, rd_kafka_t *rk, const char *topic, int *n, bp_error *err)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    double until = bp_monotonic_ms() + 30000;
+    *n = 0;
+    while (!*n && bp_monotonic_ms() < until && !cluster_stopping(c)) {
+        rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t, &md, 2000);
+        if (!e && md->topic_cnt == 1 && !md->topics[0].err) *n = md->topics[0].partition_cnt;
+        else if (!e && md->topic_cnt == 1) bp_error_set(err, "%s", rd_kafka_err2str(md->topics[0].err));
+        else bp_error_set(err, "%s", rd_kafka_err2str(e));
+        if (md) { rd_kafka_metadata_destroy(md); md = NULL; }
+        if (!*n) usleep(300 * 1000);
+    }
+    rd_kafka_topic_destroy(t);
+    if (*n > MAX_VIEW_PARTS) *n = MAX_VIEW_PARTS;
+    if (*n) return 0;
+    char why[sizeof err->msg];
+    snprintf(why, sizeof why, "%s", err->msg);
+    bp_error_set(err, "Kafka at %s: no partitions for topic %s within 30 s (%s); are the brokers up, and may this "
+                 "client create or read the topic?", c->brokers, topic, why);
+    return -1;
+}
+
+static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *store)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    if (bp_json_parse(&d, m->payload, m->len, NULL, &err) < 0 || d.nodes[0].type != BP_JOBJECT) {
+        cluster_log_kafka("error", "kafka: an outcome record is not JSON; skipped", c->t_outcomes, m->partition, err.msg);
+        bp_doc_free(&d);
+        return;
+    }
+    const char *id = bp_jscalar(&d, bp_jget(&d, 0, "integration_id"));
+    const char *label = bp_jscalar(&d, bp_jget(&d, 0, "label"));
+    const char *state = bp_jscalar(&d, bp_jget(&d, 0, "state"));
+    uint32_t line = bp_jget(&d, 0, "outcome"), src = bp_jget(&d, 0, "source"), ev = bp_jget(&d, 0, "event");
+    if (!id || !label || !state || line == BP_NONE) { bp_doc_free(&d); return; }
+    bp_buf text;
+    bp_buf_init(&text);
+    bp_json_write_node(&text, &d, line);
+    const char *reason = bp_jscalar(&d, bp_jget(&d, 0, "reason"));
+    /* final outcomes are stored (Live Events, dead letters, and what a node
+     * taking the partition over must not deliver again); the others are
+     * only shown */
+    if (d.nodes[bp_jget(&d, 0, "final")].type == BP_JTRUE && src != BP_NONE) {
+        const char *topic = bp_jscalar(&d, bp_jget(&d, src, "topic"));
+        const char *part = bp_jscalar(&d, bp_jget(&d, src, "partition"));
+        const char *off = bp_jscalar(&d, bp_jget(&d, src, "offset"));
+        const char *idx = bp_jscalar(&d, bp_jget(&d, src, "index"));
+        if (topic && part && off && idx) {
+            bp_buf body;
+            bp_buf_init(&body);
+            if (ev != BP_NONE) bp_json_write_node(&body, &d, ev);
+            uint32_t resp = bp_jget(&d, line, "response");
+            const char *rtext = resp != BP_NONE ? bp_jscalar(&d, resp) : NULL;
+            const char *status = bp_jscalar(&d, bp_jget(&d, line, "status"));
+            const char *attempts = bp_jscalar(&d, bp_jget(&d, 0, "attempts"));
+            const char *at = bp_jscalar(&d, bp_jget(&d, 0, "at"));
+            bp_source s = { topic, atoi(part), atoll(off), atoi(idx), 0 };
+            bp_store_row row;
+            memset(&row, 0, sizeof row);
+            row.message_id = bp_jscalar(&d, bp_jget(&d, line, "message_id"));   /* any of bp_message_id_keys */
+            row.attempts = attempts ? atoi(attempts) : 0;
+            row.last_status = status ? atoi(status) : 0;
+            row.reason = reason;
+            row.response = rtext;
+            row.outcome = text.data;
+            row.updated_at = at ? atoll(at) : (int64_t)bp_wall_ms();
+            row.body = body.len ? body.data : NULL;
+            row.state = state;
+            if (bp_store_record(store, id, &s, &row) < 0)
+                cluster_log_kafka("error", "could not store another node's outcome", topic, s.partition, NULL);
+            bp_buf_free(&body);
+        }
+    }
+    bp_registry_remote_outcome(c->reg, id, text.data, text.len, label, reason ? reason : "");
+    bp_buf_free(&text);
+    bp_doc_free(&d);
+}
+
+/* A claim on a console token id (cluster.c's spend_jti), of any node: the jti
+ * is spent here too, and the claim marked won when it is the jti's first. */
+static void view_session(bp_cluster *c, const rd_kafka_message_t *m)
+{
+    bp_doc d;
+    bp_error err;
+    bp_doc_init(&d);
+    const char *jti = NULL, *claim = NULL, *exp = NULL;
+    if (bp_json_parse(&d, m->payload, m->len, NULL, &err) == 0 && d.nodes[0].type == BP_JOBJECT) {
+        jti = bp_jscalar(&d, bp_jget(&d, 0, "jti"));
+        claim = bp_jscalar(&d, bp_jget(&d, 0, "claim"));
+        exp = bp_jscalar(&d, bp_jget(&d, 0, "expires_at"));
+    }
+    if (!jti || !claim || !exp) {
+        cluster_log_kafka("error", "kafka: a console token id record is not {jti, claim, expires_at}; skipped", c->t_sessions,
+                  m->partition, NULL);
+    } else {
+        int first = bp_registry_spend_jti_here(c->reg, jti, atoll(exp));
+        if (first == 0) bp_jti_set_add(c->won, claim, atoll(exp), (int64_t)(bp_wall_ms() / 1000));
+        else if (first < 0) cluster_log_kafka("error", "kafka: could not store a spent console token id", c->t_sessions,
+                                      m->partition, NULL);
+    }
+    bp_doc_free(&d);
+}
+
+typedef struct view_batch {
+    rd_kafka_message_t *msgs[BATCH];
+    int n;
+} view_batch;
+
+static void view_apply(bp_cluster *c, view_batch *b)
+{
+    bp_store *store = c->store;
+    int has_outcomes = 0;
+    for (int i = 0; i < b->n; i++)
+        if (!strcmp(rd_kafka_topic_name(b->msgs[i]->rkt), c->t_outcomes)) has_outcomes = 1;
+    int began = has_outcomes && bp_store_begin(store) == 0;
+    for (int i = 0; i < b->n; i++) {
+        rd_kafka_message_t *m = b->msgs[i];
+        const char *topic = rd_kafka_topic_name(m->rkt);
+        if (!strcmp(topic, c->t_config)) {
+            if (m->payload) bp_registry_apply_config(c->reg, m->payload, m->len);
+        } else if (!strcmp(topic, c->t_sessions)) {
+            if (m->payload) view_session(c, m);
+        } else if (began && m->payload) {
+            view_outcome(c, m, store);
+        }
+    }
+    /* a store that refuses writes: the outcomes are applied again from the
+     * same offsets (positions do not move) */
+    int ok = !has_outcomes || (began && bp_store_commit(store, 1) == 0);
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < b->n; i++) {
+        rd_kafka_message_t *m = b->msgs[i];
+        const char *topic = rd_kafka_topic_name(m->rkt);
+        if (m->partition < 0 || m->partition >= MAX_VIEW_PARTS) continue;
+        if (!strcmp(topic, c->t_config)) c->config_pos[m->partition] = m->offset + 1;
+        else if (!strcmp(topic, c->t_sessions)) c->sessions_pos[m->partition] = m->offset + 1;
+        else if (ok) c->view_pos[m->partition] = m->offset + 1;
+    }
+    pthread_cond_broadcast(&c->applied);
+    pthread_mutex_unlock(&c->mu);
+    if (!ok) {
+        /* read them again: seek each outcomes partition back to what was applied */
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(c->nview);
+        pthread_mutex_lock(&c->mu);
+        for (int p = 0; p < c->nview; p++)
+            rd_kafka_topic_partition_list_add(l, c->t_outcomes, p)->offset =
+                c->view_pos[p] >= 0 ? c->view_pos[p] : RD_KAFKA_OFFSET_BEGINNING;
+        pthread_mutex_unlock(&c->mu);
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(c->viewer, l, 2000);
+        if (e) rd_kafka_error_destroy(e);
+        rd_kafka_topic_partition_list_destroy(l);
+        usleep(200 * 1000);
+    }
+    for (int i = 0; i < b->n; i++) rd_kafka_message_destroy(b->msgs[i]);
+    b->n = 0;
+}
+
+void *cluster_viewer_main(void *arg)
+{
+    bp_cluster *c = arg;
+    view_batch b = { { 0 }, 0 };
+    while (!cluster_stopping(c)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c->viewer, 100);
+        double until = bp_monotonic_ms() + 5;
+        while (m) {
+            if (m->err) {
+                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                    cluster_log_kafka("warn", "kafka: reading the cluster's topics", NULL, -1, rd_kafka_message_errstr(m));
+                rd_kafka_message_destroy(m);
+            } else {
+                b.msgs[b.n++] = m;
+            }
+            if (b.n == BATCH || bp_monotonic_ms() > until) break;
+            m = rd_kafka_consumer_poll(c->viewer, 0);
+        }
+        if (b.n) view_apply(c, &b);
+    }
+    return NULL;
+}
+
+/* The viewer reads NAME.integrations and NAME.sessions from their beginning
+ * and NAME.outcomes from where this node's store has applied it (from the
+ * beginning on an empty store), every partition, no consumer group. */
+int cluster_start_viewer(bp_cluster *c, bp_error *err)
+{
+    rd_kafka_conf_t *conf = cluster_base_conf(c, err);
+    if (!conf) return -1;
+    char gid[300];
+    snprintf(gid, sizeof gid, "%s.viewer.%s", c->name, c->node);   /* never joins: assign only */
+    if (cluster_set_conf(conf, "group.id", gid, err) < 0 || cluster_set_conf(conf, "enable.auto.commit", "false", err) < 0 ||
+        cluster_set_conf(conf, "enable.auto.offset.store", "false", err) < 0 ||
+        cluster_set_conf(conf, "fetch.wait.max.ms", "50", err) < 0 || cluster_set_conf(conf, "enable.partition.eof", "false", err) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    char e[512];
+    if (!(c->viewer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e))) { bp_error_set(err, "kafka: %s", e); return -1; }
+    int nout;
+    if (partitions_of(c, c->viewer, c->t_config, &c->config_parts, err) < 0 ||
+        partitions_of(c, c->viewer, c->t_outcomes, &nout, err) < 0 ||
+        partitions_of(c, c->viewer, c->t_sessions, &c->sessions_parts, err) < 0)
+        return -1;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(c->config_parts + nout + c->sessions_parts);
+    for (int p = 0; p < c->config_parts; p++) {
+        rd_kafka_topic_partition_list_add(l, c->t_config, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+        int64_t lo = 0, hi = 0;
+        rd_kafka_query_watermark_offsets(c->viewer, c->t_config, p, &lo, &hi, 5000);
+        c->config_end[p] = hi;
+        c->config_pos[p] = 0;
+    }
+    for (int p = 0; p < c->sessions_parts; p++) {
+        rd_kafka_topic_partition_list_add(l, c->t_sessions, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+        int64_t lo = 0, hi = 0;
+        rd_kafka_query_watermark_offsets(c->viewer, c->t_sessions, p, &lo, &hi, 5000);
+        c->sessions_end[p] = hi;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->nview = nout;
+    for (int p = 0; p < nout; p++) {
+        char key[300];
+        snprintf(key, sizeof key, "kafka.view.%s.%d", c->t_outcomes, p);
+        char *v = bp_store_meta_get(c->store, "", key);
+        c->view_pos[p] = v ? atoll(v) : 0;
+        free(v);
+        rd_kafka_topic_partition_list_add(l, c->t_outcomes, p)->offset =
+            c->view_pos[p] > 0 ? c->view_pos[p] : RD_KAFKA_OFFSET_BEGINNING;
+    }
+    pthread_mutex_unlock(&c->mu);
+    rd_kafka_resp_err_t r = rd_kafka_assign(c->viewer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (r) { bp_error_set(err, "kafka: cannot read %s: %s", c->t_outcomes, rd_kafka_err2str(r)); return -1; }
+    return 0;
+}
+
+/* Save how far the viewer has applied NAME.outcomes (restart resumes there). */
+void cluster_save_view_positions(bp_cluster *c)
+{
+    int64_t pos[MAX_VIEW_PARTS];
+    pthread_mutex_lock(&c->mu);
+    int n = c->nview;
+    memcpy(pos, c->view_pos, sizeof pos);
+    pthread_mutex_unlock(&c->mu);
+    for (int p = 0; p < n; p++) {
+        if (pos[p] <= 0) continue;
+        char key[300], v[32];
+        snprintf(key, sizeof key, "kafka.view.%s.%d", c->t_outcomes, p);
+        snprintf(v, sizeof v, "%lld", (long long)pos[p]);
+        bp_store_meta_set(c->store, "", key, v);
+    }
+}
+
+/* Wait until the viewer has applied NAME.outcomes up to its end as of now
+ * (a node about to read partitions another node delivered from). */
+void cluster_catch_up_outcomes(bp_cluster *c)
+{
+    int64_t hi[MAX_VIEW_PARTS];
+    pthread_mutex_lock(&c->mu);
+    int n = c->nview;
+    pthread_mutex_unlock(&c->mu);
+    for (int p = 0; p < n; p++) {
+        int64_t lo = 0;
+        hi[p] = 0;
+        if (rd_kafka_query_watermark_offsets(c->producer, c->t_outcomes, p, &lo, &hi[p], 3000))
+            hi[p] = 0;   /* unknown: nothing to wait for (the broker is away; reading waits anyway) */
+    }
+    double until = bp_monotonic_ms() + CATCHUP_WAIT_MS;
+    for (;;) {
+        int behind = 0;
+        pthread_mutex_lock(&c->mu);
+        for (int p = 0; p < n; p++) if (c->view_pos[p] < hi[p]) behind = 1;
+        pthread_mutex_unlock(&c->mu);
+        if (!behind) return;
+        if (bp_monotonic_ms() > until || cluster_stopping(c)) {
+            cluster_log_kafka("warn", "kafka: outcomes not caught up before reading new partitions; events finished by "
+                      "their previous owner after its last commit may be delivered again", c->t_outcomes, -1, NULL);
+            return;
+        }
+        usleep(20 * 1000);
+    }
+}

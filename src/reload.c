@@ -1,0 +1,157 @@
+/*
+ * reload.c — hot reload: a vendor's blueprint folder changed on disk (the
+ * watcher's signature check) or was saved by the console's editor; the new
+ * version is compiled without any lock held (its code runs), then, under
+ * the registry's admin lock, checked against every installed config of the
+ * vendor (catalog.c) and switched to, or rejected with the running version
+ * kept.  It sits above the registry and uses only its functions.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void items_free(bp_vendor_items *vi)
+{
+    for (size_t k = 0; k < vi->n; k++) {
+        bp_config_free(vi->cfgs[k]);
+        free(vi->docs[k]);
+        bp_integration_release(vi->items[k]);
+    }
+    free(vi->items);
+    free(vi->docs);
+    free(vi->cfgs);
+}
+
+/* vi's configs validated against nb, secrets kept as the running version
+ * has them (bp_catalog_validate). */
+static int validate_items(bp_registry *r, bp_vendor *v, const bp_blueprint *nb, bp_vendor_items *vi, bp_error *err)
+{
+    bp_shared_bp *running = bp_registry_vendor_bp(r, v, NULL, NULL);
+    int rc = bp_catalog_validate(running ? running->bp : NULL, nb, vi->items, vi->docs, vi->cfgs, vi->n, err);
+    bp_shared_bp_drop(running);
+    return rc;
+}
+
+/* The version of revision rev was not taken: why, in the log and the audit log. */
+static void log_rejected(bp_registry *r, bp_vendor *v, const char *rev, int had, const bp_claims *who, const char *why)
+{
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_log_field(&f, "blueprint", v->dir);
+    bp_log_field(&f, "revision", rev);
+    bp_log_field(&f, "error", why);
+    bp_log("error", had ? "blueprint change rejected; the previous version keeps running" : "blueprint failed to load",
+           f.data);
+    bp_buf_free(&f);
+    bp_buf what;
+    bp_buf_init(&what);
+    bp_buf_printf(&what, "%s: revision %s rejected, the previous version keeps running: ", v->dir, rev);
+    bp_buf_adds(&what, why);
+    bp_registry_audit_held(r, who, "blueprint.reload", what.data);
+    bp_buf_free(&what);
+}
+
+static void log_reloaded(bp_registry *r, bp_vendor *v, const char *rev, size_t n, const bp_claims *who)
+{
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_log_field(&f, "blueprint", v->dir);
+    bp_log_field(&f, "revision", rev);
+    bp_log("info", "blueprint reloaded", f.data);
+    bp_buf_free(&f);
+    bp_buf what;
+    bp_buf_init(&what);
+    bp_buf_printf(&what, "%s: revision %s reloaded for %zu integrations", v->dir, rev, n);
+    bp_registry_audit_held(r, who, "blueprint.reload", what.data);
+    bp_buf_free(&what);
+}
+
+/* Switch v's integrations to nb (compiled from the files of revision rev),
+ * once every installed config validates against it; or, nb NULL or a
+ * config refused, keep the running version (saying why everywhere it
+ * shows).  Takes nb.  admin_mu held, so no install, update or delete slips
+ * in between; who: the actor (NULL: the file watcher). */
+static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, const bp_claims *who,
+                         bp_error *err)
+{
+    if (bp_registry_runs(r, v, rev)) { bp_blueprint_free(nb); return 0; }   /* another reload switched already */
+    bp_shared_bp *running = bp_registry_vendor_bp(r, v, NULL, NULL);
+    int had = running != NULL;
+    bp_shared_bp_drop(running);
+    bp_vendor_items vi;
+    bp_registry_vendor_items(r, v, &vi);
+    if (nb && validate_items(r, v, nb, &vi, err) < 0) { bp_blueprint_free(nb); nb = NULL; }
+    if (!nb) {
+        bp_registry_reject_version(r, v, rev, err->msg);
+        log_rejected(r, v, rev, had, who, err->msg);
+    } else {
+        bp_registry_switch_version(r, v, nb, rev, &vi);
+        log_reloaded(r, v, rev, vi.n, who);
+    }
+    items_free(&vi);
+    return nb ? 0 : -1;
+}
+
+/* Load v's files and switch to them, or keep the running version.  Called
+ * without admin_mu: the files are compiled first, unlocked, then admin_mu
+ * is taken only to check that the folder is still what was compiled (else
+ * it is compiled again: an edit came meanwhile) and to switch. */
+static int reload(bp_registry *r, bp_vendor *v, const bp_claims *who, bp_error *err)
+{
+    for (int attempt = 0;; attempt++) {
+        char rev[BP_REVISION_LEN], now[BP_REVISION_LEN];
+        bp_blueprint_revision(v->dir, rev);   /* before loading: a later edit is another reload */
+        /* the files' contents are what runs (the console's editor reloaded them
+         * already, or only a modification time changed) */
+        if (bp_registry_runs(r, v, rev)) return 0;
+        bp_blueprint *nb = bp_catalog_compile(v->dir, err);
+        bp_registry_edit_begin(r);
+        bp_blueprint_revision(v->dir, now);
+        /* still changing after a few tries: judge what was compiled; the
+         * watcher sees the later change and reloads again */
+        if (strcmp(now, rev) != 0 && attempt < 3) {
+            bp_registry_edit_end(r);
+            bp_blueprint_free(nb);
+            continue;
+        }
+        int rc = switch_locked(r, v, nb, rev, who, err);
+        bp_registry_edit_end(r);
+        return rc;
+    }
+}
+
+void bp_registry_check_reload(bp_registry *r)
+{
+    bp_vendor *v;
+    for (size_t i = 0; (v = bp_registry_vendor_at(r, i)); i++) {
+        uint64_t sig = bp_folder_signature(v->dir);
+        if (sig == v->signature) continue;
+        v->signature = sig;
+        bp_error err;
+        reload(r, v, NULL, &err);
+    }
+}
+
+int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err)
+{
+    bp_vendor_items vi;
+    bp_registry_vendor_items(r, v, &vi);
+    *stamp = vi.stamp;
+    bp_blueprint *nb = bp_catalog_compile(dir, err);
+    int rc = nb && validate_items(r, v, nb, &vi, err) == 0 ? 0 : -1;
+    items_free(&vi);
+    bp_blueprint_free(nb);
+    return rc;
+}
+
+int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
+                            bp_error *err)
+{
+    int rc = reload(r, v, who, err);
+    bp_shared_bp *sbp = bp_registry_vendor_bp(r, v, NULL, NULL);
+    snprintf(running, BP_REVISION_LEN, "%s", sbp ? sbp->revision : "");
+    bp_shared_bp_drop(sbp);
+    return rc;
+}
