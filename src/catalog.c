@@ -6,7 +6,7 @@
  * changes type or destination).  The registry owns the vendors once loaded
  * and decides when to switch (hot reload, the editor's saves).
  */
-#include "internal.h"
+#include "service.h"
 
 #include <dirent.h>
 #include <stdio.h>

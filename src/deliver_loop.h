@@ -15,7 +15,7 @@
 #ifndef BP_DELIVER_LOOP_H
 #define BP_DELIVER_LOOP_H
 
-#include "internal.h"
+#include "service.h"
 
 #include <pthread.h>
 

@@ -18,7 +18,7 @@
  * runs the dry-run, test, save and rollback calls in its editor pool, off
  * the HTTP threads.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <ctype.h>
 #include <dirent.h>

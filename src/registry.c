@@ -23,7 +23,7 @@
  * the pool a new config (or a removal) and return; the loop serving the
  * integration applies it between requests.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
