@@ -18,7 +18,7 @@
 /* A cheap fingerprint of a blueprint folder: names, sizes and mtimes. */
 uint64_t bp_folder_signature(const char *dir)
 {
-    uint64_t h = 1469598103934665603ULL;   /* any seed: compared only with itself */
+    uint64_t h = BP_FNV1A_BASIS;   /* any seed would do: compared only with itself */
     DIR *d = opendir(dir);
     if (!d) return 0;
     struct dirent *e;
