@@ -37,7 +37,7 @@ int bp_end_of_label(const char *label)
     return -1;
 }
 
-void bp_dl_count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
+void bp_dl_count(_Atomic long *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
 
 uint64_t bp_dl_hash_text(const char *s)
 {
@@ -216,7 +216,7 @@ void bp_dl_finish(loop *l, job *j, enum bp_end end)
     if (end != BP_END_HELD) bp_cache_settle(l->cache, (uint64_t)j->ev.id, end == BP_END_DELIVERED || end == BP_END_DROPPED);
     bp_dl_write_line(l, j, end);
     t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, end, j->out.reason.data ? j->out.reason.data : "");
-    long *counter[BP_END_COUNT] = { &t->st->delivered, &t->st->dropped, &t->st->errors, &t->st->dead, &t->st->held, NULL };
+    _Atomic long *counter[BP_END_COUNT] = { &t->st->delivered, &t->st->dropped, &t->st->errors, &t->st->dead, &t->st->held, NULL };
     if (counter[end]) bp_dl_count(counter[end]);
     j->state = bp_ends[end].state;
     j->final = 1;

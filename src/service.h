@@ -230,10 +230,10 @@ typedef struct bp_sink {
     void (*health)(void *ctx, const bp_health *h);
 } bp_sink;
 
-/* What a loop counts per integration: written with atomic adds, read with
- * __atomic_load_n. */
+/* What a loop counts per integration: written by its loop (relaxed atomic
+ * adds), read by API threads (relaxed loads: counters, no ordering). */
 typedef struct bp_counts {
-    long delivered, dropped, errors, dead, held, requests, retries, rate_limited;
+    _Atomic long delivered, dropped, errors, dead, held, requests, retries, rate_limited;
 } bp_counts;
 
 /* One integration handed to the pool.  The pool holds `bp` and owns `cfg`
