@@ -1,5 +1,5 @@
 /*
- * editor.c — the web console's blueprint editor (issue 11): a blueprint
+ * editor.c — the web console's blueprint editor (docs/serve.md, The web console): a blueprint
  * folder's files, the dry-run and the fixtures of an edit not yet saved,
  * saves that become blueprint revisions, and rollback to one of them.
  *

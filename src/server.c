@@ -1,6 +1,6 @@
 /*
  * server.c — `blueprint serve`: the Management API, event intake, Live
- * Events and operations endpoints over libmicrohttpd (DESIGN.md §8).
+ * Events and operations endpoints over libmicrohttpd (docs/serve.md).
  * This file is the HTTP plumbing: the daemon and its threads, the route
  * table, replies, the auth of a request, the editor's pool and the install
  * checks' parked connections.  The handlers live in files named for what
