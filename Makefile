@@ -80,7 +80,7 @@ CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)
 CORE_OBJS := $(CORE_ONLY:%=build/obj/%.o)
 NET_OBJS  := $(NET:%=build/obj/%.o) build/obj/cli-service.o
-HDRS    := $(PUBLIC_HDRS) src/internal.h src/server.h src/cluster.h src/engine_state.h src/deliver_loop.h
+HDRS    := $(PUBLIC_HDRS) src/internal.h src/service.h src/server.h src/cluster.h src/engine_state.h src/deliver_loop.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
             libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \

@@ -46,6 +46,9 @@ typedef struct bp_deliver_opts {
     /* Service mode: keep running and pick up events added to the store by
      * others until *stop becomes non-zero; then finish what is in flight. */
     int follow;
+    /* Set from a signal handler, read by the loop: volatile int (the type a
+     * handler may write, and one a C++ embedder can declare), not a C11
+     * atomic, which this public header cannot require. */
     volatile int *stop;
 } bp_deliver_opts;
 

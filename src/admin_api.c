@@ -153,9 +153,9 @@ static void write_delivery(bp_buf *b, const bp_integration *it, int running)
     bp_buf_printf(b, ",\"delivery\":{\"running\":%s,\"delivered\":%ld,\"dropped\":%ld,\"errors\":%ld,"
                   "\"dead_lettered\":%ld,\"held\":%ld,\"retries\":%ld,\"counted_since\":%lld",
                   running ? "true" : "false",
-                  __atomic_load_n(&st->delivered, __ATOMIC_RELAXED), __atomic_load_n(&st->dropped, __ATOMIC_RELAXED),
-                  __atomic_load_n(&st->errors, __ATOMIC_RELAXED), __atomic_load_n(&st->dead, __ATOMIC_RELAXED),
-                  __atomic_load_n(&st->held, __ATOMIC_RELAXED), __atomic_load_n(&st->retries, __ATOMIC_RELAXED),
+                  atomic_load_explicit(&st->delivered, memory_order_relaxed), atomic_load_explicit(&st->dropped, memory_order_relaxed),
+                  atomic_load_explicit(&st->errors, memory_order_relaxed), atomic_load_explicit(&st->dead, memory_order_relaxed),
+                  atomic_load_explicit(&st->held, memory_order_relaxed), atomic_load_explicit(&st->retries, memory_order_relaxed),
                   (long long)bp_registry_started_ms(it->registry));
     long hour[BP_RECENT_ENDS];
     bp_recent_sum(it->recent, (int64_t)bp_wall_ms(), hour);

@@ -4,7 +4,7 @@
  * Never a secret's value, only that it changed.  Callers serialise writes
  * (the registry's admin lock).
  */
-#include "internal.h"
+#include "service.h"
 
 #include <sqlite3.h>
 #include <stdio.h>

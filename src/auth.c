@@ -2,7 +2,7 @@
  * auth.c — Management API tokens: HS256 JWTs (RFC 7519).  The HMAC-SHA256
  * and the constant-time compare of signatures are libcrypto's (crypto.c).
  */
-#include "internal.h"
+#include "service.h"
 
 #include <fcntl.h>
 #include <stdio.h>

@@ -100,7 +100,7 @@ void bp_cache_free(bp_cache *c)
 
 static uint64_t hash2(const char *a, const char *b)
 {
-    uint64_t h = bp_fnv1a(BP_FNV1A_STORED_BASIS, a, strlen(a));
+    uint64_t h = bp_fnv1a(BP_FNV1A_BASIS, a, strlen(a));
     h = bp_fnv1a(h, "\n", 1);
     return bp_fnv1a(h, b, strlen(b));
 }

@@ -6,7 +6,7 @@
  * changes type or destination).  The registry owns the vendors once loaded
  * and decides when to switch (hot reload, the editor's saves).
  */
-#include "internal.h"
+#include "service.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -74,7 +74,7 @@ void bp_catalog_load(const char *blueprints_dir, bp_vendor **vendors, size_t *n)
     }
     closedir(d);
     /* the catalog in vendor order, not readdir's (which varies by filesystem) */
-    qsort(*vendors, *n, sizeof **vendors, by_vendor_key);
+    if (*n) qsort(*vendors, *n, sizeof **vendors, by_vendor_key);
 }
 
 void bp_catalog_free(bp_vendor *vendors, size_t n)

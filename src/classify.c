@@ -18,7 +18,7 @@
  * only when a rule asks about its fields, and only when the keys it names
  * appear in the text.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <stdio.h>
 #include <stdlib.h>

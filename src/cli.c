@@ -6,7 +6,7 @@
  * Exit status (docs/contracts.md): 0 when every event was judged, 1 usage,
  * 2 the blueprint or config is invalid, 5 some input was not an event.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <dlfcn.h>
 #include <errno.h>

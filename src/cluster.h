@@ -10,7 +10,7 @@
 #ifndef BP_CLUSTER_H
 #define BP_CLUSTER_H
 
-#include "internal.h"
+#include "service.h"
 
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>

@@ -4,7 +4,7 @@
  * merged with a PATCH, checked for unknown keys, validated against a
  * blueprint.  Pure functions: no state, no locks.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <string.h>
 

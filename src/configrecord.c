@@ -6,7 +6,7 @@
  * the cluster's (cluster.c); the registry decides when to publish and what
  * a record changes.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <sqlite3.h>
 #include <stdio.h>

@@ -9,7 +9,7 @@
  * names (no "..", no dotfiles), and the file found must still lie inside the
  * folder once symbolic links are resolved.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <limits.h>
 #include <stdio.h>

@@ -26,7 +26,7 @@
  * there during a rotation).  The file is read again whenever it changes,
  * so a rotation by `blueprint rotate-key` reaches a running server.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -35,7 +35,7 @@
  * the jobs, the sending and answers, and the tenants are in the files
  * deliver_loop.h lists, each calling only those below it.
  */
-#include "internal.h"
+#include "service.h"
 #include "deliver_loop.h"
 
 #include <math.h>

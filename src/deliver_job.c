@@ -5,7 +5,7 @@
  * part of delivery uses (end labels, backoff, fingerprints) are here too,
  * at the bottom.
  */
-#include "internal.h"
+#include "service.h"
 #include "deliver_loop.h"
 
 #include <math.h>
@@ -37,11 +37,11 @@ int bp_end_of_label(const char *label)
     return -1;
 }
 
-void bp_dl_count(long *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
+void bp_dl_count(_Atomic long *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
 
 uint64_t bp_dl_hash_text(const char *s)
 {
-    return bp_fnv1a(BP_FNV1A_STORED_BASIS, s, strlen(s));
+    return bp_fnv1a(BP_FNV1A_BASIS, s, strlen(s));
 }
 
 double bp_deliver_latency_ms(const bp_deliver_stats *s, double q)
@@ -110,7 +110,7 @@ double bp_dl_backoff_ms(loop *l, int failures, double retry_after_s)
  * they change.  FNV-1a: the key itself is never stored. */
 void bp_dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, char out[17])
 {
-    uint64_t h = BP_FNV1A_STORED_BASIS;
+    uint64_t h = BP_FNV1A_BASIS;
     for (size_t i = 0; i < bp->nfields; i++) {
         if (bp->fields[i].type != BP_FIELD_SECRET && bp->fields[i].type != BP_FIELD_URL) continue;
         const char *v = bp_config_get(cfg, bp->fields[i].key);
@@ -216,7 +216,7 @@ void bp_dl_finish(loop *l, job *j, enum bp_end end)
     if (end != BP_END_HELD) bp_cache_settle(l->cache, (uint64_t)j->ev.id, end == BP_END_DELIVERED || end == BP_END_DROPPED);
     bp_dl_write_line(l, j, end);
     t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, end, j->out.reason.data ? j->out.reason.data : "");
-    long *counter[BP_END_COUNT] = { &t->st->delivered, &t->st->dropped, &t->st->errors, &t->st->dead, &t->st->held, NULL };
+    _Atomic long *counter[BP_END_COUNT] = { &t->st->delivered, &t->st->dropped, &t->st->errors, &t->st->dead, &t->st->held, NULL };
     if (counter[end]) bp_dl_count(counter[end]);
     j->state = bp_ends[end].state;
     j->final = 1;

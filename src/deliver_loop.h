@@ -15,7 +15,7 @@
 #ifndef BP_DELIVER_LOOP_H
 #define BP_DELIVER_LOOP_H
 
-#include "internal.h"
+#include "service.h"
 
 #include <pthread.h>
 
@@ -173,7 +173,7 @@ void bp_dl_abandon(loop *l, job *j);
 void bp_dl_add_mark(loop *l, tenant *t, const char *key, int64_t at);
 double bp_dl_backoff_ms(loop *l, int failures, double retry_after_s);
 void bp_dl_commit(loop *l);
-void bp_dl_count(long *c);
+void bp_dl_count(_Atomic long *c);
 void bp_dl_credentials_fingerprint(const bp_config *cfg, const bp_blueprint *bp, char out[17]);
 void bp_dl_finish(loop *l, job *j, enum bp_end end);
 void bp_dl_free_job(job *j);

@@ -4,7 +4,7 @@
  * (the next step, done, retry later, dead-letter, or pause the integration
  * on bad credentials) and the integration's health reported.
  */
-#include "internal.h"
+#include "service.h"
 #include "deliver_loop.h"
 
 #include <math.h>

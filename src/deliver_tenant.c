@@ -3,7 +3,7 @@
  * accounts they share a pace with, the engines bound to their configs,
  * and the commands (put, remove, wake, rescan) other threads post.
  */
-#include "internal.h"
+#include "service.h"
 #include "deliver_loop.h"
 
 #include <math.h>

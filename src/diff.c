@@ -5,7 +5,7 @@
  * (MAX_CELLS); beyond that the whole file shows as removed and added,
  * which is still a correct diff.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /*
- * editor.c — the web console's blueprint editor (issue 11): a blueprint
+ * editor.c — the web console's blueprint editor (docs/serve.md, The web console): a blueprint
  * folder's files, the dry-run and the fixtures of an edit not yet saved,
  * saves that become blueprint revisions, and rollback to one of them.
  *
@@ -18,7 +18,7 @@
  * runs the dry-run, test, save and rollback calls in its editor pool, off
  * the HTTP threads.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -127,7 +127,7 @@ static void list_files(const char *dir, int only_editable, names *out)
         if (e->d_name[0] != '.' && (!only_editable || editable(e->d_name)) && is_file(dir, e->d_name))
             names_add(out, e->d_name);
     closedir(d);
-    qsort(out->v, out->n, sizeof *out->v, by_text);
+    if (out->n) qsort(out->v, out->n, sizeof *out->v, by_text);
 }
 
 /* The files of a folder (or of a recorded revision) and their contents. */
@@ -214,7 +214,7 @@ static void snapshot_diff(const snapshot *a, const snapshot *b, bp_buf *diff, bp
     names all = { 0 };
     for (size_t i = 0; i < a->names.n; i++) names_add(&all, a->names.v[i]);
     for (size_t i = 0; i < b->names.n; i++) if (!snapshot_get(a, b->names.v[i])) names_add(&all, b->names.v[i]);
-    qsort(all.v, all.n, sizeof *all.v, by_text);
+    if (all.n) qsort(all.v, all.n, sizeof *all.v, by_text);
     bp_buf_addc(changed, '[');
     for (size_t i = 0, n = 0; i < all.n; i++) {
         const bp_buf *x = snapshot_get(a, all.v[i]), *y = snapshot_get(b, all.v[i]);

@@ -233,13 +233,13 @@ static void pick_dead(void *ctx, const bp_store_row *row)
     }
     if (p->n == p->cap) {
         p->cap = p->cap ? p->cap * 2 : 16;
-        if (!(p->rows = realloc(p->rows, p->cap * sizeof *p->rows))) abort();
+        p->rows = bp_realloc(p->rows, p->cap * sizeof *p->rows);
     }
     bp_store_row *c = &p->rows[p->n++];
     *c = *row;
-    c->body = strdup(row->body ? row->body : "null");
-    c->outcome = row->outcome ? strdup(row->outcome) : NULL;
-    c->ktopic = row->ktopic ? strdup(row->ktopic) : NULL;
+    c->body = bp_strdup(row->body ? row->body : "null");
+    c->outcome = row->outcome ? bp_strdup(row->outcome) : NULL;
+    c->ktopic = row->ktopic ? bp_strdup(row->ktopic) : NULL;
     c->message_id = c->reason = c->response = NULL;
     c->state = p->from;
     bp_buf_addc(&p->events, p->n > 1 ? ',' : '[');

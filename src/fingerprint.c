@@ -8,7 +8,7 @@
  * Both the registry and the delivery loops name versions by their revision,
  * so it lives below both.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -18,7 +18,7 @@
 /* A cheap fingerprint of a blueprint folder: names, sizes and mtimes. */
 uint64_t bp_folder_signature(const char *dir)
 {
-    uint64_t h = 1469598103934665603ULL;   /* any seed: compared only with itself */
+    uint64_t h = BP_FNV1A_BASIS;   /* any seed would do: compared only with itself */
     DIR *d = opendir(dir);
     if (!d) return 0;
     struct dirent *e;
@@ -39,9 +39,8 @@ uint64_t bp_folder_signature(const char *dir)
 
 /* The revision: the files hot reload watches (bp_folder_signature's), by
  * name and contents, FNV-1a each, mixed and summed so that readdir's order
- * does not matter.  Each file's hash starts from REVISION_SEED, not the
- * FNV offset basis: the revisions recorded in server.db were computed so. */
-#define REVISION_SEED 1469598103934665603ULL
+ * does not matter (recorded in server.db: BP_FNV1A_BASIS says why it must
+ * not change). */
 
 void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN])
 {
@@ -59,7 +58,7 @@ void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN])
         if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
         FILE *f = fopen(path, "rb");
         if (!f) continue;
-        uint64_t h = bp_fnv1a(REVISION_SEED, e->d_name, strlen(e->d_name) + 1);   /* the name ends with its NUL */
+        uint64_t h = bp_fnv1a(BP_FNV1A_BASIS, e->d_name, strlen(e->d_name) + 1);   /* the name ends with its NUL */
         size_t n;
         while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) h = bp_fnv1a(h, chunk, n);
         fclose(f);

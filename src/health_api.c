@@ -39,7 +39,7 @@ typedef struct tally { long retries, per_state[BP_HEALTH_COUNT]; } tally;
 static void tally_one(void *ctx, bp_integration *it)
 {
     tally *t = ctx;
-    t->retries += __atomic_load_n(&it->stats.retries, __ATOMIC_RELAXED);
+    t->retries += atomic_load_explicit(&it->stats.retries, memory_order_relaxed);
     if (!it->deleted) t->per_state[bp_api_health_state(it)]++;
 }
 

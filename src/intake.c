@@ -8,7 +8,7 @@
  * (events_api.c) and the cluster's delivery topic (cluster.c) judge the
  * same events with the same rules, and the fuzzers call it directly.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <stdio.h>
 

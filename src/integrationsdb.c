@@ -6,7 +6,7 @@
  * registry (registry.c) decides what to write, holds the admin lock and
  * keeps the transactions.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <fcntl.h>
 #include <sqlite3.h>

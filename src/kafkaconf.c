@@ -212,7 +212,7 @@ int cluster_create_topics(bp_cluster *c, const char *const *names, int n, int wa
     const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
     if (ev && rd_kafka_event_error(ev)) {
         cluster_log_kafka("warn", "kafka: cannot create topics (the brokers will auto-create them if they allow it; create "
-                  "NAME.integrations yourself with cleanup.policy=compact, see the README)", NULL, -1,
+                  "NAME.integrations yourself with cleanup.policy=compact, see docs/cluster.md)", NULL, -1,
                   rd_kafka_event_error_string(ev));
     } else if (res) {
         size_t cnt;

@@ -5,7 +5,7 @@
  * integration's (live, live_seq, watchers) and the registry's lock guards
  * them: every function here is called by registry.c with that lock held.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <stdlib.h>
 

@@ -145,8 +145,7 @@ static void stream_free(void *cls)
 
 enum MHD_Result bp_api_open_stream(call *k)
 {
-    stream *st = calloc(1, sizeof *st);
-    if (!st) abort();
+    stream *st = bp_calloc(1, sizeof *st);
     st->s = k->s;
     st->c = k->c;
     st->it = k->it;

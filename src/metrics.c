@@ -3,7 +3,7 @@
  * The registry mutex guards them; workers report through callbacks.
  * Also the per-integration window of the last hour (bp_recent).
  */
-#include "internal.h"
+#include "service.h"
 
 #include <stdio.h>
 #include <stdlib.h>

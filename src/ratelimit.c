@@ -18,7 +18,7 @@
  * then; RateLimit-Remaining: 0 (its window is full) makes the next request
  * wait a whole interval; a lower RateLimit-Limit lowers the rate.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <string.h>
 

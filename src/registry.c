@@ -23,7 +23,7 @@
  * the pool a new config (or a removal) and return; the loop serving the
  * integration applies it between requests.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -162,8 +162,8 @@ int bp_registry_live_since(bp_registry *r, bp_integration *it, uint64_t *next_se
 
 static void count_outcome(bp_counts *st, int end)
 {
-    long *counter[BP_END_COUNT] = { &st->delivered, &st->dropped, &st->errors, &st->dead, &st->held, &st->retries };
-    if (end >= 0) __atomic_fetch_add(counter[end], 1, __ATOMIC_RELAXED);
+    _Atomic long *counter[BP_END_COUNT] = { &st->delivered, &st->dropped, &st->errors, &st->dead, &st->held, &st->retries };
+    if (end >= 0) atomic_fetch_add_explicit(counter[end], 1, memory_order_relaxed);
 }
 
 void bp_registry_remote_outcome(bp_registry *r, const char *integration, const char *line, size_t len, const char *label,

@@ -6,7 +6,7 @@
  * vendor (catalog.c) and switched to, or rejected with the running version
  * kept.  It sits above the registry and uses only its functions.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,7 +5,7 @@
  * however many revisions have it, and retention (the newest N, none older
  * than D days, never the newest).  Callers hold the registry's admin lock.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <sqlite3.h>
 #include <stdio.h>

@@ -11,7 +11,7 @@
  * Nothing here holds a registry lock: the callers pass server.db and the
  * key ring, and hold what they must.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <sqlite3.h>
 #include <stdio.h>

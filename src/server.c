@@ -1,6 +1,6 @@
 /*
  * server.c — `blueprint serve`: the Management API, event intake, Live
- * Events and operations endpoints over libmicrohttpd (DESIGN.md §8).
+ * Events and operations endpoints over libmicrohttpd (docs/serve.md).
  * This file is the HTTP plumbing: the daemon and its threads, the route
  * table, replies, the auth of a request, the editor's pool and the install
  * checks' parked connections.  The handlers live in files named for what
@@ -141,8 +141,7 @@ void bp_defer_for_checks(call *k, bp_integration *it)
     int has = sbp && sbp->bp->has_verify;
     bp_shared_bp_drop(sbp);
     if (!has || k->cn->job) return;
-    verify_job *j = calloc(1, sizeof *j);
-    if (!j) return;   /* answered without checks */
+    verify_job *j = bp_calloc(1, sizeof *j);
     j->s = k->s;
     j->c = k->c;
     snprintf(j->id, sizeof j->id, "%s", it->id);
@@ -345,10 +344,8 @@ static void log_request(const char *method, const char *url, int status, double 
 {
     bp_buf f;
     bp_buf_init(&f);
-    bp_buf_adds(&f, "\"method\":");
-    bp_json_write_text(&f, method, strlen(method));
-    bp_buf_adds(&f, ",\"path\":");
-    bp_json_write_text(&f, url, strlen(url));   /* paths carry ids only, never secrets */
+    bp_log_field(&f, "method", method);
+    bp_log_field(&f, "path", url);   /* paths carry ids only, never secrets */
     bp_buf_printf(&f, ",\"status\":%d,\"duration_ms\":%.1f", status, bp_monotonic_ms() - started);
     bp_log("info", "request", f.data);
     bp_buf_free(&f);
@@ -402,8 +399,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     server *s = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        tracked *t = calloc(1, sizeof *t);
-        if (!t || !info) { free(t); return; }   /* untracked: only the idle timeout applies */
+        if (!info) return;   /* untracked: only the idle timeout applies */
+        tracked *t = bp_calloc(1, sizeof *t);
         t->fd = info->connect_fd;
         t->since = bp_monotonic_ms();
         t->arriving = 1;
@@ -533,7 +530,7 @@ static int pool_start(server *s, int workers, int queue, bp_error *err)
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->max_waiting = queue;
-    if (!(p->threads = calloc((size_t)workers, sizeof *p->threads))) abort();
+    p->threads = bp_calloc((size_t)workers, sizeof *p->threads);
     for (; p->nthreads < workers; p->nthreads++)
         if (pthread_create(&p->threads[p->nthreads], NULL, pool_worker, s) != 0) {
             bp_error_set(err, "cannot start the editor's worker threads");
@@ -640,8 +637,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     server *s = cls;
     conn *cn = *con_cls;
     if (!cn) {
-        cn = calloc(1, sizeof *cn);
-        if (!cn) return MHD_NO;
+        cn = bp_calloc(1, sizeof *cn);
         bp_buf_init(&cn->body);
         cn->started = bp_monotonic_ms();
         *con_cls = cn;
@@ -872,12 +868,12 @@ int bp_serve(const bp_serve_opts *o, bp_error *err)
     fflush(stdout);
     bp_buf f;
     bp_buf_init(&f);
-    bp_buf_printf(&f, "\"address\":\"%s:%d\",\"blueprints\":", o->host, port);
-    bp_json_write_text(&f, o->blueprints_dir, strlen(o->blueprints_dir));
-    bp_buf_adds(&f, ",\"state\":");
-    bp_json_write_text(&f, o->state_dir, strlen(o->state_dir));
-    bp_buf_adds(&f, ",\"console\":");
-    bp_json_write_text(&f, s.console_dir, strlen(s.console_dir));
+    char address[300];
+    snprintf(address, sizeof address, "%s:%d", o->host, port);
+    bp_log_field(&f, "address", address);
+    bp_log_field(&f, "blueprints", o->blueprints_dir);
+    bp_log_field(&f, "state", o->state_dir);
+    bp_log_field(&f, "console", s.console_dir);
     bp_buf_printf(&f, ",\"integrations\":%zu,\"delivery_threads\":%d,\"http_threads\":%d,\"editor_workers\":%d,"
                   "\"editor_queue\":%d,\"request_time_limit_s\":%.0f", bp_registry_count(s.reg), p.workers,
                   p.http_threads, p.editor_workers, p.editor_queue, s.request_limit_ms / 1000);

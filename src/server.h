@@ -13,7 +13,7 @@
 #ifndef BP_SERVER_H
 #define BP_SERVER_H
 
-#include "internal.h"
+#include "service.h"
 
 #include <microhttpd.h>
 #include <string.h>

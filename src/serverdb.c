@@ -6,7 +6,7 @@
  * integrations and revisions, audit.c, signins.c, revisions.c: the
  * editor's blueprint revisions).
  */
-#include "internal.h"
+#include "service.h"
 
 #include <dirent.h>
 #include <sqlite3.h>

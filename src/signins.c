@@ -4,7 +4,7 @@
  * the table's primary key decides the first claim, and an in-memory set
  * answers "was it spent?" on every request without touching the database.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <sqlite3.h>
 

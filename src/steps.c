@@ -36,7 +36,7 @@ static char step_stop;   /* the error value a run stops with at a step (only its
 
 static uint64_t step_fingerprint(const bp_request *r)
 {
-    uint64_t h = bp_fnv1a(BP_FNV1A_STORED_BASIS, r->method, strlen(r->method) + 1);
+    uint64_t h = bp_fnv1a(BP_FNV1A_BASIS, r->method, strlen(r->method) + 1);
     h = bp_fnv1a(h, r->url, strlen(r->url) + 1);
     return bp_fnv1a(h, r->body.data ? r->body.data : "", r->body.len);
 }

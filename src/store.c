@@ -29,7 +29,7 @@
  * caller, who keeps what it wanted to write and tries again; the store
  * counts failures and remembers the last one for /healthz and /metrics.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <errno.h>
 #include <sqlite3.h>

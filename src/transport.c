@@ -7,7 +7,7 @@
  * decides pacing and concurrency.  This is the only place secrets are put
  * into requests (bp_request_render_secret); nothing here logs them.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <curl/curl.h>
 #include <pthread.h>

@@ -11,7 +11,7 @@
  * events wait and retry as usual.  Steps (ctx.send) of the verify mapping
  * are sent the same way, so it may read an answer.
  */
-#include "internal.h"
+#include "service.h"
 
 #include <stdio.h>
 #include <stdlib.h>

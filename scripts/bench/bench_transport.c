@@ -12,7 +12,7 @@
  *   requests=N ok=K wall_s=W cpu_s=C req_per_s=R cpu_us_per_req=U
  */
 #include "blueprint.h"
-#include "internal.h"
+#include "service.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
  * consent shapes, stream splitting, form encoding and request rendering.
  */
 #include "blueprint.h"
-#include "internal.h"
+#include "service.h"
 #include "check.h"
 
 #include <sys/stat.h>

@@ -2,7 +2,7 @@
  * stored or applied: intake's split and judgement of each event, and an
  * admin call's body.  An event judged storable is a JSON object with a
  * known type; an accepted admin body is an object. */
-#include "internal.h"
+#include "service.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* libFuzzer: the token verifier on arbitrary tokens (and a signed one with
  * its payload bytes taken from the input, so the claim parsing is reached). */
-#include "internal.h"
+#include "service.h"
 
 #include <stdlib.h>
 #include <string.h>

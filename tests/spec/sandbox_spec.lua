@@ -65,8 +65,11 @@ local function now_ms()
   return tonumber(ns) / 1e6
 end
 
--- "Within budget + 100 ms"; sanitizer builds run several times slower.
-local SLACK_MS = os.getenv("BLUEPRINT_TEST_SANITIZER") and 1000 or 100
+-- "Within the budget + slack": what these prove is that a call is stopped at
+-- all (without the watchdog's signal a C loop runs for seconds or forever),
+-- not how fast; the slack absorbs a machine busy with other suites, and
+-- sanitizer builds run several times slower.
+local SLACK_MS = os.getenv("BLUEPRINT_TEST_SANITIZER") and 1500 or 700
 
 describe("the sandbox", function()
   for _, c in ipairs(cases) do
