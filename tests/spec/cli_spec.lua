@@ -247,12 +247,18 @@ describe("the test harness stops what a spec started #cli", function()
   it("stops, by the end of its file, an emulator whose test failed before stop(), and the file's own", function()
     local dir = S.tmpdir()
     local probe = dir .. "/probe_spec.lua"
+    -- account counts no other run of this spec uses at the same time (make
+    -- test runs the #cli specs in two builds at once): the emulators are
+    -- found by them in `ps`
+    local seed = 0
+    for c in dir:gmatch(".") do seed = (seed * 31 + c:byte()) % 1000 end
+    local file_n, test_n = 1000 + 2 * seed, 1001 + 2 * seed
     S.write(probe, table.concat({
       'local S = require("support")',
       'describe("probe", function()',
-      '  setup(function() S.start_emulator("--rate-limit 0 --accounts 71") end)',
+      '  setup(function() S.start_emulator("--rate-limit 0 --accounts ' .. file_n .. '") end)',
       '  it("fails before stop", function()',
-      '    local emu = S.start_emulator("--rate-limit 0 --accounts 73")',
+      '    local emu = S.start_emulator("--rate-limit 0 --accounts ' .. test_n .. '")',
       '    error("boom")',
       '    emu.stop()',
       '  end)',
@@ -261,8 +267,8 @@ describe("the test harness stops what a spec started #cli", function()
     local out = sh("lua5.4 /usr/bin/busted --cpath='build/lua/?.so' --lpath='tests/spec/?.lua' " .. probe)
     assert.matches("boom", out, 1, true)                          -- the probe ran and failed
     local ps = sh("ps -eo args")
-    assert.is_nil(ps:find("--accounts 71", 1, true), "the file's emulator outlived its file")
-    assert.is_nil(ps:find("--accounts 73", 1, true), "the failed test's emulator outlived it")
+    assert.is_nil(ps:find("--accounts " .. file_n .. "\n", 1, true), "the file's emulator outlived its file")
+    assert.is_nil(ps:find("--accounts " .. test_n .. "\n", 1, true), "the failed test's emulator outlived it")
   end)
 end)
 
