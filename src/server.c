@@ -601,7 +601,8 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
     if (cn->too_large) {   /* a body without a length (chunked), counted as it came */
         bp_reply_error(&r, 413, "PAYLOAD_TOO_LARGE", "the body is over %zu bytes; nothing was applied", rt->body_limit);
     } else if (strstr(rt->pattern, ":id") && !(k.it = bp_registry_find(s->reg, cn->capture))) {
-        bp_reply_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", cn->capture);
+        if (!bp_api_reply_unopened(s->reg, cn->capture, &r))
+            bp_reply_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", cn->capture);
     } else {
         if (strstr(rt->pattern, ":vendor")) k.vendor = cn->capture;
         if (strchr(rt->pattern, '*')) k.rest = cn->capture;

@@ -298,6 +298,42 @@ describe("cluster mode on Kafka #kafka", function()
     local total = tonumber(raw:match("blueprint_events_delivered_total (%d+)"))
     assert.is_true(total and total >= 1 + 10 * ACCOUNTS, "delivered_total " .. tostring(total))
   end)
+
+  -- before, such a node loaded no integration, said so in its log only,
+  -- answered /healthz 200 and refused every event with a 404
+  it("a node started without the cluster's key file is not ready, names what it cannot open and answers intake 503", function()
+    local loud = S.start_server({ state = S.tmpdir(), rate = false, start_seconds = 60,
+      env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes",
+      args = "--kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node-without-key" })
+    finally(function() loud.stop() end)
+    local function unopened()
+      local st, h = loud.call("GET", "/healthz")
+      local listed = {}
+      for _, u in ipairs(type(h) == "table" and h.unopened or {}) do listed[u.integration] = u end
+      return st, h, listed
+    end
+    local st, h, listed = unopened()
+    assert.are.equal(503, st, core.json_encode(h))
+    assert.are.equal("unhealthy", h.status)
+    for k = 0, ACCOUNTS do assert.is_truthy(listed[ids[k]], "not named: " .. ids[k]) end
+    assert.are.equal("secrets_do_not_decrypt", listed[ids[0]].reason)
+    assert.matches("--master-key-file", listed[ids[0]].message, 1, true)
+    local body
+    st, body = loud.call("POST", "/v1/integrations/" .. ids[0] .. "/events", S.identify("loud@example.com", "loud-1"))
+    assert.are.equal(503, st, core.json_encode(body))
+    assert.are.equal("INTEGRATION_UNAVAILABLE", body.error.code)
+    assert.matches("cannot decrypt the integration's secrets: start it with the cluster's key file (--master-key-file",
+      body.error.message, 1, true)
+    -- a record that settles it (here a deletion through another node) takes it off the list
+    local it
+    st, it = nodes[1].call("POST", INSTALL, S.install_body("loud", S.emulator_account(emu, 0)))
+    assert.are.equal(201, st)
+    assert.is_truthy(S.eventually(function() return select(3, unopened())[it.id] end, 5), "the new one not named")
+    assert.are.equal(204, (nodes[1].call("DELETE", "/v1/admin/integrations/" .. it.id)))
+    assert.is_truthy(S.eventually(function() return not select(3, unopened())[it.id] end, 5), "still named after its deletion")
+    -- the nodes that have the key are ready
+    for i = 1, 3 do assert.are.equal(200, (nodes[i].call("GET", "/healthz")), "node " .. i) end
+  end)
 end)
 
 describe("cluster mode, one delivery topic per vendor #kafka", function()
