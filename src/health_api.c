@@ -42,18 +42,6 @@ void bp_api_healthz(call *k)
     bp_buf_free(&unopened);
 }
 
-int bp_api_reply_unopened(bp_registry *reg, const char *id, reply *r)
-{
-    bp_buf msg;
-    bp_buf_init(&msg);
-    int listed = bp_unopened_message(bp_registry_unopened(reg), id, &msg);
-    if (listed)
-        bp_reply_error(r, 503, "INTEGRATION_UNAVAILABLE", "integration '%s' is not open on this node: %s (GET /healthz "
-                       "lists it); nothing was accepted", id, msg.data);
-    bp_buf_free(&msg);
-    return listed;
-}
-
 /* Retries summed and integrations counted by health state (the registry's lock held). */
 typedef struct tally { long retries, per_state[BP_HEALTH_COUNT]; } tally;
 

@@ -59,7 +59,6 @@ struct bp_registry {
     void *on_live_ctx;
 };
 
-
 /* ---- vendors (catalog.c loads them) ---------------------------------------------------------- */
 
 bp_vendor *bp_registry_vendor(bp_registry *r, const char *key)

@@ -129,9 +129,6 @@ void bp_api_audit_log(call *k);
 /* ---- health_api.c ---- */
 void bp_api_healthz(call *k);
 void bp_api_metrics(call *k);
-/* A request for an integration this node could not open: r holds a 503
- * INTEGRATION_UNAVAILABLE saying why and what to do (1), else 0. */
-int bp_api_reply_unopened(bp_registry *reg, const char *id, reply *r);
 
 /* ---- events_api.c: intake, live events, dead letters and their replay ---- */
 void bp_api_intake(call *k);
