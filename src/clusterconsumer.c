@@ -42,7 +42,7 @@ static void resubscribe(bp_cluster *c)
     bp_registry_each(c->reg, add_topic, &list);
     char **names = list.names;
     size_t n = list.n;
-    qsort(names, n, sizeof *names, cmp_text);
+    if (n) qsort(names, n, sizeof *names, cmp_text);   /* names is NULL when there are none */
     size_t m = 0;
     for (size_t i = 0; i < n; i++) { if (m && !strcmp(names[m - 1], names[i])) free(names[i]); else names[m++] = names[i]; }
     n = m;

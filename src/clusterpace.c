@@ -85,7 +85,7 @@ void cluster_share_paces(bp_cluster *c)
     if (c->per_vendor || !pool) return;
     pace_items l = { NULL, 0, 0 };
     bp_registry_each(c->reg, add_item, &l);
-    qsort(l.v, l.n, sizeof *l.v, by_account);
+    if (l.n) qsort(l.v, l.n, sizeof *l.v, by_account);
     const struct rd_kafka_metadata *md = NULL;
     char **keys = bp_calloc(l.n + 1, sizeof *keys);
     int *div = bp_calloc(l.n + 1, sizeof *div);
