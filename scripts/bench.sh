@@ -313,6 +313,7 @@ $DEPTH_TABLE
 | …429s after an account's first second (whole run) | $(tv late_429s) | 0 | $(verdict "$(tv late_429s)" 0 le) |
 | cluster (mock Kafka, 8 integrations, 32 partitions), 1 / 2 / 3 nodes: events/s end to end | $(kv 1 e2e_eps) / $(kv 2 e2e_eps) / $(kv 3 e2e_eps) events/s (one SQLite \`serve\`: $(kv 0 e2e_eps)) | | |
 | …intake, events/s accepted (202) while posting | $(kv 1 intake_eps) / $(kv 2 intake_eps) / $(kv 3 intake_eps) (SQLite: $(kv 0 intake_eps)) | | |
+| …intake latency, one event per POST, 8 clients through one node: p50 / p99 | 1 node: $(kv 1 intake_p50_ms) / $(kv 1 intake_p99_ms) ms; 3 nodes: $(kv 3 intake_p50_ms) / $(kv 3 intake_p99_ms) ms (SQLite: $(kv 0 intake_p50_ms) / $(kv 0 intake_p99_ms) ms) | | |
 | …consumer lag after a burst of $CEVENTS, in messages of 200 events: end of posting / peak / 1 s later, drained | 1 node: $(c_lag 1); 2: $(c_lag 2); 3: $(c_lag 3) (SQLite queue, in events: $(c_lag 0)) | | |
 | …CPU per event, nodes / mock brokers vs single-node SQLite | 1 node: $(kv 1 node_us_per_event) / $(kv 1 mock_us_per_event) µs; 2: $(kv 2 node_us_per_event) / $(kv 2 mock_us_per_event) µs; 3: $(kv 3 node_us_per_event) / $(kv 3 mock_us_per_event) µs vs SQLite $(kv 0 node_us_per_event) µs → $(c_us 1)× / $(c_us 2)× / $(c_us 3)× | | |
 | …of the nodes' CPU per event, in librdkafka's threads | $(kv 1 node_rdk_us_per_event) / $(kv 2 node_rdk_us_per_event) / $(kv 3 node_rdk_us_per_event) µs | | |

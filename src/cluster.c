@@ -146,10 +146,41 @@ int bp_cluster_send_events(bp_cluster *c, const char *integration, const char *v
     return produce_sync(c, topic, account, strlen(account), events, len, integration, replay, NULL, err);
 }
 
+/* An integration's delivery topic made ready before its install answers:
+ * created (when the brokers take CreateTopics; else the metadata request
+ * below auto-creates it, as the mock cluster does) and its partitions and
+ * leaders in the producer's metadata, so that its first intake does not
+ * wait for the topic to be found (it took seconds when 20 came at once). */
+static void ready_topic(bp_cluster *c, const char *topic)
+{
+    if (c->can_create) cluster_create_topics(c, &topic, 1, 3000);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(c->producer, topic, NULL);
+    for (int tries = 0; rkt && tries < 30; tries++) {   /* up to ~3 s */
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t e = rd_kafka_metadata(c->producer, 0, rkt, &md, 1000);
+        int ready = !e && md && md->topic_cnt == 1 && !md->topics[0].err && md->topics[0].partition_cnt > 0;
+        for (int p = 0; ready && p < md->topics[0].partition_cnt; p++) ready = md->topics[0].partitions[p].leader >= 0;
+        if (md) rd_kafka_metadata_destroy(md);
+        if (ready) break;
+        usleep(100 * 1000);
+    }
+    if (rkt) rd_kafka_topic_destroy(rkt);
+}
+
+/* The record goes out (acks=all) before the change commits here; an
+ * integration's topic is made ready too, unless it is being deleted. */
 static int publish_config(void *ctx, const char *integration, const char *record, size_t len, bp_error *err)
 {
     bp_cluster *c = ctx;
-    return produce_sync(c, c->t_config, integration, strlen(integration), record, len, integration, 0, NULL, err);
+    if (produce_sync(c, c->t_config, integration, strlen(integration), record, len, integration, 0, NULL, err) < 0) return -1;
+    bp_config_record rec;
+    if (bp_config_record_parse(&rec, record, len) == 0 && !rec.deleted && rec.vendor) {
+        char topic[256];
+        cluster_topic_name(topic, sizeof topic, "delivery-", c->per_vendor ? rec.vendor : integration);
+        ready_topic(c, topic);
+    }
+    bp_config_record_free(&rec);
+    return 0;
 }
 
 /* Wait until the viewer has applied NAME.sessions past `offset` of `part`. */

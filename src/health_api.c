@@ -1,6 +1,7 @@
 /*
- * health_api.c — the operations endpoints: GET /healthz (the state store
- * and, in cluster mode, the brokers; 503 when either fails) and GET
+ * health_api.c — the operations endpoints: GET /healthz (the state store,
+ * the configurations this node could not open and, in cluster mode, the
+ * brokers; 503 when any fails) and GET
  * /metrics (Prometheus text: the registry's counters, queue depth, health
  * per state, the cluster's own).  Open routes: no token, no secrets.
  */
@@ -16,8 +17,11 @@ void bp_api_healthz(call *k)
     bp_buf kafka;
     bp_buf_init(&kafka);
     int kafka_up = cluster ? bp_cluster_health(cluster, &kafka) : 1;
+    bp_buf unopened;
+    bp_buf_init(&unopened);
+    size_t nunopened = bp_unopened_json(bp_registry_unopened(k->s->reg), &unopened);
     bp_buf *b = &k->r->body;
-    int ok = !h.failing && kafka_up;
+    int ok = !h.failing && kafka_up && !nunopened;
     if (!ok) k->r->status = 503;
     bp_buf_printf(b, "{\"status\":\"%s\",\"store\":", ok ? "ok" : "unhealthy");
     if (h.failing) {
@@ -28,9 +32,14 @@ void bp_api_healthz(call *k)
     } else {
         bp_buf_printf(b, "{\"ok\":true,\"failures\":%ld}", h.failures);
     }
+    /* not ready while an integration's configuration does not open here:
+     * this node would refuse its events */
+    bp_buf_adds(b, ",\"unopened\":");
+    bp_buf_add(b, unopened.data, unopened.len);
     if (cluster) { bp_buf_adds(b, ",\"kafka\":"); bp_buf_add(b, kafka.data, kafka.len); }
     bp_buf_addc(b, '}');
     bp_buf_free(&kafka);
+    bp_buf_free(&unopened);
 }
 
 /* Retries summed and integrations counted by health state (the registry's lock held). */

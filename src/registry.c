@@ -54,10 +54,10 @@ struct bp_registry {
     bp_revisions_kept keep;               /* fixed: the editor's revisions kept per blueprint */
     bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
     struct bp_jti_set *spent;             /* thread-safe: token ids spent (the signins table), not expired */
+    bp_unopened *unopened;                /* thread-safe: configurations this node could not open, and why */
     void (*on_live)(void *ctx, bp_integration *it);   /* fixed: called with a new live line, [mu] held */
     void *on_live_ctx;
 };
-
 
 /* ---- vendors (catalog.c loads them) ---------------------------------------------------------- */
 
@@ -280,6 +280,7 @@ void bp_registry_each(bp_registry *r, void (*fn)(void *ctx, bp_integration *it),
 }
 
 bp_store *bp_registry_store(bp_registry *r) { return r->store; }
+bp_unopened *bp_registry_unopened(bp_registry *r) { return r->unopened; }
 bp_pool *bp_registry_pool(bp_registry *r) { return r->pool; }
 const char *bp_registry_blueprints_dir(bp_registry *r) { return r->blueprints_dir; }
 const char *bp_registry_state_dir(bp_registry *r) { return r->state_dir; }
@@ -407,6 +408,7 @@ static int load_integration(void *ctx, const bp_integration_row *row, bp_error *
         bp_log_field(&f, "vendor", row->vendor);
         bp_log("error", "integration not loaded: no blueprint for its vendor; its events stay stored", f.data);
         bp_buf_free(&f);
+        bp_unopened_note(r->unopened, row->id, BP_UNOPENED_BLUEPRINT, row->vendor);
         return 0;
     }
     bp_buf plain;
@@ -444,6 +446,7 @@ bp_registry *bp_registry_open(const char *blueprints_dir, const char *state_dir,
     r->state_dir = bp_strdup(state_dir);
     r->started_ms = (int64_t)bp_wall_ms();
     r->spent = bp_jti_set_new();
+    r->unopened = bp_unopened_new();
     bp_limits_default(&r->limits);
     r->keep = bp_revisions_policy();
     if (!(r->db = bp_serverdb_open(state_dir, err)) || !(r->store = bp_store_open(state_dir, "events.db", err)) ||
@@ -512,6 +515,7 @@ void bp_registry_close(bp_registry *r)
     bp_store_close(r->store);
     bp_keyring_close(r->keys);
     bp_jti_set_free(r->spent);
+    bp_unopened_free(r->unopened);
     sqlite3_close(r->db);
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->admin_mu);
@@ -753,9 +757,11 @@ int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who,
 
 /* ---- cluster mode: a change made on another node --------------------------------------------- */
 
-/* rec's integration, deleted through another node: forgotten here too. */
-static void apply_deletion(bp_registry *r, bp_integration *it, const char *fields)
+/* rec's integration, deleted through another node: forgotten here too
+ * (also when it never opened here). */
+static void apply_deletion(bp_registry *r, const char *id, bp_integration *it, const char *fields)
 {
+    bp_unopened_clear(r->unopened, id);
     if (!it) return;
     forget_integration(r, it);
     bp_log("info", "integration deleted (through another node)", fields);
@@ -790,12 +796,15 @@ static void apply_current(bp_registry *r, const bp_config_record *rec, bp_integr
     bp_error err;
     if (!v) {
         bp_log("error", "integration from the cluster not loaded: no blueprint for its vendor on this node", fields->data);
+        bp_unopened_note(r->unopened, rec->id, BP_UNOPENED_BLUEPRINT, rec->vendor);
     } else if (bp_seal_doc(r->keys, rec->id, sbp ? sbp->bp : NULL, rec->current.data ? rec->current.data : "{}",
                            BP_UNSEAL, &plain, NULL, &err) < 0) {
         bp_log_field(fields, "error", err.msg);
         bp_log("error", "integration from the cluster not loaded: its secrets do not decrypt here (do the nodes "
                "share the master key?)", fields->data);
+        bp_unopened_note(r->unopened, rec->id, BP_UNOPENED_KEYS, rec->vendor);
     } else {
+        bp_unopened_clear(r->unopened, rec->id);
         bp_config *cfg = sbp ? bp_configdoc_validate(sbp->bp, plain.data, rec->variant, &err) : NULL;
         if (!*it) {
             *it = list_remote(r, rec, v, plain.data, cfg, fields->data);
@@ -829,7 +838,7 @@ void bp_registry_apply_config(bp_registry *r, const char *record, size_t len)
         bp_buf_init(&f);
         bp_log_field(&f, "integration", rec.id);
         bp_integration *it = bp_registry_find(r, rec.id);
-        if (rec.deleted) apply_deletion(r, it, f.data);
+        if (rec.deleted) apply_deletion(r, rec.id, it, f.data);
         else apply_current(r, &rec, &it, &f);
         bp_integration_release(it);
         bp_buf_free(&f);

@@ -590,6 +590,21 @@ static int admit(server *s, struct MHD_Connection *c, const char *method, const 
     return 0;
 }
 
+/* A request for an integration this node could not open (its blueprint
+ * missing here, its secrets sealed with another key ring): 503 saying why
+ * and what to do, rather than a 404 as if it did not exist (1), else 0. */
+static int reply_unopened(bp_registry *reg, const char *id, reply *r)
+{
+    bp_buf msg;
+    bp_buf_init(&msg);
+    int listed = bp_unopened_message(bp_registry_unopened(reg), id, &msg);
+    if (listed)
+        bp_reply_error(r, 503, "INTEGRATION_UNAVAILABLE", "integration '%s' is not open on this node: %s (GET /healthz "
+                       "lists it); nothing was accepted", id, msg.data);
+    bp_buf_free(&msg);
+    return listed;
+}
+
 /* The last call: the whole body is in cn. */
 static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *method, const char *url, conn *cn)
 {
@@ -601,7 +616,8 @@ static enum MHD_Result respond(server *s, struct MHD_Connection *c, const char *
     if (cn->too_large) {   /* a body without a length (chunked), counted as it came */
         bp_reply_error(&r, 413, "PAYLOAD_TOO_LARGE", "the body is over %zu bytes; nothing was applied", rt->body_limit);
     } else if (strstr(rt->pattern, ":id") && !(k.it = bp_registry_find(s->reg, cn->capture))) {
-        bp_reply_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", cn->capture);
+        if (!reply_unopened(s->reg, cn->capture, &r))
+            bp_reply_error(&r, 404, "NOT_FOUND", "no integration with id '%s'", cn->capture);
     } else {
         if (strstr(rt->pattern, ":vendor")) k.vendor = cn->capture;
         if (strchr(rt->pattern, '*')) k.rest = cn->capture;

@@ -279,6 +279,11 @@ void bp_pool_free(bp_pool *p);
 /* A send slot on the account's pace for a request made outside the loops
  * (install checks): 0 when taken, else the ms to wait. */
 double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_rps);
+/* Cluster mode: these accounts are paced here at their limit divided by
+ * divisors[i] (whole requests per second when that leaves one or more), so
+ * that the nodes that may deliver one account at once stay within its limit
+ * together; every other account at its whole limit.  Replaces the list. */
+void bp_pool_set_shares(bp_pool *p, char *const *keys, const int *divisors, size_t n);
 
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 
@@ -563,6 +568,19 @@ int bp_revisions_record(struct sqlite3 *db, const bp_revisions_kept *keep, const
 int bp_revisions_files(struct sqlite3 *db, const char *vendor, int number, bp_buf *files_json);
 int bp_revisions_list(struct sqlite3 *db, const char *vendor, bp_buf *out);
 
+/* unopened.c: the integrations whose configuration this node could not
+ * open (thread-safe): noted with the reason, cleared when a record opens or
+ * deletes it.  message: what the answer to a request for it says (1 when
+ * listed); json: [{"integration","reason","message"}], returns the count. */
+typedef struct bp_unopened bp_unopened;
+enum bp_unopened_reason { BP_UNOPENED_KEYS, BP_UNOPENED_BLUEPRINT };
+bp_unopened *bp_unopened_new(void);
+void bp_unopened_free(bp_unopened *u);
+void bp_unopened_note(bp_unopened *u, const char *id, enum bp_unopened_reason why, const char *vendor);
+void bp_unopened_clear(bp_unopened *u, const char *id);
+int bp_unopened_message(bp_unopened *u, const char *id, bp_buf *message);
+size_t bp_unopened_json(bp_unopened *u, bp_buf *out);
+
 /* configrecord.c: cluster mode's configuration record of an integration. */
 /* Written from server.db (its head and every revision as stored): 0, or -1. */
 int bp_config_record_write(struct sqlite3 *db, const char *id, bp_buf *out);
@@ -632,6 +650,7 @@ int bp_registry_start(bp_registry *r, int workers, bp_error *err);
 void bp_registry_close(bp_registry *r);
 /* What other rooms need of the registry, without its lock: */
 bp_store *bp_registry_store(bp_registry *r);            /* fixed after open */
+bp_unopened *bp_registry_unopened(bp_registry *r);      /* fixed after open: records not opened here */
 bp_pool *bp_registry_pool(bp_registry *r);              /* NULL before start */
 const char *bp_registry_blueprints_dir(bp_registry *r);
 const char *bp_registry_state_dir(bp_registry *r);

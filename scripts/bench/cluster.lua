@@ -28,6 +28,8 @@
 --                   librdkafka's threads; mock_us_per_event the mock brokers'
 --                   process; emu_us_per_event the emulator's.
 --   duplicates (emulator requests − new contacts), intake_failures, log_errors.
+--   intake_p50_ms, intake_p99_ms  then, drained: 400 one-event POSTs through the
+--                   first node, 8 at a time (curl's time per request).
 local W, NODES, EVENTS, BATCH = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4] or 200)
 local core = require("blueprint_core")
 local INTEGRATIONS = 8
@@ -331,6 +333,24 @@ local function main()
   for _, n in ipairs(nodes) do
     for _ in (read(n.out .. ".err") or ""):gmatch('"level":"error"') do errors = errors + 1 end
   end
+  -- intake latency, after the burst has drained: PROBES one-event POSTs
+  -- through the first node (a cluster node, or the SQLite serve), 8 at a
+  -- time, each request's time as curl measured it
+  local PROBES = 400
+  local cfg = {}
+  for i = 1, PROBES do
+    write(("%s/probe%d"):format(D, i), ident("q", i))
+    cfg[#cfg + 1] = ('url = "%s/v1/integrations/%s/events"\nrequest = "POST"\nheader = "Authorization: Bearer %s"\n'
+      .. 'header = "Content-Type: application/json"\ndata-binary = "@%s/probe%d"\noutput = "/dev/null"\n'
+      .. 'write-out = "%%{http_code} %%{time_total}\\n"'):format(nodes[1].url, ids[(i - 1) % #ids + 1], token, D, i)
+  end
+  write(D .. "/probe.cfg", table.concat(cfg, "\nnext\n") .. "\n")
+  local lat, probe_failures = {}, 0
+  for code, secs in sh("curl -s -Z --parallel-max 8 -K " .. D .. "/probe.cfg 2>/dev/null"):gmatch("(%d+) ([%d.]+)") do
+    if code == "202" then lat[#lat + 1] = tonumber(secs) * 1000 else probe_failures = probe_failures + 1 end
+  end
+  table.sort(lat)
+  local function pct(q) return #lat > 0 and lat[math.max(1, math.ceil(#lat * q))] or -1 end
   local per = function(x) return delivered > 0 and x / delivered * 1e6 or 0 end
   local posted_s = ((t_posted or now_ms()) - t0) / 1000
   local e2e_s = ((t_delivered or now_ms()) - t0) / 1000
@@ -350,6 +370,8 @@ local function main()
   print(("node_us_per_event=%.1f node_rdk_us_per_event=%.1f mock_us_per_event=%.1f emu_us_per_event=%.1f"):format(
     per(node_cpu), per(rdk_cpu), per(mock_cpu), per(emu_cpu)))
   print(("log_errors=%d"):format(errors))
+  print(("intake_p50_ms=%.1f intake_p99_ms=%.1f intake_probes=%d probe_failures=%d"):format(pct(0.5), pct(0.99), PROBES,
+    probe_failures))
   return D
 end
 

@@ -65,7 +65,7 @@ describe("cluster mode on Kafka #kafka", function()
 
   lazy_setup(function()
     kafka = S.start_kafka()
-    emu = S.start_emulator("--accounts " .. (ACCOUNTS + 1) .. " --rate-limit 5")
+    emu = S.start_emulator("--accounts " .. (ACCOUNTS + 2) .. " --rate-limit 5")   -- the last: the shared account
     keyfile = os.tmpname()
     local f = io.popen("openssl rand -hex 32")
     S.write(keyfile, "kspec " .. f:read("l") .. "\n")
@@ -297,6 +297,119 @@ describe("cluster mode on Kafka #kafka", function()
     assert.matches("blueprint_kafka_consumer_lag{topic=", raw, nil, true)
     local total = tonumber(raw:match("blueprint_events_delivered_total (%d+)"))
     assert.is_true(total and total >= 1 + 10 * ACCOUNTS, "delivered_total " .. tostring(total))
+  end)
+
+  -- before, such a node loaded no integration, said so in its log only,
+  -- answered /healthz 200 and refused every event with a 404
+  it("a node started without the cluster's key file is not ready, names what it cannot open and answers intake 503", function()
+    local loud = S.start_server({ state = S.tmpdir(), rate = false, start_seconds = 60,
+      env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes",
+      args = "--kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node-without-key" })
+    finally(function() loud.stop() end)
+    local function unopened()
+      local st, h = loud.call("GET", "/healthz")
+      local listed = {}
+      for _, u in ipairs(type(h) == "table" and h.unopened or {}) do listed[u.integration] = u end
+      return st, h, listed
+    end
+    local st, h, listed = unopened()
+    assert.are.equal(503, st, core.json_encode(h))
+    assert.are.equal("unhealthy", h.status)
+    for k = 0, ACCOUNTS do assert.is_truthy(listed[ids[k]], "not named: " .. ids[k]) end
+    assert.are.equal("secrets_do_not_decrypt", listed[ids[0]].reason)
+    assert.matches("--master-key-file", listed[ids[0]].message, 1, true)
+    local body
+    st, body = loud.call("POST", "/v1/integrations/" .. ids[0] .. "/events", S.identify("loud@example.com", "loud-1"))
+    assert.are.equal(503, st, core.json_encode(body))
+    assert.are.equal("INTEGRATION_UNAVAILABLE", body.error.code)
+    assert.matches("cannot decrypt the integration's secrets: start it with the cluster's key file (--master-key-file",
+      body.error.message, 1, true)
+    -- a record that settles it (here a deletion through another node) takes it off the list
+    local it
+    st, it = nodes[1].call("POST", INSTALL, S.install_body("loud", S.emulator_account(emu, 0)))
+    assert.are.equal(201, st)
+    assert.is_truthy(S.eventually(function() return select(3, unopened())[it.id] end, 5), "the new one not named")
+    assert.are.equal(204, (nodes[1].call("DELETE", "/v1/admin/integrations/" .. it.id)))
+    assert.is_truthy(S.eventually(function() return not select(3, unopened())[it.id] end, 5), "still named after its deletion")
+    -- the nodes that have the key are ready
+    for i = 1, 3 do assert.are.equal(200, (nodes[i].call("GET", "/healthz")), "node " .. i) end
+  end)
+
+  -- before, the first intake of a new integration waited for its topic to
+  -- be found (20 at once after 20 installs: up to 6 s); now the install
+  -- answers once the topic is ready.  Times are reported, not asserted.
+  it("takes the first intake right after an install: 20 installs, then 20 first intakes at once, all accepted", function()
+    local fresh, dir = {}, S.tmpdir()
+    for k = 1, 20 do
+      local st, it = nodes[1].call("POST", INSTALL, S.install_body("first-" .. k, S.emulator_account(emu, k)))
+      assert.are.equal(201, st)
+      fresh[k] = it.id
+    end
+    local token = nodes[1].token("admin")
+    local cmd = {}
+    for k = 1, 20 do
+      S.write(dir .. "/b" .. k, S.identify(("first%d@example.com"):format(k), "first-intake-" .. k))
+      cmd[#cmd + 1] = ("curl -s -o /dev/null -w '%%{http_code} %%{time_total}\\n' -X POST -H 'Authorization: Bearer %s' "
+        .. "-H 'Content-Type: application/json' --data-binary @%s/b%d %s/v1/integrations/%s/events >> %s/times &")
+        :format(token, dir, k, nodes[1].url, fresh[k], dir)
+    end
+    os.execute(table.concat(cmd, " ") .. " wait")
+    local times = {}
+    for line in io.lines(dir .. "/times") do
+      local st, secs = line:match("^(%d+) ([%d.]+)$")
+      assert.are.equal("202", st, line)
+      times[#times + 1] = tonumber(secs)
+    end
+    assert.are.equal(20, #times)
+    table.sort(times)
+    io.stderr:write(("# 20 first intakes right after 20 installs: p50 %.3f s, max %.3f s\n"):format(times[10], times[20]))
+  end)
+
+  -- two integrations on one account are two topics, whose partitions two
+  -- nodes may read: before, each paced the account alone (up to twice its
+  -- limit); now each paces it at its share unless it holds both topics whole
+  it("paces an account shared by two integrations within its limit across the nodes, in the default topic mode", function()
+    local shared = ACCOUNTS + 1
+    local twins, topics = {}, {}
+    for k = 1, 2 do
+      local st, it = nodes[k].call("POST", INSTALL, S.install_body("twin-" .. k, S.emulator_account(emu, shared)))
+      assert.are.equal(201, st)
+      twins[k] = it.id
+      topics["delivery-" .. it.id] = k
+    end
+    -- the group has spread both topics' partitions (4 each on the mock)
+    local where
+    assert.is_truthy(S.eventually(function()
+      local n, seen = 0, {}
+      for i = 1, 3 do
+        local _, h = nodes[i].call("GET", "/healthz")
+        for _, p in ipairs(type(h) == "table" and h.kafka and h.kafka.assigned_partitions or {}) do
+          if topics[p.topic] then n = n + 1; seen[#seen + 1] = ("twin-%d/%d@node%d"):format(topics[p.topic], p.partition, i) end
+        end
+      end
+      where = table.concat(seen, " ")
+      return n == 8
+    end, 30), "the twins' partitions not assigned: " .. tostring(where))
+    local emails = {}
+    for round = 1, 15 do
+      for k = 1, 2 do
+        local email = ("twin%d-%d@example.com"):format(k, round)
+        emails[#emails + 1] = email
+        local st = nodes[(round + k) % 3 + 1].call("POST", "/v1/integrations/" .. twins[k] .. "/events",
+          S.identify(email, "twin" .. k .. "-" .. round))
+        assert.are.equal(202, st)
+      end
+    end
+    local ok, n = S.eventually(function() return delivered(emails) end, 90)
+    assert.is_truthy(ok, ("delivered %s of %d"):format(tostring(n or select(2, delivered(emails))), #emails))
+    local mine = {}
+    for _, r in ipairs(emu.requests()) do if r.account == shared then mine[#mine + 1] = r end end
+    local worst, _, late, window = S.pacing_report(mine)
+    io.stderr:write(("# an account shared by two integrations (%s): at most %d requests in one second\n"):format(where, worst))
+    if TIMING then
+      assert.is_true(worst <= 5, ("the shared account received %d requests within one second: %s"):format(worst, window))
+      assert.are.equal(0, #late, "429s after the first second")
+    end
   end)
 end)
 
