@@ -276,6 +276,20 @@ static int prune_step(bp_store *s, const bp_retention *r, int64_t now)
     return behind;
 }
 
+/* Copy the WAL into the database.  A PASSIVE checkpoint copies what was
+ * committed without blocking the writers; but SQLite starts the WAL over
+ * from its beginning only once every frame is copied, which under a steady
+ * flow of commits never happens, so the WAL would grow without end.  So the
+ * few frames committed meanwhile are copied again with the write lock held:
+ * no commit waits longer than that short catch-up. */
+static void checkpoint(bp_store *s, sqlite3 *db)
+{
+    if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) != SQLITE_OK) return;
+    pthread_mutex_lock(&s->mu);
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* The store's own thread: checkpoints when the WAL has grown (see on_wal),
  * and, when a retention is set, a prune step now and then.  One thread per
  * store, whatever the number of integrations. */
@@ -285,6 +299,10 @@ static void *upkeep_main(void *arg)
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) { sqlite3_close(db); db = NULL; }
     if (db) bp_store_busy_handler(db);
+    /* a connection that has read nothing does not know the file is in WAL
+     * mode, and its checkpoints do nothing (SQLite answers -1 frames): the
+     * WAL then grew without end */
+    if (db) sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
     pthread_mutex_lock(&s->ckpt_mu);
     while (!s->closing) {
         int64_t now = (int64_t)bp_wall_ms();
@@ -294,7 +312,7 @@ static void *upkeep_main(void *arg)
             pthread_mutex_unlock(&s->ckpt_mu);
             /* PASSIVE: copies what it can without blocking the writers; a later
              * commit restarts the WAL from its beginning once all is copied */
-            if (db) sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+            if (db) checkpoint(s, db);
             pthread_mutex_lock(&s->ckpt_mu);
         } else if (pruning && now >= s->prune_at) {
             bp_retention r = s->ret;
