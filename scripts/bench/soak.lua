@@ -38,6 +38,7 @@ local BIN = os.getenv("BENCH_SOAK_BIN") or "build/blueprint"
 local srv_pid, srv_port = start(BIN .. " serve --port 0 --state " .. state .. " --rate-limit 1000000"
   .. (KEEP == "none" and "" or (" --keep-delivered " .. KEEP .. " --keep-dead " .. KEEP)), W .. "/soak-serve.out")
 local base = "http://127.0.0.1:" .. srv_port
+local function stop() os.execute("kill " .. srv_pid .. " " .. emu_pid .. " 2>/dev/null") end
 local token = sh("build/blueprint token --role admin --state " .. state):match("%S+")
 local emu = "http://127.0.0.1:" .. emu_port
 write(W .. "/soak-install.json", ('{"name":"soak","config":{"api_url":"%s","api_key":"emulator-api-token",'
@@ -45,7 +46,7 @@ write(W .. "/soak-install.json", ('{"name":"soak","config":{"api_url":"%s","api_
   :format(emu, emu))
 local id = sh("curl -s -H 'Authorization: Bearer " .. token .. "' --data-binary @" .. W .. "/soak-install.json "
   .. base .. "/v1/admin/integration-catalog/activecampaign/install"):match('"id":"([^"]+)"')
-assert(id, "install failed")
+if not id then stop(); error("install failed") end
 
 -- final outcomes so far and events taken in, from /metrics
 local function counts()
@@ -82,6 +83,7 @@ local function post(count)
   return bad
 end
 
+local function soak()
 print(("soak_events=%d keep=%s"):format(N, KEEP))
 local quarter = N // 4
 for q = 1, 4 do
@@ -98,4 +100,7 @@ for q = 1, 4 do
     q, taken, q * 25, size_mb(state .. "/events.db"), size_mb(state .. "/events.db-wal"), (final - f0) / secs, pruned, bad))
   io.stdout:flush()
 end
-os.execute("kill " .. srv_pid .. " " .. emu_pid)
+end
+local ok, err = pcall(soak)
+stop()
+if not ok then error(err) end
