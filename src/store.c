@@ -126,7 +126,7 @@ static const char INDEXES[] =
     /* retention finds final events by the time of their outcome; unfinished
      * events are not in it, so their updates (each attempt) never touch it */
     "CREATE INDEX IF NOT EXISTS events_final ON events(state, updated_at) "
-    "  WHERE state IN ('delivered','dropped','error','dead');";
+    "  WHERE state IN ('delivered','dropped','error','dead','replayed');";
 
 /* Columns added after the first release, created on a store that lacks them. */
 static const char *const ADDED_COLUMNS[][2] = {
@@ -262,12 +262,13 @@ static int prune_once_keys(bp_store *s, int64_t cutoff)
  * stretch of the once-keys.  Returns 1 when there is more to do now. */
 static int prune_step(bp_store *s, const bp_retention *r, int64_t now)
 {
-    static const char *const short_lived[] = { "delivered", "dropped" }, *const long_lived[] = { "dead", "error" };
+    /* "replayed" (cluster mode): a dead letter sent again as a new event, kept as history */
+    static const char *const short_lived[] = { "delivered", "dropped", "replayed" }, *const long_lived[] = { "dead", "error" };
     int behind = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++)
         if (r->delivered_ms > 0 && prune_batch(s, short_lived[i], now - r->delivered_ms) == PRUNE_BATCH) behind = 1;
+    for (int i = 0; i < 2; i++)
         if (r->dead_ms > 0 && prune_batch(s, long_lived[i], now - r->dead_ms) == PRUNE_BATCH) behind = 1;
-    }
     if (r->once_ms > 0 && (s->once_cursor || now >= s->once_pass_at)) {
         if (!s->once_cursor) s->once_cursor = bp_strdup("");
         if (prune_once_keys(s, now - r->once_ms)) behind = 1;
@@ -400,7 +401,7 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
                                      "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
          /* the same terms as events_final's WHERE, so that it is used */
          prepare(s->db, &s->prune, "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
-                                   "('delivered','dropped','error','dead') AND state=?1 AND updated_at < ?2 LIMIT ?3)") == 0 &&
+                                   "('delivered','dropped','error','dead','replayed') AND state=?1 AND updated_at < ?2 LIMIT ?3)") == 0 &&
          prepare(s->db, &s->once_get, "SELECT at FROM once_keys WHERE key=?1") == 0 &&
          prepare(s->db, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)") == 0 &&
          /* a value counts once the run that set it is over: its event delivered (or
