@@ -101,6 +101,9 @@ typedef struct bp_serve_opts {
     int editor_workers;          /* threads running editors' dry-runs, fixture runs and save checks; 0 = 2 */
     int editor_queue;            /* editor jobs that may wait for them (more: 503 EDITOR_BUSY); 0 = 8 */
     int request_time_limit_s;    /* the total time a request's headers and body may take; 0 = 30 */
+    /* how long STATE/events.db keeps final events, in seconds (unfinished ones are never pruned) */
+    int64_t keep_delivered_s;    /* delivered and dropped; 0 = 7 days */
+    int64_t keep_dead_s;         /* dead letters and errors not replayed; 0 = 30 days */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

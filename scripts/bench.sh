@@ -6,6 +6,9 @@
 #   BENCH_EVENTS=200000  corpus size        BENCH_RUNS=5   runs per measurement (median)
 #   BENCH_PACING_S=60    pacing run length  BENCH_QUICK=1  small sizes, for a smoke run
 #   BENCH_CLUSTER_EVENTS=40000  burst size of the cluster-mode rows (mock Kafka)
+#   BENCH_SOAK_EVENTS=200000    events through serve in the retention soak (the issue's target is 1,000,000;
+#                               200,000 takes ~40 s here)   BENCH_SOAK_KEEP=10s  its retention windows
+#   BENCH_ONLY=soak      only the retention soak, printed, no BENCHMARKS.md
 #   BENCH_ONLY=depth     only the contact-depth rows (lists, tags, custom fields), printed, no BENCHMARKS.md
 #                        (builds what it runs first: a stale build/bench-map would reject today's blueprint)
 set -euo pipefail
@@ -20,6 +23,9 @@ TENANTS=10000; ACCOUNTS=1000
 CEVENTS=40000
 if [ "${BENCH_QUICK:-}" = 1 ]; then N=20000; RUNS=1; PACING_S=10; MEM_EVENTS=100000; BACKLOG=10000; TENANTS=1000; ACCOUNTS=100; CEVENTS=2000; fi
 CEVENTS=${BENCH_CLUSTER_EVENTS:-$CEVENTS}
+SOAK=200000
+[ "${BENCH_QUICK:-}" = 1 ] && SOAK=20000
+SOAK=${BENCH_SOAK_EVENTS:-$SOAK}; SOAK_KEEP=${BENCH_SOAK_KEEP:-10s}
 
 W=build/bench
 mkdir -p $W
@@ -36,7 +42,7 @@ CFG=scripts/bench/config.json
 export LUA_CPATH="build/lua/?.so;;"
 CORPUS=$W/corpus-$N.ndjson
 [ "${BENCH_ONLY:-}" = depth ] && make -s --no-print-directory all build/bench-map
-[ -s "$CORPUS" ] || [ "${BENCH_ONLY:-}" = depth ] || lua5.4 scripts/bench/corpus.lua "$N" > "$CORPUS"
+[ -s "$CORPUS" ] || [ -n "${BENCH_ONLY:-}" ] || lua5.4 scripts/bench/corpus.lua "$N" > "$CORPUS"
 pids=()
 # scripts/bench/cluster.lua lists what it starts in $W/cluster.pids and stops it itself;
 # if it dies first, they are stopped here
@@ -49,6 +55,18 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT   # Ctrl-C: once the running step has ended (cluster.lua stops what it started), then cleanup
+
+# the retention soak (also alone: BENCH_ONLY=soak)
+run_soak() {
+  echo "== retention soak: $SOAK events through serve (emulator, rate limit off), --keep-delivered/--keep-dead $SOAK_KEEP"
+  SOAK_CORPUS=$W/corpus-$SOAK.ndjson
+  [ -s "$SOAK_CORPUS" ] || lua5.4 scripts/bench/corpus.lua "$SOAK" > "$SOAK_CORPUS"
+  lua5.4 scripts/bench/soak.lua $W "$SOAK_CORPUS" "$SOAK" "$SOAK_KEEP" > $W/soak.out 2> $W/soak.err \
+    || echo "   soak.lua failed: $(tail -1 $W/soak.err)"
+  sed 's/^/   /' $W/soak.out
+}
+sq() { for q in 1 2 3 4; do sed -n "s/^q$q .*\b$1=\([0-9.]*\).*/\1/p" $W/soak.out; done | paste -sd/ | sed 's|/| / |g'; }
+if [ "${BENCH_ONLY:-}" = soak ]; then make -s --no-print-directory all; run_soak; exit 0; fi
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 # cpu seconds (user+sys) of one run of a command
@@ -271,6 +289,8 @@ c_sum() { awk -v k="$1" '{for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) t
 c_inc=$(awk -v a="$(kv 1 node_us_per_event)" -v b="$(kv 3 node_us_per_event)" 'BEGIN {printf "%.0f", (b - a) / 2}')
 c_pct=$(awk -v i="$c_inc" 'BEGIN {printf "%.0f", i * 5000 / 1e4}')   # % of a core: 5000 events/s at c_inc µs
 
+run_soak
+
 # ---- the table --------------------------------------------------------------------------------
 r_lua=$(ratio "$c_lua" "$c_lib"); r_node=$(ratio "$c_node" "$c_lib"); r_floor=$(ratio "$c_lib" "$c_floor")
 r_dry_lua=$(ratio "$c_lua" "$c_dry"); r_dry_node=$(ratio "$c_node" "$c_dry")
@@ -317,6 +337,8 @@ $DEPTH_TABLE
 | …consumer lag after a burst of $CEVENTS, in messages of 200 events: end of posting / peak / 1 s later, drained | 1 node: $(c_lag 1); 2: $(c_lag 2); 3: $(c_lag 3) (SQLite queue, in events: $(c_lag 0)) | | |
 | …CPU per event, nodes / mock brokers vs single-node SQLite | 1 node: $(kv 1 node_us_per_event) / $(kv 1 mock_us_per_event) µs; 2: $(kv 2 node_us_per_event) / $(kv 2 mock_us_per_event) µs; 3: $(kv 3 node_us_per_event) / $(kv 3 mock_us_per_event) µs vs SQLite $(kv 0 node_us_per_event) µs → $(c_us 1)× / $(c_us 2)× / $(c_us 3)× | | |
 | …of the nodes' CPU per event, in librdkafka's threads | $(kv 1 node_rdk_us_per_event) / $(kv 2 node_rdk_us_per_event) / $(kv 3 node_rdk_us_per_event) µs | | |
+| retention soak, $SOAK events (\`--keep-delivered\`/\`--keep-dead\` $SOAK_KEEP): events.db at 25 / 50 / 75 / 100% | $(sq size_mb) MB (WAL $(sq wal_mb) MB) | plateaus | |
+| …delivery rate per quarter | $(sq eps) events/s | steady | |
 | …delivered twice / intake failures / errors logged (4 runs) | $(c_sum duplicates) / $(c_sum intake_failures) / $(c_sum log_errors) | | |
 TAB
 )
@@ -445,6 +467,13 @@ shared cores).  At 1000 accounts × 5 requests/s that would be ~${c_pct}% of a c
   ÷ events delivered; the librdkafka part sums the threads named \`rdk:*\`.  NODES = 0 is the
   same burst against one \`serve\` without \`--kafka\` (SQLite), its lag being
   \`blueprint_queue_depth\` in events.  Delivered twice = emulator requests − new contacts.
+- Retention soak: \`lua5.4 scripts/bench/soak.lua DIR CORPUS $SOAK $SOAK_KEEP\` starts the emulator
+  (rate limit off) and one \`serve --rate-limit 1000000 --keep-delivered $SOAK_KEEP --keep-dead
+  $SOAK_KEEP\`, installs one integration and posts the corpus's first $SOAK events in four quarters
+  (250 a request, 4 in parallel); after each quarter, once every event taken in is final
+  (\`/metrics\`), it prints the size of \`events.db\` and of its WAL and the quarter's rate (final
+  outcomes ÷ the time from its first post).  With retention the size stops growing once the
+  window is full, whatever N (\`BENCH_SOAK_EVENTS\`; the issue's 1,000,000 takes ~4 minutes here).
 MD
   echo; echo "wrote BENCHMARKS.md"
 fi

@@ -118,6 +118,7 @@ static const struct { const char *command, *text; } command_help[] = {
       "                       [--editor-workers N] [--editor-queue N] [--request-time-limit SECONDS]\n"
       "                       [--jwt-issuer ISS] [--jwt-audience AUD] [--audit-retention-days N]\n"
       "                       [--rate-limit RPS] [--retry-base-ms N]\n"
+      "                       [--keep-delivered DURATION] [--keep-dead DURATION]\n"
       "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
       "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
       "                        [--kafka-partitions N] [--kafka-config FILE]]\n"
@@ -132,7 +133,12 @@ static const struct { const char *command, *text; } command_help[] = {
       "--editor-workers (2; BLUEPRINT_EDITOR_WORKERS): threads that run the editor's dry-runs, fixture runs and\n"
       "save checks, off the HTTP threads; --editor-queue (8; BLUEPRINT_EDITOR_QUEUE): how many more may wait\n"
       "(beyond: 503 EDITOR_BUSY); --request-time-limit (30; BLUEPRINT_REQUEST_TIME_LIMIT): seconds a request's\n"
-      "headers and body may take to arrive, however steadily they trickle in.\n" },
+      "headers and body may take to arrive, however steadily they trickle in.\n"
+      "\n"
+      "Retention of STATE/events.db (durations: 7d, 12h, 30m, 90s): --keep-delivered (7d): delivered and\n"
+      "dropped events, counted from their outcome; --keep-dead (30d): dead letters and errors not replayed.\n"
+      "Events not final yet (pending, retrying, held) are never pruned.  In cluster mode the outcome records of\n"
+      "other nodes follow the same rules.\n" },
     { "token",
       "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--subject NAME]\n"
       "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
@@ -559,13 +565,31 @@ static int dlq(int argc, char **argv)
     return 0;
 }
 
+/* A retention window: a whole number and a unit, d, h, m or s (7d, 12h, 30m,
+ * 90s), at least a second and at most 10 years; -1 (said on stderr) else. */
+static int64_t parse_duration(const char *opt, const char *val)
+{
+    static const struct { char unit; int64_t s; } units[] = { { 'd', 86400 }, { 'h', 3600 }, { 'm', 60 }, { 's', 1 } };
+    size_t digits = strspn(val, "0123456789");
+    int64_t v = -1;
+    if (digits && digits <= 9 && strlen(val) == digits + 1)
+        for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+            if (val[digits] == units[i].unit) v = strtoll(val, NULL, 10) * units[i].s;
+    if (v <= 0 || v > 3650LL * 86400) {
+        fprintf(stderr, "blueprint: %s takes a duration such as 7d, 12h, 30m or 90s (a whole number and d, h, m or s; "
+                "at most 3650d), not '%s'\n", opt, val);
+        return -1;
+    }
+    return v;
+}
+
 static int serve(int argc, char **argv)
 {
     bp_serve_opts o = { "127.0.0.1", 8084, "./var", "./blueprints", 0, 0, 0, 0, 0,
                         getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
                         getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0, NULL,
                         getenv("BLUEPRINT_KAFKA_CONFIG"),
-                        0, 0, 0 };
+                        0, 0, 0, 0, 0 };
     static char host[64];
     const char *env;
     if ((env = getenv("BLUEPRINT_EDITOR_WORKERS"))) o.editor_workers = atoi(env);
@@ -595,6 +619,11 @@ static int serve(int argc, char **argv)
         else if (!strcmp(argv[i], "--jwt-issuer")) o.jwt_issuer = next;
         else if (!strcmp(argv[i], "--jwt-audience")) o.jwt_audience = next;
         else if (!strcmp(argv[i], "--audit-retention-days")) o.audit_retention_days = atoi(next);
+        else if (!strcmp(argv[i], "--keep-delivered") || !strcmp(argv[i], "--keep-dead")) {
+            int64_t v = parse_duration(argv[i], next);
+            if (v < 0) return EXIT_USAGE;
+            *(!strcmp(argv[i], "--keep-delivered") ? &o.keep_delivered_s : &o.keep_dead_s) = v;
+        }
         else if (!strcmp(argv[i], "--kafka")) o.kafka_brokers = next;
         else if (!strcmp(argv[i], "--cluster")) o.cluster_name = next;
         else if (!strcmp(argv[i], "--node")) o.node_name = next;

@@ -66,7 +66,7 @@ void bp_deliver_opts_default(bp_deliver_opts *o)
     o->retry_cap_ms = 60000;
     o->connect_timeout_ms = 5000;
     o->http_timeout_ms = 30000;
-    o->once_ttl_s = 600;
+    o->once_ttl_s = BP_ONCE_TTL_S;
     bp_limits_default(&o->limits);
 }
 

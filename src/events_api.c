@@ -185,6 +185,9 @@ void bp_api_live_events(call *k)
     /* which blueprint judges its events now, and whether the files on disk
      * were rejected (the outcomes below name the revision that judged them) */
     bp_write_blueprint_state_of(k->s->reg, &k->r->body, k->it->vendor);
+    /* how far back the list can reach */
+    bp_buf_addc(&k->r->body, ',');
+    bp_write_retention(&k->r->body, bp_registry_store(k->s->reg), k->it->id);
     bp_buf_adds(&k->r->body, ",\"events\":[");
     rows w = { &k->r->body, 0 };
     if (bp_store_recent(bp_registry_store(k->s->reg), k->it->id, state, limit, write_row, &w) < 0) {

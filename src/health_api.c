@@ -9,6 +9,19 @@
 
 #include <string.h>
 
+void bp_write_retention(bp_buf *b, bp_store *store, const char *integration)
+{
+    bp_retention r = bp_store_retention(store);
+    int64_t oldest = bp_store_oldest(store, integration);
+    bp_buf_adds(b, "\"retention\":{\"delivered_s\":");
+    if (r.delivered_ms > 0) bp_buf_printf(b, "%lld", (long long)(r.delivered_ms / 1000)); else bp_buf_adds(b, "null");
+    bp_buf_adds(b, ",\"dead_letters_s\":");
+    if (r.dead_ms > 0) bp_buf_printf(b, "%lld", (long long)(r.dead_ms / 1000)); else bp_buf_adds(b, "null");
+    bp_buf_adds(b, ",\"oldest_event_at\":");
+    if (oldest > 0) bp_buf_printf(b, "%lld", (long long)oldest); else bp_buf_adds(b, "null");
+    bp_buf_addc(b, '}');
+}
+
 void bp_api_healthz(call *k)
 {
     bp_cluster *cluster = k->s->cluster;
@@ -30,12 +43,15 @@ void bp_api_healthz(call *k)
         bp_buf_printf(b, ",\"failures\":%ld,\"help\":\"the state store refuses writes (disk full? permissions?): "
                       "intake answers 503 and delivery progress is kept in memory and retried\"}", h.failures);
     } else {
-        bp_buf_printf(b, "{\"ok\":true,\"failures\":%ld}", h.failures);
+        bp_buf_printf(b, "{\"ok\":true,\"failures\":%ld,\"bytes\":%lld,\"pruned\":%ld}", h.failures,
+                      (long long)h.bytes, h.pruned);
     }
     /* not ready while an integration's configuration does not open here:
      * this node would refuse its events */
     bp_buf_adds(b, ",\"unopened\":");
     bp_buf_add(b, unopened.data, unopened.len);
+    bp_buf_addc(b, ',');
+    bp_write_retention(b, bp_registry_store(k->s->reg), NULL);
     if (cluster) { bp_buf_adds(b, ",\"kafka\":"); bp_buf_add(b, kafka.data, kafka.len); }
     bp_buf_addc(b, '}');
     bp_buf_free(&kafka);

@@ -81,6 +81,12 @@ void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const
     bp_buf_printf(out, "blueprint_store_errors_total %ld\n", store->failures);
     bp_buf_adds(out, "# TYPE blueprint_store_failing gauge\n");
     bp_buf_printf(out, "blueprint_store_failing %d\n", store->failing);
+    bp_buf_adds(out, "# HELP blueprint_events_pruned_total Final events removed from the store by retention.\n"
+                     "# TYPE blueprint_events_pruned_total counter\n");
+    bp_buf_printf(out, "blueprint_events_pruned_total %ld\n", store->pruned);
+    bp_buf_adds(out, "# HELP blueprint_store_bytes The event store's file and its write-ahead log, in bytes.\n"
+                     "# TYPE blueprint_store_bytes gauge\n");
+    bp_buf_printf(out, "blueprint_store_bytes %lld\n", (long long)store->bytes);
     bp_buf_adds(out, "# TYPE blueprint_integrations gauge\n");
     bp_buf_printf(out, "blueprint_integrations %ld\n", m->integrations);
     bp_buf_adds(out, "# TYPE blueprint_blueprint_reloads_total counter\n");

@@ -128,6 +128,9 @@ void bp_api_audit_log(call *k);
 
 /* ---- health_api.c ---- */
 void bp_api_healthz(call *k);
+/* "retention":{…}: how long the store keeps final events and the oldest it
+ * keeps, of one integration or (NULL) of all (health_api.c). */
+void bp_write_retention(bp_buf *b, bp_store *store, const char *integration);
 void bp_api_metrics(call *k);
 
 /* ---- events_api.c: intake, live events, dead letters and their replay ---- */

@@ -120,7 +120,18 @@ typedef struct bp_store_status {
     int failing;                /* the last transaction failed */
     long failures;              /* failed transactions since start */
     char last_error[256];
+    long pruned;                /* events removed by retention since open */
+    int64_t bytes;              /* the database file and its WAL */
 } bp_store_status;
+
+/* How long final events are kept (0: forever, the default: `deliver` keeps
+ * everything).  Events waiting (pending, retrying, held) are never pruned. */
+typedef struct bp_retention {
+    int64_t delivered_ms;       /* delivered and dropped, since their outcome */
+    int64_t dead_ms;            /* dead letters and errors, since their outcome (unless replayed) */
+    int64_t once_ms;            /* once-keys (contact syncs) older than this count no more */
+} bp_retention;
+#define BP_ONCE_TTL_S 600       /* how long a once-key counts by default (bp_deliver_opts.once_ttl_s) */
 
 /* One SQLite database (DIR/FILE) for the events of every integration;
  * `integration` is "" for a single-integration store (deliver).  Safe to
@@ -136,6 +147,14 @@ int bp_store_begin(bp_store *s);
 int bp_store_commit(bp_store *s, int ok);
 void bp_store_rollback(bp_store *s);
 void bp_store_health(bp_store *s, bp_store_status *out);
+/* Start pruning by r on the store's own thread, in small batches (a few
+ * hundred rows per short write transaction, with pauses), never touching
+ * unfinished events. */
+void bp_store_set_retention(bp_store *s, const bp_retention *r);
+bp_retention bp_store_retention(bp_store *s);
+/* The creation time (ms) of the oldest event kept, of one integration or
+ * (NULL) of all; 0 when there is none. */
+int64_t bp_store_oldest(bp_store *s, const char *integration);
 /* Returns the new id, 0 when an event with that message id is already
  * stored for the integration (not stored twice), -1 on error. */
 int64_t bp_store_add(bp_store *s, const char *integration, const char *json, size_t len, long idx,

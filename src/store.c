@@ -24,6 +24,14 @@
  * loop that stalled for a checkpoint would send its paced requests late,
  * and bunched.
  *
+ * Retention (bp_store_set_retention; `serve` sets it, `deliver` keeps
+ * everything) runs on that thread too: final events past their window are
+ * deleted a few hundred rows per write transaction with pauses between, so
+ * the write lock is held for milliseconds at a time and delivery and
+ * intake go on.  Unfinished events (pending, retrying, held) are never
+ * pruned.  SQLite keeps the freed pages and fills them with the next
+ * events, so a steady flow keeps the file at the size of its window.
+ *
  * Failures: a commit that fails (disk full, I/O error, or the fault file
  * of BLUEPRINT_FAULT_FILE present) is rolled back and reported to the
  * caller, who keeps what it wanted to write and tries again; the store
@@ -57,6 +65,13 @@ struct bp_store {
     int failing;
     long failures;
     char last_error[256];
+    /* retention (the upkeep thread prunes; guarded by ckpt_mu) */
+    bp_retention ret;
+    int64_t prune_at;           /* wall ms of the next prune step */
+    int64_t once_pass_at;       /* wall ms of the next walk over the once-keys */
+    char *once_cursor;          /* the walk's last key (NULL: not walking); the upkeep thread only */
+    sqlite3_stmt *prune;        /* write connection: under mu */
+    _Atomic long pruned;
 };
 
 static const char SCHEMA[] =
@@ -107,7 +122,11 @@ static const char INDEXES[] =
      * unfinished events by slot.  Both empty (and free) outside cluster mode. */
     "CREATE UNIQUE INDEX IF NOT EXISTS events_by_source ON events(ktopic, kpart, koff, kidx) "
     "  WHERE ktopic IS NOT NULL;"
-    "CREATE INDEX IF NOT EXISTS events_by_slot ON events(ksrc, state, koff) WHERE ksrc IS NOT NULL;";
+    "CREATE INDEX IF NOT EXISTS events_by_slot ON events(ksrc, state, koff) WHERE ksrc IS NOT NULL;"
+    /* retention finds final events by the time of their outcome; unfinished
+     * events are not in it, so their updates (each attempt) never touch it */
+    "CREATE INDEX IF NOT EXISTS events_final ON events(state, updated_at) "
+    "  WHERE state IN ('delivered','dropped','error','dead','replayed');";
 
 /* Columns added after the first release, created on a store that lacks them. */
 static const char *const ADDED_COLUMNS[][2] = {
@@ -182,25 +201,156 @@ static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-static void *checkpoint_main(void *arg)
+/* ---- retention: pruning in small steps on the upkeep thread -------------------------------- */
+
+#define PRUNE_BATCH 256          /* rows per write transaction: a few ms of the write lock */
+#define PRUNE_PAUSE_MS 25        /* between batches while behind: delivery and intake get the lock */
+#define PRUNE_IDLE_MS 1000       /* between looks once caught up */
+#define ONCE_PASS_EVERY_MS 60000 /* a walk over the once-keys at most this often */
+
+/* Delete up to PRUNE_BATCH events in `state` whose outcome is older than
+ * cutoff, in one short transaction; returns how many, -1 on error. */
+static long prune_batch(bp_store *s, const char *state, int64_t cutoff)
+{
+    if (bp_store_begin(s) < 0) return -1;
+    sqlite3_stmt *q = s->prune;
+    sqlite3_reset(q);
+    sqlite3_bind_text(q, 1, state, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, cutoff);
+    sqlite3_bind_int(q, 3, PRUNE_BATCH);
+    int ok = sqlite3_step(q) == SQLITE_DONE;
+    long n = ok ? (long)sqlite3_changes(s->db) : 0;
+    sqlite3_reset(q);
+    if (bp_store_commit(s, ok) < 0) return -1;
+    atomic_fetch_add_explicit(&s->pruned, n, memory_order_relaxed);
+    return n;
+}
+
+/* The next stretch of the once-keys walk (keys after the cursor, in key
+ * order): those older than cutoff deleted.  Returns 1 while the walk goes on. */
+static int prune_once_keys(bp_store *s, int64_t cutoff)
+{
+    static const char *const sql[2] = {
+        "DELETE FROM once_keys WHERE key > ?1 AND key <= ?2 AND at < ?3",   /* a stretch */
+        "DELETE FROM once_keys WHERE key > ?1 AND at < ?3",                  /* the last one */
+    };
+    sqlite3_stmt *q;
+    char *end = NULL;
+    if (bp_store_begin(s) < 0) return 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT key FROM once_keys WHERE key > ?1 ORDER BY key LIMIT 1 OFFSET ?2", -1, &q,
+                           NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, s->once_cursor, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, 4 * PRUNE_BATCH - 1);
+        if (sqlite3_step(q) == SQLITE_ROW) end = bp_strdup((const char *)sqlite3_column_text(q, 0));
+        sqlite3_finalize(q);
+    }
+    int ok = sqlite3_prepare_v2(s->db, sql[end ? 0 : 1], -1, &q, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(q, 1, s->once_cursor, -1, SQLITE_STATIC);
+        if (end) sqlite3_bind_text(q, 2, end, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 3, cutoff);
+        ok = sqlite3_step(q) == SQLITE_DONE;
+        sqlite3_finalize(q);
+    }
+    bp_store_commit(s, ok);
+    free(s->once_cursor);
+    s->once_cursor = end;       /* NULL: the walk is over */
+    return end != NULL;
+}
+
+/* One step: a batch of each kind of final event past its window, and a
+ * stretch of the once-keys.  Returns 1 when there is more to do now. */
+static int prune_step(bp_store *s, const bp_retention *r, int64_t now)
+{
+    /* "replayed" (cluster mode): a dead letter sent again as a new event, kept as history */
+    static const char *const short_lived[] = { "delivered", "dropped", "replayed" }, *const long_lived[] = { "dead", "error" };
+    int behind = 0;
+    for (int i = 0; i < 3; i++)
+        if (r->delivered_ms > 0 && prune_batch(s, short_lived[i], now - r->delivered_ms) == PRUNE_BATCH) behind = 1;
+    for (int i = 0; i < 2; i++)
+        if (r->dead_ms > 0 && prune_batch(s, long_lived[i], now - r->dead_ms) == PRUNE_BATCH) behind = 1;
+    if (r->once_ms > 0 && (s->once_cursor || now >= s->once_pass_at)) {
+        if (!s->once_cursor) s->once_cursor = bp_strdup("");
+        if (prune_once_keys(s, now - r->once_ms)) behind = 1;
+        else s->once_pass_at = now + ONCE_PASS_EVERY_MS;
+    }
+    return behind;
+}
+
+/* Copy the WAL into the database.  A PASSIVE checkpoint copies what was
+ * committed without blocking the writers; but SQLite starts the WAL over
+ * from its beginning only once every frame is copied, which under a steady
+ * flow of commits never happens, so the WAL would grow without end.  So the
+ * frames committed meanwhile are copied again with the write lock held, and
+ * the next commit starts the WAL over: it stays a few tens of MiB.  That
+ * catch-up (and its fsyncs) holds commits ~10 ms, at most ~30 (measured in
+ * the soak), once per ~16 MiB of WAL; doing it less often makes each wait
+ * longer (~27 ms every ~64 MiB), not the total shorter. */
+static void checkpoint(bp_store *s, sqlite3 *db)
+{
+    if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) != SQLITE_OK) return;
+    pthread_mutex_lock(&s->mu);
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The store's own thread: checkpoints when the WAL has grown (see on_wal),
+ * and, when a retention is set, a prune step now and then.  One thread per
+ * store, whatever the number of integrations. */
+static void *upkeep_main(void *arg)
 {
     bp_store *s = arg;
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) { sqlite3_close(db); db = NULL; }
     if (db) bp_store_busy_handler(db);
+    /* a connection that has read nothing does not know the file is in WAL
+     * mode, and its checkpoints do nothing (SQLite answers -1 frames): the
+     * WAL then grew without end */
+    if (db) sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
     pthread_mutex_lock(&s->ckpt_mu);
     while (!s->closing) {
-        if (!s->wal_frames) { pthread_cond_wait(&s->ckpt_cond, &s->ckpt_mu); continue; }
-        s->wal_frames = 0;
-        pthread_mutex_unlock(&s->ckpt_mu);
-        /* PASSIVE: copies what it can without blocking the writers; a later
-         * commit restarts the WAL from its beginning once all is copied */
-        if (db) sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        pthread_mutex_lock(&s->ckpt_mu);
+        int64_t now = (int64_t)bp_wall_ms();
+        int pruning = s->ret.delivered_ms > 0 || s->ret.dead_ms > 0 || s->ret.once_ms > 0;
+        if (s->wal_frames) {
+            s->wal_frames = 0;
+            pthread_mutex_unlock(&s->ckpt_mu);
+            /* PASSIVE: copies what it can without blocking the writers; a later
+             * commit restarts the WAL from its beginning once all is copied */
+            if (db) checkpoint(s, db);
+            pthread_mutex_lock(&s->ckpt_mu);
+        } else if (pruning && now >= s->prune_at) {
+            bp_retention r = s->ret;
+            pthread_mutex_unlock(&s->ckpt_mu);
+            int behind = prune_step(s, &r, now);
+            pthread_mutex_lock(&s->ckpt_mu);
+            s->prune_at = (int64_t)bp_wall_ms() + (behind ? PRUNE_PAUSE_MS : PRUNE_IDLE_MS);
+        } else if (pruning) {
+            struct timespec until = { (time_t)(s->prune_at / 1000), (long)(s->prune_at % 1000) * 1000000L };
+            pthread_cond_timedwait(&s->ckpt_cond, &s->ckpt_mu, &until);
+        } else {
+            pthread_cond_wait(&s->ckpt_cond, &s->ckpt_mu);
+        }
     }
     pthread_mutex_unlock(&s->ckpt_mu);
     sqlite3_close(db);
     return NULL;
+}
+
+void bp_store_set_retention(bp_store *s, const bp_retention *r)
+{
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->ret = *r;
+    s->prune_at = 0;
+    pthread_cond_signal(&s->ckpt_cond);
+    pthread_mutex_unlock(&s->ckpt_mu);
+}
+
+bp_retention bp_store_retention(bp_store *s)
+{
+    pthread_mutex_lock(&s->ckpt_mu);
+    bp_retention r = s->ret;
+    pthread_mutex_unlock(&s->ckpt_mu);
+    return r;
 }
 
 static int prepare(sqlite3 *db, sqlite3_stmt **st, const char *sql)
@@ -249,6 +399,9 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
                                     "WHERE id=?1") == 0 &&
          prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx, ksrc, koff, steps FROM events "
                                      "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
+         /* the same terms as events_final's WHERE, so that it is used */
+         prepare(s->db, &s->prune, "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
+                                   "('delivered','dropped','error','dead','replayed') AND state=?1 AND updated_at < ?2 LIMIT ?3)") == 0 &&
          prepare(s->db, &s->once_get, "SELECT at FROM once_keys WHERE key=?1") == 0 &&
          prepare(s->db, &s->once_put, "INSERT OR REPLACE INTO once_keys(key, at) VALUES(?1, ?2)") == 0 &&
          /* a value counts once the run that set it is over: its event delivered (or
@@ -271,7 +424,7 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
     }
     chmod(path, 0600);   /* a store made by an older version under a looser umask */
     sqlite3_wal_hook(s->db, on_wal, s);   /* replaces SQLite's own auto-checkpoint */
-    if (pthread_create(&s->checkpointer, NULL, checkpoint_main, s) == 0) s->has_checkpointer = 1;
+    if (pthread_create(&s->checkpointer, NULL, upkeep_main, s) == 0) s->has_checkpointer = 1;
     else sqlite3_wal_autocheckpoint(s->db, CHECKPOINT_FRAMES);
     return s;
 }
@@ -294,6 +447,7 @@ void bp_store_close(bp_store *s)
     sqlite3_finalize(s->once_put);
     sqlite3_finalize(s->cache_get);
     sqlite3_finalize(s->cache_put);
+    sqlite3_finalize(s->prune);
     sqlite3_close(s->rdb);
     sqlite3_close(s->db);
     pthread_mutex_destroy(&s->mu);
@@ -303,6 +457,7 @@ void bp_store_close(bp_store *s)
     pthread_cond_destroy(&s->ckpt_cond);
     free(s->path);
     free(s->fault_file);
+    free(s->once_cursor);
     free(s);
 }
 
@@ -371,6 +526,13 @@ void bp_store_health(bp_store *s, bp_store_status *out)
     out->failures = s->failures;
     snprintf(out->last_error, sizeof out->last_error, "%s", s->last_error);
     pthread_mutex_unlock(&s->health_mu);
+    out->pruned = atomic_load_explicit(&s->pruned, memory_order_relaxed);
+    out->bytes = 0;
+    char wal[BP_PATH_MAX];
+    snprintf(wal, sizeof wal, "%s-wal", s->path);
+    struct stat st;
+    if (stat(s->path, &st) == 0) out->bytes += (int64_t)st.st_size;
+    if (stat(wal, &st) == 0) out->bytes += (int64_t)st.st_size;
 }
 
 /* ---- writes (inside bp_store_begin … bp_store_commit) ------------------------------- */
@@ -788,6 +950,22 @@ long bp_store_count(bp_store *s, const char *integration, const char *state)
     }
     pthread_mutex_unlock(&s->rmu);
     return n;
+}
+
+int64_t bp_store_oldest(bp_store *s, const char *integration)
+{
+    sqlite3_stmt *q;
+    int64_t at = 0;
+    pthread_mutex_lock(&s->rmu);
+    const char *sql = integration ? "SELECT created_at FROM events WHERE integration=?1 ORDER BY id LIMIT 1"
+                                  : "SELECT created_at FROM events ORDER BY id LIMIT 1";
+    if (sqlite3_prepare_v2(s->rdb, sql, -1, &q, NULL) == SQLITE_OK) {
+        if (integration) sqlite3_bind_text(q, 1, integration, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW) at = sqlite3_column_int64(q, 0);
+        sqlite3_finalize(q);
+    }
+    pthread_mutex_unlock(&s->rmu);
+    return at;
 }
 
 /* The latest events of an integration that have an outcome line (final,

@@ -1444,6 +1444,51 @@ TEST(cache_durable_values_are_tentative_until_their_event_is_over)
     bp_cache_free(c);
 }
 
+/* Retention: final events past their window go, in the store's own thread;
+ * a dead letter within its longer window and an unfinished event stay. */
+TEST(store_prunes_final_events_past_their_window_only)
+{
+    char dir[] = "/tmp/bp-unit-pruneXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    const char *states[] = { "delivered", "dropped", "dead", "held", "pending", "replayed" };
+    int64_t then = (int64_t)bp_wall_ms() - 10000;   /* outcomes 10 s ago */
+    for (int i = 0; i < 6; i++) {
+        char mid[16];
+        snprintf(mid, sizeof mid, "m-%d", i);
+        bp_stored e = { 0 };
+        e.id = bp_store_add(s, "", "{}", 2, i, mid, then);
+        CHECK(e.id > 0);
+        CHECK_INT(bp_store_update(s, &e, states[i], 200, NULL, NULL, "{}", then), 0);
+    }
+    CHECK(bp_store_oldest(s, "") == then);
+    bp_retention keep = { 1000, 30LL * 86400 * 1000, 0 };
+    bp_store_set_retention(s, &keep);
+    for (int i = 0; i < 500 && (bp_store_count(s, "", "delivered") || bp_store_count(s, "", "dropped") ||
+                                bp_store_count(s, "", "replayed")); i++)
+        usleep(10 * 1000);
+    CHECK_INT(bp_store_count(s, "", "replayed"), 0);
+    CHECK_INT(bp_store_count(s, "", "delivered"), 0);
+    CHECK_INT(bp_store_count(s, "", "dropped"), 0);
+    CHECK_INT(bp_store_count(s, "", "dead"), 1);
+    CHECK_INT(bp_store_count(s, "", "held"), 1);
+    CHECK_INT(bp_store_count(s, "", "pending"), 1);
+    bp_store_status h;
+    bp_store_health(s, &h);
+    CHECK_INT(h.pruned, 3);
+    CHECK(h.bytes > 0);
+    CHECK(bp_store_retention(s).delivered_ms == 1000);
+    bp_store_close(s);
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
 {
     char dir[] = "/tmp/bp-unit-cacheXXXXXX";
@@ -1556,6 +1601,7 @@ int main(void)
 {
     RUN(cache_values_are_per_account);
     RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
+    RUN(store_prunes_final_events_past_their_window_only);
     RUN(cache_durable_values_are_tentative_until_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);

@@ -158,6 +158,7 @@ export function mountLive(container, integration, ctx) {
       const r = await get('/v1/admin/integrations/' + enc(id) + '/live-events' + q);
       for (const row of r.events || []) upsert(row, false);
       blueprintNote(r.blueprint);
+      retentionNote(r.retention);
       queueRender();
     } catch (e) {
       if (e.name !== 'AbortError') replace(listWrap, errorBox(e, 'Could not load Live Events'));
@@ -196,6 +197,19 @@ export function mountLive(container, integration, ctx) {
         h('span', { text: String(bp.error || '') }), bp.note ? h('span', { class: 'muted', text: ' ' + bp.note }) : null));
     }
   }
+
+  // How far back the list reaches: the store prunes final events after these windows.
+  const retentionBox = h('p', { class: 'muted live-retention' });
+  root.insertBefore(retentionBox, blueprintBox.nextSibling);
+  function retentionNote(ret) {
+    if (!ret) { retentionBox.textContent = ''; return; }
+    const span = (s) => s == null ? 'forever'
+      : s % 86400 === 0 ? plural(s / 86400, 'day') : s % 3600 === 0 ? plural(s / 3600, 'hour')
+      : s % 60 === 0 ? plural(s / 60, 'minute') : plural(s, 'second');
+    retentionBox.textContent = 'Kept: delivered ' + span(ret.delivered_s) + ', dead letters ' + span(ret.dead_letters_s)
+      + (ret.oldest_event_at ? '; oldest kept event ' + new Date(ret.oldest_event_at).toLocaleString() : '');
+  }
+  function plural(n, unit) { return n + ' ' + unit + (n === 1 ? '' : 's'); }
 
   function setState(s, detail) {
     state.className = 'stream-state stream-' + s;
