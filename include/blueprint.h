@@ -63,9 +63,11 @@
  * "MAJOR.MINOR.PATCH" (a static string).  The soname follows MAJOR.  Before
  * 1.0 a MINOR release may change the structs a caller allocates or reads
  * (0.2: bp_outcome and bp_request gained steps, bp_blueprint consent_denied
- * and description): rebuild against the new header. */
+ * and description; 0.3: bp_deliver and bp_serve moved to libblueprint-service,
+ * bp_serve_opts gained keep_delivered_s and keep_dead_s): rebuild against the
+ * new header. */
 #define BP_VERSION_MAJOR 0
-#define BP_VERSION_MINOR 2
+#define BP_VERSION_MINOR 3
 #define BP_VERSION_PATCH 0
 
 #ifdef __cplusplus

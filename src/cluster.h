@@ -103,10 +103,6 @@ rd_kafka_conf_t *cluster_base_conf(bp_cluster *c, bp_error *err);
 int cluster_create_topics(bp_cluster *c, const char *const *names, int n, int wait_ms);
 void cluster_read_admin_answers(bp_cluster *c);
 
-/* clusterpace.c: per_integration mode, accounts shared by several
- * integrations paced here at this node's share (consumer thread). */
-void cluster_share_paces(bp_cluster *c);
-
 /* clusterslots.c */
 slot *cluster_slot_at(bp_cluster *c, int64_t id);
 int64_t cluster_slot_new(bp_cluster *c, const char *topic, int partition);

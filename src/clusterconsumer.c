@@ -236,7 +236,6 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
         cluster_log_kafka("error", "kafka: rebalance failed", NULL, -1, rd_kafka_err2str(err));
         give_up(c, rk, parts, cooperative);
     }
-    cluster_share_paces(c);   /* which accounts this node alone holds may have changed */
 }
 
 /* ---- reading: events into the store ------------------------------------------------------------ */
@@ -399,7 +398,7 @@ void *cluster_consumer_main(void *arg)
     rd_kafka_message_t *msgs[BATCH];
     double last_commit = bp_monotonic_ms(), last_sweep = last_commit, last_save = last_commit;
     while (!cluster_stopping(c)) {
-        if (atomic_exchange_explicit(&c->topics_changed, 0, memory_order_acq_rel)) { resubscribe(c); cluster_share_paces(c); }
+        if (atomic_exchange_explicit(&c->topics_changed, 0, memory_order_acq_rel)) resubscribe(c);
         int n = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c->consumer, 100);
         double until = bp_monotonic_ms() + 10;
@@ -420,7 +419,7 @@ void *cluster_consumer_main(void *arg)
         double now = bp_monotonic_ms();
         if (now - last_commit >= 1000) { commit_offsets(c, NULL, 0, 0); last_commit = now; }
         if (now - last_save >= 5000) { cluster_save_view_positions(c); last_save = now; }
-        if (now - last_sweep >= 10000) { sweep_unknown(c); cluster_share_paces(c); last_sweep = now; }
+        if (now - last_sweep >= 10000) { sweep_unknown(c); last_sweep = now; }
     }
     return NULL;
 }

@@ -256,9 +256,6 @@ void bp_pool_free(bp_pool *p)
         free(pc->key);
         free(pc);
     }
-    for (size_t i = 0; i < p->nshares; i++) free(p->share_keys[i]);
-    free(p->share_keys);
-    free(p->share_div);
     bp_cache_free(p->cache);
     pthread_mutex_destroy(&p->mu);
     free(p);

@@ -98,8 +98,6 @@ typedef struct pace {
     char *key;
     pthread_mutex_t mu;         /* guards bucket */
     bp_bucket bucket;
-    double base_rps;            /* the account's whole limit (blueprint or override), before the share; guards: mu */
-    int share;                  /* cluster mode: this node's pace is base_rps / share (bp_pool_set_shares); 1 alone */
     int refs;                   /* loop accounts using it; guarded by the pool's mu */
 } pace;
 
@@ -164,11 +162,8 @@ struct bp_pool {
     bp_lease lease;             /* holds NULL outside cluster mode */
     loop *loops;
     int nloops;
-    pthread_mutex_t mu;         /* guards paces and shares */
+    pthread_mutex_t mu;         /* guards paces */
     pace *paces;
-    char **share_keys;          /* accounts paced at a share here (cluster mode), and their divisors */
-    int *share_div;
-    size_t nshares;
     bp_cache *cache;            /* ctx.cache and shared step answers, per account, for every loop */
 };
 

@@ -21,63 +21,13 @@ static tenant *find_tenant(loop *l, const char *id)
     return NULL;
 }
 
-/* The pace of an account whose limit is shared by `share` nodes: a whole
- * number of requests per second where the share leaves one or more (the
- * sliding window then keeps every second under it: the nodes' sum stays
- * within the limit), the fraction below one. */
-static double shared_rate(double rps, int share)
-{
-    if (share <= 1 || rps <= 0) return rps;
-    double part = rps / share;
-    return part >= 1 ? (double)(long)part : part;
-}
-
-/* The share an account is paced at on this node (the pool's mu held). */
-static int share_of(const bp_pool *pool, const char *key)
-{
-    for (size_t i = 0; pool && i < pool->nshares; i++) if (!strcmp(pool->share_keys[i], key)) return pool->share_div[i];
-    return 1;
-}
-
-static pace *pace_new(const char *key, double rps, int share)
+static pace *pace_new(const char *key, double rps)
 {
     pace *p = bp_calloc(1, sizeof *p);
     p->key = bp_strdup(key);
     pthread_mutex_init(&p->mu, NULL);
-    p->base_rps = rps;
-    p->share = share;
-    bp_bucket_init(&p->bucket, shared_rate(rps, share), PACE_MARGIN, bp_monotonic_ms());
+    bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_monotonic_ms());
     return p;
-}
-
-/* A new limit for the account (a reload changed it) or a new share (pc's mu held). */
-static void pace_set(pace *pc, double rps, int share)
-{
-    if (pc->base_rps == rps && pc->share == share) return;
-    pc->base_rps = rps;
-    pc->share = share;
-    bp_bucket_set_rate(&pc->bucket, shared_rate(rps, share));
-}
-
-/* Cluster mode: the accounts this node paces at a share of their limit
- * (every other account: whole).  Replaces the list; paces in use change at
- * once, without a burst (bp_bucket_set_rate). */
-void bp_pool_set_shares(bp_pool *p, char *const *keys, const int *divisors, size_t n)
-{
-    pthread_mutex_lock(&p->mu);
-    for (size_t i = 0; i < p->nshares; i++) free(p->share_keys[i]);
-    free(p->share_keys);
-    free(p->share_div);
-    p->share_keys = bp_calloc(n + 1, sizeof *p->share_keys);
-    p->share_div = bp_calloc(n + 1, sizeof *p->share_div);
-    for (size_t i = 0; i < n; i++) { p->share_keys[i] = bp_strdup(keys[i]); p->share_div[i] = divisors[i]; }
-    p->nshares = n;
-    for (pace *pc = p->paces; pc; pc = pc->next) {
-        pthread_mutex_lock(&pc->mu);
-        pace_set(pc, pc->base_rps, share_of(p, pc->key));
-        pthread_mutex_unlock(&pc->mu);
-    }
-    pthread_mutex_unlock(&p->mu);
 }
 
 /* The account's pace, shared with the other loops serving it. */
@@ -89,7 +39,7 @@ static pace *pace_acquire(loop *l, const char *key, double rps)
         for (p = l->pool->paces; p && strcmp(p->key, key); p = p->next) {}
     }
     if (!p) {
-        p = pace_new(key, rps, share_of(l->pool, key));
+        p = pace_new(key, rps);
         if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
     }
     p->refs++;
@@ -121,7 +71,7 @@ double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_r
     pace *pc = p->paces;
     while (pc && strcmp(pc->key, account_key)) pc = pc->next;
     if (!pc) {
-        pc = pace_new(account_key, p->o.rate_limit_rps > 0 ? p->o.rate_limit_rps : blueprint_rps, share_of(p, account_key));
+        pc = pace_new(account_key, p->o.rate_limit_rps > 0 ? p->o.rate_limit_rps : blueprint_rps);
         pc->next = p->paces;
         p->paces = pc;
     }
@@ -335,7 +285,7 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
     /* a reload may change the blueprint's limit (an override stays) */
     if (l->o->rate_limit_rps <= 0 && t->bp->bp->rate_limit_rps != old.bp->bp->rate_limit_rps) {
         pthread_mutex_lock(&t->acct->pace->mu);
-        pace_set(t->acct->pace, t->bp->bp->rate_limit_rps, t->acct->pace->share);
+        bp_bucket_set_rate(&t->acct->pace->bucket, t->bp->bp->rate_limit_rps);
         pthread_mutex_unlock(&t->acct->pace->mu);
     }
     t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;

@@ -298,11 +298,6 @@ void bp_pool_free(bp_pool *p);
 /* A send slot on the account's pace for a request made outside the loops
  * (install checks): 0 when taken, else the ms to wait. */
 double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_rps);
-/* Cluster mode: these accounts are paced here at their limit divided by
- * divisors[i] (whole requests per second when that leaves one or more), so
- * that the nodes that may deliver one account at once stay within its limit
- * together; every other account at its whole limit.  Replaces the list. */
-void bp_pool_set_shares(bp_pool *p, char *const *keys, const int *divisors, size_t n);
 
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 

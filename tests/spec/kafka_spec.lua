@@ -65,7 +65,7 @@ describe("cluster mode on Kafka #kafka", function()
 
   lazy_setup(function()
     kafka = S.start_kafka()
-    emu = S.start_emulator("--accounts " .. (ACCOUNTS + 2) .. " --rate-limit 5")   -- the last: the shared account
+    emu = S.start_emulator("--accounts " .. (ACCOUNTS + 1) .. " --rate-limit 5")
     keyfile = os.tmpname()
     local f = io.popen("openssl rand -hex 32")
     S.write(keyfile, "kspec " .. f:read("l") .. "\n")
@@ -363,53 +363,6 @@ describe("cluster mode on Kafka #kafka", function()
     assert.are.equal(20, #times)
     table.sort(times)
     io.stderr:write(("# 20 first intakes right after 20 installs: p50 %.3f s, max %.3f s\n"):format(times[10], times[20]))
-  end)
-
-  -- two integrations on one account are two topics, whose partitions two
-  -- nodes may read: before, each paced the account alone (up to twice its
-  -- limit); now each paces it at its share unless it holds both topics whole
-  it("paces an account shared by two integrations within its limit across the nodes, in the default topic mode", function()
-    local shared = ACCOUNTS + 1
-    local twins, topics = {}, {}
-    for k = 1, 2 do
-      local st, it = nodes[k].call("POST", INSTALL, S.install_body("twin-" .. k, S.emulator_account(emu, shared)))
-      assert.are.equal(201, st)
-      twins[k] = it.id
-      topics["delivery-" .. it.id] = k
-    end
-    -- the group has spread both topics' partitions (4 each on the mock)
-    local where
-    assert.is_truthy(S.eventually(function()
-      local n, seen = 0, {}
-      for i = 1, 3 do
-        local _, h = nodes[i].call("GET", "/healthz")
-        for _, p in ipairs(type(h) == "table" and h.kafka and h.kafka.assigned_partitions or {}) do
-          if topics[p.topic] then n = n + 1; seen[#seen + 1] = ("twin-%d/%d@node%d"):format(topics[p.topic], p.partition, i) end
-        end
-      end
-      where = table.concat(seen, " ")
-      return n == 8
-    end, 30), "the twins' partitions not assigned: " .. tostring(where))
-    local emails = {}
-    for round = 1, 15 do
-      for k = 1, 2 do
-        local email = ("twin%d-%d@example.com"):format(k, round)
-        emails[#emails + 1] = email
-        local st = nodes[(round + k) % 3 + 1].call("POST", "/v1/integrations/" .. twins[k] .. "/events",
-          S.identify(email, "twin" .. k .. "-" .. round))
-        assert.are.equal(202, st)
-      end
-    end
-    local ok, n = S.eventually(function() return delivered(emails) end, 90)
-    assert.is_truthy(ok, ("delivered %s of %d"):format(tostring(n or select(2, delivered(emails))), #emails))
-    local mine = {}
-    for _, r in ipairs(emu.requests()) do if r.account == shared then mine[#mine + 1] = r end end
-    local worst, _, late, window = S.pacing_report(mine)
-    io.stderr:write(("# an account shared by two integrations (%s): at most %d requests in one second\n"):format(where, worst))
-    if TIMING then
-      assert.is_true(worst <= 5, ("the shared account received %d requests within one second: %s"):format(worst, window))
-      assert.are.equal(0, #late, "429s after the first second")
-    end
   end)
 end)
 
