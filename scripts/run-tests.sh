@@ -44,6 +44,7 @@ already_running=$(ours)   # e.g. a `make run` of this checkout: not ours to judg
 passed=0 failed=0 skipped=0
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp"   # librdkafka's own allocations only
 
 # Count TAP lines ("ok N", "not ok N", "# SKIP") from a suite's output file.
 count_tap() {
