@@ -126,14 +126,17 @@ do
   end
 end
 
--- Send SIGTERM to pid and wait (at most 10 s) until it is gone.
+-- Send SIGTERM to pid and wait (at most 30 s: a sanitizer build on a busy
+-- machine can take a while to finish its requests in flight) until it is
+-- gone; returns true when it had to be killed instead.
 local function terminate(pid)
   os.execute("kill -TERM " .. pid .. " 2>/dev/null")
-  for _ = 1, 500 do
-    if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then return end
+  for _ = 1, 1500 do
+    if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then return false end
     sleep(0.02)
   end
   os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+  return true
 end
 
 -- Start an emulator on a free loopback port; returns a handle with url, port,
@@ -287,7 +290,7 @@ function S.start_server(opts)
     if srv.stopped then return end
     srv.stopped = true
     running[srv] = nil
-    terminate(pid)
+    srv.killed = terminate(pid)
     local log = srv.logs()
     local at = log:find("ERROR: %a+Sanitizer") or log:find("WARNING: ThreadSanitizer")
     if at then error("the server's sanitizer reported:\n" .. log:sub(at, at + 3000), 2) end
