@@ -182,7 +182,7 @@ build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | bui
 	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1) -lpthread -ldl -lm
 
 # The local ActiveCampaign emulator used by the integration tests.
-build/ac-emulator: tests/emulator/emulator.c tests/emulator/crm.c tests/emulator/ecom.c tests/emulator/emulator.h build/libblueprint.a $(HDRS)
+build/ac-emulator: tests/emulator/emulator.c tests/emulator/crm.c tests/emulator/ecom.c tests/emulator/bulk.c tests/emulator/emulator.h build/libblueprint.a $(HDRS)
 	$(CC) $(CFLAGS) -Isrc -o $@ $(filter %.c,$^) build/libblueprint.a $(shell pkg-config --libs libmicrohttpd libcrypto) -lpthread -lm
 
 # A 3-broker Kafka cluster in one process (librdkafka's mock) for the cluster specs.
