@@ -70,7 +70,7 @@ CFLAGS     += -DBP_LIBDIR='"$(LIBDIR)"'
 # author's dry-run does not pay for loading the network packages (3 ms
 # rather than 13 to start); it loads libblueprint-service for its deliver,
 # dlq, serve, token and rotate-key commands.
-CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine reader \
+CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine batch reader \
              decode version
 NET     := transport classify ratelimit store fingerprint deliver_job deliver_send deliver_tenant deliver crypto auth \
            metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord unopened live registry \
