@@ -493,7 +493,8 @@ static void compare_case(bp_case *c, const bp_buf *want)
 {
     const char *gt = c->got.data ? c->got.data : "", *wt = want->data ? want->data : "";
     c->expected = count_lines(wt, want->len);
-    for (long i = 0; i < (c->events > c->expected ? c->events : c->expected); i++) {
+    long lines = count_lines(gt, c->got.len);   /* one per event, or per batch (dry-run.args --batch) */
+    for (long i = 0; i < (lines > c->expected ? lines : c->expected); i++) {
         size_t gl = 0, wl = 0;
         const char *g = nth_line(gt, c->got.len, i, &gl);
         const char *w = nth_line(wt, want->len, i, &wl);

@@ -700,7 +700,7 @@ function helpers.bulk_results(ctx, answer, contacts, which, results)
     return each(function() return ctx.retry("the bulk import " .. json.status .. " at ActiveCampaign") end)
   end
   -- waiting, claimed, active, or false (asked too soon): ask again later
-  return ctx.later(api_request(ctx, "GET", answer.url))
+  return ctx.later({ method = "GET", url = answer.url, headers = { ["Api-Token"] = ctx.secret("api_key") } })
 end
 
 return helpers
