@@ -6,7 +6,8 @@
  * A batch mapping is `function(events, ctx)` returning the request for all
  * of them and a function that reads an answer: `read(answer)` gives each
  * event its result (ctx.delivered(), ctx.failed(reason), ctx.retry(reason)
- * or ctx.drop(reason), in a list in the events' order), or ctx.later(req):
+ * or ctx.drop(reason), made by helpers.c, in a list in the events' order),
+ * or ctx.later(req):
  * the vendor queued the work, ask `req` later and read its answer the same
  * way.  The reader is a closure, so it knows what the mapping decided (which
  * contact is which event).  A mapping must be deterministic, as for steps:
@@ -24,43 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define RESULT_KEY "batch_result"
-
-/* ---- ctx.delivered, ctx.failed, ctx.retry, ctx.later ----------------------------- */
-
-static int make_result(lua_State *L, const char *kind, int with_reason)
-{
-    const char *reason = with_reason ? luaL_checkstring(L, 1) : NULL;
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, kind);
-    lua_setfield(L, -2, RESULT_KEY);
-    if (reason) {
-        lua_pushstring(L, reason);
-        lua_setfield(L, -2, "reason");
-    }
-    return 1;
-}
-
-static int ctx_delivered(lua_State *L) { return make_result(L, "delivered", 0); }
-static int ctx_failed(lua_State *L) { return make_result(L, "failed", 1); }
-static int ctx_retry(lua_State *L) { return make_result(L, "retry", 1); }
-
-static int ctx_later(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    make_result(L, "later", 0);
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "request");
-    return 1;
-}
-
-void bp_batch_add_ctx(lua_State *L)
-{
-    static const luaL_Reg fns[] = { { "delivered", ctx_delivered }, { "failed", ctx_failed },
-                                    { "retry", ctx_retry }, { "later", ctx_later }, { NULL, NULL } };
-    luaL_setfuncs(L, fns, 0);
-}
 
 /* ---- the batch ------------------------------------------------------------------ */
 
@@ -129,10 +93,9 @@ static int take_results(bp_engine *e, bp_batch *b)
     if (!lua_istable(L, top))
         return fail(b, "%s: read(answer) returned %s: return a list of results (one per event) or ctx.later(request)",
                     file, luaL_typename(L, top));
-    lua_getfield(L, top, RESULT_KEY);
-    int later = lua_isstring(L, -1) && !strcmp(lua_tostring(L, -1), "later");
-    lua_pop(L, 1);
-    if (later) {
+    const char *why;
+    const char *whole = bp_batch_result_of(L, top, &why);
+    if (whole && !strcmp(whole, "later")) {
         bp_error err;
         lua_getfield(L, top, "request");
         bp_request *r = bp_outcome_add_request(&b->out);
@@ -154,13 +117,8 @@ static int take_results(bp_engine *e, bp_batch *b)
         if (drop) {
             it->result = BP_BATCH_DROPPED;
             it->reason = bp_strdup(drop);
-        } else if (lua_istable(L, -1)) {
-            lua_getfield(L, -1, RESULT_KEY);
-            kind = lua_tostring(L, -1);
-            lua_getfield(L, -2, "reason");
-            const char *why = lua_tostring(L, -1);
+        } else if ((kind = bp_batch_result_of(L, -1, &why))) {
             it->reason = why ? bp_strdup(why) : NULL;
-            lua_pop(L, 2);
         }
         lua_pop(L, 1);
         if (drop) continue;

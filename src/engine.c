@@ -183,7 +183,6 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
 
     bp_push_helpers(L, cfg, bp);                        /* ctx */
     bp_steps_add(L, e);
-    bp_batch_add_ctx(L);
     lua_pushvalue(L, -1);
     e->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     bp_push_readonly(L);
@@ -254,7 +253,6 @@ static int push_binding(lua_State *L)
     bp_engine *e = lua_touserdata(L, 3);
     bp_push_helpers(L, cfg, bp);                        /* cfg, bp, e, ctx */
     bp_steps_add(L, e);
-    bp_batch_add_ctx(L);
     lua_pushvalue(L, -1);                               /* cfg, bp, ctx, ctx */
     bp_push_readonly(L);                                /* cfg, bp, ctx, proxy */
     return 2;

@@ -57,7 +57,5 @@ void bp_steps_free(bp_engine *e);
  * the completed run's lines are written (emit). */
 void bp_engine_log_hook(bp_engine *e, int on);
 void bp_engine_emit_logs(bp_engine *e, const bp_outcome *o);
-/* batch.c: ctx.delivered, ctx.failed, ctx.retry, ctx.later on the ctx table on top. */
-void bp_batch_add_ctx(lua_State *L);
 
 #endif

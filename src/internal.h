@@ -265,6 +265,9 @@ void bp_push_secret(lua_State *L, const char *name);
 void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp);
 /* If the value at idx is a ctx.drop(...) result, return its reason. */
 const char *bp_drop_reason(lua_State *L, int idx);
+/* A batch reader's result at idx (ctx.delivered, ctx.failed, ctx.retry,
+ * ctx.later): its kind ("delivered", …, "later") and reason, else NULL. */
+const char *bp_batch_result_of(lua_State *L, int idx, const char **reason);
 /* If the value at idx is a ctx.hmac_sha256(...) reference, the config key of
  * its secret (a header value the transport computes: BP_HEADER_HMAC). */
 const char *bp_hmac_secret_name(lua_State *L, int idx);
