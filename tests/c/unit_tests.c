@@ -1012,6 +1012,56 @@ TEST(batch_spec_is_read_with_its_bounds)
     bp_blueprint_free(wh);
 }
 
+/* batch: is read strictly: the loader names the line, the known keys and
+ * the closest name. */
+TEST(batch_spec_refuses_with_the_line_and_the_closest_name)
+{
+    char dir[] = "/tmp/bp-unit-batchXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    static const char head[] = "vendor: t\nname: T\ncategory: test\nstatus: alpha\nconsent_category: marketing\n"
+                               "config:\n  - {key: on, type: boolean}\n  - {key: url, type: url}\n"
+                               "events:\n  identify: {type: identify, mapping: m.lua}\n";
+    static const struct { const char *batch, *message; } cases[] = {
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, max_wait: 9}\n",
+          ":11: unknown key 'max_wait' in 'batch' (known keys: events, mapping, max_events, min_events, max_wait_ms, "
+          "enabled_by); did you mean 'max_wait_ms'?" },
+        { "batch: {events: [identity], mapping: m.lua, max_events: 5}\n",
+          "batch.events: 'identity' is not a row of the event table (rows: identify); did you mean 'identify'?" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 1}\n", "batch.max_events must be a whole number from 2" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, enabled_by: url}\n",
+          "batch.enabled_by must name a boolean config field" },
+        { "batch: {events: identify, mapping: gone.lua, max_events: 5}\n", "batch.mapping 'gone.lua' does not exist" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, min_events: 3, enabled_by: on}\n", NULL },
+    };
+    char path[128];
+    snprintf(path, sizeof path, "%s/m.lua", dir);
+    FILE *f = fopen(path, "w");
+    if (f) { fputs("return function(e, ctx) return nil, function() return {} end end\n", f); fclose(f); }
+    snprintf(path, sizeof path, "%s/blueprint.yaml", dir);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        f = fopen(path, "w");
+        if (f) { fputs(head, f); fputs(cases[i].batch, f); fclose(f); }
+        bp_error err;
+        bp_blueprint *bp = bp_blueprint_load(dir, &err);
+        if (cases[i].message) {
+            CHECK(bp == NULL);
+            CHECK_CONTAINS(err.msg, cases[i].message);
+        } else {
+            CHECK(bp != NULL);
+            if (bp) {
+                CHECK_INT(bp->batch.min_events, 3);
+                CHECK_INT(bp->batch.max_wait_ms, 1000);
+                CHECK_STR(bp->batch.enabled_by, "on");
+            }
+        }
+        bp_blueprint_free(bp);
+    }
+    unlink(path);
+    snprintf(path, sizeof path, "%s/m.lua", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* The webhook's batch: one request for the events (a JSON array), and
  * every event gets what the answer means. */
 TEST(batch_mapping_gives_each_event_its_result)
@@ -1730,6 +1780,7 @@ int main(void)
     RUN(runtime_errors_are_initialised_and_set_on_failure);
     RUN(runtime_log_callback_receives_library_messages);
     RUN(batch_spec_is_read_with_its_bounds);
+    RUN(batch_spec_refuses_with_the_line_and_the_closest_name);
     RUN(batch_mapping_gives_each_event_its_result);
     rt_cleanup();
     return CHECK_SUMMARY();
