@@ -247,7 +247,9 @@ int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t gle
 
 /* ---- mapping a stream, and a blueprint's fixtures ---------------------------------------------
  * What `dry-run` and `blueprint test` do, shared with the console's editor
- * (editor.c), which runs an unsaved edit the same way. */
+ * (editor.c), which runs an unsaved edit the same way; with --batch (or a
+ * case's dry-run.args), the events a blueprint's batch takes are held and
+ * shown as batches (batch.c runs them). */
 
 /* An event the engine refused before any mapping ran: its reason says so
  * (engine.c), and gets the input line in front, as the reader's own errors
