@@ -41,6 +41,51 @@ const char *bp_drop_reason(lua_State *L, int idx)
     return r;
 }
 
+/* ---- a batch's results: ctx.delivered, ctx.failed, ctx.retry, ctx.later ---------- */
+
+#define RESULT_MT "bp.batch_result"
+
+static int make_result(lua_State *L, const char *kind, int with_reason)
+{
+    const char *reason = with_reason ? luaL_checkstring(L, 1) : NULL;
+    if (!strcmp(kind, "later")) luaL_checktype(L, 1, LUA_TTABLE);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    if (reason) {
+        lua_pushvalue(L, 1);
+        lua_setfield(L, -2, "reason");
+    }
+    if (!strcmp(kind, "later")) {
+        lua_pushvalue(L, 1);
+        lua_setfield(L, -2, "request");
+    }
+    luaL_setmetatable(L, RESULT_MT);
+    return 1;
+}
+
+static int ctx_delivered(lua_State *L) { return make_result(L, "delivered", 0); }
+static int ctx_failed(lua_State *L) { return make_result(L, "failed", 1); }
+static int ctx_retry(lua_State *L) { return make_result(L, "retry", 1); }
+static int ctx_later(lua_State *L) { return make_result(L, "later", 0); }
+
+const char *bp_batch_result_of(lua_State *L, int idx, const char **reason)
+{
+    *reason = NULL;
+    idx = lua_absindex(L, idx);
+    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return NULL;
+    luaL_getmetatable(L, RESULT_MT);
+    int is_result = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!is_result) return NULL;
+    lua_getfield(L, idx, "kind");
+    const char *kind = lua_tostring(L, -1);   /* anchored by the result table */
+    lua_getfield(L, idx, "reason");
+    *reason = lua_tostring(L, -1);
+    lua_pop(L, 2);
+    return kind;
+}
+
 /* ---- ctx.json ------------------------------------------------------------------- */
 
 typedef struct member { char *key; bp_buf enc; int keep; } member;
@@ -446,9 +491,12 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
     static const luaL_Reg fns[] = {
         { "drop", ctx_drop }, { "json", ctx_json }, { "get", ctx_get }, { "email", ctx_email },
         { "slug", ctx_slug }, { "array", ctx_array }, { "totable", ctx_totable }, { "urlencode", ctx_urlencode },
+        { "delivered", ctx_delivered }, { "failed", ctx_failed }, { "retry", ctx_retry }, { "later", ctx_later },
         { NULL, NULL }
     };
     luaL_newmetatable(L, DROP_MT);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, RESULT_MT);
     lua_pop(L, 1);
     if (luaL_newmetatable(L, HMAC_MT)) {
         lua_pushcfunction(L, hmac_tostring);

@@ -986,6 +986,128 @@ TEST(account_key_of_a_url_is_its_origin)
     bp_blueprint_free(bp);
 }
 
+/* ---- batches (blueprint.yaml batch:, batch.c) ---- */
+
+TEST(batch_spec_is_read_with_its_bounds)
+{
+    bp_error err;
+    bp_blueprint *ac = bp_blueprint_load("blueprints/activecampaign", &err), *wh = bp_blueprint_load("blueprints/webhook", &err);
+    CHECK(ac != NULL && wh != NULL);
+    if (ac) {
+        CHECK(ac->has_batch);
+        CHECK_INT(ac->batch.nevents, 1);
+        CHECK_STR(ac->batch.events[0], "identify");
+        CHECK_STR(ac->batch.mapping, "identify_batch.lua");
+        CHECK_INT(ac->batch.max_events, 250);
+        CHECK_INT(ac->batch.min_events, 10);
+        CHECK_INT(ac->batch.max_wait_ms, 5000);
+        CHECK(ac->batch.enabled_by == NULL);
+    }
+    if (wh) {
+        CHECK_INT(wh->batch.nevents, 5);
+        CHECK_STR(wh->batch.events[4], "custom");
+        CHECK_STR(wh->batch.enabled_by, "batch_events");
+    }
+    bp_blueprint_free(ac);
+    bp_blueprint_free(wh);
+}
+
+/* batch: is read strictly: the loader names the line, the known keys and
+ * the closest name. */
+TEST(batch_spec_refuses_with_the_line_and_the_closest_name)
+{
+    char dir[] = "/tmp/bp-unit-batchXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    static const char head[] = "vendor: t\nname: T\ncategory: test\nstatus: alpha\nconsent_category: marketing\n"
+                               "config:\n  - {key: on, type: boolean}\n  - {key: url, type: url}\n"
+                               "events:\n  identify: {type: identify, mapping: m.lua}\n";
+    static const struct { const char *batch, *message; } cases[] = {
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, max_wait: 9}\n",
+          ":11: unknown key 'max_wait' in 'batch' (known keys: events, mapping, max_events, min_events, max_wait_ms, "
+          "enabled_by); did you mean 'max_wait_ms'?" },
+        { "batch: {events: [identity], mapping: m.lua, max_events: 5}\n",
+          "batch.events: 'identity' is not a row of the event table (rows: identify); did you mean 'identify'?" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 1}\n", "batch.max_events must be a whole number from 2" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, enabled_by: url}\n",
+          "batch.enabled_by must name a boolean config field" },
+        { "batch: {events: identify, mapping: gone.lua, max_events: 5}\n", "batch.mapping 'gone.lua' does not exist" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, min_events: 3, enabled_by: on}\n", NULL },
+    };
+    char path[128];
+    snprintf(path, sizeof path, "%s/m.lua", dir);
+    FILE *f = fopen(path, "w");
+    if (f) { fputs("return function(e, ctx) return nil, function() return {} end end\n", f); fclose(f); }
+    snprintf(path, sizeof path, "%s/blueprint.yaml", dir);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        f = fopen(path, "w");
+        if (f) { fputs(head, f); fputs(cases[i].batch, f); fclose(f); }
+        bp_error err;
+        bp_blueprint *bp = bp_blueprint_load(dir, &err);
+        if (cases[i].message) {
+            CHECK(bp == NULL);
+            CHECK_CONTAINS(err.msg, cases[i].message);
+        } else {
+            CHECK(bp != NULL);
+            if (bp) {
+                CHECK_INT(bp->batch.min_events, 3);
+                CHECK_INT(bp->batch.max_wait_ms, 1000);
+                CHECK_STR(bp->batch.enabled_by, "on");
+            }
+        }
+        bp_blueprint_free(bp);
+    }
+    unlink(path);
+    snprintf(path, sizeof path, "%s/m.lua", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* The webhook's batch: one request for the events (a JSON array), and
+ * every event gets what the answer means. */
+TEST(batch_mapping_gives_each_event_its_result)
+{
+    bp_error err;
+    bp_blueprint *bp = bp_blueprint_load("blueprints/webhook", &err);
+    CHECK(bp != NULL);
+    if (!bp) return;
+    static const char conf[] = "url: https://hooks.example.com/in\nbatch_events: true\nconsent: {default_policy: allow}\n";
+    bp_config *cfg = bp_config_load_text(bp, conf, strlen(conf), "config", &err);
+    bp_engine *e = cfg ? bp_engine_new(bp, cfg, NULL, &err) : NULL;
+    CHECK(e != NULL);
+    if (!e) { bp_config_free(cfg); bp_blueprint_free(bp); return; }
+    const char *events[] = { "{\"type\":\"identify\",\"messageId\":\"a\"}", "{\"type\":\"page\",\"messageId\":\"b\"}",
+                             "{\"type\":\"identify\",\"messageId\":\"c\"}" };
+    size_t lens[3];
+    bp_outcome o;
+    bp_outcome_init(&o);
+    for (int i = 0; i < 3; i++) {
+        lens[i] = strlen(events[i]);
+        bp_engine_run(e, events[i], lens[i], &o);
+        CHECK(bp_batch_takes(e, &o));
+    }
+    static const char off[] = "{\"type\":\"track\",\"event\":\"Off\"}";
+    bp_engine_run(e, off, sizeof off - 1, &o);
+    CHECK(!bp_batch_takes(e, &o));   /* dropped: not enabled */
+    bp_outcome_free(&o);
+    bp_batch b;
+    bp_batch_init(&b);
+    CHECK_INT(bp_batch_run(e, &b, events, lens, 3), 0);
+    CHECK(b.has_request);
+    CHECK_INT(b.out.nrequests, 1);
+    if (b.out.nrequests == 1) CHECK_CONTAINS(b.out.requests[0].body.data, "[{\"messageId\":\"a\"");
+    static const struct { int status; enum bp_batch_result result; } answers[] = {
+        { 200, BP_BATCH_DELIVERED }, { 503, BP_BATCH_RETRY }, { 429, BP_BATCH_RETRY }, { 404, BP_BATCH_FAILED } };
+    for (size_t k = 0; k < sizeof answers / sizeof *answers; k++) {
+        CHECK_INT(bp_batch_read(e, &b, answers[k].status, "{}", 2, "https://hooks.example.com/in"), 0);
+        CHECK(b.has_results);
+        for (size_t i = 0; i < 3; i++) CHECK_INT(b.items[i].result, answers[k].result);
+    }
+    bp_batch_free(e, &b);
+    bp_engine_free(e);
+    bp_config_free(cfg);
+    bp_blueprint_free(bp);
+}
+
 TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
 {
 #define DEST "api_url=https://acct.api-us1.com"
@@ -1657,6 +1779,9 @@ int main(void)
     RUN(runtime_watchdog_handler_is_on_the_alternate_stack);
     RUN(runtime_errors_are_initialised_and_set_on_failure);
     RUN(runtime_log_callback_receives_library_messages);
+    RUN(batch_spec_is_read_with_its_bounds);
+    RUN(batch_spec_refuses_with_the_line_and_the_closest_name);
+    RUN(batch_mapping_gives_each_event_its_result);
     rt_cleanup();
     return CHECK_SUMMARY();
 }
