@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <openssl/evp.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -1489,6 +1490,55 @@ TEST(store_prunes_final_events_past_their_window_only)
     rmdir(dir);
 }
 
+/* Rows in a table of the store file, read through a connection of its own. */
+static long rows_in(const char *dir, const char *table)
+{
+    char path[300], sql[100];
+    snprintf(path, sizeof path, "%s/unit.db", dir);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    long n = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        n = (long)sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Durable ctx.cache values past their expiry leave the file while serve runs
+ * (they used to go only at the next open); live ones stay. */
+TEST(store_prunes_expired_cache_values_while_running)
+{
+    char dir[] = "/tmp/bp-unit-cacheprXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    int64_t now = (int64_t)bp_wall_ms();
+    CHECK_INT(bp_store_cache_put(s, "acct", "old", "1", 1, now - 1000, 0), 0);
+    CHECK_INT(bp_store_cache_put(s, "acct", "new", "2", 1, now + 3600 * 1000, 0), 0);
+    CHECK_INT(rows_in(dir, "cache_values"), 2);
+    bp_retention keep = { 7LL * 86400 * 1000, 30LL * 86400 * 1000, 0 };
+    bp_store_set_retention(s, &keep);
+    for (int i = 0; i < 1000 && rows_in(dir, "cache_values") != 1; i++) usleep(10 * 1000);
+    CHECK_INT(rows_in(dir, "cache_values"), 1);
+    bp_buf v;
+    bp_buf_init(&v);
+    int64_t expires = 0;
+    CHECK_INT(bp_store_cache_get(s, "acct", "new", now, &v, &expires), 1);
+    CHECK_STR(v.data, "2");
+    bp_buf_free(&v);
+    bp_store_close(s);
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
 {
     char dir[] = "/tmp/bp-unit-cacheXXXXXX";
@@ -1602,6 +1652,7 @@ int main(void)
     RUN(cache_values_are_per_account);
     RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
     RUN(store_prunes_final_events_past_their_window_only);
+    RUN(store_prunes_expired_cache_values_while_running);
     RUN(cache_durable_values_are_tentative_until_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
