@@ -1057,6 +1057,47 @@ TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
     rmdir(dir);
 }
 
+/* A secret sealed by an earlier version (bp:enc:v1: bound to its integration
+ * and field, not to a destination) is sealed again at start as v2, bound to
+ * where the blueprint sends it, and still opens to the same value; a v2
+ * value is left as it is. */
+TEST(secrets_sealed_as_v1_are_migrated_to_v2_for_their_destination)
+{
+    char dir[] = "/tmp/bp-unit-v1XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    unsetenv("BLUEPRINT_MASTER_KEY_FILE");
+    bp_error err;
+    bp_keyring *ring = bp_keyring_open(dir, &err);
+    bp_blueprint *bp = bp_blueprint_load("blueprints/activecampaign", &err);
+    CHECK(ring != NULL && bp != NULL);
+    if (!ring || !bp) return;
+    bp_buf v1, doc, sealed, again, opened;
+    bp_buf_init(&v1); bp_buf_init(&doc); bp_buf_init(&sealed); bp_buf_init(&again); bp_buf_init(&opened);
+    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", NULL, "the-old-key", &v1, &err), 0);
+    CHECK(bp_is_encrypted_v1(v1.data));
+    bp_buf_printf(&doc, "{\"name\":\"x\",\"config\":{\"api_url\":\"https://acct.api-us1.com\",\"api_key\":\"%s\"}}", v1.data);
+    int changed = 0;
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, doc.data, BP_SEAL, &sealed, &changed, &err), 0);
+    CHECK_INT(changed, 1);
+    CHECK(strstr(sealed.data, "bp:enc:v2:") != NULL);
+    CHECK(strstr(sealed.data, "bp:enc:v1:") == NULL);
+    CHECK(strstr(sealed.data, "the-old-key") == NULL);
+    /* sealed again: nothing left to migrate */
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, sealed.data, BP_SEAL, &again, &changed, &err), 0);
+    CHECK_INT(changed, 0);
+    CHECK_STR(again.data, sealed.data);
+    /* opens to the same value for the URL it is sent to */
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, sealed.data, BP_UNSEAL, &opened, &changed, &err), 0);
+    CHECK_CONTAINS(opened.data, "\"api_key\":\"the-old-key\"");
+    bp_buf_free(&v1); bp_buf_free(&doc); bp_buf_free(&sealed); bp_buf_free(&again); bp_buf_free(&opened);
+    bp_blueprint_free(bp);
+    bp_keyring_close(ring);
+    char path[300];
+    snprintf(path, sizeof path, "%s/master.key", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- runtime: logging, errors, the watchdog, one-time init ------------------------ */
 
 #include <pthread.h>
@@ -1700,6 +1741,7 @@ int main(void)
     RUN(pace_obeys_retry_after_and_a_lower_limit);
     RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
+    RUN(secrets_sealed_as_v1_are_migrated_to_v2_for_their_destination);
     RUN(account_key_of_a_url_is_its_origin);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);
