@@ -1486,6 +1486,17 @@ TEST(cache_durable_values_are_tentative_until_their_event_is_over)
     bp_cache_free(c);
 }
 
+/* A test store's files (unit.db and its WAL and shared memory) and folder, gone. */
+static void remove_unit_store(const char *dir)
+{
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 /* Retention: final events past their window go, in the store's own thread;
  * a dead letter within its longer window and an unfinished event stay. */
 TEST(store_prunes_final_events_past_their_window_only)
@@ -1523,12 +1534,7 @@ TEST(store_prunes_final_events_past_their_window_only)
     CHECK(h.bytes > 0);
     CHECK(bp_store_retention(s).delivered_ms == 1000);
     bp_store_close(s);
-    char path[300];
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_unit_store(dir);
 }
 
 /* Rows in a table of the store file, read through a connection of its own. */
@@ -1572,12 +1578,7 @@ TEST(store_prunes_expired_cache_values_while_running)
     CHECK_STR(v.data, "2");
     bp_buf_free(&v);
     bp_store_close(s);
-    char path[300];
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_unit_store(dir);
 }
 
 TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
@@ -1618,12 +1619,7 @@ TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
     bp_buf_free(&v);
     bp_cache_free(c);
     bp_store_close(s);
-    char path[300];
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_unit_store(dir);
 }
 
 TEST(cache_claim_is_single_flight)
