@@ -327,30 +327,38 @@ static const char *const latin1[64] = {
     "d","n","o","o","o","o","o",NULL,"o","u","u","u","u","y","th","y",
 };
 
-/* ctx.slug(name [, max_len = 32]) -> "webinar_registered" or nil when no
- * letter or digit is left. */
+/* Long strings are walked a chunk at a time between charges to the call's
+ * budget: one call on a few MB runs for a while in C. */
+#define WALK_CHUNK 4096
+
 /* ctx.urlencode(s): s percent-encoded for a URL's path or query (RFC 3986:
  * everything but letters, digits and -._~), e.g. a tag name in ?search=. */
 static int ctx_urlencode(lua_State *L)
 {
+    static const char hex[] = "0123456789ABCDEF";
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
+    const bp_budget *budget = bp_budget_of(L);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (i % WALK_CHUNK == WALK_CHUNK - 1) bp_budget_tick(L, budget, WALK_CHUNK);
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c && strchr("-._~", c))) {
             luaL_addchar(&b, (char)c);
         } else {
-            char hex[4];
-            snprintf(hex, sizeof hex, "%%%02X", c);
-            luaL_addstring(&b, hex);
+            luaL_addchar(&b, '%');
+            luaL_addchar(&b, hex[c >> 4]);
+            luaL_addchar(&b, hex[c & 15]);
         }
     }
     luaL_pushresult(&b);
     return 1;
 }
 
+/* ctx.slug(name [, max_len = 32]) -> "webinar_registered" or nil when no
+ * letter or digit is left.  The walk ends once max_len characters are
+ * written (later input cannot change them). */
 static int ctx_slug(lua_State *L)
 {
     size_t len;
@@ -359,9 +367,14 @@ static int ctx_slug(lua_State *L)
     bp_buf out;
     bp_buf_init(&out);
     int pending_sep = 0, prev_lower = 0;
-    for (size_t i = 0; i < len; i++) {
+    const bp_budget *budget = bp_budget_of(L);
+    for (size_t i = 0; i < len && (max <= 0 || out.len < (size_t)max); i++) {
         unsigned char c = (unsigned char)s[i];
         const char *emit = NULL;
+        if (i % WALK_CHUNK == WALK_CHUNK - 1 && bp_budget_spent(L, budget, WALK_CHUNK)) {
+            bp_buf_free(&out);   /* held outside the Lua state: freed before the error */
+            bp_budget_tick(L, budget, 0);
+        }
         char one[2] = { 0, 0 };
         int upper = 0;
         if (c >= 'A' && c <= 'Z') { one[0] = (char)(c + 32); emit = one; upper = 1; }

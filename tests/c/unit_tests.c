@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <openssl/evp.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -1178,6 +1179,47 @@ TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
     rmdir(dir);
 }
 
+/* A secret sealed by an earlier version (bp:enc:v1: bound to its integration
+ * and field, not to a destination) is sealed again at start as v2, bound to
+ * where the blueprint sends it, and still opens to the same value; a v2
+ * value is left as it is. */
+TEST(secrets_sealed_as_v1_are_migrated_to_v2_for_their_destination)
+{
+    char dir[] = "/tmp/bp-unit-v1XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    unsetenv("BLUEPRINT_MASTER_KEY_FILE");
+    bp_error err;
+    bp_keyring *ring = bp_keyring_open(dir, &err);
+    bp_blueprint *bp = bp_blueprint_load("blueprints/activecampaign", &err);
+    CHECK(ring != NULL && bp != NULL);
+    if (!ring || !bp) return;
+    bp_buf v1, doc, sealed, again, opened;
+    bp_buf_init(&v1); bp_buf_init(&doc); bp_buf_init(&sealed); bp_buf_init(&again); bp_buf_init(&opened);
+    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", NULL, "the-old-key", &v1, &err), 0);
+    CHECK(bp_is_encrypted_v1(v1.data));
+    bp_buf_printf(&doc, "{\"name\":\"x\",\"config\":{\"api_url\":\"https://acct.api-us1.com\",\"api_key\":\"%s\"}}", v1.data);
+    int changed = 0;
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, doc.data, BP_SEAL, &sealed, &changed, &err), 0);
+    CHECK_INT(changed, 1);
+    CHECK(strstr(sealed.data, "bp:enc:v2:") != NULL);
+    CHECK(strstr(sealed.data, "bp:enc:v1:") == NULL);
+    CHECK(strstr(sealed.data, "the-old-key") == NULL);
+    /* sealed again: nothing left to migrate */
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, sealed.data, BP_SEAL, &again, &changed, &err), 0);
+    CHECK_INT(changed, 0);
+    CHECK_STR(again.data, sealed.data);
+    /* opens to the same value for the URL it is sent to */
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, sealed.data, BP_UNSEAL, &opened, &changed, &err), 0);
+    CHECK_CONTAINS(opened.data, "\"api_key\":\"the-old-key\"");
+    bp_buf_free(&v1); bp_buf_free(&doc); bp_buf_free(&sealed); bp_buf_free(&again); bp_buf_free(&opened);
+    bp_blueprint_free(bp);
+    bp_keyring_close(ring);
+    char path[300];
+    snprintf(path, sizeof path, "%s/master.key", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- runtime: logging, errors, the watchdog, one-time init ------------------------ */
 
 #include <pthread.h>
@@ -1566,6 +1608,17 @@ TEST(cache_durable_values_are_tentative_until_their_event_is_over)
     bp_cache_free(c);
 }
 
+/* A test store's files (unit.db and its WAL and shared memory) and folder, gone. */
+static void remove_unit_store(const char *dir)
+{
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 /* Retention: final events past their window go, in the store's own thread;
  * a dead letter within its longer window and an unfinished event stay. */
 TEST(store_prunes_final_events_past_their_window_only)
@@ -1603,12 +1656,51 @@ TEST(store_prunes_final_events_past_their_window_only)
     CHECK(h.bytes > 0);
     CHECK(bp_store_retention(s).delivered_ms == 1000);
     bp_store_close(s);
-    char path[300];
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_unit_store(dir);
+}
+
+/* Rows in a table of the store file, read through a connection of its own. */
+static long rows_in(const char *dir, const char *table)
+{
+    char path[300], sql[100];
+    snprintf(path, sizeof path, "%s/unit.db", dir);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    long n = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        n = (long)sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Durable ctx.cache values past their expiry leave the file while serve runs
+ * (they used to go only at the next open); live ones stay. */
+TEST(store_prunes_expired_cache_values_while_running)
+{
+    char dir[] = "/tmp/bp-unit-cacheprXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    int64_t now = (int64_t)bp_wall_ms();
+    CHECK_INT(bp_store_cache_put(s, "acct", "old", "1", 1, now - 1000, 0), 0);
+    CHECK_INT(bp_store_cache_put(s, "acct", "new", "2", 1, now + 3600 * 1000, 0), 0);
+    CHECK_INT(rows_in(dir, "cache_values"), 2);
+    bp_retention keep = { 7LL * 86400 * 1000, 30LL * 86400 * 1000, 0 };
+    bp_store_set_retention(s, &keep);
+    for (int i = 0; i < 1000 && rows_in(dir, "cache_values") != 1; i++) usleep(10 * 1000);
+    CHECK_INT(rows_in(dir, "cache_values"), 1);
+    bp_buf v;
+    bp_buf_init(&v);
+    int64_t expires = 0;
+    CHECK_INT(bp_store_cache_get(s, "acct", "new", now, &v, &expires), 1);
+    CHECK_STR(v.data, "2");
+    bp_buf_free(&v);
+    bp_store_close(s);
+    remove_unit_store(dir);
 }
 
 TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
@@ -1649,12 +1741,7 @@ TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
     bp_buf_free(&v);
     bp_cache_free(c);
     bp_store_close(s);
-    char path[300];
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_unit_store(dir);
 }
 
 TEST(cache_claim_is_single_flight)
@@ -1724,6 +1811,7 @@ int main(void)
     RUN(cache_values_are_per_account);
     RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
     RUN(store_prunes_final_events_past_their_window_only);
+    RUN(store_prunes_expired_cache_values_while_running);
     RUN(cache_durable_values_are_tentative_until_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
@@ -1771,6 +1859,7 @@ int main(void)
     RUN(pace_obeys_retry_after_and_a_lower_limit);
     RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
+    RUN(secrets_sealed_as_v1_are_migrated_to_v2_for_their_destination);
     RUN(account_key_of_a_url_is_its_origin);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);
