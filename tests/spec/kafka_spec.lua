@@ -322,7 +322,7 @@ describe("cluster mode on Kafka #kafka", function()
     st, body = loud.call("POST", "/v1/integrations/" .. ids[0] .. "/events", S.identify("loud@example.com", "loud-1"))
     assert.are.equal(503, st, core.json_encode(body))
     assert.are.equal("INTEGRATION_UNAVAILABLE", body.error.code)
-    assert.matches("cannot decrypt the integration's secrets: start it with the cluster's key file (--master-key-file",
+    assert.matches("cannot decrypt the integration's secrets: start it with the key file they were sealed with (--master-key-file",
       body.error.message, 1, true)
     -- a record that settles it (here a deletion through another node) takes it off the list
     local it
