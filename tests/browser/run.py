@@ -815,6 +815,7 @@ def t_health(c, s):
     send(env, s['admin'], iid, {'type': 'identify', 'messageId': 'health-1', 'traits': {'email': 'health@example.com'},
                                 'context': {'consent': CONSENT}})
     poll(lambda: env.api('GET', path, token=s['admin'])[1]['health']['state'] == 'paused', 'the API never said paused')
+    poll(lambda: env.api('GET', path, token=s['admin'])[1].get('now', {}).get('held') == 1, 'the event was never held')
     c.go('#/integration/%s/overview' % iid)
     c.el('#integration-health[data-health="paused"]', 'the page does not show a paused badge')
     alert = c.el('#health-alert[data-health="paused"]', 'the page does not say why delivery stopped')

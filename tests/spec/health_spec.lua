@@ -55,7 +55,8 @@ describe("integration health #cli #serve", function()
     local st = srv.call("PATCH", "/v1/admin/integrations/" .. it.id, '{"config":{"api_key":"not-the-key"}}')
     assert.are.equal(200, st)
     send(srv, it, "health.two@example.com", "h-2")
-    local paused = health_becomes(srv, it, "paused")
+    -- paused on the answer; the event is moved to held just after it
+    local paused = health_becomes(srv, it, "paused", 10, function(b) return b.now and b.now.held == 1 end)
     assert.matches("HTTP 403", paused.health.reason, 1, true)
     -- the vendor's own words: its status and answer
     assert.are.equal(403, paused.health.vendor_status)
@@ -75,7 +76,8 @@ describe("integration health #cli #serve", function()
 
     st = srv.call("PATCH", "/v1/admin/integrations/" .. it.id, core.json_encode({ config = { api_key = S.EMU_TOKEN } }))
     assert.are.equal(200, st)
-    local back = health_becomes(srv, it, "delivering", 10, function(b) return b.delivery.delivered >= 2 end)
+    local back = health_becomes(srv, it, "delivering", 10,
+      function(b) return b.delivery.delivered >= 2 and b.now and b.now.held == 0 and b.now.waiting == 0 end)
     assert.are.equal("", back.health.reason)
     assert.are.equal(core.null, back.health.vendor_status)
     local _, held = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events?outcome=held")
