@@ -368,12 +368,17 @@ static int ctx_slug(lua_State *L)
     bp_buf_init(&out);
     int pending_sep = 0, prev_lower = 0;
     const bp_budget *budget = bp_budget_of(L);
+    size_t charged = 0;         /* input bytes walked up to the last charge */
     for (size_t i = 0; i < len && (max <= 0 || out.len < (size_t)max); i++) {
         unsigned char c = (unsigned char)s[i];
         const char *emit = NULL;
-        if (i % WALK_CHUNK == WALK_CHUNK - 1 && bp_budget_spent(L, budget, WALK_CHUNK)) {
-            bp_buf_free(&out);   /* held outside the Lua state: freed before the error */
-            bp_budget_tick(L, budget, 0);
+        /* by bytes walked, not by index: a character of two bytes moves i by two */
+        if (i - charged >= WALK_CHUNK) {
+            charged = i;
+            if (bp_budget_spent(L, budget, WALK_CHUNK)) {
+                bp_buf_free(&out);   /* held outside the Lua state: freed before the error */
+                bp_budget_tick(L, budget, 0);
+            }
         }
         char one[2] = { 0, 0 };
         int upper = 0;
@@ -396,8 +401,9 @@ static int ctx_slug(lua_State *L)
     }
     size_t n = out.len < (size_t)max ? out.len : (size_t)max;
     while (n && out.data[n - 1] == '_') n--;
-    if (n) lua_pushlstring(L, out.data, n); else lua_pushnil(L);
-    bp_buf_free(&out);
+    if (!n) { bp_buf_free(&out); lua_pushnil(L); return 1; }
+    out.len = n;
+    bp_push_buf_free(L, &out);
     return 1;
 }
 

@@ -235,6 +235,9 @@ void bp_push_view(lua_State *L, const bp_doc *d, uint32_t i);
 int bp_view_get_path(lua_State *L, int idx, const char *path, size_t len);
 /* Push node `i` converted to plain Lua tables (arrays/objects marked). */
 void bp_push_tables(lua_State *L, const bp_doc *d, uint32_t i);
+/* Push b's text as a Lua string and free b, also when the memory cap
+ * refuses the string (the error is raised after the free). */
+void bp_push_buf_free(lua_State *L, bp_buf *b);
 /* next(view, key) for the sandbox's next: pushes key and value, or nil. */
 int bp_view_next(lua_State *L);
 /* If the value at idx is a view, push it as plain tables and return 0; else -1. */

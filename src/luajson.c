@@ -285,6 +285,27 @@ int bp_view_totable(lua_State *L, int idx)
     return 0;
 }
 
+/* (protected) the text of a bp_buf as a Lua string */
+static int push_text(lua_State *L)
+{
+    const bp_buf *b = lua_touserdata(L, 1);
+    lua_pushlstring(L, b->data ? b->data : "", b->len);
+    return 1;
+}
+
+void bp_push_buf_free(lua_State *L, bp_buf *b)
+{
+    /* Making the string may hit the state's memory cap, whose error would
+     * jump past the free: a call that does it again and again (under a
+     * pcall) leaked the buffer each time, outside the cap.  So it is made
+     * in a protected call, the buffer freed, then any error raised again. */
+    lua_pushcfunction(L, push_text);
+    lua_pushlightuserdata(L, b);
+    int rc = lua_pcall(L, 1, 1, 0);
+    bp_buf_free(b);
+    if (rc != LUA_OK) lua_error(L);
+}
+
 static int view_tostring(lua_State *L)
 {
     view *v = check_view(L, 1);
@@ -295,8 +316,7 @@ static int view_tostring(lua_State *L)
     bp_buf b;
     bp_buf_init(&b);
     bp_json_write_node(&b, v->doc, v->node);
-    lua_pushlstring(L, b.data, b.len);
-    bp_buf_free(&b);
+    bp_push_buf_free(L, &b);
     return 1;
 }
 

@@ -11,7 +11,7 @@
  * charge every element they touch to the call's budget, as pattern.c does
  * for matching steps.  string.rep builds its result by doubling instead, so
  * its work is the size of what it returns, which the memory cap bounds;
- * string.format quotes long strings for %q itself, charging as it goes.
+ * string.format quotes the strings given to %q itself, charging as it goes.
  *
  * The other library functions do work bounded by the memory cap (the size
  * of a string they get or build) or by Lua's stack limit (a million values);
@@ -80,23 +80,23 @@ static int metered_rep(lua_State *L)
 
 /* ---- string.format's %q ------------------------------------------------------------- */
 
-#define QUOTE_DIRECT 4096    /* shorter strings: the library's own %q, no time to speak of */
 #define QUOTE_CHUNK 4096     /* bytes quoted between two charges */
 
 /* s written as a Lua string literal the way the library's %q writes it:
  * '"', '\\' and newline escaped with a backslash, other control characters
  * as \ddd (three digits when a digit follows, so that it is not read as
- * part of the number), the rest as is; a charge every QUOTE_CHUNK bytes.
+ * part of the number), the rest as is; a charge every QUOTE_CHUNK bytes of
+ * the call (*since: bytes quoted since the last one, across its arguments).
  * The library writes it byte by byte in one C call (hundreds of ms for a
- * few MB). */
-static void push_quoted(lua_State *L, const bp_budget *budget, const char *s, size_t len)
+ * few MB, whether in one string or in a thousand short ones). */
+static void push_quoted(lua_State *L, const bp_budget *budget, const char *s, size_t len, size_t *since)
 {
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     luaL_addchar(&b, '"');
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (i % QUOTE_CHUNK == QUOTE_CHUNK - 1) bp_budget_tick(L, budget, QUOTE_CHUNK);
+        if (++*since == QUOTE_CHUNK) { *since = 0; bp_budget_tick(L, budget, QUOTE_CHUNK); }
         if (c == '"' || c == '\\' || c == '\n') {
             luaL_addchar(&b, '\\');
             luaL_addchar(&b, (char)c);
@@ -114,21 +114,24 @@ static void push_quoted(lua_State *L, const bp_budget *budget, const char *s, si
     luaL_pushresult(&b);
 }
 
-/* string.format(fmt, ...): the library's (upvalue 2), except that a long
- * string given to %q is quoted here, with charges, and handed on as %s.
- * %q takes no flags or width, so its directive is always the two bytes
- * "%q"; the others are skipped the way the library reads them (flags,
- * width, precision, conversion) only to know which argument is whose. */
+/* string.format(fmt, ...): the library's (upvalue 2), except that every
+ * string given to %q is quoted here, with charges, and handed on as %s
+ * (which copies it at memory speed).  %q takes no flags or width, so its
+ * directive is always the two bytes "%q"; the others are skipped the way
+ * the library reads them (flags, width, precision, conversion) only to know
+ * which argument is whose.  The library's function is called from C, so
+ * its argument errors would name it '?': they are given its name back. */
 static int metered_format(lua_State *L)
 {
     size_t flen;
     const char *fmt = luaL_checklstring(L, 1, &flen);
+    const bp_budget *budget = lua_touserdata(L, lua_upvalueindex(1));
     char *copy = NULL;          /* fmt with some %q made %s, in a Lua buffer */
     luaL_Buffer b;
+    size_t since = 0;
     int arg = 1;
-    const bp_budget *budget = lua_touserdata(L, lua_upvalueindex(1));
     for (size_t i = 0; i + 1 < flen; i++) {
-        if (i % QUOTE_CHUNK == QUOTE_CHUNK - 1) bp_budget_tick(L, budget, QUOTE_CHUNK);
+        if (++since == QUOTE_CHUNK) { since = 0; bp_budget_tick(L, budget, QUOTE_CHUNK); }
         if (fmt[i] != '%') continue;
         if (fmt[++i] == '%') continue;
         arg++;
@@ -136,10 +139,10 @@ static int metered_format(lua_State *L)
             while (i < flen && strchr("-+ #0123456789.", fmt[i])) i++;
             continue;
         }
-        if (lua_type(L, arg) != LUA_TSTRING || lua_rawlen(L, arg) < QUOTE_DIRECT) continue;
+        if (lua_type(L, arg) != LUA_TSTRING) continue;
         size_t len;
         const char *s = lua_tolstring(L, arg, &len);
-        push_quoted(L, budget, s, len);
+        push_quoted(L, budget, s, len, &since);
         lua_replace(L, arg);
         if (!copy) {
             copy = luaL_buffinitsize(L, &b, flen);   /* pushed above the arguments */
@@ -153,8 +156,9 @@ static int metered_format(lua_State *L)
     }
     lua_pushvalue(L, lua_upvalueindex(2));
     lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
-    return 1;
+    if (lua_pcall(L, lua_gettop(L) - 1, 1, 0) == LUA_OK) return 1;
+    if (lua_type(L, -1) == LUA_TSTRING) luaL_gsub(L, lua_tostring(L, -1), " to '?'", " to 'format'");
+    return lua_error(L);
 }
 
 /* ---- table ----------------------------------------------------------------------- */

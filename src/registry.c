@@ -395,21 +395,15 @@ static int save_revision(bp_registry *r, const bp_integration *it, int insert_in
 }
 
 /* One stored integration, listed with its config opened (the registry
- * opening: one thread).  -1 with err when its secrets do not decrypt (a
- * wrong or missing master key). */
+ * opening: one thread).  One that does not open (no blueprint, secrets
+ * that do not decrypt) is listed in unopened.c, not loaded. */
 static int load_integration(void *ctx, const bp_integration_row *row, bp_error *err)
 {
     bp_registry *r = ctx;
     (void)err;   /* nothing here stops the registry: what does not open is listed */
     bp_vendor *v = bp_registry_vendor(r, row->vendor);
     if (!v) {
-        bp_buf f;
-        bp_buf_init(&f);
-        bp_log_field(&f, "integration", row->id);
-        bp_log_field(&f, "vendor", row->vendor);
-        bp_log("error", "integration not loaded: no blueprint for its vendor; its events stay stored", f.data);
-        bp_buf_free(&f);
-        bp_unopened_note(r->unopened, row->id, BP_UNOPENED_BLUEPRINT, row->vendor);
+        bp_unopened_note(r->unopened, row->id, BP_UNOPENED_BLUEPRINT, row->vendor, NULL);
         return 0;
     }
     bp_buf plain;
@@ -419,15 +413,8 @@ static int load_integration(void *ctx, const bp_integration_row *row, bp_error *
         /* a wrong key file, or a stored value altered: this integration is
          * listed as not opened (healthz 503, its intake 503 saying what to
          * do) and the others start, as on a cluster node */
-        bp_buf f;
-        bp_buf_init(&f);
-        bp_log_field(&f, "integration", row->id);
-        bp_log_field(&f, "error", why.msg);
-        bp_log("error", "integration not loaded: its secrets do not decrypt with this key ring; its events stay stored",
-               f.data);
-        bp_buf_free(&f);
         bp_buf_free(&plain);
-        bp_unopened_note(r->unopened, row->id, BP_UNOPENED_KEYS, row->vendor);
+        bp_unopened_note(r->unopened, row->id, BP_UNOPENED_KEYS, row->vendor, why.msg);
         return 0;
     }
     bp_integration *it = new_integration(r, row->id, row->name, v, row->variant, row->delivery_mode, row->revision,
@@ -808,14 +795,10 @@ static void apply_current(bp_registry *r, const bp_config_record *rec, bp_integr
     bp_buf_init(&plain);
     bp_error err;
     if (!v) {
-        bp_log("error", "integration from the cluster not loaded: no blueprint for its vendor on this node", fields->data);
-        bp_unopened_note(r->unopened, rec->id, BP_UNOPENED_BLUEPRINT, rec->vendor);
+        bp_unopened_note(r->unopened, rec->id, BP_UNOPENED_BLUEPRINT, rec->vendor, NULL);
     } else if (bp_seal_doc(r->keys, rec->id, sbp ? sbp->bp : NULL, rec->current.data ? rec->current.data : "{}",
                            BP_UNSEAL, &plain, NULL, &err) < 0) {
-        bp_log_field(fields, "error", err.msg);
-        bp_log("error", "integration from the cluster not loaded: its secrets do not decrypt here (do the nodes "
-               "share the master key?)", fields->data);
-        bp_unopened_note(r->unopened, rec->id, BP_UNOPENED_KEYS, rec->vendor);
+        bp_unopened_note(r->unopened, rec->id, BP_UNOPENED_KEYS, rec->vendor, err.msg);
     } else {
         bp_unopened_clear(r->unopened, rec->id);
         bp_config *cfg = sbp ? bp_configdoc_validate(sbp->bp, plain.data, rec->variant, &err) : NULL;

@@ -59,6 +59,7 @@ struct bp_sandbox {
     unsigned timeout_ms;
     double deadline_ms;
     int tripped;            /* 1 = instructions, 2 = time */
+    int why_named;          /* the handler has named the tripped budget's error once */
     int in_call;            /* inside bp_sandbox_call (the hook may be set) */
     double hook_at_ms;      /* the last count hook of this call (0: none yet) */
     char why[120];          /* the tripped budget's message */
@@ -221,13 +222,21 @@ static const char *spend(lua_State *L, bp_sandbox *sb, uint64_t work)
 
 /* Count `work`; once either budget is spent, stop the call with an error
  * naming the blueprint line. */
+static const char raised_key = 0;   /* registry: the tripped budget's error of this call, once made */
+
 static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
 {
     const char *why = spend(L, sb, work);
     if (!why) return;
+    /* raised again at each pending __close while the stack unwinds: the
+     * message made once (a few hundred thousand of them on a deep stack) */
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &raised_key) == LUA_TSTRING) lua_error(L);
+    lua_pop(L, 1);
     push_where(L);
     lua_pushstring(L, why);
     lua_concat(L, 2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &raised_key);
     lua_error(L);
 }
 
@@ -396,7 +405,12 @@ static int message_handler(lua_State *L)
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
     const char *msg = lua_tostring(L, 1);
-    if (sb->over_memory) {
+    /* the budget's error raised again while the stack unwinds (each pending
+     * __close runs, and is stopped again): named once, then passed on as it
+     * is, or a deep stack of them would cost seconds in this handler */
+    if (sb->tripped && msg && sb->why_named) return 1;
+    if (sb->tripped) sb->why_named = 1;
+    if (sb->over_memory && !sb->tripped) {
         lua_pushstring(L, sb->oom_where);
         lua_pushfstring(L, "memory limit exceeded (%d MiB per blueprint state; a runaway string or table?)",
                         (int)(sb->limit / (1024 * 1024)));
@@ -793,6 +807,21 @@ void bp_sandbox_set_global(bp_sandbox *sb, const char *name)
     lua_pop(L, 1);
 }
 
+/* The budget's error for a call that returned past it; the function is at
+ * base (its file named: the call is over, no line is running). */
+static void report_late(bp_sandbox *sb, int base, bp_error *err)
+{
+    lua_Debug ar;
+    lua_pushvalue(sb->L, base);
+    const char *file = "?";
+    if (lua_getinfo(sb->L, ">S", &ar)) {
+        size_t n = sb->prefix ? strlen(sb->prefix) : 0;
+        file = n && !strncmp(ar.source, sb->prefix, n) ? ar.source + n : ar.short_src;
+    }
+    if (sb->tripped) bp_error_set(err, "%s: %s", file, sb->why);
+    else bp_error_set(err, "%s: time budget exceeded (%u ms; the call returned after it)", file, sb->timeout_ms);
+}
+
 int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
 {
     lua_State *L = sb->L;
@@ -804,9 +833,14 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
      * call could fail for what the one before it left behind. */
     if (sb->used > sb->limit / 2) lua_gc(L, LUA_GCCOLLECT);
     lua_pushcfunction(L, message_handler);
-    lua_insert(L, base);
+    lua_insert(L, base);                              /* handler, f, args */
+    lua_pushvalue(L, base + 1);
+    lua_insert(L, base);                              /* f (kept to name it), handler, f, args */
     sb->spent = 0;
     sb->tripped = 0;
+    sb->why_named = 0;
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &raised_key);
     sb->over_memory = 0;
     sb->deadline_ms = bp_monotonic_ms() + sb->timeout_ms;
     sb->in_call = 1;
@@ -817,14 +851,15 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
         atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
     }
-    int rc = lua_pcall(L, nargs, nresults, base);
+    int rc = lua_pcall(L, nargs, nresults, base + 1);
     if (sb->watch_slot >= 0) bp_watch_end(sb->watch_slot);
     lua_sethook(L, NULL, 0, 0);
     sb->in_call = 0;
     atomic_store_explicit(&sb->meter.armed, 0, memory_order_relaxed);
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
-        if (rc == LUA_ERRMEM || sb->over_memory)
+        /* a memory error caught earlier by a pcall does not name a later budget error */
+        if (rc == LUA_ERRMEM || (sb->over_memory && !sb->tripped))
             bp_error_set(err, "%smemory limit exceeded (%zu MiB per blueprint state; a runaway string or table?)",
                          sb->oom_where, sb->limit / (1024 * 1024));
         else if (rc == LUA_ERRERR || !msg)
@@ -838,7 +873,17 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
         }
         return -1;
     }
+    /* Returned, but past its budget (one long C call that ended after the
+     * deadline, or a pcall that caught the budget's error at the very
+     * end): the budget's error all the same, so that what a mapping may do
+     * does not depend on when the hook happened to look. */
+    if (sb->tripped || bp_monotonic_ms() > sb->deadline_ms) {
+        report_late(sb, base, err);
+        lua_settop(L, base - 1);
+        return -1;
+    }
     lua_remove(L, base);
+    lua_remove(L, base);                              /* results */
     return 0;
 }
 

@@ -591,7 +591,8 @@ typedef struct bp_unopened bp_unopened;
 enum bp_unopened_reason { BP_UNOPENED_KEYS, BP_UNOPENED_BLUEPRINT };
 bp_unopened *bp_unopened_new(void);
 void bp_unopened_free(bp_unopened *u);
-void bp_unopened_note(bp_unopened *u, const char *id, enum bp_unopened_reason why, const char *vendor);
+void bp_unopened_note(bp_unopened *u, const char *id, enum bp_unopened_reason why, const char *vendor,
+                      const char *error);   /* also logs it */
 void bp_unopened_clear(bp_unopened *u, const char *id);
 int bp_unopened_message(bp_unopened *u, const char *id, bp_buf *message);
 size_t bp_unopened_json(bp_unopened *u, bp_buf *out);

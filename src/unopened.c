@@ -55,7 +55,11 @@ static size_t find(const bp_unopened *u, const char *id)
     return i;
 }
 
-void bp_unopened_note(bp_unopened *u, const char *id, enum bp_unopened_reason why, const char *vendor)
+/* Noted and logged once here, for every caller (a stored record at start,
+ * a record from the cluster's topic): the integration, its vendor, the
+ * error that stopped it (NULL: none beyond the reason) and what to do. */
+void bp_unopened_note(bp_unopened *u, const char *id, enum bp_unopened_reason why, const char *vendor,
+                      const char *error)
 {
     bp_buf msg;
     bp_buf_init(&msg);
@@ -77,6 +81,17 @@ void bp_unopened_note(bp_unopened *u, const char *id, enum bp_unopened_reason wh
     u->items[i].reason = bp_strdup(why == BP_UNOPENED_KEYS ? "secrets_do_not_decrypt" : "blueprint_missing");
     u->items[i].message = bp_strdup(msg.data);
     pthread_mutex_unlock(&u->mu);
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_log_field(&f, "integration", id);
+    bp_log_field(&f, "vendor", vendor ? vendor : "");
+    if (error) bp_log_field(&f, "error", error);
+    bp_log_field(&f, "what_to_do", msg.data);
+    bp_log("error", why == BP_UNOPENED_KEYS ? "integration not opened on this node: its secrets do not decrypt; its "
+                                              "events stay stored"
+                                            : "integration not opened on this node: no blueprint for its vendor; its "
+                                              "events stay stored", f.data);
+    bp_buf_free(&f);
     bp_buf_free(&msg);
 }
 

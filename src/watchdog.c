@@ -6,7 +6,8 @@
  * finds anything (a mapping takes microseconds).  So calls run unhooked, and
  * a watchdog thread looks at the running calls every WATCH_TICK_MS.  A call
  * seen running at two consecutive looks (so for at least one tick) gets a
- * signal on the thread that runs it; the handler calls the sandbox's `arm`
+ * signal on the thread that runs it, and another at every later look while
+ * it runs; the handler calls the sandbox's `arm`
  * function, which installs the budget hook and turns on the meters of the
  * C loops (metered.c), and from then on the sandbox's instruction and time
  * budgets apply, inside C calls too.  lua_sethook is made to be
@@ -44,7 +45,6 @@ typedef struct watch_slot {
     _Atomic pthread_t thread;            /* the thread running the call */
     unsigned seen_seq;                   /* watchdog thread only: seq at the previous look */
     int seen_running;
-    unsigned signalled_seq;
 } watch_slot;
 
 static watch_slot slots[WATCH_SLOTS];
@@ -125,10 +125,13 @@ static void *watch_thread(void *unused)
             if (!s->arm) continue;
             int running = atomic_load(&s->running) != NULL;
             unsigned seq = atomic_load(&s->seq);
-            if (running && s->seen_running && seq == s->seen_seq && seq != s->signalled_seq) {
+            /* again at every look while it runs: each signal sets the hook
+             * to the next instruction, so a run of slow operators after
+             * cheap code (which let the hook's interval grow back to a
+             * thousand) is seen within a tick */
+            if (running && s->seen_running && seq == s->seen_seq) {
                 union sigval v = { .sival_int = i };
                 pthread_sigqueue(atomic_load(&s->thread), signo, v);
-                s->signalled_seq = seq;
             }
             s->seen_running = running;
             s->seen_seq = seq;
