@@ -50,6 +50,9 @@ typedef struct bp_deliver_opts {
      * handler may write, and one a C++ embedder can declare), not a C11
      * atomic, which this public header cannot require. */
     volatile int *stop;
+    /* Send a backlog of events a blueprint's `batch:` takes as batches
+     * (min_events or more of one account waiting); 0 = one by one. */
+    int batch;
 } bp_deliver_opts;
 
 /* Counters filled by bp_deliver into the caller's struct. */

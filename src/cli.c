@@ -104,6 +104,7 @@ static const struct { const char *command, *text; } command_help[] = {
       "\n"
       "  --concurrency N (8)  --max-attempts N (the blueprint's)  --retry-base-ms N (1000)\n"
       "  --rate-limit RPS (the blueprint's)  --connect-timeout-ms N (5000)  --http-timeout-ms N (30000)\n"
+      "  --batch: a backlog the blueprint's batch: takes goes in batches (min_events or more waiting)\n"
       "  and dry-run's budget options\n"
       "\n"
       "exit status: 0 every event final, 1 usage or state store, 2 invalid blueprint or config,\n"
@@ -213,7 +214,7 @@ static int parse_args(int argc, char **argv, cli *c, int deliver)
             continue;
         }
         if (!deliver && !strcmp(a, "--decode")) { c->decode = 1; continue; }
-        if (!deliver && !strcmp(a, "--batch")) { c->batch = 1; continue; }
+        if (!strcmp(a, "--batch")) { c->batch = 1; continue; }
         if (!deliver && !strcmp(a, "--answers")) {
             if (!next) return usage("--answers needs a file");
             c->answers = argv[++i];
@@ -493,6 +494,7 @@ static int deliver(int argc, char **argv)
     if ((rc = load(&c, &bp, &cfg))) { if (fd > 0) close(fd); return rc; }
     use_block_buffering();
     c.d.input_fd = fd;
+    c.d.batch = c.batch;
     c.d.emit = to_stdout;
     bp_deliver_stats st;
     bp_error err;

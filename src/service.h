@@ -187,6 +187,34 @@ int bp_store_each(bp_store *s, const char *integration, const char *state, bp_st
 long bp_store_count(bp_store *s, const char *integration, const char *state);
 int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx);
 
+/* ---- batchstore.c: open batches, so a restart asks for a queued batch's status ------------- */
+
+/* store.c lends its write connection (and lock) to batchstore.c. */
+struct sqlite3 *bp_store_db_hold(bp_store *s);
+void bp_store_db_release(bp_store *s);
+typedef struct bp_store_batch_row {
+    int64_t id;
+    const char *events;         /* ids, comma separated, in the batch's order */
+    int queued;                 /* 0: sending (the request may not have arrived) */
+    int answer_status;
+    const char *answer_url, *answer_body; size_t answer_len;
+    int polls;
+} bp_store_batch_row;
+typedef void (*bp_store_batch_fn)(void *ctx, const bp_store_batch_row *row);
+int bp_store_batches_init(bp_store *s);
+/* Record a batch of these events before its request leaves (its own
+ * transaction); the new id, -1 on error. */
+int64_t bp_store_batch_add(bp_store *s, const char *integration, const int64_t *ids, size_t n, int64_t now);
+/* The vendor queued it: the answer that said so (its own transaction). */
+int bp_store_batch_queued(bp_store *s, int64_t id, int status, const char *url, const char *body, int polls,
+                          int64_t now);
+/* Inside the transaction that saves its events' outcomes. */
+int bp_store_batch_delete(bp_store *s, int64_t id);
+int bp_store_batch_forget(bp_store *s, const char *integration);
+int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx);
+/* A pending event by id: 1 found (e filled, without its steps), 0 not. */
+int bp_store_batch_event(bp_store *s, int64_t id, bp_stored *e);
+
 /* ---- deliver*.c: the delivery loops ---------------------------------------------------------- */
 
 /* A blueprint revision: a short, stable fingerprint of the contents of the
@@ -253,6 +281,7 @@ typedef struct bp_sink {
  * adds), read by API threads (relaxed loads: counters, no ordering). */
 typedef struct bp_counts {
     _Atomic long delivered, dropped, errors, dead, held, requests, retries, rate_limited;
+    _Atomic long batches, batched_events;   /* batches sent; events delivered in them */
 } bp_counts;
 
 /* One integration handed to the pool.  The pool holds `bp` and owns `cfg`
