@@ -139,9 +139,10 @@ static void note_batch(const batch *b, job *j)
     else snprintf(j->bt.request, sizeof j->bt.request, "(none)");
 }
 
-/* Sent again: alone or in a later batch, after a backoff; a dead letter
- * once the attempts are used up. */
-static void retry_later(loop *l, job *j, const char *why, double now)
+/* Sent again at `at` (the same time for every event of its batch, so they
+ * can form the next batch together, or go alone when too few); a dead
+ * letter once the attempts are used up. */
+static void retry_later(loop *l, job *j, const char *why, double at)
 {
     tenant *t = j->t;
     bp_dl_count(&t->st->retries);
@@ -155,7 +156,7 @@ static void retry_later(loop *l, job *j, const char *why, double now)
     }
     bp_dl_map_job(l, j);   /* its own requests again (a restart read only its batch's) */
     if (j->final) return;
-    j->ev.next_at = (int64_t)(now + bp_dl_backoff_ms(l, j->ev.failures, 0));
+    j->ev.next_at = (int64_t)at;
     bp_dl_set_reason(j, "retrying: %s%s", j->why, "");
     bp_dl_write_line(l, j, BP_END_RETRYING);
     t->sink->outcome(t->ctx, &j->ev, j->line.data, j->line.len, BP_END_RETRYING, j->out.reason.data);
@@ -178,6 +179,7 @@ static void delivered(loop *l, job *j, double now)
 
 static void apply_results(loop *l, batch *b, double now)
 {
+    double again = now + bp_dl_backoff_ms(l, b->jobs[0]->ev.failures + 1, 0);
     for (size_t i = 0; i < b->n; i++) {
         job *j = b->jobs[i];
         const bp_batch_item *it = &b->b.items[i];
@@ -201,7 +203,7 @@ static void apply_results(loop *l, batch *b, double now)
             bp_dl_finish(l, j, BP_END_DROPPED);
             break;
         case BP_BATCH_RETRY:
-            retry_later(l, j, why, now);
+            retry_later(l, j, why, again);
             break;
         }
     }
@@ -475,6 +477,7 @@ static void resume(loop *l, tenant *t, found *f)
             job *j = bp_calloc(1, sizeof *j);
             j->t = t;
             j->ev = ev;
+            if (j->ev.attempts == 0) j->ev.attempts = 1;   /* the vendor has its request, unsaved before the kill */
             j->index = -1;
             j->loaded_ms = bp_wall_ms();
             j->batch = b;

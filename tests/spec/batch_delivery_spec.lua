@@ -1,0 +1,162 @@
+-- Batches in the delivery loop (`deliver --batch`) against the local
+-- ActiveCampaign emulator (127.0.0.1 only): a backlog of identifies goes as
+-- bulk imports and status requests, one event alone still goes by
+-- /contact/sync, a validation 400 dead-letters the contact it names, and a
+-- deliver killed while an import is queued asks for its status when it runs
+-- again instead of importing twice.  Tagged #cli so the run is repeated with
+-- the ASan/UBSan build.
+local S = require("support")
+
+local FAST = " --rate-limit 200 --retry-base-ms 20"
+
+local function identifies(n, prefix, traits)
+  local t = {}
+  for i = 1, n do
+    local extra = traits and traits(i) or ""
+    t[i] = ('{"type":"identify","messageId":"%s%d","traits":{"email":"%s%d@example.com"%s},'
+      .. '"context":{"consent":{"marketing":true}}}'):format(prefix, i, prefix, i, extra)
+  end
+  return table.concat(t, "\n") .. "\n"
+end
+
+-- The emulator's requests by path.
+local function count_paths(emu)
+  local n = {}
+  for _, r in ipairs(emu.requests()) do n[r.path] = (n[r.path] or 0) + 1 end
+  return n
+end
+
+local function outcomes(lines)
+  local n = {}
+  for _, l in ipairs(lines) do n[l.outcome] = (n[l.outcome] or 0) + 1 end
+  return n
+end
+
+describe("batch delivery #cli", function()
+  local emu, cfg
+  before_each(function()
+    emu = S.start_emulator("--rate-limit 0 --import-delay-ms 200")
+    cfg = S.emulator_config(emu)
+  end)
+  after_each(function()
+    emu.stop()
+    os.remove(cfg)
+  end)
+
+  it("sends a backlog of 60 identifies as bulk imports, each event delivered with its batch", function()
+    local lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. S.tmpdir() .. FAST,
+      identifies(60, "b"))
+    assert.are.equal(0, code, err)
+    assert.are.equal(60, #lines)
+    assert.are.same({ delivered = 60 }, outcomes(lines))
+    local n = count_paths(emu)
+    assert.are.equal(1, n["/api/3/import/bulk_import"], "imports")
+    assert.is_true((n["/api/3/import/info"] or 0) >= 1, "status requests")
+    assert.is_nil(n["/api/3/contact/sync"])
+    assert.are.equal(60, #emu.contacts())
+    for _, l in ipairs(lines) do
+      assert.are.equal(60, l.batch.size)
+      assert.are.equal(lines[1].batch.id, l.batch.id)
+      assert.matches("^POST http://127%.0%.0%.1:%d+/api/3/import/bulk_import$", l.batch.request)
+      assert.is_true(l.batch.status_requests >= 1)
+      assert.matches("delivered in batch %d+ %(60 events%)", l.reason)
+      assert.are.equal("identify", l.type)
+      assert.are.equal(1, l.attempts)
+    end
+  end)
+
+  it("takes at most max_events per batch", function()
+    local lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. S.tmpdir() .. FAST,
+      identifies(260, "m"))
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 260 }, outcomes(lines))
+    local sizes = {}
+    for _, l in ipairs(lines) do sizes[l.batch.id] = l.batch.size end
+    local list = {}
+    for _, size in pairs(sizes) do list[#list + 1] = size end
+    table.sort(list)
+    assert.are.same({ 10, 250 }, list)
+    assert.are.equal(2, count_paths(emu)["/api/3/import/bulk_import"])
+  end)
+
+  it("sends one event alone by /contact/sync, and fewer than min_events one by one", function()
+    local lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. S.tmpdir() .. FAST,
+      identifies(1, "one"))
+    assert.are.equal(0, code, err)
+    assert.are.equal("delivered", lines[1].outcome)
+    assert.is_nil(lines[1].batch)
+    lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. S.tmpdir() .. FAST, identifies(9, "few"))
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 9 }, outcomes(lines))
+    local n = count_paths(emu)
+    assert.are.equal(10, n["/api/3/contact/sync"])
+    assert.is_nil(n["/api/3/import/bulk_import"])
+  end)
+
+  it("without --batch sends a backlog one by one as before", function()
+    local lines, err, code = S.deliver("--config " .. cfg .. " --state " .. S.tmpdir() .. FAST, identifies(20, "nb"))
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 20 }, outcomes(lines))
+    assert.is_nil(count_paths(emu)["/api/3/import/bulk_import"])
+  end)
+
+  it("dead-letters the contact a validation 400 names and delivers the rest in the next batch", function()
+    local input = identifies(12, "v", function(i) return i == 5 and ',"first_name":42' or ',"first_name":"F"' end)
+    local lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. S.tmpdir() .. FAST, input)
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 11, dead_letter = 1 }, outcomes(lines))
+    local by = S.by_index(lines)
+    assert.are.equal("dead_letter", by[4].outcome)
+    assert.matches("ActiveCampaign refused the contact: first_name must be a string", by[4].reason, 1, true)
+    assert.are.equal(400, by[4].status)
+    assert.are.equal(12, by[4].batch.size)
+    for i, l in pairs(by) do
+      if i ~= 4 then
+        assert.are.equal(11, l.batch.size)
+        assert.are.equal(2, l.attempts)
+      end
+    end
+    local n = count_paths(emu)
+    assert.are.equal(2, n["/api/3/import/bulk_import"])
+    assert.are.equal(11, #emu.contacts())
+  end)
+
+  it("retries a bulk import answered 503, then delivers", function()
+    emu.faults({ fail_next = 1, status = 503 })
+    local lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. S.tmpdir() .. FAST, identifies(10, "r"))
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 10 }, outcomes(lines))
+    local reqs = emu.requests()
+    assert.are.equal(503, reqs[1].status)
+    assert.are.equal("/api/3/import/bulk_import", reqs[2].path)
+    assert.are.equal(2, lines[1].attempts)
+  end)
+
+  it("resumes a deliver killed while the import is queued by asking for its status, importing nothing twice", function()
+    emu.faults({ import_delay_ms = 600000 })
+    local st = S.tmpdir()
+    local inf = os.tmpname()
+    S.write(inf, identifies(40, "k"))
+    local pidf = os.tmpname()
+    os.execute(S.bin .. " deliver " .. S.AC .. " --batch --config " .. cfg .. " --state " .. st .. FAST .. " " .. inf
+      .. " > /dev/null 2>&1 & echo $! > " .. pidf)
+    local pid = io.open(pidf):read("l")
+    -- the import was accepted and its first status request answered "active"
+    local asked = S.eventually(function() return (count_paths(emu)["/api/3/import/info"] or 0) >= 1 end, 20)
+    os.execute("kill -9 " .. pid)
+    assert.is_truthy(asked, "no status request within 20 s")
+    assert.are.equal(0, #emu.contacts())
+    emu.post("/_emulator/imports/complete", "{}")
+    local lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. st .. FAST, "")
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 40 }, outcomes(lines))
+    assert.are.equal(40, lines[1].batch.size)
+    local n = count_paths(emu)
+    assert.are.equal(1, n["/api/3/import/bulk_import"], "imported twice")
+    assert.is_true(n["/api/3/import/info"] >= 2)
+    assert.is_nil(n["/api/3/contact/sync"])
+    assert.are.equal(40, #emu.contacts())
+    os.remove(inf)
+    os.remove(pidf)
+  end)
+end)
