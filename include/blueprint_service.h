@@ -107,6 +107,7 @@ typedef struct bp_serve_opts {
     /* how long STATE/events.db keeps final events, in seconds (unfinished ones are never pruned) */
     int64_t keep_delivered_s;    /* delivered and dropped; 0 = 7 days */
     int64_t keep_dead_s;         /* dead letters and errors not replayed; 0 = 30 days */
+    int batch;                   /* deliver backlogs in batches (blueprint.yaml batch:); 0 = one by one */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

@@ -121,7 +121,7 @@ static const struct { const char *command, *text; } command_help[] = {
       "                       [--workers N] [--http-threads N] [--max-connections-per-ip N]\n"
       "                       [--editor-workers N] [--editor-queue N] [--request-time-limit SECONDS]\n"
       "                       [--jwt-issuer ISS] [--jwt-audience AUD] [--audit-retention-days N]\n"
-      "                       [--rate-limit RPS] [--retry-base-ms N]\n"
+      "                       [--rate-limit RPS] [--retry-base-ms N] [--batch]\n"
       "                       [--keep-delivered DURATION] [--keep-dead DURATION]\n"
       "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
       "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
@@ -604,7 +604,7 @@ static int serve(int argc, char **argv)
                         getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
                         getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0, NULL,
                         getenv("BLUEPRINT_KAFKA_CONFIG"),
-                        0, 0, 0, 0, 0 };
+                        0, 0, 0, 0, 0, 0 };
     static char host[64];
     const char *env;
     if ((env = getenv("BLUEPRINT_EDITOR_WORKERS"))) o.editor_workers = atoi(env);
@@ -612,6 +612,7 @@ static int serve(int argc, char **argv)
     if ((env = getenv("BLUEPRINT_REQUEST_TIME_LIMIT"))) o.request_time_limit_s = atoi(env);
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--batch")) { o.batch = 1; continue; }
         if (!next) { fprintf(stderr, "blueprint: %s needs a value\n", argv[i]); return EXIT_USAGE; }
         if (!strcmp(argv[i], "--listen")) {
             const char *colon = strrchr(next, ':');

@@ -416,6 +416,8 @@ void bp_metrics_answer(bp_metrics *m, int status, double duration_ms);
 void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const bp_store_status *store, bp_buf *out);
 /* blueprint_integrations_health{state=…}: how many integrations are in each state. */
 void bp_metrics_write_health(const long per_state[BP_HEALTH_COUNT], bp_buf *out);
+/* blueprint_batches_total, blueprint_batched_events_total (this node's loops). */
+void bp_metrics_write_batches(long batches, long batched_events, bp_buf *out);
 
 /* An integration's final outcomes of the last hour, per minute: a ring of
  * 60 slots (1.4 KB, allocated at its first outcome), so a tile can show a
@@ -714,9 +716,10 @@ int bp_integration_deleted(bp_integration *it);
  * call nothing of the registry's). */
 void bp_registry_each(bp_registry *r, void (*fn)(void *ctx, bp_integration *it), void *ctx);
 /* Before start: a rate limit for every account (tests; 0: the blueprints'),
- * the first retry's delay (0: the default), and on_live, called with a new
- * Live Events line of it (the lock held: it may only signal). */
-void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms,
+ * the first retry's delay (0: the default), whether backlogs go in batches
+ * (serve --batch), and on_live, called with a new Live Events line of it
+ * (the lock held: it may only signal). */
+void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms, int batch,
                            void (*on_live)(void *ctx, bp_integration *it), void *on_live_ctx);
 /* fn(ctx) with the registry's lock held, to read [mu] fields of integrations
  * and vendors consistently: it may write only its own data, and call

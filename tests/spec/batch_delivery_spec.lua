@@ -160,3 +160,39 @@ describe("batch delivery #cli", function()
     os.remove(pidf)
   end)
 end)
+
+describe("batch delivery in serve #cli #serve", function()
+  it("sends an intake backlog as bulk imports; Live Events and /metrics show the batches", function()
+    local emu = S.start_emulator("--rate-limit 0 --import-delay-ms 200")
+    local srv = S.start_server({ args = "--batch" })
+    finally(function() srv.stop(); emu.stop() end)
+    local status, it = srv.call("POST", "/v1/admin/integration-catalog/activecampaign/install",
+      S.install_body("ActiveCampaign", S.emulator_account(emu, 0)))
+    assert.are.equal(201, status)
+    local st, res = srv.call("POST", "/v1/integrations/" .. it.id .. "/events", identifies(60, "s"))
+    assert.are.equal(202, st)
+    assert.are.equal(60, res.accepted)
+    local live = S.eventually(function()
+      local _, body = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events?limit=100&outcome=delivered")
+      return #body.events >= 60 and body
+    end, 60)
+    assert.is_truthy(live, "the 60 events were not all delivered")
+    local batched = 0
+    for _, e in ipairs(live.events) do
+      if e.outcome.batch then
+        batched = batched + 1
+        assert.is_true(e.outcome.batch.size >= 10)
+        assert.matches("/api/3/import/bulk_import$", e.outcome.batch.request)
+        assert.matches("^delivered in batch", e.outcome.reason)
+      end
+    end
+    assert.is_true(batched >= 10, batched .. " events went in batches")
+    local n = count_paths(emu)
+    assert.is_true(n["/api/3/import/bulk_import"] >= 1)
+    assert.are.equal(60 - batched, n["/api/3/contact/sync"] or 0)
+    assert.are.equal(60, #emu.contacts())
+    local _, _, metrics = srv.call("GET", "/metrics")
+    assert.matches("blueprint_batches_total " .. n["/api/3/import/bulk_import"] .. "\n", metrics, 1, true)
+    assert.matches("blueprint_batched_events_total " .. batched .. "\n", metrics, 1, true)
+  end)
+end)
