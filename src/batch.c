@@ -236,9 +236,12 @@ int bp_batch_run(bp_engine *e, bp_batch *b, const char *const *events, const siz
     e->jnext = 0;
     e->stopped = 0;
     bp_error err;
+    /* the steps' answers so far (a delivery loop's journal of the batch) */
+    if (e->jtext && bp_json_parse(&e->jdoc, e->jtext, e->jlen, NULL, &err) < 0) e->jtext = NULL;
     bp_engine_log_hook(e, 1);
     int rc = bp_sandbox_call(e->sb, 2, 2, &err);
     bp_engine_log_hook(e, 0);
+    e->jtext = NULL;   /* one run's */
     bp_steps_end_writes(e, rc == 0 && !e->stopped);
     if (!e->stopped) bp_engine_emit_logs(e, &b->out);
     if (e->stopped) {

@@ -41,12 +41,14 @@ static const struct bp_batch_spec *spec_of(const loop *l, const tenant *t)
     return sp && bp_batch_switched_on(t->eng->engine, &t->bind) ? sp : NULL;
 }
 
-/* A job of t that a batch may take now: mapped, nothing of it sent yet. */
+/* A job of t that a batch may take now: mapped, and none of its own
+ * requests sent (by this run, or by an earlier one: attempts with steps
+ * answered; answers it read from ctx.cache are no sending). */
 static int may_take(const loop *l, const tenant *t, const job *j, double now)
 {
-    return j->t == t && !j->inflight && !j->batch && !j->alone && !j->remap && !j->final &&
-           j->ev.done_requests == 0 && j->ev.steps_len == 0 && j->ev.next_at <= now && !bp_dl_lease_lost(l, j) &&
-           bp_batch_takes_event(t->eng->engine, &j->out);
+    int untouched = !j->went_alone && (j->ev.attempts == 0 || (j->ev.done_requests == 0 && j->ev.steps_len == 0));
+    return j->t == t && untouched && !j->inflight && !j->batch && !j->alone && !j->remap && !j->final &&
+           j->ev.next_at <= now && !bp_dl_lease_lost(l, j) && bp_batch_takes_event(t->eng->engine, &j->out);
 }
 
 static double poll_delay(int n)
@@ -71,6 +73,7 @@ static void free_batch(batch *b)
     free(b->jobs);
     free(b->answer_url);
     bp_buf_free(&b->answer_body);
+    bp_buf_free(&b->journal);
     free(b);
 }
 
@@ -93,10 +96,13 @@ static void close_batch(loop *l, batch *b)
     free_batch(b);
 }
 
-/* Run the batch mapping on its events (again, after a restart or a new
- * config), and give the reader the answer that last asked for a status
- * request.  1: the status request is ready; 0: the reader gave results;
- * -1: b->b.out.reason says why not. */
+/* Run the batch mapping on its events (again: after one of its steps was
+ * answered, a restart or a new config), with its steps' answers so far, and
+ * give the reader the answer that last asked for a status request.
+ * 1: the request (or status request) is ready; 2: it stopped at a step
+ * (its request is the last, or out.wait_ms: another run is fetching the
+ * answer it shares); 0: the reader gave results; -1: b->b.out.reason says
+ * why not. */
 static int run_mapping(loop *l, batch *b)
 {
     tenant *t = b->t;
@@ -107,18 +113,15 @@ static int run_mapping(loop *l, batch *b)
     bp_batch_free(b->engine, &b->b);
     bp_batch_init(&b->b);
     t->bind.account = t->acct->key;
-    bp_engine_set_journal(e, NULL, 0, (uint64_t)b->jobs[0]->ev.id);
+    bp_engine_set_journal(e, b->journal.data, b->journal.len, (uint64_t)b->jobs[0]->ev.id);
     int rc = bp_batch_run_as(e, &t->bind, &b->b, bodies, lens, b->n);
     free(bodies);
     free(lens);
     b->engine = e;
+    b->rerun = 0;
     (void)l;
     if (rc < 0) return -1;
-    if (b->b.stopped || (!b->b.has_request && !b->b.has_results)) {
-        bp_buf_reset(&b->b.out.reason);
-        bp_buf_adds(&b->b.out.reason, "the batch mapping needs a step's answer first");
-        return -1;
-    }
+    if (b->b.stopped) return 2;
     if (!b->b.has_request) return 0;
     if (!b->queued) return 1;
     rc = bp_batch_read_as(e, &t->bind, &b->b, b->answer_status, b->answer_body.data ? b->answer_body.data : "",
@@ -131,7 +134,8 @@ static int run_mapping(loop *l, batch *b)
 /* What the event's line says about its batch. */
 static void note_batch(const batch *b, job *j)
 {
-    const bp_request *r = b->b.out.nrequests ? &b->b.out.requests[0] : NULL;
+    /* its own request: after its steps, before its status requests */
+    const bp_request *r = b->b.out.nanswered < b->b.out.nrequests ? &b->b.out.requests[b->b.out.nanswered] : NULL;
     j->bt.id = b->id;
     j->bt.size = (int)b->n;
     j->bt.polls = b->polls;
@@ -225,6 +229,34 @@ static void end_all(loop *l, batch *b, enum bp_end end, const char *fmt, const c
 
 /* ---- sending ---------------------------------------------------------------------- */
 
+/* Where the batch stands once its mapping ran (rc as run_mapping's): 1 its
+ * last request is to be sent now (the batch is recorded before its own
+ * request first leaves); 0 it was closed, or waits. */
+static int go_on(loop *l, batch *b, int rc, double now)
+{
+    tenant *t = b->t;
+    if (rc < 0) { end_all(l, b, BP_END_ERROR, "error: %s%s", b->b.out.reason.data); close_batch(l, b); return 0; }
+    if (rc == 0) { apply_results(l, b, now); close_batch(l, b); return 0; }
+    if (rc == 2 && b->b.out.wait_ms > 0) {   /* another run fetches the answer a step shares */
+        b->rerun = 1;
+        b->next_ms = now + b->b.out.wait_ms;
+        return 0;
+    }
+    if (rc == 1 && !b->id) {
+        int64_t *ids = bp_calloc(b->n, sizeof *ids);
+        for (size_t i = 0; i < b->n; i++) ids[i] = b->jobs[i]->ev.id;
+        b->id = bp_store_batch_add(l->store, t->id, ids, b->n, (int64_t)now);
+        free(ids);
+        if (b->id < 0) {   /* the store refuses writes: its events wait, and form a batch later */
+            b->id = 0;
+            close_batch(l, b);
+            return 0;
+        }
+        bp_dl_count(&t->st->batches);
+    }
+    return 1;
+}
+
 static int send_request(loop *l, batch *b, double now)
 {
     tenant *t = b->t;
@@ -239,14 +271,15 @@ static int send_request(loop *l, batch *b, double now)
     for (size_t i = 0; i < b->n; i++) {
         job *j = b->jobs[i];
         if (j->first_ms <= 0) j->first_ms = now;
-        if (!b->queued) j->ev.attempts++;
+        if (!b->queued && !b->b.stopped) j->ev.attempts++;
         if (j->ev.ksrc && l->lease) l->lease->sending(l->lease->ctx, j->ev.ksrc, 1);
     }
     return 0;
 }
 
-/* A new batch of the first n reserved jobs of t: mapped, recorded, sent.
- * -1: the store refuses writes (try again later). */
+/* A new batch of the first n reserved jobs of t: mapped, then its first
+ * request sent (one of its steps, or its own, recorded first).  -1: the
+ * store refuses writes (try again later). */
 static int start_batch(loop *l, account *a, tenant *t, size_t n, double now)
 {
     batch *b = bp_calloc(1, sizeof *b);
@@ -255,27 +288,14 @@ static int start_batch(loop *l, account *a, tenant *t, size_t n, double now)
     b->jobs = bp_calloc(n, sizeof *b->jobs);
     bp_batch_init(&b->b);
     bp_buf_init(&b->answer_body);
+    bp_buf_init(&b->journal);
     for (job *j = a->jobs; j && b->n < n; j = j->next) if (j->t == t && j->reserved) b->jobs[b->n++] = j;
     for (size_t i = 0; i < b->n; i++) { b->jobs[i]->reserved = 0; b->jobs[i]->batch = b; }
     t->batched += (int)b->n;
     b->next = a->batches;
     a->batches = b;
     int rc = run_mapping(l, b);
-    if (rc < 0 && b->b.stopped) {
-        /* a step the batch mapping needs is not answered yet: these go
-         * alone, and their own steps fill ctx.cache for later batches */
-        for (size_t i = 0; i < b->n; i++) b->jobs[i]->alone = 1;
-        close_batch(l, b);
-        return 0;
-    }
-    if (rc < 0) { end_all(l, b, BP_END_ERROR, "error: %s%s", b->b.out.reason.data); close_batch(l, b); return 0; }
-    if (rc == 0) { apply_results(l, b, now); close_batch(l, b); return 0; }   /* no request needed */
-    int64_t *ids = bp_calloc(b->n, sizeof *ids);
-    for (size_t i = 0; i < b->n; i++) ids[i] = b->jobs[i]->ev.id;
-    b->id = bp_store_batch_add(l->store, t->id, ids, b->n, (int64_t)now);
-    free(ids);
-    if (b->id < 0) { b->id = 0; close_batch(l, b); return -1; }   /* the store refuses writes: later */
-    bp_dl_count(&t->st->batches);
+    if (!go_on(l, b, rc, now)) return rc == 1 ? -1 : 0;   /* rc 1 and closed: the store refused the record */
     if (send_request(l, b, now) < 0) {
         end_all(l, b, BP_END_ERROR, "error: could not start the batch's request%s%s", "");
         close_batch(l, b);
@@ -329,9 +349,8 @@ double bp_dl_batch_dispatch(loop *l, account *a, double now, double mono)
         double w = bp_bucket_take(&a->pace->bucket, mono);
         pthread_mutex_unlock(&a->pace->mu);
         if (w > 0) return w < wait ? w : wait;
-        int rc = b->engine ? 1 : run_mapping(l, b);
-        if (rc < 0) { end_all(l, b, BP_END_ERROR, "error: %s%s", b->b.out.reason.data); close_batch(l, b); continue; }
-        if (rc == 0) { apply_results(l, b, now); close_batch(l, b); continue; }
+        int rc = !b->engine || b->rerun ? run_mapping(l, b) : b->b.stopped ? 2 : 1;
+        if (!go_on(l, b, rc, now)) continue;
         if (send_request(l, b, now) < 0) b->next_ms = now + poll_delay(++b->failures);
     }
     for (size_t k = 0; k < a->nmembers; k++) {
@@ -380,6 +399,27 @@ static void again_later(loop *l, batch *b, const bp_response *resp, const char *
     if (!t->paused) bp_dl_report_health_at(t, BP_HEALTH_BACKING_OFF, why, (int64_t)b->next_ms, 0, resp);
 }
 
+/* An answer to one of the batch mapping's steps: kept in its journal (and
+ * shared: opts.cache), then the mapping runs again and goes further.  A
+ * step refused sends its events alone (each one's own mapping meets the
+ * refusal and says so). */
+static void step_answered(loop *l, batch *b, const bp_request *req, const bp_response *resp, enum bp_class cls,
+                          double now)
+{
+    int accepted = cls == BP_OK;
+    for (int i = 0; !accepted && i < req->naccept; i++) accepted = req->accept[i] == resp->status;
+    bp_dl_share_answer(l, b->t->acct, req, resp, (uint64_t)b->jobs[0]->ev.id);
+    if (!accepted) {
+        for (size_t i = 0; i < b->n; i++) b->jobs[i]->alone = 1;
+        close_batch(l, b);
+        return;
+    }
+    bp_journal_add(&b->journal, req->fingerprint, resp->status, resp->body.data ? resp->body.data : "", resp->body.len,
+                   "sent");
+    b->rerun = 1;
+    b->next_ms = now;
+}
+
 void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp)
 {
     tenant *t = b->t;
@@ -394,11 +434,9 @@ void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp)
     bp_dl_obey_vendor_pace(a, resp);
     if (resp->status == 429) bp_dl_count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
-    int made = b->engine ? 1 : run_mapping(l, b);
-    if (made <= 0) {
-        if (made < 0) end_all(l, b, BP_END_ERROR, "error: %s%s", b->b.out.reason.data);
-        else apply_results(l, b, now);
-        close_batch(l, b);
+    int made = b->engine && !b->rerun ? 1 : run_mapping(l, b);
+    if (made <= 0 || (made == 2 && b->b.out.wait_ms > 0)) {   /* a new config while it was in flight */
+        go_on(l, b, made, now);
         return;
     }
     const bp_request *req = &b->b.out.requests[b->b.out.nrequests - 1];
@@ -414,6 +452,7 @@ void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp)
     }
     if (cls == BP_RETRY || cls == BP_AUTH) { again_later(l, b, resp, why, now); return; }
     b->failures = 0;
+    if (b->b.stopped) { step_answered(l, b, req, resp, cls, now); return; }
     if (!t->paused) bp_dl_report_health(t, BP_HEALTH_DELIVERING, "", 0);
     for (size_t i = 0; i < b->n; i++) {
         job *j = b->jobs[i];

@@ -194,6 +194,21 @@ void bp_dl_obey_vendor_pace(account *a, const bp_response *resp)
     pthread_mutex_unlock(&a->pace->mu);
 }
 
+/* A step's answer with opts.cache is kept for the account (a 2xx), or the
+ * key is let go so another run may ask (any other answer). */
+void bp_dl_share_answer(loop *l, account *a, const bp_request *req, const bp_response *resp, uint64_t owner)
+{
+    if (!req->cache_key) return;
+    if (resp->status >= 300) { bp_cache_release(l->cache, a->key, req->cache_key, owner); return; }
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_buf_printf(&v, "{\"s\":%d,\"b\":", resp->status);
+    bp_json_write_text(&v, resp->body.data ? resp->body.data : "", resp->body.len);
+    bp_buf_addc(&v, '}');
+    bp_cache_set(l->cache, a->key, req->cache_key, v.data, v.len, req->cache_ttl_s);
+    bp_buf_free(&v);
+}
+
 /* ---- outcome lines and saving ----------------------------------------------------------- */
 
 void bp_dl_write_line(loop *l, job *j, enum bp_end end)

@@ -67,7 +67,8 @@ struct job {
     /* batches (deliver_batch.c) */
     batch *batch;               /* the open batch it is in: not sent alone meanwhile */
     int reserved;               /* waits for a batch being formed */
-    int alone;                  /* never batched (the batch mapping needed a step) */
+    int alone;                  /* never batched (a step of its batch mapping was refused) */
+    int went_alone;             /* one of its own requests was sent: it finishes alone */
     double loaded_ms;           /* wall: when it came into memory */
     struct { int64_t id; int size, polls; char request[200]; } bt;   /* the batch it ended in (id 0: none) */
 };
@@ -86,6 +87,8 @@ struct batch {
     int polls;                  /* status requests sent */
     double next_ms;             /* wall: when its next request may leave */
     unsigned generation;        /* of the tenant's config when the request left */
+    int rerun;                  /* run the mapping again before going on (a step answered, a shared answer awaited) */
+    bp_buf journal;             /* the answers of the batch mapping's steps (ctx.send), before its request */
     int answer_status;          /* the last answer that asked for a status request, for a reader made again */
     char *answer_url; bp_buf answer_body;
 };
@@ -231,6 +234,7 @@ void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t un
                             const bp_response *resp);
 void bp_dl_pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp);
 void bp_dl_obey_vendor_pace(account *a, const bp_response *resp);
+void bp_dl_share_answer(loop *l, account *a, const bp_request *req, const bp_response *resp, uint64_t owner);
 
 /* ---- deliver_batch.c ---- */
 

@@ -33,20 +33,7 @@ static void step_answered(loop *l, job *j, const bp_request *req, const bp_respo
     free(j->ev.steps);
     j->ev.steps = b.data;
     j->ev.steps_len = b.len;
-    if (req->cache_key) {
-        account *a = j->t->acct;
-        if (resp->status < 300) {
-            bp_buf v;
-            bp_buf_init(&v);
-            bp_buf_printf(&v, "{\"s\":%d,\"b\":", resp->status);
-            bp_json_write_text(&v, resp->body.data ? resp->body.data : "", resp->body.len);
-            bp_buf_addc(&v, '}');
-            bp_cache_set(l->cache, a->key, req->cache_key, v.data, v.len, req->cache_ttl_s);
-            bp_buf_free(&v);
-        } else {
-            bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
-        }
-    }
+    bp_dl_share_answer(l, j->t->acct, req, resp, (uint64_t)j->ev.id);
     j->ev.done_requests++;
     j->ev.failures = 0;
     bp_dl_map_job(l, j);                  /* req belongs to the old outcome: not used after this */
@@ -198,6 +185,8 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
             bp_dl_map_job(l, j);
             if (j->final) { j = next; continue; }
             if (j->remap) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
+            /* ready now: the next pass may take it in a batch */
+            if (l->o->batch) { wait = 0; j = next; continue; }
         }
         /* skip requests whose once-key succeeded recently (contact already synced) */
         int64_t since = (int64_t)(now - (double)l->o->once_ttl_s * 1000.0);
@@ -230,6 +219,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         if (j->first_ms <= 0) j->first_ms = now;
         if (j->ev.ksrc && l->lease) l->lease->sending(l->lease->ctx, j->ev.ksrc, 1);
         j->inflight = 1;
+        j->went_alone = 1;
         j->generation = t->generation;
         j->ev.attempts++;
         t->inflight++;

@@ -161,6 +161,72 @@ describe("batch delivery #cli", function()
   end)
 end)
 
+describe("batch delivery of the webhook blueprint #cli", function()
+  local emu
+  before_each(function() emu = S.start_emulator("--rate-limit 0") end)
+  after_each(function() emu.stop() end)
+
+  -- A copy of the webhook blueprint; files replace or add its files.
+  local function webhook(files, batch)
+    local dir = S.tmpdir()
+    assert(os.execute("cp -r blueprints/webhook/. " .. dir))
+    for name, text in pairs(files or {}) do S.write(dir .. "/" .. name, text) end
+    if batch then
+      local f = assert(io.open(dir .. "/blueprint.yaml"))
+      local yaml = f:read("a"):gsub("\nbatch:.*$", "\n")
+      f:close()
+      S.write(dir .. "/blueprint.yaml", yaml .. batch)
+    end
+    return dir
+  end
+
+  local function deliver(dir, n)
+    local cfg = os.tmpname()
+    S.write(cfg, "url: " .. emu.url .. "/webhook/in\nbatch_events: true\nconsent: {default_policy: allow}\n")
+    local out, err, code = S.sh(S.bin .. " deliver " .. dir .. " --batch --config " .. cfg .. " --state " .. S.tmpdir()
+      .. FAST, identifies(n, "w"))
+    os.remove(cfg)
+    local lines = {}
+    for _, l in ipairs(S.lines(out)) do lines[#lines + 1] = assert(S.core.json_decode(l), l) end
+    return lines, err, code
+  end
+
+  it("POSTs a backlog as one JSON array of envelopes (batch_events on)", function()
+    local lines, err, code = deliver(webhook(), 12)
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 12 }, outcomes(lines))
+    local reqs = emu.requests()
+    assert.are.equal(1, #reqs)
+    local body = S.core.json_decode(reqs[1].body)
+    assert.are.equal(12, #body)
+    assert.are.equal("w1", body[1].messageId)
+    assert.are.equal(12, lines[1].batch.size)
+  end)
+
+  it("sends the batch mapping's steps first, then its request with what they answered", function()
+    local dir = webhook({ ["b.lua"] = [[
+return function(events, ctx)
+  local r = ctx.send({ method = "POST", url = ctx.config.url .. "/token", json = { n = #events } })
+  local request = { method = "POST", url = ctx.config.url, json = { ok = r.json.ok, n = #events } }
+  return request, function(answer)
+    local results = {}
+    for i in ipairs(events) do results[i] = ctx.delivered() end
+    return results
+  end
+end
+]] }, "batch:\n  events: [identify]\n  mapping: b.lua\n  max_events: 50\n  min_events: 10\n")
+    local lines, err, code = deliver(dir, 11)
+    assert.are.equal(0, code, err)
+    assert.are.same({ delivered = 11 }, outcomes(lines))
+    local reqs = emu.requests()
+    assert.are.equal(2, #reqs)
+    assert.are.equal("/webhook/in/token", reqs[1].path)
+    assert.are.equal("/webhook/in", reqs[2].path)
+    assert.are.same({ ok = true, n = 11 }, S.core.json_decode(reqs[2].body))
+    assert.matches("^POST http://127%.0%.0%.1:%d+/webhook/in$", lines[1].batch.request)
+  end)
+end)
+
 describe("batch delivery in serve #cli #serve", function()
   it("sends an intake backlog as bulk imports; Live Events and /metrics show the batches", function()
     local emu = S.start_emulator("--rate-limit 0 --import-delay-ms 200")
