@@ -334,6 +334,22 @@ static double form(loop *l, account *a, tenant *t, double now, double mono)
     return 0;
 }
 
+/* Cluster mode: the partition of one of its events went to another node,
+ * which reads them again; the batch is forgotten here without outcomes
+ * (that node sends its events again: at least once). */
+static int abandoned(loop *l, batch *b)
+{
+    int lost = 0;
+    for (size_t i = 0; i < b->n && !lost; i++) lost = bp_dl_lease_lost(l, b->jobs[i]);
+    if (!lost) return 0;
+    account *a = b->t->acct;
+    for (batch **p = &a->batches; *p; p = &(*p)->next) if (*p == b) { *p = b->next; break; }
+    for (size_t i = 0; i < b->n; i++) { detach(b, b->jobs[i]); bp_dl_abandon(l, b->jobs[i]); }
+    if (b->id) bp_store_batch_delete(l->store, b->id);
+    free_batch(b);
+    return 1;
+}
+
 /* Send the open batches' requests that are due (status requests, or the
  * batch again after a retry), and form new batches; returns ms until
  * something could be sent. */
@@ -342,7 +358,7 @@ double bp_dl_batch_dispatch(loop *l, account *a, double now, double mono)
     double wait = 1000;
     for (batch *b = a->batches, *next; b; b = next) {
         next = b->next;
-        if (b->inflight) continue;
+        if (b->inflight || abandoned(l, b)) continue;
         if (b->next_ms > now) { if (b->next_ms - now < wait) wait = b->next_ms - now; continue; }
         if (a->inflight >= l->o->concurrency) return NEVER;
         pthread_mutex_lock(&a->pace->mu);
