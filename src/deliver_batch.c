@@ -459,8 +459,9 @@ void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp)
     char why[300], url[2048];
     snprintf(url, sizeof url, "%s", req->url);
     enum bp_class cls = bp_classify(t->bp->bp, req, resp, why, sizeof why);
-    if (cls == BP_AUTH && !b->queued && b->generation == t->generation) {
-        /* the credentials were refused: pause, and hold the events */
+    if (cls == BP_AUTH && b->generation == t->generation) {
+        /* the credentials were refused: pause, and hold the events (a
+         * queued batch's too: sent again once the credentials change) */
         if (!t->paused) bp_dl_pause_tenant(l, t, why, resp);
         for (size_t i = 0; i < b->n; i++) { detach(b, b->jobs[i]); bp_dl_hold(l, b->jobs[i]); }
         close_batch(l, b);
