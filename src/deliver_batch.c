@@ -103,7 +103,7 @@ static void close_batch(loop *l, batch *b)
  * (its request is the last, or out.wait_ms: another run is fetching the
  * answer it shares); 0: the reader gave results; -1: b->b.out.reason says
  * why not. */
-static int run_mapping(loop *l, batch *b)
+static int run_mapping(batch *b)
 {
     tenant *t = b->t;
     bp_engine *e = t->eng->engine;
@@ -119,7 +119,6 @@ static int run_mapping(loop *l, batch *b)
     free(lens);
     b->engine = e;
     b->rerun = 0;
-    (void)l;
     if (rc < 0) return -1;
     if (b->b.stopped) return 2;
     if (!b->b.has_request) return 0;
@@ -294,7 +293,7 @@ static int start_batch(loop *l, account *a, tenant *t, size_t n, double now)
     t->batched += (int)b->n;
     b->next = a->batches;
     a->batches = b;
-    int rc = run_mapping(l, b);
+    int rc = run_mapping(b);
     if (!go_on(l, b, rc, now)) return rc == 1 ? -1 : 0;   /* rc 1 and closed: the store refused the record */
     if (send_request(l, b, now) < 0) {
         end_all(l, b, BP_END_ERROR, "error: could not start the batch's request%s%s", "");
@@ -307,6 +306,7 @@ static int start_batch(loop *l, account *a, tenant *t, size_t n, double now)
  * could (1000: nothing to form). */
 static double form(loop *l, account *a, tenant *t, double now, double mono)
 {
+    if (!l->o->batch || !t->eng || !bp_engine_batch_spec(t->eng->engine)) return 1000;   /* none of its jobs is reserved */
     const struct bp_batch_spec *sp = spec_of(l, t);
     size_t n = 0;
     double oldest = now;
@@ -365,7 +365,7 @@ double bp_dl_batch_dispatch(loop *l, account *a, double now, double mono)
         double w = bp_bucket_take(&a->pace->bucket, mono);
         pthread_mutex_unlock(&a->pace->mu);
         if (w > 0) return w < wait ? w : wait;
-        int rc = !b->engine || b->rerun ? run_mapping(l, b) : b->b.stopped ? 2 : 1;
+        int rc = !b->engine || b->rerun ? run_mapping(b) : b->b.stopped ? 2 : 1;
         if (!go_on(l, b, rc, now)) continue;
         if (send_request(l, b, now) < 0) b->next_ms = now + poll_delay(++b->failures);
     }
@@ -450,7 +450,7 @@ void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp)
     bp_dl_obey_vendor_pace(a, resp);
     if (resp->status == 429) bp_dl_count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
-    int made = b->engine && !b->rerun ? 1 : run_mapping(l, b);
+    int made = b->engine && !b->rerun ? 1 : run_mapping(b);
     if (made <= 0 || (made == 2 && b->b.out.wait_ms > 0)) {   /* a new config while it was in flight */
         go_on(l, b, made, now);
         return;

@@ -437,6 +437,7 @@ void bp_dl_map_job(loop *l, job *j)
     tenant *t = j->t;
     if (t->paused) { bp_dl_hold(l, j); return; }
     memcpy(j->revision, t->bp->revision, sizeof j->revision);
+    j->reserved = 0;   /* a batch being formed looks again */
     t->bind.account = t->acct->key;
     bp_engine_set_journal(t->eng->engine, j->ev.steps, j->ev.steps_len, (uint64_t)j->ev.id);
     enum bp_verdict v = bp_engine_run_as(t->eng->engine, &t->bind, j->ev.body, j->ev.body_len, &j->out);
