@@ -121,6 +121,12 @@ static int run_mapping(batch *b)
     b->rerun = 0;
     if (rc < 0) return -1;
     if (b->b.stopped) return 2;
+    if (!b->b.has_request && !b->b.has_results) {   /* no request, and the reader asked for a later one */
+        bp_buf_reset(&b->b.out.reason);
+        bp_buf_printf(&b->b.out.reason, "%s: read(nil) must give each event its result (no request was sent)",
+                      t->bp->bp->batch.mapping);
+        return -1;
+    }
     if (!b->b.has_request) return 0;
     if (!b->queued) return 1;
     rc = bp_batch_read_as(e, &t->bind, &b->b, b->answer_status, b->answer_body.data ? b->answer_body.data : "",
