@@ -142,7 +142,10 @@ static const struct { const char *command, *text; } command_help[] = {
       "Retention of STATE/events.db (durations: 7d, 12h, 30m, 90s): --keep-delivered (7d): delivered and\n"
       "dropped events, counted from their outcome; --keep-dead (30d): dead letters and errors not replayed.\n"
       "Events not final yet (pending, retrying, held) are never pruned.  In cluster mode the outcome records of\n"
-      "other nodes follow the same rules.\n" },
+      "other nodes follow the same rules.\n"
+      "\n"
+      "--batch: a backlog of events a blueprint's batch: takes (ActiveCampaign: identifies, as bulk imports)\n"
+      "goes in batches when min_events or more of an integration wait; fewer go one by one.\n" },
     { "token",
       "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--subject NAME]\n"
       "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
