@@ -72,7 +72,7 @@ CFLAGS     += -DBP_LIBDIR='"$(LIBDIR)"'
 # dlq, serve, token and rotate-key commands.
 CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine batch reader \
              decode version
-NET     := transport classify ratelimit store fingerprint deliver_job deliver_send deliver_tenant deliver crypto auth \
+NET     := transport classify ratelimit store batchstore fingerprint deliver_job deliver_batch deliver_send deliver_tenant deliver crypto auth \
            metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord unopened live registry \
            reload verify intake kafkaconf clusterslots clusterview clusterconsumer cluster server admin_api events_api \
            live_stream console_api health_api console diff editor

@@ -50,6 +50,9 @@ typedef struct bp_deliver_opts {
      * handler may write, and one a C++ embedder can declare), not a C11
      * atomic, which this public header cannot require. */
     volatile int *stop;
+    /* Send a backlog of events a blueprint's `batch:` takes as batches
+     * (min_events or more of one account waiting); 0 = one by one. */
+    int batch;
 } bp_deliver_opts;
 
 /* Counters filled by bp_deliver into the caller's struct. */
@@ -104,6 +107,7 @@ typedef struct bp_serve_opts {
     /* how long STATE/events.db keeps final events, in seconds (unfinished ones are never pruned) */
     int64_t keep_delivered_s;    /* delivered and dropped; 0 = 7 days */
     int64_t keep_dead_s;         /* dead letters and errors not replayed; 0 = 30 days */
+    int batch;                   /* deliver backlogs in batches (blueprint.yaml batch:); 0 = one by one */
 } bp_serve_opts;
 
 /* Run the Management API, intake and delivery workers until SIGTERM/SIGINT;

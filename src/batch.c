@@ -236,9 +236,12 @@ int bp_batch_run(bp_engine *e, bp_batch *b, const char *const *events, const siz
     e->jnext = 0;
     e->stopped = 0;
     bp_error err;
+    /* the steps' answers so far (a delivery loop's journal of the batch) */
+    if (e->jtext && bp_json_parse(&e->jdoc, e->jtext, e->jlen, NULL, &err) < 0) e->jtext = NULL;
     bp_engine_log_hook(e, 1);
     int rc = bp_sandbox_call(e->sb, 2, 2, &err);
     bp_engine_log_hook(e, 0);
+    e->jtext = NULL;   /* one run's */
     bp_steps_end_writes(e, rc == 0 && !e->stopped);
     if (!e->stopped) bp_engine_emit_logs(e, &b->out);
     if (e->stopped) {
@@ -255,6 +258,57 @@ int bp_batch_run(bp_engine *e, bp_batch *b, const char *const *events, const siz
     bp_buf_printf(&b->out.reason, "mapped by %s (%zu events)", e->bp->batch.mapping, n);
     if (!b->has_request) return call_reader(e, b, 0, NULL, 0, NULL) < 0 ? -1 : 0;
     return 0;
+}
+
+/* ---- in a delivery loop: the config of a binding ---------------------------------- */
+
+/* The engine runs with the binding's config and ctx for the call, as
+ * bp_engine_run_as does for one event. */
+typedef struct as_saved { const bp_config *cfg; int ctx, proxy; } as_saved;
+
+static as_saved bind_as(bp_engine *e, const bp_binding *bd)
+{
+    as_saved s = { e->cfg, e->ctx_ref, e->ctx_proxy_ref };
+    e->cfg = bd->cfg;
+    e->ctx_ref = bd->ctx_ref;
+    e->ctx_proxy_ref = bd->proxy_ref;
+    e->in_run_as = 1;
+    if (bd->account) e->account = bd->account;
+    return s;
+}
+
+static void unbind_as(bp_engine *e, as_saved s)
+{
+    e->account = e->own_account;
+    e->in_run_as = 0;
+    e->cfg = s.cfg;
+    e->ctx_ref = s.ctx;
+    e->ctx_proxy_ref = s.proxy;
+}
+
+int bp_batch_run_as(bp_engine *e, const bp_binding *bd, bp_batch *b, const char *const *events, const size_t *lens,
+                    size_t n)
+{
+    as_saved s = bind_as(e, bd);
+    int rc = bp_batch_run(e, b, events, lens, n);
+    unbind_as(e, s);
+    return rc;
+}
+
+int bp_batch_read_as(bp_engine *e, const bp_binding *bd, bp_batch *b, int status, const char *body, size_t len,
+                     const char *url)
+{
+    as_saved s = bind_as(e, bd);
+    int rc = bp_batch_read(e, b, status, body, len, url);
+    unbind_as(e, s);
+    return rc;
+}
+
+int bp_batch_switched_on(const bp_engine *e, const bp_binding *bd)
+{
+    const char *by = e->bp->has_batch ? e->bp->batch.enabled_by : NULL;
+    const char *v = by ? bp_config_get(bd->cfg, by) : NULL;
+    return e->bp->has_batch && (!by || (v && !strcmp(v, "true")));
 }
 
 /* ---- dry-run: every request answered as steps are (answers.yaml) -------------------- */
@@ -327,8 +381,13 @@ static int switched_on(const bp_engine *e)
 
 int bp_batch_takes(const bp_engine *e, const bp_outcome *o)
 {
+    return e->bp->has_batch && switched_on(e) && bp_batch_takes_event(e, o);
+}
+
+int bp_batch_takes_event(const bp_engine *e, const bp_outcome *o)
+{
     const bp_blueprint *bp = e->bp;
-    if (!bp->has_batch || !switched_on(e) || o->verdict != BP_DELIVER || !o->type || !o->mapping || o->nrequests == 0)
+    if (!bp->has_batch || o->verdict != BP_DELIVER || !o->type || !o->mapping || o->nrequests == 0)
         return 0;
     if (o->reason.data && !strncmp(o->reason.data, "consent:", 8)) return 0;   /* a withdrawal goes alone */
     for (size_t k = 0; k < bp->batch.nevents; k++) {

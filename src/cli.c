@@ -104,6 +104,7 @@ static const struct { const char *command, *text; } command_help[] = {
       "\n"
       "  --concurrency N (8)  --max-attempts N (the blueprint's)  --retry-base-ms N (1000)\n"
       "  --rate-limit RPS (the blueprint's)  --connect-timeout-ms N (5000)  --http-timeout-ms N (30000)\n"
+      "  --batch: a backlog the blueprint's batch: takes goes in batches (min_events or more waiting)\n"
       "  and dry-run's budget options\n"
       "\n"
       "exit status: 0 every event final, 1 usage or state store, 2 invalid blueprint or config,\n"
@@ -120,7 +121,7 @@ static const struct { const char *command, *text; } command_help[] = {
       "                       [--workers N] [--http-threads N] [--max-connections-per-ip N]\n"
       "                       [--editor-workers N] [--editor-queue N] [--request-time-limit SECONDS]\n"
       "                       [--jwt-issuer ISS] [--jwt-audience AUD] [--audit-retention-days N]\n"
-      "                       [--rate-limit RPS] [--retry-base-ms N]\n"
+      "                       [--rate-limit RPS] [--retry-base-ms N] [--batch]\n"
       "                       [--keep-delivered DURATION] [--keep-dead DURATION]\n"
       "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
       "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
@@ -141,7 +142,10 @@ static const struct { const char *command, *text; } command_help[] = {
       "Retention of STATE/events.db (durations: 7d, 12h, 30m, 90s): --keep-delivered (7d): delivered and\n"
       "dropped events, counted from their outcome; --keep-dead (30d): dead letters and errors not replayed.\n"
       "Events not final yet (pending, retrying, held) are never pruned.  In cluster mode the outcome records of\n"
-      "other nodes follow the same rules.\n" },
+      "other nodes follow the same rules.\n"
+      "\n"
+      "--batch: a backlog of events a blueprint's batch: takes (ActiveCampaign: identifies, as bulk imports)\n"
+      "goes in batches when min_events or more of an integration wait; fewer go one by one.\n" },
     { "token",
       "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--subject NAME]\n"
       "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
@@ -213,7 +217,7 @@ static int parse_args(int argc, char **argv, cli *c, int deliver)
             continue;
         }
         if (!deliver && !strcmp(a, "--decode")) { c->decode = 1; continue; }
-        if (!deliver && !strcmp(a, "--batch")) { c->batch = 1; continue; }
+        if (!strcmp(a, "--batch")) { c->batch = 1; continue; }
         if (!deliver && !strcmp(a, "--answers")) {
             if (!next) return usage("--answers needs a file");
             c->answers = argv[++i];
@@ -493,6 +497,7 @@ static int deliver(int argc, char **argv)
     if ((rc = load(&c, &bp, &cfg))) { if (fd > 0) close(fd); return rc; }
     use_block_buffering();
     c.d.input_fd = fd;
+    c.d.batch = c.batch;
     c.d.emit = to_stdout;
     bp_deliver_stats st;
     bp_error err;
@@ -602,7 +607,7 @@ static int serve(int argc, char **argv)
                         getenv("BLUEPRINT_JWT_ISSUER"), getenv("BLUEPRINT_JWT_AUDIENCE"), 0,
                         getenv("BLUEPRINT_KAFKA_BROKERS"), getenv("BLUEPRINT_CLUSTER"), "per_integration", NULL, 0, 0, NULL,
                         getenv("BLUEPRINT_KAFKA_CONFIG"),
-                        0, 0, 0, 0, 0 };
+                        0, 0, 0, 0, 0, 0 };
     static char host[64];
     const char *env;
     if ((env = getenv("BLUEPRINT_EDITOR_WORKERS"))) o.editor_workers = atoi(env);
@@ -610,6 +615,7 @@ static int serve(int argc, char **argv)
     if ((env = getenv("BLUEPRINT_REQUEST_TIME_LIMIT"))) o.request_time_limit_s = atoi(env);
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--batch")) { o.batch = 1; continue; }
         if (!next) { fprintf(stderr, "blueprint: %s needs a value\n", argv[i]); return EXIT_USAGE; }
         if (!strcmp(argv[i], "--listen")) {
             const char *colon = strrchr(next, ':');

@@ -143,6 +143,8 @@ static void loop_init(loop *l, bp_pool *p, int index, bp_store *store, const bp_
     l->tr = bp_transport_new(o->connect_timeout_ms, o->http_timeout_ms);
     l->dirty_tail = &l->dirty;
     l->inbox_tail = &l->inbox;
+    if (store && bp_store_batches_init(store) < 0)
+        bp_log("warn", "state store: no table for open batches; batches are not formed", NULL);
     pthread_mutex_init(&l->inbox_mu, NULL);
     l->rng = (uint64_t)bp_wall_ms() ^ ((uint64_t)getpid() << 32) ^ ((uint64_t)index << 16) ^ 0x9E3779B97F4A7C15ULL;
 }
@@ -154,6 +156,7 @@ static void loop_free(loop *l)
     l->dirty = NULL;
     while (l->tenants) {
         tenant *t = l->tenants;
+        bp_dl_batch_forget(l, t, 0);
         for (job *j = t->acct->jobs, *jn; j; j = jn) {
             jn = j->next;
             if (j->t == t) { bp_dl_unlink_job(t->acct, j); bp_dl_free_job(j); }
@@ -165,6 +168,7 @@ static void loop_free(loop *l)
     }
     for (size_t i = 0; i < l->nmarks; i++) free(l->marks[i].key);
     free(l->marks);
+    free(l->closed);
     free(l->accounts);
     while (l->engines) {   /* none should be left: every tenant unbound above */
         engine_slot *e = l->engines;

@@ -130,6 +130,85 @@ void bp_dl_log_tenant(const char *level, const char *msg, const tenant *t, const
     bp_buf_free(&f);
 }
 
+/* ---- health and the vendor's pace ------------------------------------------------------ */
+
+/* Tell the sink when the integration's health changes (a new state,
+ * reason, next attempt or vendor's answer); `since` keeps the time the
+ * state was entered, unless the caller knows it (a pause restored from the
+ * store); resp: the answer that made it so, shown in the vendor's words
+ * (NULL: none). */
+void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
+                            const bp_response *resp)
+{
+    bp_health *h = &t->health;
+    int status = resp ? resp->status : 0;
+    const char *body = resp && resp->body.data ? resp->body.data : "";
+    size_t n = resp ? resp->body.len : 0;
+    if (n >= sizeof h->answer) n = sizeof h->answer - 1;
+    if (h->state == state && h->until_ms == until_ms && h->status == status && !strcmp(h->reason, reason)
+        && !strncmp(h->answer, body, n) && h->answer[n] == '\0' && h->since_ms) return;
+    if (h->state != state || !h->since_ms) h->since_ms = since_ms ? since_ms : (int64_t)bp_wall_ms();
+    h->state = state;
+    h->until_ms = until_ms;
+    h->status = status;
+    snprintf(h->reason, sizeof h->reason, "%s", reason);
+    memcpy(h->answer, body, n);
+    h->answer[n] = '\0';
+    if (t->sink->health) t->sink->health(t->ctx, h);
+}
+
+void bp_dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms)
+{
+    bp_dl_report_health_at(t, state, reason, until_ms, 0, NULL);
+}
+
+void bp_dl_pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp)
+{
+    const bp_blueprint *bp = t->bp->bp;
+    t->paused = 1;
+    snprintf(t->pause_reason, sizeof t->pause_reason, "integration paused: %s; %s; delivery resumes when the "
+             "credentials in the config change", why, bp->auth_help ? bp->auth_help : "check the API key and API URL");
+    char fp[17], since[24];
+    bp_dl_credentials_fingerprint(t->cfg, bp, fp);
+    snprintf(since, sizeof since, "%lld", (long long)bp_wall_ms());
+    bp_store_meta_set(l->store, t->id, "paused_credentials", fp);
+    bp_store_meta_set(l->store, t->id, "pause_reason", t->pause_reason);
+    bp_store_meta_set(l->store, t->id, "paused_since", since);
+    bp_dl_log_tenant("error", t->pause_reason, t, NULL);
+    bp_dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since), resp);
+}
+
+/* Retry-After is an order, for the whole account.  RateLimit-Remaining: 0
+ * is also what a client pacing at exactly the limit sees once its window
+ * is full, so it only takes away any saved-up burst; a RateLimit-Limit
+ * below our rate lowers the rate (the vendor knows the account's limit
+ * better than the blueprint's default). */
+void bp_dl_obey_vendor_pace(account *a, const bp_response *resp)
+{
+    pthread_mutex_lock(&a->pace->mu);
+    bp_bucket *bucket = &a->pace->bucket;
+    if (resp->retry_after_s > 0) bp_bucket_block(bucket, bp_monotonic_ms() + resp->retry_after_s * 1000.0);
+    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
+    if (resp->ratelimit_limit > 0 && (resp->ratelimit_limit < bucket->rate || bucket->rate <= 0))
+        bp_bucket_set_rate(bucket, resp->ratelimit_limit);
+    pthread_mutex_unlock(&a->pace->mu);
+}
+
+/* A step's answer with opts.cache is kept for the account (a 2xx), or the
+ * key is let go so another run may ask (any other answer). */
+void bp_dl_share_answer(loop *l, account *a, const bp_request *req, const bp_response *resp, uint64_t owner)
+{
+    if (!req->cache_key) return;
+    if (resp->status >= 300) { bp_cache_release(l->cache, a->key, req->cache_key, owner); return; }
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_buf_printf(&v, "{\"s\":%d,\"b\":", resp->status);
+    bp_json_write_text(&v, resp->body.data ? resp->body.data : "", resp->body.len);
+    bp_buf_addc(&v, '}');
+    bp_cache_set(l->cache, a->key, req->cache_key, v.data, v.len, req->cache_ttl_s);
+    bp_buf_free(&v);
+}
+
 /* ---- outcome lines and saving ----------------------------------------------------------- */
 
 void bp_dl_write_line(loop *l, job *j, enum bp_end end)
@@ -156,6 +235,11 @@ void bp_dl_write_line(loop *l, job *j, enum bp_end end)
     /* which version of the blueprint judged it (replays after a fix show the new one) */
     bp_buf_adds(b, ",\"blueprint_revision\":");
     if (j->revision[0]) bp_json_write_string(b, j->revision, strlen(j->revision)); else bp_buf_adds(b, "null");
+    if (j->bt.id) {   /* it went in a batch: which, how many, what was sent */
+        bp_buf_printf(b, ",\"batch\":{\"id\":%lld,\"size\":%d,\"request\":", (long long)j->bt.id, j->bt.size);
+        bp_json_write_string(b, j->bt.request, strlen(j->bt.request));
+        bp_buf_printf(b, ",\"status_requests\":%d}", j->bt.polls);
+    }
     bp_buf_addc(b, '}');
     (void)l;
 }
@@ -270,7 +354,7 @@ void bp_dl_add_mark(loop *l, tenant *t, const char *key, int64_t at)
  * final jobs are freed; on failure all of it stays for the next try. */
 void bp_dl_commit(loop *l)
 {
-    if (!l->dirty && !l->nmarks) return;
+    if (!l->dirty && !l->nmarks && !l->nclosed) return;
     double now = bp_wall_ms();
     if (l->store_failing && now < l->commit_retry_at) return;
     int ok = bp_store_begin(l->store) == 0;
@@ -282,6 +366,7 @@ void bp_dl_commit(loop *l)
         }
         for (size_t i = 0; ok && i < l->nmarks; i++)
             ok = bp_store_once_mark(l->store, l->marks[i].t->id, l->marks[i].key, l->marks[i].at) == 0;
+        for (size_t i = 0; ok && i < l->nclosed; i++) ok = bp_store_batch_delete(l->store, l->closed[i]) == 0;
         ok = bp_store_commit(l->store, ok) == 0;
     }
     if (!ok) {
@@ -315,6 +400,7 @@ void bp_dl_commit(loop *l)
     l->dirty_tail = &l->dirty;
     for (size_t i = 0; i < l->nmarks; i++) free(l->marks[i].key);
     l->nmarks = 0;
+    l->nclosed = 0;
 }
 
 /* ---- loading and mapping ------------------------------------------------------------------ */
@@ -351,6 +437,7 @@ void bp_dl_map_job(loop *l, job *j)
     tenant *t = j->t;
     if (t->paused) { bp_dl_hold(l, j); return; }
     memcpy(j->revision, t->bp->revision, sizeof j->revision);
+    j->reserved = 0;   /* a batch being formed looks again */
     t->bind.account = t->acct->key;
     bp_engine_set_journal(t->eng->engine, j->ev.steps, j->ev.steps_len, (uint64_t)j->ev.id);
     enum bp_verdict v = bp_engine_run_as(t->eng->engine, &t->bind, j->ev.body, j->ev.body_len, &j->out);
@@ -405,11 +492,17 @@ static void load_tenant(loop *l, tenant *t, int room)
     for (size_t k = 0; k < n; k++) {
         t->last_loaded_id = evs[k].id;
         if (evs[k].id > t->max_loaded_id) t->max_loaded_id = evs[k].id;
-        if (evs[k].id < t->rescan_below && held_in_memory(t, evs[k].id)) { free(evs[k].body); free(evs[k].steps); continue; }
+        /* in memory already: read again by a rescan, or in an open batch */
+        if ((evs[k].id < t->rescan_below || t->batched) && held_in_memory(t, evs[k].id)) {
+            free(evs[k].body);
+            free(evs[k].steps);
+            continue;
+        }
         job *j = bp_calloc(1, sizeof *j);
         j->t = t;
         j->ev = evs[k];
         j->index = j->ev.id >= t->index_from_id ? j->ev.idx : -1;
+        j->loaded_ms = bp_wall_ms();
         bp_outcome_init(&j->out);
         bp_buf_init(&j->response);
         bp_buf_init(&j->line);

@@ -3,7 +3,10 @@
  * paces, commands, loops and the pool, shared by the files that make up
  * delivery and by nothing else:
  *
- *   deliver_job.c     an event's job: outcome lines, group commits, loading and mapping
+ *   deliver_job.c     an event's job: outcome lines, group commits, loading and mapping;
+ *                     health and the vendor's pace
+ *   deliver_batch.c   batches: forming them, their requests and status requests, each
+ *                     event's result, open batches after a restart
  *   deliver_send.c    dispatch (paced sends) and the answers (classify, retry, pause)
  *   deliver_tenant.c  tenants, accounts and their paces, engines, commands
  *   deliver.c         a loop's turn, the pool of loops, `blueprint deliver`
@@ -36,8 +39,14 @@ typedef struct tenant tenant;
 typedef struct account account;
 typedef struct engine_slot engine_slot;
 typedef struct loop loop;
+typedef struct batch batch;
+
+/* What a request in flight belongs to: the transport's user pointer points
+ * at a job or a batch, and both begin with this. */
+enum sent_by { SENT_BY_JOB, SENT_BY_BATCH };
 
 struct job {
+    enum sent_by sent_by;       /* SENT_BY_JOB (0: bp_calloc) */
     job *next;                  /* in its account's list while not final */
     job *dirty_next;            /* in the loop's list of unsaved jobs */
     int dirty, final;
@@ -55,6 +64,33 @@ struct job {
     bp_buf response;
     bp_buf line;                /* the outcome line to store with it (final or retrying) */
     char revision[BP_REVISION_LEN];   /* of the blueprint that mapped it */
+    /* batches (deliver_batch.c) */
+    batch *batch;               /* the open batch it is in: not sent alone meanwhile */
+    int reserved;               /* waits for a batch being formed */
+    int alone;                  /* never batched (a step of its batch mapping was refused) */
+    int went_alone;             /* one of its own requests was sent: it finishes alone */
+    double loaded_ms;           /* wall: when it came into memory */
+    struct { int64_t id; int size, polls; char request[200]; } bt;   /* the batch it ended in (id 0: none) */
+};
+
+/* A batch of one tenant's events, open from its request until each event
+ * has its result. */
+struct batch {
+    enum sent_by sent_by;       /* SENT_BY_BATCH */
+    batch *next;                /* the account's open batches */
+    int64_t id;                 /* its row in the store (batchstore.c) */
+    tenant *t;
+    job **jobs; size_t n;
+    bp_batch b;                 /* the request and reader, in engine's Lua state */
+    bp_engine *engine;          /* NULL: run the mapping again before reading (a restart, a new config) */
+    int inflight, queued, failures;
+    int polls;                  /* status requests sent */
+    double next_ms;             /* wall: when its next request may leave */
+    unsigned generation;        /* of the tenant's config when the request left */
+    int rerun;                  /* run the mapping again before going on (a step answered, a shared answer awaited) */
+    bp_buf journal;             /* the answers of the batch mapping's steps (ctx.send), before its request */
+    int answer_status;          /* the last answer that asked for a status request, for a reader made again */
+    char *answer_url; bp_buf answer_body;
 };
 
 struct engine_slot {
@@ -84,6 +120,7 @@ struct tenant {
     char pause_reason[512];
     bp_health health;           /* as last reported to the sink */
     int njobs;                  /* jobs referring to it, saved or not */
+    int batched;                /* of them in open batches */
     int unsaved_final;          /* final jobs waiting for their commit */
     int inflight;
     int removing, purge;
@@ -112,6 +149,7 @@ struct account {
     double next_ms;
     int check_load;
     tenant **members; size_t nmembers, capmembers, rr;
+    batch *batches;             /* open batches of its tenants */
 };
 
 enum cmd_kind { CMD_PUT, CMD_REMOVE, CMD_WAKE, CMD_RESCAN, CMD_STOP };
@@ -148,6 +186,7 @@ struct loop {
     int store_failing;
     double failing_since;
     mark *marks; size_t nmarks, capmarks;
+    int64_t *closed; size_t nclosed, capclosed;   /* batch rows to delete with the next commit */
     bp_cache *cache;            /* the pool's (shared by its loops), or the loop's own (deliver) */
     pthread_mutex_t inbox_mu;   /* guards inbox */
     cmd *inbox, **inbox_tail;
@@ -190,13 +229,24 @@ void bp_dl_set_reason(job *j, const char *fmt, const char *a, const char *b);
 void bp_dl_unlink_job(account *a, job *j);
 void bp_dl_write_line(loop *l, job *j, enum bp_end end);
 
+void bp_dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms);
+void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
+                            const bp_response *resp);
+void bp_dl_pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp);
+void bp_dl_obey_vendor_pace(account *a, const bp_response *resp);
+void bp_dl_share_answer(loop *l, account *a, const bp_request *req, const bp_response *resp, uint64_t owner);
+
+/* ---- deliver_batch.c ---- */
+
+double bp_dl_batch_dispatch(loop *l, account *a, double now, double mono);
+void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp);
+void bp_dl_batch_recover(loop *l, tenant *t);
+void bp_dl_batch_forget(loop *l, tenant *t, int keep);
+
 /* ---- deliver_send.c ---- */
 
 double bp_dl_dispatch(loop *l);
 void bp_dl_on_answer(void *ctx, void *user, const bp_response *resp);
-void bp_dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms);
-void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
-                            const bp_response *resp);
 
 /* ---- deliver_tenant.c ---- */
 

@@ -15,52 +15,6 @@
 
 /* ---- answers ------------------------------------------------------------------------------- */
 
-/* Tell the sink when the integration's health changes (a new state,
- * reason, next attempt or vendor's answer); `since` keeps the time the
- * state was entered, unless the caller knows it (a pause restored from the
- * store); resp: the answer that made it so, shown in the vendor's words
- * (NULL: none). */
-void bp_dl_report_health_at(tenant *t, int state, const char *reason, int64_t until_ms, int64_t since_ms,
-                            const bp_response *resp)
-{
-    bp_health *h = &t->health;
-    int status = resp ? resp->status : 0;
-    const char *body = resp && resp->body.data ? resp->body.data : "";
-    size_t n = resp ? resp->body.len : 0;
-    if (n >= sizeof h->answer) n = sizeof h->answer - 1;
-    if (h->state == state && h->until_ms == until_ms && h->status == status && !strcmp(h->reason, reason)
-        && !strncmp(h->answer, body, n) && h->answer[n] == '\0' && h->since_ms) return;
-    if (h->state != state || !h->since_ms) h->since_ms = since_ms ? since_ms : (int64_t)bp_wall_ms();
-    h->state = state;
-    h->until_ms = until_ms;
-    h->status = status;
-    snprintf(h->reason, sizeof h->reason, "%s", reason);
-    memcpy(h->answer, body, n);
-    h->answer[n] = '\0';
-    if (t->sink->health) t->sink->health(t->ctx, h);
-}
-
-void bp_dl_report_health(tenant *t, int state, const char *reason, int64_t until_ms)
-{
-    bp_dl_report_health_at(t, state, reason, until_ms, 0, NULL);
-}
-
-static void pause_tenant(loop *l, tenant *t, const char *why, const bp_response *resp)
-{
-    const bp_blueprint *bp = t->bp->bp;
-    t->paused = 1;
-    snprintf(t->pause_reason, sizeof t->pause_reason, "integration paused: %s; %s; delivery resumes when the "
-             "credentials in the config change", why, bp->auth_help ? bp->auth_help : "check the API key and API URL");
-    char fp[17], since[24];
-    bp_dl_credentials_fingerprint(t->cfg, bp, fp);
-    snprintf(since, sizeof since, "%lld", (long long)bp_wall_ms());
-    bp_store_meta_set(l->store, t->id, "paused_credentials", fp);
-    bp_store_meta_set(l->store, t->id, "pause_reason", t->pause_reason);
-    bp_store_meta_set(l->store, t->id, "paused_since", since);
-    bp_dl_log_tenant("error", t->pause_reason, t, NULL);
-    bp_dl_report_health_at(t, BP_HEALTH_PAUSED, t->pause_reason, 0, atoll(since), resp);
-}
-
 static int step_accepts(const bp_request *r, int status)
 {
     for (int i = 0; i < r->naccept; i++) if (r->accept[i] == status) return 1;
@@ -79,40 +33,11 @@ static void step_answered(loop *l, job *j, const bp_request *req, const bp_respo
     free(j->ev.steps);
     j->ev.steps = b.data;
     j->ev.steps_len = b.len;
-    if (req->cache_key) {
-        account *a = j->t->acct;
-        if (resp->status < 300) {
-            bp_buf v;
-            bp_buf_init(&v);
-            bp_buf_printf(&v, "{\"s\":%d,\"b\":", resp->status);
-            bp_json_write_text(&v, resp->body.data ? resp->body.data : "", resp->body.len);
-            bp_buf_addc(&v, '}');
-            bp_cache_set(l->cache, a->key, req->cache_key, v.data, v.len, req->cache_ttl_s);
-            bp_buf_free(&v);
-        } else {
-            bp_cache_release(l->cache, a->key, req->cache_key, (uint64_t)j->ev.id);
-        }
-    }
+    bp_dl_share_answer(l, j->t->acct, req, resp, (uint64_t)j->ev.id);
     j->ev.done_requests++;
     j->ev.failures = 0;
     bp_dl_map_job(l, j);                  /* req belongs to the old outcome: not used after this */
     if (!j->final) bp_dl_save_progress(l, j);
-}
-
-/* Retry-After is an order, for the whole account.  RateLimit-Remaining: 0
- * is also what a client pacing at exactly the limit sees once its window
- * is full, so it only takes away any saved-up burst; a RateLimit-Limit
- * below our rate lowers the rate (the vendor knows the account's limit
- * better than the blueprint's default). */
-static void obey_vendor_pace(account *a, const bp_response *resp)
-{
-    pthread_mutex_lock(&a->pace->mu);
-    bp_bucket *bucket = &a->pace->bucket;
-    if (resp->retry_after_s > 0) bp_bucket_block(bucket, bp_monotonic_ms() + resp->retry_after_s * 1000.0);
-    else if (resp->ratelimit_remaining == 0) bp_bucket_drain(bucket);
-    if (resp->ratelimit_limit > 0 && (resp->ratelimit_limit < bucket->rate || bucket->rate <= 0))
-        bp_bucket_set_rate(bucket, resp->ratelimit_limit);
-    pthread_mutex_unlock(&a->pace->mu);
 }
 
 /* A failed step's reason says which step: "step 3 (POST …/ecomOrders): …" */
@@ -171,13 +96,14 @@ static void answer_auth(loop *l, tenant *t, job *j, const bp_response *resp, dou
         bp_dl_save_progress(l, j);
         return;
     }
-    if (!t->paused) pause_tenant(l, t, j->why, resp);
+    if (!t->paused) bp_dl_pause_tenant(l, t, j->why, resp);
     bp_dl_hold(l, j);
 }
 
 void bp_dl_on_answer(void *ctx, void *user, const bp_response *resp)
 {
     loop *l = ctx;
+    if (*(const enum sent_by *)user == SENT_BY_BATCH) { bp_dl_batch_answer(l, user, resp); return; }
     job *j = user;
     tenant *t = j->t;
     account *a = t->acct;
@@ -192,7 +118,7 @@ void bp_dl_on_answer(void *ctx, void *user, const bp_response *resp)
     bp_buf_reset(&j->response);
     bp_buf_add(&j->response, resp->body.data ? resp->body.data : "",
                resp->body.len < MAX_SAVED_RESPONSE ? resp->body.len : MAX_SAVED_RESPONSE);
-    obey_vendor_pace(a, resp);
+    bp_dl_obey_vendor_pace(a, resp);
     if (resp->status == 429) bp_dl_count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
 
@@ -243,13 +169,14 @@ static int key_in_flight(const tenant *t, const char *key)
  * more (NEVER: not before one of its answers arrives). */
 static double dispatch_account(loop *l, account *a, double now, double mono)
 {
-    double wait = 1000;
+    /* batches first: the events they wait for are not sent alone */
+    double wait = a->batches || l->o->batch ? bp_dl_batch_dispatch(l, a, now, mono) : 1000;
     int sent = 0;
     job *j = a->jobs;
     while (j) {
         job *next = j->next;   /* bp_dl_finish() unlinks j */
         tenant *t = j->t;
-        if (j->inflight || t->removing) { j = next; continue; }
+        if (j->inflight || j->batch || j->reserved || t->removing) { j = next; continue; }
         if (bp_dl_lease_lost(l, j)) { bp_dl_abandon(l, j); j = next; continue; }
         if (t->paused) { bp_dl_hold(l, j); j = next; continue; }
         if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
@@ -258,6 +185,8 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
             bp_dl_map_job(l, j);
             if (j->final) { j = next; continue; }
             if (j->remap) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
+            /* ready now: the next pass may take it in a batch */
+            if (l->o->batch) { wait = 0; j = next; continue; }
         }
         /* skip requests whose once-key succeeded recently (contact already synced) */
         int64_t since = (int64_t)(now - (double)l->o->once_ttl_s * 1000.0);
@@ -290,6 +219,7 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         if (j->first_ms <= 0) j->first_ms = now;
         if (j->ev.ksrc && l->lease) l->lease->sending(l->lease->ctx, j->ev.ksrc, 1);
         j->inflight = 1;
+        j->went_alone = 1;
         j->generation = t->generation;
         j->ev.attempts++;
         t->inflight++;

@@ -107,6 +107,8 @@ static account *join_account(loop *l, tenant *t)
         a->members = bp_realloc(a->members, a->capmembers * sizeof *a->members);
     }
     a->members[a->nmembers++] = t;
+    /* room for two batches in memory: one filling while one is sent */
+    if (l->o->batch && bp->has_batch && a->window < 2 * bp->batch.max_events) a->window = 2 * bp->batch.max_events;
     a->check_load = 1;
     a->next_ms = 0;
     return a;
@@ -250,6 +252,7 @@ void bp_dl_add_tenant(loop *l, const bp_tenant_spec *s)
         return;
     }
     t->acct = join_account(l, t);
+    bp_dl_batch_recover(l, t);   /* a batch the vendor queued before a restart: ask for its status */
     t->next = l->tenants;
     l->tenants = t;
     size_t b = bp_dl_hash_text(t->id) % TENANT_BUCKETS;
@@ -280,6 +283,7 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
         bp_shared_bp_drop(s->bp);
         return;
     }
+    bp_dl_batch_forget(l, t, 1);   /* their readers live in the old engine: made again when needed */
     bp_dl_unbind_engine(l, &old);
     t->generation++;
     /* a reload may change the blueprint's limit (an override stays) */
@@ -291,7 +295,7 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
     t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
     for (job *j = t->acct->jobs, *next; j; j = next) {
         next = j->next;
-        if (j->t == t && !j->inflight && j->ev.done_requests == 0) bp_dl_map_job(l, j);
+        if (j->t == t && !j->inflight && !j->batch && j->ev.done_requests == 0) bp_dl_map_job(l, j);
     }
     t->acct->next_ms = 0;
     t->acct->check_load = 1;
@@ -335,6 +339,7 @@ void bp_dl_reap(loop *l)
                 else { p = &j->dirty_next; l->dirty_tail = p; }
             }
         }
+        bp_dl_batch_forget(l, t, 0);
         for (job *j = t->acct->jobs, *jn; j; j = jn) {
             jn = j->next;
             if (j->t == t) { bp_dl_unlink_job(t->acct, j); bp_dl_free_job(j); }
@@ -343,7 +348,7 @@ void bp_dl_reap(loop *l)
         bp_dl_detach_tenant(l, t);
         bp_dl_leave_account(l, t);
         bp_dl_unbind_engine(l, t);
-        if (t->purge && bp_store_purge(l->store, t->id) < 0)
+        if (t->purge && (bp_store_purge(l->store, t->id) < 0 || bp_store_batch_forget(l->store, t->id) < 0))
             bp_dl_log_tenant("error", "could not delete a deleted integration's events; they stay in the store", t, NULL);
         bp_tenant_spec forward = t->forward;
         t->forward.id = NULL;

@@ -58,20 +58,22 @@ void bp_api_healthz(call *k)
     bp_buf_free(&unopened);
 }
 
-/* Retries summed and integrations counted by health state (the registry's lock held). */
-typedef struct tally { long retries, per_state[BP_HEALTH_COUNT]; } tally;
+/* Retries and batches summed and integrations counted by health state (the registry's lock held). */
+typedef struct tally { long retries, batches, batched, per_state[BP_HEALTH_COUNT]; } tally;
 
 static void tally_one(void *ctx, bp_integration *it)
 {
     tally *t = ctx;
     t->retries += atomic_load_explicit(&it->stats.retries, memory_order_relaxed);
+    t->batches += atomic_load_explicit(&it->stats.batches, memory_order_relaxed);
+    t->batched += atomic_load_explicit(&it->stats.batched_events, memory_order_relaxed);
     if (!it->deleted) t->per_state[bp_api_health_state(it)]++;
 }
 
 void bp_api_metrics(call *k)
 {
     bp_registry *reg = k->s->reg;
-    tally t = { 0, { 0 } };
+    tally t = { 0, 0, 0, { 0 } };
     bp_registry_each(reg, tally_one, &t);
     bp_metrics m = bp_registry_metrics(reg);
     bp_store *store = bp_registry_store(reg);
@@ -81,5 +83,6 @@ void bp_api_metrics(call *k)
     k->r->ctype = "text/plain; version=0.0.4";
     bp_metrics_write(&m, t.retries, depth > 0 ? depth : 0, &h, &k->r->body);
     bp_metrics_write_health(t.per_state, &k->r->body);
+    bp_metrics_write_batches(t.batches, t.batched, &k->r->body);
     if (k->s->cluster) bp_cluster_metrics(k->s->cluster, &k->r->body);
 }

@@ -427,9 +427,19 @@ int bp_batch_read(bp_engine *e, bp_batch *b, int status, const char *body, size_
 int bp_batch_dry(bp_engine *e, bp_batch *b);
 /* 1 when the batch takes an event whose outcome (judged alone) is o. */
 int bp_batch_takes(const bp_engine *e, const bp_outcome *o);
+/* The same whatever the switch (the caller asked bp_batch_switched_on). */
+int bp_batch_takes_event(const bp_engine *e, const bp_outcome *o);
 /* The blueprint's batch: bounds, or NULL without one. */
 const struct bp_batch_spec *bp_engine_batch_spec(const bp_engine *e);
 const char *bp_batch_result_name(enum bp_batch_result r);
+/* bp_batch_run and bp_batch_read with a binding's config (a delivery loop's
+ * integrations share one engine), and whether its config switches the
+ * blueprint's batch on (batch.enabled_by). */
+int bp_batch_run_as(bp_engine *e, const bp_binding *bd, bp_batch *b, const char *const *events, const size_t *lens,
+                    size_t n);
+int bp_batch_read_as(bp_engine *e, const bp_binding *bd, bp_batch *b, int status, const char *body, size_t len,
+                     const char *url);
+int bp_batch_switched_on(const bp_engine *e, const bp_binding *bd);
 
 /* ---- answers.c: answers to steps when nothing is sent (dry-run, test) ----------------- */
 

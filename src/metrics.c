@@ -139,3 +139,13 @@ void bp_recent_sum(const bp_recent *r, int64_t now_ms, long out[BP_RECENT_ENDS])
         for (int e = 0; e < BP_RECENT_ENDS; e++) out[e] += r->n[i][e];
     }
 }
+
+void bp_metrics_write_batches(long batches, long batched_events, bp_buf *out)
+{
+    bp_buf_adds(out, "# HELP blueprint_batches_total Batches sent (deliver and serve --batch).\n"
+                     "# TYPE blueprint_batches_total counter\n");
+    bp_buf_printf(out, "blueprint_batches_total %ld\n", batches);
+    bp_buf_adds(out, "# HELP blueprint_batched_events_total Events delivered in batches.\n"
+                     "# TYPE blueprint_batched_events_total counter\n");
+    bp_buf_printf(out, "blueprint_batched_events_total %ld\n", batched_events);
+}

@@ -49,7 +49,7 @@ struct bp_registry {
     bp_metrics metrics;                   /* [mu] */
     int64_t started_ms;                   /* fixed: wall clock at open, where the counts since start begin */
     double rate_limit_rps;                /* fixed: override for every account (tests), 0 = blueprint's */
-    long retry_base_ms;                   /* fixed */
+    long retry_base_ms; int batch;        /* fixed; batch: serve --batch forms batches */
     int workers;                          /* fixed: delivery threads */
     bp_revisions_kept keep;               /* fixed: the editor's revisions kept per blueprint */
     bp_limits limits;                     /* fixed: the sandbox budgets of delivery, also the editor's dry-run */
@@ -288,11 +288,12 @@ const bp_limits *bp_registry_limits(bp_registry *r) { return &r->limits; }
 
 void bp_registry_set_hooks(bp_registry *r, const bp_registry_hooks *h) { r->hooks = *h; }
 
-void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms,
+void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms, int batch,
                            void (*on_live)(void *ctx, bp_integration *it), void *on_live_ctx)
 {
     r->rate_limit_rps = rate_limit_rps;
     r->retry_base_ms = retry_base_ms;
+    r->batch = batch;
     r->on_live = on_live;
     r->on_live_ctx = on_live_ctx;
 }
@@ -473,6 +474,7 @@ int bp_registry_start(bp_registry *r, int workers, bp_error *err)
     bp_deliver_opts_default(&o);
     if (r->rate_limit_rps > 0) o.rate_limit_rps = r->rate_limit_rps;
     if (r->retry_base_ms > 0) o.retry_base_ms = r->retry_base_ms;
+    o.batch = r->batch;
     r->workers = workers;
     r->limits = o.limits;
     bp_lease lease;
@@ -937,8 +939,7 @@ void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, 
     }
     r->metrics.reloads++;
     pthread_mutex_unlock(&r->mu);
-    /* each loop switches its integrations between requests; the old
-     * blueprint goes with the last reference to it */
+    /* each loop switches its integrations between requests; the old blueprint goes with the last reference */
     for (size_t k = 0; k < vi->n; k++) deliver_with(r, vi->items[k], sbp, vi->docs[k]);
     bp_shared_bp_drop(old);
 }

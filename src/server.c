@@ -758,7 +758,7 @@ static int serve_open(server *s, const bp_serve_opts *o, bp_error *err)
     s->expect.audience = o->jwt_audience && *o->jwt_audience ? o->jwt_audience : NULL;
     bp_console_dir(o->console_dir, o->blueprints_dir, s->console_dir, sizeof s->console_dir);
     if (!(s->reg = bp_registry_open(o->blueprints_dir, o->state_dir, err))) return -1;
-    bp_registry_configure(s->reg, o->rate_limit_rps, o->retry_base_ms, bp_streams_on_live, s);
+    bp_registry_configure(s->reg, o->rate_limit_rps, o->retry_base_ms, o->batch, bp_streams_on_live, s);
     /* every node prunes its own store (other nodes' outcome records too) by the same rules */
     bp_retention keep = { (o->keep_delivered_s > 0 ? o->keep_delivered_s : 7 * 86400) * 1000,
                           (o->keep_dead_s > 0 ? o->keep_dead_s : 30 * 86400) * 1000, BP_ONCE_TTL_S * 1000 };

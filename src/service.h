@@ -188,6 +188,34 @@ int bp_store_each(bp_store *s, const char *integration, const char *state, bp_st
 long bp_store_count(bp_store *s, const char *integration, const char *state);
 int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx);
 
+/* ---- batchstore.c: open batches, so a restart asks for a queued batch's status ------------- */
+
+/* store.c lends its write connection (and lock) to batchstore.c. */
+struct sqlite3 *bp_store_db_hold(bp_store *s);
+void bp_store_db_release(bp_store *s);
+typedef struct bp_store_batch_row {
+    int64_t id;
+    const char *events;         /* ids, comma separated, in the batch's order */
+    int queued;                 /* 0: sending (the request may not have arrived) */
+    int answer_status;
+    const char *answer_url, *answer_body; size_t answer_len;
+    int polls;
+} bp_store_batch_row;
+typedef void (*bp_store_batch_fn)(void *ctx, const bp_store_batch_row *row);
+int bp_store_batches_init(bp_store *s);
+/* Record a batch of these events before its request leaves (its own
+ * transaction); the new id, -1 on error. */
+int64_t bp_store_batch_add(bp_store *s, const char *integration, const int64_t *ids, size_t n, int64_t now);
+/* The vendor queued it: the answer that said so (its own transaction). */
+int bp_store_batch_queued(bp_store *s, int64_t id, int status, const char *url, const char *body, int polls,
+                          int64_t now);
+/* Inside the transaction that saves its events' outcomes. */
+int bp_store_batch_delete(bp_store *s, int64_t id);
+int bp_store_batch_forget(bp_store *s, const char *integration);
+int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx);
+/* A pending event by id: 1 found (e filled, without its steps), 0 not. */
+int bp_store_batch_event(bp_store *s, int64_t id, bp_stored *e);
+
 /* ---- deliver*.c: the delivery loops ---------------------------------------------------------- */
 
 /* A blueprint revision: a short, stable fingerprint of the contents of the
@@ -254,6 +282,7 @@ typedef struct bp_sink {
  * adds), read by API threads (relaxed loads: counters, no ordering). */
 typedef struct bp_counts {
     _Atomic long delivered, dropped, errors, dead, held, requests, retries, rate_limited;
+    _Atomic long batches, batched_events;   /* batches sent; events delivered in them */
 } bp_counts;
 
 /* One integration handed to the pool.  The pool holds `bp` and owns `cfg`
@@ -388,6 +417,8 @@ void bp_metrics_answer(bp_metrics *m, int status, double duration_ms);
 void bp_metrics_write(const bp_metrics *m, long retries, long queue_depth, const bp_store_status *store, bp_buf *out);
 /* blueprint_integrations_health{state=…}: how many integrations are in each state. */
 void bp_metrics_write_health(const long per_state[BP_HEALTH_COUNT], bp_buf *out);
+/* blueprint_batches_total, blueprint_batched_events_total (this node's loops). */
+void bp_metrics_write_batches(long batches, long batched_events, bp_buf *out);
 
 /* An integration's final outcomes of the last hour, per minute: a ring of
  * 60 slots (1.4 KB, allocated at its first outcome), so a tile can show a
@@ -687,9 +718,10 @@ int bp_integration_deleted(bp_integration *it);
  * call nothing of the registry's). */
 void bp_registry_each(bp_registry *r, void (*fn)(void *ctx, bp_integration *it), void *ctx);
 /* Before start: a rate limit for every account (tests; 0: the blueprints'),
- * the first retry's delay (0: the default), and on_live, called with a new
- * Live Events line of it (the lock held: it may only signal). */
-void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms,
+ * the first retry's delay (0: the default), whether backlogs go in batches
+ * (serve --batch), and on_live, called with a new Live Events line of it
+ * (the lock held: it may only signal). */
+void bp_registry_configure(bp_registry *r, double rate_limit_rps, long retry_base_ms, int batch,
                            void (*on_live)(void *ctx, bp_integration *it), void *on_live_ctx);
 /* fn(ctx) with the registry's lock held, to read [mu] fields of integrations
  * and vendors consistently: it may write only its own data, and call

@@ -484,6 +484,11 @@ void bp_store_close(bp_store *s)
     free(s);
 }
 
+/* The write connection for a table kept in a file of its own (batchstore.c),
+ * held (with the write lock) until bp_store_db_release. */
+struct sqlite3 *bp_store_db_hold(bp_store *s) { pthread_mutex_lock(&s->mu); return s->db; }
+void bp_store_db_release(bp_store *s) { pthread_mutex_unlock(&s->mu); }
+
 /* ---- transactions and health --------------------------------------------------- */
 
 static void record_failure(bp_store *s, const char *what)

@@ -1744,6 +1744,89 @@ TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
     remove_unit_store(dir);
 }
 
+/* Open batches (batchstore.c): recorded before their request leaves,
+ * queued with the answer that said so, read back after a restart in
+ * order, gone with their outcomes or their integration. */
+typedef struct unit_rows { int n; char events[64], url[64], body[64]; int queued, status, polls; int64_t id; } unit_rows;
+
+static void unit_batch_row(void *ctx, const bp_store_batch_row *r)
+{
+    unit_rows *u = ctx;
+    u->n++;
+    u->id = r->id;
+    u->queued = r->queued;
+    u->status = r->answer_status;
+    u->polls = r->polls;
+    snprintf(u->events, sizeof u->events, "%s", r->events);
+    snprintf(u->url, sizeof u->url, "%s", r->answer_url ? r->answer_url : "");
+    snprintf(u->body, sizeof u->body, "%.*s", (int)r->answer_len, r->answer_body ? r->answer_body : "");
+}
+
+TEST(store_keeps_open_batches_across_a_restart)
+{
+    char dir[] = "/tmp/bp-unit-batchXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    CHECK_INT(bp_store_batches_init(s), 0);
+    int64_t ids[3];
+    for (int i = 0; i < 3; i++) {
+        char mid[16];
+        snprintf(mid, sizeof mid, "m-%d", i);
+        ids[2 - i] = bp_store_add(s, "acme", "{\"type\":\"identify\"}", 19, i, mid, 1);
+    }
+    int64_t b = bp_store_batch_add(s, "acme", ids, 3, 5);
+    CHECK(b > 0);
+    unit_rows u = { 0 };
+    CHECK_INT(bp_store_batch_each(s, "acme", unit_batch_row, &u), 0);
+    CHECK_INT(u.n, 1);
+    CHECK_INT(u.queued, 0);
+    char want[64];
+    snprintf(want, sizeof want, "%lld,%lld,%lld", (long long)ids[0], (long long)ids[1], (long long)ids[2]);
+    CHECK_STR(u.events, want);
+    CHECK_INT(bp_store_batch_queued(s, b, 200, "https://x/api/3/import/bulk_import", "{\"batchId\":\"7\"}", 1, 6), 0);
+    bp_store_close(s);
+
+    s = bp_store_open(dir, "unit.db", &err);   /* a restart */
+    CHECK(s != NULL);
+    CHECK_INT(bp_store_batches_init(s), 0);
+    memset(&u, 0, sizeof u);
+    CHECK_INT(bp_store_batch_each(s, "acme", unit_batch_row, &u), 0);
+    CHECK_INT(u.n, 1);
+    CHECK_INT(u.queued, 1);
+    CHECK_INT(u.status, 200);
+    CHECK_INT(u.polls, 1);
+    CHECK_STR(u.url, "https://x/api/3/import/bulk_import");
+    CHECK_STR(u.body, "{\"batchId\":\"7\"}");
+    bp_stored e;
+    CHECK_INT(bp_store_batch_event(s, ids[1], &e), 1);
+    CHECK_INT(e.id, ids[1]);
+    CHECK_STR(e.body, "{\"type\":\"identify\"}");
+    free(e.body);
+    CHECK(bp_store_move(s, "acme", "pending", "delivered", ids[1]) == 1);
+    CHECK_INT(bp_store_batch_event(s, ids[1], &e), 0);   /* only a pending event is taken back */
+    memset(&u, 0, sizeof u);
+    CHECK_INT(bp_store_batch_each(s, "other", unit_batch_row, &u), 0);
+    CHECK_INT(u.n, 0);
+    CHECK_INT(bp_store_begin(s), 0);
+    CHECK_INT(bp_store_batch_delete(s, b), 0);
+    CHECK_INT(bp_store_commit(s, 1), 0);
+    CHECK_INT(bp_store_batch_each(s, "acme", unit_batch_row, &u), 0);
+    CHECK_INT(u.n, 0);
+    CHECK(bp_store_batch_add(s, "acme", ids, 1, 7) > 0);
+    CHECK_INT(bp_store_batch_forget(s, "acme"), 0);
+    CHECK_INT(bp_store_batch_each(s, "acme", unit_batch_row, &u), 0);
+    CHECK_INT(u.n, 0);
+    bp_store_close(s);
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 TEST(cache_claim_is_single_flight)
 {
     bp_cache *c = bp_cache_new(0);
@@ -1871,6 +1954,7 @@ int main(void)
     RUN(batch_spec_is_read_with_its_bounds);
     RUN(batch_spec_refuses_with_the_line_and_the_closest_name);
     RUN(batch_mapping_gives_each_event_its_result);
+    RUN(store_keeps_open_batches_across_a_restart);
     rt_cleanup();
     return CHECK_SUMMARY();
 }

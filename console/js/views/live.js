@@ -441,13 +441,15 @@ export function renderDetail(item, ctx, opts = {}) {
         ['Time taken', o.duration_ms != null ? fmtDuration(o.duration_ms) : null],
         ['Updated', item.updated_at ? fmtTime(item.updated_at) : null],
         ['Blueprint revision', o.blueprint_revision ? h('code', { text: o.blueprint_revision }) : null],
+        ['Batch', o.batch ? `${o.batch.id} (${o.batch.size} events): ${o.batch.request}; ${o.batch.status_requests} status request${o.batch.status_requests === 1 ? '' : 's'}` : null],
         ['Store id', o.id != null ? String(o.id) : null],
       ])),
     o.logs && o.logs.length ? h('section', { class: 'detail-sec' }, h('h3', { text: 'Mapping log' }),
       codeBlock(o.logs.map((l) => `${l.at || ''}  ${l.msg || ''}`).join('\n'))) : null,
     h('section', { class: 'detail-sec' }, h('h3', { text: 'Vendor answer' }), vendorAnswer(o)),
     h('section', { class: 'detail-sec' }, h('h3', { text: `Requests (${(o.requests || []).length})` }),
-      (o.requests || []).length ? h('p', { class: 'small muted', text: 'Secrets are shown as [redacted].' }) : h('p', { class: 'muted small', text: 'No request: the event was not sent.' }),
+      (o.requests || []).length ? h('p', { class: 'small muted', text: 'Secrets are shown as [redacted].' })
+        : h('p', { class: 'muted small', text: o.batch ? 'Sent in a batch: its request is under Batch above.' : 'No request: the event was not sent.' }),
       (o.requests || []).map(renderRequest)),
     h('section', { class: 'detail-sec' }, h('h3', { text: 'Input event' }),
       item.event ? codeBlock(pretty(item.event), 'input-event') : h('p', { class: 'muted small' }, spinner(), 'Loading the input event…')));
