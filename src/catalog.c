@@ -84,6 +84,7 @@ void bp_catalog_free(bp_vendor *vendors, size_t n)
         free(vendors[i].key);
         free(vendors[i].dir);
         free(vendors[i].load_error);
+        free(vendors[i].cluster_error);
     }
     free(vendors);
 }

@@ -19,7 +19,9 @@
  *                               integration_id.
  *   NAME.integrations           compacted: one record per integration, key
  *                               its id, value its head and every revision
- *                               with secrets sealed (configrecord.c).
+ *                               with secrets sealed (configrecord.c); and
+ *                               one per blueprint, key "blueprint:VENDOR",
+ *                               value its files (blueprintrecord.c).
  *   NAME.outcomes               every outcome, final or "retrying", of
  *                               every node: Live Events, /metrics and the
  *                               record of what was delivered.
@@ -183,6 +185,17 @@ static int publish_config(void *ctx, const char *integration, const char *record
     return 0;
 }
 
+/* A blueprint revision for every node: keyed by BP_BLUEPRINT_KEY and the
+ * vendor in the configuration topic (compaction keeps the newest per
+ * vendor), acknowledged before the node that made it switches. */
+static int publish_blueprint(void *ctx, const char *vendor, const char *record, size_t len, bp_error *err)
+{
+    bp_cluster *c = ctx;
+    char key[300];
+    snprintf(key, sizeof key, "%s%s", BP_BLUEPRINT_KEY, vendor);
+    return produce_sync(c, c->t_config, key, strlen(key), record, len, "", 0, NULL, err);
+}
+
 /* Wait until the viewer has applied NAME.sessions past `offset` of `part`. */
 static int sessions_applied(bp_cluster *c, int32_t part, int64_t offset)
 {
@@ -338,7 +351,8 @@ static void lease(void *ctx, bp_lease *out) { cluster_lease(ctx, out); }
 /* What the registry calls (bp_registry_hooks): it never names the cluster. */
 static void plug_into(bp_cluster *c, bp_registry *reg)
 {
-    bp_registry_hooks h = { c, publish_config, topics_changed, lease, outcome, spend_jti, stop, release };
+    bp_registry_hooks h = { c, publish_config, topics_changed, lease, outcome, spend_jti, stop, release,
+                            publish_blueprint };
     bp_registry_set_hooks(reg, &h);
 }
 

@@ -1,6 +1,7 @@
 /*
  * clusterview.c — the viewer: every node reads the whole cluster's
- * configuration (NAME.integrations, applied to the registry), spent console
+ * configuration (NAME.integrations: integrations and blueprint revisions,
+ * applied through the registry), spent console
  * token ids (NAME.sessions) and outcomes (NAME.outcomes: stored, counted,
  * shown in Live Events), every partition, outside any consumer group.
  */
@@ -137,7 +138,10 @@ static void view_apply(bp_cluster *c, view_batch *b)
         rd_kafka_message_t *m = b->msgs[i];
         const char *topic = rd_kafka_topic_name(m->rkt);
         if (!strcmp(topic, c->t_config)) {
-            if (m->payload) bp_registry_apply_config(c->reg, m->payload, m->len);
+            size_t kn = strlen(BP_BLUEPRINT_KEY);
+            int blueprint = m->key && m->key_len > kn && !memcmp(m->key, BP_BLUEPRINT_KEY, kn);
+            if (m->payload && blueprint) bp_registry_apply_blueprint(c->reg, m->payload, m->len);
+            else if (m->payload) bp_registry_apply_config(c->reg, m->payload, m->len);
         } else if (!strcmp(topic, c->t_sessions)) {
             if (m->payload) view_session(c, m);
         } else if (began && m->payload) {

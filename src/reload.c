@@ -68,11 +68,52 @@ static void log_reloaded(bp_registry *r, bp_vendor *v, const char *rev, size_t n
     bp_buf_free(&what);
 }
 
+/* The cluster's newest revision of v, read under the registry's lock. */
+typedef struct cluster_rev {
+    bp_vendor *v;
+    char rev[BP_REVISION_LEN];
+} cluster_rev;
+
+static void read_cluster_rev(void *ctx)
+{
+    cluster_rev *q = ctx;
+    memcpy(q->rev, q->v->cluster_revision, BP_REVISION_LEN);
+}
+
+/* Cluster mode: v's folder (what nb was compiled from) told to every node
+ * before this one switches to it, unless the cluster has that revision
+ * already (it came from there: bp_registry_apply_blueprint notes it before
+ * it writes the files; or this node told it before).  admin_mu held; -1
+ * with err: no node switches. */
+static int tell_cluster(bp_registry *r, bp_vendor *v, const bp_blueprint *nb, const char *rev, const bp_claims *who,
+                        bp_error *err)
+{
+    if (!bp_registry_clustered(r)) return 0;
+    cluster_rev q = { v, "" };
+    bp_registry_locked(r, read_cluster_rev, &q);
+    if (!strcmp(q.rev, rev)) return 0;
+    bp_buf rec;
+    bp_buf_init(&rec);
+    char made[BP_REVISION_LEN];
+    int rc = bp_blueprint_record_write(nb->vendor, v->dir, bp_audit_who(who)->sub, &rec, made, err);
+    if (rc == 0) rc = bp_registry_publish_blueprint(r, nb->vendor, rec.data, rec.len, err);
+    if (rc == 0) {
+        bp_registry_note_cluster(r, v, made, NULL);
+    } else {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        bp_error_set(err, "the other nodes could not be told of this revision, so none runs it: %s", why);
+    }
+    bp_buf_free(&rec);
+    return rc;
+}
+
 /* Switch v's integrations to nb (compiled from the files of revision rev),
- * once every installed config validates against it; or, nb NULL or a
- * config refused, keep the running version (saying why everywhere it
- * shows).  Takes nb.  admin_mu held, so no install, update or delete slips
- * in between; who: the actor (NULL: the file watcher). */
+ * once every installed config validates against it (and, in cluster mode,
+ * the cluster has it); or, nb NULL or a config refused, keep the running
+ * version (saying why everywhere it shows).  Takes nb.  admin_mu held, so
+ * no install, update or delete slips in between; who: the actor (NULL: the
+ * file watcher). */
 static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, const bp_claims *who,
                          bp_error *err)
 {
@@ -82,7 +123,10 @@ static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const c
     bp_shared_bp_drop(running);
     bp_vendor_items vi;
     bp_registry_vendor_items(r, v, &vi);
-    if (nb && validate_items(r, v, nb, &vi, err) < 0) { bp_blueprint_free(nb); nb = NULL; }
+    if (nb && (validate_items(r, v, nb, &vi, err) < 0 || tell_cluster(r, v, nb, rev, who, err) < 0)) {
+        bp_blueprint_free(nb);
+        nb = NULL;
+    }
     if (!nb) {
         bp_registry_reject_version(r, v, rev, err->msg);
         log_rejected(r, v, rev, had, who, err->msg);
@@ -154,4 +198,80 @@ int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, 
     snprintf(running, BP_REVISION_LEN, "%s", sbp ? sbp->revision : "");
     bp_shared_bp_drop(sbp);
     return rc;
+}
+
+/* ---- cluster mode: a revision another node made ---------------------------------------------- */
+
+static const bp_claims FROM_CLUSTER = { "system", "cluster", "", "", 0, 0 };
+
+/* A revision from the cluster refused: the running version stays, and the
+ * node says so (log; /healthz and Live Events through the vendor). */
+static void refuse(bp_registry *r, bp_vendor *v, const char *vendor, const char *rev, const char *why)
+{
+    if (v) bp_registry_note_cluster(r, v, rev, why);
+    bp_shared_bp *running = v ? bp_registry_vendor_bp(r, v, NULL, NULL) : NULL;
+    bp_buf f;
+    bp_buf_init(&f);
+    bp_log_field(&f, "blueprint", vendor ? vendor : "");
+    bp_log_field(&f, "revision", rev ? rev : "");
+    bp_log_field(&f, "running", running ? running->revision : "");
+    bp_log_field(&f, "error", why);
+    bp_log("error", "blueprint revision from the cluster refused: this node keeps running its own, which differs from "
+           "the other nodes'", f.data);
+    bp_buf_free(&f);
+    bp_shared_bp_drop(running);
+}
+
+/* Remove every "prefix/" from msg (a scratch folder's path). */
+static void strip_path(char *msg, const char *dir)
+{
+    char prefix[BP_PATH_MAX + 2];
+    snprintf(prefix, sizeof prefix, "%s/", dir);
+    size_t n = strlen(prefix);
+    char *at;
+    while ((at = strstr(msg, prefix))) memmove(at, at + n, strlen(at + n) + 1);
+}
+
+/* rec checked in a scratch folder (loads, compiles, every installed config
+ * of v validates), then written into v's folder and reloaded; or refused
+ * with v's folder untouched. */
+static void apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record *rec)
+{
+    char scratch[BP_PATH_MAX];
+    bp_error err;
+    uint64_t stamp;
+    snprintf(scratch, sizeof scratch, "%s/.cluster-XXXXXX", bp_registry_state_dir(r));
+    if (!mkdtemp(scratch)) {
+        bp_error_set(&err, "cannot make a scratch folder in %s", bp_registry_state_dir(r));
+        refuse(r, v, rec->vendor, rec->revision, err.msg);
+        return;
+    }
+    int ok = bp_blueprint_record_put(rec, scratch, &err) == 0 && bp_registry_edit_check(r, v, scratch, &stamp, &err) == 0;
+    bp_blueprint_record_remove(rec, scratch);
+    if (!ok) {
+        strip_path(err.msg, scratch);
+        refuse(r, v, rec->vendor, rec->revision, err.msg);
+        return;
+    }
+    bp_registry_edit_begin(r);
+    bp_registry_note_cluster(r, v, rec->revision, NULL);   /* first: a reload of these files tells nobody */
+    ok = bp_blueprint_record_put(rec, v->dir, &err) == 0;
+    bp_registry_edit_end(r);
+    if (!ok || reload(r, v, &FROM_CLUSTER, &err) < 0) refuse(r, v, rec->vendor, rec->revision, err.msg);
+}
+
+void bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len)
+{
+    bp_blueprint_record rec;
+    bp_error err;
+    if (bp_blueprint_record_parse(&rec, record, len, &err) < 0) {
+        bp_vendor *v = rec.vendor ? bp_registry_find_vendor(r, rec.vendor) : NULL;
+        refuse(r, v, rec.vendor, rec.revision && strlen(rec.revision) < BP_REVISION_LEN ? rec.revision : "", err.msg);
+    } else {
+        bp_vendor *v = bp_registry_find_vendor(r, rec.vendor);
+        if (!v) refuse(r, NULL, rec.vendor, rec.revision, "no folder for this blueprint on this node");
+        else if (bp_registry_runs(r, v, rec.revision)) bp_registry_note_cluster(r, v, rec.revision, NULL);
+        else apply_record(r, v, &rec);
+    }
+    bp_blueprint_record_free(&rec);
 }
