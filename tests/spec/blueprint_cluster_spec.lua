@@ -263,4 +263,22 @@ describe("one blueprint revision across the cluster #kafka", function()
       assert.are.same({ revision = fixed, status = "current" }, b.cluster)
     end
   end)
+
+  it("runs a change made on disk on node 2 (hot reload) on every node", function()
+    local path = folders[2] .. "/" .. VENDOR .. "/identify.lua"
+    local before, text = running(nodes[2]), assert(read(path))
+    local changed, n = text:gsub('phone = ctx%.get%(traits, "phone"%)[^\n]*', 'phone = ctx.get(traits, "phone") or "disk",')
+    assert.are.equal(1, n)
+    -- written beside, then renamed over it (a dotfile: the watcher ignores it)
+    S.write(folders[2] .. "/" .. VENDOR .. "/.identify.lua.new", changed)
+    assert(os.rename(folders[2] .. "/" .. VENDOR .. "/.identify.lua.new", path))
+    local rev = S.eventually(function()
+      local r = running(nodes[2])
+      return r ~= before and r
+    end, 60)
+    assert.is_truthy(rev, "node 2 did not reload the change on its disk")
+    local took = reaches({ 1, 3, 4 }, rev)
+    print(("# a reload from disk on node 2 reached the other nodes in %.3f s"):format(took))
+    assert.are.equal(changed, read(folders[1] .. "/" .. VENDOR .. "/identify.lua"))
+  end)
 end)
