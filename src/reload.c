@@ -4,7 +4,12 @@
  * version is compiled without any lock held (its code runs), then, under
  * the registry's admin lock, checked against every installed config of the
  * vendor (catalog.c) and switched to, or rejected with the running version
- * kept.  It sits above the registry and uses only its functions.
+ * kept.  In cluster mode a revision is told to every node (a blueprint
+ * record, blueprintrecord.c, through the registry's hook) before this node
+ * switches to it, and a record from another node is checked in a scratch
+ * folder, written into the vendor's folder and switched to the same way,
+ * or refused with the running version kept.  It sits above the registry
+ * and uses only its functions.
  */
 #include "service.h"
 
@@ -68,44 +73,55 @@ static void log_reloaded(bp_registry *r, bp_vendor *v, const char *rev, size_t n
     bp_buf_free(&what);
 }
 
-/* The cluster's newest revision of v, read under the registry's lock. */
+/* The cluster's newest revision of v and v's catalog key, read under the
+ * registry's lock (the key is the other nodes' name for it). */
 typedef struct cluster_rev {
     bp_vendor *v;
     char rev[BP_REVISION_LEN];
+    char *key;
 } cluster_rev;
 
 static void read_cluster_rev(void *ctx)
 {
     cluster_rev *q = ctx;
     memcpy(q->rev, q->v->cluster_revision, BP_REVISION_LEN);
+    q->key = bp_strdup(q->v->key);
 }
 
-/* Cluster mode: v's folder (what nb was compiled from) told to every node
- * before this one switches to it, unless the cluster has that revision
- * already (it came from there: bp_registry_apply_blueprint notes it before
- * it writes the files; or this node told it before).  admin_mu held; -1
- * with err: no node switches. */
-static int tell_cluster(bp_registry *r, bp_vendor *v, const bp_blueprint *nb, const char *rev, const bp_claims *who,
+/* Cluster mode: the files in dir (revision rev of v, checked) told to every
+ * node, unless the cluster has that revision already (it came from there:
+ * bp_registry_apply_blueprint notes it before it writes the files; or this
+ * node told it before).  admin_mu held; -1 with err: no node may switch. */
+static int tell_cluster(bp_registry *r, bp_vendor *v, const char *dir, const char *rev, const bp_claims *who,
                         bp_error *err)
 {
     if (!bp_registry_clustered(r)) return 0;
-    cluster_rev q = { v, "" };
+    cluster_rev q = { v, "", NULL };
     bp_registry_locked(r, read_cluster_rev, &q);
-    if (!strcmp(q.rev, rev)) return 0;
     bp_buf rec;
     bp_buf_init(&rec);
     char made[BP_REVISION_LEN];
-    int rc = bp_blueprint_record_write(nb->vendor, v->dir, bp_audit_who(who)->sub, &rec, made, err);
-    if (rc == 0) rc = bp_registry_publish_blueprint(r, nb->vendor, rec.data, rec.len, err);
-    if (rc == 0) {
-        bp_registry_note_cluster(r, v, made, NULL);
-    } else {
+    int rc = 0;
+    if (strcmp(q.rev, rev) != 0) {
+        rc = bp_blueprint_record_write(q.key, dir, bp_audit_who(who)->sub, &rec, made, err);
+        if (rc == 0) rc = bp_registry_publish_blueprint(r, q.key, rec.data, rec.len, err);
+        if (rc == 0) bp_registry_note_cluster(r, v, made, NULL);
+    }
+    if (rc < 0) {
         char why[sizeof err->msg];
         snprintf(why, sizeof why, "%s", err->msg);
         bp_error_set(err, "the other nodes could not be told of this revision, so none runs it: %s", why);
     }
     bp_buf_free(&rec);
+    free(q.key);
     return rc;
+}
+
+int bp_registry_edit_publish(bp_registry *r, bp_vendor *v, const char *dir, const bp_claims *who, bp_error *err)
+{
+    char rev[BP_REVISION_LEN];
+    bp_blueprint_revision(dir, rev);
+    return tell_cluster(r, v, dir, rev, who, err);
 }
 
 /* Switch v's integrations to nb (compiled from the files of revision rev),
@@ -123,7 +139,7 @@ static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const c
     bp_shared_bp_drop(running);
     bp_vendor_items vi;
     bp_registry_vendor_items(r, v, &vi);
-    if (nb && (validate_items(r, v, nb, &vi, err) < 0 || tell_cluster(r, v, nb, rev, who, err) < 0)) {
+    if (nb && (validate_items(r, v, nb, &vi, err) < 0 || tell_cluster(r, v, v->dir, rev, who, err) < 0)) {
         bp_blueprint_free(nb);
         nb = NULL;
     }
@@ -253,9 +269,12 @@ static void apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record
         refuse(r, v, rec->vendor, rec->revision, err.msg);
         return;
     }
+    char disk[BP_REVISION_LEN];
     bp_registry_edit_begin(r);
     bp_registry_note_cluster(r, v, rec->revision, NULL);   /* first: a reload of these files tells nobody */
-    ok = bp_blueprint_record_put(rec, v->dir, &err) == 0;
+    bp_blueprint_revision(v->dir, disk);
+    /* the folder may hold it already: this node's editor told it, then wrote it */
+    if (strcmp(disk, rec->revision) != 0) ok = bp_blueprint_record_put(rec, v->dir, &err) == 0;
     bp_registry_edit_end(r);
     if (!ok || reload(r, v, &FROM_CLUSTER, &err) < 0) refuse(r, v, rec->vendor, rec->revision, err.msg);
 }

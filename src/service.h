@@ -825,6 +825,10 @@ void bp_registry_edit_end(bp_registry *r);
  * integrations it checked (compare with edit_stamp under admin_mu). */
 int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err);
 uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v);
+/* Cluster mode: a checked edit (the folder dir as v's will be) told to
+ * every node before it is written: 0 (also without a cluster), or -1 with
+ * err (nothing may be written). */
+int bp_registry_edit_publish(bp_registry *r, bp_vendor *v, const char *dir, const bp_claims *who, bp_error *err);
 /* Reload v from its folder now, through the hot-reload path (the watcher
  * then finds nothing new); running: the revision that runs afterwards. */
 int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
