@@ -45,6 +45,13 @@ typedef struct waiter {
     int64_t offset;
 } waiter;
 
+/* A blueprint record read while the node catches up with the configuration
+ * topic: only the newest of each blueprint is applied, once it has caught up. */
+typedef struct held_blueprint {
+    char *key, *value;
+    size_t key_len, len;
+} held_blueprint;
+
 /* A line of --kafka-config: librdkafka's own property, for every client. */
 typedef struct kafka_setting {
     char *key, *value;
@@ -74,7 +81,8 @@ struct bp_cluster {
     int64_t view_pos[MAX_VIEW_PARTS];   /* [mu] next outcomes offset applied, per partition */
     int config_parts;
     int64_t config_end[MAX_VIEW_PARTS]; /* config topic end at start (catch-up before serving) */
-    int64_t config_pos[MAX_VIEW_PARTS]; /* [mu] */
+    int64_t config_pos[MAX_VIEW_PARTS]; /* [mu] (written by the viewer only) */
+    struct held_blueprint *held; size_t nheld;   /* viewer: blueprint records kept while catching up */
     int sessions_parts;
     int64_t sessions_end[MAX_VIEW_PARTS];   /* NAME.sessions' end at start (catch-up before serving) */
     int64_t sessions_pos[MAX_VIEW_PARTS];   /* [mu] next NAME.sessions offset applied */

@@ -127,6 +127,76 @@ typedef struct view_batch {
     int n;
 } view_batch;
 
+/* ---- blueprint records: while catching up, the newest of each blueprint only ------------------- */
+
+static int is_config(bp_cluster *c, const rd_kafka_message_t *m)
+{
+    return !strcmp(rd_kafka_topic_name(m->rkt), c->t_config);
+}
+
+static int is_blueprint(const rd_kafka_message_t *m)
+{
+    size_t kn = strlen(BP_BLUEPRINT_KEY);
+    return m->key && m->key_len > kn && !memcmp(m->key, BP_BLUEPRINT_KEY, kn);
+}
+
+/* A record the configuration topic held when the node started: the topic
+ * is not compacted yet (or never, on the mock cluster), so a blueprint may
+ * have many, and applying each (a compile, a write) could keep the node
+ * from listening; the newest stands for all. */
+static void hold_blueprint(bp_cluster *c, const rd_kafka_message_t *m)
+{
+    held_blueprint *h = NULL;
+    for (size_t i = 0; i < c->nheld && !h; i++)
+        if (c->held[i].key_len == m->key_len && !memcmp(c->held[i].key, m->key, m->key_len)) h = &c->held[i];
+    if (!h) {
+        c->held = bp_realloc(c->held, (c->nheld + 1) * sizeof *c->held);
+        h = &c->held[c->nheld++];
+        h->key = bp_memdup(m->key, m->key_len);
+        h->key_len = m->key_len;
+    } else {
+        free(h->value);
+    }
+    h->value = bp_memdup(m->payload, m->len);
+    h->len = m->len;
+}
+
+/* Has the viewer read the configuration topic up to its end at start, with
+ * this batch?  (config_pos is written by the viewer alone.) */
+static int caught_up_with(bp_cluster *c, const view_batch *b)
+{
+    for (int p = 0; p < c->config_parts; p++) {
+        int64_t pos = c->config_pos[p];
+        for (int i = 0; i < b->n; i++)
+            if (is_config(c, b->msgs[i]) && b->msgs[i]->partition == p && b->msgs[i]->offset + 1 > pos)
+                pos = b->msgs[i]->offset + 1;
+        if (pos < c->config_end[p]) return 0;
+    }
+    return 1;
+}
+
+/* The held records applied, once caught up (before the node listens). */
+static void apply_held(bp_cluster *c)
+{
+    for (size_t i = 0; i < c->nheld; i++) {
+        bp_registry_apply_blueprint(c->reg, c->held[i].value, c->held[i].len);
+        free(c->held[i].key);
+        free(c->held[i].value);
+    }
+    free(c->held);
+    c->held = NULL;
+    c->nheld = 0;
+}
+
+static void config_record(bp_cluster *c, const rd_kafka_message_t *m)
+{
+    if (!m->payload) return;
+    if (!is_blueprint(m)) bp_registry_apply_config(c->reg, m->payload, m->len);
+    else if (m->partition >= 0 && m->partition < c->config_parts && m->offset < c->config_end[m->partition])
+        hold_blueprint(c, m);
+    else bp_registry_apply_blueprint(c->reg, m->payload, m->len);
+}
+
 static void view_apply(bp_cluster *c, view_batch *b)
 {
     bp_store *store = c->store;
@@ -138,10 +208,7 @@ static void view_apply(bp_cluster *c, view_batch *b)
         rd_kafka_message_t *m = b->msgs[i];
         const char *topic = rd_kafka_topic_name(m->rkt);
         if (!strcmp(topic, c->t_config)) {
-            size_t kn = strlen(BP_BLUEPRINT_KEY);
-            int blueprint = m->key && m->key_len > kn && !memcmp(m->key, BP_BLUEPRINT_KEY, kn);
-            if (m->payload && blueprint) bp_registry_apply_blueprint(c->reg, m->payload, m->len);
-            else if (m->payload) bp_registry_apply_config(c->reg, m->payload, m->len);
+            config_record(c, m);
         } else if (!strcmp(topic, c->t_sessions)) {
             if (m->payload) view_session(c, m);
         } else if (began && m->payload) {
@@ -151,6 +218,7 @@ static void view_apply(bp_cluster *c, view_batch *b)
     /* a store that refuses writes: the outcomes are applied again from the
      * same offsets (positions do not move) */
     int ok = !has_outcomes || (began && bp_store_commit(store, 1) == 0);
+    if (c->nheld && caught_up_with(c, b)) apply_held(c);   /* before the positions say so: start waits for them */
     pthread_mutex_lock(&c->mu);
     for (int i = 0; i < b->n; i++) {
         rd_kafka_message_t *m = b->msgs[i];

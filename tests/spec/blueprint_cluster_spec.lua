@@ -225,6 +225,9 @@ describe("one blueprint revision across the cluster #kafka", function()
     assert.are.equal(saved, b and b.running, "node 4 runs " .. tostring(b and b.running) .. " at start")
     assert.are.same({ revision = saved, status = "current" }, b.cluster)
     assert.matches("rev-3", read(folders[4] .. "/" .. VENDOR .. "/identify.lua"), 1, true)
+    -- of the three records the topic holds (save, rollback, save), only the newest was applied
+    local _, reloads = late.logs():gsub('"msg":"blueprint reloaded"', "")
+    assert.are.equal(1, reloads, late.logs())
   end)
 
   it("refuses a revision that does not load: every node keeps its own and says so", function()
