@@ -218,8 +218,6 @@ int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, 
 
 /* ---- cluster mode: a revision another node made ---------------------------------------------- */
 
-static const bp_claims FROM_CLUSTER = { "system", "cluster", "", "", 0, 0 };
-
 /* A revision from the cluster refused: the running version stays, and the
  * node says so (log; /healthz and Live Events through the vendor). */
 static void refuse(bp_registry *r, bp_vendor *v, const char *vendor, const char *rev, const char *why)
@@ -232,8 +230,7 @@ static void refuse(bp_registry *r, bp_vendor *v, const char *vendor, const char 
     bp_log_field(&f, "revision", rev ? rev : "");
     bp_log_field(&f, "running", running ? running->revision : "");
     bp_log_field(&f, "error", why);
-    bp_log("error", "blueprint revision from the cluster refused: this node keeps running its own, which differs from "
-           "the other nodes'", f.data);
+    bp_log("error", "blueprint revision from the cluster refused: this node keeps running its own revision", f.data);
     bp_buf_free(&f);
     bp_shared_bp_drop(running);
 }
@@ -276,7 +273,9 @@ static void apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record
     /* the folder may hold it already: this node's editor told it, then wrote it */
     if (strcmp(disk, rec->revision) != 0) ok = bp_blueprint_record_put(rec, v->dir, &err) == 0;
     bp_registry_edit_end(r);
-    if (!ok || reload(r, v, &FROM_CLUSTER, &err) < 0) refuse(r, v, rec->vendor, rec->revision, err.msg);
+    bp_claims who = { "cluster", "", "", "", 0, 0 };   /* the audit log names who made it */
+    snprintf(who.sub, sizeof who.sub, "%s", rec->actor[0] ? rec->actor : "cluster");
+    if (!ok || reload(r, v, &who, &err) < 0) refuse(r, v, rec->vendor, rec->revision, err.msg);
 }
 
 void bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len)
