@@ -70,7 +70,7 @@ CFLAGS     += -DBP_LIBDIR='"$(LIBDIR)"'
 # author's dry-run does not pay for loading the network packages (3 ms
 # rather than 13 to start); it loads libblueprint-service for its deliver,
 # dlq, serve, token and rotate-key commands.
-CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine reader \
+CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine batch reader \
              decode version
 NET     := transport classify ratelimit store fingerprint deliver_job deliver_send deliver_tenant deliver crypto auth \
            metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord blueprintrecord unopened live registry \
@@ -182,7 +182,7 @@ build/lua/blueprint_core.so: src/lua_module.c build/libblueprint.a $(HDRS) | bui
 	$(CC) $(CFLAGS) -shared -o $@ src/lua_module.c build/libblueprint.a $(shell pkg-config --libs yaml-0.1) -lpthread -ldl -lm
 
 # The local ActiveCampaign emulator used by the integration tests.
-build/ac-emulator: tests/emulator/emulator.c tests/emulator/crm.c tests/emulator/ecom.c tests/emulator/emulator.h build/libblueprint.a $(HDRS)
+build/ac-emulator: tests/emulator/emulator.c tests/emulator/crm.c tests/emulator/ecom.c tests/emulator/bulk.c tests/emulator/emulator.h build/libblueprint.a $(HDRS)
 	$(CC) $(CFLAGS) -Isrc -o $@ $(filter %.c,$^) build/libblueprint.a $(shell pkg-config --libs libmicrohttpd libcrypto) -lpthread -lm
 
 # A 3-broker Kafka cluster in one process (librdkafka's mock) for the cluster specs.

@@ -246,6 +246,17 @@ typedef struct bp_blueprint {
      * each answer is judged by the responses: rules (bp_engine_verify) */
     bp_route verify;
     int has_verify;
+    /* batch: the mapping that may take a batch of events of one account
+     * (events of the event table rows it names), and its bounds */
+    struct bp_batch_spec {
+        char **events; size_t nevents;   /* event table names ("custom": the custom: mapping's events) */
+        char *mapping;
+        char *enabled_by;                /* a boolean config field that switches batches on, or NULL: always */
+        int max_events, min_events;      /* most per request; fewest worth a batch */
+        long max_wait_ms;                /* longest an event waits for its batch to fill */
+        int line;
+    } batch;
+    int has_batch;
 } bp_blueprint;
 
 /* Load and check a blueprint folder (blueprint.yaml and the Lua files it

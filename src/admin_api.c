@@ -359,9 +359,21 @@ void bp_api_list_integrations(call *k)
     bp_buf_adds(&k->r->body, "]}");
 }
 
+/* One integration, with what its events are doing now ("now": held,
+ * waiting for an attempt or a retry, dead letters kept), which the counters
+ * since start cannot say: "held 1 since start" stays after the fix, "held
+ * now 0" does not.  Counted in the store (outside the registry's lock), so
+ * only here, not in the list of every integration. */
 void bp_api_show_integration(call *k)
 {
-    show_integration(k->s->reg, &k->r->body, k->it);
+    bp_buf *b = &k->r->body;
+    show_integration(k->s->reg, b, k->it);
+    bp_store *store = bp_registry_store(k->s->reg);
+    const char *id = k->it->id;
+    if (!store || !b->len || b->data[b->len - 1] != '}') return;
+    b->len--;   /* the integration's closing brace: "now" goes inside */
+    bp_buf_printf(b, ",\"now\":{\"held\":%ld,\"waiting\":%ld,\"dead_letters\":%ld}}", bp_store_count(store, id, "held"),
+                  bp_store_count(store, id, "pending"), bp_store_count(store, id, "dead"));
 }
 
 void bp_api_update_integration(call *k)

@@ -1,6 +1,6 @@
 /*
  * blueprint.c — load a blueprint folder: blueprint.yaml (catalog entry,
- * config fields, rate limit, retry policy, event table) and check that every
+ * config fields, rate limit, retry policy, event table, batch bounds) and check that every
  * mapping file it names exists.  Lua compilation happens in engine.c, so a
  * syntax error is reported by Lua with its own file and line.
  */
@@ -366,6 +366,102 @@ static int load_routes(loader *ld, bp_blueprint *bp, uint32_t events)
     return 0;
 }
 
+/* An integer in [min, max] under obj.key, dflt when absent; -1 with an error. */
+static int get_int(loader *ld, uint32_t obj, const char *key, long dflt, long min, long max, long *out)
+{
+    uint32_t v = bp_jget(ld->d, obj, key);
+    *out = dflt;
+    if (v == BP_NONE) return 0;
+    const char *s = ld->d->nodes[v].type == BP_JNUMBER ? bp_jscalar(ld->d, v) : NULL;
+    char *end = NULL;
+    long n = s ? strtol(s, &end, 10) : 0;
+    if (!s || *end || n < min || n > max) {
+        char what[200];
+        snprintf(what, sizeof what, "batch.%s must be a whole number from %ld to %ld", key, min, max);
+        return bad(ld, v, what);
+    }
+    *out = n;
+    return 0;
+}
+
+/* batch.events: event table rows (one name or a list), each named once. */
+static int load_batch_events(loader *ld, bp_blueprint *bp, uint32_t node)
+{
+    const bp_doc *d = ld->d;
+    uint32_t list = bp_jget(d, node, "events");
+    if (list == BP_NONE) return bad(ld, node, "missing required key 'events' in 'batch' (the event table rows it takes)");
+    int one = d->nodes[list].type == BP_JSTRING;
+    if (!one && (d->nodes[list].type != BP_JARRAY || !d->nodes[list].len))
+        return bad(ld, list, "batch.events must name event table rows: one name or a list");
+    size_t n = one ? 1 : d->nodes[list].len;
+    bp->batch.events = bp_calloc(n + 1, sizeof *bp->batch.events);
+    for (uint32_t c = one ? list : list + 1, k = 0; k < n; k++, c = d->nodes[c].next) {
+        const char *name = d->nodes[c].type == BP_JSTRING ? bp_jtext(d, c) : NULL;
+        const bp_route *r = name && bp->has_custom && !strcmp(name, "custom") ? &bp->custom : NULL;
+        for (size_t i = 0; name && i < bp->nroutes && !r; i++) if (!strcmp(bp->routes[i].name, name)) r = &bp->routes[i];
+        if (!r) {
+            bp_buf m;
+            bp_buf_init(&m);
+            bp_buf_printf(&m, "batch.events: '%.100s' is not a row of the event table (rows: ", name ? name : "(not a name)");
+            const char *best = NULL;
+            size_t best_d = (size_t)-1;
+            for (size_t i = 0; i < bp->nroutes; i++) {
+                bp_buf_printf(&m, "%s%s", i ? ", " : "", bp->routes[i].name);
+                if (name && bp_key_nearer(name, bp->routes[i].name, &best_d)) best = bp->routes[i].name;
+            }
+            bp_buf_adds(&m, bp->has_custom ? ", custom)" : ")");
+            if (best) bp_buf_printf(&m, "; did you mean '%s'?", best);
+            bad(ld, c, m.data);
+            bp_buf_free(&m);
+            return -1;
+        }
+        for (size_t i = 0; i < bp->batch.nevents; i++)
+            if (!strcmp(bp->batch.events[i], name)) return bad(ld, c, "batch.events names an event twice");
+        bp->batch.events[bp->batch.nevents++] = xstrdup(name);
+    }
+    return 0;
+}
+
+/* batch: {events, mapping, max_events, min_events, max_wait_ms, enabled_by}. */
+static int load_batch(loader *ld, bp_blueprint *bp)
+{
+    static const char *const batch_keys[] = { "events", "mapping", "max_events", "min_events", "max_wait_ms",
+                                              "enabled_by", NULL };
+    uint32_t node = get_map(ld, 0, "batch", batch_keys);
+    if (node == NOT_A_MAP) return -1;
+    if (node == BP_NONE) return 0;
+    bp->has_batch = 1;
+    bp->batch.line = (int)ld->d->nodes[node].line;
+    if (load_batch_events(ld, bp, node) < 0) return -1;
+    const char *mapping = get_text(ld, node, "mapping", 1);
+    if (!mapping) return -1;
+    bp->batch.mapping = xstrdup(mapping);
+    uint32_t m = bp_jget(ld->d, node, "mapping");
+    size_t len = strlen(mapping);
+    if (strchr(mapping, '/') || len < 5 || strcmp(mapping + len - 4, ".lua") != 0)
+        return bad(ld, m, "batch.mapping must be a .lua file name in the blueprint folder");
+    if (!file_exists(bp->dir, mapping)) {
+        char what[512];
+        snprintf(what, sizeof what, "batch.mapping '%s' does not exist in %s", mapping, bp->dir);
+        return bad(ld, m, what);
+    }
+    long most, fewest, wait;
+    if (bp_jget(ld->d, node, "max_events") == BP_NONE)
+        return bad(ld, node, "missing required key 'max_events' in 'batch' (the most events one request takes)");
+    if (get_int(ld, node, "max_events", 0, 2, 100000, &most) < 0) return -1;
+    if (get_int(ld, node, "min_events", 2, 2, most, &fewest) < 0) return -1;
+    if (get_int(ld, node, "max_wait_ms", 1000, 0, 3600000, &wait) < 0) return -1;
+    const char *by = get_text(ld, node, "enabled_by", 0);
+    const bp_field *f = by ? bp_blueprint_field(bp, by) : NULL;
+    if (by && (!f || f->type != BP_FIELD_BOOLEAN))
+        return bad(ld, bp_jget(ld->d, node, "enabled_by"), "batch.enabled_by must name a boolean config field");
+    bp->batch.enabled_by = by ? xstrdup(by) : NULL;
+    bp->batch.max_events = (int)most;
+    bp->batch.min_events = (int)fewest;
+    bp->batch.max_wait_ms = wait;
+    return 0;
+}
+
 static int load_strings(loader *ld, uint32_t list, char ***out, size_t *n)
 {
     const bp_doc *d = ld->d;
@@ -554,7 +650,7 @@ static int load(loader *ld, bp_blueprint *bp)
     static const char *const top_keys[] = {
         "vendor", "name", "description", "category", "status", "consent_category", "variants", "auth_failure_help",
         "config", "config_rules", "rate_limit", "retry", "events", "custom", "consent_denied", "responses",
-        "destinations", "verify", NULL };
+        "destinations", "verify", "batch", NULL };
     static const char *const rules_keys[] = { "together", NULL };
     static const char *const rate_keys[] = { "requests_per_second", "scope", NULL };
     static const char *const retry_keys[] = { "max_attempts", NULL };
@@ -613,6 +709,7 @@ static int load(loader *ld, bp_blueprint *bp)
         if (load_route(ld, bp, verify, NULL, "verify", &bp->verify) < 0) return -1;
         bp->has_verify = 1;
     }
+    if (load_batch(ld, bp) < 0) return -1;
     return load_responses(ld, bp, bp_jget(d, 0, "responses"));
 }
 
@@ -712,5 +809,8 @@ void bp_blueprint_free(bp_blueprint *bp)
     if (bp->has_custom) free_route(&bp->custom);
     if (bp->has_consent_denied) free_route(&bp->consent_denied);
     if (bp->has_verify) free_route(&bp->verify);
+    free_names(bp->batch.events, bp->batch.nevents);
+    free(bp->batch.mapping);
+    free(bp->batch.enabled_by);
     free(bp);
 }

@@ -25,7 +25,7 @@ static const char usage_text[] =
     "usage: blueprint COMMAND [ARGS]\n"
     "\n"
     "Authoring a blueprint (no account, no server):\n"
-    "  dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
+    "  dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE] [--batch]\n"
     "                 print, per event, the exact requests that would be sent (secrets [redacted])\n"
     "  test [BLUEPRINT_DIR] [--update] [--case NAME]… [--verbose]\n"
     "                 run the blueprint's fixtures (tests/CASE/) and show field-level differences\n"
@@ -55,7 +55,7 @@ static const char usage_text[] =
 /* `blueprint COMMAND --help` */
 static const struct { const char *command, *text; } command_help[] = {
     { "dry-run",
-      "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE]\n"
+      "usage: blueprint dry-run BLUEPRINT_DIR --config CONFIG [EVENTS] [--decode] [--answers FILE] [--batch]\n"
       "\n"
       "Maps each event (a file, or - / nothing for stdin: NDJSON, a JSON array or one object) and\n"
       "prints one JSON line per event: outcome (deliver, drop, error), reason, and the exact requests\n"
@@ -67,6 +67,9 @@ static const struct { const char *command, *text; } command_help[] = {
       "  --answers FILE    answers to the mapping's steps (ctx.send), tried before the blueprint's\n"
       "                    answers.yaml (documented examples); each step's \"answer\" says where\n"
       "                    it came from, or that it was assumed\n"
+      "  --batch           show how the stream would be batched (blueprint.yaml batch:): the events the\n"
+      "                    batch takes give one line per batch, its requests each with the answer\n"
+      "                    dry-run gave and \"batch\": each event's result; too few at the end go one by one\n"
       "  --max-event-bytes N (524288)  --memory-mb N (64)  --instructions N (20000000)\n"
       "  --timeout-ms N (1000)         the sandbox's budgets per event\n"
       "\n"
@@ -187,7 +190,7 @@ static int parse_count(const char *opt, const char *val, unsigned long long *out
 
 typedef struct cli {
     const char *dir, *config, *events, *answers;
-    int have_events, decode;
+    int have_events, decode, batch;
     bp_limits limits;
     bp_deliver_opts d;
 } cli;
@@ -210,6 +213,7 @@ static int parse_args(int argc, char **argv, cli *c, int deliver)
             continue;
         }
         if (!deliver && !strcmp(a, "--decode")) { c->decode = 1; continue; }
+        if (!deliver && !strcmp(a, "--batch")) { c->batch = 1; continue; }
         if (!deliver && !strcmp(a, "--answers")) {
             if (!next) return usage("--answers needs a file");
             c->answers = argv[++i];
@@ -334,9 +338,18 @@ static int dry_run(int argc, char **argv)
         return EXIT_INVALID;
     }
     bp_engine_set_answerer(e, bp_answers_fn, answers);
+    if (c.batch && !bp_engine_batch_spec(e)) {
+        fprintf(stderr, "blueprint: --batch: %s has no batch: in its blueprint.yaml\n", c.dir);
+        bp_engine_free(e);
+        bp_answers_free(answers);
+        bp_config_free(cfg);
+        bp_blueprint_free(bp);
+        if (fd > 0) close(fd);
+        return EXIT_USAGE;
+    }
     use_block_buffering();
     bp_reader *r = bp_reader_new(fd, c.limits.json.max_bytes);
-    long malformed = 0, n = bp_map_events(e, r, c.decode, to_stdout, NULL, &malformed);
+    long malformed = 0, n = (c.batch ? bp_map_events_batched : bp_map_events)(e, r, c.decode, to_stdout, NULL, &malformed);
     bp_reader_free(r);
     rc = fflush(stdout) == 0 ? 0 : EXIT_USAGE;
     if (rc) fprintf(stderr, "blueprint: could not write the output: %s\n", strerror(errno));

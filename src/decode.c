@@ -247,7 +247,9 @@ int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t gle
 
 /* ---- mapping a stream, and a blueprint's fixtures ---------------------------------------------
  * What `dry-run` and `blueprint test` do, shared with the console's editor
- * (editor.c), which runs an unsaved edit the same way. */
+ * (editor.c), which runs an unsaved edit the same way; with --batch (or a
+ * case's dry-run.args), the events a blueprint's batch takes are held and
+ * shown as batches (batch.c runs them). */
 
 /* An event the engine refused before any mapping ran: its reason says so
  * (engine.c), and gets the input line in front, as the reader's own errors
@@ -267,8 +269,106 @@ static int refused_input(bp_outcome *o, long line)
     return 1;
 }
 
-long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed)
+/* ---- dry-run --batch: the events a batch takes, held for it ---------------------------- */
+
+typedef struct held_events {
+    long *index;
+    bp_buf *json, *line;    /* each event, and its own outcome line (shown when no batch forms) */
+    size_t n, cap;
+} held_events;
+
+static void emit_line(const bp_buf *line, int decode, bp_buf *readable, bp_line_fn emit, void *ctx)
 {
+    const bp_buf *shown = line;
+    if (decode) { bp_buf_reset(readable); bp_decode_line(line->data, line->len, readable); shown = readable; }
+    emit(ctx, shown->data, shown->len);
+}
+
+/* The batch line: the batch's outcome, then "batch": each event's result. */
+static void write_batch(const bp_batch *b, const held_events *h, const char *const *ids, bp_buf *line)
+{
+    static const char *const verdicts[] = { "deliver", "drop", "error" };
+    bp_outcome_write_fields(&b->out, -1, verdicts[b->out.verdict], line);
+    bp_buf_adds(line, ",\"batch\":[");
+    for (size_t i = 0; i < h->n; i++) {
+        bp_buf_printf(line, "%s{\"index\":%ld,\"message_id\":", i ? "," : "", h->index[i]);
+        if (ids[i]) bp_json_write_text(line, ids[i], strlen(ids[i])); else bp_buf_adds(line, "null");
+        if (b->has_results) {
+            bp_buf_adds(line, ",\"result\":\"");
+            bp_buf_adds(line, bp_batch_result_name(b->items[i].result));
+            bp_buf_addc(line, '"');
+            if (b->items[i].reason) {
+                bp_buf_adds(line, ",\"reason\":");
+                bp_json_write_text(line, b->items[i].reason, strlen(b->items[i].reason));
+            }
+        }
+        bp_buf_addc(line, '}');
+    }
+    bp_buf_adds(line, "]}");
+}
+
+/* The held events go out: as one batch when there are enough, else each alone. */
+static void flush_held(bp_engine *e, held_events *h, int decode, bp_buf *readable, bp_line_fn emit, void *ctx)
+{
+    if (!h->n) return;
+    if (h->n < (size_t)bp_engine_batch_spec(e)->min_events) {
+        for (size_t i = 0; i < h->n; i++) emit_line(&h->line[i], decode, readable, emit, ctx);
+    } else {
+        const char **events = bp_calloc(h->n, sizeof *events), **ids = bp_calloc(h->n, sizeof *ids);
+        size_t *lens = bp_calloc(h->n, sizeof *lens);
+        bp_doc d;
+        bp_doc_init(&d);
+        bp_buf id_text;
+        bp_buf_init(&id_text);
+        size_t *at = bp_calloc(h->n, sizeof *at);
+        for (size_t i = 0; i < h->n; i++) {
+            events[i] = h->json[i].data;
+            lens[i] = h->json[i].len;
+            const char *id = NULL;
+            bp_error err;
+            if (bp_json_parse(&d, events[i], lens[i], NULL, &err) == 0) id = bp_event_message_id(&d);
+            at[i] = id ? id_text.len : (size_t)-1;
+            if (id) bp_buf_add(&id_text, id, strlen(id) + 1);
+        }
+        for (size_t i = 0; i < h->n; i++) ids[i] = at[i] == (size_t)-1 ? NULL : id_text.data + at[i];
+        bp_batch b;
+        bp_batch_init(&b);
+        if (bp_batch_run(e, &b, events, lens, h->n) == 0) bp_batch_dry(e, &b);
+        b.out.type = bp_outcome_strdup(&b.out, "batch");
+        bp_buf line;
+        bp_buf_init(&line);
+        write_batch(&b, h, ids, &line);
+        emit_line(&line, decode, readable, emit, ctx);
+        bp_buf_free(&line);
+        bp_batch_free(e, &b);
+        bp_doc_free(&d);
+        bp_buf_free(&id_text);
+        free(events); free(ids); free(lens); free(at);
+    }
+    for (size_t i = 0; i < h->n; i++) { bp_buf_free(&h->json[i]); bp_buf_free(&h->line[i]); }
+    h->n = 0;
+}
+
+static void hold(held_events *h, long index, const char *json, size_t len, const bp_buf *line)
+{
+    if (h->n == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 16;
+        h->index = bp_realloc(h->index, h->cap * sizeof *h->index);
+        h->json = bp_realloc(h->json, h->cap * sizeof *h->json);
+        h->line = bp_realloc(h->line, h->cap * sizeof *h->line);
+    }
+    h->index[h->n] = index;
+    bp_buf_init(&h->json[h->n]);
+    bp_buf_add(&h->json[h->n], json, len);
+    bp_buf_init(&h->line[h->n]);
+    bp_buf_add(&h->line[h->n], line->data, line->len);
+    h->n++;
+}
+
+static long map_events(bp_engine *e, bp_reader *r, int decode, int batched, bp_line_fn emit, void *ctx, long *malformed)
+{
+    const struct bp_batch_spec *spec = batched ? bp_engine_batch_spec(e) : NULL;
+    held_events held = { 0 };
     bp_outcome o;
     bp_outcome_init(&o);
     bp_buf line, readable;
@@ -291,15 +391,31 @@ long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void
         }
         if (refused && malformed) (*malformed)++;
         bp_buf_reset(&line);
-        bp_outcome_write_json(&o, index++, &line);
-        const bp_buf *shown = &line;
-        if (decode) { bp_buf_reset(&readable); bp_decode_line(line.data, line.len, &readable); shown = &readable; }
-        emit(ctx, shown->data, shown->len);
+        bp_outcome_write_json(&o, index, &line);
+        if (spec && st == BP_READ_EVENT && bp_batch_takes(e, &o)) {
+            hold(&held, index++, ev, len, &line);
+            if (held.n >= (size_t)spec->max_events) flush_held(e, &held, decode, &readable, emit, ctx);
+            continue;
+        }
+        index++;
+        emit_line(&line, decode, &readable, emit, ctx);
     }
+    flush_held(e, &held, decode, &readable, emit, ctx);
+    free(held.index); free(held.json); free(held.line);
     bp_buf_free(&line);
     bp_buf_free(&readable);
     bp_outcome_free(&o);
     return index;
+}
+
+long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed)
+{
+    return map_events(e, r, decode, 0, emit, ctx, malformed);
+}
+
+long bp_map_events_batched(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed)
+{
+    return map_events(e, r, decode, 1, emit, ctx, malformed);
 }
 
 static int by_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
@@ -379,7 +495,8 @@ static void compare_case(bp_case *c, const bp_buf *want)
 {
     const char *gt = c->got.data ? c->got.data : "", *wt = want->data ? want->data : "";
     c->expected = count_lines(wt, want->len);
-    for (long i = 0; i < (c->events > c->expected ? c->events : c->expected); i++) {
+    long lines = count_lines(gt, c->got.len);   /* one per event, or per batch (dry-run.args --batch) */
+    for (long i = 0; i < (lines > c->expected ? lines : c->expected); i++) {
         size_t gl = 0, wl = 0;
         const char *g = nth_line(gt, c->got.len, i, &gl);
         const char *w = nth_line(wt, want->len, i, &wl);
@@ -411,16 +528,40 @@ bp_answers *bp_case_answers(const bp_blueprint *bp, const char *cases_dir, const
     return bp_answers_load(bp->dir, access(path, F_OK) == 0 ? path : NULL, err);
 }
 
+/* A case's dry-run.args: "--batch" (the case shows how its events are
+ * batched), or nothing.  1, 0, or -1 with err for anything else. */
+static int case_batched(const char *cases_dir, const char *name, bp_error *err)
+{
+    char path[4600];
+    snprintf(path, sizeof path, "%s/%s/dry-run.args", cases_dir, name);
+    if (access(path, F_OK) != 0) return 0;
+    bp_buf text;
+    bp_buf_init(&text);
+    int rc = bp_read_file(path, &text, err) < 0 ? -1 : 0;
+    const char *t = text.data ? text.data : "";
+    size_t n = text.len;
+    while (n && (t[n - 1] == '\n' || t[n - 1] == ' ' || t[n - 1] == '\r')) n--;
+    if (rc == 0 && n == 7 && !memcmp(t, "--batch", 7)) rc = 1;
+    else if (rc == 0) {
+        bp_error_set(err, "dry-run.args: only --batch is known (got '%.*s')", (int)(n > 60 ? 60 : n), t);
+        rc = -1;
+    }
+    bp_buf_free(&text);
+    return rc;
+}
+
 int bp_case_check(bp_engine *e, const char *cases_dir, const char *name, const bp_limits *limits, bp_case *c,
                   bp_error *err)
 {
     char path[4600];
     snprintf(path, sizeof path, "%s/%s/events.ndjson", cases_dir, name);
     snprintf(c->expected_path, sizeof c->expected_path, "%s/%s/expected.ndjson", cases_dir, name);
+    int batched = case_batched(cases_dir, name, err);
+    if (batched < 0) return -1;
     int fd = open(path, O_RDONLY);
     if (fd < 0) { bp_error_set(err, "cannot open events.ndjson (one event per line)"); return -1; }
     bp_reader *r = bp_reader_new(fd, limits->json.max_bytes);
-    c->events = bp_map_events(e, r, 0, add_line, &c->got, NULL);
+    c->events = map_events(e, r, 0, batched, add_line, &c->got, NULL);
     bp_reader_free(r);
     close(fd);
     bp_buf want;

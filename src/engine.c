@@ -78,8 +78,10 @@ static void on_log(void *ud, const char *at, const char *msg, size_t len)
     bp_buf_free(&text);
 }
 
+void bp_engine_log_hook(bp_engine *e, int on) { bp_sandbox_set_log(e->sb, on ? on_log : NULL, on ? e : NULL); }
+
 /* The completed run's lines, then one note when some were over the bound. */
-static void emit_logs(bp_engine *e, const bp_outcome *o)
+void bp_engine_emit_logs(bp_engine *e, const bp_outcome *o)
 {
     for (size_t i = 0; i < o->nlogs; i++) emit_log(e, o, o->logs[i].at, o->logs[i].msg, strlen(o->logs[i].msg));
     if (o->logs_dropped) {
@@ -156,6 +158,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     e->custom_ref = LUA_NOREF;
     e->denied_ref = LUA_NOREF;
     e->verify_ref = LUA_NOREF;
+    e->batch_ref = LUA_NOREF;
     bp_doc_init(&e->denied_doc);
     bp_doc_init(&e->doc);
     bp_doc_init(&e->jdoc);
@@ -192,6 +195,7 @@ bp_engine *bp_engine_new(const bp_blueprint *bp, const bp_config *cfg, const bp_
     if (bp->has_consent_denied && (e->denied_ref = compile_mapping(e, bp->consent_denied.mapping, err)) == LUA_NOREF)
         goto fail;
     if (bp->has_verify && (e->verify_ref = compile_mapping(e, bp->verify.mapping, err)) == LUA_NOREF) goto fail;
+    if (bp->has_batch && (e->batch_ref = compile_mapping(e, bp->batch.mapping, err)) == LUA_NOREF) goto fail;
     lua_gc(L, LUA_GCCOLLECT);
     return e;
 fail:
@@ -466,7 +470,7 @@ static enum bp_verdict run_mapping(bp_engine *e, int ref, const bp_route *route,
     bp_sandbox_set_log(e->sb, NULL, NULL);
     e->jtext = NULL;                                     /* one run's */
     bp_steps_end_writes(e, rc == 0 && !e->stopped);
-    if (!e->stopped) emit_logs(e, out);
+    if (!e->stopped) bp_engine_emit_logs(e, out);
     if (e->stopped) {
         /* stopped at a step: deliver what is known so far, then run again */
         out->verdict = BP_DELIVER;

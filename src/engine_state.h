@@ -1,7 +1,8 @@
 /*
  * engine_state.h — the engine's state, shared by engine.c (one event: route,
- * consent, mapping, result) and steps.c (ctx.send and ctx.cache within a
- * run) and by nothing else: both work on the same run of a mapping.
+ * consent, mapping, result), steps.c (ctx.send and ctx.cache within a run)
+ * and batch.c (a batch mapping's run) and by nothing else: they work on the
+ * same run of a mapping.
  */
 #ifndef BP_ENGINE_STATE_H
 #define BP_ENGINE_STATE_H
@@ -17,6 +18,7 @@ struct bp_engine {
     int custom_ref;
     int denied_ref;         /* consent_denied's mapping, or LUA_NOREF */
     int verify_ref;         /* verify's mapping, or LUA_NOREF */
+    int batch_ref;          /* batch's mapping (batch.c), or LUA_NOREF */
     bp_doc denied_doc;      /* the event cut down for it */
     int ctx_ref;            /* the real ctx table (the core writes per-event fields) */
     int ctx_proxy_ref;      /* what mappings receive: read-only */
@@ -50,5 +52,10 @@ void bp_steps_add(lua_State *L, bp_engine *e);
 void bp_steps_end_writes(bp_engine *e, int apply);
 /* Free what the steps hold (pending writes) when the engine is freed. */
 void bp_steps_free(bp_engine *e);
+
+/* engine.c: a run's print and ctx.log lines go to e->out (on) or nowhere;
+ * the completed run's lines are written (emit). */
+void bp_engine_log_hook(bp_engine *e, int on);
+void bp_engine_emit_logs(bp_engine *e, const bp_outcome *o);
 
 #endif

@@ -41,6 +41,51 @@ const char *bp_drop_reason(lua_State *L, int idx)
     return r;
 }
 
+/* ---- a batch's results: ctx.delivered, ctx.failed, ctx.retry, ctx.later ---------- */
+
+#define RESULT_MT "bp.batch_result"
+
+static int make_result(lua_State *L, const char *kind, int with_reason)
+{
+    const char *reason = with_reason ? luaL_checkstring(L, 1) : NULL;
+    if (!strcmp(kind, "later")) luaL_checktype(L, 1, LUA_TTABLE);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    if (reason) {
+        lua_pushvalue(L, 1);
+        lua_setfield(L, -2, "reason");
+    }
+    if (!strcmp(kind, "later")) {
+        lua_pushvalue(L, 1);
+        lua_setfield(L, -2, "request");
+    }
+    luaL_setmetatable(L, RESULT_MT);
+    return 1;
+}
+
+static int ctx_delivered(lua_State *L) { return make_result(L, "delivered", 0); }
+static int ctx_failed(lua_State *L) { return make_result(L, "failed", 1); }
+static int ctx_retry(lua_State *L) { return make_result(L, "retry", 1); }
+static int ctx_later(lua_State *L) { return make_result(L, "later", 0); }
+
+const char *bp_batch_result_of(lua_State *L, int idx, const char **reason)
+{
+    *reason = NULL;
+    idx = lua_absindex(L, idx);
+    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return NULL;
+    luaL_getmetatable(L, RESULT_MT);
+    int is_result = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!is_result) return NULL;
+    lua_getfield(L, idx, "kind");
+    const char *kind = lua_tostring(L, -1);   /* anchored by the result table */
+    lua_getfield(L, idx, "reason");
+    *reason = lua_tostring(L, -1);
+    lua_pop(L, 2);
+    return kind;
+}
+
 /* ---- ctx.json ------------------------------------------------------------------- */
 
 typedef struct member { char *key; bp_buf enc; int keep; } member;
@@ -282,30 +327,38 @@ static const char *const latin1[64] = {
     "d","n","o","o","o","o","o",NULL,"o","u","u","u","u","y","th","y",
 };
 
-/* ctx.slug(name [, max_len = 32]) -> "webinar_registered" or nil when no
- * letter or digit is left. */
+/* Long strings are walked a chunk at a time between charges to the call's
+ * budget: one call on a few MB runs for a while in C. */
+#define WALK_CHUNK 4096
+
 /* ctx.urlencode(s): s percent-encoded for a URL's path or query (RFC 3986:
  * everything but letters, digits and -._~), e.g. a tag name in ?search=. */
 static int ctx_urlencode(lua_State *L)
 {
+    static const char hex[] = "0123456789ABCDEF";
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
+    const bp_budget *budget = bp_budget_of(L);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (i % WALK_CHUNK == WALK_CHUNK - 1) bp_budget_tick(L, budget, WALK_CHUNK);
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c && strchr("-._~", c))) {
             luaL_addchar(&b, (char)c);
         } else {
-            char hex[4];
-            snprintf(hex, sizeof hex, "%%%02X", c);
-            luaL_addstring(&b, hex);
+            luaL_addchar(&b, '%');
+            luaL_addchar(&b, hex[c >> 4]);
+            luaL_addchar(&b, hex[c & 15]);
         }
     }
     luaL_pushresult(&b);
     return 1;
 }
 
+/* ctx.slug(name [, max_len = 32]) -> "webinar_registered" or nil when no
+ * letter or digit is left.  The walk ends once max_len characters are
+ * written (later input cannot change them). */
 static int ctx_slug(lua_State *L)
 {
     size_t len;
@@ -314,9 +367,14 @@ static int ctx_slug(lua_State *L)
     bp_buf out;
     bp_buf_init(&out);
     int pending_sep = 0, prev_lower = 0;
-    for (size_t i = 0; i < len; i++) {
+    const bp_budget *budget = bp_budget_of(L);
+    for (size_t i = 0; i < len && (max <= 0 || out.len < (size_t)max); i++) {
         unsigned char c = (unsigned char)s[i];
         const char *emit = NULL;
+        if (i % WALK_CHUNK == WALK_CHUNK - 1 && bp_budget_spent(L, budget, WALK_CHUNK)) {
+            bp_buf_free(&out);   /* held outside the Lua state: freed before the error */
+            bp_budget_tick(L, budget, 0);
+        }
         char one[2] = { 0, 0 };
         int upper = 0;
         if (c >= 'A' && c <= 'Z') { one[0] = (char)(c + 32); emit = one; upper = 1; }
@@ -446,9 +504,12 @@ void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp)
     static const luaL_Reg fns[] = {
         { "drop", ctx_drop }, { "json", ctx_json }, { "get", ctx_get }, { "email", ctx_email },
         { "slug", ctx_slug }, { "array", ctx_array }, { "totable", ctx_totable }, { "urlencode", ctx_urlencode },
+        { "delivered", ctx_delivered }, { "failed", ctx_failed }, { "retry", ctx_retry }, { "later", ctx_later },
         { NULL, NULL }
     };
     luaL_newmetatable(L, DROP_MT);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, RESULT_MT);
     lua_pop(L, 1);
     if (luaL_newmetatable(L, HMAC_MT)) {
         lua_pushcfunction(L, hmac_tostring);

@@ -265,6 +265,9 @@ void bp_push_secret(lua_State *L, const char *name);
 void bp_push_helpers(lua_State *L, const bp_config *cfg, const bp_blueprint *bp);
 /* If the value at idx is a ctx.drop(...) result, return its reason. */
 const char *bp_drop_reason(lua_State *L, int idx);
+/* A batch reader's result at idx (ctx.delivered, ctx.failed, ctx.retry,
+ * ctx.later): its kind ("delivered", …, "later") and reason, else NULL. */
+const char *bp_batch_result_of(lua_State *L, int idx, const char **reason);
 /* If the value at idx is a ctx.hmac_sha256(...) reference, the config key of
  * its secret (a header value the transport computes: BP_HEADER_HMAC). */
 const char *bp_hmac_secret_name(lua_State *L, int idx);
@@ -300,6 +303,13 @@ int bp_diff_lines(const char *expected, size_t elen, const char *got, size_t gle
  * the input line they start on: "line 9: malformed event: …"). */
 typedef void (*bp_line_fn)(void *ctx, const char *line, size_t len);
 long bp_map_events(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed);
+/* The same, showing how the stream would be batched (dry-run --batch): the
+ * events the blueprint's batch takes wait for it, in batches of at most
+ * batch.max_events; a batch line ("type":"batch", its requests each with
+ * the answer dry-run gave, "batch": each event's result) stands for them
+ * when at least batch.min_events wait at the end or the batch is full,
+ * else their own lines follow as one by one. */
+long bp_map_events_batched(bp_engine *e, bp_reader *r, int decode, bp_line_fn emit, void *ctx, long *malformed);
 /* The input line (1-based) where the event or bad stretch that
  * bp_reader_next returned last began. */
 long bp_reader_line(const bp_reader *r);
@@ -385,6 +395,38 @@ int bp_read_request(lua_State *L, bp_outcome *o, bp_request *r, bp_error *err);
 size_t bp_utf8_cut(const char *s, size_t len, size_t max);
 /* Add a step's answer to a journal (from: "sent", "cached", …). */
 void bp_journal_add(bp_buf *journal, uint64_t fingerprint, int status, const char *body, size_t len, const char *from);
+
+/* ---- batch.c: a batch mapping (blueprint.yaml batch:) on events of one account -------- */
+
+enum bp_batch_result { BP_BATCH_DELIVERED, BP_BATCH_FAILED, BP_BATCH_RETRY, BP_BATCH_DROPPED };
+typedef struct bp_batch_item { enum bp_batch_result result; char *reason; } bp_batch_item;
+typedef struct bp_batch {
+    bp_outcome out;          /* the batch's steps, then its request (the last, when has_request) */
+    int has_request, stopped, has_results;
+    size_t n;                /* events */
+    bp_batch_item *items;    /* one per event, once has_results */
+    bp_doc *docs, answer;
+    int reader_ref;
+} bp_batch;
+void bp_batch_init(bp_batch *b);
+void bp_batch_free(bp_engine *e, bp_batch *b);
+/* Run the batch mapping on n events (JSON objects, judged alone first).
+ * 0: b->out holds the request (or, without one, the results are read);
+ * stopped when a step's answer is not known yet; -1: b->out.reason says why. */
+int bp_batch_run(bp_engine *e, bp_batch *b, const char *const *events, const size_t *lens, size_t n);
+/* Read the vendor's answer to url: 0 each event has its result, 1 the
+ * reader asked for a status request later (ctx.later: appended to b->out's
+ * requests), -1 an error. */
+int bp_batch_read(bp_engine *e, bp_batch *b, int status, const char *body, size_t len, const char *url);
+/* dry-run and test: answer the request and each status request with the
+ * engine's answerer (answers.yaml) and read them, until the events have
+ * their results (at most 10 status requests).  0, or -1 (b->out.reason). */
+int bp_batch_dry(bp_engine *e, bp_batch *b);
+/* 1 when the batch takes an event whose outcome (judged alone) is o. */
+int bp_batch_takes(const bp_engine *e, const bp_outcome *o);
+/* The blueprint's batch: bounds, or NULL without one. */
+const struct bp_batch_spec *bp_engine_batch_spec(const bp_engine *e);
+const char *bp_batch_result_name(enum bp_batch_result r);
 
 /* ---- answers.c: answers to steps when nothing is sent (dry-run, test) ----------------- */
 

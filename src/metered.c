@@ -10,7 +10,8 @@
  * (same results, same argument checks and messages, Lua 5.4's ltablib.c) and
  * charge every element they touch to the call's budget, as pattern.c does
  * for matching steps.  string.rep builds its result by doubling instead, so
- * its work is the size of what it returns, which the memory cap bounds.
+ * its work is the size of what it returns, which the memory cap bounds;
+ * string.format quotes long strings for %q itself, charging as it goes.
  *
  * The other library functions do work bounded by the memory cap (the size
  * of a string they get or build) or by Lua's stack limit (a million values);
@@ -74,6 +75,85 @@ static int metered_rep(lua_State *L)
         done += more;
     }
     luaL_pushresultsize(&b, total);
+    return 1;
+}
+
+/* ---- string.format's %q ------------------------------------------------------------- */
+
+#define QUOTE_DIRECT 4096    /* shorter strings: the library's own %q, no time to speak of */
+#define QUOTE_CHUNK 4096     /* bytes quoted between two charges */
+
+/* s written as a Lua string literal the way the library's %q writes it:
+ * '"', '\\' and newline escaped with a backslash, other control characters
+ * as \ddd (three digits when a digit follows, so that it is not read as
+ * part of the number), the rest as is; a charge every QUOTE_CHUNK bytes.
+ * The library writes it byte by byte in one C call (hundreds of ms for a
+ * few MB). */
+static void push_quoted(lua_State *L, const bp_budget *budget, const char *s, size_t len)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, '"');
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (i % QUOTE_CHUNK == QUOTE_CHUNK - 1) bp_budget_tick(L, budget, QUOTE_CHUNK);
+        if (c == '"' || c == '\\' || c == '\n') {
+            luaL_addchar(&b, '\\');
+            luaL_addchar(&b, (char)c);
+        } else if (c < 32 || c == 127) {
+            int digit_next = i + 1 < len && s[i + 1] >= '0' && s[i + 1] <= '9';
+            luaL_addchar(&b, '\\');
+            if (digit_next || c >= 100) luaL_addchar(&b, (char)('0' + c / 100));
+            if (digit_next || c >= 10) luaL_addchar(&b, (char)('0' + c / 10 % 10));
+            luaL_addchar(&b, (char)('0' + c % 10));
+        } else {
+            luaL_addchar(&b, (char)c);
+        }
+    }
+    luaL_addchar(&b, '"');
+    luaL_pushresult(&b);
+}
+
+/* string.format(fmt, ...): the library's (upvalue 2), except that a long
+ * string given to %q is quoted here, with charges, and handed on as %s.
+ * %q takes no flags or width, so its directive is always the two bytes
+ * "%q"; the others are skipped the way the library reads them (flags,
+ * width, precision, conversion) only to know which argument is whose. */
+static int metered_format(lua_State *L)
+{
+    size_t flen;
+    const char *fmt = luaL_checklstring(L, 1, &flen);
+    char *copy = NULL;          /* fmt with some %q made %s, in a Lua buffer */
+    luaL_Buffer b;
+    int arg = 1;
+    const bp_budget *budget = lua_touserdata(L, lua_upvalueindex(1));
+    for (size_t i = 0; i + 1 < flen; i++) {
+        if (i % QUOTE_CHUNK == QUOTE_CHUNK - 1) bp_budget_tick(L, budget, QUOTE_CHUNK);
+        if (fmt[i] != '%') continue;
+        if (fmt[++i] == '%') continue;
+        arg++;
+        if (fmt[i] != 'q') {
+            while (i < flen && strchr("-+ #0123456789.", fmt[i])) i++;
+            continue;
+        }
+        if (lua_type(L, arg) != LUA_TSTRING || lua_rawlen(L, arg) < QUOTE_DIRECT) continue;
+        size_t len;
+        const char *s = lua_tolstring(L, arg, &len);
+        push_quoted(L, budget, s, len);
+        lua_replace(L, arg);
+        if (!copy) {
+            copy = luaL_buffinitsize(L, &b, flen);   /* pushed above the arguments */
+            memcpy(copy, fmt, flen);
+        }
+        copy[i] = 's';
+    }
+    if (copy) {
+        luaL_pushresultsize(&b, flen);
+        lua_replace(L, 1);      /* the buffer was the top: the new format takes fmt's place */
+    }
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
     return 1;
 }
 
@@ -277,5 +357,9 @@ void bp_metered_open(lua_State *L, bp_budget *budget)
     lua_getglobal(L, "string");
     lua_pushcfunction(L, metered_rep);
     lua_setfield(L, -2, "rep");
+    lua_pushlightuserdata(L, budget);
+    lua_getfield(L, -2, "format");
+    lua_pushcclosure(L, metered_format, 2);
+    lua_setfield(L, -2, "format");
     lua_pop(L, 1);
 }

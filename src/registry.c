@@ -400,6 +400,7 @@ static int save_revision(bp_registry *r, const bp_integration *it, int insert_in
 static int load_integration(void *ctx, const bp_integration_row *row, bp_error *err)
 {
     bp_registry *r = ctx;
+    (void)err;   /* nothing here stops the registry: what does not open is listed */
     bp_vendor *v = bp_registry_vendor(r, row->vendor);
     if (!v) {
         bp_buf f;
@@ -413,9 +414,21 @@ static int load_integration(void *ctx, const bp_integration_row *row, bp_error *
     }
     bp_buf plain;
     bp_buf_init(&plain);
-    if (bp_seal_doc(r->keys, row->id, v->bp ? v->bp->bp : NULL, row->config, BP_UNSEAL, &plain, NULL, err) < 0) {
+    bp_error why;
+    if (bp_seal_doc(r->keys, row->id, v->bp ? v->bp->bp : NULL, row->config, BP_UNSEAL, &plain, NULL, &why) < 0) {
+        /* a wrong key file, or a stored value altered: this integration is
+         * listed as not opened (healthz 503, its intake 503 saying what to
+         * do) and the others start, as on a cluster node */
+        bp_buf f;
+        bp_buf_init(&f);
+        bp_log_field(&f, "integration", row->id);
+        bp_log_field(&f, "error", why.msg);
+        bp_log("error", "integration not loaded: its secrets do not decrypt with this key ring; its events stay stored",
+               f.data);
+        bp_buf_free(&f);
         bp_buf_free(&plain);
-        return -1;
+        bp_unopened_note(r->unopened, row->id, BP_UNOPENED_KEYS, row->vendor);
+        return 0;
     }
     bp_integration *it = new_integration(r, row->id, row->name, v, row->variant, row->delivery_mode, row->revision,
                                          row->created_at, plain.data);

@@ -37,7 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HOOK_EVERY 1000              /* instructions between budget checks */
+#define HOOK_EVERY 1000              /* instructions between budget checks, at most */
+#define HOOK_TARGET_MS 2.0           /* ... and, once a call runs long, about this long between them */
 #define WATCHED (LUA_MASKCOUNT | LUA_MASKCALL)   /* the hook of a call that runs long */
 #define WATCH_AFTER_MS 10            /* without the watchdog: when a call counts as running long */
 #define OOM_HEADROOM (1024 * 1024)   /* lets error handling run after a cap hit */
@@ -59,6 +60,7 @@ struct bp_sandbox {
     double deadline_ms;
     int tripped;            /* 1 = instructions, 2 = time */
     int in_call;            /* inside bp_sandbox_call (the hook may be set) */
+    double hook_at_ms;      /* the last count hook of this call (0: none yet) */
     char why[120];          /* the tripped budget's message */
     bp_budget meter;        /* what C code charges its loops to (internal.h) */
     char oom_where[200];    /* where the memory cap was hit: "file:line: " */
@@ -229,23 +231,44 @@ static void charge(lua_State *L, bp_sandbox *sb, uint64_t work)
     lua_error(L);
 }
 
-/* Every HOOK_EVERY instructions, and before every function call once the
- * call runs long: one instruction can be a C function that takes
- * milliseconds (s:upper() on a 20 MB string), and a thousand of them passed
- * between two counts.  Without the watchdog the count hook is on from the
- * start and turns the call hook on itself, at its first count after
- * WATCH_AFTER_MS: later than the watchdog would when those first thousand
- * instructions are long C calls (a call hook from the start would slow
- * every call). */
+/* The count hook's next interval: instructions are not all alike.  Most
+ * take nanoseconds, but one `..` of long strings or a `<` of two 20 MB
+ * strings takes milliseconds without calling anything, so a fixed thousand
+ * of them between two checks let a loop of them run seconds past its
+ * budget.  So the interval follows how long the last one took: halved
+ * towards 1 while it takes more than HOOK_TARGET_MS, doubled back towards
+ * HOOK_EVERY while it takes less than half of that.  Ordinary code keeps the
+ * thousand (a clock read per thousand instructions); a loop of slow
+ * operators is checked every few milliseconds. */
+static int next_hook_count(bp_sandbox *sb, int count)
+{
+    double now = bp_monotonic_ms(), took = sb->hook_at_ms > 0 ? now - sb->hook_at_ms : 0;
+    sb->hook_at_ms = now;
+    if (took > HOOK_TARGET_MS) {
+        double scaled = count * HOOK_TARGET_MS / took;
+        return scaled < 1 ? 1 : (int)scaled;
+    }
+    if (took < HOOK_TARGET_MS / 2 && count < HOOK_EVERY) return count * 2 > HOOK_EVERY ? HOOK_EVERY : count * 2;
+    return count;
+}
+
+/* At every count, and before every function call once the call runs long:
+ * one instruction can be a C function that takes milliseconds (s:upper()
+ * on a 20 MB string), and a thousand of them passed between two counts.
+ * Without the watchdog the count hook is on from the start and turns the
+ * call hook on itself, at its first count after WATCH_AFTER_MS: later than
+ * the watchdog would when those first counts are long C calls (a call hook
+ * from the start would slow every call). */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
-    int count = ar->event == LUA_HOOKCOUNT;
-    charge(L, sb, count ? HOOK_EVERY : 0);
-    if (count && lua_gethookmask(L) != WATCHED && lua_gethookcount(L) == HOOK_EVERY &&
-        bp_monotonic_ms() > sb->deadline_ms - sb->timeout_ms + WATCH_AFTER_MS)
-        lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
+    int count = ar->event == LUA_HOOKCOUNT, every = lua_gethookcount(L);
+    charge(L, sb, count ? (uint64_t)every : 0);
+    if (!count || sb->tripped) return;   /* tripped: spend() set a hook at every instruction */
+    int mask = lua_gethookmask(L), next = next_hook_count(sb, every);
+    if (mask != WATCHED && bp_monotonic_ms() > sb->deadline_ms - sb->timeout_ms + WATCH_AFTER_MS) mask = WATCHED;
+    if (next != every || mask != lua_gethookmask(L)) lua_sethook(L, budget_hook, mask, next);
 }
 
 /* Pattern matching steps and the elements of metered C loops count as
@@ -267,7 +290,9 @@ static void arm_budget_hook(lua_State *L)
 {
     bp_sandbox *sb;
     lua_getallocf(L, (void **)&sb);
-    lua_sethook(L, budget_hook, WATCHED, HOOK_EVERY);
+    /* from the next instruction: the ones running now may be slow operators
+     * (next_hook_count widens the interval again when they are not) */
+    lua_sethook(L, budget_hook, WATCHED, 1);
     atomic_store_explicit(&sb->meter.armed, 1, memory_order_relaxed);
 }
 
@@ -287,8 +312,8 @@ static void frame_name(const bp_sandbox *sb, const lua_Debug *ar, bp_buf *out)
     bp_buf_printf(out, ":%d", ar->currentline);
 }
 
-/* Number of levels on the stack.  lua_getstack(level) walks `level` frames,
- * so a deep stack (runaway recursion) is measured by bisection. */
+/* Number of levels on a stack known to be under CHAIN_DEEP: lua_getstack
+ * walks `level` frames, so by bisection. */
 static int stack_depth(lua_State *L)
 {
     lua_Debug ar;
@@ -304,6 +329,7 @@ static int stack_depth(lua_State *L)
 
 #define CHAIN_INNER 6   /* blueprint frames named from the top of the stack */
 #define CHAIN_SCAN 32   /* levels looked at from either end */
+#define CHAIN_DEEP 4096 /* deeper stacks: only the innermost frames are named */
 
 /* The blueprint frames on the stack: up to CHAIN_INNER from the top (the
  * innermost first) and the outermost (the mapping itself). */
@@ -318,10 +344,16 @@ static void blueprint_chain(lua_State *L, chain *c)
 {
     c->ninner = 0;
     c->outer_level = -1;
-    int depth = stack_depth(L);
-    for (int level = 0; level < depth && level < CHAIN_SCAN && c->ninner < CHAIN_INNER; level++)
+    for (int level = 0; level < CHAIN_SCAN && c->ninner < CHAIN_INNER; level++)
         if (lua_getstack(L, level, &c->inner[c->ninner]) && is_blueprint_frame(L, &c->inner[c->ninner]))
             c->inner_level[c->ninner++] = level;
+    /* lua_getstack(level) walks `level` frames from the top, so each look at
+     * the bottom of a runaway recursion's stack (300,000 levels) costs
+     * milliseconds, and a few dozen of them put the error past its budget:
+     * a stack that deep is named by its innermost frames only. */
+    lua_Debug probe;
+    if (lua_getstack(L, CHAIN_DEEP, &probe)) return;
+    int depth = stack_depth(L);
     for (int level = depth - 1; level >= 0 && level >= depth - CHAIN_SCAN; level--)
         if (lua_getstack(L, level, &c->outer) && is_blueprint_frame(L, &c->outer)) { c->outer_level = level; break; }
 }
@@ -778,6 +810,7 @@ int bp_sandbox_call(bp_sandbox *sb, int nargs, int nresults, bp_error *err)
     sb->over_memory = 0;
     sb->deadline_ms = bp_monotonic_ms() + sb->timeout_ms;
     sb->in_call = 1;
+    sb->hook_at_ms = 0;
     if (sb->watch_slot >= 0) {
         bp_watch_begin(sb->watch_slot, L);
     } else {

@@ -77,6 +77,27 @@ struct sqlite3 *bp_serverdb_open(const char *state_dir, bp_error *err)
 
 /* serve kept one store per integration (STATE/integrations/ID/blueprint.db)
  * before one store held them all: bring their events over once. */
+/* Copy the events, once-keys and meta of a single-integration store (the
+ * layout `serve` used before one store held them all) under `integration`. */
+static int import_store(bp_store *s, const char *integration, const char *path)
+{
+    char prefix[300];   /* a directory name and a separator */
+    snprintf(prefix, sizeof prefix, "%s\x1f", integration);
+    const char *args[] = { path, integration, prefix };
+    if (bp_store_exec(s, "ATTACH DATABASE ?1 AS old", 1, args) < 0) return -1;
+    if (bp_store_begin(s) < 0) { bp_store_exec(s, "DETACH DATABASE old", 0, NULL); return -1; }
+    int ok = bp_store_exec(s, "INSERT OR IGNORE INTO events(integration, state, body, message_id, idx, attempts, failures, "
+                           "done_requests, next_at, last_status, reason, response, outcome, created_at, updated_at) "
+                           "SELECT ?2, state, body, message_id, idx, attempts, failures, done_requests, next_at, "
+                           "last_status, reason, response, outcome, created_at, updated_at FROM old.events ORDER BY id",
+                        2, args) >= 0 &&
+             bp_store_exec(s, "INSERT OR REPLACE INTO once_keys SELECT ?3 || key, at FROM old.once_keys", 3, args) >= 0 &&
+             bp_store_exec(s, "INSERT OR REPLACE INTO meta SELECT ?3 || key, value FROM old.meta", 3, args) >= 0;
+    int rc = bp_store_commit(s, ok);
+    bp_store_exec(s, "DETACH DATABASE old", 0, NULL);
+    return rc;
+}
+
 void bp_serverdb_import_old_stores(const char *state_dir, bp_store *store)
 {
     char dir[BP_PATH_MAX];
@@ -93,7 +114,7 @@ void bp_serverdb_import_old_stores(const char *state_dir, bp_store *store)
         bp_buf f;
         bp_buf_init(&f);
         bp_log_field(&f, "integration", e->d_name);
-        if (bp_store_import(store, e->d_name, path) == 0) {
+        if (import_store(store, e->d_name, path) == 0) {
             static const char *const files[] = { "blueprint.db", "blueprint.db-wal", "blueprint.db-shm" };
             for (int i = 0; i < 3; i++) { snprintf(path, sizeof path, "%s/%s", sub, files[i]); unlink(path); }
             rmdir(sub);

@@ -182,7 +182,8 @@ char *bp_store_meta_get(bp_store *s, const char *integration, const char *key);
 int bp_store_meta_set(bp_store *s, const char *integration, const char *key, const char *value);
 long bp_store_move(bp_store *s, const char *integration, const char *from, const char *to, int64_t id);
 int bp_store_purge(bp_store *s, const char *integration);
-int bp_store_import(bp_store *s, const char *integration, const char *path);
+/* one statement with text parameters on the write connection (NULL binds NULL): rows changed, -1 on error */
+long bp_store_exec(bp_store *s, const char *sql, int n, const char *const *args);
 int bp_store_each(bp_store *s, const char *integration, const char *state, bp_store_row_fn fn, void *ctx);
 long bp_store_count(bp_store *s, const char *integration, const char *state);
 int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx);

@@ -68,8 +68,7 @@ struct bp_store {
     /* retention (the upkeep thread prunes; guarded by ckpt_mu) */
     bp_retention ret;
     int64_t prune_at;           /* wall ms of the next prune step */
-    int64_t once_pass_at;       /* wall ms of the next walk over the once-keys */
-    char *once_cursor;          /* the walk's last key (NULL: not walking); the upkeep thread only */
+    struct walk { int64_t pass_at; char *cursor; } walks[2];   /* once_keys, cache_values: see walk_step */
     sqlite3_stmt *prune;        /* write connection: under mu */
     _Atomic long pruned;
 };
@@ -206,7 +205,7 @@ static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
 #define PRUNE_BATCH 256          /* rows per write transaction: a few ms of the write lock */
 #define PRUNE_PAUSE_MS 25        /* between batches while behind: delivery and intake get the lock */
 #define PRUNE_IDLE_MS 1000       /* between looks once caught up */
-#define ONCE_PASS_EVERY_MS 60000 /* a walk over the once-keys at most this often */
+#define ONCE_PASS_EVERY_MS 60000 /* a walk over a key-ordered table at most this often */
 
 /* Delete up to PRUNE_BATCH events in `state` whose outcome is older than
  * cutoff, in one short transaction; returns how many, -1 on error. */
@@ -226,40 +225,67 @@ static long prune_batch(bp_store *s, const char *state, int64_t cutoff)
     return n;
 }
 
-/* The next stretch of the once-keys walk (keys after the cursor, in key
- * order): those older than cutoff deleted.  Returns 1 while the walk goes on. */
-static int prune_once_keys(bp_store *s, int64_t cutoff)
+/* Two tables keyed by text are pruned by walking them in key order (no
+ * index on their time column: every contact sync and ctx.cache write would
+ * pay for one): once_keys by their mark time, cache_values (durable
+ * ctx.cache) by their expiry, which otherwise only went at the next open. */
+static const struct walked {
+    const char *stretch, *last;     /* keys after ?1 up to ?2 / all keys after ?1; ?3 the cutoff */
+    const char *next;               /* the key that ends the next stretch */
+} WALKED[2] = {
+    { "DELETE FROM once_keys WHERE key > ?1 AND key <= ?2 AND at < ?3",
+      "DELETE FROM once_keys WHERE key > ?1 AND at < ?3",
+      "SELECT key FROM once_keys WHERE key > ?1 ORDER BY key LIMIT 1 OFFSET ?2" },
+    { "DELETE FROM cache_values WHERE key > ?1 AND key <= ?2 AND expires < ?3",
+      "DELETE FROM cache_values WHERE key > ?1 AND expires < ?3",
+      "SELECT key FROM cache_values WHERE key > ?1 ORDER BY key LIMIT 1 OFFSET ?2" },
+};
+enum { WALK_ONCE, WALK_CACHE };
+
+/* The next stretch of a walk (keys after its cursor, in key order): rows
+ * older than cutoff deleted, in one short transaction.  Returns 1 while the
+ * walk goes on. */
+static int walk_stretch(bp_store *s, int which, int64_t cutoff)
 {
-    static const char *const sql[2] = {
-        "DELETE FROM once_keys WHERE key > ?1 AND key <= ?2 AND at < ?3",   /* a stretch */
-        "DELETE FROM once_keys WHERE key > ?1 AND at < ?3",                  /* the last one */
-    };
+    const struct walked *w = &WALKED[which];
+    char **cursor = &s->walks[which].cursor;
     sqlite3_stmt *q;
     char *end = NULL;
     if (bp_store_begin(s) < 0) return 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT key FROM once_keys WHERE key > ?1 ORDER BY key LIMIT 1 OFFSET ?2", -1, &q,
-                           NULL) == SQLITE_OK) {
-        sqlite3_bind_text(q, 1, s->once_cursor, -1, SQLITE_STATIC);
+    if (sqlite3_prepare_v2(s->db, w->next, -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, *cursor, -1, SQLITE_STATIC);
         sqlite3_bind_int(q, 2, 4 * PRUNE_BATCH - 1);
         if (sqlite3_step(q) == SQLITE_ROW) end = bp_strdup((const char *)sqlite3_column_text(q, 0));
         sqlite3_finalize(q);
     }
-    int ok = sqlite3_prepare_v2(s->db, sql[end ? 0 : 1], -1, &q, NULL) == SQLITE_OK;
+    int ok = sqlite3_prepare_v2(s->db, end ? w->stretch : w->last, -1, &q, NULL) == SQLITE_OK;
     if (ok) {
-        sqlite3_bind_text(q, 1, s->once_cursor, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 1, *cursor, -1, SQLITE_STATIC);
         if (end) sqlite3_bind_text(q, 2, end, -1, SQLITE_STATIC);
         sqlite3_bind_int64(q, 3, cutoff);
         ok = sqlite3_step(q) == SQLITE_DONE;
         sqlite3_finalize(q);
     }
     bp_store_commit(s, ok);
-    free(s->once_cursor);
-    s->once_cursor = end;       /* NULL: the walk is over */
+    free(*cursor);
+    *cursor = end;              /* NULL: the walk is over */
     return end != NULL;
 }
 
+/* A walk starts at most every ONCE_PASS_EVERY_MS and goes a stretch per
+ * prune step.  Returns 1 while it goes on. */
+static int walk_step(bp_store *s, int which, int64_t cutoff, int64_t now)
+{
+    struct walk *w = &s->walks[which];
+    if (!w->cursor && now < w->pass_at) return 0;
+    if (!w->cursor) w->cursor = bp_strdup("");
+    if (walk_stretch(s, which, cutoff)) return 1;
+    w->pass_at = now + ONCE_PASS_EVERY_MS;
+    return 0;
+}
+
 /* One step: a batch of each kind of final event past its window, and a
- * stretch of the once-keys.  Returns 1 when there is more to do now. */
+ * stretch of each walk.  Returns 1 when there is more to do now. */
 static int prune_step(bp_store *s, const bp_retention *r, int64_t now)
 {
     /* "replayed" (cluster mode): a dead letter sent again as a new event, kept as history */
@@ -269,11 +295,8 @@ static int prune_step(bp_store *s, const bp_retention *r, int64_t now)
         if (r->delivered_ms > 0 && prune_batch(s, short_lived[i], now - r->delivered_ms) == PRUNE_BATCH) behind = 1;
     for (int i = 0; i < 2; i++)
         if (r->dead_ms > 0 && prune_batch(s, long_lived[i], now - r->dead_ms) == PRUNE_BATCH) behind = 1;
-    if (r->once_ms > 0 && (s->once_cursor || now >= s->once_pass_at)) {
-        if (!s->once_cursor) s->once_cursor = bp_strdup("");
-        if (prune_once_keys(s, now - r->once_ms)) behind = 1;
-        else s->once_pass_at = now + ONCE_PASS_EVERY_MS;
-    }
+    if (r->once_ms > 0 && walk_step(s, WALK_ONCE, now - r->once_ms, now)) behind = 1;
+    if (walk_step(s, WALK_CACHE, now, now)) behind = 1;
     return behind;
 }
 
@@ -457,7 +480,7 @@ void bp_store_close(bp_store *s)
     pthread_cond_destroy(&s->ckpt_cond);
     free(s->path);
     free(s->fault_file);
-    free(s->once_cursor);
+    for (int i = 0; i < 2; i++) free(s->walks[i].cursor);
     free(s);
 }
 
@@ -759,7 +782,7 @@ int bp_store_once_seen(bp_store *s, const char *integration, const char *key, in
 
 /* Run one statement with text parameters (NULL binds SQL NULL) on the write
  * connection; returns the number of rows changed, -1 on error. */
-static long write_stmt(bp_store *s, const char *sql, int n, const char *const *args)
+long bp_store_exec(bp_store *s, const char *sql, int n, const char *const *args)
 {
     sqlite3_stmt *q;
     long changed = -1;
@@ -794,7 +817,7 @@ int bp_store_meta_set(bp_store *s, const char *integration, const char *key, con
 {
     char buf[1024];
     const char *args[] = { scoped(integration, key, buf, sizeof buf), value };
-    return write_stmt(s, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)", 2, args) < 0 ? -1 : 0;
+    return bp_store_exec(s, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)", 2, args) < 0 ? -1 : 0;
 }
 
 /* Move events of an integration between states; returns how many moved,
@@ -804,7 +827,7 @@ long bp_store_move(bp_store *s, const char *integration, const char *from, const
     char idtext[32];
     snprintf(idtext, sizeof idtext, "%lld", (long long)id);
     const char *args[] = { integration, from, to, idtext };
-    return write_stmt(s, id ? "UPDATE events SET state=?3, failures=0, next_at=0 WHERE integration=?1 AND state=?2 AND id=?4"
+    return bp_store_exec(s, id ? "UPDATE events SET state=?3, failures=0, next_at=0 WHERE integration=?1 AND state=?2 AND id=?4"
                             : "UPDATE events SET state=?3, failures=0, next_at=0 WHERE integration=?1 AND state=?2",
                       id ? 4 : 3, args);
 }
@@ -816,9 +839,9 @@ int bp_store_purge(bp_store *s, const char *integration)
     snprintf(prefix, sizeof prefix, "%s\x1f", integration);
     const char *args[] = { integration, prefix };
     if (bp_store_begin(s) < 0) return -1;
-    int ok = write_stmt(s, "DELETE FROM events WHERE integration=?1", 1, args) >= 0 &&
-             write_stmt(s, "DELETE FROM once_keys WHERE substr(key, 1, length(?2)) = ?2", 2, args) >= 0 &&
-             write_stmt(s, "DELETE FROM meta WHERE substr(key, 1, length(?2)) = ?2", 2, args) >= 0;
+    int ok = bp_store_exec(s, "DELETE FROM events WHERE integration=?1", 1, args) >= 0 &&
+             bp_store_exec(s, "DELETE FROM once_keys WHERE substr(key, 1, length(?2)) = ?2", 2, args) >= 0 &&
+             bp_store_exec(s, "DELETE FROM meta WHERE substr(key, 1, length(?2)) = ?2", 2, args) >= 0;
     return bp_store_commit(s, ok);
 }
 
@@ -830,8 +853,8 @@ long bp_store_release_slot(bp_store *s, int64_t slot)
     char text[32];
     snprintf(text, sizeof text, "%lld", (long long)slot);
     const char *args[] = { text };
-    return slot ? write_stmt(s, "DELETE FROM events WHERE ksrc=?1 AND state IN ('pending', 'held')", 1, args)
-                : write_stmt(s, "DELETE FROM events WHERE ksrc IS NOT NULL AND state IN ('pending', 'held')", 0, args);
+    return slot ? bp_store_exec(s, "DELETE FROM events WHERE ksrc=?1 AND state IN ('pending', 'held')", 1, args)
+                : bp_store_exec(s, "DELETE FROM events WHERE ksrc IS NOT NULL AND state IN ('pending', 'held')", 0, args);
 }
 
 /* For each partition slot with unfinished events: the lowest offset among
@@ -872,29 +895,8 @@ int bp_store_waiting_integrations(bp_store *s, int64_t before, void (*fn)(void *
 long bp_store_end_sourced(bp_store *s, const char *integration, const char *state, const char *reason)
 {
     const char *args[] = { integration, state, reason };
-    return write_stmt(s, "UPDATE events SET state=?2, reason=?3, outcome=json_object('outcome', ?2, 'reason', ?3) "
+    return bp_store_exec(s, "UPDATE events SET state=?2, reason=?3, outcome=json_object('outcome', ?2, 'reason', ?3) "
                          "WHERE integration=?1 AND ksrc IS NOT NULL AND state='pending'", 3, args);
-}
-
-/* Copy the events, once-keys and meta of a single-integration store (the
- * layout `serve` used before one store held them all) under `integration`. */
-int bp_store_import(bp_store *s, const char *integration, const char *path)
-{
-    char prefix[200];
-    snprintf(prefix, sizeof prefix, "%s\x1f", integration);
-    const char *args[] = { path, integration, prefix };
-    if (write_stmt(s, "ATTACH DATABASE ?1 AS old", 1, args) < 0) return -1;
-    if (bp_store_begin(s) < 0) { write_stmt(s, "DETACH DATABASE old", 0, NULL); return -1; }
-    int ok = write_stmt(s, "INSERT OR IGNORE INTO events(integration, state, body, message_id, idx, attempts, failures, "
-                           "done_requests, next_at, last_status, reason, response, outcome, created_at, updated_at) "
-                           "SELECT ?2, state, body, message_id, idx, attempts, failures, done_requests, next_at, "
-                           "last_status, reason, response, outcome, created_at, updated_at FROM old.events ORDER BY id",
-                        2, args) >= 0 &&
-             write_stmt(s, "INSERT OR REPLACE INTO once_keys SELECT ?3 || key, at FROM old.once_keys", 3, args) >= 0 &&
-             write_stmt(s, "INSERT OR REPLACE INTO meta SELECT ?3 || key, value FROM old.meta", 3, args) >= 0;
-    int rc = bp_store_commit(s, ok);
-    write_stmt(s, "DETACH DATABASE old", 0, NULL);
-    return rc;
 }
 
 /* ---- reads for people (the read connection) ------------------------------------------------- */

@@ -60,8 +60,9 @@ void bp_unopened_note(bp_unopened *u, const char *id, enum bp_unopened_reason wh
     bp_buf msg;
     bp_buf_init(&msg);
     if (why == BP_UNOPENED_KEYS)
-        bp_buf_adds(&msg, "this node cannot decrypt the integration's secrets: start it with the cluster's key file "
-                          "(--master-key-file, or BLUEPRINT_MASTER_KEY_FILE), the same on every node");
+        bp_buf_adds(&msg, "this node cannot decrypt the integration's secrets: start it with the key file they were "
+                          "sealed with (--master-key-file, or BLUEPRINT_MASTER_KEY_FILE; in a cluster the same on every "
+                          "node), or delete and install the integration again if a stored value was damaged");
     else
         bp_buf_printf(&msg, "this node has no blueprint for the integration's vendor '%s': add the blueprint's folder "
                             "to the blueprints directory and restart the node", vendor ? vendor : "?");

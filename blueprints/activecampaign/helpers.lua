@@ -591,4 +591,116 @@ function helpers.deep_data_order(event, ctx, email)
   ctx.cache.set(key, true, DAY)
 end
 
+-- ---- identify's contact, alone or in a bulk import ----
+
+-- The contact an identify names: email, first and last name, phone from the
+-- traits; absent fields stay absent (nil is left out), never sent as "".
+-- nil without an email.  identify.lua and identify_batch.lua both use it.
+function helpers.contact(event, ctx)
+  local email = helpers.email(event, ctx)
+  if not email then return nil end
+  local traits = event.traits
+  local contact = {
+    email = email,
+    firstName = ctx.get(traits, "first_name") or ctx.get(traits, "firstName"),
+    lastName = ctx.get(traits, "last_name") or ctx.get(traits, "lastName"),
+    phone = ctx.get(traits, "phone"),
+  }
+  for field, value in pairs(contact) do
+    if value == "" then contact[field] = nil end
+  end
+  return contact
+end
+
+-- The custom field values of a contact ({ field, value }), the consent
+-- field first when configured (it receives the consent's state).
+function helpers.contact_values(ctx, traits, consent)
+  local values = helpers.field_values(ctx, traits)
+  local consent_field = ctx.config.consent_field_id
+  if consent_field then table.insert(values, 1, { field = consent_field, value = consent.state }) end
+  return values
+end
+
+-- ---- bulk import: many identifies in one request (identify_batch.lua) ----
+-- POST /api/3/import/bulk_import takes up to 250 contacts and imports them
+-- later; GET /api/3/import/info?batchId= says when it is done, with the
+-- emails it could not import (docs/activecampaign.md, Bulk import).
+
+-- One contact of a bulk import: the same email, name and phone as identify
+-- (helpers.contact), custom fields by id, tags by name (created when
+-- missing: no lookups), lists by consent (granted subscribes, which never
+-- re-subscribes a contact who unsubscribed; denied unsubscribes; unknown
+-- leaves them).  nil without an email.
+function helpers.bulk_contact(event, ctx, consent)
+  local c = helpers.contact(event, ctx)
+  if not c then return nil end
+  local traits = event.traits
+  local bulk = { email = c.email, first_name = c.firstName, last_name = c.lastName, phone = c.phone }
+  local fields = {}
+  for _, v in ipairs(helpers.contact_values(ctx, traits, consent)) do
+    fields[#fields + 1] = { id = math.tointeger(tonumber(v.field)) or v.field, value = v.value }
+  end
+  if fields[1] then bulk.fields = fields end
+  local tags = ctx.config.tags and helpers.tag_names(ctx.get(traits, "tags")) or {}
+  if tags[1] then bulk.tags = tags end
+  local lists = {}
+  for _, list in ipairs(ctx.config.lists or {}) do lists[#lists + 1] = { listid = math.tointeger(tonumber(list)) or list } end
+  if lists[1] and consent.state == "granted" then bulk.subscribe = lists end
+  if lists[1] and consent.state == "denied" then bulk.unsubscribe = lists end
+  return bulk
+end
+
+-- The import request for these contacts, nil when there are none.
+function helpers.bulk_import(ctx, contacts)
+  if not contacts[1] then return nil end
+  return api_request(ctx, "POST", "/api/3/import/bulk_import", { contacts = contacts })
+end
+
+-- The events' results from an answer to the import or to its status:
+-- contacts[k] came from event which[k]; results holds the events judged
+-- before (no email).  Each contact in "failure" fails; the others are
+-- delivered once the import is completed (import/info lists only the
+-- contacts it created in "success": an updated one is in neither list).
+function helpers.bulk_results(ctx, answer, contacts, which, results)
+  local function each(result_of)
+    for k, i in ipairs(which) do results[i] = result_of(k, contacts[k]) end
+    return results
+  end
+  if not answer then return results end   -- no request: every event has its result
+  local json = answer.json or {}
+  if answer.status == 400 and json.failureReasons then
+    -- nothing was imported: the contacts it names fail, the others go again
+    local reasons = json.failureReasons
+    return each(function(k)
+      local why = reasons[tostring(k - 1)] or reasons[k - 1]
+      if not why then return ctx.retry("sent again: ActiveCampaign refused other contacts of the import") end
+      return ctx.failed("ActiveCampaign refused the contact: " .. table.concat(ctx.totable(why), "; "))
+    end)
+  end
+  if answer.status == 429 or answer.status >= 500 then
+    return each(function() return ctx.retry("HTTP " .. answer.status) end)
+  end
+  if answer.status >= 300 then
+    return each(function() return ctx.failed("HTTP " .. answer.status .. ": " .. tostring(json.message or answer.body)) end)
+  end
+  if json.batchId then   -- queued: ask for its status
+    return ctx.later(api_request(ctx, "GET", "/api/3/import/info?batchId=" .. ctx.urlencode(json.batchId)))
+  end
+  if json.status == "completed" then
+    local failed = {}
+    for _, email in ipairs(json.failure or {}) do failed[tostring(email):lower()] = true end
+    return each(function(_, contact)
+      if failed[contact.email] then return ctx.failed("ActiveCampaign could not import the contact (import/info failure)") end
+      return ctx.delivered()
+    end)
+  end
+  if json.status == "failed" or json.status == "interrupted" then
+    -- ActiveCampaign will not retry it; sending the contacts again is safe
+    -- (an import updates, and never re-subscribes)
+    return each(function() return ctx.retry("the bulk import " .. json.status .. " at ActiveCampaign") end)
+  end
+  -- waiting, claimed, active, or false (asked too soon): ask again later
+  return ctx.later({ method = "GET", url = answer.url, headers = { ["Api-Token"] = ctx.secret("api_key") } })
+end
+
 return helpers

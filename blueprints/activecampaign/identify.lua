@@ -4,25 +4,12 @@
 -- tags it is not known to have, the sync is a step whose answer gives the
 -- contact's id, then: its tags, its list statuses.
 return function(event, ctx)
-  local email = helpers.email(event, ctx)
-  if not email then return helpers.no_email(ctx) end
-
-  local traits = event.traits
-  local contact = {
-    email = email,
-    firstName = ctx.get(traits, "first_name") or ctx.get(traits, "firstName"),
-    lastName = ctx.get(traits, "last_name") or ctx.get(traits, "lastName"),
-    phone = ctx.get(traits, "phone"),
-  }
-  -- absent fields stay absent (nil is left out), never sent as ""
-  for field, value in pairs(contact) do
-    if value == "" then contact[field] = nil end
-  end
+  local contact = helpers.contact(event, ctx)
+  if not contact then return helpers.no_email(ctx) end
+  local email, traits = contact.email, event.traits
 
   -- custom field values go inline, in the sync itself (sync-a-contacts-data)
-  local values = helpers.field_values(ctx, traits)
-  local consent_field = ctx.config.consent_field_id
-  if consent_field then table.insert(values, 1, { field = consent_field, value = ctx.consent.state }) end
+  local values = helpers.contact_values(ctx, traits, ctx.consent)
   if values[1] then contact.fieldValues = values end
 
   -- what else this contact needs: list statuses when its consent changed

@@ -35,4 +35,13 @@ function helpers.signature(ctx)
   return { [ctx.config.signature_header] = sig }
 end
 
+-- Every event of a batch gets the answer's result: 2xx delivered, 408, 429
+-- and 5xx sent again, anything else a failure naming the status.
+function helpers.batch_result(ctx, answer)
+  local status = answer.status
+  if status >= 200 and status < 300 then return ctx.delivered() end
+  if status == 408 or status == 429 or status >= 500 then return ctx.retry("HTTP " .. status) end
+  return ctx.failed("the endpoint answered HTTP " .. status)
+end
+
 return helpers

@@ -815,6 +815,7 @@ def t_health(c, s):
     send(env, s['admin'], iid, {'type': 'identify', 'messageId': 'health-1', 'traits': {'email': 'health@example.com'},
                                 'context': {'consent': CONSENT}})
     poll(lambda: env.api('GET', path, token=s['admin'])[1]['health']['state'] == 'paused', 'the API never said paused')
+    poll(lambda: env.api('GET', path, token=s['admin'])[1].get('now', {}).get('held') == 1, 'the event was never held')
     c.go('#/integration/%s/overview' % iid)
     c.el('#integration-health[data-health="paused"]', 'the page does not show a paused badge')
     alert = c.el('#health-alert[data-health="paused"]', 'the page does not say why delivery stopped')
@@ -827,6 +828,7 @@ def t_health(c, s):
                 "document.getElementById('counters')) & Node.DOCUMENT_POSITION_FOLLOWING)"), 'the health is not above the tiles'
     held = c.el('#counters [data-counter="held"]')
     assert 'since start' in held.text and '1 in the last hour' in held.text, held.text
+    c.text('#held-now', '1 held now')
     c.text('#counters-window', 'since the server started')
     c.shoot('integration-paused', narrow=False)
     c.go('#/integrations')
@@ -838,6 +840,9 @@ def t_health(c, s):
     c.el('#integration-health[data-health="delivering"]', 'the page never showed it delivering again')
     c.gone('#health-alert', 'the paused alert outlived the fix')
     poll(lambda: env.contact('health@example.com'), 'the held event was not delivered after the fix')
+    # the tile still counts the episode since start, and says nothing is held now
+    c.go('#/integration/%s/overview' % iid)
+    c.text('#held-now', '0 held now')
 
 
 def t_install_conflict(c, s):

@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <openssl/evp.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -986,6 +987,128 @@ TEST(account_key_of_a_url_is_its_origin)
     bp_blueprint_free(bp);
 }
 
+/* ---- batches (blueprint.yaml batch:, batch.c) ---- */
+
+TEST(batch_spec_is_read_with_its_bounds)
+{
+    bp_error err;
+    bp_blueprint *ac = bp_blueprint_load("blueprints/activecampaign", &err), *wh = bp_blueprint_load("blueprints/webhook", &err);
+    CHECK(ac != NULL && wh != NULL);
+    if (ac) {
+        CHECK(ac->has_batch);
+        CHECK_INT(ac->batch.nevents, 1);
+        CHECK_STR(ac->batch.events[0], "identify");
+        CHECK_STR(ac->batch.mapping, "identify_batch.lua");
+        CHECK_INT(ac->batch.max_events, 250);
+        CHECK_INT(ac->batch.min_events, 10);
+        CHECK_INT(ac->batch.max_wait_ms, 5000);
+        CHECK(ac->batch.enabled_by == NULL);
+    }
+    if (wh) {
+        CHECK_INT(wh->batch.nevents, 5);
+        CHECK_STR(wh->batch.events[4], "custom");
+        CHECK_STR(wh->batch.enabled_by, "batch_events");
+    }
+    bp_blueprint_free(ac);
+    bp_blueprint_free(wh);
+}
+
+/* batch: is read strictly: the loader names the line, the known keys and
+ * the closest name. */
+TEST(batch_spec_refuses_with_the_line_and_the_closest_name)
+{
+    char dir[] = "/tmp/bp-unit-batchXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    static const char head[] = "vendor: t\nname: T\ncategory: test\nstatus: alpha\nconsent_category: marketing\n"
+                               "config:\n  - {key: on, type: boolean}\n  - {key: url, type: url}\n"
+                               "events:\n  identify: {type: identify, mapping: m.lua}\n";
+    static const struct { const char *batch, *message; } cases[] = {
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, max_wait: 9}\n",
+          ":11: unknown key 'max_wait' in 'batch' (known keys: events, mapping, max_events, min_events, max_wait_ms, "
+          "enabled_by); did you mean 'max_wait_ms'?" },
+        { "batch: {events: [identity], mapping: m.lua, max_events: 5}\n",
+          "batch.events: 'identity' is not a row of the event table (rows: identify); did you mean 'identify'?" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 1}\n", "batch.max_events must be a whole number from 2" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, enabled_by: url}\n",
+          "batch.enabled_by must name a boolean config field" },
+        { "batch: {events: identify, mapping: gone.lua, max_events: 5}\n", "batch.mapping 'gone.lua' does not exist" },
+        { "batch: {events: identify, mapping: m.lua, max_events: 5, min_events: 3, enabled_by: on}\n", NULL },
+    };
+    char path[128];
+    snprintf(path, sizeof path, "%s/m.lua", dir);
+    FILE *f = fopen(path, "w");
+    if (f) { fputs("return function(e, ctx) return nil, function() return {} end end\n", f); fclose(f); }
+    snprintf(path, sizeof path, "%s/blueprint.yaml", dir);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        f = fopen(path, "w");
+        if (f) { fputs(head, f); fputs(cases[i].batch, f); fclose(f); }
+        bp_error err;
+        bp_blueprint *bp = bp_blueprint_load(dir, &err);
+        if (cases[i].message) {
+            CHECK(bp == NULL);
+            CHECK_CONTAINS(err.msg, cases[i].message);
+        } else {
+            CHECK(bp != NULL);
+            if (bp) {
+                CHECK_INT(bp->batch.min_events, 3);
+                CHECK_INT(bp->batch.max_wait_ms, 1000);
+                CHECK_STR(bp->batch.enabled_by, "on");
+            }
+        }
+        bp_blueprint_free(bp);
+    }
+    unlink(path);
+    snprintf(path, sizeof path, "%s/m.lua", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* The webhook's batch: one request for the events (a JSON array), and
+ * every event gets what the answer means. */
+TEST(batch_mapping_gives_each_event_its_result)
+{
+    bp_error err;
+    bp_blueprint *bp = bp_blueprint_load("blueprints/webhook", &err);
+    CHECK(bp != NULL);
+    if (!bp) return;
+    static const char conf[] = "url: https://hooks.example.com/in\nbatch_events: true\nconsent: {default_policy: allow}\n";
+    bp_config *cfg = bp_config_load_text(bp, conf, strlen(conf), "config", &err);
+    bp_engine *e = cfg ? bp_engine_new(bp, cfg, NULL, &err) : NULL;
+    CHECK(e != NULL);
+    if (!e) { bp_config_free(cfg); bp_blueprint_free(bp); return; }
+    const char *events[] = { "{\"type\":\"identify\",\"messageId\":\"a\"}", "{\"type\":\"page\",\"messageId\":\"b\"}",
+                             "{\"type\":\"identify\",\"messageId\":\"c\"}" };
+    size_t lens[3];
+    bp_outcome o;
+    bp_outcome_init(&o);
+    for (int i = 0; i < 3; i++) {
+        lens[i] = strlen(events[i]);
+        bp_engine_run(e, events[i], lens[i], &o);
+        CHECK(bp_batch_takes(e, &o));
+    }
+    static const char off[] = "{\"type\":\"track\",\"event\":\"Off\"}";
+    bp_engine_run(e, off, sizeof off - 1, &o);
+    CHECK(!bp_batch_takes(e, &o));   /* dropped: not enabled */
+    bp_outcome_free(&o);
+    bp_batch b;
+    bp_batch_init(&b);
+    CHECK_INT(bp_batch_run(e, &b, events, lens, 3), 0);
+    CHECK(b.has_request);
+    CHECK_INT(b.out.nrequests, 1);
+    if (b.out.nrequests == 1) CHECK_CONTAINS(b.out.requests[0].body.data, "[{\"messageId\":\"a\"");
+    static const struct { int status; enum bp_batch_result result; } answers[] = {
+        { 200, BP_BATCH_DELIVERED }, { 503, BP_BATCH_RETRY }, { 429, BP_BATCH_RETRY }, { 404, BP_BATCH_FAILED } };
+    for (size_t k = 0; k < sizeof answers / sizeof *answers; k++) {
+        CHECK_INT(bp_batch_read(e, &b, answers[k].status, "{}", 2, "https://hooks.example.com/in"), 0);
+        CHECK(b.has_results);
+        for (size_t i = 0; i < 3; i++) CHECK_INT(b.items[i].result, answers[k].result);
+    }
+    bp_batch_free(e, &b);
+    bp_engine_free(e);
+    bp_config_free(cfg);
+    bp_blueprint_free(bp);
+}
+
 TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
 {
 #define DEST "api_url=https://acct.api-us1.com"
@@ -1052,6 +1175,47 @@ TEST(secrets_encrypt_and_decrypt_bound_to_their_place)
     snprintf(path, sizeof path, "%s/master.key", dir);
     struct stat st;
     CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* A secret sealed by an earlier version (bp:enc:v1: bound to its integration
+ * and field, not to a destination) is sealed again at start as v2, bound to
+ * where the blueprint sends it, and still opens to the same value; a v2
+ * value is left as it is. */
+TEST(secrets_sealed_as_v1_are_migrated_to_v2_for_their_destination)
+{
+    char dir[] = "/tmp/bp-unit-v1XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    unsetenv("BLUEPRINT_MASTER_KEY_FILE");
+    bp_error err;
+    bp_keyring *ring = bp_keyring_open(dir, &err);
+    bp_blueprint *bp = bp_blueprint_load("blueprints/activecampaign", &err);
+    CHECK(ring != NULL && bp != NULL);
+    if (!ring || !bp) return;
+    bp_buf v1, doc, sealed, again, opened;
+    bp_buf_init(&v1); bp_buf_init(&doc); bp_buf_init(&sealed); bp_buf_init(&again); bp_buf_init(&opened);
+    CHECK_INT(bp_encrypt_secret(ring, "int_1", "api_key", NULL, "the-old-key", &v1, &err), 0);
+    CHECK(bp_is_encrypted_v1(v1.data));
+    bp_buf_printf(&doc, "{\"name\":\"x\",\"config\":{\"api_url\":\"https://acct.api-us1.com\",\"api_key\":\"%s\"}}", v1.data);
+    int changed = 0;
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, doc.data, BP_SEAL, &sealed, &changed, &err), 0);
+    CHECK_INT(changed, 1);
+    CHECK(strstr(sealed.data, "bp:enc:v2:") != NULL);
+    CHECK(strstr(sealed.data, "bp:enc:v1:") == NULL);
+    CHECK(strstr(sealed.data, "the-old-key") == NULL);
+    /* sealed again: nothing left to migrate */
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, sealed.data, BP_SEAL, &again, &changed, &err), 0);
+    CHECK_INT(changed, 0);
+    CHECK_STR(again.data, sealed.data);
+    /* opens to the same value for the URL it is sent to */
+    CHECK_INT(bp_seal_doc(ring, "int_1", bp, sealed.data, BP_UNSEAL, &opened, &changed, &err), 0);
+    CHECK_CONTAINS(opened.data, "\"api_key\":\"the-old-key\"");
+    bp_buf_free(&v1); bp_buf_free(&doc); bp_buf_free(&sealed); bp_buf_free(&again); bp_buf_free(&opened);
+    bp_blueprint_free(bp);
+    bp_keyring_close(ring);
+    char path[300];
+    snprintf(path, sizeof path, "%s/master.key", dir);
     unlink(path);
     rmdir(dir);
 }
@@ -1444,6 +1608,17 @@ TEST(cache_durable_values_are_tentative_until_their_event_is_over)
     bp_cache_free(c);
 }
 
+/* A test store's files (unit.db and its WAL and shared memory) and folder, gone. */
+static void remove_unit_store(const char *dir)
+{
+    char path[300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 /* Retention: final events past their window go, in the store's own thread;
  * a dead letter within its longer window and an unfinished event stay. */
 TEST(store_prunes_final_events_past_their_window_only)
@@ -1481,12 +1656,51 @@ TEST(store_prunes_final_events_past_their_window_only)
     CHECK(h.bytes > 0);
     CHECK(bp_store_retention(s).delivered_ms == 1000);
     bp_store_close(s);
-    char path[300];
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_unit_store(dir);
+}
+
+/* Rows in a table of the store file, read through a connection of its own. */
+static long rows_in(const char *dir, const char *table)
+{
+    char path[300], sql[100];
+    snprintf(path, sizeof path, "%s/unit.db", dir);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    long n = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        n = (long)sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Durable ctx.cache values past their expiry leave the file while serve runs
+ * (they used to go only at the next open); live ones stay. */
+TEST(store_prunes_expired_cache_values_while_running)
+{
+    char dir[] = "/tmp/bp-unit-cacheprXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    int64_t now = (int64_t)bp_wall_ms();
+    CHECK_INT(bp_store_cache_put(s, "acct", "old", "1", 1, now - 1000, 0), 0);
+    CHECK_INT(bp_store_cache_put(s, "acct", "new", "2", 1, now + 3600 * 1000, 0), 0);
+    CHECK_INT(rows_in(dir, "cache_values"), 2);
+    bp_retention keep = { 7LL * 86400 * 1000, 30LL * 86400 * 1000, 0 };
+    bp_store_set_retention(s, &keep);
+    for (int i = 0; i < 1000 && rows_in(dir, "cache_values") != 1; i++) usleep(10 * 1000);
+    CHECK_INT(rows_in(dir, "cache_values"), 1);
+    bp_buf v;
+    bp_buf_init(&v);
+    int64_t expires = 0;
+    CHECK_INT(bp_store_cache_get(s, "acct", "new", now, &v, &expires), 1);
+    CHECK_STR(v.data, "2");
+    bp_buf_free(&v);
+    bp_store_close(s);
+    remove_unit_store(dir);
 }
 
 TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
@@ -1527,12 +1741,7 @@ TEST(cache_durable_values_outlive_a_restart_once_their_event_is_over)
     bp_buf_free(&v);
     bp_cache_free(c);
     bp_store_close(s);
-    char path[300];
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/unit.db%s", dir, (const char *[]){ "", "-wal", "-shm" }[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_unit_store(dir);
 }
 
 TEST(cache_claim_is_single_flight)
@@ -1682,6 +1891,7 @@ int main(void)
     RUN(cache_values_are_per_account);
     RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
     RUN(store_prunes_final_events_past_their_window_only);
+    RUN(store_prunes_expired_cache_values_while_running);
     RUN(cache_durable_values_are_tentative_until_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
@@ -1730,6 +1940,7 @@ int main(void)
     RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
     RUN(blueprint_records_carry_a_folder_and_refuse_what_is_not_one);
+    RUN(secrets_sealed_as_v1_are_migrated_to_v2_for_their_destination);
     RUN(account_key_of_a_url_is_its_origin);
     /* in this order: the first starts no watchdog, the second starts it */
     RUN(runtime_without_the_watchdog_budgets_still_hold);
@@ -1738,6 +1949,9 @@ int main(void)
     RUN(runtime_watchdog_handler_is_on_the_alternate_stack);
     RUN(runtime_errors_are_initialised_and_set_on_failure);
     RUN(runtime_log_callback_receives_library_messages);
+    RUN(batch_spec_is_read_with_its_bounds);
+    RUN(batch_spec_refuses_with_the_line_and_the_closest_name);
+    RUN(batch_mapping_gives_each_event_its_result);
     rt_cleanup();
     return CHECK_SUMMARY();
 }

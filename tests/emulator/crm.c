@@ -649,6 +649,59 @@ void crm_set_values(bp_buf *b, int account, long cid, const bp_doc *d, uint32_t 
     }
 }
 
+/* ---- what a bulk import does to a contact (bulk.c) --------------------------------- */
+
+int crm_list_exists(int account, long lid) { return find_list(&C[account], lid) != NULL; }
+
+/* NULL when field fid exists and value fits its type, else why not. */
+const char *crm_field_problem(long fid, const char *value)
+{
+    const field *f = find_field(fid);
+    if (!f) return "no such custom field";
+    return value_problem(f, value) ? "the value does not fit the field's type" : NULL;
+}
+
+void crm_set_field(int account, long cid, long fid, const char *value) { set_value(&C[account], cid, fid, value); }
+
+/* The contact gets the contact tag with that name (any case), created when
+ * the account has none: bulk import takes tags by name. */
+void crm_tag_by_name(int account, long cid, const char *name)
+{
+    crm *c = &C[account];
+    tag *t = NULL;
+    for (size_t i = 0; i < c->ntags && !t; i++)
+        if (!strcasecmp(c->tags[i].name, name) && !strcmp(c->tags[i].type, "contact")) t = &c->tags[i];
+    if (!t) {
+        c->tags = grow(c->tags, c->ntags, &c->captags, sizeof *c->tags);
+        t = &c->tags[c->ntags++];
+        t->id = (long)c->ntags;
+        t->name = xdup(name);
+        t->type = xdup("contact");
+        t->description = xdup("");
+        now_iso(t->cdate);
+    }
+    for (size_t i = 0; i < c->nctags; i++)
+        if (c->ctags[i].contact == cid && c->ctags[i].tag == t->id) return;
+    c->ctags = grow(c->ctags, c->nctags, &c->capctags, sizeof *c->ctags);
+    ctag *ct = &c->ctags[c->nctags++];
+    ct->id = (long)c->nctags;
+    ct->contact = cid;
+    ct->tag = t->id;
+    now_iso(ct->cdate);
+}
+
+/* subscribe: a contact not on the list becomes active; one who is there
+ * in any state (unsubscribed above all, also unconfirmed or bounced) is
+ * left as is: an import never re-subscribes.  unsubscribe: status 2. */
+void crm_bulk_list(int account, long cid, long lid, int subscribe)
+{
+    crm *c = &C[account];
+    char now[32];
+    now_iso(now);
+    if (!subscribe) set_status(c, cid, lid, 2, 0, now);
+    else if (!find_membership(c, cid, lid)) set_status(c, cid, lid, 1, 0, now);
+}
+
 /* ---- router, control, state -------------------------------------------------------- */
 
 typedef void (*post_fn)(reply *r, crm *c, const bp_doc *d, uint32_t o);

@@ -25,12 +25,15 @@
  *
  *   ac-emulator [--webhook-secret S] [--webhook-header H]
  *   ac-emulator [--port N] [--api-token T] [--actid N] [--event-key K] [--rate-limit RPS] [--accounts N]
+ *               [--import-delay-ms MS] [--imports-per-minute N]
  *
  * Prints "listening on http://127.0.0.1:PORT" once ready (port 0 = any).
  *
  * The contact resources a blueprint builds on (lists, tags, contactTags,
  * custom fields and values: crm.c) and Deep Data (connections, ecomCustomers,
- * ecomOrders: ecom.c) answer what ActiveCampaign documents, per account;
+ * ecomOrders: ecom.c) and the Bulk Contact Importer (bulk.c: asynchronous
+ * after --import-delay-ms, default 2000; --imports-per-minute, default 100)
+ * answer what ActiveCampaign documents, per account;
  * GET /_emulator/state?account=N shows them.
  */
 #include "emulator.h"
@@ -310,6 +313,38 @@ void no_result(reply *r, const char *what, long id)
 /* Collections end with "meta":{"total":"N"}: the total is a string. */
 void meta_total(bp_buf *b, size_t total) { bp_buf_printf(b, "\"meta\":{\"total\":\"%zu\"}", total); }
 
+/* The contact with that email, created when there is none (*created says
+ * which, when asked): contact sync and bulk import alike. */
+contact *upsert_contact(const char *email, int *created)
+{
+    contact *k = find_contact(email);
+    if (created) *created = !k;
+    if (k) return k;
+    if (E.ncontacts == E.capcontacts) {
+        E.capcontacts = E.capcontacts ? E.capcontacts * 2 : 64;
+        E.contacts = realloc(E.contacts, E.capcontacts * sizeof *E.contacts);
+    }
+    k = &E.contacts[E.ncontacts++];
+    memset(k, 0, sizeof *k);
+    k->id = (long)E.ncontacts;
+    k->email = xdup(email);
+    lower(k->email);
+    k->first = xdup("");
+    k->last = xdup("");
+    k->phone = xdup("");
+    bp_buf_init(&k->tracking);
+    index_put(E.ncontacts - 1);
+    return k;
+}
+
+/* Each value given (not NULL) replaces the contact's. */
+void set_contact(contact *k, const char *first, const char *last, const char *phone)
+{
+    if (first) { free(k->first); k->first = xdup(first); }
+    if (last) { free(k->last); k->last = xdup(last); }
+    if (phone) { free(k->phone); k->phone = xdup(phone); }
+}
+
 /* POST /api/3/contact/sync and /api/3/contacts; contact.fieldValues are the
  * account's custom field values (crm.c). */
 static void contact_write(reply *r, const req *q, int sync)
@@ -342,26 +377,9 @@ static void contact_write(reply *r, const req *q, int sync)
     uint32_t values = bp_jget(&d, c, "fieldValues");
     if (crm_check_values(r, &d, values) < 0) { bp_doc_free(&d); return; }
     int created = !k;
-    if (!k) {
-        if (E.ncontacts == E.capcontacts) {
-            E.capcontacts = E.capcontacts ? E.capcontacts * 2 : 64;
-            E.contacts = realloc(E.contacts, E.capcontacts * sizeof *E.contacts);
-        }
-        k = &E.contacts[E.ncontacts++];
-        memset(k, 0, sizeof *k);
-        k->id = (long)E.ncontacts;
-        k->email = xdup(email);
-        lower(k->email);
-        k->first = xdup("");
-        k->last = xdup("");
-        k->phone = xdup("");
-        bp_buf_init(&k->tracking);
-        index_put(E.ncontacts - 1);
-    }
-    const char *f;
-    if ((f = bp_jscalar(&d, bp_jget(&d, c, "firstName")))) { free(k->first); k->first = xdup(f); }
-    if ((f = bp_jscalar(&d, bp_jget(&d, c, "lastName")))) { free(k->last); k->last = xdup(f); }
-    if ((f = bp_jscalar(&d, bp_jget(&d, c, "phone")))) { free(k->phone); k->phone = xdup(f); }
+    k = upsert_contact(email, NULL);
+    set_contact(k, bp_jscalar(&d, bp_jget(&d, c, "firstName")), bp_jscalar(&d, bp_jget(&d, c, "lastName")),
+                bp_jscalar(&d, bp_jget(&d, c, "phone")));
     r->status = created ? 201 : 200;
     bp_buf_reset(&r->body);
     bp_buf_adds(&r->body, "{\"fieldValues\":[");
@@ -557,7 +575,7 @@ static void api3(reply *r, const req *q)
         bp_buf_adds(&r->body, "]}");
         return;
     }
-    if (crm_api(r, q) || ecom_api(r, q)) return;
+    if (crm_api(r, q) || ecom_api(r, q) || bulk_api(r, q)) return;
     json_reply(r, 404, "{\"message\":\"No Result found\"}");
 }
 
@@ -595,6 +613,8 @@ static void state(reply *r, const req *q)
     crm_dump(&r->body, k);
     bp_buf_addc(&r->body, ',');
     ecom_dump(&r->body, k);
+    bp_buf_addc(&r->body, ',');
+    bulk_dump(&r->body, k);
     bp_buf_addc(&r->body, '}');
 }
 
@@ -605,7 +625,7 @@ static void control(reply *r, const req *q)
     r->status = 200;
     r->ctype = "application/json";
     if (!strcmp(path, "/_emulator/state") && !strcmp(method, "GET")) { state(r, q); return; }
-    if (crm_control(r, q)) return;
+    if (crm_control(r, q) || bulk_control(r, q)) return;
     if (!strcmp(path, "/_emulator/requests") && !strcmp(method, "GET")) {
         bp_buf_adds(&r->body, "[");
         for (size_t i = 0; i < E.nlog; i++) {
@@ -667,6 +687,7 @@ static void control(reply *r, const req *q)
         E.nlog = 0;
         crm_reset();
         ecom_reset();
+        bulk_reset();
         for (int i = 0; i < E.naccounts; i++) E.accounts[i].tracking_off = 0;
         E.tracking_off_refuses = 0;
         E.fail_next = E.login_html_next = E.reset_next = E.latency_ms = E.burst_503 = 0;
@@ -706,6 +727,7 @@ static void control(reply *r, const req *q)
         if (off) E.tracking_off_refuses = !strcmp(off, "refuse");
         const char *dup = bp_jscalar(&d, bp_jget(&d, 0, "ecom_duplicates"));
         if (dup) ecom_accept_duplicates(!strcmp(dup, "accept"));
+        bulk_faults(&d);
         const char *tok = bp_jscalar(&d, bp_jget(&d, 0, "api_token"));
         if (tok) E.accounts[0].api_token = strdup(tok);
         bp_doc_free(&d);
@@ -745,6 +767,7 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
     int vendor = strncmp(url, "/_emulator/", 11) != 0;
     int latency = 0;
     pthread_mutex_lock(&E.mu);
+    bulk_settle();
     if (!vendor) {
         req q = { method, url, body, len, conn, 0 };
         control(r, &q);
@@ -872,7 +895,7 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 
 int main(int argc, char **argv)
 {
-    int port = 0, rps = 5, naccounts = 1;
+    int port = 0, rps = 5, naccounts = 1, import_delay_ms = 2000, imports_per_minute = 100;
     const char *api_token = "emulator-api-token", *actid = "1000001", *event_key = "emulator-event-key";
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -884,6 +907,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--rate-limit")) rps = atoi(v);
         else if (!strcmp(argv[i], "--webhook-secret")) E.webhook_secret = v;
         else if (!strcmp(argv[i], "--webhook-header")) E.webhook_header = v;
+        else if (!strcmp(argv[i], "--import-delay-ms")) import_delay_ms = atoi(v);
+        else if (!strcmp(argv[i], "--imports-per-minute")) imports_per_minute = atoi(v);
         else if (!strcmp(argv[i], "--accounts")) naccounts = atoi(v) > 0 ? atoi(v) : 1;
         else { fprintf(stderr, "ac-emulator: unknown option %s\n", argv[i]); return 1; }
         i++;
@@ -908,6 +933,7 @@ int main(int argc, char **argv)
     E.retry_after = 1;
     crm_init(naccounts);
     ecom_init(naccounts);
+    bulk_init(naccounts, import_delay_ms, imports_per_minute);
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;

@@ -3,7 +3,8 @@
  *
  * emulator.c owns the server, the accounts, contacts, Event Tracking and the
  * /_emulator/ control endpoints; crm.c the contact resources (lists, tags,
- * custom fields); ecom.c Deep Data (connections, customers, orders).  Every
+ * custom fields); ecom.c Deep Data (connections, customers, orders); bulk.c
+ * the Bulk Contact Importer (bulk_import, import/info).  Every
  * function here runs with the emulator's one mutex held, so no file locks
  * anything itself.
  */
@@ -44,6 +45,8 @@ void json_reply(reply *r, int status, const char *json);
 void json_begin(reply *r, int status);   /* status and JSON type, empty body */
 contact *find_contact(const char *email);
 contact *find_contact_id(long id);
+contact *upsert_contact(const char *email, int *created);
+void set_contact(contact *k, const char *first, const char *last, const char *phone);
 void write_contact(bp_buf *b, const contact *c);
 int valid_email(const char *e);
 void lower(char *s);
@@ -77,11 +80,26 @@ void crm_dump(bp_buf *b, int account);        /* members of the /_emulator/state
 int crm_check_values(reply *r, const bp_doc *d, uint32_t list);   /* contact.fieldValues; -1: answered */
 void crm_set_values(bp_buf *b, int account, long contact, const bp_doc *d, uint32_t list);
 
+void crm_tag_by_name(int account, long contact, const char *name);   /* bulk import: tags by name */
+void crm_bulk_list(int account, long contact, long list, int subscribe);
+int crm_list_exists(int account, long list);
+const char *crm_field_problem(long field, const char *value);   /* NULL: the field exists, the value fits */
+void crm_set_field(int account, long contact, long field, const char *value);
+
 /* ---- ecom.c: connections, ecomCustomers, ecomOrders ---- */
 void ecom_init(int naccounts);
 void ecom_reset(void);
 void ecom_accept_duplicates(int accept);   /* 1: a repeated externalid is created again, not 422 */
 int ecom_api(reply *r, const req *q);
 void ecom_dump(bp_buf *b, int account);
+
+/* ---- bulk.c: POST /api/3/import/bulk_import, GET /api/3/import/info ---- */
+void bulk_init(int naccounts, int delay_ms, int per_minute);
+void bulk_reset(void);
+void bulk_settle(void);                        /* imports whose delay is over are done */
+int bulk_api(reply *r, const req *q);
+int bulk_control(reply *r, const req *q);
+void bulk_faults(const bp_doc *d);
+void bulk_dump(bp_buf *b, int account);
 
 #endif

@@ -594,6 +594,152 @@ end)
 
 -- blueprints/activecampaign/answers.yaml: dry-run's documented answers must
 -- be what the emulator answers, shape for shape.
+describe("the emulator's bulk import #cli", function()
+  -- Imports finish only when a test says so (POST /_emulator/imports/complete),
+  -- or at once with import_delay_ms 0: no test waits on a clock.
+  local emu
+  before_each(function() emu = S.start_emulator("--rate-limit 0 --import-delay-ms 600000 --accounts 2") end)
+  after_each(function() emu.stop() end)
+
+  local function import(contacts, token) return api(emu, "POST", "/api/3/import/bulk_import", { contacts = contacts }, token) end
+  local function info(id, token) return api(emu, "GET", "/api/3/import/info?batchId=" .. id, nil, token) end
+  local function complete() emu.post("/_emulator/imports/complete", "{}") end
+  local function many(n, domain)
+    local t = {}
+    for i = 1, n do t[i] = { email = "c" .. i .. "@" .. (domain or "bulk.test") } end
+    return t
+  end
+
+  it("queues the contacts at once and imports them later: created ids in success, names, fields, tags, lists", function()
+    local old = new_contact(emu, "old@b.co")   -- exists: updated, so in neither list
+    local s, j = import({
+      { email = "New@B.co", first_name = "Ada", last_name = "L", phone = "+44 1", tags = { "VIP", "launch" },
+        fields = { { id = 2, value = "Pro" }, { id = 1, value = "2000-01-31" } }, subscribe = { { listid = 1 } } },
+      { email = "old@b.co", first_name = "Old", tags = { "vip" }, unsubscribe = { { listid = 2 } } },
+    })
+    assert.are.equal(200, s)
+    assert.are.equal(1, j.success)
+    assert.are.equal(2, j.queued_contacts)
+    assert.is_string(j.batchId)
+    assert.is_string(j.message)
+    local _, st = info(j.batchId)
+    assert.are.equal("active", st.status)
+    assert.are.same({}, st.success)
+    assert.are.equal(1, #emu.contacts())   -- nothing imported yet
+    complete()
+    _, st = info(j.batchId)
+    assert.are.equal("completed", st.status)
+    assert.are.same({ "2" }, st.success)
+    assert.are.same({}, st.failure)
+    local c = emu.contacts()
+    assert.are.same({ "old@b.co", "Old" }, { c[1].email, c[1].firstName })
+    assert.are.same({ "new@b.co", "Ada", "L", "+44 1" }, { c[2].email, c[2].firstName, c[2].lastName, c[2].phone })
+    local state0 = state(emu)
+    assert.are.same({ vip = 1, launch = 1 }, state0.tag_counts)   -- created by name once, any case
+    assert.are.same({ "VIP", "launch" }, state0.contact_tags["new@b.co"])
+    assert.are.same({ "VIP" }, state0.contact_tags["old@b.co"])
+    assert.are.same({ Plan = "Pro", Birthday = "2000-01-31" }, state0.field_values["new@b.co"])
+    assert.are.same({ ["1"] = 1 }, state0.memberships["new@b.co"])
+    assert.are.same({ ["2"] = 2 }, state0.memberships["old@b.co"])
+    assert.are.equal("completed", state0.imports[1].status)
+    assert.is_truthy(old)
+  end)
+
+  it("completes by itself after the configured delay", function()
+    emu.faults({ import_delay_ms = 0 })
+    local _, j = import(many(2))
+    local _, st = info(j.batchId)
+    assert.are.equal("completed", st.status)
+    assert.are.same({ "1", "2" }, st.success)
+  end)
+
+  it("never re-subscribes a contact who unsubscribed; subscribes one not on the list", function()
+    new_contact(emu, "gone@b.co")
+    new_contact(emu, "here@b.co")
+    emu.post("/_emulator/contactLists", S.core.json_encode({ email = "gone@b.co", list = 1, status = 2 }))
+    local _, j = import({ { email = "gone@b.co", subscribe = { { listid = 1 }, { listid = 2 } } },
+                          { email = "here@b.co", subscribe = { { listid = 1 } } } })
+    complete()
+    assert.are.equal("completed", select(2, info(j.batchId)).status)
+    local m = state(emu).memberships
+    assert.are.same({ ["1"] = 2, ["2"] = 1 }, m["gone@b.co"])
+    assert.are.same({ ["1"] = 1 }, m["here@b.co"])
+  end)
+
+  it("refuses a body that fails validation with 400 and failureReasons per contact index, importing nothing", function()
+    local s, j = import({ { email = "ok@b.co" }, { email = "nope" }, { first_name = "no email" },
+                          { email = "a@b.co", subscribe = { { listid = 99 } }, fields = { { id = 999, value = "x" } } },
+                          { email = "t@b.co", tags = { "a,b" } } })
+    assert.are.equal(400, s)
+    assert.are.equal(0, j.success)
+    assert.is_nil(j.failureReasons["0"])
+    assert.are.same({ "Invalid email address" }, j.failureReasons["1"])
+    assert.are.same({ "email is required" }, j.failureReasons["2"])
+    assert.are.same({ "custom field 999 does not exist", "list 99 does not exist" }, j.failureReasons["3"])
+    assert.are.same({ "a tag is a name without commas" }, j.failureReasons["4"])
+    assert.are.same({}, emu.contacts())
+    assert.are.same({}, state(emu).imports)
+    s, j = import(many(251))
+    assert.are.equal(400, s)
+    assert.matches("250", j.message)
+    s = api(emu, "POST", "/api/3/import/bulk_import", { contacts = S.core.array({}) })
+    assert.are.equal(400, s)
+    s = api(emu, "POST", "/api/3/import/bulk_import", "not json")
+    assert.are.equal(400, s)
+    assert.are.equal(200, (import(many(250))))
+  end)
+
+  it("fails single contacts at import time: an excluded email, a value that does not fit its field", function()
+    emu.post("/_emulator/exclusions", S.core.json_encode({ email = "blocked@b.co" }))
+    local _, j = import({ { email = "fine@b.co" }, { email = "Blocked@b.co" },
+                          { email = "date@b.co", fields = { { id = 1, value = "31/01/2000" } } } })
+    complete()
+    local _, st = info(j.batchId)
+    assert.are.equal("completed", st.status)
+    assert.are.same({ "1" }, st.success)
+    assert.are.same({ "Blocked@b.co", "date@b.co" }, st.failure)
+    assert.are.equal(1, #emu.contacts())
+  end)
+
+  it("allows a number of imports a minute per account, then 429 with Retry-After", function()
+    emu.faults({ imports_per_minute = 2 })
+    local statuses = {}
+    for i = 1, 3 do statuses[i] = import(many(2)) end
+    assert.are.same({ 200, 200, 429 }, statuses)
+    local token1 = S.emulator_account(emu, 1).api_key
+    assert.are.equal(200, (import(many(2), token1)))   -- another account has its own
+    local _, _, headers = call(emu, "POST", "/api/3/import/bulk_import",
+      S.core.json_encode({ contacts = many(2) }), TOKEN)
+    assert.matches("Retry%-After: %d+", headers)
+  end)
+
+  it("allows 20 imports of a single contact a minute (the reference's limit), apart from larger ones", function()
+    local statuses = {}
+    for i = 1, 21 do statuses[i] = import({ { email = "one" .. i .. "@b.co" } }) end
+    assert.are.equal(200, statuses[20])
+    assert.are.equal(429, statuses[21])
+    assert.are.equal(200, (import(many(2))))
+  end)
+
+  it("answers import/info: 400 without batchId, 404 for another account's, status false when asked too soon, failed when told", function()
+    local _, j = import(many(2))
+    local s, e = api(emu, "GET", "/api/3/import/info")
+    assert.are.equal(400, s)
+    assert.are.equal("'batchId' is a required field.", e.message)
+    assert.are.equal(404, (info(j.batchId, S.emulator_account(emu, 1).api_key)))
+    emu.faults({ import_status_false = 1 })
+    local _, st = info(j.batchId)
+    assert.are.equal(false, st.status)
+    assert.are.equal("active", select(2, info(j.batchId)).status)
+    emu.faults({ import_ends = "failed" })
+    local _, k = import(many(2, "other.test"))
+    complete()
+    assert.are.equal("failed", select(2, info(k.batchId)).status)
+    assert.are.equal("completed", select(2, info(j.batchId)).status)
+    assert.are.equal(2, #emu.contacts())   -- the failed import imported nothing
+  end)
+end)
+
 describe("the emulator and answers.yaml #cli", function()
   -- The file's entries: "- method:" starts one, "  json:" may go on over
   -- lines indented further (flow YAML that is also JSON).
@@ -654,10 +800,15 @@ describe("the emulator and answers.yaml #cli", function()
         discountAmount = 100, currency = "USD", orderNumber = "myorder-123", connectionid = "1", customerid = "1" } } },
       { "GET", "/api/3/ecomOrders?filters[externalid]=none" },
       { "GET", "/api/3/eventTracking" },
+      { "POST", "/api/3/import/bulk_import", { contacts = { { email = "someone@example.com", first_name = "Jane",
+        tags = { "dictumst" }, fields = { { id = 1, value = "2000-01-31" } }, subscribe = { { listid = 1 } } } } } },
+      { "GET", "/api/3/import/info?batchId=" .. "BATCH", nil, "/api/3/import/info" },
     }
     local answered = {}
+    local batch
     for _, r in ipairs(requests) do
-      local status, got, raw = api(emu, r[1], r[2], r[3])
+      local status, got, raw = api(emu, r[1], r[2]:gsub("BATCH", batch or ""), r[3])
+      if r[2] == "/api/3/import/bulk_import" then batch = got.batchId end
       local path = r[4] or r[2]:gsub("%?.*", "")
       answered[r[1] .. " " .. path] = { status = status, json = got, raw = raw }
     end

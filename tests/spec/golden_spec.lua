@@ -35,8 +35,10 @@ describe("golden dry-run fixtures #cli", function()
         local dir = bp .. "/tests/" .. name
         -- a case's own answers to steps, as `blueprint test` uses them
         local answers = io.open(dir .. "/answers.yaml") and (" --answers " .. dir .. "/answers.yaml") or ""
+        -- and its dry-run.args (--batch: a line per batch)
+        local args = io.open(dir .. "/dry-run.args") and (" " .. io.open(dir .. "/dry-run.args"):read("l")) or ""
         local out, err, code = S.sh(S.bin .. " dry-run " .. bp .. " --decode --config " .. dir .. "/config.yaml "
-          .. dir .. "/events.ndjson" .. answers)
+          .. dir .. "/events.ndjson" .. answers .. args)
         local plain = S.lines(io.open(dir .. "/expected.ndjson"):read("a"))
         -- a case with input lines that are not events (all-rows) exits 5, naming them
         local malformed = table.concat(plain, "\n"):find('"reason":"line %d+: malformed') and 5 or 0

@@ -49,6 +49,10 @@ local cases = {
   { "get_path", "get_path.lua:5: ", "budget exceeded" },
   { "close_loop", "close_loop.lua:2: ", "budget exceeded" },
   { "upper_loop", "upper_loop.lua:4: ", "budget exceeded" },
+  { "concat_loop", "concat_loop.lua:5: ", "budget exceeded" },
+  { "compare_loop", "compare_loop.lua:4: ", "budget exceeded" },
+  { "quote_loop", "quote_loop.lua:4: ", "budget exceeded" },
+  { "urlencode_loop", "urlencode_loop.lua:4: ", "budget exceeded" },
   { "format_width", "format_width.lua:2: invalid conversion" },
   { "byte_range", "byte_range.lua:3: stack overflow (string slice too long)" },
   { "codepoint_range", "codepoint_range.lua:3: stack overflow (string slice too long)" },
@@ -85,6 +89,16 @@ describe("the sandbox", function()
     end)
   end
 
+  it("quotes a long string for %q exactly as the library does (metered.c quotes it, in chunks)", function()
+    local parts = {}
+    for i = 0, 127 do parts[#parts + 1] = string.char(i) .. (i % 2 == 0 and "7" or "x") end
+    local long = table.concat(parts):rep(40)
+    local want = string.format("%q|%5.1f|%q|%%|%s|%-3d|%q", long, 1.5, "short\n\0", "x", 7, long .. "\0")
+    local out = run("quote_same")
+    assert.are.equal("deliver", out.outcome, out.reason)
+    assert.is_true(out.requests[1].body == want, "the quoted text differs from string.format's")
+  end)
+
   it("did not let os.execute run", function()
     assert.is_nil(io.open("/tmp/blueprint-sandbox-escaped"))
   end)
@@ -99,6 +113,7 @@ describe("the sandbox", function()
   it("ends every hostile mapping within the time budget + " .. SLACK_MS .. " ms, even inside one C call", function()
     local slow = assert(S.core.open_text("tests/hostile", "api_url: http://127.0.0.1:9\n",
       { instructions = 1000000000000, timeout_ms = 300, memory_mb = 32 }))
+    local worst, worst_case = 0, "none"
     for _, c in ipairs(cases) do
       local started = now_ms()
       local out = S.run(slow, { type = "track", event = c[1], context = { consent = { marketing = true } } })
@@ -107,8 +122,11 @@ describe("the sandbox", function()
       -- the budget's cases; the others end sooner, or when the memory cap is reached
       if out.reason:find("budget exceeded", 1, true) then
         assert.is_true(took < 300 + SLACK_MS, c[1] .. " took " .. math.floor(took) .. " ms: " .. out.reason)
+        if took - 300 > worst then worst, worst_case = took - 300, c[1] end
       end
     end
+    -- the promise is 100 ms; the assertion above only catches a call not stopped at all
+    print(("# worst time past the budget: %d ms (%s)"):format(math.floor(worst), worst_case))
   end)
 
   it("stops an endless loop by wall time too", function()

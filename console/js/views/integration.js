@@ -76,7 +76,9 @@ export async function render(main, params, ctx) {
     replace(counters, COUNTERS.map(([k, label, kind]) => h('div', { class: 'counter counter-' + kind + ((d[k] || 0) ? ' counter-nonzero' : ''), dataset: { counter: k } },
       h('span', { class: 'counter-value', text: String(d[k] || 0) }),
       h('span', { class: 'counter-label' }, label, h('span', { class: 'counter-window', text: ' since start' })),
-      k in hour ? h('span', { class: 'counter-recent', dataset: { recent: k }, text: `${hour[k]} in the last hour` }) : null)));
+      k in hour ? h('span', { class: 'counter-recent', dataset: { recent: k }, text: `${hour[k]} in the last hour` }) : null,
+      // held is a state as well as a count: what is held now settles once the fix is in
+      k === 'held' && it.now ? h('span', { class: 'counter-now', id: 'held-now', text: `${it.now.held} held now` }) : null)));
     replace(counterNote, countersWindow(d));
     revEl.textContent = 'config rev ' + it.revision;
     clear(bpNote);
