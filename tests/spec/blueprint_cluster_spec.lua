@@ -81,15 +81,15 @@ local function reaches(which, rev)
   return now() - t0
 end
 
--- identify.lua of node 1's folder with its phone line changed to `line`.
+-- helpers.lua of node 1's folder with its phone line changed to `line`.
 local function save(node, line, message)
-  local text = assert(read(folders[1] .. "/" .. VENDOR .. "/identify.lua"))
+  local text = assert(read(folders[1] .. "/" .. VENDOR .. "/helpers.lua"))
   local changed, n = text:gsub(ORIGINAL:gsub("%p", "%%%0"), (line:gsub("%%", "%%%%")))
   if n == 0 then   -- a previous save: replace whichever phone line it has
     changed, n = text:gsub('phone = ctx%.get%(traits, "phone"%)[^\n]*', (line:gsub("%%", "%%%%")))
   end
-  assert(n == 1, "identify.lua has no phone line to change")
-  local st, body = node.call("PUT", FILES, core.json_encode({ files = { ["identify.lua"] = changed }, message = message }))
+  assert(n == 1, "helpers.lua has no phone line to change")
+  local st, body = node.call("PUT", FILES, core.json_encode({ files = { ["helpers.lua"] = changed }, message = message }))
   assert.are.equal(200, st, node.bodies[#node.bodies])
   return body.revision, changed
 end
@@ -170,7 +170,7 @@ describe("one blueprint revision across the cluster #kafka", function()
     print(("# revision reached nodes 2 and 3 in %.3f s"):format(took))
     -- their own folders hold the saved files, and they say they run the cluster's revision
     for i = 2, 3 do
-      assert.are.equal(changed, read(folders[i] .. "/" .. VENDOR .. "/identify.lua"), "node " .. i .. "'s folder")
+      assert.are.equal(changed, read(folders[i] .. "/" .. VENDOR .. "/helpers.lua"), "node " .. i .. "'s folder")
       local b, code = blueprint_health(nodes[i])
       assert.are.equal(200, code)
       assert.are.same({ revision = saved, status = "current" }, b.cluster)
@@ -212,7 +212,7 @@ describe("one blueprint revision across the cluster #kafka", function()
     local took = reaches({ 1, 2, 3 }, original)
     print(("# rollback reached nodes 2 and 3 in %.3f s"):format(took))
     for i = 2, 3 do
-      assert.is_falsy(read(folders[i] .. "/" .. VENDOR .. "/identify.lua"):find("rev-2", 1, true), "node " .. i)
+      assert.is_falsy(read(folders[i] .. "/" .. VENDOR .. "/helpers.lua"):find("rev-2", 1, true), "node " .. i)
     end
   end)
 
@@ -224,7 +224,7 @@ describe("one blueprint revision across the cluster #kafka", function()
     local b = blueprint_health(late)
     assert.are.equal(saved, b and b.running, "node 4 runs " .. tostring(b and b.running) .. " at start")
     assert.are.same({ revision = saved, status = "current" }, b.cluster)
-    assert.matches("rev-3", read(folders[4] .. "/" .. VENDOR .. "/identify.lua"), 1, true)
+    assert.matches("rev-3", read(folders[4] .. "/" .. VENDOR .. "/helpers.lua"), 1, true)
     -- of the three records the topic holds (save, rollback, save), only the newest was applied
     local _, reloads = late.logs():gsub('"msg":"blueprint reloaded"', "")
     assert.are.equal(1, reloads, late.logs())
@@ -255,7 +255,7 @@ describe("one blueprint revision across the cluster #kafka", function()
       assert.are.equal(503, code, "node " .. i .. "'s /healthz")
       assert.are.equal(saved, b.running, "node " .. i .. " keeps its revision")
       assert.matches("identify.lua", b.cluster.error, 1, true)
-      assert.matches("rev-3", read(folders[i] .. "/" .. VENDOR .. "/identify.lua"), 1, true)
+      assert.matches("rev-3", read(folders[i] .. "/" .. VENDOR .. "/helpers.lua"), 1, true)
       assert.matches("blueprint revision from the cluster refused", nodes[i].logs(), 1, true)
       assert.matches("not the " .. saved .. " it names", nodes[i].logs(), 1, true)
     end
@@ -272,14 +272,41 @@ describe("one blueprint revision across the cluster #kafka", function()
     end
   end)
 
+  it("refuses a revision that retypes a secret field without showing the secret", function()
+    local good = newest_record()
+    local retyped = core.json_decode(core.json_encode(good))
+    local yaml, n = retyped.files["blueprint.yaml"]:gsub(
+      "(key: api_key\n[^\n]*\n)    type: secret\n    required: true\n    sent_to: %[api_url%]\n",
+      "%1    type: integer\n    required: true\n")
+    assert.are.equal(1, n, "blueprint.yaml has no api_key field to retype")
+    retyped.files["blueprint.yaml"] = yaml
+    retyped.revision = revision_of(retyped.files)
+    produce(retyped)
+    for i = 1, 4 do
+      local refused = S.eventually(function()
+        local e = blueprint_health(nodes[i])
+        return e and e.cluster and e.cluster.status == "refused" and e.cluster.revision == retyped.revision
+      end, 60)
+      local b = blueprint_health(nodes[i])
+      assert.is_truthy(refused, "node " .. i .. " did not refuse revision " .. retyped.revision .. ": "
+        .. core.json_encode(b))
+      assert.matches("api_key", b.cluster.error, 1, true)
+      local raw = nodes[i].bodies[#nodes[i].bodies]
+      assert.is_falsy(raw:find(S.EMU_TOKEN, 1, true), "node " .. i .. "'s /healthz shows the secret: " .. raw)
+      assert.is_falsy(nodes[i].logs():find(S.EMU_TOKEN, 1, true), "node " .. i .. "'s log shows the secret")
+    end
+    local fixed = save(nodes[1], 'phone = ctx.get(traits, "phone") or "rev-5",', "after the retype")
+    reaches({ 1, 2, 3, 4 }, fixed)
+  end)
+
   it("runs a change made on disk on node 2 (hot reload) on every node", function()
-    local path = folders[2] .. "/" .. VENDOR .. "/identify.lua"
+    local path = folders[2] .. "/" .. VENDOR .. "/helpers.lua"
     local before, text = running(nodes[2]), assert(read(path))
     local changed, n = text:gsub('phone = ctx%.get%(traits, "phone"%)[^\n]*', 'phone = ctx.get(traits, "phone") or "disk",')
     assert.are.equal(1, n)
     -- written beside, then renamed over it (a dotfile: the watcher ignores it)
-    S.write(folders[2] .. "/" .. VENDOR .. "/.identify.lua.new", changed)
-    assert(os.rename(folders[2] .. "/" .. VENDOR .. "/.identify.lua.new", path))
+    S.write(folders[2] .. "/" .. VENDOR .. "/.helpers.lua.new", changed)
+    assert(os.rename(folders[2] .. "/" .. VENDOR .. "/.helpers.lua.new", path))
     local rev = S.eventually(function()
       local r = running(nodes[2])
       return r ~= before and r
@@ -287,7 +314,7 @@ describe("one blueprint revision across the cluster #kafka", function()
     assert.is_truthy(rev, "node 2 did not reload the change on its disk")
     local took = reaches({ 1, 3, 4 }, rev)
     print(("# a reload from disk on node 2 reached the other nodes in %.3f s"):format(took))
-    assert.are.equal(changed, read(folders[1] .. "/" .. VENDOR .. "/identify.lua"))
+    assert.are.equal(changed, read(folders[1] .. "/" .. VENDOR .. "/helpers.lua"))
   end)
 
   it("writes nothing when the brokers do not take the revision (503), and saves again once they do", function()
