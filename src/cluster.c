@@ -476,8 +476,8 @@ static void release(void *ctx)
     if (c->producer) rd_kafka_destroy(c->producer);
     for (size_t i = 0; i < c->ntopics; i++) free(c->topics[i]);
     free(c->topics);
-    for (size_t i = 0; i < c->nheld; i++) { free(c->held[i].key); free(c->held[i].value); }
-    free(c->held);
+    cluster_free_held(&c->held_blueprints);
+    cluster_free_held(&c->held_configs);
     cluster_free_slots(c);
     pthread_cond_destroy(&c->applied);
     bp_jti_set_free(c->won);

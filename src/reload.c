@@ -248,7 +248,7 @@ static void strip_path(char *msg, const char *dir)
 /* rec checked in a scratch folder (loads, compiles, every installed config
  * of v validates), then written into v's folder and reloaded; or refused
  * with v's folder untouched. */
-static void apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record *rec)
+static int apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record *rec)
 {
     char scratch[BP_PATH_MAX];
     bp_error err;
@@ -257,14 +257,14 @@ static void apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record
     if (!mkdtemp(scratch)) {
         bp_error_set(&err, "cannot make a scratch folder in %s", bp_registry_state_dir(r));
         refuse(r, v, rec->vendor, rec->revision, err.msg);
-        return;
+        return -1;
     }
     int ok = bp_blueprint_record_put(rec, scratch, &err) == 0 && bp_registry_edit_check(r, v, scratch, &stamp, &err) == 0;
     bp_blueprint_record_remove(rec, scratch);
     if (!ok) {
         strip_path(err.msg, scratch);
         refuse(r, v, rec->vendor, rec->revision, err.msg);
-        return;
+        return -1;
     }
     char disk[BP_REVISION_LEN];
     bp_registry_edit_begin(r);
@@ -275,21 +275,25 @@ static void apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record
     bp_registry_edit_end(r);
     bp_claims who = { "cluster", "", "", "", 0, 0 };   /* the audit log names who made it */
     snprintf(who.sub, sizeof who.sub, "%s", rec->actor[0] ? rec->actor : "cluster");
-    if (!ok || reload(r, v, &who, &err) < 0) refuse(r, v, rec->vendor, rec->revision, err.msg);
+    if (ok && reload(r, v, &who, &err) == 0) return 0;
+    refuse(r, v, rec->vendor, rec->revision, err.msg);
+    return -1;
 }
 
-void bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len)
+int bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len)
 {
     bp_blueprint_record rec;
     bp_error err;
+    int rc = -1;
     if (bp_blueprint_record_parse(&rec, record, len, &err) < 0) {
         bp_vendor *v = rec.vendor ? bp_registry_find_vendor(r, rec.vendor) : NULL;
         refuse(r, v, rec.vendor, rec.revision && strlen(rec.revision) < BP_REVISION_LEN ? rec.revision : "", err.msg);
     } else {
         bp_vendor *v = bp_registry_find_vendor(r, rec.vendor);
         if (!v) refuse(r, NULL, rec.vendor, rec.revision, "no folder for this blueprint on this node");
-        else if (bp_registry_runs(r, v, rec.revision)) bp_registry_note_cluster(r, v, rec.revision, NULL);
-        else apply_record(r, v, &rec);
+        else if (bp_registry_runs(r, v, rec.revision)) { bp_registry_note_cluster(r, v, rec.revision, NULL); rc = 0; }
+        else rc = apply_record(r, v, &rec);
     }
     bp_blueprint_record_free(&rec);
+    return rc;
 }

@@ -812,9 +812,9 @@ int bp_registry_publish_blueprint(bp_registry *r, const char *vendor, const char
 void bp_registry_note_cluster(bp_registry *r, bp_vendor *v, const char *revision, const char *refused);
 /* Cluster mode: a blueprint record from the configuration topic (any
  * node's, this one's too): checked in a scratch folder as hot reload checks
- * a change, then written into v's folder and switched to; or refused, the
- * running version kept and the refusal shown (reload.c). */
-void bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len);
+ * a change, then written into v's folder and switched to (0); or refused,
+ * the running version kept and the refusal shown (-1; reload.c). */
+int bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len);
 /* The editor's saves (editor.c).  Between edit_begin and edit_end admin_mu
  * is held: no install, update, delete or reload interleaves, and the calls
  * below may be made (only then), except edit_check and edit_reload, which

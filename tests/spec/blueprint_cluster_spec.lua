@@ -338,4 +338,43 @@ describe("one blueprint revision across the cluster #kafka", function()
     assert.is_truthy(saved_again, "no save was taken after the brokers came back: " .. nodes[1].bodies[#nodes[1].bodies])
     reaches({ 2, 3, 4 }, saved_again)
   end)
+
+  it("delivers, on a node started later, with a secret field a newer revision added", function()
+    -- a second API key field; every request sends it when it is set
+    local dir = folders[1] .. "/" .. VENDOR
+    local yaml, n = read(dir .. "/blueprint.yaml"):gsub("(\n  %- key: event_tracking_account_id\n)",
+      "\n  - key: api_key_2\n    label: Second API key\n    type: secret\n    sent_to: [api_url]\n%1", 1)
+    assert.are.equal(1, n, "blueprint.yaml has no event_tracking_account_id field")
+    local helpers, m = read(dir .. "/helpers.lua"):gsub('ctx%.secret%("api_key"%)',
+      '(ctx.secret("api_key_2") or ctx.secret("api_key"))')
+    assert.is_true(m > 0, "helpers.lua sends no api_key")
+    local st, body = nodes[1].call("PUT", FILES, core.json_encode({
+      files = { ["blueprint.yaml"] = yaml, ["helpers.lua"] = helpers }, message = "a second key" }))
+    assert.are.equal(200, st, nodes[1].bodies[#nodes[1].bodies])
+    reaches({ 1, 2, 3, 4 }, body.revision)
+    -- an integration whose only working key is the new field's
+    local account = S.emulator_account(emu, 0)
+    account.api_key, account.api_key_2 = "not-the-key", S.EMU_TOKEN
+    local it
+    st, it = nodes[1].call("POST", INSTALL, S.install_body("second key", account))
+    assert.are.equal(201, st, nodes[1].bodies[#nodes[1].bodies])
+    local late = start_node(5)
+    assert.are.equal(body.revision, running(late), "node 5 does not run the revision with the new field")
+    -- node 5 alone: it delivers every partition
+    for i = 1, 4 do nodes[i].stop() end
+    st = late.call("POST", "/v1/integrations/" .. it.id .. "/events", S.identify("second-key@example.com", "second-key"))
+    assert.are.equal(202, st, late.bodies[#late.bodies])
+    local seen
+    local delivered = S.eventually(function()
+      local code, live = late.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events")
+      for _, e in ipairs(code == 200 and live.events or {}) do
+        if e.event.messageId == "second-key" then
+          seen = e.outcome
+          if e.outcome.outcome == "delivered" then return true end
+        end
+      end
+    end, 90)
+    assert.is_truthy(delivered, "node 5 did not deliver the event: " .. core.json_encode(seen or "no outcome")
+      .. "\n" .. late.logs():sub(-3000))
+  end)
 end)
