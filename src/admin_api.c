@@ -87,19 +87,26 @@ static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
 int bp_write_cluster_blueprint(bp_buf *b, const bp_vendor *v)
 {
     const char *running = v->bp ? v->bp->revision : "";
-    const char *status = v->cluster_error ? "refused" : !strcmp(running, v->cluster_revision) ? "current" : "pending";
+    /* running the cluster's revision outranks an older refusal of it */
+    int current = v->cluster_revision[0] && !strcmp(running, v->cluster_revision);
+    int refused = !current && v->cluster_error;
     bp_buf_adds(b, ",\"cluster\":{\"revision\":");
     if (v->cluster_revision[0]) bp_json_write_string(b, v->cluster_revision, strlen(v->cluster_revision));
     else bp_buf_adds(b, "null");
-    bp_buf_printf(b, ",\"status\":\"%s\"", status);
-    if (v->cluster_error) {
+    bp_buf_printf(b, ",\"status\":\"%s\"", current ? "current" : refused ? "refused" : "pending");
+    if (refused) {
         bp_buf_adds(b, ",\"error\":");
         bp_json_write_string(b, v->cluster_error, strlen(v->cluster_error));
-        bp_buf_printf(b, ",\"note\":\"this node keeps running revision %s; the other nodes run %s\"",
-                      running[0] ? running : "(none)", v->cluster_revision[0] ? v->cluster_revision : "another");
+        bp_buf note;
+        bp_buf_init(&note);
+        bp_buf_printf(&note, "this node keeps running revision %s; the other nodes run %s", running[0] ? running : "(none)",
+                      v->cluster_revision[0] ? v->cluster_revision : "another");
+        bp_buf_adds(b, ",\"note\":");
+        bp_json_write_string(b, note.data, note.len);
+        bp_buf_free(&note);
     }
     bp_buf_addc(b, '}');
-    return v->cluster_error != NULL;
+    return refused;
 }
 
 /* ,"blueprint":{…}: the revision running and the one on disk; when the

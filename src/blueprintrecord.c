@@ -101,6 +101,24 @@ void bp_blueprint_record_free(bp_blueprint_record *rec)
     memset(rec, 0, sizeof *rec);
 }
 
+static int by_name(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* No file named twice (which one would be written is nobody's choice):
+ * the names sorted, equal neighbours. */
+static int named_once(const bp_blueprint_record *rec, bp_error *err)
+{
+    const char **sorted = bp_memdup(rec->names, (rec->n + 1) * sizeof *sorted);
+    qsort(sorted, rec->n, sizeof *sorted, by_name);
+    int rc = 0;
+    for (size_t i = 1; i < rec->n && rc == 0; i++)
+        if (!strcmp(sorted[i - 1], sorted[i])) {
+            bp_error_set(err, "the record names the file '%.100s' twice", sorted[i]);
+            rc = -1;
+        }
+    free(sorted);
+    return rc;
+}
+
 /* The files object of rec's document, checked: strings under plain names,
  * blueprint.yaml among them. */
 static int read_files(bp_blueprint_record *rec, uint32_t f, bp_error *err)
@@ -122,7 +140,12 @@ static int read_files(bp_blueprint_record *rec, uint32_t f, bp_error *err)
     }
     rec->n = n;
     if (!yaml) { bp_error_set(err, "the record has no blueprint.yaml"); return -1; }
-    return 0;
+    return named_once(rec, err);
+}
+
+int bp_revision_text(const char *rev)
+{
+    return rev && strlen(rev) == BP_REVISION_LEN - 1 && strspn(rev, "0123456789abcdef") == BP_REVISION_LEN - 1;
 }
 
 int bp_blueprint_record_parse(bp_blueprint_record *rec, const char *record, size_t len, bp_error *err)
@@ -137,7 +160,7 @@ int bp_blueprint_record_parse(bp_blueprint_record *rec, const char *record, size
     rec->revision = bp_jscalar(d, bp_jget(d, 0, "revision"));
     rec->actor = bp_jscalar(d, bp_jget(d, 0, "actor"));
     uint32_t f = bp_jget(d, 0, "files");
-    if (!rec->vendor || !*rec->vendor || !rec->revision || strlen(rec->revision) != BP_REVISION_LEN - 1 ||
+    if (!rec->vendor || !*rec->vendor || !bp_revision_text(rec->revision) ||
         f == BP_NONE || d->nodes[f].type != BP_JOBJECT) {
         bp_error_set(err, "the record lacks its blueprint, revision (12 hex digits) or files");
         return -1;

@@ -187,6 +187,11 @@ static int caught_up_with(bp_cluster *c, const view_batch *b)
     return 1;
 }
 
+static int apply_blueprint(bp_cluster *c, const held_record *h)
+{
+    return bp_registry_apply_blueprint(c->reg, h->key, h->key_len, h->value, h->len);
+}
+
 /* The held records applied, once caught up (before the node listens): each
  * blueprint's newest revision first, so that the integrations' configs
  * saved against it are unsealed and checked by it (a secret field it adds
@@ -197,11 +202,10 @@ static void apply_held(bp_cluster *c)
 {
     held_list *bl = &c->held_blueprints, *cl = &c->held_configs;
     int *refused = bp_calloc(bl->n + 1, sizeof *refused);
-    for (size_t i = 0; i < bl->n; i++)
-        refused[i] = bp_registry_apply_blueprint(c->reg, bl->v[i].value, bl->v[i].len) < 0;
+    for (size_t i = 0; i < bl->n; i++) refused[i] = apply_blueprint(c, &bl->v[i]) < 0;
     for (size_t i = 0; i < cl->n; i++) bp_registry_apply_config(c->reg, cl->v[i].value, cl->v[i].len);
     for (size_t i = 0; i < bl->n; i++)
-        if (refused[i] && cl->n) bp_registry_apply_blueprint(c->reg, bl->v[i].value, bl->v[i].len);
+        if (refused[i] && cl->n) apply_blueprint(c, &bl->v[i]);
     free(refused);
     cluster_free_held(bl);
     cluster_free_held(cl);
@@ -212,7 +216,7 @@ static void config_record(bp_cluster *c, const rd_kafka_message_t *m)
     if (!m->payload) return;
     int catching_up = m->partition >= 0 && m->partition < c->config_parts && m->offset < c->config_end[m->partition];
     if (catching_up) hold(is_blueprint(m) ? &c->held_blueprints : &c->held_configs, m);
-    else if (is_blueprint(m)) bp_registry_apply_blueprint(c->reg, m->payload, m->len);
+    else if (is_blueprint(m)) bp_registry_apply_blueprint(c->reg, m->key, m->key_len, m->payload, m->len);
     else bp_registry_apply_config(c->reg, m->payload, m->len);
 }
 

@@ -939,6 +939,7 @@ void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, 
     free(v->load_error);
     v->load_error = NULL;
     memcpy(v->disk_revision, rev, BP_REVISION_LEN);
+    if (!strcmp(rev, v->cluster_revision)) { free(v->cluster_error); v->cluster_error = NULL; }   /* runs it now */
     if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = bp_strdup(nb->vendor); }
     for (size_t k = 0; k < vi->n; k++) {
         bp_config_free(vi->items[k]->cfg);

@@ -194,16 +194,28 @@ void bp_registry_check_reload(bp_registry *r)
     }
 }
 
-int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err)
+/* dir compiled and every installed config of v validated against it; and,
+ * vendor not NULL, the blueprint it compiles is that vendor's. */
+static int check_folder(bp_registry *r, bp_vendor *v, const char *dir, const char *vendor, uint64_t *stamp,
+                        bp_error *err)
 {
     bp_vendor_items vi;
     bp_registry_vendor_items(r, v, &vi);
     *stamp = vi.stamp;
     bp_blueprint *nb = bp_catalog_compile(dir, err);
-    int rc = nb && validate_items(r, v, nb, &vi, err) == 0 ? 0 : -1;
+    int rc = -1;
+    if (nb && vendor && strcmp(nb->vendor, vendor) != 0)
+        bp_error_set(err, "blueprint.yaml names the vendor '%.100s', not '%.100s' as the record does", nb->vendor, vendor);
+    else if (nb && validate_items(r, v, nb, &vi, err) == 0)
+        rc = 0;
     items_free(&vi);
     bp_blueprint_free(nb);
     return rc;
+}
+
+int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err)
+{
+    return check_folder(r, v, dir, NULL, stamp, err);
 }
 
 int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],
@@ -259,7 +271,7 @@ static int apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record 
         refuse(r, v, rec->vendor, rec->revision, err.msg);
         return -1;
     }
-    int ok = bp_blueprint_record_put(rec, scratch, &err) == 0 && bp_registry_edit_check(r, v, scratch, &stamp, &err) == 0;
+    int ok = bp_blueprint_record_put(rec, scratch, &err) == 0 && check_folder(r, v, scratch, rec->vendor, &stamp, &err) == 0;
     bp_blueprint_record_remove(rec, scratch);
     if (!ok) {
         strip_path(err.msg, scratch);
@@ -280,14 +292,23 @@ static int apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record 
     return -1;
 }
 
-int bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len)
+/* Is key BP_BLUEPRINT_KEY and vendor (compaction keeps one record per key)? */
+static int keyed_by(const char *key, size_t key_len, const char *vendor)
+{
+    size_t kn = strlen(BP_BLUEPRINT_KEY), vn = strlen(vendor);
+    return key_len == kn + vn && !memcmp(key, BP_BLUEPRINT_KEY, kn) && !memcmp(key + kn, vendor, vn);
+}
+
+int bp_registry_apply_blueprint(bp_registry *r, const char *key, size_t key_len, const char *record, size_t len)
 {
     bp_blueprint_record rec;
     bp_error err;
     int rc = -1;
     if (bp_blueprint_record_parse(&rec, record, len, &err) < 0) {
-        bp_vendor *v = rec.vendor ? bp_registry_find_vendor(r, rec.vendor) : NULL;
-        refuse(r, v, rec.vendor, rec.revision && strlen(rec.revision) < BP_REVISION_LEN ? rec.revision : "", err.msg);
+        bp_vendor *v = rec.vendor && keyed_by(key, key_len, rec.vendor) ? bp_registry_find_vendor(r, rec.vendor) : NULL;
+        refuse(r, v, rec.vendor, bp_revision_text(rec.revision) ? rec.revision : "", err.msg);
+    } else if (!keyed_by(key, key_len, rec.vendor)) {
+        refuse(r, NULL, rec.vendor, rec.revision, "the record's key is not \"" BP_BLUEPRINT_KEY "\" and its blueprint");
     } else {
         bp_vendor *v = bp_registry_find_vendor(r, rec.vendor);
         if (!v) refuse(r, NULL, rec.vendor, rec.revision, "no folder for this blueprint on this node");

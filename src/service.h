@@ -636,8 +636,11 @@ typedef struct bp_blueprint_record {
     const char **names, **texts;
     size_t *lens;
 } bp_blueprint_record;
+/* Is rev a revision's text (12 lower-case hex digits)? */
+int bp_revision_text(const char *rev);
 /* -1 with err when it is not a record, names a file that is not a plain
- * name, or its files do not make its revision; free it either way. */
+ * name or names one twice, or its files do not make its revision; free it
+ * either way. */
 int bp_blueprint_record_parse(bp_blueprint_record *rec, const char *record, size_t len, bp_error *err);
 void bp_blueprint_record_free(bp_blueprint_record *rec);
 /* The record's files made dir's top-level files (others removed), each
@@ -811,10 +814,11 @@ int bp_registry_clustered(bp_registry *r);
 int bp_registry_publish_blueprint(bp_registry *r, const char *vendor, const char *record, size_t len, bp_error *err);
 void bp_registry_note_cluster(bp_registry *r, bp_vendor *v, const char *revision, const char *refused);
 /* Cluster mode: a blueprint record from the configuration topic (any
- * node's, this one's too): checked in a scratch folder as hot reload checks
- * a change, then written into v's folder and switched to (0); or refused,
- * the running version kept and the refusal shown (-1; reload.c). */
-int bp_registry_apply_blueprint(bp_registry *r, const char *record, size_t len);
+ * node's, this one's too; key: its Kafka key, which must name its
+ * blueprint, as the files must): checked in a scratch folder as hot reload
+ * checks a change, then written into v's folder and switched to (0); or
+ * refused, the running version kept and the refusal shown (-1; reload.c). */
+int bp_registry_apply_blueprint(bp_registry *r, const char *key, size_t key_len, const char *record, size_t len);
 /* The editor's saves (editor.c).  Between edit_begin and edit_end admin_mu
  * is held: no install, update, delete or reload interleaves, and the calls
  * below may be made (only then), except edit_check and edit_reload, which

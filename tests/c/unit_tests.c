@@ -1876,6 +1876,12 @@ TEST(blueprint_records_carry_a_folder_and_refuse_what_is_not_one)
     CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"files\":{}}", &err), -1);
     CHECK_CONTAINS(err.msg, "lacks");
     CHECK_INT(parse_record("not json", &err), -1);
+    CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"revision\":\"0123456789ab\",\"files\":{\"blueprint.yaml\":\"x\","
+                           "\"a.lua\":\"1\",\"a.lua\":\"2\"}}", &err), -1);
+    CHECK_CONTAINS(err.msg, "names the file 'a.lua' twice");
+    CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"revision\":\"0123456789a\\\"\",\"files\":{\"blueprint.yaml\":\"x\"}}",
+                           &err), -1);
+    CHECK_CONTAINS(err.msg, "12 hex digits");
     bp_buf_free(&rec);
     const char *names[] = { "blueprint.yaml", "identify.lua", "README", ".hidden", "old.lua", ".keep" };
     for (int i = 0; i < 6; i++) {

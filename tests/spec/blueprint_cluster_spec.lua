@@ -118,8 +118,22 @@ local function newest_record()
   return last and core.json_decode(last)
 end
 
-local function produce(record)
-  S.sh("kcat -b " .. kafka.brokers .. " -P -t " .. topic_name .. " -k blueprint:" .. VENDOR, core.json_encode(record))
+-- A record (a table, or its JSON text) into the configuration topic, under
+-- key (the blueprint's own by default).
+local function produce(record, key)
+  S.sh("kcat -b " .. kafka.brokers .. " -P -t " .. topic_name .. " -k " .. (key or "blueprint:" .. VENDOR),
+    type(record) == "string" and record or core.json_encode(record))
+end
+
+-- Wait until every node of `which` says of the blueprint what ok accepts.
+local function every_node(which, what, ok)
+  for _, i in ipairs(which) do
+    local e = S.eventually(function()
+      local b = blueprint_health(nodes[i])
+      return b and ok(b) and b
+    end, 60)
+    assert.is_truthy(e, ("node %d: %s; it says %s"):format(i, what, core.json_encode(blueprint_health(nodes[i]))))
+  end
 end
 
 describe("one blueprint revision across the cluster #kafka", function()
@@ -297,6 +311,67 @@ describe("one blueprint revision across the cluster #kafka", function()
     end
     local fixed = save(nodes[1], 'phone = ctx.get(traits, "phone") or "rev-5",', "after the retype")
     reaches({ 1, 2, 3, 4 }, fixed)
+  end)
+
+  it("refuses records that name a file twice, a revision that is not one, or another blueprint", function()
+    local good = newest_record()
+    local all = { 1, 2, 3, 4 }
+    -- a revision that is not 12 hex digits: refused, and /healthz stays JSON
+    local odd = core.json_decode(core.json_encode(good))
+    odd.revision = 'abc"}\\'
+    produce(odd)
+    every_node(all, "refuses a record whose revision is not one", function(b)
+      return b.cluster and b.cluster.status == "refused" and b.cluster.revision == core.null
+        and b.cluster.error:find("12 hex digits", 1, true)
+    end)
+    -- a file named twice
+    local twice = core.json_encode(good):gsub('"files":{', '"files":{"helpers.lua":"-- twice\\n",', 1)
+    twice = twice:gsub('"revision":"%x+"', '"revision":"0123456789ab"', 1)
+    produce(twice)
+    every_node(all, "refuses a record naming a file twice", function(b)
+      return b.cluster and b.cluster.status == "refused" and b.cluster.revision == "0123456789ab"
+        and b.cluster.error:find("names the file 'helpers.lua' twice", 1, true)
+    end)
+    -- files that do not make the revision this node runs: refused, yet it runs the cluster's revision
+    local tampered = core.json_decode(core.json_encode(good))
+    tampered.files["identify.lua"] = tampered.files["identify.lua"] .. "\n-- changed on the way\n"
+    produce(tampered)
+    every_node(all, "runs the revision the record names", function(b)
+      return b.cluster and b.cluster.revision == good.revision and b.cluster.status == "current" and not b.cluster.error
+    end)
+    for i = 1, 4 do
+      local _, code = blueprint_health(nodes[i])
+      assert.are.equal(200, code, "node " .. i .. "'s /healthz")
+    end
+    -- under another blueprint's key: logged, nothing else changes
+    produce(good, "blueprint:webhook")
+    -- another vendor's files under its key and name
+    local stray = core.json_decode(core.json_encode(good))
+    stray.blueprint = "webhook"
+    produce(stray, "blueprint:webhook")
+    for i = 1, 4 do
+      assert.is_truthy(S.eventually(function()
+        local logs = nodes[i].logs()
+        return logs:find("the record's key is not", 1, true) and logs:find("not 'webhook' as the record does", 1, true)
+      end, 60), "node " .. i .. " did not refuse the records of another blueprint: " .. nodes[i].logs():sub(-2000))
+      assert.are.equal(good.revision, running(nodes[i]))
+      assert.matches("rev-", read(folders[i] .. "/" .. VENDOR .. "/helpers.lua"), 1, true)
+    end
+    -- the webhook blueprint's own files end its refusal
+    local files = {}
+    for _, name in ipairs({ "blueprint.yaml", "event.lua", "event_batch.lua", "helpers.lua" }) do
+      files[name] = assert(read(folders[1] .. "/webhook/" .. name))
+    end
+    produce({ blueprint = "webhook", revision = revision_of(files), actor = "kcat", at = 0, files = files },
+      "blueprint:webhook")
+    for i = 1, 4 do
+      assert.is_truthy(S.eventually(function()
+        local st, h = nodes[i].call("GET", "/healthz")
+        for _, b in ipairs(type(h) == "table" and h.blueprints or {}) do
+          if b.vendor == "webhook" then return st == 200 and b.cluster ~= core.null and b.cluster.status == "current" end
+        end
+      end, 60), "node " .. i .. ": " .. nodes[i].bodies[#nodes[i].bodies])
+    end
   end)
 
   it("runs a change made on disk on node 2 (hot reload) on every node", function()
