@@ -37,13 +37,20 @@ static int plain_name(const char *name)
     return 1;
 }
 
-static int regular_file(const char *dir, const char *name)
+/* A regular file itself (a link, a folder, a device: not a blueprint
+ * file), its size in *size. */
+static int regular_file(const char *dir, const char *name, off_t *size)
 {
     char path[BP_PATH_MAX];
     struct stat st;
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    if (size) *size = st.st_size;
+    return 1;
 }
+
+/* A record is one Kafka message: Kafka's default message.max.bytes. */
+#define MAX_RECORD 1000000
 
 int bp_blueprint_record_write(const char *vendor, const char *dir, const char *actor, bp_buf *out,
                               char revision[BP_REVISION_LEN], bp_error *err)
@@ -55,9 +62,16 @@ int bp_blueprint_record_write(const char *vendor, const char *dir, const char *a
     size_t *lens = NULL;
     bp_buf *contents = NULL;
     int rc = 0;
+    off_t size = 0, total = 0;
     struct dirent *e;
     while (rc == 0 && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !regular_file(dir, e->d_name)) continue;
+        if (e->d_name[0] == '.' || !regular_file(dir, e->d_name, &size)) continue;
+        if ((total += size) > MAX_RECORD) {
+            bp_error_set(err, "the blueprint's top-level files hold more than %d bytes, the most one record (a "
+                         "Kafka message) carries", MAX_RECORD);
+            rc = -1;
+            break;
+        }
         char path[BP_PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         contents = bp_realloc(contents, (n + 1) * sizeof *contents);
@@ -84,6 +98,11 @@ int bp_blueprint_record_write(const char *vendor, const char *dir, const char *a
         bp_json_write_text(out, texts[i], lens[i]);
     }
     bp_buf_adds(out, "}}");
+    if (rc == 0 && out->len > MAX_RECORD) {
+        bp_error_set(err, "the blueprint's record would be %zu bytes, more than the %d one Kafka message carries",
+                     out->len, MAX_RECORD);
+        rc = -1;
+    }
     for (size_t i = 0; i < n; i++) { free((char *)names[i]); bp_buf_free(&contents[i]); }
     free(names);
     free(texts);
@@ -201,46 +220,137 @@ static int write_beside(const char *dir, const char *name, const char *data, siz
     return close(fd) == 0 && ok ? 0 : -1;
 }
 
-/* Top-level files of dir that rec does not hold: removed (they count in the revision). */
-static void remove_others(const bp_blueprint_record *rec, const char *dir)
+/* One change to a folder: a file's new contents renamed over it (tmp), or
+ * a file the revision does not have removed (tmp ""); the file as it was
+ * kept under bak ("" when there was none) until every change is made. */
+typedef struct change {
+    char path[BP_PATH_MAX], tmp[BP_PATH_MAX], bak[BP_PATH_MAX];
+    const char *name;
+    int old;
+} change;
+
+/* A hard link to c's file beside it, to put back if a later change fails. */
+static int keep_old(const char *dir, change *c)
+{
+    if (!c->old) return 0;
+    snprintf(c->bak, sizeof c->bak, "%s/.%s.XXXXXX", dir, c->name);
+    int fd = mkstemp(c->bak);
+    if (fd < 0) { c->bak[0] = '\0'; return -1; }
+    close(fd);
+    if (unlink(c->bak) < 0 || link(c->path, c->bak) < 0) { c->bak[0] = '\0'; return -1; }
+    return 0;
+}
+
+static void put_back(change *c)
+{
+    if (c->bak[0] && rename(c->bak, c->path) == 0) c->bak[0] = '\0';
+    else if (!c->old) unlink(c->path);
+}
+
+/* Leftovers of an earlier write that did not finish (a crash between the
+ * two steps): ".NAME.XXXXXX" beside a file of the record. */
+static void remove_leftovers(const bp_blueprint_record *rec, const char *dir)
 {
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || !regular_file(dir, e->d_name)) continue;
-        int kept = 0;
-        for (size_t i = 0; i < rec->n && !kept; i++) kept = !strcmp(rec->names[i], e->d_name);
-        if (kept) continue;
-        char path[BP_PATH_MAX];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
+        size_t n = strlen(e->d_name);
+        if (e->d_name[0] != '.' || n < 9 || e->d_name[n - 7] != '.') continue;
+        for (size_t i = 0; i < rec->n; i++) {
+            if (strlen(rec->names[i]) != n - 8 || memcmp(e->d_name + 1, rec->names[i], n - 8) != 0) continue;
+            char path[BP_PATH_MAX];
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+            break;
+        }
     }
     closedir(d);
 }
 
+/* The changes rec makes to dir: its files, then the top-level files it
+ * does not have.  -1 with err when a place of one is not a regular file
+ * (a folder, a link: nothing is changed). */
+static int plan(const bp_blueprint_record *rec, const char *dir, change **out, size_t *n, bp_error *err)
+{
+    change *cs = bp_calloc(rec->n + 1, sizeof *cs);
+    size_t k = 0;
+    struct stat st;
+    for (size_t i = 0; i < rec->n; i++, k++) {
+        cs[k].name = rec->names[i];
+        snprintf(cs[k].path, sizeof cs[k].path, "%s/%s", dir, rec->names[i]);
+        int exists = lstat(cs[k].path, &st) == 0;
+        if (exists && !S_ISREG(st.st_mode)) {
+            bp_error_set(err, "%s/%s is not a regular file (nothing was changed)", dir, rec->names[i]);
+            free(cs);
+            return -1;
+        }
+        cs[k].old = exists;
+    }
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || !regular_file(dir, e->d_name, NULL)) continue;
+        int kept = 0;
+        for (size_t i = 0; i < rec->n && !kept; i++) kept = !strcmp(rec->names[i], e->d_name);
+        if (kept) continue;
+        cs = bp_realloc(cs, (k + 1) * sizeof *cs);
+        memset(&cs[k], 0, sizeof cs[k]);
+        cs[k].name = bp_strdup(e->d_name);
+        snprintf(cs[k].path, sizeof cs[k].path, "%s/%s", dir, e->d_name);
+        cs[k++].old = 1;
+    }
+    if (d) closedir(d);
+    *out = cs;
+    *n = k;
+    return 0;
+}
+
+static void sync_folder(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return;
+    fsync(fd);
+    close(fd);
+}
+
 int bp_blueprint_record_put(const bp_blueprint_record *rec, const char *dir, bp_error *err)
 {
-    char (*tmp)[BP_PATH_MAX] = bp_calloc(rec->n + 1, sizeof *tmp);
+    change *cs;
+    size_t n, done = 0;
+    remove_leftovers(rec, dir);
+    if (plan(rec, dir, &cs, &n, err) < 0) return -1;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < rec->n; i++)
-        if (write_beside(dir, rec->names[i], rec->texts[i], rec->lens[i], tmp[i], sizeof tmp[i]) < 0) {
+        if (write_beside(dir, rec->names[i], rec->texts[i], rec->lens[i], cs[i].tmp, sizeof cs[i].tmp) < 0) {
             bp_error_set(err, "cannot write %s/%s: %s (nothing was changed)", dir, rec->names[i], strerror(errno));
             rc = -1;
         }
-    for (size_t i = 0; rc == 0 && i < rec->n; i++) {
-        char path[BP_PATH_MAX];
-        snprintf(path, sizeof path, "%s/%s", dir, rec->names[i]);
-        if (rename(tmp[i], path) < 0) {
-            bp_error_set(err, "cannot rename a file into %s: %s", path, strerror(errno));
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (keep_old(dir, &cs[i]) < 0) {
+            bp_error_set(err, "cannot keep %s while it is replaced: %s (nothing was changed)", cs[i].path, strerror(errno));
             rc = -1;
-        } else {
-            tmp[i][0] = '\0';
         }
+    /* every change, or (one failing) every one made undone */
+    for (; rc == 0 && done < n; done++) {
+        change *c = &cs[done];
+        if (c->tmp[0] ? rename(c->tmp, c->path) < 0 : unlink(c->path) < 0) {
+            bp_error_set(err, "cannot %s %s: %s (nothing was changed)", c->tmp[0] ? "replace" : "remove", c->path,
+                         strerror(errno));
+            rc = -1;
+            break;
+        }
+        c->tmp[0] = '\0';
     }
-    if (rc == 0) remove_others(rec, dir);
-    for (size_t i = 0; i < rec->n; i++) if (tmp[i][0]) unlink(tmp[i]);
-    free(tmp);
+    if (rc < 0)
+        for (size_t i = 0; i < done; i++) put_back(&cs[i]);
+    sync_folder(dir);
+    for (size_t i = 0; i < n; i++) {
+        if (cs[i].tmp[0]) unlink(cs[i].tmp);
+        if (cs[i].bak[0]) unlink(cs[i].bak);
+        if (i >= rec->n) free((char *)cs[i].name);
+    }
+    free(cs);
     return rc;
 }
 

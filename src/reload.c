@@ -79,6 +79,7 @@ typedef struct cluster_rev {
     bp_vendor *v;
     char rev[BP_REVISION_LEN];
     char *key;
+    int refused;                /* this node refuses rev (and runs another) */
 } cluster_rev;
 
 static void read_cluster_rev(void *ctx)
@@ -86,6 +87,24 @@ static void read_cluster_rev(void *ctx)
     cluster_rev *q = ctx;
     memcpy(q->rev, q->v->cluster_revision, BP_REVISION_LEN);
     q->key = bp_strdup(q->v->key);
+    q->refused = q->v->cluster_error && !(q->v->bp && !strcmp(q->v->bp->revision, q->v->cluster_revision));
+}
+
+/* A change on disk (the watcher) while this node refuses the cluster's
+ * revision: its folder may hold what a failed write left, which no node
+ * told; it is neither told to the others nor run (1, with err), unless it
+ * is the cluster's revision. */
+static int refusing(bp_registry *r, bp_vendor *v, const char *rev, bp_error *err)
+{
+    if (!bp_registry_clustered(r)) return 0;
+    cluster_rev q = { v, "", NULL, 0 };
+    bp_registry_locked(r, read_cluster_rev, &q);
+    free(q.key);
+    if (!q.refused || !strcmp(q.rev, rev)) return 0;
+    bp_error_set(err, "this node refuses the cluster's revision %s of this blueprint, so a change of its files on "
+                 "disk is neither told to the other nodes nor run; change it through the editor",
+                 q.rev[0] ? q.rev : "(unknown)");
+    return 1;
 }
 
 /* Cluster mode: the files in dir (revision rev of v, checked) told to every
@@ -96,7 +115,7 @@ static int tell_cluster(bp_registry *r, bp_vendor *v, const char *dir, const cha
                         bp_error *err)
 {
     if (!bp_registry_clustered(r)) return 0;
-    cluster_rev q = { v, "", NULL };
+    cluster_rev q = { v, "", NULL, 0 };
     bp_registry_locked(r, read_cluster_rev, &q);
     bp_buf rec;
     bp_buf_init(&rec);
@@ -139,7 +158,8 @@ static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const c
     bp_shared_bp_drop(running);
     bp_vendor_items vi;
     bp_registry_vendor_items(r, v, &vi);
-    if (nb && (validate_items(r, v, nb, &vi, err) < 0 || tell_cluster(r, v, v->dir, rev, who, err) < 0)) {
+    if (nb && ((!who && refusing(r, v, rev, err)) || validate_items(r, v, nb, &vi, err) < 0 ||
+               tell_cluster(r, v, v->dir, rev, who, err) < 0)) {
         bp_blueprint_free(nb);
         nb = NULL;
     }

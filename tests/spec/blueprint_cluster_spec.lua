@@ -276,6 +276,16 @@ describe("one blueprint revision across the cluster #kafka", function()
     -- Live Events says it too
     local _, live = nodes[2].call("GET", "/v1/admin/integrations/" .. id .. "/live-events")
     assert.are.equal("refused", live.blueprint.cluster.status)
+    -- meanwhile a change on node 4's disk is neither run nor told (what a failed write left looks the same)
+    local dir4 = folders[4] .. "/" .. VENDOR
+    local stray = read(dir4 .. "/helpers.lua"):gsub('phone = ctx%.get%(traits, "phone"%)[^\n]*',
+      'phone = ctx.get(traits, "phone") or "stray",')
+    S.write(dir4 .. "/.helpers.lua.new", stray)
+    assert(os.rename(dir4 .. "/.helpers.lua.new", dir4 .. "/helpers.lua"))
+    assert.is_truthy(S.eventually(function()
+      return nodes[4].logs():find("neither told to the other nodes nor run", 1, true)
+    end, 60), "node 4 did not hold back the change on its disk: " .. nodes[4].logs():sub(-2000))
+    for i = 1, 4 do assert.are.equal(saved, running(nodes[i]), "node " .. i) end
     -- a good save through any node ends it
     local fixed = save(nodes[3], 'phone = ctx.get(traits, "phone") or "rev-4",', "fixed")
     reaches({ 1, 2, 3, 4 }, fixed)
