@@ -939,7 +939,6 @@ void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, 
     free(v->load_error);
     v->load_error = NULL;
     memcpy(v->disk_revision, rev, BP_REVISION_LEN);
-    if (!strcmp(rev, v->cluster_revision)) { free(v->cluster_error); v->cluster_error = NULL; }   /* runs it now */
     if (!v->key || strcmp(v->key, nb->vendor) != 0) { free(v->key); v->key = bp_strdup(nb->vendor); }
     for (size_t k = 0; k < vi->n; k++) {
         bp_config_free(vi->items[k]->cfg);
@@ -999,12 +998,3 @@ int bp_registry_clustered(bp_registry *r) { return r->hooks.publish_blueprint !=
 
 int bp_registry_publish_blueprint(bp_registry *r, const char *vendor, const char *record, size_t len, bp_error *err)
 { return r->hooks.publish_blueprint ? r->hooks.publish_blueprint(r->hooks.ctx, vendor, record, len, err) : 0; }
-
-void bp_registry_note_cluster(bp_registry *r, bp_vendor *v, const char *revision, const char *refused)
-{
-    pthread_mutex_lock(&r->mu);
-    snprintf(v->cluster_revision, sizeof v->cluster_revision, "%s", revision);
-    free(v->cluster_error);
-    v->cluster_error = refused ? bp_strdup(refused) : NULL;
-    pthread_mutex_unlock(&r->mu);
-}

@@ -90,6 +90,29 @@ static void read_cluster_rev(void *ctx)
     q->refused = q->v->cluster_error && !(q->v->bp && !strcmp(q->v->bp->revision, q->v->cluster_revision));
 }
 
+/* v's newest revision in the cluster, and why this node refuses it (NULL:
+ * it does not), set under the registry's lock. */
+typedef struct cluster_note {
+    bp_vendor *v;
+    const char *revision, *refused;
+    int only_if_newest;         /* clear the refusal only if revision is the cluster's newest */
+} cluster_note;
+
+static void set_cluster_note(void *ctx)
+{
+    cluster_note *n = ctx;
+    if (n->only_if_newest && strcmp(n->v->cluster_revision, n->revision) != 0) return;
+    snprintf(n->v->cluster_revision, sizeof n->v->cluster_revision, "%s", n->revision);
+    free(n->v->cluster_error);
+    n->v->cluster_error = n->refused ? bp_strdup(n->refused) : NULL;
+}
+
+void bp_registry_note_cluster(bp_registry *r, bp_vendor *v, const char *revision, const char *refused)
+{
+    cluster_note n = { v, revision, refused, 0 };
+    bp_registry_locked(r, set_cluster_note, &n);
+}
+
 /* A change on disk (the watcher) while this node refuses the cluster's
  * revision: its folder may hold what a failed write left, which no node
  * told; it is neither told to the others nor run (1, with err), unless it
@@ -168,6 +191,8 @@ static int switch_locked(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const c
         log_rejected(r, v, rev, had, who, err->msg);
     } else {
         bp_registry_switch_version(r, v, nb, rev, &vi);
+        cluster_note runs = { v, rev, NULL, 1 };   /* it runs the cluster's revision now: no refusal stands */
+        bp_registry_locked(r, set_cluster_note, &runs);
         log_reloaded(r, v, rev, vi.n, who);
     }
     items_free(&vi);
