@@ -97,6 +97,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     w->err = m->err;
     w->partition = m->partition;
     w->offset = m->offset;
+    w->maybe_written = m->err && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED;
     w->done = 1;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
@@ -113,6 +114,7 @@ static int produce_sync(bp_cluster *c, const char *topic, const char *key, size_
     pthread_cond_init(&w.cv, NULL);
     w.done = 0;
     w.err = 0;
+    w.maybe_written = 0;
     char at[32];
     snprintf(at, sizeof at, "%lld", (long long)bp_wall_ms());
     const char *replayed = replay ? "1" : "0";   /* the header macro casts its argument unparenthesised */
@@ -129,13 +131,13 @@ static int produce_sync(bp_cluster *c, const char *topic, const char *key, size_
     }
     pthread_mutex_destroy(&w.mu);
     pthread_cond_destroy(&w.cv);
-    if (placed) { placed->partition = w.partition; placed->offset = w.offset; }
+    if (placed) { placed->partition = w.partition; placed->offset = w.offset; placed->maybe_written = w.maybe_written; }
     if (!e) return 0;
     pthread_mutex_lock(&c->mu);
     int up = c->brokers_up;
     pthread_mutex_unlock(&c->mu);
-    bp_error_set(err, "Kafka did not acknowledge the write to %s: %s%s", topic, rd_kafka_err2str(e),
-                 up ? "" : " (no broker reachable)");
+    bp_error_set(err, "Kafka did not acknowledge the write to %s: %s%s%s", topic, rd_kafka_err2str(e),
+                 up ? "" : " (no broker reachable)", w.maybe_written ? " (the brokers may have written it)" : "");
     if (e == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT || e == RD_KAFKA_RESP_ERR__TRANSPORT) cluster_set_health(c, 0, rd_kafka_err2str(e));
     return -1;
 }
@@ -193,7 +195,9 @@ static int publish_blueprint(void *ctx, const char *vendor, const char *record, 
     bp_cluster *c = ctx;
     char key[300];
     snprintf(key, sizeof key, "%s%s", BP_BLUEPRINT_KEY, vendor);
-    return produce_sync(c, c->t_config, key, strlen(key), record, len, "", 0, NULL, err);
+    waiter placed = { 0 };
+    if (produce_sync(c, c->t_config, key, strlen(key), record, len, "", 0, &placed, err) == 0) return 0;
+    return placed.maybe_written ? -2 : -1;
 }
 
 /* Wait until the viewer has applied NAME.sessions past `offset` of `part`. */

@@ -43,6 +43,7 @@ typedef struct waiter {
     rd_kafka_resp_err_t err;
     int32_t partition;           /* where the broker put the message */
     int64_t offset;
+    int maybe_written;           /* failed, yet the brokers may have written it */
 } waiter;
 
 /* A record read while the node catches up with the configuration topic:

@@ -884,7 +884,8 @@ static void apply(bp_registry *r, bp_vendor *v, const char *vendor, const change
         if (moved || told < 0) {
             bp_registry_edit_end(r);   /* changed while it was checked: check again */
             if (moved) continue;
-            fail(res, 503, "CLUSTER_UNAVAILABLE", "%s; nothing was written", err.msg);
+            fail(res, 503, "CLUSTER_UNAVAILABLE", "%s; %s", err.msg, told == -2 ? "this node wrote nothing yet, but "
+                 "the revision may have been applied (once the cluster's record reaches the nodes)" : "nothing was written");
             return;
         }
         bp_edit_rev rev = { 0 };

@@ -152,7 +152,11 @@ static int tell_cluster(bp_registry *r, bp_vendor *v, const char *dir, const cha
     if (rc < 0) {
         char why[sizeof err->msg];
         snprintf(why, sizeof why, "%s", err->msg);
-        bp_error_set(err, "the other nodes could not be told of this revision, so none runs it: %s", why);
+        if (rc == -2)
+            bp_error_set(err, "the brokers did not confirm this revision, yet may have taken it: every node, this one "
+                         "too, then runs it (see /healthz's blueprints): %s", why);
+        else
+            bp_error_set(err, "the other nodes could not be told of this revision, so none runs it: %s", why);
     }
     bp_buf_free(&rec);
     free(q.key);
@@ -305,26 +309,40 @@ static void strip_path(char *msg, const char *dir)
 /* rec checked in a scratch folder (loads, compiles, every installed config
  * of v validates), then written into v's folder and reloaded; or refused
  * with v's folder untouched. */
-static int apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record *rec)
+/* rec's files checked in a scratch folder: 0, or -1 with err; *stamp: the
+ * integrations checked (bp_registry_edit_stamp). */
+static int check_in_scratch(bp_registry *r, bp_vendor *v, const bp_blueprint_record *rec, uint64_t *stamp,
+                            bp_error *err)
 {
     char scratch[BP_PATH_MAX];
-    bp_error err;
-    uint64_t stamp;
     snprintf(scratch, sizeof scratch, "%s/.cluster-XXXXXX", bp_registry_state_dir(r));
     if (!mkdtemp(scratch)) {
-        bp_error_set(&err, "cannot make a scratch folder in %s", bp_registry_state_dir(r));
-        refuse(r, v, rec->vendor, rec->revision, err.msg);
+        bp_error_set(err, "cannot make a scratch folder in %s", bp_registry_state_dir(r));
         return -1;
     }
-    int ok = bp_blueprint_record_put(rec, scratch, &err) == 0 && check_folder(r, v, scratch, rec->vendor, &stamp, &err) == 0;
+    int ok = bp_blueprint_record_put(rec, scratch, err) == 0 && check_folder(r, v, scratch, rec->vendor, stamp, err) == 0;
     bp_blueprint_record_remove(rec, scratch);
-    if (!ok) {
-        strip_path(err.msg, scratch);
-        refuse(r, v, rec->vendor, rec->revision, err.msg);
-        return -1;
+    if (!ok) strip_path(err->msg, scratch);
+    return ok ? 0 : -1;
+}
+
+static int apply_record(bp_registry *r, bp_vendor *v, const bp_blueprint_record *rec)
+{
+    bp_error err;
+    uint64_t stamp;
+    int ok = 1;
+    for (int attempt = 0;; attempt++) {
+        if (check_in_scratch(r, v, rec, &stamp, &err) < 0) {
+            refuse(r, v, rec->vendor, rec->revision, err.msg);
+            return -1;
+        }
+        bp_registry_edit_begin(r);
+        /* an install, update or delete since the check: check again (after a
+         * few tries the reload below judges, under the lock) */
+        if (bp_registry_edit_stamp(r, v) == stamp || attempt >= 2) break;
+        bp_registry_edit_end(r);
     }
     char disk[BP_REVISION_LEN];
-    bp_registry_edit_begin(r);
     bp_registry_note_cluster(r, v, rec->revision, NULL);   /* first: a reload of these files tells nobody */
     bp_blueprint_revision(v->dir, disk);
     /* the folder may hold it already: this node's editor told it, then wrote it */

@@ -687,7 +687,8 @@ typedef struct bp_registry_hooks {
     void (*release)(void *ctx);
     /* A blueprint revision this node switched to (a save, a rollback, a
      * reload from disk): its record (blueprintrecord.c), acknowledged
-     * before the switch: 0, or -1 with err (the running version stays). */
+     * before the switch: 0, or -1 with err (the running version stays;
+     * -2: not acknowledged, yet the brokers may have written it). */
     int (*publish_blueprint)(void *ctx, const char *vendor, const char *record, size_t len, bp_error *err);
 } bp_registry_hooks;
 /* Installed once, before bp_registry_start. */
@@ -832,7 +833,7 @@ int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64
 uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v);
 /* Cluster mode: a checked edit (the folder dir as v's will be) told to
  * every node before it is written: 0 (also without a cluster), or -1 with
- * err (nothing may be written). */
+ * err (nothing may be written; -2: the brokers may have taken it even so). */
 int bp_registry_edit_publish(bp_registry *r, bp_vendor *v, const char *dir, const bp_claims *who, bp_error *err);
 /* Reload v from its folder now, through the hot-reload path (the watcher
  * then finds nothing new); running: the revision that runs afterwards. */
