@@ -73,7 +73,7 @@ CFLAGS     += -DBP_LIBDIR='"$(LIBDIR)"'
 CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox luajson helpers consent envelope blueprint config request cache answers luarequest steps engine batch reader \
              decode version
 NET     := transport classify ratelimit store batchstore fingerprint deliver_job deliver_batch deliver_send deliver_tenant deliver crypto auth \
-           metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord unopened live registry \
+           metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord blueprintrecord unopened live registry \
            reload verify intake kafkaconf clusterslots clusterview clusterconsumer cluster server admin_api events_api \
            live_stream console_api health_api console diff editor
 CORE    := $(CORE_ONLY) $(NET)

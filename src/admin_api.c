@@ -80,6 +80,35 @@ static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
     bp_buf_addc(b, '}');
 }
 
+/* Cluster mode: ,"cluster":{"revision","status","error"}: the cluster's
+ * newest revision of v and whether this node runs it (current), is
+ * switching to it (pending), or refused it (refused, and why).  Registry
+ * mu held.  Returns 1 when refused. */
+int bp_write_cluster_blueprint(bp_buf *b, const bp_vendor *v)
+{
+    const char *running = v->bp ? v->bp->revision : "";
+    /* running the cluster's revision outranks an older refusal of it */
+    int current = v->cluster_revision[0] && !strcmp(running, v->cluster_revision);
+    int refused = !current && v->cluster_error;
+    bp_buf_adds(b, ",\"cluster\":{\"revision\":");
+    if (v->cluster_revision[0]) bp_json_write_string(b, v->cluster_revision, strlen(v->cluster_revision));
+    else bp_buf_adds(b, "null");
+    bp_buf_printf(b, ",\"status\":\"%s\"", current ? "current" : refused ? "refused" : "pending");
+    if (refused) {
+        bp_buf_adds(b, ",\"error\":");
+        bp_json_write_string(b, v->cluster_error, strlen(v->cluster_error));
+        bp_buf note;
+        bp_buf_init(&note);
+        bp_buf_printf(&note, "this node keeps running revision %s; the other nodes run %s", running[0] ? running : "(none)",
+                      v->cluster_revision[0] ? v->cluster_revision : "another");
+        bp_buf_adds(b, ",\"note\":");
+        bp_json_write_string(b, note.data, note.len);
+        bp_buf_free(&note);
+    }
+    bp_buf_addc(b, '}');
+    return refused;
+}
+
 /* ,"blueprint":{…}: the revision running and the one on disk; when the
  * files on disk were rejected, why, and that the previous one still runs.
  * Registry mu held. */
@@ -91,6 +120,7 @@ void bp_write_blueprint_state(bp_buf *b, const bp_vendor *v)
     bp_buf_adds(b, ",\"on_disk\":");
     if (v->disk_revision[0]) bp_json_write_string(b, v->disk_revision, strlen(v->disk_revision));
     else bp_buf_adds(b, "null");
+    if (v->cluster_revision[0] || v->cluster_error) bp_write_cluster_blueprint(b, v);
     if (!v->load_error) { bp_buf_adds(b, ",\"status\":\"current\"}"); return; }
     bp_buf_adds(b, ",\"status\":\"rejected\",\"error\":");
     bp_json_write_string(b, v->load_error, strlen(v->load_error));

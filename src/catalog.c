@@ -84,6 +84,7 @@ void bp_catalog_free(bp_vendor *vendors, size_t n)
         free(vendors[i].key);
         free(vendors[i].dir);
         free(vendors[i].load_error);
+        free(vendors[i].cluster_error);
     }
     free(vendors);
 }
@@ -102,10 +103,13 @@ bp_blueprint *bp_catalog_compile(const char *dir, bp_error *err)
 /* Every config docs[k] of items[k] validated against nb's fields (into
  * cfgs[k]), and the secrets they hold kept as the running version ob has
  * them (bp_secrets_kept): no blueprint code runs.  -1 with err naming the
- * integration. */
+ * integration.  The secrets first: a field ob has as a secret that nb
+ * retypes would otherwise fail nb's check with a message quoting its value
+ * (shown to whoever sees the refusal: the log, the catalog, /healthz). */
 int bp_catalog_validate(const bp_blueprint *ob, const bp_blueprint *nb, bp_integration *const *items, char *const *docs,
                         bp_config **cfgs, size_t n, bp_error *err)
 {
+    if (bp_secrets_kept(ob, nb, items, docs, n, err) < 0) return -1;
     for (size_t k = 0; k < n; k++) {
         cfgs[k] = bp_config_load_text(nb, docs[k], strlen(docs[k]), "stored config", err);
         if (cfgs[k]) continue;
@@ -115,6 +119,6 @@ int bp_catalog_validate(const bp_blueprint *ob, const bp_blueprint *nb, bp_integ
                      items[k]->id, why);
         return -1;
     }
-    return bp_secrets_kept(ob, nb, items, docs, n, err);   /* configs that validate: their secrets kept */
+    return 0;
 }
 

@@ -19,7 +19,9 @@
  *                               integration_id.
  *   NAME.integrations           compacted: one record per integration, key
  *                               its id, value its head and every revision
- *                               with secrets sealed (configrecord.c).
+ *                               with secrets sealed (configrecord.c); and
+ *                               one per blueprint, key "blueprint:VENDOR",
+ *                               value its files (blueprintrecord.c).
  *   NAME.outcomes               every outcome, final or "retrying", of
  *                               every node: Live Events, /metrics and the
  *                               record of what was delivered.
@@ -95,6 +97,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     w->err = m->err;
     w->partition = m->partition;
     w->offset = m->offset;
+    w->maybe_written = m->err && rd_kafka_message_status(m) == RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED;
     w->done = 1;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
@@ -111,6 +114,7 @@ static int produce_sync(bp_cluster *c, const char *topic, const char *key, size_
     pthread_cond_init(&w.cv, NULL);
     w.done = 0;
     w.err = 0;
+    w.maybe_written = 0;
     char at[32];
     snprintf(at, sizeof at, "%lld", (long long)bp_wall_ms());
     const char *replayed = replay ? "1" : "0";   /* the header macro casts its argument unparenthesised */
@@ -127,13 +131,13 @@ static int produce_sync(bp_cluster *c, const char *topic, const char *key, size_
     }
     pthread_mutex_destroy(&w.mu);
     pthread_cond_destroy(&w.cv);
-    if (placed) { placed->partition = w.partition; placed->offset = w.offset; }
+    if (placed) { placed->partition = w.partition; placed->offset = w.offset; placed->maybe_written = w.maybe_written; }
     if (!e) return 0;
     pthread_mutex_lock(&c->mu);
     int up = c->brokers_up;
     pthread_mutex_unlock(&c->mu);
-    bp_error_set(err, "Kafka did not acknowledge the write to %s: %s%s", topic, rd_kafka_err2str(e),
-                 up ? "" : " (no broker reachable)");
+    bp_error_set(err, "Kafka did not acknowledge the write to %s: %s%s%s", topic, rd_kafka_err2str(e),
+                 up ? "" : " (no broker reachable)", w.maybe_written ? " (the brokers may have written it)" : "");
     if (e == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT || e == RD_KAFKA_RESP_ERR__TRANSPORT) cluster_set_health(c, 0, rd_kafka_err2str(e));
     return -1;
 }
@@ -181,6 +185,19 @@ static int publish_config(void *ctx, const char *integration, const char *record
     }
     bp_config_record_free(&rec);
     return 0;
+}
+
+/* A blueprint revision for every node: keyed by BP_BLUEPRINT_KEY and the
+ * vendor in the configuration topic (compaction keeps the newest per
+ * vendor), acknowledged before the node that made it switches. */
+static int publish_blueprint(void *ctx, const char *vendor, const char *record, size_t len, bp_error *err)
+{
+    bp_cluster *c = ctx;
+    char key[300];
+    snprintf(key, sizeof key, "%s%s", BP_BLUEPRINT_KEY, vendor);
+    waiter placed = { 0 };
+    if (produce_sync(c, c->t_config, key, strlen(key), record, len, "", 0, &placed, err) == 0) return 0;
+    return placed.maybe_written ? -2 : -1;
 }
 
 /* Wait until the viewer has applied NAME.sessions past `offset` of `part`. */
@@ -338,7 +355,8 @@ static void lease(void *ctx, bp_lease *out) { cluster_lease(ctx, out); }
 /* What the registry calls (bp_registry_hooks): it never names the cluster. */
 static void plug_into(bp_cluster *c, bp_registry *reg)
 {
-    bp_registry_hooks h = { c, publish_config, topics_changed, lease, outcome, spend_jti, stop, release };
+    bp_registry_hooks h = { c, publish_config, topics_changed, lease, outcome, spend_jti, stop, release,
+                            publish_blueprint };
     bp_registry_set_hooks(reg, &h);
 }
 
@@ -462,6 +480,8 @@ static void release(void *ctx)
     if (c->producer) rd_kafka_destroy(c->producer);
     for (size_t i = 0; i < c->ntopics; i++) free(c->topics[i]);
     free(c->topics);
+    cluster_free_held(&c->held_blueprints);
+    cluster_free_held(&c->held_configs);
     cluster_free_slots(c);
     pthread_cond_destroy(&c->applied);
     bp_jti_set_free(c->won);

@@ -43,7 +43,20 @@ typedef struct waiter {
     rd_kafka_resp_err_t err;
     int32_t partition;           /* where the broker put the message */
     int64_t offset;
+    int maybe_written;           /* failed, yet the brokers may have written it */
 } waiter;
+
+/* A record read while the node catches up with the configuration topic:
+ * only the newest of each key is applied, once it has caught up. */
+typedef struct held_record {
+    char *key, *value;
+    size_t key_len, len;
+} held_record;
+
+typedef struct held_list {
+    held_record *v;
+    size_t n;
+} held_list;
 
 /* A line of --kafka-config: librdkafka's own property, for every client. */
 typedef struct kafka_setting {
@@ -74,7 +87,8 @@ struct bp_cluster {
     int64_t view_pos[MAX_VIEW_PARTS];   /* [mu] next outcomes offset applied, per partition */
     int config_parts;
     int64_t config_end[MAX_VIEW_PARTS]; /* config topic end at start (catch-up before serving) */
-    int64_t config_pos[MAX_VIEW_PARTS]; /* [mu] */
+    int64_t config_pos[MAX_VIEW_PARTS]; /* [mu] (written by the viewer only) */
+    held_list held_blueprints, held_configs;   /* viewer: records kept while catching up */
     int sessions_parts;
     int64_t sessions_end[MAX_VIEW_PARTS];   /* NAME.sessions' end at start (catch-up before serving) */
     int64_t sessions_pos[MAX_VIEW_PARTS];   /* [mu] next NAME.sessions offset applied */
@@ -116,6 +130,7 @@ int cluster_start_viewer(bp_cluster *c, bp_error *err);
 void *cluster_viewer_main(void *arg);
 void cluster_save_view_positions(bp_cluster *c);
 void cluster_catch_up_outcomes(bp_cluster *c);
+void cluster_free_held(held_list *l);
 
 /* clusterconsumer.c */
 int cluster_start_consumer(bp_cluster *c, bp_error *err);

@@ -1,6 +1,7 @@
 /*
  * clusterview.c — the viewer: every node reads the whole cluster's
- * configuration (NAME.integrations, applied to the registry), spent console
+ * configuration (NAME.integrations: integrations and blueprint revisions,
+ * applied through the registry), spent console
  * token ids (NAME.sessions) and outcomes (NAME.outcomes: stored, counted,
  * shown in Live Events), every partition, outside any consumer group.
  */
@@ -126,24 +127,119 @@ typedef struct view_batch {
     int n;
 } view_batch;
 
+/* ---- the configuration topic: while catching up, the newest record of each key ------------------ */
+
+static int is_config(bp_cluster *c, const rd_kafka_message_t *m)
+{
+    return !strcmp(rd_kafka_topic_name(m->rkt), c->t_config);
+}
+
+static int is_blueprint(const rd_kafka_message_t *m)
+{
+    size_t kn = strlen(BP_BLUEPRINT_KEY);
+    return m->key && m->key_len > kn && !memcmp(m->key, BP_BLUEPRINT_KEY, kn);
+}
+
+/* A record the configuration topic held when the node started: the topic
+ * is not compacted yet (or never, on the mock cluster), so a key may have
+ * many, and applying each (for a blueprint a compile and a write) could
+ * keep the node from listening; the newest stands for all, as compaction
+ * would have it. */
+static void hold(held_list *l, const rd_kafka_message_t *m)
+{
+    held_record *h = NULL;
+    for (size_t i = 0; i < l->n && !h; i++)
+        if (l->v[i].key_len == m->key_len && !memcmp(l->v[i].key, m->key, m->key_len)) h = &l->v[i];
+    if (!h) {
+        l->v = bp_realloc(l->v, (l->n + 1) * sizeof *l->v);
+        h = &l->v[l->n++];
+        h->key = bp_memdup(m->key ? m->key : "", m->key_len);
+        h->key_len = m->key_len;
+    } else {
+        free(h->value);
+    }
+    h->value = bp_memdup(m->payload, m->len);
+    h->len = m->len;
+}
+
+void cluster_free_held(held_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].key);
+        free(l->v[i].value);
+    }
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+/* Has the viewer read the configuration topic up to its end at start, with
+ * this batch?  (config_pos is written by the viewer alone.) */
+static int caught_up_with(bp_cluster *c, const view_batch *b)
+{
+    for (int p = 0; p < c->config_parts; p++) {
+        int64_t pos = c->config_pos[p];
+        for (int i = 0; i < b->n; i++)
+            if (is_config(c, b->msgs[i]) && b->msgs[i]->partition == p && b->msgs[i]->offset + 1 > pos)
+                pos = b->msgs[i]->offset + 1;
+        if (pos < c->config_end[p]) return 0;
+    }
+    return 1;
+}
+
+static int apply_blueprint(bp_cluster *c, const held_record *h)
+{
+    return bp_registry_apply_blueprint(c->reg, h->key, h->key_len, h->value, h->len);
+}
+
+/* The held records applied, once caught up (before the node listens): each
+ * blueprint's newest revision first, so that the integrations' configs
+ * saved against it are unsealed and checked by it (a secret field it adds
+ * is known), then the configs; then each blueprint refused at first again
+ * (its check met configs this node had stored before, which the records
+ * just applied may have replaced). */
+static void apply_held(bp_cluster *c)
+{
+    held_list *bl = &c->held_blueprints, *cl = &c->held_configs;
+    int *refused = bp_calloc(bl->n + 1, sizeof *refused);
+    for (size_t i = 0; i < bl->n; i++) refused[i] = apply_blueprint(c, &bl->v[i]) < 0;
+    for (size_t i = 0; i < cl->n; i++) bp_registry_apply_config(c->reg, cl->v[i].value, cl->v[i].len);
+    for (size_t i = 0; i < bl->n; i++)
+        if (refused[i] && cl->n) apply_blueprint(c, &bl->v[i]);
+    free(refused);
+    cluster_free_held(bl);
+    cluster_free_held(cl);
+}
+
+static void config_record(bp_cluster *c, const rd_kafka_message_t *m)
+{
+    if (!m->payload) return;
+    int catching_up = m->partition >= 0 && m->partition < c->config_parts && m->offset < c->config_end[m->partition];
+    if (catching_up) hold(is_blueprint(m) ? &c->held_blueprints : &c->held_configs, m);
+    else if (is_blueprint(m)) bp_registry_apply_blueprint(c->reg, m->key, m->key_len, m->payload, m->len);
+    else bp_registry_apply_config(c->reg, m->payload, m->len);
+}
+
+/* A batch: the configuration and the spent token ids first, in the topics'
+ * order (a blueprint's apply compiles and writes files: not inside the
+ * store's write transaction), then the outcomes in one transaction. */
 static void view_apply(bp_cluster *c, view_batch *b)
 {
     bp_store *store = c->store;
     int has_outcomes = 0;
-    for (int i = 0; i < b->n; i++)
-        if (!strcmp(rd_kafka_topic_name(b->msgs[i]->rkt), c->t_outcomes)) has_outcomes = 1;
-    int began = has_outcomes && bp_store_begin(store) == 0;
     for (int i = 0; i < b->n; i++) {
         rd_kafka_message_t *m = b->msgs[i];
         const char *topic = rd_kafka_topic_name(m->rkt);
-        if (!strcmp(topic, c->t_config)) {
-            if (m->payload) bp_registry_apply_config(c->reg, m->payload, m->len);
-        } else if (!strcmp(topic, c->t_sessions)) {
-            if (m->payload) view_session(c, m);
-        } else if (began && m->payload) {
-            view_outcome(c, m, store);
-        }
+        if (!strcmp(topic, c->t_config)) config_record(c, m);
+        else if (!strcmp(topic, c->t_sessions)) { if (m->payload) view_session(c, m); }
+        else has_outcomes = 1;
     }
+    if ((c->held_blueprints.n || c->held_configs.n) && caught_up_with(c, b))
+        apply_held(c);   /* before the positions say so: start waits for them */
+    int began = has_outcomes && bp_store_begin(store) == 0;
+    for (int i = 0; began && i < b->n; i++)
+        if (!strcmp(rd_kafka_topic_name(b->msgs[i]->rkt), c->t_outcomes) && b->msgs[i]->payload)
+            view_outcome(c, b->msgs[i], store);
     /* a store that refuses writes: the outcomes are applied again from the
      * same offsets (positions do not move) */
     int ok = !has_outcomes || (began && bp_store_commit(store, 1) == 0);

@@ -849,8 +849,9 @@ static void write_saved(bp_buf *b, const bp_edit_rev *rev, const bp_buf *changed
 #define APPLY_TRIES 3
 
 /* A save or a rollback: checked in a scratch copy as hot reload checks a
- * change (422 naming file and line, nothing written), then written,
- * recorded and reloaded.  The check runs the edit's code, so it runs
+ * change (422 naming file and line, nothing written), then (in cluster
+ * mode told to every node first: 503, nothing written, when it cannot be)
+ * written, recorded and reloaded.  The check runs the edit's code, so it runs
  * without the admin lock (an edit that stalls until its budget ends must
  * not stall installs, sign-ins or other saves); the lock is taken only to
  * write and record, once it is sure that neither the folder nor the
@@ -874,12 +875,18 @@ static void apply(bp_registry *r, bp_vendor *v, const char *vendor, const change
             remove_scratch(scratch);
             return;
         }
-        remove_scratch(scratch);
         bp_registry_edit_begin(r);
         bp_blueprint_revision(v->dir, now);
-        if (strcmp(now, base) != 0 || bp_registry_edit_stamp(r, v) != stamp) {
+        int moved = strcmp(now, base) != 0 || bp_registry_edit_stamp(r, v) != stamp;
+        /* cluster mode: every node is told of the edit before anything is written */
+        int told = moved ? 0 : bp_registry_edit_publish(r, v, scratch, who, &err);
+        remove_scratch(scratch);
+        if (moved || told < 0) {
             bp_registry_edit_end(r);   /* changed while it was checked: check again */
-            continue;
+            if (moved) continue;
+            fail(res, 503, "CLUSTER_UNAVAILABLE", "%s; %s", err.msg, told == -2 ? "this node wrote nothing yet, but "
+                 "the revision may have been applied (once the cluster's record reaches the nodes)" : "nothing was written");
+            return;
         }
         bp_edit_rev rev = { 0 };
         bp_buf changed;

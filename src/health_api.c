@@ -22,6 +22,25 @@ void bp_write_retention(bp_buf *b, bp_store *store, const char *integration)
     bp_buf_addc(b, '}');
 }
 
+/* Cluster mode: each blueprint's running revision and the cluster's. */
+typedef struct blueprints_json {
+    bp_buf *b;
+    int n, refused;
+} blueprints_json;
+
+static void blueprint_json(void *ctx, bp_vendor *v)
+{
+    blueprints_json *w = ctx;
+    bp_buf_adds(w->b, w->n++ ? ",{\"vendor\":" : "{\"vendor\":");
+    bp_json_write_string(w->b, v->key, strlen(v->key));
+    bp_buf_adds(w->b, ",\"running\":");
+    if (v->bp && v->bp->revision[0]) bp_json_write_string(w->b, v->bp->revision, strlen(v->bp->revision));
+    else bp_buf_adds(w->b, "null");
+    if (v->cluster_revision[0] || v->cluster_error) w->refused += bp_write_cluster_blueprint(w->b, v);
+    else bp_buf_adds(w->b, ",\"cluster\":null");   /* no node has told a revision of it yet */
+    bp_buf_addc(w->b, '}');
+}
+
 void bp_api_healthz(call *k)
 {
     bp_cluster *cluster = k->s->cluster;
@@ -33,8 +52,14 @@ void bp_api_healthz(call *k)
     bp_buf unopened;
     bp_buf_init(&unopened);
     size_t nunopened = bp_unopened_json(bp_registry_unopened(k->s->reg), &unopened);
+    bp_buf blueprints;
+    bp_buf_init(&blueprints);
+    blueprints_json bj = { &blueprints, 0, 0 };
+    if (cluster) bp_registry_each_vendor(k->s->reg, blueprint_json, &bj);
     bp_buf *b = &k->r->body;
-    int ok = !h.failing && kafka_up && !nunopened;
+    /* not ready either while this node refuses the cluster's revision of a
+     * blueprint: it maps events otherwise than the other nodes */
+    int ok = !h.failing && kafka_up && !nunopened && !bj.refused;
     if (!ok) k->r->status = 503;
     bp_buf_printf(b, "{\"status\":\"%s\",\"store\":", ok ? "ok" : "unhealthy");
     if (h.failing) {
@@ -52,8 +77,14 @@ void bp_api_healthz(call *k)
     bp_buf_add(b, unopened.data, unopened.len);
     bp_buf_addc(b, ',');
     bp_write_retention(b, bp_registry_store(k->s->reg), NULL);
-    if (cluster) { bp_buf_adds(b, ",\"kafka\":"); bp_buf_add(b, kafka.data, kafka.len); }
+    if (cluster) {
+        bp_buf_adds(b, ",\"blueprints\":[");
+        bp_buf_add(b, blueprints.data, blueprints.len);
+        bp_buf_adds(b, "],\"kafka\":");
+        bp_buf_add(b, kafka.data, kafka.len);
+    }
     bp_buf_addc(b, '}');
+    bp_buf_free(&blueprints);
     bp_buf_free(&kafka);
     bp_buf_free(&unopened);
 }

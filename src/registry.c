@@ -528,18 +528,11 @@ void bp_registry_close(bp_registry *r)
 
 /* ---- the audit log --------------------------------------------------------------------------- */
 
-/* One audit entry (admin_mu held).  revision 0 = none. */
-static void audit_locked(bp_registry *r, const bp_claims *who, const char *action, const char *integration, int before,
-                         int after, const char *detail)
-{
-    bp_audit_write(r->db, who, action, integration, before, after, detail);
-}
-
 void bp_registry_audit(bp_registry *r, const bp_claims *who, const char *action, const char *integration,
                        const char *detail)
 {
     pthread_mutex_lock(&r->admin_mu);
-    audit_locked(r, who, action, integration, 0, 0, detail);
+    bp_audit_write(r->db, who, action, integration, 0, 0, detail);
     pthread_mutex_unlock(&r->admin_mu);
 }
 
@@ -623,7 +616,7 @@ static int install_locked(bp_registry *r, bp_vendor *v, const bp_doc *body, cons
     bp_buf_init(&what);
     bp_buf_printf(&what, "%s, named ", sbp->bp->vendor);
     bp_json_write_text(&what, name, strlen(name));
-    audit_locked(r, who, "integration.install", it->id, 0, 1, what.data);
+    bp_audit_write(r->db, who, "integration.install", it->id, 0, 1, what.data);
     bp_buf_free(&what);
     bp_shared_bp_drop(sbp);
     return 0;
@@ -690,7 +683,7 @@ static int update_locked(bp_registry *r, bp_integration *it, const bp_doc *patch
     bp_buf what;
     bp_buf_init(&what);
     bp_audit_describe_changes(current, doc.data, &what);
-    audit_locked(r, who, "integration.update", it->id, it->revision - 1, it->revision, what.data);
+    bp_audit_write(r->db, who, "integration.update", it->id, it->revision - 1, it->revision, what.data);
     bp_buf_free(&what);
     free(current);
     bp_buf_free(&doc);
@@ -749,7 +742,7 @@ int bp_registry_delete(bp_registry *r, bp_integration *it, const bp_claims *who,
     bp_serverdb_exec(r->db, ok ? "COMMIT" : "ROLLBACK");
     if (!ok) { pthread_mutex_unlock(&r->admin_mu); bp_shared_bp_drop(sbp); return -1; }
     log_integration("integration deleted", it);   /* vendor->key changes only under admin_mu */
-    audit_locked(r, who, "integration.delete", it->id, it->revision, 0, "its events, once-keys and pause state are "
+    bp_audit_write(r->db, who, "integration.delete", it->id, it->revision, 0, "its events, once-keys and pause state are "
                  "deleted; its revisions are kept with secrets masked");
     forget_integration(r, it);
     pthread_mutex_unlock(&r->admin_mu);
@@ -946,7 +939,7 @@ void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, 
 
 void bp_registry_audit_held(bp_registry *r, const bp_claims *who, const char *action, const char *detail)
 {
-    audit_locked(r, who, action, NULL, 0, 0, detail);
+    bp_audit_write(r->db, who, action, NULL, 0, 0, detail);
 }
 
 /* ---- the web console: spent sign-in token ids, the editor's lock ----------------------------- */
@@ -975,22 +968,17 @@ void bp_registry_edit_end(bp_registry *r) { pthread_mutex_unlock(&r->admin_mu); 
 /* ---- the editor's revisions (revisions.c), under admin_mu ------------------------------------ */
 
 int bp_registry_edit_latest(bp_registry *r, const char *vendor, int *number, char revision[BP_REVISION_LEN])
-{
-    return bp_revisions_latest(r->db, vendor, number, revision);
-}
-
+{ return bp_revisions_latest(r->db, vendor, number, revision); }
 int bp_registry_edit_record(bp_registry *r, const char *vendor, bp_edit_rev *rev, const bp_claims *who,
                             const char *action)
-{
-    return bp_revisions_record(r->db, &r->keep, vendor, rev, who, action);
-}
-
+{ return bp_revisions_record(r->db, &r->keep, vendor, rev, who, action); }
 int bp_registry_edit_files(bp_registry *r, const char *vendor, int number, bp_buf *files_json)
-{
-    return bp_revisions_files(r->db, vendor, number, files_json);
-}
+{ return bp_revisions_files(r->db, vendor, number, files_json); }
+int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out) { return bp_revisions_list(r->db, vendor, out); }
 
-int bp_registry_edit_list(bp_registry *r, const char *vendor, bp_buf *out)
-{
-    return bp_revisions_list(r->db, vendor, out);
-}
+/* ---- cluster mode: one blueprint revision across the nodes (reload.c decides) ---------------- */
+
+int bp_registry_clustered(bp_registry *r) { return r->hooks.publish_blueprint != NULL; }
+
+int bp_registry_publish_blueprint(bp_registry *r, const char *vendor, const char *record, size_t len, bp_error *err)
+{ return r->hooks.publish_blueprint ? r->hooks.publish_blueprint(r->hooks.ctx, vendor, record, len, err) : 0; }

@@ -224,6 +224,10 @@ int bp_store_batch_event(bp_store *s, int64_t id, bp_stored *e);
  * fingerprint.c; out is "" when the folder cannot be read. */
 #define BP_REVISION_LEN 13
 void bp_blueprint_revision(const char *dir, char out[BP_REVISION_LEN]);
+/* The revision of a folder holding exactly these n files (names[i] with
+ * contents texts[i], lens[i] bytes). */
+void bp_files_revision(size_t n, const char *const *names, const char *const *texts, const size_t *lens,
+                       char out[BP_REVISION_LEN]);
 
 /* A blueprint shared by the registry and the delivery loops; freed with the
  * last reference (a reload replaces it while loops still use the old one). */
@@ -445,6 +449,8 @@ typedef struct bp_vendor {
     bp_shared_bp *bp;           /* [mu] the running version; NULL if it never loaded */
     char *load_error;           /* [mu] the last failed (re)load, shown on the catalog */
     char disk_revision[BP_REVISION_LEN];  /* [mu] the files' revision at the last (re)load attempt */
+    char cluster_revision[BP_REVISION_LEN];   /* [mu] cluster mode: the cluster's newest ("" none yet) */
+    char *cluster_error;        /* [mu] cluster mode: why this node does not run it, or NULL */
     uint64_t signature;         /* the reload thread only */
 } bp_vendor;
 
@@ -648,6 +654,34 @@ int bp_config_record_is_news(struct sqlite3 *db, const bp_config_record *rec);
 /* Stored in one transaction: 0, or -1 (logged). */
 int bp_config_record_store(struct sqlite3 *db, const bp_config_record *rec);
 
+/* blueprintrecord.c: cluster mode's blueprint record (the configuration
+ * topic's key BP_BLUEPRINT_KEY and the vendor): every top-level file of a
+ * folder, as its revision counts them. */
+#define BP_BLUEPRINT_KEY "blueprint:"
+/* Written from dir, *revision what its files make: 0, or -1 with err. */
+int bp_blueprint_record_write(const char *vendor, const char *dir, const char *actor, bp_buf *out,
+                              char revision[BP_REVISION_LEN], bp_error *err);
+typedef struct bp_blueprint_record {
+    bp_doc d;
+    const char *vendor, *revision, *actor;   /* into d */
+    size_t n;                   /* files: names (plain), texts, lens (into d) */
+    const char **names, **texts;
+    size_t *lens;
+} bp_blueprint_record;
+/* Is rev a revision's text (12 lower-case hex digits)? */
+int bp_revision_text(const char *rev);
+/* -1 with err when it is not a record, names a file that is not a plain
+ * name or names one twice, or its files do not make its revision; free it
+ * either way. */
+int bp_blueprint_record_parse(bp_blueprint_record *rec, const char *record, size_t len, bp_error *err);
+void bp_blueprint_record_free(bp_blueprint_record *rec);
+/* The record's files made dir's top-level files (others removed), each
+ * first written beside its place then renamed over it: -1 with err, dir
+ * unchanged, when one cannot be written. */
+int bp_blueprint_record_put(const bp_blueprint_record *rec, const char *dir, bp_error *err);
+/* The record's files removed from dir, then dir (a scratch folder). */
+void bp_blueprint_record_remove(const bp_blueprint_record *rec, const char *dir);
+
 
 
 /* ---- verify.c: what install and update check without sending data ---------------- */
@@ -683,6 +717,11 @@ typedef struct bp_registry_hooks {
     /* At close: stop before the delivery pool stops, release after. */
     void (*stop)(void *ctx);
     void (*release)(void *ctx);
+    /* A blueprint revision this node switched to (a save, a rollback, a
+     * reload from disk): its record (blueprintrecord.c), acknowledged
+     * before the switch: 0, or -1 with err (the running version stays;
+     * -2: not acknowledged, yet the brokers may have written it). */
+    int (*publish_blueprint)(void *ctx, const char *vendor, const char *record, size_t len, bp_error *err);
 } bp_registry_hooks;
 /* Installed once, before bp_registry_start. */
 void bp_registry_set_hooks(bp_registry *r, const bp_registry_hooks *h);
@@ -801,6 +840,19 @@ int bp_registry_runs(bp_registry *r, bp_vendor *v, const char *rev);
 void bp_registry_reject_version(bp_registry *r, bp_vendor *v, const char *rev, const char *why);
 void bp_registry_switch_version(bp_registry *r, bp_vendor *v, bp_blueprint *nb, const char *rev, bp_vendor_items *vi);
 void bp_registry_audit_held(bp_registry *r, const bp_claims *who, const char *action, const char *detail);
+/* Cluster mode (reload.c tells the cluster through these): is there one;
+ * a blueprint record to it (bp_registry_hooks.publish_blueprint); v's
+ * newest revision in the cluster, and why this node refuses it (NULL: it
+ * does not). */
+int bp_registry_clustered(bp_registry *r);
+int bp_registry_publish_blueprint(bp_registry *r, const char *vendor, const char *record, size_t len, bp_error *err);
+void bp_registry_note_cluster(bp_registry *r, bp_vendor *v, const char *revision, const char *refused);
+/* Cluster mode: a blueprint record from the configuration topic (any
+ * node's, this one's too; key: its Kafka key, which must name its
+ * blueprint, as the files must): checked in a scratch folder as hot reload
+ * checks a change, then written into v's folder and switched to (0); or
+ * refused, the running version kept and the refusal shown (-1; reload.c). */
+int bp_registry_apply_blueprint(bp_registry *r, const char *key, size_t key_len, const char *record, size_t len);
 /* The editor's saves (editor.c).  Between edit_begin and edit_end admin_mu
  * is held: no install, update, delete or reload interleaves, and the calls
  * below may be made (only then), except edit_check and edit_reload, which
@@ -812,6 +864,10 @@ void bp_registry_edit_end(bp_registry *r);
  * integrations it checked (compare with edit_stamp under admin_mu). */
 int bp_registry_edit_check(bp_registry *r, bp_vendor *v, const char *dir, uint64_t *stamp, bp_error *err);
 uint64_t bp_registry_edit_stamp(bp_registry *r, bp_vendor *v);
+/* Cluster mode: a checked edit (the folder dir as v's will be) told to
+ * every node before it is written: 0 (also without a cluster), or -1 with
+ * err (nothing may be written; -2: the brokers may have taken it even so). */
+int bp_registry_edit_publish(bp_registry *r, bp_vendor *v, const char *dir, const bp_claims *who, bp_error *err);
 /* Reload v from its folder now, through the hot-reload path (the watcher
  * then finds nothing new); running: the revision that runs afterwards. */
 int bp_registry_edit_reload(bp_registry *r, bp_vendor *v, const bp_claims *who, char running[BP_REVISION_LEN],

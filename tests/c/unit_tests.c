@@ -1889,6 +1889,152 @@ TEST(recent_window_counts_the_last_hour_only)
     free(r);
 }
 
+static void put_text(const char *dir, const char *name, const char *text)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+static int parse_record(const char *text, bp_error *err)
+{
+    bp_blueprint_record rec;
+    int rc = bp_blueprint_record_parse(&rec, text, strlen(text), err);
+    bp_blueprint_record_free(&rec);
+    return rc;
+}
+
+/* A blueprint record (cluster mode) carries every top-level file of a
+ * folder, makes another folder the same revision, and is refused when its
+ * files do not make the revision it names or name a path. */
+TEST(blueprint_records_carry_a_folder_and_refuse_what_is_not_one)
+{
+    char a[] = "/tmp/bp-unit-XXXXXX", b[] = "/tmp/bp-unit-XXXXXX", rev[BP_REVISION_LEN], disk[BP_REVISION_LEN];
+    bp_error err;
+    CHECK(mkdtemp(a) != NULL && mkdtemp(b) != NULL);
+    put_text(a, "blueprint.yaml", "vendor: acme\n");
+    put_text(a, "identify.lua", "return function() return {} end -- \"quoted\" \xc3\xa9\n");
+    put_text(a, "README", "notes\n");
+    put_text(a, ".hidden", "not counted\n");
+    bp_buf rec;
+    bp_buf_init(&rec);
+    CHECK_INT(bp_blueprint_record_write("acme", a, "ada", &rec, rev, &err), 0);
+    bp_blueprint_revision(a, disk);
+    CHECK_STR(rev, disk);
+    bp_blueprint_record r;
+    CHECK_INT(bp_blueprint_record_parse(&r, rec.data, rec.len, &err), 0);
+    CHECK_STR(r.vendor, "acme");
+    CHECK_STR(r.actor, "ada");
+    CHECK_STR(r.revision, rev);
+    CHECK_INT((int)r.n, 3);
+    /* another folder made the same revision: its extra file goes, its dotfiles stay */
+    put_text(b, "blueprint.yaml", "vendor: other\n");
+    put_text(b, "old.lua", "return 1\n");
+    put_text(b, ".keep", "mine\n");
+    CHECK_INT(bp_blueprint_record_put(&r, b, &err), 0);
+    bp_blueprint_revision(b, disk);
+    CHECK_STR(disk, rev);
+    char path[300];
+    snprintf(path, sizeof path, "%s/old.lua", b);
+    CHECK(access(path, F_OK) != 0);
+    snprintf(path, sizeof path, "%s/.keep", b);
+    CHECK(access(path, F_OK) == 0);
+    /* a folder that cannot be written stays as it was */
+    CHECK_INT(bp_blueprint_record_put(&r, "/nonexistent/bp-unit", &err), -1);
+    CHECK_CONTAINS(err.msg, "nothing was changed");
+    bp_blueprint_record_free(&r);
+    /* a file changed on the way: refused */
+    char *bad = bp_strdup(rec.data), *at = strstr(bad, "vendor: acme");
+    CHECK(at != NULL);
+    if (at) at[8] = 'X';
+    CHECK_INT(parse_record(bad, &err), -1);
+    CHECK_CONTAINS(err.msg, "not the");
+    free(bad);
+    CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"revision\":\"0123456789ab\",\"files\":{\"blueprint.yaml\":\"x\","
+                           "\"../escape.lua\":\"x\"}}", &err), -1);
+    CHECK_CONTAINS(err.msg, "not a plain name");
+    CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"revision\":\"0123456789ab\",\"files\":{\"a.lua\":\"x\"}}", &err), -1);
+    CHECK_CONTAINS(err.msg, "no blueprint.yaml");
+    CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"files\":{}}", &err), -1);
+    CHECK_CONTAINS(err.msg, "lacks");
+    CHECK_INT(parse_record("not json", &err), -1);
+    CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"revision\":\"0123456789ab\",\"files\":{\"blueprint.yaml\":\"x\","
+                           "\"a.lua\":\"1\",\"a.lua\":\"2\"}}", &err), -1);
+    CHECK_CONTAINS(err.msg, "names the file 'a.lua' twice");
+    CHECK_INT(parse_record("{\"blueprint\":\"acme\",\"revision\":\"0123456789a\\\"\",\"files\":{\"blueprint.yaml\":\"x\"}}",
+                           &err), -1);
+    CHECK_CONTAINS(err.msg, "12 hex digits");
+    bp_buf_free(&rec);
+    const char *names[] = { "blueprint.yaml", "identify.lua", "README", ".hidden", "old.lua", ".keep" };
+    for (int i = 0; i < 6; i++) {
+        snprintf(path, sizeof path, "%s/%s", a, names[i]); remove(path);
+        snprintf(path, sizeof path, "%s/%s", b, names[i]); remove(path);
+    }
+    rmdir(a);
+    rmdir(b);
+}
+
+/* A record is written all or nothing: a place that is not a regular file
+ * (a folder, a link) refuses it with nothing changed; what it is written
+ * from is the folder's regular files only; leftovers of a write that did
+ * not finish are removed. */
+TEST(blueprint_records_write_all_or_nothing_regular_files_only)
+{
+    char a[] = "/tmp/bp-unit-XXXXXX", b[] = "/tmp/bp-unit-XXXXXX", rev[BP_REVISION_LEN], path[300], target[300];
+    bp_error err;
+    CHECK(mkdtemp(a) != NULL && mkdtemp(b) != NULL);
+    put_text(a, "blueprint.yaml", "vendor: acme\n");
+    put_text(a, "x.lua", "return 1\n");
+    snprintf(path, sizeof path, "%s/link.lua", a);
+    CHECK(symlink("x.lua", path) == 0);
+    snprintf(path, sizeof path, "%s/sub", a);
+    CHECK(mkdir(path, 0700) == 0);
+    bp_buf rec;
+    bp_buf_init(&rec);
+    CHECK_INT(bp_blueprint_record_write("acme", a, "ada", &rec, rev, &err), 0);
+    bp_blueprint_record r;
+    CHECK_INT(bp_blueprint_record_parse(&r, rec.data, rec.len, &err), 0);
+    CHECK_INT((int)r.n, 2);   /* neither the link nor the folder */
+    /* x.lua's place in b is a folder: refused, b unchanged */
+    put_text(b, "blueprint.yaml", "vendor: mine\n");
+    snprintf(path, sizeof path, "%s/x.lua", b);
+    CHECK(mkdir(path, 0700) == 0);
+    CHECK_INT(bp_blueprint_record_put(&r, b, &err), -1);
+    CHECK_CONTAINS(err.msg, "not a regular file");
+    bp_buf was;
+    bp_buf_init(&was);
+    snprintf(target, sizeof target, "%s/blueprint.yaml", b);
+    CHECK_INT(bp_read_file(target, &was, &err), 0);
+    CHECK_STR(was.data, "vendor: mine\n");
+    rmdir(path);
+    /* a link: refused too */
+    CHECK(symlink("/etc/hostname", path) == 0);
+    CHECK_INT(bp_blueprint_record_put(&r, b, &err), -1);
+    CHECK_CONTAINS(err.msg, "not a regular file");
+    unlink(path);
+    /* a leftover beside a file of the record goes */
+    put_text(b, ".x.lua.AbC123", "half\n");
+    CHECK_INT(bp_blueprint_record_put(&r, b, &err), 0);
+    snprintf(path, sizeof path, "%s/.x.lua.AbC123", b);
+    CHECK(access(path, F_OK) != 0);
+    char disk[BP_REVISION_LEN];
+    bp_blueprint_revision(b, disk);
+    CHECK_STR(disk, rev);
+    bp_blueprint_record_free(&r);
+    bp_buf_free(&rec);
+    bp_buf_free(&was);
+    const char *names[] = { "blueprint.yaml", "x.lua", "link.lua" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", a, names[i]); remove(path);
+        snprintf(path, sizeof path, "%s/%s", b, names[i]); remove(path);
+    }
+    snprintf(path, sizeof path, "%s/sub", a);
+    rmdir(path);
+    rmdir(a);
+    rmdir(b);
+}
+
 int main(void)
 {
     RUN(cache_values_are_per_account);
@@ -1942,6 +2088,8 @@ int main(void)
     RUN(pace_obeys_retry_after_and_a_lower_limit);
     RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
+    RUN(blueprint_records_carry_a_folder_and_refuse_what_is_not_one);
+    RUN(blueprint_records_write_all_or_nothing_regular_files_only);
     RUN(secrets_sealed_as_v1_are_migrated_to_v2_for_their_destination);
     RUN(account_key_of_a_url_is_its_origin);
     /* in this order: the first starts no watchdog, the second starts it */

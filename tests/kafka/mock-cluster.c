@@ -15,15 +15,12 @@
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static volatile sig_atomic_t last_signal;
-
-static void on_signal(int sig) { last_signal = sig; }
 
 static void set_all(rd_kafka_mock_cluster_t *mc, int n, int up)
 {
@@ -51,6 +48,17 @@ int main(int argc, char **argv)
         }
     }
     if (brokers < 1 || partitions < 1) { fprintf(stderr, "mock-cluster: --brokers and --partitions must be >= 1\n"); return 2; }
+    /* the signals are taken by sigwait below, on this thread: blocked here,
+     * before librdkafka starts its threads (they inherit the mask), so that
+     * none of them takes one instead (a signal handled on another thread
+     * left pause() asleep: the brokers stayed down) */
+    sigset_t wanted;
+    sigemptyset(&wanted);
+    sigaddset(&wanted, SIGTERM);
+    sigaddset(&wanted, SIGINT);
+    sigaddset(&wanted, SIGUSR1);
+    sigaddset(&wanted, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &wanted, NULL);
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     /* the handle only hosts the mock cluster's threads; it never connects */
@@ -75,17 +83,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
-    sigaction(SIGUSR2, &sa, NULL);
     for (;;) {
-        pause();
-        int sig = last_signal;
-        last_signal = 0;
+        int sig = 0;
+        if (sigwait(&wanted, &sig) != 0) continue;
         if (sig == SIGUSR1) set_all(mc, brokers, 0);
         else if (sig == SIGUSR2) set_all(mc, brokers, 1);
         else if (sig == SIGTERM || sig == SIGINT) break;
