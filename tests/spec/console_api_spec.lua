@@ -366,14 +366,17 @@ describe("web console: the blueprint editor #serve", function()
     assert.are.equal(2, body.error.line)
     assert.are.equal(original, io.open(page):read("a"))
     -- an edit an installed integration's config would not validate against
+    -- (a field it does not set made required; moving a URL a secret is sent to
+    -- is refused before, by the secrets' own check: secrets_spec)
     local yaml = dir .. "/activecampaign/blueprint.yaml"
     local yaml_text = io.open(yaml):read("a")
-    st, body = srv.call("PUT", EDITOR .. "/files", '{"files":' .. core.json_encode({ ["blueprint.yaml"] =
-      (yaml_text:gsub("event_tracking_url", "event_tracking_endpoint")) }) .. '}', ada)
+    local stricter, n = yaml_text:gsub("key: consent_field_id\n", "key: consent_field_id\n    required: true\n")
+    assert.are.equal(1, n)
+    st, body = srv.call("PUT", EDITOR .. "/files", '{"files":' .. core.json_encode({ ["blueprint.yaml"] = stricter }) .. '}', ada)
     assert.are.equal(422, st)
     assert.are.equal("INVALID_BLUEPRINT", body.error.code)
     assert.matches("the installed integration 'Edited'", body.error.message, 1, true)
-    assert.matches("event_tracking_url", body.error.message, 1, true)
+    assert.matches("consent_field_id", body.error.message, 1, true)
     assert.are.equal(yaml_text, io.open(yaml):read("a"))
     -- a name that is not a blueprint file
     st, body = srv.call("PUT", EDITOR .. "/files", '{"files":{"../evil.lua":"return 1"}}', ada)
