@@ -82,9 +82,12 @@ static void write_vendor(bp_buf *b, const bp_vendor *v, int full)
 
 /* Cluster mode: ,"cluster":{"revision","status","error"}: the cluster's
  * newest revision of v and whether this node runs it (current), is
- * switching to it (pending), or refused it (refused, and why).  Registry
- * mu held.  Returns 1 when refused. */
-int bp_write_cluster_blueprint(bp_buf *b, const bp_vendor *v)
+ * switching to it (pending), or refused it (refused, and why).  `detail`:
+ * the refusal's own words, which may quote a config value (a field the
+ * revision retypes) — for Live Events (signed in), not for the open
+ * /healthz, which says where to read them.  Registry mu held.  Returns 1
+ * when refused. */
+int bp_write_cluster_blueprint(bp_buf *b, const bp_vendor *v, int detail)
 {
     const char *running = v->bp ? v->bp->revision : "";
     /* running the cluster's revision outranks an older refusal of it */
@@ -95,8 +98,11 @@ int bp_write_cluster_blueprint(bp_buf *b, const bp_vendor *v)
     else bp_buf_adds(b, "null");
     bp_buf_printf(b, ",\"status\":\"%s\"", current ? "current" : refused ? "refused" : "pending");
     if (refused) {
+        static const char outline[] = "this node refuses the cluster's revision of this blueprint: the reason is in "
+                                      "its log and in Live Events";
         bp_buf_adds(b, ",\"error\":");
-        bp_json_write_string(b, v->cluster_error, strlen(v->cluster_error));
+        if (detail) bp_json_write_string(b, v->cluster_error, strlen(v->cluster_error));
+        else bp_json_write_string(b, outline, sizeof outline - 1);
         bp_buf note;
         bp_buf_init(&note);
         bp_buf_printf(&note, "this node keeps running revision %s; the other nodes run %s", running[0] ? running : "(none)",
@@ -120,7 +126,7 @@ void bp_write_blueprint_state(bp_buf *b, const bp_vendor *v)
     bp_buf_adds(b, ",\"on_disk\":");
     if (v->disk_revision[0]) bp_json_write_string(b, v->disk_revision, strlen(v->disk_revision));
     else bp_buf_adds(b, "null");
-    if (v->cluster_revision[0] || v->cluster_error) bp_write_cluster_blueprint(b, v);
+    if (v->cluster_revision[0] || v->cluster_error) bp_write_cluster_blueprint(b, v, 1);
     if (!v->load_error) { bp_buf_adds(b, ",\"status\":\"current\"}"); return; }
     bp_buf_adds(b, ",\"status\":\"rejected\",\"error\":");
     bp_json_write_string(b, v->load_error, strlen(v->load_error));

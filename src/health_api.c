@@ -36,7 +36,7 @@ static void blueprint_json(void *ctx, bp_vendor *v)
     bp_buf_adds(w->b, ",\"running\":");
     if (v->bp && v->bp->revision[0]) bp_json_write_string(w->b, v->bp->revision, strlen(v->bp->revision));
     else bp_buf_adds(w->b, "null");
-    if (v->cluster_revision[0] || v->cluster_error) w->refused += bp_write_cluster_blueprint(w->b, v);
+    if (v->cluster_revision[0] || v->cluster_error) w->refused += bp_write_cluster_blueprint(w->b, v, 0);
     else bp_buf_adds(w->b, ",\"cluster\":null");   /* no node has told a revision of it yet */
     bp_buf_addc(w->b, '}');
 }

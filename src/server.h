@@ -113,7 +113,7 @@ void bp_defer_for_checks(call *k, bp_integration *it);
 /* ---- admin_api.c: the Management API's integrations, catalog and audit log ---- */
 void bp_write_str(bp_buf *b, const char *key, const char *v, int comma);
 /* Cluster mode: a vendor's ,"cluster":{…} (1 when this node refuses the cluster's revision). */
-int bp_write_cluster_blueprint(bp_buf *b, const bp_vendor *v);
+int bp_write_cluster_blueprint(bp_buf *b, const bp_vendor *v, int detail);
 void bp_write_blueprint_state(bp_buf *b, const bp_vendor *v);
 /* The same, taking the registry's lock. */
 void bp_write_blueprint_state_of(bp_registry *reg, bp_buf *b, const bp_vendor *v);
