@@ -51,7 +51,8 @@ typedef struct bp_deliver_opts {
      * atomic, which this public header cannot require. */
     volatile int *stop;
     /* Send a backlog of events a blueprint's `batch:` takes as batches
-     * (min_events or more of one account waiting); 0 = one by one. */
+     * (min_events or more of one account waiting); 0 = one by one.
+     * bp_deliver_opts_default sets 1. */
     int batch;
 } bp_deliver_opts;
 

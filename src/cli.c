@@ -104,7 +104,8 @@ static const struct { const char *command, *text; } command_help[] = {
       "\n"
       "  --concurrency N (8)  --max-attempts N (the blueprint's)  --retry-base-ms N (1000)\n"
       "  --rate-limit RPS (the blueprint's)  --connect-timeout-ms N (5000)  --http-timeout-ms N (30000)\n"
-      "  --batch: a backlog the blueprint's batch: takes goes in batches (min_events or more waiting)\n"
+      "  --no-batch: every event one by one; by default a backlog the blueprint's batch: takes goes in\n"
+      "  batches (min_events or more of an integration waiting; fewer go one by one)\n"
       "  and dry-run's budget options\n"
       "\n"
       "exit status: 0 every event final, 1 usage or state store, 2 invalid blueprint or config,\n"
@@ -121,7 +122,7 @@ static const struct { const char *command, *text; } command_help[] = {
       "                       [--workers N] [--http-threads N] [--max-connections-per-ip N]\n"
       "                       [--editor-workers N] [--editor-queue N] [--request-time-limit SECONDS]\n"
       "                       [--jwt-issuer ISS] [--jwt-audience AUD] [--audit-retention-days N]\n"
-      "                       [--rate-limit RPS] [--retry-base-ms N] [--batch]\n"
+      "                       [--rate-limit RPS] [--retry-base-ms N] [--no-batch]\n"
       "                       [--keep-delivered DURATION] [--keep-dead DURATION]\n"
       "                       [--kafka BROKERS [--cluster NAME] [--topic-mode per_integration|per_vendor]\n"
       "                        [--master-key-file FILE] [--node NAME] [--kafka-session-timeout-ms N]\n"
@@ -144,8 +145,9 @@ static const struct { const char *command, *text; } command_help[] = {
       "Events not final yet (pending, retrying, held) are never pruned.  In cluster mode the outcome records of\n"
       "other nodes follow the same rules.\n"
       "\n"
-      "--batch: a backlog of events a blueprint's batch: takes (ActiveCampaign: identifies, as bulk imports)\n"
-      "goes in batches when min_events or more of an integration wait; fewer go one by one.\n" },
+      "A backlog of events a blueprint's batch: takes (ActiveCampaign: identifies, as bulk imports) goes in\n"
+      "batches when min_events or more of an integration wait; fewer go one by one.  --no-batch: every\n"
+      "event one by one.\n" },
     { "token",
       "usage: blueprint token --role owner|admin|editor|viewer [--ttl 15m] [--sign-in] [--subject NAME]\n"
       "                       [--issuer ISS] [--audience AUD] [--state DIR]\n"
@@ -207,6 +209,7 @@ static int parse_args(int argc, char **argv, cli *c, int deliver)
 #endif
     bp_limits_default(&c->limits);
     c->events = "-";
+    c->batch = deliver;   /* deliver batches a backlog by default; dry-run shows batches when asked */
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -218,6 +221,7 @@ static int parse_args(int argc, char **argv, cli *c, int deliver)
         }
         if (!deliver && !strcmp(a, "--decode")) { c->decode = 1; continue; }
         if (!strcmp(a, "--batch")) { c->batch = 1; continue; }
+        if (deliver && !strcmp(a, "--no-batch")) { c->batch = 0; continue; }
         if (!deliver && !strcmp(a, "--answers")) {
             if (!next) return usage("--answers needs a file");
             c->answers = argv[++i];
@@ -610,12 +614,14 @@ static int serve(int argc, char **argv)
                         0, 0, 0, 0, 0, 0 };
     static char host[64];
     const char *env;
+    o.batch = 1;   /* a backlog goes in batches by default (--no-batch: one by one) */
     if ((env = getenv("BLUEPRINT_EDITOR_WORKERS"))) o.editor_workers = atoi(env);
     if ((env = getenv("BLUEPRINT_EDITOR_QUEUE"))) o.editor_queue = atoi(env);
     if ((env = getenv("BLUEPRINT_REQUEST_TIME_LIMIT"))) o.request_time_limit_s = atoi(env);
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--batch")) { o.batch = 1; continue; }
+        if (!strcmp(argv[i], "--no-batch")) { o.batch = 0; continue; }
         if (!next) { fprintf(stderr, "blueprint: %s needs a value\n", argv[i]); return EXIT_USAGE; }
         if (!strcmp(argv[i], "--listen")) {
             const char *colon = strrchr(next, ':');

@@ -253,6 +253,7 @@ static int go_on(loop *l, batch *b, int rc, double now)
         b->id = bp_store_batch_add(l->store, t->id, ids, b->n, (int64_t)now);
         free(ids);
         if (b->id < 0) {   /* the store refuses writes: its events wait, and form a batch later */
+            bp_dl_log_tenant("error", "state store: could not record a batch before its request; its events wait", t, NULL);
             b->id = 0;
             close_batch(l, b);
             return 0;

@@ -67,6 +67,7 @@ void bp_deliver_opts_default(bp_deliver_opts *o)
     o->connect_timeout_ms = 5000;
     o->http_timeout_ms = 30000;
     o->once_ttl_s = BP_ONCE_TTL_S;
+    o->batch = 1;
     bp_limits_default(&o->limits);
 }
 

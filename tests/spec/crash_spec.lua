@@ -11,7 +11,8 @@ describe("crash injection #serve", function()
   it("delivers every acknowledged event across 20 kills at seeded moments", function()
     local emu = S.start_emulator("--rate-limit 0")
     local state = S.tmpdir()
-    local srv = S.start_server({ state = state, rate = 300 })
+    -- one by one (--no-batch): this is the store's promise per event; batches' kills are batch_kill_spec's
+    local srv = S.start_server({ state = state, rate = 300, args = "--no-batch" })
     local port = srv.port
     local token = srv.token("admin", "2h")
     local _, it = srv.call("POST", "/v1/admin/integration-catalog/activecampaign/install", core.json_encode({
@@ -43,7 +44,7 @@ done
       S.sleep(0.05 + math.random() * 0.4)   -- a moment somewhere in the commits' 10 ms rhythm
       srv.kill()
       S.sleep(0.05)
-      srv = S.start_server({ state = state, rate = 300, port = port })
+      srv = S.start_server({ state = state, rate = 300, port = port, args = "--no-batch" })
     end
     S.write(stop, "")
     S.sleep(0.3)

@@ -220,7 +220,8 @@ describe("ActiveCampaign in depth #cli", function()
     end
     -- answers take 20 ms, so the events' requests overlap as with a real vendor
     emu.faults({ latency_ms = 20 })
-    local _, lines = deliver(cfg, st, ndjson(evs), " --concurrency 16")
+    -- one by one (--no-batch): 20 identifies waiting would otherwise be one bulk import
+    local _, lines = deliver(cfg, st, ndjson(evs), " --concurrency 16 --no-batch")
     assert.are.equal(20, #lines)
     for _, l in ipairs(lines) do assert.are.equal("delivered", l.outcome, l.reason) end
     local s = state(emu)
@@ -246,7 +247,7 @@ describe("ActiveCampaign in depth #cli", function()
   end)
 
   it("sends no tag lookup or create once the cache is warm #serve", function()
-    local srv = S.start_server({ rate = 500 })
+    local srv = S.start_server({ rate = 500, args = "--no-batch" })   -- the per-event path's cache
     finally(function() srv.stop() end)
     local account = S.emulator_account(emu, 0)
     account.tags = true

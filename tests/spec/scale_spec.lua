@@ -101,7 +101,8 @@ describe("serve at scale #cli #serve", function()
   end)
 
   it("delivers all of 20 x 50 concurrent intake posts to one integration", function()
-    local emu, srv, it = one_integration("busy", { rate = 1000 })
+    -- one by one (--no-batch): intake's concurrency is the point, not how bulk imports drain
+    local emu, srv, it = one_integration("busy", { rate = 1000, args = "--no-batch" })
     local calls = {}
     for i = 1, 1000 do
       calls[i] = { "POST", "/v1/integrations/" .. it.id .. "/events", S.identify(("c%04d@example.com"):format(i), "c" .. i) }
@@ -157,7 +158,9 @@ describe("serve at scale #cli #serve", function()
       local _, _, m = srv.call("GET", "/metrics", nil, false)
       return m:match("blueprint_store_failing 1")
     end, 10), "the failure was not reported in /metrics")
-    assert.matches("could not save delivery progress", srv.logs(), 1, true)
+    -- 40 identifies are a bulk import: which write fails first depends on where the batch is
+    -- (its record, its "queued" answer, its events' outcomes); each says so in the log
+    assert.matches('"msg":"state store: [^"]*not', srv.logs())
     os.remove(fault)
     assert.is_truthy(S.eventually(function()
       local _, shown = srv.call("GET", "/v1/admin/integrations/" .. it.id)

@@ -230,7 +230,8 @@ describe("blueprint serve lifecycle #cli #serve", function()
   it("loses nothing when stopped with SIGTERM during delivery", function()
     local emu = S.start_emulator("--rate-limit 0")
     local state = S.tmpdir()
-    local srv = S.start_server({ state = state, rate = 10 })
+    -- one by one (--no-batch): 30 identifies would be one bulk import (batch_kill_spec kills those)
+    local srv = S.start_server({ state = state, rate = 10, args = "--no-batch" })
     finally(function() srv.stop(); emu.stop() end)   -- busted keeps one finally per test
     local _, it = srv.call("POST", INSTALL, install_body(emu))
     local input = {}
