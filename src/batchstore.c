@@ -25,9 +25,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* AUTOINCREMENT: an id is never given twice, even once every batch is over
+ * and its row deleted (outcome lines and Live Events' batch filter name a
+ * batch by it). */
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS batches("
-    "  id INTEGER PRIMARY KEY,"
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
     "  integration TEXT NOT NULL,"
     "  events TEXT NOT NULL,"              /* the events' ids in the batch's order, comma separated */
     "  state TEXT NOT NULL,"               /* sending, queued */
@@ -55,10 +58,40 @@ static long run(bp_store *s, const char *sql, int n, const char *const *texts, c
     return changed;
 }
 
+/* A table made before ids were AUTOINCREMENT (which reused the id of a
+ * batch over once the table was empty) is copied into one that is. */
+static const char MIGRATE[] =
+    "BEGIN;"
+    "ALTER TABLE batches RENAME TO batches_reused_ids;"
+    "%s"
+    "INSERT INTO batches SELECT * FROM batches_reused_ids;"
+    "DROP TABLE batches_reused_ids;"
+    "COMMIT;";
+
+static int reuses_ids(sqlite3 *db)
+{
+    sqlite3_stmt *q;
+    int old = 0;
+    if (sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master WHERE type='table' AND name='batches'", -1, &q, NULL) != SQLITE_OK)
+        return 0;
+    if (sqlite3_step(q) == SQLITE_ROW) old = !strstr((const char *)sqlite3_column_text(q, 0), "AUTOINCREMENT");
+    sqlite3_finalize(q);
+    return old;
+}
+
 int bp_store_batches_init(bp_store *s)
 {
     sqlite3 *db = bp_store_db_hold(s);
-    int rc = sqlite3_exec(db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    int rc = 0;
+    if (reuses_ids(db)) {
+        char sql[sizeof MIGRATE + sizeof SCHEMA];
+        snprintf(sql, sizeof sql, MIGRATE, SCHEMA);
+        if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            rc = -1;
+        }
+    }
+    if (rc == 0) rc = sqlite3_exec(db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
     bp_store_db_release(s);
     return rc;
 }

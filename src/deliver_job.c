@@ -362,7 +362,8 @@ void bp_dl_commit(loop *l)
         for (job *j = l->dirty; ok && j; j = j->dirty_next) {
             const char *outcome = j->line.len ? j->line.data : NULL;
             ok = bp_store_update(l->store, &j->ev, j->state, j->last_status, j->out.reason.data ? j->out.reason.data : "",
-                                 j->response.len ? j->response.data : NULL, outcome, (int64_t)now) == 0;
+                                 j->response.len ? j->response.data : NULL, outcome, outcome ? j->bt.id : 0,
+                                 (int64_t)now) == 0;
         }
         for (size_t i = 0; ok && i < l->nmarks; i++)
             ok = bp_store_once_mark(l->store, l->marks[i].t->id, l->marks[i].key, l->marks[i].at) == 0;

@@ -1636,7 +1636,7 @@ TEST(store_prunes_final_events_past_their_window_only)
         bp_stored e = { 0 };
         e.id = bp_store_add(s, "", "{}", 2, i, mid, then);
         CHECK(e.id > 0);
-        CHECK_INT(bp_store_update(s, &e, states[i], 200, NULL, NULL, "{}", then), 0);
+        CHECK_INT(bp_store_update(s, &e, states[i], 200, NULL, NULL, "{}", 0, then), 0);
     }
     CHECK(bp_store_oldest(s, "") == then);
     bp_retention keep = { 1000, 30LL * 86400 * 1000, 0 };
