@@ -157,7 +157,9 @@ export function mountLive(container, integration, ctx) {
     }
     if (items.size > MAX_ROWS) {
       const oldest = [...items.values()].sort((a, b) => a.sort - b.sort).slice(0, items.size - MAX_ROWS);
-      oldest.forEach((x) => { if (x.key !== selected) items.delete(x.key); });
+      // the batch being looked at stays whole, however old its events
+      const inBatch = (x) => batchFilter != null && x.outcome && x.outcome.batch && x.outcome.batch.id === batchFilter;
+      oldest.forEach((x) => { if (x.key !== selected && !inBatch(x)) items.delete(x.key); });
     }
     return item;
   }
