@@ -15,8 +15,9 @@
  * `events` meanwhile (so cluster mode's offsets and retention treat them as
  * unfinished); the loop keeps them out of its one-by-one path.
  *
- * The table lives in its own file (store.c owns the connection and its
- * lock, lent through bp_store_db_hold).
+ * The table lives in its own file (store.c owns the connections and their
+ * locks, lent through bp_store_db_hold and, for reads for people,
+ * bp_store_rdb_hold).
  */
 #include "service.h"
 
@@ -143,9 +144,8 @@ int bp_store_batch_forget(bp_store *s, const char *integration)
     return run(s, "DELETE FROM batches WHERE integration=?1", 1, texts, NULL) < 0 ? -1 : 0;
 }
 
-int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx)
+static int each_on(sqlite3 *db, const char *integration, bp_store_batch_fn fn, void *ctx)
 {
-    sqlite3 *db = bp_store_db_hold(s);
     sqlite3_stmt *q;
     int rc = -1;
     if (sqlite3_prepare_v2(db, "SELECT id, events, state, answer_status, answer_url, answer_body, polls FROM batches "
@@ -163,7 +163,20 @@ int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn 
         rc = rc == SQLITE_DONE ? 0 : -1;
         sqlite3_finalize(q);
     }
+    return rc;
+}
+
+int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx)
+{
+    int rc = each_on(bp_store_db_hold(s), integration, fn, ctx);
     bp_store_db_release(s);
+    return rc;
+}
+
+int bp_store_batch_each_read(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx)
+{
+    int rc = each_on(bp_store_rdb_hold(s), integration, fn, ctx);
+    bp_store_rdb_release(s);
     return rc;
 }
 

@@ -209,7 +209,7 @@ void bp_api_live_events(call *k)
      * yet): a small table, read whole; none when the store has no table */
     bp_buf_adds(&k->r->body, ",\"open_batches\":[");
     rows ob = { &k->r->body, 0 };
-    bp_store_batch_each(bp_registry_store(k->s->reg), k->it->id, write_open_batch, &ob);
+    bp_store_batch_each_read(bp_registry_store(k->s->reg), k->it->id, write_open_batch, &ob);
     bp_buf_adds(&k->r->body, "],\"events\":[");
     rows w = { &k->r->body, 0 };
     if (bp_store_recent(bp_registry_store(k->s->reg), k->it->id, state, batch, limit, write_row, &w) < 0) {

@@ -195,6 +195,8 @@ int bp_store_recent(bp_store *s, const char *integration, const char *state, int
 /* store.c lends its write connection (and lock) to batchstore.c. */
 struct sqlite3 *bp_store_db_hold(bp_store *s);
 void bp_store_db_release(bp_store *s);
+struct sqlite3 *bp_store_rdb_hold(bp_store *s);
+void bp_store_rdb_release(bp_store *s);
 typedef struct bp_store_batch_row {
     int64_t id;
     const char *events;         /* ids, comma separated, in the batch's order */
@@ -215,6 +217,9 @@ int bp_store_batch_queued(bp_store *s, int64_t id, int status, const char *url, 
 int bp_store_batch_delete(bp_store *s, int64_t id);
 int bp_store_batch_forget(bp_store *s, const char *integration);
 int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx);
+/* The same for people (Live Events' open_batches), on the read connection:
+ * it never waits for a delivery's commit. */
+int bp_store_batch_each_read(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx);
 /* A pending event by id: 1 found (e filled, without its steps), 0 not. */
 int bp_store_batch_event(bp_store *s, int64_t id, bp_stored *e);
 

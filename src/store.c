@@ -493,6 +493,9 @@ void bp_store_close(bp_store *s)
  * held (with the write lock) until bp_store_db_release. */
 struct sqlite3 *bp_store_db_hold(bp_store *s) { pthread_mutex_lock(&s->mu); return s->db; }
 void bp_store_db_release(bp_store *s) { pthread_mutex_unlock(&s->mu); }
+/* The read connection, for reads for people that must not wait for a commit. */
+struct sqlite3 *bp_store_rdb_hold(bp_store *s) { pthread_mutex_lock(&s->rmu); return s->rdb; }
+void bp_store_rdb_release(bp_store *s) { pthread_mutex_unlock(&s->rmu); }
 
 /* ---- transactions and health --------------------------------------------------- */
 
@@ -907,7 +910,7 @@ int bp_store_waiting_integrations(bp_store *s, int64_t before, void (*fn)(void *
 long bp_store_end_sourced(bp_store *s, const char *integration, const char *state, const char *reason)
 {
     const char *args[] = { integration, state, reason };
-    return bp_store_exec(s, "UPDATE events SET state=?2, reason=?3, outcome=json_object('outcome', ?2, 'reason', ?3) "
+    return bp_store_exec(s, "UPDATE events SET state=?2, reason=?3, outcome=json_object('outcome', ?2, 'reason', ?3), batch=NULL "
                          "WHERE integration=?1 AND ksrc IS NOT NULL AND state='pending'", 3, args);
 }
 

@@ -1080,6 +1080,14 @@ def t_batches(c, s):
         c.click('#live-batch-clear')
         c.row('alone-1', 'delivered')
         c.gone('#live-batch-summary:not([hidden])', 'the batch summary stayed after the filter was cleared')
+        # the detail's button does the same, the list in the detail's place
+        c.open_row('batch-07', 'delivered')
+        c.click('#detail-batch-show')
+        c.text('#live-batch-filter', 'Batch %d' % bid, 'the detail\'s button did not narrow the list to the batch')
+        c.gone('#live-detail:not([hidden])', 'the detail stayed open over the batch\'s list')
+        c.wait(lambda: len(c.d.find_elements(By.CSS_SELECTOR, '#live-rows tr[data-message-id]')) == 12,
+               'the detail\'s button did not narrow the list to the batch\'s 12 events')
+        c.click('#live-batch-clear')
         assert c.js('return window.__xss') is None, 'event data ran as code'
     finally:
         c.env = main_env

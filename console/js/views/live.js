@@ -363,10 +363,12 @@ export function mountLive(container, integration, ctx) {
     detail.hidden = false;
     root.classList.add('has-detail');
     detailSig = item.key + item.sig;
+    const close = () => { select(null); detail.hidden = true; root.classList.remove('has-detail'); };
     replace(detail, renderDetail(item, ctx, {
       integration,
-      onBatch: setBatch,
-      onClose: () => { select(null); detail.hidden = true; root.classList.remove('has-detail'); },
+      // the list, narrowed to the batch, in the detail's place (a narrow screen shows one of them)
+      onBatch: (n) => { close(); setBatch(n); },
+      onClose: close,
       onReplayed: () => load(),
     }));
     if (focus) { detail.setAttribute('tabindex', '-1'); detail.focus({ preventScroll: true }); }
