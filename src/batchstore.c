@@ -15,8 +15,9 @@
  * `events` meanwhile (so cluster mode's offsets and retention treat them as
  * unfinished); the loop keeps them out of its one-by-one path.
  *
- * The table lives in its own file (store.c owns the connection and its
- * lock, lent through bp_store_db_hold).
+ * The table lives in its own file (store.c owns the connections and their
+ * locks, lent through bp_store_db_hold and, for reads for people,
+ * bp_store_rdb_hold).
  */
 #include "service.h"
 
@@ -25,9 +26,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* AUTOINCREMENT: an id is never given twice, even once every batch is over
+ * and its row deleted (outcome lines and Live Events' batch filter name a
+ * batch by it). */
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS batches("
-    "  id INTEGER PRIMARY KEY,"
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
     "  integration TEXT NOT NULL,"
     "  events TEXT NOT NULL,"              /* the events' ids in the batch's order, comma separated */
     "  state TEXT NOT NULL,"               /* sending, queued */
@@ -55,10 +59,40 @@ static long run(bp_store *s, const char *sql, int n, const char *const *texts, c
     return changed;
 }
 
+/* A table made before ids were AUTOINCREMENT (which reused the id of a
+ * batch over once the table was empty) is copied into one that is. */
+static const char MIGRATE[] =
+    "BEGIN;"
+    "ALTER TABLE batches RENAME TO batches_reused_ids;"
+    "%s"
+    "INSERT INTO batches SELECT * FROM batches_reused_ids;"
+    "DROP TABLE batches_reused_ids;"
+    "COMMIT;";
+
+static int reuses_ids(sqlite3 *db)
+{
+    sqlite3_stmt *q;
+    int old = 0;
+    if (sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master WHERE type='table' AND name='batches'", -1, &q, NULL) != SQLITE_OK)
+        return 0;
+    if (sqlite3_step(q) == SQLITE_ROW) old = !strstr((const char *)sqlite3_column_text(q, 0), "AUTOINCREMENT");
+    sqlite3_finalize(q);
+    return old;
+}
+
 int bp_store_batches_init(bp_store *s)
 {
     sqlite3 *db = bp_store_db_hold(s);
-    int rc = sqlite3_exec(db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+    int rc = 0;
+    if (reuses_ids(db)) {
+        char sql[sizeof MIGRATE + sizeof SCHEMA];
+        snprintf(sql, sizeof sql, MIGRATE, SCHEMA);
+        if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            rc = -1;
+        }
+    }
+    if (rc == 0) rc = sqlite3_exec(db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
     bp_store_db_release(s);
     return rc;
 }
@@ -110,9 +144,8 @@ int bp_store_batch_forget(bp_store *s, const char *integration)
     return run(s, "DELETE FROM batches WHERE integration=?1", 1, texts, NULL) < 0 ? -1 : 0;
 }
 
-int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx)
+static int each_on(sqlite3 *db, const char *integration, bp_store_batch_fn fn, void *ctx)
 {
-    sqlite3 *db = bp_store_db_hold(s);
     sqlite3_stmt *q;
     int rc = -1;
     if (sqlite3_prepare_v2(db, "SELECT id, events, state, answer_status, answer_url, answer_body, polls FROM batches "
@@ -130,7 +163,20 @@ int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn 
         rc = rc == SQLITE_DONE ? 0 : -1;
         sqlite3_finalize(q);
     }
+    return rc;
+}
+
+int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx)
+{
+    int rc = each_on(bp_store_db_hold(s), integration, fn, ctx);
     bp_store_db_release(s);
+    return rc;
+}
+
+int bp_store_batch_each_read(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx)
+{
+    int rc = each_on(bp_store_rdb_hold(s), integration, fn, ctx);
+    bp_store_rdb_release(s);
     return rc;
 }
 

@@ -87,6 +87,8 @@ static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *s
             row.updated_at = at ? atoll(at) : (int64_t)bp_wall_ms();
             row.body = body.len ? body.data : NULL;
             row.state = state;
+            const char *batch = bp_jscalar(&d, bp_jget(&d, bp_jget(&d, line, "batch"), "id"));
+            row.batch = batch ? atoll(batch) : 0;
             if (bp_store_record(store, id, &s, &row) < 0)
                 cluster_log_kafka("error", "could not store another node's outcome", topic, s.partition, NULL);
             bp_buf_free(&body);

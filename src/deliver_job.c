@@ -236,6 +236,7 @@ void bp_dl_write_line(loop *l, job *j, enum bp_end end)
     /* which version of the blueprint judged it (replays after a fix show the new one) */
     bp_buf_adds(b, ",\"blueprint_revision\":");
     if (j->revision[0]) bp_json_write_string(b, j->revision, strlen(j->revision)); else bp_buf_adds(b, "null");
+    j->line_batch = j->bt.id;
     if (j->bt.id) {   /* it went in a batch: which, how many, what was sent */
         bp_buf_printf(b, ",\"batch\":{\"id\":%lld,\"size\":%d,\"request\":", (long long)j->bt.id, j->bt.size);
         bp_json_write_string(b, j->bt.request, strlen(j->bt.request));
@@ -363,7 +364,8 @@ void bp_dl_commit(loop *l)
         for (job *j = l->dirty; ok && j; j = j->dirty_next) {
             const char *outcome = j->line.len ? j->line.data : NULL;
             ok = bp_store_update(l->store, &j->ev, j->state, j->last_status, j->out.reason.data ? j->out.reason.data : "",
-                                 j->response.len ? j->response.data : NULL, outcome, (int64_t)now) == 0;
+                                 j->response.len ? j->response.data : NULL, outcome, outcome ? j->line_batch : 0,
+                                 (int64_t)now) == 0;
         }
         for (size_t i = 0; ok && i < l->nmarks; i++)
             ok = bp_store_once_mark(l->store, l->marks[i].t->id, l->marks[i].key, l->marks[i].at) == 0;

@@ -63,6 +63,7 @@ struct job {
     char why[300];
     bp_buf response;
     bp_buf line;                /* the outcome line to store with it (final or retrying) */
+    int64_t line_batch;         /* the batch that line names (0: none): stored with it, for ?batch= */
     char revision[BP_REVISION_LEN];   /* of the blueprint that mapped it */
     /* batches (deliver_batch.c) */
     batch *batch;               /* the open batch it is in: not sent alone meanwhile */

@@ -164,6 +164,16 @@ static void write_row(void *ctx, const bp_store_row *row)
     bp_buf_printf(b, ",\"updated_at\":%lld}", (long long)row->updated_at);
 }
 
+/* {"id","size","state","status_requests"}: a batch this node has open */
+static void write_open_batch(void *ctx, const bp_store_batch_row *row)
+{
+    rows *w = ctx;
+    size_t size = row->events && *row->events ? 1 : 0;
+    for (const char *p = row->events; p && *p; p++) size += *p == ',';
+    bp_buf_printf(w->out, "%s{\"id\":%lld,\"size\":%zu,\"state\":\"%s\",\"status_requests\":%d}", w->n++ ? "," : "",
+                  (long long)row->id, size, row->queued ? "queued" : "sending", row->polls);
+}
+
 static const char *state_of(const char *outcome)
 {
     int end = bp_end_of_label(outcome);
@@ -174,8 +184,15 @@ void bp_api_live_events(call *k)
 {
     const char *lim = MHD_lookup_connection_value(k->c, MHD_GET_ARGUMENT_KIND, "limit");
     const char *outcome = MHD_lookup_connection_value(k->c, MHD_GET_ARGUMENT_KIND, "outcome");
+    const char *bat = MHD_lookup_connection_value(k->c, MHD_GET_ARGUMENT_KIND, "batch");
     int limit = lim ? atoi(lim) : 50;
     if (limit < 1 || limit > 1000) { bp_reply_error(k->r, 400, "BAD_REQUEST", "limit must be between 1 and 1000"); return; }
+    char *end = NULL;
+    long long batch = bat ? strtoll(bat, &end, 10) : 0;
+    if (bat && (end == bat || *end || batch < 1)) {
+        bp_reply_error(k->r, 400, "BAD_REQUEST", "batch must be a batch's id (a positive integer: an outcome's batch.id)");
+        return;
+    }
     const char *state = outcome ? state_of(outcome) : NULL;
     if (outcome && !state) {
         bp_reply_error(k->r, 400, "BAD_REQUEST", "outcome must be delivered, drop, error, dead_letter, held or retrying");
@@ -188,9 +205,14 @@ void bp_api_live_events(call *k)
     /* how far back the list can reach */
     bp_buf_addc(&k->r->body, ',');
     bp_write_retention(&k->r->body, bp_registry_store(k->s->reg), k->it->id);
-    bp_buf_adds(&k->r->body, ",\"events\":[");
+    /* batches still open (their events are pending, so not in the list
+     * yet): a small table, read whole; none when the store has no table */
+    bp_buf_adds(&k->r->body, ",\"open_batches\":[");
+    rows ob = { &k->r->body, 0 };
+    bp_store_batch_each_read(bp_registry_store(k->s->reg), k->it->id, write_open_batch, &ob);
+    bp_buf_adds(&k->r->body, "],\"events\":[");
     rows w = { &k->r->body, 0 };
-    if (bp_store_recent(bp_registry_store(k->s->reg), k->it->id, state, limit, write_row, &w) < 0) {
+    if (bp_store_recent(bp_registry_store(k->s->reg), k->it->id, state, batch, limit, write_row, &w) < 0) {
         bp_reply_error(k->r, 500, "INTERNAL", "could not read the state store");
         return;
     }

@@ -113,6 +113,7 @@ typedef struct bp_store_row {
     int kpart;
     int64_t koff;
     int kidx;
+    int64_t batch;              /* the batch it went in (0: alone) */
 } bp_store_row;
 typedef void (*bp_store_row_fn)(void *ctx, const bp_store_row *row);
 
@@ -167,7 +168,7 @@ int bp_store_slot_progress(bp_store *s, void (*fn)(void *ctx, int64_t slot, int6
 int bp_store_waiting_integrations(bp_store *s, int64_t before, void (*fn)(void *ctx, const char *integration), void *ctx);
 long bp_store_end_sourced(bp_store *s, const char *integration, const char *state, const char *reason);
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
-                    const char *response, const char *outcome, int64_t now);
+                    const char *response, const char *outcome, int64_t batch, int64_t now);
 int bp_store_pending(bp_store *s, const char *integration, int64_t after_id, int limit, bp_stored **out, size_t *n);
 int bp_store_once_seen(bp_store *s, const char *integration, const char *key, int64_t since);
 /* Durable ctx.cache values (cache.c's backing): put one, set by `event`'s
@@ -186,13 +187,16 @@ int bp_store_purge(bp_store *s, const char *integration);
 long bp_store_exec(bp_store *s, const char *sql, int n, const char *const *args);
 int bp_store_each(bp_store *s, const char *integration, const char *state, bp_store_row_fn fn, void *ctx);
 long bp_store_count(bp_store *s, const char *integration, const char *state);
-int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx);
+int bp_store_recent(bp_store *s, const char *integration, const char *state, int64_t batch, int limit,
+                    bp_store_row_fn fn, void *ctx);
 
 /* ---- batchstore.c: open batches, so a restart asks for a queued batch's status ------------- */
 
 /* store.c lends its write connection (and lock) to batchstore.c. */
 struct sqlite3 *bp_store_db_hold(bp_store *s);
 void bp_store_db_release(bp_store *s);
+struct sqlite3 *bp_store_rdb_hold(bp_store *s);
+void bp_store_rdb_release(bp_store *s);
 typedef struct bp_store_batch_row {
     int64_t id;
     const char *events;         /* ids, comma separated, in the batch's order */
@@ -213,6 +217,9 @@ int bp_store_batch_queued(bp_store *s, int64_t id, int status, const char *url, 
 int bp_store_batch_delete(bp_store *s, int64_t id);
 int bp_store_batch_forget(bp_store *s, const char *integration);
 int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx);
+/* The same for people (Live Events' open_batches), on the read connection:
+ * it never waits for a delivery's commit. */
+int bp_store_batch_each_read(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx);
 /* A pending event by id: 1 found (e filled, without its steps), 0 not. */
 int bp_store_batch_event(bp_store *s, int64_t id, bp_stored *e);
 

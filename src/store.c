@@ -125,7 +125,9 @@ static const char INDEXES[] =
     /* retention finds final events by the time of their outcome; unfinished
      * events are not in it, so their updates (each attempt) never touch it */
     "CREATE INDEX IF NOT EXISTS events_final ON events(state, updated_at) "
-    "  WHERE state IN ('delivered','dropped','error','dead','replayed');";
+    "  WHERE state IN ('delivered','dropped','error','dead','replayed');"
+    /* Live Events' batch filter; events sent alone are not in it */
+    "CREATE INDEX IF NOT EXISTS events_by_batch ON events(integration, batch, id) WHERE batch IS NOT NULL;";
 
 /* Columns added after the first release, created on a store that lacks them. */
 static const char *const ADDED_COLUMNS[][2] = {
@@ -137,6 +139,9 @@ static const char *const ADDED_COLUMNS[][2] = {
     { "ksrc", "ALTER TABLE events ADD COLUMN ksrc INTEGER" },
     /* the answers of an event's steps so far (ctx.send; steps.c's journal) */
     { "steps", "ALTER TABLE events ADD COLUMN steps TEXT" },
+    /* the batch it went in (its outcome's batch.id; NULL: alone), so that
+     * Live Events finds a batch's events by index (live-events?batch=N) */
+    { "batch", "ALTER TABLE events ADD COLUMN batch INTEGER" },
 };
 
 /* SQLite's default busy handler backs off up to 100 ms per try.  Within
@@ -418,8 +423,8 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
                                         "message_id, ktopic, kpart, koff, kidx, ksrc) VALUES(?5, 'pending', ?1, ?2, ?3, "
                                         "?3, ?4, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING") == 0 &&
          prepare(s->db, &s->update, "UPDATE events SET state=?2, attempts=?3, failures=?4, done_requests=?5, "
-                                    "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11, steps=?12 "
-                                    "WHERE id=?1") == 0 &&
+                                    "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11, steps=?12, "
+                                    "batch=?13 WHERE id=?1") == 0 &&
          prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx, ksrc, koff, steps FROM events "
                                      "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
          /* the same terms as events_final's WHERE, so that it is used */
@@ -488,6 +493,9 @@ void bp_store_close(bp_store *s)
  * held (with the write lock) until bp_store_db_release. */
 struct sqlite3 *bp_store_db_hold(bp_store *s) { pthread_mutex_lock(&s->mu); return s->db; }
 void bp_store_db_release(bp_store *s) { pthread_mutex_unlock(&s->mu); }
+/* The read connection, for reads for people that must not wait for a commit. */
+struct sqlite3 *bp_store_rdb_hold(bp_store *s) { pthread_mutex_lock(&s->rmu); return s->rdb; }
+void bp_store_rdb_release(bp_store *s) { pthread_mutex_unlock(&s->rmu); }
 
 /* ---- transactions and health --------------------------------------------------- */
 
@@ -619,12 +627,12 @@ int bp_store_record(bp_store *s, const char *integration, const bp_source *src, 
     int ok = 0;
     pthread_mutex_lock(&s->mu);
     if (sqlite3_prepare_v2(s->db, "INSERT INTO events(integration, state, body, message_id, idx, attempts, last_status, "
-                                  "reason, response, outcome, created_at, updated_at, ktopic, kpart, koff, kidx) "
-                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?5) "
+                                  "reason, response, outcome, created_at, updated_at, ktopic, kpart, koff, kidx, batch) "
+                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?5, ?15) "
                                   "ON CONFLICT(ktopic, kpart, koff, kidx) WHERE ktopic IS NOT NULL DO UPDATE SET "
                                   "state=excluded.state, attempts=excluded.attempts, last_status=excluded.last_status, "
                                   "reason=excluded.reason, response=excluded.response, outcome=excluded.outcome, "
-                                  "updated_at=excluded.updated_at", -1, &q, NULL) == SQLITE_OK) {
+                                  "updated_at=excluded.updated_at, batch=excluded.batch", -1, &q, NULL) == SQLITE_OK) {
         sqlite3_bind_text(q, 1, integration, -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 2, r->state, -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 3, r->body ? r->body : "null", -1, SQLITE_STATIC);
@@ -639,6 +647,7 @@ int bp_store_record(bp_store *s, const char *integration, const bp_source *src, 
         sqlite3_bind_text(q, 12, src->topic, -1, SQLITE_STATIC);
         sqlite3_bind_int(q, 13, src->partition);
         sqlite3_bind_int64(q, 14, src->offset);
+        if (r->batch > 0) sqlite3_bind_int64(q, 15, r->batch); else sqlite3_bind_null(q, 15);
         int rc = sqlite3_step(q);
         /* the message id is known here under another source (a resent
          * event): that row tells the story already */
@@ -652,7 +661,7 @@ int bp_store_record(bp_store *s, const char *integration, const bp_source *src, 
 /* Text is bound SQLITE_STATIC (no copy): every statement here binds all
  * its parameters afresh before each step, and the strings outlive the step. */
 int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last_status, const char *reason,
-                    const char *response, const char *outcome, int64_t now)
+                    const char *response, const char *outcome, int64_t batch, int64_t now)
 {
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *u = s->update;
@@ -669,6 +678,7 @@ int bp_store_update(bp_store *s, const bp_stored *e, const char *state, int last
     if (outcome) sqlite3_bind_text(u, 10, outcome, -1, SQLITE_STATIC); else sqlite3_bind_null(u, 10);
     sqlite3_bind_int64(u, 11, now);
     if (e->steps_len) sqlite3_bind_text(u, 12, e->steps, (int)e->steps_len, SQLITE_STATIC); else sqlite3_bind_null(u, 12);
+    if (batch > 0) sqlite3_bind_int64(u, 13, batch); else sqlite3_bind_null(u, 13);
     int rc = sqlite3_step(u) == SQLITE_DONE ? 0 : -1;
     pthread_mutex_unlock(&s->mu);
     return rc;
@@ -900,14 +910,14 @@ int bp_store_waiting_integrations(bp_store *s, int64_t before, void (*fn)(void *
 long bp_store_end_sourced(bp_store *s, const char *integration, const char *state, const char *reason)
 {
     const char *args[] = { integration, state, reason };
-    return bp_store_exec(s, "UPDATE events SET state=?2, reason=?3, outcome=json_object('outcome', ?2, 'reason', ?3) "
+    return bp_store_exec(s, "UPDATE events SET state=?2, reason=?3, outcome=json_object('outcome', ?2, 'reason', ?3), batch=NULL "
                          "WHERE integration=?1 AND ksrc IS NOT NULL AND state='pending'", 3, args);
 }
 
 /* ---- reads for people (the read connection) ------------------------------------------------- */
 
 #define ROW_COLUMNS "id, message_id, attempts, last_status, reason, response, outcome, updated_at, body, state, " \
-                    "ktopic, kpart, koff, kidx"
+                    "ktopic, kpart, koff, kidx, batch"
 
 /* Step through q, handing each row (ROW_COLUMNS, in that order) to fn. */
 static void each_row(sqlite3_stmt *q, bp_store_row_fn fn, void *ctx)
@@ -919,6 +929,7 @@ static void each_row(sqlite3_stmt *q, bp_store_row_fn fn, void *ctx)
             (const char *)sqlite3_column_text(q, 6), sqlite3_column_int64(q, 7), (const char *)sqlite3_column_text(q, 8),
             (const char *)sqlite3_column_text(q, 9), (const char *)sqlite3_column_text(q, 10),
             sqlite3_column_int(q, 11), sqlite3_column_int64(q, 12), sqlite3_column_int(q, 13),
+            sqlite3_column_int64(q, 14),
         };
         fn(ctx, &r);
     }
@@ -976,21 +987,29 @@ int64_t bp_store_oldest(bp_store *s, const char *integration)
 }
 
 /* The latest events of an integration that have an outcome line (final,
- * or waiting for a retry), newest first, optionally only in one state. */
-int bp_store_recent(bp_store *s, const char *integration, const char *state, int limit, bp_store_row_fn fn, void *ctx)
+ * or waiting for a retry), newest first, optionally only in one state and
+ * (batch > 0) only those that went in that batch. */
+int bp_store_recent(bp_store *s, const char *integration, const char *state, int64_t batch, int limit,
+                    bp_store_row_fn fn, void *ctx)
 {
+    static const char *const sqls[2][2] = {
+        { "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND outcome IS NOT NULL ORDER BY id DESC LIMIT ?1",
+          "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND state=?2 AND outcome IS NOT NULL "
+          "ORDER BY id DESC LIMIT ?1" },
+        /* the same terms as events_by_batch's WHERE, so that it is used */
+        { "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND batch IS NOT NULL AND batch=?4 "
+          "AND outcome IS NOT NULL ORDER BY id DESC LIMIT ?1",
+          "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND batch IS NOT NULL AND batch=?4 AND state=?2 "
+          "AND outcome IS NOT NULL ORDER BY id DESC LIMIT ?1" },
+    };
     sqlite3_stmt *q;
-    const char *sql = state
-        ? "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND state=?2 AND outcome IS NOT NULL "
-          "ORDER BY id DESC LIMIT ?1"
-        : "SELECT " ROW_COLUMNS " FROM events WHERE integration=?3 AND outcome IS NOT NULL "
-          "ORDER BY id DESC LIMIT ?1";
     pthread_mutex_lock(&s->rmu);
-    int rc = sqlite3_prepare_v2(s->rdb, sql, -1, &q, NULL) == SQLITE_OK ? 0 : -1;
+    int rc = sqlite3_prepare_v2(s->rdb, sqls[batch > 0][state != NULL], -1, &q, NULL) == SQLITE_OK ? 0 : -1;
     if (rc == 0) {
         sqlite3_bind_int(q, 1, limit);
         if (state) sqlite3_bind_text(q, 2, state, -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 3, integration, -1, SQLITE_STATIC);
+        if (batch > 0) sqlite3_bind_int64(q, 4, batch);
         each_row(q, fn, ctx);
     }
     pthread_mutex_unlock(&s->rmu);

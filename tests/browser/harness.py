@@ -52,15 +52,18 @@ def _tail(path, n=30):
 class Env:
     """Processes and files of one run."""
 
-    def __init__(self):
+    def __init__(self, serve_args=(), emulator_args=()):
+        """serve_args, emulator_args: extra options (a scenario that needs
+        `serve --batch` starts an Env of its own)."""
         self.tmp = tempfile.mkdtemp(prefix='bp-browser-')
         self.blueprints = os.path.join(self.tmp, 'blueprints')
         shutil.copytree(os.path.join(REPO, 'blueprints'), self.blueprints)
         self.state = os.path.join(self.tmp, 'state')
         self.procs = []
-        self.emu = self._start([EMULATOR, '--port', '0'], 'emulator')
+        self.emu = self._start([EMULATOR, '--port', '0'] + list(emulator_args), 'emulator')
         self.base = self._start([BIN, 'serve', '--listen', '127.0.0.1:0', '--state', self.state,
-                                 '--blueprints', self.blueprints, '--console', os.path.join(REPO, 'console')], 'serve')
+                                 '--blueprints', self.blueprints, '--console', os.path.join(REPO, 'console')]
+                                + list(serve_args), 'serve')
 
     def _start(self, argv, name):
         out = os.path.join(self.tmp, name + '.out')

@@ -1004,6 +1004,98 @@ def t_cosmetics(c, s):
     assert st in (200, 201), st
 
 
+def t_batches(c, s):
+    """serve --batch: a backlog of identifies goes as one bulk import.  While
+    the vendor holds it, Live Events says it is queued with its status
+    requests so far; then each row carries a "batch N · M" badge, the detail
+    gives the batch, its request, its status at the vendor and the event's
+    own result (the vendor's words for a contact it could not import), and
+    the badge narrows the list to the batch.  Its own serve and emulator."""
+    main_env = c.env
+    benv = harness.Env(serve_args=['--batch'], emulator_args=['--rate-limit', '0', '--import-delay-ms', '600000'])
+    c.env = benv
+    try:
+        admin = benv.token('admin')
+        st, it = benv.api('POST', '/v1/admin/integration-catalog/activecampaign/install',
+                          {'name': 'Batches', 'variant': 'default', 'delivery_mode': 'server_side',
+                           'config': {'api_url': benv.emu, 'api_key': 'emulator-api-token'}}, token=admin)
+        assert st == 201, (st, it)
+        iid = it['id']
+        refused = 'refused.batch@example.com'
+        benv.emulator('/_emulator/exclusions', {'account': 0, 'email': refused})
+        emails = ['batch%02d@example.com' % i for i in range(11)] + [refused]
+        mids = ['batch-%02d' % i for i in range(11)] + [XSS_IMG]
+        send(benv, admin, iid, [{'type': 'identify', 'messageId': m, 'traits': {'email': e},
+                                 'context': {'consent': CONSENT}} for m, e in zip(mids, emails)])
+        c.sign_in_link('admin', subject='ops@example.com')
+        c.go('#/live/' + iid)
+        # the count of status requests goes up while it stays queued
+        banner = c.wait(lambda: next((e for e in c.d.find_elements(By.CSS_SELECTOR, '#live-open-batches .alert')
+                                      if 'queued at the vendor' in e.text and ' 0 status' not in e.text), None),
+                        'Live Events does not say the batch is queued at the vendor with its status requests so far')
+        assert 'status request' in banner.text and 'so far' in banner.text and '(12 events)' in banner.text, banner.text
+        bid = int(banner.get_attribute('data-batch'))
+        c.shoot('live-batch-queued', narrow=False)
+        benv.emulator('/_emulator/imports/complete', {})
+        c.gone('#live-open-batches .alert', 'the queued batch stayed listed after the import completed')
+        badge = c.el('#live-rows tr[data-message-id="batch-03"] .badge-batch', 'the row has no batch badge')
+        assert badge.text == 'batch %d · 12' % bid, badge.text
+        c.open_row('batch-03', 'delivered')
+        sec = c.el('#detail-batch', 'the detail has no Batch section')
+        assert c.el('#detail-batch-id').text == str(bid)
+        assert c.el('#detail-batch-size').text == '12'
+        assert c.el('#detail-batch-request').text.endswith('/api/3/import/bulk_import'), c.el('#detail-batch-request').text
+        assert c.el('#detail-batch-request').text.startswith('POST http://127.0.0.1:')
+        status = c.el('#detail-batch-status').text
+        assert status.startswith('done: answered after ') and 'status request' in status, status
+        assert c.el('#detail-batch-result').text == 'delivered', c.el('#detail-batch-result').text
+        c.shoot('live-batch-detail', narrow=False, scroll='#detail-batch')
+        # the contact the vendor could not import: its own result, in the vendor's words
+        c.open_row(XSS_IMG, 'dead_letter')
+        result = c.text('#detail-batch-result', 'failed: ', 'the refused contact\'s result is not shown').text
+        assert 'could not import the contact' in result, result
+        assert c.js('return window.__xss') is None, 'event data ran as code'
+        assert sec  # the section was found before the second row opened
+        # the badge narrows the list to the batch (12 events) and back
+        c.click('#detail-close')
+        st, more = benv.api('POST', '/v1/integrations/%s/events' % iid,
+                            {'type': 'identify', 'messageId': 'alone-1', 'traits': {'email': 'alone@example.com'},
+                             'context': {'consent': CONSENT}}, token=admin)
+        assert st == 202, (st, more)
+        c.row('alone-1', 'delivered')
+        assert not c.d.find_elements(By.CSS_SELECTOR, '#live-rows tr[data-message-id="alone-1"] .badge-batch'), \
+            'an event sent alone has a batch badge'
+        c.click('#live-rows tr[data-message-id="batch-05"] .badge-batch')
+        c.text('#live-batch-filter', 'Batch %d' % bid, 'the batch filter is not shown')
+        c.wait(lambda: len(c.d.find_elements(By.CSS_SELECTOR, '#live-rows tr[data-message-id]')) == 12,
+               'the list was not narrowed to the batch\'s 12 events')
+        assert c.js("return [...document.querySelectorAll('#live-rows .badge-batch')].every(b => b.dataset.batch === arguments[0])",
+                    str(bid)), 'the batch filter shows another batch\'s events'
+        assert not c.d.find_elements(By.CSS_SELECTOR, '#live-rows tr[data-message-id="alone-1"]'), 'an event sent alone is listed'
+        summary = c.el('#live-batch-summary', 'no summary of the batch').text
+        assert 'Batch %d' % bid in summary and '/api/3/import/bulk_import' in summary and 'done' in summary, summary
+        results = c.el('#batch-results').text
+        assert 'delivered 11' in results and 'dead letter 1' in results, results
+        c.shoot('live-batch-filter')
+        c.click('#live-batch-clear')
+        c.row('alone-1', 'delivered')
+        c.gone('#live-batch-summary:not([hidden])', 'the batch summary stayed after the filter was cleared')
+        # the detail's button does the same, the list in the detail's place
+        c.open_row('batch-07', 'delivered')
+        c.click('#detail-batch-show')
+        c.text('#live-batch-filter', 'Batch %d' % bid, 'the detail\'s button did not narrow the list to the batch')
+        c.gone('#live-detail:not([hidden])', 'the detail stayed open over the batch\'s list')
+        c.wait(lambda: len(c.d.find_elements(By.CSS_SELECTOR, '#live-rows tr[data-message-id]')) == 12,
+               'the detail\'s button did not narrow the list to the batch\'s 12 events')
+        c.click('#live-batch-clear')
+        assert c.js('return window.__xss') is None, 'event data ran as code'
+    finally:
+        c.env = main_env
+        benv.close()
+        # the scenarios after this one use the shared serve
+        c.sign_in_link('admin', subject='ops@example.com')
+
+
 SCENARIOS = [
     ('quick setup: Integration Library to a 200 in Live Events', t_quick_setup),
     ('contact depth: lists, tags and maps from the Install form reach the emulator; shown and edited', t_depth),
@@ -1015,6 +1107,7 @@ SCENARIOS = [
     ('test events: every enabled event, custom ones by name with names seen offered', t_test_events),
     ('advice for the console: a custom event is enabled in the Events tab; the sidebar opens the integration viewed', t_advice),
     ('cosmetics: sidebar, hunk header, live "ago", indent, "off (not set)", pasted samples kept', t_cosmetics),
+    ('batches: queued at the vendor, a batch badge per row, the batch in the detail, the badge filters to the batch', t_batches),
     # last: it deletes the integration the others use
     ('roles: replay for an admin; a viewer cannot install, edit or replay', t_roles),
 ]

@@ -1636,7 +1636,7 @@ TEST(store_prunes_final_events_past_their_window_only)
         bp_stored e = { 0 };
         e.id = bp_store_add(s, "", "{}", 2, i, mid, then);
         CHECK(e.id > 0);
-        CHECK_INT(bp_store_update(s, &e, states[i], 200, NULL, NULL, "{}", then), 0);
+        CHECK_INT(bp_store_update(s, &e, states[i], 200, NULL, NULL, "{}", 0, then), 0);
     }
     CHECK(bp_store_oldest(s, "") == then);
     bp_retention keep = { 1000, 30LL * 86400 * 1000, 0 };
@@ -1825,6 +1825,89 @@ TEST(store_keeps_open_batches_across_a_restart)
         unlink(path);
     }
     rmdir(dir);
+}
+
+/* A batch's id is never given again (outcome lines and ?batch= name it), even
+ * once every batch is over and the table is empty; a table made before that
+ * keeps its open batches when it is migrated. */
+TEST(store_never_gives_a_batch_id_twice)
+{
+    char dir[] = "/tmp/bp-unit-batchidXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    sqlite3 *db = bp_store_db_hold(s);   /* the table as the first release of batches made it */
+    CHECK_INT(sqlite3_exec(db, "CREATE TABLE batches(id INTEGER PRIMARY KEY, integration TEXT NOT NULL, events TEXT NOT NULL, "
+                               "state TEXT NOT NULL, answer_status INTEGER, answer_url TEXT, answer_body TEXT, "
+                               "polls INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+                               "INSERT INTO batches VALUES(3, 'acme', '1,2', 'queued', 200, 'u', 'b', 2, 1, 1);",
+                           NULL, NULL, NULL), SQLITE_OK);
+    bp_store_db_release(s);
+    CHECK_INT(bp_store_batches_init(s), 0);
+    unit_rows u = { 0 };
+    CHECK_INT(bp_store_batch_each(s, "acme", unit_batch_row, &u), 0);
+    CHECK_INT(u.n, 1);
+    CHECK_INT(u.id, 3);
+    CHECK_INT(u.queued, 1);
+    CHECK_INT(u.polls, 2);
+    CHECK_INT(bp_store_batch_delete(s, 3), 0);
+    int64_t ids[] = { 1 };
+    int64_t next = bp_store_batch_add(s, "acme", ids, 1, 2);
+    CHECK_INT(next, 4);
+    CHECK_INT(bp_store_batch_delete(s, next), 0);
+    bp_store_close(s);
+    s = bp_store_open(dir, "unit.db", &err);   /* and after a restart, the table empty */
+    CHECK(s != NULL);
+    CHECK_INT(bp_store_batches_init(s), 0);
+    CHECK_INT(bp_store_batch_add(s, "acme", ids, 1, 3), 5);
+    bp_store_close(s);
+    remove_unit_store(dir);
+}
+
+/* Live Events' batch filter: the events whose outcome was saved with the
+ * batch, newest first, in one state if asked; none of another batch or
+ * integration. */
+typedef struct unit_ids { int n; int64_t ids[8]; } unit_ids;
+static void unit_id_row(void *ctx, const bp_store_row *r)
+{
+    unit_ids *u = ctx;
+    if (u->n < 8) u->ids[u->n] = r->id;
+    u->n++;
+}
+
+TEST(store_lists_a_batchs_events)
+{
+    char dir[] = "/tmp/bp-unit-batchlistXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    const int64_t batch[] = { 7, 7, 0, 8, 7 };
+    const char *state[] = { "delivered", "dead", "delivered", "delivered", "delivered" };
+    int64_t id[5];
+    for (int i = 0; i < 5; i++) {
+        char mid[16];
+        snprintf(mid, sizeof mid, "m-%d", i);
+        bp_stored e = { 0 };
+        e.id = id[i] = bp_store_add(s, i == 4 ? "other" : "acme", "{}", 2, i, mid, 1);
+        CHECK(e.id > 0);
+        CHECK_INT(bp_store_update(s, &e, state[i], 200, NULL, NULL, "{}", batch[i], 2), 0);
+    }
+    unit_ids u = { 0 };
+    CHECK_INT(bp_store_recent(s, "acme", NULL, 7, 10, unit_id_row, &u), 0);
+    CHECK_INT(u.n, 2);
+    CHECK_INT(u.ids[0], id[1]);
+    CHECK_INT(u.ids[1], id[0]);
+    memset(&u, 0, sizeof u);
+    CHECK_INT(bp_store_recent(s, "acme", "dead", 7, 10, unit_id_row, &u), 0);
+    CHECK_INT(u.n, 1);
+    CHECK_INT(u.ids[0], id[1]);
+    memset(&u, 0, sizeof u);
+    CHECK_INT(bp_store_recent(s, "acme", NULL, 0, 10, unit_id_row, &u), 0);
+    CHECK_INT(u.n, 4);
+    bp_store_close(s);
+    remove_unit_store(dir);
 }
 
 TEST(cache_claim_is_single_flight)
@@ -2103,6 +2186,8 @@ int main(void)
     RUN(batch_spec_refuses_with_the_line_and_the_closest_name);
     RUN(batch_mapping_gives_each_event_its_result);
     RUN(store_keeps_open_batches_across_a_restart);
+    RUN(store_never_gives_a_batch_id_twice);
+    RUN(store_lists_a_batchs_events);
     rt_cleanup();
     return CHECK_SUMMARY();
 }

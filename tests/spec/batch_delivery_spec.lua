@@ -299,6 +299,68 @@ describe("batch delivery in serve #cli #serve", function()
   end)
 end)
 
+describe("Live Events of batches in serve #cli #serve", function()
+  it("lists a queued batch as open, then filters the events by batch (ids never reused)", function()
+    local emu = S.start_emulator("--rate-limit 0 --import-delay-ms 600000")
+    local srv = S.start_server({ args = "--batch" })
+    finally(function() srv.stop(); emu.stop() end)
+    local status, it = srv.call("POST", "/v1/admin/integration-catalog/activecampaign/install",
+      S.install_body("ActiveCampaign", S.emulator_account(emu, 0)))
+    assert.are.equal(201, status)
+    local path = "/v1/admin/integrations/" .. it.id .. "/live-events"
+    assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. it.id .. "/events", identifies(30, "o"))))
+    -- queued at the vendor: open, with its status requests so far, its events not listed yet
+    local open = S.eventually(function()
+      local _, body = srv.call("GET", path .. "?limit=100")
+      local b = body.open_batches and body.open_batches[1]
+      return b and b.state == "queued" and b.status_requests >= 1 and body
+    end, 30)
+    assert.is_truthy(open, "no queued batch with a status request in open_batches within 30 s")
+    local first = open.open_batches[1]
+    assert.is_true(first.size >= 10 and first.size <= 30, "size " .. first.size)
+    local _, only = srv.call("GET", path .. "?batch=" .. first.id)
+    assert.are.equal(0, #only.events, "an open batch's events are pending, not listed")
+    emu.post("/_emulator/imports/complete", "{}")
+    local function batch_of(id, n)
+      return S.eventually(function()
+        local _, body = srv.call("GET", path .. "?limit=100&batch=" .. id)
+        return #body.events >= n and body
+      end, 30)
+    end
+    local done = batch_of(first.id, first.size)
+    assert.is_truthy(done, "batch " .. first.id .. "'s events were not listed by ?batch=")
+    assert.are.equal(first.size, #done.events)
+    for _, e in ipairs(done.events) do
+      assert.are.equal(first.id, e.outcome.batch.id)
+      assert.are.equal(first.size, e.outcome.batch.size)
+      assert.are.equal("delivered in batch " .. first.id .. " (" .. first.size .. " events)", e.outcome.reason)
+    end
+    assert.is_truthy(S.eventually(function()
+      local _, body = srv.call("GET", path)
+      return #body.open_batches == 0
+    end, 30), "the batch stayed open after its events were delivered")
+    local _, none = srv.call("GET", path .. "?batch=" .. first.id .. "&outcome=dead_letter")
+    assert.are.equal(0, #none.events)
+    -- the next backlog's batch (the table is empty again) gets a new id
+    assert.are.equal(202, (srv.call("POST", "/v1/integrations/" .. it.id .. "/events", identifies(30, "p"))))
+    local second = S.eventually(function()
+      local _, body = srv.call("GET", path)
+      return body.open_batches[1]
+    end, 30)
+    assert.is_truthy(second, "the second backlog formed no batch")
+    assert.are_not.equal(first.id, second.id, "a batch id was given twice")
+    emu.post("/_emulator/imports/complete", "{}")
+    assert.is_truthy(batch_of(second.id, second.size), "batch " .. second.id .. "'s events were not listed")
+    local _, again = srv.call("GET", path .. "?limit=100&batch=" .. first.id)
+    assert.are.equal(first.size, #again.events, "the first batch's list changed")
+    for _, bad in ipairs({ "0", "-1", "x", "3x" }) do
+      local st, err = srv.call("GET", path .. "?batch=" .. bad)
+      assert.are.equal(400, st, "batch=" .. bad)
+      assert.matches("batch must be", err.error.message)
+    end
+  end)
+end)
+
 describe("batch delivery in serve across a kill and a config change #cli #serve", function()
   local function start(emu, st)
     return S.start_server({ args = "--batch", state = st })

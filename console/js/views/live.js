@@ -2,7 +2,9 @@
 // SSE stream (read with fetch, since EventSource cannot send the bearer
 // token), filtered by outcome and event, each row opening the whole story:
 // input event, decision and reason, redacted requests, the vendor's answer,
-// attempts, timing and retries.
+// attempts, timing and retries.  An event that went in a batch shows it in
+// its row (a badge that filters the list to that batch's events) and in its
+// detail; batches the vendor still holds (queued) are listed above.
 import { h, replace, clear, button, badge, statusCode, empty, errorBox, toast, kv, codeBlock, pretty,
   parseJSON, fmtTime, fmtClock, fmtAgo, fmtDuration, copyButton, spinner } from '../dom.js';
 import { get, post, enc, stream } from '../api.js';
@@ -73,6 +75,9 @@ export function mountLive(container, integration, ctx) {
   let outcomeFilter = '';
   let eventFilter = '';
   let textFilter = '';
+  let batchFilter = null;    // a batch's id: only its events (the API's ?batch=)
+  let openBatches = [];      // the API's open_batches: queued at the vendor, events pending
+  let openTimer = null;
   const eventNames = new Set();   // names: Order Completed, Pricing, …
   const eventTypes = new Set();   // types: track, page, identify
 
@@ -98,15 +103,30 @@ export function mountLive(container, integration, ctx) {
       h('th', { class: 'num hide-narrow col-extra', text: 'Time taken' }), h('th', { class: 'hide-narrow col-extra', text: 'Reason' }))),
     tbody);
   const listWrap = h('div', { class: 'live-list card card-flush' }, table);
+  // the batch the list is narrowed to, with a way back to every event
+  const batchChip = h('span', { class: 'batch-chip', id: 'live-batch-filter', hidden: true });
   const detail = h('section', { class: 'live-detail card', id: 'live-detail', 'aria-label': 'Event detail', hidden: true });
   const root = h('div', { class: 'live', id: 'live' },
-    h('div', { class: 'toolbar' }, outcomeSel, eventSel, search, h('span', { class: 'toolbar-spacer' }), countEl, state, pauseBtn),
+    h('div', { class: 'toolbar' }, outcomeSel, eventSel, search, batchChip, h('span', { class: 'toolbar-spacer' }), countEl, state, pauseBtn),
     h('div', { class: 'live-body' }, listWrap, detail));
   replace(container, root);
 
   outcomeSel.addEventListener('change', () => { outcomeFilter = outcomeSel.value; load(); queueRender(); });
   eventSel.addEventListener('change', () => { eventFilter = eventSel.value; queueRender(); });
   search.addEventListener('input', () => { textFilter = search.value.trim().toLowerCase(); queueRender(); });
+
+  // Narrow the list to one batch's events (null: all events again).
+  function setBatch(n) {
+    batchFilter = n;
+    if (n == null) { batchChip.hidden = true; clear(batchChip); }
+    else {
+      batchChip.hidden = false;
+      replace(batchChip, h('span', { text: `Batch ${n}` }),
+        button('Show all events', () => setBatch(null), { small: true, kind: 'ghost', id: 'live-batch-clear' }));
+    }
+    load();
+    queueRender();
+  }
 
   function keyOf(o, fallback) {
     return o && o.id != null ? 'id:' + o.id : fallback;
@@ -137,7 +157,9 @@ export function mountLive(container, integration, ctx) {
     }
     if (items.size > MAX_ROWS) {
       const oldest = [...items.values()].sort((a, b) => a.sort - b.sort).slice(0, items.size - MAX_ROWS);
-      oldest.forEach((x) => { if (x.key !== selected) items.delete(x.key); });
+      // the batch being looked at stays whole, however old its events
+      const inBatch = (x) => batchFilter != null && x.outcome && x.outcome.batch && x.outcome.batch.id === batchFilter;
+      oldest.forEach((x) => { if (x.key !== selected && !inBatch(x)) items.delete(x.key); });
     }
     return item;
   }
@@ -154,11 +176,14 @@ export function mountLive(container, integration, ctx) {
 
   async function load() {
     try {
-      const q = '?limit=100' + (outcomeFilter ? '&outcome=' + enc(outcomeFilter === 'drop' ? 'drop' : outcomeFilter) : '');
+      // a batch holds at most max_events (250 for ActiveCampaign): all of it
+      const q = (batchFilter != null ? '?limit=' + MAX_ROWS + '&batch=' + enc(batchFilter) : '?limit=100')
+        + (outcomeFilter ? '&outcome=' + enc(outcomeFilter === 'drop' ? 'drop' : outcomeFilter) : '');
       const r = await get('/v1/admin/integrations/' + enc(id) + '/live-events' + q);
       for (const row of r.events || []) upsert(row, false);
       blueprintNote(r.blueprint);
       retentionNote(r.retention);
+      openBatchesNote(r.open_batches);
       queueRender();
     } catch (e) {
       if (e.name !== 'AbortError') replace(listWrap, errorBox(e, 'Could not load Live Events'));
@@ -171,6 +196,7 @@ export function mountLive(container, integration, ctx) {
     backfillTimer = setTimeout(async () => {
       try {
         const r = await get('/v1/admin/integrations/' + enc(id) + '/live-events?limit=50');
+        openBatchesNote(r.open_batches);
         for (const row of r.events || []) {
           const k = keyOf(row.outcome, null);
           if (k && items.has(k)) {
@@ -211,6 +237,28 @@ export function mountLive(container, integration, ctx) {
   }
   function plural(n, unit) { return n + ' ' + unit + (n === 1 ? '' : 's'); }
 
+  // Batches still open: their events are pending (not in the list until the
+  // vendor's answer gives each its result).  Looked at again every 3 s while
+  // there are any: the status requests count up, and the stream says
+  // nothing until the outcomes come.
+  const openBox = h('div', { class: 'live-open-batches', id: 'live-open-batches', hidden: true });
+  root.insertBefore(openBox, retentionBox.nextSibling);
+  function openBatchesNote(list) {
+    openBatches = Array.isArray(list) ? list : [];
+    openBox.hidden = !openBatches.length;
+    replace(openBox, openBatches.map((b) => h('div', { class: 'alert alert-info', dataset: { batch: String(b.id) } },
+      h('strong', { text: `Batch ${b.id} (${plural(b.size, 'event')}): ` }), batchStatus(b),
+      ' Its events show here once the vendor gives their results.')));
+    clearTimeout(openTimer);
+    if (openBatches.length) {
+      openTimer = setTimeout(async () => {
+        try { openBatchesNote((await get('/v1/admin/integrations/' + enc(id) + '/live-events?limit=1')).open_batches); }
+        catch (e) { openBatchesNote(openBatches); }   // try again later
+      }, 3000);
+    }
+    if (batchFilter != null) queueRender();
+  }
+
   function setState(s, detail) {
     state.className = 'stream-state stream-' + s;
     const label = { open: 'Live', closed: 'Reconnecting…', error: 'Reconnecting…', connecting: 'Connecting…' }[s] || s;
@@ -221,6 +269,7 @@ export function mountLive(container, integration, ctx) {
   function visible(item) {
     const o = item.outcome || {};
     const out = outcomeOf(item);
+    if (batchFilter != null && !(o.batch && o.batch.id === batchFilter)) return false;
     if (outcomeFilter && out !== outcomeFilter && !(outcomeFilter === 'drop' && out === 'dropped')) return false;
     if (eventFilter.startsWith('name:') && eventName(o, item.event) !== eventFilter.slice(5)) return false;
     if (eventFilter.startsWith('type:') && (o.type || (item.event && item.event.type)) !== eventFilter.slice(5)) return false;
@@ -252,7 +301,7 @@ export function mountLive(container, integration, ctx) {
     h('td', { class: 'cell-event', title: eventName(o, item.event) }, h('span', { class: 'ev-name', text: eventName(o, item.event) }),
       o.type && o.event ? h('span', { class: 'ev-type', text: o.type }) : null),
     h('td', { class: 'mono hide-narrow cell-trunc col-extra', text: o.message_id || '' }),
-    h('td', {}, badge(out)),
+    h('td', { class: 'cell-outcome' }, badge(out), o.batch ? batchBadge(o.batch, setBatch) : null),
     h('td', { class: 'num' }, statusCode(o.status)),
     h('td', { class: 'num hide-narrow col-extra', text: o.attempts != null ? String(o.attempts) : '' }),
     h('td', { class: 'num hide-narrow col-extra', text: o.duration_ms != null && o.attempts ? fmtDuration(o.duration_ms) : '' }),
@@ -281,10 +330,13 @@ export function mountLive(container, integration, ctx) {
     const rows = all.filter(visible);
     const n = (k) => `${k} event${k === 1 ? '' : 's'}`;
     countEl.textContent = rows.length === all.length ? n(all.length) : `${rows.length} of ${n(all.length)}`;
+    batchSummary(rows);
     if (!rows.length) {
       rowCache.clear();
       emptyRow = h('tr', { class: 'row-empty' }, h('td', { colspan: '8' },
-        all.length ? 'No event matches these filters.' : 'No events yet. Events sent to this integration appear here as they are delivered.'));
+        batchFilter != null && openBatches.some((b) => b.id === batchFilter)
+          ? `Batch ${batchFilter} is queued at the vendor: its events show here once it answers.`
+          : all.length ? 'No event matches these filters.' : 'No events yet. Events sent to this integration appear here as they are delivered.'));
       replace(tbody, emptyRow);
       return;
     }
@@ -311,9 +363,12 @@ export function mountLive(container, integration, ctx) {
     detail.hidden = false;
     root.classList.add('has-detail');
     detailSig = item.key + item.sig;
+    const close = () => { select(null); detail.hidden = true; root.classList.remove('has-detail'); };
     replace(detail, renderDetail(item, ctx, {
       integration,
-      onClose: () => { select(null); detail.hidden = true; root.classList.remove('has-detail'); },
+      // the list, narrowed to the batch, in the detail's place (a narrow screen shows one of them)
+      onBatch: (n) => { close(); setBatch(n); },
+      onClose: close,
       onReplayed: () => load(),
     }));
     if (focus) { detail.setAttribute('tabindex', '-1'); detail.focus({ preventScroll: true }); }
@@ -339,10 +394,54 @@ export function mountLive(container, integration, ctx) {
       },
     });
   });
+  // Above the list while it shows one batch: what the batch was, and how
+  // its events ended (from the outcomes listed).
+  const summaryBox = h('div', { class: 'live-batch-summary', id: 'live-batch-summary', hidden: true });
+  root.insertBefore(summaryBox, root.querySelector('.live-body'));
+  function batchSummary(rows) {
+    const b = batchFilter != null && rows.map((r) => (r.outcome || {}).batch).find(Boolean);
+    const open = batchFilter != null && openBatches.find((x) => x.id === batchFilter);
+    summaryBox.hidden = !b && !open;
+    if (!b && !open) { clear(summaryBox); return; }
+    const counts = new Map();
+    for (const r of rows) counts.set(outcomeOf(r), (counts.get(outcomeOf(r)) || 0) + 1);
+    replace(summaryBox, h('div', { class: 'card batch-card' },
+      h('h3', { text: `Batch ${batchFilter}` }),
+      kv([
+        ['Events', String((b || open).size)],
+        ['Request', b ? h('code', { class: 'mono', id: 'batch-request', text: b.request || '' }) : null],
+        ['At the vendor', open ? batchStatus(open) : batchStatus(b)],
+        ['Results', counts.size ? h('span', { id: 'batch-results' }, [...counts.entries()].map(([k, v]) => [badge(k), ` ${v} `])) : null],
+      ])));
+  }
+
   return () => {
     if (stopStream) stopStream();
     clearTimeout(backfillTimer);
+    clearTimeout(openTimer);
   };
+}
+
+// ---- batches ---------------------------------------------------------------------------------
+
+// "batch 7 · 25" in a row: the events that went together; a click shows them.
+function batchBadge(b, onBatch) {
+  const el = h('button', { type: 'button', class: 'badge badge-batch', dataset: { batch: String(b.id) },
+    title: `Sent in batch ${b.id} with ${b.size - 1} other event${b.size === 2 ? '' : 's'}: show them`,
+    text: `batch ${b.id} · ${b.size}` });
+  el.addEventListener('click', (e) => { e.stopPropagation(); onBatch(b.id); });
+  el.addEventListener('keydown', (e) => e.stopPropagation());
+  return el;
+}
+
+// Where a batch stands at the vendor: an open batch's state (the API's
+// open_batches), or, once its events have outcomes, done.
+function batchStatus(b) {
+  const n = b.status_requests || 0;
+  const polls = `${n} status request${n === 1 ? '' : 's'}`;
+  if (b.state === 'queued') return `queued at the vendor, ${polls} so far.`;
+  if (b.state === 'sending') return 'sent; waiting for the vendor\'s answer.';
+  return n ? `done: answered after ${polls}.` : 'done: answered at once (no status request).';
 }
 
 // ---- one event, in full ----------------------------------------------------------------------
@@ -441,9 +540,9 @@ export function renderDetail(item, ctx, opts = {}) {
         ['Time taken', o.duration_ms != null ? fmtDuration(o.duration_ms) : null],
         ['Updated', item.updated_at ? fmtTime(item.updated_at) : null],
         ['Blueprint revision', o.blueprint_revision ? h('code', { text: o.blueprint_revision }) : null],
-        ['Batch', o.batch ? `${o.batch.id} (${o.batch.size} events): ${o.batch.request}; ${o.batch.status_requests} status request${o.batch.status_requests === 1 ? '' : 's'}` : null],
         ['Store id', o.id != null ? String(o.id) : null],
       ])),
+    o.batch ? batchSection(o, out, opts.onBatch) : null,
     o.logs && o.logs.length ? h('section', { class: 'detail-sec' }, h('h3', { text: 'Mapping log' }),
       codeBlock(o.logs.map((l) => `${l.at || ''}  ${l.msg || ''}`).join('\n'))) : null,
     h('section', { class: 'detail-sec' }, h('h3', { text: 'Vendor answer' }), vendorAnswer(o)),
@@ -453,6 +552,25 @@ export function renderDetail(item, ctx, opts = {}) {
       (o.requests || []).map(renderRequest)),
     h('section', { class: 'detail-sec' }, h('h3', { text: 'Input event' }),
       item.event ? codeBlock(pretty(item.event), 'input-event') : h('p', { class: 'muted small' }, spinner(), 'Loading the input event…')));
+}
+
+// The batch an event went in, and its own result there (the reason is the
+// vendor's words for a contact it refused: shown as text, like all of it).
+function batchSection(o, out, onBatch) {
+  const b = o.batch;
+  const own = out === 'delivered' ? 'delivered'
+    : out === 'retrying' ? 'sent again: ' + (o.reason || '')
+    : out === 'dead_letter' ? 'failed: ' + (o.reason || '')
+    : out + (o.reason ? ': ' + o.reason : '');
+  return h('section', { class: 'detail-sec', id: 'detail-batch', dataset: { batch: String(b.id) } }, h('h3', { text: 'Batch' }),
+    kv([
+      ['Batch', h('span', { id: 'detail-batch-id', text: String(b.id) })],
+      ['Events in it', h('span', { id: 'detail-batch-size', text: String(b.size) })],
+      ['Request', h('code', { class: 'mono', id: 'detail-batch-request', text: b.request || '' })],
+      ['At the vendor', h('span', { id: 'detail-batch-status', text: batchStatus(b) })],
+      ['This event', h('span', { id: 'detail-batch-result', text: own })],
+    ]),
+    onBatch ? button(`Show batch ${b.id}'s events`, () => onBatch(b.id), { small: true, kind: 'ghost', id: 'detail-batch-show' }) : null);
 }
 
 // What to do about a reason, in the console's terms: an event not enabled
