@@ -1,0 +1,137 @@
+-- Cluster mode with batches (`serve --kafka … --batch`): a bulk import the
+-- vendor queued for one node is handed over when that node dies.  Two nodes
+-- against librdkafka's mock cluster (build/kafka-mock-cluster) and the
+-- emulator, whose imports stay queued (--import-delay-ms 600000) until the
+-- spec completes them.  The node that owns the account's partition sends
+-- the batch and announces it on the outcomes topic; it is killed (SIGKILL)
+-- while the import is queued; the other node takes the partition over,
+-- asks the emulator for that import's status and delivers every event once,
+-- importing nothing again.  Tagged #kafka: run by its own suite.
+local S = require("support")
+
+local INSTALL = "/v1/admin/integration-catalog/activecampaign/install"
+local EVENTS = 30
+
+local function identifies(n, prefix)
+  local t = {}
+  for i = 1, n do
+    t[i] = ('{"type":"identify","messageId":"%s%d","traits":{"email":"%s%d@example.com"},'
+      .. '"context":{"consent":{"marketing":true}}}'):format(prefix, i, prefix, i)
+  end
+  return table.concat(t, "\n") .. "\n"
+end
+
+-- Rows of a table in a node's store (read-only: the node keeps writing).
+local function rows(state, sql)
+  local f = io.popen(("sqlite3 -readonly %s/events.db %q 2>/dev/null"):format(state, sql))
+  local out = f:read("a")
+  f:close()
+  return tonumber(out:match("%d+"))
+end
+
+describe("batches handed over in a rebalance #kafka", function()
+  local kafka, emu, keyfile, env
+  local nodes, states = {}, {}
+
+  local function start_node(i)
+    states[i] = states[i] or S.tmpdir()
+    nodes[i] = S.start_server({
+      state = states[i], env = env, start_seconds = 60, retry_base_ms = 200,
+      args = "--batch --kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node" .. i,
+    })
+    return nodes[i]
+  end
+
+  lazy_setup(function()
+    kafka = S.start_kafka()
+    emu = S.start_emulator("--rate-limit 0 --import-delay-ms 600000")
+    keyfile = os.tmpname()
+    local f = io.popen("openssl rand -hex 32")
+    S.write(keyfile, "kspec " .. f:read("l") .. "\n")
+    f:close()
+    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
+    for i = 1, 2 do start_node(i) end
+  end)
+
+  lazy_teardown(function()
+    local reports = {}
+    for i = 1, 2 do
+      local ok, why = pcall(function() if nodes[i] then nodes[i].stop() end end)
+      if not ok then reports[#reports + 1] = "node " .. i .. ": " .. tostring(why) end
+    end
+    if emu then emu.stop() end
+    if kafka then kafka.stop() end
+    if keyfile then os.remove(keyfile) end
+    assert(#reports == 0, table.concat(reports, "\n"))
+  end)
+
+  it("resumes a queued import on the node that takes the partition over: each event delivered once, no second import",
+    function()
+    local st, it = nodes[1].call("POST", INSTALL, S.install_body("shop", S.emulator_account(emu, 0)))
+    assert.are.equal(201, st, nodes[1].bodies[#nodes[1].bodies])
+    assert.is_truthy(S.eventually(function()
+      return nodes[2].call("GET", "/v1/admin/integrations/" .. it.id) == 200
+    end, 10), "node 2 does not have the integration")
+    -- one intake request: one Kafka message, one partition, one batch
+    st = nodes[2].call("POST", "/v1/integrations/" .. it.id .. "/events", identifies(EVENTS, "h"))
+    assert.are.equal(202, st, nodes[2].bodies[#nodes[2].bodies])
+
+    -- the import is queued at the emulator, and its first status request answered "active"
+    local batch_id = S.eventually(function()
+      for _, r in ipairs(emu.requests()) do
+        if r.path == "/api/3/import/info" and r.batch_id ~= "" then return r.batch_id end
+      end
+    end, 60)
+    assert.is_truthy(batch_id, "no import was queued within 60 s")
+    -- the node that sent it has it in its own store's open batches
+    local owner
+    for i = 1, 2 do if rows(states[i], "select count(*) from batches") == 1 then owner = i end end
+    assert.is_truthy(owner, "no node holds the batch it sent")
+    local survivor = 3 - owner
+    -- every node has the batch from the outcomes topic before its owner dies
+    assert.is_truthy(S.eventually(function() return rows(states[survivor], "select count(*) from handed") == 1 end, 10),
+      "node " .. survivor .. " never stored the queued batch")
+
+    nodes[owner].kill()
+    nodes[owner].stopped = true
+    local killed_at
+    for _, r in ipairs(emu.requests()) do killed_at = math.max(killed_at or 0, r.at_ms) end
+
+    -- the survivor takes the partition over (6 s session timeout) and asks for that import's status
+    local asked = S.eventually(function()
+      for _, r in ipairs(emu.requests()) do
+        if r.path == "/api/3/import/info" and r.batch_id == batch_id and r.at_ms > killed_at then return true end
+      end
+    end, 45)
+    assert.is_truthy(asked, "node " .. survivor .. " never asked for the status of import " .. batch_id .. "; its log:\n"
+      .. nodes[survivor].logs():sub(-4000))
+    emu.post("/_emulator/imports/complete", "{}")
+
+    local live = S.eventually(function()
+      local s, body = nodes[survivor].call("GET", "/v1/admin/integrations/" .. it.id
+        .. "/live-events?limit=100&outcome=delivered")
+      return s == 200 and #body.events >= EVENTS and body
+    end, 30)
+    assert.is_truthy(live, "the events were not all delivered after the handover")
+    local seen = {}
+    for _, e in ipairs(live.events) do
+      local id = e.event.messageId
+      seen[id] = (seen[id] or 0) + 1
+      assert.are.equal("delivered", e.outcome.outcome)
+      assert.matches("^delivered in batch", e.outcome.reason)
+    end
+    for i = 1, EVENTS do assert.are.equal(1, seen["h" .. i], "h" .. i .. " delivered " .. (seen["h" .. i] or 0) .. " times") end
+
+    -- one import at the emulator, nothing sent one by one, every contact there once
+    local imports, syncs = 0, 0
+    for _, r in ipairs(emu.requests()) do
+      if r.path == "/api/3/import/bulk_import" then imports = imports + 1 end
+      if r.path == "/api/3/contact/sync" then syncs = syncs + 1 end
+    end
+    assert.are.equal(1, imports, "imported again after the handover")
+    assert.are.equal(0, syncs, "events sent one by one after the handover")
+    assert.are.equal(EVENTS, #emu.contacts())
+    -- the outcomes closed the handed batch on the survivor
+    assert.is_truthy(S.eventually(function() return rows(states[survivor], "select count(*) from handed") == 0 end, 10))
+  end)
+end)
