@@ -21,6 +21,11 @@ local function identifies(n, prefix)
   return table.concat(t, "\n") .. "\n"
 end
 
+local function metric(node, name)
+  local st, _, text = node.call("GET", "/metrics")
+  return st == 200 and tonumber(text:match("\n" .. name .. " (%d+)")) or nil
+end
+
 -- Rows of a table in a node's store (read-only: the node keeps writing).
 local function rows(state, sql)
   local f = io.popen(("sqlite3 -readonly %s/events.db %q 2>/dev/null"):format(state, sql))
@@ -131,6 +136,9 @@ describe("batches handed over in a rebalance #kafka", function()
     assert.are.equal(1, imports, "imported again after the handover")
     assert.are.equal(0, syncs, "events sent one by one after the handover")
     assert.are.equal(EVENTS, #emu.contacts())
+    -- /metrics counts each node's own: the survivor sent no batch, and delivered these in one
+    assert.are.equal(0, metric(nodes[survivor], "blueprint_batches_total"))
+    assert.are.equal(EVENTS, metric(nodes[survivor], "blueprint_batched_events_total"))
     -- the outcomes closed the handed batch on the survivor
     assert.is_truthy(S.eventually(function() return rows(states[survivor], "select count(*) from handed") == 0 end, 10))
   end)
