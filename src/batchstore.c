@@ -247,6 +247,19 @@ int bp_store_handed_close(bp_store *s, const bp_source *src)
     return rc;
 }
 
+int bp_store_handed_any(bp_store *s)
+{
+    sqlite3 *db = bp_store_db_hold(s);
+    sqlite3_stmt *q;
+    int any = 1;   /* unknown: look */
+    if (sqlite3_prepare_v2(db, "SELECT EXISTS(SELECT 1 FROM handed)", -1, &q, NULL) == SQLITE_OK) {
+        if (sqlite3_step(q) == SQLITE_ROW) any = sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+    }
+    bp_store_db_release(s);
+    return any;
+}
+
 int bp_store_handed_integrations(bp_store *s, void (*fn)(void *ctx, const char *integration), void *ctx)
 {
     sqlite3 *db = bp_store_db_hold(s);

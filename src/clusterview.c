@@ -76,7 +76,9 @@ static void view_batch_queued(bp_cluster *c, const rd_kafka_message_t *m, bp_doc
     free(src);
 }
 
-static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *store)
+/* *handed: the store may hold batches queued for some node (then each
+ * outcome looks for the one it closes). */
+static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *store, int *handed)
 {
     bp_doc d;
     bp_error err;
@@ -89,6 +91,7 @@ static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *s
     uint32_t bq = bp_jget(&d, 0, "batch_queued");
     if (bq != BP_NONE) {
         view_batch_queued(c, m, &d, bq, store);
+        *handed = 1;
         bp_doc_free(&d);
         return;
     }
@@ -103,7 +106,7 @@ static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *s
     const char *reason = bp_jscalar(&d, bp_jget(&d, 0, "reason"));
     /* any outcome of an event ends the batch another node had queued with
      * it (delivered, failed, or retried alone: that batch is over) */
-    if (src != BP_NONE) {
+    if (src != BP_NONE && *handed) {
         const char *topic = bp_jscalar(&d, bp_jget(&d, src, "topic"));
         const char *part = bp_jscalar(&d, bp_jget(&d, src, "partition"));
         const char *off = bp_jscalar(&d, bp_jget(&d, src, "offset"));
@@ -291,9 +294,10 @@ static void view_apply(bp_cluster *c, view_batch *b)
     if ((c->held_blueprints.n || c->held_configs.n) && caught_up_with(c, b))
         apply_held(c);   /* before the positions say so: start waits for them */
     int began = has_outcomes && bp_store_begin(store) == 0;
+    int handed = began && bp_store_handed_any(store);
     for (int i = 0; began && i < b->n; i++)
         if (!strcmp(rd_kafka_topic_name(b->msgs[i]->rkt), c->t_outcomes) && b->msgs[i]->payload)
-            view_outcome(c, b->msgs[i], store);
+            view_outcome(c, b->msgs[i], store, &handed);
     /* a store that refuses writes: the outcomes are applied again from the
      * same offsets (positions do not move) */
     int ok = !has_outcomes || (began && bp_store_commit(store, 1) == 0);

@@ -653,12 +653,19 @@ static void collect_handed(void *ctx, const bp_handed_row *r)
     h->body = r->answer_body ? bp_memdup(r->answer_body, r->answer_len + 1) : NULL;
 }
 
-/* One of its events in memory here: its batch runs in this loop (this node
- * queued it, or adopted it already). */
-static int any_in_memory(const tenant *t, const handed_copy *h)
+static int one_of(const job *j, const tenant *t, const handed_copy *h)
 {
-    for (const job *j = t->acct->jobs; j; j = j->next)
-        for (size_t i = 0; j->t == t && i < h->row.present; i++) if (h->ids[i] == j->ev.id) return 1;
+    for (size_t i = 0; j->t == t && i < h->row.present; i++) if (h->ids[i] == j->ev.id) return 1;
+    return 0;
+}
+
+/* One of its events in memory here: its batch runs in this loop (this node
+ * queued it, or adopted it already), or ended and is not saved yet (still
+ * pending in the store). */
+static int any_in_memory(const loop *l, const tenant *t, const handed_copy *h)
+{
+    for (const job *j = t->acct->jobs; j; j = j->next) if (one_of(j, t, h)) return 1;
+    for (const job *j = l->dirty; j; j = j->dirty_next) if (one_of(j, t, h)) return 1;
     return 0;
 }
 
@@ -692,8 +699,7 @@ static void adopt(loop *l, tenant *t, handed_copy *h, double now)
  * one the blueprint can no longer run is given up: its events go again. */
 void bp_dl_batch_adopt(loop *l, tenant *t)
 {
-    /* a final job not saved yet is pending in the store, and out of memory */
-    if (!l->lease || t->removing || !t->eng || t->unsaved_final > 0 || l->store_failing) return;
+    if (!l->lease || t->removing || !t->eng || l->store_failing) return;
     handed_list hl = { 0 };
     if (bp_store_handed_each(l->store, t->id, collect_handed, &hl) < 0) bp_log("warn", "state store: handed batches not read", NULL);
     double now = bp_wall_ms();
@@ -701,7 +707,7 @@ void bp_dl_batch_adopt(loop *l, tenant *t)
         handed_copy *h = &hl.v[i];
         int ours = h->row.present > 0;
         for (size_t k = 0; ours && k < h->row.present; k++) ours = l->lease->holds(l->lease->ctx, h->slots[k]);
-        if (ours && !any_in_memory(t, h)) {
+        if (ours && !any_in_memory(l, t, h)) {
             const char *why = NULL;
             if (h->row.present < h->row.n) {
                 if (now - (double)h->row.oldest >= HANDOVER_WAIT_MS)

@@ -228,6 +228,7 @@ typedef struct bp_handed {
 /* Both inside a transaction (the viewer's). */
 int bp_store_handed_add(bp_store *s, const bp_handed *h, int64_t now);
 int bp_store_handed_close(bp_store *s, const bp_source *src);
+int bp_store_handed_any(bp_store *s);   /* 0: none (then no outcome closes one) */
 /* One handed batch as this node holds it: of its n events, the `present`
  * stored here pending (ids, slots, in order; oldest: when the first came). */
 typedef struct bp_handed_row {
