@@ -50,6 +50,10 @@
  * applied NAME.outcomes up to the end as of that moment.  A node giving
  * a partition up stops new requests for it, waits for those in flight,
  * commits, and forgets its unfinished events (their new owner reads them).
+ * A batch the vendor queued (serve --batch) is told on NAME.outcomes too
+ * (batch_queued below): every node keeps it until an outcome of one of its
+ * events closes it, and the partition's next owner resumes it with status
+ * requests instead of sending it again (batchstore.c, deliver_batch.c).
  *
  * Threads: the poller (producer delivery reports, broker probe), the
  * consumer (group: read, store, commit, rebalance), the viewer (config and
