@@ -50,6 +50,10 @@
  * applied NAME.outcomes up to the end as of that moment.  A node giving
  * a partition up stops new requests for it, waits for those in flight,
  * commits, and forgets its unfinished events (their new owner reads them).
+ * A batch the vendor queued (serve --batch) is told on NAME.outcomes too
+ * (batch_queued below): every node keeps it until an outcome of one of its
+ * events closes it, and the partition's next owner resumes it with status
+ * requests instead of sending it again (batchstore.c, deliver_batch.c).
  *
  * Threads: the poller (producer delivery reports, broker probe), the
  * consumer (group: read, store, commit, rebalance), the viewer (config and
@@ -306,6 +310,43 @@ static void outcome(void *ctx, const char *integration, const bp_stored *ev, con
     bp_buf_free(&v);
 }
 
+/* A batch this node's delivery got queued at the vendor: a record on
+ * NAME.outcomes, keyed like its events' outcomes (the integration), so that
+ * every node reads it before those outcomes, which close it.  A node that
+ * takes the partition over resumes it from there (clusterview.c,
+ * deliver_batch.c).  Not acknowledged before the batch goes on: a node that
+ * dies before the brokers have it leaves a batch nobody knows was queued,
+ * whose events its next owner sends again (at least once, as a request in
+ * flight).  A node giving the partition up commits only once every record
+ * produced before is acknowledged, this one too. */
+static void batch_queued(void *ctx, const char *integration, const bp_queued_batch *q)
+{
+    bp_cluster *c = ctx;
+    bp_buf v;
+    bp_buf_init(&v);
+    bp_buf_adds(&v, "{\"integration_id\":");
+    bp_json_write_text(&v, integration, strlen(integration));
+    bp_buf_adds(&v, ",\"node\":");
+    bp_json_write_text(&v, c->node, strlen(c->node));
+    bp_buf_printf(&v, ",\"at\":%lld,\"batch_queued\":{\"id\":%lld,\"polls\":%d,\"answer\":{\"status\":%d,\"url\":",
+                  (long long)bp_wall_ms(), (long long)q->id, q->polls, q->answer_status);
+    bp_json_write_text(&v, q->answer_url ? q->answer_url : "", q->answer_url ? strlen(q->answer_url) : 0);
+    bp_buf_adds(&v, ",\"body\":");
+    bp_json_write_text(&v, q->answer_body ? q->answer_body : "", q->answer_len);
+    bp_buf_adds(&v, "},\"events\":[");
+    for (size_t i = 0; i < q->n; i++) {
+        const bp_stored *ev = q->events[i];
+        slot *s = ev->ksrc ? cluster_slot_at(c, ev->ksrc) : NULL;
+        if (!s) { bp_buf_free(&v); return; }   /* not read from Kafka: nothing to hand over */
+        bp_buf_adds(&v, i ? ",{\"topic\":" : "{\"topic\":");
+        bp_json_write_text(&v, s->topic, strlen(s->topic));
+        bp_buf_printf(&v, ",\"partition\":%d,\"offset\":%lld,\"index\":%ld}", s->partition, (long long)ev->koff, ev->idx);
+    }
+    bp_buf_adds(&v, "]}}");
+    produce_async(c, c->t_outcomes, integration, &v);
+    bp_buf_free(&v);
+}
+
 /* A dead letter sent again (server.c): "replayed" on every node. */
 void bp_cluster_replayed(bp_cluster *c, const char *integration, const bp_store_row *row)
 {
@@ -356,7 +397,7 @@ static void lease(void *ctx, bp_lease *out) { cluster_lease(ctx, out); }
 static void plug_into(bp_cluster *c, bp_registry *reg)
 {
     bp_registry_hooks h = { c, publish_config, topics_changed, lease, outcome, spend_jti, stop, release,
-                            publish_blueprint };
+                            publish_blueprint, batch_queued };
     bp_registry_set_hooks(reg, &h);
 }
 

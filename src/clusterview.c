@@ -39,13 +39,59 @@ static int partitions_of(bp_cluster *c, rd_kafka_t *rk, const char *topic, int *
     return -1;
 }
 
-static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *store)
+/* A batch some node got queued at the vendor (cluster.c's batch_queued):
+ * kept until an outcome of one of its events closes it, so that whichever
+ * node owns its partition next resumes it instead of sending it again. */
+static void view_batch_queued(bp_cluster *c, const rd_kafka_message_t *m, bp_doc *d, uint32_t bq, bp_store *store)
+{
+    const char *id = bp_jscalar(d, bp_jget(d, 0, "integration_id"));
+    const char *node = bp_jscalar(d, bp_jget(d, 0, "node"));
+    const char *batch = bp_jscalar(d, bp_jget(d, bq, "id"));
+    const char *polls = bp_jscalar(d, bp_jget(d, bq, "polls"));
+    uint32_t ans = bp_jget(d, bq, "answer"), evs = bp_jget(d, bq, "events");
+    const char *status = ans != BP_NONE ? bp_jscalar(d, bp_jget(d, ans, "status")) : NULL;
+    const char *url = ans != BP_NONE ? bp_jscalar(d, bp_jget(d, ans, "url")) : NULL;
+    uint32_t body = ans != BP_NONE ? bp_jget(d, ans, "body") : BP_NONE;
+    if (!id || !node || !batch || !status || !url || body == BP_NONE || d->nodes[body].type != BP_JSTRING ||
+        evs == BP_NONE || d->nodes[evs].type != BP_JARRAY) {
+        cluster_log_kafka("error", "kafka: a queued batch record lacks a field; skipped (its events may be sent again "
+                          "by the partition's next owner)", c->t_outcomes, m->partition, NULL);
+        return;
+    }
+    size_t n = d->nodes[evs].len;
+    bp_source *src = bp_calloc(n + 1, sizeof *src);
+    int ok = n > 0;
+    uint32_t e = evs + 1;
+    for (size_t i = 0; ok && i < n; i++, e = d->nodes[e].next) {
+        const char *topic = bp_jscalar(d, bp_jget(d, e, "topic")), *part = bp_jscalar(d, bp_jget(d, e, "partition"));
+        const char *off = bp_jscalar(d, bp_jget(d, e, "offset")), *idx = bp_jscalar(d, bp_jget(d, e, "index"));
+        ok = topic && part && off && idx;
+        if (ok) src[i] = (bp_source){ topic, atoi(part), atoll(off), atoi(idx), 0 };
+    }
+    bp_handed h = { node, atoll(batch), id, src, n, atoi(status), url, bp_jtext(d, body),
+                    d->nodes[body].len, polls ? atoi(polls) : 0 };
+    if (ok && bp_store_handed_add(store, &h, (int64_t)bp_wall_ms()) < 0)
+        cluster_log_kafka("error", "could not store a batch another node got queued; its events may be sent again",
+                          c->t_outcomes, m->partition, NULL);
+    free(src);
+}
+
+/* *handed: the store may hold batches queued for some node (then each
+ * outcome looks for the one it closes). */
+static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *store, int *handed)
 {
     bp_doc d;
     bp_error err;
     bp_doc_init(&d);
     if (bp_json_parse(&d, m->payload, m->len, NULL, &err) < 0 || d.nodes[0].type != BP_JOBJECT) {
         cluster_log_kafka("error", "kafka: an outcome record is not JSON; skipped", c->t_outcomes, m->partition, err.msg);
+        bp_doc_free(&d);
+        return;
+    }
+    uint32_t bq = bp_jget(&d, 0, "batch_queued");
+    if (bq != BP_NONE) {
+        view_batch_queued(c, m, &d, bq, store);
+        *handed = 1;
         bp_doc_free(&d);
         return;
     }
@@ -58,6 +104,17 @@ static void view_outcome(bp_cluster *c, const rd_kafka_message_t *m, bp_store *s
     bp_buf_init(&text);
     bp_json_write_node(&text, &d, line);
     const char *reason = bp_jscalar(&d, bp_jget(&d, 0, "reason"));
+    /* any outcome of an event ends the batch another node had queued with
+     * it (delivered, failed, or retried alone: that batch is over) */
+    if (src != BP_NONE && *handed) {
+        const char *topic = bp_jscalar(&d, bp_jget(&d, src, "topic"));
+        const char *part = bp_jscalar(&d, bp_jget(&d, src, "partition"));
+        const char *off = bp_jscalar(&d, bp_jget(&d, src, "offset"));
+        const char *idx = bp_jscalar(&d, bp_jget(&d, src, "index"));
+        bp_source s = { topic, part ? atoi(part) : 0, off ? atoll(off) : 0, idx ? atoi(idx) : 0, 0 };
+        if (topic && part && off && idx && bp_store_handed_close(store, &s) < 0)
+            cluster_log_kafka("error", "could not close a batch another node had queued", topic, s.partition, NULL);
+    }
     /* final outcomes are stored (Live Events, dead letters, and what a node
      * taking the partition over must not deliver again); the others are
      * only shown */
@@ -239,9 +296,10 @@ static void view_apply(bp_cluster *c, view_batch *b)
     if ((c->held_blueprints.n || c->held_configs.n) && caught_up_with(c, b))
         apply_held(c);   /* before the positions say so: start waits for them */
     int began = has_outcomes && bp_store_begin(store) == 0;
+    int handed = began && bp_store_handed_any(store);
     for (int i = 0; began && i < b->n; i++)
         if (!strcmp(rd_kafka_topic_name(b->msgs[i]->rkt), c->t_outcomes) && b->msgs[i]->payload)
-            view_outcome(c, b->msgs[i], store);
+            view_outcome(c, b->msgs[i], store, &handed);
     /* a store that refuses writes: the outcomes are applied again from the
      * same offsets (positions do not move) */
     int ok = !has_outcomes || (began && bp_store_commit(store, 1) == 0);

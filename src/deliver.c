@@ -66,11 +66,39 @@ static int any_work(loop *l)
     return 0;
 }
 
+typedef struct adopt_walk { loop *l; char **ids; size_t n, cap; } adopt_walk;
+
+static void note_handed(void *ctx, const char *integration)
+{
+    adopt_walk *w = ctx;
+    if (w->n == w->cap) { w->cap = w->cap ? w->cap * 2 : 8; w->ids = bp_realloc(w->ids, w->cap * sizeof *w->ids); }
+    w->ids[w->n++] = bp_strdup(integration);
+}
+
+/* Cluster mode, four times a second: batches the vendor queued for another
+ * node whose partition this node took over are resumed by the loop of their
+ * integration (deliver_batch.c). */
+static void adopt_handed(loop *l)
+{
+    double now = bp_wall_ms();
+    if (!l->lease || now < l->adopt_at) return;
+    l->adopt_at = now + 250;
+    adopt_walk w = { l, NULL, 0, 0 };
+    bp_store_handed_integrations(l->store, note_handed, &w);
+    for (size_t i = 0; i < w.n; i++) {
+        tenant *t = bp_dl_find_tenant(l, w.ids[i]);
+        if (t) bp_dl_batch_adopt(l, t);
+        free(w.ids[i]);
+    }
+    free(w.ids);
+}
+
 /* One turn; returns 0 when the loop may end (until_idle and nothing left,
  * or stopping with nothing in flight and everything saved). */
 static int turn(loop *l, int until_idle)
 {
     bp_dl_handle_commands(l);
+    adopt_handed(l);   /* before its events could be loaded as new */
     bp_dl_load(l);
     /* commit before dispatching, not between dispatch and the send: a slow
      * commit (a checkpoint) must not delay requests whose pace slot is
@@ -289,7 +317,7 @@ static void cli_answer(void *ctx, int status, double duration_ms)
     if (r->o->on_answer) r->o->on_answer(r->o->emit_ctx, status, duration_ms);
 }
 
-static const bp_sink cli_sink = { cli_outcome, cli_answer, NULL, NULL };
+static const bp_sink cli_sink = { cli_outcome, cli_answer, NULL, NULL, NULL };
 
 /* A line for input that never becomes a stored event. */
 static void emit_input_error(cli_run *r, long index, const char *why, const char *message_id)

@@ -391,6 +391,7 @@ double bp_dl_batch_dispatch(loop *l, account *a, double now, double mono)
  * answer that said so (a restart gives it to the reader again). */
 static void queued(loop *l, batch *b, const bp_response *resp, const char *url, double now)
 {
+    int first = !b->queued;
     b->queued = 1;
     b->answer_status = resp->status;
     free(b->answer_url);
@@ -400,6 +401,16 @@ static void queued(loop *l, batch *b, const bp_response *resp, const char *url, 
     if (bp_store_batch_queued(l->store, b->id, resp->status, url, b->answer_body.data, b->polls, (int64_t)now) < 0)
         bp_log("warn", "state store: a queued batch was not recorded; a restart now would send it again", NULL);
     b->next_ms = now + poll_delay(b->polls + 1);
+    /* cluster mode: every node learns it, so that the partition's next
+     * owner asks for its status instead of sending it again */
+    if (first && l->lease && b->t->sink->batch_queued) {
+        const bp_stored **evs = bp_calloc(b->n, sizeof *evs);
+        for (size_t i = 0; i < b->n; i++) evs[i] = &b->jobs[i]->ev;
+        bp_queued_batch q = { b->id, evs, b->n, b->answer_status, b->answer_url, b->answer_body.data,
+                              b->answer_body.len, b->polls };
+        b->t->sink->batch_queued(b->t->ctx, &q);
+        free(evs);
+    }
 }
 
 /* The whole request must go again later (or, the first request, dead-letters
@@ -443,7 +454,22 @@ static void step_answered(loop *l, batch *b, const bp_request *req, const bp_res
     b->next_ms = now;
 }
 
+static void answer(loop *l, batch *b, const bp_response *resp);
+
+/* The lease's count of requests in flight drops once the answer is handled
+ * (its outcomes reported, a queued batch told): a node giving the partition
+ * up waits for that before it commits and lets go. */
 void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp)
+{
+    int64_t *slots = l->lease ? bp_calloc(b->n + 1, sizeof *slots) : NULL;
+    size_t n = l->lease ? b->n : 0;
+    for (size_t i = 0; i < n; i++) slots[i] = b->jobs[i]->ev.ksrc;
+    answer(l, b, resp);   /* may free b */
+    for (size_t i = 0; i < n; i++) if (slots[i]) l->lease->sending(l->lease->ctx, slots[i], -1);
+    free(slots);
+}
+
+static void answer(loop *l, batch *b, const bp_response *resp)
 {
     tenant *t = b->t;
     account *a = t->acct;
@@ -452,8 +478,6 @@ void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp)
     t->inflight--;
     a->inflight--;
     a->next_ms = 0;
-    for (size_t i = 0; i < b->n; i++)
-        if (b->jobs[i]->ev.ksrc && l->lease) l->lease->sending(l->lease->ctx, b->jobs[i]->ev.ksrc, -1);
     bp_dl_obey_vendor_pace(a, resp);
     if (resp->status == 429) bp_dl_count(&t->st->rate_limited);
     if (t->sink->answer) t->sink->answer(t->ctx, resp->status, resp->duration_ms);
@@ -607,4 +631,105 @@ void bp_dl_batch_forget(loop *l, tenant *t, int keep)
         for (size_t i = 0; i < b->n; i++) detach(b, b->jobs[i]);
         free_batch(b);
     }
+}
+
+/* ---- cluster mode: a batch queued for another node ---------------------------------------- */
+
+/* How long the events of a handed batch stored here may wait for the rest
+ * of it to be read before they go again without it. */
+#define HANDOVER_WAIT_MS 120000.0
+
+typedef struct handed_copy { bp_handed_row row; int64_t *ids, *slots; char *url, *body; } handed_copy;
+typedef struct handed_list { handed_copy *v; size_t n, cap; } handed_list;
+
+static void collect_handed(void *ctx, const bp_handed_row *r)
+{
+    handed_list *hl = ctx;
+    if (hl->n == hl->cap) { hl->cap = hl->cap ? hl->cap * 2 : 4; hl->v = bp_realloc(hl->v, hl->cap * sizeof *hl->v); }
+    handed_copy *h = &hl->v[hl->n++];
+    h->row = *r;
+    h->ids = bp_memdup(r->ids, (r->present + 1) * sizeof *r->ids);
+    h->slots = bp_memdup(r->slots, (r->present + 1) * sizeof *r->slots);
+    h->url = bp_strdup(r->answer_url ? r->answer_url : "");
+    h->body = r->answer_body ? bp_memdup(r->answer_body, r->answer_len + 1) : NULL;
+}
+
+static int one_of(const job *j, const tenant *t, const handed_copy *h)
+{
+    for (size_t i = 0; j->t == t && i < h->row.present; i++) if (h->ids[i] == j->ev.id) return 1;
+    return 0;
+}
+
+/* One of its events in memory here: its batch runs in this loop (this node
+ * queued it, or adopted it already), or ended and is not saved yet (still
+ * pending in the store). */
+static int any_in_memory(const loop *l, const tenant *t, const handed_copy *h)
+{
+    for (const job *j = t->acct->jobs; j; j = j->next) if (one_of(j, t, h)) return 1;
+    for (const job *j = l->dirty; j; j = j->dirty_next) if (one_of(j, t, h)) return 1;
+    return 0;
+}
+
+/* Resume h here: a `batches` row of this node's, its events in it, its
+ * status asked for next (never the batch sent again). */
+static void adopt(loop *l, tenant *t, handed_copy *h, double now)
+{
+    bp_store_batch_row answer = { 0, NULL, 1, h->row.answer_status, h->url, h->body, h->row.answer_len, h->row.polls };
+    int64_t id = bp_store_handed_adopt(l->store, t->id, h->ids, h->row.present, &answer, (int64_t)now);
+    if (id < 0) return;   /* the store refuses writes: the next look tries again */
+    bp_buf list;
+    bp_buf_init(&list);
+    for (size_t i = 0; i < h->row.present; i++) bp_buf_printf(&list, "%s%lld", i ? "," : "", (long long)h->ids[i]);
+    found f = { answer, list.data, h->url, h->body };
+    f.row.id = id;
+    h->url = h->body = NULL;   /* resume takes them */
+    resume(l, t, &f);
+    free(f.url);
+    free(f.body);
+    bp_buf_free(&list);
+    t->acct->next_ms = 0;
+    char detail[64];
+    snprintf(detail, sizeof detail, "%zu events, batch %lld here", h->row.present, (long long)id);
+    bp_dl_log_tenant("info", "a batch another node had queued at the vendor is resumed here: its status is asked, "
+                     "it is not sent again", t, detail);
+}
+
+/* Cluster mode: the batches other nodes had queued at the vendor whose
+ * events this node now owns (their partition moved here) are resumed; an
+ * incomplete one (some events not read here within HANDOVER_WAIT_MS) or
+ * one the blueprint can no longer run is given up: its events go again. */
+void bp_dl_batch_adopt(loop *l, tenant *t)
+{
+    if (!l->lease || t->removing || !t->eng || l->store_failing) return;
+    handed_list hl = { 0 };
+    if (bp_store_handed_each(l->store, t->id, collect_handed, &hl) < 0) bp_log("warn", "state store: handed batches not read", NULL);
+    double now = bp_wall_ms();
+    for (size_t i = 0; i < hl.n; i++) {
+        handed_copy *h = &hl.v[i];
+        int ours = h->row.present > 0;
+        for (size_t k = 0; ours && k < h->row.present; k++) ours = l->lease->holds(l->lease->ctx, h->slots[k]);
+        if (ours && !any_in_memory(l, t, h)) {
+            const char *why = NULL;
+            if (h->row.present < h->row.n) {
+                if (now - (double)h->row.oldest >= HANDOVER_WAIT_MS)
+                    why = "a batch another node had queued at the vendor: not all of its events were read here in time; "
+                          "they are sent again";
+            } else if (!bp_engine_batch_spec(t->eng->engine)) {
+                why = "a batch another node had queued at the vendor: the blueprint no longer makes batches; its events "
+                      "are sent again";
+            } else {
+                adopt(l, t, h, now);
+            }
+            if (why && bp_store_handed_drop(l->store, h->row.id) == 0) {
+                t->rescan = 1;   /* they were left out of the pending query until now */
+                t->acct->check_load = 1;
+                bp_dl_log_tenant("warn", why, t, NULL);
+            }
+        }
+        free(h->ids);
+        free(h->slots);
+        free(h->url);
+        free(h->body);
+    }
+    free(hl.v);
 }

@@ -188,6 +188,7 @@ struct loop {
     double failing_since;
     mark *marks; size_t nmarks, capmarks;
     int64_t *closed; size_t nclosed, capclosed;   /* batch rows to delete with the next commit */
+    double adopt_at;            /* cluster mode: next look for batches queued for another node (wall ms) */
     bp_cache *cache;            /* the pool's (shared by its loops), or the loop's own (deliver) */
     pthread_mutex_t inbox_mu;   /* guards inbox */
     cmd *inbox, **inbox_tail;
@@ -243,6 +244,7 @@ double bp_dl_batch_dispatch(loop *l, account *a, double now, double mono);
 void bp_dl_batch_answer(loop *l, batch *b, const bp_response *resp);
 void bp_dl_batch_recover(loop *l, tenant *t);
 void bp_dl_batch_forget(loop *l, tenant *t, int keep);
+void bp_dl_batch_adopt(loop *l, tenant *t);
 
 /* ---- deliver_send.c ---- */
 
@@ -253,6 +255,7 @@ void bp_dl_on_answer(void *ctx, void *user, const bp_response *resp);
 
 void bp_dl_add_tenant(loop *l, const bp_tenant_spec *s);
 void bp_dl_detach_tenant(loop *l, tenant *t);
+tenant *bp_dl_find_tenant(loop *l, const char *id);
 void bp_dl_handle_commands(loop *l);
 void bp_dl_leave_account(loop *l, tenant *t);
 void bp_dl_reap(loop *l);

@@ -14,7 +14,7 @@
 
 /* ---- tenants, accounts, engines --------------------------------------------------------------- */
 
-static tenant *find_tenant(loop *l, const char *id)
+tenant *bp_dl_find_tenant(loop *l, const char *id)
 {
     for (tenant *t = l->by_id[bp_dl_hash_text(id) % TENANT_BUCKETS]; t; t = t->hash_next)
         if (!strcmp(t->id, id)) return t;
@@ -384,7 +384,7 @@ void bp_dl_handle_commands(loop *l)
     while (c) {
         cmd *next = c->next;
         const char *id = c->id ? c->id : c->spec.id;
-        tenant *t = id ? find_tenant(l, id) : NULL;
+        tenant *t = id ? bp_dl_find_tenant(l, id) : NULL;
         switch (c->kind) {
         case CMD_PUT:
             if (!t) {

@@ -96,8 +96,11 @@ static void tally_one(void *ctx, bp_integration *it)
 {
     tally *t = ctx;
     t->retries += atomic_load_explicit(&it->stats.retries, memory_order_relaxed);
-    t->batches += atomic_load_explicit(&it->stats.batches, memory_order_relaxed);
-    t->batched += atomic_load_explicit(&it->stats.batched_events, memory_order_relaxed);
+    /* batches: this node's own (in cluster mode its loop counts in node_stats) */
+    t->batches += atomic_load_explicit(&it->stats.batches, memory_order_relaxed) +
+                  atomic_load_explicit(&it->node_stats.batches, memory_order_relaxed);
+    t->batched += atomic_load_explicit(&it->stats.batched_events, memory_order_relaxed) +
+                  atomic_load_explicit(&it->node_stats.batched_events, memory_order_relaxed);
     if (!it->deleted) t->per_state[bp_api_health_state(it)]++;
 }
 

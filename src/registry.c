@@ -198,7 +198,14 @@ static void note_health(void *ctx, const bp_health *h)
     pthread_mutex_unlock(&it->registry->mu);
 }
 
-static const bp_sink registry_sink = { on_outcome, count_answer, release_tenant, note_health };
+static void on_batch_queued(void *ctx, const bp_queued_batch *q)
+{
+    bp_integration *it = ctx;
+    bp_registry *r = it->registry;
+    if (r->hooks.batch_queued) r->hooks.batch_queued(r->hooks.ctx, it->id, q);
+}
+
+static const bp_sink registry_sink = { on_outcome, count_answer, release_tenant, note_health, on_batch_queued };
 
 /* Hand the pool the integration with its own copy of `cfg` (the pool owns
  * it) on blueprint `sbp`.  admin_mu held. */

@@ -222,6 +222,36 @@ int bp_store_batch_each(bp_store *s, const char *integration, bp_store_batch_fn 
 int bp_store_batch_each_read(bp_store *s, const char *integration, bp_store_batch_fn fn, void *ctx);
 /* A pending event by id: 1 found (e filled, without its steps), 0 not. */
 int bp_store_batch_event(bp_store *s, int64_t id, bp_stored *e);
+/* Cluster mode: a batch the vendor queued for some node (announced on
+ * NAME.outcomes), kept by every node until an outcome of one of its events
+ * closes it; its events wait for the loop that resumes it (batchstore.c). */
+typedef struct bp_handed {
+    const char *node; int64_t batch;   /* the node that queued it, and its id there */
+    const char *integration;
+    const bp_source *events; size_t n; /* in the batch's order */
+    int answer_status; const char *answer_url, *answer_body; size_t answer_len;
+    int polls;
+} bp_handed;
+/* Both inside a transaction (the viewer's). */
+int bp_store_handed_add(bp_store *s, const bp_handed *h, int64_t now);
+int bp_store_handed_close(bp_store *s, const bp_source *src);
+int bp_store_handed_any(bp_store *s);   /* 0: none (then no outcome closes one) */
+/* One handed batch as this node holds it: of its n events, the `present`
+ * stored here pending (ids, slots, in order; oldest: when the first came). */
+typedef struct bp_handed_row {
+    int64_t id; size_t n;
+    const int64_t *ids, *slots; size_t present; int64_t oldest;
+    int answer_status; const char *answer_url, *answer_body; size_t answer_len;
+    int polls;
+} bp_handed_row;
+int bp_store_handed_integrations(bp_store *s, void (*fn)(void *ctx, const char *integration), void *ctx);
+int bp_store_handed_each(bp_store *s, const char *integration, void (*fn)(void *ctx, const bp_handed_row *r), void *ctx);
+/* Make it this node's open batch: a `batches` row, queued, with answer's
+ * status, url, body and polls (the handed row stays until the outcomes
+ * close it): the new batch id, -1 on error. */
+int64_t bp_store_handed_adopt(bp_store *s, const char *integration, const int64_t *ids, size_t n,
+                              const bp_store_batch_row *answer, int64_t now);
+int bp_store_handed_drop(bp_store *s, int64_t handed);
 
 /* ---- deliver*.c: the delivery loops ---------------------------------------------------------- */
 
@@ -277,6 +307,15 @@ typedef struct bp_health {
     char answer[256];           /* and the head of its answer, as it came ("" when none) */
 } bp_health;
 
+/* A batch the vendor queued (deliver_batch.c): its id in this node's store,
+ * its events in order, and the answer that said so. */
+typedef struct bp_queued_batch {
+    int64_t id;
+    const bp_stored *const *events; size_t n;
+    int answer_status; const char *answer_url, *answer_body; size_t answer_len;
+    int polls;
+} bp_queued_batch;
+
 /* Where a loop reports an integration's outcomes.  Called on the loop's
  * thread with the outcome line and, apart, its label ("delivered", "drop",
  * …, "retrying" for an event waiting for a retry) and reason. */
@@ -287,6 +326,9 @@ typedef struct bp_sink {
     /* the health changed (may be NULL): the receiver copies it, the loop
      * never waits for a reader */
     void (*health)(void *ctx, const bp_health *h);
+    /* cluster mode (may be NULL): the vendor queued a batch of events read
+     * from Kafka; told once, so that every node can hand it over */
+    void (*batch_queued)(void *ctx, const bp_queued_batch *q);
 } bp_sink;
 
 /* What a loop counts per integration: written by its loop (relaxed atomic
@@ -729,6 +771,8 @@ typedef struct bp_registry_hooks {
      * before the switch: 0, or -1 with err (the running version stays;
      * -2: not acknowledged, yet the brokers may have written it). */
     int (*publish_blueprint)(void *ctx, const char *vendor, const char *record, size_t len, bp_error *err);
+    /* A batch of this node's delivery that the vendor queued (bp_sink's). */
+    void (*batch_queued)(void *ctx, const char *integration, const bp_queued_batch *q);
 } bp_registry_hooks;
 /* Installed once, before bp_registry_start. */
 void bp_registry_set_hooks(bp_registry *r, const bp_registry_hooks *h);

@@ -95,6 +95,16 @@ static const char SCHEMA[] =
     /* one b-tree keyed by the text (no rowid table plus key index): a mark
      * is one insert, and a delivery run makes one per contact */
     "CREATE TABLE IF NOT EXISTS once_keys(key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+    /* cluster mode: batches the vendor queued for some node, as every node
+     * learns them from NAME.outcomes (batchstore.c); here because the
+     * pending query below leaves their events to the node that resumes them */
+    "CREATE TABLE IF NOT EXISTS handed(id INTEGER PRIMARY KEY, node TEXT NOT NULL, batch INTEGER NOT NULL,"
+    "  integration TEXT NOT NULL, n INTEGER NOT NULL, answer_status INTEGER, answer_url TEXT, answer_body TEXT,"
+    "  polls INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, UNIQUE(node, batch));"
+    "CREATE TABLE IF NOT EXISTS handed_events(handed INTEGER NOT NULL, pos INTEGER NOT NULL, ktopic TEXT NOT NULL,"
+    "  kpart INTEGER NOT NULL, koff INTEGER NOT NULL, kidx INTEGER NOT NULL, PRIMARY KEY(handed, pos));"
+    "CREATE INDEX IF NOT EXISTS handed_by_source ON handed_events(ktopic, kpart, koff, kidx);"
+    "CREATE INDEX IF NOT EXISTS handed_by_integration ON handed(integration);"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);"
     /* ctx.cache values a blueprint set as durable, per account ("ACCOUNT\nKEY"),
      * with the event whose run set them (cache.c's backing, deliver.c) */
@@ -426,7 +436,12 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
                                     "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11, steps=?12, "
                                     "batch=?13 WHERE id=?1") == 0 &&
          prepare(s->db, &s->pending, "SELECT id, body, attempts, failures, done_requests, next_at, idx, ksrc, koff, steps FROM events "
-                                     "WHERE integration=?3 AND state='pending' AND id > ?1 ORDER BY id LIMIT ?2") == 0 &&
+                                     "WHERE integration=?3 AND state='pending' AND id > ?1 "
+                                     /* an event of a batch another node had queued at the vendor waits
+                                      * until its loop resumes that batch (batchstore.c) */
+                                     "AND NOT EXISTS(SELECT 1 FROM handed_events h WHERE h.ktopic=events.ktopic AND "
+                                     "h.kpart=events.kpart AND h.koff=events.koff AND h.kidx=events.kidx) "
+                                     "ORDER BY id LIMIT ?2") == 0 &&
          /* the same terms as events_final's WHERE, so that it is used */
          prepare(s->db, &s->prune, "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
                                    "('delivered','dropped','error','dead','replayed') AND state=?1 AND updated_at < ?2 LIMIT ?3)") == 0 &&

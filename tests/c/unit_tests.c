@@ -1910,6 +1910,103 @@ TEST(store_lists_a_batchs_events)
     remove_unit_store(dir);
 }
 
+/* Batches queued for another node (cluster mode, batchstore.c): kept with
+ * their events' Kafka sources; the events stored here are left out of the
+ * pending query and found in the batch's order for the loop that adopts
+ * it; an outcome of one of them closes it. */
+typedef struct unit_handed { int n; size_t events, present; int64_t ids[4], id; char body[64]; int polls; } unit_handed;
+
+static void unit_handed_row(void *ctx, const bp_handed_row *r)
+{
+    unit_handed *u = ctx;
+    u->n++;
+    u->id = r->id;
+    u->events = r->n;
+    u->present = r->present;
+    u->polls = r->polls;
+    for (size_t i = 0; i < r->present && i < 4; i++) u->ids[i] = r->ids[i];
+    snprintf(u->body, sizeof u->body, "%.*s", (int)r->answer_len, r->answer_body ? r->answer_body : "");
+}
+
+static size_t unit_pending(bp_store *s)
+{
+    bp_stored *evs;
+    size_t n;
+    CHECK_INT(bp_store_pending(s, "acme", 0, 100, &evs, &n), 0);
+    for (size_t i = 0; i < n; i++) { free(evs[i].body); free(evs[i].steps); }
+    free(evs);
+    return n;
+}
+
+TEST(store_hands_a_queued_batch_over)
+{
+    char dir[] = "/tmp/bp-unit-handedXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    CHECK_INT(bp_store_batches_init(s), 0);
+    /* the batch's events: offsets 7 and 5 of partition 2, in that order */
+    bp_source srcs[2] = { { "delivery-acme", 2, 7, 0, 0 }, { "delivery-acme", 2, 5, 1, 0 } };
+    bp_handed h = { "node1", 9, "acme", srcs, 2, 200, "https://x/api/3/import/bulk_import", "{\"batchId\":\"7\"}", 15, 1 };
+    CHECK_INT(bp_store_begin(s), 0);
+    CHECK_INT(bp_store_handed_add(s, &h, 100), 0);
+    CHECK_INT(bp_store_handed_add(s, &h, 100), 0);   /* read twice: kept once */
+    CHECK_INT(bp_store_commit(s, 1), 0);
+    CHECK_INT(bp_store_handed_any(s), 1);
+    /* another event of the partition, and the batch's second event, are read here */
+    bp_source other = { "delivery-acme", 2, 6, 0, 11 }, second = { "delivery-acme", 2, 5, 1, 11 };
+    int64_t o = bp_store_add_from(s, "acme", "{\"type\":\"identify\"}", 19, "m-6", &other, 200);
+    int64_t b2 = bp_store_add_from(s, "acme", "{\"type\":\"identify\"}", 19, "m-5", &second, 200);
+    CHECK(o > 0 && b2 > 0);
+    CHECK_INT((int)unit_pending(s), 1);   /* the batch's event waits for its batch */
+    unit_handed u = { 0 };
+    CHECK_INT(bp_store_handed_each(s, "acme", unit_handed_row, &u), 0);
+    CHECK_INT(u.n, 1);
+    CHECK_INT((int)u.events, 2);
+    CHECK_INT((int)u.present, 1);
+    CHECK_INT(u.ids[0], b2);
+    CHECK_STR(u.body, "{\"batchId\":\"7\"}");
+    bp_source first = { "delivery-acme", 2, 7, 0, 11 };
+    int64_t b1 = bp_store_add_from(s, "acme", "{\"type\":\"identify\"}", 19, "m-7", &first, 300);
+    memset(&u, 0, sizeof u);
+    CHECK_INT(bp_store_handed_each(s, "acme", unit_handed_row, &u), 0);
+    CHECK_INT((int)u.present, 2);
+    CHECK_INT(u.ids[0], b1);   /* in the batch's order, not the store's */
+    CHECK_INT(u.ids[1], b2);
+    CHECK_INT(u.polls, 1);
+    /* adopted: this node's open batch, queued with the recorded answer; the handed row stays */
+    bp_store_batch_row answer = { 0, NULL, 1, 200, "https://x/api/3/import/bulk_import", "{\"batchId\":\"7\"}", 15, 1 };
+    int64_t mine = bp_store_handed_adopt(s, "acme", u.ids, 2, &answer, 400);
+    CHECK(mine > 0);
+    unit_rows r = { 0 };
+    CHECK_INT(bp_store_batch_each(s, "acme", unit_batch_row, &r), 0);
+    CHECK_INT(r.n, 1);
+    CHECK_INT(r.queued, 1);
+    CHECK_STR(r.body, "{\"batchId\":\"7\"}");
+    memset(&u, 0, sizeof u);
+    CHECK_INT(bp_store_handed_each(s, "acme", unit_handed_row, &u), 0);
+    CHECK_INT(u.n, 1);
+    /* an outcome of one of its events closes it: its events are the pending query's again */
+    CHECK_INT(bp_store_begin(s), 0);
+    CHECK_INT(bp_store_handed_close(s, &other), 0);   /* not one of its events */
+    CHECK_INT(bp_store_commit(s, 1), 0);
+    CHECK_INT(bp_store_handed_any(s), 1);
+    CHECK_INT(bp_store_begin(s), 0);
+    CHECK_INT(bp_store_handed_close(s, &srcs[1]), 0);
+    CHECK_INT(bp_store_commit(s, 1), 0);
+    CHECK_INT(bp_store_handed_any(s), 0);
+    CHECK_INT((int)unit_pending(s), 3);
+    /* an integration's purge forgets its handed batches too */
+    CHECK_INT(bp_store_begin(s), 0);
+    CHECK_INT(bp_store_handed_add(s, &(bp_handed){ "node1", 10, "acme", srcs, 2, 200, "u", "b", 1, 0 }, 500), 0);
+    CHECK_INT(bp_store_commit(s, 1), 0);
+    CHECK_INT(bp_store_batch_forget(s, "acme"), 0);
+    CHECK_INT(bp_store_handed_any(s), 0);
+    bp_store_close(s);
+    remove_unit_store(dir);
+}
+
 TEST(cache_claim_is_single_flight)
 {
     bp_cache *c = bp_cache_new(0);
@@ -2188,6 +2285,7 @@ int main(void)
     RUN(store_keeps_open_batches_across_a_restart);
     RUN(store_never_gives_a_batch_id_twice);
     RUN(store_lists_a_batchs_events);
+    RUN(store_hands_a_queued_batch_over);
     rt_cleanup();
     return CHECK_SUMMARY();
 }

@@ -58,6 +58,7 @@
 typedef struct logged {
     char *method, *path, *token, *ctype, *body;
     char *signature;       /* the webhook signature header, "" when absent */
+    char *batch_id;        /* the batchId query argument (import/info), "" when absent */
     int status, account;   /* -1: no known account */
     double at_ms;
 } logged;
@@ -645,6 +646,8 @@ static void control(reply *r, const req *q)
             else bp_buf_adds(&r->body, "\"(invalid UTF-8)\"");
             bp_buf_adds(&r->body, ",\"signature\":");
             bp_json_write_string(&r->body, l->signature, strlen(l->signature));
+            bp_buf_adds(&r->body, ",\"batch_id\":");
+            bp_json_write_string(&r->body, l->batch_id, strlen(l->batch_id));
             bp_buf_printf(&r->body, ",\"status\":%d,\"at_ms\":%.1f}", l->status, l->at_ms);
         }
         bp_buf_adds(&r->body, "]");
@@ -683,6 +686,7 @@ static void control(reply *r, const req *q)
         for (size_t i = 0; i < E.nlog; i++) {
             free(E.log[i].method); free(E.log[i].path); free(E.log[i].token); free(E.log[i].ctype); free(E.log[i].body);
             free(E.log[i].signature);
+            free(E.log[i].batch_id);
         }
         E.nlog = 0;
         crm_reset();
@@ -834,6 +838,8 @@ static int handle(reply *r, struct MHD_Connection *conn, const char *method, con
         l->ctype = xdup(ctype);
         l->body = xdup(body);
         l->signature = xdup(signature);
+        const char *bid = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "batchId");
+        l->batch_id = xdup(bid ? bid : "");
         l->status = reset ? 0 : r->status;
         l->account = acct ? (int)(acct - E.accounts) : -1;
         l->at_ms = now_ms();
