@@ -24,7 +24,7 @@
 
 #define WINDOW_PACED 16         /* events in memory per account paced below 100/s */
 #define WINDOW_FAST 256         /* per account otherwise */
-#define WINDOW_BATCHES 8        /* with --batch: room for this many batches (× max_events) */
+#define WINDOW_BATCHES 4        /* with --batch: room for this many batches (× max_events) */
 #define INSERT_BATCH 500
 #define MAX_SAVED_RESPONSE 512
 #define COMMIT_EVERY_MS 10
