@@ -124,6 +124,7 @@ run_batch() {
 | batches: $(bv events) identifies (lists, 2 tags, 3 fields) of one account, time to drain (\`deliver --batch\`, 5 requests/s, 100 imports/min) | $(bv drain_s) s ($drain_min min; $(bv delivered) delivered, $(bv batched) of them in batches) | < 10 min | $(verdict "$drain_min" 10 le) |
 | …vendor requests per contact (every request the emulator received) | $(bv rpc) ($(bv requests): $(bv imports) imports, $(bv polls) status requests, $(bv lookups) field/tag lookups, $(bv syncs) contact syncs, $(bv other) other) | ≤ 0.02 | $(verdict "$(bv rpc)" 0.02 le) |
 | …429s: the 100 imports/min limit / the 5 requests/s limit | $(bv r429_minute) / $(bv r429_second) | 0 per minute | $(verdict "$(bv r429_minute)" 0 le) |
+| …peak RSS of deliver while draining | $(bv rss_mb) MB | | |
 | …one by one instead (no --batch), extrapolated from $(bv sample) identifies | $(bv one_rpc) requests per contact → ~$(bv one_est_s) s ($one_h h) at 4.85 requests/s | | |
 | live identify with nothing queued, p50 of $(bv live) sent one at a time through serve: --batch / without | $(bv live_p50_batch_ms) / $(bv live_p50_plain_ms) ms (${live_ratio}×) | about equal (≤ 1.2×) | $(verdict "$live_ratio" 1.2 le) |
 TAB

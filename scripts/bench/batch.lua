@@ -9,7 +9,7 @@
 -- EVENTS identify events of one account, each a new contact with consent
 -- granted (lists [1, 2]), 2 tags and 3 custom fields.  deliver stores the
 -- file, then delivers it, and exits once every event has its outcome: its
--- wall time is the drain.  Every request the emulator received is counted
+-- wall time is the drain (and its peak RSS, /usr/bin/time).  Every request the emulator received is counted
 -- (/_emulator/stats: imports, status requests, field and tag lookups,
 -- contact syncs), and by path and status from its request log; its 429s
 -- are split into the 5/s limit's (stats' rate_limited) and the rest (the
@@ -100,9 +100,11 @@ local ok, err = pcall(function()
   corpus(W .. "/b-drain.ndjson", "b", N)
   os.execute("rm -rf " .. W .. "/b-drain-state")
   local t0 = now_ms()
-  sh("build/blueprint deliver blueprints/activecampaign --batch --config " .. W .. "/b-drain.yaml --state " .. W
-    .. "/b-drain-state " .. W .. "/b-drain.ndjson > " .. W .. "/b-drain.out 2>" .. W .. "/b-drain.err")
+  sh("/usr/bin/time -f %M -o " .. W .. "/b-drain.rss build/blueprint deliver blueprints/activecampaign --batch --config "
+    .. W .. "/b-drain.yaml --state " .. W .. "/b-drain-state " .. W .. "/b-drain.ndjson > " .. W .. "/b-drain.out 2>"
+    .. W .. "/b-drain.err")
   local drain_s = (now_ms() - t0) / 1000
+  local rss_mb = (tonumber(sh("tail -1 " .. W .. "/b-drain.rss"):match("%d+")) or 0) / 1024
   local out = sh("cat " .. W .. "/b-drain.out")
   local delivered = select(2, out:gsub('"outcome":"delivered"', ""))
   local batched = select(2, out:gsub('"reason":"delivered in batch', ""))
@@ -110,12 +112,14 @@ local ok, err = pcall(function()
   local paths, statuses, logged = log_counts(port)
   local lookups = (paths["/api/3/fields"] or 0) + (paths["/api/3/tags"] or 0)
   print(("events=%d drain_s=%.1f delivered=%d batched=%d requests=%d logged=%d rpc=%.4f imports=%d polls=%d "
-    .. "lookups=%d syncs=%d other=%d r429_minute=%d r429_second=%d contacts=%d"):format(N, drain_s, delivered, batched,
+    .. "lookups=%d syncs=%d other=%d r429_minute=%d r429_second=%d contacts=%d rss_mb=%.1f"):format(N, drain_s, delivered,
+    batched,
     st.requests, logged,
     st.requests / N, paths["/api/3/import/bulk_import"] or 0, paths["/api/3/import/info"] or 0, lookups,
     paths["/api/3/contact/sync"] or 0,
     logged - (paths["/api/3/import/bulk_import"] or 0) - (paths["/api/3/import/info"] or 0) - lookups
-      - (paths["/api/3/contact/sync"] or 0), (statuses["429"] or 0) - st.rate_limited, st.rate_limited, st.contacts))
+      - (paths["/api/3/contact/sync"] or 0), (statuses["429"] or 0) - st.rate_limited, st.rate_limited, st.contacts,
+    rss_mb))
 
   -- ---- a live identify with nothing queued, batches on and off ----
   local function live(batch)
