@@ -254,6 +254,7 @@ typedef struct bp_blueprint {
         char *enabled_by;                /* a boolean config field that switches batches on, or NULL: always */
         int max_events, min_events;      /* most per request; fewest worth a batch */
         long max_wait_ms;                /* longest an event waits for its batch to fill */
+        int max_per_minute;              /* most batch requests per account in any 60 s, or 0: no bound */
         int line;
     } batch;
     int has_batch;

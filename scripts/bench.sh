@@ -11,6 +11,9 @@
 #   BENCH_ONLY=soak      only the retention soak, printed, no BENCHMARKS.md
 #   BENCH_ONLY=depth     only the contact-depth rows (lists, tags, custom fields), printed, no BENCHMARKS.md
 #                        (builds what it runs first: a stale build/bench-map would reject today's blueprint)
+#   BENCH_ONLY=batch     only the batch rows (issue 24: a 50,000-identify backlog drained by bulk imports at
+#                        ActiveCampaign's limits, and a live identify's latency with batches on and off), printed
+#   BENCH_BATCH_EVENTS=50000  the backlog's size (BENCH_QUICK: 5000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,6 +71,7 @@ run_soak() {
 sq() { for q in 1 2 3 4; do sed -n "s/^q$q .*\b$1=\([0-9.]*\).*/\1/p" $W/soak.out; done | paste -sd/ | sed 's|/| / |g'; }
 if [ "${BENCH_ONLY:-}" = soak ]; then make -s --no-print-directory all; run_soak; exit 0; fi
 
+
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 # cpu seconds (user+sys) of one run of a command
 cpu_once() {
@@ -97,6 +101,36 @@ event_tracking_key: emulator-event-key
 event_tracking_url: $EMU_URL/event
 CFG
 }
+
+# ---- batches (issue 24): a backlog drained by bulk imports, at ActiveCampaign's limits ----
+# scripts/bench/batch.lua: deliver --batch of BATCH_N identifies (lists, 2 tags, 3 custom
+# fields) of one account against the emulator at --rate-limit 5, --imports-per-minute 100,
+# --import-delay-ms 2000; a 200-identify sample one by one (extrapolated); 20 live identifies
+# through serve with batches (the default) and with --no-batch.
+BATCH_N=50000
+[ "${BENCH_QUICK:-}" = 1 ] && BATCH_N=5000
+BATCH_N=${BENCH_BATCH_EVENTS:-$BATCH_N}
+run_batch() {
+  echo "== batches: a backlog of $BATCH_N identifies drained by bulk imports (emulator: 5 requests/s, 100 imports/min, imports done after 2 s)"
+  lua5.4 scripts/bench/batch.lua $W "$BATCH_N" 200 20 > $W/batch.out 2> $W/batch.err \
+    || echo "   batch.lua failed: $(tail -1 $W/batch.err)"
+  sed 's/^/   /' $W/batch.out
+  bv() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" $W/batch.out | head -1; }
+  local drain_min one_h live_ratio
+  drain_min=$(awk -v s="$(bv drain_s)" 'BEGIN {printf "%.1f", s / 60}')
+  one_h=$(awk -v s="$(bv one_est_s)" 'BEGIN {printf "%.1f", s / 3600}')
+  live_ratio=$(awk -v a="$(bv live_p50_batch_ms)" -v b="$(bv live_p50_plain_ms)" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
+  BATCH_TABLE=$(cat <<TAB
+| batches: $(bv events) identifies (lists, 2 tags, 3 fields) of one account, time to drain (\`deliver --batch\`, 5 requests/s, 100 imports/min) | $(bv drain_s) s ($drain_min min; $(bv delivered) delivered, $(bv batched) of them in batches) | < 10 min | $(verdict "$drain_min" 10 le) |
+| …vendor requests per contact (every request the emulator received) | $(bv rpc) ($(bv requests): $(bv imports) imports, $(bv polls) status requests, $(bv lookups) field/tag lookups, $(bv syncs) contact syncs, $(bv other) other) | ≤ 0.02 | $(verdict "$(bv rpc)" 0.02 le) |
+| …429s: the 100 imports/min limit / the 5 requests/s limit | $(bv r429_minute) / $(bv r429_second) | 0 per minute | $(verdict "$(bv r429_minute)" 0 le) |
+| …peak RSS of deliver while draining | $(bv rss_mb) MB | | |
+| …one by one instead (--no-batch), extrapolated from $(bv sample) identifies | $(bv one_rpc) requests per contact → ~$(bv one_est_s) s ($one_h h) at 4.85 requests/s | | |
+| live identify with nothing queued, p50 of $(bv live) sent one at a time through serve: batches / --no-batch | $(bv live_p50_batch_ms) / $(bv live_p50_plain_ms) ms (${live_ratio}×) | about equal (≤ 1.2×) | $(verdict "$live_ratio" 1.2 le) |
+TAB
+)
+}
+if [ "${BENCH_ONLY:-}" = batch ]; then make -s --no-print-directory all; run_batch; echo; echo "$BATCH_TABLE"; exit 0; fi
 
 # ---- contact depth: identify with lists, tags and custom fields, next to the plain identify ----
 # Mapping: the live blueprint (the frozen copy has no depth options) on DEPTH_N identify events,
@@ -290,6 +324,7 @@ c_inc=$(awk -v a="$(kv 1 node_us_per_event)" -v b="$(kv 3 node_us_per_event)" 'B
 c_pct=$(awk -v i="$c_inc" 'BEGIN {printf "%.0f", i * 5000 / 1e4}')   # % of a core: 5000 events/s at c_inc µs
 
 run_soak
+run_batch
 
 # ---- the table --------------------------------------------------------------------------------
 r_lua=$(ratio "$c_lua" "$c_lib"); r_node=$(ratio "$c_node" "$c_lib"); r_floor=$(ratio "$c_lib" "$c_floor")
@@ -313,6 +348,7 @@ TABLE=$(cat <<TAB
 | …of which exactly equal (ids, [] vs {}) | $(field "$eq_lua" exact) / $(field "$eq_node" exact) of 5000 | (ours: all) | |
 | author latency, one event | $lat_ms ms | < 10 ms | $(verdict "$lat_ms" 10 le) |
 $DEPTH_TABLE
+$BATCH_TABLE
 | delivery, \`deliver\` (concurrency 8) | $d_rps req/s, p50 $d_p50 ms, p99 $d_p99 ms | | |
 | delivery ceiling, wrk -c8 same endpoint | $w_rps req/s, p50 $w_p50, p99 $w_p99 | | |
 | delivery vs ceiling | ${r_del} | ≥ 0.5 | $(verdict "$r_del" 0.5 ge) |
@@ -415,6 +451,19 @@ shared cores).  At 1000 accounts × 5 requests/s that would be ~${c_pct}% of a c
   (cold: customer lookup and create each; the first also the connection and Event Tracking's
   switch), then $DEPTH_EVENTS new orders from the same buyers (warm); each new order costs its
   documented lookup (\`GET /api/3/ecomOrders?filters[externalid]\`) and its create, plus \`/event\`.
+- Batches (issue 24; \`BENCH_ONLY=batch scripts/bench.sh\` runs these rows alone):
+  \`lua5.4 scripts/bench/batch.lua DIR $BATCH_N 200 20\`. Drain: the emulator at the account's
+  real limits (\`--rate-limit 5 --imports-per-minute 100 --import-delay-ms 2000\`) and
+  \`deliver --batch\` of $BATCH_N identify events of one account, each a new contact with consent
+  granted (lists [1, 2]), 2 tags and 3 custom fields (config as the depth rows'); deliver stores
+  the file and exits once every event has its outcome, so its wall time is the drain. Requests =
+  everything the emulator received (\`/_emulator/stats\`), by path from its request log; 429s
+  split into the 5/s limit's (stats' \`rate_limited\`) and the per-minute limit's (the rest).
+  One by one: \`deliver --no-batch\` of 200 such identifies against the emulator with
+  its limit off (requests per contact do not depend on the pace), extrapolated to $BATCH_N at
+  4.85 requests/s. Live: one \`serve\` (the blueprint's 5/s pace) with and then without
+  \`--batch\`, the same integration, a warm-up identify, then 20 identifies posted one at a
+  time, each from its POST until \`/metrics\` counts it delivered (polled every 10 ms); p50.
 - Delivery: \`build/blueprint deliver\` of $DN identify events to the emulator (rate limit off,
   \`--rate-limit 1000000\`), end to end including the store; p50/p99 are vendor answer times.
   Ceiling: \`wrk -t2 -c8 -d5s --latency\` POSTing contact/sync to the same emulator.

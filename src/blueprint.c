@@ -422,11 +422,11 @@ static int load_batch_events(loader *ld, bp_blueprint *bp, uint32_t node)
     return 0;
 }
 
-/* batch: {events, mapping, max_events, min_events, max_wait_ms, enabled_by}. */
+/* batch: {events, mapping, max_events, min_events, max_wait_ms, max_per_minute, enabled_by}. */
 static int load_batch(loader *ld, bp_blueprint *bp)
 {
     static const char *const batch_keys[] = { "events", "mapping", "max_events", "min_events", "max_wait_ms",
-                                              "enabled_by", NULL };
+                                              "max_per_minute", "enabled_by", NULL };
     uint32_t node = get_map(ld, 0, "batch", batch_keys);
     if (node == NOT_A_MAP) return -1;
     if (node == BP_NONE) return 0;
@@ -445,12 +445,13 @@ static int load_batch(loader *ld, bp_blueprint *bp)
         snprintf(what, sizeof what, "batch.mapping '%s' does not exist in %s", mapping, bp->dir);
         return bad(ld, m, what);
     }
-    long most, fewest, wait;
+    long most, fewest, wait, per_minute;
     if (bp_jget(ld->d, node, "max_events") == BP_NONE)
         return bad(ld, node, "missing required key 'max_events' in 'batch' (the most events one request takes)");
     if (get_int(ld, node, "max_events", 0, 2, 100000, &most) < 0) return -1;
     if (get_int(ld, node, "min_events", 2, 2, most, &fewest) < 0) return -1;
     if (get_int(ld, node, "max_wait_ms", 1000, 0, 3600000, &wait) < 0) return -1;
+    if (get_int(ld, node, "max_per_minute", 0, 1, 10000, &per_minute) < 0) return -1;
     const char *by = get_text(ld, node, "enabled_by", 0);
     const bp_field *f = by ? bp_blueprint_field(bp, by) : NULL;
     if (by && (!f || f->type != BP_FIELD_BOOLEAN))
@@ -459,6 +460,7 @@ static int load_batch(loader *ld, bp_blueprint *bp)
     bp->batch.max_events = (int)most;
     bp->batch.min_events = (int)fewest;
     bp->batch.max_wait_ms = wait;
+    bp->batch.max_per_minute = (int)per_minute;
     return 0;
 }
 

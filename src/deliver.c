@@ -284,9 +284,7 @@ void bp_pool_free(bp_pool *p)
     while (p->paces) {            /* made by bp_pool_take_slot and never joined */
         pace *pc = p->paces;
         p->paces = pc->next;
-        pthread_mutex_destroy(&pc->mu);
-        free(pc->key);
-        free(pc);
+        bp_dl_pace_free(pc);
     }
     bp_cache_free(p->cache);
     pthread_mutex_destroy(&p->mu);

@@ -32,6 +32,9 @@
 
 #define POLL_FIRST_MS 1000.0
 #define POLL_CAP_MS 30000.0
+/* batch.max_per_minute counts in a minute stretched as the pace's second
+ * is (PACE_MARGIN): 100 a minute are at most 100 in any 61.9 s. */
+#define MINUTE_MS (60000.0 / PACE_MARGIN)
 
 /* The tenant's batch bounds when this loop forms batches for it, else NULL. */
 static const struct bp_batch_spec *spec_of(const loop *l, const tenant *t)
@@ -49,6 +52,31 @@ static int may_take(const loop *l, const tenant *t, const job *j, double now)
     int untouched = !j->went_alone && (j->ev.attempts == 0 || (j->ev.done_requests == 0 && j->ev.steps_len == 0));
     return j->t == t && untouched && !j->inflight && !j->batch && !j->alone && !j->remap && !j->final &&
            j->ev.next_at <= now && !bp_dl_lease_lost(l, j) && bp_batch_takes_event(t->eng->engine, &j->out);
+}
+
+/* What take_slot() takes, under the pace's lock at once. */
+enum { SLOT_ROOM = 1,           /* the minute must have room for a batch request (batch.max_per_minute) */
+       SLOT_PACE = 2,           /* a send slot on the account's pace (any request) */
+       SLOT_COUNT = 4 };        /* the request is a batch's own (not a step, not a status request): counted in the minute */
+
+/* Send slots for t's batches.  A batch's own request counts against
+ * batch.max_per_minute (the vendor's bound on them: ActiveCampaign's 100
+ * bulk imports a minute) as well as the account's pace; its steps and
+ * status requests only against the pace.  0 when what `what` asks is
+ * taken, else the ms to wait; *minute says the minute's bound is what it
+ * waits for. */
+static double take_slot(account *a, const tenant *t, int what, double mono, int *minute)
+{
+    const struct bp_batch_spec *sp = t->eng ? bp_engine_batch_spec(t->eng->engine) : NULL;
+    int limit = sp ? sp->max_per_minute : 0;
+    double w = 0;
+    *minute = 0;
+    pthread_mutex_lock(&a->pace->mu);
+    if (what & SLOT_ROOM) *minute = (w = bp_window_take(&a->pace->imports, limit, MINUTE_MS, mono, 0)) > 0;
+    if (w <= 0 && (what & SLOT_PACE)) w = bp_bucket_take(&a->pace->bucket, mono);
+    if (w <= 0 && (what & SLOT_COUNT)) bp_window_take(&a->pace->imports, limit, MINUTE_MS, mono, 1);
+    pthread_mutex_unlock(&a->pace->mu);
+    return w;
 }
 
 static double poll_delay(int n)
@@ -268,6 +296,8 @@ static int send_request(loop *l, batch *b, double now)
     tenant *t = b->t;
     account *a = t->acct;
     if (bp_transport_send(l->tr, &b->b.out.requests[b->b.out.nrequests - 1], t->cfg, b) < 0) return -1;
+    /* its pace slot is taken: it leaves now, not after the loop's other work */
+    bp_transport_flush(l->tr);
     b->inflight = 1;
     b->polls += b->queued;
     b->generation = t->generation;
@@ -284,9 +314,11 @@ static int send_request(loop *l, batch *b, double now)
 }
 
 /* A new batch of the first n reserved jobs of t: mapped, then its first
- * request sent (one of its steps, or its own, recorded first).  -1: the
- * store refuses writes (try again later). */
-static int start_batch(loop *l, account *a, tenant *t, size_t n, double now)
+ * request sent (one of its steps, or its own, recorded first) when the
+ * pace has a slot for it.  0: sent (or over: an error); the ms until its
+ * request may leave (bp_dl_batch_dispatch sends it); -1: the store
+ * refuses writes (try again later). */
+static double start_batch(loop *l, account *a, tenant *t, size_t n, double now)
 {
     batch *b = bp_calloc(1, sizeof *b);
     b->sent_by = SENT_BY_BATCH;
@@ -302,6 +334,13 @@ static int start_batch(loop *l, account *a, tenant *t, size_t n, double now)
     a->batches = b;
     int rc = run_mapping(b);
     if (!go_on(l, b, rc, now)) return rc == 1 ? -1 : 0;   /* rc 1 and closed: the store refused the record */
+    /* the slot is taken once the mapping ran, so the request leaves in it */
+    int minute;
+    double w = take_slot(a, t, rc == 1 ? SLOT_ROOM | SLOT_PACE | SLOT_COUNT : SLOT_PACE, bp_monotonic_ms(), &minute);
+    if (w > 0) {
+        b->next_ms = now + w;
+        return w;
+    }
     if (send_request(l, b, now) < 0) {
         end_all(l, b, BP_END_ERROR, "error: could not start the batch's request%s%s", "");
         close_batch(l, b);
@@ -330,15 +369,19 @@ static double form(loop *l, account *a, tenant *t, double now, double mono)
     if (n < (size_t)sp->max_events && t->more && now - oldest < (double)sp->max_wait_ms)
         return oldest + (double)sp->max_wait_ms - now;
     if (a->inflight >= l->o->concurrency) return NEVER;
-    pthread_mutex_lock(&a->pace->mu);
-    double w = bp_bucket_take(&a->pace->bucket, mono);
-    pthread_mutex_unlock(&a->pace->mu);
+    /* No batch is formed while the minute's batch requests are spent: its
+     * events stay reserved and wait for the next room (a backlog: one by
+     * one they would cost far more requests), the account's other events
+     * and status requests go on. */
+    int minute;
+    double w = take_slot(a, t, SLOT_ROOM, mono, &minute);
     if (w > 0) return w;
-    if (start_batch(l, a, t, n < (size_t)sp->max_events ? n : (size_t)sp->max_events, now) < 0) {
+    w = start_batch(l, a, t, n < (size_t)sp->max_events ? n : (size_t)sp->max_events, now);
+    if (w < 0) {
         for (job *j = a->jobs; j; j = j->next) if (j->t == t) j->reserved = 0;
         return 50;
     }
-    return 0;
+    return w;   /* 0: the next may be formed now */
 }
 
 /* Cluster mode: the partition of one of its events went to another node,
@@ -368,12 +411,17 @@ double bp_dl_batch_dispatch(loop *l, account *a, double now, double mono)
         if (b->inflight || abandoned(l, b)) continue;
         if (b->next_ms > now) { if (b->next_ms - now < wait) wait = b->next_ms - now; continue; }
         if (a->inflight >= l->o->concurrency) return NEVER;
-        pthread_mutex_lock(&a->pace->mu);
-        double w = bp_bucket_take(&a->pace->bucket, mono);
-        pthread_mutex_unlock(&a->pace->mu);
-        if (w > 0) return w < wait ? w : wait;
         int rc = !b->engine || b->rerun ? run_mapping(b) : b->b.stopped ? 2 : 1;
         if (!go_on(l, b, rc, now)) continue;
+        /* its own request (first, or again after a retry) or a step or status request */
+        int minute, own = rc == 1 && !b->queued;
+        double w = take_slot(a, b->t, own ? SLOT_ROOM | SLOT_PACE | SLOT_COUNT : SLOT_PACE, bp_monotonic_ms(), &minute);
+        if (minute) {   /* it waits for the minute; the others' status requests go on */
+            b->next_ms = now + w;
+            if (w < wait) wait = w;
+            continue;
+        }
+        if (w > 0) return w < wait ? w : wait;
         if (send_request(l, b, now) < 0) b->next_ms = now + poll_delay(++b->failures);
     }
     for (size_t k = 0; k < a->nmembers; k++) {

@@ -24,6 +24,7 @@
 
 #define WINDOW_PACED 16         /* events in memory per account paced below 100/s */
 #define WINDOW_FAST 256         /* per account otherwise */
+#define WINDOW_BATCHES 4        /* with --batch: room for this many batches (× max_events) */
 #define INSERT_BATCH 500
 #define MAX_SAVED_RESPONSE 512
 #define COMMIT_EVERY_MS 10
@@ -134,8 +135,9 @@ struct tenant {
 typedef struct pace {
     struct pace *next;
     char *key;
-    pthread_mutex_t mu;         /* guards bucket */
+    pthread_mutex_t mu;         /* guards bucket and imports */
     bp_bucket bucket;
+    bp_window *imports;         /* batches' own requests, for batch.max_per_minute (NULL: none yet) */
     int refs;                   /* loop accounts using it; guarded by the pool's mu */
 } pace;
 
@@ -258,6 +260,7 @@ void bp_dl_detach_tenant(loop *l, tenant *t);
 tenant *bp_dl_find_tenant(loop *l, const char *id);
 void bp_dl_handle_commands(loop *l);
 void bp_dl_leave_account(loop *l, tenant *t);
+void bp_dl_pace_free(pace *p);
 void bp_dl_reap(loop *l);
 void bp_dl_tenant_free(tenant *t);
 void bp_dl_unbind_engine(loop *l, tenant *t);

@@ -181,7 +181,10 @@ static double dispatch_account(loop *l, account *a, double now, double mono)
         if (t->paused) { bp_dl_hold(l, j); j = next; continue; }
         if (j->ev.next_at > now) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }
         if (j->remap) {
-            /* a step waited for another event's answer: run the mapping again */
+            /* a step waited for another event's answer: run the mapping
+             * again (a backlog's many runs take a while: what was sent
+             * leaves first, in the pace slot it took) */
+            if (sent) { bp_transport_flush(l->tr); sent = 0; }
             bp_dl_map_job(l, j);
             if (j->final) { j = next; continue; }
             if (j->remap) { if (j->ev.next_at - now < wait) wait = j->ev.next_at - now; j = next; continue; }

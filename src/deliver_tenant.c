@@ -55,7 +55,14 @@ static void pace_release(loop *l, pace *p)
         for (pace **q = &l->pool->paces; *q; q = &(*q)->next) if (*q == p) { *q = p->next; break; }
     if (l->pool) pthread_mutex_unlock(&l->pool->mu);
     if (!last) return;
+    bp_dl_pace_free(p);
+}
+
+/* The pace is no one's any more (its last account left, or the pool ends). */
+void bp_dl_pace_free(pace *p)
+{
     pthread_mutex_destroy(&p->mu);
+    bp_window_free(p->imports);
     free(p->key);
     free(p);
 }
@@ -107,8 +114,12 @@ static account *join_account(loop *l, tenant *t)
         a->members = bp_realloc(a->members, a->capmembers * sizeof *a->members);
     }
     a->members[a->nmembers++] = t;
-    /* room for two batches in memory: one filling while one is sent */
-    if (l->o->batch && bp->has_batch && a->window < 2 * bp->batch.max_events) a->window = 2 * bp->batch.max_events;
+    /* room for WINDOW_BATCHES batches in memory: a vendor that queues each
+     * one for seconds (an ActiveCampaign import and its status requests:
+     * ~3 s) drains a backlog only with several open at once; the pace and
+     * batch.max_per_minute bound how many leave */
+    if (l->o->batch && bp->has_batch && a->window < WINDOW_BATCHES * bp->batch.max_events)
+        a->window = WINDOW_BATCHES * bp->batch.max_events;
     a->check_load = 1;
     a->next_ms = 0;
     return a;

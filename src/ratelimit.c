@@ -20,6 +20,7 @@
  */
 #include "service.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* A whole limit of at most BP_PACE_LOG per second gets the sliding
@@ -77,3 +78,50 @@ void bp_bucket_block(bp_bucket *b, double until_ms)
 }
 
 void bp_bucket_drain(bp_bucket *b) { b->full_gap = 1; }
+
+/* ---- a bound over a longer window ------------------------------------------------ */
+
+/*
+ * Some requests have a bound of their own on top of the account's pace:
+ * ActiveCampaign takes at most 100 bulk imports a minute per account
+ * (blueprint.yaml batch.max_per_minute).  The same sliding window as the
+ * pacer's, over window_ms: the send times of the last `limit` such
+ * requests, and one more leaves only when the oldest of them is a whole
+ * (stretched) window old.  The window holds at most 10000 sends, so it is
+ * allocated for its limit.
+ */
+struct bp_window {
+    int limit, pos;
+    double sent[];              /* send times of the last `limit` requests (0: none) */
+};
+
+/* w sized for limit, keeping its newest sends (a new limit frees no burst). */
+static bp_window *window_sized(bp_window *w, int limit)
+{
+    if (w && w->limit == limit) return w;
+    bp_window *n = bp_calloc(1, sizeof *n + (size_t)limit * sizeof n->sent[0]);
+    n->limit = limit;
+    if (w) {
+        /* oldest first, the newest `limit` of them */
+        int keep = w->limit < limit ? w->limit : limit;
+        for (int i = 0; i < keep; i++) n->sent[i] = w->sent[(w->pos + w->limit - keep + i) % w->limit];
+        n->pos = keep % limit;
+        free(w);
+    }
+    return n;
+}
+
+double bp_window_take(bp_window **w, int limit, double window_ms, double now_ms, int take)
+{
+    if (limit <= 0) return 0;   /* unbounded */
+    *w = window_sized(*w, limit);
+    double oldest = (*w)->sent[(*w)->pos];
+    if (oldest > 0 && now_ms - oldest < window_ms) return window_ms - (now_ms - oldest);
+    if (take) {
+        (*w)->sent[(*w)->pos] = now_ms;
+        (*w)->pos = ((*w)->pos + 1) % limit;
+    }
+    return 0;
+}
+
+void bp_window_free(bp_window *w) { free(w); }

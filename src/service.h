@@ -75,6 +75,15 @@ void bp_bucket_block(bp_bucket *b, double until_ms);
 /* The vendor says its window is full: no catching up on the next request. */
 void bp_bucket_drain(bp_bucket *b);
 
+/* A bound on some of an account's requests over a longer window (a batch's
+ * own requests: blueprint.yaml batch.max_per_minute), on top of its pace. */
+typedef struct bp_window bp_window;
+/* 0 when one more may leave at now_ms under `limit` per window_ms (limit 0:
+ * unbounded), and with `take` it is counted; else the ms to wait.  *w is
+ * made, or resized to a new limit keeping its newest sends. */
+double bp_window_take(bp_window **w, int limit, double window_ms, double now_ms, int take);
+void bp_window_free(bp_window *w);
+
 /* ---- store.c ---------------------------------------------------------------------- */
 
 #include <pthread.h>

@@ -918,6 +918,36 @@ TEST(pace_obeys_retry_after_and_a_lower_limit)
     CHECK(bp_bucket_take(&b, 5) == 0 && bp_bucket_take(&b, 5) == 0);
 }
 
+/* A bound over a longer window (batch.max_per_minute): never more than the
+ * limit in any window, a send as soon as the oldest leaves it, only counted
+ * when taken, and a new limit keeps the newest sends. */
+TEST(window_bounds_sends_in_any_window_and_keeps_its_sends_on_a_new_limit)
+{
+    bp_window *w = NULL;
+    CHECK(bp_window_take(&w, 0, 60000, 5, 1) == 0);   /* no bound */
+    CHECK(w == NULL);
+    double sent[40];
+    int n = 0;
+    for (double t = 1; t < 200000 && n < 40; t += 10)
+        if (bp_window_take(&w, 3, 60000, t, 0) == 0 && bp_window_take(&w, 3, 60000, t, 1) == 0) sent[n++] = t;
+    CHECK_INT(most_within(sent, n, 60000), 3);
+    CHECK_INT(n, 12);   /* 3 at 1, 3 at 60001, 3 at 120001, 3 at 180001 */
+    CHECK(sent[3] - sent[0] >= 60000 && sent[3] - sent[0] < 60010);
+    /* asking without taking counts nothing */
+    bp_window *p = NULL;
+    for (int i = 0; i < 10; i++) CHECK(bp_window_take(&p, 2, 1000, 1, 0) == 0);
+    CHECK(bp_window_take(&p, 2, 1000, 1, 1) == 0);
+    CHECK(bp_window_take(&p, 2, 1000, 2, 1) == 0);
+    CHECK(bp_window_take(&p, 2, 1000, 3, 0) > 990);
+    /* a higher limit frees room for the difference only; a lower one frees none */
+    CHECK(bp_window_take(&p, 3, 1000, 3, 1) == 0);
+    CHECK(bp_window_take(&p, 3, 1000, 4, 0) > 990);
+    CHECK(bp_window_take(&p, 1, 1000, 5, 0) > 990);
+    CHECK(bp_window_take(&p, 1, 1000, 1004, 1) == 0);   /* the newest (at 3) has left */
+    bp_window_free(p);
+    bp_window_free(w);
+}
+
 /* ---- where a request may go (request.c) ---- */
 
 TEST(destinations_match_scheme_host_and_port_exactly)
@@ -1002,6 +1032,7 @@ TEST(batch_spec_is_read_with_its_bounds)
         CHECK_INT(ac->batch.max_events, 250);
         CHECK_INT(ac->batch.min_events, 10);
         CHECK_INT(ac->batch.max_wait_ms, 5000);
+        CHECK_INT(ac->batch.max_per_minute, 100);
         CHECK(ac->batch.enabled_by == NULL);
     }
     if (wh) {
@@ -1025,7 +1056,7 @@ TEST(batch_spec_refuses_with_the_line_and_the_closest_name)
     static const struct { const char *batch, *message; } cases[] = {
         { "batch: {events: identify, mapping: m.lua, max_events: 5, max_wait: 9}\n",
           ":11: unknown key 'max_wait' in 'batch' (known keys: events, mapping, max_events, min_events, max_wait_ms, "
-          "enabled_by); did you mean 'max_wait_ms'?" },
+          "max_per_minute, enabled_by); did you mean 'max_wait_ms'?" },
         { "batch: {events: [identity], mapping: m.lua, max_events: 5}\n",
           "batch.events: 'identity' is not a row of the event table (rows: identify); did you mean 'identify'?" },
         { "batch: {events: identify, mapping: m.lua, max_events: 1}\n", "batch.max_events must be a whole number from 2" },
@@ -1052,6 +1083,7 @@ TEST(batch_spec_refuses_with_the_line_and_the_closest_name)
             if (bp) {
                 CHECK_INT(bp->batch.min_events, 3);
                 CHECK_INT(bp->batch.max_wait_ms, 1000);
+                CHECK_INT(bp->batch.max_per_minute, 0);
                 CHECK_STR(bp->batch.enabled_by, "on");
             }
         }
@@ -2266,6 +2298,7 @@ int main(void)
     RUN(pace_never_exceeds_the_limit_in_any_second);
     RUN(pace_catches_up_after_a_late_send);
     RUN(pace_obeys_retry_after_and_a_lower_limit);
+    RUN(window_bounds_sends_in_any_window_and_keeps_its_sends_on_a_new_limit);
     RUN(destinations_match_scheme_host_and_port_exactly);
     RUN(secrets_encrypt_and_decrypt_bound_to_their_place);
     RUN(blueprint_records_carry_a_folder_and_refuse_what_is_not_one);

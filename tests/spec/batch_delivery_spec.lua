@@ -416,3 +416,52 @@ describe("batch delivery in serve across a kill and a config change #cli #serve"
     assert.are.equal(30, #emu.contacts())
   end)
 end)
+
+describe("batch.max_per_minute #cli", function()
+  -- A copy of the ActiveCampaign blueprint whose batches are small and
+  -- bounded to 2 imports a minute, against an emulator that allows 2.
+  local function bounded()
+    local dir = S.tmpdir()
+    assert(os.execute("cp -r " .. S.AC .. "/. " .. dir))
+    local f = assert(io.open(dir .. "/blueprint.yaml"))
+    local yaml = f:read("a")
+    f:close()
+    yaml = yaml:gsub("max_events: 250", "max_events: 5"):gsub("min_events: 10", "min_events: 2")
+      :gsub("max_per_minute: 100", "max_per_minute: 2")
+    S.write(dir .. "/blueprint.yaml", yaml)
+    return dir
+  end
+
+  it("paces a backlog's imports to the bound: no 429, and single events go on while an import waits", function()
+    local emu = S.start_emulator("--rate-limit 0 --import-delay-ms 100 --imports-per-minute 2")
+    local cfg = S.emulator_config(emu)
+    finally(function() emu.stop(); os.remove(cfg) end)
+    -- 15 identifies: 3 imports of 5, the third beyond the minute's 2; then
+    -- a custom event of the same account, which goes one by one
+    local input = identifies(15, "p") .. '{"type":"track","event":"Webinar Registered","messageId":"t1",'
+      .. '"properties":{"email":"solo@example.com"},"context":{"consent":{"marketing":true}}}\n'
+    local out, err, code = S.sh(S.bin .. " deliver " .. bounded() .. " --batch --config " .. cfg .. " --state "
+      .. S.tmpdir() .. FAST, input)
+    assert.are.equal(0, code, err)
+    local lines = {}
+    for _, l in ipairs(S.lines(out)) do lines[#lines + 1] = assert(S.core.json_decode(l), l) end
+    assert.are.same({ delivered = 16 }, outcomes(lines))
+    local imports, event_before_third = {}, nil
+    for _, r in ipairs(emu.requests()) do
+      assert.are_not.equal(429, r.status, r.path .. " was refused by the emulator's limit")
+      if r.path == "/api/3/import/bulk_import" then imports[#imports + 1] = r end
+      if r.path == "/event" then event_before_third = #imports < 3 end
+    end
+    assert.are.equal(3, #imports)
+    -- by the emulator's own clock, no minute holds more than 2 imports
+    for _, r in ipairs(imports) do
+      local within = 0
+      for _, q in ipairs(imports) do
+        if q.at_ms <= r.at_ms and r.at_ms - q.at_ms < 60000 then within = within + 1 end
+      end
+      assert.is_true(within <= 2, within .. " imports in the minute up to one of them")
+    end
+    assert.is_true(event_before_third, "the custom event waited for the third import")
+    assert.are.equal(16, #emu.contacts())
+  end)
+end)

@@ -48,7 +48,7 @@ describe("blueprint.yaml batch: #cli", function()
   it("refuses an unknown key with the known ones and the closest", function()
     local err = refused("batch: {events: [identify], mapping: event_batch.lua, max_events: 5, min_event: 2}\n")
     assert.matches("unknown key 'min_event' in 'batch' (known keys: events, mapping, max_events, min_events, "
-      .. "max_wait_ms, enabled_by); did you mean 'min_events'?", err, 1, true)
+      .. "max_wait_ms, max_per_minute, enabled_by); did you mean 'min_events'?", err, 1, true)
   end)
 
   it("refuses events that are not rows of the event table, with the closest", function()
@@ -70,6 +70,28 @@ describe("blueprint.yaml batch: #cli", function()
       refused("batch: {events: identify, mapping: event_batch.lua, max_events: 5, max_wait_ms: -1}\n"), 1, true)
     assert.matches("missing required key 'max_events' in 'batch'",
       refused("batch: {events: identify, mapping: event_batch.lua}\n"), 1, true)
+  end)
+
+  it("refuses max_per_minute outside 1 to 10000, naming its line, and takes one inside", function()
+    for _, bad in ipairs({ "0", "10001", "-3", "2.5", "\"100\"", "[100]" }) do
+      local dir = webhook_with("batch:\n  events: identify\n  mapping: event_batch.lua\n  max_events: 5\n"
+        .. "  max_per_minute: " .. bad .. "\n")
+      local _, err, code = dry(dir, config(), events(1))
+      assert.are.equal(2, code, bad .. ": " .. err)
+      local line = 0
+      for l in io.lines(dir .. "/blueprint.yaml") do
+        line = line + 1
+        if l:find("max_per_minute", 1, true) then break end
+      end
+      assert.matches("blueprint.yaml:" .. line .. ": batch.max_per_minute must be a whole number from 1 to 10000", err,
+        1, true)
+    end
+    assert.matches("unknown key 'max_per_minut' in 'batch' (known keys: events, mapping, max_events, min_events, "
+      .. "max_wait_ms, max_per_minute, enabled_by); did you mean 'max_per_minute'?",
+      refused("batch: {events: identify, mapping: event_batch.lua, max_events: 5, max_per_minut: 100}\n"), 1, true)
+    local _, err, code = dry(webhook_with("batch: {events: identify, mapping: event_batch.lua, max_events: 5, "
+      .. "max_per_minute: 10000}\n"), config(), events(1))
+    assert.are.equal(0, code, err)
   end)
 
   it("refuses a mapping that is not there and a switch that is not a boolean field", function()
