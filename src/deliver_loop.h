@@ -136,6 +136,8 @@ typedef struct pace {
     char *key;
     pthread_mutex_t mu;         /* guards bucket */
     bp_bucket bucket;
+    double base_rps;            /* the blueprint's limit (or the override); [pool mu] */
+    double share;               /* the part of it this node uses (cluster mode); [pool mu] */
     int refs;                   /* loop accounts using it; guarded by the pool's mu */
 } pace;
 
@@ -203,8 +205,13 @@ struct bp_pool {
     bp_lease lease;             /* holds NULL outside cluster mode */
     loop *loops;
     int nloops;
-    pthread_mutex_t mu;         /* guards paces */
+    pthread_mutex_t mu;         /* guards paces and shares */
     pace *paces;
+    /* cluster mode: accounts this node paces at a part of their limit, the
+     * rest being other nodes' (bp_pool_set_shares); absent: all of it */
+    char **share_keys;
+    double *shares;
+    size_t nshares;
     bp_cache *cache;            /* ctx.cache and shared step answers, per account, for every loop */
 };
 
