@@ -74,7 +74,7 @@ CORE_ONLY := alloc buffer log clock json yaml watchdog pattern metered sandbox l
              decode version
 NET     := transport classify ratelimit store batchstore fingerprint deliver_job deliver_batch deliver_send deliver_tenant deliver crypto auth \
            metrics serverdb integrationsdb sealing configdoc audit signins revisions catalog configrecord blueprintrecord unopened live registry \
-           reload verify intake kafkaconf clusterslots clusterview clusterconsumer cluster server admin_api events_api \
+           reload verify intake kafkaconf clusterslots clusterview clusterconsumer clusterpace cluster server admin_api events_api \
            live_stream console_api health_api console diff editor
 CORE    := $(CORE_ONLY) $(NET)
 CORE_SRC := $(CORE:%=src/%.c)

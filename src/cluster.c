@@ -524,6 +524,7 @@ static void release(void *ctx)
     cluster_free_held(&c->held_blueprints);
     cluster_free_held(&c->held_configs);
     cluster_free_slots(c);
+    cluster_free_paces(c);
     pthread_cond_destroy(&c->applied);
     bp_jti_set_free(c->won);
     pthread_mutex_destroy(&c->mu);

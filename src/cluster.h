@@ -102,6 +102,8 @@ struct bp_cluster {
     _Atomic unsigned epoch;      /* outcomes produced now count here */
     _Atomic long outstanding[EPOCHS];
     _Atomic long bad_messages, duplicates, produce_failures, rebalances, commits;
+    struct cluster_paces *paces; /* consumer thread: shared accounts' partition counts (clusterpace.c) */
+    int paces_stale;             /* consumer thread: the assignment changed */
 };
 
 /* kafkaconf.c */
@@ -131,6 +133,11 @@ void *cluster_viewer_main(void *arg);
 void cluster_save_view_positions(bp_cluster *c);
 void cluster_catch_up_outcomes(bp_cluster *c);
 void cluster_free_held(held_list *l);
+
+/* clusterpace.c: the part of a shared account's limit this node paces
+ * (per_integration mode); now: at once, else at most every 5 s. */
+void cluster_share_paces(bp_cluster *c, int now);
+void cluster_free_paces(bp_cluster *c);
 
 /* clusterconsumer.c */
 int cluster_start_consumer(bp_cluster *c, bp_error *err);

@@ -228,6 +228,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     bp_cluster *c = opaque;
     int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
     atomic_fetch_add_explicit(&c->rebalances, 1, memory_order_relaxed);
+    c->paces_stale = 1;   /* shared accounts' parts, once the rebalance is over (clusterpace.c) */
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         take(c, rk, parts, cooperative);
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
@@ -398,7 +399,7 @@ void *cluster_consumer_main(void *arg)
     rd_kafka_message_t *msgs[BATCH];
     double last_commit = bp_monotonic_ms(), last_sweep = last_commit, last_save = last_commit;
     while (!cluster_stopping(c)) {
-        if (atomic_exchange_explicit(&c->topics_changed, 0, memory_order_acq_rel)) resubscribe(c);
+        if (atomic_exchange_explicit(&c->topics_changed, 0, memory_order_acq_rel)) { resubscribe(c); c->paces_stale = 1; }
         int n = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c->consumer, 100);
         double until = bp_monotonic_ms() + 10;
@@ -420,6 +421,8 @@ void *cluster_consumer_main(void *arg)
         if (now - last_commit >= 1000) { commit_offsets(c, NULL, 0, 0); last_commit = now; }
         if (now - last_save >= 5000) { cluster_save_view_positions(c); last_save = now; }
         if (now - last_sweep >= 10000) { sweep_unknown(c); last_sweep = now; }
+        cluster_share_paces(c, c->paces_stale);
+        c->paces_stale = 0;
     }
     return NULL;
 }

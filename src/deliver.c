@@ -286,6 +286,7 @@ void bp_pool_free(bp_pool *p)
         p->paces = pc->next;
         bp_dl_pace_free(pc);
     }
+    bp_pool_set_shares(p, NULL, NULL, 0);
     bp_cache_free(p->cache);
     pthread_mutex_destroy(&p->mu);
     free(p);

@@ -26,6 +26,7 @@
 #include "service.h"
 #include "deliver_loop.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,9 @@ static double take_slot(account *a, const tenant *t, int what, double mono, int 
     double w = 0;
     *minute = 0;
     pthread_mutex_lock(&a->pace->mu);
+    /* cluster mode: this node's part of a shared account's minute, as of its
+     * rate (deliver_tenant.c), in whole requests and at least one */
+    if (limit > 0 && a->pace->share < 1) limit = limit * a->pace->share >= 1 ? (int)floor(limit * a->pace->share) : 1;
     if (what & SLOT_ROOM) *minute = (w = bp_window_take(&a->pace->imports, limit, MINUTE_MS, mono, 0)) > 0;
     if (w <= 0 && (what & SLOT_PACE)) w = bp_bucket_take(&a->pace->bucket, mono);
     if (w <= 0 && (what & SLOT_COUNT)) bp_window_take(&a->pace->imports, limit, MINUTE_MS, mono, 1);

@@ -138,6 +138,9 @@ typedef struct pace {
     pthread_mutex_t mu;         /* guards bucket and imports */
     bp_bucket bucket;
     bp_window *imports;         /* batches' own requests, for batch.max_per_minute (NULL: none yet) */
+    double base_rps;            /* the blueprint's limit (or the override); written with both
+                                   the pool's mu and mu held */
+    double share;               /* the part of it this node uses (cluster mode); as base_rps */
     int refs;                   /* loop accounts using it; guarded by the pool's mu */
 } pace;
 
@@ -205,8 +208,13 @@ struct bp_pool {
     bp_lease lease;             /* holds NULL outside cluster mode */
     loop *loops;
     int nloops;
-    pthread_mutex_t mu;         /* guards paces */
+    pthread_mutex_t mu;         /* guards paces and shares */
     pace *paces;
+    /* cluster mode: accounts this node paces at a part of their limit, the
+     * rest being other nodes' (bp_pool_set_shares); absent: all of it */
+    char **share_keys;
+    double *shares;
+    size_t nshares;
     bp_cache *cache;            /* ctx.cache and shared step answers, per account, for every loop */
 };
 

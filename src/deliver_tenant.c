@@ -21,13 +21,63 @@ tenant *bp_dl_find_tenant(loop *l, const char *id)
     return NULL;
 }
 
-static pace *pace_new(const char *key, double rps)
+/* The part of the account's limit this node may use (the pool's mu held). */
+static double share_of(const bp_pool *pool, const char *key)
+{
+    for (size_t i = 0; pool && i < pool->nshares; i++) if (!strcmp(pool->share_keys[i], key)) return pool->shares[i];
+    return 1;
+}
+
+/* The rate this node paces the account at.  A part of it is rounded down
+ * to whole requests a second: a vendor counts requests in a second, and a
+ * pace of 2.5/s can send 3 in one second (0, 0.4, 0.8 s), so two nodes at
+ * half of 5/s could send 6; at 2/s each they send at most 4. */
+static double pace_rate(const pace *p)
+{
+    double r = p->base_rps * p->share;
+    return p->share < 1 && r >= 1 ? floor(r) : r;
+}
+
+static pace *pace_new(const bp_pool *pool, const char *key, double rps)
 {
     pace *p = bp_calloc(1, sizeof *p);
     p->key = bp_strdup(key);
+    p->base_rps = rps;
+    p->share = share_of(pool, key);
     pthread_mutex_init(&p->mu, NULL);
-    bp_bucket_init(&p->bucket, rps, PACE_MARGIN, bp_monotonic_ms());
+    bp_bucket_init(&p->bucket, pace_rate(p), PACE_MARGIN, bp_monotonic_ms());
     return p;
+}
+
+/* A new base or share for the pace (the pool's mu held; written under the
+ * pace's too: take_slot reads the share under that one alone). */
+static void pace_apply(pace *p, double base_rps, double share)
+{
+    pthread_mutex_lock(&p->mu);
+    p->base_rps = base_rps;
+    p->share = share;
+    bp_bucket_set_rate(&p->bucket, pace_rate(p));
+    pthread_mutex_unlock(&p->mu);
+}
+
+void bp_pool_set_shares(bp_pool *p, const char *const *keys, const double *shares, size_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->nshares; i++) free(p->share_keys[i]);
+    free(p->share_keys);
+    free(p->shares);
+    p->share_keys = n ? bp_calloc(n, sizeof *p->share_keys) : NULL;
+    p->shares = n ? bp_calloc(n, sizeof *p->shares) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        p->share_keys[i] = bp_strdup(keys[i]);
+        p->shares[i] = shares[i] > 0 && shares[i] < 1 ? shares[i] : 1;
+    }
+    p->nshares = n;
+    for (pace *pc = p->paces; pc; pc = pc->next) {
+        double s = share_of(p, pc->key);
+        if (s != pc->share) pace_apply(pc, pc->base_rps, s);
+    }
+    pthread_mutex_unlock(&p->mu);
 }
 
 /* The account's pace, shared with the other loops serving it. */
@@ -39,7 +89,7 @@ static pace *pace_acquire(loop *l, const char *key, double rps)
         for (p = l->pool->paces; p && strcmp(p->key, key); p = p->next) {}
     }
     if (!p) {
-        p = pace_new(key, rps);
+        p = pace_new(l->pool, key, rps);
         if (l->pool) { p->next = l->pool->paces; l->pool->paces = p; }
     }
     p->refs++;
@@ -78,7 +128,7 @@ double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_r
     pace *pc = p->paces;
     while (pc && strcmp(pc->key, account_key)) pc = pc->next;
     if (!pc) {
-        pc = pace_new(account_key, p->o.rate_limit_rps > 0 ? p->o.rate_limit_rps : blueprint_rps);
+        pc = pace_new(p, account_key, p->o.rate_limit_rps > 0 ? p->o.rate_limit_rps : blueprint_rps);
         pc->next = p->paces;
         p->paces = pc;
     }
@@ -299,9 +349,9 @@ static void replace_tenant(loop *l, tenant *t, const bp_tenant_spec *s)
     t->generation++;
     /* a reload may change the blueprint's limit (an override stays) */
     if (l->o->rate_limit_rps <= 0 && t->bp->bp->rate_limit_rps != old.bp->bp->rate_limit_rps) {
-        pthread_mutex_lock(&t->acct->pace->mu);
-        bp_bucket_set_rate(&t->acct->pace->bucket, t->bp->bp->rate_limit_rps);
-        pthread_mutex_unlock(&t->acct->pace->mu);
+        if (l->pool) pthread_mutex_lock(&l->pool->mu);
+        pace_apply(t->acct->pace, t->bp->bp->rate_limit_rps, t->acct->pace->share);
+        if (l->pool) pthread_mutex_unlock(&l->pool->mu);
     }
     t->max_attempts = l->o->max_attempts > 0 ? l->o->max_attempts : t->bp->bp->retry_max_attempts;
     for (job *j = t->acct->jobs, *next; j; j = next) {

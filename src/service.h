@@ -390,6 +390,10 @@ void bp_pool_free(bp_pool *p);
 /* A send slot on the account's pace for a request made outside the loops
  * (install checks): 0 when taken, else the ms to wait. */
 double bp_pool_take_slot(bp_pool *p, const char *account_key, double blueprint_rps);
+/* Cluster mode: the part (0 < share <= 1) of each listed account's limit
+ * this node may use, other nodes pacing the rest; an account not listed
+ * gets all of it.  Replaces the previous list; paces change at once. */
+void bp_pool_set_shares(bp_pool *p, const char *const *keys, const double *shares, size_t n);
 
 /* ---- crypto.c (libcrypto) ---------------------------------------------------------------- */
 
