@@ -27,7 +27,10 @@
 
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS batches("
-    "  id INTEGER PRIMARY KEY,"
+    /* AUTOINCREMENT: an id is never given again once its row is deleted
+     * (a plain rowid would restart at 1 whenever the table is empty, and
+     * each outcome line's "delivered in batch N" would name many batches) */
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
     "  integration TEXT NOT NULL,"
     "  events TEXT NOT NULL,"              /* the events' ids in the batch's order, comma separated */
     "  state TEXT NOT NULL,"               /* sending, queued */

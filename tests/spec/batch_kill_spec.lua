@@ -25,8 +25,8 @@ local SEED = tonumber(os.getenv("BATCH_KILL_SEED") or "") or 20261207
 local KILLS = 10
 local FIRST = 2000          -- identifies posted at the start
 local WAVE = 250            -- posted at a restart, as often as needed to keep KEEP waiting (outside open
-local KEEP = 750            -- batches) while kills remain
-local MOST = 4000           -- never more than this in all
+local KEEP = 500            -- batches) while kills remain
+local MOST = 6000           -- never more than this in all
 local WINDOW_MS = 2000      -- an import counts as "in flight at the kill" when received at most this long before it
 local IMPORT = "/api/3/import/bulk_import"
 
@@ -209,6 +209,11 @@ describe("batched delivery killed 10 times #cli #serve", function()
     assert.are.same({ { tostring(posted) } },
       sql(st, "SELECT count(DISTINCT message_id) FROM events WHERE json_extract(outcome, '$.outcome') = 'delivered'"))
     assert.are.same({}, sql(st, "SELECT id FROM batches"))
+    -- "delivered in batch N (M events)": N names one batch, of M events
+    assert.are.same({}, sql(st, "SELECT json_extract(outcome, '$.batch.id') AS b, count(*), "
+      .. "min(json_extract(outcome, '$.batch.size')), max(json_extract(outcome, '$.batch.size')) FROM events "
+      .. "WHERE b IS NOT NULL GROUP BY b HAVING count(*) != max(json_extract(outcome, '$.batch.size')) "
+      .. "OR min(json_extract(outcome, '$.batch.size')) != max(json_extract(outcome, '$.batch.size'))"))
     for _, o in ipairs({ "retrying", "dead_letter", "error", "held" }) do
       local code, body, raw = srv.call("GET", "/v1/admin/integrations/" .. it.id .. "/live-events?limit=10&outcome=" .. o)
       assert.are.equal(200, code, raw)
