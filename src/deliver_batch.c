@@ -627,6 +627,13 @@ static void resume(loop *l, tenant *t, found *f)
             t->bind.account = a->key;
             bp_engine_set_journal(t->eng->engine, NULL, 0, (uint64_t)ev.id);
             bp_engine_run_as(t->eng->engine, &t->bind, ev.body, ev.body_len, &j->out);   /* for its line */
+            /* in memory before the loader read it: the loader's pages under
+             * rescan_below skip what memory holds, and wait while its final
+             * outcomes are unsaved (once the batch closes, its events are
+             * still pending in the store until the commit; one it sends
+             * again stays in memory, pending) */
+            if (ev.id >= t->rescan_below) t->rescan_below = ev.id + 1;
+            if (ev.id > t->max_loaded_id) t->max_loaded_id = ev.id;
             t->njobs++;
             t->batched++;
             a->njobs++;

@@ -27,15 +27,28 @@
  * A contact fails at import time (its email in "failure") when its email is
  * on the account's exclusion list (POST /_emulator/exclusions) or a custom
  * field value does not fit the field's type.
+ *
+ * For tests that kill the client (batch_kill_spec): each import keeps the
+ * emails it carried, its number and when it was received (monotonic ms), and
+ * /_emulator/faults {"kill_pid":P,"kill_on":W,"kill_after":N,"kill_delay_ms":D}
+ * sends P SIGKILL at the Nth request of kind W from then on ("import": a
+ * bulk import queued; "info": an import/info answered; "info_done": one
+ * that answers a finished import; "now": at once), D ms after it (0: before
+ * its answer leaves), so a kill lands at a chosen moment of the client's
+ * work and the test knows, on the emulator's clock, which imports came
+ * before it ("kills" in /_emulator/state).
  */
 #include "emulator.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_CONTACTS 250
 #define MAX_PAYLOAD 400000
@@ -56,7 +69,14 @@ typedef struct batch {
     const char *ends_as;        /* "completed", "failed" or "interrupted" */
     bcontact *contacts; size_t n;
     bp_buf success, failure;    /* JSON strings, comma separated */
+    bp_buf emails;              /* the emails it carried, JSON strings, comma separated */
+    unsigned long seq;          /* 1, 2, … in the order the imports were received */
+    double received_ms;         /* monotonic */
 } batch;
+
+/* A SIGKILL the faults asked for, and the ones sent. */
+typedef struct kill_plan { int pid, after, delay_ms; char on[16]; } kill_plan;
+typedef struct kill_done { int pid; char on[16]; double at_ms; unsigned long imports; } kill_done;
 
 /* The last `cap` admitted imports of one kind, to count a minute's. */
 typedef struct window { double *at; size_t cap, pos; } window;
@@ -71,6 +91,8 @@ static struct {
     int status_false_next;       /* the next info answers status false */
     char **excluded; int *excluded_account; size_t nexcluded, capexcluded;
     unsigned long serial;
+    kill_plan kill;
+    kill_done *kills; size_t nkills, capkills;
 } B;
 
 static double now_ms(void)
@@ -78,6 +100,40 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---- kills on cue ------------------------------------------------------------------ */
+
+static void *kill_later(void *arg)
+{
+    kill_plan *k = arg;
+    usleep((useconds_t)k->delay_ms * 1000);
+    kill((pid_t)k->pid, SIGKILL);
+    free(k);
+    return NULL;
+}
+
+/* A request of kind `what` was handled: the planned kill, when it is due.
+ * Recorded when it is decided (a delayed one lands delay_ms later). */
+static void kill_cue(const char *what)
+{
+    kill_plan *k = &B.kill;
+    if (!k->pid || strcmp(k->on, what) != 0 || --k->after > 0) return;
+    B.kills = grow(B.kills, B.nkills, &B.capkills, sizeof *B.kills);
+    kill_done *d = &B.kills[B.nkills++];
+    d->pid = k->pid;
+    snprintf(d->on, sizeof d->on, "%s", k->on);
+    d->at_ms = now_ms() + (k->delay_ms > 0 ? k->delay_ms : 0);
+    d->imports = B.serial;
+    pthread_t th;
+    kill_plan *later = NULL;
+    if (k->delay_ms > 0 && (later = malloc(sizeof *later))) {
+        *later = *k;
+        if (pthread_create(&th, NULL, kill_later, later) == 0) pthread_detach(th);
+        else { free(later); later = NULL; }
+    }
+    if (!later) kill((pid_t)k->pid, SIGKILL);
+    k->pid = 0;
 }
 
 /* ---- the limit: imports per minute ----------------------------------------------- */
@@ -344,10 +400,16 @@ static void queue(reply *r, const bp_doc *d, uint32_t list, int account)
     B.end_next = NULL;
     b->n = d->nodes[list].len;
     b->contacts = calloc(b->n + 1, sizeof *b->contacts);
-    uint32_t p = list + 1;
-    for (size_t i = 0; i < b->n; i++, p = d->nodes[p].next) keep_contact(&b->contacts[i], d, p);
+    b->seq = k;
+    b->received_ms = now_ms();
     bp_buf_init(&b->success);
     bp_buf_init(&b->failure);
+    bp_buf_init(&b->emails);
+    uint32_t p = list + 1;
+    for (size_t i = 0; i < b->n; i++, p = d->nodes[p].next) {
+        keep_contact(&b->contacts[i], d, p);
+        put_str(&b->emails, i ? "," : "", b->contacts[i].email);
+    }
     json_begin(r, 200);
     bp_buf_printf(&r->body, "{\"success\":1,\"queued_contacts\":%zu,\"batchId\":\"%s\",\"message\":\"Contact import queued\"}",
                   b->n, b->id);
@@ -374,7 +436,10 @@ static void post_import(reply *r, const req *q)
         if (wait) {
             fail(r, 429, "Too many bulk imports: at most 100 a minute (20 of one contact)");
             snprintf(r->retry_after, sizeof r->retry_after, "%d", wait);
-        } else queue(r, &d, list, q->account);
+        } else {
+            queue(r, &d, list, q->account);
+            kill_cue("import");
+        }
     }
     bp_doc_free(&d);
 }
@@ -394,6 +459,8 @@ static void get_info(reply *r, const req *q)
         bp_buf_adds(&r->body, "{\"status\":false,\"success\":[],\"failure\":[]}");
         return;
     }
+    kill_cue("info");
+    if (strcmp(b->status, "active") != 0) kill_cue("info_done");
     put_str(&r->body, "{\"status\":", b->status);
     bp_buf_adds(&r->body, ",\"success\":[");
     bp_buf_add(&r->body, b->success.data ? b->success.data : "", b->success.len);
@@ -456,6 +523,14 @@ void bulk_faults(const bp_doc *d)
     if ((v = jstr(d, 0, "import_status_false"))) B.status_false_next = atoi(v);
     if ((v = jstr(d, 0, "import_ends")))
         B.end_next = !strcmp(v, "failed") ? "failed" : !strcmp(v, "interrupted") ? "interrupted" : NULL;
+    if ((v = jstr(d, 0, "kill_pid"))) {
+        const char *on = jstr(d, 0, "kill_on"), *after = jstr(d, 0, "kill_after"), *delay = jstr(d, 0, "kill_delay_ms");
+        B.kill.pid = atoi(v);
+        snprintf(B.kill.on, sizeof B.kill.on, "%s", on ? on : "now");
+        B.kill.after = after ? atoi(after) : 1;
+        B.kill.delay_ms = delay ? atoi(delay) : 0;
+        kill_cue("now");
+    }
 }
 
 /* "imports":[{"batchId","status","success":[…],"failure":[…]}] of one account. */
@@ -468,13 +543,19 @@ void bulk_dump(bp_buf *b, int account)
         if (x->account != account) continue;
         put_str(b, first ? "{\"batchId\":" : ",{\"batchId\":", x->id);
         put_str(b, ",\"status\":", x->status);
-        bp_buf_adds(b, ",\"success\":[");
+        bp_buf_printf(b, ",\"seq\":%lu,\"received_ms\":%.1f,\"emails\":[", x->seq, x->received_ms);
+        bp_buf_add(b, x->emails.data ? x->emails.data : "", x->emails.len);
+        bp_buf_adds(b, "],\"success\":[");
         bp_buf_add(b, x->success.data ? x->success.data : "", x->success.len);
         bp_buf_adds(b, "],\"failure\":[");
         bp_buf_add(b, x->failure.data ? x->failure.data : "", x->failure.len);
         bp_buf_adds(b, "]}");
         first = 0;
     }
+    bp_buf_adds(b, "],\"kills\":[");
+    for (size_t i = 0; i < B.nkills; i++)
+        bp_buf_printf(b, "%s{\"pid\":%d,\"on\":\"%s\",\"at_ms\":%.1f,\"imports\":%lu}", i ? "," : "", B.kills[i].pid,
+                      B.kills[i].on, B.kills[i].at_ms, B.kills[i].imports);
     bp_buf_addc(b, ']');
 }
 
@@ -485,8 +566,11 @@ void bulk_reset(void)
         free(B.batches[i].contacts);
         bp_buf_free(&B.batches[i].success);
         bp_buf_free(&B.batches[i].failure);
+        bp_buf_free(&B.batches[i].emails);
     }
     B.n = 0;
+    B.nkills = 0;
+    memset(&B.kill, 0, sizeof B.kill);
     for (size_t i = 0; i < B.nexcluded; i++) free(B.excluded[i]);
     B.nexcluded = 0;
     B.end_next = NULL;

@@ -160,6 +160,39 @@ describe("batch delivery #cli", function()
     os.remove(pidf)
   end)
 
+  it("resumes two queued batches after SIGKILL without loading their events again as new ones", function()
+    -- once the first resumed batch closes, the loader reads the store from
+    -- its start: the other batch's events (pending until their outcomes are
+    -- saved) are in memory already and must not form a batch of their own
+    emu.faults({ import_delay_ms = 600000 })
+    local st = S.tmpdir()
+    local inf = os.tmpname()
+    S.write(inf, identifies(500, "t"))
+    local pidf = os.tmpname()
+    os.execute(S.bin .. " deliver " .. S.AC .. " --batch --config " .. cfg .. " --state " .. st .. FAST .. " " .. inf
+      .. " > /dev/null 2>&1 & echo $! > " .. pidf)
+    local pid = io.open(pidf):read("l")
+    local asked = S.eventually(function() return (count_paths(emu)["/api/3/import/info"] or 0) >= 2 end, 20)
+    os.execute("kill -9 " .. pid)
+    assert.is_truthy(asked, "no status request for both imports within 20 s")
+    assert.are.equal(2, count_paths(emu)["/api/3/import/bulk_import"])
+    emu.post("/_emulator/imports/complete", "{}")
+    emu.faults({ import_delay_ms = 200 })   -- an import sent again finishes (and the test fails, not hangs)
+    local lines, err, code = S.deliver("--batch --config " .. cfg .. " --state " .. st .. FAST, "")
+    assert.are.equal(0, code, err)
+    assert.are.equal(500, #lines, "outcome lines")
+    assert.are.same({ delivered = 500 }, outcomes(lines))
+    local once = {}
+    for _, l in ipairs(lines) do
+      assert.is_nil(once[l.message_id], l.message_id .. " has two outcomes")
+      once[l.message_id] = true
+    end
+    assert.are.equal(2, count_paths(emu)["/api/3/import/bulk_import"], "imported again after the restart")
+    assert.are.equal(500, #emu.contacts())
+    os.remove(inf)
+    os.remove(pidf)
+  end)
+
   it("sends the events again when killed before the vendor took the batch", function()
     -- the import is refused with Retry-After: 60, so the batch stays recorded as sent, unanswered
     emu.faults({ fail_next = 1, status = 503, retry_after = 60 })
