@@ -142,26 +142,12 @@ describe("one blueprint revision across the cluster #kafka", function()
   lazy_setup(function()
     kafka = S.start_kafka()
     emu = S.start_emulator("--accounts 1")
-    keyfile = os.tmpname()
-    local f = io.popen("openssl rand -hex 32")
-    S.write(keyfile, "kspec " .. f:read("l") .. "\n")
-    f:close()
-    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
+    env, keyfile = S.cluster_env()
     topic_name = "blueprint.integrations"
     for i = 1, 3 do start_node(i) end
   end)
 
-  lazy_teardown(function()
-    local reports = {}
-    for i = 1, #nodes do
-      local ok, why = pcall(function() if nodes[i] then nodes[i].stop() end end)
-      if not ok then reports[#reports + 1] = "node " .. i .. ": " .. tostring(why) end
-    end
-    if emu then emu.stop() end
-    if kafka then kafka.stop() end
-    if keyfile then os.remove(keyfile) end
-    assert(#reports == 0, table.concat(reports, "\n"))
-  end)
+  lazy_teardown(function() S.stop_cluster(nodes, emu, kafka, keyfile) end)
 
   it("runs a blueprint saved on node 1 on nodes 2 and 3, and maps the events node 2 takes with it", function()
     local st, it = nodes[1].call("POST", INSTALL, S.install_body("shop", S.emulator_account(emu, 0)))

@@ -26,47 +26,30 @@ local function part_of(node)
 end
 
 describe("pacing an account shared by integrations across nodes #kafka", function()
-  local kafka, emu, keyfile, nodes = nil, nil, nil, {}
+  local kafka, emu, keyfile, env, nodes = nil, nil, nil, nil, {}
 
   lazy_setup(function()
     kafka = S.start_kafka()
     emu = S.start_emulator("--rate-limit 5")
-    keyfile = os.tmpname()
-    local f = io.popen("openssl rand -hex 32")
-    S.write(keyfile, "pspec " .. f:read("l") .. "\n")
-    f:close()
-    local env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
-    nodes.env = env
-    -- node 2 is started once the topics exist (the test): a node joining takes some partitions
-    -- of every topic from node 1, so that the account's are seldom all on one node
-    for i = 1, 1 do
-      nodes[i] = S.start_server({
-        state = S.tmpdir(), retry_base_ms = 200, env = env, start_seconds = 60, rate = false,
-        -- one by one: the point is the account's pace, not how few requests a bulk import needs
-        args = "--no-batch --kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node" .. i,
-      })
-    end
+    env, keyfile = S.cluster_env()
   end)
 
-  local function start_second()
-    nodes[2] = S.start_server({
-      state = S.tmpdir(), retry_base_ms = 200, env = nodes.env, start_seconds = 60, rate = false,
-      args = "--no-batch --kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node2",
+  -- one by one (--no-batch): the point is the account's pace, not how few requests a bulk import needs
+  local function start_node(i)
+    nodes[i] = S.start_server({
+      state = S.tmpdir(), retry_base_ms = 200, env = env, start_seconds = 60, rate = false,
+      args = "--no-batch --kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node" .. i,
     })
   end
 
-  lazy_teardown(function()
-    for i = 1, #nodes do pcall(function() nodes[i].stop() end) end
-    if emu then emu.stop() end
-    if kafka then kafka.stop() end
-    if keyfile then os.remove(keyfile) end
-  end)
+  lazy_teardown(function() S.stop_cluster(nodes, emu, kafka, keyfile) end)
 
   it("gives each node its part of the account's limit, the parts adding up to it, and stays under 5 requests/s", function()
+    start_node(1)
     local account = S.emulator_account(emu, 0)
     local ids = {}
-    -- four integrations (four topics of 4 partitions): the account's partitions are usually split
-    -- between the nodes (all on one node about one run in eight: then that node paces all of it)
+    -- four integrations (four topics of 4 partitions: the account is the same partition number in
+    -- each); node 2 joins once node 1 reads them all, and takes some partitions of every topic
     for i = 1, 4 do
       local st, it = nodes[1].call("POST", INSTALL, S.install_body("shared-" .. i, account))
       assert.are.equal(201, st, core.json_encode(it))
@@ -75,7 +58,7 @@ describe("pacing an account shared by integrations across nodes #kafka", functio
     -- node 1 reads all of them, then node 2 joins
     assert.is_truthy(S.eventually(function() local m = part_of(nodes[1]); return m == 4 end, 60),
       "node 1 alone does not pace all of the shared account")
-    start_second()
+    start_node(2)
     -- once node 2 reads partitions too (the group settled), every partition of the four topics is
     -- read by one node or the other: the parts add up to 4 of 4
     local settled = S.eventually(function()

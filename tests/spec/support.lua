@@ -414,6 +414,32 @@ function S.start_kafka()
   return k
 end
 
+-- A cluster's key file and the environment each of its nodes starts with
+-- (one master key: every node opens the secrets another sealed).  Returns
+-- env, keyfile; S.stop_cluster removes the file.
+function S.cluster_env()
+  local keyfile = os.tmpname()
+  local f = io.popen("openssl rand -hex 32")
+  S.write(keyfile, "kspec " .. f:read("l") .. "\n")
+  f:close()
+  return "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. keyfile, keyfile
+end
+
+-- Stop every node of `nodes` (a list, with holes), then the emulator and
+-- the brokers, and remove the key file; fails naming each node that did not
+-- stop cleanly (a sanitizer report in its log).
+function S.stop_cluster(nodes, emu, kafka, keyfile)
+  local reports = {}
+  for i, node in pairs(nodes) do
+    local ok, why = pcall(function() node.stop() end)
+    if not ok then reports[#reports + 1] = "node " .. i .. ": " .. tostring(why) end
+  end
+  if emu then emu.stop() end
+  if kafka then kafka.stop() end
+  if keyfile then os.remove(keyfile) end
+  assert(#reports == 0, table.concat(reports, "\n"))
+end
+
 -- Poll fn() until it returns a truthy value or `seconds` pass.
 function S.eventually(fn, seconds)
   local v
