@@ -83,7 +83,7 @@ NET_OBJS  := $(NET:%=build/obj/%.o) build/obj/cli-service.o
 HDRS    := $(PUBLIC_HDRS) src/internal.h src/service.h src/server.h src/cluster.h src/engine_state.h src/deliver_loop.h
 
 DEB_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 libyaml-dev lua-busted \
-            libcurl4-openssl-dev libsqlite3-dev libmicrohttpd-dev libssl-dev librdkafka-dev kcat curl lua-cjson nodejs golang-go \
+            libcurl4-openssl-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libssl-dev openssl librdkafka-dev kcat curl lua-cjson nodejs golang-go \
             libjs-codemirror chromium chromium-driver python3-selenium
 
 .PHONY: all deps bench-deps fuzz-deps test run demo bench clean unit-tests asan tsan fuzz fuzzers install uninstall
