@@ -100,7 +100,11 @@ end)
 -- with the audit log saying which.
 describe("blueprint revision history #serve", function()
   local EDITOR = "/v1/admin/blueprints/activecampaign"
+  -- server.db's size with its write-ahead log folded in first: the log
+  -- holds a page copy per transaction until a checkpoint, which a slow stop
+  -- (the ThreadSanitizer build) may leave undone; that is not storage
   local function db_bytes(state)
+    S.sh("sqlite3 " .. state .. "/server.db 'PRAGMA wal_checkpoint(TRUNCATE);' > /dev/null")
     local out = S.sh("du -cb " .. state .. "/server.db* | tail -1 | cut -f1")
     return tonumber(out:match("%d+"))
   end
@@ -148,12 +152,6 @@ describe("blueprint revision history #serve", function()
     assert.matches("numbers 3 to 3", pruned, 1, true)
     srv.stop()
     -- five saves of a 600 KB file stored it (and its one diff) once, not five times
-    if srv.killed then
-      -- it did not stop in time, so SQLite's log still holds the saves (one
-      -- page copy per transaction): a clean start and stop folds it back
-      srv = S.start_server({ blueprints = dir, state = srv.state })
-      srv.stop()
-    end
     assert.is_false(srv.killed, "serve did not stop within 30 s of SIGTERM")
     local grown = db_bytes(srv.state) - before
     assert.is_true(grown < 2.5 * #big, "server.db grew by " .. grown .. " bytes")
