@@ -35,20 +35,11 @@ describe("a rebalance that gives partitions back to their node #kafka", function
   lazy_setup(function()
     kafka = S.start_kafka()
     emu = S.start_emulator("--rate-limit 5")
-    keyfile = os.tmpname()
-    local f = io.popen("openssl rand -hex 32")
-    S.write(keyfile, "rspec " .. f:read("l") .. "\n")
-    f:close()
-    env = "BLUEPRINT_JWT_SECRET=kafka-spec-secret-at-least-32-bytes BLUEPRINT_MASTER_KEY_FILE=" .. keyfile
+    env, keyfile = S.cluster_env()
     start_node(1)
   end)
 
-  lazy_teardown(function()
-    for i = 1, 2 do pcall(function() if nodes[i] then nodes[i].stop() end end) end
-    if emu then emu.stop() end
-    if kafka then kafka.stop() end
-    if keyfile then os.remove(keyfile) end
-  end)
+  lazy_teardown(function() S.stop_cluster(nodes, emu, kafka, keyfile) end)
 
   -- partitions a node owns now, from its log (assigned minus revoked)
   local function owned(node)
