@@ -71,7 +71,26 @@ struct bp_store {
     struct walk { int64_t pass_at; char *cursor; } walks[2];   /* once_keys, cache_values: see walk_step */
     sqlite3_stmt *prune;        /* write connection: under mu */
     _Atomic long pruned;
+    /* The highest event id given out or found (under mu).  Rows leave the
+     * table (a partition given up forgets its unfinished events, retention
+     * prunes, an integration removed), and SQLite gives a new row the table's
+     * max(id) + 1: a new event could take the id of one deleted a moment ago.
+     * The delivery loops load pending events after the last id they loaded
+     * (deliver_job.c) and their jobs write their rows by id, so a reused id
+     * hides the new event from its loop (it stays pending, never sent: in a
+     * rebalance that gives a node back a partition it gave up, the events it
+     * forgot and read again came back under the ids just deleted) and lets a
+     * job of the deleted event write over it.  Hence ids only grow while the
+     * store is open (the loops load from the start after an open).  The
+     * events table is not rebuilt AUTOINCREMENT as batches' is: it can be
+     * large, and an open must stay quick. */
+    int64_t high_id;
 };
+
+/* A new event's id (see high_id): above both the highest id this process
+ * gave out (HIGH, a parameter) and the highest in the table (another
+ * process may have written one). */
+#define NEXT_ID(HIGH) "max(" HIGH ", (SELECT coalesce(max(id), 0) FROM events)) + 1"
 
 static const char SCHEMA[] =
     "PRAGMA journal_mode=WAL;"
@@ -427,11 +446,12 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
     int ok = sqlite3_open(path, &s->db) == SQLITE_OK && bp_store_busy_handler(s->db) == SQLITE_OK &&
              sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) == SQLITE_OK;
     ok = ok && add_columns(s->db) && sqlite3_exec(s->db, INDEXES, NULL, NULL, NULL) == SQLITE_OK &&
-         prepare(s->db, &s->insert, "INSERT INTO events(integration, state, body, idx, created_at, updated_at, "
-                                    "message_id) VALUES(?5, 'pending', ?1, ?2, ?3, ?3, ?4) ON CONFLICT DO NOTHING") == 0 &&
-         prepare(s->db, &s->insert_src, "INSERT INTO events(integration, state, body, idx, created_at, updated_at, "
-                                        "message_id, ktopic, kpart, koff, kidx, ksrc) VALUES(?5, 'pending', ?1, ?2, ?3, "
-                                        "?3, ?4, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING") == 0 &&
+         prepare(s->db, &s->insert, "INSERT INTO events(id, integration, state, body, idx, created_at, updated_at, "
+                                    "message_id) VALUES(" NEXT_ID("?11") ", ?5, 'pending', ?1, ?2, ?3, ?3, ?4) "
+                                    "ON CONFLICT DO NOTHING") == 0 &&
+         prepare(s->db, &s->insert_src, "INSERT INTO events(id, integration, state, body, idx, created_at, updated_at, "
+                                        "message_id, ktopic, kpart, koff, kidx, ksrc) VALUES(" NEXT_ID("?11") ", ?5, "
+                                        "'pending', ?1, ?2, ?3, ?3, ?4, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING") == 0 &&
          prepare(s->db, &s->update, "UPDATE events SET state=?2, attempts=?3, failures=?4, done_requests=?5, "
                                     "next_at=?6, last_status=?7, reason=?8, response=?9, outcome=?10, updated_at=?11, steps=?12, "
                                     "batch=?13 WHERE id=?1") == 0 &&
@@ -466,6 +486,11 @@ bp_store *bp_store_open(const char *dir, const char *file, bp_error *err)
         return NULL;
     }
     chmod(path, 0600);   /* a store made by an older version under a looser umask */
+    sqlite3_stmt *hq;
+    if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(id), 0) FROM events", -1, &hq, NULL) == SQLITE_OK) {
+        if (sqlite3_step(hq) == SQLITE_ROW) s->high_id = sqlite3_column_int64(hq, 0);
+        sqlite3_finalize(hq);
+    }
     sqlite3_wal_hook(s->db, on_wal, s);   /* replaces SQLite's own auto-checkpoint */
     if (pthread_create(&s->checkpointer, NULL, upkeep_main, s) == 0) s->has_checkpointer = 1;
     else sqlite3_wal_autocheckpoint(s->db, CHECKPOINT_FRAMES);
@@ -600,9 +625,11 @@ int64_t bp_store_add(bp_store *s, const char *integration, const char *json, siz
     if (message_id) sqlite3_bind_text(q, 4, message_id, -1, SQLITE_STATIC);
     else sqlite3_bind_null(q, 4);
     sqlite3_bind_text(q, 5, integration, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 11, s->high_id);
     int64_t id = -1;
     if (sqlite3_step(q) == SQLITE_DONE)
         id = sqlite3_changes(s->db) == 0 ? 0 : sqlite3_last_insert_rowid(s->db);   /* 0: a message id already stored */
+    if (id > s->high_id) s->high_id = id;
     pthread_mutex_unlock(&s->mu);
     return id;
 }
@@ -626,8 +653,10 @@ int64_t bp_store_add_from(bp_store *s, const char *integration, const char *json
     sqlite3_bind_int64(q, 8, src->offset);
     sqlite3_bind_int(q, 9, src->index);
     sqlite3_bind_int64(q, 10, src->slot);
+    sqlite3_bind_int64(q, 11, s->high_id);
     int64_t id = -1;
     if (sqlite3_step(q) == SQLITE_DONE) id = sqlite3_changes(s->db) == 0 ? 0 : sqlite3_last_insert_rowid(s->db);
+    if (id > s->high_id) s->high_id = id;
     pthread_mutex_unlock(&s->mu);
     return id;
 }
@@ -641,9 +670,10 @@ int bp_store_record(bp_store *s, const char *integration, const bp_source *src, 
     sqlite3_stmt *q;
     int ok = 0;
     pthread_mutex_lock(&s->mu);
-    if (sqlite3_prepare_v2(s->db, "INSERT INTO events(integration, state, body, message_id, idx, attempts, last_status, "
+    if (sqlite3_prepare_v2(s->db, "INSERT INTO events(id, integration, state, body, message_id, idx, attempts, last_status, "
                                   "reason, response, outcome, created_at, updated_at, ktopic, kpart, koff, kidx, batch) "
-                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?5, ?15) "
+                                  "VALUES(" NEXT_ID("?16") ", ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, "
+                                  "?13, ?14, ?5, ?15) "
                                   "ON CONFLICT(ktopic, kpart, koff, kidx) WHERE ktopic IS NOT NULL DO UPDATE SET "
                                   "state=excluded.state, attempts=excluded.attempts, last_status=excluded.last_status, "
                                   "reason=excluded.reason, response=excluded.response, outcome=excluded.outcome, "
@@ -663,7 +693,10 @@ int bp_store_record(bp_store *s, const char *integration, const bp_source *src, 
         sqlite3_bind_int(q, 13, src->partition);
         sqlite3_bind_int64(q, 14, src->offset);
         if (r->batch > 0) sqlite3_bind_int64(q, 15, r->batch); else sqlite3_bind_null(q, 15);
+        sqlite3_bind_int64(q, 16, s->high_id);
         int rc = sqlite3_step(q);
+        /* an update (the row was there) leaves the last insert's id: no higher than high_id */
+        if (rc == SQLITE_DONE && sqlite3_last_insert_rowid(s->db) > s->high_id) s->high_id = sqlite3_last_insert_rowid(s->db);
         /* the message id is known here under another source (a resent
          * event): that row tells the story already */
         ok = rc == SQLITE_DONE || rc == SQLITE_CONSTRAINT;

@@ -1691,6 +1691,58 @@ TEST(store_prunes_final_events_past_their_window_only)
     remove_unit_store(dir);
 }
 
+/* Event ids only grow: a partition given up forgets its unfinished events
+ * (the newest rows), and the events read again when the partition comes
+ * back get ids above every id given before, so that the delivery loop,
+ * which reads pending events after the last id it loaded, sees them (and a
+ * job of a forgotten event cannot write over a new one).  The same after a
+ * prune of the newest rows, and across the write paths (an event posted, one
+ * read from Kafka, another node's outcome). */
+TEST(store_never_gives_an_event_id_twice)
+{
+    char dir[] = "/tmp/bp-unit-idsXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    bp_error err;
+    bp_store *s = bp_store_open(dir, "unit.db", &err);
+    CHECK(s != NULL);
+    int64_t high = 0;
+    for (int off = 0; off < 4; off++) {
+        char mid[16];
+        snprintf(mid, sizeof mid, "k-%d", off);
+        bp_source src = { "delivery-x", 0, off, 0, 7 };
+        int64_t id = bp_store_add_from(s, "x", "{}", 2, mid, &src, 1);
+        CHECK(id > high);
+        high = id;
+    }
+    CHECK_INT(bp_store_release_slot(s, 7), 4);   /* given up: the newest rows go */
+    for (int off = 0; off < 4; off++) {          /* read again under the next slot */
+        char mid[16];
+        snprintf(mid, sizeof mid, "k-%d", off);
+        bp_source src = { "delivery-x", 0, off, 0, 8 };
+        int64_t id = bp_store_add_from(s, "x", "{}", 2, mid, &src, 1);
+        CHECK(id > high);
+        high = id;
+    }
+    CHECK_INT(bp_store_release_slot(s, 8), 4);
+    int64_t posted = bp_store_add(s, "", "{}", 2, 0, "p-1", 1);
+    CHECK(posted > high);
+    high = posted;
+    bp_store_row row;
+    memset(&row, 0, sizeof row);
+    row.state = "delivered";
+    row.outcome = "{}";
+    row.updated_at = 1;
+    bp_source other = { "delivery-y", 0, 0, 0, 0 };
+    CHECK_INT(bp_store_record(s, "y", &other, &row), 0);
+    bp_store_close(s);
+    s = bp_store_open(dir, "unit.db", &err);   /* a restart starts above the table's ids */
+    CHECK(s != NULL);
+    int64_t after = bp_store_add(s, "", "{}", 2, 0, "p-2", 1);
+    CHECK(after > high + 1);                    /* the outcome's row took high + 1 */
+    bp_store_close(s);
+    remove_unit_store(dir);
+}
+
 /* Rows in a table of the store file, read through a connection of its own. */
 static long rows_in(const char *dir, const char *table)
 {
@@ -2253,6 +2305,7 @@ int main(void)
     RUN(cache_durable_values_outlive_a_restart_once_their_event_is_over);
     RUN(store_prunes_final_events_past_their_window_only);
     RUN(store_prunes_expired_cache_values_while_running);
+    RUN(store_never_gives_an_event_id_twice);
     RUN(cache_durable_values_are_tentative_until_their_event_is_over);
     RUN(cache_claim_is_single_flight);
     RUN(cache_stays_bounded);
