@@ -15,10 +15,13 @@ local ACCOUNTS = 20
 local kafka, emu, keyfile, env
 local nodes = {}
 
+-- One by one (--no-batch): these tests count each event's contact sync at
+-- the emulator; a backlog of 10 identifies of an account would be a bulk
+-- import (batch_cluster_spec covers batches in cluster mode).
 local function start_node(i, state)
   nodes[i] = S.start_server({
     state = state or S.tmpdir(), rate = false, retry_base_ms = 200, env = env, start_seconds = 60,
-    args = "--kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node" .. i,
+    args = "--no-batch --kafka " .. kafka.brokers .. " --kafka-session-timeout-ms 6000 --node node" .. i,
   })
   return nodes[i]
 end
